@@ -1,0 +1,138 @@
+//! `byol-run`: the command-line face of byol-rs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use byol_train::{Experiment, RunOptions};
+
+mod doctor;
+mod plugins;
+
+#[derive(Parser)]
+#[command(
+    name = "byol-run",
+    version,
+    about = "BYOL self-supervised pre-training on libtorch",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train an experiment (the default: `byol-run exp.toml` is `byol-run train exp.toml`).
+    Train(TrainArgs),
+    /// Check an experiment file (and overrides) without training.
+    Validate(ExperimentArgs),
+    /// List registered plugins with a description and an example config.
+    Plugins,
+    /// Report libtorch, CUDA, cuDNN, devices and CPU threads.
+    Doctor,
+}
+
+#[derive(Args, Clone)]
+struct ExperimentArgs {
+    /// The experiment TOML file.
+    #[arg(required = true)]
+    experiment: Option<PathBuf>,
+    /// Override a key: `--set optimizer.lr=0.3` (value in TOML syntax).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    #[command(flatten)]
+    experiment: ExperimentArgs,
+    /// Run folder (default: <run.output_dir>/<run.name>); an existing one is resumed.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Print nothing but warnings and the summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    plugins_all::link();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Train(args)) => train(&args),
+        Some(Command::Validate(args)) => validate(&args),
+        Some(Command::Plugins) => {
+            plugins::print();
+            Ok(())
+        }
+        Some(Command::Doctor) => doctor::run(),
+        None => train(&cli.train),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &ExperimentArgs) -> anyhow::Result<Experiment> {
+    let path = args
+        .experiment
+        .as_ref()
+        .context("no experiment file given")?;
+    Experiment::load(path, &args.overrides)
+}
+
+fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
+    let experiment = load(args)?;
+    println!(
+        "{} is valid: experiment '{}'",
+        args.experiment.as_ref().expect("required").display(),
+        experiment.name()
+    );
+    Ok(())
+}
+
+fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let experiment = load(&args.experiment)?;
+    let options = RunOptions {
+        run_dir: args.run_dir.clone(),
+        quiet: args.quiet,
+    };
+    let summary = byol_train::train(&experiment, &options)?;
+    let percent = |a: Option<byol_train::knn::KnnAccuracy>| {
+        a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0))
+    };
+    println!("\n== summary: {} ==", experiment.name());
+    println!("run folder       {}", summary.run_dir.display());
+    println!("device           {}", summary.device);
+    println!(
+        "steps            {} ({} epochs)",
+        summary.steps, summary.epochs
+    );
+    if let Some(loss) = summary.final_loss {
+        println!("final loss       {loss:.4}");
+    }
+    println!("kNN top-1 before {}", percent(summary.knn_before));
+    println!("kNN top-1 after  {}", percent(summary.knn_after));
+    if let (Some(b), Some(a)) = (summary.knn_before, summary.knn_after) {
+        println!("kNN gain         {:+.1} points", (a.top1 - b.top1) * 100.0);
+    }
+    println!(
+        "training time    {:.1} s ({:.0} img/s)",
+        summary.train_seconds, summary.images_per_second
+    );
+    println!("checkpoint       {}", summary.checkpoint.display());
+    println!(
+        "tensorboard      tensorboard --logdir {}",
+        summary.run_dir.join("tensorboard").display()
+    );
+    Ok(())
+}

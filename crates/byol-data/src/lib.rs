@@ -1,0 +1,15 @@
+//! Data for BYOL: dataset plugins, the loader that turns them into uint8 batches, and the batched,
+//! per-sample-random image ops (on the training device) that the augmentation plugins compose.
+
+pub mod augment;
+pub mod dataset;
+mod error;
+pub mod loader;
+pub mod ops;
+pub mod rng;
+pub mod synthetic;
+
+pub use augment::AugmentSpec;
+pub use dataset::{Dataset, DatasetSpec, ImageSet, Splits};
+pub use error::DataError;
+pub use loader::BatchLoader;

@@ -1,0 +1,202 @@
+//! The experiment file: one TOML document naming a plugin per table.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use byol::{BackboneSpec, ByolConfig};
+use byol_data::{AugmentSpec, DatasetSpec};
+
+use crate::optimizer::OptimizerSpec;
+use crate::schedule::ScheduleConfig;
+
+/// The `[run]` table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Run name; the run folder is `<output_dir>/<name>` (default: the experiment file's stem).
+    pub name: Option<String>,
+    /// Folder that holds run folders.
+    pub output_dir: PathBuf,
+    /// "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+    pub device: String,
+    /// Seed of parameter initialization, data order and augmentation.
+    pub seed: u64,
+    /// CPU threads for libtorch (0: libtorch's default).
+    pub threads: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: None,
+            output_dir: PathBuf::from("runs"),
+            device: "auto".into(),
+            seed: 0,
+            threads: 0,
+        }
+    }
+}
+
+/// The `[eval]` table: the kNN monitor on the dataset's labelled splits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Neighbours (solo-learn, lightly: 200).
+    pub knn_k: usize,
+    /// Temperature of the similarity weights (0.1).
+    pub knn_temperature: f64,
+    /// Evaluate every this many epochs (0: only before and after training).
+    pub every_epochs: u64,
+    /// Also evaluate the randomly initialized network before training.
+    pub before_training: bool,
+    /// Batch size for computing features.
+    pub batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            knn_k: 200,
+            knn_temperature: 0.1,
+            every_epochs: 0,
+            before_training: true,
+            batch_size: 512,
+        }
+    }
+}
+
+/// The `[logging]` and `[checkpoint]` tables.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Write TensorBoard scalars every this many steps.
+    pub every_steps: u64,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { every_steps: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Save every this many steps (0: only at the end).
+    pub every_steps: u64,
+    /// Checkpoints kept (oldest removed first).
+    pub keep_last: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            every_steps: 1000,
+            keep_last: 3,
+        }
+    }
+}
+
+/// A whole experiment. Plugin tables (`dataset`, `backbone`, `augment`, `optimizer`) choose
+/// their plugin with `type = "..."`; `byol-run plugins` lists them.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    #[serde(default)]
+    pub run: RunConfig,
+    pub dataset: Box<dyn DatasetSpec>,
+    pub backbone: Box<dyn BackboneSpec>,
+    pub augment: Box<dyn AugmentSpec>,
+    pub optimizer: Box<dyn OptimizerSpec>,
+    #[serde(default)]
+    pub byol: ByolConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+impl Experiment {
+    /// Reads `path`, applies `overrides` (`a.b=value`, value in TOML syntax, bare words taken as
+    /// strings), and checks everything serde can check.
+    pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!(
+                    "experiment file {} does not exist (see experiments/ for examples)",
+                    path.display()
+                )
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read experiment file {}", path.display()))
+            }
+        };
+        let mut experiment = Self::parse(&text, overrides)
+            .with_context(|| format!("in experiment file {}", path.display()))?;
+        if experiment.run.name.is_none() {
+            experiment.run.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        }
+        Ok(experiment)
+    }
+
+    /// Parses an experiment from TOML text.
+    pub fn parse(text: &str, overrides: &[String]) -> anyhow::Result<Self> {
+        if overrides.is_empty() {
+            return toml::from_str(text)
+                .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()));
+        }
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        for assignment in overrides {
+            apply_override(&mut table, assignment)?;
+        }
+        let merged = toml::to_string(&table).context("re-serializing the overridden experiment")?;
+        toml::from_str(&merged).map_err(|e| {
+            anyhow::anyhow!(
+                "after --set {}: {}",
+                overrides.join(" --set "),
+                e.to_string().trim_end()
+            )
+        })
+    }
+
+    /// The experiment as TOML, with every default filled in (saved in the run folder).
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    pub fn name(&self) -> &str {
+        self.run.name.as_deref().unwrap_or("run")
+    }
+}
+
+/// `a.b.c=value`: sets key `c` of table `a.b`, creating tables as needed.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .with_context(|| format!("--set '{assignment}' is not of the form section.key=value"))?;
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed key v"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (last, parents) = parts.split_last().expect("split yields one part");
+    let mut current = table;
+    for part in parents {
+        current = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .with_context(|| format!("--set {key}: '{part}' is not a table"))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Weighted kNN classification of embeddings (Wu et al. 2018; the monitor of solo-learn and
+//! lightly): cosine similarity on L2-normalized features, the k nearest bank entries vote with
+//! weight exp(sim / T).
+
+use tch::{Kind, Tensor};
+
+/// Top-1 and top-5 accuracy of weighted kNN.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KnnAccuracy {
+    pub top1: f64,
+    pub top5: f64,
+}
+
+/// Class scores `[Q, classes]` of `queries` against the labelled `bank`.
+pub fn knn_scores(
+    queries: &Tensor,
+    bank: &Tensor,
+    bank_labels: &Tensor,
+    classes: i64,
+    k: i64,
+    temperature: f64,
+) -> Tensor {
+    let q = normalize(queries);
+    let b = normalize(bank);
+    let k = k.min(b.size()[0]);
+    let similarity = q.matmul(&b.tr());
+    let (top_sim, top_idx) = similarity.topk(k, 1, true, true);
+    let top_labels = bank_labels
+        .index_select(0, &top_idx.flatten(0, -1))
+        .view_as(&top_idx);
+    let weights = (top_sim / temperature).exp();
+    let one_hot = top_labels.one_hot(classes).to_kind(Kind::Float);
+    (one_hot * weights.unsqueeze(-1)).sum_dim_intlist([1i64].as_slice(), false, None)
+}
+
+/// Accuracy of [`knn_scores`] against `query_labels`, computed in chunks of queries.
+pub fn knn_accuracy(
+    queries: &Tensor,
+    query_labels: &Tensor,
+    bank: &Tensor,
+    bank_labels: &Tensor,
+    classes: i64,
+    k: i64,
+    temperature: f64,
+) -> KnnAccuracy {
+    let n = queries.size()[0];
+    let (mut top1, mut top5) = (0i64, 0i64);
+    let chunk = 1024;
+    for start in (0..n).step_by(chunk) {
+        let len = chunk.min((n - start) as usize) as i64;
+        let scores = knn_scores(
+            &queries.narrow(0, start, len),
+            bank,
+            bank_labels,
+            classes,
+            k,
+            temperature,
+        );
+        let labels = query_labels.narrow(0, start, len).unsqueeze(1);
+        let ranked = scores.argsort(1, true);
+        top1 += ranked
+            .narrow(1, 0, 1)
+            .eq_tensor(&labels)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        top5 += ranked
+            .narrow(1, 0, 5.min(classes))
+            .eq_tensor(&labels)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+    }
+    KnnAccuracy {
+        top1: top1 as f64 / n as f64,
+        top5: top5 as f64 / n as f64,
+    }
+}
+
+fn normalize(x: &Tensor) -> Tensor {
+    let x = x.to_kind(Kind::Float);
+    &x / x
+        .norm_scalaropt_dim(2, [1i64].as_slice(), true)
+        .clamp_min(1e-12)
+}

@@ -1,0 +1,14 @@
+//! Everything around the model that a training run needs: the experiment file, the optimizer
+//! seam and schedules, the training loop, checkpoints, TensorBoard scalars and the kNN monitor.
+
+pub mod checkpoint;
+pub mod experiment;
+pub mod knn;
+pub mod optimizer;
+pub mod runner;
+pub mod schedule;
+pub mod tensorboard;
+
+pub use experiment::Experiment;
+pub use optimizer::{NamedParameter, Optimizer, OptimizerSpec};
+pub use runner::{train, RunOptions, RunSummary};

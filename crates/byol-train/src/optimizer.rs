@@ -1,0 +1,95 @@
+//! The optimizer seam: `[optimizer] type = "lars"` builds an [`Optimizer`] over the online
+//! network's parameters.
+
+use tch::Tensor;
+
+/// A trainable parameter with its state_dict name.
+#[derive(Debug)]
+pub struct NamedParameter {
+    pub name: String,
+    pub tensor: Tensor,
+}
+
+impl NamedParameter {
+    /// Biases and normalization weights (every 1-D parameter): the paper excludes them from
+    /// weight decay and LARS adaptation.
+    pub fn is_bias_or_norm(&self) -> bool {
+        self.tensor.dim() <= 1
+    }
+}
+
+/// Updates parameters in place from their `.grad`.
+pub trait Optimizer: std::fmt::Debug {
+    /// One update with learning rate `lr`.
+    fn step(&mut self, lr: f64);
+
+    /// Clears every parameter's gradient.
+    fn zero_grad(&mut self);
+
+    /// State tensors by name (momentum buffers, ...), for checkpoints.
+    fn state(&self) -> Vec<(String, Tensor)>;
+
+    /// Restores what [`Optimizer::state`] returned; unknown or missing names are errors.
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), String>;
+}
+
+/// The TOML side of an optimizer plugin.
+#[typetag::serde(tag = "type")]
+pub trait OptimizerSpec: std::fmt::Debug + Send + Sync {
+    fn build(&self, parameters: Vec<NamedParameter>) -> Box<dyn Optimizer>;
+
+    /// The base learning rate (before warmup, cosine and batch scaling).
+    fn lr(&self) -> f64;
+}
+
+/// Helpers shared by optimizer plugins.
+pub mod util {
+    use super::NamedParameter;
+    use tch::Tensor;
+
+    pub fn zero_grads(parameters: &[NamedParameter]) {
+        for p in parameters {
+            let mut grad = p.tensor.grad();
+            if grad.defined() {
+                let _ = grad.zero_();
+            }
+        }
+    }
+
+    /// Loads `{prefix}{param name}` entries of `state` into `buffers` (same order as `parameters`).
+    pub fn load_buffers(
+        prefix: &str,
+        parameters: &[NamedParameter],
+        buffers: &mut [Tensor],
+        state: &[(String, Tensor)],
+    ) -> Result<(), String> {
+        for (p, buffer) in parameters.iter().zip(buffers.iter_mut()) {
+            let key = format!("{prefix}{}", p.name);
+            let (_, saved) = state
+                .iter()
+                .find(|(k, _)| *k == key)
+                .ok_or_else(|| format!("optimizer state lacks '{key}'"))?;
+            if saved.size() != buffer.size() {
+                return Err(format!(
+                    "optimizer state '{key}' has shape {:?}, expected {:?}",
+                    saved.size(),
+                    buffer.size()
+                ));
+            }
+            tch::no_grad(|| buffer.copy_(saved));
+        }
+        Ok(())
+    }
+
+    pub fn named_buffers(
+        prefix: &str,
+        parameters: &[NamedParameter],
+        buffers: &[Tensor],
+    ) -> Vec<(String, Tensor)> {
+        parameters
+            .iter()
+            .zip(buffers)
+            .map(|(p, b)| (format!("{prefix}{}", p.name), b.shallow_clone()))
+            .collect()
+    }
+}

@@ -1,0 +1,56 @@
+//! The seam between BYOL and the network it trains: a backbone exposes named feature taps
+//! (`"layer3"`, `"avgpool"`, ...) and BYOL picks its embedding layer among them by name.
+
+use tch::{nn, Tensor};
+
+use crate::ByolError;
+
+/// A feature extractor, built under an `nn::Path` so that its variables carry PyTorch
+/// state_dict names (`conv1.weight`, `layer1.0.bn1.running_mean`, ...).
+pub trait Backbone: std::fmt::Debug + Send {
+    /// The feature taps in forward order, e.g. `["stem", "layer1", ..., "layer4", "avgpool"]`.
+    fn taps(&self) -> Vec<&'static str>;
+
+    /// Channels (or features) at a tap.
+    fn tap_dim(&self, tap: &str) -> Option<i64>;
+
+    /// Runs the network up to the last requested tap and returns the raw tensor at each
+    /// requested tap, in the order asked. `train` selects batch-norm/dropout training behaviour.
+    fn forward_taps(&self, images: &Tensor, train: bool, taps: &[&str]) -> Vec<Tensor>;
+
+    /// The embedding at `tap`: spatial maps are global-average-pooled and flattened to `[N, C]`.
+    fn embed(&self, images: &Tensor, train: bool, tap: &str) -> Tensor {
+        let features = self.forward_taps(images, train, &[tap]).remove(0);
+        pool_flatten(&features)
+    }
+
+    /// Checks a tap name, listing the available ones when it is unknown.
+    fn check_tap(&self, tap: &str) -> Result<i64, ByolError> {
+        self.tap_dim(tap).ok_or_else(|| ByolError::UnknownTap {
+            name: tap.to_string(),
+            available: self.taps().join(", "),
+        })
+    }
+}
+
+/// Global average pooling of `[N, C, H, W]` to `[N, C]`; `[N, C]` passes through.
+pub fn pool_flatten(features: &Tensor) -> Tensor {
+    match features.dim() {
+        4 => features.mean_dim([2i64, 3].as_slice(), false, None),
+        2 => features.shallow_clone(),
+        _ => features.flatten(1, -1),
+    }
+}
+
+/// The TOML-facing configuration of a backbone plugin (`[backbone] type = "resnet50"`).
+#[typetag::serde(tag = "type")]
+pub trait BackboneSpec: std::fmt::Debug + Send + Sync {
+    /// Builds the network's variables under `path`.
+    fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>, ByolError>;
+
+    /// A safetensors file of pretrained weights (PyTorch state_dict names) to load into the
+    /// online backbone after it is built.
+    fn pretrained(&self) -> Option<&std::path::Path> {
+        None
+    }
+}

@@ -1,0 +1,23 @@
+use std::path::PathBuf;
+
+/// Errors of the model crate. Each names the thing at fault and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ByolError {
+    #[error("backbone has no feature tap '{name}'; available taps: {available}")]
+    UnknownTap { name: String, available: String },
+
+    #[error("cannot read weights from {path}: {source}")]
+    ReadWeights {
+        path: PathBuf,
+        source: tch::TchError,
+    },
+
+    #[error("weights in {path} do not fit the model:\n{report}\nExport the state_dict of the matching torchvision model (see the README, \"Pretrained weights\").")]
+    StateDictMismatch { path: PathBuf, report: String },
+
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}

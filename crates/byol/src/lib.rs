@@ -1,0 +1,42 @@
+//! BYOL (Grill et al. 2020, arXiv 2006.07733) on libtorch.
+//!
+//! The library shape of the original PyTorch class `BYOL(backbone, imageSize, embeddingLayer)`:
+//!
+//! ```no_run
+//! use byol::{Byol, ByolConfig};
+//! # fn spec() -> Box<dyn byol::BackboneSpec> { unimplemented!() }
+//! let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+//! let backbone = spec(); // e.g. a `resnet18` spec from the backbone-resnet plugin
+//! let byol = Byol::new(&vs, backbone.as_ref(), 32, "avgpool", &ByolConfig::default()).unwrap();
+//! let (view1, view2) = (tch::Tensor::randn([8, 3, 32, 32], tch::kind::FLOAT_CPU), tch::Tensor::randn([8, 3, 32, 32], tch::kind::FLOAT_CPU));
+//! let loss = byol.loss(&view1, &view2); // contrast(images)
+//! loss.backward();
+//! byol.update_target(0, 1000);          // updateTargetEncoder()
+//! let embeddings = byol.embed(&view1);  // calling it embeds
+//! ```
+
+pub mod augment;
+pub mod backbone;
+mod error;
+pub mod heads;
+pub mod loss;
+pub mod model;
+pub mod nn;
+pub mod registry;
+pub mod state_dict;
+pub mod target;
+
+pub use augment::Augment;
+pub use backbone::{Backbone, BackboneSpec};
+pub use error::ByolError;
+pub use heads::MlpHead;
+pub use loss::{byol_loss, normalized_mse};
+pub use model::{Byol, ByolConfig};
+pub use registry::{PluginInfo, PluginKind};
+pub use target::{tau_at, TargetUpdater};
+
+/// Re-exported for the registration macro, so plugin crates need not name these versions.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+}

@@ -1,0 +1,205 @@
+//! BYOL's three networks and one training objective.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::ModuleT, Tensor};
+
+use crate::backbone::{Backbone, BackboneSpec};
+use crate::heads::MlpHead;
+use crate::loss::byol_loss;
+use crate::state_dict::load_safetensors;
+use crate::target::{tau_at, variables_under, TargetUpdater};
+use crate::{Augment, ByolError};
+
+/// The `[byol]` table: head sizes and the target's moving-average schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ByolConfig {
+    /// Backbone tap whose pooled output is the representation y ("avgpool" for ResNets).
+    pub embedding_layer: String,
+    /// Hidden width of the projector and predictor MLPs (paper: 4096).
+    pub hidden_dim: i64,
+    /// Output size of the projector and predictor (paper: 256).
+    pub projection_dim: i64,
+    /// Base EMA decay of the target network, annealed to 1 by a cosine (paper: 0.996).
+    pub tau_base: f64,
+}
+
+impl Default for ByolConfig {
+    fn default() -> Self {
+        Self {
+            embedding_layer: "avgpool".into(),
+            hidden_dim: 4096,
+            projection_dim: 256,
+            tau_base: 0.996,
+        }
+    }
+}
+
+/// BYOL: online network (backbone -> projector) with a predictor, and a target network (a
+/// copy of backbone + projector updated only by EMA). Variable names:
+/// `online.backbone.*`, `online.projector.*`, `online.predictor.*`, `target.backbone.*`,
+/// `target.projector.*`, the sub-paths being the PyTorch state_dict names.
+#[derive(Debug)]
+pub struct Byol {
+    online_backbone: Box<dyn Backbone>,
+    online_projector: MlpHead,
+    predictor: MlpHead,
+    target_backbone: Box<dyn Backbone>,
+    target_projector: MlpHead,
+    target: TargetUpdater,
+    embedding_layer: String,
+    embedding_dim: i64,
+    image_size: i64,
+    tau_base: f64,
+}
+
+/// What one loss evaluation saw, for logging (the collapse signal among others).
+#[derive(Debug)]
+pub struct LossParts {
+    pub loss: Tensor,
+    /// Online projections of both views, `[2N, projection_dim]`, detached.
+    pub online_projections: Tensor,
+}
+
+impl Byol {
+    /// Builds all networks in `vs` (online from `backbone`, target as an identical copy).
+    /// `image_size` is the side of the square views the augmentation produces.
+    pub fn new(
+        vs: &nn::VarStore,
+        backbone: &dyn BackboneSpec,
+        image_size: i64,
+        embedding_layer: &str,
+        config: &ByolConfig,
+    ) -> Result<Self, ByolError> {
+        if config.hidden_dim <= 0 || config.projection_dim <= 0 {
+            return Err(ByolError::Config(
+                "byol.hidden_dim and byol.projection_dim must be positive".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&config.tau_base) {
+            return Err(ByolError::Config(format!(
+                "byol.tau_base = {} is outside [0, 1]",
+                config.tau_base
+            )));
+        }
+        let root = vs.root();
+        let online = &root / "online";
+        let target = &root / "target";
+        let online_backbone = backbone.build(&(&online / "backbone"))?;
+        let embedding_dim = online_backbone.check_tap(embedding_layer)?;
+        if let Some(path) = backbone.pretrained() {
+            let variables = variables_under(vs, "online.backbone.");
+            load_safetensors(&variables, path, |key| key.starts_with("fc."))?;
+        }
+        let (hidden, projection) = (config.hidden_dim, config.projection_dim);
+        let online_projector =
+            MlpHead::new(&(&online / "projector"), embedding_dim, hidden, projection);
+        let predictor = MlpHead::new(&(&online / "predictor"), projection, hidden, projection);
+        let target_backbone = backbone.build(&(&target / "backbone"))?;
+        let target_projector =
+            MlpHead::new(&(&target / "projector"), embedding_dim, hidden, projection);
+        // The target gets no gradients: it only moves by EMA.
+        for (name, t) in vs.variables() {
+            if name.starts_with("target.") {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        let target = TargetUpdater::new(vs, "online.", "target.")?;
+        Ok(Self {
+            online_backbone,
+            online_projector,
+            predictor,
+            target_backbone,
+            target_projector,
+            target,
+            embedding_layer: embedding_layer.to_string(),
+            embedding_dim,
+            image_size,
+            tau_base: config.tau_base,
+        })
+    }
+
+    /// The symmetric BYOL loss of two views of the same images (`contrast` in the original).
+    pub fn loss(&self, view1: &Tensor, view2: &Tensor) -> Tensor {
+        self.loss_parts(view1, view2).loss
+    }
+
+    /// The loss plus what the logger wants to see of it.
+    pub fn loss_parts(&self, view1: &Tensor, view2: &Tensor) -> LossParts {
+        // Each view goes through the networks on its own, so batch-norm statistics are per view,
+        // as in the paper's implementation.
+        let z1 = self.online_projection(view1);
+        let z2 = self.online_projection(view2);
+        let p1 = self.predictor.forward_t(&z1, true);
+        let p2 = self.predictor.forward_t(&z2, true);
+        let (t1, t2) =
+            tch::no_grad(|| (self.target_projection(view1), self.target_projection(view2)));
+        let loss = byol_loss(&p1, &p2, &t1, &t2);
+        LossParts {
+            loss,
+            online_projections: Tensor::cat(&[z1.detach(), z2.detach()], 0),
+        }
+    }
+
+    /// The loss on raw uint8 images, with `augment` drawing the two views.
+    pub fn loss_on_images(&self, images: &Tensor, augment: &dyn Augment) -> Tensor {
+        let (view1, view2) = augment.two_views(images);
+        self.loss(&view1, &view2)
+    }
+
+    /// Moves the target towards the online network with tau for `step` of `total_steps`
+    /// (`updateTargetEncoder` in the original).
+    pub fn update_target(&self, step: u64, total_steps: u64) -> f64 {
+        let tau = tau_at(step, total_steps, self.tau_base);
+        self.target.update(tau);
+        tau
+    }
+
+    /// EMA step with an explicit decay.
+    pub fn update_target_with_tau(&self, tau: f64) {
+        self.target.update(tau);
+    }
+
+    /// The online backbone's representation of (already normalized) images, in eval mode.
+    pub fn embed(&self, images: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            self.online_backbone
+                .embed(images, false, &self.embedding_layer)
+        })
+    }
+
+    pub fn online_backbone(&self) -> &dyn Backbone {
+        self.online_backbone.as_ref()
+    }
+
+    pub fn embedding_layer(&self) -> &str {
+        &self.embedding_layer
+    }
+
+    pub fn embedding_dim(&self) -> i64 {
+        self.embedding_dim
+    }
+
+    pub fn image_size(&self) -> i64 {
+        self.image_size
+    }
+
+    pub fn tau_base(&self) -> f64 {
+        self.tau_base
+    }
+
+    fn online_projection(&self, view: &Tensor) -> Tensor {
+        let y = self
+            .online_backbone
+            .embed(view, true, &self.embedding_layer);
+        self.online_projector.forward_t(&y, true)
+    }
+
+    fn target_projection(&self, view: &Tensor) -> Tensor {
+        // Train mode: the target uses batch statistics and keeps its own running averages.
+        let y = self
+            .target_backbone
+            .embed(view, true, &self.embedding_layer);
+        self.target_projector.forward_t(&y, true)
+    }
+}

@@ -1,0 +1,7 @@
+//! Layers whose variables, defaults and initialization match PyTorch's, names included.
+
+mod batch_norm;
+mod conv;
+
+pub use batch_norm::{batch_norm1d, batch_norm2d, BatchNorm};
+pub use conv::{conv2d, linear};

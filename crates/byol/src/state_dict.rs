@@ -1,0 +1,92 @@
+//! Moving weights between byol-rs and PyTorch by state_dict name, as safetensors files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use tch::Tensor;
+
+use crate::ByolError;
+
+/// Loads a safetensors state_dict into `variables` (names relative to the module), copying in
+/// place. `ignore` names keys of the file that the module deliberately lacks (a classifier head).
+/// Any missing, unexpected or mis-shaped key fails the whole load with one report, before
+/// anything is written.
+pub fn load_safetensors(
+    variables: &HashMap<String, Tensor>,
+    path: &Path,
+    ignore: impl Fn(&str) -> bool,
+) -> Result<(), ByolError> {
+    let loaded = Tensor::read_safetensors(path).map_err(|source| ByolError::ReadWeights {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let loaded: BTreeMap<String, Tensor> = loaded.into_iter().filter(|(k, _)| !ignore(k)).collect();
+    let mut missing: Vec<&str> = variables
+        .keys()
+        .filter(|k| !loaded.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    missing.sort();
+    let unexpected: Vec<&str> = loaded
+        .keys()
+        .filter(|k| !variables.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    let misshaped: Vec<String> = loaded
+        .iter()
+        .filter_map(|(k, t)| {
+            let v = variables.get(k)?;
+            (v.size() != t.size())
+                .then(|| format!("{k}: file {:?}, model {:?}", t.size(), v.size()))
+        })
+        .collect();
+    if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty()) {
+        let mut report = String::new();
+        for (title, keys) in [
+            (
+                "missing keys",
+                missing.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            ),
+            (
+                "unexpected keys",
+                unexpected.iter().map(|s| s.to_string()).collect(),
+            ),
+            ("mis-shaped keys", misshaped),
+        ] {
+            if !keys.is_empty() {
+                report.push_str(&format!(
+                    "  {title} ({}): {}\n",
+                    keys.len(),
+                    keys.join(", ")
+                ));
+            }
+        }
+        return Err(ByolError::StateDictMismatch {
+            path: path.to_path_buf(),
+            report,
+        });
+    }
+    tch::no_grad(|| {
+        for (k, t) in &loaded {
+            let v = &variables[k];
+            v.shallow_clone()
+                .copy_(&t.to_kind(v.kind()).to_device(v.device()));
+        }
+    });
+    Ok(())
+}
+
+/// `variables` as a sorted list of (name, tensor) on the CPU, ready for `write_safetensors`.
+pub fn to_cpu_sorted(variables: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> = variables
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.detach().to_device(tch::Device::Cpu).contiguous(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}

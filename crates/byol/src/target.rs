@@ -1,0 +1,117 @@
+//! The target network's exponential moving average and its tau schedule.
+
+use std::collections::HashMap;
+
+use tch::{nn::VarStore, Kind, Tensor};
+
+use crate::ByolError;
+
+/// "τ = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2 with k the current training step and K the maximum
+/// number of training steps" (BYOL, section 3.2).
+pub fn tau_at(step: u64, total_steps: u64, tau_base: f64) -> f64 {
+    let progress = if total_steps == 0 {
+        1.0
+    } else {
+        step.min(total_steps) as f64 / total_steps as f64
+    };
+    1.0 - (1.0 - tau_base) * ((std::f64::consts::PI * progress).cos() + 1.0) / 2.0
+}
+
+/// Updates `target.X <- tau * target.X + (1 - tau) * online.X` for every trainable parameter
+/// in one fused kernel: both sides' parameters are re-seated as views into one flat buffer each,
+/// so the whole EMA is a single `lerp_` (not one launch per tensor). Buffers (BN running
+/// statistics) are not averaged: the target keeps its own, as in the paper.
+#[derive(Debug)]
+pub struct TargetUpdater {
+    online_flat: Tensor,
+    target_flat: Tensor,
+    parameters: usize,
+}
+
+impl TargetUpdater {
+    /// Pairs `{online_prefix}X` with `{target_prefix}X` for every variable under the target prefix,
+    /// copies the online values into the target (target = online at init), and flattens the
+    /// trainable pairs.
+    pub fn new(vs: &VarStore, online_prefix: &str, target_prefix: &str) -> Result<Self, ByolError> {
+        let variables = vs.variables();
+        let trainable: Vec<Tensor> = vs.trainable_variables();
+        let is_trainable = |t: &Tensor| trainable.iter().any(|v| v.data_ptr() == t.data_ptr());
+        let mut names: Vec<&String> = variables
+            .keys()
+            .filter(|n| n.starts_with(target_prefix))
+            .collect();
+        names.sort();
+        let mut online_params = Vec::new();
+        let mut target_params = Vec::new();
+        for name in names {
+            let suffix = &name[target_prefix.len()..];
+            let online_name = format!("{online_prefix}{suffix}");
+            let online = variables.get(&online_name).ok_or_else(|| {
+                ByolError::Config(format!(
+                    "target variable '{name}' has no online counterpart '{online_name}'"
+                ))
+            })?;
+            let target = &variables[name];
+            if online.size() != target.size() {
+                return Err(ByolError::Config(format!(
+                    "'{online_name}' and '{name}' differ in shape"
+                )));
+            }
+            tch::no_grad(|| target.shallow_clone().copy_(online));
+            if is_trainable(online) {
+                online_params.push(online.shallow_clone());
+                target_params.push(target.shallow_clone());
+            }
+        }
+        let parameters = online_params.len();
+        Ok(Self {
+            online_flat: flatten_into_one(&online_params),
+            target_flat: flatten_into_one(&target_params),
+            parameters,
+        })
+    }
+
+    /// One EMA step with decay `tau`.
+    pub fn update(&self, tau: f64) {
+        tch::no_grad(|| {
+            let _ = self
+                .target_flat
+                .shallow_clone()
+                .lerp_(&self.online_flat, 1.0 - tau);
+        });
+    }
+
+    /// How many parameter tensors the flat buffers hold.
+    pub fn parameter_count(&self) -> usize {
+        self.parameters
+    }
+}
+
+/// Copies `tensors` into one contiguous buffer and makes each tensor a view of its slice, so an
+/// in-place update of the buffer is an in-place update of every tensor (and vice versa).
+fn flatten_into_one(tensors: &[Tensor]) -> Tensor {
+    let Some(first) = tensors.first() else {
+        return Tensor::zeros([0], (Kind::Float, tch::Device::Cpu));
+    };
+    let numel: i64 = tensors.iter().map(|t| t.numel() as i64).sum();
+    let flat = Tensor::zeros([numel], (first.kind(), first.device()));
+    let mut offset = 0;
+    tch::no_grad(|| {
+        for t in tensors {
+            let n = t.numel() as i64;
+            let slice = flat.narrow(0, offset, n).view(t.size().as_slice());
+            slice.shallow_clone().copy_(t);
+            t.shallow_clone().set_data(&slice);
+            offset += n;
+        }
+    });
+    flat
+}
+
+/// Variables of `vs` whose name starts with `prefix`, with the prefix removed.
+pub fn variables_under(vs: &VarStore, prefix: &str) -> HashMap<String, Tensor> {
+    vs.variables()
+        .into_iter()
+        .filter_map(|(name, t)| name.strip_prefix(prefix).map(|rest| (rest.to_string(), t)))
+        .collect()
+}

@@ -1,0 +1,175 @@
+use serde::{Deserialize, Serialize};
+
+use crate::view::{ByolAugment, ViewParams};
+use byol_data::{AugmentSpec, DataError};
+
+/// Starting values for both views; any key set under `[augment.view1]` / `[augment.view2]`
+/// overrides its preset value.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// The paper's ImageNet views (Table 6) at 224 px, ImageNet mean/std.
+    #[default]
+    Imagenet,
+    /// The common CIFAR recipe (solo-learn, lightly): 32 px crops, no blur, CIFAR mean/std.
+    Cifar,
+}
+
+/// Optional per-view overrides of the preset (`[augment.view1] solarize_p = 0.1`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewOverrides {
+    /// Random resized crop: area fraction range.
+    pub crop_scale: Option<(f64, f64)>,
+    /// Random resized crop: aspect-ratio range (log-uniform).
+    pub crop_ratio: Option<(f64, f64)>,
+    /// Horizontal flip probability.
+    pub flip_p: Option<f64>,
+    /// Probability of applying colour jitter.
+    pub jitter_p: Option<f64>,
+    pub brightness: Option<f64>,
+    pub contrast: Option<f64>,
+    pub saturation: Option<f64>,
+    pub hue: Option<f64>,
+    pub grayscale_p: Option<f64>,
+    pub blur_p: Option<f64>,
+    /// Blur sigma range, in pixels of the view.
+    pub blur_sigma: Option<(f64, f64)>,
+    /// Blur kernel side as a fraction of the view side (odd, at least 3).
+    pub blur_kernel_fraction: Option<f64>,
+    pub solarize_p: Option<f64>,
+    pub solarize_threshold: Option<f64>,
+}
+
+impl ViewOverrides {
+    fn apply(&self, mut p: ViewParams) -> ViewParams {
+        macro_rules! take {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { p.$field = v; })* };
+        }
+        take!(
+            crop_scale,
+            crop_ratio,
+            flip_p,
+            jitter_p,
+            grayscale_p,
+            blur_p,
+            blur_sigma,
+            blur_kernel_fraction,
+            solarize_p,
+            solarize_threshold
+        );
+        if let Some(v) = self.brightness {
+            p.jitter.brightness = v;
+        }
+        if let Some(v) = self.contrast {
+            p.jitter.contrast = v;
+        }
+        if let Some(v) = self.saturation {
+            p.jitter.saturation = v;
+        }
+        if let Some(v) = self.hue {
+            p.jitter.hue = v;
+        }
+        p
+    }
+}
+
+/// `[augment] type = "byol"`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ByolAugmentConfig {
+    pub preset: Preset,
+    /// Side of the views in pixels (preset: 224 / 32).
+    pub image_size: Option<i64>,
+    /// Per-channel normalization (preset: ImageNet / CIFAR-10 statistics).
+    pub mean: Option<[f64; 3]>,
+    pub std: Option<[f64; 3]>,
+    pub view1: ViewOverrides,
+    pub view2: ViewOverrides,
+}
+
+impl ByolAugmentConfig {
+    /// The resolved pipeline: preset values with the overrides applied, checked.
+    pub fn resolve(&self) -> Result<ByolAugment, DataError> {
+        let (size, mean, std, mut view1, mut view2) = match self.preset {
+            Preset::Imagenet => (
+                224,
+                [0.485, 0.456, 0.406],
+                [0.229, 0.224, 0.225],
+                ViewParams::paper_view1(),
+                ViewParams::paper_view2(),
+            ),
+            Preset::Cifar => {
+                let cifar = |p: ViewParams| ViewParams { blur_p: 0.0, ..p };
+                (
+                    32,
+                    [0.4914, 0.4822, 0.4465],
+                    [0.2470, 0.2435, 0.2616],
+                    cifar(ViewParams::paper_view1()),
+                    cifar(ViewParams::paper_view2()),
+                )
+            }
+        };
+        view1 = self.view1.apply(view1);
+        view2 = self.view2.apply(view2);
+        let size = self.image_size.unwrap_or(size);
+        if size < 4 {
+            return Err(DataError::Config(format!(
+                "augment.image_size = {size} is too small"
+            )));
+        }
+        for (name, p) in [("view1", &view1), ("view2", &view2)] {
+            for (key, v) in [
+                ("flip_p", p.flip_p),
+                ("jitter_p", p.jitter_p),
+                ("grayscale_p", p.grayscale_p),
+                ("blur_p", p.blur_p),
+                ("solarize_p", p.solarize_p),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(DataError::Config(format!(
+                        "augment.{name}.{key} = {v} is not a probability in [0, 1]"
+                    )));
+                }
+            }
+            if !(0.0 < p.crop_scale.0 && p.crop_scale.0 <= p.crop_scale.1 && p.crop_scale.1 <= 1.0)
+            {
+                return Err(DataError::Config(format!(
+                    "augment.{name}.crop_scale = {:?} must satisfy 0 < lo <= hi <= 1",
+                    p.crop_scale
+                )));
+            }
+            if !(p.blur_sigma.0 > 0.0 && p.blur_sigma.0 <= p.blur_sigma.1) {
+                return Err(DataError::Config(format!(
+                    "augment.{name}.blur_sigma = {:?} must satisfy 0 < lo <= hi",
+                    p.blur_sigma
+                )));
+            }
+        }
+        Ok(ByolAugment {
+            size,
+            view1,
+            view2,
+            mean: self.mean.unwrap_or(mean),
+            std: self.std.unwrap_or(std),
+        })
+    }
+}
+
+byol::register_plugin! {
+    kind: Augment,
+    name: "byol",
+    description: "the paper's two asymmetric views (Table 6), per-sample random, on the device; presets imagenet and cifar",
+    example: "type = \"byol\"\npreset = \"imagenet\"   # or \"cifar\"\n# image_size = 224\n\n[augment.view2]\nsolarize_p = 0.2\n",
+    impl AugmentSpec for ByolAugmentConfig {
+        fn build(&self) -> Result<Box<dyn byol::Augment>, DataError> {
+            Ok(Box::new(self.resolve()?))
+        }
+        fn image_size(&self) -> i64 {
+            self.image_size.unwrap_or(match self.preset {
+                Preset::Imagenet => 224,
+                Preset::Cifar => 32,
+            })
+        }
+    }
+}

@@ -1,0 +1,128 @@
+use tch::{Kind, Tensor};
+
+use byol_data::ops;
+
+/// Every parameter of one view's pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewParams {
+    pub crop_scale: (f64, f64),
+    pub crop_ratio: (f64, f64),
+    pub flip_p: f64,
+    pub jitter_p: f64,
+    pub jitter: ops::JitterStrength,
+    pub grayscale_p: f64,
+    pub blur_p: f64,
+    pub blur_sigma: (f64, f64),
+    /// Blur kernel side as a fraction of the view side (paper: 23 px at 224, about 0.1).
+    pub blur_kernel_fraction: f64,
+    pub solarize_p: f64,
+    pub solarize_threshold: f64,
+}
+
+impl ViewParams {
+    /// The paper's view 1 (Table 6, column T).
+    pub fn paper_view1() -> Self {
+        Self {
+            crop_scale: (0.08, 1.0),
+            crop_ratio: (3.0 / 4.0, 4.0 / 3.0),
+            flip_p: 0.5,
+            jitter_p: 0.8,
+            jitter: ops::JitterStrength {
+                brightness: 0.4,
+                contrast: 0.4,
+                saturation: 0.2,
+                hue: 0.1,
+            },
+            grayscale_p: 0.2,
+            blur_p: 1.0,
+            blur_sigma: (0.1, 2.0),
+            blur_kernel_fraction: 0.1,
+            solarize_p: 0.0,
+            solarize_threshold: 0.5,
+        }
+    }
+
+    /// The paper's view 2 (Table 6, column T'): blur 0.1, solarize 0.2.
+    pub fn paper_view2() -> Self {
+        Self {
+            blur_p: 0.1,
+            solarize_p: 0.2,
+            ..Self::paper_view1()
+        }
+    }
+
+    /// Blur kernel side for views of `size` pixels: odd, at least 3 (23 at 224 px).
+    pub fn blur_kernel(&self, size: i64) -> i64 {
+        let k = (self.blur_kernel_fraction * size as f64).round() as i64;
+        (k.max(3) / 2) * 2 + 1
+    }
+}
+
+/// The runtime augmentation: uint8 batches in, two normalized float views out.
+#[derive(Debug, Clone)]
+pub struct ByolAugment {
+    pub size: i64,
+    pub view1: ViewParams,
+    pub view2: ViewParams,
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+impl ByolAugment {
+    /// One view of float images in [0, 1].
+    pub fn view(&self, images: &Tensor, p: &ViewParams) -> Tensor {
+        let dims = images.size();
+        let (n, h, w) = (dims[0], dims[2], dims[3]);
+        let device = images.device();
+        let boxes = ops::random_resized_crop_boxes(n, h, w, p.crop_scale, p.crop_ratio, device);
+        let flip = ops::bernoulli(n, p.flip_p, device);
+        let mut x = ops::resized_crop(images, &boxes, self.size, Some(&flip));
+        if p.jitter_p > 0.0 {
+            let jittered = ops::color_jitter(&x, p.jitter);
+            x = ops::select(&ops::bernoulli(n, p.jitter_p, device), &jittered, &x);
+        }
+        if p.grayscale_p > 0.0 {
+            x = ops::select(
+                &ops::bernoulli(n, p.grayscale_p, device),
+                &ops::grayscale(&x),
+                &x,
+            );
+        }
+        if p.blur_p > 0.0 {
+            let sigma = ops::uniform(n, p.blur_sigma.0, p.blur_sigma.1, device);
+            let blurred = ops::gaussian_blur(&x, p.blur_kernel(self.size), &sigma);
+            x = ops::select(&ops::bernoulli(n, p.blur_p, device), &blurred, &x);
+        }
+        if p.solarize_p > 0.0 {
+            x = ops::select(
+                &ops::bernoulli(n, p.solarize_p, device),
+                &ops::solarize(&x, p.solarize_threshold),
+                &x,
+            );
+        }
+        ops::normalize(&x, self.mean, self.std)
+    }
+}
+
+fn to_unit_float(images: &Tensor) -> Tensor {
+    images.to_kind(Kind::Float) / 255.0
+}
+
+impl byol::Augment for ByolAugment {
+    fn two_views(&self, images: &Tensor) -> (Tensor, Tensor) {
+        tch::no_grad(|| {
+            let x = to_unit_float(images);
+            (self.view(&x, &self.view1), self.view(&x, &self.view2))
+        })
+    }
+
+    fn eval_view(&self, images: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            ops::normalize(
+                &ops::resize_center(&to_unit_float(images), self.size),
+                self.mean,
+                self.std,
+            )
+        })
+    }
+}
