@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod dataset;
 mod error;
+pub mod image_folder;
 pub mod loader;
 pub mod ops;
 pub mod rng;

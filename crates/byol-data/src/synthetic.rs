@@ -90,8 +90,11 @@ fn generate(config: &SyntheticConfig, split: u64, count: usize) -> Result<ImageS
     ImageSet::new(pixels, labels, side, side, classes)
 }
 
+/// Shapes and backgrounds are gray levels with a faint random tint: colour carries no
+/// information, so the network has to look at the shape.
 fn random_colour(rng: &mut SplitMix64) -> [f32; 3] {
-    [rng.uniform(), rng.uniform(), rng.uniform()]
+    let level = rng.uniform();
+    [0, 1, 2].map(|_| (level + rng.range(-0.05, 0.05)).clamp(0.0, 1.0))
 }
 
 fn luminance(c: [f32; 3]) -> f32 {
@@ -102,15 +105,15 @@ fn luminance(c: [f32; 3]) -> f32 {
 fn draw(out: &mut [u8], side: usize, class: usize, rng: &mut SplitMix64) {
     let s = side as f32;
     let bg = random_colour(rng);
-    // Keep the shape visible in grayscale too: at least 0.25 luminance apart.
+    // Keep the shape visible: at least 0.3 luminance apart.
     let mut fg = random_colour(rng);
-    while (luminance(fg) - luminance(bg)).abs() < 0.25 {
+    while (luminance(fg) - luminance(bg)).abs() < 0.3 {
         fg = random_colour(rng);
     }
     let bg2 = random_colour(rng);
-    let radius = s * rng.range(0.22, 0.34);
-    let cx = s / 2.0 + s * rng.range(-0.15, 0.15);
-    let cy = s / 2.0 + s * rng.range(-0.15, 0.15);
+    let radius = s * rng.range(0.28, 0.4);
+    let cx = s / 2.0 + s * rng.range(-0.12, 0.12);
+    let cy = s / 2.0 + s * rng.range(-0.12, 0.12);
     let (gx, gy) = (rng.range(-1.0, 1.0), rng.range(-1.0, 1.0));
     let plane = side * side;
     for y in 0..side {
