@@ -33,10 +33,7 @@ pub fn run() -> anyhow::Result<()> {
     if cuda {
         // tch exposes no device properties; nvidia-smi has them when the driver is installed.
         match Command::new("nvidia-smi")
-            .args([
-                "--query-gpu=index,name,memory.total",
-                "--format=csv,noheader",
-            ])
+            .args(["--query-gpu=index,name,memory.total", "--format=csv,noheader"])
             .output()
         {
             Ok(out) if out.status.success() => {

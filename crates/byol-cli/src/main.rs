@@ -83,10 +83,7 @@ fn main() -> ExitCode {
 }
 
 fn load(args: &ExperimentArgs) -> anyhow::Result<Experiment> {
-    let path = args
-        .experiment
-        .as_ref()
-        .context("no experiment file given")?;
+    let path = args.experiment.as_ref().context("no experiment file given")?;
     Experiment::load(path, &args.overrides)
 }
 
@@ -107,16 +104,12 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         quiet: args.quiet,
     };
     let summary = byol_train::train(&experiment, &options)?;
-    let percent = |a: Option<byol_train::knn::KnnAccuracy>| {
-        a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0))
-    };
+    let percent =
+        |a: Option<byol_train::knn::KnnAccuracy>| a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0));
     println!("\n== summary: {} ==", experiment.name());
     println!("run folder       {}", summary.run_dir.display());
     println!("device           {}", summary.device);
-    println!(
-        "steps            {} ({} epochs)",
-        summary.steps, summary.epochs
-    );
+    println!("steps            {} ({} epochs)", summary.steps, summary.epochs);
     if let Some(loss) = summary.final_loss {
         println!("final loss       {loss:.4}");
     }

@@ -7,11 +7,7 @@ pub fn print() {
     for plugin in plugins() {
         if kind != Some(plugin.kind) {
             kind = Some(plugin.kind);
-            println!(
-                "\n# {:?} plugins: the [{}] table",
-                plugin.kind,
-                plugin.kind.table()
-            );
+            println!("\n# {:?} plugins: the [{}] table", plugin.kind, plugin.kind.table());
         }
         println!("\n{}: {}", plugin.name, plugin.description);
         println!("  [{}]", plugin.kind.table());

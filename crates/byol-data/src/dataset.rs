@@ -74,8 +74,7 @@ impl ImageSet {
     /// The whole split as one tensor pair (uint8 `[N, 3, H, W]`, int64 `[N]`).
     pub fn tensors(&self) -> (Tensor, Tensor) {
         let n = self.labels.len() as i64;
-        let images =
-            Tensor::from_slice(&self.pixels).view([n, 3, self.height as i64, self.width as i64]);
+        let images = Tensor::from_slice(&self.pixels).view([n, 3, self.height as i64, self.width as i64]);
         (images, Tensor::from_slice(&self.labels))
     }
 }
@@ -103,12 +102,7 @@ impl Dataset for ImageSet {
             pixels.extend_from_slice(&self.pixels[i * stride..(i + 1) * stride]);
             labels.push(self.labels[i]);
         }
-        let images = Tensor::from_slice(&pixels).view([
-            indices.len() as i64,
-            3,
-            self.height as i64,
-            self.width as i64,
-        ]);
+        let images = Tensor::from_slice(&pixels).view([indices.len() as i64, 3, self.height as i64, self.width as i64]);
         Ok((images, Tensor::from_slice(&labels)))
     }
 }

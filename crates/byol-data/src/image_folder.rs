@@ -2,7 +2,6 @@
 //! folder names, JPEG and PNG (grayscale, CMYK and alpha converted to RGB).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -143,13 +142,7 @@ fn scan(root: &Path, limit_per_class: usize) -> Result<Listing, DataError> {
     let mut classes = Vec::new();
     let mut files = Vec::new();
     for (label, class_dir) in class_dirs.iter().enumerate() {
-        classes.push(
-            class_dir
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
-        );
+        classes.push(class_dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
         let images = read(class_dir)?.into_iter().filter(|p| {
             p.extension()
                 .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
@@ -196,8 +189,7 @@ pub fn decode_square(path: &Path, size: u32) -> Result<Vec<u8>, DataError> {
             ((w as f64 * scale).round() as u32).max(size),
             ((h as f64 * scale).round() as u32).max(size),
         );
-        let resized =
-            image::imageops::resize(&image, nw, nh, image::imageops::FilterType::Triangle);
+        let resized = image::imageops::resize(&image, nw, nh, image::imageops::FilterType::Triangle);
         image::imageops::crop_imm(&resized, (nw - size) / 2, (nh - size) / 2, size, size).to_image()
     };
     let plane = (size * size) as usize;
@@ -230,30 +222,27 @@ impl DecodingFolder {
 
     /// Decodes `indices` in parallel; bad images are `None` (or an error, per `on_bad_image`).
     fn decode(&self, indices: &[usize]) -> Result<Vec<Option<Vec<u8>>>, DataError> {
-        let next = AtomicUsize::new(0);
-        let mut results: Vec<Option<Result<Vec<u8>, DataError>>> =
-            (0..indices.len()).map(|_| None).collect();
-        let slots: Vec<std::sync::Mutex<&mut Option<Result<Vec<u8>, DataError>>>> =
-            results.iter_mut().map(std::sync::Mutex::new).collect();
-        std::thread::scope(|scope| {
-            for _ in 0..self.threads().min(indices.len()) {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= indices.len() {
-                        break;
-                    }
-                    let decoded = decode_square(&self.listing.files[indices[i]].0, self.size);
-                    **slots[i].lock().expect("slot lock") = Some(decoded);
-                });
-            }
+        let threads = self.threads().min(indices.len()).max(1);
+        // Thread t decodes positions t, t + threads, ...: no shared state, deterministic output.
+        let per_thread: Vec<Vec<Result<Vec<u8>, DataError>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    scope.spawn(move || {
+                        (t..indices.len())
+                            .step_by(threads)
+                            .map(|i| decode_square(&self.listing.files[indices[i]].0, self.size))
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("decoder thread")).collect()
         });
-        drop(slots);
-        results
-            .into_iter()
-            .map(|r| match r.expect("every slot decoded") {
+        let mut iters: Vec<_> = per_thread.into_iter().map(|v| v.into_iter()).collect();
+        (0..indices.len())
+            .map(|i| match iters[i % threads].next().expect("one result per index") {
                 Ok(bytes) => Ok(Some(bytes)),
                 Err(e) if self.on_bad_image == OnBadImage::Skip => {
-                    let _ = e;
+                    eprintln!("warning: skipping {e}");
                     Ok(None)
                 }
                 Err(e) => Err(DataError::Config(format!(

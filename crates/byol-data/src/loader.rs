@@ -22,13 +22,7 @@ pub struct BatchLoader {
 }
 
 impl BatchLoader {
-    pub fn new(
-        dataset: Arc<dyn Dataset>,
-        batch_size: usize,
-        shuffle: bool,
-        drop_last: bool,
-        seed: u64,
-    ) -> Self {
+    pub fn new(dataset: Arc<dyn Dataset>, batch_size: usize, shuffle: bool, drop_last: bool, seed: u64) -> Self {
         Self {
             dataset,
             batch_size,
@@ -77,9 +71,7 @@ impl BatchLoader {
     pub fn load(&self, indices: &[usize], device: Device) -> Result<(Tensor, Tensor), DataError> {
         let (images, labels) = self.dataset.batch(indices)?;
         let images = if device.is_cuda() {
-            images
-                .pin_memory(device)
-                .to_device_(device, images.kind(), true, false)
+            images.pin_memory(device).to_device_(device, images.kind(), true, false)
         } else {
             images
         };

@@ -83,10 +83,7 @@ fn generate(config: &SyntheticConfig, split: u64, count: usize) -> Result<ImageS
         draw(image, side, class, &mut rng);
         labels.push(class as i64);
     }
-    let classes = SHAPES[..config.classes]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let classes = SHAPES[..config.classes].iter().map(|s| s.to_string()).collect();
     ImageSet::new(pixels, labels, side, side, classes)
 }
 

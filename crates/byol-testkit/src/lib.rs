@@ -16,9 +16,7 @@ pub fn python() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
-        });
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
     let venv = std::env::var_os("BYOL_RS_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache.join("byol-rs/torch-2.11.0"));

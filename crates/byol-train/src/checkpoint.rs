@@ -56,8 +56,7 @@ impl Checkpointer {
         optimizer: &[(String, Tensor)],
         mut manifest: Manifest,
     ) -> anyhow::Result<PathBuf> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
         let name = format!("step-{:09}", manifest.step);
         let final_dir = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -67,8 +66,7 @@ impl Checkpointer {
         fs::create_dir_all(&tmp)?;
         for (file, tensors) in [(MODEL_FILE, model), (OPTIMIZER_FILE, optimizer)] {
             let path = tmp.join(file);
-            Tensor::write_safetensors(tensors, &path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            Tensor::write_safetensors(tensors, &path).with_context(|| format!("cannot write {}", path.display()))?;
             manifest.files.insert(file.to_string(), sha256_file(&path)?);
         }
         manifest.format = 1;
@@ -81,8 +79,7 @@ impl Checkpointer {
         if final_dir.exists() {
             fs::remove_dir_all(&final_dir)?;
         }
-        fs::rename(&tmp, &final_dir)
-            .with_context(|| format!("cannot move checkpoint into {}", final_dir.display()))?;
+        fs::rename(&tmp, &final_dir).with_context(|| format!("cannot move checkpoint into {}", final_dir.display()))?;
         self.point_last_at(&name)?;
         sync_dir(&self.dir)?;
         self.prune()?;
@@ -117,8 +114,7 @@ impl Checkpointer {
         let dirs = self.list();
         if dirs.len() > self.keep_last {
             for old in &dirs[..dirs.len() - self.keep_last] {
-                fs::remove_dir_all(old)
-                    .with_context(|| format!("cannot remove old checkpoint {}", old.display()))?;
+                fs::remove_dir_all(old).with_context(|| format!("cannot remove old checkpoint {}", old.display()))?;
             }
         }
         Ok(())
@@ -131,10 +127,7 @@ impl Checkpointer {
         for dir in self.list().into_iter().rev() {
             match verify(&dir) {
                 Ok(manifest) => return (Some((dir, manifest)), warnings),
-                Err(e) => warnings.push(format!(
-                    "skipping damaged checkpoint {}: {e:#}",
-                    dir.display()
-                )),
+                Err(e) => warnings.push(format!("skipping damaged checkpoint {}: {e:#}", dir.display())),
             }
         }
         (None, warnings)
@@ -144,8 +137,7 @@ impl Checkpointer {
 /// Reads a checkpoint folder's manifest and checks every file's SHA-256.
 pub fn verify(dir: &Path) -> anyhow::Result<Manifest> {
     let manifest_path = dir.join(MANIFEST_FILE);
-    let text = fs::read(&manifest_path)
-        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    let text = fs::read(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
     let manifest: Manifest = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a valid manifest", manifest_path.display()))?;
     for (file, expected) in &manifest.files {
@@ -174,11 +166,7 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
         }
         hasher.update(&buffer[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {

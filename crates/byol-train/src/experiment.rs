@@ -134,13 +134,10 @@ impl Experiment {
                     path.display()
                 )
             }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read experiment file {}", path.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read experiment file {}", path.display())),
         };
-        let mut experiment = Self::parse(&text, overrides)
-            .with_context(|| format!("in experiment file {}", path.display()))?;
+        let mut experiment =
+            Self::parse(&text, overrides).with_context(|| format!("in experiment file {}", path.display()))?;
         if experiment.run.name.is_none() {
             experiment.run.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
         }
@@ -150,11 +147,9 @@ impl Experiment {
     /// Parses an experiment from TOML text.
     pub fn parse(text: &str, overrides: &[String]) -> anyhow::Result<Self> {
         if overrides.is_empty() {
-            return toml::from_str(text)
-                .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()));
+            return toml::from_str(text).map_err(|e| explain(text, &e));
         }
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| explain(text, &e))?;
         for assignment in overrides {
             apply_override(&mut table, assignment)?;
         }
@@ -178,6 +173,29 @@ impl Experiment {
     }
 }
 
+/// A TOML or schema error with its line and column (from toml's message) and the table it is in.
+fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
+    let message = error.to_string().trim_end().to_string();
+    let table = error.span().and_then(|span| enclosing_table(text, span.start));
+    match table {
+        Some(table) => anyhow::anyhow!("{message}\n(in table [{table}])"),
+        None => anyhow::anyhow!("{message}"),
+    }
+}
+
+/// The `[header]` that the byte `offset` of `text` falls under.
+fn enclosing_table(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset.min(text.len()))?;
+    // The offset may sit on a header line itself (typetag reports errors at the table header).
+    let line_end = text[before.len()..].find('\n').map_or(text.len(), |i| before.len() + i);
+    text[..line_end].lines().rev().find_map(|line| {
+        let line = line.trim();
+        let inner = line.strip_prefix('[')?.trim_start_matches('[');
+        let end = inner.find(']')?;
+        Some(inner[..end].trim().to_string())
+    })
+}
+
 /// `a.b.c=value`: sets key `c` of table `a.b`, creating tables as needed.
 fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<()> {
     let (key, raw) = assignment
@@ -199,4 +217,31 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
     }
     current.insert(last.to_string(), value);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_enclosing_table() {
+        let text = "[run]\nseed = 1\n\n[schedule]\nepochs = 3\nwarmup_epoch = 1\n";
+        assert_eq!(
+            enclosing_table(text, text.find("warmup").unwrap()).as_deref(),
+            Some("schedule")
+        );
+        assert_eq!(
+            enclosing_table(text, text.find("[schedule]").unwrap()).as_deref(),
+            Some("schedule")
+        );
+        let error = toml::from_str::<ScheduleConfig>("epochs = 3\nwarmup_epoch = 1\n").unwrap_err();
+        assert!(error.span().is_some(), "{error}");
+        let error = toml::from_str::<toml::Table>("a = = 1").unwrap_err();
+        assert!(error.span().is_some(), "{error}");
+        let msg = format!(
+            "{:#}",
+            Experiment::parse("[schedule]\nepochs = 3\nwarmup_epoch = 1\n", &[]).unwrap_err()
+        );
+        assert!(msg.contains("(in table [schedule])"), "{msg}");
+    }
 }

@@ -25,9 +25,7 @@ pub fn knn_scores(
     let k = k.min(b.size()[0]);
     let similarity = q.matmul(&b.tr());
     let (top_sim, top_idx) = similarity.topk(k, 1, true, true);
-    let top_labels = bank_labels
-        .index_select(0, &top_idx.flatten(0, -1))
-        .view_as(&top_idx);
+    let top_labels = bank_labels.index_select(0, &top_idx.flatten(0, -1)).view_as(&top_idx);
     let weights = (top_sim / temperature).exp();
     let one_hot = top_labels.one_hot(classes).to_kind(Kind::Float);
     (one_hot * weights.unsqueeze(-1)).sum_dim_intlist([1i64].as_slice(), false, None)
@@ -77,7 +75,5 @@ pub fn knn_accuracy(
 
 fn normalize(x: &Tensor) -> Tensor {
     let x = x.to_kind(Kind::Float);
-    &x / x
-        .norm_scalaropt_dim(2, [1i64].as_slice(), true)
-        .clamp_min(1e-12)
+    &x / x.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12)
 }

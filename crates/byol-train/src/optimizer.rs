@@ -81,11 +81,7 @@ pub mod util {
         Ok(())
     }
 
-    pub fn named_buffers(
-        prefix: &str,
-        parameters: &[NamedParameter],
-        buffers: &[Tensor],
-    ) -> Vec<(String, Tensor)> {
+    pub fn named_buffers(prefix: &str, parameters: &[NamedParameter], buffers: &[Tensor]) -> Vec<(String, Tensor)> {
         parameters
             .iter()
             .zip(buffers)

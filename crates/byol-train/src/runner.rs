@@ -55,18 +55,13 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
             }
             Device::Cuda(0)
         }
-        other => match other
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse::<usize>().ok())
-        {
+        other => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
             Some(i) if (i as i64) < tch::Cuda::device_count() => Device::Cuda(i),
             Some(i) => bail!(
                 "run.device = \"{other}\": there are {} CUDA devices, no cuda:{i}",
                 tch::Cuda::device_count()
             ),
-            None => bail!(
-                "run.device = \"{other}\" is not one of \"auto\", \"cpu\", \"cuda\", \"cuda:N\""
-            ),
+            None => bail!("run.device = \"{other}\" is not one of \"auto\", \"cpu\", \"cuda\", \"cuda:N\""),
         },
     })
 }
@@ -137,8 +132,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         .run_dir
         .clone()
         .unwrap_or_else(|| experiment.run.output_dir.join(experiment.name()));
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
     let device = parse_device(&experiment.run.device)?;
     if experiment.run.threads > 0 {
         tch::set_num_threads(experiment.run.threads as i32);
@@ -181,10 +175,8 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let final_lr = peak_lr * schedule.final_lr_fraction;
 
     let config_toml = experiment.to_toml()?;
-    std::fs::write(run_dir.join("config.toml"), &config_toml)
-        .context("writing the resolved config")?;
-    let checkpointer =
-        Checkpointer::new(run_dir.join("checkpoints"), experiment.checkpoint.keep_last);
+    std::fs::write(run_dir.join("config.toml"), &config_toml).context("writing the resolved config")?;
+    let checkpointer = Checkpointer::new(run_dir.join("checkpoints"), experiment.checkpoint.keep_last);
 
     // Resume from the newest intact checkpoint, if any.
     let (latest, warnings) = checkpointer.latest_valid();
@@ -194,11 +186,8 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let mut step = 0u64;
     let mut resumed_from_step = None;
     if let Some((dir, manifest)) = latest {
-        load_model_state(
-            &vs,
-            &checkpoint::read_tensors(&dir, checkpoint::MODEL_FILE)?,
-        )
-        .with_context(|| format!("resuming from {}", dir.display()))?;
+        load_model_state(&vs, &checkpoint::read_tensors(&dir, checkpoint::MODEL_FILE)?)
+            .with_context(|| format!("resuming from {}", dir.display()))?;
         optimizer
             .load_state(&checkpoint::read_tensors(&dir, checkpoint::OPTIMIZER_FILE)?)
             .map_err(|e| anyhow::anyhow!("resuming from {}: {e}", dir.display()))?;
@@ -215,13 +204,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             return Ok(None);
         };
         let eval = &experiment.eval;
-        let (bank, bank_labels) = embed_split(
-            byol,
-            augment.as_ref(),
-            &splits.train,
-            eval.batch_size,
-            device,
-        )?;
+        let (bank, bank_labels) = embed_split(byol, augment.as_ref(), &splits.train, eval.batch_size, device)?;
         let (queries, labels) = embed_split(byol, augment.as_ref(), test, eval.batch_size, device)?;
         let classes = splits.train.classes().len() as i64;
         Ok(Some(knn_accuracy(
@@ -235,8 +218,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         )))
     };
 
-    let mut logger = ScalarLogger::create(&run_dir.join("tensorboard"))
-        .context("opening the TensorBoard log")?;
+    let mut logger = ScalarLogger::create(&run_dir.join("tensorboard")).context("opening the TensorBoard log")?;
     let knn_before = if experiment.eval.before_training && step == 0 {
         let acc = knn(&byol)?;
         if let Some(a) = acc {
@@ -293,21 +275,18 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             step += 1;
             window.1 += indices.len() as u64;
             let last = step == total_steps;
-            if step % experiment.logging.every_steps.max(1) == 0 || last {
+            if step.is_multiple_of(experiment.logging.every_steps.max(1)) || last {
                 let loss = parts.loss.double_value(&[]);
                 if !loss.is_finite() {
                     bail!("the loss became {loss} at step {step}; the last good checkpoint is kept in {} (lower the learning rate or check the data)", checkpointer.dir().display());
                 }
-                let images_per_second =
-                    window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+                let images_per_second = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
                 window = (Instant::now(), 0);
                 let z = &parts.online_projections;
-                let z_std = (z / z
-                    .norm_scalaropt_dim(2, [1i64].as_slice(), true)
-                    .clamp_min(1e-12))
-                .std_dim([0i64].as_slice(), true, false)
-                .mean(None)
-                .double_value(&[]);
+                let z_std = (z / z.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12))
+                    .std_dim([0i64].as_slice(), true, false)
+                    .mean(None)
+                    .double_value(&[]);
                 logger.scalar("train/loss", loss, step);
                 logger.scalar("train/lr", lr, step);
                 logger.scalar("train/tau", tau, step);
@@ -320,9 +299,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
                 ));
                 final_loss = Some(loss);
             }
-            if experiment.checkpoint.every_steps > 0
-                && step % experiment.checkpoint.every_steps == 0
-                && !last
+            if experiment.checkpoint.every_steps > 0 && step.is_multiple_of(experiment.checkpoint.every_steps) && !last
             {
                 save(step, optimizer.as_ref())?;
             }
@@ -332,13 +309,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         }
         let epoch_done = step / steps_per_epoch;
         let every = experiment.eval.every_epochs;
-        if every > 0 && step % steps_per_epoch == 0 && epoch_done % every == 0 && step < total_steps
-        {
+        if every > 0 && step.is_multiple_of(steps_per_epoch) && epoch_done.is_multiple_of(every) && step < total_steps {
             if let Some(a) = knn(&byol)? {
-                say(format!(
-                    "kNN after epoch {epoch_done}: top-1 {:.1}%",
-                    a.top1 * 100.0
-                ));
+                say(format!("kNN after epoch {epoch_done}: top-1 {:.1}%", a.top1 * 100.0));
                 logger.scalar("knn/top1", a.top1, step);
                 logger.scalar("knn/top5", a.top5, step);
             }
@@ -366,9 +339,6 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         images_per_second: trained_images as f64 / train_seconds.max(1e-9),
         checkpoint,
     };
-    std::fs::write(
-        run_dir.join("summary.json"),
-        serde_json::to_vec_pretty(&summary)?,
-    )?;
+    std::fs::write(run_dir.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
     Ok(summary)
 }

@@ -13,9 +13,7 @@ pub struct ScalarLogger {
 
 impl std::fmt::Debug for ScalarLogger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScalarLogger")
-            .field("dir", &self.dir)
-            .finish()
+        f.debug_struct("ScalarLogger").field("dir", &self.dir).finish()
     }
 }
 
@@ -32,11 +30,9 @@ impl ScalarLogger {
                 .unwrap_or(0)
         };
         let second = now();
-        let taken = std::fs::read_dir(dir)?.filter_map(Result::ok).any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .contains(&format!(".{second}."))
-        });
+        let taken = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().contains(&format!(".{second}.")));
         if taken {
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }

@@ -7,10 +7,7 @@ pub enum ByolError {
     UnknownTap { name: String, available: String },
 
     #[error("cannot read weights from {path}: {source}")]
-    ReadWeights {
-        path: PathBuf,
-        source: tch::TchError,
-    },
+    ReadWeights { path: PathBuf, source: tch::TchError },
 
     #[error("weights in {path} do not fit the model:\n{report}\nExport the state_dict of the matching torchvision model (see the README, \"Pretrained weights\").")]
     StateDictMismatch { path: PathBuf, report: String },

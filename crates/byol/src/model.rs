@@ -92,12 +92,10 @@ impl Byol {
             load_safetensors(&variables, path, |key| key.starts_with("fc."))?;
         }
         let (hidden, projection) = (config.hidden_dim, config.projection_dim);
-        let online_projector =
-            MlpHead::new(&(&online / "projector"), embedding_dim, hidden, projection);
+        let online_projector = MlpHead::new(&(&online / "projector"), embedding_dim, hidden, projection);
         let predictor = MlpHead::new(&(&online / "predictor"), projection, hidden, projection);
         let target_backbone = backbone.build(&(&target / "backbone"))?;
-        let target_projector =
-            MlpHead::new(&(&target / "projector"), embedding_dim, hidden, projection);
+        let target_projector = MlpHead::new(&(&target / "projector"), embedding_dim, hidden, projection);
         // The target gets no gradients: it only moves by EMA.
         for (name, t) in vs.variables() {
             if name.starts_with("target.") {
@@ -132,8 +130,7 @@ impl Byol {
         let z2 = self.online_projection(view2);
         let p1 = self.predictor.forward_t(&z1, true);
         let p2 = self.predictor.forward_t(&z2, true);
-        let (t1, t2) =
-            tch::no_grad(|| (self.target_projection(view1), self.target_projection(view2)));
+        let (t1, t2) = tch::no_grad(|| (self.target_projection(view1), self.target_projection(view2)));
         let loss = byol_loss(&p1, &p2, &t1, &t2);
         LossParts {
             loss,
@@ -162,10 +159,7 @@ impl Byol {
 
     /// The online backbone's representation of (already normalized) images, in eval mode.
     pub fn embed(&self, images: &Tensor) -> Tensor {
-        tch::no_grad(|| {
-            self.online_backbone
-                .embed(images, false, &self.embedding_layer)
-        })
+        tch::no_grad(|| self.online_backbone.embed(images, false, &self.embedding_layer))
     }
 
     pub fn online_backbone(&self) -> &dyn Backbone {
@@ -189,17 +183,13 @@ impl Byol {
     }
 
     fn online_projection(&self, view: &Tensor) -> Tensor {
-        let y = self
-            .online_backbone
-            .embed(view, true, &self.embedding_layer);
+        let y = self.online_backbone.embed(view, true, &self.embedding_layer);
         self.online_projector.forward_t(&y, true)
     }
 
     fn target_projection(&self, view: &Tensor) -> Tensor {
         // Train mode: the target uses batch statistics and keeps its own running averages.
-        let y = self
-            .target_backbone
-            .embed(view, true, &self.embedding_layer);
+        let y = self.target_backbone.embed(view, true, &self.embedding_layer);
         self.target_projector.forward_t(&y, true)
     }
 }

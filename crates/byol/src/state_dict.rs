@@ -36,8 +36,7 @@ pub fn load_safetensors(
         .iter()
         .filter_map(|(k, t)| {
             let v = variables.get(k)?;
-            (v.size() != t.size())
-                .then(|| format!("{k}: file {:?}, model {:?}", t.size(), v.size()))
+            (v.size() != t.size()).then(|| format!("{k}: file {:?}, model {:?}", t.size(), v.size()))
         })
         .collect();
     if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty()) {
@@ -47,18 +46,11 @@ pub fn load_safetensors(
                 "missing keys",
                 missing.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             ),
-            (
-                "unexpected keys",
-                unexpected.iter().map(|s| s.to_string()).collect(),
-            ),
+            ("unexpected keys", unexpected.iter().map(|s| s.to_string()).collect()),
             ("mis-shaped keys", misshaped),
         ] {
             if !keys.is_empty() {
-                report.push_str(&format!(
-                    "  {title} ({}): {}\n",
-                    keys.len(),
-                    keys.join(", ")
-                ));
+                report.push_str(&format!("  {title} ({}): {}\n", keys.len(), keys.join(", ")));
             }
         }
         return Err(ByolError::StateDictMismatch {
@@ -69,8 +61,7 @@ pub fn load_safetensors(
     tch::no_grad(|| {
         for (k, t) in &loaded {
             let v = &variables[k];
-            v.shallow_clone()
-                .copy_(&t.to_kind(v.kind()).to_device(v.device()));
+            v.shallow_clone().copy_(&t.to_kind(v.kind()).to_device(v.device()));
         }
     });
     Ok(())
@@ -80,12 +71,7 @@ pub fn load_safetensors(
 pub fn to_cpu_sorted(variables: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
     let mut out: Vec<(String, Tensor)> = variables
         .iter()
-        .map(|(k, t)| {
-            (
-                k.clone(),
-                t.detach().to_device(tch::Device::Cpu).contiguous(),
-            )
-        })
+        .map(|(k, t)| (k.clone(), t.detach().to_device(tch::Device::Cpu).contiguous()))
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out

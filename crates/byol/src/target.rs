@@ -36,10 +36,7 @@ impl TargetUpdater {
         let variables = vs.variables();
         let trainable: Vec<Tensor> = vs.trainable_variables();
         let is_trainable = |t: &Tensor| trainable.iter().any(|v| v.data_ptr() == t.data_ptr());
-        let mut names: Vec<&String> = variables
-            .keys()
-            .filter(|n| n.starts_with(target_prefix))
-            .collect();
+        let mut names: Vec<&String> = variables.keys().filter(|n| n.starts_with(target_prefix)).collect();
         names.sort();
         let mut online_params = Vec::new();
         let mut target_params = Vec::new();
@@ -74,10 +71,7 @@ impl TargetUpdater {
     /// One EMA step with decay `tau`.
     pub fn update(&self, tau: f64) {
         tch::no_grad(|| {
-            let _ = self
-                .target_flat
-                .shallow_clone()
-                .lerp_(&self.online_flat, 1.0 - tau);
+            let _ = self.target_flat.shallow_clone().lerp_(&self.online_flat, 1.0 - tau);
         });
     }
 

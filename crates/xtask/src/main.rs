@@ -79,11 +79,7 @@ fn run(args: &[String]) -> Result<(), String> {
             &["install", "--locked", "--path", "crates/byol-cli"],
             rest,
         ),
-        "run" => cargo(
-            &ensure_venv()?,
-            &["run", "--release", "-p", "byol-cli", "--"],
-            rest,
-        ),
+        "run" => cargo(&ensure_venv()?, &["run", "--release", "-p", "byol-cli", "--"], rest),
         "cargo" => cargo(&ensure_venv()?, &[], rest),
         "env" => {
             let venv = ensure_venv()?;
@@ -134,13 +130,7 @@ fn ensure_venv() -> Result<PathBuf, String> {
     );
     // `python -m pip`, never `bin/pip`: pip's launcher scripts carry absolute paths.
     let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--no-input",
-            "--disable-pip-version-check",
-        ])
+        .args(["-m", "pip", "install", "--no-input", "--disable-pip-version-check"])
         .args(REQUIREMENTS)
         .status()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
@@ -172,8 +162,7 @@ fn create_venv(venv: &Path) -> Result<(), String> {
         ));
     }
     if let Some(parent) = venv.parent() {
-        fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     eprintln!("xtask: creating the libtorch venv at {}", venv.display());
     let out = Command::new(&python)

@@ -11,3 +11,8 @@ use optim_sgd as _;
 /// Call once before parsing experiments; it does nothing but keep the plugins linked.
 #[inline(never)]
 pub fn link() {}
+
+/// The README's code blocks compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+mod readme {}

@@ -114,9 +114,7 @@ impl ByolAugmentConfig {
         view2 = self.view2.apply(view2);
         let size = self.image_size.unwrap_or(size);
         if size < 4 {
-            return Err(DataError::Config(format!(
-                "augment.image_size = {size} is too small"
-            )));
+            return Err(DataError::Config(format!("augment.image_size = {size} is too small")));
         }
         for (name, p) in [("view1", &view1), ("view2", &view2)] {
             for (key, v) in [
@@ -132,8 +130,7 @@ impl ByolAugmentConfig {
                     )));
                 }
             }
-            if !(0.0 < p.crop_scale.0 && p.crop_scale.0 <= p.crop_scale.1 && p.crop_scale.1 <= 1.0)
-            {
+            if !(0.0 < p.crop_scale.0 && p.crop_scale.0 <= p.crop_scale.1 && p.crop_scale.1 <= 1.0) {
                 return Err(DataError::Config(format!(
                     "augment.{name}.crop_scale = {:?} must satisfy 0 < lo <= hi <= 1",
                     p.crop_scale

@@ -82,11 +82,7 @@ impl ByolAugment {
             x = ops::select(&ops::bernoulli(n, p.jitter_p, device), &jittered, &x);
         }
         if p.grayscale_p > 0.0 {
-            x = ops::select(
-                &ops::bernoulli(n, p.grayscale_p, device),
-                &ops::grayscale(&x),
-                &x,
-            );
+            x = ops::select(&ops::bernoulli(n, p.grayscale_p, device), &ops::grayscale(&x), &x);
         }
         if p.blur_p > 0.0 {
             let sigma = ops::uniform(n, p.blur_sigma.0, p.blur_sigma.1, device);

@@ -33,12 +33,7 @@ impl Default for ResNetConfig {
 }
 
 impl ResNetConfig {
-    fn build(
-        &self,
-        path: &nn::Path,
-        block: BlockKind,
-        layers: [i64; 4],
-    ) -> Result<Box<dyn Backbone>, ByolError> {
+    fn build(&self, path: &nn::Path, block: BlockKind, layers: [i64; 4]) -> Result<Box<dyn Backbone>, ByolError> {
         if self.width <= 0 {
             return Err(ByolError::Config(format!(
                 "backbone.width = {} must be positive",

@@ -34,14 +34,7 @@ struct Block {
 }
 
 impl Block {
-    fn new(
-        path: &nn::Path,
-        kind: BlockKind,
-        c_in: i64,
-        planes: i64,
-        stride: i64,
-        zero_init_residual: bool,
-    ) -> Self {
+    fn new(path: &nn::Path, kind: BlockKind, c_in: i64, planes: i64, stride: i64, zero_init_residual: bool) -> Self {
         let c_out = planes * kind.expansion();
         // (in, out, kernel, stride, padding) of conv1, conv2[, conv3]
         let shapes: Vec<(i64, i64, i64, i64, i64)> = match kind {
@@ -67,11 +60,7 @@ impl Block {
             conv: conv2d(&(path / "downsample" / "0"), c_in, c_out, 1, stride, 0),
             bn: batch_norm2d(&(path / "downsample" / "1"), c_out),
         });
-        Self {
-            convs,
-            bns,
-            downsample,
-        }
+        Self { convs, bns, downsample }
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
@@ -128,14 +117,7 @@ impl ResNet {
             let blocks = (0..depth)
                 .map(|b| {
                     let stride = if i > 0 && b == 0 { 2 } else { 1 };
-                    let block = Block::new(
-                        &(&layer_path / b),
-                        kind,
-                        c_in,
-                        planes,
-                        stride,
-                        zero_init_residual,
-                    );
+                    let block = Block::new(&(&layer_path / b), kind, c_in, planes, stride, zero_init_residual);
                     c_in = planes * kind.expansion();
                     block
                 })
@@ -160,9 +142,7 @@ impl Backbone for ResNet {
     }
 
     fn tap_dim(&self, tap: &str) -> Option<i64> {
-        TAPS.iter()
-            .position(|t| *t == tap)
-            .map(|i| self.tap_dims[i])
+        TAPS.iter().position(|t| *t == tap).map(|i| self.tap_dims[i])
     }
 
     fn forward_taps(&self, images: &Tensor, train: bool, taps: &[&str]) -> Vec<Tensor> {

@@ -5,7 +5,7 @@
 use backbone_resnet::{ResNet18, ResNetConfig};
 use byol::{Byol, ByolConfig};
 use byol_testkit::{max_abs_diff, run_python};
-use tch::{nn, nn::VarStore, Device, Kind, Tensor};
+use tch::{nn::VarStore, Device, Tensor};
 
 const REFERENCE: &str = r#"
 import copy, math, torchvision
@@ -24,10 +24,6 @@ class Online(nn.Module):
         self.backbone.fc = nn.Identity()
         self.projector = mlp(EMB, HIDDEN, PROJ)
         self.predictor = mlp(PROJ, HIDDEN, PROJ)
-
-def rebuild(m, width):
-    # torchvision has no width knob: rebuild convs and BNs with our (scaled-down) shapes from the loaded state.
-    return m
 
 online = Online()
 def load(module, prefix):
@@ -141,14 +137,9 @@ fn byol_loss_gradients_and_ema_match_pytorch() {
         .into_iter()
         .filter(|(k, t)| k.starts_with("online.") && t.requires_grad())
         .collect();
-    let mut opt = nn::Sgd {
-        momentum: 0.9,
-        ..Default::default()
-    }
-    .build_from_params(&params, lr);
-    let relative = |ours: &Tensor, theirs: &Tensor| {
-        max_abs_diff(ours, theirs) / theirs.abs().max().double_value(&[]).max(1e-12)
-    };
+    let mut opt = SimpleSgd::new(&params, lr, 0.9);
+    let relative =
+        |ours: &Tensor, theirs: &Tensor| max_abs_diff(ours, theirs) / theirs.abs().max().double_value(&[]).max(1e-12);
     for (step, (v1, v2)) in views.iter().enumerate() {
         let loss = byol.loss(v1, v2);
         opt.zero_grad();
@@ -169,21 +160,14 @@ fn byol_loss_gradients_and_ema_match_pytorch() {
     for (key, theirs) in reference.iter().filter(|(k, _)| k.starts_with("final.")) {
         let name = &key["final.".len()..];
         let r = relative(&variables[name], theirs);
-        assert!(
-            r < 1e-3,
-            "{name} after {steps} steps differs (relative {r})"
-        );
+        assert!(r < 1e-3, "{name} after {steps} steps differs (relative {r})");
         compared += 1;
     }
     assert!(compared > 100, "only {compared} parameters compared");
 }
 
-trait BuildFromParams {
-    fn build_from_params(self, params: &[(String, Tensor)], lr: f64) -> SimpleSgd;
-}
-
-/// Momentum SGD over an explicit parameter list (tch's optimizers want a whole VarStore, and
-/// here the target must stay out).
+/// Momentum SGD over an explicit parameter list, as torch.optim.SGD (tch's optimizers take a
+/// whole VarStore, and here the target must stay out).
 struct SimpleSgd {
     params: Vec<Tensor>,
     buffers: Vec<Tensor>,
@@ -191,20 +175,18 @@ struct SimpleSgd {
     momentum: f64,
 }
 
-impl BuildFromParams for nn::Sgd {
-    fn build_from_params(self, params: &[(String, Tensor)], lr: f64) -> SimpleSgd {
+impl SimpleSgd {
+    fn new(params: &[(String, Tensor)], lr: f64, momentum: f64) -> Self {
         let params: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
         let buffers = params.iter().map(|p| p.zeros_like()).collect();
-        SimpleSgd {
+        Self {
             params,
             buffers,
             lr,
-            momentum: self.momentum,
+            momentum,
         }
     }
-}
 
-impl SimpleSgd {
     fn zero_grad(&mut self) {
         for p in &self.params {
             let mut g = p.grad();

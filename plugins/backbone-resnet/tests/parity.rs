@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use backbone_resnet::{ResNet18, ResNet50, ResNetConfig};
-use byol::{Backbone, BackboneSpec};
+use byol::BackboneSpec;
 use byol_testkit::{max_abs_diff, run_python};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -43,9 +43,9 @@ fn check(spec: &dyn BackboneSpec, arch: &str, cifar: bool, input: [i64; 4]) {
     tch::no_grad(|| {
         for (name, t) in vs.variables() {
             if name.ends_with("running_mean") || name.ends_with("bn1.bias") {
-                let _ = t.shallow_clone().copy_(&(Tensor::randn_like(&t) * 0.1));
+                t.shallow_clone().copy_(&(Tensor::randn_like(&t) * 0.1));
             } else if name.ends_with("running_var") {
-                let _ = t.shallow_clone().copy_(&(Tensor::rand_like(&t) + 0.5));
+                t.shallow_clone().copy_(&(Tensor::rand_like(&t) + 0.5));
             }
         }
     });
@@ -57,10 +57,7 @@ fn check(spec: &dyn BackboneSpec, arch: &str, cifar: bool, input: [i64; 4]) {
     let x = Tensor::randn(input, (Kind::Float, Device::Cpu));
     let dim = net.tap_dim("avgpool").unwrap();
     let w = Tensor::randn([input[0], dim], (Kind::Float, Device::Cpu));
-    let mut named: Vec<(String, Tensor)> = snapshot
-        .iter()
-        .map(|(k, v)| (k.clone(), v.shallow_clone()))
-        .collect();
+    let mut named: Vec<(String, Tensor)> = snapshot.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
     named.push(("x".into(), x.shallow_clone()));
     named.push(("w".into(), w.shallow_clone()));
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -76,17 +73,10 @@ fn check(spec: &dyn BackboneSpec, arch: &str, cifar: bool, input: [i64; 4]) {
     let y_eval = tch::no_grad(|| net.embed(&x, false, "avgpool"));
     let d_train = max_abs_diff(&y_train, &reference["y_True"]);
     let d_eval = max_abs_diff(&y_eval, &reference["y_False"]);
-    assert!(
-        d_train < 1e-4,
-        "{arch}: train-mode output differs by {d_train}"
-    );
-    assert!(
-        d_eval < 1e-4,
-        "{arch}: eval-mode output differs by {d_eval}"
-    );
-    let relative = |ours: &Tensor, theirs: &Tensor| {
-        max_abs_diff(ours, theirs) / theirs.abs().max().double_value(&[]).max(1e-12)
-    };
+    assert!(d_train < 1e-4, "{arch}: train-mode output differs by {d_train}");
+    assert!(d_eval < 1e-4, "{arch}: eval-mode output differs by {d_eval}");
+    let relative =
+        |ours: &Tensor, theirs: &Tensor| max_abs_diff(ours, theirs) / theirs.abs().max().double_value(&[]).max(1e-12);
     assert!(
         relative(&xg.grad(), &reference["grad_x"]) < 1e-3,
         "{arch}: input gradient differs"

@@ -53,14 +53,14 @@ impl Optimizer for Lars {
                 }
                 let mut d = grad.shallow_clone();
                 if !(c.exclude_bias_and_norm && p.is_bias_or_norm()) {
-                    d = d + &p.tensor * c.weight_decay;
+                    d += &p.tensor * c.weight_decay;
                     let param_norm = p.tensor.norm();
                     let update_norm = d.norm();
                     let one = param_norm.ones_like();
                     let trust = (&param_norm * c.trust_coefficient / &update_norm)
                         .where_self(&update_norm.gt(0.0), &one)
                         .where_self(&param_norm.gt(0.0), &one);
-                    d = d * trust;
+                    d *= trust;
                 }
                 let _ = buf.g_mul_scalar_(c.momentum).g_add_(&d);
                 let _ = p.tensor.shallow_clone().g_sub_(&(&*buf * lr));

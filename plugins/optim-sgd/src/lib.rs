@@ -49,7 +49,7 @@ impl Optimizer for Sgd {
                 }
                 let mut d = grad.shallow_clone();
                 if c.weight_decay != 0.0 && !(c.exclude_bias_and_norm && p.is_bias_or_norm()) {
-                    d = d + &p.tensor * c.weight_decay;
+                    d += &p.tensor * c.weight_decay;
                 }
                 if c.momentum != 0.0 {
                     let _ = buf.g_mul_scalar_(c.momentum).g_add_(&d);

@@ -14,10 +14,7 @@ pub fn gaussian_kernels(sigma: &Tensor, kernel_size: i64) -> Tensor {
 /// Gaussian blur with one sigma per sample and reflect padding, as torchvision's
 /// `gaussian_blur` (separable: the 2-D kernel is the outer product of the 1-D one).
 pub fn gaussian_blur(images: &Tensor, kernel_size: i64, sigma: &Tensor) -> Tensor {
-    assert!(
-        kernel_size % 2 == 1,
-        "blur kernel size must be odd, got {kernel_size}"
-    );
+    assert!(kernel_size % 2 == 1, "blur kernel size must be odd, got {kernel_size}");
     let size = images.size();
     let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
     let kernels = gaussian_kernels(sigma, kernel_size).to_kind(images.kind());
@@ -27,18 +24,9 @@ pub fn gaussian_blur(images: &Tensor, kernel_size: i64, sigma: &Tensor) -> Tenso
         .expand([n, c, kernel_size], false)
         .reshape([n * c, 1, 1, kernel_size]);
     let pad = kernel_size / 2;
-    let x = images
-        .reshape([1, n * c, h, w])
-        .reflection_pad2d([pad, pad, pad, pad]);
+    let x = images.reshape([1, n * c, h, w]).reflection_pad2d([pad, pad, pad, pad]);
     let no_bias: Option<Tensor> = None;
-    let x = x.conv2d(
-        &per_channel,
-        no_bias.as_ref(),
-        [1, 1],
-        [0, 0],
-        [1, 1],
-        n * c,
-    );
+    let x = x.conv2d(&per_channel, no_bias.as_ref(), [1, 1], [0, 0], [1, 1], n * c);
     let x = x.conv2d(
         &per_channel.view([n * c, 1, kernel_size, 1]),
         no_bias.as_ref(),

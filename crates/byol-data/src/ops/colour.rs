@@ -60,10 +60,7 @@ fn rgb_to_hsv(images: &Tensor) -> (Tensor, Tensor, Tensor) {
     let bc = (&maxc - b) / &divisor;
     let is_r = maxc.eq_tensor(r);
     let is_g = maxc.eq_tensor(g).logical_and(&is_r.logical_not());
-    let is_b = maxc
-        .eq_tensor(g)
-        .logical_not()
-        .logical_and(&is_r.logical_not());
+    let is_b = maxc.eq_tensor(g).logical_not().logical_and(&is_r.logical_not());
     let hr = is_r.to_kind(images.kind()) * (&bc - &gc);
     let hg = is_g.to_kind(images.kind()) * (&rc - &bc + 2.0);
     let hb = is_b.to_kind(images.kind()) * (&gc - &rc + 4.0);
@@ -82,9 +79,7 @@ fn hsv_to_rgb(h: &Tensor, s: &Tensor, v: &Tensor) -> Tensor {
     // One-hot of the sextant, [N, 6, H, W].
     let sextants = Tensor::arange(6, (Kind::Int64, h.device())).view([1, 6, 1, 1]);
     let mask = i.unsqueeze(1).eq_tensor(&sextants).to_kind(v.kind());
-    let pick = |vals: [&Tensor; 6]| {
-        (Tensor::stack(&vals, 1) * &mask).sum_dim_intlist([1i64].as_slice(), false, None)
-    };
+    let pick = |vals: [&Tensor; 6]| (Tensor::stack(&vals, 1) * &mask).sum_dim_intlist([1i64].as_slice(), false, None);
     let r = pick([v, &q, &p, &p, &t, v]);
     let g = pick([&t, v, v, &q, &p, &p]);
     let b = pick([&p, &p, &t, v, v, &q]);

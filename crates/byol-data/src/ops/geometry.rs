@@ -63,12 +63,7 @@ pub fn random_resized_crop_boxes(
 
 /// Crops each sample's box and resizes it to `size` x `size` with bilinear interpolation
 /// (`align_corners=False`), mirroring horizontally where `flip` is set. One `grid_sample`.
-pub fn resized_crop(
-    images: &Tensor,
-    boxes: &CropBoxes,
-    size: i64,
-    flip: Option<&Tensor>,
-) -> Tensor {
+pub fn resized_crop(images: &Tensor, boxes: &CropBoxes, size: i64, flip: Option<&Tensor>) -> Tensor {
     let dims = images.size();
     let (n, h, w) = (dims[0], dims[2] as f64, dims[3] as f64);
     let device = images.device();
@@ -81,12 +76,17 @@ pub fn resized_crop(
         }
         None => u.view([1, -1]).expand([n, size], false),
     };
-    // Normalized grid coordinates (align_corners=False): x_n = 2 * x_pixel_edge / W - 1.
-    let gx = ((boxes.left.view([-1, 1]) + ux * boxes.width.view([-1, 1])) * (2.0 / w) - 1.0)
-        .view([n, 1, size, 1]);
-    let gy = ((boxes.top.view([-1, 1]) + u.view([1, -1]) * boxes.height.view([-1, 1])) * (2.0 / h)
-        - 1.0)
-        .view([n, size, 1, 1]);
+    // Source pixel coordinates (pixel centres at integers) of the output pixel centres, clamped
+    // to the box as `interpolate` clamps to the edge of the cropped image: an upsampled box's
+    // edge rows/columns must not blend in pixels from outside the box.
+    let source = |start: &Tensor, extent: &Tensor, u: &Tensor| {
+        let (start, extent) = (start.view([-1, 1]), extent.view([-1, 1]));
+        let last = &start + &extent - 1.0;
+        (&start + u * &extent - 0.5).maximum(&start).minimum(&last)
+    };
+    // Normalized grid coordinates (align_corners=False): x_n = (2 * x_pixel + 1) / W - 1.
+    let gx = (source(&boxes.left, &boxes.width, &ux) * (2.0 / w) + (1.0 / w - 1.0)).view([n, 1, size, 1]);
+    let gy = (source(&boxes.top, &boxes.height, &u.view([1, -1])) * (2.0 / h) + (1.0 / h - 1.0)).view([n, size, 1, 1]);
     let grid = Tensor::cat(
         &[
             gx.expand([n, size, size, 1], false),
@@ -94,7 +94,7 @@ pub fn resized_crop(
         ],
         3,
     );
-    // Bilinear, border padding (samples beyond the edge repeat it, as interpolate clamps).
+    // Bilinear; border padding only guards against rounding (the grid stays inside the image).
     images.grid_sampler(&grid.to_kind(images.kind()), 0, 1, false)
 }
 

@@ -8,8 +8,8 @@ mod geometry;
 
 pub use blur::{gaussian_blur, gaussian_kernels};
 pub use colour::{
-    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, color_jitter, grayscale,
-    normalize, solarize, JitterStrength,
+    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, color_jitter, grayscale, normalize, solarize,
+    JitterStrength,
 };
 pub use geometry::{random_resized_crop_boxes, resize_center, resized_crop, CropBoxes};
 

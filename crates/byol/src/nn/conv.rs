@@ -2,14 +2,7 @@ use tch::nn::{self, init::FanInOut, init::NonLinearity, init::NormalOrUniform, I
 
 /// A bias-free 2-D convolution initialized as torchvision's ResNet does:
 /// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`.
-pub fn conv2d(
-    path: &nn::Path,
-    c_in: i64,
-    c_out: i64,
-    kernel: i64,
-    stride: i64,
-    padding: i64,
-) -> nn::Conv2D {
+pub fn conv2d(path: &nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64) -> nn::Conv2D {
     let config = nn::ConvConfig {
         stride,
         padding,
@@ -28,14 +21,8 @@ pub fn conv2d(
 pub fn linear(path: &nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
     let bound = 1.0 / (c_in as f64).sqrt();
     let config = nn::LinearConfig {
-        ws_init: Init::Uniform {
-            lo: -bound,
-            up: bound,
-        },
-        bs_init: Some(Init::Uniform {
-            lo: -bound,
-            up: bound,
-        }),
+        ws_init: Init::Uniform { lo: -bound, up: bound },
+        bs_init: Some(Init::Uniform { lo: -bound, up: bound }),
         bias: true,
     };
     nn::linear(path, c_in, c_out, config)

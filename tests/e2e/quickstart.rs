@@ -1,0 +1,61 @@
+//! The quickstart, exactly as the README runs it: it trains, learns, and leaves a complete run folder.
+
+use super::{byol_run, repo_root, text};
+
+#[test]
+fn quickstart_learns_and_logs_to_tensorboard() {
+    let runs = tempfile::tempdir().unwrap();
+    let run_dir = runs.path().join("quickstart");
+    let out = byol_run(
+        &repo_root(),
+        &["experiments/quickstart.toml", "--run-dir", run_dir.to_str().unwrap()],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("== summary: quickstart =="), "{all}");
+
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();
+    let before = summary["knn_before"]["top1"].as_f64().unwrap();
+    let after = summary["knn_after"]["top1"].as_f64().unwrap();
+    assert!(
+        after - before >= 0.10,
+        "kNN must gain at least 10 points: {before} -> {after}\n{all}"
+    );
+
+    assert!(run_dir.join("config.toml").is_file());
+    let last = run_dir.join("checkpoints/last");
+    for file in ["model.safetensors", "optimizer.safetensors", "manifest.json"] {
+        assert!(last.join(file).is_file(), "checkpoint lacks {file}");
+    }
+
+    // TensorBoard's own reader reads our scalars back.
+    let script = format!(
+        "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n\
+         ea = EventAccumulator({:?}); ea.Reload()\n\
+         for tag in sorted(ea.Tags()['scalars']):\n\
+         \x20   ev = ea.Scalars(tag); print(tag, len(ev), ev[-1].step, ev[-1].value)\n",
+        run_dir.join("tensorboard").to_str().unwrap()
+    );
+    let read = std::process::Command::new(byol_testkit::python())
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let scalars = String::from_utf8_lossy(&read.stdout);
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    let line = |tag: &str| {
+        scalars
+            .lines()
+            .find(|l| l.starts_with(&format!("{tag} ")))
+            .unwrap_or_else(|| panic!("no {tag} in:\n{scalars}"))
+            .to_string()
+    };
+    // 240 steps logged every 20: 12 points, the last at step 240.
+    assert!(line("train/loss").starts_with("train/loss 12 240 "), "{scalars}");
+    assert!(line("train/lr").starts_with("train/lr 12 240 "), "{scalars}");
+    let tau: f64 = line("train/tau").rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((tau - 1.0).abs() < 1e-6, "tau ends at 1: {scalars}");
+    let knn_after: f64 = line("knn/top1").rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((knn_after - after).abs() < 1e-6, "{scalars}");
+}
