@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod quickstart;
+mod resume;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use byol_train::{Experiment, RunOptions};
 
 mod doctor;
+mod embed;
 mod plugins;
 
 #[derive(Parser)]
@@ -36,6 +37,22 @@ enum Command {
     Plugins,
     /// Report libtorch, CUDA, cuDNN, devices and CPU threads.
     Doctor,
+    /// Print configuration help.
+    Config {
+        /// Print every key with its default value, annotated.
+        #[arg(long, required = true)]
+        defaults: bool,
+    },
+    /// Write the trained online backbone of a checkpoint with torchvision names (safetensors).
+    Export {
+        /// A checkpoint folder (runs/<run>/checkpoints/last).
+        checkpoint: PathBuf,
+        /// Output file, e.g. resnet50-byol.safetensors.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Embed a folder of images with a checkpoint's online backbone.
+    Embed(embed::EmbedArgs),
 }
 
 #[derive(Args, Clone)]
@@ -71,6 +88,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Doctor) => doctor::run(),
+        Some(Command::Config { .. }) => {
+            print!("{}", byol_train::experiment::DEFAULTS_TOML);
+            Ok(())
+        }
+        Some(Command::Export { checkpoint, out }) => embed::export(&checkpoint, &out),
+        Some(Command::Embed(args)) => embed::run(&args),
         None => train(&cli.train),
     };
     match result {
@@ -106,6 +129,13 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let summary = byol_train::train(&experiment, &options)?;
     let percent =
         |a: Option<byol_train::knn::KnnAccuracy>| a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0));
+    if summary.interrupted {
+        println!(
+            "\ninterrupted at step {} of {}; run the same command again to resume",
+            summary.steps, summary.total_steps
+        );
+        return Ok(());
+    }
     println!("\n== summary: {} ==", experiment.name());
     println!("run folder       {}", summary.run_dir.display());
     println!("device           {}", summary.device);

@@ -25,6 +25,18 @@ pub struct RunConfig {
     pub seed: u64,
     /// CPU threads for libtorch (0: libtorch's default).
     pub threads: usize,
+    /// "fp32", or "fp16" (CUDA autocast with dynamic loss scaling).
+    pub precision: Precision,
+}
+
+/// Numeric precision of the training step.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// CUDA only: float16 autocast for the forward pass, float32 master weights, dynamic loss scale.
+    Fp16,
 }
 
 impl Default for RunConfig {
@@ -35,6 +47,7 @@ impl Default for RunConfig {
             device: "auto".into(),
             seed: 0,
             threads: 0,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -243,5 +256,35 @@ mod tests {
             Experiment::parse("[schedule]\nepochs = 3\nwarmup_epoch = 1\n", &[]).unwrap_err()
         );
         assert!(msg.contains("(in table [schedule])"), "{msg}");
+    }
+}
+
+/// `byol-run config --defaults`: every key with its default, annotated.
+pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
+
+#[cfg(test)]
+mod defaults_tests {
+    use super::*;
+
+    /// The annotated defaults parse, and every core table in them equals the code's defaults
+    /// key for key, so the printed file cannot drift from the code.
+    #[test]
+    fn defaults_file_matches_the_code() {
+        let parsed: toml::Table = toml::from_str(DEFAULTS_TOML).unwrap();
+        let code = [
+            ("run", toml::Value::try_from(RunConfig::default())),
+            ("byol", toml::Value::try_from(byol::ByolConfig::default())),
+            ("schedule", toml::Value::try_from(ScheduleConfig::default())),
+            ("eval", toml::Value::try_from(EvalConfig::default())),
+            ("logging", toml::Value::try_from(LoggingConfig::default())),
+            ("checkpoint", toml::Value::try_from(CheckpointConfig::default())),
+        ];
+        for (table, values) in code {
+            assert_eq!(
+                parsed[table],
+                values.unwrap(),
+                "[{table}] in defaults.toml differs from the code's defaults"
+            );
+        }
     }
 }

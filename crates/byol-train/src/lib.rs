@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod experiment;
 pub mod knn;
+pub mod loss_scale;
 pub mod optimizer;
 pub mod runner;
 pub mod schedule;

@@ -1,19 +1,23 @@
 //! The training loop: data -> two views -> BYOL loss -> optimizer -> target EMA, with logging,
-//! checkpoints, resume and the kNN monitor around it.
+//! checkpoints, resume, signals and the kNN monitor around it.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use tch::{nn::VarStore, Device, Tensor};
+use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use byol::{Augment, Byol};
-use byol_data::{BatchLoader, Dataset};
+use byol_data::{BatchLoader, Dataset, Splits};
 
 use crate::checkpoint::{self, Checkpointer, Manifest};
+use crate::experiment::Precision;
 use crate::knn::{knn_accuracy, KnnAccuracy};
+use crate::loss_scale::LossScaler;
 use crate::optimizer::{NamedParameter, Optimizer};
 use crate::schedule::lr_at;
 use crate::tensorboard::ScalarLogger;
@@ -28,14 +32,17 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
-/// What a finished run reports (also saved as `summary.json` in the run folder).
+/// What a finished (or interrupted) run reports; saved as `summary.json` in the run folder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub run_dir: PathBuf,
     pub device: String,
     pub steps: u64,
+    pub total_steps: u64,
     pub epochs: u64,
     pub resumed_from_step: Option<u64>,
+    /// True when SIGINT/SIGTERM stopped the run early (it resumes from `checkpoint`).
+    pub interrupted: bool,
     pub final_loss: Option<f64>,
     pub knn_before: Option<KnnAccuracy>,
     pub knn_after: Option<KnnAccuracy>,
@@ -90,6 +97,13 @@ pub fn load_model_state(vs: &VarStore, saved: &[(String, Tensor)]) -> anyhow::Re
         let target = variables
             .get(name)
             .with_context(|| format!("checkpoint holds '{name}', which this model lacks"))?;
+        if target.size() != tensor.size() {
+            bail!(
+                "checkpoint's '{name}' has shape {:?}, the model's {:?}",
+                tensor.size(),
+                target.size()
+            );
+        }
         tch::no_grad(|| target.shallow_clone().copy_(tensor));
     }
     if saved.len() != variables.len() {
@@ -121,92 +135,236 @@ pub fn embed_split(
     Ok((Tensor::cat(&features, 0), Tensor::cat(&labels, 0)))
 }
 
-/// Trains `experiment` to the end (resuming from the run folder's newest valid checkpoint).
-pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<RunSummary> {
-    let say = |line: String| {
-        if !options.quiet {
-            println!("{line}");
+/// Sum of squared entries over tensors, as one f64 (one sync).
+fn total_norm(tensors: impl Iterator<Item = Tensor>) -> f64 {
+    let squares: Vec<Tensor> = tensors
+        .filter(|t| t.defined())
+        .map(|t| t.square().sum(Kind::Float))
+        .collect();
+    if squares.is_empty() {
+        return 0.0;
+    }
+    Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[])
+}
+
+/// Prints progress: a bar on a terminal, plain lines otherwise (logs, CI).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(total: u64, done: u64, quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stdout().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total).with_position(done);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar
+        });
+        Self { bar, quiet }
+    }
+
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None if !self.quiet => println!("{text}"),
+            None => {}
         }
-    };
-    let run_dir = options
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| experiment.run.output_dir.join(experiment.name()));
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
-    let device = parse_device(&experiment.run.device)?;
-    if experiment.run.threads > 0 {
-        tch::set_num_threads(experiment.run.threads as i32);
-    }
-    let seed = experiment.run.seed;
-    tch::manual_seed(seed as i64);
-
-    let splits = experiment.dataset.build().context("building [dataset]")?;
-    let augment = experiment.augment.build().context("building [augment]")?;
-    let image_size = experiment.augment.image_size();
-    let vs = VarStore::new(device);
-    let byol = Byol::new(
-        &vs,
-        experiment.backbone.as_ref(),
-        image_size,
-        &experiment.byol.embedding_layer,
-        &experiment.byol,
-    )
-    .context("building the BYOL networks ([backbone], [byol])")?;
-    let mut optimizer = experiment.optimizer.build(online_parameters(&vs));
-
-    let schedule = &experiment.schedule;
-    if schedule.batch_size == 0 || schedule.batch_size > splits.train.len() {
-        bail!(
-            "schedule.batch_size = {} must be between 1 and the {} training images",
-            schedule.batch_size,
-            splits.train.len()
-        );
-    }
-    let loader = BatchLoader::new(splits.train.clone(), schedule.batch_size, true, true, seed);
-    let steps_per_epoch = loader.batches_per_epoch() as u64;
-    let total_steps = steps_per_epoch * schedule.epochs;
-    let warmup_steps = (schedule.warmup_epochs * steps_per_epoch as f64).round() as u64;
-    let batch_scale = if schedule.scale_lr_by_batch {
-        schedule.batch_size as f64 / 256.0
-    } else {
-        1.0
-    };
-    let peak_lr = experiment.optimizer.lr() * batch_scale;
-    let final_lr = peak_lr * schedule.final_lr_fraction;
-
-    let config_toml = experiment.to_toml()?;
-    std::fs::write(run_dir.join("config.toml"), &config_toml).context("writing the resolved config")?;
-    let checkpointer = Checkpointer::new(run_dir.join("checkpoints"), experiment.checkpoint.keep_last);
-
-    // Resume from the newest intact checkpoint, if any.
-    let (latest, warnings) = checkpointer.latest_valid();
-    for w in warnings {
-        eprintln!("warning: {w}");
-    }
-    let mut step = 0u64;
-    let mut resumed_from_step = None;
-    if let Some((dir, manifest)) = latest {
-        load_model_state(&vs, &checkpoint::read_tensors(&dir, checkpoint::MODEL_FILE)?)
-            .with_context(|| format!("resuming from {}", dir.display()))?;
-        optimizer
-            .load_state(&checkpoint::read_tensors(&dir, checkpoint::OPTIMIZER_FILE)?)
-            .map_err(|e| anyhow::anyhow!("resuming from {}: {e}", dir.display()))?;
-        step = manifest.step;
-        resumed_from_step = Some(step);
-        say(format!(
-            "resuming from {} (step {step} of {total_steps})",
-            dir.display()
-        ));
     }
 
-    let knn = |byol: &Byol| -> anyhow::Result<Option<KnnAccuracy>> {
-        let Some(test) = &splits.test else {
-            return Ok(None);
+    /// A log point: the bar's message, or a plain line.
+    fn update(&self, step: u64, text: String) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(step);
+                bar.set_message(text);
+            }
+            None => self.line(text),
+        }
+    }
+
+    fn tick(&self, step: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Everything a run holds while it trains.
+struct Trainer<'a> {
+    experiment: &'a Experiment,
+    device: Device,
+    splits: Splits,
+    augment: Box<dyn Augment>,
+    vs: VarStore,
+    byol: Byol,
+    parameters: Vec<NamedParameter>,
+    optimizer: Box<dyn Optimizer>,
+    scaler: Option<LossScaler>,
+    loader: BatchLoader,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    warmup_steps: u64,
+    peak_lr: f64,
+    checkpointer: Checkpointer,
+    config_toml: String,
+}
+
+impl<'a> Trainer<'a> {
+    fn new(experiment: &'a Experiment, run_dir: &Path) -> anyhow::Result<Self> {
+        let device = parse_device(&experiment.run.device)?;
+        if experiment.run.threads > 0 {
+            tch::set_num_threads(experiment.run.threads as i32);
+        }
+        let scaler = match experiment.run.precision {
+            Precision::Fp32 => None,
+            Precision::Fp16 if device.is_cuda() => Some(LossScaler::default()),
+            Precision::Fp16 => {
+                bail!("run.precision = \"fp16\" needs a CUDA device (this run is on {device:?}); use \"fp32\"")
+            }
         };
-        let eval = &experiment.eval;
-        let (bank, bank_labels) = embed_split(byol, augment.as_ref(), &splits.train, eval.batch_size, device)?;
-        let (queries, labels) = embed_split(byol, augment.as_ref(), test, eval.batch_size, device)?;
-        let classes = splits.train.classes().len() as i64;
+        tch::manual_seed(experiment.run.seed as i64);
+        let splits = experiment.dataset.build().context("building [dataset]")?;
+        let augment = experiment.augment.build().context("building [augment]")?;
+        let vs = VarStore::new(device);
+        let byol = Byol::new(
+            &vs,
+            experiment.backbone.as_ref(),
+            experiment.augment.image_size(),
+            &experiment.byol.embedding_layer,
+            &experiment.byol,
+        )
+        .context("building the BYOL networks ([backbone], [byol])")?;
+        let optimizer = experiment.optimizer.build(online_parameters(&vs));
+        let parameters = online_parameters(&vs);
+
+        let schedule = &experiment.schedule;
+        let accumulate = schedule.accumulate.max(1);
+        if schedule.batch_size == 0 || schedule.batch_size > splits.train.len() {
+            bail!(
+                "schedule.batch_size = {} must be between 1 and the {} training images",
+                schedule.batch_size,
+                splits.train.len()
+            );
+        }
+        if !schedule.batch_size.is_multiple_of(accumulate) {
+            bail!(
+                "schedule.batch_size = {} is not a multiple of schedule.accumulate = {accumulate}",
+                schedule.batch_size
+            );
+        }
+        let loader = BatchLoader::new(
+            splits.train.clone(),
+            schedule.batch_size / accumulate,
+            true,
+            true,
+            experiment.run.seed,
+        );
+        let steps_per_epoch = (loader.batches_per_epoch() / accumulate) as u64;
+        let total_steps = steps_per_epoch * schedule.epochs;
+        let warmup_steps = (schedule.warmup_epochs * steps_per_epoch as f64).round() as u64;
+        let batch_scale = if schedule.scale_lr_by_batch {
+            schedule.batch_size as f64 / 256.0
+        } else {
+            1.0
+        };
+        let peak_lr = experiment.optimizer.lr() * batch_scale;
+        let config_toml = experiment.to_toml()?;
+        std::fs::write(run_dir.join("config.toml"), &config_toml).context("writing the resolved config")?;
+        let checkpointer = Checkpointer::new(run_dir.join("checkpoints"), experiment.checkpoint.keep_last);
+        Ok(Self {
+            experiment,
+            device,
+            splits,
+            augment,
+            vs,
+            byol,
+            parameters,
+            optimizer,
+            scaler,
+            loader,
+            steps_per_epoch,
+            total_steps,
+            warmup_steps,
+            peak_lr,
+            checkpointer,
+            config_toml,
+        })
+    }
+
+    /// Loads the newest intact checkpoint; returns its step.
+    fn resume(&mut self) -> anyhow::Result<Option<u64>> {
+        let (latest, warnings) = self.checkpointer.latest_valid();
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        let Some((dir, manifest)) = latest else { return Ok(None) };
+        let context = || format!("resuming from {}", dir.display());
+        load_model_state(&self.vs, &checkpoint::read_tensors(&dir, checkpoint::MODEL_FILE)?).with_context(context)?;
+        let mut state = checkpoint::read_tensors(&dir, checkpoint::OPTIMIZER_FILE)?;
+        if let Some(i) = state.iter().position(|(k, _)| k == "loss_scale") {
+            let (_, scale) = state.remove(i);
+            if let Some(scaler) = &mut self.scaler {
+                scaler.load_state(&scale);
+            }
+        }
+        self.optimizer
+            .load_state(&state)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
+        Ok(Some(manifest.step))
+    }
+
+    fn save(&self, step: u64) -> anyhow::Result<PathBuf> {
+        // A checkpoint never holds non-finite parameters: the last good one stays the newest.
+        let finite = tch::no_grad(|| {
+            self.parameters
+                .iter()
+                .all(|p| p.tensor.isfinite().all().int64_value(&[]) != 0)
+        });
+        if !finite {
+            bail!(
+                "parameters became Inf or NaN by step {step}; the last good checkpoint is kept in {}",
+                self.checkpointer.dir().display()
+            );
+        }
+        let mut optimizer_state = self.optimizer.state();
+        if let Some(scaler) = &self.scaler {
+            optimizer_state.push(("loss_scale".into(), scaler.state()));
+        }
+        let manifest = Manifest {
+            format: 1,
+            step,
+            epoch: step / self.steps_per_epoch.max(1),
+            total_steps: self.total_steps,
+            files: Default::default(),
+            config: self.config_toml.clone(),
+        };
+        self.checkpointer
+            .save(&model_state(&self.vs), &optimizer_state, manifest)
+    }
+
+    fn knn(&self) -> anyhow::Result<Option<KnnAccuracy>> {
+        let Some(test) = &self.splits.test else { return Ok(None) };
+        let eval = &self.experiment.eval;
+        let (bank, bank_labels) = embed_split(
+            &self.byol,
+            self.augment.as_ref(),
+            &self.splits.train,
+            eval.batch_size,
+            self.device,
+        )?;
+        let (queries, labels) = embed_split(&self.byol, self.augment.as_ref(), test, eval.batch_size, self.device)?;
+        let classes = self.splits.train.classes().len() as i64;
         Ok(Some(knn_accuracy(
             &queries,
             &labels,
@@ -216,11 +374,79 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             eval.knn_k as i64,
             eval.knn_temperature,
         )))
-    };
+    }
 
+    /// One optimizer step over `micro_batches`; returns the loss (summed over micro-batches) and
+    /// the online projections of the last micro-batch.
+    fn step(&mut self, step: u64, micro_batches: &[Vec<usize>]) -> anyhow::Result<(Tensor, Tensor)> {
+        // Randomness of step k depends on (seed, k) only, so a resumed run draws exactly the
+        // views the uninterrupted run would have drawn.
+        tch::manual_seed(self.experiment.run.seed.wrapping_mul(1_000_003).wrapping_add(step) as i64);
+        self.optimizer.zero_grad();
+        let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        let mut projections = None;
+        let share = 1.0 / micro_batches.len() as f64;
+        for indices in micro_batches {
+            let (images, _) = self.loader.load(indices, self.device)?;
+            let (view1, view2) = self.augment.two_views(&images);
+            let parts = tch::autocast(self.scaler.is_some(), || self.byol.loss_parts(&view1, &view2));
+            let loss = parts.loss.to_kind(Kind::Float) * share;
+            match &self.scaler {
+                Some(scaler) => (&loss * scaler.scale()).backward(),
+                None => loss.backward(),
+            }
+            total += loss.detach();
+            projections = Some(parts.online_projections);
+        }
+        let lr = lr_at(
+            step,
+            self.total_steps,
+            self.warmup_steps,
+            self.peak_lr,
+            self.peak_lr * self.experiment.schedule.final_lr_fraction,
+        );
+        let apply = match &mut self.scaler {
+            Some(scaler) => scaler.unscale(&self.parameters),
+            None => true,
+        };
+        if apply {
+            self.optimizer.step(lr);
+        }
+        self.byol.update_target(step, self.total_steps);
+        Ok((total, projections.expect("at least one micro-batch")))
+    }
+}
+
+/// Trains `experiment` to the end, resuming from the run folder's newest intact checkpoint.
+/// SIGINT/SIGTERM finish the current step, save a checkpoint and return early.
+pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<RunSummary> {
+    let run_dir = options
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| experiment.run.output_dir.join(experiment.name()));
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
+    }
+    let mut t = Trainer::new(experiment, &run_dir)?;
+    let say = |line: String| {
+        if !options.quiet {
+            println!("{line}");
+        }
+    };
+    let resumed_from_step = t.resume()?;
+    let mut step = resumed_from_step.unwrap_or(0);
+    if let Some(step) = resumed_from_step {
+        say(format!(
+            "resuming {} from step {step} of {}",
+            run_dir.display(),
+            t.total_steps
+        ));
+    }
     let mut logger = ScalarLogger::create(&run_dir.join("tensorboard")).context("opening the TensorBoard log")?;
     let knn_before = if experiment.eval.before_training && step == 0 {
-        let acc = knn(&byol)?;
+        let acc = t.knn()?;
         if let Some(a) = acc {
             say(format!(
                 "kNN before training: top-1 {:.1}%  top-5 {:.1}%",
@@ -234,93 +460,125 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     } else {
         None
     };
-
+    let schedule = &experiment.schedule;
     say(format!(
-        "training {} on {device:?}: {} images, batch {}, {} epochs = {total_steps} steps",
+        "training {} on {:?}: {} images, batch {}{}, {} epochs = {} steps",
         experiment.name(),
-        splits.train.len(),
+        t.device,
+        t.splits.train.len(),
         schedule.batch_size,
-        schedule.epochs
+        if schedule.accumulate > 1 {
+            format!(" ({} micro-batches)", schedule.accumulate)
+        } else {
+            String::new()
+        },
+        schedule.epochs,
+        t.total_steps
     ));
+
+    let progress = Progress::new(t.total_steps, step, options.quiet);
     let started = Instant::now();
     let start_step = step;
     let mut final_loss = None;
     let mut window = (Instant::now(), 0u64);
-    let save = |step: u64, optimizer: &dyn Optimizer| -> anyhow::Result<PathBuf> {
-        let manifest = Manifest {
-            format: 1,
-            step,
-            epoch: step / steps_per_epoch.max(1),
-            total_steps,
-            files: Default::default(),
-            config: config_toml.clone(),
-        };
-        checkpointer.save(&model_state(&vs), &optimizer.state(), manifest)
-    };
-    while step < total_steps {
-        let epoch = step / steps_per_epoch;
-        let batches = loader.epoch_indices(epoch);
-        for indices in batches.iter().skip((step % steps_per_epoch) as usize) {
-            // Randomness of step k depends on (seed, k) only, so a resumed run draws exactly the
-            // views the uninterrupted run would have drawn.
-            tch::manual_seed(seed.wrapping_mul(1_000_003).wrapping_add(step) as i64);
-            let (images, _) = loader.load(indices, device)?;
-            let (view1, view2) = augment.two_views(&images);
-            let parts = byol.loss_parts(&view1, &view2);
-            optimizer.zero_grad();
-            parts.loss.backward();
-            let lr = lr_at(step, total_steps, warmup_steps, peak_lr, final_lr);
-            optimizer.step(lr);
-            let tau = byol.update_target(step, total_steps);
+    let accumulate = schedule.accumulate.max(1);
+    let every = |n: u64, step: u64| n > 0 && step.is_multiple_of(n);
+    let mut interrupted = false;
+    'epochs: while step < t.total_steps {
+        let epoch = step / t.steps_per_epoch;
+        let micro = t.loader.epoch_indices(epoch);
+        let groups: Vec<&[Vec<usize>]> = micro.chunks(accumulate).filter(|g| g.len() == accumulate).collect();
+        for group in groups.into_iter().skip((step % t.steps_per_epoch) as usize) {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.step(step, group)));
+            let (loss, projections) = match outcome {
+                Ok(result) => result?,
+                Err(panic) => return Err(explain_panic(panic, schedule.batch_size, accumulate)),
+            };
+            let loss = loss.double_value(&[]);
+            if !loss.is_finite() {
+                bail!(
+                    "the loss became {loss} at step {}; the last good checkpoint is kept in {} \
+                     (lower optimizer.lr, or check the data)",
+                    step + 1,
+                    t.checkpointer.dir().display()
+                );
+            }
             step += 1;
-            window.1 += indices.len() as u64;
-            let last = step == total_steps;
-            if step.is_multiple_of(experiment.logging.every_steps.max(1)) || last {
-                let loss = parts.loss.double_value(&[]);
-                if !loss.is_finite() {
-                    bail!("the loss became {loss} at step {step}; the last good checkpoint is kept in {} (lower the learning rate or check the data)", checkpointer.dir().display());
-                }
+            window.1 += schedule.batch_size as u64;
+            if every(experiment.logging.every_steps.max(1), step) || step == t.total_steps {
+                let lr = lr_at(
+                    step - 1,
+                    t.total_steps,
+                    t.warmup_steps,
+                    t.peak_lr,
+                    t.peak_lr * schedule.final_lr_fraction,
+                );
+                let tau = byol::tau_at(step - 1, t.total_steps, experiment.byol.tau_base);
                 let images_per_second = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
                 window = (Instant::now(), 0);
-                let z = &parts.online_projections;
+                let z = &projections;
                 let z_std = (z / z.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12))
                     .std_dim([0i64].as_slice(), true, false)
                     .mean(None)
                     .double_value(&[]);
+                let weight_norm = total_norm(t.parameters.iter().map(|p| p.tensor.detach()));
+                let grad_norm = total_norm(t.parameters.iter().map(|p| p.tensor.grad()));
                 logger.scalar("train/loss", loss, step);
                 logger.scalar("train/lr", lr, step);
                 logger.scalar("train/tau", tau, step);
                 logger.scalar("train/projection_std", z_std, step);
+                logger.scalar("train/weight_norm", weight_norm, step);
+                logger.scalar("train/grad_norm", grad_norm, step);
                 logger.scalar("train/images_per_second", images_per_second, step);
-                say(format!(
-                    "epoch {:>3}/{} step {step:>6}/{total_steps} loss {loss:.4} lr {lr:.4} tau {tau:.5} img/s {images_per_second:.0}",
-                    epoch + 1,
-                    schedule.epochs
-                ));
+                if let Some(scaler) = &t.scaler {
+                    logger.scalar("train/loss_scale", scaler.scale(), step);
+                }
+                progress.update(
+                    step,
+                    format!(
+                        "epoch {:>3}/{} step {step:>6}/{} loss {loss:.4} lr {lr:.4} tau {tau:.5} img/s {images_per_second:.0}",
+                        epoch + 1,
+                        schedule.epochs,
+                        t.total_steps
+                    ),
+                );
                 final_loss = Some(loss);
+            } else {
+                progress.tick(step);
             }
-            if experiment.checkpoint.every_steps > 0 && step.is_multiple_of(experiment.checkpoint.every_steps) && !last
-            {
-                save(step, optimizer.as_ref())?;
+            if stop.load(Ordering::Relaxed) {
+                interrupted = true;
+                break 'epochs;
             }
-            if last {
+            if every(experiment.checkpoint.every_steps, step) && step < t.total_steps {
+                t.save(step)?;
+            }
+            if step == t.total_steps {
                 break;
             }
         }
-        let epoch_done = step / steps_per_epoch;
-        let every = experiment.eval.every_epochs;
-        if every > 0 && step.is_multiple_of(steps_per_epoch) && epoch_done.is_multiple_of(every) && step < total_steps {
-            if let Some(a) = knn(&byol)? {
-                say(format!("kNN after epoch {epoch_done}: top-1 {:.1}%", a.top1 * 100.0));
+        let epochs_done = step / t.steps_per_epoch;
+        if step.is_multiple_of(t.steps_per_epoch)
+            && every(experiment.eval.every_epochs, epochs_done)
+            && step < t.total_steps
+        {
+            if let Some(a) = t.knn()? {
+                progress.line(format!("kNN after epoch {epochs_done}: top-1 {:.1}%", a.top1 * 100.0));
                 logger.scalar("knn/top1", a.top1, step);
                 logger.scalar("knn/top5", a.top5, step);
             }
         }
     }
+    progress.finish();
     let train_seconds = started.elapsed().as_secs_f64();
-    let trained_images = (step - start_step) * schedule.batch_size as u64;
-    let checkpoint = save(step, optimizer.as_ref())?;
-    let knn_after = knn(&byol)?;
+    let checkpoint = t.save(step)?;
+    if interrupted {
+        say(format!(
+            "stopped by signal after step {step}; saved {} (run again to resume)",
+            checkpoint.display()
+        ));
+    }
+    let knn_after = if interrupted { None } else { t.knn()? };
     if let Some(a) = knn_after {
         logger.scalar("knn/top1", a.top1, step);
         logger.scalar("knn/top5", a.top5, step);
@@ -328,17 +586,38 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     drop(logger);
     let summary = RunSummary {
         run_dir: run_dir.clone(),
-        device: format!("{device:?}"),
+        device: format!("{:?}", t.device),
         steps: step,
+        total_steps: t.total_steps,
         epochs: schedule.epochs,
         resumed_from_step,
+        interrupted,
         final_loss,
         knn_before,
         knn_after,
         train_seconds,
-        images_per_second: trained_images as f64 / train_seconds.max(1e-9),
+        images_per_second: ((step - start_step) * schedule.batch_size as u64) as f64 / train_seconds.max(1e-9),
         checkpoint,
     };
     std::fs::write(run_dir.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
     Ok(summary)
+}
+
+/// Turns a libtorch error raised inside a step (tch panics on them) into a message.
+fn explain_panic(panic: Box<dyn std::any::Any + Send>, batch: usize, accumulate: usize) -> anyhow::Error {
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown error".into());
+    if message.contains("out of memory") {
+        anyhow::anyhow!(
+            "the device ran out of memory with schedule.batch_size = {batch} (accumulate = {accumulate}): \
+             lower the batch size, or raise schedule.accumulate to split each batch into micro-batches, \
+             or use run.precision = \"fp16\"\n({})",
+            message.lines().next().unwrap_or_default()
+        )
+    } else {
+        anyhow::anyhow!("training step failed: {}", message.lines().next().unwrap_or_default())
+    }
 }

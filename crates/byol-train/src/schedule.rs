@@ -16,6 +16,9 @@ pub struct ScheduleConfig {
     pub final_lr_fraction: f64,
     /// Multiply the optimizer's lr by batch_size / 256 (the paper's "lr = 0.2 x B/256").
     pub scale_lr_by_batch: bool,
+    /// Split each batch into this many micro-batches whose gradients add up before one optimizer
+    /// step and one target update (for batches that do not fit on the device).
+    pub accumulate: usize,
 }
 
 impl Default for ScheduleConfig {
@@ -26,6 +29,7 @@ impl Default for ScheduleConfig {
             warmup_epochs: 10.0,
             final_lr_fraction: 0.0,
             scale_lr_by_batch: true,
+            accumulate: 1,
         }
     }
 }

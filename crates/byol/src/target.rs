@@ -109,3 +109,21 @@ pub fn variables_under(vs: &VarStore, prefix: &str) -> HashMap<String, Tensor> {
         .filter_map(|(name, t)| name.strip_prefix(prefix).map(|rest| (rest.to_string(), t)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::tau_at;
+
+    #[test]
+    fn tau_follows_the_cosine_schedule() {
+        let (base, k) = (0.996, 1000);
+        assert!((tau_at(0, k, base) - base).abs() < 1e-12, "tau starts at tau_base");
+        assert!(
+            (tau_at(k / 2, k, base) - (1.0 - (1.0 - base) / 2.0)).abs() < 1e-12,
+            "halfway between"
+        );
+        assert!((tau_at(k, k, base) - 1.0).abs() < 1e-12, "tau ends at 1");
+        let formula = 1.0 - (1.0 - base) * ((std::f64::consts::PI * 250.0 / 1000.0).cos() + 1.0) / 2.0;
+        assert!((tau_at(250, k, base) - formula).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,216 @@
+//! The `byol` augment's two views: per-sample randomness, the per-sample probabilities of its
+//! coin flips, flips that really mirror, and reproducibility under `tch::manual_seed`.
+
+use std::sync::{Mutex, MutexGuard};
+
+use augment_byol::{ByolAugment, ByolAugmentConfig};
+use byol::Augment;
+use tch::{Device, Kind, Tensor};
+
+/// libtorch's CPU generator is global: tests that seed it hold this lock.
+static RNG: Mutex<()> = Mutex::new(());
+
+fn seeded(seed: i64) -> MutexGuard<'static, ()> {
+    let guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    guard
+}
+
+fn augment(toml_text: &str) -> ByolAugment {
+    let config: ByolAugmentConfig = toml::from_str(toml_text).expect("config parses");
+    config.resolve().expect("config resolves")
+}
+
+/// `n` copies of one random uint8 image `[3, h, w]`.
+fn identical_batch(seed: i64, n: i64, h: i64, w: i64) -> Tensor {
+    let _rng = seeded(seed);
+    Tensor::randint(256, [1, 3, h, w], (Kind::Uint8, Device::Cpu))
+        .expand([n, 3, h, w], false)
+        .contiguous()
+}
+
+/// The CIFAR preset with every random step switched off except those `extra` sets (TOML lines of
+/// `[augment.view1]` / `[augment.view2]`): the crop is the whole image (scale and ratio 1), no
+/// normalization. Both views are the identity where `extra` is empty.
+fn only(extra1: &str, extra2: &str) -> ByolAugment {
+    const OFF: [&str; 7] = [
+        "crop_scale = [1.0, 1.0]",
+        "crop_ratio = [1.0, 1.0]",
+        "flip_p = 0.0",
+        "jitter_p = 0.0",
+        "grayscale_p = 0.0",
+        "blur_p = 0.0",
+        "solarize_p = 0.0",
+    ];
+    let table = |extra: &str| {
+        let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+        let set: Vec<String> = extra.lines().map(key).collect();
+        let mut lines: Vec<&str> = OFF.into_iter().filter(|l| !set.contains(&key(l))).collect();
+        lines.extend(extra.lines());
+        lines.join("\n")
+    };
+    augment(&format!(
+        "preset = \"cifar\"\nimage_size = 8\nmean = [0.0, 0.0, 0.0]\nstd = [1.0, 1.0, 1.0]\n\
+         [view1]\n{}\n[view2]\n{}\n",
+        table(extra1),
+        table(extra2)
+    ))
+}
+
+fn unit(images: &Tensor) -> Tensor {
+    images.to_kind(Kind::Float) / 255.0
+}
+
+/// Per sample: is `a[i]` equal to `b[i]` (max abs diff <= tol)?
+fn per_sample_equal(a: &Tensor, b: &Tensor, tol: f64) -> Vec<bool> {
+    let n = a.size()[0];
+    let d = (a - b).abs().view([n, -1]).amax([1i64].as_slice(), false).le(tol);
+    Vec::<bool>::try_from(&d).unwrap()
+}
+
+fn assert_frequency(name: &str, hits: usize, n: usize, p: f64) {
+    let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+    println!(
+        "{name}: {hits} of {n} (p = {p}, expected {:.0} +- {sigma:.1})",
+        n as f64 * p
+    );
+    assert!(
+        (hits as f64 - n as f64 * p).abs() <= 4.0 * sigma,
+        "{name}: {hits} of {n}, expected p = {p}"
+    );
+}
+
+#[test]
+fn switched_off_views_are_the_identity() {
+    let aug = only("", "");
+    let x = identical_batch(1, 4, 8, 8);
+    let (v1, v2) = {
+        let _rng = seeded(2);
+        aug.two_views(&x)
+    };
+    let d = byol_testkit::max_abs_diff(&v1, &unit(&x)).max(byol_testkit::max_abs_diff(&v2, &unit(&x)));
+    assert!(d <= 1e-6, "identity views differ from the input by {d}");
+}
+
+#[test]
+fn solarize_is_drawn_per_sample_with_the_preset_probability() {
+    // The CIFAR preset's solarize probabilities (view 1: 0, view 2: 0.2) are left alone.
+    let aug = augment(
+        "preset = \"cifar\"\nimage_size = 8\nmean = [0.0, 0.0, 0.0]\nstd = [1.0, 1.0, 1.0]\n\
+         [view1]\ncrop_scale = [1.0, 1.0]\ncrop_ratio = [1.0, 1.0]\nflip_p = 0.0\njitter_p = 0.0\n\
+         grayscale_p = 0.0\n\
+         [view2]\ncrop_scale = [1.0, 1.0]\ncrop_ratio = [1.0, 1.0]\nflip_p = 0.0\njitter_p = 0.0\n\
+         grayscale_p = 0.0\n",
+    );
+    assert_eq!((aug.view1.solarize_p, aug.view2.solarize_p), (0.0, 0.2));
+    const N: i64 = 20_000;
+    // Random pixels in [0, 255] (both sides of the 0.5 threshold).
+    let x = {
+        let _rng = seeded(3);
+        Tensor::randint(256, [N, 3, 8, 8], (Kind::Uint8, Device::Cpu))
+    };
+    let (v1, v2) = {
+        let _rng = seeded(4);
+        aug.two_views(&x)
+    };
+    let plain = unit(&x);
+    let solarized = byol_data::ops::solarize(&plain, 0.5);
+    let v1_plain = per_sample_equal(&v1, &plain, 1e-6);
+    assert!(v1_plain.iter().all(|&e| e), "view 1 is never solarized");
+    let v2_plain = per_sample_equal(&v2, &plain, 1e-6);
+    let v2_solarized = per_sample_equal(&v2, &solarized, 1e-6);
+    // Whole samples, never single pixels: each view-2 sample is one or the other.
+    for i in 0..N as usize {
+        assert!(v2_plain[i] != v2_solarized[i], "sample {i} is partly solarized");
+    }
+    let hits = v2_solarized.iter().filter(|&&s| s).count();
+    assert_frequency("view 2 solarized", hits, N as usize, 0.2);
+}
+
+#[test]
+fn flip_grayscale_and_jitter_probabilities() {
+    const N: i64 = 20_000;
+    let x = {
+        let _rng = seeded(5);
+        Tensor::randint(256, [N, 3, 8, 8], (Kind::Uint8, Device::Cpu))
+    };
+    let plain = unit(&x);
+    // flip_p = 1 and 0: the output is (not) the mirrored image, for every sample.
+    let aug = only("flip_p = 1.0", "flip_p = 0.0");
+    let (v1, v2) = {
+        let _rng = seeded(6);
+        aug.two_views(&x)
+    };
+    let mirrored = plain.flip([3]);
+    assert!(per_sample_equal(&v1, &mirrored, 1e-6).iter().all(|&e| e));
+    assert!(per_sample_equal(&v2, &plain, 1e-6).iter().all(|&e| e));
+    // flip_p = 0.5 in view 1, grayscale_p = 0.2 in view 2.
+    let aug = only("flip_p = 0.5", "grayscale_p = 0.2");
+    let (v1, v2) = {
+        let _rng = seeded(7);
+        aug.two_views(&x)
+    };
+    let flipped = per_sample_equal(&v1, &mirrored, 1e-6);
+    let unflipped = per_sample_equal(&v1, &plain, 1e-6);
+    assert!((0..N as usize).all(|i| flipped[i] != unflipped[i]));
+    assert_frequency(
+        "view 1 flipped",
+        flipped.iter().filter(|&&f| f).count(),
+        N as usize,
+        0.5,
+    );
+    let gray = per_sample_equal(&v2, &byol_data::ops::grayscale(&plain), 1e-6);
+    let not_gray = per_sample_equal(&v2, &plain, 1e-6);
+    assert!((0..N as usize).all(|i| gray[i] != not_gray[i]));
+    assert_frequency("view 2 grayscale", gray.iter().filter(|&&g| g).count(), N as usize, 0.2);
+    // jitter_p = 0.8 (strengths of the preset): a jittered sample differs from the input.
+    let aug = only("jitter_p = 0.8", "");
+    let (v1, _) = {
+        let _rng = seeded(8);
+        aug.two_views(&x)
+    };
+    let jittered = per_sample_equal(&v1, &plain, 1e-6).iter().filter(|&&e| !e).count();
+    assert_frequency("view 1 jittered", jittered, N as usize, 0.8);
+}
+
+#[test]
+fn views_differ_per_sample_and_between_views() {
+    const N: i64 = 32;
+    let x = identical_batch(9, N, 32, 32);
+    for preset in ["cifar", "imagenet"] {
+        let aug = augment(&format!("preset = \"{preset}\"\nimage_size = 32\n"));
+        let (v1, v2) = {
+            let _rng = seeded(10);
+            aug.two_views(&x)
+        };
+        assert_eq!(v1.size(), [N, 3, 32, 32]);
+        assert_eq!(v2.size(), [N, 3, 32, 32]);
+        for (name, v) in [("view 1", &v1), ("view 2", &v2)] {
+            let flat = v.view([N, -1]);
+            let dist = Tensor::cdist(&flat, &flat, 1.0, None).to_kind(Kind::Double)
+                + Tensor::eye(N, (Kind::Double, Device::Cpu)) * 1e9;
+            let closest = dist.min().double_value(&[]);
+            assert!(closest > 1e-3, "{preset} {name}: two samples coincide (L1 {closest})");
+        }
+        let same = per_sample_equal(&v1, &v2, 1e-4);
+        assert!(same.iter().all(|&s| !s), "{preset}: a sample's two views coincide");
+    }
+}
+
+#[test]
+fn same_seed_same_views() {
+    let aug = augment("preset = \"imagenet\"\nimage_size = 48\n");
+    let x = {
+        let _rng = seeded(11);
+        Tensor::randint(256, [8, 3, 64, 80], (Kind::Uint8, Device::Cpu))
+    };
+    let draw = |seed: i64| {
+        let _rng = seeded(seed);
+        aug.two_views(&x)
+    };
+    let (a1, a2) = draw(12);
+    let (b1, b2) = draw(12);
+    let (c1, c2) = draw(13);
+    assert!(a1.equal(&b1) && a2.equal(&b2), "same seed, different views");
+    assert!(!a1.equal(&c1) && !a2.equal(&c2), "different seeds, same views");
+}

@@ -1,0 +1,140 @@
+//! Loading torchvision weights exported as safetensors (the README's recipe), and the one clear
+//! error when they do not fit.
+
+use std::path::Path;
+
+use backbone_resnet::{ResNet18, ResNet50, ResNetConfig};
+use byol::{Byol, ByolConfig, ByolError};
+use byol_testkit::{max_abs_diff, run_python};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+/// The export recipe from the README, plus torchvision's embedding (output before `fc`).
+const EXPORT: &str = r#"
+import torchvision
+from safetensors.torch import save_file
+model = torchvision.models.resnet18(weights=None)   # or weights="IMAGENET1K_V1"
+with torch.no_grad():                               # non-trivial BN statistics
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1); m.running_var.uniform_(0.5, 1.5); m.bias.normal_(0, 0.1)
+save_file({k: v.contiguous() for k, v in model.state_dict().items()}, PATH)
+model.fc = torch.nn.Identity()
+model.eval()
+outputs["embedding"] = model(inputs["x"])
+"#;
+
+fn export(path: &Path, x: &Tensor) -> Tensor {
+    let script = EXPORT.replace("PATH", &format!("{:?}", path.to_str().unwrap()));
+    run_python(&script, &[("x", x)]).remove("embedding").unwrap()
+}
+
+fn config() -> ByolConfig {
+    ByolConfig {
+        hidden_dim: 32,
+        projection_dim: 16,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn torchvision_weights_give_torchvision_embeddings() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resnet18.safetensors");
+    let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+    let expected = export(&path, &x);
+    let vs = VarStore::new(Device::Cpu);
+    let spec = ResNet18(ResNetConfig {
+        pretrained: Some(path),
+        ..Default::default()
+    });
+    let byol = Byol::new(&vs, &spec, 64, "avgpool", &config()).unwrap();
+    let d = max_abs_diff(&byol.embed(&x), &expected);
+    assert!(d < 1e-4, "avgpool embedding differs from torchvision's by {d}");
+    // The target starts as a copy of the loaded online network.
+    let variables = vs.variables();
+    let d = max_abs_diff(
+        &variables["target.backbone.layer4.1.conv2.weight"],
+        &variables["online.backbone.layer4.1.conv2.weight"],
+    );
+    assert_eq!(d, 0.0);
+}
+
+#[test]
+fn mismatched_weights_list_missing_unexpected_and_misshaped_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resnet18.safetensors");
+    let _ = export(&path, &Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu)));
+    let vs = VarStore::new(Device::Cpu);
+    let spec = ResNet50(ResNetConfig {
+        pretrained: Some(path.clone()),
+        ..Default::default()
+    });
+    let error = Byol::new(&vs, &spec, 64, "avgpool", &config()).unwrap_err();
+    assert!(matches!(error, ByolError::StateDictMismatch { .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains(path.to_str().unwrap()), "{message}");
+    assert!(
+        message.contains("missing keys") && message.contains("layer1.0.conv3.weight"),
+        "{message}"
+    );
+    assert!(
+        message.contains("mis-shaped keys")
+            && message.contains("layer1.0.conv1.weight: file [64, 64, 3, 3], model [64, 64, 1, 1]"),
+        "{message}"
+    );
+    // ResNet-18 has no key that ResNet-50 lacks, so a separate check for "unexpected":
+    let spec = ResNet18(ResNetConfig {
+        pretrained: Some(path.clone()),
+        cifar_stem: true,
+        width: 32,
+        ..Default::default()
+    });
+    let message = Byol::new(&VarStore::new(Device::Cpu), &spec, 32, "avgpool", &config())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("mis-shaped keys") && message.contains("conv1.weight"),
+        "{message}"
+    );
+}
+
+#[test]
+fn missing_weights_file_names_the_file() {
+    let spec = ResNet18(ResNetConfig {
+        pretrained: Some("/nonexistent/w.safetensors".into()),
+        ..Default::default()
+    });
+    let message = Byol::new(&VarStore::new(Device::Cpu), &spec, 32, "avgpool", &config())
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("/nonexistent/w.safetensors"), "{message}");
+}
+
+#[test]
+fn zero_init_residual_zeroes_the_last_bn_of_each_block() {
+    let vs = VarStore::new(Device::Cpu);
+    let spec = ResNet50(ResNetConfig {
+        zero_init_residual: true,
+        width: 8,
+        ..Default::default()
+    });
+    let _ = byol::BackboneSpec::build(&spec, &vs.root()).unwrap();
+    let variables = vs.variables();
+    for block in ["layer1.0", "layer2.3", "layer4.2"] {
+        assert_eq!(
+            variables[&format!("{block}.bn3.weight")]
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
+        assert!(
+            variables[&format!("{block}.bn2.weight")]
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[])
+                > 0.0
+        );
+    }
+}

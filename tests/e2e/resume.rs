@@ -1,0 +1,254 @@
+//! Checkpoints, resume, signals and guards, on a tiny CPU run in deterministic mode (one thread,
+//! per-step seeding): a resumed run must end bit for bit where an uninterrupted one ends.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{byol_run, text};
+
+/// 512 synthetic images, batch 32: 16 steps per epoch, 3 epochs, a checkpoint every 4 steps.
+const TINY: &str = r#"
+[run]
+device = "cpu"
+threads = 1
+seed = 5
+
+[dataset]
+type = "synthetic"
+train_size = 512
+test_size = 64
+image_size = 16
+
+[backbone]
+type = "resnet18"
+cifar_stem = true
+width = 4
+
+[augment]
+type = "byol"
+preset = "cifar"
+image_size = 16
+
+[optimizer]
+type = "lars"
+lr = 0.5
+
+[byol]
+hidden_dim = 32
+projection_dim = 16
+
+[schedule]
+epochs = 3
+batch_size = 32
+warmup_epochs = 1
+
+[eval]
+knn_k = 5
+before_training = false
+
+[logging]
+every_steps = 4
+
+[checkpoint]
+every_steps = 4
+keep_last = 3
+"#;
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    dir
+}
+
+fn run(dir: &Path, run_dir: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["tiny.toml", "--run-dir", run_dir];
+    args.extend_from_slice(extra);
+    byol_run(dir, &args)
+}
+
+fn final_model(run_dir: &Path) -> Vec<(String, tch::Tensor)> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("checkpoints/last/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["step"], 48, "the run finished");
+    let mut tensors = tch::Tensor::read_safetensors(run_dir.join("checkpoints/last/model.safetensors")).unwrap();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+fn assert_identical(a: &Path, b: &Path) {
+    let (ma, mb) = (final_model(a), final_model(b));
+    assert_eq!(ma.len(), mb.len());
+    for ((na, ta), (nb, tb)) in ma.iter().zip(&mb) {
+        assert_eq!(na, nb);
+        assert!(
+            ta.equal(tb),
+            "{na} differs between the uninterrupted and the resumed run"
+        );
+    }
+}
+
+fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("step-"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Starts a run, waits until it has written `wait_for` checkpoints, then sends `signal`.
+fn interrupt(dir: &Path, run_dir: &str, signal: &str, wait_for: usize) -> std::process::Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_byol-run"))
+        .args(["tiny.toml", "--run-dir", run_dir])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while checkpoints(&dir.join(run_dir)).len() < wait_for {
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A little later than the checkpoint, so the kill lands at some step in between.
+    std::thread::sleep(Duration::from_millis(50 + (started.elapsed().as_nanos() % 150) as u64));
+    Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn kill_9_then_resume_matches_the_uninterrupted_run_bit_for_bit() {
+    let dir = setup();
+    let reference = run(dir.path(), "reference", &["--quiet"]);
+    assert!(reference.status.success(), "{}", text(&reference));
+
+    let killed = interrupt(dir.path(), "killed", "-9", 1);
+    assert!(!killed.status.success(), "kill -9 ends the process");
+    let resumed = run(dir.path(), "killed", &[]);
+    let all = text(&resumed);
+    assert!(resumed.status.success(), "{all}");
+    assert!(all.contains("resuming"), "{all}");
+    assert_identical(&dir.path().join("reference"), &dir.path().join("killed"));
+}
+
+#[test]
+fn sigterm_saves_a_checkpoint_and_exits_0() {
+    let dir = setup();
+    let stopped = interrupt(dir.path(), "stopped", "-TERM", 1);
+    let all = text(&stopped);
+    assert_eq!(stopped.status.code(), Some(0), "{all}");
+    assert!(all.contains("stopped by signal after step"), "{all}");
+    let resumed = run(dir.path(), "stopped", &["--quiet"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let reference = run(dir.path(), "reference", &["--quiet"]);
+    assert!(reference.status.success(), "{}", text(&reference));
+    assert_identical(&dir.path().join("reference"), &dir.path().join("stopped"));
+}
+
+#[test]
+fn a_corrupted_latest_checkpoint_falls_back_to_the_previous_one() {
+    let dir = setup();
+    let first = run(dir.path(), "damaged", &["--quiet", "--set", "schedule.epochs=3"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let saved = checkpoints(&dir.path().join("damaged"));
+    assert_eq!(saved.len(), 3, "keeps the last 3: {saved:?}");
+    // Truncate the newest checkpoint's weights, then ask for a longer run.
+    let newest = saved.last().unwrap().join("model.safetensors");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let again = run(dir.path(), "damaged", &[]);
+    let all = text(&again);
+    assert!(again.status.success(), "{all}");
+    assert!(
+        all.contains("warning: skipping damaged checkpoint") && all.contains("step-000000048"),
+        "{all}"
+    );
+    assert!(all.contains("SHA-256"), "{all}");
+    assert!(
+        all.contains("from step 44"),
+        "resumes from the previous checkpoint: {all}"
+    );
+    let reference = run(dir.path(), "reference", &["--quiet"]);
+    assert!(reference.status.success());
+    assert_identical(&dir.path().join("reference"), &dir.path().join("damaged"));
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_naming_the_step() {
+    let dir = setup();
+    let out = run(
+        dir.path(),
+        "nan",
+        &[
+            "--set",
+            "optimizer.type=\"sgd\"",
+            "--set",
+            "optimizer.lr=1e30",
+            "--set",
+            "optimizer.weight_decay=0.0",
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("the loss became") && all.contains("at step"), "{all}");
+    assert!(all.contains("last good checkpoint"), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+}
+
+#[test]
+fn export_writes_torchvision_names_and_embed_writes_one_row_per_image() {
+    let dir = setup();
+    let out = run(dir.path(), "done", &["--quiet", "--set", "schedule.epochs=1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let exported = dir.path().join("backbone.safetensors");
+    let out = byol_run(
+        dir.path(),
+        &["export", "done/checkpoints/last", "--out", exported.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let names: Vec<String> = tch::Tensor::read_safetensors(&exported)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        names.contains(&"conv1.weight".to_string()) && names.contains(&"layer4.1.bn2.running_var".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().all(|n| !n.starts_with("online.") && !n.starts_with("fc.")),
+        "{names:?}"
+    );
+
+    let images = dir.path().join("images/sub");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..3 {
+        let image = tch::Tensor::randint(255, [3, 20, 24], (tch::Kind::Uint8, tch::Device::Cpu));
+        tch::vision::image::save(&image, images.join(format!("{i}.png"))).unwrap();
+    }
+    std::fs::write(images.join("notes.txt"), "not an image").unwrap();
+    let out = byol_run(
+        dir.path(),
+        &[
+            "embed",
+            "done/checkpoints/last",
+            "--images",
+            "images",
+            "--out",
+            "emb.npy",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let emb = tch::Tensor::read_npy(dir.path().join("emb.npy")).unwrap();
+    assert_eq!(emb.size(), [3, 32]);
+    let names = std::fs::read_to_string(dir.path().join("emb.npy.names.txt")).unwrap();
+    assert_eq!(names, "sub/0.png\nsub/1.png\nsub/2.png\n");
+}
