@@ -5,7 +5,7 @@ fn help_lists_the_subcommands() {
     let out = byol_run(&repo_root(), &["--help"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    for sub in ["train", "validate", "plugins", "doctor"] {
+    for sub in ["train", "validate", "plugins", "doctor", "sweep"] {
         assert!(all.contains(sub), "--help lists {sub}: {all}");
     }
 }
@@ -52,6 +52,7 @@ fn plugins_lists_every_kind_with_examples() {
         "synthetic",
         "image_folder",
         "resnet50",
+        "tiny_cnn",
         "byol",
         "lars",
         "sgd",

@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod quickstart;
 mod resume;
+mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

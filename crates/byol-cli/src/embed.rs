@@ -64,24 +64,53 @@ fn image_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
-    let manifest = checkpoint::verify(&args.checkpoint)
-        .with_context(|| format!("checking checkpoint {}", args.checkpoint.display()))?;
+/// A checkpoint's trained networks, ready to embed.
+pub struct Trained {
+    pub experiment: Experiment,
+    pub device: Device,
+    pub byol: Byol,
+    pub augment: Box<dyn byol::Augment>,
+    _vs: VarStore,
+}
+
+/// Verifies a checkpoint folder and rebuilds its BYOL networks from the experiment it saved
+/// (the online probe, a training-time monitor, is not rebuilt).
+pub fn load_trained(dir: &Path) -> anyhow::Result<Trained> {
+    let manifest = checkpoint::verify(dir).with_context(|| format!("checking checkpoint {}", dir.display()))?;
     let experiment = Experiment::parse(&manifest.config, &[]).context("reading the checkpoint's experiment")?;
     let device = byol_train::runner::parse_device(&experiment.run.device)?;
     let vs = VarStore::new(device);
+    let size = experiment.augment.image_size();
     let byol = Byol::new(
         &vs,
         experiment.backbone.as_ref(),
-        experiment.augment.image_size(),
+        size,
         &experiment.byol.embedding_layer,
         &experiment.byol,
     )?;
-    byol_train::runner::load_model_state(
-        &vs,
-        &checkpoint::read_tensors(&args.checkpoint, checkpoint::MODEL_FILE)?,
-    )?;
+    let saved: Vec<(String, Tensor)> = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("probe."))
+        .collect();
+    byol_train::runner::load_model_state(&vs, &saved).with_context(|| format!("loading {}", dir.display()))?;
     let augment = experiment.augment.build()?;
+    Ok(Trained {
+        experiment,
+        device,
+        byol,
+        augment,
+        _vs: vs,
+    })
+}
+
+pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
+    let Trained {
+        experiment,
+        device,
+        byol,
+        augment,
+        ..
+    } = load_trained(&args.checkpoint)?;
     let mut files = Vec::new();
     image_files(&args.images, &mut files)?;
     if files.is_empty() {

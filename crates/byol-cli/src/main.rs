@@ -8,9 +8,12 @@ use clap::{Args, Parser, Subcommand};
 
 use byol_train::{Experiment, RunOptions};
 
+mod bench;
 mod doctor;
 mod embed;
+mod eval;
 mod plugins;
+mod sweep;
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +56,17 @@ enum Command {
     },
     /// Embed a folder of images with a checkpoint's online backbone.
     Embed(embed::EmbedArgs),
+    /// Evaluate a checkpoint's representation: kNN or linear probe.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
+    /// Measure throughput: `bench data <experiment>` times the input pipeline by worker count.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+    /// Run the hyperparameter sweep of a file's [sweep] table: one run folder per trial,
+    /// resumable, then a ranked summary (CSV and markdown).
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(Args, Clone)]
@@ -79,6 +93,7 @@ struct TrainArgs {
 
 fn main() -> ExitCode {
     plugins_all::link();
+    byol_train::sweep::exit_with_sweep_parent();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Train(args)) => train(&args),
@@ -94,6 +109,9 @@ fn main() -> ExitCode {
         }
         Some(Command::Export { checkpoint, out }) => embed::export(&checkpoint, &out),
         Some(Command::Embed(args)) => embed::run(&args),
+        Some(Command::Eval(command)) => eval::run(&command),
+        Some(Command::Bench { what }) => bench::run(&what),
+        Some(Command::Sweep(args)) => sweep::run(&args),
         None => train(&cli.train),
     };
     match result {
@@ -111,6 +129,10 @@ fn load(args: &ExperimentArgs) -> anyhow::Result<Experiment> {
 }
 
 fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
+    let path = args.experiment.as_ref().context("no experiment file given")?;
+    if std::fs::read_to_string(path).is_ok_and(|text| byol_train::sweep::is_sweep(&text)) {
+        return sweep::validate(args);
+    }
     let experiment = load(args)?;
     println!(
         "{} is valid: experiment '{}'",

@@ -1,15 +1,20 @@
 //! `[dataset] type = "image_folder"`: the ImageNet layout (`<split>/<class>/<image>`), labels from
-//! folder names, JPEG and PNG (grayscale, CMYK and alpha converted to RGB).
+//! folder names, JPEG (baseline, progressive) and PNG; grayscale, CMYK and alpha converted to RGB.
+//! Optionally a file list picks the images. Files with other extensions are ignored; unreadable
+//! images are skipped with one counted warning, or stop the run (`on_bad_image = "error"`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
+use crate::dataset::{read_parallel, resolve_threads};
+use crate::decode::read_square_into;
 use crate::{DataError, Dataset, DatasetSpec, ImageSet, Splits};
 
-const EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "JPEG"];
+/// File extensions read as images (any case); every other file is ignored.
+const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
 /// What to do with an image that cannot be decoded.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -29,7 +34,7 @@ pub enum Cache {
     /// Decode every image once, at start, into memory (small datasets such as CIFAR).
     #[default]
     Memory,
-    /// Decode on the fly, batch by batch, on worker threads.
+    /// Decode on the fly, batch by batch, on the loader's worker threads.
     None,
 }
 
@@ -40,7 +45,14 @@ pub struct ImageFolderConfig {
     pub train: PathBuf,
     /// Labelled held-out images in the same layout, for the kNN monitor (optional).
     pub test: Option<PathBuf>,
-    /// Images are resized (shorter side) and centre-cropped to this square size when decoded.
+    /// Optional text file naming the training images to use, one `<class>/<file>` path per
+    /// line relative to `train` (blank lines and `#` comments ignored); classes are still all
+    /// sub-folders of `train`.
+    pub file_list: Option<PathBuf>,
+    /// The same for `test`.
+    pub test_file_list: Option<PathBuf>,
+    /// Images are resized (shorter side) and centre-cropped to this square size when decoded;
+    /// smaller images are upscaled.
     pub image_size: u32,
     pub cache: Cache,
     /// Decoder threads (0: all cores).
@@ -55,6 +67,8 @@ impl Default for ImageFolderConfig {
         Self {
             train: PathBuf::from("data/train"),
             test: None,
+            file_list: None,
+            test_file_list: None,
             image_size: 32,
             cache: Cache::Memory,
             workers: 0,
@@ -68,26 +82,53 @@ byol::register_plugin! {
     kind: Dataset,
     name: "image_folder",
     description: "images in <split>/<class>/ folders (JPEG, PNG), labels from folder names",
-    example: "type = \"image_folder\"\ntrain = \"data/cifar10/train\"\ntest = \"data/cifar10/test\"\nimage_size = 32\ncache = \"memory\"    # or \"none\"\nworkers = 0\nlimit_per_class = 0\non_bad_image = \"skip\"   # or \"error\"\n",
+    example: "type = \"image_folder\"\ntrain = \"data/cifar10/train\"\ntest = \"data/cifar10/test\"\n# file_list = \"subset.txt\"   # <class>/<file> lines, relative to train\nimage_size = 32\ncache = \"memory\"    # or \"none\"\nworkers = 0\nlimit_per_class = 0\non_bad_image = \"skip\"   # or \"error\"\n",
     impl DatasetSpec for ImageFolderConfig {
         fn build(&self) -> Result<Splits, DataError> {
-            let train = self.split(&self.train, None)?;
-            let test = match &self.test {
-                Some(dir) => Some(self.split(dir, Some(train.classes()))?),
-                None => None,
-            };
-            Ok(Splits { train, test })
+            let (splits, warnings) = self.load()?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(splits)
         }
     }
 }
 
 impl ImageFolderConfig {
-    fn split(&self, dir: &Path, classes: Option<&[String]>) -> Result<Arc<dyn Dataset>, DataError> {
-        let listing = scan(dir, self.limit_per_class)?;
+    /// Builds the splits and returns the warnings that `build` prints (unreadable images skipped
+    /// while filling the memory cache, class folders without images): one line each.
+    pub fn load(&self) -> Result<(Splits, Vec<String>), DataError> {
+        if self.image_size == 0 {
+            return Err(DataError::Config("dataset.image_size must be at least 1".into()));
+        }
+        let mut warnings = Vec::new();
+        let train = self.split("train", &self.train, self.file_list.as_deref(), None, &mut warnings)?;
+        let test = match &self.test {
+            Some(dir) => Some(self.split(
+                "test",
+                dir,
+                self.test_file_list.as_deref(),
+                Some(train.classes()),
+                &mut warnings,
+            )?),
+            None => None,
+        };
+        Ok((Splits { train, test }, warnings))
+    }
+
+    fn split(
+        &self,
+        key: &str,
+        dir: &Path,
+        file_list: Option<&Path>,
+        classes: Option<&[String]>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Arc<dyn Dataset>, DataError> {
+        let listing = scan(key, dir, file_list, self.limit_per_class, warnings)?;
         if let Some(expected) = classes {
             if expected != listing.classes.as_slice() {
                 return Err(DataError::Config(format!(
-                    "{} has classes [{}], the training split has [{}]",
+                    "dataset.{key}: {} has classes [{}], the training split has [{}]; both splits need the same class folders",
                     dir.display(),
                     listing.classes.join(", "),
                     expected.join(", ")
@@ -99,9 +140,14 @@ impl ImageFolderConfig {
             size: self.image_size,
             workers: self.workers,
             on_bad_image: self.on_bad_image,
+            bad: Mutex::default(),
         };
         Ok(match self.cache {
-            Cache::Memory => Arc::new(folder.decode_all()?),
+            Cache::Memory => {
+                let (set, warning) = folder.decode_all()?;
+                warnings.extend(warning);
+                Arc::new(set)
+            }
             Cache::None => Arc::new(folder),
         })
     }
@@ -115,50 +161,106 @@ struct Listing {
     files: Vec<(PathBuf, i64)>,
 }
 
-fn scan(root: &Path, limit_per_class: usize) -> Result<Listing, DataError> {
-    let config_error = |message: String| DataError::Config(message);
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// Sorted entries of `dir`.
+fn list(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| DataError::Config(format!("cannot list {}: {e}", dir.display())))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    Ok(entries)
+}
+
+fn scan(
+    key: &str,
+    root: &Path,
+    file_list: Option<&Path>,
+    limit_per_class: usize,
+    warnings: &mut Vec<String>,
+) -> Result<Listing, DataError> {
+    let config_error = |message: String| DataError::Config(format!("dataset.{key}: {message}"));
     if !root.is_dir() {
+        let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
         return Err(config_error(format!(
-            "dataset folder {} does not exist or is not a folder",
+            "folder {} does not exist (or is not a folder); it should hold one sub-folder of images per \
+             class (<{key}>/<class>/<image>); relative paths start from the working directory {cwd}",
             root.display()
         )));
     }
-    let read = |dir: &Path| -> Result<Vec<PathBuf>, DataError> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| config_error(format!("cannot list {}: {e}", dir.display())))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .collect();
-        entries.sort();
-        Ok(entries)
-    };
-    let class_dirs: Vec<PathBuf> = read(root)?.into_iter().filter(|p| p.is_dir()).collect();
+    // Hidden folders (.git, .ipynb_checkpoints) are not classes.
+    let class_dirs: Vec<PathBuf> = list(root)?
+        .into_iter()
+        .filter(|p| p.is_dir() && !is_hidden(p))
+        .collect();
     if class_dirs.is_empty() {
         return Err(config_error(format!(
-            "{} has no class sub-folders (expected <split>/<class>/<image>)",
+            "{} has no class sub-folders; put the images in one sub-folder per class (<{key}>/<class>/<image>)",
             root.display()
         )));
     }
-    let mut classes = Vec::new();
-    let mut files = Vec::new();
-    for (label, class_dir) in class_dirs.iter().enumerate() {
-        classes.push(class_dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
-        let images = read(class_dir)?.into_iter().filter(|p| {
-            p.extension()
-                .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
-        });
-        let limit = if limit_per_class == 0 {
-            usize::MAX
-        } else {
-            limit_per_class
-        };
-        files.extend(images.take(limit).map(|p| (p, label as i64)));
+    let classes: Vec<String> = class_dirs
+        .iter()
+        .map(|d| d.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .collect();
+    let limit = if limit_per_class == 0 {
+        usize::MAX
+    } else {
+        limit_per_class
+    };
+    let mut per_class: Vec<Vec<PathBuf>> = vec![Vec::new(); classes.len()];
+    match file_list {
+        None => {
+            for (files, dir) in per_class.iter_mut().zip(&class_dirs) {
+                *files = list(dir)?
+                    .into_iter()
+                    .filter(|p| is_image(p) && !is_hidden(p) && p.is_file())
+                    .collect();
+            }
+        }
+        Some(list_path) => read_file_list(key, root, list_path, &classes, &mut per_class)?,
     }
+    let empty: Vec<&str> = classes
+        .iter()
+        .zip(&per_class)
+        .filter(|(_, f)| f.is_empty())
+        .map(|(c, _)| c.as_str())
+        .collect();
+    let files: Vec<(PathBuf, i64)> = per_class
+        .into_iter()
+        .enumerate()
+        .flat_map(|(label, files)| files.into_iter().take(limit).map(move |p| (p, label as i64)))
+        .collect();
     if files.is_empty() {
-        return Err(config_error(format!(
-            "{} holds no JPEG or PNG images in its class folders",
-            root.display()
-        )));
+        return Err(config_error(match file_list {
+            None => format!(
+                "{} holds no .jpg, .jpeg or .png files in its {} class folder(s) ({}, ...)",
+                root.display(),
+                classes.len(),
+                classes[0]
+            ),
+            Some(l) => format!("the file list {} names no images", l.display()),
+        }));
+    }
+    if !empty.is_empty() {
+        let shown = empty.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        warnings.push(format!(
+            "{} of the {} class folders of {} hold no images (labels still count them): {shown}{}",
+            empty.len(),
+            classes.len(),
+            root.display(),
+            if empty.len() > 5 { ", ..." } else { "" }
+        ));
     }
     Ok(Listing {
         root: root.to_path_buf(),
@@ -167,120 +269,124 @@ fn scan(root: &Path, limit_per_class: usize) -> Result<Listing, DataError> {
     })
 }
 
-/// Decodes `path` to RGB, resizes the shorter side to `size` and centre-crops: CHW bytes.
-pub fn decode_square(path: &Path, size: u32) -> Result<Vec<u8>, DataError> {
-    let bad = |message: String| DataError::Image {
-        path: path.to_path_buf(),
-        message,
-    };
-    let image = image::ImageReader::open(path)
-        .map_err(|e| bad(e.to_string()))?
-        .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?
-        .decode()
-        .map_err(|e| bad(e.to_string()))?
-        .to_rgb8();
-    let (w, h) = image.dimensions();
-    let image = if (w, h) == (size, size) {
-        image
-    } else {
-        let scale = size as f64 / w.min(h) as f64;
-        let (nw, nh) = (
-            ((w as f64 * scale).round() as u32).max(size),
-            ((h as f64 * scale).round() as u32).max(size),
-        );
-        let resized = image::imageops::resize(&image, nw, nh, image::imageops::FilterType::Triangle);
-        image::imageops::crop_imm(&resized, (nw - size) / 2, (nh - size) / 2, size, size).to_image()
-    };
-    let plane = (size * size) as usize;
-    let mut chw = vec![0u8; 3 * plane];
-    for (i, pixel) in image.pixels().enumerate() {
-        for c in 0..3 {
-            chw[c * plane + i] = pixel[c];
+/// Reads `<class>/<file>` lines into `per_class`, in the list's order.
+fn read_file_list(
+    key: &str,
+    root: &Path,
+    list_path: &Path,
+    classes: &[String],
+    per_class: &mut [Vec<PathBuf>],
+) -> Result<(), DataError> {
+    let text = std::fs::read_to_string(list_path).map_err(|e| {
+        DataError::Config(format!(
+            "dataset.{}file_list: cannot read {}: {e}",
+            if key == "test" { "test_" } else { "" },
+            list_path.display()
+        ))
+    })?;
+    let label_of: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
         }
+        let at = || format!("{} line {}", list_path.display(), n + 1);
+        let relative = Path::new(line);
+        let class = relative
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .and_then(|p| p.components().next())
+            .and_then(|c| c.as_os_str().to_str());
+        let Some(&label) = class.and_then(|c| label_of.get(c)) else {
+            return Err(DataError::Config(format!(
+                "{}: '{line}' is not inside a class folder of {}; lines are <class>/<file> paths relative to dataset.{key}",
+                at(),
+                root.display()
+            )));
+        };
+        let path = root.join(relative);
+        if !path.is_file() {
+            return Err(DataError::Config(format!(
+                "{}: {} does not exist; fix the list or dataset.{key}",
+                at(),
+                path.display()
+            )));
+        }
+        per_class[label].push(path);
     }
-    Ok(chw)
+    Ok(())
 }
 
-/// A split decoded batch by batch on worker threads.
+/// Decodes `path`, resizes its shorter side to `size` and centre-crops: `3 * size * size` CHW
+/// bytes. Images smaller than `size` are upscaled.
+pub fn decode_square(path: &Path, size: u32) -> Result<Vec<u8>, DataError> {
+    let mut out = vec![0u8; 3 * (size * size) as usize];
+    read_square_into(path, size, &mut out).map_err(|message| DataError::Image {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(out)
+}
+
+/// Unreadable images met so far (index -> reason), and how many were already reported.
+#[derive(Debug, Default)]
+struct BadImages {
+    seen: BTreeMap<usize, String>,
+    reported: usize,
+}
+
+/// A split decoded image by image, on the loader's threads.
 #[derive(Debug)]
 struct DecodingFolder {
     listing: Listing,
     size: u32,
     workers: usize,
     on_bad_image: OnBadImage,
+    bad: Mutex<BadImages>,
 }
 
+const SKIP_HINT: &str = "set dataset.on_bad_image = \"error\" to stop at the first one instead";
+
 impl DecodingFolder {
-    fn threads(&self) -> usize {
-        if self.workers > 0 {
-            self.workers
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        }
-    }
-
-    /// Decodes `indices` in parallel; bad images are `None` (or an error, per `on_bad_image`).
-    fn decode(&self, indices: &[usize]) -> Result<Vec<Option<Vec<u8>>>, DataError> {
-        let threads = self.threads().min(indices.len()).max(1);
-        // Thread t decodes positions t, t + threads, ...: no shared state, deterministic output.
-        let per_thread: Vec<Vec<Result<Vec<u8>, DataError>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    scope.spawn(move || {
-                        (t..indices.len())
-                            .step_by(threads)
-                            .map(|i| decode_square(&self.listing.files[indices[i]].0, self.size))
-                            .collect()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("decoder thread")).collect()
-        });
-        let mut iters: Vec<_> = per_thread.into_iter().map(|v| v.into_iter()).collect();
-        (0..indices.len())
-            .map(|i| match iters[i % threads].next().expect("one result per index") {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(e) if self.on_bad_image == OnBadImage::Skip => {
-                    eprintln!("warning: skipping {e}");
-                    Ok(None)
+    /// Decodes every image into memory; returns the set and the warning about skipped images.
+    fn decode_all(self) -> Result<(ImageSet, Option<String>), DataError> {
+        let n = self.listing.files.len();
+        let size = self.size as usize;
+        let sample = 3 * size * size;
+        let all: Vec<usize> = (0..n).collect();
+        let mut pixels = vec![0u8; n * sample];
+        let labels = read_parallel(&self, &all, &mut pixels, resolve_threads(self.workers))?;
+        // Drop the skipped images, keeping the order of the others.
+        let mut kept = 0;
+        let mut kept_labels = Vec::with_capacity(n);
+        for (i, label) in labels.iter().enumerate() {
+            if let Some(label) = label {
+                if kept != i {
+                    pixels.copy_within(i * sample..(i + 1) * sample, kept * sample);
                 }
-                Err(e) => Err(DataError::Config(format!(
-                    "{e}\n(set dataset.on_bad_image = \"skip\" to skip unreadable images)"
-                ))),
-            })
-            .collect()
-    }
-
-    fn decode_all(self) -> Result<ImageSet, DataError> {
-        let all: Vec<usize> = (0..self.listing.files.len()).collect();
-        let decoded = self.decode(&all)?;
-        let mut pixels = Vec::new();
-        let mut labels = Vec::new();
-        let mut skipped = 0;
-        for (bytes, (_, label)) in decoded.into_iter().zip(&self.listing.files) {
-            match bytes {
-                Some(b) => {
-                    pixels.extend_from_slice(&b);
-                    labels.push(*label);
-                }
-                None => skipped += 1,
+                kept += 1;
+                kept_labels.push(*label);
             }
         }
-        if skipped > 0 {
-            eprintln!(
-                "warning: skipped {skipped} unreadable image(s) in {}",
-                self.listing.root.display()
-            );
-        }
-        if labels.is_empty() {
+        pixels.truncate(kept * sample);
+        if kept == 0 {
             return Err(DataError::Config(format!(
-                "no image in {} could be decoded",
-                self.listing.root.display()
+                "none of the {n} images in {} could be decoded ({})",
+                self.listing.root.display(),
+                self.first_bad().unwrap_or_default()
             )));
         }
-        let size = self.size as usize;
-        ImageSet::new(pixels, labels, size, size, self.listing.classes)
+        let warning = self.take_warning();
+        let classes = self.listing.classes.clone();
+        Ok((ImageSet::new(pixels, kept_labels, size, size, classes)?, warning))
+    }
+
+    fn first_bad(&self) -> Option<String> {
+        let bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
+        bad.seen
+            .iter()
+            .next()
+            .map(|(&i, why)| format!("{}: {why}", self.listing.files[i].0.display()))
     }
 }
 
@@ -293,31 +399,59 @@ impl Dataset for DecodingFolder {
         &self.listing.classes
     }
 
-    fn batch(&self, indices: &[usize]) -> Result<(Tensor, Tensor), DataError> {
-        let decoded = self.decode(indices)?;
-        let mut pixels = Vec::new();
-        let mut labels = Vec::new();
-        // A bad image is replaced by the next good one of the batch, so batch shapes stay fixed.
-        let good: Vec<(usize, &Vec<u8>)> = decoded
-            .iter()
-            .enumerate()
-            .filter_map(|(i, b)| b.as_ref().map(|b| (i, b)))
-            .collect();
-        if good.is_empty() {
-            return Err(DataError::Config(format!(
-                "no image of a batch in {} could be decoded",
-                self.listing.root.display()
-            )));
+    fn image_shape(&self) -> [usize; 3] {
+        [3, self.size as usize, self.size as usize]
+    }
+
+    fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError> {
+        let (path, label) = self.listing.files.get(index).ok_or_else(|| {
+            DataError::Config(format!(
+                "index {index} out of range for {} images",
+                self.listing.files.len()
+            ))
+        })?;
+        match read_square_into(path, self.size, out) {
+            Ok(()) => Ok(Some(*label)),
+            Err(why) if self.on_bad_image == OnBadImage::Skip => {
+                let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
+                bad.seen.entry(index).or_insert(why);
+                Ok(None)
+            }
+            Err(why) => Err(DataError::Image {
+                path: path.clone(),
+                message: format!("{why} (set dataset.on_bad_image = \"skip\" to skip unreadable images)"),
+            }),
         }
-        for k in 0..indices.len() {
-            let (i, bytes) = good[k % good.len()];
-            pixels.extend_from_slice(bytes);
-            labels.push(self.listing.files[indices[i]].1);
+    }
+
+    fn workers(&self) -> usize {
+        self.workers
+    }
+
+    fn take_warning(&self) -> Option<String> {
+        let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
+        let total = bad.seen.len();
+        if total == bad.reported {
+            return None;
         }
-        let s = self.size as i64;
-        Ok((
-            Tensor::from_slice(&pixels).view([indices.len() as i64, 3, s, s]),
-            Tensor::from_slice(&labels),
-        ))
+        let (&first, why) = bad.seen.iter().next().expect("at least one");
+        let line = format!(
+            "skipped {total} unreadable image(s) of {} in {} (first: {}: {why}); {SKIP_HINT}",
+            self.listing.files.len(),
+            self.listing.root.display(),
+            self.listing.files[first].0.display()
+        );
+        bad.reported = total;
+        Some(line)
+    }
+}
+
+impl Drop for DecodingFolder {
+    /// Unreadable images not reported by the loader yet (read through `batch` only) are
+    /// reported when the dataset goes away.
+    fn drop(&mut self) {
+        if let Some(w) = self.take_warning() {
+            eprintln!("warning: {w}");
+        }
     }
 }

@@ -2,15 +2,18 @@
 //! per-sample-random image ops (on the training device) that the augmentation plugins compose.
 
 pub mod augment;
+pub mod cifar;
 pub mod dataset;
+pub mod decode;
 mod error;
 pub mod image_folder;
 pub mod loader;
 pub mod ops;
+pub mod preview;
 pub mod rng;
 pub mod synthetic;
 
 pub use augment::AugmentSpec;
 pub use dataset::{Dataset, DatasetSpec, ImageSet, Splits};
 pub use error::DataError;
-pub use loader::BatchLoader;
+pub use loader::{Batch, BatchLoader, Prefetch};

@@ -1,9 +1,13 @@
-//! Batches of a dataset in a seeded per-epoch order.
+//! Batches of a dataset in a seeded per-epoch order, loaded on demand ([`BatchLoader::load`]) or
+//! decoded ahead by worker threads ([`BatchLoader::prefetch`]).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
+use crate::dataset::{fill_skipped, resolve_threads};
 use crate::rng::permutation;
 use crate::{DataError, Dataset};
 
@@ -19,10 +23,27 @@ pub struct BatchLoader {
     pub seed: u64,
     pub rank: usize,
     pub world_size: usize,
+    /// Decoder threads of [`BatchLoader::prefetch`] (0: one per core); starts as the dataset's
+    /// preference (`dataset.workers` for image folders, 1 for in-memory datasets).
+    pub workers: usize,
+    /// Batches that [`BatchLoader::prefetch`] may decode ahead of the one the consumer holds.
+    pub batches_ahead: usize,
+}
+
+/// One batch from [`BatchLoader::prefetch`].
+#[derive(Debug)]
+pub struct Batch {
+    /// Dataset indices of the images, in batch order.
+    pub indices: Vec<usize>,
+    /// uint8 `[N, C, H, W]` on the requested device.
+    pub images: Tensor,
+    /// int64 `[N]` on the requested device.
+    pub labels: Tensor,
 }
 
 impl BatchLoader {
     pub fn new(dataset: Arc<dyn Dataset>, batch_size: usize, shuffle: bool, drop_last: bool, seed: u64) -> Self {
+        let workers = dataset.workers();
         Self {
             dataset,
             batch_size,
@@ -31,7 +52,13 @@ impl BatchLoader {
             seed,
             rank: 0,
             world_size: 1,
+            workers,
+            batches_ahead: 3,
         }
+    }
+
+    pub fn dataset(&self) -> &Arc<dyn Dataset> {
+        &self.dataset
     }
 
     /// Batches per epoch (for this rank).
@@ -67,7 +94,8 @@ impl BatchLoader {
             .collect()
     }
 
-    /// Loads one batch to `device` (uint8 images, int64 labels).
+    /// Loads one batch to `device` (uint8 images, int64 labels), decoding on the calling thread
+    /// (and the dataset's own threads).
     pub fn load(&self, indices: &[usize], device: Device) -> Result<(Tensor, Tensor), DataError> {
         let (images, labels) = self.dataset.batch(indices)?;
         let images = if device.is_cuda() {
@@ -76,5 +104,278 @@ impl BatchLoader {
             images
         };
         Ok((images, labels.to_device(device)))
+    }
+
+    /// The batches of `epoch` from batch `skip` on (`epoch_indices(epoch)[skip..]`), decoded by
+    /// `workers` threads up to `batches_ahead` batches ahead of the consumer, in pinned memory
+    /// when `device` is CUDA, and copied to `device` (asynchronously from pinned memory) as the
+    /// iterator hands them out. Batches are exactly those of [`BatchLoader::load`]: order and
+    /// content depend on (seed, epoch, index) only, never on the worker count. After an error
+    /// the iterator ends. Dropping it stops the workers; at the end of the epoch (or drop) the
+    /// dataset's warning about skipped images, if any, is printed once.
+    pub fn prefetch(&self, epoch: u64, skip: usize, device: Device) -> Prefetch {
+        let batches: Vec<Vec<usize>> = self.epoch_indices(epoch).into_iter().skip(skip).collect();
+        let items: usize = batches.iter().map(Vec::len).sum();
+        let threads = resolve_threads(self.workers).min(items).max(1);
+        let shared = Arc::new(Shared {
+            dataset: self.dataset.clone(),
+            shape: self.dataset.image_shape(),
+            batches,
+            pin: device.is_cuda().then_some(device),
+            ahead: self.batches_ahead.max(1),
+            state: Mutex::new(State::default()),
+            room: Condvar::new(),
+            ready: Condvar::new(),
+        });
+        let workers = if items == 0 {
+            Vec::new()
+        } else {
+            (0..threads)
+                .map(|t| {
+                    let shared = shared.clone();
+                    std::thread::Builder::new()
+                        .name(format!("byol-loader-{t}"))
+                        .spawn(move || shared.work())
+                        .expect("spawning a loader thread")
+                })
+                .collect()
+        };
+        Prefetch {
+            next: 0,
+            total: shared.batches.len(),
+            shared,
+            workers,
+            device,
+            finished: false,
+        }
+    }
+}
+
+/// What the workers and the consumer share.
+struct Shared {
+    dataset: Arc<dyn Dataset>,
+    shape: [usize; 3],
+    batches: Vec<Vec<usize>>,
+    pin: Option<Device>,
+    ahead: usize,
+    state: Mutex<State>,
+    /// Workers wait here for room (the consumer took a batch) or for the stop.
+    room: Condvar,
+    /// The consumer waits here for the next batch.
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// The next image to decode: batch, position.
+    next_batch: usize,
+    next_position: usize,
+    /// Batches handed to the consumer.
+    consumed: usize,
+    /// Batches being decoded.
+    assembling: BTreeMap<usize, Assembly>,
+    /// Decoded batches waiting for the consumer.
+    done: BTreeMap<usize, Result<(Tensor, Tensor), DataError>>,
+    stop: bool,
+}
+
+/// A batch being decoded: one slot per position.
+struct Assembly {
+    images: Vec<Option<Vec<u8>>>,
+    labels: Vec<Option<i64>>,
+    errors: Vec<Option<DataError>>,
+    remaining: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sample(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// A worker: takes the next image while its batch is within `ahead` of the consumer,
+    /// decodes it, files it; whoever files a batch's last image assembles the batch.
+    fn work(&self) {
+        loop {
+            let (b, p) = {
+                let mut s = self.lock();
+                loop {
+                    if s.stop || s.next_batch >= self.batches.len() {
+                        return;
+                    }
+                    if s.next_batch < s.consumed + self.ahead {
+                        break;
+                    }
+                    s = self.room.wait(s).unwrap_or_else(|e| e.into_inner());
+                }
+                let (b, p) = (s.next_batch, s.next_position);
+                let len = self.batches[b].len();
+                if p == 0 {
+                    s.assembling.insert(
+                        b,
+                        Assembly {
+                            images: vec![None; len],
+                            labels: vec![None; len],
+                            errors: (0..len).map(|_| None).collect(),
+                            remaining: len,
+                        },
+                    );
+                }
+                if p + 1 == len {
+                    s.next_batch += 1;
+                    s.next_position = 0;
+                } else {
+                    s.next_position += 1;
+                }
+                (b, p)
+            };
+            let mut pixels = vec![0u8; self.sample()];
+            let index = self.batches[b][p];
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.dataset.read(index, &mut pixels)))
+                    .unwrap_or_else(|_| Err(DataError::Config(format!("reading image {index} panicked"))));
+            let mut s = self.lock();
+            if s.stop {
+                return;
+            }
+            let assembly = s.assembling.get_mut(&b).expect("batch being assembled");
+            match result {
+                Ok(Some(label)) => {
+                    assembly.images[p] = Some(pixels);
+                    assembly.labels[p] = Some(label);
+                }
+                Ok(None) => {}
+                Err(e) => assembly.errors[p] = Some(e),
+            }
+            assembly.remaining -= 1;
+            if assembly.remaining == 0 {
+                let assembly = s.assembling.remove(&b).expect("batch being assembled");
+                drop(s);
+                let batch = self.assemble(assembly);
+                let mut s = self.lock();
+                s.done.insert(b, batch);
+                self.ready.notify_all();
+            }
+        }
+    }
+
+    /// One tensor pair from a batch's images (pinned for CUDA); skipped images repeat another
+    /// image of the batch ([`fill_skipped`]); the first error by position wins.
+    fn assemble(&self, assembly: Assembly) -> Result<(Tensor, Tensor), DataError> {
+        if let Some(e) = assembly.errors.into_iter().flatten().next() {
+            return Err(e);
+        }
+        let n = assembly.labels.len();
+        let sample = self.sample();
+        let mut pixels = vec![0u8; n * sample];
+        for (image, out) in assembly.images.iter().zip(pixels.chunks_mut(sample)) {
+            if let Some(image) = image {
+                out.copy_from_slice(image);
+            }
+        }
+        let labels = fill_skipped(&mut pixels, &assembly.labels, sample)?;
+        let [c, h, w] = self.shape;
+        let dims = [n as i64, c as i64, h as i64, w as i64];
+        let images = Tensor::f_from_slice(&pixels)?.f_view(dims)?;
+        let images = match self.pin {
+            Some(device) => images.f_pin_memory(device)?,
+            None => images,
+        };
+        Ok((images, Tensor::f_from_slice(&labels)?))
+    }
+}
+
+/// The iterator of [`BatchLoader::prefetch`].
+pub struct Prefetch {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    next: usize,
+    total: usize,
+    device: Device,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetch")
+            .field("next", &self.next)
+            .field("total", &self.total)
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+impl Prefetch {
+    fn finish(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            if let Some(w) = self.shared.dataset.take_warning() {
+                eprintln!("warning: {w}");
+            }
+        }
+    }
+}
+
+impl Iterator for Prefetch {
+    type Item = Result<Batch, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished || self.next >= self.total {
+            self.finish();
+            return None;
+        }
+        let b = self.next;
+        let result = {
+            let mut s = self.shared.lock();
+            let result = loop {
+                if let Some(result) = s.done.remove(&b) {
+                    break result;
+                }
+                s = self.shared.ready.wait(s).unwrap_or_else(|e| e.into_inner());
+            };
+            s.consumed = b + 1;
+            self.shared.room.notify_all();
+            result
+        };
+        self.next += 1;
+        let indices = self.shared.batches[b].clone();
+        let moved = result.and_then(|(images, labels)| {
+            let images = if self.device.is_cuda() {
+                images.f_to_device_(self.device, Kind::Uint8, true, false)?
+            } else {
+                images
+            };
+            Ok(Batch {
+                indices,
+                images,
+                labels: labels.f_to_device(self.device)?,
+            })
+        });
+        if moved.is_err() {
+            self.finish();
+        }
+        Some(moved)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = if self.finished { 0 } else { self.total - self.next };
+        (0, Some(left))
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        {
+            let mut s = self.shared.lock();
+            s.stop = true;
+            self.shared.room.notify_all();
+        }
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        self.finish();
     }
 }

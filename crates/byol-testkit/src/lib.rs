@@ -1,5 +1,10 @@
-//! PyTorch as the oracle: tests hand tensors to a Python snippet run by the venv's torch and get
-//! tensors back, through safetensors files in a temporary folder.
+//! Test support. PyTorch as the oracle: tests hand tensors to a Python snippet run by the venv's
+//! torch and get tensors back, through safetensors files in a temporary folder. And
+//! [`conformance`]: the checks every backbone plugin runs (`check_backbone(&spec, 32)`).
+
+pub mod conformance;
+
+pub use conformance::check_backbone;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -66,6 +66,11 @@ pub struct EvalConfig {
     pub before_training: bool,
     /// Batch size for computing features.
     pub batch_size: usize,
+    /// Train a linear classifier on the detached online representation alongside BYOL and log
+    /// its accuracy (needs a labelled training split).
+    pub online_probe: bool,
+    /// Learning rate of the online probe (plain SGD).
+    pub probe_lr: f64,
 }
 
 impl Default for EvalConfig {
@@ -76,6 +81,8 @@ impl Default for EvalConfig {
             every_epochs: 0,
             before_training: true,
             batch_size: 512,
+            online_probe: true,
+            probe_lr: 0.1,
         }
     }
 }
@@ -157,12 +164,19 @@ impl Experiment {
         Ok(experiment)
     }
 
-    /// Parses an experiment from TOML text.
+    /// Parses an experiment from TOML text. A `[sweep]` table is refused: sweep files run with
+    /// `byol-run sweep` ([`crate::sweep`]), which removes it before parsing each trial.
     pub fn parse(text: &str, overrides: &[String]) -> anyhow::Result<Self> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| explain(text, &e))?;
+        if table.contains_key("sweep") {
+            bail!(
+                "this file has a [sweep] table, so it describes a hyperparameter sweep: run it with \
+                 `byol-run sweep <file>` (or remove [sweep] to train one experiment)"
+            );
+        }
         if overrides.is_empty() {
             return toml::from_str(text).map_err(|e| explain(text, &e));
         }
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| explain(text, &e))?;
         for assignment in overrides {
             apply_override(&mut table, assignment)?;
         }
@@ -187,7 +201,7 @@ impl Experiment {
 }
 
 /// A TOML or schema error with its line and column (from toml's message) and the table it is in.
-fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
+pub(crate) fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
     let message = error.to_string().trim_end().to_string();
     let table = error.span().and_then(|span| enclosing_table(text, span.start));
     match table {
@@ -197,7 +211,7 @@ fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
 }
 
 /// The `[header]` that the byte `offset` of `text` falls under.
-fn enclosing_table(text: &str, offset: usize) -> Option<String> {
+pub(crate) fn enclosing_table(text: &str, offset: usize) -> Option<String> {
     let before = text.get(..offset.min(text.len()))?;
     // The offset may sit on a header line itself (typetag reports errors at the table header).
     let line_end = text[before.len()..].find('\n').map_or(text.len(), |i| before.len() + i);

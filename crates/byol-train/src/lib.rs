@@ -1,13 +1,17 @@
 //! Everything around the model that a training run needs: the experiment file, the optimizer
-//! seam and schedules, the training loop, checkpoints, TensorBoard scalars and the kNN monitor.
+//! seam and schedules, the training loop, checkpoints, TensorBoard scalars, the kNN monitor and
+//! hyperparameter sweeps.
 
 pub mod checkpoint;
 pub mod experiment;
 pub mod knn;
+pub mod linear;
 pub mod loss_scale;
 pub mod optimizer;
+pub mod probe;
 pub mod runner;
 pub mod schedule;
+pub mod sweep;
 pub mod tensorboard;
 
 pub use experiment::Experiment;

@@ -19,6 +19,7 @@ use crate::experiment::Precision;
 use crate::knn::{knn_accuracy, KnnAccuracy};
 use crate::loss_scale::LossScaler;
 use crate::optimizer::{NamedParameter, Optimizer};
+use crate::probe::OnlineProbe;
 use crate::schedule::lr_at;
 use crate::tensorboard::ScalarLogger;
 use crate::Experiment;
@@ -218,6 +219,7 @@ struct Trainer<'a> {
     peak_lr: f64,
     checkpointer: Checkpointer,
     config_toml: String,
+    probe: Option<OnlineProbe>,
 }
 
 impl<'a> Trainer<'a> {
@@ -282,6 +284,15 @@ impl<'a> Trainer<'a> {
         let config_toml = experiment.to_toml()?;
         std::fs::write(run_dir.join("config.toml"), &config_toml).context("writing the resolved config")?;
         let checkpointer = Checkpointer::new(run_dir.join("checkpoints"), experiment.checkpoint.keep_last);
+        let classes = splits.train.classes().len() as i64;
+        let probe = (experiment.eval.online_probe && classes > 1).then(|| {
+            OnlineProbe::new(
+                &(vs.root() / "probe"),
+                byol.embedding_dim(),
+                classes,
+                experiment.eval.probe_lr,
+            )
+        });
         Ok(Self {
             experiment,
             device,
@@ -299,6 +310,7 @@ impl<'a> Trainer<'a> {
             peak_lr,
             checkpointer,
             config_toml,
+            probe,
         })
     }
 
@@ -387,7 +399,7 @@ impl<'a> Trainer<'a> {
         let mut projections = None;
         let share = 1.0 / micro_batches.len() as f64;
         for indices in micro_batches {
-            let (images, _) = self.loader.load(indices, self.device)?;
+            let (images, labels) = self.loader.load(indices, self.device)?;
             let (view1, view2) = self.augment.two_views(&images);
             let parts = tch::autocast(self.scaler.is_some(), || self.byol.loss_parts(&view1, &view2));
             let loss = parts.loss.to_kind(Kind::Float) * share;
@@ -396,6 +408,9 @@ impl<'a> Trainer<'a> {
                 None => loss.backward(),
             }
             total += loss.detach();
+            if let Some(probe) = &mut self.probe {
+                probe.train_step(&parts.online_embeddings, &labels);
+            }
             projections = Some(parts.online_projections);
         }
         let lr = lr_at(
@@ -530,6 +545,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
                 logger.scalar("train/weight_norm", weight_norm, step);
                 logger.scalar("train/grad_norm", grad_norm, step);
                 logger.scalar("train/images_per_second", images_per_second, step);
+                if let Some(accuracy) = t.probe.as_mut().and_then(OnlineProbe::take_accuracy) {
+                    logger.scalar("train/online_probe_accuracy", accuracy, step);
+                }
                 if let Some(scaler) = &t.scaler {
                     logger.scalar("train/loss_scale", scaler.scale(), step);
                 }

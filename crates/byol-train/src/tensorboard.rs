@@ -1,13 +1,19 @@
-//! TensorBoard scalars through tensorboard-rs, kept behind this one module: the crate is
-//! unmaintained and some of its methods panic (`unimplemented!()`), so nothing else touches it.
+//! TensorBoard scalars and images through tensorboard-rs, kept behind this one module: the crate
+//! is unmaintained and some of its methods panic (`unimplemented!()`), so nothing else touches it.
+//!
+//! Its `add_image` wants interleaved HWC RGB bytes with dims `[3, W, H]` and then records width
+//! and height swapped in the summary; we build the summary with its `summary::image` and fix the
+//! two fields before writing it through a `FileWriter` (what `SummaryWriter` wraps).
 
 use std::path::{Path, PathBuf};
 
-use tensorboard_rs::summary_writer::SummaryWriter;
+use tch::{Device, Kind, Tensor};
+use tensorboard_rs::summary;
+use tensorboard_rs::summary_writer::FileWriter;
 
 /// Scalar logger for one process. Data is complete on disk once the logger is dropped.
 pub struct ScalarLogger {
-    writer: SummaryWriter,
+    writer: FileWriter,
     dir: PathBuf,
 }
 
@@ -37,13 +43,41 @@ impl ScalarLogger {
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
         Ok(Self {
-            writer: SummaryWriter::new(dir),
+            writer: FileWriter::new(dir),
             dir: dir.to_path_buf(),
         })
     }
 
     pub fn scalar(&mut self, tag: &str, value: f64, step: u64) {
-        self.writer.add_scalar(tag, value as f32, step as usize);
+        self.writer
+            .add_summary(summary::scalar(tag, value as f32), step as usize);
+    }
+
+    /// Logs an image: uint8 `[3, H, W]` (RGB) or `[1, H, W]` (gray), on any device.
+    pub fn image(&mut self, tag: &str, chw_uint8: &Tensor, step: u64) -> anyhow::Result<()> {
+        let dims = chw_uint8.size();
+        if chw_uint8.kind() != Kind::Uint8 || dims.len() != 3 || !(dims[0] == 1 || dims[0] == 3) {
+            anyhow::bail!(
+                "TensorBoard image '{tag}' must be uint8 [3, H, W] or [1, H, W], got {:?} {dims:?}",
+                chw_uint8.kind()
+            );
+        }
+        let (height, width) = (dims[1], dims[2]);
+        if height == 0 || width == 0 {
+            anyhow::bail!("TensorBoard image '{tag}' is empty ({dims:?})");
+        }
+        let rgb = chw_uint8.to_device(Device::Cpu).expand([3, height, width], false);
+        let hwc = Vec::<u8>::try_from(rgb.permute([1, 2, 0]).contiguous().view([-1]))
+            .map_err(|e| anyhow::anyhow!("TensorBoard image '{tag}': {e}"))?;
+        // tensorboard-rs: an RgbImage of width dims[1] and height dims[2], header fields swapped.
+        let mut image = summary::image(tag, &hwc, &[3, width as usize, height as usize]);
+        for value in image.mut_value().iter_mut() {
+            let header = value.mut_image();
+            header.set_width(width as i32);
+            header.set_height(height as i32);
+        }
+        self.writer.add_summary(image, step as usize);
+        Ok(())
     }
 
     pub fn flush(&mut self) {

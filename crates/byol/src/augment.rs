@@ -10,4 +10,12 @@ pub trait Augment: std::fmt::Debug + Send {
 
     /// The deterministic evaluation transform (resize/center-crop, normalize) to `[N, 3, S, S]`.
     fn eval_view(&self, images: &Tensor) -> Tensor;
+
+    /// A picture of what the views do, for TensorBoard: uint8 `[3, H, W]` on the CPU, e.g. a grid
+    /// whose rows are (original, view 1, view 2) of the first images of `images` (uint8
+    /// `[N, 3, H, W]`). Draws from libtorch's generator. `None`: the plugin offers no picture.
+    fn preview(&self, images: &Tensor) -> Option<Tensor> {
+        let _ = images;
+        None
+    }
 }

@@ -53,4 +53,11 @@ pub trait BackboneSpec: std::fmt::Debug + Send + Sync {
     fn pretrained(&self) -> Option<&std::path::Path> {
         None
     }
+
+    /// Keys of the pretrained file that the backbone deliberately lacks (a classifier head such as
+    /// torchvision's `fc.*`); they are skipped, every other key must match.
+    fn pretrained_ignores(&self, key: &str) -> bool {
+        let _ = key;
+        false
+    }
 }

@@ -9,7 +9,7 @@ pub enum ByolError {
     #[error("cannot read weights from {path}: {source}")]
     ReadWeights { path: PathBuf, source: tch::TchError },
 
-    #[error("weights in {path} do not fit the model:\n{report}\nExport the state_dict of the matching torchvision model (see the README, \"Pretrained weights\").")]
+    #[error("weights in {path} do not fit the model:\n{report}\nExport the state_dict of the matching PyTorch model (torchvision for ResNets: see the README, \"Pretrained weights\").")]
     StateDictMismatch { path: PathBuf, report: String },
 
     #[error("invalid configuration: {0}")]

@@ -59,6 +59,9 @@ pub struct LossParts {
     pub loss: Tensor,
     /// Online projections of both views, `[2N, projection_dim]`, detached.
     pub online_projections: Tensor,
+    /// Online representations (backbone embeddings) of view 1, `[N, embedding_dim]`, detached:
+    /// what an online linear probe trains on.
+    pub online_embeddings: Tensor,
 }
 
 impl Byol {
@@ -89,7 +92,7 @@ impl Byol {
         let embedding_dim = online_backbone.check_tap(embedding_layer)?;
         if let Some(path) = backbone.pretrained() {
             let variables = variables_under(vs, "online.backbone.");
-            load_safetensors(&variables, path, |key| key.starts_with("fc."))?;
+            load_safetensors(&variables, path, |key| backbone.pretrained_ignores(key))?;
         }
         let (hidden, projection) = (config.hidden_dim, config.projection_dim);
         let online_projector = MlpHead::new(&(&online / "projector"), embedding_dim, hidden, projection);
@@ -126,7 +129,8 @@ impl Byol {
     pub fn loss_parts(&self, view1: &Tensor, view2: &Tensor) -> LossParts {
         // Each view goes through the networks on its own, so batch-norm statistics are per view,
         // as in the paper's implementation.
-        let z1 = self.online_projection(view1);
+        let y1 = self.online_backbone.embed(view1, true, &self.embedding_layer);
+        let z1 = self.online_projector.forward_t(&y1, true);
         let z2 = self.online_projection(view2);
         let p1 = self.predictor.forward_t(&z1, true);
         let p2 = self.predictor.forward_t(&z2, true);
@@ -135,6 +139,7 @@ impl Byol {
         LossParts {
             loss,
             online_projections: Tensor::cat(&[z1.detach(), z2.detach()], 0),
+            online_embeddings: y1.detach(),
         }
     }
 

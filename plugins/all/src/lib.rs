@@ -4,7 +4,9 @@
 
 use augment_byol as _;
 use backbone_resnet as _;
+use backbone_template as _;
 use byol_data as _;
+use optim_adam as _;
 use optim_lars as _;
 use optim_sgd as _;
 

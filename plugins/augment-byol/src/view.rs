@@ -1,6 +1,6 @@
 use tch::{Kind, Tensor};
 
-use byol_data::ops;
+use byol_data::{ops, preview};
 
 /// Every parameter of one view's pipeline.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +100,32 @@ impl ByolAugment {
     }
 }
 
+impl ByolAugment {
+    /// Normalized views back to [0, 1] floats.
+    pub fn unnormalize(&self, views: &Tensor) -> Tensor {
+        let device = views.device();
+        let mean = Tensor::from_slice(&self.mean.map(|m| m as f32))
+            .to_device(device)
+            .view([1, 3, 1, 1]);
+        let std = Tensor::from_slice(&self.std.map(|s| s as f32))
+            .to_device(device)
+            .view([1, 3, 1, 1]);
+        views * std + mean
+    }
+
+    /// The TensorBoard picture of the views: uint8 `[3, H, W]` on the CPU whose rows are
+    /// (original resized to the view size, view 1, view 2) of the first `count` images.
+    pub fn preview_grid(&self, images: &Tensor, count: i64) -> Tensor {
+        tch::no_grad(|| {
+            let images = images.narrow(0, 0, count.min(images.size()[0]));
+            let (view1, view2) = byol::Augment::two_views(self, &images);
+            let original = ops::resize_center(&to_unit_float(&images), self.size);
+            let cells = [original, self.unnormalize(&view1), self.unnormalize(&view2)].map(|x| preview::to_uint8(&x));
+            preview::grid(&[&cells[0], &cells[1], &cells[2]], 2, 255)
+        })
+    }
+}
+
 fn to_unit_float(images: &Tensor) -> Tensor {
     images.to_kind(Kind::Float) / 255.0
 }
@@ -110,6 +136,12 @@ impl byol::Augment for ByolAugment {
             let x = to_unit_float(images);
             (self.view(&x, &self.view1), self.view(&x, &self.view2))
         })
+    }
+
+    /// Rows of (original resized to the view size, view 1, view 2) for the first 8 images (4
+    /// for views over 96 px), normalization undone, 2 px white padding.
+    fn preview(&self, images: &Tensor) -> Option<Tensor> {
+        Some(self.preview_grid(images, if self.size > 96 { 4 } else { 8 }))
     }
 
     fn eval_view(&self, images: &Tensor) -> Tensor {

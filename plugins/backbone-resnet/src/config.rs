@@ -71,6 +71,9 @@ macro_rules! resnet_depth {
                 fn pretrained(&self) -> Option<&Path> {
                     self.0.pretrained.as_deref()
                 }
+                fn pretrained_ignores(&self, key: &str) -> bool {
+                    key.starts_with("fc.")
+                }
             }
         }
     };

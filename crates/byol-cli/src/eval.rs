@@ -1,0 +1,125 @@
+//! `byol-run eval knn|linear`: the field's two protocols on a trained checkpoint, offline.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use byol_data::image_folder::ImageFolderConfig;
+use byol_data::{Dataset, DatasetSpec};
+use byol_train::knn::knn_accuracy;
+use byol_train::linear::linear_probe;
+use byol_train::runner::embed_split;
+
+use crate::embed::{load_trained, Trained};
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Weighted kNN (k=200, T=0.1 by default) of test features against train features.
+    Knn {
+        #[command(flatten)]
+        data: EvalData,
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        #[arg(long, default_value_t = 0.1)]
+        temperature: f64,
+    },
+    /// Linear classifier on frozen, cached features: SGD, Nesterov 0.9, no weight decay, cosine
+    /// lr, best of a small lr sweep.
+    Linear {
+        #[command(flatten)]
+        data: EvalData,
+        #[arg(long, default_value_t = 30)]
+        epochs: usize,
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0.01, 0.03, 0.1, 0.3])]
+        lrs: Vec<f64>,
+    },
+}
+
+#[derive(Args)]
+pub struct EvalData {
+    /// A checkpoint folder (runs/<run>/checkpoints/last).
+    checkpoint: PathBuf,
+    /// Labelled training images: <train>/<class>/<image>.
+    #[arg(long)]
+    train: PathBuf,
+    /// Labelled test images, same classes.
+    #[arg(long)]
+    test: PathBuf,
+    /// Use at most this many images per class (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit_per_class: usize,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+struct Features {
+    train: (tch::Tensor, tch::Tensor),
+    test: (tch::Tensor, tch::Tensor),
+    classes: i64,
+}
+
+fn features(data: &EvalData) -> anyhow::Result<Features> {
+    let Trained {
+        experiment,
+        device,
+        byol,
+        augment,
+        ..
+    } = load_trained(&data.checkpoint)?;
+    let folder = ImageFolderConfig {
+        train: data.train.clone(),
+        test: Some(data.test.clone()),
+        image_size: experiment.augment.image_size() as u32,
+        limit_per_class: data.limit_per_class,
+        ..Default::default()
+    };
+    let splits = folder.build().context("reading the evaluation images")?;
+    let test: Arc<dyn Dataset> = splits.test.clone().expect("test split requested");
+    let batch = experiment.eval.batch_size;
+    Ok(Features {
+        train: embed_split(&byol, augment.as_ref(), &splits.train, batch, device)?,
+        test: embed_split(&byol, augment.as_ref(), &test, batch, device)?,
+        classes: splits.train.classes().len() as i64,
+    })
+}
+
+fn report(json: &Option<PathBuf>, value: serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(&value)?;
+    println!("{text}");
+    if let Some(path) = json {
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub fn run(command: &EvalCommand) -> anyhow::Result<()> {
+    match command {
+        EvalCommand::Knn { data, k, temperature } => {
+            let f = features(data)?;
+            let acc = knn_accuracy(
+                &f.test.0,
+                &f.test.1,
+                &f.train.0,
+                &f.train.1,
+                f.classes,
+                *k as i64,
+                *temperature,
+            );
+            report(
+                &data.json,
+                serde_json::json!({ "protocol": "knn", "k": k, "temperature": temperature, "top1": acc.top1, "top5": acc.top5 }),
+            )
+        }
+        EvalCommand::Linear { data, epochs, lrs } => {
+            let f = features(data)?;
+            let result = linear_probe(&f.train.0, &f.train.1, &f.test.0, &f.test.1, f.classes, *epochs, lrs, 0);
+            report(
+                &data.json,
+                serde_json::json!({ "protocol": "linear", "epochs": epochs, "best_lr": result.best_lr, "top1": result.accuracy.top1, "top5": result.accuracy.top5, "sweep": result.sweep }),
+            )
+        }
+    }
+}

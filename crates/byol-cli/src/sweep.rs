@@ -1,0 +1,69 @@
+//! `byol-run sweep file.toml`: the trials of the file's `[sweep]` table, one run folder each, then
+//! a ranked summary (see `byol_train::sweep`).
+
+use anyhow::Context;
+use clap::Args;
+
+use byol_train::sweep::{self, Sweep, SweepOptions};
+
+use crate::ExperimentArgs;
+
+#[derive(Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    experiment: ExperimentArgs,
+    /// Devices to run trials on at the same time, one trial per device, each in a child process:
+    /// `--devices cuda:0,cuda:1` (default: every GPU when run.device is "auto" or "cuda" and there
+    /// are several, else one trial at a time in this process).
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
+    /// Trials train quietly: only the sweep's lines and the summary are printed.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn load(args: &ExperimentArgs) -> anyhow::Result<Sweep> {
+    let path = args.experiment.as_ref().context("no sweep file given")?;
+    Sweep::load(path, &args.overrides)
+}
+
+pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
+    let sweep = load(&args.experiment)?;
+    let devices = if args.devices.is_empty() {
+        sweep::default_devices(&sweep)
+    } else {
+        args.devices.clone()
+    };
+    let options = SweepOptions {
+        quiet: args.quiet,
+        devices,
+        program: Some(std::env::current_exe().context("locating the byol-run binary")?),
+    };
+    let outcome = sweep::run(&sweep, &options)?;
+    println!("\n{}", std::fs::read_to_string(&outcome.markdown)?);
+    println!(
+        "summary          {} and {}",
+        outcome.csv.display(),
+        outcome.markdown.display()
+    );
+    if outcome.skipped > 0 {
+        println!("skipped          {} trials that had finished before", outcome.skipped);
+    }
+    if outcome.interrupted {
+        println!("interrupted: run the same command again to resume the sweep");
+    }
+    Ok(())
+}
+
+/// `byol-run validate` on a sweep file: every trial's experiment parses.
+pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
+    let sweep = load(args)?;
+    println!(
+        "{} is valid: sweep '{}' of {} trials into {}",
+        args.experiment.as_ref().expect("required").display(),
+        sweep.name,
+        sweep.trials.len(),
+        sweep.dir.display()
+    );
+    Ok(())
+}

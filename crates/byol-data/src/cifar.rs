@@ -1,0 +1,350 @@
+//! `[dataset] type = "cifar"`: CIFAR-10 and CIFAR-100 (Krizhevsky 2009) in the official binary
+//! format, held in memory.
+//!
+//! CIFAR-10 (`cifar-10-batches-bin`): `data_batch_1.bin` .. `data_batch_5.bin` (training) and
+//! `test_batch.bin`, 10,000 records each of 1 label byte and 3,072 pixel bytes: the 1,024 red
+//! values of the 32x32 image row by row, then green, then blue (so already CHW). Class names
+//! from `batches.meta.txt`. CIFAR-100 (`cifar-100-binary`): `train.bin` (50,000) and
+//! `test.bin` (10,000), records of a coarse label byte, a fine label byte and the same 3,072
+//! bytes; the fine label (100 classes) is used, names from `fine_label_names.txt`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DataError, DatasetSpec, ImageSet, Splits};
+
+const SIDE: usize = 32;
+const PIXELS: usize = 3 * SIDE * SIDE;
+
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+pub const CIFAR100_CLASSES: [&str; 100] = [
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
+];
+
+/// Which CIFAR.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CifarVariant {
+    #[default]
+    Cifar10,
+    /// Fine labels (100 classes).
+    Cifar100,
+}
+
+impl CifarVariant {
+    fn folder(self) -> &'static str {
+        match self {
+            CifarVariant::Cifar10 => "cifar-10-batches-bin",
+            CifarVariant::Cifar100 => "cifar-100-binary",
+        }
+    }
+
+    fn train_files(self) -> Vec<&'static str> {
+        match self {
+            CifarVariant::Cifar10 => vec![
+                "data_batch_1.bin",
+                "data_batch_2.bin",
+                "data_batch_3.bin",
+                "data_batch_4.bin",
+                "data_batch_5.bin",
+            ],
+            CifarVariant::Cifar100 => vec!["train.bin"],
+        }
+    }
+
+    fn test_file(self) -> &'static str {
+        match self {
+            CifarVariant::Cifar10 => "test_batch.bin",
+            CifarVariant::Cifar100 => "test.bin",
+        }
+    }
+
+    /// Label bytes before the pixels; the last one is the label used.
+    fn label_bytes(self) -> usize {
+        match self {
+            CifarVariant::Cifar10 => 1,
+            CifarVariant::Cifar100 => 2,
+        }
+    }
+
+    fn names_file(self) -> &'static str {
+        match self {
+            CifarVariant::Cifar10 => "batches.meta.txt",
+            CifarVariant::Cifar100 => "fine_label_names.txt",
+        }
+    }
+
+    fn default_classes(self) -> &'static [&'static str] {
+        match self {
+            CifarVariant::Cifar10 => &CIFAR10_CLASSES,
+            CifarVariant::Cifar100 => &CIFAR100_CLASSES,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CifarVariant::Cifar10 => "CIFAR-10",
+            CifarVariant::Cifar100 => "CIFAR-100",
+        }
+    }
+}
+
+/// `[dataset] type = "cifar"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CifarConfig {
+    /// `"cifar10"` or `"cifar100"`.
+    pub variant: CifarVariant,
+    /// The extracted binary release: the `cifar-10-batches-bin` / `cifar-100-binary` folder, or
+    /// the folder that holds it.
+    pub root: PathBuf,
+    /// Also load the test split, for the kNN monitor.
+    pub test: bool,
+}
+
+impl Default for CifarConfig {
+    fn default() -> Self {
+        Self {
+            variant: CifarVariant::Cifar10,
+            root: PathBuf::from("data"),
+            test: true,
+        }
+    }
+}
+
+byol::register_plugin! {
+    kind: Dataset,
+    name: "cifar",
+    description: "CIFAR-10 / CIFAR-100 (fine labels) from the official binary release, in memory",
+    example: "type = \"cifar\"\nvariant = \"cifar10\"   # or \"cifar100\"\nroot = \"data/cifar-10-batches-bin\"\ntest = true\n",
+    impl DatasetSpec for CifarConfig {
+        fn build(&self) -> Result<Splits, DataError> {
+            let dir = self.folder()?;
+            let classes = self.classes(&dir)?;
+            let train_files: Vec<PathBuf> = self.variant.train_files().iter().map(|f| dir.join(f)).collect();
+            let train = Arc::new(self.read(&train_files, &classes)?);
+            let test = if self.test {
+                Some(Arc::new(self.read(&[dir.join(self.variant.test_file())], &classes)?) as _)
+            } else {
+                None
+            };
+            Ok(Splits { train, test })
+        }
+    }
+}
+
+impl CifarConfig {
+    /// The folder with the `.bin` files: `root` itself or its `cifar-10-batches-bin` /
+    /// `cifar-100-binary` sub-folder.
+    fn folder(&self) -> Result<PathBuf, DataError> {
+        let first = self.variant.train_files()[0];
+        for dir in [self.root.clone(), self.root.join(self.variant.folder())] {
+            if dir.join(first).is_file() {
+                return Ok(dir);
+            }
+        }
+        let other = match self.variant {
+            CifarVariant::Cifar10 => CifarVariant::Cifar100,
+            CifarVariant::Cifar100 => CifarVariant::Cifar10,
+        };
+        let hint = if self.root.join(other.train_files()[0]).is_file()
+            || self.root.join(other.folder()).join(other.train_files()[0]).is_file()
+        {
+            format!(
+                "; it holds {} files: set dataset.variant = \"{}\"",
+                other.name(),
+                format!("{other:?}").to_lowercase()
+            )
+        } else if self.root.join("data_batch_1").is_file() || self.root.join("cifar-10-batches-py").is_dir() {
+            "; that is the Python (pickle) release: download the binary version (cifar-10-binary.tar.gz)".into()
+        } else {
+            format!(
+                "; download the binary version ({}) and extract it there",
+                match self.variant {
+                    CifarVariant::Cifar10 => "cifar-10-binary.tar.gz",
+                    CifarVariant::Cifar100 => "cifar-100-binary.tar.gz",
+                }
+            )
+        };
+        Err(DataError::Config(format!(
+            "dataset.root = {}: no {first} there or in {}/ ({} binary release){hint}",
+            self.root.display(),
+            self.variant.folder(),
+            self.variant.name()
+        )))
+    }
+
+    /// Class names from the release's names file, else the official list.
+    fn classes(&self, dir: &Path) -> Result<Vec<String>, DataError> {
+        let expected = self.variant.default_classes();
+        let path = dir.join(self.variant.names_file());
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(expected.iter().map(|s| s.to_string()).collect());
+        };
+        let names: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if names.len() != expected.len() {
+            return Err(DataError::Config(format!(
+                "{} names {} classes, {} has {}",
+                path.display(),
+                names.len(),
+                self.variant.name(),
+                expected.len()
+            )));
+        }
+        Ok(names)
+    }
+
+    fn read(&self, files: &[PathBuf], classes: &[String]) -> Result<ImageSet, DataError> {
+        let skip = self.variant.label_bytes();
+        let record = skip + PIXELS;
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        for path in files {
+            let bad = |message: String| DataError::Image {
+                path: path.clone(),
+                message,
+            };
+            let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+            if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
+                return Err(bad(format!(
+                    "{} bytes is not a whole number of {record}-byte {} records (a damaged download, \
+                     or the other variant: check dataset.variant)",
+                    bytes.len(),
+                    self.variant.name()
+                )));
+            }
+            pixels.reserve(bytes.len() / record * PIXELS);
+            for (i, r) in bytes.chunks_exact(record).enumerate() {
+                let label = r[skip - 1] as usize;
+                if label >= classes.len() {
+                    return Err(bad(format!(
+                        "record {i} has label {label}, but {} has {} classes (check dataset.variant)",
+                        self.variant.name(),
+                        classes.len()
+                    )));
+                }
+                labels.push(label as i64);
+                pixels.extend_from_slice(&r[skip..]);
+            }
+        }
+        ImageSet::new(pixels, labels, SIDE, SIDE, classes.to_vec())
+    }
+}

@@ -1,0 +1,529 @@
+//! The `image_folder` dataset: every image flavour decoded like PIL's `convert("RGB")` (files
+//! written by PIL in the test), the centre-square resize like PIL's, the real CIFAR-10 JPEGs, file
+//! lists, and every bad input (missing/empty folders, unreadable images, small images, stray
+//! files) with the message it gives.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use byol_data::decode::{center_square_into, decode_rgb};
+use byol_data::image_folder::{decode_square, ImageFolderConfig};
+use common::{build, python, quoted};
+
+/// A smooth pattern with some noise, `w` x `h`, as an RGB image.
+fn pattern(w: u32, h: u32, seed: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let noise = (x.wrapping_mul(73) ^ y.wrapping_mul(151) ^ seed.wrapping_mul(199)) % 23;
+        image::Rgb([
+            ((x * 255 / w.max(1)) as u8).wrapping_add(noise as u8),
+            ((y * 255 / h.max(1)) as u8).wrapping_add(seed as u8),
+            (((x + y) * 4) as u8).wrapping_add(noise as u8),
+        ])
+    })
+}
+
+fn write_image(path: &Path, w: u32, h: u32, seed: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    pattern(w, h, seed).save(path).unwrap();
+}
+
+/// A `<root>/<class>/<i>.png|jpg` tree of `per_class` images per class.
+fn image_tree(root: &Path, classes: &[&str], per_class: usize, size: (u32, u32)) {
+    for (c, class) in classes.iter().enumerate() {
+        for i in 0..per_class {
+            let ext = if i % 2 == 0 { "png" } else { "jpg" };
+            write_image(
+                &root.join(class).join(format!("{i:03}.{ext}")),
+                size.0,
+                size.1,
+                (c * 100 + i) as u32,
+            );
+        }
+    }
+}
+
+fn folder_toml(train: &Path, extra: &str) -> String {
+    format!("type = \"image_folder\"\ntrain = {}\n{extra}\n", quoted(train))
+}
+
+fn load(train: &Path, extra: &str) -> Result<(byol_data::Splits, Vec<String>), byol_data::DataError> {
+    let config: ImageFolderConfig = toml::from_str(&format!("train = {}\n{extra}\n", quoted(train))).unwrap();
+    config.load()
+}
+
+fn read_rgb(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+fn mean_max_diff(a: &[u8], b: &[u8]) -> (f64, u8) {
+    assert_eq!(a.len(), b.len());
+    let mut sum = 0u64;
+    let mut max = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        let d = x.abs_diff(*y);
+        sum += d as u64;
+        max = max.max(d);
+    }
+    (sum as f64 / a.len() as f64, max)
+}
+
+/// Files PIL writes in every flavour we read, each with PIL's `convert("RGB")` pixels beside it
+/// (`<file>.rgb`, HWC bytes).
+const PIL_FLAVOURS: &str = r#"
+import sys, os, numpy as np
+from PIL import Image
+d = sys.argv[1]
+h, w = 29, 37
+yy, xx = np.mgrid[0:h, 0:w]
+rng = np.random.default_rng(0)
+base = np.stack([(xx * 6 + yy * 2), (yy * 8 + 10), (255 - xx * 5)], -1)
+rgb = np.clip(base + rng.integers(-12, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+im = Image.fromarray(rgb, "RGB")
+alpha = Image.fromarray(rng.integers(0, 256, (h, w)).astype(np.uint8), "L")
+gray = im.convert("L")
+rgba = im.copy(); rgba.putalpha(alpha)
+la = gray.copy(); la.putalpha(alpha)
+cases = {
+    "baseline.jpg": lambda p: im.save(p, quality=92),
+    "baseline444.jpg": lambda p: im.save(p, quality=92, subsampling=0),
+    "progressive.jpg": lambda p: im.save(p, quality=92, progressive=True),
+    "gray.jpg": lambda p: gray.save(p, quality=92),
+    "cmyk.jpg": lambda p: im.convert("CMYK").save(p, quality=92),
+    "rgb.png": lambda p: im.save(p),
+    "rgba.png": lambda p: rgba.save(p),
+    "gray.png": lambda p: gray.save(p),
+    "la.png": lambda p: la.save(p),
+    "palette.png": lambda p: im.convert("P", palette=Image.ADAPTIVE, colors=64).save(p),
+    "gray16.png": lambda p: Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(p),
+}
+for name, save in cases.items():
+    p = os.path.join(d, name)
+    save(p)
+    ref = Image.open(p)
+    if name == "gray16.png":
+        # PIL clips 16-bit gray in convert("RGB"); the exact 8-bit value is the 16-bit one / 257.
+        ref = gray
+    assert ref.size == (w, h)
+    np.asarray(ref.convert("RGB")).tofile(p + ".rgb")
+assert Image.open(os.path.join(d, "progressive.jpg")).info.get("progressive") == 1
+assert Image.open(os.path.join(d, "cmyk.jpg")).mode == "CMYK"
+"#;
+
+/// PNG flavours must match PIL exactly; JPEG decoders (zune-jpeg here, libjpeg-turbo in PIL)
+/// differ in IDCT and chroma upsampling rounding, so a JPEG must agree within 1 level on average
+/// and 8 at most (measured: mean 0.006-0.38, max 1-3).
+#[test]
+fn every_flavour_decodes_like_pil() {
+    let tmp = tempfile::tempdir().unwrap();
+    python(PIL_FLAVOURS, &[tmp.path()]);
+    for name in [
+        "baseline.jpg",
+        "baseline444.jpg",
+        "progressive.jpg",
+        "gray.jpg",
+        "cmyk.jpg",
+        "rgb.png",
+        "rgba.png",
+        "gray.png",
+        "la.png",
+        "palette.png",
+        "gray16.png",
+    ] {
+        let path = tmp.path().join(name);
+        let ours = decode_rgb(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((ours.width, ours.height), (37, 29), "{name}");
+        let pil = read_rgb(&tmp.path().join(format!("{name}.rgb")));
+        let (mean, max) = mean_max_diff(&ours.pixels, &pil);
+        println!("{name}: mean abs diff {mean:.3}, max {max}");
+        if name.ends_with(".png") {
+            assert_eq!(max, 0, "{name}: PNG pixels differ from PIL's");
+        } else {
+            assert!(mean <= 1.0 && max <= 8, "{name}: mean {mean}, max {max} vs PIL");
+        }
+    }
+}
+
+/// The stored square: centre square of the shorter side, antialiased bilinear like PIL's
+/// `resize(..., BILINEAR, box=centre square)`, down and up (images smaller than the crop).
+#[test]
+fn centre_square_resize_matches_pil() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (97u32, 61u32, 32u32),
+        (98, 61, 32),
+        (40, 90, 24),
+        (13, 9, 32),
+        (32, 32, 32),
+        (50, 50, 17),
+    ];
+    for (i, &(w, h, _)) in cases.iter().enumerate() {
+        write_image(&tmp.path().join(format!("{i}.png")), w, h, i as u32);
+    }
+    let sizes: Vec<String> = cases.iter().map(|c| c.2.to_string()).collect();
+    python(
+        &format!(
+            r#"
+import sys, os, numpy as np
+from PIL import Image
+d = sys.argv[1]
+for i, size in enumerate([{}]):
+    im = Image.open(os.path.join(d, "%d.png" % i)).convert("RGB")
+    w, h = im.size
+    s = min(w, h)
+    box = ((w - s) / 2, (h - s) / 2, (w - s) / 2 + s, (h - s) / 2 + s)
+    np.asarray(im.resize((size, size), Image.BILINEAR, box=box)).transpose(2, 0, 1).tofile(os.path.join(d, "%d.chw" % i))
+"#,
+            sizes.join(", ")
+        ),
+        &[tmp.path()],
+    );
+    for (i, &(w, h, size)) in cases.iter().enumerate() {
+        let ours = decode_square(&tmp.path().join(format!("{i}.png")), size).unwrap();
+        let pil = read_rgb(&tmp.path().join(format!("{i}.chw")));
+        let (mean, max) = mean_max_diff(&ours, &pil);
+        println!("{w}x{h} -> {size}: mean abs diff {mean:.3}, max {max}");
+        assert!(max <= 1, "{w}x{h} -> {size}: max abs diff {max} vs PIL (mean {mean})");
+    }
+    // Same size: a plain HWC -> CHW copy.
+    let image = decode_rgb(&std::fs::read(tmp.path().join("4.png")).unwrap()).unwrap();
+    let mut out = vec![0u8; 3 * 32 * 32];
+    center_square_into(&image, 32, &mut out).unwrap();
+    assert_eq!(out[32 * 32 + 5], image.pixels[5 * 3 + 1]);
+}
+
+/// The real CIFAR-10 JPEGs (../shared): our decode against PIL's on a slice of them (measured:
+/// mean abs diff 0.30, max 4).
+#[test]
+fn real_cifar_jpegs_decode_like_pil() {
+    let Some(root) = common::cifar10_jpeg("real_cifar_jpegs_decode_like_pil") else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = Vec::new();
+    for class in ["airplane", "cat", "truck"] {
+        files.extend((0..20).map(|i| root.join("test").join(class).join(format!("{i:04}.jpg"))));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("files.txt");
+    std::fs::write(
+        &list,
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    python(
+        r#"
+import sys, numpy as np
+from PIL import Image
+out = open(sys.argv[2], "wb")
+for line in open(sys.argv[1]).read().split("\n"):
+    out.write(np.asarray(Image.open(line).convert("RGB")).tobytes())
+"#,
+        &[&list, &tmp.path().join("pil.rgb")],
+    );
+    let pil = read_rgb(&tmp.path().join("pil.rgb"));
+    let mut ours = Vec::new();
+    for f in &files {
+        let image = decode_rgb(&std::fs::read(f).unwrap()).unwrap();
+        assert_eq!((image.width, image.height), (32, 32));
+        ours.extend(image.pixels);
+    }
+    let (mean, max) = mean_max_diff(&ours, &pil);
+    println!("{} CIFAR-10 JPEGs: mean abs diff {mean:.3}, max {max}", files.len());
+    assert!(mean <= 1.0, "mean abs diff {mean} vs PIL");
+}
+
+#[test]
+fn labels_come_from_sorted_folders_and_stray_files_are_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["zebra", "apple", "mango"], 3, (20, 16));
+    // Not images, or not classes: ignored.
+    std::fs::write(root.join("README.txt"), "about").unwrap();
+    std::fs::write(root.join("apple/notes.csv"), "a,b").unwrap();
+    std::fs::write(root.join("apple/.DS_Store"), [0u8; 8]).unwrap();
+    write_image(&root.join("apple/._hidden.jpg"), 8, 8, 0);
+    write_image(&root.join(".ipynb_checkpoints/x.png"), 8, 8, 0);
+    write_image(&root.join("loose.png"), 8, 8, 0);
+    let (splits, warnings) = load(&root, "image_size = 16").unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let train = splits.train;
+    assert_eq!(train.classes(), ["apple", "mango", "zebra"]);
+    assert_eq!(train.len(), 9);
+    assert_eq!(train.image_shape(), [3, 16, 16]);
+    let (images, labels) = train.batch(&(0..9).collect::<Vec<_>>()).unwrap();
+    assert_eq!(Vec::<i64>::try_from(&labels).unwrap(), [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+    // The first image is apple/000.png, centre square of 20x16 resized to 16.
+    let expected = decode_square(&root.join("apple/000.png"), 16).unwrap();
+    assert_eq!(Vec::<u8>::try_from(images.get(0).flatten(0, -1)).unwrap(), expected);
+}
+
+#[test]
+fn streaming_and_memory_caches_give_the_same_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["a", "b"], 5, (23, 31));
+    let memory = build(&folder_toml(&root, "image_size = 12\ncache = \"memory\"")).unwrap();
+    let none = build(&folder_toml(&root, "image_size = 12\ncache = \"none\"\nworkers = 3")).unwrap();
+    let indices = [9, 0, 4, 5, 2];
+    let (a, la) = memory.train.batch(&indices).unwrap();
+    let (b, lb) = none.train.batch(&indices).unwrap();
+    assert!(a.equal(&b) && la.equal(&lb));
+    assert_eq!(none.train.workers(), 3);
+    assert_eq!(memory.train.workers(), 1);
+}
+
+#[test]
+fn images_smaller_than_the_crop_are_upscaled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    write_image(&root.join("tiny/a.png"), 5, 3, 1);
+    write_image(&root.join("tiny/b.jpg"), 1, 1, 2);
+    let splits = build(&folder_toml(&root, "image_size = 32")).unwrap();
+    let (images, _) = splits.train.batch(&[0, 1]).unwrap();
+    assert_eq!(images.size(), [2, 3, 32, 32]);
+    // A 1x1 image upscales to a constant square.
+    let one = images.get(1).to_kind(tch::Kind::Float);
+    let spread = (one.amax([1i64, 2].as_slice(), false) - one.amin([1i64, 2].as_slice(), false))
+        .max()
+        .double_value(&[]);
+    assert_eq!(spread, 0.0);
+}
+
+fn error_of(train: &Path, extra: &str) -> String {
+    match load(train, extra) {
+        Ok(_) => panic!("expected an error for {}", train.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_or_empty_folders_are_named_with_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no/such/folder");
+    let err = error_of(&missing, "");
+    assert!(err.contains("dataset.train"), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(err.contains("<train>/<class>/<image>"), "{err}");
+
+    let file = tmp.path().join("file.txt");
+    std::fs::write(&file, "x").unwrap();
+    assert!(error_of(&file, "").contains("is not a folder"));
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = error_of(&empty, "");
+    assert!(err.contains("has no class sub-folders"), "{err}");
+    assert!(err.contains(&empty.display().to_string()), "{err}");
+
+    // Class folders, but nothing that is an image.
+    let no_images = tmp.path().join("no-images");
+    std::fs::create_dir_all(no_images.join("cats")).unwrap();
+    std::fs::write(no_images.join("cats/readme.md"), "x").unwrap();
+    let err = error_of(&no_images, "");
+    assert!(err.contains("holds no .jpg, .jpeg or .png files"), "{err}");
+    assert!(err.contains("cats"), "{err}");
+
+    // The test split missing.
+    let root = tmp.path().join("ok");
+    image_tree(&root, &["a"], 1, (8, 8));
+    let err = error_of(&root, &format!("test = {}", quoted(&tmp.path().join("val"))));
+    assert!(err.contains("dataset.test"), "{err}");
+}
+
+#[test]
+fn empty_class_folders_warn_and_test_classes_must_match() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train");
+    image_tree(&train, &["a", "b"], 2, (8, 8));
+    std::fs::create_dir_all(train.join("c")).unwrap();
+    let (splits, warnings) = load(&train, "image_size = 8").unwrap();
+    assert_eq!(splits.train.classes(), ["a", "b", "c"]);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("1 of the 3 class folders") && warnings[0].contains(": c"),
+        "{warnings:?}"
+    );
+
+    let test = tmp.path().join("test");
+    image_tree(&test, &["a", "x"], 1, (8, 8));
+    let err = error_of(&train, &format!("test = {}", quoted(&test)));
+    assert!(
+        err.contains("has classes [a, x], the training split has [a, b, c]"),
+        "{err}"
+    );
+}
+
+/// Unreadable files of every kind next to good ones.
+fn tree_with_bad_images(root: &Path) -> Vec<PathBuf> {
+    image_tree(root, &["a", "b"], 4, (12, 10));
+    let good_jpeg = std::fs::read(root.join("a/001.jpg")).unwrap();
+    let bad = vec![
+        (
+            root.join("a/900-garbage.jpg"),
+            b"\xff\xd8\xff\xe0 this is not a JPEG at all".to_vec(),
+        ),
+        (
+            root.join("a/901-truncated.jpg"),
+            good_jpeg[..good_jpeg.len() * 2 / 3].to_vec(),
+        ),
+        (root.join("b/902-empty.png"), Vec::new()),
+        (root.join("b/903-text.png"), b"hello, I am text".to_vec()),
+    ];
+    for (path, bytes) in &bad {
+        std::fs::write(path, bytes).unwrap();
+    }
+    bad.into_iter().map(|(p, _)| p).collect()
+}
+
+#[test]
+fn bad_images_are_skipped_with_one_counted_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    let bad = tree_with_bad_images(&root);
+    for file in &bad {
+        assert!(decode_square(file, 8).is_err(), "{} decodes", file.display());
+    }
+    let (splits, warnings) = load(&root, "image_size = 8").unwrap();
+    assert_eq!(
+        splits.train.len(),
+        8,
+        "the 4 bad images are left out of the memory cache"
+    );
+    assert_eq!(warnings.len(), 1, "one line, not one per file: {warnings:?}");
+    let w = &warnings[0];
+    assert!(w.contains("skipped 4 unreadable image(s) of 12"), "{w}");
+    assert!(w.contains(&bad[0].display().to_string()), "names the first one: {w}");
+    assert!(w.contains("on_bad_image = \"error\""), "{w}");
+}
+
+#[test]
+fn bad_images_stop_with_the_path_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    let bad = tree_with_bad_images(&root);
+    let err = error_of(&root, "image_size = 8\non_bad_image = \"error\"");
+    assert!(err.contains(&bad[0].display().to_string()), "{err}");
+    assert!(err.contains("on_bad_image = \"skip\""), "{err}");
+
+    // Streaming: the error comes with the batch that holds the file.
+    let (splits, _) = load(&root, "image_size = 8\non_bad_image = \"error\"\ncache = \"none\"").unwrap();
+    assert_eq!(splits.train.len(), 12);
+    assert!(splits.train.batch(&[0, 1]).is_ok());
+    let err = splits.train.batch(&[0, 5]).unwrap_err().to_string();
+    assert!(err.contains("901-truncated.jpg"), "{err}");
+}
+
+#[test]
+fn streaming_replaces_bad_images_within_the_batch_and_warns_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    tree_with_bad_images(&root);
+    let (splits, warnings) = load(&root, "image_size = 8\ncache = \"none\"").unwrap();
+    assert!(warnings.is_empty());
+    let train = splits.train;
+    // Sorted: a/000 a/001 a/002 a/003 a/900 a/901 b/000 ... b/902 b/903.
+    assert_eq!(train.len(), 12);
+    assert!(train.take_warning().is_none());
+    let (images, labels) = train.batch(&[4, 0, 5, 7]).unwrap();
+    let (good, good_labels) = train.batch(&[0, 0, 7, 7]).unwrap();
+    assert!(
+        images.equal(&good),
+        "a bad image repeats the next good one of the batch"
+    );
+    assert!(labels.equal(&good_labels));
+    let w = train.take_warning().expect("a warning");
+    assert!(w.contains("skipped 2 unreadable image(s) of 12"), "{w}");
+    assert!(train.take_warning().is_none(), "reported once");
+    // Seen again: no new line; a new bad one: a new count.
+    let _ = train.batch(&[4, 5, 0]).unwrap();
+    assert!(train.take_warning().is_none());
+    let _ = train.batch(&[10, 1]).unwrap();
+    assert!(train.take_warning().unwrap().contains("skipped 3 unreadable"));
+    // A batch of bad images only.
+    let err = train.batch(&[4, 5]).unwrap_err().to_string();
+    assert!(err.contains("none of the 2 images of a batch could be read"), "{err}");
+}
+
+#[test]
+fn no_readable_image_at_all_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::write(root.join("a/x.jpg"), b"nope").unwrap();
+    let err = error_of(&root, "");
+    assert!(err.contains("none of the 1 images"), "{err}");
+    assert!(err.contains("x.jpg"), "{err}");
+}
+
+#[test]
+fn a_file_list_picks_the_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["a", "b", "c"], 4, (8, 8));
+    let list = tmp.path().join("subset.txt");
+    std::fs::write(&list, "# a subset\nb/002.png\n\n  a/001.jpg  \nb/000.png\n").unwrap();
+    let (splits, warnings) = load(&root, &format!("image_size = 8\nfile_list = {}", quoted(&list))).unwrap();
+    let train = splits.train;
+    assert_eq!(train.classes(), ["a", "b", "c"], "classes are all folders");
+    assert_eq!(train.len(), 3);
+    assert_eq!(warnings.len(), 1, "class c has no listed image: {warnings:?}");
+    let (images, labels) = train.batch(&[0, 1, 2]).unwrap();
+    assert_eq!(Vec::<i64>::try_from(&labels).unwrap(), [0, 1, 1]);
+    let expected: Vec<u8> = ["a/001.jpg", "b/002.png", "b/000.png"]
+        .iter()
+        .flat_map(|f| decode_square(&root.join(f), 8).unwrap())
+        .collect();
+    assert_eq!(Vec::<u8>::try_from(images.flatten(0, -1)).unwrap(), expected);
+}
+
+#[test]
+fn file_list_errors_name_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["a", "b"], 2, (8, 8));
+    let list = tmp.path().join("list.txt");
+    let with = |text: &str| {
+        std::fs::write(&list, text).unwrap();
+        error_of(&root, &format!("file_list = {}", quoted(&list)))
+    };
+    let err = with("a/000.png\nb/777.png\n");
+    assert!(
+        err.contains("list.txt line 2") && err.contains("777.png does not exist"),
+        "{err}"
+    );
+    let err = with("a/000.png\n000.png\n");
+    assert!(err.contains("line 2: '000.png' is not inside a class folder"), "{err}");
+    let err = with("zzz/000.png\n");
+    assert!(
+        err.contains("line 1: 'zzz/000.png' is not inside a class folder"),
+        "{err}"
+    );
+    let err = with("# nothing\n");
+    assert!(err.contains("names no images"), "{err}");
+    let err = error_of(&root, &format!("file_list = {}", quoted(&tmp.path().join("nope.txt"))));
+    assert!(
+        err.contains("dataset.file_list: cannot read") && err.contains("nope.txt"),
+        "{err}"
+    );
+}
+
+#[test]
+fn limit_per_class_and_plugin_example() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["a", "b"], 5, (8, 8));
+    let (splits, _) = load(&root, "image_size = 8\nlimit_per_class = 2").unwrap();
+    assert_eq!(splits.train.len(), 4);
+
+    let info = byol::registry::plugins()
+        .into_iter()
+        .find(|p| p.name == "image_folder")
+        .expect("image_folder is registered");
+    let text = toml::to_string(&common::spec(info.example)).unwrap();
+    assert!(text.contains("type = \"image_folder\""), "{text}");
+}

@@ -1,0 +1,85 @@
+//! The evaluation protocols against NumPy on the same features: weighted kNN predictions and
+//! accuracy must match exactly; the linear probe's accuracy function too, and the probe itself
+//! must separate separable data and not separate random labels.
+
+use byol_testkit::run_python;
+use byol_train::knn::{knn_accuracy, knn_scores};
+use byol_train::linear::{accuracy, linear_probe};
+use tch::{Kind, Tensor};
+
+const NUMPY_KNN: &str = r#"
+import numpy as np
+bank, bank_labels = inputs["bank"].numpy(), inputs["bank_labels"].numpy()
+queries, labels = inputs["queries"].numpy(), inputs["labels"].numpy()
+k, t, classes = 20, 0.1, 7
+bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+sim = queries @ bank.T
+idx = np.argsort(-sim, axis=1)[:, :k]
+scores = np.zeros((len(queries), classes))
+for q in range(len(queries)):
+    for j in idx[q]:
+        scores[q, bank_labels[j]] += np.exp(sim[q, j] / t)
+pred = np.argsort(-scores, axis=1)
+outputs["pred"] = torch.from_numpy(pred[:, 0].copy())
+outputs["top1"] = torch.tensor([(pred[:, 0] == labels).mean()])
+outputs["top5"] = torch.tensor([(pred[:, :5] == labels[:, None]).any(axis=1).mean()])
+"#;
+
+#[test]
+fn weighted_knn_matches_numpy() {
+    tch::manual_seed(11);
+    // Clustered features so that accuracy is neither 0 nor 1.
+    let centres = Tensor::randn([7, 32], tch::kind::FLOAT_CPU);
+    let bank_labels = Tensor::randint(7, [600], (Kind::Int64, tch::Device::Cpu));
+    let labels = Tensor::randint(7, [150], (Kind::Int64, tch::Device::Cpu));
+    let bank = centres.index_select(0, &bank_labels) + Tensor::randn([600, 32], tch::kind::FLOAT_CPU) * 1.5;
+    let queries = centres.index_select(0, &labels) + Tensor::randn([150, 32], tch::kind::FLOAT_CPU) * 1.5;
+    let reference = run_python(
+        NUMPY_KNN,
+        &[
+            ("bank", &bank),
+            ("bank_labels", &bank_labels),
+            ("queries", &queries),
+            ("labels", &labels),
+        ],
+    );
+    let ours = knn_scores(&queries, &bank, &bank_labels, 7, 20, 0.1).argmax(1, false);
+    assert!(ours.equal(&reference["pred"]), "kNN predictions differ from NumPy's");
+    let acc = knn_accuracy(&queries, &labels, &bank, &bank_labels, 7, 20, 0.1);
+    assert_eq!(acc.top1, reference["top1"].double_value(&[0]));
+    assert_eq!(acc.top5, reference["top5"].double_value(&[0]));
+    assert!(
+        acc.top1 > 0.3 && acc.top1 < 1.0,
+        "a fixture that tests something: {acc:?}"
+    );
+}
+
+#[test]
+fn accuracy_of_logits_matches_numpy() {
+    let logits = Tensor::randn([300, 10], tch::kind::FLOAT_CPU);
+    let labels = Tensor::randint(10, [300], (Kind::Int64, tch::Device::Cpu));
+    let reference = run_python(
+        "import numpy as np\nl, y = inputs['logits'].numpy(), inputs['labels'].numpy()\n\
+         r = np.argsort(-l, axis=1)\noutputs['top1'] = torch.tensor([(r[:, 0] == y).mean()])\n\
+         outputs['top5'] = torch.tensor([(r[:, :5] == y[:, None]).any(axis=1).mean()])\n",
+        &[("logits", &logits), ("labels", &labels)],
+    );
+    let acc = accuracy(&logits, &labels);
+    assert_eq!(acc.top1, reference["top1"].double_value(&[0]));
+    assert_eq!(acc.top5, reference["top5"].double_value(&[0]));
+}
+
+#[test]
+fn linear_probe_separates_separable_features_and_not_random_labels() {
+    tch::manual_seed(3);
+    let w = Tensor::randn([16, 4], tch::kind::FLOAT_CPU);
+    let train = Tensor::randn([800, 16], tch::kind::FLOAT_CPU);
+    let test = Tensor::randn([200, 16], tch::kind::FLOAT_CPU);
+    let (train_y, test_y) = (train.matmul(&w).argmax(1, false), test.matmul(&w).argmax(1, false));
+    let result = linear_probe(&train, &train_y, &test, &test_y, 4, 30, &[0.03, 0.1], 0);
+    assert!(result.accuracy.top1 > 0.95, "{result:?}");
+    let random_y = Tensor::randint(4, [200], (Kind::Int64, tch::Device::Cpu));
+    let chance = linear_probe(&train, &train_y, &test, &random_y, 4, 5, &[0.1], 0);
+    assert!(chance.accuracy.top1 < 0.45, "{chance:?}");
+}

@@ -1,0 +1,274 @@
+//! Sweeps as a library: parsing against real plugins, errors with file positions, trials run in
+//! process, resume, and the ranked tables.
+
+use std::fs;
+use std::path::PathBuf;
+
+use byol_train::sweep::{self, Goal, Sweep, SweepOptions, TrialStatus};
+use byol_train::{Experiment, RunSummary};
+
+const BASE: &str = r#"[run]
+device = "cpu"
+threads = 1
+output_dir = "OUT"
+
+[dataset]
+type = "synthetic"
+train_size = 64
+test_size = 32
+image_size = 16
+classes = 4
+
+[backbone]
+type = "resnet18"
+cifar_stem = true
+width = 4
+
+[augment]
+type = "byol"
+preset = "cifar"
+image_size = 16
+
+[optimizer]
+type = "sgd"
+lr = 0.1
+
+[byol]
+hidden_dim = 16
+projection_dim = 8
+
+[schedule]
+epochs = 1
+batch_size = 32
+warmup_epochs = 0
+
+[eval]
+knn_k = 5
+before_training = false
+"#;
+
+fn text(out: &tempfile::TempDir, sweep_table: &str) -> String {
+    plugins_all::link();
+    format!("{}\n{sweep_table}", BASE.replace("OUT", out.path().to_str().unwrap()))
+}
+
+fn error(text: &str, overrides: &[&str]) -> String {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    format!("{:#}", Sweep::parse(text, &overrides, "x").unwrap_err())
+}
+
+#[test]
+fn a_sweep_file_names_its_folder_and_trials() {
+    let out = tempfile::tempdir().unwrap();
+    let s = Sweep::parse(
+        &text(&out, "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.2]\n"),
+        &[],
+        "lr",
+    )
+    .unwrap();
+    assert_eq!(s.name, "lr");
+    assert_eq!(s.dir, out.path().join("lr-sweep"));
+    assert_eq!(s.goal, Goal::Max, "knn_top1 by default, higher is better");
+    assert_eq!(s.trial_dir(&s.trials[1]), out.path().join("lr-sweep/trial-002"));
+    let experiment = s.experiment(&s.trials[1], Some("cpu")).unwrap();
+    assert_eq!(experiment.run.name.as_deref(), Some("lr-trial-002"));
+    assert_eq!(experiment.optimizer.lr(), 0.2);
+    assert!(!s.base_text().contains("[sweep"));
+    let named = Sweep::parse(
+        &text(&out, "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n"),
+        &["run.name=\"other\"".into()],
+        "lr",
+    )
+    .unwrap();
+    assert_eq!(named.dir, out.path().join("other-sweep"));
+}
+
+#[test]
+fn bad_sweeps_are_explained_with_positions() {
+    let out = tempfile::tempdir().unwrap();
+    let e = error(
+        &text(
+            &out,
+            "[sweep]\nmetric = \"accuracy\"\n[sweep.parameters]\n\"optimizer.lr\" = [1]\n",
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("accuracy") && e.contains("knn_top1") && e.contains("(in table [sweep])"),
+        "{e}"
+    );
+    let e = error(
+        &text(&out, "[sweep]\nmethods = \"grid\"\n[sweep.parameters]\n\"a\" = [1]\n"),
+        &[],
+    );
+    assert!(e.contains("methods"), "{e}");
+    // A typo in a swept key fails before anything runs, naming the trial.
+    let e = error(
+        &text(&out, "[sweep]\n[sweep.parameters]\n\"optimizer.lrr\" = [0.1]\n"),
+        &[],
+    );
+    assert!(e.contains("trial-001") && e.contains("lrr"), "{e}");
+    // An error elsewhere in the file keeps its line number although [sweep] was cut out.
+    let broken =
+        text(&out, "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n").replace("width = 4", "widht = 4");
+    let e = error(&broken, &[]);
+    // (typetag reports a plugin table's errors at its header.)
+    let line = broken.lines().position(|l| l == "[backbone]").unwrap() + 1;
+    assert!(e.contains(&format!("line {line}")) && e.contains("widht"), "{e}");
+    let e = error(
+        &text(&out, "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n"),
+        &["optimizer.lr=0.3"],
+    );
+    assert!(e.contains("both swept"), "{e}");
+    let e = error(&text(&out, ""), &[]);
+    assert!(e.contains("no [sweep] table"), "{e}");
+    // The plain runner refuses a sweep file, pointing at `byol-run sweep`.
+    let e = format!(
+        "{:#}",
+        Experiment::parse(&text(&out, "[sweep]\nmethod = \"grid\"\n"), &[]).unwrap_err()
+    );
+    assert!(e.contains("byol-run sweep"), "{e}");
+    assert!(sweep::is_sweep(&text(&out, "[sweep]\n")) && !sweep::is_sweep(BASE));
+}
+
+fn fake_summary(run_dir: PathBuf, loss: f64) -> RunSummary {
+    RunSummary {
+        checkpoint: run_dir.join("checkpoints/last"),
+        run_dir,
+        device: "Cpu".into(),
+        steps: 4,
+        total_steps: 4,
+        epochs: 1,
+        resumed_from_step: None,
+        interrupted: false,
+        final_loss: Some(loss),
+        knn_before: None,
+        knn_after: None,
+        train_seconds: 1.0,
+        images_per_second: 10.0,
+    }
+}
+
+#[test]
+fn tables_rank_by_the_goal_and_quote_csv_fields() {
+    let out = tempfile::tempdir().unwrap();
+    let s = Sweep::parse(
+        &text(
+            &out,
+            "[sweep]\nmetric = \"final_loss\"\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.2, 0.3]\n\"dataset.classes\" = [4]\n",
+        ),
+        &[],
+        "x,y",
+    )
+    .unwrap();
+    assert_eq!(s.goal, Goal::Min);
+    // Trial 1 finished with loss 0.5, trial 2 with 0.25, trial 3 never ran.
+    for (trial, loss) in [(&s.trials[0], 0.5), (&s.trials[1], 0.25)] {
+        let dir = s.trial_dir(trial);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("summary.json"),
+            serde_json::to_vec(&fake_summary(dir.clone(), loss)).unwrap(),
+        )
+        .unwrap();
+    }
+    let rows = sweep::rank(&s);
+    let order: Vec<(Option<usize>, usize)> = rows.iter().map(|r| (r.rank, r.trial.number)).collect();
+    assert_eq!(order, [(Some(1), 2), (Some(2), 1), (None, 3)]);
+    let csv = sweep::to_csv(&s, &rows);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "rank,trial,dataset.classes,optimizer.lr,final_loss,status,run_dir"
+    );
+    assert!(
+        lines[1].starts_with("1,trial-002,4,0.2,0.25,done,\""),
+        "the folder name has a comma: {csv}"
+    );
+    assert!(lines[3].starts_with(",trial-003,4,0.3,,pending,"), "{csv}");
+    let md = sweep::to_markdown(&s, &rows);
+    assert!(
+        md.contains("2 of 3 trials done, ranked by final_loss (lower is better)"),
+        "{md}"
+    );
+    assert!(md.contains("| 1 | trial-002 | 4 | 0.2 | 0.2500 | done |"), "{md}");
+    assert!(md.contains("| - | trial-003 | 4 | 0.3 | n/a | pending |"), "{md}");
+}
+
+#[test]
+fn trials_run_in_process_and_a_rerun_skips_them() {
+    let out = tempfile::tempdir().unwrap();
+    let file = text(
+        &out,
+        "[sweep]\nmetric = \"final_loss\"\n[sweep.parameters]\n\"optimizer.lr\" = [0.05, 0.1]\n",
+    );
+    let s = Sweep::parse(&file, &[], "tiny").unwrap();
+    let first = sweep::run(
+        &s,
+        &SweepOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!first.interrupted);
+    assert_eq!(first.skipped, 0);
+    assert_eq!(first.rows.len(), 2);
+    for row in &first.rows {
+        assert!(matches!(row.status, TrialStatus::Done(_)), "{row:?}");
+        assert!(row.rank.is_some() && row.metric.is_some());
+        assert!(row.run_dir.join("config.toml").is_file() && row.run_dir.join("tensorboard").is_dir());
+        let recorded = fs::read_to_string(row.run_dir.join(sweep::TRIAL_FILE)).unwrap();
+        assert!(recorded.contains("optimizer.lr"), "{recorded}");
+    }
+    assert!(first.rows[0].metric <= first.rows[1].metric, "ranked, lower loss first");
+    assert!(first.csv.is_file() && first.markdown.is_file());
+
+    let second = sweep::run(
+        &s,
+        &SweepOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(second.skipped, 2);
+    assert_eq!(
+        sweep::to_csv(&s, &second.rows),
+        fs::read_to_string(&first.csv).unwrap(),
+        "nothing changed"
+    );
+
+    // The same folder with other values for the trials is refused, not mixed in.
+    let changed = Sweep::parse(&file.replace("0.05, 0.1", "0.05, 0.2"), &[], "tiny").unwrap();
+    let e = format!("{:#}", sweep::run(&changed, &SweepOptions::default()).unwrap_err());
+    assert!(e.contains("trial-002") && e.contains("other parameters"), "{e}");
+}
+
+#[test]
+fn a_failing_trial_is_recorded_and_the_others_run() {
+    let out = tempfile::tempdir().unwrap();
+    // lr = 1e30 makes the loss NaN: that trial fails, the other one finishes.
+    let file = text(
+        &out,
+        "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [1e30, 0.1]\n\"optimizer.weight_decay\" = [0.0]\n",
+    );
+    let s = Sweep::parse(&file, &[], "nan").unwrap();
+    let outcome = sweep::run(
+        &s,
+        &SweepOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let failed = &outcome.rows[1];
+    assert_eq!(failed.trial.number, 1);
+    match &failed.status {
+        TrialStatus::Failed(e) => assert!(e.contains("the loss became"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(outcome.rows[0].status, TrialStatus::Done(_)));
+    assert_eq!(outcome.rows[0].rank, Some(1));
+    assert!(fs::read_to_string(&outcome.markdown).unwrap().contains("| failed |"));
+}

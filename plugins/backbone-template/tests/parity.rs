@@ -1,0 +1,98 @@
+//! The same network in PyTorch, on the same weights and fresh random inputs: outputs within 1e-4
+//! in train and eval mode, gradients within 1e-3 relative. A new backbone's parity test looks like
+//! this: build ours, hand its variables by name to the PyTorch module, compare.
+
+use byol::BackboneSpec;
+use byol_testkit::{max_abs_diff, run_python};
+use tch::{nn, Device, Kind, Tensor};
+
+use backbone_template::TinyCnnConfig;
+
+const TORCH: &str = r#"
+class TinyCnn(torch.nn.Module):
+    def __init__(self, widths=(16, 32, 64)):
+        super().__init__()
+        blocks, c = [], 3
+        for w in widths:
+            blocks.append(torch.nn.Sequential(
+                torch.nn.Conv2d(c, w, 3, stride=2, padding=1, bias=False),
+                torch.nn.BatchNorm2d(w),
+                torch.nn.ReLU()))
+            c = w
+        self.blocks = torch.nn.Sequential(*blocks)
+
+    def forward(self, x):
+        return self.blocks(x).mean((2, 3))
+
+model = TinyCnn()
+model.load_state_dict({k: v for k, v in inputs.items() if k not in ("x", "w")}, strict=True)
+x = inputs["x"].requires_grad_(True)
+model.eval()
+outputs["y_eval"] = model(x)
+model.train()
+y = model(x)
+outputs["y_train"] = y
+(y * inputs["w"]).sum().backward()
+outputs["grad_x"] = x.grad
+for name, p in model.named_parameters():
+    outputs["grad." + name] = p.grad
+for name, b in model.named_buffers():
+    outputs["buffer." + name] = b
+"#;
+
+#[test]
+fn tiny_cnn_matches_pytorch() {
+    tch::set_num_threads(1);
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = TinyCnnConfig::default().build(&vs.root()).unwrap();
+    // Non-trivial running statistics, so eval mode is really compared.
+    tch::no_grad(|| {
+        for (name, t) in vs.variables() {
+            if name.ends_with("running_mean") {
+                t.shallow_clone().copy_(&(Tensor::randn_like(&t) * 0.1));
+            } else if name.ends_with("running_var") {
+                t.shallow_clone().copy_(&(Tensor::rand_like(&t) + 0.5));
+            }
+        }
+    });
+    let weights: Vec<(String, Tensor)> = byol::state_dict::to_cpu_sorted(&vs.variables());
+    let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let w = Tensor::randn([4, 64], (Kind::Float, Device::Cpu));
+    let mut inputs: Vec<(&str, &Tensor)> = weights.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    inputs.push(("x", &x));
+    inputs.push(("w", &w));
+    let reference = run_python(TORCH, &inputs);
+
+    let y_eval = tch::no_grad(|| net.embed(&x, false, "avgpool"));
+    let xg = x.set_requires_grad(true);
+    let y_train = net.embed(&xg, true, "avgpool");
+    (&y_train * &w).sum(Kind::Float).backward();
+    assert!(max_abs_diff(&y_eval, &reference["y_eval"]) < 1e-4, "eval-mode output");
+    assert!(
+        max_abs_diff(&y_train, &reference["y_train"]) < 1e-4,
+        "train-mode output"
+    );
+    let relative =
+        |ours: &Tensor, theirs: &Tensor| max_abs_diff(ours, theirs) / theirs.abs().max().double_value(&[]).max(1e-12);
+    assert!(relative(&xg.grad(), &reference["grad_x"]) < 1e-3, "input gradient");
+    let variables = vs.variables();
+    let mut compared = 0;
+    for (key, theirs) in &reference {
+        if let Some(name) = key.strip_prefix("grad.") {
+            let r = relative(&variables[name].grad(), theirs);
+            assert!(r < 1e-3, "gradient of {name} differs (relative {r})");
+            compared += 1;
+        } else if let Some(name) = key.strip_prefix("buffer.") {
+            // Running statistics after one train-mode step, num_batches_tracked included.
+            let d = max_abs_diff(&variables[name], theirs);
+            assert!(d < 1e-5, "buffer {name} differs by {d}");
+            compared += 1;
+        }
+    }
+    assert_eq!(
+        compared,
+        9 + 9,
+        "3 blocks of 3 parameters (conv, BN weight and bias) and 3 BN buffers"
+    );
+}

@@ -1,0 +1,262 @@
+//! `byol-run sweep`: a 4-trial grid of the tiny CPU config gives 4 run folders and a ranked
+//! summary; killed with -9 and run again, it skips the finished trials and resumes the unfinished one.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{byol_run, text};
+
+/// The tiny config of resume.rs, 1 epoch (16 steps, a checkpoint every 4), with a 2 x 2 grid.
+const TINY_SWEEP: &str = r#"
+[run]
+device = "cpu"
+threads = 1
+seed = 5
+
+[dataset]
+type = "synthetic"
+train_size = 512
+test_size = 64
+image_size = 16
+
+[backbone]
+type = "resnet18"
+cifar_stem = true
+width = 4
+
+[augment]
+type = "byol"
+preset = "cifar"
+image_size = 16
+
+[optimizer]
+type = "lars"
+lr = 0.5
+
+[byol]
+hidden_dim = 32
+projection_dim = 16
+
+[schedule]
+epochs = 1
+batch_size = 32
+warmup_epochs = 0
+
+[eval]
+knn_k = 5
+before_training = false
+
+[logging]
+every_steps = 4
+
+[checkpoint]
+every_steps = 4
+
+[sweep]
+method = "grid"
+metric = "knn_top1"
+goal = "max"
+
+[sweep.parameters]
+"optimizer.lr" = [0.2, 0.8]
+"byol.tau_base" = [0.99, 0.996]
+"#;
+
+fn setup(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), text).unwrap();
+    dir
+}
+
+fn has_checkpoint(run_dir: &Path) -> bool {
+    std::fs::read_dir(run_dir.join("checkpoints"))
+        .is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("step-"))))
+}
+
+/// The ranked rows of summary.csv (header dropped), as field lists.
+fn csv_rows(sweep_dir: &Path) -> Vec<Vec<String>> {
+    let csv = std::fs::read_to_string(sweep_dir.join("summary.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "rank,trial,byol.tau_base,optimizer.lr,knn_top1,status,run_dir",
+        "{csv}"
+    );
+    lines.map(|l| l.split(',').map(String::from).collect()).collect()
+}
+
+#[test]
+fn a_4_trial_grid_killed_and_rerun_skips_finished_trials_and_ranks_all() {
+    let dir = setup(TINY_SWEEP);
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_byol-run"))
+        .args(["sweep", "tiny.toml"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill it once trial 1 has finished and trial 2 has written a checkpoint.
+    while !(sweep_dir.join("trial-001/summary.json").is_file() && has_checkpoint(&sweep_dir.join("trial-002"))) {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the sweep made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let killed = child.wait_with_output().unwrap();
+    assert!(!killed.status.success(), "kill -9 ends the sweep: {}", text(&killed));
+    assert!(
+        !sweep_dir.join("trial-002/summary.json").exists() && !has_checkpoint(&sweep_dir.join("trial-003")),
+        "killed during trial 2"
+    );
+
+    let rerun = byol_run(dir.path(), &["sweep", "tiny.toml"]);
+    let all = text(&rerun);
+    assert!(rerun.status.success(), "{all}");
+    assert!(
+        all.contains("trial-001: finished before, skipped (knn_top1 = "),
+        "{all}"
+    );
+    assert!(all.contains("== trial-002 of 4 (resuming): "), "{all}");
+    assert!(
+        all.contains("resuming ") && all.contains("from step "),
+        "the runner resumed trial 2: {all}"
+    );
+    assert!(all.contains("== trial-004 of 4 (starting): "), "{all}");
+    assert!(all.contains("skipped          1 trials"), "{all}");
+    assert!(
+        all.contains("# Sweep tiny: 4 of 4 trials done, ranked by knn_top1 (higher is better)"),
+        "{all}"
+    );
+
+    // Four run folders, each a complete run with its own TensorBoard log and its parameters.
+    let grid = [
+        (1, "0.99", "0.2"),
+        (2, "0.99", "0.8"),
+        (3, "0.996", "0.2"),
+        (4, "0.996", "0.8"),
+    ];
+    for (n, tau, lr) in grid {
+        let run = sweep_dir.join(format!("trial-00{n}"));
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["steps"], 16, "trial {n} finished");
+        assert_eq!(summary["interrupted"], false);
+        let events = std::fs::read_dir(run.join("tensorboard")).unwrap().count();
+        assert!(events >= 1, "trial {n} has a TensorBoard log");
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(
+            config.contains(&format!("lr = {lr}\n")) && config.contains(&format!("tau_base = {tau}\n")),
+            "trial {n}: {config}"
+        );
+        assert!(config.contains(&format!("name = \"tiny-trial-00{n}\"")), "{config}");
+    }
+
+    // Ranked: ranks 1..4, knn_top1 descending, every grid point once.
+    let rows = csv_rows(&sweep_dir);
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let metrics: Vec<f64> = rows.iter().map(|r| r[4].parse().unwrap()).collect();
+    assert!(metrics.windows(2).all(|w| w[0] >= w[1]), "{metrics:?}");
+    let mut points: Vec<(String, String)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            assert_eq!(r[0], (i + 1).to_string());
+            assert_eq!(r[5], "done");
+            (r[2].clone(), r[3].clone())
+        })
+        .collect();
+    points.sort();
+    let mut expected: Vec<(String, String)> = grid.iter().map(|(_, t, l)| (t.to_string(), l.to_string())).collect();
+    expected.sort();
+    assert_eq!(points, expected);
+    let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
+    assert_eq!(
+        markdown.lines().filter(|l| l.starts_with("| ")).count(),
+        5,
+        "{markdown}"
+    );
+
+    // A third run has nothing left to do.
+    let again = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&again);
+    assert!(again.status.success(), "{all}");
+    assert_eq!(all.matches("finished before, skipped").count(), 4, "{all}");
+    assert!(!all.contains("== trial-"), "nothing trains: {all}");
+    assert_eq!(csv_rows(&sweep_dir), rows);
+}
+
+#[test]
+fn a_plain_run_of_a_sweep_file_points_to_byol_run_sweep_and_validate_checks_every_trial() {
+    let dir = setup(TINY_SWEEP);
+    let out = byol_run(dir.path(), &["tiny.toml"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("in experiment file tiny.toml") && all.contains("[sweep] table") && all.contains("byol-run sweep"),
+        "{all}"
+    );
+
+    let out = byol_run(dir.path(), &["validate", "tiny.toml"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("tiny.toml is valid: sweep 'tiny' of 4 trials"), "{all}");
+
+    std::fs::write(
+        dir.path().join("typo.toml"),
+        TINY_SWEEP.replace("\"byol.tau_base\"", "\"byol.tau_bse\""),
+    )
+    .unwrap();
+    let out = byol_run(dir.path(), &["sweep", "typo.toml"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("in sweep file typo.toml") && all.contains("trial-001") && all.contains("tau_bse"),
+        "{all}"
+    );
+    assert!(!dir.path().join("runs").exists(), "nothing ran: {all}");
+}
+
+#[test]
+fn a_random_search_runs_one_trial_per_device_in_child_processes() {
+    // Two "devices" that are both the CPU: the multi-GPU code path (a child process per trial,
+    // run.device set per trial), on any machine.
+    let small = TINY_SWEEP
+        .replace("train_size = 512", "train_size = 128")
+        .replace(
+            "[sweep]\nmethod = \"grid\"",
+            "[sweep]\nmethod = \"random\"\ntrials = 3\nseed = 1",
+        )
+        .replace(
+            "\"optimizer.lr\" = [0.2, 0.8]",
+            "\"optimizer.lr\" = { min = 0.1, max = 1.0, log = true }",
+        );
+    let dir = setup(&small);
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--devices", "cpu,cpu"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(all.matches(" on cpu: knn_top1 = ").count(), 3, "{all}");
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    assert!(sweep_dir.join("experiment.toml").is_file());
+    for n in 1..=3 {
+        let run = sweep_dir.join(format!("trial-00{n}"));
+        assert!(run.join("summary.json").is_file(), "trial {n}: {all}");
+        let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+        assert!(log.contains("== summary: tiny-trial-00"), "{log}");
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(config.contains("device = \"cpu\""), "{config}");
+    }
+    let csv = std::fs::read_to_string(sweep_dir.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    for line in csv.lines().skip(1) {
+        let lr: f64 = line.split(',').nth(3).unwrap().parse().unwrap();
+        assert!((0.1..=1.0).contains(&lr), "{line}");
+    }
+}
