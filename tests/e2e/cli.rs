@@ -53,6 +53,7 @@ fn plugins_lists_every_kind_with_examples() {
         "image_folder",
         "resnet50",
         "tiny_cnn",
+        "vit_small_patch16",
         "byol",
         "lars",
         "sgd",

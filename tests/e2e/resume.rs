@@ -252,3 +252,27 @@ fn export_writes_torchvision_names_and_embed_writes_one_row_per_image() {
     let names = std::fs::read_to_string(dir.path().join("emb.npy.names.txt")).unwrap();
     assert_eq!(names, "sub/0.png\nsub/1.png\nsub/2.png\n");
 }
+
+#[test]
+fn gradient_accumulation_keeps_the_step_count_and_trains() {
+    let dir = setup();
+    let out = run(
+        dir.path(),
+        "accumulated",
+        &["--quiet", "--set", "schedule.accumulate=4"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("accumulated/summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["steps"], 48,
+        "one optimizer step per 4 micro-batches of 8: {summary}"
+    );
+    assert!(summary["final_loss"].as_f64().unwrap().is_finite());
+    let out = run(dir.path(), "bad", &["--set", "schedule.accumulate=5"]);
+    assert!(
+        text(&out).contains("not a multiple of schedule.accumulate"),
+        "{}",
+        text(&out)
+    );
+}

@@ -115,7 +115,14 @@ pub fn run(command: &EvalCommand) -> anyhow::Result<()> {
         }
         EvalCommand::Linear { data, epochs, lrs } => {
             let f = features(data)?;
-            let result = linear_probe(&f.train.0, &f.train.1, &f.test.0, &f.test.1, f.classes, *epochs, lrs, 0);
+            let result = linear_probe(
+                (&f.train.0, &f.train.1),
+                (&f.test.0, &f.test.1),
+                f.classes,
+                *epochs,
+                lrs,
+                0,
+            );
             report(
                 &data.json,
                 serde_json::json!({ "protocol": "linear", "epochs": epochs, "best_lr": result.best_lr, "top1": result.accuracy.top1, "top5": result.accuracy.top5, "sweep": result.sweep }),

@@ -55,7 +55,8 @@ pub struct ImageFolderConfig {
     /// smaller images are upscaled.
     pub image_size: u32,
     pub cache: Cache,
-    /// Decoder threads (0: all cores).
+    /// Decoder threads: the loader's prefetching workers with `cache = "none"`, the threads that
+    /// fill the cache with `cache = "memory"` (0: all cores).
     pub workers: usize,
     /// Use at most this many images per class (0: all), the first ones by file name.
     pub limit_per_class: usize,

@@ -107,9 +107,9 @@ impl BatchLoader {
     }
 
     /// The batches of `epoch` from batch `skip` on (`epoch_indices(epoch)[skip..]`), decoded by
-    /// `workers` threads up to `batches_ahead` batches ahead of the consumer, in pinned memory
-    /// when `device` is CUDA, and copied to `device` (asynchronously from pinned memory) as the
-    /// iterator hands them out. Batches are exactly those of [`BatchLoader::load`]: order and
+    /// `workers` threads up to `batches_ahead` batches ahead of the consumer, and copied to
+    /// `device` as the iterator hands them out (for CUDA: through pinned memory, asynchronously
+    /// on the current stream). Batches are exactly those of [`BatchLoader::load`]: order and
     /// content depend on (seed, epoch, index) only, never on the worker count. After an error
     /// the iterator ends. Dropping it stops the workers; at the end of the epoch (or drop) the
     /// dataset's warning about skipped images, if any, is printed once.
@@ -121,7 +121,6 @@ impl BatchLoader {
             dataset: self.dataset.clone(),
             shape: self.dataset.image_shape(),
             batches,
-            pin: device.is_cuda().then_some(device),
             ahead: self.batches_ahead.max(1),
             state: Mutex::new(State::default()),
             room: Condvar::new(),
@@ -156,7 +155,6 @@ struct Shared {
     dataset: Arc<dyn Dataset>,
     shape: [usize; 3],
     batches: Vec<Vec<usize>>,
-    pin: Option<Device>,
     ahead: usize,
     state: Mutex<State>,
     /// Workers wait here for room (the consumer took a batch) or for the stop.
@@ -262,28 +260,32 @@ impl Shared {
         }
     }
 
-    /// One tensor pair from a batch's images (pinned for CUDA); skipped images repeat another
-    /// image of the batch ([`fill_skipped`]); the first error by position wins.
+    /// One tensor pair from a batch's images; skipped images repeat another image of the batch
+    /// ([`fill_skipped`]); the first error by position wins.
+    ///
+    /// Runs on a worker thread, so it must not run ATen kernels that parallelize: each thread
+    /// that enters an OpenMP region gets its own team of spinning threads (measured: a
+    /// `torch::zeros` fill per batch here doubled the loader's CPU time). Hence `empty` and a
+    /// plain copy rather than `Tensor::from_slice` (zeros + memcpy); pinning happens on the
+    /// consumer's thread.
     fn assemble(&self, assembly: Assembly) -> Result<(Tensor, Tensor), DataError> {
         if let Some(e) = assembly.errors.into_iter().flatten().next() {
             return Err(e);
         }
         let n = assembly.labels.len();
         let sample = self.sample();
-        let mut pixels = vec![0u8; n * sample];
+        let [c, h, w] = self.shape;
+        let images = Tensor::f_empty([n as i64, c as i64, h as i64, w as i64], (Kind::Uint8, Device::Cpu))?;
+        assert!(images.is_contiguous() && images.numel() == n * sample && n > 0);
+        // SAFETY: `images` was just allocated here: a contiguous uint8 CPU tensor of exactly
+        // `n * sample` bytes whose storage no other handle or thread can reach yet.
+        let pixels = unsafe { std::slice::from_raw_parts_mut(images.data_ptr() as *mut u8, n * sample) };
         for (image, out) in assembly.images.iter().zip(pixels.chunks_mut(sample)) {
             if let Some(image) = image {
                 out.copy_from_slice(image);
             }
         }
-        let labels = fill_skipped(&mut pixels, &assembly.labels, sample)?;
-        let [c, h, w] = self.shape;
-        let dims = [n as i64, c as i64, h as i64, w as i64];
-        let images = Tensor::f_from_slice(&pixels)?.f_view(dims)?;
-        let images = match self.pin {
-            Some(device) => images.f_pin_memory(device)?,
-            None => images,
-        };
+        let labels = fill_skipped(pixels, &assembly.labels, sample)?;
         Ok((images, Tensor::f_from_slice(&labels)?))
     }
 }
@@ -344,7 +346,9 @@ impl Iterator for Prefetch {
         let indices = self.shared.batches[b].clone();
         let moved = result.and_then(|(images, labels)| {
             let images = if self.device.is_cuda() {
-                images.f_to_device_(self.device, Kind::Uint8, true, false)?
+                images
+                    .f_pin_memory(self.device)?
+                    .f_to_device_(self.device, Kind::Uint8, true, false)?
             } else {
                 images
             };

@@ -214,7 +214,9 @@ pub fn check_train_eval(spec: &dyn BackboneSpec, image_size: i64) {
     let x = images(image_size, 40);
     let before = snapshot(&vs);
     let eval = tch::no_grad(|| net.forward_taps(&x, false, &taps));
-    for (key, t) in vs.variables() {
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, t) in variables {
         assert!(
             t.equal(&before[&key]),
             "conformance [{name}]: an eval-mode forward changed '{key}'"

@@ -37,14 +37,12 @@ pub fn accuracy(logits: &Tensor, labels: &Tensor) -> KnnAccuracy {
     KnnAccuracy { top1, top5 }
 }
 
-/// Trains one classifier per lr on (`train`, `train_labels`) and reports the best on `test`.
+/// Trains one classifier per lr on (features, labels) of `train` and reports the best on `test`.
 /// Features are standardized with the training set's statistics (as a BN layer without affine
 /// parameters would), which makes one lr grid work across backbones.
 pub fn linear_probe(
-    train: &Tensor,
-    train_labels: &Tensor,
-    test: &Tensor,
-    test_labels: &Tensor,
+    (train, train_labels): (&Tensor, &Tensor),
+    (test, test_labels): (&Tensor, &Tensor),
     classes: i64,
     epochs: usize,
     lrs: &[f64],

@@ -77,9 +77,9 @@ fn linear_probe_separates_separable_features_and_not_random_labels() {
     let train = Tensor::randn([800, 16], tch::kind::FLOAT_CPU);
     let test = Tensor::randn([200, 16], tch::kind::FLOAT_CPU);
     let (train_y, test_y) = (train.matmul(&w).argmax(1, false), test.matmul(&w).argmax(1, false));
-    let result = linear_probe(&train, &train_y, &test, &test_y, 4, 30, &[0.03, 0.1], 0);
+    let result = linear_probe((&train, &train_y), (&test, &test_y), 4, 30, &[0.03, 0.1], 0);
     assert!(result.accuracy.top1 > 0.95, "{result:?}");
     let random_y = Tensor::randint(4, [200], (Kind::Int64, tch::Device::Cpu));
-    let chance = linear_probe(&train, &train_y, &test, &random_y, 4, 5, &[0.1], 0);
+    let chance = linear_probe((&train, &train_y), (&test, &random_y), 4, 5, &[0.1], 0);
     assert!(chance.accuracy.top1 < 0.45, "{chance:?}");
 }

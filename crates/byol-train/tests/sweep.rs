@@ -2,10 +2,9 @@
 //! process, resume, and the ranked tables.
 
 use std::fs;
-use std::path::PathBuf;
 
 use byol_train::sweep::{self, Goal, Sweep, SweepOptions, TrialStatus};
-use byol_train::{Experiment, RunSummary};
+use byol_train::{Experiment, RunOptions};
 
 const BASE: &str = r#"[run]
 device = "cpu"
@@ -131,24 +130,6 @@ fn bad_sweeps_are_explained_with_positions() {
     assert!(sweep::is_sweep(&text(&out, "[sweep]\n")) && !sweep::is_sweep(BASE));
 }
 
-fn fake_summary(run_dir: PathBuf, loss: f64) -> RunSummary {
-    RunSummary {
-        checkpoint: run_dir.join("checkpoints/last"),
-        run_dir,
-        device: "Cpu".into(),
-        steps: 4,
-        total_steps: 4,
-        epochs: 1,
-        resumed_from_step: None,
-        interrupted: false,
-        final_loss: Some(loss),
-        knn_before: None,
-        knn_after: None,
-        train_seconds: 1.0,
-        images_per_second: 10.0,
-    }
-}
-
 #[test]
 fn tables_rank_by_the_goal_and_quote_csv_fields() {
     let out = tempfile::tempdir().unwrap();
@@ -162,15 +143,21 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
     )
     .unwrap();
     assert_eq!(s.goal, Goal::Min);
-    // Trial 1 finished with loss 0.5, trial 2 with 0.25, trial 3 never ran.
+    // Trial 1 really runs; its summary, with the loss set to 0.5, and a copy for trial 2 with
+    // 0.25 make the ranking known. Trial 3 never runs.
+    let first = s.trial_dir(&s.trials[0]);
+    let options = RunOptions {
+        run_dir: Some(first.clone()),
+        quiet: true,
+    };
+    byol_train::train(&s.experiment(&s.trials[0], None).unwrap(), &options).unwrap();
+    let mut summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(first.join("summary.json")).unwrap()).unwrap();
     for (trial, loss) in [(&s.trials[0], 0.5), (&s.trials[1], 0.25)] {
         let dir = s.trial_dir(trial);
         fs::create_dir_all(&dir).unwrap();
-        fs::write(
-            dir.join("summary.json"),
-            serde_json::to_vec(&fake_summary(dir.clone(), loss)).unwrap(),
-        )
-        .unwrap();
+        summary["final_loss"] = loss.into();
+        fs::write(dir.join("summary.json"), serde_json::to_vec(&summary).unwrap()).unwrap();
     }
     let rows = sweep::rank(&s);
     let order: Vec<(Option<usize>, usize)> = rows.iter().map(|r| (r.rank, r.trial.number)).collect();

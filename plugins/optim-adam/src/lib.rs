@@ -22,7 +22,13 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, exclude_bias_and_norm: true }
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            exclude_bias_and_norm: true,
+        }
     }
 }
 
@@ -33,7 +39,10 @@ pub struct AdamWConfig(pub AdamConfig);
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self(AdamConfig { weight_decay: 0.01, ..Default::default() })
+        Self(AdamConfig {
+            weight_decay: 0.01,
+            ..Default::default()
+        })
     }
 }
 
@@ -70,18 +79,26 @@ impl Optimizer for Adam {
         let correction1 = 1.0 - b1.powf(t);
         let correction2 = 1.0 - b2.powf(t);
         tch::no_grad(|| {
-            for ((p, m), v) in self.parameters.iter().zip(self.exp_avg.iter_mut()).zip(self.exp_avg_sq.iter_mut()) {
+            for ((p, m), v) in self
+                .parameters
+                .iter()
+                .zip(self.exp_avg.iter_mut())
+                .zip(self.exp_avg_sq.iter_mut())
+            {
                 let grad = p.tensor.grad();
                 if !grad.defined() {
                     continue;
                 }
                 let decay = c.weight_decay != 0.0 && !(c.exclude_bias_and_norm && p.is_bias_or_norm());
-                let mut g = grad.shallow_clone();
                 let mut param = p.tensor.shallow_clone();
+                // Adam adds L2 decay to the gradient; AdamW decays the weights directly.
+                let g = if decay && !self.decoupled {
+                    &grad + &param * c.weight_decay
+                } else {
+                    grad.shallow_clone()
+                };
                 if decay && self.decoupled {
                     let _ = param.g_mul_scalar_(1.0 - lr * c.weight_decay);
-                } else if decay {
-                    g = g + &param * c.weight_decay;
                 }
                 let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
                 let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
@@ -105,7 +122,10 @@ impl Optimizer for Adam {
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), String> {
         util::load_buffers("exp_avg.", &self.parameters, &mut self.exp_avg, state)?;
         util::load_buffers("exp_avg_sq.", &self.parameters, &mut self.exp_avg_sq, state)?;
-        let (_, step) = state.iter().find(|(k, _)| k == "step").ok_or("optimizer state lacks 'step'")?;
+        let (_, step) = state
+            .iter()
+            .find(|(k, _)| k == "step")
+            .ok_or("optimizer state lacks 'step'")?;
         self.step = step.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu).view([1]);
         Ok(())
     }

@@ -1,0 +1,4 @@
+// Link flags for libtorch in this crate's test binaries (they run tensors).
+fn main() {
+    torch_link::emit()
+}
