@@ -34,7 +34,9 @@ fn quickstart_learns_and_logs_to_tensorboard() {
         "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n\
          ea = EventAccumulator({:?}); ea.Reload()\n\
          for tag in sorted(ea.Tags()['scalars']):\n\
-         \x20   ev = ea.Scalars(tag); print(tag, len(ev), ev[-1].step, ev[-1].value)\n",
+         \x20   ev = ea.Scalars(tag); print(tag, len(ev), ev[-1].step, ev[-1].value)\n\
+         for tag in sorted(ea.Tags()['images']):\n\
+         \x20   ev = ea.Images(tag)[0]; print('image', tag, ev.step, ev.width, ev.height)\n",
         run_dir.join("tensorboard").to_str().unwrap()
     );
     let read = std::process::Command::new(byol_testkit::python())
@@ -56,6 +58,8 @@ fn quickstart_learns_and_logs_to_tensorboard() {
     assert!(line("train/lr").starts_with("train/lr 12 240 "), "{scalars}");
     let tau: f64 = line("train/tau").rsplit(' ').next().unwrap().parse().unwrap();
     assert!((tau - 1.0).abs() < 1e-6, "tau ends at 1: {scalars}");
+    // The view grid of the first 8 images: rows of (original, view 1, view 2), 32 px cells, 2 px gaps.
+    assert!(line("image views").starts_with("image views 0 104 274"), "{scalars}");
     let knn_after: f64 = line("knn/top1").rsplit(' ').next().unwrap().parse().unwrap();
     assert!((knn_after - after).abs() < 1e-6, "{scalars}");
 }

@@ -93,11 +93,17 @@ impl Default for EvalConfig {
 pub struct LoggingConfig {
     /// Write TensorBoard scalars every this many steps.
     pub every_steps: u64,
+    /// At the start of a fresh run, a TensorBoard image `views` of (original, view 1, view 2)
+    /// rows for the first images of the first batch.
+    pub view_grid: bool,
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { every_steps: 10 }
+        Self {
+            every_steps: 10,
+            view_grid: true,
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use byol::{Augment, Byol};
-use byol_data::{BatchLoader, Dataset, Splits};
+use byol_data::{Batch, BatchLoader, Dataset, Splits};
 
 use crate::checkpoint::{self, Checkpointer, Manifest};
 use crate::experiment::Precision;
@@ -365,6 +365,18 @@ impl<'a> Trainer<'a> {
             .save(&model_state(&self.vs), &optimizer_state, manifest)
     }
 
+    /// What the augmentation makes of the first training images, as the TensorBoard image `views`.
+    fn log_view_grid(&self, logger: &mut ScalarLogger) -> anyhow::Result<()> {
+        let Some(first) = self.loader.epoch_indices(0).into_iter().next() else {
+            return Ok(());
+        };
+        let (images, _) = self.loader.load(&first, self.device)?;
+        match self.augment.preview(&images) {
+            Some(grid) => logger.image("views", &grid, 0),
+            None => Ok(()),
+        }
+    }
+
     fn knn(&self) -> anyhow::Result<Option<KnnAccuracy>> {
         let Some(test) = &self.splits.test else { return Ok(None) };
         let eval = &self.experiment.eval;
@@ -390,7 +402,7 @@ impl<'a> Trainer<'a> {
 
     /// One optimizer step over `micro_batches`; returns the loss (summed over micro-batches) and
     /// the online projections of the last micro-batch.
-    fn step(&mut self, step: u64, micro_batches: &[Vec<usize>]) -> anyhow::Result<(Tensor, Tensor)> {
+    fn step(&mut self, step: u64, micro_batches: &[Batch]) -> anyhow::Result<(Tensor, Tensor)> {
         // Randomness of step k depends on (seed, k) only, so a resumed run draws exactly the
         // views the uninterrupted run would have drawn.
         tch::manual_seed(self.experiment.run.seed.wrapping_mul(1_000_003).wrapping_add(step) as i64);
@@ -398,9 +410,8 @@ impl<'a> Trainer<'a> {
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
         let mut projections = None;
         let share = 1.0 / micro_batches.len() as f64;
-        for indices in micro_batches {
-            let (images, labels) = self.loader.load(indices, self.device)?;
-            let (view1, view2) = self.augment.two_views(&images);
+        for Batch { images, labels, .. } in micro_batches {
+            let (view1, view2) = self.augment.two_views(images);
             let parts = tch::autocast(self.scaler.is_some(), || self.byol.loss_parts(&view1, &view2));
             let loss = parts.loss.to_kind(Kind::Float) * share;
             match &self.scaler {
@@ -409,7 +420,7 @@ impl<'a> Trainer<'a> {
             }
             total += loss.detach();
             if let Some(probe) = &mut self.probe {
-                probe.train_step(&parts.online_embeddings, &labels);
+                probe.train_step(&parts.online_embeddings, labels);
             }
             projections = Some(parts.online_projections);
         }
@@ -475,6 +486,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     } else {
         None
     };
+    if experiment.logging.view_grid && step == 0 {
+        t.log_view_grid(&mut logger)?;
+    }
     let schedule = &experiment.schedule;
     say(format!(
         "training {} on {:?}: {} images, batch {}{}, {} epochs = {} steps",
@@ -501,10 +515,19 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let mut interrupted = false;
     'epochs: while step < t.total_steps {
         let epoch = step / t.steps_per_epoch;
-        let micro = t.loader.epoch_indices(epoch);
-        let groups: Vec<&[Vec<usize>]> = micro.chunks(accumulate).filter(|g| g.len() == accumulate).collect();
-        for group in groups.into_iter().skip((step % t.steps_per_epoch) as usize) {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.step(step, group)));
+        // Worker threads decode the next batches while the device trains on this one.
+        let done_in_epoch = (step % t.steps_per_epoch) as usize;
+        let mut batches = t.loader.prefetch(epoch, done_in_epoch * accumulate, t.device);
+        for _ in done_in_epoch as u64..t.steps_per_epoch {
+            let group = batches
+                .by_ref()
+                .take(accumulate)
+                .collect::<Result<Vec<Batch>, _>>()
+                .with_context(|| format!("loading the batches of step {}", step + 1))?;
+            if group.len() < accumulate {
+                break;
+            }
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.step(step, &group)));
             let (loss, projections) = match outcome {
                 Ok(result) => result?,
                 Err(panic) => return Err(explain_panic(panic, schedule.batch_size, accumulate)),

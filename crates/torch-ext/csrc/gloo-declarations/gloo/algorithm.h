@@ -1,0 +1,2 @@
+// See ../README.md: forward declarations for ProcessGroupGloo.hpp only.
+#pragma once

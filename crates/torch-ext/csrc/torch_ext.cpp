@@ -1,0 +1,221 @@
+// The few libtorch features that tch 0.24 does not bind: autocast with a chosen dtype, CUDA
+// allocator statistics, channels_last, and c10d (TCPStore, the Gloo backend, collectives, and an
+// all-reduce that autograd differentiates). Every function catches C++ exceptions and returns
+// them as a heap string (nullptr on success) that Rust frees with tx_free_error.
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <c10/core/CachingDeviceAllocator.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <cstring>
+#include <string>
+
+namespace {
+
+char* error_string(const std::string& message) {
+  char* out = static_cast<char*>(std::malloc(message.size() + 1));
+  std::memcpy(out, message.c_str(), message.size() + 1);
+  return out;
+}
+
+template <typename F>
+char* guarded(F&& body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return error_string(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return error_string(e.what());
+  } catch (...) {
+    return error_string("unknown C++ exception");
+  }
+}
+
+at::DeviceType device_type(int code) {
+  return code == 1 ? at::kCUDA : at::kCPU;
+}
+
+// What Rust holds for a store and a backend: boxed intrusive pointers.
+struct StoreHandle {
+  c10::intrusive_ptr<c10d::Store> store;
+};
+struct BackendHandle {
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+void all_reduce_sum(c10d::Backend& backend, const at::Tensor& tensor) {
+  std::vector<at::Tensor> tensors{tensor};
+  c10d::AllreduceOptions options;
+  options.reduceOp = c10d::ReduceOp::SUM;
+  backend.allreduce(tensors, options)->wait();
+}
+
+// Sum over ranks whose gradient is the sum over ranks of the incoming gradients: SyncBatchNorm's
+// statistics go through it (torch.distributed.nn.functional.all_reduce does the same in Python).
+struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, int64_t backend) {
+    ctx->saved_data["backend"] = backend;
+    auto out = input.clone(at::MemoryFormat::Contiguous);
+    all_reduce_sum(*reinterpret_cast<c10d::Backend*>(backend), out);
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::variable_list grads) {
+    auto backend = reinterpret_cast<c10d::Backend*>(ctx->saved_data["backend"].toInt());
+    auto grad = grads[0].clone(at::MemoryFormat::Contiguous);
+    all_reduce_sum(*backend, grad);
+    return {grad, at::Tensor()};
+  }
+};
+
+} // namespace
+
+extern "C" {
+
+void tx_free_error(char* error) {
+  std::free(error);
+}
+
+// ---- autocast ---------------------------------------------------------------------------
+
+char* tx_autocast_enter(int device, int8_t scalar_type) {
+  return guarded([&] {
+    at::autocast::set_autocast_dtype(device_type(device), static_cast<at::ScalarType>(scalar_type));
+    at::autocast::set_autocast_enabled(device_type(device), true);
+    at::autocast::increment_nesting();
+  });
+}
+
+// Restores `was_enabled`; the cast cache is cleared when the outermost region ends (as
+// torch.autocast does), so weights cast inside one step are not kept alive across steps.
+char* tx_autocast_exit(int device, bool was_enabled, int8_t previous_scalar_type) {
+  return guarded([&] {
+    if (at::autocast::decrement_nesting() == 0) {
+      at::autocast::clear_cache();
+    }
+    at::autocast::set_autocast_enabled(device_type(device), was_enabled);
+    at::autocast::set_autocast_dtype(device_type(device), static_cast<at::ScalarType>(previous_scalar_type));
+  });
+}
+
+bool tx_autocast_is_enabled(int device) {
+  return at::autocast::is_autocast_enabled(device_type(device));
+}
+
+int8_t tx_autocast_dtype(int device) {
+  return static_cast<int8_t>(at::autocast::get_autocast_dtype(device_type(device)));
+}
+
+// ---- memory format ----------------------------------------------------------------------
+
+char* tx_channels_last(const at::Tensor* tensor, at::Tensor** out) {
+  return guarded([&] { *out = new at::Tensor(tensor->contiguous(at::MemoryFormat::ChannelsLast)); });
+}
+
+bool tx_is_channels_last(const at::Tensor* tensor) {
+  return tensor->is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// ---- CUDA allocator statistics ----------------------------------------------------------
+
+// out: [allocated now, allocated peak, reserved now, reserved peak] in bytes.
+char* tx_cuda_memory_stats(int device_index, int64_t* out) {
+  return guarded([&] {
+    auto stats = at::getDeviceAllocator(at::kCUDA)->getDeviceStats(device_index);
+    auto aggregate = static_cast<size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
+    out[0] = stats.allocated_bytes[aggregate].current;
+    out[1] = stats.allocated_bytes[aggregate].peak;
+    out[2] = stats.reserved_bytes[aggregate].current;
+    out[3] = stats.reserved_bytes[aggregate].peak;
+  });
+}
+
+char* tx_cuda_reset_peak_memory(int device_index) {
+  return guarded([&] { at::getDeviceAllocator(at::kCUDA)->resetPeakStats(device_index); });
+}
+
+// ---- c10d -------------------------------------------------------------------------------
+
+// A TCPStore client (or the server, on the rank that hosts it) under `prefix`.
+char* tx_store_new(
+    const char* host,
+    uint16_t port,
+    int world_size,
+    bool is_server,
+    int64_t timeout_ms,
+    const char* prefix,
+    void** out) {
+  return guarded([&] {
+    c10d::TCPStoreOptions options;
+    options.port = port;
+    options.isServer = is_server;
+    options.numWorkers = world_size;
+    options.waitWorkers = false;
+    options.timeout = std::chrono::milliseconds(timeout_ms);
+    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(host, options);
+    if (prefix != nullptr && std::strlen(prefix) > 0) {
+      store = c10::make_intrusive<c10d::PrefixStore>(prefix, store);
+    }
+    *out = new StoreHandle{store};
+  });
+}
+
+void tx_store_free(void* store) {
+  delete static_cast<StoreHandle*>(store);
+}
+
+char* tx_gloo_new(void* store, int rank, int world_size, int64_t timeout_ms, void** out) {
+  return guarded([&] {
+    auto options = c10d::ProcessGroupGloo::Options::create(std::chrono::milliseconds(timeout_ms));
+    options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
+        static_cast<StoreHandle*>(store)->store, rank, world_size, options);
+    *out = new BackendHandle{gloo};
+  });
+}
+
+void tx_backend_free(void* backend) {
+  delete static_cast<BackendHandle*>(backend);
+}
+
+char* tx_all_reduce_sum(void* backend, const at::Tensor* tensor) {
+  return guarded([&] { all_reduce_sum(*static_cast<BackendHandle*>(backend)->backend, *tensor); });
+}
+
+char* tx_broadcast(void* backend, const at::Tensor* tensor, int root) {
+  return guarded([&] {
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    static_cast<BackendHandle*>(backend)->backend->broadcast(tensors, options)->wait();
+  });
+}
+
+// Concatenates every rank's `input` along dim 0 into `output` (world_size times larger).
+char* tx_all_gather(void* backend, const at::Tensor* input, const at::Tensor* output) {
+  return guarded([&] {
+    at::Tensor in = *input, out = *output;
+    static_cast<BackendHandle*>(backend)->backend->_allgather_base(out, in)->wait();
+  });
+}
+
+char* tx_barrier(void* backend) {
+  return guarded([&] { static_cast<BackendHandle*>(backend)->backend->barrier()->wait(); });
+}
+
+char* tx_all_reduce_sum_autograd(void* backend, const at::Tensor* input, at::Tensor** out) {
+  return guarded([&] {
+    auto raw = reinterpret_cast<int64_t>(static_cast<BackendHandle*>(backend)->backend.get());
+    *out = new at::Tensor(AllReduceSum::apply(*input, raw));
+  });
+}
+
+} // extern "C"

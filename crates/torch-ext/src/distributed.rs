@@ -1,0 +1,253 @@
+//! c10d, the engine under torch.distributed: a TCPStore rendezvous and a Gloo process group
+//! with the collectives data-parallel BYOL needs. Started the way torchrun starts workers (the
+//! RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT environment), so
+//! `torchrun --nproc-per-node=N --no-python byol-run exp.toml` works.
+
+use std::ffi::{c_void, CString};
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use tch::{Kind, Tensor};
+
+use crate::{ffi, Result, TorchExtError};
+
+/// Where and who: what torchrun (or a launcher of one's own) tells every worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendezvous {
+    pub master_addr: String,
+    pub master_port: u16,
+    pub rank: usize,
+    pub world_size: usize,
+    pub local_rank: usize,
+    /// torchrun's agent already hosts the store (TORCHELASTIC_USE_AGENT_STORE=True): every
+    /// worker is a client, under the restart's own key prefix.
+    pub agent_store: bool,
+    /// TORCHELASTIC_RESTART_COUNT: a restarted job rendezvouses under fresh keys.
+    pub restart_count: u64,
+    /// How long a collective or the rendezvous waits for the other ranks.
+    pub timeout: Duration,
+}
+
+impl Rendezvous {
+    /// Reads torchrun's environment. `Ok(None)` when WORLD_SIZE is unset (a plain single-process
+    /// run); an error naming the variable when one is missing or malformed.
+    pub fn from_env() -> std::result::Result<Option<Self>, String> {
+        let Ok(world_size) = std::env::var("WORLD_SIZE") else {
+            return Ok(None);
+        };
+        let number = |name: &str, value: String| {
+            value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("environment variable {name}={value:?} is not a non-negative integer"))
+        };
+        let required = |name: &str| {
+            std::env::var(name).map_err(|_| {
+                format!("WORLD_SIZE is set but {name} is not: start distributed runs with torchrun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT")
+            })
+        };
+        let world_size = number("WORLD_SIZE", world_size)? as usize;
+        let rank = number("RANK", required("RANK")?)? as usize;
+        if world_size == 0 || rank >= world_size {
+            return Err(format!("RANK={rank} must be below WORLD_SIZE={world_size}"));
+        }
+        let local_rank = match std::env::var("LOCAL_RANK") {
+            Ok(v) => number("LOCAL_RANK", v)? as usize,
+            Err(_) => rank,
+        };
+        let master_port = number("MASTER_PORT", required("MASTER_PORT")?)?;
+        let master_port = u16::try_from(master_port).map_err(|_| format!("MASTER_PORT={master_port} is not a port"))?;
+        let timeout_s = match std::env::var("BYOL_RS_DIST_TIMEOUT_S") {
+            Ok(v) => number("BYOL_RS_DIST_TIMEOUT_S", v)?,
+            Err(_) => 1800,
+        };
+        Ok(Some(Self {
+            master_addr: required("MASTER_ADDR")?,
+            master_port,
+            rank,
+            world_size,
+            local_rank,
+            agent_store: std::env::var("TORCHELASTIC_USE_AGENT_STORE").is_ok_and(|v| v == "True"),
+            restart_count: match std::env::var("TORCHELASTIC_RESTART_COUNT") {
+                Ok(v) => number("TORCHELASTIC_RESTART_COUNT", v)?,
+                Err(_) => 0,
+            },
+            timeout: Duration::from_secs(timeout_s),
+        }))
+    }
+}
+
+/// A Gloo process group: collectives on CPU tensors (CUDA tensors go through the CPU).
+pub struct ProcessGroup {
+    store: NonNull<c_void>,
+    backend: NonNull<c_void>,
+    rank: usize,
+    world_size: usize,
+}
+
+// SAFETY: c10d backends and stores are thread-safe objects (PyTorch calls them from any thread);
+// the handles are only freed in Drop.
+unsafe impl Send for ProcessGroup {}
+unsafe impl Sync for ProcessGroup {}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessGroup")
+            .field("backend", &"gloo")
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
+            .finish()
+    }
+}
+
+fn c_string(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| TorchExtError(format!("{s:?} contains a NUL byte")))
+}
+
+impl ProcessGroup {
+    /// Joins the group: rank 0 hosts the TCPStore unless torchrun's agent does; returns once
+    /// every rank has connected (or fails after the rendezvous timeout).
+    pub fn gloo(rendezvous: &Rendezvous) -> Result<Self> {
+        let timeout_ms = rendezvous.timeout.as_millis().min(i64::MAX as u128) as i64;
+        let host = c_string(&rendezvous.master_addr)?;
+        let prefix = if rendezvous.agent_store {
+            format!("/worker/attempt_{}/byol-rs/", rendezvous.restart_count)
+        } else {
+            "byol-rs/".to_string()
+        };
+        let prefix = c_string(&prefix)?;
+        let mut store = std::ptr::null_mut();
+        // SAFETY: valid C strings; on success the shim hands over a boxed store.
+        unsafe {
+            ffi::check(ffi::tx_store_new(
+                host.as_ptr(),
+                rendezvous.master_port,
+                rendezvous.world_size as i32,
+                rendezvous.rank == 0 && !rendezvous.agent_store,
+                timeout_ms,
+                prefix.as_ptr(),
+                &mut store,
+            ))
+            .map_err(|e| {
+                TorchExtError(format!(
+                    "rank {} could not reach the TCPStore at {}:{}: {e}",
+                    rendezvous.rank, rendezvous.master_addr, rendezvous.master_port
+                ))
+            })?;
+        }
+        let store = NonNull::new(store).expect("the shim returns a store on success");
+        let mut backend = std::ptr::null_mut();
+        // SAFETY: `store` is live; on success the shim hands over a boxed backend.
+        let created = unsafe {
+            ffi::check(ffi::tx_gloo_new(
+                store.as_ptr(),
+                rendezvous.rank as i32,
+                rendezvous.world_size as i32,
+                timeout_ms,
+                &mut backend,
+            ))
+        };
+        if let Err(e) = created {
+            // SAFETY: freed once; nothing else holds it.
+            unsafe { ffi::tx_store_free(store.as_ptr()) };
+            return Err(TorchExtError(format!(
+                "rank {} of {}: creating the Gloo process group failed: {e}",
+                rendezvous.rank, rendezvous.world_size
+            )));
+        }
+        Ok(Self {
+            store,
+            backend: NonNull::new(backend).expect("the shim returns a backend on success"),
+            rank: rendezvous.rank,
+            world_size: rendezvous.world_size,
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    fn context(&self, what: &str, e: TorchExtError) -> TorchExtError {
+        TorchExtError(format!(
+            "{what} failed on rank {} of {} (did another rank stop?): {e}",
+            self.rank, self.world_size
+        ))
+    }
+
+    /// Sums `tensor` (dense, CPU) over the ranks, in place.
+    pub fn all_reduce_sum_(&self, tensor: &Tensor) -> Result<()> {
+        // SAFETY: live backend and tensor.
+        unsafe { ffi::check(ffi::tx_all_reduce_sum(self.backend.as_ptr(), tensor.as_ptr())) }
+            .map_err(|e| self.context("all_reduce", e))
+    }
+
+    /// Overwrites `tensor` on every rank with rank `root`'s.
+    pub fn broadcast_(&self, tensor: &Tensor, root: usize) -> Result<()> {
+        // SAFETY: live backend and tensor.
+        unsafe { ffi::check(ffi::tx_broadcast(self.backend.as_ptr(), tensor.as_ptr(), root as i32)) }
+            .map_err(|e| self.context("broadcast", e))
+    }
+
+    /// Every rank's `tensor` concatenated along dim 0, in rank order (same shape on every rank).
+    pub fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
+        let input = tensor.contiguous();
+        let mut size = input.size();
+        size[0] *= self.world_size as i64;
+        let output = Tensor::empty(size, (input.kind(), input.device()));
+        // SAFETY: live backend and tensors; `output` is world_size times `input`.
+        unsafe {
+            ffi::check(ffi::tx_all_gather(
+                self.backend.as_ptr(),
+                input.as_ptr(),
+                output.as_ptr(),
+            ))
+        }
+        .map_err(|e| self.context("all_gather", e))?;
+        Ok(output)
+    }
+
+    /// Waits until every rank gets here.
+    pub fn barrier(&self) -> Result<()> {
+        // SAFETY: live backend.
+        unsafe { ffi::check(ffi::tx_barrier(self.backend.as_ptr())) }.map_err(|e| self.context("barrier", e))
+    }
+
+    /// The sum over ranks of `tensor`, as an autograd op whose backward sums the gradients over
+    /// the ranks too (what SyncBatchNorm's statistics need). Every rank must call it in the same
+    /// order, and the group must outlive the graph's backward pass.
+    pub fn all_reduce_sum_differentiable(&self, tensor: &Tensor) -> Result<Tensor> {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: live backend and tensor; on success the shim hands over a new tensor.
+        unsafe {
+            ffi::check(ffi::tx_all_reduce_sum_autograd(
+                self.backend.as_ptr(),
+                tensor.as_ptr(),
+                &mut out,
+            ))
+            .map_err(|e| self.context("all_reduce (autograd)", e))?;
+            Ok(Tensor::from_ptr(out))
+        }
+    }
+
+    /// The largest absolute difference between this rank's `tensor` and rank 0's: 0 when the
+    /// replicas agree (a cheap consistency check after broadcasts).
+    pub fn max_divergence_from_rank0(&self, tensor: &Tensor) -> Result<f64> {
+        let reference = tensor.to_kind(Kind::Double).contiguous();
+        self.broadcast_(&reference, 0)?;
+        Ok((tensor.to_kind(Kind::Double) - reference).abs().max().double_value(&[]))
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: both handles came from the shim and are freed exactly once, backend first.
+        unsafe {
+            ffi::tx_backend_free(self.backend.as_ptr());
+            ffi::tx_store_free(self.store.as_ptr());
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The shim's C ABI (csrc/torch_ext.cpp). Tensors cross as `at::Tensor*` (tch's `C_tensor`);
+//! stores and backends as opaque boxes owned by the Rust wrappers.
+
+use std::ffi::{c_char, c_void, CStr};
+
+use torch_sys::C_tensor;
+
+use crate::{Result, TorchExtError};
+
+extern "C" {
+    pub fn tx_free_error(error: *mut c_char);
+
+    pub fn tx_autocast_enter(device: i32, scalar_type: i8) -> *mut c_char;
+    pub fn tx_autocast_exit(device: i32, was_enabled: bool, previous_scalar_type: i8) -> *mut c_char;
+    pub fn tx_autocast_is_enabled(device: i32) -> bool;
+    pub fn tx_autocast_dtype(device: i32) -> i8;
+
+    pub fn tx_channels_last(tensor: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    pub fn tx_is_channels_last(tensor: *const C_tensor) -> bool;
+
+    pub fn tx_cuda_memory_stats(device_index: i32, out: *mut i64) -> *mut c_char;
+    pub fn tx_cuda_reset_peak_memory(device_index: i32) -> *mut c_char;
+
+    pub fn tx_store_new(
+        host: *const c_char,
+        port: u16,
+        world_size: i32,
+        is_server: bool,
+        timeout_ms: i64,
+        prefix: *const c_char,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    pub fn tx_store_free(store: *mut c_void);
+    pub fn tx_gloo_new(
+        store: *mut c_void,
+        rank: i32,
+        world_size: i32,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    pub fn tx_backend_free(backend: *mut c_void);
+    pub fn tx_all_reduce_sum(backend: *mut c_void, tensor: *const C_tensor) -> *mut c_char;
+    pub fn tx_broadcast(backend: *mut c_void, tensor: *const C_tensor, root: i32) -> *mut c_char;
+    pub fn tx_all_gather(backend: *mut c_void, input: *const C_tensor, output: *const C_tensor) -> *mut c_char;
+    pub fn tx_barrier(backend: *mut c_void) -> *mut c_char;
+    pub fn tx_all_reduce_sum_autograd(
+        backend: *mut c_void,
+        input: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+}
+
+/// Turns the shim's error string (null: success) into a `Result`, freeing it.
+///
+/// # Safety
+/// `error` is null or a string allocated by the shim and not yet freed.
+pub unsafe fn check(error: *mut c_char) -> Result<()> {
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null error is a NUL-terminated string from the shim, freed once here.
+    let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+    unsafe { tx_free_error(error) };
+    Err(TorchExtError(message))
+}

@@ -1,0 +1,41 @@
+//! What tch 0.24 lacks, through a small C++ shim compiled against the same libtorch
+//! (csrc/torch_ext.cpp): autocast with a chosen dtype (bf16 as well as fp16, on CUDA and CPU),
+//! channels_last, CUDA allocator statistics, and c10d process groups (TCPStore + Gloo) with the
+//! collectives data-parallel training needs.
+
+pub mod autocast;
+pub mod distributed;
+mod ffi;
+pub mod memory;
+
+use tch::Tensor;
+
+/// A C++ exception raised inside the shim, with its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchExtError(pub String);
+
+impl std::fmt::Display for TorchExtError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TorchExtError {}
+
+pub type Result<T> = std::result::Result<T, TorchExtError>;
+
+/// `tensor.contiguous(memory_format=torch.channels_last)` for a 4-D tensor.
+pub fn channels_last(tensor: &Tensor) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: `tensor` is a live at::Tensor; on success the shim hands us a new at::Tensor.
+    unsafe {
+        ffi::check(ffi::tx_channels_last(tensor.as_ptr(), &mut out))?;
+        Ok(Tensor::from_ptr(out))
+    }
+}
+
+/// Whether `tensor` is dense in channels_last order.
+pub fn is_channels_last(tensor: &Tensor) -> bool {
+    // SAFETY: `tensor` is a live at::Tensor.
+    unsafe { ffi::tx_is_channels_last(tensor.as_ptr()) }
+}

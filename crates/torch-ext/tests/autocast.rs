@@ -1,0 +1,84 @@
+//! bf16 autocast on the CPU against `torch.autocast("cpu", dtype=torch.bfloat16)` in the venv,
+//! and channels_last against `contiguous(memory_format=torch.channels_last)`.
+
+use byol_testkit::{max_abs_diff, run_python};
+use tch::{Device, Kind, Tensor};
+use torch_ext::autocast::{autocast, state};
+
+#[test]
+fn bf16_autocast_matches_pytorch_and_restores_the_previous_state() {
+    let x = Tensor::randn([4, 3, 9, 9], (Kind::Float, Device::Cpu));
+    let w = Tensor::randn([5, 3, 3, 3], (Kind::Float, Device::Cpu));
+    let l = Tensor::randn([7, 5], (Kind::Float, Device::Cpu));
+    assert!(!state(Device::Cpu).0);
+    let (conv, linear, sum) = autocast(Device::Cpu, Kind::BFloat16, true, || {
+        assert_eq!(state(Device::Cpu), (true, Kind::BFloat16));
+        let conv = x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1).relu();
+        let pooled = conv.mean_dim([2i64, 3].as_slice(), false, None);
+        let linear = pooled.linear(&l, None::<Tensor>);
+        // Reductions such as sum run in fp32 under autocast.
+        let sum = linear.sum(Kind::Float);
+        (conv, linear, sum)
+    });
+    assert!(!state(Device::Cpu).0, "autocast is off again afterwards");
+    assert_eq!(conv.kind(), Kind::BFloat16);
+    assert_eq!(linear.kind(), Kind::BFloat16);
+
+    let reference = run_python(
+        "with torch.autocast('cpu', dtype=torch.bfloat16):\n\
+         \x20   conv = torch.nn.functional.conv2d(inputs['x'], inputs['w'], padding=1).relu()\n\
+         \x20   linear = torch.nn.functional.linear(conv.mean((2, 3)), inputs['l'])\n\
+         outputs = {'conv': conv.float(), 'linear': linear.float(), 'dtype': torch.tensor(conv.dtype == torch.bfloat16)}\n",
+        &[("x", &x), ("w", &w), ("l", &l)],
+    );
+    assert_eq!(reference["dtype"].int64_value(&[]), 1);
+    // Same libtorch, same kernels: bf16 results agree to bf16 rounding (8 bits of mantissa).
+    let tolerance = 1e-2;
+    let conv_diff = max_abs_diff(&conv.to_kind(Kind::Float), &reference["conv"]);
+    let linear_diff = max_abs_diff(&linear.to_kind(Kind::Float), &reference["linear"]);
+    assert!(conv_diff <= tolerance, "conv differs by {conv_diff}");
+    assert!(linear_diff <= tolerance, "linear differs by {linear_diff}");
+    assert!(sum.double_value(&[]).is_finite());
+}
+
+#[test]
+fn autocast_nests_and_disabled_runs_in_fp32() {
+    let a = Tensor::randn([8, 8], (Kind::Float, Device::Cpu));
+    let out = autocast(Device::Cpu, Kind::BFloat16, false, || a.matmul(&a));
+    assert_eq!(out.kind(), Kind::Float);
+    let (inner, outer) = autocast(Device::Cpu, Kind::BFloat16, true, || {
+        let inner = autocast(Device::Cpu, Kind::BFloat16, true, || a.matmul(&a));
+        assert_eq!(
+            state(Device::Cpu),
+            (true, Kind::BFloat16),
+            "the outer region is still on"
+        );
+        (inner, a.matmul(&a))
+    });
+    assert_eq!((inner.kind(), outer.kind()), (Kind::BFloat16, Kind::BFloat16));
+    assert!(!state(Device::Cpu).0);
+}
+
+#[test]
+fn channels_last_matches_pytorch_strides_and_values() {
+    let x = Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu));
+    let y = torch_ext::channels_last(&x).unwrap();
+    assert!(torch_ext::is_channels_last(&y));
+    assert!(!torch_ext::is_channels_last(&x));
+    assert_eq!(
+        y.stride(),
+        vec![60, 1, 15, 3],
+        "NHWC strides as torch.channels_last gives"
+    );
+    assert_eq!(max_abs_diff(&x, &y), 0.0);
+}
+
+#[test]
+fn cuda_memory_statistics_fail_cleanly_without_cuda() {
+    if tch::Cuda::is_available() {
+        let stats = torch_ext::memory::cuda_memory(0).unwrap();
+        assert!(stats.peak_allocated >= stats.allocated);
+    } else {
+        assert!(torch_ext::memory::cuda_memory(0).is_err());
+    }
+}
