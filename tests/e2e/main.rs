@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod precision;
 mod quickstart;
 mod resume;
 mod sweep;

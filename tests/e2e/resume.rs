@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::{byol_run, text};
 
 /// 512 synthetic images, batch 32: 16 steps per epoch, 3 epochs, a checkpoint every 4 steps.
-const TINY: &str = r#"
+pub(crate) const TINY: &str = r#"
 [run]
 device = "cpu"
 threads = 1
@@ -67,7 +67,7 @@ fn run(dir: &Path, run_dir: &str, extra: &[&str]) -> std::process::Output {
     byol_run(dir, &args)
 }
 
-fn final_model(run_dir: &Path) -> Vec<(String, tch::Tensor)> {
+pub(crate) fn final_model(run_dir: &Path) -> Vec<(String, tch::Tensor)> {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("checkpoints/last/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["step"], 48, "the run finished");

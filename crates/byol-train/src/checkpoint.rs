@@ -66,7 +66,12 @@ impl Checkpointer {
         fs::create_dir_all(&tmp)?;
         for (file, tensors) in [(MODEL_FILE, model), (OPTIMIZER_FILE, optimizer)] {
             let path = tmp.join(file);
-            Tensor::write_safetensors(tensors, &path).with_context(|| format!("cannot write {}", path.display()))?;
+            // safetensors stores row-major data: channels_last weights and states are copied.
+            let tensors: Vec<(&str, Tensor)> = tensors
+                .iter()
+                .map(|(name, t)| (name.as_str(), t.to_device(tch::Device::Cpu).contiguous()))
+                .collect();
+            Tensor::write_safetensors(&tensors, &path).with_context(|| format!("cannot write {}", path.display()))?;
             manifest.files.insert(file.to_string(), sha256_file(&path)?);
         }
         manifest.format = 1;

@@ -25,8 +25,22 @@ pub struct RunConfig {
     pub seed: u64,
     /// CPU threads for libtorch (0: libtorch's default).
     pub threads: usize,
-    /// "fp32", or "fp16" (CUDA autocast with dynamic loss scaling).
+    /// "fp32", "bf16" (autocast), or "fp16" (CUDA autocast with dynamic loss scaling).
     pub precision: Precision,
+    /// Memory layout of images, activations and conv weights: "auto" (channels_last on CUDA),
+    /// "channels_last", or "contiguous".
+    pub memory_format: MemoryFormat,
+}
+
+/// Tensor memory layout of the training step.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryFormat {
+    /// channels_last on CUDA (faster convolutions with tensor cores), contiguous on the CPU.
+    #[default]
+    Auto,
+    ChannelsLast,
+    Contiguous,
 }
 
 /// Numeric precision of the training step.
@@ -35,6 +49,8 @@ pub struct RunConfig {
 pub enum Precision {
     #[default]
     Fp32,
+    /// bfloat16 autocast for the forward pass, float32 master weights (CUDA, or CPU where slow).
+    Bf16,
     /// CUDA only: float16 autocast for the forward pass, float32 master weights, dynamic loss scale.
     Fp16,
 }
@@ -48,6 +64,7 @@ impl Default for RunConfig {
             seed: 0,
             threads: 0,
             precision: Precision::Fp32,
+            memory_format: MemoryFormat::Auto,
         }
     }
 }

@@ -10,6 +10,16 @@ pub struct NamedParameter {
     pub tensor: Tensor,
 }
 
+/// A second handle on the same parameter (not a copy of its values).
+impl Clone for NamedParameter {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            tensor: self.tensor.shallow_clone(),
+        }
+    }
+}
+
 impl NamedParameter {
     /// Biases and normalization weights (every 1-D parameter): the paper excludes them from
     /// weight decay and LARS adaptation.

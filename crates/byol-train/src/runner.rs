@@ -15,7 +15,7 @@ use byol::{Augment, Byol};
 use byol_data::{Batch, BatchLoader, Dataset, Splits};
 
 use crate::checkpoint::{self, Checkpointer, Manifest};
-use crate::experiment::Precision;
+use crate::experiment::{MemoryFormat, Precision};
 use crate::knn::{knn_accuracy, KnnAccuracy};
 use crate::loss_scale::LossScaler;
 use crate::optimizer::{NamedParameter, Optimizer};
@@ -23,6 +23,8 @@ use crate::probe::OnlineProbe;
 use crate::schedule::lr_at;
 use crate::tensorboard::ScalarLogger;
 use crate::Experiment;
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// How to run, beyond what the experiment says.
 #[derive(Debug, Clone, Default)]
@@ -211,7 +213,10 @@ struct Trainer<'a> {
     byol: Byol,
     parameters: Vec<NamedParameter>,
     optimizer: Box<dyn Optimizer>,
+    /// The autocast dtype of the forward pass (None: fp32).
+    autocast: Option<Kind>,
     scaler: Option<LossScaler>,
+    channels_last: bool,
     loader: BatchLoader,
     steps_per_epoch: u64,
     total_steps: u64,
@@ -228,18 +233,24 @@ impl<'a> Trainer<'a> {
         if experiment.run.threads > 0 {
             tch::set_num_threads(experiment.run.threads as i32);
         }
-        let scaler = match experiment.run.precision {
-            Precision::Fp32 => None,
-            Precision::Fp16 if device.is_cuda() => Some(LossScaler::default()),
+        let (autocast, scaler) = match experiment.run.precision {
+            Precision::Fp32 => (None, None),
+            Precision::Bf16 => (Some(Kind::BFloat16), None),
+            Precision::Fp16 if device.is_cuda() => (Some(Kind::Half), Some(LossScaler::default())),
             Precision::Fp16 => {
-                bail!("run.precision = \"fp16\" needs a CUDA device (this run is on {device:?}); use \"fp32\"")
+                bail!("run.precision = \"fp16\" needs a CUDA device (this run is on {device:?}); use \"bf16\" or \"fp32\"")
             }
+        };
+        let channels_last = match experiment.run.memory_format {
+            MemoryFormat::Auto => device.is_cuda(),
+            MemoryFormat::ChannelsLast => true,
+            MemoryFormat::Contiguous => false,
         };
         tch::manual_seed(experiment.run.seed as i64);
         let splits = experiment.dataset.build().context("building [dataset]")?;
         let augment = experiment.augment.build().context("building [augment]")?;
         let vs = VarStore::new(device);
-        let byol = Byol::new(
+        let mut byol = Byol::new(
             &vs,
             experiment.backbone.as_ref(),
             experiment.augment.image_size(),
@@ -247,8 +258,12 @@ impl<'a> Trainer<'a> {
             &experiment.byol,
         )
         .context("building the BYOL networks ([backbone], [byol])")?;
-        let optimizer = experiment.optimizer.build(online_parameters(&vs));
+        if channels_last {
+            byol.use_channels_last(&vs)
+                .context("laying out the weights channels_last")?;
+        }
         let parameters = online_parameters(&vs);
+        let optimizer = experiment.optimizer.build(parameters.clone());
 
         let schedule = &experiment.schedule;
         let accumulate = schedule.accumulate.max(1);
@@ -302,7 +317,9 @@ impl<'a> Trainer<'a> {
             byol,
             parameters,
             optimizer,
+            autocast,
             scaler,
+            channels_last,
             loader,
             steps_per_epoch,
             total_steps,
@@ -411,8 +428,17 @@ impl<'a> Trainer<'a> {
         let mut projections = None;
         let share = 1.0 / micro_batches.len() as f64;
         for Batch { images, labels, .. } in micro_batches {
-            let (view1, view2) = self.augment.two_views(images);
-            let parts = tch::autocast(self.scaler.is_some(), || self.byol.loss_parts(&view1, &view2));
+            let (mut view1, mut view2) = self.augment.two_views(images);
+            if self.channels_last {
+                view1 = torch_ext::channels_last(&view1)?;
+                view2 = torch_ext::channels_last(&view2)?;
+            }
+            let parts = torch_ext::autocast::autocast(
+                self.device,
+                self.autocast.unwrap_or(Kind::Float),
+                self.autocast.is_some(),
+                || self.byol.loss_parts(&view1, &view2),
+            );
             let loss = parts.loss.to_kind(Kind::Float) * share;
             match &self.scaler {
                 Some(scaler) => (&loss * scaler.scale()).backward(),
@@ -573,6 +599,11 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
                 }
                 if let Some(scaler) = &t.scaler {
                     logger.scalar("train/loss_scale", scaler.scale(), step);
+                }
+                if let Device::Cuda(index) = t.device {
+                    let memory = torch_ext::memory::cuda_memory(index)?;
+                    logger.scalar("train/gpu_memory_peak_gib", memory.peak_allocated as f64 / GIB, step);
+                    logger.scalar("train/gpu_memory_reserved_gib", memory.reserved as f64 / GIB, step);
                 }
                 progress.update(
                     step,

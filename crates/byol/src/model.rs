@@ -158,6 +158,14 @@ impl Byol {
     }
 
     /// EMA step with an explicit decay.
+    /// Re-lays the online and target conv weights as channels_last (NHWC) inside the EMA's flat
+    /// buffers; call right after [`Byol::new`], before optimizers or checkpoints touch the
+    /// parameters. Inputs must then be channels_last as well for the fast convolution kernels.
+    pub fn use_channels_last(&mut self, vs: &nn::VarStore) -> Result<(), ByolError> {
+        self.target = TargetUpdater::with_layout(vs, "online.", "target.", true)?;
+        Ok(())
+    }
+
     pub fn update_target_with_tau(&self, tau: f64) {
         self.target.update(tau);
     }

@@ -33,6 +33,18 @@ impl TargetUpdater {
     /// copies the online values into the target (target = online at init), and flattens the
     /// trainable pairs.
     pub fn new(vs: &VarStore, online_prefix: &str, target_prefix: &str) -> Result<Self, ByolError> {
+        Self::with_layout(vs, online_prefix, target_prefix, false)
+    }
+
+    /// As [`TargetUpdater::new`]; with `channels_last`, 4-D parameters (conv weights) are laid
+    /// out NHWC inside the flat buffers, so convolutions get channels_last weights while the EMA
+    /// stays one `lerp_` (both buffers share the layout, so it is elementwise either way).
+    pub fn with_layout(
+        vs: &VarStore,
+        online_prefix: &str,
+        target_prefix: &str,
+        channels_last: bool,
+    ) -> Result<Self, ByolError> {
         let variables = vs.variables();
         let trainable: Vec<Tensor> = vs.trainable_variables();
         let is_trainable = |t: &Tensor| trainable.iter().any(|v| v.data_ptr() == t.data_ptr());
@@ -62,8 +74,8 @@ impl TargetUpdater {
         }
         let parameters = online_params.len();
         Ok(Self {
-            online_flat: flatten_into_one(&online_params),
-            target_flat: flatten_into_one(&target_params),
+            online_flat: flatten_into_one(&online_params, channels_last),
+            target_flat: flatten_into_one(&target_params, channels_last),
             parameters,
         })
     }
@@ -82,8 +94,9 @@ impl TargetUpdater {
 }
 
 /// Copies `tensors` into one contiguous buffer and makes each tensor a view of its slice, so an
-/// in-place update of the buffer is an in-place update of every tensor (and vice versa).
-fn flatten_into_one(tensors: &[Tensor]) -> Tensor {
+/// in-place update of the buffer is an in-place update of every tensor (and vice versa). With
+/// `channels_last`, a 4-D tensor's slice holds it in `[O, H, W, I]` order (a channels_last view).
+fn flatten_into_one(tensors: &[Tensor], channels_last: bool) -> Tensor {
     let Some(first) = tensors.first() else {
         return Tensor::zeros([0], (Kind::Float, tch::Device::Cpu));
     };
@@ -93,7 +106,11 @@ fn flatten_into_one(tensors: &[Tensor]) -> Tensor {
     tch::no_grad(|| {
         for t in tensors {
             let n = t.numel() as i64;
-            let slice = flat.narrow(0, offset, n).view(t.size().as_slice());
+            let size = t.size();
+            let slice = match size.as_slice() {
+                &[o, i, h, w] if channels_last => flat.narrow(0, offset, n).view([o, h, w, i]).permute([0, 3, 1, 2]),
+                _ => flat.narrow(0, offset, n).view(size.as_slice()),
+            };
             slice.shallow_clone().copy_(t);
             t.shallow_clone().set_data(&slice);
             offset += n;
