@@ -5,6 +5,7 @@
 use augment_byol as _;
 use backbone_resnet as _;
 use backbone_template as _;
+use backbone_torchscript as _;
 use backbone_vit as _;
 use byol_data as _;
 use optim_adam as _;

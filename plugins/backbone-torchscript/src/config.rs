@@ -1,0 +1,60 @@
+//! The TOML side: `[backbone] type = "torchscript"` plus the keys of [`TorchScriptConfig`].
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tch::nn;
+
+use byol::{Backbone, BackboneSpec, ByolError};
+
+use crate::TorchScriptBackbone;
+
+/// `[backbone] type = "torchscript"`: a TorchScript module saved by PyTorch
+/// (`torch.jit.script(model).save("backbone.pt")`), trained as the backbone. Its parameters and
+/// buffers become variables under their state_dict names; its forward output is the one tap,
+/// `output` (set `byol.embedding_layer = "output"`), whose width is found by a dummy forward.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TorchScriptConfig {
+    /// The TorchScript file (`.pt`). A relative path starts from the working directory, like every
+    /// other path of an experiment (`pretrained`, `dataset.train`).
+    pub path: PathBuf,
+    /// Side of the square `[2, 3, input_size, input_size]` batch of the dummy forward that finds
+    /// the output width at build time (eval mode, no gradients, the module's buffers restored
+    /// afterwards). Any size the module accepts; use the training image size for models that
+    /// accept only one (ViTs).
+    #[serde(default = "default_input_size")]
+    pub input_size: i64,
+}
+
+fn default_input_size() -> i64 {
+    224
+}
+
+impl TorchScriptConfig {
+    /// The config for the module at `path`, with the default `input_size`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            input_size: default_input_size(),
+        }
+    }
+}
+
+byol::register_plugin! {
+    kind: Backbone,
+    name: "torchscript",
+    description: "any TorchScript module (torch.jit.script / torch.jit.trace of a torchvision or timm model), trained in place; tap `output`",
+    example: "type = \"torchscript\"\npath = \"backbone.pt\"   # torch.jit.script(model).save(\"backbone.pt\")\ninput_size = 224        # dummy forward that finds the output width\n",
+    impl BackboneSpec for TorchScriptConfig {
+        fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>, ByolError> {
+            if self.input_size <= 0 {
+                return Err(ByolError::Config(format!(
+                    "backbone.input_size = {} is not a positive image size",
+                    self.input_size
+                )));
+            }
+            Ok(Box::new(TorchScriptBackbone::load(&self.path, path, self.input_size)?))
+        }
+    }
+}

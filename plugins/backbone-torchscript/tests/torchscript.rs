@@ -1,0 +1,367 @@
+//! TorchScript modules exported by the venv's PyTorch inside the test: a small conv-BN net
+//! (scripted and traced) and torchvision's ResNet-18 without its classifier. Forward parity with
+//! PyTorch, the conformance harness, the EMA reaching the target module, and BYOL training through
+//! the real runner.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use backbone_torchscript::{TorchScriptConfig, OUTPUT};
+use byol::{Backbone, BackboneSpec, TargetUpdater};
+use byol_testkit::{max_abs_diff, run_python};
+use tch::{nn, Device, Kind, Tensor};
+
+/// The small module, written to a file in the test's folder: `torch.jit.script` reads the source.
+const TINY_NET: &str = r#"
+import torch
+
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            torch.nn.BatchNorm2d(16),
+            torch.nn.ReLU())
+        self.head = torch.nn.Linear(16, 12)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+"#;
+
+/// Exports the modules into `DIR` and computes PyTorch's outputs on `inputs["x"]`.
+const EXPORT: &str = r#"
+import copy
+sys.path.insert(0, DIR)
+from tiny_net import TinyNet
+torch.manual_seed(0)
+
+def with_statistics(model):
+    # Non-trivial running statistics, so that eval mode really reads them.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn_like(m.running_mean) * 0.1)
+            m.running_var.copy_(torch.rand_like(m.running_var) + 0.5)
+            m.num_batches_tracked.fill_(7)
+    return model.eval()
+
+x = inputs["x"]
+tiny = with_statistics(TinyNet())
+torch.jit.script(tiny).save(DIR + "/tiny_scripted.pt")
+torch.jit.trace(tiny, x).save(DIR + "/tiny_traced.pt")
+with torch.no_grad():
+    outputs["tiny.eval"] = tiny(x)
+for k, v in tiny.state_dict().items():
+    outputs["tiny.state." + k] = v
+trained = copy.deepcopy(tiny).train()
+with torch.no_grad():
+    outputs["tiny.train"] = trained(x)
+for k, v in trained.named_buffers():
+    outputs["tiny.after_train." + k] = v
+if RESNET:
+    import torchvision
+    resnet = torchvision.models.resnet18(num_classes=10)
+    resnet.fc = torch.nn.Identity()
+    resnet = with_statistics(resnet)
+    torch.jit.script(resnet).save(DIR + "/resnet18.pt")
+    with torch.no_grad():
+        outputs["resnet18.eval"] = resnet(x)
+"#;
+
+struct Exported {
+    dir: tempfile::TempDir,
+    x: Tensor,
+    reference: HashMap<String, Tensor>,
+}
+
+impl Exported {
+    fn new(resnet: bool, image_size: i64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tiny_net.py"), TINY_NET).unwrap();
+        tch::manual_seed(1);
+        let x = Tensor::randn([4, 3, image_size, image_size], (Kind::Float, Device::Cpu));
+        let script = format!(
+            "DIR = {:?}\nRESNET = {}\n{EXPORT}",
+            dir.path().to_str().unwrap(),
+            if resnet { "True" } else { "False" }
+        );
+        let reference = run_python(&script, &[("x", &x)]);
+        Self { dir, x, reference }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    fn spec(&self, file: &str) -> TorchScriptConfig {
+        TorchScriptConfig {
+            path: self.path(file),
+            input_size: self.x.size()[2],
+        }
+    }
+
+    /// PyTorch's `prefix*` outputs, with the prefix removed.
+    fn under(&self, prefix: &str) -> HashMap<String, Tensor> {
+        self.reference
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|k| (k.to_string(), t.shallow_clone())))
+            .collect()
+    }
+}
+
+fn output(net: &dyn Backbone, x: &Tensor, train: bool) -> Tensor {
+    tch::no_grad(|| net.forward_taps(x, train, &[OUTPUT])).remove(0)
+}
+
+#[test]
+fn forward_equals_pytorch_for_scripted_traced_and_resnet18_modules() {
+    tch::set_num_threads(1);
+    let exported = Exported::new(true, 32);
+    // Eval mode (running statistics), the same module file: within 1e-5.
+    for (file, reference, dim) in [
+        ("tiny_scripted.pt", "tiny.eval", 12),
+        ("tiny_traced.pt", "tiny.eval", 12),
+        ("resnet18.pt", "resnet18.eval", 512),
+    ] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = exported.spec(file).build(&vs.root()).unwrap();
+        assert_eq!(
+            net.tap_dim(OUTPUT),
+            Some(dim),
+            "{file}: output width found by the dummy forward"
+        );
+        let d = max_abs_diff(
+            &output(net.as_ref(), &exported.x, false),
+            &exported.reference[reference],
+        );
+        assert!(d < 1e-5, "{file}: eval-mode output differs from PyTorch's by {d}");
+    }
+
+    // Variables are the state_dict, buffers included, under PyTorch's names and with its values.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = exported.spec("tiny_scripted.pt").build(&vs.root()).unwrap();
+    let state = exported.under("tiny.state.");
+    let variables = vs.variables();
+    let mut ours: Vec<&String> = variables.keys().collect();
+    let mut theirs: Vec<&String> = state.keys().collect();
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs, "variable names are the state_dict keys");
+    for (name, t) in &state {
+        assert!(variables[name].equal(t), "{name} differs from the state_dict");
+        assert_eq!(
+            variables[name].requires_grad(),
+            !name.contains("running_") && !name.contains("num_batches"),
+            "{name}: parameters are trainable, buffers are not"
+        );
+    }
+    // Train mode: batch statistics, and the running statistics move as in PyTorch.
+    let d = max_abs_diff(
+        &output(net.as_ref(), &exported.x, true),
+        &exported.reference["tiny.train"],
+    );
+    assert!(d < 1e-5, "train-mode output differs from PyTorch's by {d}");
+    for (name, t) in exported.under("tiny.after_train.") {
+        let d = max_abs_diff(&variables[&name], &t);
+        assert!(d < 1e-6, "buffer {name} after a train-mode forward differs by {d}");
+    }
+}
+
+#[test]
+fn scripted_module_passes_the_conformance_harness() {
+    let exported = Exported::new(false, 16);
+    byol_testkit::check_backbone(&exported.spec("tiny_scripted.pt"), 16);
+}
+
+#[test]
+fn resnet18_module_passes_the_conformance_harness() {
+    let exported = Exported::new(true, 32);
+    byol_testkit::check_backbone(&exported.spec("resnet18.pt"), 32);
+}
+
+/// BYOL's target is a second build of the module whose parameters `TargetUpdater` re-seats as
+/// views of one flat buffer (`set_data` on the variable); the module must compute with them.
+#[test]
+fn the_ema_update_reaches_what_the_target_module_computes() {
+    tch::set_num_threads(1);
+    let exported = Exported::new(false, 16);
+    let spec = exported.spec("tiny_scripted.pt");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let online = spec.build(&(vs.root() / "online")).unwrap();
+    let target = spec.build(&(vs.root() / "target")).unwrap();
+    let updater = TargetUpdater::new(&vs, "online.", "target.").unwrap();
+    assert_eq!(
+        updater.parameter_count(),
+        9,
+        "2 convs (one with a bias), 2 BNs, the linear head"
+    );
+    let x = &exported.x;
+    let before = output(target.as_ref(), x, false);
+
+    // An in-place step on the online variables (what the optimizer does) changes the online module.
+    tch::no_grad(|| {
+        for (name, t) in vs.variables() {
+            if name.starts_with("online.") && t.requires_grad() {
+                let _ = t.shallow_clone().g_add_(&(Tensor::randn_like(&t) * 0.2));
+            }
+        }
+    });
+    let stepped = output(online.as_ref(), x, false);
+    assert!(
+        max_abs_diff(&stepped, &before) > 1e-3,
+        "the online step changed the online output"
+    );
+    assert!(
+        output(target.as_ref(), x, false).equal(&before),
+        "the target is a separate module"
+    );
+
+    updater.update(0.5);
+    let halfway = output(target.as_ref(), x, false);
+    assert!(
+        max_abs_diff(&halfway, &before) > 1e-4 && max_abs_diff(&halfway, &stepped) > 1e-4,
+        "tau = 0.5 moves the target module halfway"
+    );
+    updater.update(0.0);
+    let d = max_abs_diff(&output(target.as_ref(), x, false), &stepped);
+    assert!(
+        d < 1e-6,
+        "tau = 0 makes the target module compute what the online one does ({d})"
+    );
+    let variables = vs.variables();
+    assert!(variables["target.head.weight"].equal(&variables["online.head.weight"]));
+}
+
+const EXPERIMENT: &str = r#"
+[run]
+device = "cpu"
+threads = 1
+seed = 3
+
+[dataset]
+type = "synthetic"
+train_size = 128
+test_size = 32
+image_size = 16
+classes = 4
+
+[backbone]
+type = "torchscript"
+path = 'MODULE'
+input_size = 16
+
+[augment]
+type = "byol"
+preset = "cifar"
+image_size = 16
+
+[optimizer]
+type = "sgd"
+lr = 0.5
+
+[byol]
+embedding_layer = "output"
+hidden_dim = 32
+projection_dim = 16
+
+[schedule]
+epochs = 2
+batch_size = 32
+warmup_epochs = 0
+
+[eval]
+knn_k = 5
+"#;
+
+#[test]
+fn a_scripted_module_trains_through_the_runner_and_its_parameters_change() {
+    plugins_all::link();
+    let exported = Exported::new(false, 16);
+    let text = EXPERIMENT.replace("MODULE", exported.path("tiny_scripted.pt").to_str().unwrap());
+    let experiment = byol_train::Experiment::parse(&text, &[]).unwrap();
+    let run_dir = exported.dir.path().join("run");
+    let options = byol_train::RunOptions {
+        run_dir: Some(run_dir.clone()),
+        quiet: true,
+    };
+    let summary = byol_train::train(&experiment, &options).unwrap();
+    assert_eq!(summary.steps, 8, "2 epochs of 4 steps");
+    assert!(summary.final_loss.is_some_and(f64::is_finite), "{summary:?}");
+    assert!(
+        summary.knn_after.is_some(),
+        "the kNN monitor ran on the output embedding"
+    );
+
+    let trained: HashMap<String, Tensor> = Tensor::read_safetensors(run_dir.join("checkpoints/last/model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let initial = exported.under("tiny.state.");
+    for (name, before) in &initial {
+        let after = &trained[&format!("online.backbone.{name}")];
+        assert!(
+            !after.equal(before),
+            "online.backbone.{name} did not change in training"
+        );
+    }
+    // Batch-norm buffers are variables, so the checkpoint holds the running statistics training
+    // produced: 8 steps, each view through the online network once.
+    assert_eq!(
+        trained["online.backbone.features.1.num_batches_tracked"].int64_value(&[]),
+        7 + 8 * 2
+    );
+    // The target moved by EMA only, and less than the online net.
+    let moved = |prefix: &str| -> f64 {
+        initial
+            .iter()
+            .filter(|(n, t)| t.is_floating_point() && !n.contains("running_"))
+            .map(|(n, t)| max_abs_diff(&trained[&format!("{prefix}{n}")], t))
+            .fold(0.0, f64::max)
+    };
+    let (online, target) = (moved("online.backbone."), moved("target.backbone."));
+    assert!(
+        target > 0.0 && target < online,
+        "online moved {online}, target {target}"
+    );
+}
+
+#[test]
+fn a_missing_or_foreign_file_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let missing = TorchScriptConfig::new(dir.path().join("nope.pt"));
+    let error = missing.build(&vs.root()).unwrap_err().to_string();
+    assert!(
+        error.contains("backbone.path") && error.contains("no such file"),
+        "{error}"
+    );
+    let foreign = dir.path().join("weights.pt");
+    std::fs::write(&foreign, b"not a zip archive").unwrap();
+    let error = TorchScriptConfig::new(&foreign)
+        .build(&vs.root())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not a TorchScript module"), "{error}");
+    let spec = TorchScriptConfig {
+        input_size: 0,
+        ..TorchScriptConfig::new(&foreign)
+    };
+    let error = spec.build(&vs.root()).unwrap_err().to_string();
+    assert!(error.contains("backbone.input_size"), "{error}");
+}
+
+#[test]
+fn the_toml_table_parses() {
+    let spec: Box<dyn BackboneSpec> = toml::from_str("type = \"torchscript\"\npath = \"resnet18.pt\"\n").unwrap();
+    let value = toml::Value::try_from(spec.as_ref()).unwrap();
+    assert_eq!(value["path"].as_str(), Some("resnet18.pt"));
+    assert_eq!(
+        value["input_size"].as_integer(),
+        Some(224),
+        "the default dummy-forward size"
+    );
+    let typo = toml::from_str::<Box<dyn BackboneSpec>>("type = \"torchscript\"\npath = \"a.pt\"\nembeding_dim = 3\n");
+    assert!(typo.is_err(), "unknown keys are refused");
+}
