@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod distributed;
 mod precision;
 mod quickstart;
 mod resume;

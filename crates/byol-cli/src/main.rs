@@ -149,6 +149,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         quiet: args.quiet,
     };
     let summary = byol_train::train(&experiment, &options)?;
+    if summary.rank != 0 {
+        return Ok(()); // rank 0 reports for the whole data-parallel job
+    }
     let percent =
         |a: Option<byol_train::knn::KnnAccuracy>| a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0));
     if summary.interrupted {

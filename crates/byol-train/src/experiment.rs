@@ -163,6 +163,37 @@ pub struct Experiment {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub distributed: DistributedConfig,
+}
+
+/// The `[distributed]` table: data parallelism when started by torchrun (WORLD_SIZE set).
+/// `schedule.batch_size` stays the global batch; each of the N processes takes 1/N of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedConfig {
+    /// Batch-norm statistics over the global batch: "all" (as the paper), "heads" (projector
+    /// and predictor only), or "none" (per process).
+    pub sync_batch_norm: SyncBatchNorm,
+    /// Seconds a process waits for the others (rendezvous, collectives) before failing.
+    pub timeout_s: u64,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self {
+            sync_batch_norm: SyncBatchNorm::All,
+            timeout_s: 1800,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncBatchNorm {
+    All,
+    Heads,
+    None,
 }
 
 impl Experiment {

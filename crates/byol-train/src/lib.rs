@@ -3,6 +3,7 @@
 //! hyperparameter sweeps.
 
 pub mod checkpoint;
+pub mod distributed;
 pub mod experiment;
 pub mod knn;
 pub mod linear;

@@ -4,12 +4,16 @@
 
 use tch::{nn, nn::Module, Kind, Tensor};
 
+use crate::distributed::DataParallel;
+
 #[derive(Debug)]
 pub struct OnlineProbe {
     classifier: nn::Linear,
     lr: f64,
     correct: Tensor,
     seen: i64,
+    /// Data-parallel runs average the probe's gradients too, so its replicas stay identical.
+    parallel: Option<DataParallel>,
 }
 
 impl OnlineProbe {
@@ -21,7 +25,13 @@ impl OnlineProbe {
             lr,
             correct: Tensor::zeros([], (Kind::Int64, path.device())),
             seen: 0,
+            parallel: None,
         }
+    }
+
+    /// Averages the probe's gradients over the processes of `parallel` from now on.
+    pub fn synchronize(&mut self, parallel: DataParallel) {
+        self.parallel = Some(parallel);
     }
 
     /// One SGD step of cross-entropy on `embeddings` (already detached) and `labels`.
@@ -35,6 +45,15 @@ impl OnlineProbe {
             }
         }
         loss.backward();
+        if let Some(parallel) = &self.parallel {
+            let parameters = [
+                self.classifier.ws.shallow_clone(),
+                self.classifier.bs.as_ref().expect("bias").shallow_clone(),
+            ];
+            parallel
+                .all_reduce_gradients(&parameters, &loss, false)
+                .unwrap_or_else(|e| panic!("online probe: {e:#}"));
+        }
         tch::no_grad(|| {
             for p in [&self.classifier.ws, self.classifier.bs.as_ref().expect("bias")] {
                 let _ = p.shallow_clone().g_sub_(&(p.grad() * self.lr));

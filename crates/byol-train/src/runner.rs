@@ -15,6 +15,7 @@ use byol::{Augment, Byol};
 use byol_data::{Batch, BatchLoader, Dataset, Splits};
 
 use crate::checkpoint::{self, Checkpointer, Manifest};
+use crate::distributed::DataParallel;
 use crate::experiment::{MemoryFormat, Precision};
 use crate::knn::{knn_accuracy, KnnAccuracy};
 use crate::loss_scale::LossScaler;
@@ -39,6 +40,9 @@ pub struct RunOptions {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub run_dir: PathBuf,
+    /// This process's rank in a data-parallel job (0 otherwise); only rank 0 reports.
+    #[serde(default)]
+    pub rank: usize,
     pub device: String,
     pub steps: u64,
     pub total_steps: u64,
@@ -56,14 +60,28 @@ pub struct RunSummary {
 
 /// Resolves `run.device`.
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
+    parse_device_for(spec, 0)
+}
+
+/// Resolves `run.device` for the process with LOCAL_RANK `local_rank`: "auto" and "cuda" mean
+/// that process's own GPU.
+pub fn parse_device_for(spec: &str, local_rank: usize) -> anyhow::Result<Device> {
+    let local_gpu = || -> anyhow::Result<Device> {
+        let count = tch::Cuda::device_count();
+        if local_rank as i64 >= count {
+            bail!("LOCAL_RANK {local_rank} has no GPU of its own: this node has {count}; start at most {count} processes per node");
+        }
+        Ok(Device::Cuda(local_rank))
+    };
     Ok(match spec {
-        "auto" => Device::cuda_if_available(),
+        "auto" if tch::Cuda::is_available() => local_gpu()?,
+        "auto" => Device::Cpu,
         "cpu" => Device::Cpu,
         "cuda" => {
             if !tch::Cuda::is_available() {
                 bail!("run.device = \"cuda\" but CUDA is not available here (`byol-run doctor` tells why); use \"auto\" or \"cpu\"");
             }
-            Device::Cuda(0)
+            local_gpu()?
         }
         other => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
             Some(i) if (i as i64) < tch::Cuda::device_count() => Device::Cuda(i),
@@ -203,6 +221,13 @@ impl Progress {
     }
 }
 
+/// What one training step reports.
+struct StepOutcome {
+    loss: f64,
+    stop: bool,
+    projections: Tensor,
+}
+
 /// Everything a run holds while it trains.
 struct Trainer<'a> {
     experiment: &'a Experiment,
@@ -225,11 +250,15 @@ struct Trainer<'a> {
     checkpointer: Checkpointer,
     config_toml: String,
     probe: Option<OnlineProbe>,
+    /// Set when torchrun started this process as one of several.
+    parallel: Option<DataParallel>,
 }
 
 impl<'a> Trainer<'a> {
     fn new(experiment: &'a Experiment, run_dir: &Path) -> anyhow::Result<Self> {
-        let device = parse_device(&experiment.run.device)?;
+        let parallel = DataParallel::from_env(&experiment.distributed)?;
+        let (rank, world) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
+        let device = parse_device_for(&experiment.run.device, parallel.as_ref().map_or(0, |p| p.local_rank()))?;
         if experiment.run.threads > 0 {
             tch::set_num_threads(experiment.run.threads as i32);
         }
@@ -274,19 +303,24 @@ impl<'a> Trainer<'a> {
                 splits.train.len()
             );
         }
-        if !schedule.batch_size.is_multiple_of(accumulate) {
+        if !schedule.batch_size.is_multiple_of(accumulate * world) {
             bail!(
-                "schedule.batch_size = {} is not a multiple of schedule.accumulate = {accumulate}",
+                "schedule.batch_size = {} (the global batch) is not a multiple of schedule.accumulate = {accumulate} \
+                 times the {world} processes",
                 schedule.batch_size
             );
         }
-        let loader = BatchLoader::new(
+        let mut loader = BatchLoader::new(
             splits.train.clone(),
-            schedule.batch_size / accumulate,
+            schedule.batch_size / accumulate / world,
             true,
             true,
             experiment.run.seed,
         );
+        // Rank r takes every world-th micro-batch: together the ranks see exactly the batches a
+        // single process with the global batch would see.
+        loader.rank = rank;
+        loader.world_size = world;
         let steps_per_epoch = (loader.batches_per_epoch() / accumulate) as u64;
         let total_steps = steps_per_epoch * schedule.epochs;
         let warmup_steps = (schedule.warmup_epochs * steps_per_epoch as f64).round() as u64;
@@ -297,10 +331,12 @@ impl<'a> Trainer<'a> {
         };
         let peak_lr = experiment.optimizer.lr() * batch_scale;
         let config_toml = experiment.to_toml()?;
-        std::fs::write(run_dir.join("config.toml"), &config_toml).context("writing the resolved config")?;
+        if rank == 0 {
+            std::fs::write(run_dir.join("config.toml"), &config_toml).context("writing the resolved config")?;
+        }
         let checkpointer = Checkpointer::new(run_dir.join("checkpoints"), experiment.checkpoint.keep_last);
         let classes = splits.train.classes().len() as i64;
-        let probe = (experiment.eval.online_probe && classes > 1).then(|| {
+        let mut probe = (experiment.eval.online_probe && classes > 1).then(|| {
             OnlineProbe::new(
                 &(vs.root() / "probe"),
                 byol.embedding_dim(),
@@ -308,6 +344,12 @@ impl<'a> Trainer<'a> {
                 experiment.eval.probe_lr,
             )
         });
+        if let Some(parallel) = &parallel {
+            parallel.broadcast_variables(&vs)?;
+            if let Some(probe) = &mut probe {
+                probe.synchronize(parallel.clone());
+            }
+        }
         Ok(Self {
             experiment,
             device,
@@ -328,7 +370,25 @@ impl<'a> Trainer<'a> {
             checkpointer,
             config_toml,
             probe,
+            parallel,
         })
+    }
+
+    /// Rank 0 of a data-parallel run, or the only process: the one that logs and saves.
+    fn is_main(&self) -> bool {
+        self.parallel.as_ref().is_none_or(|p| p.rank() == 0)
+    }
+
+    fn rank(&self) -> u64 {
+        self.parallel.as_ref().map_or(0, |p| p.rank() as u64)
+    }
+
+    /// Lets the other processes wait while rank 0 evaluates or saves.
+    fn barrier(&self) -> anyhow::Result<()> {
+        match &self.parallel {
+            Some(parallel) => parallel.barrier(),
+            None => Ok(()),
+        }
     }
 
     /// Loads the newest intact checkpoint; returns its step.
@@ -353,7 +413,18 @@ impl<'a> Trainer<'a> {
         Ok(Some(manifest.step))
     }
 
+    /// Rank 0 writes the checkpoint while the other processes wait; returns its folder.
     fn save(&self, step: u64) -> anyhow::Result<PathBuf> {
+        let saved = if self.is_main() {
+            self.write_checkpoint(step)
+        } else {
+            Ok(self.checkpointer.dir().join("last"))
+        };
+        self.barrier()?;
+        saved
+    }
+
+    fn write_checkpoint(&self, step: u64) -> anyhow::Result<PathBuf> {
         // A checkpoint never holds non-finite parameters: the last good one stays the newest.
         let finite = tch::no_grad(|| {
             self.parameters
@@ -394,7 +465,14 @@ impl<'a> Trainer<'a> {
         }
     }
 
+    /// The kNN monitor, computed by rank 0 while the other processes wait.
     fn knn(&self) -> anyhow::Result<Option<KnnAccuracy>> {
+        let accuracy = if self.is_main() { self.knn_here()? } else { None };
+        self.barrier()?;
+        Ok(accuracy)
+    }
+
+    fn knn_here(&self) -> anyhow::Result<Option<KnnAccuracy>> {
         let Some(test) = &self.splits.test else { return Ok(None) };
         let eval = &self.experiment.eval;
         let (bank, bank_labels) = embed_split(
@@ -417,12 +495,21 @@ impl<'a> Trainer<'a> {
         )))
     }
 
-    /// One optimizer step over `micro_batches`; returns the loss (summed over micro-batches) and
-    /// the online projections of the last micro-batch.
-    fn step(&mut self, step: u64, micro_batches: &[Batch]) -> anyhow::Result<(Tensor, Tensor)> {
-        // Randomness of step k depends on (seed, k) only, so a resumed run draws exactly the
-        // views the uninterrupted run would have drawn.
-        tch::manual_seed(self.experiment.run.seed.wrapping_mul(1_000_003).wrapping_add(step) as i64);
+    /// One optimizer step over `micro_batches`; `stop` is this process's stop request. Returns
+    /// the loss (over micro-batches, and processes), whether any process asked to stop, and the
+    /// online projections of the last micro-batch.
+    fn step(&mut self, step: u64, micro_batches: &[Batch], stop: bool) -> anyhow::Result<StepOutcome> {
+        // Randomness of step k depends on (seed, k, rank) only, so a resumed run draws exactly
+        // the views the uninterrupted run would have drawn.
+        let stream = self.rank().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        tch::manual_seed(
+            self.experiment
+                .run
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(step)
+                .wrapping_add(stream) as i64,
+        );
         self.optimizer.zero_grad();
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
         let mut projections = None;
@@ -457,6 +544,14 @@ impl<'a> Trainer<'a> {
             self.peak_lr,
             self.peak_lr * self.experiment.schedule.final_lr_fraction,
         );
+        let (loss, stop) = match &self.parallel {
+            Some(parallel) => {
+                let tensors: Vec<Tensor> = self.parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
+                let agreed = parallel.all_reduce_gradients(&tensors, &total, stop)?;
+                (agreed.loss, agreed.stop)
+            }
+            None => (total.double_value(&[]), stop),
+        };
         let apply = match &mut self.scaler {
             Some(scaler) => scaler.unscale(&self.parameters),
             None => true,
@@ -465,7 +560,11 @@ impl<'a> Trainer<'a> {
             self.optimizer.step(lr);
         }
         self.byol.update_target(step, self.total_steps);
-        Ok((total, projections.expect("at least one micro-batch")))
+        Ok(StepOutcome {
+            loss,
+            stop,
+            projections: projections.expect("at least one micro-batch"),
+        })
     }
 }
 
@@ -482,8 +581,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
     }
     let mut t = Trainer::new(experiment, &run_dir)?;
+    let quiet = options.quiet || !t.is_main();
     let say = |line: String| {
-        if !options.quiet {
+        if !quiet {
             println!("{line}");
         }
     };
@@ -496,7 +596,11 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             t.total_steps
         ));
     }
-    let mut logger = ScalarLogger::create(&run_dir.join("tensorboard")).context("opening the TensorBoard log")?;
+    let mut logger = if t.is_main() {
+        ScalarLogger::create(&run_dir.join("tensorboard")).context("opening the TensorBoard log")?
+    } else {
+        ScalarLogger::disabled()
+    };
     let knn_before = if experiment.eval.before_training && step == 0 {
         let acc = t.knn()?;
         if let Some(a) = acc {
@@ -512,14 +616,18 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     } else {
         None
     };
-    if experiment.logging.view_grid && step == 0 {
+    if experiment.logging.view_grid && step == 0 && t.is_main() {
         t.log_view_grid(&mut logger)?;
     }
     let schedule = &experiment.schedule;
     say(format!(
-        "training {} on {:?}: {} images, batch {}{}, {} epochs = {} steps",
+        "training {} on {:?}{}: {} images, batch {}{}, {} epochs = {} steps",
         experiment.name(),
         t.device,
+        match &t.parallel {
+            Some(p) => format!(" and {} more processes (c10d Gloo)", p.world_size() - 1),
+            None => String::new(),
+        },
         t.splits.train.len(),
         schedule.batch_size,
         if schedule.accumulate > 1 {
@@ -531,7 +639,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         t.total_steps
     ));
 
-    let progress = Progress::new(t.total_steps, step, options.quiet);
+    let progress = Progress::new(t.total_steps, step, quiet);
     let started = Instant::now();
     let start_step = step;
     let mut final_loss = None;
@@ -553,12 +661,16 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             if group.len() < accumulate {
                 break;
             }
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.step(step, &group)));
-            let (loss, projections) = match outcome {
+            let stop_requested = stop.load(Ordering::Relaxed);
+            let outcome = guarded(|| t.step(step, &group, stop_requested));
+            let StepOutcome {
+                loss,
+                stop: stop_agreed,
+                projections,
+            } = match outcome {
                 Ok(result) => result?,
                 Err(panic) => return Err(explain_panic(panic, schedule.batch_size, accumulate)),
             };
-            let loss = loss.double_value(&[]);
             if !loss.is_finite() {
                 bail!(
                     "the loss became {loss} at step {}; the last good checkpoint is kept in {} \
@@ -618,7 +730,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             } else {
                 progress.tick(step);
             }
-            if stop.load(Ordering::Relaxed) {
+            if stop_agreed {
                 interrupted = true;
                 break 'epochs;
             }
@@ -658,6 +770,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     drop(logger);
     let summary = RunSummary {
         run_dir: run_dir.clone(),
+        rank: t.rank() as usize,
         device: format!("{:?}", t.device),
         steps: step,
         total_steps: t.total_steps,
@@ -671,8 +784,32 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         images_per_second: ((step - start_step) * schedule.batch_size as u64) as f64 / train_seconds.max(1e-9),
         checkpoint,
     };
-    std::fs::write(run_dir.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
+    if t.is_main() {
+        std::fs::write(run_dir.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
+    }
     Ok(summary)
+}
+
+thread_local! {
+    static IN_GUARDED_STEP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a training step, catching the panics tch raises for libtorch errors (out of memory, a
+/// lost peer) without the default hook printing them: `explain_panic` reports them instead.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_GUARDED_STEP.with(|g| g.get()) {
+                default(info);
+            }
+        }));
+    });
+    IN_GUARDED_STEP.with(|g| g.set(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_GUARDED_STEP.with(|g| g.set(false));
+    outcome
 }
 
 /// Turns a libtorch error raised inside a step (tch panics on them) into a message.
@@ -682,7 +819,21 @@ fn explain_panic(panic: Box<dyn std::any::Any + Send>, batch: usize, accumulate:
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown error".into());
-    if message.contains("out of memory") {
+    let peer_gone = [
+        "Connection reset by peer",
+        "Connection closed by peer",
+        "Broken pipe",
+        "gloo/transport",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    if peer_gone {
+        anyhow::anyhow!(
+            "another process of this data-parallel job stopped, so this one cannot go on; start the job again \
+             (all processes) and it resumes from the last checkpoint\n({})",
+            message.lines().next().unwrap_or_default()
+        )
+    } else if message.contains("out of memory") {
         anyhow::anyhow!(
             "the device ran out of memory with schedule.batch_size = {batch} (accumulate = {accumulate}): \
              lower the batch size, or raise schedule.accumulate to split each batch into micro-batches, \

@@ -13,7 +13,8 @@ use tensorboard_rs::summary_writer::FileWriter;
 
 /// Scalar logger for one process. Data is complete on disk once the logger is dropped.
 pub struct ScalarLogger {
-    writer: FileWriter,
+    /// None: a logger that writes nothing (the other processes of a data-parallel run).
+    writer: Option<FileWriter>,
     dir: PathBuf,
 }
 
@@ -43,14 +44,23 @@ impl ScalarLogger {
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
         Ok(Self {
-            writer: FileWriter::new(dir),
+            writer: Some(FileWriter::new(dir)),
             dir: dir.to_path_buf(),
         })
     }
 
+    /// A logger that writes nothing, for the processes of a data-parallel run other than rank 0.
+    pub fn disabled() -> Self {
+        Self {
+            writer: None,
+            dir: PathBuf::new(),
+        }
+    }
+
     pub fn scalar(&mut self, tag: &str, value: f64, step: u64) {
-        self.writer
-            .add_summary(summary::scalar(tag, value as f32), step as usize);
+        if let Some(writer) = &mut self.writer {
+            writer.add_summary(summary::scalar(tag, value as f32), step as usize);
+        }
     }
 
     /// Logs an image: uint8 `[3, H, W]` (RGB) or `[1, H, W]` (gray), on any device.
@@ -76,11 +86,15 @@ impl ScalarLogger {
             header.set_width(width as i32);
             header.set_height(height as i32);
         }
-        self.writer.add_summary(image, step as usize);
+        if let Some(writer) = &mut self.writer {
+            writer.add_summary(image, step as usize);
+        }
         Ok(())
     }
 
     pub fn flush(&mut self) {
-        self.writer.flush();
+        if let Some(writer) = &mut self.writer {
+            writer.flush();
+        }
     }
 }

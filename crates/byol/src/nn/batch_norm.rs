@@ -1,4 +1,34 @@
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use tch::{nn, Kind, Tensor};
+
+/// Sums a tensor over the data-parallel replicas as an autograd op (its backward sums the
+/// gradients over the replicas too): what synchronized batch norm needs from a process group.
+pub trait CrossReplicaSum: Send + Sync {
+    fn sum(&self, tensor: &Tensor) -> Tensor;
+}
+
+/// Which batch norms compute training statistics over the global batch (all replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncScope {
+    /// Every batch norm, backbone included (the paper: statistics over the whole batch).
+    All,
+    /// The projector's and predictor's only; the backbone's stay per replica.
+    Heads,
+}
+
+thread_local! {
+    static SYNC: RefCell<Option<(Arc<dyn CrossReplicaSum>, SyncScope)>> = const { RefCell::new(None) };
+}
+
+/// Turns synchronized batch norm on (`Some`) or off (`None`) for every model run on the calling
+/// thread: the training thread of a data-parallel run sets it once, and every replica then runs
+/// the same batch norms in the same order. (Per thread, so that tests can run several ranks in
+/// one process.)
+pub fn sync_batch_norm(sync: Option<(Arc<dyn CrossReplicaSum>, SyncScope)>) {
+    SYNC.with(|s| *s.borrow_mut() = sync);
+}
 
 /// `torch.nn.BatchNorm{1,2}d` with PyTorch's defaults (weight 1, bias 0, eps 1e-5, momentum 0.1)
 /// and all five state_dict entries, `num_batches_tracked` included. (tch's own BatchNorm
@@ -10,6 +40,8 @@ pub struct BatchNorm {
     pub running_mean: Tensor,
     pub running_var: Tensor,
     pub num_batches_tracked: Tensor,
+    /// Built under a `backbone` path (decides [`SyncScope::Heads`]).
+    in_backbone: bool,
 }
 
 const EPS: f64 = 1e-5;
@@ -23,6 +55,7 @@ fn batch_norm(path: &nn::Path, channels: i64) -> BatchNorm {
         running_mean: path.zeros_no_train("running_mean", &[channels]),
         running_var: path.ones_no_train("running_var", &[channels]),
         num_batches_tracked: path.add("num_batches_tracked", num_batches_tracked, false),
+        in_backbone: path.components().any(|c| c == "backbone"),
     }
 }
 
@@ -41,6 +74,14 @@ impl nn::ModuleT for BatchNorm {
                 let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
             });
         }
+        if train {
+            let sync = SYNC.with(|s| s.borrow().clone());
+            if let Some((reducer, scope)) = sync {
+                if scope == SyncScope::All || !self.in_backbone {
+                    return self.forward_synchronized(xs, reducer.as_ref());
+                }
+            }
+        }
         Tensor::batch_norm(
             xs,
             Some(&self.weight),
@@ -56,6 +97,42 @@ impl nn::ModuleT for BatchNorm {
 }
 
 impl BatchNorm {
+    /// Training-mode batch norm whose mean and variance are those of the global batch: two
+    /// differentiable all-reduces (per-channel sums and counts, then squared deviations from the
+    /// global mean), so gradients flow through the statistics exactly as in one process holding
+    /// the whole batch. Statistics in fp32 whatever the input's (autocast) dtype.
+    fn forward_synchronized(&self, xs: &Tensor, reducer: &dyn CrossReplicaSum) -> Tensor {
+        let channels = xs.size()[1];
+        let reduce_dims: Vec<i64> = (0..xs.dim() as i64).filter(|&d| d != 1).collect();
+        let mut shape = vec![1i64; xs.dim()];
+        shape[1] = channels;
+        let x = xs.to_kind(Kind::Float);
+        let local_count = (xs.numel() as i64 / channels) as f64;
+        let count_slot = Tensor::full([1], local_count, (Kind::Float, xs.device()));
+        let sums = reducer.sum(&Tensor::cat(
+            &[
+                x.sum_dim_intlist(reduce_dims.as_slice(), false, Kind::Float),
+                count_slot,
+            ],
+            0,
+        ));
+        let count = sums.narrow(0, channels, 1);
+        let mean = sums.narrow(0, 0, channels) / &count;
+        let centered = &x - mean.view(shape.as_slice());
+        let var = reducer.sum(
+            &centered
+                .square()
+                .sum_dim_intlist(reduce_dims.as_slice(), false, Kind::Float),
+        ) / &count;
+        tch::no_grad(|| {
+            let unbiased = &var * &count / (&count - 1.0).clamp_min(1.0);
+            let _ = self.running_mean.shallow_clone().lerp_(&mean, MOMENTUM);
+            let _ = self.running_var.shallow_clone().lerp_(&unbiased, MOMENTUM);
+        });
+        let scale = (var + EPS).rsqrt() * &self.weight;
+        (centered * scale.view(shape.as_slice()) + self.bias.view(shape.as_slice())).to_kind(xs.kind())
+    }
+
     /// Sets the affine weight to zero (zero-init of the last BN in a residual branch).
     pub fn zero_weight(&self) {
         tch::no_grad(|| {

@@ -1,0 +1,168 @@
+//! Data parallelism on c10d: one process per device, started by torchrun. Every process holds a
+//! replica; they start from rank 0's parameters, train on disjoint shards of each global batch,
+//! average gradients with one all-reduce per step, and (by default) compute batch-norm
+//! statistics over the global batch. Rank 0 alone logs and writes checkpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tch::{nn::VarStore, Kind, Tensor};
+use torch_ext::distributed::{ProcessGroup, Rendezvous};
+
+use byol::nn::{CrossReplicaSum, SyncScope};
+
+use crate::experiment::{DistributedConfig, SyncBatchNorm};
+
+/// This process's place in a data-parallel job.
+#[derive(Debug, Clone)]
+pub struct DataParallel {
+    group: Arc<ProcessGroup>,
+    local_rank: usize,
+}
+
+/// What the step-end all-reduce returns besides the averaged gradients.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepAgreement {
+    /// The loss averaged over the processes.
+    pub loss: f64,
+    /// Some process was asked to stop (SIGINT/SIGTERM): all stop after this same step.
+    pub stop: bool,
+}
+
+impl DataParallel {
+    /// Joins the job described by torchrun's environment; `None` for a plain single-process run.
+    pub fn from_env(config: &DistributedConfig) -> anyhow::Result<Option<Self>> {
+        let Some(mut rendezvous) = Rendezvous::from_env().map_err(anyhow::Error::msg)? else {
+            return Ok(None);
+        };
+        rendezvous.timeout = Duration::from_secs(config.timeout_s.max(1));
+        Self::join(&rendezvous, config).map(Some)
+    }
+
+    /// Joins the job at `rendezvous` and sets up batch-norm synchronization for the calling
+    /// thread as `config` says.
+    pub fn join(rendezvous: &Rendezvous, config: &DistributedConfig) -> anyhow::Result<Self> {
+        let group = ProcessGroup::gloo(rendezvous).context("joining the data-parallel job (c10d, Gloo)")?;
+        let parallel = Self {
+            group: Arc::new(group),
+            local_rank: rendezvous.local_rank,
+        };
+        let scope = match config.sync_batch_norm {
+            SyncBatchNorm::All => Some(SyncScope::All),
+            SyncBatchNorm::Heads => Some(SyncScope::Heads),
+            SyncBatchNorm::None => None,
+        };
+        byol::nn::sync_batch_norm(scope.map(|s| (parallel.cross_replica_sum(), s)));
+        Ok(parallel)
+    }
+
+    /// The group as batch norm's differentiable cross-replica sum.
+    pub fn cross_replica_sum(&self) -> Arc<dyn CrossReplicaSum> {
+        Arc::new(GroupSum(self.group.clone()))
+    }
+
+    pub fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.group.world_size()
+    }
+
+    /// The process's device index on its node (LOCAL_RANK).
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    pub fn group(&self) -> &ProcessGroup {
+        &self.group
+    }
+
+    /// Overwrites every variable of `vs` (parameters and buffers) with rank 0's, so the replicas
+    /// start identical whatever each process's initialization drew.
+    pub fn broadcast_variables(&self, vs: &VarStore) -> anyhow::Result<()> {
+        let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for (name, variable) in variables {
+                // c10d wants dense row-major buffers; channels_last views go through a copy.
+                let buffer = variable.contiguous();
+                self.group
+                    .broadcast_(&buffer, 0)
+                    .with_context(|| format!("broadcasting '{name}' from rank 0"))?;
+                variable.shallow_clone().copy_(&buffer);
+            }
+            Ok(())
+        })
+    }
+
+    /// Averages the gradients of `parameters` over the processes in one bucket, which also
+    /// carries this process's loss and stop request: one collective per step.
+    pub fn all_reduce_gradients(
+        &self,
+        parameters: &[Tensor],
+        loss: &Tensor,
+        stop: bool,
+    ) -> anyhow::Result<StepAgreement> {
+        let world = self.world_size() as f64;
+        tch::no_grad(|| {
+            let device = loss.device();
+            let mut pieces: Vec<Tensor> = parameters
+                .iter()
+                .map(|p| {
+                    let g = p.grad();
+                    if g.defined() {
+                        g.to_kind(Kind::Float).reshape([-1])
+                    } else {
+                        Tensor::zeros([p.numel() as i64], (Kind::Float, device))
+                    }
+                })
+                .collect();
+            pieces.push(loss.detach().to_kind(Kind::Float).reshape([1]));
+            pieces.push(Tensor::full([1], if stop { 1.0 } else { 0.0 }, (Kind::Float, device)));
+            let bucket = Tensor::cat(&pieces, 0);
+            self.group.all_reduce_sum_(&bucket).context("averaging gradients")?;
+            let bucket = bucket / world;
+            let mut offset = 0;
+            for p in parameters {
+                let n = p.numel() as i64;
+                let mut g = p.grad();
+                let averaged = bucket.narrow(0, offset, n).view(p.size().as_slice());
+                // Every replica runs the same graph, so a parameter without a gradient here has
+                // none anywhere (its zeros above kept the bucket's layout aligned).
+                if g.defined() {
+                    g.copy_(&averaged);
+                }
+                offset += n;
+            }
+            let tail = Vec::<f32>::try_from(bucket.narrow(0, offset, 2).to_device(tch::Device::Cpu))?;
+            Ok(StepAgreement {
+                loss: tail[0] as f64,
+                stop: tail[1] > 0.0,
+            })
+        })
+    }
+
+    /// Waits for every process (e.g. while rank 0 evaluates or writes a checkpoint).
+    pub fn barrier(&self) -> anyhow::Result<()> {
+        self.group.barrier().context("waiting for the other processes")
+    }
+
+    /// Every process's rows of `tensor` (same shape everywhere), concatenated in rank order.
+    pub fn all_gather(&self, tensor: &Tensor) -> anyhow::Result<Tensor> {
+        Ok(self.group.all_gather(tensor)?)
+    }
+}
+
+/// The process group as batch norm's cross-replica sum.
+struct GroupSum(Arc<ProcessGroup>);
+
+impl CrossReplicaSum for GroupSum {
+    fn sum(&self, tensor: &Tensor) -> Tensor {
+        // A failed collective means a peer is gone: the step's panic guard reports it.
+        self.0
+            .all_reduce_sum_differentiable(tensor)
+            .unwrap_or_else(|e| panic!("synchronized batch norm: {e}"))
+    }
+}
