@@ -61,3 +61,47 @@ fn plugins_lists_every_kind_with_examples() {
         assert!(all.contains(needle), "plugins lists {needle}: {all}");
     }
 }
+
+#[test]
+fn bench_step_times_ours_and_eager_pytorch_in_the_same_call() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r18.toml"),
+        "[run]\ndevice = \"cpu\"\nthreads = 1\n[dataset]\ntype = \"synthetic\"\n[backbone]\ntype = \"resnet18\"\n\
+         cifar_stem = true\n[augment]\ntype = \"byol\"\npreset = \"cifar\"\nimage_size = 16\n[optimizer]\ntype = \"lars\"\n\
+         [byol]\nhidden_dim = 64\nprojection_dim = 32\n[schedule]\nbatch_size = 4\n",
+    )
+    .unwrap();
+    let python = byol_testkit::python();
+    let out = super::byol_run(
+        dir.path(),
+        &[
+            "bench",
+            "step",
+            "r18.toml",
+            "--warmup",
+            "1",
+            "--iters",
+            "2",
+            "--against-torch",
+            python.to_str().unwrap(),
+        ],
+    );
+    let all = super::text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{all}");
+    for (line, who) in lines[..2].iter().zip(["byol-rs", "torch"]) {
+        let rate: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            rate["name"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{who} resnet18-cifar bs4 res16 fp32")),
+            "{line}"
+        );
+        assert!(rate["img_per_s"].as_f64().unwrap() > 0.0, "{line}");
+    }
+    assert!(lines[2].starts_with("ratio byol-rs / torch: "), "{all}");
+}

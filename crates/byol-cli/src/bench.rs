@@ -15,6 +15,34 @@ use byol_train::Experiment;
 pub enum BenchCommand {
     /// Throughput of the input pipeline (loader and augmentation), by worker count.
     Data(DataArgs),
+    /// Full training steps (both views, forward, backward, optimizer, EMA) on random views
+    /// already on the device, optionally beside eager PyTorch doing the same step.
+    Step(StepArgs),
+}
+
+#[derive(Args)]
+pub struct StepArgs {
+    /// The experiment TOML file ([backbone], [byol], run.device, run.precision, ...).
+    experiment: PathBuf,
+    /// Override a key: `--set run.precision="bf16"` (value in TOML syntax).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Images per view (default: schedule.batch_size).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// View side in pixels (default: the augmentation's image size).
+    #[arg(long)]
+    res: Option<i64>,
+    /// Steps run before timing.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 15)]
+    iters: usize,
+    /// Also time tests/reference/bench_step_torch.py (eager PyTorch, same step, same settings)
+    /// with this python (its torch and torchvision), and print the ratio.
+    #[arg(long, value_name = "PYTHON")]
+    against_torch: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -41,6 +69,7 @@ pub struct DataArgs {
 pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Data(args) => data(args),
+        BenchCommand::Step(args) => step(args),
     }
 }
 
@@ -184,5 +213,177 @@ fn data(args: &DataArgs) -> anyhow::Result<()> {
             with_augment.as_ref().map_or("-".into(), |m| m.per_cpu_second()),
         );
     }
+    Ok(())
+}
+
+/// One line of `bench step`, as torch_reference.py reports it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StepRate {
+    name: String,
+    img_per_s: f64,
+    s_per_step: f64,
+    peak_gib: Option<f64>,
+}
+
+fn step(args: &StepArgs) -> anyhow::Result<()> {
+    use byol_train::runner::{online_parameters, parse_device, StepNumerics};
+    use tch::{Kind, Tensor};
+
+    if args.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let experiment = Experiment::load(&args.experiment, &args.overrides)?;
+    let device = parse_device(&experiment.run.device)?;
+    if experiment.run.threads > 0 {
+        tch::set_num_threads(experiment.run.threads as i32);
+    }
+    let batch = args.batch.unwrap_or(experiment.schedule.batch_size) as i64;
+    let res = args.res.unwrap_or(experiment.augment.image_size());
+    let run = &experiment.run;
+    let numerics = StepNumerics::resolve(run.precision, run.memory_format, device)?;
+    tch::manual_seed(run.seed as i64);
+    let vs = tch::nn::VarStore::new(device);
+    let byol_config = &experiment.byol;
+    let mut byol = byol::Byol::new(
+        &vs,
+        experiment.backbone.as_ref(),
+        res,
+        &byol_config.embedding_layer,
+        byol_config,
+    )?;
+    if numerics.channels_last {
+        byol.use_channels_last(&vs)?;
+    }
+    // The reference's optimizer, whatever the experiment trains with: the comparison is of
+    // the step, one to one.
+    let sgd: Box<dyn byol_train::OptimizerSpec> = toml::from_str(
+        "type = \"sgd\"\nlr = 0.2\nmomentum = 0.9\nweight_decay = 1.5e-6\nexclude_bias_and_norm = false",
+    )
+    .context("building the benchmark's SGD optimizer")?;
+    let parameters = online_parameters(&vs);
+    let mut optimizer = sgd.build(parameters.clone());
+    let mut scaler = numerics.scaler.clone();
+    let view1 = numerics.layout(Tensor::randn([batch, 3, res, res], (Kind::Float, device)))?;
+    let view2 = numerics.layout(Tensor::randn([batch, 3, res, res], (Kind::Float, device)))?;
+    let mut one_step = || {
+        optimizer.zero_grad();
+        let loss = numerics
+            .forward(device, || byol.loss(&view1, &view2))
+            .to_kind(Kind::Float);
+        match &scaler {
+            Some(s) => (&loss * s.scale()).backward(),
+            None => loss.backward(),
+        }
+        let apply = scaler.as_mut().is_none_or(|s| s.unscale(&parameters));
+        if apply {
+            optimizer.step(0.2);
+        }
+        byol.update_target_with_tau(0.996);
+    };
+    let sync = || {
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::cudnn_set_benchmark(true);
+        torch_ext::memory::reset_cuda_peak(i)?;
+    }
+    for _ in 0..args.warmup {
+        one_step();
+    }
+    sync();
+    let started = Instant::now();
+    for _ in 0..args.iters {
+        one_step();
+    }
+    sync();
+    let seconds = started.elapsed().as_secs_f64() / args.iters as f64;
+    let peak_gib = match device {
+        tch::Device::Cuda(i) => Some(torch_ext::memory::cuda_memory(i)?.peak_allocated as f64 / (1u64 << 30) as f64),
+        _ => None,
+    };
+    let resolved: toml::Table = toml::from_str(&experiment.to_toml()?)?;
+    let backbone = &resolved["backbone"];
+    let arch = backbone.get("type").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let cifar_stem = backbone.get("cifar_stem").and_then(|v| v.as_bool()).unwrap_or(false);
+    let precision = format!("{:?}", run.precision).to_lowercase();
+    let ours = StepRate {
+        name: format!(
+            "byol-rs {arch}{} bs{batch} res{res} {precision} cl={} concat={}",
+            if cifar_stem { "-cifar" } else { "" },
+            numerics.channels_last,
+            byol_config.concat_views
+        ),
+        img_per_s: batch as f64 / seconds,
+        s_per_step: seconds,
+        peak_gib,
+    };
+    println!("{}", serde_json::to_string(&ours)?);
+    let Some(python) = &args.against_torch else {
+        return Ok(());
+    };
+    let width = backbone.get("width").and_then(|v| v.as_integer()).unwrap_or(64);
+    if !arch.starts_with("resnet") || width != 64 {
+        bail!("--against-torch compares torchvision ResNets at width 64; this experiment's backbone is {arch} (width {width})");
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/bench_step_torch.py");
+    let mut command = std::process::Command::new(python);
+    command.arg(&script).args([
+        "--arch",
+        &arch,
+        "--batch",
+        &batch.to_string(),
+        "--res",
+        &res.to_string(),
+        "--hidden",
+        &byol_config.hidden_dim.to_string(),
+        "--proj",
+        &byol_config.projection_dim.to_string(),
+        "--precision",
+        &precision,
+        "--device",
+        if device.is_cuda() { "cuda" } else { "cpu" },
+        "--threads",
+        &tch::get_num_threads().to_string(),
+        "--warmup",
+        &args.warmup.to_string(),
+        "--iters",
+        &args.iters.to_string(),
+    ]);
+    for (flag, on) in [
+        ("--cifar-stem", cifar_stem),
+        ("--channels-last", numerics.channels_last),
+        ("--concat-views", byol_config.concat_views),
+    ] {
+        if on {
+            command.arg(flag);
+        }
+    }
+    let output = command
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "the PyTorch reference failed ({}):\n{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let theirs: StepRate =
+        serde_json::from_str(line).with_context(|| format!("reading the reference's JSON line {line:?}"))?;
+    println!("{}", serde_json::to_string(&theirs)?);
+    println!(
+        "ratio byol-rs / torch: {:.3} (img/s {:.1} vs {:.1}){}",
+        ours.img_per_s / theirs.img_per_s,
+        ours.img_per_s,
+        theirs.img_per_s,
+        match (ours.peak_gib, theirs.peak_gib) {
+            (Some(a), Some(b)) => format!(", peak memory {a:.2} vs {b:.2} GiB"),
+            _ => String::new(),
+        }
+    );
     Ok(())
 }

@@ -369,6 +369,7 @@ pub fn check_byol(spec: &dyn BackboneSpec, image_size: i64) {
         hidden_dim: 32,
         projection_dim: 16,
         tau_base: 0.99,
+        ..Default::default()
     };
     let byol = Byol::new(&vs, spec, image_size, tap, &config)
         .unwrap_or_else(|e| panic!("conformance [{name}]: Byol::new fails: {e}"));

@@ -221,6 +221,53 @@ impl Progress {
     }
 }
 
+/// How a training step computes: `run.precision` and `run.memory_format` resolved for a device.
+#[derive(Debug)]
+pub struct StepNumerics {
+    /// The autocast dtype of the forward pass (None: fp32).
+    pub autocast: Option<Kind>,
+    /// fp16's dynamic loss scale.
+    pub scaler: Option<LossScaler>,
+    pub channels_last: bool,
+}
+
+impl StepNumerics {
+    pub fn resolve(precision: Precision, memory_format: MemoryFormat, device: Device) -> anyhow::Result<Self> {
+        let (autocast, scaler) = match precision {
+            Precision::Fp32 => (None, None),
+            Precision::Bf16 => (Some(Kind::BFloat16), None),
+            Precision::Fp16 if device.is_cuda() => (Some(Kind::Half), Some(LossScaler::default())),
+            Precision::Fp16 => {
+                bail!("run.precision = \"fp16\" needs a CUDA device (this run is on {device:?}); use \"bf16\" or \"fp32\"")
+            }
+        };
+        let channels_last = match memory_format {
+            MemoryFormat::Auto => device.is_cuda(),
+            MemoryFormat::ChannelsLast => true,
+            MemoryFormat::Contiguous => false,
+        };
+        Ok(Self {
+            autocast,
+            scaler,
+            channels_last,
+        })
+    }
+
+    /// Runs the forward pass `f` under this autocast (or none).
+    pub fn forward<T>(&self, device: Device, f: impl FnOnce() -> T) -> T {
+        torch_ext::autocast::autocast(device, self.autocast.unwrap_or(Kind::Float), self.autocast.is_some(), f)
+    }
+
+    /// A view in the step's memory format.
+    pub fn layout(&self, view: Tensor) -> anyhow::Result<Tensor> {
+        Ok(if self.channels_last {
+            torch_ext::channels_last(&view)?
+        } else {
+            view
+        })
+    }
+}
+
 /// What one training step reports.
 struct StepOutcome {
     loss: f64,
@@ -238,10 +285,7 @@ struct Trainer<'a> {
     byol: Byol,
     parameters: Vec<NamedParameter>,
     optimizer: Box<dyn Optimizer>,
-    /// The autocast dtype of the forward pass (None: fp32).
-    autocast: Option<Kind>,
-    scaler: Option<LossScaler>,
-    channels_last: bool,
+    numerics: StepNumerics,
     loader: BatchLoader,
     steps_per_epoch: u64,
     total_steps: u64,
@@ -262,19 +306,7 @@ impl<'a> Trainer<'a> {
         if experiment.run.threads > 0 {
             tch::set_num_threads(experiment.run.threads as i32);
         }
-        let (autocast, scaler) = match experiment.run.precision {
-            Precision::Fp32 => (None, None),
-            Precision::Bf16 => (Some(Kind::BFloat16), None),
-            Precision::Fp16 if device.is_cuda() => (Some(Kind::Half), Some(LossScaler::default())),
-            Precision::Fp16 => {
-                bail!("run.precision = \"fp16\" needs a CUDA device (this run is on {device:?}); use \"bf16\" or \"fp32\"")
-            }
-        };
-        let channels_last = match experiment.run.memory_format {
-            MemoryFormat::Auto => device.is_cuda(),
-            MemoryFormat::ChannelsLast => true,
-            MemoryFormat::Contiguous => false,
-        };
+        let numerics = StepNumerics::resolve(experiment.run.precision, experiment.run.memory_format, device)?;
         tch::manual_seed(experiment.run.seed as i64);
         let splits = experiment.dataset.build().context("building [dataset]")?;
         let augment = experiment.augment.build().context("building [augment]")?;
@@ -287,7 +319,7 @@ impl<'a> Trainer<'a> {
             &experiment.byol,
         )
         .context("building the BYOL networks ([backbone], [byol])")?;
-        if channels_last {
+        if numerics.channels_last {
             byol.use_channels_last(&vs)
                 .context("laying out the weights channels_last")?;
         }
@@ -359,9 +391,7 @@ impl<'a> Trainer<'a> {
             byol,
             parameters,
             optimizer,
-            autocast,
-            scaler,
-            channels_last,
+            numerics,
             loader,
             steps_per_epoch,
             total_steps,
@@ -403,7 +433,7 @@ impl<'a> Trainer<'a> {
         let mut state = checkpoint::read_tensors(&dir, checkpoint::OPTIMIZER_FILE)?;
         if let Some(i) = state.iter().position(|(k, _)| k == "loss_scale") {
             let (_, scale) = state.remove(i);
-            if let Some(scaler) = &mut self.scaler {
+            if let Some(scaler) = &mut self.numerics.scaler {
                 scaler.load_state(&scale);
             }
         }
@@ -438,7 +468,7 @@ impl<'a> Trainer<'a> {
             );
         }
         let mut optimizer_state = self.optimizer.state();
-        if let Some(scaler) = &self.scaler {
+        if let Some(scaler) = &self.numerics.scaler {
             optimizer_state.push(("loss_scale".into(), scaler.state()));
         }
         let manifest = Manifest {
@@ -515,19 +545,13 @@ impl<'a> Trainer<'a> {
         let mut projections = None;
         let share = 1.0 / micro_batches.len() as f64;
         for Batch { images, labels, .. } in micro_batches {
-            let (mut view1, mut view2) = self.augment.two_views(images);
-            if self.channels_last {
-                view1 = torch_ext::channels_last(&view1)?;
-                view2 = torch_ext::channels_last(&view2)?;
-            }
-            let parts = torch_ext::autocast::autocast(
-                self.device,
-                self.autocast.unwrap_or(Kind::Float),
-                self.autocast.is_some(),
-                || self.byol.loss_parts(&view1, &view2),
-            );
+            let (view1, view2) = self.augment.two_views(images);
+            let (view1, view2) = (self.numerics.layout(view1)?, self.numerics.layout(view2)?);
+            let parts = self
+                .numerics
+                .forward(self.device, || self.byol.loss_parts(&view1, &view2));
             let loss = parts.loss.to_kind(Kind::Float) * share;
-            match &self.scaler {
+            match &self.numerics.scaler {
                 Some(scaler) => (&loss * scaler.scale()).backward(),
                 None => loss.backward(),
             }
@@ -552,7 +576,7 @@ impl<'a> Trainer<'a> {
             }
             None => (total.double_value(&[]), stop),
         };
-        let apply = match &mut self.scaler {
+        let apply = match &mut self.numerics.scaler {
             Some(scaler) => scaler.unscale(&self.parameters),
             None => true,
         };
@@ -709,7 +733,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
                 if let Some(accuracy) = t.probe.as_mut().and_then(OnlineProbe::take_accuracy) {
                     logger.scalar("train/online_probe_accuracy", accuracy, step);
                 }
-                if let Some(scaler) = &t.scaler {
+                if let Some(scaler) = &t.numerics.scaler {
                     logger.scalar("train/loss_scale", scaler.scale(), step);
                 }
                 if let Device::Cuda(index) = t.device {

@@ -22,6 +22,10 @@ pub struct ByolConfig {
     pub projection_dim: i64,
     /// Base EMA decay of the target network, annealed to 1 by a cosine (paper: 0.996).
     pub tau_base: f64,
+    /// Run both views through the networks as one batch of 2N (faster on a GPU; batch norm then
+    /// pools both views' statistics, as many PyTorch implementations do). Default: each view on
+    /// its own, as the paper's implementation.
+    pub concat_views: bool,
 }
 
 impl Default for ByolConfig {
@@ -31,6 +35,7 @@ impl Default for ByolConfig {
             hidden_dim: 4096,
             projection_dim: 256,
             tau_base: 0.996,
+            concat_views: false,
         }
     }
 }
@@ -51,6 +56,7 @@ pub struct Byol {
     embedding_dim: i64,
     image_size: i64,
     tau_base: f64,
+    concat_views: bool,
 }
 
 /// What one loss evaluation saw, for logging (the collapse signal among others).
@@ -117,6 +123,7 @@ impl Byol {
             embedding_dim,
             image_size,
             tau_base: config.tau_base,
+            concat_views: config.concat_views,
         })
     }
 
@@ -127,6 +134,9 @@ impl Byol {
 
     /// The loss plus what the logger wants to see of it.
     pub fn loss_parts(&self, view1: &Tensor, view2: &Tensor) -> LossParts {
+        if self.concat_views {
+            return self.loss_parts_concatenated(view1, view2);
+        }
         // Each view goes through the networks on its own, so batch-norm statistics are per view,
         // as in the paper's implementation.
         let y1 = self.online_backbone.embed(view1, true, &self.embedding_layer);
@@ -140,6 +150,27 @@ impl Byol {
             loss,
             online_projections: Tensor::cat(&[z1.detach(), z2.detach()], 0),
             online_embeddings: y1.detach(),
+        }
+    }
+
+    /// Both views as one batch: two network passes instead of four.
+    fn loss_parts_concatenated(&self, view1: &Tensor, view2: &Tensor) -> LossParts {
+        let n = view1.size()[0];
+        let views = Tensor::cat(&[view1, view2], 0);
+        let y = self.online_backbone.embed(&views, true, &self.embedding_layer);
+        let z = self.online_projector.forward_t(&y, true);
+        let p = self.predictor.forward_t(&z, true);
+        let t = tch::no_grad(|| self.target_projection(&views));
+        let loss = byol_loss(
+            &p.narrow(0, 0, n),
+            &p.narrow(0, n, n),
+            &t.narrow(0, 0, n),
+            &t.narrow(0, n, n),
+        );
+        LossParts {
+            loss,
+            online_projections: z.detach(),
+            online_embeddings: y.narrow(0, 0, n).detach(),
         }
     }
 
@@ -157,7 +188,6 @@ impl Byol {
         tau
     }
 
-    /// EMA step with an explicit decay.
     /// Re-lays the online and target conv weights as channels_last (NHWC) inside the EMA's flat
     /// buffers; call right after [`Byol::new`], before optimizers or checkpoints touch the
     /// parameters. Inputs must then be channels_last as well for the fast convolution kernels.
@@ -166,6 +196,7 @@ impl Byol {
         Ok(())
     }
 
+    /// EMA step with an explicit decay.
     pub fn update_target_with_tau(&self, tau: f64) {
         self.target.update(tau);
     }

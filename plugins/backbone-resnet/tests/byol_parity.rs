@@ -55,6 +55,13 @@ def loss_fn(p, z):
     return 2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(-1)
 
 def byol_loss(v1, v2):
+    if CONCAT:  # both views as one batch: batch norm over 2N
+        n = v1.shape[0]
+        z = online.projector(online.backbone(torch.cat([v1, v2])))
+        p = online.predictor(z)
+        with torch.no_grad():
+            t = target.projector(target.backbone(torch.cat([v1, v2])))
+        return loss_fn(p[:n], t[n:]).mean() + loss_fn(p[n:], t[:n]).mean()
     z1 = online.projector(online.backbone(v1)); z2 = online.projector(online.backbone(v2))
     p1 = online.predictor(z1); p2 = online.predictor(z2)
     with torch.no_grad():
@@ -86,6 +93,15 @@ for n, p in target.named_parameters():
 
 #[test]
 fn byol_loss_gradients_and_ema_match_pytorch() {
+    check_against_pytorch(false);
+}
+
+#[test]
+fn concatenated_views_match_pytorch_on_one_2n_batch() {
+    check_against_pytorch(true);
+}
+
+fn check_against_pytorch(concat_views: bool) {
     tch::set_num_threads(1);
     tch::manual_seed(3);
     let (width, hidden, proj, steps, lr, tau_base) = (8i64, 64i64, 32i64, 3u64, 0.05, 0.9);
@@ -100,6 +116,7 @@ fn byol_loss_gradients_and_ema_match_pytorch() {
         hidden_dim: hidden,
         projection_dim: proj,
         tau_base,
+        concat_views,
     };
     let byol = Byol::new(&vs, &spec, 16, "avgpool", &config).unwrap();
     let views: Vec<(Tensor, Tensor)> = (0..steps)
@@ -129,7 +146,8 @@ fn byol_loss_gradients_and_ema_match_pytorch() {
         .replace("HIDDEN", &hidden.to_string())
         .replace("PROJ", &proj.to_string())
         .replace("LR", &lr.to_string())
-        .replace("TAU_BASE", &tau_base.to_string());
+        .replace("TAU_BASE", &tau_base.to_string())
+        .replace("CONCAT", if concat_views { "True" } else { "False" });
     let reference = run_python(&script, &refs);
 
     let params: Vec<(String, Tensor)> = vs
