@@ -156,6 +156,61 @@ pub fn embed_split(
     Ok((Tensor::cat(&features, 0), Tensor::cat(&labels, 0)))
 }
 
+/// [`embed_split`] shared by the processes of a data-parallel run: process r embeds batches r,
+/// r + N, r + 2N, ... and every process gets the whole split's embeddings, in order.
+pub fn embed_split_sharded(
+    byol: &Byol,
+    augment: &dyn Augment,
+    data: &Arc<dyn Dataset>,
+    batch: usize,
+    device: Device,
+    parallel: &DataParallel,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let loader = BatchLoader::new(data.clone(), batch, false, false, 0);
+    let batches = loader.epoch_indices(0);
+    let (rank, world) = (parallel.rank(), parallel.world_size());
+    let dim = byol.embedding_dim();
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    // Every process runs every round (with an empty share past the end), so the all-gathers
+    // pair up; shares are padded to `batch` rows and trimmed by the gathered row counts.
+    for round in 0..batches.len().div_ceil(world) {
+        let padded = |t: Tensor, rows: i64| -> Tensor {
+            let missing = batch as i64 - rows;
+            if missing == 0 {
+                return t;
+            }
+            let mut shape = t.size();
+            shape[0] = missing;
+            Tensor::cat(&[t.shallow_clone(), Tensor::zeros(shape.as_slice(), (t.kind(), t.device()))], 0)
+        };
+        let (share, share_labels, rows) = match batches.get(round * world + rank) {
+            Some(indices) => {
+                let (images, y) = loader.load(indices, device)?;
+                let f = byol.embed(&augment.eval_view(&images)).to_kind(Kind::Float).to_device(Device::Cpu);
+                (f, y.to_device(Device::Cpu), indices.len() as i64)
+            }
+            None => (
+                Tensor::zeros([0, dim], (Kind::Float, Device::Cpu)),
+                Tensor::zeros([0], (Kind::Int64, Device::Cpu)),
+                0,
+            ),
+        };
+        let gathered = parallel.all_gather(&padded(share, rows))?;
+        let gathered_labels = parallel.all_gather(&padded(share_labels, rows))?;
+        let counts = Vec::<i64>::try_from(parallel.all_gather(&Tensor::from_slice(&[rows]))?)?;
+        for (r, &count) in counts.iter().enumerate() {
+            let start = (r * batch) as i64;
+            features.push(gathered.narrow(0, start, count));
+            labels.push(gathered_labels.narrow(0, start, count));
+        }
+    }
+    Ok((
+        Tensor::cat(&features, 0).to_device(device),
+        Tensor::cat(&labels, 0).to_device(device),
+    ))
+}
+
 /// Sum of squared entries over tensors, as one f64 (one sync).
 fn total_norm(tensors: impl Iterator<Item = Tensor>) -> f64 {
     let squares: Vec<Tensor> = tensors
@@ -495,24 +550,21 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// The kNN monitor, computed by rank 0 while the other processes wait.
-    fn knn(&self) -> anyhow::Result<Option<KnnAccuracy>> {
-        let accuracy = if self.is_main() { self.knn_here()? } else { None };
-        self.barrier()?;
-        Ok(accuracy)
+    /// The embeddings of a split for the kNN monitor; in a data-parallel run every process
+    /// embeds a share and all get the whole.
+    fn embed(&self, data: &Arc<dyn Dataset>) -> anyhow::Result<(Tensor, Tensor)> {
+        let (augment, batch) = (self.augment.as_ref(), self.experiment.eval.batch_size);
+        match &self.parallel {
+            Some(parallel) => embed_split_sharded(&self.byol, augment, data, batch, self.device, parallel),
+            None => embed_split(&self.byol, augment, data, batch, self.device),
+        }
     }
 
-    fn knn_here(&self) -> anyhow::Result<Option<KnnAccuracy>> {
+    fn knn(&self) -> anyhow::Result<Option<KnnAccuracy>> {
         let Some(test) = &self.splits.test else { return Ok(None) };
         let eval = &self.experiment.eval;
-        let (bank, bank_labels) = embed_split(
-            &self.byol,
-            self.augment.as_ref(),
-            &self.splits.train,
-            eval.batch_size,
-            self.device,
-        )?;
-        let (queries, labels) = embed_split(&self.byol, self.augment.as_ref(), test, eval.batch_size, self.device)?;
+        let (bank, bank_labels) = self.embed(&self.splits.train)?;
+        let (queries, labels) = self.embed(test)?;
         let classes = self.splits.train.classes().len() as i64;
         Ok(Some(knn_accuracy(
             &queries,
