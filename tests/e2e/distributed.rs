@@ -98,7 +98,12 @@ fn two_processes_train_like_one_process_on_the_combined_batch() {
             serde_json::from_slice(&std::fs::read(dir.path().join(run).join("summary.json")).unwrap()).unwrap();
         summary["knn_after"]["top1"].as_f64().unwrap()
     };
-    assert!((knn("single") - knn("torchrun")).abs() <= 1.0 / 64.0, "{} vs {}", knn("single"), knn("torchrun"));
+    assert!(
+        (knn("single") - knn("torchrun")).abs() <= 1.0 / 64.0,
+        "{} vs {}",
+        knn("single"),
+        knn("torchrun")
+    );
 
     // The control: per-process batch norm sees half the batch, and the parameters part ways.
     let port = free_port();

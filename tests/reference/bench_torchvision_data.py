@@ -7,7 +7,8 @@ RandomHorizontalFlip + ToTensor, through a DataLoader (shuffle, drop_last, persi
 with the given worker count. Prints images/s (wall clock) and images per CPU-second, the CPU time
 of the main process and of its worker processes together over the timed batches (read from
 /proc), after the warm-up batches. `--uint8` uses PILToTensor (uint8, like our loader) instead of
-ToTensor.
+ToTensor. `--views 2` applies the transform twice per decoded image (BYOL's two crops, as lightly's
+and solo-learn's multi-view transforms do), to compare with `augment.crop_on = "loader"`.
 """
 import argparse
 import os
@@ -35,12 +36,23 @@ def cpu_seconds(loader_iter):
     return total
 
 
-def measure(root, size, batch_size, workers, warmup, batches, uint8):
+class Views:
+    """`n` independent draws of `transform` from one decoded image."""
+
+    def __init__(self, transform, n):
+        self.transform, self.n = transform, n
+
+    def __call__(self, image):
+        views = [self.transform(image) for _ in range(self.n)]
+        return views[0] if self.n == 1 else torch.cat(views)
+
+
+def measure(root, size, batch_size, workers, warmup, batches, uint8, views):
     tail = [transforms.PILToTensor()] if uint8 else [transforms.ToTensor()]
     transform = transforms.Compose(
         [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()] + tail
     )
-    dataset = datasets.ImageFolder(root, transform=transform)
+    dataset = datasets.ImageFolder(root, transform=Views(transform, views))
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -80,18 +92,19 @@ def main():
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--uint8", action="store_true")
+    parser.add_argument("--views", type=int, default=1, help="crops per decoded image")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
     print(
-        f"torchvision data: {args.root} | RandomResizedCrop({args.size}) + flip + "
+        f"torchvision data: {args.root} | {args.views} x RandomResizedCrop({args.size}) + flip + "
         f"{'PILToTensor' if args.uint8 else 'ToTensor'} | batch {args.batch_size} | "
         f"{args.warmup} warm-up + {args.batches} timed batches | {os.cpu_count()} cores"
     )
     print(f"{'workers':>7}  {'img/s':>8}  {'img/CPU-second':>14}")
     for w in [int(w) for w in args.workers.split(",")]:
         per_second, per_cpu = measure(
-            args.root, args.size, args.batch_size, w, max(args.warmup, 1), args.batches, args.uint8
+            args.root, args.size, args.batch_size, w, max(args.warmup, 1), args.batches, args.uint8, args.views
         )
         print(f"{w:>7}  {per_second:>8.0f}  {per_cpu:>14.0f}")
 

@@ -169,6 +169,10 @@ fn data(args: &DataArgs) -> anyhow::Result<()> {
             splits.train.len()
         );
     }
+    let crops = experiment.augment.loader_crops();
+    if crops.is_some() && !splits.train.reads_crops() {
+        bail!("augment.crop_on = \"loader\" needs an image_folder dataset with cache = \"none\"");
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut workers = args.workers.clone();
     if workers.is_empty() {
@@ -177,10 +181,14 @@ fn data(args: &DataArgs) -> anyhow::Result<()> {
     }
     let [c, h, w] = splits.train.image_shape();
     println!(
-        "bench data: {} | train split: {} images of {c}x{h}x{w} | batch {batch_size} | {} warm-up + {} timed batches | \
+        "bench data: {} | train split: {} images{} | batch {batch_size} | {} warm-up + {} timed batches | \
          device {device:?} | {cores} cores | libtorch threads {}",
         args.experiment.display(),
         splits.train.len(),
+        match crops {
+            Some(c) => format!(", two {0}x{0} crops each cut from the full image", c.size),
+            None => format!(" of {c}x{h}x{w}"),
+        },
         args.warmup,
         args.batches,
         tch::get_num_threads()
@@ -192,13 +200,19 @@ fn data(args: &DataArgs) -> anyhow::Result<()> {
     for &w in &workers {
         let mut loader = BatchLoader::new(splits.train.clone(), batch_size, true, true, experiment.run.seed);
         loader.workers = w;
+        loader.crops = crops;
         let alone = measure(&loader, device, args.warmup, args.batches, |_| {})?;
         let with_augment = if args.loader_only {
             None
         } else {
             tch::manual_seed(experiment.run.seed as i64);
             Some(measure(&loader, device, args.warmup, args.batches, |images| {
-                let (v1, v2) = augment.two_views(images);
+                let (v1, v2) = match crops {
+                    Some(_) => augment
+                        .two_views_from_crops(&images.narrow(1, 0, 3), &images.narrow(1, 3, 3))
+                        .expect("the plugin that asks for loader crops takes them"),
+                    None => augment.two_views(images),
+                };
                 // Make the work happen before the next batch on asynchronous devices.
                 let _ = (v1.sum(tch::Kind::Float).double_value(&[]), v2);
             })?)

@@ -26,6 +26,30 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
     /// from several threads at once.
     fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError>;
 
+    /// Writes image `index` as the two views' crops into `out` (view 1's CHW bytes, then view
+    /// 2's; `crops.sample_bytes()` in all), cut from the full decoded image before resizing, with
+    /// boxes drawn from (seed, epoch, index); returns the label as [`Dataset::read`] does. Only
+    /// datasets that keep their files can ([`Dataset::reads_crops`]).
+    fn read_crops(
+        &self,
+        index: usize,
+        crops: &crate::LoaderCrops,
+        seed_epoch: (u64, u64),
+        out: &mut [u8],
+    ) -> Result<Option<i64>, DataError> {
+        let _ = (index, crops, seed_epoch, out);
+        Err(DataError::Config(
+            "this dataset holds pre-sized images only; crops from full images need an image_folder \
+             with cache = \"none\" (or set augment.crop_on = \"device\")"
+                .into(),
+        ))
+    }
+
+    /// Whether [`Dataset::read_crops`] works.
+    fn reads_crops(&self) -> bool {
+        false
+    }
+
     /// The images at `indices` as one uint8 `[N, C, H, W]` CPU tensor, and their labels `[N]`.
     fn batch(&self, indices: &[usize]) -> Result<(Tensor, Tensor), DataError> {
         read_batch(self, indices, resolve_threads(self.workers()))

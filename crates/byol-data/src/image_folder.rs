@@ -405,24 +405,27 @@ impl Dataset for DecodingFolder {
     }
 
     fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError> {
-        let (path, label) = self.listing.files.get(index).ok_or_else(|| {
-            DataError::Config(format!(
-                "index {index} out of range for {} images",
-                self.listing.files.len()
-            ))
-        })?;
-        match read_square_into(path, self.size, out) {
-            Ok(()) => Ok(Some(*label)),
-            Err(why) if self.on_bad_image == OnBadImage::Skip => {
-                let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
-                bad.seen.entry(index).or_insert(why);
-                Ok(None)
-            }
-            Err(why) => Err(DataError::Image {
-                path: path.clone(),
-                message: format!("{why} (set dataset.on_bad_image = \"skip\" to skip unreadable images)"),
-            }),
-        }
+        let path = self.path(index)?;
+        self.outcome(index, read_square_into(path, self.size, out))
+    }
+
+    fn read_crops(
+        &self,
+        index: usize,
+        crops: &crate::LoaderCrops,
+        (seed, epoch): (u64, u64),
+        out: &mut [u8],
+    ) -> Result<Option<i64>, DataError> {
+        let path = self.path(index)?;
+        let cut = std::fs::read(path)
+            .map_err(|e| format!("cannot read: {e}"))
+            .and_then(|bytes| crate::decode::decode_rgb(&bytes))
+            .and_then(|image| crops.cut(&image, seed, epoch, index, out));
+        self.outcome(index, cut)
+    }
+
+    fn reads_crops(&self) -> bool {
+        true
     }
 
     fn workers(&self) -> usize {
@@ -444,6 +447,38 @@ impl Dataset for DecodingFolder {
         );
         bad.reported = total;
         Some(line)
+    }
+}
+
+impl DecodingFolder {
+    fn path(&self, index: usize) -> Result<&std::path::Path, DataError> {
+        self.listing
+            .files
+            .get(index)
+            .map(|(path, _)| path.as_path())
+            .ok_or_else(|| {
+                DataError::Config(format!(
+                    "index {index} out of range for {} images",
+                    self.listing.files.len()
+                ))
+            })
+    }
+
+    /// The label of a successfully read image, or the bad-image policy applied to `why`.
+    fn outcome(&self, index: usize, read: Result<(), String>) -> Result<Option<i64>, DataError> {
+        let (path, label) = &self.listing.files[index];
+        match read {
+            Ok(()) => Ok(Some(*label)),
+            Err(why) if self.on_bad_image == OnBadImage::Skip => {
+                let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
+                bad.seen.entry(index).or_insert(why);
+                Ok(None)
+            }
+            Err(why) => Err(DataError::Image {
+                path: path.clone(),
+                message: format!("{why} (set dataset.on_bad_image = \"skip\" to skip unreadable images)"),
+            }),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod crop;
 pub mod dataset;
 pub mod decode;
 mod error;
@@ -14,6 +15,7 @@ pub mod rng;
 pub mod synthetic;
 
 pub use augment::AugmentSpec;
+pub use crop::{CropRange, LoaderCrops};
 pub use dataset::{Dataset, DatasetSpec, ImageSet, Splits};
 pub use error::DataError;
 pub use loader::{Batch, BatchLoader, Prefetch};

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::dataset::{fill_skipped, resolve_threads};
 use crate::rng::permutation;
-use crate::{DataError, Dataset};
+use crate::{DataError, Dataset, LoaderCrops};
 
 /// Iterates one epoch of `dataset` in the order of (seed, epoch): shuffled, or sequential for
 /// evaluation; `drop_last` drops the final short batch. `rank`/`world_size` take every
@@ -28,6 +28,10 @@ pub struct BatchLoader {
     pub workers: usize,
     /// Batches that [`BatchLoader::prefetch`] may decode ahead of the one the consumer holds.
     pub batches_ahead: usize,
+    /// [`BatchLoader::prefetch`] cuts both views' random resized crops from the full images
+    /// (batches of `[N, 6, S, S]`: view 1's RGB, then view 2's) instead of reading the dataset's
+    /// pre-sized squares.
+    pub crops: Option<LoaderCrops>,
 }
 
 /// One batch from [`BatchLoader::prefetch`].
@@ -54,6 +58,7 @@ impl BatchLoader {
             world_size: 1,
             workers,
             batches_ahead: 3,
+            crops: None,
         }
     }
 
@@ -117,9 +122,14 @@ impl BatchLoader {
         let batches: Vec<Vec<usize>> = self.epoch_indices(epoch).into_iter().skip(skip).collect();
         let items: usize = batches.iter().map(Vec::len).sum();
         let threads = resolve_threads(self.workers).min(items).max(1);
+        let shape = match &self.crops {
+            Some(c) => [6, c.size as usize, c.size as usize],
+            None => self.dataset.image_shape(),
+        };
         let shared = Arc::new(Shared {
             dataset: self.dataset.clone(),
-            shape: self.dataset.image_shape(),
+            shape,
+            crops: self.crops.map(|c| (c, self.seed, epoch)),
             batches,
             ahead: self.batches_ahead.max(1),
             state: Mutex::new(State::default()),
@@ -154,6 +164,8 @@ impl BatchLoader {
 struct Shared {
     dataset: Arc<dyn Dataset>,
     shape: [usize; 3],
+    /// Crops to cut, with the (seed, epoch) their boxes derive from.
+    crops: Option<(LoaderCrops, u64, u64)>,
     batches: Vec<Vec<usize>>,
     ahead: usize,
     state: Mutex<State>,
@@ -232,9 +244,12 @@ impl Shared {
             };
             let mut pixels = vec![0u8; self.sample()];
             let index = self.batches[b][p];
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.dataset.read(index, &mut pixels)))
-                    .unwrap_or_else(|_| Err(DataError::Config(format!("reading image {index} panicked"))));
+            let read = || match &self.crops {
+                Some((crops, seed, epoch)) => self.dataset.read_crops(index, crops, (*seed, *epoch), &mut pixels),
+                None => self.dataset.read(index, &mut pixels),
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+                .unwrap_or_else(|_| Err(DataError::Config(format!("reading image {index} panicked"))));
             let mut s = self.lock();
             if s.stop {
                 return;

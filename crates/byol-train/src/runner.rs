@@ -182,12 +182,21 @@ pub fn embed_split_sharded(
             }
             let mut shape = t.size();
             shape[0] = missing;
-            Tensor::cat(&[t.shallow_clone(), Tensor::zeros(shape.as_slice(), (t.kind(), t.device()))], 0)
+            Tensor::cat(
+                &[
+                    t.shallow_clone(),
+                    Tensor::zeros(shape.as_slice(), (t.kind(), t.device())),
+                ],
+                0,
+            )
         };
         let (share, share_labels, rows) = match batches.get(round * world + rank) {
             Some(indices) => {
                 let (images, y) = loader.load(indices, device)?;
-                let f = byol.embed(&augment.eval_view(&images)).to_kind(Kind::Float).to_device(Device::Cpu);
+                let f = byol
+                    .embed(&augment.eval_view(&images))
+                    .to_kind(Kind::Float)
+                    .to_device(Device::Cpu);
                 (f, y.to_device(Device::Cpu), indices.len() as i64)
             }
             None => (
@@ -408,6 +417,15 @@ impl<'a> Trainer<'a> {
         // single process with the global batch would see.
         loader.rank = rank;
         loader.world_size = world;
+        if let Some(crops) = experiment.augment.loader_crops() {
+            if !splits.train.reads_crops() {
+                bail!(
+                    "augment.crop_on = \"loader\" cuts crops from the full image files, which this dataset does not \
+                     keep: use dataset type \"image_folder\" with cache = \"none\", or augment.crop_on = \"device\""
+                );
+            }
+            loader.crops = Some(crops);
+        }
         let steps_per_epoch = (loader.batches_per_epoch() / accumulate) as u64;
         let total_steps = steps_per_epoch * schedule.epochs;
         let warmup_steps = (schedule.warmup_epochs * steps_per_epoch as f64).round() as u64;
@@ -597,7 +615,14 @@ impl<'a> Trainer<'a> {
         let mut projections = None;
         let share = 1.0 / micro_batches.len() as f64;
         for Batch { images, labels, .. } in micro_batches {
-            let (view1, view2) = self.augment.two_views(images);
+            let (view1, view2) = if self.loader.crops.is_some() {
+                // [N, 6, S, S]: the loader's crops for view 1, then view 2.
+                self.augment
+                    .two_views_from_crops(&images.narrow(1, 0, 3), &images.narrow(1, 3, 3))
+                    .context("the augmentation plugin cannot take crops cut by the loader")?
+            } else {
+                self.augment.two_views(images)
+            };
             let (view1, view2) = (self.numerics.layout(view1)?, self.numerics.layout(view2)?);
             let parts = self
                 .numerics

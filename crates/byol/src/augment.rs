@@ -8,6 +8,14 @@ pub trait Augment: std::fmt::Debug + Send {
     /// random decision drawn per sample.
     fn two_views(&self, images: &Tensor) -> (Tensor, Tensor);
 
+    /// The two views from crops already cut by the loader (uint8 `[N, 3, S, S]` each, see
+    /// `AugmentSpec::loader_crops`): every step of [`Augment::two_views`] but the crop. `None`:
+    /// the plugin crops on the device only.
+    fn two_views_from_crops(&self, view1_crops: &Tensor, view2_crops: &Tensor) -> Option<(Tensor, Tensor)> {
+        let _ = (view1_crops, view2_crops);
+        None
+    }
+
     /// The deterministic evaluation transform (resize/center-crop, normalize) to `[N, 3, S, S]`.
     fn eval_view(&self, images: &Tensor) -> Tensor;
 

@@ -15,6 +15,18 @@ pub enum Preset {
     Cifar,
 }
 
+/// Where the random resized crop happens.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CropOn {
+    /// On the training device, from the dataset's pre-sized squares (in-memory datasets: CIFAR).
+    #[default]
+    Device,
+    /// On the loader's CPU threads, from the full decoded image before resizing (image folders
+    /// of photos with `cache = "none"`: the paper's crop, with antialiased bicubic resizing).
+    Loader,
+}
+
 /// Optional per-view overrides of the preset (`[augment.view1] solarize_p = 0.1`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -84,6 +96,8 @@ pub struct ByolAugmentConfig {
     /// Per-channel normalization (preset: ImageNet / CIFAR-10 statistics).
     pub mean: Option<[f64; 3]>,
     pub std: Option<[f64; 3]>,
+    /// "device" (default) or "loader": see [`CropOn`].
+    pub crop_on: CropOn,
     pub view1: ViewOverrides,
     pub view2: ViewOverrides,
 }
@@ -166,6 +180,16 @@ byol::register_plugin! {
             self.image_size.unwrap_or(match self.preset {
                 Preset::Imagenet => 224,
                 Preset::Cifar => 32,
+            })
+        }
+        fn loader_crops(&self) -> Option<byol_data::LoaderCrops> {
+            let augment = self.resolve().ok()?;
+            (self.crop_on == CropOn::Loader).then(|| byol_data::LoaderCrops {
+                views: [&augment.view1, &augment.view2].map(|v| byol_data::CropRange {
+                    scale: v.crop_scale,
+                    ratio: v.crop_ratio,
+                }),
+                size: augment.size as u32,
             })
         }
     }

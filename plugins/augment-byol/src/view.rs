@@ -76,7 +76,20 @@ impl ByolAugment {
         let device = images.device();
         let boxes = ops::random_resized_crop_boxes(n, h, w, p.crop_scale, p.crop_ratio, device);
         let flip = ops::bernoulli(n, p.flip_p, device);
-        let mut x = ops::resized_crop(images, &boxes, self.size, Some(&flip));
+        self.after_crop(ops::resized_crop(images, &boxes, self.size, Some(&flip)), p)
+    }
+
+    /// One view of crops the loader already cut (float in [0, 1], `size` pixels): the flip,
+    /// then everything after the crop.
+    pub fn view_of_crops(&self, crops: &Tensor, p: &ViewParams) -> Tensor {
+        let flip = ops::bernoulli(crops.size()[0], p.flip_p, crops.device());
+        self.after_crop(ops::select(&flip, &crops.flip([3]), crops), p)
+    }
+
+    /// Colour jitter, grayscale, blur, solarize and normalization of cropped views.
+    fn after_crop(&self, mut x: Tensor, p: &ViewParams) -> Tensor {
+        let n = x.size()[0];
+        let device = x.device();
         if p.jitter_p > 0.0 {
             let jittered = ops::color_jitter(&x, p.jitter);
             x = ops::select(&ops::bernoulli(n, p.jitter_p, device), &jittered, &x);
@@ -136,6 +149,15 @@ impl byol::Augment for ByolAugment {
             let x = to_unit_float(images);
             (self.view(&x, &self.view1), self.view(&x, &self.view2))
         })
+    }
+
+    fn two_views_from_crops(&self, view1_crops: &Tensor, view2_crops: &Tensor) -> Option<(Tensor, Tensor)> {
+        Some(tch::no_grad(|| {
+            (
+                self.view_of_crops(&to_unit_float(view1_crops), &self.view1),
+                self.view_of_crops(&to_unit_float(view2_crops), &self.view2),
+            )
+        }))
     }
 
     /// Rows of (original resized to the view size, view 1, view 2) for the first 8 images (4
