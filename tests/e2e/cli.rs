@@ -105,3 +105,32 @@ fn bench_step_times_ours_and_eager_pytorch_in_the_same_call() {
     }
     assert!(lines[2].starts_with("ratio byol-rs / torch: "), "{all}");
 }
+
+#[test]
+fn bench_e2e_times_training_steps_with_and_without_the_input_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), super::resume::TINY).unwrap();
+    let out = super::byol_run(
+        dir.path(),
+        &["bench", "e2e", "tiny.toml", "--warmup", "1", "--iters", "2"],
+    );
+    let all = super::text(&out);
+    assert!(out.status.success(), "{all}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{all}");
+    for (line, what) in lines[..2].iter().zip(["e2e", "step"]) {
+        let rate: serde_json::Value = serde_json::from_str(line).unwrap();
+        let name = rate["name"].as_str().unwrap();
+        assert!(
+            name.starts_with(&format!("byol-rs {what} resnet18-cifar bs32 res16 fp32")),
+            "{line}"
+        );
+        assert!(
+            name.ends_with("loader=workers"),
+            "synthetic data on the CPU streams: {line}"
+        );
+        assert!(rate["img_per_s"].as_f64().unwrap() > 0.0, "{line}");
+    }
+    assert!(lines[2].starts_with("ratio e2e / model step: "), "{all}");
+}

@@ -18,6 +18,24 @@ pub enum BenchCommand {
     /// Full training steps (both views, forward, backward, optimizer, EMA) on random views
     /// already on the device, optionally beside eager PyTorch doing the same step.
     Step(StepArgs),
+    /// Training steps end to end (loader, augmentation, model step, the experiment's
+    /// optimizer) against the model step alone on device-resident views, same batch.
+    E2e(E2eArgs),
+}
+
+#[derive(Args)]
+pub struct E2eArgs {
+    /// The experiment TOML file.
+    experiment: PathBuf,
+    /// Override a key (value in TOML syntax).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Steps run before timing.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
 }
 
 #[derive(Args)]
@@ -70,6 +88,7 @@ pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Data(args) => data(args),
         BenchCommand::Step(args) => step(args),
+        BenchCommand::E2e(args) => e2e(args),
     }
 }
 
@@ -239,89 +258,152 @@ struct StepRate {
     peak_gib: Option<f64>,
 }
 
+/// A BYOL model with its optimizer, ready to take timed steps on views already on the device.
+struct StepEngine {
+    device: tch::Device,
+    numerics: byol_train::runner::StepNumerics,
+    byol: byol::Byol,
+    parameters: Vec<byol_train::NamedParameter>,
+    optimizer: Box<dyn byol_train::Optimizer>,
+    _vs: tch::nn::VarStore,
+}
+
+impl StepEngine {
+    /// The experiment's model at `res` px; `optimizer`: the experiment's own when None.
+    fn new(
+        experiment: &Experiment,
+        res: i64,
+        optimizer: Option<&dyn byol_train::OptimizerSpec>,
+    ) -> anyhow::Result<Self> {
+        use byol_train::runner::{online_parameters, parse_device, StepNumerics};
+        let run = &experiment.run;
+        let device = parse_device(&run.device)?;
+        if run.threads > 0 {
+            tch::set_num_threads(run.threads as i32);
+        }
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::cudnn_set_benchmark(true);
+            torch_ext::memory::reset_cuda_peak(i)?;
+        }
+        let numerics = StepNumerics::resolve(run.precision, run.memory_format, device)?;
+        tch::manual_seed(run.seed as i64);
+        let vs = tch::nn::VarStore::new(device);
+        let config = &experiment.byol;
+        let mut byol = byol::Byol::new(&vs, experiment.backbone.as_ref(), res, &config.embedding_layer, config)?;
+        if numerics.channels_last {
+            byol.use_channels_last(&vs)?;
+        }
+        let parameters = online_parameters(&vs);
+        let optimizer = optimizer
+            .unwrap_or(experiment.optimizer.as_ref())
+            .build(parameters.clone());
+        Ok(Self {
+            device,
+            numerics,
+            byol,
+            parameters,
+            optimizer,
+            _vs: vs,
+        })
+    }
+
+    /// One full step: forward under autocast, backward (loss-scaled in fp16), optimizer, EMA.
+    fn step(&mut self, view1: &tch::Tensor, view2: &tch::Tensor) -> anyhow::Result<()> {
+        let (view1, view2) = (
+            self.numerics.layout(view1.shallow_clone())?,
+            self.numerics.layout(view2.shallow_clone())?,
+        );
+        self.optimizer.zero_grad();
+        let loss = self
+            .numerics
+            .forward(self.device, || self.byol.loss(&view1, &view2))
+            .to_kind(tch::Kind::Float);
+        match &self.numerics.scaler {
+            Some(s) => (&loss * s.scale()).backward(),
+            None => loss.backward(),
+        }
+        let apply = match &mut self.numerics.scaler {
+            Some(s) => s.unscale(&self.parameters),
+            None => true,
+        };
+        if apply {
+            self.optimizer.step(0.2);
+        }
+        self.byol.update_target_with_tau(0.996);
+        Ok(())
+    }
+
+    fn sync(&self) {
+        if let tch::Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+
+    /// Times `iters` calls of `step` after `warmup` ones: (seconds per step, peak GiB on CUDA).
+    fn time(
+        &mut self,
+        warmup: usize,
+        iters: usize,
+        mut step: impl FnMut(&mut Self) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(f64, Option<f64>)> {
+        for _ in 0..warmup {
+            step(self)?;
+        }
+        self.sync();
+        let started = Instant::now();
+        for _ in 0..iters {
+            step(self)?;
+        }
+        self.sync();
+        let seconds = started.elapsed().as_secs_f64() / iters as f64;
+        let peak = match self.device {
+            tch::Device::Cuda(i) => {
+                Some(torch_ext::memory::cuda_memory(i)?.peak_allocated as f64 / (1u64 << 30) as f64)
+            }
+            _ => None,
+        };
+        Ok((seconds, peak))
+    }
+}
+
+/// The backbone's type and CIFAR stem, and the precision, as the reference script names them.
+fn describe(experiment: &Experiment) -> anyhow::Result<(String, bool, i64, String)> {
+    let resolved: toml::Table = toml::from_str(&experiment.to_toml()?)?;
+    let backbone = &resolved["backbone"];
+    let arch = backbone.get("type").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let cifar_stem = backbone.get("cifar_stem").and_then(|v| v.as_bool()).unwrap_or(false);
+    let width = backbone.get("width").and_then(|v| v.as_integer()).unwrap_or(64);
+    Ok((
+        arch,
+        cifar_stem,
+        width,
+        format!("{:?}", experiment.run.precision).to_lowercase(),
+    ))
+}
+
 fn step(args: &StepArgs) -> anyhow::Result<()> {
-    use byol_train::runner::{online_parameters, parse_device, StepNumerics};
     use tch::{Kind, Tensor};
 
     if args.iters == 0 {
         bail!("--iters must be at least 1");
     }
     let experiment = Experiment::load(&args.experiment, &args.overrides)?;
-    let device = parse_device(&experiment.run.device)?;
-    if experiment.run.threads > 0 {
-        tch::set_num_threads(experiment.run.threads as i32);
-    }
     let batch = args.batch.unwrap_or(experiment.schedule.batch_size) as i64;
     let res = args.res.unwrap_or(experiment.augment.image_size());
-    let run = &experiment.run;
-    let numerics = StepNumerics::resolve(run.precision, run.memory_format, device)?;
-    tch::manual_seed(run.seed as i64);
-    let vs = tch::nn::VarStore::new(device);
-    let byol_config = &experiment.byol;
-    let mut byol = byol::Byol::new(
-        &vs,
-        experiment.backbone.as_ref(),
-        res,
-        &byol_config.embedding_layer,
-        byol_config,
-    )?;
-    if numerics.channels_last {
-        byol.use_channels_last(&vs)?;
-    }
     // The reference's optimizer, whatever the experiment trains with: the comparison is of
     // the step, one to one.
     let sgd: Box<dyn byol_train::OptimizerSpec> = toml::from_str(
         "type = \"sgd\"\nlr = 0.2\nmomentum = 0.9\nweight_decay = 1.5e-6\nexclude_bias_and_norm = false",
     )
     .context("building the benchmark's SGD optimizer")?;
-    let parameters = online_parameters(&vs);
-    let mut optimizer = sgd.build(parameters.clone());
-    let mut scaler = numerics.scaler.clone();
-    let view1 = numerics.layout(Tensor::randn([batch, 3, res, res], (Kind::Float, device)))?;
-    let view2 = numerics.layout(Tensor::randn([batch, 3, res, res], (Kind::Float, device)))?;
-    let mut one_step = || {
-        optimizer.zero_grad();
-        let loss = numerics
-            .forward(device, || byol.loss(&view1, &view2))
-            .to_kind(Kind::Float);
-        match &scaler {
-            Some(s) => (&loss * s.scale()).backward(),
-            None => loss.backward(),
-        }
-        let apply = scaler.as_mut().is_none_or(|s| s.unscale(&parameters));
-        if apply {
-            optimizer.step(0.2);
-        }
-        byol.update_target_with_tau(0.996);
-    };
-    let sync = || {
-        if let tch::Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
-    if let tch::Device::Cuda(i) = device {
-        tch::Cuda::cudnn_set_benchmark(true);
-        torch_ext::memory::reset_cuda_peak(i)?;
-    }
-    for _ in 0..args.warmup {
-        one_step();
-    }
-    sync();
-    let started = Instant::now();
-    for _ in 0..args.iters {
-        one_step();
-    }
-    sync();
-    let seconds = started.elapsed().as_secs_f64() / args.iters as f64;
-    let peak_gib = match device {
-        tch::Device::Cuda(i) => Some(torch_ext::memory::cuda_memory(i)?.peak_allocated as f64 / (1u64 << 30) as f64),
-        _ => None,
-    };
-    let resolved: toml::Table = toml::from_str(&experiment.to_toml()?)?;
-    let backbone = &resolved["backbone"];
-    let arch = backbone.get("type").and_then(|v| v.as_str()).unwrap_or("?").to_string();
-    let cifar_stem = backbone.get("cifar_stem").and_then(|v| v.as_bool()).unwrap_or(false);
-    let precision = format!("{:?}", run.precision).to_lowercase();
+    let mut engine = StepEngine::new(&experiment, res, Some(sgd.as_ref()))?;
+    let device = engine.device;
+    let view1 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
+    let view2 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
+    let (seconds, peak_gib) = engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2))?;
+    let (arch, cifar_stem, width, precision) = describe(&experiment)?;
+    let byol_config = &experiment.byol;
+    let numerics = &engine.numerics;
     let ours = StepRate {
         name: format!(
             "byol-rs {arch}{} bs{batch} res{res} {precision} cl={} concat={}",
@@ -337,7 +419,6 @@ fn step(args: &StepArgs) -> anyhow::Result<()> {
     let Some(python) = &args.against_torch else {
         return Ok(());
     };
-    let width = backbone.get("width").and_then(|v| v.as_integer()).unwrap_or(64);
     if !arch.starts_with("resnet") || width != 64 {
         bail!("--against-torch compares torchvision ResNets at width 64; this experiment's backbone is {arch} (width {width})");
     }
@@ -357,7 +438,7 @@ fn step(args: &StepArgs) -> anyhow::Result<()> {
         "--precision",
         &precision,
         "--device",
-        if device.is_cuda() { "cuda" } else { "cpu" },
+        if engine.device.is_cuda() { "cuda" } else { "cpu" },
         "--threads",
         &tch::get_num_threads().to_string(),
         "--warmup",
@@ -397,6 +478,81 @@ fn step(args: &StepArgs) -> anyhow::Result<()> {
         match (ours.peak_gib, theirs.peak_gib) {
             (Some(a), Some(b)) => format!(", peak memory {a:.2} vs {b:.2} GiB"),
             _ => String::new(),
+        }
+    );
+    Ok(())
+}
+
+fn e2e(args: &E2eArgs) -> anyhow::Result<()> {
+    use byol_train::runner::{training_loader, two_views};
+
+    if args.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let experiment = Experiment::load(&args.experiment, &args.overrides)?;
+    if experiment.schedule.accumulate > 1 {
+        bail!("bench e2e times whole batches: set schedule.accumulate = 1 (--set schedule.accumulate=1)");
+    }
+    let res = experiment.augment.image_size();
+    let mut engine = StepEngine::new(&experiment, res, None)?;
+    let device = engine.device;
+    let splits = experiment.dataset.build().context("building [dataset]")?;
+    let augment = experiment.augment.build().context("building [augment]")?;
+    let loader = training_loader(&experiment, &splits, device, 0, 1)?;
+    let batch = loader.batch_size;
+    let (arch, cifar_stem, _, precision) = describe(&experiment)?;
+    let name = |what: &str| {
+        format!(
+            "byol-rs {what} {arch}{} bs{batch} res{res} {precision} cl={} loader={}",
+            if cifar_stem { "-cifar" } else { "" },
+            engine.numerics.channels_last,
+            if loader.is_on_device() {
+                "on-device"
+            } else if loader.crops.is_some() {
+                "crops"
+            } else {
+                "workers"
+            }
+        )
+    };
+    let (e2e_name, step_name) = (name("e2e"), name("step"));
+
+    // Batches epoch after epoch, as training draws them.
+    let mut epoch = 0;
+    let mut batches = loader.prefetch(epoch, 0, device);
+    let (e2e_seconds, _) = engine.time(args.warmup, args.iters, |engine| {
+        let batch = loop {
+            match batches.next() {
+                Some(batch) => break batch.context("loading a batch")?,
+                None => {
+                    epoch += 1;
+                    batches = loader.prefetch(epoch, 0, device);
+                }
+            }
+        };
+        let (view1, view2) = two_views(augment.as_ref(), &loader, &batch.images)?;
+        engine.step(&view1, &view2)
+    })?;
+    drop(batches);
+    let view1 = tch::Tensor::randn([batch as i64, 3, res, res], (tch::Kind::Float, device));
+    let view2 = tch::Tensor::randn([batch as i64, 3, res, res], (tch::Kind::Float, device));
+    let (step_seconds, peak_gib) = engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2))?;
+    for (name, seconds) in [(e2e_name, e2e_seconds), (step_name, step_seconds)] {
+        let rate = StepRate {
+            name,
+            img_per_s: batch as f64 / seconds,
+            s_per_step: seconds,
+            peak_gib,
+        };
+        println!("{}", serde_json::to_string(&rate)?);
+    }
+    let ratio = step_seconds / e2e_seconds;
+    println!(
+        "ratio e2e / model step: {ratio:.3} ({})",
+        if ratio >= 0.9 {
+            "the input path keeps up"
+        } else {
+            "the input path slows training: more loader workers, or a dataset kept in memory"
         }
     );
     Ok(())

@@ -45,6 +45,12 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
         ))
     }
 
+    /// The whole split as one uint8 `[N, 3, H, W]` tensor and its int64 labels, for datasets
+    /// held in memory: the loader can then keep it on the training device and batch by indexing.
+    fn as_tensors(&self) -> Option<(Tensor, Tensor)> {
+        None
+    }
+
     /// Whether [`Dataset::read_crops`] works.
     fn reads_crops(&self) -> bool {
         false
@@ -233,6 +239,10 @@ impl Dataset for ImageSet {
 
     fn image_shape(&self) -> [usize; 3] {
         [3, self.height, self.width]
+    }
+
+    fn as_tensors(&self) -> Option<(Tensor, Tensor)> {
+        Some(self.tensors())
     }
 
     fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError> {

@@ -14,7 +14,7 @@ use crate::{DataError, Dataset, LoaderCrops};
 /// Iterates one epoch of `dataset` in the order of (seed, epoch): shuffled, or sequential for
 /// evaluation; `drop_last` drops the final short batch. `rank`/`world_size` take every
 /// `world_size`-th batch for data-parallel training.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BatchLoader {
     dataset: Arc<dyn Dataset>,
     pub batch_size: usize,
@@ -32,6 +32,31 @@ pub struct BatchLoader {
     /// (batches of `[N, 6, S, S]`: view 1's RGB, then view 2's) instead of reading the dataset's
     /// pre-sized squares.
     pub crops: Option<LoaderCrops>,
+    /// An in-memory split copied to the training device once ([`BatchLoader::keep_on_device`]):
+    /// [`BatchLoader::prefetch`] then batches by indexing there, with no threads or copies.
+    resident: Option<(Tensor, Tensor)>,
+}
+
+/// A clone shares the dataset and, when kept on the device, the device copy.
+impl Clone for BatchLoader {
+    fn clone(&self) -> Self {
+        Self {
+            dataset: self.dataset.clone(),
+            batch_size: self.batch_size,
+            shuffle: self.shuffle,
+            drop_last: self.drop_last,
+            seed: self.seed,
+            rank: self.rank,
+            world_size: self.world_size,
+            workers: self.workers,
+            batches_ahead: self.batches_ahead,
+            crops: self.crops,
+            resident: self
+                .resident
+                .as_ref()
+                .map(|(images, labels)| (images.shallow_clone(), labels.shallow_clone())),
+        }
+    }
 }
 
 /// One batch from [`BatchLoader::prefetch`].
@@ -59,7 +84,30 @@ impl BatchLoader {
             workers,
             batches_ahead: 3,
             crops: None,
+            resident: None,
         }
+    }
+
+    /// Copies an in-memory dataset (CIFAR with `cache = "memory"`, `cifar`, `synthetic`) to
+    /// `device` once, so that training batches are gathered there (150 MB for CIFAR-10): no
+    /// worker threads, no host-to-device copies per batch. Returns false, changing nothing, for
+    /// datasets that decode files or when the loader cuts crops.
+    pub fn keep_on_device(&mut self, device: Device) -> bool {
+        if self.crops.is_some() {
+            return false;
+        }
+        match self.dataset.as_tensors() {
+            Some((images, labels)) => {
+                self.resident = Some((images.to_device(device), labels.to_device(device)));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether batches come from a device-resident copy of the dataset.
+    pub fn is_on_device(&self) -> bool {
+        self.resident.is_some()
     }
 
     pub fn dataset(&self) -> &Arc<dyn Dataset> {
@@ -120,6 +168,9 @@ impl BatchLoader {
     /// dataset's warning about skipped images, if any, is printed once.
     pub fn prefetch(&self, epoch: u64, skip: usize, device: Device) -> Prefetch {
         let batches: Vec<Vec<usize>> = self.epoch_indices(epoch).into_iter().skip(skip).collect();
+        if let Some(resident) = &self.resident {
+            return Prefetch::resident(batches, resident, self.dataset.clone());
+        }
         let items: usize = batches.iter().map(Vec::len).sum();
         let threads = resolve_threads(self.workers).min(items).max(1);
         let shape = match &self.crops {
@@ -156,6 +207,7 @@ impl BatchLoader {
             workers,
             device,
             finished: false,
+            resident: None,
         }
     }
 }
@@ -313,6 +365,8 @@ pub struct Prefetch {
     total: usize,
     device: Device,
     finished: bool,
+    /// The device-resident dataset that batches are gathered from (no workers then).
+    resident: Option<(Tensor, Tensor)>,
 }
 
 impl std::fmt::Debug for Prefetch {
@@ -326,6 +380,29 @@ impl std::fmt::Debug for Prefetch {
 }
 
 impl Prefetch {
+    /// Batches gathered from a dataset already on the device.
+    fn resident(batches: Vec<Vec<usize>>, (images, labels): &(Tensor, Tensor), dataset: Arc<dyn Dataset>) -> Self {
+        let shared = Arc::new(Shared {
+            dataset,
+            shape: [0; 3],
+            crops: None,
+            batches,
+            ahead: 1,
+            state: Mutex::new(State::default()),
+            room: Condvar::new(),
+            ready: Condvar::new(),
+        });
+        Prefetch {
+            next: 0,
+            total: shared.batches.len(),
+            shared,
+            workers: Vec::new(),
+            device: images.device(),
+            finished: false,
+            resident: Some((images.shallow_clone(), labels.shallow_clone())),
+        }
+    }
+
     fn finish(&mut self) {
         if !self.finished {
             self.finished = true;
@@ -343,6 +420,23 @@ impl Iterator for Prefetch {
         if self.finished || self.next >= self.total {
             self.finish();
             return None;
+        }
+        if let Some((images, labels)) = &self.resident {
+            let indices = self.shared.batches[self.next].clone();
+            self.next += 1;
+            let rows: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+            let gathered = Tensor::f_from_slice(&rows)
+                .and_then(|rows| rows.f_to_device(self.device))
+                .and_then(|rows| Ok((images.f_index_select(0, &rows)?, labels.f_index_select(0, &rows)?)));
+            return Some(
+                gathered
+                    .map(|(images, labels)| Batch {
+                        indices,
+                        images,
+                        labels,
+                    })
+                    .map_err(DataError::from),
+            );
         }
         let b = self.next;
         let result = {

@@ -151,6 +151,32 @@ fn drop_last_and_rank_sharding() {
 }
 
 #[test]
+fn device_resident_batches_equal_the_workers_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    folder(tmp.path(), 3, 9);
+    let in_memory = build(&format!(
+        "type = \"image_folder\"\ntrain = {}\nimage_size = 12\ncache = \"memory\"\n",
+        quoted(tmp.path())
+    ))
+    .unwrap()
+    .train;
+    let workers = BatchLoader::new(in_memory, 4, true, true, 5);
+    let mut resident = workers.clone();
+    assert!(resident.keep_on_device(Device::Cpu));
+    assert!(resident.is_on_device() && !workers.is_on_device());
+    for epoch in [0, 3] {
+        assert_same(
+            &prefetched(&resident, epoch, 1),
+            &prefetched(&workers, epoch, 1),
+            "resident vs workers",
+        );
+    }
+    // Datasets that decode files stay with the workers.
+    let mut files = BatchLoader::new(streaming(tmp.path(), ""), 4, true, true, 5);
+    assert!(!files.keep_on_device(Device::Cpu));
+}
+
+#[test]
 fn in_memory_datasets_prefetch_too() {
     let splits = build("type = \"synthetic\"\ntrain_size = 50\ntest_size = 0\nimage_size = 8\n").unwrap();
     let mut loader = BatchLoader::new(splits.train, 16, true, true, 5);
