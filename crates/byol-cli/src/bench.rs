@@ -422,7 +422,14 @@ fn step(args: &StepArgs) -> anyhow::Result<()> {
     if !arch.starts_with("resnet") || width != 64 {
         bail!("--against-torch compares torchvision ResNets at width 64; this experiment's backbone is {arch} (width {width})");
     }
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/bench_step_torch.py");
+    // The repository's copy: from the working directory (a checkout on another machine), else
+    // from where this binary was built.
+    let relative = PathBuf::from("tests/reference/bench_step_torch.py");
+    let script = if relative.is_file() {
+        relative
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/bench_step_torch.py")
+    };
     let mut command = std::process::Command::new(python);
     command.arg(&script).args([
         "--arch",

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 5, 6, 8 and 9, as one prepared script for a session with a lent GPU
+# (the GPU machine has python3 + torch/torchvision but no Rust). On the build machine, first:
+#
+#   echo /.gpu-stage/ >> .git/info/exclude
+#   cargo xtask cargo build --release -p byol-cli
+#   mkdir -p .gpu-stage && cp target/release/byol-run ../shared/datasets/cifar10-jpeg.tar.gz .gpu-stage/
+#   cp ../shared/bench/torch_reference.py .gpu-stage/      # optional: the issue's own reference
+#
+# then run `bash tests/gpu/checks.sh step` (then `train`, if device time is left; each part stays
+# under the device's 600 s per call) on the GPU machine with .gpu-stage carried. Every figure is
+# ours beside eager PyTorch measured in the same call, on the same card. Not run yet: no GPU has been
+# lent to a session so far. Results: $OUT (or
+# gpu-results/), one file per check; each check has its own timeout so one hang costs little.
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-gpu-results}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+B=.gpu-stage/byol-run
+PART=${1:-step}
+nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/card.txt" 2>&1
+$B doctor > "$OUT/doctor.txt" 2>&1
+
+if [ "$PART" = step ]; then
+# Issue 9: the model step against eager PyTorch, both precisions, same card, same call.
+for precision in bf16 fp16; do
+  timeout 90 $B bench step experiments/resnet50.toml --batch 256 --res 224 --set run.precision=$precision \
+    --set schedule.accumulate=1 --set byol.concat_views=true --against-torch python3 >> "$OUT/step.txt" 2>&1
+  timeout 60 $B bench step experiments/cifar10-resnet18.toml --batch 512 --res 32 --set run.precision=$precision \
+    --set byol.concat_views=true --against-torch python3 >> "$OUT/step.txt" 2>&1
+done
+# The same step with the paper's separate views (four network passes instead of two).
+timeout 90 $B bench step experiments/resnet50.toml --batch 256 --res 224 --set run.precision=fp16 \
+  --set schedule.accumulate=1 --against-torch python3 >> "$OUT/step.txt" 2>&1
+
+# Issue 9/4: the input path against the step, CIFAR-10 in memory on the GPU.
+mkdir -p data/cifar10-jpeg && tar -xzf .gpu-stage/cifar10-jpeg.tar.gz -C data/cifar10-jpeg
+timeout 120 $B bench e2e experiments/cifar10-resnet18.toml --set run.precision=fp16 --set schedule.batch_size=512 \
+  > "$OUT/e2e.txt" 2>&1
+fi
+
+if [ "$PART" = train ]; then
+[ -f .gpu-stage/torch_reference.py ] && timeout 150 python3 .gpu-stage/torch_reference.py > "$OUT/torch_reference.txt" 2>&1
+mkdir -p data/cifar10-jpeg && tar -xzf .gpu-stage/cifar10-jpeg.tar.gz -C data/cifar10-jpeg
+# Issues 6/9: CIFAR-10 ResNet-18, 20 epochs, kNN by epoch (the PyTorch reference recipe next).
+timeout 270 $B experiments/cifar10-resnet18.toml --run-dir "$OUT/cifar-20" --set schedule.epochs=20 \
+  --set run.precision=fp16 --set eval.every_epochs=5 > "$OUT/cifar-20.txt" 2>&1
+
+# Issue 8: NCCL is not built; the Gloo path with world size 1 through torchrun on the GPU.
+timeout 90 python3 -m torch.distributed.run --nproc-per-node=1 --no-python $B experiments/cifar10-resnet18.toml \
+  --run-dir "$OUT/torchrun-1" --set schedule.epochs=1 > "$OUT/torchrun-1.txt" 2>&1
+fi
+tail -n 3 "$OUT"/*.txt
