@@ -11,10 +11,43 @@ fn main() {
         .parent()
         .expect("libtorch's lib folder has a parent")
         .join("include");
-    cc::Build::new()
+    let site_packages = lib
+        .parent()
+        .and_then(|torch| torch.parent())
+        .expect("torch/lib inside site-packages");
+    let cuda_include = site_packages.join("nvidia/cu13/include");
+    let nccl_include = site_packages.join("nvidia/nccl/include");
+    // NCCL only where every header ProcessGroupNCCL.hpp needs is installed (`cargo xtask setup`
+    // puts them in the venv); elsewhere the crate builds without it and says so at run time.
+    let nccl = ["crt/host_config.h", "nv/target", "cuda_runtime_api.h"]
+        .iter()
+        .all(|h| cuda_include.join(h).exists())
+        && nccl_include.join("nccl.h").exists();
+    println!("cargo::rustc-check-cfg=cfg(torch_ext_nccl)");
+    if nccl {
+        println!("cargo:rustc-cfg=torch_ext_nccl");
+        build(&include)
+            .file("csrc/nccl.cpp")
+            .include(&cuda_include)
+            .include(&nccl_include)
+            .define("USE_C10D_NCCL", None)
+            .define("USE_CUDA", None)
+            .compile("torch_ext_nccl");
+    } else {
+        println!(
+            "cargo:warning=building without NCCL: the CUDA headers are not in {} (run `cargo xtask setup`)",
+            cuda_include.display()
+        );
+    }
+    build(&include).file("csrc/torch_ext.cpp").compile("torch_ext");
+}
+
+/// A C++ build against libtorch's headers with torch-sys's flags.
+fn build(include: &std::path::Path) -> cc::Build {
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
-        .file("csrc/torch_ext.cpp")
-        .include(&include)
+        .include(include)
         .include(include.join("torch/csrc/api/include"))
         // libtorch's wheel lacks gloo's headers; see csrc/gloo-declarations/README.md.
         .include("csrc/gloo-declarations")
@@ -23,6 +56,6 @@ fn main() {
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag_if_supported("-Wno-unused-parameter")
-        .warnings(false)
-        .compile("torch_ext");
+        .warnings(false);
+    build
 }

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tch::{nn::VarStore, Kind, Tensor};
-use torch_ext::distributed::{ProcessGroup, Rendezvous};
+use torch_ext::distributed::{nccl_available, Backend, ProcessGroup, Rendezvous};
 
 use byol::nn::{CrossReplicaSum, SyncScope};
 
-use crate::experiment::{DistributedConfig, SyncBatchNorm};
+use crate::experiment::{DistributedBackend, DistributedConfig, SyncBatchNorm};
 
 /// This process's place in a data-parallel job.
 #[derive(Debug, Clone)]
@@ -31,19 +31,30 @@ pub struct StepAgreement {
 }
 
 impl DataParallel {
-    /// Joins the job described by torchrun's environment; `None` for a plain single-process run.
-    pub fn from_env(config: &DistributedConfig) -> anyhow::Result<Option<Self>> {
-        let Some(mut rendezvous) = Rendezvous::from_env().map_err(anyhow::Error::msg)? else {
-            return Ok(None);
-        };
-        rendezvous.timeout = Duration::from_secs(config.timeout_s.max(1));
-        Self::join(&rendezvous, config).map(Some)
+    /// The job described by torchrun's environment, with `config`'s timeout; `None` for a plain
+    /// single-process run.
+    pub fn rendezvous(config: &DistributedConfig) -> anyhow::Result<Option<Rendezvous>> {
+        let rendezvous = Rendezvous::from_env().map_err(anyhow::Error::msg)?;
+        Ok(rendezvous.map(|mut r| {
+            r.timeout = Duration::from_secs(config.timeout_s.max(1));
+            r
+        }))
     }
 
-    /// Joins the job at `rendezvous` and sets up batch-norm synchronization for the calling
+    /// Joins the job at `rendezvous` for training on `device` (NCCL for CUDA when built, else
+    /// Gloo, unless `config` names one) and sets up batch-norm synchronization for the calling
     /// thread as `config` says.
-    pub fn join(rendezvous: &Rendezvous, config: &DistributedConfig) -> anyhow::Result<Self> {
-        let group = ProcessGroup::gloo(rendezvous).context("joining the data-parallel job (c10d, Gloo)")?;
+    pub fn join(rendezvous: &Rendezvous, config: &DistributedConfig, device: tch::Device) -> anyhow::Result<Self> {
+        let backend = match config.backend {
+            DistributedBackend::Auto if device.is_cuda() && nccl_available() => Backend::Nccl,
+            DistributedBackend::Auto | DistributedBackend::Gloo => Backend::Gloo,
+            DistributedBackend::Nccl => Backend::Nccl,
+        };
+        if let tch::Device::Cuda(index) = device {
+            torch_ext::memory::set_cuda_device(index)?;
+        }
+        let group = ProcessGroup::new(rendezvous, backend)
+            .with_context(|| format!("joining the data-parallel job (c10d, {backend:?})"))?;
         let parallel = Self {
             group: Arc::new(group),
             local_rank: rendezvous.local_rank,

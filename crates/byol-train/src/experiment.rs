@@ -177,6 +177,17 @@ pub struct DistributedConfig {
     pub sync_batch_norm: SyncBatchNorm,
     /// Seconds a process waits for the others (rendezvous, collectives) before failing.
     pub timeout_s: u64,
+    /// c10d backend: "auto" (NCCL on GPUs when built, else Gloo), "nccl", "gloo".
+    pub backend: DistributedBackend,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DistributedBackend {
+    #[default]
+    Auto,
+    Nccl,
+    Gloo,
 }
 
 impl Default for DistributedConfig {
@@ -184,6 +195,7 @@ impl Default for DistributedConfig {
         Self {
             sync_batch_norm: SyncBatchNorm::All,
             timeout_s: 1800,
+            backend: DistributedBackend::Auto,
         }
     }
 }

@@ -193,31 +193,27 @@ pub fn embed_split_sharded(
         let (share, share_labels, rows) = match batches.get(round * world + rank) {
             Some(indices) => {
                 let (images, y) = loader.load(indices, device)?;
-                let f = byol
-                    .embed(&augment.eval_view(&images))
-                    .to_kind(Kind::Float)
-                    .to_device(Device::Cpu);
-                (f, y.to_device(Device::Cpu), indices.len() as i64)
+                let f = byol.embed(&augment.eval_view(&images)).to_kind(Kind::Float);
+                (f, y, indices.len() as i64)
             }
             None => (
-                Tensor::zeros([0, dim], (Kind::Float, Device::Cpu)),
-                Tensor::zeros([0], (Kind::Int64, Device::Cpu)),
+                Tensor::zeros([0, dim], (Kind::Float, device)),
+                Tensor::zeros([0], (Kind::Int64, device)),
                 0,
             ),
         };
         let gathered = parallel.all_gather(&padded(share, rows))?;
         let gathered_labels = parallel.all_gather(&padded(share_labels, rows))?;
-        let counts = Vec::<i64>::try_from(parallel.all_gather(&Tensor::from_slice(&[rows]))?)?;
+        // On the training device: NCCL gathers CUDA tensors only.
+        let counts = parallel.all_gather(&Tensor::from_slice(&[rows]).to_device(device))?;
+        let counts = Vec::<i64>::try_from(counts.to_device(Device::Cpu))?;
         for (r, &count) in counts.iter().enumerate() {
             let start = (r * batch) as i64;
             features.push(gathered.narrow(0, start, count));
             labels.push(gathered_labels.narrow(0, start, count));
         }
     }
-    Ok((
-        Tensor::cat(&features, 0).to_device(device),
-        Tensor::cat(&labels, 0).to_device(device),
-    ))
+    Ok((Tensor::cat(&features, 0), Tensor::cat(&labels, 0)))
 }
 
 /// The training batches of `experiment` for process `rank` of `world`: micro-batches of the
@@ -432,9 +428,13 @@ struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     fn new(experiment: &'a Experiment, run_dir: &Path) -> anyhow::Result<Self> {
-        let parallel = DataParallel::from_env(&experiment.distributed)?;
+        let rendezvous = DataParallel::rendezvous(&experiment.distributed)?;
+        let device = parse_device_for(&experiment.run.device, rendezvous.as_ref().map_or(0, |r| r.local_rank))?;
+        let parallel = match &rendezvous {
+            Some(r) => Some(DataParallel::join(r, &experiment.distributed, device)?),
+            None => None,
+        };
         let (rank, world) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
-        let device = parse_device_for(&experiment.run.device, parallel.as_ref().map_or(0, |p| p.local_rank()))?;
         if experiment.run.threads > 0 {
             tch::set_num_threads(experiment.run.threads as i32);
         }
@@ -754,7 +754,11 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         experiment.name(),
         t.device,
         match &t.parallel {
-            Some(p) => format!(" and {} more processes (c10d Gloo)", p.world_size() - 1),
+            Some(p) => format!(
+                " and {} more processes (c10d {:?})",
+                p.world_size() - 1,
+                p.group().backend()
+            ),
             None => String::new(),
         },
         t.splits.train.len(),

@@ -4,6 +4,7 @@
 // them as a heap string (nullptr on success) that Rust frees with tx_free_error.
 
 #include <ATen/ATen.h>
+#include <ATen/DeviceAccelerator.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/CachingDeviceAllocator.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -12,42 +13,17 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
-#include <cstring>
-#include <string>
+#include "handles.h"
 
 namespace {
 
-char* error_string(const std::string& message) {
-  char* out = static_cast<char*>(std::malloc(message.size() + 1));
-  std::memcpy(out, message.c_str(), message.size() + 1);
-  return out;
-}
-
-template <typename F>
-char* guarded(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return error_string(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return error_string(e.what());
-  } catch (...) {
-    return error_string("unknown C++ exception");
-  }
-}
+using torch_ext::BackendHandle;
+using torch_ext::guarded;
+using torch_ext::StoreHandle;
 
 at::DeviceType device_type(int code) {
   return code == 1 ? at::kCUDA : at::kCPU;
 }
-
-// What Rust holds for a store and a backend: boxed intrusive pointers.
-struct StoreHandle {
-  c10::intrusive_ptr<c10d::Store> store;
-};
-struct BackendHandle {
-  c10::intrusive_ptr<c10d::Backend> backend;
-};
 
 void all_reduce_sum(c10d::Backend& backend, const at::Tensor& tensor) {
   std::vector<at::Tensor> tensors{tensor};
@@ -122,6 +98,11 @@ char* tx_channels_last(const at::Tensor* tensor, at::Tensor** out) {
 
 bool tx_is_channels_last(const at::Tensor* tensor) {
   return tensor->is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// Makes CUDA device `index` current for this thread (what NCCL's barrier and allocations use).
+char* tx_cuda_set_device(int index) {
+  return guarded([&] { at::accelerator::setDeviceIndex(static_cast<c10::DeviceIndex>(index)); });
 }
 
 // ---- CUDA allocator statistics ----------------------------------------------------------

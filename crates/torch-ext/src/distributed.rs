@@ -1,4 +1,4 @@
-//! c10d, the engine under torch.distributed: a TCPStore rendezvous and a Gloo process group
+//! c10d, the engine under torch.distributed: a TCPStore rendezvous and a Gloo or NCCL process group
 //! with the collectives data-parallel BYOL needs. Started the way torchrun starts workers (the
 //! RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT environment), so
 //! `torchrun --nproc-per-node=N --no-python byol-run exp.toml` works.
@@ -77,10 +77,25 @@ impl Rendezvous {
     }
 }
 
-/// A Gloo process group: collectives on CPU tensors (CUDA tensors go through the CPU).
+/// The c10d backend that runs the collectives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// CPU tensors, and CUDA tensors through host memory: works everywhere.
+    Gloo,
+    /// CUDA tensors, GPU to GPU (built when the CUDA headers are installed: [`nccl_available`]).
+    Nccl,
+}
+
+/// Whether this build has c10d's NCCL backend.
+pub fn nccl_available() -> bool {
+    cfg!(torch_ext_nccl)
+}
+
+/// A c10d process group.
 pub struct ProcessGroup {
     store: NonNull<c_void>,
     backend: NonNull<c_void>,
+    kind: Backend,
     rank: usize,
     world_size: usize,
 }
@@ -93,7 +108,7 @@ unsafe impl Sync for ProcessGroup {}
 impl std::fmt::Debug for ProcessGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcessGroup")
-            .field("backend", &"gloo")
+            .field("backend", &self.kind)
             .field("rank", &self.rank)
             .field("world_size", &self.world_size)
             .finish()
@@ -105,9 +120,21 @@ fn c_string(s: &str) -> Result<CString> {
 }
 
 impl ProcessGroup {
+    /// Joins a Gloo group (see [`ProcessGroup::new`]).
+    pub fn gloo(rendezvous: &Rendezvous) -> Result<Self> {
+        Self::new(rendezvous, Backend::Gloo)
+    }
+
     /// Joins the group: rank 0 hosts the TCPStore unless torchrun's agent does; returns once
     /// every rank has connected (or fails after the rendezvous timeout).
-    pub fn gloo(rendezvous: &Rendezvous) -> Result<Self> {
+    pub fn new(rendezvous: &Rendezvous, kind: Backend) -> Result<Self> {
+        if kind == Backend::Nccl && !nccl_available() {
+            return Err(TorchExtError(
+                "this build has no NCCL backend (its CUDA headers were not installed when torch-ext was built: \
+                 run `cargo xtask setup` and rebuild), use the Gloo backend"
+                    .into(),
+            ));
+        }
         let timeout_ms = rendezvous.timeout.as_millis().min(i64::MAX as u128) as i64;
         let host = c_string(&rendezvous.master_addr)?;
         let prefix = if rendezvous.agent_store {
@@ -137,25 +164,27 @@ impl ProcessGroup {
         }
         let store = NonNull::new(store).expect("the shim returns a store on success");
         let mut backend = std::ptr::null_mut();
+        let (rank, world) = (rendezvous.rank as i32, rendezvous.world_size as i32);
         // SAFETY: `store` is live; on success the shim hands over a boxed backend.
         let created = unsafe {
-            ffi::check(ffi::tx_gloo_new(
-                store.as_ptr(),
-                rendezvous.rank as i32,
-                rendezvous.world_size as i32,
-                timeout_ms,
-                &mut backend,
-            ))
+            match kind {
+                Backend::Gloo => ffi::check(ffi::tx_gloo_new(store.as_ptr(), rank, world, timeout_ms, &mut backend)),
+                #[cfg(torch_ext_nccl)]
+                Backend::Nccl => ffi::check(ffi::tx_nccl_new(store.as_ptr(), rank, world, timeout_ms, &mut backend)),
+                #[cfg(not(torch_ext_nccl))]
+                Backend::Nccl => unreachable!("checked above"),
+            }
         };
         if let Err(e) = created {
             // SAFETY: freed once; nothing else holds it.
             unsafe { ffi::tx_store_free(store.as_ptr()) };
             return Err(TorchExtError(format!(
-                "rank {} of {}: creating the Gloo process group failed: {e}",
+                "rank {} of {}: creating the {kind:?} process group failed: {e}",
                 rendezvous.rank, rendezvous.world_size
             )));
         }
         Ok(Self {
+            kind,
             store,
             backend: NonNull::new(backend).expect("the shim returns a backend on success"),
             rank: rendezvous.rank,
@@ -165,6 +194,10 @@ impl ProcessGroup {
 
     pub fn rank(&self) -> usize {
         self.rank
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.kind
     }
 
     pub fn world_size(&self) -> usize {
@@ -178,7 +211,7 @@ impl ProcessGroup {
         ))
     }
 
-    /// Sums `tensor` (dense, CPU) over the ranks, in place.
+    /// Sums `tensor` (dense; CPU or CUDA for Gloo, CUDA for NCCL) over the ranks, in place.
     pub fn all_reduce_sum_(&self, tensor: &Tensor) -> Result<()> {
         // SAFETY: live backend and tensor.
         unsafe { ffi::check(ffi::tx_all_reduce_sum(self.backend.as_ptr(), tensor.as_ptr())) }

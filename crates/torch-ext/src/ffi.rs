@@ -20,6 +20,7 @@ extern "C" {
 
     pub fn tx_cuda_memory_stats(device_index: i32, out: *mut i64) -> *mut c_char;
     pub fn tx_cuda_reset_peak_memory(device_index: i32) -> *mut c_char;
+    pub fn tx_cuda_set_device(index: i32) -> *mut c_char;
 
     pub fn tx_store_new(
         host: *const c_char,
@@ -32,6 +33,14 @@ extern "C" {
     ) -> *mut c_char;
     pub fn tx_store_free(store: *mut c_void);
     pub fn tx_gloo_new(
+        store: *mut c_void,
+        rank: i32,
+        world_size: i32,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    #[cfg(torch_ext_nccl)]
+    pub fn tx_nccl_new(
         store: *mut c_void,
         rank: i32,
         world_size: i32,

@@ -24,6 +24,12 @@ pub fn cuda_memory(index: usize) -> Result<CudaMemory> {
     })
 }
 
+/// Makes CUDA device `index` the calling thread's current device (`torch.cuda.set_device`).
+pub fn set_cuda_device(index: usize) -> Result<()> {
+    // SAFETY: a plain call; errors come back as strings.
+    unsafe { ffi::check(ffi::tx_cuda_set_device(index as i32)) }
+}
+
 /// Starts the peak counters afresh (`torch.cuda.reset_peak_memory_stats`).
 pub fn reset_cuda_peak(index: usize) -> Result<()> {
     // SAFETY: a plain call; errors come back as strings.

@@ -131,3 +131,35 @@ fn torchrun_environment_is_read_with_clear_errors() {
         std::env::remove_var(v);
     }
 }
+
+#[test]
+fn nccl_without_a_gpu_is_a_clear_error() {
+    use torch_ext::distributed::{nccl_available, Backend};
+    if tch::Cuda::is_available() {
+        eprintln!("SKIPPED nccl_without_a_gpu_is_a_clear_error: this machine has a GPU");
+        return;
+    }
+    let err = ProcessGroup::new(
+        &Rendezvous {
+            master_addr: "127.0.0.1".into(),
+            master_port: free_port(),
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            agent_store: false,
+            restart_count: 0,
+            timeout: Duration::from_secs(20),
+        },
+        Backend::Nccl,
+    )
+    .unwrap_err()
+    .to_string();
+    eprintln!("{err}");
+    if nccl_available() {
+        // Built with NCCL: c10d itself refuses a machine without GPUs, and says so.
+        assert!(err.contains("creating the Nccl process group failed"), "{err}");
+        assert!(err.to_lowercase().contains("gpu") || err.contains("CUDA"), "{err}");
+    } else {
+        assert!(err.contains("no NCCL backend"), "{err}");
+    }
+}

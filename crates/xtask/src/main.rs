@@ -21,6 +21,10 @@ const REQUIREMENTS: &[&str] = &[
     "tensorboard==2.21.0",
     "safetensors==0.8.0",
     "numpy>=2,<3",
+    // Headers only: the CUDA runtime's `crt/` and CCCL's `nv/`, which c10d's ProcessGroupNCCL.hpp
+    // includes and the torch wheel lacks; crates/torch-ext builds its NCCL backend against them.
+    "nvidia-cuda-crt==13.0.88",
+    "nvidia-cuda-cccl==13.0.85",
 ];
 /// Written last, so a venv whose install was interrupted is never taken as ready.
 const READY_MARKER: &str = "byol-rs-ready.txt";
