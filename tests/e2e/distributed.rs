@@ -167,3 +167,18 @@ fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
     assert_eq!(summary["steps"], 48);
     assert!(summary["resumed_from_step"].as_u64().unwrap() >= 4, "{summary}");
 }
+
+#[test]
+fn asking_for_nccl_without_a_gpu_says_so() {
+    if tch::Cuda::is_available() {
+        eprintln!("SKIPPED asking_for_nccl_without_a_gpu_says_so: this machine has a GPU");
+        return;
+    }
+    let dir = setup();
+    let args = ["dp.toml", "--set", "distributed.backend=nccl"];
+    let out = spawn_rank(dir.path(), 0, 1, free_port(), &args).wait_with_output().unwrap();
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("joining the data-parallel job (c10d, Nccl)"), "{all}");
+    assert!(all.contains("GPU"), "{all}");
+}
