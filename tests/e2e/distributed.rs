@@ -176,7 +176,9 @@ fn asking_for_nccl_without_a_gpu_says_so() {
     }
     let dir = setup();
     let args = ["dp.toml", "--set", "distributed.backend=nccl"];
-    let out = spawn_rank(dir.path(), 0, 1, free_port(), &args).wait_with_output().unwrap();
+    let out = spawn_rank(dir.path(), 0, 1, free_port(), &args)
+        .wait_with_output()
+        .unwrap();
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("joining the data-parallel job (c10d, Nccl)"), "{all}");
