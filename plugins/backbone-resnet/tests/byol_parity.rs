@@ -1,6 +1,7 @@
 //! BYOL against a PyTorch reference written from the paper, on identical weights and views:
 //! loss value, gradients w.r.t. every online parameter, and the online/target parameters after
-//! several SGD + EMA steps. Tolerance: 1e-5 on the loss, 1e-3 relative on gradients and parameters.
+//! several SGD + EMA steps. Tolerance: 1e-5 on the loss, 1e-3 relative on gradients and parameters
+//! (relative to the tensor's largest entry; for parameters, at least 0.05).
 
 use backbone_resnet::{ResNet18, ResNetConfig};
 use byol::{Byol, ByolConfig};
@@ -91,13 +92,11 @@ for n, p in target.named_parameters():
     outputs["final.target." + n] = p.detach()
 "#;
 
+/// Both forward variants in one test: each seeds libtorch's global generator for its inputs,
+/// which two tests running on parallel threads would interleave.
 #[test]
-fn byol_loss_gradients_and_ema_match_pytorch() {
+fn byol_loss_gradients_and_ema_match_pytorch_with_separate_and_concatenated_views() {
     check_against_pytorch(false);
-}
-
-#[test]
-fn concatenated_views_match_pytorch_on_one_2n_batch() {
     check_against_pytorch(true);
 }
 
@@ -156,8 +155,13 @@ fn check_against_pytorch(concat_views: bool) {
         .filter(|(k, t)| k.starts_with("online.") && t.requires_grad())
         .collect();
     let mut opt = SimpleSgd::new(&params, lr, 0.9);
-    let relative =
-        |ours: &Tensor, theirs: &Tensor| max_abs_diff(ours, theirs) / theirs.abs().max().double_value(&[]).max(1e-12);
+    let relative_to_at_least = |ours: &Tensor, theirs: &Tensor, floor: f64| {
+        max_abs_diff(ours, theirs) / theirs.abs().max().double_value(&[]).max(floor)
+    };
+    let relative = |ours: &Tensor, theirs: &Tensor| relative_to_at_least(ours, theirs, 1e-12);
+    // Parameters after three steps: a BN bias a few 1e-2 in size differs by ~1e-5 between thread
+    // counts (another summation order), which is noise, so the scale is at least 0.05.
+    let relative_parameter = |ours: &Tensor, theirs: &Tensor| relative_to_at_least(ours, theirs, 5e-2);
     for (step, (v1, v2)) in views.iter().enumerate() {
         let loss = byol.loss(v1, v2);
         opt.zero_grad();
@@ -177,7 +181,7 @@ fn check_against_pytorch(concat_views: bool) {
     let mut compared = 0;
     for (key, theirs) in reference.iter().filter(|(k, _)| k.starts_with("final.")) {
         let name = &key["final.".len()..];
-        let r = relative(&variables[name], theirs);
+        let r = relative_parameter(&variables[name], theirs);
         assert!(r < 1e-3, "{name} after {steps} steps differs (relative {r})");
         compared += 1;
     }
