@@ -397,6 +397,72 @@ fn bernoulli_frequency_within_4_sigma() {
     );
 }
 
+/// `apply_jitter` with drawn factors and orders vs torchvision's ColorJitter body image by
+/// image (`for fn_id in order: F.adjust_*(img, factor)`), on a batch where the CPU path computes
+/// each adjustment only on the samples that take it at that position.
+#[test]
+fn color_jitter_matches_torchvision_in_each_samples_order() {
+    const N: i64 = 24;
+    let x = random_images(50, N, 16, 16);
+    let draw = {
+        let _rng = seeded(51);
+        let strength = JitterStrength {
+            brightness: 0.4,
+            contrast: 0.4,
+            saturation: 0.2,
+            hue: 0.1,
+        };
+        ops::JitterDraw::new(N, strength, CPU)
+    };
+    let ours = ops::apply_jitter(&x, &draw);
+    let script = format!(
+        "{TV}order = inputs['order'].tolist()
+b, c, s, h = (inputs[k].tolist() for k in ('b', 'c', 's', 'h'))
+out = []
+for i in range(len(order)):
+    img = x[i]
+    for op in order[i]:
+        if op == 0: img = F.adjust_brightness(img, b[i])
+        elif op == 1: img = F.adjust_contrast(img, c[i])
+        elif op == 2: img = F.adjust_saturation(img, s[i])
+        else: img = F.adjust_hue(img, h[i])
+    out.append(img)
+outputs['y'] = torch.stack(out)
+"
+    );
+    let tv = run_python(
+        &script,
+        &[
+            ("x", &x),
+            ("order", &draw.order),
+            ("b", &draw.brightness),
+            ("c", &draw.contrast),
+            ("s", &draw.saturation),
+            ("h", &draw.hue),
+        ],
+    );
+    check("apply_jitter", &ours, &tv["y"], EXACT);
+    // Every order position mixes adjustments across samples (else the test checks less).
+    let first = draw.order.select(1, 0);
+    assert!(
+        (0..4).all(|op| first.eq(op).any().int64_value(&[]) == 1),
+        "order[:, 0] = {first}"
+    );
+}
+
+/// `apply_where` on a subset (the CPU path) equals transforming the whole batch and selecting.
+#[test]
+fn apply_where_equals_select_of_whole_batch() {
+    let x = random_images(60, 6, 8, 8);
+    let factors = floats(&[0.5, 1.5, 0.7, 1.2, 0.9, 1.1]);
+    let whole = ops::adjust_contrast(&x, &factors);
+    for mask in [[true, false, true, false, false, true], [false; 6], [true; 6]] {
+        let mask = Tensor::from_slice(&mask);
+        let ours = ops::apply_where(&mask, &x, |x, rows| ops::adjust_contrast(x, &rows.of(&factors)));
+        assert_eq!(max_abs_diff(&ours, &ops::select(&mask, &whole, &x)), 0.0, "mask {mask}");
+    }
+}
+
 #[test]
 fn color_jitter_is_per_sample() {
     const N: i64 = 64;

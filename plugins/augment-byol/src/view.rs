@@ -90,24 +90,27 @@ impl ByolAugment {
     fn after_crop(&self, mut x: Tensor, p: &ViewParams) -> Tensor {
         let n = x.size()[0];
         let device = x.device();
+        // Every draw is made for the whole batch, in a fixed order, before its coin flip: a
+        // sample's views do not depend on which other samples an op was applied to.
         if p.jitter_p > 0.0 {
-            let jittered = ops::color_jitter(&x, p.jitter);
-            x = ops::select(&ops::bernoulli(n, p.jitter_p, device), &jittered, &x);
+            let draw = ops::JitterDraw::new(n, p.jitter, device);
+            let apply = ops::bernoulli(n, p.jitter_p, device);
+            x = ops::apply_where(&apply, &x, |x, rows| ops::apply_jitter(x, &draw.rows(rows)));
         }
         if p.grayscale_p > 0.0 {
-            x = ops::select(&ops::bernoulli(n, p.grayscale_p, device), &ops::grayscale(&x), &x);
+            x = ops::apply_where(&ops::bernoulli(n, p.grayscale_p, device), &x, |x, _| ops::grayscale(x));
         }
         if p.blur_p > 0.0 {
             let sigma = ops::uniform(n, p.blur_sigma.0, p.blur_sigma.1, device);
-            let blurred = ops::gaussian_blur(&x, p.blur_kernel(self.size), &sigma);
-            x = ops::select(&ops::bernoulli(n, p.blur_p, device), &blurred, &x);
+            let kernel = p.blur_kernel(self.size);
+            let apply = ops::bernoulli(n, p.blur_p, device);
+            x = ops::apply_where(&apply, &x, |x, rows| ops::gaussian_blur(x, kernel, &rows.of(&sigma)));
         }
         if p.solarize_p > 0.0 {
-            x = ops::select(
-                &ops::bernoulli(n, p.solarize_p, device),
-                &ops::solarize(&x, p.solarize_threshold),
-                &x,
-            );
+            let threshold = p.solarize_threshold;
+            x = ops::apply_where(&ops::bernoulli(n, p.solarize_p, device), &x, |x, _| {
+                ops::solarize(x, threshold)
+            });
         }
         ops::normalize(&x, self.mean, self.std)
     }

@@ -1,6 +1,6 @@
 use tch::{Kind, Tensor};
 
-use super::select;
+use super::{apply_where, Rows};
 
 fn per_sample(factor: &Tensor) -> Tensor {
     factor.view([-1, 1, 1, 1])
@@ -76,14 +76,15 @@ fn hsv_to_rgb(h: &Tensor, s: &Tensor, v: &Tensor) -> Tensor {
     let p = (v * (s.ones_like() - s)).clamp(0.0, 1.0);
     let q = (v * (s.ones_like() - s * &f)).clamp(0.0, 1.0);
     let t = (v * (s.ones_like() - s * (f.ones_like() - &f))).clamp(0.0, 1.0);
-    // One-hot of the sextant, [N, 6, H, W].
-    let sextants = Tensor::arange(6, (Kind::Int64, h.device())).view([1, 6, 1, 1]);
-    let mask = i.unsqueeze(1).eq_tensor(&sextants).to_kind(v.kind());
-    let pick = |vals: [&Tensor; 6]| (Tensor::stack(&vals, 1) * &mask).sum_dim_intlist([1i64].as_slice(), false, None);
-    let r = pick([v, &q, &p, &p, &t, v]);
-    let g = pick([&t, v, v, &q, &p, &p]);
-    let b = pick([&p, &p, &t, v, v, &q]);
-    Tensor::stack(&[r, g, b], 1)
+    // Sextant i takes (r, g, b) = (v, q, p, p, t, v)[i], (t, v, v, q, p, p)[i],
+    // (p, p, t, v, v, q)[i]: one gather from the planes [v, q, p, t] (torchvision sums
+    // one-hot masks over six stacked planes per channel; picking is exact and cheaper).
+    const PLANE_OF_SEXTANT: [i64; 18] = [0, 1, 2, 2, 3, 0, 3, 0, 0, 1, 2, 2, 2, 2, 3, 0, 0, 1];
+    let device = h.device();
+    let table = Tensor::from_slice(&PLANE_OF_SEXTANT).to_device(device);
+    let channel_offset = Tensor::from_slice(&[0i64, 6, 12]).to_device(device).view([1, 3, 1, 1]);
+    let plane = table.take(&(i.unsqueeze(1) + channel_offset));
+    Tensor::stack(&[v, &q, &p, &t], 1).gather(1, &plane, false)
 }
 
 /// Solarize: pixels at or above `threshold` are inverted.
@@ -115,30 +116,62 @@ pub struct JitterStrength {
     pub hue: f64,
 }
 
+/// The random draws of [`color_jitter`] for a batch: the four factors of every sample (hue in
+/// turns) and the order in which it applies the four adjustments (a permutation per sample).
+#[derive(Debug)]
+pub struct JitterDraw {
+    pub brightness: Tensor,
+    pub contrast: Tensor,
+    pub saturation: Tensor,
+    pub hue: Tensor,
+    /// `[N, 4]`: `order[n, k]` is the adjustment sample n applies k-th (0 brightness,
+    /// 1 contrast, 2 saturation, 3 hue).
+    pub order: Tensor,
+}
+
+impl JitterDraw {
+    pub fn new(n: i64, strength: JitterStrength, device: tch::Device) -> Self {
+        let factor = |x: f64| super::uniform(n, (1.0 - x).max(0.0), 1.0 + x, device);
+        Self {
+            brightness: factor(strength.brightness),
+            contrast: factor(strength.contrast),
+            saturation: factor(strength.saturation),
+            hue: super::uniform(n, -strength.hue, strength.hue, device),
+            order: Tensor::rand([n, 4], (Kind::Float, device)).argsort(1, false),
+        }
+    }
+
+    /// The draws of these rows.
+    pub fn rows(&self, rows: &Rows) -> Self {
+        Self {
+            brightness: rows.of(&self.brightness),
+            contrast: rows.of(&self.contrast),
+            saturation: rows.of(&self.saturation),
+            hue: rows.of(&self.hue),
+            order: rows.of(&self.order),
+        }
+    }
+}
+
 /// torchvision's ColorJitter with every draw per sample: the four factors, and the order in
 /// which the four adjustments are applied (a random permutation per image).
 pub fn color_jitter(images: &Tensor, strength: JitterStrength) -> Tensor {
-    let n = images.size()[0];
-    let device = images.device();
-    let factor = |x: f64| super::uniform(n, (1.0 - x).max(0.0), 1.0 + x, device);
-    let brightness = factor(strength.brightness);
-    let contrast = factor(strength.contrast);
-    let saturation = factor(strength.saturation);
-    let hue = super::uniform(n, -strength.hue, strength.hue, device);
-    // order[n, k] = which op sample n applies at position k.
-    let order = Tensor::rand([n, 4], (Kind::Float, device)).argsort(1, false);
+    apply_jitter(images, &JitterDraw::new(images.size()[0], strength, images.device()))
+}
+
+/// Colour jitter with given draws: at each of the four positions, every sample gets the
+/// adjustment its order names there.
+pub fn apply_jitter(images: &Tensor, draw: &JitterDraw) -> Tensor {
     let mut out = images.shallow_clone();
     for position in 0..4 {
-        let op_at = order.select(1, position);
+        let op_at = draw.order.select(1, position);
         for op in 0..4i64 {
-            let mask = op_at.eq(op);
-            let adjusted = match op {
-                0 => adjust_brightness(&out, &brightness),
-                1 => adjust_contrast(&out, &contrast),
-                2 => adjust_saturation(&out, &saturation),
-                _ => adjust_hue(&out, &hue),
-            };
-            out = select(&mask, &adjusted, &out);
+            out = apply_where(&op_at.eq(op), &out, |x, rows| match op {
+                0 => adjust_brightness(x, &rows.of(&draw.brightness)),
+                1 => adjust_contrast(x, &rows.of(&draw.contrast)),
+                2 => adjust_saturation(x, &rows.of(&draw.saturation)),
+                _ => adjust_hue(x, &rows.of(&draw.hue)),
+            });
         }
     }
     out
