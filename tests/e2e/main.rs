@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod distributed;
+mod learning;
 mod loader_crops;
 mod precision;
 mod quickstart;

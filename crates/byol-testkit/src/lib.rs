@@ -1,14 +1,16 @@
 //! Test support. PyTorch as the oracle: tests hand tensors to a Python snippet run by the venv's
 //! torch and get tensors back, through safetensors files in a temporary folder. And
-//! [`conformance`]: the checks every backbone plugin runs (`check_backbone(&spec, 32)`).
+//! [`conformance`]: the checks every backbone plugin runs (`check_backbone(&spec, 32)`). And the
+//! shared CIFAR-10 JPEGs ([`cifar10_jpeg`]).
 
 pub mod conformance;
 
 pub use conformance::check_backbone;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use tch::Tensor;
 
@@ -81,4 +83,53 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .abs()
         .max()
         .double_value(&[])
+}
+
+/// The shared datasets folder (`shared/datasets`, holding `unpack.sh`): `BYOL_RS_SHARED_DATASETS`
+/// when set, else the first `shared/datasets` beside the repository or beside one of the
+/// folders above it (a clone may sit one level deeper than the working copy).
+pub fn shared_datasets() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("BYOL_RS_SHARED_DATASETS") {
+        return Some(PathBuf::from(dir));
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .ok()?;
+    repo.ancestors()
+        .skip(1)
+        .map(|dir| dir.join("shared/datasets"))
+        .find(|dir| dir.join("unpack.sh").is_file())
+}
+
+/// The full CIFAR-10 as JPEGs (`<dir>/{train,test}/<class>/*.jpg`), unpacked once into `dest`
+/// from the shared datasets (pass `env!("CARGO_TARGET_TMPDIR")`). `None`, with a loud line on
+/// stderr naming `test`, where the shared datasets are absent.
+pub fn cifar10_jpeg(test: &str, dest: &Path) -> Option<PathBuf> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let unpack = shared_datasets()?.join("unpack.sh");
+        let dest = dest.join("datasets");
+        std::fs::create_dir_all(&dest).expect("create the dataset folder");
+        let out = Command::new("sh")
+            .arg(&unpack)
+            .arg("cifar10-jpeg")
+            .arg(&dest)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", unpack.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: {}",
+            unpack.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(dest.join("cifar10-jpeg"))
+    });
+    if dir.is_none() {
+        eprintln!(
+            "SKIPPED {test}: no shared/datasets/unpack.sh beside the repository or above it \
+             (set BYOL_RS_SHARED_DATASETS to the folder holding cifar10-jpeg.tar.gz)"
+        );
+    }
+    dir.clone()
 }

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use byol_data::{DataError, DatasetSpec, Splits};
 
@@ -43,34 +42,7 @@ pub fn quoted(path: &Path) -> String {
     toml::Value::String(path.display().to_string()).to_string()
 }
 
-/// The full CIFAR-10 as JPEGs (`<dir>/{train,test}/<class>/*.jpg`), unpacked once per test binary
-/// from `<repo>/../shared/datasets` into the cargo target folder. `None` (and a loud line on
-/// stderr) where the shared datasets are absent.
+/// The shared CIFAR-10 JPEGs, unpacked into this binary's temporary folder.
 pub fn cifar10_jpeg(test: &str) -> Option<PathBuf> {
-    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let unpack = repo.join("../shared/datasets/unpack.sh");
-        if !unpack.is_file() {
-            return None;
-        }
-        let dest = Path::new(env!("CARGO_TARGET_TMPDIR")).join("datasets");
-        std::fs::create_dir_all(&dest).expect("create the dataset folder");
-        let out = Command::new("sh")
-            .arg(&unpack)
-            .arg("cifar10-jpeg")
-            .arg(&dest)
-            .output()
-            .expect("run unpack.sh");
-        assert!(
-            out.status.success(),
-            "unpack.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(dest.join("cifar10-jpeg"))
-    });
-    if dir.is_none() {
-        eprintln!("SKIPPED {test}: ../shared/datasets/unpack.sh is absent (the shared CIFAR-10 JPEGs are needed)");
-    }
-    dir.clone()
+    byol_testkit::cifar10_jpeg(test, Path::new(env!("CARGO_TARGET_TMPDIR")))
 }

@@ -1,0 +1,75 @@
+//! BYOL learns real images on a CPU: `experiments/cifar10-slice-cpu.toml` (a CIFAR-10 slice of the
+//! shared JPEGs, 5,000 train and 5,000 test images, a three-block CNN, 40 epochs) ends with a
+//! weighted-kNN top-1 well above the same network's at initialization.
+//!
+//! The baseline is the better of two untrained networks: the network as initialized, and the
+//! same weights after one epoch at learning rate 0, whose batch-norm running statistics have
+//! been fitted to the data (that alone moves kNN by +0.5 to +2 points, seeds 1 and 2).
+//!
+//! Margin: at least 4 points on 5,000 test images, whose standard error per accuracy is about 0.7
+//! points. Measured on the 2-core CPU, trained vs that baseline: seed 0 38.9% vs 30.6% (+8.3),
+//! seed 1 38.2% vs 31.9% (+6.3), seed 2 39.6% vs 32.1% (+7.5). The curve rises at every
+//! evaluation (seed 0: 29.1, 33.8, 37.1, 38.1, 38.9% at epochs 0, 10, 20, 30, 40). About 100 s.
+
+use std::path::Path;
+
+use super::{byol_run, repo_root, text};
+
+/// A path as a TOML string, for `--set key=VALUE`.
+fn quoted(path: &Path) -> String {
+    toml::Value::String(path.display().to_string()).to_string()
+}
+
+/// Runs the slice experiment with `overrides`; returns kNN top-1 before and after, and the output.
+fn run_slice(cifar: &Path, run_dir: &Path, overrides: &[&str]) -> (f64, f64, String) {
+    let mut args = vec![
+        "experiments/cifar10-slice-cpu.toml".to_string(),
+        "--run-dir".into(),
+        run_dir.display().to_string(),
+        "--set".into(),
+        format!("dataset.train={}", quoted(&cifar.join("train"))),
+        "--set".into(),
+        format!("dataset.test={}", quoted(&cifar.join("test"))),
+    ];
+    for o in overrides {
+        args.extend(["--set".to_string(), o.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = byol_run(&repo_root(), &args);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();
+    let top1 = |key: &str| summary[key]["top1"].as_f64().unwrap();
+    (top1("knn_before"), top1("knn_after"), all)
+}
+
+#[test]
+fn byol_learns_a_cifar10_slice_on_the_cpu() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let Some(cifar) = byol_testkit::cifar10_jpeg("byol_learns_a_cifar10_slice_on_the_cpu", tmp) else {
+        return;
+    };
+    let runs = tempfile::tempdir().unwrap();
+    let (init, calibrated, _) = run_slice(
+        &cifar,
+        &runs.path().join("untrained"),
+        &["optimizer.lr=0.0", "schedule.epochs=1", "eval.every_epochs=0"],
+    );
+    let (before, after, all) = run_slice(&cifar, &runs.path().join("trained"), &[]);
+    assert_eq!(before, init, "both runs start from the same network");
+    let baseline = init.max(calibrated);
+    // The kNN curve by epoch, in the log of a passing run too.
+    eprintln!(
+        "untrained: {:.1}% at init, {:.1}% with fitted BN statistics\n{}",
+        init * 100.0,
+        calibrated * 100.0,
+        all.lines().filter(|l| l.contains("kNN")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        after - baseline >= 0.04,
+        "kNN top-1 must gain at least 4 points over the untrained network ({:.1}%): {:.1}%\n{all}",
+        baseline * 100.0,
+        after * 100.0
+    );
+}
