@@ -42,7 +42,9 @@ mean, std = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 def view(solarize):
     return T.Compose([T.RandomResizedCrop(32, scale=(0.08, 1.0)), T.RandomHorizontalFlip(),
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), T.RandomGrayscale(0.2),
-        T.RandomSolarize(0.5, p=solarize), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+        # Solarize after the float conversion: its threshold is in the image's own scale, and 0.5 on
+        # uint8 pixels would invert every pixel above 0 (a negative, not a solarization).
+        T.ToDtype(torch.float32, scale=True), T.RandomSolarize(0.5, p=solarize), T.Normalize(mean, std)])
 views = (view(0.0), view(0.2))
 def augment(batch, t):  # per-sample random parameters: one transform call per image
     return torch.stack([t(img) for img in batch])

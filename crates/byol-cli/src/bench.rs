@@ -307,28 +307,19 @@ impl StepEngine {
         })
     }
 
-    /// One full step: forward under autocast, backward (loss-scaled in fp16), optimizer, EMA.
+    /// One full step as training takes it (`StepNumerics`: forward under autocast, backward,
+    /// unscaling in fp16, optimizer), then the EMA; fixed lr and tau.
     fn step(&mut self, view1: &tch::Tensor, view2: &tch::Tensor) -> anyhow::Result<()> {
-        let (view1, view2) = (
-            self.numerics.layout(view1.shallow_clone())?,
-            self.numerics.layout(view2.shallow_clone())?,
-        );
         self.optimizer.zero_grad();
-        let loss = self
-            .numerics
-            .forward(self.device, || self.byol.loss(&view1, &view2))
-            .to_kind(tch::Kind::Float);
-        match &self.numerics.scaler {
-            Some(s) => (&loss * s.scale()).backward(),
-            None => loss.backward(),
-        }
-        let apply = match &mut self.numerics.scaler {
-            Some(s) => s.unscale(&self.parameters),
-            None => true,
-        };
-        if apply {
-            self.optimizer.step(0.2);
-        }
+        self.numerics.forward_backward(
+            self.device,
+            &self.byol,
+            view1.shallow_clone(),
+            view2.shallow_clone(),
+            1.0,
+        )?;
+        self.numerics
+            .optimizer_step(&self.parameters, self.optimizer.as_mut(), 0.2);
         self.byol.update_target_with_tau(0.996);
         Ok(())
     }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-use byol::{Augment, Byol};
+use byol::{Augment, Byol, LossParts};
 use byol_data::{Batch, BatchLoader, Dataset, Splits};
 
 use crate::checkpoint::{self, Checkpointer, Manifest};
@@ -170,50 +170,26 @@ pub fn embed_split_sharded(
     let batches = loader.epoch_indices(0);
     let (rank, world) = (parallel.rank(), parallel.world_size());
     let dim = byol.embedding_dim();
-    let mut features = Vec::new();
-    let mut labels = Vec::new();
+    let mut rounds = Vec::new();
     // Every process runs every round (with an empty share past the end), so the all-gathers
-    // pair up; shares are padded to `batch` rows and trimmed by the gathered row counts.
+    // pair up. A share travels as one float block of `batch` rows: the features, the label
+    // (exact in f32) and a flag that tells real rows from the padding.
     for round in 0..batches.len().div_ceil(world) {
-        let padded = |t: Tensor, rows: i64| -> Tensor {
-            let missing = batch as i64 - rows;
-            if missing == 0 {
-                return t;
-            }
-            let mut shape = t.size();
-            shape[0] = missing;
-            Tensor::cat(
-                &[
-                    t.shallow_clone(),
-                    Tensor::zeros(shape.as_slice(), (t.kind(), t.device())),
-                ],
-                0,
-            )
-        };
-        let (share, share_labels, rows) = match batches.get(round * world + rank) {
-            Some(indices) => {
-                let (images, y) = loader.load(indices, device)?;
-                let f = byol.embed(&augment.eval_view(&images)).to_kind(Kind::Float);
-                (f, y, indices.len() as i64)
-            }
-            None => (
-                Tensor::zeros([0, dim], (Kind::Float, device)),
-                Tensor::zeros([0], (Kind::Int64, device)),
-                0,
-            ),
-        };
-        let gathered = parallel.all_gather(&padded(share, rows))?;
-        let gathered_labels = parallel.all_gather(&padded(share_labels, rows))?;
-        // On the training device: NCCL gathers CUDA tensors only.
-        let counts = parallel.all_gather(&Tensor::from_slice(&[rows]).to_device(device))?;
-        let counts = Vec::<i64>::try_from(counts.to_device(Device::Cpu))?;
-        for (r, &count) in counts.iter().enumerate() {
-            let start = (r * batch) as i64;
-            features.push(gathered.narrow(0, start, count));
-            labels.push(gathered_labels.narrow(0, start, count));
+        let block = Tensor::zeros([batch as i64, dim + 2], (Kind::Float, device));
+        if let Some(indices) = batches.get(round * world + rank) {
+            let (images, y) = loader.load(indices, device)?;
+            let features = byol.embed(&augment.eval_view(&images)).to_kind(Kind::Float);
+            let real = Tensor::ones([indices.len() as i64, 1], (Kind::Float, device));
+            let share = Tensor::cat(&[features, y.to_kind(Kind::Float).unsqueeze(1), real], 1);
+            block.narrow(0, 0, indices.len() as i64).copy_(&share);
         }
+        // Rank-major: the gathered rows are the split's batches in order.
+        rounds.push(parallel.all_gather(&block)?);
     }
-    Ok((Tensor::cat(&features, 0), Tensor::cat(&labels, 0)))
+    let all = Tensor::cat(&rounds, 0);
+    let real = all.select(1, dim + 1).gt(0.5).nonzero().squeeze_dim(1);
+    let all = all.index_select(0, &real);
+    Ok((all.narrow(1, 0, dim), all.select(1, dim).to_kind(Kind::Int64)))
 }
 
 /// The training batches of `experiment` for process `rank` of `world`: micro-batches of the
@@ -393,6 +369,40 @@ impl StepNumerics {
         } else {
             view
         })
+    }
+    /// The model half of a step on one micro-batch: both views in this layout, the forward pass
+    /// under this autocast, and the backward of `loss * weight` (loss-scaled in fp16). Training
+    /// and `byol-run bench` both step through here, so the benchmark times what training runs.
+    /// Returns the forward's parts, the loss already weighted.
+    pub fn forward_backward(
+        &self,
+        device: Device,
+        byol: &Byol,
+        view1: Tensor,
+        view2: Tensor,
+        weight: f64,
+    ) -> anyhow::Result<LossParts> {
+        let (view1, view2) = (self.layout(view1)?, self.layout(view2)?);
+        let mut parts = self.forward(device, || byol.loss_parts(&view1, &view2));
+        parts.loss = parts.loss.to_kind(Kind::Float) * weight;
+        match &self.scaler {
+            Some(scaler) => (&parts.loss * scaler.scale()).backward(),
+            None => parts.loss.backward(),
+        }
+        Ok(parts)
+    }
+
+    /// The optimizer step at `lr`, after unscaling fp16 gradients; skipped (and the loss scale
+    /// lowered) when they overflowed. Returns whether the step was taken.
+    pub fn optimizer_step(&mut self, parameters: &[NamedParameter], optimizer: &mut dyn Optimizer, lr: f64) -> bool {
+        let apply = match &mut self.scaler {
+            Some(scaler) => scaler.unscale(parameters),
+            None => true,
+        };
+        if apply {
+            optimizer.step(lr);
+        }
+        apply
     }
 }
 
@@ -651,16 +661,10 @@ impl<'a> Trainer<'a> {
         let share = 1.0 / micro_batches.len() as f64;
         for Batch { images, labels, .. } in micro_batches {
             let (view1, view2) = two_views(self.augment.as_ref(), &self.loader, images)?;
-            let (view1, view2) = (self.numerics.layout(view1)?, self.numerics.layout(view2)?);
             let parts = self
                 .numerics
-                .forward(self.device, || self.byol.loss_parts(&view1, &view2));
-            let loss = parts.loss.to_kind(Kind::Float) * share;
-            match &self.numerics.scaler {
-                Some(scaler) => (&loss * scaler.scale()).backward(),
-                None => loss.backward(),
-            }
-            total += loss.detach();
+                .forward_backward(self.device, &self.byol, view1, view2, share)?;
+            total += parts.loss.detach();
             if let Some(probe) = &mut self.probe {
                 probe.train_step(&parts.online_embeddings, labels);
             }
@@ -681,13 +685,8 @@ impl<'a> Trainer<'a> {
             }
             None => (total.double_value(&[]), stop),
         };
-        let apply = match &mut self.numerics.scaler {
-            Some(scaler) => scaler.unscale(&self.parameters),
-            None => true,
-        };
-        if apply {
-            self.optimizer.step(lr);
-        }
+        self.numerics
+            .optimizer_step(&self.parameters, self.optimizer.as_mut(), lr);
         self.byol.update_target(step, self.total_steps);
         Ok(StepOutcome {
             loss,

@@ -31,7 +31,7 @@ pub use backbone::{Backbone, BackboneSpec};
 pub use error::ByolError;
 pub use heads::MlpHead;
 pub use loss::{byol_loss, normalized_mse};
-pub use model::{Byol, ByolConfig};
+pub use model::{Byol, ByolConfig, LossParts};
 pub use registry::{PluginInfo, PluginKind};
 pub use target::{tau_at, TargetUpdater};
 

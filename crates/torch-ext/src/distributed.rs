@@ -57,10 +57,6 @@ impl Rendezvous {
         };
         let master_port = number("MASTER_PORT", required("MASTER_PORT")?)?;
         let master_port = u16::try_from(master_port).map_err(|_| format!("MASTER_PORT={master_port} is not a port"))?;
-        let timeout_s = match std::env::var("BYOL_RS_DIST_TIMEOUT_S") {
-            Ok(v) => number("BYOL_RS_DIST_TIMEOUT_S", v)?,
-            Err(_) => 1800,
-        };
         Ok(Some(Self {
             master_addr: required("MASTER_ADDR")?,
             master_port,
@@ -72,7 +68,8 @@ impl Rendezvous {
                 Ok(v) => number("TORCHELASTIC_RESTART_COUNT", v)?,
                 Err(_) => 0,
             },
-            timeout: Duration::from_secs(timeout_s),
+            // c10d's default; callers set their own (byol-train: `distributed.timeout_s`).
+            timeout: Duration::from_secs(1800),
         }))
     }
 }
