@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use super::{byol_run, repo_root, text};
+use super::{byol_run, one_long_training_run_at_a_time, repo_root, text};
 
 /// A path as a TOML string, for `--set key=VALUE`.
 fn quoted(path: &Path) -> String {
@@ -50,6 +50,7 @@ fn byol_learns_a_cifar10_slice_on_the_cpu() {
     let Some(cifar) = byol_testkit::cifar10_jpeg("byol_learns_a_cifar10_slice_on_the_cpu", tmp) else {
         return;
     };
+    let _long_run = one_long_training_run_at_a_time();
     let runs = tempfile::tempdir().unwrap();
     let (init, calibrated, _) = run_slice(
         &cifar,

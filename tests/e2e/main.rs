@@ -13,6 +13,15 @@ mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+/// Held by the tests whose training runs take minutes and every core (the quickstart, the CIFAR
+/// learning check): two of them at once on a small machine oversubscribe libtorch's OpenMP
+/// threads, whose spin-waiting then slows both several times over. Short tests run beside them.
+pub fn one_long_training_run_at_a_time() -> MutexGuard<'static, ()> {
+    static LONG_RUN: Mutex<()> = Mutex::new(());
+    LONG_RUN.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The repository root (experiments/ lives there).
 pub fn repo_root() -> PathBuf {

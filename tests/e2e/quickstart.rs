@@ -1,9 +1,10 @@
 //! The quickstart, exactly as the README runs it: it trains, learns, and leaves a complete run folder.
 
-use super::{byol_run, repo_root, text};
+use super::{byol_run, one_long_training_run_at_a_time, repo_root, text};
 
 #[test]
 fn quickstart_learns_and_logs_to_tensorboard() {
+    let _long_run = one_long_training_run_at_a_time();
     let runs = tempfile::tempdir().unwrap();
     let run_dir = runs.path().join("quickstart");
     let out = byol_run(
