@@ -607,7 +607,20 @@ impl<'a> Trainer<'a> {
             return Ok(());
         };
         let (images, _) = self.loader.load(&first, self.device)?;
-        match self.augment.preview(&images) {
+        // With loader crops, the picture shows the views made from the loader's own crops of
+        // the full images (the first batch of epoch 0, the crops training takes).
+        let loader_crops = match self.loader.crops {
+            Some(_) => self.loader.prefetch(0, 0, self.device).next().transpose()?,
+            None => None,
+        };
+        let grid = match &loader_crops {
+            Some(batch) => self
+                .augment
+                .preview_of_crops(&images, &batch.images)
+                .or_else(|| self.augment.preview(&images)),
+            None => self.augment.preview(&images),
+        };
+        match grid {
             Some(grid) => logger.image("views", &grid, 0),
             None => Ok(()),
         }

@@ -26,4 +26,12 @@ pub trait Augment: std::fmt::Debug + Send {
         let _ = images;
         None
     }
+
+    /// [`Augment::preview`] of a run whose loader cuts the crops: `crops` (uint8 `[N, 6, S, S]`,
+    /// view 1 RGB then view 2 RGB) were cut from the full images that `images` shows. `None`: the
+    /// runner falls back to [`Augment::preview`].
+    fn preview_of_crops(&self, images: &Tensor, crops: &Tensor) -> Option<Tensor> {
+        let _ = (images, crops);
+        None
+    }
 }

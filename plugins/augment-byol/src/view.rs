@@ -135,10 +135,35 @@ impl ByolAugment {
         tch::no_grad(|| {
             let images = images.narrow(0, 0, count.min(images.size()[0]));
             let (view1, view2) = byol::Augment::two_views(self, &images);
-            let original = ops::resize_center(&to_unit_float(&images), self.size);
-            let cells = [original, self.unnormalize(&view1), self.unnormalize(&view2)].map(|x| preview::to_uint8(&x));
-            preview::grid(&[&cells[0], &cells[1], &cells[2]], 2, 255)
+            self.grid(&images, &view1, &view2)
         })
+    }
+
+    /// [`ByolAugment::preview_grid`] for crops the loader cut (uint8 `[N, 6, S, S]`: view 1 RGB,
+    /// view 2 RGB) from the full images that `images` shows resized.
+    pub fn preview_grid_of_crops(&self, images: &Tensor, crops: &Tensor, count: i64) -> Tensor {
+        tch::no_grad(|| {
+            let count = count.min(images.size()[0]);
+            let (images, crops) = (images.narrow(0, 0, count), crops.narrow(0, 0, count));
+            let view1 = self.view_of_crops(&to_unit_float(&crops.narrow(1, 0, 3)), &self.view1);
+            let view2 = self.view_of_crops(&to_unit_float(&crops.narrow(1, 3, 3)), &self.view2);
+            self.grid(&images, &view1, &view2)
+        })
+    }
+
+    fn grid(&self, images: &Tensor, view1: &Tensor, view2: &Tensor) -> Tensor {
+        let original = ops::resize_center(&to_unit_float(images), self.size);
+        let cells = [original, self.unnormalize(view1), self.unnormalize(view2)].map(|x| preview::to_uint8(&x));
+        preview::grid(&[&cells[0], &cells[1], &cells[2]], 2, 255)
+    }
+
+    /// Images per preview: 8, or 4 for views over 96 px.
+    fn preview_count(&self) -> i64 {
+        if self.size > 96 {
+            4
+        } else {
+            8
+        }
     }
 }
 
@@ -166,7 +191,11 @@ impl byol::Augment for ByolAugment {
     /// Rows of (original resized to the view size, view 1, view 2) for the first 8 images (4
     /// for views over 96 px), normalization undone, 2 px white padding.
     fn preview(&self, images: &Tensor) -> Option<Tensor> {
-        Some(self.preview_grid(images, if self.size > 96 { 4 } else { 8 }))
+        Some(self.preview_grid(images, self.preview_count()))
+    }
+
+    fn preview_of_crops(&self, images: &Tensor, crops: &Tensor) -> Option<Tensor> {
+        Some(self.preview_grid_of_crops(images, crops, self.preview_count()))
     }
 
     fn eval_view(&self, images: &Tensor) -> Tensor {
