@@ -370,6 +370,7 @@ impl StepNumerics {
             view
         })
     }
+
     /// The model half of a step on one micro-batch: both views in this layout, the forward pass
     /// under this autocast, and the backward of `loss * weight` (loss-scaled in fp16). Training
     /// and `byol-run bench` both step through here, so the benchmark times what training runs.

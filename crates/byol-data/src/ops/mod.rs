@@ -38,9 +38,8 @@ pub fn apply_where(mask: &Tensor, x: &Tensor, op: impl FnOnce(&Tensor, &Rows) ->
         0 => x.shallow_clone(),
         chosen if chosen == x.size()[0] => op(x, &Rows::all()),
         _ => {
-            let rows = Rows(Some(index));
-            let out = op(&rows.of(x), &rows);
-            x.index_copy(0, rows.0.as_ref().expect("a subset"), &out)
+            let out = op(&x.index_select(0, &index), &Rows(Some(index.shallow_clone())));
+            x.index_copy(0, &index, &out)
         }
     }
 }
