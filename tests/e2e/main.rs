@@ -9,6 +9,7 @@ mod loader_crops;
 mod precision;
 mod quickstart;
 mod resume;
+mod run_folder;
 mod sweep;
 
 use std::path::{Path, PathBuf};

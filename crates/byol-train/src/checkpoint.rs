@@ -37,6 +37,20 @@ pub struct Checkpointer {
     keep_last: usize,
 }
 
+/// What [`Checkpointer::resume_point`] found.
+#[derive(Debug)]
+pub struct ResumePoint {
+    /// The newest intact checkpoint and its manifest (None: the folder has none yet).
+    pub latest: Option<(PathBuf, Manifest)>,
+    /// One line per damaged checkpoint skipped.
+    pub warnings: Vec<String>,
+}
+
+/// Where damaged checkpoints are moved, inside the checkpoints folder: out of the way of
+/// pruning and resume, but kept for the user to inspect (never deleted by us).
+pub const DAMAGED_DIR: &str = "damaged";
+const LAST_LINK: &str = "last";
+
 impl Checkpointer {
     pub fn new(dir: PathBuf, keep_last: usize) -> Self {
         Self {
@@ -54,51 +68,42 @@ impl Checkpointer {
         &self,
         model: &[(String, Tensor)],
         optimizer: &[(String, Tensor)],
-        mut manifest: Manifest,
+        manifest: Manifest,
     ) -> anyhow::Result<PathBuf> {
         fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
         let name = format!("step-{:09}", manifest.step);
         let final_dir = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
         if tmp.exists() {
-            fs::remove_dir_all(&tmp)?;
+            fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
         }
-        fs::create_dir_all(&tmp)?;
-        for (file, tensors) in [(MODEL_FILE, model), (OPTIMIZER_FILE, optimizer)] {
-            let path = tmp.join(file);
-            // safetensors stores row-major data: channels_last weights and states are copied.
-            let tensors: Vec<(&str, Tensor)> = tensors
-                .iter()
-                .map(|(name, t)| (name.as_str(), t.to_device(tch::Device::Cpu).contiguous()))
-                .collect();
-            Tensor::write_safetensors(&tensors, &path).with_context(|| format!("cannot write {}", path.display()))?;
-            manifest.files.insert(file.to_string(), sha256_file(&path)?);
+        if let Err(e) = write_checkpoint_folder(&tmp, model, optimizer, manifest) {
+            // A half-written folder is useless and may be large (a full disk): drop it now.
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
         }
-        manifest.format = 1;
-        let manifest_path = tmp.join(MANIFEST_FILE);
-        fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)?;
-        for file in [MODEL_FILE, OPTIMIZER_FILE, MANIFEST_FILE] {
-            File::open(tmp.join(file))?.sync_all()?;
-        }
-        sync_dir(&tmp)?;
-        if final_dir.exists() {
-            fs::remove_dir_all(&final_dir)?;
-        }
-        fs::rename(&tmp, &final_dir).with_context(|| format!("cannot move checkpoint into {}", final_dir.display()))?;
+        move_into_place(&tmp, &final_dir)?;
         self.point_last_at(&name)?;
-        sync_dir(&self.dir)?;
-        self.prune()?;
+        sync_dir(&self.dir).with_context(|| format!("cannot sync {}", self.dir.display()))?;
+        self.prune(&final_dir)?;
         Ok(final_dir)
     }
 
     /// `checkpoints/last` -> the newest checkpoint (a symlink swapped in by rename).
     fn point_last_at(&self, name: &str) -> anyhow::Result<()> {
-        let link = self.dir.join("last");
+        let link = self.dir.join(LAST_LINK);
         let tmp = self.dir.join(format!(".last.tmp-{}", std::process::id()));
         let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(name, &tmp)?;
-        fs::rename(&tmp, &link)?;
+        std::os::unix::fs::symlink(name, &tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        fs::rename(&tmp, &link).with_context(|| format!("cannot replace {}", link.display()))?;
         Ok(())
+    }
+
+    /// The checkpoint `last` points at, when it exists.
+    pub fn last(&self) -> Option<PathBuf> {
+        let target = fs::read_link(self.dir.join(LAST_LINK)).ok()?;
+        let dir = self.dir.join(target);
+        dir.is_dir().then_some(dir)
     }
 
     /// Checkpoint folders, oldest first.
@@ -115,27 +120,198 @@ impl Checkpointer {
         dirs
     }
 
-    fn prune(&self) -> anyhow::Result<()> {
-        let dirs = self.list();
-        if dirs.len() > self.keep_last {
-            for old in &dirs[..dirs.len() - self.keep_last] {
-                fs::remove_dir_all(old).with_context(|| format!("cannot remove old checkpoint {}", old.display()))?;
-            }
+    /// Removes the oldest checkpoints beyond `keep_last`, never `newest` (the one just written,
+    /// whatever sorts after it).
+    fn prune(&self, newest: &Path) -> anyhow::Result<()> {
+        let others: Vec<PathBuf> = self.list().into_iter().filter(|d| d != newest).collect();
+        let excess = (others.len() + 1).saturating_sub(self.keep_last);
+        for old in &others[..excess.min(others.len())] {
+            fs::remove_dir_all(old).with_context(|| format!("cannot remove old checkpoint {}", old.display()))?;
         }
         Ok(())
     }
 
-    /// The newest checkpoint whose files match its manifest. Damaged newer ones are reported
-    /// in the returned warnings and skipped.
-    pub fn latest_valid(&self) -> (Option<(PathBuf, Manifest)>, Vec<String>) {
+    /// Removes what interrupted writes left behind (`.step-N.tmp-PID` folders, `.last.tmp-PID`
+    /// links) and returns their names. Only for the holder of the run folder's lock: another
+    /// process's write in progress looks exactly like a stale one.
+    pub fn remove_stale_temporaries(&self) -> anyhow::Result<Vec<String>> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Ok(Vec::new());
+        };
+        let mut removed = Vec::new();
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with('.') && name.contains(".tmp-")) {
+                continue;
+            }
+            let path = entry.path();
+            let result = match entry.file_type() {
+                Ok(kind) if kind.is_dir() => fs::remove_dir_all(&path),
+                _ => fs::remove_file(&path),
+            };
+            result.with_context(|| format!("cannot remove the unfinished checkpoint write {}", path.display()))?;
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+
+    /// The newest checkpoint whose files match its manifest, to resume from, and a warning per
+    /// damaged one. With `repair` (the process that owns the run folder), damaged checkpoints
+    /// are moved into `damaged/`, where pruning and later resumes no longer see them, and `last`
+    /// is pointed at the checkpoint found. When checkpoints exist (or were moved aside before)
+    /// and none is intact, this is an error: training from step 0 would silently throw the run
+    /// away and mix a new one into its folder.
+    pub fn resume_point(&self, repair: bool) -> anyhow::Result<ResumePoint> {
         let mut warnings = Vec::new();
+        let mut damaged = Vec::new();
+        let earlier = self.damaged();
         for dir in self.list().into_iter().rev() {
             match verify(&dir) {
-                Ok(manifest) => return (Some((dir, manifest)), warnings),
-                Err(e) => warnings.push(format!("skipping damaged checkpoint {}: {e:#}", dir.display())),
+                Ok(manifest) => {
+                    if repair && self.last().as_deref() != Some(dir.as_path()) {
+                        let name = dir.file_name().expect("a step folder").to_string_lossy().into_owned();
+                        self.point_last_at(&name)?;
+                    }
+                    return Ok(ResumePoint {
+                        latest: Some((dir, manifest)),
+                        warnings,
+                    });
+                }
+                Err(e) => {
+                    let mut warning = format!("skipping damaged checkpoint {}: {e:#}", dir.display());
+                    if repair {
+                        let moved = self.move_to_damaged(&dir)?;
+                        warning.push_str(&format!("; moved to {}", moved.display()));
+                    }
+                    damaged.push(format!("{}: {e:#}", dir.display()));
+                    warnings.push(warning);
+                }
             }
         }
-        (None, warnings)
+        if damaged.is_empty() && earlier.is_empty() {
+            return Ok(ResumePoint { latest: None, warnings });
+        }
+        if repair {
+            // `last` must never name a checkpoint that is not there or not intact.
+            let _ = fs::remove_file(self.dir.join(LAST_LINK));
+        }
+        let mut listing: Vec<String> = damaged.iter().map(|d| format!("  {d}")).collect();
+        listing.extend(
+            earlier
+                .iter()
+                .map(|d| format!("  {} (moved aside earlier)", d.display())),
+        );
+        bail!(
+            "{} has no intact checkpoint to resume from; damaged:\n{}\n\
+             Damaged checkpoints are kept in {} and never loaded. Training from step 0 here would mix a \
+             new run into this one's folder: start over with --fresh (the run folder is moved aside, \
+             nothing is deleted), or put an intact checkpoint back into {}",
+            self.dir.display(),
+            listing.join("\n"),
+            self.dir.join(DAMAGED_DIR).display(),
+            self.dir.display()
+        )
+    }
+
+    /// Folders in `damaged/`.
+    fn damaged(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(self.dir.join(DAMAGED_DIR)) else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        dirs.sort();
+        dirs
+    }
+
+    /// Moves a checkpoint folder into `damaged/` under a name not taken yet.
+    fn move_to_damaged(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let aside = self.dir.join(DAMAGED_DIR);
+        fs::create_dir_all(&aside).with_context(|| format!("cannot create {}", aside.display()))?;
+        let name = dir.file_name().expect("a step folder").to_string_lossy().into_owned();
+        let target = (0..)
+            .map(|n| match n {
+                0 => aside.join(&name),
+                n => aside.join(format!("{name}.{n}")),
+            })
+            .find(|p| !p.exists())
+            .expect("some name is free");
+        fs::rename(dir, &target).with_context(|| {
+            format!(
+                "cannot move damaged checkpoint {} to {}",
+                dir.display(),
+                target.display()
+            )
+        })?;
+        Ok(target)
+    }
+}
+
+/// Writes the safetensors files and the manifest into `tmp`, each file and the folder fsynced.
+fn write_checkpoint_folder(
+    tmp: &Path,
+    model: &[(String, Tensor)],
+    optimizer: &[(String, Tensor)],
+    mut manifest: Manifest,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    for (file, tensors) in [(MODEL_FILE, model), (OPTIMIZER_FILE, optimizer)] {
+        let path = tmp.join(file);
+        // safetensors stores row-major data: channels_last weights and states are copied.
+        let tensors: Vec<(&str, Tensor)> = tensors
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.to_device(tch::Device::Cpu).contiguous()))
+            .collect();
+        Tensor::write_safetensors(&tensors, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        manifest.files.insert(file.to_string(), sha256_file(&path)?);
+    }
+    manifest.format = 1;
+    let manifest_path = tmp.join(MANIFEST_FILE);
+    fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)
+        .with_context(|| format!("cannot write {}", manifest_path.display()))?;
+    for file in [MODEL_FILE, OPTIMIZER_FILE, MANIFEST_FILE] {
+        let path = tmp.join(file);
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot sync {}", path.display()))?;
+    }
+    sync_dir(tmp).with_context(|| format!("cannot sync {}", tmp.display()))?;
+    Ok(())
+}
+
+/// Renames the finished folder `tmp` to `target`. When `target` exists (the same step saved
+/// again: a finished run resumed), the two are swapped atomically first, so that at every
+/// instant one complete checkpoint of that step is in place, and the old one is then removed.
+fn move_into_place(tmp: &Path, target: &Path) -> anyhow::Result<()> {
+    if target.exists() {
+        if exchange(tmp, target).is_ok() {
+            let _ = fs::remove_dir_all(tmp);
+            return Ok(());
+        }
+        // File systems without RENAME_EXCHANGE: a short window without the folder.
+        fs::remove_dir_all(target).with_context(|| format!("cannot replace {}", target.display()))?;
+    }
+    fs::rename(tmp, target).with_context(|| format!("cannot move checkpoint into {}", target.display()))
+}
+
+/// Atomically swaps two paths (Linux `renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them like rename(2).
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

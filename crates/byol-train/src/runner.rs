@@ -542,7 +542,7 @@ impl<'a> Trainer<'a> {
 
     /// Loads the newest intact checkpoint; returns its step.
     fn resume(&mut self) -> anyhow::Result<Option<u64>> {
-        let (latest, warnings) = self.checkpointer.latest_valid();
+        let checkpoint::ResumePoint { latest, warnings } = self.checkpointer.resume_point(self.is_main())?;
         for w in warnings {
             eprintln!("warning: {w}");
         }

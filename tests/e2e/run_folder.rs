@@ -1,0 +1,115 @@
+//! The run folder's integrity and identity on the real binary: damaged checkpoints are moved
+//! aside and never cost a good one, one process owns a folder at a time, a changed experiment
+//! does not resume silently, and write errors end the run cleanly.
+
+use std::path::{Path, PathBuf};
+
+use super::resume::TINY;
+use super::{byol_run, text};
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    dir
+}
+
+fn run(dir: &Path, run_dir: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["tiny.toml", "--run-dir", run_dir];
+    args.extend_from_slice(extra);
+    byol_run(dir, &args)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn step_folders(run_dir: &Path) -> Vec<String> {
+    names(&run_dir.join("checkpoints"))
+        .into_iter()
+        .filter(|n| n.starts_with("step-"))
+        .collect()
+}
+
+/// Flips one byte in the middle of a checkpoint's weights (the SHA-256 no longer matches).
+fn flip_a_byte(checkpoint: &Path) {
+    let file = checkpoint.join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+}
+
+fn last_target(run_dir: &Path) -> Option<PathBuf> {
+    std::fs::read_link(run_dir.join("checkpoints/last")).ok()
+}
+
+fn finished_run(dir: &Path, run_dir: &str) -> PathBuf {
+    let out = run(dir, run_dir, &["--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
+    dir.join(run_dir)
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_is_moved_aside_and_pruning_keeps_the_good_ones() {
+    let dir = setup();
+    let run_dir = finished_run(dir.path(), "r");
+    assert_eq!(
+        step_folders(&run_dir),
+        ["step-000000040", "step-000000044", "step-000000048"]
+    );
+    flip_a_byte(&run_dir.join("checkpoints/step-000000048"));
+    // keep_last = 1: before, the damaged folder sorted newest and pruning deleted each new save.
+    let out = run(dir.path(), "r", &["--set", "checkpoint.keep_last=1"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("skipping damaged checkpoint") && all.contains("moved to"),
+        "{all}"
+    );
+    assert!(all.contains("from step 44"), "{all}");
+    assert_eq!(step_folders(&run_dir), ["step-000000048"], "{all}");
+    assert_eq!(names(&run_dir.join("checkpoints/damaged")), ["step-000000048"]);
+    assert_eq!(last_target(&run_dir), Some(PathBuf::from("step-000000048")));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("checkpoints/last/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["step"], 48);
+    // The moved-aside copy is still the damaged one, and it stays out of the way.
+    let again = run(dir.path(), "r", &["--quiet"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(!text(&again).contains("damaged"), "{}", text(&again));
+}
+
+#[test]
+fn when_every_checkpoint_is_damaged_the_run_stops_instead_of_starting_over() {
+    let dir = setup();
+    let run_dir = finished_run(dir.path(), "r");
+    for name in step_folders(&run_dir) {
+        flip_a_byte(&run_dir.join("checkpoints").join(name));
+    }
+    let out = run(dir.path(), "r", &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(!all.contains("panicked") && !all.contains("training tiny"), "{all}");
+    assert!(all.contains("no intact checkpoint"), "{all}");
+    for step in ["step-000000040", "step-000000044", "step-000000048"] {
+        assert!(all.contains(step), "lists {step}: {all}");
+    }
+    assert!(all.contains("--fresh"), "{all}");
+    assert!(step_folders(&run_dir).is_empty());
+    assert_eq!(names(&run_dir.join("checkpoints/damaged")).len(), 3);
+    assert_eq!(last_target(&run_dir), None, "`last` names no missing checkpoint");
+    // A second attempt still refuses (the damaged ones are remembered), and trains nothing.
+    let out = run(dir.path(), "r", &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("moved aside earlier"), "{all}");
+}
