@@ -113,3 +113,67 @@ fn when_every_checkpoint_is_damaged_the_run_stops_instead_of_starting_over() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("moved aside earlier"), "{all}");
 }
+
+fn spawn(dir: &Path, run_dir: &str, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_byol-run"))
+        .args(["tiny.toml", "--run-dir", run_dir])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn kill(signal: &str, child: &std::process::Child) {
+    std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+#[test]
+fn a_second_process_on_the_same_run_folder_is_refused_naming_the_first() {
+    let dir = setup();
+    let long = ["--set", "schedule.epochs=40"];
+    let run_dir = dir.path().join("r");
+    let mut first = spawn(dir.path(), "r", &long);
+    wait_for("the first checkpoint", || !step_folders(&run_dir).is_empty());
+    let second = run(dir.path(), "r", &long);
+    let all = text(&second);
+    assert_eq!(second.status.code(), Some(1), "{all}");
+    assert!(all.contains("is in use by another byol-run"), "{all}");
+    assert!(
+        all.contains(&format!("process {}", first.id())),
+        "names the holder: {all}"
+    );
+    assert!(!all.contains("resuming"), "{all}");
+
+    // kill -9: the kernel drops the lock; a write left half done is cleaned up by the next owner.
+    kill("-9", &first);
+    first.wait().unwrap();
+    let stale = run_dir.join("checkpoints/.step-000000999.tmp-4194999");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("model.safetensors"), "half").unwrap();
+    let third = spawn(dir.path(), "r", &long);
+    wait_for("the stale write to be removed", || !stale.exists());
+    kill("-TERM", &third);
+    let out = third.wait_with_output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("resuming") && all.contains(".step-000000999.tmp-4194999"),
+        "{all}"
+    );
+}

@@ -156,13 +156,22 @@ impl Checkpointer {
     }
 
     /// The newest checkpoint whose files match its manifest, to resume from, and a warning per
-    /// damaged one. With `repair` (the process that owns the run folder), damaged checkpoints
-    /// are moved into `damaged/`, where pruning and later resumes no longer see them, and `last`
-    /// is pointed at the checkpoint found. When checkpoints exist (or were moved aside before)
-    /// and none is intact, this is an error: training from step 0 would silently throw the run
-    /// away and mix a new one into its folder.
+    /// damaged one. With `repair` (only the process holding the run folder's lock), stale
+    /// temporary folders are removed first, damaged checkpoints are moved into `damaged/`, where
+    /// pruning and later resumes no longer see them, and `last` is pointed at the checkpoint
+    /// found. When checkpoints exist (or were moved aside before) and none is intact, this is an
+    /// error: training from step 0 would silently throw the run away and mix a new one into its
+    /// folder.
     pub fn resume_point(&self, repair: bool) -> anyhow::Result<ResumePoint> {
         let mut warnings = Vec::new();
+        if repair {
+            for name in self.remove_stale_temporaries()? {
+                warnings.push(format!(
+                    "removed {name}, left in {} by an interrupted write",
+                    self.dir.display()
+                ));
+            }
+        }
         let mut damaged = Vec::new();
         let earlier = self.damaged();
         for dir in self.list().into_iter().rev() {

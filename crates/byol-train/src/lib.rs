@@ -10,6 +10,7 @@ pub mod linear;
 pub mod loss_scale;
 pub mod optimizer;
 pub mod probe;
+pub mod run_dir;
 pub mod runner;
 pub mod schedule;
 pub mod sweep;

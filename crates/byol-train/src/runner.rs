@@ -21,6 +21,7 @@ use crate::knn::{knn_accuracy, KnnAccuracy};
 use crate::loss_scale::LossScaler;
 use crate::optimizer::{NamedParameter, Optimizer};
 use crate::probe::OnlineProbe;
+use crate::run_dir;
 use crate::schedule::lr_at;
 use crate::tensorboard::ScalarLogger;
 use crate::Experiment;
@@ -717,7 +718,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         .run_dir
         .clone()
         .unwrap_or_else(|| experiment.run.output_dir.join(experiment.name()));
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+    // Held until the run returns; the kernel releases it if the process dies.
+    let main = DataParallel::rendezvous(&experiment.distributed)?.is_none_or(|r| r.rank == 0);
+    let _owner = run_dir::take_ownership(&run_dir, main)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use byol_data::rng::SplitMix64;
 
 use crate::experiment::explain;
+use crate::run_dir::FolderLock;
 use crate::runner::{train, RunOptions, RunSummary};
 use crate::Experiment;
 
@@ -589,6 +590,9 @@ pub struct SweepOutcome {
 /// Runs every trial that has not finished, then writes and returns the ranked summary.
 pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome> {
     fs::create_dir_all(&sweep.dir).with_context(|| format!("cannot create sweep folder {}", sweep.dir.display()))?;
+    // Two sweeps over one folder would train the same trials twice and mark each other's running
+    // trials as failed. Each trial's folder has its own lock besides (child processes take it).
+    let _owner = FolderLock::acquire(&sweep.dir, "sweep folder")?;
     let say = |line: String| println!("{line}");
     say(format!(
         "sweep {}: {} trials ({:?}) ranked by {} ({}), in {}",
