@@ -177,3 +177,108 @@ fn a_second_process_on_the_same_run_folder_is_refused_naming_the_first() {
         "{all}"
     );
 }
+
+fn config_value(run_dir: &Path, table: &str, key: &str) -> toml::Value {
+    let config: toml::Table = toml::from_str(&std::fs::read_to_string(run_dir.join("config.toml")).unwrap()).unwrap();
+    config[table][key].clone()
+}
+
+#[test]
+fn a_changed_experiment_is_refused_with_a_diff_unless_allowed_or_fresh() {
+    let dir = setup();
+    let run_dir = finished_run(dir.path(), "r");
+    let changed = ["--set", "optimizer.lr=0.1", "--set", "schedule.epochs=4"];
+    let out = run(dir.path(), "r", &changed);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("optimizer.lr: 0.5 -> 0.1") && all.contains("schedule.epochs: 3 -> 4"),
+        "{all}"
+    );
+    assert!(
+        all.contains("--allow-change optimizer.lr --allow-change schedule.epochs"),
+        "{all}"
+    );
+    assert!(all.contains("--fresh") && all.contains("logging.*"), "{all}");
+    assert!(!all.contains("resuming r from"), "{all}");
+    assert_eq!(
+        config_value(&run_dir, "optimizer", "lr").as_float(),
+        Some(0.5),
+        "config.toml untouched"
+    );
+
+    // Keys that do not alter the run need nothing.
+    let out = run(
+        dir.path(),
+        "r",
+        &["--set", "logging.every_steps=8", "--set", "eval.knn_k=3"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let mut allowed = changed.to_vec();
+    allowed.extend(["--allow-change", "optimizer.lr", "--allow-change", "schedule.epochs"]);
+    let out = run(dir.path(), "r", &allowed);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("from step 48 of 64") && all.contains("--allow-change"),
+        "{all}"
+    );
+    assert_eq!(config_value(&run_dir, "optimizer", "lr").as_float(), Some(0.1));
+
+    let out = run(dir.path(), "r", &["--fresh", "--set", "optimizer.lr=0.2"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        !all.contains("resuming") && all.contains("moved the previous run folder aside"),
+        "{all}"
+    );
+    let old: Vec<String> = names(dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with("r.old-"))
+        .collect();
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert_eq!(
+        step_folders(&dir.path().join(&old[0])).len(),
+        3,
+        "the old run is kept whole"
+    );
+    assert_eq!(config_value(&run_dir, "optimizer", "lr").as_float(), Some(0.2));
+}
+
+#[test]
+fn a_sweep_rerun_with_other_overrides_does_not_reuse_finished_trials() {
+    let dir = setup();
+    let sweep = format!("{TINY}\n[sweep]\nmetric = \"final_loss\"\n[sweep.parameters]\n\"byol.tau_base\" = [0.99]\n");
+    std::fs::write(dir.path().join("s.toml"), sweep).unwrap();
+    let first = byol_run(
+        dir.path(),
+        &["sweep", "s.toml", "--quiet", "--set", "schedule.epochs=1"],
+    );
+    assert!(first.status.success(), "{}", text(&first));
+    let again = byol_run(
+        dir.path(),
+        &["sweep", "s.toml", "--quiet", "--set", "schedule.epochs=2"],
+    );
+    let all = text(&again);
+    assert_eq!(again.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("trial-001") && all.contains("schedule.epochs: 1 -> 2"),
+        "{all}"
+    );
+    assert!(!all.contains("skipped"), "{all}");
+    let fresh = byol_run(
+        dir.path(),
+        &["sweep", "s.toml", "--quiet", "--fresh", "--set", "schedule.epochs=2"],
+    );
+    let all = text(&fresh);
+    assert!(fresh.status.success(), "{all}");
+    assert!(
+        !all.contains("skipped") && all.contains("moved the previous sweep folder aside"),
+        "{all}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("runs/s-sweep/trial-001/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["steps"], 32, "two epochs: {summary}");
+}

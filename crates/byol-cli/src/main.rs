@@ -89,6 +89,16 @@ struct TrainArgs {
     /// Print nothing but warnings and the summary.
     #[arg(long)]
     quiet: bool,
+    /// Resume even though KEY differs from the experiment the run folder was trained with
+    /// (repeatable; a table name such as `optimizer` accepts all its keys). Without it such a
+    /// resume is refused with the differences listed. Keys that never need it: logging.*,
+    /// checkpoint.*, eval cadence and kNN settings, run.threads, run.device, dataset.workers.
+    #[arg(long = "allow-change", value_name = "KEY")]
+    allow_change: Vec<String>,
+    /// Start a new run: an existing run folder is first moved aside to
+    /// `<run folder>.old-<UTC time>` (nothing is deleted).
+    #[arg(long, conflicts_with = "allow_change")]
+    fresh: bool,
 }
 
 fn main() -> ExitCode {
@@ -147,6 +157,8 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let options = RunOptions {
         run_dir: args.run_dir.clone(),
         quiet: args.quiet,
+        allow_change: args.allow_change.clone(),
+        fresh: args.fresh,
     };
     let summary = byol_train::train(&experiment, &options)?;
     if summary.rank != 0 {

@@ -20,6 +20,11 @@ pub struct SweepArgs {
     /// Trials train quietly: only the sweep's lines and the summary are printed.
     #[arg(long)]
     quiet: bool,
+    /// Run every trial anew: an existing sweep folder is first moved aside to
+    /// `<folder>.old-<UTC time>` (nothing is deleted). Needed when the folder's trials were run
+    /// with other settings (e.g. other --set overrides).
+    #[arg(long)]
+    fresh: bool,
 }
 
 fn load(args: &ExperimentArgs) -> anyhow::Result<Sweep> {
@@ -38,6 +43,7 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
         quiet: args.quiet,
         devices,
         program: Some(std::env::current_exe().context("locating the byol-run binary")?),
+        fresh: args.fresh,
     };
     let outcome = sweep::run(&sweep, &options)?;
     println!("\n{}", std::fs::read_to_string(&outcome.markdown)?);

@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
@@ -61,12 +61,253 @@ impl FolderLock {
 }
 
 /// Creates the run folder and takes its lock, for the process that writes into it (`main`:
-/// rank 0 of a data-parallel job, or the only process). The other processes of a job only read
-/// it, after rank 0 has joined them, and take nothing.
-pub fn take_ownership(run_dir: &Path, main: bool) -> anyhow::Result<Option<FolderLock>> {
+/// rank 0 of a data-parallel job, or the only process); with `fresh`, an existing folder is
+/// first moved aside, and where it went is returned. The other processes of a job only read
+/// the folder, after rank 0 has joined them, and take nothing.
+pub fn take_ownership(
+    run_dir: &Path,
+    main: bool,
+    fresh: bool,
+) -> anyhow::Result<(Option<FolderLock>, Option<PathBuf>)> {
     if !main {
+        return Ok((None, None));
+    }
+    let moved = if fresh {
+        move_aside(run_dir, "run folder")?
+    } else {
+        None
+    };
+    std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+    Ok((Some(FolderLock::acquire(run_dir, "run folder")?), moved))
+}
+
+/// Keys that may differ between the experiment a run folder was trained with and the one that
+/// resumes it: they say where the run lives, how it is watched, or how fast it goes, never what
+/// it computes. `table.*` covers a whole table. Any other difference is refused unless named by
+/// `--allow-change`.
+pub const SAFE_TO_CHANGE: &[&str] = &[
+    // Where the folder is; --run-dir may point at a moved one.
+    "run.name",
+    "run.output_dir",
+    // Where it trains: a sweep resumes a trial on whichever device is free.
+    "run.device",
+    "run.threads",
+    "dataset.workers",
+    "distributed.timeout_s",
+    "distributed.backend",
+    // What is watched and kept.
+    "logging.*",
+    "checkpoint.*",
+    "eval.every_epochs",
+    "eval.before_training",
+    "eval.batch_size",
+    "eval.knn_k",
+    "eval.knn_temperature",
+];
+
+/// One key whose value differs: `key: saved -> now`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub key: String,
+    pub saved: Option<String>,
+    pub now: Option<String>,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not set)".into());
+        write!(f, "{}: {} -> {}", self.key, show(&self.saved), show(&self.now))
+    }
+}
+
+fn matches(key: &str, pattern: &str) -> bool {
+    match pattern.strip_suffix(".*") {
+        Some(table) => key.strip_prefix(table).is_some_and(|rest| rest.starts_with('.')),
+        None => key == pattern,
+    }
+}
+
+/// `KEY` given to `--allow-change` accepts that key, or every key of that table.
+fn allowed(key: &str, allow: &[String]) -> bool {
+    allow
+        .iter()
+        .any(|a| key == a || key.strip_prefix(a.as_str()).is_some_and(|rest| rest.starts_with('.')))
+}
+
+/// Dotted key -> value (TOML syntax) of every leaf of a table.
+fn flatten(table: &toml::Table, prefix: &str, out: &mut std::collections::BTreeMap<String, String>) {
+    for (key, value) in table {
+        let key = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten(inner, &key, out),
+            leaf => {
+                out.insert(key, leaf.to_string());
+            }
+        }
+    }
+}
+
+/// Every key whose value differs between two resolved experiments (TOML text), sorted.
+pub fn changes(saved: &str, now: &str) -> anyhow::Result<Vec<Change>> {
+    let parse = |text: &str| -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let table: toml::Table = toml::from_str(text)?;
+        let mut flat = Default::default();
+        flatten(&table, "", &mut flat);
+        Ok(flat)
+    };
+    let (saved, now) = (parse(saved)?, parse(now)?);
+    let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
+    Ok(keys
+        .into_iter()
+        .filter(|k| saved.get(*k) != now.get(*k))
+        .map(|k| Change {
+            key: k.clone(),
+            saved: saved.get(k).cloned(),
+            now: now.get(k).cloned(),
+        })
+        .collect())
+}
+
+fn is_safe(key: &str) -> bool {
+    SAFE_TO_CHANGE.iter().any(|p| matches(key, p))
+}
+
+/// The differences between two resolved experiments that alter the run (not in
+/// [`SAFE_TO_CHANGE`]).
+pub fn unsafe_changes(saved: &str, now: &str) -> anyhow::Result<Vec<Change>> {
+    Ok(changes(saved, now)?.into_iter().filter(|c| !is_safe(&c.key)).collect())
+}
+
+/// Checks that the experiment `now` may continue a run trained with `saved` (`source` says
+/// where that came from: "checkpoint step-000000044", "config.toml"). Returns the differences
+/// accepted by `allow` (`--allow-change`), for the caller to report; keys in [`SAFE_TO_CHANGE`]
+/// are ignored; anything else is an error with a per-key diff and the two ways out.
+pub fn check_identity(
+    run_dir: &Path,
+    source: &str,
+    saved: &str,
+    now: &str,
+    allow: &[String],
+) -> anyhow::Result<Vec<Change>> {
+    let changes = changes(saved, now).with_context(|| {
+        format!(
+            "cannot read the experiment saved in {} ({source}); start over with --fresh",
+            run_dir.display()
+        )
+    })?;
+    let (accepted, refused): (Vec<Change>, Vec<Change>) = changes
+        .into_iter()
+        .filter(|c| !is_safe(&c.key))
+        .partition(|c| allowed(&c.key, allow));
+    if refused.is_empty() {
+        return Ok(accepted);
+    }
+    let diff: Vec<String> = refused.iter().map(|c| format!("  {c}")).collect();
+    let flags: Vec<String> = refused.iter().map(|c| format!("--allow-change {}", c.key)).collect();
+    bail!(
+        "{} holds a run of another experiment ({source}); resuming it with this one would mix two \
+         configurations in one run:\n{}\nTo continue this run with the new values anyway, add {}; to \
+         start a new run, add --fresh (the old folder is moved aside to {}.old-<time>, nothing is \
+         deleted). These keys may change on a resume without either: {}",
+        run_dir.display(),
+        diff.join("\n"),
+        flags.join(" "),
+        run_dir.display(),
+        SAFE_TO_CHANGE.join(", ")
+    )
+}
+
+/// `config.toml`: the resolved experiment of the run, written once it is known to be the
+/// folder's (fresh, or its checkpoint loaded).
+pub const CONFIG_FILE: &str = "config.toml";
+
+pub fn save_config(run_dir: &Path, config: &str) -> anyhow::Result<()> {
+    let path = run_dir.join(CONFIG_FILE);
+    std::fs::write(&path, config).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The saved experiment of a folder without checkpoints: its `config.toml`, when present.
+pub fn saved_config(run_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(run_dir.join(CONFIG_FILE)).ok()
+}
+
+/// `--fresh`: moves an existing run folder aside to `<run>.old-<UTC time>` (after taking its
+/// lock: a folder in use is never moved) and returns where it went; None when there was none.
+pub fn move_aside(run_dir: &Path, what: &str) -> anyhow::Result<Option<PathBuf>> {
+    if !run_dir.exists() {
         return Ok(None);
     }
-    std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
-    FolderLock::acquire(run_dir, "run folder").map(Some)
+    let _lock = FolderLock::acquire(run_dir, what)?;
+    let stamp = utc_stamp(std::time::SystemTime::now());
+    let base = format!("{}.old-{stamp}", run_dir.display());
+    let target = (0..)
+        .map(|n| match n {
+            0 => PathBuf::from(&base),
+            n => PathBuf::from(format!("{base}-{n}")),
+        })
+        .find(|p| !p.exists())
+        .expect("some name is free");
+    std::fs::rename(run_dir, &target)
+        .with_context(|| format!("cannot move {} aside to {}", run_dir.display(), target.display()))?;
+    Ok(Some(target))
+}
+
+/// `20250131-235959`, UTC.
+fn utc_stamp(time: std::time::SystemTime) -> String {
+    let secs = time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps() {
+        let at = |s: u64| utc_stamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        assert_eq!(at(0), "19700101-000000");
+        assert_eq!(at(951_782_400), "20000229-000000");
+        assert_eq!(at(1_767_225_599), "20251231-235959");
+    }
+
+    #[test]
+    fn safe_keys_pass_allowed_keys_are_reported_others_refused() {
+        let saved =
+            "[run]\nthreads = 1\nseed = 0\n[optimizer]\ntype = \"lars\"\nlr = 0.5\n[logging]\nevery_steps = 4\n";
+        let now = "[run]\nthreads = 2\nseed = 0\n[optimizer]\ntype = \"sgd\"\nlr = 0.5\n[logging]\nevery_steps = 8\n";
+        let dir = Path::new("runs/x");
+        let e = format!("{:#}", check_identity(dir, "config.toml", saved, now, &[]).unwrap_err());
+        assert!(e.contains("  optimizer.type: \"lars\" -> \"sgd\""), "{e}");
+        assert!(!e.contains("threads:") && !e.contains("every_steps:"), "{e}");
+        assert!(
+            e.contains("--allow-change optimizer.type") && e.contains("--fresh"),
+            "{e}"
+        );
+        let accepted = check_identity(dir, "config.toml", saved, now, &["optimizer".into()]).unwrap();
+        assert_eq!(accepted.len(), 1);
+        assert_eq!(accepted[0].to_string(), "optimizer.type: \"lars\" -> \"sgd\"");
+        let removed = changes("[a]\nb = 1\n", "[a]\n").unwrap();
+        assert_eq!(removed[0].to_string(), "a.b: 1 -> (not set)");
+        assert!(!allowed("optimizer_x.lr", &["optimizer".into()]));
+    }
 }

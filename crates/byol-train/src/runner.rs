@@ -35,6 +35,11 @@ pub struct RunOptions {
     pub run_dir: Option<PathBuf>,
     /// Print nothing but warnings.
     pub quiet: bool,
+    /// Keys (or whole tables) allowed to differ from the experiment the run folder was trained
+    /// with (`--allow-change`); see [`run_dir::check_identity`].
+    pub allow_change: Vec<String>,
+    /// Move an existing run folder aside (`<run>.old-<time>`) and start a new run (`--fresh`).
+    pub fresh: bool,
 }
 
 /// What a finished (or interrupted) run reports; saved as `summary.json` in the run folder.
@@ -483,9 +488,6 @@ impl<'a> Trainer<'a> {
         };
         let peak_lr = experiment.optimizer.lr() * batch_scale;
         let config_toml = experiment.to_toml()?;
-        if rank == 0 {
-            std::fs::write(run_dir.join("config.toml"), &config_toml).context("writing the resolved config")?;
-        }
         let checkpointer = Checkpointer::new(run_dir.join("checkpoints"), experiment.checkpoint.keep_last);
         let classes = splits.train.classes().len() as i64;
         let mut probe = (experiment.eval.online_probe && classes > 1).then(|| {
@@ -541,16 +543,53 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Loads the newest intact checkpoint; returns its step.
-    fn resume(&mut self) -> anyhow::Result<Option<u64>> {
+    /// Loads the newest intact checkpoint, once the experiment it was trained with is known to
+    /// be this one (or the differences are accepted); returns its step. `config.toml` is written
+    /// only then, so it always describes the run the folder holds.
+    fn resume(&mut self, run_dir: &Path, allow_change: &[String]) -> anyhow::Result<Option<u64>> {
         let checkpoint::ResumePoint { latest, warnings } = self.checkpointer.resume_point(self.is_main())?;
         for w in warnings {
             eprintln!("warning: {w}");
         }
-        let Some((dir, manifest)) = latest else { return Ok(None) };
+        let step = match latest {
+            Some((dir, manifest)) => {
+                let source = format!("the experiment saved with {}", dir.display());
+                self.check_identity(run_dir, &source, &manifest.config, allow_change)?;
+                self.load_checkpoint(&dir)?;
+                Some(manifest.step)
+            }
+            None => {
+                // No checkpoint yet, but logs of a run that stopped before its first one.
+                if let Some(saved) = run_dir::saved_config(run_dir) {
+                    self.check_identity(run_dir, "its config.toml", &saved, allow_change)?;
+                }
+                None
+            }
+        };
+        if self.is_main() {
+            run_dir::save_config(run_dir, &self.config_toml)?;
+        }
+        Ok(step)
+    }
+
+    fn check_identity(&self, run_dir: &Path, source: &str, saved: &str, allow: &[String]) -> anyhow::Result<()> {
+        let accepted = run_dir::check_identity(run_dir, source, saved, &self.config_toml, allow)?;
+        if self.is_main() && !accepted.is_empty() {
+            let list: Vec<String> = accepted.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "note: continuing {} with changes (--allow-change): {}",
+                run_dir.display(),
+                list.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Copies a verified checkpoint's weights and optimizer state into the run.
+    fn load_checkpoint(&mut self, dir: &Path) -> anyhow::Result<()> {
         let context = || format!("resuming from {}", dir.display());
-        load_model_state(&self.vs, &checkpoint::read_tensors(&dir, checkpoint::MODEL_FILE)?).with_context(context)?;
-        let mut state = checkpoint::read_tensors(&dir, checkpoint::OPTIMIZER_FILE)?;
+        load_model_state(&self.vs, &checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?).with_context(context)?;
+        let mut state = checkpoint::read_tensors(dir, checkpoint::OPTIMIZER_FILE)?;
         if let Some(i) = state.iter().position(|(k, _)| k == "loss_scale") {
             let (_, scale) = state.remove(i);
             if let Some(scaler) = &mut self.numerics.scaler {
@@ -559,8 +598,7 @@ impl<'a> Trainer<'a> {
         }
         self.optimizer
             .load_state(&state)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
-        Ok(Some(manifest.step))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", context()))
     }
 
     /// Rank 0 writes the checkpoint while the other processes wait; returns its folder.
@@ -720,7 +758,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         .unwrap_or_else(|| experiment.run.output_dir.join(experiment.name()));
     // Held until the run returns; the kernel releases it if the process dies.
     let main = DataParallel::rendezvous(&experiment.distributed)?.is_none_or(|r| r.rank == 0);
-    let _owner = run_dir::take_ownership(&run_dir, main)?;
+    let (_owner, moved_aside) = run_dir::take_ownership(&run_dir, main, options.fresh)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
@@ -732,7 +770,13 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             println!("{line}");
         }
     };
-    let resumed_from_step = t.resume()?;
+    if let Some(old) = moved_aside {
+        say(format!(
+            "--fresh: moved the previous run folder aside to {}",
+            old.display()
+        ));
+    }
+    let resumed_from_step = t.resume(&run_dir, &options.allow_change)?;
     let mut step = resumed_from_step.unwrap_or(0);
     if let Some(step) = resumed_from_step {
         say(format!(

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use byol_data::rng::SplitMix64;
 
 use crate::experiment::explain;
-use crate::run_dir::FolderLock;
+use crate::run_dir::{self, FolderLock};
 use crate::runner::{train, RunOptions, RunSummary};
 use crate::Experiment;
 
@@ -505,6 +505,8 @@ pub struct SweepOptions {
     pub devices: Vec<String>,
     /// The `byol-run` binary, for child processes (`byol-run train <base> --set ... --run-dir ...`).
     pub program: Option<PathBuf>,
+    /// Move an existing sweep folder aside (`<folder>.old-<time>`) and run every trial anew.
+    pub fresh: bool,
 }
 
 /// The CUDA devices to spread trials over by default: every GPU when the experiment's device is
@@ -589,11 +591,22 @@ pub struct SweepOutcome {
 
 /// Runs every trial that has not finished, then writes and returns the ranked summary.
 pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome> {
+    let moved = if options.fresh {
+        run_dir::move_aside(&sweep.dir, "sweep folder")?
+    } else {
+        None
+    };
     fs::create_dir_all(&sweep.dir).with_context(|| format!("cannot create sweep folder {}", sweep.dir.display()))?;
     // Two sweeps over one folder would train the same trials twice and mark each other's running
     // trials as failed. Each trial's folder has its own lock besides (child processes take it).
     let _owner = FolderLock::acquire(&sweep.dir, "sweep folder")?;
     let say = |line: String| println!("{line}");
+    if let Some(old) = moved {
+        say(format!(
+            "--fresh: moved the previous sweep folder aside to {}",
+            old.display()
+        ));
+    }
     say(format!(
         "sweep {}: {} trials ({:?}) ranked by {} ({}), in {}",
         sweep.name,
@@ -608,6 +621,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     for trial in &sweep.trials {
         let dir = sweep.trial_dir(trial);
         check_or_record(trial, &dir)?;
+        check_trial_identity(sweep, trial, &dir)?;
         match TrialStatus::read(&dir) {
             TrialStatus::Done(summary) => {
                 skipped += 1;
@@ -675,6 +689,32 @@ fn check_or_record(trial: &Trial, dir: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// A trial folder that already holds a run (its `config.toml`) must hold this trial's
+/// experiment, `--set` overrides included: otherwise a finished trial would report the result of
+/// other settings, and an unfinished one would resume them.
+fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<()> {
+    let Some(saved) = run_dir::saved_config(dir) else {
+        return Ok(());
+    };
+    let now = sweep.experiment(trial, None)?.to_toml()?;
+    let changes = run_dir::unsafe_changes(&saved, &now)
+        .with_context(|| format!("cannot read {}", dir.join(run_dir::CONFIG_FILE).display()))?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let diff: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
+    bail!(
+        "{} ({}) was run with other settings than this sweep now gives it (different --set \
+         overrides, or an edited file), so its result or checkpoints are not this sweep's:\n{}\n\
+         Set another run.name (a new sweep folder), or add --fresh to move {} aside and run every \
+         trial anew (nothing is deleted)",
+        trial.id(),
+        dir.display(),
+        diff.join("\n"),
+        sweep.dir.display()
+    )
+}
+
 /// One trial at a time in this process. Returns whether a signal stopped the sweep.
 fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, TrialStatus)>) -> bool {
     let device = options.devices.first().map(String::as_str);
@@ -694,6 +734,7 @@ fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial,
                 &RunOptions {
                     run_dir: Some(dir.clone()),
                     quiet: options.quiet,
+                    ..Default::default()
                 },
             )
         }));

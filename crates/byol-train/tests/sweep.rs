@@ -149,6 +149,7 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
     let options = RunOptions {
         run_dir: Some(first.clone()),
         quiet: true,
+        ..Default::default()
     };
     byol_train::train(&s.experiment(&s.trials[0], None).unwrap(), &options).unwrap();
     let mut summary: serde_json::Value =

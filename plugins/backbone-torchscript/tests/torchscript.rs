@@ -285,6 +285,7 @@ fn a_scripted_module_trains_through_the_runner_and_its_parameters_change() {
     let options = byol_train::RunOptions {
         run_dir: Some(run_dir.clone()),
         quiet: true,
+        ..Default::default()
     };
     let summary = byol_train::train(&experiment, &options).unwrap();
     assert_eq!(summary.steps, 8, "2 epochs of 4 steps");

@@ -87,6 +87,7 @@ fn toy_convnet_trains_and_its_parameters_change() {
     let options = byol_train::RunOptions {
         run_dir: Some(run_dir.clone()),
         quiet: true,
+        ..Default::default()
     };
     let summary = byol_train::train(&experiment, &options).unwrap();
     assert!(!summary.interrupted);
