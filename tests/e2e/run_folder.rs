@@ -282,3 +282,83 @@ fn a_sweep_rerun_with_other_overrides_does_not_reuse_finished_trials() {
             .unwrap();
     assert_eq!(summary["steps"], 32, "two epochs: {summary}");
 }
+
+/// `byol-run tiny.toml --run-dir <run_dir> ...` where no file may grow beyond `blocks` blocks of
+/// 512 bytes: a write past that fails with EFBIG, as one on a full disk fails with ENOSPC
+/// (SIGXFSZ, which would kill the process instead, is ignored). No root or tmpfs needed.
+fn run_with_file_size_limit(dir: &Path, run_dir: &str, blocks: u32, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("trap '' XFSZ; ulimit -f {blocks}; exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_byol-run"))
+        .args(["tiny.toml", "--run-dir", run_dir])
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_failed_checkpoint_write_ends_the_run_cleanly_and_the_previous_one_resumes() {
+    let dir = setup();
+    let run_dir = dir.path().join("r");
+    let mut first = spawn(dir.path(), "r", &[]);
+    wait_for("the first checkpoint", || !step_folders(&run_dir).is_empty());
+    kill("-TERM", &first);
+    assert!(first.wait().unwrap().success());
+    let kept = step_folders(&run_dir).pop().unwrap();
+
+    // Checkpoint files (about 200 KB) no longer fit; the lock, config and logs do.
+    let out = run_with_file_size_limit(dir.path(), "r", 100, &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(!all.contains("panicked") && !all.contains("abort"), "{all}");
+    let error = String::from_utf8_lossy(&out.stderr);
+    let error = error
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{all}"));
+    assert!(error.contains("cannot save the checkpoint of step"), "{all}");
+    assert!(
+        error.contains("r/checkpoints/.step-") && error.contains("model.safetensors"),
+        "names the file: {all}"
+    );
+    assert!(
+        error.contains(&format!("the last checkpoint is kept: r/checkpoints/{kept}")),
+        "{all}"
+    );
+    assert_eq!(
+        step_folders(&run_dir).last(),
+        Some(&kept),
+        "nothing half-written left: {all}"
+    );
+    assert!(
+        !names(&run_dir.join("checkpoints")).iter().any(|n| n.contains(".tmp-")),
+        "{all}"
+    );
+
+    // Space freed: the kept checkpoint resumes.
+    let out = run(dir.path(), "r", &["--quiet"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(
+        step_folders(&run_dir).last().map(String::as_str),
+        Some("step-000000048")
+    );
+}
+
+#[test]
+fn a_tensorboard_write_error_warns_and_never_panics() {
+    let dir = setup();
+    // 4 KB: the view grid (an image) already does not fit into the event file.
+    let out = run_with_file_size_limit(dir.path(), "r", 8, &[]);
+    let all = text(&out);
+    assert!(
+        all.contains("warning: TensorBoard logging stopped: cannot write r/tensorboard/events.out.tfevents."),
+        "{all}"
+    );
+    // Then the first checkpoint fails too, with no earlier one to keep.
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("no checkpoint was saved in r/checkpoints yet"), "{all}");
+    assert!(!all.contains("panicked") && !all.contains("abort"), "{all}");
+}

@@ -63,8 +63,32 @@ impl Checkpointer {
         &self.dir
     }
 
-    /// Writes a checkpoint atomically and prunes old ones; returns its folder.
+    /// Writes a checkpoint atomically and prunes old ones; returns its folder. An error (a full
+    /// disk) is one line naming the path that failed and the checkpoint that is kept.
     pub fn save(
+        &self,
+        model: &[(String, Tensor)],
+        optimizer: &[(String, Tensor)],
+        manifest: Manifest,
+    ) -> anyhow::Result<PathBuf> {
+        let step = manifest.step;
+        self.try_save(model, optimizer, manifest).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot save the checkpoint of step {step}: {e:#}; {} (free some space and run again to resume)",
+                self.kept()
+            )
+        })
+    }
+
+    /// "the last checkpoint is kept: <path>", or that there is none yet: for error messages.
+    pub fn kept(&self) -> String {
+        match self.last() {
+            Some(dir) => format!("the last checkpoint is kept: {}", dir.display()),
+            None => format!("no checkpoint was saved in {} yet", self.dir.display()),
+        }
+    }
+
+    fn try_save(
         &self,
         model: &[(String, Tensor)],
         optimizer: &[(String, Tensor)],
@@ -270,7 +294,7 @@ fn write_checkpoint_folder(
             .iter()
             .map(|(name, t)| (name.as_str(), t.to_device(tch::Device::Cpu).contiguous()))
             .collect();
-        Tensor::write_safetensors(&tensors, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Tensor::write_safetensors(&tensors, &path).map_err(|e| write_error(&path, e))?;
         manifest.files.insert(file.to_string(), sha256_file(&path)?);
     }
     manifest.format = 1;
@@ -285,6 +309,22 @@ fn write_checkpoint_folder(
     }
     sync_dir(tmp).with_context(|| format!("cannot sync {}", tmp.display()))?;
     Ok(())
+}
+
+/// "cannot write PATH: No space left on device (os error 28)". tch reports a failed safetensors
+/// write as the Debug form of safetensors' error (`IoError(Os { code: 28, ... })`) after the path;
+/// the OS error is recovered from it for a readable line.
+fn write_error(path: &Path, error: tch::TchError) -> anyhow::Error {
+    let text = error.to_string();
+    let os_error = text
+        .split_once("code: ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|code| code.parse::<i32>().ok())
+        .map(std::io::Error::from_raw_os_error);
+    match os_error {
+        Some(e) => anyhow::anyhow!("cannot write {}: {e}", path.display()),
+        None => anyhow::anyhow!("cannot write {}: {text}", path.display()),
+    }
 }
 
 /// Renames the finished folder `tmp` to `target`. When `target` exists (the same step saved

@@ -786,7 +786,8 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         ));
     }
     let mut logger = if t.is_main() {
-        ScalarLogger::create(&run_dir.join("tensorboard")).context("opening the TensorBoard log")?
+        let dir = run_dir.join("tensorboard");
+        ScalarLogger::create(&dir).with_context(|| format!("cannot open a TensorBoard log in {}", dir.display()))?
     } else {
         ScalarLogger::disabled()
     };
@@ -978,7 +979,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         checkpoint,
     };
     if t.is_main() {
-        std::fs::write(run_dir.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
+        let path = run_dir.join("summary.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(summary)
 }

@@ -1,66 +1,75 @@
-//! TensorBoard scalars and images through tensorboard-rs, kept behind this one module: the crate
-//! is unmaintained and some of its methods panic (`unimplemented!()`), so nothing else touches it.
+//! TensorBoard event files, written here directly: a TFRecord file of `Event` protocol buffers
+//! (scalars as `simple_value`, images as PNG), the format TensorBoard's `EventAccumulator` reads.
 //!
-//! Its `add_image` wants interleaved HWC RGB bytes with dims `[3, W, H]` and then records width
-//! and height swapped in the summary; we build the summary with its `summary::image` and fix the
-//! two fields before writing it through a `FileWriter` (what `SummaryWriter` wraps).
+//! We used to go through tensorboard-rs, which panics when a write fails (a full disk), in its
+//! destructor too, where a panic during unwinding aborts the process. Logging is a side channel:
+//! here a write error prints one warning and turns the logger off; training, and its checkpoints
+//! (which report their own write errors), go on. Nothing in this module can panic on I/O.
 
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
-use tensorboard_rs::summary;
-use tensorboard_rs::summary_writer::FileWriter;
 
-/// Scalar logger for one process. Data is complete on disk once the logger is dropped.
+/// Scalar and image logger for one process. Every record is written when logged.
 pub struct ScalarLogger {
-    /// None: a logger that writes nothing (the other processes of a data-parallel run).
-    writer: Option<FileWriter>,
-    dir: PathBuf,
+    /// None: a logger that writes nothing (the other processes of a data-parallel run, or after
+    /// a write error).
+    file: Option<File>,
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for ScalarLogger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScalarLogger").field("dir", &self.dir).finish()
+        f.debug_struct("ScalarLogger").field("path", &self.path).finish()
     }
 }
 
 impl ScalarLogger {
-    /// Opens a new event file in `dir`. tensorboard-rs names files by the second, so two writers
-    /// opened in the same folder within one second would share (and corrupt) a file: wait out the
-    /// second when an event file from it exists (a resume right after a stop).
+    /// Opens a new event file in `dir`. Its name sorts after the files of earlier starts (a
+    /// resumed run), which TensorBoard reads in name order.
     pub fn create(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let now = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = match host.trim() {
+            "" => "localhost",
+            name => name,
         };
-        let second = now();
-        let taken = std::fs::read_dir(dir)?
-            .filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().contains(&format!(".{second}.")));
-        if taken {
-            std::thread::sleep(std::time::Duration::from_millis(1100));
+        let path = dir.join(format!(
+            "events.out.tfevents.{}.{host}.{:06}.{}",
+            now.as_secs(),
+            now.subsec_micros(),
+            std::process::id()
+        ));
+        let file = File::options().write(true).create_new(true).open(&path)?;
+        let mut logger = Self { file: Some(file), path };
+        let mut header = Vec::new();
+        event_header(&mut header, now.as_secs_f64(), 0);
+        proto::string(&mut header, 3, "brain.Event:2"); // file_version
+        logger.write(&header);
+        match logger.file {
+            Some(_) => Ok(logger),
+            None => Err(std::io::Error::other(format!("cannot write {}", logger.path.display()))),
         }
-        Ok(Self {
-            writer: Some(FileWriter::new(dir)),
-            dir: dir.to_path_buf(),
-        })
     }
 
     /// A logger that writes nothing, for the processes of a data-parallel run other than rank 0.
     pub fn disabled() -> Self {
         Self {
-            writer: None,
-            dir: PathBuf::new(),
+            file: None,
+            path: PathBuf::new(),
         }
     }
 
     pub fn scalar(&mut self, tag: &str, value: f64, step: u64) {
-        if let Some(writer) = &mut self.writer {
-            writer.add_summary(summary::scalar(tag, value as f32), step as usize);
-        }
+        let mut summary_value = Vec::new();
+        proto::string(&mut summary_value, 1, tag);
+        proto::float(&mut summary_value, 2, value as f32); // simple_value
+        self.write_summary_value(&summary_value, step);
     }
 
     /// Logs an image: uint8 `[3, H, W]` (RGB) or `[1, H, W]` (gray), on any device.
@@ -79,22 +88,173 @@ impl ScalarLogger {
         let rgb = chw_uint8.to_device(Device::Cpu).expand([3, height, width], false);
         let hwc = Vec::<u8>::try_from(rgb.permute([1, 2, 0]).contiguous().view([-1]))
             .map_err(|e| anyhow::anyhow!("TensorBoard image '{tag}': {e}"))?;
-        // tensorboard-rs: an RgbImage of width dims[1] and height dims[2], header fields swapped.
-        let mut image = summary::image(tag, &hwc, &[3, width as usize, height as usize]);
-        for value in image.mut_value().iter_mut() {
-            let header = value.mut_image();
-            header.set_width(width as i32);
-            header.set_height(height as i32);
-        }
-        if let Some(writer) = &mut self.writer {
-            writer.add_summary(image, step as usize);
-        }
+        let mut png = Vec::new();
+        image::ImageEncoder::write_image(
+            image::codecs::png::PngEncoder::new(&mut png),
+            &hwc,
+            width as u32,
+            height as u32,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| anyhow::anyhow!("TensorBoard image '{tag}': cannot encode PNG: {e}"))?;
+        let mut image = Vec::new();
+        proto::varint_field(&mut image, 1, height as u64);
+        proto::varint_field(&mut image, 2, width as u64);
+        proto::varint_field(&mut image, 3, 3); // colorspace: RGB
+        proto::bytes(&mut image, 4, &png);
+        let mut summary_value = Vec::new();
+        proto::string(&mut summary_value, 1, tag);
+        proto::bytes(&mut summary_value, 4, &image);
+        self.write_summary_value(&summary_value, step);
         Ok(())
     }
 
+    /// Records are written as they are logged; kept for callers that mark a point.
     pub fn flush(&mut self) {
-        if let Some(writer) = &mut self.writer {
-            writer.flush();
+        if let Some(file) = &mut self.file {
+            let _ = file.flush();
         }
+    }
+
+    /// Wraps one `Summary.Value` into an `Event` at `step` and writes it.
+    fn write_summary_value(&mut self, summary_value: &[u8], step: u64) {
+        if self.file.is_none() {
+            return;
+        }
+        let mut summary = Vec::new();
+        proto::bytes(&mut summary, 1, summary_value);
+        let wall_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let mut event = Vec::new();
+        event_header(&mut event, wall_time, step);
+        proto::bytes(&mut event, 5, &summary);
+        self.write(&event);
+    }
+
+    /// Writes one TFRecord; on an error, warns once and stops logging.
+    fn write(&mut self, data: &[u8]) {
+        let Some(file) = &mut self.file else { return };
+        if let Err(e) = file.write_all(&tf_record(data)) {
+            eprintln!(
+                "warning: TensorBoard logging stopped: cannot write {}: {e} (training goes on)",
+                self.path.display()
+            );
+            self.file = None;
+        }
+    }
+}
+
+/// `Event.wall_time` (field 1) and `Event.step` (field 2).
+fn event_header(out: &mut Vec<u8>, wall_time: f64, step: u64) {
+    proto::key(out, 1, 1);
+    out.extend_from_slice(&wall_time.to_le_bytes());
+    proto::varint_field(out, 2, step);
+}
+
+/// One TFRecord: length, its masked CRC-32C, the data, the data's masked CRC-32C.
+fn tf_record(data: &[u8]) -> Vec<u8> {
+    let length = (data.len() as u64).to_le_bytes();
+    let mut record = Vec::with_capacity(data.len() + 16);
+    record.extend_from_slice(&length);
+    record.extend_from_slice(&masked_crc32c(&length).to_le_bytes());
+    record.extend_from_slice(data);
+    record.extend_from_slice(&masked_crc32c(data).to_le_bytes());
+    record
+}
+
+fn masked_crc32c(data: &[u8]) -> u32 {
+    let crc = crc32c(data);
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+/// CRC-32C (Castagnoli), bytewise with a table built at compile time.
+fn crc32c(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut crc = i as u32;
+            let mut bit = 0;
+            while bit < 8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0x82f6_3b78
+                } else {
+                    crc >> 1
+                };
+                bit += 1;
+            }
+            table[i] = crc;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for &byte in data {
+        crc = TABLE[((crc ^ byte as u32) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// The few protocol-buffer encodings an `Event` needs.
+mod proto {
+    pub fn varint(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+
+    pub fn key(out: &mut Vec<u8>, field: u32, wire_type: u8) {
+        varint(out, (u64::from(field) << 3) | u64::from(wire_type));
+    }
+
+    pub fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
+        key(out, field, 0);
+        varint(out, value);
+    }
+
+    pub fn float(out: &mut Vec<u8>, field: u32, value: f32) {
+        key(out, field, 5);
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+
+    pub fn bytes(out: &mut Vec<u8>, field: u32, data: &[u8]) {
+        key(out, field, 2);
+        varint(out, data.len() as u64);
+        out.extend_from_slice(data);
+    }
+
+    pub fn string(out: &mut Vec<u8>, field: u32, text: &str) {
+        bytes(out, field, text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    /// /dev/full fails every write with ENOSPC, as a full disk does: a warning, no panic, and
+    /// the logger keeps accepting calls (and drops) quietly.
+    #[test]
+    fn a_write_error_turns_logging_off_without_a_panic() {
+        let mut logger = ScalarLogger {
+            file: Some(File::options().write(true).open("/dev/full").unwrap()),
+            path: PathBuf::from("/dev/full"),
+        };
+        logger.scalar("train/loss", 1.0, 1);
+        assert!(logger.file.is_none(), "off after the first error");
+        logger.scalar("train/loss", 1.0, 2);
+        let image = Tensor::zeros([3, 2, 2], (Kind::Uint8, Device::Cpu));
+        logger.image("views", &image, 0).unwrap();
+        logger.flush();
     }
 }

@@ -1,5 +1,5 @@
-//! `ScalarLogger::image` through tensorboard-rs, read back by TensorBoard's own
-//! `EventAccumulator`: width and height right (tensorboard-rs swaps them), pixels exact.
+//! `ScalarLogger::image` read back by TensorBoard's own
+//! `EventAccumulator`: width and height right (not swapped), pixels exact.
 
 use byol_train::tensorboard::ScalarLogger;
 use tch::{Device, Kind, Tensor};
