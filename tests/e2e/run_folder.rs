@@ -362,3 +362,66 @@ fn a_tensorboard_write_error_warns_and_never_panics() {
     assert!(all.contains("no checkpoint was saved in r/checkpoints yet"), "{all}");
     assert!(!all.contains("panicked") && !all.contains("abort"), "{all}");
 }
+
+fn edit_manifest(checkpoint: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = checkpoint.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+}
+
+#[test]
+fn a_manifest_that_hashes_nothing_or_points_outside_is_damaged() {
+    let dir = setup();
+    let run_dir = finished_run(dir.path(), "r");
+    let checkpoints = run_dir.join("checkpoints");
+    edit_manifest(&checkpoints.join("step-000000048"), |m| {
+        m["files"] = serde_json::json!({})
+    });
+    let outside = dir.path().join("outside.txt");
+    std::fs::write(&outside, "not a checkpoint").unwrap();
+    let digest = {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"not a checkpoint").unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    // A correct hash of a file outside the checkpoint folder must not make it valid either.
+    edit_manifest(&checkpoints.join("step-000000044"), |m| {
+        m["files"]["../../../outside.txt"] = digest.into();
+    });
+    let out = byol_run(
+        dir.path(),
+        &["export", "r/checkpoints/step-000000048", "--out", "b.safetensors"],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("does not list model.safetensors"), "{all}");
+
+    let out = run(dir.path(), "r", &[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("does not list model.safetensors and optimizer.safetensors"),
+        "{all}"
+    );
+    assert!(
+        all.contains("'../../../outside.txt', which is not a plain file name"),
+        "{all}"
+    );
+    assert!(all.contains("from step 40"), "{all}");
+    assert_eq!(
+        names(&checkpoints.join("damaged")),
+        ["step-000000044", "step-000000048"]
+    );
+}

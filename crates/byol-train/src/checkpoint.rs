@@ -370,6 +370,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<Manifest> {
     let text = fs::read(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
     let manifest: Manifest = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a valid manifest", manifest_path.display()))?;
+    check_listing(&manifest)?;
     for (file, expected) in &manifest.files {
         let actual = sha256_file(&dir.join(file))?;
         if &actual != expected {
@@ -377,6 +378,32 @@ pub fn verify(dir: &Path) -> anyhow::Result<Manifest> {
         }
     }
     Ok(manifest)
+}
+
+/// The files a checkpoint needs to resume; each must be listed (and so hashed) in its manifest.
+pub const REQUIRED_FILES: [&str; 2] = [MODEL_FILE, OPTIMIZER_FILE];
+
+/// A manifest vouches for a checkpoint only if it hashes every file the checkpoint needs (an
+/// empty list would let any weights pass), and only files inside the checkpoint's own folder
+/// (`../` or an absolute path would read, and bless, files elsewhere).
+fn check_listing(manifest: &Manifest) -> anyhow::Result<()> {
+    for file in manifest.files.keys() {
+        let plain = !file.is_empty() && file != "." && file != ".." && !file.contains(['/', '\\', '\0']);
+        if !plain {
+            bail!("the manifest lists '{file}', which is not a plain file name inside the checkpoint folder");
+        }
+    }
+    let missing: Vec<&str> = REQUIRED_FILES
+        .into_iter()
+        .filter(|f| !manifest.files.contains_key(*f))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the manifest does not list {} (every file of a checkpoint must be listed with its SHA-256)",
+            missing.join(" and ")
+        );
+    }
+    Ok(())
 }
 
 /// Reads a verified checkpoint's tensors.
@@ -401,4 +428,36 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(files: &[&str]) -> Manifest {
+        Manifest {
+            format: 1,
+            step: 1,
+            epoch: 0,
+            total_steps: 1,
+            files: files.iter().map(|f| (f.to_string(), "0".repeat(64))).collect(),
+            config: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_manifest_must_list_every_needed_file_by_plain_name() {
+        assert!(check_listing(&manifest(&[MODEL_FILE, OPTIMIZER_FILE])).is_ok());
+        let e = check_listing(&manifest(&[])).unwrap_err().to_string();
+        assert!(
+            e.contains("does not list model.safetensors and optimizer.safetensors"),
+            "{e}"
+        );
+        for bad in ["../../etc/hostname", "/etc/hostname", "..", "sub/model.safetensors", ""] {
+            let e = check_listing(&manifest(&[MODEL_FILE, OPTIMIZER_FILE, bad]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not a plain file name"), "{bad}: {e}");
+        }
+    }
 }
