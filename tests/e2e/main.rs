@@ -11,6 +11,7 @@ mod quickstart;
 mod resume;
 mod run_folder;
 mod sweep;
+mod validation;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

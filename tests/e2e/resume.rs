@@ -199,7 +199,9 @@ fn a_nan_loss_stops_the_run_naming_the_step() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("the loss became") && all.contains("at step"), "{all}");
-    assert!(all.contains("last good checkpoint"), "{all}");
+    // It failed before its first checkpoint: nothing may claim one is kept.
+    assert!(all.contains("no checkpoint was saved in nan/checkpoints yet"), "{all}");
+    assert!(!all.contains("last good checkpoint"), "{all}");
     assert!(!all.contains("panicked"), "{all}");
 }
 

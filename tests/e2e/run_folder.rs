@@ -324,7 +324,7 @@ fn a_failed_checkpoint_write_ends_the_run_cleanly_and_the_previous_one_resumes()
         "names the file: {all}"
     );
     assert!(
-        error.contains(&format!("the last checkpoint is kept: r/checkpoints/{kept}")),
+        error.contains(&format!("the last good checkpoint is kept: r/checkpoints/{kept}")),
         "{all}"
     );
     assert_eq!(

@@ -138,22 +138,35 @@ fn load(args: &ExperimentArgs) -> anyhow::Result<Experiment> {
     Experiment::load(path, &args.overrides)
 }
 
+/// Loads and validates (as training does before its first step), naming the file on errors.
+fn load_valid(args: &ExperimentArgs) -> anyhow::Result<Experiment> {
+    let experiment = load(args)?;
+    let path = args.experiment.as_ref().expect("loaded");
+    experiment
+        .validate()
+        .with_context(|| format!("in experiment file {}", path.display()))?;
+    Ok(experiment)
+}
+
 fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let path = args.experiment.as_ref().context("no experiment file given")?;
     if std::fs::read_to_string(path).is_ok_and(|text| byol_train::sweep::is_sweep(&text)) {
         return sweep::validate(args);
     }
-    let experiment = load(args)?;
+    let experiment = load_valid(args)?;
     println!(
         "{} is valid: experiment '{}'",
         args.experiment.as_ref().expect("required").display(),
         experiment.name()
     );
+    for note in experiment.notes() {
+        println!("note: {note}");
+    }
     Ok(())
 }
 
 fn train(args: &TrainArgs) -> anyhow::Result<()> {
-    let experiment = load(&args.experiment)?;
+    let experiment = load_valid(&args.experiment)?;
     let options = RunOptions {
         run_dir: args.run_dir.clone(),
         quiet: args.quiet,
@@ -184,6 +197,15 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     println!("kNN top-1 after  {}", percent(summary.knn_after));
     if let (Some(b), Some(a)) = (summary.knn_before, summary.knn_after) {
         println!("kNN gain         {:+.1} points", (a.top1 - b.top1) * 100.0);
+        // A run that finished without learning anything must not look like a success.
+        if a.top1 <= b.top1 {
+            println!(
+                "warning: kNN accuracy did not improve ({:.1}% -> {:.1}%): the representation may have \
+                 collapsed or the recipe does not suit this data",
+                b.top1 * 100.0,
+                a.top1 * 100.0
+            );
+        }
     }
     println!(
         "training time    {:.1} s ({:.0} img/s)",

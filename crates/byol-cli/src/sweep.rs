@@ -64,6 +64,12 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
 /// `byol-run validate` on a sweep file: every trial's experiment parses.
 pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let sweep = load(args)?;
+    for trial in &sweep.trials {
+        sweep
+            .experiment(trial, None)?
+            .validate()
+            .with_context(|| format!("{} ({})", trial.id(), trial.describe()))?;
+    }
     println!(
         "{} is valid: sweep '{}' of {} trials into {}",
         args.experiment.as_ref().expect("required").display(),

@@ -243,6 +243,10 @@ byol::register_plugin! {
             };
             Ok(Splits { train, test })
         }
+
+        fn check(&self) -> Result<(), DataError> {
+            self.folder().map(|_| ())
+        }
     }
 }
 

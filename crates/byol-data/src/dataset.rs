@@ -183,6 +183,18 @@ pub struct Splits {
 #[typetag::serde(tag = "type")]
 pub trait DatasetSpec: std::fmt::Debug + Send + Sync {
     fn build(&self) -> Result<Splits, DataError>;
+
+    /// What can be checked without reading the data (folders and files exist, sizes in range),
+    /// for `byol-run validate` and before training starts. Default: nothing.
+    fn check(&self) -> Result<(), DataError> {
+        Ok(())
+    }
+
+    /// Whether the built training split keeps its image files, so that the loader can cut
+    /// crops from them (`augment.crop_on = "loader"`, [`Dataset::reads_crops`]).
+    fn keeps_image_files(&self) -> bool {
+        false
+    }
 }
 
 /// A whole split held in memory as decoded uint8 CHW pixels: batching is a copy of rows.

@@ -92,6 +92,31 @@ byol::register_plugin! {
             }
             Ok(splits)
         }
+
+        fn check(&self) -> Result<(), DataError> {
+            let missing = |key: &str, path: &Path, what: &str| {
+                DataError::Config(format!("dataset.{key} = {:?}: {what} does not exist (paths are relative to the working directory)", path.display().to_string()))
+            };
+            if !self.train.is_dir() {
+                return Err(missing("train", &self.train, "this folder"));
+            }
+            if let Some(test) = self.test.as_deref().filter(|t| !t.is_dir()) {
+                return Err(missing("test", test, "this folder"));
+            }
+            for (key, list) in [("file_list", &self.file_list), ("test_file_list", &self.test_file_list)] {
+                if let Some(list) = list.as_deref().filter(|l| !l.is_file()) {
+                    return Err(missing(key, list, "this file"));
+                }
+            }
+            if self.image_size == 0 {
+                return Err(DataError::Config("dataset.image_size = 0 must be >= 1".into()));
+            }
+            Ok(())
+        }
+
+        fn keeps_image_files(&self) -> bool {
+            self.cache == Cache::None
+        }
     }
 }
 

@@ -60,15 +60,20 @@ byol::register_plugin! {
     example: "type = \"synthetic\"\ntrain_size = 5000\ntest_size = 1000\nimage_size = 32\nclasses = 10\nseed = 0\n",
     impl DatasetSpec for SyntheticConfig {
         fn build(&self) -> Result<Splits, DataError> {
+            self.check()?;
+            let train = Arc::new(generate(self, 0, self.train_size)?);
+            let test = (self.test_size > 0).then(|| generate(self, 1, self.test_size)).transpose()?;
+            Ok(Splits { train, test: test.map(|t| Arc::new(t) as _) })
+        }
+
+        fn check(&self) -> Result<(), DataError> {
             if !(2..=SHAPES.len()).contains(&self.classes) {
                 return Err(DataError::Config(format!("dataset.classes = {} must be between 2 and {}", self.classes, SHAPES.len())));
             }
             if self.image_size < 8 || self.train_size == 0 {
                 return Err(DataError::Config("dataset.image_size must be at least 8 and dataset.train_size positive".into()));
             }
-            let train = Arc::new(generate(self, 0, self.train_size)?);
-            let test = (self.test_size > 0).then(|| generate(self, 1, self.test_size)).transpose()?;
-            Ok(Splits { train, test: test.map(|t| Arc::new(t) as _) })
+            Ok(())
         }
     }
 }

@@ -80,10 +80,10 @@ impl Checkpointer {
         })
     }
 
-    /// "the last checkpoint is kept: <path>", or that there is none yet: for error messages.
+    /// "the last good checkpoint is kept: <path>", or that there is none yet: for error messages.
     pub fn kept(&self) -> String {
         match self.last() {
-            Some(dir) => format!("the last checkpoint is kept: {}", dir.display()),
+            Some(dir) => format!("the last good checkpoint is kept: {}", dir.display()),
             None => format!("no checkpoint was saved in {} yet", self.dir.display()),
         }
     }

@@ -165,6 +165,10 @@ pub struct Experiment {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub distributed: DistributedConfig,
+    /// The `--set` assignments applied on top of the file, so that errors about a key set there
+    /// point at the flag.
+    #[serde(skip)]
+    pub overrides: Vec<String>,
 }
 
 /// The `[distributed]` table: data parallelism when started by torchrun (WORLD_SIZE set).
@@ -247,13 +251,18 @@ impl Experiment {
             apply_override(&mut table, assignment)?;
         }
         let merged = toml::to_string(&table).context("re-serializing the overridden experiment")?;
-        toml::from_str(&merged).map_err(|e| {
-            anyhow::anyhow!(
-                "after --set {}: {}",
-                overrides.join(" --set "),
-                e.to_string().trim_end()
-            )
-        })
+        let mut experiment: Self = toml::from_str(&merged).map_err(|e| blame(text, overrides, &merged, &e))?;
+        experiment.overrides = overrides.to_vec();
+        Ok(experiment)
+    }
+
+    /// The `--set` assignment of `key` (`schedule.epochs`), if one was given.
+    pub fn override_of(&self, key: &str) -> Option<&str> {
+        self.overrides
+            .iter()
+            .rev() // the last assignment of a key wins
+            .find(|a| a.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+            .map(String::as_str)
     }
 
     /// The experiment as TOML, with every default filled in (saved in the run folder).
@@ -273,6 +282,35 @@ pub(crate) fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
     match table {
         Some(table) => anyhow::anyhow!("{message}\n(in table [{table}])"),
         None => anyhow::anyhow!("{message}"),
+    }
+}
+
+/// An error of the experiment with `--set` overrides applied, pointed at its source. The merged
+/// text is a reformatted copy whose line numbers mean nothing to the user: when the file alone
+/// fails with the same message, the error is the file's and is reported with the file's own
+/// lines; otherwise it is reported against the `--set` that causes it.
+fn blame(text: &str, overrides: &[String], merged: &str, error: &toml::de::Error) -> anyhow::Error {
+    let message = error.message().trim();
+    if let Err(own) = toml::from_str::<Experiment>(text) {
+        if own.message().trim() == message {
+            return explain(text, &own);
+        }
+    }
+    let alone_gives_it = |assignment: &String| {
+        let mut table: toml::Table = toml::from_str(text).unwrap_or_default();
+        apply_override(&mut table, assignment).is_ok()
+            && toml::to_string(&table)
+                .ok()
+                .and_then(|t| toml::from_str::<Experiment>(&t).err())
+                .is_some_and(|e| e.message().trim() == message)
+    };
+    let flags = match overrides.iter().find(|a| alone_gives_it(a)) {
+        Some(assignment) => format!("--set {assignment}"),
+        None => format!("--set {}", overrides.join(" --set ")),
+    };
+    match error.span().and_then(|span| enclosing_table(merged, span.start)) {
+        Some(table) => anyhow::anyhow!("{flags}: {message} (in table [{table}])"),
+        None => anyhow::anyhow!("{flags}: {message}"),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod runner;
 pub mod schedule;
 pub mod sweep;
 pub mod tensorboard;
+mod validation;
 
 pub use experiment::Experiment;
 pub use optimizer::{NamedParameter, Optimizer, OptimizerSpec};

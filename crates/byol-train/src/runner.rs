@@ -621,8 +621,8 @@ impl<'a> Trainer<'a> {
         });
         if !finite {
             bail!(
-                "parameters became Inf or NaN by step {step}; the last good checkpoint is kept in {}",
-                self.checkpointer.dir().display()
+                "parameters became Inf or NaN by step {step}; {}",
+                self.checkpointer.kept()
             );
         }
         let mut optimizer_state = self.optimizer.state();
@@ -752,6 +752,7 @@ impl<'a> Trainer<'a> {
 /// Trains `experiment` to the end, resuming from the run folder's newest intact checkpoint.
 /// SIGINT/SIGTERM finish the current step, save a checkpoint and return early.
 pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<RunSummary> {
+    experiment.validate()?;
     let run_dir = options
         .run_dir
         .clone()
@@ -867,10 +868,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             };
             if !loss.is_finite() {
                 bail!(
-                    "the loss became {loss} at step {}; the last good checkpoint is kept in {} \
-                     (lower optimizer.lr, or check the data)",
+                    "the loss became {loss} at step {}; {} (lower optimizer.lr, or check the data)",
                     step + 1,
-                    t.checkpointer.dir().display()
+                    t.checkpointer.kept()
                 );
             }
             step += 1;

@@ -1,0 +1,228 @@
+//! [`Experiment::validate`]: what can be checked before anything trains, done the same way by
+//! `byol-run validate` and by training before its first step. Every numeric key has an allowed
+//! range, and an error names the key, the value and the range; a key set with `--set` is
+//! reported against that flag. All problems are reported at once, one per line.
+
+use anyhow::bail;
+
+use crate::Experiment;
+
+/// The values a numeric key may take.
+#[derive(Debug, Clone, Copy)]
+enum Range {
+    /// `>= min`
+    AtLeast(f64),
+    /// `> min`
+    Above(f64),
+    /// `[lo, hi]`
+    Closed(f64, f64),
+    /// `[lo, hi)`
+    HalfOpen(f64, f64),
+}
+
+impl Range {
+    fn contains(self, v: f64) -> bool {
+        v.is_finite()
+            && match self {
+                Range::AtLeast(min) => v >= min,
+                Range::Above(min) => v > min,
+                Range::Closed(lo, hi) => (lo..=hi).contains(&v),
+                Range::HalfOpen(lo, hi) => (lo..hi).contains(&v),
+            }
+    }
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Range::AtLeast(min) => write!(f, ">= {min}"),
+            Range::Above(min) => write!(f, "> {min}"),
+            Range::Closed(lo, hi) => write!(f, "in [{lo}, {hi}]"),
+            Range::HalfOpen(lo, hi) => write!(f, "in [{lo}, {hi})"),
+        }
+    }
+}
+
+/// Collects the problems of one experiment.
+struct Problems<'a> {
+    experiment: &'a Experiment,
+    lines: Vec<String>,
+}
+
+impl Problems<'_> {
+    /// Records `message` about `key`, pointed at its `--set` when it came from one.
+    fn add(&mut self, key: &str, message: String) {
+        let line = match self.experiment.override_of(key) {
+            Some(assignment) => format!("--set {assignment}: {message}"),
+            None => message,
+        };
+        self.lines.push(line);
+    }
+
+    fn range(&mut self, key: &str, value: f64, range: Range) {
+        if !range.contains(value) {
+            self.add(key, format!("{key} = {value} is out of range: it must be {range}"));
+        }
+    }
+
+    /// A message from a plugin or a check that names its key: pointed at the `--set` of the
+    /// first overridden key it mentions.
+    fn add_mentioning(&mut self, message: String) {
+        let key = self
+            .experiment
+            .overrides
+            .iter()
+            .filter_map(|a| a.split_once('=').map(|(k, _)| k.trim()))
+            .find(|k| message.contains(&format!("{k} =")) || message.contains(&format!("{k}:")));
+        match key {
+            Some(key) => {
+                let key = key.to_string();
+                self.add(&key, message)
+            }
+            None => self.lines.push(message),
+        }
+    }
+}
+
+/// A plugin's configuration error without the "dataset configuration:" prefix that every
+/// `DataError::Config` carries (augmentation plugins report through it too).
+fn plain(error: byol_data::DataError) -> String {
+    match error {
+        byol_data::DataError::Config(message) => message,
+        other => other.to_string(),
+    }
+}
+
+impl Experiment {
+    /// Checks everything that can be checked before training: numeric ranges, that the data's
+    /// folders exist, that the device exists, and combinations of keys that training would
+    /// refuse. Reads no images and builds no network.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Problems {
+            experiment: self,
+            lines: Vec::new(),
+        };
+        self.check_ranges(&mut problems);
+        self.check_plugin_keys(&mut problems);
+        self.check_environment(&mut problems);
+        if problems.lines.is_empty() {
+            return Ok(());
+        }
+        bail!("{}", problems.lines.join("\n"))
+    }
+
+    fn check_ranges(&self, p: &mut Problems) {
+        let s = &self.schedule;
+        p.range("schedule.epochs", s.epochs as f64, Range::AtLeast(1.0));
+        p.range("schedule.batch_size", s.batch_size as f64, Range::AtLeast(1.0));
+        p.range("schedule.warmup_epochs", s.warmup_epochs, Range::AtLeast(0.0));
+        p.range(
+            "schedule.final_lr_fraction",
+            s.final_lr_fraction,
+            Range::Closed(0.0, 1.0),
+        );
+        p.range("schedule.accumulate", s.accumulate as f64, Range::AtLeast(1.0));
+        if s.accumulate >= 1 && s.batch_size >= 1 && !s.batch_size.is_multiple_of(s.accumulate) {
+            p.add(
+                "schedule.accumulate",
+                format!(
+                    "schedule.batch_size = {} is not a multiple of schedule.accumulate = {}",
+                    s.batch_size, s.accumulate
+                ),
+            );
+        }
+        p.range("optimizer.lr", self.optimizer.lr(), Range::Above(0.0));
+        let b = &self.byol;
+        p.range("byol.hidden_dim", b.hidden_dim as f64, Range::AtLeast(1.0));
+        p.range("byol.projection_dim", b.projection_dim as f64, Range::AtLeast(1.0));
+        p.range("byol.tau_base", b.tau_base, Range::Closed(0.0, 1.0));
+        let e = &self.eval;
+        p.range("eval.knn_k", e.knn_k as f64, Range::AtLeast(1.0));
+        p.range("eval.knn_temperature", e.knn_temperature, Range::Above(0.0));
+        p.range("eval.batch_size", e.batch_size as f64, Range::AtLeast(1.0));
+        p.range("eval.probe_lr", e.probe_lr, Range::Above(0.0));
+        p.range(
+            "logging.every_steps",
+            self.logging.every_steps as f64,
+            Range::AtLeast(1.0),
+        );
+        p.range(
+            "checkpoint.keep_last",
+            self.checkpoint.keep_last as f64,
+            Range::AtLeast(1.0),
+        );
+        p.range(
+            "distributed.timeout_s",
+            self.distributed.timeout_s as f64,
+            Range::AtLeast(1.0),
+        );
+    }
+
+    /// Keys that optimizer plugins share with PyTorch's optimizers, with PyTorch's ranges, and
+    /// the plugins' own checks of the dataset and the augmentation.
+    fn check_plugin_keys(&self, p: &mut Problems) {
+        let optimizer = self
+            .to_toml()
+            .ok()
+            .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+            .and_then(|mut t| t.remove("optimizer"))
+            .and_then(|o| o.as_table().cloned())
+            .unwrap_or_default();
+        let number = |v: &toml::Value| v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+        for (key, range) in [
+            ("weight_decay", Range::AtLeast(0.0)),
+            ("momentum", Range::HalfOpen(0.0, 1.0)),
+            ("trust_coefficient", Range::Above(0.0)),
+            ("eps", Range::Above(0.0)),
+        ] {
+            if let Some(v) = optimizer.get(key).and_then(number) {
+                p.range(&format!("optimizer.{key}"), v, range);
+            }
+        }
+        if let Some(betas) = optimizer.get("betas").and_then(|b| b.as_array()) {
+            for beta in betas.iter().filter_map(number) {
+                p.range("optimizer.betas", beta, Range::HalfOpen(0.0, 1.0));
+            }
+        }
+        if let Err(e) = self.dataset.check() {
+            p.add_mentioning(plain(e));
+        }
+        if let Err(e) = self.augment.build() {
+            p.add_mentioning(plain(e));
+        }
+        if self.augment.loader_crops().is_some() && !self.dataset.keeps_image_files() {
+            p.add(
+                "augment.crop_on",
+                "augment.crop_on = \"loader\" cuts crops from the full image files, which this dataset does \
+                 not keep: use dataset type \"image_folder\" with cache = \"none\", or augment.crop_on = \"device\""
+                    .into(),
+            );
+        }
+    }
+
+    fn check_environment(&self, p: &mut Problems) {
+        if let Err(e) = crate::runner::parse_device(&self.run.device) {
+            p.add("run.device", format!("{e:#}"));
+        }
+    }
+
+    /// For `byol-run validate`: what the user should know before running this experiment.
+    pub fn notes(&self) -> Vec<String> {
+        let backbone = self
+            .to_toml()
+            .ok()
+            .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+            .and_then(|mut t| t.remove("backbone"))
+            .and_then(|b| b.as_table().cloned())
+            .unwrap_or_default();
+        let mut notes = Vec::new();
+        if backbone.get("type").and_then(|t| t.as_str()) == Some("torchscript") {
+            let path = backbone.get("path").and_then(|p| p.as_str()).unwrap_or("?");
+            notes.push(format!(
+                "backbone type \"torchscript\": the module {path} is code, and byol-run runs it during training \
+                 and embed (as torch.load would); use only modules from a source you trust"
+            ));
+        }
+        notes
+    }
+}

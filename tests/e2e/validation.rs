@@ -1,0 +1,165 @@
+//! `Experiment::validate` through the real binary: every numeric key has a range, `validate`
+//! checks what training checks before its first step, and a key set by `--set` is reported
+//! against the flag, not against a line of a reformatted copy.
+
+use super::resume::TINY;
+use super::{byol_run, text};
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    dir
+}
+
+/// `byol-run <args>` must fail with rc 1, no panic; returns stderr.
+fn refused(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = byol_run(dir, args);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
+    let dir = setup();
+    let sets = [
+        (
+            "schedule.epochs=0",
+            "schedule.epochs = 0 is out of range: it must be >= 1",
+        ),
+        (
+            "schedule.warmup_epochs=-3",
+            "schedule.warmup_epochs = -3 is out of range: it must be >= 0",
+        ),
+        ("optimizer.lr=-1", "optimizer.lr = -1 is out of range: it must be > 0"),
+        ("eval.knn_k=0", "eval.knn_k = 0 is out of range: it must be >= 1"),
+        (
+            "logging.every_steps=0",
+            "logging.every_steps = 0 is out of range: it must be >= 1",
+        ),
+        (
+            "checkpoint.keep_last=0",
+            "checkpoint.keep_last = 0 is out of range: it must be >= 1",
+        ),
+        (
+            "schedule.accumulate=0",
+            "schedule.accumulate = 0 is out of range: it must be >= 1",
+        ),
+    ];
+    let mut args = vec!["validate", "tiny.toml"];
+    for (set, _) in &sets {
+        args.extend(["--set", set]);
+    }
+    let error = refused(dir.path(), &args);
+    for (set, message) in sets {
+        assert!(error.contains(&format!("--set {set}: {message}")), "{set}: {error}");
+    }
+    // Training refuses the same before touching a run folder; a value from the file is
+    // reported without a flag.
+    std::fs::write(dir.path().join("zero.toml"), TINY.replace("epochs = 3", "epochs = 0")).unwrap();
+    let error = refused(dir.path(), &["zero.toml", "--run-dir", "r"]);
+    assert!(
+        error.contains("in experiment file zero.toml: schedule.epochs = 0 is out of range"),
+        "{error}"
+    );
+    assert!(!dir.path().join("r").exists());
+}
+
+#[test]
+fn validate_checks_what_training_checks_before_its_first_step() {
+    let dir = setup();
+    let error = refused(
+        dir.path(),
+        &["validate", "tiny.toml", "--set", "augment.crop_on=loader"],
+    );
+    assert!(
+        error.contains("--set augment.crop_on=loader: augment.crop_on = \"loader\" cuts crops"),
+        "{error}"
+    );
+    let folder = TINY.replace(
+        "type = \"synthetic\"\ntrain_size = 512\ntest_size = 64\nimage_size = 16",
+        "type = \"image_folder\"\ntrain = \"data/train\"\nimage_size = 16",
+    );
+    std::fs::write(dir.path().join("folder.toml"), folder).unwrap();
+    let error = refused(dir.path(), &["validate", "folder.toml"]);
+    assert!(
+        error.contains("dataset.train = \"data/train\": this folder does not exist"),
+        "{error}"
+    );
+    if !tch::Cuda::is_available() {
+        let error = refused(dir.path(), &["validate", "tiny.toml", "--set", "run.device=cuda"]);
+        assert!(
+            error.contains("--set run.device=cuda: run.device = \"cuda\" but CUDA is not available"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn with_overrides_a_typo_in_the_file_keeps_its_own_line_number() {
+    let dir = setup();
+    let line = TINY.lines().position(|l| l == "hidden_dim = 32").unwrap() + 1;
+    std::fs::write(
+        dir.path().join("typo.toml"),
+        TINY.replace("hidden_dim = 32", "hiden_dim = 32"),
+    )
+    .unwrap();
+    let plain = refused(dir.path(), &["validate", "typo.toml"]);
+    let with_set = refused(dir.path(), &["validate", "typo.toml", "--set", "optimizer.lr=0.1"]);
+    assert!(with_set.contains(&format!("line {line}")), "{with_set}");
+    assert_eq!(plain, with_set, "the same message, the file's own lines");
+    let error = refused(dir.path(), &["validate", "tiny.toml", "--set", "schedule.epoch=3"]);
+    assert!(
+        error.contains("--set schedule.epoch=3: unknown field `epoch`"),
+        "{error}"
+    );
+    assert!(!error.contains("line "), "no line of a reformatted copy: {error}");
+}
+
+#[test]
+fn a_run_whose_knn_accuracy_fell_says_so() {
+    let dir = setup();
+    // A learning rate of 1e-12 trains nothing but batch-norm statistics: kNN falls (37.5% -> 9.4%).
+    let out = byol_run(
+        dir.path(),
+        &[
+            "tiny.toml",
+            "--run-dir",
+            "r",
+            "--set",
+            "optimizer.lr=1e-12",
+            "--set",
+            "eval.before_training=true",
+            "--set",
+            "eval.knn_k=1",
+            "--set",
+            "schedule.epochs=1",
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("warning: kNN accuracy did not improve (")
+            && all.contains("the representation may have collapsed or the recipe does not suit this data"),
+        "{all}"
+    );
+}
+
+#[test]
+fn validate_says_a_torchscript_backbone_is_code_that_runs() {
+    let dir = setup();
+    std::fs::write(dir.path().join("backbone.pt"), "").unwrap();
+    let ts = TINY.replace(
+        "type = \"resnet18\"\ncifar_stem = true\nwidth = 4",
+        "type = \"torchscript\"\npath = \"backbone.pt\"",
+    );
+    std::fs::write(dir.path().join("ts.toml"), ts).unwrap();
+    let out = byol_run(dir.path(), &["validate", "ts.toml"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("the module backbone.pt is code, and byol-run runs it during training and embed"),
+        "{all}"
+    );
+}
