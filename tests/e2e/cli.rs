@@ -161,3 +161,25 @@ fn bench_e2e_times_training_steps_with_and_without_the_input_path() {
     }
     assert!(lines[2].starts_with("ratio e2e / model step: "), "{all}");
 }
+
+/// `byol-run plugins | head -2`: the reader goes away; the listing ends quietly, no panic.
+#[test]
+fn a_closed_pipe_ends_listings_quietly() {
+    for command in ["plugins", "doctor", "config"] {
+        let mut args = vec![command];
+        if command == "config" {
+            args.push("--defaults");
+        }
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_byol-run"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // closed before the first line is written
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{command}: {stderr}");
+        assert!(stderr.is_empty(), "{command}: {stderr}");
+    }
+}

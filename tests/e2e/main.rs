@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod distributed;
+mod embed;
 mod learning;
 mod loader_crops;
 mod precision;

@@ -1,9 +1,13 @@
 //! `byol-run doctor`: what this binary runs on.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
+/// Writes with `writeln!`, not `println!` (which panics on a closed pipe): `doctor | head` ends
+/// with an error that `main` treats as a quiet exit.
 pub fn run() -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     let lib = env!("BYOL_LIBTORCH_LIB");
     let version = std::fs::read_to_string(Path::new(lib).join("../version.py"))
         .ok()
@@ -14,40 +18,43 @@ pub fn run() -> anyhow::Result<()> {
             })
         })
         .unwrap_or_else(|| "unknown (version.py not found)".into());
-    println!("byol-run         {}", env!("CARGO_PKG_VERSION"));
-    println!("libtorch         {version}");
-    println!("libtorch path    {lib}");
+    writeln!(out, "byol-run         {}", env!("CARGO_PKG_VERSION"))?;
+    writeln!(out, "libtorch         {version}")?;
+    writeln!(out, "libtorch path    {lib}")?;
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    println!(
+    writeln!(
+        out,
         "libtorch_cuda    {}",
         if maps.contains("libtorch_cuda.so") {
             "loaded"
         } else {
             "not loaded (CPU-only libtorch?)"
         }
-    );
+    )?;
     let cuda = tch::Cuda::is_available();
-    println!("CUDA available   {cuda}");
-    println!("cuDNN available  {}", tch::Cuda::cudnn_is_available());
-    println!("CUDA devices     {}", tch::Cuda::device_count());
+    writeln!(out, "CUDA available   {cuda}")?;
+    writeln!(out, "cuDNN available  {}", tch::Cuda::cudnn_is_available())?;
+    writeln!(out, "CUDA devices     {}", tch::Cuda::device_count())?;
     if cuda {
         // tch exposes no device properties; nvidia-smi has them when the driver is installed.
         match Command::new("nvidia-smi")
             .args(["--query-gpu=index,name,memory.total", "--format=csv,noheader"])
             .output()
         {
-            Ok(out) if out.status.success() => {
-                for line in String::from_utf8_lossy(&out.stdout).lines() {
-                    println!("  device         {line}");
+            Ok(smi) if smi.status.success() => {
+                for line in String::from_utf8_lossy(&smi.stdout).lines() {
+                    writeln!(out, "  device         {line}")?;
                 }
             }
-            _ => println!("  device         (nvidia-smi not available for names and memory)"),
+            _ => writeln!(out, "  device         (nvidia-smi not available for names and memory)")?,
         }
     }
-    println!(
+    writeln!(
+        out,
         "CPU threads      {} (libtorch intra-op), {} available",
         tch::get_num_threads(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    )?;
+    out.flush()?;
     Ok(())
 }

@@ -42,26 +42,79 @@ pub struct EmbedArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// Stop at the first unreadable image or folder (a broken link, a damaged file) instead of
+    /// skipping it with a counted warning.
+    #[arg(long)]
+    strict: bool,
 }
 
-fn image_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            image_files(&path, out)?;
-        } else if path
-            .extension()
-            .is_some_and(|e| ["jpg", "jpeg", "png"].iter().any(|x| e.eq_ignore_ascii_case(x)))
-        {
-            out.push(path);
+/// What could not be read, for one warning with a count (as training reports skipped images).
+#[derive(Default)]
+struct Skipped {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Skipped {
+    /// Skips `what` (or, with `strict`, stops there).
+    fn add(&mut self, strict: bool, what: String) -> anyhow::Result<()> {
+        if strict {
+            bail!("{what} (--strict stops at the first unreadable file)");
         }
+        self.count += 1;
+        self.first.get_or_insert(what);
+        Ok(())
     }
-    Ok(())
+}
+
+/// The image files under `dir`, sorted, following symbolic links but entering each real folder
+/// once: a link back to a parent (a loop) would otherwise recurse without end.
+struct ImageFiles {
+    files: Vec<PathBuf>,
+    visited: std::collections::HashSet<PathBuf>,
+    revisits: usize,
+    unreadable: Skipped,
+}
+
+impl ImageFiles {
+    fn scan(root: &Path, strict: bool) -> anyhow::Result<Self> {
+        let mut scan = Self {
+            files: Vec::new(),
+            visited: Default::default(),
+            revisits: 0,
+            unreadable: Skipped::default(),
+        };
+        let entries = std::fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))?;
+        scan.visited.insert(root.canonicalize()?);
+        scan.walk(entries, strict)?;
+        Ok(scan)
+    }
+
+    fn walk(&mut self, entries: std::fs::ReadDir, strict: bool) -> anyhow::Result<()> {
+        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            if path.is_dir() {
+                let Ok(real) = path.canonicalize() else { continue };
+                if !self.visited.insert(real) {
+                    self.revisits += 1;
+                    continue;
+                }
+                match std::fs::read_dir(&path) {
+                    Ok(entries) => self.walk(entries, strict)?,
+                    Err(e) => self
+                        .unreadable
+                        .add(strict, format!("cannot list {}: {e}", path.display()))?,
+                }
+            } else if path
+                .extension()
+                .is_some_and(|e| ["jpg", "jpeg", "png"].iter().any(|x| e.eq_ignore_ascii_case(x)))
+            {
+                self.files.push(path);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A checkpoint's trained networks, ready to embed.
@@ -111,38 +164,71 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         augment,
         ..
     } = load_trained(&args.checkpoint)?;
-    let mut files = Vec::new();
-    image_files(&args.images, &mut files)?;
-    if files.is_empty() {
+    let scan = ImageFiles::scan(&args.images, args.strict)?;
+    if scan.revisits > 0 {
+        eprintln!(
+            "warning: {} folder(s) under {} reached again through a symbolic link (a loop, or a second \
+             path to the same folder) were embedded once",
+            scan.revisits,
+            args.images.display()
+        );
+    }
+    if scan.files.is_empty() {
         bail!("{} holds no .jpg, .jpeg or .png images", args.images.display());
     }
     let size = experiment.augment.image_size() as u32;
+    let mut skipped = scan.unreadable;
+    let mut embedded = Vec::new();
     let mut embeddings = Vec::new();
-    for chunk in files.chunks(args.batch.max(1)) {
+    for chunk in scan.files.chunks(args.batch.max(1)) {
         let mut pixels = Vec::new();
+        let mut count = 0;
         for file in chunk {
-            pixels.extend(decode_square(file, size)?);
+            match decode_square(file, size) {
+                Ok(square) => {
+                    pixels.extend(square);
+                    embedded.push(file);
+                    count += 1;
+                }
+                Err(e) => skipped.add(args.strict, e.to_string())?,
+            }
+        }
+        if count == 0 {
+            continue;
         }
         let images = Tensor::from_slice(&pixels)
-            .view([chunk.len() as i64, 3, size as i64, size as i64])
+            .view([count, 3, size as i64, size as i64])
             .to_device(device);
         embeddings.push(byol.embed(&augment.eval_view(&images)).to_device(Device::Cpu));
     }
-    let embeddings = Tensor::cat(&embeddings, 0);
-    match args.out.extension().and_then(|e| e.to_str()) {
-        Some("npy") => embeddings.write_npy(&args.out)?,
-        Some("safetensors") => Tensor::write_safetensors(&[("embeddings", &embeddings)], &args.out)?,
-        _ => bail!("--out {} must end in .safetensors or .npy", args.out.display()),
+    if let Some(first) = &skipped.first {
+        eprintln!(
+            "warning: skipped {} unreadable image(s) or folder(s) under {} (first: {first}); pass --strict \
+             to stop at the first one instead",
+            skipped.count,
+            args.images.display()
+        );
     }
-    let names: Vec<String> = files
+    if embeddings.is_empty() {
+        bail!("none of the images under {} could be read", args.images.display());
+    }
+    let embeddings = Tensor::cat(&embeddings, 0);
+    let written = match args.out.extension().and_then(|e| e.to_str()) {
+        Some("npy") => embeddings.write_npy(&args.out),
+        Some("safetensors") => Tensor::write_safetensors(&[("embeddings", &embeddings)], &args.out),
+        _ => bail!("--out {} must end in .safetensors or .npy", args.out.display()),
+    };
+    written.with_context(|| format!("cannot write {}", args.out.display()))?;
+    let names: Vec<String> = embedded
         .iter()
         .map(|f| f.strip_prefix(&args.images).unwrap_or(f).display().to_string())
         .collect();
     let names_path = PathBuf::from(format!("{}.names.txt", args.out.display()));
-    std::fs::write(&names_path, names.join("\n") + "\n")?;
+    std::fs::write(&names_path, names.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", names_path.display()))?;
     println!(
         "embedded {} images ({} dims) into {} (names in {})",
-        files.len(),
+        embedded.len(),
         embeddings.size()[1],
         args.out.display(),
         names_path.display()

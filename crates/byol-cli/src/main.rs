@@ -108,14 +108,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Train(args)) => train(&args),
         Some(Command::Validate(args)) => validate(&args),
-        Some(Command::Plugins) => {
-            plugins::print();
-            Ok(())
-        }
+        Some(Command::Plugins) => plugins::print().map_err(Into::into),
         Some(Command::Doctor) => doctor::run(),
         Some(Command::Config { .. }) => {
-            print!("{}", byol_train::experiment::DEFAULTS_TOML);
-            Ok(())
+            use std::io::Write;
+            std::io::stdout()
+                .lock()
+                .write_all(byol_train::experiment::DEFAULTS_TOML.as_bytes())
+                .map_err(Into::into)
         }
         Some(Command::Export { checkpoint, out }) => embed::export(&checkpoint, &out),
         Some(Command::Embed(args)) => embed::run(&args),
@@ -126,11 +126,20 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`byol-run plugins | head`): nothing left to say.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn load(args: &ExperimentArgs) -> anyhow::Result<Experiment> {

@@ -1,18 +1,29 @@
 //! `byol-run plugins`.
 
+use std::io::Write;
+
 use byol::registry::plugins;
 
-pub fn print() {
+/// Prints every plugin; a closed pipe (`| head`) ends the listing with an error that `main`
+/// treats as a quiet exit.
+pub fn print() -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
     let mut kind = None;
     for plugin in plugins() {
         if kind != Some(plugin.kind) {
             kind = Some(plugin.kind);
-            println!("\n# {:?} plugins: the [{}] table", plugin.kind, plugin.kind.table());
+            writeln!(
+                out,
+                "\n# {:?} plugins: the [{}] table",
+                plugin.kind,
+                plugin.kind.table()
+            )?;
         }
-        println!("\n{}: {}", plugin.name, plugin.description);
-        println!("  [{}]", plugin.kind.table());
+        writeln!(out, "\n{}: {}", plugin.name, plugin.description)?;
+        writeln!(out, "  [{}]", plugin.kind.table())?;
         for line in plugin.example.lines() {
-            println!("  {line}");
+            writeln!(out, "  {line}")?;
         }
     }
+    out.flush()
 }

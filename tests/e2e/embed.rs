@@ -1,0 +1,56 @@
+//! `byol-run embed` over awkward folders: a symbolic-link loop is entered once, unreadable
+//! images and broken links are skipped with one counted warning (as training skips them), and
+//! `--strict` stops at the first one.
+
+use super::resume::TINY;
+use super::{byol_run, text};
+
+fn png(path: &std::path::Path) {
+    let image = tch::Tensor::randint(255, [3, 20, 24], (tch::Kind::Uint8, tch::Device::Cpu));
+    tch::vision::image::save(&image, path).unwrap();
+}
+
+#[test]
+fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    let out = byol_run(
+        dir.path(),
+        &["tiny.toml", "--run-dir", "r", "--quiet", "--set", "schedule.epochs=1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(images.join("a")).unwrap();
+    for name in ["a/0.png", "a/1.png", "2.png"] {
+        png(&images.join(name));
+    }
+    std::os::unix::fs::symlink("..", images.join("a/loop")).unwrap(); // images/a/loop -> images
+    std::os::unix::fs::symlink("missing.png", images.join("dangling.png")).unwrap();
+    std::fs::write(images.join("broken.jpg"), "not a jpeg").unwrap();
+
+    let embed = |extra: &[&str]| {
+        let mut args = vec!["embed", "r/checkpoints/last", "--images", "images", "--out", "emb.npy"];
+        args.extend_from_slice(extra);
+        byol_run(dir.path(), &args)
+    };
+    let out = embed(&[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("embedded 3 images"), "{all}");
+    assert!(all.contains("reached again through a symbolic link"), "{all}");
+    assert!(
+        all.contains("warning: skipped 2 unreadable image(s)") && all.contains("--strict"),
+        "{all}"
+    );
+    let names = std::fs::read_to_string(dir.path().join("emb.npy.names.txt")).unwrap();
+    assert_eq!(names, "2.png\na/0.png\na/1.png\n");
+    let emb = tch::Tensor::read_npy(dir.path().join("emb.npy")).unwrap();
+    assert_eq!(emb.size()[0], 3);
+
+    let out = embed(&["--strict"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("broken.jpg") && all.contains("--strict stops"), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+}
