@@ -7,49 +7,78 @@ use tch::Tensor;
 use byol_train::optimizer::util;
 use byol_train::{NamedParameter, Optimizer, OptimizerSpec};
 
-/// Keys shared by Adam and AdamW.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdamConfig {
-    /// Base learning rate (scaled by batch/256 when schedule.scale_lr_by_batch).
-    pub lr: f64,
-    pub betas: (f64, f64),
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// No weight decay on biases and normalization parameters (1-D tensors).
-    pub exclude_bias_and_norm: bool,
-}
-
-impl Default for AdamConfig {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: 0.0,
-            exclude_bias_and_norm: true,
+/// The keys of `[optimizer] type = "adam"` and `type = "adamw"`: one field list, two structs,
+/// so that each can take its PyTorch defaults (serde fills a missing key from `Default`).
+macro_rules! adam_config {
+    ($(#[$doc:meta])* $name:ident, weight_decay: $weight_decay:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            /// Base learning rate (scaled by batch/256 when schedule.scale_lr_by_batch).
+            pub lr: f64,
+            /// Decay rates of the running averages of the gradient and of its square.
+            pub betas: (f64, f64),
+            /// Added to the denominator (after bias correction), for numerical stability.
+            pub eps: f64,
+            /// Adam: L2 penalty added to the gradient; AdamW: decoupled decay rate.
+            pub weight_decay: f64,
+            /// No weight decay on biases and normalization parameters (1-D tensors).
+            pub exclude_bias_and_norm: bool,
         }
-    }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self {
+                    lr: 1e-3,
+                    betas: (0.9, 0.999),
+                    eps: 1e-8,
+                    weight_decay: $weight_decay,
+                    exclude_bias_and_norm: true,
+                }
+            }
+        }
+
+        impl $name {
+            fn hyperparameters(&self, decoupled: bool) -> Hyperparameters {
+                Hyperparameters {
+                    betas: self.betas,
+                    eps: self.eps,
+                    weight_decay: self.weight_decay,
+                    exclude_bias_and_norm: self.exclude_bias_and_norm,
+                    decoupled,
+                }
+            }
+        }
+    };
 }
 
-/// `type = "adamw"`: the same keys, decoupled weight decay (default 0.01 as in PyTorch).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(transparent)]
-pub struct AdamWConfig(pub AdamConfig);
+adam_config! {
+    /// `type = "adam"`: L2 weight decay added to the gradient; the defaults of torch.optim.Adam
+    /// (lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0).
+    AdamConfig, weight_decay: 0.0
+}
 
-impl Default for AdamWConfig {
-    fn default() -> Self {
-        Self(AdamConfig {
-            weight_decay: 0.01,
-            ..Default::default()
-        })
-    }
+adam_config! {
+    /// `type = "adamw"`: decoupled weight decay; the defaults of torch.optim.AdamW (lr 1e-3,
+    /// betas (0.9, 0.999), eps 1e-8, weight_decay 0.01).
+    AdamWConfig, weight_decay: 0.01
+}
+
+/// What the update uses (the learning rate comes with each step).
+#[derive(Debug, Clone)]
+struct Hyperparameters {
+    betas: (f64, f64),
+    eps: f64,
+    weight_decay: f64,
+    exclude_bias_and_norm: bool,
+    /// AdamW: `p -= lr * weight_decay * p` instead of adding `weight_decay * p` to the gradient.
+    decoupled: bool,
 }
 
 #[derive(Debug)]
 pub struct Adam {
-    config: AdamConfig,
-    decoupled: bool,
+    config: Hyperparameters,
     parameters: Vec<NamedParameter>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
@@ -57,13 +86,12 @@ pub struct Adam {
 }
 
 impl Adam {
-    fn new(config: AdamConfig, decoupled: bool, parameters: Vec<NamedParameter>) -> Self {
+    fn new(config: Hyperparameters, parameters: Vec<NamedParameter>) -> Self {
         let zeros = |ps: &[NamedParameter]| ps.iter().map(|p| p.tensor.zeros_like().detach()).collect();
         Self {
             exp_avg: zeros(&parameters),
             exp_avg_sq: zeros(&parameters),
             config,
-            decoupled,
             parameters,
             step: Tensor::zeros([1], tch::kind::DOUBLE_CPU),
         }
@@ -92,12 +120,12 @@ impl Optimizer for Adam {
                 let decay = c.weight_decay != 0.0 && !(c.exclude_bias_and_norm && p.is_bias_or_norm());
                 let mut param = p.tensor.shallow_clone();
                 // Adam adds L2 decay to the gradient; AdamW decays the weights directly.
-                let g = if decay && !self.decoupled {
+                let g = if decay && !c.decoupled {
                     &grad + &param * c.weight_decay
                 } else {
                     grad.shallow_clone()
                 };
-                if decay && self.decoupled {
+                if decay && c.decoupled {
                     let _ = param.g_mul_scalar_(1.0 - lr * c.weight_decay);
                 }
                 let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
@@ -138,7 +166,7 @@ byol::register_plugin! {
     example: "type = \"adam\"\nlr = 1e-3\nbetas = [0.9, 0.999]\neps = 1e-8\nweight_decay = 0.0\nexclude_bias_and_norm = true\n",
     impl OptimizerSpec for AdamConfig {
         fn build(&self, parameters: Vec<NamedParameter>) -> Box<dyn Optimizer> {
-            Box::new(Adam::new(self.clone(), false, parameters))
+            Box::new(Adam::new(self.hyperparameters(false), parameters))
         }
         fn lr(&self) -> f64 {
             self.lr
@@ -153,10 +181,10 @@ byol::register_plugin! {
     example: "type = \"adamw\"\nlr = 1e-3\nbetas = [0.9, 0.999]\neps = 1e-8\nweight_decay = 0.01\nexclude_bias_and_norm = true\n",
     impl OptimizerSpec for AdamWConfig {
         fn build(&self, parameters: Vec<NamedParameter>) -> Box<dyn Optimizer> {
-            Box::new(Adam::new(self.0.clone(), true, parameters))
+            Box::new(Adam::new(self.hyperparameters(true), parameters))
         }
         fn lr(&self) -> f64 {
-            self.0.lr
+            self.lr
         }
     }
 }
