@@ -192,8 +192,9 @@ for i, size in enumerate([{}]):
     assert_eq!(out[32 * 32 + 5], image.pixels[5 * 3 + 1]);
 }
 
-/// The real CIFAR-10 JPEGs (../shared): our decode against PIL's on a slice of them (measured:
-/// mean abs diff 0.30, max 4).
+/// The real CIFAR-10 JPEGs (`byol_testkit::cifar10_jpeg`: skipped where they are absent, a
+/// failure when CI=true): our decode against PIL's on a slice of them (measured: mean abs diff
+/// 0.30, max 4).
 #[test]
 fn real_cifar_jpegs_decode_like_pil() {
     let Some(root) = common::cifar10_jpeg("real_cifar_jpegs_decode_like_pil") else {

@@ -1,7 +1,8 @@
 //! Test support. PyTorch as the oracle: tests hand tensors to a Python snippet run by the venv's
 //! torch and get tensors back, through safetensors files in a temporary folder. And
 //! [`conformance`]: the checks every backbone plugin runs (`check_backbone(&spec, 32)`). And the
-//! shared CIFAR-10 JPEGs ([`cifar10_jpeg`]).
+//! shared CIFAR-10 JPEGs ([`cifar10_jpeg`]; a test that needs them is skipped where they are
+//! absent, and fails instead when `CI=true`).
 
 pub mod conformance;
 
@@ -103,8 +104,10 @@ pub fn shared_datasets() -> Option<PathBuf> {
 }
 
 /// The full CIFAR-10 as JPEGs (`<dir>/{train,test}/<class>/*.jpg`), unpacked once into `dest`
-/// from the shared datasets (pass `env!("CARGO_TARGET_TMPDIR")`). `None`, with a loud line on
-/// stderr naming `test`, where the shared datasets are absent.
+/// from the shared datasets (pass `env!("CARGO_TARGET_TMPDIR")`). Where the shared datasets are
+/// absent: `None` with a `SKIPPED <test>` line on stderr, so that the caller returns early; but
+/// when the environment variable `CI` is `true` a skipped test would pass unnoticed, so this
+/// panics instead, naming `test` and what to provide.
 pub fn cifar10_jpeg(test: &str, dest: &Path) -> Option<PathBuf> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
@@ -126,10 +129,44 @@ pub fn cifar10_jpeg(test: &str, dest: &Path) -> Option<PathBuf> {
         Some(dest.join("cifar10-jpeg"))
     });
     if dir.is_none() {
-        eprintln!(
-            "SKIPPED {test}: no shared/datasets/unpack.sh beside the repository or above it \
-             (set BYOL_RS_SHARED_DATASETS to the folder holding cifar10-jpeg.tar.gz)"
+        missing_dataset(
+            test,
+            "the CIFAR-10 JPEGs: no shared/datasets/unpack.sh beside the repository or above it \
+             (set BYOL_RS_SHARED_DATASETS to the folder holding unpack.sh and cifar10-jpeg.tar.gz)",
+            in_ci(),
         );
     }
     dir.clone()
+}
+
+/// Whether the tests run under continuous integration: the environment variable `CI` is `true`
+/// (as GitHub Actions, GitLab CI and most others set it; any letter case).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// A test cannot find data it needs (`what`): under CI (`ci`) that is a failure, a panic naming
+/// the test; elsewhere a `SKIPPED` line on stderr, and the caller returns early.
+fn missing_dataset(test: &str, what: &str, ci: bool) {
+    assert!(
+        !ci,
+        "{test} needs {what}; CI=true, so a missing dataset fails the test instead of skipping it"
+    );
+    eprintln!("SKIPPED {test}: it needs {what}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_dataset;
+
+    #[test]
+    fn a_missing_dataset_skips_outside_ci() {
+        missing_dataset("some_test", "a dataset", false);
+    }
+
+    #[test]
+    #[should_panic(expected = "some_test needs a dataset; CI=true")]
+    fn a_missing_dataset_fails_under_ci() {
+        missing_dataset("some_test", "a dataset", true);
+    }
 }
