@@ -37,12 +37,18 @@ pub fn repo_root() -> PathBuf {
 /// Runs `byol-run args...` in `cwd` with a clean environment (no LD_LIBRARY_PATH: the binary
 /// must find libtorch through its RUNPATH).
 pub fn byol_run(cwd: &Path, args: &[&str]) -> Output {
+    byol_run_with_env(cwd, args, &[])
+}
+
+/// [`byol_run`] with extra environment variables.
+pub fn byol_run_with_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_byol-run"))
         .args(args)
         .current_dir(cwd)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .envs(env.iter().copied())
         .output()
         .expect("run byol-run")
 }

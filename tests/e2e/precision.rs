@@ -5,10 +5,14 @@
 use std::path::Path;
 
 use super::resume::TINY;
-use super::{byol_run, text};
+use super::{byol_run, byol_run_with_env, text};
 
 /// Trains the tiny experiment for 2 steps with `extra` settings; returns the step-2 model.
 fn two_steps(dir: &Path, name: &str, extra: &[&str]) -> Vec<(String, tch::Tensor)> {
+    two_steps_with_env(dir, name, extra, &[])
+}
+
+fn two_steps_with_env(dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Vec<(String, tch::Tensor)> {
     let mut args = vec![
         "tiny.toml",
         "--run-dir",
@@ -23,8 +27,8 @@ fn two_steps(dir: &Path, name: &str, extra: &[&str]) -> Vec<(String, tch::Tensor
     for setting in extra {
         args.extend(["--set", setting]);
     }
-    let out = byol_run(dir, &args);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = byol_run_with_env(dir, &args, env);
+    assert!(out.status.success(), "{name} {env:?}: {}", text(&out));
     let mut tensors =
         tch::Tensor::read_safetensors(dir.join(name).join("checkpoints/step-000000002/model.safetensors")).unwrap();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -69,6 +73,35 @@ fn channels_last_trains_like_contiguous_and_bf16_like_fp32() {
             "{name} is saved as {:?}",
             t.kind()
         );
+    }
+}
+
+/// oneDNN picks its CPU kernels by instruction set, so a machine with AVX-512 and one with only
+/// AVX2 run different code. `ONEDNN_MAX_CPU_ISA` caps the choice, so every x86-64 machine runs
+/// each level here. At AVX2, the strided 1x1 convolution of the tiny ResNet's first downsample
+/// (4 input channels, fewer than the kernel's block of 8) once corrupted the heap in channels_last
+/// (the process died at the first backward) or computed wrong weight gradients.
+#[test]
+fn channels_last_trains_like_contiguous_at_every_cpu_instruction_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    for isa in ["AVX2", "AVX512_CORE"] {
+        let env = [("ONEDNN_MAX_CPU_ISA", isa)];
+        for threads in ["1", "2"] {
+            let threads_key = format!("run.threads={threads}");
+            let run = |layout: &str| {
+                let name = format!("{isa}-{threads}-{layout}");
+                let format_key = format!("run.memory_format={layout}");
+                two_steps_with_env(dir.path(), &name, &[&format_key, &threads_key], &env)
+            };
+            let (contiguous, channels_last) = (run("contiguous"), run("channels_last"));
+            // As in the test above: a summation-order difference, not a layout error.
+            let layout = max_difference(&contiguous, &channels_last);
+            assert!(
+                layout <= 2e-5,
+                "{isa}, {threads} threads: channels_last differs from contiguous by {layout}"
+            );
+        }
     }
 }
 

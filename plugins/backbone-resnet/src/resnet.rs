@@ -1,6 +1,6 @@
 use tch::{nn, nn::ModuleT, Tensor};
 
-use byol::nn::{batch_norm2d, conv2d, BatchNorm};
+use byol::nn::{batch_norm2d, conv2d, pointwise_conv2d, BatchNorm};
 use byol::Backbone;
 
 /// Residual block type: two 3x3 convs (ResNet-18/34) or 1x1-3x3-1x1 with 4x expansion (50+).
@@ -22,6 +22,7 @@ impl BlockKind {
 #[derive(Debug)]
 struct Downsample {
     conv: nn::Conv2D,
+    stride: i64,
     bn: BatchNorm,
 }
 
@@ -58,6 +59,7 @@ impl Block {
         }
         let downsample = (stride != 1 || c_in != c_out).then(|| Downsample {
             conv: conv2d(&(path / "downsample" / "0"), c_in, c_out, 1, stride, 0),
+            stride,
             bn: batch_norm2d(&(path / "downsample" / "1"), c_out),
         });
         Self { convs, bns, downsample }
@@ -73,7 +75,7 @@ impl Block {
             }
         }
         let shortcut = match &self.downsample {
-            Some(d) => d.bn.forward_t(&xs.apply(&d.conv), train),
+            Some(d) => d.bn.forward_t(&pointwise_conv2d(&d.conv, xs, d.stride), train),
             None => xs.shallow_clone(),
         };
         (out + shortcut).relu()

@@ -4,4 +4,4 @@ mod batch_norm;
 mod conv;
 
 pub use batch_norm::{batch_norm1d, batch_norm2d, sync_batch_norm, BatchNorm, CrossReplicaSum, SyncScope};
-pub use conv::{conv2d, linear};
+pub use conv::{conv2d, linear, pointwise_conv2d};
