@@ -131,7 +131,8 @@ impl Experiment {
                 ),
             );
         }
-        p.range("optimizer.lr", self.optimizer.lr(), Range::Above(0.0));
+        // 0 is allowed: a run that only fits the batch-norm statistics is a useful baseline.
+        p.range("optimizer.lr", self.optimizer.lr(), Range::AtLeast(0.0));
         let b = &self.byol;
         p.range("byol.hidden_dim", b.hidden_dim as f64, Range::AtLeast(1.0));
         p.range("byol.projection_dim", b.projection_dim as f64, Range::AtLeast(1.0));
