@@ -53,7 +53,7 @@ fn unknown_key_in_a_plugin_table_is_named_with_its_table() {
 #[test]
 fn unknown_plugin_type_lists_registered_ones() {
     let all = validate(&quickstart_with(|t| {
-        t.replace("type = \"resnet18\"", "type = \"resnet19\"")
+        t.replace("type = \"tiny_cnn\"", "type = \"resnet19\"")
     }));
     assert!(all.contains("unknown variant `resnet19`"), "{all}");
     for name in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] {

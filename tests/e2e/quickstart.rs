@@ -19,9 +19,13 @@ fn quickstart_learns_and_logs_to_tensorboard() {
         serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();
     let before = summary["knn_before"]["top1"].as_f64().unwrap();
     let after = summary["knn_after"]["top1"].as_f64().unwrap();
+    // `byol-run sweep experiments/quickstart-seeds.toml` measured gains of 36 to 53 points over
+    // seeds 0-9, at 1 and 2 threads, with AVX2 and AVX-512 kernels (the README's table): a floor
+    // of 20 is 16 points below the smallest, far beyond what rounding moves, and still fails a
+    // recipe that learns only half as well.
     assert!(
-        after - before >= 0.10,
-        "kNN must gain at least 10 points: {before} -> {after}\n{all}"
+        after - before >= 0.20,
+        "kNN must gain at least 20 points: {before} -> {after}\n{all}"
     );
 
     assert!(run_dir.join("config.toml").is_file());

@@ -7,7 +7,7 @@
 //! method = "grid"          # or "random"
 //! trials = 4               # random: the budget (required); grid: a cap (default: every combination)
 //! seed = 0                 # random: seed of the draws
-//! metric = "knn_top1"      # knn_top1, knn_top5, final_loss, images_per_second, train_seconds
+//! metric = "knn_top1"      # knn_top1, knn_top5, knn_gain, final_loss, images_per_second, train_seconds
 //! goal = "max"             # default: "min" for final_loss and train_seconds, else "max"
 //!
 //! [sweep.parameters]
@@ -89,6 +89,9 @@ pub enum Metric {
     #[default]
     KnnTop1,
     KnnTop5,
+    /// kNN top-1 after training minus before (needs `eval.before_training`, the default): the
+    /// figure to compare across seeds, whose untrained networks differ.
+    KnnGain,
     /// The last logged training loss.
     FinalLoss,
     ImagesPerSecond,
@@ -100,6 +103,7 @@ impl Metric {
         match self {
             Metric::KnnTop1 => "knn_top1",
             Metric::KnnTop5 => "knn_top5",
+            Metric::KnnGain => "knn_gain",
             Metric::FinalLoss => "final_loss",
             Metric::ImagesPerSecond => "images_per_second",
             Metric::TrainSeconds => "train_seconds",
@@ -110,6 +114,7 @@ impl Metric {
         match self {
             Metric::KnnTop1 => summary.knn_after.map(|a| a.top1),
             Metric::KnnTop5 => summary.knn_after.map(|a| a.top5),
+            Metric::KnnGain => Some(summary.knn_after?.top1 - summary.knn_before?.top1),
             Metric::FinalLoss => summary.final_loss,
             Metric::ImagesPerSecond => Some(summary.images_per_second),
             Metric::TrainSeconds => Some(summary.train_seconds),
