@@ -12,8 +12,9 @@
 //! evaluation (seed 0: 29.1, 33.8, 37.1, 38.1, 38.9% at epochs 0, 10, 20, 30, 40). About 100 s.
 //!
 //! The final checkpoint then goes through the offline protocols: `byol-run eval knn` must give the
-//! run's own last kNN figure exactly, and `byol-run eval linear` (10 epochs, the lr sweep) must beat
-//! the untrained kNN (measured 42.1%, best lr 0.3).
+//! run's own last kNN figure exactly, and `byol-run eval linear` (10 epochs, the lr chosen on a
+//! validation split of the training images) must beat the untrained kNN (measured 42.1% when the
+//! lr was still chosen on test, lr 0.3).
 
 use std::path::Path;
 
@@ -105,6 +106,20 @@ fn byol_learns_a_cifar10_slice_on_the_cpu() {
     let linear = eval("linear", &["--epochs", "10"]);
     let linear_top1 = linear["top1"].as_f64().unwrap();
     eprintln!("eval linear: {linear}");
+    // The lr is one of the four candidates, chosen by validation top-1, not by test.
+    assert_eq!(linear["lr_chosen_on"], "validation", "{linear}");
+    let sweep = linear["sweep"].as_array().unwrap();
+    let best_validation = sweep
+        .iter()
+        .max_by(|a, b| a[1].as_f64().unwrap().total_cmp(&b[1].as_f64().unwrap()))
+        .unwrap();
+    assert_eq!(sweep.len(), 4, "{linear}");
+    assert_eq!(
+        best_validation[1],
+        sweep.iter().find(|c| c[0] == linear["chosen_lr"]).unwrap()[1],
+        "{linear}"
+    );
+    assert_eq!(linear["validation_size"], 500, "10% of 5,000 training images: {linear}");
     assert!(
         linear_top1 > baseline,
         "a linear classifier on the trained features ({linear_top1}) beats the untrained kNN ({baseline})"

@@ -1,19 +1,39 @@
 //! Linear evaluation on frozen features (the paper's protocol, section 4.1 / appendix C.1): a
 //! linear classifier trained with SGD, Nesterov momentum 0.9, no weight decay, cosine lr, a small
 //! sweep of learning rates, on features computed once (centre crop, eval mode) and cached.
+//!
+//! The lr is chosen on a validation split held out of the training features (as the paper and
+//! solo-learn do), never on the test split: choosing on test reports the best of several test
+//! figures, which overstates the accuracy. The test split is used once, by a fresh classifier
+//! trained with the chosen lr on all training features.
 
+use anyhow::{bail, ensure};
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, nn::OptimizerConfig, Kind, Tensor};
+use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use crate::knn::KnnAccuracy;
 
-/// Result of the lr sweep.
+/// Share of each class's training features held out to choose the lr (at least one sample per
+/// class that has two or more; a class with one sample keeps it for training).
+pub const VALIDATION_FRACTION: f64 = 0.1;
+
+/// The split [`linear_probe`] chooses the lr on, as reported in [`LinearResult::lr_chosen_on`].
+pub const LR_CHOSEN_ON: &str = "validation";
+
+/// Result of the lr sweep and the final classifier.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinearResult {
-    pub best_lr: f64,
-    pub accuracy: KnnAccuracy,
-    /// (lr, top-1) of every candidate.
+    /// The split whose top-1 chose the lr: [`LR_CHOSEN_ON`], held out of the training features.
+    pub lr_chosen_on: String,
+    /// The candidate with the best validation top-1 (the first of equals).
+    pub chosen_lr: f64,
+    /// (lr, validation top-1) of every candidate, in the order given.
     pub sweep: Vec<(f64, f64)>,
+    /// Training features held out for validation, and those the sweep's classifiers trained on.
+    pub validation_size: usize,
+    pub sweep_train_size: usize,
+    /// Test accuracy of a fresh classifier trained with `chosen_lr` on all training features.
+    pub accuracy: KnnAccuracy,
 }
 
 /// Top-1 / top-5 of `logits` against `labels`.
@@ -37,9 +57,90 @@ pub fn accuracy(logits: &Tensor, labels: &Tensor) -> KnnAccuracy {
     KnnAccuracy { top1, top5 }
 }
 
-/// Trains one classifier per lr on (features, labels) of `train` and reports the best on `test`.
-/// Features are standardized with the training set's statistics (as a BN layer without affine
-/// parameters would), which makes one lr grid work across backbones.
+/// Indices of (validation, rest) of `labels`: per class, [`VALIDATION_FRACTION`] of its samples
+/// (rounded, at least one, never all) drawn at random from `seed`. Deterministic for a seed, and
+/// the same whatever the test split holds.
+pub fn validation_split(labels: &Tensor, classes: i64, seed: i64) -> anyhow::Result<(Tensor, Tensor)> {
+    let labels = Vec::<i64>::try_from(labels.to_device(Device::Cpu).to_kind(Kind::Int64).flatten(0, -1))?;
+    let mut per_class = vec![0usize; classes.max(0) as usize];
+    for &label in &labels {
+        ensure!(
+            (0..classes).contains(&label),
+            "training label {label} is outside the {classes} classes 0..{classes}"
+        );
+        per_class[label as usize] += 1;
+    }
+    let quota: Vec<usize> = per_class
+        .iter()
+        .map(|&n| match n {
+            0 | 1 => 0,
+            n => ((n as f64 * VALIDATION_FRACTION).round() as usize).clamp(1, n - 1),
+        })
+        .collect();
+    if quota.iter().all(|&q| q == 0) {
+        bail!(
+            "too few training samples to choose the lr on a validation split: {} samples in {classes} \
+             classes, and no class has the two samples needed to hold one out; give more training \
+             images per class (--limit-per-class 0 uses all)",
+            labels.len()
+        );
+    }
+    // One random order over all samples; each class's first `quota` samples in it validate.
+    tch::manual_seed(seed);
+    let order = Vec::<i64>::try_from(Tensor::randperm(labels.len() as i64, (Kind::Int64, Device::Cpu)))?;
+    let mut taken = vec![0usize; quota.len()];
+    let (mut validation, mut rest) = (Vec::new(), Vec::new());
+    for i in order {
+        let class = labels[i as usize] as usize;
+        if taken[class] < quota[class] {
+            taken[class] += 1;
+            validation.push(i);
+        } else {
+            rest.push(i);
+        }
+    }
+    Ok((Tensor::from_slice(&validation), Tensor::from_slice(&rest)))
+}
+
+/// A linear classifier trained on (features, labels) with SGD, Nesterov 0.9, no weight decay
+/// and a cosine lr from `lr` to 0; batches are drawn from `seed`.
+fn train_classifier(features: &Tensor, labels: &Tensor, classes: i64, epochs: usize, lr: f64, seed: i64) -> nn::Linear {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(features.device());
+    let classifier = nn::linear(vs.root(), features.size()[1], classes, Default::default());
+    let mut opt = nn::Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        ..Default::default()
+    }
+    .build(&vs, lr)
+    .expect("sgd");
+    let n = features.size()[0];
+    let batch = 256.min(n);
+    let steps_per_epoch = (n + batch - 1) / batch;
+    let total = (epochs as i64 * steps_per_epoch).max(1);
+    let mut step = 0;
+    for _ in 0..epochs {
+        let order = Tensor::randperm(n, (Kind::Int64, features.device()));
+        for b in 0..steps_per_epoch {
+            let idx = order.narrow(0, b * batch, batch.min(n - b * batch));
+            let loss = classifier
+                .forward(&features.index_select(0, &idx))
+                .cross_entropy_for_logits(&labels.index_select(0, &idx));
+            opt.set_lr(lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos()));
+            opt.backward_step(&loss);
+            step += 1;
+        }
+    }
+    classifier
+}
+
+/// Chooses the lr among `lrs` by validation top-1 (one classifier per lr, trained on the
+/// training features less the [`validation_split`]), then trains a fresh classifier with it on
+/// all training features and reports its accuracy on `test`. Features are standardized with the
+/// training set's statistics (as a BN layer without affine parameters would), which makes one lr
+/// grid work across backbones; the statistics carry no labels, so the validation features may
+/// share them.
 pub fn linear_probe(
     (train, train_labels): (&Tensor, &Tensor),
     (test, test_labels): (&Tensor, &Tensor),
@@ -47,50 +148,42 @@ pub fn linear_probe(
     epochs: usize,
     lrs: &[f64],
     seed: i64,
-) -> LinearResult {
+) -> anyhow::Result<LinearResult> {
+    ensure!(
+        !lrs.is_empty(),
+        "the linear probe needs at least one learning rate to try"
+    );
     let mean = train.mean_dim([0i64].as_slice(), true, Kind::Float);
     let std = train.std_dim([0i64].as_slice(), false, true) + 1e-6;
     let (train, test) = ((train - &mean) / &std, (test - &mean) / &std);
-    let n = train.size()[0];
-    let batch = 256.min(n);
-    let steps_per_epoch = (n + batch - 1) / batch;
-    let total = (epochs as i64 * steps_per_epoch).max(1);
+
+    let (validation, rest) = validation_split(train_labels, classes, seed)?;
+    let (validation, rest) = (validation.to_device(train.device()), rest.to_device(train.device()));
+    let (sweep_features, sweep_labels) = (train.index_select(0, &rest), train_labels.index_select(0, &rest));
+    let (validation_features, validation_labels) = (
+        train.index_select(0, &validation),
+        train_labels.index_select(0, &validation),
+    );
     let mut sweep = Vec::new();
-    let mut best: Option<(f64, KnnAccuracy)> = None;
     for &lr in lrs {
-        tch::manual_seed(seed);
-        let vs = nn::VarStore::new(train.device());
-        let classifier = nn::linear(vs.root(), train.size()[1], classes, Default::default());
-        let mut opt = nn::Sgd {
-            momentum: 0.9,
-            nesterov: true,
-            ..Default::default()
-        }
-        .build(&vs, lr)
-        .expect("sgd");
-        let mut step = 0;
-        for _ in 0..epochs {
-            let order = Tensor::randperm(n, (Kind::Int64, train.device()));
-            for b in 0..steps_per_epoch {
-                let idx = order.narrow(0, b * batch, batch.min(n - b * batch));
-                let loss = classifier
-                    .forward(&train.index_select(0, &idx))
-                    .cross_entropy_for_logits(&train_labels.index_select(0, &idx));
-                opt.set_lr(lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos()));
-                opt.backward_step(&loss);
-                step += 1;
-            }
-        }
-        let acc = tch::no_grad(|| accuracy(&classifier.forward(&test), test_labels));
+        let classifier = train_classifier(&sweep_features, &sweep_labels, classes, epochs, lr, seed);
+        let acc = tch::no_grad(|| accuracy(&classifier.forward(&validation_features), &validation_labels));
         sweep.push((lr, acc.top1));
-        if best.as_ref().is_none_or(|(_, b)| acc.top1 > b.top1) {
-            best = Some((lr, acc));
-        }
     }
-    let (best_lr, accuracy) = best.expect("at least one lr");
-    LinearResult {
-        best_lr,
-        accuracy,
+    let (chosen_lr, _) = sweep
+        .iter()
+        .copied()
+        .reduce(|best, candidate| if candidate.1 > best.1 { candidate } else { best })
+        .expect("at least one lr");
+
+    let classifier = train_classifier(&train, train_labels, classes, epochs, chosen_lr, seed);
+    let test_accuracy = tch::no_grad(|| accuracy(&classifier.forward(&test), test_labels));
+    Ok(LinearResult {
+        lr_chosen_on: LR_CHOSEN_ON.to_string(),
+        chosen_lr,
         sweep,
-    }
+        validation_size: validation.size()[0] as usize,
+        sweep_train_size: rest.size()[0] as usize,
+        accuracy: test_accuracy,
+    })
 }

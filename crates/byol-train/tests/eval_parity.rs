@@ -1,12 +1,13 @@
 //! The evaluation protocols against NumPy on the same features: weighted kNN predictions and
 //! accuracy must match exactly; the linear probe's accuracy function too, and the probe itself
-//! must separate separable data and not separate random labels.
+//! must separate separable data and not separate random labels, and choose its learning rate on
+//! a validation split of the training features, whatever the test labels say.
 
 use std::sync::{Mutex, MutexGuard};
 
 use byol_testkit::run_python;
 use byol_train::knn::{knn_accuracy, knn_scores};
-use byol_train::linear::{accuracy, linear_probe};
+use byol_train::linear::{accuracy, linear_probe, validation_split, LR_CHOSEN_ON};
 use tch::{Kind, Tensor};
 
 /// libtorch's CPU generator is global and the tests run on parallel threads: each test seeds it
@@ -91,9 +92,79 @@ fn linear_probe_separates_separable_features_and_not_random_labels() {
     let train = Tensor::randn([800, 16], tch::kind::FLOAT_CPU);
     let test = Tensor::randn([200, 16], tch::kind::FLOAT_CPU);
     let (train_y, test_y) = (train.matmul(&w).argmax(1, false), test.matmul(&w).argmax(1, false));
-    let result = linear_probe((&train, &train_y), (&test, &test_y), 4, 30, &[0.03, 0.1], 0);
+    let result = linear_probe((&train, &train_y), (&test, &test_y), 4, 30, &[0.03, 0.1], 0).unwrap();
     assert!(result.accuracy.top1 > 0.95, "{result:?}");
     let random_y = Tensor::randint(4, [200], (Kind::Int64, tch::Device::Cpu));
-    let chance = linear_probe((&train, &train_y), (&test, &random_y), 4, 5, &[0.1], 0);
+    let chance = linear_probe((&train, &train_y), (&test, &random_y), 4, 5, &[0.1], 0).unwrap();
     assert!(chance.accuracy.top1 < 0.45, "{chance:?}");
+}
+
+/// The test labels rotated by one class (y -> y+1 mod 4) make the classifier that learned the
+/// task score 0 on test and one that barely moved from its initialization score near chance: a
+/// sweep that chose on test would take the useless lr. Choosing on validation must not notice.
+#[test]
+fn linear_probe_chooses_the_lr_on_validation_whatever_the_test_labels() {
+    let _rng = seeded(4);
+    let w = Tensor::randn([16, 4], tch::kind::FLOAT_CPU);
+    let train = Tensor::randn([800, 16], tch::kind::FLOAT_CPU);
+    let test = Tensor::randn([200, 16], tch::kind::FLOAT_CPU);
+    let (train_y, test_y) = (train.matmul(&w).argmax(1, false), test.matmul(&w).argmax(1, false));
+    let rotated_y = (&test_y + 1).remainder(4);
+    let lrs = [1e-6, 0.1];
+    let honest = linear_probe((&train, &train_y), (&test, &test_y), 4, 10, &lrs, 0).unwrap();
+    let rotated = linear_probe((&train, &train_y), (&test, &rotated_y), 4, 10, &lrs, 0).unwrap();
+    assert_eq!(honest.lr_chosen_on, LR_CHOSEN_ON);
+    assert_eq!(honest.chosen_lr, 0.1, "the lr that learns: {honest:?}");
+    assert_eq!(rotated.chosen_lr, honest.chosen_lr, "{rotated:?}");
+    assert_eq!(
+        rotated.sweep, honest.sweep,
+        "validation accuracies do not see test labels"
+    );
+    assert!(honest.accuracy.top1 > 0.9, "{honest:?}");
+    assert!(
+        rotated.accuracy.top1 < 0.1,
+        "the reported test figure does: {rotated:?}"
+    );
+    assert_eq!(honest.validation_size + honest.sweep_train_size, 800);
+}
+
+#[test]
+fn validation_split_is_stratified_seeded_and_refuses_too_few_samples() {
+    let _rng = seeded(5);
+    // 50 of class 0, 30 of class 1, 2 of class 2, 1 of class 3.
+    let labels: Vec<i64> = [(0, 50), (1, 30), (2, 2), (3, 1)]
+        .iter()
+        .flat_map(|&(class, n)| std::iter::repeat_n(class, n))
+        .collect();
+    let labels = Tensor::from_slice(&labels);
+    let (validation, rest) = validation_split(&labels, 4, 7).unwrap();
+    let count = |idx: &Tensor, class: i64| labels.index_select(0, idx).eq(class).sum(Kind::Int64).int64_value(&[]);
+    let held_out: Vec<i64> = (0..4).map(|c| count(&validation, c)).collect();
+    assert_eq!(
+        held_out,
+        [5, 3, 1, 0],
+        "10% per class, at least one, never a class's only sample"
+    );
+    assert_eq!(validation.size()[0] + rest.size()[0], labels.size()[0]);
+    let all = Tensor::cat(&[&validation, &rest], 0).sort(0, false).0;
+    assert!(
+        all.equal(&Tensor::arange(labels.size()[0], (Kind::Int64, tch::Device::Cpu))),
+        "a partition"
+    );
+
+    let (again, _) = validation_split(&labels, 4, 7).unwrap();
+    assert!(again.equal(&validation), "the same seed holds out the same samples");
+    let (other, _) = validation_split(&labels, 4, 8).unwrap();
+    assert!(!other.equal(&validation), "another seed, other samples");
+
+    let singletons = Tensor::from_slice(&[0i64, 1, 2]);
+    let e = validation_split(&singletons, 3, 0).unwrap_err().to_string();
+    assert!(
+        e.contains("too few training samples") && e.contains("3 samples in 3 classes"),
+        "{e}"
+    );
+    let e = validation_split(&Tensor::from_slice(&[0i64, 5]), 3, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("label 5"), "{e}");
 }
