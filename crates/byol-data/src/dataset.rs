@@ -7,7 +7,8 @@ use tch::Tensor;
 
 use crate::DataError;
 
-/// A split of images with labels, all of one shape.
+/// A split of images, all of one shape, with labels; an unlabelled split has no classes and
+/// labels every image [`crate::image_folder::NO_LABEL`].
 pub trait Dataset: std::fmt::Debug + Send + Sync {
     fn len(&self) -> usize;
 
@@ -15,7 +16,13 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
         self.len() == 0
     }
 
+    /// Class names, indexed by label; empty for an unlabelled split.
     fn classes(&self) -> &[String];
+
+    /// Whether the images carry labels (kNN and the online probe need them).
+    fn is_labelled(&self) -> bool {
+        !self.classes().is_empty()
+    }
 
     /// `[channels, height, width]` of every image.
     fn image_shape(&self) -> [usize; 3];

@@ -1,6 +1,7 @@
 //! `[dataset] type = "image_folder"`: the ImageNet layout (`<split>/<class>/<image>`), labels from
 //! folder names, JPEG (baseline, progressive) and PNG; grayscale, CMYK and alpha converted to RGB.
-//! Optionally a file list picks the images. Files with other extensions are ignored; unreadable
+//! Unlabelled data (`labels = "none"`, or a `train` folder without class sub-folders) is every
+//! image under `train`, recursively, sorted by path. Optionally a file list picks the images. Files with other extensions are ignored; unreadable
 //! images are skipped with one counted warning, or stop the run (`on_bad_image = "error"`).
 
 use std::collections::BTreeMap;
@@ -27,6 +28,22 @@ pub enum OnBadImage {
     Error,
 }
 
+/// Where the labels of the images come from.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Labels {
+    /// One sub-folder per class (`<split>/<class>/<image>`). A `train` folder without class
+    /// sub-folders that holds images is read as unlabelled instead, with a note.
+    #[default]
+    Folders,
+    /// No labels: every image under `train`, at any depth, sorted by path. BYOL needs no labels;
+    /// the kNN monitor and the online probe then use `[eval] train` and `test`.
+    None,
+}
+
+/// The label that images of an unlabelled split carry (their split has no classes).
+pub const NO_LABEL: i64 = -1;
+
 /// Where decoded images live.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -41,13 +58,16 @@ pub enum Cache {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImageFolderConfig {
-    /// Training images: one sub-folder per class.
+    /// Training images: one sub-folder per class, or any folder tree with `labels = "none"`.
     pub train: PathBuf,
-    /// Labelled held-out images in the same layout, for the kNN monitor (optional).
+    /// `"folders"` (class sub-folders) or `"none"` (unlabelled).
+    pub labels: Labels,
+    /// Labelled held-out images in the same layout, for the kNN monitor (optional; needs
+    /// labelled training images).
     pub test: Option<PathBuf>,
     /// Optional text file naming the training images to use, one `<class>/<file>` path per
     /// line relative to `train` (blank lines and `#` comments ignored); classes are still all
-    /// sub-folders of `train`.
+    /// sub-folders of `train`. With `labels = "none"`, any path relative to `train`.
     pub file_list: Option<PathBuf>,
     /// The same for `test`.
     pub test_file_list: Option<PathBuf>,
@@ -58,7 +78,8 @@ pub struct ImageFolderConfig {
     /// Decoder threads: the loader's prefetching workers with `cache = "none"`, the threads that
     /// fill the cache with `cache = "memory"` (0: all cores).
     pub workers: usize,
-    /// Use at most this many images per class (0: all), the first ones by file name.
+    /// Use at most this many images per class (0: all), the first ones by file name; unlabelled
+    /// images count as one class.
     pub limit_per_class: usize,
     pub on_bad_image: OnBadImage,
 }
@@ -67,6 +88,7 @@ impl Default for ImageFolderConfig {
     fn default() -> Self {
         Self {
             train: PathBuf::from("data/train"),
+            labels: Labels::Folders,
             test: None,
             file_list: None,
             test_file_list: None,
@@ -82,11 +104,14 @@ impl Default for ImageFolderConfig {
 byol::register_plugin! {
     kind: Dataset,
     name: "image_folder",
-    description: "images in <split>/<class>/ folders (JPEG, PNG), labels from folder names",
-    example: "type = \"image_folder\"\ntrain = \"data/cifar10/train\"\ntest = \"data/cifar10/test\"\n# file_list = \"subset.txt\"   # <class>/<file> lines, relative to train\nimage_size = 32\ncache = \"memory\"    # or \"none\"\nworkers = 0\nlimit_per_class = 0\non_bad_image = \"skip\"   # or \"error\"\n",
+    description: "images in <split>/<class>/ folders (JPEG, PNG), labels from folder names; or unlabelled, any folder tree",
+    example: "type = \"image_folder\"\ntrain = \"data/cifar10/train\"\nlabels = \"folders\"   # or \"none\": every image under train, no labels\ntest = \"data/cifar10/test\"\n# file_list = \"subset.txt\"   # <class>/<file> lines, relative to train\nimage_size = 32\ncache = \"memory\"    # or \"none\"\nworkers = 0\nlimit_per_class = 0\non_bad_image = \"skip\"   # or \"error\"\n",
     impl DatasetSpec for ImageFolderConfig {
         fn build(&self) -> Result<Splits, DataError> {
-            let (splits, warnings) = self.load()?;
+            let (splits, warnings, notes) = self.load_with_notes()?;
+            for note in notes {
+                eprintln!("note: {note}");
+            }
             for w in warnings {
                 eprintln!("warning: {w}");
             }
@@ -102,6 +127,9 @@ byol::register_plugin! {
             }
             if let Some(test) = self.test.as_deref().filter(|t| !t.is_dir()) {
                 return Err(missing("test", test, "this folder"));
+            }
+            if self.labels == Labels::None && self.test.is_some() {
+                return Err(test_needs_labels(&self.train));
             }
             for (key, list) in [("file_list", &self.file_list), ("test_file_list", &self.test_file_list)] {
                 if let Some(list) = list.as_deref().filter(|l| !l.is_file()) {
@@ -124,22 +152,51 @@ impl ImageFolderConfig {
     /// Builds the splits and returns the warnings that `build` prints (unreadable images skipped
     /// while filling the memory cache, class folders without images): one line each.
     pub fn load(&self) -> Result<(Splits, Vec<String>), DataError> {
+        self.load_with_notes().map(|(splits, warnings, _)| (splits, warnings))
+    }
+
+    /// [`ImageFolderConfig::load`], and the notes that `build` prints (a `train` folder without
+    /// class sub-folders read as unlabelled).
+    pub fn load_with_notes(&self) -> Result<(Splits, Vec<String>, Vec<String>), DataError> {
         if self.image_size == 0 {
             return Err(DataError::Config("dataset.image_size must be at least 1".into()));
         }
         let mut warnings = Vec::new();
-        let train = self.split("train", &self.train, self.file_list.as_deref(), None, &mut warnings)?;
+        let mut notes = Vec::new();
+        let labels = match self.labels {
+            Labels::Folders if !has_class_folders(&self.train)? && has_images_under(&self.train)? => {
+                notes.push(format!(
+                    "dataset.train = {}: no class sub-folders, so its images are read as unlabelled \
+                     (labels = \"none\"; set it to silence this note)",
+                    self.train.display()
+                ));
+                Labels::None
+            }
+            labels => labels,
+        };
+        if labels == Labels::None && self.test.is_some() {
+            return Err(test_needs_labels(&self.train));
+        }
+        let train = self.split(
+            "train",
+            &self.train,
+            self.file_list.as_deref(),
+            labels,
+            None,
+            &mut warnings,
+        )?;
         let test = match &self.test {
             Some(dir) => Some(self.split(
                 "test",
                 dir,
                 self.test_file_list.as_deref(),
+                Labels::Folders,
                 Some(train.classes()),
                 &mut warnings,
             )?),
             None => None,
         };
-        Ok((Splits { train, test }, warnings))
+        Ok((Splits { train, test }, warnings, notes))
     }
 
     fn split(
@@ -147,10 +204,14 @@ impl ImageFolderConfig {
         key: &str,
         dir: &Path,
         file_list: Option<&Path>,
+        labels: Labels,
         classes: Option<&[String]>,
         warnings: &mut Vec<String>,
     ) -> Result<Arc<dyn Dataset>, DataError> {
-        let listing = scan(key, dir, file_list, self.limit_per_class, warnings)?;
+        let listing = match labels {
+            Labels::Folders => scan(key, dir, file_list, self.limit_per_class, warnings)?,
+            Labels::None => scan_unlabelled(key, dir, file_list, self.limit_per_class)?,
+        };
         if let Some(expected) = classes {
             if expected != listing.classes.as_slice() {
                 return Err(DataError::Config(format!(
@@ -179,12 +240,127 @@ impl ImageFolderConfig {
     }
 }
 
-/// The files of one split and their labels.
+/// The files of one split and their labels (no classes and [`NO_LABEL`] when unlabelled).
 #[derive(Debug)]
 struct Listing {
     root: PathBuf,
     classes: Vec<String>,
     files: Vec<(PathBuf, i64)>,
+}
+
+fn test_needs_labels(train: &Path) -> DataError {
+    DataError::Config(format!(
+        "dataset.test needs labelled training images as the kNN bank, and dataset.train = {} is unlabelled; \
+         remove dataset.test and set eval.train and eval.test to labelled image folders (<split>/<class>/<image>)",
+        train.display()
+    ))
+}
+
+/// Whether `dir` has a sub-folder that can be a class (hidden ones cannot). False for a folder
+/// that does not exist: `scan` reports that with the fix.
+fn has_class_folders(dir: &Path) -> Result<bool, DataError> {
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    Ok(list(dir)?.iter().any(|p| p.is_dir() && !is_hidden(p)))
+}
+
+fn has_images_under(dir: &Path) -> Result<bool, DataError> {
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    Ok(!collect_images(dir)?.is_empty())
+}
+
+/// Every image file under `dir`, at any depth, skipping hidden files and folders; each folder's
+/// entries in sorted order, so that the whole list is sorted by path.
+fn collect_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut images = Vec::new();
+    let mut entered = std::collections::BTreeSet::new();
+    walk(dir, &mut entered, &mut images)?;
+    Ok(images)
+}
+
+/// [`collect_images`] below `dir`; `entered` holds the folders walked so far, by canonical path,
+/// so that a symbolic link back up the tree is not followed round and round.
+fn walk(
+    dir: &Path,
+    entered: &mut std::collections::BTreeSet<PathBuf>,
+    images: &mut Vec<PathBuf>,
+) -> Result<(), DataError> {
+    let canonical = dir
+        .canonicalize()
+        .map_err(|e| DataError::Config(format!("cannot resolve {}: {e}", dir.display())))?;
+    if !entered.insert(canonical) {
+        return Ok(());
+    }
+    for path in list(dir)? {
+        if is_hidden(&path) {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, entered, images)?;
+        } else if is_image(&path) && path.is_file() {
+            images.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The images of an unlabelled split: every image under `root` (or the ones `file_list` names,
+/// paths relative to `root`), at most `limit` of them (0: all).
+fn scan_unlabelled(key: &str, root: &Path, file_list: Option<&Path>, limit: usize) -> Result<Listing, DataError> {
+    if !root.is_dir() {
+        let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+        return Err(DataError::Config(format!(
+            "dataset.{key}: folder {} does not exist (or is not a folder); with labels = \"none\" it should \
+             hold the images, at any depth; relative paths start from the working directory {cwd}",
+            root.display()
+        )));
+    }
+    let mut paths = match file_list {
+        None => collect_images(root)?,
+        Some(list_path) => {
+            let mut paths = Vec::new();
+            let text = std::fs::read_to_string(list_path).map_err(|e| {
+                DataError::Config(format!("dataset.file_list: cannot read {}: {e}", list_path.display()))
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let path = root.join(line);
+                if !path.is_file() {
+                    return Err(DataError::Config(format!(
+                        "{} line {}: {} does not exist; lines are image paths relative to dataset.{key}",
+                        list_path.display(),
+                        n + 1,
+                        path.display()
+                    )));
+                }
+                paths.push(path);
+            }
+            paths
+        }
+    };
+    if limit > 0 {
+        paths.truncate(limit);
+    }
+    if paths.is_empty() {
+        return Err(DataError::Config(match file_list {
+            None => format!(
+                "dataset.{key}: {} holds no .jpg, .jpeg or .png files (at any depth)",
+                root.display()
+            ),
+            Some(l) => format!("dataset.{key}: the file list {} names no images", l.display()),
+        }));
+    }
+    Ok(Listing {
+        root: root.to_path_buf(),
+        classes: Vec::new(),
+        files: paths.into_iter().map(|p| (p, NO_LABEL)).collect(),
+    })
 }
 
 fn is_image(path: &Path) -> bool {
@@ -231,7 +407,8 @@ fn scan(
         .collect();
     if class_dirs.is_empty() {
         return Err(config_error(format!(
-            "{} has no class sub-folders; put the images in one sub-folder per class (<{key}>/<class>/<image>)",
+            "{} has no class sub-folders and no images; put the images in one sub-folder per class \
+             (<{key}>/<class>/<image>), or anywhere under it for unlabelled training (labels = \"none\")",
             root.display()
         )));
     }
