@@ -11,6 +11,7 @@ mod precision;
 mod quickstart;
 mod resume;
 mod run_folder;
+mod run_folder_commands;
 mod sweep;
 mod validation;
 

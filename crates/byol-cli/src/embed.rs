@@ -8,13 +8,61 @@ use tch::{nn::VarStore, Device, Tensor};
 
 use byol::Byol;
 use byol_data::image_folder::decode_square;
-use byol_train::checkpoint;
+use byol_train::checkpoint::{self, Checkpointer};
+use byol_train::run_dir::CHECKPOINTS_DIR;
 use byol_train::Experiment;
 
 const BACKBONE_PREFIX: &str = "online.backbone.";
 
+/// A checkpoint folder as given, or the newest intact checkpoint of a run folder (the folder
+/// holding `checkpoints/`), found as a resume finds it: damaged checkpoints are skipped with a
+/// warning and left where they are (the run may be training; only its owner repairs it).
+/// Names the checkpoint a run folder resolved to, on stderr (stdout may be JSON).
+pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    if !path.exists() {
+        bail!(
+            "{} does not exist: give runs/<run> or runs/<run>/{CHECKPOINTS_DIR}/last",
+            path.display()
+        );
+    }
+    if path.join(checkpoint::MANIFEST_FILE).exists() {
+        return Ok(path.to_path_buf());
+    }
+    let checkpoints = path.join(CHECKPOINTS_DIR);
+    if !checkpoints.is_dir() {
+        bail!(
+            "{} is neither a checkpoint folder (no {}) nor a run folder (no {CHECKPOINTS_DIR}/); give \
+             runs/<run> or runs/<run>/{CHECKPOINTS_DIR}/last",
+            path.display(),
+            checkpoint::MANIFEST_FILE
+        );
+    }
+    // keep_last only matters when saving; this checkpointer only reads.
+    let found = Checkpointer::new(checkpoints.clone(), 1)
+        .resume_point(false)
+        .with_context(|| format!("finding the newest intact checkpoint of run folder {}", path.display()))?;
+    for warning in found.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let Some((dir, manifest)) = found.latest else {
+        bail!(
+            "run folder {} has no checkpoint yet ({} is empty): train it first, or give a checkpoint folder",
+            path.display(),
+            checkpoints.display()
+        );
+    };
+    eprintln!(
+        "using checkpoint {} (step {}), the newest intact one of run folder {}",
+        dir.display(),
+        manifest.step,
+        path.display()
+    );
+    Ok(dir)
+}
+
 /// Writes the online backbone's variables under their torchvision names.
-pub fn export(checkpoint_dir: &Path, out: &Path) -> anyhow::Result<()> {
+pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
+    let checkpoint_dir = &resolve_checkpoint(checkpoint_or_run)?;
     checkpoint::verify(checkpoint_dir).with_context(|| format!("checking checkpoint {}", checkpoint_dir.display()))?;
     let tensors = checkpoint::read_tensors(checkpoint_dir, checkpoint::MODEL_FILE)?;
     let backbone: Vec<(String, Tensor)> = tensors
@@ -31,7 +79,8 @@ pub fn export(checkpoint_dir: &Path, out: &Path) -> anyhow::Result<()> {
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// A checkpoint folder (runs/<run>/checkpoints/last).
+    /// A checkpoint folder (runs/<run>/checkpoints/last), or a run folder (runs/<run>: its newest
+    /// intact checkpoint).
     checkpoint: PathBuf,
     /// Folder of images (searched recursively for .jpg, .jpeg, .png).
     #[arg(long)]
@@ -119,6 +168,8 @@ impl ImageFiles {
 
 /// A checkpoint's trained networks, ready to embed.
 pub struct Trained {
+    /// The checkpoint folder they came from.
+    pub checkpoint: PathBuf,
     pub experiment: Experiment,
     pub device: Device,
     pub byol: Byol,
@@ -126,9 +177,11 @@ pub struct Trained {
     _vs: VarStore,
 }
 
-/// Verifies a checkpoint folder and rebuilds its BYOL networks from the experiment it saved
-/// (the online probe, a training-time monitor, is not rebuilt).
-pub fn load_trained(dir: &Path) -> anyhow::Result<Trained> {
+/// Verifies a checkpoint folder (or a run folder's newest checkpoint) and rebuilds its BYOL
+/// networks from the experiment it saved (the online probe, a training-time monitor, is not
+/// rebuilt).
+pub fn load_trained(checkpoint_or_run: &Path) -> anyhow::Result<Trained> {
+    let dir = &resolve_checkpoint(checkpoint_or_run)?;
     let manifest = checkpoint::verify(dir).with_context(|| format!("checking checkpoint {}", dir.display()))?;
     let experiment = Experiment::parse(&manifest.config, &[]).context("reading the checkpoint's experiment")?;
     let device = byol_train::runner::parse_device(&experiment.run.device)?;
@@ -148,6 +201,7 @@ pub fn load_trained(dir: &Path) -> anyhow::Result<Trained> {
     byol_train::runner::load_model_state(&vs, &saved).with_context(|| format!("loading {}", dir.display()))?;
     let augment = experiment.augment.build()?;
     Ok(Trained {
+        checkpoint: dir.clone(),
         experiment,
         device,
         byol,

@@ -42,7 +42,8 @@ pub enum EvalCommand {
 
 #[derive(Args)]
 pub struct EvalData {
-    /// A checkpoint folder (runs/<run>/checkpoints/last).
+    /// A checkpoint folder (runs/<run>/checkpoints/last), or a run folder (runs/<run>: its newest
+    /// intact checkpoint).
     checkpoint: PathBuf,
     /// Labelled training images: <train>/<class>/<image>.
     #[arg(long)]
@@ -62,10 +63,13 @@ struct Features {
     train: (tch::Tensor, tch::Tensor),
     test: (tch::Tensor, tch::Tensor),
     classes: i64,
+    /// The checkpoint they were computed with.
+    checkpoint: PathBuf,
 }
 
 fn features(data: &EvalData) -> anyhow::Result<Features> {
     let Trained {
+        checkpoint,
         experiment,
         device,
         byol,
@@ -86,6 +90,7 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         train: embed_split(&byol, augment.as_ref(), &splits.train, batch, device)?,
         test: embed_split(&byol, augment.as_ref(), &test, batch, device)?,
         classes: splits.train.classes().len() as i64,
+        checkpoint,
     })
 }
 
@@ -113,7 +118,7 @@ pub fn run(command: &EvalCommand) -> anyhow::Result<()> {
             );
             report(
                 &data.json,
-                serde_json::json!({ "protocol": "knn", "k": k, "temperature": temperature, "top1": acc.top1, "top5": acc.top5 }),
+                serde_json::json!({ "protocol": "knn", "checkpoint": f.checkpoint, "k": k, "temperature": temperature, "top1": acc.top1, "top5": acc.top5 }),
             )
         }
         EvalCommand::Linear { data, epochs, lrs } => {
@@ -147,6 +152,7 @@ pub fn run(command: &EvalCommand) -> anyhow::Result<()> {
                 &data.json,
                 serde_json::json!({
                     "protocol": "linear",
+                    "checkpoint": f.checkpoint,
                     "epochs": epochs,
                     "lr_chosen_on": result.lr_chosen_on,
                     "chosen_lr": result.chosen_lr,

@@ -48,7 +48,8 @@ enum Command {
     },
     /// Write the trained online backbone of a checkpoint with torchvision names (safetensors).
     Export {
-        /// A checkpoint folder (runs/<run>/checkpoints/last).
+        /// A checkpoint folder (runs/<run>/checkpoints/last), or a run folder (runs/<run>: its
+        /// newest intact checkpoint).
         checkpoint: PathBuf,
         /// Output file, e.g. resnet50-byol.safetensors.
         #[arg(long)]

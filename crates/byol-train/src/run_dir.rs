@@ -221,6 +221,9 @@ pub fn check_identity(
     )
 }
 
+/// The folder inside a run folder that holds its checkpoints (`step-*/`, `last`).
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+
 /// `config.toml`: the resolved experiment of the run, written once it is known to be the
 /// folder's (fresh, or its checkpoint loaded).
 pub const CONFIG_FILE: &str = "config.toml";

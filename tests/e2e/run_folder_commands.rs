@@ -1,0 +1,103 @@
+//! `byol-run eval`, `export` and `embed` given a run folder instead of a checkpoint folder: they
+//! use the newest intact checkpoint (skipping a damaged one, as a resume does, without moving
+//! it) and say which.
+
+use std::path::Path;
+
+use super::resume::TINY;
+use super::{byol_run, text};
+
+fn png(path: &Path) {
+    let image = tch::Tensor::randint(255, [3, 20, 24], (tch::Kind::Uint8, tch::Device::Cpu));
+    tch::vision::image::save(&image, path).unwrap();
+}
+
+/// A one-epoch tiny run in `<dir>/r` (checkpoints at steps 8, 12 and 16), and labelled images
+/// in `<dir>/train` and `<dir>/test` (three classes).
+fn trained_run_and_images() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    let out = byol_run(
+        dir.path(),
+        &["tiny.toml", "--run-dir", "r", "--quiet", "--set", "schedule.epochs=1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for (split, per_class) in [("train", 6), ("test", 3)] {
+        for class in ["a", "b", "c"] {
+            let folder = dir.path().join(split).join(class);
+            std::fs::create_dir_all(&folder).unwrap();
+            for i in 0..per_class {
+                png(&folder.join(format!("{i}.png")));
+            }
+        }
+    }
+    dir
+}
+
+fn eval(dir: &Path, protocol: &str, extra: &[&str]) -> (serde_json::Value, String) {
+    let mut args = vec!["eval", protocol, "r", "--train", "train", "--test", "test"];
+    args.extend_from_slice(extra);
+    let out = byol_run(dir, &args);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    (serde_json::from_slice(&out.stdout).expect("JSON on stdout"), all)
+}
+
+#[test]
+fn eval_on_a_run_folder_uses_its_newest_checkpoint() {
+    let dir = trained_run_and_images();
+    let (knn, all) = eval(dir.path(), "knn", &[]);
+    assert!(
+        all.contains("using checkpoint") && all.contains("step-000000016"),
+        "{all}"
+    );
+    assert!(
+        knn["checkpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("r/checkpoints/step-000000016"),
+        "{knn}"
+    );
+
+    let (linear, all) = eval(dir.path(), "linear", &["--epochs", "2"]);
+    assert!(all.contains("using checkpoint"), "{all}");
+    assert_eq!(linear["lr_chosen_on"], "validation", "{linear}");
+    assert_eq!(linear["validation_size"], 3, "one of each class's six: {linear}");
+    assert_eq!(linear["sweep"].as_array().unwrap().len(), 4, "{linear}");
+    assert!(all.contains("chosen on the validation split"), "{all}");
+}
+
+#[test]
+fn export_and_embed_on_a_run_folder_skip_a_damaged_newest_checkpoint() {
+    let dir = trained_run_and_images();
+    let newest = dir.path().join("r/checkpoints/step-000000016/model.safetensors");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+
+    let out = byol_run(dir.path(), &["export", "r", "--out", "backbone.safetensors"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("warning: skipping damaged checkpoint"), "{all}");
+    assert!(
+        all.contains("using checkpoint") && all.contains("step-000000012"),
+        "{all}"
+    );
+    assert!(dir.path().join("backbone.safetensors").is_file());
+    assert!(newest.is_file(), "a reader leaves the damaged checkpoint where it is");
+
+    let out = byol_run(dir.path(), &["embed", "r", "--images", "test", "--out", "emb.npy"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("step-000000012") && all.contains("embedded 9 images"),
+        "{all}"
+    );
+
+    let out = byol_run(dir.path(), &["export", "train", "--out", "x.safetensors"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("neither a checkpoint folder") && all.contains("nor a run folder"),
+        "{all}"
+    );
+}
