@@ -80,8 +80,8 @@ fn byol_learns_a_cifar10_slice_on_the_cpu() {
     );
 
     // Offline evaluation of the final checkpoint on the same slice: `eval knn` with the
-    // monitor's k and temperature reproduces the run's last kNN figure (same features, same
-    // vote), and `eval linear` fits a classifier on those features.
+    // monitor's k and temperature (the run's, by default) reproduces the run's last kNN figure
+    // (same features, same vote), and `eval linear` fits a classifier on those features.
     let checkpoint = runs.path().join("trained/checkpoints/last");
     let eval = |protocol: &str, extra: &[&str]| -> serde_json::Value {
         let json = runs.path().join(format!("{protocol}.json"));
@@ -97,7 +97,10 @@ fn byol_learns_a_cifar10_slice_on_the_cpu() {
         assert_eq!(printed, written, "stdout and --json agree");
         written
     };
-    let knn = eval("knn", &["--k", "20", "--temperature", "0.1"]);
+    // No --k or --temperature: the run's own (k = 20, T = 0.1, from its config.toml).
+    let knn = eval("knn", &[]);
+    assert_eq!(knn["k"], 20, "{knn}");
+    assert_eq!(knn["temperature"], 0.1, "{knn}");
     assert_eq!(
         knn["top1"].as_f64().unwrap(),
         after,

@@ -1,6 +1,7 @@
 //! `byol-run eval`, `export` and `embed` given a run folder instead of a checkpoint folder: they
 //! use the newest intact checkpoint (skipping a damaged one, as a resume does, without moving
-//! it) and say which.
+//! it) and say which; `eval knn` takes k and temperature from the run's config.toml unless flags
+//! give them.
 
 use std::path::Path;
 
@@ -12,14 +13,23 @@ fn png(path: &Path) {
     tch::vision::image::save(&image, path).unwrap();
 }
 
-/// A one-epoch tiny run in `<dir>/r` (checkpoints at steps 8, 12 and 16), and labelled images
-/// in `<dir>/train` and `<dir>/test` (three classes).
+/// A one-epoch tiny run in `<dir>/r` (checkpoints at steps 8, 12 and 16) with a kNN temperature
+/// of its own, and labelled images in `<dir>/train` and `<dir>/test` (three classes).
 fn trained_run_and_images() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
     let out = byol_run(
         dir.path(),
-        &["tiny.toml", "--run-dir", "r", "--quiet", "--set", "schedule.epochs=1"],
+        &[
+            "tiny.toml",
+            "--run-dir",
+            "r",
+            "--quiet",
+            "--set",
+            "schedule.epochs=1",
+            "--set",
+            "eval.knn_temperature=0.07",
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     for (split, per_class) in [("train", 6), ("test", 3)] {
@@ -44,7 +54,7 @@ fn eval(dir: &Path, protocol: &str, extra: &[&str]) -> (serde_json::Value, Strin
 }
 
 #[test]
-fn eval_on_a_run_folder_uses_its_newest_checkpoint() {
+fn eval_on_a_run_folder_uses_its_newest_checkpoint_and_its_knn_settings() {
     let dir = trained_run_and_images();
     let (knn, all) = eval(dir.path(), "knn", &[]);
     assert!(
@@ -58,6 +68,19 @@ fn eval_on_a_run_folder_uses_its_newest_checkpoint() {
             .ends_with("r/checkpoints/step-000000016"),
         "{knn}"
     );
+    assert_eq!(knn["k"], 5, "the run's eval.knn_k, not 200: {knn}");
+    assert_eq!(knn["temperature"], 0.07, "the run's eval.knn_temperature: {knn}");
+    assert!(knn["k_from"].as_str().unwrap().contains("config.toml"), "{knn}");
+    assert!(
+        all.contains("kNN: k = 5 (eval.knn_k of") && all.contains("temperature = 0.07"),
+        "{all}"
+    );
+
+    let (knn, all) = eval(dir.path(), "knn", &["--k", "3"]);
+    assert_eq!(knn["k"], 3, "a flag wins: {knn}");
+    assert_eq!(knn["k_from"], "--k", "{knn}");
+    assert_eq!(knn["temperature"], 0.07, "{knn}");
+    assert!(all.contains("k = 3 (--k)"), "{all}");
 
     let (linear, all) = eval(dir.path(), "linear", &["--epochs", "2"]);
     assert!(all.contains("using checkpoint"), "{all}");

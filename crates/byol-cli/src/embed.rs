@@ -9,7 +9,7 @@ use tch::{nn::VarStore, Device, Tensor};
 use byol::Byol;
 use byol_data::image_folder::decode_square;
 use byol_train::checkpoint::{self, Checkpointer};
-use byol_train::run_dir::CHECKPOINTS_DIR;
+use byol_train::run_dir::{CHECKPOINTS_DIR, CONFIG_FILE};
 use byol_train::Experiment;
 
 const BACKBONE_PREFIX: &str = "online.backbone.";
@@ -58,6 +58,15 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
         path.display()
     );
     Ok(dir)
+}
+
+/// The run folder a checkpoint folder sits in (`<run>/checkpoints/<checkpoint>`, with a
+/// `config.toml`), when it does.
+pub fn run_folder_of(checkpoint_dir: &Path) -> Option<PathBuf> {
+    let real = checkpoint_dir.canonicalize().ok()?;
+    let checkpoints = real.parent()?;
+    let run = checkpoints.parent()?;
+    (checkpoints.file_name()? == CHECKPOINTS_DIR && run.join(CONFIG_FILE).is_file()).then(|| run.to_path_buf())
 }
 
 /// Writes the online backbone's variables under their torchvision names.

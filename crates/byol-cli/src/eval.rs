@@ -1,6 +1,6 @@
 //! `byol-run eval knn|linear`: the field's two protocols on a trained checkpoint, offline.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -10,20 +10,27 @@ use byol_data::image_folder::ImageFolderConfig;
 use byol_data::{Dataset, DatasetSpec};
 use byol_train::knn::knn_accuracy;
 use byol_train::linear::{linear_probe, VALIDATION_FRACTION};
+use byol_train::run_dir::CONFIG_FILE;
 use byol_train::runner::embed_split;
+use byol_train::Experiment;
 
-use crate::embed::{load_trained, Trained};
+use crate::embed::{load_trained, run_folder_of, Trained};
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
-    /// Weighted kNN (k=200, T=0.1 by default) of test features against train features.
+    /// Weighted kNN of test features against train features, with the run's own k and
+    /// temperature unless flags give them.
     Knn {
         #[command(flatten)]
         data: EvalData,
-        #[arg(long, default_value_t = 200)]
-        k: usize,
-        #[arg(long, default_value_t = 0.1)]
-        temperature: f64,
+        /// Neighbours [default: the run's eval.knn_k, from its config.toml, else from the
+        /// experiment saved in the checkpoint].
+        #[arg(long)]
+        k: Option<usize>,
+        /// Temperature of the similarity weights [default: the run's eval.knn_temperature, found
+        /// as k is].
+        #[arg(long)]
+        temperature: Option<f64>,
     },
     /// Linear classifier on frozen, cached features: SGD, Nesterov 0.9, no weight decay, cosine
     /// lr. The lr is chosen on a validation split (10% of each class of --train, seeded), then a
@@ -63,8 +70,9 @@ struct Features {
     train: (tch::Tensor, tch::Tensor),
     test: (tch::Tensor, tch::Tensor),
     classes: i64,
-    /// The checkpoint they were computed with.
+    /// The checkpoint they were computed with, and the experiment saved in it.
     checkpoint: PathBuf,
+    experiment: Experiment,
 }
 
 fn features(data: &EvalData) -> anyhow::Result<Features> {
@@ -91,7 +99,32 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         test: embed_split(&byol, augment.as_ref(), &test, batch, device)?,
         classes: splits.train.classes().len() as i64,
         checkpoint,
+        experiment,
     })
+}
+
+/// The kNN k and temperature of the run a checkpoint belongs to, and where they were read: the
+/// run folder's config.toml (what its kNN monitor used last; these keys may change on resume),
+/// else the experiment saved in the checkpoint (a checkpoint copied out of its run folder).
+fn run_knn_settings(checkpoint: &Path, saved: &Experiment) -> (usize, f64, String) {
+    if let Some(run) = run_folder_of(checkpoint) {
+        let path = run.join(CONFIG_FILE);
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| Experiment::parse(&text, &[]));
+        match parsed {
+            Ok(run) => return (run.eval.knn_k, run.eval.knn_temperature, path.display().to_string()),
+            Err(e) => eprintln!(
+                "warning: cannot read the kNN settings of {}: {e:#}; using those saved in the checkpoint",
+                path.display()
+            ),
+        }
+    }
+    (
+        saved.eval.knn_k,
+        saved.eval.knn_temperature,
+        format!("the experiment saved in {}", checkpoint.display()),
+    )
 }
 
 fn report(json: &Option<PathBuf>, value: serde_json::Value) -> anyhow::Result<()> {
@@ -107,18 +140,37 @@ pub fn run(command: &EvalCommand) -> anyhow::Result<()> {
     match command {
         EvalCommand::Knn { data, k, temperature } => {
             let f = features(data)?;
+            let (run_k, run_temperature, run_source) = run_knn_settings(&f.checkpoint, &f.experiment);
+            let (k, k_from) = match k {
+                Some(k) => (*k, "--k".to_string()),
+                None => (run_k, format!("eval.knn_k of {run_source}")),
+            };
+            let (temperature, temperature_from) = match temperature {
+                Some(t) => (*t, "--temperature".to_string()),
+                None => (run_temperature, format!("eval.knn_temperature of {run_source}")),
+            };
+            eprintln!("kNN: k = {k} ({k_from}), temperature = {temperature} ({temperature_from})");
             let acc = knn_accuracy(
                 &f.test.0,
                 &f.test.1,
                 &f.train.0,
                 &f.train.1,
                 f.classes,
-                *k as i64,
-                *temperature,
+                k as i64,
+                temperature,
             );
             report(
                 &data.json,
-                serde_json::json!({ "protocol": "knn", "checkpoint": f.checkpoint, "k": k, "temperature": temperature, "top1": acc.top1, "top5": acc.top5 }),
+                serde_json::json!({
+                    "protocol": "knn",
+                    "checkpoint": f.checkpoint,
+                    "k": k,
+                    "k_from": k_from,
+                    "temperature": temperature,
+                    "temperature_from": temperature_from,
+                    "top1": acc.top1,
+                    "top5": acc.top5,
+                }),
             )
         }
         EvalCommand::Linear { data, epochs, lrs } => {
