@@ -203,8 +203,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(loss) = summary.final_loss {
         println!("final loss       {loss:.4}");
     }
-    println!("kNN top-1 before {}", percent(summary.knn_before));
-    println!("kNN top-1 after  {}", percent(summary.knn_after));
+    // A run without labelled images has no kNN figures to show (the note at start said why).
+    if summary.knn_before.is_some() || summary.knn_after.is_some() {
+        println!("kNN top-1 before {}", percent(summary.knn_before));
+        println!("kNN top-1 after  {}", percent(summary.knn_after));
+    }
     if let (Some(b), Some(a)) = (summary.knn_before, summary.knn_after) {
         println!("kNN gain         {:+.1} points", (a.top1 - b.top1) * 100.0);
         // A run that finished without learning anything must not look like a success.

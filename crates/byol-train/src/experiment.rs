@@ -88,6 +88,12 @@ pub struct EvalConfig {
     pub online_probe: bool,
     /// Learning rate of the online probe (plain SGD).
     pub probe_lr: f64,
+    /// A labelled split in image-folder layout (`<train>/<class>/<image>`), decoded like the
+    /// training images: the kNN bank, and the online probe's data when the training images are
+    /// unlabelled. Set with `test`; without them the kNN monitor uses the dataset's own splits.
+    pub train: Option<PathBuf>,
+    /// Labelled held-out images in the same layout: the kNN queries.
+    pub test: Option<PathBuf>,
 }
 
 impl Default for EvalConfig {
@@ -100,6 +106,8 @@ impl Default for EvalConfig {
             batch_size: 512,
             online_probe: true,
             probe_lr: 0.1,
+            train: None,
+            test: None,
         }
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use byol::{Augment, Byol, LossParts};
+use byol_data::image_folder::ImageFolderConfig;
 use byol_data::{Batch, BatchLoader, Dataset, Splits};
 
 use crate::checkpoint::{self, Checkpointer, Manifest};
@@ -57,7 +58,10 @@ pub struct RunSummary {
     /// True when SIGINT/SIGTERM stopped the run early (it resumes from `checkpoint`).
     pub interrupted: bool,
     pub final_loss: Option<f64>,
+    /// Absent when the run has no labelled images to evaluate on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_before: Option<KnnAccuracy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_after: Option<KnnAccuracy>,
     pub train_seconds: f64,
     pub images_per_second: f64,
@@ -420,6 +424,63 @@ struct StepOutcome {
     projections: Tensor,
 }
 
+/// Said once at start when nothing can measure the representation.
+pub const NO_LABELS_NOTE: &str = "kNN monitor and online probe off: the training images have no labels; \
+     set eval.train and eval.test to labelled image folders";
+
+/// Labelled images for the kNN monitor: the bank and the queries.
+struct LabelledSplits {
+    bank: Arc<dyn Dataset>,
+    queries: Arc<dyn Dataset>,
+}
+
+/// The kNN monitor's splits: `[eval] train` and `test` when set (decoded at the training images'
+/// size), else the dataset's own labelled splits; None when there are no labelled queries.
+fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Result<Option<LabelledSplits>> {
+    let eval = &experiment.eval;
+    let (Some(train), Some(test)) = (&eval.train, &eval.test) else {
+        return Ok(match &splits.test {
+            Some(queries) if splits.train.is_labelled() => Some(LabelledSplits {
+                bank: splits.train.clone(),
+                queries: queries.clone(),
+            }),
+            _ => None,
+        });
+    };
+    let folder = ImageFolderConfig {
+        train: train.clone(),
+        test: Some(test.clone()),
+        image_size: splits.train.image_shape()[1] as u32,
+        ..Default::default()
+    };
+    let context = || {
+        format!(
+            "reading the labelled evaluation split (eval.train = {}, eval.test = {})",
+            train.display(),
+            test.display()
+        )
+    };
+    // The folder's auto-detection notes are not printed: an unlabelled folder is an error here.
+    let (labelled, warnings, _notes) = folder
+        .load_with_notes()
+        .map_err(anyhow::Error::from)
+        .with_context(context)?;
+    if !labelled.train.is_labelled() {
+        bail!(
+            "eval.train = {}: no class sub-folders; the evaluation split needs labels, one sub-folder of \
+             images per class (<split>/<class>/<image>)",
+            train.display()
+        );
+    }
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(Some(LabelledSplits {
+        bank: labelled.train,
+        queries: labelled.test.with_context(context)?,
+    }))
+}
+
 /// Everything a run holds while it trains.
 struct Trainer<'a> {
     experiment: &'a Experiment,
@@ -439,6 +500,11 @@ struct Trainer<'a> {
     checkpointer: Checkpointer,
     config_toml: String,
     probe: Option<OnlineProbe>,
+    /// The kNN monitor's images; None: the monitor is off.
+    labelled: Option<LabelledSplits>,
+    /// Labelled batches for the online probe when the training images have none (the
+    /// evaluation split's bank, in eval mode); None: the probe learns from the training batches.
+    probe_batches: Option<BatchLoader>,
     /// Set when torchrun started this process as one of several.
     parallel: Option<DataParallel>,
 }
@@ -489,7 +555,13 @@ impl<'a> Trainer<'a> {
         let peak_lr = experiment.optimizer.lr() * batch_scale;
         let config_toml = experiment.to_toml()?;
         let checkpointer = Checkpointer::new(run_dir.join("checkpoints"), experiment.checkpoint.keep_last);
-        let classes = splits.train.classes().len() as i64;
+        let labelled = labelled_splits(experiment, &splits)?;
+        let probe_source = if splits.train.is_labelled() {
+            Some(&splits.train)
+        } else {
+            labelled.as_ref().map(|l| &l.bank)
+        };
+        let classes = probe_source.map_or(0, |d| d.classes().len() as i64);
         let mut probe = (experiment.eval.online_probe && classes > 1).then(|| {
             OnlineProbe::new(
                 &(vs.root() / "probe"),
@@ -498,6 +570,17 @@ impl<'a> Trainer<'a> {
                 experiment.eval.probe_lr,
             )
         });
+        // Every process takes the same probe batch: its averaged gradient is the batch's own.
+        let probe_batches = match (&probe, probe_source) {
+            (Some(_), Some(source)) if !splits.train.is_labelled() => Some(BatchLoader::new(
+                source.clone(),
+                loader.batch_size.min(source.len()),
+                true,
+                true,
+                experiment.run.seed,
+            )),
+            _ => None,
+        };
         if let Some(parallel) = &parallel {
             parallel.broadcast_variables(&vs)?;
             if let Some(probe) = &mut probe {
@@ -522,6 +605,8 @@ impl<'a> Trainer<'a> {
             checkpointer,
             config_toml,
             probe,
+            labelled,
+            probe_batches,
             parallel,
         })
     }
@@ -677,11 +762,13 @@ impl<'a> Trainer<'a> {
     }
 
     fn knn(&self) -> anyhow::Result<Option<KnnAccuracy>> {
-        let Some(test) = &self.splits.test else { return Ok(None) };
+        let Some(labelled) = &self.labelled else {
+            return Ok(None);
+        };
         let eval = &self.experiment.eval;
-        let (bank, bank_labels) = self.embed(&self.splits.train)?;
-        let (queries, labels) = self.embed(test)?;
-        let classes = self.splits.train.classes().len() as i64;
+        let (bank, bank_labels) = self.embed(&labelled.bank)?;
+        let (queries, labels) = self.embed(&labelled.queries)?;
+        let classes = labelled.bank.classes().len() as i64;
         Ok(Some(knn_accuracy(
             &queries,
             &labels,
@@ -718,10 +805,20 @@ impl<'a> Trainer<'a> {
                 .numerics
                 .forward_backward(self.device, &self.byol, view1, view2, share)?;
             total += parts.loss.detach();
-            if let Some(probe) = &mut self.probe {
+            if let (Some(probe), None) = (&mut self.probe, &self.probe_batches) {
                 probe.train_step(&parts.online_embeddings, labels);
             }
             projections = Some(parts.online_projections);
+        }
+        if let (Some(probe), Some(batches)) = (&mut self.probe, &self.probe_batches) {
+            // Batch `step` of the shuffled evaluation split, so a resumed run sees the same ones.
+            let per_epoch = batches.batches_per_epoch() as u64;
+            let indices = &batches.epoch_indices(step / per_epoch)[(step % per_epoch) as usize];
+            let (images, labels) = batches
+                .load(indices, self.device)
+                .context("loading the online probe's batch from eval.train")?;
+            let embeddings = self.byol.embed(&self.augment.eval_view(&images));
+            probe.train_step(&embeddings, &labels);
         }
         let lr = lr_at(
             step,
@@ -771,6 +868,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             println!("{line}");
         }
     };
+    if t.labelled.is_none() && !t.splits.train.is_labelled() {
+        say(format!("note: {NO_LABELS_NOTE}"));
+    }
     if let Some(old) = moved_aside {
         say(format!(
             "--fresh: moved the previous run folder aside to {}",

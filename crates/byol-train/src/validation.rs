@@ -205,6 +205,41 @@ impl Experiment {
         if let Err(e) = crate::runner::parse_device(&self.run.device) {
             p.add("run.device", format!("{e:#}"));
         }
+        self.check_eval_split(p);
+    }
+
+    /// `eval.train` and `eval.test` come together and name existing folders.
+    fn check_eval_split(&self, p: &mut Problems) {
+        let e = &self.eval;
+        match (&e.train, &e.test) {
+            (Some(_), None) | (None, Some(_)) => {
+                let (set, unset) = if e.train.is_some() {
+                    ("train", "test")
+                } else {
+                    ("test", "train")
+                };
+                p.add(
+                    &format!("eval.{set}"),
+                    format!(
+                        "eval.{set} is set but eval.{unset} is not: the labelled evaluation split needs both \
+                         (labelled image folders, <split>/<class>/<image>)"
+                    ),
+                );
+            }
+            _ => {}
+        }
+        for (key, folder) in [("eval.train", &e.train), ("eval.test", &e.test)] {
+            if let Some(folder) = folder.as_deref().filter(|f| !f.is_dir()) {
+                p.add(
+                    key,
+                    format!(
+                        "{key} = {:?}: this folder does not exist (paths are relative to the working directory); \
+                         it should hold labelled images in class sub-folders (<split>/<class>/<image>)",
+                        folder.display().to_string()
+                    ),
+                );
+            }
+        }
     }
 
     /// For `byol-run validate`: what the user should know before running this experiment.
