@@ -13,6 +13,7 @@ mod resume;
 mod run_folder;
 mod run_folder_commands;
 mod sweep;
+mod unlabelled;
 mod validation;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,178 @@
+//! Training on a flat folder of unlabelled images: without a labelled evaluation split the kNN
+//! monitor and the online probe are off with one note and the summary has no kNN figures; with
+//! `eval.train` and `eval.test` they measure on that split.
+
+use std::path::Path;
+
+use super::{byol_run, text};
+
+/// A tiny experiment: 16 px images, `tiny_cnn`, one epoch on one CPU thread.
+const UNLABELLED: &str = r#"
+[run]
+device = "cpu"
+threads = 1
+seed = 3
+
+[dataset]
+type = "image_folder"
+train = "unlabelled"
+image_size = 16
+
+[backbone]
+type = "tiny_cnn"
+
+[augment]
+type = "byol"
+preset = "cifar"
+image_size = 16
+
+[optimizer]
+type = "lars"
+lr = 0.2
+
+[byol]
+hidden_dim = 32
+projection_dim = 16
+
+[schedule]
+epochs = 1
+batch_size = 16
+warmup_epochs = 0
+
+[eval]
+knn_k = 5
+"#;
+
+/// A 16 px PNG: a square of one of two colours (the class) at a place drawn from `seed`.
+fn write_image(path: &Path, class: usize, seed: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let colour = if class == 0 { [220, 40, 40] } else { [40, 40, 220] };
+    let (ox, oy) = (seed % 7, (seed / 7) % 7);
+    image::RgbImage::from_fn(16, 16, |x, y| {
+        let inside = (ox..ox + 8).contains(&x) && (oy..oy + 8).contains(&y);
+        image::Rgb(if inside { colour } else { [128, 128, 128] })
+    })
+    .save(path)
+    .unwrap();
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("run/summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn unlabelled_flat_folder_trains_with_and_without_an_evaluation_split() {
+    let dir = tempfile::tempdir().unwrap();
+    // 32 flat images, some in a nested folder: no class sub-folders at the top, only images.
+    for i in 0..32u32 {
+        let name = if i < 24 {
+            format!("unlabelled/{i:02}.png")
+        } else {
+            format!("unlabelled/more/{i:02}.png")
+        };
+        write_image(&dir.path().join(name), (i % 2) as usize, i);
+    }
+    // The flat folder has a sub-folder, so it needs labels = "none" to be read as unlabelled.
+    let experiment = UNLABELLED.replace(
+        "image_size = 16\n\n[backbone]",
+        "image_size = 16\nlabels = \"none\"\n\n[backbone]",
+    );
+    std::fs::write(dir.path().join("flat.toml"), &experiment).unwrap();
+
+    let out = byol_run(dir.path(), &["flat.toml", "--run-dir", "run"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(
+        all.matches("kNN monitor and online probe off: the training images have no labels; set eval.train and eval.test to labelled image folders").count(),
+        1,
+        "{all}"
+    );
+    assert!(
+        !all.contains("kNN top-1") && !all.contains("kNN gain") && !all.contains("did not improve"),
+        "{all}"
+    );
+    assert!(!all.contains("NaN") && !all.contains("panicked"), "{all}");
+    let without = summary(dir.path());
+    assert!(
+        without.get("knn_before").is_none() && without.get("knn_after").is_none(),
+        "{without}"
+    );
+    assert_eq!(without["steps"], 2, "{without}");
+
+    // A labelled split in class folders: kNN measures on it, the probe learns from it.
+    for (split, count) in [("labelled/train", 12u32), ("labelled/test", 6)] {
+        for i in 0..count {
+            for (class, name) in ["red", "blue"].iter().enumerate() {
+                write_image(&dir.path().join(format!("{split}/{name}/{i:02}.png")), class, i * 3 + 1);
+            }
+        }
+    }
+    let out = byol_run(
+        dir.path(),
+        &[
+            "flat.toml",
+            "--run-dir",
+            "run",
+            "--fresh",
+            "--set",
+            "eval.train=\"labelled/train\"",
+            "--set",
+            "eval.test=\"labelled/test\"",
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("kNN monitor and online probe off"), "{all}");
+    assert!(all.contains("kNN top-1 before") && all.contains("kNN gain"), "{all}");
+    let with = summary(dir.path());
+    for key in ["knn_before", "knn_after"] {
+        let top1 = with[key]["top1"].as_f64().unwrap_or(f64::NAN);
+        assert!((0.0..=1.0).contains(&top1), "{key}: {with}");
+    }
+    let events = std::fs::read_dir(dir.path().join("run/tensorboard")).unwrap().count();
+    assert!(events > 0);
+
+    // Only one of the two keys, or a folder that does not exist, is refused by name.
+    let out = byol_run(
+        dir.path(),
+        &["validate", "flat.toml", "--set", "eval.train=\"labelled/train\""],
+    );
+    let all = text(&out);
+    assert!(!out.status.success() && all.contains("eval.test is not"), "{all}");
+    let out = byol_run(
+        dir.path(),
+        &[
+            "validate",
+            "flat.toml",
+            "--set",
+            "eval.train=\"nowhere\"",
+            "--set",
+            "eval.test=\"labelled/test\"",
+        ],
+    );
+    let all = text(&out);
+    assert!(
+        !out.status.success() && all.contains("eval.train = \"nowhere\": this folder does not exist"),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_flat_folder_is_detected_as_unlabelled_with_one_note() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..16u32 {
+        write_image(&dir.path().join(format!("unlabelled/{i:02}.jpg")), (i % 2) as usize, i);
+    }
+    std::fs::write(dir.path().join("auto.toml"), UNLABELLED).unwrap();
+    let out = byol_run(dir.path(), &["auto.toml", "--run-dir", "run"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(
+        all.matches("no class sub-folders, so its images are read as unlabelled")
+            .count(),
+        1,
+        "{all}"
+    );
+    assert_eq!(all.matches("kNN monitor and online probe off").count(), 1, "{all}");
+    assert!(summary(dir.path()).get("knn_after").is_none());
+}
