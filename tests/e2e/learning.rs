@@ -15,8 +15,8 @@
 //!
 //! The final checkpoint then goes through the offline protocols: `byol-run eval knn` must give the
 //! run's own last kNN figure exactly, and `byol-run eval linear` (10 epochs, the lr chosen on a
-//! validation split of the training images) must beat the untrained kNN (measured 42.1% when the
-//! lr was still chosen on test, lr 0.3).
+//! validation split of the training images) must beat the untrained kNN (measured, seed 0: lr 0.1
+//! chosen at 42.8% validation top-1, 41.7% on test; 42.1% with lr 0.3 when test chose the lr).
 
 use std::path::Path;
 
