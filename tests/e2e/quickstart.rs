@@ -61,6 +61,16 @@ fn quickstart_learns_and_logs_to_tensorboard() {
     // 600 steps logged every 20: 30 points, the last at step 600.
     assert!(line("train/loss").starts_with("train/loss 30 600 "), "{scalars}");
     assert!(line("train/lr").starts_with("train/lr 30 600 "), "{scalars}");
+    let spread: f64 = line("train/projection_std_ratio")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        spread > 0.3 && spread < 1.5,
+        "a learning run does not collapse: {scalars}"
+    );
     let tau: f64 = line("train/tau").rsplit(' ').next().unwrap().parse().unwrap();
     assert!((tau - 1.0).abs() < 1e-6, "tau ends at 1: {scalars}");
     // The view grid of the first 8 images: rows of (original, view 1, view 2), 32 px cells, 2 px gaps.

@@ -554,7 +554,7 @@ impl<'a> Trainer<'a> {
         };
         let peak_lr = experiment.optimizer.lr() * batch_scale;
         let config_toml = experiment.to_toml()?;
-        let checkpointer = Checkpointer::new(run_dir.join("checkpoints"), experiment.checkpoint.keep_last);
+        let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
         let labelled = labelled_splits(experiment, &splits)?;
         let probe_source = if splits.train.is_labelled() {
             Some(&splits.train)
@@ -997,6 +997,11 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
                 logger.scalar("train/lr", lr, step);
                 logger.scalar("train/tau", tau, step);
                 logger.scalar("train/projection_std", z_std, step);
+                // The same spread in units of 1/sqrt(d), the per-dimension std of unit vectors spread
+                // evenly over the sphere: about 1 when the projections use every dimension, falling
+                // towards 0 as they collapse onto a point.
+                let dims = z.size().last().copied().unwrap_or(1) as f64;
+                logger.scalar("train/projection_std_ratio", z_std * dims.sqrt(), step);
                 logger.scalar("train/weight_norm", weight_norm, step);
                 logger.scalar("train/grad_norm", grad_norm, step);
                 logger.scalar("train/images_per_second", images_per_second, step);

@@ -553,7 +553,7 @@ impl TrialStatus {
         if let Ok(error) = fs::read_to_string(dir.join(ERROR_FILE)) {
             return TrialStatus::Failed(error.trim().to_string());
         }
-        if dir.join("checkpoints").is_dir() || dir.join("summary.json").is_file() {
+        if dir.join(crate::run_dir::CHECKPOINTS_DIR).is_dir() || dir.join("summary.json").is_file() {
             TrialStatus::Unfinished
         } else {
             TrialStatus::Pending
