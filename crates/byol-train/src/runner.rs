@@ -481,6 +481,26 @@ fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Result<O
     }))
 }
 
+/// Labelled batches for the online probe when the training images have none: batch `step` of
+/// the shuffled evaluation split, so a resumed run sees the same ones.
+struct ProbeBatches {
+    loader: BatchLoader,
+    /// The current epoch's batches, drawn once per epoch rather than once per step.
+    epoch: Option<(u64, Vec<Vec<usize>>)>,
+}
+
+impl ProbeBatches {
+    fn batch_at(&mut self, step: u64, device: Device) -> Result<(Tensor, Tensor), byol_data::DataError> {
+        let per_epoch = self.loader.batches_per_epoch() as u64;
+        let epoch = step / per_epoch;
+        if self.epoch.as_ref().is_none_or(|(cached, _)| *cached != epoch) {
+            self.epoch = Some((epoch, self.loader.epoch_indices(epoch)));
+        }
+        let (_, batches) = self.epoch.as_ref().expect("drawn above");
+        self.loader.load(&batches[(step % per_epoch) as usize], device)
+    }
+}
+
 /// Everything a run holds while it trains.
 struct Trainer<'a> {
     experiment: &'a Experiment,
@@ -504,7 +524,7 @@ struct Trainer<'a> {
     labelled: Option<LabelledSplits>,
     /// Labelled batches for the online probe when the training images have none (the
     /// evaluation split's bank, in eval mode); None: the probe learns from the training batches.
-    probe_batches: Option<BatchLoader>,
+    probe_batches: Option<ProbeBatches>,
     /// Set when torchrun started this process as one of several.
     parallel: Option<DataParallel>,
 }
@@ -572,13 +592,16 @@ impl<'a> Trainer<'a> {
         });
         // Every process takes the same probe batch: its averaged gradient is the batch's own.
         let probe_batches = match (&probe, probe_source) {
-            (Some(_), Some(source)) if !splits.train.is_labelled() => Some(BatchLoader::new(
-                source.clone(),
-                loader.batch_size.min(source.len()),
-                true,
-                true,
-                experiment.run.seed,
-            )),
+            (Some(_), Some(source)) if !splits.train.is_labelled() => Some(ProbeBatches {
+                loader: BatchLoader::new(
+                    source.clone(),
+                    loader.batch_size.min(source.len()),
+                    true,
+                    true,
+                    experiment.run.seed,
+                ),
+                epoch: None,
+            }),
             _ => None,
         };
         if let Some(parallel) = &parallel {
@@ -810,12 +833,9 @@ impl<'a> Trainer<'a> {
             }
             projections = Some(parts.online_projections);
         }
-        if let (Some(probe), Some(batches)) = (&mut self.probe, &self.probe_batches) {
-            // Batch `step` of the shuffled evaluation split, so a resumed run sees the same ones.
-            let per_epoch = batches.batches_per_epoch() as u64;
-            let indices = &batches.epoch_indices(step / per_epoch)[(step % per_epoch) as usize];
+        if let (Some(probe), Some(batches)) = (&mut self.probe, &mut self.probe_batches) {
             let (images, labels) = batches
-                .load(indices, self.device)
+                .batch_at(step, self.device)
                 .context("loading the online probe's batch from eval.train")?;
             let embeddings = self.byol.embed(&self.augment.eval_view(&images));
             probe.train_step(&embeddings, &labels);
