@@ -7,12 +7,14 @@ mod distributed;
 mod embed;
 mod learning;
 mod loader_crops;
+mod portable_run;
 mod precision;
 mod quickstart;
 mod resume;
 mod run_folder;
 mod run_folder_commands;
 mod sweep;
+mod tensorboard;
 mod unlabelled;
 mod validation;
 

@@ -80,7 +80,7 @@ fn csv_rows(sweep_dir: &Path) -> Vec<Vec<String>> {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "rank,trial,byol.tau_base,optimizer.lr,knn_top1,status,run_dir",
+        "rank,trial,byol.tau_base,optimizer.lr,knn_top1,status,run_dir,knn_before,knn_after,knn_gain,probe_top1,final_loss,train_seconds",
         "{csv}"
     );
     lines.map(|l| l.split(',').map(String::from).collect()).collect()
@@ -259,4 +259,34 @@ fn a_random_search_runs_one_trial_per_device_in_child_processes() {
         let lr: f64 = line.split(',').nth(3).unwrap().parse().unwrap();
         assert!((0.1..=1.0).contains(&lr), "{line}");
     }
+}
+
+#[test]
+fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
+    // lr = 1e30 makes the loss NaN: that trial fails, the other one finishes.
+    let grid = "[sweep.parameters]\n\"optimizer.lr\" = [1e30, 0.1]\n";
+    let start = TINY_SWEEP.find("[sweep.parameters]").unwrap();
+    let file = format!("{}{grid}", &TINY_SWEEP[..start]);
+    let dir = setup(&file);
+    let small = ["--quiet", "--set", "dataset.train_size=128"];
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    let error = std::fs::read_to_string(sweep_dir.join("trial-001/error.txt")).unwrap();
+    assert!(error.contains("the loss became"), "{error}");
+    let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
+    assert!(
+        markdown.contains("| failed |") && markdown.contains("| done |"),
+        "{markdown}"
+    );
+    let recorded = std::fs::read_to_string(sweep_dir.join("trial-002/sweep-trial.toml")).unwrap();
+    assert!(recorded.contains("optimizer.lr"), "{recorded}");
+
+    // The same folder with other values for the trials is refused, not mixed in.
+    std::fs::write(dir.path().join("tiny.toml"), file.replace("1e30, 0.1", "1e30, 0.2")).unwrap();
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("trial-002") && all.contains("other parameters"), "{all}");
 }

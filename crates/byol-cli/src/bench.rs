@@ -175,7 +175,7 @@ fn data(args: &DataArgs) -> anyhow::Result<()> {
         bail!("--batches must be at least 1");
     }
     let experiment = Experiment::load(&args.experiment, &args.overrides)?;
-    let device = byol_train::runner::parse_device(&experiment.run.device)?;
+    let device = byol_train::train::parse_device(&experiment.run.device)?;
     if experiment.run.threads > 0 {
         tch::set_num_threads(experiment.run.threads as i32);
     }
@@ -261,21 +261,15 @@ struct StepRate {
 /// A BYOL model with its optimizer, ready to take timed steps on views already on the device.
 struct StepEngine {
     device: tch::Device,
-    numerics: byol_train::runner::StepNumerics,
-    byol: byol::Byol,
-    parameters: Vec<byol_train::NamedParameter>,
+    numerics: byol_train::train::StepNumerics,
+    model: byol_train::train::Model,
     optimizer: Box<dyn byol_train::Optimizer>,
-    _vs: tch::nn::VarStore,
 }
 
 impl StepEngine {
-    /// The experiment's model at `res` px; `optimizer`: the experiment's own when None.
-    fn new(
-        experiment: &Experiment,
-        res: i64,
-        optimizer: Option<&dyn byol_train::OptimizerSpec>,
-    ) -> anyhow::Result<Self> {
-        use byol_train::runner::{online_parameters, parse_device, StepNumerics};
+    /// The experiment's model, as training builds it; `optimizer`: the experiment's own when None.
+    fn new(experiment: &Experiment, optimizer: Option<&dyn byol_train::OptimizerSpec>) -> anyhow::Result<Self> {
+        use byol_train::train::{parse_device, Model, StepNumerics, Weights};
         let run = &experiment.run;
         let device = parse_device(&run.device)?;
         if run.threads > 0 {
@@ -287,23 +281,18 @@ impl StepEngine {
         }
         let numerics = StepNumerics::resolve(run.precision, run.memory_format, device)?;
         tch::manual_seed(run.seed as i64);
-        let vs = tch::nn::VarStore::new(device);
-        let config = &experiment.byol;
-        let mut byol = byol::Byol::new(&vs, experiment.backbone.as_ref(), res, &config.embedding_layer, config)?;
+        let mut model = Model::build(experiment, device, Weights::Initial)?;
         if numerics.channels_last {
-            byol.use_channels_last(&vs)?;
+            model = model.into_channels_last()?;
         }
-        let parameters = online_parameters(&vs);
         let optimizer = optimizer
             .unwrap_or(experiment.optimizer.as_ref())
-            .build(parameters.clone());
+            .build(model.parameters.clone());
         Ok(Self {
             device,
             numerics,
-            byol,
-            parameters,
+            model,
             optimizer,
-            _vs: vs,
         })
     }
 
@@ -313,14 +302,14 @@ impl StepEngine {
         self.optimizer.zero_grad();
         self.numerics.forward_backward(
             self.device,
-            &self.byol,
+            &self.model.byol,
             view1.shallow_clone(),
             view2.shallow_clone(),
             1.0,
         )?;
         self.numerics
-            .optimizer_step(&self.parameters, self.optimizer.as_mut(), 0.2);
-        self.byol.update_target_with_tau(0.996);
+            .optimizer_step(&self.model.parameters, self.optimizer.as_mut(), 0.2);
+        self.model.byol.update_target_with_tau(0.996);
         Ok(())
     }
 
@@ -387,7 +376,7 @@ fn step(args: &StepArgs) -> anyhow::Result<()> {
         "type = \"sgd\"\nlr = 0.2\nmomentum = 0.9\nweight_decay = 1.5e-6\nexclude_bias_and_norm = false",
     )
     .context("building the benchmark's SGD optimizer")?;
-    let mut engine = StepEngine::new(&experiment, res, Some(sgd.as_ref()))?;
+    let mut engine = StepEngine::new(&experiment, Some(sgd.as_ref()))?;
     let device = engine.device;
     let view1 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
     let view2 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
@@ -482,7 +471,7 @@ fn step(args: &StepArgs) -> anyhow::Result<()> {
 }
 
 fn e2e(args: &E2eArgs) -> anyhow::Result<()> {
-    use byol_train::runner::{training_loader, two_views};
+    use byol_train::train::{training_loader, two_views};
 
     if args.iters == 0 {
         bail!("--iters must be at least 1");
@@ -492,7 +481,7 @@ fn e2e(args: &E2eArgs) -> anyhow::Result<()> {
         bail!("bench e2e times whole batches: set schedule.accumulate = 1 (--set schedule.accumulate=1)");
     }
     let res = experiment.augment.image_size();
-    let mut engine = StepEngine::new(&experiment, res, None)?;
+    let mut engine = StepEngine::new(&experiment, None)?;
     let device = engine.device;
     let splits = experiment.dataset.build().context("building [dataset]")?;
     let augment = experiment.augment.build().context("building [augment]")?;

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tch::{nn::VarStore, Device, Tensor};
+use tch::{Device, Tensor};
 
-use byol::Byol;
 use byol_data::image_folder::decode_square;
 use byol_train::checkpoint::{self, Checkpointer};
 use byol_train::run_dir::{CHECKPOINTS_DIR, CONFIG_FILE};
+use byol_train::train::{state, Model, Weights};
 use byol_train::Experiment;
 
 const BACKBONE_PREFIX: &str = "online.backbone.";
@@ -181,41 +181,35 @@ pub struct Trained {
     pub checkpoint: PathBuf,
     pub experiment: Experiment,
     pub device: Device,
-    pub byol: Byol,
+    pub model: Model,
     pub augment: Box<dyn byol::Augment>,
-    _vs: VarStore,
 }
 
 /// Verifies a checkpoint folder (or a run folder's newest checkpoint) and rebuilds its BYOL
-/// networks from the experiment it saved (the online probe, a training-time monitor, is not
-/// rebuilt).
+/// networks from the experiment it saved and the files it carries (the online probe, a
+/// training-time monitor, is not rebuilt). Nothing outside the checkpoint is read: it works
+/// after the run folder moved, from any working directory.
 pub fn load_trained(checkpoint_or_run: &Path) -> anyhow::Result<Trained> {
     let dir = &resolve_checkpoint(checkpoint_or_run)?;
     let manifest = checkpoint::verify(dir).with_context(|| format!("checking checkpoint {}", dir.display()))?;
-    let experiment = Experiment::parse(&manifest.config, &[]).context("reading the checkpoint's experiment")?;
-    let device = byol_train::runner::parse_device(&experiment.run.device)?;
-    let vs = VarStore::new(device);
-    let size = experiment.augment.image_size();
-    let byol = Byol::new(
-        &vs,
-        experiment.backbone.as_ref(),
-        size,
-        &experiment.byol.embedding_layer,
-        &experiment.byol,
-    )?;
-    let saved: Vec<(String, Tensor)> = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?
+    let saved = Experiment::parse(&manifest.config, &[]).context("reading the checkpoint's experiment")?;
+    let experiment = state::with_checkpoint_sources(&saved, dir, &manifest)?;
+    let device = byol_train::train::parse_device(&experiment.run.device)?;
+    let model = Model::build(&experiment, device, Weights::Checkpoint)?;
+    let tensors: Vec<(String, Tensor)> = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?
         .into_iter()
         .filter(|(name, _)| !name.starts_with("probe."))
         .collect();
-    byol_train::runner::load_model_state(&vs, &saved).with_context(|| format!("loading {}", dir.display()))?;
+    model
+        .load_state(&tensors)
+        .with_context(|| format!("loading {}", dir.display()))?;
     let augment = experiment.augment.build()?;
     Ok(Trained {
         checkpoint: dir.clone(),
         experiment,
         device,
-        byol,
+        model,
         augment,
-        _vs: vs,
     })
 }
 
@@ -223,7 +217,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     let Trained {
         experiment,
         device,
-        byol,
+        model,
         augment,
         ..
     } = load_trained(&args.checkpoint)?;
@@ -262,7 +256,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         let images = Tensor::from_slice(&pixels)
             .view([count, 3, size as i64, size as i64])
             .to_device(device);
-        embeddings.push(byol.embed(&augment.eval_view(&images)).to_device(Device::Cpu));
+        embeddings.push(model.byol.embed(&augment.eval_view(&images)).to_device(Device::Cpu));
     }
     if let Some(first) = &skipped.first {
         eprintln!(

@@ -11,7 +11,7 @@ use byol_data::{Dataset, DatasetSpec};
 use byol_train::knn::knn_accuracy;
 use byol_train::linear::{linear_probe, VALIDATION_FRACTION};
 use byol_train::run_dir::CONFIG_FILE;
-use byol_train::runner::embed_split;
+use byol_train::train::embed_split;
 use byol_train::Experiment;
 
 use crate::embed::{load_trained, run_folder_of, Trained};
@@ -80,7 +80,7 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         checkpoint,
         experiment,
         device,
-        byol,
+        model,
         augment,
         ..
     } = load_trained(&data.checkpoint)?;
@@ -95,8 +95,8 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
     let test: Arc<dyn Dataset> = splits.test.clone().expect("test split requested");
     let batch = experiment.eval.batch_size;
     Ok(Features {
-        train: embed_split(&byol, augment.as_ref(), &splits.train, batch, device)?,
-        test: embed_split(&byol, augment.as_ref(), &test, batch, device)?,
+        train: embed_split(&model.byol, augment.as_ref(), &splits.train, batch, device)?,
+        test: embed_split(&model.byol, augment.as_ref(), &test, batch, device)?,
         classes: splits.train.classes().len() as i64,
         checkpoint,
         experiment,

@@ -104,7 +104,7 @@ struct TrainArgs {
 
 fn main() -> ExitCode {
     plugins_all::link();
-    byol_train::sweep::exit_with_sweep_parent();
+    sweep::trials::exit_with_sweep_parent();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Train(args)) => train(&args),
@@ -219,6 +219,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
                 a.top1 * 100.0
             );
         }
+    }
+    if let Some(top1) = summary.probe_top1_after {
+        println!("online probe     {:.1}% top-1 on the held-out images", top1 * 100.0);
     }
     println!(
         "training time    {:.1} s ({:.0} img/s)",

@@ -28,6 +28,10 @@ pub struct Manifest {
     pub files: std::collections::BTreeMap<String, String>,
     /// The resolved experiment TOML the run used.
     pub config: String,
+    /// Files the model is built from that the checkpoint carries (a TorchScript module): the
+    /// experiment key (`backbone.path`) -> the file's name in this folder (listed in `files`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 /// Saves and finds checkpoints in `<run>/checkpoints`.
@@ -63,16 +67,19 @@ impl Checkpointer {
         &self.dir
     }
 
-    /// Writes a checkpoint atomically and prunes old ones; returns its folder. An error (a full
-    /// disk) is one line naming the path that failed and the checkpoint that is kept.
+    /// Writes a checkpoint atomically and prunes old ones; returns its folder. `sources` are the
+    /// files named in `manifest.sources` (file name in the checkpoint -> where it is now), linked
+    /// or copied in and hashed like the tensors. An error (a full disk) is one line naming the
+    /// path that failed and the checkpoint that is kept.
     pub fn save(
         &self,
         model: &[(String, Tensor)],
         optimizer: &[(String, Tensor)],
+        sources: &[(String, PathBuf)],
         manifest: Manifest,
     ) -> anyhow::Result<PathBuf> {
         let step = manifest.step;
-        self.try_save(model, optimizer, manifest).map_err(|e| {
+        self.try_save(model, optimizer, sources, manifest).map_err(|e| {
             anyhow::anyhow!(
                 "cannot save the checkpoint of step {step}: {e:#}; {} (free some space and run again to resume)",
                 self.kept()
@@ -92,6 +99,7 @@ impl Checkpointer {
         &self,
         model: &[(String, Tensor)],
         optimizer: &[(String, Tensor)],
+        sources: &[(String, PathBuf)],
         manifest: Manifest,
     ) -> anyhow::Result<PathBuf> {
         fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
@@ -101,7 +109,7 @@ impl Checkpointer {
         if tmp.exists() {
             fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
         }
-        if let Err(e) = write_checkpoint_folder(&tmp, model, optimizer, manifest) {
+        if let Err(e) = write_checkpoint_folder(&tmp, model, optimizer, sources, manifest) {
             // A half-written folder is useless and may be large (a full disk): drop it now.
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
@@ -284,9 +292,19 @@ fn write_checkpoint_folder(
     tmp: &Path,
     model: &[(String, Tensor)],
     optimizer: &[(String, Tensor)],
+    sources: &[(String, PathBuf)],
     mut manifest: Manifest,
 ) -> anyhow::Result<()> {
     fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    for (name, from) in sources {
+        let path = tmp.join(name);
+        // A hard link costs no space (every checkpoint carries the same module); a copy where
+        // the file system has none.
+        if fs::hard_link(from, &path).is_err() {
+            fs::copy(from, &path).with_context(|| format!("cannot copy {} to {}", from.display(), path.display()))?;
+        }
+        manifest.files.insert(name.clone(), sha256_file(&path)?);
+    }
     for (file, tensors) in [(MODEL_FILE, model), (OPTIMIZER_FILE, optimizer)] {
         let path = tmp.join(file);
         // safetensors stores row-major data: channels_last weights and states are copied.
@@ -301,7 +319,7 @@ fn write_checkpoint_folder(
     let manifest_path = tmp.join(MANIFEST_FILE);
     fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)
         .with_context(|| format!("cannot write {}", manifest_path.display()))?;
-    for file in [MODEL_FILE, OPTIMIZER_FILE, MANIFEST_FILE] {
+    for file in manifest.files.keys().map(String::as_str).chain([MANIFEST_FILE]) {
         let path = tmp.join(file);
         File::open(&path)
             .and_then(|f| f.sync_all())
@@ -395,6 +413,7 @@ fn check_listing(manifest: &Manifest) -> anyhow::Result<()> {
     }
     let missing: Vec<&str> = REQUIRED_FILES
         .into_iter()
+        .chain(manifest.sources.values().map(String::as_str))
         .filter(|f| !manifest.files.contains_key(*f))
         .collect();
     if !missing.is_empty() {
@@ -412,7 +431,7 @@ pub fn read_tensors(dir: &Path, file: &str) -> anyhow::Result<Vec<(String, Tenso
     Tensor::read_safetensors(&path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -442,6 +461,7 @@ mod tests {
             total_steps: 1,
             files: files.iter().map(|f| (f.to_string(), "0".repeat(64))).collect(),
             config: String::new(),
+            sources: Default::default(),
         }
     }
 

@@ -11,12 +11,12 @@ pub mod loss_scale;
 pub mod optimizer;
 pub mod probe;
 pub mod run_dir;
-pub mod runner;
 pub mod schedule;
 pub mod sweep;
 pub mod tensorboard;
+pub mod train;
 mod validation;
 
 pub use experiment::Experiment;
 pub use optimizer::{NamedParameter, Optimizer, OptimizerSpec};
-pub use runner::{train, RunOptions, RunSummary};
+pub use train::{train, RunOptions, RunSummary};

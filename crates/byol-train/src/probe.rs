@@ -63,6 +63,21 @@ impl OnlineProbe {
         self.seen += labels.size()[0];
     }
 
+    /// Top-1 accuracy on held-out `embeddings` and their `labels` (no learning).
+    pub fn accuracy_on(&self, embeddings: &Tensor, labels: &Tensor) -> f64 {
+        tch::no_grad(|| {
+            let predicted = self
+                .classifier
+                .forward(&embeddings.to_kind(Kind::Float))
+                .argmax(1, false);
+            predicted
+                .eq_tensor(labels)
+                .to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[])
+        })
+    }
+
     /// Training accuracy since the last call (None when nothing was seen).
     pub fn take_accuracy(&mut self) -> Option<f64> {
         if self.seen == 0 {

@@ -128,7 +128,7 @@ fn matches(key: &str, pattern: &str) -> bool {
 }
 
 /// `KEY` given to `--allow-change` accepts that key, or every key of that table.
-fn allowed(key: &str, allow: &[String]) -> bool {
+pub fn allowed(key: &str, allow: &[String]) -> bool {
     allow
         .iter()
         .any(|a| key == a || key.strip_prefix(a.as_str()).is_some_and(|rest| rest.starts_with('.')))
@@ -184,14 +184,16 @@ pub fn unsafe_changes(saved: &str, now: &str) -> anyhow::Result<Vec<Change>> {
 
 /// Checks that the experiment `now` may continue a run trained with `saved` (`source` says
 /// where that came from: "checkpoint step-000000044", "config.toml"). Returns the differences
-/// accepted by `allow` (`--allow-change`), for the caller to report; keys in [`SAFE_TO_CHANGE`]
-/// are ignored; anything else is an error with a per-key diff and the two ways out.
+/// accepted by `allow` (`--allow-change`) or `also_safe` (keys the caller has checked, such as the
+/// data's location when the data is the same), for the caller to report; keys in
+/// [`SAFE_TO_CHANGE`] are ignored; anything else is an error with a per-key diff and the two ways out.
 pub fn check_identity(
     run_dir: &Path,
     source: &str,
     saved: &str,
     now: &str,
     allow: &[String],
+    also_safe: &[&str],
 ) -> anyhow::Result<Vec<Change>> {
     let changes = changes(saved, now).with_context(|| {
         format!(
@@ -202,7 +204,7 @@ pub fn check_identity(
     let (accepted, refused): (Vec<Change>, Vec<Change>) = changes
         .into_iter()
         .filter(|c| !is_safe(&c.key))
-        .partition(|c| allowed(&c.key, allow));
+        .partition(|c| allowed(&c.key, allow) || also_safe.iter().any(|k| matches(&c.key, k)));
     if refused.is_empty() {
         return Ok(accepted);
     }
@@ -299,14 +301,17 @@ mod tests {
             "[run]\nthreads = 1\nseed = 0\n[optimizer]\ntype = \"lars\"\nlr = 0.5\n[logging]\nevery_steps = 4\n";
         let now = "[run]\nthreads = 2\nseed = 0\n[optimizer]\ntype = \"sgd\"\nlr = 0.5\n[logging]\nevery_steps = 8\n";
         let dir = Path::new("runs/x");
-        let e = format!("{:#}", check_identity(dir, "config.toml", saved, now, &[]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            check_identity(dir, "config.toml", saved, now, &[], &[]).unwrap_err()
+        );
         assert!(e.contains("  optimizer.type: \"lars\" -> \"sgd\""), "{e}");
         assert!(!e.contains("threads:") && !e.contains("every_steps:"), "{e}");
         assert!(
             e.contains("--allow-change optimizer.type") && e.contains("--fresh"),
             "{e}"
         );
-        let accepted = check_identity(dir, "config.toml", saved, now, &["optimizer".into()]).unwrap();
+        let accepted = check_identity(dir, "config.toml", saved, now, &["optimizer".into()], &[]).unwrap();
         assert_eq!(accepted.len(), 1);
         assert_eq!(accepted[0].to_string(), "optimizer.type: \"lars\" -> \"sgd\"");
         let removed = changes("[a]\nb = 1\n", "[a]\n").unwrap();

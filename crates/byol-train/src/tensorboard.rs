@@ -1,5 +1,6 @@
 //! TensorBoard event files, written here directly: a TFRecord file of `Event` protocol buffers
-//! (scalars as `simple_value`, images as PNG), the format TensorBoard's `EventAccumulator` reads.
+//! (scalars as `simple_value`, images as PNG, text and HParams-plugin summaries), the format
+//! TensorBoard's `EventAccumulator` and its HParams and text dashboards read.
 //!
 //! We used to go through tensorboard-rs, which panics when a write fails (a full disk), in its
 //! destructor too, where a panic during unwinding aborts the process. Logging is a side channel:
@@ -110,6 +111,53 @@ impl ScalarLogger {
     }
 
     /// Records are written as they are logged; kept for callers that mark a point.
+    /// Markdown text under `tag` (TensorBoard's text plugin: a scalar string tensor).
+    pub fn text(&mut self, tag: &str, markdown: &str, step: u64) {
+        let mut tensor = Vec::new();
+        proto::varint_field(&mut tensor, 1, DT_STRING);
+        proto::bytes(&mut tensor, 2, &[]); // tensor_shape: a scalar
+        proto::bytes(&mut tensor, 8, markdown.as_bytes()); // string_val
+        let mut summary_value = Vec::new();
+        proto::string(&mut summary_value, 1, tag);
+        proto::bytes(&mut summary_value, 8, &tensor);
+        proto::bytes(&mut summary_value, 9, &plugin_metadata("text", &[], DATA_CLASS_TENSOR));
+        self.write_summary_value(&summary_value, step);
+    }
+
+    /// The run's hyperparameters, for TensorBoard's HParams dashboard: one session whose
+    /// parameters are `hparams`; its metrics are the run's scalars (their last values).
+    pub fn session_start(&mut self, hparams: &[(String, HParamValue)]) {
+        let mut start = Vec::new();
+        for (name, value) in hparams {
+            let mut entry = Vec::new();
+            proto::string(&mut entry, 1, name);
+            proto::bytes(&mut entry, 2, &value.encode());
+            proto::bytes(&mut start, 1, &entry); // map<string, Value> hparams
+        }
+        proto::double(&mut start, 5, unix_seconds()); // start_time_secs
+        self.hparams_summary("_hparams_/session_start_info", 3, &start);
+    }
+
+    /// Marks the HParams session finished (STATUS_SUCCESS). An interrupted run writes none: it
+    /// is still to be resumed, and TensorBoard shows it as unfinished.
+    pub fn session_end(&mut self) {
+        let mut end = Vec::new();
+        proto::varint_field(&mut end, 1, 1); // status: STATUS_SUCCESS
+        proto::double(&mut end, 2, unix_seconds()); // end_time_secs
+        self.hparams_summary("_hparams_/session_end_info", 4, &end);
+    }
+
+    /// A `Summary.Value` carrying only `HParamsPluginData` (version 0, `data` field `field`).
+    fn hparams_summary(&mut self, tag: &str, field: u32, data: &[u8]) {
+        let mut plugin_data = Vec::new();
+        proto::varint_field(&mut plugin_data, 1, 0); // version
+        proto::bytes(&mut plugin_data, field, data);
+        let mut summary_value = Vec::new();
+        proto::string(&mut summary_value, 1, tag);
+        proto::bytes(&mut summary_value, 9, &plugin_metadata("hparams", &plugin_data, 0));
+        self.write_summary_value(&summary_value, 0);
+    }
+
     pub fn flush(&mut self) {
         if let Some(file) = &mut self.file {
             let _ = file.flush();
@@ -123,12 +171,8 @@ impl ScalarLogger {
         }
         let mut summary = Vec::new();
         proto::bytes(&mut summary, 1, summary_value);
-        let wall_time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
         let mut event = Vec::new();
-        event_header(&mut event, wall_time, step);
+        event_header(&mut event, unix_seconds(), step);
         proto::bytes(&mut event, 5, &summary);
         self.write(&event);
     }
@@ -144,6 +188,63 @@ impl ScalarLogger {
             self.file = None;
         }
     }
+}
+
+/// `TensorProto.dtype` of strings, and `SummaryMetadata.data_class` of tensors.
+const DT_STRING: u64 = 7;
+const DATA_CLASS_TENSOR: u64 = 2;
+
+/// A hyperparameter's value (`google.protobuf.Value`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HParamValue {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl HParamValue {
+    /// A TOML value as a hyperparameter; None for tables and arrays.
+    pub fn from_toml(value: &toml::Value) -> Option<Self> {
+        Some(match value {
+            toml::Value::Integer(i) => Self::Number(*i as f64),
+            toml::Value::Float(f) => Self::Number(*f),
+            toml::Value::Boolean(b) => Self::Bool(*b),
+            toml::Value::String(s) => Self::Text(s.clone()),
+            _ => return None,
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Self::Number(x) => proto::double(&mut out, 2, *x),
+            Self::Text(s) => proto::string(&mut out, 3, s),
+            Self::Bool(b) => proto::varint_field(&mut out, 4, u64::from(*b)),
+        }
+        out
+    }
+}
+
+/// `SummaryMetadata { plugin_data { plugin_name, content }, data_class }`.
+fn plugin_metadata(plugin: &str, content: &[u8], data_class: u64) -> Vec<u8> {
+    let mut plugin_data = Vec::new();
+    proto::string(&mut plugin_data, 1, plugin);
+    if !content.is_empty() {
+        proto::bytes(&mut plugin_data, 2, content);
+    }
+    let mut metadata = Vec::new();
+    proto::bytes(&mut metadata, 1, &plugin_data);
+    if data_class != 0 {
+        proto::varint_field(&mut metadata, 4, data_class);
+    }
+    metadata
+}
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// `Event.wall_time` (field 1) and `Event.step` (field 2).
@@ -214,6 +315,11 @@ mod proto {
     pub fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
         key(out, field, 0);
         varint(out, value);
+    }
+
+    pub fn double(out: &mut Vec<u8>, field: u32, value: f64) {
+        key(out, field, 1);
+        out.extend_from_slice(&value.to_le_bytes());
     }
 
     pub fn float(out: &mut Vec<u8>, field: u32, value: f32) {

@@ -202,7 +202,7 @@ impl Experiment {
     }
 
     fn check_environment(&self, p: &mut Problems) {
-        if let Err(e) = crate::runner::parse_device(&self.run.device) {
+        if let Err(e) = crate::train::parse_device(&self.run.device) {
             p.add("run.device", format!("{e:#}"));
         }
         self.check_eval_split(p);

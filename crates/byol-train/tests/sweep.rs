@@ -1,9 +1,9 @@
-//! Sweeps as a library: parsing against real plugins, errors with file positions, trials run in
-//! process, resume, and the ranked tables.
+//! Sweeps as a library: parsing against real plugins, errors with file positions, and the ranked
+//! tables (running trials is the CLI's: tests/e2e/sweep.rs).
 
 use std::fs;
 
-use byol_train::sweep::{self, Goal, Sweep, SweepOptions, TrialStatus};
+use byol_train::sweep::{self, Goal, Sweep};
 use byol_train::{Experiment, RunOptions};
 
 const BASE: &str = r#"[run]
@@ -154,10 +154,14 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
     byol_train::train(&s.experiment(&s.trials[0], None).unwrap(), &options).unwrap();
     let mut summary: serde_json::Value =
         serde_json::from_slice(&fs::read(first.join("summary.json")).unwrap()).unwrap();
-    for (trial, loss) in [(&s.trials[0], 0.5), (&s.trials[1], 0.25)] {
+    // Trial 1 ends 10 points below its untrained network, trial 2 5 points above it.
+    for (trial, loss, gain) in [(&s.trials[0], 0.5, -0.1), (&s.trials[1], 0.25, 0.05)] {
         let dir = s.trial_dir(trial);
         fs::create_dir_all(&dir).unwrap();
         summary["final_loss"] = loss.into();
+        let mut before = summary["knn_after"].clone();
+        before["top1"] = (summary["knn_after"]["top1"].as_f64().unwrap() - gain).into();
+        summary["knn_before"] = before;
         fs::write(dir.join("summary.json"), serde_json::to_vec(&summary).unwrap()).unwrap();
     }
     let rows = sweep::rank(&s);
@@ -167,7 +171,7 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "rank,trial,dataset.classes,optimizer.lr,final_loss,status,run_dir"
+        "rank,trial,dataset.classes,optimizer.lr,final_loss,status,run_dir,knn_before,knn_after,knn_gain,probe_top1,train_seconds"
     );
     assert!(
         lines[1].starts_with("1,trial-002,4,0.2,0.25,done,\""),
@@ -179,84 +183,22 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
         md.contains("2 of 3 trials done, ranked by final_loss (lower is better)"),
         "{md}"
     );
-    assert!(md.contains("| 1 | trial-002 | 4 | 0.2 | 0.2500 | done |"), "{md}");
-    assert!(md.contains("| - | trial-003 | 4 | 0.3 | n/a | pending |"), "{md}");
-}
-
-#[test]
-fn trials_run_in_process_and_a_rerun_skips_them() {
-    let out = tempfile::tempdir().unwrap();
-    let file = text(
-        &out,
-        "[sweep]\nmetric = \"final_loss\"\n[sweep.parameters]\n\"optimizer.lr\" = [0.05, 0.1]\n",
+    let row = |id: &str| md.lines().find(|l| l.contains(id)).unwrap().to_string();
+    assert!(
+        row("trial-002").starts_with("| 1 | trial-002 | 4 | 0.2 | 0.2500 | "),
+        "{md}"
     );
-    let s = Sweep::parse(&file, &[], "tiny").unwrap();
-    let first = sweep::run(
-        &s,
-        &SweepOptions {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(!first.interrupted);
-    assert_eq!(first.skipped, 0);
-    assert_eq!(first.rows.len(), 2);
-    for row in &first.rows {
-        assert!(matches!(row.status, TrialStatus::Done(_)), "{row:?}");
-        assert!(row.rank.is_some() && row.metric.is_some());
-        assert!(row.run_dir.join("config.toml").is_file() && row.run_dir.join("tensorboard").is_dir());
-        let recorded = fs::read_to_string(row.run_dir.join(sweep::TRIAL_FILE)).unwrap();
-        assert!(recorded.contains("optimizer.lr"), "{recorded}");
-    }
-    assert!(first.rows[0].metric <= first.rows[1].metric, "ranked, lower loss first");
-    assert!(first.csv.is_file() && first.markdown.is_file());
-
-    let second = sweep::run(
-        &s,
-        &SweepOptions {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(second.skipped, 2);
-    assert_eq!(
-        sweep::to_csv(&s, &second.rows),
-        fs::read_to_string(&first.csv).unwrap(),
-        "nothing changed"
+    assert!(
+        row("trial-002").contains(" | +5.0 | ") && row("trial-002").contains(" | done | "),
+        "{md}"
     );
-
-    // The same folder with other values for the trials is refused, not mixed in.
-    let changed = Sweep::parse(&file.replace("0.05, 0.1", "0.05, 0.2"), &[], "tiny").unwrap();
-    let e = format!("{:#}", sweep::run(&changed, &SweepOptions::default()).unwrap_err());
-    assert!(e.contains("trial-002") && e.contains("other parameters"), "{e}");
-}
-
-#[test]
-fn a_failing_trial_is_recorded_and_the_others_run() {
-    let out = tempfile::tempdir().unwrap();
-    // lr = 1e30 makes the loss NaN: that trial fails, the other one finishes.
-    let file = text(
-        &out,
-        "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [1e30, 0.1]\n\"optimizer.weight_decay\" = [0.0]\n",
+    assert!(row("trial-001").contains(" | -10.0 | "), "{md}");
+    assert!(
+        row("trial-003").starts_with("| - | trial-003 | 4 | 0.3 | n/a | - | - | - | - | - | - | pending |"),
+        "{md}"
     );
-    let s = Sweep::parse(&file, &[], "nan").unwrap();
-    let outcome = sweep::run(
-        &s,
-        &SweepOptions {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let failed = &outcome.rows[1];
-    assert_eq!(failed.trial.number, 1);
-    match &failed.status {
-        TrialStatus::Failed(e) => assert!(e.contains("the loss became"), "{e}"),
-        other => panic!("{other:?}"),
-    }
-    assert!(matches!(outcome.rows[0].status, TrialStatus::Done(_)));
-    assert_eq!(outcome.rows[0].rank, Some(1));
-    assert!(fs::read_to_string(&outcome.markdown).unwrap().contains("| failed |"));
+    assert!(
+        md.contains("Below their untrained network's kNN accuracy") && md.trim_end().ends_with("trial-001"),
+        "{md}"
+    );
 }

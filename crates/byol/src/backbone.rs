@@ -54,6 +54,13 @@ pub trait BackboneSpec: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// Files the network's structure is read from, by their key in `[backbone]` (a TorchScript
+    /// module's `path`; not `pretrained`, whose weights a checkpoint supersedes). A run copies
+    /// them into its folder and its checkpoints, and rebuilds the model from those copies.
+    fn source_files(&self) -> Vec<(&'static str, std::path::PathBuf)> {
+        Vec::new()
+    }
+
     /// Keys of the pretrained file that the backbone deliberately lacks (a classifier head such as
     /// torchvision's `fc.*`); they are skipped, every other key must match.
     fn pretrained_ignores(&self, key: &str) -> bool {

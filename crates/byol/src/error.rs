@@ -6,8 +6,8 @@ pub enum ByolError {
     #[error("backbone has no feature tap '{name}'; available taps: {available}")]
     UnknownTap { name: String, available: String },
 
-    #[error("cannot read weights from {path}: {source}")]
-    ReadWeights { path: PathBuf, source: tch::TchError },
+    #[error("cannot read weights from {path}: {reason}")]
+    ReadWeights { path: PathBuf, reason: String },
 
     #[error("weights in {path} do not fit the model:\n{report}\nExport the state_dict of the matching PyTorch model (torchvision for ResNets: see the README, \"Pretrained weights\").")]
     StateDictMismatch { path: PathBuf, report: String },

@@ -80,6 +80,29 @@ impl Byol {
         embedding_layer: &str,
         config: &ByolConfig,
     ) -> Result<Self, ByolError> {
+        Self::assemble(vs, backbone, image_size, embedding_layer, config, true)
+    }
+
+    /// [`Byol::new`] for networks whose weights come from a checkpoint next: the backbone's
+    /// `pretrained` file is not read (the checkpoint supersedes it, and it may be gone).
+    pub fn for_checkpoint(
+        vs: &nn::VarStore,
+        backbone: &dyn BackboneSpec,
+        image_size: i64,
+        embedding_layer: &str,
+        config: &ByolConfig,
+    ) -> Result<Self, ByolError> {
+        Self::assemble(vs, backbone, image_size, embedding_layer, config, false)
+    }
+
+    fn assemble(
+        vs: &nn::VarStore,
+        backbone: &dyn BackboneSpec,
+        image_size: i64,
+        embedding_layer: &str,
+        config: &ByolConfig,
+        read_pretrained: bool,
+    ) -> Result<Self, ByolError> {
         if config.hidden_dim <= 0 || config.projection_dim <= 0 {
             return Err(ByolError::Config(
                 "byol.hidden_dim and byol.projection_dim must be positive".into(),
@@ -96,7 +119,7 @@ impl Byol {
         let target = &root / "target";
         let online_backbone = backbone.build(&(&online / "backbone"))?;
         let embedding_dim = online_backbone.check_tap(embedding_layer)?;
-        if let Some(path) = backbone.pretrained() {
+        if let Some(path) = backbone.pretrained().filter(|_| read_pretrained) {
             let variables = variables_under(vs, "online.backbone.");
             load_safetensors(&variables, path, |key| backbone.pretrained_ignores(key))?;
         }

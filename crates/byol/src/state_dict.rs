@@ -16,10 +16,22 @@ pub fn load_safetensors(
     path: &Path,
     ignore: impl Fn(&str) -> bool,
 ) -> Result<(), ByolError> {
-    let loaded = Tensor::read_safetensors(path).map_err(|source| ByolError::ReadWeights {
+    let unreadable = |reason: String| ByolError::ReadWeights {
         path: path.to_path_buf(),
-        source,
-    })?;
+        reason,
+    };
+    // libtorch's own message repeats the path and wraps the OS error in debug syntax: say the
+    // common cases plainly.
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(unreadable(match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                "no such file (a relative path starts from the working directory)".to_string()
+            }
+            _ => e.to_string(),
+        }));
+    }
+    let loaded =
+        Tensor::read_safetensors(path).map_err(|e| unreadable(format!("not a readable safetensors file ({e})")))?;
     let loaded: BTreeMap<String, Tensor> = loaded.into_iter().filter(|(k, _)| !ignore(k)).collect();
     let mut missing: Vec<&str> = variables
         .keys()

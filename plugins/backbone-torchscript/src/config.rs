@@ -17,7 +17,8 @@ use crate::TorchScriptBackbone;
 #[serde(deny_unknown_fields)]
 pub struct TorchScriptConfig {
     /// The TorchScript file (`.pt`). A relative path starts from the working directory, like every
-    /// other path of an experiment (`pretrained`, `dataset.train`).
+    /// other path of an experiment (`pretrained`, `dataset.train`). A run copies it into its
+    /// folder when it starts and uses that copy from then on (resume, embed, eval, export).
     pub path: PathBuf,
     /// Side of the square `[2, 3, input_size, input_size]` batch of the dummy forward that finds
     /// the output width at build time (eval mode, no gradients, the module's buffers restored
@@ -55,6 +56,10 @@ byol::register_plugin! {
                 )));
             }
             Ok(Box::new(TorchScriptBackbone::load(&self.path, path, self.input_size)?))
+        }
+
+        fn source_files(&self) -> Vec<(&'static str, PathBuf)> {
+            vec![("path", self.path.clone())]
         }
     }
 }

@@ -1,10 +1,14 @@
 //! `byol-run sweep file.toml`: the trials of the file's `[sweep]` table, one run folder each, then
 //! a ranked summary (see `byol_train::sweep`).
 
+pub mod trials;
+
 use anyhow::Context;
 use clap::Args;
 
-use byol_train::sweep::{self, Sweep, SweepOptions};
+use byol_train::sweep::Sweep;
+
+use trials::SweepOptions;
 
 use crate::ExperimentArgs;
 
@@ -35,17 +39,17 @@ fn load(args: &ExperimentArgs) -> anyhow::Result<Sweep> {
 pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     let sweep = load(&args.experiment)?;
     let devices = if args.devices.is_empty() {
-        sweep::default_devices(&sweep)
+        trials::default_devices(&sweep)
     } else {
         args.devices.clone()
     };
     let options = SweepOptions {
         quiet: args.quiet,
         devices,
-        program: Some(std::env::current_exe().context("locating the byol-run binary")?),
+        program: std::env::current_exe().context("locating the byol-run binary")?,
         fresh: args.fresh,
     };
-    let outcome = sweep::run(&sweep, &options)?;
+    let outcome = trials::run(&sweep, &options)?;
     println!("\n{}", std::fs::read_to_string(&outcome.markdown)?);
     println!(
         "summary          {} and {}",

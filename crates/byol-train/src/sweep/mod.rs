@@ -7,7 +7,7 @@
 //! method = "grid"          # or "random"
 //! trials = 4               # random: the budget (required); grid: a cap (default: every combination)
 //! seed = 0                 # random: seed of the draws
-//! metric = "knn_top1"      # knn_top1, knn_top5, knn_gain, final_loss, images_per_second, train_seconds
+//! metric = "knn_top1"      # knn_top1, knn_top5, knn_gain, probe_top1, final_loss, images_per_second, train_seconds
 //! goal = "max"             # default: "min" for final_loss and train_seconds, else "max"
 //!
 //! [sweep.parameters]
@@ -23,14 +23,10 @@
 //! folder rank every trial. Random draws depend on (seed, trial number, parameter) only, so raising
 //! `trials` later keeps the trials already run.
 
-use std::collections::VecDeque;
-use std::fmt::Write as _;
+mod report;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -38,16 +34,15 @@ use serde::{Deserialize, Serialize};
 use byol_data::rng::SplitMix64;
 
 use crate::experiment::explain;
-use crate::run_dir::{self, FolderLock};
-use crate::runner::{train, RunOptions, RunSummary};
+use crate::train::RunSummary;
 use crate::Experiment;
+
+pub use report::{goal_name, rank, result_line, to_csv, to_markdown, Row, TrialStatus};
 
 /// The file in each trial folder that records the trial's parameters.
 pub const TRIAL_FILE: &str = "sweep-trial.toml";
 /// Written into a trial folder when the trial failed (removed when it later succeeds).
 pub const ERROR_FILE: &str = "error.txt";
-/// Set in the environment of trials run as child processes: the sweep's process id.
-pub const PARENT_ENV: &str = "BYOL_RS_SWEEP_PARENT";
 
 /// The `[sweep]` table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,6 +87,8 @@ pub enum Metric {
     /// kNN top-1 after training minus before (needs `eval.before_training`, the default): the
     /// figure to compare across seeds, whose untrained networks differ.
     KnnGain,
+    /// The online probe's top-1 on the held-out images after training.
+    ProbeTop1,
     /// The last logged training loss.
     FinalLoss,
     ImagesPerSecond,
@@ -104,6 +101,7 @@ impl Metric {
             Metric::KnnTop1 => "knn_top1",
             Metric::KnnTop5 => "knn_top5",
             Metric::KnnGain => "knn_gain",
+            Metric::ProbeTop1 => "probe_top1",
             Metric::FinalLoss => "final_loss",
             Metric::ImagesPerSecond => "images_per_second",
             Metric::TrainSeconds => "train_seconds",
@@ -115,6 +113,7 @@ impl Metric {
             Metric::KnnTop1 => summary.knn_after.map(|a| a.top1),
             Metric::KnnTop5 => summary.knn_after.map(|a| a.top5),
             Metric::KnnGain => Some(summary.knn_after?.top1 - summary.knn_before?.top1),
+            Metric::ProbeTop1 => summary.probe_top1_after,
             Metric::FinalLoss => summary.final_loss,
             Metric::ImagesPerSecond => Some(summary.images_per_second),
             Metric::TrainSeconds => Some(summary.train_seconds),
@@ -185,7 +184,7 @@ impl Trial {
             .join(", ")
     }
 
-    fn record(&self) -> toml::Table {
+    pub fn record(&self) -> toml::Table {
         let mut parameters = toml::Table::new();
         for (k, v) in &self.values {
             parameters.insert(k.clone(), v.clone());
@@ -485,6 +484,14 @@ fn without_sweep(text: &str) -> anyhow::Result<String> {
     }
 }
 
+/// A value as a table cell: strings without quotes.
+pub(crate) fn show(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The dotted name of a `[table]` or `[[array]]` header line (quotes and spaces removed).
 fn header(line: &str) -> Option<String> {
     let line = line.split('#').next().unwrap_or_default().trim();
@@ -497,547 +504,6 @@ fn header(line: &str) -> Option<String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "_-. \"'".contains(c));
     (ok && !inner.trim().is_empty()).then(|| inner.chars().filter(|c| !" \"'".contains(*c)).collect())
-}
-
-/// How to run a sweep.
-#[derive(Debug, Clone, Default)]
-pub struct SweepOptions {
-    /// Print only the sweep's own lines and the summary (trials train with `quiet`).
-    pub quiet: bool,
-    /// Devices to run trials on, one trial per device at a time (`run.device` of each trial).
-    /// Empty: one trial at a time on the experiment's own device. More than one: trials run as
-    /// child processes of `program`.
-    pub devices: Vec<String>,
-    /// The `byol-run` binary, for child processes (`byol-run train <base> --set ... --run-dir ...`).
-    pub program: Option<PathBuf>,
-    /// Move an existing sweep folder aside (`<folder>.old-<time>`) and run every trial anew.
-    pub fresh: bool,
-}
-
-/// The CUDA devices to spread trials over by default: every GPU when the experiment's device is
-/// "auto" or "cuda" and there are several; none (one trial at a time, as configured) otherwise.
-pub fn default_devices(sweep: &Sweep) -> Vec<String> {
-    let device = sweep
-        .experiment(&sweep.trials[0], None)
-        .map(|e| e.run.device)
-        .unwrap_or_default();
-    let count = tch::Cuda::device_count();
-    if matches!(device.as_str(), "auto" | "cuda") && count > 1 {
-        (0..count).map(|i| format!("cuda:{i}")).collect()
-    } else {
-        Vec::new()
-    }
-}
-
-/// What a trial folder says about its trial.
-#[derive(Debug, Clone)]
-pub enum TrialStatus {
-    /// Not started.
-    Pending,
-    /// Started and stopped (killed, interrupted): resumes from its newest checkpoint.
-    Unfinished,
-    Done(Box<RunSummary>),
-    /// The error of its last attempt; a re-run retries it.
-    Failed(String),
-}
-
-impl TrialStatus {
-    /// Reads a trial folder.
-    pub fn read(dir: &Path) -> Self {
-        let summary = fs::read(dir.join("summary.json"))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<RunSummary>(&bytes).ok());
-        if let Some(s) = summary.filter(|s| !s.interrupted && s.steps == s.total_steps) {
-            return TrialStatus::Done(Box::new(s));
-        }
-        if let Ok(error) = fs::read_to_string(dir.join(ERROR_FILE)) {
-            return TrialStatus::Failed(error.trim().to_string());
-        }
-        if dir.join(crate::run_dir::CHECKPOINTS_DIR).is_dir() || dir.join("summary.json").is_file() {
-            TrialStatus::Unfinished
-        } else {
-            TrialStatus::Pending
-        }
-    }
-
-    pub fn label(&self) -> &'static str {
-        match self {
-            TrialStatus::Pending => "pending",
-            TrialStatus::Unfinished => "unfinished",
-            TrialStatus::Done(_) => "done",
-            TrialStatus::Failed(_) => "failed",
-        }
-    }
-}
-
-/// One line of the ranked summary.
-#[derive(Debug, Clone)]
-pub struct Row {
-    /// 1 = best; None for trials without the metric (failed, unfinished, no test split).
-    pub rank: Option<usize>,
-    pub trial: Trial,
-    pub metric: Option<f64>,
-    pub status: TrialStatus,
-    pub run_dir: PathBuf,
-}
-
-/// The result of [`run`].
-#[derive(Debug)]
-pub struct SweepOutcome {
-    /// Every trial, best first.
-    pub rows: Vec<Row>,
-    /// Trials skipped because they had finished before.
-    pub skipped: usize,
-    /// A signal stopped the sweep; run it again to go on.
-    pub interrupted: bool,
-    pub csv: PathBuf,
-    pub markdown: PathBuf,
-}
-
-/// Runs every trial that has not finished, then writes and returns the ranked summary.
-pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome> {
-    let moved = if options.fresh {
-        run_dir::move_aside(&sweep.dir, "sweep folder")?
-    } else {
-        None
-    };
-    fs::create_dir_all(&sweep.dir).with_context(|| format!("cannot create sweep folder {}", sweep.dir.display()))?;
-    // Two sweeps over one folder would train the same trials twice and mark each other's running
-    // trials as failed. Each trial's folder has its own lock besides (child processes take it).
-    let _owner = FolderLock::acquire(&sweep.dir, "sweep folder")?;
-    let say = |line: String| println!("{line}");
-    if let Some(old) = moved {
-        say(format!(
-            "--fresh: moved the previous sweep folder aside to {}",
-            old.display()
-        ));
-    }
-    say(format!(
-        "sweep {}: {} trials ({:?}) ranked by {} ({}), in {}",
-        sweep.name,
-        sweep.trials.len(),
-        sweep.config.method,
-        sweep.config.metric.name(),
-        goal_name(sweep.goal),
-        sweep.dir.display()
-    ));
-    let mut todo = VecDeque::new();
-    let mut skipped = 0;
-    for trial in &sweep.trials {
-        let dir = sweep.trial_dir(trial);
-        check_or_record(trial, &dir)?;
-        check_trial_identity(sweep, trial, &dir)?;
-        match TrialStatus::read(&dir) {
-            TrialStatus::Done(summary) => {
-                skipped += 1;
-                say(format!(
-                    "{}: finished before, skipped ({} = {})",
-                    trial.id(),
-                    sweep.config.metric.name(),
-                    sweep
-                        .config
-                        .metric
-                        .of(&summary)
-                        .map_or("n/a".into(), |v| format!("{v:.4}"))
-                ));
-            }
-            status => todo.push_back((trial, status)),
-        }
-    }
-    let interrupted = if options.devices.len() > 1 {
-        run_parallel(sweep, options, todo)?
-    } else {
-        run_in_process(sweep, options, todo)
-    };
-    let rows = rank(sweep);
-    let csv = sweep.dir.join("summary.csv");
-    let markdown = sweep.dir.join("summary.md");
-    fs::write(&csv, to_csv(sweep, &rows)).with_context(|| format!("writing {}", csv.display()))?;
-    fs::write(&markdown, to_markdown(sweep, &rows)).with_context(|| format!("writing {}", markdown.display()))?;
-    Ok(SweepOutcome {
-        rows,
-        skipped,
-        interrupted,
-        csv,
-        markdown,
-    })
-}
-
-/// Writes the trial's parameters into its folder, or checks them against what is there.
-fn check_or_record(trial: &Trial, dir: &Path) -> anyhow::Result<()> {
-    let file = dir.join(TRIAL_FILE);
-    let record = trial.record();
-    match fs::read_to_string(&file) {
-        Ok(text) => {
-            let before: toml::Table =
-                toml::from_str(&text).with_context(|| format!("cannot parse {}", file.display()))?;
-            if before != record {
-                bail!(
-                    "{} was run with other parameters than the sweep now gives {} ({}): the [sweep] table \
-                     changed since. Set another run.name (a new sweep folder) or remove {}",
-                    dir.display(),
-                    trial.id(),
-                    trial.describe(),
-                    dir.display()
-                );
-            }
-            Ok(())
-        }
-        Err(_) => {
-            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let text = format!(
-                "# The parameters of this trial of `byol-run sweep` (checked when the sweep resumes).\n{}",
-                toml::to_string(&record)?
-            );
-            fs::write(&file, text).with_context(|| format!("writing {}", file.display()))
-        }
-    }
-}
-
-/// A trial folder that already holds a run (its `config.toml`) must hold this trial's
-/// experiment, `--set` overrides included: otherwise a finished trial would report the result of
-/// other settings, and an unfinished one would resume them.
-fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<()> {
-    let Some(saved) = run_dir::saved_config(dir) else {
-        return Ok(());
-    };
-    let now = sweep.experiment(trial, None)?.to_toml()?;
-    let changes = run_dir::unsafe_changes(&saved, &now)
-        .with_context(|| format!("cannot read {}", dir.join(run_dir::CONFIG_FILE).display()))?;
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let diff: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
-    bail!(
-        "{} ({}) was run with other settings than this sweep now gives it (different --set \
-         overrides, or an edited file), so its result or checkpoints are not this sweep's:\n{}\n\
-         Set another run.name (a new sweep folder), or add --fresh to move {} aside and run every \
-         trial anew (nothing is deleted)",
-        trial.id(),
-        dir.display(),
-        diff.join("\n"),
-        sweep.dir.display()
-    )
-}
-
-/// One trial at a time in this process. Returns whether a signal stopped the sweep.
-fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, TrialStatus)>) -> bool {
-    let device = options.devices.first().map(String::as_str);
-    let total = sweep.trials.len();
-    for (trial, status) in todo {
-        let dir = sweep.trial_dir(trial);
-        let how = match status {
-            TrialStatus::Unfinished => "resuming",
-            TrialStatus::Failed(_) => "retrying after a failure",
-            _ => "starting",
-        };
-        println!("\n== {} of {total} ({how}): {} ==", trial.id(), trial.describe());
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let experiment = sweep.experiment(trial, device)?;
-            train(
-                &experiment,
-                &RunOptions {
-                    run_dir: Some(dir.clone()),
-                    quiet: options.quiet,
-                    ..Default::default()
-                },
-            )
-        }));
-        let error = match result {
-            Ok(Ok(summary)) if summary.interrupted => {
-                println!(
-                    "{}: stopped by signal at step {} of {}; run the sweep again to resume",
-                    trial.id(),
-                    summary.steps,
-                    summary.total_steps
-                );
-                return true;
-            }
-            Ok(Ok(summary)) => {
-                let _ = fs::remove_file(dir.join(ERROR_FILE));
-                println!("{}: {}", trial.id(), result_line(sweep, &summary));
-                continue;
-            }
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(panic) => panic_message(panic),
-        };
-        eprintln!("{}: failed: {error}", trial.id());
-        if let Err(e) = fs::write(dir.join(ERROR_FILE), format!("{error}\n")) {
-            eprintln!("warning: cannot write {}: {e}", dir.join(ERROR_FILE).display());
-        }
-    }
-    false
-}
-
-/// One child process per device at a time. Returns whether a signal stopped the sweep.
-fn run_parallel(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, TrialStatus)>) -> anyhow::Result<bool> {
-    let program = options
-        .program
-        .clone()
-        .context("running trials on several devices needs the byol-run binary (SweepOptions::program)")?;
-    // The children train the base experiment (without [sweep]) with each trial's --set overrides.
-    let base = sweep.dir.join("experiment.toml");
-    fs::write(&base, sweep.base_text()).with_context(|| format!("writing {}", base.display()))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
-    }
-    let queue = Mutex::new(todo);
-    let interrupted = AtomicBool::new(false);
-    let total = sweep.trials.len();
-    std::thread::scope(|scope| {
-        for device in &options.devices {
-            let (queue, stop, interrupted, program, base) = (&queue, &stop, &interrupted, &program, &base);
-            scope.spawn(move || loop {
-                if stop.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Some((trial, _)) = queue.lock().expect("queue lock").pop_front() else {
-                    return;
-                };
-                let dir = sweep.trial_dir(trial);
-                println!(
-                    "{} of {total} on {device}: {} (log: {})",
-                    trial.id(),
-                    trial.describe(),
-                    dir.join("train.log").display()
-                );
-                let outcome = run_child(program, base, sweep, trial, device, &dir, stop);
-                match outcome.and_then(|()| match TrialStatus::read(&dir) {
-                    TrialStatus::Done(summary) => {
-                        let _ = fs::remove_file(dir.join(ERROR_FILE));
-                        println!("{} on {device}: {}", trial.id(), result_line(sweep, &summary));
-                        Ok(())
-                    }
-                    _ if stop.load(Ordering::Relaxed) => {
-                        interrupted.store(true, Ordering::Relaxed);
-                        println!("{}: stopped by signal; run the sweep again to resume", trial.id());
-                        Ok(())
-                    }
-                    _ => bail!(
-                        "the run ended without finishing (see {})",
-                        dir.join("train.log").display()
-                    ),
-                }) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        eprintln!("{}: failed: {e:#}", trial.id());
-                        let _ = fs::write(dir.join(ERROR_FILE), format!("{e:#}\n"));
-                    }
-                }
-            });
-        }
-    });
-    Ok(interrupted.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed))
-}
-
-/// Runs one trial as `program train <base> --run-dir <dir> --quiet --set ...`, output appended to
-/// `<dir>/train.log`. On a signal to the sweep, passes SIGTERM on (the child saves and exits).
-fn run_child(
-    program: &Path,
-    base: &Path,
-    sweep: &Sweep,
-    trial: &Trial,
-    device: &str,
-    dir: &Path,
-    stop: &AtomicBool,
-) -> anyhow::Result<()> {
-    let log_path = dir.join("train.log");
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
-    let mut command = Command::new(program);
-    command
-        .arg("train")
-        .arg(base)
-        .arg("--run-dir")
-        .arg(dir)
-        .arg("--quiet")
-        .env(PARENT_ENV, std::process::id().to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    for assignment in sweep.trial_overrides(trial, Some(device)) {
-        command.arg("--set").arg(assignment);
-    }
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))?;
-    let mut forwarded = false;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if stop.load(Ordering::Relaxed) && !forwarded {
-            forwarded = true;
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if !status.success() {
-        let log = fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!("{} exited with {status}:\n{}", program.display(), tail.join("\n"));
-    }
-    Ok(())
-}
-
-/// In a trial run as a child of a sweep: stop when the sweep's process is gone (killed with -9)
-/// rather than train on unattended, as if sent SIGTERM: the runner saves a checkpoint after the
-/// current step and returns, and the trial resumes from it when the sweep runs again.
-pub fn exit_with_sweep_parent() {
-    let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<u32>().ok()) else {
-        return;
-    };
-    std::thread::spawn(move || {
-        while std::os::unix::process::parent_id() == parent {
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        eprintln!("the sweep (process {parent}) is gone: stopping this trial");
-        let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
-        // A run stuck outside the training loop (kNN on a large split) still ends.
-        std::thread::sleep(Duration::from_secs(120));
-        std::process::abort();
-    });
-}
-
-fn result_line(sweep: &Sweep, summary: &RunSummary) -> String {
-    let metric = sweep.config.metric;
-    format!(
-        "{} = {} ({} steps, {:.1} s)",
-        metric.name(),
-        metric.of(summary).map_or("n/a".into(), |v| format!("{v:.4}")),
-        summary.steps,
-        summary.train_seconds
-    )
-}
-
-fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
-/// Every trial with its status from disk, best first; trials without the metric last, in order.
-pub fn rank(sweep: &Sweep) -> Vec<Row> {
-    let metric = sweep.config.metric;
-    let mut rows: Vec<Row> = sweep
-        .trials
-        .iter()
-        .map(|trial| {
-            let run_dir = sweep.trial_dir(trial);
-            let status = TrialStatus::read(&run_dir);
-            let value = match &status {
-                TrialStatus::Done(summary) => metric.of(summary).filter(|v| v.is_finite()),
-                _ => None,
-            };
-            Row {
-                rank: None,
-                trial: trial.clone(),
-                metric: value,
-                status,
-                run_dir,
-            }
-        })
-        .collect();
-    let goal = sweep.goal;
-    rows.sort_by(|a, b| match (a.metric, b.metric) {
-        (Some(x), Some(y)) => {
-            let order = x.total_cmp(&y);
-            let order = if goal == Goal::Max { order.reverse() } else { order };
-            order.then(a.trial.number.cmp(&b.trial.number))
-        }
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => a.trial.number.cmp(&b.trial.number),
-    });
-    for (i, row) in rows.iter_mut().enumerate() {
-        if row.metric.is_some() {
-            row.rank = Some(i + 1);
-        }
-    }
-    rows
-}
-
-fn goal_name(goal: Goal) -> &'static str {
-    match goal {
-        Goal::Max => "higher is better",
-        Goal::Min => "lower is better",
-    }
-}
-
-/// A value as a table cell: strings without quotes.
-fn show(value: &toml::Value) -> String {
-    match value {
-        toml::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
-
-/// `rank,trial,<parameters...>,<metric>,status,run_dir`, best first.
-pub fn to_csv(sweep: &Sweep, rows: &[Row]) -> String {
-    let mut header = vec!["rank".to_string(), "trial".into()];
-    header.extend(sweep.parameters.iter().map(|p| p.key.clone()));
-    header.extend([
-        sweep.config.metric.name().to_string(),
-        "status".into(),
-        "run_dir".into(),
-    ]);
-    let mut out = header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",");
-    out.push('\n');
-    for row in rows {
-        let mut fields = vec![row.rank.map_or(String::new(), |r| r.to_string()), row.trial.id()];
-        fields.extend(row.trial.values.iter().map(|(_, v)| show(v)));
-        fields.push(row.metric.map_or(String::new(), |m| m.to_string()));
-        fields.push(row.status.label().to_string());
-        fields.push(row.run_dir.display().to_string());
-        out.push_str(&fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
-        out.push('\n');
-    }
-    out
-}
-
-/// A markdown table of the ranked trials, with a title line.
-pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
-    let metric = sweep.config.metric.name();
-    let done = rows.iter().filter(|r| matches!(r.status, TrialStatus::Done(_))).count();
-    let mut out = format!(
-        "# Sweep {}: {done} of {} trials done, ranked by {metric} ({})\n\n",
-        sweep.name,
-        rows.len(),
-        goal_name(sweep.goal)
-    );
-    let cell = |s: &str| s.replace('|', "\\|");
-    let mut header = vec!["rank".to_string(), "trial".into()];
-    header.extend(sweep.parameters.iter().map(|p| format!("`{}`", p.key)));
-    header.extend([metric.to_string(), "status".into(), "run folder".into()]);
-    let _ = writeln!(out, "| {} |", header.join(" | "));
-    let mut rule = vec!["---:", "---"];
-    rule.extend(sweep.parameters.iter().map(|_| "---"));
-    rule.extend(["---:", "---", "---"]);
-    let _ = writeln!(out, "|{}|", rule.join("|"));
-    for row in rows {
-        let mut cells = vec![row.rank.map_or("-".into(), |r| r.to_string()), row.trial.id()];
-        cells.extend(row.trial.values.iter().map(|(_, v)| cell(&show(v))));
-        cells.push(row.metric.map_or("n/a".into(), |m| format!("{m:.4}")));
-        cells.push(row.status.label().to_string());
-        cells.push(cell(&row.run_dir.display().to_string()));
-        let _ = writeln!(out, "| {} |", cells.join(" | "));
-    }
-    out
 }
 
 #[cfg(test)]

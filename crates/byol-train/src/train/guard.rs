@@ -1,0 +1,61 @@
+//! libtorch errors inside a training step: tch raises them as panics; they are caught here and
+//! turned into messages that say what to do.
+
+thread_local! {
+    static IN_GUARDED_STEP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a training step, catching the panics tch raises for libtorch errors (out of memory, a
+/// lost peer) without the default hook printing them: [`explain_panic`] reports them instead.
+pub fn guarded<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_GUARDED_STEP.with(|g| g.get()) {
+                default(info);
+            }
+        }));
+    });
+    IN_GUARDED_STEP.with(|g| g.set(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_GUARDED_STEP.with(|g| g.set(false));
+    outcome
+}
+
+/// The text of a panic payload (tch panics with the libtorch message).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown error".into())
+}
+
+/// Turns a libtorch error raised inside a step into a message.
+pub fn explain_panic(panic: Box<dyn std::any::Any + Send>, batch: usize, accumulate: usize) -> anyhow::Error {
+    let message = panic_message(panic.as_ref());
+    let first_line = message.lines().next().unwrap_or_default();
+    let peer_gone = [
+        "Connection reset by peer",
+        "Connection closed by peer",
+        "Broken pipe",
+        "gloo/transport",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    if peer_gone {
+        anyhow::anyhow!(
+            "another process of this data-parallel job stopped, so this one cannot go on; start the job again \
+             (all processes) and it resumes from the last checkpoint\n({first_line})"
+        )
+    } else if message.contains("out of memory") {
+        anyhow::anyhow!(
+            "the device ran out of memory with schedule.batch_size = {batch} (accumulate = {accumulate}): \
+             lower the batch size, or raise schedule.accumulate to split each batch into micro-batches, \
+             or use run.precision = \"fp16\"\n({first_line})"
+        )
+    } else {
+        anyhow::anyhow!("training step failed: {first_line}")
+    }
+}

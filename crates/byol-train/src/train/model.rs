@@ -1,0 +1,103 @@
+//! The BYOL networks of an experiment on one device, built one way for training, benchmarks and
+//! every later use of a checkpoint (embed, eval, export).
+
+use anyhow::{bail, Context};
+use tch::{nn::VarStore, Device, Tensor};
+
+use byol::Byol;
+
+use crate::optimizer::NamedParameter;
+use crate::Experiment;
+
+/// Where the weights of a model being built come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// A run starting at step 0: the backbone's initialization, or its `pretrained` file.
+    Initial,
+    /// A checkpoint, loaded right after building: `pretrained` files are not read, so a
+    /// checkpoint never depends on the file it superseded.
+    Checkpoint,
+}
+
+/// The online, target and predictor networks in one variable store (state_dict names
+/// `online.*`, `target.*`; an online probe adds `probe.*`).
+pub struct Model {
+    pub vs: VarStore,
+    pub byol: Byol,
+    /// The online network's trainable parameters, sorted by name: what the optimizer updates.
+    pub parameters: Vec<NamedParameter>,
+}
+
+impl Model {
+    /// The experiment's networks (`[backbone]`, `[byol]`) on `device`.
+    pub fn build(experiment: &Experiment, device: Device, weights: Weights) -> anyhow::Result<Self> {
+        let vs = VarStore::new(device);
+        let (backbone, config) = (experiment.backbone.as_ref(), &experiment.byol);
+        let (size, layer) = (experiment.augment.image_size(), config.embedding_layer.as_str());
+        let byol = match weights {
+            Weights::Initial => Byol::new(&vs, backbone, size, layer, config),
+            Weights::Checkpoint => Byol::for_checkpoint(&vs, backbone, size, layer, config),
+        }
+        .context("building the BYOL networks ([backbone], [byol])")?;
+        let parameters = online_parameters(&vs);
+        Ok(Self { vs, byol, parameters })
+    }
+
+    /// Re-lays the conv weights channels_last (for channels_last inputs); right after building.
+    pub fn into_channels_last(mut self) -> anyhow::Result<Self> {
+        self.byol
+            .use_channels_last(&self.vs)
+            .context("laying out the weights channels_last")?;
+        // The layout change replaces the variables: the optimizer must see the new ones.
+        self.parameters = online_parameters(&self.vs);
+        Ok(self)
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Every variable (online, target, buffers, probe), sorted, on the CPU: what a checkpoint holds.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        byol::state_dict::to_cpu_sorted(&self.vs.variables())
+    }
+
+    /// Copies saved variables into the model in place (views such as the EMA's flat buffers stay
+    /// intact); every variable must be given, with its shape.
+    pub fn load_state(&self, saved: &[(String, Tensor)]) -> anyhow::Result<()> {
+        let variables = self.vs.variables();
+        for (name, tensor) in saved {
+            let target = variables
+                .get(name)
+                .with_context(|| format!("checkpoint holds '{name}', which this model lacks"))?;
+            if target.size() != tensor.size() {
+                bail!(
+                    "checkpoint's '{name}' has shape {:?}, the model's {:?}",
+                    tensor.size(),
+                    target.size()
+                );
+            }
+            tch::no_grad(|| target.shallow_clone().copy_(tensor));
+        }
+        if saved.len() != variables.len() {
+            bail!(
+                "checkpoint holds {} variables, the model has {}",
+                saved.len(),
+                variables.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The online network's trainable parameters, by state_dict name.
+fn online_parameters(vs: &VarStore) -> Vec<NamedParameter> {
+    let mut params: Vec<NamedParameter> = vs
+        .variables()
+        .into_iter()
+        .filter(|(name, t)| name.starts_with("online.") && t.requires_grad())
+        .map(|(name, tensor)| NamedParameter { name, tensor })
+        .collect();
+    params.sort_by(|a, b| a.name.cmp(&b.name));
+    params
+}

@@ -1,0 +1,292 @@
+//! Watching the representation while it trains: the kNN monitor on labelled images and the
+//! online linear probe.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use byol::{Augment, Byol};
+use byol_data::image_folder::ImageFolderConfig;
+use byol_data::{BatchLoader, Dataset, Splits};
+
+use crate::distributed::DataParallel;
+use crate::knn::{knn_accuracy, KnnAccuracy};
+use crate::probe::OnlineProbe;
+use crate::Experiment;
+
+/// Embeddings of a whole split (deterministic eval transform) and its labels.
+pub fn embed_split(
+    byol: &Byol,
+    augment: &dyn Augment,
+    data: &Arc<dyn Dataset>,
+    batch: usize,
+    device: Device,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let loader = BatchLoader::new(data.clone(), batch, false, false, 0);
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    for indices in loader.epoch_indices(0) {
+        let (images, y) = loader.load(&indices, device)?;
+        features.push(byol.embed(&augment.eval_view(&images)));
+        labels.push(y);
+    }
+    Ok((Tensor::cat(&features, 0), Tensor::cat(&labels, 0)))
+}
+
+/// [`embed_split`] shared by the processes of a data-parallel run: process r embeds batches r,
+/// r + N, r + 2N, ... and every process gets the whole split's embeddings, in order.
+pub fn embed_split_sharded(
+    byol: &Byol,
+    augment: &dyn Augment,
+    data: &Arc<dyn Dataset>,
+    batch: usize,
+    device: Device,
+    parallel: &DataParallel,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let loader = BatchLoader::new(data.clone(), batch, false, false, 0);
+    let batches = loader.epoch_indices(0);
+    let (rank, world) = (parallel.rank(), parallel.world_size());
+    let dim = byol.embedding_dim();
+    let mut rounds = Vec::new();
+    // Every process runs every round (with an empty share past the end), so the all-gathers
+    // pair up. A share travels as one float block of `batch` rows: the features, the label
+    // (exact in f32) and a flag that tells real rows from the padding.
+    for round in 0..batches.len().div_ceil(world) {
+        let block = Tensor::zeros([batch as i64, dim + 2], (Kind::Float, device));
+        if let Some(indices) = batches.get(round * world + rank) {
+            let (images, y) = loader.load(indices, device)?;
+            let features = byol.embed(&augment.eval_view(&images)).to_kind(Kind::Float);
+            let real = Tensor::ones([indices.len() as i64, 1], (Kind::Float, device));
+            let share = Tensor::cat(&[features, y.to_kind(Kind::Float).unsqueeze(1), real], 1);
+            block.narrow(0, 0, indices.len() as i64).copy_(&share);
+        }
+        // Rank-major: the gathered rows are the split's batches in order.
+        rounds.push(parallel.all_gather(&block)?);
+    }
+    let all = Tensor::cat(&rounds, 0);
+    let real = all.select(1, dim + 1).gt(0.5).nonzero().squeeze_dim(1);
+    let all = all.index_select(0, &real);
+    Ok((all.narrow(1, 0, dim), all.select(1, dim).to_kind(Kind::Int64)))
+}
+
+/// Said once at start when nothing can measure the representation.
+pub const NO_LABELS_NOTE: &str = "kNN monitor and online probe off: the training images have no labels; \
+     set eval.train and eval.test to labelled image folders";
+
+/// Labelled images for the kNN monitor: the bank and the queries.
+pub struct LabelledSplits {
+    pub bank: Arc<dyn Dataset>,
+    pub queries: Arc<dyn Dataset>,
+}
+
+/// The kNN monitor's splits: `[eval] train` and `test` when set (decoded at the training images'
+/// size), else the dataset's own labelled splits; None when there are no labelled queries.
+pub fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Result<Option<LabelledSplits>> {
+    let eval = &experiment.eval;
+    let (Some(train), Some(test)) = (&eval.train, &eval.test) else {
+        return Ok(match &splits.test {
+            Some(queries) if splits.train.is_labelled() => Some(LabelledSplits {
+                bank: splits.train.clone(),
+                queries: queries.clone(),
+            }),
+            _ => None,
+        });
+    };
+    let folder = ImageFolderConfig {
+        train: train.clone(),
+        test: Some(test.clone()),
+        image_size: splits.train.image_shape()[1] as u32,
+        ..Default::default()
+    };
+    let context = || {
+        format!(
+            "reading the labelled evaluation split (eval.train = {}, eval.test = {})",
+            train.display(),
+            test.display()
+        )
+    };
+    // The folder's auto-detection notes are not printed: an unlabelled folder is an error here.
+    let (labelled, warnings, _notes) = folder
+        .load_with_notes()
+        .map_err(anyhow::Error::from)
+        .with_context(context)?;
+    if !labelled.train.is_labelled() {
+        bail!(
+            "eval.train = {}: no class sub-folders; the evaluation split needs labels, one sub-folder of \
+             images per class (<split>/<class>/<image>)",
+            train.display()
+        );
+    }
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(Some(LabelledSplits {
+        bank: labelled.train,
+        queries: labelled.test.with_context(context)?,
+    }))
+}
+
+/// Labelled batches for the online probe when the training images have none: batch `step` of
+/// the shuffled evaluation split, so a resumed run sees the same ones.
+struct ProbeBatches {
+    loader: BatchLoader,
+    /// The current epoch's batches, drawn once per epoch rather than once per step.
+    epoch: Option<(u64, Vec<Vec<usize>>)>,
+}
+
+impl ProbeBatches {
+    fn batch_at(&mut self, step: u64, device: Device) -> Result<(Tensor, Tensor), byol_data::DataError> {
+        let per_epoch = self.loader.batches_per_epoch() as u64;
+        let epoch = step / per_epoch;
+        if self.epoch.as_ref().is_none_or(|(cached, _)| *cached != epoch) {
+            self.epoch = Some((epoch, self.loader.epoch_indices(epoch)));
+        }
+        let (_, batches) = self.epoch.as_ref().expect("drawn above");
+        self.loader.load(&batches[(step % per_epoch) as usize], device)
+    }
+}
+
+/// What one evaluation of the representation measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Evaluation {
+    pub knn: KnnAccuracy,
+    /// The online probe's top-1 on the kNN queries (held-out images); None without a probe, or
+    /// when its classes are not the queries' classes.
+    pub probe_top1: Option<f64>,
+}
+
+/// The kNN monitor and the online probe of a run.
+pub struct Monitor {
+    /// The kNN monitor's images; None: the monitor is off.
+    labelled: Option<LabelledSplits>,
+    knn_k: usize,
+    knn_temperature: f64,
+    batch_size: usize,
+    probe: Option<OnlineProbe>,
+    /// The classes the probe predicts.
+    probe_classes: Vec<String>,
+    /// Labelled batches for the online probe when the training images have none (the
+    /// evaluation split's bank, in eval mode); None: the probe learns from the training batches.
+    probe_batches: Option<ProbeBatches>,
+    parallel: Option<DataParallel>,
+}
+
+impl Monitor {
+    /// The monitor of `experiment` on `labelled` ([`labelled_splits`]), its probe's variables
+    /// under `probe` in `vs`; `probe_batch`: the probe's batch size when it learns from the
+    /// evaluation split.
+    pub fn new(
+        experiment: &Experiment,
+        splits: &Splits,
+        labelled: Option<LabelledSplits>,
+        vs: &VarStore,
+        embedding_dim: i64,
+        probe_batch: usize,
+        parallel: Option<DataParallel>,
+    ) -> anyhow::Result<Self> {
+        let eval = &experiment.eval;
+        let probe_source = if splits.train.is_labelled() {
+            Some(&splits.train)
+        } else {
+            labelled.as_ref().map(|l| &l.bank)
+        };
+        let probe_classes = probe_source.map_or(Vec::new(), |d| d.classes().to_vec());
+        let classes = probe_classes.len() as i64;
+        let mut probe = (eval.online_probe && classes > 1)
+            .then(|| OnlineProbe::new(&(vs.root() / "probe"), embedding_dim, classes, eval.probe_lr));
+        // Every process takes the same probe batch: its averaged gradient is the batch's own.
+        let probe_batches = match (&probe, probe_source) {
+            (Some(_), Some(source)) if !splits.train.is_labelled() => Some(ProbeBatches {
+                loader: BatchLoader::new(
+                    source.clone(),
+                    probe_batch.min(source.len()),
+                    true,
+                    true,
+                    experiment.run.seed,
+                ),
+                epoch: None,
+            }),
+            _ => None,
+        };
+        if let (Some(probe), Some(parallel)) = (&mut probe, &parallel) {
+            probe.synchronize(parallel.clone());
+        }
+        Ok(Self {
+            labelled,
+            knn_k: eval.knn_k,
+            knn_temperature: eval.knn_temperature,
+            batch_size: eval.batch_size,
+            probe,
+            probe_classes,
+            probe_batches,
+            parallel,
+        })
+    }
+
+    /// Whether the kNN monitor has labelled images to measure on.
+    pub fn has_knn(&self) -> bool {
+        self.labelled.is_some()
+    }
+
+    /// kNN accuracy of the online backbone's embeddings, and the online probe's accuracy on the
+    /// same queries; None when the monitor is off. In a data-parallel run every process embeds a
+    /// share and all get the whole.
+    pub fn evaluate(&self, byol: &Byol, augment: &dyn Augment, device: Device) -> anyhow::Result<Option<Evaluation>> {
+        let Some(labelled) = &self.labelled else {
+            return Ok(None);
+        };
+        let embed = |data: &Arc<dyn Dataset>| match &self.parallel {
+            Some(parallel) => embed_split_sharded(byol, augment, data, self.batch_size, device, parallel),
+            None => embed_split(byol, augment, data, self.batch_size, device),
+        };
+        let (bank, bank_labels) = embed(&labelled.bank)?;
+        let (queries, labels) = embed(&labelled.queries)?;
+        let classes = labelled.bank.classes().len() as i64;
+        let knn = knn_accuracy(
+            &queries,
+            &labels,
+            &bank,
+            &bank_labels,
+            classes,
+            self.knn_k as i64,
+            self.knn_temperature,
+        );
+        let probe_top1 = match &self.probe {
+            Some(probe) if self.probe_classes == labelled.queries.classes() => {
+                Some(probe.accuracy_on(&queries, &labels))
+            }
+            _ => None,
+        };
+        Ok(Some(Evaluation { knn, probe_top1 }))
+    }
+
+    /// The probe learns from a training micro-batch's embeddings, when the training images
+    /// carry labels.
+    pub fn probe_on_training_batch(&mut self, embeddings: &Tensor, labels: &Tensor) {
+        if let (Some(probe), None) = (&mut self.probe, &self.probe_batches) {
+            probe.train_step(embeddings, labels);
+        }
+    }
+
+    /// The probe learns from batch `step` of the evaluation split, when the training images have
+    /// no labels.
+    pub fn probe_on_evaluation_batch(
+        &mut self,
+        step: u64,
+        byol: &Byol,
+        augment: &dyn Augment,
+        device: Device,
+    ) -> Result<(), byol_data::DataError> {
+        if let (Some(probe), Some(batches)) = (&mut self.probe, &mut self.probe_batches) {
+            let (images, labels) = batches.batch_at(step, device)?;
+            probe.train_step(&byol.embed(&augment.eval_view(&images)), &labels);
+        }
+        Ok(())
+    }
+
+    /// The probe's training accuracy since the last call.
+    pub fn take_probe_accuracy(&mut self) -> Option<f64> {
+        self.probe.as_mut().and_then(OnlineProbe::take_accuracy)
+    }
+}

@@ -1,0 +1,371 @@
+//! A run's state on disk: where a run starts (its folder's newest intact checkpoint, checked to
+//! belong to this experiment and this dataset), the files its model is built from, and the
+//! checkpoints it writes (weights, optimizer state, fp16 loss scale, those files).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use byol_data::Dataset;
+
+use crate::checkpoint::{self, Checkpointer, Manifest};
+use crate::optimizer::Optimizer;
+use crate::run_dir;
+use crate::Experiment;
+
+use super::model::{Model, Weights};
+use super::step::{Plan, StepNumerics};
+
+/// Where a run's folder keeps the files its model is built from (a TorchScript module), copied
+/// there when the run starts: checkpoints link them, so the run never needs the originals again.
+pub const SOURCES_DIR: &str = "sources";
+
+/// `dataset.json`: what the run's data looked like when it started, so that a resume with the
+/// data under another path is accepted when it is the same data and refused when it is not.
+pub const FINGERPRINT_FILE: &str = "dataset.json";
+
+/// Experiment keys that say only where the data lives: a resume may change them when the data
+/// found there matches the run's [`DatasetFingerprint`].
+pub const DATA_LOCATION_KEYS: &[&str] = &[
+    "dataset.train",
+    "dataset.test",
+    "dataset.root",
+    "dataset.file_list",
+    "dataset.test_file_list",
+    "eval.train",
+    "eval.test",
+];
+
+/// The size and classes of each split a run reads: small, and enough to tell a moved dataset
+/// from a different one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetFingerprint(pub BTreeMap<String, SplitFingerprint>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitFingerprint {
+    pub images: usize,
+    pub classes: Vec<String>,
+}
+
+impl DatasetFingerprint {
+    /// The fingerprint of named splits.
+    pub fn of<'a>(splits: impl IntoIterator<Item = (&'a str, &'a dyn Dataset)>) -> Self {
+        Self(
+            splits
+                .into_iter()
+                .map(|(name, data)| {
+                    let split = SplitFingerprint {
+                        images: data.len(),
+                        classes: data.classes().to_vec(),
+                    };
+                    (name.to_string(), split)
+                })
+                .collect(),
+        )
+    }
+
+    fn read(run_dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = run_dir.join(FINGERPRINT_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                    format!("{} is not a dataset fingerprint", path.display())
+                })?))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    fn write(&self, run_dir: &Path) -> anyhow::Result<()> {
+        let path = run_dir.join(FINGERPRINT_FILE);
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// One line per split that differs, `train: 10000 images -> 9000 images`.
+    fn differences(&self, now: &Self) -> Vec<String> {
+        let describe = |s: Option<&SplitFingerprint>| match s {
+            None => "(none)".to_string(),
+            Some(s) if s.classes.is_empty() => format!("{} unlabelled images", s.images),
+            Some(s) if s.classes.len() <= 12 => format!("{} images of classes [{}]", s.images, s.classes.join(", ")),
+            Some(s) => format!(
+                "{} images of {} classes ({} ... {})",
+                s.images,
+                s.classes.len(),
+                s.classes[0],
+                s.classes[s.classes.len() - 1]
+            ),
+        };
+        let names: std::collections::BTreeSet<&String> = self.0.keys().chain(now.0.keys()).collect();
+        names
+            .into_iter()
+            .filter(|name| self.0.get(*name) != now.0.get(*name))
+            .map(|name| {
+                format!(
+                    "  {name}: {} -> {}",
+                    describe(self.0.get(name)),
+                    describe(now.0.get(name))
+                )
+            })
+            .collect()
+    }
+}
+
+/// Where a run starts, decided from its folder before the model is built.
+#[derive(Debug)]
+pub struct RunStart {
+    /// The newest intact checkpoint and its manifest; None: step 0.
+    pub checkpoint: Option<(PathBuf, Manifest)>,
+}
+
+impl RunStart {
+    /// Finds the newest intact checkpoint of the run folder (moving damaged ones aside when
+    /// `main`), and checks that the run it holds is this experiment's: the keys that differ must
+    /// be safe to change, accepted by `allow`, or say only where the data lives while the data
+    /// is the same (`fingerprint`).
+    pub fn find(
+        run_dir: &Path,
+        checkpointer: &Checkpointer,
+        main: bool,
+        config_toml: &str,
+        fingerprint: &DatasetFingerprint,
+        allow: &[String],
+    ) -> anyhow::Result<Self> {
+        let checkpoint::ResumePoint { latest, warnings } = checkpointer.resume_point(main)?;
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        let saved = match &latest {
+            Some((dir, manifest)) => Some((
+                format!("the experiment saved with {}", dir.display()),
+                manifest.config.clone(),
+            )),
+            // No checkpoint yet, but logs of a run that stopped before its first one.
+            None => run_dir::saved_config(run_dir).map(|c| ("its config.toml".to_string(), c)),
+        };
+        if let Some((source, saved)) = saved {
+            let same_data = check_dataset(run_dir, fingerprint, allow)?;
+            let also_safe: &[&str] = if same_data { DATA_LOCATION_KEYS } else { &[] };
+            let accepted = run_dir::check_identity(run_dir, &source, &saved, config_toml, allow, also_safe)?;
+            let (moved, allowed): (Vec<_>, Vec<_>) = accepted
+                .iter()
+                .partition(|c| also_safe.iter().any(|k| *k == c.key) && !run_dir::allowed(&c.key, allow));
+            let list =
+                |changes: &[&run_dir::Change]| changes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            if main && !allowed.is_empty() {
+                eprintln!(
+                    "note: continuing {} with changes (--allow-change): {}",
+                    run_dir.display(),
+                    list(&allowed)
+                );
+            }
+            if main && !moved.is_empty() {
+                eprintln!(
+                    "note: continuing {} on the same data ({FINGERPRINT_FILE} matches) under another path: {}",
+                    run_dir.display(),
+                    list(&moved)
+                );
+            }
+        }
+        Ok(Self { checkpoint: latest })
+    }
+
+    pub fn step(&self) -> Option<u64> {
+        self.checkpoint.as_ref().map(|(_, m)| m.step)
+    }
+
+    pub fn weights(&self) -> Weights {
+        match self.checkpoint {
+            Some(_) => Weights::Checkpoint,
+            None => Weights::Initial,
+        }
+    }
+}
+
+/// Whether the run's recorded data is the data found now (false: no record, from a run folder
+/// made before fingerprints). A difference is an error unless `--allow-change dataset` (or a
+/// key under it) accepts it.
+fn check_dataset(run_dir: &Path, now: &DatasetFingerprint, allow: &[String]) -> anyhow::Result<bool> {
+    let Some(saved) = DatasetFingerprint::read(run_dir)? else {
+        return Ok(false);
+    };
+    let differences = saved.differences(now);
+    if differences.is_empty() {
+        return Ok(true);
+    }
+    if allow.iter().any(|a| a == "dataset" || a.starts_with("dataset.")) {
+        eprintln!(
+            "note: continuing {} on different data (--allow-change):\n{}",
+            run_dir.display(),
+            differences.join("\n")
+        );
+        return Ok(false);
+    }
+    bail!(
+        "{} was trained on other data than the experiment reads now ({} records it):\n{}\n\
+         Resuming would mix two datasets in one run. Point the data keys at the run's data (a run \
+         folder may move: --set dataset.train=<path> is accepted when the data is the same), or \
+         add --allow-change dataset to continue on this data anyway, or --fresh to start a new run.",
+        run_dir.display(),
+        FINGERPRINT_FILE,
+        differences.join("\n")
+    )
+}
+
+/// The files the backbone is built from, as `(experiment key, path)`: `backbone.path` for a
+/// TorchScript module.
+pub fn source_files(experiment: &Experiment) -> Vec<(String, PathBuf)> {
+    experiment
+        .backbone
+        .source_files()
+        .into_iter()
+        .map(|(key, path)| (format!("backbone.{key}"), path))
+        .collect()
+}
+
+/// The experiment with its source-file keys pointing at the copies a checkpoint carries, after
+/// checking that they are there (verified with the checkpoint's SHA-256 by
+/// [`checkpoint::verify`]).
+pub fn with_checkpoint_sources(experiment: &Experiment, dir: &Path, manifest: &Manifest) -> anyhow::Result<Experiment> {
+    let overrides: Vec<String> = manifest
+        .sources
+        .iter()
+        .map(|(key, file)| {
+            let path = dir.join(file);
+            format!("{key}={}", toml::Value::String(path.display().to_string()))
+        })
+        .collect();
+    let mut rebuilt = Experiment::parse(&experiment.to_toml()?, &overrides)
+        .with_context(|| format!("pointing the experiment at the files of {}", dir.display()))?;
+    rebuilt.run.name = experiment.run.name.clone();
+    Ok(rebuilt)
+}
+
+/// The model's source files as a run keeps them, for its checkpoints to carry.
+#[derive(Debug, Default)]
+pub struct KeptSources {
+    /// (name in a checkpoint, the copy in `<run>/sources/`).
+    files: Vec<(String, PathBuf)>,
+    /// The manifest's `sources`: experiment key -> name in a checkpoint.
+    names: BTreeMap<String, String>,
+}
+
+/// Copies the model's source files into `<run>/sources/` (rank 0 at step 0), or, on a resume,
+/// puts back the copies a checkpoint carries when the folder lost them.
+pub fn keep_sources(
+    run_dir: &Path,
+    experiment: &Experiment,
+    start: &RunStart,
+    main: bool,
+) -> anyhow::Result<KeptSources> {
+    let dir = run_dir.join(SOURCES_DIR);
+    let mut files = Vec::new();
+    let mut names = BTreeMap::new();
+    let from: Vec<(String, PathBuf)> = match &start.checkpoint {
+        Some((checkpoint, manifest)) => manifest
+            .sources
+            .iter()
+            .map(|(key, file)| (key.clone(), checkpoint.join(file)))
+            .collect(),
+        None => source_files(experiment),
+    };
+    for (key, original) in from {
+        let file_name = original
+            .file_name()
+            .with_context(|| format!("{key} = {}: not a file", original.display()))?
+            .to_string_lossy()
+            .into_owned();
+        // `backbone.path` + `r50.pt` -> `backbone.path-r50.pt`: one name per key, recognizable.
+        let name = format!("{key}-{file_name}");
+        let kept = dir.join(&name);
+        if main && (start.checkpoint.is_none() || !kept.exists()) {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::copy(&original, &tmp)
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &kept))
+                .with_context(|| format!("cannot copy {key} = {} into {}", original.display(), kept.display()))?;
+        }
+        names.insert(key, name.clone());
+        files.push((name, kept));
+    }
+    Ok(KeptSources { files, names })
+}
+
+/// Records the run's experiment and data in its folder once the run is known to be the
+/// folder's (fresh, or its checkpoint accepted), so they always describe the run it holds.
+pub fn record_run(run_dir: &Path, config_toml: &str, fingerprint: &DatasetFingerprint) -> anyhow::Result<()> {
+    run_dir::save_config(run_dir, config_toml)?;
+    fingerprint.write(run_dir)
+}
+
+/// What a checkpoint saves beyond the weights: the optimizer and, in fp16, the loss scale.
+pub struct TrainingState<'a> {
+    pub model: &'a Model,
+    pub optimizer: &'a dyn Optimizer,
+    pub numerics: &'a StepNumerics,
+}
+
+const LOSS_SCALE_KEY: &str = "loss_scale";
+
+/// Writes the checkpoint of `step`, never one with non-finite parameters (the last good one
+/// stays the newest).
+pub fn save_checkpoint(
+    checkpointer: &Checkpointer,
+    state: TrainingState<'_>,
+    step: u64,
+    plan: &Plan,
+    config_toml: &str,
+    sources: &KeptSources,
+) -> anyhow::Result<PathBuf> {
+    let finite = tch::no_grad(|| {
+        state
+            .model
+            .parameters
+            .iter()
+            .all(|p| p.tensor.isfinite().all().int64_value(&[]) != 0)
+    });
+    if !finite {
+        bail!("parameters became Inf or NaN by step {step}; {}", checkpointer.kept());
+    }
+    let mut optimizer_state = state.optimizer.state();
+    if let Some(scaler) = &state.numerics.scaler {
+        optimizer_state.push((LOSS_SCALE_KEY.into(), scaler.state()));
+    }
+    let manifest = Manifest {
+        format: 1,
+        step,
+        epoch: plan.epoch_of(step),
+        total_steps: plan.total_steps,
+        files: Default::default(),
+        config: config_toml.to_string(),
+        sources: sources.names.clone(),
+    };
+    checkpointer.save(&state.model.state(), &optimizer_state, &sources.files, manifest)
+}
+
+/// Copies a verified checkpoint's weights, optimizer state and loss scale into the run.
+pub fn load_checkpoint(
+    dir: &Path,
+    model: &Model,
+    optimizer: &mut dyn Optimizer,
+    numerics: &mut StepNumerics,
+) -> anyhow::Result<()> {
+    let context = || format!("resuming from {}", dir.display());
+    model
+        .load_state(&checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?)
+        .with_context(context)?;
+    let mut state = checkpoint::read_tensors(dir, checkpoint::OPTIMIZER_FILE)?;
+    if let Some(i) = state.iter().position(|(k, _)| k == LOSS_SCALE_KEY) {
+        let (_, scale) = state.remove(i);
+        if let Some(scaler) = &mut numerics.scaler {
+            scaler.load_state(&scale);
+        }
+    }
+    optimizer
+        .load_state(&state)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", context()))
+}

@@ -1,0 +1,205 @@
+//! One optimizer step: how it computes (precision, layout, fp16 loss scale), the step arithmetic
+//! of a run (steps per epoch, the lr at each step), and the step itself.
+
+use anyhow::{bail, Context};
+use tch::{Device, Kind, Tensor};
+
+use byol::{Byol, LossParts};
+use byol_data::Batch;
+
+use crate::experiment::{MemoryFormat, Precision};
+use crate::loss_scale::LossScaler;
+use crate::optimizer::{NamedParameter, Optimizer};
+use crate::schedule::lr_at;
+use crate::Experiment;
+
+use super::data::two_views;
+use super::trainer::Trainer;
+
+/// How a training step computes: `run.precision` and `run.memory_format` resolved for a device.
+#[derive(Debug)]
+pub struct StepNumerics {
+    /// The autocast dtype of the forward pass (None: fp32).
+    pub autocast: Option<Kind>,
+    /// fp16's dynamic loss scale.
+    pub scaler: Option<LossScaler>,
+    pub channels_last: bool,
+}
+
+impl StepNumerics {
+    pub fn resolve(precision: Precision, memory_format: MemoryFormat, device: Device) -> anyhow::Result<Self> {
+        let (autocast, scaler) = match precision {
+            Precision::Fp32 => (None, None),
+            Precision::Bf16 => (Some(Kind::BFloat16), None),
+            Precision::Fp16 if device.is_cuda() => (Some(Kind::Half), Some(LossScaler::default())),
+            Precision::Fp16 => {
+                bail!("run.precision = \"fp16\" needs a CUDA device (this run is on {device:?}); use \"bf16\" or \"fp32\"")
+            }
+        };
+        let channels_last = match memory_format {
+            MemoryFormat::Auto => device.is_cuda(),
+            MemoryFormat::ChannelsLast => true,
+            MemoryFormat::Contiguous => false,
+        };
+        Ok(Self {
+            autocast,
+            scaler,
+            channels_last,
+        })
+    }
+
+    /// Runs the forward pass `f` under this autocast (or none).
+    pub fn forward<T>(&self, device: Device, f: impl FnOnce() -> T) -> T {
+        torch_ext::autocast::autocast(device, self.autocast.unwrap_or(Kind::Float), self.autocast.is_some(), f)
+    }
+
+    /// A view in the step's memory format.
+    pub fn layout(&self, view: Tensor) -> anyhow::Result<Tensor> {
+        Ok(if self.channels_last {
+            torch_ext::channels_last(&view)?
+        } else {
+            view
+        })
+    }
+
+    /// The model half of a step on one micro-batch: both views in this layout, the forward pass
+    /// under this autocast, and the backward of `loss * weight` (loss-scaled in fp16). Training
+    /// and `byol-run bench` both step through here, so the benchmark times what training runs.
+    /// Returns the forward's parts, the loss already weighted.
+    pub fn forward_backward(
+        &self,
+        device: Device,
+        byol: &Byol,
+        view1: Tensor,
+        view2: Tensor,
+        weight: f64,
+    ) -> anyhow::Result<LossParts> {
+        let (view1, view2) = (self.layout(view1)?, self.layout(view2)?);
+        let mut parts = self.forward(device, || byol.loss_parts(&view1, &view2));
+        parts.loss = parts.loss.to_kind(Kind::Float) * weight;
+        match &self.scaler {
+            Some(scaler) => (&parts.loss * scaler.scale()).backward(),
+            None => parts.loss.backward(),
+        }
+        Ok(parts)
+    }
+
+    /// The optimizer step at `lr`, after unscaling fp16 gradients; skipped (and the loss scale
+    /// lowered) when they overflowed. Returns whether the step was taken.
+    pub fn optimizer_step(&mut self, parameters: &[NamedParameter], optimizer: &mut dyn Optimizer, lr: f64) -> bool {
+        let apply = match &mut self.scaler {
+            Some(scaler) => scaler.unscale(parameters),
+            None => true,
+        };
+        if apply {
+            optimizer.step(lr);
+        }
+        apply
+    }
+}
+
+/// The step arithmetic of a run: its length and the learning rate at each step.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub steps_per_epoch: u64,
+    pub total_steps: u64,
+    /// Micro-batches per optimizer step (`schedule.accumulate`, at least 1).
+    pub accumulate: usize,
+    warmup_steps: u64,
+    peak_lr: f64,
+    final_lr: f64,
+}
+
+impl Plan {
+    /// The plan of `experiment` for a loader with `micro_batches_per_epoch`.
+    pub fn new(experiment: &Experiment, micro_batches_per_epoch: usize) -> Self {
+        let schedule = &experiment.schedule;
+        let accumulate = schedule.accumulate.max(1);
+        let steps_per_epoch = (micro_batches_per_epoch / accumulate) as u64;
+        let batch_scale = if schedule.scale_lr_by_batch {
+            schedule.batch_size as f64 / 256.0
+        } else {
+            1.0
+        };
+        let peak_lr = experiment.optimizer.lr() * batch_scale;
+        Self {
+            steps_per_epoch,
+            total_steps: steps_per_epoch * schedule.epochs,
+            accumulate,
+            warmup_steps: (schedule.warmup_epochs * steps_per_epoch as f64).round() as u64,
+            peak_lr,
+            final_lr: peak_lr * schedule.final_lr_fraction,
+        }
+    }
+
+    /// The lr of step `step` (0-based): linear warm-up, then cosine decay to the final lr.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, self.final_lr)
+    }
+
+    /// The epoch that step `step` (0-based) belongs to; `epoch_of(steps done)` is the epoch a
+    /// run at that point is in.
+    pub fn epoch_of(&self, step: u64) -> u64 {
+        step / self.steps_per_epoch.max(1)
+    }
+}
+
+/// What one training step computed.
+pub struct StepReport {
+    /// The loss averaged over micro-batches (and processes).
+    pub loss: f64,
+    pub lr: f64,
+    /// The target EMA's decay at this step.
+    pub tau: f64,
+    /// Whether any process asked to stop.
+    pub stop: bool,
+    /// The online projections of the last micro-batch, detached.
+    pub projections: Tensor,
+}
+
+impl Trainer<'_> {
+    /// Optimizer step `step` (0-based) over `micro_batches`, then the target EMA; `stop` is this
+    /// process's stop request.
+    pub fn step(&mut self, step: u64, micro_batches: &[Batch], stop: bool) -> anyhow::Result<StepReport> {
+        // Randomness of step k depends on (seed, k, rank) only, so a resumed run draws exactly
+        // the views the uninterrupted run would have drawn.
+        let stream = self.rank().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = self.experiment.run.seed.wrapping_mul(1_000_003);
+        tch::manual_seed(seed.wrapping_add(step).wrapping_add(stream) as i64);
+        self.optimizer.zero_grad();
+        let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        let mut projections = None;
+        let share = 1.0 / micro_batches.len() as f64;
+        for Batch { images, labels, .. } in micro_batches {
+            let (view1, view2) = two_views(self.augment.as_ref(), &self.loader, images)?;
+            let parts = self
+                .numerics
+                .forward_backward(self.device, &self.model.byol, view1, view2, share)?;
+            total += parts.loss.detach();
+            self.monitor.probe_on_training_batch(&parts.online_embeddings, labels);
+            projections = Some(parts.online_projections);
+        }
+        self.monitor
+            .probe_on_evaluation_batch(step, &self.model.byol, self.augment.as_ref(), self.device)
+            .context("loading the online probe's batch from eval.train")?;
+        let lr = self.plan.lr_at(step);
+        let (loss, stop) = match &self.parallel {
+            Some(parallel) => {
+                let tensors: Vec<Tensor> = self.model.parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
+                let agreed = parallel.all_reduce_gradients(&tensors, &total, stop)?;
+                (agreed.loss, agreed.stop)
+            }
+            None => (total.double_value(&[]), stop),
+        };
+        self.numerics
+            .optimizer_step(&self.model.parameters, self.optimizer.as_mut(), lr);
+        let tau = self.model.byol.update_target(step, self.plan.total_steps);
+        Ok(StepReport {
+            loss,
+            lr,
+            tau,
+            stop,
+            projections: projections.expect("at least one micro-batch"),
+        })
+    }
+}

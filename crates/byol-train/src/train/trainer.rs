@@ -1,0 +1,200 @@
+//! Everything a run holds while it trains, assembled from the experiment and the run folder.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tch::Device;
+
+use byol::Augment;
+use byol_data::{BatchLoader, Splits};
+
+use crate::checkpoint::Checkpointer;
+use crate::distributed::DataParallel;
+use crate::optimizer::Optimizer;
+use crate::run_dir;
+use crate::tensorboard::ScalarLogger;
+use crate::Experiment;
+
+use super::data::training_loader;
+use super::device::parse_device_for;
+use super::model::Model;
+use super::monitor::{labelled_splits, Evaluation, Monitor};
+use super::state::{self, DatasetFingerprint, KeptSources, RunStart, TrainingState};
+use super::step::{Plan, StepNumerics};
+
+pub struct Trainer<'a> {
+    pub experiment: &'a Experiment,
+    pub device: Device,
+    pub splits: Splits,
+    pub augment: Box<dyn Augment>,
+    pub model: Model,
+    pub optimizer: Box<dyn Optimizer>,
+    pub numerics: StepNumerics,
+    pub loader: BatchLoader,
+    pub plan: Plan,
+    pub monitor: Monitor,
+    /// The step the run resumed from; None: it started at step 0.
+    pub resumed_from: Option<u64>,
+    checkpointer: Checkpointer,
+    config_toml: String,
+    /// The model's source files kept in the run folder, for every checkpoint to carry.
+    sources: KeptSources,
+    /// Set when torchrun started this process as one of several.
+    pub parallel: Option<DataParallel>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Joins the data-parallel job (when torchrun started this process), reads the data, decides
+    /// from the run folder where the run starts, and builds the model there: from the
+    /// experiment's initialization at step 0, from the newest checkpoint otherwise.
+    pub fn new(experiment: &'a Experiment, run_dir: &Path, allow_change: &[String]) -> anyhow::Result<Self> {
+        let rendezvous = crate::distributed::DataParallel::rendezvous(&experiment.distributed)?;
+        let device = parse_device_for(&experiment.run.device, rendezvous.as_ref().map_or(0, |r| r.local_rank))?;
+        let parallel = match &rendezvous {
+            Some(r) => Some(DataParallel::join(r, &experiment.distributed, device)?),
+            None => None,
+        };
+        let (rank, world) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
+        let main = rank == 0;
+        if experiment.run.threads > 0 {
+            tch::set_num_threads(experiment.run.threads as i32);
+        }
+        let mut numerics = StepNumerics::resolve(experiment.run.precision, experiment.run.memory_format, device)?;
+        tch::manual_seed(experiment.run.seed as i64);
+        let splits = experiment.dataset.build().context("building [dataset]")?;
+        let augment = experiment.augment.build().context("building [augment]")?;
+        let labelled = labelled_splits(experiment, &splits)?;
+        let loader = training_loader(experiment, &splits, device, rank, world)?;
+        let plan = Plan::new(experiment, loader.batches_per_epoch());
+
+        let mut fingerprinted = vec![("train", splits.train.as_ref())];
+        if let Some(l) = &labelled {
+            fingerprinted.extend([("knn_bank", l.bank.as_ref()), ("knn_queries", l.queries.as_ref())]);
+        }
+        let fingerprint = DatasetFingerprint::of(fingerprinted);
+        let config_toml = experiment.to_toml()?;
+        let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
+        let start = RunStart::find(run_dir, &checkpointer, main, &config_toml, &fingerprint, allow_change)?;
+
+        // A resumed model is built from the files its checkpoint carries, not the experiment's.
+        let rebuilt;
+        let model_experiment = match &start.checkpoint {
+            Some((dir, manifest)) => {
+                rebuilt = state::with_checkpoint_sources(experiment, dir, manifest)?;
+                &rebuilt
+            }
+            None => experiment,
+        };
+        let mut model = Model::build(model_experiment, device, start.weights())?;
+        if numerics.channels_last {
+            model = model.into_channels_last()?;
+        }
+        let mut optimizer = experiment.optimizer.build(model.parameters.clone());
+        let monitor = Monitor::new(
+            experiment,
+            &splits,
+            labelled,
+            &model.vs,
+            model.byol.embedding_dim(),
+            loader.batch_size,
+            parallel.clone(),
+        )?;
+        if let Some(parallel) = &parallel {
+            parallel.broadcast_variables(&model.vs)?;
+        }
+        if let Some((dir, _)) = &start.checkpoint {
+            state::load_checkpoint(dir, &model, optimizer.as_mut(), &mut numerics)?;
+        }
+        let sources = state::keep_sources(run_dir, experiment, &start, main)?;
+        if main {
+            state::record_run(run_dir, &config_toml, &fingerprint)?;
+        }
+        Ok(Self {
+            experiment,
+            device,
+            splits,
+            augment,
+            model,
+            optimizer,
+            numerics,
+            loader,
+            plan,
+            monitor,
+            resumed_from: start.step(),
+            checkpointer,
+            config_toml,
+            sources,
+            parallel,
+        })
+    }
+
+    /// Rank 0 of a data-parallel run, or the only process: the one that logs and saves.
+    pub fn is_main(&self) -> bool {
+        self.parallel.as_ref().is_none_or(|p| p.rank() == 0)
+    }
+
+    pub fn rank(&self) -> u64 {
+        self.parallel.as_ref().map_or(0, |p| p.rank() as u64)
+    }
+
+    /// Where the run's kept checkpoints are, for error messages.
+    pub fn kept(&self) -> String {
+        self.checkpointer.kept()
+    }
+
+    /// Rank 0 writes the checkpoint of `step` while the other processes wait; returns its folder.
+    pub fn save(&self, step: u64) -> anyhow::Result<PathBuf> {
+        let saved = if self.is_main() {
+            let state = TrainingState {
+                model: &self.model,
+                optimizer: self.optimizer.as_ref(),
+                numerics: &self.numerics,
+            };
+            state::save_checkpoint(
+                &self.checkpointer,
+                state,
+                step,
+                &self.plan,
+                &self.config_toml,
+                &self.sources,
+            )
+        } else {
+            Ok(self.checkpointer.dir().join("last"))
+        };
+        if let Some(parallel) = &self.parallel {
+            parallel.barrier()?;
+        }
+        saved
+    }
+
+    /// The kNN (and online probe) accuracy of the representation now; None when the monitor is off.
+    pub fn evaluate(&self) -> anyhow::Result<Option<Evaluation>> {
+        self.monitor
+            .evaluate(&self.model.byol, self.augment.as_ref(), self.device)
+    }
+
+    /// What the augmentation makes of the first training images, as the TensorBoard image `views`.
+    pub fn log_view_grid(&self, logger: &mut ScalarLogger) -> anyhow::Result<()> {
+        let Some(first) = self.loader.epoch_indices(0).into_iter().next() else {
+            return Ok(());
+        };
+        let (images, _) = self.loader.load(&first, self.device)?;
+        // With loader crops, the picture shows the views made from the loader's own crops of
+        // the full images (the first batch of epoch 0, the crops training takes).
+        let loader_crops = match self.loader.crops {
+            Some(_) => self.loader.prefetch(0, 0, self.device).next().transpose()?,
+            None => None,
+        };
+        let grid = match &loader_crops {
+            Some(batch) => self
+                .augment
+                .preview_of_crops(&images, &batch.images)
+                .or_else(|| self.augment.preview(&images)),
+            None => self.augment.preview(&images),
+        };
+        match grid {
+            Some(grid) => logger.image("views", &grid, 0),
+            None => Ok(()),
+        }
+    }
+}
