@@ -77,4 +77,8 @@ fn quickstart_learns_and_logs_to_tensorboard() {
     assert!(line("image views").starts_with("image views 0 104 274"), "{scalars}");
     let knn_after: f64 = line("knn/top1").rsplit(' ').next().unwrap().parse().unwrap();
     assert!((knn_after - after).abs() < 1e-6, "{scalars}");
+    // A curve by default: before training, every 4 of the 40 epochs (eval.curve_points = 10),
+    // the last being the final evaluation; the probe on the held-out images at each but the first.
+    assert!(line("knn/top1").starts_with("knn/top1 11 600 "), "{scalars}");
+    assert!(line("probe/top1").starts_with("probe/top1 10 600 "), "{scalars}");
 }

@@ -77,8 +77,12 @@ pub struct EvalConfig {
     pub knn_k: usize,
     /// Temperature of the similarity weights (0.1).
     pub knn_temperature: f64,
-    /// Evaluate every this many epochs (0: only before and after training).
+    /// Evaluate every this many epochs (0: as `curve_points` says).
     pub every_epochs: u64,
+    /// Without `every_epochs`: evaluate this many times over training, evenly (every
+    /// epochs / curve_points epochs, the last being the final evaluation), for a kNN curve;
+    /// 0: only before and after training.
+    pub curve_points: u64,
     /// Also evaluate the randomly initialized network before training.
     pub before_training: bool,
     /// Batch size for computing features.
@@ -96,12 +100,24 @@ pub struct EvalConfig {
     pub test: Option<PathBuf>,
 }
 
+impl EvalConfig {
+    /// The epochs between two evaluations during a run of `epochs` epochs (0: none).
+    pub fn interval_epochs(&self, epochs: u64) -> u64 {
+        match (self.every_epochs, self.curve_points) {
+            (0, 0) => 0,
+            (0, points) => (epochs / points).max(1),
+            (every, _) => every,
+        }
+    }
+}
+
 impl Default for EvalConfig {
     fn default() -> Self {
         Self {
             knn_k: 200,
             knn_temperature: 0.1,
             every_epochs: 0,
+            curve_points: 10,
             before_training: true,
             batch_size: 512,
             online_probe: true,

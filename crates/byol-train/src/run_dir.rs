@@ -99,6 +99,7 @@ pub const SAFE_TO_CHANGE: &[&str] = &[
     "logging.*",
     "checkpoint.*",
     "eval.every_epochs",
+    "eval.curve_points",
     "eval.before_training",
     "eval.batch_size",
     "eval.knn_k",

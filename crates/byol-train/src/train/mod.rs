@@ -227,7 +227,8 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         }
         let epochs_done = plan.epoch_of(step);
         let epoch_end = step.is_multiple_of(plan.steps_per_epoch);
-        if epoch_end && every(experiment.eval.every_epochs, epochs_done) && step < plan.total_steps {
+        let interval = experiment.eval.interval_epochs(schedule.epochs);
+        if epoch_end && every(interval, epochs_done) && step < plan.total_steps {
             let evaluation = t.evaluate()?;
             if let Some(e) = &evaluation {
                 let probe = e

@@ -12,8 +12,9 @@ impl Progress {
         let bar = (!quiet && std::io::stdout().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total).with_position(done);
             bar.set_style(
+                // `wide_msg` cuts the message to the terminal's width: the line never wraps.
                 indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+                    "{bar:20} {pos}/{len} [{elapsed_precise}<{eta_precise}] {wide_msg}",
                 )
                 .expect("valid template"),
             );
@@ -48,9 +49,10 @@ impl Progress {
         }
     }
 
+    /// Leaves the last line on the terminal (the final step's loss and rate).
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
+            bar.finish();
         }
     }
 }
