@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tch::{nn::VarStore, Device, Tensor};
 
-use byol::Byol;
+use byol::{BuildContext, Byol};
 use byol_data::image_folder::decode_square;
 use byol_train::checkpoint::{self, Checkpointer};
 use byol_train::run_dir::{CHECKPOINTS_DIR, CONFIG_FILE};
@@ -208,7 +208,7 @@ pub fn load_trained(checkpoint_or_run: &Path) -> anyhow::Result<Trained> {
         .filter(|(name, _)| !name.starts_with("probe."))
         .collect();
     byol_train::runner::load_model_state(&vs, &saved).with_context(|| format!("loading {}", dir.display()))?;
-    let augment = experiment.augment.build()?;
+    let augment = experiment.augment.build(&BuildContext::new(device, size))?;
     Ok(Trained {
         checkpoint: dir.clone(),
         experiment,

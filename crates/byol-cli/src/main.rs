@@ -115,7 +115,7 @@ fn main() -> ExitCode {
             use std::io::Write;
             std::io::stdout()
                 .lock()
-                .write_all(byol_train::experiment::DEFAULTS_TOML.as_bytes())
+                .write_all(byol_train::experiment::defaults_toml().as_bytes())
                 .map_err(Into::into)
         }
         Some(Command::Export { checkpoint, out }) => embed::export(&checkpoint, &out),

@@ -1,10 +1,12 @@
 //! Test support. PyTorch as the oracle: tests hand tensors to a Python snippet run by the venv's
 //! torch and get tensors back, through safetensors files in a temporary folder. And
-//! [`conformance`]: the checks every backbone plugin runs (`check_backbone(&spec, 32)`). And the
+//! [`conformance`]: the checks every backbone plugin runs (`check_backbone(&spec, 32)`). And
+//! [`keys`]: which keys a configuration parser accepts, to hold examples to them. And the
 //! shared CIFAR-10 JPEGs ([`cifar10_jpeg`]; a test that needs them is skipped where they are
 //! absent, and fails instead when `CI=true`).
 
 pub mod conformance;
+pub mod keys;
 
 pub use conformance::check_backbone;
 
@@ -170,3 +172,4 @@ mod tests {
         missing_dataset("some_test", "a dataset", true);
     }
 }
+

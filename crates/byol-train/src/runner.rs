@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-use byol::{Augment, Byol, LossParts};
+use byol::{Augment, BuildContext, Byol, LossParts};
 use byol_data::image_folder::ImageFolderConfig;
 use byol_data::{Batch, BatchLoader, Dataset, Splits};
 
@@ -543,8 +543,9 @@ impl<'a> Trainer<'a> {
         }
         let numerics = StepNumerics::resolve(experiment.run.precision, experiment.run.memory_format, device)?;
         tch::manual_seed(experiment.run.seed as i64);
-        let splits = experiment.dataset.build().context("building [dataset]")?;
-        let augment = experiment.augment.build().context("building [augment]")?;
+        let context = BuildContext::new(device, experiment.augment.image_size());
+        let splits = experiment.dataset.build(&context).context("building [dataset]")?;
+        let augment = experiment.augment.build(&context).context("building [augment]")?;
         let vs = VarStore::new(device);
         let mut byol = Byol::new(
             &vs,
@@ -559,7 +560,10 @@ impl<'a> Trainer<'a> {
                 .context("laying out the weights channels_last")?;
         }
         let parameters = online_parameters(&vs);
-        let optimizer = experiment.optimizer.build(parameters.clone());
+        let optimizer = experiment
+            .optimizer
+            .build(parameters.clone(), &context)
+            .context("building [optimizer]")?;
 
         let schedule = &experiment.schedule;
         let accumulate = schedule.accumulate.max(1);

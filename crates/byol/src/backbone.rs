@@ -3,7 +3,7 @@
 
 use tch::{nn, Tensor};
 
-use crate::ByolError;
+use crate::{BuildContext, ByolError};
 
 /// A feature extractor, built under an `nn::Path` so that its variables carry PyTorch
 /// state_dict names (`conv1.weight`, `layer1.0.bn1.running_mean`, ...).
@@ -45,8 +45,9 @@ pub fn pool_flatten(features: &Tensor) -> Tensor {
 /// The TOML-facing configuration of a backbone plugin (`[backbone] type = "resnet50"`).
 #[typetag::serde(tag = "type")]
 pub trait BackboneSpec: std::fmt::Debug + Send + Sync {
-    /// Builds the network's variables under `path`.
-    fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>, ByolError>;
+    /// Builds the network's variables under `path` (on `path`'s device), with their PyTorch
+    /// state_dict names relative to it.
+    fn build(&self, path: &nn::Path, context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError>;
 
     /// A safetensors file of pretrained weights (PyTorch state_dict names) to load into the
     /// online backbone after it is built.

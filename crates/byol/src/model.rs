@@ -8,7 +8,7 @@ use crate::heads::MlpHead;
 use crate::loss::byol_loss;
 use crate::state_dict::load_safetensors;
 use crate::target::{tau_at, variables_under, TargetUpdater};
-use crate::{Augment, ByolError};
+use crate::{Augment, BuildContext, ByolError};
 
 /// The `[byol]` table: head sizes and the target's moving-average schedule.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -91,10 +91,11 @@ impl Byol {
                 config.tau_base
             )));
         }
+        let context = BuildContext::new(vs.device(), image_size);
         let root = vs.root();
         let online = &root / "online";
         let target = &root / "target";
-        let online_backbone = backbone.build(&(&online / "backbone"))?;
+        let online_backbone = backbone.build(&(&online / "backbone"), &context)?;
         let embedding_dim = online_backbone.check_tap(embedding_layer)?;
         if let Some(path) = backbone.pretrained() {
             let variables = variables_under(vs, "online.backbone.");
@@ -103,7 +104,7 @@ impl Byol {
         let (hidden, projection) = (config.hidden_dim, config.projection_dim);
         let online_projector = MlpHead::new(&(&online / "projector"), embedding_dim, hidden, projection);
         let predictor = MlpHead::new(&(&online / "predictor"), projection, hidden, projection);
-        let target_backbone = backbone.build(&(&target / "backbone"))?;
+        let target_backbone = backbone.build(&(&target / "backbone"), &context)?;
         let target_projector = MlpHead::new(&(&target / "projector"), embedding_dim, hidden, projection);
         // The target gets no gradients: it only moves by EMA.
         for (name, t) in vs.variables() {
