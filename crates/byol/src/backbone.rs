@@ -33,6 +33,20 @@ pub trait Backbone: std::fmt::Debug + Send {
     }
 }
 
+/// The positions in `all` (a backbone's taps in forward order) of the requested `taps`, in the
+/// order asked, for [`Backbone::forward_taps`] implementations: the deepest position says how far
+/// to run. An unknown tap panics naming `backbone` and its taps; the runner checks
+/// `byol.embedding_layer` with [`Backbone::check_tap`] first, so only a caller's bug gets here.
+pub fn tap_positions(backbone: &str, all: &[&str], taps: &[&str]) -> Vec<usize> {
+    taps.iter()
+        .map(|tap| {
+            all.iter()
+                .position(|t| t == tap)
+                .unwrap_or_else(|| panic!("{backbone} has no tap '{tap}' (taps: {})", all.join(", ")))
+        })
+        .collect()
+}
+
 /// Global average pooling of `[N, C, H, W]` to `[N, C]`; `[N, C]` passes through.
 pub fn pool_flatten(features: &Tensor) -> Tensor {
     match features.dim() {
