@@ -67,7 +67,8 @@ impl Default for RunConfig {
     }
 }
 
-/// The `[eval]` table: the kNN monitor on the dataset's labelled splits.
+/// The `[eval]` table: the kNN monitor and the online probe, on the dataset's labelled splits or
+/// on the labelled `train`/`test` folders named here.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
@@ -110,7 +111,7 @@ impl Default for EvalConfig {
     }
 }
 
-/// The `[logging]` and `[checkpoint]` tables.
+/// The `[logging]` table: TensorBoard scalars and the view grid.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
@@ -130,6 +131,7 @@ impl Default for LoggingConfig {
     }
 }
 
+/// The `[checkpoint]` table: how often to save and how many checkpoints to keep.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
