@@ -157,6 +157,15 @@ fn missing_dataset(test: &str, what: &str, ci: bool) {
     eprintln!("SKIPPED {test}: it needs {what}");
 }
 
+/// A localhost TCP port that was free a moment ago, for a c10d rendezvous in a test.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a localhost port")
+        .local_addr()
+        .expect("a bound socket has an address")
+        .port()
+}
+
 #[cfg(test)]
 mod tests {
     use super::missing_dataset;
@@ -172,4 +181,3 @@ mod tests {
         missing_dataset("some_test", "a dataset", true);
     }
 }
-
