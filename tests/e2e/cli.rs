@@ -183,3 +183,24 @@ fn a_closed_pipe_ends_listings_quietly() {
         assert!(stderr.is_empty(), "{command}: {stderr}");
     }
 }
+
+/// `config --defaults` shows every key the experiment parser accepts, set or commented out with
+/// a value, and with those uncommented it is an experiment that parses.
+#[test]
+fn config_defaults_shows_every_key_the_parser_accepts() {
+    plugins_all::link();
+    let out = byol_run(&repo_root(), &["config", "--defaults"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let defaults = String::from_utf8(out.stdout).unwrap();
+    let parse = |whole: toml::Table| -> Result<(), String> {
+        let text = toml::to_string(&whole).map_err(|e| e.to_string())?;
+        byol_train::Experiment::parse(&text, &[])
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+    };
+    let missing = byol_testkit::keys::missing_keys(&defaults, &[], &parse);
+    assert!(
+        missing.is_empty(),
+        "config --defaults does not show {missing:?}:\n{defaults}"
+    );
+}

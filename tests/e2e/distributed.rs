@@ -18,14 +18,6 @@ fn setup() -> tempfile::TempDir {
     dir
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts rank `rank` of `world` the way torchrun would, without torchrun.
 fn spawn_rank(dir: &Path, rank: usize, world: usize, port: u16, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_byol-run"))
@@ -65,7 +57,7 @@ fn max_difference(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) -> (
 fn torchrun(dir: &Path, args: &[&str]) -> Output {
     Command::new(byol_testkit::python())
         .args(["-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port"])
-        .arg(free_port().to_string())
+        .arg(byol_testkit::free_port().to_string())
         .args(["--no-python", env!("CARGO_BIN_EXE_byol-run")])
         .args(args)
         .current_dir(dir)
@@ -131,7 +123,7 @@ fn two_processes_train_like_one_process_on_the_combined_batch() {
     );
 
     // The control: per-process batch norm sees half the batch, and the parameters part ways.
-    let port = free_port();
+    let port = byol_testkit::free_port();
     let args = [
         "dp.toml",
         "--run-dir",
@@ -158,7 +150,7 @@ fn two_processes_train_like_one_process_on_the_combined_batch() {
 fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
     let dir = setup();
     let args = ["dp.toml", "--run-dir", "job", "--set", "schedule.epochs=6"];
-    let port = free_port();
+    let port = byol_testkit::free_port();
     let mut ranks: Vec<Child> = (0..2).map(|r| spawn_rank(dir.path(), r, 2, port, &args)).collect();
     // Kill rank 1 once the first checkpoint (step 4) is on disk.
     let first = dir.path().join("job/checkpoints/step-000000004/manifest.json");
@@ -182,7 +174,7 @@ fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
     );
     assert!(!all.contains("panicked"), "a clear error, not a panic: {all}");
 
-    let port = free_port();
+    let port = byol_testkit::free_port();
     let ranks: Vec<Child> = (0..2).map(|r| spawn_rank(dir.path(), r, 2, port, &args)).collect();
     let outputs: Vec<Output> = ranks.into_iter().map(|r| r.wait_with_output().unwrap()).collect();
     for out in &outputs {
@@ -204,7 +196,7 @@ fn asking_for_nccl_without_a_gpu_says_so() {
     }
     let dir = setup();
     let args = ["dp.toml", "--set", "distributed.backend=nccl"];
-    let out = spawn_rank(dir.path(), 0, 1, free_port(), &args)
+    let out = spawn_rank(dir.path(), 0, 1, byol_testkit::free_port(), &args)
         .wait_with_output()
         .unwrap();
     let all = text(&out);

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
+use byol::BuildContext;
 use byol_data::BatchLoader;
 use byol_train::Experiment;
 
@@ -179,8 +180,9 @@ fn data(args: &DataArgs) -> anyhow::Result<()> {
     if experiment.run.threads > 0 {
         tch::set_num_threads(experiment.run.threads as i32);
     }
-    let splits = experiment.dataset.build().context("building [dataset]")?;
-    let augment = experiment.augment.build().context("building [augment]")?;
+    let context = BuildContext::new(device, experiment.augment.image_size());
+    let splits = experiment.dataset.build(&context).context("building [dataset]")?;
+    let augment = experiment.augment.build(&context).context("building [augment]")?;
     let batch_size = experiment.schedule.batch_size;
     if batch_size == 0 || batch_size > splits.train.len() {
         bail!(
@@ -287,7 +289,11 @@ impl StepEngine {
         }
         let optimizer = optimizer
             .unwrap_or(experiment.optimizer.as_ref())
-            .build(model.parameters.clone());
+            .build(
+                model.parameters.clone(),
+                &BuildContext::new(device, experiment.augment.image_size()),
+            )
+            .context("building [optimizer]")?;
         Ok(Self {
             device,
             numerics,
@@ -483,8 +489,9 @@ fn e2e(args: &E2eArgs) -> anyhow::Result<()> {
     let res = experiment.augment.image_size();
     let mut engine = StepEngine::new(&experiment, None)?;
     let device = engine.device;
-    let splits = experiment.dataset.build().context("building [dataset]")?;
-    let augment = experiment.augment.build().context("building [augment]")?;
+    let context = BuildContext::new(device, res);
+    let splits = experiment.dataset.build(&context).context("building [dataset]")?;
+    let augment = experiment.augment.build(&context).context("building [augment]")?;
     let loader = training_loader(&experiment, &splits, device, 0, 1)?;
     let batch = loader.batch_size;
     let (arch, cifar_stem, _, precision) = describe(&experiment)?;

@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tch::{Device, Tensor};
 
+use byol::BuildContext;
 use byol_data::image_folder::decode_square;
 use byol_train::checkpoint::{self, Checkpointer};
 use byol_train::run_dir::{CHECKPOINTS_DIR, CONFIG_FILE};
@@ -203,7 +204,9 @@ pub fn load_trained(checkpoint_or_run: &Path) -> anyhow::Result<Trained> {
     model
         .load_state(&tensors)
         .with_context(|| format!("loading {}", dir.display()))?;
-    let augment = experiment.augment.build()?;
+    let augment = experiment
+        .augment
+        .build(&BuildContext::new(device, experiment.augment.image_size()))?;
     Ok(Trained {
         checkpoint: dir.clone(),
         experiment,

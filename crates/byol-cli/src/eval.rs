@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use byol::BuildContext;
 use byol_data::image_folder::ImageFolderConfig;
 use byol_data::{Dataset, DatasetSpec};
 use byol_train::knn::knn_accuracy;
@@ -91,7 +92,8 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         limit_per_class: data.limit_per_class,
         ..Default::default()
     };
-    let splits = folder.build().context("reading the evaluation images")?;
+    let context = BuildContext::new(device, experiment.augment.image_size());
+    let splits = folder.build(&context).context("reading the evaluation images")?;
     let test: Arc<dyn Dataset> = splits.test.clone().expect("test split requested");
     let batch = experiment.eval.batch_size;
     Ok(Features {

@@ -60,7 +60,8 @@ enum Command {
     /// Evaluate a checkpoint's representation: kNN or linear probe.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
-    /// Measure throughput: `bench data <experiment>` times the input pipeline by worker count.
+    /// Measure throughput: `bench data` (the input pipeline by worker count), `bench step` (the
+    /// training step, against eager PyTorch), `bench e2e` (loader, augmentation and step together).
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
@@ -115,7 +116,7 @@ fn main() -> ExitCode {
             use std::io::Write;
             std::io::stdout()
                 .lock()
-                .write_all(byol_train::experiment::DEFAULTS_TOML.as_bytes())
+                .write_all(byol_train::experiment::defaults_toml().as_bytes())
                 .map_err(Into::into)
         }
         Some(Command::Export { checkpoint, out }) => embed::export(&checkpoint, &out),

@@ -21,7 +21,7 @@ pub fn print() -> std::io::Result<()> {
         }
         writeln!(out, "\n{}: {}", plugin.name, plugin.description)?;
         writeln!(out, "  [{}]", plugin.kind.table())?;
-        for line in plugin.example.lines() {
+        for line in plugin.example().lines() {
             writeln!(out, "  {line}")?;
         }
     }

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use byol::BuildContext;
+
 use crate::{DataError, DatasetSpec, ImageSet, Splits};
 
 const SIDE: usize = 32;
@@ -226,12 +228,10 @@ impl Default for CifarConfig {
 }
 
 byol::register_plugin! {
-    kind: Dataset,
     name: "cifar",
     description: "CIFAR-10 / CIFAR-100 (fine labels) from the official binary release, in memory",
-    example: "type = \"cifar\"\nvariant = \"cifar10\"   # or \"cifar100\"\nroot = \"data/cifar-10-batches-bin\"\ntest = true\n",
     impl DatasetSpec for CifarConfig {
-        fn build(&self) -> Result<Splits, DataError> {
+        fn build(&self, _: &BuildContext) -> Result<Splits, DataError> {
             let dir = self.folder()?;
             let classes = self.classes(&dir)?;
             let train_files: Vec<PathBuf> = self.variant.train_files().iter().map(|f| dir.join(f)).collect();

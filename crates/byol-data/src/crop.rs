@@ -9,23 +9,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 
 use crate::decode::{hwc_to_chw, Rgb};
 use crate::rng::SplitMix64;
-
-/// The random-resized-crop distribution of one view.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CropRange {
-    /// Area fraction of the image, uniform in this range.
-    pub scale: (f64, f64),
-    /// Aspect ratio (width / height), log-uniform in this range.
-    pub ratio: (f64, f64),
-}
-
-/// What the loader cuts from every image: one crop per view, resized to `size` x `size`. Batches
-/// then hold six channels per image: view 1's RGB, then view 2's.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LoaderCrops {
-    pub views: [CropRange; 2],
-    pub size: u32,
-}
+use crate::{CropRange, LoaderCrops};
 
 /// A crop box in pixels: left, top, width, height.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,43 +20,42 @@ pub struct CropBox {
     pub height: u32,
 }
 
-impl CropRange {
-    /// torchvision's `RandomResizedCrop.get_params`: up to ten tries of an area fraction and a
-    /// log-uniform aspect ratio; when none fits, the central crop with the aspect ratio clamped.
-    pub fn sample(&self, width: u32, height: u32, rng: &mut SplitMix64) -> CropBox {
-        let (w_img, h_img) = (width as f64, height as f64);
-        let area = w_img * h_img;
-        let (log_lo, log_hi) = (self.ratio.0.ln(), self.ratio.1.ln());
-        for _ in 0..10 {
-            let target = area * rng.range(self.scale.0 as f32, self.scale.1 as f32) as f64;
-            let aspect = (rng.range(log_lo as f32, log_hi as f32) as f64).exp();
-            let w = (target * aspect).sqrt().round();
-            let h = (target / aspect).sqrt().round();
-            if w > 0.0 && w <= w_img && h > 0.0 && h <= h_img {
-                let (w, h) = (w as u32, h as u32);
-                return CropBox {
-                    left: rng.below((width - w + 1) as usize) as u32,
-                    top: rng.below((height - h + 1) as usize) as u32,
-                    width: w,
-                    height: h,
-                };
-            }
+/// A box of `range` in a `width` x `height` image, as torchvision's
+/// `RandomResizedCrop.get_params`: up to ten tries of an area fraction and a log-uniform aspect
+/// ratio; when none fits, the central crop with the aspect ratio clamped.
+pub fn sample_box(range: &CropRange, width: u32, height: u32, rng: &mut SplitMix64) -> CropBox {
+    let (w_img, h_img) = (width as f64, height as f64);
+    let area = w_img * h_img;
+    let (log_lo, log_hi) = (range.ratio.0.ln(), range.ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.range(range.scale.0 as f32, range.scale.1 as f32) as f64;
+        let aspect = (rng.range(log_lo as f32, log_hi as f32) as f64).exp();
+        let w = (target * aspect).sqrt().round();
+        let h = (target / aspect).sqrt().round();
+        if w > 0.0 && w <= w_img && h > 0.0 && h <= h_img {
+            let (w, h) = (w as u32, h as u32);
+            return CropBox {
+                left: rng.below((width - w + 1) as usize) as u32,
+                top: rng.below((height - h + 1) as usize) as u32,
+                width: w,
+                height: h,
+            };
         }
-        let in_ratio = w_img / h_img;
-        let (w, h) = if in_ratio < self.ratio.0 {
-            (w_img, (w_img / self.ratio.0).round())
-        } else if in_ratio > self.ratio.1 {
-            ((h_img * self.ratio.1).round(), h_img)
-        } else {
-            (w_img, h_img)
-        };
-        let (w, h) = (w.max(1.0) as u32, h.max(1.0) as u32);
-        CropBox {
-            left: (width - w) / 2,
-            top: (height - h) / 2,
-            width: w,
-            height: h,
-        }
+    }
+    let in_ratio = w_img / h_img;
+    let (w, h) = if in_ratio < range.ratio.0 {
+        (w_img, (w_img / range.ratio.0).round())
+    } else if in_ratio > range.ratio.1 {
+        ((h_img * range.ratio.1).round(), h_img)
+    } else {
+        (w_img, h_img)
+    };
+    let (w, h) = (w.max(1.0) as u32, h.max(1.0) as u32);
+    CropBox {
+        left: (width - w) / 2,
+        top: (height - h) / 2,
+        width: w,
+        height: h,
     }
 }
 
@@ -109,21 +92,21 @@ pub fn crop_resize_into(image: &Rgb, crop: CropBox, size: u32, out: &mut [u8]) -
     Ok(())
 }
 
-impl LoaderCrops {
-    /// Bytes per image in a batch: both views' CHW pixels.
-    pub fn sample_bytes(&self) -> usize {
-        2 * 3 * (self.size * self.size) as usize
+/// Cuts both views' crops of `image` into `out` (view 1's CHW bytes, then view 2's), with boxes
+/// drawn from (seed, epoch, index).
+pub fn cut_views(
+    crops: &LoaderCrops,
+    image: &Rgb,
+    seed: u64,
+    epoch: u64,
+    index: usize,
+    out: &mut [u8],
+) -> Result<(), String> {
+    let mut rng = SplitMix64::keyed(&[seed, epoch, index as u64, CROP_STREAM]);
+    let plane = out.len() / 2;
+    for (range, out) in crops.views.iter().zip(out.chunks_mut(plane)) {
+        let crop = sample_box(range, image.width, image.height, &mut rng);
+        crop_resize_into(image, crop, crops.size, out)?;
     }
-
-    /// Cuts both views' crops of `image` into `out` (view 1's CHW bytes, then view 2's), with
-    /// boxes drawn from (seed, epoch, index).
-    pub fn cut(&self, image: &Rgb, seed: u64, epoch: u64, index: usize, out: &mut [u8]) -> Result<(), String> {
-        let mut rng = SplitMix64::keyed(&[seed, epoch, index as u64, CROP_STREAM]);
-        let plane = out.len() / 2;
-        for (range, out) in self.views.iter().zip(out.chunks_mut(plane)) {
-            let crop = range.sample(image.width, image.height, &mut rng);
-            crop_resize_into(image, crop, self.size, out)?;
-        }
-        Ok(())
-    }
+    Ok(())
 }

@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use byol::BuildContext;
 use serde::{Deserialize, Serialize};
 
+use crate::crop::cut_views;
 use crate::dataset::{read_parallel, resolve_threads};
 use crate::decode::read_square_into;
 use crate::{DataError, Dataset, DatasetSpec, ImageSet, Splits};
@@ -41,8 +43,7 @@ pub enum Labels {
     None,
 }
 
-/// The label that images of an unlabelled split carry (their split has no classes).
-pub const NO_LABEL: i64 = -1;
+pub use byol::dataset::NO_LABEL;
 
 /// Where decoded images live.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -102,12 +103,13 @@ impl Default for ImageFolderConfig {
 }
 
 byol::register_plugin! {
-    kind: Dataset,
     name: "image_folder",
     description: "images in <split>/<class>/ folders (JPEG, PNG), labels from folder names; or unlabelled, any folder tree",
-    example: "type = \"image_folder\"\ntrain = \"data/cifar10/train\"\nlabels = \"folders\"   # or \"none\": every image under train, no labels\ntest = \"data/cifar10/test\"\n# file_list = \"subset.txt\"   # <class>/<file> lines, relative to train\nimage_size = 32\ncache = \"memory\"    # or \"none\"\nworkers = 0\nlimit_per_class = 0\non_bad_image = \"skip\"   # or \"error\"\n",
+    optional: "test = \"data/test\"                # labelled split for the kNN monitor\n\
+               file_list = \"subset.txt\"          # only these images: <class>/<file> lines relative to train\n\
+               test_file_list = \"test-subset.txt\"",
     impl DatasetSpec for ImageFolderConfig {
-        fn build(&self) -> Result<Splits, DataError> {
+        fn build(&self, _: &BuildContext) -> Result<Splits, DataError> {
             let (splits, warnings, notes) = self.load_with_notes()?;
             for note in notes {
                 eprintln!("note: {note}");
@@ -622,7 +624,7 @@ impl Dataset for DecodingFolder {
         let cut = std::fs::read(path)
             .map_err(|e| format!("cannot read: {e}"))
             .and_then(|bytes| crate::decode::decode_rgb(&bytes))
-            .and_then(|image| crops.cut(&image, seed, epoch, index, out));
+            .and_then(|image| cut_views(crops, &image, seed, epoch, index, out));
         self.outcome(index, cut)
     }
 

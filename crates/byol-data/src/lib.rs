@@ -1,12 +1,10 @@
 //! Data for BYOL: dataset plugins, the loader that turns them into uint8 batches, and the batched,
 //! per-sample-random image ops (on the training device) that the augmentation plugins compose.
 
-pub mod augment;
 pub mod cifar;
 pub mod crop;
 pub mod dataset;
 pub mod decode;
-mod error;
 pub mod image_folder;
 pub mod loader;
 pub mod ops;
@@ -14,8 +12,9 @@ pub mod preview;
 pub mod rng;
 pub mod synthetic;
 
-pub use augment::AugmentSpec;
-pub use crop::{CropRange, LoaderCrops};
-pub use dataset::{Dataset, DatasetSpec, ImageSet, Splits};
-pub use error::DataError;
+// The plugin seams (dataset and augmentation specs, the crops an augmentation asks the loader
+// for, their error type) live in `byol` with the other plugin traits; re-exported here for the
+// datasets, the loader and the ops that implement them.
+pub use byol::{AugmentSpec, CropRange, DataError, Dataset, DatasetSpec, LoaderCrops, Splits};
+pub use dataset::ImageSet;
 pub use loader::{Batch, BatchLoader, Prefetch};

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::rng::SplitMix64;
+use byol::BuildContext;
+
 use crate::{DataError, DatasetSpec, ImageSet, Splits};
 
 pub const SHAPES: [&str; 10] = [
@@ -60,12 +62,10 @@ impl Default for SyntheticConfig {
 }
 
 byol::register_plugin! {
-    kind: Dataset,
     name: "synthetic",
     description: "built-in coloured shapes on gray (class = shape), generated from a seed; no download",
-    example: "type = \"synthetic\"\ntrain_size = 5000\ntest_size = 1000\nimage_size = 32\nclasses = 10\nseed = 0\n",
     impl DatasetSpec for SyntheticConfig {
-        fn build(&self) -> Result<Splits, DataError> {
+        fn build(&self, _: &BuildContext) -> Result<Splits, DataError> {
             self.check()?;
             let train = Arc::new(generate(self, 0, self.train_size)?);
             let test = (self.test_size > 0).then(|| generate(self, 1, self.test_size)).transpose()?;

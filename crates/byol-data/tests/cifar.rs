@@ -257,14 +257,3 @@ fn damaged_files_are_named() {
     assert!(err.contains("test_batch.bin"), "{err}");
     assert!(err.contains("record 1 has label 12"), "{err}");
 }
-
-#[test]
-fn plugin_example_parses() {
-    let info = byol::registry::plugins()
-        .into_iter()
-        .find(|p| p.name == "cifar")
-        .expect("cifar is registered");
-    let spec = common::spec(info.example);
-    let text = toml::to_string(&spec).unwrap();
-    assert!(text.contains("variant = \"cifar10\""), "{text}");
-}

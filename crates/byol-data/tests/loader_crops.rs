@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use byol_data::crop::{crop_resize_into, CropBox};
+use byol_data::crop::{crop_resize_into, sample_box, CropBox};
 use byol_data::decode::Rgb;
 use byol_data::rng::SplitMix64;
 use byol_data::{BatchLoader, CropRange, LoaderCrops};
@@ -110,7 +110,7 @@ fn crop_boxes_follow_torchvisions_distribution() {
         SplitMix64::keyed(&[tch::Tensor::randint(1 << 30, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]) as u64]);
     let mut stats = [0f64; 4]; // area fraction, log aspect, centre x, centre y
     for _ in 0..n {
-        let b = range.sample(w, h, &mut rng);
+        let b = sample_box(&range, w, h, &mut rng);
         assert!(b.left + b.width <= w && b.top + b.height <= h && b.width > 0 && b.height > 0);
         stats[0] += (b.width * b.height) as f64 / (w * h) as f64;
         stats[1] += (b.width as f64 / b.height as f64).ln();

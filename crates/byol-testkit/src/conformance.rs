@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use byol::backbone::pool_flatten;
-use byol::{Backbone, BackboneSpec, Byol, ByolConfig, PluginKind};
+use byol::{Backbone, BackboneSpec, BuildContext, Byol, ByolConfig, PluginKind};
 use tch::{nn, Device, Kind, Tensor};
 
 /// Images per test batch (at least 4: the batch-dependence checks split it in halves).
@@ -22,7 +22,7 @@ const BATCH: i64 = 4;
 /// Runs every check on `spec` with `image_size` x `image_size` RGB images.
 pub fn check_backbone(spec: &dyn BackboneSpec, image_size: i64) {
     let name = check_registration(spec);
-    check_names(spec);
+    check_names(spec, image_size);
     check_taps(spec, image_size);
     check_train_eval(spec, image_size);
     check_state_dict_round_trip(spec, image_size);
@@ -42,26 +42,20 @@ pub fn check_registration(spec: &dyn BackboneSpec) -> String {
         .and_then(toml::Value::as_str)
         .unwrap_or_else(|| panic!("conformance: {spec:?} serializes without a `type` key: {value}"))
         .to_string();
-    let info = byol::registry::plugins()
-        .into_iter()
-        .find(|p| p.kind == PluginKind::Backbone && p.name == name)
-        .unwrap_or_else(|| {
-            panic!(
-                "conformance [{name}]: no backbone named '{name}' in the inventory registry (registered: {}); \
-                 register it with byol::register_plugin! and name the crate in the test (`use my_plugin as _;`)",
-                byol::registry::names(PluginKind::Backbone).join(", ")
-            )
-        });
+    let info = byol::registry::find(PluginKind::Backbone, &name).unwrap_or_else(|| {
+        panic!(
+            "conformance [{name}]: no backbone named '{name}' in the inventory registry (registered: {}); \
+             register it with byol::register_plugin! and name the crate in the test (`use my_plugin as _;`)",
+            byol::registry::names(PluginKind::Backbone).join(", ")
+        )
+    });
     assert!(
         !info.description.trim().is_empty(),
         "conformance [{name}]: the registry entry has no description"
     );
-    let example: toml::Table = toml::from_str(info.example).unwrap_or_else(|e| {
-        panic!(
-            "conformance [{name}]: the registered example is not TOML: {e}\n{}",
-            info.example
-        )
-    });
+    let example = info
+        .example_table()
+        .unwrap_or_else(|e| panic!("conformance [{name}]: {e}"));
     assert_eq!(
         example.get("type").and_then(toml::Value::as_str),
         Some(name.as_str()),
@@ -69,7 +63,12 @@ pub fn check_registration(spec: &dyn BackboneSpec) -> String {
     );
     toml::Value::Table(example)
         .try_into::<Box<dyn BackboneSpec>>()
-        .unwrap_or_else(|e| panic!("conformance [{name}]: the registered example does not parse: {e}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "conformance [{name}]: the registered example does not parse: {e}\n{}",
+                info.example()
+            )
+        });
     let text = toml::to_string(&value).expect("a TOML table prints");
     let parsed: Box<dyn BackboneSpec> = toml::from_str::<toml::Value>(&text)
         .and_then(|v| v.try_into())
@@ -85,11 +84,11 @@ pub fn check_registration(spec: &dyn BackboneSpec) -> String {
 /// Variable names are PyTorch state_dict names: dot-separated segments of `[A-Za-z0-9_]`, nothing
 /// hard-coded above the module (`online.`, `backbone.`), the same names and shapes under any
 /// parent path and on every build.
-pub fn check_names(spec: &dyn BackboneSpec) {
+pub fn check_names(spec: &dyn BackboneSpec, image_size: i64) {
     let name = type_name(spec);
-    let (at_root, _) = build(spec, 1, &[]);
-    let (nested, _) = build(spec, 1, &["online", "backbone"]);
-    let (again, _) = build(spec, 2, &[]);
+    let (at_root, _) = build(spec, image_size, 1, &[]);
+    let (nested, _) = build(spec, image_size, 1, &["online", "backbone"]);
+    let (again, _) = build(spec, image_size, 2, &[]);
     let shapes = |vs: &nn::VarStore, prefix: &str| -> BTreeMap<String, Vec<i64>> {
         vs.variables()
             .into_iter()
@@ -138,7 +137,7 @@ pub fn check_names(spec: &dyn BackboneSpec) {
 /// `[N, dim]`, and an unknown tap is refused by `check_tap` with the list of taps.
 pub fn check_taps(spec: &dyn BackboneSpec, image_size: i64) {
     let name = type_name(spec);
-    let (_vs, net) = build(spec, 3, &[]);
+    let (_vs, net) = build(spec, image_size, 3, &[]);
     let taps = net.taps();
     assert!(!taps.is_empty(), "conformance [{name}]: no taps");
     let mut unique = taps.clone();
@@ -208,7 +207,7 @@ pub fn check_taps(spec: &dyn BackboneSpec, image_size: i64) {
 /// batch, differ from eval) and moves the running statistics.
 pub fn check_train_eval(spec: &dyn BackboneSpec, image_size: i64) {
     let name = type_name(spec);
-    let (vs, net) = build(spec, 4, &[]);
+    let (vs, net) = build(spec, image_size, 4, &[]);
     let taps = net.taps();
     let last = [*taps.last().expect("taps checked")];
     let x = images(image_size, 40);
@@ -265,7 +264,7 @@ pub fn check_train_eval(spec: &dyn BackboneSpec, image_size: i64) {
 /// which then computes exactly the same outputs in eval and train mode.
 pub fn check_state_dict_round_trip(spec: &dyn BackboneSpec, image_size: i64) {
     let name = type_name(spec);
-    let (vs_a, a) = build(spec, 5, &[]);
+    let (vs_a, a) = build(spec, image_size, 5, &[]);
     let x = images(image_size, 50);
     // Non-trivial running statistics, so that buffers are part of what must round-trip.
     let taps = a.taps();
@@ -279,7 +278,7 @@ pub fn check_state_dict_round_trip(spec: &dyn BackboneSpec, image_size: i64) {
     Tensor::write_safetensors(&byol::state_dict::to_cpu_sorted(&vs_a.variables()), &file)
         .unwrap_or_else(|e| panic!("conformance [{name}]: cannot write its state_dict as safetensors: {e}"));
 
-    let (vs_b, b) = build(spec, 6, &[]);
+    let (vs_b, b) = build(spec, image_size, 6, &[]);
     tch::no_grad(|| {
         for (_, t) in vs_b.variables() {
             if t.is_floating_point() {
@@ -319,7 +318,7 @@ pub fn check_state_dict_round_trip(spec: &dyn BackboneSpec, image_size: i64) {
 /// A loss on every tap reaches every trainable variable with a finite, non-zero gradient.
 pub fn check_gradients(spec: &dyn BackboneSpec, image_size: i64) {
     let name = type_name(spec);
-    let (vs, net) = build(spec, 7, &[]);
+    let (vs, net) = build(spec, image_size, 7, &[]);
     let taps = net.taps();
     let outputs = net.forward_taps(&images(image_size, 70), true, &taps);
     let loss = outputs
@@ -360,7 +359,7 @@ pub fn check_gradients(spec: &dyn BackboneSpec, image_size: i64) {
 /// dimension, and takes a loss, backward and EMA step with finite numbers.
 pub fn check_byol(spec: &dyn BackboneSpec, image_size: i64) {
     let name = type_name(spec);
-    let (_, probe) = build(spec, 8, &[]);
+    let (_, probe) = build(spec, image_size, 8, &[]);
     let tap = *probe.taps().last().expect("taps");
     let dim = probe.tap_dim(tap).expect("dim");
     let vs = nn::VarStore::new(Device::Cpu);
@@ -410,7 +409,7 @@ fn type_name(spec: &dyn BackboneSpec) -> String {
 }
 
 /// Builds the backbone with a fixed seed under `vs.root() / path[0] / path[1] ...`.
-fn build(spec: &dyn BackboneSpec, seed: i64, path: &[&str]) -> (nn::VarStore, Box<dyn Backbone>) {
+fn build(spec: &dyn BackboneSpec, image_size: i64, seed: i64, path: &[&str]) -> (nn::VarStore, Box<dyn Backbone>) {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let mut p = vs.root();
@@ -418,7 +417,7 @@ fn build(spec: &dyn BackboneSpec, seed: i64, path: &[&str]) -> (nn::VarStore, Bo
         p = p / *segment;
     }
     let net = spec
-        .build(&p)
+        .build(&p, &BuildContext::new(Device::Cpu, image_size))
         .unwrap_or_else(|e| panic!("conformance [{}]: build fails: {e}", type_name(spec)));
     (vs, net)
 }

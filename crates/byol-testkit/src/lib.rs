@@ -1,10 +1,12 @@
 //! Test support. PyTorch as the oracle: tests hand tensors to a Python snippet run by the venv's
 //! torch and get tensors back, through safetensors files in a temporary folder. And
-//! [`conformance`]: the checks every backbone plugin runs (`check_backbone(&spec, 32)`). And the
+//! [`conformance`]: the checks every backbone plugin runs (`check_backbone(&spec, 32)`). And
+//! [`keys`]: which keys a configuration parser accepts, to hold examples to them. And the
 //! shared CIFAR-10 JPEGs ([`cifar10_jpeg`]; a test that needs them is skipped where they are
 //! absent, and fails instead when `CI=true`).
 
 pub mod conformance;
+pub mod keys;
 
 pub use conformance::check_backbone;
 
@@ -153,6 +155,15 @@ fn missing_dataset(test: &str, what: &str, ci: bool) {
         "{test} needs {what}; CI=true, so a missing dataset fails the test instead of skipping it"
     );
     eprintln!("SKIPPED {test}: it needs {what}");
+}
+
+/// A localhost TCP port that was free a moment ago, for a c10d rendezvous in a test.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a localhost port")
+        .local_addr()
+        .expect("a bound socket has an address")
+        .port()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Kind, Tensor};
 
 use byol::nn::{batch_norm2d, conv2d, BatchNorm};
-use byol::{Backbone, BackboneSpec, ByolError};
+use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 
 /// A conv-BN-ReLU-pool net with one deliberate mistake.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -15,12 +15,10 @@ struct Faulty {
 }
 
 byol::register_plugin! {
-    kind: Backbone,
     name: "faulty_for_tests",
     description: "the harness's own test subject",
-    example: "type = \"faulty_for_tests\"\nfault = \"\"\n",
     impl BackboneSpec for Faulty {
-        fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>, ByolError> {
+        fn build(&self, path: &nn::Path, _: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
             let root = if self.fault == "prefix" { path / "online" } else { path.clone() };
             Ok(Box::new(Net {
                 conv: conv2d(&(&root / "conv"), 3, 8, 3, 2, 1),

@@ -5,10 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use byol::{BackboneSpec, ByolConfig};
-use byol_data::{AugmentSpec, DatasetSpec};
+use byol::{AugmentSpec, BackboneSpec, ByolConfig, DatasetSpec, OptimizerSpec, PluginKind};
 
-use crate::optimizer::OptimizerSpec;
 use crate::schedule::ScheduleConfig;
 
 /// The `[run]` table.
@@ -69,7 +67,8 @@ impl Default for RunConfig {
     }
 }
 
-/// The `[eval]` table: the kNN monitor on the dataset's labelled splits.
+/// The `[eval]` table: the kNN monitor and the online probe, on the dataset's labelled splits or
+/// on the labelled `train`/`test` folders named here.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
@@ -128,7 +127,7 @@ impl Default for EvalConfig {
     }
 }
 
-/// The `[logging]` and `[checkpoint]` tables.
+/// The `[logging]` table: TensorBoard scalars and the view grid.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
@@ -148,6 +147,7 @@ impl Default for LoggingConfig {
     }
 }
 
+/// The `[checkpoint]` table: how often to save and how many checkpoints to keep.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
@@ -401,8 +401,52 @@ mod tests {
     }
 }
 
-/// `byol-run config --defaults`: every key with its default, annotated.
-pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
+/// The core tables of `byol-run config --defaults`, annotated by hand (a test holds them to the
+/// code's defaults); the plugin tables go in at [`PLUGIN_TABLES_LINE`].
+const CORE_DEFAULTS_TOML: &str = include_str!("defaults.toml");
+
+/// The line of `defaults.toml` that [`defaults_toml`] replaces with the plugin tables.
+const PLUGIN_TABLES_LINE: &str =
+    "# (the plugin tables: each registered plugin kind's example, generated from its defaults)\n";
+
+/// The plugin `config --defaults` shows for each plugin table: the paper's ImageNet recipe
+/// (images in class folders, ResNet-50, its two views, LARS).
+const SHOWN_PLUGINS: [(PluginKind, &str); 4] = [
+    (PluginKind::Dataset, "image_folder"),
+    (PluginKind::Backbone, "resnet50"),
+    (PluginKind::Augment, "byol"),
+    (PluginKind::Optimizer, "lars"),
+];
+
+/// `byol-run config --defaults`: every key with its default, annotated. Each plugin table is the
+/// example (the `Default`) of one registered plugin, with the other plugins of its kind named.
+pub fn defaults_toml() -> String {
+    let plugin_tables = SHOWN_PLUGINS
+        .iter()
+        .map(|&(kind, preferred)| {
+            let names = byol::registry::names(kind);
+            let shown = byol::registry::find(kind, preferred)
+                .or_else(|| names.first().and_then(|name| byol::registry::find(kind, name)));
+            let Some(shown) = shown else {
+                return format!("# [{}]: no plugin of this kind is linked\n", kind.table());
+            };
+            let others: Vec<&str> = names.into_iter().filter(|n| *n != shown.name).collect();
+            let mut example = shown.example();
+            if !others.is_empty() {
+                let type_line = format!("type = \"{}\"\n", shown.name);
+                let with_others = format!(
+                    "type = \"{}\"   # or {} (`byol-run plugins` shows their keys)\n",
+                    shown.name,
+                    others.join(", ")
+                );
+                example = example.replacen(&type_line, &with_others, 1);
+            }
+            format!("[{}]\n{example}", kind.table())
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    CORE_DEFAULTS_TOML.replacen(PLUGIN_TABLES_LINE, &plugin_tables, 1)
+}
 
 #[cfg(test)]
 mod defaults_tests {
@@ -412,7 +456,8 @@ mod defaults_tests {
     /// key for key, so the printed file cannot drift from the code.
     #[test]
     fn defaults_file_matches_the_code() {
-        let parsed: toml::Table = toml::from_str(DEFAULTS_TOML).unwrap();
+        assert!(CORE_DEFAULTS_TOML.contains(PLUGIN_TABLES_LINE));
+        let parsed: toml::Table = toml::from_str(CORE_DEFAULTS_TOML).unwrap();
         let code = [
             ("run", toml::Value::try_from(RunConfig::default())),
             ("byol", toml::Value::try_from(byol::ByolConfig::default())),

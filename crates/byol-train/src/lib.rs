@@ -1,6 +1,5 @@
-//! Everything around the model that a training run needs: the experiment file, the optimizer
-//! seam and schedules, the training loop, checkpoints, TensorBoard scalars, the kNN monitor and
-//! hyperparameter sweeps.
+//! Everything around the model that a training run needs: the experiment file, schedules, the
+//! training loop, checkpoints, TensorBoard scalars, the kNN monitor and hyperparameter sweeps.
 
 pub mod checkpoint;
 pub mod distributed;

@@ -11,11 +11,16 @@ use anyhow::{bail, ensure};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
 
-use crate::knn::KnnAccuracy;
-
 /// Share of each class's training features held out to choose the lr (at least one sample per
 /// class that has two or more; a class with one sample keeps it for training).
 pub const VALIDATION_FRACTION: f64 = 0.1;
+
+/// Top-1 and top-5 accuracy of a linear classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LinearAccuracy {
+    pub top1: f64,
+    pub top5: f64,
+}
 
 /// The split [`linear_probe`] chooses the lr on, as reported in [`LinearResult::lr_chosen_on`].
 pub const LR_CHOSEN_ON: &str = "validation";
@@ -33,11 +38,11 @@ pub struct LinearResult {
     pub validation_size: usize,
     pub sweep_train_size: usize,
     /// Test accuracy of a fresh classifier trained with `chosen_lr` on all training features.
-    pub accuracy: KnnAccuracy,
+    pub accuracy: LinearAccuracy,
 }
 
 /// Top-1 / top-5 of `logits` against `labels`.
-pub fn accuracy(logits: &Tensor, labels: &Tensor) -> KnnAccuracy {
+pub fn accuracy(logits: &Tensor, labels: &Tensor) -> LinearAccuracy {
     let n = labels.size()[0] as f64;
     let classes = logits.size()[1];
     let ranked = logits.argsort(1, true);
@@ -54,7 +59,7 @@ pub fn accuracy(logits: &Tensor, labels: &Tensor) -> KnnAccuracy {
         .sum(Kind::Int64)
         .int64_value(&[]) as f64
         / n;
-    KnnAccuracy { top1, top5 }
+    LinearAccuracy { top1, top5 }
 }
 
 /// Indices of (validation, rest) of `labels`: per class, [`VALIDATION_FRACTION`] of its samples

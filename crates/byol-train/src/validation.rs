@@ -188,7 +188,10 @@ impl Experiment {
         if let Err(e) = self.dataset.check() {
             p.add_mentioning(plain(e));
         }
-        if let Err(e) = self.augment.build() {
+        // Building the augmentation checks its keys; it allocates nothing, so the CPU will do
+        // whatever device the run trains on.
+        let context = byol::BuildContext::new(tch::Device::Cpu, self.augment.image_size());
+        if let Err(e) = self.augment.build(&context) {
             p.add_mentioning(plain(e));
         }
         if self.augment.loader_crops().is_some() && !self.dataset.keeps_image_files() {

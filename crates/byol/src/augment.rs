@@ -1,6 +1,48 @@
-//! The runtime side of an augmentation plugin, as seen by the model.
+//! The augmentation seam: `[augment] type = "..."` names an [`AugmentSpec`], whose `build` gives
+//! the [`Augment`] that draws BYOL's two views on the training device.
 
 use tch::Tensor;
+
+use crate::{BuildContext, DataError};
+
+/// `[augment] type = "..."`: the TOML side of an augmentation plugin.
+#[typetag::serde(tag = "type")]
+pub trait AugmentSpec: std::fmt::Debug + Send + Sync {
+    fn build(&self, context: &BuildContext) -> Result<Box<dyn Augment>, DataError>;
+
+    /// Side of the square views, in pixels.
+    fn image_size(&self) -> i64;
+
+    /// The random resized crops the loader should cut from full images on its CPU threads, one
+    /// per view; `None` (the default): the plugin crops on the device from the dataset's squares.
+    fn loader_crops(&self) -> Option<LoaderCrops> {
+        None
+    }
+}
+
+/// The random-resized-crop distribution of one view.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropRange {
+    /// Area fraction of the image, uniform in this range.
+    pub scale: (f64, f64),
+    /// Aspect ratio (width / height), log-uniform in this range.
+    pub ratio: (f64, f64),
+}
+
+/// What the loader cuts from every image: one crop per view, resized to `size` x `size`. Batches
+/// then hold six channels per image: view 1's RGB, then view 2's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoaderCrops {
+    pub views: [CropRange; 2],
+    pub size: u32,
+}
+
+impl LoaderCrops {
+    /// Bytes per image in a batch: both views' CHW pixels.
+    pub fn sample_bytes(&self) -> usize {
+        2 * 3 * (self.size * self.size) as usize
+    }
+}
 
 /// Turns a batch of images into BYOL's two views, on the images' device.
 pub trait Augment: std::fmt::Debug + Send {
@@ -9,7 +51,7 @@ pub trait Augment: std::fmt::Debug + Send {
     fn two_views(&self, images: &Tensor) -> (Tensor, Tensor);
 
     /// The two views from crops already cut by the loader (uint8 `[N, 3, S, S]` each, see
-    /// `AugmentSpec::loader_crops`): every step of [`Augment::two_views`] but the crop. `None`:
+    /// [`AugmentSpec::loader_crops`]): every step of [`Augment::two_views`] but the crop. `None`:
     /// the plugin crops on the device only.
     fn two_views_from_crops(&self, view1_crops: &Tensor, view2_crops: &Tensor) -> Option<(Tensor, Tensor)> {
         let _ = (view1_crops, view2_crops);

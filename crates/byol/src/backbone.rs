@@ -3,7 +3,7 @@
 
 use tch::{nn, Tensor};
 
-use crate::ByolError;
+use crate::{BuildContext, ByolError};
 
 /// A feature extractor, built under an `nn::Path` so that its variables carry PyTorch
 /// state_dict names (`conv1.weight`, `layer1.0.bn1.running_mean`, ...).
@@ -33,6 +33,20 @@ pub trait Backbone: std::fmt::Debug + Send {
     }
 }
 
+/// The positions in `all` (a backbone's taps in forward order) of the requested `taps`, in the
+/// order asked, for [`Backbone::forward_taps`] implementations: the deepest position says how far
+/// to run. An unknown tap panics naming `backbone` and its taps; the runner checks
+/// `byol.embedding_layer` with [`Backbone::check_tap`] first, so only a caller's bug gets here.
+pub fn tap_positions(backbone: &str, all: &[&str], taps: &[&str]) -> Vec<usize> {
+    taps.iter()
+        .map(|tap| {
+            all.iter()
+                .position(|t| t == tap)
+                .unwrap_or_else(|| panic!("{backbone} has no tap '{tap}' (taps: {})", all.join(", ")))
+        })
+        .collect()
+}
+
 /// Global average pooling of `[N, C, H, W]` to `[N, C]`; `[N, C]` passes through.
 pub fn pool_flatten(features: &Tensor) -> Tensor {
     match features.dim() {
@@ -45,8 +59,9 @@ pub fn pool_flatten(features: &Tensor) -> Tensor {
 /// The TOML-facing configuration of a backbone plugin (`[backbone] type = "resnet50"`).
 #[typetag::serde(tag = "type")]
 pub trait BackboneSpec: std::fmt::Debug + Send + Sync {
-    /// Builds the network's variables under `path`.
-    fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>, ByolError>;
+    /// Builds the network's variables under `path` (on `path`'s device), with their PyTorch
+    /// state_dict names relative to it.
+    fn build(&self, path: &nn::Path, context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError>;
 
     /// A safetensors file of pretrained weights (PyTorch state_dict names) to load into the
     /// online backbone after it is built.

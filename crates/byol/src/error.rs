@@ -18,3 +18,17 @@ pub enum ByolError {
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
+
+/// Errors of dataset and augmentation plugins: a configuration to fix, or an image that cannot
+/// be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("dataset configuration: {0}")]
+    Config(String),
+
+    #[error("{path}: {message}")]
+    Image { path: PathBuf, message: String },
+
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}

@@ -14,24 +14,34 @@
 //! byol.update_target(0, 1000);          // updateTargetEncoder()
 //! let embeddings = byol.embed(&view1);  // calling it embeds
 //! ```
+//!
+//! It is also the one crate a plugin depends on: the spec trait of every plugin kind
+//! ([`BackboneSpec`], [`AugmentSpec`], [`DatasetSpec`], [`OptimizerSpec`]), the runtime traits
+//! they build, the [`BuildContext`] every `build` receives, and [`register_plugin!`].
 
 pub mod augment;
 pub mod backbone;
+mod context;
+pub mod dataset;
 mod error;
 pub mod heads;
 pub mod loss;
 pub mod model;
 pub mod nn;
+pub mod optimizer;
 pub mod registry;
 pub mod state_dict;
 pub mod target;
 
-pub use augment::Augment;
+pub use augment::{Augment, AugmentSpec, CropRange, LoaderCrops};
 pub use backbone::{Backbone, BackboneSpec};
-pub use error::ByolError;
+pub use context::BuildContext;
+pub use dataset::{Dataset, DatasetSpec, Splits};
+pub use error::{ByolError, DataError};
 pub use heads::MlpHead;
 pub use loss::{byol_loss, normalized_mse};
 pub use model::{Byol, ByolConfig, LossParts};
+pub use optimizer::{NamedParameter, Optimizer, OptimizerSpec};
 pub use registry::{PluginInfo, PluginKind};
 pub use target::{tau_at, TargetUpdater};
 

@@ -8,7 +8,7 @@ use crate::heads::MlpHead;
 use crate::loss::byol_loss;
 use crate::state_dict::load_safetensors;
 use crate::target::{tau_at, variables_under, TargetUpdater};
-use crate::{Augment, ByolError};
+use crate::{BuildContext, ByolError};
 
 /// The `[byol]` table: head sizes and the target's moving-average schedule.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -54,7 +54,6 @@ pub struct Byol {
     target: TargetUpdater,
     embedding_layer: String,
     embedding_dim: i64,
-    image_size: i64,
     tau_base: f64,
     concat_views: bool,
 }
@@ -114,10 +113,11 @@ impl Byol {
                 config.tau_base
             )));
         }
+        let context = BuildContext::new(vs.device(), image_size);
         let root = vs.root();
         let online = &root / "online";
         let target = &root / "target";
-        let online_backbone = backbone.build(&(&online / "backbone"))?;
+        let online_backbone = backbone.build(&(&online / "backbone"), &context)?;
         let embedding_dim = online_backbone.check_tap(embedding_layer)?;
         if let Some(path) = backbone.pretrained().filter(|_| read_pretrained) {
             let variables = variables_under(vs, "online.backbone.");
@@ -126,7 +126,7 @@ impl Byol {
         let (hidden, projection) = (config.hidden_dim, config.projection_dim);
         let online_projector = MlpHead::new(&(&online / "projector"), embedding_dim, hidden, projection);
         let predictor = MlpHead::new(&(&online / "predictor"), projection, hidden, projection);
-        let target_backbone = backbone.build(&(&target / "backbone"))?;
+        let target_backbone = backbone.build(&(&target / "backbone"), &context)?;
         let target_projector = MlpHead::new(&(&target / "projector"), embedding_dim, hidden, projection);
         // The target gets no gradients: it only moves by EMA.
         for (name, t) in vs.variables() {
@@ -144,7 +144,6 @@ impl Byol {
             target,
             embedding_layer: embedding_layer.to_string(),
             embedding_dim,
-            image_size,
             tau_base: config.tau_base,
             concat_views: config.concat_views,
         })
@@ -197,12 +196,6 @@ impl Byol {
         }
     }
 
-    /// The loss on raw uint8 images, with `augment` drawing the two views.
-    pub fn loss_on_images(&self, images: &Tensor, augment: &dyn Augment) -> Tensor {
-        let (view1, view2) = augment.two_views(images);
-        self.loss(&view1, &view2)
-    }
-
     /// Moves the target towards the online network with tau for `step` of `total_steps`
     /// (`updateTargetEncoder` in the original).
     pub fn update_target(&self, step: u64, total_steps: u64) -> f64 {
@@ -229,24 +222,8 @@ impl Byol {
         tch::no_grad(|| self.online_backbone.embed(images, false, &self.embedding_layer))
     }
 
-    pub fn online_backbone(&self) -> &dyn Backbone {
-        self.online_backbone.as_ref()
-    }
-
-    pub fn embedding_layer(&self) -> &str {
-        &self.embedding_layer
-    }
-
     pub fn embedding_dim(&self) -> i64 {
         self.embedding_dim
-    }
-
-    pub fn image_size(&self) -> i64 {
-        self.image_size
-    }
-
-    pub fn tau_base(&self) -> f64 {
-        self.tau_base
     }
 
     fn online_projection(&self, view: &Tensor) -> Tensor {

@@ -1,7 +1,12 @@
-//! The plugin registry: typetag dispatches TOML `type = "..."` to a spec, and this inventory
-//! registry lists every plugin with a description and an example, for `byol-run plugins`,
-//! `byol-run config --defaults` and the round-trip tests. [`register_plugin!`] emits both from one
-//! invocation so that they cannot drift apart.
+//! The plugin registry. typetag turns a TOML `type = "..."` into a spec (a `Box<dyn BackboneSpec>`,
+//! ...), but cannot list what it knows; this inventory registry lists every plugin with its kind,
+//! a description and an example generated from its `Default`, for `byol-run plugins`,
+//! `byol-run config --defaults` and the tests that parse every example. [`register_plugin!`]
+//! emits both registrations from one invocation, so they cannot drift apart.
+
+use serde::Serialize;
+
+use crate::{AugmentSpec, BackboneSpec, DatasetSpec, OptimizerSpec};
 
 /// What a plugin provides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -24,15 +29,101 @@ impl PluginKind {
     }
 }
 
-/// One registered plugin.
+/// The kind of plugin a spec trait declares: [`register_plugin!`] reads a plugin's kind from the
+/// trait it implements, so that kind and trait cannot disagree. (An associated const on the spec
+/// traits themselves would make them unusable as `dyn` objects.)
+pub trait SpecKind {
+    const KIND: PluginKind;
+}
+
+impl SpecKind for dyn BackboneSpec {
+    const KIND: PluginKind = PluginKind::Backbone;
+}
+
+impl SpecKind for dyn AugmentSpec {
+    const KIND: PluginKind = PluginKind::Augment;
+}
+
+impl SpecKind for dyn DatasetSpec {
+    const KIND: PluginKind = PluginKind::Dataset;
+}
+
+impl SpecKind for dyn OptimizerSpec {
+    const KIND: PluginKind = PluginKind::Optimizer;
+}
+
+/// One registered plugin. Built by [`register_plugin!`].
 #[derive(Debug)]
 pub struct PluginInfo {
     pub kind: PluginKind,
     /// The TOML `type` (the typetag name).
     pub name: &'static str,
     pub description: &'static str,
-    /// A complete TOML table body (without the `[table]` header) that configures this plugin.
-    pub example: &'static str,
+    /// `key = value` lines for keys that the default leaves unset (optional files, per-view
+    /// overrides), shown commented out below the default's keys; `#` lines are plain comments.
+    pub optional: &'static str,
+    /// The plugin's `Default` spec as a table body (see [`render_table_body`]).
+    #[doc(hidden)]
+    pub render_default: fn() -> Result<String, String>,
+}
+
+impl PluginInfo {
+    /// A complete table body (without the `[table]` header) that configures this plugin: its
+    /// `Default` serialized (`type` first), then the [`PluginInfo::optional`] keys commented out.
+    /// Sub-tables come last, with their full headers (`[augment.view1]`). Panics, naming the
+    /// plugin, if its `Default` does not serialize to TOML: a plugin bug that the test of every
+    /// registered example (`plugins/all`) and the backbone conformance harness catch.
+    pub fn example(&self) -> String {
+        self.example_text(true)
+    }
+
+    /// [`PluginInfo::example`] with the optional keys set, as a table: what a test parses to
+    /// check that the example configures the plugin and that every key it accepts is shown.
+    pub fn example_table(&self) -> Result<toml::Table, String> {
+        let text = format!("[{}]\n{}", self.kind.table(), self.example_text(false));
+        let mut whole: toml::Table = toml::from_str(&text).map_err(|e| {
+            format!(
+                "the example of {} '{}' is not TOML: {e}\n{text}",
+                self.kind.table(),
+                self.name
+            )
+        })?;
+        match whole.remove(self.kind.table()) {
+            Some(toml::Value::Table(table)) => Ok(table),
+            _ => Err(format!("the example of '{}' is not a table", self.name)),
+        }
+    }
+
+    fn example_text(&self, comment_optional: bool) -> String {
+        let body = (self.render_default)().unwrap_or_else(|e| {
+            panic!(
+                "the Default of {} plugin '{}' does not serialize to TOML: {e}",
+                self.kind.table(),
+                self.name
+            )
+        });
+        let optional: String = self
+            .optional
+            .lines()
+            .map(|line| {
+                if comment_optional && !line.trim_start().starts_with('#') {
+                    format!("# {line}\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        // Top-level keys must come before the first sub-table header to belong to the plugin's
+        // table.
+        let (keys, tables) = match body.find("\n[") {
+            Some(at) => body.split_at(at + 1),
+            None => (body.as_str(), ""),
+        };
+        format!("{}\n{optional}{}", keys.trim_end(), tables.trim_start())
+            .replace("\n[", "\n\n[")
+            .trim_start_matches('\n')
+            .to_string()
+    }
 }
 
 inventory::collect!(PluginInfo);
@@ -44,6 +135,11 @@ pub fn plugins() -> Vec<&'static PluginInfo> {
     all
 }
 
+/// The registered plugin of `kind` named `name`.
+pub fn find(kind: PluginKind, name: &str) -> Option<&'static PluginInfo> {
+    plugins().into_iter().find(|p| p.kind == kind && p.name == name)
+}
+
 /// The registered names of one kind, for error messages.
 pub fn names(kind: PluginKind) -> Vec<&'static str> {
     plugins()
@@ -53,26 +149,59 @@ pub fn names(kind: PluginKind) -> Vec<&'static str> {
         .collect()
 }
 
-/// Registers a plugin: the typetag impl of its kind's spec trait plus its inventory entry.
+/// `spec` (a `&dyn XxxSpec`, whose typetag serialization writes `type` first) as the body of the
+/// `[table]` it belongs in: keys in declaration order, unset options left out, sub-tables under
+/// full headers (`[augment.view1]`) and empty ones dropped, no blank lines.
+pub fn render_table_body<S: Serialize + ?Sized>(table: &str, spec: &S) -> Result<String, String> {
+    let whole = toml::to_string(&std::collections::BTreeMap::from([(table, spec)])).map_err(|e| e.to_string())?;
+    let lines: Vec<&str> = whole.lines().collect();
+    let is_header = |line: &str| line.starts_with('[');
+    let mut body = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        if *line == format!("[{table}]") {
+            continue;
+        }
+        // A header with nothing under it before the next header: an empty sub-table.
+        if is_header(line)
+            && lines[i + 1..]
+                .iter()
+                .find(|l| !l.trim().is_empty())
+                .is_none_or(|l| is_header(l))
+        {
+            continue;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        body.push_str(line);
+        body.push('\n');
+    }
+    Ok(body)
+}
+
+/// Registers a plugin: the typetag impl of its kind's spec trait plus its inventory entry, whose
+/// kind comes from the trait and whose example is the type's `Default` serialized.
 ///
 /// ```ignore
 /// byol::register_plugin! {
-///     kind: Backbone,
 ///     name: "resnet18",
 ///     description: "torchvision ResNet-18",
-///     example: "type = \"resnet18\"\ncifar_stem = true",
-///     impl byol::BackboneSpec for ResNet18 { fn build(...) { ... } }
+///     optional: "pretrained = \"resnet18.safetensors\"",   // may be left out
+///     impl BackboneSpec for ResNet18 {
+///         fn build(&self, path: &nn::Path, context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> { ... }
+///     }
 /// }
 /// ```
-/// The trait must be in scope by its plain name. The plugin crate depends on `typetag` and
-/// `serde` (the typetag expansion names them).
+/// The trait must be in scope by its plain name, and the type must implement `Default` (a
+/// valid, sensible configuration: it is the example users copy). `optional` lists `key = value`
+/// lines for keys the default leaves unset, shown commented out. The plugin crate depends on
+/// `typetag` and `serde` (the typetag expansion names them).
 #[macro_export]
 macro_rules! register_plugin {
     (
-        kind: $kind:ident,
         name: $name:literal,
         description: $description:expr,
-        example: $example:expr,
+        $(optional: $optional:expr,)?
         impl $trait:ident for $ty:ident { $($body:tt)* }
     ) => {
         #[typetag::serde(name = $name)]
@@ -80,11 +209,21 @@ macro_rules! register_plugin {
 
         $crate::__private::inventory::submit! {
             $crate::registry::PluginInfo {
-                kind: $crate::registry::PluginKind::$kind,
+                kind: <dyn $trait as $crate::registry::SpecKind>::KIND,
                 name: $name,
                 description: $description,
-                example: $example,
+                optional: $crate::register_plugin!(@optional $($optional)?),
+                render_default: || {
+                    let spec: ::std::boxed::Box<dyn $trait> =
+                        ::std::boxed::Box::new(<$ty as ::core::default::Default>::default());
+                    $crate::registry::render_table_body(
+                        <dyn $trait as $crate::registry::SpecKind>::KIND.table(),
+                        spec.as_ref(),
+                    )
+                },
             }
         }
     };
+    (@optional $optional:expr) => { $optional };
+    (@optional) => { "" };
 }

@@ -7,7 +7,7 @@ use std::ffi::{c_void, CString};
 use std::ptr::NonNull;
 use std::time::Duration;
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::{ffi, Result, TorchExtError};
 
@@ -261,14 +261,6 @@ impl ProcessGroup {
             .map_err(|e| self.context("all_reduce (autograd)", e))?;
             Ok(Tensor::from_ptr(out))
         }
-    }
-
-    /// The largest absolute difference between this rank's `tensor` and rank 0's: 0 when the
-    /// replicas agree (a cheap consistency check after broadcasts).
-    pub fn max_divergence_from_rank0(&self, tensor: &Tensor) -> Result<f64> {
-        let reference = tensor.to_kind(Kind::Double).contiguous();
-        self.broadcast_(&reference, 0)?;
-        Ok((tensor.to_kind(Kind::Double) - reference).abs().max().double_value(&[]))
     }
 }
 

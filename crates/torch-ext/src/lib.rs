@@ -1,6 +1,7 @@
 //! What tch 0.24 lacks, through a small C++ shim compiled against the same libtorch
-//! (csrc/torch_ext.cpp): autocast with a chosen dtype (bf16 as well as fp16, on CUDA and CPU),
-//! channels_last, CUDA allocator statistics, and c10d process groups (TCPStore + Gloo) with the
+//! (csrc/torch_ext.cpp, and csrc/nccl.cpp when the CUDA headers are installed): autocast with a
+//! chosen dtype (bf16 as well as fp16, on CUDA and CPU), channels_last, CUDA allocator statistics,
+//! and c10d process groups (a TCPStore rendezvous, Gloo, and NCCL where built) with the
 //! collectives data-parallel training needs.
 
 pub mod autocast;

@@ -6,17 +6,9 @@ use std::time::Duration;
 use tch::{Kind, Tensor};
 use torch_ext::distributed::{ProcessGroup, Rendezvous};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs `body(group)` on `world` ranks at once and returns their results in rank order.
 fn on_ranks<T: Send + 'static>(world: usize, body: fn(&ProcessGroup) -> T) -> Vec<T> {
-    let port = free_port();
+    let port = byol_testkit::free_port();
     let handles: Vec<_> = (0..world)
         .map(|rank| {
             std::thread::spawn(move || {
@@ -86,7 +78,7 @@ fn differentiable_all_reduce_sums_values_forward_and_gradients_backward() {
 
 #[test]
 fn a_missing_peer_is_a_clear_error_after_the_timeout() {
-    let port = free_port();
+    let port = byol_testkit::free_port();
     let err = ProcessGroup::gloo(&Rendezvous {
         master_addr: "127.0.0.1".into(),
         master_port: port,
@@ -142,7 +134,7 @@ fn nccl_without_a_gpu_is_a_clear_error() {
     let err = ProcessGroup::new(
         &Rendezvous {
             master_addr: "127.0.0.1".into(),
-            master_port: free_port(),
+            master_port: byol_testkit::free_port(),
             rank: 0,
             world_size: 1,
             local_rank: 0,

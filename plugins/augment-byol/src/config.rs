@@ -1,7 +1,8 @@
 use serde::{Deserialize, Serialize};
 
+use byol::{Augment, AugmentSpec, BuildContext, CropRange, DataError, LoaderCrops};
+
 use crate::view::{ByolAugment, ViewParams};
-use byol_data::{AugmentSpec, DataError};
 
 /// Starting values for both views; any key set under `[augment.view1]` / `[augment.view2]`
 /// overrides its preset value.
@@ -168,12 +169,18 @@ impl ByolAugmentConfig {
 }
 
 byol::register_plugin! {
-    kind: Augment,
     name: "byol",
     description: "the paper's two asymmetric views (Table 6), per-sample random, on the device; presets imagenet and cifar",
-    example: "type = \"byol\"\npreset = \"imagenet\"   # or \"cifar\"\n# image_size = 224\n\n[augment.view2]\nsolarize_p = 0.2\n",
+    optional: "image_size = 224               # view side (default: the preset's, 224 or 32)\n\
+               mean = [0.485, 0.456, 0.406]   # normalization (default: the preset's)\n\
+               std = [0.229, 0.224, 0.225]\n\
+               # view1.* and view2.* override the preset for one view: crop_scale, crop_ratio, flip_p,\n\
+               # jitter_p, brightness, contrast, saturation, hue, grayscale_p, blur_p, blur_sigma,\n\
+               # blur_kernel_fraction, solarize_p, solarize_threshold\n\
+               view1.blur_p = 1.0\n\
+               view2.solarize_p = 0.2",
     impl AugmentSpec for ByolAugmentConfig {
-        fn build(&self) -> Result<Box<dyn byol::Augment>, DataError> {
+        fn build(&self, _: &BuildContext) -> Result<Box<dyn Augment>, DataError> {
             Ok(Box::new(self.resolve()?))
         }
         fn image_size(&self) -> i64 {
@@ -182,10 +189,10 @@ byol::register_plugin! {
                 Preset::Cifar => 32,
             })
         }
-        fn loader_crops(&self) -> Option<byol_data::LoaderCrops> {
+        fn loader_crops(&self) -> Option<LoaderCrops> {
             let augment = self.resolve().ok()?;
-            (self.crop_on == CropOn::Loader).then(|| byol_data::LoaderCrops {
-                views: [&augment.view1, &augment.view2].map(|v| byol_data::CropRange {
+            (self.crop_on == CropOn::Loader).then(|| LoaderCrops {
+                views: [&augment.view1, &augment.view2].map(|v| CropRange {
                     scale: v.crop_scale,
                     ratio: v.crop_ratio,
                 }),

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 use crate::resnet::{BlockKind, ResNet};
-use byol::{Backbone, BackboneSpec, ByolError};
+use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 
 /// Options shared by every ResNet depth (`[backbone] type = "resnet50"` plus these keys).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,12 +60,11 @@ macro_rules! resnet_depth {
         pub struct $ty(pub ResNetConfig);
 
         byol::register_plugin! {
-            kind: Backbone,
             name: $name,
             description: $description,
-            example: concat!("type = \"", $name, "\"\ncifar_stem = false\nzero_init_residual = false\nwidth = 64\n# pretrained = \"", $name, ".safetensors\"\n"),
+            optional: concat!("pretrained = \"", $name, ".safetensors\"   # a torchvision state_dict as safetensors"),
             impl BackboneSpec for $ty {
-                fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>, ByolError> {
+                fn build(&self, path: &nn::Path, _: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
                     self.0.build(path, BlockKind::$block, $layers)
                 }
                 fn pretrained(&self) -> Option<&Path> {

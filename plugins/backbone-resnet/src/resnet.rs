@@ -1,5 +1,6 @@
 use tch::{nn, nn::ModuleT, Tensor};
 
+use byol::backbone::tap_positions;
 use byol::nn::{batch_norm2d, conv2d, pointwise_conv2d, BatchNorm};
 use byol::Backbone;
 
@@ -148,14 +149,7 @@ impl Backbone for ResNet {
     }
 
     fn forward_taps(&self, images: &Tensor, train: bool, taps: &[&str]) -> Vec<Tensor> {
-        let wanted: Vec<usize> = taps
-            .iter()
-            .map(|t| {
-                TAPS.iter()
-                    .position(|n| n == t)
-                    .unwrap_or_else(|| panic!("ResNet has no tap '{t}'"))
-            })
-            .collect();
+        let wanted = tap_positions("ResNet", &TAPS, taps);
         let last = wanted.iter().copied().max().unwrap_or(0);
         let mut at: Vec<Option<Tensor>> = (0..TAPS.len()).map(|_| None).collect();
         let mut x = self.bn1.forward_t(&images.apply(&self.conv1), train).relu();

@@ -38,7 +38,9 @@ fn check(spec: &dyn BackboneSpec, arch: &str, cifar: bool, input: [i64; 4]) {
     tch::set_num_threads(1);
     tch::manual_seed(7);
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = spec.build(&(vs.root() / "net")).unwrap();
+    let net = spec
+        .build(&(vs.root() / "net"), &byol::BuildContext::new(Device::Cpu, input[2]))
+        .unwrap();
     // Random, non-trivial BN state so that eval mode is really tested.
     tch::no_grad(|| {
         for (name, t) in vs.variables() {

@@ -119,7 +119,7 @@ fn zero_init_residual_zeroes_the_last_bn_of_each_block() {
         width: 8,
         ..Default::default()
     });
-    let _ = byol::BackboneSpec::build(&spec, &vs.root()).unwrap();
+    let _ = byol::BackboneSpec::build(&spec, &vs.root(), &byol::BuildContext::new(Device::Cpu, 64)).unwrap();
     let variables = vs.variables();
     for block in ["layer1.0", "layer2.3", "layer4.2"] {
         assert_eq!(

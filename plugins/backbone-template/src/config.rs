@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
-use byol::{Backbone, BackboneSpec, ByolError};
+use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 
 use crate::TinyCnn;
 
 /// `[backbone] type = "tiny_cnn"`: three 3x3 stride-2 conv-BN-ReLU blocks, then a global average
 /// pool. Doc comments on fields are the user documentation; `deny_unknown_fields` turns a typo
-/// into an error naming the key, and `default` lets a table leave out any key.
+/// into an error naming the key, and `default` lets a table leave out any key. `Default` is the
+/// example `byol-run plugins` prints, so it must be a valid, sensible configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TinyCnnConfig {
@@ -31,14 +32,16 @@ impl Default for TinyCnnConfig {
 }
 
 // One invocation = the typetag impl (TOML `type` -> this struct) + the inventory entry that
-// `byol-run plugins` prints. `example` is a complete table body; a test parses it.
+// `byol-run plugins` prints: the kind comes from the trait, the example from `Default`, and
+// `optional` shows the keys that the default leaves unset. A test parses every example.
 byol::register_plugin! {
-    kind: Backbone,
     name: "tiny_cnn",
     description: "three conv-BN-ReLU blocks and a global average pool (the plugin template; 64-d avgpool)",
-    example: "type = \"tiny_cnn\"\nwidths = [16, 32, 64]\n# pretrained = \"tiny_cnn.safetensors\"\n",
+    optional: "pretrained = \"tiny_cnn.safetensors\"",
     impl BackboneSpec for TinyCnnConfig {
-        fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>, ByolError> {
+        // `context` carries what the run knows beyond these keys (device, image size); tiny_cnn
+        // works at any size on any device and needs none of it.
+        fn build(&self, path: &nn::Path, _context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
             // Check the configuration here, naming the key: the runner reports this error with
             // the experiment file's name.
             if let Some(w) = self.widths.iter().find(|w| **w <= 0) {

@@ -17,6 +17,7 @@
 
 use tch::{nn, nn::ModuleT, Tensor};
 
+use byol::backbone::tap_positions;
 use byol::nn::{batch_norm2d, conv2d, BatchNorm};
 use byol::Backbone;
 
@@ -66,14 +67,7 @@ impl Backbone for TinyCnn {
     }
 
     fn forward_taps(&self, images: &Tensor, train: bool, taps: &[&str]) -> Vec<Tensor> {
-        let wanted: Vec<usize> = taps
-            .iter()
-            .map(|t| {
-                TAPS.iter()
-                    .position(|n| n == t)
-                    .unwrap_or_else(|| panic!("tiny_cnn has no tap '{t}' (taps: {})", TAPS.join(", ")))
-            })
-            .collect();
+        let wanted = tap_positions("tiny_cnn", &TAPS, taps);
         // Run only as far as the deepest tap asked for.
         let deepest = wanted.iter().copied().max().unwrap_or(0);
         let mut at: Vec<Tensor> = Vec::with_capacity(TAPS.len());

@@ -25,6 +25,9 @@ fn a_bad_width_is_refused_naming_the_key() {
         widths: [16, 0, 64],
         ..Default::default()
     };
-    let error = spec.build(&vs.root()).unwrap_err().to_string();
+    let error = spec
+        .build(&vs.root(), &byol::BuildContext::new(tch::Device::Cpu, 32))
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("backbone.widths"), "{error}");
 }

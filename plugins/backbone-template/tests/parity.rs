@@ -45,7 +45,9 @@ fn tiny_cnn_matches_pytorch() {
     tch::set_num_threads(1);
     tch::manual_seed(3);
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = TinyCnnConfig::default().build(&vs.root()).unwrap();
+    let net = TinyCnnConfig::default()
+        .build(&vs.root(), &byol::BuildContext::new(Device::Cpu, 32))
+        .unwrap();
     // Non-trivial running statistics, so eval mode is really compared.
     tch::no_grad(|| {
         for (name, t) in vs.variables() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
-use byol::{Backbone, BackboneSpec, ByolError};
+use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 
 use crate::TorchScriptBackbone;
 
@@ -32,6 +32,14 @@ fn default_input_size() -> i64 {
     224
 }
 
+/// The example `byol-run plugins` prints. Serde still requires `path` in a `[backbone]` table:
+/// there is no module to train by default.
+impl Default for TorchScriptConfig {
+    fn default() -> Self {
+        Self::new("backbone.pt")
+    }
+}
+
 impl TorchScriptConfig {
     /// The config for the module at `path`, with the default `input_size`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -43,12 +51,12 @@ impl TorchScriptConfig {
 }
 
 byol::register_plugin! {
-    kind: Backbone,
     name: "torchscript",
     description: "any TorchScript module (torch.jit.script / torch.jit.trace of a torchvision or timm model), trained in place; tap `output`",
-    example: "type = \"torchscript\"\npath = \"backbone.pt\"   # torch.jit.script(model).save(\"backbone.pt\")\ninput_size = 224        # dummy forward that finds the output width\n",
+    optional: "# path: torch.jit.script(model).save(\"backbone.pt\"); input_size: the dummy forward's image side\n\
+               # and in [byol]: embedding_layer = \"output\"",
     impl BackboneSpec for TorchScriptConfig {
-        fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>, ByolError> {
+        fn build(&self, path: &nn::Path, _: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
             if self.input_size <= 0 {
                 return Err(ByolError::Config(format!(
                     "backbone.input_size = {} is not a positive image size",

@@ -126,7 +126,10 @@ fn forward_equals_pytorch_for_scripted_traced_and_resnet18_modules() {
         ("resnet18.pt", "resnet18.eval", 512),
     ] {
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = exported.spec(file).build(&vs.root()).unwrap();
+        let net = exported
+            .spec(file)
+            .build(&vs.root(), &byol::BuildContext::new(Device::Cpu, 32))
+            .unwrap();
         assert_eq!(
             net.tap_dim(OUTPUT),
             Some(dim),
@@ -141,7 +144,10 @@ fn forward_equals_pytorch_for_scripted_traced_and_resnet18_modules() {
 
     // Variables are the state_dict, buffers included, under PyTorch's names and with its values.
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = exported.spec("tiny_scripted.pt").build(&vs.root()).unwrap();
+    let net = exported
+        .spec("tiny_scripted.pt")
+        .build(&vs.root(), &byol::BuildContext::new(Device::Cpu, 32))
+        .unwrap();
     let state = exported.under("tiny.state.");
     let variables = vs.variables();
     let mut ours: Vec<&String> = variables.keys().collect();
@@ -189,8 +195,12 @@ fn the_ema_update_reaches_what_the_target_module_computes() {
     let exported = Exported::new(false, 16);
     let spec = exported.spec("tiny_scripted.pt");
     let vs = nn::VarStore::new(Device::Cpu);
-    let online = spec.build(&(vs.root() / "online")).unwrap();
-    let target = spec.build(&(vs.root() / "target")).unwrap();
+    let online = spec
+        .build(&(vs.root() / "online"), &byol::BuildContext::new(Device::Cpu, 16))
+        .unwrap();
+    let target = spec
+        .build(&(vs.root() / "target"), &byol::BuildContext::new(Device::Cpu, 16))
+        .unwrap();
     let updater = TargetUpdater::new(&vs, "online.", "target.").unwrap();
     assert_eq!(
         updater.parameter_count(),
@@ -333,7 +343,10 @@ fn a_missing_or_foreign_file_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let missing = TorchScriptConfig::new(dir.path().join("nope.pt"));
-    let error = missing.build(&vs.root()).unwrap_err().to_string();
+    let error = missing
+        .build(&vs.root(), &byol::BuildContext::new(Device::Cpu, 224))
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("backbone.path") && error.contains("no such file"),
         "{error}"
@@ -341,7 +354,7 @@ fn a_missing_or_foreign_file_is_refused_naming_the_key() {
     let foreign = dir.path().join("weights.pt");
     std::fs::write(&foreign, b"not a zip archive").unwrap();
     let error = TorchScriptConfig::new(&foreign)
-        .build(&vs.root())
+        .build(&vs.root(), &byol::BuildContext::new(Device::Cpu, 224))
         .unwrap_err()
         .to_string();
     assert!(error.contains("not a TorchScript module"), "{error}");
@@ -349,7 +362,10 @@ fn a_missing_or_foreign_file_is_refused_naming_the_key() {
         input_size: 0,
         ..TorchScriptConfig::new(&foreign)
     };
-    let error = spec.build(&vs.root()).unwrap_err().to_string();
+    let error = spec
+        .build(&vs.root(), &byol::BuildContext::new(Device::Cpu, 224))
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("backbone.input_size"), "{error}");
 }
 

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
-use byol::{Backbone, BackboneSpec, ByolError};
+use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 
 use crate::ViT;
 
@@ -130,17 +130,14 @@ macro_rules! vit_size {
         }
 
         byol::register_plugin! {
-            kind: Backbone,
             name: $name,
             description: $description,
-            example: concat!(
-                "type = \"", $name, "\"\nimage_size = 224\npatch_size = 16\nembed_dim = ", stringify!($dim),
-                "\ndepth = ", stringify!($depth), "\nnum_heads = ", stringify!($heads),
-                "\nmlp_ratio = 4.0\n# pretrained = \"", $name, ".safetensors\"\n",
-                "# and in [byol]: embedding_layer = \"cls\"\n"
+            optional: concat!(
+                "pretrained = \"", $name, ".safetensors\"   # a timm state_dict as safetensors\n",
+                "# and in [byol]: embedding_layer = \"cls\""
             ),
             impl BackboneSpec for $ty {
-                fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>, ByolError> {
+                fn build(&self, path: &nn::Path, _: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
                     self.0.build(path)
                 }
                 fn pretrained(&self) -> Option<&Path> {

@@ -4,6 +4,7 @@
 use tch::nn::{self, Init};
 use tch::Tensor;
 
+use byol::backbone::tap_positions;
 use byol::Backbone;
 
 const EPS: f64 = 1e-6;
@@ -147,14 +148,7 @@ impl Backbone for ViT {
             "the ViT backbone was built for {0}x{0} images (backbone.image_size) but got {size:?}",
             self.image_size
         );
-        let wanted: Vec<usize> = taps
-            .iter()
-            .map(|t| {
-                TAPS.iter()
-                    .position(|n| n == t)
-                    .unwrap_or_else(|| panic!("ViT has no tap '{t}' (taps: {})", TAPS.join(", ")))
-            })
-            .collect();
+        let wanted = tap_positions("ViT", &TAPS, taps);
         let map = images.apply(&self.patch_embed);
         let (n, c, h, w) = map.size4().expect("[N, C, H, W]");
         let mut at: Vec<Option<Tensor>> = vec![Some(map.shallow_clone()), None, None];

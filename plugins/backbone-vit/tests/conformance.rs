@@ -29,14 +29,20 @@ fn bad_shapes_are_refused_naming_the_key() {
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let mut spec = ViTSmall16::default();
     spec.0.num_heads = 5;
-    let e = spec.build(&vs.root()).unwrap_err().to_string();
+    let e = spec
+        .build(&vs.root(), &byol::BuildContext::new(tch::Device::Cpu, 224))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("backbone.num_heads = 5 does not divide backbone.embed_dim = 384"),
         "{e}"
     );
     let mut spec = ViTSmall16::default();
     spec.0.image_size = 100;
-    let e = spec.build(&vs.root()).unwrap_err().to_string();
+    let e = spec
+        .build(&vs.root(), &byol::BuildContext::new(tch::Device::Cpu, 224))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("backbone.image_size = 100 is not a multiple of backbone.patch_size = 16"),
         "{e}"

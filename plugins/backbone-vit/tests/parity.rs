@@ -66,7 +66,9 @@ fn a_small_vit_matches_torchvision() {
         pretrained: None,
     });
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = spec.build(&vs.root()).unwrap();
+    let net = spec
+        .build(&vs.root(), &byol::BuildContext::new(Device::Cpu, image))
+        .unwrap();
     // Weights of unit gain (timm's std 0.02 init leaves the blocks close to the identity, which
     // would hide a wrong activation or attention scale), non-trivial norms and biases.
     tch::no_grad(|| {
@@ -126,7 +128,9 @@ outputs["parameters"] = torch.tensor(sum(p.numel() for p in model.parameters()))
 #[test]
 fn vit_s16_has_torchvisions_shapes_and_22m_parameters() {
     let vs = nn::VarStore::new(Device::Cpu);
-    ViTSmall16::default().build(&vs.root()).unwrap();
+    ViTSmall16::default()
+        .build(&vs.root(), &byol::BuildContext::new(Device::Cpu, 224))
+        .unwrap();
     // Shapes only: the values need not travel.
     let shapes: Vec<(String, Tensor)> = vs
         .variables()

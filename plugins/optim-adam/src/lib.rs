@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use byol_train::optimizer::util;
-use byol_train::{NamedParameter, Optimizer, OptimizerSpec};
+use byol::optimizer::{util, NamedParameter, Optimizer, OptimizerSpec};
+use byol::{BuildContext, ByolError};
 
 /// The keys of `[optimizer] type = "adam"` and `type = "adamw"`: one field list, two structs,
 /// so that each can take its PyTorch defaults (serde fills a missing key from `Default`).
@@ -160,14 +160,13 @@ impl Optimizer for Adam {
 }
 
 byol::register_plugin! {
-    kind: Optimizer,
     name: "adam",
     description: "Adam (PyTorch semantics, L2 weight decay), biases and norms undecayed",
-    example: "type = \"adam\"\nlr = 1e-3\nbetas = [0.9, 0.999]\neps = 1e-8\nweight_decay = 0.0\nexclude_bias_and_norm = true\n",
     impl OptimizerSpec for AdamConfig {
-        fn build(&self, parameters: Vec<NamedParameter>) -> Box<dyn Optimizer> {
-            Box::new(Adam::new(self.hyperparameters(false), parameters))
+        fn build(&self, parameters: Vec<NamedParameter>, _: &BuildContext) -> Result<Box<dyn Optimizer>, ByolError> {
+            Ok(Box::new(Adam::new(self.hyperparameters(false), parameters)))
         }
+
         fn lr(&self) -> f64 {
             self.lr
         }
@@ -175,14 +174,13 @@ byol::register_plugin! {
 }
 
 byol::register_plugin! {
-    kind: Optimizer,
     name: "adamw",
     description: "AdamW (decoupled weight decay, PyTorch semantics), biases and norms undecayed",
-    example: "type = \"adamw\"\nlr = 1e-3\nbetas = [0.9, 0.999]\neps = 1e-8\nweight_decay = 0.01\nexclude_bias_and_norm = true\n",
     impl OptimizerSpec for AdamWConfig {
-        fn build(&self, parameters: Vec<NamedParameter>) -> Box<dyn Optimizer> {
-            Box::new(Adam::new(self.hyperparameters(true), parameters))
+        fn build(&self, parameters: Vec<NamedParameter>, _: &BuildContext) -> Result<Box<dyn Optimizer>, ByolError> {
+            Ok(Box::new(Adam::new(self.hyperparameters(true), parameters)))
         }
+
         fn lr(&self) -> f64 {
             self.lr
         }

@@ -2,8 +2,8 @@
 //! implementation, also used by solo-learn and lightly), on the same parameters and gradients,
 //! over several steps with changing lr. Tolerance: 1e-6 relative.
 
+use byol::{NamedParameter, OptimizerSpec};
 use byol_testkit::{max_abs_diff, run_python};
-use byol_train::{NamedParameter, OptimizerSpec};
 use optim_lars::LarsConfig;
 use tch::{Kind, Tensor};
 
@@ -72,7 +72,9 @@ fn lars_steps_match_the_pytorch_reference() {
 
     let handles: Vec<Tensor> = parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
     let names: Vec<String> = parameters.iter().map(|p| p.name.clone()).collect();
-    let mut optimizer = config.build(parameters);
+    let mut optimizer = config
+        .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
+        .unwrap();
     for (step, lr) in lrs.iter().enumerate() {
         optimizer.zero_grad();
         for (p, g) in handles.iter().zip(&grads[step]) {
@@ -102,16 +104,21 @@ fn excluded_parameters_get_plain_momentum_sgd_and_included_ones_get_the_trust_ra
         momentum: 0.0,
         ..Default::default()
     };
-    let mut optimizer = config.build(vec![
-        NamedParameter {
-            name: "w".into(),
-            tensor: weight.shallow_clone(),
-        },
-        NamedParameter {
-            name: "b".into(),
-            tensor: bias.shallow_clone(),
-        },
-    ]);
+    let mut optimizer = config
+        .build(
+            vec![
+                NamedParameter {
+                    name: "w".into(),
+                    tensor: weight.shallow_clone(),
+                },
+                NamedParameter {
+                    name: "b".into(),
+                    tensor: bias.shallow_clone(),
+                },
+            ],
+            &byol::BuildContext::new(tch::Device::Cpu, 32),
+        )
+        .unwrap();
     (weight.sum(Kind::Float) * 2.0 + bias.sum(Kind::Float) * 2.0).backward(); // grads all 2
     optimizer.step(1.0);
     // weight: ||p|| = 4, ||g|| = 8, trust = 0.1 * 4 / 8 = 0.05, update = 0.05 * 2 = 0.1

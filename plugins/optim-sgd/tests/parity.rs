@@ -1,8 +1,8 @@
 //! SGD against torch.optim.SGD with the same parameter groups (weight decay off for 1-D
 //! parameters), several steps with changing lr, with and without Nesterov. Tolerance: 1e-6 relative.
 
+use byol::{NamedParameter, OptimizerSpec};
 use byol_testkit::{max_abs_diff, run_python};
-use byol_train::{NamedParameter, OptimizerSpec};
 use optim_sgd::SgdConfig;
 use tch::{Kind, Tensor};
 
@@ -59,7 +59,9 @@ fn check(nesterov: bool) {
         .iter()
         .map(|p| (p.name.clone(), p.tensor.shallow_clone()))
         .collect();
-    let mut optimizer = config.build(parameters);
+    let mut optimizer = config
+        .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
+        .unwrap();
     for (step, lr) in lrs.iter().enumerate() {
         optimizer.zero_grad();
         for ((_, p), g) in handles.iter().zip(&grads[step]) {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Tensor};
 
 use byol::nn::{batch_norm2d, conv2d, linear, BatchNorm};
-use byol::{Backbone, BackboneSpec, ByolError};
+use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 
 /// `[backbone] type = "toy_convnet"`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -32,12 +32,11 @@ impl Default for ToyConvNetConfig {
 }
 
 byol::register_plugin! {
-    kind: Backbone,
     name: "toy_convnet",
     description: "out-of-tree test plugin: conv-BN-ReLU, average pool, linear",
-    example: "type = \"toy_convnet\"\nchannels = 8\nfeatures = 16\n",
+    optional: "pretrained = \"toy_convnet.safetensors\"",
     impl BackboneSpec for ToyConvNetConfig {
-        fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>, ByolError> {
+        fn build(&self, path: &nn::Path, _: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
             if self.channels <= 0 || self.features <= 0 {
                 return Err(ByolError::Config("backbone.channels and backbone.features must be positive".into()));
             }

@@ -77,7 +77,9 @@ fn toy_convnet_trains_and_its_parameters_change() {
     let init = dir.path().join("init.safetensors");
     tch::manual_seed(11);
     let vs = nn::VarStore::new(Device::Cpu);
-    ToyConvNetConfig::default().build(&vs.root()).unwrap();
+    ToyConvNetConfig::default()
+        .build(&vs.root(), &byol::BuildContext::new(Device::Cpu, 16))
+        .unwrap();
     let initial = byol::state_dict::to_cpu_sorted(&vs.variables());
     Tensor::write_safetensors(&initial, &init).unwrap();
 

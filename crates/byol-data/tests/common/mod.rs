@@ -34,7 +34,7 @@ pub fn spec(toml_text: &str) -> Box<dyn DatasetSpec> {
 }
 
 pub fn build(toml_text: &str) -> Result<Splits, DataError> {
-    spec(toml_text).build()
+    spec(toml_text).build(&byol::BuildContext::new(tch::Device::Cpu, 32))
 }
 
 /// TOML string literal of a path.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tch::Device;
 
-use byol::Augment;
+use byol::{Augment, BuildContext};
 use byol_data::{BatchLoader, Splits};
 
 use crate::checkpoint::Checkpointer;
@@ -61,8 +61,9 @@ impl<'a> Trainer<'a> {
         }
         let mut numerics = StepNumerics::resolve(experiment.run.precision, experiment.run.memory_format, device)?;
         tch::manual_seed(experiment.run.seed as i64);
-        let splits = experiment.dataset.build().context("building [dataset]")?;
-        let augment = experiment.augment.build().context("building [augment]")?;
+        let context = BuildContext::new(device, experiment.augment.image_size());
+        let splits = experiment.dataset.build(&context).context("building [dataset]")?;
+        let augment = experiment.augment.build(&context).context("building [augment]")?;
         let labelled = labelled_splits(experiment, &splits)?;
         let loader = training_loader(experiment, &splits, device, rank, world)?;
         let plan = Plan::new(experiment, loader.batches_per_epoch());
@@ -89,7 +90,10 @@ impl<'a> Trainer<'a> {
         if numerics.channels_last {
             model = model.into_channels_last()?;
         }
-        let mut optimizer = experiment.optimizer.build(model.parameters.clone());
+        let mut optimizer = experiment
+            .optimizer
+            .build(model.parameters.clone(), &context)
+            .context("building [optimizer]")?;
         let monitor = Monitor::new(
             experiment,
             &splits,

@@ -1,0 +1,209 @@
+//! The dataset seam: `[dataset] type = "..."` names a [`DatasetSpec`], whose `build` gives the
+//! [`Splits`]: a training split to learn from, and optionally a labelled split to evaluate the
+//! representation on (kNN bank and queries).
+
+use std::sync::Arc;
+
+use tch::Tensor;
+
+use crate::{BuildContext, DataError, LoaderCrops};
+
+/// The label that images of an unlabelled split carry (their split has no classes).
+pub const NO_LABEL: i64 = -1;
+
+/// A split of images, all of one shape, with labels; an unlabelled split has no classes and
+/// labels every image [`NO_LABEL`].
+pub trait Dataset: std::fmt::Debug + Send + Sync {
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Class names, indexed by label; empty for an unlabelled split.
+    fn classes(&self) -> &[String];
+
+    /// Whether the images carry labels (kNN and the online probe need them).
+    fn is_labelled(&self) -> bool {
+        !self.classes().is_empty()
+    }
+
+    /// `[channels, height, width]` of every image.
+    fn image_shape(&self) -> [usize; 3];
+
+    /// Writes image `index` into `out` (uint8 CHW, `image_shape` bytes) and returns its label.
+    /// `Ok(None)`: the image is unreadable and the dataset skips such images (it counts them for
+    /// [`Dataset::take_warning`]); the loader then repeats another image of the batch. Called
+    /// from several threads at once.
+    fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError>;
+
+    /// Writes image `index` as the two views' crops into `out` (view 1's CHW bytes, then view
+    /// 2's; `crops.sample_bytes()` in all), cut from the full decoded image before resizing, with
+    /// boxes drawn from (seed, epoch, index); returns the label as [`Dataset::read`] does. Only
+    /// datasets that keep their files can ([`Dataset::reads_crops`]).
+    fn read_crops(
+        &self,
+        index: usize,
+        crops: &LoaderCrops,
+        seed_epoch: (u64, u64),
+        out: &mut [u8],
+    ) -> Result<Option<i64>, DataError> {
+        let _ = (index, crops, seed_epoch, out);
+        Err(DataError::Config(
+            "this dataset holds pre-sized images only; crops from full images need an image_folder \
+             with cache = \"none\" (or set augment.crop_on = \"device\")"
+                .into(),
+        ))
+    }
+
+    /// The whole split as one uint8 `[N, 3, H, W]` tensor and its int64 labels, for datasets
+    /// held in memory: the loader can then keep it on the training device and batch by indexing.
+    fn as_tensors(&self) -> Option<(Tensor, Tensor)> {
+        None
+    }
+
+    /// Whether [`Dataset::read_crops`] works.
+    fn reads_crops(&self) -> bool {
+        false
+    }
+
+    /// The images at `indices` as one uint8 `[N, C, H, W]` CPU tensor, and their labels `[N]`.
+    fn batch(&self, indices: &[usize]) -> Result<(Tensor, Tensor), DataError> {
+        read_batch(self, indices, resolve_threads(self.workers()))
+    }
+
+    /// Threads the loader should decode with by default (0: one per core). 1 for datasets held
+    /// in memory, where reading is a copy.
+    fn workers(&self) -> usize {
+        1
+    }
+
+    /// One line about problems met since the last call (unreadable images skipped), for the
+    /// loader to print once per epoch rather than once per file.
+    fn take_warning(&self) -> Option<String> {
+        None
+    }
+}
+
+/// `0` means one thread per core.
+pub fn resolve_threads(threads: usize) -> usize {
+    if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// Reads `indices` into `pixels` (`image_shape` bytes per image) on up to `threads` threads,
+/// each taking a contiguous run. Labels are `None` for skipped images. On failure, the error of
+/// the first failing position, whatever the thread count.
+pub fn read_parallel<D: Dataset + ?Sized>(
+    dataset: &D,
+    indices: &[usize],
+    pixels: &mut [u8],
+    threads: usize,
+) -> Result<Vec<Option<i64>>, DataError> {
+    let sample: usize = dataset.image_shape().iter().product();
+    assert_eq!(pixels.len(), indices.len() * sample, "pixel buffer size");
+    if indices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let run = indices.len().div_ceil(threads.clamp(1, indices.len()));
+    let read_run = |ids: &[usize], out: &mut [u8]| -> Result<Vec<Option<i64>>, DataError> {
+        ids.iter()
+            .zip(out.chunks_mut(sample))
+            .map(|(&i, out)| dataset.read(i, out))
+            .collect()
+    };
+    if run == indices.len() {
+        return read_run(indices, pixels);
+    }
+    let runs: Vec<Result<Vec<Option<i64>>, DataError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = indices
+            .chunks(run)
+            .zip(pixels.chunks_mut(run * sample))
+            .map(|(ids, out)| scope.spawn(move || read_run(ids, out)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(DataError::Config("a decoder thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut labels = Vec::with_capacity(indices.len());
+    for run in runs {
+        labels.extend(run?);
+    }
+    Ok(labels)
+}
+
+/// Gives each skipped image (label `None`) the pixels and label of the next readable image of
+/// the batch (cyclically), so that batches keep their size; deterministic. Fails when no image
+/// of the batch is readable.
+pub fn fill_skipped(pixels: &mut [u8], labels: &[Option<i64>], sample: usize) -> Result<Vec<i64>, DataError> {
+    let n = labels.len();
+    if labels.iter().all(Option::is_some) {
+        return Ok(labels.iter().map(|l| l.expect("all some")).collect());
+    }
+    if labels.iter().all(Option::is_none) {
+        return Err(DataError::Config(format!(
+            "none of the {n} images of a batch could be read (see the warning about unreadable images)"
+        )));
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let j = (0..n)
+            .map(|k| (i + k) % n)
+            .find(|&j| labels[j].is_some())
+            .expect("one is readable");
+        if j != i {
+            pixels.copy_within(j * sample..(j + 1) * sample, i * sample);
+        }
+        out.push(labels[j].expect("readable"));
+    }
+    Ok(out)
+}
+
+/// [`Dataset::batch`] by [`read_parallel`] and [`fill_skipped`].
+pub fn read_batch<D: Dataset + ?Sized>(
+    dataset: &D,
+    indices: &[usize],
+    threads: usize,
+) -> Result<(Tensor, Tensor), DataError> {
+    let [c, h, w] = dataset.image_shape();
+    let sample = c * h * w;
+    let mut pixels = vec![0u8; indices.len() * sample];
+    let labels = read_parallel(dataset, indices, &mut pixels, threads)?;
+    let labels = fill_skipped(&mut pixels, &labels, sample)?;
+    let images = Tensor::from_slice(&pixels).view([indices.len() as i64, c as i64, h as i64, w as i64]);
+    Ok((images, Tensor::from_slice(&labels)))
+}
+
+/// The splits a dataset plugin builds.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    /// Images BYOL trains on (labels unused).
+    pub train: Arc<dyn Dataset>,
+    /// Labelled images evaluated against `train`'s labels by kNN; None disables the kNN monitor.
+    pub test: Option<Arc<dyn Dataset>>,
+}
+
+/// `[dataset] type = "..."`.
+#[typetag::serde(tag = "type")]
+pub trait DatasetSpec: std::fmt::Debug + Send + Sync {
+    fn build(&self, context: &BuildContext) -> Result<Splits, DataError>;
+
+    /// What can be checked without reading the data (folders and files exist, sizes in range),
+    /// for `byol-run validate` and before training starts. Default: nothing.
+    fn check(&self) -> Result<(), DataError> {
+        Ok(())
+    }
+
+    /// Whether the built training split keeps its image files, so that the loader can cut
+    /// crops from them (`augment.crop_on = "loader"`, [`Dataset::reads_crops`]).
+    fn keeps_image_files(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,173 @@
+//! The optimizer seam: `[optimizer] type = "lars"` names an [`OptimizerSpec`], whose `build` gives
+//! the [`Optimizer`] over the online network's parameters.
+
+use tch::Tensor;
+
+use crate::{BuildContext, ByolError};
+
+/// A trainable parameter with its state_dict name.
+#[derive(Debug)]
+pub struct NamedParameter {
+    pub name: String,
+    pub tensor: Tensor,
+}
+
+/// A second handle on the same parameter (not a copy of its values).
+impl Clone for NamedParameter {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            tensor: self.tensor.shallow_clone(),
+        }
+    }
+}
+
+impl NamedParameter {
+    /// Biases and normalization weights (every 1-D parameter): the paper excludes them from
+    /// weight decay and LARS adaptation.
+    pub fn is_bias_or_norm(&self) -> bool {
+        self.tensor.dim() <= 1
+    }
+}
+
+/// Updates parameters in place from their `.grad`.
+pub trait Optimizer: std::fmt::Debug {
+    /// One update with learning rate `lr`.
+    fn step(&mut self, lr: f64);
+
+    /// Clears every parameter's gradient.
+    fn zero_grad(&mut self);
+
+    /// State tensors by name (momentum buffers, ...), for checkpoints.
+    fn state(&self) -> Vec<(String, Tensor)>;
+
+    /// Restores what [`Optimizer::state`] returned; unknown or missing names are errors.
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), String>;
+}
+
+/// `[optimizer] type = "..."`: the TOML side of an optimizer plugin.
+#[typetag::serde(tag = "type")]
+pub trait OptimizerSpec: std::fmt::Debug + Send + Sync {
+    /// The optimizer over `parameters` (the online network's, on `context.device`).
+    fn build(&self, parameters: Vec<NamedParameter>, context: &BuildContext) -> Result<Box<dyn Optimizer>, ByolError>;
+
+    /// The base learning rate (before warmup, cosine and batch scaling).
+    fn lr(&self) -> f64;
+}
+
+/// What distinguishes one heavy-ball optimizer from another: the momentum, Nesterov or not, and
+/// the direction each parameter's gradient becomes (weight decay added, LARS's trust ratio).
+/// [`MomentumSgd`] does the rest.
+pub trait MomentumRule: std::fmt::Debug {
+    fn momentum(&self) -> f64;
+
+    fn nesterov(&self) -> bool {
+        false
+    }
+
+    /// The direction `d` that enters the momentum buffer, from the parameter and its gradient.
+    fn direction(&self, parameter: &NamedParameter, grad: Tensor) -> Tensor;
+}
+
+/// PyTorch's momentum SGD around a [`MomentumRule`]: per parameter `b = m*b + d`, then
+/// `p -= lr*b` (Nesterov: `p -= lr*(d + m*b)`); with momentum 0, `p -= lr*d`. The buffers are the
+/// checkpointed state, as `momentum.<parameter name>`.
+#[derive(Debug)]
+pub struct MomentumSgd<R> {
+    rule: R,
+    parameters: Vec<NamedParameter>,
+    momentum: Vec<Tensor>,
+}
+
+impl<R: MomentumRule> MomentumSgd<R> {
+    pub fn new(rule: R, parameters: Vec<NamedParameter>) -> Self {
+        // PyTorch starts the momentum buffer at the first gradient; starting at zero and adding
+        // the gradient is the same thing.
+        let momentum = parameters.iter().map(|p| p.tensor.zeros_like().detach()).collect();
+        Self {
+            rule,
+            parameters,
+            momentum,
+        }
+    }
+}
+
+impl<R: MomentumRule> Optimizer for MomentumSgd<R> {
+    fn step(&mut self, lr: f64) {
+        let (m, nesterov) = (self.rule.momentum(), self.rule.nesterov());
+        tch::no_grad(|| {
+            for (p, buf) in self.parameters.iter().zip(self.momentum.iter_mut()) {
+                let grad = p.tensor.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let mut d = self.rule.direction(p, grad);
+                if m != 0.0 {
+                    let _ = buf.g_mul_scalar_(m).g_add_(&d);
+                    d = if nesterov { d + &*buf * m } else { buf.shallow_clone() };
+                }
+                let _ = p.tensor.shallow_clone().g_sub_(&(d * lr));
+            }
+        });
+    }
+
+    fn zero_grad(&mut self) {
+        util::zero_grads(&self.parameters);
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        util::named_buffers("momentum.", &self.parameters, &self.momentum)
+    }
+
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), String> {
+        util::load_buffers("momentum.", &self.parameters, &mut self.momentum, state)
+    }
+}
+
+/// What optimizer plugins share: clearing gradients and saving/restoring per-parameter buffers.
+pub mod util {
+    use super::NamedParameter;
+    use tch::Tensor;
+
+    pub fn zero_grads(parameters: &[NamedParameter]) {
+        for p in parameters {
+            let mut grad = p.tensor.grad();
+            if grad.defined() {
+                let _ = grad.zero_();
+            }
+        }
+    }
+
+    /// Loads `{prefix}{param name}` entries of `state` into `buffers` (same order as `parameters`).
+    pub fn load_buffers(
+        prefix: &str,
+        parameters: &[NamedParameter],
+        buffers: &mut [Tensor],
+        state: &[(String, Tensor)],
+    ) -> Result<(), String> {
+        for (p, buffer) in parameters.iter().zip(buffers.iter_mut()) {
+            let key = format!("{prefix}{}", p.name);
+            let (_, saved) = state
+                .iter()
+                .find(|(k, _)| *k == key)
+                .ok_or_else(|| format!("optimizer state lacks '{key}'"))?;
+            if saved.size() != buffer.size() {
+                return Err(format!(
+                    "optimizer state '{key}' has shape {:?}, expected {:?}",
+                    saved.size(),
+                    buffer.size()
+                ));
+            }
+            tch::no_grad(|| buffer.copy_(saved));
+        }
+        Ok(())
+    }
+
+    pub fn named_buffers(prefix: &str, parameters: &[NamedParameter], buffers: &[Tensor]) -> Vec<(String, Tensor)> {
+        parameters
+            .iter()
+            .zip(buffers)
+            .map(|(p, b)| (format!("{prefix}{}", p.name), b.shallow_clone()))
+            .collect()
+    }
+}
