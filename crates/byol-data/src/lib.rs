@@ -13,9 +13,11 @@ pub mod ops;
 pub mod preview;
 pub mod rng;
 pub mod synthetic;
+pub mod tar;
+pub mod webdataset;
 
 pub use augment::AugmentSpec;
 pub use crop::{CropRange, LoaderCrops};
-pub use dataset::{Dataset, DatasetSpec, ImageSet, Splits};
+pub use dataset::{Dataset, DatasetSpec, EpochStream, ImageSet, Splits};
 pub use error::DataError;
 pub use loader::{Batch, BatchLoader, Prefetch};
