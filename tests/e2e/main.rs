@@ -15,6 +15,7 @@ mod run_folder_commands;
 mod sweep;
 mod unlabelled;
 mod validation;
+mod webdataset;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
