@@ -718,8 +718,10 @@ struct Buffered {
     ready: HashMap<usize, (Vec<u8>, usize)>,
     /// Decoder threads waiting for a sample the reader has not handed over.
     waiting: usize,
-    /// The reader waits for room.
+    /// The reader waits for room: until no more than `low_water` samples are buffered (waking
+    /// it for every sample taken would cost a context switch per sample).
     reader_waiting: bool,
+    low_water: usize,
     stop: bool,
     /// The reader has read every wanted sample, or failed (the reason).
     finished: bool,
@@ -801,7 +803,7 @@ impl StreamReader {
                 } else {
                     bytes.clone()
                 };
-                if state.reader_waiting {
+                if state.reader_waiting && state.ready.len() <= state.low_water {
                     self.shared.changed.notify_all();
                 }
                 return Ok(bytes);
@@ -851,9 +853,12 @@ fn read_stream(
         if handed && state.waiting > 0 {
             shared.changed.notify_all();
         }
-        while wait_for_room && state.ready.len() >= cap && state.waiting == 0 && !state.stop {
-            state.reader_waiting = true;
-            state = shared.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        if wait_for_room && state.ready.len() >= cap {
+            state.low_water = cap.saturating_sub(4 * GROUP);
+            while state.ready.len() > state.low_water && state.waiting == 0 && !state.stop {
+                state.reader_waiting = true;
+                state = shared.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
             state.reader_waiting = false;
         }
         !state.stop
