@@ -85,13 +85,21 @@ fn shards(dir: &Path) {
         let pattern = format!("shards/{split}-%06d.tar");
         let out = byol_run(
             dir,
-            &["shard", &format!("images/{split}"), "--out", &pattern, "--per-shard", per_shard],
+            &[
+                "shard",
+                &format!("images/{split}"),
+                "--out",
+                &pattern,
+                "--per-shard",
+                per_shard,
+            ],
         );
         let all = text(&out);
         assert!(out.status.success(), "{all}");
         let last = if split == "train" { 7 } else { 1 };
         assert!(
-            all.contains(&format!("urls = \"shards/{split}-{{000000..00000{last}}}.tar\"")) && all.contains("of 3 classes"),
+            all.contains(&format!("urls = \"shards/{split}-{{000000..00000{last}}}.tar\""))
+                && all.contains("of 3 classes"),
             "{all}"
         );
     }
@@ -112,7 +120,10 @@ fn shards_from_byol_run_shard_train_with_the_knn_monitor() {
     assert!(all.contains("128 images") && all.contains("kNN top-1 before"), "{all}");
     // No sample skipped or left out (the classes' colours make kNN perfect from the start,
     // so the "did not improve" warning may appear).
-    assert!(!all.contains("unreadable") && !all.contains("left out") && !all.contains("NaN"), "{all}");
+    assert!(
+        !all.contains("unreadable") && !all.contains("left out") && !all.contains("NaN"),
+        "{all}"
+    );
     let s = summary(&dir.path().join("run"));
     assert_eq!(s["steps"], 32, "2 epochs of 128 / 8: {s}");
     let top1 = s["knn_after"]["top1"].as_f64().unwrap_or(f64::NAN);
@@ -121,9 +132,20 @@ fn shards_from_byol_run_shard_train_with_the_knn_monitor() {
     // The same shards unlabelled (a flat folder): kNN needs [eval] train and test.
     let flat = byol_run(
         dir.path(),
-        &["shard", "images/train/red", "--out", "flat/u-%03d.tar", "--per-shard", "20"],
+        &[
+            "shard",
+            "images/train/red",
+            "--out",
+            "flat/u-%03d.tar",
+            "--per-shard",
+            "20",
+        ],
     );
-    assert!(flat.status.success() && text(&flat).contains("unlabelled"), "{}", text(&flat));
+    assert!(
+        flat.status.success() && text(&flat).contains("unlabelled"),
+        "{}",
+        text(&flat)
+    );
     let unlabelled = SHARDS
         .replace("shards/train-{000000..000007}.tar", "flat/u-{000..002}.tar")
         .replace("test_urls = \"shards/test-{000000..000001}.tar\"\n", "");
@@ -147,15 +169,25 @@ fn shards_from_byol_run_shard_train_with_the_knn_monitor() {
     );
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    assert!(all.contains("kNN top-1 before") && !all.contains("kNN monitor and online probe off"), "{all}");
+    assert!(
+        all.contains("kNN top-1 before") && !all.contains("kNN monitor and online probe off"),
+        "{all}"
+    );
 
     // Asking for kNN test shards next to unlabelled training shards says what to do instead.
     let out = byol_run(
         dir.path(),
-        &["flat.toml", "--set", "dataset.test_urls=\"shards/test-{000000..000001}.tar\""],
+        &[
+            "flat.toml",
+            "--set",
+            "dataset.test_urls=\"shards/test-{000000..000001}.tar\"",
+        ],
     );
     let all = text(&out);
-    assert!(!out.status.success() && all.contains("set eval.train and eval.test"), "{all}");
+    assert!(
+        !out.status.success() && all.contains("set eval.train and eval.test"),
+        "{all}"
+    );
 }
 
 fn checkpoints(run_dir: &Path) -> usize {
@@ -182,7 +214,10 @@ fn kill_9_in_the_middle_of_an_epoch_then_resume_ends_bit_for_bit() {
     shards(dir.path());
     // Crops cut by the loader from the shards' full images; 16 steps per epoch and a checkpoint
     // every 5 steps, so every checkpoint before the end lies inside an epoch.
-    let experiment = SHARDS.replace("image_size = 16\n\n[optimizer]", "image_size = 16\ncrop_on = \"loader\"\n\n[optimizer]");
+    let experiment = SHARDS.replace(
+        "image_size = 16\n\n[optimizer]",
+        "image_size = 16\ncrop_on = \"loader\"\n\n[optimizer]",
+    );
     assert!(experiment.contains("crop_on"));
     std::fs::write(dir.path().join("wds.toml"), experiment).unwrap();
     let reference = byol_run(dir.path(), &["wds.toml", "--run-dir", "reference", "--quiet"]);
@@ -216,14 +251,20 @@ fn kill_9_in_the_middle_of_an_epoch_then_resume_ends_bit_for_bit() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no resume line: {all}"));
-    assert!(from % 16 != 0, "resumed at step {from}, inside an epoch of 16 steps");
+    assert!(
+        !from.is_multiple_of(16),
+        "resumed at step {from}, inside an epoch of 16 steps"
+    );
     let (a, b) = (
         final_model(&dir.path().join("reference")),
         final_model(&dir.path().join("killed")),
     );
     assert_eq!(a.len(), b.len());
     for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x.equal(y), "{name} differs between the uninterrupted and the resumed run");
+        assert!(
+            x.equal(y),
+            "{name} differs between the uninterrupted and the resumed run"
+        );
     }
 }
 

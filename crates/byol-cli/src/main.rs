@@ -96,6 +96,9 @@ fn shard(args: &ShardArgs) -> anyhow::Result<()> {
     let seed = (!args.in_order).then_some(args.seed);
     let written = byol_data::webdataset::write_shards(&args.dir, &args.out, args.per_shard, seed)
         .with_context(|| format!("writing shards of {}", args.dir.display()))?;
+    for w in &written.warnings {
+        eprintln!("warning: {w}");
+    }
     println!(
         "wrote {} samples{} into {} shard(s)",
         written.samples,

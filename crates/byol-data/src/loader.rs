@@ -209,7 +209,10 @@ impl BatchLoader {
                 let from = (skip * self.batch_size).min(stream.order.len());
                 let to = from + batches.iter().map(Vec::len).sum::<usize>();
                 let lookahead = (self.batches_ahead.max(1) + 1) * self.batch_size + resolve_threads(self.workers);
-                if let Some(reader) = self.dataset.stream_reader(&stream.reads, &stream.order[from..to], lookahead) {
+                if let Some(reader) = self
+                    .dataset
+                    .stream_reader(&stream.reads, &stream.order[from..to], lookahead)
+                {
                     dataset = reader;
                 }
                 batches

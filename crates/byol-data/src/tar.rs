@@ -87,7 +87,10 @@ impl<R: Read + Seek> TarReader<R> {
                     self.done = true;
                     return Ok(None);
                 }
-                return Err(format!("truncated at byte {at}: {} bytes left for a 512-byte header", self.length - at));
+                return Err(format!(
+                    "truncated at byte {at}: {} bytes left for a 512-byte header",
+                    self.length - at
+                ));
             }
             let header = self.read_block(at)?;
             if header.iter().all(|&b| b == 0) {
@@ -156,7 +159,11 @@ fn c_string(bytes: &[u8]) -> String {
 fn header_name(header: &[u8; 512]) -> String {
     let name = c_string(&header[0..100]);
     let ustar = &header[257..263] == b"ustar\0";
-    let prefix = if ustar { c_string(&header[345..500]) } else { String::new() };
+    let prefix = if ustar {
+        c_string(&header[345..500])
+    } else {
+        String::new()
+    };
     if prefix.is_empty() {
         name
     } else {
@@ -307,7 +314,11 @@ mod tests {
         damaged[3] ^= 0xFF;
         assert!(list(&damaged).unwrap_err().contains("checksum"));
         let truncated = &bytes[..900];
-        assert!(list(truncated).unwrap_err().contains("truncated"), "{:?}", list(truncated));
+        assert!(
+            list(truncated).unwrap_err().contains("truncated"),
+            "{:?}",
+            list(truncated)
+        );
     }
 
     #[test]

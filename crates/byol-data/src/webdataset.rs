@@ -77,8 +77,8 @@ impl Urls {
                      and name the local paths"
                 )));
             }
-            let expanded = expand_braces(pattern)
-                .map_err(|e| DataError::Config(format!("dataset.{key} = {pattern:?}: {e}")))?;
+            let expanded =
+                expand_braces(pattern).map_err(|e| DataError::Config(format!("dataset.{key} = {pattern:?}: {e}")))?;
             paths.extend(expanded.into_iter().map(PathBuf::from));
         }
         if paths.is_empty() {
@@ -477,9 +477,16 @@ fn classes_of(key: &str, shards: &[PathBuf], samples: &[Sample]) -> Result<Vec<S
     }
     let text = std::fs::read_to_string(&file)
         .map_err(|e| DataError::Config(format!("dataset.{key}: cannot read {}: {e}", file.display())))?;
-    let classes: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    let classes: Vec<String> = text
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
     if most >= classes.len() {
-        let s = samples.iter().find(|s| s.label as usize >= classes.len()).expect("the largest");
+        let s = samples
+            .iter()
+            .find(|s| s.label as usize >= classes.len())
+            .expect("the largest");
         return Err(DataError::Config(format!(
             "dataset.{key}: {} names {} classes, and sample {} in {} has label {}; fix or remove the class list",
             file.display(),
@@ -682,7 +689,8 @@ impl Dataset for WebDataset {
         out: &mut [u8],
     ) -> Result<Option<i64>, DataError> {
         self.0.sample(index)?;
-        self.0.decode(index, self.0.read_at(index), Some((crops, seed, epoch)), out)
+        self.0
+            .decode(index, self.0.read_at(index), Some((crops, seed, epoch)), out)
     }
 
     fn reads_crops(&self) -> bool {
@@ -867,7 +875,10 @@ fn read_stream(
         let sample = &core.index.samples[index];
         let path = core.index.path(sample);
         let at = |e: std::io::Error| format!("{}: cannot read member {}: {e}", path.display(), sample.name);
-        if open.as_ref().is_none_or(|(s, _, pos)| *s != sample.shard || *pos > sample.offset) {
+        if open
+            .as_ref()
+            .is_none_or(|(s, _, pos)| *s != sample.shard || *pos > sample.offset)
+        {
             let file = File::open(path).map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
             open = Some((sample.shard, BufReader::with_capacity(READ_BUFFER, file), 0));
         }
@@ -952,6 +963,8 @@ pub struct ShardsWritten {
     pub urls: String,
     /// Class names when the folder has class sub-folders (written to `classes.txt`).
     pub classes: Vec<String>,
+    /// Class folders without images (their labels still count).
+    pub warnings: Vec<String>,
 }
 
 /// Writes the images under `source` into tar shards of `per_shard` samples each, named by
@@ -971,14 +984,17 @@ pub fn write_shards(
         return Err(DataError::Config("--per-shard must be at least 1".into()));
     }
     let (head, width, tail) = parse_pattern(pattern)?;
-    let (classes, mut files, _warnings) = crate::image_folder::images_for_shards(source)?;
+    let (classes, mut files, warnings) = crate::image_folder::images_for_shards(source)?;
     if let Some(seed) = shuffle_seed {
         let order = shuffled(files.len(), &[seed, 0x7764_7772]);
         files = order.into_iter().map(|i| files[i].clone()).collect();
     }
     let shard_name = |n: usize| PathBuf::from(format!("{head}{n:0width$}{tail}"));
     let first = shard_name(0);
-    let dir = first.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = first
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| DataError::Config(format!("cannot create the folder {}: {e}", dir.display())))?;
     let key_width = 6.max(files.len().saturating_sub(1).to_string().len());
@@ -995,8 +1011,8 @@ pub fn write_shards(
                 .extension()
                 .map(|e| e.to_string_lossy().to_ascii_lowercase())
                 .unwrap_or_default();
-            let bytes = std::fs::read(image)
-                .map_err(|e| DataError::Config(format!("cannot read {}: {e}", image.display())))?;
+            let bytes =
+                std::fs::read(image).map_err(|e| DataError::Config(format!("cannot read {}: {e}", image.display())))?;
             tar.append(&format!("{key}.{ext}"), &bytes).map_err(write_err)?;
             if *label != NO_LABEL {
                 tar.append(&format!("{key}.cls"), label.to_string().as_bytes())
@@ -1010,15 +1026,19 @@ pub fn write_shards(
             .map_err(|e| write_err(e.into_error()))?;
         file.sync_all().map_err(write_err)?;
         // Renamed when complete, so that a killed run never leaves a short shard under the name.
-        std::fs::rename(&partial, &path)
-            .map_err(|e| DataError::Config(format!("cannot rename {} to {}: {e}", partial.display(), path.display())))?;
+        std::fs::rename(&partial, &path).map_err(|e| {
+            DataError::Config(format!(
+                "cannot rename {} to {}: {e}",
+                partial.display(),
+                path.display()
+            ))
+        })?;
         shards.push(path);
     }
     if !classes.is_empty() {
         let list = dir.join(CLASSES_FILE);
         let text: String = classes.iter().map(|c| format!("{c}\n")).collect();
-        std::fs::write(&list, text)
-            .map_err(|e| DataError::Config(format!("cannot write {}: {e}", list.display())))?;
+        std::fs::write(&list, text).map_err(|e| DataError::Config(format!("cannot write {}: {e}", list.display())))?;
     }
     let last = shards.len() - 1;
     let urls = if last == 0 {
@@ -1031,6 +1051,7 @@ pub fn write_shards(
         shards,
         urls,
         classes,
+        warnings,
     })
 }
 
@@ -1048,7 +1069,11 @@ fn parse_pattern(pattern: &str) -> Result<(&str, usize, &str), DataError> {
     if !spec.chars().all(|c| c.is_ascii_digit()) || rest[d + 1..].contains('%') {
         return Err(bad());
     }
-    let width = if spec.is_empty() { 0 } else { spec.parse().map_err(|_| bad())? };
+    let width = if spec.is_empty() {
+        0
+    } else {
+        spec.parse().map_err(|_| bad())?
+    };
     Ok((&pattern[..start], width, &rest[d + 1..]))
 }
 
@@ -1072,7 +1097,10 @@ mod tests {
     #[test]
     fn keys_are_the_name_before_the_first_dot() {
         assert_eq!(split_key("000001.jpg"), Some(("000001", "jpg".into())));
-        assert_eq!(split_key("a.b/x/000001.seg.PNG"), Some(("a.b/x/000001", "seg.png".into())));
+        assert_eq!(
+            split_key("a.b/x/000001.seg.PNG"),
+            Some(("a.b/x/000001", "seg.png".into()))
+        );
         assert_eq!(split_key("dir/.hidden"), None);
         assert_eq!(split_key("noext"), None);
     }

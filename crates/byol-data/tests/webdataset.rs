@@ -80,7 +80,10 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
     let ids: BTreeSet<u8> = seen.iter().map(|&(id, _)| id).collect();
     assert_eq!(ids, (1..=21).collect(), "every image once");
     // Shuffled before sharding, so that shards mix the classes.
-    assert_ne!(seen.iter().map(|&(id, _)| id).collect::<Vec<_>>(), (1..=21).collect::<Vec<_>>());
+    assert_ne!(
+        seen.iter().map(|&(id, _)| id).collect::<Vec<_>>(),
+        (1..=21).collect::<Vec<_>>()
+    );
 
     // The same shards as a list of paths, and a flat folder as unlabelled shards.
     let list = format!(
@@ -220,7 +223,11 @@ fn two_processes_take_disjoint_halves_of_every_epoch() {
                 }
             }
         }
-        assert_eq!(union.len(), 70, "epoch {epoch}: together the processes see every sample");
+        assert_eq!(
+            union.len(),
+            70,
+            "epoch {epoch}: together the processes see every sample"
+        );
     }
     // The shard order changes with the epoch, and the buffer shuffles within the run.
     let e0 = train.epoch_stream(11, 0, 0, 2).unwrap();
@@ -228,7 +235,9 @@ fn two_processes_take_disjoint_halves_of_every_epoch() {
     assert_ne!(e0.reads, e1.reads);
     assert_ne!(e0.order, (0..35).collect::<Vec<_>>());
     // One process over an odd split: 70 / 3 = 23 each, one sample waits for another epoch.
-    let thirds: usize = (0..3).map(|r| train.epoch_stream(11, 0, r, 3).unwrap().reads.len()).sum();
+    let thirds: usize = (0..3)
+        .map(|r| train.epoch_stream(11, 0, r, 3).unwrap().reads.len())
+        .sum();
     assert_eq!(thirds, 69);
 }
 
@@ -334,6 +343,12 @@ fn bad_samples_are_skipped_and_counted_and_damaged_shards_named() {
     let err = config(&quoted(&text), "").load().unwrap_err().to_string();
     assert!(err.contains("text.tar") && err.contains("not a tar header"), "{err}");
     // A missing shard of a pattern is named with the count.
-    let err = config(&quoted(&tmp.path().join("bad-{0..2}.tar")), "").load().unwrap_err().to_string();
-    assert!(err.contains("3 of the 3 shards do not exist") && err.contains("bad-0.tar"), "{err}");
+    let err = config(&quoted(&tmp.path().join("bad-{0..2}.tar")), "")
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("3 of the 3 shards do not exist") && err.contains("bad-0.tar"),
+        "{err}"
+    );
 }
