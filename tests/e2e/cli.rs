@@ -45,6 +45,17 @@ fn every_experiment_file_validates() {
                     std::fs::create_dir_all(scratch.path().join(folder)).unwrap();
                 }
             }
+            // And empty files where it expects WebDataset shards (validate checks they exist).
+            for key in ["urls", "test_urls"] {
+                if let Some(urls) = dataset.get(key) {
+                    let urls: byol_data::webdataset::Urls = urls.clone().try_into().unwrap();
+                    for shard in urls.expand(key).unwrap() {
+                        let shard = scratch.path().join(shard);
+                        std::fs::create_dir_all(shard.parent().unwrap()).unwrap();
+                        std::fs::write(shard, b"").unwrap();
+                    }
+                }
+            }
             let out = byol_run(scratch.path(), &["validate", path.to_str().unwrap()]);
             let error = String::from_utf8_lossy(&out.stderr);
             let wants_cuda = file["run"].get("device").and_then(|d| d.as_str()) == Some("cuda");

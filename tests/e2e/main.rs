@@ -17,6 +17,7 @@ mod sweep;
 mod tensorboard;
 mod unlabelled;
 mod validation;
+mod webdataset;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

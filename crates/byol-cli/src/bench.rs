@@ -83,6 +83,11 @@ pub struct DataArgs {
     /// Measure the loader alone, without the augmentation.
     #[arg(long)]
     loader_only: bool,
+    /// Also time an `image_folder` with `cache = "none"` at the same image size on this folder
+    /// (the same images in another layout: the folder `byol-run shard` packed into the
+    /// experiment's shards), loader alone, and print the ratio of images per CPU-second.
+    #[arg(long, value_name = "DIR")]
+    against_image_folder: Option<PathBuf>,
 }
 
 pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
@@ -201,9 +206,24 @@ fn data(args: &DataArgs) -> anyhow::Result<()> {
         workers.dedup();
     }
     let [c, h, w] = splits.train.image_shape();
+    let folder = match &args.against_image_folder {
+        Some(dir) => {
+            let config = byol_data::image_folder::ImageFolderConfig {
+                train: dir.clone(),
+                image_size: h as u32,
+                cache: byol_data::image_folder::Cache::None,
+                ..Default::default()
+            };
+            let (folder, _, _) = config
+                .load_with_notes()
+                .with_context(|| format!("--against-image-folder {}", dir.display()))?;
+            Some(folder.train)
+        }
+        None => None,
+    };
     println!(
         "bench data: {} | train split: {} images{} | batch {batch_size} | {} warm-up + {} timed batches | \
-         device {device:?} | {cores} cores | libtorch threads {}",
+         device {device:?} | {cores} cores ({}) | libtorch threads {}",
         args.experiment.display(),
         splits.train.len(),
         match crops {
@@ -212,6 +232,7 @@ fn data(args: &DataArgs) -> anyhow::Result<()> {
         },
         args.warmup,
         args.batches,
+        cpu_model(),
         tch::get_num_threads()
     );
     println!(
@@ -247,8 +268,40 @@ fn data(args: &DataArgs) -> anyhow::Result<()> {
                 .map_or("-".into(), |m| format!("{:.0}", m.per_second())),
             with_augment.as_ref().map_or("-".into(), |m| m.per_cpu_second()),
         );
+        if let Some(folder) = &folder {
+            let mut loader = BatchLoader::new(folder.clone(), batch_size, true, true, experiment.run.seed);
+            loader.workers = w;
+            loader.crops = crops;
+            let theirs = measure(&loader, device, args.warmup, args.batches, |_| {})?;
+            let ratio = match (alone.cpu_seconds, theirs.cpu_seconds) {
+                (Some(a), Some(b)) if a > 0.0 && b > 0.0 => {
+                    format!("{:.2}", (alone.images as f64 / a) / (theirs.images as f64 / b))
+                }
+                _ => "n/a".into(),
+            };
+            println!(
+                "{w:>7}  {:>12.0}  {:>14}  <- image_folder (cache = \"none\") on {}; images per CPU-second, \
+                 the experiment's dataset / image_folder: {ratio}",
+                theirs.per_second(),
+                theirs.per_cpu_second(),
+                args.against_image_folder.as_ref().expect("set").display(),
+            );
+        }
     }
     Ok(())
+}
+
+/// The CPU's model name (`lscpu`'s "Model name"), from /proc/cpuinfo.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "CPU model unknown".into())
 }
 
 /// One line of `bench step`, as torch_reference.py reports it.

@@ -66,9 +66,56 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Write WebDataset tar shards from an image folder (class sub-folders become `.cls`
+    /// labels and a `classes.txt` next to the shards; a folder without them gives unlabelled
+    /// samples), for `[dataset] type = "webdataset"`.
+    Shard(ShardArgs),
     /// Run the hyperparameter sweep of a file's [sweep] table: one run folder per trial,
     /// resumable, then a ranked summary (CSV and markdown).
     Sweep(sweep::SweepArgs),
+}
+
+#[derive(Args)]
+struct ShardArgs {
+    /// The image folder: `<dir>/<class>/<image>`, or any tree of images (unlabelled).
+    dir: PathBuf,
+    /// Shard file names, with one printf-style number: `shards/train-%06d.tar`.
+    #[arg(long, value_name = "PATTERN")]
+    out: String,
+    /// Samples per shard.
+    #[arg(long, value_name = "N")]
+    per_shard: usize,
+    /// Seed of the order samples are written in (shuffled so that every shard mixes classes).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write samples in sorted path order instead (classes one after another).
+    #[arg(long, conflicts_with = "seed")]
+    in_order: bool,
+}
+
+fn shard(args: &ShardArgs) -> anyhow::Result<()> {
+    let seed = (!args.in_order).then_some(args.seed);
+    let written = byol_data::webdataset::write_shards(&args.dir, &args.out, args.per_shard, seed)
+        .with_context(|| format!("writing shards of {}", args.dir.display()))?;
+    for w in &written.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "wrote {} samples{} into {} shard(s)",
+        written.samples,
+        if written.classes.is_empty() {
+            " (unlabelled: no class sub-folders)".to_string()
+        } else {
+            format!(
+                " of {} classes (labels in .cls members; names in {})",
+                written.classes.len(),
+                byol_data::webdataset::CLASSES_FILE
+            )
+        },
+        written.shards.len()
+    );
+    println!("[dataset]\ntype = \"webdataset\"\nurls = {:?}", written.urls);
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -124,6 +171,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(command)) => eval::run(&command),
         Some(Command::Bench { what }) => bench::run(&what),
         Some(Command::Sweep(args)) => sweep::run(&args),
+        Some(Command::Shard(args)) => shard(&args),
         None => train(&cli.train),
     };
     match result {

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::dataset::{fill_skipped, resolve_threads};
 use crate::rng::permutation;
-use crate::{DataError, Dataset, LoaderCrops};
+use crate::{DataError, Dataset, EpochStream, LoaderCrops};
 
 /// Iterates one epoch of `dataset` in the order of (seed, epoch): shuffled, or sequential for
 /// evaluation; `drop_last` drops the final short batch. `rank`/`world_size` take every
@@ -114,9 +114,26 @@ impl BatchLoader {
         &self.dataset
     }
 
+    /// The epoch's order from the dataset itself (sequentially stored shards), when it has one
+    /// and the loader shuffles: already split between the processes.
+    fn epoch_stream(&self, epoch: u64) -> Option<EpochStream> {
+        self.shuffle
+            .then(|| self.dataset.epoch_stream(self.seed, epoch, self.rank, self.world_size))
+            .flatten()
+    }
+
     /// Batches per epoch (for this rank).
     pub fn batches_per_epoch(&self) -> usize {
         let n = self.dataset.len();
+        if self.shuffle && self.dataset.epoch_stream(self.seed, 0, 0, 1).is_some() {
+            // Each process streams its own len / world samples.
+            let mine = n / self.world_size;
+            return if self.drop_last {
+                mine / self.batch_size
+            } else {
+                mine.div_ceil(self.batch_size)
+            };
+        }
         let total = if self.drop_last {
             n / self.batch_size
         } else {
@@ -127,6 +144,10 @@ impl BatchLoader {
 
     /// The index lists of one epoch's batches.
     pub fn epoch_indices(&self, epoch: u64) -> Vec<Vec<usize>> {
+        if let Some(stream) = self.epoch_stream(epoch) {
+            let order: Vec<usize> = stream.indices().collect();
+            return self.stream_batches(&order);
+        }
         let n = self.dataset.len();
         let order = if self.shuffle {
             permutation(n, self.seed, epoch)
@@ -144,6 +165,15 @@ impl BatchLoader {
             .skip(self.rank)
             .step_by(self.world_size)
             .take(per_rank)
+            .collect()
+    }
+
+    /// One process's stream order cut into batches (the processes split the samples already).
+    fn stream_batches(&self, order: &[usize]) -> Vec<Vec<usize>> {
+        order
+            .chunks(self.batch_size)
+            .filter(|c| !self.drop_last || c.len() == self.batch_size)
+            .map(|c| c.to_vec())
             .collect()
     }
 
@@ -166,8 +196,29 @@ impl BatchLoader {
     /// content depend on (seed, epoch, index) only, never on the worker count. After an error
     /// the iterator ends. Dropping it stops the workers; at the end of the epoch (or drop) the
     /// dataset's warning about skipped images, if any, is printed once.
+    ///
+    /// A dataset with its own [`Dataset::epoch_stream`] (tar shards) is read through its
+    /// [`Dataset::stream_reader`]: one forward pass over this process's files that skips, without
+    /// reading or decoding them, the samples of the `skip` batches already trained on.
     pub fn prefetch(&self, epoch: u64, skip: usize, device: Device) -> Prefetch {
-        let batches: Vec<Vec<usize>> = self.epoch_indices(epoch).into_iter().skip(skip).collect();
+        let mut dataset = self.dataset.clone();
+        let batches: Vec<Vec<usize>> = match self.epoch_stream(epoch) {
+            Some(stream) => {
+                let order: Vec<usize> = stream.indices().collect();
+                let batches: Vec<Vec<usize>> = self.stream_batches(&order).into_iter().skip(skip).collect();
+                let from = (skip * self.batch_size).min(stream.order.len());
+                let to = from + batches.iter().map(Vec::len).sum::<usize>();
+                let lookahead = (self.batches_ahead.max(1) + 1) * self.batch_size + resolve_threads(self.workers);
+                if let Some(reader) = self
+                    .dataset
+                    .stream_reader(&stream.reads, &stream.order[from..to], lookahead)
+                {
+                    dataset = reader;
+                }
+                batches
+            }
+            None => self.epoch_indices(epoch).into_iter().skip(skip).collect(),
+        };
         if let Some(resident) = &self.resident {
             return Prefetch::resident(batches, resident, self.dataset.clone());
         }
@@ -178,7 +229,7 @@ impl BatchLoader {
             None => self.dataset.image_shape(),
         };
         let shared = Arc::new(Shared {
-            dataset: self.dataset.clone(),
+            dataset,
             shape,
             crops: self.crops.map(|c| (c, self.seed, epoch)),
             batches,

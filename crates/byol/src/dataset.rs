@@ -83,6 +83,41 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
     fn take_warning(&self) -> Option<String> {
         None
     }
+
+    /// For datasets stored as long sequential files (WebDataset tar shards): the training order
+    /// of one epoch for process `rank` of `world`, which the loader takes instead of its global
+    /// permutation; a pure function of its arguments, so a resumed run continues the same
+    /// order. Every process gets `len() / world` samples, disjoint from the others'. None: the
+    /// loader shuffles indices itself.
+    fn epoch_stream(&self, seed: u64, epoch: u64, rank: usize, world: usize) -> Option<EpochStream> {
+        let _ = (seed, epoch, rank, world);
+        None
+    }
+
+    /// A view of this dataset whose `read`/`read_crops` take the samples `reads[p]`, for the
+    /// positions `p` in `wanted` (in that order), from one forward pass over the files in the
+    /// order of `reads`, reading at most about `lookahead` samples (plus the dataset's own
+    /// shuffle buffer) ahead of the decoders. Only for datasets with an [`Dataset::epoch_stream`].
+    fn stream_reader(&self, reads: &[usize], wanted: &[usize], lookahead: usize) -> Option<Arc<dyn Dataset>> {
+        let _ = (reads, wanted, lookahead);
+        None
+    }
+}
+
+/// One epoch of a sequentially stored dataset for one process ([`Dataset::epoch_stream`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochStream {
+    /// Sample indices in the order one pass over this process's part of the files meets them.
+    pub reads: Vec<usize>,
+    /// The training order: positions into `reads`.
+    pub order: Vec<usize>,
+}
+
+impl EpochStream {
+    /// The training order as sample indices.
+    pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.order.iter().map(|&p| self.reads[p])
+    }
 }
 
 /// `0` means one thread per core.

@@ -36,7 +36,7 @@ pub mod target;
 pub use augment::{Augment, AugmentSpec, CropRange, LoaderCrops};
 pub use backbone::{Backbone, BackboneSpec};
 pub use context::BuildContext;
-pub use dataset::{Dataset, DatasetSpec, Splits};
+pub use dataset::{Dataset, DatasetSpec, EpochStream, Splits};
 pub use error::{ByolError, DataError};
 pub use heads::MlpHead;
 pub use loss::{byol_loss, normalized_mse};

@@ -1,0 +1,354 @@
+//! `type = "webdataset"`: shards written by `write_shards` (what `byol-run shard` runs) and by
+//! Python's `tarfile` laid out as the `webdataset` package writes them both read with the right
+//! images and labels; two processes split every epoch into disjoint halves; a loader that skips
+//! the batches already trained on (a resume) gets exactly the remaining ones; bad samples are
+//! skipped and counted, damaged shards named.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use byol_data::image_folder::NO_LABEL;
+use byol_data::webdataset::{write_shards, WebDatasetConfig};
+use byol_data::{BatchLoader, Dataset};
+use common::{python, quoted};
+use tch::Device;
+
+/// A 12x10 PNG whose red channel is `id` everywhere: any crop or resize of it keeps `id`.
+fn write_image(path: &Path, id: u8) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::from_fn(12, 10, |x, y| image::Rgb([id, (x * 20) as u8, (y * 20) as u8]))
+        .save(path)
+        .unwrap();
+}
+
+fn config(urls: &str, extra: &str) -> WebDatasetConfig {
+    toml::from_str(&format!("urls = {urls}\nimage_size = 8\n{extra}\n")).unwrap()
+}
+
+/// (red channel, label) of every sample, by index.
+fn contents(split: &dyn Dataset) -> Vec<(u8, i64)> {
+    let mut out = vec![0u8; 3 * 8 * 8];
+    (0..split.len())
+        .map(|i| {
+            let label = split.read(i, &mut out).unwrap().expect("readable");
+            (out[0], label)
+        })
+        .collect()
+}
+
+/// 3 classes x 7 images, ids 1..=21, class folders `c0 c1 c2`.
+fn class_folder(root: &Path) {
+    for class in 0..3u8 {
+        for i in 0..7u8 {
+            write_image(&root.join(format!("c{class}/{i}.png")), 1 + class * 7 + i);
+        }
+    }
+}
+
+fn class_of(id: u8) -> i64 {
+    ((id - 1) / 7) as i64
+}
+
+#[test]
+fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    class_folder(&tmp.path().join("images"));
+    let pattern = tmp.path().join("shards/train-%06d.tar");
+    let written = write_shards(&tmp.path().join("images"), pattern.to_str().unwrap(), 5, Some(0)).unwrap();
+    assert_eq!(written.samples, 21);
+    assert_eq!(written.shards.len(), 5, "21 samples, 5 per shard");
+    assert_eq!(written.classes, ["c0", "c1", "c2"]);
+    let urls = written.urls.clone();
+    assert!(urls.ends_with("train-{000000..000004}.tar"), "{urls}");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("shards/classes.txt")).unwrap(),
+        "c0\nc1\nc2\n"
+    );
+
+    let (splits, warnings) = config(&quoted(Path::new(&urls)), "").load().unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let train = splits.train;
+    assert_eq!(train.classes(), ["c0", "c1", "c2"]);
+    let seen = contents(train.as_ref());
+    assert_eq!(seen.len(), 21);
+    for &(id, label) in &seen {
+        assert_eq!(label, class_of(id), "image {id}");
+    }
+    let ids: BTreeSet<u8> = seen.iter().map(|&(id, _)| id).collect();
+    assert_eq!(ids, (1..=21).collect(), "every image once");
+    // Shuffled before sharding, so that shards mix the classes.
+    assert_ne!(
+        seen.iter().map(|&(id, _)| id).collect::<Vec<_>>(),
+        (1..=21).collect::<Vec<_>>()
+    );
+
+    // The same shards as a list of paths, and a flat folder as unlabelled shards.
+    let list = format!(
+        "[{}]",
+        written.shards.iter().map(|p| quoted(p)).collect::<Vec<_>>().join(", ")
+    );
+    let (splits, _) = config(&list, "").load().unwrap();
+    assert_eq!(contents(splits.train.as_ref()), seen);
+
+    for i in 0..4u8 {
+        write_image(&tmp.path().join(format!("flat/{i}.png")), 100 + i);
+    }
+    let flat = write_shards(
+        &tmp.path().join("flat"),
+        tmp.path().join("flat-shards/s-%d.tar").to_str().unwrap(),
+        3,
+        None,
+    )
+    .unwrap();
+    assert!(flat.classes.is_empty() && flat.shards.len() == 2);
+    assert!(!tmp.path().join("flat-shards/classes.txt").exists());
+    let (splits, _) = config(&quoted(Path::new(&flat.urls)), "").load().unwrap();
+    assert!(!splits.train.is_labelled());
+    assert_eq!(
+        contents(splits.train.as_ref()),
+        [(100, NO_LABEL), (101, NO_LABEL), (102, NO_LABEL), (103, NO_LABEL)],
+        "in path order without a seed"
+    );
+}
+
+/// Writes shards with Python's `tarfile` exactly as `webdataset.TarWriter` lays samples out:
+/// `%06d` keys in order, each sample's members one after the other (`.cls` an ASCII integer,
+/// `.jpg` a JPEG from PIL), plus a `.json` member that readers ignore. Sample i has a flat
+/// colour with red 10 * i and label i % 3.
+const WEBDATASET_LAYOUT: &str = r#"
+import io, sys, tarfile, time
+from PIL import Image
+out = sys.argv[1]
+def add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = time.time()
+    info.mode = 0o444
+    info.uname = info.gname = "bigdata"
+    tar.addfile(info, io.BytesIO(data))
+for shard in range(2):
+    with tarfile.open(f"{out}/wds-{shard:06d}.tar", "w") as tar:
+        for i in range(shard * 6, shard * 6 + 6):
+            key = f"{i:06d}"
+            image = io.BytesIO()
+            Image.new("RGB", (20, 16), (10 * i, 90, 200)).save(image, format="JPEG", quality=95)
+            add(tar, key + ".cls", str(i % 3).encode())
+            add(tar, key + ".jpg", image.getvalue())
+            add(tar, key + ".json", b'{"note": "ignored"}')
+"#;
+
+#[test]
+fn shards_written_by_python_tarfile_in_the_webdataset_layout_read_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    python(WEBDATASET_LAYOUT, &[tmp.path()]);
+    let urls = tmp.path().join("wds-{000000..000001}.tar");
+    let (splits, warnings) = config(&quoted(&urls), "workers = 2").load().unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let train = splits.train;
+    assert_eq!(train.len(), 12);
+    // No classes.txt: the classes are the label numbers.
+    assert_eq!(train.classes(), ["0", "1", "2"]);
+    for (i, (red, label)) in contents(train.as_ref()).into_iter().enumerate() {
+        assert!((red as i32 - 10 * i as i32).abs() <= 3, "sample {i}: red {red}");
+        assert_eq!(label, i as i64 % 3, "sample {i}");
+    }
+}
+
+/// 10 shards of 7 samples (ids 1..=70), unlabelled, written in order.
+fn seventy(root: &Path) -> String {
+    for i in 1..=70u8 {
+        write_image(&root.join(format!("images/{i:02}.png")), i);
+    }
+    let written = write_shards(
+        &root.join("images"),
+        root.join("shards/part-%03d.tar").to_str().unwrap(),
+        7,
+        None,
+    )
+    .unwrap();
+    quoted(Path::new(&written.urls))
+}
+
+fn loader(train: &Arc<dyn Dataset>, rank: usize, world: usize, workers: usize) -> BatchLoader {
+    let mut loader = BatchLoader::new(train.clone(), 4, true, true, 11);
+    loader.rank = rank;
+    loader.world_size = world;
+    loader.workers = workers;
+    loader
+}
+
+/// The red channel (the image id) of every image of every batch of `prefetch(epoch, skip)`.
+fn prefetched(loader: &BatchLoader, epoch: u64, skip: usize) -> Vec<Vec<(usize, u8)>> {
+    loader
+        .prefetch(epoch, skip, Device::Cpu)
+        .map(|batch| {
+            let batch = batch.unwrap();
+            let reds = Vec::<u8>::try_from(batch.images.select(1, 0).select(1, 0).select(1, 0)).unwrap();
+            batch.indices.iter().copied().zip(reds).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn two_processes_take_disjoint_halves_of_every_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let urls = seventy(tmp.path());
+    let (splits, _) = config(&urls, "shuffle_buffer = 10").load().unwrap();
+    let train = splits.train;
+    let names: Vec<u8> = contents(train.as_ref()).iter().map(|&(id, _)| id).collect();
+    for epoch in 0..3 {
+        let mut union = BTreeSet::new();
+        for rank in 0..2 {
+            let l = loader(&train, rank, 2, 2);
+            assert_eq!(l.batches_per_epoch(), 35 / 4);
+            let stream = train.epoch_stream(11, epoch, rank, 2).unwrap();
+            // 35 samples each, read in file order: whole shards, and a part of one at an end.
+            assert_eq!(stream.reads.len(), 35);
+            let mut order = stream.order.clone();
+            order.sort_unstable();
+            assert_eq!(order, (0..35).collect::<Vec<_>>(), "a permutation of the run");
+            for &i in &stream.reads {
+                assert!(union.insert(i), "epoch {epoch}: sample {i} in both processes");
+            }
+            // What the loader decodes is what the stream names, images included.
+            let batches = prefetched(&l, epoch, 0);
+            assert_eq!(batches.len(), 8);
+            for (batch, indices) in batches.iter().zip(l.epoch_indices(epoch)) {
+                assert_eq!(batch.iter().map(|&(i, _)| i).collect::<Vec<_>>(), indices);
+                for &(i, red) in batch {
+                    assert_eq!(red, names[i], "epoch {epoch} rank {rank} sample {i}");
+                }
+            }
+        }
+        assert_eq!(
+            union.len(),
+            70,
+            "epoch {epoch}: together the processes see every sample"
+        );
+    }
+    // The shard order changes with the epoch, and the buffer shuffles within the run.
+    let e0 = train.epoch_stream(11, 0, 0, 2).unwrap();
+    let e1 = train.epoch_stream(11, 1, 0, 2).unwrap();
+    assert_ne!(e0.reads, e1.reads);
+    assert_ne!(e0.order, (0..35).collect::<Vec<_>>());
+    // One process over an odd split: 70 / 3 = 23 each, one sample waits for another epoch.
+    let thirds: usize = (0..3)
+        .map(|r| train.epoch_stream(11, 0, r, 3).unwrap().reads.len())
+        .sum();
+    assert_eq!(thirds, 69);
+}
+
+#[test]
+fn a_loader_that_skips_trained_batches_reads_the_same_remaining_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let urls = seventy(tmp.path());
+    let (splits, _) = config(&urls, "shuffle_buffer = 16").load().unwrap();
+    let train = splits.train;
+    for workers in [1, 3] {
+        let whole = prefetched(&loader(&train, 0, 1, 1), 2, 0);
+        assert_eq!(whole.len(), 17);
+        // A resume after 5 batches, with another worker count: the same 12 batches follow.
+        let resumed = prefetched(&loader(&train, 0, 1, workers), 2, 5);
+        assert_eq!(resumed, whole[5..], "workers = {workers}");
+    }
+    // Stopping early (dropping the iterator) ends the reader thread and the next epoch reads.
+    let l = loader(&train, 0, 1, 2);
+    let first = l.prefetch(0, 0, Device::Cpu).next().unwrap().unwrap();
+    assert_eq!(first.indices.len(), 4);
+    assert_eq!(prefetched(&l, 0, 0).len(), 17);
+}
+
+#[test]
+fn loader_crops_come_from_the_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let urls = seventy(tmp.path());
+    let (splits, _) = config(&urls, "").load().unwrap();
+    let mut l = loader(&splits.train, 0, 1, 2);
+    let range = byol_data::CropRange {
+        scale: (0.08, 1.0),
+        ratio: (0.75, 4.0 / 3.0),
+    };
+    l.crops = Some(byol_data::LoaderCrops {
+        views: [range, range],
+        size: 6,
+    });
+    let names: Vec<u8> = contents(splits.train.as_ref()).iter().map(|&(id, _)| id).collect();
+    for batch in l.prefetch(0, 0, Device::Cpu) {
+        let batch = batch.unwrap();
+        assert_eq!(batch.images.size(), [4, 6, 6, 6]);
+        for (row, &i) in batch.indices.iter().enumerate() {
+            // Both views' red planes hold the image's id everywhere.
+            for view in [0, 3] {
+                let red = batch.images.get(row as i64).get(view);
+                assert_eq!(red.min().int64_value(&[]), names[i] as i64);
+                assert_eq!(red.max().int64_value(&[]), names[i] as i64);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_samples_are_skipped_and_counted_and_damaged_shards_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tar = byol_data::tar::TarWriter::new(Vec::new());
+    for i in 0..4u8 {
+        let png = tmp.path().join(format!("{i}.png"));
+        write_image(&png, 50 + i);
+        let bytes = if i == 2 {
+            b"not an image at all".to_vec()
+        } else {
+            std::fs::read(&png).unwrap()
+        };
+        tar.append(&format!("{i:06}.png"), &bytes).unwrap();
+    }
+    tar.append("000009.webp", b"RIFF....WEBP").unwrap();
+    let bytes = tar.finish().unwrap();
+    let shard = tmp.path().join("bad.tar");
+    std::fs::write(&shard, &bytes).unwrap();
+
+    let (splits, warnings) = config(&quoted(&shard), "").load().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("1 sample(s) have no .jpg, .jpeg or .png") && warnings[0].contains("WebP"),
+        "{warnings:?}"
+    );
+    let train = splits.train;
+    assert_eq!(train.len(), 4);
+    let mut out = vec![0u8; 3 * 8 * 8];
+    assert_eq!(train.read(2, &mut out).unwrap(), None, "skipped");
+    let warning = train.take_warning().expect("counted");
+    assert!(
+        warning.contains("skipped 1 unreadable sample(s) of 4") && warning.contains("000002.png"),
+        "{warning}"
+    );
+    // In a batch the skipped sample repeats another one of the batch.
+    let l = BatchLoader::new(train.clone(), 4, true, true, 0);
+    let batch = l.prefetch(0, 0, Device::Cpu).next().unwrap().unwrap();
+    assert_eq!(batch.images.size()[0], 4);
+
+    let (strict, _) = config(&quoted(&shard), "on_bad_image = \"error\"").load().unwrap();
+    let err = strict.train.read(2, &mut out).unwrap_err().to_string();
+    assert!(err.contains("bad.tar") && err.contains("000002.png"), "{err}");
+
+    // A truncated shard and a file that is not a tar are errors that name the file.
+    let cut = tmp.path().join("cut.tar");
+    std::fs::write(&cut, &bytes[..1500]).unwrap();
+    let err = config(&quoted(&cut), "").load().unwrap_err().to_string();
+    assert!(err.contains("cut.tar") && err.contains("truncated"), "{err}");
+    let text = tmp.path().join("text.tar");
+    std::fs::write(&text, vec![b'x'; 2048]).unwrap();
+    let err = config(&quoted(&text), "").load().unwrap_err().to_string();
+    assert!(err.contains("text.tar") && err.contains("not a tar header"), "{err}");
+    // A missing shard of a pattern is named with the count.
+    let err = config(&quoted(&tmp.path().join("bad-{0..2}.tar")), "")
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("3 of the 3 shards do not exist") && err.contains("bad-0.tar"),
+        "{err}"
+    );
+}

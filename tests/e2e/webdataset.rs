@@ -1,0 +1,312 @@
+//! `[dataset] type = "webdataset"` end to end: `byol-run shard` packs image folders into tar
+//! shards, an experiment trains on them with the kNN monitor on labelled test shards (or on
+//! `[eval] train/test` when the shards are unlabelled), a run killed with `kill -9` in the middle
+//! of an epoch resumes to the same final weights bit for bit (crops cut by the loader from the
+//! shards), and two processes train on one set of shards.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{byol_run, text};
+
+/// 16 px images, `resnet18` at width 4, one CPU thread; `urls` and `test_urls` set by the tests.
+const SHARDS: &str = r#"
+[run]
+device = "cpu"
+threads = 1
+seed = 4
+
+[dataset]
+type = "webdataset"
+urls = "shards/train-{000000..000007}.tar"
+test_urls = "shards/test-{000000..000001}.tar"
+image_size = 16
+shuffle_buffer = 20
+workers = 2
+
+[backbone]
+type = "resnet18"
+cifar_stem = true
+width = 4
+
+[augment]
+type = "byol"
+preset = "cifar"
+image_size = 16
+
+[optimizer]
+type = "lars"
+lr = 0.3
+
+[byol]
+hidden_dim = 32
+projection_dim = 16
+
+[schedule]
+epochs = 2
+batch_size = 8
+warmup_epochs = 0
+
+[eval]
+knn_k = 5
+
+[checkpoint]
+every_steps = 5
+keep_last = 20
+"#;
+
+/// A 16 px PNG: a square of the class's colour at a place drawn from `seed`.
+fn write_image(path: &Path, class: usize, seed: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let colour = [[220, 40, 40], [40, 40, 220], [40, 200, 40]][class];
+    let (ox, oy) = (seed % 7, (seed / 7) % 7);
+    image::RgbImage::from_fn(16, 16, |x, y| {
+        let inside = (ox..ox + 8).contains(&x) && (oy..oy + 8).contains(&y);
+        image::Rgb(if inside { colour } else { [128, 128, 128] })
+    })
+    .save(path)
+    .unwrap();
+}
+
+/// `images/{train,test}/<class>/` (128 and 24 images of 3 classes) packed into shards with
+/// `byol-run shard`: 8 training shards of 16, 2 test shards of 12.
+fn shards(dir: &Path) {
+    for (split, count) in [("train", 128u32), ("test", 24)] {
+        for i in 0..count {
+            let class = (i % 3) as usize;
+            write_image(
+                &dir.join(format!("images/{split}/{}/{i:03}.png", ["red", "blue", "green"][class])),
+                class,
+                i,
+            );
+        }
+        let per_shard = if split == "train" { "16" } else { "12" };
+        let pattern = format!("shards/{split}-%06d.tar");
+        let out = byol_run(
+            dir,
+            &[
+                "shard",
+                &format!("images/{split}"),
+                "--out",
+                &pattern,
+                "--per-shard",
+                per_shard,
+            ],
+        );
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        let last = if split == "train" { 7 } else { 1 };
+        assert!(
+            all.contains(&format!("urls = \"shards/{split}-{{000000..00000{last}}}.tar\""))
+                && all.contains("of 3 classes"),
+            "{all}"
+        );
+    }
+}
+
+fn summary(run_dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn shards_from_byol_run_shard_train_with_the_knn_monitor() {
+    let dir = tempfile::tempdir().unwrap();
+    shards(dir.path());
+    std::fs::write(dir.path().join("wds.toml"), SHARDS).unwrap();
+    let out = byol_run(dir.path(), &["wds.toml", "--run-dir", "run"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("128 images") && all.contains("kNN top-1 before"), "{all}");
+    // No sample skipped or left out (the classes' colours make kNN perfect from the start,
+    // so the "did not improve" warning may appear).
+    assert!(
+        !all.contains("unreadable") && !all.contains("left out") && !all.contains("NaN"),
+        "{all}"
+    );
+    let s = summary(&dir.path().join("run"));
+    assert_eq!(s["steps"], 32, "2 epochs of 128 / 8: {s}");
+    let top1 = s["knn_after"]["top1"].as_f64().unwrap_or(f64::NAN);
+    assert!((0.0..=1.0).contains(&top1), "{s}");
+
+    // The same shards unlabelled (a flat folder): kNN needs [eval] train and test.
+    let flat = byol_run(
+        dir.path(),
+        &[
+            "shard",
+            "images/train/red",
+            "--out",
+            "flat/u-%03d.tar",
+            "--per-shard",
+            "20",
+        ],
+    );
+    assert!(
+        flat.status.success() && text(&flat).contains("unlabelled"),
+        "{}",
+        text(&flat)
+    );
+    let unlabelled = SHARDS
+        .replace("shards/train-{000000..000007}.tar", "flat/u-{000..002}.tar")
+        .replace("test_urls = \"shards/test-{000000..000001}.tar\"\n", "");
+    std::fs::write(dir.path().join("flat.toml"), unlabelled).unwrap();
+    let out = byol_run(dir.path(), &["flat.toml", "--run-dir", "flat-run"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(all.matches("kNN monitor and online probe off").count(), 1, "{all}");
+    let out = byol_run(
+        dir.path(),
+        &[
+            "flat.toml",
+            "--run-dir",
+            "flat-run",
+            "--fresh",
+            "--set",
+            "eval.train=\"images/train\"",
+            "--set",
+            "eval.test=\"images/test\"",
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("kNN top-1 before") && !all.contains("kNN monitor and online probe off"),
+        "{all}"
+    );
+
+    // Asking for kNN test shards next to unlabelled training shards says what to do instead.
+    let out = byol_run(
+        dir.path(),
+        &[
+            "flat.toml",
+            "--set",
+            "dataset.test_urls=\"shards/test-{000000..000001}.tar\"",
+        ],
+    );
+    let all = text(&out);
+    assert!(
+        !out.status.success() && all.contains("set eval.train and eval.test"),
+        "{all}"
+    );
+}
+
+fn checkpoints(run_dir: &Path) -> usize {
+    std::fs::read_dir(run_dir.join("checkpoints")).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+            .count()
+    })
+}
+
+fn final_model(run_dir: &Path) -> Vec<(String, tch::Tensor)> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("checkpoints/last/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["step"], 32, "the run finished");
+    let mut tensors = tch::Tensor::read_safetensors(run_dir.join("checkpoints/last/model.safetensors")).unwrap();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+#[test]
+fn kill_9_in_the_middle_of_an_epoch_then_resume_ends_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    shards(dir.path());
+    // Crops cut by the loader from the shards' full images; 16 steps per epoch and a checkpoint
+    // every 5 steps, so every checkpoint before the end lies inside an epoch.
+    let experiment = SHARDS.replace(
+        "image_size = 16\n\n[optimizer]",
+        "image_size = 16\ncrop_on = \"loader\"\n\n[optimizer]",
+    );
+    assert!(experiment.contains("crop_on"));
+    std::fs::write(dir.path().join("wds.toml"), experiment).unwrap();
+    let reference = byol_run(dir.path(), &["wds.toml", "--run-dir", "reference", "--quiet"]);
+    assert!(reference.status.success(), "{}", text(&reference));
+
+    let child = Command::new(env!("CARGO_BIN_EXE_byol-run"))
+        .args(["wds.toml", "--run-dir", "killed"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while checkpoints(&dir.path().join("killed")) < 1 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let killed = child.wait_with_output().unwrap();
+    assert!(!killed.status.success(), "kill -9 ends the process: {}", text(&killed));
+
+    let resumed = byol_run(dir.path(), &["wds.toml", "--run-dir", "killed"]);
+    let all = text(&resumed);
+    assert!(resumed.status.success(), "{all}");
+    let from: u64 = all
+        .split("from step ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line: {all}"));
+    assert!(
+        !from.is_multiple_of(16),
+        "resumed at step {from}, inside an epoch of 16 steps"
+    );
+    let (a, b) = (
+        final_model(&dir.path().join("reference")),
+        final_model(&dir.path().join("killed")),
+    );
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            x.equal(y),
+            "{name} differs between the uninterrupted and the resumed run"
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn two_processes_train_on_one_set_of_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    shards(dir.path());
+    std::fs::write(dir.path().join("wds.toml"), SHARDS).unwrap();
+    let port = free_port();
+    // Started the way torchrun starts ranks (as tests/e2e/distributed.rs does).
+    let children: Vec<_> = (0..2)
+        .map(|rank| {
+            Command::new(env!("CARGO_BIN_EXE_byol-run"))
+                .args(["wds.toml", "--run-dir", "dp", "--set", "schedule.batch_size=16"])
+                .current_dir(dir.path())
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("WORLD_SIZE", "2")
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "rank {rank}: {}", text(&out));
+    }
+    // Each process streams its own 64 of the 128 samples: 8 steps of 2 x 8 per epoch.
+    let s = summary(&dir.path().join("dp"));
+    assert_eq!(s["steps"], 16, "{s}");
+    assert!(s["final_loss"].as_f64().is_some_and(f64::is_finite), "{s}");
+}
