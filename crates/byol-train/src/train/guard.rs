@@ -36,7 +36,7 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 pub fn explain_panic(panic: Box<dyn std::any::Any + Send>, batch: usize, accumulate: usize) -> anyhow::Error {
     let message = panic_message(panic.as_ref());
     let first_line = message.lines().next().unwrap_or_default();
-    let peer_gone = [
+    let lost_peer = [
         "Connection reset by peer",
         "Connection closed by peer",
         "Broken pipe",
@@ -44,11 +44,8 @@ pub fn explain_panic(panic: Box<dyn std::any::Any + Send>, batch: usize, accumul
     ]
     .iter()
     .any(|m| message.contains(m));
-    if peer_gone {
-        anyhow::anyhow!(
-            "another process of this data-parallel job stopped, so this one cannot go on; start the job again \
-             (all processes) and it resumes from the last checkpoint\n({first_line})"
-        )
+    if lost_peer {
+        peer_gone(first_line)
     } else if message.contains("out of memory") {
         anyhow::anyhow!(
             "the device ran out of memory with schedule.batch_size = {batch} (accumulate = {accumulate}): \
@@ -58,4 +55,14 @@ pub fn explain_panic(panic: Box<dyn std::any::Any + Send>, batch: usize, accumul
     } else {
         anyhow::anyhow!("training step failed: {first_line}")
     }
+}
+
+/// A data-parallel peer is gone (killed, crashed): this process cannot go on; `detail` is the
+/// collective's own message.
+pub fn peer_gone(detail: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "another process of this data-parallel job stopped, so this one cannot go on; start the job again \
+         (all processes) and it resumes from the last checkpoint\n({})",
+        detail.lines().next().unwrap_or_default()
+    )
 }

@@ -166,7 +166,11 @@ impl<'a> Trainer<'a> {
             Ok(self.checkpointer.dir().join("last"))
         };
         if let Some(parallel) = &self.parallel {
-            parallel.barrier()?;
+            // A peer that died while this process waits here is the same event as one that
+            // dies during a step: say it the same way.
+            parallel
+                .barrier()
+                .map_err(|e| super::guard::peer_gone(&format!("{e:#}")))?;
         }
         saved
     }
