@@ -10,7 +10,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// Plugins whose build reads files that a test machine lacks (a TorchScript module, a dataset on
 /// disk); their examples are still parsed and checked.
-const BUILD_NEEDS_FILES: [&str; 3] = ["torchscript", "image_folder", "cifar"];
+const BUILD_NEEDS_FILES: [&str; 4] = ["torchscript", "image_folder", "cifar", "webdataset"];
 
 /// The spec of `info`'s example, through the same typetag deserialization an experiment uses,
 /// after a TOML round trip that must not change it.
