@@ -7,6 +7,7 @@
 mod data;
 mod device;
 mod guard;
+mod journal;
 mod metrics;
 mod model;
 mod monitor;
@@ -28,7 +29,6 @@ use byol_data::Batch;
 use crate::distributed::DataParallel;
 use crate::knn::KnnAccuracy;
 use crate::run_dir;
-use crate::tensorboard::{HParamValue, ScalarLogger};
 use crate::Experiment;
 
 pub use data::{training_loader, two_views};
@@ -39,7 +39,7 @@ pub use monitor::{embed_split, embed_split_sharded, Evaluation, NO_LABELS_NOTE};
 pub use step::{Plan, StepNumerics, StepReport};
 
 use guard::{explain_panic, guarded};
-use progress::Progress;
+use journal::Journal;
 use trainer::Trainer;
 
 /// How to run, beyond what the experiment says.
@@ -95,178 +95,50 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     // Held until the run returns; the kernel releases it if the process dies.
     let main = DataParallel::rendezvous(&experiment.distributed)?.is_none_or(|r| r.rank == 0);
     let (_owner, moved_aside) = run_dir::take_ownership(&run_dir, main, options.fresh)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
-    }
+    let stop = stop_on_signals()?;
     let mut t = Trainer::new(experiment, &run_dir, &options.allow_change)?;
-    let quiet = options.quiet || !t.is_main();
-    let say = |line: String| {
-        if !quiet {
-            println!("{line}");
-        }
-    };
-    if !t.monitor.has_knn() && !t.splits.train.is_labelled() {
-        say(format!("note: {NO_LABELS_NOTE}"));
-    }
-    if let Some(old) = moved_aside {
-        say(format!(
-            "--fresh: moved the previous run folder aside to {}",
-            old.display()
-        ));
-    }
-    let (plan, schedule) = (t.plan.clone(), &experiment.schedule);
+    let mut journal = Journal::open(&t, &run_dir, options.quiet, moved_aside)?;
     let mut step = t.resumed_from.unwrap_or(0);
-    if let Some(step) = t.resumed_from {
-        say(format!(
-            "resuming {} from step {step} of {}",
-            run_dir.display(),
-            plan.total_steps
-        ));
-    }
-    let mut logger = if t.is_main() {
-        let dir = run_dir.join("tensorboard");
-        ScalarLogger::create(&dir).with_context(|| format!("cannot open a TensorBoard log in {}", dir.display()))?
-    } else {
-        ScalarLogger::disabled()
-    };
-    logger.text("config", &format!("```toml\n{}\n```", experiment.to_toml()?), step);
-    logger.session_start(&hparams(experiment)?);
-    let log_evaluation = |logger: &mut ScalarLogger, evaluation: &Option<Evaluation>, step: u64| {
-        if let Some(e) = evaluation {
-            logger.scalar("knn/top1", e.knn.top1, step);
-            logger.scalar("knn/top5", e.knn.top5, step);
-            if let Some(top1) = e.probe_top1.filter(|_| step > 0) {
-                logger.scalar("probe/top1", top1, step);
-            }
-        }
-    };
     let before = if experiment.eval.before_training && step == 0 {
-        let evaluation = t.evaluate()?;
-        if let Some(a) = evaluation.map(|e| e.knn) {
-            say(format!(
-                "kNN before training: top-1 {:.1}%  top-5 {:.1}%",
-                a.top1 * 100.0,
-                a.top5 * 100.0
-            ));
-        }
-        log_evaluation(&mut logger, &evaluation, 0);
-        evaluation
+        journal.evaluation("before training", t.evaluate()?, 0)
     } else {
         None
     };
     if experiment.logging.view_grid && step == 0 && t.is_main() {
-        t.log_view_grid(&mut logger)?;
+        t.log_view_grid(journal.logger())?;
     }
-    say(describe_run(&t));
 
-    let progress = Progress::new(plan.total_steps, step, quiet);
+    journal.start_training(&t, step);
     let (started, start_step) = (Instant::now(), step);
-    let mut final_loss = None;
-    let mut window = (Instant::now(), 0u64);
-    let every = |n: u64, step: u64| n > 0 && step.is_multiple_of(n);
     let mut interrupted = false;
-    'epochs: while step < plan.total_steps {
-        let epoch = plan.epoch_of(step);
-        // Worker threads decode the next batches while the device trains on this one.
-        let done_in_epoch = step % plan.steps_per_epoch;
-        let mut batches = t
-            .loader
-            .prefetch(epoch, done_in_epoch as usize * plan.accumulate, t.device);
-        for _ in done_in_epoch..plan.steps_per_epoch {
-            let group = batches
-                .by_ref()
-                .take(plan.accumulate)
-                .collect::<Result<Vec<Batch>, _>>()
-                .with_context(|| format!("loading the batches of step {}", step + 1))?;
-            if group.len() < plan.accumulate {
-                break;
-            }
-            let stop_requested = stop.load(Ordering::Relaxed);
-            let report = match guarded(|| t.step(step, &group, stop_requested)) {
-                Ok(report) => report?,
-                Err(panic) => return Err(explain_panic(panic, schedule.batch_size, plan.accumulate)),
-            };
-            if !report.loss.is_finite() {
-                bail!(
-                    "the loss became {} at step {}; {} (lower optimizer.lr, or check the data)",
-                    report.loss,
-                    step + 1,
-                    t.kept()
-                );
-            }
-            step += 1;
-            window.1 += schedule.batch_size as u64;
-            if every(experiment.logging.every_steps.max(1), step) || step == plan.total_steps {
-                let images_per_second = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-                window = (Instant::now(), 0);
-                t.log_scalars(&mut logger, step, &report, images_per_second)?;
-                progress.update(
-                    step,
-                    format!(
-                        "epoch {:>3}/{} step {step:>6}/{} loss {:.4} lr {:.4} tau {:.5} img/s {images_per_second:.0}",
-                        epoch + 1,
-                        schedule.epochs,
-                        plan.total_steps,
-                        report.loss,
-                        report.lr,
-                        report.tau,
-                    ),
-                );
-                final_loss = Some(report.loss);
-            } else {
-                progress.tick(step);
-            }
-            if report.stop {
-                interrupted = true;
-                break 'epochs;
-            }
-            if every(experiment.checkpoint.every_steps, step) && step < plan.total_steps {
-                t.save(step)?;
-            }
-        }
-        let epochs_done = plan.epoch_of(step);
-        let epoch_end = step.is_multiple_of(plan.steps_per_epoch);
-        let interval = experiment.eval.interval_epochs(schedule.epochs);
-        if epoch_end && every(interval, epochs_done) && step < plan.total_steps {
-            let evaluation = t.evaluate()?;
-            if let Some(e) = &evaluation {
-                let probe = e
-                    .probe_top1
-                    .map_or(String::new(), |p| format!(", online probe {:.1}%", p * 100.0));
-                progress.line(format!(
-                    "kNN after epoch {epochs_done}: top-1 {:.1}%{probe}",
-                    e.knn.top1 * 100.0
-                ));
-            }
-            log_evaluation(&mut logger, &evaluation, step);
+    while step < t.plan.total_steps && !interrupted {
+        interrupted = train_epoch(&mut t, &mut journal, &stop, &mut step)?;
+        if !interrupted && t.evaluates_after(step) {
+            let when = format!("after epoch {}", t.plan.epoch_of(step));
+            journal.evaluation(&when, t.evaluate()?, step);
         }
     }
-    progress.finish();
     let train_seconds = started.elapsed().as_secs_f64();
     let checkpoint = t.save(step)?;
     if interrupted {
-        say(format!(
+        journal.say(format!(
             "stopped by signal after step {step}; saved {} (run again to resume)",
             checkpoint.display()
         ));
     }
     let after = if interrupted { None } else { t.evaluate()? };
-    log_evaluation(&mut logger, &after, step);
-    if let (Some(before), Some(after)) = (&before, &after) {
-        logger.scalar("knn/gain", after.knn.top1 - before.knn.top1, step);
-    }
-    if !interrupted {
-        logger.session_end();
-    }
-    drop(logger);
+    let after = journal.evaluation("", after, step);
+    let final_loss = journal.final_loss;
+    journal.finish(before.as_ref(), after.as_ref(), step, !interrupted);
+
+    let batch_size = experiment.schedule.batch_size as u64;
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         rank: t.rank() as usize,
         device: format!("{:?}", t.device),
         steps: step,
-        total_steps: plan.total_steps,
-        epochs: schedule.epochs,
+        total_steps: t.plan.total_steps,
+        epochs: experiment.schedule.epochs,
         resumed_from_step: t.resumed_from,
         interrupted,
         final_loss,
@@ -274,7 +146,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         knn_after: after.map(|e| e.knn),
         probe_top1_after: after.and_then(|e| e.probe_top1),
         train_seconds,
-        images_per_second: ((step - start_step) * schedule.batch_size as u64) as f64 / train_seconds.max(1e-9),
+        images_per_second: ((step - start_step) * batch_size) as f64 / train_seconds.max(1e-9),
         checkpoint,
     };
     if t.is_main() {
@@ -285,66 +157,56 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     Ok(summary)
 }
 
-/// "training NAME on DEVICE: N images, batch B, E epochs = S steps".
-fn describe_run(t: &Trainer<'_>) -> String {
-    let schedule = &t.experiment.schedule;
-    let processes = match &t.parallel {
-        Some(p) => format!(
-            " and {} more processes (c10d {:?})",
-            p.world_size() - 1,
-            p.group().backend()
-        ),
-        None => String::new(),
-    };
-    let micro_batches = match schedule.accumulate {
-        0 | 1 => String::new(),
-        n => format!(" ({n} micro-batches)"),
-    };
-    format!(
-        "training {} on {:?}{processes}: {} images, batch {}{micro_batches}, {} epochs = {} steps",
-        t.experiment.name(),
-        t.device,
-        t.splits.train.len(),
-        schedule.batch_size,
-        schedule.epochs,
-        t.plan.total_steps
-    )
+/// Trains the rest of the epoch that `step` is in, advancing `step`; true when a signal stopped
+/// the run (the step that saw it is trained and counted).
+fn train_epoch(t: &mut Trainer<'_>, journal: &mut Journal, stop: &AtomicBool, step: &mut u64) -> anyhow::Result<bool> {
+    let plan = t.plan.clone();
+    let done_in_epoch = *step % plan.steps_per_epoch;
+    // Worker threads decode the next batches while the device trains on this one.
+    let mut batches = t
+        .loader
+        .prefetch(plan.epoch_of(*step), done_in_epoch as usize * plan.accumulate, t.device);
+    for _ in done_in_epoch..plan.steps_per_epoch {
+        let group = batches
+            .by_ref()
+            .take(plan.accumulate)
+            .collect::<Result<Vec<Batch>, _>>()
+            .with_context(|| format!("loading the batches of step {}", *step + 1))?;
+        if group.len() < plan.accumulate {
+            break;
+        }
+        let report = match guarded(|| t.step(*step, &group, stop.load(Ordering::Relaxed))) {
+            Ok(report) => report?,
+            Err(panic) => {
+                return Err(explain_panic(panic, t.experiment.schedule.batch_size, plan.accumulate));
+            }
+        };
+        if !report.loss.is_finite() {
+            bail!(
+                "the loss became {} at step {}; {} (lower optimizer.lr, or check the data)",
+                report.loss,
+                *step + 1,
+                t.kept()
+            );
+        }
+        *step += 1;
+        journal.step_done(t, *step, &report)?;
+        if report.stop {
+            return Ok(true);
+        }
+        let every = t.experiment.checkpoint.every_steps;
+        if every > 0 && step.is_multiple_of(every) && *step < plan.total_steps {
+            t.save(*step)?;
+        }
+    }
+    Ok(false)
 }
 
-/// Keys every run shows in TensorBoard's HParams dashboard, besides those set with `--set` (a
-/// sweep's parameters among them).
-const HPARAM_KEYS: &[&str] = &[
-    "dataset.type",
-    "backbone.type",
-    "augment.type",
-    "optimizer.type",
-    "optimizer.lr",
-    "optimizer.weight_decay",
-    "schedule.batch_size",
-    "schedule.epochs",
-    "byol.tau_base",
-    "byol.projection_dim",
-    "run.seed",
-    "run.precision",
-];
-
-/// The run's hyperparameters: [`HPARAM_KEYS`] and every key given with `--set`, from the
-/// resolved experiment.
-fn hparams(experiment: &Experiment) -> anyhow::Result<Vec<(String, HParamValue)>> {
-    let resolved: toml::Table = toml::from_str(&experiment.to_toml()?)?;
-    let overridden = experiment
-        .overrides
-        .iter()
-        .filter_map(|a| a.split_once('=').map(|(key, _)| key.trim()))
-        .filter(|key| *key != "run.output_dir");
-    let resolved = toml::Value::Table(resolved);
-    let lookup = |key: &str| key.split('.').try_fold(&resolved, |value, part| value.get(part));
-    let mut seen = std::collections::BTreeSet::new();
-    Ok(HPARAM_KEYS
-        .iter()
-        .copied()
-        .chain(overridden)
-        .filter(|key| seen.insert(*key))
-        .filter_map(|key| Some((key.to_string(), HParamValue::from_toml(lookup(key)?)?)))
-        .collect())
+/// A flag that SIGINT and SIGTERM set; the loop finishes its step and saves when it is up.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
+    }
+    Ok(stop)
 }

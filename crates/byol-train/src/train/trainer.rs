@@ -175,6 +175,16 @@ impl<'a> Trainer<'a> {
         saved
     }
 
+    /// Whether the kNN curve has a point after `step`: an epoch boundary on the evaluation
+    /// interval, before the end (the end is always evaluated).
+    pub fn evaluates_after(&self, step: u64) -> bool {
+        let interval = self.experiment.eval.interval_epochs(self.experiment.schedule.epochs);
+        interval > 0
+            && step.is_multiple_of(self.plan.steps_per_epoch)
+            && self.plan.epoch_of(step).is_multiple_of(interval)
+            && step < self.plan.total_steps
+    }
+
     /// The kNN (and online probe) accuracy of the representation now; None when the monitor is off.
     pub fn evaluate(&self) -> anyhow::Result<Option<Evaluation>> {
         self.monitor
