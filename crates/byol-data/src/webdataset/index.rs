@@ -1,0 +1,264 @@
+//! The index of a split's shards: where each sample's image lies, read from the tar headers.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::image_folder::NO_LABEL;
+use crate::tar::{Member, TarReader};
+use crate::DataError;
+
+use super::{CLASSES_FILE, IMAGE_EXTENSIONS};
+
+/// Where one sample's image lies.
+#[derive(Debug, Clone)]
+pub(super) struct Sample {
+    pub(super) shard: u32,
+    pub(super) offset: u64,
+    pub(super) size: u64,
+    pub(super) label: i64,
+    /// The member's name (`<key>.<ext>`), for messages.
+    pub(super) name: Box<str>,
+}
+
+/// Every sample of a split, shard after shard, each shard's in file order.
+#[derive(Debug)]
+pub(super) struct Index {
+    pub(super) shards: Vec<PathBuf>,
+    pub(super) samples: Vec<Sample>,
+    /// Samples of shard s: `starts[s]..starts[s + 1]`.
+    pub(super) starts: Vec<usize>,
+    pub(super) classes: Vec<String>,
+}
+
+/// What one shard's headers hold.
+#[derive(Debug, Default)]
+pub(super) struct ShardListing {
+    pub(super) samples: Vec<Sample>,
+    /// Samples with a label, and without an image (their key, and the extensions they had).
+    pub(super) labelled: usize,
+    pub(super) imageless: Vec<(String, Vec<String>)>,
+}
+
+/// `dir/name.ext` -> (`dir/name`, `ext`): the key is everything before the first dot of the
+/// file name (WebDataset's `base_plus_ext`); the extension is lower-cased.
+pub(super) fn split_key(name: &str) -> Option<(&str, String)> {
+    let file_start = name.rfind('/').map_or(0, |i| i + 1);
+    let dot = file_start + name[file_start..].find('.')?;
+    if dot == file_start {
+        return None; // a hidden file such as `.DS_Store`, not a sample
+    }
+    Some((&name[..dot], name[dot + 1..].to_ascii_lowercase()))
+}
+
+pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, DataError> {
+    let fail = |message: String| DataError::Image {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+    let length = file.metadata().map_err(|e| fail(format!("cannot stat: {e}")))?.len();
+    let mut tar = TarReader::new(file, length);
+    let mut listing = ShardListing::default();
+    // The sample being gathered: key, image member, label, other extensions.
+    struct Pending {
+        key: String,
+        image: Option<Member>,
+        label: Option<i64>,
+        others: Vec<String>,
+    }
+    let mut pending: Option<Pending> = None;
+    let flush = |p: Pending, listing: &mut ShardListing| match p.image {
+        Some(image) => {
+            listing.labelled += p.label.is_some() as usize;
+            listing.samples.push(Sample {
+                shard: shard_id,
+                offset: image.offset,
+                size: image.size,
+                label: p.label.unwrap_or(NO_LABEL),
+                name: image.name.into(),
+            });
+        }
+        None => listing.imageless.push((p.key, p.others)),
+    };
+    loop {
+        let member = tar
+            .next_member()
+            .map_err(|e| fail(format!("{e}; is it a tar shard, and was it written completely?")))?;
+        let Some(member) = member else { break };
+        let Some((key, ext)) = split_key(&member.name) else {
+            continue;
+        };
+        if pending.as_ref().is_none_or(|p| p.key != key) {
+            if let Some(p) = pending.take() {
+                flush(p, &mut listing);
+            }
+            pending = Some(Pending {
+                key: key.to_string(),
+                image: None,
+                label: None,
+                others: Vec::new(),
+            });
+        }
+        let p = pending.as_mut().expect("set above");
+        if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+            if p.image.is_none() {
+                p.image = Some(member);
+            }
+        } else if ext == "cls" {
+            let data = tar.read_member(&member).map_err(fail)?;
+            let text = String::from_utf8_lossy(&data);
+            let label = text.trim().parse::<i64>().ok().filter(|&l| l >= 0).ok_or_else(|| {
+                fail(format!(
+                    "sample {key}: {} holds {:?}, not a class number (an ASCII integer such as 3)",
+                    member.name,
+                    text.chars().take(40).collect::<String>()
+                ))
+            })?;
+            p.label = Some(label);
+        } else {
+            p.others.push(ext);
+        }
+    }
+    if let Some(p) = pending.take() {
+        flush(p, &mut listing);
+    }
+    Ok(listing)
+}
+
+impl Index {
+    /// Lists every shard (on up to `threads` threads) and joins them in shard order.
+    pub(super) fn scan(
+        key: &str,
+        shards: Vec<PathBuf>,
+        threads: usize,
+        warnings: &mut Vec<String>,
+    ) -> Result<Self, DataError> {
+        let threads = threads.clamp(1, shards.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<Result<ShardListing, DataError>>>> =
+            Mutex::new((0..shards.len()).map(|_| None).collect());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let s = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if s >= shards.len() {
+                        return;
+                    }
+                    let listing = list_shard(s as u32, &shards[s]);
+                    results.lock().unwrap_or_else(|e| e.into_inner())[s] = Some(listing);
+                });
+            }
+        });
+        let mut samples = Vec::new();
+        let mut starts = vec![0];
+        let mut labelled = 0;
+        let mut imageless: Vec<(usize, String, Vec<String>)> = Vec::new();
+        let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+        for (s, listing) in results.into_iter().enumerate() {
+            let listing = listing.expect("every shard listed")?;
+            labelled += listing.labelled;
+            samples.extend(listing.samples);
+            starts.push(samples.len());
+            imageless.extend(listing.imageless.into_iter().map(|(k, e)| (s, k, e)));
+        }
+        if let Some((s, k, exts)) = imageless.first() {
+            let webp = imageless.iter().any(|(_, _, e)| e.iter().any(|e| e == "webp"));
+            warnings.push(format!(
+                "dataset.{key}: {} sample(s) have no .jpg, .jpeg or .png member and are left out (first: {} key {k}, \
+                 with {}){}",
+                imageless.len(),
+                shards[*s].display(),
+                if exts.is_empty() {
+                    "no other members".to_string()
+                } else {
+                    exts.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(", ")
+                },
+                if webp {
+                    "; WebP is not decoded here: convert such images to JPEG or PNG"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if samples.is_empty() {
+            return Err(DataError::Config(format!(
+                "dataset.{key}: the {} shard(s) hold no samples with a .jpg, .jpeg or .png member (first shard {})",
+                shards.len(),
+                shards[0].display()
+            )));
+        }
+        let classes = if labelled == samples.len() {
+            classes_of(key, &shards, &samples)?
+        } else {
+            if labelled > 0 {
+                warnings.push(format!(
+                    "dataset.{key}: {labelled} of {} samples have a .cls label, the others none; reading all as \
+                     unlabelled (the kNN monitor and online probe then need eval.train and eval.test)",
+                    samples.len()
+                ));
+                for s in &mut samples {
+                    s.label = NO_LABEL;
+                }
+            }
+            Vec::new()
+        };
+        Ok(Self {
+            shards,
+            samples,
+            starts,
+            classes,
+        })
+    }
+
+    pub(super) fn path(&self, sample: &Sample) -> &Path {
+        &self.shards[sample.shard as usize]
+    }
+}
+
+/// Class names from `classes.txt` next to the first shard, or the label numbers themselves.
+pub(super) fn classes_of(key: &str, shards: &[PathBuf], samples: &[Sample]) -> Result<Vec<String>, DataError> {
+    let most = samples.iter().map(|s| s.label).max().unwrap_or(0) as usize;
+    let file = shards[0].parent().unwrap_or(Path::new("")).join(CLASSES_FILE);
+    if !file.is_file() {
+        return Ok((0..=most).map(|l| l.to_string()).collect());
+    }
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| DataError::Config(format!("dataset.{key}: cannot read {}: {e}", file.display())))?;
+    let classes: Vec<String> = text
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if most >= classes.len() {
+        let s = samples
+            .iter()
+            .find(|s| s.label as usize >= classes.len())
+            .expect("the largest");
+        return Err(DataError::Config(format!(
+            "dataset.{key}: {} names {} classes, and sample {} in {} has label {}; fix or remove the class list",
+            file.display(),
+            classes.len(),
+            s.name,
+            shards[s.shard as usize].display(),
+            s.label
+        )));
+    }
+    Ok(classes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_the_name_before_the_first_dot() {
+        assert_eq!(split_key("000001.jpg"), Some(("000001", "jpg".into())));
+        assert_eq!(
+            split_key("a.b/x/000001.seg.PNG"),
+            Some(("a.b/x/000001", "seg.png".into()))
+        );
+        assert_eq!(split_key("dir/.hidden"), None);
+        assert_eq!(split_key("noext"), None);
+    }
+}

@@ -1,0 +1,291 @@
+//! `[dataset] type = "webdataset"`: images in tar shards as the `webdataset` package writes them.
+//! Members are grouped into samples by key (`000123.jpg` + `000123.cls`: key `000123`, the part
+//! of the file name before its first dot); a sample's image is its `.jpg`, `.jpeg` or `.png`
+//! member, its optional label the ASCII integer in `.cls`; other members are ignored.
+//!
+//! Sequential reads, random access where it is free. At start every shard's headers are read
+//! once (seeking over the contents) into an index of where each sample's image lies. Training
+//! then reads each shard front to back in one forward pass (large buffered reads, seeking only
+//! forward over what it does not need), which is what shards are for: a network file system
+//! serves a few long streams well and millions of small random reads badly. Evaluation reads in
+//! index order, which is file order too. The index also gives what a pure stream could not: the
+//! epoch's length before it starts (for the schedule), and the position of every sample, so that
+//! a resumed run skips what it already trained on without reading or decoding it.
+//!
+//! The order of an epoch is a pure function of (seed, epoch, rank, world size): the shards are
+//! shuffled with (seed, epoch) and laid end to end; process `rank` of `world` takes the
+//! `rank`-th of `world` equal contiguous runs of that stream (whole shards, and at most a part of
+//! one at each end; the few samples past `world` equal runs wait for another epoch); a buffer
+//! shuffle (WebDataset's `shuffle(n)`: a buffer of `shuffle_buffer` samples, each new sample
+//! replacing a random one, which is emitted) reorders the run, seeded by (seed, epoch, rank,
+//! world). One reader thread per process feeds all decoder threads, so the order does not depend
+//! on the worker count (`dataset.workers` may change on resume), and a sample is at most
+//! `shuffle_buffer` positions away from where it is read: the reader holds about that many
+//! undecoded samples in memory.
+
+mod index;
+mod reader;
+mod stream;
+mod write;
+
+pub use reader::{buffer_shuffle, WebDataset};
+pub use write::{write_shards, ShardsWritten};
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use byol::BuildContext;
+
+use crate::dataset::resolve_threads;
+use crate::image_folder::OnBadImage;
+use crate::{DataError, Dataset, DatasetSpec, Splits};
+
+use index::Index;
+use reader::Core;
+
+/// Extensions of the members read as a sample's image (lower case; WebDataset lower-cases them).
+const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// The file next to the shards that names the classes, one per line, label = line number.
+pub const CLASSES_FILE: &str = "classes.txt";
+
+/// Shard files: one pattern, or a list of patterns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Urls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for Urls {
+    fn default() -> Self {
+        Urls::One("data/shards/train-{000000..000009}.tar".into())
+    }
+}
+
+impl Urls {
+    /// Every shard path, brace patterns expanded, in order.
+    pub fn expand(&self, key: &str) -> Result<Vec<PathBuf>, DataError> {
+        let patterns = match self {
+            Urls::One(p) => std::slice::from_ref(p),
+            Urls::Many(ps) => ps.as_slice(),
+        };
+        let mut paths = Vec::new();
+        for pattern in patterns {
+            if let Some(scheme) = ["http://", "https://", "s3://", "gs://", "pipe:"]
+                .iter()
+                .find(|s| pattern.starts_with(**s))
+            {
+                return Err(DataError::Config(format!(
+                    "dataset.{key} = {pattern:?}: {scheme} shards are not read here, only files; download or mount them \
+                     and name the local paths"
+                )));
+            }
+            let expanded =
+                expand_braces(pattern).map_err(|e| DataError::Config(format!("dataset.{key} = {pattern:?}: {e}")))?;
+            paths.extend(expanded.into_iter().map(PathBuf::from));
+        }
+        if paths.is_empty() {
+            return Err(DataError::Config(format!("dataset.{key} names no shards")));
+        }
+        Ok(paths)
+    }
+}
+
+/// Expands brace patterns as WebDataset (the `braceexpand` package) does: `{000..127}` is a
+/// numeric range, zero-padded to the width of its bounds when either has a leading zero;
+/// `{a,b}` is a list of alternatives; several braces multiply.
+pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
+    let Some(open) = pattern.find('{') else {
+        if pattern.contains('}') {
+            return Err("a '}' without its '{'".into());
+        }
+        return Ok(vec![pattern.to_string()]);
+    };
+    let close = open
+        + pattern[open..]
+            .find('}')
+            .ok_or_else(|| format!("the '{{' at character {} is never closed", open + 1))?;
+    let (head, body, tail) = (&pattern[..open], &pattern[open + 1..close], &pattern[close + 1..]);
+    if body.contains('{') {
+        return Err("nested braces are not supported".into());
+    }
+    let choices: Vec<String> = if let Some((lo, hi)) = body.split_once("..") {
+        let parse = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| format!("{{{body}}}: a range needs two whole numbers, as in {{000000..000127}}"))
+        };
+        let (a, b) = (parse(lo)?, parse(hi)?);
+        if a > b {
+            return Err(format!("{{{body}}}: the range runs backwards"));
+        }
+        let padded = (lo.len() > 1 && lo.starts_with('0')) || (hi.len() > 1 && hi.starts_with('0'));
+        let width = if padded { lo.len().max(hi.len()) } else { 0 };
+        (a..=b).map(|n| format!("{n:0width$}")).collect()
+    } else if body.contains(',') {
+        body.split(',').map(str::to_string).collect()
+    } else {
+        // braceexpand leaves a brace without a range or a comma as it is.
+        vec![format!("{{{body}}}")]
+    };
+    let rest = expand_braces(tail)?;
+    let mut out = Vec::with_capacity(choices.len() * rest.len());
+    for c in &choices {
+        for r in &rest {
+            out.push(format!("{head}{c}{r}"));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebDatasetConfig {
+    /// Training shards: a pattern with brace ranges as WebDataset writes them
+    /// (`"data/shards/train-{000000..000127}.tar"`), or a list of patterns and paths. Relative
+    /// paths start from the working directory. A `classes.txt` next to the first shard names
+    /// the classes (line n: label n), as `byol-run shard` writes it.
+    pub urls: Urls,
+    /// Labelled held-out shards for the kNN monitor (optional; needs labelled training shards).
+    pub test_urls: Option<Urls>,
+    /// Images are resized (shorter side) and centre-cropped to this square size when decoded,
+    /// unless the loader cuts crops from the full image (`augment.crop_on = "loader"`).
+    pub image_size: u32,
+    /// Decoder threads of the loader, and threads that read the shards' headers at start
+    /// (0: all cores).
+    pub workers: usize,
+    /// Samples in the shuffle buffer (held undecoded in memory): each sample is emitted at most
+    /// this many positions away from where its shard holds it. 0 or 1: shard order only.
+    pub shuffle_buffer: usize,
+    pub on_bad_image: OnBadImage,
+}
+
+impl Default for WebDatasetConfig {
+    fn default() -> Self {
+        Self {
+            urls: Urls::default(),
+            test_urls: None,
+            image_size: 32,
+            workers: 0,
+            shuffle_buffer: 1000,
+            on_bad_image: OnBadImage::Skip,
+        }
+    }
+}
+
+byol::register_plugin! {
+    name: "webdataset",
+    description: "WebDataset tar shards (key.jpg/.jpeg/.png + optional key.cls), read sequentially, shuffled by shard and buffer",
+    optional: "test_urls = \"data/shards/test-{000000..000009}.tar\"   # labelled, for the kNN monitor",
+    impl DatasetSpec for WebDatasetConfig {
+        fn build(&self, _: &BuildContext) -> Result<Splits, DataError> {
+            let (splits, warnings) = self.load()?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(splits)
+        }
+
+        fn check(&self) -> Result<(), DataError> {
+            if self.image_size == 0 {
+                return Err(DataError::Config("dataset.image_size = 0 must be >= 1".into()));
+            }
+            check_shards("urls", &self.urls.expand("urls")?)?;
+            if let Some(test) = &self.test_urls {
+                check_shards("test_urls", &test.expand("test_urls")?)?;
+            }
+            Ok(())
+        }
+
+        fn keeps_image_files(&self) -> bool {
+            true
+        }
+    }
+}
+
+fn check_shards(key: &str, shards: &[PathBuf]) -> Result<(), DataError> {
+    let missing: Vec<&PathBuf> = shards.iter().filter(|p| !p.is_file()).collect();
+    if let Some(first) = missing.first() {
+        let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+        return Err(DataError::Config(format!(
+            "dataset.{key}: {} of the {} shards do not exist, the first {}; relative paths start from the working \
+             directory {cwd} (byol-run shard DIR --out PATTERN writes shards from an image folder)",
+            missing.len(),
+            shards.len(),
+            first.display()
+        )));
+    }
+    Ok(())
+}
+
+impl WebDatasetConfig {
+    /// Builds the splits and returns the warnings `build` prints (samples without an image,
+    /// partly labelled shards).
+    pub fn load(&self) -> Result<(Splits, Vec<String>), DataError> {
+        self.check()?;
+        let mut warnings = Vec::new();
+        let train = self.split("urls", &self.urls, &mut warnings)?;
+        let test = match &self.test_urls {
+            None => None,
+            Some(urls) => {
+                if !train.is_labelled() {
+                    return Err(DataError::Config(
+                        "dataset.test_urls needs labelled training shards (.cls members) as the kNN bank, and \
+                         dataset.urls has none; remove dataset.test_urls and set eval.train and eval.test to \
+                         labelled image folders (<split>/<class>/<image>)"
+                            .into(),
+                    ));
+                }
+                let test = self.split("test_urls", urls, &mut warnings)?;
+                if test.classes() != train.classes() {
+                    return Err(DataError::Config(format!(
+                        "dataset.test_urls has classes [{}], dataset.urls has [{}]; both need the same {CLASSES_FILE}",
+                        test.classes().join(", "),
+                        train.classes().join(", ")
+                    )));
+                }
+                Some(Arc::new(test) as Arc<dyn Dataset>)
+            }
+        };
+        Ok((
+            Splits {
+                train: Arc::new(train),
+                test,
+            },
+            warnings,
+        ))
+    }
+
+    fn split(&self, key: &str, urls: &Urls, warnings: &mut Vec<String>) -> Result<WebDataset, DataError> {
+        let shards = urls.expand(key)?;
+        let index = Index::scan(key, shards, resolve_threads(self.workers), warnings)?;
+        Ok(WebDataset(Arc::new(Core {
+            index,
+            size: self.image_size,
+            workers: self.workers,
+            shuffle_buffer: self.shuffle_buffer,
+            on_bad_image: self.on_bad_image,
+            bad: Mutex::default(),
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn braces_expand_as_webdataset_writes_them() {
+        assert_eq!(
+            expand_braces("d/train-{000000..000002}.tar").unwrap(),
+            ["d/train-000000.tar", "d/train-000001.tar", "d/train-000002.tar"]
+        );
+        assert_eq!(expand_braces("{8..10}").unwrap(), ["8", "9", "10"]);
+        assert_eq!(expand_braces("{a,b}-{0..1}").unwrap(), ["a-0", "a-1", "b-0", "b-1"]);
+        assert_eq!(expand_braces("plain.tar").unwrap(), ["plain.tar"]);
+        assert!(expand_braces("x-{3..1}").is_err());
+        assert!(expand_braces("x-{0..").is_err());
+    }
+}

@@ -1,0 +1,147 @@
+//! `byol-run shard`: packing labelled image folders into shards.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::image_folder::NO_LABEL;
+use crate::tar::TarWriter;
+use crate::DataError;
+
+use super::reader::shuffled;
+use super::CLASSES_FILE;
+
+/// What [`write_shards`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardsWritten {
+    pub samples: usize,
+    pub shards: Vec<PathBuf>,
+    /// The `urls` pattern that names them (`dir/train-{000000..000012}.tar`).
+    pub urls: String,
+    /// Class names when the folder has class sub-folders (written to `classes.txt`).
+    pub classes: Vec<String>,
+    /// Class folders without images (their labels still count).
+    pub warnings: Vec<String>,
+}
+
+/// Writes the images under `source` into tar shards of `per_shard` samples each, named by
+/// `pattern` with one printf-style `%06d` (or `%d`) for the shard number, as WebDataset's
+/// `ShardWriter` names them. Class sub-folders become `.cls` labels and a `classes.txt` next to
+/// the shards; a folder without class sub-folders gives unlabelled samples (every image at any
+/// depth). Image files are copied as they are, not re-encoded. With `shuffle_seed`, samples are
+/// written in a random order, so that each shard mixes the classes (a shard shuffle and a buffer
+/// shuffle cannot mix shards that each hold one class); keys number the samples as written.
+pub fn write_shards(
+    source: &Path,
+    pattern: &str,
+    per_shard: usize,
+    shuffle_seed: Option<u64>,
+) -> Result<ShardsWritten, DataError> {
+    if per_shard == 0 {
+        return Err(DataError::Config("--per-shard must be at least 1".into()));
+    }
+    let (head, width, tail) = parse_pattern(pattern)?;
+    let (classes, mut files, warnings) = crate::image_folder::images_for_shards(source)?;
+    if let Some(seed) = shuffle_seed {
+        let order = shuffled(files.len(), &[seed, 0x7764_7772]);
+        files = order.into_iter().map(|i| files[i].clone()).collect();
+    }
+    let shard_name = |n: usize| PathBuf::from(format!("{head}{n:0width$}{tail}"));
+    let first = shard_name(0);
+    let dir = first
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DataError::Config(format!("cannot create the folder {}: {e}", dir.display())))?;
+    let key_width = 6.max(files.len().saturating_sub(1).to_string().len());
+    let mut shards = Vec::new();
+    for (n, chunk) in files.chunks(per_shard).enumerate() {
+        let path = shard_name(n);
+        let partial = path.with_extension("tar.partial");
+        let write_err = |e: std::io::Error| DataError::Config(format!("cannot write {}: {e}", partial.display()));
+        let file = File::create(&partial).map_err(write_err)?;
+        let mut tar = TarWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        for (i, (image, label)) in chunk.iter().enumerate() {
+            let key = format!("{:0key_width$}", n * per_shard + i);
+            let ext = image
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            let bytes =
+                std::fs::read(image).map_err(|e| DataError::Config(format!("cannot read {}: {e}", image.display())))?;
+            tar.append(&format!("{key}.{ext}"), &bytes).map_err(write_err)?;
+            if *label != NO_LABEL {
+                tar.append(&format!("{key}.cls"), label.to_string().as_bytes())
+                    .map_err(write_err)?;
+            }
+        }
+        let file = tar
+            .finish()
+            .map_err(write_err)?
+            .into_inner()
+            .map_err(|e| write_err(e.into_error()))?;
+        file.sync_all().map_err(write_err)?;
+        // Renamed when complete, so that a killed run never leaves a short shard under the name.
+        std::fs::rename(&partial, &path).map_err(|e| {
+            DataError::Config(format!(
+                "cannot rename {} to {}: {e}",
+                partial.display(),
+                path.display()
+            ))
+        })?;
+        shards.push(path);
+    }
+    if !classes.is_empty() {
+        let list = dir.join(CLASSES_FILE);
+        let text: String = classes.iter().map(|c| format!("{c}\n")).collect();
+        std::fs::write(&list, text).map_err(|e| DataError::Config(format!("cannot write {}: {e}", list.display())))?;
+    }
+    let last = shards.len() - 1;
+    let urls = if last == 0 {
+        shard_name(0).display().to_string()
+    } else {
+        format!("{head}{{{:0width$}..{last:0width$}}}{tail}", 0)
+    };
+    Ok(ShardsWritten {
+        samples: files.len(),
+        shards,
+        urls,
+        classes,
+        warnings,
+    })
+}
+
+/// `train-%06d.tar` -> (`train-`, 6, `.tar`).
+pub(super) fn parse_pattern(pattern: &str) -> Result<(&str, usize, &str), DataError> {
+    let bad = || {
+        DataError::Config(format!(
+            "--out {pattern:?} needs one %06d (or %d) where the shard number goes, as in shards/train-%06d.tar"
+        ))
+    };
+    let start = pattern.find('%').ok_or_else(bad)?;
+    let rest = &pattern[start + 1..];
+    let d = rest.find('d').ok_or_else(bad)?;
+    let spec = &rest[..d];
+    if !spec.chars().all(|c| c.is_ascii_digit()) || rest[d + 1..].contains('%') {
+        return Err(bad());
+    }
+    let width = if spec.is_empty() {
+        0
+    } else {
+        spec.parse().map_err(|_| bad())?
+    };
+    Ok((&pattern[..start], width, &rest[d + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_take_one_printf_number() {
+        assert_eq!(parse_pattern("s/train-%06d.tar").unwrap(), ("s/train-", 6, ".tar"));
+        assert_eq!(parse_pattern("%d.tar").unwrap(), ("", 0, ".tar"));
+        assert!(parse_pattern("train.tar").is_err());
+        assert!(parse_pattern("%06d-%06d.tar").is_err());
+    }
+}
