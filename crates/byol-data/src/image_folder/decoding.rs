@@ -1,0 +1,187 @@
+//! A split decoded image by image on the loader's threads, with unreadable images counted.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::crop::cut_views;
+use crate::dataset::{read_parallel, resolve_threads};
+use crate::decode::read_square_into;
+use crate::{DataError, Dataset, ImageSet};
+
+use super::listing::Listing;
+use super::OnBadImage;
+
+/// Decodes `path`, resizes its shorter side to `size` and centre-crops: `3 * size * size` CHW
+/// bytes. Images smaller than `size` are upscaled.
+pub fn decode_square(path: &Path, size: u32) -> Result<Vec<u8>, DataError> {
+    let mut out = vec![0u8; 3 * (size * size) as usize];
+    read_square_into(path, size, &mut out).map_err(|message| DataError::Image {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(out)
+}
+
+/// Unreadable images met so far (index -> reason), and how many were already reported.
+#[derive(Debug, Default)]
+pub(super) struct BadImages {
+    pub(super) seen: BTreeMap<usize, String>,
+    pub(super) reported: usize,
+}
+
+/// A split decoded image by image, on the loader's threads.
+#[derive(Debug)]
+pub(super) struct DecodingFolder {
+    pub(super) listing: Listing,
+    pub(super) size: u32,
+    pub(super) workers: usize,
+    pub(super) on_bad_image: OnBadImage,
+    pub(super) bad: Mutex<BadImages>,
+}
+
+pub(super) const SKIP_HINT: &str = "set dataset.on_bad_image = \"error\" to stop at the first one instead";
+
+impl DecodingFolder {
+    /// Decodes every image into memory; returns the set and the warning about skipped images.
+    pub(super) fn decode_all(self) -> Result<(ImageSet, Option<String>), DataError> {
+        let n = self.listing.files.len();
+        let size = self.size as usize;
+        let sample = 3 * size * size;
+        let all: Vec<usize> = (0..n).collect();
+        let mut pixels = vec![0u8; n * sample];
+        let labels = read_parallel(&self, &all, &mut pixels, resolve_threads(self.workers))?;
+        // Drop the skipped images, keeping the order of the others.
+        let mut kept = 0;
+        let mut kept_labels = Vec::with_capacity(n);
+        for (i, label) in labels.iter().enumerate() {
+            if let Some(label) = label {
+                if kept != i {
+                    pixels.copy_within(i * sample..(i + 1) * sample, kept * sample);
+                }
+                kept += 1;
+                kept_labels.push(*label);
+            }
+        }
+        pixels.truncate(kept * sample);
+        if kept == 0 {
+            return Err(DataError::Config(format!(
+                "none of the {n} images in {} could be decoded ({})",
+                self.listing.root.display(),
+                self.first_bad().unwrap_or_default()
+            )));
+        }
+        let warning = self.take_warning();
+        let classes = self.listing.classes.clone();
+        Ok((ImageSet::new(pixels, kept_labels, size, size, classes)?, warning))
+    }
+
+    pub(super) fn first_bad(&self) -> Option<String> {
+        let bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
+        bad.seen
+            .iter()
+            .next()
+            .map(|(&i, why)| format!("{}: {why}", self.listing.files[i].0.display()))
+    }
+}
+
+impl Dataset for DecodingFolder {
+    fn len(&self) -> usize {
+        self.listing.files.len()
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.listing.classes
+    }
+
+    fn image_shape(&self) -> [usize; 3] {
+        [3, self.size as usize, self.size as usize]
+    }
+
+    fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError> {
+        let path = self.path(index)?;
+        self.outcome(index, read_square_into(path, self.size, out))
+    }
+
+    fn read_crops(
+        &self,
+        index: usize,
+        crops: &crate::LoaderCrops,
+        (seed, epoch): (u64, u64),
+        out: &mut [u8],
+    ) -> Result<Option<i64>, DataError> {
+        let path = self.path(index)?;
+        let cut = std::fs::read(path)
+            .map_err(|e| format!("cannot read: {e}"))
+            .and_then(|bytes| crate::decode::decode_rgb(&bytes))
+            .and_then(|image| cut_views(crops, &image, seed, epoch, index, out));
+        self.outcome(index, cut)
+    }
+
+    fn reads_crops(&self) -> bool {
+        true
+    }
+
+    fn workers(&self) -> usize {
+        self.workers
+    }
+
+    fn take_warning(&self) -> Option<String> {
+        let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
+        let total = bad.seen.len();
+        if total == bad.reported {
+            return None;
+        }
+        let (&first, why) = bad.seen.iter().next().expect("at least one");
+        let line = format!(
+            "skipped {total} unreadable image(s) of {} in {} (first: {}: {why}); {SKIP_HINT}",
+            self.listing.files.len(),
+            self.listing.root.display(),
+            self.listing.files[first].0.display()
+        );
+        bad.reported = total;
+        Some(line)
+    }
+}
+
+impl DecodingFolder {
+    pub(super) fn path(&self, index: usize) -> Result<&std::path::Path, DataError> {
+        self.listing
+            .files
+            .get(index)
+            .map(|(path, _)| path.as_path())
+            .ok_or_else(|| {
+                DataError::Config(format!(
+                    "index {index} out of range for {} images",
+                    self.listing.files.len()
+                ))
+            })
+    }
+
+    /// The label of a successfully read image, or the bad-image policy applied to `why`.
+    pub(super) fn outcome(&self, index: usize, read: Result<(), String>) -> Result<Option<i64>, DataError> {
+        let (path, label) = &self.listing.files[index];
+        match read {
+            Ok(()) => Ok(Some(*label)),
+            Err(why) if self.on_bad_image == OnBadImage::Skip => {
+                let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
+                bad.seen.entry(index).or_insert(why);
+                Ok(None)
+            }
+            Err(why) => Err(DataError::Image {
+                path: path.clone(),
+                message: format!("{why} (set dataset.on_bad_image = \"skip\" to skip unreadable images)"),
+            }),
+        }
+    }
+}
+
+impl Drop for DecodingFolder {
+    /// Unreadable images not reported by the loader yet (read through `batch` only) are
+    /// reported when the dataset goes away.
+    fn drop(&mut self) {
+        if let Some(w) = self.take_warning() {
+            eprintln!("warning: {w}");
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Which files a split holds: class folders, unlabelled trees, file lists.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::DataError;
+
+use super::{EXTENSIONS, NO_LABEL};
+
+/// The files of one split and their labels (no classes and [`NO_LABEL`] when unlabelled).
+#[derive(Debug)]
+pub(super) struct Listing {
+    pub(super) root: PathBuf,
+    pub(super) classes: Vec<String>,
+    pub(super) files: Vec<(PathBuf, i64)>,
+}
+
+/// Image files with their labels.
+pub(crate) type LabelledFiles = Vec<(PathBuf, i64)>;
+
+/// The images of `dir` as `byol-run shard` packs them: with class sub-folders, each one's images
+/// (labels = folder order, as `image_folder` reads them); without, every image at any depth,
+/// unlabelled ([`NO_LABEL`]). Returns the classes, the files, and warnings (empty class folders).
+pub(crate) fn images_for_shards(dir: &Path) -> Result<(Vec<String>, LabelledFiles, Vec<String>), DataError> {
+    if !dir.is_dir() {
+        return Err(DataError::Config(format!(
+            "{} is not a folder; give a folder of images (one sub-folder per class, or any tree of images)",
+            dir.display()
+        )));
+    }
+    let mut warnings = Vec::new();
+    let listing = if has_class_folders(dir)? {
+        scan("train", dir, None, 0, &mut warnings)?
+    } else {
+        scan_unlabelled("train", dir, None, 0)?
+    };
+    Ok((listing.classes, listing.files, warnings))
+}
+
+pub(super) fn test_needs_labels(train: &Path) -> DataError {
+    DataError::Config(format!(
+        "dataset.test needs labelled training images as the kNN bank, and dataset.train = {} is unlabelled; \
+         remove dataset.test and set eval.train and eval.test to labelled image folders (<split>/<class>/<image>)",
+        train.display()
+    ))
+}
+
+/// Whether `dir` has a sub-folder that can be a class (hidden ones cannot). False for a folder
+/// that does not exist: `scan` reports that with the fix.
+pub(super) fn has_class_folders(dir: &Path) -> Result<bool, DataError> {
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    Ok(list(dir)?.iter().any(|p| p.is_dir() && !is_hidden(p)))
+}
+
+pub(super) fn has_images_under(dir: &Path) -> Result<bool, DataError> {
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    Ok(!collect_images(dir)?.is_empty())
+}
+
+/// Every image file under `dir`, at any depth, skipping hidden files and folders; each folder's
+/// entries in sorted order, so that the whole list is sorted by path.
+pub(super) fn collect_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut images = Vec::new();
+    let mut entered = std::collections::BTreeSet::new();
+    walk(dir, &mut entered, &mut images)?;
+    Ok(images)
+}
+
+/// [`collect_images`] below `dir`; `entered` holds the folders walked so far, by canonical path,
+/// so that a symbolic link back up the tree is not followed round and round.
+pub(super) fn walk(
+    dir: &Path,
+    entered: &mut std::collections::BTreeSet<PathBuf>,
+    images: &mut Vec<PathBuf>,
+) -> Result<(), DataError> {
+    let canonical = dir
+        .canonicalize()
+        .map_err(|e| DataError::Config(format!("cannot resolve {}: {e}", dir.display())))?;
+    if !entered.insert(canonical) {
+        return Ok(());
+    }
+    for path in list(dir)? {
+        if is_hidden(&path) {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, entered, images)?;
+        } else if is_image(&path) && path.is_file() {
+            images.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The images of an unlabelled split: every image under `root` (or the ones `file_list` names,
+/// paths relative to `root`), at most `limit` of them (0: all).
+pub(super) fn scan_unlabelled(
+    key: &str,
+    root: &Path,
+    file_list: Option<&Path>,
+    limit: usize,
+) -> Result<Listing, DataError> {
+    if !root.is_dir() {
+        let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+        return Err(DataError::Config(format!(
+            "dataset.{key}: folder {} does not exist (or is not a folder); with labels = \"none\" it should \
+             hold the images, at any depth; relative paths start from the working directory {cwd}",
+            root.display()
+        )));
+    }
+    let mut paths = match file_list {
+        None => collect_images(root)?,
+        Some(list_path) => {
+            let mut paths = Vec::new();
+            let text = std::fs::read_to_string(list_path).map_err(|e| {
+                DataError::Config(format!("dataset.file_list: cannot read {}: {e}", list_path.display()))
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let path = root.join(line);
+                if !path.is_file() {
+                    return Err(DataError::Config(format!(
+                        "{} line {}: {} does not exist; lines are image paths relative to dataset.{key}",
+                        list_path.display(),
+                        n + 1,
+                        path.display()
+                    )));
+                }
+                paths.push(path);
+            }
+            paths
+        }
+    };
+    if limit > 0 {
+        paths.truncate(limit);
+    }
+    if paths.is_empty() {
+        return Err(DataError::Config(match file_list {
+            None => format!(
+                "dataset.{key}: {} holds no .jpg, .jpeg or .png files (at any depth)",
+                root.display()
+            ),
+            Some(l) => format!("dataset.{key}: the file list {} names no images", l.display()),
+        }));
+    }
+    Ok(Listing {
+        root: root.to_path_buf(),
+        classes: Vec::new(),
+        files: paths.into_iter().map(|p| (p, NO_LABEL)).collect(),
+    })
+}
+
+pub(super) fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+pub(super) fn is_hidden(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// Sorted entries of `dir`.
+pub(super) fn list(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| DataError::Config(format!("cannot list {}: {e}", dir.display())))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    Ok(entries)
+}
+
+pub(super) fn scan(
+    key: &str,
+    root: &Path,
+    file_list: Option<&Path>,
+    limit_per_class: usize,
+    warnings: &mut Vec<String>,
+) -> Result<Listing, DataError> {
+    let config_error = |message: String| DataError::Config(format!("dataset.{key}: {message}"));
+    if !root.is_dir() {
+        let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+        return Err(config_error(format!(
+            "folder {} does not exist (or is not a folder); it should hold one sub-folder of images per \
+             class (<{key}>/<class>/<image>); relative paths start from the working directory {cwd}",
+            root.display()
+        )));
+    }
+    // Hidden folders (.git, .ipynb_checkpoints) are not classes.
+    let class_dirs: Vec<PathBuf> = list(root)?
+        .into_iter()
+        .filter(|p| p.is_dir() && !is_hidden(p))
+        .collect();
+    if class_dirs.is_empty() {
+        return Err(config_error(format!(
+            "{} has no class sub-folders and no images; put the images in one sub-folder per class \
+             (<{key}>/<class>/<image>), or anywhere under it for unlabelled training (labels = \"none\")",
+            root.display()
+        )));
+    }
+    let classes: Vec<String> = class_dirs
+        .iter()
+        .map(|d| d.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .collect();
+    let limit = if limit_per_class == 0 {
+        usize::MAX
+    } else {
+        limit_per_class
+    };
+    let mut per_class: Vec<Vec<PathBuf>> = vec![Vec::new(); classes.len()];
+    match file_list {
+        None => {
+            for (files, dir) in per_class.iter_mut().zip(&class_dirs) {
+                *files = list(dir)?
+                    .into_iter()
+                    .filter(|p| is_image(p) && !is_hidden(p) && p.is_file())
+                    .collect();
+            }
+        }
+        Some(list_path) => read_file_list(key, root, list_path, &classes, &mut per_class)?,
+    }
+    let empty: Vec<&str> = classes
+        .iter()
+        .zip(&per_class)
+        .filter(|(_, f)| f.is_empty())
+        .map(|(c, _)| c.as_str())
+        .collect();
+    let files: Vec<(PathBuf, i64)> = per_class
+        .into_iter()
+        .enumerate()
+        .flat_map(|(label, files)| files.into_iter().take(limit).map(move |p| (p, label as i64)))
+        .collect();
+    if files.is_empty() {
+        return Err(config_error(match file_list {
+            None => format!(
+                "{} holds no .jpg, .jpeg or .png files in its {} class folder(s) ({}, ...)",
+                root.display(),
+                classes.len(),
+                classes[0]
+            ),
+            Some(l) => format!("the file list {} names no images", l.display()),
+        }));
+    }
+    if !empty.is_empty() {
+        let shown = empty.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        warnings.push(format!(
+            "{} of the {} class folders of {} hold no images (labels still count them): {shown}{}",
+            empty.len(),
+            classes.len(),
+            root.display(),
+            if empty.len() > 5 { ", ..." } else { "" }
+        ));
+    }
+    Ok(Listing {
+        root: root.to_path_buf(),
+        classes,
+        files,
+    })
+}
+
+/// Reads `<class>/<file>` lines into `per_class`, in the list's order.
+pub(super) fn read_file_list(
+    key: &str,
+    root: &Path,
+    list_path: &Path,
+    classes: &[String],
+    per_class: &mut [Vec<PathBuf>],
+) -> Result<(), DataError> {
+    let text = std::fs::read_to_string(list_path).map_err(|e| {
+        DataError::Config(format!(
+            "dataset.{}file_list: cannot read {}: {e}",
+            if key == "test" { "test_" } else { "" },
+            list_path.display()
+        ))
+    })?;
+    let label_of: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = || format!("{} line {}", list_path.display(), n + 1);
+        let relative = Path::new(line);
+        let class = relative
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .and_then(|p| p.components().next())
+            .and_then(|c| c.as_os_str().to_str());
+        let Some(&label) = class.and_then(|c| label_of.get(c)) else {
+            return Err(DataError::Config(format!(
+                "{}: '{line}' is not inside a class folder of {}; lines are <class>/<file> paths relative to dataset.{key}",
+                at(),
+                root.display()
+            )));
+        };
+        let path = root.join(relative);
+        if !path.is_file() {
+            return Err(DataError::Config(format!(
+                "{}: {} does not exist; fix the list or dataset.{key}",
+                at(),
+                path.display()
+            )));
+        }
+        per_class[label].push(path);
+    }
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! `[dataset] type = "image_folder"`: the ImageNet layout (`<split>/<class>/<image>`), labels from
+//! folder names, JPEG (baseline, progressive) and PNG; grayscale, CMYK and alpha converted to RGB.
+//! Unlabelled data (`labels = "none"`, or a `train` folder without class sub-folders) is every
+//! image under `train`, recursively, sorted by path. Optionally a file list picks the images. Files with other extensions are ignored; unreadable
+//! images are skipped with one counted warning, or stop the run (`on_bad_image = "error"`).
+
+mod decoding;
+mod listing;
+
+pub use decoding::decode_square;
+use decoding::DecodingFolder;
+pub(crate) use listing::images_for_shards;
+use listing::{has_class_folders, has_images_under, scan, scan_unlabelled, test_needs_labels};
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use byol::BuildContext;
+use serde::{Deserialize, Serialize};
+
+use crate::{DataError, Dataset, DatasetSpec, Splits};
+
+/// File extensions read as images (any case); every other file is ignored.
+const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// What to do with an image that cannot be decoded.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadImage {
+    /// Skip it, count it, and warn once with the count.
+    #[default]
+    Skip,
+    /// Stop with the file's path.
+    Error,
+}
+
+/// Where the labels of the images come from.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Labels {
+    /// One sub-folder per class (`<split>/<class>/<image>`). A `train` folder without class
+    /// sub-folders that holds images is read as unlabelled instead, with a note.
+    #[default]
+    Folders,
+    /// No labels: every image under `train`, at any depth, sorted by path. BYOL needs no labels;
+    /// the kNN monitor and the online probe then use `[eval] train` and `test`.
+    None,
+}
+
+pub use byol::dataset::NO_LABEL;
+
+/// Where decoded images live.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Cache {
+    /// Decode every image once, at start, into memory (small datasets such as CIFAR).
+    #[default]
+    Memory,
+    /// Decode on the fly, batch by batch, on the loader's worker threads.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageFolderConfig {
+    /// Training images: one sub-folder per class, or any folder tree with `labels = "none"`.
+    pub train: PathBuf,
+    /// `"folders"` (class sub-folders) or `"none"` (unlabelled).
+    pub labels: Labels,
+    /// Labelled held-out images in the same layout, for the kNN monitor (optional; needs
+    /// labelled training images).
+    pub test: Option<PathBuf>,
+    /// Optional text file naming the training images to use, one `<class>/<file>` path per
+    /// line relative to `train` (blank lines and `#` comments ignored); classes are still all
+    /// sub-folders of `train`. With `labels = "none"`, any path relative to `train`.
+    pub file_list: Option<PathBuf>,
+    /// The same for `test`.
+    pub test_file_list: Option<PathBuf>,
+    /// Images are resized (shorter side) and centre-cropped to this square size when decoded;
+    /// smaller images are upscaled.
+    pub image_size: u32,
+    pub cache: Cache,
+    /// Decoder threads: the loader's prefetching workers with `cache = "none"`, the threads that
+    /// fill the cache with `cache = "memory"` (0: all cores).
+    pub workers: usize,
+    /// Use at most this many images per class (0: all), the first ones by file name; unlabelled
+    /// images count as one class.
+    pub limit_per_class: usize,
+    pub on_bad_image: OnBadImage,
+}
+
+impl Default for ImageFolderConfig {
+    fn default() -> Self {
+        Self {
+            train: PathBuf::from("data/train"),
+            labels: Labels::Folders,
+            test: None,
+            file_list: None,
+            test_file_list: None,
+            image_size: 32,
+            cache: Cache::Memory,
+            workers: 0,
+            limit_per_class: 0,
+            on_bad_image: OnBadImage::Skip,
+        }
+    }
+}
+
+byol::register_plugin! {
+    name: "image_folder",
+    description: "images in <split>/<class>/ folders (JPEG, PNG), labels from folder names; or unlabelled, any folder tree",
+    optional: "test = \"data/test\"                # labelled split for the kNN monitor\n\
+               file_list = \"subset.txt\"          # only these images: <class>/<file> lines relative to train\n\
+               test_file_list = \"test-subset.txt\"",
+    impl DatasetSpec for ImageFolderConfig {
+        fn build(&self, _: &BuildContext) -> Result<Splits, DataError> {
+            let (splits, warnings, notes) = self.load_with_notes()?;
+            for note in notes {
+                eprintln!("note: {note}");
+            }
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(splits)
+        }
+
+        fn check(&self) -> Result<(), DataError> {
+            let missing = |key: &str, path: &Path, what: &str| {
+                DataError::Config(format!("dataset.{key} = {:?}: {what} does not exist (paths are relative to the working directory)", path.display().to_string()))
+            };
+            if !self.train.is_dir() {
+                return Err(missing("train", &self.train, "this folder"));
+            }
+            if let Some(test) = self.test.as_deref().filter(|t| !t.is_dir()) {
+                return Err(missing("test", test, "this folder"));
+            }
+            if self.labels == Labels::None && self.test.is_some() {
+                return Err(test_needs_labels(&self.train));
+            }
+            for (key, list) in [("file_list", &self.file_list), ("test_file_list", &self.test_file_list)] {
+                if let Some(list) = list.as_deref().filter(|l| !l.is_file()) {
+                    return Err(missing(key, list, "this file"));
+                }
+            }
+            if self.image_size == 0 {
+                return Err(DataError::Config("dataset.image_size = 0 must be >= 1".into()));
+            }
+            Ok(())
+        }
+
+        fn keeps_image_files(&self) -> bool {
+            self.cache == Cache::None
+        }
+    }
+}
+
+impl ImageFolderConfig {
+    /// Builds the splits and returns the warnings that `build` prints (unreadable images skipped
+    /// while filling the memory cache, class folders without images): one line each.
+    pub fn load(&self) -> Result<(Splits, Vec<String>), DataError> {
+        self.load_with_notes().map(|(splits, warnings, _)| (splits, warnings))
+    }
+
+    /// [`ImageFolderConfig::load`], and the notes that `build` prints (a `train` folder without
+    /// class sub-folders read as unlabelled).
+    pub fn load_with_notes(&self) -> Result<(Splits, Vec<String>, Vec<String>), DataError> {
+        if self.image_size == 0 {
+            return Err(DataError::Config("dataset.image_size must be at least 1".into()));
+        }
+        let mut warnings = Vec::new();
+        let mut notes = Vec::new();
+        let labels = match self.labels {
+            Labels::Folders if !has_class_folders(&self.train)? && has_images_under(&self.train)? => {
+                notes.push(format!(
+                    "dataset.train = {}: no class sub-folders, so its images are read as unlabelled \
+                     (labels = \"none\"; set it to silence this note)",
+                    self.train.display()
+                ));
+                Labels::None
+            }
+            labels => labels,
+        };
+        if labels == Labels::None && self.test.is_some() {
+            return Err(test_needs_labels(&self.train));
+        }
+        let train = self.split(
+            "train",
+            &self.train,
+            self.file_list.as_deref(),
+            labels,
+            None,
+            &mut warnings,
+        )?;
+        let test = match &self.test {
+            Some(dir) => Some(self.split(
+                "test",
+                dir,
+                self.test_file_list.as_deref(),
+                Labels::Folders,
+                Some(train.classes()),
+                &mut warnings,
+            )?),
+            None => None,
+        };
+        Ok((Splits { train, test }, warnings, notes))
+    }
+
+    fn split(
+        &self,
+        key: &str,
+        dir: &Path,
+        file_list: Option<&Path>,
+        labels: Labels,
+        classes: Option<&[String]>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Arc<dyn Dataset>, DataError> {
+        let listing = match labels {
+            Labels::Folders => scan(key, dir, file_list, self.limit_per_class, warnings)?,
+            Labels::None => scan_unlabelled(key, dir, file_list, self.limit_per_class)?,
+        };
+        if let Some(expected) = classes {
+            if expected != listing.classes.as_slice() {
+                return Err(DataError::Config(format!(
+                    "dataset.{key}: {} has classes [{}], the training split has [{}]; both splits need the same class folders",
+                    dir.display(),
+                    listing.classes.join(", "),
+                    expected.join(", ")
+                )));
+            }
+        }
+        let folder = DecodingFolder {
+            listing,
+            size: self.image_size,
+            workers: self.workers,
+            on_bad_image: self.on_bad_image,
+            bad: Mutex::default(),
+        };
+        Ok(match self.cache {
+            Cache::Memory => {
+                let (set, warning) = folder.decode_all()?;
+                warnings.extend(warning);
+                Arc::new(set)
+            }
+            Cache::None => Arc::new(folder),
+        })
+    }
+}
