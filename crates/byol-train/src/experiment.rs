@@ -338,17 +338,41 @@ fn blame(text: &str, overrides: &[String], merged: &str, error: &toml::de::Error
     }
 }
 
-/// The `[header]` that the byte `offset` of `text` falls under.
+/// The `[header]` that the byte `offset` of `text` falls under: the last table header that starts
+/// at or before the end of the offset's line (typetag reports errors at the table header itself).
+/// None when the text is not valid TOML (then the parser's own message has the line).
 pub(crate) fn enclosing_table(text: &str, offset: usize) -> Option<String> {
-    let before = text.get(..offset.min(text.len()))?;
-    // The offset may sit on a header line itself (typetag reports errors at the table header).
-    let line_end = text[before.len()..].find('\n').map_or(text.len(), |i| before.len() + i);
-    text[..line_end].lines().rev().find_map(|line| {
-        let line = line.trim();
-        let inner = line.strip_prefix('[')?.trim_start_matches('[');
-        let end = inner.find(']')?;
-        Some(inner[..end].trim().to_string())
-    })
+    let document = toml_edit::Document::parse(text).ok()?;
+    let line_end = text
+        .get(offset..)
+        .and_then(|rest| rest.find('\n'))
+        .map_or(text.len(), |i| offset + i);
+    let mut headers = Vec::new();
+    table_headers(document.as_table(), &mut Vec::new(), &mut headers);
+    headers
+        .into_iter()
+        .filter(|(start, _)| *start <= line_end)
+        .max_by_key(|(start, _)| *start)
+        .map(|(_, name)| name)
+}
+
+/// Every `[table]` and `[[array]]` header below `table`: its byte offset and dotted name.
+fn table_headers(table: &toml_edit::Table, path: &mut Vec<String>, out: &mut Vec<(usize, String)>) {
+    let mut visit = |key: &str, table: &toml_edit::Table, path: &mut Vec<String>| {
+        path.push(key.to_string());
+        if let Some(span) = table.span().filter(|_| !table.is_implicit() && !table.is_dotted()) {
+            out.push((span.start, path.join(".")));
+        }
+        table_headers(table, path, out);
+        path.pop();
+    };
+    for (key, item) in table.iter() {
+        match item {
+            toml_edit::Item::Table(child) => visit(key, child, path),
+            toml_edit::Item::ArrayOfTables(array) => array.iter().for_each(|child| visit(key, child, path)),
+            _ => {}
+        }
+    }
 }
 
 /// `a.b.c=value`: sets key `c` of table `a.b`, creating tables as needed.
@@ -389,6 +413,12 @@ mod tests {
             enclosing_table(text, text.find("[schedule]").unwrap()).as_deref(),
             Some("schedule")
         );
+        // Brackets inside strings and comments are not headers; dotted and nested headers are.
+        let text = "[run]\nname = \"[x]\" # [y]\n[a.b]\nk = 1\n[[c]]\nm = 2\n";
+        let at = |needle: &str| enclosing_table(text, text.find(needle).unwrap());
+        assert_eq!(at("name").as_deref(), Some("run"));
+        assert_eq!(at("k =").as_deref(), Some("a.b"));
+        assert_eq!(at("m =").as_deref(), Some("c"));
         let error = toml::from_str::<ScheduleConfig>("epochs = 3\nwarmup_epoch = 1\n").unwrap_err();
         assert!(error.span().is_some(), "{error}");
         let error = toml::from_str::<toml::Table>("a = = 1").unwrap_err();
