@@ -147,7 +147,7 @@ fn bench_step_times_ours_and_eager_pytorch_in_the_same_call() {
 #[test]
 fn bench_e2e_times_training_steps_with_and_without_the_input_path() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tiny.toml"), super::resume::TINY).unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), super::TINY).unwrap();
     let out = super::byol_run(
         dir.path(),
         &["bench", "e2e", "tiny.toml", "--warmup", "1", "--iters", "2"],

@@ -2,7 +2,7 @@
 //! images and broken links are skipped with one counted warning (as training skips them), and
 //! `--strict` stops at the first one.
 
-use super::resume::TINY;
+use super::TINY;
 use super::{byol_run, text};
 
 fn png(path: &std::path::Path) {

@@ -4,57 +4,24 @@
 
 use std::path::Path;
 
+use byol_testkit::fixtures::{tiny_experiment, with_table};
+
 use super::{byol_run, text};
 
 fn config(folder: &Path, cache: &str) -> String {
-    format!(
-        r#"
-[run]
-device = "cpu"
-threads = 1
-seed = 2
-
-[dataset]
-type = "image_folder"
-train = {folder:?}
-test = {folder:?}
-image_size = 16
-cache = "{cache}"
-workers = 2
-
-[backbone]
-type = "resnet18"
-cifar_stem = true
-width = 4
-
-[augment]
-type = "byol"
-preset = "cifar"
-image_size = 16
-crop_on = "loader"
-
-[optimizer]
-type = "lars"
-lr = 0.5
-
-[byol]
-hidden_dim = 32
-projection_dim = 16
-
-[schedule]
-epochs = 2
-batch_size = 8
-warmup_epochs = 1
-
-[eval]
-knn_k = 3
-before_training = false
-
-[checkpoint]
-every_steps = 2
-keep_last = 10
-"#
-    )
+    let dataset = format!(
+        "type = \"image_folder\"\ntrain = {folder:?}\ntest = {folder:?}\nimage_size = 16\ncache = \"{cache}\"\nworkers = 2\n"
+    );
+    let experiment = tiny_experiment(&[
+        ("run.seed", "2"),
+        ("augment.crop_on", "\"loader\""),
+        ("schedule.epochs", "2"),
+        ("schedule.batch_size", "8"),
+        ("eval.knn_k", "3"),
+        ("checkpoint.every_steps", "2"),
+        ("checkpoint.keep_last", "10"),
+    ]);
+    with_table(&experiment, "dataset", &dataset)
 }
 
 fn photos(root: &Path) {

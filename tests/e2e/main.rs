@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
+/// The tiny experiment most tests train (a CIFAR-stem ResNet-18 of width 4 on synthetic images).
+pub(crate) use byol_testkit::fixtures::TINY_EXPERIMENT as TINY;
+
 /// Held by the tests whose training runs take minutes and every core (the quickstart, the CIFAR
 /// learning check): two of them at once on a small machine oversubscribe libtorch's OpenMP
 /// threads, whose spin-waiting then slows both several times over. Short tests run beside them.

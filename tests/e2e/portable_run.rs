@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use super::resume::TINY;
+use byol_testkit::fixtures::{with_keys, with_table};
+
+use super::TINY;
 use super::{byol_run, text};
 
 fn png(path: &Path) {
@@ -105,19 +107,10 @@ fn pretrained_weights_are_read_only_when_a_run_starts() {
     assert!(all.contains("no such file"), "{all}");
 }
 
-const FOLDER_DATA: &str = r#"
-[dataset]
-type = "image_folder"
-train = "data/train"
-test = "data/test"
-image_size = 16
-"#;
-
 /// TINY on the labelled image folders under `data/`.
 fn tiny_on_folders() -> String {
-    let start = TINY.find("[dataset]").unwrap();
-    let end = TINY.find("[backbone]").unwrap();
-    format!("{}{}\n{}", &TINY[..start], FOLDER_DATA, &TINY[end..])
+    let folders = "type = \"image_folder\"\ntrain = \"data/train\"\ntest = \"data/test\"\nimage_size = 16\n";
+    with_table(TINY, "dataset", folders)
 }
 
 #[test]
@@ -223,12 +216,11 @@ fn a_torchscript_run_keeps_its_module() {
         module = module.to_str().unwrap()
     );
     byol_testkit::run_python(&script, &[]);
-    let experiment = TINY
-        .replace(
-            "type = \"resnet18\"\ncifar_stem = true\nwidth = 4",
-            "type = \"torchscript\"\npath = \"net.pt\"\ninput_size = 16",
-        )
-        .replacen("[byol]\n", "[byol]\nembedding_layer = \"output\"\n", 1);
+    let torchscript = "type = \"torchscript\"\npath = \"net.pt\"\ninput_size = 16\n";
+    let experiment = with_keys(
+        &with_table(TINY, "backbone", torchscript),
+        &[("byol.embedding_layer", "\"output\"")],
+    );
     std::fs::write(d.join("ts.toml"), &experiment).unwrap();
     labelled_images(d, 2);
     ok(

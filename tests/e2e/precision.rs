@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::resume::TINY;
+use super::TINY;
 use super::{byol_run, byol_run_with_env, text};
 
 /// Trains the tiny experiment for 2 steps with `extra` settings; returns the step-2 model.

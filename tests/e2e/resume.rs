@@ -5,55 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{byol_run, text};
-
-/// 512 synthetic images, batch 32: 16 steps per epoch, 3 epochs, a checkpoint every 4 steps.
-pub(crate) const TINY: &str = r#"
-[run]
-device = "cpu"
-threads = 1
-seed = 5
-
-[dataset]
-type = "synthetic"
-train_size = 512
-test_size = 64
-image_size = 16
-
-[backbone]
-type = "resnet18"
-cifar_stem = true
-width = 4
-
-[augment]
-type = "byol"
-preset = "cifar"
-image_size = 16
-
-[optimizer]
-type = "lars"
-lr = 0.5
-
-[byol]
-hidden_dim = 32
-projection_dim = 16
-
-[schedule]
-epochs = 3
-batch_size = 32
-warmup_epochs = 1
-
-[eval]
-knn_k = 5
-before_training = false
-
-[logging]
-every_steps = 4
-
-[checkpoint]
-every_steps = 4
-keep_last = 3
-"#;
+use super::{byol_run, text, TINY};
 
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

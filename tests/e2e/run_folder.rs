@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::resume::TINY;
+use super::TINY;
 use super::{byol_run, text};
 
 fn setup() -> tempfile::TempDir {

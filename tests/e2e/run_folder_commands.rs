@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::resume::TINY;
+use super::TINY;
 use super::{byol_run, text};
 
 fn png(path: &Path) {

@@ -2,7 +2,7 @@
 //! checks what training checks before its first step, and a key set by `--set` is reported
 //! against the flag, not against a line of a reformatted copy.
 
-use super::resume::TINY;
+use super::TINY;
 use super::{byol_run, text};
 
 fn setup() -> tempfile::TempDir {

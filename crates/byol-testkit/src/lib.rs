@@ -2,10 +2,12 @@
 //! torch and get tensors back, through safetensors files in a temporary folder. And
 //! [`conformance`]: the checks every backbone plugin runs (`check_backbone(&spec, 32)`). And
 //! [`keys`]: which keys a configuration parser accepts, to hold examples to them. And the
+//! tiny experiment the training tests start from ([`fixtures`]). And the
 //! shared CIFAR-10 JPEGs ([`cifar10_jpeg`]; a test that needs them is skipped where they are
 //! absent, and fails instead when `CI=true`).
 
 pub mod conformance;
+pub mod fixtures;
 pub mod keys;
 
 pub use conformance::check_backbone;
