@@ -205,7 +205,7 @@ impl CifarVariant {
 }
 
 /// `[dataset] type = "cifar"`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 pub struct CifarConfig {
     /// `"cifar10"` or `"cifar100"`.

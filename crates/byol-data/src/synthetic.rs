@@ -34,7 +34,7 @@ pub const SHAPES: [&str; 10] = [
 ];
 
 /// `[dataset] type = "synthetic"`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyntheticConfig {
     /// Images to train BYOL on (also the labelled kNN bank).

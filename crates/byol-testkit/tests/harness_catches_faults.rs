@@ -8,7 +8,7 @@ use byol::nn::{batch_norm2d, conv2d, BatchNorm};
 use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 
 /// A conv-BN-ReLU-pool net with one deliberate mistake.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 struct Faulty {
     fault: String,

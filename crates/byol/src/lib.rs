@@ -42,7 +42,7 @@ pub use heads::MlpHead;
 pub use loss::{byol_loss, normalized_mse};
 pub use model::{Byol, ByolConfig, LossParts};
 pub use optimizer::{NamedParameter, Optimizer, OptimizerSpec};
-pub use registry::{PluginInfo, PluginKind};
+pub use registry::{KeyDocs, PluginInfo, PluginKind};
 pub use target::{tau_at, TargetUpdater};
 
 /// Re-exported for the registration macro, so plugin crates need not name these versions.

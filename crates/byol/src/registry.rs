@@ -62,6 +62,10 @@ pub struct PluginInfo {
     /// `key = value` lines for keys that the default leaves unset (optional files, per-view
     /// overrides), shown commented out below the default's keys; `#` lines are plain comments.
     pub optional: &'static str,
+    /// The configuration's keys with the first sentence of their doc comments
+    /// ([`KeyDocs`], derived), shown beside the example's keys.
+    #[doc(hidden)]
+    pub key_docs: fn() -> Vec<(&'static str, &'static str)>,
     /// The plugin's `Default` spec as a table body (see [`render_table_body`]).
     #[doc(hidden)]
     pub render_default: fn() -> Result<String, String>,
@@ -119,12 +123,36 @@ impl PluginInfo {
             Some(at) => body.split_at(at + 1),
             None => (body.as_str(), ""),
         };
+        let keys = commented(keys, &(self.key_docs)());
         format!("{}\n{optional}{}", keys.trim_end(), tables.trim_start())
             .replace("\n[", "\n\n[")
             .trim_start_matches('\n')
             .to_string()
     }
 }
+
+/// `key = value` lines with each key's doc as a trailing comment, aligned like the core tables of
+/// `byol-run config --defaults`.
+fn commented(lines: &str, docs: &[(&str, &str)]) -> String {
+    lines
+        .lines()
+        .map(|line| {
+            let key = line.split('=').next().unwrap_or_default().trim();
+            match docs.iter().find(|(k, doc)| *k == key && !doc.is_empty()) {
+                Some((_, doc)) if key != "type" => format!("{line:<26} # {doc}\n"),
+                _ => format!("{line}\n"),
+            }
+        })
+        .collect()
+}
+
+/// A plugin configuration's keys and the first sentence of each one's `///` doc comment: derive
+/// it (`#[derive(KeyDocs)]`) on the type given to [`register_plugin!`](crate::register_plugin).
+pub trait KeyDocs {
+    fn key_docs() -> Vec<(&'static str, &'static str)>;
+}
+
+pub use byol_derive::KeyDocs;
 
 inventory::collect!(PluginInfo);
 
@@ -193,7 +221,8 @@ pub fn render_table_body<S: Serialize + ?Sized>(table: &str, spec: &S) -> Result
 /// }
 /// ```
 /// The trait must be in scope by its plain name, and the type must implement `Default` (a
-/// valid, sensible configuration: it is the example users copy). `optional` lists `key = value`
+/// valid, sensible configuration: it is the example users copy) and derive [`KeyDocs`] (each
+/// key's doc comment is its comment in the example). `optional` lists `key = value`
 /// lines for keys the default leaves unset, shown commented out. The plugin crate depends on
 /// `typetag` and `serde` (the typetag expansion names them).
 #[macro_export]
@@ -213,6 +242,7 @@ macro_rules! register_plugin {
                 name: $name,
                 description: $description,
                 optional: $crate::register_plugin!(@optional $($optional)?),
+                key_docs: <$ty as $crate::registry::KeyDocs>::key_docs,
                 render_default: || {
                     let spec: ::std::boxed::Box<dyn $trait> =
                         ::std::boxed::Box::new(<$ty as ::core::default::Default>::default());

@@ -1,6 +1,6 @@
 //! Every registered plugin's example (its `Default`, plus its optional keys): it parses into its
-//! kind's spec, names its own `type`, shows every key its parser accepts, survives a TOML round
-//! trip, and builds where building needs no files.
+//! kind's spec, names its own `type`, shows every key its parser accepts each with its doc comment,
+//! survives a TOML round trip, and builds where building needs no files.
 
 use byol::registry::{plugins, PluginInfo, PluginKind};
 use byol::{AugmentSpec, BackboneSpec, BuildContext, DatasetSpec, NamedParameter, OptimizerSpec};
@@ -78,6 +78,20 @@ fn every_plugins_example_parses_shows_every_key_and_builds() {
             missing.is_empty(),
             "the example of '{name}' does not show {missing:?}: give them a value in its Default or \
              list them under `optional:` in its register_plugin!\n{text}"
+        );
+        // Each key shown is commented with its field's doc (derive(KeyDocs)); a new field
+        // without one is caught here.
+        let example = info.example();
+        let undocumented: Vec<&str> = example
+            .lines()
+            .take_while(|line| !line.starts_with('['))
+            .filter(|line| line.contains('=') && !line.starts_with('#') && !line.starts_with("type "))
+            .filter(|line| !line.contains(" # "))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "the example of '{name}' shows keys without a comment: {undocumented:?}; give their \
+             fields a /// doc comment (the first sentence becomes the comment)\n{example}"
         );
         let builds = !BUILD_NEEDS_FILES.contains(&name);
         match info.kind {

@@ -88,16 +88,18 @@ impl ViewOverrides {
 }
 
 /// `[augment] type = "byol"`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 pub struct ByolAugmentConfig {
+    /// The views' parameters: "imagenet" (the paper's, 224 px) or "cifar" (32 px, no blur).
     pub preset: Preset,
     /// Side of the views in pixels (preset: 224 / 32).
     pub image_size: Option<i64>,
     /// Per-channel normalization (preset: ImageNet / CIFAR-10 statistics).
     pub mean: Option<[f64; 3]>,
     pub std: Option<[f64; 3]>,
-    /// "device" (default) or "loader": see [`CropOn`].
+    /// Where the random resized crops are cut: "device" (from the decoded squares, batched) or
+    /// "loader" (from the full images, on the loader's threads). See [`CropOn`].
     pub crop_on: CropOn,
     pub view1: ViewOverrides,
     pub view2: ViewOverrides,

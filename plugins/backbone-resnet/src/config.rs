@@ -7,7 +7,7 @@ use crate::resnet::{BlockKind, ResNet};
 use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 
 /// Options shared by every ResNet depth (`[backbone] type = "resnet50"` plus these keys).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResNetConfig {
     /// CIFAR stem: a 3x3 stride-1 first convolution and no max-pool, for 32 px images.
@@ -55,7 +55,7 @@ impl ResNetConfig {
 macro_rules! resnet_depth {
     ($ty:ident, $name:literal, $block:ident, $layers:expr, $description:literal) => {
         #[doc = $description]
-        #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+        #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
         #[serde(transparent)]
         pub struct $ty(pub ResNetConfig);
 

@@ -13,7 +13,7 @@ use crate::TinyCnn;
 /// pool. Doc comments on fields are the user documentation; `deny_unknown_fields` turns a typo
 /// into an error naming the key, and `default` lets a table leave out any key. `Default` is the
 /// example `byol-run plugins` prints, so it must be a valid, sensible configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 pub struct TinyCnnConfig {
     /// Output channels of `block1`, `block2` and `block3`.

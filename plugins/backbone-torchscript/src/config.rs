@@ -13,7 +13,7 @@ use crate::TorchScriptBackbone;
 /// (`torch.jit.script(model).save("backbone.pt")`), trained as the backbone. Its parameters and
 /// buffers become variables under their state_dict names; its forward output is the one tap,
 /// `output` (set `byol.embedding_layer = "output"`), whose width is found by a dummy forward.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields)]
 pub struct TorchScriptConfig {
     /// The TorchScript file (`.pt`). A relative path starts from the working directory, like every

@@ -10,7 +10,7 @@ use crate::ViT;
 /// The keys of every ViT size; a key left out takes its size's default (ViT-S/16: 384 wide, 12
 /// blocks of 6 heads, 16 px patches of 224 px images). Smaller values make tiny test and CPU models
 /// with the same names.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, byol::KeyDocs)]
 pub struct ViTConfig {
     /// Side of the (square) input images; the position embedding has one entry per patch.
     pub image_size: i64,
@@ -112,7 +112,7 @@ impl ViTConfig {
 macro_rules! vit_size {
     ($ty:ident, $name:literal, $dim:expr, $depth:expr, $heads:expr, $description:literal) => {
         #[doc = $description]
-        #[derive(Debug, Clone, Serialize, PartialEq)]
+        #[derive(Debug, Clone, Serialize, PartialEq, byol::KeyDocs)]
         #[serde(transparent)]
         pub struct $ty(pub ViTConfig);
 

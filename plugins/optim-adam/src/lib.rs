@@ -12,7 +12,7 @@ use byol::{BuildContext, ByolError};
 macro_rules! adam_config {
     ($(#[$doc:meta])* $name:ident, weight_decay: $weight_decay:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+        #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
         #[serde(deny_unknown_fields, default)]
         pub struct $name {
             /// Base learning rate (scaled by batch/256 when schedule.scale_lr_by_batch).

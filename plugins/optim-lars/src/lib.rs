@@ -10,11 +10,12 @@ use tch::Tensor;
 use byol::optimizer::{MomentumRule, MomentumSgd, NamedParameter, Optimizer, OptimizerSpec};
 use byol::{BuildContext, ByolError};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 pub struct LarsConfig {
     /// Base learning rate (paper: 0.2, times batch/256).
     pub lr: f64,
+    /// Heavy-ball momentum of the update (paper: 0.9).
     pub momentum: f64,
     /// Paper: 1.5e-6.
     pub weight_decay: f64,

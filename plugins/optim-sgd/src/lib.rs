@@ -8,13 +8,16 @@ use byol::optimizer::{MomentumRule, MomentumSgd, NamedParameter, Optimizer, Opti
 use byol::{BuildContext, ByolError};
 
 /// SGD with momentum.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 pub struct SgdConfig {
     /// Base learning rate (scaled by batch/256 when schedule.scale_lr_by_batch).
     pub lr: f64,
+    /// Heavy-ball momentum (0: plain SGD).
     pub momentum: f64,
+    /// Nesterov momentum, as torch.optim.SGD(nesterov=True).
     pub nesterov: bool,
+    /// L2 penalty added to the gradient.
     pub weight_decay: f64,
     /// No weight decay on biases and normalization parameters (1-D tensors).
     pub exclude_bias_and_norm: bool,

@@ -10,7 +10,7 @@ use byol::nn::{batch_norm2d, conv2d, linear, BatchNorm};
 use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 
 /// `[backbone] type = "toy_convnet"`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToyConvNetConfig {
     /// Channels of the convolution.

@@ -60,7 +60,7 @@ pub enum Cache {
     None,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImageFolderConfig {
     /// Training images: one sub-folder per class, or any folder tree with `labels = "none"`.
@@ -79,6 +79,7 @@ pub struct ImageFolderConfig {
     /// Images are resized (shorter side) and centre-cropped to this square size when decoded;
     /// smaller images are upscaled.
     pub image_size: u32,
+    /// Where decoded images live: "memory" (decoded once, at start) or "none" (decoded each epoch).
     pub cache: Cache,
     /// Decoder threads: the loader's prefetching workers with `cache = "none"`, the threads that
     /// fill the cache with `cache = "memory"` (0: all cores).
@@ -86,6 +87,7 @@ pub struct ImageFolderConfig {
     /// Use at most this many images per class (0: all), the first ones by file name; unlabelled
     /// images count as one class.
     pub limit_per_class: usize,
+    /// An image that cannot be decoded: "skip" it (one counted warning) or "error" (stop).
     pub on_bad_image: OnBadImage,
 }
 

@@ -140,7 +140,7 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebDatasetConfig {
     /// Training shards: a pattern with brace ranges as WebDataset writes them
@@ -159,6 +159,7 @@ pub struct WebDatasetConfig {
     /// Samples in the shuffle buffer (held undecoded in memory): each sample is emitted at most
     /// this many positions away from where its shard holds it. 0 or 1: shard order only.
     pub shuffle_buffer: usize,
+    /// A sample whose image cannot be decoded: "skip" it (one counted warning) or "error" (stop).
     pub on_bad_image: OnBadImage,
 }
 
