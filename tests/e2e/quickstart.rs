@@ -20,7 +20,7 @@ fn quickstart_learns_and_logs_to_tensorboard() {
     let before = summary["knn_before"]["top1"].as_f64().unwrap();
     let after = summary["knn_after"]["top1"].as_f64().unwrap();
     // `byol-run sweep experiments/quickstart-seeds.toml` measured gains of 36 to 53 points over
-    // seeds 0-9, at 1 and 2 threads, with AVX2 and AVX-512 kernels (the README's table): a floor
+    // seeds 0-9, at 1 and 2 threads, with AVX2 and AVX-512 kernels (the table in docs/measured.md): a floor
     // of 20 is 16 points below the smallest, far beyond what rounding moves, and still fails a
     // recipe that learns only half as well.
     assert!(
