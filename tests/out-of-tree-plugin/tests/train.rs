@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use byol::BackboneSpec;
+use byol_testkit::fixtures::{tiny_experiment, with_table};
 use out_of_tree_plugin::ToyConvNetConfig;
 use tch::{nn, Device, Tensor};
 
@@ -27,47 +28,21 @@ fn toy_convnet_is_registered_next_to_the_workspace_plugins() {
     );
 }
 
-const EXPERIMENT: &str = r#"
-[run]
-device = "cpu"
-threads = 1
-seed = 3
-
-[dataset]
-type = "synthetic"
-train_size = 128
-test_size = 32
-image_size = 16
-classes = 4
-
-[backbone]
-type = "toy_convnet"
-channels = 8
-features = 16
-pretrained = "INIT"
-
-[augment]
-type = "byol"
-preset = "cifar"
-image_size = 16
-
-[optimizer]
-type = "sgd"
-lr = 0.5
-
-[byol]
-embedding_layer = "fc"
-hidden_dim = 32
-projection_dim = 16
-
-[schedule]
-epochs = 2
-batch_size = 32
-warmup_epochs = 0
-
-[eval]
-knn_k = 5
-"#;
+/// The tiny experiment on this plugin's backbone: 128 images, batch 32, 2 epochs of 4 steps.
+fn experiment(init: &std::path::Path) -> String {
+    let backbone = format!("type = \"toy_convnet\"\nchannels = 8\nfeatures = 16\npretrained = {init:?}\n");
+    let experiment = tiny_experiment(&[
+        ("run.seed", "3"),
+        ("dataset.train_size", "128"),
+        ("dataset.test_size", "32"),
+        ("dataset.classes", "4"),
+        ("optimizer.type", "\"sgd\""),
+        ("byol.embedding_layer", "\"fc\""),
+        ("schedule.epochs", "2"),
+        ("schedule.warmup_epochs", "0"),
+    ]);
+    with_table(&experiment, "backbone", &backbone)
+}
 
 #[test]
 fn toy_convnet_trains_and_its_parameters_change() {
@@ -83,7 +58,7 @@ fn toy_convnet_trains_and_its_parameters_change() {
     let initial = byol::state_dict::to_cpu_sorted(&vs.variables());
     Tensor::write_safetensors(&initial, &init).unwrap();
 
-    let text = EXPERIMENT.replace("INIT", init.to_str().unwrap());
+    let text = experiment(&init);
     let experiment = byol_train::Experiment::parse(&text, &[]).unwrap();
     let run_dir = dir.path().join("run");
     let options = byol_train::RunOptions {
