@@ -14,6 +14,7 @@ mod resume;
 mod run_folder;
 mod run_folder_commands;
 mod sweep;
+mod sweep_prune;
 mod tensorboard;
 mod unlabelled;
 mod validation;

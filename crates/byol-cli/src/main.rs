@@ -148,6 +148,10 @@ struct TrainArgs {
     /// `<run folder>.old-<UTC time>` (nothing is deleted).
     #[arg(long, conflicts_with = "allow_change")]
     fresh: bool,
+    /// The pruning rule of the sweep this run is a trial of (`byol-run sweep` passes its
+    /// `pruner.json` to trials run as child processes).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pruner: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -231,6 +235,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         quiet: args.quiet,
         allow_change: args.allow_change.clone(),
         fresh: args.fresh,
+        pruner: args
+            .pruner
+            .as_deref()
+            .map(byol_train::sweep::Pruner::load)
+            .transpose()?,
     };
     let summary = byol_train::train(&experiment, &options)?;
     if summary.rank != 0 {
@@ -238,6 +247,18 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     }
     let percent =
         |a: Option<byol_train::knn::KnnAccuracy>| a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0));
+    if let Some(pruned) = &summary.pruned {
+        println!(
+            "\npruned at step {} of {}: {}; train the run folder again without the sweep to go on \
+             (byol-run train {} --run-dir {})",
+            summary.steps,
+            summary.total_steps,
+            pruned.describe(),
+            summary.run_dir.join(byol_train::run_dir::CONFIG_FILE).display(),
+            summary.run_dir.display()
+        );
+        return Ok(());
+    }
     if summary.interrupted {
         println!(
             "\ninterrupted at step {} of {}; run the same command again to resume",

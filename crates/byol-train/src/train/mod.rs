@@ -4,6 +4,7 @@
 //! The loop is [`train`]; what it holds is assembled in [`trainer`], one step is [`step`], the
 //! run folder's checkpoints and records are [`state`].
 
+pub mod curve;
 mod data;
 mod device;
 mod guard;
@@ -28,6 +29,7 @@ use byol_data::Batch;
 use crate::distributed::DataParallel;
 use crate::knn::KnnAccuracy;
 use crate::run_dir;
+use crate::sweep::{Pruned, Pruner};
 use crate::tensorboard::{HParamValue, ScalarLogger};
 use crate::Experiment;
 
@@ -54,6 +56,9 @@ pub struct RunOptions {
     pub allow_change: Vec<String>,
     /// Move an existing run folder aside (`<run>.old-<time>`) and start a new run (`--fresh`).
     pub fresh: bool,
+    /// A sweep trial with median pruning: after each kNN evaluation during training, stop (with
+    /// a checkpoint) when the other trials did better at the same evaluation.
+    pub pruner: Option<Pruner>,
 }
 
 /// What a finished (or interrupted) run reports; saved as `summary.json` in the run folder.
@@ -70,6 +75,10 @@ pub struct RunSummary {
     pub resumed_from_step: Option<u64>,
     /// True when SIGINT/SIGTERM stopped the run early (it resumes from `checkpoint`).
     pub interrupted: bool,
+    /// Set when a sweep's median pruning stopped the run early (it resumes from `checkpoint`
+    /// when trained again with `byol-run train`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<Pruned>,
     pub final_loss: Option<f64>,
     /// Absent when the run has no labelled images to evaluate on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +160,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             ));
         }
         log_evaluation(&mut logger, &evaluation, 0);
+        record_curve(&t, &run_dir, &evaluation, 0, None)?;
         evaluation
     } else {
         None
@@ -166,6 +176,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let mut window = (Instant::now(), 0u64);
     let every = |n: u64, step: u64| n > 0 && step.is_multiple_of(n);
     let mut interrupted = false;
+    let mut pruned = None;
     'epochs: while step < plan.total_steps {
         let epoch = plan.epoch_of(step);
         // Worker threads decode the next batches while the device trains on this one.
@@ -240,6 +251,14 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
                 ));
             }
             log_evaluation(&mut logger, &evaluation, step);
+            let curve = record_curve(&t, &run_dir, &evaluation, step, final_loss)?;
+            if let (Some(pruner), Some(curve)) = (&options.pruner, curve) {
+                pruned = pruner.judge(&run_dir, &curve)?;
+                if let Some(p) = &pruned {
+                    progress.line(format!("pruned: {}", p.describe()));
+                    break 'epochs;
+                }
+            }
         }
     }
     progress.finish();
@@ -251,12 +270,23 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             checkpoint.display()
         ));
     }
-    let after = if interrupted { None } else { t.evaluate()? };
+    if pruned.is_some() {
+        say(format!(
+            "stopped after step {step} by the sweep's median pruning; saved {} (train again to go on)",
+            checkpoint.display()
+        ));
+    }
+    let after = if interrupted || pruned.is_some() {
+        None
+    } else {
+        t.evaluate()?
+    };
     log_evaluation(&mut logger, &after, step);
+    record_curve(&t, &run_dir, &after, step, final_loss)?;
     if let (Some(before), Some(after)) = (&before, &after) {
         logger.scalar("knn/gain", after.knn.top1 - before.knn.top1, step);
     }
-    if !interrupted {
+    if !interrupted && pruned.is_none() {
         logger.session_end();
     }
     drop(logger);
@@ -269,6 +299,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         epochs: schedule.epochs,
         resumed_from_step: t.resumed_from,
         interrupted,
+        pruned,
         final_loss,
         knn_before: before.map(|e| e.knn),
         knn_after: after.map(|e| e.knn),
@@ -283,6 +314,23 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(summary)
+}
+
+/// Adds an evaluation to the run folder's kNN curve (rank 0 of a data-parallel run, which
+/// takes no pruning decision: its peers would train on); returns the curve so far.
+fn record_curve(
+    t: &Trainer<'_>,
+    run_dir: &std::path::Path,
+    evaluation: &Option<Evaluation>,
+    step: u64,
+    loss: Option<f64>,
+) -> anyhow::Result<Option<Vec<curve::CurvePoint>>> {
+    let Some(evaluation) = evaluation.as_ref().filter(|_| t.is_main()) else {
+        return Ok(None);
+    };
+    let point = curve::CurvePoint::new(evaluation, t.plan.epoch_of(step), step, loss);
+    let points = curve::record_point(run_dir, point)?;
+    Ok(t.parallel.is_none().then_some(points))
 }
 
 /// "training NAME on DEVICE: N images, batch B, E epochs = S steps".
