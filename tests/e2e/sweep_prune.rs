@@ -137,6 +137,15 @@ fn a_certainly_worse_trial_is_pruned_at_the_first_evaluation_and_resumes_on_requ
         "{csv}"
     );
 
+    // `compare` shows the two trials side by side: the swept key, and the pruned status.
+    let out = byol_run(&sweep_dir, &["compare", "trial-001", "trial-002"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("| trial-002 | wrong-labels | ") && all.contains("| pruned at epoch 1 |"),
+        "{all}"
+    );
+
     // Run again, the sweep leaves the pruned trial alone.
     let out = byol_run(dir.path(), &["sweep", "tiny.toml"]);
     let all = text(&out);

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use byol_train::{Experiment, RunOptions};
 
 mod bench;
+mod compare;
 mod doctor;
 mod embed;
 mod eval;
@@ -70,6 +71,9 @@ enum Command {
     /// labels and a `classes.txt` next to the shards; a folder without them gives unlabelled
     /// samples), for `[dataset] type = "webdataset"`.
     Shard(ShardArgs),
+    /// One table of several runs: the settings that differ between them and their final
+    /// metrics (kNN before/after/gain, probe, final loss, time, status).
+    Compare(compare::CompareArgs),
     /// Run the hyperparameter sweep of a file's [sweep] table: one run folder per trial,
     /// resumable, then a ranked summary (CSV and markdown).
     Sweep(sweep::SweepArgs),
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(command)) => eval::run(&command),
         Some(Command::Bench { what }) => bench::run(&what),
         Some(Command::Sweep(args)) => sweep::run(&args),
+        Some(Command::Compare(args)) => compare::run(&args),
         Some(Command::Shard(args)) => shard(&args),
         None => train(&cli.train),
     };
