@@ -118,7 +118,11 @@ impl Pruner {
             if !dir.is_dir() || fs::canonicalize(dir).ok() == own {
                 continue;
             }
-            let curve = read_curve(dir)?;
+            // Another trial's unreadable curve is its problem: judge by the others.
+            let curve = read_curve(dir).unwrap_or_else(|e| {
+                eprintln!("warning: median pruning leaves out {}: {e:#}", dir.display());
+                Vec::new()
+            });
             let at_point = curve.iter().rev().find(|p| p.epoch == point.epoch);
             others.extend(at_point.and_then(|p| self.metric.at_point(p, &curve)));
         }
