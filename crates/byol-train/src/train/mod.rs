@@ -160,7 +160,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             ));
         }
         log_evaluation(&mut logger, &evaluation, 0);
-        record_curve(&t, &run_dir, &evaluation, 0, None)?;
+        record_curve(&t, &run_dir, &evaluation, 0, None, None)?;
         evaluation
     } else {
         None
@@ -251,13 +251,10 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
                 ));
             }
             log_evaluation(&mut logger, &evaluation, step);
-            let curve = record_curve(&t, &run_dir, &evaluation, step, final_loss)?;
-            if let (Some(pruner), Some(curve)) = (&options.pruner, curve) {
-                pruned = pruner.judge(&run_dir, &curve)?;
-                if let Some(p) = &pruned {
-                    progress.line(format!("pruned: {}", p.describe()));
-                    break 'epochs;
-                }
+            pruned = record_curve(&t, &run_dir, &evaluation, step, final_loss, options.pruner.as_ref())?;
+            if let Some(p) = &pruned {
+                progress.line(format!("pruned: {}", p.describe()));
+                break 'epochs;
             }
         }
     }
@@ -276,17 +273,14 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             checkpoint.display()
         ));
     }
-    let after = if interrupted || pruned.is_some() {
-        None
-    } else {
-        t.evaluate()?
-    };
+    let stopped_early = interrupted || pruned.is_some();
+    let after = if stopped_early { None } else { t.evaluate()? };
     log_evaluation(&mut logger, &after, step);
-    record_curve(&t, &run_dir, &after, step, final_loss)?;
+    record_curve(&t, &run_dir, &after, step, final_loss, None)?;
     if let (Some(before), Some(after)) = (&before, &after) {
         logger.scalar("knn/gain", after.knn.top1 - before.knn.top1, step);
     }
-    if !interrupted && pruned.is_none() {
+    if !stopped_early {
         logger.session_end();
     }
     drop(logger);
@@ -316,21 +310,26 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     Ok(summary)
 }
 
-/// Adds an evaluation to the run folder's kNN curve (rank 0 of a data-parallel run, which
-/// takes no pruning decision: its peers would train on); returns the curve so far.
+/// Adds an evaluation to the run folder's kNN curve (rank 0 of a data-parallel run does), then
+/// asks `pruner` whether the run stops here. A data-parallel run is never pruned: rank 0 alone
+/// would stop while its peers wait for it.
 fn record_curve(
     t: &Trainer<'_>,
     run_dir: &std::path::Path,
     evaluation: &Option<Evaluation>,
     step: u64,
     loss: Option<f64>,
-) -> anyhow::Result<Option<Vec<curve::CurvePoint>>> {
+    pruner: Option<&Pruner>,
+) -> anyhow::Result<Option<Pruned>> {
     let Some(evaluation) = evaluation.as_ref().filter(|_| t.is_main()) else {
         return Ok(None);
     };
     let point = curve::CurvePoint::new(evaluation, t.plan.epoch_of(step), step, loss);
-    let points = curve::record_point(run_dir, point)?;
-    Ok(t.parallel.is_none().then_some(points))
+    let curve = curve::record_point(run_dir, point)?;
+    match pruner {
+        Some(pruner) if t.parallel.is_none() => pruner.judge(run_dir, &curve),
+        _ => Ok(None),
+    }
 }
 
 /// "training NAME on DEVICE: N images, batch B, E epochs = S steps".
