@@ -145,6 +145,12 @@ fn a_certainly_worse_trial_is_pruned_at_the_first_evaluation_and_resumes_on_requ
         all.contains("| trial-002 | wrong-labels | ") && all.contains("| pruned at epoch 1 |"),
         "{all}"
     );
+    let out = byol_run(&sweep_dir, &["compare", "trial-001", "trial-002", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["differing_keys"], serde_json::json!(["eval.test", "run.name"]));
+    assert_eq!(report["runs"][1]["status"], "pruned", "{report}");
+    assert_eq!(report["runs"][1]["pruned_epoch"], 1, "{report}");
+    assert_eq!(report["runs"][0]["knn_after"], 1.0, "{report}");
 
     // Run again, the sweep leaves the pruned trial alone.
     let out = byol_run(dir.path(), &["sweep", "tiny.toml"]);
