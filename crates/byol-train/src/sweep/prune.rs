@@ -4,8 +4,8 @@
 //!
 //! Trials may run in parallel processes, so the decision reads only files: each trial's
 //! `knn-curve.json`, which its own run replaces whole by rename (see [`crate::train::curve`]). A
-//! decision counts the trials that had passed the point when the trial reached it; trials run one
-//! after another therefore always decide the same way.
+//! decision counts the trials that had passed the point when the trial reached it: with trials run
+//! one after another, every earlier trial, whatever the timing.
 
 use std::fs;
 use std::path::{Path, PathBuf};
