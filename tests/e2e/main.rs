@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod compare;
 mod distributed;
 mod embed;
 mod learning;
@@ -14,6 +15,7 @@ mod resume;
 mod run_folder;
 mod run_folder_commands;
 mod sweep;
+mod sweep_prune;
 mod tensorboard;
 mod unlabelled;
 mod validation;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use byol_train::{Experiment, RunOptions};
 
 mod bench;
+mod compare;
 mod doctor;
 mod embed;
 mod eval;
@@ -70,6 +71,9 @@ enum Command {
     /// labels and a `classes.txt` next to the shards; a folder without them gives unlabelled
     /// samples), for `[dataset] type = "webdataset"`.
     Shard(ShardArgs),
+    /// One table of several runs: the settings that differ between them and their final
+    /// metrics (kNN before/after/gain, probe, final loss, time, status).
+    Compare(compare::CompareArgs),
     /// Run the hyperparameter sweep of a file's [sweep] table: one run folder per trial,
     /// resumable, then a ranked summary (CSV and markdown).
     Sweep(sweep::SweepArgs),
@@ -148,6 +152,10 @@ struct TrainArgs {
     /// `<run folder>.old-<UTC time>` (nothing is deleted).
     #[arg(long, conflicts_with = "allow_change")]
     fresh: bool,
+    /// The pruning rule of the sweep this run is a trial of (`byol-run sweep` passes its
+    /// `pruner.json` to trials run as child processes).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pruner: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -171,6 +179,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(command)) => eval::run(&command),
         Some(Command::Bench { what }) => bench::run(&what),
         Some(Command::Sweep(args)) => sweep::run(&args),
+        Some(Command::Compare(args)) => compare::run(&args),
         Some(Command::Shard(args)) => shard(&args),
         None => train(&cli.train),
     };
@@ -231,6 +240,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         quiet: args.quiet,
         allow_change: args.allow_change.clone(),
         fresh: args.fresh,
+        pruner: args
+            .pruner
+            .as_deref()
+            .map(byol_train::sweep::Pruner::load)
+            .transpose()?,
     };
     let summary = byol_train::train(&experiment, &options)?;
     if summary.rank != 0 {
@@ -238,6 +252,18 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     }
     let percent =
         |a: Option<byol_train::knn::KnnAccuracy>| a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0));
+    if let Some(pruned) = &summary.pruned {
+        println!(
+            "\npruned at step {} of {}: {}; train the run folder again without the sweep to go on \
+             (byol-run train {} --run-dir {})",
+            summary.steps,
+            summary.total_steps,
+            pruned.describe(),
+            summary.run_dir.join(byol_train::run_dir::CONFIG_FILE).display(),
+            summary.run_dir.display()
+        );
+        return Ok(());
+    }
     if summary.interrupted {
         println!(
             "\ninterrupted at step {} of {}; run the same command again to resume",

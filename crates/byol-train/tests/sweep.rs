@@ -136,7 +136,7 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
     let s = Sweep::parse(
         &text(
             &out,
-            "[sweep]\nmetric = \"final_loss\"\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.2, 0.3]\n\"dataset.classes\" = [4]\n",
+            "[sweep]\nmetric = \"final_loss\"\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.2, 0.3, 0.4]\n\"dataset.classes\" = [4]\n",
         ),
         &[],
         "x,y",
@@ -164,23 +164,33 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
         summary["knn_before"] = before;
         fs::write(dir.join("summary.json"), serde_json::to_vec(&summary).unwrap()).unwrap();
     }
+    // Trial 3 was pruned at epoch 1 (as its run records it); trial 4 never runs.
+    summary["pruned"] = serde_json::json!({
+        "epoch": 1, "step": 2, "metric": "final_loss", "value": 0.9, "median": 0.5, "trials": 2
+    });
+    summary["steps"] = 2.into();
+    let pruned_dir = s.trial_dir(&s.trials[2]);
+    fs::create_dir_all(&pruned_dir).unwrap();
+    fs::write(pruned_dir.join("summary.json"), serde_json::to_vec(&summary).unwrap()).unwrap();
     let rows = sweep::rank(&s);
     let order: Vec<(Option<usize>, usize)> = rows.iter().map(|r| (r.rank, r.trial.number)).collect();
-    assert_eq!(order, [(Some(1), 2), (Some(2), 1), (None, 3)]);
-    let csv = sweep::to_csv(&s, &rows);
+    assert_eq!(order, [(Some(1), 2), (Some(2), 1), (None, 3), (None, 4)]);
+    let csv = sweep::to_csv(&s, &rows).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "rank,trial,dataset.classes,optimizer.lr,final_loss,status,run_dir,knn_before,knn_after,knn_gain,probe_top1,train_seconds"
+        "rank,trial,dataset.classes,optimizer.lr,final_loss,status,run_dir,knn_before,knn_after,knn_gain,probe_top1,train_seconds,pruned_epoch"
     );
     assert!(
         lines[1].starts_with("1,trial-002,4,0.2,0.25,done,\""),
         "the folder name has a comma: {csv}"
     );
-    assert!(lines[3].starts_with(",trial-003,4,0.3,,pending,"), "{csv}");
+    assert!(lines[3].starts_with(",trial-003,4,0.3,,pruned,"), "{csv}");
+    assert!(lines[3].ends_with(",1"), "the epoch it was pruned at: {csv}");
+    assert!(lines[4].starts_with(",trial-004,4,0.4,,pending,"), "{csv}");
     let md = sweep::to_markdown(&s, &rows);
     assert!(
-        md.contains("2 of 3 trials done, ranked by final_loss (lower is better)"),
+        md.contains("2 of 4 trials done, 1 pruned, ranked by final_loss (lower is better)"),
         "{md}"
     );
     let row = |id: &str| md.lines().find(|l| l.contains(id)).unwrap().to_string();
@@ -194,11 +204,51 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
     );
     assert!(row("trial-001").contains(" | -10.0 | "), "{md}");
     assert!(
-        row("trial-003").starts_with("| - | trial-003 | 4 | 0.3 | n/a | - | - | - | - | - | - | pending |"),
+        row("trial-003").starts_with("| - | trial-003 | 4 | 0.3 | n/a | ")
+            && row("trial-003").contains(" | pruned at epoch 1 | "),
+        "{md}"
+    );
+    assert!(
+        row("trial-004").starts_with("| - | trial-004 | 4 | 0.4 | n/a | - | - | - | - | - | - | pending |"),
         "{md}"
     );
     assert!(
         md.contains("Below their untrained network's kNN accuracy") && md.trim_end().ends_with("trial-001"),
         "{md}"
     );
+}
+
+#[test]
+fn median_pruning_needs_evaluations_during_training_and_a_metric_measured_there() {
+    let out = tempfile::tempdir().unwrap();
+    let table = "[sweep]\nprune = \"median\"\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.2]\n";
+    // One epoch: the only evaluation is the final one.
+    let e = error(&text(&out, table), &[]);
+    assert!(
+        e.contains("prune = \"median\"") && e.contains("eval.curve_points"),
+        "{e}"
+    );
+    let two_epochs = ["schedule.epochs=2"];
+    let s = Sweep::parse(&text(&out, table), &two_epochs.map(String::from), "x").unwrap();
+    let pruner = s.pruner().expect("prune = median");
+    assert_eq!(pruner.prune_after, sweep::DEFAULT_PRUNE_AFTER);
+    assert_eq!(
+        pruner.trial_dirs,
+        [s.trial_dir(&s.trials[0]), s.trial_dir(&s.trials[1])]
+    );
+    let e = error(
+        &text(
+            &out,
+            &table.replace("[sweep]\n", "[sweep]\nmetric = \"train_seconds\"\n"),
+        ),
+        &two_epochs,
+    );
+    assert!(e.contains("train_seconds") && e.contains("knn_top1"), "{e}");
+    let e = error(
+        &text(&out, &table.replace("prune = \"median\"", "prune_after = 2")),
+        &two_epochs,
+    );
+    assert!(e.contains("prune_after") && e.contains("pruning is off"), "{e}");
+    let e = error(&text(&out, &table.replace("\"median\"", "\"mean\"")), &two_epochs);
+    assert!(e.contains("mean") && e.contains("median"), "{e}");
 }

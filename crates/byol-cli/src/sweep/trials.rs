@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 
 use byol_train::run_dir::{self, FolderLock};
 use byol_train::sweep::{
-    goal_name, rank, result_line, to_csv, to_markdown, Sweep, Trial, TrialStatus, ERROR_FILE, TRIAL_FILE,
+    goal_name, rank, result_line, to_csv, to_markdown, Sweep, Trial, TrialStatus, ERROR_FILE, PRUNER_FILE, TRIAL_FILE,
 };
 use byol_train::train::panic_message;
 use byol_train::{train, RunOptions};
@@ -97,6 +97,11 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         check_or_record(trial, &dir)?;
         check_trial_identity(sweep, trial, &dir)?;
         match TrialStatus::read(&dir) {
+            TrialStatus::Pruned(summary) => {
+                skipped += 1;
+                let why = summary.pruned.as_ref().map_or(String::new(), |p| p.describe());
+                say(format!("{}: pruned before, skipped ({why})", trial.id()));
+            }
             TrialStatus::Done(summary) => {
                 skipped += 1;
                 say(format!(
@@ -121,7 +126,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     let rows = rank(sweep);
     let csv = sweep.dir.join("summary.csv");
     let markdown = sweep.dir.join("summary.md");
-    fs::write(&csv, to_csv(sweep, &rows)).with_context(|| format!("writing {}", csv.display()))?;
+    fs::write(&csv, to_csv(sweep, &rows)?).with_context(|| format!("writing {}", csv.display()))?;
     fs::write(&markdown, to_markdown(sweep, &rows)).with_context(|| format!("writing {}", markdown.display()))?;
     Ok(SweepOutcome {
         skipped,
@@ -207,6 +212,7 @@ fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial,
                 &RunOptions {
                     run_dir: Some(dir.clone()),
                     quiet: options.quiet,
+                    pruner: sweep.pruner(),
                     ..Default::default()
                 },
             )
@@ -243,6 +249,9 @@ fn run_parallel(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, T
     // The children train the base experiment (without [sweep]) with each trial's --set overrides.
     let base = sweep.dir.join("experiment.toml");
     fs::write(&base, sweep.base_text()).with_context(|| format!("writing {}", base.display()))?;
+    if let Some(pruner) = sweep.pruner() {
+        pruner.save(&sweep.dir.join(PRUNER_FILE))?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
@@ -269,7 +278,7 @@ fn run_parallel(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, T
                 );
                 let outcome = run_child(program, base, sweep, trial, device, &dir, stop);
                 match outcome.and_then(|()| match TrialStatus::read(&dir) {
-                    TrialStatus::Done(summary) => {
+                    TrialStatus::Done(summary) | TrialStatus::Pruned(summary) => {
                         let _ = fs::remove_file(dir.join(ERROR_FILE));
                         println!("{} on {device}: {}", trial.id(), result_line(sweep, &summary));
                         Ok(())
@@ -326,6 +335,9 @@ fn run_child(
         .stderr(log);
     for assignment in sweep.trial_overrides(trial, Some(device)) {
         command.arg("--set").arg(assignment);
+    }
+    if sweep.pruner().is_some() {
+        command.arg("--pruner").arg(sweep.dir.join(PRUNER_FILE));
     }
     let mut child = command
         .spawn()

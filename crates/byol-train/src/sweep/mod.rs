@@ -9,6 +9,8 @@
 //! seed = 0                 # random: seed of the draws
 //! metric = "knn_top1"      # knn_top1, knn_top5, knn_gain, probe_top1, final_loss, images_per_second, train_seconds
 //! goal = "max"             # default: "min" for final_loss and train_seconds, else "max"
+//! prune = "median"         # stop trials worse than the median at a kNN evaluation (default "none")
+//! prune_after = 3          # ... once this many other trials have passed that evaluation
 //!
 //! [sweep.parameters]
 //! "optimizer.lr" = [0.5, 1.0]                          # any dotted key of the experiment
@@ -23,7 +25,10 @@
 //! folder rank every trial. Random draws depend on (seed, trial number, parameter) only, so raising
 //! `trials` later keeps the trials already run.
 
+mod base;
+mod prune;
 mod report;
+mod space;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,13 +36,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use byol_data::rng::SplitMix64;
-
 use crate::experiment::explain;
 use crate::train::RunSummary;
 use crate::Experiment;
 
+pub use prune::{Prune, Pruned, Pruner, DEFAULT_PRUNE_AFTER, PRUNER_FILE};
 pub use report::{goal_name, rank, result_line, to_csv, to_markdown, Row, TrialStatus};
+
+use base::without_sweep;
+use space::{expand, parse_parameters};
 
 /// The file in each trial folder that records the trial's parameters.
 pub const TRIAL_FILE: &str = "sweep-trial.toml";
@@ -63,6 +70,13 @@ pub struct SweepConfig {
     pub metric: Metric,
     /// "max" or "min"; default "min" for final_loss and train_seconds, "max" for the others.
     pub goal: Option<Goal>,
+    /// "median": stop a trial at a kNN evaluation during training where its metric is worse than
+    /// the median of the other trials at the same evaluation (default "none").
+    #[serde(default)]
+    pub prune: Prune,
+    /// With prune = "median": a point's median counts once this many other trials have passed
+    /// it (default 3).
+    pub prune_after: Option<usize>,
     /// Dotted experiment keys (`"optimizer.lr"`) to lists of values, or, for random search, to
     /// `{ min = .., max = .., log = true }` ranges (integers when min and max are integers).
     pub parameters: toml::Table,
@@ -254,6 +268,14 @@ impl Sweep {
             }
         }
         let trials = expand(&config, &parameters)?;
+        let interval = experiment.eval.interval_epochs(experiment.schedule.epochs);
+        prune::check(
+            config.prune,
+            config.prune_after,
+            config.metric,
+            interval,
+            experiment.schedule.epochs,
+        )?;
         let goal = config.goal.unwrap_or(config.metric.default_goal());
         let sweep = Self {
             name,
@@ -299,188 +321,15 @@ impl Sweep {
     pub fn trial_dir(&self, trial: &Trial) -> PathBuf {
         self.dir.join(trial.id())
     }
-}
 
-/// Flattens `[sweep.parameters]` into dotted keys and checks each value space.
-fn parse_parameters(table: &toml::Table) -> anyhow::Result<Vec<Parameter>> {
-    fn walk(table: &toml::Table, prefix: &str, out: &mut Vec<Parameter>) -> anyhow::Result<()> {
-        for (k, value) in table {
-            let key = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}.{k}")
-            };
-            let space = match value {
-                toml::Value::Array(values) if values.is_empty() => {
-                    bail!("sweep.parameters.\"{key}\" is an empty list")
-                }
-                toml::Value::Array(values) => Space::Values(values.clone()),
-                toml::Value::Table(t) if t.contains_key("min") || t.contains_key("max") => range(&key, t)?,
-                toml::Value::Table(t) => {
-                    walk(t, &key, out)?;
-                    continue;
-                }
-                other => bail!(
-                    "sweep.parameters.\"{key}\" = {other} is neither a list of values nor a {{ min = .., max = .. }} range"
-                ),
-            };
-            out.push(Parameter { key, space });
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(table, "", &mut out)?;
-    // Alphabetical, whatever order the TOML table keeps: trial numbers must not depend on it.
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    if out.is_empty() {
-        bail!("[sweep.parameters] is empty: name at least one key, e.g. \"optimizer.lr\" = [0.5, 1.0]");
-    }
-    Ok(out)
-}
-
-fn range(key: &str, t: &toml::Table) -> anyhow::Result<Space> {
-    if let Some(other) = t.keys().find(|k| !["min", "max", "log"].contains(&k.as_str())) {
-        bail!("sweep.parameters.\"{key}\": a range has keys min, max and log, not '{other}'");
-    }
-    let number = |bound: &str| -> anyhow::Result<(f64, bool)> {
-        match t.get(bound) {
-            Some(toml::Value::Integer(i)) => Ok((*i as f64, true)),
-            Some(toml::Value::Float(f)) => Ok((*f, false)),
-            Some(other) => bail!("sweep.parameters.\"{key}\".{bound} = {other} is not a number"),
-            None => bail!("sweep.parameters.\"{key}\" has no {bound}"),
-        }
-    };
-    let ((min, min_int), (max, max_int)) = (number("min")?, number("max")?);
-    let log = match t.get("log") {
-        None => false,
-        Some(toml::Value::Boolean(b)) => *b,
-        Some(other) => bail!("sweep.parameters.\"{key}\".log = {other} is not true or false"),
-    };
-    if !(min.is_finite() && max.is_finite() && min < max) {
-        bail!("sweep.parameters.\"{key}\": min = {min} must be below max = {max}");
-    }
-    if log && min <= 0.0 {
-        bail!("sweep.parameters.\"{key}\": log = true needs min > 0 (min = {min})");
-    }
-    Ok(Space::Range {
-        min,
-        max,
-        log,
-        integer: min_int && max_int,
-    })
-}
-
-/// The trials of a sweep, in order.
-fn expand(config: &SweepConfig, parameters: &[Parameter]) -> anyhow::Result<Vec<Trial>> {
-    if config.trials == Some(0) {
-        bail!("sweep.trials = 0: nothing to run");
-    }
-    match config.method {
-        Method::Grid => {
-            let mut lists = Vec::new();
-            for p in parameters {
-                match &p.space {
-                    Space::Values(values) => lists.push(values),
-                    Space::Range { .. } => bail!(
-                        "sweep.parameters.\"{}\" is a range, which only method = \"random\" can draw from; \
-                         give a grid a list of values",
-                        p.key
-                    ),
-                }
-            }
-            let total: usize = lists.iter().map(|l| l.len()).product();
-            let count = config.trials.map_or(total, |cap| cap.min(total));
-            Ok((0..count)
-                .map(|n| {
-                    // Mixed radix, the last parameter varying fastest.
-                    let mut rest = n;
-                    let mut values = vec![toml::Value::Boolean(false); lists.len()];
-                    for (i, list) in lists.iter().enumerate().rev() {
-                        values[i] = list[rest % list.len()].clone();
-                        rest /= list.len();
-                    }
-                    Trial {
-                        number: n + 1,
-                        values: parameters.iter().map(|p| p.key.clone()).zip(values).collect(),
-                    }
-                })
-                .collect())
-        }
-        Method::Random => {
-            let count = config
-                .trials
-                .context("method = \"random\" needs sweep.trials, the number of trials to draw")?;
-            Ok((1..=count)
-                .map(|number| Trial {
-                    number,
-                    values: parameters
-                        .iter()
-                        .enumerate()
-                        .map(|(j, p)| {
-                            let mut rng = SplitMix64::keyed(&[config.seed, number as u64, j as u64]);
-                            (p.key.clone(), draw(&p.space, &mut rng))
-                        })
-                        .collect(),
-                })
-                .collect())
-        }
-    }
-}
-
-/// One random value from a space.
-fn draw(space: &Space, rng: &mut SplitMix64) -> toml::Value {
-    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    match space {
-        Space::Values(values) => values[((u * values.len() as f64) as usize).min(values.len() - 1)].clone(),
-        &Space::Range { min, max, log, integer } => {
-            if integer {
-                // Every whole number in [min, max] equally likely (log: equally likely per decade).
-                let (lo, hi) = (min - 0.5, max + 0.5);
-                let x = if log {
-                    // min >= 1 here, so lo > 0.
-                    (lo.ln() + u * (hi.ln() - lo.ln())).exp()
-                } else {
-                    lo + u * (hi - lo)
-                };
-                toml::Value::Integer(x.round().clamp(min, max) as i64)
-            } else {
-                let x = if log {
-                    (min.ln() + u * (max.ln() - min.ln())).exp()
-                } else {
-                    min + u * (max - min)
-                };
-                // Four significant digits: readable in tables, exact in files.
-                let rounded: f64 = format!("{x:.3e}").parse().expect("a formatted float parses");
-                toml::Value::Float(rounded.clamp(min, max))
-            }
-        }
-    }
-}
-
-/// The text with the `[sweep]` and `[sweep.*]` tables blanked out line by line, so that errors in
-/// the rest keep their line numbers. When the layout defeats this (a `sweep` key defined some
-/// other way), the remaining tables are re-serialized instead.
-fn without_sweep(text: &str) -> anyhow::Result<String> {
-    let mut in_sweep = false;
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        if let Some(name) = header(line) {
-            in_sweep = name == "sweep" || name.starts_with("sweep.");
-        }
-        if in_sweep {
-            if line.ends_with('\n') {
-                out.push('\n');
-            }
-        } else {
-            out.push_str(line);
-        }
-    }
-    let mut expected: toml::Table = toml::from_str(text).map_err(|e| explain(text, &e))?;
-    expected.remove("sweep");
-    if toml::from_str::<toml::Table>(&out).ok().as_ref() == Some(&expected) {
-        Ok(out)
-    } else {
-        Ok(toml::to_string(&expected)?)
+    /// What each trial's run needs to prune itself; None without `prune = "median"`.
+    pub fn pruner(&self) -> Option<Pruner> {
+        (self.config.prune == Prune::Median).then(|| Pruner {
+            metric: self.config.metric,
+            goal: self.goal,
+            prune_after: self.config.prune_after.unwrap_or(DEFAULT_PRUNE_AFTER),
+            trial_dirs: self.trials.iter().map(|t| self.trial_dir(t)).collect(),
+        })
     }
 }
 
@@ -489,138 +338,5 @@ pub(crate) fn show(value: &toml::Value) -> String {
     match value {
         toml::Value::String(s) => s.clone(),
         other => other.to_string(),
-    }
-}
-
-/// The dotted name of a `[table]` or `[[array]]` header line (quotes and spaces removed).
-fn header(line: &str) -> Option<String> {
-    let line = line.split('#').next().unwrap_or_default().trim();
-    let inner = line.strip_prefix('[')?.strip_suffix(']')?;
-    let inner = inner
-        .strip_prefix('[')
-        .and_then(|i| i.strip_suffix(']'))
-        .unwrap_or(inner);
-    let ok = inner
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "_-. \"'".contains(c));
-    (ok && !inner.trim().is_empty()).then(|| inner.chars().filter(|c| !" \"'".contains(*c)).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn expand_text(table: &str) -> anyhow::Result<Vec<Trial>> {
-        let config: SweepConfig = toml::from_str(table)?;
-        expand(&config, &parse_parameters(&config.parameters)?)
-    }
-
-    #[test]
-    fn header_lines_are_recognized() {
-        assert_eq!(header("[sweep]\n").as_deref(), Some("sweep"));
-        assert_eq!(
-            header("  [ sweep.parameters ]  # values\n").as_deref(),
-            Some("sweep.parameters")
-        );
-        assert_eq!(header("[[a.b]]").as_deref(), Some("a.b"));
-        assert_eq!(header("[0.2, 1.0],"), None);
-        assert_eq!(header("lr = 0.1"), None);
-    }
-
-    #[test]
-    fn stripping_sweep_keeps_line_numbers() {
-        let text = "[run]\nseed = 1\n\n[sweep]\nmethod = \"grid\"\n[sweep.parameters]\n\"a.b\" = [\n  [1, 2],\n]\n\n[schedule]\nepochs = 2\n";
-        let stripped = without_sweep(text).unwrap();
-        assert_eq!(stripped.lines().count(), text.lines().count());
-        assert!(
-            !stripped.contains("sweep") && stripped.contains("epochs = 2"),
-            "{stripped}"
-        );
-        let parsed: toml::Table = toml::from_str(&stripped).unwrap();
-        assert_eq!(parsed["schedule"]["epochs"].as_integer(), Some(2));
-        // A layout the line filter cannot follow falls back to re-serializing.
-        let dotted = "sweep.method = \"grid\"\n[run]\nseed = 1\n";
-        let stripped = without_sweep(dotted).unwrap();
-        let parsed: toml::Table = toml::from_str(&stripped).unwrap();
-        assert!(!parsed.contains_key("sweep") && parsed["run"]["seed"].as_integer() == Some(1));
-    }
-
-    #[test]
-    fn a_grid_is_every_combination_last_key_fastest() {
-        let trials = expand_text("[parameters]\n\"optimizer.lr\" = [0.1, 0.2]\nschedule.epochs = [1, 2, 3]\n").unwrap();
-        let points: Vec<String> = trials.iter().map(|t| format!("{} {}", t.id(), t.describe())).collect();
-        assert_eq!(
-            points,
-            [
-                "trial-001 optimizer.lr = 0.1, schedule.epochs = 1",
-                "trial-002 optimizer.lr = 0.1, schedule.epochs = 2",
-                "trial-003 optimizer.lr = 0.1, schedule.epochs = 3",
-                "trial-004 optimizer.lr = 0.2, schedule.epochs = 1",
-                "trial-005 optimizer.lr = 0.2, schedule.epochs = 2",
-                "trial-006 optimizer.lr = 0.2, schedule.epochs = 3",
-            ]
-        );
-        assert_eq!(trials[3].overrides(), ["optimizer.lr=0.2", "schedule.epochs=1"]);
-        let capped =
-            expand_text("trials = 4\n[parameters]\n\"optimizer.lr\" = [0.1, 0.2]\nschedule.epochs = [1, 2, 3]\n")
-                .unwrap();
-        assert_eq!(capped[..], trials[..4]);
-    }
-
-    #[test]
-    fn random_draws_are_in_range_reproducible_and_stable_under_a_bigger_budget() {
-        let table = "method = \"random\"\ntrials = TRIALS\nseed = 4\n[parameters]\n\
-                     \"optimizer.lr\" = { min = 1e-3, max = 1.0, log = true }\n\
-                     \"schedule.epochs\" = { min = 1, max = 5 }\n\"optimizer.nesterov\" = [true, false]\n";
-        let a = expand_text(&table.replace("TRIALS", "40")).unwrap();
-        let b = expand_text(&table.replace("TRIALS", "60")).unwrap();
-        assert_eq!(a[..], b[..40], "trial n does not depend on the budget");
-        let mut small_lr = 0;
-        let mut epochs_seen = std::collections::BTreeSet::new();
-        let mut nesterov_seen = std::collections::BTreeSet::new();
-        for t in &b {
-            let get = |k: &str| t.values.iter().find(|(key, _)| key == k).unwrap().1.clone();
-            let lr = get("optimizer.lr").as_float().unwrap();
-            assert!((1e-3..=1.0).contains(&lr), "{lr}");
-            assert_eq!(format!("{lr:.3e}").parse::<f64>().unwrap(), lr, "4 significant digits");
-            small_lr += usize::from(lr < 0.0316);
-            let epochs = get("schedule.epochs").as_integer().unwrap();
-            assert!((1..=5).contains(&epochs));
-            epochs_seen.insert(epochs);
-            nesterov_seen.insert(get("optimizer.nesterov").as_bool().unwrap());
-        }
-        // Log-uniform: about half the draws below the geometric midpoint 10^-1.5.
-        assert!((15..=45).contains(&small_lr), "{small_lr} of 60 below 0.0316");
-        assert_eq!(epochs_seen.len(), 5, "every integer drawn: {epochs_seen:?}");
-        assert_eq!(nesterov_seen.len(), 2);
-        let other_seed = expand_text(&table.replace("TRIALS", "40").replace("seed = 4", "seed = 5")).unwrap();
-        assert_ne!(other_seed, a);
-    }
-
-    #[test]
-    fn bad_parameter_spaces_are_explained() {
-        let error = |table: &str| format!("{:#}", expand_text(table).unwrap_err());
-        let e = error("[parameters]\n\"optimizer.lr\" = { min = 0.1, max = 1.0 }\n");
-        assert!(e.contains("optimizer.lr") && e.contains("random"), "{e}");
-        let e = error("method = \"random\"\n[parameters]\n\"optimizer.lr\" = [1]\n");
-        assert!(e.contains("sweep.trials"), "{e}");
-        let e = error("[parameters]\n\"optimizer.lr\" = []\n");
-        assert!(e.contains("empty list"), "{e}");
-        let e = error("[parameters]\n\"optimizer.lr\" = 0.1\n");
-        assert!(e.contains("neither a list"), "{e}");
-        let e = error(
-            "method = \"random\"\ntrials = 2\n[parameters]\n\"optimizer.lr\" = { min = 0.0, max = 1.0, log = true }\n",
-        );
-        assert!(e.contains("min > 0"), "{e}");
-        let e = error("method = \"random\"\ntrials = 2\n[parameters]\n\"optimizer.lr\" = { min = 1.0, max = 0.5 }\n");
-        assert!(e.contains("must be below"), "{e}");
-        let e = error(
-            "method = \"random\"\ntrials = 2\n[parameters]\n\"optimizer.lr\" = { min = 0.1, max = 1.0, step = 2 }\n",
-        );
-        assert!(e.contains("'step'"), "{e}");
-        let e = error("[parameters]\n");
-        assert!(e.contains("empty"), "{e}");
-        let e = error("trials = 0\n[parameters]\na = [1]\n");
-        assert!(e.contains("nothing to run"), "{e}");
     }
 }

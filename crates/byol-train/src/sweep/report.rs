@@ -16,6 +16,9 @@ pub enum TrialStatus {
     /// Started and stopped (killed, interrupted): resumes from its newest checkpoint.
     Unfinished,
     Done(Box<RunSummary>),
+    /// Stopped early by median pruning (its summary says where and why); the sweep does not
+    /// resume it.
+    Pruned(Box<RunSummary>),
     /// The error of its last attempt; a re-run retries it.
     Failed(String),
 }
@@ -26,8 +29,11 @@ impl TrialStatus {
         let summary = fs::read(dir.join("summary.json"))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<RunSummary>(&bytes).ok());
-        if let Some(s) = summary.filter(|s| !s.interrupted && s.steps == s.total_steps) {
-            return TrialStatus::Done(Box::new(s));
+        if let Some(s) = summary.filter(|s| !s.interrupted && (s.steps == s.total_steps || s.pruned.is_some())) {
+            return match s.pruned {
+                Some(_) => TrialStatus::Pruned(Box::new(s)),
+                None => TrialStatus::Done(Box::new(s)),
+            };
         }
         if let Ok(error) = fs::read_to_string(dir.join(ERROR_FILE)) {
             return TrialStatus::Failed(error.trim().to_string());
@@ -44,7 +50,24 @@ impl TrialStatus {
             TrialStatus::Pending => "pending",
             TrialStatus::Unfinished => "unfinished",
             TrialStatus::Done(_) => "done",
+            TrialStatus::Pruned(_) => "pruned",
             TrialStatus::Failed(_) => "failed",
+        }
+    }
+
+    /// The epoch median pruning stopped the trial at.
+    pub fn pruned_epoch(&self) -> Option<u64> {
+        match self {
+            TrialStatus::Pruned(summary) => summary.pruned.as_ref().map(|p| p.epoch),
+            _ => None,
+        }
+    }
+
+    /// `done`, `pruned at epoch 2`, ...
+    pub fn describe(&self) -> String {
+        match self.pruned_epoch() {
+            Some(epoch) => format!("pruned at epoch {epoch}"),
+            None => self.label().to_string(),
         }
     }
 }
@@ -60,9 +83,17 @@ pub struct Row {
     pub run_dir: PathBuf,
 }
 
-/// One line about a finished trial: its metric, steps and time.
+/// One line about a finished (or pruned) trial: its metric, steps and time.
 pub fn result_line(sweep: &Sweep, summary: &RunSummary) -> String {
     let metric = sweep.config.metric;
+    if let Some(pruned) = &summary.pruned {
+        return format!(
+            "pruned after {} of {} steps: {}",
+            summary.steps,
+            summary.total_steps,
+            pruned.describe()
+        );
+    }
     format!(
         "{} = {} ({} steps, {:.1} s)",
         metric.name(),
@@ -121,16 +152,8 @@ pub fn goal_name(goal: Goal) -> &'static str {
     }
 }
 
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
-
-/// `rank,trial,<parameters...>,<metric>,status,run_dir`, best first.
-pub fn to_csv(sweep: &Sweep, rows: &[Row]) -> String {
+/// `rank,trial,<parameters...>,<metric>,status,run_dir,<results...>,pruned_epoch`, best first.
+pub fn to_csv(sweep: &Sweep, rows: &[Row]) -> anyhow::Result<String> {
     let mut header = vec!["rank".to_string(), "trial".into()];
     header.extend(sweep.parameters.iter().map(|p| p.key.clone()));
     header.extend([
@@ -144,21 +167,21 @@ pub fn to_csv(sweep: &Sweep, rows: &[Row]) -> String {
         .filter(|(name, _)| *name != sweep.config.metric.name())
         .collect();
     header.extend(results.iter().map(|(name, _)| name.to_string()));
-    let mut out = header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(",");
-    out.push('\n');
+    header.push("pruned_epoch".into());
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(&header)?;
+    let number = |value: Option<f64>| value.map_or(String::new(), |v| v.to_string());
     for row in rows {
         let mut fields = vec![row.rank.map_or(String::new(), |r| r.to_string()), row.trial.id()];
         fields.extend(row.trial.values.iter().map(|(_, v)| show(v)));
-        fields.push(row.metric.map_or(String::new(), |m| m.to_string()));
+        fields.push(number(row.metric));
         fields.push(row.status.label().to_string());
         fields.push(row.run_dir.display().to_string());
-        for (_, of) in &results {
-            fields.push(row.summary().and_then(of).map_or(String::new(), |v| v.to_string()));
-        }
-        out.push_str(&fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
-        out.push('\n');
+        fields.extend(results.iter().map(|(_, of)| number(row.summary().and_then(of))));
+        fields.push(row.status.pruned_epoch().map_or(String::new(), |e| e.to_string()));
+        out.write_record(&fields)?;
     }
-    out
+    Ok(String::from_utf8(out.into_inner()?)?)
 }
 
 /// What every table shows of a finished trial besides the ranked metric.
@@ -175,7 +198,7 @@ const RESULT_COLUMNS: [Column; 6] = [
 impl Row {
     fn summary(&self) -> Option<&RunSummary> {
         match &self.status {
-            TrialStatus::Done(summary) => Some(summary),
+            TrialStatus::Done(summary) | TrialStatus::Pruned(summary) => Some(summary),
             _ => None,
         }
     }
@@ -186,8 +209,16 @@ impl Row {
 pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
     let metric = sweep.config.metric.name();
     let done = rows.iter().filter(|r| matches!(r.status, TrialStatus::Done(_))).count();
+    let pruned = match rows
+        .iter()
+        .filter(|r| matches!(r.status, TrialStatus::Pruned(_)))
+        .count()
+    {
+        0 => String::new(),
+        n => format!(", {n} pruned"),
+    };
     let mut out = format!(
-        "# Sweep {}: {done} of {} trials done, ranked by {metric} ({})\n\n",
+        "# Sweep {}: {done} of {} trials done{pruned}, ranked by {metric} ({})\n\n",
         sweep.name,
         rows.len(),
         goal_name(sweep.goal)
@@ -231,7 +262,7 @@ pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
         cells.push(figure(RESULT_COLUMNS[3].1, percent));
         cells.push(figure(RESULT_COLUMNS[4].1, |v| format!("{v:.4}")));
         cells.push(figure(RESULT_COLUMNS[5].1, |v| format!("{v:.0}")));
-        cells.push(row.status.label().to_string());
+        cells.push(row.status.describe());
         cells.push(cell(&row.run_dir.display().to_string()));
         let _ = writeln!(out, "| {} |", cells.join(" | "));
         if summary.and_then(RESULT_COLUMNS[2].1).is_some_and(|gain| gain < 0.0) {

@@ -4,6 +4,7 @@
 //! The loop is [`train`]; what it holds is assembled in [`trainer`], one step is [`step`], the
 //! run folder's checkpoints and records are [`state`].
 
+pub mod curve;
 mod data;
 mod device;
 mod guard;
@@ -29,6 +30,7 @@ use byol_data::Batch;
 use crate::distributed::DataParallel;
 use crate::knn::KnnAccuracy;
 use crate::run_dir;
+use crate::sweep::{Pruned, Pruner};
 use crate::Experiment;
 
 pub use data::{training_loader, two_views};
@@ -54,6 +56,9 @@ pub struct RunOptions {
     pub allow_change: Vec<String>,
     /// Move an existing run folder aside (`<run>.old-<time>`) and start a new run (`--fresh`).
     pub fresh: bool,
+    /// A sweep trial with median pruning: after each kNN evaluation during training, stop (with
+    /// a checkpoint) when the other trials did better at the same evaluation.
+    pub pruner: Option<Pruner>,
 }
 
 /// What a finished (or interrupted) run reports; saved as `summary.json` in the run folder.
@@ -70,6 +75,10 @@ pub struct RunSummary {
     pub resumed_from_step: Option<u64>,
     /// True when SIGINT/SIGTERM stopped the run early (it resumes from `checkpoint`).
     pub interrupted: bool,
+    /// Set when a sweep's median pruning stopped the run early (it resumes from `checkpoint`
+    /// when trained again with `byol-run train`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<Pruned>,
     pub final_loss: Option<f64>,
     /// Absent when the run has no labelled images to evaluate on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,18 +113,21 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     } else {
         None
     };
+    record_curve(&t, &run_dir, &before, 0, None, None)?;
     if experiment.logging.view_grid && step == 0 && t.is_main() {
         t.log_view_grid(journal.logger())?;
     }
 
     journal.start_training(&t, step);
     let (started, start_step) = (Instant::now(), step);
-    let mut interrupted = false;
-    while step < t.plan.total_steps && !interrupted {
+    let (mut interrupted, mut pruned) = (false, None);
+    while step < t.plan.total_steps && !interrupted && pruned.is_none() {
         interrupted = train_epoch(&mut t, &mut journal, &stop, &mut step)?;
         if !interrupted && t.evaluates_after(step) {
             let when = format!("after epoch {}", t.plan.epoch_of(step));
-            journal.evaluation(&when, t.evaluate()?, step);
+            let evaluation = journal.evaluation(&when, t.evaluate()?, step);
+            let pruner = options.pruner.as_ref();
+            pruned = record_curve(&t, &run_dir, &evaluation, step, journal.final_loss, pruner)?;
         }
     }
     let train_seconds = started.elapsed().as_secs_f64();
@@ -126,10 +138,19 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             checkpoint.display()
         ));
     }
-    let after = if interrupted { None } else { t.evaluate()? };
+    if let Some(p) = &pruned {
+        journal.say(format!("pruned: {}", p.describe()));
+        journal.say(format!(
+            "stopped after step {step} by the sweep's median pruning; saved {} (train again to go on)",
+            checkpoint.display()
+        ));
+    }
+    let stopped_early = interrupted || pruned.is_some();
+    let after = if stopped_early { None } else { t.evaluate()? };
     let after = journal.evaluation("", after, step);
     let final_loss = journal.final_loss;
-    journal.finish(before.as_ref(), after.as_ref(), step, !interrupted);
+    record_curve(&t, &run_dir, &after, step, final_loss, None)?;
+    journal.finish(before.as_ref(), after.as_ref(), step, !stopped_early);
 
     let batch_size = experiment.schedule.batch_size as u64;
     let summary = RunSummary {
@@ -141,6 +162,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         epochs: experiment.schedule.epochs,
         resumed_from_step: t.resumed_from,
         interrupted,
+        pruned,
         final_loss,
         knn_before: before.map(|e| e.knn),
         knn_after: after.map(|e| e.knn),
@@ -200,6 +222,28 @@ fn train_epoch(t: &mut Trainer<'_>, journal: &mut Journal, stop: &AtomicBool, st
         }
     }
     Ok(false)
+}
+
+/// Adds an evaluation to the run folder's kNN curve (rank 0 of a data-parallel run does), then
+/// asks `pruner` whether the run stops here. A data-parallel run is never pruned: rank 0 alone
+/// would stop while its peers wait for it.
+fn record_curve(
+    t: &Trainer<'_>,
+    run_dir: &std::path::Path,
+    evaluation: &Option<Evaluation>,
+    step: u64,
+    loss: Option<f64>,
+    pruner: Option<&Pruner>,
+) -> anyhow::Result<Option<Pruned>> {
+    let Some(evaluation) = evaluation.as_ref().filter(|_| t.is_main()) else {
+        return Ok(None);
+    };
+    let point = curve::CurvePoint::new(evaluation, t.plan.epoch_of(step), step, loss);
+    let curve = curve::record_point(run_dir, point)?;
+    match pruner {
+        Some(pruner) if t.parallel.is_none() => pruner.judge(run_dir, &curve),
+        _ => Ok(None),
+    }
 }
 
 /// A flag that SIGINT and SIGTERM set; the loop finishes its step and saves when it is up.

@@ -1,0 +1,207 @@
+//! `byol-run compare RUN...`: the settings that differ between run folders and their final
+//! metrics in one table (or JSON), read from each folder's `config.toml` and `summary.json`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::json;
+
+use byol_train::run_dir::CONFIG_FILE;
+use byol_train::sweep::TrialStatus;
+use byol_train::RunSummary;
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Run folders, as `byol-run train` writes them (a sweep's trials are its trial-NNN folders).
+    #[arg(required = true, value_name = "RUN")]
+    runs: Vec<PathBuf>,
+    /// Print JSON for scripts: the differing keys, and per run its values of them and metrics.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one run folder says.
+struct Run {
+    dir: PathBuf,
+    /// Every key of its resolved experiment, dotted, with its value.
+    config: BTreeMap<String, toml::Value>,
+    summary: Option<RunSummary>,
+    status: TrialStatus,
+}
+
+impl Run {
+    fn read(dir: &Path) -> anyhow::Result<Self> {
+        if !dir.is_dir() {
+            bail!("{} is not a folder: give run folders (runs/<name>)", dir.display());
+        }
+        let config_path = dir.join(CONFIG_FILE);
+        let text = fs::read_to_string(&config_path).map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not a run folder: it has no {CONFIG_FILE} (byol-run train writes one into every run \
+                 folder it trains; a sweep's runs are its trial-NNN folders)",
+                dir.display()
+            )
+        })?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("cannot parse {}", config_path.display()))?;
+        let mut config = BTreeMap::new();
+        flatten(&table, "", &mut config);
+        let summary_path = dir.join("summary.json");
+        let summary = match fs::read(&summary_path) {
+            Ok(bytes) => Some(
+                serde_json::from_slice(&bytes).with_context(|| format!("cannot parse {}", summary_path.display()))?,
+            ),
+            Err(_) => None,
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            summary,
+            status: TrialStatus::read(dir),
+        })
+    }
+
+    /// The final figures, by column name (kNN figures and the probe as fractions).
+    fn metrics(&self) -> [(&'static str, Option<f64>); 6] {
+        let s = self.summary.as_ref();
+        let before = s.and_then(|s| s.knn_before).map(|a| a.top1);
+        let after = s.and_then(|s| s.knn_after).map(|a| a.top1);
+        [
+            ("knn_before", before),
+            ("knn_after", after),
+            ("knn_gain", after.zip(before).map(|(a, b)| a - b)),
+            ("probe_top1", s.and_then(|s| s.probe_top1_after)),
+            ("final_loss", s.and_then(|s| s.final_loss)),
+            ("train_seconds", s.map(|s| s.train_seconds)),
+        ]
+    }
+}
+
+/// Dotted keys of every value under `table` (arrays are values).
+fn flatten(table: &toml::Table, prefix: &str, out: &mut BTreeMap<String, toml::Value>) {
+    for (key, value) in table {
+        let key = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten(inner, &key, out),
+            other => {
+                out.insert(key, other.clone());
+            }
+        }
+    }
+}
+
+/// The keys whose value is not the same in every run (missing in some counts as different).
+fn differing_keys(runs: &[Run]) -> Vec<String> {
+    let all: BTreeSet<&String> = runs.iter().flat_map(|r| r.config.keys()).collect();
+    all.into_iter()
+        .filter(|key| {
+            let first = runs[0].config.get(*key);
+            runs.iter().any(|r| r.config.get(*key) != first)
+        })
+        .cloned()
+        .collect()
+}
+
+pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
+    let runs = args
+        .runs
+        .iter()
+        .map(|dir| Run::read(dir))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = differing_keys(&runs);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&runs, &keys))?);
+    } else {
+        print!("{}", to_table(&runs, &keys));
+    }
+    Ok(())
+}
+
+fn to_json(runs: &[Run], keys: &[String]) -> serde_json::Value {
+    let runs: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|run| {
+            let config: serde_json::Map<String, serde_json::Value> = keys
+                .iter()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        run.config.get(k).map_or(serde_json::Value::Null, |v| json!(v)),
+                    )
+                })
+                .collect();
+            let mut object = json!({
+                "run": run.dir.display().to_string(),
+                "status": run.status.label(),
+                "pruned_epoch": run.status.pruned_epoch(),
+                "config": config,
+            });
+            for (name, value) in run.metrics() {
+                object[name] = json!(value);
+            }
+            object
+        })
+        .collect();
+    json!({ "differing_keys": keys, "runs": runs })
+}
+
+/// A markdown table, one row per run.
+fn to_table(runs: &[Run], keys: &[String]) -> String {
+    let cell = |s: &str| s.replace('|', "\\|");
+    let mut header = vec!["run".to_string()];
+    header.extend(keys.iter().map(|k| format!("`{k}`")));
+    header.extend(
+        [
+            "kNN before",
+            "kNN after",
+            "gain",
+            "probe",
+            "final loss",
+            "time (s)",
+            "status",
+        ]
+        .map(String::from),
+    );
+    let mut out = String::new();
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let mut rule = vec!["---"; keys.len() + 1];
+    rule.extend(["---:"; 6]);
+    rule.push("---");
+    let _ = writeln!(out, "|{}|", rule.join("|"));
+    for run in runs {
+        let mut cells = vec![cell(&run.dir.display().to_string())];
+        cells.extend(
+            keys.iter()
+                .map(|k| run.config.get(k).map_or("-".into(), |v| cell(&show(v)))),
+        );
+        let [before, after, gain, probe, loss, seconds] = run.metrics().map(|(_, v)| v);
+        let percent = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1}%", v * 100.0));
+        cells.extend([percent(before), percent(after)]);
+        cells.push(gain.map_or("-".into(), |v| format!("{:+.1}", v * 100.0)));
+        cells.push(percent(probe));
+        cells.push(loss.map_or("-".into(), |v| format!("{v:.4}")));
+        cells.push(seconds.map_or("-".into(), |v| format!("{v:.0}")));
+        cells.push(run.status.describe());
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+    if keys.is_empty() {
+        out.push_str("\nThe runs have the same settings.\n");
+    }
+    out
+}
+
+/// A value as a table cell: strings without quotes.
+fn show(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,98 @@
+//! The kNN curve of a run as a file of its run folder, `knn-curve.json`: one point per
+//! evaluation (before training, during it and at the end). Other processes read it while the
+//! run trains (a sweep's median pruning compares trials at the same point), so it is replaced
+//! whole, by rename, never written in place.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::monitor::Evaluation;
+
+/// The curve's file in a run folder.
+pub const CURVE_FILE: &str = "knn-curve.json";
+
+/// One evaluation during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// Epochs trained when it was measured (0: before training).
+    pub epoch: u64,
+    pub step: u64,
+    pub knn_top1: f64,
+    pub knn_top5: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_top1: Option<f64>,
+    /// The last logged training loss (none before training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+}
+
+impl CurvePoint {
+    pub fn new(evaluation: &Evaluation, epoch: u64, step: u64, loss: Option<f64>) -> Self {
+        Self {
+            epoch,
+            step,
+            knn_top1: evaluation.knn.top1,
+            knn_top5: evaluation.knn.top5,
+            probe_top1: evaluation.probe_top1,
+            loss,
+        }
+    }
+}
+
+/// The points in a run folder; none when it has no curve yet.
+pub fn read_curve(run_dir: &Path) -> anyhow::Result<Vec<CurvePoint>> {
+    let path = run_dir.join(CURVE_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("cannot parse {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Adds `point` to the run folder's curve. Points at or after its step are dropped first: they
+/// were measured before the run was stopped and resumed from an earlier checkpoint.
+pub fn record_point(run_dir: &Path, point: CurvePoint) -> anyhow::Result<Vec<CurvePoint>> {
+    let mut points = read_curve(run_dir).unwrap_or_default();
+    points.retain(|p| p.step < point.step);
+    points.push(point);
+    let path = run_dir.join(CURVE_FILE);
+    let partial = run_dir.join(format!("{CURVE_FILE}.partial"));
+    fs::write(&partial, serde_json::to_vec_pretty(&points)?)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    // A reader sees the old file or the new one, never half of one.
+    fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(points)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(epoch: u64, step: u64, top1: f64) -> CurvePoint {
+        CurvePoint {
+            epoch,
+            step,
+            knn_top1: top1,
+            knn_top5: 1.0,
+            probe_top1: None,
+            loss: None,
+        }
+    }
+
+    #[test]
+    fn a_resumed_run_replaces_the_points_it_measures_again() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_curve(dir.path()).unwrap().is_empty());
+        record_point(dir.path(), point(0, 0, 0.1)).unwrap();
+        record_point(dir.path(), point(1, 10, 0.2)).unwrap();
+        record_point(dir.path(), point(2, 20, 0.3)).unwrap();
+        // Resumed from the checkpoint of step 10: epoch 2 is measured again.
+        let points = record_point(dir.path(), point(2, 20, 0.4)).unwrap();
+        assert_eq!(points, [point(0, 0, 0.1), point(1, 10, 0.2), point(2, 20, 0.4)]);
+        assert_eq!(read_curve(dir.path()).unwrap(), points);
+        assert!(!dir.path().join("knn-curve.json.partial").exists());
+    }
+}
