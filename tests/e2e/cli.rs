@@ -127,21 +127,80 @@ fn bench_step_times_ours_and_eager_pytorch_in_the_same_call() {
     );
     let all = super::text(&out);
     assert!(out.status.success(), "{all}");
+    // One table: what was measured on what, a header, ours and the reference, the ratio.
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{all}");
-    for (line, who) in lines[..2].iter().zip(["byol-rs", "torch"]) {
-        let rate: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert!(
-            rate["name"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("{who} resnet18-cifar bs4 res16 fp32")),
-            "{line}"
-        );
-        assert!(rate["img_per_s"].as_f64().unwrap() > 0.0, "{line}");
+    assert_eq!(lines.len(), 5, "{all}");
+    for expected in [
+        "bench step: ",
+        "backbone resnet18 (CIFAR stem)",
+        "precision fp32",
+        "batch 4",
+        "res 16",
+    ] {
+        assert!(lines[0].contains(expected), "{expected}: {all}");
     }
-    assert!(lines[2].starts_with("ratio byol-rs / torch: "), "{all}");
+    assert!(
+        lines[1].starts_with("who") && lines[1].contains("img/s") && lines[1].contains("peak GiB"),
+        "{all}"
+    );
+    assert!(
+        lines[2].starts_with("byol-rs ") && lines[3].starts_with("eager PyTorch "),
+        "{all}"
+    );
+    assert!(lines[4].starts_with("byol-rs / eager PyTorch: "), "{all}");
+
+    // The same from outside the checkout, as JSON: the script is found from the executable.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("r18.toml"), elsewhere.path().join("r18.toml")).unwrap();
+    let out = super::byol_run(
+        elsewhere.path(),
+        &[
+            "bench",
+            "step",
+            "r18.toml",
+            "--warmup",
+            "1",
+            "--iters",
+            "2",
+            "--json",
+            "--against-torch",
+            python.to_str().unwrap(),
+        ],
+    );
+    let all = super::text(&out);
+    assert!(out.status.success(), "{all}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bench"], "step", "{all}");
+    assert_eq!(report["layout"], "contiguous", "{all}");
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{all}");
+    for (row, who) in rows.iter().zip(["byol-rs", "eager PyTorch"]) {
+        assert_eq!(row["who"], who, "{all}");
+        assert!(row["img/s"].as_f64().unwrap() > 0.0, "{all}");
+    }
+
+    // A reference script that is not there is named, with what it would need.
+    let out = super::byol_run(
+        elsewhere.path(),
+        &[
+            "bench",
+            "step",
+            "r18.toml",
+            "--iters",
+            "1",
+            "--against-torch",
+            "python3",
+            "--reference-script",
+            "nope.py",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        super::text(&out).contains("--reference-script nope.py does not exist"),
+        "{}",
+        super::text(&out)
+    );
 }
 
 #[test]
@@ -156,21 +215,61 @@ fn bench_e2e_times_training_steps_with_and_without_the_input_path() {
     assert!(out.status.success(), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{all}");
-    for (line, what) in lines[..2].iter().zip(["e2e", "step"]) {
-        let rate: serde_json::Value = serde_json::from_str(line).unwrap();
-        let name = rate["name"].as_str().unwrap();
-        assert!(
-            name.starts_with(&format!("byol-rs {what} resnet18-cifar bs32 res16 fp32")),
-            "{line}"
-        );
-        assert!(
-            name.ends_with("loader=workers"),
-            "synthetic data on the CPU streams: {line}"
-        );
-        assert!(rate["img_per_s"].as_f64().unwrap() > 0.0, "{line}");
-    }
-    assert!(lines[2].starts_with("ratio e2e / model step: "), "{all}");
+    assert_eq!(lines.len(), 5, "{all}");
+    assert!(
+        lines[0].starts_with("bench e2e: ") && lines[0].contains("input loader workers"),
+        "synthetic data on the CPU streams: {all}"
+    );
+    assert!(
+        lines[2].starts_with("end to end ") && lines[3].starts_with("model step alone "),
+        "{all}"
+    );
+    assert!(lines[4].starts_with("end to end / model step alone: "), "{all}");
+
+    let out = super::byol_run(
+        dir.path(),
+        &["bench", "e2e", "tiny.toml", "--warmup", "1", "--iters", "2", "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{all}");
+    assert!(rows.iter().all(|row| row["img/s"].as_f64().unwrap() > 0.0), "{all}");
+}
+
+/// `bench curve`: the run with its kNN curve against the same run without, in one call.
+#[test]
+fn bench_curve_times_training_with_and_without_the_knn_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), super::TINY).unwrap();
+    let out = super::byol_run(
+        dir.path(),
+        &[
+            "bench",
+            "curve",
+            "tiny.toml",
+            "--repeats",
+            "1",
+            "--json",
+            "--set",
+            "schedule.epochs=2",
+            "--set",
+            "eval.every_epochs=1",
+        ],
+    );
+    let all = super::text(&out);
+    assert!(out.status.success(), "{all}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let evaluations: Vec<i64> = rows
+        .iter()
+        .map(|r| r["kNN evaluations during training"].as_i64().unwrap())
+        .collect();
+    assert_eq!(evaluations, [0, 1], "2 epochs, one evaluation after the first: {all}");
+    assert!(rows.iter().all(|r| r["train seconds"].as_f64().unwrap() > 0.0), "{all}");
+    assert!(
+        report["notes"][0].as_str().unwrap().contains("of training time"),
+        "{all}"
+    );
 }
 
 /// `byol-run plugins | head -2`: the reader goes away; the listing ends quietly, no panic.

@@ -1,0 +1,339 @@
+//! `byol-run bench step <experiment>`: full BYOL training steps on random views already on the
+//! device, beside the same step in eager PyTorch (`--against-torch`), in one table.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::{json, Value};
+use tch::{Kind, Tensor};
+
+use byol::BuildContext;
+use byol_train::Experiment;
+
+use super::{machine, Common, Report};
+
+/// The reference script, relative to the repository root.
+const REFERENCE_SCRIPT: &str = "tests/reference/bench_step_torch.py";
+/// What the reference script imports.
+const REFERENCE_PACKAGES: &str = "torch and torchvision (pip install torch torchvision)";
+
+#[derive(Args)]
+pub struct StepArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Images per view (default: schedule.batch_size).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// View side in pixels (default: the augmentation's image size).
+    #[arg(long)]
+    res: Option<i64>,
+    /// Steps run before timing.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 15)]
+    iters: usize,
+    /// Also time the same step in eager PyTorch (the repository's
+    /// tests/reference/bench_step_torch.py) with this python, which needs torch and torchvision.
+    #[arg(long, value_name = "PYTHON")]
+    against_torch: Option<PathBuf>,
+    /// The reference script, when this is not run from a checkout of the repository.
+    #[arg(long, value_name = "PATH", requires = "against_torch")]
+    reference_script: Option<PathBuf>,
+}
+
+/// A BYOL model with its optimizer, ready to take timed steps on views already on the device.
+pub(super) struct StepEngine {
+    pub device: tch::Device,
+    pub numerics: byol_train::train::StepNumerics,
+    model: byol_train::train::Model,
+    optimizer: Box<dyn byol_train::Optimizer>,
+}
+
+impl StepEngine {
+    /// The experiment's model, as training builds it; `optimizer`: the experiment's own when None.
+    pub fn new(experiment: &Experiment, optimizer: Option<&dyn byol_train::OptimizerSpec>) -> anyhow::Result<Self> {
+        use byol_train::train::{parse_device, Model, StepNumerics, Weights};
+        let run = &experiment.run;
+        let device = parse_device(&run.device)?;
+        if run.threads > 0 {
+            tch::set_num_threads(run.threads as i32);
+        }
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::cudnn_set_benchmark(true);
+            torch_ext::memory::reset_cuda_peak(i)?;
+        }
+        let numerics = StepNumerics::resolve(run.precision, run.memory_format, device)?;
+        tch::manual_seed(run.seed as i64);
+        let mut model = Model::build(experiment, device, Weights::Initial)?;
+        if numerics.channels_last {
+            model = model.into_channels_last()?;
+        }
+        let context = BuildContext::new(device, experiment.augment.image_size());
+        let optimizer = optimizer
+            .unwrap_or(experiment.optimizer.as_ref())
+            .build(model.parameters.clone(), &context)
+            .context("building [optimizer]")?;
+        Ok(Self {
+            device,
+            numerics,
+            model,
+            optimizer,
+        })
+    }
+
+    /// One full step as training takes it (`StepNumerics`: forward under autocast, backward,
+    /// unscaling in fp16, optimizer), then the EMA; fixed lr and tau.
+    pub fn step(&mut self, view1: &Tensor, view2: &Tensor) -> anyhow::Result<()> {
+        self.optimizer.zero_grad();
+        self.numerics.forward_backward(
+            self.device,
+            &self.model.byol,
+            view1.shallow_clone(),
+            view2.shallow_clone(),
+            1.0,
+        )?;
+        self.numerics
+            .optimizer_step(&self.model.parameters, self.optimizer.as_mut(), 0.2);
+        self.model.byol.update_target_with_tau(0.996);
+        Ok(())
+    }
+
+    fn sync(&self) {
+        if let tch::Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    }
+
+    /// Times `iters` calls of `step` after `warmup` ones: (seconds per step, peak GiB on CUDA).
+    pub fn time(
+        &mut self,
+        warmup: usize,
+        iters: usize,
+        mut step: impl FnMut(&mut Self) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(f64, Option<f64>)> {
+        for _ in 0..warmup {
+            step(self)?;
+        }
+        self.sync();
+        let started = Instant::now();
+        for _ in 0..iters {
+            step(self)?;
+        }
+        self.sync();
+        let seconds = started.elapsed().as_secs_f64() / iters as f64;
+        let peak = match self.device {
+            tch::Device::Cuda(i) => {
+                Some(torch_ext::memory::cuda_memory(i)?.peak_allocated as f64 / (1u64 << 30) as f64)
+            }
+            _ => None,
+        };
+        Ok((seconds, peak))
+    }
+
+    pub fn layout(&self) -> &'static str {
+        if self.numerics.channels_last {
+            "channels_last"
+        } else {
+            "contiguous"
+        }
+    }
+}
+
+/// One row of the step table.
+pub(super) fn step_row(who: &str, batch: i64, seconds: f64, peak_gib: Option<f64>) -> Vec<(&'static str, Value)> {
+    vec![
+        ("who", json!(who)),
+        ("img/s", json!(batch as f64 / seconds)),
+        ("ms/step", json!(seconds * 1e3)),
+        ("peak GiB", json!(peak_gib)),
+    ]
+}
+
+/// The backbone's type, CIFAR stem and width, as the reference script names them.
+fn backbone(experiment: &Experiment) -> anyhow::Result<(String, bool, i64)> {
+    let resolved: toml::Table = toml::from_str(&experiment.to_toml()?)?;
+    let backbone = &resolved["backbone"];
+    let arch = backbone.get("type").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let cifar_stem = backbone.get("cifar_stem").and_then(|v| v.as_bool()).unwrap_or(false);
+    let width = backbone.get("width").and_then(|v| v.as_integer()).unwrap_or(64);
+    Ok((arch, cifar_stem, width))
+}
+
+pub fn run(args: &StepArgs) -> anyhow::Result<()> {
+    if args.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let experiment = args.common.experiment()?;
+    let batch = args.batch.unwrap_or(experiment.schedule.batch_size) as i64;
+    let res = args.res.unwrap_or(experiment.augment.image_size());
+    // The reference's optimizer, whatever the experiment trains with: the comparison is of
+    // the step, one to one.
+    let sgd: Box<dyn byol_train::OptimizerSpec> = toml::from_str(
+        "type = \"sgd\"\nlr = 0.2\nmomentum = 0.9\nweight_decay = 1.5e-6\nexclude_bias_and_norm = false",
+    )
+    .context("building the benchmark's SGD optimizer")?;
+    let mut engine = StepEngine::new(&experiment, Some(sgd.as_ref()))?;
+    let device = engine.device;
+    let view1 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
+    let view2 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
+    let (seconds, peak_gib) = engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2))?;
+    let (arch, cifar_stem, width) = backbone(&experiment)?;
+    let precision = format!("{:?}", experiment.run.precision).to_lowercase();
+
+    let mut report = Report::new("step");
+    report.about("experiment", args.common.experiment.display().to_string());
+    report.about("machine", machine(device));
+    report.about("device", format!("{device:?}"));
+    report.about(
+        "backbone",
+        format!("{arch}{}", if cifar_stem { " (CIFAR stem)" } else { "" }),
+    );
+    report.about("precision", precision.clone());
+    report.about("batch", batch);
+    report.about("res", res);
+    report.about("layout", engine.layout());
+    report.about("concat_views", experiment.byol.concat_views);
+    report.about("threads", tch::get_num_threads());
+    report.row(step_row("byol-rs", batch, seconds, peak_gib));
+    if let Some(python) = &args.against_torch {
+        if !arch.starts_with("resnet") || width != 64 {
+            bail!("--against-torch compares torchvision ResNets at width 64; this experiment's backbone is {arch} (width {width})");
+        }
+        let script = reference_script(args.reference_script.as_deref())?;
+        let reference = Reference {
+            arch: &arch,
+            cifar_stem,
+            batch,
+            res,
+            precision: &precision,
+        };
+        let (theirs, their_peak) = reference.time(python, &script, &engine, &experiment, args)?;
+        report.row(step_row("eager PyTorch", batch, theirs, their_peak));
+        let memory = match (peak_gib, their_peak) {
+            (Some(a), Some(b)) => format!(", peak memory {:.2}x ({a:.2} vs {b:.2} GiB)", a / b),
+            _ => String::new(),
+        };
+        report.note(format!(
+            "byol-rs / eager PyTorch: {:.3}x img/s{memory}",
+            theirs / seconds
+        ));
+    }
+    report.print(args.common.json);
+    Ok(())
+}
+
+/// `tests/reference/bench_step_torch.py`: the path given, else found from the working folder or
+/// from this executable (`target/release/byol-run` in a checkout) up to the repository root.
+fn reference_script(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        if !path.is_file() {
+            bail!("--reference-script {} does not exist", path.display());
+        }
+        return Ok(path.to_path_buf());
+    }
+    let starts = [
+        std::env::current_dir().ok(),
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf)),
+    ];
+    starts
+        .into_iter()
+        .flatten()
+        .flat_map(|start| {
+            start
+                .ancestors()
+                .map(|dir| dir.join(REFERENCE_SCRIPT))
+                .collect::<Vec<_>>()
+        })
+        .find(|candidate| candidate.is_file())
+        .with_context(|| {
+            format!(
+                "--against-torch: cannot find {REFERENCE_SCRIPT} from the working folder or from this \
+                 executable; run from a checkout of the repository or give --reference-script PATH \
+                 (the script needs {REFERENCE_PACKAGES})"
+            )
+        })
+}
+
+/// The same step in eager PyTorch, as tests/reference/bench_step_torch.py takes it.
+struct Reference<'a> {
+    arch: &'a str,
+    cifar_stem: bool,
+    batch: i64,
+    res: i64,
+    precision: &'a str,
+}
+
+impl Reference<'_> {
+    /// Runs the script with `python`: (seconds per step, peak GiB on CUDA).
+    fn time(
+        &self,
+        python: &Path,
+        script: &Path,
+        engine: &StepEngine,
+        experiment: &Experiment,
+        args: &StepArgs,
+    ) -> anyhow::Result<(f64, Option<f64>)> {
+        let byol = &experiment.byol;
+        let mut command = std::process::Command::new(python);
+        command.arg(script).args([
+            "--arch",
+            self.arch,
+            "--batch",
+            &self.batch.to_string(),
+            "--res",
+            &self.res.to_string(),
+            "--hidden",
+            &byol.hidden_dim.to_string(),
+            "--proj",
+            &byol.projection_dim.to_string(),
+            "--precision",
+            self.precision,
+            "--device",
+            if engine.device.is_cuda() { "cuda" } else { "cpu" },
+            "--threads",
+            &tch::get_num_threads().to_string(),
+            "--warmup",
+            &args.warmup.to_string(),
+            "--iters",
+            &args.iters.to_string(),
+        ]);
+        for (flag, on) in [
+            ("--cifar-stem", self.cifar_stem),
+            ("--channels-last", engine.numerics.channels_last),
+            ("--concat-views", byol.concat_views),
+        ] {
+            if on {
+                command.arg(flag);
+            }
+        }
+        let output = command.output().with_context(|| {
+            format!(
+                "--against-torch: cannot run {} (a python with {REFERENCE_PACKAGES})",
+                python.display()
+            )
+        })?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("ModuleNotFoundError") {
+            bail!(
+                "--against-torch: {} lacks a package the reference needs: it needs {REFERENCE_PACKAGES}\n{stderr}",
+                python.display()
+            );
+        }
+        if !output.status.success() {
+            bail!("the PyTorch reference failed ({}):\n{stderr}", script.display());
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        let rate: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("reading the reference's JSON line {line:?}"))?;
+        let seconds = rate["s_per_step"]
+            .as_f64()
+            .with_context(|| format!("the reference's line has no s_per_step: {line}"))?;
+        Ok((seconds, rate["peak_gib"].as_f64()))
+    }
+}
