@@ -39,7 +39,10 @@ fn main() {
             cuda_include.display()
         );
     }
-    build(&include).file("csrc/torch_ext.cpp").compile("torch_ext");
+    build(&include)
+        .file("csrc/torch_ext.cpp")
+        .file("csrc/torchscript.cpp")
+        .compile("torch_ext");
 }
 
 /// A C++ build against libtorch's headers with torch-sys's flags.

@@ -196,7 +196,8 @@ pub fn load_trained(checkpoint_or_run: &Path) -> anyhow::Result<Trained> {
     let saved = Experiment::parse(&manifest.config, &[]).context("reading the checkpoint's experiment")?;
     let experiment = state::with_checkpoint_sources(&saved, dir, &manifest)?;
     let device = byol_train::train::parse_device(&experiment.run.device)?;
-    let model = Model::build(&experiment, device, Weights::Checkpoint)?;
+    let context = BuildContext::new(device, experiment.augment.image_size());
+    let model = Model::build(&experiment, &context, Weights::Checkpoint)?;
     let tensors: Vec<(String, Tensor)> = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?
         .into_iter()
         .filter(|(name, _)| !name.starts_with("probe."))
@@ -204,9 +205,7 @@ pub fn load_trained(checkpoint_or_run: &Path) -> anyhow::Result<Trained> {
     model
         .load_state(&tensors)
         .with_context(|| format!("loading {}", dir.display()))?;
-    let augment = experiment
-        .augment
-        .build(&BuildContext::new(device, experiment.augment.image_size()))?;
+    let augment = experiment.augment.build(&context)?;
     Ok(Trained {
         checkpoint: dir.clone(),
         experiment,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Kind, Tensor};
 
-use byol::nn::{batch_norm2d, conv2d, BatchNorm};
+use byol::nn::{batch_norm2d, conv2d, BatchNorm, BatchStatistics};
 use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 
 /// A conv-BN-ReLU-pool net with one deliberate mistake.
@@ -22,7 +22,7 @@ byol::register_plugin! {
             let root = if self.fault == "prefix" { path / "online" } else { path.clone() };
             Ok(Box::new(Net {
                 conv: conv2d(&(&root / "conv"), 3, 8, 3, 2, 1),
-                bn: batch_norm2d(&(&root / "bn"), 8),
+                bn: batch_norm2d(&(&root / "bn"), 8, &BatchStatistics::Local),
                 _unused: (self.fault == "dead").then(|| root.randn_standard("unused", &[8])),
                 hidden: (self.fault == "hidden_state").then(|| Tensor::randn([1, 8, 1, 1], tch::kind::FLOAT_CPU)),
                 fault: self.fault.clone(),

@@ -11,6 +11,7 @@ use tch::{nn::VarStore, Kind, Tensor};
 use torch_ext::distributed::{nccl_available, Backend, ProcessGroup, Rendezvous};
 
 use byol::nn::{CrossReplicaSum, SyncScope};
+use byol::BuildContext;
 
 use crate::experiment::{DistributedBackend, DistributedConfig, SyncBatchNorm};
 
@@ -19,6 +20,8 @@ use crate::experiment::{DistributedBackend, DistributedConfig, SyncBatchNorm};
 pub struct DataParallel {
     group: Arc<ProcessGroup>,
     local_rank: usize,
+    /// Which batch norms `distributed.sync_batch_norm` synchronizes (`None`: none).
+    sync_scope: Option<SyncScope>,
 }
 
 /// What the step-end all-reduce returns besides the averaged gradients.
@@ -42,8 +45,8 @@ impl DataParallel {
     }
 
     /// Joins the job at `rendezvous` for training on `device` (NCCL for CUDA when built, else
-    /// Gloo, unless `config` names one) and sets up batch-norm synchronization for the calling
-    /// thread as `config` says.
+    /// Gloo, unless `config` names one); [`DataParallel::build_context`] then carries `config`'s
+    /// batch-norm synchronization to the networks.
     pub fn join(rendezvous: &Rendezvous, config: &DistributedConfig, device: tch::Device) -> anyhow::Result<Self> {
         let backend = match config.backend {
             DistributedBackend::Auto if device.is_cuda() && nccl_available() => Backend::Nccl,
@@ -55,17 +58,24 @@ impl DataParallel {
         }
         let group = ProcessGroup::new(rendezvous, backend)
             .with_context(|| format!("joining the data-parallel job (c10d, {backend:?})"))?;
-        let parallel = Self {
-            group: Arc::new(group),
-            local_rank: rendezvous.local_rank,
-        };
-        let scope = match config.sync_batch_norm {
+        let sync_scope = match config.sync_batch_norm {
             SyncBatchNorm::All => Some(SyncScope::All),
             SyncBatchNorm::Heads => Some(SyncScope::Heads),
             SyncBatchNorm::None => None,
         };
-        byol::nn::sync_batch_norm(scope.map(|s| (parallel.cross_replica_sum(), s)));
-        Ok(parallel)
+        Ok(Self {
+            group: Arc::new(group),
+            local_rank: rendezvous.local_rank,
+            sync_scope,
+        })
+    }
+
+    /// `context` with this job's batch-norm synchronization: what the networks are built from.
+    pub fn build_context(&self, context: BuildContext) -> BuildContext {
+        match self.sync_scope {
+            Some(scope) => context.with_sync_batch_norm(self.cross_replica_sum(), scope),
+            None => context,
+        }
     }
 
     /// The group as batch norm's differentiable cross-replica sum.

@@ -5,7 +5,7 @@
 
 use tch::{nn, nn::ModuleT, Tensor};
 
-use crate::nn::{batch_norm1d, linear, BatchNorm};
+use crate::nn::{batch_norm1d, linear, BatchNorm, BatchStatistics};
 
 /// Linear -> BatchNorm1d -> ReLU -> Linear, with the state_dict names of the PyTorch
 /// `nn.Sequential` it mirrors: `0.weight`, `0.bias`, `1.{weight,bias,running_*}`, `3.weight`, `3.bias`.
@@ -17,10 +17,16 @@ pub struct MlpHead {
 }
 
 impl MlpHead {
-    pub fn new(path: &nn::Path, input_dim: i64, hidden_dim: i64, output_dim: i64) -> Self {
+    pub fn new(
+        path: &nn::Path,
+        input_dim: i64,
+        hidden_dim: i64,
+        output_dim: i64,
+        statistics: &BatchStatistics,
+    ) -> Self {
         Self {
             hidden: linear(&(path / "0"), input_dim, hidden_dim),
-            norm: batch_norm1d(&(path / "1"), hidden_dim),
+            norm: batch_norm1d(&(path / "1"), hidden_dim, statistics),
             output: linear(&(path / "3"), hidden_dim, output_dim),
         }
     }

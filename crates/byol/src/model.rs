@@ -70,8 +70,8 @@ pub struct LossParts {
 }
 
 impl Byol {
-    /// Builds all networks in `vs` (online from `backbone`, target as an identical copy).
-    /// `image_size` is the side of the square views the augmentation produces.
+    /// Builds all networks in `vs` (online from `backbone`, target as an identical copy), for one
+    /// process. `image_size` is the side of the square views the augmentation produces.
     pub fn new(
         vs: &nn::VarStore,
         backbone: &dyn BackboneSpec,
@@ -79,25 +79,38 @@ impl Byol {
         embedding_layer: &str,
         config: &ByolConfig,
     ) -> Result<Self, ByolError> {
-        Self::assemble(vs, backbone, image_size, embedding_layer, config, true)
+        let context = BuildContext::new(vs.device(), image_size);
+        Self::assemble(vs, backbone, &context, embedding_layer, config, true)
     }
 
-    /// [`Byol::new`] for networks whose weights come from a checkpoint next: the backbone's
+    /// [`Byol::new`] from a run's [`BuildContext`] (on `vs`'s device), whose batch-norm choice
+    /// reaches the backbone's and the heads' batch norms.
+    pub fn in_context(
+        vs: &nn::VarStore,
+        backbone: &dyn BackboneSpec,
+        context: &BuildContext,
+        embedding_layer: &str,
+        config: &ByolConfig,
+    ) -> Result<Self, ByolError> {
+        Self::assemble(vs, backbone, context, embedding_layer, config, true)
+    }
+
+    /// [`Byol::in_context`] for networks whose weights come from a checkpoint next: the backbone's
     /// `pretrained` file is not read (the checkpoint supersedes it, and it may be gone).
     pub fn for_checkpoint(
         vs: &nn::VarStore,
         backbone: &dyn BackboneSpec,
-        image_size: i64,
+        context: &BuildContext,
         embedding_layer: &str,
         config: &ByolConfig,
     ) -> Result<Self, ByolError> {
-        Self::assemble(vs, backbone, image_size, embedding_layer, config, false)
+        Self::assemble(vs, backbone, context, embedding_layer, config, false)
     }
 
     fn assemble(
         vs: &nn::VarStore,
         backbone: &dyn BackboneSpec,
-        image_size: i64,
+        context: &BuildContext,
         embedding_layer: &str,
         config: &ByolConfig,
         read_pretrained: bool,
@@ -113,21 +126,28 @@ impl Byol {
                 config.tau_base
             )));
         }
-        let context = BuildContext::new(vs.device(), image_size);
+        if context.device != vs.device() {
+            return Err(ByolError::Config(format!(
+                "the build context is on {:?} but the variable store on {:?}",
+                context.device,
+                vs.device()
+            )));
+        }
         let root = vs.root();
         let online = &root / "online";
         let target = &root / "target";
-        let online_backbone = backbone.build(&(&online / "backbone"), &context)?;
+        let online_backbone = backbone.build(&(&online / "backbone"), context)?;
         let embedding_dim = online_backbone.check_tap(embedding_layer)?;
         if let Some(path) = backbone.pretrained().filter(|_| read_pretrained) {
             let variables = variables_under(vs, "online.backbone.");
             load_safetensors(&variables, path, |key| backbone.pretrained_ignores(key))?;
         }
         let (hidden, projection) = (config.hidden_dim, config.projection_dim);
-        let online_projector = MlpHead::new(&(&online / "projector"), embedding_dim, hidden, projection);
-        let predictor = MlpHead::new(&(&online / "predictor"), projection, hidden, projection);
-        let target_backbone = backbone.build(&(&target / "backbone"), &context)?;
-        let target_projector = MlpHead::new(&(&target / "projector"), embedding_dim, hidden, projection);
+        let heads = &context.head_batch_norm;
+        let online_projector = MlpHead::new(&(&online / "projector"), embedding_dim, hidden, projection, heads);
+        let predictor = MlpHead::new(&(&online / "predictor"), projection, hidden, projection, heads);
+        let target_backbone = backbone.build(&(&target / "backbone"), context)?;
+        let target_projector = MlpHead::new(&(&target / "projector"), embedding_dim, hidden, projection, heads);
         // The target gets no gradients: it only moves by EMA.
         for (name, t) in vs.variables() {
             if name.starts_with("target.") {

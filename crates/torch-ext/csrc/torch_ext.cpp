@@ -35,17 +35,22 @@ void all_reduce_sum(c10d::Backend& backend, const at::Tensor& tensor) {
 // Sum over ranks whose gradient is the sum over ranks of the incoming gradients: SyncBatchNorm's
 // statistics go through it (torch.distributed.nn.functional.all_reduce does the same in Python).
 struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, int64_t backend) {
-    ctx->saved_data["backend"] = backend;
+  // The context holds an owning reference to the backend (a capsule around its intrusive_ptr):
+  // the graph keeps the process group alive until backward has run, whatever Rust drops first.
+  static at::Tensor forward(
+      torch::autograd::AutogradContext* ctx,
+      const at::Tensor& input,
+      const c10::intrusive_ptr<c10d::Backend>& backend) {
+    ctx->saved_data["backend"] = c10::IValue::make_capsule(backend);
     auto out = input.clone(at::MemoryFormat::Contiguous);
-    all_reduce_sum(*reinterpret_cast<c10d::Backend*>(backend), out);
+    all_reduce_sum(*backend, out);
     return out;
   }
 
   static torch::autograd::variable_list backward(
       torch::autograd::AutogradContext* ctx,
       torch::autograd::variable_list grads) {
-    auto backend = reinterpret_cast<c10d::Backend*>(ctx->saved_data["backend"].toInt());
+    auto backend = c10::static_intrusive_pointer_cast<c10d::Backend>(ctx->saved_data["backend"].toCapsule());
     auto grad = grads[0].clone(at::MemoryFormat::Contiguous);
     all_reduce_sum(*backend, grad);
     return {grad, at::Tensor()};
@@ -194,8 +199,7 @@ char* tx_barrier(void* backend) {
 
 char* tx_all_reduce_sum_autograd(void* backend, const at::Tensor* input, at::Tensor** out) {
   return guarded([&] {
-    auto raw = reinterpret_cast<int64_t>(static_cast<BackendHandle*>(backend)->backend.get());
-    *out = new at::Tensor(AllReduceSum::apply(*input, raw));
+    *out = new at::Tensor(AllReduceSum::apply(*input, static_cast<BackendHandle*>(backend)->backend));
   });
 }
 

@@ -248,7 +248,8 @@ impl ProcessGroup {
 
     /// The sum over ranks of `tensor`, as an autograd op whose backward sums the gradients over
     /// the ranks too (what SyncBatchNorm's statistics need). Every rank must call it in the same
-    /// order, and the group must outlive the graph's backward pass.
+    /// order. The graph holds its own reference to the group's backend, so this `ProcessGroup` may
+    /// be dropped before backward runs.
     pub fn all_reduce_sum_differentiable(&self, tensor: &Tensor) -> Result<Tensor> {
         let mut out = std::ptr::null_mut();
         // SAFETY: live backend and tensor; on success the shim hands over a new tensor.

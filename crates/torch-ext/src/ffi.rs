@@ -1,5 +1,5 @@
-//! The shim's C ABI (csrc/torch_ext.cpp). Tensors cross as `at::Tensor*` (tch's `C_tensor`);
-//! stores and backends as opaque boxes owned by the Rust wrappers.
+//! The shim's C ABI (csrc/*.cpp). Tensors cross as `at::Tensor*` (tch's `C_tensor`);
+//! stores, backends and TorchScript modules as opaque boxes owned by the Rust wrappers.
 
 use std::ffi::{c_char, c_void, CStr};
 
@@ -56,6 +56,17 @@ extern "C" {
         backend: *mut c_void,
         input: *const C_tensor,
         out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+
+    pub fn tx_script_load(file: *const c_char, device: i32, out: *mut *mut c_void) -> *mut c_char;
+    pub fn tx_script_free(module: *mut c_void);
+    pub fn tx_script_set_training(module: *mut c_void, training: bool) -> *mut c_char;
+    pub fn tx_script_forward(module: *mut c_void, input: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    pub fn tx_script_named_tensors(
+        module: *mut c_void,
+        buffers: bool,
+        data: *mut c_void,
+        f: extern "C" fn(*mut c_void, *const c_char, *mut C_tensor),
     ) -> *mut c_char;
 }
 

@@ -77,6 +77,30 @@ fn differentiable_all_reduce_sums_values_forward_and_gradients_backward() {
 }
 
 #[test]
+fn the_graph_keeps_the_group_alive_when_it_is_dropped_before_backward() {
+    // Built by hand rather than by `on_ranks`, so that the group can be dropped (its store and
+    // backend handles freed) while the graph still references the backend. World size 1: the
+    // sum over ranks is the identity, and the gradient of (3 * y).sum() is 3.
+    let group = ProcessGroup::gloo(&Rendezvous {
+        master_addr: "127.0.0.1".into(),
+        master_port: byol_testkit::free_port(),
+        rank: 0,
+        world_size: 1,
+        local_rank: 0,
+        agent_store: false,
+        restart_count: 0,
+        timeout: Duration::from_secs(60),
+    })
+    .unwrap();
+    let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
+    let y = group.all_reduce_sum_differentiable(&x).unwrap();
+    drop(group);
+    (&y * 3.0).sum(Kind::Float).backward();
+    assert_eq!(Vec::<f32>::try_from(y.detach()).unwrap(), vec![1.0, 2.0, 3.0]);
+    assert_eq!(Vec::<f32>::try_from(x.grad()).unwrap(), vec![3.0, 3.0, 3.0]);
+}
+
+#[test]
 fn a_missing_peer_is_a_clear_error_after_the_timeout() {
     let port = byol_testkit::free_port();
     let err = ProcessGroup::gloo(&Rendezvous {

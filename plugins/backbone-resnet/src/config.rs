@@ -33,7 +33,13 @@ impl Default for ResNetConfig {
 }
 
 impl ResNetConfig {
-    fn build(&self, path: &nn::Path, block: BlockKind, layers: [i64; 4]) -> Result<Box<dyn Backbone>, ByolError> {
+    fn build(
+        &self,
+        path: &nn::Path,
+        context: &BuildContext,
+        block: BlockKind,
+        layers: [i64; 4],
+    ) -> Result<Box<dyn Backbone>, ByolError> {
         if self.width <= 0 {
             return Err(ByolError::Config(format!(
                 "backbone.width = {} must be positive",
@@ -47,6 +53,7 @@ impl ResNetConfig {
             self.width,
             self.cifar_stem,
             self.zero_init_residual,
+            &context.backbone_batch_norm,
         )))
     }
 }
@@ -64,8 +71,8 @@ macro_rules! resnet_depth {
             description: $description,
             optional: concat!("pretrained = \"", $name, ".safetensors\"   # a torchvision state_dict as safetensors"),
             impl BackboneSpec for $ty {
-                fn build(&self, path: &nn::Path, _: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
-                    self.0.build(path, BlockKind::$block, $layers)
+                fn build(&self, path: &nn::Path, context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
+                    self.0.build(path, context, BlockKind::$block, $layers)
                 }
                 fn pretrained(&self) -> Option<&Path> {
                     self.0.pretrained.as_deref()

@@ -1,7 +1,7 @@
 use tch::{nn, nn::ModuleT, Tensor};
 
 use byol::backbone::tap_positions;
-use byol::nn::{batch_norm2d, conv2d, pointwise_conv2d, BatchNorm};
+use byol::nn::{batch_norm2d, conv2d, pointwise_conv2d, BatchNorm, BatchStatistics};
 use byol::Backbone;
 
 /// Residual block type: two 3x3 convs (ResNet-18/34) or 1x1-3x3-1x1 with 4x expansion (50+).
@@ -36,7 +36,15 @@ struct Block {
 }
 
 impl Block {
-    fn new(path: &nn::Path, kind: BlockKind, c_in: i64, planes: i64, stride: i64, zero_init_residual: bool) -> Self {
+    fn new(
+        path: &nn::Path,
+        kind: BlockKind,
+        c_in: i64,
+        planes: i64,
+        stride: i64,
+        zero_init_residual: bool,
+        statistics: &BatchStatistics,
+    ) -> Self {
         let c_out = planes * kind.expansion();
         // (in, out, kernel, stride, padding) of conv1, conv2[, conv3]
         let shapes: Vec<(i64, i64, i64, i64, i64)> = match kind {
@@ -53,7 +61,7 @@ impl Block {
         let mut bns = Vec::new();
         for (i, &(ci, co, k, s, p)) in shapes.iter().enumerate() {
             convs.push(conv2d(&(path / format!("conv{}", i + 1)), ci, co, k, s, p));
-            bns.push(batch_norm2d(&(path / format!("bn{}", i + 1)), co));
+            bns.push(batch_norm2d(&(path / format!("bn{}", i + 1)), co, statistics));
         }
         if zero_init_residual {
             bns.last().expect("blocks have convs").zero_weight();
@@ -61,7 +69,7 @@ impl Block {
         let downsample = (stride != 1 || c_in != c_out).then(|| Downsample {
             conv: conv2d(&(path / "downsample" / "0"), c_in, c_out, 1, stride, 0),
             stride,
-            bn: batch_norm2d(&(path / "downsample" / "1"), c_out),
+            bn: batch_norm2d(&(path / "downsample" / "1"), c_out, statistics),
         });
         Self { convs, bns, downsample }
     }
@@ -104,13 +112,14 @@ impl ResNet {
         width: i64,
         cifar_stem: bool,
         zero_init_residual: bool,
+        statistics: &BatchStatistics,
     ) -> Self {
         let conv1 = if cifar_stem {
             conv2d(&(path / "conv1"), 3, width, 3, 1, 1)
         } else {
             conv2d(&(path / "conv1"), 3, width, 7, 2, 3)
         };
-        let bn1 = batch_norm2d(&(path / "bn1"), width);
+        let bn1 = batch_norm2d(&(path / "bn1"), width, statistics);
         let mut c_in = width;
         let mut layers = Vec::new();
         let mut tap_dims = [width; 6];
@@ -120,7 +129,15 @@ impl ResNet {
             let blocks = (0..depth)
                 .map(|b| {
                     let stride = if i > 0 && b == 0 { 2 } else { 1 };
-                    let block = Block::new(&(&layer_path / b), kind, c_in, planes, stride, zero_init_residual);
+                    let block = Block::new(
+                        &(&layer_path / b),
+                        kind,
+                        c_in,
+                        planes,
+                        stride,
+                        zero_init_residual,
+                        statistics,
+                    );
                     c_in = planes * kind.expansion();
                     block
                 })

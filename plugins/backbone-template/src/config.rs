@@ -39,15 +39,16 @@ byol::register_plugin! {
     description: "three conv-BN-ReLU blocks and a global average pool (the plugin template; 64-d avgpool)",
     optional: "pretrained = \"tiny_cnn.safetensors\"",
     impl BackboneSpec for TinyCnnConfig {
-        // `context` carries what the run knows beyond these keys (device, image size); tiny_cnn
-        // works at any size on any device and needs none of it.
-        fn build(&self, path: &nn::Path, _context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
+        // `context` carries what the run knows beyond these keys (device, image size, batch-norm
+        // synchronization); tiny_cnn works at any size on any device, and hands its batch norms
+        // the run's choice for a backbone's.
+        fn build(&self, path: &nn::Path, context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
             // Check the configuration here, naming the key: the runner reports this error with
             // the experiment file's name.
             if let Some(w) = self.widths.iter().find(|w| **w <= 0) {
                 return Err(ByolError::Config(format!("backbone.widths: {w} is not a positive channel count")));
             }
-            Ok(Box::new(TinyCnn::new(path, self.widths)))
+            Ok(Box::new(TinyCnn::new(path, self.widths, &context.backbone_batch_norm)))
         }
 
         fn pretrained(&self) -> Option<&Path> {

@@ -18,7 +18,7 @@
 use tch::{nn, nn::ModuleT, Tensor};
 
 use byol::backbone::tap_positions;
-use byol::nn::{batch_norm2d, conv2d, BatchNorm};
+use byol::nn::{batch_norm2d, conv2d, BatchNorm, BatchStatistics};
 use byol::Backbone;
 
 /// Feature taps in forward order; BYOL's `byol.embedding_layer` names one of them.
@@ -36,8 +36,9 @@ pub struct TinyCnn {
 impl TinyCnn {
     /// Builds the variables under `path`. Name sub-paths exactly as PyTorch names the module's
     /// children (`path / "blocks" / i / 0`): never prefix them with `online` or `backbone`, BYOL
-    /// builds each copy under its own path.
-    pub fn new(path: &nn::Path, widths: [i64; 3]) -> Self {
+    /// builds each copy under its own path. `statistics` is the run's choice for a backbone's
+    /// batch norms ([`byol::BuildContext::backbone_batch_norm`]).
+    pub fn new(path: &nn::Path, widths: [i64; 3], statistics: &BatchStatistics) -> Self {
         let mut c_in = 3;
         let blocks = widths
             .iter()
@@ -47,7 +48,7 @@ impl TinyCnn {
                 // byol::nn layers have PyTorch's variables (BN's num_batches_tracked included)
                 // and initialization.
                 let conv = conv2d(&(&block / 0), c_in, c_out, 3, 2, 1);
-                let bn = batch_norm2d(&(&block / 1), c_out);
+                let bn = batch_norm2d(&(&block / 1), c_out, statistics);
                 c_in = c_out;
                 (conv, bn)
             })

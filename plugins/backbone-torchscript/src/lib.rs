@@ -28,8 +28,8 @@
 //!   and dropout behaviour of the mode it was traced in whatever the mode: script the model when
 //!   you can; if you must trace, trace it in train mode (BYOL's online and target networks run in
 //!   train mode; evaluation embeddings then also use batch statistics).
-//! - tch has no `named_buffers` for a TorchScript module: `csrc/buffers.cpp` adds it (built by
-//!   build.rs against the same libtorch headers).
+//! - tch has no `named_buffers` for a TorchScript module: the module is loaded and owned by
+//!   torch-ext's shim ([`torch_ext::torchscript::ScriptModule`]), which has it.
 
 mod config;
 mod module;

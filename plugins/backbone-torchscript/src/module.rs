@@ -2,7 +2,7 @@
 //!
 //! tch's `TrainableCModule::load` registers a module's parameters as variables, but under
 //! flattened names (`layer1_0_conv1_weight`) and without its buffers. This does the same job with
-//! tch's `CModule` directly: every parameter and every buffer (batch-norm `running_mean`,
+//! torch-ext's [`ScriptModule`]: every parameter and every buffer (batch-norm `running_mean`,
 //! `running_var`, `num_batches_tracked`) is added under its state_dict name, as a handle to the
 //! very tensor the module computes with (one `TensorImpl`, two handles). So everything that works
 //! on variables works on the module: the optimizer steps the parameters in place, BYOL's EMA
@@ -10,11 +10,11 @@
 //! module then reads), checkpoints save and restore buffers with the parameters, `pretrained`
 //! and `byol-run export` use PyTorch's names.
 
-use std::ffi::{c_char, c_void, CStr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use tch::{nn, CModule, TchError, Tensor};
+use tch::{nn, TchError, Tensor};
+use torch_ext::torchscript::ScriptModule;
 
 use byol::{Backbone, ByolError};
 
@@ -36,7 +36,7 @@ pub struct TorchScriptBackbone {
 
 #[derive(Debug)]
 struct Module {
-    inner: CModule,
+    inner: ScriptModule,
     /// The mode last set, so that the recursive `train()`/`eval()` runs only on a change.
     training: Option<bool>,
 }
@@ -44,14 +44,10 @@ struct Module {
 impl Module {
     fn forward(&mut self, images: &Tensor, train: bool) -> Result<Tensor, TchError> {
         if self.training != Some(train) {
-            if train {
-                self.inner.f_set_train()?;
-            } else {
-                self.inner.f_set_eval()?;
-            }
+            self.inner.set_training(train).map_err(torch_error)?;
             self.training = Some(train);
         }
-        let out = self.inner.forward_ts(&[images])?;
+        let out = self.inner.forward(images).map_err(torch_error)?;
         Ok(match out.dim() {
             2 | 4 => out,
             _ => out.flatten(1, -1),
@@ -75,13 +71,13 @@ impl TorchScriptBackbone {
                 file.display()
             )));
         }
-        let inner = CModule::load_on_device(file, path.device()).map_err(|e| {
+        let inner = ScriptModule::load(file, path.device()).map_err(|e| {
             ByolError::Config(format!(
                 "backbone.path = {}: not a TorchScript module saved by torch.jit.save ({e})",
                 file.display()
             ))
         })?;
-        let parameters = inner.named_parameters()?;
+        let parameters = inner.named_parameters().map_err(|e| ByolError::Torch(torch_error(e)))?;
         if !parameters.iter().any(|(_, t)| t.requires_grad()) {
             return Err(ByolError::Config(format!(
                 "backbone.path = {}: the module has no trainable parameter",
@@ -100,7 +96,7 @@ impl TorchScriptBackbone {
                 path.kind()
             )));
         }
-        let buffers = named_buffers(&inner)?;
+        let buffers = inner.named_buffers().map_err(|e| ByolError::Torch(torch_error(e)))?;
         for (name, tensor) in parameters {
             let trainable = tensor.requires_grad();
             add_variable(path, &name, tensor, trainable);
@@ -178,41 +174,7 @@ fn add_variable(path: &nn::Path, name: &str, tensor: Tensor, trainable: bool) {
     let _ = parent.add(last, tensor, trainable);
 }
 
-extern "C" {
-    /// csrc/buffers.cpp
-    fn byol_ts_named_buffers(
-        module: *mut c_void,
-        data: *mut c_void,
-        f: extern "C" fn(*mut c_void, *const c_char, *mut c_void),
-    ) -> *mut c_char;
-    fn byol_ts_free(message: *mut c_char);
-}
-
-// tch's CModule is a struct whose only field is the `torch::jit::Module*` (`c_module`, private).
-// A struct no larger than its one pointer field holds it at offset 0, whatever its repr.
-const _: () = assert!(std::mem::size_of::<CModule>() == std::mem::size_of::<*mut c_void>());
-
-/// The module's buffers, recursively, by state_dict name, sharing the module's tensors.
-fn named_buffers(module: &CModule) -> Result<Vec<(String, Tensor)>, ByolError> {
-    extern "C" fn push(data: *mut c_void, name: *const c_char, tensor: *mut c_void) {
-        // SAFETY: `data` is the `&mut Vec` passed below, alive for the call; `name` is a C string
-        // valid during the callback; `tensor` is a fresh `at::Tensor*` whose ownership passes to
-        // the `Tensor` (freed by tch's `at_free`, i.e. `delete`).
-        let list = unsafe { &mut *(data as *mut Vec<(String, Tensor)>) };
-        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
-        let tensor = unsafe { Tensor::from_ptr(tensor as *mut torch_sys::C_tensor) };
-        list.push((name, tensor));
-    }
-    // SAFETY: the size assertion above; the pointer is only read and stays owned by `module`.
-    let raw: *mut c_void = unsafe { std::mem::transmute_copy(module) };
-    let mut list: Vec<(String, Tensor)> = Vec::new();
-    // SAFETY: `raw` is the live module; the callback matches the C signature.
-    let error = unsafe { byol_ts_named_buffers(raw, &mut list as *mut _ as *mut c_void, push) };
-    if error.is_null() {
-        return Ok(list);
-    }
-    // SAFETY: a strdup'ed C string from the shim, released once by the shim.
-    let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
-    unsafe { byol_ts_free(error) };
-    Err(ByolError::Torch(TchError::Torch(message)))
+/// The shim's error as tch's, the type [`ByolError::Torch`] and the forward path carry.
+fn torch_error(error: torch_ext::TorchExtError) -> TchError {
+    TchError::Torch(error.0)
 }

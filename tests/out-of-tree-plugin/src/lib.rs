@@ -36,13 +36,13 @@ byol::register_plugin! {
     description: "out-of-tree test plugin: conv-BN-ReLU, average pool, linear",
     optional: "pretrained = \"toy_convnet.safetensors\"",
     impl BackboneSpec for ToyConvNetConfig {
-        fn build(&self, path: &nn::Path, _: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
+        fn build(&self, path: &nn::Path, context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
             if self.channels <= 0 || self.features <= 0 {
                 return Err(ByolError::Config("backbone.channels and backbone.features must be positive".into()));
             }
             Ok(Box::new(ToyConvNet {
                 conv: conv2d(&(path / "conv"), 3, self.channels, 3, 2, 1),
-                bn: batch_norm2d(&(path / "bn"), self.channels),
+                bn: batch_norm2d(&(path / "bn"), self.channels, &context.backbone_batch_norm),
                 fc: linear(&(path / "fc"), self.channels, self.features),
                 channels: self.channels,
                 features: self.features,

@@ -67,11 +67,11 @@ impl StepEngine {
         }
         let numerics = StepNumerics::resolve(run.precision, run.memory_format, device)?;
         tch::manual_seed(run.seed as i64);
-        let mut model = Model::build(experiment, device, Weights::Initial)?;
+        let context = BuildContext::new(device, experiment.augment.image_size());
+        let mut model = Model::build(experiment, &context, Weights::Initial)?;
         if numerics.channels_last {
             model = model.into_channels_last()?;
         }
-        let context = BuildContext::new(device, experiment.augment.image_size());
         let optimizer = optimizer
             .unwrap_or(experiment.optimizer.as_ref())
             .build(model.parameters.clone(), &context)

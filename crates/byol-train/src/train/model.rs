@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use tch::{nn::VarStore, Device, Tensor};
 
-use byol::Byol;
+use byol::{BuildContext, Byol};
 
 use crate::optimizer::NamedParameter;
 use crate::Experiment;
@@ -29,14 +29,15 @@ pub struct Model {
 }
 
 impl Model {
-    /// The experiment's networks (`[backbone]`, `[byol]`) on `device`.
-    pub fn build(experiment: &Experiment, device: Device, weights: Weights) -> anyhow::Result<Self> {
-        let vs = VarStore::new(device);
+    /// The experiment's networks (`[backbone]`, `[byol]`) on `context`'s device, with its
+    /// batch-norm statistics (synchronized in a data-parallel run).
+    pub fn build(experiment: &Experiment, context: &BuildContext, weights: Weights) -> anyhow::Result<Self> {
+        let vs = VarStore::new(context.device);
         let (backbone, config) = (experiment.backbone.as_ref(), &experiment.byol);
-        let (size, layer) = (experiment.augment.image_size(), config.embedding_layer.as_str());
+        let layer = config.embedding_layer.as_str();
         let byol = match weights {
-            Weights::Initial => Byol::new(&vs, backbone, size, layer, config),
-            Weights::Checkpoint => Byol::for_checkpoint(&vs, backbone, size, layer, config),
+            Weights::Initial => Byol::in_context(&vs, backbone, context, layer, config),
+            Weights::Checkpoint => Byol::for_checkpoint(&vs, backbone, context, layer, config),
         }
         .context("building the BYOL networks ([backbone], [byol])")?;
         let parameters = online_parameters(&vs);

@@ -62,6 +62,10 @@ impl<'a> Trainer<'a> {
         let mut numerics = StepNumerics::resolve(experiment.run.precision, experiment.run.memory_format, device)?;
         tch::manual_seed(experiment.run.seed as i64);
         let context = BuildContext::new(device, experiment.augment.image_size());
+        let context = match &parallel {
+            Some(p) => p.build_context(context),
+            None => context,
+        };
         let splits = experiment.dataset.build(&context).context("building [dataset]")?;
         let augment = experiment.augment.build(&context).context("building [augment]")?;
         let labelled = labelled_splits(experiment, &splits)?;
@@ -86,7 +90,7 @@ impl<'a> Trainer<'a> {
             }
             None => experiment,
         };
-        let mut model = Model::build(model_experiment, device, start.weights())?;
+        let mut model = Model::build(model_experiment, &context, start.weights())?;
         if numerics.channels_last {
             model = model.into_channels_last()?;
         }

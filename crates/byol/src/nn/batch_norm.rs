@@ -1,4 +1,3 @@
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use tch::{nn, Kind, Tensor};
@@ -18,16 +17,33 @@ pub enum SyncScope {
     Heads,
 }
 
-thread_local! {
-    static SYNC: RefCell<Option<(Arc<dyn CrossReplicaSum>, SyncScope)>> = const { RefCell::new(None) };
+/// Where a batch norm's training statistics come from, fixed when the layer is built.
+#[derive(Clone, Default)]
+pub enum BatchStatistics {
+    /// This replica's batch (also the only choice in a single process).
+    #[default]
+    Local,
+    /// The global batch: sums over the replicas through this cross-replica sum.
+    Global(Arc<dyn CrossReplicaSum>),
 }
 
-/// Turns synchronized batch norm on (`Some`) or off (`None`) for every model run on the calling
-/// thread: the training thread of a data-parallel run sets it once, and every replica then runs
-/// the same batch norms in the same order. (Per thread, so that tests can run several ranks in
-/// one process.)
-pub fn sync_batch_norm(sync: Option<(Arc<dyn CrossReplicaSum>, SyncScope)>) {
-    SYNC.with(|s| *s.borrow_mut() = sync);
+impl std::fmt::Debug for BatchStatistics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Local => "Local",
+            Self::Global(_) => "Global",
+        })
+    }
+}
+
+impl PartialEq for BatchStatistics {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Local, Self::Local) => true,
+            (Self::Global(a), Self::Global(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 /// `torch.nn.BatchNorm{1,2}d` with PyTorch's defaults (weight 1, bias 0, eps 1e-5, momentum 0.1)
@@ -40,14 +56,13 @@ pub struct BatchNorm {
     pub running_mean: Tensor,
     pub running_var: Tensor,
     pub num_batches_tracked: Tensor,
-    /// Built under a `backbone` path (decides [`SyncScope::Heads`]).
-    in_backbone: bool,
+    statistics: BatchStatistics,
 }
 
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
 
-fn batch_norm(path: &nn::Path, channels: i64) -> BatchNorm {
+fn batch_norm(path: &nn::Path, channels: i64, statistics: &BatchStatistics) -> BatchNorm {
     let num_batches_tracked = Tensor::zeros([], (Kind::Int64, path.device()));
     BatchNorm {
         weight: path.ones("weight", &[channels]),
@@ -55,16 +70,18 @@ fn batch_norm(path: &nn::Path, channels: i64) -> BatchNorm {
         running_mean: path.zeros_no_train("running_mean", &[channels]),
         running_var: path.ones_no_train("running_var", &[channels]),
         num_batches_tracked: path.add("num_batches_tracked", num_batches_tracked, false),
-        in_backbone: path.components().any(|c| c == "backbone"),
+        statistics: statistics.clone(),
     }
 }
 
-pub fn batch_norm1d(path: &nn::Path, features: i64) -> BatchNorm {
-    batch_norm(path, features)
+/// `BatchNorm1d(features)`; `statistics` says whose batch its training statistics are over.
+pub fn batch_norm1d(path: &nn::Path, features: i64, statistics: &BatchStatistics) -> BatchNorm {
+    batch_norm(path, features, statistics)
 }
 
-pub fn batch_norm2d(path: &nn::Path, channels: i64) -> BatchNorm {
-    batch_norm(path, channels)
+/// `BatchNorm2d(channels)`; `statistics` says whose batch its training statistics are over.
+pub fn batch_norm2d(path: &nn::Path, channels: i64, statistics: &BatchStatistics) -> BatchNorm {
+    batch_norm(path, channels, statistics)
 }
 
 impl nn::ModuleT for BatchNorm {
@@ -74,13 +91,8 @@ impl nn::ModuleT for BatchNorm {
                 let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
             });
         }
-        if train {
-            let sync = SYNC.with(|s| s.borrow().clone());
-            if let Some((reducer, scope)) = sync {
-                if scope == SyncScope::All || !self.in_backbone {
-                    return self.forward_synchronized(xs, reducer.as_ref());
-                }
-            }
+        if let (true, BatchStatistics::Global(reducer)) = (train, &self.statistics) {
+            return self.forward_synchronized(xs, reducer.as_ref());
         }
         Tensor::batch_norm(
             xs,
