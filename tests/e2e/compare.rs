@@ -1,52 +1,25 @@
 //! `byol-run compare RUN...`: two tiny runs with different settings in one table (and as JSON),
 //! and a folder that is not a run named in the error.
 
+use byol_testkit::fixtures::tiny_experiment;
+
 use super::{byol_run, text};
 
-/// One epoch of the tiny CPU config (4 steps).
-const TINY: &str = r#"
-[run]
-device = "cpu"
-threads = 1
-seed = 5
-
-[dataset]
-type = "synthetic"
-train_size = 128
-test_size = 32
-image_size = 16
-
-[backbone]
-type = "resnet18"
-cifar_stem = true
-width = 4
-
-[augment]
-type = "byol"
-preset = "cifar"
-image_size = 16
-
-[optimizer]
-type = "lars"
-lr = 0.5
-
-[byol]
-hidden_dim = 32
-projection_dim = 16
-
-[schedule]
-epochs = 1
-batch_size = 32
-warmup_epochs = 0
-
-[eval]
-knn_k = 5
-"#;
+/// One epoch of the tiny experiment on 128 images (4 steps), with kNN before and after.
+fn tiny() -> String {
+    tiny_experiment(&[
+        ("dataset.train_size", "128"),
+        ("dataset.test_size", "32"),
+        ("schedule.epochs", "1"),
+        ("schedule.warmup_epochs", "0"),
+        ("eval.before_training", "true"),
+    ])
+}
 
 #[test]
 fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), tiny()).unwrap();
     for (name, lr) in [("slow", "0.2"), ("fast", "0.8")] {
         let lr = format!("optimizer.lr={lr}");
         let name = format!("run.name=\"{name}\"");

@@ -4,59 +4,26 @@
 
 use std::path::Path;
 
+use byol_testkit::fixtures::tiny_experiment;
+
 use super::{byol_run, text};
 
 /// Two epochs with a kNN evaluation after the first (the pruning point) on labelled folders
 /// written by the test; the swept key is the folder of kNN queries.
-const PRUNED_SWEEP: &str = r#"
-[run]
-device = "cpu"
-threads = 1
-seed = 5
-
-[dataset]
-type = "synthetic"
-train_size = 64
-test_size = 0
-image_size = 16
-
-[backbone]
-type = "resnet18"
-cifar_stem = true
-width = 4
-
-[augment]
-type = "byol"
-preset = "cifar"
-image_size = 16
-
-[optimizer]
-type = "lars"
-lr = 0.5
-
-[byol]
-hidden_dim = 32
-projection_dim = 16
-
-[schedule]
-epochs = 2
-batch_size = 32
-warmup_epochs = 0
-
-[eval]
-knn_k = 5
-before_training = false
-every_epochs = 1
-train = "bank"
-test = "right-labels"
-
-[sweep]
-prune = "median"
-prune_after = 1
-
-[sweep.parameters]
-"eval.test" = QUERIES
-"#;
+fn pruned_sweep(queries: &str) -> String {
+    let experiment = tiny_experiment(&[
+        ("dataset.train_size", "64"),
+        ("dataset.test_size", "0"),
+        ("schedule.epochs", "2"),
+        ("schedule.warmup_epochs", "0"),
+        ("eval.every_epochs", "1"),
+        ("eval.train", "\"bank\""),
+        ("eval.test", "\"right-labels\""),
+    ]);
+    format!(
+        "{experiment}\n[sweep]\nprune = \"median\"\nprune_after = 1\n\n[sweep.parameters]\n\"eval.test\" = {queries}\n"
+    )
+}
 
 /// Writes the kNN folders. Why the bad trial is certainly worse, whatever the seed, the CPU or
 /// the thread count: the bank's images are all of class `a` (class `b` is an empty folder), so
@@ -87,7 +54,7 @@ fn write_knn_folders(root: &Path) {
 fn setup(queries: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_knn_folders(dir.path());
-    std::fs::write(dir.path().join("tiny.toml"), PRUNED_SWEEP.replace("QUERIES", queries)).unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), pruned_sweep(queries)).unwrap();
     dir
 }
 
