@@ -95,7 +95,10 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
     let context = BuildContext::new(device, experiment.augment.image_size());
     let splits = folder.build(&context).context("reading the evaluation images")?;
     let test: Arc<dyn Dataset> = splits.test.clone().expect("test split requested");
-    let batch = experiment.eval.batch_size;
+    let schedule = &experiment.schedule;
+    let batch = experiment
+        .eval
+        .feature_batch(schedule.batch_size / schedule.accumulate.max(1));
     Ok(Features {
         train: embed_split(&model.byol, augment.as_ref(), &splits.train, batch, device)?,
         test: embed_split(&model.byol, augment.as_ref(), &test, batch, device)?,

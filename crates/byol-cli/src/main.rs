@@ -302,6 +302,14 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         "training time    {:.1} s ({:.0} img/s)",
         summary.train_seconds, summary.images_per_second
     );
+    if summary.curve_evaluations > 0 {
+        println!(
+            "kNN curve        {} evaluations during training took {:.1} s ({:.1}% of it)",
+            summary.curve_evaluations,
+            summary.curve_seconds,
+            100.0 * summary.curve_seconds / summary.train_seconds.max(1e-9)
+        );
+    }
     println!("checkpoint       {}", summary.checkpoint.display());
     println!(
         "tensorboard      tensorboard --logdir {}",

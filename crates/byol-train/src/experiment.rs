@@ -84,7 +84,8 @@ pub struct EvalConfig {
     pub curve_points: u64,
     /// Also evaluate the randomly initialized network before training.
     pub before_training: bool,
-    /// Batch size for computing features.
+    /// Batch size for computing features; 0: the training micro-batch (on a CPU, batches
+    /// that fit the caches embed about three times faster than 512).
     pub batch_size: usize,
     /// Train a linear classifier on the detached online representation alongside BYOL and log
     /// its accuracy (needs a labelled training split).
@@ -108,6 +109,14 @@ impl EvalConfig {
             (every, _) => every,
         }
     }
+
+    /// The batch size for computing features, given the training micro-batch.
+    pub fn feature_batch(&self, micro_batch: usize) -> usize {
+        match self.batch_size {
+            0 => micro_batch.max(1),
+            size => size,
+        }
+    }
 }
 
 impl Default for EvalConfig {
@@ -118,7 +127,7 @@ impl Default for EvalConfig {
             every_epochs: 0,
             curve_points: 10,
             before_training: true,
-            batch_size: 512,
+            batch_size: 0,
             online_probe: true,
             probe_lr: 0.1,
             train: None,

@@ -140,7 +140,6 @@ impl Experiment {
         let e = &self.eval;
         p.range("eval.knn_k", e.knn_k as f64, Range::AtLeast(1.0));
         p.range("eval.knn_temperature", e.knn_temperature, Range::Above(0.0));
-        p.range("eval.batch_size", e.batch_size as f64, Range::AtLeast(1.0));
         p.range("eval.probe_lr", e.probe_lr, Range::Above(0.0));
         p.range(
             "logging.every_steps",

@@ -88,8 +88,15 @@ pub struct RunSummary {
     /// The online probe's top-1 on the kNN queries (held-out images) at the end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_top1_after: Option<f64>,
+    /// Wall time of this process's training, evaluations during training included.
     pub train_seconds: f64,
     pub images_per_second: f64,
+    /// The kNN curve's evaluations during training in this process (before and after training
+    /// not counted) and the seconds they took, part of `train_seconds`.
+    #[serde(default)]
+    pub curve_evaluations: u64,
+    #[serde(default)]
+    pub curve_seconds: f64,
     pub checkpoint: PathBuf,
 }
 
@@ -121,13 +128,17 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     journal.start_training(&t, step);
     let (started, start_step) = (Instant::now(), step);
     let (mut interrupted, mut pruned) = (false, None);
+    let (mut curve_evaluations, mut curve_seconds) = (0, 0.0);
     while step < t.plan.total_steps && !interrupted && pruned.is_none() {
         interrupted = train_epoch(&mut t, &mut journal, &stop, &mut step)?;
         if !interrupted && t.evaluates_after(step) {
+            let evaluating = Instant::now();
             let when = format!("after epoch {}", t.plan.epoch_of(step));
             let evaluation = journal.evaluation(&when, t.evaluate()?, step);
             let pruner = options.pruner.as_ref();
             pruned = record_curve(&t, &run_dir, &evaluation, step, journal.final_loss, pruner)?;
+            curve_evaluations += 1;
+            curve_seconds += evaluating.elapsed().as_secs_f64();
         }
     }
     let train_seconds = started.elapsed().as_secs_f64();
@@ -169,6 +180,8 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         probe_top1_after: after.and_then(|e| e.probe_top1),
         train_seconds,
         images_per_second: ((step - start_step) * batch_size) as f64 / train_seconds.max(1e-9),
+        curve_evaluations,
+        curve_seconds,
         checkpoint,
     };
     if t.is_main() {

@@ -174,15 +174,15 @@ pub struct Monitor {
 
 impl Monitor {
     /// The monitor of `experiment` on `labelled` ([`labelled_splits`]), its probe's variables
-    /// under `probe` in `vs`; `probe_batch`: the probe's batch size when it learns from the
-    /// evaluation split.
+    /// under `probe` in `vs`; `micro_batch`: the training micro-batch, the probe's batch size
+    /// when it learns from the evaluation split.
     pub fn new(
         experiment: &Experiment,
         splits: &Splits,
         labelled: Option<LabelledSplits>,
         vs: &VarStore,
         embedding_dim: i64,
-        probe_batch: usize,
+        micro_batch: usize,
         parallel: Option<DataParallel>,
     ) -> anyhow::Result<Self> {
         let eval = &experiment.eval;
@@ -200,7 +200,7 @@ impl Monitor {
             (Some(_), Some(source)) if !splits.train.is_labelled() => Some(ProbeBatches {
                 loader: BatchLoader::new(
                     source.clone(),
-                    probe_batch.min(source.len()),
+                    micro_batch.min(source.len()),
                     true,
                     true,
                     experiment.run.seed,
@@ -216,7 +216,7 @@ impl Monitor {
             labelled,
             knn_k: eval.knn_k,
             knn_temperature: eval.knn_temperature,
-            batch_size: eval.batch_size,
+            batch_size: eval.feature_batch(micro_batch),
             probe,
             probe_classes,
             probe_batches,
