@@ -1,5 +1,6 @@
 // The few libtorch features that tch 0.24 does not bind: autocast with a chosen dtype, CUDA
-// allocator statistics, channels_last, and c10d (TCPStore, the Gloo backend, collectives, and an
+// allocator statistics, channels_last, setting a parameter's .grad, multi-tensor (foreach) ops,
+// and c10d (TCPStore, the Gloo backend, collectives, and an
 // all-reduce that autograd differentiates). Every function catches C++ exceptions and returns
 // them as a heap string (nullptr on success) that Rust frees with tx_free_error.
 
@@ -56,6 +57,15 @@ struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
     return {grad, at::Tensor()};
   }
 };
+
+std::vector<at::Tensor> tensor_list(const at::Tensor* const* tensors, int64_t n) {
+  std::vector<at::Tensor> list;
+  list.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    list.push_back(*tensors[i]);
+  }
+  return list;
+}
 
 } // namespace
 
@@ -126,6 +136,44 @@ char* tx_cuda_memory_stats(int device_index, int64_t* out) {
 
 char* tx_cuda_reset_peak_memory(int device_index) {
   return guarded([&] { at::getDeviceAllocator(at::kCUDA)->resetPeakStats(device_index); });
+}
+
+// ---- gradients and multi-tensor ops ---------------------------------------------------
+
+// parameter.grad = grad. Autograd then accumulates into `grad` in place (backward adds to a
+// defined .grad), so a view of a flat buffer stays the gradient's home across steps.
+char* tx_set_grad(const at::Tensor* parameter, const at::Tensor* grad) {
+  return guarded([&] { parameter->mutable_grad() = *grad; });
+}
+
+// The 2-norms of `tensors` as one 1-D float tensor (torch._foreach_norm: on CUDA one kernel per
+// dtype and device, not one per tensor).
+char* tx_foreach_norm(const at::Tensor* const* tensors, int64_t n, at::Tensor** out) {
+  return guarded([&] { *out = new at::Tensor(at::stack(at::_foreach_norm(tensor_list(tensors, n), 2))); });
+}
+
+// tensors[i] *= scalar, out of place: torch._foreach_mul(tensors, scalar); `out` receives n new
+// tensors.
+char* tx_foreach_mul_scalar(const at::Tensor* const* tensors, int64_t n, double scalar, at::Tensor** out) {
+  return guarded([&] {
+    auto products = at::_foreach_mul(tensor_list(tensors, n), scalar);
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = new at::Tensor(std::move(products[static_cast<size_t>(i)]));
+    }
+  });
+}
+
+// tensors[i] += others[i] (torch._foreach_add_), or -= with `subtract`.
+char* tx_foreach_add_(const at::Tensor* const* tensors, const at::Tensor* const* others, int64_t n, bool subtract) {
+  return guarded([&] {
+    auto list = tensor_list(tensors, n);
+    auto other = tensor_list(others, n);
+    if (subtract) {
+      at::_foreach_sub_(list, other);
+    } else {
+      at::_foreach_add_(list, other);
+    }
+  });
 }
 
 // ---- c10d -------------------------------------------------------------------------------

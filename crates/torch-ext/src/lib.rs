@@ -9,6 +9,7 @@
 pub mod autocast;
 pub mod distributed;
 mod ffi;
+pub mod foreach;
 pub mod memory;
 pub mod torchscript;
 

@@ -1,0 +1,72 @@
+//! Gradients that live where the caller puts them, and PyTorch's multi-tensor (`_foreach_*`) ops:
+//! what a fused optimizer needs so that an update over many parameters is a handful of kernels
+//! (on CUDA, one launch per op for the whole list) rather than a dozen per tensor.
+
+use tch::Tensor;
+
+use crate::{ffi, Result, TorchExtError};
+
+/// `parameter.grad = grad`. Backward then accumulates into `grad` in place, so a view of a flat
+/// buffer stays the parameter's gradient from step to step.
+pub fn set_grad(parameter: &Tensor, grad: &Tensor) -> Result<()> {
+    // SAFETY: both are live at::Tensors; the shim copies the handle it keeps.
+    unsafe { ffi::check(ffi::tx_set_grad(parameter.as_ptr(), grad.as_ptr())) }
+}
+
+/// The 2-norm of each of `tensors`, as one 1-D tensor (`torch.stack(torch._foreach_norm(...))`).
+pub fn norms(tensors: &[Tensor]) -> Result<Tensor> {
+    if tensors.is_empty() {
+        return Err(TorchExtError("foreach norms of no tensors".into()));
+    }
+    let pointers = pointers(tensors);
+    let mut out = std::ptr::null_mut();
+    // SAFETY: `pointers` holds live at::Tensors; on success the shim hands us a new one.
+    unsafe {
+        ffi::check(ffi::tx_foreach_norm(pointers.as_ptr(), pointers.len() as i64, &mut out))?;
+        Ok(Tensor::from_ptr(out))
+    }
+}
+
+/// `[t * scalar for t in tensors]` (`torch._foreach_mul`).
+pub fn mul_scalar(tensors: &[Tensor], scalar: f64) -> Result<Vec<Tensor>> {
+    let pointers = pointers(tensors);
+    let mut out = vec![std::ptr::null_mut(); tensors.len()];
+    // SAFETY: `pointers` holds live at::Tensors; on success the shim fills every slot of `out`
+    // with a new at::Tensor.
+    unsafe {
+        ffi::check(ffi::tx_foreach_mul_scalar(
+            pointers.as_ptr(),
+            pointers.len() as i64,
+            scalar,
+            out.as_mut_ptr(),
+        ))?;
+        Ok(out.into_iter().map(|t| Tensor::from_ptr(t)).collect())
+    }
+}
+
+/// `tensors[i] += others[i]` for every i (`torch._foreach_add_`).
+pub fn add_(tensors: &[Tensor], others: &[Tensor]) -> Result<()> {
+    add_or_sub(tensors, others, false)
+}
+
+/// `tensors[i] -= others[i]` for every i (`torch._foreach_sub_`).
+pub fn sub_(tensors: &[Tensor], others: &[Tensor]) -> Result<()> {
+    add_or_sub(tensors, others, true)
+}
+
+fn add_or_sub(tensors: &[Tensor], others: &[Tensor], subtract: bool) -> Result<()> {
+    if tensors.len() != others.len() {
+        return Err(TorchExtError(format!(
+            "foreach add: {} tensors but {} others",
+            tensors.len(),
+            others.len()
+        )));
+    }
+    let (a, b) = (pointers(tensors), pointers(others));
+    // SAFETY: both lists hold live at::Tensors, equally many.
+    unsafe { ffi::check(ffi::tx_foreach_add_(a.as_ptr(), b.as_ptr(), a.len() as i64, subtract)) }
+}
+
+fn pointers(tensors: &[Tensor]) -> Vec<*const torch_sys::C_tensor> {
+    tensors.iter().map(|t| t.as_ptr() as *const _).collect()
+}
