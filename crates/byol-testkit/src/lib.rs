@@ -9,6 +9,7 @@
 pub mod conformance;
 pub mod fixtures;
 pub mod keys;
+pub mod optimizer;
 
 pub use conformance::check_backbone;
 

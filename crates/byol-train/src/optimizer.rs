@@ -1,4 +1,4 @@
 //! The optimizer seam, defined in `byol` with the other plugin traits so that optimizer plugins
 //! need not depend on the runner; re-exported under the name the runner uses.
 
-pub use byol::optimizer::{util, MomentumRule, MomentumSgd, NamedParameter, Optimizer, OptimizerSpec};
+pub use byol::optimizer::{util, Direction, MomentumRule, MomentumSgd, NamedParameter, Optimizer, OptimizerSpec};

@@ -104,6 +104,8 @@ pub const SAFE_TO_CHANGE: &[&str] = &[
     "eval.batch_size",
     "eval.knn_k",
     "eval.knn_temperature",
+    // The same update computed with fewer kernels.
+    "optimizer.fused",
 ];
 
 /// One key whose value differs: `key: saved -> now`.

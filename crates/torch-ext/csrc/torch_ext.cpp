@@ -152,28 +152,10 @@ char* tx_foreach_norm(const at::Tensor* const* tensors, int64_t n, at::Tensor** 
   return guarded([&] { *out = new at::Tensor(at::stack(at::_foreach_norm(tensor_list(tensors, n), 2))); });
 }
 
-// tensors[i] *= scalar, out of place: torch._foreach_mul(tensors, scalar); `out` receives n new
-// tensors.
-char* tx_foreach_mul_scalar(const at::Tensor* const* tensors, int64_t n, double scalar, at::Tensor** out) {
-  return guarded([&] {
-    auto products = at::_foreach_mul(tensor_list(tensors, n), scalar);
-    for (int64_t i = 0; i < n; ++i) {
-      out[i] = new at::Tensor(std::move(products[static_cast<size_t>(i)]));
-    }
-  });
-}
-
-// tensors[i] += others[i] (torch._foreach_add_), or -= with `subtract`.
-char* tx_foreach_add_(const at::Tensor* const* tensors, const at::Tensor* const* others, int64_t n, bool subtract) {
-  return guarded([&] {
-    auto list = tensor_list(tensors, n);
-    auto other = tensor_list(others, n);
-    if (subtract) {
-      at::_foreach_sub_(list, other);
-    } else {
-      at::_foreach_add_(list, other);
-    }
-  });
+// tensors[i] += alpha * others[i] for every i (torch._foreach_add_ with alpha): one rounding,
+// as torch.optim.SGD's `grad.add(param, alpha=weight_decay)` and `param.add_(buf, alpha=-lr)`.
+char* tx_foreach_add_scaled_(const at::Tensor* const* tensors, const at::Tensor* const* others, int64_t n, double alpha) {
+  return guarded([&] { at::_foreach_add_(tensor_list(tensors, n), tensor_list(others, n), alpha); });
 }
 
 // ---- c10d -------------------------------------------------------------------------------

@@ -20,17 +20,11 @@ extern "C" {
 
     pub fn tx_set_grad(parameter: *const C_tensor, grad: *const C_tensor) -> *mut c_char;
     pub fn tx_foreach_norm(tensors: *const *const C_tensor, n: i64, out: *mut *mut C_tensor) -> *mut c_char;
-    pub fn tx_foreach_mul_scalar(
-        tensors: *const *const C_tensor,
-        n: i64,
-        scalar: f64,
-        out: *mut *mut C_tensor,
-    ) -> *mut c_char;
-    pub fn tx_foreach_add_(
+    pub fn tx_foreach_add_scaled_(
         tensors: *const *const C_tensor,
         others: *const *const C_tensor,
         n: i64,
-        subtract: bool,
+        alpha: f64,
     ) -> *mut c_char;
 
     pub fn tx_cuda_memory_stats(device_index: i32, out: *mut i64) -> *mut c_char;

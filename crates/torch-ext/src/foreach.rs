@@ -27,34 +27,9 @@ pub fn norms(tensors: &[Tensor]) -> Result<Tensor> {
     }
 }
 
-/// `[t * scalar for t in tensors]` (`torch._foreach_mul`).
-pub fn mul_scalar(tensors: &[Tensor], scalar: f64) -> Result<Vec<Tensor>> {
-    let pointers = pointers(tensors);
-    let mut out = vec![std::ptr::null_mut(); tensors.len()];
-    // SAFETY: `pointers` holds live at::Tensors; on success the shim fills every slot of `out`
-    // with a new at::Tensor.
-    unsafe {
-        ffi::check(ffi::tx_foreach_mul_scalar(
-            pointers.as_ptr(),
-            pointers.len() as i64,
-            scalar,
-            out.as_mut_ptr(),
-        ))?;
-        Ok(out.into_iter().map(|t| Tensor::from_ptr(t)).collect())
-    }
-}
-
-/// `tensors[i] += others[i]` for every i (`torch._foreach_add_`).
-pub fn add_(tensors: &[Tensor], others: &[Tensor]) -> Result<()> {
-    add_or_sub(tensors, others, false)
-}
-
-/// `tensors[i] -= others[i]` for every i (`torch._foreach_sub_`).
-pub fn sub_(tensors: &[Tensor], others: &[Tensor]) -> Result<()> {
-    add_or_sub(tensors, others, true)
-}
-
-fn add_or_sub(tensors: &[Tensor], others: &[Tensor], subtract: bool) -> Result<()> {
+/// `tensors[i] += alpha * others[i]` for every i, rounded once (`torch._foreach_add_` with
+/// `alpha`, what `Tensor.add_(other, alpha=...)` does for one tensor).
+pub fn add_scaled_(tensors: &[Tensor], others: &[Tensor], alpha: f64) -> Result<()> {
     if tensors.len() != others.len() {
         return Err(TorchExtError(format!(
             "foreach add: {} tensors but {} others",
@@ -64,7 +39,14 @@ fn add_or_sub(tensors: &[Tensor], others: &[Tensor], subtract: bool) -> Result<(
     }
     let (a, b) = (pointers(tensors), pointers(others));
     // SAFETY: both lists hold live at::Tensors, equally many.
-    unsafe { ffi::check(ffi::tx_foreach_add_(a.as_ptr(), b.as_ptr(), a.len() as i64, subtract)) }
+    unsafe {
+        ffi::check(ffi::tx_foreach_add_scaled_(
+            a.as_ptr(),
+            b.as_ptr(),
+            a.len() as i64,
+            alpha,
+        ))
+    }
 }
 
 fn pointers(tensors: &[Tensor]) -> Vec<*const torch_sys::C_tensor> {

@@ -4,11 +4,9 @@
 //! `b = m*b + d`; `p -= lr*b` ([`MomentumSgd`] with that `d`). Excluded parameters get plain
 //! momentum SGD.
 
-use serde::{Deserialize, Serialize};
-use tch::Tensor;
-
-use byol::optimizer::{MomentumRule, MomentumSgd, NamedParameter, Optimizer, OptimizerSpec};
+use byol::optimizer::{Direction, MomentumRule, MomentumSgd, NamedParameter, Optimizer, OptimizerSpec};
 use byol::{BuildContext, ByolError};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +21,8 @@ pub struct LarsConfig {
     pub trust_coefficient: f64,
     /// Biases and normalization parameters (1-D tensors) skip weight decay and adaptation.
     pub exclude_bias_and_norm: bool,
+    /// One update over flat buffers (a handful of kernels a step); false: per tensor.
+    pub fused: bool,
 }
 
 impl Default for LarsConfig {
@@ -33,6 +33,7 @@ impl Default for LarsConfig {
             weight_decay: 1.5e-6,
             trust_coefficient: 1e-3,
             exclude_bias_and_norm: true,
+            fused: true,
         }
     }
 }
@@ -42,19 +43,17 @@ impl MomentumRule for LarsConfig {
         self.momentum
     }
 
-    fn direction(&self, p: &NamedParameter, grad: Tensor) -> Tensor {
-        let mut d = grad;
-        if !(self.exclude_bias_and_norm && p.is_bias_or_norm()) {
-            d += &p.tensor * self.weight_decay;
-            let param_norm = p.tensor.norm();
-            let update_norm = d.norm();
-            let one = param_norm.ones_like();
-            let trust = (&param_norm * self.trust_coefficient / &update_norm)
-                .where_self(&update_norm.gt(0.0), &one)
-                .where_self(&param_norm.gt(0.0), &one);
-            d *= trust;
+    fn direction_of(&self, p: &NamedParameter) -> Direction {
+        if self.exclude_bias_and_norm && p.is_bias_or_norm() {
+            return Direction {
+                weight_decay: 0.0,
+                trust_coefficient: None,
+            };
         }
-        d
+        Direction {
+            weight_decay: self.weight_decay,
+            trust_coefficient: Some(self.trust_coefficient),
+        }
     }
 }
 
@@ -63,7 +62,11 @@ byol::register_plugin! {
     description: "LARS with BYOL's exclusions (biases and norms skip decay and adaptation)",
     impl OptimizerSpec for LarsConfig {
         fn build(&self, parameters: Vec<NamedParameter>, _: &BuildContext) -> Result<Box<dyn Optimizer>, ByolError> {
-            Ok(Box::new(MomentumSgd::new(self.clone(), parameters)))
+            Ok(Box::new(if self.fused {
+                MomentumSgd::fused(self.clone(), parameters)
+            } else {
+                MomentumSgd::new(self.clone(), parameters)
+            }))
         }
 
         fn lr(&self) -> f64 {

@@ -1,11 +1,9 @@
 //! `[optimizer] type = "sgd"`: PyTorch's SGD (momentum buffer `b = m*b + g`, `p -= lr*b`), the
 //! update of [`MomentumSgd`] with the gradient plus weight decay as its direction.
 
-use serde::{Deserialize, Serialize};
-use tch::Tensor;
-
-use byol::optimizer::{MomentumRule, MomentumSgd, NamedParameter, Optimizer, OptimizerSpec};
+use byol::optimizer::{Direction, MomentumRule, MomentumSgd, NamedParameter, Optimizer, OptimizerSpec};
 use byol::{BuildContext, ByolError};
+use serde::{Deserialize, Serialize};
 
 /// SGD with momentum.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, byol::KeyDocs)]
@@ -21,6 +19,8 @@ pub struct SgdConfig {
     pub weight_decay: f64,
     /// No weight decay on biases and normalization parameters (1-D tensors).
     pub exclude_bias_and_norm: bool,
+    /// One update over flat buffers (a handful of kernels a step); false: per tensor.
+    pub fused: bool,
 }
 
 impl Default for SgdConfig {
@@ -31,6 +31,7 @@ impl Default for SgdConfig {
             nesterov: false,
             weight_decay: 5e-4,
             exclude_bias_and_norm: true,
+            fused: true,
         }
     }
 }
@@ -44,12 +45,12 @@ impl MomentumRule for SgdConfig {
         self.nesterov
     }
 
-    fn direction(&self, p: &NamedParameter, grad: Tensor) -> Tensor {
-        let mut d = grad;
-        if self.weight_decay != 0.0 && !(self.exclude_bias_and_norm && p.is_bias_or_norm()) {
-            d += &p.tensor * self.weight_decay;
+    fn direction_of(&self, p: &NamedParameter) -> Direction {
+        let excluded = self.exclude_bias_and_norm && p.is_bias_or_norm();
+        Direction {
+            weight_decay: if excluded { 0.0 } else { self.weight_decay },
+            trust_coefficient: None,
         }
-        d
     }
 }
 
@@ -58,7 +59,11 @@ byol::register_plugin! {
     description: "SGD with momentum (PyTorch semantics), weight decay off for biases and norms",
     impl OptimizerSpec for SgdConfig {
         fn build(&self, parameters: Vec<NamedParameter>, _: &BuildContext) -> Result<Box<dyn Optimizer>, ByolError> {
-            Ok(Box::new(MomentumSgd::new(self.clone(), parameters)))
+            Ok(Box::new(if self.fused {
+                MomentumSgd::fused(self.clone(), parameters)
+            } else {
+                MomentumSgd::new(self.clone(), parameters)
+            }))
         }
 
         fn lr(&self) -> f64 {

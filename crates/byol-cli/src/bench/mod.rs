@@ -1,10 +1,12 @@
 //! `byol-run bench`: throughput of the input pipeline (`data`), of the training step against
-//! eager PyTorch (`step`), of training end to end against the step alone (`e2e`), and the cost
-//! of the kNN curve (`curve`). Each prints one table, or with `--json` one JSON object.
+//! eager PyTorch (`step`), of training end to end against the step alone (`e2e`), the cost
+//! of the kNN curve (`curve`), and the optimizer update per tensor against fused (`optim`). Each
+//! prints one table, or with `--json` one JSON object.
 
 mod curve;
 mod data;
 mod e2e;
+mod optim;
 mod report;
 mod step;
 
@@ -26,6 +28,9 @@ pub enum BenchCommand {
     E2e(e2e::E2eArgs),
     /// Training time with the kNN curve (evaluations during training) against without.
     Curve(curve::CurveArgs),
+    /// The optimizer step per tensor against fused over flat buffers, on the experiment's
+    /// network and on many small tensors.
+    Optim(optim::OptimArgs),
 }
 
 /// What every bench takes: the experiment, `--set` overrides, and the output format.
@@ -54,6 +59,7 @@ pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Step(args) => step::run(args),
         BenchCommand::E2e(args) => e2e::run(args),
         BenchCommand::Curve(args) => curve::run(args),
+        BenchCommand::Optim(args) => optim::run(args),
     }
 }
 

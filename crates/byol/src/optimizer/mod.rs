@@ -1,9 +1,14 @@
 //! The optimizer seam: `[optimizer] type = "lars"` names an [`OptimizerSpec`], whose `build` gives
 //! the [`Optimizer`] over the online network's parameters.
 
+mod flat;
+mod momentum;
+
 use tch::Tensor;
 
 use crate::{BuildContext, ByolError};
+
+pub use momentum::MomentumSgd;
 
 /// A trainable parameter with its state_dict name.
 #[derive(Debug)]
@@ -65,63 +70,16 @@ pub trait MomentumRule: std::fmt::Debug {
         false
     }
 
-    /// The direction `d` that enters the momentum buffer, from the parameter and its gradient.
-    fn direction(&self, parameter: &NamedParameter, grad: Tensor) -> Tensor;
+    /// How `parameter`'s gradient becomes the direction that enters its momentum buffer.
+    fn direction_of(&self, parameter: &NamedParameter) -> Direction;
 }
 
-/// PyTorch's momentum SGD around a [`MomentumRule`]: per parameter `b = m*b + d`, then
-/// `p -= lr*b` (Nesterov: `p -= lr*(d + m*b)`); with momentum 0, `p -= lr*d`. The buffers are the
-/// checkpointed state, as `momentum.<parameter name>`.
-#[derive(Debug)]
-pub struct MomentumSgd<R> {
-    rule: R,
-    parameters: Vec<NamedParameter>,
-    momentum: Vec<Tensor>,
-}
-
-impl<R: MomentumRule> MomentumSgd<R> {
-    pub fn new(rule: R, parameters: Vec<NamedParameter>) -> Self {
-        // PyTorch starts the momentum buffer at the first gradient; starting at zero and adding
-        // the gradient is the same thing.
-        let momentum = parameters.iter().map(|p| p.tensor.zeros_like().detach()).collect();
-        Self {
-            rule,
-            parameters,
-            momentum,
-        }
-    }
-}
-
-impl<R: MomentumRule> Optimizer for MomentumSgd<R> {
-    fn step(&mut self, lr: f64) {
-        let (m, nesterov) = (self.rule.momentum(), self.rule.nesterov());
-        tch::no_grad(|| {
-            for (p, buf) in self.parameters.iter().zip(self.momentum.iter_mut()) {
-                let grad = p.tensor.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let mut d = self.rule.direction(p, grad);
-                if m != 0.0 {
-                    let _ = buf.g_mul_scalar_(m).g_add_(&d);
-                    d = if nesterov { d + &*buf * m } else { buf.shallow_clone() };
-                }
-                let _ = p.tensor.shallow_clone().g_sub_(&(d * lr));
-            }
-        });
-    }
-
-    fn zero_grad(&mut self) {
-        util::zero_grads(&self.parameters);
-    }
-
-    fn state(&self) -> Vec<(String, Tensor)> {
-        util::named_buffers("momentum.", &self.parameters, &self.momentum)
-    }
-
-    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), String> {
-        util::load_buffers("momentum.", &self.parameters, &mut self.momentum, state)
-    }
+/// The direction of one parameter: `d = g + weight_decay*p`; then with a trust coefficient
+/// `eta` (LARS), `d *= eta*||p||/||d||` when both norms are non-zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Direction {
+    pub weight_decay: f64,
+    pub trust_coefficient: Option<f64>,
 }
 
 /// What optimizer plugins share: clearing gradients and saving/restoring per-parameter buffers.

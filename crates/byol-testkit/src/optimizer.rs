@@ -1,0 +1,99 @@
+//! The fused optimizer update against the per-tensor one, on the same parameters and gradients.
+
+use byol::{NamedParameter, Optimizer};
+use tch::{Kind, Tensor};
+
+/// Parameters that cover what the fused update must handle: a channels_last conv weight,
+/// biases and norm weights (1-D: no decay, no adaptation), a matrix, a weight of zeros whose
+/// first gradient is zero too (LARS's norms 0), a matrix larger than a CPU bucket of the fused
+/// update, and one that never gets a gradient (left alone).
+fn parameters() -> Vec<NamedParameter> {
+    let conv = torch_ext::channels_last(&Tensor::randn([8, 4, 3, 3], tch::kind::FLOAT_CPU)).unwrap();
+    let tensors = [
+        ("conv.weight", conv),
+        ("bn.weight", Tensor::randn([8], tch::kind::FLOAT_CPU)),
+        ("bn.bias", Tensor::randn([8], tch::kind::FLOAT_CPU)),
+        ("fc.weight", Tensor::randn([10, 8], tch::kind::FLOAT_CPU)),
+        ("fc.bias", Tensor::randn([10], tch::kind::FLOAT_CPU)),
+        ("zero.weight", Tensor::zeros([6, 5], tch::kind::FLOAT_CPU)),
+        // Larger than a CPU bucket of the fused update: the parameters span several.
+        ("big.weight", Tensor::randn([300, 256], tch::kind::FLOAT_CPU)),
+        ("frozen_input.weight", Tensor::randn([3, 3], tch::kind::FLOAT_CPU)),
+    ];
+    tensors
+        .into_iter()
+        .map(|(name, t)| NamedParameter {
+            name: name.into(),
+            tensor: t.set_requires_grad(true),
+        })
+        .collect()
+}
+
+/// Runs four steps (changing lr) with `build(parameters, fused)` for fused = false and true on
+/// identical copies of the same parameters and gradients, and returns the largest absolute
+/// difference between the two runs' parameters and momentum state. Before the third step the
+/// fused run's first gradient is replaced by a fresh tensor, as code that assigns `.grad` would:
+/// the fused update must notice and take it.
+pub fn fused_against_per_tensor(build: impl Fn(Vec<NamedParameter>, bool) -> Box<dyn Optimizer>) -> f64 {
+    let originals = parameters();
+    let copies = |originals: &[NamedParameter]| -> Vec<NamedParameter> {
+        originals
+            .iter()
+            .map(|p| {
+                let t = p.tensor.detach().copy();
+                let t = if torch_ext::is_channels_last(&p.tensor) && p.tensor.dim() == 4 {
+                    torch_ext::channels_last(&t).unwrap()
+                } else {
+                    t
+                };
+                NamedParameter {
+                    name: p.name.clone(),
+                    tensor: t.set_requires_grad(true),
+                }
+            })
+            .collect()
+    };
+    let lrs = [0.5, 1.0, 0.25, 2.0];
+    let mut grads: Vec<Vec<Tensor>> = lrs
+        .iter()
+        .map(|_| originals.iter().map(|p| Tensor::randn_like(&p.tensor) * 0.1).collect())
+        .collect();
+    let _ = grads[0][5].zero_();
+    let mut runs = Vec::new();
+    for fused in [false, true] {
+        let parameters = copies(&originals);
+        let handles: Vec<Tensor> = parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
+        let mut optimizer = build(parameters, fused);
+        for (step, lr) in lrs.iter().enumerate() {
+            optimizer.zero_grad();
+            if fused && step == 2 {
+                torch_ext::foreach::set_grad(&handles[0], &handles[0].zeros_like()).unwrap();
+            }
+            // The last parameter takes no part in the loss: its gradient stays zero.
+            let last = handles.len() - 1;
+            for (p, g) in handles[..last].iter().zip(&grads[step]) {
+                (p * g).sum(Kind::Float).backward(); // p.grad += g
+            }
+            optimizer.step(*lr);
+        }
+        if fused {
+            let untouched = &handles[handles.len() - 1];
+            assert_eq!(
+                crate::max_abs_diff(untouched, &originals[originals.len() - 1].tensor),
+                0.0
+            );
+        }
+        runs.push((handles, optimizer.state()));
+    }
+    let (per_tensor, fused) = (&runs[0], &runs[1]);
+    let mut worst = 0f64;
+    for (a, b) in per_tensor.0.iter().zip(&fused.0) {
+        worst = worst.max(crate::max_abs_diff(a, b));
+    }
+    assert_eq!(per_tensor.1.len(), fused.1.len(), "the same state entries");
+    for ((name_a, a), (name_b, b)) in per_tensor.1.iter().zip(&fused.1) {
+        assert_eq!(name_a, name_b, "state entries in the same order, by the same names");
+        worst = worst.max(crate::max_abs_diff(a, b));
+    }
+    worst
+}

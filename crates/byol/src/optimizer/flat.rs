@@ -1,0 +1,257 @@
+//! The fused layout of [`super::MomentumSgd`]. Every parameter's `.grad` is a view of one flat
+//! gradient buffer (backward accumulates into it in place) and the momentum is one flat buffer,
+//! so a step is: weight decay and the update as multi-tensor ops over the parameter lists, the
+//! per-tensor norms of LARS as one multi-tensor norm each, and everything else as a few ops over
+//! the whole buffers. On CUDA that is about ten launches a step (plus one multiply per LARS
+//! tensor) instead of a dozen per tensor, and no host synchronization, so the step can be
+//! captured in a CUDA graph. On a CPU the same ops run bucket by bucket, each bucket a run of
+//! parameters small enough to stay in cache through all of them (whole-buffer passes over a
+//! large model would stream it through memory once per op).
+
+use tch::{Kind, Tensor};
+
+use torch_ext::foreach;
+
+use super::{Direction, NamedParameter};
+
+#[derive(Debug)]
+pub(super) struct FlatMomentum {
+    parameters: Vec<Tensor>,
+    slots: Vec<Slot>,
+    /// Every parameter's gradient, then its direction after [`FlatMomentum::step`].
+    grads: Tensor,
+    /// What `.grad` of each parameter should be: its slot of `grads`.
+    grad_views: Vec<Tensor>,
+    momentum: Tensor,
+    momentum_views: Vec<Tensor>,
+    buckets: Vec<Bucket>,
+}
+
+/// A run of consecutive parameters updated together: `parameters` of the whole list, at
+/// `offset..offset + len` in the flat buffers.
+#[derive(Debug)]
+struct Bucket {
+    parameters: std::ops::Range<usize>,
+    offset: i64,
+    len: i64,
+    /// The parameters with weight decay, grouped by its value.
+    decayed: Vec<(f64, Vec<usize>)>,
+    /// The parameters whose direction LARS rescales by its trust ratio.
+    adapted: Option<Adapted>,
+}
+
+/// Where a parameter lives in the flat buffers, in its own memory layout (contiguous or
+/// channels_last), so that its gradient view has the parameter's strides.
+#[derive(Debug)]
+struct Slot {
+    offset: i64,
+    size: Vec<i64>,
+    stride: Vec<i64>,
+}
+
+#[derive(Debug)]
+struct Adapted {
+    indices: Vec<usize>,
+    /// Each adapted parameter's trust coefficient.
+    eta: Tensor,
+}
+
+impl FlatMomentum {
+    /// Flat buffers for `parameters` (each with its rule's direction), their momentum starting
+    /// from `momentum` and their `.grad` from what it holds now; None when the parameters cannot
+    /// share flat buffers: none at all, several devices or dtypes, or a layout other than
+    /// contiguous and channels_last.
+    pub(super) fn new(parameters: &[NamedParameter], directions: &[Direction], momentum: &[Tensor]) -> Option<Self> {
+        let first = &parameters.first()?.tensor;
+        let (kind, device) = (first.kind(), first.device());
+        let shares_buffer = |t: &Tensor| {
+            t.kind() == kind
+                && t.device() == device
+                && (t.is_contiguous() || (t.dim() == 4 && torch_ext::is_channels_last(t)))
+        };
+        if !first.is_floating_point() || !parameters.iter().all(|p| shares_buffer(&p.tensor)) {
+            return None;
+        }
+        let mut slots = Vec::with_capacity(parameters.len());
+        let mut offset = 0;
+        for p in parameters {
+            let (size, stride) = (p.tensor.size(), p.tensor.stride());
+            slots.push(Slot { offset, size, stride });
+            offset += p.tensor.numel() as i64;
+        }
+        let grads = Tensor::zeros([offset], (kind, device));
+        let mut flat = Self {
+            parameters: parameters.iter().map(|p| p.tensor.shallow_clone()).collect(),
+            grad_views: Vec::new(),
+            momentum: grads.zeros_like(),
+            momentum_views: Vec::new(),
+            grads,
+            buckets: buckets(&slots, directions, kind, device),
+            slots,
+        };
+        flat.grad_views = flat.views(&flat.grads);
+        flat.momentum_views = flat.views(&flat.momentum);
+        tch::no_grad(|| {
+            for (view, start) in flat.momentum_views.iter().zip(momentum) {
+                view.shallow_clone().copy_(start);
+            }
+            flat.relink_grads(true);
+        });
+        Some(flat)
+    }
+
+    pub(super) fn step(&mut self, lr: f64, momentum: f64, nesterov: bool) {
+        tch::no_grad(|| {
+            self.relink_grads(true);
+            for bucket in &self.buckets {
+                self.step_bucket(bucket, lr, momentum, nesterov);
+            }
+        });
+    }
+
+    fn step_bucket(&self, bucket: &Bucket, lr: f64, momentum: f64, nesterov: bool) {
+        for (weight_decay, indices) in &bucket.decayed {
+            let (dirs, params) = (pick(&self.grad_views, indices), pick(&self.parameters, indices));
+            foreach::add_scaled_(&dirs, &params, *weight_decay).unwrap_or_else(|e| fail(e));
+        }
+        if let Some(adapted) = &bucket.adapted {
+            let param_norm = foreach::norms(&pick(&self.parameters, &adapted.indices)).unwrap_or_else(|e| fail(e));
+            let update_norm = foreach::norms(&pick(&self.grad_views, &adapted.indices)).unwrap_or_else(|e| fail(e));
+            // The per-tensor update's arithmetic, one element per parameter.
+            let one = param_norm.ones_like();
+            let trust = (&param_norm * &adapted.eta / &update_norm)
+                .where_self(&update_norm.gt(0.0), &one)
+                .where_self(&param_norm.gt(0.0), &one);
+            // One small multiply per adapted tensor: spreading the ratios over the flat buffer
+            // instead would cost an index as large as the model.
+            for (k, &i) in adapted.indices.iter().enumerate() {
+                let _ = self.grad_views[i].shallow_clone().g_mul_(&trust.select(0, k as i64));
+            }
+        }
+        let grads = self.grads.narrow(0, bucket.offset, bucket.len);
+        let range = bucket.parameters.clone();
+        let update = if momentum != 0.0 {
+            let mut buffer = self.momentum.narrow(0, bucket.offset, bucket.len);
+            let _ = buffer.g_mul_scalar_(momentum).g_add_(&grads);
+            if nesterov {
+                add_scaled_(&grads, &buffer, momentum);
+                &self.grad_views[range.clone()]
+            } else {
+                &self.momentum_views[range.clone()]
+            }
+        } else {
+            &self.grad_views[range.clone()]
+        };
+        foreach::add_scaled_(&self.parameters[range], update, -lr).unwrap_or_else(|e| fail(e));
+    }
+
+    pub(super) fn zero_grad(&mut self) {
+        tch::no_grad(|| {
+            self.relink_grads(false);
+            let _ = self.grads.zero_();
+        });
+    }
+
+    /// Each parameter's slot of the momentum buffer.
+    pub(super) fn momentum_views(&self) -> Vec<Tensor> {
+        self.momentum_views.iter().map(Tensor::shallow_clone).collect()
+    }
+
+    fn views(&self, flat: &Tensor) -> Vec<Tensor> {
+        self.slots
+            .iter()
+            .map(|s| flat.as_strided(s.size.as_slice(), s.stride.as_slice(), s.offset))
+            .collect()
+    }
+
+    /// Makes every parameter's `.grad` its view again where something replaced or cleared it
+    /// (a `.grad = None`, a gradient assigned by other code), keeping the replacement's values
+    /// when `keep` (a missing gradient counts as zero). Host-side pointer checks, no kernels,
+    /// when nothing changed.
+    fn relink_grads(&mut self, keep: bool) {
+        for (p, view) in self.parameters.iter().zip(&self.grad_views) {
+            let grad = p.grad();
+            if grad.defined() && grad.data_ptr() == view.data_ptr() {
+                continue;
+            }
+            if keep && grad.defined() {
+                view.shallow_clone().copy_(&grad);
+            } else {
+                let _ = view.shallow_clone().zero_();
+            }
+            torch_ext::foreach::set_grad(p, view).unwrap_or_else(|e| fail(e));
+        }
+    }
+}
+
+fn pick(tensors: &[Tensor], indices: &[usize]) -> Vec<Tensor> {
+    indices.iter().map(|&i| tensors[i].shallow_clone()).collect()
+}
+
+/// `a += alpha * b` over whole buffers, rounded once.
+fn add_scaled_(a: &Tensor, b: &Tensor, alpha: f64) {
+    foreach::add_scaled_(&[a.shallow_clone()], &[b.shallow_clone()], alpha).unwrap_or_else(|e| fail(e));
+}
+
+/// Parameters per bucket: on CUDA all in one (a launch costs more than a pass over memory); on
+/// a CPU runs of about 64K elements (256 KiB of float32 per buffer, a core's L2 cache with the
+/// parameters, gradients and momentum of the run).
+fn buckets(slots: &[Slot], directions: &[Direction], kind: Kind, device: tch::Device) -> Vec<Bucket> {
+    let limit = if device.is_cuda() { i64::MAX } else { 1 << 16 };
+    let numel = |s: &Slot| s.size.iter().product::<i64>();
+    let mut buckets = Vec::new();
+    let mut start = 0;
+    while start < slots.len() {
+        let (mut end, mut len) = (start, 0);
+        while end < slots.len() && (end == start || len + numel(&slots[end]) <= limit) {
+            len += numel(&slots[end]);
+            end += 1;
+        }
+        let members: Vec<usize> = (start..end).collect();
+        buckets.push(Bucket {
+            parameters: start..end,
+            offset: slots[start].offset,
+            len,
+            decayed: decay_groups(directions, &members),
+            adapted: adapted(directions, &members, kind, device),
+        });
+        start = end;
+    }
+    buckets
+}
+
+/// Indices of the parameters with weight decay, grouped by its value.
+fn decay_groups(directions: &[Direction], members: &[usize]) -> Vec<(f64, Vec<usize>)> {
+    let mut groups: Vec<(f64, Vec<usize>)> = Vec::new();
+    for (i, d) in members
+        .iter()
+        .map(|&i| (i, &directions[i]))
+        .filter(|(_, d)| d.weight_decay != 0.0)
+    {
+        match groups.iter_mut().find(|(wd, _)| *wd == d.weight_decay) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((d.weight_decay, vec![i])),
+        }
+    }
+    groups
+}
+
+fn adapted(directions: &[Direction], members: &[usize], kind: Kind, device: tch::Device) -> Option<Adapted> {
+    let (indices, eta): (Vec<usize>, Vec<f64>) = members
+        .iter()
+        .filter_map(|&i| directions[i].trust_coefficient.map(|eta| (i, eta)))
+        .unzip();
+    if indices.is_empty() {
+        return None;
+    }
+    Some(Adapted {
+        eta: Tensor::from_slice(&eta).to_kind(kind).to_device(device),
+        indices,
+    })
+}
+
+/// The fused update's calls fail only on a broken invariant (a parameter moved to another
+/// device after the optimizer was built): say which.
+fn fail(error: torch_ext::TorchExtError) -> ! {
+    panic!("fused optimizer step: {error} (were parameters moved or re-created after the optimizer was built?)")
+}

@@ -1,0 +1,24 @@
+//! The fused SGD update against the per-tensor one: on a CPU both run the same kernels on the
+//! same values, so they agree bit for bit.
+
+use byol::OptimizerSpec;
+use byol_testkit::optimizer::fused_against_per_tensor;
+use optim_sgd::SgdConfig;
+
+#[test]
+fn fused_sgd_equals_the_per_tensor_update() {
+    for (momentum, nesterov) in [(0.9, false), (0.9, true), (0.0, false)] {
+        let difference = fused_against_per_tensor(|parameters, fused| {
+            let config = SgdConfig {
+                momentum,
+                nesterov,
+                fused,
+                ..Default::default()
+            };
+            config
+                .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
+                .unwrap()
+        });
+        assert_eq!(difference, 0.0, "momentum {momentum}, nesterov {nesterov}");
+    }
+}
