@@ -19,11 +19,22 @@ fn main() {
     let nccl_include = site_packages.join("nvidia/nccl/include");
     // NCCL only where every header ProcessGroupNCCL.hpp needs is installed (`cargo xtask setup`
     // puts them in the venv); elsewhere the crate builds without it and says so at run time.
-    let nccl = ["crt/host_config.h", "nv/target", "cuda_runtime_api.h"]
+    let cuda_headers = ["crt/host_config.h", "nv/target", "cuda_runtime_api.h"]
         .iter()
-        .all(|h| cuda_include.join(h).exists())
-        && nccl_include.join("nccl.h").exists();
+        .all(|h| cuda_include.join(h).exists());
+    let nccl = cuda_headers && nccl_include.join("nccl.h").exists();
     println!("cargo::rustc-check-cfg=cfg(torch_ext_nccl)");
+    println!("cargo::rustc-check-cfg=cfg(torch_ext_cuda_graphs)");
+    if cuda_headers {
+        println!("cargo:rustc-cfg=torch_ext_cuda_graphs");
+        build(&include)
+            .file("csrc/cuda_graph.cpp")
+            .include(&cuda_include)
+            .define("USE_CUDA", None)
+            .compile("torch_ext_cuda_graph");
+        // c10::cuda's streams; libtorch_cuda, which the graphs themselves are in, torch-sys links.
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
     if nccl {
         println!("cargo:rustc-cfg=torch_ext_nccl");
         build(&include)

@@ -236,6 +236,30 @@ fn bench_e2e_times_training_steps_with_and_without_the_input_path() {
     assert!(rows.iter().all(|row| row["img/s"].as_f64().unwrap() > 0.0), "{all}");
 }
 
+/// `run.cuda_graphs` on a CPU is refused before anything trains, naming the key.
+#[test]
+fn cuda_graphs_on_a_cpu_are_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), super::TINY).unwrap();
+    let args = [
+        "train",
+        "tiny.toml",
+        "--run-dir",
+        "run",
+        "--set",
+        "run.cuda_graphs=true",
+    ];
+    let out = super::byol_run(dir.path(), &args);
+    let all = super::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("run.cuda_graphs = true needs a CUDA device"), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+    assert!(
+        !dir.path().join("run/checkpoints").exists(),
+        "nothing trained, nothing saved"
+    );
+}
+
 /// `bench optim`: per-tensor and fused rows for the experiment's network and the small tensors.
 #[test]
 fn bench_optim_times_the_per_tensor_and_the_fused_update() {

@@ -39,6 +39,12 @@ done
 timeout 90 $B bench step experiments/resnet50.toml --batch 256 --res 224 --set run.precision=fp16 \
   --set schedule.accumulate=1 --against-torch python3 >> "$OUT/step.txt" 2>&1
 
+# The step replayed from a CUDA graph (run.cuda_graphs, bf16), and the optimizer alone: per
+# tensor against fused over flat buffers (optimizer.fused).
+timeout 60 $B bench step experiments/cifar10-resnet18.toml --batch 512 --res 32 --set run.precision=bf16 \
+  --set byol.concat_views=true --set run.cuda_graphs=true --against-torch python3 > "$OUT/graphs.txt" 2>&1
+timeout 60 $B bench optim experiments/resnet50.toml --set run.precision=bf16 > "$OUT/optim.txt" 2>&1
+
 # The input path against the step, CIFAR-10 in memory on the GPU.
 mkdir -p data/cifar10-jpeg && tar -xzf .gpu-stage/cifar10-jpeg.tar.gz -C data/cifar10-jpeg
 timeout 120 $B bench e2e experiments/cifar10-resnet18.toml --set run.precision=fp16 --set schedule.batch_size=512 \

@@ -97,3 +97,51 @@ pub fn fused_against_per_tensor(build: impl Fn(Vec<NamedParameter>, bool) -> Box
     }
     worst
 }
+
+/// Runs four steps (changing lr) with `build(parameters)` twice on identical parameters and
+/// gradients, once with the lr as a number (`step`) and once read from a 0-d tensor (`step_at`,
+/// what a CUDA graph replays), and returns the largest difference between the two runs'
+/// parameters relative to the largest parameter. The two differ only in rounding: `p - lr*u`
+/// rounded once against `lr*u` rounded first.
+pub fn tensor_lr_against_number_lr(build: impl Fn(Vec<NamedParameter>) -> Box<dyn Optimizer>) -> f64 {
+    let originals = parameters();
+    let lrs = [0.5, 1.0, 0.25, 2.0];
+    let grads: Vec<Vec<Tensor>> = lrs
+        .iter()
+        .map(|_| originals.iter().map(|p| Tensor::randn_like(&p.tensor) * 0.1).collect())
+        .collect();
+    let mut runs = Vec::new();
+    for from_tensor in [false, true] {
+        let parameters: Vec<NamedParameter> = originals
+            .iter()
+            .map(|p| NamedParameter {
+                name: p.name.clone(),
+                tensor: p.tensor.detach().copy().set_requires_grad(true),
+            })
+            .collect();
+        let handles: Vec<Tensor> = parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
+        let mut optimizer = build(parameters);
+        for (step, lr) in lrs.iter().enumerate() {
+            optimizer.zero_grad();
+            for (p, g) in handles[..handles.len() - 1].iter().zip(&grads[step]) {
+                (p * g).sum(Kind::Float).backward();
+            }
+            if from_tensor {
+                optimizer.step_at(&Tensor::from(*lr as f32)).unwrap();
+            } else {
+                optimizer.step(*lr);
+            }
+        }
+        runs.push(handles);
+    }
+    let scale = runs[0]
+        .iter()
+        .map(|p| p.abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    let worst = runs[0]
+        .iter()
+        .zip(&runs[1])
+        .map(|(a, b)| crate::max_abs_diff(a, b))
+        .fold(0.0, f64::max);
+    worst / scale
+}

@@ -28,6 +28,10 @@ pub struct RunConfig {
     /// Memory layout of images, activations and conv weights: "auto" (channels_last on CUDA),
     /// "channels_last", or "contiguous".
     pub memory_format: MemoryFormat,
+    /// Capture the training step (forward, backward, optimizer, EMA) as one CUDA graph after a
+    /// few warm-up steps and replay it; CUDA only, not with fp16, several processes or
+    /// schedule.accumulate above 1. Off until measured on a GPU.
+    pub cuda_graphs: bool,
 }
 
 /// Tensor memory layout of the training step.
@@ -63,6 +67,7 @@ impl Default for RunConfig {
             threads: 0,
             precision: Precision::Fp32,
             memory_format: MemoryFormat::Auto,
+            cuda_graphs: false,
         }
     }
 }

@@ -219,9 +219,14 @@ impl Byol {
     /// Moves the target towards the online network with tau for `step` of `total_steps`
     /// (`updateTargetEncoder` in the original).
     pub fn update_target(&self, step: u64, total_steps: u64) -> f64 {
-        let tau = tau_at(step, total_steps, self.tau_base);
+        let tau = self.tau_at(step, total_steps);
         self.target.update(tau);
         tau
+    }
+
+    /// The EMA decay at `step` of `total_steps`: BYOL's cosine schedule from `tau_base` to 1.
+    pub fn tau_at(&self, step: u64, total_steps: u64) -> f64 {
+        tau_at(step, total_steps, self.tau_base)
     }
 
     /// Re-lays the online and target conv weights as channels_last (NHWC) inside the EMA's flat
@@ -235,6 +240,12 @@ impl Byol {
     /// EMA step with an explicit decay.
     pub fn update_target_with_tau(&self, tau: f64) {
         self.target.update(tau);
+    }
+
+    /// The EMA with `1 - tau` read from the 0-d tensor `weight` when the kernel runs (for a
+    /// step captured in a CUDA graph).
+    pub fn update_target_with_weight(&self, weight: &Tensor) {
+        self.target.update_with_weight(weight);
     }
 
     /// The online backbone's representation of (already normalized) images, in eval mode.

@@ -87,6 +87,14 @@ impl TargetUpdater {
         });
     }
 
+    /// One EMA step whose weight `1 - tau` is read from `weight` (a 0-d tensor on the
+    /// parameters' device) when the kernel runs: a step replayed from a CUDA graph.
+    pub fn update_with_weight(&self, weight: &Tensor) {
+        tch::no_grad(|| {
+            let _ = self.target_flat.shallow_clone().lerp_tensor_(&self.online_flat, weight);
+        });
+    }
+
     /// How many parameter tensors the flat buffers hold.
     pub fn parameter_count(&self) -> usize {
         self.parameters

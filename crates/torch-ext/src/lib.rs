@@ -7,6 +7,7 @@
 //! the same way: a [`TorchExtError`] with its message.
 
 pub mod autocast;
+pub mod cuda_graph;
 pub mod distributed;
 mod ffi;
 pub mod foreach;

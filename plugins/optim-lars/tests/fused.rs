@@ -3,7 +3,7 @@
 //! for bit.
 
 use byol::OptimizerSpec;
-use byol_testkit::optimizer::fused_against_per_tensor;
+use byol_testkit::optimizer::{fused_against_per_tensor, tensor_lr_against_number_lr};
 use optim_lars::LarsConfig;
 
 #[test]
@@ -23,4 +23,34 @@ fn fused_lars_equals_the_per_tensor_update() {
         });
         assert_eq!(difference, 0.0, "momentum {momentum}");
     }
+}
+
+/// The lr read from a tensor (a CUDA graph's replay) against the lr as a number: they differ
+/// by the rounding of lr * update, a few float32 ulps of the largest parameter after four steps.
+#[test]
+fn fused_lars_takes_its_lr_from_a_tensor() {
+    let relative = tensor_lr_against_number_lr(|parameters| {
+        let config = LarsConfig {
+            weight_decay: 1e-3,
+            trust_coefficient: 0.02,
+            ..Default::default()
+        };
+        config
+            .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
+            .unwrap()
+    });
+    assert!(relative < 1e-6, "relative difference {relative}");
+}
+
+#[test]
+fn the_per_tensor_update_says_it_cannot_take_a_tensor_lr() {
+    let config = LarsConfig {
+        fused: false,
+        ..Default::default()
+    };
+    let mut optimizer = config
+        .build(Vec::new(), &byol::BuildContext::new(tch::Device::Cpu, 32))
+        .unwrap();
+    let error = optimizer.step_at(&tch::Tensor::from(0.1f32)).unwrap_err();
+    assert!(error.contains("fused = true"), "{error}");
 }

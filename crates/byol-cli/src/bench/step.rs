@@ -50,6 +50,8 @@ pub(super) struct StepEngine {
     pub numerics: byol_train::train::StepNumerics,
     model: byol_train::train::Model,
     optimizer: Box<dyn byol_train::Optimizer>,
+    /// The step recorded as a CUDA graph (`run.cuda_graphs`), as training runs it.
+    graph: Option<byol_train::train::GraphedStep>,
 }
 
 impl StepEngine {
@@ -66,6 +68,7 @@ impl StepEngine {
             torch_ext::memory::reset_cuda_peak(i)?;
         }
         let numerics = StepNumerics::resolve(run.precision, run.memory_format, device)?;
+        let graph = byol_train::train::graphed_step(experiment, device, 1)?;
         tch::manual_seed(run.seed as i64);
         let context = BuildContext::new(device, experiment.augment.image_size());
         let mut model = Model::build(experiment, &context, Weights::Initial)?;
@@ -81,12 +84,19 @@ impl StepEngine {
             numerics,
             model,
             optimizer,
+            graph,
         })
     }
 
     /// One full step as training takes it (`StepNumerics`: forward under autocast, backward,
     /// unscaling in fp16, optimizer), then the EMA; fixed lr and tau.
     pub fn step(&mut self, view1: &Tensor, view2: &Tensor) -> anyhow::Result<()> {
+        if let Some(graph) = &mut self.graph {
+            let views = (view1.shallow_clone(), view2.shallow_clone());
+            let (model, optimizer) = (&self.model, self.optimizer.as_mut());
+            graph.step(self.device, &self.numerics, &model.byol, optimizer, views, 0.2, 0.996)?;
+            return Ok(());
+        }
         self.optimizer.zero_grad();
         self.numerics.forward_backward(
             self.device,

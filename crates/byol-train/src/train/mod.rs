@@ -7,6 +7,7 @@
 pub mod curve;
 mod data;
 mod device;
+mod graph;
 mod guard;
 mod journal;
 mod metrics;
@@ -35,6 +36,7 @@ use crate::Experiment;
 
 pub use data::{training_loader, two_views};
 pub use device::{parse_device, parse_device_for};
+pub use graph::{graphed_step, GraphedStep};
 pub use guard::panic_message;
 pub use model::{Model, Weights};
 pub use monitor::{embed_split, embed_split_sharded, Evaluation, NO_LABELS_NOTE};

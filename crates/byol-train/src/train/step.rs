@@ -166,6 +166,9 @@ impl Trainer<'_> {
         let stream = self.rank().wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let seed = self.experiment.run.seed.wrapping_mul(1_000_003);
         tch::manual_seed(seed.wrapping_add(step).wrapping_add(stream) as i64);
+        if self.graph.is_some() {
+            return self.graphed_step(step, &micro_batches[0], stop);
+        }
         self.optimizer.zero_grad();
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
         let mut projections = None;
@@ -200,6 +203,38 @@ impl Trainer<'_> {
             tau,
             stop,
             projections: projections.expect("at least one micro-batch"),
+        })
+    }
+
+    /// [`Trainer::step`] replayed from a CUDA graph: one process, one micro-batch, fp32 or bf16
+    /// (`graphed_step` refused the rest). The probe learns eagerly from the graph's outputs.
+    fn graphed_step(&mut self, step: u64, batch: &Batch, stop: bool) -> anyhow::Result<StepReport> {
+        let views = two_views(self.augment.as_ref(), &self.loader, &batch.images)?;
+        let (lr, tau) = (
+            self.plan.lr_at(step),
+            self.model.byol.tau_at(step, self.plan.total_steps),
+        );
+        let graph = self.graph.as_mut().expect("called with a graph");
+        let parts = graph.step(
+            self.device,
+            &self.numerics,
+            &self.model.byol,
+            self.optimizer.as_mut(),
+            views,
+            lr,
+            tau,
+        )?;
+        self.monitor
+            .probe_on_training_batch(&parts.online_embeddings, &batch.labels);
+        self.monitor
+            .probe_on_evaluation_batch(step, &self.model.byol, self.augment.as_ref(), self.device)
+            .context("loading the online probe's batch from eval.train")?;
+        Ok(StepReport {
+            loss: parts.loss.double_value(&[]),
+            lr,
+            tau,
+            stop,
+            projections: parts.online_projections,
         })
     }
 }

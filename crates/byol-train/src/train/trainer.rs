@@ -17,6 +17,7 @@ use crate::Experiment;
 
 use super::data::training_loader;
 use super::device::parse_device_for;
+use super::graph::{graphed_step, GraphedStep};
 use super::model::Model;
 use super::monitor::{labelled_splits, Evaluation, Monitor};
 use super::state::{self, DatasetFingerprint, KeptSources, RunStart, TrainingState};
@@ -30,6 +31,8 @@ pub struct Trainer<'a> {
     pub model: Model,
     pub optimizer: Box<dyn Optimizer>,
     pub numerics: StepNumerics,
+    /// The step recorded as a CUDA graph (`run.cuda_graphs`).
+    pub graph: Option<GraphedStep>,
     pub loader: BatchLoader,
     pub plan: Plan,
     pub monitor: Monitor,
@@ -60,6 +63,7 @@ impl<'a> Trainer<'a> {
             tch::set_num_threads(experiment.run.threads as i32);
         }
         let mut numerics = StepNumerics::resolve(experiment.run.precision, experiment.run.memory_format, device)?;
+        let graph = graphed_step(experiment, device, world)?;
         tch::manual_seed(experiment.run.seed as i64);
         let context = BuildContext::new(device, experiment.augment.image_size());
         let context = match &parallel {
@@ -125,6 +129,7 @@ impl<'a> Trainer<'a> {
             model,
             optimizer,
             numerics,
+            graph,
             loader,
             plan,
             monitor,

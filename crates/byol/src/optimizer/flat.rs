@@ -14,6 +14,13 @@ use torch_ext::foreach;
 
 use super::{Direction, NamedParameter};
 
+/// The learning rate of a step: a number fixed when the kernels are queued, or a 0-d tensor
+/// read when they run (a step replayed from a CUDA graph).
+pub(super) enum Lr<'a> {
+    Value(f64),
+    Tensor(&'a Tensor),
+}
+
 #[derive(Debug)]
 pub(super) struct FlatMomentum {
     parameters: Vec<Tensor>,
@@ -100,16 +107,16 @@ impl FlatMomentum {
         Some(flat)
     }
 
-    pub(super) fn step(&mut self, lr: f64, momentum: f64, nesterov: bool) {
+    pub(super) fn step(&mut self, lr: Lr<'_>, momentum: f64, nesterov: bool) {
         tch::no_grad(|| {
             self.relink_grads(true);
             for bucket in &self.buckets {
-                self.step_bucket(bucket, lr, momentum, nesterov);
+                self.step_bucket(bucket, &lr, momentum, nesterov);
             }
         });
     }
 
-    fn step_bucket(&self, bucket: &Bucket, lr: f64, momentum: f64, nesterov: bool) {
+    fn step_bucket(&self, bucket: &Bucket, lr: &Lr<'_>, momentum: f64, nesterov: bool) {
         for (weight_decay, indices) in &bucket.decayed {
             let (dirs, params) = (pick(&self.grad_views, indices), pick(&self.parameters, indices));
             foreach::add_scaled_(&dirs, &params, *weight_decay).unwrap_or_else(|e| fail(e));
@@ -130,19 +137,33 @@ impl FlatMomentum {
         }
         let grads = self.grads.narrow(0, bucket.offset, bucket.len);
         let range = bucket.parameters.clone();
-        let update = if momentum != 0.0 {
-            let mut buffer = self.momentum.narrow(0, bucket.offset, bucket.len);
-            let _ = buffer.g_mul_scalar_(momentum).g_add_(&grads);
+        let buffer = self.momentum.narrow(0, bucket.offset, bucket.len);
+        let (update, views) = if momentum != 0.0 {
+            let _ = buffer.shallow_clone().g_mul_scalar_(momentum).g_add_(&grads);
             if nesterov {
                 add_scaled_(&grads, &buffer, momentum);
-                &self.grad_views[range.clone()]
+                (grads, &self.grad_views[range.clone()])
             } else {
-                &self.momentum_views[range.clone()]
+                (buffer, &self.momentum_views[range.clone()])
             }
         } else {
-            &self.grad_views[range.clone()]
+            (grads, &self.grad_views[range.clone()])
         };
-        foreach::add_scaled_(&self.parameters[range], update, -lr).unwrap_or_else(|e| fail(e));
+        let parameters = &self.parameters[range.clone()];
+        match lr {
+            Lr::Value(lr) => foreach::add_scaled_(parameters, views, -lr),
+            Lr::Tensor(lr) => {
+                // lr * update first (one more pass), so the lr is read when the kernel runs.
+                let scaled = update * *lr;
+                let slots = &self.slots[range];
+                let views: Vec<Tensor> = slots
+                    .iter()
+                    .map(|s| scaled.as_strided(s.size.as_slice(), s.stride.as_slice(), s.offset - bucket.offset))
+                    .collect();
+                foreach::add_scaled_(parameters, &views, -1.0)
+            }
+        }
+        .unwrap_or_else(|e| fail(e));
     }
 
     pub(super) fn zero_grad(&mut self) {

@@ -40,6 +40,14 @@ pub trait Optimizer: std::fmt::Debug {
     /// One update with learning rate `lr`.
     fn step(&mut self, lr: f64);
 
+    /// One update with the learning rate read from `lr` (a 0-d tensor on the parameters'
+    /// device) when the kernels run, not fixed when they are queued: what a step captured in a
+    /// CUDA graph needs, replayed at each step's lr. Optimizers that cannot say why.
+    fn step_at(&mut self, lr: &Tensor) -> Result<(), String> {
+        let _ = lr;
+        Err("this optimizer cannot take its learning rate from a tensor (lars and sgd with fused = true can)".into())
+    }
+
     /// Clears every parameter's gradient.
     fn zero_grad(&mut self);
 

@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::flat::FlatMomentum;
+use super::flat::{FlatMomentum, Lr};
 use super::{util, Direction, MomentumRule, NamedParameter, Optimizer};
 
 /// PyTorch's momentum SGD around a [`MomentumRule`]: per parameter `b = m*b + d`, then
@@ -114,12 +114,31 @@ impl<R: MomentumRule> Optimizer for MomentumSgd<R> {
         let (m, nesterov) = (self.rule.momentum(), self.rule.nesterov());
         match &mut self.fused {
             Fused::On { flat, rest } => {
-                flat.step(lr, m, nesterov);
+                flat.step(Lr::Value(lr), m, nesterov);
                 let rest = rest.clone();
                 self.step_each(rest.into_iter(), lr);
             }
             Fused::Off | Fused::Pending => self.step_each(0..self.parameters.len(), lr),
         }
+    }
+
+    fn step_at(&mut self, lr: &Tensor) -> Result<(), String> {
+        if matches!(self.fused, Fused::Pending) {
+            self.fuse();
+        }
+        let Fused::On { flat, rest } = &mut self.fused else {
+            return Err(
+                "the per-tensor update cannot take its learning rate from a tensor: set optimizer.fused = true".into(),
+            );
+        };
+        if let Some(&i) = rest.iter().find(|&&i| self.parameters[i].tensor.grad().defined()) {
+            return Err(format!(
+                "parameter '{}' got its first gradient after the first step, outside the fused update",
+                self.parameters[i].name
+            ));
+        }
+        flat.step(Lr::Tensor(lr), self.rule.momentum(), self.rule.nesterov());
+        Ok(())
     }
 
     fn zero_grad(&mut self) {

@@ -1,0 +1,153 @@
+//! `run.cuda_graphs`: the whole training step (gradients cleared, forward and backward of both
+//! views, the optimizer, the target EMA) recorded once as a CUDA graph and replayed every step,
+//! one launch instead of thousands. A replay reuses the tensors it was recorded on, so the views
+//! are copied into static buffers first, and the lr and the EMA weight are 0-d tensors filled
+//! before each replay (numbers would be frozen into the kernels).
+
+use anyhow::{bail, Context};
+use tch::{Device, Kind, Tensor};
+
+use byol::{Byol, LossParts};
+use torch_ext::cuda_graph::CudaGraph;
+
+use crate::experiment::Precision;
+use crate::optimizer::Optimizer;
+use crate::Experiment;
+
+use super::step::StepNumerics;
+
+/// Eager steps on the graph's side stream before capture, so that lazy initialization (cuDNN
+/// algorithm search, the fused optimizer's buffers, allocator pools) is not recorded.
+const WARMUP_STEPS: usize = 3;
+
+/// The graphed step when `run.cuda_graphs` asks for one, for a run of `processes` processes on
+/// `device`; refuses what a replayed graph cannot do.
+pub fn graphed_step(experiment: &Experiment, device: Device, processes: usize) -> anyhow::Result<Option<GraphedStep>> {
+    let run = &experiment.run;
+    if !run.cuda_graphs {
+        return Ok(None);
+    }
+    if run.precision == Precision::Fp16 {
+        bail!(
+            "run.cuda_graphs = true cannot replay fp16's loss scaling (it reads every step's gradients on the \
+             host to decide whether to step); use run.precision = \"bf16\", or set run.cuda_graphs = false"
+        );
+    }
+    if processes > 1 {
+        bail!("run.cuda_graphs = true is for one process: with {processes}, set run.cuda_graphs = false");
+    }
+    if experiment.schedule.accumulate > 1 {
+        bail!(
+            "run.cuda_graphs = true records one micro-batch per step: with schedule.accumulate = {}, set \
+             run.cuda_graphs = false",
+            experiment.schedule.accumulate
+        );
+    }
+    if !device.is_cuda() {
+        bail!("run.cuda_graphs = true needs a CUDA device (this run is on {device:?}); set run.cuda_graphs = false");
+    }
+    GraphedStep::new().map(Some)
+}
+
+pub struct GraphedStep {
+    graph: CudaGraph,
+    warmup_left: usize,
+    captured: Option<Captured>,
+}
+
+/// What the recorded step reads (views, lr, EMA weight) and writes (its loss parts).
+struct Captured {
+    view1: Tensor,
+    view2: Tensor,
+    lr: Tensor,
+    ema_weight: Tensor,
+    parts: LossParts,
+}
+
+impl GraphedStep {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            graph: CudaGraph::new().context("run.cuda_graphs")?,
+            warmup_left: WARMUP_STEPS,
+            captured: None,
+        })
+    }
+
+    /// One training step on `view1`/`view2` at `lr` and `tau`: eager during warm-up, then
+    /// recorded once, then replayed. The loss parts returned are the graph's own output tensors,
+    /// overwritten by the next step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        device: Device,
+        numerics: &StepNumerics,
+        byol: &Byol,
+        optimizer: &mut dyn Optimizer,
+        (view1, view2): (Tensor, Tensor),
+        lr: f64,
+        tau: f64,
+    ) -> anyhow::Result<LossParts> {
+        if self.warmup_left > 0 {
+            self.warmup_left -= 1;
+            self.graph.warmup_begin()?;
+            let eager = (|| {
+                optimizer.zero_grad();
+                let parts = numerics.forward_backward(device, byol, view1, view2, 1.0)?;
+                optimizer.step(lr);
+                byol.update_target_with_tau(tau);
+                anyhow::Ok(parts)
+            })();
+            self.graph.warmup_end()?;
+            return eager;
+        }
+        if self.captured.is_none() {
+            self.captured = Some(self.capture(device, numerics, byol, optimizer, &view1, &view2)?);
+        }
+        let captured = self.captured.as_ref().expect("captured above");
+        tch::no_grad(|| {
+            captured.view1.shallow_clone().copy_(&view1);
+            captured.view2.shallow_clone().copy_(&view2);
+            let _ = captured.lr.shallow_clone().fill_(lr);
+            let _ = captured.ema_weight.shallow_clone().fill_(1.0 - tau);
+        });
+        self.graph.replay().context("replaying the captured training step")?;
+        Ok(LossParts {
+            loss: captured.parts.loss.shallow_clone(),
+            online_projections: captured.parts.online_projections.shallow_clone(),
+            online_embeddings: captured.parts.online_embeddings.shallow_clone(),
+        })
+    }
+
+    fn capture(
+        &mut self,
+        device: Device,
+        numerics: &StepNumerics,
+        byol: &Byol,
+        optimizer: &mut dyn Optimizer,
+        view1: &Tensor,
+        view2: &Tensor,
+    ) -> anyhow::Result<Captured> {
+        let scalar = || Tensor::zeros([], (Kind::Float, device));
+        let (view1, view2) = (view1.copy(), view2.copy());
+        let (lr, ema_weight) = (scalar(), scalar());
+        self.graph.capture_begin().context("starting the CUDA graph capture")?;
+        let recorded = (|| {
+            optimizer.zero_grad();
+            let parts = numerics.forward_backward(device, byol, view1.shallow_clone(), view2.shallow_clone(), 1.0)?;
+            optimizer.step_at(&lr).map_err(anyhow::Error::msg)?;
+            byol.update_target_with_weight(&ema_weight);
+            anyhow::Ok(parts)
+        })();
+        // The capture ends whatever happened inside it, or the stream stays in capture mode.
+        let ended = self.graph.capture_end();
+        let parts = recorded.context("recording the training step as a CUDA graph (run.cuda_graphs)")?;
+        ended.context("ending the CUDA graph capture")?;
+        Ok(Captured {
+            view1,
+            view2,
+            lr,
+            ema_weight,
+            parts,
+        })
+    }
+}
