@@ -27,19 +27,25 @@ impl LossScaler {
     }
 
     /// Divides every gradient by the scale; returns false (and lowers the scale) when any
-    /// gradient holds an Inf or NaN, in which case the optimizer step must be skipped.
+    /// gradient holds an Inf or NaN, in which case the optimizer step must be skipped. One
+    /// multi-tensor kernel and one read of its flag, not a host sync per gradient.
     pub fn unscale(&mut self, parameters: &[NamedParameter]) -> bool {
-        let inverse = 1.0 / self.scale;
-        let mut finite = true;
-        tch::no_grad(|| {
-            for p in parameters {
-                let mut grad = p.tensor.grad();
-                if grad.defined() {
-                    let _ = grad.g_mul_scalar_(inverse);
-                    finite &= grad.isfinite().all().int64_value(&[]) != 0;
-                }
-            }
-        });
+        let grads: Vec<Tensor> = parameters
+            .iter()
+            .map(|p| p.tensor.grad())
+            .filter(Tensor::defined)
+            .collect();
+        let finite = match grads.first() {
+            None => true,
+            Some(first) => tch::no_grad(|| {
+                let options = (Kind::Float, first.device());
+                let found_inf = Tensor::zeros([1], options);
+                let inverse = Tensor::full([1], 1.0 / self.scale, options);
+                torch_ext::foreach::unscale_(&grads, &found_inf, &inverse)
+                    .unwrap_or_else(|e| panic!("unscaling fp16 gradients: {e}"));
+                found_inf.double_value(&[0]) == 0.0
+            }),
+        };
         if finite {
             self.good_steps += 1;
             if self.good_steps == 2000 {
@@ -61,5 +67,40 @@ impl LossScaler {
     pub fn load_state(&mut self, state: &Tensor) {
         self.scale = state.double_value(&[0]);
         self.good_steps = state.double_value(&[1]) as u32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parameter(values: &[f32]) -> NamedParameter {
+        let tensor = Tensor::from_slice(values).set_requires_grad(true);
+        (&tensor * 2.0).sum(Kind::Float).backward(); // grad = 2 everywhere
+        NamedParameter {
+            name: "p".into(),
+            tensor,
+        }
+    }
+
+    #[test]
+    fn unscale_divides_finite_gradients_and_keeps_the_scale() {
+        let mut scaler = LossScaler::default();
+        let parameters = [parameter(&[1.0, 2.0]), parameter(&[3.0])];
+        assert!(scaler.unscale(&parameters));
+        for p in &parameters {
+            let grad = Vec::<f32>::try_from(p.tensor.grad()).unwrap();
+            assert!(grad.iter().all(|g| *g == 2.0 / 65536.0), "{grad:?}");
+        }
+        assert_eq!(scaler.scale(), 65536.0);
+    }
+
+    #[test]
+    fn a_non_finite_gradient_skips_the_step_and_halves_the_scale() {
+        let mut scaler = LossScaler::default();
+        let parameters = [parameter(&[1.0]), parameter(&[1.0, 1.0])];
+        let _ = parameters[1].tensor.grad().narrow(0, 1, 1).fill_(f64::INFINITY);
+        assert!(!scaler.unscale(&parameters));
+        assert_eq!(scaler.scale(), 32768.0);
     }
 }

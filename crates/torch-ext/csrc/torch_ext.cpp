@@ -158,6 +158,16 @@ char* tx_foreach_add_scaled_(const at::Tensor* const* tensors, const at::Tensor*
   return guarded([&] { at::_foreach_add_(tensor_list(tensors, n), tensor_list(others, n), alpha); });
 }
 
+// grads *= inv_scale, and found_inf = 1 where any gradient holds an Inf or NaN: GradScaler's own
+// kernel (one multi-tensor launch on CUDA), so the caller reads one flag instead of syncing once
+// per gradient.
+char* tx_amp_unscale_(const at::Tensor* const* grads, int64_t n, const at::Tensor* found_inf, const at::Tensor* inv_scale) {
+  return guarded([&] {
+    at::Tensor flag = *found_inf;
+    at::_amp_foreach_non_finite_check_and_unscale_(tensor_list(grads, n), flag, *inv_scale);
+  });
+}
+
 // ---- c10d -------------------------------------------------------------------------------
 
 // A TCPStore client (or the server, on the rank that hosts it) under `prefix`.

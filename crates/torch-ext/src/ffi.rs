@@ -27,6 +27,13 @@ extern "C" {
         alpha: f64,
     ) -> *mut c_char;
 
+    pub fn tx_amp_unscale_(
+        grads: *const *const C_tensor,
+        n: i64,
+        found_inf: *const C_tensor,
+        inv_scale: *const C_tensor,
+    ) -> *mut c_char;
+
     pub fn tx_cuda_memory_stats(device_index: i32, out: *mut i64) -> *mut c_char;
     pub fn tx_cuda_reset_peak_memory(device_index: i32) -> *mut c_char;
     pub fn tx_cuda_set_device(index: i32) -> *mut c_char;

@@ -49,6 +49,22 @@ pub fn add_scaled_(tensors: &[Tensor], others: &[Tensor], alpha: f64) -> Result<
     }
 }
 
+/// `grads[i] *= inv_scale` for every i, setting `found_inf` (a 1-element float tensor) to 1
+/// where any gradient holds an Inf or NaN (`torch._amp_foreach_non_finite_check_and_unscale_`,
+/// what `GradScaler.unscale_` runs).
+pub fn unscale_(grads: &[Tensor], found_inf: &Tensor, inv_scale: &Tensor) -> Result<()> {
+    let pointers = pointers(grads);
+    // SAFETY: `pointers` holds live at::Tensors, as do the flag and the scale.
+    unsafe {
+        ffi::check(ffi::tx_amp_unscale_(
+            pointers.as_ptr(),
+            pointers.len() as i64,
+            found_inf.as_ptr(),
+            inv_scale.as_ptr(),
+        ))
+    }
+}
+
 fn pointers(tensors: &[Tensor]) -> Vec<*const torch_sys::C_tensor> {
     tensors.iter().map(|t| t.as_ptr() as *const _).collect()
 }
