@@ -48,8 +48,7 @@ impl Run {
         })?;
         let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("cannot parse {}", config_path.display()))?;
-        let mut config = BTreeMap::new();
-        flatten(&table, "", &mut config);
+        let config = byol_train::run_dir::dotted_keys(&table);
         let summary_path = dir.join("summary.json");
         let summary = match fs::read(&summary_path) {
             Ok(bytes) => Some(
@@ -78,23 +77,6 @@ impl Run {
             ("final_loss", s.and_then(|s| s.final_loss)),
             ("train_seconds", s.map(|s| s.train_seconds)),
         ]
-    }
-}
-
-/// Dotted keys of every value under `table` (arrays are values).
-fn flatten(table: &toml::Table, prefix: &str, out: &mut BTreeMap<String, toml::Value>) {
-    for (key, value) in table {
-        let key = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match value {
-            toml::Value::Table(inner) => flatten(inner, &key, out),
-            other => {
-                out.insert(key, other.clone());
-            }
-        }
     }
 }
 

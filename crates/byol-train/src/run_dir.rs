@@ -137,30 +137,36 @@ pub fn allowed(key: &str, allow: &[String]) -> bool {
         .any(|a| key == a || key.strip_prefix(a.as_str()).is_some_and(|rest| rest.starts_with('.')))
 }
 
-/// Dotted key -> value (TOML syntax) of every leaf of a table.
-fn flatten(table: &toml::Table, prefix: &str, out: &mut std::collections::BTreeMap<String, String>) {
-    for (key, value) in table {
-        let key = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match value {
-            toml::Value::Table(inner) => flatten(inner, &key, out),
-            leaf => {
-                out.insert(key, leaf.to_string());
+/// Dotted key -> value of every leaf of a table (arrays are leaves), sorted by key.
+pub fn dotted_keys(table: &toml::Table) -> std::collections::BTreeMap<String, toml::Value> {
+    fn flatten(table: &toml::Table, prefix: &str, out: &mut std::collections::BTreeMap<String, toml::Value>) {
+        for (key, value) in table {
+            let key = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(inner) => flatten(inner, &key, out),
+                leaf => {
+                    out.insert(key, leaf.clone());
+                }
             }
         }
     }
+    let mut out = Default::default();
+    flatten(table, "", &mut out);
+    out
 }
 
 /// Every key whose value differs between two resolved experiments (TOML text), sorted.
 pub fn changes(saved: &str, now: &str) -> anyhow::Result<Vec<Change>> {
     let parse = |text: &str| -> anyhow::Result<std::collections::BTreeMap<String, String>> {
         let table: toml::Table = toml::from_str(text)?;
-        let mut flat = Default::default();
-        flatten(&table, "", &mut flat);
-        Ok(flat)
+        Ok(dotted_keys(&table)
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect())
     };
     let (saved, now) = (parse(saved)?, parse(now)?);
     let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();

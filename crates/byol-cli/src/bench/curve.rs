@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 
+use byol_train::sweep::median;
 use byol_train::RunSummary;
 
 use super::{machine, Common, Report};
@@ -62,10 +63,10 @@ pub fn run(args: &CurveArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
 
     let share = |run: &RunSummary| run.curve_seconds / run.train_seconds.max(1e-9);
-    let median_share = median(runs[1].iter().map(share).collect());
+    let median_share = median(&mut runs[1].iter().map(share).collect::<Vec<_>>());
     let median_seconds = runs
         .each_ref()
-        .map(|r| median(r.iter().map(|run| run.train_seconds).collect()));
+        .map(|r| median(&mut r.iter().map(|run| run.train_seconds).collect::<Vec<_>>()));
     let device = byol_train::train::parse_device(&with_curve.run.device)?;
     let mut report = Report::new("curve");
     report.about("experiment", args.common.experiment.display().to_string());
@@ -121,10 +122,4 @@ fn train_in_own_process(common: &Common, overrides: &[&str], run_dir: &Path) -> 
     let path = run_dir.join("summary.json");
     let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_slice(&text).with_context(|| format!("cannot parse {}", path.display()))
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    (values[(n - 1) / 2] + values[n / 2]) / 2.0
 }

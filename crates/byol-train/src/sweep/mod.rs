@@ -40,7 +40,7 @@ use crate::experiment::explain;
 use crate::train::RunSummary;
 use crate::Experiment;
 
-pub use prune::{Prune, Pruned, Pruner, DEFAULT_PRUNE_AFTER, PRUNER_FILE};
+pub use prune::{median, Prune, Pruned, Pruner, DEFAULT_PRUNE_AFTER, PRUNER_FILE};
 pub use report::{goal_name, rank, result_line, to_csv, to_markdown, Row, TrialStatus};
 
 use base::without_sweep;

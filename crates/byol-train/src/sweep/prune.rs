@@ -184,7 +184,7 @@ pub(super) fn check(
 }
 
 /// The median (the mean of the two middle values for an even count).
-fn median(values: &mut [f64]) -> f64 {
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n % 2 == 1 {

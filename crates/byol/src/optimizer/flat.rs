@@ -155,12 +155,7 @@ impl FlatMomentum {
             Lr::Tensor(lr) => {
                 // lr * update first (one more pass), so the lr is read when the kernel runs.
                 let scaled = update * *lr;
-                let slots = &self.slots[range];
-                let views: Vec<Tensor> = slots
-                    .iter()
-                    .map(|s| scaled.as_strided(s.size.as_slice(), s.stride.as_slice(), s.offset - bucket.offset))
-                    .collect();
-                foreach::add_scaled_(parameters, &views, -1.0)
+                foreach::add_scaled_(parameters, &views_of(&scaled, &self.slots[range], bucket.offset), -1.0)
             }
         }
         .unwrap_or_else(|e| fail(e));
@@ -179,10 +174,7 @@ impl FlatMomentum {
     }
 
     fn views(&self, flat: &Tensor) -> Vec<Tensor> {
-        self.slots
-            .iter()
-            .map(|s| flat.as_strided(s.size.as_slice(), s.stride.as_slice(), s.offset))
-            .collect()
+        views_of(flat, &self.slots, 0)
     }
 
     /// Makes every parameter's `.grad` its view again where something replaced or cleared it
@@ -203,6 +195,14 @@ impl FlatMomentum {
             torch_ext::foreach::set_grad(p, view).unwrap_or_else(|e| fail(e));
         }
     }
+}
+
+/// The parameters in `slots` as views of `flat`, a buffer that starts at flat offset `start`.
+fn views_of(flat: &Tensor, slots: &[Slot], start: i64) -> Vec<Tensor> {
+    slots
+        .iter()
+        .map(|s| flat.as_strided(s.size.as_slice(), s.stride.as_slice(), s.offset - start))
+        .collect()
 }
 
 fn pick(tensors: &[Tensor], indices: &[usize]) -> Vec<Tensor> {

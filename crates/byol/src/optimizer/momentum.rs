@@ -57,11 +57,6 @@ impl<R: MomentumRule> MomentumSgd<R> {
         }
     }
 
-    /// Whether the update runs over flat buffers (from the first step of a fused optimizer on).
-    pub fn is_fused(&self) -> bool {
-        matches!(self.fused, Fused::On { .. })
-    }
-
     /// Moves the parameters that have a gradient now into flat buffers (keeping their momentum).
     fn fuse(&mut self) {
         let (members, rest): (Vec<usize>, Vec<usize>) =
@@ -80,30 +75,6 @@ impl<R: MomentumRule> MomentumSgd<R> {
             None => Fused::Off,
         };
     }
-
-    /// The per-tensor update of the parameters at `indices`.
-    fn step_each(&mut self, indices: impl Iterator<Item = usize>, lr: f64) {
-        let (m, nesterov) = (self.rule.momentum(), self.rule.nesterov());
-        tch::no_grad(|| {
-            for i in indices {
-                let (p, buf) = (&self.parameters[i], &mut self.momentum[i]);
-                let grad = p.tensor.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let mut d = direction(&self.rule.direction_of(p), p, grad);
-                if m != 0.0 {
-                    let _ = buf.g_mul_scalar_(m).g_add_(&d);
-                    if nesterov {
-                        add_scaled_(&d, buf, m);
-                    } else {
-                        d = buf.shallow_clone();
-                    }
-                }
-                add_scaled_(&p.tensor, &d, -lr);
-            }
-        });
-    }
 }
 
 impl<R: MomentumRule> Optimizer for MomentumSgd<R> {
@@ -115,10 +86,18 @@ impl<R: MomentumRule> Optimizer for MomentumSgd<R> {
         match &mut self.fused {
             Fused::On { flat, rest } => {
                 flat.step(Lr::Value(lr), m, nesterov);
-                let rest = rest.clone();
-                self.step_each(rest.into_iter(), lr);
+                step_each(
+                    &self.rule,
+                    &self.parameters,
+                    &mut self.momentum,
+                    rest.iter().copied(),
+                    lr,
+                );
             }
-            Fused::Off | Fused::Pending => self.step_each(0..self.parameters.len(), lr),
+            Fused::Off | Fused::Pending => {
+                let all = 0..self.parameters.len();
+                step_each(&self.rule, &self.parameters, &mut self.momentum, all, lr);
+            }
         }
     }
 
@@ -145,8 +124,9 @@ impl<R: MomentumRule> Optimizer for MomentumSgd<R> {
         match &mut self.fused {
             Fused::On { flat, rest } => {
                 flat.zero_grad();
-                let rest: Vec<NamedParameter> = rest.iter().map(|&i| self.parameters[i].clone()).collect();
-                util::zero_grads(&rest);
+                for &i in rest.iter() {
+                    util::zero_grads(std::slice::from_ref(&self.parameters[i]));
+                }
             }
             Fused::Off | Fused::Pending => util::zero_grads(&self.parameters),
         }
@@ -160,6 +140,36 @@ impl<R: MomentumRule> Optimizer for MomentumSgd<R> {
         util::load_buffers("momentum.", &self.parameters, &mut self.momentum, state)
     }
 }
+/// The per-tensor update of the parameters at `indices`, with their momentum buffers.
+fn step_each<R: MomentumRule>(
+    rule: &R,
+    parameters: &[NamedParameter],
+    momentum: &mut [Tensor],
+    indices: impl Iterator<Item = usize>,
+    lr: f64,
+) {
+    let (m, nesterov) = (rule.momentum(), rule.nesterov());
+    tch::no_grad(|| {
+        for i in indices {
+            let (p, buf) = (&parameters[i], &mut momentum[i]);
+            let grad = p.tensor.grad();
+            if !grad.defined() {
+                continue;
+            }
+            let mut d = direction(&rule.direction_of(p), p, grad);
+            if m != 0.0 {
+                let _ = buf.g_mul_scalar_(m).g_add_(&d);
+                if nesterov {
+                    add_scaled_(&d, buf, m);
+                } else {
+                    d = buf.shallow_clone();
+                }
+            }
+            add_scaled_(&p.tensor, &d, -lr);
+        }
+    });
+}
+
 /// One parameter's direction from its gradient, in place in `grad` (as PyTorch's SGD adds the
 /// weight decay to the gradient: `grad.add(param, alpha=weight_decay)`).
 fn direction(rule: &Direction, p: &NamedParameter, grad: Tensor) -> Tensor {
