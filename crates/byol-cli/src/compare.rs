@@ -11,7 +11,7 @@ use clap::Args;
 use serde_json::json;
 
 use byol_train::run_dir::CONFIG_FILE;
-use byol_train::sweep::TrialStatus;
+use byol_train::sweep::{self, show, TrialStatus};
 use byol_train::RunSummary;
 
 #[derive(Args)]
@@ -66,17 +66,7 @@ impl Run {
 
     /// The final figures, by column name (kNN figures and the probe as fractions).
     fn metrics(&self) -> [(&'static str, Option<f64>); 6] {
-        let s = self.summary.as_ref();
-        let before = s.and_then(|s| s.knn_before).map(|a| a.top1);
-        let after = s.and_then(|s| s.knn_after).map(|a| a.top1);
-        [
-            ("knn_before", before),
-            ("knn_after", after),
-            ("knn_gain", after.zip(before).map(|(a, b)| a - b)),
-            ("probe_top1", s.and_then(|s| s.probe_top1_after)),
-            ("final_loss", s.and_then(|s| s.final_loss)),
-            ("train_seconds", s.map(|s| s.train_seconds)),
-        ]
+        sweep::result_values(self.summary.as_ref())
     }
 }
 
@@ -140,18 +130,8 @@ fn to_table(runs: &[Run], keys: &[String]) -> String {
     let cell = |s: &str| s.replace('|', "\\|");
     let mut header = vec!["run".to_string()];
     header.extend(keys.iter().map(|k| format!("`{k}`")));
-    header.extend(
-        [
-            "kNN before",
-            "kNN after",
-            "gain",
-            "probe",
-            "final loss",
-            "time (s)",
-            "status",
-        ]
-        .map(String::from),
-    );
+    header.extend(sweep::RESULT_HEADERS.map(String::from));
+    header.push("status".into());
     let mut out = String::new();
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let mut rule = vec!["---"; keys.len() + 1];
@@ -164,13 +144,7 @@ fn to_table(runs: &[Run], keys: &[String]) -> String {
             keys.iter()
                 .map(|k| run.config.get(k).map_or("-".into(), |v| cell(&show(v)))),
         );
-        let [before, after, gain, probe, loss, seconds] = run.metrics().map(|(_, v)| v);
-        let percent = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1}%", v * 100.0));
-        cells.extend([percent(before), percent(after)]);
-        cells.push(gain.map_or("-".into(), |v| format!("{:+.1}", v * 100.0)));
-        cells.push(percent(probe));
-        cells.push(loss.map_or("-".into(), |v| format!("{v:.4}")));
-        cells.push(seconds.map_or("-".into(), |v| format!("{v:.0}")));
+        cells.extend(sweep::result_cells(run.summary.as_ref()));
         cells.push(run.status.describe());
         let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
@@ -178,12 +152,4 @@ fn to_table(runs: &[Run], keys: &[String]) -> String {
         out.push_str("\nThe runs have the same settings.\n");
     }
     out
-}
-
-/// A value as a table cell: strings without quotes.
-fn show(value: &toml::Value) -> String {
-    match value {
-        toml::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }

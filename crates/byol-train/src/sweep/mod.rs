@@ -41,7 +41,9 @@ use crate::train::RunSummary;
 use crate::Experiment;
 
 pub use prune::{median, Prune, Pruned, Pruner, DEFAULT_PRUNE_AFTER, PRUNER_FILE};
-pub use report::{goal_name, rank, result_line, to_csv, to_markdown, Row, TrialStatus};
+pub use report::{
+    goal_name, rank, result_cells, result_line, result_values, to_csv, to_markdown, Row, TrialStatus, RESULT_HEADERS,
+};
 
 use base::without_sweep;
 use space::{expand, parse_parameters};
@@ -334,7 +336,7 @@ impl Sweep {
 }
 
 /// A value as a table cell: strings without quotes.
-pub(crate) fn show(value: &toml::Value) -> String {
+pub fn show(value: &toml::Value) -> String {
     match value {
         toml::Value::String(s) => s.clone(),
         other => other.to_string(),

@@ -195,6 +195,30 @@ const RESULT_COLUMNS: [Column; 6] = [
     ("train_seconds", |s| Some(s.train_seconds)),
 ];
 
+/// The result columns' headers in a markdown table, in [`result_cells`]'s order.
+pub const RESULT_HEADERS: [&str; 6] = ["kNN before", "kNN after", "gain", "probe", "final loss", "time (s)"];
+
+/// A run's results by column name (kNN figures and the probe as fractions); None where the
+/// run has no summary or did not measure it.
+pub fn result_values(summary: Option<&RunSummary>) -> [(&'static str, Option<f64>); 6] {
+    RESULT_COLUMNS.map(|(name, of)| (name, summary.and_then(of)))
+}
+
+/// A run's results as markdown cells under [`RESULT_HEADERS`] ("-" where there is none).
+pub fn result_cells(summary: Option<&RunSummary>) -> [String; 6] {
+    let percent = |v: f64| format!("{:.1}%", v * 100.0);
+    let formats: [fn(f64) -> String; 6] = [
+        percent,
+        percent,
+        |v| format!("{:+.1}", v * 100.0),
+        percent,
+        |v| format!("{v:.4}"),
+        |v| format!("{v:.0}"),
+    ];
+    let values = result_values(summary);
+    std::array::from_fn(|i| values[i].1.map_or("-".into(), formats[i]))
+}
+
 impl Row {
     fn summary(&self) -> Option<&RunSummary> {
         match &self.status {
@@ -227,19 +251,8 @@ pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
     let mut header = vec!["rank".to_string(), "trial".into()];
     header.extend(sweep.parameters.iter().map(|p| format!("`{}`", p.key)));
     header.push(format!("**{metric}**"));
-    header.extend(
-        [
-            "kNN before",
-            "kNN after",
-            "gain",
-            "probe",
-            "final loss",
-            "time (s)",
-            "status",
-            "run folder",
-        ]
-        .map(String::from),
-    );
+    header.extend(RESULT_HEADERS.map(String::from));
+    header.extend(["status".into(), "run folder".into()]);
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let mut rule = vec!["---:", "---"];
     rule.extend(sweep.parameters.iter().map(|_| "---"));
@@ -252,16 +265,7 @@ pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
         cells.extend(row.trial.values.iter().map(|(_, v)| cell(&show(v))));
         cells.push(row.metric.map_or("n/a".into(), |m| format!("{m:.4}")));
         let summary = row.summary();
-        let figure = |of: fn(&RunSummary) -> Option<f64>, format: fn(f64) -> String| {
-            summary.and_then(of).map_or("-".into(), format)
-        };
-        let percent = |v: f64| format!("{:.1}%", v * 100.0);
-        cells.push(figure(RESULT_COLUMNS[0].1, percent));
-        cells.push(figure(RESULT_COLUMNS[1].1, percent));
-        cells.push(figure(RESULT_COLUMNS[2].1, |v| format!("{:+.1}", v * 100.0)));
-        cells.push(figure(RESULT_COLUMNS[3].1, percent));
-        cells.push(figure(RESULT_COLUMNS[4].1, |v| format!("{v:.4}")));
-        cells.push(figure(RESULT_COLUMNS[5].1, |v| format!("{v:.0}")));
+        cells.extend(result_cells(summary));
         cells.push(row.status.describe());
         cells.push(cell(&row.run_dir.display().to_string()));
         let _ = writeln!(out, "| {} |", cells.join(" | "));
