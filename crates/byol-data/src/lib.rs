@@ -12,6 +12,7 @@ pub mod preview;
 pub mod rng;
 pub mod synthetic;
 pub mod tar;
+pub mod transfer;
 pub mod webdataset;
 
 // The plugin seams (dataset and augmentation specs, the crops an augmentation asks the loader

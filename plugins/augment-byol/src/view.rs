@@ -1,5 +1,6 @@
 use tch::{Kind, Tensor};
 
+use byol_data::transfer::constant;
 use byol_data::{ops, preview};
 
 /// Every parameter of one view's pipeline.
@@ -120,12 +121,8 @@ impl ByolAugment {
     /// Normalized views back to [0, 1] floats.
     pub fn unnormalize(&self, views: &Tensor) -> Tensor {
         let device = views.device();
-        let mean = Tensor::from_slice(&self.mean.map(|m| m as f32))
-            .to_device(device)
-            .view([1, 3, 1, 1]);
-        let std = Tensor::from_slice(&self.std.map(|s| s as f32))
-            .to_device(device)
-            .view([1, 3, 1, 1]);
+        let mean = constant(&self.mean.map(|m| m as f32), Kind::Float, device).view([1, 3, 1, 1]);
+        let std = constant(&self.std.map(|s| s as f32), Kind::Float, device).view([1, 3, 1, 1]);
         views * std + mean
     }
 

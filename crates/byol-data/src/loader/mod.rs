@@ -12,6 +12,7 @@ use tch::{Device, Tensor};
 
 use crate::dataset::resolve_threads;
 use crate::rng::permutation;
+use crate::transfer::to_device_async;
 use crate::{DataError, Dataset, EpochStream, LoaderCrops};
 
 /// Iterates one epoch of `dataset` in the order of (seed, epoch): shuffled, or sequential for
@@ -184,12 +185,7 @@ impl BatchLoader {
     /// (and the dataset's own threads).
     pub fn load(&self, indices: &[usize], device: Device) -> Result<(Tensor, Tensor), DataError> {
         let (images, labels) = self.dataset.batch(indices)?;
-        let images = if device.is_cuda() {
-            images.pin_memory(device).to_device_(device, images.kind(), true, false)
-        } else {
-            images
-        };
-        Ok((images, labels.to_device(device)))
+        Ok((to_device_async(&images, device)?, to_device_async(&labels, device)?))
     }
 
     /// The batches of `epoch` from batch `skip` on (`epoch_indices(epoch)[skip..]`), decoded by

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use tch::{Device, Kind, Tensor};
 
 use crate::dataset::fill_skipped;
+use crate::transfer::to_device_async;
 use crate::{DataError, Dataset, LoaderCrops};
 
 use super::Batch;
@@ -229,7 +230,7 @@ impl Iterator for Prefetch {
             self.next += 1;
             let rows: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
             let gathered = Tensor::f_from_slice(&rows)
-                .and_then(|rows| rows.f_to_device(self.device))
+                .and_then(|rows| to_device_async(&rows, self.device))
                 .and_then(|rows| Ok((images.f_index_select(0, &rows)?, labels.f_index_select(0, &rows)?)));
             return Some(
                 gathered
@@ -257,17 +258,10 @@ impl Iterator for Prefetch {
         self.next += 1;
         let indices = self.shared.batches[b].clone();
         let moved = result.and_then(|(images, labels)| {
-            let images = if self.device.is_cuda() {
-                images
-                    .f_pin_memory(self.device)?
-                    .f_to_device_(self.device, Kind::Uint8, true, false)?
-            } else {
-                images
-            };
             Ok(Batch {
                 indices,
-                images,
-                labels: labels.f_to_device(self.device)?,
+                images: to_device_async(&images, self.device)?,
+                labels: to_device_async(&labels, self.device)?,
             })
         });
         if moved.is_err() {

@@ -1,6 +1,7 @@
 use tch::{Kind, Tensor};
 
 use super::{apply_where, Rows};
+use crate::transfer::constant;
 
 fn per_sample(factor: &Tensor) -> Tensor {
     factor.view([-1, 1, 1, 1])
@@ -14,9 +15,7 @@ fn blend(a: &Tensor, b: &Tensor, factor: &Tensor) -> Tensor {
 
 /// ITU-R 601 luma with torchvision's weights, `[N, 1, H, W]`.
 fn luma(images: &Tensor) -> Tensor {
-    let weights = Tensor::from_slice(&[0.2989f32, 0.587, 0.114])
-        .to_device(images.device())
-        .to_kind(images.kind());
+    let weights = constant(&[0.2989f32, 0.587, 0.114], images.kind(), images.device());
     (images * weights.view([1, 3, 1, 1])).sum_dim_intlist([1i64].as_slice(), true, None)
 }
 
@@ -81,8 +80,8 @@ fn hsv_to_rgb(h: &Tensor, s: &Tensor, v: &Tensor) -> Tensor {
     // one-hot masks over six stacked planes per channel; picking is exact and cheaper).
     const PLANE_OF_SEXTANT: [i64; 18] = [0, 1, 2, 2, 3, 0, 3, 0, 0, 1, 2, 2, 2, 2, 3, 0, 0, 1];
     let device = h.device();
-    let table = Tensor::from_slice(&PLANE_OF_SEXTANT).to_device(device);
-    let channel_offset = Tensor::from_slice(&[0i64, 6, 12]).to_device(device).view([1, 3, 1, 1]);
+    let table = constant(&PLANE_OF_SEXTANT, Kind::Int64, device);
+    let channel_offset = constant(&[0i64, 6, 12], Kind::Int64, device).view([1, 3, 1, 1]);
     let plane = table.take(&(i.unsqueeze(1) + channel_offset));
     Tensor::stack(&[v, &q, &p, &t], 1).gather(1, &plane, false)
 }
@@ -98,12 +97,8 @@ pub fn solarize(images: &Tensor, threshold: f64) -> Tensor {
 /// `(x - mean) / std` per channel.
 pub fn normalize(images: &Tensor, mean: [f64; 3], std: [f64; 3]) -> Tensor {
     let device = images.device();
-    let m = Tensor::from_slice(&mean.map(|x| x as f32))
-        .to_device(device)
-        .view([1, 3, 1, 1]);
-    let s = Tensor::from_slice(&std.map(|x| x as f32))
-        .to_device(device)
-        .view([1, 3, 1, 1]);
+    let m = constant(&mean.map(|x| x as f32), Kind::Float, device).view([1, 3, 1, 1]);
+    let s = constant(&std.map(|x| x as f32), Kind::Float, device).view([1, 3, 1, 1]);
     (images - m) / s
 }
 
