@@ -25,10 +25,10 @@ pub struct DataParallel {
 }
 
 /// What the step-end all-reduce returns besides the averaged gradients.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug)]
 pub struct StepAgreement {
-    /// The loss averaged over the processes.
-    pub loss: f64,
+    /// The loss averaged over the processes, a scalar on the device.
+    pub loss: Tensor,
     /// Some process was asked to stop (SIGINT/SIGTERM): all stop after this same step.
     pub stop: bool,
 }
@@ -157,10 +157,11 @@ impl DataParallel {
                 }
                 offset += n;
             }
-            let tail = Vec::<f32>::try_from(bucket.narrow(0, offset, 2).to_device(tch::Device::Cpu))?;
+            // The stop request is read at every step (all processes must leave after the same
+            // one); the loss stays on the device until something reads it.
             Ok(StepAgreement {
-                loss: tail[0] as f64,
-                stop: tail[1] > 0.0,
+                loss: bucket.get(offset),
+                stop: bucket.double_value(&[offset + 1]) > 0.0,
             })
         })
     }

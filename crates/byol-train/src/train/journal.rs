@@ -84,12 +84,12 @@ impl Journal {
     pub fn step_done(&mut self, t: &mut Trainer<'_>, step: u64, report: &StepReport) -> anyhow::Result<()> {
         let (experiment, plan) = (t.experiment, &t.plan);
         self.window.1 += experiment.schedule.batch_size as u64;
-        let every = experiment.logging.every_steps.max(1);
         let progress = self.progress.as_ref().expect("training started");
-        if !step.is_multiple_of(every) && step != plan.total_steps {
+        if !self.logs_at(t, step) {
             progress.tick(step);
             return Ok(());
         }
+        let loss = report.loss.double_value(&[]);
         let images_per_second = self.window.1 as f64 / self.window.0.elapsed().as_secs_f64().max(1e-9);
         self.window = (Instant::now(), 0);
         let line = format!(
@@ -97,13 +97,18 @@ impl Journal {
             plan.epoch_of(step - 1) + 1,
             experiment.schedule.epochs,
             plan.total_steps,
-            report.loss,
+            loss,
             report.lr,
             report.tau,
         );
         progress.update(step, line);
-        self.final_loss = Some(report.loss);
-        t.log_scalars(&mut self.logger, step, report, images_per_second)
+        self.final_loss = Some(loss);
+        t.log_scalars(&mut self.logger, step, report, loss, images_per_second)
+    }
+
+    /// Whether step `step` (steps done) is a log point: every `logging.every_steps`, and the last.
+    pub fn logs_at(&self, t: &Trainer<'_>, step: u64) -> bool {
+        step.is_multiple_of(t.experiment.logging.every_steps.max(1)) || step == t.plan.total_steps
     }
 
     /// Logs an evaluation at `step` (`knn/`, `probe/`) and prints it as "kNN `when`: ...".

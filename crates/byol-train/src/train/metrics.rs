@@ -32,17 +32,19 @@ fn projection_std(z: &Tensor) -> f64 {
 }
 
 impl Trainer<'_> {
-    /// Logs the scalars of step `step` (1-based: steps done) from what the step reported.
+    /// Logs the scalars of step `step` (1-based: steps done) from what the step reported and its
+    /// loss, read on the host.
     pub fn log_scalars(
         &mut self,
         logger: &mut ScalarLogger,
         step: u64,
         report: &StepReport,
+        loss: f64,
         images_per_second: f64,
     ) -> anyhow::Result<()> {
         let z_std = projection_std(&report.projections);
         let parameters = &self.model.parameters;
-        logger.scalar("train/loss", report.loss, step);
+        logger.scalar("train/loss", loss, step);
         logger.scalar("train/lr", report.lr, step);
         logger.scalar("train/tau", report.tau, step);
         logger.scalar("train/projection_std", z_std, step);

@@ -10,6 +10,7 @@ mod device;
 mod graph;
 mod guard;
 mod journal;
+mod loss_watch;
 mod metrics;
 mod model;
 mod monitor;
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use byol_data::Batch;
@@ -218,24 +219,21 @@ fn train_epoch(t: &mut Trainer<'_>, journal: &mut Journal, stop: &AtomicBool, st
                 return Err(explain_panic(panic, t.experiment.schedule.batch_size, plan.accumulate));
             }
         };
-        if !report.loss.is_finite() {
-            bail!(
-                "the loss became {} at step {}; {} (lower optimizer.lr, or check the data)",
-                report.loss,
-                *step + 1,
-                t.kept()
-            );
-        }
         *step += 1;
+        let every = t.experiment.checkpoint.every_steps;
+        let saves = every > 0 && step.is_multiple_of(every) && *step < plan.total_steps;
+        if report.stop || saves || journal.logs_at(t, *step) {
+            t.check_loss()?;
+        }
         journal.step_done(t, *step, &report)?;
         if report.stop {
             return Ok(true);
         }
-        let every = t.experiment.checkpoint.every_steps;
-        if every > 0 && step.is_multiple_of(every) && *step < plan.total_steps {
+        if saves {
             t.save(*step)?;
         }
     }
+    t.check_loss()?;
     Ok(false)
 }
 

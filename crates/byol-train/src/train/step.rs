@@ -146,8 +146,9 @@ impl Plan {
 
 /// What one training step computed.
 pub struct StepReport {
-    /// The loss averaged over micro-batches (and processes).
-    pub loss: f64,
+    /// The loss averaged over micro-batches (and processes): a scalar on the device, read on
+    /// the host only where the loop logs it.
+    pub loss: Tensor,
     pub lr: f64,
     /// The target EMA's decay at this step.
     pub tau: f64,
@@ -192,10 +193,16 @@ impl Trainer<'_> {
                 let agreed = parallel.all_reduce_gradients(&tensors, &total, stop)?;
                 (agreed.loss, agreed.stop)
             }
-            None => (total.double_value(&[]), stop),
+            None => (total, stop),
         };
-        self.numerics
+        let applied = self
+            .numerics
             .optimizer_step(&self.model.parameters, self.optimizer.as_mut(), lr);
+        // A step that fp16's loss scale skipped for overflowing changed nothing: its loss is
+        // not a divergence.
+        if applied {
+            self.loss_watch.observe(&loss, step + 1);
+        }
         let tau = self.model.byol.update_target(step, self.plan.total_steps);
         Ok(StepReport {
             loss,
@@ -229,8 +236,11 @@ impl Trainer<'_> {
         self.monitor
             .probe_on_evaluation_batch(step, &self.model.byol, self.augment.as_ref(), self.device)
             .context("loading the online probe's batch from eval.train")?;
+        // The graph's outputs are overwritten by the next replay.
+        let loss = parts.loss.copy();
+        self.loss_watch.observe(&loss, step + 1);
         Ok(StepReport {
-            loss: parts.loss.double_value(&[]),
+            loss,
             lr,
             tau,
             stop,

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use tch::Device;
 
 use byol::{Augment, BuildContext};
@@ -18,6 +18,7 @@ use crate::Experiment;
 use super::data::training_loader;
 use super::device::parse_device_for;
 use super::graph::{graphed_step, GraphedStep};
+use super::loss_watch::LossWatch;
 use super::model::Model;
 use super::monitor::{labelled_splits, Evaluation, Monitor};
 use super::state::{self, DatasetFingerprint, KeptSources, RunStart, TrainingState};
@@ -44,6 +45,7 @@ pub struct Trainer<'a> {
     sources: KeptSources,
     /// Set when torchrun started this process as one of several.
     pub parallel: Option<DataParallel>,
+    pub loss_watch: LossWatch,
 }
 
 impl<'a> Trainer<'a> {
@@ -138,6 +140,7 @@ impl<'a> Trainer<'a> {
             config_toml,
             sources,
             parallel,
+            loss_watch: LossWatch::new(device),
         })
     }
 
@@ -153,6 +156,18 @@ impl<'a> Trainer<'a> {
     /// Where the run's kept checkpoints are, for error messages.
     pub fn kept(&self) -> String {
         self.checkpointer.kept()
+    }
+
+    /// Fails when the loss was NaN or Inf at some step so far; reads the device, so the loop
+    /// calls it only where it waits for the device anyway.
+    pub fn check_loss(&self) -> anyhow::Result<()> {
+        match self.loss_watch.first_bad_step() {
+            Some(step) => bail!(
+                "the loss became NaN or Inf at step {step}; {} (lower optimizer.lr, or check the data)",
+                self.kept()
+            ),
+            None => Ok(()),
+        }
     }
 
     /// Rank 0 writes the checkpoint of `step` while the other processes wait; returns its folder.
