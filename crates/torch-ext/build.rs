@@ -1,4 +1,4 @@
-//! Compiles csrc/torch_ext.cpp against the headers of the libtorch that torch-sys links (the
+//! Compiles the shim's csrc/*.cpp against the headers of the libtorch that torch-sys links (the
 //! PyPI torch wheel's `include/` folder, next to its `lib/`), with torch-sys's own flags.
 
 use std::path::PathBuf;
@@ -24,15 +24,17 @@ fn main() {
         .all(|h| cuda_include.join(h).exists());
     let nccl = cuda_headers && nccl_include.join("nccl.h").exists();
     println!("cargo::rustc-check-cfg=cfg(torch_ext_nccl)");
-    println!("cargo::rustc-check-cfg=cfg(torch_ext_cuda_graphs)");
+    println!("cargo::rustc-check-cfg=cfg(torch_ext_cuda)");
     if cuda_headers {
-        println!("cargo:rustc-cfg=torch_ext_cuda_graphs");
+        println!("cargo:rustc-cfg=torch_ext_cuda");
         build(&include)
             .file("csrc/cuda_graph.cpp")
+            .file("csrc/cuda_sync.cpp")
             .include(&cuda_include)
             .define("USE_CUDA", None)
-            .compile("torch_ext_cuda_graph");
-        // c10::cuda's streams; libtorch_cuda, which the graphs themselves are in, torch-sys links.
+            .compile("torch_ext_cuda");
+        // c10::cuda's streams and sync-debug state; libtorch_cuda, which the graphs themselves are
+        // in, torch-sys links.
         println!("cargo:rustc-link-lib=dylib=c10_cuda");
     }
     if nccl {

@@ -10,7 +10,7 @@ user would: autocast (bf16, or fp16 with a GradScaler), channels_last, cudnn.ben
 
 Prints one JSON line: {"name", "img_per_s", "s_per_step", "peak_gib"}.
 """
-import argparse, copy, json, time
+import argparse, copy, json, time, warnings
 
 import torch
 import torch.nn as nn
@@ -101,14 +101,25 @@ def main():
     for _ in range(a.warmup):
         step()
     sync()
-    start = time.perf_counter()
-    for _ in range(a.iters):
-        step()
+    # Host-device synchronizations of the timed steps, counted as byol-rs counts its own:
+    # the sync debug mode's warnings, recorded instead of printed.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if dev.type == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        start = time.perf_counter()
+        for _ in range(a.iters):
+            step()
+        if dev.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
     sync()
     seconds = (time.perf_counter() - start) / a.iters
+    syncs = None
+    if dev.type == "cuda":
+        syncs = sum("synchronizing CUDA operation" in str(w.message) for w in caught) / a.iters
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     name = f"torch {a.arch}{'-cifar' if a.cifar_stem else ''} bs{a.batch} res{a.res} {a.precision} cl={a.channels_last} concat={a.concat_views}"
-    print(json.dumps(dict(name=name, img_per_s=a.batch / seconds, s_per_step=seconds, peak_gib=peak)), flush=True)
+    print(json.dumps(dict(name=name, img_per_s=a.batch / seconds, s_per_step=seconds, peak_gib=peak, syncs_per_step=syncs)), flush=True)
 
 
 if __name__ == "__main__":

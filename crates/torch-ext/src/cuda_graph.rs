@@ -5,11 +5,11 @@
 /// One captured graph, with the side stream its warm-up and capture run on.
 #[derive(Debug)]
 pub struct CudaGraph {
-    #[cfg(torch_ext_cuda_graphs)]
+    #[cfg(torch_ext_cuda)]
     handle: *mut std::ffi::c_void,
 }
 
-#[cfg(torch_ext_cuda_graphs)]
+#[cfg(torch_ext_cuda)]
 mod imp {
     use super::CudaGraph;
     use crate::{ffi, Result};
@@ -61,7 +61,7 @@ mod imp {
 
 // Without the CUDA headers `new` fails, so the other methods are never reached; they exist so
 // that callers compile the same way in both builds.
-#[cfg(not(torch_ext_cuda_graphs))]
+#[cfg(not(torch_ext_cuda))]
 mod imp {
     use super::CudaGraph;
     use crate::{Result, TorchExtError};

@@ -65,20 +65,26 @@ extern "C" {
     ) -> *mut c_char;
     pub fn tx_backend_free(backend: *mut c_void);
 
-    #[cfg(torch_ext_cuda_graphs)]
+    #[cfg(torch_ext_cuda)]
     pub fn tx_cuda_graph_new(out: *mut *mut c_void) -> *mut c_char;
-    #[cfg(torch_ext_cuda_graphs)]
+    #[cfg(torch_ext_cuda)]
     pub fn tx_cuda_graph_free(graph: *mut c_void);
-    #[cfg(torch_ext_cuda_graphs)]
+    #[cfg(torch_ext_cuda)]
     pub fn tx_cuda_graph_warmup_begin(graph: *mut c_void) -> *mut c_char;
-    #[cfg(torch_ext_cuda_graphs)]
+    #[cfg(torch_ext_cuda)]
     pub fn tx_cuda_graph_warmup_end(graph: *mut c_void) -> *mut c_char;
-    #[cfg(torch_ext_cuda_graphs)]
+    #[cfg(torch_ext_cuda)]
     pub fn tx_cuda_graph_capture_begin(graph: *mut c_void) -> *mut c_char;
-    #[cfg(torch_ext_cuda_graphs)]
+    #[cfg(torch_ext_cuda)]
     pub fn tx_cuda_graph_capture_end(graph: *mut c_void) -> *mut c_char;
-    #[cfg(torch_ext_cuda_graphs)]
+    #[cfg(torch_ext_cuda)]
     pub fn tx_cuda_graph_replay(graph: *mut c_void) -> *mut c_char;
+    #[cfg(torch_ext_cuda)]
+    pub fn tx_sync_counter_start(out: *mut *mut c_void) -> *mut c_char;
+    #[cfg(torch_ext_cuda)]
+    pub fn tx_sync_counter_count(counter: *mut c_void) -> i64;
+    #[cfg(torch_ext_cuda)]
+    pub fn tx_sync_counter_free(counter: *mut c_void);
     pub fn tx_all_reduce_sum(backend: *mut c_void, tensor: *const C_tensor) -> *mut c_char;
     pub fn tx_broadcast(backend: *mut c_void, tensor: *const C_tensor, root: i32) -> *mut c_char;
     pub fn tx_all_gather(backend: *mut c_void, input: *const C_tensor, output: *const C_tensor) -> *mut c_char;

@@ -51,7 +51,7 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
     // Batches epoch after epoch, as training draws them.
     let mut epoch = 0;
     let mut batches = loader.prefetch(epoch, 0, device);
-    let (e2e_seconds, _) = engine.time(args.warmup, args.iters, |engine| {
+    let e2e = engine.time(args.warmup, args.iters, |engine| {
         let batch = loop {
             match batches.next() {
                 Some(batch) => break batch.context("loading a batch")?,
@@ -67,7 +67,7 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
     drop(batches);
     let view1 = tch::Tensor::randn([batch as i64, 3, res, res], (tch::Kind::Float, device));
     let view2 = tch::Tensor::randn([batch as i64, 3, res, res], (tch::Kind::Float, device));
-    let (step_seconds, peak_gib) = engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2))?;
+    let alone = engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2))?;
 
     let mut report = Report::new("e2e");
     report.about("experiment", args.common.experiment.display().to_string());
@@ -79,15 +79,15 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
     report.about("res", res);
     report.about("layout", engine.layout());
     report.about("input", input);
-    for (who, seconds) in [("end to end", e2e_seconds), ("model step alone", step_seconds)] {
-        let mut row = step_row(who, batch as i64, seconds, peak_gib);
+    for (who, timing) in [("end to end", e2e), ("model step alone", alone)] {
+        let mut row = step_row(who, batch as i64, timing);
         row.insert(
             1,
             ("input", json!(if who == "end to end" { input } else { "random views" })),
         );
         report.row(row);
     }
-    let ratio = step_seconds / e2e_seconds;
+    let ratio = alone.seconds / e2e.seconds;
     report.note(format!(
         "end to end / model step alone: {ratio:.3}x img/s ({})",
         if ratio >= 0.9 {

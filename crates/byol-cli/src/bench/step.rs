@@ -117,30 +117,42 @@ impl StepEngine {
         }
     }
 
-    /// Times `iters` calls of `step` after `warmup` ones: (seconds per step, peak GiB on CUDA).
+    /// Times `iters` calls of `step` after `warmup` ones; on CUDA also the peak memory and the
+    /// host-device synchronizations of the timed steps.
     pub fn time(
         &mut self,
         warmup: usize,
         iters: usize,
         mut step: impl FnMut(&mut Self) -> anyhow::Result<()>,
-    ) -> anyhow::Result<(f64, Option<f64>)> {
+    ) -> anyhow::Result<Timing> {
         for _ in 0..warmup {
             step(self)?;
         }
         self.sync();
+        let counter = match self.device {
+            tch::Device::Cuda(_) => Some(torch_ext::cuda_sync::SyncCounter::start()?),
+            _ => None,
+        };
         let started = Instant::now();
         for _ in 0..iters {
             step(self)?;
         }
+        // Read before the closing synchronize, which would count too.
+        let syncs = counter.as_ref().map(|c| c.count() as f64 / iters as f64);
+        drop(counter);
         self.sync();
         let seconds = started.elapsed().as_secs_f64() / iters as f64;
-        let peak = match self.device {
+        let peak_gib = match self.device {
             tch::Device::Cuda(i) => {
                 Some(torch_ext::memory::cuda_memory(i)?.peak_allocated as f64 / (1u64 << 30) as f64)
             }
             _ => None,
         };
-        Ok((seconds, peak))
+        Ok(Timing {
+            seconds,
+            peak_gib,
+            syncs_per_step: syncs,
+        })
     }
 
     pub fn layout(&self) -> &'static str {
@@ -152,13 +164,25 @@ impl StepEngine {
     }
 }
 
+/// What [`StepEngine::time`] measured.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    pub seconds: f64,
+    /// CUDA only.
+    pub peak_gib: Option<f64>,
+    /// Host-device synchronizations per timed step (CUDA only): each makes the host wait for the
+    /// device before it can queue more work.
+    pub syncs_per_step: Option<f64>,
+}
+
 /// One row of the step table.
-pub(super) fn step_row(who: &str, batch: i64, seconds: f64, peak_gib: Option<f64>) -> Vec<(&'static str, Value)> {
+pub(super) fn step_row(who: &str, batch: i64, timing: Timing) -> Vec<(&'static str, Value)> {
     vec![
         ("who", json!(who)),
-        ("img/s", json!(batch as f64 / seconds)),
-        ("ms/step", json!(seconds * 1e3)),
-        ("peak GiB", json!(peak_gib)),
+        ("img/s", json!(batch as f64 / timing.seconds)),
+        ("ms/step", json!(timing.seconds * 1e3)),
+        ("peak GiB", json!(timing.peak_gib)),
+        ("host syncs/step", json!(timing.syncs_per_step)),
     ]
 }
 
@@ -189,7 +213,7 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
     let device = engine.device;
     let view1 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
     let view2 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
-    let (seconds, peak_gib) = engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2))?;
+    let ours = engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2))?;
     let (arch, cifar_stem, width) = backbone(&experiment)?;
     let precision = format!("{:?}", experiment.run.precision).to_lowercase();
 
@@ -207,7 +231,7 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
     report.about("layout", engine.layout());
     report.about("concat_views", experiment.byol.concat_views);
     report.about("threads", tch::get_num_threads());
-    report.row(step_row("byol-rs", batch, seconds, peak_gib));
+    report.row(step_row("byol-rs", batch, ours));
     if let Some(python) = &args.against_torch {
         if !arch.starts_with("resnet") || width != 64 {
             bail!("--against-torch compares torchvision ResNets at width 64; this experiment's backbone is {arch} (width {width})");
@@ -220,15 +244,15 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
             res,
             precision: &precision,
         };
-        let (theirs, their_peak) = reference.time(python, &script, &engine, &experiment, args)?;
-        report.row(step_row("eager PyTorch", batch, theirs, their_peak));
-        let memory = match (peak_gib, their_peak) {
+        let theirs = reference.time(python, &script, &engine, &experiment, args)?;
+        report.row(step_row("eager PyTorch", batch, theirs));
+        let memory = match (ours.peak_gib, theirs.peak_gib) {
             (Some(a), Some(b)) => format!(", peak memory {:.2}x ({a:.2} vs {b:.2} GiB)", a / b),
             _ => String::new(),
         };
         report.note(format!(
             "byol-rs / eager PyTorch: {:.3}x img/s{memory}",
-            theirs / seconds
+            theirs.seconds / ours.seconds
         ));
     }
     report.print(args.common.json);
@@ -279,7 +303,7 @@ struct Reference<'a> {
 }
 
 impl Reference<'_> {
-    /// Runs the script with `python`: (seconds per step, peak GiB on CUDA).
+    /// Runs the script with `python`; its timing as [`StepEngine::time`] reports ours.
     fn time(
         &self,
         python: &Path,
@@ -287,7 +311,7 @@ impl Reference<'_> {
         engine: &StepEngine,
         experiment: &Experiment,
         args: &StepArgs,
-    ) -> anyhow::Result<(f64, Option<f64>)> {
+    ) -> anyhow::Result<Timing> {
         let byol = &experiment.byol;
         let mut command = std::process::Command::new(python);
         command.arg(script).args([
@@ -344,6 +368,10 @@ impl Reference<'_> {
         let seconds = rate["s_per_step"]
             .as_f64()
             .with_context(|| format!("the reference's line has no s_per_step: {line}"))?;
-        Ok((seconds, rate["peak_gib"].as_f64()))
+        Ok(Timing {
+            seconds,
+            peak_gib: rate["peak_gib"].as_f64(),
+            syncs_per_step: rate["syncs_per_step"].as_f64(),
+        })
     }
 }
