@@ -133,12 +133,21 @@ impl StepEngine {
             tch::Device::Cuda(_) => Some(torch_ext::cuda_sync::SyncCounter::start()?),
             _ => None,
         };
+        // One read that must count, so that a counter that sees nothing reports nothing
+        // rather than zero.
+        let counted_before = counter.as_ref().and_then(|c| {
+            let _ = Tensor::zeros([], (Kind::Float, self.device)).double_value(&[]);
+            Some(c.count()).filter(|&n| n > 0)
+        });
         let started = Instant::now();
         for _ in 0..iters {
             step(self)?;
         }
         // Read before the closing synchronize, which would count too.
-        let syncs = counter.as_ref().map(|c| c.count() as f64 / iters as f64);
+        let syncs = counter
+            .as_ref()
+            .zip(counted_before)
+            .map(|(c, before)| (c.count() - before) as f64 / iters as f64);
         drop(counter);
         self.sync();
         let seconds = started.elapsed().as_secs_f64() / iters as f64;
