@@ -127,7 +127,7 @@ pub fn tensor_lr_against_number_lr(build: impl Fn(Vec<NamedParameter>) -> Box<dy
                 (p * g).sum(Kind::Float).backward();
             }
             if from_tensor {
-                optimizer.step_at(&Tensor::from(*lr as f32)).unwrap();
+                optimizer.step_at(&Tensor::from(*lr as f32), None).unwrap();
             } else {
                 optimizer.step(*lr);
             }
@@ -144,4 +144,58 @@ pub fn tensor_lr_against_number_lr(build: impl Fn(Vec<NamedParameter>) -> Box<dy
         .map(|(a, b)| crate::max_abs_diff(a, b))
         .fold(0.0, f64::max);
     worst / scale
+}
+
+/// Runs four steps (changing lr, the lr read from a tensor) with `build(parameters)` twice on
+/// identical parameters and gradients: once plainly, once with the skip flag at every step (0)
+/// and with two extra steps whose gradients hold an Inf and a NaN and whose flag is 1, as fp16's
+/// loss scale raises it. Returns the largest difference between the two runs' parameters and
+/// optimizer state: a skipped step must change nothing, so 0.
+pub fn skipped_steps_change_nothing(build: impl Fn(Vec<NamedParameter>) -> Box<dyn Optimizer>) -> f64 {
+    let originals = parameters();
+    let lrs = [0.5, 1.0, 0.25, 2.0];
+    let grads: Vec<Vec<Tensor>> = lrs
+        .iter()
+        .map(|_| originals.iter().map(|p| Tensor::randn_like(&p.tensor) * 0.1).collect())
+        .collect();
+    let mut runs = Vec::new();
+    for with_skips in [false, true] {
+        let parameters: Vec<NamedParameter> = originals
+            .iter()
+            .map(|p| NamedParameter {
+                name: p.name.clone(),
+                tensor: p.tensor.detach().copy().set_requires_grad(true),
+            })
+            .collect();
+        let handles: Vec<Tensor> = parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
+        let mut optimizer = build(parameters);
+        let last = handles.len() - 1;
+        let step_with = |optimizer: &mut Box<dyn Optimizer>, grads: &[Tensor], lr: f64, skip: Option<f32>| {
+            optimizer.zero_grad();
+            for (p, g) in handles[..last].iter().zip(grads) {
+                (p * g).sum(Kind::Float).backward();
+            }
+            let skip = skip.map(Tensor::from);
+            optimizer.step_at(&Tensor::from(lr as f32), skip.as_ref()).unwrap();
+        };
+        for (step, lr) in lrs.iter().enumerate() {
+            if with_skips && (step == 1 || step == 3) {
+                let poison = if step == 1 { f64::INFINITY } else { f64::NAN };
+                let overflowed: Vec<Tensor> = grads[step].iter().map(Tensor::copy).collect();
+                let _ = overflowed[3].narrow(0, 0, 1).fill_(poison);
+                step_with(&mut optimizer, &overflowed, 4.0, Some(1.0));
+            }
+            step_with(&mut optimizer, &grads[step], *lr, with_skips.then_some(0.0));
+        }
+        runs.push((handles, optimizer.state()));
+    }
+    let (plain, skipped) = (&runs[0], &runs[1]);
+    let mut worst = 0f64;
+    for (a, b) in plain.0.iter().zip(&skipped.0) {
+        worst = worst.max(crate::max_abs_diff(a, b));
+    }
+    for ((_, a), (_, b)) in plain.1.iter().zip(&skipped.1) {
+        worst = worst.max(crate::max_abs_diff(a, b));
+    }
+    worst
 }

@@ -3,7 +3,7 @@
 //! for bit.
 
 use byol::OptimizerSpec;
-use byol_testkit::optimizer::{fused_against_per_tensor, tensor_lr_against_number_lr};
+use byol_testkit::optimizer::{fused_against_per_tensor, skipped_steps_change_nothing, tensor_lr_against_number_lr};
 use optim_lars::LarsConfig;
 
 #[test]
@@ -42,6 +42,26 @@ fn fused_lars_takes_its_lr_from_a_tensor() {
     assert!(relative < 1e-6, "relative difference {relative}");
 }
 
+/// A step skipped on the device's flag (fp16's overflow) changes neither the parameters nor
+/// the momentum, bit for bit, with and without momentum.
+#[test]
+fn fused_lars_skips_a_flagged_step_exactly() {
+    for momentum in [0.9, 0.0] {
+        let difference = skipped_steps_change_nothing(|parameters| {
+            let config = LarsConfig {
+                weight_decay: 1e-3,
+                trust_coefficient: 0.02,
+                momentum,
+                ..Default::default()
+            };
+            config
+                .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
+                .unwrap()
+        });
+        assert_eq!(difference, 0.0, "momentum {momentum}");
+    }
+}
+
 #[test]
 fn the_per_tensor_update_says_it_cannot_take_a_tensor_lr() {
     let config = LarsConfig {
@@ -51,6 +71,6 @@ fn the_per_tensor_update_says_it_cannot_take_a_tensor_lr() {
     let mut optimizer = config
         .build(Vec::new(), &byol::BuildContext::new(tch::Device::Cpu, 32))
         .unwrap();
-    let error = optimizer.step_at(&tch::Tensor::from(0.1f32)).unwrap_err();
+    let error = optimizer.step_at(&tch::Tensor::from(0.1f32), None).unwrap_err();
     assert!(error.contains("fused = true"), "{error}");
 }

@@ -94,7 +94,7 @@ impl StepEngine {
         if let Some(graph) = &mut self.graph {
             let views = (view1.shallow_clone(), view2.shallow_clone());
             let (model, optimizer) = (&self.model, self.optimizer.as_mut());
-            graph.step(self.device, &self.numerics, &model.byol, optimizer, views, 0.2, 0.996)?;
+            graph.step(self.device, &self.numerics, model, optimizer, views, 0.2, 0.996)?;
             return Ok(());
         }
         self.optimizer.zero_grad();

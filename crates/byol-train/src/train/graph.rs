@@ -2,18 +2,20 @@
 //! views, the optimizer, the target EMA) recorded once as a CUDA graph and replayed every step,
 //! one launch instead of thousands. A replay reuses the tensors it was recorded on, so the views
 //! are copied into static buffers first, and the lr and the EMA weight are 0-d tensors filled
-//! before each replay (numbers would be frozen into the kernels).
+//! before each replay (numbers would be frozen into the kernels). In fp16 the loss scale and
+//! its overflow flag live on the device, so the recorded step skips an overflowing update and
+//! adjusts the scale by itself.
 
 use anyhow::{bail, Context};
 use tch::{Device, Kind, Tensor};
 
-use byol::{Byol, LossParts};
+use byol::LossParts;
 use torch_ext::cuda_graph::CudaGraph;
 
-use crate::experiment::Precision;
 use crate::optimizer::Optimizer;
 use crate::Experiment;
 
+use super::model::Model;
 use super::step::StepNumerics;
 
 /// Eager steps on the graph's side stream before capture, so that lazy initialization (cuDNN
@@ -26,12 +28,6 @@ pub fn graphed_step(experiment: &Experiment, device: Device, processes: usize) -
     let run = &experiment.run;
     if !run.cuda_graphs {
         return Ok(None);
-    }
-    if run.precision == Precision::Fp16 {
-        bail!(
-            "run.cuda_graphs = true cannot replay fp16's loss scaling (it reads every step's gradients on the \
-             host to decide whether to step); use run.precision = \"bf16\", or set run.cuda_graphs = false"
-        );
     }
     if processes > 1 {
         bail!("run.cuda_graphs = true is for one process: with {processes}, set run.cuda_graphs = false");
@@ -55,13 +51,22 @@ pub struct GraphedStep {
     captured: Option<Captured>,
 }
 
-/// What the recorded step reads (views, lr, EMA weight) and writes (its loss parts).
+/// What the recorded step reads (views, lr, EMA weight) and writes (its loss parts, fp16's
+/// overflow flag).
 struct Captured {
     view1: Tensor,
     view2: Tensor,
     lr: Tensor,
     ema_weight: Tensor,
     parts: LossParts,
+    overflow: Option<Tensor>,
+}
+
+/// What a step wrote: the graph's own output tensors, overwritten by the next step.
+pub struct GraphedOutputs {
+    pub parts: LossParts,
+    /// fp16's overflow flag (1: the step was skipped).
+    pub overflow: Option<Tensor>,
 }
 
 impl GraphedStep {
@@ -73,35 +78,34 @@ impl GraphedStep {
         })
     }
 
-    /// One training step on `view1`/`view2` at `lr` and `tau`: eager during warm-up, then
-    /// recorded once, then replayed. The loss parts returned are the graph's own output tensors,
-    /// overwritten by the next step.
+    /// One training step of `model` on `view1`/`view2` at `lr` and `tau`: eager during
+    /// warm-up, then recorded once, then replayed.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         device: Device,
         numerics: &StepNumerics,
-        byol: &Byol,
+        model: &Model,
         optimizer: &mut dyn Optimizer,
         (view1, view2): (Tensor, Tensor),
         lr: f64,
         tau: f64,
-    ) -> anyhow::Result<LossParts> {
+    ) -> anyhow::Result<GraphedOutputs> {
         if self.warmup_left > 0 {
             self.warmup_left -= 1;
             self.graph.warmup_begin()?;
             let eager = (|| {
                 optimizer.zero_grad();
-                let parts = numerics.forward_backward(device, byol, view1, view2, 1.0)?;
-                optimizer.step(lr);
-                byol.update_target_with_tau(tau);
-                anyhow::Ok(parts)
+                let parts = numerics.forward_backward(device, &model.byol, view1, view2, 1.0)?;
+                let overflow = numerics.optimizer_step(&model.parameters, optimizer, lr);
+                model.byol.update_target_with_tau(tau);
+                anyhow::Ok(GraphedOutputs { parts, overflow })
             })();
             self.graph.warmup_end()?;
             return eager;
         }
         if self.captured.is_none() {
-            self.captured = Some(self.capture(device, numerics, byol, optimizer, &view1, &view2)?);
+            self.captured = Some(self.capture(device, numerics, model, optimizer, &view1, &view2)?);
         }
         let captured = self.captured.as_ref().expect("captured above");
         tch::no_grad(|| {
@@ -111,10 +115,13 @@ impl GraphedStep {
             let _ = captured.ema_weight.shallow_clone().fill_(1.0 - tau);
         });
         self.graph.replay().context("replaying the captured training step")?;
-        Ok(LossParts {
-            loss: captured.parts.loss.shallow_clone(),
-            online_projections: captured.parts.online_projections.shallow_clone(),
-            online_embeddings: captured.parts.online_embeddings.shallow_clone(),
+        Ok(GraphedOutputs {
+            parts: LossParts {
+                loss: captured.parts.loss.shallow_clone(),
+                online_projections: captured.parts.online_projections.shallow_clone(),
+                online_embeddings: captured.parts.online_embeddings.shallow_clone(),
+            },
+            overflow: captured.overflow.as_ref().map(Tensor::shallow_clone),
         })
     }
 
@@ -122,7 +129,7 @@ impl GraphedStep {
         &mut self,
         device: Device,
         numerics: &StepNumerics,
-        byol: &Byol,
+        model: &Model,
         optimizer: &mut dyn Optimizer,
         view1: &Tensor,
         view2: &Tensor,
@@ -133,14 +140,17 @@ impl GraphedStep {
         self.graph.capture_begin().context("starting the CUDA graph capture")?;
         let recorded = (|| {
             optimizer.zero_grad();
-            let parts = numerics.forward_backward(device, byol, view1.shallow_clone(), view2.shallow_clone(), 1.0)?;
-            optimizer.step_at(&lr).map_err(anyhow::Error::msg)?;
-            byol.update_target_with_weight(&ema_weight);
-            anyhow::Ok(parts)
+            let parts =
+                numerics.forward_backward(device, &model.byol, view1.shallow_clone(), view2.shallow_clone(), 1.0)?;
+            let overflow = numerics
+                .optimizer_step_at(&model.parameters, optimizer, &lr)
+                .map_err(anyhow::Error::msg)?;
+            model.byol.update_target_with_weight(&ema_weight);
+            anyhow::Ok((parts, overflow))
         })();
         // The capture ends whatever happened inside it, or the stream stays in capture mode.
         let ended = self.graph.capture_end();
-        let parts = recorded.context("recording the training step as a CUDA graph (run.cuda_graphs)")?;
+        let (parts, overflow) = recorded.context("recording the training step as a CUDA graph (run.cuda_graphs)")?;
         ended.context("ending the CUDA graph capture")?;
         Ok(Captured {
             view1,
@@ -148,6 +158,7 @@ impl GraphedStep {
             lr,
             ema_weight,
             parts,
+            overflow,
         })
     }
 }

@@ -20,10 +20,15 @@ impl LossWatch {
         }
     }
 
-    /// Notes the loss of step `step` (1-based): a few tiny kernels, no host read.
-    pub fn observe(&mut self, loss: &Tensor, step: u64) {
+    /// Notes the loss of step `step` (1-based): a few tiny kernels, no host read. A step that
+    /// fp16's loss scale skipped (`overflow` set) changed nothing, so its loss is no divergence.
+    pub fn observe(&mut self, loss: &Tensor, step: u64, overflow: Option<&Tensor>) {
         tch::no_grad(|| {
-            let this_step = Tensor::where_scalar(&loss.isfinite(), i64::MAX, step as i64);
+            let fine = match overflow {
+                Some(overflow) => loss.isfinite().logical_or(&overflow.ne(0.0)),
+                None => loss.isfinite(),
+            };
+            let this_step = Tensor::where_scalar(&fine, i64::MAX, step as i64);
             self.first_bad_step = self.first_bad_step.minimum(&this_step);
         });
     }
@@ -44,11 +49,21 @@ mod tests {
     #[test]
     fn the_first_non_finite_loss_is_the_one_named() {
         let mut watch = LossWatch::new(Device::Cpu);
-        watch.observe(&Tensor::from(0.5f32), 1);
+        watch.observe(&Tensor::from(0.5f32), 1, None);
         assert_eq!(watch.first_bad_step(), None);
         for (step, loss) in [(2, f32::NAN), (3, 0.25), (4, f32::INFINITY), (5, f32::NEG_INFINITY)] {
-            watch.observe(&Tensor::from(loss), step);
+            watch.observe(&Tensor::from(loss), step, None);
         }
         assert_eq!(watch.first_bad_step(), Some(2));
+    }
+
+    #[test]
+    fn a_step_skipped_for_overflowing_is_not_a_divergence() {
+        let mut watch = LossWatch::new(Device::Cpu);
+        watch.observe(&Tensor::from(f32::INFINITY), 1, Some(&Tensor::from(1.0f32)));
+        watch.observe(&Tensor::from(0.5f32), 2, Some(&Tensor::from(0.0f32)));
+        assert_eq!(watch.first_bad_step(), None);
+        watch.observe(&Tensor::from(f32::NAN), 3, Some(&Tensor::from(0.0f32)));
+        assert_eq!(watch.first_bad_step(), Some(3));
     }
 }

@@ -37,7 +37,7 @@ use crate::Experiment;
 
 pub use data::{training_loader, two_views};
 pub use device::{parse_device, parse_device_for};
-pub use graph::{graphed_step, GraphedStep};
+pub use graph::{graphed_step, GraphedOutputs, GraphedStep};
 pub use guard::panic_message;
 pub use model::{Model, Weights};
 pub use monitor::{embed_split, embed_split_sharded, Evaluation, NO_LABELS_NOTE};

@@ -14,6 +14,7 @@ use crate::schedule::lr_at;
 use crate::Experiment;
 
 use super::data::two_views;
+use super::graph::GraphedOutputs;
 use super::trainer::Trainer;
 
 /// How a training step computes: `run.precision` and `run.memory_format` resolved for a device.
@@ -31,7 +32,7 @@ impl StepNumerics {
         let (autocast, scaler) = match precision {
             Precision::Fp32 => (None, None),
             Precision::Bf16 => (Some(Kind::BFloat16), None),
-            Precision::Fp16 if device.is_cuda() => (Some(Kind::Half), Some(LossScaler::default())),
+            Precision::Fp16 if device.is_cuda() => (Some(Kind::Half), Some(LossScaler::new(device))),
             Precision::Fp16 => {
                 bail!("run.precision = \"fp16\" needs a CUDA device (this run is on {device:?}); use \"bf16\" or \"fp32\"")
             }
@@ -78,23 +79,53 @@ impl StepNumerics {
         let mut parts = self.forward(device, || byol.loss_parts(&view1, &view2));
         parts.loss = parts.loss.to_kind(Kind::Float) * weight;
         match &self.scaler {
-            Some(scaler) => (&parts.loss * scaler.scale()).backward(),
+            Some(scaler) => scaler.scale_loss(&parts.loss).backward(),
             None => parts.loss.backward(),
         }
         Ok(parts)
     }
 
-    /// The optimizer step at `lr`, after unscaling fp16 gradients; skipped (and the loss scale
-    /// lowered) when they overflowed. Returns whether the step was taken.
-    pub fn optimizer_step(&mut self, parameters: &[NamedParameter], optimizer: &mut dyn Optimizer, lr: f64) -> bool {
-        let apply = match &mut self.scaler {
-            Some(scaler) => scaler.unscale(parameters),
-            None => true,
+    /// The optimizer step at `lr`, after unscaling fp16 gradients: a step whose gradients
+    /// overflowed is skipped and lowers the loss scale. Returns the overflow flag (a 0-d tensor
+    /// on the device, 1 for a skipped step), None without a loss scale. An optimizer that can
+    /// skip on the device's flag ([`Optimizer::step_at`]) is handed the flag, so the host never
+    /// waits for the device; for the others the flag is read on the host, as GradScaler does.
+    pub fn optimizer_step(
+        &self,
+        parameters: &[NamedParameter],
+        optimizer: &mut dyn Optimizer,
+        lr: f64,
+    ) -> Option<Tensor> {
+        let Some(scaler) = &self.scaler else {
+            optimizer.step(lr);
+            return None;
         };
-        if apply {
+        let overflow = scaler.unscale(parameters);
+        let lr_at = Tensor::full([], lr, (Kind::Float, overflow.device()));
+        if optimizer.step_at(&lr_at, Some(&overflow)).is_err() && overflow.double_value(&[]) == 0.0 {
             optimizer.step(lr);
         }
-        apply
+        scaler.update();
+        Some(overflow)
+    }
+
+    /// [`StepNumerics::optimizer_step`] with the lr read from `lr` (a 0-d tensor on the
+    /// device) and nothing read on the host, for a step recorded in a CUDA graph; an optimizer
+    /// that cannot take its lr from a tensor says why.
+    pub fn optimizer_step_at(
+        &self,
+        parameters: &[NamedParameter],
+        optimizer: &mut dyn Optimizer,
+        lr: &Tensor,
+    ) -> Result<Option<Tensor>, String> {
+        let Some(scaler) = &self.scaler else {
+            optimizer.step_at(lr, None)?;
+            return Ok(None);
+        };
+        let overflow = scaler.unscale(parameters);
+        optimizer.step_at(lr, Some(&overflow))?;
+        scaler.update();
+        Ok(Some(overflow))
     }
 }
 
@@ -195,14 +226,10 @@ impl Trainer<'_> {
             }
             None => (total, stop),
         };
-        let applied = self
+        let overflow = self
             .numerics
             .optimizer_step(&self.model.parameters, self.optimizer.as_mut(), lr);
-        // A step that fp16's loss scale skipped for overflowing changed nothing: its loss is
-        // not a divergence.
-        if applied {
-            self.loss_watch.observe(&loss, step + 1);
-        }
+        self.loss_watch.observe(&loss, step + 1, overflow.as_ref());
         let tau = self.model.byol.update_target(step, self.plan.total_steps);
         Ok(StepReport {
             loss,
@@ -213,7 +240,7 @@ impl Trainer<'_> {
         })
     }
 
-    /// [`Trainer::step`] replayed from a CUDA graph: one process, one micro-batch, fp32 or bf16
+    /// [`Trainer::step`] replayed from a CUDA graph: one process, one micro-batch
     /// (`graphed_step` refused the rest). The probe learns eagerly from the graph's outputs.
     fn graphed_step(&mut self, step: u64, batch: &Batch, stop: bool) -> anyhow::Result<StepReport> {
         let views = two_views(self.augment.as_ref(), &self.loader, &batch.images)?;
@@ -222,10 +249,10 @@ impl Trainer<'_> {
             self.model.byol.tau_at(step, self.plan.total_steps),
         );
         let graph = self.graph.as_mut().expect("called with a graph");
-        let parts = graph.step(
+        let GraphedOutputs { parts, overflow } = graph.step(
             self.device,
             &self.numerics,
-            &self.model.byol,
+            &self.model,
             self.optimizer.as_mut(),
             views,
             lr,
@@ -238,7 +265,7 @@ impl Trainer<'_> {
             .context("loading the online probe's batch from eval.train")?;
         // The graph's outputs are overwritten by the next replay.
         let loss = parts.loss.copy();
-        self.loss_watch.observe(&loss, step + 1);
+        self.loss_watch.observe(&loss, step + 1, overflow.as_ref());
         Ok(StepReport {
             loss,
             lr,

@@ -107,13 +107,44 @@ impl FlatMomentum {
         Some(flat)
     }
 
-    pub(super) fn step(&mut self, lr: Lr<'_>, momentum: f64, nesterov: bool) {
+    /// One update at `lr`; with a `skip` flag (see `Optimizer::step_at`), one that the device
+    /// turns into no update at all when the flag is set.
+    pub(super) fn step(&mut self, lr: Lr<'_>, skip: Option<&Tensor>, momentum: f64, nesterov: bool) {
         tch::no_grad(|| {
             self.relink_grads(true);
-            for bucket in &self.buckets {
-                self.step_bucket(bucket, &lr, momentum, nesterov);
+            match skip {
+                None => self.step_buckets(&lr, momentum, nesterov),
+                Some(skip) => self.step_unless(skip, lr, momentum, nesterov),
             }
         });
+    }
+
+    fn step_buckets(&self, lr: &Lr<'_>, momentum: f64, nesterov: bool) {
+        for bucket in &self.buckets {
+            self.step_bucket(bucket, lr, momentum, nesterov);
+        }
+    }
+
+    /// The step, decided on the device: when `skip` is set, the gradients (holding an Inf or
+    /// NaN then) are zeroed so that every op stays finite, the lr becomes 0 so that each
+    /// parameter keeps its value (`p - 0*u == p` for a finite `u`), and the momentum gets back
+    /// the value saved before the step. When it is not set, the same ops as an unskippable
+    /// step, the lr multiplied by 1.
+    fn step_unless(&self, skip: &Tensor, lr: Lr<'_>, momentum: f64, nesterov: bool) {
+        let skipped = skip.ne(0.0);
+        let _ = self.grads.shallow_clone().masked_fill_(&skipped, 0.0);
+        let kept = skipped.logical_not().to_kind(self.grads.kind());
+        let lr = match lr {
+            Lr::Value(lr) => kept * lr,
+            Lr::Tensor(lr) => kept * lr,
+        };
+        let saved = (momentum != 0.0).then(|| self.momentum.copy());
+        self.step_buckets(&Lr::Tensor(&lr), momentum, nesterov);
+        if let Some(saved) = saved {
+            self.momentum
+                .shallow_clone()
+                .copy_(&saved.where_self(&skipped, &self.momentum));
+        }
     }
 
     fn step_bucket(&self, bucket: &Bucket, lr: &Lr<'_>, momentum: f64, nesterov: bool) {

@@ -40,11 +40,15 @@ pub trait Optimizer: std::fmt::Debug {
     /// One update with learning rate `lr`.
     fn step(&mut self, lr: f64);
 
-    /// One update with the learning rate read from `lr` (a 0-d tensor on the parameters'
-    /// device) when the kernels run, not fixed when they are queued: what a step captured in a
-    /// CUDA graph needs, replayed at each step's lr. Optimizers that cannot say why.
-    fn step_at(&mut self, lr: &Tensor) -> Result<(), String> {
-        let _ = lr;
+    /// One update whose inputs are read on the device when its kernels run, not fixed when
+    /// they are queued: the learning rate from `lr` (a 0-d tensor on the parameters' device)
+    /// and, when `skip` is given (a 0-d flag there, non-zero for a step whose gradients
+    /// overflowed), whether the step happens at all: a skipped step leaves the parameters and
+    /// the optimizer state exactly as they were. What a step that never waits for the device
+    /// needs: one replayed from a CUDA graph at each step's lr, fp16's loss scale without a
+    /// host read of its overflow flag. Optimizers that cannot say why.
+    fn step_at(&mut self, lr: &Tensor, skip: Option<&Tensor>) -> Result<(), String> {
+        let _ = (lr, skip);
         Err("this optimizer cannot take its learning rate from a tensor (lars and sgd with fused = true can)".into())
     }
 

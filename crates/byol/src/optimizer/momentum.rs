@@ -85,7 +85,7 @@ impl<R: MomentumRule> Optimizer for MomentumSgd<R> {
         let (m, nesterov) = (self.rule.momentum(), self.rule.nesterov());
         match &mut self.fused {
             Fused::On { flat, rest } => {
-                flat.step(Lr::Value(lr), m, nesterov);
+                flat.step(Lr::Value(lr), None, m, nesterov);
                 step_each(
                     &self.rule,
                     &self.parameters,
@@ -101,7 +101,7 @@ impl<R: MomentumRule> Optimizer for MomentumSgd<R> {
         }
     }
 
-    fn step_at(&mut self, lr: &Tensor) -> Result<(), String> {
+    fn step_at(&mut self, lr: &Tensor, skip: Option<&Tensor>) -> Result<(), String> {
         if matches!(self.fused, Fused::Pending) {
             self.fuse();
         }
@@ -116,7 +116,7 @@ impl<R: MomentumRule> Optimizer for MomentumSgd<R> {
                 self.parameters[i].name
             ));
         }
-        flat.step(Lr::Tensor(lr), self.rule.momentum(), self.rule.nesterov());
+        flat.step(Lr::Tensor(lr), skip, self.rule.momentum(), self.rule.nesterov());
         Ok(())
     }
 
