@@ -1,6 +1,7 @@
 //! Data parallelism on c10d with Gloo, on localhost: two processes must train exactly like one
 //! process holding the combined batch (synchronized batch norm on), under torchrun as well as
-//! under a hand-set environment; losing a process ends the job clearly, and it resumes.
+//! under a hand-set environment; losing a process ends the job clearly, and it resumes; a signal
+//! to one process stops them all after the same step.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -186,6 +187,66 @@ fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
         serde_json::from_slice(&std::fs::read(dir.path().join("job/summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 48);
     assert!(summary["resumed_from_step"].as_u64().unwrap() >= 4, "{summary}");
+}
+
+/// SIGTERM to one process of a data-parallel job: every process stops after the same step (the
+/// request travels with the gradients and is read every 10 steps), rank 0 saves it, all exit 0,
+/// and the job resumes from there to the end.
+#[test]
+fn a_signal_to_one_process_stops_every_process_after_the_same_step() {
+    let dir = setup();
+    let args = ["dp.toml", "--run-dir", "job", "--set", "schedule.epochs=12"];
+    let port = byol_testkit::free_port();
+    let ranks: Vec<Child> = (0..2).map(|r| spawn_rank(dir.path(), r, 2, port, &args)).collect();
+    let first = dir.path().join("job/checkpoints/step-000000004/manifest.json");
+    let started = Instant::now();
+    while !first.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &ranks[1].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let outputs: Vec<Output> = ranks.into_iter().map(|r| r.wait_with_output().unwrap()).collect();
+    // Both exit 0: had they stopped after different steps, the one still training would have
+    // lost its peer and failed.
+    for out in &outputs {
+        assert!(out.status.success(), "{}", text(out));
+    }
+    let report = text(&outputs[0]);
+    let line = report
+        .lines()
+        .find(|l| l.contains("stopped by signal after step "))
+        .unwrap_or_else(|| panic!("rank 0 does not say it stopped: {report}"));
+    let step: u64 = line
+        .split("after step ")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(step.is_multiple_of(10) && step < 96, "stopped after step {step}");
+    let saved = dir.path().join(format!("job/checkpoints/step-{step:09}/manifest.json"));
+    assert!(saved.exists(), "{} is missing", saved.display());
+
+    let port = byol_testkit::free_port();
+    let ranks: Vec<Child> = (0..2).map(|r| spawn_rank(dir.path(), r, 2, port, &args)).collect();
+    let outputs: Vec<Output> = ranks.into_iter().map(|r| r.wait_with_output().unwrap()).collect();
+    for out in &outputs {
+        assert!(out.status.success(), "{}", text(out));
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("job/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 96);
+    assert_eq!(summary["resumed_from_step"].as_u64(), Some(step), "{summary}");
 }
 
 #[test]

@@ -29,8 +29,16 @@ pub struct DataParallel {
 pub struct StepAgreement {
     /// The loss averaged over the processes, a scalar on the device.
     pub loss: Tensor,
-    /// Some process was asked to stop (SIGINT/SIGTERM): all stop after this same step.
-    pub stop: bool,
+    /// How many processes were asked to stop (SIGINT/SIGTERM), a scalar on the device: read
+    /// at the same steps by every process, so that all stop after the same one.
+    pub stop_requests: Tensor,
+}
+
+impl StepAgreement {
+    /// Whether any process asked to stop (waits for the device).
+    pub fn any_stop(&self) -> bool {
+        self.stop_requests.double_value(&[]) > 0.0
+    }
 }
 
 impl DataParallel {
@@ -157,11 +165,10 @@ impl DataParallel {
                 }
                 offset += n;
             }
-            // The stop request is read at every step (all processes must leave after the same
-            // one); the loss stays on the device until something reads it.
+            // Both stay on the device until something reads them.
             Ok(StepAgreement {
                 loss: bucket.get(offset),
-                stop: bucket.double_value(&[offset + 1]) > 0.0,
+                stop_requests: bucket.get(offset + 1),
             })
         })
     }

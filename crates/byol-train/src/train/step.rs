@@ -175,6 +175,11 @@ impl Plan {
     }
 }
 
+/// How often, in steps, a data-parallel run reads whether any process was asked to stop. Each
+/// read waits for the device; every process reads at the same steps, so all stop after the same
+/// one, at most this many steps after the signal.
+pub const STOP_POLL_STEPS: u64 = 10;
+
 /// What one training step computed.
 pub struct StepReport {
     /// The loss averaged over micro-batches (and processes): a scalar on the device, read on
@@ -183,7 +188,8 @@ pub struct StepReport {
     pub lr: f64,
     /// The target EMA's decay at this step.
     pub tau: f64,
-    /// Whether any process asked to stop.
+    /// Whether to stop after this step: this process was asked to, or in a data-parallel run,
+    /// any process was, as read every [`STOP_POLL_STEPS`] steps.
     pub stop: bool,
     /// The online projections of the last micro-batch, detached.
     pub projections: Tensor,
@@ -222,7 +228,9 @@ impl Trainer<'_> {
             Some(parallel) => {
                 let tensors: Vec<Tensor> = self.model.parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
                 let agreed = parallel.all_reduce_gradients(&tensors, &total, stop)?;
-                (agreed.loss, agreed.stop)
+                let polled = (step + 1).is_multiple_of(STOP_POLL_STEPS);
+                let stop = polled && agreed.any_stop();
+                (agreed.loss, stop)
             }
             None => (total, stop),
         };
