@@ -55,6 +55,19 @@ fn max_difference(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) -> (
         .fold((0.0, String::new()), |m, d| if d.0 > m.0 { d } else { m })
 }
 
+/// Waits until the job in `dir/job` has written its first checkpoint (step 4).
+fn wait_for_first_checkpoint(dir: &Path) {
+    let first = dir.join("job/checkpoints/step-000000004/manifest.json");
+    let started = Instant::now();
+    while !first.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn torchrun(dir: &Path, args: &[&str]) -> Output {
     Command::new(byol_testkit::python())
         .args(["-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port"])
@@ -154,15 +167,7 @@ fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
     let port = byol_testkit::free_port();
     let mut ranks: Vec<Child> = (0..2).map(|r| spawn_rank(dir.path(), r, 2, port, &args)).collect();
     // Kill rank 1 once the first checkpoint (step 4) is on disk.
-    let first = dir.path().join("job/checkpoints/step-000000004/manifest.json");
-    let started = Instant::now();
-    while !first.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint after 2 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_first_checkpoint(dir.path());
     ranks[1].kill().unwrap();
     let _ = ranks.remove(1).wait();
     let survivor = ranks.remove(0).wait_with_output().unwrap();
@@ -198,15 +203,7 @@ fn a_signal_to_one_process_stops_every_process_after_the_same_step() {
     let args = ["dp.toml", "--run-dir", "job", "--set", "schedule.epochs=12"];
     let port = byol_testkit::free_port();
     let ranks: Vec<Child> = (0..2).map(|r| spawn_rank(dir.path(), r, 2, port, &args)).collect();
-    let first = dir.path().join("job/checkpoints/step-000000004/manifest.json");
-    let started = Instant::now();
-    while !first.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint after 2 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_first_checkpoint(dir.path());
     let status = Command::new("kill")
         .args(["-TERM", &ranks[1].id().to_string()])
         .status()

@@ -29,6 +29,24 @@ fn parameters() -> Vec<NamedParameter> {
         .collect()
 }
 
+/// Fresh trainable copies of `originals`: same names and values, their own storage.
+fn trainable_copies(originals: &[NamedParameter]) -> Vec<NamedParameter> {
+    originals
+        .iter()
+        .map(|p| NamedParameter {
+            name: p.name.clone(),
+            tensor: p.tensor.detach().copy().set_requires_grad(true),
+        })
+        .collect()
+}
+
+/// Small random gradients for `originals`, one set per step.
+fn gradients(originals: &[NamedParameter], steps: usize) -> Vec<Vec<Tensor>> {
+    (0..steps)
+        .map(|_| originals.iter().map(|p| Tensor::randn_like(&p.tensor) * 0.1).collect())
+        .collect()
+}
+
 /// Runs four steps (changing lr) with `build(parameters, fused)` for fused = false and true on
 /// identical copies of the same parameters and gradients, and returns the largest absolute
 /// difference between the two runs' parameters and momentum state. Before the third step the
@@ -54,10 +72,7 @@ pub fn fused_against_per_tensor(build: impl Fn(Vec<NamedParameter>, bool) -> Box
             .collect()
     };
     let lrs = [0.5, 1.0, 0.25, 2.0];
-    let mut grads: Vec<Vec<Tensor>> = lrs
-        .iter()
-        .map(|_| originals.iter().map(|p| Tensor::randn_like(&p.tensor) * 0.1).collect())
-        .collect();
+    let mut grads = gradients(&originals, lrs.len());
     let _ = grads[0][5].zero_();
     let mut runs = Vec::new();
     for fused in [false, true] {
@@ -106,19 +121,10 @@ pub fn fused_against_per_tensor(build: impl Fn(Vec<NamedParameter>, bool) -> Box
 pub fn tensor_lr_against_number_lr(build: impl Fn(Vec<NamedParameter>) -> Box<dyn Optimizer>) -> f64 {
     let originals = parameters();
     let lrs = [0.5, 1.0, 0.25, 2.0];
-    let grads: Vec<Vec<Tensor>> = lrs
-        .iter()
-        .map(|_| originals.iter().map(|p| Tensor::randn_like(&p.tensor) * 0.1).collect())
-        .collect();
+    let grads = gradients(&originals, lrs.len());
     let mut runs = Vec::new();
     for from_tensor in [false, true] {
-        let parameters: Vec<NamedParameter> = originals
-            .iter()
-            .map(|p| NamedParameter {
-                name: p.name.clone(),
-                tensor: p.tensor.detach().copy().set_requires_grad(true),
-            })
-            .collect();
+        let parameters = trainable_copies(&originals);
         let handles: Vec<Tensor> = parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
         let mut optimizer = build(parameters);
         for (step, lr) in lrs.iter().enumerate() {
@@ -154,19 +160,10 @@ pub fn tensor_lr_against_number_lr(build: impl Fn(Vec<NamedParameter>) -> Box<dy
 pub fn skipped_steps_change_nothing(build: impl Fn(Vec<NamedParameter>) -> Box<dyn Optimizer>) -> f64 {
     let originals = parameters();
     let lrs = [0.5, 1.0, 0.25, 2.0];
-    let grads: Vec<Vec<Tensor>> = lrs
-        .iter()
-        .map(|_| originals.iter().map(|p| Tensor::randn_like(&p.tensor) * 0.1).collect())
-        .collect();
+    let grads = gradients(&originals, lrs.len());
     let mut runs = Vec::new();
     for with_skips in [false, true] {
-        let parameters: Vec<NamedParameter> = originals
-            .iter()
-            .map(|p| NamedParameter {
-                name: p.name.clone(),
-                tensor: p.tensor.detach().copy().set_requires_grad(true),
-            })
-            .collect();
+        let parameters = trainable_copies(&originals);
         let handles: Vec<Tensor> = parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
         let mut optimizer = build(parameters);
         let last = handles.len() - 1;
