@@ -11,6 +11,7 @@ mod loader_crops;
 mod portable_run;
 mod precision;
 mod quickstart;
+mod reference;
 mod resume;
 mod run_folder;
 mod run_folder_commands;
