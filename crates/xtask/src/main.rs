@@ -12,6 +12,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
+mod gpu_stage;
+
 /// torch-sys 0.24 checks for exactly this libtorch version.
 const TORCH_VERSION: &str = "2.11.0";
 /// Everything the venv holds. Changing this list re-runs pip on the next call.
@@ -40,6 +42,9 @@ commands:
   run <args...>      setup, then `cargo run --release -p byol-cli -- <args...>`
   cargo <args...>    setup, then any cargo command with the libtorch environment
   env                print shell `export` lines for using plain cargo in this shell
+  gpu-stage [DATA]   setup, build byol-run (release) and stage it in .gpu-stage/ for
+                     tests/gpu/checks.sh, with the CIFAR-10 JPEGs from DATA (a folder holding
+                     train/ and test/, or a .tar.gz of both)
 
 environment:
   BYOL_RS_VENV       use this venv instead of the per-user cache one
@@ -90,6 +95,29 @@ fn run(args: &[String]) -> Result<(), String> {
             for (key, value) in torch_env(&venv) {
                 println!("export {}={}", key, shell_quote(&value.to_string_lossy()));
             }
+            Ok(())
+        }
+        "gpu-stage" => {
+            let venv = ensure_venv()?;
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .canonicalize()
+                .map_err(|e| format!("cannot find the repository root: {e}"))?;
+            let status = cargo_command(&venv, &["build", "--release", "-p", "byol-cli"], &[])
+                .current_dir(&root)
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err(format!("building byol-run failed ({status})"));
+            }
+            let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+            let data = match rest {
+                [] => None,
+                [data] => Some(Path::new(data)),
+                _ => return Err(format!("gpu-stage takes at most one DATA argument\n\n{USAGE}")),
+            };
+            let report = gpu_stage::stage(&target.join("release/byol-run"), data, &root.join(gpu_stage::STAGE_DIR))?;
+            println!("{report}");
             Ok(())
         }
         "-h" | "--help" | "help" => {
@@ -221,12 +249,14 @@ fn torch_env(venv: &Path) -> Vec<(&'static str, OsString)> {
     ]
 }
 
+fn cargo_command(venv: &Path, fixed: &[&str], rest: &[String]) -> Command {
+    let mut command = Command::new(env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")));
+    command.args(fixed).args(rest).envs(torch_env(venv));
+    command
+}
+
 fn cargo(venv: &Path, fixed: &[&str], rest: &[String]) -> Result<(), String> {
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let status = Command::new(cargo)
-        .args(fixed)
-        .args(rest)
-        .envs(torch_env(venv))
+    let status = cargo_command(venv, fixed, rest)
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     exit(status.code().unwrap_or(1));
