@@ -425,3 +425,47 @@ fn a_manifest_that_hashes_nothing_or_points_outside_is_damaged() {
         ["step-000000044", "step-000000048"]
     );
 }
+
+/// The first SIGTERM waits for the next step, which can be far off (here a kNN evaluation of a
+/// 100,000-image bank before training); it says so, and a second one ends the process at once
+/// with the shell's code for SIGTERM (128 + 15).
+#[test]
+fn a_second_signal_quits_at_once_when_the_next_step_is_far_off() {
+    let dir = setup();
+    let run_dir = dir.path().join("r");
+    let stderr = dir.path().join("stderr.txt");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_byol-run"))
+        .args(["tiny.toml", "--run-dir", "r", "--set", "dataset.train_size=100000"])
+        .args(["--set", "eval.before_training=true"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    // dataset.json is written once the data is built, after the handlers are installed.
+    wait_for("the data", || run_dir.join("dataset.json").is_file());
+    kill("-TERM", &child);
+    let said = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    wait_for("the first signal's message", || said().contains("signal again"));
+    assert!(
+        said().contains("stopping: the run finishes its step and saves a checkpoint"),
+        "{}",
+        said()
+    );
+    assert!(child.try_wait().unwrap().is_none(), "still evaluating: {}", said());
+
+    kill("-TERM", &child);
+    let second = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            second.elapsed().as_secs() < 20,
+            "the second signal must end the run at once"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(128 + 15), "{}", said());
+    assert!(!run_dir.join("summary.json").exists());
+}

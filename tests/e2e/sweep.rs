@@ -290,3 +290,45 @@ fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("trial-002") && all.contains("other parameters"), "{all}");
 }
+
+/// Ctrl-C in a terminal signals the whole foreground process group. Trials in child processes
+/// still get one signal (the sweep's), so they stop at a checkpoint instead of quitting at once,
+/// and the sweep says how to resume.
+#[test]
+fn ctrl_c_to_a_sweep_in_child_processes_stops_every_trial_at_a_checkpoint() {
+    use std::os::unix::process::CommandExt;
+
+    let dir = setup(&TINY_SWEEP.replace("epochs = 1", "epochs = 40"));
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    let child = Command::new(env!("CARGO_BIN_EXE_byol-run"))
+        .args(["sweep", "tiny.toml", "--devices", "cpu,cpu"])
+        .current_dir(dir.path())
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let trials = [sweep_dir.join("trial-001"), sweep_dir.join("trial-002")];
+    let started = Instant::now();
+    while !trials.iter().all(|t| has_checkpoint(t)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the trials made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let group = format!("-{}", child.id());
+    Command::new("kill").args(["-INT", "--", &group]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("interrupted: run the same command again to resume the sweep"),
+        "{all}"
+    );
+    for trial in &trials {
+        let log = std::fs::read_to_string(trial.join("train.log")).unwrap();
+        assert!(log.contains("interrupted at step"), "saved at a step: {log}");
+        assert!(!trial.join("error.txt").exists(), "{log}");
+    }
+}

@@ -4,15 +4,17 @@
 
 use std::collections::VecDeque;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use byol_train::run_dir::{self, FolderLock};
+use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
     goal_name, rank, result_line, to_csv, to_markdown, Sweep, Trial, TrialStatus, ERROR_FILE, PRUNER_FILE, TRIAL_FILE,
 };
@@ -252,16 +254,14 @@ fn run_parallel(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, T
     if let Some(pruner) = sweep.pruner() {
         pruner.save(&sweep.dir.join(PRUNER_FILE))?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
-    }
+    let signals = StopOnSignals::install("stopping the sweep: running trials finish their step and save a checkpoint")?;
+    let stop = signals.flag();
     let queue = Mutex::new(todo);
     let interrupted = AtomicBool::new(false);
     let total = sweep.trials.len();
     std::thread::scope(|scope| {
         for device in &options.devices {
-            let (queue, stop, interrupted, program, base) = (&queue, &stop, &interrupted, &program, &base);
+            let (queue, interrupted, program, base) = (&queue, &interrupted, &program, &base);
             scope.spawn(move || loop {
                 if stop.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed) {
                     return;
@@ -330,6 +330,9 @@ fn run_child(
         .arg(dir)
         .arg("--quiet")
         .env(PARENT_ENV, std::process::id().to_string())
+        // Its own process group: a Ctrl-C in the terminal reaches the sweep alone, which passes
+        // one SIGTERM on (the same signal twice would make the trial quit at once).
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

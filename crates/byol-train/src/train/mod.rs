@@ -21,7 +21,6 @@ mod trainer;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -32,6 +31,7 @@ use byol_data::Batch;
 use crate::distributed::DataParallel;
 use crate::knn::KnnAccuracy;
 use crate::run_dir;
+use crate::stop::StopOnSignals;
 use crate::sweep::{Pruned, Pruner};
 use crate::Experiment;
 
@@ -114,7 +114,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     // Held until the run returns; the kernel releases it if the process dies.
     let main = DataParallel::rendezvous(&experiment.distributed)?.is_none_or(|r| r.rank == 0);
     let (_owner, moved_aside) = run_dir::take_ownership(&run_dir, main, options.fresh)?;
-    let stop = stop_on_signals()?;
+    let stop = StopOnSignals::install("stopping: the run finishes its step and saves a checkpoint")?;
     let mut t = Trainer::new(experiment, &run_dir, &options.allow_change)?;
     let mut journal = Journal::open(&t, &run_dir, options.quiet, moved_aside)?;
     let mut step = t.resumed_from.unwrap_or(0);
@@ -133,7 +133,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let (mut interrupted, mut pruned) = (false, None);
     let (mut curve_evaluations, mut curve_seconds) = (0, 0.0);
     while step < t.plan.total_steps && !interrupted && pruned.is_none() {
-        interrupted = train_epoch(&mut t, &mut journal, &stop, &mut step)?;
+        interrupted = train_epoch(&mut t, &mut journal, stop.flag(), &mut step)?;
         if !interrupted && t.evaluates_after(step) {
             let evaluating = Instant::now();
             let when = format!("after epoch {}", t.plan.epoch_of(step));
@@ -257,13 +257,4 @@ fn record_curve(
         Some(pruner) if t.parallel.is_none() => pruner.judge(run_dir, &curve),
         _ => Ok(None),
     }
-}
-
-/// A flag that SIGINT and SIGTERM set; the loop finishes its step and saves when it is up.
-fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
-    }
-    Ok(stop)
 }

@@ -1,0 +1,73 @@
+//! Stopping on SIGINT/SIGTERM. The first signal asks the work to stop at its next safe point (a
+//! training run after its current step, with a checkpoint); a second one ends the process at
+//! once, for when that point is far off (a kNN evaluation of a large split on a CPU, a dataset
+//! being read). Ending at once loses nothing saved: checkpoints are written to a temporary
+//! folder and renamed, so the newest one is whole and the run resumes from it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::SigId;
+
+/// The signal handlers of one piece of work, removed when it is dropped (so that trainings run
+/// one after another in one process do not pile handlers up).
+pub struct StopOnSignals {
+    requested: Arc<AtomicBool>,
+    handlers: Vec<SigId>,
+}
+
+impl StopOnSignals {
+    /// Installs the handlers; `what_happens` is printed on the first signal ("stopping after the
+    /// current step"), followed by how to quit at once.
+    pub fn install(what_happens: &str) -> anyhow::Result<Self> {
+        let requested = Arc::new(AtomicBool::new(false));
+        let message: Arc<[u8]> =
+            format!("\n{what_happens}; signal again (Ctrl-C) to quit at once, the last checkpoint stays whole\n")
+                .into_bytes()
+                .into();
+        let mut handlers = Vec::new();
+        for signal in [SIGINT, SIGTERM] {
+            // In this order: the second signal ends the process (the flag is already up), the first
+            // prints the message, then raises the flag. The exit code is the shell's for a signal.
+            handlers.push(
+                signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, requested.clone())
+                    .context("installing the signal handler")?,
+            );
+            let (seen, message) = (requested.clone(), message.clone());
+            let announce = move || {
+                if !seen.load(Ordering::SeqCst) {
+                    // SAFETY: write(2) is async-signal-safe; the closure owns the buffer.
+                    unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
+                }
+            };
+            // SAFETY: the action only reads an atomic and calls write(2), both async-signal-safe.
+            handlers.push(
+                unsafe { signal_hook::low_level::register(signal, announce) }
+                    .context("installing the signal handler")?,
+            );
+            handlers
+                .push(signal_hook::flag::register(signal, requested.clone()).context("installing the signal handler")?);
+        }
+        Ok(Self { requested, handlers })
+    }
+
+    /// True once SIGINT or SIGTERM arrived.
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+    }
+
+    /// The flag itself, for threads and loops that poll it.
+    pub fn flag(&self) -> &AtomicBool {
+        &self.requested
+    }
+}
+
+impl Drop for StopOnSignals {
+    fn drop(&mut self) {
+        for handler in self.handlers.drain(..) {
+            signal_hook::low_level::unregister(handler);
+        }
+    }
+}
