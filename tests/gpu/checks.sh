@@ -36,6 +36,9 @@ PART=${1:-step}
 # Run folders (checkpoints of hundreds of MB) stay outside $OUT; keep_run copies what to read.
 RUNS=${RUNS:-/tmp/byol-gpu-runs}
 keep_run() { mkdir -p "$OUT/$1" && cp -r "$RUNS/$1"/{config.toml,summary.json,knn-curve.json,tensorboard} "$OUT/$1"/ 2>/dev/null; }
+# torchrun starts its workers in their own sessions: a timeout that kills torchrun leaves them
+# running (and holding the card), so every check ends by killing what is left of ours.
+reap() { pkill -KILL -f "^$B" 2>/dev/null; sleep 1; }
 unpack_cifar() { [ -d data/cifar10-jpeg/test ] || { mkdir -p data/cifar10-jpeg && tar -xzf .gpu-stage/cifar10-jpeg.tar.gz -C data/cifar10-jpeg; }; }
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/card.txt" 2>&1
 $B doctor > "$OUT/doctor.txt" 2>&1
@@ -82,6 +85,7 @@ smoke() {
   echo "== $name: $*" >> "$OUT/smoke.txt"
   timeout -k 5 50 "$@" >> "$OUT/smoke.txt" 2>&1
   echo "== $name: exit $?" >> "$OUT/smoke.txt"
+  reap
 }
 small="--set dataset.limit_per_class=100 --set schedule.epochs=2 --set schedule.warmup_epochs=1 --set eval.every_epochs=1"
 smoke fp32 $B experiments/cifar10-resnet18.toml --run-dir $RUNS/smoke-fp32 $small --set run.memory_format=contiguous
@@ -113,6 +117,7 @@ keep_run cifar-20
 # NCCL (world size 1) through torchrun, the same code path as several GPUs.
 timeout -k 15 120 python3 -m torch.distributed.run --nproc-per-node=1 --no-python $B experiments/cifar10-resnet18.toml \
   --run-dir "$RUNS/torchrun-1" --set schedule.epochs=1 > "$OUT/torchrun-1.txt" 2>&1
+reap
 keep_run torchrun-1
 fi
 

@@ -119,6 +119,12 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let mut journal = Journal::open(&t, &run_dir, options.quiet, moved_aside)?;
     let mut step = t.resumed_from.unwrap_or(0);
     let before = if experiment.eval.before_training && step == 0 {
+        // Said first: on a CPU, embedding a large bank takes minutes before anything else shows.
+        if let Some((bank, queries)) = t.monitor.images() {
+            journal.say(format!(
+                "kNN before training: embedding {bank} bank images and {queries} queries"
+            ));
+        }
         journal.evaluation("before training", t.evaluate()?, 0)
     } else {
         None

@@ -229,6 +229,11 @@ impl Monitor {
         self.labelled.is_some()
     }
 
+    /// How many images an evaluation embeds: the bank's and the queries'.
+    pub fn images(&self) -> Option<(usize, usize)> {
+        self.labelled.as_ref().map(|l| (l.bank.len(), l.queries.len()))
+    }
+
     /// kNN accuracy of the online backbone's embeddings, and the online probe's accuracy on the
     /// same queries; None when the monitor is off. In a data-parallel run every process embeds a
     /// share and all get the whole.
