@@ -36,7 +36,7 @@ PART=${1:-step}
 # Run folders (checkpoints of hundreds of MB) stay outside $OUT; keep_run copies what to read.
 RUNS=${RUNS:-/tmp/byol-gpu-runs}
 keep_run() { mkdir -p "$OUT/$1" && cp -r "$RUNS/$1"/{config.toml,summary.json,knn-curve.json,tensorboard} "$OUT/$1"/ 2>/dev/null; }
-# torchrun starts its workers in their own sessions: a timeout that kills torchrun leaves them
+# torchrun detaches its workers (setsid): a timeout that kills torchrun leaves them
 # running (and holding the card), so every check ends by killing what is left of ours.
 reap() { pkill -KILL -f "^$B" 2>/dev/null; sleep 1; }
 unpack_cifar() { [ -d data/cifar10-jpeg/test ] || { mkdir -p data/cifar10-jpeg && tar -xzf .gpu-stage/cifar10-jpeg.tar.gz -C data/cifar10-jpeg; }; }
