@@ -47,6 +47,27 @@ fn gradients(originals: &[NamedParameter], steps: usize) -> Vec<Vec<Tensor>> {
         .collect()
 }
 
+/// Gives `handles` the gradients `grads` through autograd (`p.grad += g`). The last parameter
+/// takes no part in the loss: its gradient stays zero.
+fn backward(handles: &[Tensor], grads: &[Tensor]) {
+    for (p, g) in handles[..handles.len() - 1].iter().zip(grads) {
+        (p * g).sum(Kind::Float).backward();
+    }
+}
+
+/// A run's parameters and its optimizer's state.
+type Run = (Vec<Tensor>, Vec<(String, Tensor)>);
+
+/// The largest absolute difference between two runs' parameters and optimizer state.
+fn largest_difference(a: &Run, b: &Run) -> f64 {
+    let parameters = a.0.iter().zip(&b.0);
+    let state = a.1.iter().zip(&b.1).map(|((_, a), (_, b))| (a, b));
+    parameters
+        .chain(state)
+        .map(|(a, b)| crate::max_abs_diff(a, b))
+        .fold(0.0, f64::max)
+}
+
 /// Runs four steps (changing lr) with `build(parameters, fused)` for fused = false and true on
 /// identical copies of the same parameters and gradients, and returns the largest absolute
 /// difference between the two runs' parameters and momentum state. Before the third step the
@@ -54,29 +75,12 @@ fn gradients(originals: &[NamedParameter], steps: usize) -> Vec<Vec<Tensor>> {
 /// the fused update must notice and take it.
 pub fn fused_against_per_tensor(build: impl Fn(Vec<NamedParameter>, bool) -> Box<dyn Optimizer>) -> f64 {
     let originals = parameters();
-    let copies = |originals: &[NamedParameter]| -> Vec<NamedParameter> {
-        originals
-            .iter()
-            .map(|p| {
-                let t = p.tensor.detach().copy();
-                let t = if torch_ext::is_channels_last(&p.tensor) && p.tensor.dim() == 4 {
-                    torch_ext::channels_last(&t).unwrap()
-                } else {
-                    t
-                };
-                NamedParameter {
-                    name: p.name.clone(),
-                    tensor: t.set_requires_grad(true),
-                }
-            })
-            .collect()
-    };
     let lrs = [0.5, 1.0, 0.25, 2.0];
     let mut grads = gradients(&originals, lrs.len());
     let _ = grads[0][5].zero_();
     let mut runs = Vec::new();
     for fused in [false, true] {
-        let parameters = copies(&originals);
+        let parameters = trainable_copies(&originals);
         let handles: Vec<Tensor> = parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
         let mut optimizer = build(parameters, fused);
         for (step, lr) in lrs.iter().enumerate() {
@@ -84,11 +88,7 @@ pub fn fused_against_per_tensor(build: impl Fn(Vec<NamedParameter>, bool) -> Box
             if fused && step == 2 {
                 torch_ext::foreach::set_grad(&handles[0], &handles[0].zeros_like()).unwrap();
             }
-            // The last parameter takes no part in the loss: its gradient stays zero.
-            let last = handles.len() - 1;
-            for (p, g) in handles[..last].iter().zip(&grads[step]) {
-                (p * g).sum(Kind::Float).backward(); // p.grad += g
-            }
+            backward(&handles, &grads[step]);
             optimizer.step(*lr);
         }
         if fused {
@@ -101,16 +101,11 @@ pub fn fused_against_per_tensor(build: impl Fn(Vec<NamedParameter>, bool) -> Box
         runs.push((handles, optimizer.state()));
     }
     let (per_tensor, fused) = (&runs[0], &runs[1]);
-    let mut worst = 0f64;
-    for (a, b) in per_tensor.0.iter().zip(&fused.0) {
-        worst = worst.max(crate::max_abs_diff(a, b));
-    }
     assert_eq!(per_tensor.1.len(), fused.1.len(), "the same state entries");
-    for ((name_a, a), (name_b, b)) in per_tensor.1.iter().zip(&fused.1) {
+    for ((name_a, _), (name_b, _)) in per_tensor.1.iter().zip(&fused.1) {
         assert_eq!(name_a, name_b, "state entries in the same order, by the same names");
-        worst = worst.max(crate::max_abs_diff(a, b));
     }
-    worst
+    largest_difference(per_tensor, fused)
 }
 
 /// Runs four steps (changing lr) with `build(parameters)` twice on identical parameters and
@@ -129,9 +124,7 @@ pub fn tensor_lr_against_number_lr(build: impl Fn(Vec<NamedParameter>) -> Box<dy
         let mut optimizer = build(parameters);
         for (step, lr) in lrs.iter().enumerate() {
             optimizer.zero_grad();
-            for (p, g) in handles[..handles.len() - 1].iter().zip(&grads[step]) {
-                (p * g).sum(Kind::Float).backward();
-            }
+            backward(&handles, &grads[step]);
             if from_tensor {
                 optimizer.step_at(&Tensor::from(*lr as f32), None).unwrap();
             } else {
@@ -166,12 +159,9 @@ pub fn skipped_steps_change_nothing(build: impl Fn(Vec<NamedParameter>) -> Box<d
         let parameters = trainable_copies(&originals);
         let handles: Vec<Tensor> = parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
         let mut optimizer = build(parameters);
-        let last = handles.len() - 1;
         let step_with = |optimizer: &mut Box<dyn Optimizer>, grads: &[Tensor], lr: f64, skip: Option<f32>| {
             optimizer.zero_grad();
-            for (p, g) in handles[..last].iter().zip(grads) {
-                (p * g).sum(Kind::Float).backward();
-            }
+            backward(&handles, grads);
             let skip = skip.map(Tensor::from);
             optimizer.step_at(&Tensor::from(lr as f32), skip.as_ref()).unwrap();
         };
@@ -186,13 +176,5 @@ pub fn skipped_steps_change_nothing(build: impl Fn(Vec<NamedParameter>) -> Box<d
         }
         runs.push((handles, optimizer.state()));
     }
-    let (plain, skipped) = (&runs[0], &runs[1]);
-    let mut worst = 0f64;
-    for (a, b) in plain.0.iter().zip(&skipped.0) {
-        worst = worst.max(crate::max_abs_diff(a, b));
-    }
-    for ((_, a), (_, b)) in plain.1.iter().zip(&skipped.1) {
-        worst = worst.max(crate::max_abs_diff(a, b));
-    }
-    worst
+    largest_difference(&runs[0], &runs[1])
 }

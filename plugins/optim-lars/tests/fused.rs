@@ -2,25 +2,28 @@
 //! same values (the flat buffers only change how many launches there are), so they agree bit
 //! for bit.
 
-use byol::OptimizerSpec;
+use byol::{NamedParameter, Optimizer, OptimizerSpec};
 use byol_testkit::optimizer::{fused_against_per_tensor, skipped_steps_change_nothing, tensor_lr_against_number_lr};
 use optim_lars::LarsConfig;
+
+/// LARS with a weight decay and trust coefficient large enough to matter in four steps.
+fn lars(parameters: Vec<NamedParameter>, momentum: f64, fused: bool) -> Box<dyn Optimizer> {
+    let config = LarsConfig {
+        weight_decay: 1e-3,
+        trust_coefficient: 0.02,
+        momentum,
+        fused,
+        ..Default::default()
+    };
+    config
+        .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
+        .unwrap()
+}
 
 #[test]
 fn fused_lars_equals_the_per_tensor_update() {
     for momentum in [0.9, 0.0] {
-        let difference = fused_against_per_tensor(|parameters, fused| {
-            let config = LarsConfig {
-                weight_decay: 1e-3,
-                trust_coefficient: 0.02,
-                momentum,
-                fused,
-                ..Default::default()
-            };
-            config
-                .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
-                .unwrap()
-        });
+        let difference = fused_against_per_tensor(|parameters, fused| lars(parameters, momentum, fused));
         assert_eq!(difference, 0.0, "momentum {momentum}");
     }
 }
@@ -29,16 +32,7 @@ fn fused_lars_equals_the_per_tensor_update() {
 /// by the rounding of lr * update, a few float32 ulps of the largest parameter after four steps.
 #[test]
 fn fused_lars_takes_its_lr_from_a_tensor() {
-    let relative = tensor_lr_against_number_lr(|parameters| {
-        let config = LarsConfig {
-            weight_decay: 1e-3,
-            trust_coefficient: 0.02,
-            ..Default::default()
-        };
-        config
-            .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
-            .unwrap()
-    });
+    let relative = tensor_lr_against_number_lr(|parameters| lars(parameters, 0.9, true));
     assert!(relative < 1e-6, "relative difference {relative}");
 }
 
@@ -47,17 +41,7 @@ fn fused_lars_takes_its_lr_from_a_tensor() {
 #[test]
 fn fused_lars_skips_a_flagged_step_exactly() {
     for momentum in [0.9, 0.0] {
-        let difference = skipped_steps_change_nothing(|parameters| {
-            let config = LarsConfig {
-                weight_decay: 1e-3,
-                trust_coefficient: 0.02,
-                momentum,
-                ..Default::default()
-            };
-            config
-                .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
-                .unwrap()
-        });
+        let difference = skipped_steps_change_nothing(|parameters| lars(parameters, momentum, true));
         assert_eq!(difference, 0.0, "momentum {momentum}");
     }
 }

@@ -1,9 +1,15 @@
 //! The fused SGD update against the per-tensor one: on a CPU both run the same kernels on the
 //! same values, so they agree bit for bit.
 
-use byol::OptimizerSpec;
+use byol::{NamedParameter, Optimizer, OptimizerSpec};
 use byol_testkit::optimizer::{fused_against_per_tensor, skipped_steps_change_nothing};
 use optim_sgd::SgdConfig;
+
+fn sgd(parameters: Vec<NamedParameter>, config: SgdConfig) -> Box<dyn Optimizer> {
+    config
+        .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
+        .unwrap()
+}
 
 #[test]
 fn fused_sgd_equals_the_per_tensor_update() {
@@ -15,9 +21,7 @@ fn fused_sgd_equals_the_per_tensor_update() {
                 fused,
                 ..Default::default()
             };
-            config
-                .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
-                .unwrap()
+            sgd(parameters, config)
         });
         assert_eq!(difference, 0.0, "momentum {momentum}, nesterov {nesterov}");
     }
@@ -35,9 +39,7 @@ fn fused_sgd_skips_a_flagged_step_exactly() {
                 weight_decay: 1e-4,
                 ..Default::default()
             };
-            config
-                .build(parameters, &byol::BuildContext::new(tch::Device::Cpu, 32))
-                .unwrap()
+            sgd(parameters, config)
         });
         assert_eq!(difference, 0.0, "momentum {momentum}, nesterov {nesterov}");
     }
