@@ -5,11 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use byol_testkit::fixtures::with_table;
+
 use super::{byol_run, text, TINY};
 
 fn setup() -> tempfile::TempDir {
+    setup_with(TINY)
+}
+
+/// A folder with `experiment` as its tiny.toml.
+fn setup_with(experiment: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), experiment).unwrap();
     dir
 }
 
@@ -78,7 +85,20 @@ fn interrupt(dir: &Path, run_dir: &str, signal: &str, wait_for: usize) -> std::p
 
 #[test]
 fn kill_9_then_resume_matches_the_uninterrupted_run_bit_for_bit() {
-    let dir = setup();
+    kill_9_then_resume_matches(&setup());
+}
+
+/// Fused AdamW keeps its step count on the parameters' device, where the kernel reads it for
+/// the bias corrections: it must come back from the checkpoint too.
+#[test]
+fn kill_9_then_resume_with_fused_adamw_matches_bit_for_bit() {
+    let adamw = with_table(TINY, "optimizer", "type = \"adamw\"\nlr = 1e-3\nfused = true\n");
+    kill_9_then_resume_matches(&setup_with(&adamw));
+}
+
+/// Trains tiny.toml in `dir` without a break and, in another run folder, killed with -9 after
+/// its first checkpoint and run again: both must end with the same model, bit for bit.
+fn kill_9_then_resume_matches(dir: &tempfile::TempDir) {
     let reference = run(dir.path(), "reference", &["--quiet"]);
     assert!(reference.status.success(), "{}", text(&reference));
 

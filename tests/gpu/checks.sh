@@ -97,6 +97,9 @@ smoke bf16-graphs $B experiments/cifar10-resnet18.toml --run-dir $RUNS/smoke-gra
   --set byol.concat_views=true --set run.cuda_graphs=true
 smoke fp16-graphs $B experiments/cifar10-resnet18.toml --run-dir $RUNS/smoke-graphs-fp16 $small --set run.precision=fp16 \
   --set byol.concat_views=true --set run.cuda_graphs=true
+# AdamW's fused kernel in a recorded fp16 step: the lr and the overflow flag read on the card.
+smoke fp16-graphs-adamw $B experiments/cifar10-resnet18.toml --run-dir $RUNS/smoke-graphs-adamw $small \
+  --set run.precision=fp16 --set run.cuda_graphs=true --set 'optimizer={type="adamw", lr=1e-3}'
 smoke resume $B experiments/cifar10-resnet18.toml --run-dir $RUNS/smoke-bf16 $small --set run.precision=bf16 \
   --set schedule.epochs=3 --allow-change schedule.epochs
 smoke eval-knn $B eval knn $RUNS/smoke-bf16 --train data/cifar10-jpeg/train --test data/cifar10-jpeg/test --limit-per-class 100

@@ -1,6 +1,6 @@
 // The few libtorch features that tch 0.24 does not bind: autocast with a chosen dtype, CUDA
 // allocator statistics, channels_last, setting a parameter's .grad, multi-tensor (foreach) ops,
-// and c10d (TCPStore, the Gloo backend, collectives, and an
+// PyTorch's fused Adam, and c10d (TCPStore, the Gloo backend, collectives, and an
 // all-reduce that autograd differentiates). Every function catches C++ exceptions and returns
 // them as a heap string (nullptr on success) that Rust frees with tx_free_error.
 
@@ -165,6 +165,47 @@ char* tx_amp_unscale_(const at::Tensor* const* grads, int64_t n, const at::Tenso
   return guarded([&] {
     at::Tensor flag = *found_inf;
     at::_amp_foreach_non_finite_check_and_unscale_(tensor_list(grads, n), flag, *inv_scale);
+  });
+}
+
+// torch.optim.Adam(fused=True)'s update, or AdamW's when `decoupled`: torch._fused_adam_ /
+// _fused_adamw_, one multi-tensor kernel over the lists (on a CPU, a vectorized loop per tensor).
+// `state_steps` holds each tensor's step count, already incremented; the learning rate is
+// `lr_tensor` (a 0-d tensor on the parameters' device, read when the kernel runs) or, when that
+// is null, `lr`. When `found_inf` (nullable) holds 1 the kernel returns without touching anything.
+char* tx_fused_adam_(
+    const at::Tensor* const* params,
+    const at::Tensor* const* grads,
+    const at::Tensor* const* exp_avgs,
+    const at::Tensor* const* exp_avg_sqs,
+    const at::Tensor* const* state_steps,
+    int64_t n,
+    const at::Tensor* lr_tensor,
+    double lr,
+    double beta1,
+    double beta2,
+    double weight_decay,
+    double eps,
+    bool decoupled,
+    const at::Tensor* found_inf) {
+  return guarded([&] {
+    auto p = tensor_list(params, n), g = tensor_list(grads, n), m = tensor_list(exp_avgs, n);
+    auto v = tensor_list(exp_avg_sqs, n), t = tensor_list(state_steps, n);
+    std::vector<at::Tensor> no_max_exp_avg_sqs;
+    std::optional<at::Tensor> inf;
+    if (found_inf != nullptr) {
+      inf = *found_inf;
+    }
+    const bool amsgrad = false, maximize = false;
+    if (lr_tensor != nullptr && decoupled) {
+      at::_fused_adamw_(p, g, m, v, no_max_exp_avg_sqs, t, *lr_tensor, beta1, beta2, weight_decay, eps, amsgrad, maximize, std::nullopt, inf);
+    } else if (lr_tensor != nullptr) {
+      at::_fused_adam_(p, g, m, v, no_max_exp_avg_sqs, t, *lr_tensor, beta1, beta2, weight_decay, eps, amsgrad, maximize, std::nullopt, inf);
+    } else if (decoupled) {
+      at::_fused_adamw_(p, g, m, v, no_max_exp_avg_sqs, t, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, std::nullopt, inf);
+    } else {
+      at::_fused_adam_(p, g, m, v, no_max_exp_avg_sqs, t, lr, beta1, beta2, weight_decay, eps, amsgrad, maximize, std::nullopt, inf);
+    }
   });
 }
 

@@ -34,6 +34,23 @@ extern "C" {
         inv_scale: *const C_tensor,
     ) -> *mut c_char;
 
+    pub fn tx_fused_adam_(
+        params: *const *const C_tensor,
+        grads: *const *const C_tensor,
+        exp_avgs: *const *const C_tensor,
+        exp_avg_sqs: *const *const C_tensor,
+        state_steps: *const *const C_tensor,
+        n: i64,
+        lr_tensor: *const C_tensor,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        decoupled: bool,
+        found_inf: *const C_tensor,
+    ) -> *mut c_char;
+
     pub fn tx_cuda_memory_stats(device_index: i32, out: *mut i64) -> *mut c_char;
     pub fn tx_cuda_reset_peak_memory(device_index: i32) -> *mut c_char;
     pub fn tx_cuda_set_device(index: i32) -> *mut c_char;

@@ -1,6 +1,7 @@
-//! Gradients that live where the caller puts them, and PyTorch's multi-tensor (`_foreach_*`) ops:
-//! what a fused optimizer needs so that an update over many parameters is a handful of kernels
-//! (on CUDA, one launch per op for the whole list) rather than a dozen per tensor.
+//! Gradients that live where the caller puts them, PyTorch's multi-tensor (`_foreach_*`) ops and
+//! its fused Adam: what a fused optimizer needs so that an update over many parameters is a
+//! handful of kernels (on CUDA, one launch per op for the whole list) rather than a dozen per
+//! tensor.
 
 use tch::Tensor;
 
@@ -61,6 +62,96 @@ pub fn unscale_(grads: &[Tensor], found_inf: &Tensor, inv_scale: &Tensor) -> Res
             pointers.len() as i64,
             found_inf.as_ptr(),
             inv_scale.as_ptr(),
+        ))
+    }
+}
+
+/// The learning rate of a fused update: a number fixed when the kernel is queued, or a 0-d
+/// tensor on the parameters' device, read when it runs (a step replayed from a CUDA graph).
+#[derive(Debug, Clone, Copy)]
+pub enum LearningRate<'a> {
+    Value(f64),
+    Tensor(&'a Tensor),
+}
+
+/// What [`fused_adam_`] computes with, beyond the learning rate: torch.optim.Adam's (or, when
+/// `decoupled`, AdamW's) hyperparameters, with amsgrad and maximize off.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamHyperparameters {
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub decoupled: bool,
+}
+
+/// The tensors of one fused Adam update, as many of each, element `i` of every list belonging
+/// to the same parameter. `steps[i]` is its step count (a float32 tensor on its device), already
+/// incremented for this update; the same tensor may stand for several parameters.
+pub struct AdamTensors<'a> {
+    pub params: &'a [Tensor],
+    pub grads: &'a [Tensor],
+    pub exp_avgs: &'a [Tensor],
+    pub exp_avg_sqs: &'a [Tensor],
+    pub steps: &'a [Tensor],
+}
+
+/// One Adam (or AdamW) update of every parameter in `tensors`, by PyTorch's own fused kernel
+/// (`torch._fused_adam_`, what `torch.optim.Adam(fused=True)` runs): one launch on CUDA, no host
+/// synchronization. When `found_inf` (a float32 flag on the device) holds 1, the kernel leaves
+/// every tensor as it was.
+pub fn fused_adam_(
+    tensors: &AdamTensors<'_>,
+    lr: LearningRate<'_>,
+    hyperparameters: &AdamHyperparameters,
+    found_inf: Option<&Tensor>,
+) -> Result<()> {
+    let n = tensors.params.len();
+    let lists = [tensors.grads, tensors.exp_avgs, tensors.exp_avg_sqs, tensors.steps];
+    if lists.iter().any(|list| list.len() != n) {
+        return Err(TorchExtError(format!(
+            "fused adam: {n} parameters but {} gradients, {} exp_avg, {} exp_avg_sq and {} steps",
+            tensors.grads.len(),
+            tensors.exp_avgs.len(),
+            tensors.exp_avg_sqs.len(),
+            tensors.steps.len()
+        )));
+    }
+    let [params, grads, exp_avgs, exp_avg_sqs, steps] = [
+        tensors.params,
+        tensors.grads,
+        tensors.exp_avgs,
+        tensors.exp_avg_sqs,
+        tensors.steps,
+    ]
+    .map(pointers);
+    let (lr_tensor, lr_value) = match lr {
+        LearningRate::Value(lr) => (std::ptr::null(), lr),
+        LearningRate::Tensor(lr) => (lr.as_ptr() as *const _, 0.0),
+    };
+    let found_inf = found_inf.map_or(std::ptr::null(), |flag| flag.as_ptr() as *const _);
+    let AdamHyperparameters {
+        betas: (beta1, beta2),
+        eps,
+        weight_decay,
+        decoupled,
+    } = *hyperparameters;
+    // SAFETY: every list holds `n` live at::Tensors; the lr tensor and the flag are live or null.
+    unsafe {
+        ffi::check(ffi::tx_fused_adam_(
+            params.as_ptr(),
+            grads.as_ptr(),
+            exp_avgs.as_ptr(),
+            exp_avg_sqs.as_ptr(),
+            steps.as_ptr(),
+            n as i64,
+            lr_tensor,
+            lr_value,
+            beta1,
+            beta2,
+            weight_decay,
+            eps,
+            decoupled,
+            found_inf,
         ))
     }
 }

@@ -1,11 +1,14 @@
 //! `[optimizer] type = "adam"` and `type = "adamw"`: torch.optim.Adam (L2 weight decay added to
 //! the gradient) and torch.optim.AdamW (decoupled decay `p -= lr*wd*p`), with bias correction.
+//! By default PyTorch's own fused kernel runs the update (`torch.optim.Adam(fused=True)`); with
+//! `fused = false`, tensor by tensor.
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use byol::optimizer::{util, NamedParameter, Optimizer, OptimizerSpec};
 use byol::{BuildContext, ByolError};
+use torch_ext::foreach::{self, AdamHyperparameters, AdamTensors, LearningRate};
 
 /// The keys of `[optimizer] type = "adam"` and `type = "adamw"`: one field list, two structs,
 /// so that each can take its PyTorch defaults (serde fills a missing key from `Default`).
@@ -25,6 +28,9 @@ macro_rules! adam_config {
             pub weight_decay: f64,
             /// No weight decay on biases and normalization parameters (1-D tensors).
             pub exclude_bias_and_norm: bool,
+            /// PyTorch's fused kernel (torch.optim.Adam(fused=True)): one launch a step on CUDA,
+            /// and a step that never waits for the device; false: tensor by tensor.
+            pub fused: bool,
         }
 
         impl Default for $name {
@@ -35,6 +41,7 @@ macro_rules! adam_config {
                     eps: 1e-8,
                     weight_decay: $weight_decay,
                     exclude_bias_and_norm: true,
+                    fused: true,
                 }
             }
         }
@@ -47,6 +54,7 @@ macro_rules! adam_config {
                     weight_decay: self.weight_decay,
                     exclude_bias_and_norm: self.exclude_bias_and_norm,
                     decoupled,
+                    fused: self.fused,
                 }
             }
         }
@@ -74,6 +82,14 @@ struct Hyperparameters {
     exclude_bias_and_norm: bool,
     /// AdamW: `p -= lr * weight_decay * p` instead of adding `weight_decay * p` to the gradient.
     decoupled: bool,
+    fused: bool,
+}
+
+impl Hyperparameters {
+    /// Whether `parameter` is decayed.
+    fn decays(&self, parameter: &NamedParameter) -> bool {
+        self.weight_decay != 0.0 && !(self.exclude_bias_and_norm && parameter.is_bias_or_norm())
+    }
 }
 
 #[derive(Debug)]
@@ -82,24 +98,29 @@ pub struct Adam {
     parameters: Vec<NamedParameter>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
+    /// Steps taken: per tensor, a float64 on the CPU, read by the host; fused, a float32 on the
+    /// parameters' device, read by the kernel (as torch.optim.Adam(fused=True) keeps it).
     step: Tensor,
 }
 
 impl Adam {
     fn new(config: Hyperparameters, parameters: Vec<NamedParameter>) -> Self {
         let zeros = |ps: &[NamedParameter]| ps.iter().map(|p| p.tensor.zeros_like().detach()).collect();
+        let step = match parameters.first().filter(|_| config.fused) {
+            Some(p) => Tensor::zeros([1], (Kind::Float, p.tensor.device())),
+            None => Tensor::zeros([1], tch::kind::DOUBLE_CPU),
+        };
         Self {
             exp_avg: zeros(&parameters),
             exp_avg_sq: zeros(&parameters),
             config,
             parameters,
-            step: Tensor::zeros([1], tch::kind::DOUBLE_CPU),
+            step,
         }
     }
-}
 
-impl Optimizer for Adam {
-    fn step(&mut self, lr: f64) {
+    /// The update tensor by tensor, with the lr and the bias corrections computed on the host.
+    fn step_each(&mut self, lr: f64) {
         let c = &self.config;
         let _ = self.step.g_add_scalar_(1.0);
         let t = self.step.double_value(&[0]);
@@ -117,7 +138,7 @@ impl Optimizer for Adam {
                 if !grad.defined() {
                     continue;
                 }
-                let decay = c.weight_decay != 0.0 && !(c.exclude_bias_and_norm && p.is_bias_or_norm());
+                let decay = c.decays(p);
                 let mut param = p.tensor.shallow_clone();
                 // Adam adds L2 decay to the gradient; AdamW decays the weights directly.
                 let g = if decay && !c.decoupled {
@@ -134,6 +155,71 @@ impl Optimizer for Adam {
                 let _ = param.g_sub_(&(&*m / denom * (lr / correction1)));
             }
         });
+    }
+
+    /// The update by PyTorch's fused kernel, one call for the decayed parameters and one for the
+    /// rest; nothing is read on the host. With `skip` set on the device, nothing changes.
+    fn step_fused(&mut self, lr: LearningRate<'_>, skip: Option<&Tensor>) {
+        let found_inf = skip.map(|flag| flag.to_kind(Kind::Float));
+        tch::no_grad(|| {
+            let _ = self.step.g_add_scalar_(1.0);
+            for decayed in [true, false] {
+                let members: Vec<usize> = (0..self.parameters.len())
+                    .filter(|&i| self.config.decays(&self.parameters[i]) == decayed)
+                    .filter(|&i| self.parameters[i].tensor.grad().defined())
+                    .collect();
+                if members.is_empty() {
+                    continue;
+                }
+                let pick = |tensors: &[Tensor]| members.iter().map(|&i| tensors[i].shallow_clone()).collect::<Vec<_>>();
+                let params: Vec<Tensor> = members
+                    .iter()
+                    .map(|&i| self.parameters[i].tensor.shallow_clone())
+                    .collect();
+                let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+                let steps: Vec<Tensor> = members.iter().map(|_| self.step.shallow_clone()).collect();
+                let tensors = AdamTensors {
+                    params: &params,
+                    grads: &grads,
+                    exp_avgs: &pick(&self.exp_avg),
+                    exp_avg_sqs: &pick(&self.exp_avg_sq),
+                    steps: &steps,
+                };
+                let hyperparameters = AdamHyperparameters {
+                    betas: self.config.betas,
+                    eps: self.config.eps,
+                    weight_decay: if decayed { self.config.weight_decay } else { 0.0 },
+                    decoupled: self.config.decoupled,
+                };
+                foreach::fused_adam_(&tensors, lr, &hyperparameters, found_inf.as_ref()).unwrap_or_else(|e| {
+                    panic!("fused adam step: {e} (were parameters moved or re-created after the optimizer was built?)")
+                });
+            }
+            // A skipped step is not counted, as torch.optim.Adam(fused=True) takes it back.
+            if let Some(found_inf) = &found_inf {
+                let _ = self.step.g_sub_(found_inf);
+            }
+        });
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, lr: f64) {
+        if self.config.fused {
+            self.step_fused(LearningRate::Value(lr), None);
+        } else {
+            self.step_each(lr);
+        }
+    }
+
+    fn step_at(&mut self, lr: &Tensor, skip: Option<&Tensor>) -> Result<(), String> {
+        if !self.config.fused {
+            return Err(
+                "the per-tensor Adam cannot take its learning rate from a tensor: set optimizer.fused = true".into(),
+            );
+        }
+        self.step_fused(LearningRate::Tensor(lr), skip);
+        Ok(())
     }
 
     fn zero_grad(&mut self) {
@@ -154,7 +240,8 @@ impl Optimizer for Adam {
             .iter()
             .find(|(k, _)| k == "step")
             .ok_or("optimizer state lacks 'step'")?;
-        self.step = step.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu).view([1]);
+        // Either kind of update resumes from the other's checkpoint.
+        self.step = step.to_kind(self.step.kind()).to_device(self.step.device()).view([1]);
         Ok(())
     }
 }

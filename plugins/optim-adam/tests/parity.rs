@@ -1,13 +1,19 @@
 //! Adam and AdamW against torch.optim.Adam / torch.optim.AdamW, computed here by the venv's
 //! PyTorch on the same parameters and gradients: five steps, each with its own learning rate
-//! (the one passed to `step`), over parameters of several shapes (1-D ones included, which
+//! (the one passed to `step`), over parameters of several shapes and layouts (a channels_last
+//! one, 1-D ones, which
 //! `exclude_bias_and_norm` keeps undecayed, as a second PyTorch parameter group with
 //! `weight_decay = 0` does), gradients of different scales per parameter, and a fresh random
 //! seed each run (printed with any failure; `ADAM_PARITY_SEED=<n>` replays one). The optimizers
 //! are built from TOML through the plugin registry, the way an experiment file builds them.
 //! The plugin has no `amsgrad` key, so PyTorch runs with its default `amsgrad=False`.
 //!
-//! Tolerance, per element, from float32 rounding (ε = 2^-23, f32::EPSILON); both sides evaluate
+//! Each case runs both updates. The fused one (`fused = true`, the default) runs PyTorch's own
+//! fused kernel, so it must equal `torch.optim.Adam(fused=True)` bit for bit. The per-tensor one
+//! (`fused = false`) is checked against `torch.optim.Adam(foreach=False)` within the tolerance
+//! below.
+//!
+//! Tolerance of the per-tensor update, per element, from float32 rounding (ε = 2^-23, f32::EPSILON); both sides evaluate
 //! the same formulas in a different order of operations, so each rounding of either side can
 //! differ by ε/2 of the value it rounds. With weights w_s = (1-β1)β1^(t-s)/(1-β1^t) and
 //! w'_s = (1-β2)β2^(t-s)/(1-β2^t), each summing to 1, the bias-corrected averages are
@@ -33,7 +39,7 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use byol::{NamedParameter, OptimizerSpec};
-use byol_testkit::run_python;
+use byol_testkit::{max_abs_diff, run_python};
 use optim_adam::{AdamConfig, AdamWConfig};
 use tch::{Kind, Tensor};
 
@@ -50,19 +56,21 @@ const PARAMETERS: [(&str, &[i64], f64); 5] = [
 
 const REFERENCE: &str = r#"
 names = [NAMES]
-params = {n: torch.nn.Parameter(inputs["p." + n].clone()) for n in names}
+def layout(t):   # conv weights in channels_last, as the runner keeps them on a GPU
+    return t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t.clone()
+params = {n: torch.nn.Parameter(layout(inputs["p." + n])) for n in names}
 kwargs = KWARGS
 if EXCLUDE:   # 1-D parameters (biases, norms) undecayed; the others take the optimizer's decay
     groups = [{"params": [params[n] for n in names if params[n].ndim > 1]},
               {"params": [params[n] for n in names if params[n].ndim <= 1], "weight_decay": 0.0}]
 else:
     groups = [{"params": [params[n] for n in names]}]
-opt = torch.optim.OPTIMIZER(groups, lr=0.5, **kwargs)
+opt = torch.optim.OPTIMIZER(groups, lr=0.5, **kwargs, **IMPLEMENTATION)
 for step, lr in enumerate(LRS):
     for g in opt.param_groups:
         g["lr"] = lr
     for n in names:
-        params[n].grad = inputs[f"g{step}.{n}"].clone()
+        params[n].grad = layout(inputs[f"g{step}.{n}"])
     opt.step()
 for n in names:
     state = opt.state[params[n]]
@@ -93,9 +101,50 @@ fn keys(spec: &dyn OptimizerSpec) -> toml::Table {
     toml::Table::try_from(spec).expect("serialize the optimizer spec")
 }
 
-/// Runs the plugin built from `toml_text` and `torch.optim.<optimizer>(**kwargs)` side by side.
-/// `beta2` and `weight_decay` are what the plugin should be using (for the tolerance).
+/// Runs the plugin built from `toml_text` and `torch.optim.<optimizer>(**kwargs)` side by side,
+/// once fused and once per tensor. `beta2` and `weight_decay` are what the plugin should be
+/// using (for the tolerance).
 fn check(toml_text: &str, optimizer: &str, kwargs: &str, beta2: f64, weight_decay: f64) {
+    let case = Case {
+        optimizer,
+        kwargs,
+        beta2,
+        weight_decay,
+    };
+    check_one(&format!("{toml_text}\nfused = true\n"), &case, Implementation::Fused);
+    check_one(
+        &format!("{toml_text}\nfused = false\n"),
+        &case,
+        Implementation::PerTensor,
+    );
+}
+
+struct Case<'a> {
+    optimizer: &'a str,
+    kwargs: &'a str,
+    beta2: f64,
+    weight_decay: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Implementation {
+    /// PyTorch's fused kernel on both sides: equal bit for bit.
+    Fused,
+    /// Tensor by tensor on both sides: equal within the rounding bound.
+    PerTensor,
+}
+
+fn check_one(toml_text: &str, case: &Case<'_>, implementation: Implementation) {
+    let Case {
+        optimizer,
+        kwargs,
+        beta2,
+        weight_decay,
+    } = *case;
+    let torch_implementation = match implementation {
+        Implementation::Fused => "dict(fused=True)",
+        Implementation::PerTensor => "dict(foreach=False)",
+    };
     let exclude = keys(&*spec(toml_text))["exclude_bias_and_norm"].as_bool().unwrap();
     let seed = fresh_seed();
     let (initial, grads) = {
@@ -115,7 +164,8 @@ fn check(toml_text: &str, optimizer: &str, kwargs: &str, beta2: f64, weight_deca
             .collect();
         (initial, grads)
     };
-    let context = format!("{optimizer} {kwargs}, seed {seed} (ADAM_PARITY_SEED={seed} replays it)");
+    let context =
+        format!("{optimizer} {kwargs} {torch_implementation}, seed {seed} (ADAM_PARITY_SEED={seed} replays it)");
 
     let mut inputs: Vec<(String, Tensor)> = Vec::new();
     for ((name, _, _), p) in PARAMETERS.iter().zip(&initial) {
@@ -133,10 +183,17 @@ fn check(toml_text: &str, optimizer: &str, kwargs: &str, beta2: f64, weight_deca
         .replace("KWARGS", kwargs)
         .replace("EXCLUDE", if exclude { "True" } else { "False" })
         .replace("OPTIMIZER", optimizer)
+        .replace("IMPLEMENTATION", torch_implementation)
         .replace("LRS", &format!("{LRS:?}"));
     let reference = run_python(&script, &refs);
 
-    let handles: Vec<Tensor> = initial.iter().map(|p| p.copy().set_requires_grad(true)).collect();
+    let handles: Vec<Tensor> = initial
+        .iter()
+        .map(|p| match p.dim() {
+            4 => torch_ext::channels_last(p).unwrap().set_requires_grad(true),
+            _ => p.copy().set_requires_grad(true),
+        })
+        .collect();
     let parameters: Vec<NamedParameter> = PARAMETERS
         .iter()
         .zip(&handles)
@@ -164,6 +221,32 @@ fn check(toml_text: &str, optimizer: &str, kwargs: &str, beta2: f64, weight_deca
             .1
     };
     assert_eq!(buffer("step").double_value(&[0]), STEPS as f64, "{context}");
+    if implementation == Implementation::Fused {
+        for (i, (name, _, _)) in PARAMETERS.iter().enumerate() {
+            assert!(
+                torch_ext::is_channels_last(&handles[i]) || handles[i].dim() != 4,
+                "{name} kept its layout"
+            );
+            for (ours, key) in [
+                (handles[i].detach(), name.to_string()),
+                (
+                    buffer(&format!("exp_avg.{name}")).shallow_clone(),
+                    format!("exp_avg.{name}"),
+                ),
+                (
+                    buffer(&format!("exp_avg_sq.{name}")).shallow_clone(),
+                    format!("exp_avg_sq.{name}"),
+                ),
+            ] {
+                let difference = max_abs_diff(&ours, &reference[&key]);
+                assert_eq!(
+                    difference, 0.0,
+                    "{key}: the fused kernel differs from PyTorch's; {context}"
+                );
+            }
+        }
+        return;
+    }
 
     let eps = f64::from(f32::EPSILON);
     // r_t = √(t / β2^(t-1)) bounds |m̂| / √v̂ at step t.

@@ -46,7 +46,7 @@ pub fn run(args: &OptimArgs) -> anyhow::Result<()> {
         Experiment::load(&args.common.experiment, &overrides).with_context(|| {
             format!(
                 "optimizer type \"{}\" has no `fused` key: bench optim compares the per-tensor and the \
-                 fused update of lars and sgd",
+                 fused update of lars, sgd, adam and adamw",
                 super::plugin_type(&experiment, "optimizer").unwrap_or_default()
             )
         })

@@ -49,7 +49,7 @@ pub trait Optimizer: std::fmt::Debug {
     /// host read of its overflow flag. Optimizers that cannot say why.
     fn step_at(&mut self, lr: &Tensor, skip: Option<&Tensor>) -> Result<(), String> {
         let _ = (lr, skip);
-        Err("this optimizer cannot take its learning rate from a tensor (lars and sgd with fused = true can)".into())
+        Err("this optimizer cannot take its learning rate from a tensor (lars, sgd, adam and adamw with fused = true can)".into())
     }
 
     /// Clears every parameter's gradient.
