@@ -103,7 +103,10 @@ fn two_processes_train_like_one_process_on_the_combined_batch() {
         let out = torchrun(dir.path(), &["dp.toml", "--run-dir", &parallel, "--set", &seed_flag]);
         let all = text(&out);
         assert!(out.status.success(), "{all}");
-        assert!(all.contains("and 1 more processes (c10d Gloo)"), "{all}");
+        assert!(
+            all.contains("and 1 more process (c10d Gloo): 256 images, batch 32, 1 epoch = 8 steps"),
+            "{all}"
+        );
         assert_eq!(all.matches("== summary").count(), 1, "rank 0 alone reports: {all}");
         // Measured about 1e-6 after 8 LARS steps where no kink intervenes (the same sums in another
         // order): gradients averaged, batch-norm statistics and their gradients over the global

@@ -150,11 +150,11 @@ impl Journal {
 fn describe_run(t: &Trainer<'_>) -> String {
     let schedule = &t.experiment.schedule;
     let processes = match &t.parallel {
-        Some(p) => format!(
-            " and {} more processes (c10d {:?})",
-            p.world_size() - 1,
-            p.group().backend()
-        ),
+        Some(p) => {
+            let others = p.world_size() as u64 - 1;
+            let noun = noun(others, "process", "processes");
+            format!(" and {others} more {noun} (c10d {:?})", p.group().backend())
+        }
         None => String::new(),
     };
     let micro_batches = match schedule.accumulate {
@@ -162,14 +162,25 @@ fn describe_run(t: &Trainer<'_>) -> String {
         n => format!(" ({n} micro-batches)"),
     };
     format!(
-        "training {} on {:?}{processes}: {} images, batch {}{micro_batches}, {} epochs = {} steps",
+        "training {} on {:?}{processes}: {} images, batch {}{micro_batches}, {} {} = {} {}",
         t.experiment.name(),
         t.device,
         t.splits.train.len(),
         schedule.batch_size,
         schedule.epochs,
-        t.plan.total_steps
+        noun(schedule.epochs, "epoch", "epochs"),
+        t.plan.total_steps,
+        noun(t.plan.total_steps, "step", "steps"),
     )
+}
+
+/// The noun for `n` things: `one` for 1, `many` otherwise.
+fn noun<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
 }
 
 /// Keys every run shows in TensorBoard's HParams dashboard, besides those set with `--set` (a
@@ -208,4 +219,16 @@ fn hparams(experiment: &Experiment) -> anyhow::Result<Vec<(String, HParamValue)>
         .filter(|key| seen.insert(*key))
         .filter_map(|key| Some((key.to_string(), HParamValue::from_toml(lookup(key)?)?)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::noun;
+
+    #[test]
+    fn the_singular_is_for_one_only() {
+        assert_eq!(noun(1, "epoch", "epochs"), "epoch");
+        assert_eq!(noun(0, "step", "steps"), "steps");
+        assert_eq!(noun(200, "epoch", "epochs"), "epochs");
+    }
 }
