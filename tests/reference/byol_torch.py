@@ -34,6 +34,8 @@ p.add_argument("--channels-last", action="store_true")
 args = p.parse_args()
 torch.manual_seed(args.seed)
 dev = torch.device(args.device)
+# cuDNN picks its fastest convolution algorithms per shape, as byol-run does on CUDA.
+torch.backends.cudnn.benchmark = dev.type == "cuda"
 
 def loader(data, **kw):
     # fork: this script has no __main__ guard for spawned workers to import it under, and the

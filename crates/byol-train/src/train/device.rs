@@ -38,3 +38,13 @@ pub fn parse_device_for(spec: &str, local_rank: usize) -> anyhow::Result<Device>
         },
     })
 }
+
+/// Readies `device` for training steps: on CUDA, cuDNN times its algorithms for each new input
+/// shape once and keeps the fastest (`torch.backends.cudnn.benchmark = True`, what the PyTorch
+/// references and tuned PyTorch training set). Training and the benchmarks both call it, so a
+/// benchmark times the convolutions training runs.
+pub fn prepare_for_steps(device: Device) {
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+}

@@ -16,7 +16,7 @@ use crate::tensorboard::ScalarLogger;
 use crate::Experiment;
 
 use super::data::training_loader;
-use super::device::parse_device_for;
+use super::device::{parse_device_for, prepare_for_steps};
 use super::graph::{graphed_step, GraphedStep};
 use super::loss_watch::LossWatch;
 use super::model::Model;
@@ -55,6 +55,7 @@ impl<'a> Trainer<'a> {
     pub fn new(experiment: &'a Experiment, run_dir: &Path, allow_change: &[String]) -> anyhow::Result<Self> {
         let rendezvous = crate::distributed::DataParallel::rendezvous(&experiment.distributed)?;
         let device = parse_device_for(&experiment.run.device, rendezvous.as_ref().map_or(0, |r| r.local_rank))?;
+        prepare_for_steps(device);
         let parallel = match &rendezvous {
             Some(r) => Some(DataParallel::join(r, &experiment.distributed, device)?),
             None => None,
