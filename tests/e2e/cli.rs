@@ -207,24 +207,33 @@ fn bench_step_times_ours_and_eager_pytorch_in_the_same_call() {
 fn bench_e2e_times_training_steps_with_and_without_the_input_path() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tiny.toml"), super::TINY).unwrap();
-    let out = super::byol_run(
+    // The trainer's scratch run folder goes under TMPDIR.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = super::byol_run_with_env(
         dir.path(),
         &["bench", "e2e", "tiny.toml", "--warmup", "1", "--iters", "2"],
+        &[("TMPDIR", tmp.to_str().unwrap())],
     );
     let all = super::text(&out);
     assert!(out.status.success(), "{all}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 5, "{all}");
+    assert_eq!(lines.len(), 7, "{all}");
     assert!(
         lines[0].starts_with("bench e2e: ") && lines[0].contains("input loader workers"),
         "synthetic data on the CPU streams: {all}"
     );
     assert!(
-        lines[2].starts_with("end to end ") && lines[3].starts_with("model step alone "),
+        lines[2].starts_with("end to end ")
+            && lines[3].starts_with("training step, one batch ")
+            && lines[4].starts_with("model step alone "),
         "{all}"
     );
-    assert!(lines[4].starts_with("end to end / model step alone: "), "{all}");
+    assert!(lines[5].starts_with("end to end / one batch: "), "{all}");
+    assert!(lines[6].starts_with("one batch / model step alone: "), "{all}");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "the trainer's scratch run folder is removed: {left:?}");
 
     let out = super::byol_run(
         dir.path(),
@@ -232,7 +241,7 @@ fn bench_e2e_times_training_steps_with_and_without_the_input_path() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 2, "{all}");
+    assert_eq!(rows.len(), 3, "{all}");
     assert!(rows.iter().all(|row| row["img/s"].as_f64().unwrap() > 0.0), "{all}");
 }
 

@@ -63,10 +63,7 @@ impl StepEngine {
         if run.threads > 0 {
             tch::set_num_threads(run.threads as i32);
         }
-        if let tch::Device::Cuda(i) = device {
-            tch::Cuda::cudnn_set_benchmark(true);
-            torch_ext::memory::reset_cuda_peak(i)?;
-        }
+        byol_train::train::prepare_for_steps(device);
         let numerics = StepNumerics::resolve(run.precision, run.memory_format, device)?;
         let graph = byol_train::train::graphed_step(experiment, device, 1)?;
         tch::manual_seed(run.seed as i64);
@@ -111,57 +108,15 @@ impl StepEngine {
         Ok(())
     }
 
-    fn sync(&self) {
-        if let tch::Device::Cuda(i) = self.device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    }
-
-    /// Times `iters` calls of `step` after `warmup` ones; on CUDA also the peak memory and the
-    /// host-device synchronizations of the timed steps.
+    /// Times `iters` calls of `step` after `warmup` ones (see [`time_steps`]).
     pub fn time(
         &mut self,
         warmup: usize,
         iters: usize,
         mut step: impl FnMut(&mut Self) -> anyhow::Result<()>,
     ) -> anyhow::Result<Timing> {
-        for _ in 0..warmup {
-            step(self)?;
-        }
-        self.sync();
-        let counter = match self.device {
-            tch::Device::Cuda(_) => Some(torch_ext::cuda_sync::SyncCounter::start()?),
-            _ => None,
-        };
-        // One read that must count, so that a counter that sees nothing reports nothing
-        // rather than zero.
-        let counted_before = counter.as_ref().and_then(|c| {
-            let _ = Tensor::zeros([], (Kind::Float, self.device)).double_value(&[]);
-            Some(c.count()).filter(|&n| n > 0)
-        });
-        let started = Instant::now();
-        for _ in 0..iters {
-            step(self)?;
-        }
-        // Read before the closing synchronize, which would count too.
-        let syncs = counter
-            .as_ref()
-            .zip(counted_before)
-            .map(|(c, before)| (c.count() - before) as f64 / iters as f64);
-        drop(counter);
-        self.sync();
-        let seconds = started.elapsed().as_secs_f64() / iters as f64;
-        let peak_gib = match self.device {
-            tch::Device::Cuda(i) => {
-                Some(torch_ext::memory::cuda_memory(i)?.peak_allocated as f64 / (1u64 << 30) as f64)
-            }
-            _ => None,
-        };
-        Ok(Timing {
-            seconds,
-            peak_gib,
-            syncs_per_step: syncs,
-        })
+        let device = self.device;
+        time_steps(device, warmup, iters, || step(self))
     }
 
     pub fn layout(&self) -> &'static str {
@@ -173,7 +128,62 @@ impl StepEngine {
     }
 }
 
-/// What [`StepEngine::time`] measured.
+fn synchronize(device: tch::Device) {
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Times `iters` calls of `step` on `device` after `warmup` ones; on CUDA also the peak memory
+/// (from the first warm-up step: what is allocated then counts, the model among it) and the
+/// host-device synchronizations of the timed steps.
+pub(super) fn time_steps(
+    device: tch::Device,
+    warmup: usize,
+    iters: usize,
+    mut step: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Timing> {
+    if let tch::Device::Cuda(i) = device {
+        torch_ext::memory::reset_cuda_peak(i)?;
+    }
+    for _ in 0..warmup {
+        step()?;
+    }
+    synchronize(device);
+    let counter = match device {
+        tch::Device::Cuda(_) => Some(torch_ext::cuda_sync::SyncCounter::start()?),
+        _ => None,
+    };
+    // One read that must count, so that a counter that sees nothing reports nothing
+    // rather than zero.
+    let counted_before = counter.as_ref().and_then(|c| {
+        let _ = Tensor::zeros([], (Kind::Float, device)).double_value(&[]);
+        Some(c.count()).filter(|&n| n > 0)
+    });
+    let started = Instant::now();
+    for _ in 0..iters {
+        step()?;
+    }
+    // Read before the closing synchronize, which would count too.
+    let syncs = counter
+        .as_ref()
+        .zip(counted_before)
+        .map(|(c, before)| (c.count() - before) as f64 / iters as f64);
+    drop(counter);
+    synchronize(device);
+    let seconds = started.elapsed().as_secs_f64() / iters as f64;
+    let peak_gib = match device {
+        tch::Device::Cuda(i) => Some(torch_ext::memory::cuda_memory(i)?.peak_allocated as f64 / (1u64 << 30) as f64),
+        _ => None,
+    };
+    Ok(Timing {
+        seconds,
+        peak_gib,
+        syncs_per_step: syncs,
+    })
+}
+
+/// What [`time_steps`] measured.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timing {
     pub seconds: f64,

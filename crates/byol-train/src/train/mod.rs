@@ -36,7 +36,7 @@ use crate::sweep::{Pruned, Pruner};
 use crate::Experiment;
 
 pub use data::{training_loader, two_views};
-pub use device::{parse_device, parse_device_for};
+pub use device::{parse_device, parse_device_for, prepare_for_steps};
 pub use graph::{graphed_step, GraphedOutputs, GraphedStep};
 pub use guard::panic_message;
 pub use model::{Model, Weights};
@@ -45,7 +45,7 @@ pub use step::{Plan, StepNumerics, StepReport};
 
 use guard::{explain_panic, guarded};
 use journal::Journal;
-use trainer::Trainer;
+pub use trainer::Trainer;
 
 /// How to run, beyond what the experiment says.
 #[derive(Debug, Clone, Default)]
