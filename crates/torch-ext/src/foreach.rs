@@ -14,6 +14,12 @@ pub fn set_grad(parameter: &Tensor, grad: &Tensor) -> Result<()> {
     unsafe { ffi::check(ffi::tx_set_grad(parameter.as_ptr(), grad.as_ptr())) }
 }
 
+/// `parameter.grad = None`: no kernel runs, and the next backward writes the gradient into a
+/// fresh tensor instead of adding it to zeros (`zero_grad(set_to_none=True)`, PyTorch's default).
+pub fn clear_grad(parameter: &Tensor) -> Result<()> {
+    set_grad(parameter, &Tensor::new())
+}
+
 /// The 2-norm of each of `tensors`, as one 1-D tensor (`torch.stack(torch._foreach_norm(...))`).
 pub fn norms(tensors: &[Tensor]) -> Result<Tensor> {
     if tensors.is_empty() {

@@ -223,7 +223,7 @@ impl Optimizer for Adam {
     }
 
     fn zero_grad(&mut self) {
-        util::zero_grads(&self.parameters);
+        util::clear_grads(&self.parameters);
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {

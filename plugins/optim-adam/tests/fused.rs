@@ -78,3 +78,24 @@ fn either_update_resumes_from_the_others_step_count() {
         assert_eq!(step.double_value(&[0]), 3.0, "fused {from} -> fused {to}");
     }
 }
+
+/// zero_grad sets each gradient to None, as torch.optim does by default: no kernel per tensor,
+/// and the next backward writes the gradient afresh.
+#[test]
+fn zero_grad_sets_the_gradients_to_none() {
+    for fused in [true, false] {
+        let weight = tch::Tensor::ones([3], tch::kind::FLOAT_CPU).set_requires_grad(true);
+        let parameters = vec![NamedParameter {
+            name: "w".into(),
+            tensor: weight.shallow_clone(),
+        }];
+        let mut optimizer = adam(parameters, false, fused);
+        (&weight * 2.0).sum(tch::Kind::Float).backward();
+        optimizer.step(0.1);
+        assert!(weight.grad().defined());
+        optimizer.zero_grad();
+        assert!(!weight.grad().defined(), "fused: {fused}");
+        (&weight * 3.0).sum(tch::Kind::Float).backward();
+        assert_eq!(Vec::<f32>::try_from(weight.grad()).unwrap(), [3.0; 3], "fused: {fused}");
+    }
+}

@@ -1,8 +1,8 @@
 //! `byol-run bench optim <experiment>`: the experiment's optimizer step, per tensor against fused
-//! over flat buffers (`optimizer.fused`), in the same call: on the experiment's online network
-//! (ResNet-50 with BYOL's heads: 173 tensors) and on many small tensors, where the per-tensor
-//! update is launch-bound. Each figure is the fastest of `--repeats`, the two updates taking
-//! turns which runs first.
+//! (`optimizer.fused`: over flat buffers for lars and sgd, PyTorch's fused kernel for adam), in
+//! the same call: on the experiment's online network (ResNet-50 with BYOL's heads: 171 tensors)
+//! and on many small tensors, where the per-tensor update is launch-bound. Each figure is the
+//! fastest of `--repeats`, the two updates taking turns which runs first.
 
 use std::time::Instant;
 
@@ -104,8 +104,9 @@ pub fn run(args: &OptimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seconds per optimizer step (zero_grad and step) of `experiment`'s optimizer over `parameters`,
-/// after warm-up; the gradients start as random values.
+/// Seconds per optimizer step of `experiment`'s optimizer over `parameters`, after warm-up, on
+/// random gradients given once. `zero_grad` is left out: it sets per-tensor gradients to None
+/// (no kernel), and would leave the next step nothing to update.
 fn time_update(
     experiment: &Experiment,
     parameters: &[NamedParameter],
@@ -113,10 +114,7 @@ fn time_update(
     args: &OptimArgs,
 ) -> anyhow::Result<f64> {
     for p in parameters {
-        let mut grad = p.tensor.grad();
-        if grad.defined() {
-            let _ = grad.zero_();
-        }
+        torch_ext::foreach::clear_grad(&p.tensor)?;
         (&p.tensor * Tensor::randn_like(&p.tensor)).sum(Kind::Float).backward();
     }
     let mut optimizer = experiment
@@ -128,10 +126,7 @@ fn time_update(
             tch::Cuda::synchronize(i as i64);
         }
     };
-    let step = |optimizer: &mut Box<dyn byol_train::Optimizer>| {
-        optimizer.step(1e-3);
-        optimizer.zero_grad();
-    };
+    let step = |optimizer: &mut Box<dyn byol_train::Optimizer>| optimizer.step(1e-3);
     for _ in 0..args.warmup {
         step(&mut optimizer);
     }

@@ -52,7 +52,8 @@ pub trait Optimizer: std::fmt::Debug {
         Err("this optimizer cannot take its learning rate from a tensor (lars, sgd, adam and adamw with fused = true can)".into())
     }
 
-    /// Clears every parameter's gradient.
+    /// Clears every parameter's gradient: sets it to None, or zeros it where gradients live in
+    /// a buffer of the optimizer's (the fused momentum update's flat buffer).
     fn zero_grad(&mut self);
 
     /// State tensors by name (momentum buffers, ...), for checkpoints.
@@ -99,12 +100,13 @@ pub mod util {
     use super::NamedParameter;
     use tch::Tensor;
 
-    pub fn zero_grads(parameters: &[NamedParameter]) {
-        for p in parameters {
-            let mut grad = p.tensor.grad();
-            if grad.defined() {
-                let _ = grad.zero_();
-            }
+    /// Sets every parameter's `.grad` to None, as torch.optim's `zero_grad()` does by default:
+    /// no kernel per tensor, and the next backward writes its gradient instead of adding it to
+    /// zeros.
+    pub fn clear_grads(parameters: &[NamedParameter]) {
+        for p in parameters.iter().filter(|p| p.tensor.grad().defined()) {
+            torch_ext::foreach::clear_grad(&p.tensor)
+                .unwrap_or_else(|e| panic!("clearing the gradient of '{}': {e}", p.name));
         }
     }
 

@@ -125,10 +125,10 @@ impl<R: MomentumRule> Optimizer for MomentumSgd<R> {
             Fused::On { flat, rest } => {
                 flat.zero_grad();
                 for &i in rest.iter() {
-                    util::zero_grads(std::slice::from_ref(&self.parameters[i]));
+                    util::clear_grads(std::slice::from_ref(&self.parameters[i]));
                 }
             }
-            Fused::Off | Fused::Pending => util::zero_grads(&self.parameters),
+            Fused::Off | Fused::Pending => util::clear_grads(&self.parameters),
         }
     }
 
