@@ -118,16 +118,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let mut t = Trainer::new(experiment, &run_dir, &options.allow_change)?;
     let mut journal = Journal::open(&t, &run_dir, options.quiet, moved_aside)?;
     let mut step = t.resumed_from.unwrap_or(0);
-    let before = if experiment.eval.before_training && step == 0 {
-        // Said first: on a CPU, embedding a large bank takes minutes before anything else shows.
-        if let Some((bank, queries)) = t.monitor.images() {
-            journal.say(format!(
-                "kNN before training: embedding {bank} bank images and {queries} queries"
-            ));
-        }
-        journal.evaluation("before training", t.evaluate()?, 0)
-    } else {
-        None
+    let before = match step {
+        0 => evaluate_before_training(&t, &mut journal)?,
+        _ => None,
     };
     record_curve(&t, &run_dir, &before, 0, None, None)?;
     if experiment.logging.view_grid && step == 0 && t.is_main() {
@@ -136,22 +129,22 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
 
     journal.start_training(&t, step);
     let (started, start_step) = (Instant::now(), step);
-    let (mut interrupted, mut pruned) = (false, None);
-    let (mut curve_evaluations, mut curve_seconds) = (0, 0.0);
-    while step < t.plan.total_steps && !interrupted && pruned.is_none() {
-        interrupted = train_epoch(&mut t, &mut journal, stop.flag(), &mut step)?;
-        if !interrupted && t.evaluates_after(step) {
-            let evaluating = Instant::now();
-            let when = format!("after epoch {}", t.plan.epoch_of(step));
-            let evaluation = journal.evaluation(&when, t.evaluate()?, step);
-            let pruner = options.pruner.as_ref();
-            pruned = record_curve(&t, &run_dir, &evaluation, step, journal.final_loss, pruner)?;
-            curve_evaluations += 1;
-            curve_seconds += evaluating.elapsed().as_secs_f64();
-        }
-    }
+    let progress = train_epochs(
+        &mut t,
+        &mut journal,
+        &stop,
+        &run_dir,
+        options.pruner.as_ref(),
+        &mut step,
+    )?;
     let train_seconds = started.elapsed().as_secs_f64();
     let checkpoint = t.save(step)?;
+    let Progress {
+        interrupted,
+        pruned,
+        curve_evaluations,
+        curve_seconds,
+    } = progress;
     if interrupted {
         journal.say(format!(
             "stopped by signal after step {step}; saved {} (run again to resume)",
@@ -199,6 +192,60 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(summary)
+}
+
+/// The kNN evaluation of a run at step 0 (None when `eval.before_training` is off or the run
+/// has no labelled images).
+fn evaluate_before_training(t: &Trainer<'_>, journal: &mut Journal) -> anyhow::Result<Option<Evaluation>> {
+    if !t.experiment.eval.before_training {
+        return Ok(None);
+    }
+    // Said first: on a CPU, embedding a large bank takes minutes before anything else shows.
+    if let Some((bank, queries)) = t.monitor.images() {
+        journal.say(format!(
+            "kNN before training: embedding {bank} bank images and {queries} queries"
+        ));
+    }
+    Ok(journal.evaluation("before training", t.evaluate()?, 0))
+}
+
+/// How the epochs of [`train_epochs`] ended, and what their kNN curve cost.
+struct Progress {
+    interrupted: bool,
+    pruned: Option<Pruned>,
+    /// Evaluations during training, and the seconds they took.
+    curve_evaluations: u64,
+    curve_seconds: f64,
+}
+
+/// Trains epoch after epoch from `step` to the end of the plan, adding a point to the kNN curve
+/// on its interval, until a signal stops the run or `pruner` does.
+fn train_epochs(
+    t: &mut Trainer<'_>,
+    journal: &mut Journal,
+    stop: &StopOnSignals,
+    run_dir: &std::path::Path,
+    pruner: Option<&Pruner>,
+    step: &mut u64,
+) -> anyhow::Result<Progress> {
+    let mut progress = Progress {
+        interrupted: false,
+        pruned: None,
+        curve_evaluations: 0,
+        curve_seconds: 0.0,
+    };
+    while *step < t.plan.total_steps && !progress.interrupted && progress.pruned.is_none() {
+        progress.interrupted = train_epoch(t, journal, stop.flag(), step)?;
+        if !progress.interrupted && t.evaluates_after(*step) {
+            let evaluating = Instant::now();
+            let when = format!("after epoch {}", t.plan.epoch_of(*step));
+            let evaluation = journal.evaluation(&when, t.evaluate()?, *step);
+            progress.pruned = record_curve(t, run_dir, &evaluation, *step, journal.final_loss, pruner)?;
+            progress.curve_evaluations += 1;
+            progress.curve_seconds += evaluating.elapsed().as_secs_f64();
+        }
+    }
+    Ok(progress)
 }
 
 /// Trains the rest of the epoch that `step` is in, advancing `step`; true when a signal stopped

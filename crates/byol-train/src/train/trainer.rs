@@ -53,18 +53,9 @@ impl<'a> Trainer<'a> {
     /// from the run folder where the run starts, and builds the model there: from the
     /// experiment's initialization at step 0, from the newest checkpoint otherwise.
     pub fn new(experiment: &'a Experiment, run_dir: &Path, allow_change: &[String]) -> anyhow::Result<Self> {
-        let rendezvous = crate::distributed::DataParallel::rendezvous(&experiment.distributed)?;
-        let device = parse_device_for(&experiment.run.device, rendezvous.as_ref().map_or(0, |r| r.local_rank))?;
-        prepare_for_steps(device);
-        let parallel = match &rendezvous {
-            Some(r) => Some(DataParallel::join(r, &experiment.distributed, device)?),
-            None => None,
-        };
+        let (device, parallel) = join_job(experiment)?;
         let (rank, world) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
         let main = rank == 0;
-        if experiment.run.threads > 0 {
-            tch::set_num_threads(experiment.run.threads as i32);
-        }
         let mut numerics = StepNumerics::resolve(experiment.run.precision, experiment.run.memory_format, device)?;
         let graph = graphed_step(experiment, device, world)?;
         tch::manual_seed(experiment.run.seed as i64);
@@ -88,23 +79,7 @@ impl<'a> Trainer<'a> {
         let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
         let start = RunStart::find(run_dir, &checkpointer, main, &config_toml, &fingerprint, allow_change)?;
 
-        // A resumed model is built from the files its checkpoint carries, not the experiment's.
-        let rebuilt;
-        let model_experiment = match &start.checkpoint {
-            Some((dir, manifest)) => {
-                rebuilt = state::with_checkpoint_sources(experiment, dir, manifest)?;
-                &rebuilt
-            }
-            None => experiment,
-        };
-        let mut model = Model::build(model_experiment, &context, start.weights())?;
-        if numerics.channels_last {
-            model = model.into_channels_last()?;
-        }
-        let mut optimizer = experiment
-            .optimizer
-            .build(model.parameters.clone(), &context)
-            .context("building [optimizer]")?;
+        let (model, mut optimizer) = build_model(experiment, &context, &start, numerics.channels_last)?;
         let monitor = Monitor::new(
             experiment,
             &splits,
@@ -240,4 +215,48 @@ impl<'a> Trainer<'a> {
             None => Ok(()),
         }
     }
+}
+
+/// This process's device, and its place in the data-parallel job when torchrun started it as one
+/// of several; sets the CPU threads and readies the device for training steps.
+fn join_job(experiment: &Experiment) -> anyhow::Result<(Device, Option<DataParallel>)> {
+    let rendezvous = DataParallel::rendezvous(&experiment.distributed)?;
+    let device = parse_device_for(&experiment.run.device, rendezvous.as_ref().map_or(0, |r| r.local_rank))?;
+    prepare_for_steps(device);
+    let parallel = match &rendezvous {
+        Some(r) => Some(DataParallel::join(r, &experiment.distributed, device)?),
+        None => None,
+    };
+    if experiment.run.threads > 0 {
+        tch::set_num_threads(experiment.run.threads as i32);
+    }
+    Ok((device, parallel))
+}
+
+/// The model where the run starts, with its optimizer: a resumed model is built from the files
+/// its checkpoint carries, not the experiment's (its weights and optimizer state are loaded
+/// afterwards, once the data-parallel peers agree on the initial ones).
+fn build_model(
+    experiment: &Experiment,
+    context: &BuildContext,
+    start: &RunStart,
+    channels_last: bool,
+) -> anyhow::Result<(Model, Box<dyn Optimizer>)> {
+    let rebuilt;
+    let model_experiment = match &start.checkpoint {
+        Some((dir, manifest)) => {
+            rebuilt = state::with_checkpoint_sources(experiment, dir, manifest)?;
+            &rebuilt
+        }
+        None => experiment,
+    };
+    let mut model = Model::build(model_experiment, context, start.weights())?;
+    if channels_last {
+        model = model.into_channels_last()?;
+    }
+    let optimizer = experiment
+        .optimizer
+        .build(model.parameters.clone(), context)
+        .context("building [optimizer]")?;
+    Ok((model, optimizer))
 }
