@@ -15,7 +15,8 @@ pub fn to_device_async(host: &Tensor, device: Device) -> Result<Tensor, tch::Tch
     if !device.is_cuda() {
         return host.f_to_device(device);
     }
-    host.f_pin_memory(device)?
+    torch_ext::pin_memory(host)
+        .map_err(|e| tch::TchError::Torch(e.to_string()))?
         .f_to_device_(device, host.kind(), true, false)
 }
 

@@ -178,6 +178,13 @@ impl DataParallel {
         self.group.barrier().context("waiting for the other processes")
     }
 
+    /// The job's normal end for this process: waits for the others, then ends the group (NCCL
+    /// destroys its communicators instead of aborting them when the process exits).
+    pub fn finish(&self) -> anyhow::Result<()> {
+        self.barrier()?;
+        self.group.shutdown().context("ending the data-parallel group")
+    }
+
     /// Every process's rows of `tensor` (same shape everywhere), concatenated in rank order.
     pub fn all_gather(&self, tensor: &Tensor) -> anyhow::Result<Tensor> {
         Ok(self.group.all_gather(tensor)?)

@@ -5,6 +5,7 @@
 
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -66,9 +67,13 @@ char* tx_cuda_graph_warmup_end(void* graph) {
   return torch_ext::guarded([&] { handle(graph)->leave(); });
 }
 
+// As torch.cuda.graph does, the blocks cached during warm-up go back to the device first: the
+// graph allocates from a private pool of its own, so blocks kept for the warm-up's side stream
+// would only add a second step's worth of activations to the peak.
 char* tx_cuda_graph_capture_begin(void* graph) {
   return torch_ext::guarded([&] {
     handle(graph)->enter();
+    at::getDeviceAllocator(at::kCUDA)->emptyCache();
     handle(graph)->graph.capture_begin();
   });
 }

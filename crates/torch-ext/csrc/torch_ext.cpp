@@ -4,6 +4,8 @@
 // all-reduce that autograd differentiates). Every function catches C++ exceptions and returns
 // them as a heap string (nullptr on success) that Rust frees with tx_free_error.
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/autocast_mode.h>
@@ -115,17 +117,31 @@ bool tx_is_channels_last(const at::Tensor* tensor) {
   return tensor->is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-// Makes CUDA device `index` current for this thread (what NCCL's barrier and allocations use).
+// tensor.pin_memory() without a device (libtorch pins for the current accelerator): naming one is
+// deprecated in 2.11 and warns on every call.
+char* tx_pin_memory(const at::Tensor* tensor, at::Tensor** out) {
+  return guarded([&] { *out = new at::Tensor(tensor->pin_memory()); });
+}
+
+// Makes CUDA device `index` current for this thread (what new streams and the NCCL group's bound
+// device are taken from).
 char* tx_cuda_set_device(int index) {
   return guarded([&] { at::accelerator::setDeviceIndex(static_cast<c10::DeviceIndex>(index)); });
 }
 
 // ---- CUDA allocator statistics ----------------------------------------------------------
 
-// out: [allocated now, allocated peak, reserved now, reserved peak] in bytes.
+// out: [allocated now, allocated peak, reserved now, reserved peak] in bytes; zeros before the
+// allocator's first use (it has no devices to report on then, and would throw, where
+// torch.cuda.memory_stats returns nothing).
 char* tx_cuda_memory_stats(int device_index, int64_t* out) {
   return guarded([&] {
-    auto stats = at::getDeviceAllocator(at::kCUDA)->getDeviceStats(device_index);
+    auto* allocator = at::getDeviceAllocator(at::kCUDA);
+    if (!allocator->initialized()) {
+      std::fill(out, out + 4, int64_t{0});
+      return;
+    }
+    auto stats = allocator->getDeviceStats(device_index);
     auto aggregate = static_cast<size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
     out[0] = stats.allocated_bytes[aggregate].current;
     out[1] = stats.allocated_bytes[aggregate].peak;
@@ -135,7 +151,12 @@ char* tx_cuda_memory_stats(int device_index, int64_t* out) {
 }
 
 char* tx_cuda_reset_peak_memory(int device_index) {
-  return guarded([&] { at::getDeviceAllocator(at::kCUDA)->resetPeakStats(device_index); });
+  return guarded([&] {
+    auto* allocator = at::getDeviceAllocator(at::kCUDA);
+    if (allocator->initialized()) {
+      allocator->resetPeakStats(device_index);
+    }
+  });
 }
 
 // ---- gradients and multi-tensor ops ---------------------------------------------------
@@ -251,6 +272,13 @@ char* tx_gloo_new(void* store, int rank, int world_size, int64_t timeout_ms, voi
 
 void tx_backend_free(void* backend) {
   delete static_cast<BackendHandle*>(backend);
+}
+
+// The normal end of a group (what destroy_process_group does): NCCL finishes its queued work and
+// destroys its communicators; freed without it, it aborts them and warns that the program did
+// not destroy the group. Gloo has nothing to do.
+char* tx_backend_shutdown(void* backend) {
+  return guarded([&] { static_cast<BackendHandle*>(backend)->backend->shutdown(); });
 }
 
 char* tx_all_reduce_sum(void* backend, const at::Tensor* tensor) {

@@ -246,6 +246,14 @@ impl ProcessGroup {
         unsafe { ffi::check(ffi::tx_barrier(self.backend.as_ptr())) }.map_err(|e| self.context("barrier", e))
     }
 
+    /// Ends the group normally, once this rank has no more collectives to run
+    /// (`destroy_process_group`): NCCL finishes its queued work and destroys its communicators.
+    /// A group dropped without it is aborted, which suits a job that is failing.
+    pub fn shutdown(&self) -> Result<()> {
+        // SAFETY: live backend.
+        unsafe { ffi::check(ffi::tx_backend_shutdown(self.backend.as_ptr())) }.map_err(|e| self.context("shutdown", e))
+    }
+
     /// The sum over ranks of `tensor`, as an autograd op whose backward sums the gradients over
     /// the ranks too (what SyncBatchNorm's statistics need). Every rank must call it in the same
     /// order. The graph holds its own reference to the group's backend, so this `ProcessGroup` may

@@ -17,6 +17,7 @@ extern "C" {
 
     pub fn tx_channels_last(tensor: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     pub fn tx_is_channels_last(tensor: *const C_tensor) -> bool;
+    pub fn tx_pin_memory(tensor: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
 
     pub fn tx_set_grad(parameter: *const C_tensor, grad: *const C_tensor) -> *mut c_char;
     pub fn tx_foreach_norm(tensors: *const *const C_tensor, n: i64, out: *mut *mut C_tensor) -> *mut c_char;
@@ -81,6 +82,7 @@ extern "C" {
         out: *mut *mut c_void,
     ) -> *mut c_char;
     pub fn tx_backend_free(backend: *mut c_void);
+    pub fn tx_backend_shutdown(backend: *mut c_void) -> *mut c_char;
 
     #[cfg(torch_ext_cuda)]
     pub fn tx_cuda_graph_new(out: *mut *mut c_void) -> *mut c_char;

@@ -42,6 +42,18 @@ pub fn channels_last(tensor: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `tensor.pin_memory()`: a copy in page-locked host memory, which a CUDA stream can read
+/// asynchronously. tch's `pin_memory` always names a device, which libtorch 2.11 deprecates with
+/// a warning on every call; without one it pins for the current accelerator.
+pub fn pin_memory(tensor: &Tensor) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: `tensor` is a live at::Tensor; on success the shim hands us a new at::Tensor.
+    unsafe {
+        ffi::check(ffi::tx_pin_memory(tensor.as_ptr(), &mut out))?;
+        Ok(Tensor::from_ptr(out))
+    }
+}
+
 /// Whether `tensor` is dense in channels_last order.
 pub fn is_channels_last(tensor: &Tensor) -> bool {
     // SAFETY: `tensor` is a live at::Tensor.

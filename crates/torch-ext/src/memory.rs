@@ -1,6 +1,6 @@
 //! CUDA caching-allocator statistics (`torch.cuda.max_memory_allocated` and friends).
 
-use crate::{ffi, Result};
+use crate::{ffi, Result, TorchExtError};
 
 /// Bytes held by tensors and by the allocator's cache on one CUDA device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +13,12 @@ pub struct CudaMemory {
 
 /// The allocator's statistics for CUDA device `index`; an error without CUDA.
 pub fn cuda_memory(index: usize) -> Result<CudaMemory> {
+    let devices = tch::Cuda::device_count();
+    if index as i64 >= devices {
+        return Err(TorchExtError(format!(
+            "CUDA memory statistics of cuda:{index}: this machine has {devices} CUDA devices"
+        )));
+    }
     let mut out = [0i64; 4];
     // SAFETY: `out` has the four slots the shim writes.
     unsafe { ffi::check(ffi::tx_cuda_memory_stats(index as i32, out.as_mut_ptr()))? };

@@ -63,9 +63,9 @@ impl StepEngine {
         if run.threads > 0 {
             tch::set_num_threads(run.threads as i32);
         }
-        byol_train::train::prepare_for_steps(device);
+        byol_train::train::prepare_for_steps(device)?;
         let numerics = StepNumerics::resolve(run.precision, run.memory_format, device)?;
-        let graph = byol_train::train::graphed_step(experiment, device, 1)?;
+        let graph = byol_train::train::graphed_step(experiment, device, false)?;
         tch::manual_seed(run.seed as i64);
         let context = BuildContext::new(device, experiment.augment.image_size());
         let mut model = Model::build(experiment, &context, Weights::Initial)?;

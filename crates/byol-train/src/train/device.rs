@@ -1,16 +1,23 @@
 //! `run.device` resolved to a libtorch device, for one process or one rank of a data-parallel job.
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use tch::Device;
 
 /// Resolves `run.device`.
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
-    parse_device_for(spec, 0)
+    parse_device_for(spec, 0, 1)
 }
 
-/// Resolves `run.device` for the process with LOCAL_RANK `local_rank`: "auto" and "cuda" mean
-/// that process's own GPU.
-pub fn parse_device_for(spec: &str, local_rank: usize) -> anyhow::Result<Device> {
+/// Resolves `run.device` for the process with LOCAL_RANK `local_rank` of a job of `world`
+/// processes: "auto" and "cuda" mean that process's own GPU. "cuda:N" is refused in a job of
+/// several: every process would take the same GPU, which NCCL refuses at its first collective.
+pub fn parse_device_for(spec: &str, local_rank: usize, world: usize) -> anyhow::Result<Device> {
+    if world > 1 && spec.starts_with("cuda:") {
+        bail!(
+            "run.device = \"{spec}\" would put all {world} processes of the job on one GPU: use \"cuda\" or \"auto\", \
+             with which each process takes the GPU of its LOCAL_RANK"
+        );
+    }
     let local_gpu = || -> anyhow::Result<Device> {
         let count = tch::Cuda::device_count();
         if local_rank as i64 >= count {
@@ -39,12 +46,31 @@ pub fn parse_device_for(spec: &str, local_rank: usize) -> anyhow::Result<Device>
     })
 }
 
-/// Readies `device` for training steps: on CUDA, cuDNN times its algorithms for each new input
-/// shape once and keeps the fastest (`torch.backends.cudnn.benchmark = True`, what the PyTorch
+/// Readies `device` for training steps: on CUDA, makes it this thread's current device (what
+/// new streams, such as a CUDA graph's, belong to; `cuda:1` would otherwise be captured on a
+/// stream of GPU 0, recording nothing), and has cuDNN time its algorithms for each new input
+/// shape once and keep the fastest (`torch.backends.cudnn.benchmark = True`, what the PyTorch
 /// references and tuned PyTorch training set). Training and the benchmarks both call it, so a
 /// benchmark times the convolutions training runs.
-pub fn prepare_for_steps(device: Device) {
-    if device.is_cuda() {
+pub fn prepare_for_steps(device: Device) -> anyhow::Result<()> {
+    if let Device::Cuda(index) = device {
+        torch_ext::memory::set_cuda_device(index).with_context(|| format!("making cuda:{index} the current device"))?;
         tch::Cuda::cudnn_set_benchmark(true);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_of_several_processes_refuses_one_named_gpu() {
+        let error = parse_device_for("cuda:1", 0, 2).unwrap_err().to_string();
+        assert!(
+            error.contains("all 2 processes") && error.contains("LOCAL_RANK"),
+            "{error}"
+        );
+        assert_eq!(parse_device_for("cpu", 1, 2).unwrap(), Device::Cpu);
     }
 }

@@ -6,6 +6,8 @@
 //! its overflow flag live on the device, so the recorded step skips an overflowing update and
 //! adjusts the scale by itself.
 
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
 use anyhow::{bail, Context};
 use tch::{Device, Kind, Tensor};
 
@@ -22,15 +24,24 @@ use super::step::StepNumerics;
 /// algorithm search, the fused optimizer's buffers, allocator pools) is not recorded.
 const WARMUP_STEPS: usize = 3;
 
-/// The graphed step when `run.cuda_graphs` asks for one, for a run of `processes` processes on
-/// `device`; refuses what a replayed graph cannot do.
-pub fn graphed_step(experiment: &Experiment, device: Device, processes: usize) -> anyhow::Result<Option<GraphedStep>> {
+/// The graphed step when `run.cuda_graphs` asks for one, for a run on `device`, `data_parallel`
+/// when torchrun started it (even as the only process: its step still talks to the group);
+/// refuses what a replayed graph cannot do.
+pub fn graphed_step(
+    experiment: &Experiment,
+    device: Device,
+    data_parallel: bool,
+) -> anyhow::Result<Option<GraphedStep>> {
     let run = &experiment.run;
     if !run.cuda_graphs {
         return Ok(None);
     }
-    if processes > 1 {
-        bail!("run.cuda_graphs = true is for one process: with {processes}, set run.cuda_graphs = false");
+    if data_parallel {
+        bail!(
+            "run.cuda_graphs = true is for one process started without torchrun: a data-parallel step \
+             exchanges gradients and batch-norm statistics with its peers, which a recorded step cannot; \
+             set run.cuda_graphs = false"
+        );
     }
     if experiment.schedule.accumulate > 1 {
         bail!(
@@ -94,15 +105,19 @@ impl GraphedStep {
         if self.warmup_left > 0 {
             self.warmup_left -= 1;
             self.graph.warmup_begin()?;
-            let eager = (|| {
-                optimizer.zero_grad();
-                let parts = numerics.forward_backward(device, &model.byol, view1, view2, 1.0)?;
-                let overflow = numerics.optimizer_step(&model.parameters, optimizer, lr);
-                model.byol.update_target_with_tau(tau);
-                anyhow::Ok(GraphedOutputs { parts, overflow })
-            })();
-            self.graph.warmup_end()?;
-            return eager;
+            // The step the graph records, run eagerly: the same code, so that what it
+            // initializes lazily is ready, and an optimizer that cannot be recorded is refused
+            // at the first step.
+            let scalar = |value: f64| Tensor::full([], value, (Kind::Float, device));
+            let (lr, ema_weight) = (scalar(lr), scalar(1.0 - tau));
+            let eager = catch_unwind(AssertUnwindSafe(|| {
+                recorded_step(device, numerics, model, optimizer, view1, view2, &lr, &ema_weight)
+            }));
+            // Back to the main stream before a panic goes on (the step's guard explains it).
+            let ended = self.graph.warmup_end();
+            let (parts, overflow) = eager.unwrap_or_else(|panic| resume_unwind(panic))?;
+            ended?;
+            return Ok(GraphedOutputs { parts, overflow });
         }
         if self.captured.is_none() {
             self.captured = Some(self.capture(device, numerics, model, optimizer, &view1, &view2)?);
@@ -138,18 +153,22 @@ impl GraphedStep {
         let (view1, view2) = (view1.copy(), view2.copy());
         let (lr, ema_weight) = (scalar(), scalar());
         self.graph.capture_begin().context("starting the CUDA graph capture")?;
-        let recorded = (|| {
-            optimizer.zero_grad();
-            let parts =
-                numerics.forward_backward(device, &model.byol, view1.shallow_clone(), view2.shallow_clone(), 1.0)?;
-            let overflow = numerics
-                .optimizer_step_at(&model.parameters, optimizer, &lr)
-                .map_err(anyhow::Error::msg)?;
-            model.byol.update_target_with_weight(&ema_weight);
-            anyhow::Ok((parts, overflow))
-        })();
-        // The capture ends whatever happened inside it, or the stream stays in capture mode.
+        let recorded = catch_unwind(AssertUnwindSafe(|| {
+            recorded_step(
+                device,
+                numerics,
+                model,
+                optimizer,
+                view1.shallow_clone(),
+                view2.shallow_clone(),
+                &lr,
+                &ema_weight,
+            )
+        }));
+        // The capture ends whatever happened inside it, a panic included, or the stream stays
+        // in capture mode.
         let ended = self.graph.capture_end();
+        let recorded = recorded.unwrap_or_else(|panic| resume_unwind(panic));
         let (parts, overflow) = recorded.context("recording the training step as a CUDA graph (run.cuda_graphs)")?;
         ended.context("ending the CUDA graph capture")?;
         Ok(Captured {
@@ -161,4 +180,27 @@ impl GraphedStep {
             overflow,
         })
     }
+}
+
+/// The training step as the graph records it: gradients cleared, forward and backward of both
+/// views, the optimizer at the lr in `lr`, the target EMA with the weight in `ema_weight` (0-d
+/// tensors on the device, read when the kernels run).
+#[allow(clippy::too_many_arguments)]
+fn recorded_step(
+    device: Device,
+    numerics: &StepNumerics,
+    model: &Model,
+    optimizer: &mut dyn Optimizer,
+    view1: Tensor,
+    view2: Tensor,
+    lr: &Tensor,
+    ema_weight: &Tensor,
+) -> anyhow::Result<(LossParts, Option<Tensor>)> {
+    optimizer.zero_grad();
+    let parts = numerics.forward_backward(device, &model.byol, view1, view2, 1.0)?;
+    let overflow = numerics
+        .optimizer_step_at(&model.parameters, optimizer, lr)
+        .map_err(anyhow::Error::msg)?;
+    model.byol.update_target_with_weight(ema_weight);
+    Ok((parts, overflow))
 }

@@ -191,6 +191,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
+    if let Some(parallel) = &t.parallel {
+        parallel.finish()?;
+    }
     Ok(summary)
 }
 

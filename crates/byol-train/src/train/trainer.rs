@@ -57,7 +57,7 @@ impl<'a> Trainer<'a> {
         let (rank, world) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
         let main = rank == 0;
         let mut numerics = StepNumerics::resolve(experiment.run.precision, experiment.run.memory_format, device)?;
-        let graph = graphed_step(experiment, device, world)?;
+        let graph = graphed_step(experiment, device, parallel.is_some())?;
         tch::manual_seed(experiment.run.seed as i64);
         let context = BuildContext::new(device, experiment.augment.image_size());
         let context = match &parallel {
@@ -221,8 +221,9 @@ impl<'a> Trainer<'a> {
 /// of several; sets the CPU threads and readies the device for training steps.
 fn join_job(experiment: &Experiment) -> anyhow::Result<(Device, Option<DataParallel>)> {
     let rendezvous = DataParallel::rendezvous(&experiment.distributed)?;
-    let device = parse_device_for(&experiment.run.device, rendezvous.as_ref().map_or(0, |r| r.local_rank))?;
-    prepare_for_steps(device);
+    let (local_rank, world) = rendezvous.as_ref().map_or((0, 1), |r| (r.local_rank, r.world_size));
+    let device = parse_device_for(&experiment.run.device, local_rank, world)?;
+    prepare_for_steps(device)?;
     let parallel = match &rendezvous {
         Some(r) => Some(DataParallel::join(r, &experiment.distributed, device)?),
         None => None,
