@@ -115,7 +115,9 @@ impl GraphedStep {
             }));
             // Back to the main stream before a panic goes on (the step's guard explains it).
             let ended = self.graph.warmup_end();
-            let (parts, overflow) = eager.unwrap_or_else(|panic| resume_unwind(panic))?;
+            let (parts, overflow) = eager
+                .unwrap_or_else(|panic| resume_unwind(panic))
+                .context("the eager warm-up steps of run.cuda_graphs, before the capture")?;
             ended?;
             return Ok(GraphedOutputs { parts, overflow });
         }
