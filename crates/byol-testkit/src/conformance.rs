@@ -19,8 +19,13 @@ use tch::{nn, Device, Kind, Tensor};
 /// Images per test batch (at least 4: the batch-dependence checks split it in halves).
 const BATCH: i64 = 4;
 
-/// Runs every check on `spec` with `image_size` x `image_size` RGB images.
+/// Runs every check on `spec` with `image_size` x `image_size` RGB images. The checks seed
+/// libtorch's CPU generator, which is global: two conformance runs in one test binary take turns,
+/// so that neither draws from the other's seed (the round trip tells two builds apart by their
+/// seeds).
 pub fn check_backbone(spec: &dyn BackboneSpec, image_size: i64) {
+    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let name = check_registration(spec);
     check_names(spec, image_size);
     check_taps(spec, image_size);
