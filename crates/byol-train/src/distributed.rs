@@ -178,10 +178,10 @@ impl DataParallel {
         self.group.barrier().context("waiting for the other processes")
     }
 
-    /// The job's normal end for this process: waits for the others, then ends the group (NCCL
-    /// destroys its communicators instead of aborting them when the process exits).
+    /// The job's normal end for this process, after its last collective (as
+    /// `destroy_process_group`, without waiting for the others): NCCL destroys its communicators
+    /// instead of aborting them when the process exits.
     pub fn finish(&self) -> anyhow::Result<()> {
-        self.barrier()?;
         self.group.shutdown().context("ending the data-parallel group")
     }
 

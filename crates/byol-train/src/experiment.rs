@@ -29,8 +29,8 @@ pub struct RunConfig {
     /// "channels_last", or "contiguous".
     pub memory_format: MemoryFormat,
     /// Capture the training step (forward, backward, optimizer, EMA) as one CUDA graph after a
-    /// few warm-up steps and replay it; CUDA only, with a fused optimizer, not with several
-    /// processes or schedule.accumulate above 1. Off until measured on a GPU.
+    /// few warm-up steps and replay it; CUDA only, with a fused optimizer, not under torchrun or
+    /// with schedule.accumulate above 1. Off until measured on a GPU.
     pub cuda_graphs: bool,
 }
 

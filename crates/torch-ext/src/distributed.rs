@@ -19,6 +19,8 @@ pub struct Rendezvous {
     pub rank: usize,
     pub world_size: usize,
     pub local_rank: usize,
+    /// Processes on this node (LOCAL_WORLD_SIZE; the whole job when unset).
+    pub local_world_size: usize,
     /// torchrun's agent already hosts the store (TORCHELASTIC_USE_AGENT_STORE=True): every
     /// worker is a client, under the restart's own key prefix.
     pub agent_store: bool,
@@ -55,6 +57,10 @@ impl Rendezvous {
             Ok(v) => number("LOCAL_RANK", v)? as usize,
             Err(_) => rank,
         };
+        let local_world_size = match std::env::var("LOCAL_WORLD_SIZE") {
+            Ok(v) => number("LOCAL_WORLD_SIZE", v)? as usize,
+            Err(_) => world_size,
+        };
         let master_port = number("MASTER_PORT", required("MASTER_PORT")?)?;
         let master_port = u16::try_from(master_port).map_err(|_| format!("MASTER_PORT={master_port} is not a port"))?;
         Ok(Some(Self {
@@ -63,6 +69,7 @@ impl Rendezvous {
             rank,
             world_size,
             local_rank,
+            local_world_size,
             agent_store: std::env::var("TORCHELASTIC_USE_AGENT_STORE").is_ok_and(|v| v == "True"),
             restart_count: match std::env::var("TORCHELASTIC_RESTART_COUNT") {
                 Ok(v) => number("TORCHELASTIC_RESTART_COUNT", v)?,

@@ -1,7 +1,9 @@
 //! `[optimizer] type = "adam"` and `type = "adamw"`: torch.optim.Adam (L2 weight decay added to
 //! the gradient) and torch.optim.AdamW (decoupled decay `p -= lr*wd*p`), with bias correction.
 //! By default PyTorch's own fused kernel runs the update (`torch.optim.Adam(fused=True)`); with
-//! `fused = false`, tensor by tensor.
+//! `fused = false`, tensor by tensor. A parameter without a gradient at some step is left alone
+//! by either; the fused update keeps one step count for all parameters (PyTorch keeps one each),
+//! so the two differ only for a parameter that misses steps, which BYOL's networks never do.
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -28,8 +30,9 @@ macro_rules! adam_config {
             pub weight_decay: f64,
             /// No weight decay on biases and normalization parameters (1-D tensors).
             pub exclude_bias_and_norm: bool,
-            /// PyTorch's fused kernel (torch.optim.Adam(fused=True)): one launch a step on CUDA,
-            /// and a step that never waits for the device; false: tensor by tensor.
+            /// PyTorch's fused kernel (torch.optim.Adam(fused=True)): a few launches a step on
+            /// CUDA (decayed and undecayed parameters, the step count), none waiting for the
+            /// device; false: tensor by tensor.
             pub fused: bool,
         }
 
@@ -241,7 +244,11 @@ impl Optimizer for Adam {
             .find(|(k, _)| k == "step")
             .ok_or("optimizer state lacks 'step'")?;
         // Either kind of update resumes from the other's checkpoint.
-        self.step = step.to_kind(self.step.kind()).to_device(self.step.device()).view([1]);
+        self.step = step
+            .to_kind(self.step.kind())
+            .to_device(self.step.device())
+            .view([1])
+            .copy();
         Ok(())
     }
 }

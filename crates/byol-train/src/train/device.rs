@@ -8,13 +8,14 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     parse_device_for(spec, 0, 1)
 }
 
-/// Resolves `run.device` for the process with LOCAL_RANK `local_rank` of a job of `world`
-/// processes: "auto" and "cuda" mean that process's own GPU. "cuda:N" is refused in a job of
-/// several: every process would take the same GPU, which NCCL refuses at its first collective.
-pub fn parse_device_for(spec: &str, local_rank: usize, world: usize) -> anyhow::Result<Device> {
-    if world > 1 && spec.starts_with("cuda:") {
+/// Resolves `run.device` for the process with LOCAL_RANK `local_rank`, one of `on_node`
+/// processes of a job on this node: "auto" and "cuda" mean that process's own GPU. "cuda:N" is
+/// refused for several on a node: all would take the same GPU, which NCCL refuses at its first
+/// collective.
+pub fn parse_device_for(spec: &str, local_rank: usize, on_node: usize) -> anyhow::Result<Device> {
+    if on_node > 1 && spec.starts_with("cuda:") {
         bail!(
-            "run.device = \"{spec}\" would put all {world} processes of the job on one GPU: use \"cuda\" or \"auto\", \
+            "run.device = \"{spec}\" would put the {on_node} processes on this node on one GPU: use \"cuda\" or \"auto\", \
              with which each process takes the GPU of its LOCAL_RANK"
         );
     }
@@ -65,12 +66,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_job_of_several_processes_refuses_one_named_gpu() {
+    fn several_processes_on_a_node_refuse_one_named_gpu() {
         let error = parse_device_for("cuda:1", 0, 2).unwrap_err().to_string();
         assert!(
-            error.contains("all 2 processes") && error.contains("LOCAL_RANK"),
+            error.contains("the 2 processes on this node") && error.contains("LOCAL_RANK"),
             "{error}"
         );
         assert_eq!(parse_device_for("cpu", 1, 2).unwrap(), Device::Cpu);
+        // One process per node may name its GPU (here it may not exist, which is another error).
+        if let Err(e) = parse_device_for("cuda:0", 0, 1) {
+            assert!(!e.to_string().contains("this node"), "{e}");
+        }
     }
 }

@@ -154,6 +154,9 @@ impl GraphedStep {
         let scalar = || Tensor::zeros([], (Kind::Float, device));
         let (view1, view2) = (view1.copy(), view2.copy());
         let (lr, ema_weight) = (scalar(), scalar());
+        // The warm-up's last gradients freed before the capture empties the allocator's cache
+        // (torch.cuda.graph's recipe); the recorded step clears them again (a no-op for None).
+        optimizer.zero_grad();
         self.graph.capture_begin().context("starting the CUDA graph capture")?;
         let recorded = catch_unwind(AssertUnwindSafe(|| {
             recorded_step(

@@ -192,7 +192,10 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if let Some(parallel) = &t.parallel {
-        parallel.finish()?;
+        // The run is saved and summarized: a group that does not end cleanly changes nothing.
+        if let Err(e) = parallel.finish() {
+            eprintln!("warning: {e:#}");
+        }
     }
     Ok(summary)
 }

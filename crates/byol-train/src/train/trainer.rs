@@ -221,8 +221,10 @@ impl<'a> Trainer<'a> {
 /// of several; sets the CPU threads and readies the device for training steps.
 fn join_job(experiment: &Experiment) -> anyhow::Result<(Device, Option<DataParallel>)> {
     let rendezvous = DataParallel::rendezvous(&experiment.distributed)?;
-    let (local_rank, world) = rendezvous.as_ref().map_or((0, 1), |r| (r.local_rank, r.world_size));
-    let device = parse_device_for(&experiment.run.device, local_rank, world)?;
+    let (local_rank, on_node) = rendezvous
+        .as_ref()
+        .map_or((0, 1), |r| (r.local_rank, r.local_world_size));
+    let device = parse_device_for(&experiment.run.device, local_rank, on_node)?;
     prepare_for_steps(device)?;
     let parallel = match &rendezvous {
         Some(r) => Some(DataParallel::join(r, &experiment.distributed, device)?),

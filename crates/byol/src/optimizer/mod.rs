@@ -100,6 +100,17 @@ pub mod util {
     use super::NamedParameter;
     use tch::Tensor;
 
+    /// Zeroes every parameter's `.grad` that is defined, keeping the tensors (what an optimizer
+    /// whose gradients must stay where they are needs).
+    pub fn zero_grads(parameters: &[NamedParameter]) {
+        for p in parameters {
+            let mut grad = p.tensor.grad();
+            if grad.defined() {
+                let _ = grad.zero_();
+            }
+        }
+    }
+
     /// Sets every parameter's `.grad` to None, as torch.optim's `zero_grad()` does by default:
     /// no kernel per tensor, and the next backward writes its gradient instead of adding it to
     /// zeros.
