@@ -167,25 +167,29 @@ impl Adam {
         tch::no_grad(|| {
             let _ = self.step.g_add_scalar_(1.0);
             for decayed in [true, false] {
-                let members: Vec<usize> = (0..self.parameters.len())
-                    .filter(|&i| self.config.decays(&self.parameters[i]) == decayed)
-                    .filter(|&i| self.parameters[i].tensor.grad().defined())
-                    .collect();
-                if members.is_empty() {
+                // The group's parameters that have a gradient, with their averages, in one pass.
+                let (mut params, mut grads, mut exp_avgs, mut exp_avg_sqs) = (vec![], vec![], vec![], vec![]);
+                for (i, p) in self.parameters.iter().enumerate() {
+                    if self.config.decays(p) != decayed {
+                        continue;
+                    }
+                    let grad = p.tensor.grad();
+                    if grad.defined() {
+                        params.push(p.tensor.shallow_clone());
+                        grads.push(grad);
+                        exp_avgs.push(self.exp_avg[i].shallow_clone());
+                        exp_avg_sqs.push(self.exp_avg_sq[i].shallow_clone());
+                    }
+                }
+                if params.is_empty() {
                     continue;
                 }
-                let pick = |tensors: &[Tensor]| members.iter().map(|&i| tensors[i].shallow_clone()).collect::<Vec<_>>();
-                let params: Vec<Tensor> = members
-                    .iter()
-                    .map(|&i| self.parameters[i].tensor.shallow_clone())
-                    .collect();
-                let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
-                let steps: Vec<Tensor> = members.iter().map(|_| self.step.shallow_clone()).collect();
+                let steps: Vec<Tensor> = params.iter().map(|_| self.step.shallow_clone()).collect();
                 let tensors = AdamTensors {
                     params: &params,
                     grads: &grads,
-                    exp_avgs: &pick(&self.exp_avg),
-                    exp_avg_sqs: &pick(&self.exp_avg_sq),
+                    exp_avgs: &exp_avgs,
+                    exp_avg_sqs: &exp_avg_sqs,
                     steps: &steps,
                 };
                 let hyperparameters = AdamHyperparameters {
