@@ -10,7 +10,7 @@ use anyhow::Context;
 use tch::{nn::VarStore, Kind, Tensor};
 use torch_ext::distributed::{nccl_available, Backend, ProcessGroup, Rendezvous};
 
-use byol::nn::{CrossReplicaSum, SyncScope};
+use byol::nn::{CrossReplicaGather, SyncScope};
 use byol::BuildContext;
 
 use crate::experiment::{DistributedBackend, DistributedConfig, SyncBatchNorm};
@@ -81,14 +81,14 @@ impl DataParallel {
     /// `context` with this job's batch-norm synchronization: what the networks are built from.
     pub fn build_context(&self, context: BuildContext) -> BuildContext {
         match self.sync_scope {
-            Some(scope) => context.with_sync_batch_norm(self.cross_replica_sum(), scope),
+            Some(scope) => context.with_sync_batch_norm(self.cross_replica_gather(), scope),
             None => context,
         }
     }
 
-    /// The group as batch norm's differentiable cross-replica sum.
-    pub fn cross_replica_sum(&self) -> Arc<dyn CrossReplicaSum> {
-        Arc::new(GroupSum(self.group.clone()))
+    /// The group as batch norm's differentiable cross-replica gather.
+    pub fn cross_replica_gather(&self) -> Arc<dyn CrossReplicaGather> {
+        Arc::new(GroupGather(self.group.clone()))
     }
 
     pub fn rank(&self) -> usize {
@@ -191,14 +191,28 @@ impl DataParallel {
     }
 }
 
-/// The process group as batch norm's cross-replica sum.
-struct GroupSum(Arc<ProcessGroup>);
+/// The process group as batch norm's cross-replica gather.
+struct GroupGather(Arc<ProcessGroup>);
 
-impl CrossReplicaSum for GroupSum {
-    fn sum(&self, tensor: &Tensor) -> Tensor {
+impl CrossReplicaGather for GroupGather {
+    fn gather(&self, row: &Tensor) -> Tensor {
+        // Each rank fills its own slot of a zero table and one differentiable all-reduce sums the
+        // tables: an all-gather whose backward (the all-reduce's: gradients summed over the ranks,
+        // then this rank's slot taken) is the one synchronized batch norm needs.
+        let (rank, world) = (self.0.rank() as i64, self.0.world_size() as i64);
+        let len = row.size()[0];
+        let options = (row.kind(), row.device());
+        let table = Tensor::cat(
+            &[
+                Tensor::zeros([rank, len], options),
+                row.unsqueeze(0),
+                Tensor::zeros([world - rank - 1, len], options),
+            ],
+            0,
+        );
         // A failed collective means a peer is gone: the step's panic guard reports it.
         self.0
-            .all_reduce_sum_differentiable(tensor)
+            .all_reduce_sum_differentiable(&table)
             .unwrap_or_else(|e| panic!("synchronized batch norm: {e}"))
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tch::Device;
 
-use crate::nn::{BatchStatistics, CrossReplicaSum, SyncScope};
+use crate::nn::{BatchStatistics, CrossReplicaGather, SyncScope};
 
 /// The run's facts that a plugin may need to build its runtime object, handed to the `build` of
 /// every spec trait ([`crate::BackboneSpec`], [`crate::AugmentSpec`], [`crate::DatasetSpec`],
@@ -37,9 +37,9 @@ impl BuildContext {
         }
     }
 
-    /// Synchronized batch norm over `sum`'s replicas for the batch norms `scope` names.
-    pub fn with_sync_batch_norm(self, sum: Arc<dyn CrossReplicaSum>, scope: SyncScope) -> Self {
-        let global = BatchStatistics::Global(sum);
+    /// Synchronized batch norm over `gather`'s replicas for the batch norms `scope` names.
+    pub fn with_sync_batch_norm(self, gather: Arc<dyn CrossReplicaGather>, scope: SyncScope) -> Self {
+        let global = BatchStatistics::Global(gather);
         Self {
             backbone_batch_norm: match scope {
                 SyncScope::All => global.clone(),

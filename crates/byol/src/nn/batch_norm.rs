@@ -2,10 +2,13 @@ use std::sync::Arc;
 
 use tch::{nn, Kind, Tensor};
 
-/// Sums a tensor over the data-parallel replicas as an autograd op (its backward sums the
-/// gradients over the replicas too): what synchronized batch norm needs from a process group.
-pub trait CrossReplicaSum: Send + Sync {
-    fn sum(&self, tensor: &Tensor) -> Tensor;
+/// Gathers a row from every data-parallel replica as an autograd op: what synchronized batch
+/// norm needs from a process group, one collective per layer.
+pub trait CrossReplicaGather: Send + Sync {
+    /// `[replicas, len]`: every replica's `row` (1-D, the same length everywhere) in rank order.
+    /// The gradient reaching this replica's `row` is the sum over the replicas of their gradients
+    /// for its slot, since every replica's loss depends on every row.
+    fn gather(&self, row: &Tensor) -> Tensor;
 }
 
 /// Which batch norms compute training statistics over the global batch (all replicas).
@@ -23,8 +26,8 @@ pub enum BatchStatistics {
     /// This replica's batch (also the only choice in a single process).
     #[default]
     Local,
-    /// The global batch: sums over the replicas through this cross-replica sum.
-    Global(Arc<dyn CrossReplicaSum>),
+    /// The global batch: each replica's statistics gathered through this cross-replica gather.
+    Global(Arc<dyn CrossReplicaGather>),
 }
 
 impl std::fmt::Debug for BatchStatistics {
@@ -91,8 +94,8 @@ impl nn::ModuleT for BatchNorm {
                 let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
             });
         }
-        if let (true, BatchStatistics::Global(reducer)) = (train, &self.statistics) {
-            return self.forward_synchronized(xs, reducer.as_ref());
+        if let (true, BatchStatistics::Global(gather)) = (train, &self.statistics) {
+            return self.forward_synchronized(xs, gather.as_ref());
         }
         Tensor::batch_norm(
             xs,
@@ -109,40 +112,31 @@ impl nn::ModuleT for BatchNorm {
 }
 
 impl BatchNorm {
-    /// Training-mode batch norm whose mean and variance are those of the global batch: two
-    /// differentiable all-reduces (per-channel sums and counts, then squared deviations from the
-    /// global mean), so gradients flow through the statistics exactly as in one process holding
-    /// the whole batch. Statistics in fp32 whatever the input's (autocast) dtype.
-    fn forward_synchronized(&self, xs: &Tensor, reducer: &dyn CrossReplicaSum) -> Tensor {
+    /// Training-mode batch norm whose mean and variance are those of the global batch. Each
+    /// replica reduces its own batch to per-channel mean, squared deviations and count in one
+    /// pass; one differentiable gather shares them and every replica combines them the same way
+    /// (Chan et al.'s pairwise update, as PyTorch's SyncBatchNorm does), so gradients flow through
+    /// the statistics exactly as in one process holding the whole batch. Statistics in fp32
+    /// whatever the input's (autocast) dtype.
+    fn forward_synchronized(&self, xs: &Tensor, gather: &dyn CrossReplicaGather) -> Tensor {
         let channels = xs.size()[1];
-        let reduce_dims: Vec<i64> = (0..xs.dim() as i64).filter(|&d| d != 1).collect();
         let mut shape = vec![1i64; xs.dim()];
         shape[1] = channels;
         let x = xs.to_kind(Kind::Float);
-        let local_count = (xs.numel() as i64 / channels) as f64;
-        let count_slot = Tensor::full([1], local_count, (Kind::Float, xs.device()));
-        let sums = reducer.sum(&Tensor::cat(
-            &[
-                x.sum_dim_intlist(reduce_dims.as_slice(), false, Kind::Float),
-                count_slot,
-            ],
-            0,
-        ));
-        let count = sums.narrow(0, channels, 1);
-        let mean = sums.narrow(0, 0, channels) / &count;
-        let centered = &x - mean.view(shape.as_slice());
-        let var = reducer.sum(
-            &centered
-                .square()
-                .sum_dim_intlist(reduce_dims.as_slice(), false, Kind::Float),
-        ) / &count;
+        let row = local_statistics(&x);
+        let (mean, var, count) = combine_statistics(&gather.gather(&row), channels);
         tch::no_grad(|| {
             let unbiased = &var * &count / (&count - 1.0).clamp_min(1.0);
             let _ = self.running_mean.shallow_clone().lerp_(&mean, MOMENTUM);
             let _ = self.running_var.shallow_clone().lerp_(&unbiased, MOMENTUM);
         });
+        // y = x * scale + shift: one pass over the activations, forward and backward.
         let scale = (var + EPS).rsqrt() * &self.weight;
-        (centered * scale.view(shape.as_slice()) + self.bias.view(shape.as_slice())).to_kind(xs.kind())
+        let shift = &self.bias - mean * &scale;
+        shift
+            .view(shape.as_slice())
+            .addcmul(&x, &scale.view(shape.as_slice()))
+            .to_kind(xs.kind())
     }
 
     /// Sets the affine weight to zero (zero-init of the last BN in a residual branch).
@@ -151,4 +145,33 @@ impl BatchNorm {
             let _ = self.weight.shallow_clone().zero_();
         });
     }
+}
+
+/// This replica's row for [`combine_statistics`]: per-channel mean, squared deviations from it
+/// (one Welford pass) and the count, of `x` (`[batch, channels, ...]`, fp32).
+pub(crate) fn local_statistics(x: &Tensor) -> Tensor {
+    let channels = x.size()[1];
+    let reduce_dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
+    let count = (x.numel() as i64 / channels) as f64;
+    let (var, mean) = x.var_mean_correction(reduce_dims.as_slice(), 0, false);
+    Tensor::cat(
+        &[mean, var * count, Tensor::full([1], count, (x.kind(), x.device()))],
+        0,
+    )
+}
+
+/// The global batch's per-channel mean, biased variance and count (a 1-element tensor) from the
+/// replicas' rows `[mean (channels), squared deviations from that mean (channels), count]`:
+/// the counts weigh the means, and the spread of the replicas' means around the global one adds
+/// to their squared deviations. No large sums are subtracted, so a channel whose mean is far from
+/// zero keeps its variance's precision.
+pub(crate) fn combine_statistics(rows: &Tensor, channels: i64) -> (Tensor, Tensor, Tensor) {
+    let means = rows.narrow(1, 0, channels);
+    let squared_deviations = rows.narrow(1, channels, channels);
+    let counts = rows.narrow(1, 2 * channels, 1);
+    let count = counts.sum_dim_intlist(0, false, None);
+    let mean = (&means * &counts).sum_dim_intlist(0, false, None) / &count;
+    let spread = ((means - &mean).square() * counts).sum_dim_intlist(0, false, None);
+    let var = (squared_deviations.sum_dim_intlist(0, false, None) + spread) / &count;
+    (mean, var, count)
 }
