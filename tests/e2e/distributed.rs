@@ -86,10 +86,12 @@ fn torchrun(dir: &Path, args: &[&str]) -> Output {
 /// two runs: that one element's gradient is on in one and off in the other, and batch norm spreads
 /// it to a few percent of a layer's update (traced for one case to a single element of
 /// `layer3.1`; the statistics, counts and all-reduces themselves matched to float64 precision).
-/// Which seeds hit such a kink depends on the data and the CPU's kernels, so the check asks the
-/// implementation to be exact on at least one of four seeds: a real defect
-/// (a missing all-reduce, a wrong count, an unsynchronized layer) moves every seed.
-const EQUIVALENCE_SEEDS: [u64; 4] = [3, 4, 5, 6];
+/// Which seeds hit such a kink depends on the data, the CPU's kernels and the order of the sums
+/// (on a 2-core AMD EPYC, 3 of seeds 3-10 kinked; an earlier implementation of synchronized batch
+/// norm, with other sums, kinked on seeds 3 and 9 as well), so the check asks the implementation
+/// to be exact on at least one of six seeds: a real defect (a missing all-reduce, a wrong count, an unsynchronized layer) moves
+/// every seed.
+const EQUIVALENCE_SEEDS: [u64; 6] = [3, 4, 5, 6, 7, 8];
 
 #[test]
 fn two_processes_train_like_one_process_on_the_combined_batch() {

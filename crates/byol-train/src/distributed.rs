@@ -10,7 +10,7 @@ use anyhow::Context;
 use tch::{nn::VarStore, Kind, Tensor};
 use torch_ext::distributed::{nccl_available, Backend, ProcessGroup, Rendezvous};
 
-use byol::nn::{CrossReplicaGather, SyncScope};
+use byol::nn::{CrossReplica, SyncScope};
 use byol::BuildContext;
 
 use crate::experiment::{DistributedBackend, DistributedConfig, SyncBatchNorm};
@@ -81,14 +81,14 @@ impl DataParallel {
     /// `context` with this job's batch-norm synchronization: what the networks are built from.
     pub fn build_context(&self, context: BuildContext) -> BuildContext {
         match self.sync_scope {
-            Some(scope) => context.with_sync_batch_norm(self.cross_replica_gather(), scope),
+            Some(scope) => context.with_sync_batch_norm(self.cross_replica(), scope),
             None => context,
         }
     }
 
-    /// The group as batch norm's differentiable cross-replica gather.
-    pub fn cross_replica_gather(&self) -> Arc<dyn CrossReplicaGather> {
-        Arc::new(GroupGather(self.group.clone()))
+    /// The group as synchronized batch norm's view of the job.
+    pub fn cross_replica(&self) -> Arc<dyn CrossReplica> {
+        Arc::new(GroupReplicas(self.group.clone()))
     }
 
     pub fn rank(&self) -> usize {
@@ -191,28 +191,31 @@ impl DataParallel {
     }
 }
 
-/// The process group as batch norm's cross-replica gather.
-struct GroupGather(Arc<ProcessGroup>);
+/// The process group as synchronized batch norm's view of the job.
+struct GroupReplicas(Arc<ProcessGroup>);
 
-impl CrossReplicaGather for GroupGather {
+// A failed collective means a peer is gone: the step's panic guard reports it.
+impl CrossReplica for GroupReplicas {
     fn gather(&self, row: &Tensor) -> Tensor {
-        // Each rank fills its own slot of a zero table and one differentiable all-reduce sums the
-        // tables: an all-gather whose backward (the all-reduce's: gradients summed over the ranks,
-        // then this rank's slot taken) is the one synchronized batch norm needs.
+        let rows = self
+            .0
+            .all_gather(&row.detach().unsqueeze(0))
+            .unwrap_or_else(|e| panic!("synchronized batch norm: {e}"));
+        // This rank's own slot is the live row, so that its gradient reaches this rank's batch.
         let (rank, world) = (self.0.rank() as i64, self.0.world_size() as i64);
-        let len = row.size()[0];
-        let options = (row.kind(), row.device());
-        let table = Tensor::cat(
+        Tensor::cat(
             &[
-                Tensor::zeros([rank, len], options),
+                rows.narrow(0, 0, rank),
                 row.unsqueeze(0),
-                Tensor::zeros([world - rank - 1, len], options),
+                rows.narrow(0, rank + 1, world - rank - 1),
             ],
             0,
-        );
-        // A failed collective means a peer is gone: the step's panic guard reports it.
+        )
+    }
+
+    fn sum_gradients(&self, tensor: &Tensor) -> Tensor {
         self.0
-            .all_reduce_sum_differentiable(&table)
+            .sum_gradients_over_ranks(tensor)
             .unwrap_or_else(|e| panic!("synchronized batch norm: {e}"))
     }
 }

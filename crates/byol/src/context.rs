@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tch::Device;
 
-use crate::nn::{BatchStatistics, CrossReplicaGather, SyncScope};
+use crate::nn::{BatchStatistics, CrossReplica, SyncScope};
 
 /// The run's facts that a plugin may need to build its runtime object, handed to the `build` of
 /// every spec trait ([`crate::BackboneSpec`], [`crate::AugmentSpec`], [`crate::DatasetSpec`],
@@ -37,9 +37,9 @@ impl BuildContext {
         }
     }
 
-    /// Synchronized batch norm over `gather`'s replicas for the batch norms `scope` names.
-    pub fn with_sync_batch_norm(self, gather: Arc<dyn CrossReplicaGather>, scope: SyncScope) -> Self {
-        let global = BatchStatistics::Global(gather);
+    /// Synchronized batch norm over `replicas` for the batch norms `scope` names.
+    pub fn with_sync_batch_norm(self, replicas: Arc<dyn CrossReplica>, scope: SyncScope) -> Self {
+        let global = BatchStatistics::Global(replicas);
         Self {
             backbone_batch_norm: match scope {
                 SyncScope::All => global.clone(),

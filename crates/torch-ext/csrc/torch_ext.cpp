@@ -1,7 +1,7 @@
 // The few libtorch features that tch 0.24 does not bind: autocast with a chosen dtype, CUDA
 // allocator statistics, channels_last, setting a parameter's .grad, multi-tensor (foreach) ops,
-// PyTorch's fused Adam, and c10d (TCPStore, the Gloo backend, collectives, and an
-// all-reduce that autograd differentiates). Every function catches C++ exceptions and returns
+// PyTorch's fused Adam, and c10d (TCPStore, the Gloo backend, collectives, and the
+// gradient all-reduce of synchronized batch norm's backward). Every function catches C++ exceptions and returns
 // them as a heap string (nullptr on success) that Rust frees with tx_free_error.
 
 #include <algorithm>
@@ -35,9 +35,10 @@ void all_reduce_sum(c10d::Backend& backend, const at::Tensor& tensor) {
   backend.allreduce(tensors, options)->wait();
 }
 
-// Sum over ranks whose gradient is the sum over ranks of the incoming gradients: SyncBatchNorm's
-// statistics go through it (torch.distributed.nn.functional.all_reduce does the same in Python).
-struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
+// The identity, whose backward sums the incoming gradients over the ranks: SyncBatchNorm's
+// backward all-reduce. Statistics that every rank computes alike from gathered values pass
+// through it, so each rank's own share of them receives every rank's loss's gradient.
+struct SumGradientsOverRanks : public torch::autograd::Function<SumGradientsOverRanks> {
   // The context holds an owning reference to the backend (a capsule around its intrusive_ptr):
   // the graph keeps the process group alive until backward has run, whatever Rust drops first.
   static at::Tensor forward(
@@ -45,9 +46,7 @@ struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
       const at::Tensor& input,
       const c10::intrusive_ptr<c10d::Backend>& backend) {
     ctx->saved_data["backend"] = c10::IValue::make_capsule(backend);
-    auto out = input.clone(at::MemoryFormat::Contiguous);
-    all_reduce_sum(*backend, out);
-    return out;
+    return input.clone();
   }
 
   static torch::autograd::variable_list backward(
@@ -306,9 +305,9 @@ char* tx_barrier(void* backend) {
   return guarded([&] { static_cast<BackendHandle*>(backend)->backend->barrier()->wait(); });
 }
 
-char* tx_all_reduce_sum_autograd(void* backend, const at::Tensor* input, at::Tensor** out) {
+char* tx_sum_gradients_over_ranks(void* backend, const at::Tensor* input, at::Tensor** out) {
   return guarded([&] {
-    *out = new at::Tensor(AllReduceSum::apply(*input, static_cast<BackendHandle*>(backend)->backend));
+    *out = new at::Tensor(SumGradientsOverRanks::apply(*input, static_cast<BackendHandle*>(backend)->backend));
   });
 }
 

@@ -261,20 +261,20 @@ impl ProcessGroup {
         unsafe { ffi::check(ffi::tx_backend_shutdown(self.backend.as_ptr())) }.map_err(|e| self.context("shutdown", e))
     }
 
-    /// The sum over ranks of `tensor`, as an autograd op whose backward sums the gradients over
-    /// the ranks too (what SyncBatchNorm's statistics need). Every rank must call it in the same
-    /// order. The graph holds its own reference to the group's backend, so this `ProcessGroup` may
-    /// be dropped before backward runs.
-    pub fn all_reduce_sum_differentiable(&self, tensor: &Tensor) -> Result<Tensor> {
+    /// `tensor` unchanged, as an autograd op whose backward sums the gradients over the ranks
+    /// (synchronized batch norm's backward all-reduce). Every rank must call it in the same order,
+    /// and run backward through it alike. The graph holds its own reference to the group's
+    /// backend, so this `ProcessGroup` may be dropped before backward runs.
+    pub fn sum_gradients_over_ranks(&self, tensor: &Tensor) -> Result<Tensor> {
         let mut out = std::ptr::null_mut();
         // SAFETY: live backend and tensor; on success the shim hands over a new tensor.
         unsafe {
-            ffi::check(ffi::tx_all_reduce_sum_autograd(
+            ffi::check(ffi::tx_sum_gradients_over_ranks(
                 self.backend.as_ptr(),
                 tensor.as_ptr(),
                 &mut out,
             ))
-            .map_err(|e| self.context("all_reduce (autograd)", e))?;
+            .map_err(|e| self.context("sum_gradients_over_ranks", e))?;
             Ok(Tensor::from_ptr(out))
         }
     }

@@ -108,7 +108,7 @@ extern "C" {
     pub fn tx_broadcast(backend: *mut c_void, tensor: *const C_tensor, root: i32) -> *mut c_char;
     pub fn tx_all_gather(backend: *mut c_void, input: *const C_tensor, output: *const C_tensor) -> *mut c_char;
     pub fn tx_barrier(backend: *mut c_void) -> *mut c_char;
-    pub fn tx_all_reduce_sum_autograd(
+    pub fn tx_sum_gradients_over_ranks(
         backend: *mut c_void,
         input: *const C_tensor,
         out: *mut *mut C_tensor,

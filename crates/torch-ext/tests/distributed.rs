@@ -58,21 +58,22 @@ fn all_reduce_broadcast_and_all_gather_across_two_ranks() {
 }
 
 #[test]
-fn differentiable_all_reduce_sums_values_forward_and_gradients_backward() {
-    // y = sum over ranks of x_r; loss_r = (c_r * y).sum() with c_r = rank + 1. The gradient that
-    // reaches x_r is the sum over ranks of c_r: 1 + 2 = 3 everywhere, on both ranks.
+fn summing_gradients_over_ranks_is_the_identity_forward_and_an_all_reduce_backward() {
+    // y_r = x_r; loss_r = (c_r * y_r).sum() with c_r = rank + 1. The gradient that reaches x_r is
+    // the sum over ranks of c_r: 1 + 2 = 3 everywhere, on both ranks.
     let results = on_ranks(2, |group| {
         let x = rank_tensor(group).set_requires_grad(true);
-        let y = group.all_reduce_sum_differentiable(&x).unwrap();
+        let y = group.sum_gradients_over_ranks(&x).unwrap();
         let c = group.rank() as f64 + 1.0;
         (&y * c).sum(Kind::Float).backward();
         (
             Vec::<f32>::try_from(y.detach()).unwrap(),
             Vec::<f32>::try_from(x.grad()).unwrap(),
+            Vec::<f32>::try_from(rank_tensor(group)).unwrap(),
         )
     });
-    for (y, grad) in results {
-        assert_eq!(y, vec![3.0, 6.0, 9.0]);
+    for (y, grad, x) in results {
+        assert_eq!(y, x, "forward is the identity");
         assert_eq!(grad, vec![3.0, 3.0, 3.0]);
     }
 }
@@ -81,7 +82,7 @@ fn differentiable_all_reduce_sums_values_forward_and_gradients_backward() {
 fn the_graph_keeps_the_group_alive_when_it_is_dropped_before_backward() {
     // Built by hand rather than by `on_ranks`, so that the group can be dropped (its store and
     // backend handles freed) while the graph still references the backend. World size 1: the
-    // sum over ranks is the identity, and the gradient of (3 * y).sum() is 3.
+    // gradient of (3 * y).sum(), summed over the one rank, is 3.
     let group = ProcessGroup::gloo(&Rendezvous {
         master_addr: "127.0.0.1".into(),
         master_port: byol_testkit::free_port(),
@@ -95,7 +96,7 @@ fn the_graph_keeps_the_group_alive_when_it_is_dropped_before_backward() {
     })
     .unwrap();
     let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
-    let y = group.all_reduce_sum_differentiable(&x).unwrap();
+    let y = group.sum_gradients_over_ranks(&x).unwrap();
     drop(group);
     (&y * 3.0).sum(Kind::Float).backward();
     assert_eq!(Vec::<f32>::try_from(y.detach()).unwrap(), vec![1.0, 2.0, 3.0]);

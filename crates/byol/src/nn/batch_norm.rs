@@ -2,13 +2,18 @@ use std::sync::Arc;
 
 use tch::{nn, Kind, Tensor};
 
-/// Gathers a row from every data-parallel replica as an autograd op: what synchronized batch
-/// norm needs from a process group, one collective per layer.
-pub trait CrossReplicaGather: Send + Sync {
+/// What synchronized batch norm needs from the data-parallel job: per layer, one all-gather
+/// forward and one all-reduce backward, as PyTorch's SyncBatchNorm.
+pub trait CrossReplica: Send + Sync {
     /// `[replicas, len]`: every replica's `row` (1-D, the same length everywhere) in rank order.
-    /// The gradient reaching this replica's `row` is the sum over the replicas of their gradients
-    /// for its slot, since every replica's loss depends on every row.
+    /// This replica's slot is `row` itself, through which gradients flow; the others' are
+    /// constants.
     fn gather(&self, row: &Tensor) -> Tensor;
+
+    /// `tensor` unchanged; in backward, the gradient summed over the replicas. What every
+    /// replica computes alike from the gathered rows passes through it, so that this replica's
+    /// row receives the gradient of every replica's loss.
+    fn sum_gradients(&self, tensor: &Tensor) -> Tensor;
 }
 
 /// Which batch norms compute training statistics over the global batch (all replicas).
@@ -26,8 +31,8 @@ pub enum BatchStatistics {
     /// This replica's batch (also the only choice in a single process).
     #[default]
     Local,
-    /// The global batch: each replica's statistics gathered through this cross-replica gather.
-    Global(Arc<dyn CrossReplicaGather>),
+    /// The global batch: every replica's statistics, gathered through this job.
+    Global(Arc<dyn CrossReplica>),
 }
 
 impl std::fmt::Debug for BatchStatistics {
@@ -94,8 +99,8 @@ impl nn::ModuleT for BatchNorm {
                 let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
             });
         }
-        if let (true, BatchStatistics::Global(gather)) = (train, &self.statistics) {
-            return self.forward_synchronized(xs, gather.as_ref());
+        if let (true, BatchStatistics::Global(replicas)) = (train, &self.statistics) {
+            return self.forward_synchronized(xs, replicas.as_ref());
         }
         Tensor::batch_norm(
             xs,
@@ -114,23 +119,29 @@ impl nn::ModuleT for BatchNorm {
 impl BatchNorm {
     /// Training-mode batch norm whose mean and variance are those of the global batch. Each
     /// replica reduces its own batch to per-channel mean, squared deviations and count in one
-    /// pass; one differentiable gather shares them and every replica combines them the same way
-    /// (Chan et al.'s pairwise update, as PyTorch's SyncBatchNorm does), so gradients flow through
-    /// the statistics exactly as in one process holding the whole batch. Statistics in fp32
-    /// whatever the input's (autocast) dtype.
-    fn forward_synchronized(&self, xs: &Tensor, gather: &dyn CrossReplicaGather) -> Tensor {
+    /// pass; one gather shares them and every replica combines them alike (Chan et al.'s
+    /// pairwise update, as PyTorch's SyncBatchNorm). In backward, the combined statistics'
+    /// gradient is summed over the replicas, so gradients flow through the statistics exactly as
+    /// in one process holding the whole batch. Statistics in fp32 whatever the input's
+    /// (autocast) dtype.
+    fn forward_synchronized(&self, xs: &Tensor, replicas: &dyn CrossReplica) -> Tensor {
         let channels = xs.size()[1];
         let mut shape = vec![1i64; xs.dim()];
         shape[1] = channels;
         let x = xs.to_kind(Kind::Float);
-        let row = local_statistics(&x);
-        let (mean, var, count) = combine_statistics(&gather.gather(&row), channels);
+        let rows = replicas.gather(&local_statistics(&x));
+        let (mean, var, count) = combine_statistics(&rows, channels);
+        let statistics = replicas.sum_gradients(&Tensor::cat(&[mean, var], 0));
+        let (mean, var) = (
+            statistics.narrow(0, 0, channels),
+            statistics.narrow(0, channels, channels),
+        );
         tch::no_grad(|| {
             let unbiased = &var * &count / (&count - 1.0).clamp_min(1.0);
             let _ = self.running_mean.shallow_clone().lerp_(&mean, MOMENTUM);
             let _ = self.running_var.shallow_clone().lerp_(&unbiased, MOMENTUM);
         });
-        // y = x * scale + shift: one pass over the activations, forward and backward.
+        // y = x * scale + shift: one elementwise kernel over the activations.
         let scale = (var + EPS).rsqrt() * &self.weight;
         let shift = &self.bias - mean * &scale;
         shift
@@ -149,11 +160,16 @@ impl BatchNorm {
 
 /// This replica's row for [`combine_statistics`]: per-channel mean, squared deviations from it
 /// (one Welford pass) and the count, of `x` (`[batch, channels, ...]`, fp32).
-pub(crate) fn local_statistics(x: &Tensor) -> Tensor {
+fn local_statistics(x: &Tensor) -> Tensor {
     let channels = x.size()[1];
+    let count = x.numel() as i64 / channels;
+    if count == 0 {
+        // An empty batch adds nothing (its var_mean would be NaN and spread to every replica).
+        return Tensor::zeros([2 * channels + 1], (x.kind(), x.device()));
+    }
     let reduce_dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
-    let count = (x.numel() as i64 / channels) as f64;
     let (var, mean) = x.var_mean_correction(reduce_dims.as_slice(), 0, false);
+    let count = count as f64;
     Tensor::cat(
         &[mean, var * count, Tensor::full([1], count, (x.kind(), x.device()))],
         0,
@@ -165,7 +181,7 @@ pub(crate) fn local_statistics(x: &Tensor) -> Tensor {
 /// the counts weigh the means, and the spread of the replicas' means around the global one adds
 /// to their squared deviations. No large sums are subtracted, so a channel whose mean is far from
 /// zero keeps its variance's precision.
-pub(crate) fn combine_statistics(rows: &Tensor, channels: i64) -> (Tensor, Tensor, Tensor) {
+fn combine_statistics(rows: &Tensor, channels: i64) -> (Tensor, Tensor, Tensor) {
     let means = rows.narrow(1, 0, channels);
     let squared_deviations = rows.narrow(1, channels, channels);
     let counts = rows.narrow(1, 2 * channels, 1);
