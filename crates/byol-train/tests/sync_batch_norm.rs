@@ -1,5 +1,5 @@
-//! Synchronized batch norm on a real data-parallel job (three ranks as threads of this process,
-//! each with its own TCPStore client and Gloo backend, as three processes would have), against
+//! Synchronized batch norm on a real data-parallel job (four ranks as threads of this process,
+//! each with its own TCPStore client and Gloo backend, as four processes would have), against
 //! PyTorch's BatchNorm2d on the whole batch in float64: outputs, input gradients, the parameter
 //! gradients summed over the ranks (what the gradient all-reduce averages) and every rank's
 //! running statistics.
@@ -73,14 +73,16 @@ fn run_rank(rank: usize, world: usize, port: u16, x: Tensor, g: Tensor) -> RankR
     }
 }
 
-/// Three ranks with unequal shards (the counts must weigh their means), channels whose means lie
-/// up to 1000 standard deviations from zero.
+/// Four ranks with unequal shards, one of them empty (the counts must weigh the means, and the
+/// empty rank must still join the backward all-reduce), channels whose means lie up to 1000
+/// standard deviations from zero. On the CPU only: on a GPU the ranks' backward passes would share
+/// one autograd device thread, and one rank's blocking all-reduce would stall the others.
 ///
 /// Tolerance: both sides read the same fp32 input, so the difference is our fp32 arithmetic.
 /// With u = 2^-24: the mean carries an error of a few u·|μ|, and y = x·scale + shift rounds at
 /// u·(|x| + |μ|)/σ, so an output is off by a few u·(|μ|/σ + |x̂|), x̂ the normalized input
 /// (at most about 4 here). The bound per channel is 8·u·(|μ|/σ + max|x̂|) for an output; an
-/// input gradient multiplies such errors by g, so its bound is that times max|g|; a parameter's
+/// input gradient multiplies such errors by g/σ, so its bound is that times max|g|/σ; a parameter's
 /// gradient sums one per element of its channel, weighted by |g|, so its bound is that times
 /// Σ|g|. Computing the variance as E[x²] - E[x]² in fp32 instead would be off by about
 /// u·(|μ|/σ)² = 6e-2 in the far channel and fail; so would means not weighted by the counts, or
@@ -89,7 +91,7 @@ fn run_rank(rank: usize, world: usize, port: u16, x: Tensor, g: Tensor) -> RankR
 fn ranks_normalize_with_the_statistics_of_the_whole_batch() {
     tch::set_num_threads(1);
     tch::manual_seed(3);
-    let shards = [5i64, 3, 8];
+    let shards = [5i64, 0, 8, 3];
     let offsets = [0.0f32, 3.0, -40.0, 1000.0];
     let spreads = [1.0f32, 0.5, 2.0, 1.0];
     let total: i64 = shards.iter().sum();
@@ -145,7 +147,7 @@ fn ranks_normalize_with_the_statistics_of_the_whole_batch() {
             .unwrap()
     };
     let one = |_| 1.0;
-    let times_max_g = |c: usize| max_g.double_value(&[c as i64]);
+    let times_max_g = |c: usize| max_g.double_value(&[c as i64]) / f64::from(spreads[c]);
     let times_sum_g = |c: usize| sum_g.double_value(&[c as i64]);
     check("y", &cat(|r| &r.y), &one);
     check("grad_x", &cat(|r| &r.grad_x), &times_max_g);

@@ -163,11 +163,14 @@ impl BatchNorm {
 fn local_statistics(x: &Tensor) -> Tensor {
     let channels = x.size()[1];
     let count = x.numel() as i64 / channels;
-    if count == 0 {
-        // An empty batch adds nothing (its var_mean would be NaN and spread to every replica).
-        return Tensor::zeros([2 * channels + 1], (x.kind(), x.device()));
-    }
     let reduce_dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
+    if count == 0 {
+        // An empty batch adds nothing (its var_mean would be NaN and spread to every replica),
+        // but its zeros still come from `x`: this replica must join the backward all-reduce
+        // that its peers' statistics wait for.
+        let zeros = x.sum_dim_intlist(reduce_dims.as_slice(), false, None);
+        return Tensor::cat(&[&zeros, &zeros, &zeros.narrow(0, 0, 1)], 0);
+    }
     let (var, mean) = x.var_mean_correction(reduce_dims.as_slice(), 0, false);
     let count = count as f64;
     Tensor::cat(
