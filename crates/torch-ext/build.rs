@@ -54,6 +54,7 @@ fn main() {
     }
     build(&include)
         .file("csrc/torch_ext.cpp")
+        .file("csrc/reducer.cpp")
         .file("csrc/torchscript.cpp")
         .compile("torch_ext");
 }

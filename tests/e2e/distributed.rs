@@ -92,6 +92,7 @@ fn torchrun(dir: &Path, args: &[&str]) -> Output {
 /// to be exact on at least one of six seeds: a real defect (a missing all-reduce, a wrong count, an unsynchronized layer) moves
 /// every seed.
 const EQUIVALENCE_SEEDS: [u64; 6] = [3, 4, 5, 6, 7, 8];
+const SMALL_BUCKETS: &str = "distributed.bucket_mb=0.01";
 
 #[test]
 fn two_processes_train_like_one_process_on_the_combined_batch() {
@@ -102,7 +103,17 @@ fn two_processes_train_like_one_process_on_the_combined_batch() {
         let (single, parallel) = (format!("single-{seed}"), format!("torchrun-{seed}"));
         let out = byol_run(dir.path(), &["dp.toml", "--run-dir", &single, "--set", &seed_flag]);
         assert!(out.status.success(), "{}", text(&out));
-        let out = torchrun(dir.path(), &["dp.toml", "--run-dir", &parallel, "--set", &seed_flag]);
+        // 10 KiB buckets: the gradients are all-reduced in many buckets while backward runs.
+        let args = [
+            "dp.toml",
+            "--run-dir",
+            &parallel,
+            "--set",
+            &seed_flag,
+            "--set",
+            SMALL_BUCKETS,
+        ];
+        let out = torchrun(dir.path(), &args);
         let all = text(&out);
         assert!(out.status.success(), "{all}");
         assert!(
@@ -140,6 +151,23 @@ fn two_processes_train_like_one_process_on_the_combined_batch() {
         knn(&single),
         knn(&parallel)
     );
+
+    // One all-reduce after backward instead: with two processes each gradient is one addition
+    // of two halves either way, so the parameters are bit-equal.
+    let args = [
+        "dp.toml",
+        "--run-dir",
+        "after-backward",
+        "--set",
+        "distributed.overlap_gradients=false",
+        "--set",
+        &seed_flag,
+    ];
+    let out = torchrun(dir.path(), &args);
+    assert!(out.status.success(), "{}", text(&out));
+    let overlapped = step_model(&dir.path().join(&parallel), 8);
+    let (after_backward, name) = max_difference(&overlapped, &step_model(&dir.path().join("after-backward"), 8));
+    assert_eq!(after_backward, 0.0, "overlapped vs after backward, at '{name}'");
 
     // The control: per-process batch norm sees half the batch, and the parameters part ways.
     let port = byol_testkit::free_port();
@@ -266,4 +294,60 @@ fn asking_for_nccl_without_a_gpu_says_so() {
     assert!(!out.status.success(), "{all}");
     assert!(all.contains("joining the data-parallel job (c10d, Nccl)"), "{all}");
     assert!(all.contains("GPU"), "{all}");
+}
+
+/// A conv net with a parameter that forward never uses.
+const NET_WITH_AN_UNUSED_PARAMETER: &str = r#"
+import torch
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.unused = torch.nn.Parameter(torch.zeros(4))
+
+    def forward(self, x):
+        return self.conv(x).relu().mean((2, 3))
+"#;
+
+#[test]
+fn a_parameter_outside_the_loss_is_named_unless_gradients_are_reduced_after_backward() {
+    let dir = setup();
+    let d = dir.path();
+    std::fs::write(d.join("net_def.py"), NET_WITH_AN_UNUSED_PARAMETER).unwrap();
+    let script = format!(
+        "sys.path.insert(0, {dir:?})\nfrom net_def import Net\ntorch.jit.script(Net()).save({module:?})\n",
+        dir = d.to_str().unwrap(),
+        module = d.join("net.pt").to_str().unwrap()
+    );
+    byol_testkit::run_python(&script, &[]);
+    let experiment = std::fs::read_to_string(d.join("dp.toml")).unwrap().replace(
+        "type = \"resnet18\"\ncifar_stem = true\nwidth = 4\n",
+        "type = \"torchscript\"\npath = \"net.pt\"\ninput_size = 16\n",
+    );
+    std::fs::write(
+        d.join("ts.toml"),
+        experiment.replace("[byol]\n", "[byol]\nembedding_layer = \"output\"\n"),
+    )
+    .unwrap();
+
+    let out = torchrun(d, &["ts.toml", "--run-dir", "overlapped"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("take no part in the loss: online.backbone.unused.")
+            && all.contains("distributed.overlap_gradients = false"),
+        "{all}"
+    );
+    let out = torchrun(
+        d,
+        &[
+            "ts.toml",
+            "--run-dir",
+            "after-backward",
+            "--set",
+            "distributed.overlap_gradients=false",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -1,19 +1,21 @@
 //! Data parallelism on c10d: one process per device, started by torchrun. Every process holds a
 //! replica; they start from rank 0's parameters, train on disjoint shards of each global batch,
-//! average gradients with one all-reduce per step, and (by default) compute batch-norm
-//! statistics over the global batch. Rank 0 alone logs and writes checkpoints.
+//! average gradients over the processes (by default in buckets while backward runs, as
+//! DistributedDataParallel does), and (by default) compute batch-norm statistics over the
+//! global batch. Rank 0 alone logs and writes checkpoints.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use tch::{nn::VarStore, Kind, Tensor};
-use torch_ext::distributed::{nccl_available, Backend, ProcessGroup, Rendezvous};
+use torch_ext::distributed::{nccl_available, Backend, GradientReducer, ProcessGroup, Rendezvous};
 
 use byol::nn::{CrossReplica, SyncScope};
 use byol::BuildContext;
 
 use crate::experiment::{DistributedBackend, DistributedConfig, SyncBatchNorm};
+use crate::optimizer::NamedParameter;
 
 /// This process's place in a data-parallel job.
 #[derive(Debug, Clone)]
@@ -148,8 +150,7 @@ impl DataParallel {
                     }
                 })
                 .collect();
-            pieces.push(loss.detach().to_kind(Kind::Float).reshape([1]));
-            pieces.push(Tensor::full([1], if stop { 1.0 } else { 0.0 }, (Kind::Float, device)));
+            pieces.extend(agreement_pieces(loss, stop));
             let bucket = Tensor::cat(&pieces, 0);
             self.group.all_reduce_sum_(&bucket).context("averaging gradients")?;
             let bucket = bucket / world;
@@ -173,6 +174,39 @@ impl DataParallel {
         })
     }
 
+    /// The loss averaged over the processes and how many asked to stop, in one small all-reduce:
+    /// what a step whose gradients were averaged during backward still has to agree on.
+    pub fn agree(&self, loss: &Tensor, stop: bool) -> anyhow::Result<StepAgreement> {
+        tch::no_grad(|| {
+            let both = Tensor::cat(&agreement_pieces(loss, stop), 0);
+            self.group
+                .all_reduce_sum_(&both)
+                .context("agreeing on the step's loss")?;
+            Ok(StepAgreement {
+                loss: both.get(0) / self.world_size() as f64,
+                stop_requests: both.get(1),
+            })
+        })
+    }
+
+    /// `parameters`' gradients averaged over the processes while backward runs, in buckets of at
+    /// most `bucket_mb` MiB (see [`OverlappedGradients`]).
+    pub fn overlapped_gradients(
+        &self,
+        parameters: &[NamedParameter],
+        bucket_mb: f64,
+    ) -> anyhow::Result<OverlappedGradients> {
+        let tensors: Vec<Tensor> = parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
+        let reducer = self
+            .group
+            .gradient_reducer(&tensors, (bucket_mb * 1024.0 * 1024.0) as usize)?;
+        Ok(OverlappedGradients {
+            reducer,
+            names: parameters.iter().map(|p| p.name.clone()).collect(),
+            checked: false,
+        })
+    }
+
     /// Waits for every process (e.g. while rank 0 evaluates or writes a checkpoint).
     pub fn barrier(&self) -> anyhow::Result<()> {
         self.group.barrier().context("waiting for the other processes")
@@ -188,6 +222,64 @@ impl DataParallel {
     /// Every process's rows of `tensor` (same shape everywhere), concatenated in rank order.
     pub fn all_gather(&self, tensor: &Tensor) -> anyhow::Result<Tensor> {
         Ok(self.group.all_gather(tensor)?)
+    }
+}
+
+/// This process's loss and stop request, as the two values the processes sum.
+fn agreement_pieces(loss: &Tensor, stop: bool) -> [Tensor; 2] {
+    let device = loss.device();
+    [
+        loss.detach().to_kind(Kind::Float).reshape([1]),
+        Tensor::full([1], if stop { 1.0 } else { 0.0 }, (Kind::Float, device)),
+    ]
+}
+
+/// The online network's gradients averaged over the processes during backward
+/// (`distributed.overlap_gradients`, the default). c10d's Reducer, the engine of PyTorch's
+/// DistributedDataParallel, all-reduces each bucket as soon as backward has produced all its
+/// gradients, so the communication runs under the rest of backward instead of after it. As in
+/// DDP, the first step reduces one bucket after backward; from the second on, the buckets follow
+/// the order in which that backward produced the gradients.
+pub struct OverlappedGradients {
+    reducer: GradientReducer,
+    names: Vec<String>,
+    /// Whether the first armed loss was checked to reach every parameter.
+    checked: bool,
+}
+
+impl OverlappedGradients {
+    /// Arms the all-reduce for the backward of `loss`: the last micro-batch's (the earlier ones
+    /// accumulate locally, as under DDP's `no_sync`). The first time, checks that this backward
+    /// reaches every parameter: one outside the loss would leave its bucket unreduced.
+    pub fn prepare(&mut self, loss: &Tensor) -> anyhow::Result<()> {
+        if !self.checked {
+            let unreached = self.reducer.unreached(loss)?;
+            if !unreached.is_empty() {
+                let names: Vec<&str> = unreached.iter().map(|&i| self.names[i].as_str()).collect();
+                bail!(
+                    "these trainable parameters of the online network take no part in the loss: {}. \
+                     A data-parallel run averages every parameter's gradient while backward runs, so each \
+                     must get one: take them out of the network, or set distributed.overlap_gradients = false \
+                     (one all-reduce after backward, which leaves them as they are)",
+                    names.join(", ")
+                );
+            }
+            self.checked = true;
+        }
+        Ok(self.reducer.prepare_for_backward()?)
+    }
+
+    /// Fails when the backward just run left some gradient unaveraged (a parameter the first
+    /// step's loss reached got no gradient in step `step`), before the optimizer uses them.
+    pub fn check_reduced(&self, step: u64) -> anyhow::Result<()> {
+        if !self.reducer.reduced() {
+            bail!(
+                "step {step}'s backward did not reach every trainable parameter of the online network, so \
+                 the gradients were not averaged over the processes: a network whose parameters take part \
+                 in some steps only needs distributed.overlap_gradients = false"
+            );
+        }
+        Ok(())
     }
 }
 

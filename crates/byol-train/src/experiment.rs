@@ -221,6 +221,11 @@ pub struct DistributedConfig {
     pub timeout_s: u64,
     /// c10d backend: "auto" (NCCL on GPUs when built, else Gloo), "nccl", "gloo".
     pub backend: DistributedBackend,
+    /// Average the gradients in buckets while backward runs (DistributedDataParallel's way), or
+    /// (false) in one all-reduce after it.
+    pub overlap_gradients: bool,
+    /// The largest bucket of gradients, in MiB (DDP's `bucket_cap_mb`).
+    pub bucket_mb: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -238,6 +243,8 @@ impl Default for DistributedConfig {
             sync_batch_norm: SyncBatchNorm::All,
             timeout_s: 1800,
             backend: DistributedBackend::Auto,
+            overlap_gradients: true,
+            bucket_mb: 25.0,
         }
     }
 }

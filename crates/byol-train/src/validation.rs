@@ -156,6 +156,7 @@ impl Experiment {
             self.distributed.timeout_s as f64,
             Range::AtLeast(1.0),
         );
+        p.range("distributed.bucket_mb", self.distributed.bucket_mb, Range::Above(0.0));
     }
 
     /// Keys that optimizer plugins share with PyTorch's optimizers, with PyTorch's ranges, and

@@ -278,6 +278,129 @@ impl ProcessGroup {
             Ok(Tensor::from_ptr(out))
         }
     }
+
+    /// DDP's gradient reducer over `parameters` (see [`GradientReducer`]), with buckets of at
+    /// most `bucket_cap_bytes` (DDP's `bucket_cap_mb`) once the first backward has shown the
+    /// order in which gradients arrive.
+    pub fn gradient_reducer(&self, parameters: &[Tensor], bucket_cap_bytes: usize) -> Result<GradientReducer> {
+        let pointers = crate::foreach::pointers(parameters);
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: live backend and tensors; on success the shim hands over a boxed reducer, which
+        // holds its own references to the backend and the parameters.
+        unsafe {
+            ffi::check(ffi::tx_reducer_new(
+                self.backend.as_ptr(),
+                pointers.as_ptr(),
+                pointers.len() as i64,
+                bucket_cap_bytes.min(i64::MAX as usize) as i64,
+                &mut handle,
+            ))
+            .map_err(|e| self.context("creating the gradient reducer", e))?;
+        }
+        Ok(GradientReducer {
+            handle: NonNull::new(handle).expect("the shim returns a reducer on success"),
+            parameters: parameters.iter().map(Tensor::shallow_clone).collect(),
+            rank: self.rank,
+            world_size: self.world_size,
+        })
+    }
+}
+
+/// c10d's `Reducer`, the engine of PyTorch's DistributedDataParallel. It hooks the parameters'
+/// gradient accumulators; during a backward armed by [`GradientReducer::prepare_for_backward`],
+/// each bucket of gradients is all-reduced (and averaged over the ranks) as soon as backward has
+/// produced all of them, while backward goes on with the layers below, and the backward call
+/// returns with every parameter's `.grad` averaged. A backward that is not armed leaves the
+/// gradients alone (DDP's `no_sync`, for accumulating micro-batches).
+///
+/// Every armed backward must reach every parameter, on every rank, in the same graph: a bucket
+/// with a parameter that got no gradient is never reduced ([`GradientReducer::reduced`] says so
+/// after the backward, [`GradientReducer::unreached`] names such parameters before it).
+pub struct GradientReducer {
+    handle: NonNull<c_void>,
+    parameters: Vec<Tensor>,
+    rank: usize,
+    world_size: usize,
+}
+
+// SAFETY: the Reducer guards its state with a mutex (its hooks run on autograd's threads); the
+// handle is only freed in Drop.
+unsafe impl Send for GradientReducer {}
+unsafe impl Sync for GradientReducer {}
+
+impl std::fmt::Debug for GradientReducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GradientReducer")
+            .field("parameters", &self.parameters.len())
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
+            .finish()
+    }
+}
+
+impl GradientReducer {
+    /// Arms the hooks for the next backward. Once, after the first reduced backward, it also
+    /// rebuilds the buckets in the order that backward produced the gradients (a broadcast of
+    /// rank 0's order): every rank calls it at the same points.
+    pub fn prepare_for_backward(&self) -> Result<()> {
+        // SAFETY: live reducer.
+        unsafe { ffi::check(ffi::tx_reducer_prepare_for_backward(self.handle.as_ptr())) }.map_err(|e| {
+            TorchExtError(format!(
+                "preparing the gradient all-reduce failed on rank {} of {}: {e}",
+                self.rank, self.world_size
+            ))
+        })
+    }
+
+    /// Whether the last armed backward averaged every gradient (false: some parameter got no
+    /// gradient, so its bucket was never all-reduced).
+    pub fn reduced(&self) -> bool {
+        let mut out = false;
+        // SAFETY: live reducer; `out` outlives the call.
+        unsafe { ffi::check(ffi::tx_reducer_reduced(self.handle.as_ptr(), &mut out)) }
+            .expect("reading the reducer's state cannot fail");
+        out
+    }
+
+    /// How many buckets the gradients are all-reduced in: one until the first reduced backward
+    /// has shown their order, then about the parameters' bytes over the bucket cap.
+    pub fn bucket_count(&self) -> usize {
+        let mut out = 0i64;
+        // SAFETY: live reducer; `out` outlives the call.
+        unsafe { ffi::check(ffi::tx_reducer_bucket_count(self.handle.as_ptr(), &mut out)) }
+            .expect("listing the reducer's buckets cannot fail");
+        out as usize
+    }
+
+    /// The indices of the parameters whose gradient a backward from `loss` would not reach (a
+    /// walk of its autograd graph, on the host).
+    pub fn unreached(&self, loss: &Tensor) -> Result<Vec<usize>> {
+        let pointers = crate::foreach::pointers(&self.parameters);
+        let mut unreached = vec![false; pointers.len()];
+        // SAFETY: live tensors; `unreached` has one slot per parameter.
+        unsafe {
+            ffi::check(ffi::tx_unreached_leaves(
+                loss.as_ptr(),
+                pointers.as_ptr(),
+                pointers.len() as i64,
+                unreached.as_mut_ptr(),
+            ))?;
+        }
+        Ok(unreached
+            .iter()
+            .enumerate()
+            .filter(|(_, &u)| u)
+            .map(|(i, _)| i)
+            .collect())
+    }
+}
+
+impl Drop for GradientReducer {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from the shim and is freed exactly once; the Reducer removes
+        // its hooks from the parameters.
+        unsafe { ffi::tx_reducer_free(self.handle.as_ptr()) }
+    }
 }
 
 impl Drop for ProcessGroup {

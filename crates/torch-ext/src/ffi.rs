@@ -114,6 +114,24 @@ extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
 
+    pub fn tx_reducer_new(
+        backend: *mut c_void,
+        parameters: *const *const C_tensor,
+        n: i64,
+        bucket_cap_bytes: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    pub fn tx_reducer_free(reducer: *mut c_void);
+    pub fn tx_reducer_prepare_for_backward(reducer: *mut c_void) -> *mut c_char;
+    pub fn tx_reducer_reduced(reducer: *mut c_void, out: *mut bool) -> *mut c_char;
+    pub fn tx_reducer_bucket_count(reducer: *mut c_void, out: *mut i64) -> *mut c_char;
+    pub fn tx_unreached_leaves(
+        root: *const C_tensor,
+        leaves: *const *const C_tensor,
+        n: i64,
+        unreached: *mut bool,
+    ) -> *mut c_char;
+
     pub fn tx_script_load(file: *const c_char, device: i32, out: *mut *mut c_void) -> *mut c_char;
     pub fn tx_script_free(module: *mut c_void);
     pub fn tx_script_set_training(module: *mut c_void, training: bool) -> *mut c_char;

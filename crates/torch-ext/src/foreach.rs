@@ -162,6 +162,6 @@ pub fn fused_adam_(
     }
 }
 
-fn pointers(tensors: &[Tensor]) -> Vec<*const torch_sys::C_tensor> {
+pub(crate) fn pointers(tensors: &[Tensor]) -> Vec<*const torch_sys::C_tensor> {
     tensors.iter().map(|t| t.as_ptr() as *const _).collect()
 }

@@ -1,9 +1,10 @@
 //! What tch 0.24 lacks, through one small C++ shim compiled against the same libtorch
-//! (csrc/torch_ext.cpp and csrc/torchscript.cpp, plus csrc/cuda_graph.cpp, csrc/cuda_sync.cpp and
+//! (csrc/torch_ext.cpp, csrc/reducer.cpp and csrc/torchscript.cpp, plus csrc/cuda_graph.cpp, csrc/cuda_sync.cpp and
 //! csrc/nccl.cpp when the CUDA headers are installed): autocast with a chosen dtype (bf16 as well
 //! as fp16, on CUDA and CPU), channels_last, CUDA allocator statistics, CUDA graphs, counting
 //! host-device synchronizations, multi-tensor (foreach) updates, c10d process groups (a TCPStore
-//! rendezvous, Gloo, and NCCL where built) with the collectives data-parallel training needs,
+//! rendezvous, Gloo, and NCCL where built) with the collectives data-parallel training needs
+//! and DistributedDataParallel's gradient reducer,
 //! and TorchScript modules owned by the shim (their buffers included). Every shim call reports a C++ exception
 //! the same way: a [`TorchExtError`] with its message.
 

@@ -184,3 +184,147 @@ fn nccl_without_a_gpu_is_a_clear_error() {
         assert!(err.contains("no NCCL backend"), "{err}");
     }
 }
+
+/// A two-layer perceptron's parameters, alike on every rank (w1, b1, w2, b2).
+fn mlp_parameters() -> Vec<Tensor> {
+    let values = |n: i64, phase: f64| (Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * 0.37 + phase).sin();
+    vec![
+        values(12, 0.0).view([4, 3]),
+        values(4, 1.0),
+        values(8, 2.0).view([2, 4]),
+        values(2, 3.0),
+    ]
+    .into_iter()
+    .map(|p| p.set_requires_grad(true))
+    .collect()
+}
+
+/// Rank `rank`'s input at step `step`.
+fn mlp_input(rank: usize, step: usize) -> Tensor {
+    let offset = (rank * 7 + step * 3) as f64;
+    ((Tensor::arange(15, (Kind::Float, tch::Device::Cpu)) + offset) * 0.61)
+        .cos()
+        .view([5, 3])
+}
+
+fn mlp_loss(parameters: &[Tensor], input: &Tensor) -> Tensor {
+    let hidden = input.linear(&parameters[0], Some(&parameters[1])).relu();
+    hidden
+        .linear(&parameters[2], Some(&parameters[3]))
+        .square()
+        .mean(Kind::Float)
+}
+
+fn gradients(parameters: &[Tensor]) -> Vec<Vec<f32>> {
+    parameters
+        .iter()
+        .map(|p| Vec::<f32>::try_from(p.grad().flatten(0, -1)).unwrap())
+        .collect()
+}
+
+fn clear(parameters: &[Tensor]) {
+    for p in parameters {
+        let mut grad = p.grad();
+        if grad.defined() {
+            let _ = grad.zero_();
+        }
+    }
+}
+
+/// The gradients that backward of every `input` accumulates, without any reducer.
+fn local_gradients(inputs: &[Tensor]) -> Vec<Tensor> {
+    let parameters = mlp_parameters();
+    for input in inputs {
+        mlp_loss(&parameters, input).backward();
+    }
+    parameters.iter().map(Tensor::grad).collect()
+}
+
+/// (g0 + g1) / 2 in fp32. The reducer halves each rank's gradient (exact in binary) and sums the
+/// halves, one rounding, the same as rounding g0 + g1 and halving: the results are bit-equal.
+fn averaged(rank0: Vec<Tensor>, rank1: Vec<Tensor>) -> Vec<Vec<f32>> {
+    rank0
+        .iter()
+        .zip(&rank1)
+        .map(|(a, b)| Vec::<f32>::try_from(((a + b) / 2.0).flatten(0, -1)).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_gradient_reducer_averages_every_armed_backward_in_buckets() {
+    // A bucket closes once it holds the cap, so a 1-byte cap puts each parameter in its own bucket
+    // once the first backward has set the order: step 0 runs DDP's single first bucket, steps 1
+    // and 2 the four rebuilt ones.
+    let results = on_ranks(2, |group| {
+        let parameters = mlp_parameters();
+        let reducer = group.gradient_reducer(&parameters, 1).unwrap();
+        (0..3)
+            .map(|step| {
+                clear(&parameters);
+                let loss = mlp_loss(&parameters, &mlp_input(group.rank(), step));
+                assert!(reducer.unreached(&loss).unwrap().is_empty());
+                reducer.prepare_for_backward().unwrap();
+                assert_eq!(reducer.bucket_count(), if step == 0 { 1 } else { 4 }, "step {step}");
+                loss.backward();
+                assert!(reducer.reduced(), "step {step}");
+                gradients(&parameters)
+            })
+            .collect::<Vec<_>>()
+    });
+    for step in 0..3 {
+        let expected = averaged(
+            local_gradients(&[mlp_input(0, step)]),
+            local_gradients(&[mlp_input(1, step)]),
+        );
+        for (rank, steps) in results.iter().enumerate() {
+            assert_eq!(steps[step], expected, "rank {rank}, step {step}");
+        }
+    }
+}
+
+#[test]
+fn a_backward_that_is_not_armed_accumulates_locally_and_the_armed_one_reduces_the_sum() {
+    let results = on_ranks(2, |group| {
+        let parameters = mlp_parameters();
+        let reducer = group.gradient_reducer(&parameters, 25 << 20).unwrap();
+        mlp_loss(&parameters, &mlp_input(group.rank(), 0)).backward();
+        let local = gradients(&parameters);
+        reducer.prepare_for_backward().unwrap();
+        mlp_loss(&parameters, &mlp_input(group.rank(), 1)).backward();
+        (local, gradients(&parameters))
+    });
+    let inputs = |rank| [mlp_input(rank, 0), mlp_input(rank, 1)];
+    let expected = averaged(local_gradients(&inputs(0)), local_gradients(&inputs(1)));
+    for (rank, (local, reduced)) in results.into_iter().enumerate() {
+        let own: Vec<Vec<f32>> = local_gradients(&inputs(rank)[..1])
+            .iter()
+            .map(|g| Vec::<f32>::try_from(g.flatten(0, -1)).unwrap())
+            .collect();
+        assert_eq!(local, own, "rank {rank}: the unarmed backward is not reduced");
+        assert_eq!(reduced, expected, "rank {rank}: both micro-batches, averaged");
+    }
+}
+
+#[test]
+fn a_parameter_outside_the_loss_is_named_before_backward_and_leaves_the_reduction_unfinished() {
+    let results = on_ranks(2, |group| {
+        let parameters = mlp_parameters();
+        let reducer = group.gradient_reducer(&parameters, 25 << 20).unwrap();
+        // The second layer's bias takes no part.
+        let input = mlp_input(group.rank(), 0);
+        let hidden = input.linear(&parameters[0], Some(&parameters[1])).relu();
+        let loss = hidden.linear::<Tensor>(&parameters[2], None).square().mean(Kind::Float);
+        let unreached = reducer.unreached(&loss).unwrap();
+        reducer.prepare_for_backward().unwrap();
+        loss.backward();
+        let reduced = reducer.reduced();
+        let next = reducer.prepare_for_backward().map_err(|e| e.0);
+        (unreached, reduced, next)
+    });
+    for (unreached, reduced, next) in results {
+        assert_eq!(unreached, vec![3]);
+        assert!(!reduced);
+        let message = next.expect_err("the unfinished reduction is refused at the next step");
+        assert!(message.contains("finished reduction"), "{message}");
+    }
+}

@@ -75,14 +75,32 @@ impl StepNumerics {
         view2: Tensor,
         weight: f64,
     ) -> anyhow::Result<LossParts> {
+        let parts = self.forward_loss(device, byol, view1, view2, weight)?;
+        self.backward(&parts.loss);
+        Ok(parts)
+    }
+
+    /// The forward half of [`StepNumerics::forward_backward`]: the parts, the loss weighted.
+    pub fn forward_loss(
+        &self,
+        device: Device,
+        byol: &Byol,
+        view1: Tensor,
+        view2: Tensor,
+        weight: f64,
+    ) -> anyhow::Result<LossParts> {
         let (view1, view2) = (self.layout(view1)?, self.layout(view2)?);
         let mut parts = self.forward(device, || byol.loss_parts(&view1, &view2));
         parts.loss = parts.loss.to_kind(Kind::Float) * weight;
-        match &self.scaler {
-            Some(scaler) => scaler.scale_loss(&parts.loss).backward(),
-            None => parts.loss.backward(),
-        }
         Ok(parts)
+    }
+
+    /// The backward half: of `loss`, loss-scaled in fp16.
+    pub fn backward(&self, loss: &Tensor) {
+        match &self.scaler {
+            Some(scaler) => scaler.scale_loss(loss).backward(),
+            None => loss.backward(),
+        }
     }
 
     /// The optimizer step at `lr`, after unscaling fp16 gradients: a step whose gradients
@@ -211,11 +229,15 @@ impl Trainer<'_> {
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
         let mut projections = None;
         let share = 1.0 / micro_batches.len() as f64;
-        for Batch { images, labels, .. } in micro_batches {
+        for (i, Batch { images, labels, .. }) in micro_batches.iter().enumerate() {
             let (view1, view2) = two_views(self.augment.as_ref(), &self.loader, images)?;
             let parts = self
                 .numerics
-                .forward_backward(self.device, &self.model.byol, view1, view2, share)?;
+                .forward_loss(self.device, &self.model.byol, view1, view2, share)?;
+            if let Some(overlapped) = self.overlapped.as_mut().filter(|_| i + 1 == micro_batches.len()) {
+                overlapped.prepare(&parts.loss)?;
+            }
+            self.numerics.backward(&parts.loss);
             total += parts.loss.detach();
             self.monitor.probe_on_training_batch(&parts.online_embeddings, labels);
             projections = Some(parts.online_projections);
@@ -226,8 +248,17 @@ impl Trainer<'_> {
         let lr = self.plan.lr_at(step);
         let (loss, stop) = match &self.parallel {
             Some(parallel) => {
-                let tensors: Vec<Tensor> = self.model.parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
-                let agreed = parallel.all_reduce_gradients(&tensors, &total, stop)?;
+                let agreed = match &self.overlapped {
+                    Some(overlapped) => {
+                        overlapped.check_reduced(step)?;
+                        parallel.agree(&total, stop)?
+                    }
+                    None => {
+                        let tensors: Vec<Tensor> =
+                            self.model.parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
+                        parallel.all_reduce_gradients(&tensors, &total, stop)?
+                    }
+                };
                 let polled = (step + 1).is_multiple_of(STOP_POLL_STEPS);
                 let stop = polled && agreed.any_stop();
                 (agreed.loss, stop)

@@ -9,7 +9,7 @@ use byol::{Augment, BuildContext};
 use byol_data::{BatchLoader, Splits};
 
 use crate::checkpoint::Checkpointer;
-use crate::distributed::DataParallel;
+use crate::distributed::{DataParallel, OverlappedGradients};
 use crate::optimizer::Optimizer;
 use crate::run_dir;
 use crate::tensorboard::ScalarLogger;
@@ -45,6 +45,9 @@ pub struct Trainer<'a> {
     sources: KeptSources,
     /// Set when torchrun started this process as one of several.
     pub parallel: Option<DataParallel>,
+    /// The data-parallel gradient all-reduce that runs during backward
+    /// (`distributed.overlap_gradients`); None: one all-reduce after it, or a single process.
+    pub overlapped: Option<OverlappedGradients>,
     pub loss_watch: LossWatch,
 }
 
@@ -95,6 +98,14 @@ impl<'a> Trainer<'a> {
         if let Some((dir, _)) = &start.checkpoint {
             state::load_checkpoint(dir, &model, optimizer.as_mut(), &mut numerics)?;
         }
+        // Over the final parameters: the Reducer hooks these very variables.
+        let overlapped = match &parallel {
+            Some(p) if experiment.distributed.overlap_gradients => Some(
+                p.overlapped_gradients(&model.parameters, experiment.distributed.bucket_mb)
+                    .context("setting up the gradient all-reduce")?,
+            ),
+            _ => None,
+        };
         let sources = state::keep_sources(run_dir, experiment, &start, main)?;
         if main {
             state::record_run(run_dir, &config_toml, &fingerprint)?;
@@ -116,6 +127,7 @@ impl<'a> Trainer<'a> {
             config_toml,
             sources,
             parallel,
+            overlapped,
             loss_watch: LossWatch::new(device),
         })
     }
