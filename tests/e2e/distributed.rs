@@ -296,25 +296,58 @@ fn asking_for_nccl_without_a_gpu_says_so() {
     assert!(all.contains("GPU"), "{all}");
 }
 
-/// A conv net with a parameter that forward never uses.
-const NET_WITH_AN_UNUSED_PARAMETER: &str = r#"
+#[test]
+fn layers_past_the_embedding_tap_are_left_out_of_the_all_reduce_during_backward() {
+    // With the embedding at layer3, layer4 takes no part in the loss: both ways of averaging
+    // leave it alone, and two processes train alike bit for bit.
+    let dir = setup();
+    let tap = ["--set", "byol.embedding_layer=layer3", "--set", "schedule.epochs=1"];
+    let overlapped = torchrun(
+        dir.path(),
+        &[&["dp.toml", "--run-dir", "overlapped"][..], &tap].concat(),
+    );
+    assert!(overlapped.status.success(), "{}", text(&overlapped));
+    let after = [
+        "dp.toml",
+        "--run-dir",
+        "after",
+        "--set",
+        "distributed.overlap_gradients=false",
+    ];
+    let after = torchrun(dir.path(), &[&after[..], &tap].concat());
+    assert!(after.status.success(), "{}", text(&after));
+    let (difference, name) = max_difference(
+        &step_model(&dir.path().join("overlapped"), 8),
+        &step_model(&dir.path().join("after"), 8),
+    );
+    assert_eq!(difference, 0.0, "at '{name}'");
+}
+
+/// A conv net with a parameter that forward uses from its third call on: from the second step on
+/// (forward runs once per view).
+const NET_WITH_A_LATE_PARAMETER: &str = r#"
 import torch
 
 class Net(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.unused = torch.nn.Parameter(torch.zeros(4))
+        self.late = torch.nn.Parameter(torch.zeros(8))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
 
     def forward(self, x):
-        return self.conv(x).relu().mean((2, 3))
+        self.calls += 1
+        y = self.conv(x).relu().mean((2, 3))
+        if bool(self.calls > 2):
+            y = y + self.late
+        return y
 "#;
 
 #[test]
-fn a_parameter_outside_the_loss_is_named_unless_gradients_are_reduced_after_backward() {
+fn a_parameter_that_joins_the_loss_after_the_first_step_is_named_unless_gradients_are_reduced_after_backward() {
     let dir = setup();
     let d = dir.path();
-    std::fs::write(d.join("net_def.py"), NET_WITH_AN_UNUSED_PARAMETER).unwrap();
+    std::fs::write(d.join("net_def.py"), NET_WITH_A_LATE_PARAMETER).unwrap();
     let script = format!(
         "sys.path.insert(0, {dir:?})\nfrom net_def import Net\ntorch.jit.script(Net()).save({module:?})\n",
         dir = d.to_str().unwrap(),
@@ -325,29 +358,24 @@ fn a_parameter_outside_the_loss_is_named_unless_gradients_are_reduced_after_back
         "type = \"resnet18\"\ncifar_stem = true\nwidth = 4\n",
         "type = \"torchscript\"\npath = \"net.pt\"\ninput_size = 16\n",
     );
-    std::fs::write(
-        d.join("ts.toml"),
-        experiment.replace("[byol]\n", "[byol]\nembedding_layer = \"output\"\n"),
-    )
-    .unwrap();
+    let experiment = experiment.replace("[byol]\n", "[byol]\nembedding_layer = \"output\"\n");
+    std::fs::write(d.join("ts.toml"), experiment).unwrap();
 
     let out = torchrun(d, &["ts.toml", "--run-dir", "overlapped"]);
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
     assert!(
-        all.contains("take no part in the loss: online.backbone.unused.")
+        all.contains("step 1's loss reaches parameters that the first step's did not: online.backbone.late.")
             && all.contains("distributed.overlap_gradients = false"),
         "{all}"
     );
-    let out = torchrun(
-        d,
-        &[
-            "ts.toml",
-            "--run-dir",
-            "after-backward",
-            "--set",
-            "distributed.overlap_gradients=false",
-        ],
-    );
+    let args = [
+        "ts.toml",
+        "--run-dir",
+        "after",
+        "--set",
+        "distributed.overlap_gradients=false",
+    ];
+    let out = torchrun(d, &args);
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -128,6 +128,35 @@ impl DataParallel {
         })
     }
 
+    /// Overwrites `buffers` (the same list, in the same order, on every process) with rank 0's,
+    /// in one broadcast per dtype. For the running statistics of batch norms that each process
+    /// computes on its own shard: afterwards every process holds the model that rank 0 saves, so
+    /// all evaluate the same model and a resumed run goes on as the uninterrupted one
+    /// (DistributedDataParallel's `broadcast_buffers`).
+    pub fn broadcast_buffers(&self, buffers: &[Tensor]) -> anyhow::Result<()> {
+        let mut kinds: Vec<Kind> = buffers.iter().map(Tensor::kind).collect();
+        kinds.sort_by_key(|k| format!("{k:?}"));
+        kinds.dedup();
+        tch::no_grad(|| {
+            for kind in kinds {
+                let of_kind: Vec<&Tensor> = buffers.iter().filter(|b| b.kind() == kind).collect();
+                let flat = Tensor::cat(&of_kind.iter().map(|b| b.reshape([-1])).collect::<Vec<_>>(), 0);
+                self.group
+                    .broadcast_(&flat, 0)
+                    .context("sharing rank 0's batch-norm statistics")?;
+                let mut offset = 0;
+                for buffer in of_kind {
+                    let n = buffer.numel() as i64;
+                    buffer
+                        .shallow_clone()
+                        .copy_(&flat.narrow(0, offset, n).view(buffer.size().as_slice()));
+                    offset += n;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Averages the gradients of `parameters` over the processes in one bucket, which also
     /// carries this process's loss and stop request: one collective per step.
     pub fn all_reduce_gradients(
@@ -190,21 +219,14 @@ impl DataParallel {
     }
 
     /// `parameters`' gradients averaged over the processes while backward runs, in buckets of at
-    /// most `bucket_mb` MiB (see [`OverlappedGradients`]).
-    pub fn overlapped_gradients(
-        &self,
-        parameters: &[NamedParameter],
-        bucket_mb: f64,
-    ) -> anyhow::Result<OverlappedGradients> {
-        let tensors: Vec<Tensor> = parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
-        let reducer = self
-            .group
-            .gradient_reducer(&tensors, (bucket_mb * 1024.0 * 1024.0) as usize)?;
-        Ok(OverlappedGradients {
-            reducer,
-            names: parameters.iter().map(|p| p.name.clone()).collect(),
-            checked: false,
-        })
+    /// most `bucket_mb` MiB (see [`OverlappedGradients`]); set up at the first step.
+    pub fn overlapped_gradients(&self, parameters: &[NamedParameter], bucket_mb: f64) -> OverlappedGradients {
+        OverlappedGradients {
+            parallel: self.clone(),
+            parameters: parameters.to_vec(),
+            bucket_bytes: (bucket_mb * 1024.0 * 1024.0) as usize,
+            reducing: None,
+        }
     }
 
     /// Waits for every process (e.g. while rank 0 evaluates or writes a checkpoint).
@@ -240,43 +262,105 @@ fn agreement_pieces(loss: &Tensor, stop: bool) -> [Tensor; 2] {
 /// gradients, so the communication runs under the rest of backward instead of after it. As in
 /// DDP, the first step reduces one bucket after backward; from the second on, the buckets follow
 /// the order in which that backward produced the gradients.
+///
+/// The Reducer is set up at the first step, over the parameters its loss reaches. Those it does
+/// not (a backbone's layers past `byol.embedding_layer`) get no gradient and are left out, as
+/// the all-reduce after backward leaves them; a later loss that reaches one is an error.
 pub struct OverlappedGradients {
+    parallel: DataParallel,
+    parameters: Vec<NamedParameter>,
+    bucket_bytes: usize,
+    /// Set up by the first [`OverlappedGradients::prepare`].
+    reducing: Option<Reducing>,
+}
+
+struct Reducing {
     reducer: GradientReducer,
-    names: Vec<String>,
-    /// Whether the first armed loss was checked to reach every parameter.
-    checked: bool,
+    /// The parameters the first step's loss did not reach, by index.
+    left_out: Vec<usize>,
 }
 
 impl OverlappedGradients {
-    /// Arms the all-reduce for the backward of `loss`: the last micro-batch's (the earlier ones
-    /// accumulate locally, as under DDP's `no_sync`). The first time, checks that this backward
-    /// reaches every parameter: one outside the loss would leave its bucket unreduced.
-    pub fn prepare(&mut self, loss: &Tensor) -> anyhow::Result<()> {
-        if !self.checked {
-            let unreached = self.reducer.unreached(loss)?;
-            if !unreached.is_empty() {
-                let names: Vec<&str> = unreached.iter().map(|&i| self.names[i].as_str()).collect();
-                bail!(
-                    "these trainable parameters of the online network take no part in the loss: {}. \
-                     A data-parallel run averages every parameter's gradient while backward runs, so each \
-                     must get one: take them out of the network, or set distributed.overlap_gradients = false \
-                     (one all-reduce after backward, which leaves them as they are)",
-                    names.join(", ")
-                );
+    /// Arms the all-reduce for the backward of `loss`, step `step`'s last micro-batch's (the
+    /// earlier ones accumulate locally, as under DDP's `no_sync`).
+    pub fn prepare(&mut self, loss: &Tensor, step: u64) -> anyhow::Result<()> {
+        let reducing = match self.reducing.take() {
+            Some(reducing) => {
+                self.check_left_out_unreached(&reducing.left_out, loss, step)?;
+                reducing
             }
-            self.checked = true;
-        }
-        Ok(self.reducer.prepare_for_backward()?)
+            None => self.set_up(loss)?,
+        };
+        let reducing = self.reducing.insert(reducing);
+        Ok(reducing.reducer.prepare_for_backward()?)
     }
 
-    /// Fails when the backward just run left some gradient unaveraged (a parameter the first
+    /// The Reducer over the parameters that `loss` reaches, the same on every process.
+    fn set_up(&self, loss: &Tensor) -> anyhow::Result<Reducing> {
+        let tensors: Vec<Tensor> = self.parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
+        let left_out = torch_ext::distributed::unreached_leaves(loss, &tensors)?;
+        // The processes must agree on the set, or their buckets would not match.
+        let mask: Vec<f32> = (0..tensors.len())
+            .map(|i| f32::from(u8::from(left_out.contains(&i))))
+            .collect();
+        let mask = Tensor::from_slice(&mask).to_device(loss.device());
+        self.parallel
+            .group()
+            .all_reduce_sum_(&mask)
+            .context("comparing the parameters each process's loss reaches")?;
+        let world = self.parallel.world_size() as f32;
+        if Vec::<f32>::try_from(mask.to_device(tch::Device::Cpu))?
+            .iter()
+            .any(|&n| n != 0.0 && n != world)
+        {
+            bail!("the processes' losses reach different parameters of the online network: data-parallel training needs the same network on every process");
+        }
+        let reached: Vec<Tensor> = (0..tensors.len())
+            .filter(|i| !left_out.contains(i))
+            .map(|i| tensors[i].shallow_clone())
+            .collect();
+        let reducer = self
+            .parallel
+            .group()
+            .gradient_reducer(&reached, self.bucket_bytes)
+            .context("setting up the gradient all-reduce")?;
+        Ok(Reducing { reducer, left_out })
+    }
+
+    /// Fails when `loss` reaches a parameter that the first step's did not: its gradient would
+    /// not be averaged. Walks the graph only when the first step left some out.
+    fn check_left_out_unreached(&self, left_out: &[usize], loss: &Tensor, step: u64) -> anyhow::Result<()> {
+        if left_out.is_empty() {
+            return Ok(());
+        }
+        let tensors: Vec<Tensor> = left_out
+            .iter()
+            .map(|&i| self.parameters[i].tensor.shallow_clone())
+            .collect();
+        let unreached = torch_ext::distributed::unreached_leaves(loss, &tensors)?;
+        let now_reached: Vec<&str> = (0..left_out.len())
+            .filter(|k| !unreached.contains(k))
+            .map(|k| self.parameters[left_out[k]].name.as_str())
+            .collect();
+        if !now_reached.is_empty() {
+            bail!(
+                "step {step}'s loss reaches parameters that the first step's did not: {}. The gradients \
+                 averaged during backward are those of the parameters the first step used; a network whose \
+                 parameters take part in some steps only needs distributed.overlap_gradients = false",
+                now_reached.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Fails when the backward just run left some gradient unaveraged (a parameter that the first
     /// step's loss reached got no gradient in step `step`), before the optimizer uses them.
     pub fn check_reduced(&self, step: u64) -> anyhow::Result<()> {
-        if !self.reducer.reduced() {
+        if self.reducing.as_ref().is_some_and(|r| !r.reducer.reduced()) {
             bail!(
-                "step {step}'s backward did not reach every trainable parameter of the online network, so \
-                 the gradients were not averaged over the processes: a network whose parameters take part \
-                 in some steps only needs distributed.overlap_gradients = false"
+                "step {step}'s backward did not reach every parameter of the online network that the first \
+                 step's did, so the gradients were not averaged over the processes: a network whose \
+                 parameters take part in some steps only needs distributed.overlap_gradients = false"
             );
         }
         Ok(())

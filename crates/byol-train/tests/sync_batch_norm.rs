@@ -2,7 +2,8 @@
 //! each with its own TCPStore client and Gloo backend, as four processes would have), against
 //! PyTorch's BatchNorm2d on the whole batch in float64: outputs, input gradients, the parameter
 //! gradients summed over the ranks (what the gradient all-reduce averages) and every rank's
-//! running statistics.
+//! running statistics. A batch norm left unsynchronized takes rank 0's statistics when a step
+//! ends.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use byol::nn::{batch_norm2d, BatchNorm};
 use byol::BuildContext;
 use byol_testkit::{max_abs_diff, run_python};
 use byol_train::distributed::DataParallel;
-use byol_train::experiment::DistributedConfig;
+use byol_train::experiment::{DistributedConfig, SyncBatchNorm};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
 use torch_ext::distributed::Rendezvous;
@@ -157,5 +158,59 @@ fn ranks_normalize_with_the_statistics_of_the_whole_batch() {
         // Running statistics move 0.1 of the way from 0 and 1: within an output's bound.
         check("running_mean", &rank.running_mean, &one);
         check("running_var", &rank.running_var, &one);
+    }
+}
+
+/// A batch norm that each rank runs on its own shard (`sync_batch_norm = "none"`), then
+/// [`DataParallel::broadcast_buffers`] as a data-parallel step ends: its running statistics and
+/// its int64 count. Returns the buffers before and after.
+fn unsynced_rank(rank: usize, world: usize, port: u16) -> (Vec<Tensor>, Vec<Tensor>) {
+    tch::set_num_threads(1);
+    let rendezvous = Rendezvous {
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        rank,
+        world_size: world,
+        local_rank: rank,
+        local_world_size: world,
+        agent_store: false,
+        restart_count: 0,
+        timeout: Duration::from_secs(60),
+    };
+    let config = DistributedConfig {
+        sync_batch_norm: SyncBatchNorm::None,
+        ..DistributedConfig::default()
+    };
+    let parallel = DataParallel::join(&rendezvous, &config, Device::Cpu).unwrap();
+    let context = parallel.build_context(BuildContext::new(Device::Cpu, 4));
+    let vs = VarStore::new(Device::Cpu);
+    let bn: BatchNorm = batch_norm2d(&vs.root(), CHANNELS, &context.backbone_batch_norm);
+    // Shards of different means and sizes, and one more step on rank 1.
+    for _ in 0..=rank {
+        let shard = Tensor::randn([3 + rank as i64, CHANNELS, 2, 2], (Kind::Float, Device::Cpu)) + rank as f64;
+        let _ = tch::no_grad(|| bn.forward_t(&shard, true));
+    }
+    let buffers = [&bn.running_mean, &bn.running_var, &bn.num_batches_tracked].map(Tensor::shallow_clone);
+    let before = buffers.iter().map(Tensor::copy).collect();
+    parallel.broadcast_buffers(&buffers).unwrap();
+    (before, buffers.iter().map(Tensor::copy).collect())
+}
+
+#[test]
+fn unsynchronized_batch_norms_take_rank_0s_statistics_when_a_step_ends() {
+    let port = byol_testkit::free_port();
+    let handles: Vec<_> = (0..2)
+        .map(|rank| std::thread::spawn(move || unsynced_rank(rank, 2, port)))
+        .collect();
+    let ranks: Vec<(Vec<Tensor>, Vec<Tensor>)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let (rank0_before, rank0_after) = &ranks[0];
+    let (rank1_before, rank1_after) = &ranks[1];
+    for i in 0..3 {
+        assert!(!rank1_before[i].equal(&rank0_before[i]), "buffer {i} differed before");
+        assert!(rank0_after[i].equal(&rank0_before[i]), "rank 0 keeps buffer {i}");
+        assert!(
+            rank1_after[i].equal(&rank0_before[i]),
+            "rank 1 takes rank 0's buffer {i}"
+        );
     }
 }

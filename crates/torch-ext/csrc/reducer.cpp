@@ -41,6 +41,8 @@ struct ReducerHandle {
 // A ProcessGroup over one backend: what the Reducer (and the c10d ops it dispatches to) take.
 c10::intrusive_ptr<c10d::ProcessGroup> group_of(const c10::intrusive_ptr<c10d::Backend>& backend) {
   auto group = c10::make_intrusive<c10d::ProcessGroup>(backend->getRank(), backend->getSize());
+  // setBackend hands the group's bound device to the backend: keep the one NCCL was given.
+  group->setBoundDeviceId(backend->getBoundDeviceId());
   const bool nccl = backend->getBackendName() == "nccl";
   const auto type = nccl ? c10d::ProcessGroup::BackendType::NCCL : c10d::ProcessGroup::BackendType::GLOO;
   group->setBackend(at::kCUDA, type, backend);
@@ -67,6 +69,10 @@ char* tx_reducer_new(
     for (int64_t i = 0; i < n; ++i) {
       params.push_back(*parameters[i]);
     }
+    auto group = group_of(static_cast<BackendHandle*>(backend)->backend);
+    // As DDP does first: every rank's parameters alike in number, shape and strides (the
+    // buckets' views follow them), else an error naming the first that differs.
+    c10d::verify_params_across_processes(group, params, std::nullopt);
     std::vector<bool> sparse(params.size(), false);
     // The first backward's order of gradients is not known yet, so DDP gives it a single bucket
     // (reduced once backward is done) and rebuilds the buckets from the order it recorded.
@@ -77,7 +83,7 @@ char* tx_reducer_new(
     auto reducer = std::make_unique<GradientReducer>(
         params,
         buckets,
-        group_of(static_cast<BackendHandle*>(backend)->backend),
+        group,
         sparse,
         bucket_cap_bytes,
         /*find_unused_parameters=*/false,
@@ -91,8 +97,14 @@ char* tx_reducer_new(
   });
 }
 
+// The Reducer's destructor removes its hooks and may throw (noexcept(false)); nothing may cross
+// into Rust's drop.
 void tx_reducer_free(void* reducer) {
-  delete static_cast<ReducerHandle*>(reducer);
+  try {
+    delete static_cast<ReducerHandle*>(reducer);
+  } catch (const std::exception& e) {
+    TORCH_WARN("freeing the gradient reducer: ", e.what());
+  }
 }
 
 // What DDP's forward does before and after the module runs: rebuild the buckets once the first

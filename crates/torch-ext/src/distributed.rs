@@ -299,7 +299,7 @@ impl ProcessGroup {
         }
         Ok(GradientReducer {
             handle: NonNull::new(handle).expect("the shim returns a reducer on success"),
-            parameters: parameters.iter().map(Tensor::shallow_clone).collect(),
+            parameters: parameters.len(),
             rank: self.rank,
             world_size: self.world_size,
         })
@@ -315,10 +315,11 @@ impl ProcessGroup {
 ///
 /// Every armed backward must reach every parameter, on every rank, in the same graph: a bucket
 /// with a parameter that got no gradient is never reduced ([`GradientReducer::reduced`] says so
-/// after the backward, [`GradientReducer::unreached`] names such parameters before it).
+/// after the backward, [`unreached_leaves`] finds such parameters before it).
 pub struct GradientReducer {
     handle: NonNull<c_void>,
-    parameters: Vec<Tensor>,
+    /// How many parameters it reduces.
+    parameters: usize,
     rank: usize,
     world_size: usize,
 }
@@ -331,7 +332,7 @@ unsafe impl Sync for GradientReducer {}
 impl std::fmt::Debug for GradientReducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GradientReducer")
-            .field("parameters", &self.parameters.len())
+            .field("parameters", &self.parameters)
             .field("rank", &self.rank)
             .field("world_size", &self.world_size)
             .finish()
@@ -371,28 +372,28 @@ impl GradientReducer {
             .expect("listing the reducer's buckets cannot fail");
         out as usize
     }
+}
 
-    /// The indices of the parameters whose gradient a backward from `loss` would not reach (a
-    /// walk of its autograd graph, on the host).
-    pub fn unreached(&self, loss: &Tensor) -> Result<Vec<usize>> {
-        let pointers = crate::foreach::pointers(&self.parameters);
-        let mut unreached = vec![false; pointers.len()];
-        // SAFETY: live tensors; `unreached` has one slot per parameter.
-        unsafe {
-            ffi::check(ffi::tx_unreached_leaves(
-                loss.as_ptr(),
-                pointers.as_ptr(),
-                pointers.len() as i64,
-                unreached.as_mut_ptr(),
-            ))?;
-        }
-        Ok(unreached
-            .iter()
-            .enumerate()
-            .filter(|(_, &u)| u)
-            .map(|(i, _)| i)
-            .collect())
+/// The indices of `leaves` whose gradient a backward from `root` would not reach: a walk of
+/// root's autograd graph on the host, as DDP's `find_unused_parameters` makes.
+pub fn unreached_leaves(root: &Tensor, leaves: &[Tensor]) -> Result<Vec<usize>> {
+    let pointers = crate::foreach::pointers(leaves);
+    let mut unreached = vec![false; pointers.len()];
+    // SAFETY: live tensors; `unreached` has one slot per leaf.
+    unsafe {
+        ffi::check(ffi::tx_unreached_leaves(
+            root.as_ptr(),
+            pointers.as_ptr(),
+            pointers.len() as i64,
+            unreached.as_mut_ptr(),
+        ))?;
     }
+    Ok(unreached
+        .iter()
+        .enumerate()
+        .filter(|(_, &u)| u)
+        .map(|(i, _)| i)
+        .collect())
 }
 
 impl Drop for GradientReducer {

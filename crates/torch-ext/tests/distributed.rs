@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tch::{Kind, Tensor};
-use torch_ext::distributed::{ProcessGroup, Rendezvous};
+use torch_ext::distributed::{unreached_leaves, ProcessGroup, Rendezvous};
 
 /// Runs `body(group)` on `world` ranks at once and returns their results in rank order.
 fn on_ranks<T: Send + 'static>(world: usize, body: fn(&ProcessGroup) -> T) -> Vec<T> {
@@ -262,7 +262,7 @@ fn the_gradient_reducer_averages_every_armed_backward_in_buckets() {
             .map(|step| {
                 clear(&parameters);
                 let loss = mlp_loss(&parameters, &mlp_input(group.rank(), step));
-                assert!(reducer.unreached(&loss).unwrap().is_empty());
+                assert!(unreached_leaves(&loss, &parameters).unwrap().is_empty());
                 reducer.prepare_for_backward().unwrap();
                 assert_eq!(reducer.bucket_count(), if step == 0 { 1 } else { 4 }, "step {step}");
                 loss.backward();
@@ -314,7 +314,7 @@ fn a_parameter_outside_the_loss_is_named_before_backward_and_leaves_the_reductio
         let input = mlp_input(group.rank(), 0);
         let hidden = input.linear(&parameters[0], Some(&parameters[1])).relu();
         let loss = hidden.linear::<Tensor>(&parameters[2], None).square().mean(Kind::Float);
-        let unreached = reducer.unreached(&loss).unwrap();
+        let unreached = unreached_leaves(&loss, &parameters).unwrap();
         reducer.prepare_for_backward().unwrap();
         loss.backward();
         let reduced = reducer.reduced();
@@ -327,4 +327,25 @@ fn a_parameter_outside_the_loss_is_named_before_backward_and_leaves_the_reductio
         let message = next.expect_err("the unfinished reduction is refused at the next step");
         assert!(message.contains("finished reduction"), "{message}");
     }
+}
+
+#[test]
+fn a_rank_whose_parameters_differ_from_rank_0s_is_refused_before_any_step() {
+    // Rank 0's shapes and strides are broadcast; a rank that differs fails (the job with it).
+    let results = on_ranks(2, |group| {
+        let mut parameters = mlp_parameters();
+        if group.rank() == 1 {
+            parameters[0] = parameters[0].detach().view([3, 4]).set_requires_grad(true);
+        }
+        group
+            .gradient_reducer(&parameters, 25 << 20)
+            .map(|_| ())
+            .map_err(|e| e.0)
+    });
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    let message = results[1].as_ref().expect_err("rank 1 is refused");
+    assert!(
+        message.contains("creating the gradient reducer") && message.contains("params[0]"),
+        "{message}"
+    );
 }

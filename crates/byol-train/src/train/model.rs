@@ -58,6 +58,20 @@ impl Model {
         self.vs.device()
     }
 
+    /// The buffers (batch norms' running statistics and counts, of both networks), sorted by
+    /// name: every variable that is neither a parameter nor the target's copy of one.
+    pub fn buffers(&self) -> Vec<Tensor> {
+        let trainable = self.vs.trainable_variables();
+        let mut buffers: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| !trainable.iter().any(|v| v.data_ptr() == t.data_ptr()))
+            .collect();
+        buffers.sort_by(|a, b| a.0.cmp(&b.0));
+        buffers.into_iter().map(|(_, t)| t).collect()
+    }
+
     /// Every variable (online, target, buffers, probe), sorted, on the CPU: what a checkpoint holds.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         byol::state_dict::to_cpu_sorted(&self.vs.variables())

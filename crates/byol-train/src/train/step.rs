@@ -235,7 +235,7 @@ impl Trainer<'_> {
                 .numerics
                 .forward_loss(self.device, &self.model.byol, view1, view2, share)?;
             if let Some(overlapped) = self.overlapped.as_mut().filter(|_| i + 1 == micro_batches.len()) {
-                overlapped.prepare(&parts.loss)?;
+                overlapped.prepare(&parts.loss, step)?;
             }
             self.numerics.backward(&parts.loss);
             total += parts.loss.detach();
@@ -270,6 +270,9 @@ impl Trainer<'_> {
             .optimizer_step(&self.model.parameters, self.optimizer.as_mut(), lr);
         self.loss_watch.observe(&loss, step + 1, overflow.as_ref());
         let tau = self.model.byol.update_target(step, self.plan.total_steps);
+        if let Some(parallel) = self.parallel.as_ref().filter(|_| !self.unsynced_buffers.is_empty()) {
+            parallel.broadcast_buffers(&self.unsynced_buffers)?;
+        }
         Ok(StepReport {
             loss,
             lr,

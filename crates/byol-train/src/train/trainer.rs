@@ -10,6 +10,7 @@ use byol_data::{BatchLoader, Splits};
 
 use crate::checkpoint::Checkpointer;
 use crate::distributed::{DataParallel, OverlappedGradients};
+use crate::experiment::SyncBatchNorm;
 use crate::optimizer::Optimizer;
 use crate::run_dir;
 use crate::tensorboard::ScalarLogger;
@@ -48,6 +49,9 @@ pub struct Trainer<'a> {
     /// The data-parallel gradient all-reduce that runs during backward
     /// (`distributed.overlap_gradients`); None: one all-reduce after it, or a single process.
     pub overlapped: Option<OverlappedGradients>,
+    /// Buffers that processes compute apart (`distributed.sync_batch_norm` other than "all"):
+    /// rank 0's are shared after every step. Empty otherwise.
+    pub unsynced_buffers: Vec<tch::Tensor>,
     pub loss_watch: LossWatch,
 }
 
@@ -100,11 +104,14 @@ impl<'a> Trainer<'a> {
         }
         // Over the final parameters: the Reducer hooks these very variables.
         let overlapped = match &parallel {
-            Some(p) if experiment.distributed.overlap_gradients => Some(
-                p.overlapped_gradients(&model.parameters, experiment.distributed.bucket_mb)
-                    .context("setting up the gradient all-reduce")?,
-            ),
+            Some(p) if experiment.distributed.overlap_gradients => {
+                Some(p.overlapped_gradients(&model.parameters, experiment.distributed.bucket_mb))
+            }
             _ => None,
+        };
+        let unsynced_buffers = match &parallel {
+            Some(_) if experiment.distributed.sync_batch_norm != SyncBatchNorm::All => model.buffers(),
+            _ => Vec::new(),
         };
         let sources = state::keep_sources(run_dir, experiment, &start, main)?;
         if main {
@@ -128,6 +135,7 @@ impl<'a> Trainer<'a> {
             sources,
             parallel,
             overlapped,
+            unsynced_buffers,
             loss_watch: LossWatch::new(device),
         })
     }
