@@ -297,11 +297,12 @@ fn asking_for_nccl_without_a_gpu_says_so() {
 }
 
 #[test]
-fn layers_past_the_embedding_tap_are_left_out_of_the_all_reduce_during_backward() {
+fn the_all_reduce_during_backward_matches_the_one_after_it_with_micro_batches_and_layers_left_out() {
     // With the embedding at layer3, layer4 takes no part in the loss: both ways of averaging
-    // leave it alone, and two processes train alike bit for bit.
+    // leave it alone. With two micro-batches, the first backward accumulates locally and the
+    // second's averages the sum. Two processes train alike bit for bit either way.
     let dir = setup();
-    let tap = ["--set", "byol.embedding_layer=layer3", "--set", "schedule.epochs=1"];
+    let tap = ["--set", "byol.embedding_layer=layer3", "--set", "schedule.accumulate=2"];
     let overlapped = torchrun(
         dir.path(),
         &[&["dp.toml", "--run-dir", "overlapped"][..], &tap].concat(),
