@@ -129,9 +129,10 @@ impl DataParallel {
     }
 
     /// Overwrites `buffers` (the same list, in the same order, on every process) with rank 0's,
-    /// in one broadcast per dtype. For the running statistics of batch norms that each process
-    /// computes on its own shard: afterwards every process holds the model that rank 0 saves, so
-    /// all evaluate the same model and a resumed run goes on as the uninterrupted one
+    /// in one broadcast and one multi-tensor copy per dtype. For the running statistics of batch
+    /// norms that each process computes on its own shard (those left unsynchronized, a
+    /// TorchScript module's): afterwards every process holds the model that rank 0 saves, so all
+    /// evaluate the same model and a resumed run goes on as the uninterrupted one
     /// (DistributedDataParallel's `broadcast_buffers`).
     pub fn broadcast_buffers(&self, buffers: &[Tensor]) -> anyhow::Result<()> {
         let mut kinds: Vec<Kind> = buffers.iter().map(Tensor::kind).collect();
@@ -139,19 +140,23 @@ impl DataParallel {
         kinds.dedup();
         tch::no_grad(|| {
             for kind in kinds {
-                let of_kind: Vec<&Tensor> = buffers.iter().filter(|b| b.kind() == kind).collect();
+                let of_kind: Vec<Tensor> = buffers
+                    .iter()
+                    .filter(|b| b.kind() == kind)
+                    .map(Tensor::shallow_clone)
+                    .collect();
                 let flat = Tensor::cat(&of_kind.iter().map(|b| b.reshape([-1])).collect::<Vec<_>>(), 0);
                 self.group
                     .broadcast_(&flat, 0)
                     .context("sharing rank 0's batch-norm statistics")?;
-                let mut offset = 0;
-                for buffer in of_kind {
-                    let n = buffer.numel() as i64;
-                    buffer
-                        .shallow_clone()
-                        .copy_(&flat.narrow(0, offset, n).view(buffer.size().as_slice()));
-                    offset += n;
-                }
+                let sizes: Vec<i64> = of_kind.iter().map(|b| b.numel() as i64).collect();
+                let pieces: Vec<Tensor> = flat
+                    .split_with_sizes(&sizes, 0)
+                    .iter()
+                    .zip(&of_kind)
+                    .map(|(piece, b)| piece.view(b.size().as_slice()))
+                    .collect();
+                torch_ext::foreach::copy_(&of_kind, &pieces)?;
             }
             Ok(())
         })
@@ -179,7 +184,8 @@ impl DataParallel {
                     }
                 })
                 .collect();
-            pieces.extend(agreement_pieces(loss, stop));
+            pieces.push(loss.detach().to_kind(Kind::Float).reshape([1]));
+            pieces.push(Tensor::full([1], if stop { 1.0 } else { 0.0 }, (Kind::Float, device)));
             let bucket = Tensor::cat(&pieces, 0);
             self.group.all_reduce_sum_(&bucket).context("averaging gradients")?;
             let bucket = bucket / world;
@@ -199,21 +205,6 @@ impl DataParallel {
             Ok(StepAgreement {
                 loss: bucket.get(offset),
                 stop_requests: bucket.get(offset + 1),
-            })
-        })
-    }
-
-    /// The loss averaged over the processes and how many asked to stop, in one small all-reduce:
-    /// what a step whose gradients were averaged during backward still has to agree on.
-    pub fn agree(&self, loss: &Tensor, stop: bool) -> anyhow::Result<StepAgreement> {
-        tch::no_grad(|| {
-            let both = Tensor::cat(&agreement_pieces(loss, stop), 0);
-            self.group
-                .all_reduce_sum_(&both)
-                .context("agreeing on the step's loss")?;
-            Ok(StepAgreement {
-                loss: both.get(0) / self.world_size() as f64,
-                stop_requests: both.get(1),
             })
         })
     }
@@ -247,15 +238,6 @@ impl DataParallel {
     }
 }
 
-/// This process's loss and stop request, as the two values the processes sum.
-fn agreement_pieces(loss: &Tensor, stop: bool) -> [Tensor; 2] {
-    let device = loss.device();
-    [
-        loss.detach().to_kind(Kind::Float).reshape([1]),
-        Tensor::full([1], if stop { 1.0 } else { 0.0 }, (Kind::Float, device)),
-    ]
-}
-
 /// The online network's gradients averaged over the processes during backward
 /// (`distributed.overlap_gradients`, the default). c10d's Reducer, the engine of PyTorch's
 /// DistributedDataParallel, all-reduces each bucket as soon as backward has produced all its
@@ -264,8 +246,8 @@ fn agreement_pieces(loss: &Tensor, stop: bool) -> [Tensor; 2] {
 /// the order in which that backward produced the gradients.
 ///
 /// The Reducer is set up at the first step, over the parameters its loss reaches. Those it does
-/// not (a backbone's layers past `byol.embedding_layer`) get no gradient and are left out, as
-/// the all-reduce after backward leaves them; a later loss that reaches one is an error.
+/// not reach (a backbone's layers past `byol.embedding_layer`) are averaged after backward with
+/// the loss, as when nothing overlaps, so one that takes part in a later step is averaged too.
 pub struct OverlappedGradients {
     parallel: DataParallel,
     parameters: Vec<NamedParameter>,
@@ -276,22 +258,18 @@ pub struct OverlappedGradients {
 
 struct Reducing {
     reducer: GradientReducer,
-    /// The parameters the first step's loss did not reach, by index.
-    left_out: Vec<usize>,
+    /// The parameters the first step's loss did not reach.
+    left_out: Vec<Tensor>,
 }
 
 impl OverlappedGradients {
-    /// Arms the all-reduce for the backward of `loss`, step `step`'s last micro-batch's (the
-    /// earlier ones accumulate locally, as under DDP's `no_sync`).
-    pub fn prepare(&mut self, loss: &Tensor, step: u64) -> anyhow::Result<()> {
-        let reducing = match self.reducing.take() {
-            Some(reducing) => {
-                self.check_left_out_unreached(&reducing.left_out, loss, step)?;
-                reducing
-            }
-            None => self.set_up(loss)?,
-        };
-        let reducing = self.reducing.insert(reducing);
+    /// Arms the all-reduce for the backward of `loss`, the step's last micro-batch's (the earlier
+    /// ones accumulate locally, as under DDP's `no_sync`).
+    pub fn prepare(&mut self, loss: &Tensor) -> anyhow::Result<()> {
+        if self.reducing.is_none() {
+            self.reducing = Some(self.set_up(loss)?);
+        }
+        let reducing = self.reducing.as_ref().expect("set up above");
         Ok(reducing.reducer.prepare_for_backward()?)
     }
 
@@ -315,46 +293,25 @@ impl OverlappedGradients {
         {
             bail!("the processes' losses reach different parameters of the online network: data-parallel training needs the same network on every process");
         }
-        let reached: Vec<Tensor> = (0..tensors.len())
-            .filter(|i| !left_out.contains(i))
-            .map(|i| tensors[i].shallow_clone())
-            .collect();
+        let pick = |out: bool| -> Vec<Tensor> {
+            (0..tensors.len())
+                .filter(|i| left_out.contains(i) == out)
+                .map(|i| tensors[i].shallow_clone())
+                .collect()
+        };
         let reducer = self
             .parallel
             .group()
-            .gradient_reducer(&reached, self.bucket_bytes)
+            .gradient_reducer(&pick(false), self.bucket_bytes)
             .context("setting up the gradient all-reduce")?;
-        Ok(Reducing { reducer, left_out })
-    }
-
-    /// Fails when `loss` reaches a parameter that the first step's did not: its gradient would
-    /// not be averaged. Walks the graph only when the first step left some out.
-    fn check_left_out_unreached(&self, left_out: &[usize], loss: &Tensor, step: u64) -> anyhow::Result<()> {
-        if left_out.is_empty() {
-            return Ok(());
-        }
-        let tensors: Vec<Tensor> = left_out
-            .iter()
-            .map(|&i| self.parameters[i].tensor.shallow_clone())
-            .collect();
-        let unreached = torch_ext::distributed::unreached_leaves(loss, &tensors)?;
-        let now_reached: Vec<&str> = (0..left_out.len())
-            .filter(|k| !unreached.contains(k))
-            .map(|k| self.parameters[left_out[k]].name.as_str())
-            .collect();
-        if !now_reached.is_empty() {
-            bail!(
-                "step {step}'s loss reaches parameters that the first step's did not: {}. The gradients \
-                 averaged during backward are those of the parameters the first step used; a network whose \
-                 parameters take part in some steps only needs distributed.overlap_gradients = false",
-                now_reached.join(", ")
-            );
-        }
-        Ok(())
+        Ok(Reducing {
+            reducer,
+            left_out: pick(true),
+        })
     }
 
     /// Fails when the backward just run left some gradient unaveraged (a parameter that the first
-    /// step's loss reached got no gradient in step `step`), before the optimizer uses them.
+    /// step's loss reached got no gradient in step `step`), before anything uses them.
     pub fn check_reduced(&self, step: u64) -> anyhow::Result<()> {
         if self.reducing.as_ref().is_some_and(|r| !r.reducer.reduced()) {
             bail!(
@@ -364,6 +321,13 @@ impl OverlappedGradients {
             );
         }
         Ok(())
+    }
+
+    /// The parameters left out of the Reducer, whose gradients are averaged after backward.
+    pub fn left_out(&self) -> Vec<Tensor> {
+        self.reducing
+            .as_ref()
+            .map_or(Vec::new(), |r| r.left_out.iter().map(Tensor::shallow_clone).collect())
     }
 }
 

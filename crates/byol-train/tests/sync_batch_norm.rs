@@ -42,10 +42,8 @@ struct RankResult {
     running_var: Tensor,
 }
 
-/// One training-mode batch norm per rank, built as a data-parallel run builds its networks, on
-/// the rank's shard; loss (y * g).sum() over the shard.
-fn run_rank(rank: usize, world: usize, port: u16, x: Tensor, g: Tensor) -> RankResult {
-    tch::set_num_threads(1);
+/// Rank `rank` of a `world`-process job on localhost, as a data-parallel run joins it.
+fn join(rank: usize, world: usize, port: u16, config: &DistributedConfig) -> DataParallel {
     let rendezvous = Rendezvous {
         master_addr: "127.0.0.1".into(),
         master_port: port,
@@ -57,7 +55,14 @@ fn run_rank(rank: usize, world: usize, port: u16, x: Tensor, g: Tensor) -> RankR
         restart_count: 0,
         timeout: Duration::from_secs(60),
     };
-    let parallel = DataParallel::join(&rendezvous, &DistributedConfig::default(), Device::Cpu).unwrap();
+    DataParallel::join(&rendezvous, config, Device::Cpu).unwrap()
+}
+
+/// One training-mode batch norm per rank, built as a data-parallel run builds its networks, on
+/// the rank's shard; loss (y * g).sum() over the shard.
+fn run_rank(rank: usize, world: usize, port: u16, x: Tensor, g: Tensor) -> RankResult {
+    tch::set_num_threads(1);
+    let parallel = join(rank, world, port, &DistributedConfig::default());
     let context = parallel.build_context(BuildContext::new(Device::Cpu, 4));
     let vs = VarStore::new(Device::Cpu);
     let bn: BatchNorm = batch_norm2d(&vs.root(), CHANNELS, &context.backbone_batch_norm);
@@ -166,22 +171,11 @@ fn ranks_normalize_with_the_statistics_of_the_whole_batch() {
 /// its int64 count. Returns the buffers before and after.
 fn unsynced_rank(rank: usize, world: usize, port: u16) -> (Vec<Tensor>, Vec<Tensor>) {
     tch::set_num_threads(1);
-    let rendezvous = Rendezvous {
-        master_addr: "127.0.0.1".into(),
-        master_port: port,
-        rank,
-        world_size: world,
-        local_rank: rank,
-        local_world_size: world,
-        agent_store: false,
-        restart_count: 0,
-        timeout: Duration::from_secs(60),
-    };
     let config = DistributedConfig {
         sync_batch_norm: SyncBatchNorm::None,
         ..DistributedConfig::default()
     };
-    let parallel = DataParallel::join(&rendezvous, &config, Device::Cpu).unwrap();
+    let parallel = join(rank, world, port, &config);
     let context = parallel.build_context(BuildContext::new(Device::Cpu, 4));
     let vs = VarStore::new(Device::Cpu);
     let bn: BatchNorm = batch_norm2d(&vs.root(), CHANNELS, &context.backbone_batch_norm);

@@ -178,6 +178,11 @@ char* tx_foreach_add_scaled_(const at::Tensor* const* tensors, const at::Tensor*
   return guarded([&] { at::_foreach_add_(tensor_list(tensors, n), tensor_list(others, n), alpha); });
 }
 
+// tensors[i].copy_(sources[i]) for every i (torch._foreach_copy_): one multi-tensor launch on CUDA.
+char* tx_foreach_copy_(const at::Tensor* const* tensors, const at::Tensor* const* sources, int64_t n) {
+  return guarded([&] { at::_foreach_copy_(tensor_list(tensors, n), tensor_list(sources, n)); });
+}
+
 // grads *= inv_scale, and found_inf = 1 where any gradient holds an Inf or NaN: GradScaler's own
 // kernel (one multi-tensor launch on CUDA), so the caller reads one flag instead of syncing once
 // per gradient.

@@ -20,6 +20,7 @@ extern "C" {
     pub fn tx_pin_memory(tensor: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
 
     pub fn tx_set_grad(parameter: *const C_tensor, grad: *const C_tensor) -> *mut c_char;
+    pub fn tx_foreach_copy_(tensors: *const *const C_tensor, sources: *const *const C_tensor, n: i64) -> *mut c_char;
     pub fn tx_foreach_norm(tensors: *const *const C_tensor, n: i64, out: *mut *mut C_tensor) -> *mut c_char;
     pub fn tx_foreach_add_scaled_(
         tensors: *const *const C_tensor,

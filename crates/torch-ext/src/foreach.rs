@@ -56,6 +56,21 @@ pub fn add_scaled_(tensors: &[Tensor], others: &[Tensor], alpha: f64) -> Result<
     }
 }
 
+/// `tensors[i].copy_(sources[i])` for every i (`torch._foreach_copy_`: one multi-tensor launch on
+/// CUDA instead of one copy per tensor).
+pub fn copy_(tensors: &[Tensor], sources: &[Tensor]) -> Result<()> {
+    if tensors.len() != sources.len() {
+        return Err(TorchExtError(format!(
+            "foreach copy: {} tensors but {} sources",
+            tensors.len(),
+            sources.len()
+        )));
+    }
+    let (a, b) = (pointers(tensors), pointers(sources));
+    // SAFETY: both lists hold live at::Tensors, equally many.
+    unsafe { ffi::check(ffi::tx_foreach_copy_(a.as_ptr(), b.as_ptr(), a.len() as i64)) }
+}
+
 /// `grads[i] *= inv_scale` for every i, setting `found_inf` (a 1-element float tensor) to 1
 /// where any gradient holds an Inf or NaN (`torch._amp_foreach_non_finite_check_and_unscale_`,
 /// what `GradScaler.unscale_` runs).

@@ -36,15 +36,7 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 pub fn explain_panic(panic: Box<dyn std::any::Any + Send>, batch: usize, accumulate: usize) -> anyhow::Error {
     let message = panic_message(panic.as_ref());
     let first_line = message.lines().next().unwrap_or_default();
-    let lost_peer = [
-        "Connection reset by peer",
-        "Connection closed by peer",
-        "Broken pipe",
-        "gloo/transport",
-    ]
-    .iter()
-    .any(|m| message.contains(m));
-    if lost_peer {
+    if is_lost_peer(&message) {
         peer_gone(first_line)
     } else if message.contains("out of memory") {
         anyhow::anyhow!(
@@ -54,6 +46,29 @@ pub fn explain_panic(panic: Box<dyn std::any::Any + Send>, batch: usize, accumul
         )
     } else {
         anyhow::anyhow!("training step failed: {first_line}")
+    }
+}
+
+/// Whether a collective's message says that a peer's connection went away.
+fn is_lost_peer(message: &str) -> bool {
+    [
+        "Connection reset by peer",
+        "Connection closed by peer",
+        "Broken pipe",
+        "gloo/transport",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+/// An error a training step returned (a collective's among them), with a lost data-parallel
+/// peer said as [`explain_panic`] says it.
+pub fn explain_error(error: anyhow::Error) -> anyhow::Error {
+    let message = format!("{error:#}");
+    if is_lost_peer(&message) {
+        peer_gone(&message)
+    } else {
+        error
     }
 }
 

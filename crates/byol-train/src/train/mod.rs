@@ -43,7 +43,7 @@ pub use model::{Model, Weights};
 pub use monitor::{embed_split, embed_split_sharded, Evaluation, NO_LABELS_NOTE};
 pub use step::{Plan, StepNumerics, StepReport};
 
-use guard::{explain_panic, guarded};
+use guard::{explain_error, explain_panic, guarded};
 use journal::Journal;
 pub use trainer::Trainer;
 
@@ -273,7 +273,7 @@ fn train_epoch(t: &mut Trainer<'_>, journal: &mut Journal, stop: &AtomicBool, st
             break;
         }
         let report = match guarded(|| t.step(*step, &group, stop.load(Ordering::Relaxed))) {
-            Ok(report) => report?,
+            Ok(report) => report.map_err(explain_error)?,
             Err(panic) => {
                 return Err(explain_panic(panic, t.experiment.schedule.batch_size, plan.accumulate));
             }

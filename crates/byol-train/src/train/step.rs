@@ -65,8 +65,9 @@ impl StepNumerics {
 
     /// The model half of a step on one micro-batch: both views in this layout, the forward pass
     /// under this autocast, and the backward of `loss * weight` (loss-scaled in fp16). Training
-    /// and `byol-run bench` both step through here, so the benchmark times what training runs.
-    /// Returns the forward's parts, the loss already weighted.
+    /// runs its two halves (a data-parallel run arms its gradient all-reduce between them) and
+    /// `byol-run bench` the whole, so the benchmark times what training runs. Returns the
+    /// forward's parts, the loss already weighted.
     pub fn forward_backward(
         &self,
         device: Device,
@@ -234,10 +235,15 @@ impl Trainer<'_> {
             let parts = self
                 .numerics
                 .forward_loss(self.device, &self.model.byol, view1, view2, share)?;
-            if let Some(overlapped) = self.overlapped.as_mut().filter(|_| i + 1 == micro_batches.len()) {
-                overlapped.prepare(&parts.loss, step)?;
+            let last = i + 1 == micro_batches.len();
+            if let Some(overlapped) = self.overlapped.as_mut().filter(|_| last) {
+                overlapped.prepare(&parts.loss)?;
             }
             self.numerics.backward(&parts.loss);
+            if let Some(overlapped) = self.overlapped.as_ref().filter(|_| last) {
+                // Before any other collective: this process's buckets may not all have gone out.
+                overlapped.check_reduced(step)?;
+            }
             total += parts.loss.detach();
             self.monitor.probe_on_training_batch(&parts.online_embeddings, labels);
             projections = Some(parts.online_projections);
@@ -248,17 +254,13 @@ impl Trainer<'_> {
         let lr = self.plan.lr_at(step);
         let (loss, stop) = match &self.parallel {
             Some(parallel) => {
-                let agreed = match &self.overlapped {
-                    Some(overlapped) => {
-                        overlapped.check_reduced(step)?;
-                        parallel.agree(&total, stop)?
-                    }
-                    None => {
-                        let tensors: Vec<Tensor> =
-                            self.model.parameters.iter().map(|p| p.tensor.shallow_clone()).collect();
-                        parallel.all_reduce_gradients(&tensors, &total, stop)?
-                    }
+                // The gradients that backward did not average already, with the loss and the
+                // stop requests.
+                let after_backward: Vec<Tensor> = match &self.overlapped {
+                    Some(overlapped) => overlapped.left_out(),
+                    None => self.model.parameters.iter().map(|p| p.tensor.shallow_clone()).collect(),
                 };
+                let agreed = parallel.all_reduce_gradients(&after_backward, &total, stop)?;
                 let polled = (step + 1).is_multiple_of(STOP_POLL_STEPS);
                 let stop = polled && agreed.any_stop();
                 (agreed.loss, stop)
@@ -270,8 +272,8 @@ impl Trainer<'_> {
             .optimizer_step(&self.model.parameters, self.optimizer.as_mut(), lr);
         self.loss_watch.observe(&loss, step + 1, overflow.as_ref());
         let tau = self.model.byol.update_target(step, self.plan.total_steps);
-        if let Some(parallel) = self.parallel.as_ref().filter(|_| !self.unsynced_buffers.is_empty()) {
-            parallel.broadcast_buffers(&self.unsynced_buffers)?;
+        if let Some(parallel) = &self.parallel {
+            parallel.broadcast_buffers(&self.buffers)?;
         }
         Ok(StepReport {
             loss,

@@ -10,7 +10,6 @@ use byol_data::{BatchLoader, Splits};
 
 use crate::checkpoint::Checkpointer;
 use crate::distributed::{DataParallel, OverlappedGradients};
-use crate::experiment::SyncBatchNorm;
 use crate::optimizer::Optimizer;
 use crate::run_dir;
 use crate::tensorboard::ScalarLogger;
@@ -49,9 +48,8 @@ pub struct Trainer<'a> {
     /// The data-parallel gradient all-reduce that runs during backward
     /// (`distributed.overlap_gradients`); None: one all-reduce after it, or a single process.
     pub overlapped: Option<OverlappedGradients>,
-    /// Buffers that processes compute apart (`distributed.sync_batch_norm` other than "all"):
-    /// rank 0's are shared after every step. Empty otherwise.
-    pub unsynced_buffers: Vec<tch::Tensor>,
+    /// The model's buffers: in a data-parallel run, rank 0's are shared after every step.
+    pub buffers: Vec<tch::Tensor>,
     pub loss_watch: LossWatch,
 }
 
@@ -109,10 +107,7 @@ impl<'a> Trainer<'a> {
             }
             _ => None,
         };
-        let unsynced_buffers = match &parallel {
-            Some(_) if experiment.distributed.sync_batch_norm != SyncBatchNorm::All => model.buffers(),
-            _ => Vec::new(),
-        };
+        let buffers = model.buffers();
         let sources = state::keep_sources(run_dir, experiment, &start, main)?;
         if main {
             state::record_run(run_dir, &config_toml, &fingerprint)?;
@@ -135,7 +130,7 @@ impl<'a> Trainer<'a> {
             sources,
             parallel,
             overlapped,
-            unsynced_buffers,
+            buffers,
             loss_watch: LossWatch::new(device),
         })
     }
