@@ -59,7 +59,8 @@ impl Model {
     }
 
     /// The buffers (batch norms' running statistics and counts, of both networks), sorted by
-    /// name: every variable that is neither a parameter nor the target's copy of one.
+    /// name: every variable that is neither a trainable parameter nor the target's copy of one.
+    /// A TorchScript module's frozen parameters (`requires_grad=False`) count among them.
     pub fn buffers(&self) -> Vec<Tensor> {
         let trainable = self.vs.trainable_variables();
         let mut buffers: Vec<(String, Tensor)> = self
