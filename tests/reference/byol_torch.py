@@ -36,6 +36,9 @@ torch.manual_seed(args.seed)
 dev = torch.device(args.device)
 # cuDNN picks its fastest convolution algorithms per shape, as byol-run does on CUDA.
 torch.backends.cudnn.benchmark = dev.type == "cuda"
+# float32 matmuls and convolutions on TF32 tensor cores, as byol-run's run.tf32 default.
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
 
 def loader(data, **kw):
     # fork: this script has no __main__ guard for spawned workers to import it under, and the

@@ -32,6 +32,11 @@ pub struct RunConfig {
     /// few warm-up steps and replay it; CUDA only, with a fused optimizer, not under torchrun or
     /// with schedule.accumulate above 1. Off until measured on a GPU.
     pub cuda_graphs: bool,
+    /// Let float32 matmuls and convolutions on CUDA use TF32 tensor cores, as tuned PyTorch
+    /// training does (`torch.backends.cuda.matmul.allow_tf32`, `torch.backends.cudnn.allow_tf32`);
+    /// false: IEEE float32 throughout. Nothing changes on the CPU, or under bf16/fp16 autocast for
+    /// the layers it casts.
+    pub tf32: bool,
 }
 
 /// Tensor memory layout of the training step.
@@ -68,6 +73,7 @@ impl Default for RunConfig {
             precision: Precision::Fp32,
             memory_format: MemoryFormat::Auto,
             cuda_graphs: false,
+            tf32: true,
         }
     }
 }

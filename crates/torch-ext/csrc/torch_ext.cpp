@@ -122,6 +122,22 @@ char* tx_pin_memory(const at::Tensor* tensor, at::Tensor** out) {
   return guarded([&] { *out = new at::Tensor(tensor->pin_memory()); });
 }
 
+// TF32 tensor cores for float32 matmuls (cuBLAS) and convolutions (cuDNN) on CUDA:
+// torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32. Process-wide
+// settings that only CUDA kernels read; they change nothing on the CPU.
+void tx_set_allow_tf32(bool allowed) {
+  at::globalContext().setAllowTF32CuBLAS(allowed);
+  at::globalContext().setAllowTF32CuDNN(allowed);
+}
+
+bool tx_allow_tf32_cublas() {
+  return at::globalContext().allowTF32CuBLAS();
+}
+
+bool tx_allow_tf32_cudnn() {
+  return at::globalContext().allowTF32CuDNN();
+}
+
 // Makes CUDA device `index` current for this thread (what new streams and the NCCL group's bound
 // device are taken from).
 char* tx_cuda_set_device(int index) {

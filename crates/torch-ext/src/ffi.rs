@@ -18,6 +18,9 @@ extern "C" {
     pub fn tx_channels_last(tensor: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     pub fn tx_is_channels_last(tensor: *const C_tensor) -> bool;
     pub fn tx_pin_memory(tensor: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    pub fn tx_set_allow_tf32(allowed: bool);
+    pub fn tx_allow_tf32_cublas() -> bool;
+    pub fn tx_allow_tf32_cudnn() -> bool;
 
     pub fn tx_set_grad(parameter: *const C_tensor, grad: *const C_tensor) -> *mut c_char;
     pub fn tx_foreach_copy_(tensors: *const *const C_tensor, sources: *const *const C_tensor, n: i64) -> *mut c_char;

@@ -55,6 +55,20 @@ pub fn pin_memory(tensor: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Lets float32 matmuls and convolutions on CUDA use TF32 tensor cores (10-bit mantissa
+/// products, float32 accumulation), or not: what `torch.backends.cuda.matmul.allow_tf32` and
+/// `torch.backends.cudnn.allow_tf32` set together. Process-wide; the CPU's kernels ignore it.
+pub fn set_allow_tf32(allowed: bool) {
+    // SAFETY: plain setters of libtorch's global context.
+    unsafe { ffi::tx_set_allow_tf32(allowed) }
+}
+
+/// Whether float32 matmuls (cuBLAS) and convolutions (cuDNN) on CUDA may use TF32, in that order.
+pub fn allow_tf32() -> (bool, bool) {
+    // SAFETY: plain getters of libtorch's global context.
+    unsafe { (ffi::tx_allow_tf32_cublas(), ffi::tx_allow_tf32_cudnn()) }
+}
+
 /// Whether `tensor` is dense in channels_last order.
 pub fn is_channels_last(tensor: &Tensor) -> bool {
     // SAFETY: `tensor` is a live at::Tensor.

@@ -63,7 +63,7 @@ impl StepEngine {
         if run.threads > 0 {
             tch::set_num_threads(run.threads as i32);
         }
-        byol_train::train::prepare_for_steps(device)?;
+        byol_train::train::prepare_for_steps(device, run.tf32)?;
         let numerics = StepNumerics::resolve(run.precision, run.memory_format, device)?;
         let graph = byol_train::train::graphed_step(experiment, device, false)?;
         tch::manual_seed(run.seed as i64);

@@ -52,11 +52,13 @@ pub fn parse_device_for(spec: &str, local_rank: usize, on_node: usize) -> anyhow
 /// stream of GPU 0, recording nothing), and has cuDNN time its algorithms for each new input
 /// shape once and keep the fastest (`torch.backends.cudnn.benchmark = True`, what the PyTorch
 /// references and tuned PyTorch training set). Training and the benchmarks both call it, so a
-/// benchmark times the convolutions training runs.
-pub fn prepare_for_steps(device: Device) -> anyhow::Result<()> {
+/// benchmark times the convolutions training runs. `tf32` is `run.tf32`: whether float32
+/// matmuls and convolutions may use TF32 tensor cores.
+pub fn prepare_for_steps(device: Device, tf32: bool) -> anyhow::Result<()> {
     if let Device::Cuda(index) = device {
         torch_ext::memory::set_cuda_device(index).with_context(|| format!("making cuda:{index} the current device"))?;
         tch::Cuda::cudnn_set_benchmark(true);
+        torch_ext::set_allow_tf32(tf32);
     }
     Ok(())
 }

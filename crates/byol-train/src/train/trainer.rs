@@ -240,7 +240,7 @@ fn join_job(experiment: &Experiment) -> anyhow::Result<(Device, Option<DataParal
         .as_ref()
         .map_or((0, 1), |r| (r.local_rank, r.local_world_size));
     let device = parse_device_for(&experiment.run.device, local_rank, on_node)?;
-    prepare_for_steps(device)?;
+    prepare_for_steps(device, experiment.run.tf32)?;
     let parallel = match &rendezvous {
         Some(r) => Some(DataParallel::join(r, &experiment.distributed, device)?),
         None => None,
