@@ -248,18 +248,41 @@ fn labels_come_from_sorted_folders_and_stray_files_are_ignored() {
     std::fs::write(root.join("apple/.DS_Store"), [0u8; 8]).unwrap();
     write_image(&root.join("apple/._hidden.jpg"), 8, 8, 0);
     write_image(&root.join(".ipynb_checkpoints/x.png"), 8, 8, 0);
-    write_image(&root.join("loose.png"), 8, 8, 0);
+    // Deeper in a class folder: that class's, after the folder's own images (torchvision's
+    // ImageFolder walks class folders too).
+    write_image(&root.join("zebra/2019/deep.png"), 8, 8, 0);
     let (splits, warnings) = load(&root, "image_size = 16").unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     let train = splits.train;
     assert_eq!(train.classes(), ["apple", "mango", "zebra"]);
-    assert_eq!(train.len(), 9);
+    assert_eq!(train.len(), 10);
     assert_eq!(train.image_shape(), [3, 16, 16]);
-    let (images, labels) = train.batch(&(0..9).collect::<Vec<_>>()).unwrap();
-    assert_eq!(Vec::<i64>::try_from(&labels).unwrap(), [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+    let (images, labels) = train.batch(&(0..10).collect::<Vec<_>>()).unwrap();
+    assert_eq!(Vec::<i64>::try_from(&labels).unwrap(), [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]);
     // The first image is apple/000.png, centre square of 20x16 resized to 16.
     let expected = decode_square(&root.join("apple/000.png"), 16).unwrap();
     assert_eq!(Vec::<u8>::try_from(images.get(0).flatten(0, -1)).unwrap(), expected);
+    let deep = decode_square(&root.join("zebra/2019/deep.png"), 16).unwrap();
+    assert_eq!(Vec::<u8>::try_from(images.get(9).flatten(0, -1)).unwrap(), deep);
+}
+
+#[test]
+fn images_beside_the_class_folders_are_left_out_with_a_warning_that_names_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["a", "b"], 2, (8, 8));
+    write_image(&root.join("loose-1.png"), 8, 8, 0);
+    write_image(&root.join("loose-2.jpg"), 8, 8, 0);
+    let (splits, warnings) = load(&root, "image_size = 8").unwrap();
+    assert_eq!(splits.train.len(), 4);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("2 image(s) directly in")
+            && warnings[0].contains("loose-1.png")
+            && warnings[0].contains("labels = \"none\""),
+        "{}",
+        warnings[0]
+    );
 }
 
 #[test]
@@ -467,7 +490,8 @@ fn a_file_list_picks_the_images() {
     let root = tmp.path().join("train");
     image_tree(&root, &["a", "b", "c"], 4, (8, 8));
     let list = tmp.path().join("subset.txt");
-    std::fs::write(&list, "# a subset\nb/002.png\n\n  a/001.jpg  \nb/000.png\n").unwrap();
+    // A byte-order mark, comments, blank lines, spaces and `find .`'s ./ prefix are all fine.
+    std::fs::write(&list, "\u{feff}# a subset\nb/002.png\n\n  ./a/001.jpg  \nb/./000.png\n").unwrap();
     let (splits, warnings) = load(&root, &format!("image_size = 8\nfile_list = {}", quoted(&list))).unwrap();
     let train = splits.train;
     assert_eq!(train.classes(), ["a", "b", "c"], "classes are all folders");
@@ -506,6 +530,9 @@ fn file_list_errors_name_the_line() {
     );
     let err = with("# nothing\n");
     assert!(err.contains("names no images"), "{err}");
+    // A path that climbs out would pass for its first folder's class.
+    let err = with("a/../b/000.png\n");
+    assert!(err.contains("line 1: 'a/../b/000.png' leaves the folder"), "{err}");
     let err = error_of(&root, &format!("file_list = {}", quoted(&tmp.path().join("nope.txt"))));
     assert!(
         err.contains("dataset.file_list: cannot read") && err.contains("nope.txt"),

@@ -1,7 +1,7 @@
 //! Which files a split holds: class folders, unlabelled trees, file lists.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::DataError;
 
@@ -119,17 +119,14 @@ pub(super) fn scan_unlabelled(
             let text = std::fs::read_to_string(list_path).map_err(|e| {
                 DataError::Config(format!("dataset.file_list: cannot read {}: {e}", list_path.display()))
             })?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let path = root.join(line);
+            for (n, line) in list_lines(&text) {
+                let path = root.join(relative_path(line).map_err(|why| {
+                    DataError::Config(format!("{} line {n}: '{line}' {why}", list_path.display()))
+                })?);
                 if !path.is_file() {
                     return Err(DataError::Config(format!(
-                        "{} line {}: {} does not exist; lines are image paths relative to dataset.{key}",
+                        "{} line {n}: {} does not exist; lines are image paths relative to dataset.{key}",
                         list_path.display(),
-                        n + 1,
                         path.display()
                     )));
                 }
@@ -218,12 +215,11 @@ pub(super) fn scan(
     let mut per_class: Vec<Vec<PathBuf>> = vec![Vec::new(); classes.len()];
     match file_list {
         None => {
+            // A class is every image under its folder, at any depth (torchvision's ImageFolder).
             for (files, dir) in per_class.iter_mut().zip(&class_dirs) {
-                *files = list(dir)?
-                    .into_iter()
-                    .filter(|p| is_image(p) && !is_hidden(p) && p.is_file())
-                    .collect();
+                *files = collect_images(dir)?;
             }
+            warnings.extend(loose_images_warning(key, root)?);
         }
         Some(list_path) => read_file_list(key, root, list_path, &classes, &mut per_class)?,
     }
@@ -266,6 +262,24 @@ pub(super) fn scan(
     })
 }
 
+/// The warning for images directly in a labelled split's folder, beside its class folders: they
+/// have no class, so they are left out.
+fn loose_images_warning(key: &str, root: &Path) -> Result<Option<String>, DataError> {
+    let loose: Vec<PathBuf> = list(root)?
+        .into_iter()
+        .filter(|p| is_image(p) && !is_hidden(p) && p.is_file())
+        .collect();
+    Ok(loose.first().map(|first| {
+        format!(
+            "dataset.{key}: {} image(s) directly in {} are in no class folder and are left out (first: {}); \
+             move them into a class folder, or set labels = \"none\" to train on every image unlabelled",
+            loose.len(),
+            root.display(),
+            first.display()
+        )
+    }))
+}
+
 /// Reads `<class>/<file>` lines into `per_class`, in the list's order.
 pub(super) fn read_file_list(
     key: &str,
@@ -282,13 +296,9 @@ pub(super) fn read_file_list(
         ))
     })?;
     let label_of: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let at = || format!("{} line {}", list_path.display(), n + 1);
-        let relative = Path::new(line);
+    for (n, line) in list_lines(&text) {
+        let at = || format!("{} line {n}", list_path.display());
+        let relative = relative_path(line).map_err(|why| DataError::Config(format!("{}: '{line}' {why}", at())))?;
         let class = relative
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -301,7 +311,7 @@ pub(super) fn read_file_list(
                 root.display()
             )));
         };
-        let path = root.join(relative);
+        let path = root.join(&relative);
         if !path.is_file() {
             return Err(DataError::Config(format!(
                 "{}: {} does not exist; fix the list or dataset.{key}",
@@ -312,4 +322,32 @@ pub(super) fn read_file_list(
         per_class[label].push(path);
     }
     Ok(())
+}
+
+/// A file list's entries with their 1-based line numbers: blank lines and `#` comments skipped,
+/// surrounding spaces and a leading byte-order mark removed.
+fn list_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.strip_prefix('\u{feff}')
+        .unwrap_or(text)
+        .lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+}
+
+/// A file list's path relative to the split's folder, without `./` parts (what `find .` prints);
+/// refused when it is absolute or climbs out with `..`, which would put it outside the folder
+/// (or, labelled, in another class than its first folder says).
+fn relative_path(line: &str) -> Result<PathBuf, &'static str> {
+    let mut relative = PathBuf::new();
+    for component in Path::new(line).components() {
+        match component {
+            Component::CurDir => {}
+            Component::Normal(part) => relative.push(part),
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err("leaves the folder (an absolute path or ..); lines are paths inside the split's folder")
+            }
+        }
+    }
+    Ok(relative)
 }
