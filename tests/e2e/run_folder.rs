@@ -469,3 +469,125 @@ fn a_second_signal_quits_at_once_when_the_next_step_is_far_off() {
     assert_eq!(status.code(), Some(128 + 15), "{}", said());
     assert!(!run_dir.join("summary.json").exists());
 }
+
+#[test]
+fn a_key_added_since_a_run_was_saved_resumes_at_its_default_and_is_refused_at_another_value() {
+    let dir = setup();
+    let run_dir = finished_run(dir.path(), "r");
+    // The record of a version without `run.tf32`, in config.toml and in every checkpoint.
+    let without = |config: &str| {
+        config
+            .lines()
+            .filter(|l| !l.starts_with("tf32 ="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let config_file = run_dir.join("config.toml");
+    let config = std::fs::read_to_string(&config_file).unwrap();
+    assert!(config.contains("\ntf32 = true"), "{config}");
+    std::fs::write(&config_file, without(&config)).unwrap();
+    for step in step_folders(&run_dir) {
+        edit_manifest(&run_dir.join("checkpoints").join(step), |m| {
+            m["config"] = without(m["config"].as_str().unwrap()).into();
+        });
+    }
+    let longer = ["--set", "schedule.epochs=4", "--allow-change", "schedule.epochs"];
+    let out = run(dir.path(), "r", &[&longer[..], &["--set", "run.tf32=false"]].concat());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("run.tf32: true -> false"), "{all}");
+    let out = run(dir.path(), "r", &longer);
+    let all = text(&out);
+    assert!(out.status.success() && all.contains("from step 48 of 64"), "{all}");
+    assert!(!all.contains("tf32"), "{all}");
+}
+
+fn summary(run_dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap()
+}
+
+/// The steps at which `tag` was logged in `run_dir`'s TensorBoard folder, as TensorBoard's own
+/// reader shows them.
+fn tensorboard_steps(run_dir: &Path, tag: &str) -> Vec<i64> {
+    let script = format!(
+        "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n\
+         acc = EventAccumulator({:?})\n\
+         acc.Reload()\n\
+         outputs = {{'steps': torch.tensor([e.step for e in acc.Scalars({tag:?})], dtype=torch.int64)}}\n",
+        run_dir.join("tensorboard").to_str().unwrap()
+    );
+    Vec::<i64>::try_from(&byol_testkit::run_python(&script, &[])["steps"]).unwrap()
+}
+
+#[test]
+fn a_resumed_run_keeps_its_first_measures_and_tensorboard_shows_each_step_once() {
+    let dir = setup();
+    let before = ["--set", "eval.before_training=true"];
+    let out = run(dir.path(), "r", &[&before[..], &["--quiet"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let run_dir = dir.path().join("r");
+    let first = summary(&run_dir);
+    assert!(first["knn_before"]["top1"].is_f64(), "{first}");
+    // The newest checkpoint damaged: the run resumes from step 44 and trains 45..48 again, which
+    // the first process logged too.
+    flip_a_byte(&run_dir.join("checkpoints/step-000000048"));
+    let out = run(dir.path(), "r", &[&before[..], &["--quiet"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let resumed = summary(&run_dir);
+    assert_eq!(resumed["resumed_from_step"], 44, "{resumed}");
+    assert_eq!(resumed["knn_before"], first["knn_before"], "measured at step 0, kept");
+    assert!(resumed["final_loss"].is_f64(), "{resumed}");
+    assert_eq!(
+        tensorboard_steps(&run_dir, "train/loss"),
+        (1..=12).map(|i| i * 4).collect::<Vec<_>>()
+    );
+    assert_eq!(tensorboard_steps(&run_dir, "knn/top1"), [0, 16, 32, 48]);
+
+    // Every step trained: the run's summary stands, byte for byte.
+    let bytes = std::fs::read(run_dir.join("summary.json")).unwrap();
+    let out = run(dir.path(), "r", &before);
+    let all = text(&out);
+    assert!(
+        out.status.success() && all.contains("has already trained all 48 steps"),
+        "{all}"
+    );
+    assert_eq!(std::fs::read(run_dir.join("summary.json")).unwrap(), bytes);
+
+    // Trained longer and stopped by kill -9: no summary of the shorter run is left to pass for
+    // this one's.
+    let longer = ["--set", "schedule.epochs=40", "--allow-change", "schedule.epochs"];
+    let mut child = spawn(dir.path(), "r", &[&before[..], &longer[..]].concat());
+    wait_for("a checkpoint past step 48", || {
+        step_folders(&run_dir).iter().any(|s| s.as_str() > "step-000000048")
+    });
+    kill("-9", &child);
+    child.wait().unwrap();
+    assert!(!run_dir.join("summary.json").exists());
+}
+
+#[test]
+fn fresh_refuses_to_move_a_folder_whose_inner_run_folder_is_in_use() {
+    let dir = setup();
+    let inner = dir.path().join("outer/r");
+    let mut child = spawn(dir.path(), "outer/r", &["--set", "schedule.epochs=40"]);
+    wait_for("the first checkpoint", || !step_folders(&inner).is_empty());
+    let out = run(dir.path(), "outer/", &["--fresh"]);
+    kill("-9", &child);
+    child.wait().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("is in use by another byol-run") && all.contains("outer/r"),
+        "{all}"
+    );
+    assert!(inner.join("checkpoints").is_dir(), "nothing moved");
+    // Free again: --fresh moves the folder aside, trailing slash and all.
+    let out = run(dir.path(), "outer/", &["--fresh", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let moved: Vec<String> = names(dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with("outer.old-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{:?}", names(dir.path()));
+    assert!(dir.path().join(&moved[0]).join("r/checkpoints").is_dir());
+}

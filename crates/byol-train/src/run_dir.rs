@@ -23,6 +23,30 @@ impl FolderLock {
     /// Takes the lock of `dir` (which must exist) or fails naming the process that holds it.
     /// `what` names the folder in messages ("run folder", "sweep folder").
     pub fn acquire(dir: &Path, what: &str) -> anyhow::Result<Self> {
+        // A folder moved aside (`--fresh`) between our open and our lock takes its lock file
+        // along: the lock we got is then the old folder's, and the new one is open again.
+        for _ in 0..8 {
+            let lock = Self::acquire_file(dir, what)?;
+            if lock.is_at(&dir.join(LOCK_FILE)) {
+                return Ok(lock);
+            }
+        }
+        bail!(
+            "cannot lock {}: its lock file keeps being replaced (another byol-run moving the folder aside?)",
+            dir.display()
+        )
+    }
+
+    /// Whether the locked file is the one at `path` now.
+    fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self._file.metadata(), std::fs::metadata(path)) {
+            (Ok(locked), Ok(there)) => locked.dev() == there.dev() && locked.ino() == there.ino(),
+            _ => false,
+        }
+    }
+
+    fn acquire_file(dir: &Path, what: &str) -> anyhow::Result<Self> {
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -104,7 +128,8 @@ pub const SAFE_TO_CHANGE: &[&str] = &[
     "eval.batch_size",
     "eval.knn_k",
     "eval.knn_temperature",
-    // The same update computed with fewer kernels, the same average with other collectives.
+    // The same update computed with fewer kernels, the same average with other collectives
+    // (equal up to float rounding: fused Adam rounds differently from the per-tensor one).
     "optimizer.fused",
     "distributed.overlap_gradients",
     "distributed.bucket_mb",
@@ -183,6 +208,16 @@ pub fn changes(saved: &str, now: &str) -> anyhow::Result<Vec<Change>> {
         .collect())
 }
 
+/// A saved experiment with the keys this version added since filled in with their defaults, as
+/// the experiment read now has them: a key the run folder's record lacks is not a change when
+/// its default is what the run is asked to use. The record as it is when this version cannot
+/// read it (a key since removed), so that the difference shows in the diff.
+fn with_current_defaults(saved: &str) -> String {
+    crate::experiment::Experiment::parse(saved, &[])
+        .and_then(|experiment| experiment.to_toml())
+        .unwrap_or_else(|_| saved.to_string())
+}
+
 fn is_safe(key: &str) -> bool {
     SAFE_TO_CHANGE.iter().any(|p| matches(key, p))
 }
@@ -190,7 +225,10 @@ fn is_safe(key: &str) -> bool {
 /// The differences between two resolved experiments that alter the run (not in
 /// [`SAFE_TO_CHANGE`]).
 pub fn unsafe_changes(saved: &str, now: &str) -> anyhow::Result<Vec<Change>> {
-    Ok(changes(saved, now)?.into_iter().filter(|c| !is_safe(&c.key)).collect())
+    Ok(changes(&with_current_defaults(saved), now)?
+        .into_iter()
+        .filter(|c| !is_safe(&c.key))
+        .collect())
 }
 
 /// Checks that the experiment `now` may continue a run trained with `saved` (`source` says
@@ -206,7 +244,7 @@ pub fn check_identity(
     allow: &[String],
     also_safe: &[&str],
 ) -> anyhow::Result<Vec<Change>> {
-    let changes = changes(saved, now).with_context(|| {
+    let changes = changes(&with_current_defaults(saved), now).with_context(|| {
         format!(
             "cannot read the experiment saved in {} ({source}); start over with --fresh",
             run_dir.display()
@@ -257,7 +295,21 @@ pub fn move_aside(run_dir: &Path, what: &str) -> anyhow::Result<Option<PathBuf>>
     if !run_dir.exists() {
         return Ok(None);
     }
+    // `runs/x/` would otherwise be moved to `runs/x/.old-...`, inside itself.
+    let run_dir: PathBuf = run_dir.components().collect();
+    let run_dir = run_dir.as_path();
     let _lock = FolderLock::acquire(run_dir, what)?;
+    // The run folders inside (a sweep's trials) may be in use on their own, by a `byol-run
+    // train` of one trial: such a process would go on writing into the new folder at its path.
+    let mut _inner_locks = Vec::new();
+    for inner in std::fs::read_dir(run_dir).with_context(|| format!("cannot list {}", run_dir.display()))? {
+        let inner = inner
+            .with_context(|| format!("cannot list {}", run_dir.display()))?
+            .path();
+        if inner.join(LOCK_FILE).is_file() {
+            _inner_locks.push(FolderLock::acquire(&inner, "run folder")?);
+        }
+    }
     let stamp = utc_stamp(std::time::SystemTime::now());
     let base = format!("{}.old-{stamp}", run_dir.display());
     let target = (0..)
@@ -297,6 +349,16 @@ fn utc_stamp(time: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_lists_every_key_safe_to_change() {
+        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+        let paragraph = &readme[readme.find("These keys may change freely").expect("the README's list")..];
+        let paragraph = &paragraph[..paragraph.find("\n\n").unwrap_or(paragraph.len())];
+        for key in SAFE_TO_CHANGE {
+            assert!(paragraph.contains(&format!("`{key}`")), "the README's list lacks {key}");
+        }
+    }
 
     #[test]
     fn utc_stamps() {

@@ -124,6 +124,19 @@ impl ScalarLogger {
         self.write_summary_value(&summary_value, step);
     }
 
+    /// Marks where this file's run starts: TensorBoard drops what earlier files of the folder
+    /// logged at `step` or later (a `SessionLog` START event, what PyTorch's
+    /// `SummaryWriter(purge_step=step)` writes), so the steps that a resumed run trains again,
+    /// logged once by the process that stopped past its last checkpoint, are not shown twice.
+    pub fn restart_at(&mut self, step: u64) {
+        let mut session_log = Vec::new();
+        proto::varint_field(&mut session_log, 1, 1); // status: START
+        let mut event = Vec::new();
+        event_header(&mut event, unix_seconds(), step);
+        proto::bytes(&mut event, 7, &session_log); // session_log
+        self.write(&event);
+    }
+
     /// The run's hyperparameters, for TensorBoard's HParams dashboard: one session whose
     /// parameters are `hparams`; its metrics are the run's scalars (their last values).
     pub fn session_start(&mut self, hparams: &[(String, HParamValue)]) {

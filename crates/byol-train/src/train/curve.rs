@@ -42,6 +42,19 @@ impl CurvePoint {
     }
 }
 
+impl CurvePoint {
+    /// The evaluation the point records.
+    pub fn evaluation(&self) -> Evaluation {
+        Evaluation {
+            knn: crate::knn::KnnAccuracy {
+                top1: self.knn_top1,
+                top5: self.knn_top5,
+            },
+            probe_top1: self.probe_top1,
+        }
+    }
+}
+
 /// The points in a run folder; none when it has no curve yet.
 pub fn read_curve(run_dir: &Path) -> anyhow::Result<Vec<CurvePoint>> {
     let path = run_dir.join(CURVE_FILE);

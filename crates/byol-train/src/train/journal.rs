@@ -36,6 +36,8 @@ impl Journal {
             ScalarLogger::disabled()
         };
         let step = t.resumed_from.unwrap_or(0);
+        // From a checkpoint of step S the run logs S + 1 on; from none, everything again.
+        logger.restart_at(if step == 0 { 0 } else { step + 1 });
         logger.text("config", &format!("```toml\n{}\n```", t.experiment.to_toml()?), step);
         logger.session_start(&hparams(t.experiment)?);
         let journal = Self {

@@ -116,13 +116,37 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let (_owner, moved_aside) = run_dir::take_ownership(&run_dir, main, options.fresh)?;
     let stop = StopOnSignals::install("stopping: the run finishes its step and saves a checkpoint")?;
     let mut t = Trainer::new(experiment, &run_dir, &options.allow_change)?;
-    let mut journal = Journal::open(&t, &run_dir, options.quiet, moved_aside)?;
     let mut step = t.resumed_from.unwrap_or(0);
+    if let Some(summary) = finished_summary(&run_dir, step, t.plan.total_steps) {
+        if !options.quiet && t.is_main() {
+            println!(
+                "{} has already trained all {step} steps; its summary.json stands (to train longer, raise \
+                 schedule.epochs with --allow-change schedule.epochs; to evaluate again, byol-run eval)",
+                run_dir.display()
+            );
+        }
+        end_group(&t);
+        return Ok(summary);
+    }
+    if t.is_main() {
+        // From here on the folder holds a run in progress: a summary of an earlier end (of fewer
+        // epochs, say) would describe another run should this one stop before writing its own.
+        remove_if_present(&run_dir.join(SUMMARY_FILE))?;
+    }
+    let mut journal = Journal::open(&t, &run_dir, options.quiet, moved_aside)?;
     let before = match step {
-        0 => evaluate_before_training(&t, &mut journal)?,
-        _ => None,
+        0 => {
+            let before = evaluate_before_training(&t, &mut journal)?;
+            record_curve(&t, &run_dir, &before, 0, None, None)?;
+            before
+        }
+        // Measured by the process that started the run, and kept in its curve.
+        _ => curve::read_curve(&run_dir)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.step == 0)
+            .map(|p| p.evaluation()),
     };
-    record_curve(&t, &run_dir, &before, 0, None, None)?;
     if experiment.logging.view_grid && step == 0 && t.is_main() {
         t.log_view_grid(journal.logger())?;
     }
@@ -187,17 +211,47 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         checkpoint,
     };
     if t.is_main() {
-        let path = run_dir.join("summary.json");
+        let path = run_dir.join(SUMMARY_FILE);
         std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
+    end_group(&t);
+    Ok(summary)
+}
+
+/// Ends this process's part in a data-parallel job, after its last collective. The run is saved
+/// and summarized by then: a group that does not end cleanly changes nothing.
+fn end_group(t: &Trainer<'_>) {
     if let Some(parallel) = &t.parallel {
-        // The run is saved and summarized: a group that does not end cleanly changes nothing.
         if let Err(e) = parallel.finish() {
             eprintln!("warning: {e:#}");
         }
     }
-    Ok(summary)
+}
+
+/// A run folder's `summary.json`: what its run reported when it ended.
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// The summary of a run that has already trained all `total_steps` steps (resumed at `step`),
+/// when its folder holds one that says so; training it again would only evaluate it again and
+/// overwrite what its own run measured.
+fn finished_summary(run_dir: &std::path::Path, step: u64, total_steps: u64) -> Option<RunSummary> {
+    if step < total_steps {
+        return None;
+    }
+    let bytes = std::fs::read(run_dir.join(SUMMARY_FILE)).ok()?;
+    let summary: RunSummary = serde_json::from_slice(&bytes).ok()?;
+    (summary.steps == step && summary.total_steps == total_steps && !summary.interrupted && summary.pruned.is_none())
+        .then_some(summary)
+}
+
+fn remove_if_present(path: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The kNN evaluation of a run at step 0 (None when `eval.before_training` is off or the run
