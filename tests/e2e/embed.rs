@@ -1,6 +1,8 @@
 //! `byol-run embed` over awkward folders: a symbolic-link loop is entered once, unreadable
 //! images and broken links are skipped with one counted warning (as training skips them), and
-//! `--strict` stops at the first one.
+//! `--strict` stops at the first one; hidden files and folders (macOS's `._x.jpg` among them) are
+//! left out as training leaves them out; the names file keeps one line per row whatever the
+//! names hold; a wrong `--out` extension stops before any work.
 
 use super::TINY;
 use super::{byol_run, text};
@@ -28,6 +30,12 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     std::os::unix::fs::symlink("..", images.join("a/loop")).unwrap(); // images/a/loop -> images
     std::os::unix::fs::symlink("missing.png", images.join("dangling.png")).unwrap();
     std::fs::write(images.join("broken.jpg"), "not a jpeg").unwrap();
+    // Hidden: a resource fork macOS leaves beside each file, and a hidden folder of images.
+    std::fs::write(images.join("._2.png"), b"\0\x05\x16\x07 AppleDouble").unwrap();
+    std::fs::create_dir_all(images.join(".thumbnails")).unwrap();
+    png(&images.join(".thumbnails/t.png"));
+    png(&images.join("new\nline.png"));
+    png(&images.join("back\\slash.png"));
 
     let embed = |extra: &[&str]| {
         let mut args = vec!["embed", "r/checkpoints/last", "--images", "images", "--out", "emb.npy"];
@@ -37,20 +45,61 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     let out = embed(&[]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    assert!(all.contains("embedded 3 images"), "{all}");
+    assert!(all.contains("embedded 5 images"), "{all}");
     assert!(all.contains("reached again through a symbolic link"), "{all}");
     assert!(
         all.contains("warning: skipped 2 unreadable image(s)") && all.contains("--strict"),
         "{all}"
     );
     let names = std::fs::read_to_string(dir.path().join("emb.npy.names.txt")).unwrap();
-    assert_eq!(names, "2.png\na/0.png\na/1.png\n");
+    assert_eq!(
+        names, "2.png\na/0.png\na/1.png\nback\\\\slash.png\nnew\\nline.png\n",
+        "one escaped line per row"
+    );
     let emb = tch::Tensor::read_npy(dir.path().join("emb.npy")).unwrap();
-    assert_eq!(emb.size()[0], 3);
+    assert_eq!(emb.size()[0], 5);
 
     let out = embed(&["--strict"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("broken.jpg") && all.contains("--strict stops"), "{all}");
     assert!(!all.contains("panicked"), "{all}");
+
+    // A folder copied from a Mac: --strict reads its images and passes over the resource forks.
+    let mac = dir.path().join("mac");
+    std::fs::create_dir_all(&mac).unwrap();
+    png(&mac.join("photo.png"));
+    std::fs::write(mac.join("._photo.png"), b"\0\x05\x16\x07 AppleDouble").unwrap();
+    let out = byol_run(
+        dir.path(),
+        &[
+            "embed",
+            "r/checkpoints/last",
+            "--images",
+            "mac",
+            "--out",
+            "mac.npy",
+            "--strict",
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success() && all.contains("embedded 1 images"), "{all}");
+    assert!(!all.contains("warning"), "{all}");
+
+    // A wrong --out extension stops before the checkpoint or the images are read.
+    let out = byol_run(
+        dir.path(),
+        &[
+            "embed",
+            "r/checkpoints/last",
+            "--images",
+            "no-such-folder",
+            "--out",
+            "emb.txt",
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("--out emb.txt must end in .safetensors or .npy"), "{all}");
+    assert!(!dir.path().join("emb.txt.names.txt").exists());
 }

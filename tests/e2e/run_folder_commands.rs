@@ -1,7 +1,7 @@
 //! `byol-run eval`, `export` and `embed` given a run folder instead of a checkpoint folder: they
 //! use the newest intact checkpoint (skipping a damaged one, as a resume does, without moving
 //! it) and say which; `eval knn` takes k and temperature from the run's config.toml unless flags
-//! give them.
+//! give them; wrong `--train`/`--test` folders are told in terms of those flags.
 
 use std::path::Path;
 
@@ -123,4 +123,43 @@ fn export_and_embed_on_a_run_folder_skip_a_damaged_newest_checkpoint() {
         all.contains("neither a checkpoint folder") && all.contains("nor a run folder"),
         "{all}"
     );
+}
+
+#[test]
+fn eval_errors_name_its_flags_not_experiment_keys() {
+    let dir = trained_run_and_images();
+    let fails = |train: &str, test: &str| {
+        let out = byol_run(dir.path(), &["eval", "knn", "r", "--train", train, "--test", test]);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(!all.contains("dataset.") && !all.contains("eval.train"), "{all}");
+        all
+    };
+    // Images without class sub-folders.
+    let flat = dir.path().join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    png(&flat.join("0.png"));
+    let all = fails("flat", "test");
+    assert!(
+        all.contains("--train flat: no class sub-folders") && all.contains("<folder>/<class>/<image>"),
+        "{all}"
+    );
+    let all = fails("train", "missing");
+    assert!(all.contains("--test missing: this folder does not exist"), "{all}");
+    // Other classes than the training images': the reader's message, in the flags' terms.
+    std::fs::create_dir_all(dir.path().join("other/z")).unwrap();
+    png(&dir.path().join("other/z/0.png"));
+    let all = fails("train", "other");
+    assert!(all.contains("--test: other has classes [z]"), "{all}");
+
+    // An unreadable image is skipped with a warning that names no experiment key.
+    std::fs::write(dir.path().join("train/a/bad.png"), "not a png").unwrap();
+    let out = byol_run(dir.path(), &["eval", "knn", "r", "--train", "train", "--test", "test"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("warning: skipped 1 unreadable image(s)") && all.contains("bad.png"),
+        "{all}"
+    );
+    assert!(!all.contains("dataset."), "{all}");
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use tch::{Device, Tensor};
 
 use byol::BuildContext;
-use byol_data::image_folder::decode_square;
+use byol_data::image_folder::{decode_square, is_hidden, is_image};
 use byol_train::checkpoint::{self, Checkpointer};
 use byol_train::run_dir::{CHECKPOINTS_DIR, CONFIG_FILE};
 use byol_train::train::{state, Model, Weights};
@@ -95,7 +95,9 @@ pub struct EmbedArgs {
     /// Folder of images (searched recursively for .jpg, .jpeg, .png).
     #[arg(long)]
     images: PathBuf,
-    /// Output: .safetensors (tensor "embeddings") or .npy; file names go to <out>.names.txt.
+    /// Output: .safetensors (tensor "embeddings") or .npy. The image paths (relative to --images)
+    /// go to <out>.names.txt, one line per row; a backslash, newline or carriage return in a path
+    /// is written as \\, \n or \r, so that lines and rows always match.
     #[arg(long)]
     out: PathBuf,
     /// Images per batch.
@@ -127,7 +129,8 @@ impl Skipped {
 }
 
 /// The image files under `dir`, sorted, following symbolic links but entering each real folder
-/// once: a link back to a parent (a loop) would otherwise recurse without end.
+/// once: a link back to a parent (a loop) would otherwise recurse without end. Hidden files and
+/// folders are left out, as training leaves them out.
 struct ImageFiles {
     files: Vec<PathBuf>,
     visited: std::collections::HashSet<PathBuf>,
@@ -153,6 +156,9 @@ impl ImageFiles {
         let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
         paths.sort();
         for path in paths {
+            if is_hidden(&path) {
+                continue;
+            }
             if path.is_dir() {
                 let Ok(real) = path.canonicalize() else { continue };
                 if !self.visited.insert(real) {
@@ -165,10 +171,7 @@ impl ImageFiles {
                         .unreadable
                         .add(strict, format!("cannot list {}: {e}", path.display()))?,
                 }
-            } else if path
-                .extension()
-                .is_some_and(|e| ["jpg", "jpeg", "png"].iter().any(|x| e.eq_ignore_ascii_case(x)))
-            {
+            } else if is_image(&path) {
                 self.files.push(path);
             }
         }
@@ -215,7 +218,34 @@ pub fn load_trained(checkpoint_or_run: &Path) -> anyhow::Result<Trained> {
     })
 }
 
+/// The output format, from `--out`'s extension.
+#[derive(Clone, Copy)]
+enum OutFormat {
+    Npy,
+    Safetensors,
+}
+
+/// A path as one line of `<out>.names.txt`: backslash, newline and carriage return escaped.
+fn names_line(path: &Path) -> String {
+    let mut line = String::new();
+    for c in path.display().to_string().chars() {
+        match c {
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            c => line.push(c),
+        }
+    }
+    line
+}
+
 pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
+    // Checked first: a wrong name must not cost a whole embedding pass.
+    let format = match args.out.extension().and_then(|e| e.to_str()) {
+        Some("npy") => OutFormat::Npy,
+        Some("safetensors") => OutFormat::Safetensors,
+        _ => bail!("--out {} must end in .safetensors or .npy", args.out.display()),
+    };
     let Trained {
         experiment,
         device,
@@ -272,15 +302,14 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         bail!("none of the images under {} could be read", args.images.display());
     }
     let embeddings = Tensor::cat(&embeddings, 0);
-    let written = match args.out.extension().and_then(|e| e.to_str()) {
-        Some("npy") => embeddings.write_npy(&args.out),
-        Some("safetensors") => Tensor::write_safetensors(&[("embeddings", &embeddings)], &args.out),
-        _ => bail!("--out {} must end in .safetensors or .npy", args.out.display()),
+    let written = match format {
+        OutFormat::Npy => embeddings.write_npy(&args.out),
+        OutFormat::Safetensors => Tensor::write_safetensors(&[("embeddings", &embeddings)], &args.out),
     };
     written.with_context(|| format!("cannot write {}", args.out.display()))?;
     let names: Vec<String> = embedded
         .iter()
-        .map(|f| f.strip_prefix(&args.images).unwrap_or(f).display().to_string())
+        .map(|f| names_line(f.strip_prefix(&args.images).unwrap_or(f)))
         .collect();
     let names_path = PathBuf::from(format!("{}.names.txt", args.out.display()));
     std::fs::write(&names_path, names.join("\n") + "\n")

@@ -3,12 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use byol::BuildContext;
-use byol_data::image_folder::ImageFolderConfig;
-use byol_data::{Dataset, DatasetSpec};
+use byol_data::image_folder::{is_hidden, ImageFolderConfig};
+use byol_data::Dataset;
 use byol_train::knn::knn_accuracy;
 use byol_train::linear::{linear_probe, VALIDATION_FRACTION};
 use byol_train::run_dir::CONFIG_FILE;
@@ -85,6 +84,8 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         augment,
         ..
     } = load_trained(&data.checkpoint)?;
+    check_labelled_folder("--train", &data.train)?;
+    check_labelled_folder("--test", &data.test)?;
     let folder = ImageFolderConfig {
         train: data.train.clone(),
         test: Some(data.test.clone()),
@@ -92,8 +93,13 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         limit_per_class: data.limit_per_class,
         ..Default::default()
     };
-    let context = BuildContext::new(device, experiment.augment.image_size());
-    let splits = folder.build(&context).context("reading the evaluation images")?;
+    let (splits, warnings) = folder
+        .load()
+        .map_err(|e| anyhow::anyhow!(in_flag_terms(&e.to_string())))
+        .context("reading the evaluation images")?;
+    for w in warnings {
+        eprintln!("warning: {}", in_flag_terms(&w));
+    }
     let test: Arc<dyn Dataset> = splits.test.clone().expect("test split requested");
     let schedule = &experiment.schedule;
     let batch = experiment
@@ -106,6 +112,57 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         checkpoint,
         experiment,
     })
+}
+
+/// `--train` and `--test` must be folders of class sub-folders. Checked here so that the common
+/// mistakes are told in this command's terms: the image folder reader would read a folder
+/// without class sub-folders as unlabelled training images.
+fn check_labelled_folder(flag: &str, dir: &Path) -> anyhow::Result<()> {
+    let layout = "one sub-folder of images per class (<folder>/<class>/<image>)";
+    if !dir.is_dir() {
+        let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+        bail!(
+            "{flag} {}: this folder does not exist (relative paths start from the working directory {cwd}); \
+             it should hold {layout}",
+            dir.display()
+        );
+    }
+    let entries = std::fs::read_dir(dir).with_context(|| format!("{flag} {}: cannot list it", dir.display()))?;
+    let has_classes = entries
+        .filter_map(Result::ok)
+        .any(|e| e.path().is_dir() && !is_hidden(&e.path()));
+    if !has_classes {
+        bail!(
+            "{flag} {}: no class sub-folders; evaluation needs labelled images, {layout}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The image folder reader's messages name experiment keys (`dataset.train`, `labels`,
+/// `on_bad_image`); here the folders come from flags and those keys do not exist, so the
+/// messages are told in the flags' terms.
+fn in_flag_terms(message: &str) -> String {
+    const TERMS: [(&str, &str); 11] = [
+        ("dataset configuration: ", ""),
+        (
+            "; set dataset.on_bad_image = \"error\" to stop at the first one instead",
+            "",
+        ),
+        (" (set dataset.on_bad_image = \"skip\" to skip unreadable images)", ""),
+        (", or anywhere under it for unlabelled training (labels = \"none\")", ""),
+        (", or set labels = \"none\" to train on every image unlabelled", ""),
+        ("dataset.train = ", "--train "),
+        ("dataset.test = ", "--test "),
+        ("dataset.train", "--train"),
+        ("dataset.test", "--test"),
+        ("<train>/", "<folder>/"),
+        ("<test>/", "<folder>/"),
+    ];
+    TERMS
+        .iter()
+        .fold(message.to_string(), |text, (key, flag)| text.replace(key, flag))
 }
 
 /// The kNN k and temperature of the run a checkpoint belongs to, and where they were read: the

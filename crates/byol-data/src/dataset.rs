@@ -16,6 +16,8 @@ pub struct ImageSet {
     height: usize,
     width: usize,
     classes: Vec<String>,
+    /// See [`Dataset::content_digest`].
+    digest: Option<String>,
 }
 
 impl ImageSet {
@@ -40,7 +42,15 @@ impl ImageSet {
             height,
             width,
             classes,
+            digest: None,
         })
+    }
+
+    /// The set with `digest` as its [`Dataset::content_digest`] (that of the files it was
+    /// decoded from).
+    pub fn with_content_digest(mut self, digest: Option<String>) -> Self {
+        self.digest = digest;
+        self
     }
 
     /// The whole split as one tensor pair (uint8 `[N, 3, H, W]`, int64 `[N]`).
@@ -51,9 +61,25 @@ impl ImageSet {
     }
 }
 
+/// A [`Dataset::content_digest`]: the SHA-256 of `names` (an image's path relative to its
+/// split's folder, or its shard's file name and member name), one per line, in the split's order.
+pub fn names_digest<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for name in names {
+        hasher.update(name.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Dataset for ImageSet {
     fn len(&self) -> usize {
         self.labels.len()
+    }
+
+    fn content_digest(&self) -> Option<String> {
+        self.digest.clone()
     }
 
     fn classes(&self) -> &[String] {

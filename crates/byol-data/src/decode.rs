@@ -20,8 +20,23 @@ pub struct Rgb {
     pub pixels: Vec<u8>,
 }
 
-/// Largest side accepted, in pixels (a guard against decompression bombs).
+/// Largest side accepted, in pixels, for every format (a guard against decompression bombs).
 const MAX_SIDE: usize = 1 << 14;
+
+/// Bytes a decoder may allocate: a 16-bit RGBA image of the largest size (8 bytes a pixel), so
+/// that any image within [`MAX_SIDE`] decodes whatever its format and depth.
+const MAX_ALLOC: u64 = (MAX_SIDE * MAX_SIDE * 8) as u64;
+
+/// The same refusal for every format, checked from the header before decoding.
+fn check_size(width: usize, height: usize) -> Result<(), String> {
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(format!(
+            "{width}x{height} pixels is over the limit of {MAX_SIDE} pixels per side (a guard against \
+             decompression bombs): downscale the image to at most {MAX_SIDE} pixels on its longer side"
+        ));
+    }
+    Ok(())
+}
 
 fn is_jpeg(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0xFF, 0xD8, 0xFF])
@@ -47,9 +62,13 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGB)
         .set_strict_mode(true)
-        .set_max_width(MAX_SIDE)
-        .set_max_height(MAX_SIDE);
+        // JPEG's own limit: the size check below gives the message, the same for every format.
+        .set_max_width(u16::MAX as usize)
+        .set_max_height(u16::MAX as usize);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(bytes), options);
+    decoder.decode_headers().map_err(|e| format!("invalid JPEG: {e:?}"))?;
+    let info = decoder.info().ok_or("invalid JPEG: no frame header")?;
+    check_size(info.width as usize, info.height as usize)?;
     let pixels = decoder.decode().map_err(|e| format!("invalid JPEG: {e:?}"))?;
     let info = decoder.info().ok_or("invalid JPEG: no frame header")?;
     let (width, height) = (info.width as u32, info.height as u32);
@@ -64,10 +83,16 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
 
 fn decode_other(bytes: &[u8]) -> Result<Rgb, String> {
     let format = image::guess_format(bytes).map_err(|_| "not a JPEG or PNG file".to_string())?;
+    let header = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let (width, height) = header
+        .into_dimensions()
+        .map_err(|e| format!("invalid {format:?}: {e}"))?;
+    check_size(width as usize, height as usize)?;
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE as u32);
     limits.max_image_height = Some(MAX_SIDE as u32);
+    limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
     let image = reader
         .decode()

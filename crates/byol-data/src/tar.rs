@@ -74,6 +74,40 @@ impl<R: Read + Seek> TarReader<R> {
         })
     }
 
+    /// The zero block at `at` must be the first of the two that end the archive, and everything
+    /// after them zero (the padding to a 10 KiB record): a zero block followed by members means
+    /// a zeroed stretch inside the file, whose members a reader that stopped there would lose.
+    fn check_end(&mut self, at: u64) -> Result<(), String> {
+        let second = at + BLOCK;
+        if second + BLOCK > self.length {
+            return Err(format!(
+                "truncated at byte {second}: the file ends after one zero block at byte {at}, without the \
+                 second zero block that ends a tar archive"
+            ));
+        }
+        let mut rest = vec![0u8; 64 << 10];
+        let mut from = second;
+        while from < self.length {
+            let n = rest.len().min((self.length - from) as usize);
+            let here = self.reader.stream_position().map_err(|e| e.to_string())?;
+            self.reader
+                .seek_relative(from as i64 - here as i64)
+                .map_err(|e| e.to_string())?;
+            self.reader
+                .read_exact(&mut rest[..n])
+                .map_err(|e| format!("cannot read byte {from}: {e}"))?;
+            if let Some(i) = rest[..n].iter().position(|&b| b != 0) {
+                return Err(format!(
+                    "damaged: a zero block at byte {at} ends the archive, yet byte {} after it is not zero (a \
+                     zeroed stretch inside the file, or several archives joined one after another)",
+                    from + i as u64
+                ));
+            }
+            from += n as u64;
+        }
+        Ok(())
+    }
+
     /// The next regular file; `Ok(None)` at the end of the archive. The error names the byte
     /// offset where the archive stops making sense.
     pub fn next_member(&mut self) -> Result<Option<Member>, String> {
@@ -81,12 +115,22 @@ impl<R: Read + Seek> TarReader<R> {
         let mut pax_size: Option<u64> = None;
         while !self.done {
             let at = self.position;
-            // An archive may end without its two zero blocks (some writers stop at the data).
+            // Every writer (GNU tar, Python's tarfile, `TarWriter`) ends an archive with two zero
+            // blocks, so an archive that stops without them was cut short, possibly exactly
+            // between two members, where nothing else shows the loss.
+            if at == self.length {
+                return Err(if at == 0 {
+                    "the file is empty (0 bytes; even an empty tar archive holds its 1024-byte end marker): \
+                     it looks truncated"
+                        .to_string()
+                } else {
+                    format!(
+                        "truncated at byte {at}: the file ends after a member, without the two zero blocks \
+                         that end a tar archive"
+                    )
+                });
+            }
             if at + BLOCK > self.length {
-                if at == self.length {
-                    self.done = true;
-                    return Ok(None);
-                }
                 return Err(format!(
                     "truncated at byte {at}: {} bytes left for a 512-byte header",
                     self.length - at
@@ -94,6 +138,7 @@ impl<R: Read + Seek> TarReader<R> {
             }
             let header = self.read_block(at)?;
             if header.iter().all(|&b| b == 0) {
+                self.check_end(at)?;
                 self.done = true;
                 return Ok(None);
             }
@@ -319,6 +364,40 @@ mod tests {
             "{:?}",
             list(truncated)
         );
+    }
+
+    #[test]
+    fn an_archive_must_end_with_its_two_zero_blocks() {
+        let mut writer = TarWriter::new(Vec::new());
+        writer.append("a.jpg", &[7u8; 700]).unwrap();
+        writer.append("a.cls", b"1").unwrap();
+        let bytes = writer.finish().unwrap();
+        assert_eq!(list(&bytes).unwrap().len(), 2);
+        // Cut exactly after a member: every header read so far was whole.
+        let err = list(&bytes[..1536]).unwrap_err();
+        assert!(
+            err.contains("truncated at byte 1536") && err.contains("zero blocks"),
+            "{err}"
+        );
+        let err = list(&bytes[..2560]).unwrap_err();
+        assert!(err.contains("truncated at byte 2560"), "{err}");
+        // One zero block of the two.
+        let err = list(&bytes[..3072]).unwrap_err();
+        assert!(
+            err.contains("truncated at byte 3072") && err.contains("second zero block"),
+            "{err}"
+        );
+        let err = list(&[]).unwrap_err();
+        assert!(err.contains("empty (0 bytes"), "{err}");
+        // A zeroed member header in the middle hides the members after it.
+        let mut zeroed = bytes.clone();
+        zeroed[1536..2048].fill(0);
+        let err = list(&zeroed).unwrap_err();
+        assert!(err.contains("damaged") && err.contains("byte 1536"), "{err}");
+        // Padding after the end marker (tarfile and GNU tar fill a 10 KiB record) is fine.
+        let mut padded = bytes.clone();
+        padded.resize(10240, 0);
+        assert_eq!(list(&padded).unwrap().len(), 2);
     }
 
     #[test]

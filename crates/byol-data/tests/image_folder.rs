@@ -192,6 +192,58 @@ for i, size in enumerate([{}]):
     assert_eq!(out[32 * 32 + 5], image.pixels[5 * 3 + 1]);
 }
 
+/// CRC-32 (the PNG chunk checksum).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn every_format_has_the_same_size_limit_and_says_it() {
+    // Two rows keep these small while a side sits at and just over the limit.
+    for format in [image::ImageFormat::Png, image::ImageFormat::Jpeg] {
+        for side in [16384u32, 16385] {
+            let mut bytes = Vec::new();
+            image::RgbImage::from_pixel(side, 2, image::Rgb([200, 10, 10]))
+                .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+                .unwrap();
+            match decode_rgb(&bytes) {
+                Ok(image) => assert_eq!((side, image.width, image.height), (16384, 16384, 2), "{format:?}"),
+                Err(e) => {
+                    assert_eq!(side, 16385, "{format:?}: {e}");
+                    assert!(
+                        e.contains("16385x2 pixels is over the limit of 16384 pixels per side")
+                            && e.contains("downscale"),
+                        "{format:?}: {e}"
+                    );
+                }
+            }
+        }
+    }
+    // A PNG whose header claims 20000x20000 is refused from the header, before any allocation.
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    assert_eq!(&png[12..16], b"IHDR");
+    png[16..20].copy_from_slice(&20000u32.to_be_bytes());
+    png[20..24].copy_from_slice(&20000u32.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    let err = decode_rgb(&png).unwrap_err();
+    assert!(err.contains("20000x20000 pixels is over the limit"), "{err}");
+}
+
 /// The real CIFAR-10 JPEGs (`byol_testkit::cifar10_jpeg`: skipped where they are absent, a
 /// failure when CI=true): our decode against PIL's on a slice of them (measured: mean abs diff
 /// 0.30, max 4).
@@ -468,9 +520,50 @@ fn streaming_replaces_bad_images_within_the_batch_and_warns_once() {
     assert!(train.take_warning().is_none());
     let _ = train.batch(&[10, 1]).unwrap();
     assert!(train.take_warning().unwrap().contains("skipped 3 unreadable"));
-    // A batch of bad images only.
-    let err = train.batch(&[4, 5]).unwrap_err().to_string();
-    assert!(err.contains("none of the 2 images of a batch could be read"), "{err}");
+    // A batch of bad images only takes the first readable image after the batch's first index
+    // in the split (b/000 after a/901), wrapping around at the end (b/903 to a/000).
+    let (images, labels) = train.batch(&[5, 4]).unwrap();
+    let (good, good_labels) = train.batch(&[6, 6]).unwrap();
+    assert!(images.equal(&good) && labels.equal(&good_labels));
+    let (images, labels) = train.batch(&[11, 10]).unwrap();
+    let (good, good_labels) = train.batch(&[0, 0]).unwrap();
+    assert!(images.equal(&good) && labels.equal(&good_labels));
+}
+
+#[test]
+fn the_loader_fills_a_batch_of_bad_images_only_from_outside_it_whatever_the_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    tree_with_bad_images(&root);
+    let (splits, _) = load(&root, "image_size = 8\ncache = \"none\"").unwrap();
+    let train = splits.train;
+    for workers in [1, 3] {
+        // In order, two per batch: [4, 5] (a/900, a/901) and [10, 11] (b/902, b/903) are bad.
+        let mut loader = byol_data::BatchLoader::new(train.clone(), 2, false, false, 0);
+        loader.workers = workers;
+        let batches: Vec<_> = loader.prefetch(0, 0, tch::Device::Cpu).map(|b| b.unwrap()).collect();
+        assert_eq!(batches.len(), 6);
+        for (batch, fill) in [(2, 6), (5, 0)] {
+            let (good, good_labels) = train.batch(&[fill, fill]).unwrap();
+            assert!(
+                batches[batch].images.equal(&good) && batches[batch].labels.equal(&good_labels),
+                "workers = {workers}: batch {batch} repeats image {fill}"
+            );
+        }
+    }
+
+    // Only when the split has no readable image left does the batch fail, naming a file.
+    let bad_only = tmp.path().join("bad-only");
+    std::fs::create_dir_all(bad_only.join("a")).unwrap();
+    for name in ["x.jpg", "y.png"] {
+        std::fs::write(bad_only.join("a").join(name), b"nope").unwrap();
+    }
+    let (splits, _) = load(&bad_only, "image_size = 8\ncache = \"none\"").unwrap();
+    let err = splits.train.batch(&[1]).unwrap_err().to_string();
+    assert!(
+        err.contains("none of the 2 images of the split could be read") && err.contains("y.png"),
+        "{err}"
+    );
 }
 
 #[test]

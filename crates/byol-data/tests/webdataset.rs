@@ -328,6 +328,18 @@ fn bad_samples_are_skipped_and_counted_and_damaged_shards_named() {
     let l = BatchLoader::new(train.clone(), 4, true, true, 0);
     let batch = l.prefetch(0, 0, Device::Cpu).next().unwrap().unwrap();
     assert_eq!(batch.images.size()[0], 4);
+    // A batch of unreadable samples only takes the next readable sample of the split (000003),
+    // read from its shard by position: the epoch's stream does not hold it there.
+    for workers in [1, 2] {
+        let mut l = BatchLoader::new(train.clone(), 1, true, true, 0);
+        l.workers = workers;
+        let batches = prefetched(&l, 0, 0);
+        assert_eq!(batches.len(), 4);
+        for batch in batches {
+            let (i, red) = batch[0];
+            assert_eq!(red, if i == 2 { 53 } else { 50 + i as u8 }, "workers = {workers}");
+        }
+    }
 
     let (strict, _) = config(&quoted(&shard), "on_bad_image = \"error\"").load().unwrap();
     let err = strict.train.read(2, &mut out).unwrap_err().to_string();
@@ -338,6 +350,35 @@ fn bad_samples_are_skipped_and_counted_and_damaged_shards_named() {
     std::fs::write(&cut, &bytes[..1500]).unwrap();
     let err = config(&quoted(&cut), "").load().unwrap_err().to_string();
     assert!(err.contains("cut.tar") && err.contains("truncated"), "{err}");
+    // Cut exactly between two members, or to nothing: no header is broken, yet samples are lost.
+    let end = bytes.len() - 1024;
+    for (name, length) in [("short.tar", end - 1024), ("empty.tar", 0)] {
+        let short = tmp.path().join(name);
+        std::fs::write(&short, &bytes[..length]).unwrap();
+        let err = config(&quoted(&short), "").load().unwrap_err().to_string();
+        let byte = format!("truncated at byte {length}");
+        assert!(
+            err.contains(name) && (err.contains(&byte) || length == 0 && err.contains("empty (0 bytes")),
+            "{err}"
+        );
+        assert!(err.contains("copy it again, or write it again"), "{err}");
+    }
+    // Two adjacent members of one name: the first image would get the second label.
+    let mut tar = byol_data::tar::TarWriter::new(Vec::new());
+    let png = std::fs::read(tmp.path().join("0.png")).unwrap();
+    for label in ["0", "1"] {
+        tar.append("dup.png", &png).unwrap();
+        tar.append("dup.cls", label.as_bytes()).unwrap();
+    }
+    let dup = tmp.path().join("dup.tar");
+    std::fs::write(&dup, tar.finish().unwrap()).unwrap();
+    let err = config(&quoted(&dup), "").load().unwrap_err().to_string();
+    assert!(
+        err.contains("dup.tar")
+            && err.contains("sample dup: a second member named dup.png")
+            && err.contains("unique key"),
+        "{err}"
+    );
     let text = tmp.path().join("text.tar");
     std::fs::write(&text, vec![b'x'; 2048]).unwrap();
     let err = config(&quoted(&text), "").load().unwrap_err().to_string();

@@ -31,9 +31,17 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
     /// `[channels, height, width]` of every image.
     fn image_shape(&self) -> [usize; 3];
 
+    /// A digest of what the split holds that does not depend on where it lives (its files'
+    /// names relative to its folder, in order), so that a resume can tell the run's data moved
+    /// elsewhere from other data of the same size; None when the source has none cheaper than
+    /// its pixels (generated or fixed-file datasets).
+    fn content_digest(&self) -> Option<String> {
+        None
+    }
+
     /// Writes image `index` into `out` (uint8 CHW, `image_shape` bytes) and returns its label.
     /// `Ok(None)`: the image is unreadable and the dataset skips such images (it counts them for
-    /// [`Dataset::take_warning`]); the loader then repeats another image of the batch. Called
+    /// [`Dataset::take_warning`]); the loader then repeats another image ([`fill_skipped`]). Called
     /// from several threads at once.
     fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError>;
 
@@ -76,6 +84,11 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
     /// in memory, where reading is a copy.
     fn workers(&self) -> usize {
         1
+    }
+
+    /// Where image `index` comes from (its file, or shard and member), for messages.
+    fn describe(&self, index: usize) -> String {
+        format!("image {index}")
     }
 
     /// One line about problems met since the last call (unreadable images skipped), for the
@@ -174,18 +187,33 @@ pub fn read_parallel<D: Dataset + ?Sized>(
     Ok(labels)
 }
 
-/// Gives each skipped image (label `None`) the pixels and label of the next readable image of
-/// the batch (cyclically), so that batches keep their size; deterministic. Fails when no image
-/// of the batch is readable.
-pub fn fill_skipped(pixels: &mut [u8], labels: &[Option<i64>], sample: usize) -> Result<Vec<i64>, DataError> {
+/// Gives each skipped image (label `None`) of the batch `indices` the pixels and label of the
+/// next readable image of the batch (cyclically), so that batches keep their size. When no image
+/// of the batch is readable, the first readable image after the batch's first index (in dataset
+/// order, cyclically), read by `read`, fills them all: a stretch of unreadable files only stops a
+/// run when the whole split has none left to read. Either way the result depends on the indices
+/// and the files alone, not on how many threads decode.
+pub fn fill_skipped<D: Dataset + ?Sized>(
+    dataset: &D,
+    indices: &[usize],
+    pixels: &mut [u8],
+    labels: &[Option<i64>],
+    sample: usize,
+    mut read: impl FnMut(usize, &mut [u8]) -> Result<Option<i64>, DataError>,
+) -> Result<Vec<i64>, DataError> {
     let n = labels.len();
+    assert_eq!(indices.len(), n, "one label per index");
     if labels.iter().all(Option::is_some) {
         return Ok(labels.iter().map(|l| l.expect("all some")).collect());
     }
+    let mut labels = labels.to_vec();
     if labels.iter().all(Option::is_none) {
-        return Err(DataError::Config(format!(
-            "none of the {n} images of a batch could be read (see the warning about unreadable images)"
-        )));
+        labels[0] = Some(first_readable_outside(
+            dataset,
+            indices,
+            &mut pixels[..sample],
+            &mut read,
+        )?);
     }
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -201,6 +229,33 @@ pub fn fill_skipped(pixels: &mut [u8], labels: &[Option<i64>], sample: usize) ->
     Ok(out)
 }
 
+/// The label of the first readable image after `batch[0]` that is not in `batch` (whose images
+/// were all skipped), written into `out`.
+fn first_readable_outside<D: Dataset + ?Sized>(
+    dataset: &D,
+    batch: &[usize],
+    out: &mut [u8],
+    read: &mut impl FnMut(usize, &mut [u8]) -> Result<Option<i64>, DataError>,
+) -> Result<i64, DataError> {
+    let len = dataset.len();
+    let mut in_batch = batch.to_vec();
+    in_batch.sort_unstable();
+    for k in 1..len {
+        let j = (batch[0] + k) % len;
+        if in_batch.binary_search(&j).is_ok() {
+            continue;
+        }
+        if let Some(label) = read(j, out)? {
+            return Ok(label);
+        }
+    }
+    Err(DataError::Config(format!(
+        "none of the {len} images of the split could be read (one of them: {}); check that the files are \
+         complete JPEG or PNG images",
+        dataset.describe(batch[0])
+    )))
+}
+
 /// [`Dataset::batch`] by [`read_parallel`] and [`fill_skipped`].
 pub fn read_batch<D: Dataset + ?Sized>(
     dataset: &D,
@@ -211,7 +266,9 @@ pub fn read_batch<D: Dataset + ?Sized>(
     let sample = c * h * w;
     let mut pixels = vec![0u8; indices.len() * sample];
     let labels = read_parallel(dataset, indices, &mut pixels, threads)?;
-    let labels = fill_skipped(&mut pixels, &labels, sample)?;
+    let labels = fill_skipped(dataset, indices, &mut pixels, &labels, sample, |i, out| {
+        dataset.read(i, out)
+    })?;
     let images = Tensor::from_slice(&pixels).view([indices.len() as i64, c as i64, h as i64, w as i64]);
     Ok((images, Tensor::from_slice(&labels)))
 }

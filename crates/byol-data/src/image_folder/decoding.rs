@@ -73,7 +73,8 @@ impl DecodingFolder {
         }
         let warning = self.take_warning();
         let classes = self.listing.classes.clone();
-        Ok((ImageSet::new(pixels, kept_labels, size, size, classes)?, warning))
+        let set = ImageSet::new(pixels, kept_labels, size, size, classes)?;
+        Ok((set.with_content_digest(Some(self.listing.content_digest())), warning))
     }
 
     pub(super) fn first_bad(&self) -> Option<String> {
@@ -96,6 +97,10 @@ impl Dataset for DecodingFolder {
 
     fn image_shape(&self) -> [usize; 3] {
         [3, self.size as usize, self.size as usize]
+    }
+
+    fn content_digest(&self) -> Option<String> {
+        Some(self.listing.content_digest())
     }
 
     fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError> {
@@ -124,6 +129,13 @@ impl Dataset for DecodingFolder {
 
     fn workers(&self) -> usize {
         self.workers
+    }
+
+    fn describe(&self, index: usize) -> String {
+        match self.listing.files.get(index) {
+            Some((path, _)) => path.display().to_string(),
+            None => format!("image {index}"),
+        }
     }
 
     fn take_warning(&self) -> Option<String> {

@@ -15,6 +15,23 @@ pub(super) struct Listing {
     pub(super) files: Vec<(PathBuf, i64)>,
 }
 
+impl Listing {
+    /// The split's [`crate::Dataset::content_digest`]: its files' paths relative to `root`.
+    pub(super) fn content_digest(&self) -> String {
+        let relative: Vec<String> = self
+            .files
+            .iter()
+            .map(|(path, _)| {
+                path.strip_prefix(&self.root)
+                    .unwrap_or(path)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        crate::dataset::names_digest(relative.iter().map(String::as_str))
+    }
+}
+
 /// Image files with their labels.
 pub(crate) type LabelledFiles = Vec<(PathBuf, i64)>;
 
@@ -120,9 +137,10 @@ pub(super) fn scan_unlabelled(
                 DataError::Config(format!("dataset.file_list: cannot read {}: {e}", list_path.display()))
             })?;
             for (n, line) in list_lines(&text) {
-                let path = root.join(relative_path(line).map_err(|why| {
-                    DataError::Config(format!("{} line {n}: '{line}' {why}", list_path.display()))
-                })?);
+                let path =
+                    root.join(relative_path(line).map_err(|why| {
+                        DataError::Config(format!("{} line {n}: '{line}' {why}", list_path.display()))
+                    })?);
                 if !path.is_file() {
                     return Err(DataError::Config(format!(
                         "{} line {n}: {} does not exist; lines are image paths relative to dataset.{key}",
@@ -154,13 +172,16 @@ pub(super) fn scan_unlabelled(
     })
 }
 
-pub(super) fn is_image(path: &Path) -> bool {
+/// Whether `path` has an image extension (.jpg, .jpeg, .png, any case).
+pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
-pub(super) fn is_hidden(path: &Path) -> bool {
+/// Whether `path` names a hidden file or folder (`.git`, `.DS_Store`, the `._photo.jpg` resource
+/// forks macOS leaves on other file systems): never read as images.
+pub fn is_hidden(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 

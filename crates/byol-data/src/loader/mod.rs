@@ -229,6 +229,7 @@ impl BatchLoader {
         };
         let shared = Arc::new(Shared {
             dataset,
+            by_index: self.dataset.clone(),
             shape,
             crops: self.crops.map(|c| (c, self.seed, epoch)),
             batches,

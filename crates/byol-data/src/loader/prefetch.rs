@@ -15,6 +15,9 @@ use super::Batch;
 /// What the workers and the consumer share.
 pub(super) struct Shared {
     pub(super) dataset: Arc<dyn Dataset>,
+    /// The split read by index: `dataset` itself, or the split that `dataset` streams, which
+    /// can read any sample, for filling a batch whose images were all skipped.
+    pub(super) by_index: Arc<dyn Dataset>,
     pub(super) shape: [usize; 3],
     /// Crops to cut, with the (seed, epoch) their boxes derive from.
     pub(super) crops: Option<(LoaderCrops, u64, u64)>,
@@ -119,7 +122,7 @@ impl Shared {
             if assembly.remaining == 0 {
                 let assembly = s.assembling.remove(&b).expect("batch being assembled");
                 drop(s);
-                let batch = self.assemble(assembly);
+                let batch = self.assemble(b, assembly);
                 let mut s = self.lock();
                 s.done.insert(b, batch);
                 self.ready.notify_all();
@@ -127,7 +130,7 @@ impl Shared {
         }
     }
 
-    /// One tensor pair from a batch's images; skipped images repeat another image of the batch
+    /// One tensor pair from batch `b`'s images; skipped images repeat another image
     /// ([`fill_skipped`]); the first error by position wins.
     ///
     /// Runs on a worker thread, so it must not run ATen kernels that parallelize: each thread
@@ -135,7 +138,7 @@ impl Shared {
     /// `torch::zeros` fill per batch here doubled the loader's CPU time). Hence `empty` and a
     /// plain copy rather than `Tensor::from_slice` (zeros + memcpy); pinning happens on the
     /// consumer's thread.
-    pub(super) fn assemble(&self, assembly: Assembly) -> Result<(Tensor, Tensor), DataError> {
+    pub(super) fn assemble(&self, b: usize, assembly: Assembly) -> Result<(Tensor, Tensor), DataError> {
         if let Some(e) = assembly.errors.into_iter().flatten().next() {
             return Err(e);
         }
@@ -152,7 +155,18 @@ impl Shared {
                 out.copy_from_slice(image);
             }
         }
-        let labels = fill_skipped(pixels, &assembly.labels, sample)?;
+        let dataset = self.by_index.as_ref();
+        let labels = fill_skipped(
+            dataset,
+            &self.batches[b],
+            pixels,
+            &assembly.labels,
+            sample,
+            |i, out| match &self.crops {
+                Some((crops, seed, epoch)) => dataset.read_crops(i, crops, (*seed, *epoch), out),
+                None => dataset.read(i, out),
+            },
+        )?;
         Ok((images, Tensor::f_from_slice(&labels)?))
     }
 }
@@ -187,6 +201,7 @@ impl Prefetch {
         dataset: Arc<dyn Dataset>,
     ) -> Self {
         let shared = Arc::new(Shared {
+            by_index: dataset.clone(),
             dataset,
             shape: [0; 3],
             crops: None,

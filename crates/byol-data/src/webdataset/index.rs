@@ -66,6 +66,8 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
         image: Option<Member>,
         label: Option<i64>,
         others: Vec<String>,
+        /// Every extension met, to refuse a second member of the same name.
+        seen: Vec<String>,
     }
     let mut pending: Option<Pending> = None;
     let flush = |p: Pending, listing: &mut ShardListing| match p.image {
@@ -82,9 +84,12 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
         None => listing.imageless.push((p.key, p.others)),
     };
     loop {
-        let member = tar
-            .next_member()
-            .map_err(|e| fail(format!("{e}; is it a tar shard, and was it written completely?")))?;
+        let member = tar.next_member().map_err(|e| {
+            fail(format!(
+                "{e}. If this is a tar shard, it was cut short or damaged (say by an interrupted copy or \
+                     write): copy it again, or write it again"
+            ))
+        })?;
         let Some(member) = member else { break };
         let Some((key, ext)) = split_key(&member.name) else {
             continue;
@@ -98,9 +103,20 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
                 image: None,
                 label: None,
                 others: Vec::new(),
+                seen: Vec::new(),
             });
         }
         let p = pending.as_mut().expect("set above");
+        // Two members of one name would give one sample the image of the first and the label of
+        // the second; WebDataset's reader stops there too ("duplicate file name").
+        if p.seen.contains(&ext) {
+            return Err(fail(format!(
+                "sample {key}: a second member named {} (its data at byte {}): each file of a sample must \
+                 be in the shard once; write the shard again with a unique key per sample",
+                member.name, member.offset
+            )));
+        }
+        p.seen.push(ext.clone());
         if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
             if p.image.is_none() {
                 p.image = Some(member);

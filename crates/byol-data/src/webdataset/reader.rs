@@ -84,6 +84,14 @@ impl Core {
         }
     }
 
+    /// `shard member <key>.<ext>`, for messages.
+    pub(super) fn describe(&self, index: usize) -> String {
+        match self.index.samples.get(index) {
+            Some(sample) => format!("{} member {}", self.index.path(sample).display(), sample.name),
+            None => format!("sample {index}"),
+        }
+    }
+
     pub(super) fn take_warning(&self) -> Option<String> {
         let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
         let total = bad.seen.len();
@@ -191,6 +199,20 @@ impl Dataset for WebDataset {
         [3, self.0.size as usize, self.0.size as usize]
     }
 
+    /// The samples' shard file names and member names.
+    fn content_digest(&self) -> Option<String> {
+        let index = &self.0.index;
+        let names: Vec<String> = index
+            .samples
+            .iter()
+            .map(|s| {
+                let shard = index.path(s).file_name().unwrap_or_default().to_string_lossy();
+                format!("{shard}/{}", s.name)
+            })
+            .collect();
+        Some(crate::dataset::names_digest(names.iter().map(String::as_str)))
+    }
+
     fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError> {
         self.0.sample(index)?;
         self.0.decode(index, self.0.read_at(index), None, out)
@@ -214,6 +236,10 @@ impl Dataset for WebDataset {
 
     fn workers(&self) -> usize {
         self.0.workers
+    }
+
+    fn describe(&self, index: usize) -> String {
+        self.0.describe(index)
     }
 
     fn take_warning(&self) -> Option<String> {

@@ -240,6 +240,10 @@ impl Dataset for StreamReader {
         self.core.workers
     }
 
+    fn describe(&self, index: usize) -> String {
+        self.core.describe(index)
+    }
+
     fn take_warning(&self) -> Option<String> {
         self.core.take_warning()
     }
