@@ -177,8 +177,20 @@ fn a_moved_run_folder_resumes_on_moved_data_and_embeds_bit_for_bit() {
     assert!(out.status.success(), "{all}");
     assert!(all.contains("resuming") && all.contains("dataset.train"), "{all}");
 
-    // Other data under the same keys is refused, with what differs.
-    std::fs::remove_file(b.join("data-here/train/a/0.png")).unwrap();
+    // Other data under the same keys is refused, with what differs: other files of the same
+    // count and classes (here one renamed, as one replaced would be)...
+    let (file, renamed) = (b.join("data-here/train/a/0.png"), b.join("data-here/train/a/zz.png"));
+    std::fs::rename(&file, &renamed).unwrap();
+    let out = resume(&["--set", "schedule.epochs=3", "--allow-change", "schedule.epochs"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("other data") && all.contains("\n  train: 66 images of classes [a, b, c] (file names "),
+        "{all}"
+    );
+    std::fs::rename(&renamed, &file).unwrap();
+    // ... or fewer files.
+    std::fs::remove_file(&file).unwrap();
     let out = resume(&["--set", "schedule.epochs=3", "--allow-change", "schedule.epochs"]);
     let all = text(&out);
     assert!(!out.status.success(), "{all}");

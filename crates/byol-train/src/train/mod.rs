@@ -128,28 +128,13 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         end_group(&t);
         return Ok(summary);
     }
+    // From here on the folder holds a run in progress: a summary of an earlier end (of fewer
+    // epochs, say) would describe another run should this one stop before writing its own.
     if t.is_main() {
-        // From here on the folder holds a run in progress: a summary of an earlier end (of fewer
-        // epochs, say) would describe another run should this one stop before writing its own.
         remove_if_present(&run_dir.join(SUMMARY_FILE))?;
     }
     let mut journal = Journal::open(&t, &run_dir, options.quiet, moved_aside)?;
-    let before = match step {
-        0 => {
-            let before = evaluate_before_training(&t, &mut journal)?;
-            record_curve(&t, &run_dir, &before, 0, None, None)?;
-            before
-        }
-        // Measured by the process that started the run, and kept in its curve.
-        _ => curve::read_curve(&run_dir)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|p| p.step == 0)
-            .map(|p| p.evaluation()),
-    };
-    if experiment.logging.view_grid && step == 0 && t.is_main() {
-        t.log_view_grid(journal.logger())?;
-    }
+    let before = measured_before(&t, &mut journal, &run_dir, step)?;
 
     journal.start_training(&t, step);
     let (started, start_step) = (Instant::now(), step);
@@ -169,19 +154,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         curve_evaluations,
         curve_seconds,
     } = progress;
-    if interrupted {
-        journal.say(format!(
-            "stopped by signal after step {step}; saved {} (run again to resume)",
-            checkpoint.display()
-        ));
-    }
-    if let Some(p) = &pruned {
-        journal.say(format!("pruned: {}", p.describe()));
-        journal.say(format!(
-            "stopped after step {step} by the sweep's median pruning; saved {} (train again to go on)",
-            checkpoint.display()
-        ));
-    }
+    announce_early_stop(&journal, step, &checkpoint, interrupted, pruned.as_ref());
     let stopped_early = interrupted || pruned.is_some();
     let after = if stopped_early { None } else { t.evaluate()? };
     let after = journal.evaluation("", after, step);
@@ -210,13 +183,65 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         curve_seconds,
         checkpoint,
     };
-    if t.is_main() {
-        let path = run_dir.join(SUMMARY_FILE);
-        std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    write_summary(&t, &run_dir, &summary)?;
     end_group(&t);
     Ok(summary)
+}
+
+/// `summary.json`, written by the process that owns the run folder.
+fn write_summary(t: &Trainer<'_>, run_dir: &std::path::Path, summary: &RunSummary) -> anyhow::Result<()> {
+    if !t.is_main() {
+        return Ok(());
+    }
+    let path = run_dir.join(SUMMARY_FILE);
+    std::fs::write(&path, serde_json::to_vec_pretty(summary)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The kNN evaluation before training: measured now at step 0 (and added to the curve, with the
+/// grid of views), or, on a resume, the one the run's first start measured, kept in its curve.
+fn measured_before(
+    t: &Trainer<'_>,
+    journal: &mut Journal,
+    run_dir: &std::path::Path,
+    step: u64,
+) -> anyhow::Result<Option<Evaluation>> {
+    if step > 0 {
+        return Ok(curve::read_curve(run_dir)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.step == 0)
+            .map(|p| p.evaluation()));
+    }
+    let before = evaluate_before_training(t, journal)?;
+    record_curve(t, run_dir, &before, 0, None, None)?;
+    if t.experiment.logging.view_grid && t.is_main() {
+        t.log_view_grid(journal.logger())?;
+    }
+    Ok(before)
+}
+
+/// Says why training stopped before its last step, and where it resumes from.
+fn announce_early_stop(
+    journal: &Journal,
+    step: u64,
+    checkpoint: &std::path::Path,
+    interrupted: bool,
+    pruned: Option<&Pruned>,
+) {
+    if interrupted {
+        journal.say(format!(
+            "stopped by signal after step {step}; saved {} (run again to resume)",
+            checkpoint.display()
+        ));
+    }
+    if let Some(p) = pruned {
+        journal.say(format!("pruned: {}", p.describe()));
+        journal.say(format!(
+            "stopped after step {step} by the sweep's median pruning; saved {} (train again to go on)",
+            checkpoint.display()
+        ));
+    }
 }
 
 /// Ends this process's part in a data-parallel job, after its last collective. The run is saved

@@ -38,8 +38,8 @@ pub const DATA_LOCATION_KEYS: &[&str] = &[
     "eval.test",
 ];
 
-/// The size and classes of each split a run reads: small, and enough to tell a moved dataset
-/// from a different one.
+/// The size, classes and file names of each split a run reads: small, and enough to tell a
+/// moved dataset from a different one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatasetFingerprint(pub BTreeMap<String, SplitFingerprint>);
 
@@ -47,6 +47,22 @@ pub struct DatasetFingerprint(pub BTreeMap<String, SplitFingerprint>);
 pub struct SplitFingerprint {
     pub images: usize,
     pub classes: Vec<String>,
+    /// The split's [`Dataset::content_digest`] (its files' names, relative to where it lives);
+    /// absent for sources without one, and in the records of runs started before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+impl SplitFingerprint {
+    /// Whether `now` is this split: the same count and classes, and the same digest where both
+    /// have one.
+    fn matches(&self, now: &Self) -> bool {
+        let same_files = match (&self.digest, &now.digest) {
+            (Some(saved), Some(now)) => saved == now,
+            _ => true,
+        };
+        self.images == now.images && self.classes == now.classes && same_files
+    }
 }
 
 impl DatasetFingerprint {
@@ -59,6 +75,7 @@ impl DatasetFingerprint {
                     let split = SplitFingerprint {
                         images: data.len(),
                         classes: data.classes().to_vec(),
+                        digest: data.content_digest(),
                     };
                     (name.to_string(), split)
                 })
@@ -87,30 +104,44 @@ impl DatasetFingerprint {
 
     /// One line per split that differs, `train: 10000 images -> 9000 images`.
     fn differences(&self, now: &Self) -> Vec<String> {
-        let describe = |s: Option<&SplitFingerprint>| match s {
-            None => "(none)".to_string(),
-            Some(s) if s.classes.is_empty() => format!("{} unlabelled images", s.images),
-            Some(s) if s.classes.len() <= 12 => format!("{} images of classes [{}]", s.images, s.classes.join(", ")),
-            Some(s) => format!(
-                "{} images of {} classes ({} ... {})",
-                s.images,
-                s.classes.len(),
-                s.classes[0],
-                s.classes[s.classes.len() - 1]
-            ),
+        let describe = |s: Option<&SplitFingerprint>, other: Option<&SplitFingerprint>| {
+            let files = match (s, other) {
+                (Some(s), Some(o)) if s.images == o.images && s.classes == o.classes => s
+                    .digest
+                    .as_ref()
+                    .map_or(String::new(), |d| format!(" (file names {})", &d[..d.len().min(12)])),
+                _ => String::new(),
+            };
+            describe_split(s) + &files
         };
         let names: std::collections::BTreeSet<&String> = self.0.keys().chain(now.0.keys()).collect();
         names
             .into_iter()
-            .filter(|name| self.0.get(*name) != now.0.get(*name))
+            .filter(|name| match (self.0.get(*name), now.0.get(*name)) {
+                (Some(saved), Some(now)) => !saved.matches(now),
+                (saved, now) => saved.is_some() || now.is_some(),
+            })
             .map(|name| {
-                format!(
-                    "  {name}: {} -> {}",
-                    describe(self.0.get(name)),
-                    describe(now.0.get(name))
-                )
+                let (saved, now) = (self.0.get(name), now.0.get(name));
+                format!("  {name}: {} -> {}", describe(saved, now), describe(now, saved))
             })
             .collect()
+    }
+}
+
+/// `10000 images of classes [a, b]`.
+fn describe_split(split: Option<&SplitFingerprint>) -> String {
+    match split {
+        None => "(none)".to_string(),
+        Some(s) if s.classes.is_empty() => format!("{} unlabelled images", s.images),
+        Some(s) if s.classes.len() <= 12 => format!("{} images of classes [{}]", s.images, s.classes.join(", ")),
+        Some(s) => format!(
+            "{} images of {} classes ({} ... {})",
+            s.images,
+            s.classes.len(),
+            s.classes[0],
+            s.classes[s.classes.len() - 1]
+        ),
     }
 }
 
