@@ -108,6 +108,37 @@ impl<R: Read + Seek> TarReader<R> {
         Ok(())
     }
 
+    /// The header block at byte `at`; None at the archive's end marker (checked to be whole).
+    fn header_at(&mut self, at: u64) -> Result<Option<[u8; BLOCK as usize]>, String> {
+        // Every writer (GNU tar, Python's tarfile, `TarWriter`) ends an archive with two zero
+        // blocks, so an archive that stops without them was cut short, possibly exactly between
+        // two members, where nothing else shows the loss.
+        if at == self.length {
+            return Err(if at == 0 {
+                "the file is empty (0 bytes; even an empty tar archive holds its 1024-byte end marker): \
+                 it looks truncated"
+                    .to_string()
+            } else {
+                format!(
+                    "truncated at byte {at}: the file ends after a member, without the two zero blocks \
+                     that end a tar archive"
+                )
+            });
+        }
+        if at + BLOCK > self.length {
+            return Err(format!(
+                "truncated at byte {at}: {} bytes left for a 512-byte header",
+                self.length - at
+            ));
+        }
+        let header = self.read_block(at)?;
+        if header.iter().all(|&b| b == 0) {
+            self.check_end(at)?;
+            return Ok(None);
+        }
+        Ok(Some(header))
+    }
+
     /// The next regular file; `Ok(None)` at the end of the archive. The error names the byte
     /// offset where the archive stops making sense.
     pub fn next_member(&mut self) -> Result<Option<Member>, String> {
@@ -115,33 +146,10 @@ impl<R: Read + Seek> TarReader<R> {
         let mut pax_size: Option<u64> = None;
         while !self.done {
             let at = self.position;
-            // Every writer (GNU tar, Python's tarfile, `TarWriter`) ends an archive with two zero
-            // blocks, so an archive that stops without them was cut short, possibly exactly
-            // between two members, where nothing else shows the loss.
-            if at == self.length {
-                return Err(if at == 0 {
-                    "the file is empty (0 bytes; even an empty tar archive holds its 1024-byte end marker): \
-                     it looks truncated"
-                        .to_string()
-                } else {
-                    format!(
-                        "truncated at byte {at}: the file ends after a member, without the two zero blocks \
-                         that end a tar archive"
-                    )
-                });
-            }
-            if at + BLOCK > self.length {
-                return Err(format!(
-                    "truncated at byte {at}: {} bytes left for a 512-byte header",
-                    self.length - at
-                ));
-            }
-            let header = self.read_block(at)?;
-            if header.iter().all(|&b| b == 0) {
-                self.check_end(at)?;
+            let Some(header) = self.header_at(at)? else {
                 self.done = true;
                 return Ok(None);
-            }
+            };
             check_checksum(&header).map_err(|e| format!("not a tar header at byte {at}: {e}"))?;
             let size = match pax_size.take() {
                 Some(size) => size,

@@ -244,12 +244,7 @@ pub(super) fn scan(
         }
         Some(list_path) => read_file_list(key, root, list_path, &classes, &mut per_class)?,
     }
-    let empty: Vec<&str> = classes
-        .iter()
-        .zip(&per_class)
-        .filter(|(_, f)| f.is_empty())
-        .map(|(c, _)| c.as_str())
-        .collect();
+    warnings.extend(empty_classes_warning(root, &classes, &per_class));
     let files: Vec<(PathBuf, i64)> = per_class
         .into_iter()
         .enumerate()
@@ -266,21 +261,32 @@ pub(super) fn scan(
             Some(l) => format!("the file list {} names no images", l.display()),
         }));
     }
-    if !empty.is_empty() {
-        let shown = empty.iter().take(5).copied().collect::<Vec<_>>().join(", ");
-        warnings.push(format!(
-            "{} of the {} class folders of {} hold no images (labels still count them): {shown}{}",
-            empty.len(),
-            classes.len(),
-            root.display(),
-            if empty.len() > 5 { ", ..." } else { "" }
-        ));
-    }
     Ok(Listing {
         root: root.to_path_buf(),
         classes,
         files,
     })
+}
+
+/// The warning for class folders that hold no images (their labels still count).
+fn empty_classes_warning(root: &Path, classes: &[String], per_class: &[Vec<PathBuf>]) -> Option<String> {
+    let empty: Vec<&str> = classes
+        .iter()
+        .zip(per_class)
+        .filter(|(_, f)| f.is_empty())
+        .map(|(c, _)| c.as_str())
+        .collect();
+    if empty.is_empty() {
+        return None;
+    }
+    let shown = empty.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    Some(format!(
+        "{} of the {} class folders of {} hold no images (labels still count them): {shown}{}",
+        empty.len(),
+        classes.len(),
+        root.display(),
+        if empty.len() > 5 { ", ..." } else { "" }
+    ))
 }
 
 /// The warning for images directly in a labelled split's folder, beside its class folders: they

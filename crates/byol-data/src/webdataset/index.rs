@@ -60,29 +60,7 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
     let length = file.metadata().map_err(|e| fail(format!("cannot stat: {e}")))?.len();
     let mut tar = TarReader::new(file, length);
     let mut listing = ShardListing::default();
-    // The sample being gathered: key, image member, label, other extensions.
-    struct Pending {
-        key: String,
-        image: Option<Member>,
-        label: Option<i64>,
-        others: Vec<String>,
-        /// Every extension met, to refuse a second member of the same name.
-        seen: Vec<String>,
-    }
-    let mut pending: Option<Pending> = None;
-    let flush = |p: Pending, listing: &mut ShardListing| match p.image {
-        Some(image) => {
-            listing.labelled += p.label.is_some() as usize;
-            listing.samples.push(Sample {
-                shard: shard_id,
-                offset: image.offset,
-                size: image.size,
-                label: p.label.unwrap_or(NO_LABEL),
-                name: image.name.into(),
-            });
-        }
-        None => listing.imageless.push((p.key, p.others)),
-    };
+    let mut pending: Option<PendingSample> = None;
     loop {
         let member = tar.next_member().map_err(|e| {
             fail(format!(
@@ -96,15 +74,9 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
         };
         if pending.as_ref().is_none_or(|p| p.key != key) {
             if let Some(p) = pending.take() {
-                flush(p, &mut listing);
+                p.add_to(&mut listing, shard_id);
             }
-            pending = Some(Pending {
-                key: key.to_string(),
-                image: None,
-                label: None,
-                others: Vec::new(),
-                seen: Vec::new(),
-            });
+            pending = Some(PendingSample::new(key));
         }
         let p = pending.as_mut().expect("set above");
         // Two members of one name would give one sample the image of the first and the label of
@@ -123,23 +95,70 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
             }
         } else if ext == "cls" {
             let data = tar.read_member(&member).map_err(fail)?;
-            let text = String::from_utf8_lossy(&data);
-            let label = text.trim().parse::<i64>().ok().filter(|&l| l >= 0).ok_or_else(|| {
+            p.label = Some(class_number(&data).ok_or_else(|| {
                 fail(format!(
                     "sample {key}: {} holds {:?}, not a class number (an ASCII integer such as 3)",
                     member.name,
-                    text.chars().take(40).collect::<String>()
+                    String::from_utf8_lossy(&data).chars().take(40).collect::<String>()
                 ))
-            })?;
-            p.label = Some(label);
+            })?);
         } else {
             p.others.push(ext);
         }
     }
     if let Some(p) = pending.take() {
-        flush(p, &mut listing);
+        p.add_to(&mut listing, shard_id);
     }
     Ok(listing)
+}
+
+/// The `.cls` member's class number (a non-negative ASCII integer).
+fn class_number(data: &[u8]) -> Option<i64> {
+    String::from_utf8_lossy(data)
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|&l| l >= 0)
+}
+
+/// The sample [`list_shard`] is gathering: the members that share its key so far.
+struct PendingSample {
+    key: String,
+    image: Option<Member>,
+    label: Option<i64>,
+    /// Extensions of the members that are neither image nor label.
+    others: Vec<String>,
+    /// Every extension met, to refuse a second member of the same name.
+    seen: Vec<String>,
+}
+
+impl PendingSample {
+    fn new(key: &str) -> Self {
+        Self {
+            key: key.to_string(),
+            image: None,
+            label: None,
+            others: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Adds the gathered sample to `listing`: a sample when it has an image, else a note of it.
+    fn add_to(self, listing: &mut ShardListing, shard: u32) {
+        match self.image {
+            Some(image) => {
+                listing.labelled += self.label.is_some() as usize;
+                listing.samples.push(Sample {
+                    shard,
+                    offset: image.offset,
+                    size: image.size,
+                    label: self.label.unwrap_or(NO_LABEL),
+                    name: image.name.into(),
+                });
+            }
+            None => listing.imageless.push((self.key, self.others)),
+        }
+    }
 }
 
 impl Index {
