@@ -87,6 +87,13 @@ fn validate_checks_what_training_checks_before_its_first_step() {
         error.contains("dataset.train = \"data/train\": this folder does not exist"),
         "{error}"
     );
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/train"), "not a folder").unwrap();
+    let error = refused(dir.path(), &["validate", "folder.toml"]);
+    assert!(
+        error.contains("dataset.train = \"data/train\": this is a file, not a folder of images"),
+        "{error}"
+    );
     if !tch::Cuda::is_available() {
         let error = refused(dir.path(), &["validate", "tiny.toml", "--set", "run.device=cuda"]);
         assert!(

@@ -46,6 +46,8 @@ impl Run {
                 dir.display()
             )
         })?;
+        // Keys added since an older run was saved show at their defaults, as a resume reads them.
+        let text = byol_train::run_dir::with_current_defaults(&text);
         let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("cannot parse {}", config_path.display()))?;
         let config = byol_train::run_dir::dotted_keys(&table);

@@ -61,6 +61,23 @@ impl ImageSet {
     }
 }
 
+/// Moves the readable images of a batch (those with a label) to its front, in order, drops the
+/// rest, and returns their labels: `pixels` holds `labels.len()` images of `sample` bytes.
+pub fn keep_readable(pixels: &mut Vec<u8>, labels: &[Option<i64>], sample: usize) -> Vec<i64> {
+    let mut kept = Vec::with_capacity(labels.len());
+    for (i, label) in labels.iter().enumerate() {
+        if let Some(label) = label {
+            let to = kept.len();
+            if to != i {
+                pixels.copy_within(i * sample..(i + 1) * sample, to * sample);
+            }
+            kept.push(*label);
+        }
+    }
+    pixels.truncate(kept.len() * sample);
+    kept
+}
+
 /// A [`Dataset::content_digest`]: the SHA-256 of `names` (an image's path relative to its
 /// split's folder, or its shard's file name and member name), one per line, in the split's order.
 pub fn names_digest<'a>(names: impl IntoIterator<Item = &'a str>) -> String {

@@ -531,6 +531,21 @@ fn streaming_replaces_bad_images_within_the_batch_and_warns_once() {
 }
 
 #[test]
+fn evaluation_batches_leave_bad_images_out_instead_of_repeating_good_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    tree_with_bad_images(&root);
+    let (splits, _) = load(&root, "image_size = 8\ncache = \"none\"").unwrap();
+    let loader = byol_data::BatchLoader::new(splits.train.clone(), 4, false, false, 0);
+    // a/900 (4) and a/901 (5) are unreadable: two rows, those of a/000 and b/001, in order.
+    let (images, labels) = loader.load_readable(&[4, 0, 5, 7], tch::Device::Cpu).unwrap();
+    let (good, good_labels) = splits.train.batch(&[0, 7]).unwrap();
+    assert!(images.equal(&good) && labels.equal(&good_labels));
+    let (images, labels) = loader.load_readable(&[5, 4], tch::Device::Cpu).unwrap();
+    assert_eq!((images.size(), labels.size()), (vec![0, 3, 8, 8], vec![0]));
+}
+
+#[test]
 fn the_loader_fills_a_batch_of_bad_images_only_from_outside_it_whatever_the_workers() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("train");

@@ -105,6 +105,20 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
     .unwrap();
     assert!(flat.classes.is_empty() && flat.shards.len() == 2);
     assert!(!tmp.path().join("flat-shards/classes.txt").exists());
+    // Written again under the same pattern: refused, the first set left whole.
+    let again = write_shards(
+        &tmp.path().join("flat"),
+        tmp.path().join("flat-shards/s-%d.tar").to_str().unwrap(),
+        4,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        again.contains("s-0.tar already exists") && again.contains("Remove the old shards"),
+        "{again}"
+    );
+    assert!(flat.shards.iter().all(|s| s.is_file()));
     let (splits, _) = config(&quoted(Path::new(&flat.urls)), "").load().unwrap();
     assert!(!splits.train.is_labelled());
     assert_eq!(

@@ -212,7 +212,7 @@ pub fn changes(saved: &str, now: &str) -> anyhow::Result<Vec<Change>> {
 /// the experiment read now has them: a key the run folder's record lacks is not a change when
 /// its default is what the run is asked to use. The record as it is when this version cannot
 /// read it (a key since removed), so that the difference shows in the diff.
-fn with_current_defaults(saved: &str) -> String {
+pub fn with_current_defaults(saved: &str) -> String {
     crate::experiment::Experiment::parse(saved, &[])
         .and_then(|experiment| experiment.to_toml())
         .unwrap_or_else(|_| saved.to_string())

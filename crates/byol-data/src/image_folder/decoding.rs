@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::crop::cut_views;
-use crate::dataset::{read_parallel, resolve_threads};
+use crate::dataset::{keep_readable, read_parallel, resolve_threads};
 use crate::decode::read_square_into;
 use crate::{DataError, Dataset, ImageSet};
 
@@ -51,20 +51,8 @@ impl DecodingFolder {
         let all: Vec<usize> = (0..n).collect();
         let mut pixels = vec![0u8; n * sample];
         let labels = read_parallel(&self, &all, &mut pixels, resolve_threads(self.workers))?;
-        // Drop the skipped images, keeping the order of the others.
-        let mut kept = 0;
-        let mut kept_labels = Vec::with_capacity(n);
-        for (i, label) in labels.iter().enumerate() {
-            if let Some(label) = label {
-                if kept != i {
-                    pixels.copy_within(i * sample..(i + 1) * sample, kept * sample);
-                }
-                kept += 1;
-                kept_labels.push(*label);
-            }
-        }
-        pixels.truncate(kept * sample);
-        if kept == 0 {
+        let kept_labels = keep_readable(&mut pixels, &labels, sample);
+        if kept_labels.is_empty() {
             return Err(DataError::Config(format!(
                 "none of the {n} images in {} could be decoded ({})",
                 self.listing.root.display(),

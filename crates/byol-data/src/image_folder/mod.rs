@@ -129,7 +129,16 @@ byol::register_plugin! {
 
         fn check(&self) -> Result<(), DataError> {
             let missing = |key: &str, path: &Path, what: &str| {
-                DataError::Config(format!("dataset.{key} = {:?}: {what} does not exist (paths are relative to the working directory)", path.display().to_string()))
+                let problem = match (path.exists(), what) {
+                    (true, "this folder") => "this is a file, not a folder of images",
+                    (true, _) => "this is not a file",
+                    (false, "this folder") => "this folder does not exist",
+                    (false, _) => "this file does not exist",
+                };
+                DataError::Config(format!(
+                    "dataset.{key} = {:?}: {problem} (paths are relative to the working directory)",
+                    path.display().to_string()
+                ))
             };
             if !self.train.is_dir() {
                 return Err(missing("train", &self.train, "this folder"));

@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tch::{Device, Tensor};
 
-use crate::dataset::resolve_threads;
+use crate::dataset::{keep_readable, read_parallel, resolve_threads};
 use crate::rng::permutation;
 use crate::transfer::to_device_async;
 use crate::{DataError, Dataset, EpochStream, LoaderCrops};
@@ -170,6 +170,23 @@ impl BatchLoader {
             .step_by(self.world_size)
             .take(per_rank)
             .collect()
+    }
+
+    /// [`BatchLoader::load`] without the batch's unreadable images (fewer rows, perhaps none),
+    /// for evaluation: `load` repeats a readable image in their place, which a kNN bank or its
+    /// queries would count twice.
+    pub fn load_readable(&self, indices: &[usize], device: Device) -> Result<(Tensor, Tensor), DataError> {
+        let [c, h, w] = self.dataset.image_shape();
+        let sample = c * h * w;
+        let mut pixels = vec![0u8; indices.len() * sample];
+        let threads = resolve_threads(self.dataset.workers());
+        let labels = read_parallel(self.dataset.as_ref(), indices, &mut pixels, threads)?;
+        let labels = keep_readable(&mut pixels, &labels, sample);
+        let images = Tensor::from_slice(&pixels).view([labels.len() as i64, c as i64, h as i64, w as i64]);
+        Ok((
+            to_device_async(&images, device)?,
+            to_device_async(&Tensor::from_slice(&labels), device)?,
+        ))
     }
 
     /// One process's stream order cut into batches (the processes split the samples already).

@@ -47,6 +47,15 @@ pub fn write_shards(
     }
     let shard_name = |n: usize| PathBuf::from(format!("{head}{n:0width$}{tail}"));
     let first = shard_name(0);
+    if first.exists() {
+        // Overwritten in part, an earlier set would mix with this one: a shorter set leaves the
+        // earlier one's later shards beside it, under the same `urls` pattern.
+        return Err(DataError::Config(format!(
+            "--out {pattern:?}: {} already exists; shards written there before would mix with these. \
+             Remove the old shards (and their classes.txt) or write to another folder",
+            first.display()
+        )));
+    }
     let dir = first
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -15,7 +15,8 @@ use crate::knn::{knn_accuracy, KnnAccuracy};
 use crate::probe::OnlineProbe;
 use crate::Experiment;
 
-/// Embeddings of a whole split (deterministic eval transform) and its labels.
+/// Embeddings of a whole split (deterministic eval transform) and its labels; unreadable images
+/// are left out, not stood in for by a repeated one that would count twice.
 pub fn embed_split(
     byol: &Byol,
     augment: &dyn Augment,
@@ -27,9 +28,17 @@ pub fn embed_split(
     let mut features = Vec::new();
     let mut labels = Vec::new();
     for indices in loader.epoch_indices(0) {
-        let (images, y) = loader.load(&indices, device)?;
-        features.push(byol.embed(&augment.eval_view(&images)));
-        labels.push(y);
+        let (images, y) = loader.load_readable(&indices, device)?;
+        if y.numel() > 0 {
+            features.push(byol.embed(&augment.eval_view(&images)));
+            labels.push(y);
+        }
+    }
+    if features.is_empty() {
+        bail!(
+            "none of the {} images of the evaluation split could be read",
+            data.len()
+        );
     }
     Ok((Tensor::cat(&features, 0), Tensor::cat(&labels, 0)))
 }
@@ -55,11 +64,14 @@ pub fn embed_split_sharded(
     for round in 0..batches.len().div_ceil(world) {
         let block = Tensor::zeros([batch as i64, dim + 2], (Kind::Float, device));
         if let Some(indices) = batches.get(round * world + rank) {
-            let (images, y) = loader.load(indices, device)?;
-            let features = byol.embed(&augment.eval_view(&images)).to_kind(Kind::Float);
-            let real = Tensor::ones([indices.len() as i64, 1], (Kind::Float, device));
-            let share = Tensor::cat(&[features, y.to_kind(Kind::Float).unsqueeze(1), real], 1);
-            block.narrow(0, 0, indices.len() as i64).copy_(&share);
+            let (images, y) = loader.load_readable(indices, device)?;
+            let rows = y.numel() as i64;
+            if rows > 0 {
+                let features = byol.embed(&augment.eval_view(&images)).to_kind(Kind::Float);
+                let real = Tensor::ones([rows, 1], (Kind::Float, device));
+                let share = Tensor::cat(&[features, y.to_kind(Kind::Float).unsqueeze(1), real], 1);
+                block.narrow(0, 0, rows).copy_(&share);
+            }
         }
         // Rank-major: the gathered rows are the split's batches in order.
         rounds.push(parallel.all_gather(&block)?);
@@ -67,6 +79,12 @@ pub fn embed_split_sharded(
     let all = Tensor::cat(&rounds, 0);
     let real = all.select(1, dim + 1).gt(0.5).nonzero().squeeze_dim(1);
     let all = all.index_select(0, &real);
+    if all.size()[0] == 0 {
+        bail!(
+            "none of the {} images of the evaluation split could be read",
+            data.len()
+        );
+    }
     Ok((all.narrow(1, 0, dim), all.select(1, dim).to_kind(Kind::Int64)))
 }
 
