@@ -80,11 +80,11 @@ pub fn keep_readable(pixels: &mut Vec<u8>, labels: &[Option<i64>], sample: usize
 
 /// A [`Dataset::content_digest`]: the SHA-256 of `names` (an image's path relative to its
 /// split's folder, or its shard's file name and member name), one per line, in the split's order.
-pub fn names_digest<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+pub fn names_digest(names: impl IntoIterator<Item = impl AsRef<str>>) -> String {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     for name in names {
-        hasher.update(name.as_bytes());
+        hasher.update(name.as_ref().as_bytes());
         hasher.update(b"\n");
     }
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()

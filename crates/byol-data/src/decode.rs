@@ -68,10 +68,9 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(bytes), options);
     decoder.decode_headers().map_err(|e| format!("invalid JPEG: {e:?}"))?;
     let info = decoder.info().ok_or("invalid JPEG: no frame header")?;
-    check_size(info.width as usize, info.height as usize)?;
-    let pixels = decoder.decode().map_err(|e| format!("invalid JPEG: {e:?}"))?;
-    let info = decoder.info().ok_or("invalid JPEG: no frame header")?;
     let (width, height) = (info.width as u32, info.height as u32);
+    check_size(width as usize, height as usize)?;
+    let pixels = decoder.decode().map_err(|e| format!("invalid JPEG: {e:?}"))?;
     if pixels.len() != 3 * width as usize * height as usize {
         return Err(format!(
             "invalid JPEG: decoded {} bytes for {width}x{height} RGB",

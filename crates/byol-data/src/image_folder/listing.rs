@@ -18,17 +18,11 @@ pub(super) struct Listing {
 impl Listing {
     /// The split's [`crate::Dataset::content_digest`]: its files' paths relative to `root`.
     pub(super) fn content_digest(&self) -> String {
-        let relative: Vec<String> = self
-            .files
-            .iter()
-            .map(|(path, _)| {
-                path.strip_prefix(&self.root)
-                    .unwrap_or(path)
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        crate::dataset::names_digest(relative.iter().map(String::as_str))
+        crate::dataset::names_digest(
+            self.files
+                .iter()
+                .map(|(path, _)| path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy()),
+        )
     }
 }
 
@@ -213,9 +207,11 @@ pub(super) fn scan(
         )));
     }
     // Hidden folders (.git, .ipynb_checkpoints) are not classes.
-    let class_dirs: Vec<PathBuf> = list(root)?
-        .into_iter()
+    let entries = list(root)?;
+    let class_dirs: Vec<PathBuf> = entries
+        .iter()
         .filter(|p| p.is_dir() && !is_hidden(p))
+        .cloned()
         .collect();
     if class_dirs.is_empty() {
         return Err(config_error(format!(
@@ -240,7 +236,7 @@ pub(super) fn scan(
             for (files, dir) in per_class.iter_mut().zip(&class_dirs) {
                 *files = collect_images(dir)?;
             }
-            warnings.extend(loose_images_warning(key, root)?);
+            warnings.extend(loose_images_warning(key, root, &entries));
         }
         Some(list_path) => read_file_list(key, root, list_path, &classes, &mut per_class)?,
     }
@@ -289,14 +285,14 @@ fn empty_classes_warning(root: &Path, classes: &[String], per_class: &[Vec<PathB
     ))
 }
 
-/// The warning for images directly in a labelled split's folder, beside its class folders: they
-/// have no class, so they are left out.
-fn loose_images_warning(key: &str, root: &Path) -> Result<Option<String>, DataError> {
-    let loose: Vec<PathBuf> = list(root)?
-        .into_iter()
+/// The warning for images directly in a labelled split's folder (whose sorted `entries` are
+/// given), beside its class folders: they have no class, so they are left out.
+fn loose_images_warning(key: &str, root: &Path, entries: &[PathBuf]) -> Option<String> {
+    let loose: Vec<&PathBuf> = entries
+        .iter()
         .filter(|p| is_image(p) && !is_hidden(p) && p.is_file())
         .collect();
-    Ok(loose.first().map(|first| {
+    loose.first().map(|first| {
         format!(
             "dataset.{key}: {} image(s) directly in {} are in no class folder and are left out (first: {}); \
              move them into a class folder, or set labels = \"none\" to train on every image unlabelled",
@@ -304,7 +300,7 @@ fn loose_images_warning(key: &str, root: &Path) -> Result<Option<String>, DataEr
             root.display(),
             first.display()
         )
-    }))
+    })
 }
 
 /// Reads `<class>/<file>` lines into `per_class`, in the list's order.

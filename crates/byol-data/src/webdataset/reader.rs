@@ -202,15 +202,10 @@ impl Dataset for WebDataset {
     /// The samples' shard file names and member names.
     fn content_digest(&self) -> Option<String> {
         let index = &self.0.index;
-        let names: Vec<String> = index
-            .samples
-            .iter()
-            .map(|s| {
-                let shard = index.path(s).file_name().unwrap_or_default().to_string_lossy();
-                format!("{shard}/{}", s.name)
-            })
-            .collect();
-        Some(crate::dataset::names_digest(names.iter().map(String::as_str)))
+        Some(crate::dataset::names_digest(index.samples.iter().map(|s| {
+            let shard = index.path(s).file_name().unwrap_or_default().to_string_lossy();
+            format!("{shard}/{}", s.name)
+        })))
     }
 
     fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError> {
