@@ -70,6 +70,9 @@ fn build(include: &std::path::Path) -> cc::Build {
         .include("csrc/gloo-declarations")
         .define("USE_C10D_GLOO", None)
         .define("GLOG_USE_GLOG_EXPORT", None)
+        // Line tables for the shim's C++ would cost a third of its compile time (libtorch's
+        // headers are template-heavy); the Rust side keeps the profile's.
+        .debug(false)
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag_if_supported("-Wno-unused-parameter")

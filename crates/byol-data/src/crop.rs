@@ -4,10 +4,9 @@
 //! and the resolution of small crops. Each sample's boxes derive from (seed, epoch, index), so a
 //! batch is the same whatever the worker count, and a resumed run cuts the same crops.
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions};
 
-use crate::decode::{hwc_to_chw, Rgb};
+use crate::decode::{resize_rgb_into, Rgb};
 use crate::rng::SplitMix64;
 use crate::{CropRange, LoaderCrops};
 
@@ -62,10 +61,6 @@ pub fn sample_box(range: &CropRange, width: u32, height: u32, rng: &mut SplitMix
 /// Keeps the crop draws apart from any other stream keyed by (seed, epoch, index): "crop".
 const CROP_STREAM: u64 = 0x6372_6f70;
 
-thread_local! {
-    static RESIZER: std::cell::RefCell<Resizer> = std::cell::RefCell::new(Resizer::new());
-}
-
 /// Resizes `crop` of `image` to `size` x `size` with an antialiased bicubic filter (the paper's
 /// bicubic; PIL's `BICUBIC`), writing planar CHW bytes into `out`.
 pub fn crop_resize_into(image: &Rgb, crop: CropBox, size: u32, out: &mut [u8]) -> Result<(), String> {
@@ -77,19 +72,18 @@ pub fn crop_resize_into(image: &Rgb, crop: CropBox, size: u32, out: &mut [u8]) -
     // Cut first, then resize (as torchvision does on PIL images): the filter never reads pixels
     // outside the box, which a resize with a crop window would.
     let row = 3 * image.width as usize;
-    let mut cut = Vec::with_capacity(3 * (crop.width * crop.height) as usize);
+    let mut cut = Rgb {
+        width: crop.width,
+        height: crop.height,
+        pixels: Vec::with_capacity(3 * (crop.width * crop.height) as usize),
+    };
     for y in crop.top..crop.top + crop.height {
         let start = y as usize * row + 3 * crop.left as usize;
-        cut.extend_from_slice(&image.pixels[start..start + 3 * crop.width as usize]);
+        cut.pixels
+            .extend_from_slice(&image.pixels[start..start + 3 * crop.width as usize]);
     }
-    let src = ImageRef::new(crop.width, crop.height, &cut, PixelType::U8x3).map_err(|e| e.to_string())?;
-    let mut dst = Image::new(size, size, PixelType::U8x3);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
-    RESIZER
-        .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
-        .map_err(|e| format!("resize failed: {e}"))?;
-    hwc_to_chw(dst.buffer(), out);
-    Ok(())
+    resize_rgb_into(&cut, size, &options, out)
 }
 
 /// Cuts both views' crops of `image` into `out` (view 1's CHW bytes, then view 2's), with boxes

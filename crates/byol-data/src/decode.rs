@@ -7,8 +7,9 @@
 
 use std::path::Path;
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::images::{TypedImage, TypedImageRef};
+use fast_image_resize::pixels::U8x3;
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
 
@@ -110,6 +111,21 @@ thread_local! {
     static RESIZER: std::cell::RefCell<Resizer> = std::cell::RefCell::new(Resizer::new());
 }
 
+/// Resizes `image` (or the window `options` crops) to `size` x `size`, writing planar CHW bytes
+/// into `out`. Typed to 8-bit RGB: the untyped `Resizer::resize` picks the pixel type at run
+/// time, so it compiles every pixel type's filters, two thirds of this crate's machine code.
+pub(crate) fn resize_rgb_into(image: &Rgb, size: u32, options: &ResizeOptions, out: &mut [u8]) -> Result<(), String> {
+    let src =
+        TypedImageRef::<U8x3>::from_buffer(image.width, image.height, &image.pixels).map_err(|e| e.to_string())?;
+    let mut resized = vec![0u8; out.len()];
+    let mut dst = TypedImage::<U8x3>::from_buffer(size, size, &mut resized).map_err(|e| e.to_string())?;
+    RESIZER
+        .with(|r| r.borrow_mut().resize_typed(&src, &mut dst, options))
+        .map_err(|e| format!("resize failed: {e}"))?;
+    hwc_to_chw(&resized, out);
+    Ok(())
+}
+
 /// Resizes the central square of `image` (side = its shorter side) to `size` x `size` with an
 /// antialiased bilinear filter (PIL's `BILINEAR`), cropping before resizing, and writes the
 /// result as planar CHW bytes into `out` (`3 * size * size` bytes). Images smaller than `size`
@@ -122,17 +138,11 @@ pub fn center_square_into(image: &Rgb, size: u32, out: &mut [u8]) -> Result<(), 
         hwc_to_chw(&image.pixels, out);
         return Ok(());
     }
-    let src = ImageRef::new(w, h, &image.pixels, PixelType::U8x3).map_err(|e| e.to_string())?;
-    let mut dst = Image::new(size, size, PixelType::U8x3);
     let side = w.min(h) as f64;
     let options = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
         .crop((w as f64 - side) / 2.0, (h as f64 - side) / 2.0, side, side);
-    RESIZER
-        .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
-        .map_err(|e| format!("resize failed: {e}"))?;
-    hwc_to_chw(dst.buffer(), out);
-    Ok(())
+    resize_rgb_into(image, size, &options, out)
 }
 
 /// Interleaved RGB to three planes.
