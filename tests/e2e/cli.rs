@@ -1,4 +1,4 @@
-use super::{byol_run, repo_root, text};
+use super::{byol_run, byol_run_command, repo_root, text};
 
 #[test]
 fn help_lists_the_subcommands() {
@@ -354,7 +354,7 @@ fn a_closed_pipe_ends_listings_quietly() {
         if command == "config" {
             args.push("--defaults");
         }
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_byol-run"))
+        let mut child = byol_run_command(&repo_root())
             .args(&args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{byol_run, repo_root, text};
+use super::{byol_run, byol_run_command, repo_root, text};
 
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -21,11 +21,8 @@ fn setup() -> tempfile::TempDir {
 
 /// Starts rank `rank` of `world` the way torchrun would, without torchrun.
 fn spawn_rank(dir: &Path, rank: usize, world: usize, port: u16, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_byol-run"))
+    byol_run_command(dir)
         .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
         .env("WORLD_SIZE", world.to_string())
         .env("RANK", rank.to_string())
         .env("LOCAL_RANK", rank.to_string())

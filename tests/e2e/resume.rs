@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use byol_testkit::fixtures::with_table;
 
-use super::{byol_run, text, TINY};
+use super::{byol_run, byol_run_command, text, TINY};
 
 fn setup() -> tempfile::TempDir {
     setup_with(TINY)
@@ -62,9 +62,8 @@ fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
 
 /// Starts a run, waits until it has written `wait_for` checkpoints, then sends `signal`.
 fn interrupt(dir: &Path, run_dir: &str, signal: &str, wait_for: usize) -> std::process::Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_byol-run"))
+    let child = byol_run_command(dir)
         .args(["tiny.toml", "--run-dir", run_dir])
-        .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

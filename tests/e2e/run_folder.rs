@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::TINY;
-use super::{byol_run, text};
+use super::{byol_run, byol_run_command, text};
 
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -115,10 +115,9 @@ fn when_every_checkpoint_is_damaged_the_run_stops_instead_of_starting_over() {
 }
 
 fn spawn(dir: &Path, run_dir: &str, extra: &[&str]) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_byol-run"))
+    byol_run_command(dir)
         .args(["tiny.toml", "--run-dir", run_dir])
         .args(extra)
-        .current_dir(dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -434,10 +433,9 @@ fn a_second_signal_quits_at_once_when_the_next_step_is_far_off() {
     let dir = setup();
     let run_dir = dir.path().join("r");
     let stderr = dir.path().join("stderr.txt");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_byol-run"))
+    let mut child = byol_run_command(dir.path())
         .args(["tiny.toml", "--run-dir", "r", "--set", "dataset.train_size=100000"])
         .args(["--set", "eval.before_training=true"])
-        .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{byol_run, text};
+use super::{byol_run, byol_run_command, text};
 
 /// The tiny config of resume.rs, 1 epoch (16 steps, a checkpoint every 4), with a 2 x 2 grid.
 const TINY_SWEEP: &str = r#"
@@ -91,9 +91,8 @@ fn a_4_trial_grid_killed_and_rerun_skips_finished_trials_and_ranks_all() {
     let dir = setup(TINY_SWEEP);
     let sweep_dir = dir.path().join("runs/tiny-sweep");
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_byol-run"))
+    let child = byol_run_command(dir.path())
         .args(["sweep", "tiny.toml"])
-        .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -300,9 +299,8 @@ fn ctrl_c_to_a_sweep_in_child_processes_stops_every_trial_at_a_checkpoint() {
 
     let dir = setup(&TINY_SWEEP.replace("epochs = 1", "epochs = 40"));
     let sweep_dir = dir.path().join("runs/tiny-sweep");
-    let child = Command::new(env!("CARGO_BIN_EXE_byol-run"))
+    let child = byol_run_command(dir.path())
         .args(["sweep", "tiny.toml", "--devices", "cpu,cpu"])
-        .current_dir(dir.path())
         .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{byol_run, text};
+use super::{byol_run, byol_run_command, text};
 
 /// 16 px images, `resnet18` at width 4, one CPU thread; `urls` and `test_urls` set by the tests.
 const SHARDS: &str = r#"
@@ -223,9 +223,8 @@ fn kill_9_in_the_middle_of_an_epoch_then_resume_ends_bit_for_bit() {
     let reference = byol_run(dir.path(), &["wds.toml", "--run-dir", "reference", "--quiet"]);
     assert!(reference.status.success(), "{}", text(&reference));
 
-    let child = Command::new(env!("CARGO_BIN_EXE_byol-run"))
+    let child = byol_run_command(dir.path())
         .args(["wds.toml", "--run-dir", "killed"])
-        .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -285,11 +284,8 @@ fn two_processes_train_on_one_set_of_shards() {
     // Started the way torchrun starts ranks (as tests/e2e/distributed.rs does).
     let children: Vec<_> = (0..2)
         .map(|rank| {
-            Command::new(env!("CARGO_BIN_EXE_byol-run"))
+            byol_run_command(dir.path())
                 .args(["wds.toml", "--run-dir", "dp", "--set", "schedule.batch_size=16"])
-                .current_dir(dir.path())
-                .env_clear()
-                .env("PATH", "/usr/bin:/bin")
                 .env("WORLD_SIZE", "2")
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", rank.to_string())
