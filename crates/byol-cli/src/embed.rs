@@ -7,7 +7,7 @@ use clap::Args;
 use tch::{Device, Tensor};
 
 use byol::BuildContext;
-use byol_data::image_folder::{decode_square, is_hidden, is_image};
+use byol_data::image_folder::{decode_square, ImageTree};
 use byol_train::checkpoint::{self, Checkpointer};
 use byol_train::run_dir::{CHECKPOINTS_DIR, CONFIG_FILE};
 use byol_train::train::{state, Model, Weights};
@@ -128,57 +128,6 @@ impl Skipped {
     }
 }
 
-/// The image files under `dir`, sorted, following symbolic links but entering each real folder
-/// once: a link back to a parent (a loop) would otherwise recurse without end. Hidden files and
-/// folders are left out, as training leaves them out.
-struct ImageFiles {
-    files: Vec<PathBuf>,
-    visited: std::collections::HashSet<PathBuf>,
-    revisits: usize,
-    unreadable: Skipped,
-}
-
-impl ImageFiles {
-    fn scan(root: &Path, strict: bool) -> anyhow::Result<Self> {
-        let mut scan = Self {
-            files: Vec::new(),
-            visited: Default::default(),
-            revisits: 0,
-            unreadable: Skipped::default(),
-        };
-        let entries = std::fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))?;
-        scan.visited.insert(root.canonicalize()?);
-        scan.walk(entries, strict)?;
-        Ok(scan)
-    }
-
-    fn walk(&mut self, entries: std::fs::ReadDir, strict: bool) -> anyhow::Result<()> {
-        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-        paths.sort();
-        for path in paths {
-            if is_hidden(&path) {
-                continue;
-            }
-            if path.is_dir() {
-                let Ok(real) = path.canonicalize() else { continue };
-                if !self.visited.insert(real) {
-                    self.revisits += 1;
-                    continue;
-                }
-                match std::fs::read_dir(&path) {
-                    Ok(entries) => self.walk(entries, strict)?,
-                    Err(e) => self
-                        .unreadable
-                        .add(strict, format!("cannot list {}: {e}", path.display()))?,
-                }
-            } else if is_image(&path) {
-                self.files.push(path);
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A checkpoint's trained networks, ready to embed.
 pub struct Trained {
     /// The checkpoint folder they came from.
@@ -239,6 +188,28 @@ fn names_line(path: &Path) -> String {
     line
 }
 
+/// The images under `--images`, and the folders under it that could not be listed (or, with
+/// `--strict`, the first one as the error).
+fn find_images(args: &EmbedArgs) -> anyhow::Result<(ImageTree, Skipped)> {
+    let mut scan = ImageTree::walk(&args.images).map_err(|why| anyhow::anyhow!("--images: {why}"))?;
+    let mut skipped = Skipped::default();
+    for why in std::mem::take(&mut scan.unlistable) {
+        skipped.add(args.strict, why)?;
+    }
+    if scan.revisits > 0 {
+        eprintln!(
+            "warning: {} folder(s) under {} reached again through a symbolic link (a loop, or a second \
+             path to the same folder) were embedded once",
+            scan.revisits,
+            args.images.display()
+        );
+    }
+    if scan.images.is_empty() {
+        bail!("{} holds no .jpg, .jpeg or .png images", args.images.display());
+    }
+    Ok((scan, skipped))
+}
+
 pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     // Checked first: a wrong name must not cost a whole embedding pass.
     let format = match args.out.extension().and_then(|e| e.to_str()) {
@@ -253,23 +224,11 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         augment,
         ..
     } = load_trained(&args.checkpoint)?;
-    let scan = ImageFiles::scan(&args.images, args.strict)?;
-    if scan.revisits > 0 {
-        eprintln!(
-            "warning: {} folder(s) under {} reached again through a symbolic link (a loop, or a second \
-             path to the same folder) were embedded once",
-            scan.revisits,
-            args.images.display()
-        );
-    }
-    if scan.files.is_empty() {
-        bail!("{} holds no .jpg, .jpeg or .png images", args.images.display());
-    }
+    let (scan, mut skipped) = find_images(args)?;
     let size = experiment.augment.image_size() as u32;
-    let mut skipped = scan.unreadable;
     let mut embedded = Vec::new();
     let mut embeddings = Vec::new();
-    for chunk in scan.files.chunks(args.batch.max(1)) {
+    for chunk in scan.images.chunks(args.batch.max(1)) {
         let mut pixels = Vec::new();
         let mut count = 0;
         for file in chunk {

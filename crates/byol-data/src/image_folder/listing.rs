@@ -72,39 +72,76 @@ pub(super) fn has_images_under(dir: &Path) -> Result<bool, DataError> {
     Ok(!collect_images(dir)?.is_empty())
 }
 
-/// Every image file under `dir`, at any depth, skipping hidden files and folders; each folder's
-/// entries in sorted order, so that the whole list is sorted by path.
+/// Every image file under `dir`, at any depth (see [`ImageTree`]); a folder that cannot be listed
+/// is an error, and names that lead to no file are passed over.
 pub(super) fn collect_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let mut images = Vec::new();
-    let mut entered = std::collections::BTreeSet::new();
-    walk(dir, &mut entered, &mut images)?;
-    Ok(images)
+    let tree = ImageTree::walk(dir).map_err(DataError::Config)?;
+    match tree.unlistable.into_iter().next() {
+        Some(why) => Err(DataError::Config(why)),
+        None => Ok(tree.images.into_iter().filter(|p| p.is_file()).collect()),
+    }
 }
 
-/// [`collect_images`] below `dir`; `entered` holds the folders walked so far, by canonical path,
-/// so that a symbolic link back up the tree is not followed round and round.
-pub(super) fn walk(
-    dir: &Path,
-    entered: &mut std::collections::BTreeSet<PathBuf>,
-    images: &mut Vec<PathBuf>,
-) -> Result<(), DataError> {
-    let canonical = dir
-        .canonicalize()
-        .map_err(|e| DataError::Config(format!("cannot resolve {}: {e}", dir.display())))?;
-    if !entered.insert(canonical) {
-        return Ok(());
+/// The image files under a folder, at any depth, as training reads a class folder or an
+/// unlabelled split: hidden files and folders are left out, symbolic links are followed, and each
+/// real folder is entered once (a link back up the tree would otherwise be followed round and
+/// round).
+#[derive(Debug, Default)]
+pub struct ImageTree {
+    /// Every entry named like an image that is not a folder, sorted by path (each folder's
+    /// entries in order, sub-folders where they sort). A symbolic link to a missing file is
+    /// among them: reading it says what is wrong.
+    pub images: Vec<PathBuf>,
+    /// Folders reached again through a symbolic link (a loop, or a second path to the same
+    /// folder), walked only the first time.
+    pub revisits: usize,
+    /// Folders below the root that could not be listed or resolved, with the reason; the walk
+    /// goes on past them.
+    pub unlistable: Vec<String>,
+}
+
+impl ImageTree {
+    /// Walks `root`. Only a root that cannot be resolved or listed is an error, whose message
+    /// names it.
+    pub fn walk(root: &Path) -> Result<Self, String> {
+        let mut tree = Self::default();
+        let mut entered = std::collections::BTreeSet::new();
+        let canonical = root
+            .canonicalize()
+            .map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
+        entered.insert(canonical);
+        tree.walk_entries(sorted_entries(root).map_err(|e| cannot_list(root, &e))?, &mut entered);
+        Ok(tree)
     }
-    for path in list(dir)? {
-        if is_hidden(&path) {
-            continue;
-        }
-        if path.is_dir() {
-            walk(&path, entered, images)?;
-        } else if is_image(&path) && path.is_file() {
-            images.push(path);
+
+    fn walk_entries(&mut self, entries: Vec<PathBuf>, entered: &mut std::collections::BTreeSet<PathBuf>) {
+        for path in entries {
+            if is_hidden(&path) {
+                continue;
+            }
+            if !path.is_dir() {
+                if is_image(&path) {
+                    self.images.push(path);
+                }
+                continue;
+            }
+            let real = match path.canonicalize() {
+                Ok(real) => real,
+                Err(e) => {
+                    self.unlistable.push(format!("cannot resolve {}: {e}", path.display()));
+                    continue;
+                }
+            };
+            if !entered.insert(real) {
+                self.revisits += 1;
+                continue;
+            }
+            match sorted_entries(&path) {
+                Ok(entries) => self.walk_entries(entries, entered),
+                Err(e) => self.unlistable.push(cannot_list(&path, &e)),
+            }
         }
     }
-    Ok(())
 }
 
 /// The images of an unlabelled split: every image under `root` (or the ones `file_list` names,
@@ -181,13 +218,20 @@ pub fn is_hidden(path: &Path) -> bool {
 
 /// Sorted entries of `dir`.
 pub(super) fn list(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| DataError::Config(format!("cannot list {}: {e}", dir.display())))?
+    sorted_entries(dir).map_err(|e| DataError::Config(cannot_list(dir, &e)))
+}
+
+fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .collect();
     entries.sort();
     Ok(entries)
+}
+
+fn cannot_list(dir: &Path, e: &std::io::Error) -> String {
+    format!("cannot list {}: {e}", dir.display())
 }
 
 pub(super) fn scan(

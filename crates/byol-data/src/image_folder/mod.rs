@@ -11,7 +11,7 @@ pub use decoding::decode_square;
 use decoding::DecodingFolder;
 pub(crate) use listing::images_for_shards;
 use listing::{has_class_folders, has_images_under, scan, scan_unlabelled, test_needs_labels};
-pub use listing::{is_hidden, is_image};
+pub use listing::{is_hidden, is_image, ImageTree};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
