@@ -10,6 +10,7 @@ pub mod loader;
 pub mod ops;
 pub mod preview;
 pub mod rng;
+mod skipped;
 pub mod synthetic;
 pub mod tar;
 pub mod transfer;

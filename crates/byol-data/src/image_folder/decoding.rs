@@ -1,12 +1,11 @@
 //! A split decoded image by image on the loader's threads, with unreadable images counted.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
 
 use crate::crop::cut_views;
 use crate::dataset::{keep_readable, read_parallel, resolve_threads};
 use crate::decode::read_square_into;
+use crate::skipped::SkippedImages;
 use crate::{DataError, Dataset, ImageSet};
 
 use super::listing::Listing;
@@ -23,13 +22,6 @@ pub fn decode_square(path: &Path, size: u32) -> Result<Vec<u8>, DataError> {
     Ok(out)
 }
 
-/// Unreadable images met so far (index -> reason), and how many were already reported.
-#[derive(Debug, Default)]
-pub(super) struct BadImages {
-    pub(super) seen: BTreeMap<usize, String>,
-    pub(super) reported: usize,
-}
-
 /// A split decoded image by image, on the loader's threads.
 #[derive(Debug)]
 pub(super) struct DecodingFolder {
@@ -37,10 +29,8 @@ pub(super) struct DecodingFolder {
     pub(super) size: u32,
     pub(super) workers: usize,
     pub(super) on_bad_image: OnBadImage,
-    pub(super) bad: Mutex<BadImages>,
+    pub(super) skipped: SkippedImages,
 }
-
-pub(super) const SKIP_HINT: &str = "set dataset.on_bad_image = \"error\" to stop at the first one instead";
 
 impl DecodingFolder {
     /// Decodes every image into memory; returns the set and the warning about skipped images.
@@ -56,21 +46,15 @@ impl DecodingFolder {
             return Err(DataError::Config(format!(
                 "none of the {n} images in {} could be decoded ({})",
                 self.listing.root.display(),
-                self.first_bad().unwrap_or_default()
+                self.skipped
+                    .first(|i| self.listing.files[i].0.display().to_string())
+                    .unwrap_or_default()
             )));
         }
         let warning = self.take_warning();
         let classes = self.listing.classes.clone();
         let set = ImageSet::new(pixels, kept_labels, size, size, classes)?;
         Ok((set.with_content_digest(Some(self.listing.content_digest())), warning))
-    }
-
-    pub(super) fn first_bad(&self) -> Option<String> {
-        let bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
-        bad.seen
-            .iter()
-            .next()
-            .map(|(&i, why)| format!("{}: {why}", self.listing.files[i].0.display()))
     }
 }
 
@@ -127,20 +111,11 @@ impl Dataset for DecodingFolder {
     }
 
     fn take_warning(&self) -> Option<String> {
-        let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
-        let total = bad.seen.len();
-        if total == bad.reported {
-            return None;
-        }
-        let (&first, why) = bad.seen.iter().next().expect("at least one");
-        let line = format!(
-            "skipped {total} unreadable image(s) of {} in {} (first: {}: {why}); {SKIP_HINT}",
-            self.listing.files.len(),
-            self.listing.root.display(),
-            self.listing.files[first].0.display()
-        );
-        bad.reported = total;
-        Some(line)
+        let place = self.listing.root.display().to_string();
+        self.skipped
+            .take_warning("image(s)", self.listing.files.len(), &place, |i| {
+                self.listing.files[i].0.display().to_string()
+            })
     }
 }
 
@@ -164,8 +139,7 @@ impl DecodingFolder {
         match read {
             Ok(()) => Ok(Some(*label)),
             Err(why) if self.on_bad_image == OnBadImage::Skip => {
-                let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
-                bad.seen.entry(index).or_insert(why);
+                self.skipped.record(index, why);
                 Ok(None)
             }
             Err(why) => Err(DataError::Image {

@@ -14,7 +14,7 @@ use listing::{has_class_folders, has_images_under, scan, scan_unlabelled, test_n
 pub use listing::{is_hidden, is_image, ImageTree};
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use byol::BuildContext;
 use serde::{Deserialize, Serialize};
@@ -245,7 +245,7 @@ impl ImageFolderConfig {
             size: self.image_size,
             workers: self.workers,
             on_bad_image: self.on_bad_image,
-            bad: Mutex::default(),
+            skipped: Default::default(),
         };
         Ok(match self.cache {
             Cache::Memory => {

@@ -32,7 +32,7 @@ pub use reader::{buffer_shuffle, WebDataset};
 pub use write::{write_shards, ShardsWritten};
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -268,7 +268,7 @@ impl WebDatasetConfig {
             workers: self.workers,
             shuffle_buffer: self.shuffle_buffer,
             on_bad_image: self.on_bad_image,
-            bad: Mutex::default(),
+            skipped: Default::default(),
         })))
     }
 }

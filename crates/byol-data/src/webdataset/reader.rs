@@ -1,9 +1,8 @@
 //! The dataset over the index: random access for evaluation, the epoch order for training.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::decode::{center_square_into, decode_rgb};
 use crate::image_folder::OnBadImage;
@@ -13,13 +12,7 @@ use crate::{DataError, Dataset, LoaderCrops};
 
 use super::index::{Index, Sample};
 use super::stream::StreamReader;
-
-/// Unreadable samples met so far (index -> reason), and how many were already reported.
-#[derive(Debug, Default)]
-pub(super) struct BadSamples {
-    pub(super) seen: BTreeMap<usize, String>,
-    pub(super) reported: usize,
-}
+use crate::skipped::SkippedImages;
 
 #[derive(Debug)]
 pub(super) struct Core {
@@ -28,10 +21,8 @@ pub(super) struct Core {
     pub(super) workers: usize,
     pub(super) shuffle_buffer: usize,
     pub(super) on_bad_image: OnBadImage,
-    pub(super) bad: Mutex<BadSamples>,
+    pub(super) skipped: SkippedImages,
 }
-
-pub(super) const SKIP_HINT: &str = "set dataset.on_bad_image = \"error\" to stop at the first one instead";
 
 impl Core {
     pub(super) fn sample(&self, index: usize) -> Result<&Sample, DataError> {
@@ -70,8 +61,7 @@ impl Core {
         match decoded {
             Ok(()) => Ok(Some(sample.label)),
             Err(why) if self.on_bad_image == OnBadImage::Skip => {
-                let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
-                bad.seen.entry(index).or_insert(why);
+                self.skipped.record(index, why);
                 Ok(None)
             }
             Err(why) => Err(DataError::Image {
@@ -93,22 +83,9 @@ impl Core {
     }
 
     pub(super) fn take_warning(&self) -> Option<String> {
-        let mut bad = self.bad.lock().unwrap_or_else(|e| e.into_inner());
-        let total = bad.seen.len();
-        if total == bad.reported {
-            return None;
-        }
-        let (&first, why) = bad.seen.iter().next().expect("at least one");
-        let sample = &self.index.samples[first];
-        let line = format!(
-            "skipped {total} unreadable sample(s) of {} in {} shard(s) (first: {} member {}: {why}); {SKIP_HINT}",
-            self.index.samples.len(),
-            self.index.shards.len(),
-            self.index.path(sample).display(),
-            sample.name
-        );
-        bad.reported = total;
-        Some(line)
+        let place = format!("{} shard(s)", self.index.shards.len());
+        self.skipped
+            .take_warning("sample(s)", self.index.samples.len(), &place, |i| self.describe(i))
     }
 
     /// The epoch's stream for one process; see the module documentation.
