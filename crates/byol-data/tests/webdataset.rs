@@ -393,6 +393,22 @@ fn bad_samples_are_skipped_and_counted_and_damaged_shards_named() {
             && err.contains("unique key"),
         "{err}"
     );
+    // A sample's files apart (a.png, b.png, a.cls): read as they stand, a's label would make a
+    // second, imageless sample; the shard is refused, naming the stray member and its byte.
+    let mut tar = byol_data::tar::TarWriter::new(Vec::new());
+    tar.append("a.png", &png).unwrap();
+    tar.append("b.png", &png).unwrap();
+    tar.append("a.cls", b"0").unwrap();
+    let apart = tmp.path().join("apart.tar");
+    std::fs::write(&apart, tar.finish().unwrap()).unwrap();
+    let err = config(&quoted(&apart), "").load().unwrap_err().to_string();
+    assert!(
+        err.contains("apart.tar")
+            && err.contains("sample a: a.cls (its data at byte ")
+            && err.contains("comes after other samples' files")
+            && err.contains("next to each other"),
+        "{err}"
+    );
     let text = tmp.path().join("text.tar");
     std::fs::write(&text, vec![b'x'; 2048]).unwrap();
     let err = config(&quoted(&text), "").load().unwrap_err().to_string();

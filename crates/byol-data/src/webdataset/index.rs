@@ -1,5 +1,6 @@
 //! The index of a split's shards: where each sample's image lies, read from the tar headers.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -61,6 +62,7 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
     let mut tar = TarReader::new(file, length);
     let mut listing = ShardListing::default();
     let mut pending: Option<PendingSample> = None;
+    let mut finished: HashSet<String> = HashSet::new();
     loop {
         let member = tar.next_member().map_err(|e| {
             fail(format!(
@@ -74,7 +76,16 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
         };
         if pending.as_ref().is_none_or(|p| p.key != key) {
             if let Some(p) = pending.take() {
+                finished.insert(p.key.clone());
                 p.add_to(&mut listing, shard_id);
+            }
+            // WebDataset groups a sample's files by consecutive names, so a key met again after
+            // other samples would split one sample in two (an image here, its label there).
+            if finished.contains(key) {
+                return Err(fail(format!(
+                    "sample {key}: {} (its data at byte {}) comes after other samples' files, apart from the rest of                      sample {key}: the files of a sample must be next to each other in the shard; write the                      shard again with each sample's files together (e.g. `tar --sort=name`)",
+                    member.name, member.offset
+                )));
             }
             pending = Some(PendingSample::new(key));
         }
@@ -161,6 +172,50 @@ impl PendingSample {
     }
 }
 
+/// Lists each shard on up to `threads` threads; the listings in shard order.
+fn list_shards(shards: &[PathBuf], threads: usize) -> Vec<Result<ShardListing, DataError>> {
+    let threads = threads.clamp(1, shards.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<ShardListing, DataError>>>> =
+        Mutex::new((0..shards.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let s = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if s >= shards.len() {
+                    return;
+                }
+                let listing = list_shard(s as u32, &shards[s]);
+                results.lock().unwrap_or_else(|e| e.into_inner())[s] = Some(listing);
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.into_iter().map(|r| r.expect("every shard listed")).collect()
+}
+
+/// The warning about samples without an image (shard, key, their other extensions), if any.
+fn imageless_warning(key: &str, shards: &[PathBuf], imageless: &[(usize, String, Vec<String>)]) -> Option<String> {
+    let (s, k, exts) = imageless.first()?;
+    let webp = imageless.iter().any(|(_, _, e)| e.iter().any(|e| e == "webp"));
+    Some(format!(
+        "dataset.{key}: {} sample(s) have no .jpg, .jpeg or .png member and are left out (first: {} key {k}, \
+         with {}){}",
+        imageless.len(),
+        shards[*s].display(),
+        if exts.is_empty() {
+            "no other members".to_string()
+        } else {
+            exts.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(", ")
+        },
+        if webp {
+            "; WebP is not decoded here: convert such images to JPEG or PNG"
+        } else {
+            ""
+        }
+    ))
+}
+
 impl Index {
     /// Lists every shard (on up to `threads` threads) and joins them in shard order.
     pub(super) fn scan(
@@ -169,53 +224,18 @@ impl Index {
         threads: usize,
         warnings: &mut Vec<String>,
     ) -> Result<Self, DataError> {
-        let threads = threads.clamp(1, shards.len());
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Mutex<Vec<Option<Result<ShardListing, DataError>>>> =
-            Mutex::new((0..shards.len()).map(|_| None).collect());
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| loop {
-                    let s = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if s >= shards.len() {
-                        return;
-                    }
-                    let listing = list_shard(s as u32, &shards[s]);
-                    results.lock().unwrap_or_else(|e| e.into_inner())[s] = Some(listing);
-                });
-            }
-        });
         let mut samples = Vec::new();
         let mut starts = vec![0];
         let mut labelled = 0;
         let mut imageless: Vec<(usize, String, Vec<String>)> = Vec::new();
-        let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-        for (s, listing) in results.into_iter().enumerate() {
-            let listing = listing.expect("every shard listed")?;
+        for (s, listing) in list_shards(&shards, threads).into_iter().enumerate() {
+            let listing = listing?;
             labelled += listing.labelled;
             samples.extend(listing.samples);
             starts.push(samples.len());
             imageless.extend(listing.imageless.into_iter().map(|(k, e)| (s, k, e)));
         }
-        if let Some((s, k, exts)) = imageless.first() {
-            let webp = imageless.iter().any(|(_, _, e)| e.iter().any(|e| e == "webp"));
-            warnings.push(format!(
-                "dataset.{key}: {} sample(s) have no .jpg, .jpeg or .png member and are left out (first: {} key {k}, \
-                 with {}){}",
-                imageless.len(),
-                shards[*s].display(),
-                if exts.is_empty() {
-                    "no other members".to_string()
-                } else {
-                    exts.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(", ")
-                },
-                if webp {
-                    "; WebP is not decoded here: convert such images to JPEG or PNG"
-                } else {
-                    ""
-                }
-            ));
-        }
+        warnings.extend(imageless_warning(key, &shards, &imageless));
         if samples.is_empty() {
             return Err(DataError::Config(format!(
                 "dataset.{key}: the {} shard(s) hold no samples with a .jpg, .jpeg or .png member (first shard {})",
