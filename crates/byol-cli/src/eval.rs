@@ -200,83 +200,89 @@ fn report(json: &Option<PathBuf>, value: serde_json::Value) -> anyhow::Result<()
 
 pub fn run(command: &EvalCommand) -> anyhow::Result<()> {
     match command {
-        EvalCommand::Knn { data, k, temperature } => {
-            let f = features(data)?;
-            let (run_k, run_temperature, run_source) = run_knn_settings(&f.checkpoint, &f.experiment);
-            let (k, k_from) = match k {
-                Some(k) => (*k, "--k".to_string()),
-                None => (run_k, format!("eval.knn_k of {run_source}")),
-            };
-            let (temperature, temperature_from) = match temperature {
-                Some(t) => (*t, "--temperature".to_string()),
-                None => (run_temperature, format!("eval.knn_temperature of {run_source}")),
-            };
-            eprintln!("kNN: k = {k} ({k_from}), temperature = {temperature} ({temperature_from})");
-            let acc = knn_accuracy(
-                &f.test.0,
-                &f.test.1,
-                &f.train.0,
-                &f.train.1,
-                f.classes,
-                k as i64,
-                temperature,
-            );
-            report(
-                &data.json,
-                serde_json::json!({
-                    "protocol": "knn",
-                    "checkpoint": f.checkpoint,
-                    "k": k,
-                    "k_from": k_from,
-                    "temperature": temperature,
-                    "temperature_from": temperature_from,
-                    "top1": acc.top1,
-                    "top5": acc.top5,
-                }),
-            )
-        }
-        EvalCommand::Linear { data, epochs, lrs } => {
-            let f = features(data)?;
-            let result = linear_probe(
-                (&f.train.0, &f.train.1),
-                (&f.test.0, &f.test.1),
-                f.classes,
-                *epochs,
-                lrs,
-                0,
-            )?;
-            let sweep: Vec<String> = result
-                .sweep
-                .iter()
-                .map(|(lr, top1)| format!("lr {lr}: {:.1}%", top1 * 100.0))
-                .collect();
-            eprintln!(
-                "linear: lr {} chosen on the {} split ({} training images held out, {:.0}% of each class; \
-                 validation top-1 {}); test top-1/top-5 are of a classifier trained with lr {} on all {} \
-                 training images",
-                result.chosen_lr,
-                result.lr_chosen_on,
-                result.validation_size,
-                VALIDATION_FRACTION * 100.0,
-                sweep.join(", "),
-                result.chosen_lr,
-                result.validation_size + result.sweep_train_size,
-            );
-            report(
-                &data.json,
-                serde_json::json!({
-                    "protocol": "linear",
-                    "checkpoint": f.checkpoint,
-                    "epochs": epochs,
-                    "lr_chosen_on": result.lr_chosen_on,
-                    "chosen_lr": result.chosen_lr,
-                    "validation_fraction": VALIDATION_FRACTION,
-                    "validation_size": result.validation_size,
-                    "sweep": result.sweep,
-                    "top1": result.accuracy.top1,
-                    "top5": result.accuracy.top5,
-                }),
-            )
-        }
+        EvalCommand::Knn { data, k, temperature } => knn(data, *k, *temperature),
+        EvalCommand::Linear { data, epochs, lrs } => linear(data, *epochs, lrs),
     }
+}
+
+/// `eval knn`: weighted kNN with the run's k and temperature unless given.
+fn knn(data: &EvalData, k: Option<usize>, temperature: Option<f64>) -> anyhow::Result<()> {
+    let f = features(data)?;
+    let (run_k, run_temperature, run_source) = run_knn_settings(&f.checkpoint, &f.experiment);
+    let (k, k_from) = match k {
+        Some(k) => (k, "--k".to_string()),
+        None => (run_k, format!("eval.knn_k of {run_source}")),
+    };
+    let (temperature, temperature_from) = match temperature {
+        Some(t) => (t, "--temperature".to_string()),
+        None => (run_temperature, format!("eval.knn_temperature of {run_source}")),
+    };
+    eprintln!("kNN: k = {k} ({k_from}), temperature = {temperature} ({temperature_from})");
+    let acc = knn_accuracy(
+        &f.test.0,
+        &f.test.1,
+        &f.train.0,
+        &f.train.1,
+        f.classes,
+        k as i64,
+        temperature,
+    );
+    report(
+        &data.json,
+        serde_json::json!({
+            "protocol": "knn",
+            "checkpoint": f.checkpoint,
+            "k": k,
+            "k_from": k_from,
+            "temperature": temperature,
+            "temperature_from": temperature_from,
+            "top1": acc.top1,
+            "top5": acc.top5,
+        }),
+    )
+}
+
+/// `eval linear`: a linear classifier on frozen features, its lr chosen on a validation split.
+fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
+    let f = features(data)?;
+    let result = linear_probe(
+        (&f.train.0, &f.train.1),
+        (&f.test.0, &f.test.1),
+        f.classes,
+        epochs,
+        lrs,
+        0,
+    )?;
+    let sweep: Vec<String> = result
+        .sweep
+        .iter()
+        .map(|(lr, top1)| format!("lr {lr}: {:.1}%", top1 * 100.0))
+        .collect();
+    eprintln!(
+        "linear: lr {} chosen on the {} split ({} training images held out, {:.0}% of each class; \
+         validation top-1 {}); test top-1/top-5 are of a classifier trained with lr {} on all {} \
+         training images",
+        result.chosen_lr,
+        result.lr_chosen_on,
+        result.validation_size,
+        VALIDATION_FRACTION * 100.0,
+        sweep.join(", "),
+        result.chosen_lr,
+        result.validation_size + result.sweep_train_size,
+    );
+    report(
+        &data.json,
+        serde_json::json!({
+            "protocol": "linear",
+            "checkpoint": f.checkpoint,
+            "epochs": epochs,
+            "lr_chosen_on": result.lr_chosen_on,
+            "chosen_lr": result.chosen_lr,
+            "validation_fraction": VALIDATION_FRACTION,
+            "validation_size": result.validation_size,
+            "sweep": result.sweep,
+            "top1": result.accuracy.top1,
+            "top5": result.accuracy.top5,
+        }),
+    )
 }

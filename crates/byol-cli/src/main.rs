@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use byol_train::{Experiment, RunOptions};
+use byol_train::{Experiment, RunOptions, RunSummary};
 
 mod bench;
 mod compare;
@@ -251,8 +251,6 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if summary.rank != 0 {
         return Ok(()); // rank 0 reports for the whole data-parallel job
     }
-    let percent =
-        |a: Option<byol_train::knn::KnnAccuracy>| a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0));
     if let Some(pruned) = &summary.pruned {
         println!(
             "\npruned at step {} of {}: {}; train the run folder again without the sweep to go on \
@@ -272,7 +270,15 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("\n== summary: {} ==", experiment.name());
+    print_summary(experiment.name(), &summary);
+    Ok(())
+}
+
+/// The end-of-run table of a finished run.
+fn print_summary(name: &str, summary: &RunSummary) {
+    let percent =
+        |a: Option<byol_train::knn::KnnAccuracy>| a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0));
+    println!("\n== summary: {name} ==");
     println!("run folder       {}", summary.run_dir.display());
     println!("device           {}", summary.device);
     println!("steps            {} ({} epochs)", summary.steps, summary.epochs);
@@ -316,5 +322,4 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         "tensorboard      tensorboard --logdir {}",
         summary.run_dir.join("tensorboard").display()
     );
-    Ok(())
 }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 
-use byol::BuildContext;
+use byol::{Augment, BuildContext};
 use byol_data::{BatchLoader, Dataset};
 
 use super::{cpu_seconds, device_index, machine, plugin_type, Common, Report};
@@ -95,6 +95,25 @@ fn measure(
     })
 }
 
+/// [`measure`] with both augmented views made from each batch, as training makes them.
+fn measure_augmented(
+    loader: &BatchLoader,
+    augment: &dyn Augment,
+    device: tch::Device,
+    args: &DataArgs,
+) -> anyhow::Result<Measurement> {
+    measure(loader, device, args.warmup, args.batches, |images| {
+        let (v1, v2) = match loader.crops {
+            Some(_) => augment
+                .two_views_from_crops(&images.narrow(1, 0, 3), &images.narrow(1, 3, 3))
+                .expect("the plugin that asks for loader crops takes them"),
+            None => augment.two_views(images),
+        };
+        // Make the work happen before the next batch on asynchronous devices.
+        let _ = (v1.sum(tch::Kind::Float).double_value(&[]), v2);
+    })
+}
+
 /// The image folder `--against-image-folder` names, at the experiment's image size.
 fn image_folder(dir: &std::path::Path, size: usize) -> anyhow::Result<std::sync::Arc<dyn Dataset>> {
     let config = byol_data::image_folder::ImageFolderConfig {
@@ -168,16 +187,7 @@ pub fn run(args: &DataArgs) -> anyhow::Result<()> {
             None
         } else {
             tch::manual_seed(experiment.run.seed as i64);
-            Some(measure(&loader, device, args.warmup, args.batches, |images| {
-                let (v1, v2) = match crops {
-                    Some(_) => augment
-                        .two_views_from_crops(&images.narrow(1, 0, 3), &images.narrow(1, 3, 3))
-                        .expect("the plugin that asks for loader crops takes them"),
-                    None => augment.two_views(images),
-                };
-                // Make the work happen before the next batch on asynchronous devices.
-                let _ = (v1.sum(tch::Kind::Float).double_value(&[]), v2);
-            })?)
+            Some(measure_augmented(&loader, augment.as_ref(), device, args)?)
         };
         report.row(row(&dataset_type, w, &alone, with_augment.as_ref()));
         if let Some(folder) = &folder {

@@ -66,38 +66,7 @@ pub fn write_shards(
     let mut shards = Vec::new();
     for (n, chunk) in files.chunks(per_shard).enumerate() {
         let path = shard_name(n);
-        let partial = path.with_extension("tar.partial");
-        let write_err = |e: std::io::Error| DataError::Config(format!("cannot write {}: {e}", partial.display()));
-        let file = File::create(&partial).map_err(write_err)?;
-        let mut tar = TarWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
-        for (i, (image, label)) in chunk.iter().enumerate() {
-            let key = format!("{:0key_width$}", n * per_shard + i);
-            let ext = image
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            let bytes =
-                std::fs::read(image).map_err(|e| DataError::Config(format!("cannot read {}: {e}", image.display())))?;
-            tar.append(&format!("{key}.{ext}"), &bytes).map_err(write_err)?;
-            if *label != NO_LABEL {
-                tar.append(&format!("{key}.cls"), label.to_string().as_bytes())
-                    .map_err(write_err)?;
-            }
-        }
-        let file = tar
-            .finish()
-            .map_err(write_err)?
-            .into_inner()
-            .map_err(|e| write_err(e.into_error()))?;
-        file.sync_all().map_err(write_err)?;
-        // Renamed when complete, so that a killed run never leaves a short shard under the name.
-        std::fs::rename(&partial, &path).map_err(|e| {
-            DataError::Config(format!(
-                "cannot rename {} to {}: {e}",
-                partial.display(),
-                path.display()
-            ))
-        })?;
+        write_shard(&path, chunk, n * per_shard, key_width)?;
         shards.push(path);
     }
     if !classes.is_empty() {
@@ -117,6 +86,43 @@ pub fn write_shards(
         urls,
         classes,
         warnings,
+    })
+}
+
+/// Writes `images` as one shard at `path`, keyed from `first_key` on: the image file as it is,
+/// and its `.cls` label when it has one. The shard appears under its name only when complete.
+fn write_shard(path: &Path, images: &[(PathBuf, i64)], first_key: usize, key_width: usize) -> Result<(), DataError> {
+    let partial = path.with_extension("tar.partial");
+    let write_err = |e: std::io::Error| DataError::Config(format!("cannot write {}: {e}", partial.display()));
+    let file = File::create(&partial).map_err(write_err)?;
+    let mut tar = TarWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    for (i, (image, label)) in images.iter().enumerate() {
+        let key = format!("{:0key_width$}", first_key + i);
+        let ext = image
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let bytes =
+            std::fs::read(image).map_err(|e| DataError::Config(format!("cannot read {}: {e}", image.display())))?;
+        tar.append(&format!("{key}.{ext}"), &bytes).map_err(write_err)?;
+        if *label != NO_LABEL {
+            tar.append(&format!("{key}.cls"), label.to_string().as_bytes())
+                .map_err(write_err)?;
+        }
+    }
+    let file = tar
+        .finish()
+        .map_err(write_err)?
+        .into_inner()
+        .map_err(|e| write_err(e.into_error()))?;
+    file.sync_all().map_err(write_err)?;
+    // Renamed when complete, so that a killed run never leaves a short shard under the name.
+    std::fs::rename(&partial, path).map_err(|e| {
+        DataError::Config(format!(
+            "cannot rename {} to {}: {e}",
+            partial.display(),
+            path.display()
+        ))
     })
 }
 

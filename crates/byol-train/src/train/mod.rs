@@ -117,14 +117,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let stop = StopOnSignals::install("stopping: the run finishes its step and saves a checkpoint")?;
     let mut t = Trainer::new(experiment, &run_dir, &options.allow_change)?;
     let mut step = t.resumed_from.unwrap_or(0);
-    if let Some(summary) = finished_summary(&run_dir, step, t.plan.total_steps) {
-        if !options.quiet && t.is_main() {
-            println!(
-                "{} has already trained all {step} steps; its summary.json stands (to train longer, raise \
-                 schedule.epochs with --allow-change schedule.epochs; to evaluate again, byol-run eval)",
-                run_dir.display()
-            );
-        }
+    if let Some(summary) = already_trained(&t, &run_dir, step, options.quiet) {
         end_group(&t);
         return Ok(summary);
     }
@@ -186,6 +179,19 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     write_summary(&t, &run_dir, &summary)?;
     end_group(&t);
     Ok(summary)
+}
+
+/// The summary of a run folder that has trained all its steps already (said so unless `quiet`).
+fn already_trained(t: &Trainer<'_>, run_dir: &std::path::Path, step: u64, quiet: bool) -> Option<RunSummary> {
+    let summary = finished_summary(run_dir, step, t.plan.total_steps)?;
+    if !quiet && t.is_main() {
+        println!(
+            "{} has already trained all {step} steps; its summary.json stands (to train longer, raise \
+             schedule.epochs with --allow-change schedule.epochs; to evaluate again, byol-run eval)",
+            run_dir.display()
+        );
+    }
+    Some(summary)
 }
 
 /// `summary.json`, written by the process that owns the run folder.
