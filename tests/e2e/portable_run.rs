@@ -185,10 +185,20 @@ fn a_moved_run_folder_resumes_on_moved_data_and_embeds_bit_for_bit() {
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
     assert!(
-        all.contains("other data") && all.contains("\n  train: 66 images of classes [a, b, c] (file names "),
+        all.contains("other data") && all.contains("\n  train: 66 images of classes [a, b, c] (files "),
         "{all}"
     );
     std::fs::rename(&renamed, &file).unwrap();
+    // ... or an image replaced under its own name (by a flat one, whose PNG is smaller than noise's)...
+    let original = std::fs::read(&file).unwrap();
+    let flat = tch::Tensor::zeros([3, 20, 24], (tch::Kind::Uint8, tch::Device::Cpu));
+    tch::vision::image::save(&flat, &file).unwrap();
+    assert_ne!(std::fs::metadata(&file).unwrap().len(), original.len() as u64);
+    let out = resume(&["--set", "schedule.epochs=3", "--allow-change", "schedule.epochs"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("other data") && all.contains("train: 66 images"), "{all}");
+    std::fs::write(&file, &original).unwrap();
     // ... or fewer files.
     std::fs::remove_file(&file).unwrap();
     let out = resume(&["--set", "schedule.epochs=3", "--allow-change", "schedule.epochs"]);

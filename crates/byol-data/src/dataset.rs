@@ -78,14 +78,16 @@ pub fn keep_readable(pixels: &mut Vec<u8>, labels: &[Option<i64>], sample: usize
     kept
 }
 
-/// A [`Dataset::content_digest`]: the SHA-256 of `names` (an image's path relative to its
-/// split's folder, or its shard's file name and member name), one per line, in the split's order.
-pub fn names_digest(names: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+/// A [`Dataset::content_digest`]: the SHA-256 of `files`, each a name (an image's path relative
+/// to its split's folder, or its shard's file name and member name) and its size in bytes, one
+/// `name<TAB>size` line per file, in the split's order. The size costs nothing (listing a file
+/// reads it) and tells an image replaced under the same name.
+pub fn files_digest(files: impl IntoIterator<Item = (impl AsRef<str>, u64)>) -> String {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
-    for name in names {
+    for (name, size) in files {
         hasher.update(name.as_ref().as_bytes());
-        hasher.update(b"\n");
+        hasher.update(format!("\t{size}\n").as_bytes());
     }
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -32,9 +32,10 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
     fn image_shape(&self) -> [usize; 3];
 
     /// A digest of what the split holds that does not depend on where it lives (its files'
-    /// names relative to its folder, in order), so that a resume can tell the run's data moved
-    /// elsewhere from other data of the same size; None when the source has none cheaper than
-    /// its pixels (generated or fixed-file datasets).
+    /// names relative to its folder and their sizes, in order), so that a resume can tell the
+    /// run's data moved elsewhere from other data of the same size, an image replaced under its
+    /// name included; None when the source has none cheaper than its pixels (generated or
+    /// fixed-file datasets).
     fn content_digest(&self) -> Option<String> {
         None
     }

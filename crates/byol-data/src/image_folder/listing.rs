@@ -13,17 +13,42 @@ pub(super) struct Listing {
     pub(super) root: PathBuf,
     pub(super) classes: Vec<String>,
     pub(super) files: Vec<(PathBuf, i64)>,
+    /// Each file's size in bytes, as listed.
+    pub(super) sizes: Vec<u64>,
 }
 
+/// An image file found by a listing, with its size in bytes.
+type Found = (PathBuf, u64);
+
 impl Listing {
-    /// The split's [`crate::Dataset::content_digest`]: its files' paths relative to `root`.
+    fn new(root: &Path, classes: Vec<String>, found: impl IntoIterator<Item = (Found, i64)>) -> Self {
+        let (files, sizes) = found
+            .into_iter()
+            .map(|((path, size), label)| ((path, label), size))
+            .unzip();
+        Self {
+            root: root.to_path_buf(),
+            classes,
+            files,
+            sizes,
+        }
+    }
+
+    /// The split's [`crate::Dataset::content_digest`]: its files' paths relative to `root`, and
+    /// their sizes.
     pub(super) fn content_digest(&self) -> String {
-        crate::dataset::names_digest(
+        crate::dataset::files_digest(
             self.files
                 .iter()
-                .map(|(path, _)| path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy()),
+                .zip(&self.sizes)
+                .map(|((path, _), &size)| (path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy(), size)),
         )
     }
+}
+
+/// The size of `path` when it is a file (following links), else None.
+fn file_size(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len())
 }
 
 /// Image files with their labels.
@@ -74,11 +99,15 @@ pub(super) fn has_images_under(dir: &Path) -> Result<bool, DataError> {
 
 /// Every image file under `dir`, at any depth (see [`ImageTree`]); a folder that cannot be listed
 /// is an error, and names that lead to no file are passed over.
-pub(super) fn collect_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+pub(super) fn collect_images(dir: &Path) -> Result<Vec<Found>, DataError> {
     let tree = ImageTree::walk(dir).map_err(DataError::Config)?;
     match tree.unlistable.into_iter().next() {
         Some(why) => Err(DataError::Config(why)),
-        None => Ok(tree.images.into_iter().filter(|p| p.is_file()).collect()),
+        None => Ok(tree
+            .images
+            .into_iter()
+            .filter_map(|p| file_size(&p).map(|size| (p, size)))
+            .collect()),
     }
 }
 
@@ -172,14 +201,14 @@ pub(super) fn scan_unlabelled(
                     root.join(relative_path(line).map_err(|why| {
                         DataError::Config(format!("{} line {n}: '{line}' {why}", list_path.display()))
                     })?);
-                if !path.is_file() {
+                let Some(size) = file_size(&path) else {
                     return Err(DataError::Config(format!(
                         "{} line {n}: {} does not exist; lines are image paths relative to dataset.{key}",
                         list_path.display(),
                         path.display()
                     )));
-                }
-                paths.push(path);
+                };
+                paths.push((path, size));
             }
             paths
         }
@@ -196,11 +225,7 @@ pub(super) fn scan_unlabelled(
             Some(l) => format!("dataset.{key}: the file list {} names no images", l.display()),
         }));
     }
-    Ok(Listing {
-        root: root.to_path_buf(),
-        classes: Vec::new(),
-        files: paths.into_iter().map(|p| (p, NO_LABEL)).collect(),
-    })
+    Ok(Listing::new(root, Vec::new(), paths.into_iter().map(|p| (p, NO_LABEL))))
 }
 
 /// Whether `path` has an image extension (.jpg, .jpeg, .png, any case).
@@ -273,7 +298,7 @@ pub(super) fn scan(
     } else {
         limit_per_class
     };
-    let mut per_class: Vec<Vec<PathBuf>> = vec![Vec::new(); classes.len()];
+    let mut per_class: Vec<Vec<Found>> = vec![Vec::new(); classes.len()];
     match file_list {
         None => {
             // A class is every image under its folder, at any depth (torchvision's ImageFolder).
@@ -285,7 +310,7 @@ pub(super) fn scan(
         Some(list_path) => read_file_list(key, root, list_path, &classes, &mut per_class)?,
     }
     warnings.extend(empty_classes_warning(root, &classes, &per_class));
-    let files: Vec<(PathBuf, i64)> = per_class
+    let files: Vec<(Found, i64)> = per_class
         .into_iter()
         .enumerate()
         .flat_map(|(label, files)| files.into_iter().take(limit).map(move |p| (p, label as i64)))
@@ -301,15 +326,11 @@ pub(super) fn scan(
             Some(l) => format!("the file list {} names no images", l.display()),
         }));
     }
-    Ok(Listing {
-        root: root.to_path_buf(),
-        classes,
-        files,
-    })
+    Ok(Listing::new(root, classes, files))
 }
 
 /// The warning for class folders that hold no images (their labels still count).
-fn empty_classes_warning(root: &Path, classes: &[String], per_class: &[Vec<PathBuf>]) -> Option<String> {
+fn empty_classes_warning(root: &Path, classes: &[String], per_class: &[Vec<Found>]) -> Option<String> {
     let empty: Vec<&str> = classes
         .iter()
         .zip(per_class)
@@ -353,7 +374,7 @@ pub(super) fn read_file_list(
     root: &Path,
     list_path: &Path,
     classes: &[String],
-    per_class: &mut [Vec<PathBuf>],
+    per_class: &mut [Vec<Found>],
 ) -> Result<(), DataError> {
     let text = std::fs::read_to_string(list_path).map_err(|e| {
         DataError::Config(format!(
@@ -379,14 +400,14 @@ pub(super) fn read_file_list(
             )));
         };
         let path = root.join(&relative);
-        if !path.is_file() {
+        let Some(size) = file_size(&path) else {
             return Err(DataError::Config(format!(
                 "{}: {} does not exist; fix the list or dataset.{key}",
                 at(),
                 path.display()
             )));
-        }
-        per_class[label].push(path);
+        };
+        per_class[label].push((path, size));
     }
     Ok(())
 }

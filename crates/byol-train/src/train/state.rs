@@ -38,7 +38,7 @@ pub const DATA_LOCATION_KEYS: &[&str] = &[
     "eval.test",
 ];
 
-/// The size, classes and file names of each split a run reads: small, and enough to tell a
+/// The size, classes, file names and file sizes of each split a run reads: small, and enough to tell a
 /// moved dataset from a different one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatasetFingerprint(pub BTreeMap<String, SplitFingerprint>);
@@ -47,17 +47,19 @@ pub struct DatasetFingerprint(pub BTreeMap<String, SplitFingerprint>);
 pub struct SplitFingerprint {
     pub images: usize,
     pub classes: Vec<String>,
-    /// The split's [`Dataset::content_digest`] (its files' names, relative to where it lives);
-    /// absent for sources without one, and in the records of runs started before it existed.
+    /// The split's [`Dataset::content_digest`] (its files' names, relative to where it lives,
+    /// and sizes); absent for sources without one, and in the records of runs started before it
+    /// existed. Those records may hold `digest`, a digest of the names alone, which nothing
+    /// computes any more: such a run resumes on count and classes, as before digests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
+    pub files_digest: Option<String>,
 }
 
 impl SplitFingerprint {
     /// Whether `now` is this split: the same count and classes, and the same digest where both
     /// have one.
     fn matches(&self, now: &Self) -> bool {
-        let same_files = match (&self.digest, &now.digest) {
+        let same_files = match (&self.files_digest, &now.files_digest) {
             (Some(saved), Some(now)) => saved == now,
             _ => true,
         };
@@ -75,7 +77,7 @@ impl DatasetFingerprint {
                     let split = SplitFingerprint {
                         images: data.len(),
                         classes: data.classes().to_vec(),
-                        digest: data.content_digest(),
+                        files_digest: data.content_digest(),
                     };
                     (name.to_string(), split)
                 })
@@ -107,9 +109,9 @@ impl DatasetFingerprint {
         let describe = |s: Option<&SplitFingerprint>, other: Option<&SplitFingerprint>| {
             let files = match (s, other) {
                 (Some(s), Some(o)) if s.images == o.images && s.classes == o.classes => s
-                    .digest
+                    .files_digest
                     .as_ref()
-                    .map_or(String::new(), |d| format!(" (file names {})", &d[..d.len().min(12)])),
+                    .map_or(String::new(), |d| format!(" (files {})", &d[..d.len().min(12)])),
                 _ => String::new(),
             };
             describe_split(s) + &files
@@ -399,4 +401,26 @@ pub fn load_checkpoint(
     optimizer
         .load_state(&state)
         .map_err(|e| anyhow::anyhow!("{}: {e}", context()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(json: &str) -> SplitFingerprint {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_record_of_names_only_resumes_on_count_and_classes() {
+        // Written before sizes were digested: its `digest` hashes the names alone.
+        let old = split(r#"{"images": 2, "classes": ["a"], "digest": "0123abcd"}"#);
+        assert_eq!(old.files_digest, None);
+        let now = split(r#"{"images": 2, "classes": ["a"], "files_digest": "4567ef01"}"#);
+        assert!(old.matches(&now));
+        assert!(!old.matches(&split(r#"{"images": 3, "classes": ["a"], "files_digest": "4567ef01"}"#)));
+        // Two records with digests must agree on them.
+        let other = split(r#"{"images": 2, "classes": ["a"], "files_digest": "89abcdef"}"#);
+        assert!(!now.matches(&other) && now.matches(&now.clone()));
+    }
 }
