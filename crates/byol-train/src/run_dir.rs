@@ -23,13 +23,35 @@ impl FolderLock {
     /// Takes the lock of `dir` (which must exist) or fails naming the process that holds it.
     /// `what` names the folder in messages ("run folder", "sweep folder").
     pub fn acquire(dir: &Path, what: &str) -> anyhow::Result<Self> {
-        // A folder moved aside (`--fresh`) between our open and our lock takes its lock file
-        // along: the lock we got is then the old folder's, and the new one is open again.
+        Self::acquire_after(dir, what, || Ok(()))
+    }
+
+    /// [`FolderLock::acquire`] of `dir`, created first if missing (again, should another
+    /// byol-run move it aside before the lock is taken).
+    pub fn create_and_acquire(dir: &Path, what: &str) -> anyhow::Result<Self> {
+        Self::acquire_after(dir, what, || match std::fs::create_dir_all(dir) {
+            // There when created, gone when checked: moved aside meanwhile, and created again next.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            created => created.with_context(|| format!("cannot create {what} {}", dir.display())),
+        })
+    }
+
+    fn acquire_after(dir: &Path, what: &str, prepare: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<Self> {
+        // A folder moved aside (`--fresh`) before our open leaves no lock file to open, and one
+        // moved between our open and our lock takes its lock file along: the lock we got is then
+        // the old folder's. Either way the folder at the path is to be locked again.
         for _ in 0..8 {
-            let lock = Self::acquire_file(dir, what)?;
-            if lock.is_at(&dir.join(LOCK_FILE)) {
-                return Ok(lock);
+            prepare()?;
+            match Self::acquire_file(dir, what)? {
+                Some(lock) if lock.is_at(&dir.join(LOCK_FILE)) => return Ok(lock),
+                _ => continue,
             }
+        }
+        if !dir.is_dir() {
+            bail!(
+                "cannot lock {what} {}: it is gone (moved aside by another byol-run's --fresh?)",
+                dir.display()
+            );
         }
         bail!(
             "cannot lock {}: its lock file keeps being replaced (another byol-run moving the folder aside?)",
@@ -46,15 +68,19 @@ impl FolderLock {
         }
     }
 
-    fn acquire_file(dir: &Path, what: &str) -> anyhow::Result<Self> {
+    /// The lock of the lock file in `dir`; None when `dir` is not there to hold one.
+    fn acquire_file(dir: &Path, what: &str) -> anyhow::Result<Option<Self>> {
         let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
+        let opened = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false) // the holder's PID stays readable until we own the lock
-            .open(&path)
-            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+            .open(&path);
+        let mut file = match opened {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            opened => opened.with_context(|| format!("cannot open the lock file {}", path.display()))?,
+        };
         // SAFETY: flock on a descriptor this File owns.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = std::io::Error::last_os_error();
@@ -80,7 +106,7 @@ impl FolderLock {
             .and_then(|()| file.rewind())
             .and_then(|()| file.write_all(pid.as_bytes()))
             .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Self { _file: file })
+        Ok(Some(Self { _file: file }))
     }
 }
 
@@ -101,8 +127,7 @@ pub fn take_ownership(
     } else {
         None
     };
-    std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
-    Ok((Some(FolderLock::acquire(run_dir, "run folder")?), moved))
+    Ok((Some(FolderLock::create_and_acquire(run_dir, "run folder")?), moved))
 }
 
 /// Keys that may differ between the experiment a run folder was trained with and the one that
@@ -358,6 +383,52 @@ mod tests {
         for key in SAFE_TO_CHANGE {
             assert!(paragraph.contains(&format!("`{key}`")), "the README's list lacks {key}");
         }
+    }
+
+    /// Threads contend for one folder while half of them move it aside (`--fresh`) each time:
+    /// whoever takes ownership must be its only owner. Each owner creates a marker in the folder
+    /// at the path with `create_new`, so a second owner of the same folder fails there. A lock
+    /// taken on a lock file that a move carried away (opened before the move, locked after it)
+    /// would be such a second owner.
+    #[test]
+    fn one_owner_at_a_time_while_the_folder_is_moved_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        let (owned, busy) = (
+            std::sync::atomic::AtomicUsize::new(0),
+            std::sync::atomic::AtomicUsize::new(0),
+        );
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let (run, owned, busy) = (&run, &owned, &busy);
+                scope.spawn(move || {
+                    for _ in 0..600 {
+                        match take_ownership(run, true, thread % 2 == 0) {
+                            Ok((Some(_lock), _)) => {
+                                let marker = run.join("owner");
+                                std::fs::File::create_new(&marker)
+                                    .unwrap_or_else(|e| panic!("a second owner of {}: {e}", run.display()));
+                                std::fs::remove_file(&marker).unwrap();
+                                owned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Ok((None, _)) => unreachable!("the main process always gets the lock"),
+                            Err(e) => {
+                                let e = format!("{e:#}");
+                                assert!(
+                                    ["in use by another byol-run", "keeps being replaced", "it is gone"]
+                                        .iter()
+                                        .any(|outcome| e.contains(outcome)),
+                                    "{e}"
+                                );
+                                busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        // Both outcomes happened, so the threads did contend.
+        assert!(owned.into_inner() > 0 && busy.into_inner() > 0);
     }
 
     #[test]

@@ -72,10 +72,9 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     } else {
         None
     };
-    fs::create_dir_all(&sweep.dir).with_context(|| format!("cannot create sweep folder {}", sweep.dir.display()))?;
     // Two sweeps over one folder would train the same trials twice and mark each other's running
     // trials as failed. Each trial's folder has its own lock besides (child processes take it).
-    let _owner = FolderLock::acquire(&sweep.dir, "sweep folder")?;
+    let _owner = FolderLock::create_and_acquire(&sweep.dir, "sweep folder")?;
     let say = |line: String| println!("{line}");
     if let Some(old) = moved {
         say(format!(
