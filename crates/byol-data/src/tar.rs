@@ -196,8 +196,12 @@ impl<R: Read + Seek> TarReader<R> {
                         }
                     }
                 }
-                // Folders, links, global PAX headers and the rest carry no sample data.
-                _ => {}
+                // GNU's long link name and global PAX headers leave a pending name for the entry
+                // it belongs to.
+                b'K' | b'g' => {}
+                // Folders, links and the rest carry no sample data; a long name given for one
+                // of them is its own, not the next file's.
+                _ => long_name = None,
             }
         }
         Ok(None)
@@ -415,14 +419,41 @@ mod tests {
         writer.append("PaxHeader", record.as_bytes()).unwrap();
         writer.append("short.jpg", &[5, 6]).unwrap();
         let mut bytes = writer.finish().unwrap();
-        // Make the first member a PAX header (type 'x') and fix its checksum.
-        bytes[156] = b'x';
-        bytes[148..156].fill(b' ');
-        let sum: u32 = bytes[..512].iter().map(|&b| b as u32).sum();
-        bytes[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        set_type(&mut bytes, 0, b'x'); // the first member is a PAX header
         let members = list(&bytes).unwrap();
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].0.name, "some/long/name.jpg");
         assert_eq!(members[0].1, [5, 6]);
+    }
+
+    /// Sets the type flag of the header at `at` and fixes its checksum.
+    fn set_type(bytes: &mut [u8], at: usize, flag: u8) {
+        let header = &mut bytes[at..at + 512];
+        header[156] = flag;
+        header[148..156].fill(b' ');
+        let sum: u32 = header.iter().map(|&b| b as u32).sum();
+        header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
+
+    /// GNU tar gives a folder with a long name an 'L' header too; the file after the folder
+    /// keeps its own name.
+    #[test]
+    fn a_long_name_for_a_folder_is_not_the_next_files() {
+        let folder = format!("{}/", "d".repeat(120));
+        for (flag, data) in [
+            (b'L', format!("{folder}\0")),
+            (b'x', format!("{} path={folder}\n", folder.len() + 10)),
+        ] {
+            let mut writer = TarWriter::new(Vec::new());
+            writer.append("././@LongLink", data.as_bytes()).unwrap();
+            writer.append("dddd/", &[]).unwrap();
+            writer.append("000000.cls", b"1").unwrap();
+            let mut bytes = writer.finish().unwrap();
+            set_type(&mut bytes, 0, flag);
+            set_type(&mut bytes, 1024, b'5');
+            let members = list(&bytes).unwrap();
+            assert_eq!(members.len(), 1, "{}", flag as char);
+            assert_eq!(members[0].0.name, "000000.cls", "{}", flag as char);
+        }
     }
 }
