@@ -85,6 +85,43 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
         (1..=21).collect::<Vec<_>>()
     );
 
+    // A second split beside the first shares its classes.txt: the same classes are fine, other
+    // ones are refused before any shard is written (each set would read the other's names).
+    let split = |name: &str| {
+        tmp.path()
+            .join(format!("shards/{name}-%06d.tar"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    class_folder(&tmp.path().join("val"));
+    assert_eq!(
+        write_shards(&tmp.path().join("val"), &split("val"), 50, None)
+            .unwrap()
+            .classes
+            .len(),
+        3
+    );
+    write_image(&tmp.path().join("other/c3/0.png"), 1);
+    class_folder(&tmp.path().join("other"));
+    let err = write_shards(&tmp.path().join("other"), &split("other"), 50, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("classes.txt already names other classes (3 of them)") && err.contains("(4)"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("shards/other-000000.tar").exists());
+    // A class name that one trimmed line of classes.txt cannot hold.
+    write_image(&tmp.path().join("spaced/c0 /0.png"), 1);
+    let err = write_shards(&tmp.path().join("spaced"), &split("spaced"), 50, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("class folder \"c0 \"") && err.contains("rename the folder"),
+        "{err}"
+    );
+
     // The same shards as a list of paths, and a flat folder as unlabelled shards.
     let list = format!(
         "[{}]",

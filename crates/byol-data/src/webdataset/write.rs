@@ -60,6 +60,7 @@ pub fn write_shards(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let class_list = class_list(source, dir, &classes)?;
     std::fs::create_dir_all(dir)
         .map_err(|e| DataError::Config(format!("cannot create the folder {}: {e}", dir.display())))?;
     let key_width = 6.max(files.len().saturating_sub(1).to_string().len());
@@ -69,9 +70,8 @@ pub fn write_shards(
         write_shard(&path, chunk, n * per_shard, key_width)?;
         shards.push(path);
     }
-    if !classes.is_empty() {
+    if let Some(text) = class_list {
         let list = dir.join(CLASSES_FILE);
-        let text: String = classes.iter().map(|c| format!("{c}\n")).collect();
         std::fs::write(&list, text).map_err(|e| DataError::Config(format!("cannot write {}: {e}", list.display())))?;
     }
     let last = shards.len() - 1;
@@ -87,6 +87,49 @@ pub fn write_shards(
         classes,
         warnings,
     })
+}
+
+/// The `classes.txt` to write beside the shards in `dir` (None when unlabelled). Refused before
+/// any shard is written: a class name that would not read back as itself (one line, trimmed),
+/// and a `classes.txt` already there with other classes, which the shards written with it (the
+/// other split, say) share: one of the two sets would then read the other's names for its labels.
+fn class_list(source: &Path, dir: &Path, classes: &[String]) -> Result<Option<String>, DataError> {
+    if classes.is_empty() {
+        return Ok(None);
+    }
+    if let Some(bad) = classes
+        .iter()
+        .find(|c| c.trim() != c.as_str() || c.contains(['\n', '\r']))
+    {
+        return Err(DataError::Config(format!(
+            "class folder {:?} of {}: {CLASSES_FILE} holds one class name a line, trimmed, so this name would \
+             not read back as itself; rename the folder",
+            bad,
+            source.display()
+        )));
+    }
+    let text: String = classes.iter().map(|c| format!("{c}\n")).collect();
+    let list = dir.join(CLASSES_FILE);
+    match std::fs::read_to_string(&list) {
+        Ok(there)
+            if there
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .ne(classes.iter().map(String::as_str)) =>
+        {
+            Err(DataError::Config(format!(
+                "{} already names other classes ({} of them) than the class folders of {} ({}): both sets of \
+                 shards would read it, and one would give its labels the other's names. Write these shards to \
+                 another folder, or give both splits the same class folders",
+                list.display(),
+                there.lines().filter(|l| !l.trim().is_empty()).count(),
+                source.display(),
+                classes.len()
+            )))
+        }
+        _ => Ok(Some(text)),
+    }
 }
 
 /// Writes `images` as one shard at `path`, keyed from `first_key` on: the image file as it is,
