@@ -488,6 +488,29 @@ fn bad_images_are_skipped_with_one_counted_warning() {
     assert!(w.contains("on_bad_image = \"error\""), "{w}");
 }
 
+/// A link to a missing file is an unreadable image like the others: counted and named when
+/// skipped, the error when asked, never left out without a word.
+#[test]
+fn a_link_to_a_missing_file_is_an_unreadable_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["a", "b"], 2, (12, 10));
+    let link = root.join("b/zz-gone.jpg");
+    std::os::unix::fs::symlink(root.join("b/deleted.jpg"), &link).unwrap();
+    let (splits, warnings) = load(&root, "image_size = 8").unwrap();
+    assert_eq!(splits.train.len(), 4);
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("skipped 1 unreadable image(s) of 5"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[0].contains(&format!("{}: cannot read", link.display())),
+        "{warnings:?}"
+    );
+    let err = error_of(&root, "image_size = 8\non_bad_image = \"error\"");
+    assert!(err.contains("zz-gone.jpg"), "{err}");
+}
+
 #[test]
 fn bad_images_stop_with_the_path_when_asked() {
     let tmp = tempfile::tempdir().unwrap();

@@ -98,7 +98,9 @@ pub(super) fn has_images_under(dir: &Path) -> Result<bool, DataError> {
 }
 
 /// Every image file under `dir`, at any depth (see [`ImageTree`]); a folder that cannot be listed
-/// is an error, and names that lead to no file are passed over.
+/// is an error. A name that cannot be followed (a link to a missing file) stays, with size 0:
+/// reading it fails and `dataset.on_bad_image` decides, so it is counted or named, never lost
+/// without a word. Names of things that are not files (pipes, sockets) are passed over.
 pub(super) fn collect_images(dir: &Path) -> Result<Vec<Found>, DataError> {
     let tree = ImageTree::walk(dir).map_err(DataError::Config)?;
     match tree.unlistable.into_iter().next() {
@@ -106,7 +108,10 @@ pub(super) fn collect_images(dir: &Path) -> Result<Vec<Found>, DataError> {
         None => Ok(tree
             .images
             .into_iter()
-            .filter_map(|p| file_size(&p).map(|size| (p, size)))
+            .filter_map(|p| match std::fs::metadata(&p) {
+                Ok(m) => m.is_file().then(|| (p, m.len())),
+                Err(_) => Some((p, 0)),
+            })
             .collect()),
     }
 }
