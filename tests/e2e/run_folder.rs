@@ -206,13 +206,17 @@ fn a_changed_experiment_is_refused_with_a_diff_unless_allowed_or_fresh() {
         "config.toml untouched"
     );
 
-    // Keys that do not alter the run need nothing.
+    // Keys that do not alter the run need nothing...
     let out = run(
         dir.path(),
         "r",
-        &["--set", "logging.every_steps=8", "--set", "eval.knn_k=3"],
+        &["--set", "logging.every_steps=8", "--set", "eval.batch_size=32"],
     );
     assert!(out.status.success(), "{}", text(&out));
+    // ... but the kNN monitor's k does: a run's before and after are measured alike.
+    let out = run(dir.path(), "r", &["--set", "eval.knn_k=3"]);
+    let all = text(&out);
+    assert!(!out.status.success() && all.contains("eval.knn_k: "), "{all}");
 
     let mut allowed = changed.to_vec();
     allowed.extend(["--allow-change", "optimizer.lr", "--allow-change", "schedule.epochs"]);
@@ -541,15 +545,23 @@ fn a_resumed_run_keeps_its_first_measures_and_tensorboard_shows_each_step_once()
     );
     assert_eq!(tensorboard_steps(&run_dir, "knn/top1"), [0, 16, 32, 48]);
 
-    // Every step trained: the run's summary stands, byte for byte.
-    let bytes = std::fs::read(run_dir.join("summary.json")).unwrap();
-    let out = run(dir.path(), "r", &before);
+    // Every step trained: the run's summary and record stand, byte for byte, even when an
+    // allowed change would have trained on with another experiment.
+    let record = |name: &str| std::fs::read(run_dir.join(name)).unwrap();
+    let (summary_bytes, config_bytes) = (record("summary.json"), record("config.toml"));
+    let other_lr = ["--set", "optimizer.lr=0.1", "--allow-change", "optimizer.lr"];
+    let out = run(dir.path(), "r", &[&before[..], &other_lr[..]].concat());
     let all = text(&out);
     assert!(
         out.status.success() && all.contains("has already trained all 48 steps"),
         "{all}"
     );
-    assert_eq!(std::fs::read(run_dir.join("summary.json")).unwrap(), bytes);
+    assert_eq!(record("summary.json"), summary_bytes);
+    assert_eq!(
+        record("config.toml"),
+        config_bytes,
+        "config.toml describes the run that trained"
+    );
 
     // Trained longer and stopped by kill -9: no summary of the shorter run is left to pass for
     // this one's.

@@ -151,8 +151,6 @@ pub const SAFE_TO_CHANGE: &[&str] = &[
     "eval.curve_points",
     "eval.before_training",
     "eval.batch_size",
-    "eval.knn_k",
-    "eval.knn_temperature",
     // The same update computed with fewer kernels, the same average with other collectives
     // (equal up to float rounding: fused Adam rounds differently from the per-tensor one).
     "optimizer.fused",

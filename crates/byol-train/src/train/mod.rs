@@ -126,6 +126,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     if t.is_main() {
         remove_if_present(&run_dir.join(SUMMARY_FILE))?;
     }
+    t.record_run(&run_dir)?;
     let mut journal = Journal::open(&t, &run_dir, options.quiet, moved_aside)?;
     let before = measured_before(&t, &mut journal, &run_dir, step)?;
 

@@ -41,6 +41,8 @@ pub struct Trainer<'a> {
     pub resumed_from: Option<u64>,
     checkpointer: Checkpointer,
     config_toml: String,
+    /// The data the run reads, recorded with `config_toml` by [`Trainer::record_run`].
+    fingerprint: DatasetFingerprint,
     /// The model's source files kept in the run folder, for every checkpoint to carry.
     sources: KeptSources,
     /// Set when torchrun started this process as one of several.
@@ -109,9 +111,6 @@ impl<'a> Trainer<'a> {
         };
         let buffers = model.buffers();
         let sources = state::keep_sources(run_dir, experiment, &start, main)?;
-        if main {
-            state::record_run(run_dir, &config_toml, &fingerprint)?;
-        }
         Ok(Self {
             experiment,
             device,
@@ -127,12 +126,23 @@ impl<'a> Trainer<'a> {
             resumed_from: start.step(),
             checkpointer,
             config_toml,
+            fingerprint,
             sources,
             parallel,
             overlapped,
             buffers,
             loss_watch: LossWatch::new(device),
         })
+    }
+
+    /// Records the run's experiment and data in `run_dir` (by the main process), once it is
+    /// known to train there: a run folder that has trained all its steps keeps the record of
+    /// the run that did.
+    pub fn record_run(&self, run_dir: &Path) -> anyhow::Result<()> {
+        if !self.is_main() {
+            return Ok(());
+        }
+        state::record_run(run_dir, &self.config_toml, &self.fingerprint)
     }
 
     /// Rank 0 of a data-parallel run, or the only process: the one that logs and saves.
