@@ -303,8 +303,23 @@ pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const CONFIG_FILE: &str = "config.toml";
 
 pub fn save_config(run_dir: &Path, config: &str) -> anyhow::Result<()> {
-    let path = run_dir.join(CONFIG_FILE);
-    std::fs::write(&path, config).with_context(|| format!("cannot write {}", path.display()))
+    replace_file(&run_dir.join(CONFIG_FILE), config.as_bytes())
+}
+
+/// Writes `bytes` to `path` through `<path>.partial`, synced and then renamed over it: a reader,
+/// or a start after a crash or a full disk, finds the old file or the new one, never a cut one
+/// (which would stop every later start of the run).
+pub fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    File::create(&partial)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&partial);
+        })
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The saved experiment of a folder without checkpoints: its `config.toml`, when present.
@@ -427,6 +442,25 @@ mod tests {
         });
         // Both outcomes happened, so the threads did contend.
         assert!(owned.into_inner() > 0 && busy.into_inner() > 0);
+    }
+
+    #[test]
+    fn a_replaced_file_is_whole_and_a_failed_replace_leaves_no_partial() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("summary.json");
+        replace_file(&path, b"old").unwrap();
+        replace_file(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        // A folder in the way of the rename: the error names the file, nothing is left behind.
+        let blocked = tmp.path().join("blocked");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        let e = format!("{:#}", replace_file(&blocked, b"x").unwrap_err());
+        assert!(e.contains("cannot write") && e.contains("blocked"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
     }
 
     #[test]

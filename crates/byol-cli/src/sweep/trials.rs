@@ -163,7 +163,7 @@ fn check_or_record(trial: &Trial, dir: &Path) -> anyhow::Result<()> {
                 "# The parameters of this trial of `byol-run sweep` (checked when the sweep resumes).\n{}",
                 toml::to_string(&record)?
             );
-            fs::write(&file, text).with_context(|| format!("writing {}", file.display()))
+            run_dir::replace_file(&file, text.as_bytes())
         }
     }
 }
@@ -249,7 +249,7 @@ fn run_parallel(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, T
     let program = options.program.clone();
     // The children train the base experiment (without [sweep]) with each trial's --set overrides.
     let base = sweep.dir.join("experiment.toml");
-    fs::write(&base, sweep.base_text()).with_context(|| format!("writing {}", base.display()))?;
+    run_dir::replace_file(&base, sweep.base_text().as_bytes())?;
     if let Some(pruner) = sweep.pruner() {
         pruner.save(&sweep.dir.join(PRUNER_FILE))?;
     }

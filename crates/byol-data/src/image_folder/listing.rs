@@ -109,7 +109,7 @@ pub(super) fn collect_images(dir: &Path) -> Result<Vec<Found>, DataError> {
             .images
             .into_iter()
             .filter_map(|p| match std::fs::metadata(&p) {
-                Ok(m) => m.is_file().then(|| (p, m.len())),
+                Ok(m) => m.is_file().then_some((p, m.len())),
                 Err(_) => Some((p, 0)),
             })
             .collect()),

@@ -96,7 +96,7 @@ impl Metric {
 
 impl Pruner {
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        fs::write(path, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", path.display()))
+        crate::run_dir::replace_file(path, &serde_json::to_vec_pretty(self)?)
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {

@@ -71,12 +71,7 @@ pub fn record_point(run_dir: &Path, point: CurvePoint) -> anyhow::Result<Vec<Cur
     let mut points = read_curve(run_dir).unwrap_or_default();
     points.retain(|p| p.step < point.step);
     points.push(point);
-    let path = run_dir.join(CURVE_FILE);
-    let partial = run_dir.join(format!("{CURVE_FILE}.partial"));
-    fs::write(&partial, serde_json::to_vec_pretty(&points)?)
-        .with_context(|| format!("writing {}", partial.display()))?;
-    // A reader sees the old file or the new one, never half of one.
-    fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
+    crate::run_dir::replace_file(&run_dir.join(CURVE_FILE), &serde_json::to_vec_pretty(&points)?)?;
     Ok(points)
 }
 

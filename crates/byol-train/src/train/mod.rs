@@ -201,8 +201,7 @@ fn write_summary(t: &Trainer<'_>, run_dir: &std::path::Path, summary: &RunSummar
         return Ok(());
     }
     let path = run_dir.join(SUMMARY_FILE);
-    std::fs::write(&path, serde_json::to_vec_pretty(summary)?)
-        .with_context(|| format!("cannot write {}", path.display()))
+    run_dir::replace_file(&path, &serde_json::to_vec_pretty(summary)?)
 }
 
 /// The kNN evaluation before training: measured now at step 0 (and added to the curve, with the

@@ -100,8 +100,7 @@ impl DatasetFingerprint {
 
     fn write(&self, run_dir: &Path) -> anyhow::Result<()> {
         let path = run_dir.join(FINGERPRINT_FILE);
-        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("cannot write {}", path.display()))
+        run_dir::replace_file(&path, &serde_json::to_vec_pretty(self)?)
     }
 
     /// One line per split that differs, `train: 10000 images -> 9000 images`.
