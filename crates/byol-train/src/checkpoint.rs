@@ -124,6 +124,16 @@ impl Checkpointer {
     /// `checkpoints/last` -> the newest checkpoint (a symlink swapped in by rename).
     fn point_last_at(&self, name: &str) -> anyhow::Result<()> {
         let link = self.dir.join(LAST_LINK);
+        // A copy of the run folder that followed links (`cp -rL`) made `last` a folder, which a
+        // link cannot replace: it is a copy of a step folder, put aside, never deleted.
+        if fs::symlink_metadata(&link).is_ok_and(|m| m.is_dir()) {
+            let moved = self.move_to_damaged(&link)?;
+            eprintln!(
+                "warning: {} was a folder, not a link (a copy that followed links?); moved to {}",
+                link.display(),
+                moved.display()
+            );
+        }
         let tmp = self.dir.join(format!(".last.tmp-{}", std::process::id()));
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(name, &tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -463,6 +473,37 @@ mod tests {
             config: String::new(),
             sources: Default::default(),
         }
+    }
+
+    /// `cp -rL` of a run folder makes `last` a folder: saving and resuming go on, the copy is
+    /// put aside and `last` is a link again.
+    #[test]
+    fn a_last_that_is_a_folder_is_put_aside_for_the_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkpoints = Checkpointer::new(tmp.path().join("checkpoints"), 2);
+        let weights = || vec![("w".to_string(), Tensor::from_slice(&[1f32, 2.0]))];
+        let save = |step: u64| {
+            let manifest = Manifest { step, ..manifest(&[]) };
+            checkpoints.save(&weights(), &weights(), &[], manifest).unwrap()
+        };
+        let first = save(1);
+        let last = checkpoints.dir().join(LAST_LINK);
+        fs::remove_file(&last).unwrap();
+        fs::create_dir(&last).unwrap();
+        fs::copy(first.join(MODEL_FILE), last.join(MODEL_FILE)).unwrap();
+        let second = save(2);
+        assert_eq!(fs::read_link(&last).unwrap(), Path::new("step-000000002"));
+        assert!(checkpoints
+            .dir()
+            .join(DAMAGED_DIR)
+            .join(LAST_LINK)
+            .join(MODEL_FILE)
+            .is_file());
+        fs::remove_file(&last).unwrap();
+        fs::create_dir(&last).unwrap();
+        let resumed = checkpoints.resume_point(true).unwrap();
+        assert_eq!(resumed.latest.unwrap().0, second);
+        assert!(fs::symlink_metadata(&last).unwrap().is_symlink());
     }
 
     #[test]
