@@ -86,6 +86,32 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     assert!(out.status.success() && all.contains("embedded 1 images"), "{all}");
     assert!(!all.contains("warning"), "{all}");
 
+    // A run trained on a GPU, embedded on a machine without one: on the CPU, with a note, unless
+    // --device asks for the GPU. (The manifest's experiment is not hashed: the GPU is edited in.)
+    if !tch::Cuda::is_available() {
+        let manifest = dir.path().join("r/checkpoints/last/manifest.json");
+        let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+        let config = json["config"].as_str().unwrap().to_string();
+        let mut experiment: toml::Table = toml::from_str(&config).unwrap();
+        experiment["run"]["device"] = "cuda".into();
+        json["config"] = toml::to_string(&experiment).unwrap().into();
+        std::fs::write(&manifest, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+        let out = embed(&[]);
+        let all = text(&out);
+        assert!(out.status.success() && all.contains("embedded 5 images"), "{all}");
+        assert!(
+            all.contains("note: the run trained on run.device = \"cuda\", not usable here"),
+            "{all}"
+        );
+        let out = embed(&["--device", "cuda"]);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(
+            all.contains("--device cuda: ") && all.contains("CUDA is not available"),
+            "{all}"
+        );
+    }
+
     // A wrong --out extension stops before the checkpoint or the images are read.
     let out = byol_run(
         dir.path(),

@@ -107,6 +107,10 @@ pub struct EmbedArgs {
     /// skipping it with a counted warning.
     #[arg(long)]
     strict: bool,
+    /// Where the network runs: cpu, cuda, cuda:N or auto (default: the run's run.device, or the
+    /// CPU when that device is not on this machine).
+    #[arg(long)]
+    device: Option<String>,
 }
 
 /// What could not be read, for one warning with a count (as training reports skipped images).
@@ -142,12 +146,12 @@ pub struct Trained {
 /// networks from the experiment it saved and the files it carries (the online probe, a
 /// training-time monitor, is not rebuilt). Nothing outside the checkpoint is read: it works
 /// after the run folder moved, from any working directory.
-pub fn load_trained(checkpoint_or_run: &Path) -> anyhow::Result<Trained> {
+pub fn load_trained(checkpoint_or_run: &Path, device: Option<&str>) -> anyhow::Result<Trained> {
     let dir = &resolve_checkpoint(checkpoint_or_run)?;
     let manifest = checkpoint::verify(dir).with_context(|| format!("checking checkpoint {}", dir.display()))?;
     let saved = Experiment::parse(&manifest.config, &[]).context("reading the checkpoint's experiment")?;
     let experiment = state::with_checkpoint_sources(&saved, dir, &manifest)?;
-    let device = byol_train::train::parse_device(&experiment.run.device)?;
+    let device = trained_device(&experiment.run.device, device)?;
     let context = BuildContext::new(device, experiment.augment.image_size());
     let model = Model::build(&experiment, &context, Weights::Checkpoint)?;
     let tensors: Vec<(String, Tensor)> = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?
@@ -164,6 +168,18 @@ pub fn load_trained(checkpoint_or_run: &Path) -> anyhow::Result<Trained> {
         device,
         model,
         augment,
+    })
+}
+
+/// `--device` when given, else the run's `run.device` where this machine has it, else the CPU
+/// (a run trained on a GPU, embedded or evaluated on a machine without one).
+fn trained_device(run_device: &str, flag: Option<&str>) -> anyhow::Result<tch::Device> {
+    if let Some(flag) = flag {
+        return byol_train::train::parse_device(flag).map_err(|e| anyhow::anyhow!("--device {flag}: {e:#}"));
+    }
+    byol_train::train::parse_device(run_device).or_else(|e| {
+        eprintln!("note: the run trained on run.device = \"{run_device}\", not usable here ({e:#}); running on the CPU (--device to choose)");
+        Ok(tch::Device::Cpu)
     })
 }
 
@@ -223,7 +239,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         model,
         augment,
         ..
-    } = load_trained(&args.checkpoint)?;
+    } = load_trained(&args.checkpoint, args.device.as_deref())?;
     let (scan, mut skipped) = find_images(args)?;
     let size = experiment.augment.image_size() as u32;
     let mut embedded = Vec::new();

@@ -64,6 +64,10 @@ pub struct EvalData {
     /// Also write the result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Where the network runs: cpu, cuda, cuda:N or auto (default: the run's run.device, or the
+    /// CPU when that device is not on this machine).
+    #[arg(long)]
+    device: Option<String>,
 }
 
 struct Features {
@@ -83,7 +87,7 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         model,
         augment,
         ..
-    } = load_trained(&data.checkpoint)?;
+    } = load_trained(&data.checkpoint, data.device.as_deref())?;
     check_labelled_folder("--train", &data.train)?;
     check_labelled_folder("--test", &data.test)?;
     let folder = ImageFolderConfig {
