@@ -151,6 +151,24 @@ fn eval_errors_name_its_flags_not_experiment_keys() {
     png(&dir.path().join("other/z/0.png"));
     let all = fails("train", "other");
     assert!(all.contains("--test: other has classes [z]"), "{all}");
+    // Flags that would score nothing, or crash the classifier, are refused by name.
+    for (protocol, flag, value) in [
+        ("knn", "--k", "0"),
+        ("knn", "--temperature", "0"),
+        ("linear", "--epochs", "0"),
+        ("linear", "--lrs", "0.1,-1"),
+    ] {
+        let out = byol_run(
+            dir.path(),
+            &["eval", protocol, "r", "--train", "train", "--test", "test", flag, value],
+        );
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{all}");
+        assert!(
+            all.contains(&format!("for '{flag} <")) && !all.contains("panicked"),
+            "{all}"
+        );
+    }
 
     // An unreadable image is skipped with a warning that names no experiment key.
     std::fs::write(dir.path().join("train/a/bad.png"), "not a png").unwrap();

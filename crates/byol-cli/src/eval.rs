@@ -25,11 +25,11 @@ pub enum EvalCommand {
         data: EvalData,
         /// Neighbours [default: the run's eval.knn_k, from its config.toml, else from the
         /// experiment saved in the checkpoint].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one)]
         k: Option<usize>,
         /// Temperature of the similarity weights [default: the run's eval.knn_temperature, found
         /// as k is].
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         temperature: Option<f64>,
     },
     /// Linear classifier on frozen, cached features: SGD, Nesterov 0.9, no weight decay, cosine
@@ -39,12 +39,28 @@ pub enum EvalCommand {
     Linear {
         #[command(flatten)]
         data: EvalData,
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = at_least_one)]
         epochs: usize,
         /// Learning rates to try; the validation split chooses one.
-        #[arg(long, value_delimiter = ',', default_values_t = vec![0.01, 0.03, 0.1, 0.3])]
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0.01, 0.03, 0.1, 0.3], value_parser = positive)]
         lrs: Vec<f64>,
     },
+}
+
+/// A count of at least 1 (k neighbours, epochs): 0 would score nothing or an untrained model.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text} is not a whole number of at least 1")),
+    }
+}
+
+/// A finite number above 0 (a temperature, a learning rate).
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("{text} is not a number above 0")),
+    }
 }
 
 #[derive(Args)]
