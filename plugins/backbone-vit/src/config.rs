@@ -67,7 +67,21 @@ impl ViTConfig {
         }
     }
 
-    fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>, ByolError> {
+    fn build(&self, path: &nn::Path, context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
+        // The position embeddings fit one image size: views of another would fail at the first
+        // step, after the data was read.
+        if context.image_size != self.image_size {
+            return Err(ByolError::Config(format!(
+                "backbone.image_size = {} but the views are {}x{} (augment.image_size): set backbone.image_size = {}, \
+                 or make the views {}x{}",
+                self.image_size,
+                context.image_size,
+                context.image_size,
+                context.image_size,
+                self.image_size,
+                self.image_size
+            )));
+        }
         let positive = [
             ("image_size", self.image_size),
             ("patch_size", self.patch_size),
@@ -137,8 +151,8 @@ macro_rules! vit_size {
                 "# and in [byol]: embedding_layer = \"cls\""
             ),
             impl BackboneSpec for $ty {
-                fn build(&self, path: &nn::Path, _: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
-                    self.0.build(path)
+                fn build(&self, path: &nn::Path, context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
+                    self.0.build(path, context)
                 }
                 fn pretrained(&self) -> Option<&Path> {
                     self.0.pretrained.as_deref()

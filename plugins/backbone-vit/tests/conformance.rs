@@ -40,11 +40,21 @@ fn bad_shapes_are_refused_naming_the_key() {
     let mut spec = ViTSmall16::default();
     spec.0.image_size = 100;
     let e = spec
-        .build(&vs.root(), &byol::BuildContext::new(tch::Device::Cpu, 224))
+        .build(&vs.root(), &byol::BuildContext::new(tch::Device::Cpu, 100))
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("backbone.image_size = 100 is not a multiple of backbone.patch_size = 16"),
+        "{e}"
+    );
+    // Views of another size than the position embeddings fit: refused when the model is built
+    // (by validate too), not at the first step.
+    let e = ViTSmall16::default()
+        .build(&vs.root(), &byol::BuildContext::new(tch::Device::Cpu, 32))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("backbone.image_size = 224 but the views are 32x32") && e.contains("set backbone.image_size = 32"),
         "{e}"
     );
 }
