@@ -270,7 +270,15 @@ fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
     let small = ["--quiet", "--set", "dataset.train_size=128"];
     let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
     let all = text(&out);
-    assert!(out.status.success(), "{all}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a sweep with a failed trial is not a success: {all}"
+    );
+    assert!(
+        all.contains("1 of 2 trials failed (trial-001; each one's error.txt says why)"),
+        "{all}"
+    );
     let sweep_dir = dir.path().join("runs/tiny-sweep");
     let error = std::fs::read_to_string(sweep_dir.join("trial-001/error.txt")).unwrap();
     assert!(error.contains("the loss became"), "{error}");

@@ -121,6 +121,22 @@ fn bad_sweeps_are_explained_with_positions() {
     assert!(e.contains("both swept"), "{e}");
     let e = error(&text(&out, ""), &[]);
     assert!(e.contains("no [sweep] table"), "{e}");
+    // The gain needs the measure before training, which BASE turns off.
+    let e = error(
+        &text(
+            &out,
+            "[sweep]
+metric = \"knn_gain\"
+[sweep.parameters]
+\"optimizer.lr\" = [0.1]
+",
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("trial-001 does not measure before (eval.before_training = false)"),
+        "{e}"
+    );
     // The plain runner refuses a sweep file, pointing at `byol-run sweep`.
     let e = format!(
         "{:#}",

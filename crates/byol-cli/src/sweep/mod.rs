@@ -3,7 +3,7 @@
 
 pub mod trials;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
 
 use byol_train::sweep::Sweep;
@@ -61,6 +61,17 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     }
     if outcome.interrupted {
         println!("interrupted: run the same command again to resume the sweep");
+    }
+    // A sweep with failed trials is not a finished sweep: scripts must see it.
+    if !outcome.failed.is_empty() {
+        bail!(
+            "{} of {} trials failed ({}; each one's {} says why); fix the cause and run the same command \
+             again to retry them",
+            outcome.failed.len(),
+            sweep.trials.len(),
+            outcome.failed.join(", "),
+            byol_train::sweep::ERROR_FILE
+        );
     }
     Ok(())
 }

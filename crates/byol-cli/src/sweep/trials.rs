@@ -61,6 +61,8 @@ pub struct SweepOutcome {
     pub skipped: usize,
     /// A signal stopped the sweep; run it again to go on.
     pub interrupted: bool,
+    /// Trials whose last attempt failed (`error.txt` in their folder says why).
+    pub failed: Vec<String>,
     pub csv: PathBuf,
     pub markdown: PathBuf,
 }
@@ -129,9 +131,16 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     let markdown = sweep.dir.join("summary.md");
     fs::write(&csv, to_csv(sweep, &rows)?).with_context(|| format!("writing {}", csv.display()))?;
     fs::write(&markdown, to_markdown(sweep, &rows)).with_context(|| format!("writing {}", markdown.display()))?;
+    let failed = sweep
+        .trials
+        .iter()
+        .filter(|t| matches!(TrialStatus::read(&sweep.trial_dir(t)), TrialStatus::Failed(_)))
+        .map(|t| t.id())
+        .collect();
     Ok(SweepOutcome {
         skipped,
         interrupted,
+        failed,
         csv,
         markdown,
     })

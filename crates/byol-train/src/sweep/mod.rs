@@ -290,9 +290,16 @@ impl Sweep {
             overrides: overrides.to_vec(),
         };
         for trial in &sweep.trials {
-            sweep
+            let experiment = sweep
                 .experiment(trial, None)
                 .with_context(|| format!("{} ({})", trial.id(), trial.describe()))?;
+            if sweep.config.metric == Metric::KnnGain && !experiment.eval.before_training {
+                bail!(
+                    "sweep.metric = \"knn_gain\" is the kNN top-1 after training minus before, and {} does not \
+                     measure before (eval.before_training = false): set it to true, or rank by knn_top1",
+                    trial.id()
+                );
+            }
         }
         Ok(sweep)
     }

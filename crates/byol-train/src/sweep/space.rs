@@ -38,6 +38,14 @@ pub(super) fn parse_parameters(table: &toml::Table) -> anyhow::Result<Vec<Parame
     walk(table, "", &mut out)?;
     // Alphabetical, whatever order the TOML table keeps: trial numbers must not depend on it.
     out.sort_by(|a, b| a.key.cmp(&b.key));
+    // `"optimizer.lr" = [..]` and `[sweep.parameters.optimizer] lr = [..]` name one key: the
+    // later would override the earlier in every trial, and its values would never be tried.
+    if let Some(twice) = out.windows(2).find(|w| w[0].key == w[1].key) {
+        bail!(
+            "sweep.parameters names {} twice (as a dotted key and inside a table): keep one",
+            twice[0].key
+        );
+    }
     if out.is_empty() {
         bail!("[sweep.parameters] is empty: name at least one key, e.g. \"optimizer.lr\" = [0.5, 1.0]");
     }
@@ -249,5 +257,7 @@ mod tests {
         assert!(e.contains("empty"), "{e}");
         let e = error("trials = 0\n[parameters]\na = [1]\n");
         assert!(e.contains("nothing to run"), "{e}");
+        let e = error("[parameters]\n\"optimizer.lr\" = [0.5, 1.0]\n[parameters.optimizer]\nlr = [0.1, 0.2]\n");
+        assert!(e.contains("names optimizer.lr twice"), "{e}");
     }
 }
