@@ -159,15 +159,59 @@ impl ByolAugmentConfig {
                     p.blur_sigma
                 )));
             }
+            if !(0.0 < p.crop_ratio.0 && p.crop_ratio.0 <= p.crop_ratio.1 && p.crop_ratio.1.is_finite()) {
+                return Err(DataError::Config(format!(
+                    "augment.{name}.crop_ratio = {:?} must satisfy 0 < lo <= hi (width / height)",
+                    p.crop_ratio
+                )));
+            }
+            check_view_ranges(name, p)?;
+        }
+        let std = self.std.unwrap_or(std);
+        if let Some(bad) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(DataError::Config(format!(
+                "augment.std = {std:?}: {bad} is not above 0 (normalization divides by it)"
+            )));
         }
         Ok(ByolAugment {
             size,
             view1,
             view2,
             mean: self.mean.unwrap_or(mean),
-            std: self.std.unwrap_or(std),
+            std,
         })
     }
+}
+
+/// The colour jitter's strengths (torchvision's ranges: factors drawn from [1 - s, 1 + s], the
+/// hue shift from [-hue, hue] turns), the blur kernel and the solarization threshold of a view.
+fn check_view_ranges(name: &str, p: &ViewParams) -> Result<(), DataError> {
+    let j = &p.jitter;
+    let strength = |v: f64| v >= 0.0 && v.is_finite();
+    let (fraction, threshold) = (p.blur_kernel_fraction, p.solarize_threshold);
+    for (key, v, ok, range) in [
+        ("brightness", j.brightness, strength(j.brightness), ">= 0"),
+        ("contrast", j.contrast, strength(j.contrast), ">= 0"),
+        ("saturation", j.saturation, strength(j.saturation), ">= 0"),
+        ("hue", j.hue, (0.0..=0.5).contains(&j.hue), "in [0, 0.5]"),
+        (
+            "blur_kernel_fraction",
+            fraction,
+            fraction > 0.0 && fraction <= 1.0,
+            "in (0, 1]",
+        ),
+        (
+            "solarize_threshold",
+            threshold,
+            (0.0..=1.0).contains(&threshold),
+            "in [0, 1]",
+        ),
+    ] {
+        if !ok {
+            return Err(DataError::Config(format!("augment.{name}.{key} = {v} must be {range}")));
+        }
+    }
+    Ok(())
 }
 
 byol::register_plugin! {

@@ -214,3 +214,36 @@ fn same_seed_same_views() {
     assert!(a1.equal(&b1) && a2.equal(&b2), "same seed, different views");
     assert!(!a1.equal(&c1) && !a2.equal(&c2), "different seeds, same views");
 }
+
+/// Values outside what the operations mean are refused naming the key, before training (a zero
+/// std made the loss NaN, blamed on the learning rate).
+#[test]
+fn out_of_range_settings_are_refused_naming_the_key() {
+    for (table, message) in [
+        (
+            "std = [0.0, 0.2, 0.2]",
+            "augment.std = [0.0, 0.2, 0.2]: 0 is not above 0",
+        ),
+        (
+            "[view1]\ncrop_ratio = [-1.0, 1.0]",
+            "augment.view1.crop_ratio = (-1.0, 1.0) must satisfy 0 < lo <= hi",
+        ),
+        (
+            "[view2]\nbrightness = -3.0",
+            "augment.view2.brightness = -3 must be >= 0",
+        ),
+        ("[view1]\nhue = 2.0", "augment.view1.hue = 2 must be in [0, 0.5]"),
+        (
+            "[view1]\nblur_kernel_fraction = -1.0",
+            "augment.view1.blur_kernel_fraction = -1 must be in (0, 1]",
+        ),
+        (
+            "[view2]\nsolarize_threshold = 1.5",
+            "augment.view2.solarize_threshold = 1.5 must be in [0, 1]",
+        ),
+    ] {
+        let config: ByolAugmentConfig = toml::from_str(&format!("preset = \"cifar\"\n{table}")).unwrap();
+        let e = config.resolve().unwrap_err().to_string();
+        assert!(e.contains(message), "{table}: {e}");
+    }
+}
