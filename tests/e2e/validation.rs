@@ -100,7 +100,39 @@ fn validate_checks_what_training_checks_before_its_first_step() {
             error.contains("--set run.device=cuda: run.device = \"cuda\" but CUDA is not available"),
             "{error}"
         );
+        // What the step refuses on the CPU, and a recorded step with accumulation anywhere.
+        let error = refused(
+            dir.path(),
+            &[
+                "validate",
+                "tiny.toml",
+                "--set",
+                "run.precision=fp16",
+                "--set",
+                "run.cuda_graphs=true",
+            ],
+        );
+        assert!(
+            error.contains("--set run.precision=fp16: run.precision = \"fp16\" needs a CUDA device")
+                && error.contains("--set run.cuda_graphs=true: run.cuda_graphs = true needs a CUDA device"),
+            "{error}"
+        );
     }
+    let error = refused(
+        dir.path(),
+        &[
+            "validate",
+            "tiny.toml",
+            "--set",
+            "run.cuda_graphs=true",
+            "--set",
+            "schedule.accumulate=2",
+        ],
+    );
+    assert!(
+        error.contains("with schedule.accumulate = 2, set run.cuda_graphs = false"),
+        "{error}"
+    );
 }
 
 #[test]

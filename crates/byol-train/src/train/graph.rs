@@ -32,10 +32,16 @@ pub fn graphed_step(
     device: Device,
     data_parallel: bool,
 ) -> anyhow::Result<Option<GraphedStep>> {
-    let run = &experiment.run;
-    if !run.cuda_graphs {
+    if !experiment.run.cuda_graphs {
         return Ok(None);
     }
+    check_cuda_graphs(experiment, device, data_parallel)?;
+    GraphedStep::new().map(Some)
+}
+
+/// Why `run.cuda_graphs = true` cannot record this experiment's step on `device`, if it cannot
+/// (also checked by `byol-run validate`).
+pub fn check_cuda_graphs(experiment: &Experiment, device: Device, data_parallel: bool) -> anyhow::Result<()> {
     if data_parallel {
         bail!(
             "run.cuda_graphs = true is for one process started without torchrun: a data-parallel step \
@@ -53,7 +59,7 @@ pub fn graphed_step(
     if !device.is_cuda() {
         bail!("run.cuda_graphs = true needs a CUDA device (this run is on {device:?}); set run.cuda_graphs = false");
     }
-    GraphedStep::new().map(Some)
+    Ok(())
 }
 
 pub struct GraphedStep {

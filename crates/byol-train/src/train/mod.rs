@@ -37,11 +37,11 @@ use crate::Experiment;
 
 pub use data::{training_loader, two_views};
 pub use device::{parse_device, parse_device_for, prepare_for_steps};
-pub use graph::{graphed_step, GraphedOutputs, GraphedStep};
+pub use graph::{check_cuda_graphs, graphed_step, GraphedOutputs, GraphedStep};
 pub use guard::panic_message;
 pub use model::{Model, Weights};
 pub use monitor::{embed_split, embed_split_sharded, Evaluation, NO_LABELS_NOTE};
-pub use step::{Plan, StepNumerics, StepReport};
+pub use step::{check_precision, Plan, StepNumerics, StepReport};
 
 use guard::{explain_error, explain_panic, guarded};
 use journal::Journal;

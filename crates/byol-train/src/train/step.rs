@@ -27,14 +27,22 @@ pub struct StepNumerics {
     pub channels_last: bool,
 }
 
+/// Why `precision` cannot train on `device`, if it cannot (also checked by `byol-run validate`).
+pub fn check_precision(precision: Precision, device: Device) -> anyhow::Result<()> {
+    if precision == Precision::Fp16 && !device.is_cuda() {
+        bail!("run.precision = \"fp16\" needs a CUDA device (this run is on {device:?}); use \"bf16\" or \"fp32\"");
+    }
+    Ok(())
+}
+
 impl StepNumerics {
     pub fn resolve(precision: Precision, memory_format: MemoryFormat, device: Device) -> anyhow::Result<Self> {
         let (autocast, scaler) = match precision {
             Precision::Fp32 => (None, None),
             Precision::Bf16 => (Some(Kind::BFloat16), None),
-            Precision::Fp16 if device.is_cuda() => (Some(Kind::Half), Some(LossScaler::new(device))),
             Precision::Fp16 => {
-                bail!("run.precision = \"fp16\" needs a CUDA device (this run is on {device:?}); use \"bf16\" or \"fp32\"")
+                check_precision(precision, device)?;
+                (Some(Kind::Half), Some(LossScaler::new(device)))
             }
         };
         let channels_last = match memory_format {
