@@ -563,6 +563,21 @@ fn a_resumed_run_keeps_its_first_measures_and_tensorboard_shows_each_step_once()
         "config.toml describes the run that trained"
     );
 
+    // Killed after its last checkpoint, before its summary: started again, the run trains
+    // nothing and reports the loss and the training time of the steps before.
+    let full = summary(&run_dir);
+    std::fs::remove_file(run_dir.join("summary.json")).unwrap();
+    let out = run(dir.path(), "r", &[&before[..], &["--quiet"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let again = summary(&run_dir);
+    assert_eq!(again["final_loss"], full["final_loss"], "{again}");
+    let seconds = |s: &serde_json::Value, key: &str| s[key].as_f64().unwrap();
+    assert!(
+        seconds(&again, "train_seconds") >= seconds(&full, "train_seconds"),
+        "{again}\n{full}"
+    );
+    assert!(seconds(&again, "images_per_second") > 0.0, "{again}");
+
     // Trained longer and stopped by kill -9: no summary of the shorter run is left to pass for
     // this one's.
     let longer = ["--set", "schedule.epochs=40", "--allow-change", "schedule.epochs"];

@@ -32,6 +32,21 @@ pub struct Manifest {
     /// experiment key (`backbone.path`) -> the file's name in this folder (listed in `files`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sources: std::collections::BTreeMap<String, String>,
+    /// The run's record up to this step, for a run resumed here to report whole.
+    #[serde(flatten)]
+    pub record: TrainingRecord,
+}
+
+/// What a run reports at its end that the steps before a checkpoint determined.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    /// The loss at the last log point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_loss: Option<f64>,
+    /// Seconds of training (evaluations during training included) up to here, summed over the
+    /// starts of the run (a run resumed after a kill adds its own to those before).
+    #[serde(default)]
+    pub train_seconds: f64,
 }
 
 /// Saves and finds checkpoints in `<run>/checkpoints`.
@@ -472,6 +487,7 @@ mod tests {
             files: files.iter().map(|f| (f.to_string(), "0".repeat(64))).collect(),
             config: String::new(),
             sources: Default::default(),
+            record: Default::default(),
         }
     }
 

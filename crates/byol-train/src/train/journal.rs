@@ -45,7 +45,7 @@ impl Journal {
             progress: None,
             quiet,
             window: (Instant::now(), 0),
-            final_loss: None,
+            final_loss: t.carried.last_loss,
         };
         if !t.monitor.has_knn() && !t.splits.train.is_labelled() {
             journal.say(format!("note: {NO_LABELS_NOTE}"));

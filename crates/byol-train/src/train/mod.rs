@@ -91,7 +91,8 @@ pub struct RunSummary {
     /// The online probe's top-1 on the kNN queries (held-out images) at the end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_top1_after: Option<f64>,
-    /// Wall time of this process's training, evaluations during training included.
+    /// Wall time of the run's training, evaluations during training included, summed over its
+    /// starts (a resumed run's includes the time before the kill).
     pub train_seconds: f64,
     pub images_per_second: f64,
     /// The kNN curve's evaluations during training in this process (before and after training
@@ -131,7 +132,8 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let before = measured_before(&t, &mut journal, &run_dir, step)?;
 
     journal.start_training(&t, step);
-    let (started, start_step) = (Instant::now(), step);
+    t.start_clock();
+    let start_step = step;
     let progress = train_epochs(
         &mut t,
         &mut journal,
@@ -140,8 +142,8 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         options.pruner.as_ref(),
         &mut step,
     )?;
-    let train_seconds = started.elapsed().as_secs_f64();
-    let checkpoint = t.save(step)?;
+    let train_seconds = t.train_seconds();
+    let checkpoint = t.save(step, journal.final_loss)?;
     let Progress {
         interrupted,
         pruned,
@@ -157,6 +159,13 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     journal.finish(before.as_ref(), after.as_ref(), step, !stopped_early);
 
     let batch_size = experiment.schedule.batch_size as u64;
+    // Over the steps that train_seconds covers: all of them, unless the checkpoint resumed from
+    // predates its record of seconds (then this process's).
+    let timed_steps = if t.carried.train_seconds > 0.0 {
+        step
+    } else {
+        step - start_step
+    };
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         rank: t.rank() as usize,
@@ -172,7 +181,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         knn_after: after.map(|e| e.knn),
         probe_top1_after: after.and_then(|e| e.probe_top1),
         train_seconds,
-        images_per_second: ((step - start_step) * batch_size) as f64 / train_seconds.max(1e-9),
+        images_per_second: (timed_steps * batch_size) as f64 / train_seconds.max(1e-9),
         curve_evaluations,
         curve_seconds,
         checkpoint,
@@ -374,7 +383,7 @@ fn train_epoch(t: &mut Trainer<'_>, journal: &mut Journal, stop: &AtomicBool, st
             return Ok(true);
         }
         if saves {
-            t.save(*step)?;
+            t.save(*step, journal.final_loss)?;
         }
     }
     t.check_loss()?;

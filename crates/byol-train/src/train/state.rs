@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use byol_data::Dataset;
 
-use crate::checkpoint::{self, Checkpointer, Manifest};
+use crate::checkpoint::{self, Checkpointer, Manifest, TrainingRecord};
 use crate::optimizer::Optimizer;
 use crate::run_dir;
 use crate::Experiment;
@@ -348,7 +348,7 @@ const LOSS_SCALE_KEY: &str = "loss_scale";
 pub fn save_checkpoint(
     checkpointer: &Checkpointer,
     state: TrainingState<'_>,
-    step: u64,
+    (step, record): (u64, TrainingRecord),
     plan: &Plan,
     config_toml: &str,
     sources: &KeptSources,
@@ -375,6 +375,7 @@ pub fn save_checkpoint(
         files: Default::default(),
         config: config_toml.to_string(),
         sources: sources.names.clone(),
+        record,
     };
     checkpointer.save(&state.model.state(), &optimizer_state, &sources.files, manifest)
 }

@@ -8,7 +8,7 @@ use tch::Device;
 use byol::{Augment, BuildContext};
 use byol_data::{BatchLoader, Splits};
 
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{Checkpointer, TrainingRecord};
 use crate::distributed::{DataParallel, OverlappedGradients};
 use crate::optimizer::Optimizer;
 use crate::run_dir;
@@ -39,6 +39,10 @@ pub struct Trainer<'a> {
     pub monitor: Monitor,
     /// The step the run resumed from; None: it started at step 0.
     pub resumed_from: Option<u64>,
+    /// The record of the steps before `resumed_from` (its checkpoint's).
+    pub carried: TrainingRecord,
+    /// When this process started training ([`Trainer::start_clock`]).
+    clock: Option<std::time::Instant>,
     checkpointer: Checkpointer,
     config_toml: String,
     /// The data the run reads, recorded with `config_toml` by [`Trainer::record_run`].
@@ -124,6 +128,8 @@ impl<'a> Trainer<'a> {
             plan,
             monitor,
             resumed_from: start.step(),
+            carried: start.checkpoint.as_ref().map(|(_, m)| m.record).unwrap_or_default(),
+            clock: None,
             checkpointer,
             config_toml,
             fingerprint,
@@ -171,18 +177,34 @@ impl<'a> Trainer<'a> {
         }
     }
 
+    /// Starts counting this process's training time.
+    pub fn start_clock(&mut self) {
+        self.clock = Some(std::time::Instant::now());
+    }
+
+    /// Seconds of training: the steps before the resume's, and this process's since
+    /// [`Trainer::start_clock`].
+    pub fn train_seconds(&self) -> f64 {
+        self.carried.train_seconds + self.clock.map_or(0.0, |c| c.elapsed().as_secs_f64())
+    }
+
     /// Rank 0 writes the checkpoint of `step` while the other processes wait; returns its folder.
-    pub fn save(&self, step: u64) -> anyhow::Result<PathBuf> {
+    /// `last_loss` is the loss at the last log point, kept for a run resumed there to report.
+    pub fn save(&self, step: u64, last_loss: Option<f64>) -> anyhow::Result<PathBuf> {
         let saved = if self.is_main() {
             let state = TrainingState {
                 model: &self.model,
                 optimizer: self.optimizer.as_ref(),
                 numerics: &self.numerics,
             };
+            let record = TrainingRecord {
+                last_loss,
+                train_seconds: self.train_seconds(),
+            };
             state::save_checkpoint(
                 &self.checkpointer,
                 state,
-                step,
+                (step, record),
                 &self.plan,
                 &self.config_toml,
                 &self.sources,
