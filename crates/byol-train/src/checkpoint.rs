@@ -188,16 +188,39 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Removes what interrupted writes left behind (`.step-N.tmp-PID` folders, `.last.tmp-PID`
-    /// links) and returns their names. Only for the holder of the run folder's lock: another
-    /// process's write in progress looks exactly like a stale one.
+    /// Cleans up after interrupted writes and says what it did: `.step-N.tmp-PID` folders and
+    /// `.last.tmp-PID` links are removed, and a `.step-N.replaced-PID` folder (a checkpoint being
+    /// replaced where folders cannot be swapped) is removed when `step-N` is in place, else put
+    /// back. Only for the holder of the run folder's lock: another process's write in progress
+    /// looks exactly like a stale one.
     pub fn remove_stale_temporaries(&self) -> anyhow::Result<Vec<String>> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Ok(Vec::new());
         };
         let mut removed = Vec::new();
-        for entry in entries.filter_map(Result::ok) {
+        let mut entries: Vec<fs::DirEntry> = entries.filter_map(Result::ok).collect();
+        // Replaced checkpoints first: one whose replacement never moved in is the step's only
+        // complete copy, and goes back in place.
+        entries.sort_by_key(|e| !e.file_name().to_string_lossy().contains(REPLACED));
+        for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(step) = name
+                .strip_prefix('.')
+                .and_then(|n| n.split_once(REPLACED))
+                .map(|(s, _)| s)
+            {
+                let (path, target) = (entry.path(), self.dir.join(step));
+                if target.exists() {
+                    fs::remove_dir_all(&path)
+                        .with_context(|| format!("cannot remove the replaced checkpoint {}", path.display()))?;
+                    removed.push(format!("removed {name}"));
+                } else {
+                    fs::rename(&path, &target)
+                        .with_context(|| format!("cannot restore {} to {}", path.display(), target.display()))?;
+                    removed.push(format!("restored {name} as {step}"));
+                }
+                continue;
+            }
             if !(name.starts_with('.') && name.contains(".tmp-")) {
                 continue;
             }
@@ -207,7 +230,7 @@ impl Checkpointer {
                 _ => fs::remove_file(&path),
             };
             result.with_context(|| format!("cannot remove the unfinished checkpoint write {}", path.display()))?;
-            removed.push(name);
+            removed.push(format!("removed {name}"));
         }
         Ok(removed)
     }
@@ -222,9 +245,9 @@ impl Checkpointer {
     pub fn resume_point(&self, repair: bool) -> anyhow::Result<ResumePoint> {
         let mut warnings = Vec::new();
         if repair {
-            for name in self.remove_stale_temporaries()? {
+            for done in self.remove_stale_temporaries()? {
                 warnings.push(format!(
-                    "removed {name}, left in {} by an interrupted write",
+                    "{done}, left in {} by an interrupted write",
                     self.dir.display()
                 ));
             }
@@ -379,11 +402,29 @@ fn move_into_place(tmp: &Path, target: &Path) -> anyhow::Result<()> {
             let _ = fs::remove_dir_all(tmp);
             return Ok(());
         }
-        // File systems without RENAME_EXCHANGE: a short window without the folder.
-        fs::remove_dir_all(target).with_context(|| format!("cannot replace {}", target.display()))?;
+        return replace_by_renames(tmp, target);
     }
     fs::rename(tmp, target).with_context(|| format!("cannot move checkpoint into {}", target.display()))
 }
+
+/// [`move_into_place`] where folders cannot be swapped (NFS has no RENAME_EXCHANGE): the old
+/// folder is renamed aside, not deleted, until the new one is in place; a kill in between leaves
+/// it for the next start to restore (see `Checkpointer::remove_stale_temporaries`).
+fn replace_by_renames(tmp: &Path, target: &Path) -> anyhow::Result<()> {
+    let aside = replaced_name(target);
+    fs::rename(target, &aside).with_context(|| format!("cannot replace {}", target.display()))?;
+    fs::rename(tmp, target).with_context(|| format!("cannot move checkpoint into {}", target.display()))?;
+    let _ = fs::remove_dir_all(&aside);
+    Ok(())
+}
+
+/// Where [`move_into_place`] keeps a checkpoint folder while its replacement moves in.
+fn replaced_name(target: &Path) -> PathBuf {
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    target.with_file_name(format!(".{name}{REPLACED}{}", std::process::id()))
+}
+
+const REPLACED: &str = ".replaced-";
 
 /// Atomically swaps two paths (Linux `renameat2(RENAME_EXCHANGE)`).
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
@@ -520,6 +561,47 @@ mod tests {
         let resumed = checkpoints.resume_point(true).unwrap();
         assert_eq!(resumed.latest.unwrap().0, second);
         assert!(fs::symlink_metadata(&last).unwrap().is_symlink());
+    }
+
+    /// Where folders cannot be swapped, a checkpoint saved again is renamed aside while its
+    /// replacement moves in. Killed in between, the next start puts it back (or drops it when
+    /// the replacement made it), so the step never goes missing.
+    #[test]
+    fn a_checkpoint_replaced_without_a_swap_survives_a_kill_in_between() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkpoints = Checkpointer::new(tmp.path().to_path_buf(), 2);
+        let weights = vec![("w".to_string(), Tensor::from_slice(&[1f32]))];
+        let step = checkpoints.save(&weights, &weights, &[], manifest(&[])).unwrap();
+        // Killed after the old folder went aside, before the new one moved in.
+        let aside = replaced_name(&step);
+        fs::rename(&step, &aside).unwrap();
+        let unfinished = tmp.path().join(".step-000000001.tmp-1");
+        fs::create_dir(&unfinished).unwrap();
+        let resumed = checkpoints.resume_point(true).unwrap();
+        assert_eq!(resumed.latest.unwrap().0, step);
+        assert!(!aside.exists() && !unfinished.exists());
+        assert!(
+            resumed
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("restored .step-000000001.replaced-")),
+            "{:?}",
+            resumed.warnings
+        );
+        // The replacement itself, and a kill after the new one moved in: the old one goes.
+        let newer = tmp.path().join(".step-000000001.tmp-2");
+        fs::create_dir(&newer).unwrap();
+        for file in fs::read_dir(&step).unwrap() {
+            let file = file.unwrap();
+            fs::copy(file.path(), newer.join(file.file_name())).unwrap();
+        }
+        fs::write(newer.join("mark"), "new").unwrap();
+        replace_by_renames(&newer, &step).unwrap();
+        assert!(step.join("mark").is_file() && !aside.exists() && !newer.exists());
+        fs::create_dir(&aside).unwrap();
+        let resumed = checkpoints.resume_point(true).unwrap();
+        assert_eq!(resumed.latest.unwrap().0, step);
+        assert!(!aside.exists());
     }
 
     #[test]
