@@ -98,9 +98,11 @@ fn every_plugins_example_parses_shows_every_key_and_builds() {
             PluginKind::Backbone => {
                 let spec = parse::<dyn BackboneSpec>(info);
                 if builds {
+                    // At the ImageNet size the examples are written for (a ViT's position
+                    // embeddings fit its image_size, 224 by default, and refuse other views).
                     let vs = nn::VarStore::new(Device::Cpu);
                     let net = spec
-                        .build(&vs.root(), &context)
+                        .build(&vs.root(), &BuildContext::new(Device::Cpu, 224))
                         .unwrap_or_else(|e| panic!("the example of '{name}' does not build: {e}"));
                     assert!(!net.taps().is_empty(), "'{name}' has no taps");
                 }
