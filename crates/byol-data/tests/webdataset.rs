@@ -206,6 +206,42 @@ fn shards_written_by_python_tarfile_in_the_webdataset_layout_read_in_order() {
         assert!((red as i32 - 10 * i as i32).abs() <= 3, "sample {i}: red {red}");
         assert_eq!(label, i as i64 % 3, "sample {i}");
     }
+
+    // A test split without classes.txt either, whose labels stop below the training split's top
+    // class, or go past it: both splits take the classes up to the larger top label.
+    for (labels, classes) in [
+        (&["0", "1"][..], &["0", "1", "2"][..]),
+        (&["3"][..], &["0", "1", "2", "3"][..]),
+    ] {
+        let mut tar = byol_data::tar::TarWriter::new(Vec::new());
+        write_image(&tmp.path().join("t.png"), 7);
+        let png = std::fs::read(tmp.path().join("t.png")).unwrap();
+        for (i, label) in labels.iter().enumerate() {
+            tar.append(&format!("{i}.png"), &png).unwrap();
+            tar.append(&format!("{i}.cls"), label.as_bytes()).unwrap();
+        }
+        let test = tmp.path().join(format!("test-{}.tar", labels.len()));
+        std::fs::write(&test, tar.finish().unwrap()).unwrap();
+        let (splits, _) = config(&quoted(&urls), &format!("test_urls = {}", quoted(&test)))
+            .load()
+            .unwrap();
+        assert_eq!(splits.train.classes(), classes);
+        assert_eq!(splits.test.unwrap().classes(), classes);
+    }
+    // An unlabelled test split is no such case.
+    let mut tar = byol_data::tar::TarWriter::new(Vec::new());
+    tar.append("0.png", &std::fs::read(tmp.path().join("t.png")).unwrap())
+        .unwrap();
+    let unlabelled = tmp.path().join("test-unlabelled.tar");
+    std::fs::write(&unlabelled, tar.finish().unwrap()).unwrap();
+    let err = config(&quoted(&urls), &format!("test_urls = {}", quoted(&unlabelled)))
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("dataset.test_urls has classes [], dataset.urls has [0, 1, 2]"),
+        "{err}"
+    );
 }
 
 /// 10 shards of 7 samples (ids 1..=70), unlabelled, written in order.

@@ -227,7 +227,7 @@ impl WebDatasetConfig {
     pub fn load(&self) -> Result<(Splits, Vec<String>), DataError> {
         self.check()?;
         let mut warnings = Vec::new();
-        let train = self.split("urls", &self.urls, &mut warnings)?;
+        let mut train = self.split("urls", &self.urls, &mut warnings)?;
         let test = match &self.test_urls {
             None => None,
             Some(urls) => {
@@ -239,7 +239,14 @@ impl WebDatasetConfig {
                             .into(),
                     ));
                 }
-                let test = self.split("test_urls", urls, &mut warnings)?;
+                let mut test = self.split("test_urls", urls, &mut warnings)?;
+                // Without a classes.txt a split's classes are its labels up to its largest: a
+                // test split without the top class is still the same classes.
+                if test.is_labelled() && numbered(train.classes()) && numbered(test.classes()) {
+                    let classes = train.classes().len().max(test.classes().len());
+                    train = train.with_numbered_classes(classes);
+                    test = test.with_numbered_classes(classes);
+                }
                 if test.classes() != train.classes() {
                     return Err(DataError::Config(format!(
                         "dataset.test_urls has classes [{}], dataset.urls has [{}]; both need the same {CLASSES_FILE}",
@@ -270,6 +277,20 @@ impl WebDatasetConfig {
             on_bad_image: self.on_bad_image,
             skipped: Default::default(),
         })))
+    }
+}
+
+/// Class names that are the label numbers themselves (shards without a classes.txt).
+fn numbered(classes: &[String]) -> bool {
+    classes.iter().enumerate().all(|(i, c)| *c == i.to_string())
+}
+
+impl WebDataset {
+    /// This split (just read, not shared yet) with the classes `0..classes`.
+    fn with_numbered_classes(mut self, classes: usize) -> Self {
+        let core = Arc::get_mut(&mut self.0).expect("a split just read is not shared yet");
+        core.index.classes = (0..classes).map(|l| l.to_string()).collect();
+        self
     }
 }
 
