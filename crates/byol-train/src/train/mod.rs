@@ -132,8 +132,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let before = measured_before(&t, &mut journal, &run_dir, step)?;
 
     journal.start_training(&t, step);
-    t.start_clock();
-    let start_step = step;
+    t.start_clock(step);
     let progress = train_epochs(
         &mut t,
         &mut journal,
@@ -158,14 +157,6 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     record_curve(&t, &run_dir, &after, step, final_loss, None)?;
     journal.finish(before.as_ref(), after.as_ref(), step, !stopped_early);
 
-    let batch_size = experiment.schedule.batch_size as u64;
-    // Over the steps that train_seconds covers: all of them, unless the checkpoint resumed from
-    // predates its record of seconds (then this process's).
-    let timed_steps = if t.carried.train_seconds > 0.0 {
-        step
-    } else {
-        step - start_step
-    };
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         rank: t.rank() as usize,
@@ -181,7 +172,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         knn_after: after.map(|e| e.knn),
         probe_top1_after: after.and_then(|e| e.probe_top1),
         train_seconds,
-        images_per_second: (timed_steps * batch_size) as f64 / train_seconds.max(1e-9),
+        images_per_second: t.images_per_second(step, train_seconds),
         curve_evaluations,
         curve_seconds,
         checkpoint,

@@ -41,8 +41,8 @@ pub struct Trainer<'a> {
     pub resumed_from: Option<u64>,
     /// The record of the steps before `resumed_from` (its checkpoint's).
     pub carried: TrainingRecord,
-    /// When this process started training ([`Trainer::start_clock`]).
-    clock: Option<std::time::Instant>,
+    /// When and at which step this process started training ([`Trainer::start_clock`]).
+    clock: Option<(std::time::Instant, u64)>,
     checkpointer: Checkpointer,
     config_toml: String,
     /// The data the run reads, recorded with `config_toml` by [`Trainer::record_run`].
@@ -177,15 +177,25 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Starts counting this process's training time.
-    pub fn start_clock(&mut self) {
-        self.clock = Some(std::time::Instant::now());
+    /// Starts counting this process's training time, from `step`.
+    pub fn start_clock(&mut self, step: u64) {
+        self.clock = Some((std::time::Instant::now(), step));
     }
 
     /// Seconds of training: the steps before the resume's, and this process's since
     /// [`Trainer::start_clock`].
     pub fn train_seconds(&self) -> f64 {
-        self.carried.train_seconds + self.clock.map_or(0.0, |c| c.elapsed().as_secs_f64())
+        self.carried.train_seconds + self.clock.map_or(0.0, |(c, _)| c.elapsed().as_secs_f64())
+    }
+
+    /// Images trained per second up to `step`, over `train_seconds`: all the steps, unless the
+    /// checkpoint resumed from predates its record of seconds (then this process's).
+    pub fn images_per_second(&self, step: u64, train_seconds: f64) -> f64 {
+        let timed_from = match self.clock {
+            Some((_, from)) if self.carried.train_seconds == 0.0 => from,
+            _ => 0,
+        };
+        ((step - timed_from) * self.experiment.schedule.batch_size as u64) as f64 / train_seconds.max(1e-9)
     }
 
     /// Rank 0 writes the checkpoint of `step` while the other processes wait; returns its folder.
