@@ -158,6 +158,10 @@ pub fn linear_probe(
         !lrs.is_empty(),
         "the linear probe needs at least one learning rate to try"
     );
+    if let Some(bad) = lrs.iter().find(|lr| !(lr.is_finite() && **lr > 0.0)) {
+        bail!("the linear probe's learning rates must be above 0, and {bad} is not");
+    }
+    ensure!(epochs >= 1, "the linear probe needs at least one epoch");
     let mean = train.mean_dim([0i64].as_slice(), true, Kind::Float);
     let std = train.std_dim([0i64].as_slice(), false, true) + 1e-6;
     let (train, test) = ((train - &mean) / &std, (test - &mean) / &std);
