@@ -213,6 +213,10 @@ pub struct Experiment {
     /// point at the flag.
     #[serde(skip)]
     pub overrides: Vec<String>,
+    /// Where each of `overrides` came from, as messages name it: `--set a.b=1` unless the
+    /// caller said otherwise ([`Experiment::parse_from`]: a sweep's parameters).
+    #[serde(skip)]
+    pub override_origins: Vec<String>,
 }
 
 /// The `[distributed]` table: data parallelism when started by torchrun (WORLD_SIZE set).
@@ -288,6 +292,14 @@ impl Experiment {
     /// Parses an experiment from TOML text. A `[sweep]` table is refused: sweep files run with
     /// `byol-run sweep` ([`crate::sweep`]), which removes it before parsing each trial.
     pub fn parse(text: &str, overrides: &[String]) -> anyhow::Result<Self> {
+        let origins: Vec<String> = overrides.iter().map(|a| format!("--set {a}")).collect();
+        Self::parse_from(text, overrides, &origins)
+    }
+
+    /// [`Experiment::parse`] with the origin of each override, as errors about it name it
+    /// (`sweep.parameters."optimizer.lr" = 0.1`).
+    pub fn parse_from(text: &str, overrides: &[String], origins: &[String]) -> anyhow::Result<Self> {
+        assert_eq!(overrides.len(), origins.len(), "one origin per override");
         let mut table: toml::Table = toml::from_str(text).map_err(|e| explain(text, &e))?;
         if table.contains_key("sweep") {
             bail!(
@@ -302,18 +314,22 @@ impl Experiment {
             apply_override(&mut table, assignment)?;
         }
         let merged = toml::to_string(&table).context("re-serializing the overridden experiment")?;
-        let mut experiment: Self = toml::from_str(&merged).map_err(|e| blame(text, overrides, &merged, &e))?;
+        let mut experiment: Self =
+            toml::from_str(&merged).map_err(|e| blame(text, (overrides, origins), &merged, &e))?;
         experiment.overrides = overrides.to_vec();
+        experiment.override_origins = origins.to_vec();
         Ok(experiment)
     }
 
-    /// The `--set` assignment of `key` (`schedule.epochs`), if one was given.
+    /// Where `key` (`schedule.epochs`) was set over the file (`--set schedule.epochs=3`), if it
+    /// was.
     pub fn override_of(&self, key: &str) -> Option<&str> {
         self.overrides
             .iter()
+            .zip(&self.override_origins)
             .rev() // the last assignment of a key wins
-            .find(|a| a.split_once('=').is_some_and(|(k, _)| k.trim() == key))
-            .map(String::as_str)
+            .find(|(a, _)| a.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+            .map(|(_, origin)| origin.as_str())
     }
 
     /// The experiment as TOML, with every default filled in (saved in the run folder).
@@ -340,7 +356,12 @@ pub(crate) fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
 /// text is a reformatted copy whose line numbers mean nothing to the user: when the file alone
 /// fails with the same message, the error is the file's and is reported with the file's own
 /// lines; otherwise it is reported against the `--set` that causes it.
-fn blame(text: &str, overrides: &[String], merged: &str, error: &toml::de::Error) -> anyhow::Error {
+fn blame(
+    text: &str,
+    (overrides, origins): (&[String], &[String]),
+    merged: &str,
+    error: &toml::de::Error,
+) -> anyhow::Error {
     let message = error.message().trim();
     if let Err(own) = toml::from_str::<Experiment>(text) {
         if own.message().trim() == message {
@@ -355,9 +376,9 @@ fn blame(text: &str, overrides: &[String], merged: &str, error: &toml::de::Error
                 .and_then(|t| toml::from_str::<Experiment>(&t).err())
                 .is_some_and(|e| e.message().trim() == message)
     };
-    let flags = match overrides.iter().find(|a| alone_gives_it(a)) {
-        Some(assignment) => format!("--set {assignment}"),
-        None => format!("--set {}", overrides.join(" --set ")),
+    let flags = match overrides.iter().position(alone_gives_it) {
+        Some(i) => origins[i].clone(),
+        None => origins.join(", "),
     };
     match error.span().and_then(|span| enclosing_table(merged, span.start)) {
         Some(table) => anyhow::anyhow!("{flags}: {message} (in table [{table}])"),

@@ -53,7 +53,7 @@ impl Problems<'_> {
     /// Records `message` about `key`, pointed at its `--set` when it came from one.
     fn add(&mut self, key: &str, message: String) {
         let line = match self.experiment.override_of(key) {
-            Some(assignment) => format!("--set {assignment}: {message}"),
+            Some(origin) => format!("{origin}: {message}"),
             None => message,
         };
         self.lines.push(line);

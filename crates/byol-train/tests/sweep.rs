@@ -146,6 +146,35 @@ metric = \"knn_gain\"
     assert!(sweep::is_sweep(&text(&out, "[sweep]\n")) && !sweep::is_sweep(BASE));
 }
 
+/// A value out of range is named where it was set: the trial's parameter, a `--set`, or
+/// `--devices`, not a `--set` the user never typed.
+#[test]
+fn a_bad_trial_value_is_named_where_it_was_set() {
+    let out = tempfile::tempdir().unwrap();
+    let s = Sweep::parse(
+        &text(&out, "[sweep]\n[sweep.parameters]\n\"schedule.epochs\" = [0]\n"),
+        &["optimizer.lr=-1".to_string()],
+        "x",
+    )
+    .unwrap();
+    let e = format!(
+        "{:#}",
+        s.experiment(&s.trials[0], Some("gpu0"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+    );
+    assert!(
+        e.contains("sweep.parameters.\"schedule.epochs\" = 0 (trial-001): schedule.epochs = 0 is out of range"),
+        "{e}"
+    );
+    assert!(
+        e.contains("--set optimizer.lr=-1: optimizer.lr = -1 is out of range"),
+        "{e}"
+    );
+    assert!(e.contains("--devices gpu0: "), "{e}");
+}
+
 #[test]
 fn tables_rank_by_the_goal_and_quote_csv_fields() {
     let out = tempfile::tempdir().unwrap();

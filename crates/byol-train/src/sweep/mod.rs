@@ -322,9 +322,26 @@ impl Sweep {
         all
     }
 
-    /// The experiment of one trial.
+    /// The experiment of one trial; errors about a key name where it was set: `--set`, the
+    /// trial's parameter, or `--devices`.
     pub fn experiment(&self, trial: &Trial, device: Option<&str>) -> anyhow::Result<Experiment> {
-        Experiment::parse(&self.base, &self.trial_overrides(trial, device))
+        let overrides = self.trial_overrides(trial, device);
+        let origins: Vec<String> = overrides
+            .iter()
+            .enumerate()
+            .map(|(i, assignment)| {
+                let (key, value) = assignment.split_once('=').unwrap_or((assignment, ""));
+                match i.checked_sub(self.overrides.len()) {
+                    None => format!("--set {assignment}"),
+                    Some(p) if p < trial.values.len() => {
+                        format!("sweep.parameters.\"{key}\" = {value} ({})", trial.id())
+                    }
+                    Some(_) if key == "run.device" => format!("--devices {}", device.unwrap_or_default()),
+                    Some(_) => format!("the trial's {key} = {value}"),
+                }
+            })
+            .collect();
+        Experiment::parse_from(&self.base, &overrides, &origins)
     }
 
     pub fn trial_dir(&self, trial: &Trial) -> PathBuf {
