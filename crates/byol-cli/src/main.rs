@@ -145,7 +145,7 @@ struct TrainArgs {
     /// Resume even though KEY differs from the experiment the run folder was trained with
     /// (repeatable; a table name such as `optimizer` accepts all its keys). Without it such a
     /// resume is refused with the differences listed. Keys that never need it: logging.*,
-    /// checkpoint.*, eval cadence and kNN settings, run.threads, run.device, dataset.workers,
+    /// checkpoint.*, eval cadence, run.threads, run.device, dataset.workers,
     /// optimizer.fused, distributed.overlap_gradients and bucket_mb (the README lists them all).
     #[arg(long = "allow-change", value_name = "KEY")]
     allow_change: Vec<String>,

@@ -43,10 +43,31 @@ pub struct TrainingRecord {
     /// The loss at the last log point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_loss: Option<f64>,
-    /// Seconds of training (evaluations during training included) up to here, summed over the
-    /// starts of the run (a run resumed after a kill adds its own to those before).
+    /// Seconds of training (evaluations during training included) from step `timed_from_step`
+    /// to here, summed over the starts of the run (a run resumed after a kill adds its own to
+    /// those before).
     #[serde(default)]
     pub train_seconds: f64,
+    /// The step `train_seconds` counts from: 0, or where a run resumed from a checkpoint that
+    /// had no record (None in those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timed_from_step: Option<u64>,
+}
+
+impl TrainingRecord {
+    /// What a run that resumes at `step` from a checkpoint with this record carries on: the
+    /// record, or for a checkpoint without one (an earlier version's), the loss alone, with
+    /// training time counted from `step`.
+    pub fn resumed_at(self, step: u64) -> Self {
+        match self.timed_from_step {
+            Some(_) => self,
+            None => Self {
+                train_seconds: 0.0,
+                timed_from_step: Some(step),
+                ..self
+            },
+        }
+    }
 }
 
 /// Saves and finds checkpoints in `<run>/checkpoints`.
@@ -602,6 +623,25 @@ mod tests {
         let resumed = checkpoints.resume_point(true).unwrap();
         assert_eq!(resumed.latest.unwrap().0, step);
         assert!(!aside.exists());
+    }
+
+    /// A checkpoint of an earlier version has no record: the time of a run resumed from it is
+    /// counted from there, and that starting step is kept through later resumes, so that its
+    /// images per second divide the steps its seconds cover.
+    #[test]
+    fn training_time_counts_from_the_first_step_it_covers() {
+        let old: TrainingRecord = serde_json::from_str("{}").unwrap();
+        let resumed = old.resumed_at(56);
+        assert_eq!((resumed.train_seconds, resumed.timed_from_step), (0.0, Some(56)));
+        let saved = TrainingRecord {
+            train_seconds: 2.5,
+            ..resumed
+        };
+        let json = serde_json::to_string(&saved).unwrap();
+        let again: TrainingRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(again.resumed_at(60), saved, "{json}");
+        let fresh = TrainingRecord::default().resumed_at(0);
+        assert_eq!(fresh.timed_from_step, Some(0));
     }
 
     #[test]

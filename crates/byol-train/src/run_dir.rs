@@ -30,6 +30,18 @@ impl FolderLock {
     /// byol-run move it aside before the lock is taken).
     pub fn create_and_acquire(dir: &Path, what: &str) -> anyhow::Result<Self> {
         Self::acquire_after(dir, what, || match std::fs::create_dir_all(dir) {
+            // Something there that is not a folder: a file, or a link to a missing folder.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    && std::fs::symlink_metadata(dir).is_ok()
+                    && !dir.is_dir() =>
+            {
+                bail!(
+                    "cannot use {} as the {what}: it exists and is not a folder (a file, or a link to a missing \
+                     folder); remove it or choose another folder",
+                    dir.display()
+                )
+            }
             // There when created, gone when checked: moved aside meanwhile, and created again next.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             created => created.with_context(|| format!("cannot create {what} {}", dir.display())),
@@ -461,6 +473,18 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left.len(), 2, "{left:?}");
+    }
+
+    #[test]
+    fn a_run_folder_path_that_is_no_folder_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let link = tmp.path().join("runs-x");
+        std::os::unix::fs::symlink(tmp.path().join("missing"), &link).unwrap();
+        let e = format!("{:#}", FolderLock::create_and_acquire(&link, "run folder").unwrap_err());
+        assert!(
+            e.contains("runs-x as the run folder: it exists and is not a folder"),
+            "{e}"
+        );
     }
 
     #[test]

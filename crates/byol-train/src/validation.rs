@@ -208,12 +208,12 @@ impl Experiment {
         match crate::train::parse_device(&self.run.device) {
             Err(e) => p.add("run.device", format!("{e:#}")),
             Ok(device) => {
-                // What the step refuses on this device, before the data is read. (A job that
-                // torchrun starts says it is data-parallel through WORLD_SIZE.)
+                // What the step refuses on this device, before the data is read. (torchrun starts a
+                // data-parallel job, of any size, with WORLD_SIZE set.)
                 if let Err(e) = crate::train::check_precision(self.run.precision, device) {
                     p.add("run.precision", format!("{e:#}"));
                 }
-                let data_parallel = std::env::var("WORLD_SIZE").is_ok_and(|w| w.trim() != "1");
+                let data_parallel = std::env::var_os("WORLD_SIZE").is_some();
                 if self.run.cuda_graphs {
                     if let Err(e) = crate::train::check_cuda_graphs(self, device, data_parallel) {
                         p.add("run.cuda_graphs", format!("{e:#}"));

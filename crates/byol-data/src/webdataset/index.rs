@@ -83,7 +83,9 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
             // other samples would split one sample in two (an image here, its label there).
             if finished.contains(key) {
                 return Err(fail(format!(
-                    "sample {key}: {} (its data at byte {}) comes after other samples' files, apart from the rest of                      sample {key}: the files of a sample must be next to each other in the shard; write the                      shard again with each sample's files together (e.g. `tar --sort=name`)",
+                    "sample {key}: {} (its data at byte {}) comes after other samples' files, apart from the rest of \
+                     sample {key}: the files of a sample must be next to each other in the shard; write the \
+                     shard again with each sample's files together (e.g. `tar --sort=name`)",
                     member.name, member.offset
                 )));
             }

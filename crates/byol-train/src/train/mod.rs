@@ -132,7 +132,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let before = measured_before(&t, &mut journal, &run_dir, step)?;
 
     journal.start_training(&t, step);
-    t.start_clock(step);
+    t.start_clock();
     let progress = train_epochs(
         &mut t,
         &mut journal,

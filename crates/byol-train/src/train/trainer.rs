@@ -41,8 +41,8 @@ pub struct Trainer<'a> {
     pub resumed_from: Option<u64>,
     /// The record of the steps before `resumed_from` (its checkpoint's).
     pub carried: TrainingRecord,
-    /// When and at which step this process started training ([`Trainer::start_clock`]).
-    clock: Option<(std::time::Instant, u64)>,
+    /// When this process started training ([`Trainer::start_clock`]).
+    clock: Option<std::time::Instant>,
     checkpointer: Checkpointer,
     config_toml: String,
     /// The data the run reads, recorded with `config_toml` by [`Trainer::record_run`].
@@ -128,7 +128,11 @@ impl<'a> Trainer<'a> {
             plan,
             monitor,
             resumed_from: start.step(),
-            carried: start.checkpoint.as_ref().map(|(_, m)| m.record).unwrap_or_default(),
+            carried: start
+                .checkpoint
+                .as_ref()
+                .map_or(TrainingRecord::default(), |(_, m)| m.record)
+                .resumed_at(start.step().unwrap_or(0)),
             clock: None,
             checkpointer,
             config_toml,
@@ -177,25 +181,21 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Starts counting this process's training time, from `step`.
-    pub fn start_clock(&mut self, step: u64) {
-        self.clock = Some((std::time::Instant::now(), step));
+    /// Starts counting this process's training time.
+    pub fn start_clock(&mut self) {
+        self.clock = Some(std::time::Instant::now());
     }
 
     /// Seconds of training: the steps before the resume's, and this process's since
     /// [`Trainer::start_clock`].
     pub fn train_seconds(&self) -> f64 {
-        self.carried.train_seconds + self.clock.map_or(0.0, |(c, _)| c.elapsed().as_secs_f64())
+        self.carried.train_seconds + self.clock.map_or(0.0, |c| c.elapsed().as_secs_f64())
     }
 
-    /// Images trained per second up to `step`, over `train_seconds`: all the steps, unless the
-    /// checkpoint resumed from predates its record of seconds (then this process's).
+    /// Images trained per second up to `step`, over the steps that `train_seconds` covers.
     pub fn images_per_second(&self, step: u64, train_seconds: f64) -> f64 {
-        let timed_from = match self.clock {
-            Some((_, from)) if self.carried.train_seconds == 0.0 => from,
-            _ => 0,
-        };
-        ((step - timed_from) * self.experiment.schedule.batch_size as u64) as f64 / train_seconds.max(1e-9)
+        let timed = step - self.carried.timed_from_step.unwrap_or(0);
+        (timed * self.experiment.schedule.batch_size as u64) as f64 / train_seconds.max(1e-9)
     }
 
     /// Rank 0 writes the checkpoint of `step` while the other processes wait; returns its folder.
@@ -210,6 +210,7 @@ impl<'a> Trainer<'a> {
             let record = TrainingRecord {
                 last_loss,
                 train_seconds: self.train_seconds(),
+                timed_from_step: self.carried.timed_from_step,
             };
             state::save_checkpoint(
                 &self.checkpointer,
