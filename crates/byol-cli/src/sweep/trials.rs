@@ -129,14 +129,14 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     let rows = rank(sweep);
     let csv = sweep.dir.join("summary.csv");
     let markdown = sweep.dir.join("summary.md");
-    fs::write(&csv, to_csv(sweep, &rows)?).with_context(|| format!("writing {}", csv.display()))?;
-    fs::write(&markdown, to_markdown(sweep, &rows)).with_context(|| format!("writing {}", markdown.display()))?;
-    let failed = sweep
-        .trials
+    run_dir::replace_file(&csv, to_csv(sweep, &rows)?.as_bytes())?;
+    run_dir::replace_file(&markdown, to_markdown(sweep, &rows).as_bytes())?;
+    let mut failed: Vec<String> = rows
         .iter()
-        .filter(|t| matches!(TrialStatus::read(&sweep.trial_dir(t)), TrialStatus::Failed(_)))
-        .map(|t| t.id())
+        .filter(|row| matches!(row.status, TrialStatus::Failed(_)))
+        .map(|row| row.trial.id())
         .collect();
+    failed.sort();
     Ok(SweepOutcome {
         skipped,
         interrupted,

@@ -312,35 +312,43 @@ impl Sweep {
     /// The `--set` assignments that make `trial` out of the base experiment (command-line ones
     /// first), run on `device` when given.
     pub fn trial_overrides(&self, trial: &Trial, device: Option<&str>) -> Vec<String> {
-        let mut all = self.overrides.clone();
-        all.extend(trial.overrides());
+        self.trial_assignments(trial, device)
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect()
+    }
+
+    /// [`Sweep::trial_overrides`], each with where it comes from as messages name it: `--set`,
+    /// the trial's parameter, the sweep's naming of the trial, or `--devices`.
+    fn trial_assignments(&self, trial: &Trial, device: Option<&str>) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .overrides
+            .iter()
+            .map(|a| (a.clone(), format!("--set {a}")))
+            .collect();
+        all.extend(
+            trial
+                .overrides()
+                .into_iter()
+                .zip(&trial.values)
+                .map(|(assignment, (key, value))| {
+                    let origin = format!("sweep.parameters.\"{key}\" = {value} ({})", trial.id());
+                    (assignment, origin)
+                }),
+        );
         let name = toml::Value::String(format!("{}-{}", self.name, trial.id()));
-        all.push(format!("run.name={name}"));
+        all.push((format!("run.name={name}"), format!("the trial's run.name = {name}")));
         if let Some(device) = device {
-            all.push(format!("run.device={}", toml::Value::String(device.to_string())));
+            let value = toml::Value::String(device.to_string());
+            all.push((format!("run.device={value}"), format!("--devices {device}")));
         }
         all
     }
 
-    /// The experiment of one trial; errors about a key name where it was set: `--set`, the
-    /// trial's parameter, or `--devices`.
+    /// The experiment of one trial; errors about a key name where it was set.
     pub fn experiment(&self, trial: &Trial, device: Option<&str>) -> anyhow::Result<Experiment> {
-        let overrides = self.trial_overrides(trial, device);
-        let origins: Vec<String> = overrides
-            .iter()
-            .enumerate()
-            .map(|(i, assignment)| {
-                let (key, value) = assignment.split_once('=').unwrap_or((assignment, ""));
-                match i.checked_sub(self.overrides.len()) {
-                    None => format!("--set {assignment}"),
-                    Some(p) if p < trial.values.len() => {
-                        format!("sweep.parameters.\"{key}\" = {value} ({})", trial.id())
-                    }
-                    Some(_) if key == "run.device" => format!("--devices {}", device.unwrap_or_default()),
-                    Some(_) => format!("the trial's {key} = {value}"),
-                }
-            })
-            .collect();
+        let (overrides, origins): (Vec<String>, Vec<String>) =
+            self.trial_assignments(trial, device).into_iter().unzip();
         Experiment::parse_from(&self.base, &overrides, &origins)
     }
 
