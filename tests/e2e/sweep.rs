@@ -338,3 +338,47 @@ fn ctrl_c_to_a_sweep_in_child_processes_stops_every_trial_at_a_checkpoint() {
         assert!(!trial.join("error.txt").exists(), "{log}");
     }
 }
+
+/// A finished trial is skipped only while the data it was trained on is the data the sweep reads:
+/// ranked beside new trials, a result on other data would mix two datasets in one table.
+#[test]
+fn a_finished_trial_on_data_changed_since_is_refused_not_ranked() {
+    let synthetic = "type = \"synthetic\"\ntrain_size = 512\ntest_size = 64\nimage_size = 16\n";
+    let folder = "type = \"image_folder\"\ntrain = \"images\"\nimage_size = 16\n";
+    let grid = "[sweep.parameters]\n\"optimizer.lr\" = [0.2]\n";
+    let start = TINY_SWEEP.find("[sweep.parameters]").unwrap();
+    let file = format!("{}{grid}", &TINY_SWEEP[..start]).replace(synthetic, folder);
+    assert!(file.contains("image_folder"));
+    let dir = setup(&file);
+    let image = |name: &str, width: i64| {
+        let path = dir.path().join("images").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let pixels = tch::Tensor::randint(255, [3, 20, width], (tch::Kind::Uint8, tch::Device::Cpu));
+        tch::vision::image::save(&pixels, path).unwrap();
+    };
+    for class in ["a", "b"] {
+        for i in 0..16 {
+            image(&format!("{class}/{i}.png"), 20);
+        }
+    }
+    let sweep = ["sweep", "tiny.toml", "--quiet", "--set", "schedule.batch_size=8"];
+    let out = byol_run(dir.path(), &sweep);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = byol_run(dir.path(), &sweep);
+    let all = text(&out);
+    assert!(
+        out.status.success() && all.contains("trial-001: finished before, skipped"),
+        "{all}"
+    );
+
+    // One image replaced under its own name by another of a different size.
+    image("b/3.png", 28);
+    let out = byol_run(dir.path(), &sweep);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("trial-001") && all.contains("finished on other data than this sweep reads now"),
+        "{all}"
+    );
+    assert!(all.contains("train: 32 images"), "the message names the split: {all}");
+}

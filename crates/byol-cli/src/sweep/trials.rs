@@ -2,7 +2,8 @@
 //! child processes (`byol-run train` with the trial's overrides), each resumable; a signal to the
 //! sweep is passed on to its children, and a child stops when the sweep's process is gone.
 
-use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use byol_train::sweep::{
     goal_name, rank, result_line, to_csv, to_markdown, Sweep, Trial, TrialStatus, ERROR_FILE, PRUNER_FILE, TRIAL_FILE,
 };
 use byol_train::train::panic_message;
+use byol_train::train::state::{DatasetFingerprint, FINGERPRINT_FILE};
 use byol_train::{train, RunOptions};
 
 /// Set in the environment of trials run as child processes: the sweep's process id.
@@ -95,11 +97,16 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     ));
     let mut todo = VecDeque::new();
     let mut skipped = 0;
+    let mut data_now = DataNow::default();
     for trial in &sweep.trials {
         let dir = sweep.trial_dir(trial);
         check_or_record(trial, &dir)?;
         check_trial_identity(sweep, trial, &dir)?;
-        match TrialStatus::read(&dir) {
+        let status = TrialStatus::read(&dir);
+        if matches!(status, TrialStatus::Pruned(_) | TrialStatus::Done(_)) {
+            data_now.check_finished(sweep, trial, &dir)?;
+        }
+        match status {
             TrialStatus::Pruned(summary) => {
                 skipped += 1;
                 let why = summary.pruned.as_ref().map_or(String::new(), |p| p.describe());
@@ -201,6 +208,48 @@ fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Res
         diff.join("\n"),
         sweep.dir.display()
     )
+}
+
+/// The data the sweep's trials read now, to check finished trials against: a trial trained on
+/// other data (files added, replaced or removed since) must not be ranked beside trials trained on
+/// this. Unfinished trials are checked when they resume, as any run is. The data is read once per
+/// distinct `[dataset]` and `[eval]` splits (in most sweeps, once), and only when a trial has
+/// finished.
+#[derive(Default)]
+struct DataNow(HashMap<String, DatasetFingerprint>);
+
+impl DataNow {
+    fn check_finished(&mut self, sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<()> {
+        let experiment = sweep.experiment(trial, None)?;
+        let key = format!(
+            "{} {:?} {:?}",
+            toml::to_string(&experiment.dataset)?,
+            experiment.eval.train,
+            experiment.eval.test
+        );
+        let now = match self.0.entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                println!("reading the data to check the finished trials against it");
+                entry.insert(DatasetFingerprint::of_experiment(&experiment)?)
+            }
+        };
+        let differences = now.differences_from_run(dir)?;
+        if differences.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "{} ({}) finished on other data than this sweep reads now (its {} records it):\n{}\n\
+             Its result would be ranked beside trials trained on this data. Point the data keys at \
+             the data the sweep started on, or set another run.name (a new sweep folder), or add \
+             --fresh to move {} aside and run every trial anew (nothing is deleted)",
+            trial.id(),
+            dir.display(),
+            FINGERPRINT_FILE,
+            differences.join("\n"),
+            sweep.dir.display()
+        )
+    }
 }
 
 /// One trial at a time in this process. Returns whether a signal stopped the sweep.

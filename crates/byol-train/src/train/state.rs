@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use byol_data::Dataset;
+use byol::BuildContext;
+use byol_data::{Dataset, Splits};
 
 use crate::checkpoint::{self, Checkpointer, Manifest, TrainingRecord};
 use crate::optimizer::Optimizer;
@@ -16,6 +17,7 @@ use crate::run_dir;
 use crate::Experiment;
 
 use super::model::{Model, Weights};
+use super::monitor::{labelled_splits, LabelledSplits};
 use super::step::{Plan, StepNumerics};
 
 /// Where a run's folder keeps the files its model is built from (a TorchScript module), copied
@@ -69,7 +71,7 @@ impl SplitFingerprint {
 
 impl DatasetFingerprint {
     /// The fingerprint of named splits.
-    pub fn of<'a>(splits: impl IntoIterator<Item = (&'a str, &'a dyn Dataset)>) -> Self {
+    fn of<'a>(splits: impl IntoIterator<Item = (&'a str, &'a dyn Dataset)>) -> Self {
         Self(
             splits
                 .into_iter()
@@ -83,6 +85,31 @@ impl DatasetFingerprint {
                 })
                 .collect(),
         )
+    }
+
+    /// The fingerprint of what a run reads: its training split, and the kNN monitor's labelled
+    /// splits.
+    pub fn of_run(splits: &Splits, labelled: Option<&LabelledSplits>) -> Self {
+        let mut named = vec![("train", splits.train.as_ref())];
+        if let Some(l) = labelled {
+            named.extend([("knn_bank", l.bank.as_ref()), ("knn_queries", l.queries.as_ref())]);
+        }
+        Self::of(named)
+    }
+
+    /// Reads the experiment's data as a run of it does and returns its fingerprint. On the CPU: no
+    /// dataset's splits depend on the device.
+    pub fn of_experiment(experiment: &Experiment) -> anyhow::Result<Self> {
+        let context = BuildContext::new(tch::Device::Cpu, experiment.augment.image_size());
+        let splits = experiment.dataset.build(&context).context("building [dataset]")?;
+        let labelled = labelled_splits(experiment, &splits)?;
+        Ok(Self::of_run(&splits, labelled.as_ref()))
+    }
+
+    /// How the data `run_dir` was trained on (its `dataset.json`) differs from this, one line per
+    /// split; empty when it is the same data or the folder has no record of it.
+    pub fn differences_from_run(&self, run_dir: &Path) -> anyhow::Result<Vec<String>> {
+        Ok(Self::read(run_dir)?.map_or(Vec::new(), |saved| saved.differences(self)))
     }
 
     fn read(run_dir: &Path) -> anyhow::Result<Option<Self>> {

@@ -81,11 +81,7 @@ impl<'a> Trainer<'a> {
         let loader = training_loader(experiment, &splits, device, rank, world)?;
         let plan = Plan::new(experiment, loader.batches_per_epoch());
 
-        let mut fingerprinted = vec![("train", splits.train.as_ref())];
-        if let Some(l) = &labelled {
-            fingerprinted.extend([("knn_bank", l.bank.as_ref()), ("knn_queries", l.queries.as_ref())]);
-        }
-        let fingerprint = DatasetFingerprint::of(fingerprinted);
+        let fingerprint = DatasetFingerprint::of_run(&splits, labelled.as_ref());
         let config_toml = experiment.to_toml()?;
         let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
         let start = RunStart::find(run_dir, &checkpointer, main, &config_toml, &fingerprint, allow_change)?;
