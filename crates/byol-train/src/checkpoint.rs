@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
+use crate::run_dir::sync_dir;
+
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -214,7 +216,7 @@ impl Checkpointer {
     /// replaced where folders cannot be swapped) is removed when `step-N` is in place, else put
     /// back. Only for the holder of the run folder's lock: another process's write in progress
     /// looks exactly like a stale one.
-    pub fn remove_stale_temporaries(&self) -> anyhow::Result<Vec<String>> {
+    pub fn recover_interrupted_writes(&self) -> anyhow::Result<Vec<String>> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Ok(Vec::new());
         };
@@ -266,7 +268,7 @@ impl Checkpointer {
     pub fn resume_point(&self, repair: bool) -> anyhow::Result<ResumePoint> {
         let mut warnings = Vec::new();
         if repair {
-            for done in self.remove_stale_temporaries()? {
+            for done in self.recover_interrupted_writes()? {
                 warnings.push(format!(
                     "{done}, left in {} by an interrupted write",
                     self.dir.display()
@@ -430,7 +432,7 @@ fn move_into_place(tmp: &Path, target: &Path) -> anyhow::Result<()> {
 
 /// [`move_into_place`] where folders cannot be swapped (NFS has no RENAME_EXCHANGE): the old
 /// folder is renamed aside, not deleted, until the new one is in place; a kill in between leaves
-/// it for the next start to restore (see `Checkpointer::remove_stale_temporaries`).
+/// it for the next start to restore (see `Checkpointer::recover_interrupted_writes`).
 fn replace_by_renames(tmp: &Path, target: &Path) -> anyhow::Result<()> {
     let aside = replaced_name(target);
     fs::rename(target, &aside).with_context(|| format!("cannot replace {}", target.display()))?;
@@ -530,10 +532,6 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
         hasher.update(&buffer[..n]);
     }
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -320,18 +320,29 @@ pub fn save_config(run_dir: &Path, config: &str) -> anyhow::Result<()> {
 
 /// Writes `bytes` to `path` through `<path>.partial`, synced and then renamed over it: a reader,
 /// or a start after a crash or a full disk, finds the old file or the new one, never a cut one
-/// (which would stop every later start of the run).
+/// (which would stop every later start of the run). The folder is synced too, so that the rename
+/// itself survives a power loss.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
     File::create(&partial)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
         .and_then(|()| std::fs::rename(&partial, path))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&partial);
         })
+        .and_then(|()| sync_dir(folder))
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Makes the entries of `dir` (files created, renamed or removed in it) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// The saved experiment of a folder without checkpoints: its `config.toml`, when present.
