@@ -31,7 +31,7 @@ pub struct DataParallel {
 pub struct StepAgreement {
     /// The loss averaged over the processes, a scalar on the device.
     pub loss: Tensor,
-    /// How many processes were asked to stop (SIGINT/SIGTERM), a scalar on the device: read
+    /// The share of the processes that were asked to stop (SIGINT/SIGTERM), a scalar on the device: read
     /// at the same steps by every process, so that all stop after the same one.
     pub stop_requests: Tensor,
 }
@@ -164,6 +164,12 @@ impl DataParallel {
 
     /// Averages the gradients of `parameters` over the processes in one bucket, which also
     /// carries this process's loss and stop request: one collective per step.
+    ///
+    /// A parameter that some processes' backward reached and others' did not (a branch taken on
+    /// some shards only) gets the average on every process, a missing gradient counting as zero,
+    /// as one process computing the whole batch would have; one that no process's backward
+    /// reached keeps no gradient. Every process thus steps the same parameters with the same
+    /// values, and the replicas stay equal.
     pub fn all_reduce_gradients(
         &self,
         parameters: &[Tensor],
@@ -184,22 +190,37 @@ impl DataParallel {
                     }
                 })
                 .collect();
+            let reached: Vec<bool> = parameters.iter().map(|p| p.grad().defined()).collect();
+            let flags: Vec<f32> = reached.iter().map(|&r| f32::from(u8::from(r))).collect();
+            pieces.push(Tensor::from_slice(&flags).to_device(device));
             pieces.push(loss.detach().to_kind(Kind::Float).reshape([1]));
             pieces.push(Tensor::full([1], if stop { 1.0 } else { 0.0 }, (Kind::Float, device)));
             let bucket = Tensor::cat(&pieces, 0);
             self.group.all_reduce_sum_(&bucket).context("averaging gradients")?;
+            let mut offset: i64 = parameters.iter().map(|p| p.numel() as i64).sum();
+            // How many processes' backward reached each parameter, read on the host (one wait for
+            // the device) only when this process lacks a gradient.
+            let reached_anywhere: Vec<f32> = if reached.iter().all(|&r| r) {
+                vec![1.0; parameters.len()]
+            } else {
+                Vec::try_from(
+                    bucket
+                        .narrow(0, offset, parameters.len() as i64)
+                        .to_device(tch::Device::Cpu),
+                )?
+            };
+            offset += parameters.len() as i64;
             let bucket = bucket / world;
-            let mut offset = 0;
-            for p in parameters {
+            let mut start = 0;
+            for (i, p) in parameters.iter().enumerate() {
                 let n = p.numel() as i64;
-                let mut g = p.grad();
-                let averaged = bucket.narrow(0, offset, n).view(p.size().as_slice());
-                // Every replica runs the same graph, so a parameter without a gradient here has
-                // none anywhere (its zeros above kept the bucket's layout aligned).
-                if g.defined() {
-                    g.copy_(&averaged);
+                let averaged = bucket.narrow(0, start, n).view(p.size().as_slice());
+                if reached[i] {
+                    p.grad().copy_(&averaged);
+                } else if reached_anywhere[i] > 0.0 {
+                    torch_ext::foreach::set_grad(p, &averaged.to_kind(p.kind()))?;
                 }
-                offset += n;
+                start += n;
             }
             // Both stay on the device until something reads them.
             Ok(StepAgreement {
@@ -311,13 +332,14 @@ impl OverlappedGradients {
     }
 
     /// Fails when the backward just run left some gradient unaveraged (a parameter that the first
-    /// step's loss reached got no gradient in step `step`), before anything uses them.
+    /// step's loss reached got no gradient in step `step`, 0-based), before anything uses them.
     pub fn check_reduced(&self, step: u64) -> anyhow::Result<()> {
         if self.reducing.as_ref().is_some_and(|r| !r.reducer.reduced()) {
             bail!(
-                "step {step}'s backward did not reach every parameter of the online network that the first \
+                "step {}'s backward did not reach every parameter of the online network that the first \
                  step's did, so the gradients were not averaged over the processes: a network whose \
-                 parameters take part in some steps only needs distributed.overlap_gradients = false"
+                 parameters take part in some steps only needs distributed.overlap_gradients = false",
+                step + 1
             );
         }
         Ok(())
