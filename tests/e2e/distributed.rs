@@ -224,6 +224,37 @@ fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
     assert!(summary["resumed_from_step"].as_u64().unwrap() >= 4, "{summary}");
 }
 
+/// Processes that would start from different checkpoints (each node with its own copy of the run
+/// folder) are refused together, naming where each would start; before, each loaded its own and
+/// they averaged gradients across two runs.
+#[test]
+fn processes_that_find_different_checkpoints_are_refused_together() {
+    let dir = setup();
+    let port = byol_testkit::free_port();
+    let args = |run: &'static str| ["dp.toml", "--quiet", "--run-dir", run];
+    let trained: Vec<Child> = (0..2)
+        .map(|r| spawn_rank(dir.path(), r, 2, port, &args("job")))
+        .collect();
+    for out in trained.into_iter().map(|r| r.wait_with_output().unwrap()) {
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let port = byol_testkit::free_port();
+    let ranks = [
+        spawn_rank(dir.path(), 0, 2, port, &args("job")),
+        spawn_rank(dir.path(), 1, 2, port, &args("elsewhere")),
+    ];
+    for out in ranks.into_iter().map(|r| r.wait_with_output().unwrap()) {
+        let all = text(&out);
+        assert!(!out.status.success(), "{all}");
+        assert!(
+            all.contains("found different checkpoints to start from")
+                && all.contains("process 0: step 8")
+                && all.contains("process 1: no checkpoint"),
+            "{all}"
+        );
+    }
+}
+
 /// SIGTERM to one process of a data-parallel job: every process stops after the same step (the
 /// request travels with the gradients and is read every 10 steps), rank 0 saves it, all exit 0,
 /// and the job resumes from there to the end.

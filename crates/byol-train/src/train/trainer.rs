@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use tch::Device;
+use tch::{Device, Tensor};
 
 use byol::{Augment, BuildContext};
 use byol_data::{BatchLoader, Splits};
 
-use crate::checkpoint::{Checkpointer, TrainingRecord};
+use crate::checkpoint::{self, Checkpointer, TrainingRecord};
 use crate::distributed::{DataParallel, OverlappedGradients};
 use crate::optimizer::Optimizer;
 use crate::run_dir;
@@ -84,7 +84,11 @@ impl<'a> Trainer<'a> {
         let fingerprint = DatasetFingerprint::of_run(&splits, labelled.as_ref());
         let config_toml = experiment.to_toml()?;
         let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
-        let start = RunStart::find(run_dir, &checkpointer, main, &config_toml, &fingerprint, allow_change)?;
+        let find = || RunStart::find(run_dir, &checkpointer, main, &config_toml, &fingerprint, allow_change);
+        let start = match &parallel {
+            Some(p) => agreed_start(p, device, find)?,
+            None => find()?,
+        };
 
         let (model, mut optimizer) = build_model(experiment, &context, &start, numerics.channels_last)?;
         let monitor = Monitor::new(
@@ -288,6 +292,65 @@ fn join_job(experiment: &Experiment) -> anyhow::Result<(Device, Option<DataParal
         tch::set_num_threads(experiment.run.threads as i32);
     }
     Ok((device, parallel))
+}
+
+/// Where a data-parallel run starts, the same on every process. Rank 0 looks first (it repairs the
+/// run folder: an interrupted write, a damaged checkpoint), then the others look; then all compare
+/// what they found. A process that resumed another checkpoint (a run folder not shared by all
+/// nodes) would average its gradients with another run's, and one that failed alone would leave
+/// the others waiting at the next collective.
+fn agreed_start(
+    parallel: &DataParallel,
+    device: Device,
+    find: impl Fn() -> anyhow::Result<RunStart>,
+) -> anyhow::Result<RunStart> {
+    let main = parallel.rank() == 0;
+    let first = if main { Some(find()) } else { None };
+    parallel
+        .barrier()
+        .context("waiting for rank 0 to find the run's checkpoint")?;
+    let found = first.unwrap_or_else(find);
+    // Each process's start as (step + 1, 0 for none, -1 for an error) and the start of its model
+    // file's SHA-256.
+    let mine = match &found {
+        Ok(start) => match &start.checkpoint {
+            Some((_, manifest)) => {
+                let sha = manifest.files.get(checkpoint::MODEL_FILE).map_or("", String::as_str);
+                [
+                    manifest.step as i64 + 1,
+                    i64::from_str_radix(&sha[..sha.len().min(12)], 16).unwrap_or(0),
+                ]
+            }
+            None => [0, 0],
+        },
+        Err(_) => [-1, 0],
+    };
+    let all = parallel
+        .all_gather(&Tensor::from_slice(&mine).view([1, 2]).to_device(device))
+        .context("comparing where each process starts")?;
+    let all: Vec<i64> = Vec::try_from(all.reshape([-1]).to_device(Device::Cpu))?;
+    let starts: Vec<[i64; 2]> = all.chunks(2).map(|c| [c[0], c[1]]).collect();
+    let start = found?;
+    if let Some(rank) = starts.iter().position(|s| s[0] == -1) {
+        bail!("process {rank} of this data-parallel job could not start (its error says why)");
+    }
+    if starts.iter().any(|s| *s != starts[0]) {
+        let describe = |s: &[i64; 2]| match s[0] {
+            0 => "no checkpoint (step 0)".to_string(),
+            n => format!("step {}", n - 1),
+        };
+        let listing: Vec<String> = starts
+            .iter()
+            .enumerate()
+            .map(|(rank, s)| format!("  process {rank}: {}", describe(s)))
+            .collect();
+        bail!(
+            "the processes of this data-parallel job found different checkpoints to start from:\n{}\n\
+             Every process must see the same run folder: put it on a file system all nodes share",
+            listing.join("\n")
+        );
+    }
+    Ok(start)
 }
 
 /// The model where the run starts, with its optimizer: a resumed model is built from the files
