@@ -590,29 +590,89 @@ fn a_resumed_run_keeps_its_first_measures_and_tensorboard_shows_each_step_once()
     assert!(!run_dir.join("summary.json").exists());
 }
 
+/// `byol-run sweep --fresh` moves the sweep folder aside only when none of its trials is in use
+/// by a `byol-run train` of its own.
 #[test]
-fn fresh_refuses_to_move_a_folder_whose_inner_run_folder_is_in_use() {
+fn fresh_refuses_to_move_a_sweep_folder_whose_trial_is_in_use() {
     let dir = setup();
-    let inner = dir.path().join("outer/r");
-    let mut child = spawn(dir.path(), "outer/r", &["--set", "schedule.epochs=40"]);
+    let sweep = format!("{TINY}\n[sweep]\nmethod = \"grid\"\n\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n");
+    std::fs::write(dir.path().join("sweep.toml"), sweep).unwrap();
+    let fresh = [
+        "sweep",
+        "sweep.toml",
+        "--set",
+        "run.name=\"s\"",
+        "--fresh",
+        "--quiet",
+        "--set",
+        "schedule.epochs=1",
+    ];
+    let inner = dir.path().join("runs/s-sweep/trial-001");
+    let mut child = spawn(dir.path(), inner.to_str().unwrap(), &["--set", "schedule.epochs=40"]);
     wait_for("the first checkpoint", || !step_folders(&inner).is_empty());
-    let out = run(dir.path(), "outer/", &["--fresh"]);
+    let out = byol_run(dir.path(), &fresh);
     kill("-9", &child);
     child.wait().unwrap();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.contains("is in use by another byol-run") && all.contains("outer/r"),
+        all.contains("is in use by another byol-run") && all.contains("trial-001"),
         "{all}"
     );
     assert!(inner.join("checkpoints").is_dir(), "nothing moved");
-    // Free again: --fresh moves the folder aside, trailing slash and all.
-    let out = run(dir.path(), "outer/", &["--fresh", "--quiet"]);
+    // Free again: --fresh moves the folder aside.
+    let out = byol_run(dir.path(), &fresh);
     assert!(out.status.success(), "{}", text(&out));
-    let moved: Vec<String> = names(dir.path())
+    let moved: Vec<String> = names(&dir.path().join("runs"))
         .into_iter()
-        .filter(|n| n.starts_with("outer.old-"))
+        .filter(|n| n.starts_with("s-sweep.old-"))
         .collect();
-    assert_eq!(moved.len(), 1, "{:?}", names(dir.path()));
-    assert!(dir.path().join(&moved[0]).join("r/checkpoints").is_dir());
+    assert_eq!(moved.len(), 1, "{:?}", names(&dir.path().join("runs")));
+    assert!(dir
+        .path()
+        .join("runs")
+        .join(&moved[0])
+        .join("trial-001/checkpoints")
+        .is_dir());
+}
+
+/// `--run-dir` at a folder that holds something else (data, a sweep's trials) is refused before
+/// anything is written into it, `--fresh` included; an empty folder, or one that a failed start
+/// left with only its lock, takes a run.
+#[test]
+fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
+    let dir = setup();
+    let d = dir.path();
+    let data = d.join("data");
+    std::fs::create_dir_all(data.join("train/cat")).unwrap();
+    std::fs::write(data.join("labels.csv"), "x").unwrap();
+    for extra in [&[][..], &["--fresh"][..]] {
+        let out = run(d, "data", extra);
+        let all = text(&out);
+        assert!(!out.status.success(), "{all}");
+        assert!(
+            all.contains("holds labels.csv, train, not a run") && all.contains("Choose a new or empty folder"),
+            "{all}"
+        );
+        assert_eq!(names(&data), ["labels.csv", "train"], "nothing written or moved");
+    }
+
+    let sweep = d.join("sweep");
+    std::fs::create_dir_all(sweep.join("trial-001")).unwrap();
+    std::fs::write(sweep.join("trial-001/sweep-trial.toml"), "").unwrap();
+    std::fs::write(sweep.join("summary.md"), "").unwrap();
+    let out = run(d, "sweep", &[]);
+    assert!(text(&out).contains("is a sweep's folder"), "{}", text(&out));
+
+    std::fs::create_dir_all(d.join("empty")).unwrap();
+    std::fs::create_dir_all(d.join("failed-start")).unwrap();
+    std::fs::write(d.join("failed-start/run.lock"), "123\n").unwrap();
+    for run_dir in ["empty", "failed-start"] {
+        let out = run(d, run_dir, &["--quiet", "--set", "schedule.epochs=1"]);
+        assert!(out.status.success(), "{run_dir}: {}", text(&out));
+    }
+    // A run folder given with a trailing slash is moved aside beside itself, not into itself.
+    let out = run(d, "empty/", &["--quiet", "--fresh", "--set", "schedule.epochs=1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(names(d).iter().any(|n| n.starts_with("empty.old-")), "{:?}", names(d));
 }

@@ -134,12 +134,73 @@ pub fn take_ownership(
     if !main {
         return Ok((None, None));
     }
+    check_holds_a_run(run_dir)?;
     let moved = if fresh {
         move_aside(run_dir, "run folder")?
     } else {
         None
     };
     Ok((Some(FolderLock::create_and_acquire(run_dir, "run folder")?), moved))
+}
+
+/// What a run writes into its folder (and a sweep into a trial's, before the run starts).
+const RUN_ENTRIES: &[&str] = &[
+    CONFIG_FILE,
+    crate::train::state::FINGERPRINT_FILE,
+    crate::train::SUMMARY_FILE,
+    crate::train::curve::CURVE_FILE,
+    CHECKPOINTS_DIR,
+    crate::tensorboard::LOG_DIR,
+    LOCK_FILE,
+    crate::train::state::SOURCES_DIR,
+    crate::sweep::TRIAL_FILE,
+    crate::sweep::ERROR_FILE,
+    crate::sweep::LOG_FILE,
+];
+
+/// Refuses a folder that exists and holds anything but a run: data, a sweep's trials, someone's
+/// files. A run would write its checkpoints and logs among them, and `--fresh` would move them
+/// all aside. A folder with a run's records in it is a run folder (whatever else the user put
+/// there); one holding only what a run writes first (its lock) is an empty one.
+fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        // Absent (it is created), or not a folder: the lock names that.
+        return Ok(());
+    };
+    let names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let written_by_a_run = |name: &String| RUN_ENTRIES.contains(&name.as_str()) || name.ends_with(".partial");
+    let markers = [
+        CONFIG_FILE,
+        CHECKPOINTS_DIR,
+        crate::train::state::FINGERPRINT_FILE,
+        crate::sweep::TRIAL_FILE,
+    ];
+    if names.iter().any(|n| markers.contains(&n.as_str())) || names.iter().all(written_by_a_run) {
+        return Ok(());
+    }
+    let mut foreign: Vec<&String> = names.iter().filter(|n| !written_by_a_run(n)).collect();
+    foreign.sort();
+    let shown: Vec<&str> = foreign.iter().take(4).map(|n| n.as_str()).collect();
+    let more = match foreign.len().saturating_sub(shown.len()) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    let sweep = names
+        .iter()
+        .any(|n| run_dir.join(n).join(crate::sweep::TRIAL_FILE).is_file());
+    let what = if sweep {
+        "is a sweep's folder (each trial has its own run folder in it)".to_string()
+    } else {
+        format!("exists and holds {}{more}, not a run", shown.join(", "))
+    };
+    bail!(
+        "run folder {} {what}: a run would write its checkpoints and logs among those files. Choose a \
+         new or empty folder (--run-dir, or run.name), or the folder of an earlier run to resume it",
+        run_dir.display()
+    )
 }
 
 /// Keys that may differ between the experiment a run folder was trained with and the one that

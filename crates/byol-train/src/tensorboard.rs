@@ -11,6 +11,9 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// The folder of a run's TensorBoard event files, in the run folder.
+pub const LOG_DIR: &str = "tensorboard";
+
 use tch::{Device, Kind, Tensor};
 
 /// Scalar and image logger for one process. Every record is written when logged.

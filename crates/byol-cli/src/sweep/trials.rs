@@ -17,7 +17,8 @@ use anyhow::{bail, Context};
 use byol_train::run_dir::{self, FolderLock};
 use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
-    goal_name, rank, result_line, to_csv, to_markdown, Sweep, Trial, TrialStatus, ERROR_FILE, PRUNER_FILE, TRIAL_FILE,
+    goal_name, rank, result_line, to_csv, to_markdown, Sweep, Trial, TrialStatus, ERROR_FILE, LOG_FILE, PRUNER_FILE,
+    TRIAL_FILE,
 };
 use byol_train::train::panic_message;
 use byol_train::train::state::{DatasetFingerprint, FINGERPRINT_FILE};
@@ -331,7 +332,7 @@ fn run_parallel(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, T
                     "{} of {total} on {device}: {} (log: {})",
                     trial.id(),
                     trial.describe(),
-                    dir.join("train.log").display()
+                    dir.join(LOG_FILE).display()
                 );
                 let outcome = run_child(program, base, sweep, trial, device, &dir, stop);
                 match outcome.and_then(|()| match TrialStatus::read(&dir) {
@@ -345,10 +346,7 @@ fn run_parallel(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, T
                         println!("{}: stopped by signal; run the sweep again to resume", trial.id());
                         Ok(())
                     }
-                    _ => bail!(
-                        "the run ended without finishing (see {})",
-                        dir.join("train.log").display()
-                    ),
+                    _ => bail!("the run ended without finishing (see {})", dir.join(LOG_FILE).display()),
                 }) {
                     Ok(()) => {}
                     Err(e) => {
@@ -373,7 +371,7 @@ fn run_child(
     dir: &Path,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let log_path = dir.join("train.log");
+    let log_path = dir.join(LOG_FILE);
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)

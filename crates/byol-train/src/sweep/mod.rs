@@ -52,6 +52,8 @@ use space::{expand, parse_parameters};
 pub const TRIAL_FILE: &str = "sweep-trial.toml";
 /// Written into a trial folder when the trial failed (removed when it later succeeds).
 pub const ERROR_FILE: &str = "error.txt";
+/// The output of a trial run as a child process, in its folder.
+pub const LOG_FILE: &str = "train.log";
 
 /// The `[sweep]` table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

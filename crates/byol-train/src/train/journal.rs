@@ -30,7 +30,7 @@ impl Journal {
     pub fn open(t: &Trainer<'_>, run_dir: &Path, quiet: bool, moved_aside: Option<PathBuf>) -> anyhow::Result<Self> {
         let quiet = quiet || !t.is_main();
         let mut logger = if t.is_main() {
-            let dir = run_dir.join("tensorboard");
+            let dir = run_dir.join(crate::tensorboard::LOG_DIR);
             ScalarLogger::create(&dir).with_context(|| format!("cannot open a TensorBoard log in {}", dir.display()))?
         } else {
             ScalarLogger::disabled()
