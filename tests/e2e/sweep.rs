@@ -295,7 +295,19 @@ fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
     let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
-    assert!(all.contains("trial-002") && all.contains("other parameters"), "{all}");
+    assert!(
+        all.contains("trial-002") && all.contains("other parameters") && all.contains("--fresh"),
+        "{all}"
+    );
+
+    // Fewer values: the trial left over is named, not dropped from the summary without a word.
+    std::fs::write(dir.path().join("tiny.toml"), file.replace("1e30, 0.1", "1e30")).unwrap();
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    let all = text(&out);
+    assert!(
+        all.contains("holds trial-002 (optimizer.lr = 0.1), which is not a trial of this sweep"),
+        "{all}"
+    );
 }
 
 /// Ctrl-C in a terminal signals the whole foreground process group. Trials in child processes

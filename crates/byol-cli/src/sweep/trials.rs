@@ -129,6 +129,13 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
             status => todo.push_back((trial, status)),
         }
     }
+    for stray in trials_outside(sweep) {
+        eprintln!(
+            "warning: {} holds {stray}, which is not a trial of this sweep (the [sweep] table changed \
+             since it ran): it is left out of the summary. Set another run.name to keep sweeps apart",
+            sweep.dir.display()
+        );
+    }
     let interrupted = if options.devices.len() > 1 {
         run_parallel(sweep, options, todo)?
     } else {
@@ -154,6 +161,42 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     })
 }
 
+/// The trial folders in the sweep folder that are not among the sweep's trials (fewer values or
+/// trials than when they ran), with their parameters when recorded.
+fn trials_outside(sweep: &Sweep) -> Vec<String> {
+    let ours: Vec<String> = sweep.trials.iter().map(Trial::id).collect();
+    let Ok(entries) = fs::read_dir(&sweep.dir) else {
+        return Vec::new();
+    };
+    let mut stray: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join(TRIAL_FILE).is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !ours.contains(name))
+        .collect();
+    stray.sort();
+    stray
+        .into_iter()
+        .map(|name| {
+            let recorded = fs::read_to_string(sweep.dir.join(&name).join(TRIAL_FILE))
+                .ok()
+                .and_then(|text| text.parse::<toml::Table>().ok())
+                .and_then(|record| match record.get("parameters") {
+                    Some(toml::Value::Table(parameters)) => Some(
+                        parameters
+                            .iter()
+                            .map(|(k, v)| format!("{k} = {}", byol_train::sweep::show(v)))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                    _ => None,
+                })
+                .map(|values| format!(" ({values})"));
+            format!("{name}{}", recorded.unwrap_or_default())
+        })
+        .collect()
+}
+
 /// Writes the trial's parameters into its folder, or checks them against what is there.
 fn check_or_record(trial: &Trial, dir: &Path) -> anyhow::Result<()> {
     let file = dir.join(TRIAL_FILE);
@@ -165,11 +208,12 @@ fn check_or_record(trial: &Trial, dir: &Path) -> anyhow::Result<()> {
             if before != record {
                 bail!(
                     "{} was run with other parameters than the sweep now gives {} ({}): the [sweep] table \
-                     changed since. Set another run.name (a new sweep folder) or remove {}",
+                     changed since. Set another run.name (a new sweep folder), or add --fresh to move {} \
+                     aside and run every trial anew (nothing is deleted)",
                     dir.display(),
                     trial.id(),
                     trial.describe(),
-                    dir.display()
+                    dir.parent().unwrap_or(dir).display()
                 );
             }
             Ok(())
