@@ -676,3 +676,24 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(names(d).iter().any(|n| n.starts_with("empty.old-")), "{:?}", names(d));
 }
+
+/// Training a run folder's own `config.toml` continues that run (a sweep's trial, a folder moved
+/// since), not a new run from step 0 in the folder that its run.name names.
+#[test]
+fn training_a_run_folders_own_config_continues_that_run() {
+    let dir = setup();
+    let d = dir.path();
+    let out = run(d, "first", &["--quiet", "--set", "schedule.epochs=1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::rename(d.join("first"), d.join("moved")).unwrap();
+    let before = names(d);
+    let out = byol_run(d, &["moved/config.toml"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("is the record of the run folder moved: continuing that run")
+            && all.contains("has already trained all"),
+        "{all}"
+    );
+    assert_eq!(names(d), before, "no new run folder");
+}

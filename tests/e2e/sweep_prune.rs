@@ -129,9 +129,10 @@ fn a_certainly_worse_trial_is_pruned_at_the_first_evaluation_and_resumes_on_requ
     );
     assert!(!all.contains("== trial-"), "nothing trains: {all}");
 
-    // Trained again as a plain run (as the README says), it goes on from its checkpoint to the end.
+    // Its own config.toml trained as a plain run (as the README says and the log suggests), it
+    // goes on in its folder from its checkpoint to the end.
     let config = trial.join("config.toml");
-    let args = ["train", config.to_str().unwrap(), "--run-dir", trial.to_str().unwrap()];
+    let args = ["train", config.to_str().unwrap()];
     let out = byol_run(dir.path(), &args);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
@@ -158,7 +159,7 @@ fn trials_in_child_processes_prune_from_each_others_files() {
     assert_eq!(all.matches(" on cpu: knn_top1 = 1.0000").count(), 2, "{all}");
     let log = std::fs::read_to_string(sweep_dir.join("trial-003/train.log")).unwrap();
     assert!(
-        log.contains("pruned at step 2 of 4") && log.contains("--run-dir"),
+        log.contains("pruned at step 2 of 4") && log.contains("byol-run train runs/tiny-sweep/trial-003/config.toml"),
         "{log}"
     );
     let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();

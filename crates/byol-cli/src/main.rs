@@ -1,6 +1,6 @@
 //! `byol-run`: the command-line face of byol-rs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -234,10 +234,42 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The run folder whose own record `path` is (`<run folder>/config.toml`), when it names one.
+fn run_folder_of_config(path: &Path) -> Option<PathBuf> {
+    let dir = match path.parent()? {
+        parent if parent.as_os_str().is_empty() => Path::new("."),
+        parent => parent,
+    };
+    let holds_a_run = dir.join(byol_train::train::state::FINGERPRINT_FILE).is_file()
+        || dir.join(byol_train::run_dir::CHECKPOINTS_DIR).is_dir();
+    (path.file_name()? == byol_train::run_dir::CONFIG_FILE && holds_a_run).then(|| dir.to_path_buf())
+}
+
 fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let experiment = load_valid(&args.experiment)?;
+    // Training a run folder's own config.toml continues that run, wherever run.output_dir and
+    // run.name point (a sweep's trial, a folder moved since), not a new one elsewhere.
+    let own_folder = args
+        .run_dir
+        .is_none()
+        .then(|| args.experiment.experiment.as_deref())
+        .flatten();
+    let run_dir = args.run_dir.clone().or_else(|| {
+        let folder = run_folder_of_config(own_folder?)?;
+        let named = experiment.run.output_dir.join(experiment.name());
+        if std::fs::canonicalize(&named).ok() != std::fs::canonicalize(&folder).ok() {
+            eprintln!(
+                "note: {} is the record of the run folder {}: continuing that run, not one in {} \
+                 (--run-dir chooses the folder)",
+                own_folder?.display(),
+                folder.display(),
+                named.display()
+            );
+        }
+        Some(folder)
+    });
     let options = RunOptions {
-        run_dir: args.run_dir.clone(),
+        run_dir,
         quiet: args.quiet,
         allow_change: args.allow_change.clone(),
         fresh: args.fresh,
@@ -254,12 +286,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(pruned) = &summary.pruned {
         println!(
             "\npruned at step {} of {}: {}; train the run folder again without the sweep to go on \
-             (byol-run train {} --run-dir {})",
+             (byol-run train {})",
             summary.steps,
             summary.total_steps,
             pruned.describe(),
             summary.run_dir.join(byol_train::run_dir::CONFIG_FILE).display(),
-            summary.run_dir.display()
         );
         return Ok(());
     }
