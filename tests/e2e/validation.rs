@@ -185,14 +185,23 @@ fn a_run_whose_knn_accuracy_fell_says_so() {
     );
 }
 
+/// Validate loads the module (and so refuses a file that is none) and says that it is code.
 #[test]
 fn validate_says_a_torchscript_backbone_is_code_that_runs() {
     let dir = setup();
-    std::fs::write(dir.path().join("backbone.pt"), "").unwrap();
-    let ts = TINY.replace(
-        "type = \"resnet18\"\ncifar_stem = true\nwidth = 4",
-        "type = \"torchscript\"\npath = \"backbone.pt\"",
+    let module = dir.path().join("backbone.pt");
+    let script = format!(
+        "net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(), \
+         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())\ntorch.jit.script(net).save({:?})\n",
+        module.to_str().unwrap()
     );
+    byol_testkit::run_python(&script, &[]);
+    let ts = TINY
+        .replace(
+            "type = \"resnet18\"\ncifar_stem = true\nwidth = 4",
+            "type = \"torchscript\"\npath = \"backbone.pt\"\ninput_size = 16",
+        )
+        .replace("[byol]\n", "[byol]\nembedding_layer = \"output\"\n");
     std::fs::write(dir.path().join("ts.toml"), ts).unwrap();
     let out = byol_run(dir.path(), &["validate", "ts.toml"]);
     let all = text(&out);
@@ -201,4 +210,31 @@ fn validate_says_a_torchscript_backbone_is_code_that_runs() {
         all.contains("the module backbone.pt is code, and byol-run runs it during training and embed"),
         "{all}"
     );
+
+    std::fs::write(&module, "").unwrap();
+    let out = byol_run(dir.path(), &["validate", "ts.toml"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("backbone.path = backbone.pt: not a TorchScript module saved by torch.jit.save"),
+        "{all}"
+    );
+}
+
+/// What only building finds (a feature tap that the backbone lacks, a pretrained file that is
+/// not there) is found by validate, not at the run's start.
+#[test]
+fn validate_builds_the_networks() {
+    let dir = setup();
+    for (set, expected) in [
+        ("byol.embedding_layer=\"foo\"", "backbone has no feature tap 'foo'"),
+        (
+            "backbone.pretrained=\"gone.safetensors\"",
+            "cannot read weights from gone.safetensors: no such file",
+        ),
+    ] {
+        let out = byol_run(dir.path(), &["validate", "tiny.toml", "--set", set]);
+        let all = text(&out);
+        assert!(!out.status.success() && all.contains(expected), "{set}: {all}");
+    }
 }

@@ -223,6 +223,8 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
         return sweep::validate(args);
     }
     let experiment = load_valid(args)?;
+    byol_train::train::Model::check_builds(&experiment)
+        .with_context(|| format!("in experiment file {}", path.display()))?;
     println!(
         "{} is valid: experiment '{}'",
         args.experiment.as_ref().expect("required").display(),

@@ -79,11 +79,21 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
 /// `byol-run validate` on a sweep file: every trial's experiment parses.
 pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let sweep = load(args)?;
+    // Networks, optimizers and augmentations are built once per distinct set of their tables.
+    let mut built = std::collections::HashSet::new();
     for trial in &sweep.trials {
-        sweep
-            .experiment(trial, None)?
-            .validate()
-            .with_context(|| format!("{} ({})", trial.id(), trial.describe()))?;
+        let experiment = sweep.experiment(trial, None)?;
+        let in_trial = || format!("{} ({})", trial.id(), trial.describe());
+        experiment.validate().with_context(in_trial)?;
+        let tables = [
+            toml::to_string(&experiment.backbone)?,
+            toml::to_string(&experiment.byol)?,
+            toml::to_string(&experiment.optimizer)?,
+            toml::to_string(&experiment.augment)?,
+        ];
+        if built.insert(tables) {
+            byol_train::train::Model::check_builds(&experiment).with_context(in_trial)?;
+        }
     }
     println!(
         "{} is valid: sweep '{}' of {} trials into {}",

@@ -44,6 +44,22 @@ impl Model {
         Ok(Self { vs, byol, parameters })
     }
 
+    /// Builds what a run's start builds from the experiment, on the CPU and then dropped: the
+    /// networks (reading `backbone.pretrained` or a TorchScript module), the optimizer over them
+    /// and the augmentation. For `byol-run validate`, so that what only building finds (a missing
+    /// file, an unknown `byol.embedding_layer`, a ViT at another size than the views) is found
+    /// before a run is started.
+    pub fn check_builds(experiment: &Experiment) -> anyhow::Result<()> {
+        let context = BuildContext::new(Device::Cpu, experiment.augment.image_size());
+        let model = Self::build(experiment, &context, Weights::Initial)?;
+        experiment
+            .optimizer
+            .build(model.parameters.clone(), &context)
+            .context("building [optimizer]")?;
+        experiment.augment.build(&context).context("building [augment]")?;
+        Ok(())
+    }
+
     /// Re-lays the conv weights channels_last (for channels_last inputs); right after building.
     pub fn into_channels_last(mut self) -> anyhow::Result<Self> {
         self.byol
