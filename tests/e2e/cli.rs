@@ -388,3 +388,24 @@ fn config_defaults_shows_every_key_the_parser_accepts() {
         "config --defaults does not show {missing:?}:\n{defaults}"
     );
 }
+
+/// A mistyped command is named as one, with the closest command, not taken for the experiment
+/// file (clap then blamed the next word); `config` needs no flag.
+#[test]
+fn a_mistyped_command_is_named_with_the_closest_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), super::TINY).unwrap();
+    let out = byol_run(dir.path(), &["trian", "tiny.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("'trian' is neither a command nor an experiment file; did you mean 'train'?"),
+        "{}",
+        text(&out)
+    );
+    let out = byol_run(dir.path(), &["config"]);
+    assert!(
+        out.status.success() && text(&out).contains("[optimizer]"),
+        "{}",
+        text(&out)
+    );
+}

@@ -181,6 +181,14 @@ fn export_writes_torchvision_names_and_embed_writes_one_row_per_image() {
     let dir = setup();
     let out = run(dir.path(), "done", &["--quiet", "--set", "schedule.epochs=1"]);
     assert!(out.status.success(), "{}", text(&out));
+    // A name that promises a torch.load file is refused before anything is written.
+    let out = byol_run(dir.path(), &["export", "done", "--out", "backbone.pt"]);
+    assert!(
+        !out.status.success() && text(&out).contains("--out backbone.pt must end in .safetensors"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("backbone.pt").exists());
     let exported = dir.path().join("backbone.safetensors");
     let out = byol_run(
         dir.path(),

@@ -72,6 +72,14 @@ pub fn run_folder_of(checkpoint_dir: &Path) -> Option<PathBuf> {
 
 /// Writes the online backbone's variables under their torchvision names.
 pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
+    // A .pt or .pth name would promise a file that torch.load reads; this one is safetensors.
+    if out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!(
+            "--out {} must end in .safetensors: export writes safetensors (in PyTorch: \
+             safetensors.torch.load_file, then load_state_dict)",
+            out.display()
+        );
+    }
     let checkpoint_dir = &resolve_checkpoint(checkpoint_or_run)?;
     checkpoint::verify(checkpoint_dir).with_context(|| format!("checking checkpoint {}", checkpoint_dir.display()))?;
     let tensors = checkpoint::read_tensors(checkpoint_dir, checkpoint::MODEL_FILE)?;

@@ -39,6 +39,7 @@ pub enum EvalCommand {
     Linear {
         #[command(flatten)]
         data: EvalData,
+        /// Passes over the cached features, for each lr tried and for the final classifier.
         #[arg(long, default_value_t = 30, value_parser = at_least_one)]
         epochs: usize,
         /// Learning rates to try; the validation split chooses one.

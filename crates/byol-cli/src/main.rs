@@ -41,10 +41,10 @@ enum Command {
     Plugins,
     /// Report libtorch, CUDA, cuDNN, devices and CPU threads.
     Doctor,
-    /// Print configuration help.
+    /// Print every experiment key with its default value, annotated.
     Config {
-        /// Print every key with its default value, annotated.
-        #[arg(long, required = true)]
+        /// The same (the default, kept for scripts that pass it).
+        #[arg(long)]
         defaults: bool,
     },
     /// Write the trained online backbone of a checkpoint with torchvision names (safetensors).
@@ -62,7 +62,8 @@ enum Command {
     #[command(subcommand)]
     Eval(eval::EvalCommand),
     /// Measure throughput: `bench data` (the input pipeline by worker count), `bench step` (the
-    /// training step, against eager PyTorch), `bench e2e` (loader, augmentation and step together).
+    /// training step, against eager PyTorch), `bench e2e` (loader, augmentation and step together),
+    /// `bench curve` (the cost of the kNN curve), `bench optim` (per-tensor against fused updates).
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
@@ -162,6 +163,10 @@ struct TrainArgs {
 fn main() -> ExitCode {
     plugins_all::link();
     sweep::trials::exit_with_sweep_parent();
+    if let Some(message) = unknown_command(std::env::args().nth(1)) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Train(args)) => train(&args),
@@ -193,6 +198,46 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A first word that is neither a command nor a file, with no extension: a mistyped command
+/// (`byol-run trian x.toml`), which clap would take for the experiment file and then report as
+/// something else.
+fn unknown_command(first: Option<String>) -> Option<String> {
+    use clap::CommandFactory;
+    let word = first.filter(|w| !w.starts_with('-') && !w.contains(['.', '/']))?;
+    let mut cli = Cli::command();
+    cli.build(); // adds `help`
+    let commands: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+    if commands.contains(&word.as_str()) || Path::new(&word).exists() {
+        return None;
+    }
+    let closest = commands
+        .iter()
+        .map(|c| (edit_distance(c, &word), *c))
+        .min()
+        .filter(|(distance, _)| *distance <= 2)
+        .map_or(String::new(), |(_, c)| format!("; did you mean '{c}'?"));
+    Some(format!(
+        "'{word}' is neither a command nor an experiment file{closest} (commands: {})",
+        commands.join(", ")
+    ))
+}
+
+/// Insertions, deletions and substitutions that turn `a` into `b` (Levenshtein).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {

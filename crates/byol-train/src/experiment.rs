@@ -275,7 +275,7 @@ impl Experiment {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 bail!(
-                    "experiment file {} does not exist (see experiments/ for examples)",
+                    "experiment file {} does not exist (`byol-run config` prints every key with its default)",
                     path.display()
                 )
             }
