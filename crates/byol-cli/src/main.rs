@@ -352,6 +352,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `1 epoch`, `2 epochs`.
+fn plural(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// The end-of-run table of a finished run.
 fn print_summary(name: &str, summary: &RunSummary) {
     let percent =
@@ -359,7 +364,11 @@ fn print_summary(name: &str, summary: &RunSummary) {
     println!("\n== summary: {name} ==");
     println!("run folder       {}", summary.run_dir.display());
     println!("device           {}", summary.device);
-    println!("steps            {} ({} epochs)", summary.steps, summary.epochs);
+    println!(
+        "steps            {} ({})",
+        summary.steps,
+        plural(summary.epochs, "epoch")
+    );
     if let Some(loss) = summary.final_loss {
         println!("final loss       {loss:.4}");
     }
@@ -387,13 +396,21 @@ fn print_summary(name: &str, summary: &RunSummary) {
         "training time    {:.1} s ({:.0} img/s)",
         summary.train_seconds, summary.images_per_second
     );
-    if summary.curve_evaluations > 0 {
-        println!(
-            "kNN curve        {} evaluations during training took {:.1} s ({:.1}% of it)",
-            summary.curve_evaluations,
+    // Counted in this process only: after a resume, against the time of every start it would
+    // understate the share.
+    match (summary.curve_evaluations, summary.resumed_from_step) {
+        (0, _) => {}
+        (n, Some(step)) => println!(
+            "kNN curve        {} during training since the resume at step {step} took {:.1} s",
+            plural(n, "evaluation"),
+            summary.curve_seconds
+        ),
+        (n, None) => println!(
+            "kNN curve        {} during training took {:.1} s ({:.1}% of it)",
+            plural(n, "evaluation"),
             summary.curve_seconds,
             100.0 * summary.curve_seconds / summary.train_seconds.max(1e-9)
-        );
+        ),
     }
     println!("checkpoint       {}", summary.checkpoint.display());
     println!(

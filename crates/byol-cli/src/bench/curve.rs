@@ -71,7 +71,7 @@ pub fn run(args: &CurveArgs) -> anyhow::Result<()> {
     let mut report = Report::new("curve");
     report.about("experiment", args.common.experiment.display().to_string());
     report.about("machine", machine(device));
-    report.about("device", format!("{device:?}"));
+    report.about("device", byol_train::train::device_name(device));
     report.about("epochs", epochs);
     report.about("repeats", args.repeats);
     for (i, evaluations) in [0, points].into_iter().enumerate() {

@@ -165,7 +165,7 @@ pub fn run(args: &DataArgs) -> anyhow::Result<()> {
     let mut report = Report::new("data");
     report.about("experiment", args.common.experiment.display().to_string());
     report.about("machine", machine(device));
-    report.about("device", format!("{device:?}"));
+    report.about("device", byol_train::train::device_name(device));
     report.about("train images", splits.train.len());
     report.about(
         "images",

@@ -67,7 +67,7 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
     let mut report = Report::new("e2e");
     report.about("experiment", args.common.experiment.display().to_string());
     report.about("machine", machine(device));
-    report.about("device", format!("{device:?}"));
+    report.about("device", byol_train::train::device_name(device));
     report.about("backbone", plugin_type(&experiment, "backbone")?);
     report.about("precision", format!("{:?}", experiment.run.precision).to_lowercase());
     report.about("batch", batch);

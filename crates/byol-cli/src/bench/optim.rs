@@ -73,7 +73,7 @@ pub fn run(args: &OptimArgs) -> anyhow::Result<()> {
     let mut report = Report::new("optim");
     report.about("experiment", args.common.experiment.display().to_string());
     report.about("machine", machine(device));
-    report.about("device", format!("{device:?}"));
+    report.about("device", byol_train::train::device_name(device));
     report.about("optimizer", super::plugin_type(&experiment, "optimizer")?);
     report.about("repeats", args.repeats);
     for (name, parameters) in &sets {

@@ -239,7 +239,7 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
     let mut report = Report::new("step");
     report.about("experiment", args.common.experiment.display().to_string());
     report.about("machine", machine(device));
-    report.about("device", format!("{device:?}"));
+    report.about("device", byol_train::train::device_name(device));
     report.about(
         "backbone",
         format!("{arch}{}", if cifar_stem { " (CIFAR stem)" } else { "" }),

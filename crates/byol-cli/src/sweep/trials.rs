@@ -88,10 +88,10 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         ));
     }
     say(format!(
-        "sweep {}: {} trials ({:?}) ranked by {} ({}), in {}",
+        "sweep {}: {} trials ({}) ranked by {} ({}), in {}",
         sweep.name,
         sweep.trials.len(),
-        sweep.config.method,
+        sweep.config.method.name(),
         sweep.config.metric.name(),
         goal_name(sweep.goal),
         sweep.dir.display()

@@ -94,6 +94,16 @@ pub enum Method {
     Random,
 }
 
+impl Method {
+    /// As the `[sweep]` table spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Grid => "grid",
+            Method::Random => "random",
+        }
+    }
+}
+
 /// A number from a trial's `summary.json`.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

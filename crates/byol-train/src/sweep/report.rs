@@ -213,7 +213,8 @@ pub fn result_cells(summary: Option<&RunSummary>) -> [String; 6] {
         |v| format!("{:+.1}", v * 100.0),
         percent,
         |v| format!("{v:.4}"),
-        |v| format!("{v:.0}"),
+        // Seconds: a tenth where whole seconds would show a short run as 0.
+        |v| if v < 10.0 { format!("{v:.1}") } else { format!("{v:.0}") },
     ];
     let values = result_values(summary);
     std::array::from_fn(|i| values[i].1.map_or("-".into(), formats[i]))

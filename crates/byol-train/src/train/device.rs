@@ -47,6 +47,15 @@ pub fn parse_device_for(spec: &str, local_rank: usize, on_node: usize) -> anyhow
     })
 }
 
+/// `device` as `run.device` spells it: "cpu", "cuda:0".
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(index) => format!("cuda:{index}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// Readies `device` for training steps: on CUDA, makes it this thread's current device (what
 /// new streams, such as a CUDA graph's, belong to; `cuda:1` would otherwise be captured on a
 /// stream of GPU 0, recording nothing), and has cuDNN time its algorithms for each new input

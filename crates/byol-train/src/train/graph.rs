@@ -57,7 +57,10 @@ pub fn check_cuda_graphs(experiment: &Experiment, device: Device, data_parallel:
         );
     }
     if !device.is_cuda() {
-        bail!("run.cuda_graphs = true needs a CUDA device (this run is on {device:?}); set run.cuda_graphs = false");
+        bail!(
+            "run.cuda_graphs = true needs a CUDA device (this run is on {}); set run.cuda_graphs = false",
+            super::device_name(device)
+        );
     }
     Ok(())
 }

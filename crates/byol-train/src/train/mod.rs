@@ -36,7 +36,7 @@ use crate::sweep::{Pruned, Pruner};
 use crate::Experiment;
 
 pub use data::{training_loader, two_views};
-pub use device::{parse_device, parse_device_for, prepare_for_steps};
+pub use device::{device_name, parse_device, parse_device_for, prepare_for_steps};
 pub use graph::{check_cuda_graphs, graphed_step, GraphedOutputs, GraphedStep};
 pub use guard::panic_message;
 pub use model::{Model, Weights};
@@ -160,7 +160,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         rank: t.rank() as usize,
-        device: format!("{:?}", t.device),
+        device: device_name(t.device),
         steps: step,
         total_steps: t.plan.total_steps,
         epochs: experiment.schedule.epochs,

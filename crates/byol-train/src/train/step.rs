@@ -30,7 +30,10 @@ pub struct StepNumerics {
 /// Why `precision` cannot train on `device`, if it cannot (also checked by `byol-run validate`).
 pub fn check_precision(precision: Precision, device: Device) -> anyhow::Result<()> {
     if precision == Precision::Fp16 && !device.is_cuda() {
-        bail!("run.precision = \"fp16\" needs a CUDA device (this run is on {device:?}); use \"bf16\" or \"fp32\"");
+        bail!(
+            "run.precision = \"fp16\" needs a CUDA device (this run is on {}); use \"bf16\" or \"fp32\"",
+            super::device_name(device)
+        );
     }
     Ok(())
 }
