@@ -484,7 +484,7 @@ mod tests {
 
     /// Threads contend for one folder while half of them move it aside (`--fresh`) each time:
     /// whoever takes ownership must be its only owner. Each owner creates a marker in the folder
-    /// at the path with `create_new`, so a second owner of the same folder fails there. A lock
+    /// (its `config.toml`) with `create_new`, so a second owner of the same folder fails there. A lock
     /// taken on a lock file that a move carried away (opened before the move, locked after it)
     /// would be such a second owner.
     #[test]
@@ -502,7 +502,8 @@ mod tests {
                     for _ in 0..600 {
                         match take_ownership(run, true, thread % 2 == 0) {
                             Ok((Some(_lock), _)) => {
-                                let marker = run.join("owner");
+                                // What an owner writes first (and what makes the folder a run's).
+                                let marker = run.join(CONFIG_FILE);
                                 std::fs::File::create_new(&marker)
                                     .unwrap_or_else(|e| panic!("a second owner of {}: {e}", run.display()));
                                 std::fs::remove_file(&marker).unwrap();
