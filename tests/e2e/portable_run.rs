@@ -185,7 +185,7 @@ fn a_moved_run_folder_resumes_on_moved_data_and_embeds_bit_for_bit() {
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
     assert!(
-        all.contains("other data") && all.contains("\n  train: 66 images of classes [a, b, c] (files "),
+        all.contains("other data") && all.contains("\n  train: 66 images of the same 3 classes (files "),
         "{all}"
     );
     std::fs::rename(&renamed, &file).unwrap();

@@ -132,15 +132,20 @@ impl DatasetFingerprint {
 
     /// One line per split that differs, `train: 10000 images -> 9000 images`.
     fn differences(&self, now: &Self) -> Vec<String> {
-        let describe = |s: Option<&SplitFingerprint>, other: Option<&SplitFingerprint>| {
-            let files = match (s, other) {
-                (Some(s), Some(o)) if s.images == o.images && s.classes == o.classes => s
-                    .files_digest
-                    .as_ref()
-                    .map_or(String::new(), |d| format!(" (files {})", &d[..d.len().min(12)])),
-                _ => String::new(),
-            };
-            describe_split(s) + &files
+        // Classes that did not change are not listed on both sides (a thousand names).
+        let describe = |s: Option<&SplitFingerprint>, other: Option<&SplitFingerprint>| match (s, other) {
+            (Some(s), Some(o)) if s.classes == o.classes => {
+                let files = match (s.images == o.images, &s.files_digest) {
+                    (true, Some(d)) => format!(" (files {})", &d[..d.len().min(12)]),
+                    _ => String::new(),
+                };
+                let classes = match s.classes.len() {
+                    0 => String::new(),
+                    n => format!(" of the same {n} classes"),
+                };
+                format!("{} images{classes}{files}", s.images)
+            }
+            _ => describe_split(s),
         };
         let names: std::collections::BTreeSet<&String> = self.0.keys().chain(now.0.keys()).collect();
         names
