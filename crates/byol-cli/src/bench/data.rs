@@ -37,6 +37,9 @@ pub struct DataArgs {
     against_image_folder: Option<PathBuf>,
 }
 
+/// The least CPU time a comparison of images per CPU-second is printed for.
+const MIN_CPU_SECONDS: f64 = 0.5;
+
 struct Measurement {
     images: usize,
     seconds: f64,
@@ -196,7 +199,15 @@ pub fn run(args: &DataArgs) -> anyhow::Result<()> {
             loader.crops = crops;
             let theirs = measure(&loader, device, args.warmup, args.batches, |_| {})?;
             report.row(row("image_folder (cache = none)", w, &theirs, None));
-            if let (Some(a), Some(b)) = (alone.per_cpu_second(), theirs.per_cpu_second()) {
+            let too_short = [&alone, &theirs]
+                .iter()
+                .any(|m| m.cpu_seconds.is_none_or(|c| c < MIN_CPU_SECONDS));
+            if too_short {
+                report.note(format!(
+                    "{w} worker(s): under {MIN_CPU_SECONDS} CPU-seconds measured, too little to compare \
+                     images per CPU-second: raise --batches"
+                ));
+            } else if let (Some(a), Some(b)) = (alone.per_cpu_second(), theirs.per_cpu_second()) {
                 report.note(format!(
                     "{w} worker(s): images per CPU-second, {dataset_type} / image_folder on {}: {:.2}",
                     args.against_image_folder.as_ref().expect("set").display(),

@@ -220,6 +220,19 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
         bail!("--iters must be at least 1");
     }
     let experiment = args.common.experiment()?;
+    let (arch, cifar_stem, width) = backbone(&experiment)?;
+    // Checked before timing ours: the reference builds torchvision's own ResNets.
+    if args.against_torch.is_some() && (!arch.starts_with("resnet") || width != 64) {
+        let what = match arch.starts_with("resnet") {
+            true => format!("{arch} of width {width}"),
+            false => arch.clone(),
+        };
+        bail!(
+            "--against-torch times torchvision's ResNets (width 64) and this experiment's backbone is \
+             {what}: set a ResNet backbone of width 64 (as experiments/cifar10-resnet18.toml and \
+             resnet50.toml do), or leave --against-torch out to time ours alone"
+        );
+    }
     let batch = args.batch.unwrap_or(experiment.schedule.batch_size) as i64;
     let res = args.res.unwrap_or(experiment.augment.image_size());
     // The reference's optimizer, whatever the experiment trains with: the comparison is of
@@ -233,7 +246,6 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
     let view1 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
     let view2 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
     let ours = engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2))?;
-    let (arch, cifar_stem, width) = backbone(&experiment)?;
     let precision = format!("{:?}", experiment.run.precision).to_lowercase();
 
     let mut report = Report::new("step");
@@ -252,9 +264,6 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
     report.about("threads", tch::get_num_threads());
     report.row(step_row("byol-rs", batch, ours));
     if let Some(python) = &args.against_torch {
-        if !arch.starts_with("resnet") || width != 64 {
-            bail!("--against-torch compares torchvision ResNets at width 64; this experiment's backbone is {arch} (width {width})");
-        }
         let script = reference_script(args.reference_script.as_deref())?;
         let reference = Reference {
             arch: &arch,
