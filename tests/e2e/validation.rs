@@ -238,3 +238,42 @@ fn validate_builds_the_networks() {
         assert!(!out.status.success() && all.contains(expected), "{set}: {all}");
     }
 }
+
+/// Settings that are valid but most likely not meant are said, by validate and at the start: a
+/// warmup as long as the run, views cut from much smaller decoded images.
+#[test]
+fn a_warmup_as_long_as_the_run_and_upscaled_views_are_warned_about() {
+    let dir = setup();
+    let out = byol_run(
+        dir.path(),
+        &[
+            "validate",
+            "tiny.toml",
+            "--set",
+            "schedule.epochs=3",
+            "--set",
+            "schedule.warmup_epochs=3",
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("warning: schedule.warmup_epochs = 3 is not shorter than schedule.epochs = 3"),
+        "{all}"
+    );
+    let upscaled = [
+        "tiny.toml",
+        "--quiet",
+        "--set",
+        "schedule.epochs=1",
+        "--set",
+        "augment.image_size=32",
+    ];
+    let out = byol_run(dir.path(), &upscaled);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("warning: the 32 px views are cut from images decoded at 16 px (2.0x upscaled)"),
+        "{all}"
+    );
+}

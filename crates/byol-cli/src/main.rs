@@ -278,6 +278,9 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     for note in experiment.notes() {
         println!("note: {note}");
     }
+    for warning in experiment.warnings() {
+        println!("warning: {warning}");
+    }
     Ok(())
 }
 

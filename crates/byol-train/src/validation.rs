@@ -258,6 +258,22 @@ impl Experiment {
         }
     }
 
+    /// Settings that are valid but most likely not meant, said by `validate` and when a run
+    /// starts.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let s = &self.schedule;
+        if s.epochs > 0 && s.warmup_epochs >= s.epochs as f64 {
+            warnings.push(format!(
+                "schedule.warmup_epochs = {} is not shorter than schedule.epochs = {}: the learning rate \
+                 rises for the whole run and never decays (the paper warms up for 10 of 300 or more \
+                 epochs); set schedule.warmup_epochs lower",
+                s.warmup_epochs, s.epochs
+            ));
+        }
+        warnings
+    }
+
     /// For `byol-run validate`: what the user should know before running this experiment.
     pub fn notes(&self) -> Vec<String> {
         let backbone = self

@@ -77,6 +77,15 @@ impl<'a> Trainer<'a> {
         };
         let splits = experiment.dataset.build(&context).context("building [dataset]")?;
         let augment = experiment.augment.build(&context).context("building [augment]")?;
+        if main {
+            for warning in experiment
+                .warnings()
+                .into_iter()
+                .chain(upscaled_views(&splits, experiment.augment.as_ref()))
+            {
+                eprintln!("warning: {warning}");
+            }
+        }
         let labelled = labelled_splits(experiment, &splits)?;
         let loader = training_loader(experiment, &splits, device, rank, world)?;
         let plan = Plan::new(experiment, loader.batches_per_epoch());
@@ -292,6 +301,24 @@ fn join_job(experiment: &Experiment) -> anyhow::Result<(Device, Option<DataParal
         tch::set_num_threads(experiment.run.threads as i32);
     }
     Ok((device, parallel))
+}
+
+/// Views cut on the device from squares decoded much smaller than the views are blurred
+/// upscales of them: most likely a `dataset.image_size` left at its default (32) under the
+/// ImageNet preset's 224 px views.
+fn upscaled_views(splits: &Splits, augment: &dyn byol::AugmentSpec) -> Option<String> {
+    if augment.loader_crops().is_some() {
+        return None; // cut from the full images
+    }
+    let decoded = splits.train.image_shape()[1] as i64;
+    let views = augment.image_size();
+    (2 * views > 3 * decoded).then(|| {
+        format!(
+            "the {views} px views are cut from images decoded at {decoded} px ({:.1}x upscaled): set \
+             dataset.image_size to at least {views}, or the augmentation's image_size lower",
+            views as f64 / decoded as f64
+        )
+    })
 }
 
 /// Where a data-parallel run starts, the same on every process. Rank 0 looks first (it repairs the
