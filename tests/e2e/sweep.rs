@@ -237,11 +237,14 @@ fn a_random_search_runs_one_trial_per_device_in_child_processes() {
             "\"optimizer.lr\" = [0.2, 0.8]",
             "\"optimizer.lr\" = { min = 0.1, max = 1.0, log = true }",
         );
+    // Threads left to libtorch: each trial gets its share of the cores, not all of them.
+    let small = small.replace("threads = 1\n", "threads = 0\n");
     let dir = setup(&small);
     let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--devices", "cpu,cpu"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert_eq!(all.matches(" on cpu: knn_top1 = ").count(), 3, "{all}");
+    let share = (std::thread::available_parallelism().unwrap().get() / 2).max(1);
     let sweep_dir = dir.path().join("runs/tiny-sweep");
     assert!(sweep_dir.join("experiment.toml").is_file());
     for n in 1..=3 {
@@ -251,6 +254,7 @@ fn a_random_search_runs_one_trial_per_device_in_child_processes() {
         assert!(log.contains("== summary: tiny-trial-00"), "{log}");
         let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
         assert!(config.contains("device = \"cpu\""), "{config}");
+        assert!(config.contains(&format!("threads = {share}\n")), "{config}");
     }
     let csv = std::fs::read_to_string(sweep_dir.join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");

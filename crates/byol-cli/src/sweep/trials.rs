@@ -378,7 +378,7 @@ fn run_parallel(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, T
                     trial.describe(),
                     dir.join(LOG_FILE).display()
                 );
-                let outcome = run_child(program, base, sweep, trial, device, &dir, stop);
+                let outcome = run_child(program, base, sweep, trial, (device, &options.devices), &dir, stop);
                 match outcome.and_then(|()| match TrialStatus::read(&dir) {
                     TrialStatus::Done(summary) | TrialStatus::Pruned(summary) => {
                         let _ = fs::remove_file(dir.join(ERROR_FILE));
@@ -404,6 +404,18 @@ fn run_parallel(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, T
     Ok(interrupted.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed))
 }
 
+/// The threads of a trial on the CPU beside others (`--devices cpu,cpu`) whose experiment leaves
+/// `run.threads` to libtorch (0): each would take every core, and together they would run tens of
+/// times slower than one after another. So each gets its share of the cores.
+fn cpu_share(sweep: &Sweep, trial: &Trial, device: &str, devices: &[String]) -> Option<usize> {
+    let on_cpu = devices.iter().filter(|d| *d == "cpu").count();
+    let automatic = sweep.experiment(trial, Some(device)).is_ok_and(|e| e.run.threads == 0);
+    (device == "cpu" && on_cpu > 1 && automatic).then(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        (cores / on_cpu).max(1)
+    })
+}
+
 /// Runs one trial as `program train <base> --run-dir <dir> --quiet --set ...`, output appended to
 /// `<dir>/train.log`. On a signal to the sweep, passes SIGTERM on (the child saves and exits).
 fn run_child(
@@ -411,7 +423,7 @@ fn run_child(
     base: &Path,
     sweep: &Sweep,
     trial: &Trial,
-    device: &str,
+    (device, devices): (&str, &[String]),
     dir: &Path,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
@@ -437,6 +449,9 @@ fn run_child(
         .stderr(log);
     for assignment in sweep.trial_overrides(trial, Some(device)) {
         command.arg("--set").arg(assignment);
+    }
+    if let Some(threads) = cpu_share(sweep, trial, device, devices) {
+        command.arg("--set").arg(format!("run.threads={threads}"));
     }
     if sweep.pruner().is_some() {
         command.arg("--pruner").arg(sweep.dir.join(PRUNER_FILE));
