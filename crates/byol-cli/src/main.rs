@@ -82,7 +82,8 @@ enum Command {
 
 #[derive(Args)]
 struct ShardArgs {
-    /// The image folder: `<dir>/<class>/<image>`, or any tree of images (unlabelled).
+    /// The image folder: `<dir>/<class>/<image>`, or images without class sub-folders
+    /// (unlabelled; or any tree of images with --unlabelled).
     dir: PathBuf,
     /// Shard file names, with one printf-style number: `shards/train-%06d.tar`.
     #[arg(long, value_name = "PATTERN")]
@@ -96,13 +97,21 @@ struct ShardArgs {
     /// Write samples in sorted path order instead (classes one after another).
     #[arg(long, conflicts_with = "seed")]
     in_order: bool,
+    /// Every image at any depth, without labels, even where the folder has sub-folders (which
+    /// otherwise are the classes).
+    #[arg(long)]
+    unlabelled: bool,
 }
 
 fn shard(args: &ShardArgs) -> anyhow::Result<()> {
     let seed = (!args.in_order).then_some(args.seed);
-    let written = byol_data::webdataset::write_shards(&args.dir, &args.out, args.per_shard, seed)
+    let written = byol_data::webdataset::write_shards(&args.dir, &args.out, args.per_shard, seed, args.unlabelled)
         .with_context(|| format!("writing shards of {}", args.dir.display()))?;
     for w in &written.warnings {
+        // The listing speaks of the image folder's keys; here the folder is the argument.
+        let w = w
+            .replace("dataset.train: ", "")
+            .replace("set labels = \"none\"", "add --unlabelled");
         eprintln!("warning: {w}");
     }
     println!(

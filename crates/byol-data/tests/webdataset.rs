@@ -57,7 +57,7 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
     let tmp = tempfile::tempdir().unwrap();
     class_folder(&tmp.path().join("images"));
     let pattern = tmp.path().join("shards/train-%06d.tar");
-    let written = write_shards(&tmp.path().join("images"), pattern.to_str().unwrap(), 5, Some(0)).unwrap();
+    let written = write_shards(&tmp.path().join("images"), pattern.to_str().unwrap(), 5, Some(0), false).unwrap();
     assert_eq!(written.samples, 21);
     assert_eq!(written.shards.len(), 5, "21 samples, 5 per shard");
     assert_eq!(written.classes, ["c0", "c1", "c2"]);
@@ -96,7 +96,7 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
     };
     class_folder(&tmp.path().join("val"));
     assert_eq!(
-        write_shards(&tmp.path().join("val"), &split("val"), 50, None)
+        write_shards(&tmp.path().join("val"), &split("val"), 50, None, false)
             .unwrap()
             .classes
             .len(),
@@ -104,7 +104,7 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
     );
     write_image(&tmp.path().join("other/c3/0.png"), 1);
     class_folder(&tmp.path().join("other"));
-    let err = write_shards(&tmp.path().join("other"), &split("other"), 50, None)
+    let err = write_shards(&tmp.path().join("other"), &split("other"), 50, None, false)
         .unwrap_err()
         .to_string();
     assert!(
@@ -114,7 +114,7 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
     assert!(!tmp.path().join("shards/other-000000.tar").exists());
     // A class name that one trimmed line of classes.txt cannot hold.
     write_image(&tmp.path().join("spaced/c0 /0.png"), 1);
-    let err = write_shards(&tmp.path().join("spaced"), &split("spaced"), 50, None)
+    let err = write_shards(&tmp.path().join("spaced"), &split("spaced"), 50, None, false)
         .unwrap_err()
         .to_string();
     assert!(
@@ -138,6 +138,7 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
         tmp.path().join("flat-shards/s-%d.tar").to_str().unwrap(),
         3,
         None,
+        false,
     )
     .unwrap();
     assert!(flat.classes.is_empty() && flat.shards.len() == 2);
@@ -148,6 +149,7 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
         tmp.path().join("flat-shards/s-%d.tar").to_str().unwrap(),
         4,
         None,
+        false,
     )
     .unwrap_err()
     .to_string();
@@ -162,6 +164,26 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
         contents(splits.train.as_ref()),
         [(100, NO_LABEL), (101, NO_LABEL), (102, NO_LABEL), (103, NO_LABEL)],
         "in path order without a seed"
+    );
+
+    // `unlabelled`: sub-folders are not classes; every image at any depth, without labels.
+    write_image(&tmp.path().join("tree/a/b/0.png"), 110);
+    write_image(&tmp.path().join("tree/a/1.png"), 111);
+    write_image(&tmp.path().join("tree/2.png"), 112);
+    let tree = write_shards(
+        &tmp.path().join("tree"),
+        tmp.path().join("tree-shards/s-%d.tar").to_str().unwrap(),
+        10,
+        None,
+        true,
+    )
+    .unwrap();
+    assert!(tree.classes.is_empty() && tree.samples == 3, "{:?}", tree.warnings);
+    assert!(!tmp.path().join("tree-shards/classes.txt").exists());
+    let (splits, _) = config(&quoted(Path::new(&tree.urls)), "").load().unwrap();
+    assert_eq!(
+        contents(splits.train.as_ref()),
+        [(112, NO_LABEL), (111, NO_LABEL), (110, NO_LABEL)]
     );
 }
 
@@ -254,6 +276,7 @@ fn seventy(root: &Path) -> String {
         root.join("shards/part-%03d.tar").to_str().unwrap(),
         7,
         None,
+        false,
     )
     .unwrap();
     quoted(Path::new(&written.urls))

@@ -57,7 +57,10 @@ pub(crate) type LabelledFiles = Vec<(PathBuf, i64)>;
 /// The images of `dir` as `byol-run shard` packs them: with class sub-folders, each one's images
 /// (labels = folder order, as `image_folder` reads them); without, every image at any depth,
 /// unlabelled ([`NO_LABEL`]). Returns the classes, the files, and warnings (empty class folders).
-pub(crate) fn images_for_shards(dir: &Path) -> Result<(Vec<String>, LabelledFiles, Vec<String>), DataError> {
+pub(crate) fn images_for_shards(
+    dir: &Path,
+    unlabelled: bool,
+) -> Result<(Vec<String>, LabelledFiles, Vec<String>), DataError> {
     if !dir.is_dir() {
         return Err(DataError::Config(format!(
             "{} is not a folder; give a folder of images (one sub-folder per class, or any tree of images)",
@@ -65,7 +68,7 @@ pub(crate) fn images_for_shards(dir: &Path) -> Result<(Vec<String>, LabelledFile
         )));
     }
     let mut warnings = Vec::new();
-    let listing = if has_class_folders(dir)? {
+    let listing = if !unlabelled && has_class_folders(dir)? {
         scan("train", dir, None, 0, &mut warnings)?
     } else {
         scan_unlabelled("train", dir, None, 0)?

@@ -26,8 +26,8 @@ pub struct ShardsWritten {
 /// Writes the images under `source` into tar shards of `per_shard` samples each, named by
 /// `pattern` with one printf-style `%06d` (or `%d`) for the shard number, as WebDataset's
 /// `ShardWriter` names them. Class sub-folders become `.cls` labels and a `classes.txt` next to
-/// the shards; a folder without class sub-folders gives unlabelled samples (every image at any
-/// depth). Image files are copied as they are, not re-encoded. With `shuffle_seed`, samples are
+/// the shards; a folder without class sub-folders, or any folder when `unlabelled`, gives
+/// unlabelled samples (every image at any depth). Image files are copied as they are, not re-encoded. With `shuffle_seed`, samples are
 /// written in a random order, so that each shard mixes the classes (a shard shuffle and a buffer
 /// shuffle cannot mix shards that each hold one class); keys number the samples as written.
 pub fn write_shards(
@@ -35,12 +35,13 @@ pub fn write_shards(
     pattern: &str,
     per_shard: usize,
     shuffle_seed: Option<u64>,
+    unlabelled: bool,
 ) -> Result<ShardsWritten, DataError> {
     if per_shard == 0 {
         return Err(DataError::Config("--per-shard must be at least 1".into()));
     }
     let (head, width, tail) = parse_pattern(pattern)?;
-    let (classes, mut files, warnings) = crate::image_folder::images_for_shards(source)?;
+    let (classes, mut files, warnings) = crate::image_folder::images_for_shards(source, unlabelled)?;
     if let Some(seed) = shuffle_seed {
         let order = shuffled(files.len(), &[seed, 0x7764_7772]);
         files = order.into_iter().map(|i| files[i].clone()).collect();
