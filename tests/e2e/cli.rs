@@ -368,6 +368,26 @@ fn a_closed_pipe_ends_listings_quietly() {
     }
 }
 
+/// `byol-run exp.toml | head`: a run whose reader went away trains to the end, saves and
+/// reports in summary.json, and exits 0 without a panic.
+#[test]
+fn a_run_whose_output_reader_went_away_trains_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), super::TINY).unwrap();
+    let mut child = byol_run_command(dir.path())
+        .args(["tiny.toml", "--run-dir", "r", "--set", "schedule.epochs=1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(dir.path().join("r/summary.json").is_file());
+}
+
 /// `config --defaults` shows every key the experiment parser accepts, set or commented out with
 /// a value, and with those uncommented it is an experiment that parses.
 #[test]

@@ -8,6 +8,13 @@ use clap::{Args, Parser, Subcommand};
 
 use byol_train::{Experiment, RunOptions, RunSummary};
 
+/// `println!` for what a finished run reports: a reader that went away (`| head`) ends it quietly.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        byol_train::train::print_line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod compare;
 mod doctor;
@@ -343,7 +350,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         return Ok(()); // rank 0 reports for the whole data-parallel job
     }
     if let Some(pruned) = &summary.pruned {
-        println!(
+        say!(
             "\npruned at step {} of {}: {}; train the run folder again without the sweep to go on \
              (byol-run train {})",
             summary.steps,
@@ -354,9 +361,10 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if summary.interrupted {
-        println!(
+        say!(
             "\ninterrupted at step {} of {}; run the same command again to resume",
-            summary.steps, summary.total_steps
+            summary.steps,
+            summary.total_steps
         );
         return Ok(());
     }
@@ -373,27 +381,27 @@ fn plural(n: u64, noun: &str) -> String {
 fn print_summary(name: &str, summary: &RunSummary) {
     let percent =
         |a: Option<byol_train::knn::KnnAccuracy>| a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0));
-    println!("\n== summary: {name} ==");
-    println!("run folder       {}", summary.run_dir.display());
-    println!("device           {}", summary.device);
-    println!(
+    say!("\n== summary: {name} ==");
+    say!("run folder       {}", summary.run_dir.display());
+    say!("device           {}", summary.device);
+    say!(
         "steps            {} ({})",
         summary.steps,
         plural(summary.epochs, "epoch")
     );
     if let Some(loss) = summary.final_loss {
-        println!("final loss       {loss:.4}");
+        say!("final loss       {loss:.4}");
     }
     // A run without labelled images has no kNN figures to show (the note at start said why).
     if summary.knn_before.is_some() || summary.knn_after.is_some() {
-        println!("kNN top-1 before {}", percent(summary.knn_before));
-        println!("kNN top-1 after  {}", percent(summary.knn_after));
+        say!("kNN top-1 before {}", percent(summary.knn_before));
+        say!("kNN top-1 after  {}", percent(summary.knn_after));
     }
     if let (Some(b), Some(a)) = (summary.knn_before, summary.knn_after) {
-        println!("kNN gain         {:+.1} points", (a.top1 - b.top1) * 100.0);
+        say!("kNN gain         {:+.1} points", (a.top1 - b.top1) * 100.0);
         // A run that finished without learning anything must not look like a success.
         if a.top1 <= b.top1 {
-            println!(
+            say!(
                 "warning: kNN accuracy did not improve ({:.1}% -> {:.1}%): the representation may have \
                  collapsed or the recipe does not suit this data",
                 b.top1 * 100.0,
@@ -402,30 +410,31 @@ fn print_summary(name: &str, summary: &RunSummary) {
         }
     }
     if let Some(top1) = summary.probe_top1_after {
-        println!("online probe     {:.1}% top-1 on the held-out images", top1 * 100.0);
+        say!("online probe     {:.1}% top-1 on the held-out images", top1 * 100.0);
     }
-    println!(
+    say!(
         "training time    {:.1} s ({:.0} img/s)",
-        summary.train_seconds, summary.images_per_second
+        summary.train_seconds,
+        summary.images_per_second
     );
     // Counted in this process only: after a resume, against the time of every start it would
     // understate the share.
     match (summary.curve_evaluations, summary.resumed_from_step) {
         (0, _) => {}
-        (n, Some(step)) => println!(
+        (n, Some(step)) => say!(
             "kNN curve        {} during training since the resume at step {step} took {:.1} s",
             plural(n, "evaluation"),
             summary.curve_seconds
         ),
-        (n, None) => println!(
+        (n, None) => say!(
             "kNN curve        {} during training took {:.1} s ({:.1}% of it)",
             plural(n, "evaluation"),
             summary.curve_seconds,
             100.0 * summary.curve_seconds / summary.train_seconds.max(1e-9)
         ),
     }
-    println!("checkpoint       {}", summary.checkpoint.display());
-    println!(
+    say!("checkpoint       {}", summary.checkpoint.display());
+    say!(
         "tensorboard      tensorboard --logdir {}",
         summary.run_dir.join("tensorboard").display()
     );

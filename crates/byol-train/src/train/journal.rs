@@ -66,7 +66,7 @@ impl Journal {
     pub fn say(&self, line: String) {
         match &self.progress {
             Some(progress) => progress.line(line),
-            None if !self.quiet => println!("{line}"),
+            None if !self.quiet => super::progress::print_line(line),
             None => {}
         }
     }

@@ -41,6 +41,7 @@ pub use graph::{check_cuda_graphs, graphed_step, GraphedOutputs, GraphedStep};
 pub use guard::panic_message;
 pub use model::{Model, Weights};
 pub use monitor::{embed_split, embed_split_sharded, Evaluation, NO_LABELS_NOTE};
+pub use progress::print_line;
 pub use step::{check_precision, Plan, StepNumerics, StepReport};
 
 use guard::{explain_error, explain_panic, guarded};
@@ -186,11 +187,11 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
 fn already_trained(t: &Trainer<'_>, run_dir: &std::path::Path, step: u64, quiet: bool) -> Option<RunSummary> {
     let summary = finished_summary(run_dir, step, t.plan.total_steps)?;
     if !quiet && t.is_main() {
-        println!(
+        print_line(format_args!(
             "{} has already trained all {step} steps; its summary.json stands (to train longer, raise \
              schedule.epochs with --allow-change schedule.epochs; to evaluate again, byol-run eval)",
             run_dir.display()
-        );
+        ));
     }
     Some(summary)
 }

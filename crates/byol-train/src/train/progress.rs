@@ -2,6 +2,13 @@
 
 use std::io::IsTerminal;
 
+/// A line on stdout, if anyone still reads it: a run whose output was cut short (`| head`) goes on
+/// training instead of panicking at its next line.
+pub fn print_line(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
     quiet: bool,
@@ -27,7 +34,7 @@ impl Progress {
     pub fn line(&self, text: String) {
         match &self.bar {
             Some(bar) => bar.println(text),
-            None if !self.quiet => println!("{text}"),
+            None if !self.quiet => print_line(text),
             None => {}
         }
     }
