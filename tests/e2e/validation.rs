@@ -277,3 +277,27 @@ fn a_warmup_as_long_as_the_run_and_upscaled_views_are_warned_about() {
         "{all}"
     );
 }
+
+/// A micro-batch of one image leaves the heads' batch norms without statistics (a NaN variance
+/// in PyTorch's formula): refused with what to change, before any step. Two processes with
+/// synchronized batch norm have two images per statistic and are not concerned.
+#[test]
+fn a_micro_batch_of_one_image_is_refused() {
+    let dir = setup();
+    let out = byol_run(
+        dir.path(),
+        &[
+            "tiny.toml",
+            "--set",
+            "schedule.batch_size=4",
+            "--set",
+            "schedule.accumulate=4",
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("is 1 image per batch-norm batch") && all.contains("accumulate less"),
+        "{all}"
+    );
+}

@@ -6,6 +6,7 @@ use tch::{Device, Tensor};
 use byol::Augment;
 use byol_data::{BatchLoader, Splits};
 
+use crate::experiment::SyncBatchNorm;
 use crate::Experiment;
 
 /// The training batches of `experiment` for process `rank` of `world`: micro-batches of the
@@ -34,13 +35,19 @@ pub fn training_loader(
             schedule.batch_size
         );
     }
-    let mut loader = BatchLoader::new(
-        splits.train.clone(),
-        schedule.batch_size / accumulate / world,
-        true,
-        true,
-        experiment.run.seed,
-    );
+    let micro_batch = schedule.batch_size / accumulate / world;
+    // The projector's and predictor's batch norms (and most backbones') take statistics over
+    // the micro-batch, or over every process's when synchronized: of one image they are undefined
+    // (a NaN variance; PyTorch refuses such a batch).
+    let synchronized = world > 1 && experiment.distributed.sync_batch_norm != SyncBatchNorm::None;
+    if micro_batch == 1 && !synchronized {
+        bail!(
+            "schedule.batch_size = {} over schedule.accumulate = {accumulate} and {world} process(es) is 1 image per \
+             batch-norm batch, whose statistics are undefined: make the batch larger or accumulate less",
+            schedule.batch_size
+        );
+    }
+    let mut loader = BatchLoader::new(splits.train.clone(), micro_batch, true, true, experiment.run.seed);
     // Rank r takes every world-th micro-batch: together the ranks see exactly the batches a
     // single process with the global batch would see.
     loader.rank = rank;

@@ -76,8 +76,9 @@ pub fn explain_error(error: anyhow::Error) -> anyhow::Error {
 /// collective's own message.
 pub fn peer_gone(detail: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "another process of this data-parallel job stopped, so this one cannot go on; start the job again \
-         (all processes) and it resumes from the last checkpoint\n({})",
+        "another process of this data-parallel job stopped, so this one cannot go on. If that process \
+         failed, its own error says why (the same failure would come back); if it was killed, start the \
+         job again (all processes) and it resumes from the last checkpoint\n({})",
         detail.lines().next().unwrap_or_default()
     )
 }

@@ -230,6 +230,15 @@ impl Monitor {
         if let (Some(probe), Some(parallel)) = (&mut probe, &parallel) {
             probe.synchronize(parallel.clone());
         }
+        if let Some(bank) = labelled.as_ref().map(|l| l.bank.len()).filter(|&n| eval.knn_k > n) {
+            if parallel.as_ref().is_none_or(|p| p.rank() == 0) {
+                eprintln!(
+                    "note: eval.knn_k = {} is more than the {bank} images of the kNN bank: every bank image \
+                     votes (k = {bank})",
+                    eval.knn_k
+                );
+            }
+        }
         Ok(Self {
             labelled,
             knn_k: eval.knn_k,
