@@ -311,29 +311,31 @@ fn run_folder_of_config(path: &Path) -> Option<PathBuf> {
     (path.file_name()? == byol_train::run_dir::CONFIG_FILE && holds_a_run).then(|| dir.to_path_buf())
 }
 
+/// The folder to train in: `--run-dir`; else, when the experiment file is a run folder's own
+/// `config.toml`, that folder (training it continues that run, wherever run.output_dir and
+/// run.name point: a sweep's trial, a folder moved since); else None, the experiment's own.
+fn chosen_run_dir(args: &TrainArgs, experiment: &Experiment) -> Option<PathBuf> {
+    if args.run_dir.is_some() {
+        return args.run_dir.clone();
+    }
+    let path = args.experiment.experiment.as_deref()?;
+    let folder = run_folder_of_config(path)?;
+    let named = experiment.run.output_dir.join(experiment.name());
+    if std::fs::canonicalize(&named).ok() != std::fs::canonicalize(&folder).ok() {
+        eprintln!(
+            "note: {} is the record of the run folder {}: continuing that run, not one in {} \
+             (--run-dir chooses the folder)",
+            path.display(),
+            folder.display(),
+            named.display()
+        );
+    }
+    Some(folder)
+}
+
 fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let experiment = load_valid(&args.experiment)?;
-    // Training a run folder's own config.toml continues that run, wherever run.output_dir and
-    // run.name point (a sweep's trial, a folder moved since), not a new one elsewhere.
-    let own_folder = args
-        .run_dir
-        .is_none()
-        .then(|| args.experiment.experiment.as_deref())
-        .flatten();
-    let run_dir = args.run_dir.clone().or_else(|| {
-        let folder = run_folder_of_config(own_folder?)?;
-        let named = experiment.run.output_dir.join(experiment.name());
-        if std::fs::canonicalize(&named).ok() != std::fs::canonicalize(&folder).ok() {
-            eprintln!(
-                "note: {} is the record of the run folder {}: continuing that run, not one in {} \
-                 (--run-dir chooses the folder)",
-                own_folder?.display(),
-                folder.display(),
-                named.display()
-            );
-        }
-        Some(folder)
-    });
+    let run_dir = chosen_run_dir(args, &experiment);
     let options = RunOptions {
         run_dir,
         quiet: args.quiet,
