@@ -169,6 +169,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Rank `rank` of a `world`-rank job on localhost at `port`, every rank on this machine (ranks
+/// as threads of one test process, each with its own TCPStore client).
+pub fn local_rendezvous(rank: usize, world: usize, port: u16) -> torch_ext::distributed::Rendezvous {
+    torch_ext::distributed::Rendezvous {
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        rank,
+        world_size: world,
+        local_rank: rank,
+        local_world_size: world,
+        agent_store: false,
+        restart_count: 0,
+        timeout: std::time::Duration::from_secs(60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::missing_dataset;

@@ -4,25 +4,12 @@
 //! missing gradient counts as zero), so that both step it and the replicas stay equal; one that
 //! no rank's backward reached keeps no gradient anywhere.
 
-use std::time::Duration;
-
 use byol_train::distributed::DataParallel;
 use byol_train::experiment::DistributedConfig;
 use tch::{Device, Kind, Tensor};
-use torch_ext::distributed::Rendezvous;
 
 fn join(rank: usize, world: usize, port: u16) -> DataParallel {
-    let rendezvous = Rendezvous {
-        master_addr: "127.0.0.1".into(),
-        master_port: port,
-        rank,
-        world_size: world,
-        local_rank: rank,
-        local_world_size: world,
-        agent_store: false,
-        restart_count: 0,
-        timeout: Duration::from_secs(60),
-    };
+    let rendezvous = byol_testkit::local_rendezvous(rank, world, port);
     DataParallel::join(&rendezvous, &DistributedConfig::default(), Device::Cpu).unwrap()
 }
 

@@ -5,8 +5,6 @@
 //! running statistics. A batch norm left unsynchronized takes rank 0's statistics when a step
 //! ends.
 
-use std::time::Duration;
-
 use byol::nn::{batch_norm2d, BatchNorm};
 use byol::BuildContext;
 use byol_testkit::{max_abs_diff, run_python};
@@ -14,7 +12,6 @@ use byol_train::distributed::DataParallel;
 use byol_train::experiment::{DistributedConfig, SyncBatchNorm};
 use tch::nn::{ModuleT, VarStore};
 use tch::{Device, Kind, Tensor};
-use torch_ext::distributed::Rendezvous;
 
 const CHANNELS: i64 = 4;
 
@@ -44,17 +41,7 @@ struct RankResult {
 
 /// Rank `rank` of a `world`-process job on localhost, as a data-parallel run joins it.
 fn join(rank: usize, world: usize, port: u16, config: &DistributedConfig) -> DataParallel {
-    let rendezvous = Rendezvous {
-        master_addr: "127.0.0.1".into(),
-        master_port: port,
-        rank,
-        world_size: world,
-        local_rank: rank,
-        local_world_size: world,
-        agent_store: false,
-        restart_count: 0,
-        timeout: Duration::from_secs(60),
-    };
+    let rendezvous = byol_testkit::local_rendezvous(rank, world, port);
     DataParallel::join(&rendezvous, config, Device::Cpu).unwrap()
 }
 

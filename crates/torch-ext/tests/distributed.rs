@@ -12,18 +12,7 @@ fn on_ranks<T: Send + 'static>(world: usize, body: fn(&ProcessGroup) -> T) -> Ve
     let handles: Vec<_> = (0..world)
         .map(|rank| {
             std::thread::spawn(move || {
-                let group = ProcessGroup::gloo(&Rendezvous {
-                    master_addr: "127.0.0.1".into(),
-                    master_port: port,
-                    rank,
-                    world_size: world,
-                    local_rank: rank,
-                    local_world_size: world,
-                    agent_store: false,
-                    restart_count: 0,
-                    timeout: Duration::from_secs(60),
-                })
-                .unwrap();
+                let group = ProcessGroup::gloo(&byol_testkit::local_rendezvous(rank, world, port)).unwrap();
                 body(&group)
             })
         })
