@@ -691,9 +691,12 @@ fn training_a_run_folders_own_config_continues_that_run() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
-        all.contains("is the record of the run folder moved: continuing that run")
-            && all.contains("has already trained all"),
+        all.contains("moved: continuing that run") && all.contains("has already trained all"),
         "{all}"
     );
     assert_eq!(names(d), before, "no new run folder");
+    // A run.name given on the command line is a variant: a new run in its own folder.
+    let out = byol_run(d, &["moved/config.toml", "--quiet", "--set", "run.name=\"variant\""]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("continuing that run"), "{}", text(&out));
 }

@@ -179,7 +179,8 @@ struct TrainArgs {
 fn main() -> ExitCode {
     plugins_all::link();
     sweep::trials::exit_with_sweep_parent();
-    if let Some(message) = unknown_command(std::env::args().nth(1)) {
+    // Not UTF-8: not a command name; clap takes it as a path.
+    if let Some(message) = unknown_command(std::env::args_os().nth(1).and_then(|a| a.into_string().ok())) {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
@@ -318,8 +319,18 @@ fn chosen_run_dir(args: &TrainArgs, experiment: &Experiment) -> Option<PathBuf> 
     if args.run_dir.is_some() {
         return args.run_dir.clone();
     }
+    // A run.name or run.output_dir given on the command line chooses another folder: a variant.
+    let renamed = args
+        .experiment
+        .overrides
+        .iter()
+        .any(|o| o.starts_with("run.name=") || o.starts_with("run.output_dir="));
+    if renamed {
+        return None;
+    }
     let path = args.experiment.experiment.as_deref()?;
-    let folder = run_folder_of_config(path)?;
+    // Absolute: `--fresh` cannot move "." aside.
+    let folder = std::fs::canonicalize(run_folder_of_config(path)?).ok()?;
     let named = experiment.run.output_dir.join(experiment.name());
     if std::fs::canonicalize(&named).ok() != std::fs::canonicalize(&folder).ok() {
         eprintln!(

@@ -261,7 +261,7 @@ fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Res
 /// distinct `[dataset]` and `[eval]` splits (in most sweeps, once), and only when a trial has
 /// finished.
 #[derive(Default)]
-struct DataNow(HashMap<String, DatasetFingerprint>);
+struct DataNow(HashMap<String, Option<DatasetFingerprint>>);
 
 impl DataNow {
     fn check_finished(&mut self, sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<()> {
@@ -276,8 +276,19 @@ impl DataNow {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 println!("reading the data to check the finished trials against it");
-                entry.insert(DatasetFingerprint::of_experiment(&experiment)?)
+                // Data that cannot be read (moved, gone) still leaves the results to rank.
+                let read = DatasetFingerprint::of_experiment(&experiment).inspect_err(|e| {
+                    eprintln!(
+                        "warning: cannot read the data of finished trials such as {} to check it, so their \
+                         results are ranked unchecked: {e:#}",
+                        trial.id()
+                    )
+                });
+                entry.insert(read.ok())
             }
+        };
+        let Some(now) = now else {
+            return Ok(());
         };
         let differences = now.differences_from_run(dir)?;
         if differences.is_empty() {
