@@ -91,6 +91,18 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .double_value(&[])
 }
 
+/// A seed of its own for each run of a test, so that a check holds for inputs nobody chose; or
+/// the one in the environment variable `variable`, to replay a failure (the test prints it).
+pub fn fresh_seed(variable: &str) -> i64 {
+    use std::hash::BuildHasher;
+    match std::env::var(variable) {
+        Ok(seed) => seed
+            .parse()
+            .unwrap_or_else(|_| panic!("{variable} = {seed:?} is not an integer")),
+        Err(_) => (std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now()) >> 1) as i64,
+    }
+}
+
 /// The shared datasets folder (`shared/datasets`, holding `unpack.sh`): `BYOL_RS_SHARED_DATASETS`
 /// when set, else the first `shared/datasets` beside the repository or beside one of the
 /// folders above it (a clone may sit one level deeper than the working copy).

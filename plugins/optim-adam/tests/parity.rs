@@ -34,12 +34,10 @@
 //! eps placement where eps is comparable to √v̂, as in the eps = 1e-3 cases) moves the
 //! parameters by a sizeable fraction of lr, about a thousand times these bounds.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use byol::{NamedParameter, OptimizerSpec};
-use byol_testkit::{max_abs_diff, run_python};
+use byol_testkit::{fresh_seed, max_abs_diff, run_python};
 use optim_adam::{AdamConfig, AdamWConfig};
 use tch::{Kind, Tensor};
 
@@ -83,14 +81,6 @@ for n in names:
 
 /// libtorch's CPU generator is global: a test seeds it and draws its tensors under this lock.
 static RNG: Mutex<()> = Mutex::new(());
-
-/// A seed of its own for each run, or `ADAM_PARITY_SEED`.
-fn fresh_seed() -> i64 {
-    match std::env::var("ADAM_PARITY_SEED") {
-        Ok(seed) => seed.parse().expect("ADAM_PARITY_SEED is an integer"),
-        Err(_) => (RandomState::new().hash_one(std::time::SystemTime::now()) >> 1) as i64,
-    }
-}
 
 fn spec(toml_text: &str) -> Box<dyn OptimizerSpec> {
     toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}\n--- toml ---\n{toml_text}"))
@@ -146,7 +136,7 @@ fn check_one(toml_text: &str, case: &Case<'_>, implementation: Implementation) {
         Implementation::PerTensor => "dict(foreach=False)",
     };
     let exclude = keys(&*spec(toml_text))["exclude_bias_and_norm"].as_bool().unwrap();
-    let seed = fresh_seed();
+    let seed = fresh_seed("ADAM_PARITY_SEED");
     let (initial, grads) = {
         let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(seed);

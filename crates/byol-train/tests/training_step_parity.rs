@@ -1,0 +1,280 @@
+//! The runner's whole training step against a PyTorch training step written from the paper. The
+//! real `Trainer` (experiment file, learning-rate plan with warmup and cosine, gradient
+//! accumulation, LARS with its exclusions, the target's tau schedule) runs every step of a short
+//! run; PyTorch takes each of those steps from the state ours started it from (weights,
+//! batch-norm statistics, target, momentum), on the same views, with the plan recomputed from
+//! the experiment's numbers alone. A wrong lr or tau at one step, a gradient kept across steps,
+//! micro-batches weighted wrongly or a parameter decayed that the paper excludes each show in
+//! that step's state.
+//!
+//! Why each step starts from our state: a trajectory is chaotic at this scale (batch norm over 8
+//! images), and float32 rounding grows by orders of magnitude in eight steps, so a tolerance on
+//! the trajectory would have to be loose enough to hide a real error. One step from identical
+//! state differs only by rounding: both sides run the same libtorch kernels on one thread, and
+//! what differs is the order of a few sums (the micro-batches' losses, LARS's norms over flat
+//! buffers). See `STEP_TOLERANCE` for the bound.
+
+use std::sync::{Arc, Mutex};
+
+use byol::{Augment, BuildContext};
+use byol_testkit::fixtures::tiny_experiment;
+use byol_testkit::{fresh_seed, max_abs_diff, run_python};
+use byol_train::train::Trainer;
+use byol_train::Experiment;
+use tch::{Device, Tensor};
+
+const STEPS_PER_EPOCH: u64 = 4;
+const EPOCHS: u64 = 2;
+const ACCUMULATE: usize = 2;
+
+/// The largest difference after one step, relative to each tensor's largest entry. A sum of n
+/// float32 terms is exact to about sqrt(n) * 6e-8 of its magnitude (n * 6e-8 at worst): 4e-6 for
+/// the largest tensor here (4608 entries). LARS's direction, `eta * |w| / |d|` times `d`, carries
+/// a norm's error whole into the momentum buffer; the weight moves by lr times that (0.25 * 0.02
+/// of its norm), so its error is 200 times smaller. The running statistics take 0.1 of a batch
+/// mean or variance; the target's EMA rounds once. Measured over many seeds: 1.3e-7 at most.
+/// What the bound exists to catch is far above it: the lr of a neighbouring step (25% apart in
+/// the warmup) moves a weight by 1e-3, a momentum off by 1e-4 of its direction shows as 1e-4.
+const STEP_TOLERANCE: f64 = 1e-5;
+
+const REFERENCE: &str = r#"
+import math, copy, torchvision
+import torch.nn as nn
+import torch.nn.functional as F
+
+def mlp(i, h, o):
+    return nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, o))
+
+class Online(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = torchvision.models.resnet18()
+        self.backbone.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.backbone.maxpool = nn.Identity()
+        self.backbone.fc = nn.Identity()
+        self.projector = mlp(EMB, HIDDEN, PROJ)
+        self.predictor = mlp(PROJ, HIDDEN, PROJ)
+
+def load(module, prefix):
+    # The weights decide every width (the CIFAR ResNet here is narrower than torchvision's).
+    for name, t in ((k[len(prefix):], v) for k, v in inputs.items() if k.startswith(prefix)):
+        *path, leaf = name.split(".")
+        obj = module
+        for p in path:
+            obj = obj[int(p)] if p.isdigit() else getattr(obj, p)
+        if isinstance(getattr(obj, leaf), nn.Parameter):
+            setattr(obj, leaf, nn.Parameter(t.clone(), requires_grad=module is online))
+        else:
+            setattr(obj, leaf, t.clone())
+
+online = Online()
+target = nn.ModuleDict({"backbone": copy.deepcopy(online.backbone), "projector": copy.deepcopy(online.projector)})
+online.train(); target.train()
+
+def regression(p, z):
+    return 2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(-1)
+
+def byol_loss(v1, v2):
+    p1 = online.predictor(online.projector(online.backbone(v1)))
+    p2 = online.predictor(online.projector(online.backbone(v2)))
+    with torch.no_grad():
+        t1 = target.projector(target.backbone(v1)); t2 = target.projector(target.backbone(v2))
+    return regression(p1, t2).mean() + regression(p2, t1).mean()
+
+# The plan, from the experiment's numbers: lr = base lr x batch / 256, linear warmup reaching it
+# at the end of warmup, cosine to the final fraction; tau from tau_base to 1 by a cosine.
+total = EPOCHS * STEPS_PER_EPOCH
+warmup = WARMUP_EPOCHS * STEPS_PER_EPOCH
+peak = BASE_LR * BATCH / 256
+def lr_at(k):
+    if k < warmup:
+        return peak * (k + 1) / warmup
+    floor = peak * FINAL_FRACTION
+    return floor + (peak - floor) * (1 + math.cos(math.pi * (k - warmup) / (total - warmup))) / 2
+def tau_at(k):
+    return 1 - (1 - TAU_BASE) * (math.cos(math.pi * k / total) + 1) / 2
+
+# LARS as in BYOL's reference implementation: biases and batch-norm parameters get neither
+# weight decay nor the trust ratio.
+def lars_step(params, momentum, lr):
+    with torch.no_grad():
+        for n, p in params.items():
+            d = p.grad.clone()
+            if p.ndim > 1:
+                d = d + WEIGHT_DECAY * p
+                pn, dn = torch.norm(p), torch.norm(d)
+                d = d * torch.where((pn > 0) & (dn > 0), TRUST * pn / dn, torch.ones_like(pn))
+            momentum[n] = 0.9 * momentum[n] + d
+            p.sub_(lr * momentum[n])
+
+for k in range(total):
+    load(online, f"{k}.online.")
+    load(target, f"{k}.target.")
+    params = {"online." + n: p for n, p in online.named_parameters()}
+    momentum = {n: inputs[f"{k}.momentum.{n}"].clone() for n in params}
+    loss = torch.zeros(())
+    for m in range(ACCUMULATE):
+        micro = byol_loss(inputs[f"{k}.{m}.view1"], inputs[f"{k}.{m}.view2"]) / ACCUMULATE
+        micro.backward()
+        loss += micro.detach()
+    lars_step(params, momentum, lr_at(k))
+    tau = tau_at(k)
+    with torch.no_grad():
+        for n, t in target.named_parameters():
+            t.mul_(tau).add_(params["online." + n], alpha=1 - tau)
+    outputs[f"{k}.loss"] = loss.reshape(1)
+    outputs[f"{k}.lr"] = torch.tensor([lr_at(k)], dtype=torch.float64)
+    outputs[f"{k}.tau"] = torch.tensor([tau], dtype=torch.float64)
+    for side, module in (("online", online), ("target", target)):
+        for n, t in module.state_dict().items():
+            outputs[f"{k}.after.{side}.{n}"] = t
+    for n, t in momentum.items():
+        outputs[f"{k}.after.momentum.{n}"] = t
+"#;
+
+/// The run's augmentation, keeping a copy of every pair of views it makes.
+#[derive(Debug)]
+struct RecordingAugment {
+    inner: Box<dyn Augment>,
+    views: Arc<Mutex<Vec<(Tensor, Tensor)>>>,
+}
+
+impl Augment for RecordingAugment {
+    fn two_views(&self, images: &Tensor) -> (Tensor, Tensor) {
+        let (v1, v2) = self.inner.two_views(images);
+        self.views.lock().unwrap().push((v1.copy(), v2.copy()));
+        (v1, v2)
+    }
+
+    fn eval_view(&self, images: &Tensor) -> Tensor {
+        self.inner.eval_view(images)
+    }
+}
+
+/// Everything a step starts from, by the names the reference reads: the variables
+/// (`online.*`, `target.*`) and the optimizer's momentum (`momentum.online.*`).
+fn state(trainer: &Trainer) -> Vec<(String, Tensor)> {
+    let variables = trainer.model.vs.variables().into_iter();
+    variables
+        .chain(trainer.optimizer.state())
+        .map(|(name, t)| (name, t.detach().copy()))
+        .collect()
+}
+
+#[test]
+fn each_step_of_the_trainer_matches_a_pytorch_training_step() {
+    plugins_all::link();
+    tch::set_num_threads(1);
+    let (base_lr, weight_decay, trust, tau_base, final_fraction) = (4.0, 1e-3, 0.02, 0.9, 0.1);
+    let batch = 16usize;
+    // Weights, data and views from a seed of this run's own.
+    let seed = fresh_seed("STEP_PARITY_SEED");
+    let replay = format!("seed {seed} (STEP_PARITY_SEED={seed} replays it)");
+    let text = tiny_experiment(&[
+        ("dataset.train_size", &(STEPS_PER_EPOCH as usize * batch).to_string()),
+        ("schedule.epochs", &EPOCHS.to_string()),
+        ("schedule.batch_size", &batch.to_string()),
+        ("schedule.accumulate", &ACCUMULATE.to_string()),
+        ("schedule.warmup_epochs", "1"),
+        ("schedule.final_lr_fraction", &final_fraction.to_string()),
+        ("optimizer.lr", &format!("{base_lr:?}")),
+        ("optimizer.weight_decay", &weight_decay.to_string()),
+        ("optimizer.trust_coefficient", &trust.to_string()),
+        ("byol.tau_base", &tau_base.to_string()),
+        ("eval.online_probe", "false"),
+        ("run.seed", &seed.to_string()),
+    ]);
+    let experiment = Experiment::parse(&text, &[]).unwrap();
+    let run_dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(&experiment, run_dir.path(), &[]).unwrap();
+    assert_eq!(trainer.plan.total_steps, EPOCHS * STEPS_PER_EPOCH);
+    // A second instance of the run's augmentation (building one draws nothing), recording.
+    let views = Arc::new(Mutex::new(Vec::new()));
+    let context = BuildContext::new(Device::Cpu, experiment.augment.image_size());
+    trainer.augment = Box::new(RecordingAugment {
+        inner: experiment.augment.build(&context).unwrap(),
+        views: views.clone(),
+    });
+
+    let mut inputs: Vec<(String, Tensor)> = Vec::new();
+    let mut ours = Vec::new();
+    for step in 0..trainer.plan.total_steps {
+        inputs.extend(
+            state(&trainer)
+                .into_iter()
+                .map(|(name, t)| (format!("{step}.{name}"), t)),
+        );
+        let skip = (step % STEPS_PER_EPOCH) as usize * ACCUMULATE;
+        let group: Vec<_> = trainer
+            .loader
+            .prefetch(trainer.plan.epoch_of(step), skip, Device::Cpu)
+            .take(ACCUMULATE)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let report = trainer.step(step, &group, false).unwrap();
+        ours.push((report.loss.double_value(&[]), report.lr, report.tau, state(&trainer)));
+    }
+    let views = std::mem::take(&mut *views.lock().unwrap());
+    assert_eq!(views.len(), ours.len() * ACCUMULATE, "views made");
+    for (i, (view1, view2)) in views.into_iter().enumerate() {
+        let (step, micro) = (i / ACCUMULATE, i % ACCUMULATE);
+        inputs.push((format!("{step}.{micro}.view1"), view1));
+        inputs.push((format!("{step}.{micro}.view2"), view2));
+    }
+    let constants = [
+        ("EMB", (4 * 8).to_string()), // the width-4 ResNet-18's 8 x 4 channels
+        ("HIDDEN", experiment.byol.hidden_dim.to_string()),
+        ("PROJ", experiment.byol.projection_dim.to_string()),
+        ("EPOCHS", EPOCHS.to_string()),
+        ("STEPS_PER_EPOCH", STEPS_PER_EPOCH.to_string()),
+        ("WARMUP_EPOCHS", "1".into()),
+        ("BASE_LR", format!("{base_lr:?}")),
+        ("BATCH", batch.to_string()),
+        ("FINAL_FRACTION", final_fraction.to_string()),
+        ("TAU_BASE", tau_base.to_string()),
+        ("WEIGHT_DECAY", weight_decay.to_string()),
+        ("TRUST", trust.to_string()),
+        ("ACCUMULATE", ACCUMULATE.to_string()),
+    ];
+    let script: String = constants
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}\n"))
+        .collect::<String>()
+        + REFERENCE;
+    let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let reference = run_python(&script, &refs);
+
+    let scalar = |key: String| reference[&key].double_value(&[0]);
+    for (step, (loss, lr, tau, after)) in ours.iter().enumerate() {
+        let (their_lr, their_tau) = (scalar(format!("{step}.lr")), scalar(format!("{step}.tau")));
+        assert!(
+            (lr - their_lr).abs() < 1e-12,
+            "step {step}: lr {lr} where PyTorch's plan has {their_lr}; {replay}"
+        );
+        assert!(
+            (tau - their_tau).abs() < 1e-12,
+            "step {step}: tau {tau} where PyTorch has {their_tau}; {replay}"
+        );
+        let their_loss = scalar(format!("{step}.loss"));
+        let d = (loss - their_loss).abs();
+        // Near 2 a float32 ulp is 2.4e-7: a few, from the order the micro-batches are added in.
+        assert!(
+            d < 1e-6,
+            "step {step}: loss {loss} where PyTorch has {their_loss} (by {d:e}); {replay}"
+        );
+        let mut compared = 0;
+        for (name, t) in after {
+            let key = format!("{step}.after.{name}");
+            let theirs = reference
+                .get(&key)
+                .unwrap_or_else(|| panic!("step {step}: PyTorch has no {name}"));
+            let relative = max_abs_diff(t, theirs) / theirs.abs().max().double_value(&[]).max(1e-12);
+            assert!(
+                relative < STEP_TOLERANCE,
+                "step {step}: {name} differs from PyTorch's by {relative:e} of its largest entry; {replay}"
+            );
+            compared += 1;
+        }
+        assert!(compared > 300, "step {step}: only {compared} tensors compared");
+    }
+}
