@@ -5,7 +5,7 @@
 //! batch-norm statistics, target, momentum), on the same views, with the plan recomputed from
 //! the experiment's numbers alone. A wrong lr or tau at one step, a gradient kept across steps,
 //! micro-batches weighted wrongly or a parameter decayed that the paper excludes each show in
-//! that step's state.
+//! that step's state. In fp32, and in bf16 against `torch.autocast`.
 //!
 //! Why each step starts from our state: a trajectory is chaotic at this scale (batch norm over 8
 //! images), and float32 rounding grows by orders of magnitude in eight steps, so a tolerance on
@@ -26,19 +26,25 @@ use tch::{Device, Tensor};
 const STEPS_PER_EPOCH: u64 = 4;
 const EPOCHS: u64 = 2;
 const ACCUMULATE: usize = 2;
+/// The backbone's base width: every channel count a multiple of 16, so no convolution takes the
+/// CPU's narrow-channel path (`byol::nn::pointwise_conv2d`), whose weight is a view that bf16
+/// autocast does not cache as PyTorch caches a model's weights.
+const WIDTH: i64 = 16;
 
-/// The largest difference after one step, relative to each tensor's largest entry. A sum of n
-/// float32 terms is exact to about sqrt(n) * 6e-8 of its magnitude (n * 6e-8 at worst): 4e-6 for
-/// the largest tensor here (4608 entries). LARS's direction, `eta * |w| / |d|` times `d`, carries
-/// a norm's error whole into the momentum buffer; the weight moves by lr times that (0.25 * 0.02
-/// of its norm), so its error is 200 times smaller. The running statistics take 0.1 of a batch
-/// mean or variance; the target's EMA rounds once. Measured over many seeds: 1.3e-7 at most.
-/// What the bound exists to catch is far above it: the lr of a neighbouring step (25% apart in
-/// the warmup) moves a weight by 1e-3, a momentum off by 1e-4 of its direction shows as 1e-4.
+/// The largest difference after one step, relative to each tensor's largest entry. libtorch sums
+/// in blocks and pairs, so a sum of n float32 terms is exact to about log2(n) * 6e-8 of its
+/// magnitude: 1e-6 for the largest tensor here (147,456 entries). LARS's direction,
+/// `eta * |w| / |d|` times `d`, carries a norm's error whole into the momentum buffer; the weight
+/// moves by lr times that (0.25 * 0.02 of its norm), so its error is 200 times smaller. The
+/// running statistics take 0.1 of a batch mean or variance; the target's EMA rounds once. bf16
+/// adds nothing: both sides cast the same float32 values with the same autocast policy. Measured
+/// over many seeds, fp32 and bf16: 1.7e-7 at most. What the bound exists to catch is far above
+/// it: the lr of a neighbouring step (25% apart in the warmup) moves a weight by 1e-3, a momentum
+/// off by 1e-4 of its direction shows as 1e-4.
 const STEP_TOLERANCE: f64 = 1e-5;
 
 const REFERENCE: &str = r#"
-import math, copy, torchvision
+import contextlib, math, copy, torchvision
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -75,11 +81,13 @@ def regression(p, z):
     return 2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(-1)
 
 def byol_loss(v1, v2):
-    p1 = online.predictor(online.projector(online.backbone(v1)))
-    p2 = online.predictor(online.projector(online.backbone(v2)))
-    with torch.no_grad():
-        t1 = target.projector(target.backbone(v1)); t2 = target.projector(target.backbone(v2))
-    return regression(p1, t2).mean() + regression(p2, t1).mean()
+    # bf16: the forward under autocast (what it casts, and to what, is libtorch's policy).
+    with torch.autocast("cpu", dtype=torch.bfloat16) if BF16 else contextlib.nullcontext():
+        p1 = online.predictor(online.projector(online.backbone(v1)))
+        p2 = online.predictor(online.projector(online.backbone(v2)))
+        with torch.no_grad():
+            t1 = target.projector(target.backbone(v1)); t2 = target.projector(target.backbone(v2))
+        return (regression(p1, t2).mean() + regression(p2, t1).mean()).float()
 
 # The plan, from the experiment's numbers: lr = base lr x batch / 256, linear warmup reaching it
 # at the end of warmup, cosine to the final fraction; tau from tau_base to 1 by a cosine.
@@ -162,14 +170,27 @@ fn state(trainer: &Trainer) -> Vec<(String, Tensor)> {
 }
 
 #[test]
-fn each_step_of_the_trainer_matches_a_pytorch_training_step() {
+fn each_fp32_step_of_the_trainer_matches_a_pytorch_training_step() {
+    check_steps_against_pytorch("fp32");
+}
+
+#[test]
+fn each_bf16_step_of_the_trainer_matches_a_pytorch_autocast_training_step() {
+    check_steps_against_pytorch("bf16");
+}
+
+/// libtorch's CPU generator is global: one test at a time draws from it, so a seed replays.
+static GENERATOR: Mutex<()> = Mutex::new(());
+
+fn check_steps_against_pytorch(precision: &str) {
+    let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     plugins_all::link();
     tch::set_num_threads(1);
     let (base_lr, weight_decay, trust, tau_base, final_fraction) = (4.0, 1e-3, 0.02, 0.9, 0.1);
     let batch = 16usize;
     // Weights, data and views from a seed of this run's own.
     let seed = fresh_seed("STEP_PARITY_SEED");
-    let replay = format!("seed {seed} (STEP_PARITY_SEED={seed} replays it)");
+    let replay = format!("{precision}, seed {seed} (STEP_PARITY_SEED={seed} replays it)");
     let text = tiny_experiment(&[
         ("dataset.train_size", &(STEPS_PER_EPOCH as usize * batch).to_string()),
         ("schedule.epochs", &EPOCHS.to_string()),
@@ -182,7 +203,9 @@ fn each_step_of_the_trainer_matches_a_pytorch_training_step() {
         ("optimizer.trust_coefficient", &trust.to_string()),
         ("byol.tau_base", &tau_base.to_string()),
         ("eval.online_probe", "false"),
+        ("backbone.width", &WIDTH.to_string()),
         ("run.seed", &seed.to_string()),
+        ("run.precision", &format!("{precision:?}")),
     ]);
     let experiment = Experiment::parse(&text, &[]).unwrap();
     let run_dir = tempfile::tempdir().unwrap();
@@ -222,7 +245,7 @@ fn each_step_of_the_trainer_matches_a_pytorch_training_step() {
         inputs.push((format!("{step}.{micro}.view2"), view2));
     }
     let constants = [
-        ("EMB", (4 * 8).to_string()), // the width-4 ResNet-18's 8 x 4 channels
+        ("EMB", (8 * WIDTH).to_string()),
         ("HIDDEN", experiment.byol.hidden_dim.to_string()),
         ("PROJ", experiment.byol.projection_dim.to_string()),
         ("EPOCHS", EPOCHS.to_string()),
@@ -235,6 +258,7 @@ fn each_step_of_the_trainer_matches_a_pytorch_training_step() {
         ("WEIGHT_DECAY", weight_decay.to_string()),
         ("TRUST", trust.to_string()),
         ("ACCUMULATE", ACCUMULATE.to_string()),
+        ("BF16", if precision == "bf16" { "True" } else { "False" }.into()),
     ];
     let script: String = constants
         .iter()

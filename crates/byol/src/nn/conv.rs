@@ -37,6 +37,8 @@ pub fn linear(path: &nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
 /// heap corruption, hangs or wrong weight gradients (oneDNN issue
 /// https://github.com/uxlfoundation/oneDNN/issues/6035). Such a convolution runs on NCHW tensors
 /// instead, which takes a correct kernel; real networks (64+ channels) never take this branch.
+/// Its weight is then a view, which autocast does not cache: under bf16 each forward casts it
+/// anew, and its gradients from BYOL's two views add in float32 instead of bfloat16.
 pub fn pointwise_conv2d(conv: &nn::Conv2D, xs: &Tensor, stride: i64) -> Tensor {
     const WIDEST_CHANNEL_BLOCK: i64 = 16;
     let channels = xs.size()[1];
