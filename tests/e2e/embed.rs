@@ -2,7 +2,8 @@
 //! images and broken links are skipped with one counted warning (as training skips them), and
 //! `--strict` stops at the first one; hidden files and folders (macOS's `._x.jpg` among them) are
 //! left out as training leaves them out; the names file keeps one line per row whatever the
-//! names hold; a wrong `--out` extension stops before any work.
+//! names hold; a wrong `--out` extension stops before any work. And what `export` writes loads
+//! into torchvision, whose forward is what `embed` computes.
 
 use super::TINY;
 use super::{byol_run, text};
@@ -128,4 +129,77 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("--out emb.txt must end in .safetensors or .npy"), "{all}");
     assert!(!dir.path().join("emb.txt.names.txt").exists());
+}
+
+/// What `export` writes is a torchvision state_dict: torchvision's own ResNet-18 loads it
+/// strictly, and its forward on the images (read and normalized by torchvision) is what
+/// `embed` wrote. Both run the same fp32 kernels in eval mode; the tolerance, 1e-5 of the
+/// largest entry, is a few float32 roundings of the 3x3xC sums that differ only in their order.
+#[test]
+fn export_loads_into_torchvision_and_embed_matches_its_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    let (mean, std) = ("[0.4, 0.45, 0.5]", "[0.2, 0.25, 0.3]");
+    let out = byol_run(
+        dir.path(),
+        &[
+            "tiny.toml",
+            "--run-dir",
+            "r",
+            "--quiet",
+            "--set",
+            "backbone.width=64",
+            "--set",
+            "dataset.train_size=64",
+            "--set",
+            "schedule.epochs=1",
+            "--set",
+            &format!("augment.mean={mean}"),
+            "--set",
+            &format!("augment.std={std}"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = byol_run(dir.path(), &["export", "r", "--out", "backbone.safetensors"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Images at the views' size (16 px), so that the evaluation transform is the normalization.
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..5 {
+        let image = tch::Tensor::randint(256, [3, 16, 16], (tch::Kind::Uint8, tch::Device::Cpu));
+        tch::vision::image::save(&image, images.join(format!("{i}.png"))).unwrap();
+    }
+    let out = byol_run(dir.path(), &["embed", "r", "--images", "images", "--out", "emb.npy"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let embeddings = tch::Tensor::read_npy(dir.path().join("emb.npy")).unwrap();
+    let names = std::fs::read_to_string(dir.path().join("emb.npy.names.txt")).unwrap();
+
+    let script = format!(
+        r#"
+import torchvision
+from torchvision.io import read_image
+model = torchvision.models.resnet18()
+model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the CIFAR stem
+model.maxpool = torch.nn.Identity()
+model.fc = torch.nn.Identity()
+model.load_state_dict(load_file({export:?}), strict=True)
+model.eval()
+images = torch.stack([read_image({images:?} + "/" + name) for name in {names:?}.split()])
+x = (images.float() / 255 - torch.tensor({mean}).view(1, 3, 1, 1)) / torch.tensor({std}).view(1, 3, 1, 1)
+with torch.no_grad():
+    outputs["embeddings"] = model(x)
+"#,
+        export = dir.path().join("backbone.safetensors").to_str().unwrap(),
+        images = images.to_str().unwrap(),
+    );
+    let reference = byol_testkit::run_python(&script, &[]);
+    let theirs = &reference["embeddings"];
+    assert_eq!(embeddings.size(), theirs.size(), "rows and width");
+    let scale = theirs.abs().max().double_value(&[]);
+    let difference = byol_testkit::max_abs_diff(&embeddings, theirs);
+    assert!(
+        difference <= 1e-5 * scale,
+        "embed differs from torchvision's forward of the export by {difference:e} (largest entry {scale})"
+    );
 }
