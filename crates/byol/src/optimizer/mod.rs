@@ -37,7 +37,9 @@ impl NamedParameter {
 
 /// Updates parameters in place from their `.grad`.
 pub trait Optimizer: std::fmt::Debug {
-    /// One update with learning rate `lr`.
+    /// One update with learning rate `lr`. Unlike torch.optim, the momentum optimizers (lars,
+    /// sgd) compute each direction in place in `.grad` (weight decay added, LARS's trust ratio
+    /// applied), which saves a model-sized buffer: read gradients before the step.
     fn step(&mut self, lr: f64);
 
     /// One update whose inputs are read on the device when its kernels run, not fixed when

@@ -170,8 +170,8 @@ fn step_each<R: MomentumRule>(
     });
 }
 
-/// One parameter's direction from its gradient, in place in `grad` (as PyTorch's SGD adds the
-/// weight decay to the gradient: `grad.add(param, alpha=weight_decay)`).
+/// One parameter's direction from its gradient, in place in `grad`: PyTorch's SGD computes the
+/// same `grad.add(param, alpha=weight_decay)` into a new tensor and leaves `.grad` as it was.
 fn direction(rule: &Direction, p: &NamedParameter, grad: Tensor) -> Tensor {
     let mut d = grad;
     if rule.weight_decay != 0.0 {
