@@ -637,8 +637,8 @@ fn fresh_refuses_to_move_a_sweep_folder_whose_trial_is_in_use() {
 }
 
 /// `--run-dir` at a folder that holds something else (data, a sweep's trials) is refused before
-/// anything is written into it, `--fresh` included; an empty folder, or one that a failed start
-/// left with only its lock, takes a run.
+/// anything is written into it, `--fresh` included; an empty folder (hidden files and a mount
+/// point's lost+found aside), or one that a failed start left with only its lock, takes a run.
 #[test]
 fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
     let dir = setup();
@@ -664,7 +664,8 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
     let out = run(d, "sweep", &[]);
     assert!(text(&out).contains("is a sweep's folder"), "{}", text(&out));
 
-    std::fs::create_dir_all(d.join("empty")).unwrap();
+    std::fs::create_dir_all(d.join("empty/lost+found")).unwrap();
+    std::fs::write(d.join("empty/.gitkeep"), "").unwrap();
     std::fs::create_dir_all(d.join("failed-start")).unwrap();
     std::fs::write(d.join("failed-start/run.lock"), "123\n").unwrap();
     for run_dir in ["empty", "failed-start"] {

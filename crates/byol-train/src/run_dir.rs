@@ -161,7 +161,8 @@ const RUN_ENTRIES: &[&str] = &[
 /// Refuses a folder that exists and holds anything but a run: data, a sweep's trials, someone's
 /// files. A run would write its checkpoints and logs among them, and `--fresh` would move them
 /// all aside. A folder with a run's records in it is a run folder (whatever else the user put
-/// there); one holding only what a run writes first (its lock) is an empty one.
+/// there); one holding only what a run writes first (its lock) is an empty one. Hidden entries
+/// (`.gitkeep`, `.DS_Store`) and a mount point's `lost+found` are no one's files.
 fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
     let Ok(entries) = std::fs::read_dir(run_dir) else {
         // Absent (it is created), or not a folder: the lock names that.
@@ -170,6 +171,7 @@ fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
     let names: Vec<String> = entries
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.') && name != "lost+found")
         .collect();
     let written_by_a_run = |name: &String| RUN_ENTRIES.contains(&name.as_str()) || name.ends_with(".partial");
     let markers = [
