@@ -51,7 +51,7 @@ impl Run {
         let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("cannot parse {}", config_path.display()))?;
         let config = byol_train::run_dir::dotted_keys(&table);
-        let summary_path = dir.join("summary.json");
+        let summary_path = dir.join(byol_train::train::SUMMARY_FILE);
         let summary = match fs::read(&summary_path) {
             Ok(bytes) => Some(
                 serde_json::from_slice(&bytes).with_context(|| format!("cannot parse {}", summary_path.display()))?,

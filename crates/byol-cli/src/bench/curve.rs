@@ -119,7 +119,7 @@ fn train_in_own_process(common: &Common, overrides: &[&str], run_dir: &Path) -> 
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let path = run_dir.join("summary.json");
+    let path = run_dir.join(byol_train::train::SUMMARY_FILE);
     let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_slice(&text).with_context(|| format!("cannot parse {}", path.display()))
 }

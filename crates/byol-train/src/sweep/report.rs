@@ -26,7 +26,7 @@ pub enum TrialStatus {
 impl TrialStatus {
     /// Reads a trial folder.
     pub fn read(dir: &Path) -> Self {
-        let summary = fs::read(dir.join("summary.json"))
+        let summary = fs::read(dir.join(crate::train::SUMMARY_FILE))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<RunSummary>(&bytes).ok());
         if let Some(s) = summary.filter(|s| !s.interrupted && (s.steps == s.total_steps || s.pruned.is_some())) {
@@ -38,7 +38,7 @@ impl TrialStatus {
         if let Ok(error) = fs::read_to_string(dir.join(ERROR_FILE)) {
             return TrialStatus::Failed(error.trim().to_string());
         }
-        if dir.join(crate::run_dir::CHECKPOINTS_DIR).is_dir() || dir.join("summary.json").is_file() {
+        if dir.join(crate::run_dir::CHECKPOINTS_DIR).is_dir() || dir.join(crate::train::SUMMARY_FILE).is_file() {
             TrialStatus::Unfinished
         } else {
             TrialStatus::Pending
