@@ -364,7 +364,8 @@ fn agreed_start(
     if starts.iter().any(|s| *s != starts[0]) {
         let describe = |s: &[i64; 2]| match s[0] {
             0 => "no checkpoint (step 0)".to_string(),
-            n => format!("step {}", n - 1),
+            // Two copies of one step may differ in content: the hash tells them apart.
+            n => format!("step {}, {} sha256 {:012x}...", n - 1, checkpoint::MODEL_FILE, s[1]),
         };
         let listing: Vec<String> = starts
             .iter()
