@@ -191,8 +191,14 @@ impl DataParallel {
                 })
                 .collect();
             let reached: Vec<bool> = parameters.iter().map(|p| p.grad().defined()).collect();
-            let flags: Vec<f32> = reached.iter().map(|&r| f32::from(u8::from(r))).collect();
-            pieces.push(Tensor::from_slice(&flags).to_device(device));
+            let everywhere = reached.iter().all(|&r| r);
+            // Filled on the device in the common case: a copy from the host would wait for it.
+            pieces.push(if everywhere {
+                Tensor::ones([reached.len() as i64], (Kind::Float, device))
+            } else {
+                let flags: Vec<f32> = reached.iter().map(|&r| f32::from(u8::from(r))).collect();
+                Tensor::from_slice(&flags).to_device(device)
+            });
             pieces.push(loss.detach().to_kind(Kind::Float).reshape([1]));
             pieces.push(Tensor::full([1], if stop { 1.0 } else { 0.0 }, (Kind::Float, device)));
             let bucket = Tensor::cat(&pieces, 0);
@@ -200,7 +206,7 @@ impl DataParallel {
             let mut offset: i64 = parameters.iter().map(|p| p.numel() as i64).sum();
             // How many processes' backward reached each parameter, read on the host (one wait for
             // the device) only when this process lacks a gradient.
-            let reached_anywhere: Vec<f32> = if reached.iter().all(|&r| r) {
+            let reached_anywhere: Vec<f32> = if everywhere {
                 vec![1.0; parameters.len()]
             } else {
                 Vec::try_from(

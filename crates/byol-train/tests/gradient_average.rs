@@ -13,19 +13,18 @@ fn join(rank: usize, world: usize, port: u16) -> DataParallel {
     DataParallel::join(&rendezvous, &DistributedConfig::default(), Device::Cpu).unwrap()
 }
 
-/// Three parameters: `shared` reached on both ranks, `branch` on rank 0 only, `unused` on
-/// neither. Returns each parameter's gradient after the all-reduce (None: no gradient), the
-/// averaged loss and the stop requests.
-fn run_rank(rank: usize, port: u16) -> (Vec<Option<Tensor>>, f64, f64) {
+/// Three parameters, each in the loss of the ranks that `reaches[rank]` names, with gradient
+/// `rank + 1` per element. Returns each parameter's gradient after the all-reduce (None: no
+/// gradient), the averaged loss and the stop requests (rank 1 asks to stop).
+fn run_rank(rank: usize, port: u16, reaches: [[bool; 3]; 2]) -> (Vec<Option<Tensor>>, f64, f64) {
     tch::set_num_threads(1);
     let parallel = join(rank, 2, port);
     let parameters: Vec<Tensor> = (0..3)
         .map(|_| Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true))
         .collect();
-    let r = rank as f64 + 1.0;
-    let mut loss = (&parameters[0] * r).sum(Kind::Float);
-    if rank == 0 {
-        loss += (&parameters[1] * 4.0).sum(Kind::Float);
+    let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
+    for (p, _) in parameters.iter().zip(reaches[rank]).filter(|(_, reached)| *reached) {
+        loss += (p * (rank as f64 + 1.0)).sum(Kind::Float);
     }
     loss.backward();
     let agreed = parallel
@@ -42,37 +41,56 @@ fn run_rank(rank: usize, port: u16) -> (Vec<Option<Tensor>>, f64, f64) {
     )
 }
 
-#[test]
-fn a_gradient_reached_on_some_ranks_only_is_averaged_on_every_rank() {
+/// Both ranks' results for `reaches`.
+fn job(reaches: [[bool; 3]; 2]) -> Vec<(Vec<Option<Tensor>>, f64, f64)> {
     let port = byol_testkit::free_port();
     let ranks: Vec<_> = (0..2)
-        .map(|rank| std::thread::spawn(move || run_rank(rank, port)))
+        .map(|rank| std::thread::spawn(move || run_rank(rank, port, reaches)))
         .collect();
-    let results: Vec<_> = ranks.into_iter().map(|r| r.join().unwrap()).collect();
-    for (rank, (grads, loss, stops)) in results.iter().enumerate() {
-        let shared = grads[0]
-            .as_ref()
-            .unwrap_or_else(|| panic!("rank {rank}: shared has no gradient"));
-        // (1 + 2) / 2 per element, exact in float32.
-        assert_eq!(
-            shared,
-            &Tensor::full([2, 3], 1.5, (Kind::Float, Device::Cpu)),
-            "rank {rank}"
-        );
-        let branch = grads[1]
-            .as_ref()
-            .unwrap_or_else(|| panic!("rank {rank}: the parameter reached on rank 0 only has no gradient here"));
-        // (4 + 0) / 2.
-        assert_eq!(
-            branch,
-            &Tensor::full([2, 3], 2.0, (Kind::Float, Device::Cpu)),
-            "rank {rank}"
-        );
-        assert!(
-            grads[2].is_none(),
-            "rank {rank}: a parameter no backward reached got a gradient"
-        );
+    ranks.into_iter().map(|r| r.join().unwrap()).collect()
+}
+
+/// What every rank must hold after the all-reduce: the sum over the ranks that reached a
+/// parameter of `rank + 1`, over the 2 ranks (a missing gradient counts as zero); no gradient
+/// where no rank reached it.
+fn check(reaches: [[bool; 3]; 2]) {
+    for (rank, (grads, loss, stops)) in job(reaches).iter().enumerate() {
+        for (i, grad) in grads.iter().enumerate() {
+            let sum: f64 = (0..2).filter(|&r| reaches[r][i]).map(|r| r as f64 + 1.0).sum();
+            let reached_somewhere = reaches.iter().any(|r| r[i]);
+            match grad {
+                // Exact in float32: halves of small integers.
+                Some(g) => assert_eq!(
+                    g,
+                    &Tensor::full([2, 3], sum / 2.0, (Kind::Float, Device::Cpu)),
+                    "rank {rank}, parameter {i} of {reaches:?}"
+                ),
+                None => assert!(
+                    !reached_somewhere,
+                    "rank {rank}: parameter {i}, reached on another rank ({reaches:?}), has no gradient here"
+                ),
+            }
+            if !reached_somewhere {
+                assert!(
+                    grad.is_none(),
+                    "rank {rank}: parameter {i}, reached nowhere, got a gradient"
+                );
+            }
+        }
         // Both losses are 0 (zero parameters); one rank of two asked to stop.
         assert_eq!((*loss, *stops), (0.0, 0.5), "rank {rank}");
     }
+}
+
+#[test]
+fn a_gradient_reached_on_some_ranks_only_is_averaged_on_every_rank() {
+    // Parameter 0 on both ranks, 1 on rank 0 only, 2 on neither.
+    check([[true, true, false], [true, false, false]]);
+}
+
+#[test]
+fn a_rank_that_reached_every_parameter_shares_them_with_one_that_did_not() {
+    // Rank 0 takes the path where every parameter has a gradient; rank 1 lacks one.
+    check([[true, true, true], [true, false, true]]);
+    check([[true, true, true], [true, true, true]]);
 }
