@@ -207,6 +207,22 @@ fn a_plain_run_of_a_sweep_file_points_to_byol_run_sweep_and_validate_checks_ever
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(all.contains("tiny.toml is valid: sweep 'tiny' of 4 trials"), "{all}");
+    // A network that only building finds wrong, in the later trials only: built, and named.
+    std::fs::write(
+        dir.path().join("layers.toml"),
+        TINY_SWEEP.replace(
+            "\"byol.tau_base\" = [0.99, 0.996]",
+            "\"byol.embedding_layer\" = [\"avgpool\", \"layer9\"]",
+        ),
+    )
+    .unwrap();
+    let out = byol_run(dir.path(), &["validate", "layers.toml"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("trial-003 (byol.embedding_layer = layer9") && all.contains("no feature tap"),
+        "{all}"
+    );
 
     std::fs::write(
         dir.path().join("typo.toml"),

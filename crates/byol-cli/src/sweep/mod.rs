@@ -3,10 +3,14 @@
 
 pub mod trials;
 
+use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashSet;
+
 use anyhow::{bail, Context};
 use clap::Args;
 
 use byol_train::sweep::Sweep;
+use byol_train::train::Model;
 
 use trials::SweepOptions;
 
@@ -79,21 +83,32 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
 /// `byol-run validate` on a sweep file: every trial's experiment parses.
 pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let sweep = load(args)?;
-    // Networks, optimizers and augmentations are built once per distinct set of their tables.
-    let mut built = std::collections::HashSet::new();
+    // Each distinct network is built once (the usual sweep varies numbers that no build reads:
+    // lr, tau_base, whose ranges validate() checks), and the optimizer and augmentation once per
+    // distinct set of their tables around it.
+    let mut networks: HashMap<[String; 2], Model> = HashMap::new();
+    let mut built = HashSet::new();
     for trial in &sweep.trials {
         let experiment = sweep.experiment(trial, None)?;
         let in_trial = || format!("{} ({})", trial.id(), trial.describe());
         experiment.validate().with_context(in_trial)?;
-        let tables = [
-            toml::to_string(&experiment.backbone)?,
-            toml::to_string(&experiment.byol)?,
+        let byol = byol::ByolConfig {
+            tau_base: 0.0,
+            ..experiment.byol.clone()
+        };
+        let network = [toml::to_string(&experiment.backbone)?, toml::to_string(&byol)?];
+        let around = [
             toml::to_string(&experiment.optimizer)?,
             toml::to_string(&experiment.augment)?,
         ];
-        if built.insert(tables) {
-            byol_train::train::Model::check_builds(&experiment).with_context(in_trial)?;
+        if !built.insert((network.clone(), around)) {
+            continue;
         }
+        let model = match networks.entry(network) {
+            Entry::Occupied(built) => built.into_mut(),
+            Entry::Vacant(slot) => slot.insert(Model::build_for_check(&experiment).with_context(in_trial)?),
+        };
+        model.check_builds_around(&experiment).with_context(in_trial)?;
     }
     println!(
         "{} is valid: sweep '{}' of {} trials into {}",

@@ -50,11 +50,23 @@ impl Model {
     /// file, an unknown `byol.embedding_layer`, a ViT at another size than the views) is found
     /// before a run is started.
     pub fn check_builds(experiment: &Experiment) -> anyhow::Result<()> {
+        let model = Self::build_for_check(experiment)?;
+        model.check_builds_around(experiment)
+    }
+
+    /// The networks of [`Model::check_builds`], on the CPU.
+    pub fn build_for_check(experiment: &Experiment) -> anyhow::Result<Self> {
         let context = BuildContext::new(Device::Cpu, experiment.augment.image_size());
-        let model = Self::build(experiment, &context, Weights::Initial)?;
+        Self::build(experiment, &context, Weights::Initial)
+    }
+
+    /// The rest of [`Model::check_builds`] around networks already built: the optimizer over
+    /// them and the augmentation (a sweep builds each distinct network once).
+    pub fn check_builds_around(&self, experiment: &Experiment) -> anyhow::Result<()> {
+        let context = BuildContext::new(Device::Cpu, experiment.augment.image_size());
         experiment
             .optimizer
-            .build(model.parameters.clone(), &context)
+            .build(self.parameters.clone(), &context)
             .context("building [optimizer]")?;
         experiment.augment.build(&context).context("building [augment]")?;
         Ok(())
