@@ -55,7 +55,9 @@ pub fn knn_accuracy(
             temperature,
         );
         let labels = query_labels.narrow(0, start, len).unsqueeze(1);
-        let ranked = scores.argsort(1, true);
+        // Stable: classes that tie (most often at 0, no neighbour voted for them) rank by class
+        // index, the same on every device, so top-5 never depends on the sort's algorithm.
+        let ranked = scores.argsort_stable(true, 1, true);
         top1 += ranked
             .narrow(1, 0, 1)
             .eq_tensor(&labels)

@@ -45,7 +45,8 @@ pub struct LinearResult {
 pub fn accuracy(logits: &Tensor, labels: &Tensor) -> LinearAccuracy {
     let n = labels.size()[0] as f64;
     let classes = logits.size()[1];
-    let ranked = logits.argsort(1, true);
+    // Stable, as knn_accuracy: ties rank by class index on every device.
+    let ranked = logits.argsort_stable(true, 1, true);
     let labels = labels.unsqueeze(1);
     let top1 = ranked
         .narrow(1, 0, 1)
