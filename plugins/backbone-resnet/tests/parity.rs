@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use backbone_resnet::{ResNet18, ResNet50, ResNetConfig};
+use backbone_resnet::{ResNet101, ResNet152, ResNet18, ResNet34, ResNet50, ResNetConfig};
 use byol::BackboneSpec;
 use byol_testkit::{max_abs_diff, run_python};
 use tch::{nn, Device, Kind, Tensor};
@@ -111,4 +111,13 @@ fn resnet18_matches_torchvision() {
 #[test]
 fn resnet50_matches_torchvision() {
     check(&ResNet50::default(), "resnet50", false, [2, 3, 64, 64]);
+}
+
+/// The other depths at 32 px (a 1x1 map before the pool): the block counts and names of each
+/// depth, cheaply.
+#[test]
+fn resnet34_101_152_match_torchvision() {
+    check(&ResNet34::default(), "resnet34", false, [2, 3, 32, 32]);
+    check(&ResNet101::default(), "resnet101", false, [2, 3, 32, 32]);
+    check(&ResNet152::default(), "resnet152", false, [2, 3, 32, 32]);
 }
