@@ -1,8 +1,8 @@
 //! Parity with torchvision's `VisionTransformer` (the venv's), on the same weights and fresh random
 //! inputs: ours carries timm's names, which this test maps to torchvision's one by one (timm's
-//! `attn.qkv` is torchvision's `in_proj`, both q, k, v stacked). Class-token outputs within 1e-4,
-//! gradients within 1e-3 relative. And ViT-S/16 at 224 px has exactly torchvision's parameter
-//! shapes (timm's 22.05M less the 1000-class head).
+//! `attn.qkv` is torchvision's `in_proj`, both q, k, v stacked). Class-token outputs and the other
+//! taps (patch embedding, patch tokens) within 1e-4, gradients within 1e-3 relative. And ViT-S/16
+//! at 224 px has exactly torchvision's parameter shapes (timm's 22.05M less the 1000-class head).
 
 use std::collections::HashMap;
 
@@ -44,6 +44,14 @@ x = inputs["x"].requires_grad_(True)
 for train in (False, True):
     model.train(train)
     outputs[f"y_{train}"] = model(x)
+with torch.no_grad():
+    # The other taps, pooled over the patches: the patch embedding, and the encoder's patch
+    # tokens after its final norm (torchvision's forward keeps only the class token).
+    patches = model.conv_proj(x)
+    outputs["patch_embed"] = patches.mean((2, 3))
+    tokens = model._process_input(x)
+    cls = model.class_token.expand(tokens.shape[0], -1, -1)
+    outputs["tokens"] = model.encoder(torch.cat([cls, tokens], dim=1))[:, 1:].mean(1)
 (outputs["y_True"] * inputs["w"]).sum().backward()
 outputs["grad_x"] = x.grad
 back = {torchvision_name(k): k for k in inputs if k not in ("x", "w")}
@@ -102,6 +110,11 @@ fn a_small_vit_matches_torchvision() {
     (&y_train * &w).sum(Kind::Float).backward();
     assert!(max_abs_diff(&y_eval, &reference["y_False"]) < 1e-4, "eval-mode output");
     assert!(max_abs_diff(&y_train, &reference["y_True"]) < 1e-4, "train-mode output");
+    for tap in ["patch_embed", "tokens"] {
+        let ours = tch::no_grad(|| net.embed(&x, false, tap));
+        let d = max_abs_diff(&ours, &reference[tap]);
+        assert!(d < 1e-4, "the {tap} tap differs by {d}");
+    }
     let relative =
         |ours: &Tensor, theirs: &Tensor| max_abs_diff(ours, theirs) / theirs.abs().max().double_value(&[]).max(1e-12);
     assert!(relative(&xg.grad(), &reference["grad_x"]) < 1e-3, "input gradient");
