@@ -1,6 +1,6 @@
 //! TorchScript modules exported by the venv's PyTorch inside the test: a small conv-BN net
-//! (scripted and traced) and torchvision's ResNet-18 without its classifier. Forward parity with
-//! PyTorch, the conformance harness, the EMA reaching the target module, and BYOL training through
+//! (scripted and traced) and torchvision's ResNet-18 without its classifier. Forward and gradient
+//! parity with PyTorch, the conformance harness, the EMA reaching the target module, and BYOL training through
 //! the real runner.
 
 use std::collections::HashMap;
@@ -60,6 +60,10 @@ with torch.no_grad():
     outputs["tiny.train"] = trained(x)
 for k, v in trained.named_buffers():
     outputs["tiny.after_train." + k] = v
+graded = copy.deepcopy(tiny).train()
+(graded(x) * inputs["w"]).sum().backward()
+for k, p in graded.named_parameters():
+    outputs["tiny.grad." + k] = p.grad
 if RESNET:
     import torchvision
     resnet = torchvision.models.resnet18(num_classes=10)
@@ -73,6 +77,7 @@ if RESNET:
 struct Exported {
     dir: tempfile::TempDir,
     x: Tensor,
+    w: Tensor,
     reference: HashMap<String, Tensor>,
 }
 
@@ -82,13 +87,15 @@ impl Exported {
         std::fs::write(dir.path().join("tiny_net.py"), TINY_NET).unwrap();
         tch::manual_seed(1);
         let x = Tensor::randn([4, 3, image_size, image_size], (Kind::Float, Device::Cpu));
+        // The weights of a scalar function of the small net's output, for its gradients.
+        let w = Tensor::randn([4, 12], (Kind::Float, Device::Cpu));
         let script = format!(
             "DIR = {:?}\nRESNET = {}\n{EXPORT}",
             dir.path().to_str().unwrap(),
             if resnet { "True" } else { "False" }
         );
-        let reference = run_python(&script, &[("x", &x)]);
-        Self { dir, x, reference }
+        let reference = run_python(&script, &[("x", &x), ("w", &w)]);
+        Self { dir, x, w, reference }
     }
 
     fn path(&self, file: &str) -> PathBuf {
@@ -172,6 +179,26 @@ fn forward_equals_pytorch_for_scripted_traced_and_resnet18_modules() {
     for (name, t) in exported.under("tiny.after_train.") {
         let d = max_abs_diff(&variables[&name], &t);
         assert!(d < 1e-6, "buffer {name} after a train-mode forward differs by {d}");
+    }
+
+    // Gradients through the module's graph, of a scalar function of a train-mode forward.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = exported
+        .spec("tiny_scripted.pt")
+        .build(&vs.root(), &byol::BuildContext::new(Device::Cpu, 32))
+        .unwrap();
+    let y = net.forward_taps(&exported.x, true, &[OUTPUT]).remove(0);
+    (y * &exported.w).sum(Kind::Float).backward();
+    let variables = vs.variables();
+    let grads = exported.under("tiny.grad.");
+    assert_eq!(grads.len(), 9, "the small net's parameters");
+    for (name, theirs) in grads {
+        let ours = variables[&name].grad();
+        let relative = max_abs_diff(&ours, &theirs) / theirs.abs().max().double_value(&[]).max(1e-12);
+        assert!(
+            relative < 1e-4,
+            "gradient of {name} differs from PyTorch's (relative {relative:e})"
+        );
     }
 }
 
