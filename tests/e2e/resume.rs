@@ -110,12 +110,15 @@ fn kill_9_then_resume_matches(dir: &tempfile::TempDir) {
     assert_identical(&dir.path().join("reference"), &dir.path().join("killed"));
 }
 
+/// SIGTERM: the run saves a checkpoint and exits with the shell's status for SIGTERM (128 + 15),
+/// not 0: its work is kept, not done, and a `&&` chain must stop there.
 #[test]
-fn sigterm_saves_a_checkpoint_and_exits_0() {
+fn sigterm_saves_a_checkpoint_and_exits_as_terminated() {
     let dir = setup();
     let stopped = interrupt(dir.path(), "stopped", "-TERM", 1);
     let all = text(&stopped);
-    assert_eq!(stopped.status.code(), Some(0), "{all}");
+    assert_eq!(stopped.status.code(), Some(143), "{all}");
+    assert!(!all.contains("error:"), "a stop is not an error: {all}");
     assert!(all.contains("stopped by signal after step"), "{all}");
     let resumed = run(dir.path(), "stopped", &["--quiet"]);
     assert!(resumed.status.success(), "{}", text(&resumed));

@@ -170,7 +170,7 @@ fn a_second_process_on_the_same_run_folder_is_refused_naming_the_first() {
     kill("-TERM", &third);
     let out = third.wait_with_output().unwrap();
     let all = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert_eq!(out.status.code(), Some(143), "saved and stopped: {all}");
     assert!(
         all.contains("resuming") && all.contains(".step-000000999.tmp-4194999"),
         "{all}"
@@ -308,7 +308,7 @@ fn a_failed_checkpoint_write_ends_the_run_cleanly_and_the_previous_one_resumes()
     let mut first = spawn(dir.path(), "r", &[]);
     wait_for("the first checkpoint", || !step_folders(&run_dir).is_empty());
     kill("-TERM", &first);
-    assert!(first.wait().unwrap().success());
+    assert_eq!(first.wait().unwrap().code(), Some(143), "saved and stopped");
     let kept = step_folders(&run_dir).pop().unwrap();
 
     // Checkpoint files (about 200 KB) no longer fit; the lock, config and logs do.

@@ -210,12 +210,30 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of our output went away (`byol-run plugins | head`): nothing left to say.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.is::<StoppedBySignal>() => {
+            let signal = e.downcast_ref::<StoppedBySignal>().map_or(libc::SIGTERM, |s| s.0);
+            ExitCode::from((128 + signal).clamp(0, 255) as u8)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// A run or sweep that a signal stopped after saving its work, which it has said: not an error
+/// to print, but not a success either (`byol-run train x.toml && next-step` must not go on). The
+/// process exits as the shell reports one ended by that signal: 128 + its number.
+#[derive(Debug)]
+pub struct StoppedBySignal(pub i32);
+
+impl std::fmt::Display for StoppedBySignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by signal {}", self.0)
+    }
+}
+
+impl std::error::Error for StoppedBySignal {}
 
 /// A first word that is neither a command nor a file, with no extension: a mistyped command
 /// (`byol-run trian x.toml`), which clap would take for the experiment file and then report as
@@ -359,8 +377,13 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
             .transpose()?,
     };
     let summary = byol_train::train(&experiment, &options)?;
+    // Stopped by a signal (in a data-parallel job, every process stops with the one that got it).
+    let stopped = summary
+        .interrupted
+        .then(|| StoppedBySignal(summary.signal.unwrap_or(libc::SIGTERM)));
     if summary.rank != 0 {
-        return Ok(()); // rank 0 reports for the whole data-parallel job
+        // Rank 0 reports for the whole data-parallel job.
+        return stopped.map_or(Ok(()), |s| Err(s.into()));
     }
     if let Some(pruned) = &summary.pruned {
         say!(
@@ -373,13 +396,13 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if summary.interrupted {
+    if let Some(stopped) = stopped {
         say!(
             "\ninterrupted at step {} of {}; run the same command again to resume",
             summary.steps,
             summary.total_steps
         );
-        return Ok(());
+        return Err(stopped.into());
     }
     print_summary(experiment.name(), &summary);
     Ok(())

@@ -3,8 +3,11 @@
 //! once, for when that point is far off (a kNN evaluation of a large split on a CPU, a dataset
 //! being read). Ending at once loses nothing saved: checkpoints are written to a temporary
 //! folder and renamed, so the newest one is whole and the run resumes from it.
+//!
+//! Either way the process exits with the shell's status for the signal (128 + its number), never
+//! 0: the work is saved but not done, and `byol-run train x.toml && next-step` must not go on.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -15,6 +18,8 @@ use signal_hook::SigId;
 /// one after another in one process do not pile handlers up).
 pub struct StopOnSignals {
     requested: Arc<AtomicBool>,
+    /// The first signal that arrived (0: none yet).
+    signal: Arc<AtomicI32>,
     handlers: Vec<SigId>,
 }
 
@@ -23,6 +28,7 @@ impl StopOnSignals {
     /// current step"), followed by how to quit at once.
     pub fn install(what_happens: &str) -> anyhow::Result<Self> {
         let requested = Arc::new(AtomicBool::new(false));
+        let first_signal = Arc::new(AtomicI32::new(0));
         let message: Arc<[u8]> =
             format!("\n{what_happens}; signal again (Ctrl-C) to quit at once, the last checkpoint stays whole\n")
                 .into_bytes()
@@ -35,14 +41,15 @@ impl StopOnSignals {
                 signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, requested.clone())
                     .context("installing the signal handler")?,
             );
-            let (seen, message) = (requested.clone(), message.clone());
+            let (seen, message, first) = (requested.clone(), message.clone(), first_signal.clone());
             let announce = move || {
                 if !seen.load(Ordering::SeqCst) {
+                    first.store(signal, Ordering::SeqCst);
                     // SAFETY: write(2) is async-signal-safe; the closure owns the buffer.
                     unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
                 }
             };
-            // SAFETY: the action only reads an atomic and calls write(2), both async-signal-safe.
+            // SAFETY: the action only touches atomics and calls write(2), all async-signal-safe.
             handlers.push(
                 unsafe { signal_hook::low_level::register(signal, announce) }
                     .context("installing the signal handler")?,
@@ -50,12 +57,21 @@ impl StopOnSignals {
             handlers
                 .push(signal_hook::flag::register(signal, requested.clone()).context("installing the signal handler")?);
         }
-        Ok(Self { requested, handlers })
+        Ok(Self {
+            requested,
+            signal: first_signal,
+            handlers,
+        })
     }
 
     /// True once SIGINT or SIGTERM arrived.
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::Relaxed)
+    }
+
+    /// The signal that asked to stop, once one did.
+    pub fn signal(&self) -> Option<i32> {
+        Some(self.signal.load(Ordering::SeqCst)).filter(|&s| s != 0)
     }
 
     /// The flag itself, for threads and loops that poll it.

@@ -63,8 +63,9 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     if outcome.skipped > 0 {
         println!("skipped          {} trials that had finished before", outcome.skipped);
     }
-    if outcome.interrupted {
+    if let Some(signal) = outcome.interrupted {
         println!("interrupted: run the same command again to resume the sweep");
+        return Err(crate::StoppedBySignal(signal).into());
     }
     // A sweep with failed trials is not a finished sweep: scripts must see it.
     if !outcome.failed.is_empty() {

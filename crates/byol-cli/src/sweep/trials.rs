@@ -62,8 +62,8 @@ pub fn default_devices(sweep: &Sweep) -> Vec<String> {
 pub struct SweepOutcome {
     /// Trials skipped because they had finished before.
     pub skipped: usize,
-    /// A signal stopped the sweep; run it again to go on.
-    pub interrupted: bool,
+    /// The signal that stopped the sweep, if one did; run it again to go on.
+    pub interrupted: Option<i32>,
     /// Trials whose last attempt failed (`error.txt` in their folder says why).
     pub failed: Vec<String>,
     pub csv: PathBuf,
@@ -308,8 +308,8 @@ impl DataNow {
     }
 }
 
-/// One trial at a time in this process. Returns whether a signal stopped the sweep.
-fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, TrialStatus)>) -> bool {
+/// One trial at a time in this process. Returns the signal that stopped the sweep, if one did.
+fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, TrialStatus)>) -> Option<i32> {
     let device = options.devices.first().map(String::as_str);
     let total = sweep.trials.len();
     for (trial, status) in todo {
@@ -340,7 +340,7 @@ fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial,
                     summary.steps,
                     summary.total_steps
                 );
-                return true;
+                return Some(summary.signal.unwrap_or(libc::SIGTERM));
             }
             Ok(Ok(summary)) => {
                 let _ = fs::remove_file(dir.join(ERROR_FILE));
@@ -355,11 +355,15 @@ fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial,
             eprintln!("warning: cannot write {}: {e}", dir.join(ERROR_FILE).display());
         }
     }
-    false
+    None
 }
 
-/// One child process per device at a time. Returns whether a signal stopped the sweep.
-fn run_parallel(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, TrialStatus)>) -> anyhow::Result<bool> {
+/// One child process per device at a time. Returns the signal that stopped the sweep, if one did.
+fn run_parallel(
+    sweep: &Sweep,
+    options: &SweepOptions,
+    todo: VecDeque<(&Trial, TrialStatus)>,
+) -> anyhow::Result<Option<i32>> {
     let program = options.program.clone();
     // The children train the base experiment (without [sweep]) with each trial's --set overrides.
     let base = sweep.dir.join("experiment.toml");
@@ -412,7 +416,8 @@ fn run_parallel(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, T
             });
         }
     });
-    Ok(interrupted.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed))
+    let stopped = interrupted.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed);
+    Ok(stopped.then(|| signals.signal().unwrap_or(libc::SIGTERM)))
 }
 
 /// The threads of a trial on the CPU beside others (`--devices cpu,cpu`) whose experiment leaves
@@ -484,7 +489,10 @@ fn run_child(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    if !status.success() {
+    // The SIGTERM passed on: the trial saved a checkpoint and exited with the shell's status for
+    // it; whether it finished is read from its folder.
+    let stopped_as_asked = forwarded && status.code() == Some(128 + libc::SIGTERM);
+    if !status.success() && !stopped_as_asked {
         let log = fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();

@@ -79,6 +79,10 @@ pub struct RunSummary {
     pub resumed_from_step: Option<u64>,
     /// True when SIGINT/SIGTERM stopped the run early (it resumes from `checkpoint`).
     pub interrupted: bool,
+    /// The signal that stopped this process, when one reached it (in a data-parallel job the
+    /// others stop with the process that got it).
+    #[serde(skip)]
+    pub signal: Option<i32>,
     /// Set when a sweep's median pruning stopped the run early (it resumes from `checkpoint`
     /// when trained again with `byol-run train`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,6 +171,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         epochs: experiment.schedule.epochs,
         resumed_from_step: t.resumed_from,
         interrupted,
+        signal: stop.signal(),
         pruned,
         final_loss,
         knn_before: before.map(|e| e.knn),
