@@ -281,9 +281,10 @@ fn check_steps_against_pytorch(precision: &str) {
         );
         let their_loss = scalar(format!("{step}.loss"));
         let d = (loss - their_loss).abs();
-        // Near 2 a float32 ulp is 2.4e-7: a few, from the order the micro-batches are added in.
+        // Between 1 and 4.5 here, where a float32 ulp is at most 4.8e-7; both sides add the two
+        // micro-batches' halves, so they agree to about one ulp. The bound is four.
         assert!(
-            d < 1e-6,
+            d < 2e-6,
             "step {step}: loss {loss} where PyTorch has {their_loss} (by {d:e}); {replay}"
         );
         let mut compared = 0;
