@@ -373,6 +373,42 @@ fn ctrl_c_to_a_sweep_in_child_processes_stops_every_trial_at_a_checkpoint() {
     }
 }
 
+/// SIGTERM to a sweep that trains its trials in its own process: the running trial saves a
+/// checkpoint, the sweep says how to resume and exits as terminated (128 + 15), not 0, and the
+/// trial is not counted as failed.
+#[test]
+fn sigterm_to_a_sweep_in_process_stops_the_trial_at_a_checkpoint() {
+    let dir = setup(&TINY_SWEEP.replace("epochs = 1", "epochs = 40"));
+    let trial = dir.path().join("runs/tiny-sweep/trial-001");
+    let child = byol_run_command(dir.path())
+        .args(["sweep", "tiny.toml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !has_checkpoint(&trial) {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the trial made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(143), "{all}");
+    assert!(
+        all.contains("trial-001: stopped by signal at step")
+            && all.contains("interrupted: run the same command again to resume the sweep"),
+        "{all}"
+    );
+    assert!(!trial.join("error.txt").exists() && !all.contains("failed"), "{all}");
+}
+
 /// A finished trial is skipped only while the data it was trained on is the data the sweep reads:
 /// ranked beside new trials, a result on other data would mix two datasets in one table.
 #[test]
