@@ -74,6 +74,20 @@ fn has_checkpoint(run_dir: &Path) -> bool {
         .is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("step-"))))
 }
 
+/// Waits until `done` (checked every 20 ms), failing after five minutes with `what` stalled.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(300), "{what} made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `kill -<signal> <target>` (a PID, or `-PGID` for a process group).
+fn send(signal: &str, target: &str) {
+    Command::new("kill").args([signal, "--", target]).status().unwrap();
+}
+
 /// The ranked rows of summary.csv (header dropped), as field lists.
 fn csv_rows(sweep_dir: &Path) -> Vec<Vec<String>> {
     let csv = std::fs::read_to_string(sweep_dir.join("summary.csv")).unwrap();
@@ -90,7 +104,6 @@ fn csv_rows(sweep_dir: &Path) -> Vec<Vec<String>> {
 fn a_4_trial_grid_killed_and_rerun_skips_finished_trials_and_ranks_all() {
     let dir = setup(TINY_SWEEP);
     let sweep_dir = dir.path().join("runs/tiny-sweep");
-    let started = Instant::now();
     let child = byol_run_command(dir.path())
         .args(["sweep", "tiny.toml"])
         .stdout(Stdio::piped())
@@ -98,17 +111,10 @@ fn a_4_trial_grid_killed_and_rerun_skips_finished_trials_and_ranks_all() {
         .spawn()
         .unwrap();
     // Kill it once trial 1 has finished and trial 2 has written a checkpoint.
-    while !(sweep_dir.join("trial-001/summary.json").is_file() && has_checkpoint(&sweep_dir.join("trial-002"))) {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the sweep made no progress"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status()
-        .unwrap();
+    wait_until("the sweep", || {
+        sweep_dir.join("trial-001/summary.json").is_file() && has_checkpoint(&sweep_dir.join("trial-002"))
+    });
+    send("-9", &child.id().to_string());
     let killed = child.wait_with_output().unwrap();
     assert!(!killed.status.success(), "kill -9 ends the sweep: {}", text(&killed));
     assert!(
@@ -347,16 +353,8 @@ fn ctrl_c_to_a_sweep_in_child_processes_stops_every_trial_at_a_checkpoint() {
         .spawn()
         .unwrap();
     let trials = [sweep_dir.join("trial-001"), sweep_dir.join("trial-002")];
-    let started = Instant::now();
-    while !trials.iter().all(|t| has_checkpoint(t)) {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the trials made no progress"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let group = format!("-{}", child.id());
-    Command::new("kill").args(["-INT", "--", &group]).status().unwrap();
+    wait_until("the trials", || trials.iter().all(|t| has_checkpoint(t)));
+    send("-INT", &format!("-{}", child.id()));
     let out = child.wait_with_output().unwrap();
     let all = text(&out);
     // Stopped by Ctrl-C (128 + SIGINT), and no trial counted as failed for stopping when asked.
@@ -386,18 +384,8 @@ fn sigterm_to_a_sweep_in_process_stops_the_trial_at_a_checkpoint() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while !has_checkpoint(&trial) {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the trial made no progress"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    wait_until("the trial", || has_checkpoint(&trial));
+    send("-TERM", &child.id().to_string());
     let out = child.wait_with_output().unwrap();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(143), "{all}");

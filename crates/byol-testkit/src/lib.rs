@@ -47,6 +47,11 @@ const EPILOGUE: &str = "
 save_file({k: v.detach().contiguous() for k, v in outputs.items()}, sys.argv[2])
 ";
 
+/// BYOL's networks in plain PyTorch, to prepend to a [`run_python`] script: `Online(emb, hidden,
+/// proj)` (a CIFAR-stem ResNet-18, projector, predictor), `target_of(online)`, `load(module,
+/// prefix, trainable)` (weights from `inputs`, which set every width) and `regression(p, z)`.
+pub const TORCH_BYOL: &str = include_str!("../fixtures/torch_byol.py");
+
 /// Runs `script` with `inputs` (a dict of CPU tensors) in scope; returns its `outputs` dict.
 /// Panics with Python's stderr when the script fails.
 pub fn run_python(script: &str, inputs: &[(&str, &Tensor)]) -> HashMap<String, Tensor> {

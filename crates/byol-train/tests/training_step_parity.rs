@@ -44,41 +44,11 @@ const WIDTH: i64 = 16;
 const STEP_TOLERANCE: f64 = 1e-5;
 
 const REFERENCE: &str = r#"
-import contextlib, math, copy, torchvision
-import torch.nn as nn
-import torch.nn.functional as F
+import contextlib, math
 
-def mlp(i, h, o):
-    return nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, o))
-
-class Online(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = torchvision.models.resnet18()
-        self.backbone.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.backbone.maxpool = nn.Identity()
-        self.backbone.fc = nn.Identity()
-        self.projector = mlp(EMB, HIDDEN, PROJ)
-        self.predictor = mlp(PROJ, HIDDEN, PROJ)
-
-def load(module, prefix):
-    # The weights decide every width (the CIFAR ResNet here is narrower than torchvision's).
-    for name, t in ((k[len(prefix):], v) for k, v in inputs.items() if k.startswith(prefix)):
-        *path, leaf = name.split(".")
-        obj = module
-        for p in path:
-            obj = obj[int(p)] if p.isdigit() else getattr(obj, p)
-        if isinstance(getattr(obj, leaf), nn.Parameter):
-            setattr(obj, leaf, nn.Parameter(t.clone(), requires_grad=module is online))
-        else:
-            setattr(obj, leaf, t.clone())
-
-online = Online()
-target = nn.ModuleDict({"backbone": copy.deepcopy(online.backbone), "projector": copy.deepcopy(online.projector)})
+online = Online(EMB, HIDDEN, PROJ)
+target = target_of(online)
 online.train(); target.train()
-
-def regression(p, z):
-    return 2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(-1)
 
 def byol_loss(v1, v2):
     # bf16: the forward under autocast (what it casts, and to what, is libtorch's policy).
@@ -117,7 +87,7 @@ def lars_step(params, momentum, lr):
 
 for k in range(total):
     load(online, f"{k}.online.")
-    load(target, f"{k}.target.")
+    load(target, f"{k}.target.", trainable=False)
     params = {"online." + n: p for n, p in online.named_parameters()}
     momentum = {n: inputs[f"{k}.momentum.{n}"].clone() for n in params}
     loss = torch.zeros(())
@@ -264,6 +234,7 @@ fn check_steps_against_pytorch(precision: &str) {
         .iter()
         .map(|(k, v)| format!("{k} = {v}\n"))
         .collect::<String>()
+        + byol_testkit::TORCH_BYOL
         + REFERENCE;
     let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let reference = run_python(&script, &refs);

@@ -9,51 +9,11 @@ use byol_testkit::{max_abs_diff, run_python};
 use tch::{nn::VarStore, Device, Tensor};
 
 const REFERENCE: &str = r#"
-import copy, math, torchvision
-import torch.nn as nn
-import torch.nn.functional as F
+import math
 
-def mlp(i, h, o):
-    return nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Linear(h, o))
-
-class Online(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = torchvision.models.resnet18(width_per_group=64)
-        self.backbone.conv1 = nn.Conv2d(3, WIDTH, 3, 1, 1, bias=False)
-        self.backbone.maxpool = nn.Identity()
-        self.backbone.fc = nn.Identity()
-        self.projector = mlp(EMB, HIDDEN, PROJ)
-        self.predictor = mlp(PROJ, HIDDEN, PROJ)
-
-online = Online()
-def load(module, prefix):
-    sd = {k[len(prefix):]: v for k, v in inputs.items() if k.startswith(prefix)}
-    for name, t in sd.items():
-        *path, leaf = name.split(".")
-        obj = module
-        for p in path:
-            obj = obj[int(p)] if p.isdigit() else getattr(obj, p)
-        old = getattr(obj, leaf)
-        if isinstance(old, nn.Parameter):
-            setattr(obj, leaf, nn.Parameter(t.clone()))
-        else:
-            setattr(obj, leaf, t.clone())
-    # Fix the module metadata that shapes imply.
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1]
-        if isinstance(m, nn.BatchNorm2d) or isinstance(m, nn.BatchNorm1d):
-            m.num_features = m.weight.shape[0]
-        if isinstance(m, nn.Linear):
-            m.out_features, m.in_features = m.weight.shape
+online = Online(EMB, HIDDEN, PROJ)
 load(online, "online.")
-target = nn.ModuleDict({"backbone": copy.deepcopy(online.backbone), "projector": copy.deepcopy(online.projector)})
-for p in target.parameters():
-    p.requires_grad_(False)
-
-def loss_fn(p, z):
-    return 2 - 2 * (F.normalize(p, dim=-1) * F.normalize(z, dim=-1)).sum(-1)
+target = target_of(online)
 
 def byol_loss(v1, v2):
     if CONCAT:  # both views as one batch: batch norm over 2N
@@ -62,12 +22,12 @@ def byol_loss(v1, v2):
         p = online.predictor(z)
         with torch.no_grad():
             t = target.projector(target.backbone(torch.cat([v1, v2])))
-        return loss_fn(p[:n], t[n:]).mean() + loss_fn(p[n:], t[:n]).mean()
+        return regression(p[:n], t[n:]).mean() + regression(p[n:], t[:n]).mean()
     z1 = online.projector(online.backbone(v1)); z2 = online.projector(online.backbone(v2))
     p1 = online.predictor(z1); p2 = online.predictor(z2)
     with torch.no_grad():
         t1 = target.projector(target.backbone(v1)); t2 = target.projector(target.backbone(v2))
-    return loss_fn(p1, t2).mean() + loss_fn(p2, t1).mean()
+    return regression(p1, t2).mean() + regression(p2, t1).mean()
 
 online.train(); target.train()
 opt = torch.optim.SGD(online.parameters(), lr=LR, momentum=0.9)
@@ -140,13 +100,13 @@ fn check_against_pytorch(concat_views: bool) {
     inputs.push(("steps".into(), Tensor::from_slice(&[steps as i64])));
     let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let script = REFERENCE
-        .replace("WIDTH", &width.to_string())
         .replace("EMB", &(width * 8).to_string())
         .replace("HIDDEN", &hidden.to_string())
         .replace("PROJ", &proj.to_string())
         .replace("LR", &lr.to_string())
         .replace("TAU_BASE", &tau_base.to_string())
         .replace("CONCAT", if concat_views { "True" } else { "False" });
+    let script = format!("{}{script}", byol_testkit::TORCH_BYOL);
     let reference = run_python(&script, &refs);
 
     let params: Vec<(String, Tensor)> = vs
