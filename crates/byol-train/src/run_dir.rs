@@ -399,8 +399,15 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&partial);
         })
-        .and_then(|()| sync_dir(folder))
-        .with_context(|| format!("cannot write {}", path.display()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    // The file is whole in place; only its rename may not yet survive a power loss.
+    sync_dir(folder).with_context(|| {
+        format!(
+            "wrote {}, but cannot sync its folder {} to disk",
+            path.display(),
+            folder.display()
+        )
+    })
 }
 
 /// Makes the entries of `dir` (files created, renamed or removed in it) durable.
