@@ -638,7 +638,7 @@ fn fresh_refuses_to_move_a_sweep_folder_whose_trial_is_in_use() {
 
 /// `--run-dir` at a folder that holds something else (data, a sweep's trials) is refused before
 /// anything is written into it, `--fresh` included; an empty folder (hidden files and a mount
-/// point's lost+found aside), or one that a failed start left with only its lock, takes a run.
+/// point's lost+found aside; a hidden folder is someone's), or one that a failed start left with only its lock, takes a run.
 #[test]
 fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
     let dir = setup();
@@ -666,8 +666,12 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
 
     std::fs::create_dir_all(d.join("empty/lost+found")).unwrap();
     std::fs::write(d.join("empty/.gitkeep"), "").unwrap();
+    std::fs::create_dir_all(d.join("hidden/.git")).unwrap();
     std::fs::create_dir_all(d.join("failed-start")).unwrap();
     std::fs::write(d.join("failed-start/run.lock"), "123\n").unwrap();
+    // A hidden folder is someone's (a repository, an environment).
+    let out = run(d, "hidden", &[]);
+    assert!(text(&out).contains("holds .git, not a run"), "{}", text(&out));
     for run_dir in ["empty", "failed-start"] {
         let out = run(d, run_dir, &["--quiet", "--set", "schedule.epochs=1"]);
         assert!(out.status.success(), "{run_dir}: {}", text(&out));

@@ -162,7 +162,8 @@ const RUN_ENTRIES: &[&str] = &[
 /// files. A run would write its checkpoints and logs among them, and `--fresh` would move them
 /// all aside. A folder with a run's records in it is a run folder (whatever else the user put
 /// there); one holding only what a run writes first (its lock) is an empty one. Hidden entries
-/// (`.gitkeep`, `.DS_Store`) and a mount point's `lost+found` are no one's files.
+/// files (`.gitkeep`, `.DS_Store`) and a mount point's `lost+found` are no one's files; hidden
+/// folders (`.git`, `.venv`) are someone's.
 fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
     let Ok(entries) = std::fs::read_dir(run_dir) else {
         // Absent (it is created), or not a folder: the lock names that.
@@ -170,8 +171,8 @@ fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
     };
     let names: Vec<String> = entries
         .filter_map(Result::ok)
+        .filter(|e| !is_no_ones(e))
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !name.starts_with('.') && name != "lost+found")
         .collect();
     let written_by_a_run = |name: &String| RUN_ENTRIES.contains(&name.as_str()) || name.ends_with(".partial");
     let markers = [
@@ -203,6 +204,13 @@ fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
          new or empty folder (--run-dir, or run.name), or the folder of an earlier run to resume it",
         run_dir.display()
     )
+}
+
+/// An entry that no one put there for its contents: a hidden file or a mount point's lost+found.
+fn is_no_ones(entry: &std::fs::DirEntry) -> bool {
+    let name = entry.file_name();
+    let hidden_file = name.to_string_lossy().starts_with('.') && entry.file_type().is_ok_and(|t| t.is_file());
+    hidden_file || name == "lost+found"
 }
 
 /// Keys that may differ between the experiment a run folder was trained with and the one that

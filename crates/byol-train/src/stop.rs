@@ -4,8 +4,9 @@
 //! being read). Ending at once loses nothing saved: checkpoints are written to a temporary
 //! folder and renamed, so the newest one is whole and the run resumes from it.
 //!
-//! Either way the process exits with the shell's status for the signal (128 + its number), never
-//! 0: the work is saved but not done, and `byol-run train x.toml && next-step` must not go on.
+//! A run stopped either way exits with the shell's status for the signal (128 + its number), not
+//! 0: the work is saved but not done, and `byol-run train x.toml && next-step` must not go on. (A
+//! signal during a run's last evaluation, after its last step, lets it finish: it exits 0.)
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;

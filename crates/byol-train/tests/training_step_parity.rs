@@ -272,5 +272,10 @@ fn check_steps_against_pytorch(precision: &str) {
             compared += 1;
         }
         assert!(compared > 300, "step {step}: only {compared} tensors compared");
+        let theirs = reference
+            .keys()
+            .filter(|k| k.starts_with(&format!("{step}.after.")))
+            .count();
+        assert_eq!(compared, theirs, "step {step}: PyTorch's state has tensors ours lacks");
     }
 }

@@ -3,7 +3,6 @@
 
 pub mod trials;
 
-use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
 
 use anyhow::{bail, Context};
@@ -63,31 +62,38 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     if outcome.skipped > 0 {
         println!("skipped          {} trials that had finished before", outcome.skipped);
     }
-    if let Some(signal) = outcome.interrupted {
-        println!("interrupted: run the same command again to resume the sweep");
-        return Err(crate::StoppedBySignal(signal).into());
-    }
     // A sweep with failed trials is not a finished sweep: scripts must see it.
-    if !outcome.failed.is_empty() {
-        bail!(
+    let failed = (!outcome.failed.is_empty()).then(|| {
+        format!(
             "{} of {} trials failed ({}; each one's {} says why); fix the cause and run the same command \
              again to retry them",
             outcome.failed.len(),
             sweep.trials.len(),
             outcome.failed.join(", "),
             byol_train::sweep::ERROR_FILE
-        );
+        )
+    });
+    if let Some(signal) = outcome.interrupted {
+        if let Some(failed) = &failed {
+            eprintln!("{failed}");
+        }
+        println!("interrupted: run the same command again to resume the sweep");
+        return Err(crate::StoppedBySignal(signal).into());
     }
-    Ok(())
+    match failed {
+        Some(failed) => bail!("{failed}"),
+        None => Ok(()),
+    }
 }
 
 /// `byol-run validate` on a sweep file: every trial's experiment parses.
 pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let sweep = load(args)?;
-    // Each distinct network is built once (the usual sweep varies numbers that no build reads:
-    // lr, tau_base, whose ranges validate() checks), and the optimizer and augmentation once per
-    // distinct set of their tables around it.
-    let mut networks: HashMap<[String; 2], Model> = HashMap::new();
+    // A network is built once for a run of trials that share it (the usual sweep varies numbers
+    // that no build reads: lr, tau_base, whose ranges validate() checks), and the optimizer and
+    // augmentation once per distinct set of their tables around it.
+    // The network last built: trials of a grid vary the innermost key fastest.
+    let mut network_built: Option<([String; 3], Model)> = None;
     let mut built = HashSet::new();
     for trial in &sweep.trials {
         let experiment = sweep.experiment(trial, None)?;
@@ -97,7 +103,12 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
             tau_base: 0.0,
             ..experiment.byol.clone()
         };
-        let network = [toml::to_string(&experiment.backbone)?, toml::to_string(&byol)?];
+        // The views' size too: a backbone is built for it (a ViT refuses another).
+        let network = [
+            toml::to_string(&experiment.backbone)?,
+            toml::to_string(&byol)?,
+            experiment.augment.image_size().to_string(),
+        ];
         let around = [
             toml::to_string(&experiment.optimizer)?,
             toml::to_string(&experiment.augment)?,
@@ -105,10 +116,11 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
         if !built.insert((network.clone(), around)) {
             continue;
         }
-        let model = match networks.entry(network) {
-            Entry::Occupied(built) => built.into_mut(),
-            Entry::Vacant(slot) => slot.insert(Model::build_for_check(&experiment).with_context(in_trial)?),
-        };
+        if network_built.as_ref().is_none_or(|(key, _)| *key != network) {
+            drop(network_built.take()); // one network in memory at a time
+            network_built = Some((network, Model::build_for_check(&experiment).with_context(in_trial)?));
+        }
+        let (_, model) = network_built.as_ref().expect("built above");
         model.check_builds_around(&experiment).with_context(in_trial)?;
     }
     println!(

@@ -345,6 +345,10 @@ fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial,
             Ok(Ok(summary)) => {
                 let _ = fs::remove_file(dir.join(ERROR_FILE));
                 println!("{}: {}", trial.id(), result_line(sweep, &summary));
+                // A signal during the trial's last evaluation: the trial is done, the sweep stops.
+                if let Some(signal) = summary.signal {
+                    return Some(signal);
+                }
                 continue;
             }
             Ok(Err(e)) => format!("{e:#}"),
@@ -491,7 +495,10 @@ fn run_child(
     };
     // The SIGTERM passed on: the trial saved a checkpoint and exited with the shell's status for
     // it; whether it finished is read from its folder.
-    let stopped_as_asked = forwarded && status.code() == Some(128 + libc::SIGTERM);
+    // (Or, when it came before the trial's handlers were installed, SIGTERM ended it outright.)
+    let stopped_as_asked = forwarded
+        && (status.code() == Some(128 + libc::SIGTERM)
+            || std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGTERM));
     if !status.success() && !stopped_as_asked {
         let log = fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
