@@ -375,6 +375,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(byol_train::sweep::Pruner::load)
             .transpose()?,
+        ..Default::default()
     };
     let summary = byol_train::train(&experiment, &options)?;
     // Stopped by a signal (in a data-parallel job, every process stops with the one that got it).

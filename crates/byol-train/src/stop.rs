@@ -17,6 +17,7 @@ use signal_hook::SigId;
 
 /// The signal handlers of one piece of work, removed when it is dropped (so that trainings run
 /// one after another in one process do not pile handlers up).
+#[derive(Debug)]
 pub struct StopOnSignals {
     requested: Arc<AtomicBool>,
     /// The first signal that arrived (0: none yet).

@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -139,7 +139,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     let interrupted = if options.devices.len() > 1 {
         run_parallel(sweep, options, todo)?
     } else {
-        run_in_process(sweep, options, todo)
+        run_in_process(sweep, options, todo)?
     };
     let rows = rank(sweep);
     let csv = sweep.dir.join("summary.csv");
@@ -309,10 +309,23 @@ impl DataNow {
 }
 
 /// One trial at a time in this process. Returns the signal that stopped the sweep, if one did.
-fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial, TrialStatus)>) -> Option<i32> {
+fn run_in_process(
+    sweep: &Sweep,
+    options: &SweepOptions,
+    todo: VecDeque<(&Trial, TrialStatus)>,
+) -> anyhow::Result<Option<i32>> {
     let device = options.devices.first().map(String::as_str);
     let total = sweep.trials.len();
+    // Held across the trials: a signal while one trial ends and the next is set up stops the
+    // sweep too, where per-trial handlers would leave it unheard.
+    let signals = Arc::new(StopOnSignals::install(
+        "stopping the sweep: the running trial finishes its step and saves a checkpoint",
+    )?);
     for (trial, status) in todo {
+        if let Some(signal) = signals.signal() {
+            println!("stopped by signal before {}; run the sweep again to go on", trial.id());
+            return Ok(Some(signal));
+        }
         let dir = sweep.trial_dir(trial);
         let how = match status {
             TrialStatus::Unfinished => "resuming",
@@ -328,6 +341,7 @@ fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial,
                     run_dir: Some(dir.clone()),
                     quiet: options.quiet,
                     pruner: sweep.pruner(),
+                    signals: Some(signals.clone()),
                     ..Default::default()
                 },
             )
@@ -340,14 +354,14 @@ fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial,
                     summary.steps,
                     summary.total_steps
                 );
-                return Some(summary.signal.unwrap_or(libc::SIGTERM));
+                return Ok(Some(summary.signal.unwrap_or(libc::SIGTERM)));
             }
             Ok(Ok(summary)) => {
                 let _ = fs::remove_file(dir.join(ERROR_FILE));
                 println!("{}: {}", trial.id(), result_line(sweep, &summary));
                 // A signal during the trial's last evaluation: the trial is done, the sweep stops.
                 if let Some(signal) = summary.signal {
-                    return Some(signal);
+                    return Ok(Some(signal));
                 }
                 continue;
             }
@@ -359,7 +373,7 @@ fn run_in_process(sweep: &Sweep, options: &SweepOptions, todo: VecDeque<(&Trial,
             eprintln!("warning: cannot write {}: {e}", dir.join(ERROR_FILE).display());
         }
     }
-    None
+    Ok(None)
 }
 
 /// One child process per device at a time. Returns the signal that stopped the sweep, if one did.

@@ -21,6 +21,7 @@ mod trainer;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -63,6 +64,10 @@ pub struct RunOptions {
     /// A sweep trial with median pruning: after each kNN evaluation during training, stop (with
     /// a checkpoint) when the other trials did better at the same evaluation.
     pub pruner: Option<Pruner>,
+    /// Signal handlers installed by the caller for longer than the run (a sweep training its
+    /// trials one after another, so that a signal between two of them is not lost); by default
+    /// the run installs its own.
+    pub signals: Option<Arc<StopOnSignals>>,
 }
 
 /// What a finished (or interrupted) run reports; saved as `summary.json` in the run folder.
@@ -120,7 +125,12 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     // Held until the run returns; the kernel releases it if the process dies.
     let main = DataParallel::rendezvous(&experiment.distributed)?.is_none_or(|r| r.rank == 0);
     let (_owner, moved_aside) = run_dir::take_ownership(&run_dir, main, options.fresh)?;
-    let stop = StopOnSignals::install("stopping: the run finishes its step and saves a checkpoint")?;
+    let stop = match &options.signals {
+        Some(signals) => signals.clone(),
+        None => Arc::new(StopOnSignals::install(
+            "stopping: the run finishes its step and saves a checkpoint",
+        )?),
+    };
     let mut t = Trainer::new(experiment, &run_dir, &options.allow_change)?;
     let mut step = t.resumed_from.unwrap_or(0);
     if let Some(summary) = already_trained(&t, &run_dir, step, options.quiet) {
