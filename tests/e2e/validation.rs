@@ -240,9 +240,9 @@ fn validate_builds_the_networks() {
 }
 
 /// Settings that are valid but most likely not meant are said, by validate and at the start: a
-/// warmup as long as the run, views cut from much smaller decoded images.
+/// warmup as long as the run, views or evaluation images cut from much smaller decoded images.
 #[test]
-fn a_warmup_as_long_as_the_run_and_upscaled_views_are_warned_about() {
+fn a_warmup_as_long_as_the_run_and_upscaled_images_are_warned_about() {
     let dir = setup();
     let out = byol_run(
         dir.path(),
@@ -274,6 +274,28 @@ fn a_warmup_as_long_as_the_run_and_upscaled_views_are_warned_about() {
     assert!(out.status.success(), "{all}");
     assert!(
         all.contains("warning: the 32 px views are cut from images decoded at 16 px (2.0x upscaled)"),
+        "{all}"
+    );
+    // The views fit the squares, but the evaluation's centre crop wants twice their side.
+    let out = byol_run(
+        dir.path(),
+        &[
+            "tiny.toml",
+            "--quiet",
+            "--set",
+            "schedule.epochs=1",
+            "--set",
+            "augment.eval_crop_fraction=0.5",
+            "--fresh",
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains(
+            "warning: the kNN monitor's images are decoded at 16 px and resized to 32 px (2.0x upscaled) \
+             before their central 16 px: set dataset.image_size to 32"
+        ),
         "{all}"
     );
 }

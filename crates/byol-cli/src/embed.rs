@@ -249,7 +249,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         ..
     } = load_trained(&args.checkpoint, args.device.as_deref())?;
     let (scan, mut skipped) = find_images(args)?;
-    let size = experiment.augment.image_size() as u32;
+    let size = experiment.augment.eval_resize() as u32;
     let mut embedded = Vec::new();
     let mut embeddings = Vec::new();
     for chunk in scan.images.chunks(args.batch.max(1)) {

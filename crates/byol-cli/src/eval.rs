@@ -110,7 +110,7 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
     let folder = ImageFolderConfig {
         train: data.train.clone(),
         test: Some(data.test.clone()),
-        image_size: experiment.augment.image_size() as u32,
+        image_size: experiment.augment.eval_resize() as u32,
         limit_per_class: data.limit_per_class,
         ..Default::default()
     };

@@ -13,7 +13,7 @@
 //!   max abs <= 1e-5 (1.8e-6). Before `resized_crop` clamped its sampling grid to the box, the
 //!   edge rows/columns of upsampled boxes blended in pixels from outside the box (max abs 0.445,
 //!   mean abs 0.0136 on these boxes); torchvision interpolates the cropped image alone.
-//! - resize_center vs resize(antialias=False) + center_crop, upsampling: <= 1e-5 (0).
+//! - resize_center_crop vs resize(antialias=True) + center_crop, down- and upsampling: <= 1e-5.
 //! - Every op: mean abs <= 1e-6 (measured <= 1.3e-7), far below one uint8 level (1/255, the
 //!   resolution of the images these ops see in training).
 //!
@@ -253,18 +253,33 @@ outputs['y_antialias'] = crop(True)
     }
 }
 
-/// The evaluation resize: equal to `F.resize(..., antialias=False)` + `F.center_crop` where the
-/// target sizes agree.
+/// The evaluation transform: torchvision's `Resize(shorter_side)` (bilinear, antialiased, the
+/// longer side truncated) then `CenterCrop(size)` (offsets rounded half to even), down- and
+/// upsampling, square and not, even and odd margins, and no resize at all.
 #[test]
-fn resize_center_matches_torchvision_upsampling() {
-    let x = random_images(6, 4, 24, 20);
-    let script = format!(
-        "{TV}y = F.resize(x, [38, 32], interpolation=InterpolationMode.BILINEAR, antialias=False)
-outputs['y'] = F.center_crop(y, [32, 32])
+fn resize_center_crop_matches_torchvision() {
+    let seed = byol_testkit::fresh_seed("RESIZE_CROP_SEED");
+    for (i, (h, w, shorter_side, size)) in [
+        (256, 256, 256, 224),
+        (300, 260, 256, 224),
+        (24, 20, 37, 32),
+        (40, 33, 39, 32),
+        (33, 40, 39, 32),
+        (32, 32, 32, 32),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = random_images(seed.wrapping_add(i as i64), 3, h, w);
+        let script = format!(
+            "{TV}y = F.resize(x, {shorter_side}, interpolation=InterpolationMode.BILINEAR, antialias=True)
+outputs['y'] = F.center_crop(y, [{size}, {size}])
 "
-    );
-    let tv = run_python(&script, &[("x", &x)]);
-    check("resize_center", &ops::resize_center(&x, 32), &tv["y"], EXACT);
+        );
+        let tv = run_python(&script, &[("x", &x)]);
+        let name = format!("resize_center_crop {h}x{w} -> {shorter_side} -> {size} (RESIZE_CROP_SEED={seed})");
+        check(&name, &ops::resize_center_crop(&x, shorter_side, size), &tv["y"], EXACT);
+    }
 }
 
 // ---- Statistical tests: no Python. ----

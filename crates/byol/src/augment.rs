@@ -13,6 +13,13 @@ pub trait AugmentSpec: std::fmt::Debug + Send + Sync {
     /// Side of the square views, in pixels.
     fn image_size(&self) -> i64;
 
+    /// The shorter side the evaluation transform ([`Augment::eval_view`]) resizes images to
+    /// before its central `image_size` crop, and so the size to decode evaluation images at
+    /// (default: `image_size`, the whole image).
+    fn eval_resize(&self) -> i64 {
+        self.image_size()
+    }
+
     /// The random resized crops the loader should cut from full images on its CPU threads, one
     /// per view; `None` (the default): the plugin crops on the device from the dataset's squares.
     fn loader_crops(&self) -> Option<LoaderCrops> {
@@ -58,7 +65,7 @@ pub trait Augment: std::fmt::Debug + Send {
         None
     }
 
-    /// The deterministic evaluation transform (resize/center-crop, normalize) to `[N, 3, S, S]`.
+    /// The deterministic evaluation transform (resize, centre crop, normalize) to `[N, 3, S, S]`.
     fn eval_view(&self, images: &Tensor) -> Tensor;
 
     /// A picture of what the views do, for TensorBoard: uint8 `[3, H, W]` on the CPU, e.g. a grid

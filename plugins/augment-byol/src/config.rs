@@ -95,6 +95,10 @@ pub struct ByolAugmentConfig {
     pub preset: Preset,
     /// Side of the views in pixels (preset: 224 / 32).
     pub image_size: Option<i64>,
+    /// The evaluation view (kNN, linear probe, embed) is the central `eval_crop_fraction` of the
+    /// image: shorter side resized to image_size / eval_crop_fraction, then the central
+    /// image_size square (preset: 0.875 / 1.0; the paper's 256 then 224).
+    pub eval_crop_fraction: Option<f64>,
     /// Per-channel normalization (preset: ImageNet / CIFAR-10 statistics).
     pub mean: Option<[f64; 3]>,
     pub std: Option<[f64; 3]>,
@@ -108,9 +112,10 @@ pub struct ByolAugmentConfig {
 impl ByolAugmentConfig {
     /// The resolved pipeline: preset values with the overrides applied, checked.
     pub fn resolve(&self) -> Result<ByolAugment, DataError> {
-        let (size, mean, std, mut view1, mut view2) = match self.preset {
+        let (size, crop_fraction, mean, std, mut view1, mut view2) = match self.preset {
             Preset::Imagenet => (
                 224,
+                0.875,
                 [0.485, 0.456, 0.406],
                 [0.229, 0.224, 0.225],
                 ViewParams::paper_view1(),
@@ -120,6 +125,7 @@ impl ByolAugmentConfig {
                 let cifar = |p: ViewParams| ViewParams { blur_p: 0.0, ..p };
                 (
                     32,
+                    1.0,
                     [0.4914, 0.4822, 0.4465],
                     [0.2470, 0.2435, 0.2616],
                     cifar(ViewParams::paper_view1()),
@@ -167,6 +173,13 @@ impl ByolAugmentConfig {
             }
             check_view_ranges(name, p)?;
         }
+        let crop_fraction = self.eval_crop_fraction.unwrap_or(crop_fraction);
+        if !(crop_fraction > 0.0 && crop_fraction <= 1.0) {
+            return Err(DataError::Config(format!(
+                "augment.eval_crop_fraction = {crop_fraction} is not in (0, 1]: the evaluation view is \
+                 that fraction of the image's centre (0.875: resize to 256, crop 224; 1: the whole image)"
+            )));
+        }
         let std = self.std.unwrap_or(std);
         if let Some(bad) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return Err(DataError::Config(format!(
@@ -175,6 +188,7 @@ impl ByolAugmentConfig {
         }
         Ok(ByolAugment {
             size,
+            eval_resize: (size as f64 / crop_fraction).round() as i64,
             view1,
             view2,
             mean: self.mean.unwrap_or(mean),
@@ -218,6 +232,7 @@ byol::register_plugin! {
     name: "byol",
     description: "the paper's two asymmetric views (Table 6), per-sample random, on the device; presets imagenet and cifar",
     optional: "image_size = 224               # view side (default: the preset's, 224 or 32)\n\
+               eval_crop_fraction = 0.875     # evaluation: resize to image_size / this, central crop (default: the preset's, 0.875 or 1)\n\
                mean = [0.485, 0.456, 0.406]   # normalization (default: the preset's)\n\
                std = [0.229, 0.224, 0.225]\n\
                # view1.* and view2.* override the preset for one view: crop_scale, crop_ratio, flip_p,\n\
@@ -234,6 +249,9 @@ byol::register_plugin! {
                 Preset::Imagenet => 224,
                 Preset::Cifar => 32,
             })
+        }
+        fn eval_resize(&self) -> i64 {
+            self.resolve().map_or(self.image_size(), |augment| augment.eval_resize)
         }
         fn loader_crops(&self) -> Option<LoaderCrops> {
             let augment = self.resolve().ok()?;

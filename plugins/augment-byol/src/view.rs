@@ -63,6 +63,8 @@ impl ViewParams {
 #[derive(Debug, Clone)]
 pub struct ByolAugment {
     pub size: i64,
+    /// The shorter side the evaluation view resizes images to before its central `size` crop.
+    pub eval_resize: i64,
     pub view1: ViewParams,
     pub view2: ViewParams,
     pub mean: [f64; 3],
@@ -149,7 +151,7 @@ impl ByolAugment {
     }
 
     fn grid(&self, images: &Tensor, view1: &Tensor, view2: &Tensor) -> Tensor {
-        let original = ops::resize_center(&to_unit_float(images), self.size);
+        let original = ops::resize_center_crop(&to_unit_float(images), self.size, self.size);
         let cells = [original, self.unnormalize(view1), self.unnormalize(view2)].map(|x| preview::to_uint8(&x));
         preview::grid(&[&cells[0], &cells[1], &cells[2]], 2, 255)
     }
@@ -198,7 +200,7 @@ impl byol::Augment for ByolAugment {
     fn eval_view(&self, images: &Tensor) -> Tensor {
         tch::no_grad(|| {
             ops::normalize(
-                &ops::resize_center(&to_unit_float(images), self.size),
+                &ops::resize_center_crop(&to_unit_float(images), self.eval_resize, self.size),
                 self.mean,
                 self.std,
             )

@@ -241,9 +241,52 @@ fn out_of_range_settings_are_refused_naming_the_key() {
             "[view2]\nsolarize_threshold = 1.5",
             "augment.view2.solarize_threshold = 1.5 must be in [0, 1]",
         ),
+        (
+            "eval_crop_fraction = 0.0",
+            "augment.eval_crop_fraction = 0 is not in (0, 1]",
+        ),
+        (
+            "eval_crop_fraction = 1.2",
+            "augment.eval_crop_fraction = 1.2 is not in (0, 1]",
+        ),
     ] {
         let config: ByolAugmentConfig = toml::from_str(&format!("preset = \"cifar\"\n{table}")).unwrap();
         let e = config.resolve().unwrap_err().to_string();
         assert!(e.contains(message), "{table}: {e}");
+    }
+}
+
+/// The evaluation view is the paper's on ImageNet (shorter side 256, central 224) and the whole
+/// image on CIFAR; `eval_crop_fraction` sets another share of the centre.
+#[test]
+fn the_evaluation_view_crops_the_presets_share_of_the_centre() {
+    use byol::AugmentSpec;
+    for (text, views, resize) in [
+        ("preset = \"imagenet\"", 224, 256),
+        ("preset = \"cifar\"", 32, 32),
+        ("preset = \"cifar\"\neval_crop_fraction = 0.8", 32, 40),
+        (
+            "preset = \"imagenet\"\nimage_size = 96\neval_crop_fraction = 1.0",
+            96,
+            96,
+        ),
+    ] {
+        let config: ByolAugmentConfig = toml::from_str(text).unwrap();
+        assert_eq!((config.image_size(), config.eval_resize()), (views, resize), "{text}");
+        // A square decoded at the resize side: the view is its centre, pixel for pixel (as the
+        // whole-image view, fraction 1, of that centre).
+        let whole_image = ByolAugmentConfig {
+            eval_crop_fraction: Some(1.0),
+            ..config.clone()
+        };
+        let images = identical_batch(3, 2, resize, resize);
+        let margin = (resize - views) / 2;
+        let centre = whole_image
+            .resolve()
+            .unwrap()
+            .eval_view(&images.narrow(2, margin, views).narrow(3, margin, views));
+        let whole = config.resolve().unwrap().eval_view(&images);
+        assert_eq!(whole.size(), [2, 3, views, views], "{text}");
+        assert!(whole.equal(&centre), "{text}: not the central {views} px of {resize}");
     }
 }

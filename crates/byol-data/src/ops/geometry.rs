@@ -98,20 +98,40 @@ pub fn resized_crop(images: &Tensor, boxes: &CropBoxes, size: i64, flip: Option<
     images.grid_sampler(&grid.to_kind(images.kind()), 0, 1, false)
 }
 
-/// Evaluation transform: resize the shorter side to `size` and take the central `size` square.
-pub fn resize_center(images: &Tensor, size: i64) -> Tensor {
+/// The evaluation transform, torchvision's `Resize(shorter_side)` then `CenterCrop(size)`: the
+/// shorter side resized to `shorter_side` (the longer in proportion, truncated as torchvision
+/// does; bilinear and antialiased, torchvision's defaults), then the central `size` square, its
+/// offset rounded half to even as Python's `round` does. Float images; `shorter_side >= size`.
+pub fn resize_center_crop(images: &Tensor, shorter_side: i64, size: i64) -> Tensor {
+    assert!(
+        shorter_side >= size,
+        "resizing to {shorter_side} leaves no {size} px centre"
+    );
     let dims = images.size();
     let (h, w) = (dims[2], dims[3]);
-    if h == size && w == size {
-        return images.shallow_clone();
-    }
     let (nh, nw) = if h <= w {
-        (size, (w * size + h / 2) / h)
+        (shorter_side, shorter_side * w / h)
     } else {
-        ((h * size + w / 2) / w, size)
+        (shorter_side * h / w, shorter_side)
     };
-    let resized = images.upsample_bilinear2d([nh, nw], false, None, None);
+    let resized = if (nh, nw) == (h, w) {
+        images.shallow_clone()
+    } else {
+        images.internal_upsample_bilinear2d_aa([nh, nw], false, None, None)
+    };
     resized
-        .narrow(2, (nh - size) / 2, size)
-        .narrow(3, (nw - size) / 2, size)
+        .narrow(2, center_offset(nh, size), size)
+        .narrow(3, center_offset(nw, size), size)
+}
+
+/// Where a centred `size` window starts in `side` pixels: `round((side - size) / 2)`, halves to
+/// even (torchvision's `center_crop`).
+fn center_offset(side: i64, size: i64) -> i64 {
+    let excess = side - size;
+    let half = excess / 2;
+    if excess % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
 }

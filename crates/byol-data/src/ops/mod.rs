@@ -11,7 +11,7 @@ pub use colour::{
     adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, apply_jitter, color_jitter, grayscale,
     normalize, solarize, JitterDraw, JitterStrength,
 };
-pub use geometry::{random_resized_crop_boxes, resize_center, resized_crop, CropBoxes};
+pub use geometry::{random_resized_crop_boxes, resize_center_crop, resized_crop, CropBoxes};
 
 use tch::{Device, Kind, Tensor};
 

@@ -81,7 +81,7 @@ impl<'a> Trainer<'a> {
             for warning in experiment
                 .warnings()
                 .into_iter()
-                .chain(upscaled_views(&splits, experiment.augment.as_ref()))
+                .chain(upscaled_images(&splits, experiment.augment.as_ref()))
             {
                 eprintln!("warning: {warning}");
             }
@@ -303,22 +303,29 @@ fn join_job(experiment: &Experiment) -> anyhow::Result<(Device, Option<DataParal
     Ok((device, parallel))
 }
 
-/// Views cut on the device from squares decoded much smaller than the views are blurred
-/// upscales of them: most likely a `dataset.image_size` left at its default (32) under the
-/// ImageNet preset's 224 px views.
-fn upscaled_views(splits: &Splits, augment: &dyn byol::AugmentSpec) -> Option<String> {
-    if augment.loader_crops().is_some() {
-        return None; // cut from the full images
-    }
+/// Views, or the evaluation's images, that are blurred upscales of squares decoded much smaller:
+/// most likely a `dataset.image_size` left at its default (32) under the ImageNet preset's 224 px
+/// views. Crops cut on the loader come from the full images; the kNN monitor's images are always
+/// the decoded squares.
+fn upscaled_images(splits: &Splits, augment: &dyn byol::AugmentSpec) -> Vec<String> {
     let decoded = splits.train.image_shape()[1] as i64;
-    let views = augment.image_size();
-    (2 * views > 3 * decoded).then(|| {
-        format!(
+    let (views, eval) = (augment.image_size(), augment.eval_resize());
+    let upscaled = |size: i64| 2 * size > 3 * decoded;
+    let mut warnings = Vec::new();
+    if augment.loader_crops().is_none() && upscaled(views) {
+        warnings.push(format!(
             "the {views} px views are cut from images decoded at {decoded} px ({:.1}x upscaled): set \
              dataset.image_size to at least {views}, or the augmentation's image_size lower",
             views as f64 / decoded as f64
-        )
-    })
+        ));
+    } else if upscaled(eval) {
+        warnings.push(format!(
+            "the kNN monitor's images are decoded at {decoded} px and resized to {eval} px ({:.1}x \
+             upscaled) before their central {views} px: set dataset.image_size to {eval}",
+            eval as f64 / decoded as f64
+        ));
+    }
+    warnings
 }
 
 /// Where a data-parallel run starts, the same on every process. Rank 0 looks first (it repairs the
