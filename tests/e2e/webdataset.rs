@@ -190,6 +190,50 @@ fn shards_from_byol_run_shard_train_with_the_knn_monitor() {
     );
 }
 
+/// An unreadable image in the kNN monitor's test shards is left out of every evaluation, and
+/// said, naming the shard and member (a reader without the loader's prefetch said it never).
+#[test]
+fn an_unreadable_test_sample_is_left_out_of_the_knn_monitor_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    shards(dir.path());
+    std::fs::write(dir.path().join("images/test/red/999.png"), "not a png").unwrap();
+    let out = byol_run(
+        dir.path(),
+        &[
+            "shard",
+            "images/test",
+            "--out",
+            "damaged/test-%06d.tar",
+            "--per-shard",
+            "25",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(dir.path().join("wds.toml"), SHARDS).unwrap();
+    let out = byol_run(
+        dir.path(),
+        &[
+            "wds.toml",
+            "--run-dir",
+            "run",
+            "--set",
+            "schedule.epochs=1",
+            "--set",
+            "dataset.test_urls=\"damaged/test-000000.tar\"",
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    // Once, though every evaluation leaves it out; `shard` renamed the member.
+    assert_eq!(all.matches("unreadable").count(), 1, "{all}");
+    assert!(
+        all.contains(
+            "warning: evaluation: skipped 1 unreadable sample(s) of 25 in 1 shard(s) (damaged/test-000000.tar member"
+        ),
+        "{all}"
+    );
+}
+
 fn checkpoints(run_dir: &Path) -> usize {
     std::fs::read_dir(run_dir.join("checkpoints")).map_or(0, |entries| {
         entries

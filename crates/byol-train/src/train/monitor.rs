@@ -40,7 +40,17 @@ pub fn embed_split(
             data.len()
         );
     }
+    say_skipped(data);
     Ok((Tensor::cat(&features, 0), Tensor::cat(&labels, 0)))
+}
+
+/// Names the images an evaluation left out, when it happens (an accuracy over fewer images than
+/// the split holds must not pass unsaid, and a dataset read without the loader's prefetch would
+/// say it only at exit, or never).
+fn say_skipped(data: &Arc<dyn Dataset>) {
+    if let Some(warning) = data.take_warning() {
+        eprintln!("warning: evaluation: {warning}");
+    }
 }
 
 /// [`embed_split`] shared by the processes of a data-parallel run: process r embeds batches r,
@@ -85,6 +95,7 @@ pub fn embed_split_sharded(
             data.len()
         );
     }
+    say_skipped(data);
     Ok((all.narrow(1, 0, dim), all.select(1, dim).to_kind(Kind::Int64)))
 }
 
