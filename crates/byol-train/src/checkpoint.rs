@@ -289,6 +289,13 @@ impl Checkpointer {
                         warnings,
                     });
                 }
+                Err(e) if cannot_be_read(&e) => {
+                    bail!(
+                        "cannot check checkpoint {}: {e:#}. It may well be whole, so it is left where it \
+                         is: make its files readable (permissions, the file system) and run again",
+                        dir.display()
+                    );
+                }
                 Err(e) => {
                     let mut warning = format!("skipping damaged checkpoint {}: {e:#}", dir.display());
                     if repair {
@@ -471,6 +478,16 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether `verify` failed for want of reading a file (permissions, a failing disk, a link that
+/// loops) rather than for what the checkpoint holds: a checkpoint that cannot be read may be
+/// whole, and is not to be moved aside as damaged. A file that is not there is damage.
+fn cannot_be_read(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() != std::io::ErrorKind::NotFound)
+}
+
 /// Reads a checkpoint folder's manifest and checks every file's SHA-256.
 pub fn verify(dir: &Path) -> anyhow::Result<Manifest> {
     let manifest_path = dir.join(MANIFEST_FILE);
@@ -525,7 +542,9 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buffer)?;
+        let n = file
+            .read(&mut buffer)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -640,6 +659,38 @@ mod tests {
         assert_eq!(again.resumed_at(60), saved, "{json}");
         let fresh = TrainingRecord::default().resumed_at(0);
         assert_eq!(fresh.timed_from_step, Some(0));
+    }
+
+    /// A checkpoint file that cannot be read (here a link that loops, as root reads through any
+    /// permission) stops the start and stays in place; a missing one is damage, moved aside.
+    #[test]
+    fn a_checkpoint_that_cannot_be_read_is_not_taken_for_damaged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkpoints = Checkpointer::new(tmp.path().to_path_buf(), 3);
+        let weights = vec![("w".to_string(), Tensor::from_slice(&[1f32]))];
+        let save = |step: u64| {
+            let manifest = Manifest { step, ..manifest(&[]) };
+            checkpoints.save(&weights, &weights, &[], manifest).unwrap()
+        };
+        let (first, second) = (save(1), save(2));
+        let model = second.join(MODEL_FILE);
+        fs::remove_file(&model).unwrap();
+        std::os::unix::fs::symlink(MODEL_FILE, &model).unwrap();
+        let e = format!("{:#}", checkpoints.resume_point(true).unwrap_err());
+        assert!(
+            e.contains("cannot check checkpoint") && e.contains("step-000000002") && e.contains("left where it is"),
+            "{e}"
+        );
+        assert!(fs::symlink_metadata(&model).is_ok() && !tmp.path().join(DAMAGED_DIR).exists());
+
+        fs::remove_file(&model).unwrap();
+        let resumed = checkpoints.resume_point(true).unwrap();
+        assert_eq!(resumed.latest.unwrap().0, first);
+        assert!(
+            resumed.warnings[0].contains("skipping damaged checkpoint"),
+            "{:?}",
+            resumed.warnings
+        );
     }
 
     #[test]
