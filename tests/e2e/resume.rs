@@ -155,6 +155,53 @@ fn a_corrupted_latest_checkpoint_falls_back_to_the_previous_one() {
     assert_identical(&dir.path().join("reference"), &dir.path().join("damaged"));
 }
 
+/// Killed while it evaluated after epoch 2 (its checkpoint of that step already saved): the
+/// resumed run measures that evaluation first, to the same figures, and the curve that other
+/// trials' pruning reads holds no point of the run that went past the checkpoint.
+#[test]
+fn a_run_killed_during_an_evaluation_measures_it_when_resumed() {
+    let dir = setup();
+    let settings = [
+        "--quiet",
+        "--set",
+        "eval.every_epochs=1",
+        "--set",
+        "checkpoint.keep_last=20",
+    ];
+    let out = run(dir.path(), "r", &settings);
+    assert!(out.status.success(), "{}", text(&out));
+    let run_dir = dir.path().join("r");
+    let curve_file = run_dir.join("knn-curve.json");
+    let curve =
+        |file: &Path| -> Vec<serde_json::Value> { serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap() };
+    let steps =
+        |points: &[serde_json::Value]| -> Vec<u64> { points.iter().map(|p| p["step"].as_u64().unwrap()).collect() };
+    let measured = curve(&curve_file);
+    assert_eq!(steps(&measured), [16, 32, 48]);
+    // The state of a kill during the evaluation at step 32, but with the final point of a run
+    // that went further kept, as a stale point.
+    let evaluated = run_dir.join("checkpoints/step-000000032");
+    for later in checkpoints(&run_dir).into_iter().filter(|c| *c > evaluated) {
+        std::fs::remove_dir_all(later).unwrap();
+    }
+    std::fs::remove_file(run_dir.join("summary.json")).unwrap();
+    let killed: Vec<&serde_json::Value> = measured.iter().filter(|p| p["step"] != 32).collect();
+    std::fs::write(&curve_file, serde_json::to_vec(&killed).unwrap()).unwrap();
+
+    let resumed = run(dir.path(), "r", &settings[1..]);
+    let all = text(&resumed);
+    assert!(resumed.status.success(), "{all}");
+    assert!(all.contains("from step 32") && all.contains("after epoch 2"), "{all}");
+    let again = curve(&curve_file);
+    assert_eq!(steps(&again), [16, 32, 48], "{all}");
+    for (a, b) in measured.iter().zip(&again) {
+        assert_eq!(
+            a["knn_top1"], b["knn_top1"],
+            "the same weights, the same figures: {a} {b}"
+        );
+    }
+}
+
 #[test]
 fn a_nan_loss_stops_the_run_naming_the_step() {
     let dir = setup();

@@ -65,10 +65,24 @@ pub fn read_curve(run_dir: &Path) -> anyhow::Result<Vec<CurvePoint>> {
     }
 }
 
+/// A resumed run's curve: the points measured after `step` (the checkpoint it resumes from) were
+/// measured by the run that went past it before it stopped; until this run measures them again,
+/// other trials' pruning and `compare` would read them as this run's. Returns what is kept.
+pub fn resume_at(run_dir: &Path, step: u64) -> anyhow::Result<Vec<CurvePoint>> {
+    let mut points = read_curve(run_dir)
+        .context("the run folder's kNN curve is damaged; move it aside to resume with a new curve from here")?;
+    let before = points.len();
+    points.retain(|p| p.step <= step);
+    if points.len() < before {
+        crate::run_dir::replace_file(&run_dir.join(CURVE_FILE), &serde_json::to_vec_pretty(&points)?)?;
+    }
+    Ok(points)
+}
+
 /// Adds `point` to the run folder's curve. Points at or after its step are dropped first: they
 /// were measured before the run was stopped and resumed from an earlier checkpoint.
 pub fn record_point(run_dir: &Path, point: CurvePoint) -> anyhow::Result<Vec<CurvePoint>> {
-    let mut points = read_curve(run_dir).unwrap_or_default();
+    let mut points = read_curve(run_dir)?;
     points.retain(|p| p.step < point.step);
     points.push(point);
     crate::run_dir::replace_file(&run_dir.join(CURVE_FILE), &serde_json::to_vec_pretty(&points)?)?;
@@ -102,5 +116,17 @@ mod tests {
         assert_eq!(points, [point(0, 0, 0.1), point(1, 10, 0.2), point(2, 20, 0.4)]);
         assert_eq!(read_curve(dir.path()).unwrap(), points);
         assert!(!dir.path().join("knn-curve.json.partial").exists());
+        // Resumed from step 10 again: the points after it are gone at once.
+        assert_eq!(
+            resume_at(dir.path(), 10).unwrap(),
+            [point(0, 0, 0.1), point(1, 10, 0.2)]
+        );
+        assert_eq!(read_curve(dir.path()).unwrap().len(), 2);
+        fs::write(dir.path().join(CURVE_FILE), "[{").unwrap();
+        let e = format!("{:#}", resume_at(dir.path(), 10).unwrap_err());
+        assert!(
+            e.contains("damaged; move it aside") && e.contains("knn-curve.json"),
+            "{e}"
+        );
     }
 }

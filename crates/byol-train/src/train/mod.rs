@@ -143,6 +143,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         remove_if_present(&run_dir.join(SUMMARY_FILE))?;
     }
     t.record_run(&run_dir)?;
+    if t.is_main() && step > 0 {
+        curve::resume_at(&run_dir, step)?;
+    }
     let mut journal = Journal::open(&t, &run_dir, options.quiet, moved_aside)?;
     let before = measured_before(&t, &mut journal, &run_dir, step)?;
 
@@ -341,18 +344,43 @@ fn train_epochs(
         curve_evaluations: 0,
         curve_seconds: 0.0,
     };
+    // A run resumed where it evaluates: the run that saved this checkpoint was stopped before
+    // that evaluation ended (killed during it, or signalled in the step before it), or after it,
+    // before a pruned trial wrote its summary. Without this the point would be missing for good,
+    // and the trial never judged there.
+    if *step > 0 && t.evaluates_after(*step) {
+        let curve = curve::read_curve(run_dir)?;
+        if !curve.iter().any(|p| p.step == *step) {
+            evaluate_into_curve(t, journal, run_dir, pruner, *step, &mut progress)?;
+        } else if let Some(pruner) = pruner.filter(|_| t.is_main() && t.parallel.is_none()) {
+            progress.pruned = pruner.judge(run_dir, &curve)?;
+        }
+    }
     while *step < t.plan.total_steps && !progress.interrupted && progress.pruned.is_none() {
         progress.interrupted = train_epoch(t, journal, stop.flag(), step)?;
         if !progress.interrupted && t.evaluates_after(*step) {
-            let evaluating = Instant::now();
-            let when = format!("after epoch {}", t.plan.epoch_of(*step));
-            let evaluation = journal.evaluation(&when, t.evaluate()?, *step);
-            progress.pruned = record_curve(t, run_dir, &evaluation, *step, journal.final_loss, pruner)?;
-            progress.curve_evaluations += 1;
-            progress.curve_seconds += evaluating.elapsed().as_secs_f64();
+            evaluate_into_curve(t, journal, run_dir, pruner, *step, &mut progress)?;
         }
     }
     Ok(progress)
+}
+
+/// The evaluation after the epoch that ends at `step`, added to the curve and judged by `pruner`.
+fn evaluate_into_curve(
+    t: &Trainer<'_>,
+    journal: &mut Journal,
+    run_dir: &std::path::Path,
+    pruner: Option<&Pruner>,
+    step: u64,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let evaluating = Instant::now();
+    let when = format!("after epoch {}", t.plan.epoch_of(step));
+    let evaluation = journal.evaluation(&when, t.evaluate()?, step);
+    progress.pruned = record_curve(t, run_dir, &evaluation, step, journal.final_loss, pruner)?;
+    progress.curve_evaluations += 1;
+    progress.curve_seconds += evaluating.elapsed().as_secs_f64();
+    Ok(())
 }
 
 /// Trains the rest of the epoch that `step` is in, advancing `step`; true when a signal stopped
