@@ -27,7 +27,11 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     if path.join(checkpoint::MANIFEST_FILE).exists() {
-        return Ok(path.to_path_buf());
+        // Resolved once: `checkpoints/last` of a run that trains on may point at the next
+        // checkpoint between the check of this one and the reading of its weights.
+        return path
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", path.display()));
     }
     let checkpoints = path.join(CHECKPOINTS_DIR);
     if !checkpoints.is_dir() {
