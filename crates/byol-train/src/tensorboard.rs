@@ -16,6 +16,22 @@ pub const LOG_DIR: &str = "tensorboard";
 
 use tch::{Device, Kind, Tensor};
 
+/// The seconds in the name of the newest event file in `dir` (`events.out.tfevents.<s>.*`).
+fn newest_event_file_seconds(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_prefix("events.out.tfevents.")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+}
+
 /// Scalar and image logger for one process. Every record is written when logged.
 pub struct ScalarLogger {
     /// None: a logger that writes nothing (the other processes of a data-parallel run, or after
@@ -32,20 +48,25 @@ impl std::fmt::Debug for ScalarLogger {
 
 impl ScalarLogger {
     /// Opens a new event file in `dir`. Its name sorts after the files of earlier starts (a
-    /// resumed run), which TensorBoard reads in name order.
+    /// resumed run), which TensorBoard reads in name order: the seconds in it are the clock's,
+    /// or one past the newest file's where the clock is behind (a run resumed on another node),
+    /// else TensorBoard would read the resume's purge before the steps it purges.
     pub fn create(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        let seconds = match newest_event_file_seconds(dir) {
+            Some(newest) if newest >= now.as_secs() => newest + 1,
+            _ => now.as_secs(),
+        };
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let host = match host.trim() {
             "" => "localhost",
             name => name,
         };
         let path = dir.join(format!(
-            "events.out.tfevents.{}.{host}.{:06}.{}",
-            now.as_secs(),
+            "events.out.tfevents.{seconds}.{host}.{:06}.{}",
             now.subsec_micros(),
             std::process::id()
         ));
@@ -378,5 +399,22 @@ mod tests {
         let image = Tensor::zeros([3, 2, 2], (Kind::Uint8, Device::Cpu));
         logger.image("views", &image, 0).unwrap();
         logger.flush();
+    }
+
+    /// A start whose clock is behind the newest event file's (another node) still names its file
+    /// after it; with the clock ahead, the clock's seconds.
+    #[test]
+    fn a_new_event_file_sorts_after_the_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |logger: &ScalarLogger| logger.path.file_name().unwrap().to_string_lossy().into_owned();
+        let first = name(&ScalarLogger::create(dir.path()).unwrap());
+        let ahead = "events.out.tfevents.4000000000.elsewhere.000000.1";
+        std::fs::write(dir.path().join(ahead), b"").unwrap();
+        let next = name(&ScalarLogger::create(dir.path()).unwrap());
+        assert!(next.starts_with("events.out.tfevents.4000000001."), "{next}");
+        assert!(
+            first.as_str() < ahead && ahead < next.as_str(),
+            "{first} {ahead} {next}"
+        );
     }
 }
