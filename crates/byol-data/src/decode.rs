@@ -59,10 +59,21 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, String> {
     .unwrap_or_else(|_| Err("the decoder panicked on this file".into()))
 }
 
+/// Strict, so that a truncated or corrupted scan is an error rather than gray pixels, as PIL
+/// refuses a truncated file; but bytes between two headers, which libjpeg (PIL, torchvision)
+/// only warns about ("extraneous bytes before marker") and which some photo collections hold,
+/// are decoded past.
 fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
+    match decode_jpeg_with(bytes, true) {
+        Err(e) if e.contains("Extra bytes between headers") => decode_jpeg_with(bytes, false),
+        decoded => decoded,
+    }
+}
+
+fn decode_jpeg_with(bytes: &[u8], strict: bool) -> Result<Rgb, String> {
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGB)
-        .set_strict_mode(true)
+        .set_strict_mode(strict)
         // JPEG's own limit: the size check below gives the message, the same for every format.
         .set_max_width(u16::MAX as usize)
         .set_max_height(u16::MAX as usize);

@@ -289,6 +289,32 @@ for line in open(sys.argv[1]).read().split("\n"):
     assert!(mean <= 1.0, "mean abs diff {mean} vs PIL");
 }
 
+/// JPEGs that libjpeg decodes with a warning decode to the pixels of the clean file: bytes
+/// between two headers (after APP0) and before the end marker; a truncated one is an error (as
+/// PIL and torchvision refuse it), never gray pixels.
+#[test]
+fn jpegs_with_extraneous_bytes_decode_and_truncated_ones_do_not() {
+    let Some(root) = common::cifar10_jpeg("jpegs_with_extraneous_bytes_decode_and_truncated_ones_do_not") else {
+        return;
+    };
+    for i in 0..10 {
+        let clean = std::fs::read(root.join(format!("test/ship/{i:04}.jpg"))).unwrap();
+        let expected = decode_rgb(&clean).unwrap();
+        assert_eq!(&clean[2..4], [0xFF, 0xE0], "starts with APP0");
+        let after_app0 = 4 + u16::from_be_bytes([clean[4], clean[5]]) as usize;
+        let end = clean.len() - 2;
+        assert_eq!(&clean[end..], [0xFF, 0xD9], "ends with EOI");
+        let junk = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55];
+        for (name, at) in [("between headers", after_app0), ("before the end", end)] {
+            let bytes = [&clean[..at], &junk[..], &clean[at..]].concat();
+            let decoded = decode_rgb(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(decoded.pixels, expected.pixels, "{name}");
+        }
+        let e = decode_rgb(&clean[..clean.len() * 2 / 3]).unwrap_err();
+        assert!(e.starts_with("invalid JPEG"), "{e}");
+    }
+}
+
 #[test]
 fn labels_come_from_sorted_folders_and_stray_files_are_ignored() {
     let tmp = tempfile::tempdir().unwrap();
