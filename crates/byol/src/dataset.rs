@@ -175,9 +175,15 @@ pub fn read_parallel<D: Dataset + ?Sized>(
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(DataError::Config("a decoder thread panicked".into())))
+            .zip(indices.chunks(run))
+            .map(|(h, ids)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(DataError::Config(format!(
+                        "a decoder thread panicked reading one of {} to {}",
+                        dataset.describe(ids[0]),
+                        dataset.describe(ids[ids.len() - 1])
+                    )))
+                })
             })
             .collect()
     });

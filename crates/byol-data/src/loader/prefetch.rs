@@ -103,8 +103,12 @@ impl Shared {
                 Some((crops, seed, epoch)) => self.dataset.read_crops(index, crops, (*seed, *epoch), &mut pixels),
                 None => self.dataset.read(index, &mut pixels),
             };
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
-                .unwrap_or_else(|_| Err(DataError::Config(format!("reading image {index} panicked"))));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
+                Err(DataError::Config(format!(
+                    "reading {} panicked",
+                    self.dataset.describe(index)
+                )))
+            });
             let mut s = self.lock();
             if s.stop {
                 return;
@@ -122,7 +126,9 @@ impl Shared {
             if assembly.remaining == 0 {
                 let assembly = s.assembling.remove(&b).expect("batch being assembled");
                 drop(s);
-                let batch = self.assemble(b, assembly);
+                // A panic here would leave the batch undone and its consumer waiting for good.
+                let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.assemble(b, assembly)))
+                    .unwrap_or_else(|_| Err(DataError::Config(format!("assembling batch {b} panicked"))));
                 let mut s = self.lock();
                 s.done.insert(b, batch);
                 self.ready.notify_all();
