@@ -7,7 +7,7 @@ use clap::Args;
 use tch::{Device, Tensor};
 
 use byol::BuildContext;
-use byol_data::image_folder::{decode_square, ImageTree};
+use byol_data::image_folder::{decode_square, other_formats_warning, ImageTree};
 use byol_train::checkpoint::{self, Checkpointer};
 use byol_train::run_dir::{CHECKPOINTS_DIR, CONFIG_FILE};
 use byol_train::train::{state, Model, Weights};
@@ -231,6 +231,9 @@ fn find_images(args: &EmbedArgs) -> anyhow::Result<(ImageTree, Skipped)> {
             scan.revisits,
             args.images.display()
         );
+    }
+    if let Some(warning) = other_formats_warning(&args.images, &scan.other_formats) {
+        eprintln!("warning: {warning}");
     }
     if scan.images.is_empty() {
         bail!("{} holds no .jpg, .jpeg or .png images", args.images.display());

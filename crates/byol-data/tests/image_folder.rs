@@ -344,6 +344,29 @@ fn labels_come_from_sorted_folders_and_stray_files_are_ignored() {
     assert_eq!(Vec::<u8>::try_from(images.get(9).flatten(0, -1)).unwrap(), deep);
 }
 
+/// Images in formats that are not read (torchvision's ImageFolder reads WebP, BMP, TIFF too)
+/// are left out with a warning that counts and names them, in a class folder and unlabelled.
+#[test]
+fn images_in_formats_that_are_not_read_are_counted_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["a", "b"], 2, (8, 8));
+    for name in ["a/x.webp", "a/y.WEBP", "b/deep/z.bmp"] {
+        std::fs::create_dir_all(root.join(name).parent().unwrap()).unwrap();
+        std::fs::write(root.join(name), b"image bytes").unwrap();
+    }
+    for extra in ["image_size = 8", "image_size = 8\nlabels = \"none\""] {
+        let (splits, warnings) = load(&root, extra).unwrap();
+        assert_eq!(splits.train.len(), 4, "{extra}");
+        assert_eq!(warnings.len(), 1, "one for the split: {warnings:?}");
+        assert!(
+            warnings[0].contains("holds 3 image(s) in formats that are not read (.bmp, .webp; the first: ")
+                && warnings[0].contains("x.webp), left out: convert them to JPEG or PNG"),
+            "{extra}: {warnings:?}"
+        );
+    }
+}
+
 #[test]
 fn images_beside_the_class_folders_are_left_out_with_a_warning_that_names_one() {
     let tmp = tempfile::tempdir().unwrap();

@@ -71,7 +71,7 @@ pub(crate) fn images_for_shards(
     let listing = if !unlabelled && has_class_folders(dir)? {
         scan("train", dir, None, 0, &mut warnings)?
     } else {
-        scan_unlabelled("train", dir, None, 0)?
+        scan_unlabelled("train", dir, None, 0, &mut warnings)?
     };
     Ok((listing.classes, listing.files, warnings))
 }
@@ -97,15 +97,16 @@ pub(super) fn has_images_under(dir: &Path) -> Result<bool, DataError> {
     if !dir.is_dir() {
         return Ok(false);
     }
-    Ok(!collect_images(dir)?.is_empty())
+    Ok(!collect_images(dir, &mut Vec::new())?.is_empty())
 }
 
 /// Every image file under `dir`, at any depth (see [`ImageTree`]); a folder that cannot be listed
 /// is an error. A name that cannot be followed (a link to a missing file) stays, with size 0:
 /// reading it fails and `dataset.on_bad_image` decides, so it is counted or named, never lost
 /// without a word. Names of things that are not files (pipes, sockets) are passed over.
-pub(super) fn collect_images(dir: &Path) -> Result<Vec<Found>, DataError> {
-    let tree = ImageTree::walk(dir).map_err(DataError::Config)?;
+pub(super) fn collect_images(dir: &Path, others: &mut Vec<PathBuf>) -> Result<Vec<Found>, DataError> {
+    let mut tree = ImageTree::walk(dir).map_err(DataError::Config)?;
+    others.append(&mut tree.other_formats);
     match tree.unlistable.into_iter().next() {
         Some(why) => Err(DataError::Config(why)),
         None => Ok(tree
@@ -135,6 +136,9 @@ pub struct ImageTree {
     /// Folders below the root that could not be listed or resolved, with the reason; the walk
     /// goes on past them.
     pub unlistable: Vec<String>,
+    /// Files named like images of formats that are not read (`.webp`, `.bmp`, `.tif`, ...: what
+    /// torchvision's `ImageFolder` would have read beside JPEG and PNG), sorted by path.
+    pub other_formats: Vec<PathBuf>,
 }
 
 impl ImageTree {
@@ -159,6 +163,8 @@ impl ImageTree {
             if !path.is_dir() {
                 if is_image(&path) {
                     self.images.push(path);
+                } else if is_other_image_format(&path) {
+                    self.other_formats.push(path);
                 }
                 continue;
             }
@@ -188,6 +194,7 @@ pub(super) fn scan_unlabelled(
     root: &Path,
     file_list: Option<&Path>,
     limit: usize,
+    warnings: &mut Vec<String>,
 ) -> Result<Listing, DataError> {
     if !root.is_dir() {
         let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
@@ -198,7 +205,12 @@ pub(super) fn scan_unlabelled(
         )));
     }
     let mut paths = match file_list {
-        None => collect_images(root)?,
+        None => {
+            let mut others = Vec::new();
+            let images = collect_images(root, &mut others)?;
+            warnings.extend(other_formats_warning(root, &others));
+            images
+        }
         Some(list_path) => {
             let mut paths = Vec::new();
             let text = std::fs::read_to_string(list_path).map_err(|e| {
@@ -241,6 +253,39 @@ pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// The warning for files in formats that are not read (`others`, found under `root`), if any:
+/// without it a folder of mixed formats would lose part of its images without a word.
+pub fn other_formats_warning(root: &Path, others: &[PathBuf]) -> Option<String> {
+    let first = others.first()?;
+    let mut kinds: Vec<String> = others
+        .iter()
+        .filter_map(|p| {
+            p.extension()
+                .map(|e| format!(".{}", e.to_string_lossy().to_lowercase()))
+        })
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    Some(format!(
+        "{} holds {} image(s) in formats that are not read ({}; the first: {}), left out: convert them \
+         to JPEG or PNG to train on them",
+        root.display(),
+        others.len(),
+        kinds.join(", "),
+        first.display()
+    ))
+}
+
+/// Whether `path` has the extension of an image format that is not read.
+fn is_other_image_format(path: &Path) -> bool {
+    const OTHER: [&str; 11] = [
+        "webp", "bmp", "tif", "tiff", "ppm", "pgm", "gif", "avif", "heic", "heif", "jxl",
+    ];
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| OTHER.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 /// Whether `path` names a hidden file or folder (`.git`, `.DS_Store`, the `._photo.jpg` resource
@@ -310,9 +355,11 @@ pub(super) fn scan(
     match file_list {
         None => {
             // A class is every image under its folder, at any depth (torchvision's ImageFolder).
+            let mut others = Vec::new();
             for (files, dir) in per_class.iter_mut().zip(&class_dirs) {
-                *files = collect_images(dir)?;
+                *files = collect_images(dir, &mut others)?;
             }
+            warnings.extend(other_formats_warning(root, &others));
             warnings.extend(loose_images_warning(key, root, &entries));
         }
         Some(list_path) => read_file_list(key, root, list_path, &classes, &mut per_class)?,

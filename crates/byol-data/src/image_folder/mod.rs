@@ -11,7 +11,7 @@ pub use decoding::decode_square;
 use decoding::DecodingFolder;
 pub(crate) use listing::images_for_shards;
 use listing::{has_class_folders, has_images_under, scan, scan_unlabelled, test_needs_labels};
-pub use listing::{is_hidden, is_image, ImageTree};
+pub use listing::{is_hidden, is_image, other_formats_warning, ImageTree};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -228,7 +228,7 @@ impl ImageFolderConfig {
     ) -> Result<Arc<dyn Dataset>, DataError> {
         let listing = match labels {
             Labels::Folders => scan(key, dir, file_list, self.limit_per_class, warnings)?,
-            Labels::None => scan_unlabelled(key, dir, file_list, self.limit_per_class)?,
+            Labels::None => scan_unlabelled(key, dir, file_list, self.limit_per_class, warnings)?,
         };
         if let Some(expected) = classes {
             if expected != listing.classes.as_slice() {
