@@ -62,12 +62,20 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, String> {
 /// Strict, so that a truncated or corrupted scan is an error rather than gray pixels, as PIL
 /// refuses a truncated file; but bytes between two headers, which libjpeg (PIL, torchvision)
 /// only warns about ("extraneous bytes before marker") and which some photo collections hold,
-/// are decoded past.
+/// are decoded past, in a file that ends whole (with its end marker). The retry keys on
+/// zune-jpeg's message for them (0.5's "[strict-mode]: Extra bytes between headers"); a test
+/// decodes such a file.
 fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
     match decode_jpeg_with(bytes, true) {
-        Err(e) if e.contains("Extra bytes between headers") => decode_jpeg_with(bytes, false),
+        Err(e) if e.contains("Extra bytes between headers") && ends_whole(bytes) => decode_jpeg_with(bytes, false),
         decoded => decoded,
     }
+}
+
+/// Whether a JPEG's bytes end with its end-of-image marker (trailing zero padding allowed).
+fn ends_whole(bytes: &[u8]) -> bool {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    bytes[..end].ends_with(&[0xFF, 0xD9])
 }
 
 fn decode_jpeg_with(bytes: &[u8], strict: bool) -> Result<Rgb, String> {

@@ -312,6 +312,10 @@ fn jpegs_with_extraneous_bytes_decode_and_truncated_ones_do_not() {
         }
         let e = decode_rgb(&clean[..clean.len() * 2 / 3]).unwrap_err();
         assert!(e.starts_with("invalid JPEG"), "{e}");
+        // Bytes between headers do not excuse a cut: still an error, never gray pixels.
+        let both = [&clean[..after_app0], &junk[..], &clean[after_app0..clean.len() * 2 / 3]].concat();
+        let e = decode_rgb(&both).unwrap_err();
+        assert!(e.starts_with("invalid JPEG"), "{e}");
     }
 }
 

@@ -96,8 +96,8 @@ pub struct ByolAugmentConfig {
     /// Side of the views in pixels (preset: 224 / 32).
     pub image_size: Option<i64>,
     /// The evaluation view (kNN, linear probe, embed) is the central `eval_crop_fraction` of the
-    /// image: shorter side resized to image_size / eval_crop_fraction, then the central
-    /// image_size square (preset: 0.875 / 1.0; the paper's 256 then 224).
+    /// image, in [0.25, 1]: shorter side resized to image_size / eval_crop_fraction (rounded),
+    /// then the central image_size square (preset: 0.875 / 1.0; the paper's 256 then 224).
     pub eval_crop_fraction: Option<f64>,
     /// Per-channel normalization (preset: ImageNet / CIFAR-10 statistics).
     pub mean: Option<[f64; 3]>,
@@ -174,9 +174,9 @@ impl ByolAugmentConfig {
             check_view_ranges(name, p)?;
         }
         let crop_fraction = self.eval_crop_fraction.unwrap_or(crop_fraction);
-        if !(crop_fraction > 0.0 && crop_fraction <= 1.0) {
+        if !(0.25..=1.0).contains(&crop_fraction) {
             return Err(DataError::Config(format!(
-                "augment.eval_crop_fraction = {crop_fraction} is not in (0, 1]: the evaluation view is \
+                "augment.eval_crop_fraction = {crop_fraction} is not in [0.25, 1]: the evaluation view is \
                  that fraction of the image's centre (0.875: resize to 256, crop 224; 1: the whole image)"
             )));
         }

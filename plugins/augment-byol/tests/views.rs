@@ -242,12 +242,12 @@ fn out_of_range_settings_are_refused_naming_the_key() {
             "augment.view2.solarize_threshold = 1.5 must be in [0, 1]",
         ),
         (
-            "eval_crop_fraction = 0.0",
-            "augment.eval_crop_fraction = 0 is not in (0, 1]",
+            "eval_crop_fraction = 0.001",
+            "augment.eval_crop_fraction = 0.001 is not in [0.25, 1]",
         ),
         (
             "eval_crop_fraction = 1.2",
-            "augment.eval_crop_fraction = 1.2 is not in (0, 1]",
+            "augment.eval_crop_fraction = 1.2 is not in [0.25, 1]",
         ),
     ] {
         let config: ByolAugmentConfig = toml::from_str(&format!("preset = \"cifar\"\n{table}")).unwrap();

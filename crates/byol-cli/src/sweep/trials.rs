@@ -373,6 +373,7 @@ fn run_in_process(
             eprintln!("warning: cannot write {}: {e}", dir.join(ERROR_FILE).display());
         }
     }
+    // Every trial ended: a signal after the last one has nothing left to stop.
     Ok(None)
 }
 

@@ -349,11 +349,13 @@ fn train_epochs(
     // before a pruned trial wrote its summary. Without this the point would be missing for good,
     // and the trial never judged there.
     if *step > 0 && t.evaluates_after(*step) {
-        let curve = curve::read_curve(run_dir)?;
-        if !curve.iter().any(|p| p.step == *step) {
+        // An unreadable curve counts as one without the point: measuring again only replaces it.
+        let curve = curve::read_curve(run_dir).ok();
+        let measured = curve.as_ref().is_some_and(|c| c.iter().any(|p| p.step == *step));
+        if !measured_by_all(t, measured)? {
             evaluate_into_curve(t, journal, run_dir, pruner, *step, &mut progress)?;
         } else if let Some(pruner) = pruner.filter(|_| t.is_main() && t.parallel.is_none()) {
-            progress.pruned = pruner.judge(run_dir, &curve)?;
+            progress.pruned = pruner.judge(run_dir, curve.as_deref().unwrap_or_default())?;
         }
     }
     while *step < t.plan.total_steps && !progress.interrupted && progress.pruned.is_none() {
@@ -363,6 +365,17 @@ fn train_epochs(
         }
     }
     Ok(progress)
+}
+
+/// Whether every process of the run found the point measured (one process: whether it did).
+/// The evaluation gathers from all processes, so all must make the same choice, even where a
+/// network file system shows one node an older curve.
+fn measured_by_all(t: &Trainer<'_>, measured: bool) -> anyhow::Result<bool> {
+    let Some(parallel) = &t.parallel else {
+        return Ok(measured);
+    };
+    let flag = tch::Tensor::from_slice(&[f32::from(u8::from(measured))]).to_device(t.device);
+    Ok(parallel.all_gather(&flag)?.min().double_value(&[]) > 0.5)
 }
 
 /// The evaluation after the epoch that ends at `step`, added to the curve and judged by `pruner`.
