@@ -210,6 +210,59 @@ fn a_moved_run_folder_resumes_on_moved_data_and_embeds_bit_for_bit() {
     );
 }
 
+/// A start on other data (`--allow-change dataset.train`) that stops before its first checkpoint
+/// leaves `dataset.json` describing that data, while the run's checkpoint holds a run on the
+/// first. A resume is judged by the checkpoint's own record: the run's data still resumes, the
+/// other data under the moved-data keys is refused.
+#[test]
+fn a_resume_checks_the_data_against_its_checkpoint_not_the_last_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("tiny.toml"), tiny_on_folders()).unwrap();
+    labelled_images(&d.join("data"), 6);
+    labelled_images(&d.join("other"), 7);
+    let quick = [
+        "--quiet",
+        "--set",
+        "schedule.epochs=1",
+        "--set",
+        "schedule.batch_size=8",
+    ];
+    ok(d, &[&["tiny.toml", "--run-dir", "r"][..], &quick].concat());
+    // What the start on `other` leaves behind when killed before its first checkpoint: its
+    // record of the data (the same file a finished run on `other` writes).
+    let on_other = ["--set", "dataset.train=other/train", "--set", "dataset.test=other/test"];
+    ok(d, &[&["tiny.toml", "--run-dir", "o"][..], &quick, &on_other].concat());
+    std::fs::copy(d.join("o/dataset.json"), d.join("r/dataset.json")).unwrap();
+
+    let longer = ["--set", "schedule.epochs=2", "--allow-change", "schedule.epochs"];
+    let resume = |extra: &[&str]| {
+        let args = [
+            &["tiny.toml", "--run-dir", "r", "--set", "schedule.batch_size=8"][..],
+            &longer,
+            extra,
+        ]
+        .concat();
+        byol_run(d, &args)
+    };
+    let out = resume(&on_other);
+    let all = text(&out);
+    assert!(!out.status.success(), "a run on `data` went on on `other`:\n{all}");
+    assert!(
+        all.contains("other data") && all.contains("manifest.json records it") && all.contains("train: 18 images"),
+        "{all}"
+    );
+    let out = resume(&[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("resuming"), "{all}");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("r/dataset.json")).unwrap()).unwrap();
+    assert_eq!(
+        record["train"]["images"], 18,
+        "the folder's record is the run's data again: {record}"
+    );
+}
+
 /// A small conv net, in a file of its own: `torch.jit.script` reads the class's source.
 const NET: &str = r#"
 import torch

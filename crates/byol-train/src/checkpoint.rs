@@ -34,6 +34,11 @@ pub struct Manifest {
     /// experiment key (`backbone.path`) -> the file's name in this folder (listed in `files`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sources: std::collections::BTreeMap<String, String>,
+    /// The data the run trained on up to this step, for a resume here to check the data against
+    /// (absent in checkpoints from before it was kept: those are checked against the run
+    /// folder's `dataset.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<crate::train::state::DatasetFingerprint>,
     /// The run's record up to this step, for a run resumed here to report whole.
     #[serde(flatten)]
     pub record: TrainingRecord,
@@ -566,6 +571,7 @@ mod tests {
             files: files.iter().map(|f| (f.to_string(), "0".repeat(64))).collect(),
             config: String::new(),
             sources: Default::default(),
+            dataset: None,
             record: Default::default(),
         }
     }

@@ -112,7 +112,8 @@ impl DatasetFingerprint {
         Ok(Self::read(run_dir)?.map_or(Vec::new(), |saved| saved.differences(self)))
     }
 
-    fn read(run_dir: &Path) -> anyhow::Result<Option<Self>> {
+    /// The run folder's `dataset.json`, if it has one.
+    pub fn read(run_dir: &Path) -> anyhow::Result<Option<Self>> {
         let path = run_dir.join(FINGERPRINT_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => {
@@ -211,7 +212,16 @@ impl RunStart {
             None => run_dir::saved_config(run_dir).map(|c| ("its config.toml".to_string(), c)),
         };
         if let Some((source, saved)) = saved {
-            let same_data = check_dataset(run_dir, fingerprint, allow)?;
+            // The data of the checkpoint the run goes on from; `dataset.json` describes the last
+            // start, which may have been on other data and stopped before its first checkpoint.
+            let saved_data = match latest.as_ref().and_then(|(dir, m)| Some((dir, m.dataset.clone()?))) {
+                Some((dir, data)) => Some((
+                    format!("{} records it", dir.join(checkpoint::MANIFEST_FILE).display()),
+                    data,
+                )),
+                None => DatasetFingerprint::read(run_dir)?.map(|data| (format!("{FINGERPRINT_FILE} records it"), data)),
+            };
+            let same_data = check_dataset(run_dir, saved_data, fingerprint, allow)?;
             let also_safe: &[&str] = if same_data { DATA_LOCATION_KEYS } else { &[] };
             let accepted = run_dir::check_identity(run_dir, &source, &saved, config_toml, allow, also_safe)?;
             let (moved, allowed): (Vec<_>, Vec<_>) = accepted
@@ -249,11 +259,16 @@ impl RunStart {
     }
 }
 
-/// Whether the run's recorded data is the data found now (false: no record, from a run folder
-/// made before fingerprints). A difference is an error unless `--allow-change dataset` (or a
-/// key under it) accepts it.
-fn check_dataset(run_dir: &Path, now: &DatasetFingerprint, allow: &[String]) -> anyhow::Result<bool> {
-    let Some(saved) = DatasetFingerprint::read(run_dir)? else {
+/// Whether the run's recorded data (`saved`: where it is recorded, and the record) is the data
+/// found now (false: no record, from a run folder made before fingerprints). A difference is an
+/// error unless `--allow-change dataset` (or a key under it) accepts it.
+fn check_dataset(
+    run_dir: &Path,
+    saved: Option<(String, DatasetFingerprint)>,
+    now: &DatasetFingerprint,
+    allow: &[String],
+) -> anyhow::Result<bool> {
+    let Some((recorded_in, saved)) = saved else {
         return Ok(false);
     };
     let differences = saved.differences(now);
@@ -269,12 +284,11 @@ fn check_dataset(run_dir: &Path, now: &DatasetFingerprint, allow: &[String]) -> 
         return Ok(false);
     }
     bail!(
-        "{} was trained on other data than the experiment reads now ({} records it):\n{}\n\
+        "{} was trained on other data than the experiment reads now ({recorded_in}):\n{}\n\
          Resuming would mix two datasets in one run. Point the data keys at the run's data (a run \
          folder may move: --set dataset.train=<path> is accepted when the data is the same), or \
          add --allow-change dataset to continue on this data anyway, or --fresh to start a new run.",
         run_dir.display(),
-        FINGERPRINT_FILE,
         differences.join("\n")
     )
 }
@@ -382,7 +396,7 @@ pub fn save_checkpoint(
     state: TrainingState<'_>,
     (step, record): (u64, TrainingRecord),
     plan: &Plan,
-    config_toml: &str,
+    (config_toml, dataset): (&str, &DatasetFingerprint),
     sources: &KeptSources,
 ) -> anyhow::Result<PathBuf> {
     let finite = tch::no_grad(|| {
@@ -407,6 +421,7 @@ pub fn save_checkpoint(
         files: Default::default(),
         config: config_toml.to_string(),
         sources: sources.names.clone(),
+        dataset: Some(dataset.clone()),
         record,
     };
     checkpointer.save(&state.model.state(), &optimizer_state, &sources.files, manifest)

@@ -226,7 +226,7 @@ impl<'a> Trainer<'a> {
                 state,
                 (step, record),
                 &self.plan,
-                &self.config_toml,
+                (&self.config_toml, &self.fingerprint),
                 &self.sources,
             )
         } else {
