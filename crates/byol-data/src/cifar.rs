@@ -196,6 +196,15 @@ impl CifarVariant {
         }
     }
 
+    /// Records in each file of the binary release: 10,000 per CIFAR-10 file, 50,000 in
+    /// CIFAR-100's `train.bin`.
+    fn release_records(self, file: &str) -> usize {
+        match (self, file) {
+            (CifarVariant::Cifar100, "train.bin") => 50_000,
+            _ => 10_000,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             CifarVariant::Cifar10 => "CIFAR-10",
@@ -235,12 +244,16 @@ byol::register_plugin! {
             let dir = self.folder()?;
             let classes = self.classes(&dir)?;
             let train_files: Vec<PathBuf> = self.variant.train_files().iter().map(|f| dir.join(f)).collect();
-            let train = Arc::new(self.read(&train_files, &classes)?);
+            let mut warnings = Vec::new();
+            let train = Arc::new(self.read(&train_files, &classes, &mut warnings)?);
             let test = if self.test {
-                Some(Arc::new(self.read(&[dir.join(self.variant.test_file())], &classes)?) as _)
+                Some(Arc::new(self.read(&[dir.join(self.variant.test_file())], &classes, &mut warnings)?) as _)
             } else {
                 None
             };
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
             Ok(Splits { train, test })
         }
 
@@ -316,11 +329,17 @@ impl CifarConfig {
         Ok(names)
     }
 
-    fn read(&self, files: &[PathBuf], classes: &[String]) -> Result<ImageSet, DataError> {
+    /// Reads the records of `files` into memory. The set's content digest is the SHA-256 of the
+    /// files' names and bytes: they are read whole anyway, and it tells any change to them apart,
+    /// which their fixed names and sizes cannot.
+    /// Files whose record count is not the release's add a warning to `warnings`.
+    fn read(&self, files: &[PathBuf], classes: &[String], warnings: &mut Vec<String>) -> Result<ImageSet, DataError> {
+        use sha2::Digest;
         let skip = self.variant.label_bytes();
         let record = skip + PIXELS;
         let mut pixels = Vec::new();
         let mut labels = Vec::new();
+        let mut digest = sha2::Sha256::new();
         for path in files {
             let bad = |message: String| DataError::Image {
                 path: path.clone(),
@@ -335,6 +354,24 @@ impl CifarConfig {
                     self.variant.name()
                 )));
             }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let (count, expected) = (bytes.len() / record, self.variant.release_records(&name));
+            if count != expected {
+                // A cut download ends on a record boundary as often as not; a trimmed copy is
+                // legitimate, so it is said, not refused.
+                warnings.push(format!(
+                    "{} holds {count} records where the {} binary release's holds {expected} \
+                     (a cut download? the release's file is {} bytes)",
+                    path.display(),
+                    self.variant.name(),
+                    expected * record
+                ));
+            }
+            digest.update(format!("{name}\t{}\n", bytes.len()).as_bytes());
+            digest.update(&bytes);
             pixels.reserve(bytes.len() / record * PIXELS);
             for (i, r) in bytes.chunks_exact(record).enumerate() {
                 let label = r[skip - 1] as usize;
@@ -349,6 +386,64 @@ impl CifarConfig {
                 pixels.extend_from_slice(&r[skip..]);
             }
         }
-        ImageSet::new(pixels, labels, SIDE, SIDE, classes.to_vec())
+        let digest = crate::dataset::hex(&digest.finalize());
+        Ok(ImageSet::new(pixels, labels, SIDE, SIDE, classes.to_vec())?.with_content_digest(Some(digest)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use byol::Dataset;
+
+    /// Writes `count` CIFAR-10 records of label 0, pixels `fill`, as `data_batch_1.bin`.
+    fn batch(dir: &Path, count: usize, fill: u8) -> PathBuf {
+        let mut bytes = Vec::new();
+        for _ in 0..count {
+            bytes.push(0);
+            bytes.extend(std::iter::repeat_n(fill, PIXELS));
+        }
+        let path = dir.join("data_batch_1.bin");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn read(path: &Path) -> (ImageSet, Vec<String>) {
+        let config = CifarConfig::default();
+        let classes: Vec<String> = CIFAR10_CLASSES.map(String::from).to_vec();
+        let mut warnings = Vec::new();
+        let set = config.read(&[path.to_path_buf()], &classes, &mut warnings).unwrap();
+        (set, warnings)
+    }
+
+    #[test]
+    fn the_digest_tells_a_changed_pixel_from_the_same_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let digest = |fill| read(&batch(tmp.path(), 3, fill)).0.content_digest().expect("a digest");
+        let first = digest(7);
+        assert_eq!(first, digest(7));
+        let path = batch(tmp.path(), 3, 7);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[2 * (PIXELS + 1) + 100] = 8;
+        std::fs::write(&path, bytes).unwrap();
+        assert_ne!(
+            first,
+            read(&path).0.content_digest().unwrap(),
+            "same count and size, one pixel changed"
+        );
+    }
+
+    #[test]
+    fn a_file_cut_at_a_record_boundary_is_read_and_said() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (set, warnings) = read(&batch(tmp.path(), 9, 0));
+        assert_eq!(set.len(), 9);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("data_batch_1.bin holds 9 records where the CIFAR-10 binary release's holds 10000"),
+            "{warnings:?}"
+        );
+        let (_, warnings) = read(&batch(tmp.path(), 10_000, 0));
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 }

@@ -89,7 +89,12 @@ pub fn files_digest(files: impl IntoIterator<Item = (impl AsRef<str>, u64)>) -> 
         hasher.update(name.as_ref().as_bytes());
         hasher.update(format!("\t{size}\n").as_bytes());
     }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex(&hasher.finalize())
+}
+
+/// Lowercase hex of a digest.
+pub(crate) fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Dataset for ImageSet {
