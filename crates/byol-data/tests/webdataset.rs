@@ -130,6 +130,19 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
     let (splits, _) = config(&list, "").load().unwrap();
     assert_eq!(contents(splits.train.as_ref()), seen);
 
+    // Line n of classes.txt names label n: blank lines at its end are nothing, one among the
+    // names is refused (dropped, it would shift the names after it).
+    let classes = tmp.path().join("shards/classes.txt");
+    std::fs::write(&classes, "c0\nc1\nc2\n\n\n").unwrap();
+    assert_eq!(config(&list, "").load().unwrap().0.train.classes(), ["c0", "c1", "c2"]);
+    std::fs::write(&classes, "c0\n\nc1\nc2\n").unwrap();
+    let err = config(&list, "").load().err().expect("a blank name").to_string();
+    assert!(
+        err.contains("line 2 of") && err.contains("label 1 has no name"),
+        "{err}"
+    );
+    std::fs::write(&classes, "c0\nc1\nc2\n").unwrap();
+
     for i in 0..4u8 {
         write_image(&tmp.path().join(format!("flat/{i}.png")), 100 + i);
     }

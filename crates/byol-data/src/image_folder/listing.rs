@@ -300,10 +300,10 @@ pub(super) fn list(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
+    // An entry that cannot be read fails the listing: dropping it would leave images out unsaid.
+    let mut entries = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<PathBuf>>>()?;
     entries.sort();
     Ok(entries)
 }

@@ -282,11 +282,19 @@ pub(super) fn classes_of(key: &str, shards: &[PathBuf], samples: &[Sample]) -> R
     }
     let text = std::fs::read_to_string(&file)
         .map_err(|e| DataError::Config(format!("dataset.{key}: cannot read {}: {e}", file.display())))?;
-    let classes: Vec<String> = text
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
+    // Line n names label n: a blank line among them would shift every name after it if dropped.
+    let mut classes: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    while classes.last().is_some_and(String::is_empty) {
+        classes.pop();
+    }
+    if let Some(blank) = classes.iter().position(String::is_empty) {
+        return Err(DataError::Config(format!(
+            "dataset.{key}: line {} of {} is blank, so label {blank} has no name (one class name per \
+             line, label 0 first); name it or remove the line",
+            blank + 1,
+            file.display()
+        )));
+    }
     if most >= classes.len() {
         let s = samples
             .iter()
