@@ -136,7 +136,11 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
     std::fs::write(&classes, "c0\nc1\nc2\n\n\n").unwrap();
     assert_eq!(config(&list, "").load().unwrap().0.train.classes(), ["c0", "c1", "c2"]);
     std::fs::write(&classes, "c0\n\nc1\nc2\n").unwrap();
-    let err = config(&list, "").load().err().expect("a blank name").to_string();
+    let err = config(&list, "")
+        .load()
+        .map(|_| ())
+        .expect_err("a blank name")
+        .to_string();
     assert!(
         err.contains("line 2 of") && err.contains("label 1 has no name"),
         "{err}"
