@@ -283,6 +283,47 @@ fn shards_written_by_python_tarfile_in_the_webdataset_layout_read_in_order() {
     );
 }
 
+/// A sample with a .png and a .jpg member is read from its .jpg whichever comes first in the
+/// shard, and said once for all such samples.
+#[test]
+fn a_sample_with_two_images_is_read_from_its_jpg_and_said() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (png, jpg) = (tmp.path().join("a.png"), tmp.path().join("b.jpg"));
+    write_image(&png, 40);
+    write_image(&jpg, 200);
+    let (png, jpg) = (std::fs::read(&png).unwrap(), std::fs::read(&jpg).unwrap());
+    let mut tar = byol_data::tar::TarWriter::new(Vec::new());
+    tar.append("0.png", &png).unwrap();
+    tar.append("0.jpg", &jpg).unwrap();
+    tar.append("1.jpg", &jpg).unwrap();
+    tar.append("1.png", &png).unwrap();
+    tar.append("2.png", &png).unwrap();
+    let shard = tmp.path().join("two.tar");
+    std::fs::write(&shard, tar.finish().unwrap()).unwrap();
+
+    let (splits, warnings) = config(&quoted(&shard), "").load().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("2 sample(s) have more than one image member")
+            && warnings[0].contains("key 0, with .png, .jpg"),
+        "{warnings:?}"
+    );
+    let red: Vec<u8> = contents_unlabelled(splits.train.as_ref());
+    // JPEG rounding moves the red channel a little; 40 and 200 stay far apart.
+    assert!(red[0] > 150 && red[1] > 150 && red[2] < 60, "{red:?}");
+}
+
+/// The red channel of every sample of an unlabelled split, by index.
+fn contents_unlabelled(split: &dyn Dataset) -> Vec<u8> {
+    let mut out = vec![0u8; 3 * 8 * 8];
+    (0..split.len())
+        .map(|i| {
+            split.read(i, &mut out).unwrap();
+            out[0]
+        })
+        .collect()
+}
+
 /// 10 shards of 7 samples (ids 1..=70), unlabelled, written in order.
 fn seventy(root: &Path) -> String {
     for i in 1..=70u8 {

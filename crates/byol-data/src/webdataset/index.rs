@@ -39,6 +39,8 @@ pub(super) struct ShardListing {
     /// Samples with a label, and without an image (their key, and the extensions they had).
     pub(super) labelled: usize,
     pub(super) imageless: Vec<(String, Vec<String>)>,
+    /// Samples with more than one image member (their key, and those members' extensions).
+    pub(super) several_images: Vec<(String, Vec<String>)>,
 }
 
 /// `dir/name.ext` -> (`dir/name`, `ext`): the key is everything before the first dot of the
@@ -102,9 +104,12 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
             )));
         }
         p.seen.push(ext.clone());
-        if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
-            if p.image.is_none() {
-                p.image = Some(member);
+        if let Some(rank) = IMAGE_EXTENSIONS.iter().position(|e| *e == ext) {
+            // One image per sample, the same whatever the members' order in the shard: the
+            // first of IMAGE_EXTENSIONS (WebDataset's `to_tuple("jpg;jpeg;png")`).
+            p.image_extensions.push(ext.clone());
+            if p.image.as_ref().is_none_or(|(kept, _)| rank < *kept) {
+                p.image = Some((rank, member));
             }
         } else if ext == "cls" {
             let data = tar.read_member(&member).map_err(fail)?;
@@ -137,7 +142,10 @@ fn class_number(data: &[u8]) -> Option<i64> {
 /// The sample [`list_shard`] is gathering: the members that share its key so far.
 struct PendingSample {
     key: String,
-    image: Option<Member>,
+    /// The image member read, with its extension's place in IMAGE_EXTENSIONS.
+    image: Option<(usize, Member)>,
+    /// The extensions of every image member.
+    image_extensions: Vec<String>,
     label: Option<i64>,
     /// Extensions of the members that are neither image nor label.
     others: Vec<String>,
@@ -150,6 +158,7 @@ impl PendingSample {
         Self {
             key: key.to_string(),
             image: None,
+            image_extensions: Vec::new(),
             label: None,
             others: Vec::new(),
             seen: Vec::new(),
@@ -158,8 +167,11 @@ impl PendingSample {
 
     /// Adds the gathered sample to `listing`: a sample when it has an image, else a note of it.
     fn add_to(self, listing: &mut ShardListing, shard: u32) {
+        if self.image_extensions.len() > 1 {
+            listing.several_images.push((self.key.clone(), self.image_extensions));
+        }
         match self.image {
-            Some(image) => {
+            Some((_, image)) => {
                 listing.labelled += self.label.is_some() as usize;
                 listing.samples.push(Sample {
                     shard,
@@ -230,14 +242,25 @@ impl Index {
         let mut starts = vec![0];
         let mut labelled = 0;
         let mut imageless: Vec<(usize, String, Vec<String>)> = Vec::new();
+        let mut several_images: Vec<(usize, String, Vec<String>)> = Vec::new();
         for (s, listing) in list_shards(&shards, threads).into_iter().enumerate() {
             let listing = listing?;
             labelled += listing.labelled;
             samples.extend(listing.samples);
             starts.push(samples.len());
             imageless.extend(listing.imageless.into_iter().map(|(k, e)| (s, k, e)));
+            several_images.extend(listing.several_images.into_iter().map(|(k, e)| (s, k, e)));
         }
         warnings.extend(imageless_warning(key, &shards, &imageless));
+        if let Some((s, k, exts)) = several_images.first() {
+            warnings.push(format!(
+                "dataset.{key}: {} sample(s) have more than one image member (first: {} key {k}, with {}); each is \
+                 read from its .jpg, else .jpeg, else .png, and its other images are left out",
+                several_images.len(),
+                shards[*s].display(),
+                exts.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(", ")
+            ));
+        }
         if samples.is_empty() {
             return Err(DataError::Config(format!(
                 "dataset.{key}: the {} shard(s) hold no samples with a .jpg, .jpeg or .png member (first shard {})",
