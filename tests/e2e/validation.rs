@@ -239,8 +239,9 @@ fn validate_builds_the_networks() {
     }
 }
 
-/// Settings that are valid but most likely not meant are said, by validate and at the start: a
-/// warmup as long as the run, views or evaluation images cut from much smaller decoded images.
+/// Settings that are valid but most likely not meant are said: a warmup as long as the run (by
+/// validate, and at the start), views or evaluation images cut from much smaller decoded images
+/// (at the start, where the data is read; the evaluation's only when there is a kNN monitor).
 #[test]
 fn a_warmup_as_long_as_the_run_and_upscaled_images_are_warned_about() {
     let dir = setup();
@@ -298,6 +299,24 @@ fn a_warmup_as_long_as_the_run_and_upscaled_images_are_warned_about() {
         ),
         "{all}"
     );
+    // Without labelled test images there is no kNN monitor, and nothing to say about its images.
+    let out = byol_run(
+        dir.path(),
+        &[
+            "tiny.toml",
+            "--quiet",
+            "--set",
+            "schedule.epochs=1",
+            "--set",
+            "augment.eval_crop_fraction=0.5",
+            "--set",
+            "dataset.test_size=0",
+            "--fresh",
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("kNN monitor's images"), "{all}");
 }
 
 /// A micro-batch of one image leaves the heads' batch norms without statistics (a NaN variance

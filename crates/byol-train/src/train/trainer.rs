@@ -77,16 +77,13 @@ impl<'a> Trainer<'a> {
         };
         let splits = experiment.dataset.build(&context).context("building [dataset]")?;
         let augment = experiment.augment.build(&context).context("building [augment]")?;
+        let labelled = labelled_splits(experiment, &splits)?;
         if main {
-            for warning in experiment
-                .warnings()
-                .into_iter()
-                .chain(upscaled_images(&splits, experiment.augment.as_ref()))
-            {
+            let upscaled = upscaled_images(&splits, experiment.augment.as_ref(), labelled.is_some());
+            for warning in experiment.warnings().into_iter().chain(upscaled) {
                 eprintln!("warning: {warning}");
             }
         }
-        let labelled = labelled_splits(experiment, &splits)?;
         let loader = training_loader(experiment, &splits, device, rank, world)?;
         let plan = Plan::new(experiment, loader.batches_per_epoch());
 
@@ -306,26 +303,26 @@ fn join_job(experiment: &Experiment) -> anyhow::Result<(Device, Option<DataParal
 /// Views, or the evaluation's images, that are blurred upscales of squares decoded much smaller:
 /// most likely a `dataset.image_size` left at its default (32) under the ImageNet preset's 224 px
 /// views. Crops cut on the loader come from the full images; the kNN monitor's images are always
-/// the decoded squares.
-fn upscaled_images(splits: &Splits, augment: &dyn byol::AugmentSpec) -> Vec<String> {
+/// the decoded squares (`monitored`: there is a kNN monitor, which needs labelled splits).
+fn upscaled_images(splits: &Splits, augment: &dyn byol::AugmentSpec, monitored: bool) -> Option<String> {
     let decoded = splits.train.image_shape()[1] as i64;
     let (views, eval) = (augment.image_size(), augment.eval_resize());
     let upscaled = |size: i64| 2 * size > 3 * decoded;
-    let mut warnings = Vec::new();
     if augment.loader_crops().is_none() && upscaled(views) {
-        warnings.push(format!(
+        Some(format!(
             "the {views} px views are cut from images decoded at {decoded} px ({:.1}x upscaled): set \
              dataset.image_size to at least {views}, or the augmentation's image_size lower",
             views as f64 / decoded as f64
-        ));
-    } else if upscaled(eval) {
-        warnings.push(format!(
+        ))
+    } else if monitored && upscaled(eval) {
+        Some(format!(
             "the kNN monitor's images are decoded at {decoded} px and resized to {eval} px ({:.1}x \
              upscaled) before their central {views} px: set dataset.image_size to {eval}",
             eval as f64 / decoded as f64
-        ));
+        ))
+    } else {
+        None
     }
-    warnings
 }
 
 /// Where a data-parallel run starts, the same on every process. Rank 0 looks first (it repairs the
