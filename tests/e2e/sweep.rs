@@ -440,3 +440,54 @@ fn a_finished_trial_on_data_changed_since_is_refused_not_ranked() {
     );
     assert!(all.contains("train: 32 images"), "the message names the split: {all}");
 }
+
+/// A trial whose folder another process owns (a `byol-run train` of that trial, here a stand-in
+/// that holds its lock) fails in the sweep without the sweep writing its `error.txt` there: the
+/// folder stays the other process's, and the sweep says why it left it.
+#[test]
+fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
+    let grid = "[sweep.parameters]\n\"optimizer.lr\" = [0.2, 0.8]\n";
+    let start = TINY_SWEEP.find("[sweep.parameters]").unwrap();
+    let dir = setup(&format!("{}{grid}", &TINY_SWEEP[..start]));
+    let trial = dir.path().join("runs/tiny-sweep/trial-001");
+    std::fs::create_dir_all(&trial).unwrap();
+    let holder = "import fcntl, sys\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
+                  print('locked', flush=True)\nsys.stdin.read()\n";
+    let mut holder = Command::new("python3")
+        .args(["-c", holder])
+        .arg(trial.join("run.lock"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "locked");
+
+    let out = byol_run(
+        dir.path(),
+        &["sweep", "tiny.toml", "--quiet", "--set", "dataset.train_size=128"],
+    );
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("trial-001: failed") && all.contains("in use by another byol-run"),
+        "{all}"
+    );
+    assert!(all.contains("error.txt not written"), "{all}");
+    assert!(
+        all.contains("1 of 2 trials failed without a record (trial-001)"),
+        "{all}"
+    );
+    assert!(!trial.join("error.txt").exists(), "{all}");
+    assert!(
+        dir.path().join("runs/tiny-sweep/trial-002/summary.json").is_file(),
+        "the other trial ran: {all}"
+    );
+}

@@ -63,7 +63,7 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
         println!("skipped          {} trials that had finished before", outcome.skipped);
     }
     // A sweep with failed trials is not a finished sweep: scripts must see it.
-    let failed = (!outcome.failed.is_empty()).then(|| {
+    let recorded = (!outcome.failed.is_empty()).then(|| {
         format!(
             "{} of {} trials failed ({}; each one's {} says why); fix the cause and run the same command \
              again to retry them",
@@ -73,6 +73,21 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
             byol_train::sweep::ERROR_FILE
         )
     });
+    let unrecorded = (!outcome.unrecorded.is_empty()).then(|| {
+        format!(
+            "{} of {} trials failed without a record ({}): their {} could not be written, as said above \
+             (another process owns the folder, or it cannot be written); run the same command again once \
+             that is over",
+            outcome.unrecorded.len(),
+            sweep.trials.len(),
+            outcome.unrecorded.join(", "),
+            byol_train::sweep::ERROR_FILE
+        )
+    });
+    let failed = match (recorded, unrecorded) {
+        (Some(a), Some(b)) => Some(format!("{a}\n{b}")),
+        (a, b) => a.or(b),
+    };
     if let Some(signal) = outcome.interrupted {
         if let Some(failed) = &failed {
             eprintln!("{failed}");

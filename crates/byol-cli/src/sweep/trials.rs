@@ -66,6 +66,8 @@ pub struct SweepOutcome {
     pub interrupted: Option<i32>,
     /// Trials whose last attempt failed (`error.txt` in their folder says why).
     pub failed: Vec<String>,
+    /// Trials that failed without their `error.txt`: another process owned their folder.
+    pub unrecorded: Vec<String>,
     pub csv: PathBuf,
     pub markdown: PathBuf,
 }
@@ -136,11 +138,14 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
             sweep.dir.display()
         );
     }
+    let unrecorded = Mutex::new(Vec::new());
     let interrupted = if options.devices.len() > 1 {
-        run_parallel(sweep, options, todo)?
+        run_parallel(sweep, options, todo, &unrecorded)?
     } else {
-        run_in_process(sweep, options, todo)?
+        run_in_process(sweep, options, todo, &unrecorded)?
     };
+    let mut unrecorded = unrecorded.into_inner().unwrap_or_else(|e| e.into_inner());
+    unrecorded.sort();
     let rows = rank(sweep);
     let csv = sweep.dir.join("summary.csv");
     let markdown = sweep.dir.join("summary.md");
@@ -156,6 +161,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         skipped,
         interrupted,
         failed,
+        unrecorded,
         csv,
         markdown,
     })
@@ -308,11 +314,13 @@ impl DataNow {
     }
 }
 
-/// One trial at a time in this process. Returns the signal that stopped the sweep, if one did.
+/// One trial at a time in this process. Returns the signal that stopped the sweep, if one did;
+/// failed trials whose error could not be recorded go to `unrecorded`.
 fn run_in_process(
     sweep: &Sweep,
     options: &SweepOptions,
     todo: VecDeque<(&Trial, TrialStatus)>,
+    unrecorded: &Mutex<Vec<String>>,
 ) -> anyhow::Result<Option<i32>> {
     let device = options.devices.first().map(String::as_str);
     let total = sweep.trials.len();
@@ -369,19 +377,43 @@ fn run_in_process(
             Err(panic) => panic_message(panic.as_ref()),
         };
         eprintln!("{}: failed: {error}", trial.id());
-        if let Err(e) = fs::write(dir.join(ERROR_FILE), format!("{error}\n")) {
-            eprintln!("warning: cannot write {}: {e}", dir.join(ERROR_FILE).display());
+        if !record_failure(&dir, &error) {
+            unrecorded.lock().unwrap_or_else(|e| e.into_inner()).push(trial.id());
         }
     }
     // Every trial ended: a signal after the last one has nothing left to stop.
     Ok(None)
 }
 
-/// One child process per device at a time. Returns the signal that stopped the sweep, if one did.
+/// Writes a failed trial's `error.txt`, which ranks it as failed, holding the trial folder's
+/// lock: a trial that failed because another process (a `byol-run train` of that folder) owns
+/// it is that process's to record, and is left as it is. Returns whether the error was written.
+fn record_failure(dir: &Path, error: &str) -> bool {
+    let path = dir.join(ERROR_FILE);
+    // Created when the trial failed before its folder existed (its experiment did not build).
+    let _lock = match FolderLock::create_and_acquire(dir, "trial folder") {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("warning: {} not written: {e:#}", path.display());
+            return false;
+        }
+    };
+    match fs::write(&path, format!("{error}\n")) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("warning: cannot write {}: {e}", path.display());
+            false
+        }
+    }
+}
+
+/// One child process per device at a time. Returns the signal that stopped the sweep, if one did;
+/// failed trials whose error could not be recorded go to `unrecorded`.
 fn run_parallel(
     sweep: &Sweep,
     options: &SweepOptions,
     todo: VecDeque<(&Trial, TrialStatus)>,
+    unrecorded: &Mutex<Vec<String>>,
 ) -> anyhow::Result<Option<i32>> {
     let program = options.program.clone();
     // The children train the base experiment (without [sweep]) with each trial's --set overrides.
@@ -398,6 +430,7 @@ fn run_parallel(
     std::thread::scope(|scope| {
         for device in &options.devices {
             let (queue, interrupted, program, base) = (&queue, &interrupted, &program, &base);
+            let unrecorded = &unrecorded;
             scope.spawn(move || loop {
                 if stop.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed) {
                     return;
@@ -429,7 +462,9 @@ fn run_parallel(
                     Ok(()) => {}
                     Err(e) => {
                         eprintln!("{}: failed: {e:#}", trial.id());
-                        let _ = fs::write(dir.join(ERROR_FILE), format!("{e:#}\n"));
+                        if !record_failure(&dir, &format!("{e:#}")) {
+                            unrecorded.lock().unwrap_or_else(|e| e.into_inner()).push(trial.id());
+                        }
                     }
                 }
             });
