@@ -129,6 +129,20 @@ fn a_certainly_worse_trial_is_pruned_at_the_first_evaluation_and_resumes_on_requ
     );
     assert!(!all.contains("== trial-"), "nothing trains: {all}");
 
+    // Killed after the evaluation that pruned it and before its summary: the resumed trial finds
+    // the point in its curve, judges it again, and is pruned there without a step.
+    std::fs::remove_file(trial.join("summary.json")).unwrap();
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("trial-002: pruned after 2 of 4 steps: knn_top1 0.0000 worse than the median 1.0000"),
+        "{all}"
+    );
+    let summary = json(&trial.join("summary.json"));
+    assert!(summary["steps"] == 2 && summary["pruned"]["epoch"] == 1, "{summary}");
+    assert!(!trial.join("checkpoints/step-000000003").exists(), "no step trained");
+
     // Its own config.toml trained as a plain run (as the README says and the log suggests), it
     // goes on in its folder from its checkpoint to the end.
     let config = trial.join("config.toml");
