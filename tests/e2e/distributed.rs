@@ -226,7 +226,7 @@ fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
 
 /// Processes that would start from different checkpoints (each node with its own copy of the run
 /// folder) are refused together, naming where each would start; before, each loaded its own and
-/// they averaged gradients across two runs.
+/// they averaged gradients across two runs. A first start on node-local folders is warned about.
 #[test]
 fn processes_that_find_different_checkpoints_are_refused_together() {
     let dir = setup();
@@ -236,8 +236,26 @@ fn processes_that_find_different_checkpoints_are_refused_together() {
         .map(|r| spawn_rank(dir.path(), r, 2, port, &args("job")))
         .collect();
     for out in trained.into_iter().map(|r| r.wait_with_output().unwrap()) {
-        assert!(out.status.success(), "{}", text(&out));
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(!all.contains("see another folder"), "one shared folder: {all}");
     }
+    // A first start on node-local folders (here two paths) trains, and rank 0 says at once that
+    // the resume would find its checkpoints on its node only.
+    let port = byol_testkit::free_port();
+    let ranks = [
+        spawn_rank(dir.path(), 0, 2, port, &args("local-0")),
+        spawn_rank(dir.path(), 1, 2, port, &args("local-1")),
+    ];
+    let outputs: Vec<Output> = ranks.into_iter().map(|r| r.wait_with_output().unwrap()).collect();
+    for out in &outputs {
+        assert!(out.status.success(), "{}", text(out));
+    }
+    let all = text(&outputs[0]);
+    assert!(
+        all.contains("warning: process(es) 1 of this data-parallel job see another folder at local-0"),
+        "{all}"
+    );
     let port = byol_testkit::free_port();
     let ranks = [
         spawn_rank(dir.path(), 0, 2, port, &args("job")),

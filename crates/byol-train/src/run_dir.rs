@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-/// The lock file inside a run (or sweep) folder; it holds the owner's process id.
+/// The lock file inside a run (or sweep) folder; it holds the owner's process id, and on a
+/// second line a number drawn when the lock was taken: the processes of a data-parallel job
+/// compare it to tell whether they all see the same folder (see [`owner_token`]).
 pub const LOCK_FILE: &str = "run.lock";
 
 /// An exclusive `flock` on a folder's lock file. The kernel releases it when the descriptor
@@ -101,7 +103,7 @@ impl FolderLock {
             }
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
-            let holder = match holder.trim() {
+            let holder = match holder.lines().next().unwrap_or("").trim() {
                 "" => "another process".to_string(),
                 pid => format!("process {pid}"),
             };
@@ -113,13 +115,36 @@ impl FolderLock {
                 path.display()
             );
         }
-        let pid = format!("{}\n", std::process::id());
+        let owner = format!("{}\n{}\n", std::process::id(), fresh_token());
+        // Synced: the other nodes of a job read it from a network file system (owner_token).
         file.set_len(0)
             .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(pid.as_bytes()))
+            .and_then(|()| file.write_all(owner.as_bytes()))
+            .and_then(|()| file.sync_data())
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(Some(Self { _file: file }))
     }
+}
+
+/// A number unlikely to repeat: this process's id and the time, through a randomly keyed hash.
+fn fresh_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}
+
+/// The token the owner of `dir` wrote into its lock file when it took it; None when there is no
+/// lock file, or one without a token. A process that reads another token than its job's rank 0
+/// holds sees another folder at the same path (a node-local folder).
+pub fn owner_token(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?;
+    text.lines().nth(1)?.trim().parse().ok()
 }
 
 /// Creates the run folder and takes its lock, for the process that writes into it (`main`:

@@ -92,7 +92,7 @@ impl<'a> Trainer<'a> {
         let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
         let find = || RunStart::find(run_dir, &checkpointer, main, &config_toml, &fingerprint, allow_change);
         let start = match &parallel {
-            Some(p) => agreed_start(p, device, find)?,
+            Some(p) => agreed_start(p, device, run_dir, find)?,
             None => find()?,
         };
 
@@ -330,9 +330,13 @@ fn upscaled_images(splits: &Splits, augment: &dyn byol::AugmentSpec, monitored: 
 /// what they found. A process that resumed another checkpoint (a run folder not shared by all
 /// nodes) would average its gradients with another run's, and one that failed alone would leave
 /// the others waiting at the next collective.
+///
+/// They also compare the token in the folder's lock file: a node that reads another one (or none)
+/// sees a folder of its own at that path, which is warned about now, not found at the first resume.
 fn agreed_start(
     parallel: &DataParallel,
     device: Device,
+    run_dir: &Path,
     find: impl Fn() -> anyhow::Result<RunStart>,
 ) -> anyhow::Result<RunStart> {
     let main = parallel.rank() == 0;
@@ -342,8 +346,8 @@ fn agreed_start(
         .context("waiting for rank 0 to find the run's checkpoint")?;
     let found = first.unwrap_or_else(find);
     // Each process's start as (step + 1, 0 for none, -1 for an error) and the start of its model
-    // file's SHA-256.
-    let mine = match &found {
+    // file's SHA-256, then the run folder's owner token as it reads it (0: none).
+    let [step, sha] = match &found {
         Ok(start) => match &start.checkpoint {
             Some((_, manifest)) => {
                 let sha = manifest.files.get(checkpoint::MODEL_FILE).map_or("", String::as_str);
@@ -356,11 +360,27 @@ fn agreed_start(
         },
         Err(_) => [-1, 0],
     };
+    let token = run_dir::owner_token(run_dir).map_or(0, |t| t as i64);
     let all = parallel
-        .all_gather(&Tensor::from_slice(&mine).view([1, 2]).to_device(device))
+        .all_gather(&Tensor::from_slice(&[step, sha, token]).view([1, 3]).to_device(device))
         .context("comparing where each process starts")?;
     let all: Vec<i64> = Vec::try_from(all.reshape([-1]).to_device(Device::Cpu))?;
-    let starts: Vec<[i64; 2]> = all.chunks(2).map(|c| [c[0], c[1]]).collect();
+    let starts: Vec<[i64; 2]> = all.chunks(3).map(|c| [c[0], c[1]]).collect();
+    let tokens: Vec<i64> = all.chunks(3).map(|c| c[2]).collect();
+    let elsewhere: Vec<String> = (1..tokens.len())
+        .filter(|&r| tokens[r] != tokens[0])
+        .map(|r| r.to_string())
+        .collect();
+    if main && !elsewhere.is_empty() {
+        eprintln!(
+            "warning: process(es) {} of this data-parallel job see another folder at {} than process 0 \
+             (its {} holds another owner, or none): checkpoints are written by process 0 alone, so resuming \
+             this run will find them on its node only. Put the run folder on a file system all nodes share",
+            elsewhere.join(", "),
+            run_dir.display(),
+            run_dir::LOCK_FILE
+        );
+    }
     let start = found?;
     if let Some(rank) = starts.iter().position(|s| s[0] == -1) {
         bail!("process {rank} of this data-parallel job could not start (its error says why)");
