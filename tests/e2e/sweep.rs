@@ -378,6 +378,9 @@ fn ctrl_c_to_a_sweep_in_child_processes_stops_every_trial_at_a_checkpoint() {
 fn sigterm_to_a_sweep_in_process_stops_the_trial_at_a_checkpoint() {
     let dir = setup(&TINY_SWEEP.replace("epochs = 1", "epochs = 40"));
     let trial = dir.path().join("runs/tiny-sweep/trial-001");
+    // A trial that failed before: retried and stopped by the signal, it is unfinished again.
+    std::fs::create_dir_all(&trial).unwrap();
+    std::fs::write(trial.join("error.txt"), "an earlier failure\n").unwrap();
     let child = byol_run_command(dir.path())
         .args(["sweep", "tiny.toml"])
         .stdout(Stdio::piped())
@@ -394,7 +397,11 @@ fn sigterm_to_a_sweep_in_process_stops_the_trial_at_a_checkpoint() {
             && all.contains("interrupted: run the same command again to resume the sweep"),
         "{all}"
     );
-    assert!(!trial.join("error.txt").exists() && !all.contains("failed"), "{all}");
+    assert!(all.contains("retrying after a failure"), "{all}");
+    assert!(
+        !trial.join("error.txt").exists() && !all.contains("trials failed"),
+        "{all}"
+    );
 }
 
 /// A finished trial is skipped only while the data it was trained on is the data the sweep reads:

@@ -356,6 +356,8 @@ fn run_in_process(
         }));
         let error = match result {
             Ok(Ok(summary)) if summary.interrupted => {
+                // A retried trial stopped by a signal is unfinished, no longer failed.
+                let _ = fs::remove_file(dir.join(ERROR_FILE));
                 println!(
                     "{}: stopped by signal at step {} of {}; run the sweep again to resume",
                     trial.id(),
@@ -454,6 +456,7 @@ fn run_parallel(
                     }
                     _ if stop.load(Ordering::Relaxed) => {
                         interrupted.store(true, Ordering::Relaxed);
+                        let _ = fs::remove_file(dir.join(ERROR_FILE));
                         println!("{}: stopped by signal; run the sweep again to resume", trial.id());
                         Ok(())
                     }
