@@ -66,7 +66,8 @@ pub struct SweepOutcome {
     pub interrupted: Option<i32>,
     /// Trials whose last attempt failed (`error.txt` in their folder says why).
     pub failed: Vec<String>,
-    /// Trials that failed without their `error.txt`: another process owned their folder.
+    /// Trials that failed without their `error.txt` (another process owned their folder, or it
+    /// could not be written).
     pub unrecorded: Vec<String>,
     pub csv: PathBuf,
     pub markdown: PathBuf,
@@ -379,9 +380,7 @@ fn run_in_process(
             Err(panic) => panic_message(panic.as_ref()),
         };
         eprintln!("{}: failed: {error}", trial.id());
-        if !record_failure(&dir, &error) {
-            unrecorded.lock().unwrap_or_else(|e| e.into_inner()).push(trial.id());
-        }
+        record_failure(trial, &dir, &error, unrecorded);
     }
     // Every trial ended: a signal after the last one has nothing left to stop.
     Ok(None)
@@ -389,23 +388,18 @@ fn run_in_process(
 
 /// Writes a failed trial's `error.txt`, which ranks it as failed, holding the trial folder's
 /// lock: a trial that failed because another process (a `byol-run train` of that folder) owns
-/// it is that process's to record, and is left as it is. Returns whether the error was written.
-fn record_failure(dir: &Path, error: &str) -> bool {
+/// it is that process's to record, and is left as it is. A trial whose error is not written
+/// goes to `unrecorded`.
+fn record_failure(trial: &Trial, dir: &Path, error: &str, unrecorded: &Mutex<Vec<String>>) {
     let path = dir.join(ERROR_FILE);
     // Created when the trial failed before its folder existed (its experiment did not build).
-    let _lock = match FolderLock::create_and_acquire(dir, "trial folder") {
-        Ok(lock) => lock,
-        Err(e) => {
-            eprintln!("warning: {} not written: {e:#}", path.display());
-            return false;
-        }
-    };
-    match fs::write(&path, format!("{error}\n")) {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("warning: cannot write {}: {e}", path.display());
-            false
-        }
+    let written = FolderLock::create_and_acquire(dir, "trial folder")
+        .and_then(|_lock| {
+            fs::write(&path, format!("{error}\n")).with_context(|| format!("cannot write {}", path.display()))
+        })
+        .inspect_err(|e| eprintln!("warning: {} not written: {e:#}", path.display()));
+    if written.is_err() {
+        unrecorded.lock().unwrap_or_else(|e| e.into_inner()).push(trial.id());
     }
 }
 
@@ -465,9 +459,7 @@ fn run_parallel(
                     Ok(()) => {}
                     Err(e) => {
                         eprintln!("{}: failed: {e:#}", trial.id());
-                        if !record_failure(&dir, &format!("{e:#}")) {
-                            unrecorded.lock().unwrap_or_else(|e| e.into_inner()).push(trial.id());
-                        }
+                        record_failure(trial, &dir, &format!("{e:#}"), unrecorded);
                     }
                 }
             });

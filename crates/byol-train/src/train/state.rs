@@ -113,7 +113,7 @@ impl DatasetFingerprint {
     }
 
     /// The run folder's `dataset.json`, if it has one.
-    pub fn read(run_dir: &Path) -> anyhow::Result<Option<Self>> {
+    fn read(run_dir: &Path) -> anyhow::Result<Option<Self>> {
         let path = run_dir.join(FINGERPRINT_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => {
