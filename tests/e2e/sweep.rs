@@ -371,6 +371,63 @@ fn ctrl_c_to_a_sweep_in_child_processes_stops_every_trial_at_a_checkpoint() {
     }
 }
 
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: the fields after the last ')'.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+        if after_name.split_whitespace().nth(1) == Some(pid.to_string().as_str()) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// A job manager (Slurm's scancel, systemd's stop) sends SIGTERM to every process of the job: each
+/// trial gets one directly and one passed on by the sweep. That is one request to stop, not two:
+/// every trial still finishes its step and saves a checkpoint, and none is counted as failed.
+/// (Steps of a quarter second or so, so that the sweep's signal comes while the trial is still in
+/// its step.)
+#[test]
+fn sigterm_to_every_process_of_a_sweep_stops_every_trial_at_a_checkpoint() {
+    let slow_steps = TINY_SWEEP
+        .replace("epochs = 1", "epochs = 40")
+        .replace("image_size = 16", "image_size = 32")
+        .replace("width = 4", "width = 16");
+    let dir = setup(&slow_steps);
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    let child = byol_run_command(dir.path())
+        .args(["sweep", "tiny.toml", "--devices", "cpu,cpu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let trials = [sweep_dir.join("trial-001"), sweep_dir.join("trial-002")];
+    wait_until("the trials", || trials.iter().all(|t| has_checkpoint(t)));
+    let trial_processes = children_of(child.id());
+    assert_eq!(trial_processes.len(), 2, "one process per trial: {trial_processes:?}");
+    for trial in trial_processes {
+        send("-TERM", &trial.to_string());
+    }
+    send("-TERM", &child.id().to_string());
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(143), "{all}");
+    assert!(!all.contains("failed"), "{all}");
+    for trial in &trials {
+        let log = std::fs::read_to_string(trial.join("train.log")).unwrap();
+        assert!(log.contains("interrupted at step"), "saved at a step: {log}");
+        assert!(!trial.join("error.txt").exists(), "{log}");
+    }
+}
+
 /// SIGTERM to a sweep that trains its trials in its own process: the running trial saves a
 /// checkpoint, the sweep says how to resume and exits as terminated (128 + 15), not 0, and the
 /// trial is not counted as failed.

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -375,7 +376,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(byol_train::sweep::Pruner::load)
             .transpose()?,
-        ..Default::default()
+        // A trial of a sweep: the sweep passes its signals on, and a job manager may have sent
+        // the same one here too; both together are one request to stop, not two.
+        signals: sweep::trials::sweep_parent()
+            .map(|sweep| byol_train::stop::StopOnSignals::for_run(Some(sweep)).map(Arc::new))
+            .transpose()?,
     };
     let summary = byol_train::train(&experiment, &options)?;
     // Stopped by a signal (in a data-parallel job, every process stops with the one that got it).

@@ -29,6 +29,20 @@ impl StopOnSignals {
     /// Installs the handlers; `what_happens` is printed on the first signal ("stopping after the
     /// current step"), followed by how to quit at once.
     pub fn install(what_happens: &str) -> anyhow::Result<Self> {
+        Self::install_relayed(what_happens, None)
+    }
+
+    /// The handlers of one training run; `relay` as in [`Self::install_relayed`].
+    pub fn for_run(relay: Option<u32>) -> anyhow::Result<Self> {
+        Self::install_relayed("stopping: the run finishes its step and saves a checkpoint", relay)
+    }
+
+    /// As [`Self::install`], in a process whose signals may come twice for one request: `relay`
+    /// (a process ID) passes on the signals it gets (a sweep to its trials), while the sender may
+    /// have signalled this process directly too (Slurm and systemd signal every process of a
+    /// job). A signal from `relay` asks to stop but never quits at once; a second signal from
+    /// anyone else still does.
+    pub fn install_relayed(what_happens: &str, relay: Option<u32>) -> anyhow::Result<Self> {
         let requested = Arc::new(AtomicBool::new(false));
         let first_signal = Arc::new(AtomicI32::new(0));
         let message: Arc<[u8]> =
@@ -37,27 +51,29 @@ impl StopOnSignals {
                 .into();
         let mut handlers = Vec::new();
         for signal in [SIGINT, SIGTERM] {
-            // In this order: the second signal ends the process (the flag is already up), the first
-            // prints the message, then raises the flag. The exit code is the shell's for a signal.
-            handlers.push(
-                signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, requested.clone())
-                    .context("installing the signal handler")?,
-            );
             let (seen, message, first) = (requested.clone(), message.clone(), first_signal.clone());
-            let announce = move || {
-                if !seen.load(Ordering::SeqCst) {
-                    first.store(signal, Ordering::SeqCst);
-                    // SAFETY: write(2) is async-signal-safe; the closure owns the buffer.
-                    unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
+            let action = move |info: &libc::siginfo_t| {
+                if seen.load(Ordering::SeqCst) {
+                    // SAFETY: si_pid is defined for every signal (0 when the kernel sent it).
+                    let sender = unsafe { info.si_pid() };
+                    if relay.is_none_or(|relay| relay as libc::pid_t != sender) {
+                        // The shell's exit status for a signal.
+                        signal_hook::low_level::exit(128 + signal);
+                    }
+                    return;
                 }
+                // The signal, then the message, then the flag: whoever sees the flag finds both.
+                first.store(signal, Ordering::SeqCst);
+                // SAFETY: write(2) is async-signal-safe; the closure owns the buffer.
+                unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
+                seen.store(true, Ordering::SeqCst);
             };
-            // SAFETY: the action only touches atomics and calls write(2), all async-signal-safe.
+            // SAFETY: the action only touches atomics and calls write(2) and _exit(2), all
+            // async-signal-safe.
             handlers.push(
-                unsafe { signal_hook::low_level::register(signal, announce) }
+                unsafe { signal_hook_registry::register_sigaction(signal, action) }
                     .context("installing the signal handler")?,
             );
-            handlers
-                .push(signal_hook::flag::register(signal, requested.clone()).context("installing the signal handler")?);
         }
         Ok(Self {
             requested,

@@ -507,7 +507,8 @@ fn run_child(
         .arg("--quiet")
         .env(PARENT_ENV, std::process::id().to_string())
         // Its own process group: a Ctrl-C in the terminal reaches the sweep alone, which passes
-        // one SIGTERM on (the same signal twice would make the trial quit at once).
+        // SIGTERM on. (The trial takes the sweep's signal together with one from elsewhere as one
+        // request to stop; two from elsewhere make it quit at once.)
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -538,12 +539,15 @@ fn run_child(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    // The SIGTERM passed on: the trial saved a checkpoint and exited with the shell's status for
-    // it; whether it finished is read from its folder.
+    // Stopped by the signal passed on: the trial saved a checkpoint and exited with the shell's
+    // status for it; whether it finished is read from its folder.
     // (Or, when it came before the trial's handlers were installed, SIGTERM ended it outright.)
-    let stopped_as_asked = forwarded
-        && (status.code() == Some(128 + libc::SIGTERM)
-            || std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGTERM));
+    // A job manager (Slurm, systemd) signals the trial and the sweep alike: the trial may have
+    // stopped on its own signal, before the sweep passed one on.
+    let stop_signal = |signal: Option<i32>| matches!(signal, Some(libc::SIGTERM | libc::SIGINT));
+    let stopped_as_asked = stop.load(Ordering::Relaxed)
+        && (stop_signal(status.code().map(|code| code - 128))
+            || stop_signal(std::os::unix::process::ExitStatusExt::signal(&status)));
     if !status.success() && !stopped_as_asked {
         let log = fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
@@ -553,11 +557,16 @@ fn run_child(
     Ok(())
 }
 
+/// In a trial run as a child of a sweep: the sweep's process ID.
+pub fn sweep_parent() -> Option<u32> {
+    std::env::var(PARENT_ENV).ok()?.parse().ok()
+}
+
 /// In a trial run as a child of a sweep: stop when the sweep's process is gone (killed with -9)
 /// rather than train on unattended, as if sent SIGTERM: the runner saves a checkpoint after the
 /// current step and returns, and the trial resumes from it when the sweep runs again.
 pub fn exit_with_sweep_parent() {
-    let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|p| p.parse::<u32>().ok()) else {
+    let Some(parent) = sweep_parent() else {
         return;
     };
     std::thread::spawn(move || {

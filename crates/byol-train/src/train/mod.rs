@@ -127,9 +127,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let (_owner, moved_aside) = run_dir::take_ownership(&run_dir, main, options.fresh)?;
     let stop = match &options.signals {
         Some(signals) => signals.clone(),
-        None => Arc::new(StopOnSignals::install(
-            "stopping: the run finishes its step and saves a checkpoint",
-        )?),
+        None => Arc::new(StopOnSignals::for_run(None)?),
     };
     let mut t = Trainer::new(experiment, &run_dir, &options.allow_change)?;
     let mut step = t.resumed_from.unwrap_or(0);
