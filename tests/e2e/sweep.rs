@@ -555,3 +555,77 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
         "the other trial ran: {all}"
     );
 }
+
+/// Another command that trains other settings to the end in a trial's folder while the sweep runs
+/// (the sweep's own attempt found the folder in use) leaves a finished run there: its result is
+/// not the trial's and is not ranked as such.
+#[test]
+fn a_run_of_other_settings_finished_in_a_trial_folder_during_the_sweep_is_not_ranked() {
+    let grid = "[sweep.parameters]\n\"optimizer.lr\" = [0.2, 0.8]\n";
+    let start = TINY_SWEEP.find("[sweep.parameters]").unwrap();
+    let dir = setup(&format!("{}{grid}", &TINY_SWEEP[..start]));
+    std::fs::write(
+        dir.path().join("plain.toml"),
+        &TINY_SWEEP[..TINY_SWEEP.find("[sweep]").unwrap()],
+    )
+    .unwrap();
+    let other = byol_run(
+        dir.path(),
+        &[
+            "train",
+            "plain.toml",
+            "--quiet",
+            "--set",
+            "optimizer.lr=0.05",
+            "--run-dir",
+            "other",
+        ],
+    );
+    assert!(other.status.success(), "{}", text(&other));
+
+    // The other command: owns trial-001's folder from before the sweep until the sweep is at
+    // trial-002, and leaves its finished run (other settings) there.
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    let trial = sweep_dir.join("trial-001");
+    std::fs::create_dir_all(&trial).unwrap();
+    let holder = "import fcntl, os, shutil, sys, time\n\
+                  trial, other, next_trial = sys.argv[1:4]\n\
+                  f = open(os.path.join(trial, 'run.lock'), 'a')\n\
+                  fcntl.flock(f, fcntl.LOCK_EX)\n\
+                  print('locked', flush=True)\n\
+                  while not os.path.isdir(os.path.join(next_trial, 'checkpoints')): time.sleep(0.01)\n\
+                  for name in ['config.toml', 'summary.json']: shutil.copy(os.path.join(other, name), trial)\n";
+    let mut holder = Command::new("python3")
+        .args(["-c", holder])
+        .arg(&trial)
+        .arg(dir.path().join("other"))
+        .arg(sweep_dir.join("trial-002"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "locked");
+
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    assert!(holder.wait().unwrap().success());
+    let all = text(&out);
+    assert!(
+        trial.join("summary.json").is_file(),
+        "the other run is in the folder: {all}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("trial-001: not ranked"), "{all}");
+    let csv = std::fs::read_to_string(sweep_dir.join("summary.csv")).unwrap();
+    let row = |id: &str| -> Vec<String> {
+        let line = csv.lines().find(|l| l.split(',').nth(1) == Some(id)).unwrap();
+        line.split(',').map(String::from).collect()
+    };
+    // rank,trial,optimizer.lr,knn_top1,status,...
+    assert_eq!(row("trial-002")[0], "1", "{csv}");
+    assert_eq!(&row("trial-001")[..5], ["", "trial-001", "0.2", "", "failed"], "{csv}");
+}

@@ -17,8 +17,8 @@ use anyhow::{bail, Context};
 use byol_train::run_dir::{self, FolderLock};
 use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
-    goal_name, rank, result_line, to_csv, to_markdown, Sweep, Trial, TrialStatus, ERROR_FILE, LOG_FILE, PRUNER_FILE,
-    TRIAL_FILE,
+    goal_name, rank_with, result_line, to_csv, to_markdown, Sweep, Trial, TrialStatus, ERROR_FILE, LOG_FILE,
+    PRUNER_FILE, TRIAL_FILE,
 };
 use byol_train::train::panic_message;
 use byol_train::train::state::{DatasetFingerprint, FINGERPRINT_FILE};
@@ -147,14 +147,15 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     };
     let mut unrecorded = unrecorded.into_inner().unwrap_or_else(|e| e.into_inner());
     unrecorded.sort();
-    let rows = rank(sweep);
+    let rows = rank_with(sweep, status_to_rank(sweep));
     let csv = sweep.dir.join("summary.csv");
     let markdown = sweep.dir.join("summary.md");
     run_dir::replace_file(&csv, to_csv(sweep, &rows)?.as_bytes())?;
     run_dir::replace_file(&markdown, to_markdown(sweep, &rows).as_bytes())?;
+    // Those without their error.txt are told apart.
     let mut failed: Vec<String> = rows
         .iter()
-        .filter(|row| matches!(row.status, TrialStatus::Failed(_)))
+        .filter(|row| matches!(row.status, TrialStatus::Failed(_)) && !unrecorded.contains(&row.trial.id()))
         .map(|row| row.trial.id())
         .collect();
     failed.sort();
@@ -166,6 +167,27 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         csv,
         markdown,
     })
+}
+
+/// A trial's status for the summary: what its folder says, except that a finished run of other
+/// settings than the trial's is not its result. That is checked at the start; here it catches a
+/// run that another command trained to the end in the folder while the sweep ran (the sweep's
+/// own attempt then found the folder in use and failed).
+fn status_to_rank(sweep: &Sweep) -> impl Fn(&Trial, &Path) -> TrialStatus + '_ {
+    |trial, dir| {
+        let status = TrialStatus::read(dir);
+        if !matches!(status, TrialStatus::Done(_) | TrialStatus::Pruned(_)) {
+            return status;
+        }
+        match check_trial_identity(sweep, trial, dir) {
+            Ok(()) => status,
+            Err(e) => {
+                let error = format!("{e:#}");
+                eprintln!("{}: not ranked: {error}", trial.id());
+                TrialStatus::Failed(error)
+            }
+        }
+    }
 }
 
 /// The trial folders in the sweep folder that are not among the sweep's trials (fewer values or

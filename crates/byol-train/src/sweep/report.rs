@@ -105,13 +105,18 @@ pub fn result_line(sweep: &Sweep, summary: &RunSummary) -> String {
 
 /// Every trial with its status from disk, best first; trials without the metric last, in order.
 pub fn rank(sweep: &Sweep) -> Vec<Row> {
+    rank_with(sweep, |_, dir| TrialStatus::read(dir))
+}
+
+/// As [`rank`], with each trial's status given by `status_of(trial, its folder)`.
+pub fn rank_with(sweep: &Sweep, status_of: impl Fn(&Trial, &Path) -> TrialStatus) -> Vec<Row> {
     let metric = sweep.config.metric;
     let mut rows: Vec<Row> = sweep
         .trials
         .iter()
         .map(|trial| {
             let run_dir = sweep.trial_dir(trial);
-            let status = TrialStatus::read(&run_dir);
+            let status = status_of(trial, &run_dir);
             let value = match &status {
                 TrialStatus::Done(summary) => metric.of(summary).filter(|v| v.is_finite()),
                 _ => None,
