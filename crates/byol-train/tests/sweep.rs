@@ -118,7 +118,21 @@ fn bad_sweeps_are_explained_with_positions() {
         &text(&out, "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n"),
         &["optimizer.lr=0.3"],
     );
-    assert!(e.contains("both swept"), "{e}");
+    assert!(e.contains("'optimizer.lr' is set with --set"), "{e}");
+    // A key inside a table that is swept whole, and a table around a swept key: the trial's value
+    // would win over the command line's unseen.
+    let whole_table =
+        "[sweep]\n[sweep.parameters]\n\"augment\" = [{ type = \"byol\", preset = \"cifar\", image_size = 16 }]\n";
+    let e = error(&text(&out, whole_table), &["augment.image_size=32"]);
+    assert!(
+        e.contains("'augment.image_size' is set") && e.contains("'augment' is swept"),
+        "{e}"
+    );
+    let e = error(
+        &text(&out, "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n"),
+        &["optimizer={ type = \"sgd\", lr = 0.1 }"],
+    );
+    assert!(e.contains("'optimizer.lr' is swept"), "{e}");
     let e = error(&text(&out, ""), &[]);
     assert!(e.contains("no [sweep] table"), "{e}");
     // The gain needs the measure before training, which BASE turns off.
@@ -296,4 +310,25 @@ fn median_pruning_needs_evaluations_during_training_and_a_metric_measured_there(
     assert!(e.contains("prune_after") && e.contains("pruning is off"), "{e}");
     let e = error(&text(&out, &table.replace("\"median\"", "\"mean\"")), &two_epochs);
     assert!(e.contains("mean") && e.contains("median"), "{e}");
+    // Epoch 1 of 2 is not comparable with epoch 1 of 4: a swept schedule.epochs is refused, and
+    // so is an evaluation interval that leaves one trial without evaluations during training.
+    let e = error(
+        &text(
+            &out,
+            &table.replace("[0.1, 0.2]", "[0.1]\n\"schedule.epochs\" = [2, 4]"),
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("different numbers of epochs (trial-001: 2, trial-002: 4)"),
+        "{e}"
+    );
+    let e = error(
+        &text(
+            &out,
+            &table.replace("[0.1, 0.2]", "[0.1]\n\"eval.every_epochs\" = [1, 2]"),
+        ),
+        &two_epochs,
+    );
+    assert!(e.contains("trial-002") && e.contains("eval.curve_points"), "{e}");
 }

@@ -278,19 +278,21 @@ impl Sweep {
                 .split_once('=')
                 .map_or(assignment.as_str(), |(k, _)| k)
                 .trim();
-            if parameters.iter().any(|p| p.key == key) {
-                bail!("'{key}' is both swept in [sweep.parameters] and set with --set; remove one");
+            // A key inside a table swept whole (or a table around a swept key): the trial's value
+            // would silently win over the command line's.
+            let within = |outer: &str, inner: &str| inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.'));
+            if let Some(swept) = parameters
+                .iter()
+                .find(|p| p.key == key || within(&p.key, key) || within(key, &p.key))
+            {
+                bail!(
+                    "'{key}' is set with --set, and '{}' is swept in [sweep.parameters]: each trial would set it \
+                     over the command line's; remove one",
+                    swept.key
+                );
             }
         }
         let trials = expand(&config, &parameters)?;
-        let interval = experiment.eval.interval_epochs(experiment.schedule.epochs);
-        prune::check(
-            config.prune,
-            config.prune_after,
-            config.metric,
-            interval,
-            experiment.schedule.epochs,
-        )?;
         let goal = config.goal.unwrap_or(config.metric.default_goal());
         let sweep = Self {
             name,
@@ -302,10 +304,31 @@ impl Sweep {
             base,
             overrides: overrides.to_vec(),
         };
+        // The first trial and its epochs, to compare the others' with.
+        let mut first_trial: Option<(String, u64)> = None;
         for trial in &sweep.trials {
-            let experiment = sweep
-                .experiment(trial, None)
-                .with_context(|| format!("{} ({})", trial.id(), trial.describe()))?;
+            let in_trial = || format!("{} ({})", trial.id(), trial.describe());
+            let experiment = sweep.experiment(trial, None).with_context(in_trial)?;
+            let epochs = experiment.schedule.epochs;
+            prune::check(
+                sweep.config.prune,
+                sweep.config.prune_after,
+                sweep.config.metric,
+                experiment.eval.interval_epochs(epochs),
+                epochs,
+            )
+            .with_context(in_trial)?;
+            let (first, first_epochs) = first_trial.get_or_insert_with(|| (trial.id(), epochs)).clone();
+            if sweep.config.prune == Prune::Median && epochs != first_epochs {
+                // Epoch 5 of 10 (the learning rate annealed halfway) against epoch 5 of 100.
+                bail!(
+                    "sweep.prune = \"median\" compares trials at the same epoch, and these train for different \
+                     numbers of epochs ({first}: {first_epochs}, {}: {epochs}), so one would be judged halfway \
+                     through its schedule against another near its end: sweep schedule.epochs without pruning, \
+                     or in a sweep of its own per value",
+                    trial.id()
+                );
+            }
             if sweep.config.metric == Metric::KnnGain && !experiment.eval.before_training {
                 bail!(
                     "sweep.metric = \"knn_gain\" is the kNN top-1 after training minus before, and {} does not \
