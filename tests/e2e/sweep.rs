@@ -629,3 +629,37 @@ fn a_run_of_other_settings_finished_in_a_trial_folder_during_the_sweep_is_not_ra
     assert_eq!(row("trial-002")[0], "1", "{csv}");
     assert_eq!(&row("trial-001")[..5], ["", "trial-001", "0.2", "", "failed"], "{csv}");
 }
+
+/// A run trained in the folder a sweep would use (`--run-dir runs/tiny-sweep`) is not a sweep: the
+/// sweep refuses to write its trials among the run's files, and leaves it as it is.
+#[test]
+fn a_sweep_folder_that_holds_a_run_is_refused() {
+    let dir = setup(TINY_SWEEP);
+    std::fs::write(
+        dir.path().join("plain.toml"),
+        &TINY_SWEEP[..TINY_SWEEP.find("[sweep]").unwrap()],
+    )
+    .unwrap();
+    let run = byol_run(
+        dir.path(),
+        &["train", "plain.toml", "--quiet", "--run-dir", "runs/tiny-sweep"],
+    );
+    assert!(run.status.success(), "{}", text(&run));
+    let before = std::fs::read_dir(dir.path().join("runs/tiny-sweep")).unwrap().count();
+    for fresh in [false, true] {
+        let args: &[&str] = if fresh {
+            &["sweep", "tiny.toml", "--fresh"]
+        } else {
+            &["sweep", "tiny.toml"]
+        };
+        let out = byol_run(dir.path(), args);
+        let all = text(&out);
+        assert!(!out.status.success(), "{all}");
+        assert!(
+            all.contains("sweep folder runs/tiny-sweep holds a run (its config.toml)"),
+            "{all}"
+        );
+        let after = std::fs::read_dir(dir.path().join("runs/tiny-sweep")).unwrap().count();
+        assert_eq!(after, before, "the run folder is left as it was: {all}");
+    }
+}

@@ -75,6 +75,7 @@ pub struct SweepOutcome {
 
 /// Runs every trial that has not finished, then writes and returns the ranked summary.
 pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome> {
+    check_not_a_run(&sweep.dir)?;
     let moved = if options.fresh {
         run_dir::move_aside(&sweep.dir, "sweep folder")?
     } else {
@@ -167,6 +168,23 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         csv,
         markdown,
     })
+}
+
+/// Refuses a sweep folder that holds a run (trained with `--run-dir` there, or named like it):
+/// the trials' folders and the summaries would be written among its files, and `--fresh` would
+/// move the run aside with them.
+fn check_not_a_run(dir: &Path) -> anyhow::Result<()> {
+    let Some(found) = [run_dir::CONFIG_FILE, run_dir::CHECKPOINTS_DIR]
+        .into_iter()
+        .find(|name| dir.join(name).exists())
+    else {
+        return Ok(());
+    };
+    bail!(
+        "sweep folder {} holds a run (its {found}), not a sweep: the trials would be written among its \
+         files. Set another run.name for the sweep (its folder is <run.output_dir>/<run.name>-sweep)",
+        dir.display()
+    )
 }
 
 /// A trial's status for the summary: what its folder says, except that a finished run of other
