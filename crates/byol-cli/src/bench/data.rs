@@ -137,9 +137,7 @@ pub fn run(args: &DataArgs) -> anyhow::Result<()> {
     }
     let experiment = args.common.experiment()?;
     let device = byol_train::train::parse_device(&experiment.run.device)?;
-    if experiment.run.threads > 0 {
-        tch::set_num_threads(experiment.run.threads as i32);
-    }
+    byol_train::train::set_cpu_threads(experiment.run.threads);
     let context = BuildContext::new(device, experiment.augment.image_size());
     let splits = experiment.dataset.build(&context).context("building [dataset]")?;
     let augment = experiment.augment.build(&context).context("building [augment]")?;

@@ -1,7 +1,21 @@
 //! `run.device` resolved to a libtorch device, for one process or one rank of a data-parallel job.
 
+use std::sync::OnceLock;
+
 use anyhow::{bail, Context};
 use tch::Device;
+
+/// Sets libtorch's CPU threads to `run.threads`, or for 0 to libtorch's own default, read before
+/// this first changes it: trials of a sweep train one after another in one process, and one that
+/// leaves `run.threads` at 0 must not keep the count of the trial before it.
+pub fn set_cpu_threads(threads: usize) {
+    static LIBTORCH_DEFAULT: OnceLock<i32> = OnceLock::new();
+    let default = *LIBTORCH_DEFAULT.get_or_init(tch::get_num_threads);
+    let wanted = if threads > 0 { threads as i32 } else { default };
+    if tch::get_num_threads() != wanted {
+        tch::set_num_threads(wanted);
+    }
+}
 
 /// Resolves `run.device`.
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {

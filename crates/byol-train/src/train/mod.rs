@@ -37,7 +37,7 @@ use crate::sweep::{Pruned, Pruner};
 use crate::Experiment;
 
 pub use data::{training_loader, two_views};
-pub use device::{device_name, parse_device, parse_device_for, prepare_for_steps};
+pub use device::{device_name, parse_device, parse_device_for, prepare_for_steps, set_cpu_threads};
 pub use graph::{check_cuda_graphs, graphed_step, GraphedOutputs, GraphedStep};
 pub use guard::panic_message;
 pub use model::{Model, Weights};

@@ -294,9 +294,7 @@ fn join_job(experiment: &Experiment) -> anyhow::Result<(Device, Option<DataParal
         Some(r) => Some(DataParallel::join(r, &experiment.distributed, device)?),
         None => None,
     };
-    if experiment.run.threads > 0 {
-        tch::set_num_threads(experiment.run.threads as i32);
-    }
+    super::set_cpu_threads(experiment.run.threads);
     Ok((device, parallel))
 }
 
