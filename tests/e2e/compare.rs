@@ -1,9 +1,13 @@
 //! `byol-run compare RUN...`: two tiny runs with different settings in one table (and as JSON),
 //! and a folder that is not a run named in the error.
 
-use byol_testkit::fixtures::tiny_experiment;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use super::{byol_run, text};
+use byol_testkit::fixtures::{tiny_experiment, with_table};
+
+use super::{byol_run, byol_run_command, text};
 
 /// One epoch of the tiny experiment on 128 images (4 steps), with kNN before and after.
 fn tiny() -> String {
@@ -83,4 +87,86 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("runs/missing is not a folder"), "{all}");
+}
+
+/// `n` random 20x24 PNGs in each of two class folders under `dir`.
+fn images(dir: &Path, n: usize) {
+    for class in ["a", "b"] {
+        let folder = dir.join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..n {
+            let image = tch::Tensor::randint(255, [3, 20, 24], (tch::Kind::Uint8, tch::Device::Cpu));
+            tch::vision::image::save(&image, folder.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+/// Runs of the same settings on other data (images added to the folder between them) show the
+/// data as a differing key, `data.<split>`; a run stopped by a signal shows no results, only
+/// that it is unfinished.
+#[test]
+fn other_data_is_a_difference_and_an_interrupted_run_has_no_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let folders = "type = \"image_folder\"\ntrain = \"data/train\"\ntest = \"data/test\"\nimage_size = 16\n";
+    let experiment = with_table(
+        &tiny_experiment(&[
+            ("schedule.epochs", "1"),
+            ("schedule.batch_size", "8"),
+            ("schedule.warmup_epochs", "0"),
+        ]),
+        "dataset",
+        folders,
+    );
+    std::fs::write(dir.path().join("tiny.toml"), experiment).unwrap();
+    images(&dir.path().join("data/train"), 8);
+    images(&dir.path().join("data/test"), 2);
+    let train = |run: &str| {
+        let out = byol_run(dir.path(), &["tiny.toml", "--quiet", "--run-dir", run]);
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    train("runs/before");
+    images(&dir.path().join("data/train"), 12);
+    train("runs/after");
+    let out = byol_run(dir.path(), &["compare", "runs/before", "runs/after", "--json"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The kNN bank is the training split; the test split did not change.
+    assert_eq!(
+        report["differing_keys"],
+        serde_json::json!(["data.knn_bank", "data.train"]),
+        "{all}"
+    );
+    let data = |i: usize| report["runs"][i]["config"]["data.train"].as_str().unwrap().to_string();
+    assert!(data(0).starts_with("16 images of 2 classes (files "), "{all}");
+    assert!(data(1).starts_with("24 images of 2 classes (files "), "{all}");
+
+    // Stopped by SIGTERM after its first checkpoint: its summary.json holds a loss and a time so
+    // far, which are not results.
+    let long = dir.path().join("long.toml");
+    std::fs::write(&long, tiny_experiment(&[("schedule.epochs", "40")])).unwrap();
+    let child = byol_run_command(dir.path())
+        .args(["long.toml", "--quiet", "--run-dir", "runs/stopped"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::fs::read_dir(dir.path().join("runs/stopped/checkpoints")).map_or(true, |mut e| e.next().is_none()) {
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let stopped = child.wait_with_output().unwrap();
+    assert_eq!(stopped.status.code(), Some(143), "{}", text(&stopped));
+    let summary = std::fs::read_to_string(dir.path().join("runs/stopped/summary.json")).unwrap();
+    assert!(summary.contains("\"interrupted\": true"), "{summary}");
+    let out = byol_run(dir.path(), &["compare", "runs/before", "runs/stopped"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let row = all.lines().find(|l| l.starts_with("| runs/stopped |")).unwrap();
+    assert!(row.ends_with("| - | - | - | - | - | - | unfinished |"), "{all}");
 }

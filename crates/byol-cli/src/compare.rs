@@ -1,5 +1,6 @@
 //! `byol-run compare RUN...`: the settings that differ between run folders and their final
-//! metrics in one table (or JSON), read from each folder's `config.toml` and `summary.json`.
+//! metrics in one table (or JSON), read from each folder's `config.toml`, `dataset.json` and
+//! `summary.json`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -12,6 +13,7 @@ use serde_json::json;
 
 use byol_train::run_dir::CONFIG_FILE;
 use byol_train::sweep::{self, show, TrialStatus};
+use byol_train::train::state::DatasetFingerprint;
 use byol_train::RunSummary;
 
 #[derive(Args)]
@@ -50,14 +52,22 @@ impl Run {
         let text = byol_train::run_dir::with_current_defaults(&text);
         let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("cannot parse {}", config_path.display()))?;
-        let config = byol_train::run_dir::dotted_keys(&table);
+        let mut config = byol_train::run_dir::dotted_keys(&table);
+        // The data each run was trained on, as `data.<split>` keys: runs of the same settings on
+        // other data (images added to a folder, another copy) must not show as the same.
+        let data = DatasetFingerprint::recorded(dir)?;
+        for (split, fingerprint) in data.into_iter().flat_map(|d| d.0) {
+            config.insert(format!("data.{split}"), toml::Value::String(fingerprint.describe()));
+        }
         let summary_path = dir.join(byol_train::train::SUMMARY_FILE);
-        let summary = match fs::read(&summary_path) {
+        let summary: Option<RunSummary> = match fs::read(&summary_path) {
             Ok(bytes) => Some(
                 serde_json::from_slice(&bytes).with_context(|| format!("cannot parse {}", summary_path.display()))?,
             ),
             Err(_) => None,
         };
+        // A run stopped by a signal has a loss and a time so far, not results.
+        let summary = summary.filter(|s| !s.interrupted);
         Ok(Self {
             dir: dir.to_path_buf(),
             config,

@@ -58,6 +58,19 @@ pub struct SplitFingerprint {
 }
 
 impl SplitFingerprint {
+    /// `5000 images of 10 classes (files 3fa2c41b09de)`, or `... unlabelled images ...`.
+    pub fn describe(&self) -> String {
+        let classes = match self.classes.len() {
+            0 => "unlabelled images".to_string(),
+            n => format!("images of {n} classes"),
+        };
+        let files = self
+            .files_digest
+            .as_ref()
+            .map_or(String::new(), |d| format!(" (files {})", &d[..d.len().min(12)]));
+        format!("{} {classes}{files}", self.images)
+    }
+
     /// Whether `now` is this split: the same count and classes, and the same digest where both
     /// have one.
     fn matches(&self, now: &Self) -> bool {
@@ -109,11 +122,11 @@ impl DatasetFingerprint {
     /// How the data `run_dir` was trained on (its `dataset.json`) differs from this, one line per
     /// split; empty when it is the same data or the folder has no record of it.
     pub fn differences_from_run(&self, run_dir: &Path) -> anyhow::Result<Vec<String>> {
-        Ok(Self::read(run_dir)?.map_or(Vec::new(), |saved| saved.differences(self)))
+        Ok(Self::recorded(run_dir)?.map_or(Vec::new(), |saved| saved.differences(self)))
     }
 
-    /// The run folder's `dataset.json`, if it has one.
-    fn read(run_dir: &Path) -> anyhow::Result<Option<Self>> {
+    /// The data a run folder was last started on (its `dataset.json`), if it has a record.
+    pub fn recorded(run_dir: &Path) -> anyhow::Result<Option<Self>> {
         let path = run_dir.join(FINGERPRINT_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => {
@@ -219,7 +232,9 @@ impl RunStart {
                     format!("{} records it", dir.join(checkpoint::MANIFEST_FILE).display()),
                     data,
                 )),
-                None => DatasetFingerprint::read(run_dir)?.map(|data| (format!("{FINGERPRINT_FILE} records it"), data)),
+                None => {
+                    DatasetFingerprint::recorded(run_dir)?.map(|data| (format!("{FINGERPRINT_FILE} records it"), data))
+                }
             };
             let same_data = check_dataset(run_dir, saved_data, fingerprint, allow)?;
             let also_safe: &[&str] = if same_data { DATA_LOCATION_KEYS } else { &[] };
