@@ -1,13 +1,12 @@
 //! `byol-run compare RUN...`: two tiny runs with different settings in one table (and as JSON),
 //! and a folder that is not a run named in the error.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use byol_testkit::fixtures::{tiny_experiment, with_table};
 
-use super::{byol_run, byol_run_command, text};
+use super::{byol_run, byol_run_command, random_pngs, text};
 
 /// One epoch of the tiny experiment on 128 images (4 steps), with kNN before and after.
 fn tiny() -> String {
@@ -89,18 +88,6 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
     assert!(all.contains("runs/missing is not a folder"), "{all}");
 }
 
-/// `n` random 20x24 PNGs in each of two class folders under `dir`.
-fn images(dir: &Path, n: usize) {
-    for class in ["a", "b"] {
-        let folder = dir.join(class);
-        std::fs::create_dir_all(&folder).unwrap();
-        for i in 0..n {
-            let image = tch::Tensor::randint(255, [3, 20, 24], (tch::Kind::Uint8, tch::Device::Cpu));
-            tch::vision::image::save(&image, folder.join(format!("{i}.png"))).unwrap();
-        }
-    }
-}
-
 /// Runs of the same settings on other data (images added to the folder between them) show the
 /// data as a differing key, `data.<split>`; a run stopped by a signal shows no results, only
 /// that it is unfinished.
@@ -118,14 +105,14 @@ fn other_data_is_a_difference_and_an_interrupted_run_has_no_results() {
         folders,
     );
     std::fs::write(dir.path().join("tiny.toml"), experiment).unwrap();
-    images(&dir.path().join("data/train"), 8);
-    images(&dir.path().join("data/test"), 2);
+    random_pngs(&dir.path().join("data/train"), &["a", "b"], 8);
+    random_pngs(&dir.path().join("data/test"), &["a", "b"], 2);
     let train = |run: &str| {
         let out = byol_run(dir.path(), &["tiny.toml", "--quiet", "--run-dir", run]);
         assert!(out.status.success(), "{}", text(&out));
     };
     train("runs/before");
-    images(&dir.path().join("data/train"), 12);
+    random_pngs(&dir.path().join("data/train"), &["a", "b"], 12);
     train("runs/after");
     let out = byol_run(dir.path(), &["compare", "runs/before", "runs/after", "--json"]);
     let all = text(&out);

@@ -87,3 +87,16 @@ pub fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// `per_class` random 20x24 PNGs (`0.png`, ...) in each class folder `<dir>/<class>`; written again
+/// over those of an earlier call, with new pixels.
+pub fn random_pngs(dir: &Path, classes: &[&str], per_class: usize) {
+    for class in classes {
+        let folder = dir.join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..per_class {
+            let image = tch::Tensor::randint(255, [3, 20, 24], (tch::Kind::Uint8, tch::Device::Cpu));
+            tch::vision::image::save(&image, folder.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}

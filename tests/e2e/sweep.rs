@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{byol_run, byol_run_command, text};
+use super::{byol_run, byol_run_command, random_pngs, text};
 
 /// The tiny config of resume.rs, 1 epoch (16 steps, a checkpoint every 4), with a 2 x 2 grid.
 const TINY_SWEEP: &str = r#"
@@ -662,4 +662,49 @@ fn a_sweep_folder_that_holds_a_run_is_refused() {
         let after = std::fs::read_dir(dir.path().join("runs/tiny-sweep")).unwrap().count();
         assert_eq!(after, before, "the run folder is left as it was: {all}");
     }
+}
+
+/// Images added to the data while a sweep runs, after trial-001 started and before trial-002 did:
+/// the two trials trained on different data, and trial-001's result (on data the sweep no longer
+/// reads) is not ranked beside trial-002's.
+#[test]
+fn a_trial_on_data_that_changed_while_the_sweep_ran_is_not_ranked() {
+    let grid = "[sweep.parameters]\n\"optimizer.lr\" = [0.2, 0.8]\n";
+    let start = TINY_SWEEP.find("[sweep.parameters]").unwrap();
+    let folders = "type = \"image_folder\"\ntrain = \"data/train\"\ntest = \"data/test\"\nimage_size = 16\n";
+    let text_of_sweep = byol_testkit::fixtures::with_table(
+        &format!("{}{grid}", &TINY_SWEEP[..start])
+            .replace("epochs = 1", "epochs = 6")
+            .replace("batch_size = 32", "batch_size = 8"),
+        "dataset",
+        folders,
+    );
+    let dir = setup(&text_of_sweep);
+    let data = dir.path().join("data");
+    random_pngs(&data.join("train"), &["a", "b"], 8);
+    random_pngs(&data.join("test"), &["a", "b"], 2);
+    let first = dir.path().join("runs/tiny-sweep/trial-001");
+    // trial-001 read the data when it started; it trains on after its first checkpoint.
+    let changer = {
+        let (first, data) = (first.clone(), data.clone());
+        std::thread::spawn(move || {
+            wait_until("trial-001", || has_checkpoint(&first));
+            random_pngs(&data.join("train"), &["a", "b"], 12);
+        })
+    };
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    changer.join().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("trial-001: not ranked: it trained on data that changed while the sweep ran")
+            && all.contains("train: 16 images of the same 2 classes")
+            && all.contains("1 of 2 trials are not ranked (trial-001)"),
+        "{all}"
+    );
+    let csv = std::fs::read_to_string(dir.path().join("runs/tiny-sweep/summary.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows[0][..2], ["1", "trial-002"], "{csv}");
+    assert_eq!(rows[1][..2], ["", "trial-001"], "{csv}");
+    assert_eq!(rows[1][4], "failed", "{csv}");
 }

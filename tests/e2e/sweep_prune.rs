@@ -104,17 +104,23 @@ fn a_certainly_worse_trial_is_pruned_at_the_first_evaluation_and_resumes_on_requ
         "{csv}"
     );
 
-    // `compare` shows the two trials side by side: the swept key, and the pruned status.
+    // `compare` shows the two trials side by side: the swept key (and the query images it names),
+    // and the pruned status.
     let out = byol_run(&sweep_dir, &["compare", "trial-001", "trial-002"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
-        all.contains("| trial-002 | wrong-labels | ") && all.contains("| pruned at epoch 1 |"),
+        all.contains("| trial-002 | 4 images of 2 classes (files ")
+            && all.contains(" | wrong-labels | ")
+            && all.contains("| pruned at epoch 1 |"),
         "{all}"
     );
     let out = byol_run(&sweep_dir, &["compare", "trial-001", "trial-002", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["differing_keys"], serde_json::json!(["eval.test", "run.name"]));
+    assert_eq!(
+        report["differing_keys"],
+        serde_json::json!(["data.knn_queries", "eval.test", "run.name"])
+    );
     assert_eq!(report["runs"][1]["status"], "pruned", "{report}");
     assert_eq!(report["runs"][1]["pruned_epoch"], 1, "{report}");
     assert_eq!(report["runs"][0]["knn_after"], 1.0, "{report}");

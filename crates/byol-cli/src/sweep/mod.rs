@@ -84,10 +84,17 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
             byol_train::sweep::ERROR_FILE
         )
     });
-    let failed = match (recorded, unrecorded) {
-        (Some(a), Some(b)) => Some(format!("{a}\n{b}")),
-        (a, b) => a.or(b),
-    };
+    let not_ranked = (!outcome.not_ranked.is_empty()).then(|| {
+        format!(
+            "{} of {} trials are not ranked ({}): their folders hold results that are not this sweep's, \
+             as said above",
+            outcome.not_ranked.len(),
+            sweep.trials.len(),
+            outcome.not_ranked.join(", ")
+        )
+    });
+    let failed: Vec<String> = [recorded, unrecorded, not_ranked].into_iter().flatten().collect();
+    let failed = (!failed.is_empty()).then(|| failed.join("\n"));
     if let Some(signal) = outcome.interrupted {
         if let Some(failed) = &failed {
             eprintln!("{failed}");

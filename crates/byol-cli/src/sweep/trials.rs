@@ -3,7 +3,7 @@
 //! sweep is passed on to its children, and a child stops when the sweep's process is gone.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -69,6 +69,9 @@ pub struct SweepOutcome {
     /// Trials that failed without their `error.txt` (another process owned their folder, or it
     /// could not be written).
     pub unrecorded: Vec<String>,
+    /// Finished trials whose results are not this sweep's (another command's settings, or data
+    /// that changed while the sweep ran), shown as failed.
+    pub not_ranked: Vec<String>,
     pub csv: PathBuf,
     pub markdown: PathBuf,
 }
@@ -148,7 +151,11 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     };
     let mut unrecorded = unrecorded.into_inner().unwrap_or_else(|e| e.into_inner());
     unrecorded.sort();
-    let rows = rank_with(sweep, status_to_rank(sweep));
+    let not_ranked = results_not_of_this_sweep(sweep);
+    let rows = rank_with(sweep, |trial, dir| match not_ranked.get(&trial.id()) {
+        Some(why) => TrialStatus::Failed(why.clone()),
+        None => TrialStatus::read(dir),
+    });
     let csv = sweep.dir.join("summary.csv");
     let markdown = sweep.dir.join("summary.md");
     run_dir::replace_file(&csv, to_csv(sweep, &rows)?.as_bytes())?;
@@ -156,7 +163,8 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     // Those without their error.txt are told apart.
     let mut failed: Vec<String> = rows
         .iter()
-        .filter(|row| matches!(row.status, TrialStatus::Failed(_)) && !unrecorded.contains(&row.trial.id()))
+        .filter(|row| matches!(row.status, TrialStatus::Failed(_)))
+        .filter(|row| !unrecorded.contains(&row.trial.id()) && !not_ranked.contains_key(&row.trial.id()))
         .map(|row| row.trial.id())
         .collect();
     failed.sort();
@@ -165,6 +173,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         interrupted,
         failed,
         unrecorded,
+        not_ranked: not_ranked.into_keys().collect(),
         csv,
         markdown,
     })
@@ -187,25 +196,95 @@ fn check_not_a_run(dir: &Path) -> anyhow::Result<()> {
     )
 }
 
-/// A trial's status for the summary: what its folder says, except that a finished run of other
-/// settings than the trial's is not its result. That is checked at the start; here it catches a
-/// run that another command trained to the end in the folder while the sweep ran (the sweep's
-/// own attempt then found the folder in use and failed).
-fn status_to_rank(sweep: &Sweep) -> impl Fn(&Trial, &Path) -> TrialStatus + '_ {
-    |trial, dir| {
-        let status = TrialStatus::read(dir);
-        if !matches!(status, TrialStatus::Done(_) | TrialStatus::Pruned(_)) {
-            return status;
+/// The finished trials whose results are not this sweep's, each with why, said on stderr. The
+/// start checked every finished trial; this catches what happened while the sweep ran: another
+/// command that trained other settings to the end in a trial's folder (the sweep's own attempt
+/// then found it in use), and data that changed between two trials' starts.
+fn results_not_of_this_sweep(sweep: &Sweep) -> BTreeMap<String, String> {
+    let finished: Vec<(&Trial, PathBuf)> = sweep
+        .trials
+        .iter()
+        .map(|trial| (trial, sweep.trial_dir(trial)))
+        .filter(|(_, dir)| matches!(TrialStatus::read(dir), TrialStatus::Done(_) | TrialStatus::Pruned(_)))
+        .collect();
+    let mut not_ranked = BTreeMap::new();
+    for (trial, dir) in &finished {
+        if let Err(e) = check_trial_identity(sweep, trial, dir) {
+            not_ranked.insert(trial.id(), format!("{e:#}"));
         }
-        match check_trial_identity(sweep, trial, dir) {
-            Ok(()) => status,
+    }
+    let ours: Vec<(&Trial, PathBuf)> = finished
+        .into_iter()
+        .filter(|(trial, _)| !not_ranked.contains_key(&trial.id()))
+        .collect();
+    not_ranked.extend(trained_on_changed_data(sweep, &ours));
+    for (id, why) in &not_ranked {
+        eprintln!("{id}: not ranked: {why}");
+    }
+    not_ranked
+}
+
+/// Among finished trials of one `[dataset]` (most sweeps have one), those whose record of the data
+/// they started on (`dataset.json`) differs from the data the sweep reads now. The data is read
+/// only when the trials' records disagree with each other.
+fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTreeMap<String, String> {
+    let mut groups: HashMap<String, Vec<(&Trial, &PathBuf, DatasetFingerprint)>> = HashMap::new();
+    for (trial, dir) in finished {
+        let Ok(experiment) = sweep.experiment(trial, None) else {
+            continue;
+        };
+        if let Ok(Some(recorded)) = DatasetFingerprint::recorded(dir) {
+            groups
+                .entry(data_key(&experiment))
+                .or_default()
+                .push((trial, dir, recorded));
+        }
+    }
+    let mut changed = BTreeMap::new();
+    for group in groups.values() {
+        if group.iter().all(|(_, _, recorded)| *recorded == group[0].2) {
+            continue;
+        }
+        let (first, _, _) = group[0];
+        let now = sweep
+            .experiment(first, None)
+            .and_then(|experiment| DatasetFingerprint::of_experiment(&experiment));
+        let now = match now {
+            Ok(now) => now,
             Err(e) => {
-                let error = format!("{e:#}");
-                eprintln!("{}: not ranked: {error}", trial.id());
-                TrialStatus::Failed(error)
+                eprintln!(
+                    "warning: the trials of this sweep started on different data (it changed while the sweep \
+                     ran), and it cannot be read now to tell which trials trained on it: {e:#}"
+                );
+                continue;
+            }
+        };
+        for (trial, dir, _) in group {
+            match now.differences_from_run(dir) {
+                Ok(differences) if differences.is_empty() => {}
+                Ok(differences) => {
+                    let why = format!(
+                        "it trained on data that changed while the sweep ran; its {FINGERPRINT_FILE} against the \
+                         data now:\n{}\nRun the sweep with --fresh to train every trial on the data as it is now",
+                        differences.join("\n")
+                    );
+                    changed.insert(trial.id(), why);
+                }
+                Err(e) => eprintln!("warning: {e:#}"),
             }
         }
     }
+    changed
+}
+
+/// Trials with the same data settings read the same data (`[dataset]` and the kNN splits).
+fn data_key(experiment: &byol_train::Experiment) -> String {
+    format!(
+        "{} {:?} {:?}",
+        toml::to_string(&experiment.dataset).unwrap_or_default(),
+        experiment.eval.train,
+        experiment.eval.test
+    )
 }
 
 /// The trial folders in the sweep folder that are not among the sweep's trials (fewer values or
@@ -313,13 +392,7 @@ struct DataNow(HashMap<String, Option<DatasetFingerprint>>);
 impl DataNow {
     fn check_finished(&mut self, sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<()> {
         let experiment = sweep.experiment(trial, None)?;
-        let key = format!(
-            "{} {:?} {:?}",
-            toml::to_string(&experiment.dataset)?,
-            experiment.eval.train,
-            experiment.eval.test
-        );
-        let now = match self.0.entry(key) {
+        let now = match self.0.entry(data_key(&experiment)) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 println!("reading the data to check the finished trials against it");
