@@ -5,7 +5,8 @@
 //! batch-norm statistics, target, momentum), on the same views, with the plan recomputed from
 //! the experiment's numbers alone. A wrong lr or tau at one step, a gradient kept across steps,
 //! micro-batches weighted wrongly or a parameter decayed that the paper excludes each show in
-//! that step's state. In fp32, and in bf16 against `torch.autocast`.
+//! that step's state. In fp32, and in bf16 against `torch.autocast`; with the fused LARS update
+//! (over flat buffers) and, in fp32, the per-tensor one.
 //!
 //! Why each step starts from our state: a trajectory is chaotic at this scale (batch norm over 8
 //! images), and float32 rounding grows by orders of magnitude in eight steps, so a tolerance on
@@ -148,18 +149,24 @@ fn state(trainer: &Trainer) -> Vec<(String, Tensor)> {
 
 #[test]
 fn each_fp32_step_of_the_trainer_matches_a_pytorch_training_step() {
-    check_steps_against_pytorch("fp32");
+    check_steps_against_pytorch("fp32", true);
 }
 
 #[test]
 fn each_bf16_step_of_the_trainer_matches_a_pytorch_autocast_training_step() {
-    check_steps_against_pytorch("bf16");
+    check_steps_against_pytorch("bf16", true);
+}
+
+/// The per-tensor LARS (`optimizer.fused = false`), the runner's other update path.
+#[test]
+fn each_fp32_step_with_per_tensor_lars_matches_a_pytorch_training_step() {
+    check_steps_against_pytorch("fp32", false);
 }
 
 /// libtorch's CPU generator is global: one test at a time draws from it, so a seed replays.
 static GENERATOR: Mutex<()> = Mutex::new(());
 
-fn check_steps_against_pytorch(precision: &str) {
+fn check_steps_against_pytorch(precision: &str, fused: bool) {
     let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     plugins_all::link();
     tch::set_num_threads(1);
@@ -167,7 +174,7 @@ fn check_steps_against_pytorch(precision: &str) {
     let batch = 16usize;
     // Weights, data and views from a seed of this run's own.
     let seed = fresh_seed("STEP_PARITY_SEED");
-    let replay = format!("{precision}, seed {seed} (STEP_PARITY_SEED={seed} replays it)");
+    let replay = format!("{precision}, fused {fused}, seed {seed} (STEP_PARITY_SEED={seed} replays it)");
     let text = tiny_experiment(&[
         ("dataset.train_size", &(STEPS_PER_EPOCH as usize * batch).to_string()),
         ("schedule.epochs", &EPOCHS.to_string()),
@@ -183,6 +190,7 @@ fn check_steps_against_pytorch(precision: &str) {
         ("backbone.width", &WIDTH.to_string()),
         ("run.seed", &seed.to_string()),
         ("run.precision", &format!("{precision:?}")),
+        ("optimizer.fused", &fused.to_string()),
     ]);
     let experiment = Experiment::parse(&text, &[]).unwrap();
     let run_dir = tempfile::tempdir().unwrap();
