@@ -532,28 +532,31 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
     .unwrap();
     assert_eq!(ready.trim(), "locked");
 
-    let out = byol_run(
-        dir.path(),
-        &["sweep", "tiny.toml", "--quiet", "--set", "dataset.train_size=128"],
-    );
+    // In this process, then in child processes (which write each trial's train.log).
+    for devices in [None, Some("cpu,cpu")] {
+        let mut args = vec!["sweep", "tiny.toml", "--quiet", "--set", "dataset.train_size=128"];
+        args.extend(devices.map(|d| ["--devices", d]).into_iter().flatten());
+        let out = byol_run(dir.path(), &args);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(
+            all.contains("trial-001: failed") && all.contains("in use by another byol-run"),
+            "{all}"
+        );
+        assert!(all.contains("error.txt not written"), "{all}");
+        assert!(
+            all.contains("1 of 2 trials failed without a record (trial-001)"),
+            "{all}"
+        );
+        assert!(!trial.join("error.txt").exists(), "{all}");
+        assert!(!trial.join("train.log").exists(), "{all}");
+        assert!(
+            dir.path().join("runs/tiny-sweep/trial-002/summary.json").is_file(),
+            "the other trial ran: {all}"
+        );
+    }
     drop(holder.stdin.take());
     holder.wait().unwrap();
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(
-        all.contains("trial-001: failed") && all.contains("in use by another byol-run"),
-        "{all}"
-    );
-    assert!(all.contains("error.txt not written"), "{all}");
-    assert!(
-        all.contains("1 of 2 trials failed without a record (trial-001)"),
-        "{all}"
-    );
-    assert!(!trial.join("error.txt").exists(), "{all}");
-    assert!(
-        dir.path().join("runs/tiny-sweep/trial-002/summary.json").is_file(),
-        "the other trial ran: {all}"
-    );
 }
 
 /// Another command that trains other settings to the end in a trial's folder while the sweep runs

@@ -605,6 +605,9 @@ fn run_child(
     dir: &Path,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
+    // A folder that another process owns (a `byol-run train` of it) is left as it is, without a
+    // train.log of this attempt: the child would only find it in use.
+    drop(FolderLock::create_and_acquire(dir, "trial folder")?);
     let log_path = dir.join(LOG_FILE);
     let log = fs::OpenOptions::new()
         .create(true)
