@@ -40,16 +40,17 @@ pub fn embed_split(
             data.len()
         );
     }
-    say_skipped(data);
+    say_skipped(data, "");
     Ok((Tensor::cat(&features, 0), Tensor::cat(&labels, 0)))
 }
 
 /// Names the images an evaluation left out, when it happens (an accuracy over fewer images than
 /// the split holds must not pass unsaid, and a dataset read without the loader's prefetch would
 /// say it only at exit, or never).
-fn say_skipped(data: &Arc<dyn Dataset>) {
+/// `whose` says whose share of the split it is, in a data-parallel run.
+fn say_skipped(data: &Arc<dyn Dataset>, whose: &str) {
     if let Some(warning) = data.take_warning() {
-        eprintln!("warning: evaluation: {warning}");
+        eprintln!("warning: evaluation{whose}: {warning}");
     }
 }
 
@@ -95,7 +96,8 @@ pub fn embed_split_sharded(
             data.len()
         );
     }
-    say_skipped(data);
+    // Each process read its own batches, and names the images it left out.
+    say_skipped(data, &format!(" (the batches of process {rank} of {world})"));
     Ok((all.narrow(1, 0, dim), all.select(1, dim).to_kind(Kind::Int64)))
 }
 
