@@ -413,10 +413,15 @@ fn sigterm_to_every_process_of_a_sweep_stops_every_trial_at_a_checkpoint() {
     wait_until("the trials", || trials.iter().all(|t| has_checkpoint(t)));
     let trial_processes = children_of(child.id());
     assert_eq!(trial_processes.len(), 2, "one process per trial: {trial_processes:?}");
-    for trial in trial_processes {
-        send("-TERM", &trial.to_string());
-    }
-    send("-TERM", &child.id().to_string());
+    // One kill(1) for all three, trials first, as a job manager signals a job's processes.
+    let mut targets: Vec<String> = trial_processes.iter().map(u32::to_string).collect();
+    targets.push(child.id().to_string());
+    Command::new("kill")
+        .arg("-TERM")
+        .arg("--")
+        .args(&targets)
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(143), "{all}");
@@ -687,16 +692,19 @@ fn a_trial_on_data_that_changed_while_the_sweep_ran_is_not_ranked() {
     random_pngs(&data.join("train"), &["a", "b"], 8);
     random_pngs(&data.join("test"), &["a", "b"], 2);
     let first = dir.path().join("runs/tiny-sweep/trial-001");
-    // trial-001 read the data when it started; it trains on after its first checkpoint.
-    let changer = {
-        let (first, data) = (first.clone(), data.clone());
-        std::thread::spawn(move || {
-            wait_until("trial-001", || has_checkpoint(&first));
-            random_pngs(&data.join("train"), &["a", "b"], 12);
-        })
-    };
-    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
-    changer.join().unwrap();
+    let sweep = byol_run_command(dir.path())
+        .args(["sweep", "tiny.toml", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // trial-001 read the data when it started: at its first checkpoint the sweep is paused while
+    // the images change, so trial-002 starts on the new ones.
+    wait_until("trial-001", || has_checkpoint(&first));
+    send("-STOP", &sweep.id().to_string());
+    random_pngs(&data.join("train"), &["a", "b"], 12);
+    send("-CONT", &sweep.id().to_string());
+    let out = sweep.wait_with_output().unwrap();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(

@@ -8,7 +8,7 @@
 //! 0: the work is saved but not done, and `byol-run train x.toml && next-step` must not go on. (A
 //! signal during a run's last evaluation, after its last step, lets it finish: it exits 0.)
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -16,7 +16,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::SigId;
 
 /// The signal handlers of one piece of work, removed when it is dropped (so that trainings run
-/// one after another in one process do not pile handlers up).
+/// one after another in one process do not pile handlers up). Once the last is dropped, SIGINT and
+/// SIGTERM are ignored (signal-hook keeps its handler, with no action left): hold them for as
+/// long as a signal should stop the work.
 #[derive(Debug)]
 pub struct StopOnSignals {
     requested: Arc<AtomicBool>,
@@ -40,33 +42,42 @@ impl StopOnSignals {
     /// As [`Self::install`], in a process whose signals may come twice for one request: `relay`
     /// (a process ID) passes on the signals it gets (a sweep to its trials), while the sender may
     /// have signalled this process directly too (Slurm and systemd signal every process of a
-    /// job). A signal from `relay` asks to stop but never quits at once; a second signal from
-    /// anyone else still does.
+    /// job), before or after the relay. A signal from `relay` asks to stop but never quits at
+    /// once: the process quits at the second signal from anyone else.
     pub fn install_relayed(what_happens: &str, relay: Option<u32>) -> anyhow::Result<Self> {
         let requested = Arc::new(AtomicBool::new(false));
         let first_signal = Arc::new(AtomicI32::new(0));
+        let direct_signals = Arc::new(AtomicUsize::new(0));
         let message: Arc<[u8]> =
             format!("\n{what_happens}; signal again (Ctrl-C) to quit at once, the last checkpoint stays whole\n")
                 .into_bytes()
                 .into();
         let mut handlers = Vec::new();
         for signal in [SIGINT, SIGTERM] {
-            let (seen, message, first) = (requested.clone(), message.clone(), first_signal.clone());
+            let (seen, message, first, direct) = (
+                requested.clone(),
+                message.clone(),
+                first_signal.clone(),
+                direct_signals.clone(),
+            );
             let action = move |info: &libc::siginfo_t| {
-                if seen.load(Ordering::SeqCst) {
-                    // SAFETY: si_pid is defined for every signal (0 when the kernel sent it).
-                    let sender = unsafe { info.si_pid() };
-                    if relay.is_none_or(|relay| relay as libc::pid_t != sender) {
-                        // The shell's exit status for a signal.
-                        signal_hook::low_level::exit(128 + signal);
-                    }
-                    return;
+                // SAFETY: si_pid is defined for every signal (0 when the kernel sent it).
+                let sender = unsafe { info.si_pid() };
+                let relayed = relay.is_some_and(|relay| relay as libc::pid_t == sender);
+                if !relayed && direct.fetch_add(1, Ordering::SeqCst) > 0 {
+                    // The shell's exit status for a signal.
+                    signal_hook::low_level::exit(128 + signal);
                 }
-                // The signal, then the message, then the flag: whoever sees the flag finds both.
-                first.store(signal, Ordering::SeqCst);
-                // SAFETY: write(2) is async-signal-safe; the closure owns the buffer.
-                unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
-                seen.store(true, Ordering::SeqCst);
+                // The first signal only (SIGINT and SIGTERM may run at once on two threads): the
+                // signal, then the message, then the flag, so that whoever sees the flag finds both.
+                if first
+                    .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    // SAFETY: write(2) is async-signal-safe; the closure owns the buffer.
+                    unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
+                    seen.store(true, Ordering::SeqCst);
+                }
             };
             // SAFETY: the action only touches atomics and calls write(2) and _exit(2), all
             // async-signal-safe.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
@@ -144,14 +144,24 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         );
     }
     let unrecorded = Mutex::new(Vec::new());
-    let interrupted = if options.devices.len() > 1 {
-        run_parallel(sweep, options, todo, &unrecorded)?
+    let in_children = options.devices.len() > 1;
+    // Held until the summary is written: a signal after the trials (during the checks before
+    // ranking, which may read the data) must not go unheard, and a second one still quits.
+    let signals = Arc::new(StopOnSignals::install(if in_children {
+        "stopping the sweep: running trials finish their step and save a checkpoint"
     } else {
-        run_in_process(sweep, options, todo, &unrecorded)?
+        "stopping the sweep: the running trial finishes its step and saves a checkpoint"
+    })?);
+    let interrupted = if in_children {
+        run_parallel(sweep, options, todo, &signals, &unrecorded)?
+    } else {
+        run_in_process(sweep, options, todo, &signals, &unrecorded)?
     };
     let mut unrecorded = unrecorded.into_inner().unwrap_or_else(|e| e.into_inner());
     unrecorded.sort();
-    let not_ranked = results_not_of_this_sweep(sweep);
+    // A sweep that was stopped ranks what it has without reading the data again.
+    let stopping = interrupted.is_some() || signals.requested();
+    let not_ranked = results_not_of_this_sweep(sweep, !stopping);
     let rows = rank_with(sweep, |trial, dir| match not_ranked.get(&trial.id()) {
         Some(why) => TrialStatus::Failed(why.clone()),
         None => TrialStatus::read(dir),
@@ -200,7 +210,7 @@ fn check_not_a_run(dir: &Path) -> anyhow::Result<()> {
 /// start checked every finished trial; this catches what happened while the sweep ran: another
 /// command that trained other settings to the end in a trial's folder (the sweep's own attempt
 /// then found it in use), and data that changed between two trials' starts.
-fn results_not_of_this_sweep(sweep: &Sweep) -> BTreeMap<String, String> {
+fn results_not_of_this_sweep(sweep: &Sweep, check_data: bool) -> BTreeMap<String, String> {
     let finished: Vec<(&Trial, PathBuf)> = sweep
         .trials
         .iter()
@@ -217,7 +227,9 @@ fn results_not_of_this_sweep(sweep: &Sweep) -> BTreeMap<String, String> {
         .into_iter()
         .filter(|(trial, _)| !not_ranked.contains_key(&trial.id()))
         .collect();
-    not_ranked.extend(trained_on_changed_data(sweep, &ours));
+    if check_data {
+        not_ranked.extend(trained_on_changed_data(sweep, &ours));
+    }
     for (id, why) in &not_ranked {
         eprintln!("{id}: not ranked: {why}");
     }
@@ -434,15 +446,13 @@ fn run_in_process(
     sweep: &Sweep,
     options: &SweepOptions,
     todo: VecDeque<(&Trial, TrialStatus)>,
+    signals: &Arc<StopOnSignals>,
     unrecorded: &Mutex<Vec<String>>,
 ) -> anyhow::Result<Option<i32>> {
     let device = options.devices.first().map(String::as_str);
     let total = sweep.trials.len();
-    // Held across the trials: a signal while one trial ends and the next is set up stops the
-    // sweep too, where per-trial handlers would leave it unheard.
-    let signals = Arc::new(StopOnSignals::install(
-        "stopping the sweep: the running trial finishes its step and saves a checkpoint",
-    )?);
+    // The sweep's handlers, held across the trials: a signal while one trial ends and the next
+    // is set up stops the sweep too, where per-trial handlers would leave it unheard.
     for (trial, status) in todo {
         if let Some(signal) = signals.signal() {
             println!("stopped by signal before {}; run the sweep again to go on", trial.id());
@@ -522,6 +532,7 @@ fn run_parallel(
     sweep: &Sweep,
     options: &SweepOptions,
     todo: VecDeque<(&Trial, TrialStatus)>,
+    signals: &StopOnSignals,
     unrecorded: &Mutex<Vec<String>>,
 ) -> anyhow::Result<Option<i32>> {
     let program = options.program.clone();
@@ -531,7 +542,6 @@ fn run_parallel(
     if let Some(pruner) = sweep.pruner() {
         pruner.save(&sweep.dir.join(PRUNER_FILE))?;
     }
-    let signals = StopOnSignals::install("stopping the sweep: running trials finish their step and save a checkpoint")?;
     let stop = signals.flag();
     let queue = Mutex::new(todo);
     let interrupted = AtomicBool::new(false);
@@ -659,11 +669,19 @@ fn run_child(
     // status for it; whether it finished is read from its folder.
     // (Or, when it came before the trial's handlers were installed, SIGTERM ended it outright.)
     // A job manager (Slurm, systemd) signals the trial and the sweep alike: the trial may have
-    // stopped on its own signal, before the sweep passed one on.
+    // stopped on its own signal before the sweep passed one on, and the sweep's may even come a
+    // moment after the trial's exit.
     let stop_signal = |signal: Option<i32>| matches!(signal, Some(libc::SIGTERM | libc::SIGINT));
-    let stopped_as_asked = stop.load(Ordering::Relaxed)
-        && (stop_signal(status.code().map(|code| code - 128))
-            || stop_signal(std::os::unix::process::ExitStatusExt::signal(&status)));
+    let by_stop_signal = stop_signal(status.code().map(|code| code - 128))
+        || stop_signal(std::os::unix::process::ExitStatusExt::signal(&status));
+    let sweep_stopping = || {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.load(Ordering::Relaxed)
+    };
+    let stopped_as_asked = by_stop_signal && sweep_stopping();
     if !status.success() && !stopped_as_asked {
         let log = fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
