@@ -128,11 +128,19 @@ fn bad_sweeps_are_explained_with_positions() {
         e.contains("'augment.image_size' is set") && e.contains("'augment' is swept"),
         "{e}"
     );
-    let e = error(
-        &text(&out, "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n"),
-        &["optimizer={ type = \"sgd\", lr = 0.1 }"],
-    );
+    let swept_lr = text(&out, "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.3]\n");
+    let e = error(&swept_lr, &["optimizer={ type = \"sgd\", lr = 0.1 }"]);
     assert!(e.contains("'optimizer.lr' is swept"), "{e}");
+    // A table set without the swept key: each trial adds its value to it, as meant.
+    let sgd = ["optimizer={ type = \"sgd\", momentum = 0.8 }".to_string()];
+    let s = Sweep::parse(&swept_lr, &sgd, "x").unwrap();
+    let trial = s.experiment(&s.trials[1], None).unwrap().to_toml().unwrap();
+    let optimizer = &toml::from_str::<toml::Table>(&trial).unwrap()["optimizer"];
+    assert_eq!(
+        (optimizer["type"].as_str(), optimizer["lr"].as_float(), optimizer["momentum"].as_float()),
+        (Some("sgd"), Some(0.3), Some(0.8)),
+        "{trial}"
+    );
     let e = error(&text(&out, ""), &[]);
     assert!(e.contains("no [sweep] table"), "{e}");
     // The gain needs the measure before training, which BASE turns off.

@@ -247,6 +247,27 @@ pub fn is_sweep(text: &str) -> bool {
     toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("sweep"))
 }
 
+/// Whether dotted `inner` is a key inside the table `outer` (`augment.image_size` in `augment`).
+fn within(outer: &str, inner: &str) -> bool {
+    inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// Whether `--set table=value` sets the dotted key `swept` inside `table`: `value` parsed as a
+/// TOML table holds the rest of its path.
+fn holds_key(table: &str, value: &str, swept: &str) -> bool {
+    let Some(rest) = swept.strip_prefix(table).and_then(|r| r.strip_prefix('.')) else {
+        return false;
+    };
+    let Ok(parsed) = toml::from_str::<toml::Table>(&format!("v = {value}")) else {
+        return false;
+    };
+    let mut current = parsed.get("v");
+    for part in rest.split('.') {
+        current = current.and_then(|v| v.as_table()).and_then(|t| t.get(part));
+    }
+    current.is_some()
+}
+
 impl Sweep {
     /// Reads a sweep file; `overrides` (`--set`) apply to every trial.
     pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Self> {
@@ -278,12 +299,13 @@ impl Sweep {
                 .split_once('=')
                 .map_or(assignment.as_str(), |(k, _)| k)
                 .trim();
-            // A key inside a table swept whole (or a table around a swept key): the trial's value
-            // would silently win over the command line's.
-            let within = |outer: &str, inner: &str| inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.'));
+            // The same key, a key inside a table swept whole, or a table whose value holds a swept
+            // key: the trial's value would silently win over the command line's. (A table set
+            // without the swept key gets the trial's value added, as meant.)
+            let value = assignment.split_once('=').map_or("", |(_, v)| v);
             if let Some(swept) = parameters
                 .iter()
-                .find(|p| p.key == key || within(&p.key, key) || within(key, &p.key))
+                .find(|p| p.key == key || within(&p.key, key) || holds_key(key, value, &p.key))
             {
                 bail!(
                     "'{key}' is set with --set, and '{}' is swept in [sweep.parameters]: each trial would set it \
