@@ -128,6 +128,31 @@ fn other_data_is_a_difference_and_an_interrupted_run_has_no_results() {
     assert!(data(0).starts_with("16 images of 2 classes (files "), "{all}");
     assert!(data(1).starts_with("24 images of 2 classes (files "), "{all}");
 
+    // Copies of `before`: one whose record has no file digests (as runs recorded before digests
+    // existed), one with no record at all. Neither shows as other data.
+    for (copy, record) in [("runs/undigested", true), ("runs/unrecorded", false)] {
+        let copy = dir.path().join(copy);
+        std::fs::create_dir_all(&copy).unwrap();
+        for file in ["config.toml", "summary.json"] {
+            std::fs::copy(dir.path().join("runs/before").join(file), copy.join(file)).unwrap();
+        }
+        if record {
+            let text = std::fs::read_to_string(dir.path().join("runs/before/dataset.json")).unwrap();
+            let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            for split in json.as_object_mut().unwrap().values_mut() {
+                split.as_object_mut().unwrap().remove("files_digest").unwrap();
+            }
+            std::fs::write(copy.join("dataset.json"), json.to_string()).unwrap();
+        }
+    }
+    for (copy, note) in [("runs/undigested", false), ("runs/unrecorded", true)] {
+        let out = byol_run(dir.path(), &["compare", "runs/before", copy]);
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(all.contains("The runs have the same settings."), "{all}");
+        assert_eq!(all.contains("record no data"), note, "{all}");
+    }
+
     // Stopped by SIGTERM after its first checkpoint: its summary.json holds a loss and a time so
     // far, which are not results.
     let long = dir.path().join("long.toml");

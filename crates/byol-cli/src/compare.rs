@@ -31,6 +31,8 @@ struct Run {
     dir: PathBuf,
     /// Every key of its resolved experiment, dotted, with its value.
     config: BTreeMap<String, toml::Value>,
+    /// What its `dataset.json` records of the data it was trained on.
+    data: Option<DatasetFingerprint>,
     summary: Option<RunSummary>,
     status: TrialStatus,
 }
@@ -52,13 +54,11 @@ impl Run {
         let text = byol_train::run_dir::with_current_defaults(&text);
         let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("cannot parse {}", config_path.display()))?;
-        let mut config = byol_train::run_dir::dotted_keys(&table);
-        // The data each run was trained on, as `data.<split>` keys: runs of the same settings on
-        // other data (images added to a folder, another copy) must not show as the same.
-        let data = DatasetFingerprint::recorded(dir)?;
-        for (split, fingerprint) in data.into_iter().flat_map(|d| d.0) {
-            config.insert(format!("data.{split}"), toml::Value::String(fingerprint.describe()));
-        }
+        let config = byol_train::run_dir::dotted_keys(&table);
+        let data = DatasetFingerprint::recorded(dir).unwrap_or_else(|e| {
+            eprintln!("warning: {e:#}; the data of {} is not compared", dir.display());
+            None
+        });
         let summary_path = dir.join(byol_train::train::SUMMARY_FILE);
         let summary: Option<RunSummary> = match fs::read(&summary_path) {
             Ok(bytes) => Some(
@@ -71,6 +71,7 @@ impl Run {
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
+            data,
             summary,
             status: TrialStatus::read(dir),
         })
@@ -79,6 +80,42 @@ impl Run {
     /// The final figures, by column name (kNN figures and the probe as fractions).
     fn metrics(&self) -> [(&'static str, Option<f64>); 6] {
         sweep::result_values(self.summary.as_ref())
+    }
+}
+
+/// Adds the data each run was trained on to its settings, as `data.<split>` keys, so that runs of
+/// the same settings on other data (images added to a folder, another copy) do not show as the
+/// same. Only when every run has a record; files are compared by digest only where every run's
+/// record of the split has one (older records have none).
+fn add_data_keys(runs: &mut [Run]) {
+    let missing: Vec<String> = runs
+        .iter()
+        .filter(|r| r.data.is_none())
+        .map(|r| r.dir.display().to_string())
+        .collect();
+    if !missing.is_empty() {
+        if missing.len() < runs.len() {
+            eprintln!(
+                "note: {} record no data (no readable {}), so the runs' data is not compared",
+                missing.join(", "),
+                byol_train::train::state::FINGERPRINT_FILE
+            );
+        }
+        return;
+    }
+    let records: Vec<DatasetFingerprint> = runs.iter().filter_map(|r| r.data.clone()).collect();
+    for (run, record) in runs.iter_mut().zip(&records) {
+        for (split, fingerprint) in &record.0 {
+            let mut shown = fingerprint.clone();
+            let all_digested = records
+                .iter()
+                .all(|r| r.0.get(split).is_none_or(|f| f.files_digest.is_some()));
+            if !all_digested {
+                shown.files_digest = None;
+            }
+            run.config
+                .insert(format!("data.{split}"), toml::Value::String(shown.describe()));
+        }
     }
 }
 
@@ -95,11 +132,12 @@ fn differing_keys(runs: &[Run]) -> Vec<String> {
 }
 
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
-    let runs = args
+    let mut runs = args
         .runs
         .iter()
         .map(|dir| Run::read(dir))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    add_data_keys(&mut runs);
     let keys = differing_keys(&runs);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&to_json(&runs, &keys))?);

@@ -137,7 +137,11 @@ fn bad_sweeps_are_explained_with_positions() {
     let trial = s.experiment(&s.trials[1], None).unwrap().to_toml().unwrap();
     let optimizer = &toml::from_str::<toml::Table>(&trial).unwrap()["optimizer"];
     assert_eq!(
-        (optimizer["type"].as_str(), optimizer["lr"].as_float(), optimizer["momentum"].as_float()),
+        (
+            optimizer["type"].as_str(),
+            optimizer["lr"].as_float(),
+            optimizer["momentum"].as_float()
+        ),
         (Some("sgd"), Some(0.3), Some(0.8)),
         "{trial}"
     );
