@@ -60,9 +60,7 @@ impl StepEngine {
         use byol_train::train::{parse_device, Model, StepNumerics, Weights};
         let run = &experiment.run;
         let device = parse_device(&run.device)?;
-        if run.threads > 0 {
-            tch::set_num_threads(run.threads as i32);
-        }
+        byol_train::train::set_cpu_threads(run.threads);
         byol_train::train::prepare_for_steps(device, run.tf32)?;
         let numerics = StepNumerics::resolve(run.precision, run.memory_format, device)?;
         let graph = byol_train::train::graphed_step(experiment, device, false)?;
