@@ -69,6 +69,40 @@ fn setup(text: &str) -> tempfile::TempDir {
     dir
 }
 
+/// TINY_SWEEP with its grid replaced: `"optimizer.lr" = <values>` alone.
+fn sweep_of_lr(values: &str) -> String {
+    let start = TINY_SWEEP.find("[sweep.parameters]").unwrap();
+    format!(
+        "{}[sweep.parameters]\n\"optimizer.lr\" = {values}\n",
+        &TINY_SWEEP[..start]
+    )
+}
+
+/// TINY_SWEEP without its [sweep] table: a plain experiment.
+fn plain_experiment() -> &'static str {
+    &TINY_SWEEP[..TINY_SWEEP.find("[sweep]").unwrap()]
+}
+
+/// Starts python3 running `script` (which takes a trial folder's lock with `fcntl.flock` and
+/// prints `locked`) with `args`, and returns once it holds the lock.
+fn lock_holder(script: &str, args: &[&Path], stdin: Stdio) -> std::process::Child {
+    let mut holder = Command::new("python3")
+        .args(["-c", script])
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "locked");
+    holder
+}
+
 fn has_checkpoint(run_dir: &Path) -> bool {
     std::fs::read_dir(run_dir.join("checkpoints"))
         .is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("step-"))))
@@ -289,9 +323,7 @@ fn a_random_search_runs_one_trial_per_device_in_child_processes() {
 #[test]
 fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
     // lr = 1e30 makes the loss NaN: that trial fails, the other one finishes.
-    let grid = "[sweep.parameters]\n\"optimizer.lr\" = [1e30, 0.1]\n";
-    let start = TINY_SWEEP.find("[sweep.parameters]").unwrap();
-    let file = format!("{}{grid}", &TINY_SWEEP[..start]);
+    let file = sweep_of_lr("[1e30, 0.1]");
     let dir = setup(&file);
     let small = ["--quiet", "--set", "dataset.train_size=128"];
     let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
@@ -472,9 +504,7 @@ fn sigterm_to_a_sweep_in_process_stops_the_trial_at_a_checkpoint() {
 fn a_finished_trial_on_data_changed_since_is_refused_not_ranked() {
     let synthetic = "type = \"synthetic\"\ntrain_size = 512\ntest_size = 64\nimage_size = 16\n";
     let folder = "type = \"image_folder\"\ntrain = \"images\"\nimage_size = 16\n";
-    let grid = "[sweep.parameters]\n\"optimizer.lr\" = [0.2]\n";
-    let start = TINY_SWEEP.find("[sweep.parameters]").unwrap();
-    let file = format!("{}{grid}", &TINY_SWEEP[..start]).replace(synthetic, folder);
+    let file = sweep_of_lr("[0.2]").replace(synthetic, folder);
     assert!(file.contains("image_folder"));
     let dir = setup(&file);
     let image = |name: &str, width: i64| {
@@ -515,27 +545,12 @@ fn a_finished_trial_on_data_changed_since_is_refused_not_ranked() {
 /// folder stays the other process's, and the sweep says why it left it.
 #[test]
 fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
-    let grid = "[sweep.parameters]\n\"optimizer.lr\" = [0.2, 0.8]\n";
-    let start = TINY_SWEEP.find("[sweep.parameters]").unwrap();
-    let dir = setup(&format!("{}{grid}", &TINY_SWEEP[..start]));
+    let dir = setup(&sweep_of_lr("[0.2, 0.8]"));
     let trial = dir.path().join("runs/tiny-sweep/trial-001");
     std::fs::create_dir_all(&trial).unwrap();
     let holder = "import fcntl, sys\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
                   print('locked', flush=True)\nsys.stdin.read()\n";
-    let mut holder = Command::new("python3")
-        .args(["-c", holder])
-        .arg(trial.join("run.lock"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
-    assert_eq!(ready.trim(), "locked");
+    let mut holder = lock_holder(holder, &[&trial.join("run.lock")], Stdio::piped());
 
     // In this process, then in child processes (which write each trial's train.log).
     for devices in [None, Some("cpu,cpu")] {
@@ -569,14 +584,8 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
 /// not the trial's and is not ranked as such.
 #[test]
 fn a_run_of_other_settings_finished_in_a_trial_folder_during_the_sweep_is_not_ranked() {
-    let grid = "[sweep.parameters]\n\"optimizer.lr\" = [0.2, 0.8]\n";
-    let start = TINY_SWEEP.find("[sweep.parameters]").unwrap();
-    let dir = setup(&format!("{}{grid}", &TINY_SWEEP[..start]));
-    std::fs::write(
-        dir.path().join("plain.toml"),
-        &TINY_SWEEP[..TINY_SWEEP.find("[sweep]").unwrap()],
-    )
-    .unwrap();
+    let dir = setup(&sweep_of_lr("[0.2, 0.8]"));
+    std::fs::write(dir.path().join("plain.toml"), plain_experiment()).unwrap();
     let other = byol_run(
         dir.path(),
         &[
@@ -603,21 +612,8 @@ fn a_run_of_other_settings_finished_in_a_trial_folder_during_the_sweep_is_not_ra
                   print('locked', flush=True)\n\
                   while not os.path.isdir(os.path.join(next_trial, 'checkpoints')): time.sleep(0.01)\n\
                   for name in ['config.toml', 'summary.json']: shutil.copy(os.path.join(other, name), trial)\n";
-    let mut holder = Command::new("python3")
-        .args(["-c", holder])
-        .arg(&trial)
-        .arg(dir.path().join("other"))
-        .arg(sweep_dir.join("trial-002"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
-    assert_eq!(ready.trim(), "locked");
+    let other = dir.path().join("other");
+    let mut holder = lock_holder(holder, &[&trial, &other, &sweep_dir.join("trial-002")], Stdio::null());
 
     let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
     assert!(holder.wait().unwrap().success());
@@ -643,11 +639,7 @@ fn a_run_of_other_settings_finished_in_a_trial_folder_during_the_sweep_is_not_ra
 #[test]
 fn a_sweep_folder_that_holds_a_run_is_refused() {
     let dir = setup(TINY_SWEEP);
-    std::fs::write(
-        dir.path().join("plain.toml"),
-        &TINY_SWEEP[..TINY_SWEEP.find("[sweep]").unwrap()],
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("plain.toml"), plain_experiment()).unwrap();
     let run = byol_run(
         dir.path(),
         &["train", "plain.toml", "--quiet", "--run-dir", "runs/tiny-sweep"],
@@ -677,11 +669,9 @@ fn a_sweep_folder_that_holds_a_run_is_refused() {
 /// reads) is not ranked beside trial-002's.
 #[test]
 fn a_trial_on_data_that_changed_while_the_sweep_ran_is_not_ranked() {
-    let grid = "[sweep.parameters]\n\"optimizer.lr\" = [0.2, 0.8]\n";
-    let start = TINY_SWEEP.find("[sweep.parameters]").unwrap();
     let folders = "type = \"image_folder\"\ntrain = \"data/train\"\ntest = \"data/test\"\nimage_size = 16\n";
     let text_of_sweep = byol_testkit::fixtures::with_table(
-        &format!("{}{grid}", &TINY_SWEEP[..start])
+        &sweep_of_lr("[0.2, 0.8]")
             .replace("epochs = 1", "epochs = 6")
             .replace("batch_size = 32", "batch_size = 8"),
         "dataset",
