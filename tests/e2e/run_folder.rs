@@ -563,8 +563,9 @@ fn a_resumed_run_keeps_its_first_measures_and_tensorboard_shows_each_step_once()
         "config.toml describes the run that trained"
     );
 
-    // Killed after its last checkpoint, before its summary: started again, the run trains
-    // nothing and reports the loss and the training time of the steps before.
+    // Killed after its last checkpoint and its final evaluation, before its summary: started
+    // again, the run trains nothing, reports the loss, the training time and the evaluation of
+    // the steps before, and logs that evaluation (and the gain) once.
     let full = summary(&run_dir);
     std::fs::remove_file(run_dir.join("summary.json")).unwrap();
     let out = run(dir.path(), "r", &[&before[..], &["--quiet"]].concat());
@@ -577,6 +578,9 @@ fn a_resumed_run_keeps_its_first_measures_and_tensorboard_shows_each_step_once()
         "{again}\n{full}"
     );
     assert!(seconds(&again, "images_per_second") > 0.0, "{again}");
+    assert_eq!(again["knn_after"], full["knn_after"], "{again}");
+    assert_eq!(tensorboard_steps(&run_dir, "knn/top1"), [0, 16, 32, 48]);
+    assert_eq!(tensorboard_steps(&run_dir, "knn/gain"), [48]);
 
     // Trained longer and stopped by kill -9: no summary of the shorter run is left to pass for
     // this one's.
