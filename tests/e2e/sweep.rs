@@ -672,7 +672,7 @@ fn a_trial_on_data_that_changed_while_the_sweep_ran_is_not_ranked() {
     let folders = "type = \"image_folder\"\ntrain = \"data/train\"\ntest = \"data/test\"\nimage_size = 16\n";
     let text_of_sweep = byol_testkit::fixtures::with_table(
         &sweep_of_lr("[0.2, 0.8]")
-            .replace("epochs = 1", "epochs = 6")
+            .replace("epochs = 1", "epochs = 40")
             .replace("batch_size = 32", "batch_size = 8"),
         "dataset",
         folders,
@@ -688,8 +688,8 @@ fn a_trial_on_data_that_changed_while_the_sweep_ran_is_not_ranked() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // trial-001 read the data when it started: at its first checkpoint the sweep is paused while
-    // the images change, so trial-002 starts on the new ones.
+    // trial-001 read the data when it started: at its first checkpoint (step 4 of 80) the sweep
+    // is paused while the images change, so trial-002 starts on the new ones.
     wait_until("trial-001", || has_checkpoint(&first));
     send("-STOP", &sweep.id().to_string());
     random_pngs(&data.join("train"), &["a", "b"], 12);

@@ -14,7 +14,7 @@
 #
 #   bash tests/gpu/checks.sh first       # (the default) CUDA present, the paths that decide whether
 #                                        # the rest is worth running, and the CIFAR step against
-#                                        # PyTorch: at most 420 s, about 3 min when all is well
+#                                        # PyTorch: at most 460 s, about 3 min when all is well
 #   bash tests/gpu/checks.sh smoke       # every CUDA path once, a few steps each (at most 560 s)
 #   bash tests/gpu/checks.sh step        # the BYOL step, ours vs eager PyTorch (at most 390 s)
 #   bash tests/gpu/checks.sh e2e         # CUDA graphs, the optimizer alone, training's steps (440 s)
@@ -32,7 +32,8 @@
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu-results}
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+: > "$OUT/doctor.txt"
 PART=${1:-first}
 case "$PART" in
   first|smoke|step|e2e|train|reference|long) ;;
@@ -49,7 +50,7 @@ export RUST_BACKTRACE=1
 # (at most a few files come back from $OUT).
 RUNS=${RUNS:-/tmp/byol-gpu-runs}
 keep_run() {
-  (cd "$RUNS" && tar -czf "$OLDPWD/$OUT/$1.tar.gz" "$1"/config.toml "$1"/summary.json "$1"/knn-curve.json 2>/dev/null)
+  (cd "$RUNS" && tar -czf "$OUT/$1.tar.gz" "$1"/config.toml "$1"/summary.json "$1"/knn-curve.json)
 }
 # A part starts its runs anew: a folder left by an earlier call on this machine would be resumed
 # (or found finished) instead of exercising anything.

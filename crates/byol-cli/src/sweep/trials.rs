@@ -159,9 +159,10 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     };
     let mut unrecorded = unrecorded.into_inner().unwrap_or_else(|e| e.into_inner());
     unrecorded.sort();
-    // A sweep that was stopped ranks what it has without reading the data again.
-    let stopping = interrupted.is_some() || signals.requested();
-    let not_ranked = results_not_of_this_sweep(sweep, !stopping);
+    // A sweep that was stopped, also by a signal after its last trial, ranks what it has without
+    // reading the data again and says it was stopped: the next run's start checks the data.
+    let interrupted = interrupted.or_else(|| signals.signal());
+    let not_ranked = results_not_of_this_sweep(sweep, interrupted.is_none());
     let rows = rank_with(sweep, |trial, dir| match not_ranked.get(&trial.id()) {
         Some(why) => TrialStatus::Failed(why.clone()),
         None => TrialStatus::read(dir),
@@ -505,7 +506,7 @@ fn run_in_process(
         eprintln!("{}: failed: {error}", trial.id());
         record_failure(trial, &dir, &error, unrecorded);
     }
-    // Every trial ended: a signal after the last one has nothing left to stop.
+    // Every trial ended: a signal after the last one is for the caller to report.
     Ok(None)
 }
 

@@ -167,17 +167,18 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     } = progress;
     announce_early_stop(&journal, step, &checkpoint, interrupted, pruned.as_ref());
     let stopped_early = interrupted || pruned.is_some();
-    let measured = final_evaluation_measured(&t, &run_dir, step);
+    let measured = final_evaluation_measured(&t, &run_dir, step, &options.allow_change);
     let after = match measured {
         Some(evaluation) => Some(evaluation),
         None if stopped_early => None,
         None => journal.evaluation("", t.evaluate()?, step),
     };
     let final_loss = journal.final_loss;
-    record_curve(&t, &run_dir, &after, step, final_loss, None)?;
-    // The gain is logged with the evaluation it belongs to.
+    // TensorBoard (the evaluation, then the gain) before the curve: a point at the last step
+    // says that both were logged.
     let logged_after = after.as_ref().filter(|_| measured.is_none());
     journal.finish(before.as_ref(), logged_after, step, !stopped_early);
+    record_curve(&t, &run_dir, &after, step, final_loss, None)?;
 
     let summary = RunSummary {
         run_dir: run_dir.clone(),
@@ -207,14 +208,24 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
 
 /// The final evaluation of a run that was resumed from its last checkpoint after measuring it
 /// (stopped before writing its summary): its curve's point at the last step, in TensorBoard
-/// already, where measuring again would log it twice. Measured again in data parallel, where
-/// every process must take part and each reads the curve on its own.
-fn final_evaluation_measured(t: &Trainer<'_>, run_dir: &std::path::Path, step: u64) -> Option<Evaluation> {
-    if t.parallel.is_some() || step != t.plan.total_steps || t.resumed_from != Some(step) {
+/// already (with the gain), where measuring again would log it twice. Measured again when the
+/// resume allowed changes (`allow_change`: the evaluation's settings or data may be others), and
+/// in data parallel, where every process must take part and each reads the curve on its own.
+fn final_evaluation_measured(
+    t: &Trainer<'_>,
+    run_dir: &std::path::Path,
+    step: u64,
+    allow_change: &[String],
+) -> Option<Evaluation> {
+    let same_run = allow_change.is_empty() && t.parallel.is_none();
+    if !same_run || step != t.plan.total_steps || t.resumed_from != Some(step) {
         return None;
     }
     let curve = curve::read_curve(run_dir).ok()?;
-    curve.iter().find(|point| point.step == step).map(|point| point.evaluation())
+    curve
+        .iter()
+        .find(|point| point.step == step)
+        .map(|point| point.evaluation())
 }
 
 /// The summary of a run folder that has trained all its steps already (said so unless `quiet`).
