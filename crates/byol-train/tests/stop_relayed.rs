@@ -1,6 +1,6 @@
 //! A trial of a sweep gets the sweep's signal and may get the job manager's too, in either order:
 //! together they are one request to stop. A second signal from elsewhere than the sweep still
-//! quits at once, which this test cannot send: it would end the test. Its own test binary: a
+//! quits at once, which a child process of this test binary shows. Its own test binary: a
 //! signal reaches every handler of the process.
 
 use std::process::Command;
@@ -48,4 +48,44 @@ fn the_relay_s_signal_and_one_from_elsewhere_are_one_request_in_either_order() {
     assert!(signals.requested());
     signal_hook::low_level::raise(SIGTERM).unwrap();
     assert!(signals.requested());
+}
+
+/// Run by the next test in a process of its own (`--ignored`): handlers relayed by this process,
+/// then a wait for signals from outside.
+#[test]
+#[ignore = "run by a_second_signal_from_elsewhere_still_quits_at_once in a child process"]
+fn relayed_handlers_waiting_for_signals() {
+    let _signals = StopOnSignals::install_relayed("stopping", Some(std::process::id())).unwrap();
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// With a relay, two signals from elsewhere still end the process at once, with the shell's
+/// status for the signal.
+#[test]
+fn a_second_signal_from_elsewhere_still_quits_at_once() {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "relayed_handlers_waiting_for_signals",
+            "--ignored",
+            "--nocapture",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|line| line.unwrap().contains("ready")), "the child started");
+    let started = Instant::now();
+    for _ in 0..2 {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + SIGTERM), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(30), "it quit at once");
 }
