@@ -125,8 +125,8 @@ fn other_data_is_a_difference_and_an_interrupted_run_has_no_results() {
         "{all}"
     );
     let data = |i: usize| report["runs"][i]["config"]["data.train"].as_str().unwrap().to_string();
-    assert!(data(0).starts_with("16 images of 2 classes (files "), "{all}");
-    assert!(data(1).starts_with("24 images of 2 classes (files "), "{all}");
+    assert!(data(0).starts_with("16 images of classes [a, b] (files "), "{all}");
+    assert!(data(1).starts_with("24 images of classes [a, b] (files "), "{all}");
 
     // Copies of `before`: one whose record has no file digests (as runs recorded before digests
     // existed), one with no record at all. Neither shows as other data.

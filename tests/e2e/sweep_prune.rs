@@ -110,7 +110,7 @@ fn a_certainly_worse_trial_is_pruned_at_the_first_evaluation_and_resumes_on_requ
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
-        all.contains("| trial-002 | 4 images of 2 classes (files ")
+        all.contains("| trial-002 | 4 images of classes [")
             && all.contains(" | wrong-labels | ")
             && all.contains("| pruned at epoch 1 |"),
         "{all}"

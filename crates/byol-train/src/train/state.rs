@@ -58,17 +58,14 @@ pub struct SplitFingerprint {
 }
 
 impl SplitFingerprint {
-    /// `5000 images of 10 classes (files 3fa2c41b09de)`, or `... unlabelled images ...`.
+    /// `5000 images of classes [a, b] (files 3fa2c41b09de)`: the count, the classes (the first and
+    /// last of many) and the digest's start where there is one.
     pub fn describe(&self) -> String {
-        let classes = match self.classes.len() {
-            0 => "unlabelled images".to_string(),
-            n => format!("images of {n} classes"),
-        };
         let files = self
             .files_digest
             .as_ref()
             .map_or(String::new(), |d| format!(" (files {})", &d[..d.len().min(12)]));
-        format!("{} {classes}{files}", self.images)
+        format!("{}{files}", describe_split(Some(self)))
     }
 
     /// Whether `now` is this split: the same count and classes, and the same digest where both
