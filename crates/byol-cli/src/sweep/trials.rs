@@ -259,6 +259,7 @@ fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTr
             continue;
         }
         let (first, _, _) = group[0];
+        println!("the trials' records of their data disagree: reading the data again to tell which trained on it");
         let now = sweep
             .experiment(first, None)
             .and_then(|experiment| DatasetFingerprint::of_experiment(&experiment));
