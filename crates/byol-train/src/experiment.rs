@@ -424,14 +424,20 @@ fn table_headers(table: &toml_edit::Table, path: &mut Vec<String>, out: &mut Vec
 }
 
 /// `a.b.c=value`: sets key `c` of table `a.b`, creating tables as needed.
+/// The value of a `--set key=value`: TOML where it parses as such, else the text as a string
+/// (`run.device=cuda`).
+pub(crate) fn override_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed key v"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
 fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<()> {
     let (key, raw) = assignment
         .split_once('=')
         .with_context(|| format!("--set '{assignment}' is not of the form section.key=value"))?;
-    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").expect("parsed key v"),
-        Err(_) => toml::Value::String(raw.to_string()),
-    };
+    let value = override_value(raw);
     let parts: Vec<&str> = key.trim().split('.').collect();
     let (last, parents) = parts.split_last().expect("split yields one part");
     let mut current = table;

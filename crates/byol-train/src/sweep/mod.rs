@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::experiment::explain;
+use crate::experiment::{explain, override_value};
 use crate::train::RunSummary;
 use crate::Experiment;
 
@@ -247,21 +247,20 @@ pub fn is_sweep(text: &str) -> bool {
     toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("sweep"))
 }
 
-/// Whether dotted `inner` is a key inside the table `outer` (`augment.image_size` in `augment`).
-fn within(outer: &str, inner: &str) -> bool {
-    inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.'))
+/// The path of dotted `inner` inside the table `outer` (`image_size` for `augment.image_size` in
+/// `augment`); None when `inner` is not inside it.
+fn path_within<'a>(outer: &str, inner: &'a str) -> Option<&'a str> {
+    inner.strip_prefix(outer)?.strip_prefix('.')
 }
 
-/// Whether `--set table=value` sets the dotted key `swept` inside `table`: `value` parsed as a
-/// TOML table holds the rest of its path.
+/// Whether `--set table=value` sets the dotted key `swept` inside `table`: `value`, read as
+/// `--set` reads it, is a table holding the rest of its path.
 fn holds_key(table: &str, value: &str, swept: &str) -> bool {
-    let Some(rest) = swept.strip_prefix(table).and_then(|r| r.strip_prefix('.')) else {
+    let Some(rest) = path_within(table, swept) else {
         return false;
     };
-    let Ok(parsed) = toml::from_str::<toml::Table>(&format!("v = {value}")) else {
-        return false;
-    };
-    let mut current = parsed.get("v");
+    let parsed = override_value(value);
+    let mut current = Some(&parsed);
     for part in rest.split('.') {
         current = current.and_then(|v| v.as_table()).and_then(|t| t.get(part));
     }
@@ -305,7 +304,7 @@ impl Sweep {
             let value = assignment.split_once('=').map_or("", |(_, v)| v);
             if let Some(swept) = parameters
                 .iter()
-                .find(|p| p.key == key || within(&p.key, key) || holds_key(key, value, &p.key))
+                .find(|p| p.key == key || path_within(&p.key, key).is_some() || holds_key(key, value, &p.key))
             {
                 bail!(
                     "'{key}' is set with --set, and '{}' is swept in [sweep.parameters]: each trial would set it \
