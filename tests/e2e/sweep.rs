@@ -709,3 +709,34 @@ fn a_trial_on_data_that_changed_while_the_sweep_ran_is_not_ranked() {
     assert_eq!(rows[1][..2], ["", "trial-001"], "{csv}");
     assert_eq!(rows[1][4], "failed", "{csv}");
 }
+
+/// A sweep run again over finished trials checks their data by listing it, not decoding it: a
+/// folder cached in memory is not decoded a second time, and its unreadable image (skipped by the
+/// trials, counted by a listing) does not make the trials look as if they trained on other data.
+#[test]
+fn finished_trials_are_checked_against_their_data_without_decoding_it() {
+    let folders = "type = \"image_folder\"\ntrain = \"data/train\"\ntest = \"data/test\"\nimage_size = 16\n";
+    let dir = setup(&byol_testkit::fixtures::with_table(
+        &sweep_of_lr("[0.2, 0.8]").replace("batch_size = 32", "batch_size = 4"),
+        "dataset",
+        folders,
+    ));
+    let data = dir.path().join("data");
+    random_pngs(&data.join("train"), &["a", "b"], 4);
+    random_pngs(&data.join("test"), &["a", "b"], 2);
+    std::fs::write(data.join("train/a/broken.png"), b"not an image").unwrap();
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(all.matches("skipped 1 unreadable image(s) of 9").count(), 2, "{all}");
+
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(all.matches("finished before, skipped").count(), 2, "{all}");
+    assert!(
+        all.contains("reading the data to check the finished trials against it"),
+        "{all}"
+    );
+    assert!(!all.contains("unreadable") && !all.contains("not ranked"), "{all}");
+}

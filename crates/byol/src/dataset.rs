@@ -294,6 +294,14 @@ pub struct Splits {
 pub trait DatasetSpec: std::fmt::Debug + Send + Sync {
     fn build(&self, context: &BuildContext) -> Result<Splits, DataError>;
 
+    /// The splits of [`DatasetSpec::build`] without decoding the images where the source can list
+    /// them (a folder cached in memory is listed, not decoded), and without printing `build`'s
+    /// notes: enough for their count, classes and [`Dataset::content_digest`], to check what a run
+    /// read cheaply. A listed split counts every image, unreadable ones included. Default: `build`.
+    fn build_listing(&self, context: &BuildContext) -> Result<Splits, DataError> {
+        self.build(context)
+    }
+
     /// What can be checked without reading the data (folders and files exist, sizes in range),
     /// for `byol-run validate` and before training starts. Default: nothing.
     fn check(&self) -> Result<(), DataError> {

@@ -160,6 +160,10 @@ byol::register_plugin! {
             Ok(())
         }
 
+        fn build_listing(&self, _: &BuildContext) -> Result<Splits, DataError> {
+            self.listing().load().map(|(splits, _warnings)| splits)
+        }
+
         fn keeps_image_files(&self) -> bool {
             self.cache == Cache::None
         }
@@ -167,6 +171,14 @@ byol::register_plugin! {
 }
 
 impl ImageFolderConfig {
+    /// This folder read without decoding its images (`cache = "none"`): building it lists the files.
+    pub fn listing(&self) -> Self {
+        Self {
+            cache: Cache::None,
+            ..self.clone()
+        }
+    }
+
     /// Builds the splits and returns the warnings that `build` prints (unreadable images skipped
     /// while filling the memory cache, class folders without images): one line each.
     pub fn load(&self) -> Result<(Splits, Vec<String>), DataError> {

@@ -114,6 +114,27 @@ pub struct LabelledSplits {
 /// The kNN monitor's splits: `[eval] train` and `test` when set (decoded at the training images'
 /// size), else the dataset's own labelled splits; None when there are no labelled queries.
 pub fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Result<Option<LabelledSplits>> {
+    read_labelled(experiment, splits, |folder| {
+        // The folder's auto-detection notes are not printed: an unlabelled folder is an error here.
+        let (labelled, warnings, _notes) = folder.load_with_notes()?;
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(labelled)
+    })
+}
+
+/// [`labelled_splits`] with `[eval] train` and `test` listed, not decoded (and nothing printed):
+/// their count, classes and digest, as [`byol::DatasetSpec::build_listing`] gives.
+pub fn labelled_listing(experiment: &Experiment, splits: &Splits) -> anyhow::Result<Option<LabelledSplits>> {
+    read_labelled(experiment, splits, |folder| Ok(folder.listing().load()?.0))
+}
+
+fn read_labelled(
+    experiment: &Experiment,
+    splits: &Splits,
+    load: impl FnOnce(ImageFolderConfig) -> Result<Splits, byol::DataError>,
+) -> anyhow::Result<Option<LabelledSplits>> {
     let eval = &experiment.eval;
     let (Some(train), Some(test)) = (&eval.train, &eval.test) else {
         return Ok(match &splits.test {
@@ -137,20 +158,13 @@ pub fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Resu
             test.display()
         )
     };
-    // The folder's auto-detection notes are not printed: an unlabelled folder is an error here.
-    let (labelled, warnings, _notes) = folder
-        .load_with_notes()
-        .map_err(anyhow::Error::from)
-        .with_context(context)?;
+    let labelled = load(folder).map_err(anyhow::Error::from).with_context(context)?;
     if !labelled.train.is_labelled() {
         bail!(
             "eval.train = {}: no class sub-folders; the evaluation split needs labels, one sub-folder of \
              images per class (<split>/<class>/<image>)",
             train.display()
         );
-    }
-    for w in warnings {
-        eprintln!("warning: {w}");
     }
     Ok(Some(LabelledSplits {
         bank: labelled.train,

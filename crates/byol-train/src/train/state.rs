@@ -17,7 +17,7 @@ use crate::run_dir;
 use crate::Experiment;
 
 use super::model::{Model, Weights};
-use super::monitor::{labelled_splits, LabelledSplits};
+use super::monitor::{labelled_listing, LabelledSplits};
 use super::step::{Plan, StepNumerics};
 
 /// Where a run's folder keeps the files its model is built from (a TorchScript module), copied
@@ -68,14 +68,16 @@ impl SplitFingerprint {
         format!("{}{files}", describe_split(Some(self)))
     }
 
-    /// Whether `now` is this split: the same count and classes, and the same digest where both
-    /// have one.
+    /// Whether `now` is this split: the same classes, and the same files where both have a
+    /// digest, else the same count. The digest holds every file's name and size, so two equal ones
+    /// list the same images; their counts may still differ by the unreadable images that a split
+    /// decoded into memory leaves out and a listing keeps.
     fn matches(&self, now: &Self) -> bool {
         let same_files = match (&self.files_digest, &now.files_digest) {
             (Some(saved), Some(now)) => saved == now,
-            _ => true,
+            _ => self.images == now.images,
         };
-        self.images == now.images && self.classes == now.classes && same_files
+        self.classes == now.classes && same_files
     }
 }
 
@@ -107,12 +109,18 @@ impl DatasetFingerprint {
         Self::of(named)
     }
 
-    /// Reads the experiment's data as a run of it does and returns its fingerprint. On the CPU: no
-    /// dataset's splits depend on the device.
+    /// The fingerprint of the data a run of `experiment` reads, from the splits as listed, not
+    /// decoded, where the source can ([`byol::DatasetSpec::build_listing`]): it matches the run's
+    /// own record ([`SplitFingerprint::matches`] goes by the digest where both have one, and a
+    /// listing counts the unreadable images a run skips). On the CPU: no dataset's splits depend
+    /// on the device.
     pub fn of_experiment(experiment: &Experiment) -> anyhow::Result<Self> {
         let context = BuildContext::new(tch::Device::Cpu, experiment.augment.image_size());
-        let splits = experiment.dataset.build(&context).context("building [dataset]")?;
-        let labelled = labelled_splits(experiment, &splits)?;
+        let splits = experiment
+            .dataset
+            .build_listing(&context)
+            .context("building [dataset]")?;
+        let labelled = labelled_listing(experiment, &splits)?;
         Ok(Self::of_run(&splits, labelled.as_ref()))
     }
 
@@ -481,5 +489,8 @@ mod tests {
         // Two records with digests must agree on them.
         let other = split(r#"{"images": 2, "classes": ["a"], "files_digest": "89abcdef"}"#);
         assert!(!now.matches(&other) && now.matches(&now.clone()));
+        // The same files, listed (every image) against decoded (one unreadable image left out).
+        let decoded = split(r#"{"images": 1, "classes": ["a"], "files_digest": "4567ef01"}"#);
+        assert!(decoded.matches(&now) && now.matches(&decoded));
     }
 }
