@@ -15,6 +15,8 @@ use crate::{BuildContext, ByolError};
 #[serde(deny_unknown_fields, default)]
 pub struct ByolConfig {
     /// Backbone tap whose pooled output is the representation y ("avgpool" for ResNets).
+    /// `byol-run` passes it to [`Byol::new`] (or its siblings), which take the tap as their own
+    /// argument, as the original class did; they do not read this field.
     pub embedding_layer: String,
     /// Hidden width of the projector and predictor MLPs (paper: 4096).
     pub hidden_dim: i64,

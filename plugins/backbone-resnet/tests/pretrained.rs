@@ -83,18 +83,29 @@ fn mismatched_weights_list_missing_unexpected_and_misshaped_keys() {
             && message.contains("layer1.0.conv1.weight: file [64, 64, 3, 3], model [64, 64, 1, 1]"),
         "{message}"
     );
-    // ResNet-18 has no key that ResNet-50 lacks, so a separate check for "unexpected":
+    // ResNet-18 has no key that ResNet-50 lacks: the file gains one ResNet-18 lacks (not `fc.*`,
+    // which a ResNet ignores) for the unexpected keys.
+    let mut tensors = Tensor::read_safetensors(&path).unwrap();
+    tensors.push((
+        "layer5.0.conv1.weight".into(),
+        Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+    ));
+    tensors.push(("fc.extra".into(), Tensor::zeros([1], (Kind::Float, Device::Cpu))));
+    let extended = dir.path().join("resnet18-extended.safetensors");
+    Tensor::write_safetensors(&tensors, &extended).unwrap();
     let spec = ResNet18(ResNetConfig {
-        pretrained: Some(path.clone()),
-        cifar_stem: true,
-        width: 32,
+        pretrained: Some(extended),
         ..Default::default()
     });
     let message = Byol::new(&VarStore::new(Device::Cpu), &spec, 32, "avgpool", &config())
         .unwrap_err()
         .to_string();
     assert!(
-        message.contains("mis-shaped keys") && message.contains("conv1.weight"),
+        message.contains("unexpected keys")
+            && message.contains("layer5.0.conv1.weight")
+            && !message.contains("fc.extra")
+            && !message.contains("missing keys")
+            && !message.contains("mis-shaped keys"),
         "{message}"
     );
 }
