@@ -24,6 +24,45 @@ fn doctor_runs_from_any_directory() {
     assert!(all.contains("CUDA available"), "{all}");
 }
 
+/// Every TOML block of the README (but the Cargo manifest of "As a library") parses: its tables
+/// laid over the tiny experiment, as an experiment, or as a sweep when it has `[sweep]`. A key
+/// renamed or a plugin `type` changed in the code fails here until the README follows.
+#[test]
+fn every_toml_block_of_the_readme_parses() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        if line.trim_start() == "```toml" {
+            let indent = line.len() - line.trim_start().len();
+            let body: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| l.trim_start() != "```")
+                .map(|l| l.get(indent..).unwrap_or(""))
+                .collect();
+            blocks.push(body.join("\n"));
+        }
+    }
+    let manifests = blocks.iter().filter(|b| b.contains("[dependencies]")).count();
+    assert_eq!(manifests, 1, "the one Cargo manifest block");
+    let experiments: Vec<&String> = blocks.iter().filter(|b| !b.contains("[dependencies]")).collect();
+    assert!(experiments.len() >= 7, "{} TOML blocks", experiments.len());
+    for block in experiments {
+        let tables: toml::Table = toml::from_str(block).unwrap_or_else(|e| panic!("not TOML: {e}\n{block}"));
+        let mut experiment: toml::Table = toml::from_str(byol_testkit::fixtures::TINY_EXPERIMENT).unwrap();
+        experiment.extend(tables);
+        let text = toml::to_string(&experiment).unwrap();
+        let parsed = if experiment.contains_key("sweep") {
+            byol_train::sweep::Sweep::parse(&text, &[], "readme").map(|_| ())
+        } else {
+            byol_train::Experiment::parse(&text, &[]).map(|_| ())
+        };
+        if let Err(e) = parsed {
+            panic!("a README block does not parse: {e:#}\n{block}");
+        }
+    }
+}
+
 #[test]
 fn every_experiment_file_validates() {
     let root = repo_root();
