@@ -631,7 +631,11 @@ fn a_run_of_other_settings_finished_in_a_trial_folder_during_the_sweep_is_not_ra
     };
     // rank,trial,optimizer.lr,knn_top1,status,...
     assert_eq!(row("trial-002")[0], "1", "{csv}");
-    assert_eq!(&row("trial-001")[..5], ["", "trial-001", "0.2", "", "failed"], "{csv}");
+    assert_eq!(
+        &row("trial-001")[..5],
+        ["", "trial-001", "0.2", "", "not ranked"],
+        "{csv}"
+    );
 }
 
 /// A run trained in the folder a sweep would use (`--run-dir runs/tiny-sweep`) is not a sweep: the
@@ -707,7 +711,7 @@ fn a_trial_on_data_that_changed_while_the_sweep_ran_is_not_ranked() {
     let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
     assert_eq!(rows[0][..2], ["1", "trial-002"], "{csv}");
     assert_eq!(rows[1][..2], ["", "trial-001"], "{csv}");
-    assert_eq!(rows[1][4], "failed", "{csv}");
+    assert_eq!(rows[1][4], "not ranked", "{csv}");
 }
 
 /// A sweep run again over finished trials checks their data by listing it, not decoding it: a

@@ -164,7 +164,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     let interrupted = interrupted.or_else(|| signals.signal());
     let not_ranked = results_not_of_this_sweep(sweep, interrupted.is_none());
     let rows = rank_with(sweep, |trial, dir| match not_ranked.get(&trial.id()) {
-        Some(why) => TrialStatus::Failed(why.clone()),
+        Some(why) => TrialStatus::NotRanked(why.clone()),
         None => TrialStatus::read(dir),
     });
     let csv = sweep.dir.join("summary.csv");
@@ -175,7 +175,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     let mut failed: Vec<String> = rows
         .iter()
         .filter(|row| matches!(row.status, TrialStatus::Failed(_)))
-        .filter(|row| !unrecorded.contains(&row.trial.id()) && !not_ranked.contains_key(&row.trial.id()))
+        .filter(|row| !unrecorded.contains(&row.trial.id()))
         .map(|row| row.trial.id())
         .collect();
     failed.sort();

@@ -21,6 +21,9 @@ pub enum TrialStatus {
     Pruned(Box<RunSummary>),
     /// The error of its last attempt; a re-run retries it.
     Failed(String),
+    /// Finished, but with a result that is not this sweep's trial's (why): another run's, or one
+    /// on other data. Only the sweep that found it says so; its folder reads as finished.
+    NotRanked(String),
 }
 
 impl TrialStatus {
@@ -52,6 +55,7 @@ impl TrialStatus {
             TrialStatus::Done(_) => "done",
             TrialStatus::Pruned(_) => "pruned",
             TrialStatus::Failed(_) => "failed",
+            TrialStatus::NotRanked(_) => "not ranked",
         }
     }
 
