@@ -129,6 +129,47 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("--out emb.txt must end in .safetensors or .npy"), "{all}");
     assert!(!dir.path().join("emb.txt.names.txt").exists());
+
+    // An output inside the run's checkpoints is refused (a file of a checkpoint's name there would
+    // damage it), by export and embed, and the checkpoint stays intact; so is a folder that does
+    // not exist, before any image is read.
+    let model = dir.path().join("r/checkpoints/last/model.safetensors");
+    let before = std::fs::read(&model).unwrap();
+    let refused = [
+        ["export", "r", "--out", "r/checkpoints/last/model.safetensors"].as_slice(),
+        &["export", "r", "--out", "r/checkpoints/other.safetensors"],
+        &[
+            "embed",
+            "r",
+            "--images",
+            "images",
+            "--out",
+            "r/checkpoints/last/model.safetensors",
+        ],
+    ];
+    for args in refused {
+        let out = byol_run(dir.path(), args);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(
+            all.contains("a run's checkpoints") && all.contains("write it elsewhere"),
+            "{all}"
+        );
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), before, "the checkpoint is untouched");
+    let out = byol_run(
+        dir.path(),
+        &["embed", "r", "--images", "no-such-folder", "--out", "gone/emb.npy"],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("the folder gone does not exist; create it first"), "{all}");
+    let out = byol_run(dir.path(), &["export", "r", "--out", "r/backbone.safetensors"]);
+    assert!(
+        out.status.success(),
+        "the run folder itself takes exports: {}",
+        text(&out)
+    );
 }
 
 /// What `export` writes is a torchvision state_dict: torchvision's own ResNet-18 loads it

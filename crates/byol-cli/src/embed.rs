@@ -74,6 +74,38 @@ pub fn run_folder_of(checkpoint_dir: &Path) -> Option<PathBuf> {
     (checkpoints.file_name()? == CHECKPOINTS_DIR && run.join(CONFIG_FILE).is_file()).then(|| run.to_path_buf())
 }
 
+/// Refuses an output path that cannot be written or must not be: a folder that does not exist
+/// (checked before any work), or a place inside a run's `checkpoints/`, where a file of the same
+/// name would damage a checkpoint (the next resume would move it aside as damaged).
+fn check_output(out: &Path) -> anyhow::Result<()> {
+    let folder = match out.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let Ok(folder) = folder.canonicalize() else {
+        bail!(
+            "cannot write --out {}: the folder {} does not exist; create it first",
+            out.display(),
+            folder.display()
+        );
+    };
+    let checkpoints = folder
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == CHECKPOINTS_DIR) && a.with_file_name(CONFIG_FILE).is_file());
+    if let Some(checkpoints) = checkpoints {
+        bail!(
+            "--out {} is inside {}, a run's checkpoints: a file written there could replace a \
+             checkpoint's own and damage it; write it elsewhere, such as next to the run folder",
+            out.display(),
+            checkpoints.display()
+        );
+    }
+    if out.is_dir() {
+        bail!("--out {} is a folder; name the file to write", out.display());
+    }
+    Ok(())
+}
+
 /// Writes the online backbone's variables under their torchvision names.
 pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
     // A .pt or .pth name would promise a file that torch.load reads; this one is safetensors.
@@ -84,6 +116,7 @@ pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
             out.display()
         );
     }
+    check_output(out)?;
     let checkpoint_dir = &resolve_checkpoint(checkpoint_or_run)?;
     checkpoint::verify(checkpoint_dir).with_context(|| format!("checking checkpoint {}", checkpoint_dir.display()))?;
     let tensors = checkpoint::read_tensors(checkpoint_dir, checkpoint::MODEL_FILE)?;
@@ -248,6 +281,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         Some("safetensors") => OutFormat::Safetensors,
         _ => bail!("--out {} must end in .safetensors or .npy", args.out.display()),
     };
+    check_output(&args.out)?;
     let Trained {
         experiment,
         device,
