@@ -218,6 +218,25 @@ fn a_changed_experiment_is_refused_with_a_diff_unless_allowed_or_fresh() {
     let all = text(&out);
     assert!(!out.status.success() && all.contains("eval.knn_k: "), "{all}");
 
+    // Shorter than what it has trained: refused even when allowed, and nothing is rewritten.
+    let manifest = run_dir.join("checkpoints/last/manifest.json");
+    let (manifest_before, summary_before) = (
+        std::fs::read(&manifest).unwrap(),
+        std::fs::read(run_dir.join("summary.json")).unwrap(),
+    );
+    let shorter = ["--set", "schedule.epochs=2", "--allow-change", "schedule.epochs"];
+    let out = run(dir.path(), "r", &shorter);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("has trained 48 steps, more than the 32 of this experiment")
+            && all.contains("Set schedule.epochs to 3 or more"),
+        "{all}"
+    );
+    assert_eq!(std::fs::read(&manifest).unwrap(), manifest_before);
+    assert_eq!(std::fs::read(run_dir.join("summary.json")).unwrap(), summary_before);
+    assert_eq!(config_value(&run_dir, "schedule", "epochs").as_integer(), Some(3));
+
     let mut allowed = changed.to_vec();
     allowed.extend(["--allow-change", "optimizer.lr", "--allow-change", "schedule.epochs"]);
     let out = run(dir.path(), "r", &allowed);

@@ -59,6 +59,30 @@ pub struct Trainer<'a> {
     pub loss_watch: LossWatch,
 }
 
+/// Refuses to resume a run past its end: a checkpoint of more steps than the experiment has now
+/// (`schedule.epochs` lowered with `--allow-change`) would be saved again as the last step of a
+/// shorter run, and its records would contradict each other.
+fn check_not_past_the_end(
+    run_dir: &Path,
+    experiment: &Experiment,
+    plan: &Plan,
+    step: Option<u64>,
+) -> anyhow::Result<()> {
+    let Some(step) = step.filter(|&step| step > plan.total_steps) else {
+        return Ok(());
+    };
+    let per_epoch = plan.steps_per_epoch.max(1);
+    bail!(
+        "{} has trained {step} steps, more than the {} of this experiment (schedule.epochs = {} of {per_epoch} \
+         steps): a run cannot be shortened below what it has trained. Set schedule.epochs to {} or more, or \
+         add --fresh to start over (the folder is moved aside, nothing is deleted)",
+        run_dir.display(),
+        plan.total_steps,
+        experiment.schedule.epochs,
+        step.div_ceil(per_epoch)
+    )
+}
+
 impl<'a> Trainer<'a> {
     /// Joins the data-parallel job (when torchrun started this process), reads the data, decides
     /// from the run folder where the run starts, and builds the model there: from the
@@ -95,6 +119,7 @@ impl<'a> Trainer<'a> {
             Some(p) => agreed_start(p, device, run_dir, find)?,
             None => find()?,
         };
+        check_not_past_the_end(run_dir, experiment, &plan, start.step())?;
 
         let (model, mut optimizer) = build_model(experiment, &context, &start, numerics.channels_last)?;
         let monitor = Monitor::new(
