@@ -98,6 +98,17 @@ fn unlabelled_flat_folder_trains_with_and_without_an_evaluation_split() {
         "{without}"
     );
     assert_eq!(without["steps"], 2, "{without}");
+    // An evaluation interval with the monitor off: no evaluation is counted or timed.
+    let every_epoch = ["--set", "schedule.epochs=3", "--set", "eval.every_epochs=1"];
+    let out = byol_run(
+        dir.path(),
+        &[&["flat.toml", "--run-dir", "curve"][..], &every_epoch].concat(),
+    );
+    let all = text(&out);
+    assert!(out.status.success() && !all.contains("kNN curve"), "{all}");
+    let curve: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("curve/summary.json")).unwrap()).unwrap();
+    assert_eq!(curve["curve_evaluations"], 0, "{curve}");
 
     // A labelled split in class folders: kNN measures on it, the probe learns from it.
     for (split, count) in [("labelled/train", 12u32), ("labelled/test", 6)] {

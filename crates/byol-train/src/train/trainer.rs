@@ -265,10 +265,11 @@ impl<'a> Trainer<'a> {
     }
 
     /// Whether the kNN curve has a point after `step`: an epoch boundary on the evaluation
-    /// interval, before the end (the end is always evaluated).
+    /// interval, before the end (the end is always evaluated), when the kNN monitor is on.
     pub fn evaluates_after(&self, step: u64) -> bool {
         let interval = self.experiment.eval.interval_epochs(self.experiment.schedule.epochs);
-        interval > 0
+        self.monitor.has_knn()
+            && interval > 0
             && step.is_multiple_of(self.plan.steps_per_epoch)
             && self.plan.epoch_of(step).is_multiple_of(interval)
             && step < self.plan.total_steps
