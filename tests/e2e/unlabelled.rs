@@ -187,3 +187,32 @@ fn a_flat_folder_is_detected_as_unlabelled_with_one_note() {
     assert_eq!(all.matches("kNN monitor and online probe off").count(), 1, "{all}");
     assert!(summary(dir.path()).get("knn_after").is_none());
 }
+
+/// Labelled training images without a split to measure on: the monitor is off, and a note says
+/// why and what to set (before, the run went without kNN figures silently).
+#[test]
+fn labelled_images_without_a_test_split_say_the_monitor_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), super::TINY).unwrap();
+    let args = [
+        "tiny.toml",
+        "--run-dir",
+        "run",
+        "--set",
+        "dataset.test_size=0",
+        "--set",
+        "schedule.epochs=1",
+    ];
+    let out = byol_run(dir.path(), &args);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(
+        all.matches(
+            "note: kNN monitor and online probe off: the dataset has no test split to measure on; set dataset.test"
+        )
+        .count(),
+        1,
+        "{all}"
+    );
+    assert!(!all.contains("kNN top-1") && !all.contains("no labels"), "{all}");
+}
