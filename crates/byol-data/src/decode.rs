@@ -57,6 +57,8 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, String> {
         }
     })
     .unwrap_or_else(|_| Err("the decoder panicked on this file".into()))
+    // Decoders' messages may span lines; each becomes part of a one-line warning.
+    .map_err(|message| message.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// Strict, so that a truncated or corrupted scan is an error rather than gray pixels, as PIL

@@ -743,3 +743,30 @@ fn limit_per_class() {
     let (splits, _) = load(&root, "image_size = 8\nlimit_per_class = 2").unwrap();
     assert_eq!(splits.train.len(), 4);
 }
+
+/// A file cut anywhere gives an error of one line (decoders' messages may hold line breaks, and
+/// the message becomes part of a one-line warning), or, cut in its trailing bytes, the image.
+#[test]
+fn a_truncated_image_gives_a_one_line_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["cut.jpg", "cut.png"] {
+        let path = tmp.path().join(name);
+        write_image(&path, 23, 17, 5);
+        let bytes = std::fs::read(&path).unwrap();
+        let mut errors = 0;
+        for end in 1..bytes.len() {
+            if let Err(e) = decode_rgb(&bytes[..end]) {
+                errors += 1;
+                assert!(
+                    !e.contains('\n') && !e.contains('\r') && e == e.trim(),
+                    "{name} cut at {end}: {e:?}"
+                );
+            }
+        }
+        assert!(
+            errors > bytes.len() / 2,
+            "{name}: {errors} errors of {} cuts",
+            bytes.len()
+        );
+    }
+}

@@ -472,6 +472,7 @@ fn bad_samples_are_skipped_and_counted_and_damaged_shards_named() {
         };
         tar.append(&format!("{i:06}.png"), &bytes).unwrap();
     }
+    tar.append("000008.cls", b"3").unwrap(); // a label whose image is missing
     tar.append("000009.webp", b"RIFF....WEBP").unwrap();
     let bytes = tar.finish().unwrap();
     let shard = tmp.path().join("bad.tar");
@@ -480,7 +481,9 @@ fn bad_samples_are_skipped_and_counted_and_damaged_shards_named() {
     let (splits, warnings) = config(&quoted(&shard), "").load().unwrap();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
-        warnings[0].contains("1 sample(s) have no .jpg, .jpeg or .png") && warnings[0].contains("WebP"),
+        warnings[0].contains("2 sample(s) have no .jpg, .jpeg or .png")
+            && warnings[0].contains("key 000008, whose members are .cls)")
+            && warnings[0].contains("WebP"),
         "{warnings:?}"
     );
     let train = splits.train;

@@ -120,8 +120,6 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
                     String::from_utf8_lossy(&data).chars().take(40).collect::<String>()
                 ))
             })?);
-        } else {
-            p.others.push(ext);
         }
     }
     if let Some(p) = pending.take() {
@@ -147,9 +145,8 @@ struct PendingSample {
     /// The extensions of every image member.
     image_extensions: Vec<String>,
     label: Option<i64>,
-    /// Extensions of the members that are neither image nor label.
-    others: Vec<String>,
-    /// Every extension met, to refuse a second member of the same name.
+    /// Every extension met, to refuse a second member of the same name (and to name an imageless
+    /// sample's members).
     seen: Vec<String>,
 }
 
@@ -160,7 +157,6 @@ impl PendingSample {
             image: None,
             image_extensions: Vec::new(),
             label: None,
-            others: Vec::new(),
             seen: Vec::new(),
         }
     }
@@ -181,7 +177,7 @@ impl PendingSample {
                     name: image.name.into(),
                 });
             }
-            None => listing.imageless.push((self.key, self.others)),
+            None => listing.imageless.push((self.key, self.seen)),
         }
     }
 }
@@ -214,14 +210,10 @@ fn imageless_warning(key: &str, shards: &[PathBuf], imageless: &[(usize, String,
     let webp = imageless.iter().any(|(_, _, e)| e.iter().any(|e| e == "webp"));
     Some(format!(
         "dataset.{key}: {} sample(s) have no .jpg, .jpeg or .png member and are left out (first: {} key {k}, \
-         with {}){}",
+         whose members are {}){}",
         imageless.len(),
         shards[*s].display(),
-        if exts.is_empty() {
-            "no other members".to_string()
-        } else {
-            exts.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(", ")
-        },
+        exts.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(", "),
         if webp {
             "; WebP is not decoded here: convert such images to JPEG or PNG"
         } else {
