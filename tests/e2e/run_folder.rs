@@ -206,6 +206,20 @@ fn a_changed_experiment_is_refused_with_a_diff_unless_allowed_or_fresh() {
         "config.toml untouched"
     );
 
+    // A misspelled --allow-change allows nothing, and says so; a table's name is a key.
+    let out = run(
+        dir.path(),
+        "r",
+        &["--allow-change", "optimizer.lrr", "--allow-change", "logging"],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("warning: --allow-change optimizer.lrr names no key")
+            && !all.contains("--allow-change logging names"),
+        "{all}"
+    );
+
     // Keys that do not alter the run need nothing...
     let out = run(
         dir.path(),

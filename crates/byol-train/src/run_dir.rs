@@ -295,6 +295,21 @@ pub fn allowed(key: &str, allow: &[String]) -> bool {
         .any(|a| key == a || key.strip_prefix(a.as_str()).is_some_and(|rest| rest.starts_with('.')))
 }
 
+/// The `--allow-change` keys in `allow` that name no key (and no table) of any of `experiments`
+/// (resolved experiments' TOML): misspelled ones, which would allow nothing.
+pub fn unknown_allowances(allow: &[String], experiments: &[&str]) -> Vec<String> {
+    let keys: Vec<String> = experiments
+        .iter()
+        .filter_map(|text| toml::from_str::<toml::Table>(text).ok())
+        .flat_map(|table| dotted_keys(&table).into_keys())
+        .collect();
+    allow
+        .iter()
+        .filter(|a| !keys.iter().any(|key| allowed(key, std::slice::from_ref(*a))))
+        .cloned()
+        .collect()
+}
+
 /// Dotted key -> value of every leaf of a table (arrays are leaves), sorted by key.
 pub fn dotted_keys(table: &toml::Table) -> std::collections::BTreeMap<String, toml::Value> {
     fn flatten(table: &toml::Table, prefix: &str, out: &mut std::collections::BTreeMap<String, toml::Value>) {

@@ -229,6 +229,15 @@ impl RunStart {
             // No checkpoint yet, but logs of a run that stopped before its first one.
             None => run_dir::saved_config(run_dir).map(|c| ("its config.toml".to_string(), c)),
         };
+        if main {
+            let experiments = [Some(config_toml), saved.as_ref().map(|(_, c)| c.as_str())];
+            for key in run_dir::unknown_allowances(allow, &experiments.into_iter().flatten().collect::<Vec<_>>()) {
+                eprintln!(
+                    "warning: --allow-change {key} names no key of this experiment or of the run's saved one \
+                     (misspelled?): it allows nothing"
+                );
+            }
+        }
         if let Some((source, saved)) = saved {
             // The data of the checkpoint the run goes on from; `dataset.json` describes the last
             // start, which may have been on other data and stopped before its first checkpoint.
