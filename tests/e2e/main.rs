@@ -22,6 +22,7 @@ mod unlabelled;
 mod validation;
 mod webdataset;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
@@ -61,6 +62,16 @@ pub fn byol_run_command(cwd: &Path) -> Command {
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", std::env::var_os("HOME").unwrap_or_default())
         .env("OMP_WAIT_POLICY", "PASSIVE");
+    // As started from a terminal, whatever started the tests: a harness run in the background of
+    // a non-interactive shell has SIGINT ignored, which byol-run, as any Unix program, would keep.
+    // SAFETY: signal(2) is async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     command
 }
 

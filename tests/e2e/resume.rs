@@ -110,6 +110,41 @@ fn kill_9_then_resume_matches(dir: &tempfile::TempDir) {
     assert_identical(&dir.path().join("reference"), &dir.path().join("killed"));
 }
 
+/// A run started with SIGINT ignored (as a non-interactive shell starts a background job, so
+/// that a Ctrl-C meant for the script leaves the job alone) leaves it ignored, as Unix programs do,
+/// and trains to the end; SIGTERM still stops it.
+#[test]
+fn a_run_started_with_sigint_ignored_keeps_ignoring_it() {
+    let dir = setup();
+    let script = format!(
+        "trap '' INT; exec {:?} tiny.toml --run-dir r",
+        env!("CARGO_BIN_EXE_byol-run")
+    );
+    let child = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while checkpoints(&dir.path().join("r")).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..2 {
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("stopping"), "{all}");
+    final_model(&dir.path().join("r")); // asserts the last step's checkpoint
+}
+
 /// SIGTERM: the run saves a checkpoint and exits with the shell's status for SIGTERM (128 + 15),
 /// not 0: its work is kept, not done, and a `&&` chain must stop there.
 #[test]

@@ -4,6 +4,10 @@
 //! being read). Ending at once loses nothing saved: checkpoints are written to a temporary
 //! folder and renamed, so the newest one is whole and the run resumes from it.
 //!
+//! A signal that the process was started with ignored stays ignored, as in every Unix program: a
+//! non-interactive shell starts its background jobs with SIGINT ignored, so that a Ctrl-C meant
+//! for the script leaves them alone.
+//!
 //! A run stopped either way exits with the shell's status for the signal (128 + its number), not
 //! 0: the work is saved but not done, and `byol-run train x.toml && next-step` must not go on. (A
 //! signal during a run's last evaluation, after its last step, lets it finish: it exits 0.)
@@ -53,7 +57,10 @@ impl StopOnSignals {
                 .into_bytes()
                 .into();
         let mut handlers = Vec::new();
-        for signal in [SIGINT, SIGTERM] {
+        for signal in [SIGINT, SIGTERM]
+            .into_iter()
+            .filter(|s| !ignored_at_start().contains(s))
+        {
             let (seen, message, first, direct) = (
                 requested.clone(),
                 message.clone(),
@@ -107,6 +114,23 @@ impl StopOnSignals {
     pub fn flag(&self) -> &AtomicBool {
         &self.requested
     }
+}
+
+/// The signals among SIGINT and SIGTERM that this process was started with ignored. Read once,
+/// at the first install, before any handler of ours replaces the inherited disposition.
+fn ignored_at_start() -> &'static [i32] {
+    static IGNORED: std::sync::OnceLock<Vec<i32>> = std::sync::OnceLock::new();
+    IGNORED.get_or_init(|| {
+        [SIGINT, SIGTERM]
+            .into_iter()
+            .filter(|&signal| {
+                // SAFETY: sigaction with a null new action only reads the current one.
+                let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+                let read = unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) };
+                read == 0 && current.sa_sigaction == libc::SIG_IGN
+            })
+            .collect()
+    })
 }
 
 impl Drop for StopOnSignals {
