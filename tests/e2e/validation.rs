@@ -46,6 +46,10 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
             "schedule.accumulate=0",
             "schedule.accumulate = 0 is out of range: it must be >= 1",
         ),
+        (
+            "byol.tau_base=nan",
+            "byol.tau_base = NaN is not a finite number: it must be in [0, 1]",
+        ),
     ];
     let mut args = vec!["validate", "tiny.toml"];
     for (set, _) in &sets {
@@ -64,6 +68,22 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
         "{error}"
     );
     assert!(!dir.path().join("r").exists());
+
+    // Errors of type and size speak of numbers, not of Rust's types.
+    let error = refused(
+        dir.path(),
+        &["validate", "tiny.toml", "--set", "schedule.batch_size=-3"],
+    );
+    assert!(
+        error.contains("--set schedule.batch_size=-3: invalid value: integer `-3`, expected a whole number >= 0"),
+        "{error}"
+    );
+    let huge = "schedule.batch_size=100000000000000000000";
+    let error = refused(dir.path(), &["validate", "tiny.toml", "--set", huge]);
+    assert!(
+        error.contains(&format!("--set {huge}: the number is out of range")),
+        "{error}"
+    );
 }
 
 #[test]

@@ -344,12 +344,28 @@ impl Experiment {
 
 /// A TOML or schema error with its line and column (from toml's message) and the table it is in.
 pub(crate) fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
-    let message = error.to_string().trim_end().to_string();
+    let message = in_words(error.to_string().trim_end());
     let table = error.span().and_then(|span| enclosing_table(text, span.start));
     match table {
         Some(table) => anyhow::anyhow!("{message}\n(in table [{table}])"),
         None => anyhow::anyhow!("{message}"),
     }
+}
+
+/// serde's message with Rust's type names in words: ``expected usize`` is ``expected a whole
+/// number >= 0``.
+fn in_words(message: &str) -> String {
+    [
+        ("usize", "a whole number >= 0"),
+        ("u64", "a whole number >= 0"),
+        ("u32", "a whole number >= 0"),
+        ("i64", "a whole number"),
+        ("f64", "a number"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (rust, words)| {
+        m.replace(&format!("expected {rust}"), &format!("expected {words}"))
+    })
 }
 
 /// An error of the experiment with `--set` overrides applied, pointed at its source. The merged
@@ -362,9 +378,9 @@ fn blame(
     merged: &str,
     error: &toml::de::Error,
 ) -> anyhow::Error {
-    let message = error.message().trim();
+    let message = &in_words(error.message().trim());
     if let Err(own) = toml::from_str::<Experiment>(text) {
-        if own.message().trim() == message {
+        if in_words(own.message().trim()) == *message {
             return explain(text, &own);
         }
     }
@@ -374,7 +390,7 @@ fn blame(
             && toml::to_string(&table)
                 .ok()
                 .and_then(|t| toml::from_str::<Experiment>(&t).err())
-                .is_some_and(|e| e.message().trim() == message)
+                .is_some_and(|e| in_words(e.message().trim()) == *message)
     };
     let flags = match overrides.iter().position(alone_gives_it) {
         Some(i) => origins[i].clone(),
@@ -438,6 +454,13 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
         .split_once('=')
         .with_context(|| format!("--set '{assignment}' is not of the form section.key=value"))?;
     let value = override_value(raw);
+    let digits = raw.trim().trim_start_matches(['+', '-']);
+    if value.is_str() && !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+        bail!(
+            "--set {assignment}: the number is out of range for any key (a whole number is at most {})",
+            i64::MAX
+        );
+    }
     let parts: Vec<&str> = key.trim().split('.').collect();
     let (last, parents) = parts.split_last().expect("split yields one part");
     let mut current = table;

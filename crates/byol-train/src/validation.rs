@@ -60,7 +60,12 @@ impl Problems<'_> {
     }
 
     fn range(&mut self, key: &str, value: f64, range: Range) {
-        if !range.contains(value) {
+        if !value.is_finite() {
+            self.add(
+                key,
+                format!("{key} = {value} is not a finite number: it must be {range}"),
+            );
+        } else if !range.contains(value) {
             self.add(key, format!("{key} = {value} is out of range: it must be {range}"));
         }
     }

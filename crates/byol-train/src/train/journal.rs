@@ -168,9 +168,9 @@ fn describe_run(t: &Trainer<'_>) -> String {
         n => format!(" ({n} micro-batches)"),
     };
     format!(
-        "training {} on {:?}{processes}: {} images, batch {}{micro_batches}, {} {} = {} {}",
+        "training {} on {}{processes}: {} images, batch {}{micro_batches}, {} {} = {} {}",
         t.experiment.name(),
-        t.device,
+        super::device::device_name(t.device),
         t.splits.train.len(),
         schedule.batch_size,
         schedule.epochs,
