@@ -84,6 +84,26 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
         error.contains(&format!("--set {huge}: the number is out of range")),
         "{error}"
     );
+
+    // Another plugin type by --set keeps the old type's keys: the error says to set the table.
+    let lars = byol_testkit::fixtures::tiny_experiment(&[("optimizer.trust_coefficient", "0.001")]);
+    std::fs::write(dir.path().join("lars.toml"), lars).unwrap();
+    let error = refused(dir.path(), &["validate", "lars.toml", "--set", "optimizer.type=adam"]);
+    assert!(
+        error.contains("unknown field `trust_coefficient`")
+            && error.contains("set the whole table, as in --set 'optimizer={ type = \"...\", ... }'"),
+        "{error}"
+    );
+    let out = byol_run(
+        dir.path(),
+        &[
+            "validate",
+            "lars.toml",
+            "--set",
+            "optimizer={ type = \"adam\", lr = 1e-3 }",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]

@@ -396,8 +396,24 @@ fn blame(
         Some(i) => origins[i].clone(),
         None => origins.join(", "),
     };
-    match error.span().and_then(|span| enclosing_table(merged, span.start)) {
-        Some(table) => anyhow::anyhow!("{flags}: {message} (in table [{table}])"),
+    let table = error.span().and_then(|span| enclosing_table(merged, span.start));
+    // `--set optimizer.type=adam` keeps the table's other keys, written for the old type.
+    let retyped = table.as_ref().filter(|table| {
+        message.starts_with("unknown field")
+            && overrides.iter().any(|o| {
+                o.split_once('=')
+                    .is_some_and(|(key, _)| key.trim() == format!("{table}.type"))
+            })
+    });
+    let hint = match retyped {
+        Some(table) => format!(
+            "; the other keys of [{table}] are the old type's: set the whole table, as in \
+             --set '{table}={{ type = \"...\", ... }}'"
+        ),
+        None => String::new(),
+    };
+    match table {
+        Some(table) => anyhow::anyhow!("{flags}: {message} (in table [{table}]){hint}"),
         None => anyhow::anyhow!("{flags}: {message}"),
     }
 }
