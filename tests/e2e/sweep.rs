@@ -308,6 +308,11 @@ fn a_random_search_runs_one_trial_per_device_in_child_processes() {
         assert!(run.join("summary.json").is_file(), "trial {n}: {all}");
         let log = std::fs::read_to_string(run.join("train.log")).unwrap();
         assert!(log.contains("== summary: tiny-trial-00"), "{log}");
+        // The trial's progress: a line at its logging interval (here its last step).
+        assert!(
+            log.contains("training tiny-trial-00") && log.contains("step      4/4 loss"),
+            "{log}"
+        );
         let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
         assert!(config.contains("device = \"cpu\""), "{config}");
         assert!(config.contains(&format!("threads = {share}\n")), "{config}");

@@ -606,8 +606,9 @@ fn cpu_share(sweep: &Sweep, trial: &Trial, device: &str, devices: &[String]) -> 
     })
 }
 
-/// Runs one trial as `program train <base> --run-dir <dir> --quiet --set ...`, output appended to
-/// `<dir>/train.log`. On a signal to the sweep, passes SIGTERM on (the child saves and exits).
+/// Runs one trial as `program train <base> --run-dir <dir> --set ...`, its output (progress lines
+/// every `logging.every_steps`, evaluations, summary) appended to `<dir>/train.log`. On a signal
+/// to the sweep, passes SIGTERM on (the child saves and exits).
 fn run_child(
     program: &Path,
     base: &Path,
@@ -632,7 +633,6 @@ fn run_child(
         .arg(base)
         .arg("--run-dir")
         .arg(dir)
-        .arg("--quiet")
         .env(PARENT_ENV, std::process::id().to_string())
         // Its own process group: a Ctrl-C in the terminal reaches the sweep alone, which passes
         // SIGTERM on. (The trial takes the sweep's signal together with one from elsewhere as one
