@@ -749,3 +749,19 @@ fn finished_trials_are_checked_against_their_data_without_decoding_it() {
     );
     assert!(!all.contains("unreadable") && !all.contains("not ranked"), "{all}");
 }
+
+/// A value out of range in the last trial stops the sweep before the first trial trains (it
+/// would otherwise fail only after the others trained), in the file's name.
+#[test]
+fn a_trial_of_invalid_values_stops_the_sweep_before_any_trial_trains() {
+    let dir = setup(&sweep_of_lr("[0.2, -1.0]"));
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("in sweep file tiny.toml: no trial was run: every trial must be a valid experiment")
+            && all.contains("(trial-002): optimizer.lr = -1 is out of range: it must be >= 0"),
+        "{all}"
+    );
+    assert!(!dir.path().join("runs").exists(), "{all}");
+}
