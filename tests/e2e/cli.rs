@@ -38,7 +38,10 @@ fn every_toml_block_of_the_readme_parses() {
             let body: Vec<&str> = lines
                 .by_ref()
                 .take_while(|l| l.trim_start() != "```")
-                .map(|l| l.get(indent..).unwrap_or(""))
+                .map(|l| {
+                    assert!(l.trim().is_empty() || l.len() - l.trim_start().len() >= indent, "{l:?}");
+                    l.get(indent..).unwrap_or("")
+                })
                 .collect();
             blocks.push(body.join("\n"));
         }

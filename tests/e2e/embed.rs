@@ -170,6 +170,23 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
         "the run folder itself takes exports: {}",
         text(&out)
     );
+    // A project's own `checkpoints/exports` beside its config.toml is no run's checkpoint.
+    std::fs::create_dir_all(dir.path().join("proj/checkpoints/exports")).unwrap();
+    std::fs::write(dir.path().join("proj/config.toml"), "").unwrap();
+    let out = byol_run(
+        dir.path(),
+        &["export", "r", "--out", "proj/checkpoints/exports/b.safetensors"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = byol_run(
+        dir.path(),
+        &["export", "r", "--out", "r/backbone.safetensors/x.safetensors"],
+    );
+    let all = text(&out);
+    assert!(
+        !out.status.success() && all.contains("is a file, not a folder"),
+        "{all}"
+    );
 }
 
 /// What `export` writes is a torchvision state_dict: torchvision's own ResNet-18 loads it

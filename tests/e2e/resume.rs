@@ -112,7 +112,7 @@ fn kill_9_then_resume_matches(dir: &tempfile::TempDir) {
 
 /// A run started with SIGINT ignored (as a non-interactive shell starts a background job, so
 /// that a Ctrl-C meant for the script leaves the job alone) leaves it ignored, as Unix programs do,
-/// and trains to the end; SIGTERM still stops it.
+/// and trains to the end.
 #[test]
 fn a_run_started_with_sigint_ignored_keeps_ignoring_it() {
     let dir = setup();

@@ -751,7 +751,7 @@ fn finished_trials_are_checked_against_their_data_without_decoding_it() {
 }
 
 /// A value out of range in the last trial stops the sweep before the first trial trains (it
-/// would otherwise fail only after the others trained), in the file's name.
+/// would otherwise fail only after the others trained).
 #[test]
 fn a_trial_of_invalid_values_stops_the_sweep_before_any_trial_trains() {
     let dir = setup(&sweep_of_lr("[0.2, -1.0]"));
@@ -759,9 +759,17 @@ fn a_trial_of_invalid_values_stops_the_sweep_before_any_trial_trains() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.contains("in sweep file tiny.toml: no trial was run: every trial must be a valid experiment")
+        all.contains("no trial was run: every trial to run must be a valid experiment")
             && all.contains("(trial-002): optimizer.lr = -1 is out of range: it must be >= 0"),
         "{all}"
     );
-    assert!(!dir.path().join("runs").exists(), "{all}");
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    assert!(
+        !sweep_dir.join("trial-001/checkpoints").exists() && !sweep_dir.join("trial-002").exists(),
+        "{all}"
+    );
+    // Mended in the file, the trial runs with its new value.
+    std::fs::write(dir.path().join("tiny.toml"), sweep_of_lr("[0.2, 0.8]")).unwrap();
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
 }

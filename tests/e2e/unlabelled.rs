@@ -207,10 +207,8 @@ fn labelled_images_without_a_test_split_say_the_monitor_is_off() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert_eq!(
-        all.matches(
-            "note: kNN monitor and online probe off: the dataset has no test split to measure on; set dataset.test"
-        )
-        .count(),
+        all.matches("note: kNN monitor and online probe off: the dataset has no test split to measure on; give it one")
+            .count(),
         1,
         "{all}"
     );

@@ -85,6 +85,14 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
         "{error}"
     );
 
+    // Digits TOML does not read as a number stay a string.
+    let out = byol_run(dir.path(), &["validate", "tiny.toml", "--set", "run.name=0042"]);
+    assert!(
+        out.status.success() && text(&out).contains("experiment '0042'"),
+        "{}",
+        text(&out)
+    );
+
     // Another plugin type by --set keeps the old type's keys: the error says to set the table.
     let lars = byol_testkit::fixtures::tiny_experiment(&[("optimizer.trust_coefficient", "0.001")]);
     std::fs::write(dir.path().join("lars.toml"), lars).unwrap();

@@ -74,24 +74,34 @@ pub fn run_folder_of(checkpoint_dir: &Path) -> Option<PathBuf> {
     (checkpoints.file_name()? == CHECKPOINTS_DIR && run.join(CONFIG_FILE).is_file()).then(|| run.to_path_buf())
 }
 
-/// Refuses an output path that cannot be written or must not be: a folder that does not exist
-/// (checked before any work), or a place inside a run's `checkpoints/`, where a file of the same
-/// name would damage a checkpoint (the next resume would move it aside as damaged).
+/// Refuses an output path that cannot be written or must not be, before any work: a folder that
+/// is missing or is a file, or a run's `checkpoints/` folder or a checkpoint in it, where a file of
+/// a checkpoint's name would damage it (the next resume would move it aside as damaged).
 fn check_output(out: &Path) -> anyhow::Result<()> {
     let folder = match out.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    let Ok(folder) = folder.canonicalize() else {
-        bail!(
+    let real = match folder.canonicalize() {
+        Ok(real) if real.is_dir() => real,
+        Ok(_) => bail!(
+            "cannot write --out {}: {} is a file, not a folder",
+            out.display(),
+            folder.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "cannot write --out {}: the folder {} does not exist; create it first",
             out.display(),
             folder.display()
-        );
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot write --out {}", out.display())),
     };
-    let checkpoints = folder
-        .ancestors()
-        .find(|a| a.file_name().is_some_and(|n| n == CHECKPOINTS_DIR) && a.with_file_name(CONFIG_FILE).is_file());
+    let is_checkpoints =
+        |dir: &Path| dir.file_name().is_some_and(|n| n == CHECKPOINTS_DIR) && dir.with_file_name(CONFIG_FILE).is_file();
+    let checkpoints = match real.join(checkpoint::MANIFEST_FILE).is_file() {
+        true => real.parent().filter(|p| is_checkpoints(p)),
+        false => Some(real.as_path()).filter(|p| is_checkpoints(p)),
+    };
     if let Some(checkpoints) = checkpoints {
         bail!(
             "--out {} is inside {}, a run's checkpoints: a file written there could replace a \

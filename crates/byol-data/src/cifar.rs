@@ -236,25 +236,38 @@ impl Default for CifarConfig {
     }
 }
 
+impl CifarConfig {
+    /// Both splits, with what `build` warns about added to `warnings`.
+    fn read_splits(&self, warnings: &mut Vec<String>) -> Result<Splits, DataError> {
+        let dir = self.folder()?;
+        let classes = self.classes(&dir)?;
+        let train_files: Vec<PathBuf> = self.variant.train_files().iter().map(|f| dir.join(f)).collect();
+        let train = Arc::new(self.read(&train_files, &classes, warnings)?);
+        let test = if self.test {
+            Some(Arc::new(self.read(&[dir.join(self.variant.test_file())], &classes, warnings)?) as _)
+        } else {
+            None
+        };
+        Ok(Splits { train, test })
+    }
+}
+
 byol::register_plugin! {
     name: "cifar",
     description: "CIFAR-10 / CIFAR-100 (fine labels) from the official binary release, in memory",
     impl DatasetSpec for CifarConfig {
         fn build(&self, _: &BuildContext) -> Result<Splits, DataError> {
-            let dir = self.folder()?;
-            let classes = self.classes(&dir)?;
-            let train_files: Vec<PathBuf> = self.variant.train_files().iter().map(|f| dir.join(f)).collect();
             let mut warnings = Vec::new();
-            let train = Arc::new(self.read(&train_files, &classes, &mut warnings)?);
-            let test = if self.test {
-                Some(Arc::new(self.read(&[dir.join(self.variant.test_file())], &classes, &mut warnings)?) as _)
-            } else {
-                None
-            };
+            let splits = self.read_splits(&mut warnings)?;
             for w in warnings {
                 eprintln!("warning: {w}");
             }
-            Ok(Splits { train, test })
+            Ok(splits)
+        }
+
+        // The files are read (their digest is of their bytes), without the warnings again.
+        fn build_listing(&self, _: &BuildContext) -> Result<Splits, DataError> {
+            self.read_splits(&mut Vec::new())
         }
 
         fn check(&self) -> Result<(), DataError> {

@@ -397,12 +397,15 @@ fn blame(
         None => origins.join(", "),
     };
     let table = error.span().and_then(|span| enclosing_table(merged, span.start));
-    // `--set optimizer.type=adam` keeps the table's other keys, written for the old type.
+    // `--set optimizer.type=adam` keeps the table's other keys, written for the file's type.
+    let file: toml::Table = toml::from_str(text).unwrap_or_default();
     let retyped = table.as_ref().filter(|table| {
+        let file_type = file.get(table.as_str()).and_then(|t| t.get("type"));
         message.starts_with("unknown field")
             && overrides.iter().any(|o| {
-                o.split_once('=')
-                    .is_some_and(|(key, _)| key.trim() == format!("{table}.type"))
+                o.split_once('=').is_some_and(|(key, value)| {
+                    key.trim() == format!("{table}.type") && file_type.is_some_and(|t| *t != override_value(value))
+                })
             })
     });
     let hint = match retyped {
@@ -470,11 +473,17 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
         .split_once('=')
         .with_context(|| format!("--set '{assignment}' is not of the form section.key=value"))?;
     let value = override_value(raw);
+    // A whole number that TOML cannot hold would otherwise become a string ("0042", which TOML
+    // does not read as a number either, stays one).
     let digits = raw.trim().trim_start_matches(['+', '-']);
-    if value.is_str() && !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+    let whole = !digits.is_empty() && !digits.starts_with('0') && digits.chars().all(|c| c.is_ascii_digit());
+    if value.is_str() && whole {
         bail!(
-            "--set {assignment}: the number is out of range for any key (a whole number is at most {})",
-            i64::MAX
+            "--set {assignment}: the number is out of range for any key (a whole number is at most {}; to \
+             give a string, quote it: {}='\"{}\"')",
+            i64::MAX,
+            key.trim(),
+            raw.trim()
         );
     }
     let parts: Vec<&str> = key.trim().split('.').collect();

@@ -297,7 +297,8 @@ pub trait DatasetSpec: std::fmt::Debug + Send + Sync {
     /// The splits of [`DatasetSpec::build`] without decoding the images where the source can list
     /// them (a folder cached in memory is listed, not decoded), and without printing `build`'s
     /// notes: enough for their count, classes and [`Dataset::content_digest`], to check what a run
-    /// read cheaply. A listed split counts every image, unreadable ones included. Default: `build`.
+    /// read cheaply. A listed split counts every image, unreadable ones included. Default: `build`
+    /// (with its notes).
     fn build_listing(&self, context: &BuildContext) -> Result<Splits, DataError> {
         self.build(context)
     }

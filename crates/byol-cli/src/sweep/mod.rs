@@ -4,7 +4,6 @@
 pub mod trials;
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -47,12 +46,6 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     } else {
         args.devices.clone()
     };
-    check_every_trial(&sweep, devices.first().map(String::as_str)).with_context(|| {
-        format!(
-            "in sweep file {}",
-            args.experiment.experiment.as_deref().unwrap_or(Path::new("")).display()
-        )
-    })?;
     let options = SweepOptions {
         quiet: args.quiet,
         devices,
@@ -115,31 +108,6 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
         Some(failed) => bail!("{failed}"),
         None => Ok(()),
     }
-}
-
-/// Checks every trial's values as a run checks them at its start (on `device`, one of the devices
-/// the trials run on, when the sweep chooses them), before any trial trains: a value out of range
-/// in the last trial would otherwise stop it only after the others trained.
-fn check_every_trial(sweep: &Sweep, device: Option<&str>) -> anyhow::Result<()> {
-    let mut problems: Vec<String> = Vec::new();
-    for trial in &sweep.trials {
-        if let Err(e) = sweep
-            .experiment(trial, device)
-            .and_then(|experiment| experiment.validate())
-        {
-            let problem = format!("{e:#}");
-            if !problems.contains(&problem) {
-                problems.push(problem);
-            }
-        }
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    bail!(
-        "no trial was run: every trial must be a valid experiment, and\n{}",
-        problems.join("\n")
-    )
 }
 
 /// `byol-run validate` on a sweep file: every trial's experiment parses.

@@ -70,7 +70,7 @@ pub struct SweepOutcome {
     /// could not be written).
     pub unrecorded: Vec<String>,
     /// Finished trials whose results are not this sweep's (another command's settings, or data
-    /// that changed while the sweep ran), shown as failed.
+    /// that changed while the sweep ran), shown as `not ranked`.
     pub not_ranked: Vec<String>,
     pub csv: PathBuf,
     pub markdown: PathBuf,
@@ -106,12 +106,21 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     let mut todo = VecDeque::new();
     let mut skipped = 0;
     let mut data_now = DataNow::default();
+    let mut invalid = Vec::new();
     for trial in &sweep.trials {
         let dir = sweep.trial_dir(trial);
+        let status = TrialStatus::read(&dir);
+        let finished = matches!(status, TrialStatus::Pruned(_) | TrialStatus::Done(_));
+        // Before the trial is recorded: its value, once mended in the sweep file, is then taken.
+        if !finished {
+            if let Err(problem) = check_values(sweep, trial, &options.devices) {
+                invalid.extend(problem);
+                continue;
+            }
+        }
         check_or_record(trial, &dir)?;
         check_trial_identity(sweep, trial, &dir)?;
-        let status = TrialStatus::read(&dir);
-        if matches!(status, TrialStatus::Pruned(_) | TrialStatus::Done(_)) {
+        if finished {
             data_now.check_finished(sweep, trial, &dir)?;
         }
         match status {
@@ -135,6 +144,13 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
             }
             status => todo.push_back((trial, status)),
         }
+    }
+    invalid.dedup();
+    if !invalid.is_empty() {
+        bail!(
+            "no trial was run: every trial to run must be a valid experiment, and\n{}",
+            invalid.join("\n")
+        );
     }
     for stray in trials_outside(sweep) {
         eprintln!(
@@ -289,6 +305,31 @@ fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTr
         }
     }
     changed
+}
+
+/// The problems of `trial`'s values, checked as a run checks them at its start, on each of
+/// `devices` (a trial may run on any of them; none: the experiment's own), one line each: before
+/// any trial trains, as a value out of range in the last trial would otherwise stop it only after
+/// the others trained.
+fn check_values(sweep: &Sweep, trial: &Trial, devices: &[String]) -> Result<(), Vec<String>> {
+    let devices: Vec<Option<&str>> = match devices {
+        [] => vec![None],
+        devices => devices.iter().map(|d| Some(d.as_str())).collect(),
+    };
+    let mut problems: Vec<String> = devices
+        .into_iter()
+        .filter_map(|device| {
+            let checked = sweep
+                .experiment(trial, device)
+                .and_then(|experiment| experiment.validate());
+            checked.err().map(|e| format!("{e:#}"))
+        })
+        .collect();
+    problems.dedup();
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(problems),
+    }
 }
 
 /// Trials with the same data settings read the same data (`[dataset]` and the kNN splits).
@@ -641,6 +682,15 @@ fn run_child(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    // SIGTERM is how the sweep stops its trials: a trial keeps it even when the sweep was started
+    // with it ignored (which the trial would inherit, and keep).
+    // SAFETY: signal(2) is async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     for assignment in sweep.trial_overrides(trial, Some(device)) {
         command.arg("--set").arg(assignment);
     }

@@ -189,6 +189,10 @@ byol::register_plugin! {
             Ok(splits)
         }
 
+        fn build_listing(&self, _: &BuildContext) -> Result<Splits, DataError> {
+            self.load().map(|(splits, _warnings)| splits)
+        }
+
         fn check(&self) -> Result<(), DataError> {
             if self.image_size == 0 {
                 return Err(DataError::Config("dataset.image_size = 0 must be >= 1".into()));

@@ -107,7 +107,8 @@ pub const NO_LABELS_NOTE: &str = "kNN monitor and online probe off: the training
 
 /// Said once at start when the training images have labels but there is no split to measure on.
 pub const NO_TEST_SPLIT_NOTE: &str = "kNN monitor and online probe off: the dataset has no test split to \
-     measure on; set dataset.test (dataset.test_urls for shards), or eval.train and eval.test";
+     measure on; give it one (dataset.test, dataset.test_urls for shards, dataset.test_size for synthetic \
+     images), or set eval.train and eval.test";
 
 /// Labelled images for the kNN monitor: the bank and the queries.
 pub struct LabelledSplits {

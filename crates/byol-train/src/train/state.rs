@@ -55,6 +55,10 @@ pub struct SplitFingerprint {
     /// computes any more: such a run resumes on count and classes, as before digests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_digest: Option<String>,
+    /// Whether `images` counts the split's files as listed ([`DatasetFingerprint::of_experiment`]),
+    /// unreadable ones included, rather than the images a run read. Never recorded.
+    #[serde(skip)]
+    pub listed: bool,
 }
 
 impl SplitFingerprint {
@@ -68,16 +72,15 @@ impl SplitFingerprint {
         format!("{}{files}", describe_split(Some(self)))
     }
 
-    /// Whether `now` is this split: the same classes, and the same files where both have a
-    /// digest, else the same count. The digest holds every file's name and size, so two equal ones
-    /// list the same images; their counts may still differ by the unreadable images that a split
-    /// decoded into memory leaves out and a listing keeps.
+    /// Whether `now` is this split: the same count and classes, and the same digest where both
+    /// have one. Against a listing, the same digest (every file's name and size: the same files)
+    /// is enough: its count keeps the unreadable images that a run's count leaves out.
     fn matches(&self, now: &Self) -> bool {
-        let same_files = match (&self.files_digest, &now.files_digest) {
-            (Some(saved), Some(now)) => saved == now,
-            _ => self.images == now.images,
+        let (same_files, listed) = match (&self.files_digest, &now.files_digest) {
+            (Some(saved), Some(digest)) => (saved == digest, self.listed || now.listed),
+            _ => (true, false),
         };
-        self.classes == now.classes && same_files
+        (listed || self.images == now.images) && self.classes == now.classes && same_files
     }
 }
 
@@ -92,6 +95,7 @@ impl DatasetFingerprint {
                         images: data.len(),
                         classes: data.classes().to_vec(),
                         files_digest: data.content_digest(),
+                        listed: false,
                     };
                     (name.to_string(), split)
                 })
@@ -121,7 +125,11 @@ impl DatasetFingerprint {
             .build_listing(&context)
             .context("building [dataset]")?;
         let labelled = labelled_listing(experiment, &splits)?;
-        Ok(Self::of_run(&splits, labelled.as_ref()))
+        let mut listed = Self::of_run(&splits, labelled.as_ref());
+        for split in listed.0.values_mut() {
+            split.listed = true;
+        }
+        Ok(listed)
     }
 
     /// How the data `run_dir` was trained on (its `dataset.json`) differs from this, one line per
@@ -229,15 +237,20 @@ impl RunStart {
             // No checkpoint yet, but logs of a run that stopped before its first one.
             None => run_dir::saved_config(run_dir).map(|c| ("its config.toml".to_string(), c)),
         };
-        if main {
-            let experiments = [Some(config_toml), saved.as_ref().map(|(_, c)| c.as_str())];
-            for key in run_dir::unknown_allowances(allow, &experiments.into_iter().flatten().collect::<Vec<_>>()) {
-                eprintln!(
-                    "warning: --allow-change {key} names no key of this experiment or of the run's saved one \
-                     (misspelled?): it allows nothing"
-                );
-            }
+        // A misspelled key allows nothing, a data change under `dataset.` included.
+        let experiments = [Some(config_toml), saved.as_ref().map(|(_, c)| c.as_str())];
+        let unknown = run_dir::unknown_allowances(allow, &experiments.into_iter().flatten().collect::<Vec<_>>());
+        for key in unknown.iter().filter(|_| main) {
+            eprintln!(
+                "warning: --allow-change {key} names no key of this experiment or of the run's saved one \
+                 (misspelled?): it allows nothing"
+            );
         }
+        let allow: &[String] = &allow
+            .iter()
+            .filter(|a| !unknown.contains(a))
+            .cloned()
+            .collect::<Vec<_>>();
         if let Some((source, saved)) = saved {
             // The data of the checkpoint the run goes on from; `dataset.json` describes the last
             // start, which may have been on other data and stopped before its first checkpoint.
@@ -498,8 +511,14 @@ mod tests {
         // Two records with digests must agree on them.
         let other = split(r#"{"images": 2, "classes": ["a"], "files_digest": "89abcdef"}"#);
         assert!(!now.matches(&other) && now.matches(&now.clone()));
-        // The same files, listed (every image) against decoded (one unreadable image left out).
+        // The same files with one image fewer: one became unreadable (a resume refuses), or a
+        // listing counts it (the sweep's check of a finished trial accepts).
         let decoded = split(r#"{"images": 1, "classes": ["a"], "files_digest": "4567ef01"}"#);
-        assert!(decoded.matches(&now) && now.matches(&decoded));
+        assert!(!decoded.matches(&now) && !now.matches(&decoded));
+        let listed = SplitFingerprint {
+            listed: true,
+            ..now.clone()
+        };
+        assert!(decoded.matches(&listed));
     }
 }

@@ -73,9 +73,9 @@ fn check_not_past_the_end(
     };
     let per_epoch = plan.steps_per_epoch.max(1);
     bail!(
-        "{} has trained {step} steps, more than the {} of this experiment (schedule.epochs = {} of {per_epoch} \
-         steps): a run cannot be shortened below what it has trained. Set schedule.epochs to {} or more, or \
-         add --fresh to start over (the folder is moved aside, nothing is deleted)",
+        "{} has trained {step} steps, more than the {} of this experiment ({} epochs of {per_epoch} steps): a \
+         run cannot be shortened below what it has trained. Set schedule.epochs to {} or more, or add \
+         --fresh to start over (the folder is moved aside, nothing is deleted)",
         run_dir.display(),
         plan.total_steps,
         experiment.schedule.epochs,
