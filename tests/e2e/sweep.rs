@@ -773,3 +773,39 @@ fn a_trial_of_invalid_values_stops_the_sweep_before_any_trial_trains() {
     let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// A sweep started with SIGTERM ignored keeps it ignored, but its trials do not inherit that:
+/// SIGTERM is how it stops them, and how a trial stops itself at a checkpoint when the sweep is
+/// killed outright (it notices within a second).
+#[test]
+fn trials_of_a_sweep_started_with_sigterm_ignored_still_stop_at_a_checkpoint() {
+    let dir = setup(&TINY_SWEEP.replace("epochs = 1", "epochs = 40"));
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    let script = format!(
+        "trap '' TERM; exec {:?} sweep tiny.toml --devices cpu,cpu",
+        env!("CARGO_BIN_EXE_byol-run")
+    );
+    let mut sweep = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let trials = [sweep_dir.join("trial-001"), sweep_dir.join("trial-002")];
+    wait_until("the trials", || trials.iter().all(|t| has_checkpoint(t)));
+    let trial_processes = children_of(sweep.id());
+    assert_eq!(trial_processes.len(), 2, "one process per trial: {trial_processes:?}");
+    send("-9", &sweep.id().to_string());
+    sweep.wait().unwrap();
+    // Well within the minute after which a trial that cannot signal itself gives up.
+    wait_until("the trials to stop", || {
+        trial_processes
+            .iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    });
+    for trial in &trials {
+        let log = std::fs::read_to_string(trial.join("train.log")).unwrap();
+        assert!(log.contains("interrupted at step"), "saved at a step: {log}");
+    }
+}
