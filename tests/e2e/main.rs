@@ -75,6 +75,20 @@ pub fn byol_run_command(cwd: &Path) -> Command {
     command
 }
 
+/// [`byol_run_command`], started with `signal` ignored (as a non-interactive shell starts a
+/// background job with SIGINT ignored).
+pub fn byol_run_ignoring(cwd: &Path, signal: libc::c_int) -> Command {
+    let mut command = byol_run_command(cwd);
+    // SAFETY: signal(2) is async-signal-safe; this runs after byol_run_command's reset.
+    unsafe {
+        command.pre_exec(move || {
+            libc::signal(signal, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    command
+}
+
 /// Runs `byol-run args...` in `cwd` ([`byol_run_command`]'s environment).
 pub fn byol_run(cwd: &Path, args: &[&str]) -> Output {
     byol_run_with_env(cwd, args, &[])

@@ -116,13 +116,8 @@ fn kill_9_then_resume_matches(dir: &tempfile::TempDir) {
 #[test]
 fn a_run_started_with_sigint_ignored_keeps_ignoring_it() {
     let dir = setup();
-    let script = format!(
-        "trap '' INT; exec {:?} tiny.toml --run-dir r",
-        env!("CARGO_BIN_EXE_byol-run")
-    );
-    let child = Command::new("sh")
-        .args(["-c", &script])
-        .current_dir(dir.path())
+    let child = super::byol_run_ignoring(dir.path(), libc::SIGINT)
+        .args(["tiny.toml", "--run-dir", "r"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

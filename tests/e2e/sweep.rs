@@ -781,13 +781,8 @@ fn a_trial_of_invalid_values_stops_the_sweep_before_any_trial_trains() {
 fn trials_of_a_sweep_started_with_sigterm_ignored_still_stop_at_a_checkpoint() {
     let dir = setup(&TINY_SWEEP.replace("epochs = 1", "epochs = 40"));
     let sweep_dir = dir.path().join("runs/tiny-sweep");
-    let script = format!(
-        "trap '' TERM; exec {:?} sweep tiny.toml --devices cpu,cpu",
-        env!("CARGO_BIN_EXE_byol-run")
-    );
-    let mut sweep = Command::new("sh")
-        .args(["-c", &script])
-        .current_dir(dir.path())
+    let mut sweep = super::byol_run_ignoring(dir.path(), libc::SIGTERM)
+        .args(["sweep", "tiny.toml", "--devices", "cpu,cpu"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
