@@ -427,3 +427,45 @@ fn a_parameter_that_joins_the_loss_after_the_first_step_is_averaged_after_backwa
         "it trained from the second step on"
     );
 }
+
+/// Processes started with different experiments (another `--set` on one node) are refused at the
+/// start, process 0 naming each difference, instead of training diverging copies of the model or
+/// waiting in different collectives until the timeout. Threads may differ.
+#[test]
+fn processes_started_with_different_experiments_are_refused() {
+    let dir = setup();
+    let port = byol_testkit::free_port();
+    let base = ["dp.toml", "--run-dir", "job", "--set", "run.threads=1"];
+    let other = [
+        "dp.toml",
+        "--run-dir",
+        "job",
+        "--set",
+        "run.threads=2",
+        "--set",
+        "optimizer.lr=0.123",
+        "--set",
+        "checkpoint.every_steps=5",
+    ];
+    let ranks = [
+        spawn_rank(dir.path(), 0, 2, port, &base),
+        spawn_rank(dir.path(), 1, 2, port, &other),
+    ];
+    let [zero, one] = ranks.map(|r| r.wait_with_output().unwrap());
+    let (zero_text, one_text) = (text(&zero), text(&one));
+    assert_eq!(zero.status.code(), Some(1), "{zero_text}");
+    assert_eq!(one.status.code(), Some(1), "{one_text}");
+    assert!(
+        zero_text.contains("were started with different experiments")
+            && zero_text.contains("process 1: checkpoint.every_steps: ")
+            && zero_text.contains("process 1: optimizer.lr: ")
+            && zero_text.contains("-> 0.123")
+            && !zero_text.contains("run.threads"),
+        "{zero_text}"
+    );
+    assert!(one_text.contains("process 0 lists the differences"), "{one_text}");
+    assert!(
+        !dir.path().join("job/checkpoints").exists()
+            || std::fs::read_dir(dir.path().join("job/checkpoints")).unwrap().count() == 0
+    );
+}

@@ -89,6 +89,9 @@ impl<'a> Trainer<'a> {
     /// experiment's initialization at step 0, from the newest checkpoint otherwise.
     pub fn new(experiment: &'a Experiment, run_dir: &Path, allow_change: &[String]) -> anyhow::Result<Self> {
         let (device, parallel) = join_job(experiment)?;
+        if let Some(parallel) = &parallel {
+            check_same_experiment(parallel, device, experiment)?;
+        }
         let (rank, world) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
         let main = rank == 0;
         let mut numerics = StepNumerics::resolve(experiment.run.precision, experiment.run.memory_format, device)?;
@@ -322,6 +325,62 @@ fn join_job(experiment: &Experiment) -> anyhow::Result<(Device, Option<DataParal
     };
     super::set_cpu_threads(experiment.run.threads);
     Ok((device, parallel))
+}
+
+/// Keys that may differ between the processes of a data-parallel job (besides where each node
+/// finds the data, [`super::state::DATA_LOCATION_KEYS`]): each process's CPU threads and decoders.
+const PER_PROCESS_KEYS: &[&str] = &["run.threads", "dataset.workers"];
+
+/// Refuses a data-parallel job whose processes were started with different experiments (another
+/// `--set` on one node): they would train diverging copies of the model, or wait for each other in
+/// different collectives until the timeout. Process 0 lists the differences.
+fn check_same_experiment(parallel: &DataParallel, device: Device, experiment: &Experiment) -> anyhow::Result<()> {
+    let ours = experiment.to_toml()?;
+    let gather = |values: Vec<i64>| -> anyhow::Result<Vec<i64>> {
+        let row = Tensor::from_slice(&values).view([1, -1]).to_device(device);
+        Ok(Vec::try_from(
+            parallel.all_gather(&row)?.reshape([-1]).to_device(Device::Cpu),
+        )?)
+    };
+    let lengths = gather(vec![ours.len() as i64]).context("comparing the processes' experiments")?;
+    let longest = *lengths.iter().max().unwrap_or(&0) as usize;
+    let mut bytes: Vec<i64> = ours.bytes().map(i64::from).collect();
+    bytes.resize(longest, 0);
+    let all = gather(bytes).context("comparing the processes' experiments")?;
+    let texts: Vec<String> = all
+        .chunks(longest.max(1))
+        .zip(&lengths)
+        .map(|(chunk, &len)| {
+            let bytes: Vec<u8> = chunk[..len as usize].iter().map(|&b| b as u8).collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .collect();
+    let location_keys = super::state::DATA_LOCATION_KEYS;
+    let mut differences = Vec::new();
+    for (rank, text) in texts.iter().enumerate().skip(1) {
+        let changes = run_dir::changes(&texts[0], text).context("comparing the processes' experiments")?;
+        differences.extend(
+            changes
+                .into_iter()
+                .filter(|c| !PER_PROCESS_KEYS.contains(&c.key.as_str()) && !location_keys.contains(&c.key.as_str()))
+                .map(|c| format!("  process {rank}: {c}")),
+        );
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    if parallel.rank() == 0 {
+        bail!(
+            "the processes of this data-parallel job were started with different experiments (key: process \
+             0's value -> the other's):\n{}\nThey would train different models under one run. Start every \
+             process with the same file and --set options",
+            differences.join("\n")
+        );
+    }
+    bail!(
+        "process {} was started with another experiment than process 0 (process 0 lists the differences)",
+        parallel.rank()
+    )
 }
 
 /// Views, or the evaluation's images, that are blurred upscales of squares decoded much smaller:
