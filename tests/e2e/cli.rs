@@ -243,6 +243,17 @@ fn bench_step_times_ours_and_eager_pytorch_in_the_same_call() {
         "{}",
         super::text(&out)
     );
+
+    // Sizes no step can take are refused before anything is built.
+    for (flag, message) in [
+        ("--batch=1", "at least 2 images per view"),
+        ("--res=0", "at least 1 pixel"),
+    ] {
+        let out = super::byol_run(elsewhere.path(), &["bench", "step", "r18.toml", flag]);
+        let all = super::text(&out);
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(all.contains(message) && !all.contains("panicked"), "{all}");
+    }
 }
 
 #[test]

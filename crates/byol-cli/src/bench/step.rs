@@ -233,6 +233,13 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
     }
     let batch = args.batch.unwrap_or(experiment.schedule.batch_size) as i64;
     let res = args.res.unwrap_or(experiment.augment.image_size());
+    // One image per view leaves batch norm without statistics (NaN, as in PyTorch).
+    if batch < 2 {
+        bail!("--batch {batch}: a step needs at least 2 images per view (batch norm's statistics)");
+    }
+    if res < 1 {
+        bail!("--res {res}: the views need at least 1 pixel a side");
+    }
     // The reference's optimizer, whatever the experiment trains with: the comparison is of
     // the step, one to one.
     let sgd: Box<dyn byol_train::OptimizerSpec> = toml::from_str(
@@ -243,7 +250,15 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
     let device = engine.device;
     let view1 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
     let view2 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
-    let ours = engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2))?;
+    // libtorch's errors (views too small for the network, out of memory) come as panics.
+    let ours = byol_train::train::guarded(|| engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2)))
+        .map_err(|panic| {
+            let message = byol_train::train::panic_message(panic.as_ref());
+            anyhow::anyhow!(
+                "a step of batch {batch} at {res} px failed: {}",
+                message.lines().next().unwrap_or_default()
+            )
+        })??;
     let precision = format!("{:?}", experiment.run.precision).to_lowercase();
 
     let mut report = Report::new("step");

@@ -39,13 +39,13 @@ use crate::Experiment;
 pub use data::{training_loader, two_views};
 pub use device::{device_name, parse_device, parse_device_for, prepare_for_steps, set_cpu_threads};
 pub use graph::{check_cuda_graphs, graphed_step, GraphedOutputs, GraphedStep};
-pub use guard::panic_message;
+pub use guard::{guarded, panic_message};
 pub use model::{Model, Weights};
 pub use monitor::{embed_split, embed_split_sharded, Evaluation, NO_LABELS_NOTE};
 pub use progress::print_line;
 pub use step::{check_precision, Plan, StepNumerics, StepReport};
 
-use guard::{explain_error, explain_panic, guarded};
+use guard::{explain_error, explain_panic};
 use journal::Journal;
 pub use trainer::Trainer;
 
