@@ -29,7 +29,7 @@ pub enum EvalCommand {
         k: Option<usize>,
         /// Temperature of the similarity weights [default: the run's eval.knn_temperature, found
         /// as k is].
-        #[arg(long, value_parser = positive)]
+        #[arg(long, value_parser = positive, allow_negative_numbers = true)]
         temperature: Option<f64>,
     },
     /// Linear classifier on frozen, cached features: SGD, Nesterov 0.9, no weight decay, cosine
@@ -42,8 +42,14 @@ pub enum EvalCommand {
         /// Passes over the cached features, for each lr tried and for the final classifier.
         #[arg(long, default_value_t = 30, value_parser = at_least_one)]
         epochs: usize,
-        /// Learning rates to try; the validation split chooses one.
-        #[arg(long, value_delimiter = ',', default_values_t = vec![0.01, 0.03, 0.1, 0.3], value_parser = positive)]
+        /// Learning rates to try, separated by commas; the validation split chooses one.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "0.01,0.03,0.1,0.3",
+            value_parser = positive,
+            allow_hyphen_values = true
+        )]
         lrs: Vec<f64>,
     },
 }

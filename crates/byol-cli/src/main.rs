@@ -216,7 +216,9 @@ fn main() -> ExitCode {
             ExitCode::from((128 + signal).clamp(0, 255) as u8)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One write: the processes of a data-parallel job share a terminal.
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(format!("error: {e:#}\n").as_bytes());
             ExitCode::FAILURE
         }
     }

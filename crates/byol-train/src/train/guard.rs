@@ -23,13 +23,21 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
     outcome
 }
 
-/// The text of a panic payload (tch panics with the libtorch message).
+/// The text of a panic payload (tch panics with the libtorch message), without the `unwrap` that
+/// raised it: ``called `Result::unwrap()` on an `Err` value: Torch("...")`` is the message inside.
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
+    let text = panic
         .downcast_ref::<String>()
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown error".into())
+        .unwrap_or_else(|| "unknown error".into());
+    match text
+        .strip_prefix("called `Result::unwrap()` on an `Err` value: Torch(\"")
+        .and_then(|inner| inner.strip_suffix("\")"))
+    {
+        Some(inner) => inner.replace("\\n", "\n").replace("\\\"", "\""),
+        None => text,
+    }
 }
 
 /// Turns a libtorch error raised inside a step into a message.
@@ -81,4 +89,22 @@ pub fn peer_gone(detail: &str) -> anyhow::Error {
          job again (all processes) and it resumes from the last checkpoint\n({})",
         detail.lines().next().unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panic_message;
+
+    #[test]
+    fn a_tch_unwrap_gives_the_libtorch_message_alone() {
+        let panic = super::guarded(|| tch::Tensor::zeros([2], tch::kind::FLOAT_CPU).f_view([3]).unwrap()).unwrap_err();
+        let message = panic_message(panic.as_ref());
+        assert!(
+            message.starts_with("shape '[3]' is invalid for input of size 2"),
+            "{message}"
+        );
+        assert!(!message.contains("unwrap") && !message.contains("Torch("), "{message}");
+        let plain: Box<dyn std::any::Any + Send> = Box::new("out of memory".to_string());
+        assert_eq!(panic_message(plain.as_ref()), "out of memory");
+    }
 }
