@@ -222,6 +222,32 @@ fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
         serde_json::from_slice(&std::fs::read(dir.path().join("job/summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 48);
     assert!(summary["resumed_from_step"].as_u64().unwrap() >= 4, "{summary}");
+    assert_eq!(summary["processes"], 2, "{summary}");
+    assert!(
+        resumed.contains("(process 0 of 2, data parallel)") && !resumed.contains("process(es) so far"),
+        "{resumed}"
+    );
+
+    // Continued by one process: said, as its draws differ from the job's; the summary says 1.
+    let longer = [
+        "dp.toml",
+        "--run-dir",
+        "job",
+        "--set",
+        "schedule.epochs=7",
+        "--allow-change",
+        "schedule.epochs",
+    ];
+    let alone = byol_run(dir.path(), &longer);
+    let all = text(&alone);
+    assert!(alone.status.success(), "{all}");
+    assert!(
+        all.contains("was trained by 2 process(es) so far and goes on with 1"),
+        "{all}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("job/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["processes"], 1, "{summary}");
 }
 
 /// Processes that would start from different checkpoints (each node with its own copy of the run

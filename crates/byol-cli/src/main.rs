@@ -427,7 +427,10 @@ fn print_summary(name: &str, summary: &RunSummary) {
         |a: Option<byol_train::knn::KnnAccuracy>| a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0));
     say!("\n== summary: {name} ==");
     say!("run folder       {}", summary.run_dir.display());
-    say!("device           {}", summary.device);
+    match summary.processes {
+        1 => say!("device           {}", summary.device),
+        n => say!("device           {} (process 0 of {n}, data parallel)", summary.device),
+    }
     say!(
         "steps            {} ({})",
         summary.steps,

@@ -59,6 +59,10 @@ pub struct TrainingRecord {
     /// had no record (None in those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timed_from_step: Option<u64>,
+    /// The processes that trained up to here (a data-parallel job's size; 1 for one process);
+    /// None in checkpoints from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<usize>,
 }
 
 impl TrainingRecord {

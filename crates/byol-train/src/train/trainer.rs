@@ -123,6 +123,15 @@ impl<'a> Trainer<'a> {
             None => find()?,
         };
         check_not_past_the_end(run_dir, experiment, &plan, start.step())?;
+        let trained_by = start.checkpoint.as_ref().and_then(|(_, m)| m.record.processes);
+        if let Some(before) = trained_by.filter(|&before| main && before != world) {
+            eprintln!(
+                "note: {} was trained by {before} process(es) so far and goes on with {world}: the global \
+                 batch and schedule stay, but each process's share of a batch and its augmentation draws \
+                 change, so the run will not match one trained by either alone",
+                run_dir.display()
+            );
+        }
 
         let (model, mut optimizer) = build_model(experiment, &context, &start, numerics.channels_last)?;
         let monitor = Monitor::new(
@@ -198,6 +207,11 @@ impl<'a> Trainer<'a> {
         self.parallel.as_ref().map_or(0, |p| p.rank() as u64)
     }
 
+    /// The processes training the run: the data-parallel job's size, or 1.
+    pub fn processes(&self) -> usize {
+        self.parallel.as_ref().map_or(1, |p| p.world_size())
+    }
+
     /// Where the run's kept checkpoints are, for error messages.
     pub fn kept(&self) -> String {
         self.checkpointer.kept()
@@ -245,6 +259,7 @@ impl<'a> Trainer<'a> {
                 last_loss,
                 train_seconds: self.train_seconds(),
                 timed_from_step: self.carried.timed_from_step,
+                processes: Some(self.processes()),
             };
             state::save_checkpoint(
                 &self.checkpointer,
