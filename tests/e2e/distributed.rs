@@ -228,6 +228,25 @@ fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
         "{resumed}"
     );
 
+    // compare tells it from one process of the same settings.
+    let single = byol_run(
+        dir.path(),
+        &[
+            "dp.toml",
+            "--run-dir",
+            "single",
+            "--set",
+            "schedule.epochs=6",
+            "--quiet",
+        ],
+    );
+    assert!(single.status.success(), "{}", text(&single));
+    let compared = byol_run(dir.path(), &["compare", "job", "single", "--json"]);
+    let all = text(&compared);
+    assert!(compared.status.success(), "{all}");
+    let json: serde_json::Value = serde_json::from_slice(&compared.stdout).unwrap();
+    assert!(json.to_string().contains("\"processes\""), "{all}");
+
     // Continued by one process: said, as its draws differ from the job's; the summary says 1.
     let longer = [
         "dp.toml",

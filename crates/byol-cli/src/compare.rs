@@ -119,6 +119,19 @@ fn add_data_keys(runs: &mut [Run]) {
     }
 }
 
+/// Adds how many processes trained each run (its summary's `processes`) as the key `processes`,
+/// when every run has a summary: a data-parallel run and a single process of the same settings
+/// draw differently.
+fn add_process_counts(runs: &mut [Run]) {
+    if runs.iter().all(|r| r.summary.is_some()) {
+        for run in runs.iter_mut() {
+            let processes = run.summary.as_ref().map_or(1, |s| s.processes);
+            run.config
+                .insert("processes".into(), toml::Value::Integer(processes as i64));
+        }
+    }
+}
+
 /// The keys whose value is not the same in every run (missing in some counts as different).
 fn differing_keys(runs: &[Run]) -> Vec<String> {
     let all: BTreeSet<&String> = runs.iter().flat_map(|r| r.config.keys()).collect();
@@ -138,6 +151,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         .map(|dir| Run::read(dir))
         .collect::<anyhow::Result<Vec<_>>>()?;
     add_data_keys(&mut runs);
+    add_process_counts(&mut runs);
     let keys = differing_keys(&runs);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&to_json(&runs, &keys))?);
