@@ -59,7 +59,7 @@ fn doc_text(attrs: &[syn::Attribute]) -> String {
 }
 
 /// The first sentence (up to a ". " before a capital, not "et al. "), rustdoc links made plain
-/// code, the first letter lower-cased unless the first word is an acronym: one line that reads
+/// code, the first letter lower-cased unless the first word is a name: one line that reads
 /// like the other comments of `config --defaults`.
 fn first_sentence(text: &str) -> String {
     let text = text.replace("[`", "`").replace("`]", "`");
@@ -68,12 +68,16 @@ fn first_sentence(text: &str) -> String {
         next_is_capital && !text[..i].ends_with("et al")
     });
     let sentence = ends.map_or(text.as_str(), |i| &text[..i]).trim_end_matches('.');
+    // A name keeps its case: an acronym, a word with a capital or a digit after its first letter
+    // ("PyTorch's", "L2").
     let first_word = sentence.split_whitespace().next().unwrap_or_default();
-    let acronym = first_word.chars().filter(|c| c.is_alphabetic()).count() > 1
-        && first_word.chars().filter(|c| c.is_alphabetic()).all(char::is_uppercase);
+    let name = first_word
+        .chars()
+        .skip(1)
+        .any(|c| c.is_uppercase() || c.is_ascii_digit());
     let mut chars = sentence.chars();
     match chars.next() {
-        Some(first) if !acronym => first.to_lowercase().chain(chars).collect(),
+        Some(first) if !name => first.to_lowercase().chain(chars).collect(),
         _ => sentence.to_string(),
     }
 }
@@ -92,4 +96,18 @@ fn serde_name(attrs: &[syn::Attribute]) -> Option<String> {
         });
     }
     renamed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_sentence;
+
+    #[test]
+    fn the_first_word_is_lower_cased_unless_it_is_a_name() {
+        assert_eq!(first_sentence("Save every N steps. More here."), "save every N steps");
+        for name in ["PyTorch's fused kernel", "L2 penalty", "CIFAR stem: a 3x3 convolution"] {
+            assert_eq!(first_sentence(name), name);
+        }
+        assert_eq!(first_sentence("As in Grill et al. 2020."), "as in Grill et al. 2020");
+    }
 }

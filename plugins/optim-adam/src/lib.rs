@@ -26,7 +26,7 @@ macro_rules! adam_config {
             pub betas: (f64, f64),
             /// Added to the denominator (after bias correction), for numerical stability.
             pub eps: f64,
-            /// Adam: L2 penalty added to the gradient; AdamW: decoupled decay rate.
+            /// L2 penalty added to the gradient (Adam), or the decoupled decay rate (AdamW).
             pub weight_decay: f64,
             /// No weight decay on biases and normalization parameters (1-D tensors).
             pub exclude_bias_and_norm: bool,

@@ -13,7 +13,7 @@ pub struct SgdConfig {
     pub lr: f64,
     /// Heavy-ball momentum (0: plain SGD).
     pub momentum: f64,
-    /// Nesterov momentum, as torch.optim.SGD(nesterov=True).
+    /// Use Nesterov momentum, as torch.optim.SGD(nesterov=True).
     pub nesterov: bool,
     /// L2 penalty added to the gradient.
     pub weight_decay: f64,
