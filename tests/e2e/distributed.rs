@@ -224,7 +224,7 @@ fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
     assert!(summary["resumed_from_step"].as_u64().unwrap() >= 4, "{summary}");
     assert_eq!(summary["processes"], 2, "{summary}");
     assert!(
-        resumed.contains("(process 0 of 2, data parallel)") && !resumed.contains("process(es) so far"),
+        resumed.contains("(process 0 of 2, data parallel)") && !resumed.contains("was saved by"),
         "{resumed}"
     );
 
@@ -245,7 +245,21 @@ fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
     let all = text(&compared);
     assert!(compared.status.success(), "{all}");
     let json: serde_json::Value = serde_json::from_slice(&compared.stdout).unwrap();
-    assert!(json.to_string().contains("\"processes\""), "{all}");
+    assert!(
+        json["differing_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == "processes"),
+        "{all}"
+    );
+    let processes: Vec<&serde_json::Value> = json["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["config"]["processes"])
+        .collect();
+    assert_eq!(processes, [2, 1], "{all}");
 
     // Continued by one process: said, as its draws differ from the job's; the summary says 1.
     let longer = [
@@ -261,7 +275,7 @@ fn losing_a_process_ends_the_job_clearly_and_it_resumes() {
     let all = text(&alone);
     assert!(alone.status.success(), "{all}");
     assert!(
-        all.contains("was trained by 2 process(es) so far and goes on with 1"),
+        all.contains("was saved by 2 process(es) and the run goes on with 1"),
         "{all}"
     );
     let summary: serde_json::Value =
@@ -475,7 +489,8 @@ fn a_parameter_that_joins_the_loss_after_the_first_step_is_averaged_after_backwa
 
 /// Processes started with different experiments (another `--set` on one node) are refused at the
 /// start, process 0 naming each difference, instead of training diverging copies of the model or
-/// waiting in different collectives until the timeout. Threads may differ.
+/// waiting in different collectives until the timeout. Threads may differ, and the data's path
+/// when the data is the same.
 #[test]
 fn processes_started_with_different_experiments_are_refused() {
     let dir = setup();
@@ -509,6 +524,67 @@ fn processes_started_with_different_experiments_are_refused() {
         "{zero_text}"
     );
     assert!(one_text.contains("process 0 lists the differences"), "{one_text}");
+
+    // Node-local copies of the data under other paths are accepted when they hold the same
+    // files, refused when they do not (their batches would not line up).
+    super::random_pngs(&dir.path().join("a/train"), &["x", "y"], 8);
+    let copied = Command::new("cp")
+        .args(["-r", "a", "b"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    super::random_pngs(&dir.path().join("c/train"), &["x", "y"], 9);
+    let folder =
+        |root: &str| format!("dataset={{ type = \"image_folder\", train = \"{root}/train\", image_size = 16 }}");
+    let job = |other: &str, run: &str| {
+        let port = byol_testkit::free_port();
+        let (zero, one) = (folder("a"), folder(other));
+        let args = |data: &str| {
+            [
+                "dp.toml",
+                "--run-dir",
+                run,
+                "--set",
+                data,
+                "--set",
+                "schedule.batch_size=8",
+            ]
+            .map(String::from)
+        };
+        let (zero_args, one_args) = (args(&zero), args(&one));
+        let ranks = [
+            spawn_rank(
+                dir.path(),
+                0,
+                2,
+                port,
+                &zero_args.iter().map(String::as_str).collect::<Vec<_>>(),
+            ),
+            spawn_rank(
+                dir.path(),
+                1,
+                2,
+                port,
+                &one_args.iter().map(String::as_str).collect::<Vec<_>>(),
+            ),
+        ];
+        ranks.map(|r| r.wait_with_output().unwrap())
+    };
+    let [zero, one] = job("b", "same-data");
+    assert!(
+        zero.status.success() && one.status.success(),
+        "{}\n{}",
+        text(&zero),
+        text(&one)
+    );
+    let [zero, _] = job("c", "other-data");
+    let all = text(&zero);
+    assert_eq!(zero.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("started with different data") && all.contains("process 1: train: 16 images"),
+        "{all}"
+    );
     assert!(
         !dir.path().join("job/checkpoints").exists()
             || std::fs::read_dir(dir.path().join("job/checkpoints")).unwrap().count() == 0

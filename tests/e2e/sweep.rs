@@ -793,12 +793,14 @@ fn trials_of_a_sweep_started_with_sigterm_ignored_still_stop_at_a_checkpoint() {
     assert_eq!(trial_processes.len(), 2, "one process per trial: {trial_processes:?}");
     send("-9", &sweep.id().to_string());
     sweep.wait().unwrap();
-    // Well within the minute after which a trial that cannot signal itself gives up.
-    wait_until("the trials to stop", || {
-        trial_processes
-            .iter()
-            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-    });
+    // Well before the two minutes after which a trial that cannot signal itself aborts. (An
+    // orphan that exited may stay a zombie where nothing reaps it.)
+    let exited = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat[stat.rfind(')').unwrap() + 1..].trim_start().starts_with('Z')
+        })
+    };
+    wait_until("the trials to stop", || trial_processes.iter().all(exited));
     for trial in &trials {
         let log = std::fs::read_to_string(trial.join("train.log")).unwrap();
         assert!(log.contains("interrupted at step"), "saved at a step: {log}");

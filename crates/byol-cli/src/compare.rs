@@ -120,15 +120,13 @@ fn add_data_keys(runs: &mut [Run]) {
 }
 
 /// Adds how many processes trained each run (its summary's `processes`) as the key `processes`,
-/// when every run has a summary: a data-parallel run and a single process of the same settings
-/// draw differently.
+/// when every run's final summary records it: a data-parallel run and a single process of the
+/// same settings draw differently.
 fn add_process_counts(runs: &mut [Run]) {
-    if runs.iter().all(|r| r.summary.is_some()) {
-        for run in runs.iter_mut() {
-            let processes = run.summary.as_ref().map_or(1, |s| s.processes);
-            run.config
-                .insert("processes".into(), toml::Value::Integer(processes as i64));
-        }
+    let counts: Option<Vec<usize>> = runs.iter().map(|r| r.summary.as_ref()?.processes).collect();
+    for (run, processes) in runs.iter_mut().zip(counts.unwrap_or_default()) {
+        run.config
+            .insert("processes".into(), toml::Value::Integer(processes as i64));
     }
 }
 

@@ -64,6 +64,9 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 
 /// A finite number above 0 (a temperature, a learning rate).
 fn positive(text: &str) -> Result<f64, String> {
+    if text.starts_with("--") {
+        return Err(format!("a value is missing (found the flag {text})"));
+    }
     match text.parse::<f64>() {
         Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
         _ => Err(format!("{text} is not a number above 0")),

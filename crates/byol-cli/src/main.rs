@@ -428,8 +428,8 @@ fn print_summary(name: &str, summary: &RunSummary) {
     say!("\n== summary: {name} ==");
     say!("run folder       {}", summary.run_dir.display());
     match summary.processes {
-        1 => say!("device           {}", summary.device),
-        n => say!("device           {} (process 0 of {n}, data parallel)", summary.device),
+        Some(n) if n > 1 => say!("device           {} (process 0 of {n}, data parallel)", summary.device),
+        _ => say!("device           {}", summary.device),
     }
     say!(
         "steps            {} ({})",

@@ -543,7 +543,12 @@ fn run_in_process(
                 continue;
             }
             Ok(Err(e)) => format!("{e:#}"),
-            Err(panic) => panic_message(panic.as_ref()),
+            // libtorch's message, without the C++ backtrace under it.
+            Err(panic) => panic_message(panic.as_ref())
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
         };
         eprintln!("{}: failed: {error}", trial.id());
         record_failure(trial, &dir, &error, unrecorded);

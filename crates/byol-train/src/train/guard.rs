@@ -35,9 +35,34 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .strip_prefix("called `Result::unwrap()` on an `Err` value: Torch(\"")
         .and_then(|inner| inner.strip_suffix("\")"))
     {
-        Some(inner) => inner.replace("\\n", "\n").replace("\\\"", "\""),
+        Some(inner) => unescape_debug(inner),
         None => text,
     }
+}
+
+/// A string as Rust's `{:?}` wrote it, inside its quotes, read back.
+fn unescape_debug(escaped: &str) -> String {
+    let mut out = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('0') => out.push('\0'),
+            Some('u') => {
+                let code: String = chars.by_ref().skip(1).take_while(|&c| c != '}').collect();
+                out.extend(u32::from_str_radix(&code, 16).ok().and_then(char::from_u32));
+            }
+            Some(other) => out.push(other), // \\, \", \'
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 /// Turns a libtorch error raised inside a step into a message.
@@ -106,5 +131,11 @@ mod tests {
         assert!(!message.contains("unwrap") && !message.contains("Torch("), "{message}");
         let plain: Box<dyn std::any::Any + Send> = Box::new("out of memory".to_string());
         assert_eq!(panic_message(plain.as_ref()), "out of memory");
+        let original = "C:\\new\t\"quoted\"\nline \u{7f} é";
+        let debug: Box<dyn std::any::Any + Send> = Box::new(format!(
+            "called `Result::unwrap()` on an `Err` value: {:?}",
+            tch::TchError::Torch(original.to_string())
+        ));
+        assert_eq!(panic_message(debug.as_ref()), original);
     }
 }

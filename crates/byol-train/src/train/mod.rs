@@ -77,9 +77,10 @@ pub struct RunSummary {
     /// This process's rank in a data-parallel job (0 otherwise); only rank 0 reports.
     #[serde(default)]
     pub rank: usize,
-    /// The processes that trained the run in its last start (a data-parallel job's size).
-    #[serde(default = "one_process")]
-    pub processes: usize,
+    /// The processes that trained the run in its last start (a data-parallel job's size); None in
+    /// summaries from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<usize>,
     pub device: String,
     pub steps: u64,
     pub total_steps: u64,
@@ -115,10 +116,6 @@ pub struct RunSummary {
     #[serde(default)]
     pub curve_seconds: f64,
     pub checkpoint: PathBuf,
-}
-
-fn one_process() -> usize {
-    1
 }
 
 /// Trains `experiment` to the end, resuming from the run folder's newest intact checkpoint.
@@ -190,7 +187,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         rank: t.rank() as usize,
-        processes: t.processes(),
+        processes: Some(t.processes()),
         device: device_name(t.device),
         steps: step,
         total_steps: t.plan.total_steps,

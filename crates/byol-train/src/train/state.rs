@@ -158,7 +158,7 @@ impl DatasetFingerprint {
     }
 
     /// One line per split that differs, `train: 10000 images -> 9000 images`.
-    fn differences(&self, now: &Self) -> Vec<String> {
+    pub fn differences(&self, now: &Self) -> Vec<String> {
         // Classes that did not change are not listed on both sides (a thousand names).
         let describe = |s: Option<&SplitFingerprint>, other: Option<&SplitFingerprint>| match (s, other) {
             (Some(s), Some(o)) if s.classes == o.classes => {

@@ -115,6 +115,9 @@ impl<'a> Trainer<'a> {
         let plan = Plan::new(experiment, loader.batches_per_epoch());
 
         let fingerprint = DatasetFingerprint::of_run(&splits, labelled.as_ref());
+        if let Some(parallel) = &parallel {
+            check_same_data(parallel, device, &fingerprint)?;
+        }
         let config_toml = experiment.to_toml()?;
         let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
         let find = || RunStart::find(run_dir, &checkpointer, main, &config_toml, &fingerprint, allow_change);
@@ -124,11 +127,12 @@ impl<'a> Trainer<'a> {
         };
         check_not_past_the_end(run_dir, experiment, &plan, start.step())?;
         let trained_by = start.checkpoint.as_ref().and_then(|(_, m)| m.record.processes);
-        if let Some(before) = trained_by.filter(|&before| main && before != world) {
+        let trains_on = start.step().is_some_and(|step| step < plan.total_steps);
+        if let Some(before) = trained_by.filter(|&before| main && trains_on && before != world) {
             eprintln!(
-                "note: {} was trained by {before} process(es) so far and goes on with {world}: the global \
-                 batch and schedule stay, but each process's share of a batch and its augmentation draws \
-                 change, so the run will not match one trained by either alone",
+                "note: the last checkpoint of {} was saved by {before} process(es) and the run goes on with \
+                 {world}: the global batch and schedule stay, but each process's share of a batch and its \
+                 augmentation draws change, so the run will not match one trained by either alone",
                 run_dir.display()
             );
         }
@@ -342,60 +346,110 @@ fn join_job(experiment: &Experiment) -> anyhow::Result<(Device, Option<DataParal
     Ok((device, parallel))
 }
 
-/// Keys that may differ between the processes of a data-parallel job (besides where each node
-/// finds the data, [`super::state::DATA_LOCATION_KEYS`]): each process's CPU threads and decoders.
-const PER_PROCESS_KEYS: &[&str] = &["run.threads", "dataset.workers"];
+/// Keys that may differ between the processes of a data-parallel job: where each writes and
+/// which device of its node it uses, its CPU threads and decoders, how long it waits.
+const PER_PROCESS_KEYS: &[&str] = &[
+    "run.name",
+    "run.output_dir",
+    "run.device",
+    "run.threads",
+    "dataset.workers",
+    "distributed.timeout_s",
+];
 
-/// Refuses a data-parallel job whose processes were started with different experiments (another
-/// `--set` on one node): they would train diverging copies of the model, or wait for each other in
-/// different collectives until the timeout. Process 0 lists the differences.
-fn check_same_experiment(parallel: &DataParallel, device: Device, experiment: &Experiment) -> anyhow::Result<()> {
-    let ours = experiment.to_toml()?;
+/// Paths that may differ between the processes when every process sets them (node-local copies):
+/// the data's (compared by content, [`check_same_data`]) and the model's files (the parameters
+/// are process 0's, broadcast).
+const NODE_LOCAL_PATHS: &[&str] = &[
+    "dataset.urls",
+    "dataset.test_urls",
+    "backbone.path",
+    "backbone.pretrained",
+];
+
+/// Every process's `text`, in rank order.
+fn gather_texts(parallel: &DataParallel, device: Device, text: &str) -> anyhow::Result<Vec<String>> {
     let gather = |values: Vec<i64>| -> anyhow::Result<Vec<i64>> {
         let row = Tensor::from_slice(&values).view([1, -1]).to_device(device);
         Ok(Vec::try_from(
             parallel.all_gather(&row)?.reshape([-1]).to_device(Device::Cpu),
         )?)
     };
-    let lengths = gather(vec![ours.len() as i64]).context("comparing the processes' experiments")?;
-    let longest = *lengths.iter().max().unwrap_or(&0) as usize;
-    let mut bytes: Vec<i64> = ours.bytes().map(i64::from).collect();
+    let lengths = gather(vec![text.len() as i64])?;
+    let longest = (*lengths.iter().max().unwrap_or(&0) as usize).max(1);
+    let mut bytes: Vec<i64> = text.bytes().map(i64::from).collect();
     bytes.resize(longest, 0);
-    let all = gather(bytes).context("comparing the processes' experiments")?;
-    let texts: Vec<String> = all
-        .chunks(longest.max(1))
+    Ok(gather(bytes)?
+        .chunks(longest)
         .zip(&lengths)
         .map(|(chunk, &len)| {
             let bytes: Vec<u8> = chunk[..len as usize].iter().map(|&b| b as u8).collect();
             String::from_utf8_lossy(&bytes).into_owned()
         })
+        .collect())
+}
+
+/// Fails every process together when `differences` (process 0's list) is not empty.
+fn refuse_differences(parallel: &DataParallel, what: &str, differences: &[String]) -> anyhow::Result<()> {
+    if differences.is_empty() {
+        return Ok(());
+    }
+    if parallel.rank() == 0 {
+        bail!(
+            "the processes of this data-parallel job were started with different {what} (process 0's -> the \
+             other's):\n{}\nThey would train different models under one run, or wait for each other in \
+             different steps. Start every process with the same file, --set options and data",
+            differences.join("\n")
+        );
+    }
+    bail!(
+        "process {} was started with other {what} than process 0 (process 0 lists the differences)",
+        parallel.rank()
+    )
+}
+
+/// Refuses a data-parallel job whose processes were started with different experiments (another
+/// `--set` on one node): they would train diverging copies of the model, or wait for each other in
+/// different collectives until the timeout. Process 0 lists the differences.
+fn check_same_experiment(parallel: &DataParallel, device: Device, experiment: &Experiment) -> anyhow::Result<()> {
+    let texts =
+        gather_texts(parallel, device, &experiment.to_toml()?).context("comparing the processes' experiments")?;
+    let paths: Vec<&str> = super::state::DATA_LOCATION_KEYS
+        .iter()
+        .chain(NODE_LOCAL_PATHS)
+        .copied()
         .collect();
-    let location_keys = super::state::DATA_LOCATION_KEYS;
     let mut differences = Vec::new();
     for (rank, text) in texts.iter().enumerate().skip(1) {
         let changes = run_dir::changes(&texts[0], text).context("comparing the processes' experiments")?;
         differences.extend(
             changes
                 .into_iter()
-                .filter(|c| !PER_PROCESS_KEYS.contains(&c.key.as_str()) && !location_keys.contains(&c.key.as_str()))
+                .filter(|c| !PER_PROCESS_KEYS.contains(&c.key.as_str()))
+                // A path set in one process and not in another is another setting, not another place.
+                .filter(|c| !(paths.contains(&c.key.as_str()) && c.saved.is_some() && c.now.is_some()))
                 .map(|c| format!("  process {rank}: {c}")),
         );
     }
-    if differences.is_empty() {
-        return Ok(());
+    refuse_differences(parallel, "experiments", &differences)
+}
+
+/// Refuses a data-parallel job whose processes read different data (node-local copies that
+/// differ): their batches per epoch, or the kNN monitor's shards, would not line up.
+fn check_same_data(parallel: &DataParallel, device: Device, data: &DatasetFingerprint) -> anyhow::Result<()> {
+    let texts =
+        gather_texts(parallel, device, &serde_json::to_string(data)?).context("comparing the processes' data")?;
+    let zero: Option<DatasetFingerprint> = serde_json::from_str(&texts[0]).ok();
+    let mut differences = Vec::new();
+    for (rank, text) in texts.iter().enumerate().skip(1).filter(|(_, text)| **text != texts[0]) {
+        let theirs: Option<DatasetFingerprint> = serde_json::from_str(text).ok();
+        let lines = match (&zero, &theirs) {
+            (Some(zero), Some(theirs)) => zero.differences(theirs),
+            _ => vec!["(unreadable)".to_string()],
+        };
+        differences.extend(lines.iter().map(|line| format!("  process {rank}: {}", line.trim())));
     }
-    if parallel.rank() == 0 {
-        bail!(
-            "the processes of this data-parallel job were started with different experiments (key: process \
-             0's value -> the other's):\n{}\nThey would train different models under one run. Start every \
-             process with the same file and --set options",
-            differences.join("\n")
-        );
-    }
-    bail!(
-        "process {} was started with another experiment than process 0 (process 0 lists the differences)",
-        parallel.rank()
-    )
+    refuse_differences(parallel, "data", &differences)
 }
 
 /// Views, or the evaluation's images, that are blurred upscales of squares decoded much smaller:
