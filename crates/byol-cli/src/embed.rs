@@ -96,11 +96,14 @@ fn check_output(out: &Path) -> anyhow::Result<()> {
         ),
         Err(e) => return Err(e).with_context(|| format!("cannot write --out {}", out.display())),
     };
-    let is_checkpoints =
-        |dir: &Path| dir.file_name().is_some_and(|n| n == CHECKPOINTS_DIR) && dir.with_file_name(CONFIG_FILE).is_file();
+    // A checkpoint of a run, or the run's checkpoints folder itself.
     let checkpoints = match real.join(checkpoint::MANIFEST_FILE).is_file() {
-        true => real.parent().filter(|p| is_checkpoints(p)),
-        false => Some(real.as_path()).filter(|p| is_checkpoints(p)),
+        true => run_folder_of(&real).map(|run| run.join(CHECKPOINTS_DIR)),
+        false => {
+            let is_checkpoints =
+                real.file_name().is_some_and(|n| n == CHECKPOINTS_DIR) && real.with_file_name(CONFIG_FILE).is_file();
+            is_checkpoints.then(|| real.clone())
+        }
     };
     if let Some(checkpoints) = checkpoints {
         bail!(
