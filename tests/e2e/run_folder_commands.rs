@@ -81,6 +81,19 @@ fn eval_on_a_run_folder_uses_its_newest_checkpoint_and_its_knn_settings() {
     assert_eq!(knn["k_from"], "--k", "{knn}");
     assert_eq!(knn["temperature"], 0.07, "{knn}");
     assert!(all.contains("k = 3 (--k)"), "{all}");
+    assert!(
+        knn["top5"].is_null(),
+        "three classes: top-5 would be 100% whatever the features: {knn}"
+    );
+    assert!(all.contains("top-5 is not reported: with 3 classes"), "{all}");
+    assert!(!all.contains("more than the"), "{all}");
+
+    let (knn, all) = eval(dir.path(), "knn", &["--k", "40"]);
+    assert_eq!(knn["k"], 18, "k is what voted: all 18 training images: {knn}");
+    assert!(
+        all.contains("k = 40 is more than the 18 training images: each test image is voted on by all 18"),
+        "{all}"
+    );
 
     let (linear, all) = eval(dir.path(), "linear", &["--epochs", "2"]);
     assert!(all.contains("using checkpoint"), "{all}");
@@ -88,6 +101,11 @@ fn eval_on_a_run_folder_uses_its_newest_checkpoint_and_its_knn_settings() {
     assert_eq!(linear["validation_size"], 3, "one of each class's six: {linear}");
     assert_eq!(linear["sweep"].as_array().unwrap().len(), 4, "{linear}");
     assert!(all.contains("chosen on the validation split"), "{all}");
+    assert!(linear["top5"].is_null(), "{linear}");
+
+    // One lr is no grid: nothing lies beyond it.
+    let (_, all) = eval(dir.path(), "linear", &["--epochs", "2", "--lrs", "0.1"]);
+    assert!(!all.contains("a better one may lie beyond it"), "{all}");
 }
 
 #[test]

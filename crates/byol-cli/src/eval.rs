@@ -248,6 +248,11 @@ fn knn(data: &EvalData, k: Option<usize>, temperature: Option<f64>) -> anyhow::R
         None => (run_temperature, format!("eval.knn_temperature of {run_source}")),
     };
     eprintln!("kNN: k = {k} ({k_from}), temperature = {temperature} ({temperature_from})");
+    let bank = f.train.0.size()[0] as usize;
+    if k > bank {
+        eprintln!("note: k = {k} is more than the {bank} training images: each test image is voted on by all {bank}");
+    }
+    note_without_top5(f.classes);
     let acc = knn_accuracy(
         &f.test.0,
         &f.test.1,
@@ -262,7 +267,7 @@ fn knn(data: &EvalData, k: Option<usize>, temperature: Option<f64>) -> anyhow::R
         serde_json::json!({
             "protocol": "knn",
             "checkpoint": f.checkpoint,
-            "k": k,
+            "k": k.min(bank),
             "k_from": k_from,
             "temperature": temperature,
             "temperature_from": temperature_from,
@@ -275,6 +280,7 @@ fn knn(data: &EvalData, k: Option<usize>, temperature: Option<f64>) -> anyhow::R
 /// `eval linear`: a linear classifier on frozen features, its lr chosen on a validation split.
 fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
     let f = features(data)?;
+    note_without_top5(f.classes);
     let result = linear_probe(
         (&f.train.0, &f.train.1),
         (&f.test.0, &f.test.1),
@@ -300,6 +306,14 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
         result.chosen_lr,
         result.validation_size + result.sweep_train_size,
     );
+    if let Some(edge) = edge_of_grid(result.chosen_lr, lrs) {
+        eprintln!(
+            "warning: the chosen lr {} is the {edge} tried: a better one may lie beyond it; give --lrs \
+             reaching further {}",
+            result.chosen_lr,
+            if edge == "largest" { "up" } else { "down" }
+        );
+    }
     report(
         &data.json,
         serde_json::json!({
@@ -315,4 +329,40 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
             "top5": result.accuracy.top5,
         }),
     )
+}
+
+/// Top-5 is left out (null in the JSON) where every label is among the top 5.
+fn note_without_top5(classes: i64) {
+    if !byol_train::knn::has_top5(classes) {
+        eprintln!("note: top-5 is not reported: with {classes} classes every label is among the top 5");
+    }
+}
+
+/// "largest" or "smallest" when `chosen` is at that end of a grid of several learning rates.
+fn edge_of_grid(chosen: f64, lrs: &[f64]) -> Option<&'static str> {
+    let largest = lrs.iter().copied().fold(f64::MIN, f64::max);
+    let smallest = lrs.iter().copied().fold(f64::MAX, f64::min);
+    if largest == smallest {
+        None
+    } else if chosen == largest {
+        Some("largest")
+    } else if chosen == smallest {
+        Some("smallest")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edge_of_grid;
+
+    #[test]
+    fn a_chosen_lr_at_either_end_of_the_grid_is_told() {
+        let grid = [0.03, 0.01, 0.3, 0.1];
+        assert_eq!(edge_of_grid(0.3, &grid), Some("largest"));
+        assert_eq!(edge_of_grid(0.01, &grid), Some("smallest"));
+        assert_eq!(edge_of_grid(0.1, &grid), None);
+        assert_eq!(edge_of_grid(0.5, &[0.5]), None, "one lr is no grid");
+    }
 }

@@ -8,7 +8,15 @@ use tch::{Kind, Tensor};
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KnnAccuracy {
     pub top1: f64,
-    pub top5: f64,
+    /// None with 5 classes or fewer (see [`has_top5`]).
+    #[serde(default)]
+    pub top5: Option<f64>,
+}
+
+/// Whether top-5 accuracy says anything: with 5 classes or fewer every label is among the top
+/// 5, and top-5 would be 100% whatever the features.
+pub fn has_top5(classes: i64) -> bool {
+    classes > 5
 }
 
 /// Class scores `[Q, classes]` of `queries` against the labelled `bank`.
@@ -71,7 +79,7 @@ pub fn knn_accuracy(
     }
     KnnAccuracy {
         top1: top1 as f64 / n as f64,
-        top5: top5 as f64 / n as f64,
+        top5: has_top5(classes).then(|| top5 as f64 / n as f64),
     }
 }
 

@@ -19,7 +19,8 @@ pub const VALIDATION_FRACTION: f64 = 0.1;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LinearAccuracy {
     pub top1: f64,
-    pub top5: f64,
+    /// None with 5 classes or fewer (see [`crate::knn::has_top5`]).
+    pub top5: Option<f64>,
 }
 
 /// The split [`linear_probe`] chooses the lr on, as reported in [`LinearResult::lr_chosen_on`].
@@ -60,7 +61,10 @@ pub fn accuracy(logits: &Tensor, labels: &Tensor) -> LinearAccuracy {
         .sum(Kind::Int64)
         .int64_value(&[]) as f64
         / n;
-    LinearAccuracy { top1, top5 }
+    LinearAccuracy {
+        top1,
+        top5: crate::knn::has_top5(classes).then_some(top5),
+    }
 }
 
 /// Indices of (validation, rest) of `labels`: per class, [`VALIDATION_FRACTION`] of its samples

@@ -69,7 +69,7 @@ fn weighted_knn_matches_numpy() {
     );
     let acc = knn_accuracy(&queries, &labels, &bank, &bank_labels, 7, 20, 0.1);
     assert_eq!(acc.top1, reference["top1"].double_value(&[0]), "{replay}");
-    assert_eq!(acc.top5, reference["top5"].double_value(&[0]), "{replay}");
+    assert_eq!(acc.top5, Some(reference["top5"].double_value(&[0])), "{replay}");
     assert!(
         acc.top1 > 0.3 && acc.top1 < 1.0,
         "a fixture that tests something: {acc:?}; {replay}"
@@ -89,7 +89,13 @@ fn accuracy_of_logits_matches_numpy() {
     );
     let acc = accuracy(&logits, &labels);
     assert_eq!(acc.top1, reference["top1"].double_value(&[0]));
-    assert_eq!(acc.top5, reference["top5"].double_value(&[0]));
+    assert_eq!(acc.top5, Some(reference["top5"].double_value(&[0])));
+
+    // Five classes or fewer: every label is among the top 5, so top-5 says nothing.
+    let five = accuracy(&logits.narrow(1, 0, 5), &labels.remainder(5));
+    assert_eq!(five.top5, None);
+    let six = accuracy(&logits.narrow(1, 0, 6), &labels.remainder(6));
+    assert!(six.top5.is_some_and(|top5| top5 < 1.0), "{six:?}");
 }
 
 #[test]

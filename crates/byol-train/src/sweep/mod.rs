@@ -140,7 +140,7 @@ impl Metric {
     pub fn of(self, summary: &RunSummary) -> Option<f64> {
         match self {
             Metric::KnnTop1 => summary.knn_after.map(|a| a.top1),
-            Metric::KnnTop5 => summary.knn_after.map(|a| a.top5),
+            Metric::KnnTop5 => summary.knn_after.and_then(|a| a.top5),
             Metric::KnnGain => Some(summary.knn_after?.top1 - summary.knn_before?.top1),
             Metric::ProbeTop1 => summary.probe_top1_after,
             Metric::FinalLoss => summary.final_loss,

@@ -79,7 +79,7 @@ impl Metric {
     pub fn at_point(self, point: &CurvePoint, curve: &[CurvePoint]) -> Option<f64> {
         match self {
             Metric::KnnTop1 => Some(point.knn_top1),
-            Metric::KnnTop5 => Some(point.knn_top5),
+            Metric::KnnTop5 => point.knn_top5,
             Metric::KnnGain => Some(point.knn_top1 - curve.iter().find(|p| p.epoch == 0)?.knn_top1),
             Metric::ProbeTop1 => point.probe_top1,
             Metric::FinalLoss => point.loss,
@@ -204,7 +204,7 @@ mod tests {
             epoch,
             step: epoch * 10,
             knn_top1: top1,
-            knn_top5: 1.0,
+            knn_top5: Some(1.0),
             probe_top1: None,
             loss: Some(1.0 - top1),
         }

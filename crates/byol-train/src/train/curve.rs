@@ -21,7 +21,9 @@ pub struct CurvePoint {
     pub epoch: u64,
     pub step: u64,
     pub knn_top1: f64,
-    pub knn_top5: f64,
+    /// None with 5 classes or fewer (see [`crate::knn::has_top5`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_top5: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_top1: Option<f64>,
     /// The last logged training loss (none before training).
@@ -98,7 +100,7 @@ mod tests {
             epoch,
             step,
             knn_top1: top1,
-            knn_top5: 1.0,
+            knn_top5: Some(1.0),
             probe_top1: None,
             loss: None,
         }

@@ -121,7 +121,9 @@ impl Journal {
     pub fn evaluation(&mut self, when: &str, evaluation: Option<Evaluation>, step: u64) -> Option<Evaluation> {
         let e = evaluation.as_ref()?;
         self.logger.scalar("knn/top1", e.knn.top1, step);
-        self.logger.scalar("knn/top5", e.knn.top5, step);
+        if let Some(top5) = e.knn.top5 {
+            self.logger.scalar("knn/top5", top5, step);
+        }
         // Before training the probe has seen nothing: its accuracy would be noise.
         let probe = e.probe_top1.filter(|_| step > 0);
         if let Some(top1) = probe {
@@ -129,8 +131,10 @@ impl Journal {
         }
         let detail = match probe {
             Some(p) => format!(", online probe {:.1}%", p * 100.0),
-            None if step == 0 => format!("  top-5 {:.1}%", e.knn.top5 * 100.0),
-            None => String::new(),
+            None => match e.knn.top5 {
+                Some(top5) if step == 0 => format!("  top-5 {:.1}%", top5 * 100.0),
+                _ => String::new(),
+            },
         };
         if !when.is_empty() {
             self.say(format!("kNN {when}: top-1 {:.1}%{detail}", e.knn.top1 * 100.0));
