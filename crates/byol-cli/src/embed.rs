@@ -270,12 +270,21 @@ fn find_images(args: &EmbedArgs) -> anyhow::Result<(ImageTree, Skipped)> {
     for why in std::mem::take(&mut scan.unlistable) {
         skipped.add(args.strict, why)?;
     }
-    if scan.revisits > 0 {
+    if !scan.revisits.is_empty() {
         eprintln!(
-            "warning: {} folder(s) under {} reached again through a symbolic link (a loop, or a second \
-             path to the same folder) were embedded once",
-            scan.revisits,
+            "warning: {} folder(s) under {} reached again through a symbolic link (a loop, a link to a \
+             folder above, or a second path to the same folder) were embedded once",
+            scan.revisits.len(),
             args.images.display()
+        );
+    }
+    if let Some(first) = scan.not_files.first() {
+        eprintln!(
+            "warning: {} entries under {} named like images are not files (pipes, sockets or devices) and \
+             are left out (the first: {})",
+            scan.not_files.len(),
+            args.images.display(),
+            first.display()
         );
     }
     if let Some(warning) = other_formats_warning(&args.images, &scan.other_formats) {

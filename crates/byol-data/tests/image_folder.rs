@@ -770,3 +770,50 @@ fn a_truncated_image_gives_a_one_line_error() {
         );
     }
 }
+
+/// A link inside a class folder to a folder above it, into another class folder, or to a pipe
+/// named like an image: each image is read once, under the class folder that holds it (links
+/// from `a` into `b` would otherwise give `b`'s images the label `a` as well), and what was
+/// passed over is told. The same tree unlabelled reads each image once too.
+#[test]
+fn links_out_of_a_class_folder_read_no_image_twice_nor_under_another_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["a", "b", "c"], 2, (16, 16));
+    write_image(&root.join("b/sub/deep.png"), 16, 16, 7);
+    std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
+    std::os::unix::fs::symlink("../b", root.join("a/bb")).unwrap();
+    std::os::unix::fs::symlink("../b/sub", root.join("a/sub")).unwrap();
+    std::os::unix::fs::symlink("../../..", root.join("c/top")).unwrap();
+    // A class folder that is another class folder: left empty, not read twice.
+    std::os::unix::fs::symlink("c", root.join("d")).unwrap();
+    let fifo = root.join("b/pipe.jpg");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+
+    let (splits, warnings) = load(&root, "image_size = 16").unwrap();
+    let train = splits.train;
+    assert_eq!(train.classes(), ["a", "b", "c", "d"]);
+    let (_, labels) = train.batch(&(0..train.len()).collect::<Vec<_>>()).unwrap();
+    assert_eq!(
+        Vec::<i64>::try_from(&labels).unwrap(),
+        [0, 0, 1, 1, 1, 2, 2],
+        "{warnings:?}"
+    );
+    let all = warnings.join("\n");
+    assert!(
+        all.contains("5 folder(s) under") && all.contains("were not read again") && all.contains("train/a/bb"),
+        "{all}"
+    );
+    assert!(
+        all.contains("1 entries under") && all.contains("not files") && all.contains("b/pipe.jpg"),
+        "{all}"
+    );
+    assert!(
+        all.contains("class folders of") && all.contains(": d"),
+        "d is empty: {all}"
+    );
+
+    let (splits, warnings) = load(&root, "image_size = 16\nlabels = \"none\"").unwrap();
+    assert_eq!(splits.train.len(), 7, "{warnings:?}");
+}

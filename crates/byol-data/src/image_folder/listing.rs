@@ -97,24 +97,63 @@ pub(super) fn has_images_under(dir: &Path) -> Result<bool, DataError> {
     if !dir.is_dir() {
         return Ok(false);
     }
-    Ok(!collect_images(dir, &mut Vec::new())?.is_empty())
+    let tree = ImageTree::walk(dir).map_err(DataError::Config)?;
+    Ok(!tree.images.is_empty())
 }
 
-/// Every image file under `dir`, at any depth (see [`ImageTree`]); a folder that cannot be listed
-/// is an error. A name that cannot be followed (a link to a missing file) stays, with size 0:
-/// reading it fails and `dataset.on_bad_image` decides, so it is counted or named, never lost
-/// without a word. Names of things that are not files (pipes, sockets) are passed over.
-pub(super) fn collect_images(dir: &Path, others: &mut Vec<PathBuf>) -> Result<Vec<Found>, DataError> {
-    let mut tree = ImageTree::walk(dir).map_err(DataError::Config)?;
-    others.append(&mut tree.other_formats);
+/// What a walk found besides images, gathered over the walks of one split (its class folders)
+/// and told as warnings once.
+#[derive(Default)]
+struct PassedOver {
+    other_formats: Vec<PathBuf>,
+    revisits: Vec<PathBuf>,
+    not_files: Vec<PathBuf>,
+}
+
+impl PassedOver {
+    fn warnings(&self, root: &Path) -> impl Iterator<Item = String> {
+        let revisits = self.revisits.first().map(|first| {
+            format!(
+                "{} folder(s) under {} reached through a symbolic link were not read again: a loop, a link to a \
+                 folder above, into another class folder, or a second path to a folder already read (the \
+                 first: {}); each image is read once, under the class folder that holds it",
+                self.revisits.len(),
+                root.display(),
+                first.display()
+            )
+        });
+        let not_files = self.not_files.first().map(|first| {
+            format!(
+                "{} entries under {} named like images are not files (pipes, sockets or devices) and are left \
+                 out (the first: {})",
+                self.not_files.len(),
+                root.display(),
+                first.display()
+            )
+        });
+        other_formats_warning(root, &self.other_formats)
+            .into_iter()
+            .chain(revisits)
+            .chain(not_files)
+    }
+}
+
+/// The images of `tree` with their sizes; a folder under it that could not be listed is an
+/// error. A name that cannot be followed (a link to a missing file) stays, with size 0: reading
+/// it fails and `dataset.on_bad_image` decides, so it is counted or named, never lost without a
+/// word.
+fn found_images(mut tree: ImageTree, passed_over: &mut PassedOver) -> Result<Vec<Found>, DataError> {
+    passed_over.other_formats.append(&mut tree.other_formats);
+    passed_over.revisits.append(&mut tree.revisits);
+    passed_over.not_files.append(&mut tree.not_files);
     match tree.unlistable.into_iter().next() {
         Some(why) => Err(DataError::Config(why)),
         None => Ok(tree
             .images
             .into_iter()
-            .filter_map(|p| match std::fs::metadata(&p) {
-                Ok(m) => m.is_file().then_some((p, m.len())),
-                Err(_) => Some((p, 0)),
+            .map(|p| {
+                let size = std::fs::metadata(&p).map_or(0, |m| m.len());
+                (p, size)
             })
             .collect()),
     }
@@ -123,16 +162,21 @@ pub(super) fn collect_images(dir: &Path, others: &mut Vec<PathBuf>) -> Result<Ve
 /// The image files under a folder, at any depth, as training reads a class folder or an
 /// unlabelled split: hidden files and folders are left out, symbolic links are followed, and each
 /// real folder is entered once (a link back up the tree would otherwise be followed round and
-/// round).
+/// round). A folder that holds the root is not entered (it would read the root again, and what
+/// lies beside it), nor, while walking one class folder of a split, a folder inside another
+/// (its images have that class).
 #[derive(Debug, Default)]
 pub struct ImageTree {
-    /// Every entry named like an image that is not a folder, sorted by path (each folder's
-    /// entries in order, sub-folders where they sort). A symbolic link to a missing file is
-    /// among them: reading it says what is wrong.
+    /// Every entry named like an image that is a file, or a link to a missing one (reading it
+    /// says what is wrong), sorted by path (each folder's entries in order, sub-folders where
+    /// they sort).
     pub images: Vec<PathBuf>,
-    /// Folders reached again through a symbolic link (a loop, or a second path to the same
-    /// folder), walked only the first time.
-    pub revisits: usize,
+    /// Folders reached through a symbolic link and not entered: walked before (a loop, a second
+    /// path to one folder), holding the root, or inside another class folder.
+    pub revisits: Vec<PathBuf>,
+    /// Entries named like images that are neither files nor folders (pipes, sockets, devices):
+    /// opening a pipe would wait forever, and a device could be read without end.
+    pub not_files: Vec<PathBuf>,
     /// Folders below the root that could not be listed or resolved, with the reason; the walk
     /// goes on past them.
     pub unlistable: Vec<String>,
@@ -145,24 +189,55 @@ impl ImageTree {
     /// Walks `root`. Only a root that cannot be resolved or listed is an error, whose message
     /// names it.
     pub fn walk(root: &Path) -> Result<Self, String> {
-        let mut tree = Self::default();
-        let mut entered = std::collections::BTreeSet::new();
-        let canonical = root
-            .canonicalize()
-            .map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
-        entered.insert(canonical);
-        tree.walk_entries(sorted_entries(root).map_err(|e| cannot_list(root, &e))?, &mut entered);
-        Ok(tree)
+        let mut trees = Self::walk_classes(root, &[root.to_path_buf()])?;
+        Ok(trees.pop().expect("one tree per folder"))
     }
 
-    fn walk_entries(&mut self, entries: Vec<PathBuf>, entered: &mut std::collections::BTreeSet<PathBuf>) {
+    /// One tree per folder of `class_dirs` (the class folders of the split at `root`), walked in
+    /// order and sharing what they entered: a folder is read once, in the first class folder
+    /// that reaches it, and never through a link from another class folder into it. A class
+    /// folder that is another one, or holds the root (a link), is left empty. Only a folder that
+    /// cannot be resolved or listed at the top is an error.
+    fn walk_classes(root: &Path, class_dirs: &[PathBuf]) -> Result<Vec<Self>, String> {
+        let resolve = |dir: &Path| {
+            dir.canonicalize()
+                .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))
+        };
+        let mut walk = Walk {
+            root: resolve(root)?,
+            classes: class_dirs.iter().map(|d| resolve(d)).collect::<Result<_, _>>()?,
+            class: 0,
+            entered: Default::default(),
+        };
+        walk.entered.insert(walk.root.clone());
+        let mut trees = Vec::new();
+        for (class, dir) in class_dirs.iter().enumerate() {
+            let mut tree = Self::default();
+            walk.class = class;
+            let own = walk.classes[class].clone();
+            // The root itself is walked when it is the only folder (an unlabelled split).
+            if dir.as_path() == root || (!walk.root.starts_with(&own) && walk.entered.insert(own)) {
+                let entries = sorted_entries(dir).map_err(|e| cannot_list(dir, &e))?;
+                tree.walk_entries(entries, &mut walk);
+            } else {
+                tree.revisits.push(dir.clone());
+            }
+            trees.push(tree);
+        }
+        Ok(trees)
+    }
+
+    fn walk_entries(&mut self, entries: Vec<PathBuf>, walk: &mut Walk) {
         for path in entries {
             if is_hidden(&path) {
                 continue;
             }
             if !path.is_dir() {
-                if is_image(&path) {
+                let is_file_or_missing = std::fs::metadata(&path).map_or(true, |m| m.is_file());
+                if is_image(&path) && is_file_or_missing {
                     self.images.push(path);
+                } else if is_image(&path) {
+                    self.not_files.push(path);
                 } else if is_other_image_format(&path) {
                     self.other_formats.push(path);
                 }
@@ -175,15 +250,37 @@ impl ImageTree {
                     continue;
                 }
             };
-            if !entered.insert(real) {
-                self.revisits += 1;
+            if !walk.may_enter(&real) || !walk.entered.insert(real) {
+                self.revisits.push(path);
                 continue;
             }
             match sorted_entries(&path) {
-                Ok(entries) => self.walk_entries(entries, entered),
+                Ok(entries) => self.walk_entries(entries, walk),
                 Err(e) => self.unlistable.push(cannot_list(&path, &e)),
             }
         }
+    }
+}
+
+/// The state of [`ImageTree::walk_classes`]: canonical paths.
+struct Walk {
+    root: PathBuf,
+    classes: Vec<PathBuf>,
+    /// The class folder being walked.
+    class: usize,
+    entered: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Walk {
+    /// Whether the folder at `real` may be entered from the class folder being walked: not one
+    /// holding the root (a link up the tree), nor one inside another class folder.
+    fn may_enter(&self, real: &Path) -> bool {
+        let inside_another = self
+            .classes
+            .iter()
+            .enumerate()
+            .any(|(i, class)| i != self.class && real.starts_with(class));
+        !self.root.starts_with(real) && !inside_another
     }
 }
 
@@ -206,9 +303,10 @@ pub(super) fn scan_unlabelled(
     }
     let mut paths = match file_list {
         None => {
-            let mut others = Vec::new();
-            let images = collect_images(root, &mut others)?;
-            warnings.extend(other_formats_warning(root, &others));
+            let mut passed_over = PassedOver::default();
+            let tree = ImageTree::walk(root).map_err(DataError::Config)?;
+            let images = found_images(tree, &mut passed_over)?;
+            warnings.extend(passed_over.warnings(root));
             images
         }
         Some(list_path) => {
@@ -355,11 +453,12 @@ pub(super) fn scan(
     match file_list {
         None => {
             // A class is every image under its folder, at any depth (torchvision's ImageFolder).
-            let mut others = Vec::new();
-            for (files, dir) in per_class.iter_mut().zip(&class_dirs) {
-                *files = collect_images(dir, &mut others)?;
+            let mut passed_over = PassedOver::default();
+            let trees = ImageTree::walk_classes(root, &class_dirs).map_err(DataError::Config)?;
+            for (files, tree) in per_class.iter_mut().zip(trees) {
+                *files = found_images(tree, &mut passed_over)?;
             }
-            warnings.extend(other_formats_warning(root, &others));
+            warnings.extend(passed_over.warnings(root));
             warnings.extend(loose_images_warning(key, root, &entries));
         }
         Some(list_path) => read_file_list(key, root, list_path, &classes, &mut per_class)?,
