@@ -214,3 +214,60 @@ fn labelled_images_without_a_test_split_say_the_monitor_is_off() {
     );
     assert!(!all.contains("kNN top-1") && !all.contains("no labels"), "{all}");
 }
+
+/// Unreadable images are all named in the run folder's `skipped-images.txt` (the warnings name
+/// three), counted in `summary.json` and the printed summary with what training did about them:
+/// left out when the split is decoded into memory, replaced by readable images in the batches
+/// when it is read as training goes. A run that skips nothing has no such file.
+#[test]
+fn every_skipped_image_is_named_in_the_run_folder_and_counted_in_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..20u32 {
+        write_image(&dir.path().join(format!("unlabelled/{i:02}.png")), (i % 2) as usize, i);
+    }
+    for i in 0..7 {
+        std::fs::write(dir.path().join(format!("unlabelled/bad{i}.jpg")), b"").unwrap();
+    }
+    std::fs::write(dir.path().join("flat.toml"), UNLABELLED).unwrap();
+    // Batches of 9: read as training goes, the epoch's 3 steps read all 27 files.
+    for (cache, what) in [("memory", "left out"), ("none", "replaced")] {
+        let cache = format!("dataset.cache=\"{cache}\"");
+        let args = [
+            "flat.toml",
+            "--run-dir",
+            "run",
+            "--fresh",
+            "--set",
+            &cache,
+            "--set",
+            "schedule.batch_size=9",
+        ];
+        let out = byol_run(dir.path(), &args);
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(all.contains("and 4 more"), "the warning names three: {all}");
+        let listed = std::fs::read_to_string(dir.path().join("run/skipped-images.txt")).unwrap();
+        let lines: Vec<&str> = listed.lines().collect();
+        assert_eq!(lines.len(), 7, "{listed}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains("unlabelled/bad") && l.ends_with(": empty file")),
+            "{listed}"
+        );
+        let summary = summary(dir.path());
+        assert_eq!(summary["skipped_images"], 7, "{summary}");
+        assert_eq!(summary["skipped_in_training"], what, "{summary}");
+        assert!(
+            all.contains("unreadable       7 images skipped, each named in") && all.contains("skipped-images.txt"),
+            "{all}"
+        );
+    }
+    for i in 0..7 {
+        std::fs::remove_file(dir.path().join(format!("unlabelled/bad{i}.jpg"))).unwrap();
+    }
+    let out = byol_run(dir.path(), &["flat.toml", "--run-dir", "run", "--fresh"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!dir.path().join("run/skipped-images.txt").exists());
+    assert_eq!(summary(dir.path())["skipped_images"], 0);
+}

@@ -480,6 +480,18 @@ fn print_summary(name: &str, summary: &RunSummary) {
             100.0 * summary.curve_seconds / summary.train_seconds.max(1e-9)
         ),
     }
+    if summary.skipped_images > 0 {
+        let training = match summary.skipped_in_training.as_deref() {
+            Some("replaced") => "; in training, readable images took their places in the batches",
+            Some(_) => "; left out of training",
+            None => "",
+        };
+        say!(
+            "unreadable       {} skipped, each named in {}{training}",
+            plural(summary.skipped_images as u64, "image"),
+            summary.run_dir.join(byol_train::train::SKIPPED_FILE).display()
+        );
+    }
     say!("checkpoint       {}", summary.checkpoint.display());
     say!(
         "tensorboard      tensorboard --logdir {}",

@@ -18,6 +18,8 @@ pub struct ImageSet {
     classes: Vec<String>,
     /// See [`Dataset::content_digest`].
     digest: Option<String>,
+    /// See [`Dataset::skipped`]: the images left out when the set was decoded.
+    skipped: Vec<String>,
 }
 
 impl ImageSet {
@@ -43,6 +45,7 @@ impl ImageSet {
             width,
             classes,
             digest: None,
+            skipped: Vec::new(),
         })
     }
 
@@ -50,6 +53,12 @@ impl ImageSet {
     /// decoded from).
     pub fn with_content_digest(mut self, digest: Option<String>) -> Self {
         self.digest = digest;
+        self
+    }
+
+    /// The set with `skipped` as its [`Dataset::skipped`] (the images its decoding left out).
+    pub fn with_skipped(mut self, skipped: Vec<String>) -> Self {
+        self.skipped = skipped;
         self
     }
 
@@ -98,6 +107,10 @@ pub(crate) fn hex(digest: &[u8]) -> String {
 }
 
 impl Dataset for ImageSet {
+    fn skipped(&self) -> Vec<String> {
+        self.skipped.clone()
+    }
+
     fn len(&self) -> usize {
         self.labels.len()
     }

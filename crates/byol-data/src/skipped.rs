@@ -40,6 +40,15 @@ impl SkippedImages {
             .map(|(&i, why)| format!("{}: {why}", name(i)))
     }
 
+    /// Every unreadable image met so far as `<name>: <why>`, in index order.
+    pub(crate) fn all(&self, name: impl Fn(usize) -> String) -> Vec<String> {
+        let seen = self.seen();
+        seen.reasons
+            .iter()
+            .map(|(&i, why)| format!("{}: {why}", name(i)))
+            .collect()
+    }
+
     /// `skipped N unreadable <what> of <of> in <place> (a: why; b: why; c: why; and 2 more);
     /// <hint>` when images were skipped since the last warning, else None.
     pub(crate) fn take_warning(

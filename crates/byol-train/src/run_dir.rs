@@ -174,6 +174,7 @@ const RUN_ENTRIES: &[&str] = &[
     crate::train::state::FINGERPRINT_FILE,
     crate::train::SUMMARY_FILE,
     crate::train::curve::CURVE_FILE,
+    crate::train::SKIPPED_FILE,
     CHECKPOINTS_DIR,
     crate::tensorboard::LOG_DIR,
     LOCK_FILE,

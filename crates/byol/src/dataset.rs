@@ -98,6 +98,12 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// Every image left out as unreadable so far, as `<where>: <why>` in index order: the whole
+    /// list, of which [`Dataset::take_warning`] names a few.
+    fn skipped(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// For datasets stored as long sequential files (WebDataset tar shards): the training order
     /// of one epoch for process `rank` of `world`, which the loader takes instead of its global
     /// permutation; a pure function of its arguments, so a resumed run continues the same

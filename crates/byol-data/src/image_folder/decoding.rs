@@ -53,8 +53,10 @@ impl DecodingFolder {
         }
         let warning = self.take_warning();
         let classes = self.listing.classes.clone();
-        let set = ImageSet::new(pixels, kept_labels, size, size, classes)?;
-        Ok((set.with_content_digest(Some(self.listing.content_digest())), warning))
+        let set = ImageSet::new(pixels, kept_labels, size, size, classes)?
+            .with_content_digest(Some(self.listing.content_digest()))
+            .with_skipped(self.skipped());
+        Ok((set, warning))
     }
 }
 
@@ -108,6 +110,10 @@ impl Dataset for DecodingFolder {
             Some((path, _)) => path.display().to_string(),
             None => format!("image {index}"),
         }
+    }
+
+    fn skipped(&self) -> Vec<String> {
+        self.skipped.all(|i| self.describe(i))
     }
 
     fn take_warning(&self) -> Option<String> {

@@ -82,6 +82,10 @@ impl Core {
         }
     }
 
+    pub(super) fn skipped(&self) -> Vec<String> {
+        self.skipped.all(|i| self.describe(i))
+    }
+
     pub(super) fn take_warning(&self) -> Option<String> {
         let place = format!("{} shard(s)", self.index.shards.len());
         self.skipped
@@ -216,6 +220,10 @@ impl Dataset for WebDataset {
 
     fn take_warning(&self) -> Option<String> {
         self.0.take_warning()
+    }
+
+    fn skipped(&self) -> Vec<String> {
+        self.0.skipped()
     }
 
     fn epoch_stream(&self, seed: u64, epoch: u64, rank: usize, world: usize) -> Option<EpochStream> {

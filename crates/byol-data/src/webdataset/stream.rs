@@ -247,4 +247,8 @@ impl Dataset for StreamReader {
     fn take_warning(&self) -> Option<String> {
         self.core.take_warning()
     }
+
+    fn skipped(&self) -> Vec<String> {
+        self.core.skipped()
+    }
 }

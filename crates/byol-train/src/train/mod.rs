@@ -115,8 +115,22 @@ pub struct RunSummary {
     pub curve_evaluations: u64,
     #[serde(default)]
     pub curve_seconds: f64,
+    /// Unreadable images skipped under `dataset.on_bad_image = "skip"`, in every split this
+    /// process read (the loader's share in a data-parallel run), each named in
+    /// [`SKIPPED_FILE`].
+    #[serde(default)]
+    pub skipped_images: usize,
+    /// How the training split made up for its skipped images: "left out" (decoded into memory
+    /// without them) or "replaced" (read as training goes, each one's place in its batch taken
+    /// by a readable image, so epochs keep their steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_in_training: Option<String>,
     pub checkpoint: PathBuf,
 }
+
+/// The run folder's list of every unreadable image skipped, one `<where>: <why>` per line
+/// (warnings name the first few).
+pub const SKIPPED_FILE: &str = "skipped-images.txt";
 
 /// Trains `experiment` to the end, resuming from the run folder's newest intact checkpoint.
 /// SIGINT/SIGTERM finish the current step, save a checkpoint and return early.
@@ -204,8 +218,11 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         images_per_second: t.images_per_second(step, train_seconds),
         curve_evaluations,
         curve_seconds,
+        skipped_images: 0,
+        skipped_in_training: None,
         checkpoint,
     };
+    let summary = record_skipped(&t, &run_dir, summary)?;
     write_summary(&t, &run_dir, &summary)?;
     end_group(&t);
     Ok(summary)
@@ -244,6 +261,28 @@ fn already_trained(t: &Trainer<'_>, run_dir: &std::path::Path, step: u64, quiet:
         ));
     }
     Some(summary)
+}
+
+/// Lists the images the run's splits skipped as unreadable in [`SKIPPED_FILE`] (written by the
+/// process that owns the run folder, removed when none were) and counts them in `summary`.
+fn record_skipped(t: &Trainer<'_>, run_dir: &std::path::Path, mut summary: RunSummary) -> anyhow::Result<RunSummary> {
+    let train = t.splits.train.skipped();
+    let test = t.splits.test.as_ref().map(|test| test.skipped()).unwrap_or_default();
+    summary.skipped_images = train.len() + test.len();
+    if !train.is_empty() {
+        let in_memory = t.splits.train.as_tensors().is_some();
+        summary.skipped_in_training = Some(if in_memory { "left out" } else { "replaced" }.to_string());
+    }
+    if t.is_main() {
+        let path = run_dir.join(SKIPPED_FILE);
+        if summary.skipped_images == 0 {
+            remove_if_present(&path)?;
+        } else {
+            let lines: String = train.iter().chain(&test).map(|line| format!("{line}\n")).collect();
+            run_dir::replace_file(&path, lines.as_bytes())?;
+        }
+    }
+    Ok(summary)
 }
 
 /// `summary.json`, written by the process that owns the run folder.
