@@ -817,3 +817,28 @@ fn links_out_of_a_class_folder_read_no_image_twice_nor_under_another_label() {
     let (splits, warnings) = load(&root, "image_size = 16\nlabels = \"none\"").unwrap();
     assert_eq!(splits.train.len(), 7, "{warnings:?}");
 }
+
+/// `limit_per_class` takes the first files of each class folder, readable or not: a class whose
+/// first files are all unreadable has no image left, which is told (its label still counts).
+#[test]
+fn a_class_left_without_readable_images_is_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["a", "b"], 4, (16, 16));
+    std::fs::write(root.join("a/-text.jpg"), "not an image").unwrap();
+    std::fs::write(root.join("a/-zero.jpg"), b"").unwrap();
+    let (splits, warnings) = load(&root, "image_size = 16\nlimit_per_class = 2").unwrap();
+    assert_eq!(splits.train.len(), 2, "{warnings:?}");
+    let all = warnings.join("\n");
+    assert!(
+        all.contains("1 of the 2 classes of")
+            && all.contains("no readable image left")
+            && all.contains(": a (2 unreadable)"),
+        "{all}"
+    );
+    assert!(all.contains("limit_per_class takes the first files"), "{all}");
+
+    let (splits, warnings) = load(&root, "image_size = 16").unwrap();
+    assert_eq!(splits.train.len(), 8);
+    assert!(!warnings.join("\n").contains("no readable image left"), "{warnings:?}");
+}

@@ -28,13 +28,16 @@ pub(super) struct DecodingFolder {
     pub(super) listing: Listing,
     pub(super) size: u32,
     pub(super) workers: usize,
+    /// The split's `limit_per_class` (0: none), for messages.
+    pub(super) limit_per_class: usize,
     pub(super) on_bad_image: OnBadImage,
     pub(super) skipped: SkippedImages,
 }
 
 impl DecodingFolder {
-    /// Decodes every image into memory; returns the set and the warning about skipped images.
-    pub(super) fn decode_all(self) -> Result<(ImageSet, Option<String>), DataError> {
+    /// Decodes every image into memory; returns the set and the warnings about skipped images
+    /// and the classes they left without any.
+    pub(super) fn decode_all(self) -> Result<(ImageSet, Vec<String>), DataError> {
         let n = self.listing.files.len();
         let size = self.size as usize;
         let sample = 3 * size * size;
@@ -51,12 +54,51 @@ impl DecodingFolder {
                     .unwrap_or_default()
             )));
         }
-        let warning = self.take_warning();
+        let warnings = self
+            .take_warning()
+            .into_iter()
+            .chain(self.emptied_classes(&kept_labels))
+            .collect();
         let classes = self.listing.classes.clone();
         let set = ImageSet::new(pixels, kept_labels, size, size, classes)?
             .with_content_digest(Some(self.listing.content_digest()))
             .with_skipped(self.skipped());
-        Ok((set, warning))
+        Ok((set, warnings))
+    }
+
+    /// The warning for classes whose listed images were all unreadable (with `limit_per_class`,
+    /// the first files of a class folder may be all it has here): their labels still count, and
+    /// the kNN monitor would measure without them.
+    fn emptied_classes(&self, kept_labels: &[i64]) -> Option<String> {
+        let classes = &self.listing.classes;
+        if classes.is_empty() {
+            return None; // unlabelled
+        }
+        let mut listed = vec![0usize; classes.len()];
+        let mut kept = vec![0usize; classes.len()];
+        for &(_, label) in &self.listing.files {
+            listed[label as usize] += 1;
+        }
+        for &label in kept_labels {
+            kept[label as usize] += 1;
+        }
+        let emptied: Vec<String> = (0..classes.len())
+            .filter(|&c| listed[c] > 0 && kept[c] == 0)
+            .map(|c| format!("{} ({} unreadable)", classes[c], listed[c]))
+            .collect();
+        let first = emptied.first()?;
+        Some(format!(
+            "{} of the {} classes of {} have no readable image left (labels still count them): {first}{}{}",
+            emptied.len(),
+            classes.len(),
+            self.listing.root.display(),
+            if emptied.len() > 1 { ", ..." } else { "" },
+            if self.limit_per_class > 0 {
+                "; limit_per_class takes the first files of each class folder, readable or not"
+            } else {
+                ""
+            }
+        ))
     }
 }
 

@@ -256,13 +256,14 @@ impl ImageFolderConfig {
             listing,
             size: self.image_size,
             workers: self.workers,
+            limit_per_class: self.limit_per_class,
             on_bad_image: self.on_bad_image,
             skipped: Default::default(),
         };
         Ok(match self.cache {
             Cache::Memory => {
-                let (set, warning) = folder.decode_all()?;
-                warnings.extend(warning);
+                let (set, decoding_warnings) = folder.decode_all()?;
+                warnings.extend(decoding_warnings);
                 Arc::new(set)
             }
             Cache::None => Arc::new(folder),
