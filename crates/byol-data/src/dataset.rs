@@ -159,3 +159,29 @@ impl Dataset for ImageSet {
         Ok((images, Tensor::from_slice(&labels)))
     }
 }
+
+/// The warning for files named more than once (`what`: "dataset.file_list x.txt"), by their
+/// real paths (`./a/1.jpg` and `a/1.jpg`, or a link, are one file): each naming is read, so the
+/// file counts, and trains, as often as it is named.
+pub(crate) fn repeated_files_warning<'a>(
+    what: &str,
+    files: impl IntoIterator<Item = &'a std::path::Path>,
+) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut repeats = 0usize;
+    let mut first = None;
+    for path in files {
+        let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        if !seen.insert(real) {
+            repeats += 1;
+            first.get_or_insert_with(|| path.to_path_buf());
+        }
+    }
+    first.map(|first| {
+        format!(
+            "{what} names {repeats} file(s) again that it named before (the first: {}); each naming is \
+             read, so such a file counts, and trains, as often as it is named",
+            first.display()
+        )
+    })
+}

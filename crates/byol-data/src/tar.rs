@@ -125,6 +125,15 @@ impl<R: Read + Seek> TarReader<R> {
                 )
             });
         }
+        if at == 0 {
+            let mut magic = [0u8; 4];
+            let n = magic.len().min(self.length as usize);
+            self.reader.rewind().map_err(|e| e.to_string())?;
+            self.reader
+                .read_exact(&mut magic[..n])
+                .map_err(|e| format!("cannot read byte 0: {e}"))?;
+            check_not_compressed(&magic[..n])?;
+        }
         if at + BLOCK > self.length {
             return Err(format!(
                 "truncated at byte {at}: {} bytes left for a 512-byte header",
@@ -225,6 +234,25 @@ fn header_name(header: &[u8; 512]) -> String {
         name
     } else {
         format!("{prefix}/{name}")
+    }
+}
+
+/// How the error about a compressed archive ends.
+pub(crate) const COMPRESSED_HINT: &str = "or write the shards with byol-run shard";
+
+/// A compressed archive is intact but not a tar file: said so, rather than "damaged".
+fn check_not_compressed(first_block: &[u8]) -> Result<(), String> {
+    const COMPRESSED: [(&[u8], &str, &str); 3] = [
+        (&[0x1f, 0x8b], "gzip", "gunzip"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", "unzstd"),
+        (b"BZh", "bzip2", "bunzip2"),
+    ];
+    match COMPRESSED.iter().find(|(magic, _, _)| first_block.starts_with(magic)) {
+        Some((_, format, tool)) => Err(format!(
+            "a {format}-compressed file, not a tar archive: shards are read uncompressed (as they are \
+             read at any byte); decompress it ({tool}) {COMPRESSED_HINT}"
+        )),
+        None => Ok(()),
     }
 }
 

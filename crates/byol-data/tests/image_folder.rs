@@ -699,6 +699,16 @@ fn a_file_list_picks_the_images() {
         .flat_map(|f| decode_square(&root.join(f), 8).unwrap())
         .collect();
     assert_eq!(Vec::<u8>::try_from(images.flatten(0, -1)).unwrap(), expected);
+
+    // One file named twice, spelt two ways: read twice, and told.
+    std::fs::write(&list, "b/002.png\n./a/001.jpg\na/001.jpg\n").unwrap();
+    let (splits, warnings) = load(&root, &format!("image_size = 8\nfile_list = {}", quoted(&list))).unwrap();
+    assert_eq!(splits.train.len(), 3);
+    let all = warnings.join("\n");
+    assert!(
+        all.contains("subset.txt names 1 file(s) again that it named before (the first: ") && all.contains("a/001.jpg"),
+        "{all}"
+    );
 }
 
 #[test]

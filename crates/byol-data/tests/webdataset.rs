@@ -580,3 +580,64 @@ fn bad_samples_are_skipped_and_counted_and_damaged_shards_named() {
         "{err}"
     );
 }
+
+/// Shards that are intact but not what is read are told for what they are: a compressed tar, a
+/// folder given as a shard; and test shards beside partly labelled training shards name the
+/// count that made the training split unlabelled.
+#[test]
+fn a_compressed_shard_a_folder_and_partly_labelled_shards_are_told_for_what_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("0.png");
+    write_image(&png, 1);
+    let png = std::fs::read(&png).unwrap();
+    let mut tar = byol_data::tar::TarWriter::new(Vec::new());
+    for i in 0..3 {
+        tar.append(&format!("{i}.png"), &png).unwrap();
+        if i > 0 {
+            tar.append(&format!("{i}.cls"), b"0").unwrap();
+        }
+    }
+    let bytes = tar.finish().unwrap();
+    let shard = tmp.path().join("partly.tar");
+    std::fs::write(&shard, &bytes).unwrap();
+
+    let gz = tmp.path().join("partly.tar.gz");
+    let gzip = std::process::Command::new("gzip")
+        .args(["-k", "-c"])
+        .arg(&shard)
+        .output()
+        .unwrap();
+    assert!(gzip.status.success());
+    std::fs::write(&gz, gzip.stdout).unwrap();
+    let err = config(&quoted(&gz), "").load().unwrap_err().to_string();
+    assert!(
+        err.contains("partly.tar.gz") && err.contains("a gzip-compressed file, not a tar archive"),
+        "{err}"
+    );
+    assert!(!err.contains("damaged"), "{err}");
+
+    let err = config(&quoted(tmp.path()), "").load().unwrap_err().to_string();
+    assert!(err.contains("is a folder; give the shards themselves"), "{err}");
+
+    // A shard named twice is read twice, and told.
+    let twice = format!(
+        "[{}, {}]",
+        quoted(&shard),
+        quoted(&tmp.path().join(".").join("partly.tar"))
+    );
+    let (splits, warnings) = config(&twice, "").load().unwrap();
+    assert_eq!(splits.train.len(), 6);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("dataset.urls names 1 file(s) again")),
+        "{warnings:?}"
+    );
+
+    let test = format!("test_urls = {}", quoted(&shard));
+    let err = config(&quoted(&shard), &test).load().unwrap_err().to_string();
+    assert!(
+        err.contains("needs labelled training shards") && err.contains("only 2 of 3 samples have a .cls label"),
+        "{err}"
+    );
+}

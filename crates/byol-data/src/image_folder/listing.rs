@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
+use crate::dataset::repeated_files_warning;
 use crate::DataError;
 
 use super::{EXTENSIONS, NO_LABEL};
@@ -328,6 +329,8 @@ pub(super) fn scan_unlabelled(
                 };
                 paths.push((path, size));
             }
+            let what = format!("dataset.file_list {}", list_path.display());
+            warnings.extend(repeated_files_warning(&what, paths.iter().map(|(p, _)| p.as_path())));
             paths
         }
     };
@@ -461,7 +464,16 @@ pub(super) fn scan(
             warnings.extend(passed_over.warnings(root));
             warnings.extend(loose_images_warning(key, root, &entries));
         }
-        Some(list_path) => read_file_list(key, root, list_path, &classes, &mut per_class)?,
+        Some(list_path) => {
+            read_file_list(key, root, list_path, &classes, &mut per_class)?;
+            let what = format!(
+                "dataset.{}file_list {}",
+                if key == "test" { "test_" } else { "" },
+                list_path.display()
+            );
+            let listed = per_class.iter().flatten().map(|(p, _)| p.as_path());
+            warnings.extend(repeated_files_warning(&what, listed));
+        }
     }
     warnings.extend(empty_classes_warning(root, &classes, &per_class));
     let files: Vec<(Found, i64)> = per_class

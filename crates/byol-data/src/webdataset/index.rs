@@ -67,6 +67,9 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
     let mut finished: HashSet<String> = HashSet::new();
     loop {
         let member = tar.next_member().map_err(|e| {
+            if e.ends_with(crate::tar::COMPRESSED_HINT) {
+                return fail(e); // intact, only compressed
+            }
             fail(format!(
                 "{e}. If this is a tar shard, it was cut short or damaged (say by an interrupted copy or \
                      write): copy it again, or write it again"

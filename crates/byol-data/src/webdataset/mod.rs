@@ -211,6 +211,14 @@ byol::register_plugin! {
 }
 
 fn check_shards(key: &str, shards: &[PathBuf]) -> Result<(), DataError> {
+    if let Some(folder) = shards.iter().find(|p| p.is_dir()) {
+        return Err(DataError::Config(format!(
+            "dataset.{key}: {} is a folder; give the shards themselves: a list of .tar files, or a brace \
+             range such as \"{}/train-{{000000..000099}}.tar\"",
+            folder.display(),
+            folder.display()
+        )));
+    }
     let missing: Vec<&PathBuf> = shards.iter().filter(|p| !p.is_file()).collect();
     if let Some(first) = missing.first() {
         let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
@@ -236,12 +244,17 @@ impl WebDatasetConfig {
             None => None,
             Some(urls) => {
                 if !train.is_labelled() {
-                    return Err(DataError::Config(
-                        "dataset.test_urls needs labelled training shards (.cls members) as the kNN bank, and \
-                         dataset.urls has none; remove dataset.test_urls and set eval.train and eval.test to \
-                         labelled image folders (<split>/<class>/<image>)"
-                            .into(),
-                    ));
+                    // The note on partly labelled shards: "dataset.urls: 8 of 10 samples have a .cls label, ..."
+                    let partly = warnings.iter().find_map(|w| {
+                        let counted = w.strip_prefix("dataset.urls: ")?.split_once(", the others none")?.0;
+                        Some(format!("only {counted} in dataset.urls"))
+                    });
+                    let why = partly.unwrap_or_else(|| "dataset.urls has none".to_string());
+                    return Err(DataError::Config(format!(
+                        "dataset.test_urls needs labelled training shards (a .cls member in every sample) as the \
+                         kNN bank, and {why}; label every sample, or remove dataset.test_urls and set eval.train \
+                         and eval.test to labelled image folders (<split>/<class>/<image>)"
+                    )));
                 }
                 let mut test = self.split("test_urls", urls, &mut warnings)?;
                 // Without a classes.txt a split's classes are its labels up to its largest: a
@@ -272,6 +285,11 @@ impl WebDatasetConfig {
 
     fn split(&self, key: &str, urls: &Urls, warnings: &mut Vec<String>) -> Result<WebDataset, DataError> {
         let shards = urls.expand(key)?;
+        let what = format!("dataset.{key}");
+        warnings.extend(crate::dataset::repeated_files_warning(
+            &what,
+            shards.iter().map(|p| p.as_path()),
+        ));
         let index = Index::scan(key, shards, resolve_threads(self.workers), warnings)?;
         Ok(WebDataset(Arc::new(Core {
             index,
