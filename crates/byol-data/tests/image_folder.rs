@@ -485,6 +485,27 @@ fn empty_class_folders_warn_and_test_classes_must_match() {
         err.contains("has classes [a, x], the training split has [a, b, c]"),
         "{err}"
     );
+    // The check before any image is read (`byol-run validate`) finds it too.
+    let config: ImageFolderConfig =
+        toml::from_str(&format!("train = {}\ntest = {}\n", quoted(&train), quoted(&test))).unwrap();
+    let err = byol_data::DatasetSpec::check(&config).unwrap_err().to_string();
+    assert!(
+        err.contains("has classes [a, x], the training split has [a, b, c]"),
+        "{err}"
+    );
+
+    // Names that look the same but are encoded differently (é as one code point, or e and a
+    // combining accent) show their code points.
+    let (composed, decomposed) = ("caf\u{e9}", "cafe\u{301}");
+    let nfc = tmp.path().join("nfc");
+    let nfd = tmp.path().join("nfd");
+    image_tree(&nfc, &["b", composed], 1, (8, 8));
+    image_tree(&nfd, &["b", decomposed], 1, (8, 8));
+    let err = error_of(&nfc, &format!("test = {}", quoted(&nfd)));
+    assert!(
+        err.contains("(c a f e U+0301)") && err.contains("(c a f U+00E9)") && !err.contains("b ("),
+        "{err}"
+    );
 }
 
 /// Unreadable files of every kind next to good ones.

@@ -94,6 +94,27 @@ pub(super) fn has_class_folders(dir: &Path) -> Result<bool, DataError> {
     Ok(list(dir)?.iter().any(|p| p.is_dir() && !is_hidden(p)))
 }
 
+/// The class names of a labelled split's folder: its sub-folders but hidden ones, sorted.
+pub(super) fn class_names(dir: &Path) -> Result<Vec<String>, DataError> {
+    Ok(names_of(&class_folders(&list(dir)?)))
+}
+
+/// The class folders among a labelled split's sorted `entries`: hidden folders (.git,
+/// .ipynb_checkpoints) are not classes.
+fn class_folders(entries: &[PathBuf]) -> Vec<PathBuf> {
+    entries
+        .iter()
+        .filter(|p| p.is_dir() && !is_hidden(p))
+        .cloned()
+        .collect()
+}
+
+fn names_of(dirs: &[PathBuf]) -> Vec<String> {
+    dirs.iter()
+        .map(|d| d.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .collect()
+}
+
 pub(super) fn has_images_under(dir: &Path) -> Result<bool, DataError> {
     if !dir.is_dir() {
         return Ok(false);
@@ -429,13 +450,8 @@ pub(super) fn scan(
             root.display()
         )));
     }
-    // Hidden folders (.git, .ipynb_checkpoints) are not classes.
     let entries = list(root)?;
-    let class_dirs: Vec<PathBuf> = entries
-        .iter()
-        .filter(|p| p.is_dir() && !is_hidden(p))
-        .cloned()
-        .collect();
+    let class_dirs = class_folders(&entries);
     if class_dirs.is_empty() {
         return Err(config_error(format!(
             "{} has no class sub-folders and no images; put the images in one sub-folder per class \
@@ -443,10 +459,7 @@ pub(super) fn scan(
             root.display()
         )));
     }
-    let classes: Vec<String> = class_dirs
-        .iter()
-        .map(|d| d.file_name().unwrap_or_default().to_string_lossy().into_owned())
-        .collect();
+    let classes = names_of(&class_dirs);
     let limit = if limit_per_class == 0 {
         usize::MAX
     } else {

@@ -10,7 +10,7 @@ mod listing;
 pub use decoding::decode_square;
 use decoding::DecodingFolder;
 pub(crate) use listing::images_for_shards;
-use listing::{has_class_folders, has_images_under, scan, scan_unlabelled, test_needs_labels};
+use listing::{class_names, has_class_folders, has_images_under, scan, scan_unlabelled, test_needs_labels};
 pub use listing::{is_hidden, is_image, other_formats_warning, ImageTree};
 
 use std::path::{Path, PathBuf};
@@ -149,6 +149,12 @@ byol::register_plugin! {
             if self.labels == Labels::None && self.test.is_some() {
                 return Err(test_needs_labels(&self.train));
             }
+            // Classes are folders whatever the file lists pick: comparing them costs two listings.
+            if let Some(test) = &self.test {
+                if has_class_folders(&self.train)? {
+                    check_same_classes("test", test, &class_names(test)?, &class_names(&self.train)?)?;
+                }
+            }
             for (key, list) in [("file_list", &self.file_list), ("test_file_list", &self.test_file_list)] {
                 if let Some(list) = list.as_deref().filter(|l| !l.is_file()) {
                     return Err(missing(key, list, "this file"));
@@ -243,14 +249,7 @@ impl ImageFolderConfig {
             Labels::None => scan_unlabelled(key, dir, file_list, self.limit_per_class, warnings)?,
         };
         if let Some(expected) = classes {
-            if expected != listing.classes.as_slice() {
-                return Err(DataError::Config(format!(
-                    "dataset.{key}: {} has classes [{}], the training split has [{}]; both splits need the same class folders",
-                    dir.display(),
-                    listing.classes.join(", "),
-                    expected.join(", ")
-                )));
-            }
+            check_same_classes(key, dir, &listing.classes, expected)?;
         }
         let folder = DecodingFolder {
             listing,
@@ -269,4 +268,40 @@ impl ImageFolderConfig {
             Cache::None => Arc::new(folder),
         })
     }
+}
+
+/// Refuses a split (`key`, folder `dir`) whose classes are not the training split's. Names that
+/// differ only in how their letters are encoded (`é` as one code point, or `e` and a combining
+/// accent, as macOS writes names) look the same: their code points are shown.
+fn check_same_classes(key: &str, dir: &Path, classes: &[String], train: &[String]) -> Result<(), DataError> {
+    if classes == train {
+        return Ok(());
+    }
+    let spelled = |names: &[String], others: &[String]| -> String {
+        names
+            .iter()
+            .map(|name| match others.contains(name) || name.is_ascii() {
+                true => name.clone(),
+                false => format!("{name} ({})", code_points(name)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(DataError::Config(format!(
+        "dataset.{key}: {} has classes [{}], the training split has [{}]; both splits need the same class folders",
+        dir.display(),
+        spelled(classes, train),
+        spelled(train, classes)
+    )))
+}
+
+/// `c a f U+00E9`: each character of `name`, those outside ASCII as code points.
+fn code_points(name: &str) -> String {
+    name.chars()
+        .map(|c| match c.is_ascii() {
+            true => c.to_string(),
+            false => format!("U+{:04X}", c as u32),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
