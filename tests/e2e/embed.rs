@@ -37,6 +37,15 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     png(&images.join(".thumbnails/t.png"));
     png(&images.join("new\nline.png"));
     png(&images.join("back\\slash.png"));
+    // A name that is not UTF-8, and a pipe named like an image (opening it would wait forever).
+    let not_utf8 = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff\xfe.png");
+    png(&dir.path().join("utf8.png"));
+    std::fs::rename(dir.path().join("utf8.png"), images.join(not_utf8)).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(images.join("pipe.png"))
+        .status()
+        .unwrap();
+    assert!(made.success());
 
     let embed = |extra: &[&str]| {
         let mut args = vec!["embed", "r/checkpoints/last", "--images", "images", "--out", "emb.npy"];
@@ -46,19 +55,23 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     let out = embed(&[]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    assert!(all.contains("embedded 5 images"), "{all}");
+    assert!(all.contains("embedded 6 images"), "{all}");
     assert!(all.contains("reached again through a symbolic link"), "{all}");
+    assert!(
+        all.contains("not files (pipes, sockets or devices)") && all.contains("pipe.png"),
+        "{all}"
+    );
     assert!(
         all.contains("warning: skipped 2 unreadable image(s)") && all.contains("--strict"),
         "{all}"
     );
     let names = std::fs::read_to_string(dir.path().join("emb.npy.names.txt")).unwrap();
     assert_eq!(
-        names, "2.png\na/0.png\na/1.png\nback\\\\slash.png\nnew\\nline.png\n",
+        names, "2.png\na/0.png\na/1.png\nback\\\\slash.png\nnew\\nline.png\n\\xff\\xfe.png\n",
         "one escaped line per row"
     );
     let emb = tch::Tensor::read_npy(dir.path().join("emb.npy")).unwrap();
-    assert_eq!(emb.size()[0], 5);
+    assert_eq!(emb.size()[0], 6);
 
     let out = embed(&["--strict"]);
     let all = text(&out);
@@ -99,7 +112,7 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
         std::fs::write(&manifest, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
         let out = embed(&[]);
         let all = text(&out);
-        assert!(out.status.success() && all.contains("embedded 5 images"), "{all}");
+        assert!(out.status.success() && all.contains("embedded 6 images"), "{all}");
         assert!(
             all.contains("note: the run trained on run.device = \"cuda\", not usable here"),
             "{all}"

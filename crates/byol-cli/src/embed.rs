@@ -155,7 +155,8 @@ pub struct EmbedArgs {
     images: PathBuf,
     /// Output: .safetensors (tensor "embeddings") or .npy. The image paths (relative to --images)
     /// go to <out>.names.txt, one line per row; a backslash, newline or carriage return in a path
-    /// is written as \\, \n or \r, so that lines and rows always match.
+    /// is written as \\, \n or \r, and a byte that is not UTF-8 as \xNN, so that lines and rows
+    /// always match.
     #[arg(long)]
     out: PathBuf,
     /// Images per batch.
@@ -248,15 +249,23 @@ enum OutFormat {
     Safetensors,
 }
 
-/// A path as one line of `<out>.names.txt`: backslash, newline and carriage return escaped.
+/// A path as one line of `<out>.names.txt`: backslash, newline and carriage return escaped, and
+/// each byte that is not UTF-8 (names are bytes on Unix) as `\xNN`, so that every path is
+/// written as it is and two paths never share a line.
 fn names_line(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
     let mut line = String::new();
-    for c in path.display().to_string().chars() {
-        match c {
-            '\\' => line.push_str("\\\\"),
-            '\n' => line.push_str("\\n"),
-            '\r' => line.push_str("\\r"),
-            c => line.push(c),
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => line.push_str("\\\\"),
+                '\n' => line.push_str("\\n"),
+                '\r' => line.push_str("\\r"),
+                c => line.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            line.push_str(&format!("\\x{byte:02x}"));
         }
     }
     line

@@ -174,7 +174,8 @@ fn check_labelled_folder(flag: &str, dir: &Path) -> anyhow::Result<()> {
 /// `on_bad_image`); here the folders come from flags and those keys do not exist, so the
 /// messages are told in the flags' terms.
 fn in_flag_terms(message: &str) -> String {
-    const TERMS: [(&str, &str); 11] = [
+    const TERMS: [(&str, &str); 12] = [
+        ("to JPEG or PNG to train on them", "to JPEG or PNG to evaluate on them"),
         ("dataset configuration: ", ""),
         (
             "; set dataset.on_bad_image = \"error\" to stop at the first one instead",

@@ -126,7 +126,10 @@ fn shard(args: &ShardArgs) -> anyhow::Result<()> {
         "wrote {} samples{} into {} shard(s)",
         written.samples,
         if written.classes.is_empty() {
-            " (unlabelled: no class sub-folders)".to_string()
+            match args.unlabelled {
+                true => " (unlabelled: --unlabelled)".to_string(),
+                false => " (unlabelled: no class sub-folders)".to_string(),
+            }
         } else {
             format!(
                 " of {} classes (labels in .cls members; names in {})",

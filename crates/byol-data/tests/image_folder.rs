@@ -369,6 +369,20 @@ fn images_in_formats_that_are_not_read_are_counted_and_named() {
             "{extra}: {warnings:?}"
         );
     }
+    // A folder of nothing but other formats: the error says why it holds no images.
+    let webp = tmp.path().join("webp");
+    for name in ["c/x.webp", "c/y.webp"] {
+        std::fs::create_dir_all(webp.join(name).parent().unwrap()).unwrap();
+        std::fs::write(webp.join(name), b"image bytes").unwrap();
+    }
+    for extra in ["image_size = 8", "image_size = 8\nlabels = \"none\""] {
+        let err = error_of(&webp, extra);
+        assert!(
+            err.contains("holds no .jpg, .jpeg or .png files")
+                && err.contains("holds 2 image(s) in formats that are not read (.webp"),
+            "{extra}: {err}"
+        );
+    }
 }
 
 #[test]

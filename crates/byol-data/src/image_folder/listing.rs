@@ -133,6 +133,12 @@ struct PassedOver {
 }
 
 impl PassedOver {
+    /// `; <the other formats warning>` when files of other formats were passed over: the reason
+    /// a folder of images holds none that are read.
+    fn other_formats_note(&self, root: &Path) -> String {
+        other_formats_warning(root, &self.other_formats).map_or(String::new(), |w| format!("; {w}"))
+    }
+
     fn warnings(&self, root: &Path) -> impl Iterator<Item = String> {
         let revisits = self.revisits.first().map(|first| {
             format!(
@@ -323,9 +329,9 @@ pub(super) fn scan_unlabelled(
             root.display()
         )));
     }
+    let mut passed_over = PassedOver::default();
     let mut paths = match file_list {
         None => {
-            let mut passed_over = PassedOver::default();
             let tree = ImageTree::walk(root).map_err(DataError::Config)?;
             let images = found_images(tree, &mut passed_over)?;
             warnings.extend(passed_over.warnings(root));
@@ -361,8 +367,9 @@ pub(super) fn scan_unlabelled(
     if paths.is_empty() {
         return Err(DataError::Config(match file_list {
             None => format!(
-                "dataset.{key}: {} holds no .jpg, .jpeg or .png files (at any depth)",
-                root.display()
+                "dataset.{key}: {} holds no .jpg, .jpeg or .png files (at any depth){}",
+                root.display(),
+                passed_over.other_formats_note(root)
             ),
             Some(l) => format!("dataset.{key}: the file list {} names no images", l.display()),
         }));
@@ -466,10 +473,10 @@ pub(super) fn scan(
         limit_per_class
     };
     let mut per_class: Vec<Vec<Found>> = vec![Vec::new(); classes.len()];
+    let mut passed_over = PassedOver::default();
     match file_list {
         None => {
             // A class is every image under its folder, at any depth (torchvision's ImageFolder).
-            let mut passed_over = PassedOver::default();
             let trees = ImageTree::walk_classes(root, &class_dirs).map_err(DataError::Config)?;
             for (files, tree) in per_class.iter_mut().zip(trees) {
                 *files = found_images(tree, &mut passed_over)?;
@@ -497,10 +504,11 @@ pub(super) fn scan(
     if files.is_empty() {
         return Err(config_error(match file_list {
             None => format!(
-                "{} holds no .jpg, .jpeg or .png files in its {} class folder(s) ({}, ...)",
+                "{} holds no .jpg, .jpeg or .png files in its {} class folder(s) ({}, ...){}",
                 root.display(),
                 classes.len(),
-                classes[0]
+                classes[0],
+                passed_over.other_formats_note(root)
             ),
             Some(l) => format!("the file list {} names no images", l.display()),
         }));
