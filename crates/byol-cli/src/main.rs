@@ -123,7 +123,7 @@ fn shard(args: &ShardArgs) -> anyhow::Result<()> {
         eprintln!("warning: {w}");
     }
     println!(
-        "wrote {} samples{} into {} shard(s)",
+        "wrote {} samples{} into {} shard(s); sources in {}",
         written.samples,
         if written.classes.is_empty() {
             match args.unlabelled {
@@ -137,7 +137,8 @@ fn shard(args: &ShardArgs) -> anyhow::Result<()> {
                 byol_data::webdataset::CLASSES_FILE
             )
         },
-        written.shards.len()
+        written.shards.len(),
+        written.sources.display()
     );
     println!("[dataset]\ntype = \"webdataset\"\nurls = {:?}", written.urls);
     Ok(())

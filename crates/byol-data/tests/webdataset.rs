@@ -84,6 +84,27 @@ fn shards_written_from_a_class_folder_hold_every_image_with_its_label() {
         seen.iter().map(|&(id, _)| id).collect::<Vec<_>>(),
         (1..=21).collect::<Vec<_>>()
     );
+    // Each sample's source is named beside the shards, and each member of the shards is the
+    // file named there, byte for byte.
+    assert_eq!(written.sources, tmp.path().join("shards/train-sources.tsv"));
+    let sources = std::fs::read_to_string(&written.sources).unwrap();
+    assert_eq!(sources.lines().count(), 21, "{sources}");
+    for line in sources.lines() {
+        let [key, shard, file] = line.split('\t').collect::<Vec<_>>()[..] else {
+            panic!("{line}")
+        };
+        let member = format!("{key}.png");
+        let tar = std::fs::read(tmp.path().join("shards").join(shard)).unwrap();
+        let mut reader = byol_data::tar::TarReader::new(std::io::Cursor::new(&tar), tar.len() as u64);
+        let found = std::iter::from_fn(|| reader.next_member().unwrap())
+            .find(|m| m.name == member)
+            .unwrap_or_else(|| panic!("{member} in {shard}"));
+        assert_eq!(
+            reader.read_member(&found).unwrap(),
+            std::fs::read(file).unwrap(),
+            "{line}"
+        );
+    }
 
     // A second split beside the first shares its classes.txt: the same classes are fine, other
     // ones are refused before any shard is written (each set would read the other's names).
@@ -640,4 +661,32 @@ fn a_compressed_shard_a_folder_and_partly_labelled_shards_are_told_for_what_they
         err.contains("needs labelled training shards") && err.contains("only 2 of 3 samples have a .cls label"),
         "{err}"
     );
+}
+
+/// Files that do not start as a JPEG or PNG does are left out of the shards with one counted
+/// warning, and keys still name each sample's source.
+#[test]
+fn files_that_are_no_jpeg_or_png_are_left_out_of_the_shards_and_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    write_image(&images.join("a.png"), 1);
+    write_image(&images.join("b.png"), 2);
+    std::fs::write(images.join("empty.jpg"), b"").unwrap();
+    std::fs::write(images.join("text.jpg"), "not an image").unwrap();
+    let pattern = tmp.path().join("shards/s-%06d.tar");
+    let written = write_shards(&images, pattern.to_str().unwrap(), 10, None, false).unwrap();
+    assert_eq!(written.samples, 2);
+    let all = written.warnings.join("\n");
+    assert!(
+        all.contains("2 file(s) named like images are neither JPEG nor PNG") && all.contains("empty.jpg"),
+        "{all}"
+    );
+    let sources = std::fs::read_to_string(&written.sources).unwrap();
+    assert_eq!(sources.lines().count(), 2, "{sources}");
+    assert!(
+        sources.contains("a.png") && sources.contains("b.png") && !sources.contains("text.jpg"),
+        "{sources}"
+    );
+    let (splits, warnings) = config(&quoted(&written.shards[0]), "").load().unwrap();
+    assert_eq!(splits.train.len(), 2, "{warnings:?}");
 }

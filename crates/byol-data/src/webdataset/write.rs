@@ -19,8 +19,16 @@ pub struct ShardsWritten {
     pub urls: String,
     /// Class names when the folder has class sub-folders (written to `classes.txt`).
     pub classes: Vec<String>,
-    /// Class folders without images (their labels still count).
+    /// Class folders without images (their labels still count), files left out.
     pub warnings: Vec<String>,
+    /// Where each sample came from: `<key>\t<shard>\t<source file>` lines, one per sample.
+    pub sources: PathBuf,
+}
+
+/// The file beside the shards that names each sample's source, for the shard `pattern`'s
+/// prefix (`shards/train-%06d.tar` -> `shards/train-sources.tsv`).
+fn sources_file(head: &str) -> PathBuf {
+    PathBuf::from(format!("{head}sources.tsv"))
 }
 
 /// Writes the images under `source` into tar shards of `per_shard` samples each, named by
@@ -41,7 +49,7 @@ pub fn write_shards(
         return Err(DataError::Config("--per-shard must be at least 1".into()));
     }
     let (head, width, tail) = parse_pattern(pattern)?;
-    let (classes, mut files, warnings) = crate::image_folder::images_for_shards(source, unlabelled)?;
+    let (classes, mut files, mut warnings) = crate::image_folder::images_for_shards(source, unlabelled)?;
     if let Some(seed) = shuffle_seed {
         let order = shuffled(files.len(), &[seed, 0x7764_7772]);
         files = order.into_iter().map(|i| files[i].clone()).collect();
@@ -66,10 +74,22 @@ pub fn write_shards(
         .map_err(|e| DataError::Config(format!("cannot create the folder {}: {e}", dir.display())))?;
     let key_width = 6.max(files.len().saturating_sub(1).to_string().len());
     let mut shards = Vec::new();
+    let mut written = Written::default();
     for (n, chunk) in files.chunks(per_shard).enumerate() {
         let path = shard_name(n);
-        write_shard(&path, chunk, n * per_shard, key_width)?;
+        write_shard(&path, chunk, n * per_shard, key_width, &mut written)?;
         shards.push(path);
+    }
+    let sources = sources_file(head);
+    std::fs::write(&sources, &written.sources)
+        .map_err(|e| DataError::Config(format!("cannot write {}: {e}", sources.display())))?;
+    if let Some(first) = written.left_out.first() {
+        warnings.push(format!(
+            "{} file(s) named like images are neither JPEG nor PNG (empty, text, another format) and are \
+             left out of the shards (the first: {})",
+            written.left_out.len(),
+            first.display()
+        ));
     }
     if let Some(text) = class_list {
         let list = dir.join(CLASSES_FILE);
@@ -82,11 +102,12 @@ pub fn write_shards(
         format!("{head}{{{:0width$}..{last:0width$}}}{tail}", 0)
     };
     Ok(ShardsWritten {
-        samples: files.len(),
+        samples: files.len() - written.left_out.len(),
         shards,
         urls,
         classes,
         warnings,
+        sources,
     })
 }
 
@@ -135,7 +156,26 @@ fn class_list(source: &Path, dir: &Path, classes: &[String]) -> Result<Option<St
 
 /// Writes `images` as one shard at `path`, keyed from `first_key` on: the image file as it is,
 /// and its `.cls` label when it has one. The shard appears under its name only when complete.
-fn write_shard(path: &Path, images: &[(PathBuf, i64)], first_key: usize, key_width: usize) -> Result<(), DataError> {
+/// What the shards written so far hold: their `sources.tsv` lines, and the files left out.
+#[derive(Default)]
+struct Written {
+    sources: String,
+    left_out: Vec<PathBuf>,
+}
+
+/// Whether `bytes` start as a JPEG or a PNG file does: the formats training reads. Checked on
+/// the bytes copied anyway (decoding every image would cost the packing's time many times over).
+fn looks_like_an_image(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xff, 0xd8, 0xff]) || bytes.starts_with(b"\x89PNG\r\n\x1a\n")
+}
+
+fn write_shard(
+    path: &Path,
+    images: &[(PathBuf, i64)],
+    first_key: usize,
+    key_width: usize,
+    written: &mut Written,
+) -> Result<(), DataError> {
     let partial = path.with_extension("tar.partial");
     let write_err = |e: std::io::Error| DataError::Config(format!("cannot write {}: {e}", partial.display()));
     let file = File::create(&partial).map_err(write_err)?;
@@ -148,7 +188,15 @@ fn write_shard(path: &Path, images: &[(PathBuf, i64)], first_key: usize, key_wid
             .unwrap_or_default();
         let bytes =
             std::fs::read(image).map_err(|e| DataError::Config(format!("cannot read {}: {e}", image.display())))?;
+        if !looks_like_an_image(&bytes) {
+            written.left_out.push(image.clone());
+            continue;
+        }
         tar.append(&format!("{key}.{ext}"), &bytes).map_err(write_err)?;
+        let shard = path.file_name().unwrap_or_default().to_string_lossy();
+        written
+            .sources
+            .push_str(&format!("{key}\t{shard}\t{}\n", image.display()));
         if *label != NO_LABEL {
             tar.append(&format!("{key}.cls"), label.to_string().as_bytes())
                 .map_err(write_err)?;
