@@ -196,7 +196,9 @@ fn shards_from_byol_run_shard_train_with_the_knn_monitor() {
 fn an_unreadable_test_sample_is_left_out_of_the_knn_monitor_and_named() {
     let dir = tempfile::tempdir().unwrap();
     shards(dir.path());
-    std::fs::write(dir.path().join("images/test/red/999.png"), "not a png").unwrap();
+    // A PNG's signature and nothing after it: `shard` packs it (it looks like a PNG), training
+    // cannot decode it.
+    std::fs::write(dir.path().join("images/test/red/999.png"), b"\x89PNG\r\n\x1a\nnothing more").unwrap();
     let out = byol_run(
         dir.path(),
         &[
