@@ -227,7 +227,8 @@ fn an_unreadable_test_sample_is_left_out_of_the_knn_monitor_and_named() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     // Once, though every evaluation leaves it out; `shard` renamed the member.
-    assert_eq!(all.matches("unreadable").count(), 1, "{all}");
+    assert_eq!(all.matches("skipped 1 unreadable sample(s)").count(), 1, "{all}");
+    assert!(all.contains("unreadable       1 image skipped, named in run/skipped-images.txt"), "{all}");
     assert!(
         all.contains(
             "warning: evaluation: skipped 1 unreadable sample(s) of 25 in 1 shard(s) (damaged/test-000000.tar member"

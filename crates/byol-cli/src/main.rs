@@ -491,8 +491,9 @@ fn print_summary(name: &str, summary: &RunSummary) {
             None => "",
         };
         say!(
-            "unreadable       {} skipped, each named in {}{training}",
+            "unreadable       {} skipped, {}named in {}{training}",
             plural(summary.skipped_images as u64, "image"),
+            if summary.skipped_images > 1 { "each " } else { "" },
             summary.run_dir.join(byol_train::train::SKIPPED_FILE).display()
         );
     }
