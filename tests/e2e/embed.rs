@@ -41,11 +41,9 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     let not_utf8 = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff\xfe.png");
     png(&dir.path().join("utf8.png"));
     std::fs::rename(dir.path().join("utf8.png"), images.join(not_utf8)).unwrap();
-    let made = std::process::Command::new("mkfifo")
-        .arg(images.join("pipe.png"))
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let fifo = std::ffi::CString::new(images.join("pipe.png").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
 
     let embed = |extra: &[&str]| {
         let mut args = vec!["embed", "r/checkpoints/last", "--images", "images", "--out", "emb.npy"];

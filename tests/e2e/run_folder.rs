@@ -742,3 +742,34 @@ fn training_a_run_folders_own_config_continues_that_run() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains("continuing that run"), "{}", text(&out));
 }
+
+/// A start refused before it writes anything (here a batch larger than the data) takes away the
+/// run folder it created, so no empty folder is left to look like a run; a folder that was
+/// there before stays, and `--fresh` still keeps the one it moved aside.
+#[test]
+fn a_refused_start_leaves_no_empty_run_folder_behind() {
+    let dir = setup();
+    let too_large = ["--set", "schedule.batch_size=4096"];
+    let out = run(dir.path(), "r", &too_large);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("4096"), "{all}");
+    assert!(!dir.path().join("r").exists(), "{:?}", names(dir.path()));
+
+    std::fs::create_dir(dir.path().join("mine")).unwrap();
+    let out = run(dir.path(), "mine", &too_large);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(dir.path().join("mine").is_dir(), "a folder that was there stays");
+
+    let out = run(dir.path(), "done", &["--set", "schedule.epochs=1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut args = too_large.to_vec();
+    args.extend(["--set", "schedule.epochs=1", "--fresh"]);
+    let out = run(dir.path(), "done", &args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let left = names(dir.path());
+    assert!(
+        !left.contains(&"done".to_string()) && left.iter().any(|n| n.starts_with("done.old-")),
+        "{left:?}"
+    );
+}

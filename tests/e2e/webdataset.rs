@@ -198,7 +198,11 @@ fn an_unreadable_test_sample_is_left_out_of_the_knn_monitor_and_named() {
     shards(dir.path());
     // A PNG's signature and nothing after it: `shard` packs it (it looks like a PNG), training
     // cannot decode it.
-    std::fs::write(dir.path().join("images/test/red/999.png"), b"\x89PNG\r\n\x1a\nnothing more").unwrap();
+    std::fs::write(
+        dir.path().join("images/test/red/999.png"),
+        b"\x89PNG\r\n\x1a\nnothing more",
+    )
+    .unwrap();
     let out = byol_run(
         dir.path(),
         &[
@@ -228,7 +232,10 @@ fn an_unreadable_test_sample_is_left_out_of_the_knn_monitor_and_named() {
     assert!(out.status.success(), "{all}");
     // Once, though every evaluation leaves it out; `shard` renamed the member.
     assert_eq!(all.matches("skipped 1 unreadable sample(s)").count(), 1, "{all}");
-    assert!(all.contains("unreadable       1 image skipped, named in run/skipped-images.txt"), "{all}");
+    assert!(
+        all.contains("unreadable       1 image skipped, named in run/skipped-images.txt"),
+        "{all}"
+    );
     assert!(
         all.contains(
             "warning: evaluation: skipped 1 unreadable sample(s) of 25 in 1 shard(s) (damaged/test-000000.tar member"

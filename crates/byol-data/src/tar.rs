@@ -126,7 +126,7 @@ impl<R: Read + Seek> TarReader<R> {
             });
         }
         if at == 0 {
-            let mut magic = [0u8; 4];
+            let mut magic = [0u8; 6];
             let n = magic.len().min(self.length as usize);
             self.reader.rewind().map_err(|e| e.to_string())?;
             self.reader
@@ -242,10 +242,12 @@ pub(crate) const COMPRESSED_HINT: &str = "or write the shards with byol-run shar
 
 /// A compressed archive is intact but not a tar file: said so, rather than "damaged".
 fn check_not_compressed(first_block: &[u8]) -> Result<(), String> {
-    const COMPRESSED: [(&[u8], &str, &str); 3] = [
+    const COMPRESSED: [(&[u8], &str, &str); 5] = [
         (&[0x1f, 0x8b], "gzip", "gunzip"),
         (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", "unzstd"),
         (b"BZh", "bzip2", "bunzip2"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], "xz", "unxz"),
+        (&[0x04, 0x22, 0x4d, 0x18], "lz4", "lz4 -d"),
     ];
     match COMPRESSED.iter().find(|(magic, _, _)| first_block.starts_with(magic)) {
         Some((_, format, tool)) => Err(format!(

@@ -826,15 +826,17 @@ fn links_out_of_a_class_folder_read_no_image_twice_nor_under_another_label() {
     let root = tmp.path().join("train");
     image_tree(&root, &["a", "b", "c"], 2, (16, 16));
     write_image(&root.join("b/sub/deep.png"), 16, 16, 7);
+    write_image(&root.join("c/x/deep.png"), 16, 16, 8);
     std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
     std::os::unix::fs::symlink("../b", root.join("a/bb")).unwrap();
     std::os::unix::fs::symlink("../b/sub", root.join("a/sub")).unwrap();
-    std::os::unix::fs::symlink("../../..", root.join("c/top")).unwrap();
-    // A class folder that is another class folder: left empty, not read twice.
+    std::os::unix::fs::symlink("../..", root.join("c/top")).unwrap(); // the temporary folder
+                                                                      // A class folder that is another class folder: left empty, not read twice, and c's own
+                                                                      // sub-folder x still c's.
     std::os::unix::fs::symlink("c", root.join("d")).unwrap();
-    let fifo = root.join("b/pipe.jpg");
-    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
-    assert!(made.success());
+    let fifo = std::ffi::CString::new(root.join("b/pipe.jpg").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
 
     let (splits, warnings) = load(&root, "image_size = 16").unwrap();
     let train = splits.train;
@@ -842,7 +844,7 @@ fn links_out_of_a_class_folder_read_no_image_twice_nor_under_another_label() {
     let (_, labels) = train.batch(&(0..train.len()).collect::<Vec<_>>()).unwrap();
     assert_eq!(
         Vec::<i64>::try_from(&labels).unwrap(),
-        [0, 0, 1, 1, 1, 2, 2],
+        [0, 0, 1, 1, 1, 2, 2, 2],
         "{warnings:?}"
     );
     let all = warnings.join("\n");
@@ -860,7 +862,7 @@ fn links_out_of_a_class_folder_read_no_image_twice_nor_under_another_label() {
     );
 
     let (splits, warnings) = load(&root, "image_size = 16\nlabels = \"none\"").unwrap();
-    assert_eq!(splits.train.len(), 7, "{warnings:?}");
+    assert_eq!(splits.train.len(), 8, "{warnings:?}");
 }
 
 /// `limit_per_class` takes the first files of each class folder, readable or not: a class whose

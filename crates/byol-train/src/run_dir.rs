@@ -19,6 +19,9 @@ pub const LOCK_FILE: &str = "run.lock";
 #[derive(Debug)]
 pub struct FolderLock {
     _file: File,
+    /// The folder this lock's holder created (it was not there before, or `--fresh` moved it
+    /// aside): [`FolderLock::remove_if_unused`] may take it away again.
+    created: Option<PathBuf>,
 }
 
 impl FolderLock {
@@ -31,7 +34,8 @@ impl FolderLock {
     /// [`FolderLock::acquire`] of `dir`, created first if missing (again, should another
     /// byol-run move it aside before the lock is taken).
     pub fn create_and_acquire(dir: &Path, what: &str) -> anyhow::Result<Self> {
-        Self::acquire_after(dir, what, || match std::fs::create_dir_all(dir) {
+        let existed = std::fs::symlink_metadata(dir).is_ok();
+        let mut lock = Self::acquire_after(dir, what, || match std::fs::create_dir_all(dir) {
             // Something there that is not a folder: a file, or a link to a missing folder.
             Err(e)
                 if e.kind() == std::io::ErrorKind::AlreadyExists
@@ -47,7 +51,24 @@ impl FolderLock {
             // There when created, gone when checked: moved aside meanwhile, and created again next.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             created => created.with_context(|| format!("cannot create {what} {}", dir.display())),
-        })
+        })?;
+        lock.created = (!existed).then(|| dir.to_path_buf());
+        Ok(lock)
+    }
+
+    /// Removes the folder this lock's holder created, when it holds nothing but the lock file:
+    /// a start refused before writing anything (no images, a batch larger than the data) leaves
+    /// no empty run folder behind. A folder that was there before is left as it is.
+    pub fn remove_if_unused(self) {
+        let Some(dir) = &self.created else { return };
+        let only_the_lock = std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(Result::ok).all(|e| e.file_name() == LOCK_FILE))
+            .unwrap_or(false);
+        if only_the_lock && self.is_at(&dir.join(LOCK_FILE)) {
+            // While the lock is held: another start waits on it, or finds the folder gone.
+            let _ = std::fs::remove_file(dir.join(LOCK_FILE));
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 
     fn acquire_after(dir: &Path, what: &str, prepare: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<Self> {
@@ -122,7 +143,10 @@ impl FolderLock {
             .and_then(|()| file.write_all(owner.as_bytes()))
             .and_then(|()| file.sync_data())
             .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Some(Self { _file: file }))
+        Ok(Some(Self {
+            _file: file,
+            created: None,
+        }))
     }
 }
 

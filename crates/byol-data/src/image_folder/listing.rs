@@ -231,24 +231,34 @@ impl ImageTree {
             dir.canonicalize()
                 .map_err(|e| format!("cannot resolve {}: {e}", dir.display()))
         };
-        let mut walk = Walk {
-            root: resolve(root)?,
-            classes: class_dirs.iter().map(|d| resolve(d)).collect::<Result<_, _>>()?,
-            class: 0,
-            entered: Default::default(),
-        };
-        walk.entered.insert(walk.root.clone());
-        let mut trees = Vec::new();
-        for (class, dir) in class_dirs.iter().enumerate() {
-            let mut tree = Self::default();
-            walk.class = class;
-            let own = walk.classes[class].clone();
+        let root_real = resolve(root)?;
+        // The real folder of each class folder walked; None for one that holds the root (a link
+        // up the tree) or is an earlier one (a second link to it): it stays empty.
+        let mut walked: Vec<Option<PathBuf>> = Vec::new();
+        for dir in class_dirs {
+            let real = resolve(dir)?;
             // The root itself is walked when it is the only folder (an unlabelled split).
-            if dir.as_path() == root || (!walk.root.starts_with(&own) && walk.entered.insert(own)) {
-                let entries = sorted_entries(dir).map_err(|e| cannot_list(dir, &e))?;
-                tree.walk_entries(entries, &mut walk);
-            } else {
-                tree.revisits.push(dir.clone());
+            let walks = dir.as_path() == root
+                || (!root_real.starts_with(&real) && !walked.iter().flatten().any(|w| *w == real));
+            walked.push(walks.then_some(real));
+        }
+        let mut walk = Walk {
+            root: root_real.clone(),
+            classes: walked.iter().flatten().cloned().collect(),
+            own: root_real.clone(),
+            entered: std::collections::BTreeSet::from([root_real]),
+        };
+        let mut trees = Vec::new();
+        for (dir, real) in class_dirs.iter().zip(walked) {
+            let mut tree = Self::default();
+            match real {
+                Some(real) => {
+                    walk.entered.insert(real.clone());
+                    walk.own = real;
+                    let entries = sorted_entries(dir).map_err(|e| cannot_list(dir, &e))?;
+                    tree.walk_entries(entries, &mut walk);
+                }
+                None => tree.revisits.push(dir.clone()),
             }
             trees.push(tree);
         }
@@ -290,25 +300,27 @@ impl ImageTree {
     }
 }
 
-/// The state of [`ImageTree::walk_classes`]: canonical paths.
+/// The state of [`ImageTree::walk_classes`]: real (canonical) paths.
 struct Walk {
     root: PathBuf,
+    /// The class folders walked.
     classes: Vec<PathBuf>,
     /// The class folder being walked.
-    class: usize,
+    own: PathBuf,
     entered: std::collections::BTreeSet<PathBuf>,
 }
 
 impl Walk {
     /// Whether the folder at `real` may be entered from the class folder being walked: not one
-    /// holding the root (a link up the tree), nor one inside another class folder.
+    /// holding the root (a link up the tree), nor one that belongs to another class folder (the
+    /// deepest class folder that holds it: a class folder may lie inside another through links).
     fn may_enter(&self, real: &Path) -> bool {
-        let inside_another = self
+        let owner = self
             .classes
             .iter()
-            .enumerate()
-            .any(|(i, class)| i != self.class && real.starts_with(class));
-        !self.root.starts_with(real) && !inside_another
+            .filter(|class| real.starts_with(class))
+            .max_by_key(|class| class.components().count());
+        !self.root.starts_with(real) && owner.is_none_or(|class| *class == self.own)
     }
 }
 

@@ -142,12 +142,21 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         .unwrap_or_else(|| experiment.run.output_dir.join(experiment.name()));
     // Held until the run returns; the kernel releases it if the process dies.
     let main = DataParallel::rendezvous(&experiment.distributed)?.is_none_or(|r| r.rank == 0);
-    let (_owner, moved_aside) = run_dir::take_ownership(&run_dir, main, options.fresh)?;
+    let (owner, moved_aside) = run_dir::take_ownership(&run_dir, main, options.fresh)?;
     let stop = match &options.signals {
         Some(signals) => signals.clone(),
         None => Arc::new(StopOnSignals::for_run(None)?),
     };
-    let mut t = Trainer::new(experiment, &run_dir, &options.allow_change)?;
+    let mut t = match Trainer::new(experiment, &run_dir, &options.allow_change) {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(owner) = owner {
+                owner.remove_if_unused();
+            }
+            return Err(e);
+        }
+    };
+    let _owner = owner;
     let mut step = t.resumed_from.unwrap_or(0);
     if let Some(summary) = already_trained(&t, &run_dir, step, options.quiet) {
         end_group(&t);
