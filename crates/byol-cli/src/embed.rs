@@ -154,9 +154,9 @@ pub struct EmbedArgs {
     #[arg(long)]
     images: PathBuf,
     /// Output: .safetensors (tensor "embeddings") or .npy. The image paths (relative to --images)
-    /// go to <out>.names.txt, one line per row; a backslash, newline or carriage return in a path
-    /// is written as \\, \n or \r, and a byte that is not UTF-8 as \xNN, so that lines and rows
-    /// always match.
+    /// go to <out>.names.txt, one line per row; a backslash, newline, carriage return or tab in a
+    /// path is written as \\, \n, \r or \t, and a byte that is not UTF-8 as \xNN, so that lines
+    /// and rows always match.
     #[arg(long)]
     out: PathBuf,
     /// Images per batch.
@@ -247,28 +247,6 @@ fn trained_device(run_device: &str, flag: Option<&str>) -> anyhow::Result<tch::D
 enum OutFormat {
     Npy,
     Safetensors,
-}
-
-/// A path as one line of `<out>.names.txt`: backslash, newline and carriage return escaped, and
-/// each byte that is not UTF-8 (names are bytes on Unix) as `\xNN`, so that every path is
-/// written as it is and two paths never share a line.
-fn names_line(path: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let mut line = String::new();
-    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => line.push_str("\\\\"),
-                '\n' => line.push_str("\\n"),
-                '\r' => line.push_str("\\r"),
-                c => line.push(c),
-            }
-        }
-        for byte in chunk.invalid() {
-            line.push_str(&format!("\\x{byte:02x}"));
-        }
-    }
-    line
 }
 
 /// The images under `--images`, and the folders under it that could not be listed (or, with
@@ -364,7 +342,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     written.with_context(|| format!("cannot write {}", args.out.display()))?;
     let names: Vec<String> = embedded
         .iter()
-        .map(|f| names_line(f.strip_prefix(&args.images).unwrap_or(f)))
+        .map(|f| byol_data::path_line(f.strip_prefix(&args.images).unwrap_or(f)))
         .collect();
     let names_path = PathBuf::from(format!("{}.names.txt", args.out.display()));
     std::fs::write(&names_path, names.join("\n") + "\n")

@@ -22,3 +22,28 @@ pub mod webdataset;
 pub use byol::{AugmentSpec, CropRange, DataError, Dataset, DatasetSpec, EpochStream, LoaderCrops, Splits};
 pub use dataset::ImageSet;
 pub use loader::{Batch, BatchLoader, Prefetch};
+
+/// A path as one line of a text file that names files one per line (`byol-run embed`'s
+/// `names.txt`, `byol-run shard`'s `sources.tsv`): backslash, newline, carriage return and tab
+/// escaped (`\\`, `\n`, `\r`, `\t`), and each byte that is not UTF-8 (names are bytes on
+/// Unix) as `\xNN`, so that every path is written as it is and two never share a line or a
+/// column.
+pub fn path_line(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut line = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => line.push_str("\\\\"),
+                '\n' => line.push_str("\\n"),
+                '\r' => line.push_str("\\r"),
+                '\t' => line.push_str("\\t"),
+                c => line.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            line.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    line
+}

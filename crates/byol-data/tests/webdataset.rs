@@ -690,3 +690,32 @@ fn files_that_are_no_jpeg_or_png_are_left_out_of_the_shards_and_told() {
     let (splits, warnings) = config(&quoted(&written.shards[0]), "").load().unwrap();
     assert_eq!(splits.train.len(), 2, "{warnings:?}");
 }
+
+/// Nothing readable to pack is an error, with no shard left behind; keys number the samples
+/// written, so a shard holds `--per-shard` samples whatever was left out before it.
+#[test]
+fn shards_hold_per_shard_samples_and_nothing_to_pack_writes_no_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    for i in 0..5u8 {
+        write_image(&images.join(format!("{i}.png")), i);
+        std::fs::write(images.join(format!("{i}-bad.png")), b"").unwrap();
+    }
+    let pattern = tmp.path().join("shards/s-%06d.tar");
+    let written = write_shards(&images, pattern.to_str().unwrap(), 2, None, false).unwrap();
+    assert_eq!((written.samples, written.shards.len()), (5, 3), "2 + 2 + 1");
+    let sources = std::fs::read_to_string(&written.sources).unwrap();
+    let keys: Vec<&str> = sources.lines().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(keys, ["000000", "000001", "000002", "000003", "000004"], "{sources}");
+
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("a.jpg"), "text").unwrap();
+    let pattern = tmp.path().join("bad-shards/s-%06d.tar");
+    let err = write_shards(&bad, pattern.to_str().unwrap(), 2, None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no shard written") && err.contains("a.jpg"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("bad-shards")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}

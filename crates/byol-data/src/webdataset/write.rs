@@ -73,24 +73,47 @@ pub fn write_shards(
     std::fs::create_dir_all(dir)
         .map_err(|e| DataError::Config(format!("cannot create the folder {}: {e}", dir.display())))?;
     let key_width = 6.max(files.len().saturating_sub(1).to_string().len());
-    let mut shards = Vec::new();
-    let mut written = Written::default();
-    for (n, chunk) in files.chunks(per_shard).enumerate() {
-        let path = shard_name(n);
-        write_shard(&path, chunk, n * per_shard, key_width, &mut written)?;
-        shards.push(path);
+    let mut shards = ShardsInProgress {
+        name: &shard_name,
+        per_shard,
+        key_width,
+        open: None,
+        written: Vec::new(),
+        samples: 0,
+        sources: String::new(),
+    };
+    let mut left_out = Vec::new();
+    for (image, label) in &files {
+        let bytes =
+            std::fs::read(image).map_err(|e| DataError::Config(format!("cannot read {}: {e}", image.display())))?;
+        if looks_like_an_image(&bytes) {
+            shards.add(image, &bytes, *label)?;
+        } else {
+            left_out.push(image);
+        }
     }
-    let sources = sources_file(head);
-    std::fs::write(&sources, &written.sources)
-        .map_err(|e| DataError::Config(format!("cannot write {}: {e}", sources.display())))?;
-    if let Some(first) = written.left_out.first() {
-        warnings.push(format!(
+    let ShardsInProgress {
+        written: shards,
+        samples,
+        sources: source_lines,
+        ..
+    } = shards.finish()?;
+    let left_out = left_out.first().map(|first| {
+        format!(
             "{} file(s) named like images are neither JPEG nor PNG (empty, text, another format) and are \
              left out of the shards (the first: {})",
-            written.left_out.len(),
+            left_out.len(),
             first.display()
-        ));
+        )
+    });
+    if samples == 0 {
+        let why = left_out.unwrap_or_default();
+        return Err(DataError::Config(format!("no shard written, no image left: {why}")));
     }
+    warnings.extend(left_out);
+    let sources = sources_file(head);
+    std::fs::write(&sources, source_lines)
+        .map_err(|e| DataError::Config(format!("cannot write {}: {e}", sources.display())))?;
     if let Some(text) = class_list {
         let list = dir.join(CLASSES_FILE);
         std::fs::write(&list, text).map_err(|e| DataError::Config(format!("cannot write {}: {e}", list.display())))?;
@@ -102,7 +125,7 @@ pub fn write_shards(
         format!("{head}{{{:0width$}..{last:0width$}}}{tail}", 0)
     };
     Ok(ShardsWritten {
-        samples: files.len() - written.left_out.len(),
+        samples,
         shards,
         urls,
         classes,
@@ -156,66 +179,93 @@ fn class_list(source: &Path, dir: &Path, classes: &[String]) -> Result<Option<St
 
 /// Writes `images` as one shard at `path`, keyed from `first_key` on: the image file as it is,
 /// and its `.cls` label when it has one. The shard appears under its name only when complete.
-/// What the shards written so far hold: their `sources.tsv` lines, and the files left out.
-#[derive(Default)]
-struct Written {
-    sources: String,
-    left_out: Vec<PathBuf>,
-}
-
 /// Whether `bytes` start as a JPEG or a PNG file does: the formats training reads. Checked on
 /// the bytes copied anyway (decoding every image would cost the packing's time many times over).
 fn looks_like_an_image(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0xff, 0xd8, 0xff]) || bytes.starts_with(b"\x89PNG\r\n\x1a\n")
 }
 
-fn write_shard(
-    path: &Path,
-    images: &[(PathBuf, i64)],
-    first_key: usize,
+/// Shards being written: samples go into the open one until it holds `per_shard`.
+struct ShardsInProgress<'a> {
+    /// The path of shard n.
+    name: &'a dyn Fn(usize) -> PathBuf,
+    per_shard: usize,
     key_width: usize,
-    written: &mut Written,
-) -> Result<(), DataError> {
-    let partial = path.with_extension("tar.partial");
-    let write_err = |e: std::io::Error| DataError::Config(format!("cannot write {}: {e}", partial.display()));
-    let file = File::create(&partial).map_err(write_err)?;
-    let mut tar = TarWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
-    for (i, (image, label)) in images.iter().enumerate() {
-        let key = format!("{:0key_width$}", first_key + i);
+    /// The shard being written: its path and what it holds so far.
+    open: Option<(PathBuf, TarWriter<std::io::BufWriter<File>>, usize)>,
+    written: Vec<PathBuf>,
+    samples: usize,
+    /// `<key>\t<shard>\t<source file>` lines.
+    sources: String,
+}
+
+impl ShardsInProgress<'_> {
+    fn add(&mut self, image: &Path, bytes: &[u8], label: i64) -> Result<(), DataError> {
+        if self.open.is_none() {
+            let path = (self.name)(self.written.len());
+            let file = File::create(partial(&path)).map_err(|e| write_error(&path, e))?;
+            let tar = TarWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+            self.open = Some((path, tar, 0));
+        }
+        let (path, tar, held) = self.open.as_mut().expect("opened above");
+        let key = format!("{:0width$}", self.samples, width = self.key_width);
         let ext = image
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
-        let bytes =
-            std::fs::read(image).map_err(|e| DataError::Config(format!("cannot read {}: {e}", image.display())))?;
-        if !looks_like_an_image(&bytes) {
-            written.left_out.push(image.clone());
-            continue;
-        }
-        tar.append(&format!("{key}.{ext}"), &bytes).map_err(write_err)?;
-        let shard = path.file_name().unwrap_or_default().to_string_lossy();
-        written
-            .sources
-            .push_str(&format!("{key}\t{shard}\t{}\n", image.display()));
-        if *label != NO_LABEL {
+        tar.append(&format!("{key}.{ext}"), bytes)
+            .map_err(|e| write_error(path, e))?;
+        if label != NO_LABEL {
             tar.append(&format!("{key}.cls"), label.to_string().as_bytes())
-                .map_err(write_err)?;
+                .map_err(|e| write_error(path, e))?;
         }
+        let shard = path.file_name().unwrap_or_default().to_string_lossy();
+        self.sources
+            .push_str(&format!("{key}\t{shard}\t{}\n", crate::path_line(image)));
+        self.samples += 1;
+        *held += 1;
+        if *held == self.per_shard {
+            self.close()?;
+        }
+        Ok(())
     }
-    let file = tar
-        .finish()
-        .map_err(write_err)?
-        .into_inner()
-        .map_err(|e| write_err(e.into_error()))?;
-    file.sync_all().map_err(write_err)?;
-    // Renamed when complete, so that a killed run never leaves a short shard under the name.
-    std::fs::rename(&partial, path).map_err(|e| {
-        DataError::Config(format!(
-            "cannot rename {} to {}: {e}",
-            partial.display(),
-            path.display()
-        ))
-    })
+
+    /// Ends the open shard: synced, then renamed to its name, so that a killed run never leaves
+    /// a short shard under the name.
+    fn close(&mut self) -> Result<(), DataError> {
+        let Some((path, tar, _)) = self.open.take() else {
+            return Ok(());
+        };
+        let file = tar
+            .finish()
+            .map_err(|e| write_error(&path, e))?
+            .into_inner()
+            .map_err(|e| write_error(&path, e.into_error()))?;
+        file.sync_all().map_err(|e| write_error(&path, e))?;
+        std::fs::rename(partial(&path), &path).map_err(|e| {
+            DataError::Config(format!(
+                "cannot rename {} to {}: {e}",
+                partial(&path).display(),
+                path.display()
+            ))
+        })?;
+        self.written.push(path);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Self, DataError> {
+        self.close()?;
+        Ok(self)
+    }
+}
+
+/// Where shard `path` is written until it is whole.
+fn partial(path: &Path) -> PathBuf {
+    path.with_extension("tar.partial")
+}
+
+fn write_error(path: &Path, e: std::io::Error) -> DataError {
+    DataError::Config(format!("cannot write {}: {e}", partial(path).display()))
 }
 
 /// `train-%06d.tar` -> (`train-`, 6, `.tar`).
