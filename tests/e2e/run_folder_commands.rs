@@ -90,6 +90,7 @@ fn eval_on_a_run_folder_uses_its_newest_checkpoint_and_its_knn_settings() {
 
     let (knn, all) = eval(dir.path(), "knn", &["--k", "40"]);
     assert_eq!(knn["k"], 18, "k is what voted: all 18 training images: {knn}");
+    assert_eq!(knn["k_requested"], 40, "{knn}");
     assert!(
         all.contains("k = 40 is more than the 18 training images: each test image is voted on by all 18"),
         "{all}"

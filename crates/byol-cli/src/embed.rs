@@ -7,7 +7,7 @@ use clap::Args;
 use tch::{Device, Tensor};
 
 use byol::BuildContext;
-use byol_data::image_folder::{decode_square, other_formats_warning, ImageTree};
+use byol_data::image_folder::{decode_square, ImageTree, PassedOver};
 use byol_train::checkpoint::{self, Checkpointer};
 use byol_train::run_dir::{CHECKPOINTS_DIR, CONFIG_FILE};
 use byol_train::train::{state, Model, Weights};
@@ -257,24 +257,9 @@ fn find_images(args: &EmbedArgs) -> anyhow::Result<(ImageTree, Skipped)> {
     for why in std::mem::take(&mut scan.unlistable) {
         skipped.add(args.strict, why)?;
     }
-    if !scan.revisits.is_empty() {
-        eprintln!(
-            "warning: {} folder(s) under {} reached again through a symbolic link (a loop, a link to a \
-             folder above, or a second path to the same folder) were embedded once",
-            scan.revisits.len(),
-            args.images.display()
-        );
-    }
-    if let Some(first) = scan.not_files.first() {
-        eprintln!(
-            "warning: {} entries under {} named like images are not files (pipes, sockets or devices) and \
-             are left out (the first: {})",
-            scan.not_files.len(),
-            args.images.display(),
-            first.display()
-        );
-    }
-    if let Some(warning) = other_formats_warning(&args.images, &scan.other_formats) {
+    let mut passed_over = PassedOver::default();
+    passed_over.take_from(&mut scan);
+    for warning in passed_over.warnings(&args.images) {
         eprintln!("warning: {warning}");
     }
     if scan.images.is_empty() {

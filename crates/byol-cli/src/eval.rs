@@ -269,6 +269,7 @@ fn knn(data: &EvalData, k: Option<usize>, temperature: Option<f64>) -> anyhow::R
             "protocol": "knn",
             "checkpoint": f.checkpoint,
             "k": k.min(bank),
+            "k_requested": k,
             "k_from": k_from,
             "temperature": temperature,
             "temperature_from": temperature_from,
@@ -307,7 +308,7 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
         result.chosen_lr,
         result.validation_size + result.sweep_train_size,
     );
-    if let Some(edge) = edge_of_grid(result.chosen_lr, lrs) {
+    if let Some(edge) = edge_of_grid(&result.sweep) {
         eprintln!(
             "warning: the chosen lr {} is the {edge} tried: a better one may lie beyond it; give --lrs \
              reaching further {}",
@@ -339,15 +340,19 @@ fn note_without_top5(classes: i64) {
     }
 }
 
-/// "largest" or "smallest" when `chosen` is at that end of a grid of several learning rates.
-fn edge_of_grid(chosen: f64, lrs: &[f64]) -> Option<&'static str> {
-    let largest = lrs.iter().copied().fold(f64::MIN, f64::max);
-    let smallest = lrs.iter().copied().fold(f64::MAX, f64::min);
-    if largest == smallest {
+/// "largest" or "smallest" when the lr at that end of a grid of several (lr, validation top-1)
+/// did strictly better than every other: a better one may lie beyond the grid. A tie says
+/// nothing of the kind (the first of equals is chosen).
+fn edge_of_grid(sweep: &[(f64, f64)]) -> Option<&'static str> {
+    let by_lr = |a: &&(f64, f64), b: &&(f64, f64)| a.0.total_cmp(&b.0);
+    let largest = sweep.iter().max_by(by_lr)?;
+    let smallest = sweep.iter().min_by(by_lr)?;
+    let beats_the_rest = |edge: &(f64, f64)| sweep.iter().all(|other| other.0 == edge.0 || other.1 < edge.1);
+    if largest.0 == smallest.0 {
         None
-    } else if chosen == largest {
+    } else if beats_the_rest(largest) {
         Some("largest")
-    } else if chosen == smallest {
+    } else if beats_the_rest(smallest) {
         Some("smallest")
     } else {
         None
@@ -359,11 +364,21 @@ mod tests {
     use super::edge_of_grid;
 
     #[test]
-    fn a_chosen_lr_at_either_end_of_the_grid_is_told() {
-        let grid = [0.03, 0.01, 0.3, 0.1];
-        assert_eq!(edge_of_grid(0.3, &grid), Some("largest"));
-        assert_eq!(edge_of_grid(0.01, &grid), Some("smallest"));
-        assert_eq!(edge_of_grid(0.1, &grid), None);
-        assert_eq!(edge_of_grid(0.5, &[0.5]), None, "one lr is no grid");
+    fn an_lr_at_either_end_of_the_grid_that_beats_the_rest_is_told() {
+        let sweep = |tops: [f64; 4]| [(0.03, tops[0]), (0.01, tops[1]), (0.3, tops[2]), (0.1, tops[3])];
+        assert_eq!(edge_of_grid(&sweep([0.5, 0.4, 0.7, 0.6])), Some("largest"));
+        assert_eq!(edge_of_grid(&sweep([0.5, 0.7, 0.4, 0.6])), Some("smallest"));
+        assert_eq!(edge_of_grid(&sweep([0.5, 0.4, 0.6, 0.7])), None, "best inside the grid");
+        assert_eq!(
+            edge_of_grid(&sweep([0.5, 0.5, 0.5, 0.5])),
+            None,
+            "all tie: nothing beyond"
+        );
+        assert_eq!(
+            edge_of_grid(&sweep([0.5, 0.4, 0.7, 0.7])),
+            None,
+            "tied with an inner lr"
+        );
+        assert_eq!(edge_of_grid(&[(0.5, 0.9)]), None, "one lr is no grid");
     }
 }

@@ -160,19 +160,23 @@ impl Dataset for ImageSet {
     }
 }
 
-/// The warning for files named more than once (`what`: "dataset.file_list x.txt"), by their
-/// real paths (`./a/1.jpg` and `a/1.jpg`, or a link, are one file): each naming is read, so the
-/// file counts, and trains, as often as it is named.
+/// The warning for files named more than once (`what`: "dataset.file_list x.txt"), told apart
+/// by device and inode (`./a/1.jpg` and `a/1.jpg`, a link, a hard link are one file; one `stat`
+/// each, as listing them costs already): each naming is read, so the file counts, and trains, as
+/// often as it is named.
 pub(crate) fn repeated_files_warning<'a>(
     what: &str,
     files: impl IntoIterator<Item = &'a std::path::Path>,
 ) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
     let mut seen = std::collections::HashSet::new();
     let mut repeats = 0usize;
     let mut first = None;
     for path in files {
-        let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        if !seen.insert(real) {
+        let Ok(metadata) = std::fs::metadata(path) else {
+            continue;
+        };
+        if !seen.insert((metadata.dev(), metadata.ino())) {
             repeats += 1;
             first.get_or_insert_with(|| path.to_path_buf());
         }

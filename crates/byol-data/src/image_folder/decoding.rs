@@ -86,13 +86,16 @@ impl DecodingFolder {
             .filter(|&c| listed[c] > 0 && kept[c] == 0)
             .map(|c| format!("{} ({} unreadable)", classes[c], listed[c]))
             .collect();
-        let first = emptied.first()?;
+        if emptied.is_empty() {
+            return None;
+        }
         Some(format!(
-            "{} of the {} classes of {} have no readable image left (labels still count them): {first}{}{}",
+            "{} of the {} classes of {} have no readable image left (labels still count them): {}{}{}",
             emptied.len(),
             classes.len(),
             self.listing.root.display(),
-            if emptied.len() > 1 { ", ..." } else { "" },
+            emptied[..emptied.len().min(5)].join(", "),
+            if emptied.len() > 5 { ", ..." } else { "" },
             if self.limit_per_class > 0 {
                 "; limit_per_class takes the first files of each class folder, readable or not"
             } else {

@@ -123,28 +123,37 @@ pub(super) fn has_images_under(dir: &Path) -> Result<bool, DataError> {
     Ok(!tree.images.is_empty())
 }
 
-/// What a walk found besides images, gathered over the walks of one split (its class folders)
-/// and told as warnings once.
-#[derive(Default)]
-struct PassedOver {
+/// What walks found besides images ([`ImageTree`]'s lists), gathered over the walks of one
+/// split (its class folders) and told as warnings once.
+#[derive(Debug, Default)]
+pub struct PassedOver {
     other_formats: Vec<PathBuf>,
     revisits: Vec<PathBuf>,
     not_files: Vec<PathBuf>,
 }
 
 impl PassedOver {
+    /// Takes what `tree` passed over (its images stay).
+    pub fn take_from(&mut self, tree: &mut ImageTree) {
+        self.other_formats.append(&mut tree.other_formats);
+        self.revisits.append(&mut tree.revisits);
+        self.not_files.append(&mut tree.not_files);
+    }
+
     /// `; <the other formats warning>` when files of other formats were passed over: the reason
     /// a folder of images holds none that are read.
     fn other_formats_note(&self, root: &Path) -> String {
         other_formats_warning(root, &self.other_formats).map_or(String::new(), |w| format!("; {w}"))
     }
 
-    fn warnings(&self, root: &Path) -> impl Iterator<Item = String> {
+    /// One warning each for files of other formats, folders not read again, and entries that are
+    /// not files, found under `root`.
+    pub fn warnings(&self, root: &Path) -> impl Iterator<Item = String> {
         let revisits = self.revisits.first().map(|first| {
             format!(
                 "{} folder(s) under {} reached through a symbolic link were not read again: a loop, a link to a \
                  folder above, into another class folder, or a second path to a folder already read (the \
-                 first: {}); each image is read once, under the class folder that holds it",
+                 first: {}); each image is read once",
                 self.revisits.len(),
                 root.display(),
                 first.display()
@@ -171,9 +180,7 @@ impl PassedOver {
 /// it fails and `dataset.on_bad_image` decides, so it is counted or named, never lost without a
 /// word.
 fn found_images(mut tree: ImageTree, passed_over: &mut PassedOver) -> Result<Vec<Found>, DataError> {
-    passed_over.other_formats.append(&mut tree.other_formats);
-    passed_over.revisits.append(&mut tree.revisits);
-    passed_over.not_files.append(&mut tree.not_files);
+    passed_over.take_from(&mut tree);
     match tree.unlistable.into_iter().next() {
         Some(why) => Err(DataError::Config(why)),
         None => Ok(tree

@@ -11,7 +11,7 @@ pub use decoding::decode_square;
 use decoding::DecodingFolder;
 pub(crate) use listing::images_for_shards;
 use listing::{class_names, has_class_folders, has_images_under, scan, scan_unlabelled, test_needs_labels};
-pub use listing::{is_hidden, is_image, other_formats_warning, ImageTree};
+pub use listing::{is_hidden, is_image, other_formats_warning, ImageTree, PassedOver};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -151,7 +151,8 @@ byol::register_plugin! {
             }
             // Classes are folders whatever the file lists pick: comparing them costs two listings.
             if let Some(test) = &self.test {
-                if has_class_folders(&self.train)? {
+                // A test folder without class folders is told for what it is when it is read.
+                if has_class_folders(&self.train)? && has_class_folders(test)? {
                     check_same_classes("test", test, &class_names(test)?, &class_names(&self.train)?)?;
                 }
             }
@@ -272,17 +273,23 @@ impl ImageFolderConfig {
 
 /// Refuses a split (`key`, folder `dir`) whose classes are not the training split's. Names that
 /// differ only in how their letters are encoded (`é` as one code point, or `e` and a combining
-/// accent, as macOS writes names) look the same: their code points are shown.
+/// accent, as macOS writes names) or in a trailing space look the same: they are quoted, with
+/// their code points.
 fn check_same_classes(key: &str, dir: &Path, classes: &[String], train: &[String]) -> Result<(), DataError> {
     if classes == train {
         return Ok(());
     }
+    // A name only one split has is quoted where spaces or other characters could hide in it.
     let spelled = |names: &[String], others: &[String]| -> String {
         names
             .iter()
-            .map(|name| match others.contains(name) || name.is_ascii() {
-                true => name.clone(),
-                false => format!("{name} ({})", code_points(name)),
+            .map(|name| {
+                let plain = name.is_ascii() && name.trim() == name && !name.chars().any(|c| c.is_control());
+                match (others.contains(name) || plain, name.is_ascii()) {
+                    (true, _) => name.clone(),
+                    (false, true) => format!("{name:?}"),
+                    (false, false) => format!("{name:?} ({})", code_points(name)),
+                }
             })
             .collect::<Vec<_>>()
             .join(", ")

@@ -30,6 +30,9 @@ pub(super) struct Index {
     /// Samples of shard s: `starts[s]..starts[s + 1]`.
     pub(super) starts: Vec<usize>,
     pub(super) classes: Vec<String>,
+    /// Samples that had a `.cls` label: all of them in a labelled split; in a split read as
+    /// unlabelled, the labels it set aside.
+    pub(super) labelled: usize,
 }
 
 /// What one shard's headers hold.
@@ -283,6 +286,7 @@ impl Index {
             samples,
             starts,
             classes,
+            labelled,
         })
     }
 

@@ -244,12 +244,10 @@ impl WebDatasetConfig {
             None => None,
             Some(urls) => {
                 if !train.is_labelled() {
-                    // The note on partly labelled shards: "dataset.urls: 8 of 10 samples have a .cls label, ..."
-                    let partly = warnings.iter().find_map(|w| {
-                        let counted = w.strip_prefix("dataset.urls: ")?.split_once(", the others none")?.0;
-                        Some(format!("only {counted} in dataset.urls"))
-                    });
-                    let why = partly.unwrap_or_else(|| "dataset.urls has none".to_string());
+                    let why = match train.0.index.labelled {
+                        0 => "dataset.urls has none".to_string(),
+                        n => format!("only {n} of {} samples have a .cls label in dataset.urls", train.len()),
+                    };
                     return Err(DataError::Config(format!(
                         "dataset.test_urls needs labelled training shards (a .cls member in every sample) as the \
                          kNN bank, and {why}; label every sample, or remove dataset.test_urls and set eval.train \
