@@ -272,23 +272,51 @@ fn already_trained(t: &Trainer<'_>, run_dir: &std::path::Path, step: u64, quiet:
     Some(summary)
 }
 
-/// Lists the images the run's splits skipped as unreadable in [`SKIPPED_FILE`] (written by the
-/// process that owns the run folder, removed when none were) and counts them in `summary`.
+/// Lists the images the run skipped as unreadable in [`SKIPPED_FILE`], `<split>\t<where>: <why>`
+/// a line (`train`, `test`, or `eval` for the kNN monitor's own folders), and counts them in
+/// `summary`. A resumed run adds what this start met to what the earlier ones listed (a split
+/// read as training goes meets an image again only in a later epoch). Written by the process
+/// that owns the run folder: in a data-parallel run that reads as training goes, its share.
 fn record_skipped(t: &Trainer<'_>, run_dir: &std::path::Path, mut summary: RunSummary) -> anyhow::Result<RunSummary> {
-    let train = t.splits.train.skipped();
-    let test = t.splits.test.as_ref().map(|test| test.skipped()).unwrap_or_default();
-    summary.skipped_images = train.len() + test.len();
-    if !train.is_empty() {
+    let path = run_dir.join(SKIPPED_FILE);
+    let mut lines: Vec<String> = match t.resumed_from {
+        Some(_) => std::fs::read_to_string(&path)
+            .map(|text| text.lines().map(str::to_string).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut read: Vec<(&str, &Arc<dyn byol::Dataset>)> = vec![("train", &t.splits.train)];
+    read.extend(t.splits.test.iter().map(|test| ("test", test)));
+    read.extend(t.monitor.datasets().into_iter().map(|d| ("eval", d)));
+    let mut listed: std::collections::HashSet<String> = lines.iter().cloned().collect();
+    let mut seen: Vec<&Arc<dyn byol::Dataset>> = Vec::new();
+    for (split, data) in read {
+        // The monitor's bank is the training split itself unless eval.train is set.
+        if seen
+            .iter()
+            .any(|s| std::ptr::addr_eq(Arc::as_ptr(s), Arc::as_ptr(data)))
+        {
+            continue;
+        }
+        seen.push(data);
+        for skipped in data.skipped() {
+            let line = format!("{split}\t{skipped}");
+            if listed.insert(line.clone()) {
+                lines.push(line);
+            }
+        }
+    }
+    summary.skipped_images = lines.len();
+    if lines.iter().any(|line| line.starts_with("train\t")) {
         let in_memory = t.splits.train.as_tensors().is_some();
         summary.skipped_in_training = Some(if in_memory { "left out" } else { "replaced" }.to_string());
     }
     if t.is_main() {
-        let path = run_dir.join(SKIPPED_FILE);
-        if summary.skipped_images == 0 {
+        if lines.is_empty() {
             remove_if_present(&path)?;
         } else {
-            let lines: String = train.iter().chain(&test).map(|line| format!("{line}\n")).collect();
-            run_dir::replace_file(&path, lines.as_bytes())?;
+            let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
+            run_dir::replace_file(&path, text.as_bytes())?;
         }
     }
     Ok(summary)

@@ -223,6 +223,11 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// The kNN monitor's bank and queries; none when the monitor is off.
+    pub fn datasets(&self) -> Vec<&Arc<dyn Dataset>> {
+        self.labelled.iter().flat_map(|l| [&l.bank, &l.queries]).collect()
+    }
+
     /// The monitor of `experiment` on `labelled` ([`labelled_splits`]), its probe's variables
     /// under `probe` in `vs`; `micro_batch`: the training micro-batch, the probe's batch size
     /// when it learns from the evaluation split.
