@@ -806,3 +806,23 @@ fn trials_of_a_sweep_started_with_sigterm_ignored_still_stop_at_a_checkpoint() {
         assert!(log.contains("interrupted at step"), "saved at a step: {log}");
     }
 }
+
+/// A sweep ranked by top-5 kNN accuracy on data of 5 classes or fewer, where top-5 is not
+/// measured: the trials finish and the sweep says why none is ranked.
+#[test]
+fn a_sweep_whose_metric_no_trial_has_says_why_none_is_ranked() {
+    let three_classes = sweep_of_lr("[0.2, 0.8]")
+        .replace("metric = \"knn_top1\"", "metric = \"knn_top5\"")
+        .replace(
+            "image_size = 16\n\n[backbone]",
+            "image_size = 16\nclasses = 3\n\n[backbone]",
+        );
+    let dir = setup(&three_classes);
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("no finished trial has a value of sweep.metric = \"knn_top5\" (top-5 is measured with more than 5 classes only)"),
+        "{all}"
+    );
+}

@@ -17,8 +17,8 @@ use anyhow::{bail, Context};
 use byol_train::run_dir::{self, FolderLock};
 use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
-    goal_name, rank_with, result_line, to_csv, to_markdown, Sweep, Trial, TrialStatus, ERROR_FILE, LOG_FILE,
-    PRUNER_FILE, TRIAL_FILE,
+    goal_name, rank_with, result_line, to_csv, to_markdown, Metric, Row, Sweep, Trial, TrialStatus, ERROR_FILE,
+    LOG_FILE, PRUNER_FILE, TRIAL_FILE,
 };
 use byol_train::train::panic_message;
 use byol_train::train::state::{DatasetFingerprint, FINGERPRINT_FILE};
@@ -183,6 +183,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         Some(why) => TrialStatus::NotRanked(why.clone()),
         None => TrialStatus::read(dir),
     });
+    say_if_nothing_ranks(sweep, &rows);
     let csv = sweep.dir.join("summary.csv");
     let markdown = sweep.dir.join("summary.md");
     run_dir::replace_file(&csv, to_csv(sweep, &rows)?.as_bytes())?;
@@ -204,6 +205,26 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         csv,
         markdown,
     })
+}
+
+/// Says why, when trials finished and none has a value of the sweep's metric: their table would
+/// rank nothing, without a word.
+fn say_if_nothing_ranks(sweep: &Sweep, rows: &[Row]) {
+    let finished = rows.iter().any(|row| matches!(row.status, TrialStatus::Done(_)));
+    if !finished || rows.iter().any(|row| row.metric.is_some()) {
+        return;
+    }
+    let metric = sweep.config.metric;
+    let why = match metric {
+        Metric::KnnTop5 => " (top-5 is measured with more than 5 classes only)",
+        Metric::KnnTop1 | Metric::KnnGain | Metric::ProbeTop1 => " (the trials have no labelled images to evaluate on)",
+        _ => "",
+    };
+    eprintln!(
+        "warning: no finished trial has a value of sweep.metric = \"{}\"{why}, so none is ranked; choose \
+         another metric",
+        metric.name()
+    );
 }
 
 /// Refuses a sweep folder that holds a run (trained with `--run-dir` there, or named like it):
