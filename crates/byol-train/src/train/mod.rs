@@ -231,7 +231,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         skipped_in_training: None,
         checkpoint,
     };
-    let summary = record_skipped(&t, &run_dir, summary)?;
+    let summary = record_skipped(&t, &run_dir, &options.allow_change, summary)?;
     write_summary(&t, &run_dir, &summary)?;
     end_group(&t);
     Ok(summary)
@@ -275,15 +275,24 @@ fn already_trained(t: &Trainer<'_>, run_dir: &std::path::Path, step: u64, quiet:
 /// Lists the images the run skipped as unreadable in [`SKIPPED_FILE`], `<split>\t<where>: <why>`
 /// a line (`train`, `test`, or `eval` for the kNN monitor's own folders), and counts them in
 /// `summary`. A resumed run adds what this start met to what the earlier ones listed (a split
-/// read as training goes meets an image again only in a later epoch). Written by the process
-/// that owns the run folder: in a data-parallel run that reads as training goes, its share.
-fn record_skipped(t: &Trainer<'_>, run_dir: &std::path::Path, mut summary: RunSummary) -> anyhow::Result<RunSummary> {
+/// read as training goes meets an image again only in a later epoch), unless it was allowed to
+/// read other data (`--allow-change dataset` or `eval`). Written by the process that owns the run
+/// folder: in a data-parallel run that reads as training goes, its share.
+fn record_skipped(
+    t: &Trainer<'_>,
+    run_dir: &std::path::Path,
+    allow_change: &[String],
+    mut summary: RunSummary,
+) -> anyhow::Result<RunSummary> {
     let path = run_dir.join(SKIPPED_FILE);
+    let same_data = !allow_change
+        .iter()
+        .any(|key| key.starts_with("dataset") || key.starts_with("eval"));
     let mut lines: Vec<String> = match t.resumed_from {
-        Some(_) => std::fs::read_to_string(&path)
+        Some(_) if same_data => std::fs::read_to_string(&path)
             .map(|text| text.lines().map(str::to_string).collect())
             .unwrap_or_default(),
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     let mut read: Vec<(&str, &Arc<dyn byol::Dataset>)> = vec![("train", &t.splits.train)];
     read.extend(t.splits.test.iter().map(|test| ("test", test)));
