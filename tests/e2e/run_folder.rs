@@ -745,7 +745,7 @@ fn training_a_run_folders_own_config_continues_that_run() {
 
 /// A start refused before it writes anything (here a batch larger than the data) takes away the
 /// run folder it created, so no empty folder is left to look like a run; a folder that was
-/// there before stays, and `--fresh` still keeps the one it moved aside.
+/// there before stays, and a refused `--fresh` start puts back the run it moved aside.
 #[test]
 fn a_refused_start_leaves_no_empty_run_folder_behind() {
     let dir = setup();
@@ -769,7 +769,8 @@ fn a_refused_start_leaves_no_empty_run_folder_behind() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let left = names(dir.path());
     assert!(
-        !left.contains(&"done".to_string()) && left.iter().any(|n| n.starts_with("done.old-")),
-        "{left:?}"
+        left.contains(&"done".to_string()) && !left.iter().any(|n| n.starts_with("done.old-")),
+        "a refused --fresh start puts the run it moved aside back: {left:?}"
     );
+    assert!(dir.path().join("done/summary.json").is_file());
 }

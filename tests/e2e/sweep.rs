@@ -822,7 +822,7 @@ fn a_sweep_whose_metric_no_trial_has_says_why_none_is_ranked() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
-        all.contains("no finished trial has a value of sweep.metric = \"knn_top5\" (top-5 is measured with more than 5 classes only)"),
+        all.contains("no finished trial has a value of sweep.metric = \"knn_top5\" (top-5 needs labelled images of more than 5 classes)"),
         "{all}"
     );
 }

@@ -849,7 +849,7 @@ fn links_out_of_a_class_folder_read_no_image_twice_nor_under_another_label() {
     );
     let all = warnings.join("\n");
     assert!(
-        all.contains("5 folder(s) under") && all.contains("were not read again") && all.contains("train/a/bb"),
+        all.contains("5 folder(s) under") && all.contains("were not read there") && all.contains("train/a/bb"),
         "{all}"
     );
     assert!(
@@ -888,4 +888,24 @@ fn a_class_left_without_readable_images_is_told() {
     let (splits, warnings) = load(&root, "image_size = 16").unwrap();
     assert_eq!(splits.train.len(), 8);
     assert!(!warnings.join("\n").contains("no readable image left"), "{warnings:?}");
+}
+
+/// Two class folders that are one folder (a link beside the real one, sorting first): the real
+/// folder's class gets the images, the link's stays empty; and a class folder that links to a
+/// sub-folder of another takes that sub-folder's images, which its parent class does not read.
+#[test]
+fn a_class_folder_that_links_to_another_takes_nothing_from_the_real_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["cat", "dog"], 2, (16, 16));
+    write_image(&root.join("dog/puppies/0.png"), 16, 16, 9);
+    std::os::unix::fs::symlink("cat", root.join("a_cat")).unwrap();
+    std::os::unix::fs::symlink("dog/puppies", root.join("puppy")).unwrap();
+    let (splits, warnings) = load(&root, "image_size = 16").unwrap();
+    let train = splits.train;
+    assert_eq!(train.classes(), ["a_cat", "cat", "dog", "puppy"]);
+    let (_, labels) = train.batch(&(0..train.len()).collect::<Vec<_>>()).unwrap();
+    assert_eq!(Vec::<i64>::try_from(&labels).unwrap(), [1, 1, 2, 2, 3], "{warnings:?}");
+    let all = warnings.join("\n");
+    assert!(all.contains("class folders of") && all.contains(": a_cat"), "{all}");
 }

@@ -673,14 +673,21 @@ fn files_that_are_no_jpeg_or_png_are_left_out_of_the_shards_and_told() {
     write_image(&images.join("b.png"), 2);
     std::fs::write(images.join("empty.jpg"), b"").unwrap();
     std::fs::write(images.join("text.jpg"), "not an image").unwrap();
+    std::os::unix::fs::symlink("missing.png", images.join("dangling.png")).unwrap();
     let pattern = tmp.path().join("shards/s-%06d.tar");
     let written = write_shards(&images, pattern.to_str().unwrap(), 10, None, false).unwrap();
     assert_eq!(written.samples, 2);
     let all = written.warnings.join("\n");
     assert!(
-        all.contains("2 file(s) named like images are neither JPEG nor PNG") && all.contains("empty.jpg"),
+        all.contains("3 file(s) named like images cannot be read or are neither JPEG nor PNG")
+            && all.contains("dangling.png"),
         "{all}"
     );
+    let left: Vec<String> = std::fs::read_dir(tmp.path().join("shards"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!left.iter().any(|name| name.ends_with(".partial")), "{left:?}");
     let sources = std::fs::read_to_string(&written.sources).unwrap();
     assert_eq!(sources.lines().count(), 2, "{sources}");
     assert!(

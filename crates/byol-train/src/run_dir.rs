@@ -65,7 +65,7 @@ impl FolderLock {
             .map(|entries| entries.filter_map(Result::ok).all(|e| e.file_name() == LOCK_FILE))
             .unwrap_or(false);
         if only_the_lock && self.is_at(&dir.join(LOCK_FILE)) {
-            // While the lock is held: another start waits on it, or finds the folder gone.
+            // While the lock is held: another start is refused meanwhile, or finds the folder gone.
             let _ = std::fs::remove_file(dir.join(LOCK_FILE));
             let _ = std::fs::remove_dir(dir);
         }

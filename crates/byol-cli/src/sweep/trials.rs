@@ -216,8 +216,9 @@ fn say_if_nothing_ranks(sweep: &Sweep, rows: &[Row]) {
     }
     let metric = sweep.config.metric;
     let why = match metric {
-        Metric::KnnTop5 => " (top-5 is measured with more than 5 classes only)",
-        Metric::KnnTop1 | Metric::KnnGain | Metric::ProbeTop1 => " (the trials have no labelled images to evaluate on)",
+        Metric::KnnTop5 => " (top-5 needs labelled images of more than 5 classes)",
+        Metric::KnnTop1 | Metric::KnnGain => " (the kNN monitor needs labelled images)",
+        Metric::ProbeTop1 => " (the online probe needs labelled images and eval.online_probe)",
         _ => "",
     };
     eprintln!(

@@ -152,7 +152,7 @@ impl Dataset for DecodingFolder {
 
     fn describe(&self, index: usize) -> String {
         match self.listing.files.get(index) {
-            Some((path, _)) => path.display().to_string(),
+            Some((path, _)) => crate::path_line(path),
             None => format!("image {index}"),
         }
     }

@@ -151,9 +151,9 @@ impl PassedOver {
     pub fn warnings(&self, root: &Path) -> impl Iterator<Item = String> {
         let revisits = self.revisits.first().map(|first| {
             format!(
-                "{} folder(s) under {} reached through a symbolic link were not read again: a loop, a link to a \
-                 folder above, into another class folder, or a second path to a folder already read (the \
-                 first: {}); each image is read once",
+                "{} folder(s) under {} were not read there, to read each folder once, in the class folder that \
+                 holds it: a link in a loop, to a folder above, into another class folder, a second path to a \
+                 folder already read, or a folder another class folder links to (the first: {})",
                 self.revisits.len(),
                 root.display(),
                 first.display()
@@ -240,15 +240,26 @@ impl ImageTree {
         };
         let root_real = resolve(root)?;
         // The real folder of each class folder walked; None for one that holds the root (a link
-        // up the tree) or is an earlier one (a second link to it): it stays empty.
-        let mut walked: Vec<Option<PathBuf>> = Vec::new();
-        for dir in class_dirs {
-            let real = resolve(dir)?;
-            // The root itself is walked when it is the only folder (an unlabelled split).
-            let walks = dir.as_path() == root
-                || (!root_real.starts_with(&real) && !walked.iter().flatten().any(|w| *w == real));
-            walked.push(walks.then_some(real));
-        }
+        // up the tree) or is another one (a second path to it; the folder itself is walked, not
+        // the link, whichever sorts first): it stays empty.
+        let reals: Vec<PathBuf> = class_dirs.iter().map(|d| resolve(d)).collect::<Result<_, _>>()?;
+        let is_link = |dir: &Path| std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink());
+        let walked: Vec<Option<PathBuf>> = class_dirs
+            .iter()
+            .zip(&reals)
+            .enumerate()
+            .map(|(i, (dir, real))| {
+                let same: Vec<usize> = (0..reals.len()).filter(|&j| reals[j] == *real).collect();
+                let owner = same
+                    .iter()
+                    .copied()
+                    .find(|&j| !is_link(&class_dirs[j]))
+                    .unwrap_or(same[0]);
+                // The root itself is walked when it is the only folder (an unlabelled split).
+                let walks = dir.as_path() == root || (!root_real.starts_with(real) && owner == i);
+                walks.then(|| real.clone())
+            })
+            .collect();
         let mut walk = Walk {
             root: root_real.clone(),
             classes: walked.iter().flatten().cloned().collect(),

@@ -77,7 +77,7 @@ impl Core {
     /// `shard member <key>.<ext>`, for messages.
     pub(super) fn describe(&self, index: usize) -> String {
         match self.index.samples.get(index) {
-            Some(sample) => format!("{} member {}", self.index.path(sample).display(), sample.name),
+            Some(sample) => format!("{} member {}", crate::path_line(self.index.path(sample)), sample.name),
             None => format!("sample {index}"),
         }
     }

@@ -84,24 +84,19 @@ pub fn write_shards(
     };
     let mut left_out = Vec::new();
     for (image, label) in &files {
-        let bytes =
-            std::fs::read(image).map_err(|e| DataError::Config(format!("cannot read {}: {e}", image.display())))?;
-        if looks_like_an_image(&bytes) {
-            shards.add(image, &bytes, *label)?;
-        } else {
-            left_out.push(image);
+        // A file that cannot be read (a link to a missing file) is left out as training skips it.
+        match std::fs::read(image) {
+            Ok(bytes) if looks_like_an_image(&bytes) => shards.add(image, &bytes, *label)?,
+            _ => left_out.push(image),
         }
     }
-    let ShardsInProgress {
-        written: shards,
-        samples,
-        sources: source_lines,
-        ..
-    } = shards.finish()?;
+    shards.close()?;
+    let (samples, source_lines) = (shards.samples, std::mem::take(&mut shards.sources));
+    let shards = std::mem::take(&mut shards.written);
     let left_out = left_out.first().map(|first| {
         format!(
-            "{} file(s) named like images are neither JPEG nor PNG (empty, text, another format) and are \
-             left out of the shards (the first: {})",
+            "{} file(s) named like images cannot be read or are neither JPEG nor PNG (empty, text, another \
+             format) and are left out of the shards (the first: {})",
             left_out.len(),
             first.display()
         )
@@ -177,8 +172,6 @@ fn class_list(source: &Path, dir: &Path, classes: &[String]) -> Result<Option<St
     }
 }
 
-/// Writes `images` as one shard at `path`, keyed from `first_key` on: the image file as it is,
-/// and its `.cls` label when it has one. The shard appears under its name only when complete.
 /// Whether `bytes` start as a JPEG or a PNG file does: the formats training reads. Checked on
 /// the bytes copied anyway (decoding every image would cost the packing's time many times over).
 fn looks_like_an_image(bytes: &[u8]) -> bool {
@@ -252,10 +245,14 @@ impl ShardsInProgress<'_> {
         self.written.push(path);
         Ok(())
     }
+}
 
-    fn finish(mut self) -> Result<Self, DataError> {
-        self.close()?;
-        Ok(self)
+impl Drop for ShardsInProgress<'_> {
+    /// A shard left open by an error is removed: no partial file stays beside the shards.
+    fn drop(&mut self) {
+        if let Some((path, _, _)) = self.open.take() {
+            let _ = std::fs::remove_file(partial(&path));
+        }
     }
 }
 

@@ -153,7 +153,15 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             if let Some(owner) = owner {
                 owner.remove_if_unused();
             }
-            return Err(e);
+            // A refused --fresh start puts back the run it moved aside, where it can go.
+            return match &moved_aside {
+                Some(moved) if !run_dir.exists() && std::fs::rename(moved, &run_dir).is_ok() => Err(e),
+                Some(moved) => Err(e.context(format!(
+                    "--fresh moved the previous run folder aside to {} before this start was refused",
+                    moved.display()
+                ))),
+                None => Err(e),
+            };
         }
     };
     let _owner = owner;
@@ -231,7 +239,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         skipped_in_training: None,
         checkpoint,
     };
-    let summary = record_skipped(&t, &run_dir, &options.allow_change, summary)?;
+    let summary = record_skipped(&t, &run_dir, summary)?;
     write_summary(&t, &run_dir, &summary)?;
     end_group(&t);
     Ok(summary)
@@ -275,21 +283,14 @@ fn already_trained(t: &Trainer<'_>, run_dir: &std::path::Path, step: u64, quiet:
 /// Lists the images the run skipped as unreadable in [`SKIPPED_FILE`], `<split>\t<where>: <why>`
 /// a line (`train`, `test`, or `eval` for the kNN monitor's own folders), and counts them in
 /// `summary`. A resumed run adds what this start met to what the earlier ones listed (a split
-/// read as training goes meets an image again only in a later epoch), unless it was allowed to
-/// read other data (`--allow-change dataset` or `eval`). Written by the process that owns the run
-/// folder: in a data-parallel run that reads as training goes, its share.
-fn record_skipped(
-    t: &Trainer<'_>,
-    run_dir: &std::path::Path,
-    allow_change: &[String],
-    mut summary: RunSummary,
-) -> anyhow::Result<RunSummary> {
+/// read as training goes meets an image again only in a later epoch), unless its data keys
+/// changed (other data, or the same under other paths, which the lines name). Written by the
+/// process that owns the run folder: in a data-parallel run that reads as training goes, its
+/// share.
+fn record_skipped(t: &Trainer<'_>, run_dir: &std::path::Path, mut summary: RunSummary) -> anyhow::Result<RunSummary> {
     let path = run_dir.join(SKIPPED_FILE);
-    let same_data = !allow_change
-        .iter()
-        .any(|key| key.starts_with("dataset") || key.starts_with("eval"));
     let mut lines: Vec<String> = match t.resumed_from {
-        Some(_) if same_data => std::fs::read_to_string(&path)
+        Some(_) if t.data_in_place => std::fs::read_to_string(&path)
             .map(|text| text.lines().map(str::to_string).collect())
             .unwrap_or_default(),
         _ => Vec::new(),

@@ -210,6 +210,9 @@ fn describe_split(split: Option<&SplitFingerprint>) -> String {
 pub struct RunStart {
     /// The newest intact checkpoint and its manifest; None: step 0.
     pub checkpoint: Option<(PathBuf, Manifest)>,
+    /// Whether the run reads its data where its last start did (no key under `dataset.` or
+    /// `eval.` changed, not even where the same data lives).
+    pub data_in_place: bool,
 }
 
 impl RunStart {
@@ -251,6 +254,7 @@ impl RunStart {
             .filter(|a| !unknown.contains(a))
             .cloned()
             .collect::<Vec<_>>();
+        let mut data_in_place = true;
         if let Some((source, saved)) = saved {
             // The data of the checkpoint the run goes on from; `dataset.json` describes the last
             // start, which may have been on other data and stopped before its first checkpoint.
@@ -266,6 +270,9 @@ impl RunStart {
             let same_data = check_dataset(run_dir, saved_data, fingerprint, allow)?;
             let also_safe: &[&str] = if same_data { DATA_LOCATION_KEYS } else { &[] };
             let accepted = run_dir::check_identity(run_dir, &source, &saved, config_toml, allow, also_safe)?;
+            data_in_place = !accepted
+                .iter()
+                .any(|c| c.key.starts_with("dataset.") || c.key.starts_with("eval."));
             let (moved, allowed): (Vec<_>, Vec<_>) = accepted
                 .iter()
                 .partition(|c| also_safe.iter().any(|k| *k == c.key) && !run_dir::allowed(&c.key, allow));
@@ -286,7 +293,10 @@ impl RunStart {
                 );
             }
         }
-        Ok(Self { checkpoint: latest })
+        Ok(Self {
+            checkpoint: latest,
+            data_in_place,
+        })
     }
 
     pub fn step(&self) -> Option<u64> {

@@ -39,6 +39,8 @@ pub struct Trainer<'a> {
     pub monitor: Monitor,
     /// The step the run resumed from; None: it started at step 0.
     pub resumed_from: Option<u64>,
+    /// Whether a resumed run reads its data where its last start did (see [`RunStart`]).
+    pub data_in_place: bool,
     /// The record of the steps before `resumed_from` (its checkpoint's).
     pub carried: TrainingRecord,
     /// When this process started training ([`Trainer::start_clock`]).
@@ -175,6 +177,7 @@ impl<'a> Trainer<'a> {
             plan,
             monitor,
             resumed_from: start.step(),
+            data_in_place: start.data_in_place,
             carried: start
                 .checkpoint
                 .as_ref()
