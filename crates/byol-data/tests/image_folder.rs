@@ -830,9 +830,17 @@ fn links_out_of_a_class_folder_read_no_image_twice_nor_under_another_label() {
     std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
     std::os::unix::fs::symlink("../b", root.join("a/bb")).unwrap();
     std::os::unix::fs::symlink("../b/sub", root.join("a/sub")).unwrap();
-    std::os::unix::fs::symlink("../..", root.join("c/top")).unwrap(); // the temporary folder
-                                                                      // A class folder that is another class folder: left empty, not read twice, and c's own
-                                                                      // sub-folder x still c's.
+    // The temporary folder, above the root.
+    std::os::unix::fs::symlink("../..", root.join("c/top")).unwrap();
+    // Links to images read where they are: left out, each read once under its own label. A link
+    // to an image outside the split is read.
+    std::os::unix::fs::symlink("../b/sub/deep.png", root.join("a/deep-of-b.png")).unwrap();
+    std::os::unix::fs::symlink(root.join("c/x/deep.png"), root.join("b/sub/deep-of-c.png")).unwrap();
+    std::os::unix::fs::symlink("000.png", root.join("c/again.png")).unwrap();
+    write_image(&tmp.path().join("outside.png"), 16, 16, 9);
+    std::os::unix::fs::symlink("../../outside.png", root.join("a/outside.png")).unwrap();
+    // A class folder that is another class folder: left empty, not read twice, and c's own
+    // sub-folder x still c's.
     std::os::unix::fs::symlink("c", root.join("d")).unwrap();
     let fifo = std::ffi::CString::new(root.join("b/pipe.jpg").into_os_string().into_encoded_bytes()).unwrap();
     // SAFETY: mkfifo on a NUL-terminated path.
@@ -844,7 +852,7 @@ fn links_out_of_a_class_folder_read_no_image_twice_nor_under_another_label() {
     let (_, labels) = train.batch(&(0..train.len()).collect::<Vec<_>>()).unwrap();
     assert_eq!(
         Vec::<i64>::try_from(&labels).unwrap(),
-        [0, 0, 1, 1, 1, 2, 2, 2],
+        [0, 0, 0, 1, 1, 1, 2, 2, 2],
         "{warnings:?}"
     );
     let all = warnings.join("\n");
@@ -857,12 +865,16 @@ fn links_out_of_a_class_folder_read_no_image_twice_nor_under_another_label() {
         "{all}"
     );
     assert!(
+        all.contains("3 image(s) under") && all.contains("read where they are") && all.contains("a/deep-of-b.png"),
+        "{all}"
+    );
+    assert!(
         all.contains("class folders of") && all.contains(": d"),
         "d is empty: {all}"
     );
 
     let (splits, warnings) = load(&root, "image_size = 16\nlabels = \"none\"").unwrap();
-    assert_eq!(splits.train.len(), 8, "{warnings:?}");
+    assert_eq!(splits.train.len(), 9, "{warnings:?}");
 }
 
 /// `limit_per_class` takes the first files of each class folder, readable or not: a class whose

@@ -130,6 +130,7 @@ pub struct PassedOver {
     other_formats: Vec<PathBuf>,
     revisits: Vec<PathBuf>,
     not_files: Vec<PathBuf>,
+    linked_to_images_read: Vec<PathBuf>,
 }
 
 impl PassedOver {
@@ -138,6 +139,7 @@ impl PassedOver {
         self.other_formats.append(&mut tree.other_formats);
         self.revisits.append(&mut tree.revisits);
         self.not_files.append(&mut tree.not_files);
+        self.linked_to_images_read.append(&mut tree.linked_to_images_read);
     }
 
     /// `; <the other formats warning>` when files of other formats were passed over: the reason
@@ -146,8 +148,8 @@ impl PassedOver {
         other_formats_warning(root, &self.other_formats).map_or(String::new(), |w| format!("; {w}"))
     }
 
-    /// One warning each for files of other formats, folders not read again, and entries that are
-    /// not files, found under `root`.
+    /// One warning each for files of other formats, folders not read again, links to images read
+    /// where they are, and entries that are not files, found under `root`.
     pub fn warnings(&self, root: &Path) -> impl Iterator<Item = String> {
         let revisits = self.revisits.first().map(|first| {
             format!(
@@ -168,9 +170,19 @@ impl PassedOver {
                 first.display()
             )
         });
+        let linked = self.linked_to_images_read.first().map(|first| {
+            format!(
+                "{} image(s) under {} are links to images read where they are and are left out: each image \
+                 is read once, under the label of the class folder that holds it (the first: {})",
+                self.linked_to_images_read.len(),
+                root.display(),
+                first.display()
+            )
+        });
         other_formats_warning(root, &self.other_formats)
             .into_iter()
             .chain(revisits)
+            .chain(linked)
             .chain(not_files)
     }
 }
@@ -212,6 +224,9 @@ pub struct ImageTree {
     /// Entries named like images that are neither files nor folders (pipes, sockets, devices):
     /// opening a pipe would wait forever, and a device could be read without end.
     pub not_files: Vec<PathBuf>,
+    /// Links to images that the walk reads where they are (in this class folder or another),
+    /// left out: read twice, an image would weigh double, and under another class's label.
+    pub linked_to_images_read: Vec<PathBuf>,
     /// Folders below the root that could not be listed or resolved, with the reason; the walk
     /// goes on past them.
     pub unlistable: Vec<String>,
@@ -290,7 +305,9 @@ impl ImageTree {
             }
             if !path.is_dir() {
                 let is_file_or_missing = std::fs::metadata(&path).map_or(true, |m| m.is_file());
-                if is_image(&path) && is_file_or_missing {
+                if is_image(&path) && is_file_or_missing && walk.reads_where_it_is(&path) {
+                    self.linked_to_images_read.push(path);
+                } else if is_image(&path) && is_file_or_missing {
                     self.images.push(path);
                 } else if is_image(&path) {
                     self.not_files.push(path);
@@ -333,12 +350,30 @@ impl Walk {
     /// holding the root (a link up the tree), nor one that belongs to another class folder (the
     /// deepest class folder that holds it: a class folder may lie inside another through links).
     fn may_enter(&self, real: &Path) -> bool {
-        let owner = self
-            .classes
+        !self.root.starts_with(real) && self.owner_of(real).is_none_or(|class| *class == self.own)
+    }
+
+    /// Whether `path` is a link to an image that the walk reads where it is: one inside a class
+    /// folder walked, not hidden there.
+    fn reads_where_it_is(&self, path: &Path) -> bool {
+        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        let Some(real) = is_link.then(|| path.canonicalize().ok()).flatten() else {
+            return false;
+        };
+        let read_there = |class: &PathBuf| {
+            let inside = real.strip_prefix(class).expect("the owner holds it");
+            is_image(&real) && !inside.components().any(|c| is_hidden(Path::new(c.as_os_str())))
+        };
+        self.owner_of(&real).is_some_and(read_there)
+    }
+
+    /// The class folder that `real` belongs to: the deepest walked one that holds it (a class
+    /// folder may lie inside another through links).
+    fn owner_of(&self, real: &Path) -> Option<&PathBuf> {
+        self.classes
             .iter()
             .filter(|class| real.starts_with(class))
-            .max_by_key(|class| class.components().count());
-        !self.root.starts_with(real) && owner.is_none_or(|class| *class == self.own)
+            .max_by_key(|class| class.components().count())
     }
 }
 
