@@ -699,7 +699,8 @@ fn files_that_are_no_jpeg_or_png_are_left_out_of_the_shards_and_told() {
 }
 
 /// Nothing readable to pack is an error, with no shard left behind; keys number the samples
-/// written, so a shard holds `--per-shard` samples whatever was left out before it.
+/// written, so a shard holds `--per-shard` samples whatever was left out before it; a set that
+/// would share another's sources file is refused.
 #[test]
 fn shards_hold_per_shard_samples_and_nothing_to_pack_writes_no_shard() {
     let tmp = tempfile::tempdir().unwrap();
@@ -714,6 +715,14 @@ fn shards_hold_per_shard_samples_and_nothing_to_pack_writes_no_shard() {
     let sources = std::fs::read_to_string(&written.sources).unwrap();
     let keys: Vec<&str> = sources.lines().map(|l| l.split('\t').next().unwrap()).collect();
     assert_eq!(keys, ["000000", "000001", "000002", "000003", "000004"], "{sources}");
+    // A set named with another number width would share the sources file: refused.
+    let other_width = tmp.path().join("shards/s-%d.tar");
+    let err = write_shards(&images, other_width.to_str().unwrap(), 2, None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("s-sources.tsv already exists"), "{err}");
+    assert_eq!(std::fs::read_to_string(&written.sources).unwrap(), sources);
+    assert!(!tmp.path().join("shards/s-0.tar").exists());
 
     let bad = tmp.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();

@@ -56,13 +56,15 @@ pub fn write_shards(
     }
     let shard_name = |n: usize| PathBuf::from(format!("{head}{n:0width$}{tail}"));
     let first = shard_name(0);
-    if first.exists() {
-        // Overwritten in part, an earlier set would mix with this one: a shorter set leaves the
-        // earlier one's later shards beside it, under the same `urls` pattern.
+    let sources = sources_file(head);
+    // Overwritten in part, an earlier set would mix with this one: a shorter set leaves the
+    // earlier one's later shards beside it, under the same `urls` pattern. Its sources file is
+    // checked too: a set named with another number width shares it.
+    if let Some(there) = [&first, &sources].into_iter().find(|p| p.exists()) {
         return Err(DataError::Config(format!(
             "--out {pattern:?}: {} already exists; shards written there before would mix with these. \
-             Remove the old shards (and their classes.txt) or write to another folder",
-            first.display()
+             Remove the old shards (with their sources.tsv and classes.txt) or write to another folder",
+            there.display()
         )));
     }
     let dir = first
@@ -73,6 +75,8 @@ pub fn write_shards(
     std::fs::create_dir_all(dir)
         .map_err(|e| DataError::Config(format!("cannot create the folder {}: {e}", dir.display())))?;
     let key_width = 6.max(files.len().saturating_sub(1).to_string().len());
+    let sources_out = File::create_new(&sources)
+        .map_err(|e| DataError::Config(format!("cannot create {}: {e}", sources.display())))?;
     let mut shards = ShardsInProgress {
         name: &shard_name,
         per_shard,
@@ -80,8 +84,19 @@ pub fn write_shards(
         open: None,
         written: Vec::new(),
         samples: 0,
-        sources: String::new(),
+        sources: (sources.clone(), sources_out),
+        class_list: None,
     };
+    // Written before the first shard, so that shards whose writing stopped part way (an error,
+    // a kill) are still whole with their class names and sources.
+    if let Some(text) = class_list {
+        let list = dir.join(CLASSES_FILE);
+        if !list.exists() {
+            std::fs::write(&list, text)
+                .map_err(|e| DataError::Config(format!("cannot write {}: {e}", list.display())))?;
+            shards.class_list = Some(list);
+        }
+    }
     let mut left_out = Vec::new();
     for (image, label) in &files {
         // A file that cannot be read (a link to a missing file) is left out as training skips it.
@@ -91,8 +106,7 @@ pub fn write_shards(
         }
     }
     shards.close()?;
-    let (samples, source_lines) = (shards.samples, std::mem::take(&mut shards.sources));
-    let shards = std::mem::take(&mut shards.written);
+    let (samples, shards) = (shards.samples, shards.written.clone());
     let left_out = left_out.first().map(|first| {
         format!(
             "{} file(s) named like images cannot be read or are neither JPEG nor PNG (empty, text, another \
@@ -106,13 +120,6 @@ pub fn write_shards(
         return Err(DataError::Config(format!("no shard written, no image left: {why}")));
     }
     warnings.extend(left_out);
-    let sources = sources_file(head);
-    std::fs::write(&sources, source_lines)
-        .map_err(|e| DataError::Config(format!("cannot write {}: {e}", sources.display())))?;
-    if let Some(text) = class_list {
-        let list = dir.join(CLASSES_FILE);
-        std::fs::write(&list, text).map_err(|e| DataError::Config(format!("cannot write {}: {e}", list.display())))?;
-    }
     let last = shards.len() - 1;
     let urls = if last == 0 {
         shard_name(0).display().to_string()
@@ -184,11 +191,22 @@ struct ShardsInProgress<'a> {
     name: &'a dyn Fn(usize) -> PathBuf,
     per_shard: usize,
     key_width: usize,
-    /// The shard being written: its path and what it holds so far.
-    open: Option<(PathBuf, TarWriter<std::io::BufWriter<File>>, usize)>,
+    open: Option<OpenShard>,
     written: Vec<PathBuf>,
     samples: usize,
-    /// `<key>\t<shard>\t<source file>` lines.
+    /// The sources file.
+    sources: (PathBuf, File),
+    /// `classes.txt`, when this run wrote it.
+    class_list: Option<PathBuf>,
+}
+
+/// The shard being written.
+struct OpenShard {
+    path: PathBuf,
+    tar: TarWriter<std::io::BufWriter<File>>,
+    held: usize,
+    /// Its samples' source lines (`<key>\t<shard>\t<source file>`), added to the sources file
+    /// once the shard is whole.
     sources: String,
 }
 
@@ -198,9 +216,19 @@ impl ShardsInProgress<'_> {
             let path = (self.name)(self.written.len());
             let file = File::create(partial(&path)).map_err(|e| write_error(&path, e))?;
             let tar = TarWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
-            self.open = Some((path, tar, 0));
+            self.open = Some(OpenShard {
+                path,
+                tar,
+                held: 0,
+                sources: String::new(),
+            });
         }
-        let (path, tar, held) = self.open.as_mut().expect("opened above");
+        let OpenShard {
+            path,
+            tar,
+            held,
+            sources,
+        } = self.open.as_mut().expect("opened above");
         let key = format!("{:0width$}", self.samples, width = self.key_width);
         let ext = image
             .extension()
@@ -213,8 +241,7 @@ impl ShardsInProgress<'_> {
                 .map_err(|e| write_error(path, e))?;
         }
         let shard = path.file_name().unwrap_or_default().to_string_lossy();
-        self.sources
-            .push_str(&format!("{key}\t{shard}\t{}\n", crate::path_line(image)));
+        sources.push_str(&format!("{key}\t{shard}\t{}\n", crate::path_line(image)));
         self.samples += 1;
         *held += 1;
         if *held == self.per_shard {
@@ -224,9 +251,9 @@ impl ShardsInProgress<'_> {
     }
 
     /// Ends the open shard: synced, then renamed to its name, so that a killed run never leaves
-    /// a short shard under the name.
+    /// a short shard under the name; its samples' sources are then added to the sources file.
     fn close(&mut self) -> Result<(), DataError> {
-        let Some((path, tar, _)) = self.open.take() else {
+        let Some(OpenShard { path, tar, sources, .. }) = self.open.take() else {
             return Ok(());
         };
         let file = tar
@@ -243,15 +270,25 @@ impl ShardsInProgress<'_> {
             ))
         })?;
         self.written.push(path);
-        Ok(())
+        let (sources_path, file) = &mut self.sources;
+        std::io::Write::write_all(file, sources.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(|e| DataError::Config(format!("cannot write {}: {e}", sources_path.display())))
     }
 }
 
 impl Drop for ShardsInProgress<'_> {
-    /// A shard left open by an error is removed: no partial file stays beside the shards.
+    /// A shard left open by an error is removed: no partial file stays beside the shards. With
+    /// no shard written, the sources file and the `classes.txt` this run wrote go too.
     fn drop(&mut self) {
-        if let Some((path, _, _)) = self.open.take() {
-            let _ = std::fs::remove_file(partial(&path));
+        if let Some(open) = self.open.take() {
+            let _ = std::fs::remove_file(partial(&open.path));
+        }
+        if self.written.is_empty() {
+            let _ = std::fs::remove_file(&self.sources.0);
+            if let Some(list) = &self.class_list {
+                let _ = std::fs::remove_file(list);
+            }
         }
     }
 }
