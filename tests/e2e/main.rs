@@ -6,6 +6,7 @@ mod cli;
 mod compare;
 mod distributed;
 mod embed;
+mod gpu_script;
 mod learning;
 mod loader_crops;
 mod portable_run;
