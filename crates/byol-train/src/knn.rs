@@ -1,6 +1,8 @@
 //! Weighted kNN classification of embeddings (Wu et al. 2018; the monitor of solo-learn and
 //! lightly): cosine similarity on L2-normalized features, the k nearest bank entries vote with
-//! weight exp(sim / T).
+//! weight exp(sim / T), computed as exp((sim - nearest sim) / T): the same vote scaled by one
+//! factor per query, which ranks the classes the same and cannot overflow (exp(1 / T) does in
+//! float32 below T = 0.0113, and every vote became NaN).
 
 use tch::{Kind, Tensor};
 
@@ -34,7 +36,8 @@ pub fn knn_scores(
     let similarity = q.matmul(&b.tr());
     let (top_sim, top_idx) = similarity.topk(k, 1, true, true);
     let top_labels = bank_labels.index_select(0, &top_idx.flatten(0, -1)).view_as(&top_idx);
-    let weights = (top_sim / temperature).exp();
+    let nearest = top_sim.narrow(1, 0, 1);
+    let weights = ((&top_sim - nearest) / temperature).exp();
     let one_hot = top_labels.one_hot(classes).to_kind(Kind::Float);
     (one_hot * weights.unsqueeze(-1)).sum_dim_intlist([1i64].as_slice(), false, None)
 }

@@ -21,14 +21,15 @@ fn seeded(seed: i64) -> MutexGuard<'static, ()> {
     guard
 }
 
+// The textbook formula, exp(sim / T), in float64 (which holds exp(1 / T) down to T = 0.0014).
 const NUMPY_KNN: &str = r#"
 import numpy as np
 bank, bank_labels = inputs["bank"].numpy(), inputs["bank_labels"].numpy()
 queries, labels = inputs["queries"].numpy(), inputs["labels"].numpy()
-k, t, classes = 20, 0.1, 7
+k, t, classes = 20, float(inputs["temperature"].item()), 7
 bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
 queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-sim = queries @ bank.T
+sim = (queries @ bank.T).astype(np.float64)
 idx = np.argsort(-sim, axis=1)[:, :k]
 scores = np.zeros((len(queries), classes))
 for q in range(len(queries)):
@@ -40,6 +41,7 @@ outputs["top1"] = torch.tensor([(pred[:, 0] == labels).mean()])
 outputs["top5"] = torch.tensor([(pred[:, :5] == labels[:, None]).any(axis=1).mean()])
 "#;
 
+/// At the usual temperature and at one whose exp(1 / T) overflows float32.
 #[test]
 fn weighted_knn_matches_numpy() {
     let seed = byol_testkit::fresh_seed("KNN_PARITY_SEED");
@@ -53,27 +55,38 @@ fn weighted_knn_matches_numpy() {
     let labels = Tensor::randint(7, [queries_n], (Kind::Int64, tch::Device::Cpu));
     let bank = centres.index_select(0, &bank_labels) + Tensor::randn([600, 32], tch::kind::FLOAT_CPU) * 1.5;
     let queries = centres.index_select(0, &labels) + Tensor::randn([queries_n, 32], tch::kind::FLOAT_CPU) * 1.5;
-    let reference = run_python(
-        NUMPY_KNN,
-        &[
-            ("bank", &bank),
-            ("bank_labels", &bank_labels),
-            ("queries", &queries),
-            ("labels", &labels),
-        ],
-    );
-    let ours = knn_scores(&queries, &bank, &bank_labels, 7, 20, 0.1).argmax(1, false);
-    assert!(
-        ours.equal(&reference["pred"]),
-        "kNN predictions differ from NumPy's; {replay}"
-    );
-    let acc = knn_accuracy(&queries, &labels, &bank, &bank_labels, 7, 20, 0.1);
-    assert_eq!(acc.top1, reference["top1"].double_value(&[0]), "{replay}");
-    assert_eq!(acc.top5, Some(reference["top5"].double_value(&[0])), "{replay}");
-    assert!(
-        acc.top1 > 0.3 && acc.top1 < 1.0,
-        "a fixture that tests something: {acc:?}; {replay}"
-    );
+    for temperature in [0.1, 0.005] {
+        let reference = run_python(
+            NUMPY_KNN,
+            &[
+                ("bank", &bank),
+                ("bank_labels", &bank_labels),
+                ("queries", &queries),
+                ("labels", &labels),
+                ("temperature", &Tensor::from(temperature)),
+            ],
+        );
+        let ours = knn_scores(&queries, &bank, &bank_labels, 7, 20, temperature).argmax(1, false);
+        assert!(
+            ours.equal(&reference["pred"]),
+            "kNN predictions at T = {temperature} differ from NumPy's; {replay}"
+        );
+        let acc = knn_accuracy(&queries, &labels, &bank, &bank_labels, 7, 20, temperature);
+        assert_eq!(
+            acc.top1,
+            reference["top1"].double_value(&[0]),
+            "T = {temperature}; {replay}"
+        );
+        assert_eq!(
+            acc.top5,
+            Some(reference["top5"].double_value(&[0])),
+            "T = {temperature}; {replay}"
+        );
+        assert!(
+            acc.top1 > 0.3 && acc.top1 < 1.0,
+            "a fixture that tests something: {acc:?}; {replay}"
+        );
+    }
 }
 
 #[test]
