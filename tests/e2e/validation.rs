@@ -389,4 +389,10 @@ fn a_micro_batch_of_one_image_is_refused() {
         all.contains("is 1 image per batch-norm batch") && all.contains("accumulate less"),
         "{all}"
     );
+    // `validate` finds it too, naming the flag.
+    let error = refused(dir.path(), &["validate", "tiny.toml", "--set", "schedule.batch_size=1"]);
+    assert!(
+        error.contains("--set schedule.batch_size=1: schedule.batch_size = 1 over schedule.accumulate = 1 is 1 image"),
+        "{error}"
+    );
 }

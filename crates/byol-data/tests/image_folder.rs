@@ -508,6 +508,26 @@ fn empty_class_folders_warn_and_test_classes_must_match() {
         "{err}"
     );
 
+    // A test split of images without class folders, and a training split without them (read
+    // unlabelled) beside a test split: the check says what loading says.
+    let check = |train: &Path, test: &Path| {
+        let config: ImageFolderConfig =
+            toml::from_str(&format!("train = {}\ntest = {}\n", quoted(train), quoted(test))).unwrap();
+        let checked = byol_data::DatasetSpec::check(&config).unwrap_err().to_string();
+        assert_eq!(checked, error_of(train, &format!("test = {}", quoted(test))));
+        checked
+    };
+    let err = check(&train, &test.join("a"));
+    assert!(
+        err.contains("holds images but no class sub-folders") && err.contains("needs their labels"),
+        "{err}"
+    );
+    let err = check(&train.join("a"), &test);
+    assert!(
+        err.contains("dataset.test needs labelled training images") && err.contains("is unlabelled"),
+        "{err}"
+    );
+
     // Names that look the same but are encoded differently (é as one code point, or e and a
     // combining accent) show their code points.
     let (composed, decomposed) = ("caf\u{e9}", "cafe\u{301}");

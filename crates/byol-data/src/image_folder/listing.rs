@@ -77,6 +77,29 @@ pub(crate) fn images_for_shards(
     Ok((listing.classes, listing.files, warnings))
 }
 
+/// The error for a labelled split at `root` (`dataset.<key>`) without class sub-folders.
+pub(super) fn no_class_folders(key: &str, root: &Path) -> DataError {
+    let has_images = has_images_under(root).unwrap_or(false);
+    DataError::Config(match (key, has_images) {
+        ("test", true) => format!(
+            "dataset.test: {} holds images but no class sub-folders, and the kNN monitor's test split needs \
+             their labels: put its images in one sub-folder per class, as in dataset.train \
+             (<test>/<class>/<image>)",
+            root.display()
+        ),
+        (_, true) => format!(
+            "dataset.{key}: {} holds images but no class sub-folders; put them in one sub-folder per class \
+             (<{key}>/<class>/<image>), or set labels = \"none\" for unlabelled training",
+            root.display()
+        ),
+        _ => format!(
+            "dataset.{key}: {} has no class sub-folders and no images; put the images in one sub-folder per \
+             class (<{key}>/<class>/<image>), or anywhere under it for unlabelled training (labels = \"none\")",
+            root.display()
+        ),
+    })
+}
+
 pub(super) fn test_needs_labels(train: &Path) -> DataError {
     DataError::Config(format!(
         "dataset.test needs labelled training images as the kNN bank, and dataset.train = {} is unlabelled; \
@@ -525,11 +548,7 @@ pub(super) fn scan(
     let entries = list(root)?;
     let class_dirs = class_folders(&entries);
     if class_dirs.is_empty() {
-        return Err(config_error(format!(
-            "{} has no class sub-folders and no images; put the images in one sub-folder per class \
-             (<{key}>/<class>/<image>), or anywhere under it for unlabelled training (labels = \"none\")",
-            root.display()
-        )));
+        return Err(no_class_folders(key, root));
     }
     let classes = names_of(&class_dirs);
     let limit = if limit_per_class == 0 {

@@ -10,7 +10,9 @@ mod listing;
 pub use decoding::decode_square;
 use decoding::DecodingFolder;
 pub(crate) use listing::images_for_shards;
-use listing::{class_names, has_class_folders, has_images_under, scan, scan_unlabelled, test_needs_labels};
+use listing::{
+    class_names, has_class_folders, has_images_under, no_class_folders, scan, scan_unlabelled, test_needs_labels,
+};
 pub use listing::{is_hidden, is_image, other_formats_warning, ImageTree, PassedOver};
 
 use std::path::{Path, PathBuf};
@@ -151,10 +153,17 @@ byol::register_plugin! {
             }
             // Classes are folders whatever the file lists pick: comparing them costs two listings.
             if let Some(test) = &self.test {
-                // A test folder without class folders is told for what it is when it is read.
-                if has_class_folders(&self.train)? && has_class_folders(test)? {
-                    check_same_classes("test", test, &class_names(test)?, &class_names(&self.train)?)?;
+                if !has_class_folders(test)? {
+                    return Err(no_class_folders("test", test));
                 }
+                // Without class folders, training reads train's images unlabelled.
+                if !has_class_folders(&self.train)? {
+                    return Err(match has_images_under(&self.train)? {
+                        true => test_needs_labels(&self.train),
+                        false => no_class_folders("train", &self.train),
+                    });
+                }
+                check_same_classes("test", test, &class_names(test)?, &class_names(&self.train)?)?;
             }
             for (key, list) in [("file_list", &self.file_list), ("test_file_list", &self.test_file_list)] {
                 if let Some(list) = list.as_deref().filter(|l| !l.is_file()) {
