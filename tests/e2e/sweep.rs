@@ -371,6 +371,67 @@ fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
         all.contains("holds trial-002 (optimizer.lr = 0.1), which is not a trial of this sweep"),
         "{all}"
     );
+
+    // The failed value mended: the failed trial, which left no checkpoint, starts anew (its old
+    // attempt moved aside, not counted as a stray), and the finished one is kept.
+    std::fs::write(dir.path().join("tiny.toml"), file.replace("1e30, 0.1", "0.05, 0.1")).unwrap();
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("trial-001: its settings changed since its last attempt, which left no checkpoint")
+            && all.contains("trial-002: finished before, skipped")
+            && !all.contains("not a trial of this sweep"),
+        "{all}"
+    );
+    let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
+    assert_eq!(markdown.matches("| done |").count(), 2, "{markdown}");
+    let moved_aside = std::fs::read_dir(&sweep_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("trial-001.old-")
+        })
+        .count();
+    assert_eq!(moved_aside, 1, "{all}");
+}
+
+/// A trial whose values the sweep refuses before any trains (a feature tap the backbone lacks)
+/// takes the mended values; values spelled otherwise (`0` for `0.0`) are the same trial.
+#[test]
+fn mended_values_of_a_trial_that_never_ran_are_taken_and_respelled_values_are_the_same_trial() {
+    let small = ["--quiet", "--set", "dataset.train_size=128"];
+    let file = format!(
+        "{}\"byol.embedding_layer\" = [\"avgpool\", \"block9\"]\n\"optimizer.weight_decay\" = [0]\n",
+        sweep_of_lr("[0.1]")
+    );
+    let dir = setup(&file);
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    let all = text(&out);
+    assert!(
+        !out.status.success() && all.contains("no trial was run") && all.contains("block9"),
+        "{all}"
+    );
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    assert!(!sweep_dir.join("trial-001/config.toml").exists(), "{all}");
+
+    let mended = file.replace("\"block9\"", "\"layer4\"");
+    std::fs::write(dir.path().join("tiny.toml"), &mended).unwrap();
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+
+    std::fs::write(dir.path().join("tiny.toml"), mended.replace("= [0]", "= [0.0]")).unwrap();
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("trial-001: finished before, skipped") && all.contains("trial-002: finished before, skipped"),
+        "{all}"
+    );
 }
 
 /// Ctrl-C in a terminal signals the whole foreground process group. Trials in child processes

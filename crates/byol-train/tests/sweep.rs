@@ -163,6 +163,46 @@ metric = \"knn_gain\"
         e.contains("trial-001 does not measure before (eval.before_training = false)"),
         "{e}"
     );
+    // The probe's accuracy with the probe off.
+    let e = error(
+        &text(
+            &out,
+            "[sweep]\nmetric = \"probe_top1\"\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n",
+        ),
+        &["eval.online_probe=false"],
+    );
+    assert!(
+        e.contains("trial-001 trains no probe (eval.online_probe = false)"),
+        "{e}"
+    );
+    // A key with spaces around a part would be a second column for the same key.
+    let e = error(
+        &text(
+            &out,
+            "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n\"optimizer.lr \" = [0.3]\n",
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("\"optimizer.lr \": a part of the key is empty or has spaces"),
+        "{e}"
+    );
+    // A table swept whole and a key inside it; the keys the sweep sets itself.
+    let e = error(
+        &text(
+            &out,
+            "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.3]\n\"optimizer\" = [{ type = \"sgd\", lr = 3.0 }]\n",
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("sweeps the table optimizer whole and optimizer.lr inside it"),
+        "{e}"
+    );
+    for swept in ["\"run.name\" = [\"a\", \"b\"]", "\"run\" = [{ output_dir = \"o\" }]"] {
+        let e = error(&text(&out, &format!("[sweep]\n[sweep.parameters]\n{swept}\n")), &[]);
+        assert!(e.contains("which the sweep sets for each trial"), "{swept}: {e}");
+    }
     // The plain runner refuses a sweep file, pointing at `byol-run sweep`.
     let e = format!(
         "{:#}",
@@ -343,4 +383,28 @@ fn median_pruning_needs_evaluations_during_training_and_a_metric_measured_there(
         &two_epochs,
     );
     assert!(e.contains("trial-002") && e.contains("eval.curve_points"), "{e}");
+}
+
+/// A metric the trials' data cannot give (top-5 of 4 classes, kNN without test images) is
+/// refused before any trial trains: they would train and rank nothing.
+#[test]
+fn a_metric_the_data_cannot_give_is_refused_before_any_trial_trains() {
+    let out = tempfile::tempdir().unwrap();
+    let parse = |metric: &str, overrides: &[&str]| {
+        let table = format!("[sweep]\nmetric = \"{metric}\"\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.3]\n");
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let s = Sweep::parse(&text(&out, &table), &overrides, "x").unwrap();
+        let trials: Vec<&sweep::Trial> = s.trials.iter().collect();
+        s.check_metric_measured(&trials).map_err(|e| format!("{e:#}"))
+    };
+    let e = parse("knn_top5", &[]).unwrap_err();
+    assert!(
+        e.contains("sweep.metric = \"knn_top5\" cannot be measured by trial-001") && e.contains("5 classes or fewer"),
+        "{e}"
+    );
+    parse("knn_top5", &["dataset.classes=6"]).unwrap();
+    let e = parse("knn_top1", &["dataset.test_size=0"]).unwrap_err();
+    assert!(e.contains("it has no labelled test images"), "{e}");
+    parse("knn_top1", &[]).unwrap();
+    parse("final_loss", &["dataset.test_size=0"]).unwrap();
 }

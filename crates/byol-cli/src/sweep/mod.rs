@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use byol_train::sweep::Sweep;
+use byol_train::sweep::{Sweep, Trial};
 use byol_train::train::Model;
 
 use trials::SweepOptions;
@@ -110,19 +110,39 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `byol-run validate` on a sweep file: every trial's experiment parses.
+/// `byol-run validate` on a sweep file: every trial is checked as `validate` checks a run.
 pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let sweep = load(args)?;
+    for trial in &sweep.trials {
+        let in_trial = || format!("{} ({})", trial.id(), trial.describe());
+        sweep.experiment(trial, None)?.validate().with_context(in_trial)?;
+    }
+    let trials: Vec<&Trial> = sweep.trials.iter().collect();
+    check_builds(&sweep, &trials)?;
+    sweep.check_metric_measured(&trials)?;
+    println!(
+        "{} is valid: sweep '{}' of {} trials into {}",
+        args.experiment.as_ref().expect("required").display(),
+        sweep.name,
+        sweep.trials.len(),
+        sweep.dir.display()
+    );
+    Ok(())
+}
+
+/// Builds what each of `trials` would build at its start (networks, optimizer, augmentation) on
+/// the CPU: a backbone without the `byol.embedding_layer` a trial names fails here, not after
+/// the trials before it trained.
+pub fn check_builds(sweep: &Sweep, trials: &[&Trial]) -> anyhow::Result<()> {
     // A network is built once for a run of trials that share it (the usual sweep varies numbers
     // that no build reads: lr, tau_base, whose ranges validate() checks), and the optimizer and
     // augmentation once per distinct set of their tables around it.
     // The network last built: trials of a grid vary the innermost key fastest.
     let mut network_built: Option<([String; 3], Model)> = None;
     let mut built = HashSet::new();
-    for trial in &sweep.trials {
+    for trial in trials {
         let experiment = sweep.experiment(trial, None)?;
         let in_trial = || format!("{} ({})", trial.id(), trial.describe());
-        experiment.validate().with_context(in_trial)?;
         let byol = byol::ByolConfig {
             tau_base: 0.0,
             ..experiment.byol.clone()
@@ -147,12 +167,5 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
         let (_, model) = network_built.as_ref().expect("built above");
         model.check_builds_around(&experiment).with_context(in_trial)?;
     }
-    println!(
-        "{} is valid: sweep '{}' of {} trials into {}",
-        args.experiment.as_ref().expect("required").display(),
-        sweep.name,
-        sweep.trials.len(),
-        sweep.dir.display()
-    );
     Ok(())
 }

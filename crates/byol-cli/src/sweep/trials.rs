@@ -118,8 +118,24 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
                 continue;
             }
         }
-        check_or_record(trial, &dir)?;
-        check_trial_identity(sweep, trial, &dir)?;
+        let checked = check_or_record(sweep, trial, &dir).and_then(|()| check_trial_identity(sweep, trial, &dir));
+        match checked {
+            // Nothing trained to resume (it failed or stopped before its first checkpoint): its
+            // settings, mended in the sweep file, are taken, and the old attempt moved aside.
+            Err(changed) if !finished && !has_checkpoint(&dir) => {
+                if let Some(moved) = run_dir::move_aside(&dir, "trial folder")? {
+                    say(format!(
+                        "{}: its settings changed since its last attempt, which left no checkpoint: starting \
+                         it anew (the old attempt moved aside to {})\n  {}",
+                        trial.id(),
+                        moved.display(),
+                        format!("{changed:#}").lines().next().unwrap_or_default()
+                    ));
+                }
+                check_or_record(sweep, trial, &dir)?;
+            }
+            checked => checked?,
+        }
         if finished {
             data_now.check_finished(sweep, trial, &dir)?;
         }
@@ -152,6 +168,10 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
             invalid.join("\n")
         );
     }
+    let to_run: Vec<&Trial> = todo.iter().map(|(trial, _)| *trial).collect();
+    super::check_builds(sweep, &to_run)
+        .and_then(|()| sweep.check_metric_measured(&to_run))
+        .context("no trial was run")?;
     for stray in trials_outside(sweep) {
         eprintln!(
             "warning: {} holds {stray}, which is not a trial of this sweep (the [sweep] table changed \
@@ -375,7 +395,8 @@ fn trials_outside(sweep: &Sweep) -> Vec<String> {
         .filter_map(Result::ok)
         .filter(|e| e.path().join(TRIAL_FILE).is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !ours.contains(name))
+        // A trial's earlier attempt, moved aside when its settings changed, is not a stray.
+        .filter(|name| !ours.contains(name) && !name.contains(".old-"))
         .collect();
     stray.sort();
     stray
@@ -400,36 +421,53 @@ fn trials_outside(sweep: &Sweep) -> Vec<String> {
         .collect()
 }
 
-/// Writes the trial's parameters into its folder, or checks them against what is there.
-fn check_or_record(trial: &Trial, dir: &Path) -> anyhow::Result<()> {
+/// Whether a trial folder holds a checkpoint to resume from.
+fn has_checkpoint(dir: &Path) -> bool {
+    fs::read_dir(dir.join(run_dir::CHECKPOINTS_DIR)).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+    })
+}
+
+/// Writes the trial's parameters into its folder, or checks them against what is there: a
+/// trial that never started takes the values the sweep now gives it, and values spelled
+/// otherwise (`1` for `1.0`) that make the same experiment are the same trial.
+fn check_or_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<()> {
     let file = dir.join(TRIAL_FILE);
     let record = trial.record();
-    match fs::read_to_string(&file) {
-        Ok(text) => {
-            let before: toml::Table =
-                toml::from_str(&text).with_context(|| format!("cannot parse {}", file.display()))?;
-            if before != record {
-                bail!(
-                    "{} was run with other parameters than the sweep now gives {} ({}): the [sweep] table \
-                     changed since. Set another run.name (a new sweep folder), or add --fresh to move {} \
-                     aside and run every trial anew (nothing is deleted)",
-                    dir.display(),
-                    trial.id(),
-                    trial.describe(),
-                    dir.parent().unwrap_or(dir).display()
-                );
-            }
-            Ok(())
-        }
-        Err(_) => {
-            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let text = format!(
-                "# The parameters of this trial of `byol-run sweep` (checked when the sweep resumes).\n{}",
-                toml::to_string(&record)?
-            );
-            run_dir::replace_file(&file, text.as_bytes())
-        }
+    let write = || -> anyhow::Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let text = format!(
+            "# The parameters of this trial of `byol-run sweep` (checked when the sweep resumes).\n{}",
+            toml::to_string(&record)?
+        );
+        run_dir::replace_file(&file, text.as_bytes())
+    };
+    let Ok(text) = fs::read_to_string(&file) else {
+        return write();
+    };
+    let before: toml::Table = toml::from_str(&text).with_context(|| format!("cannot parse {}", file.display()))?;
+    if before == record {
+        return Ok(());
     }
+    let recorded = Trial::from_record(&before).with_context(|| format!("cannot read {}", file.display()))?;
+    let same_experiment = || -> anyhow::Result<bool> {
+        Ok(sweep.experiment(&recorded, None)?.to_toml()? == sweep.experiment(trial, None)?.to_toml()?)
+    };
+    if run_dir::saved_config(dir).is_none() || same_experiment().unwrap_or(false) {
+        return write();
+    }
+    bail!(
+        "{} was run with other parameters ({}) than the sweep now gives {} ({}): the [sweep] table changed \
+         since. Set another run.name (a new sweep folder), or add --fresh to move {} aside and run every \
+         trial anew (nothing is deleted)",
+        dir.display(),
+        recorded.describe(),
+        trial.id(),
+        trial.describe(),
+        dir.parent().unwrap_or(dir).display()
+    )
 }
 
 /// A trial folder that already holds a run (its `config.toml`) must hold this trial's

@@ -213,6 +213,22 @@ impl Trial {
             .join(", ")
     }
 
+    /// The trial a [`Trial::record`] holds (its values in the record's key order).
+    pub fn from_record(record: &toml::Table) -> anyhow::Result<Self> {
+        let number = record
+            .get("trial")
+            .and_then(toml::Value::as_integer)
+            .context("no trial number")?;
+        let parameters = record
+            .get("parameters")
+            .and_then(toml::Value::as_table)
+            .context("no parameters table")?;
+        Ok(Self {
+            number: usize::try_from(number).context("a negative trial number")?,
+            values: parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        })
+    }
+
     pub fn record(&self) -> toml::Table {
         let mut parameters = toml::Table::new();
         for (k, v) in &self.values {
@@ -259,9 +275,13 @@ fn holds_key(table: &str, value: &str, swept: &str) -> bool {
     let Some(rest) = path_within(table, swept) else {
         return false;
     };
-    let parsed = override_value(value);
-    let mut current = Some(&parsed);
-    for part in rest.split('.') {
+    holds_path(&override_value(value), rest)
+}
+
+/// Whether `value` is a table holding the dotted `path`.
+fn holds_path(value: &toml::Value, path: &str) -> bool {
+    let mut current = Some(value);
+    for part in path.split('.') {
         current = current.and_then(|v| v.as_table()).and_then(|t| t.get(part));
     }
     current.is_some()
@@ -350,6 +370,13 @@ impl Sweep {
                     trial.id()
                 );
             }
+            if sweep.config.metric == Metric::ProbeTop1 && !experiment.eval.online_probe {
+                bail!(
+                    "sweep.metric = \"probe_top1\" is the online probe's accuracy, and {} trains no probe \
+                     (eval.online_probe = false): set it to true, or rank by another metric",
+                    trial.id()
+                );
+            }
             if sweep.config.metric == Metric::KnnGain && !experiment.eval.before_training {
                 bail!(
                     "sweep.metric = \"knn_gain\" is the kNN top-1 after training minus before, and {} does not \
@@ -359,6 +386,53 @@ impl Sweep {
             }
         }
         Ok(sweep)
+    }
+
+    /// Refuses `trials` whose data gives no value of the sweep's metric (no labelled test split
+    /// for the kNN figures and the probe, 5 classes or fewer for top-5): they would train and
+    /// rank nothing. The splits are listed, not decoded, once per distinct data settings.
+    pub fn check_metric_measured(&self, trials: &[&Trial]) -> anyhow::Result<()> {
+        let metric = self.config.metric;
+        let needs_labels = matches!(
+            metric,
+            Metric::KnnTop1 | Metric::KnnTop5 | Metric::KnnGain | Metric::ProbeTop1
+        );
+        if !needs_labels {
+            return Ok(());
+        }
+        let mut listed = std::collections::HashSet::new();
+        for trial in trials {
+            let experiment = self.experiment(trial, None)?;
+            let eval = &experiment.eval;
+            let data = format!(
+                "{} {:?} {:?}",
+                toml::to_string(&experiment.dataset)?,
+                eval.train,
+                eval.test
+            );
+            if !listed.insert(data) {
+                continue;
+            }
+            let classes = crate::train::knn_classes_listed(&experiment)
+                .with_context(|| format!("listing the data of {}", trial.id()))?;
+            let why = match classes {
+                None => {
+                    "it has no labelled test images: give the dataset a test split in class folders, or set \
+                         [eval] train and test"
+                }
+                Some(classes) if metric == Metric::KnnTop5 && !crate::knn::has_top5(classes as i64) => {
+                    "its data has 5 classes or fewer, where every label is among the top 5: rank by knn_top1"
+                }
+                Some(_) => continue,
+            };
+            bail!(
+                "sweep.metric = \"{}\" cannot be measured by {} ({}): {why}",
+                metric.name(),
+                trial.id(),
+                trial.describe()
+            );
+        }
+        Ok(())
     }
 
     /// The experiment file without `[sweep]`, as each trial parses it.

@@ -30,6 +30,12 @@ pub(super) fn parse_parameters(table: &toml::Table) -> anyhow::Result<Vec<Parame
                     "sweep.parameters.\"{key}\" = {other} is neither a list of values nor a {{ min = .., max = .. }} range"
                 ),
             };
+            if key.split('.').any(|part| part.is_empty() || part.trim() != part) {
+                bail!(
+                    "sweep.parameters.\"{key}\": a part of the key is empty or has spaces around it; write it as \
+                     --set takes it, e.g. \"optimizer.lr\""
+                );
+            }
             out.push(Parameter { key, space });
         }
         Ok(())
@@ -46,10 +52,44 @@ pub(super) fn parse_parameters(table: &toml::Table) -> anyhow::Result<Vec<Parame
             twice[0].key
         );
     }
+    // A table swept whole and a key inside it: which value a trial trains with would depend on
+    // the order the two are set in, and the table's column would show values not trained with.
+    for (outer, inner) in out.iter().flat_map(|a| out.iter().map(move |b| (a, b))) {
+        if super::path_within(&outer.key, &inner.key).is_some() {
+            bail!(
+                "sweep.parameters sweeps the table {} whole and {} inside it: keep one (sweep the keys of \
+                 the table one by one)",
+                outer.key,
+                inner.key
+            );
+        }
+    }
+    // The sweep names each trial's run and its folder.
+    for p in &out {
+        let names_run = |key: &str| p.key == key || holds(&p.space, &p.key, key);
+        if let Some(key) = ["run.name", "run.output_dir"].into_iter().find(|k| names_run(k)) {
+            bail!(
+                "sweep.parameters.\"{}\" sets {key}, which the sweep sets for each trial (runs \
+                 <run.output_dir>/<run.name>-sweep/trial-NNN): sweep other keys, or run one sweep per value",
+                p.key
+            );
+        }
+    }
     if out.is_empty() {
         bail!("[sweep.parameters] is empty: name at least one key, e.g. \"optimizer.lr\" = [0.5, 1.0]");
     }
     Ok(out)
+}
+
+/// Whether the values of `space`, swept at the table `key`, set the dotted key `inner` inside it.
+fn holds(space: &Space, key: &str, inner: &str) -> bool {
+    let Some(rest) = super::path_within(key, inner) else {
+        return false;
+    };
+    let Space::Values(values) = space else {
+        return false;
+    };
+    values.iter().any(|value| super::holds_path(value, rest))
 }
 
 fn range(key: &str, t: &toml::Table) -> anyhow::Result<Space> {

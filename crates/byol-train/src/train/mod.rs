@@ -41,7 +41,7 @@ pub use device::{device_name, parse_device, parse_device_for, prepare_for_steps,
 pub use graph::{check_cuda_graphs, graphed_step, GraphedOutputs, GraphedStep};
 pub use guard::{guarded, panic_message};
 pub use model::{Model, Weights};
-pub use monitor::{embed_split, embed_split_sharded, Evaluation, NO_LABELS_NOTE};
+pub use monitor::{embed_split, embed_split_sharded, knn_classes_listed, Evaluation, NO_LABELS_NOTE};
 pub use progress::print_line;
 pub use step::{check_precision, Plan, StepNumerics, StepReport};
 

@@ -135,6 +135,17 @@ pub fn labelled_listing(experiment: &Experiment, splits: &Splits) -> anyhow::Res
     read_labelled(experiment, splits, |folder| Ok(folder.listing().load()?.0))
 }
 
+/// The number of classes the kNN monitor of a run of `experiment` would evaluate on, from the
+/// splits listed, not decoded; None when it would have no labelled queries (and no kNN figure).
+pub fn knn_classes_listed(experiment: &Experiment) -> anyhow::Result<Option<usize>> {
+    let context = byol::BuildContext::new(Device::Cpu, experiment.augment.image_size());
+    let splits = experiment
+        .dataset
+        .build_listing(&context)
+        .context("building [dataset]")?;
+    Ok(labelled_listing(experiment, &splits)?.map(|l| l.bank.classes().len()))
+}
+
 fn read_labelled(
     experiment: &Experiment,
     splits: &Splits,
