@@ -167,7 +167,53 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
             "{all}"
         );
     }
+    // Through a link, the file written is the link's target: a link to a checkpoint's file is
+    // refused as the file itself. The run folder's own records are refused to eval's --json.
+    std::os::unix::fs::symlink(&model, dir.path().join("link.safetensors")).unwrap();
+    let summary = dir.path().join("r/summary.json");
+    let summary_before = std::fs::read(&summary).unwrap();
+    let refused = [
+        (
+            ["export", "r", "--out", "link.safetensors"].as_slice(),
+            "a run's checkpoints",
+        ),
+        (
+            &[
+                "eval",
+                "knn",
+                "r",
+                "--train",
+                "images",
+                "--test",
+                "images",
+                "--json",
+                "r/summary.json",
+            ],
+            "would replace summary.json, a record of the run folder",
+        ),
+        (
+            &[
+                "eval",
+                "linear",
+                "r",
+                "--train",
+                "images",
+                "--test",
+                "images",
+                "--json",
+                "r/checkpoints/last/manifest.json",
+            ],
+            "a run's checkpoints",
+        ),
+    ];
+    for (args, why) in refused {
+        let out = byol_run(dir.path(), args);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(all.contains(why), "{all}");
+    }
     assert_eq!(std::fs::read(&model).unwrap(), before, "the checkpoint is untouched");
+    assert_eq!(std::fs::read(&summary).unwrap(), summary_before);
     let out = byol_run(
         dir.path(),
         &["embed", "r", "--images", "no-such-folder", "--out", "gone/emb.npy"],

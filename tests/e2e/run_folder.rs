@@ -709,6 +709,31 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
     // A hidden folder is someone's (a repository, an environment).
     let out = run(d, "hidden", &[]);
     assert!(text(&out).contains("holds .git, not a run"), "{}", text(&out));
+    // An experiment file named config.toml, alone or with notes, is not a run's record: it would
+    // be overwritten by the run's.
+    for (folder, extra) in [("experiment", None), ("notes", Some("notes.txt"))] {
+        let folder = d.join(folder);
+        std::fs::create_dir_all(&folder).unwrap();
+        let experiment = format!("# my experiment\n{TINY}");
+        std::fs::write(folder.join("config.toml"), &experiment).unwrap();
+        if let Some(extra) = extra {
+            std::fs::write(folder.join(extra), "x").unwrap();
+        }
+        let out = byol_run(
+            d,
+            &[
+                folder.join("config.toml").to_str().unwrap(),
+                "--run-dir",
+                folder.to_str().unwrap(),
+            ],
+        );
+        let all = text(&out);
+        assert!(
+            !out.status.success() && all.contains("config.toml") && all.contains("not a run"),
+            "{all}"
+        );
+        assert_eq!(std::fs::read_to_string(folder.join("config.toml")).unwrap(), experiment);
+    }
     for run_dir in ["empty", "failed-start"] {
         let out = run(d, run_dir, &["--quiet", "--set", "schedule.epochs=1"]);
         assert!(out.status.success(), "{run_dir}: {}", text(&out));

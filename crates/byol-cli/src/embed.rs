@@ -74,27 +74,30 @@ pub fn run_folder_of(checkpoint_dir: &Path) -> Option<PathBuf> {
     (checkpoints.file_name()? == CHECKPOINTS_DIR && run.join(CONFIG_FILE).is_file()).then(|| run.to_path_buf())
 }
 
-/// Refuses an output path that cannot be written or must not be, before any work: a folder that
-/// is missing or is a file, or a run's `checkpoints/` folder or a checkpoint in it, where a file of
-/// a checkpoint's name would damage it (the next resume would move it aside as damaged).
-fn check_output(out: &Path) -> anyhow::Result<()> {
-    let folder = match out.parent() {
+/// Refuses an output path (given as `flag`) that cannot be written or must not be, before any
+/// work: a folder that is missing or is a file; a run's `checkpoints/` folder or a checkpoint in
+/// it, where a file of a checkpoint's name would damage it (the next resume would move it aside
+/// as damaged); and a run folder's own records (`config.toml`, `summary.json`, ...). Through a
+/// link, the file written is the link's target, which is what is checked.
+pub fn check_output(out: &Path, flag: &str) -> anyhow::Result<()> {
+    let target = out.canonicalize().unwrap_or_else(|_| out.to_path_buf());
+    let folder = match target.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
     let real = match folder.canonicalize() {
         Ok(real) if real.is_dir() => real,
         Ok(_) => bail!(
-            "cannot write --out {}: {} is a file, not a folder",
+            "cannot write {flag} {}: {} is a file, not a folder",
             out.display(),
             folder.display()
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "cannot write --out {}: the folder {} does not exist; create it first",
+            "cannot write {flag} {}: the folder {} does not exist; create it first",
             out.display(),
             folder.display()
         ),
-        Err(e) => return Err(e).with_context(|| format!("cannot write --out {}", out.display())),
+        Err(e) => return Err(e).with_context(|| format!("cannot write {flag} {}", out.display())),
     };
     // A checkpoint of a run, or the run's checkpoints folder itself.
     let checkpoints = match real.join(checkpoint::MANIFEST_FILE).is_file() {
@@ -107,14 +110,25 @@ fn check_output(out: &Path) -> anyhow::Result<()> {
     };
     if let Some(checkpoints) = checkpoints {
         bail!(
-            "--out {} is inside {}, a run's checkpoints: a file written there could replace a \
+            "{flag} {} is inside {}, a run's checkpoints: a file written there could replace a \
              checkpoint's own and damage it; write it elsewhere, such as next to the run folder",
             out.display(),
             checkpoints.display()
         );
     }
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if real.join(CONFIG_FILE).is_file() && byol_train::run_dir::is_run_entry(&name) {
+        bail!(
+            "{flag} {} would replace {name}, a record of the run folder {}; write it elsewhere",
+            out.display(),
+            real.display()
+        );
+    }
     if out.is_dir() {
-        bail!("--out {} is a folder; name the file to write", out.display());
+        bail!("{flag} {} is a folder; name the file to write", out.display());
     }
     Ok(())
 }
@@ -129,7 +143,7 @@ pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
             out.display()
         );
     }
-    check_output(out)?;
+    check_output(out, "--out")?;
     let checkpoint_dir = &resolve_checkpoint(checkpoint_or_run)?;
     checkpoint::verify(checkpoint_dir).with_context(|| format!("checking checkpoint {}", checkpoint_dir.display()))?;
     let tensors = checkpoint::read_tensors(checkpoint_dir, checkpoint::MODEL_FILE)?;
@@ -275,7 +289,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         Some("safetensors") => OutFormat::Safetensors,
         _ => bail!("--out {} must end in .safetensors or .npy", args.out.display()),
     };
-    check_output(&args.out)?;
+    check_output(&args.out, "--out")?;
     let Trained {
         experiment,
         device,

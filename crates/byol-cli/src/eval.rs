@@ -220,6 +220,14 @@ fn run_knn_settings(checkpoint: &Path, saved: &Experiment) -> (usize, f64, Strin
     )
 }
 
+/// `--json`'s path, checked before the features are computed (see [`crate::embed::check_output`]).
+fn check_json(data: &EvalData) -> anyhow::Result<()> {
+    match &data.json {
+        Some(path) => crate::embed::check_output(path, "--json"),
+        None => Ok(()),
+    }
+}
+
 fn report(json: &Option<PathBuf>, value: serde_json::Value) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&value)?;
     println!("{text}");
@@ -238,6 +246,7 @@ pub fn run(command: &EvalCommand) -> anyhow::Result<()> {
 
 /// `eval knn`: weighted kNN with the run's k and temperature unless given.
 fn knn(data: &EvalData, k: Option<usize>, temperature: Option<f64>) -> anyhow::Result<()> {
+    check_json(data)?;
     let f = features(data)?;
     let (run_k, run_temperature, run_source) = run_knn_settings(&f.checkpoint, &f.experiment);
     let (k, k_from) = match k {
@@ -281,6 +290,7 @@ fn knn(data: &EvalData, k: Option<usize>, temperature: Option<f64>) -> anyhow::R
 
 /// `eval linear`: a linear classifier on frozen features, its lr chosen on a validation split.
 fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
+    check_json(data)?;
     let f = features(data)?;
     note_without_top5(f.classes);
     let result = linear_probe(

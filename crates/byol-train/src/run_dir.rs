@@ -208,12 +208,19 @@ const RUN_ENTRIES: &[&str] = &[
     crate::sweep::LOG_FILE,
 ];
 
+/// Whether `name` is one of the entries a run writes into its folder.
+pub fn is_run_entry(name: &str) -> bool {
+    RUN_ENTRIES.contains(&name)
+}
+
 /// Refuses a folder that exists and holds anything but a run: data, a sweep's trials, someone's
 /// files. A run would write its checkpoints and logs among them, and `--fresh` would move them
 /// all aside. A folder with a run's records in it is a run folder (whatever else the user put
-/// there); one holding only what a run writes first (its lock) is an empty one. Hidden entries
-/// files (`.gitkeep`, `.DS_Store`) and a mount point's `lost+found` are no one's files; hidden
-/// folders (`.git`, `.venv`) are someone's.
+/// there); one holding only what a run writes first (its lock) is an empty one. A `config.toml`
+/// is a run's record only beside the `dataset.json` a run writes before it (or checkpoints, or
+/// a sweep's trial record): else it is someone's experiment file, which a run would overwrite.
+/// Hidden files (`.gitkeep`, `.DS_Store`) and a mount point's `lost+found` are no one's files;
+/// hidden folders (`.git`, `.venv`) are someone's.
 fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
     let Ok(entries) = std::fs::read_dir(run_dir) else {
         // Absent (it is created), or not a folder: the lock names that.
@@ -224,14 +231,17 @@ fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
         .filter(|e| !is_no_ones(e))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    let written_by_a_run = |name: &String| RUN_ENTRIES.contains(&name.as_str()) || name.ends_with(".partial");
     let markers = [
-        CONFIG_FILE,
         CHECKPOINTS_DIR,
         crate::train::state::FINGERPRINT_FILE,
         crate::sweep::TRIAL_FILE,
     ];
-    if names.iter().any(|n| markers.contains(&n.as_str())) || names.iter().all(written_by_a_run) {
+    if names.iter().any(|n| markers.contains(&n.as_str())) {
+        return Ok(());
+    }
+    let written_by_a_run =
+        |name: &String| name != CONFIG_FILE && (RUN_ENTRIES.contains(&name.as_str()) || name.ends_with(".partial"));
+    if names.iter().all(written_by_a_run) {
         return Ok(());
     }
     let mut foreign: Vec<&String> = names.iter().filter(|n| !written_by_a_run(n)).collect();

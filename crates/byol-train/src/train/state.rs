@@ -426,10 +426,11 @@ pub fn keep_sources(
 }
 
 /// Records the run's experiment and data in its folder once the run is known to be the
-/// folder's (fresh, or its checkpoint accepted), so they always describe the run it holds.
+/// folder's (fresh, or its checkpoint accepted), so they always describe the run it holds. The
+/// data first: a `config.toml` beside a `dataset.json` is a run's, one alone someone's file.
 pub fn record_run(run_dir: &Path, config_toml: &str, fingerprint: &DatasetFingerprint) -> anyhow::Result<()> {
-    run_dir::save_config(run_dir, config_toml)?;
-    fingerprint.write(run_dir)
+    fingerprint.write(run_dir)?;
+    run_dir::save_config(run_dir, config_toml)
 }
 
 /// What a checkpoint saves beyond the weights: the optimizer and, in fp16, the loss scale.
