@@ -761,6 +761,10 @@ fn training_a_run_folders_own_config_continues_that_run() {
         all.contains("moved: continuing that run") && all.contains("has already trained all"),
         "{all}"
     );
+    // The summary names where the run is now, not where it was trained.
+    let folder_line = all.lines().find(|l| l.starts_with("run folder ")).unwrap_or_default();
+    assert!(folder_line.ends_with("/moved"), "{all}");
+    assert!(!all.contains(&d.join("first").display().to_string()), "{all}");
     assert_eq!(names(d), before, "no new run folder");
     // A run.name given on the command line is a variant: a new run in its own folder.
     let out = byol_run(d, &["moved/config.toml", "--quiet", "--set", "run.name=\"variant\""]);

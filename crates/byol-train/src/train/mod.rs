@@ -408,7 +408,12 @@ fn finished_summary(run_dir: &std::path::Path, step: u64, total_steps: u64) -> O
         return None;
     }
     let bytes = std::fs::read(run_dir.join(SUMMARY_FILE)).ok()?;
-    let summary: RunSummary = serde_json::from_slice(&bytes).ok()?;
+    let mut summary: RunSummary = serde_json::from_slice(&bytes).ok()?;
+    // A folder copied or moved since names where it is now, not where it was trained.
+    if let Ok(inside) = summary.checkpoint.strip_prefix(&summary.run_dir) {
+        summary.checkpoint = run_dir.join(inside);
+    }
+    summary.run_dir = run_dir.to_path_buf();
     (summary.steps == step && summary.total_steps == total_steps && !summary.interrupted && summary.pruned.is_none())
         .then_some(summary)
 }
