@@ -86,6 +86,25 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("runs/missing is not a folder"), "{all}");
+    // Someone's config.toml is no run's; a run whose summary cannot be read is shown without
+    // figures, the others with theirs.
+    std::fs::write(dir.path().join("notes/config.toml"), "title = \"my blog\"\n").unwrap();
+    let out = byol_run(dir.path(), &["compare", "runs/slow", "notes"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("its config.toml is not beside any record a run writes"),
+        "{all}"
+    );
+    std::fs::write(dir.path().join("runs/fast/summary.json"), "{}").unwrap();
+    let out = byol_run(dir.path(), &["compare", "runs/slow", "runs/fast", "--json"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("warning: cannot parse runs/fast/summary.json"), "{all}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert!(runs[0]["knn_after"].is_f64() && runs[1]["knn_after"].is_null(), "{all}");
+    assert_eq!(runs[1]["status"], "unfinished", "{all}");
 }
 
 /// Runs of the same settings on other data (images added to the folder between them) show the

@@ -50,6 +50,18 @@ impl Run {
                 dir.display()
             )
         })?;
+        let records = [
+            byol_train::train::state::FINGERPRINT_FILE,
+            byol_train::run_dir::CHECKPOINTS_DIR,
+            byol_train::train::SUMMARY_FILE,
+        ];
+        if !records.iter().any(|r| dir.join(r).exists()) {
+            bail!(
+                "{} is not a run folder: its {CONFIG_FILE} is not beside any record a run writes ({})",
+                dir.display(),
+                records.join(", ")
+            );
+        }
         // Keys added since an older run was saved show at their defaults, as a resume reads them.
         let text = byol_train::run_dir::with_current_defaults(&text);
         let table: toml::Table =
@@ -60,12 +72,19 @@ impl Run {
             None
         });
         let summary_path = dir.join(byol_train::train::SUMMARY_FILE);
-        let summary: Option<RunSummary> = match fs::read(&summary_path) {
-            Ok(bytes) => Some(
-                serde_json::from_slice(&bytes).with_context(|| format!("cannot parse {}", summary_path.display()))?,
-            ),
-            Err(_) => None,
-        };
+        // An unreadable summary leaves the run's settings to compare, without results.
+        let summary: Option<RunSummary> = fs::read(&summary_path).ok().and_then(|bytes| {
+            serde_json::from_slice(&bytes)
+                .inspect_err(|e| {
+                    eprintln!(
+                        "warning: cannot parse {} ({e}): the results of {} are not shown; training the run \
+                         folder again writes it anew",
+                        summary_path.display(),
+                        dir.display()
+                    )
+                })
+                .ok()
+        });
         // A run stopped by a signal has a loss and a time so far, not results.
         let summary = summary.filter(|s| !s.interrupted);
         Ok(Self {

@@ -41,7 +41,13 @@ impl TrialStatus {
         if let Ok(error) = fs::read_to_string(dir.join(ERROR_FILE)) {
             return TrialStatus::Failed(error.trim().to_string());
         }
-        if dir.join(crate::run_dir::CHECKPOINTS_DIR).is_dir() || dir.join(crate::train::SUMMARY_FILE).is_file() {
+        // Started: its run recorded its data (and its experiment) at its start.
+        let started = [
+            crate::run_dir::CHECKPOINTS_DIR,
+            crate::train::SUMMARY_FILE,
+            crate::train::state::FINGERPRINT_FILE,
+        ];
+        if started.iter().any(|entry| dir.join(entry).exists()) {
             TrialStatus::Unfinished
         } else {
             TrialStatus::Pending
