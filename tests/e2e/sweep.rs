@@ -570,7 +570,12 @@ fn sigterm_to_a_sweep_in_process_stops_the_trial_at_a_checkpoint() {
 fn a_finished_trial_on_data_changed_since_is_refused_not_ranked() {
     let synthetic = "type = \"synthetic\"\ntrain_size = 512\ntest_size = 64\nimage_size = 16\n";
     let folder = "type = \"image_folder\"\ntrain = \"images\"\nimage_size = 16\n";
-    let file = sweep_of_lr("[0.2]").replace(synthetic, folder);
+    // Without a test split there is no kNN figure to rank by.
+    let file = sweep_of_lr("[0.2]").replace(synthetic, folder).replace(
+        "metric = \"knn_top1\"\ngoal = \"max\"",
+        "metric = \"final_loss\"\ngoal = \"min\"",
+    );
+    assert!(file.contains("final_loss"));
     assert!(file.contains("image_folder"));
     let dir = setup(&file);
     let image = |name: &str, width: i64| {
@@ -869,9 +874,9 @@ fn trials_of_a_sweep_started_with_sigterm_ignored_still_stop_at_a_checkpoint() {
 }
 
 /// A sweep ranked by top-5 kNN accuracy on data of 5 classes or fewer, where top-5 is not
-/// measured: the trials finish and the sweep says why none is ranked.
+/// measured: refused before any trial trains, saying why.
 #[test]
-fn a_sweep_whose_metric_no_trial_has_says_why_none_is_ranked() {
+fn a_sweep_whose_metric_no_trial_can_measure_is_refused_before_any_trains() {
     let three_classes = sweep_of_lr("[0.2, 0.8]")
         .replace("metric = \"knn_top1\"", "metric = \"knn_top5\"")
         .replace(
@@ -881,9 +886,16 @@ fn a_sweep_whose_metric_no_trial_has_says_why_none_is_ranked() {
     let dir = setup(&three_classes);
     let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
     let all = text(&out);
-    assert!(out.status.success(), "{all}");
+    assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.contains("no finished trial has a value of sweep.metric = \"knn_top5\" (top-5 needs labelled images of more than 5 classes)"),
+        all.contains("no trial was run: sweep.metric = \"knn_top5\" cannot be measured by trial-001")
+            && all.contains("5 classes or fewer"),
         "{all}"
     );
+    assert!(
+        !dir.path().join("runs/tiny-sweep/trial-001/config.toml").exists(),
+        "{all}"
+    );
+    let out = byol_run(dir.path(), &["validate", "tiny.toml"]);
+    assert!(text(&out).contains("cannot be measured by trial-001"), "{}", text(&out));
 }

@@ -327,6 +327,20 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
         md.contains("Below their untrained network's kNN accuracy") && md.trim_end().ends_with("trial-001"),
         "{md}"
     );
+    // The gain's column holds the float32 digits, not the float64 noise of a difference.
+    let gain = lines[1].rsplit(',').nth(3).unwrap();
+    assert_eq!(gain, (0.05f32).to_string(), "{csv}");
+
+    // Trial 4 ties with trial 2: both rank 1, the next 3.
+    let tied = s.trial_dir(&s.trials[3]);
+    fs::create_dir_all(&tied).unwrap();
+    fs::copy(
+        s.trial_dir(&s.trials[1]).join("summary.json"),
+        tied.join("summary.json"),
+    )
+    .unwrap();
+    let order: Vec<(Option<usize>, usize)> = sweep::rank(&s).iter().map(|r| (r.rank, r.trial.number)).collect();
+    assert_eq!(order, [(Some(1), 2), (Some(1), 4), (Some(3), 1), (None, 3)]);
 }
 
 #[test]
@@ -407,4 +421,23 @@ fn a_metric_the_data_cannot_give_is_refused_before_any_trial_trains() {
     assert!(e.contains("it has no labelled test images"), "{e}");
     parse("knn_top1", &[]).unwrap();
     parse("final_loss", &["dataset.test_size=0"]).unwrap();
+}
+
+/// A grid cut short by `trials`, and trials that repeat another's values, are warned about.
+#[test]
+fn a_grid_cut_short_and_repeated_values_are_warned_about() {
+    let out = tempfile::tempdir().unwrap();
+    let parse = |table: &str| Sweep::parse(&text(&out, table), &[], "x").unwrap().warnings;
+    let warnings = parse("[sweep]\ntrials = 2\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.2, 0.3]\n");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("runs the first 2 of the grid's 3 combinations"),
+        "{warnings:?}"
+    );
+    let warnings = parse("[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.1]\n");
+    assert_eq!(
+        warnings,
+        ["trial-002 has the values of trial-001 (optimizer.lr = 0.1): it trains the same experiment again"]
+    );
+    assert!(parse("[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.2]\n").is_empty());
 }

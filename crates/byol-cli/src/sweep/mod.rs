@@ -36,7 +36,11 @@ pub struct SweepArgs {
 
 fn load(args: &ExperimentArgs) -> anyhow::Result<Sweep> {
     let path = args.experiment.as_ref().context("no sweep file given")?;
-    Sweep::load(path, &args.overrides)
+    let sweep = Sweep::load(path, &args.overrides)?;
+    for warning in &sweep.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(sweep)
 }
 
 pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
@@ -60,7 +64,8 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
         outcome.markdown.display()
     );
     if outcome.skipped > 0 {
-        println!("skipped          {} trials that had finished before", outcome.skipped);
+        let trials = if outcome.skipped == 1 { "trial" } else { "trials" };
+        println!("skipped          {} {trials} that had finished before", outcome.skipped);
     }
     // A sweep with failed trials is not a finished sweep: scripts must see it.
     let recorded = (!outcome.failed.is_empty()).then(|| {

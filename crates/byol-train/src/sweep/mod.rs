@@ -252,6 +252,9 @@ pub struct Sweep {
     pub goal: Goal,
     pub parameters: Vec<Parameter>,
     pub trials: Vec<Trial>,
+    /// What the sweep will not do that its file may seem to ask for: grid combinations past
+    /// `trials`, trials that repeat another's values. Printed before it runs.
+    pub warnings: Vec<String>,
     /// The experiment file without `[sweep]` (same line numbers, for error messages).
     base: String,
     /// `--set` overrides from the command line, applied to every trial.
@@ -335,12 +338,14 @@ impl Sweep {
         }
         let trials = expand(&config, &parameters)?;
         let goal = config.goal.unwrap_or(config.metric.default_goal());
+        let warnings = warnings(&config, &parameters, &trials);
         let sweep = Self {
             name,
             dir,
             goal,
             parameters,
             trials,
+            warnings,
             config,
             base,
             overrides: overrides.to_vec(),
@@ -496,6 +501,37 @@ impl Sweep {
             trial_dirs: self.trials.iter().map(|t| self.trial_dir(t)).collect(),
         })
     }
+}
+
+/// What the sweep will not do that its file may seem to ask for.
+fn warnings(config: &SweepConfig, parameters: &[Parameter], trials: &[Trial]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let combinations: usize = parameters
+        .iter()
+        .map(|p| match &p.space {
+            Space::Values(values) => values.len(),
+            Space::Range { .. } => 1,
+        })
+        .product();
+    if config.method == Method::Grid && trials.len() < combinations {
+        warnings.push(format!(
+            "sweep.trials = {} runs the first {} of the grid's {combinations} combinations: the others are \
+             not tried (raise sweep.trials, or leave it out for all of them)",
+            trials.len(),
+            trials.len()
+        ));
+    }
+    for (i, trial) in trials.iter().enumerate() {
+        if let Some(earlier) = trials[..i].iter().find(|t| t.values == trial.values) {
+            warnings.push(format!(
+                "{} has the values of {} ({}): it trains the same experiment again",
+                trial.id(),
+                earlier.id(),
+                trial.describe()
+            ));
+        }
+    }
+    warnings
 }
 
 /// A value as a table cell: strings without quotes.

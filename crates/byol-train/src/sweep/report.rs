@@ -85,7 +85,8 @@ impl TrialStatus {
 /// One line of the ranked summary.
 #[derive(Debug, Clone)]
 pub struct Row {
-    /// 1 = best; None for trials without the metric (failed, unfinished, no test split).
+    /// 1 = best, the same for trials whose metrics tie (1, 1, 3); None for trials without the
+    /// metric (failed, unfinished, no test split).
     pub rank: Option<usize>,
     pub trial: Trial,
     pub metric: Option<f64>,
@@ -151,10 +152,13 @@ pub fn rank_with(sweep: &Sweep, status_of: impl Fn(&Trial, &Path) -> TrialStatus
         (None, Some(_)) => std::cmp::Ordering::Greater,
         (None, None) => a.trial.number.cmp(&b.trial.number),
     });
-    for (i, row) in rows.iter_mut().enumerate() {
-        if row.metric.is_some() {
-            row.rank = Some(i + 1);
-        }
+    // Ties share the rank of the first of them: trial order among them says nothing.
+    for i in 0..rows.len() {
+        let Some(value) = rows[i].metric else {
+            continue;
+        };
+        let first = rows.iter().position(|r| r.metric == Some(value)).unwrap_or(i);
+        rows[i].rank = Some(first + 1);
     }
     rows
 }
@@ -185,7 +189,9 @@ pub fn to_csv(sweep: &Sweep, rows: &[Row]) -> anyhow::Result<String> {
     header.push("pruned_epoch".into());
     let mut out = csv::Writer::from_writer(Vec::new());
     out.write_record(&header)?;
-    let number = |value: Option<f64>| value.map_or(String::new(), |v| v.to_string());
+    // Seven significant digits, as the float32 they were measured in holds: the float64 digits
+    // beyond (0.10000000149011612 for 0.1) are noise.
+    let number = |value: Option<f64>| value.map_or(String::new(), |v| (v as f32).to_string());
     for row in rows {
         let mut fields = vec![row.rank.map_or(String::new(), |r| r.to_string()), row.trial.id()];
         fields.extend(row.trial.values.iter().map(|(_, v)| show(v)));
