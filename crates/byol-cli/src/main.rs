@@ -404,7 +404,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
             summary.steps,
             summary.total_steps,
             pruned.describe(),
-            summary.run_dir.join(byol_train::run_dir::CONFIG_FILE).display(),
+            for_shell(&summary.run_dir.join(byol_train::run_dir::CONFIG_FILE)),
         );
         return Ok(());
     }
@@ -500,6 +500,37 @@ fn print_summary(name: &str, summary: &RunSummary) {
     say!("checkpoint       {}", summary.checkpoint.display());
     say!(
         "tensorboard      tensorboard --logdir {}",
-        summary.run_dir.join("tensorboard").display()
+        for_shell(&summary.run_dir.join("tensorboard"))
     );
+}
+
+/// A path as a shell command takes it: quoted when it holds anything but plain characters
+/// (a space, a quote, a non-ASCII letter), so that the line can be pasted.
+fn for_shell(path: &Path) -> String {
+    let text = path.display().to_string();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    match !text.is_empty() && text.chars().all(plain) {
+        true => text,
+        false => format!("'{}'", text.replace('\'', r"'\''")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_shell;
+    use std::path::Path;
+
+    #[test]
+    fn paths_with_spaces_or_quotes_are_quoted_for_the_shell() {
+        assert_eq!(
+            for_shell(Path::new("runs/quickstart/tensorboard")),
+            "runs/quickstart/tensorboard"
+        );
+        assert_eq!(
+            for_shell(Path::new("runs/my run/tensorboard")),
+            "'runs/my run/tensorboard'"
+        );
+        assert_eq!(for_shell(Path::new("runs/été")), "'runs/été'");
+        assert_eq!(for_shell(Path::new("it's")), r"'it'\''s'");
+    }
 }

@@ -112,6 +112,12 @@ impl Journal {
         t.log_scalars(&mut self.logger, step, report, loss, images_per_second)
     }
 
+    /// Leaves `spent` (an evaluation between steps) out of the throughput logged next: the
+    /// images per second of training, not of training and evaluating.
+    pub fn leave_out_of_throughput(&mut self, spent: std::time::Duration) {
+        self.window.0 += spent;
+    }
+
     /// Whether step `step` (steps done) is a log point: every `logging.every_steps`, and the last.
     pub fn logs_at(&self, t: &Trainer<'_>, step: u64) -> bool {
         step.is_multiple_of(t.experiment.logging.every_steps.max(1)) || step == t.plan.total_steps

@@ -515,7 +515,9 @@ fn evaluate_into_curve(
     let evaluation = journal.evaluation(&when, t.evaluate()?, step);
     progress.pruned = record_curve(t, run_dir, &evaluation, step, journal.final_loss, pruner)?;
     progress.curve_evaluations += 1;
-    progress.curve_seconds += evaluating.elapsed().as_secs_f64();
+    let spent = evaluating.elapsed();
+    progress.curve_seconds += spent.as_secs_f64();
+    journal.leave_out_of_throughput(spent);
     Ok(())
 }
 
@@ -576,7 +578,8 @@ fn record_curve(
         return Ok(None);
     };
     let point = curve::CurvePoint::new(evaluation, t.plan.epoch_of(step), step, loss);
-    let curve = curve::record_point(run_dir, point)?;
+    let curve = curve::record_point(run_dir, point)
+        .map_err(|e| anyhow::anyhow!("{e:#}; {} (free some space and run again to resume)", t.kept()))?;
     match pruner {
         Some(pruner) if t.parallel.is_none() => pruner.judge(run_dir, &curve),
         _ => Ok(None),
