@@ -490,7 +490,14 @@ pub fn load_checkpoint(
     let context = || format!("resuming from {}", dir.display());
     model
         .load_state(&checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?)
-        .with_context(context)?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e:#}: the checkpoint's networks are not the ones this experiment builds (a change \
+                 to [backbone] or [byol] allowed with --allow-change cannot carry trained weights over); \
+                 train the changed experiment in another run folder, or add --fresh to move this run aside",
+                context()
+            )
+        })?;
     let mut state = checkpoint::read_tensors(dir, checkpoint::OPTIMIZER_FILE)?;
     if let Some(i) = state.iter().position(|(k, _)| k == LOSS_SCALE_KEY) {
         let (_, scale) = state.remove(i);
