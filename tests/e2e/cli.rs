@@ -73,7 +73,7 @@ fn every_experiment_file_validates() {
     for entry in std::fs::read_dir(root.join("experiments")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            // `validate` checks that the data folders exist: give it empty ones, where the file
+            // `validate` checks that the data folders exist: give it ones without images, where the file
             // expects them, in a scratch working directory.
             let scratch = tempfile::tempdir().unwrap();
             let file: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -83,8 +83,9 @@ fn every_experiment_file_validates() {
                 .cloned()
                 .unwrap_or_default();
             for key in ["train", "test"] {
+                // With one class folder each: a test split needs labels, the same as training's.
                 if let Some(folder) = dataset.get(key).and_then(|v| v.as_str()) {
-                    std::fs::create_dir_all(scratch.path().join(folder)).unwrap();
+                    std::fs::create_dir_all(scratch.path().join(folder).join("a")).unwrap();
                 }
             }
             // And empty files where it expects WebDataset shards (validate checks they exist).
