@@ -386,7 +386,7 @@ fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
     );
     let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
     assert_eq!(markdown.matches("| done |").count(), 2, "{markdown}");
-    let moved_aside = std::fs::read_dir(&sweep_dir)
+    let moved_aside = std::fs::read_dir(sweep_dir.join("old-attempts"))
         .unwrap()
         .filter(|e| {
             e.as_ref()
@@ -399,8 +399,9 @@ fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
     assert_eq!(moved_aside, 1, "{all}");
 }
 
-/// A trial whose values the sweep refuses before any trains (a feature tap the backbone lacks)
-/// takes the mended values; values spelled otherwise (`0` for `0.0`) are the same trial.
+/// A sweep refused before any trial trains (a feature tap the backbone lacks) writes nothing; a
+/// trial that never started takes mended values; values spelled otherwise (`0` for `0.0`) are
+/// the same trial.
 #[test]
 fn mended_values_of_a_trial_that_never_ran_are_taken_and_respelled_values_are_the_same_trial() {
     let small = ["--quiet", "--set", "dataset.train_size=128"];
@@ -416,8 +417,19 @@ fn mended_values_of_a_trial_that_never_ran_are_taken_and_respelled_values_are_th
         "{all}"
     );
     let sweep_dir = dir.path().join("runs/tiny-sweep");
-    assert!(!sweep_dir.join("trial-001/config.toml").exists(), "{all}");
+    assert!(
+        !sweep_dir.join("trial-001").exists() && !sweep_dir.join("trial-002").exists(),
+        "a refused sweep writes no trial folder: {all}"
+    );
 
+    // A trial recorded with other values that never started (its sweep was stopped before it)
+    // takes the sweep's values now.
+    std::fs::create_dir_all(sweep_dir.join("trial-002")).unwrap();
+    std::fs::write(
+        sweep_dir.join("trial-002/sweep-trial.toml"),
+        "trial = 2\n[parameters]\n\"byol.embedding_layer\" = \"stem\"\n\"optimizer.lr\" = 0.1\n\"optimizer.weight_decay\" = 0\n",
+    )
+    .unwrap();
     let mended = file.replace("\"block9\"", "\"layer4\"");
     std::fs::write(dir.path().join("tiny.toml"), &mended).unwrap();
     let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());

@@ -506,12 +506,26 @@ pub fn saved_config(run_dir: &Path) -> Option<String> {
 /// `--fresh`: moves an existing run folder aside to `<run>.old-<UTC time>` (after taking its
 /// lock: a folder in use is never moved) and returns where it went; None when there was none.
 pub fn move_aside(run_dir: &Path, what: &str) -> anyhow::Result<Option<PathBuf>> {
+    // `runs/x/` would otherwise be moved to `runs/x/.old-...`, inside itself.
+    let run_dir: PathBuf = run_dir.components().collect();
+    move_aside_to(&run_dir, &run_dir, what)
+}
+
+/// [`move_aside`] into the folder `into` (created), as `<into>/<run's name>.old-<UTC time>`.
+pub fn move_aside_into(run_dir: &Path, into: &Path, what: &str) -> anyhow::Result<Option<PathBuf>> {
     if !run_dir.exists() {
         return Ok(None);
     }
-    // `runs/x/` would otherwise be moved to `runs/x/.old-...`, inside itself.
-    let run_dir: PathBuf = run_dir.components().collect();
-    let run_dir = run_dir.as_path();
+    std::fs::create_dir_all(into).with_context(|| format!("cannot create {}", into.display()))?;
+    let name = run_dir.file_name().context("a run folder has a name")?;
+    move_aside_to(run_dir, &into.join(name), what)
+}
+
+/// Moves `run_dir` to `<base>.old-<UTC time>` (`-1`, `-2`, ... after it when taken).
+fn move_aside_to(run_dir: &Path, base: &Path, what: &str) -> anyhow::Result<Option<PathBuf>> {
+    if !run_dir.exists() {
+        return Ok(None);
+    }
     let _lock = FolderLock::acquire(run_dir, what)?;
     // The run folders inside (a sweep's trials) may be in use on their own, by a `byol-run
     // train` of one trial: such a process would go on writing into the new folder at its path.
@@ -525,7 +539,7 @@ pub fn move_aside(run_dir: &Path, what: &str) -> anyhow::Result<Option<PathBuf>>
         }
     }
     let stamp = utc_stamp(std::time::SystemTime::now());
-    let base = format!("{}.old-{stamp}", run_dir.display());
+    let base = format!("{}.old-{stamp}", base.display());
     let target = (0..)
         .map(|n| match n {
             0 => PathBuf::from(&base),

@@ -103,27 +103,47 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         goal_name(sweep.goal),
         sweep.dir.display()
     ));
+    // The trials to run are checked before any trial folder is written: a sweep refused here
+    // leaves every folder as it was.
+    let statuses: Vec<(&Trial, TrialStatus)> = sweep
+        .trials
+        .iter()
+        .map(|trial| (trial, TrialStatus::read(&sweep.trial_dir(trial))))
+        .collect();
+    let is_finished = |status: &TrialStatus| matches!(status, TrialStatus::Pruned(_) | TrialStatus::Done(_));
+    let to_run: Vec<&Trial> = statuses
+        .iter()
+        .filter(|(_, status)| !is_finished(status))
+        .map(|(trial, _)| *trial)
+        .collect();
+    let mut invalid: Vec<String> = to_run
+        .iter()
+        .filter_map(|trial| check_values(sweep, trial, &options.devices).err())
+        .flatten()
+        .collect();
+    invalid.dedup();
+    if !invalid.is_empty() {
+        bail!(
+            "no trial was run: every trial to run must be a valid experiment, and\n{}",
+            invalid.join("\n")
+        );
+    }
+    super::check_builds(sweep, &to_run)
+        .and_then(|()| sweep.check_metric_measured(&to_run))
+        .context("no trial was run")?;
     let mut todo = VecDeque::new();
     let mut skipped = 0;
     let mut data_now = DataNow::default();
-    let mut invalid = Vec::new();
-    for trial in &sweep.trials {
+    for (trial, status) in statuses {
         let dir = sweep.trial_dir(trial);
-        let status = TrialStatus::read(&dir);
-        let finished = matches!(status, TrialStatus::Pruned(_) | TrialStatus::Done(_));
-        // Before the trial is recorded: its value, once mended in the sweep file, is then taken.
-        if !finished {
-            if let Err(problem) = check_values(sweep, trial, &options.devices) {
-                invalid.extend(problem);
-                continue;
-            }
-        }
+        let finished = is_finished(&status);
         let checked = check_or_record(sweep, trial, &dir).and_then(|()| check_trial_identity(sweep, trial, &dir));
-        match checked {
+        let status = match checked {
             // Nothing trained to resume (it failed or stopped before its first checkpoint): its
             // settings, mended in the sweep file, are taken, and the old attempt moved aside.
             Err(changed) if !finished && !has_checkpoint(&dir) => {
-                if let Some(moved) = run_dir::move_aside(&dir, "trial folder")? {
+                let attempts = sweep.dir.join(OLD_ATTEMPTS_DIR);
+                if let Some(moved) = run_dir::move_aside_into(&dir, &attempts, "trial folder")? {
                     say(format!(
                         "{}: its settings changed since its last attempt, which left no checkpoint: starting \
                          it anew (the old attempt moved aside to {})\n  {}",
@@ -133,9 +153,13 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
                     ));
                 }
                 check_or_record(sweep, trial, &dir)?;
+                TrialStatus::Pending
             }
-            checked => checked?,
-        }
+            checked => {
+                checked?;
+                status
+            }
+        };
         if finished {
             data_now.check_finished(sweep, trial, &dir)?;
         }
@@ -161,17 +185,6 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
             status => todo.push_back((trial, status)),
         }
     }
-    invalid.dedup();
-    if !invalid.is_empty() {
-        bail!(
-            "no trial was run: every trial to run must be a valid experiment, and\n{}",
-            invalid.join("\n")
-        );
-    }
-    let to_run: Vec<&Trial> = todo.iter().map(|(trial, _)| *trial).collect();
-    super::check_builds(sweep, &to_run)
-        .and_then(|()| sweep.check_metric_measured(&to_run))
-        .context("no trial was run")?;
     for stray in trials_outside(sweep) {
         eprintln!(
             "warning: {} holds {stray}, which is not a trial of this sweep (the [sweep] table changed \
@@ -395,8 +408,7 @@ fn trials_outside(sweep: &Sweep) -> Vec<String> {
         .filter_map(Result::ok)
         .filter(|e| e.path().join(TRIAL_FILE).is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        // A trial's earlier attempt, moved aside when its settings changed, is not a stray.
-        .filter(|name| !ours.contains(name) && !name.contains(".old-"))
+        .filter(|name| !ours.contains(name))
         .collect();
     stray.sort();
     stray
@@ -421,13 +433,15 @@ fn trials_outside(sweep: &Sweep) -> Vec<String> {
         .collect()
 }
 
+/// Where a trial's earlier attempts go, in the sweep folder, when its settings changed and it
+/// left no checkpoint: out of the way of `trial-*` globs (`byol-run compare`).
+const OLD_ATTEMPTS_DIR: &str = "old-attempts";
+
 /// Whether a trial folder holds a checkpoint to resume from.
 fn has_checkpoint(dir: &Path) -> bool {
-    fs::read_dir(dir.join(run_dir::CHECKPOINTS_DIR)).is_ok_and(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
-    })
+    !byol_train::checkpoint::Checkpointer::new(dir.join(run_dir::CHECKPOINTS_DIR), 0)
+        .list()
+        .is_empty()
 }
 
 /// Writes the trial's parameters into its folder, or checks them against what is there: a
@@ -563,7 +577,8 @@ fn run_in_process(
         }
         let dir = sweep.trial_dir(trial);
         let how = match status {
-            TrialStatus::Unfinished => "resuming",
+            TrialStatus::Unfinished if has_checkpoint(&dir) => "resuming",
+            TrialStatus::Unfinished => "starting again, no checkpoint to resume from",
             TrialStatus::Failed(_) => "retrying after a failure",
             _ => "starting",
         };
