@@ -30,6 +30,8 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     }
     std::os::unix::fs::symlink("..", images.join("a/loop")).unwrap(); // images/a/loop -> images
     std::os::unix::fs::symlink("missing.png", images.join("dangling.png")).unwrap();
+    // A second name for an image: embed gives it its own row, as it gives every name.
+    std::os::unix::fs::symlink("a/0.png", images.join("alias.png")).unwrap();
     std::fs::write(images.join("broken.jpg"), "not a jpeg").unwrap();
     // Hidden: a resource fork macOS leaves beside each file, and a hidden folder of images.
     std::fs::write(images.join("._2.png"), b"\0\x05\x16\x07 AppleDouble").unwrap();
@@ -53,7 +55,7 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     let out = embed(&[]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    assert!(all.contains("embedded 6 images"), "{all}");
+    assert!(all.contains("embedded 7 images"), "{all}");
     assert!(all.contains("were not read there, to read each folder once"), "{all}");
     assert!(
         all.contains("not files (pipes, sockets or devices)") && all.contains("pipe.png"),
@@ -65,11 +67,11 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     );
     let names = std::fs::read_to_string(dir.path().join("emb.npy.names.txt")).unwrap();
     assert_eq!(
-        names, "2.png\na/0.png\na/1.png\nback\\\\slash.png\nnew\\nline.png\n\\xff\\xfe.png\n",
+        names, "2.png\na/0.png\na/1.png\nalias.png\nback\\\\slash.png\nnew\\nline.png\n\\xff\\xfe.png\n",
         "one escaped line per row"
     );
     let emb = tch::Tensor::read_npy(dir.path().join("emb.npy")).unwrap();
-    assert_eq!(emb.size()[0], 6);
+    assert_eq!(emb.size()[0], 7);
 
     let out = embed(&["--strict"]);
     let all = text(&out);
@@ -110,7 +112,7 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
         std::fs::write(&manifest, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
         let out = embed(&[]);
         let all = text(&out);
-        assert!(out.status.success() && all.contains("embedded 6 images"), "{all}");
+        assert!(out.status.success() && all.contains("embedded 7 images"), "{all}");
         assert!(
             all.contains("note: the run trained on run.device = \"cuda\", not usable here"),
             "{all}"

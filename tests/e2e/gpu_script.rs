@@ -34,11 +34,12 @@ fn variables(lines: &[String]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `text` with `$NAME` and `${NAME}` replaced from `vars`, again until none is left; a name not
-/// in `vars` fails the test, naming it.
+/// `text` with `$NAME` and `${NAME}` replaced from `vars`, one at a time until none is left; a
+/// name not in `vars` fails the test, naming it.
 fn expand(text: &str, vars: &BTreeMap<String, String>) -> String {
     let mut text = text.to_string();
-    for _ in 0..5 {
+    // A bound on substitutions, for a variable whose value names itself.
+    for _ in 0..100 {
         let Some(at) = text.find('$') else {
             return text;
         };
@@ -60,7 +61,10 @@ fn expand(text: &str, vars: &BTreeMap<String, String>) -> String {
             .unwrap_or_else(|| panic!("{SCRIPT}: a command uses ${name}, which this rehearsal does not know"));
         text = format!("{}{}{}", &text[..at], value, &text[at + 1 + len..]);
     }
-    assert!(!text.contains('$'), "{SCRIPT}: variables nest too deep in {text}");
+    assert!(
+        !text.contains('$'),
+        "{SCRIPT}: a variable expands into itself in {text}"
+    );
     text
 }
 

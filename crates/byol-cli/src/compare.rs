@@ -50,16 +50,11 @@ impl Run {
                 dir.display()
             )
         })?;
-        let records = [
-            byol_train::train::state::FINGERPRINT_FILE,
-            byol_train::run_dir::CHECKPOINTS_DIR,
-            byol_train::train::SUMMARY_FILE,
-        ];
-        if !records.iter().any(|r| dir.join(r).exists()) {
+        if !byol_train::run_dir::is_run_folder(dir) {
             bail!(
-                "{} is not a run folder: its {CONFIG_FILE} is not beside any record a run writes ({})",
-                dir.display(),
-                records.join(", ")
+                "{} is not a run folder: its {CONFIG_FILE} is not beside any record a run writes \
+                 (dataset.json, checkpoints, summary.json)",
+                dir.display()
             );
         }
         // Keys added since an older run was saved show at their defaults, as a resume reads them.

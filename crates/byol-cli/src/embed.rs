@@ -120,7 +120,7 @@ pub fn check_output(out: &Path, flag: &str) -> anyhow::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if real.join(CONFIG_FILE).is_file() && byol_train::run_dir::is_run_entry(&name) {
+    if byol_train::run_dir::is_run_folder(&real) && byol_train::run_dir::is_run_entry(&name) {
         bail!(
             "{flag} {} would replace {name}, a record of the run folder {}; write it elsewhere",
             out.display(),
@@ -266,7 +266,7 @@ enum OutFormat {
 /// The images under `--images`, and the folders under it that could not be listed (or, with
 /// `--strict`, the first one as the error).
 fn find_images(args: &EmbedArgs) -> anyhow::Result<(ImageTree, Skipped)> {
-    let mut scan = ImageTree::walk(&args.images).map_err(|why| anyhow::anyhow!("--images: {why}"))?;
+    let mut scan = ImageTree::walk_every_name(&args.images).map_err(|why| anyhow::anyhow!("--images: {why}"))?;
     let mut skipped = Skipped::default();
     for why in std::mem::take(&mut scan.unlistable) {
         skipped.add(args.strict, why)?;

@@ -332,9 +332,9 @@ fn run_folder_of_config(path: &Path) -> Option<PathBuf> {
         parent if parent.as_os_str().is_empty() => Path::new("."),
         parent => parent,
     };
-    let holds_a_run = dir.join(byol_train::train::state::FINGERPRINT_FILE).is_file()
-        || dir.join(byol_train::run_dir::CHECKPOINTS_DIR).is_dir();
-    (path.file_name()? == byol_train::run_dir::CONFIG_FILE && holds_a_run).then(|| dir.to_path_buf())
+    let is_run_record =
+        path.file_name()? == byol_train::run_dir::CONFIG_FILE && byol_train::run_dir::is_run_folder(dir);
+    is_run_record.then(|| dir.to_path_buf())
 }
 
 /// The folder to train in: `--run-dir`; else, when the experiment file is a run folder's own

@@ -208,6 +208,18 @@ const RUN_ENTRIES: &[&str] = &[
     crate::sweep::LOG_FILE,
 ];
 
+/// Whether `dir` holds a run: its `config.toml` beside a record that only a run writes (the
+/// `dataset.json` written before it, checkpoints, a summary). A `config.toml` alone is someone's
+/// experiment file.
+pub fn is_run_folder(dir: &Path) -> bool {
+    let records = [
+        crate::train::state::FINGERPRINT_FILE,
+        CHECKPOINTS_DIR,
+        crate::train::SUMMARY_FILE,
+    ];
+    dir.join(CONFIG_FILE).is_file() && records.iter().any(|r| dir.join(r).exists())
+}
+
 /// Whether `name` is one of the entries a run writes into its folder.
 pub fn is_run_entry(name: &str) -> bool {
     RUN_ENTRIES.contains(&name)

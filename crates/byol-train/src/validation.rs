@@ -137,14 +137,12 @@ impl Experiment {
             );
         } else if s.accumulate >= 1 && s.batch_size == s.accumulate {
             // Only one process can run it, and the start refuses that: a batch-norm batch of one image.
-            p.add(
-                "schedule.batch_size",
-                format!(
-                    "schedule.batch_size = {} over schedule.accumulate = {} is 1 image per batch-norm batch, whose \
+            // Pointed at whichever of the two keys a --set gave.
+            p.add_mentioning(format!(
+                "schedule.batch_size = {} over schedule.accumulate = {} is 1 image per batch-norm batch, whose \
                      statistics are undefined: make the batch larger or accumulate less",
-                    s.batch_size, s.accumulate
-                ),
-            );
+                s.batch_size, s.accumulate
+            ));
         }
         // 0 is allowed: a run that only fits the batch-norm statistics is a useful baseline.
         p.range("optimizer.lr", self.optimizer.lr(), Range::AtLeast(0.0));

@@ -439,5 +439,11 @@ fn a_grid_cut_short_and_repeated_values_are_warned_about() {
         warnings,
         ["trial-002 has the values of trial-001 (optimizer.lr = 0.1): it trains the same experiment again"]
     );
+    // 1 and 1.0 make the same experiment.
+    let warnings = parse("[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [1, 1.0]\n");
+    assert!(
+        warnings[0].starts_with("trial-002 has the values of trial-001"),
+        "{warnings:?}"
+    );
     assert!(parse("[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.2]\n").is_empty());
 }

@@ -17,8 +17,8 @@ use anyhow::{bail, Context};
 use byol_train::run_dir::{self, FolderLock};
 use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
-    goal_name, rank_with, result_line, to_csv, to_markdown, Metric, Row, Sweep, Trial, TrialStatus, ERROR_FILE,
-    LOG_FILE, PRUNER_FILE, TRIAL_FILE,
+    data_key, goal_name, rank_with, result_line, to_csv, to_markdown, Metric, Row, Sweep, Trial, TrialStatus,
+    ERROR_FILE, LOG_FILE, PRUNER_FILE, TRIAL_FILE,
 };
 use byol_train::train::panic_message;
 use byol_train::train::state::{DatasetFingerprint, FINGERPRINT_FILE};
@@ -385,16 +385,6 @@ fn check_values(sweep: &Sweep, trial: &Trial, devices: &[String]) -> Result<(), 
         true => Ok(()),
         false => Err(problems),
     }
-}
-
-/// Trials with the same data settings read the same data (`[dataset]` and the kNN splits).
-fn data_key(experiment: &byol_train::Experiment) -> String {
-    format!(
-        "{} {:?} {:?}",
-        toml::to_string(&experiment.dataset).unwrap_or_default(),
-        experiment.eval.train,
-        experiment.eval.test
-    )
 }
 
 /// The trial folders in the sweep folder that are not among the sweep's trials (fewer values or

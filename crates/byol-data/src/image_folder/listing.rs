@@ -259,11 +259,20 @@ pub struct ImageTree {
 }
 
 impl ImageTree {
-    /// Walks `root`. Only a root that cannot be resolved or listed is an error, whose message
-    /// names it.
+    /// Walks `root`, as training reads it. Only a root that cannot be resolved or listed is an
+    /// error, whose message names it.
     pub fn walk(root: &Path) -> Result<Self, String> {
         let mut trees = Self::walk_classes(root, &[root.to_path_buf()])?;
         Ok(trees.pop().expect("one tree per folder"))
+    }
+
+    /// [`ImageTree::walk`] keeping every name of an image, links to images read elsewhere in the
+    /// tree included: `embed` gives each file it is given a row, looked up by its name.
+    pub fn walk_every_name(root: &Path) -> Result<Self, String> {
+        let mut tree = Self::walk(root)?;
+        tree.images.append(&mut tree.linked_to_images_read);
+        tree.images.sort();
+        Ok(tree)
     }
 
     /// One tree per folder of `class_dirs` (the class folders of the split at `root`), walked in
@@ -326,9 +335,14 @@ impl ImageTree {
             if is_hidden(&path) {
                 continue;
             }
-            if !path.is_dir() {
-                let is_file_or_missing = std::fs::metadata(&path).map_or(true, |m| m.is_file());
-                if is_image(&path) && is_file_or_missing && walk.reads_where_it_is(&path) {
+            // One lstat for an entry that is no link; a link is followed once more.
+            let own = std::fs::symlink_metadata(&path).ok();
+            let is_link = own.as_ref().is_some_and(|m| m.file_type().is_symlink());
+            let target = if is_link { std::fs::metadata(&path).ok() } else { own };
+            if !target.as_ref().is_some_and(|m| m.is_dir()) {
+                // A name that cannot be followed counts as a file: reading it says what is wrong.
+                let is_file_or_missing = target.as_ref().is_none_or(|m| m.is_file());
+                if is_image(&path) && is_file_or_missing && is_link && walk.links_to_an_image_read(&path) {
                     self.linked_to_images_read.push(path);
                 } else if is_image(&path) && is_file_or_missing {
                     self.images.push(path);
@@ -376,11 +390,10 @@ impl Walk {
         !self.root.starts_with(real) && self.owner_of(real).is_none_or(|class| *class == self.own)
     }
 
-    /// Whether `path` is a link to an image that the walk reads where it is: one inside a class
-    /// folder walked, not hidden there.
-    fn reads_where_it_is(&self, path: &Path) -> bool {
-        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-        let Some(real) = is_link.then(|| path.canonicalize().ok()).flatten() else {
+    /// Whether the link `link` leads to an image that the walk reads where it is: one inside a
+    /// class folder walked, not hidden there.
+    fn links_to_an_image_read(&self, link: &Path) -> bool {
+        let Ok(real) = link.canonicalize() else {
             return false;
         };
         let read_there = |class: &PathBuf| {

@@ -250,8 +250,9 @@ impl ShardsInProgress<'_> {
         Ok(())
     }
 
-    /// Ends the open shard: synced, then renamed to its name, so that a killed run never leaves
-    /// a short shard under the name; its samples' sources are then added to the sources file.
+    /// Ends the open shard: synced, its samples' sources added to the sources file, then renamed
+    /// to its name, so that a killed run never leaves a short shard under the name, nor a whole
+    /// one that the sources file does not name (it may name one that a kill left unrenamed).
     fn close(&mut self) -> Result<(), DataError> {
         let Some(OpenShard { path, tar, sources, .. }) = self.open.take() else {
             return Ok(());
@@ -262,18 +263,25 @@ impl ShardsInProgress<'_> {
             .into_inner()
             .map_err(|e| write_error(&path, e.into_error()))?;
         file.sync_all().map_err(|e| write_error(&path, e))?;
-        std::fs::rename(partial(&path), &path).map_err(|e| {
-            DataError::Config(format!(
-                "cannot rename {} to {}: {e}",
-                partial(&path).display(),
-                path.display()
-            ))
-        })?;
+        let (sources_path, sources_file) = &mut self.sources;
+        let listed = std::io::Write::write_all(sources_file, sources.as_bytes())
+            .and_then(|()| sources_file.sync_data())
+            .map_err(|e| DataError::Config(format!("cannot write {}: {e}", sources_path.display())));
+        let renamed = listed.and_then(|()| {
+            std::fs::rename(partial(&path), &path).map_err(|e| {
+                DataError::Config(format!(
+                    "cannot rename {} to {}: {e}",
+                    partial(&path).display(),
+                    path.display()
+                ))
+            })
+        });
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(partial(&path));
+        }
+        renamed?;
         self.written.push(path);
-        let (sources_path, file) = &mut self.sources;
-        std::io::Write::write_all(file, sources.as_bytes())
-            .and_then(|()| file.sync_data())
-            .map_err(|e| DataError::Config(format!("cannot write {}: {e}", sources_path.display())))
+        Ok(())
     }
 }
 

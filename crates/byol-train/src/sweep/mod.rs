@@ -338,23 +338,29 @@ impl Sweep {
         }
         let trials = expand(&config, &parameters)?;
         let goal = config.goal.unwrap_or(config.metric.default_goal());
-        let warnings = warnings(&config, &parameters, &trials);
-        let sweep = Self {
+        let mut sweep = Self {
             name,
             dir,
             goal,
             parameters,
             trials,
-            warnings,
+            warnings: Vec::new(),
             config,
             base,
             overrides: overrides.to_vec(),
         };
         // The first trial and its epochs, to compare the others' with.
         let mut first_trial: Option<(String, u64)> = None;
+        // Each trial's experiment, but for the run's name, to find trials that repeat another.
+        let mut trained = Vec::new();
         for trial in &sweep.trials {
             let in_trial = || format!("{} ({})", trial.id(), trial.describe());
             let experiment = sweep.experiment(trial, None).with_context(in_trial)?;
+            let mut unnamed: toml::Table = toml::from_str(&experiment.to_toml()?)?;
+            if let Some(toml::Value::Table(run)) = unnamed.get_mut("run") {
+                run.remove("name");
+            }
+            trained.push(unnamed);
             let epochs = experiment.schedule.epochs;
             prune::check(
                 sweep.config.prune,
@@ -390,6 +396,7 @@ impl Sweep {
                 );
             }
         }
+        sweep.warnings = warnings(&sweep.config, &sweep.parameters, &sweep.trials, &trained);
         Ok(sweep)
     }
 
@@ -408,14 +415,7 @@ impl Sweep {
         let mut listed = std::collections::HashSet::new();
         for trial in trials {
             let experiment = self.experiment(trial, None)?;
-            let eval = &experiment.eval;
-            let data = format!(
-                "{} {:?} {:?}",
-                toml::to_string(&experiment.dataset)?,
-                eval.train,
-                eval.test
-            );
-            if !listed.insert(data) {
+            if !listed.insert(data_key(&experiment)) {
                 continue;
             }
             let classes = crate::train::knn_classes_listed(&experiment)
@@ -503,8 +503,19 @@ impl Sweep {
     }
 }
 
-/// What the sweep will not do that its file may seem to ask for.
-fn warnings(config: &SweepConfig, parameters: &[Parameter], trials: &[Trial]) -> Vec<String> {
+/// Trials with the same data settings read the same data (`[dataset]` and the kNN splits).
+pub fn data_key(experiment: &Experiment) -> String {
+    format!(
+        "{} {:?} {:?}",
+        toml::to_string(&experiment.dataset).unwrap_or_default(),
+        experiment.eval.train,
+        experiment.eval.test
+    )
+}
+
+/// What the sweep will not do that its file may seem to ask for; `trained` holds each trial's
+/// experiment but for the run's name.
+fn warnings(config: &SweepConfig, parameters: &[Parameter], trials: &[Trial], trained: &[toml::Table]) -> Vec<String> {
     let mut warnings = Vec::new();
     let combinations: usize = parameters
         .iter()
@@ -522,7 +533,7 @@ fn warnings(config: &SweepConfig, parameters: &[Parameter], trials: &[Trial]) ->
         ));
     }
     for (i, trial) in trials.iter().enumerate() {
-        if let Some(earlier) = trials[..i].iter().find(|t| t.values == trial.values) {
+        if let Some(earlier) = (0..i).find(|&j| trained[j] == trained[i]).map(|j| &trials[j]) {
             warnings.push(format!(
                 "{} has the values of {} ({}): it trains the same experiment again",
                 trial.id(),

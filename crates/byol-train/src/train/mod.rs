@@ -578,8 +578,17 @@ fn record_curve(
         return Ok(None);
     };
     let point = curve::CurvePoint::new(evaluation, t.plan.epoch_of(step), step, loss);
-    let curve = curve::record_point(run_dir, point)
-        .map_err(|e| anyhow::anyhow!("{e:#}; {} (free some space and run again to resume)", t.kept()))?;
+    let curve = curve::record_point(run_dir, point).map_err(|e| {
+        let full = e.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+        });
+        match full {
+            true => anyhow::anyhow!("{e:#}; {} (free some space and run again to resume)", t.kept()),
+            false => e,
+        }
+    })?;
     match pruner {
         Some(pruner) if t.parallel.is_none() => pruner.judge(run_dir, &curve),
         _ => Ok(None),
