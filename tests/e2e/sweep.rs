@@ -169,7 +169,7 @@ fn a_4_trial_grid_killed_and_rerun_skips_finished_trials_and_ranks_all() {
         "the runner resumed trial 2: {all}"
     );
     assert!(all.contains("== trial-004 of 4 (starting): "), "{all}");
-    assert!(all.contains("skipped          1 trials"), "{all}");
+    assert!(all.contains("skipped          1 trial that had finished before"), "{all}");
     assert!(
         all.contains("# Sweep tiny: 4 of 4 trials done, ranked by knn_top1 (higher is better)"),
         "{all}"
