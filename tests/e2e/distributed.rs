@@ -333,7 +333,8 @@ fn processes_that_find_different_checkpoints_are_refused_together() {
 }
 
 /// SIGTERM to one process of a data-parallel job: every process stops after the same step (the
-/// request travels with the gradients and is read every 10 steps), rank 0 saves it, all exit
+/// request travels with the gradients and is read every 10 steps and at each log point: here
+/// every 2 steps), rank 0 saves it, all exit
 /// with the shell's status for SIGTERM, and the job resumes from there to the end.
 #[test]
 fn a_signal_to_one_process_stops_every_process_after_the_same_step() {
@@ -368,7 +369,7 @@ fn a_signal_to_one_process_stops_every_process_after_the_same_step() {
         .trim()
         .parse()
         .unwrap();
-    assert!(step.is_multiple_of(10) && step < 96, "stopped after step {step}");
+    assert!(step.is_multiple_of(2) && step < 96, "stopped after step {step}");
     let saved = dir.path().join(format!("job/checkpoints/step-{step:09}/manifest.json"));
     assert!(saved.exists(), "{} is missing", saved.display());
 
@@ -589,4 +590,39 @@ fn processes_started_with_different_experiments_are_refused() {
         !dir.path().join("job/checkpoints").exists()
             || std::fs::read_dir(dir.path().join("job/checkpoints")).unwrap().count() == 0
     );
+}
+
+/// A process waiting for peers that never come (one that stopped at its start, say) ends at
+/// the first SIGTERM, as torchrun sends when a worker fails, instead of waiting for a step it
+/// will never train until `distributed.timeout_s`.
+#[test]
+fn a_process_waiting_for_its_peers_ends_at_the_first_signal() {
+    let dir = setup();
+    let args = ["dp.toml", "--run-dir", "job", "--set", "distributed.timeout_s=120"];
+    let mut lone = spawn_rank(dir.path(), 1, 2, byol_testkit::free_port(), &args);
+    // Long enough to be waiting for process 0, whose store it cannot reach.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let status = Command::new("kill")
+        .args(["-TERM", &lone.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let exited = loop {
+        if let Some(status) = lone.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    if exited.is_none() {
+        lone.kill().unwrap();
+    }
+    let out = lone.wait_with_output().unwrap();
+    let all = text(&out);
+    assert!(exited.is_some(), "still waiting a minute after SIGTERM: {all}");
+    assert!(!out.status.success(), "{all}");
+    assert!(!all.contains("finishes its step"), "{all}");
 }

@@ -169,7 +169,10 @@ fn a_4_trial_grid_killed_and_rerun_skips_finished_trials_and_ranks_all() {
         "the runner resumed trial 2: {all}"
     );
     assert!(all.contains("== trial-004 of 4 (starting): "), "{all}");
-    assert!(all.contains("skipped          1 trial that had finished before"), "{all}");
+    assert!(
+        all.contains("skipped          1 trial that had finished before"),
+        "{all}"
+    );
     assert!(
         all.contains("# Sweep tiny: 4 of 4 trials done, ranked by knn_top1 (higher is better)"),
         "{all}"
@@ -198,7 +201,8 @@ fn a_4_trial_grid_killed_and_rerun_skips_finished_trials_and_ranks_all() {
         assert!(config.contains(&format!("name = \"tiny-trial-00{n}\"")), "{config}");
     }
 
-    // Ranked: ranks 1..4, knn_top1 descending, every grid point once.
+    // Ranked: knn_top1 descending, ties sharing a rank (1 + the trials that did better), every
+    // grid point once.
     let rows = csv_rows(&sweep_dir);
     assert_eq!(rows.len(), 4, "{rows:?}");
     let metrics: Vec<f64> = rows.iter().map(|r| r[4].parse().unwrap()).collect();
@@ -207,7 +211,8 @@ fn a_4_trial_grid_killed_and_rerun_skips_finished_trials_and_ranks_all() {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            assert_eq!(r[0], (i + 1).to_string());
+            let better = metrics.iter().filter(|&&m| m > metrics[i]).count();
+            assert_eq!(r[0], (better + 1).to_string(), "{rows:?}");
             assert_eq!(r[5], "done");
             (r[2].clone(), r[3].clone())
         })

@@ -160,9 +160,14 @@ impl ProcessGroup {
                 &mut store,
             ))
             .map_err(|e| {
+                let what = match rendezvous.rank == 0 && !rendezvous.agent_store {
+                    // Rank 0 serves the store: it failed to listen (the port taken, most often).
+                    true => "could not serve the TCPStore on",
+                    false => "could not reach the TCPStore at",
+                };
                 TorchExtError(format!(
-                    "rank {} could not reach the TCPStore at {}:{}: {e}",
-                    rendezvous.rank, rendezvous.master_addr, rendezvous.master_port
+                    "rank {} {what} {}:{}: {e} (is another program using MASTER_PORT {}? choose another port)",
+                    rendezvous.rank, rendezvous.master_addr, rendezvous.master_port, rendezvous.master_port
                 ))
             })?;
         }
@@ -182,8 +187,17 @@ impl ProcessGroup {
         if let Err(e) = created {
             // SAFETY: freed once; nothing else holds it.
             unsafe { ffi::tx_store_free(store.as_ptr()) };
+            let error = e.to_string();
+            let hint = match error.to_lowercase().contains("timeout") {
+                true => format!(
+                    " (not every one of the {} processes joined in time: start them all, with the same \
+                     MASTER_ADDR and MASTER_PORT, or look for the one that stopped at its start)",
+                    rendezvous.world_size
+                ),
+                false => String::new(),
+            };
             return Err(TorchExtError(format!(
-                "rank {} of {}: creating the {kind:?} process group failed: {e}",
+                "rank {} of {}: creating the {kind:?} process group failed: {error}{hint}",
                 rendezvous.rank, rendezvous.world_size
             )));
         }

@@ -141,11 +141,21 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         .clone()
         .unwrap_or_else(|| experiment.run.output_dir.join(experiment.name()));
     // Held until the run returns; the kernel releases it if the process dies.
-    let main = DataParallel::rendezvous(&experiment.distributed)?.is_none_or(|r| r.rank == 0);
+    let rendezvous = DataParallel::rendezvous(&experiment.distributed)?;
+    let main = rendezvous.as_ref().is_none_or(|r| r.rank == 0);
     let (owner, moved_aside) = run_dir::take_ownership(&run_dir, main, options.fresh)?;
-    let stop = match &options.signals {
-        Some(signals) => signals.clone(),
-        None => Arc::new(StopOnSignals::for_run(None)?),
+    let handlers = || -> anyhow::Result<Arc<StopOnSignals>> {
+        match &options.signals {
+            Some(signals) => Ok(signals.clone()),
+            None => Ok(Arc::new(StopOnSignals::for_run(None)?)),
+        }
+    };
+    // A process of a data-parallel job waits for the others while it starts (a peer that
+    // stopped at its start is never coming): until it has joined them, a signal ends it at once,
+    // as before any handler, instead of asking for a step that may never be trained.
+    let early = match rendezvous {
+        None => Some(handlers()?),
+        Some(_) => None,
     };
     let mut t = match Trainer::new(experiment, &run_dir, &options.allow_change) {
         Ok(t) => t,
@@ -165,6 +175,10 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         }
     };
     let _owner = owner;
+    let stop = match early {
+        Some(stop) => stop,
+        None => handlers()?,
+    };
     let mut step = t.resumed_from.unwrap_or(0);
     if let Some(summary) = already_trained(&t, &run_dir, step, options.quiet) {
         end_group(&t);

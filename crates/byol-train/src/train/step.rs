@@ -205,9 +205,10 @@ impl Plan {
     }
 }
 
-/// How often, in steps, a data-parallel run reads whether any process was asked to stop. Each
-/// read waits for the device; every process reads at the same steps, so all stop after the same
-/// one, at most this many steps after the signal.
+/// How often, in steps, a data-parallel run reads whether any process was asked to stop, at
+/// the least (see [`Trainer::polls_stop_after`]). Each read waits for the device; every process
+/// reads at the same steps, so all stop after the same one, at most this many steps after the
+/// signal.
 pub const STOP_POLL_STEPS: u64 = 10;
 
 /// What one training step computed.
@@ -219,7 +220,7 @@ pub struct StepReport {
     /// The target EMA's decay at this step.
     pub tau: f64,
     /// Whether to stop after this step: this process was asked to, or in a data-parallel run,
-    /// any process was, as read every [`STOP_POLL_STEPS`] steps.
+    /// any process was, as read where [`Trainer::polls_stop_after`] says.
     pub stop: bool,
     /// The online projections of the last micro-batch, detached.
     pub projections: Tensor,
@@ -272,7 +273,7 @@ impl Trainer<'_> {
                     None => self.model.parameters.iter().map(|p| p.tensor.shallow_clone()).collect(),
                 };
                 let agreed = parallel.all_reduce_gradients(&after_backward, &total, stop)?;
-                let polled = (step + 1).is_multiple_of(STOP_POLL_STEPS);
+                let polled = self.polls_stop_after(step + 1);
                 let stop = polled && agreed.any_stop();
                 (agreed.loss, stop)
             }
@@ -293,6 +294,21 @@ impl Trainer<'_> {
             stop,
             projections: projections.expect("at least one micro-batch"),
         })
+    }
+
+    /// Whether a data-parallel run reads the processes' stop requests after `steps_done` steps:
+    /// every [`STOP_POLL_STEPS`], and wherever the loop waits for the device anyway (a log point, a
+    /// checkpoint, the end of an epoch, before its evaluation), so that slow steps, or an epoch
+    /// ending in a long evaluation, do not hold a stop back for long (torchrun kills workers
+    /// that have not stopped 30 s after it passed the signal on). The same steps on every
+    /// process: they share these settings.
+    pub fn polls_stop_after(&self, steps_done: u64) -> bool {
+        let every = |n: u64| n > 0 && steps_done.is_multiple_of(n);
+        every(STOP_POLL_STEPS)
+            || every(self.experiment.logging.every_steps.max(1))
+            || every(self.experiment.checkpoint.every_steps)
+            || every(self.plan.steps_per_epoch)
+            || steps_done == self.plan.total_steps
     }
 
     /// [`Trainer::step`] replayed from a CUDA graph: one process, one micro-batch
