@@ -248,6 +248,16 @@ fn a_plain_run_of_a_sweep_file_points_to_byol_run_sweep_and_validate_checks_ever
         "{all}"
     );
 
+    // Under torchrun every process would run the sweep: refused.
+    let out = super::byol_run_with_env(dir.path(), &["sweep", "tiny.toml"], &[("WORLD_SIZE", "2")]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("start it without torchrun (WORLD_SIZE = 2 is set)"),
+        "{all}"
+    );
+    assert!(!dir.path().join("runs/tiny-sweep").exists(), "{all}");
+
     let out = byol_run(dir.path(), &["validate", "tiny.toml"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");

@@ -485,7 +485,13 @@ fn print_summary(name: &str, summary: &RunSummary) {
         ),
     }
     if summary.skipped_images > 0 {
+        // Read as training goes, each process of a data-parallel run meets its own share.
+        let shared = summary.processes.is_some_and(|n| n > 1);
         let training = match summary.skipped_in_training.as_deref() {
+            Some("replaced") if shared => {
+                "; in training, readable images took their places in the batches (process 0's share: each \
+                 process reads its own)"
+            }
             Some("replaced") => "; in training, readable images took their places in the batches",
             Some(_) => "; left out of training",
             None => "",

@@ -44,6 +44,18 @@ fn load(args: &ExperimentArgs) -> anyhow::Result<Sweep> {
 }
 
 pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
+    // Each process of a torchrun job would run the sweep: one would take the sweep folder, the
+    // other stop at its lock, and the first's trials would wait for peers that never come.
+    let world: usize = std::env::var("WORLD_SIZE")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(1);
+    if world > 1 {
+        bail!(
+            "byol-run sweep runs one process, which starts its trials itself (one per device with \
+             --devices); start it without torchrun (WORLD_SIZE = {world} is set)"
+        );
+    }
     let sweep = load(&args.experiment)?;
     let devices = if args.devices.is_empty() {
         trials::default_devices(&sweep)
