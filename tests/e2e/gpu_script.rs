@@ -1,4 +1,4 @@
-//! `tests/gpu/checks.sh` rehearsed on the CPU. A GPU machine is at hand rarely and briefly, and
+//! `tests/gpu/checks.sh` rehearsed on the CPU. A GPU machine is at hand rarely and for minutes, and
 //! the script runs there without a Rust toolchain to fix it: a flag, key or experiment file it
 //! names that the binary no longer takes would cost that time. Every command the script gives
 //! `byol-run` is run here, small: the same subcommand, flags, experiment file and `--set` keys,
