@@ -602,7 +602,7 @@ mod tests {
 
     /// Threads contend for one folder while half of them move it aside (`--fresh`) each time:
     /// whoever takes ownership must be its only owner. Each owner creates a marker in the folder
-    /// (its `config.toml`) with `create_new`, so a second owner of the same folder fails there. A lock
+    /// (its `dataset.json`) with `create_new`, so a second owner of the same folder fails there. A lock
     /// taken on a lock file that a move carried away (opened before the move, locked after it)
     /// would be such a second owner.
     #[test]
@@ -621,7 +621,7 @@ mod tests {
                         match take_ownership(run, true, thread % 2 == 0) {
                             Ok((Some(_lock), _)) => {
                                 // What an owner writes first (and what makes the folder a run's).
-                                let marker = run.join(CONFIG_FILE);
+                                let marker = run.join(crate::train::state::FINGERPRINT_FILE);
                                 std::fs::File::create_new(&marker)
                                     .unwrap_or_else(|e| panic!("a second owner of {}: {e}", run.display()));
                                 std::fs::remove_file(&marker).unwrap();
