@@ -177,13 +177,33 @@ fn missing_dataset(test: &str, what: &str, ci: bool) {
     eprintln!("SKIPPED {test}: it needs {what}");
 }
 
-/// A localhost TCP port that was free a moment ago, for a c10d rendezvous in a test.
+/// A localhost TCP port that was free a moment ago, for a c10d rendezvous in a test: one below
+/// the kernel's ephemeral range, each once per process. A port the kernel handed out itself
+/// (bound to port 0, then released) could be handed again, to a connection or a Gloo listener of
+/// another test running beside, before the store binds it (EADDRINUSE, or a rank joining another
+/// test's job); the kernel picks no port below that range on its own.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a localhost port")
-        .local_addr()
-        .expect("a bound socket has an address")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let span = 8000.min(ephemeral_low.saturating_sub(1024));
+    // Where this process starts, so that test processes run one after another rarely start alike.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % span.max(1),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = (ephemeral_low - span + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free localhost port below {ephemeral_low}");
 }
 
 /// Rank `rank` of a `world`-rank job on localhost at `port`, every rank on this machine (ranks
