@@ -333,9 +333,9 @@ fn processes_that_find_different_checkpoints_are_refused_together() {
 }
 
 /// SIGTERM to one process of a data-parallel job: every process stops after the same step (the
-/// request travels with the gradients and is read every 10 steps and at each log point: here
-/// every 2 steps), rank 0 saves it, all exit
-/// with the shell's status for SIGTERM, and the job resumes from there to the end.
+/// request travels with the gradients and is read at steps every process agrees on), rank 0
+/// saves it, all exit with the shell's status for SIGTERM, and the job resumes from there to the
+/// end.
 #[test]
 fn a_signal_to_one_process_stops_every_process_after_the_same_step() {
     let dir = setup();
@@ -369,7 +369,7 @@ fn a_signal_to_one_process_stops_every_process_after_the_same_step() {
         .trim()
         .parse()
         .unwrap();
-    assert!(step.is_multiple_of(2) && step < 96, "stopped after step {step}");
+    assert!(step < 96, "stopped after step {step}");
     let saved = dir.path().join(format!("job/checkpoints/step-{step:09}/manifest.json"));
     assert!(saved.exists(), "{} is missing", saved.display());
 

@@ -31,15 +31,30 @@ pub struct DataParallel {
 pub struct StepAgreement {
     /// The loss averaged over the processes, a scalar on the device.
     pub loss: Tensor,
-    /// The share of the processes that were asked to stop (SIGINT/SIGTERM), a scalar on the device: read
-    /// at the same steps by every process, so that all stop after the same one.
+    /// Two figures averaged over the processes, on the device: the share that were asked to stop
+    /// (SIGINT/SIGTERM) and the seconds since each last read them. Read at the same steps by
+    /// every process, so that all stop after the same one.
     pub stop_requests: Tensor,
 }
 
+/// What [`StepAgreement::read_stop_requests`] read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StopRequests {
+    /// Whether any process was asked to stop.
+    pub any: bool,
+    /// The processes' mean seconds since their previous read.
+    pub seconds_since_read: f64,
+}
+
 impl StepAgreement {
-    /// Whether any process asked to stop (waits for the device).
-    pub fn any_stop(&self) -> bool {
-        self.stop_requests.double_value(&[]) > 0.0
+    /// The processes' stop requests (waits for the device).
+    pub fn read_stop_requests(&self) -> anyhow::Result<StopRequests> {
+        let figures = Vec::<f64>::try_from(self.stop_requests.to_device(tch::Device::Cpu))
+            .context("reading the processes' stop requests")?;
+        Ok(StopRequests {
+            any: figures[0] > 0.0,
+            seconds_since_read: figures[1],
+        })
     }
 }
 
@@ -163,7 +178,8 @@ impl DataParallel {
     }
 
     /// Averages the gradients of `parameters` over the processes in one bucket, which also
-    /// carries this process's loss and stop request: one collective per step.
+    /// carries this process's loss, its stop request and its `seconds_since_read` of the stop
+    /// requests ([`crate::train::StopPoll`]): one collective per step.
     ///
     /// A parameter that some processes' backward reached and others' did not (a branch taken on
     /// some shards only) gets the average on every process, a missing gradient counting as zero,
@@ -175,6 +191,7 @@ impl DataParallel {
         parameters: &[Tensor],
         loss: &Tensor,
         stop: bool,
+        seconds_since_read: f64,
     ) -> anyhow::Result<StepAgreement> {
         let world = self.world_size() as f64;
         tch::no_grad(|| {
@@ -200,7 +217,9 @@ impl DataParallel {
                 Tensor::from_slice(&flags).to_device(device)
             });
             pieces.push(loss.detach().to_kind(Kind::Float).reshape([1]));
+            // Filled on the device too.
             pieces.push(Tensor::full([1], if stop { 1.0 } else { 0.0 }, (Kind::Float, device)));
+            pieces.push(Tensor::full([1], seconds_since_read, (Kind::Float, device)));
             let bucket = Tensor::cat(&pieces, 0);
             self.group.all_reduce_sum_(&bucket).context("averaging gradients")?;
             let mut offset: i64 = parameters.iter().map(|p| p.numel() as i64).sum();
@@ -231,7 +250,7 @@ impl DataParallel {
             // Both stay on the device until something reads them.
             Ok(StepAgreement {
                 loss: bucket.get(offset),
-                stop_requests: bucket.get(offset + 1),
+                stop_requests: bucket.narrow(0, offset + 1, 2),
             })
         })
     }

@@ -50,8 +50,9 @@ impl OnlineProbe {
                 self.classifier.ws.shallow_clone(),
                 self.classifier.bs.as_ref().expect("bias").shallow_clone(),
             ];
+            // The training step's all-reduce carries the stop requests, not this one.
             parallel
-                .all_reduce_gradients(&parameters, &loss, false)
+                .all_reduce_gradients(&parameters, &loss, false, 0.0)
                 .unwrap_or_else(|e| panic!("online probe: {e:#}"));
         }
         tch::no_grad(|| {

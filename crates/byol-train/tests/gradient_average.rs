@@ -4,7 +4,7 @@
 //! missing gradient counts as zero), so that both step it and the replicas stay equal; one that
 //! no rank's backward reached keeps no gradient anywhere.
 
-use byol_train::distributed::DataParallel;
+use byol_train::distributed::{DataParallel, StopRequests};
 use byol_train::experiment::DistributedConfig;
 use tch::{Device, Kind, Tensor};
 
@@ -15,8 +15,9 @@ fn join(rank: usize, world: usize, port: u16) -> DataParallel {
 
 /// Three parameters, each in the loss of the ranks that `reaches[rank]` names, with gradient
 /// `rank + 1` per element. Returns each parameter's gradient after the all-reduce (None: no
-/// gradient), the averaged loss and the stop requests (rank 1 asks to stop).
-fn run_rank(rank: usize, port: u16, reaches: [[bool; 3]; 2]) -> (Vec<Option<Tensor>>, f64, f64) {
+/// gradient), the averaged loss and the stop requests as read (rank 1 asks to stop; rank r last
+/// read them r + 1 seconds ago).
+fn run_rank(rank: usize, port: u16, reaches: [[bool; 3]; 2]) -> (Vec<Option<Tensor>>, f64, StopRequests) {
     tch::set_num_threads(1);
     let parallel = join(rank, 2, port);
     let parameters: Vec<Tensor> = (0..3)
@@ -28,7 +29,7 @@ fn run_rank(rank: usize, port: u16, reaches: [[bool; 3]; 2]) -> (Vec<Option<Tens
     }
     loss.backward();
     let agreed = parallel
-        .all_reduce_gradients(&parameters, &loss.detach(), rank == 1)
+        .all_reduce_gradients(&parameters, &loss.detach(), rank == 1, rank as f64 + 1.0)
         .unwrap();
     let grads = parameters
         .iter()
@@ -37,12 +38,12 @@ fn run_rank(rank: usize, port: u16, reaches: [[bool; 3]; 2]) -> (Vec<Option<Tens
     (
         grads,
         agreed.loss.double_value(&[]),
-        agreed.stop_requests.double_value(&[]),
+        agreed.read_stop_requests().unwrap(),
     )
 }
 
 /// Both ranks' results for `reaches`.
-fn job(reaches: [[bool; 3]; 2]) -> Vec<(Vec<Option<Tensor>>, f64, f64)> {
+fn job(reaches: [[bool; 3]; 2]) -> Vec<(Vec<Option<Tensor>>, f64, StopRequests)> {
     let port = byol_testkit::free_port();
     let ranks: Vec<_> = (0..2)
         .map(|rank| std::thread::spawn(move || run_rank(rank, port, reaches)))
@@ -77,8 +78,13 @@ fn check(reaches: [[bool; 3]; 2]) {
                 );
             }
         }
-        // Both losses are 0 (zero parameters); one rank of two asked to stop.
-        assert_eq!((*loss, *stops), (0.0, 0.5), "rank {rank}");
+        // Both losses are 0 (zero parameters); one rank of two asked to stop, so both read a stop;
+        // both read the mean of 1 s and 2 s since the last read (exact in float32).
+        let agreed = StopRequests {
+            any: true,
+            seconds_since_read: 1.5,
+        };
+        assert_eq!((*loss, *stops), (0.0, agreed), "rank {rank}");
     }
 }
 

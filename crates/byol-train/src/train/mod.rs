@@ -17,6 +17,7 @@ mod monitor;
 mod progress;
 pub mod state;
 mod step;
+mod stop_poll;
 mod trainer;
 
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ pub use model::{Model, Weights};
 pub use monitor::{embed_split, embed_split_sharded, knn_classes_listed, Evaluation, NO_LABELS_NOTE};
 pub use progress::print_line;
 pub use step::{check_precision, Plan, StepNumerics, StepReport};
+pub use stop_poll::StopPoll;
 
 use guard::{explain_error, explain_panic};
 use journal::Journal;

@@ -205,12 +205,6 @@ impl Plan {
     }
 }
 
-/// How often, in steps, a data-parallel run reads whether any process was asked to stop, at
-/// the least (see [`Trainer::polls_stop_after`]). Each read waits for the device; every process
-/// reads at the same steps, so all stop after the same one, at most this many steps after the
-/// signal.
-pub const STOP_POLL_STEPS: u64 = 10;
-
 /// What one training step computed.
 pub struct StepReport {
     /// The loss averaged over micro-batches (and processes): a scalar on the device, read on
@@ -220,7 +214,7 @@ pub struct StepReport {
     /// The target EMA's decay at this step.
     pub tau: f64,
     /// Whether to stop after this step: this process was asked to, or in a data-parallel run,
-    /// any process was, as read where [`Trainer::polls_stop_after`] says.
+    /// any process was, as read where [`Trainer::reads_stop_after`] says.
     pub stop: bool,
     /// The online projections of the last micro-batch, detached.
     pub projections: Tensor,
@@ -272,9 +266,15 @@ impl Trainer<'_> {
                     Some(overlapped) => overlapped.left_out(),
                     None => self.model.parameters.iter().map(|p| p.tensor.shallow_clone()).collect(),
                 };
-                let agreed = parallel.all_reduce_gradients(&after_backward, &total, stop)?;
-                let polled = self.polls_stop_after(step + 1);
-                let stop = polled && agreed.any_stop();
+                let since_read = self.stop_poll.seconds_since_read();
+                let agreed = parallel.all_reduce_gradients(&after_backward, &total, stop, since_read)?;
+                let stop = if self.reads_stop_after(step + 1) {
+                    let requests = agreed.read_stop_requests()?;
+                    self.stop_poll.read(step + 1, requests.seconds_since_read);
+                    requests.any
+                } else {
+                    false
+                };
                 (agreed.loss, stop)
             }
             None => (total, stop),
@@ -297,14 +297,12 @@ impl Trainer<'_> {
     }
 
     /// Whether a data-parallel run reads the processes' stop requests after `steps_done` steps:
-    /// every [`STOP_POLL_STEPS`], and wherever the loop waits for the device anyway (a log point, a
-    /// checkpoint, the end of an epoch, before its evaluation), so that slow steps, or an epoch
-    /// ending in a long evaluation, do not hold a stop back for long (torchrun kills workers
-    /// that have not stopped 30 s after it passed the signal on). The same steps on every
-    /// process: they share these settings.
-    pub fn polls_stop_after(&self, steps_done: u64) -> bool {
+    /// where [`super::StopPoll`] spaces the reads by time, and wherever the loop waits for the device
+    /// anyway (a log point, a checkpoint, the end of an epoch, before its evaluation). The same
+    /// steps on every process: they share these settings and the figures the reads agree on.
+    pub fn reads_stop_after(&self, steps_done: u64) -> bool {
         let every = |n: u64| n > 0 && steps_done.is_multiple_of(n);
-        every(STOP_POLL_STEPS)
+        self.stop_poll.due(steps_done)
             || every(self.experiment.logging.every_steps.max(1))
             || every(self.experiment.checkpoint.every_steps)
             || every(self.plan.steps_per_epoch)

@@ -23,6 +23,7 @@ use super::model::Model;
 use super::monitor::{labelled_splits, Evaluation, Monitor};
 use super::state::{self, DatasetFingerprint, KeptSources, RunStart, TrainingState};
 use super::step::{Plan, StepNumerics};
+use super::stop_poll::StopPoll;
 
 pub struct Trainer<'a> {
     pub experiment: &'a Experiment,
@@ -59,6 +60,8 @@ pub struct Trainer<'a> {
     /// The model's buffers: in a data-parallel run, rank 0's are shared after every step.
     pub buffers: Vec<tch::Tensor>,
     pub loss_watch: LossWatch,
+    /// When a data-parallel run reads its processes' stop requests.
+    pub stop_poll: StopPoll,
 }
 
 /// Refuses to resume a run past its end: a checkpoint of more steps than the experiment has now
@@ -192,6 +195,7 @@ impl<'a> Trainer<'a> {
             overlapped,
             buffers,
             loss_watch: LossWatch::new(device),
+            stop_poll: StopPoll::new(start.step().unwrap_or(0)),
         })
     }
 
