@@ -278,7 +278,7 @@ impl Experiment {
         let s = &self.schedule;
         if s.epochs > 0 && s.warmup_epochs >= s.epochs as f64 {
             warnings.push(format!(
-                "schedule.warmup_epochs = {} is not shorter than schedule.epochs = {}: the learning rate \
+                "schedule.warmup_epochs = {:?} is not shorter than schedule.epochs = {}: the learning rate \
                  rises for the whole run and never decays (the paper warms up for 10 of 300 or more \
                  epochs); set schedule.warmup_epochs lower",
                 s.warmup_epochs, s.epochs

@@ -8,9 +8,8 @@ use byol_train::Experiment;
 
 fn plan(overrides: &[&str], micro_batches_per_epoch: usize) -> Plan {
     plugins_all::link();
-    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     Plan::new(
-        &Experiment::parse(TINY_EXPERIMENT, &overrides).unwrap(),
+        &Experiment::parse(TINY_EXPERIMENT, &to_strings(overrides)).unwrap(),
         micro_batches_per_epoch,
     )
 }
@@ -46,4 +45,35 @@ fn a_fractional_warmup_covers_its_share_of_the_steps() {
     );
     assert_eq!(p.steps_per_epoch, 10);
     assert_eq!(warmup_steps(&p), 3);
+}
+
+#[test]
+fn a_warmup_shorter_than_half_a_step_is_warned_of() {
+    plugins_all::link();
+    let warned = |overrides: &[&str], micro_batches: usize| {
+        let experiment = Experiment::parse(TINY_EXPERIMENT, &to_strings(overrides)).unwrap();
+        let p = Plan::new(&experiment, micro_batches);
+        (warmup_steps(&p), p.warnings(&experiment))
+    };
+    // 0.1 of 4 steps rounds to none: the lr starts at the peak.
+    let (steps, warnings) = warned(&["schedule.epochs=4", "schedule.warmup_epochs=0.1"], 4);
+    assert_eq!(steps, 1, "the first step is at the peak");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("schedule.warmup_epochs = 0.1 is 0.40 of a step at 4 steps per epoch")
+            && warnings[0].contains("set schedule.warmup_epochs to 0.25 (one step) or more, or to 0"),
+        "{}",
+        warnings[0]
+    );
+    // Half a step rounds to one; none asked, none warned of.
+    assert!(warned(&["schedule.epochs=4", "schedule.warmup_epochs=0.125"], 4)
+        .1
+        .is_empty());
+    assert!(warned(&["schedule.epochs=4", "schedule.warmup_epochs=0"], 4)
+        .1
+        .is_empty());
+}
+
+fn to_strings(overrides: &[&str]) -> Vec<String> {
+    overrides.iter().map(|s| s.to_string()).collect()
 }

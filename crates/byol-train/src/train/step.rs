@@ -193,6 +193,25 @@ impl Plan {
         }
     }
 
+    /// Settings of `experiment` that this plan's step counts make most likely not meant: a
+    /// warm-up shorter than half a step, which rounds to none.
+    pub fn warnings(&self, experiment: &Experiment) -> Vec<String> {
+        let warmup = experiment.schedule.warmup_epochs;
+        let mut warnings = Vec::new();
+        if warmup > 0.0 && self.warmup_steps == 0 && self.steps_per_epoch > 0 {
+            let per_epoch = self.steps_per_epoch;
+            warnings.push(format!(
+                "schedule.warmup_epochs = {warmup:?} is {:.2} of a step at {per_epoch} {} per epoch, which rounds to no \
+                 warm-up: the learning rate starts at its peak; set schedule.warmup_epochs to {:?} (one step) or \
+                 more, or to 0",
+                warmup * per_epoch as f64,
+                if per_epoch == 1 { "step" } else { "steps" },
+                1.0 / per_epoch as f64,
+            ));
+        }
+        warnings
+    }
+
     /// The lr of step `step` (0-based): linear warm-up, then cosine decay to the final lr.
     pub fn lr_at(&self, step: u64) -> f64 {
         lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, self.final_lr)

@@ -118,6 +118,11 @@ impl<'a> Trainer<'a> {
         }
         let loader = training_loader(experiment, &splits, device, rank, world)?;
         let plan = Plan::new(experiment, loader.batches_per_epoch());
+        if main {
+            for warning in plan.warnings(experiment) {
+                eprintln!("warning: {warning}");
+            }
+        }
 
         let fingerprint = DatasetFingerprint::of_run(&splits, labelled.as_ref());
         if let Some(parallel) = &parallel {
