@@ -3,7 +3,8 @@
 //! `--strict` stops at the first one; hidden files and folders (macOS's `._x.jpg` among them) are
 //! left out as training leaves them out; the names file keeps one line per row whatever the
 //! names hold; a wrong `--out` extension stops before any work. And what `export` writes loads
-//! into torchvision, whose forward is what `embed` computes.
+//! into torchvision, whose forward is what `embed` computes; a failed write of either leaves the
+//! earlier output whole.
 
 use super::TINY;
 use super::{byol_run, text};
@@ -319,4 +320,28 @@ with torch.no_grad():
         difference <= 1e-5 * scale,
         "embed differs from torchvision's forward of the export by {difference:e} (largest entry {scale})"
     );
+
+    // A write that fails (here: its partial file cannot be created, as a full disk would fail it)
+    // leaves the earlier outputs whole, and the embeddings still paired with their names.
+    let kept: Vec<(&str, Vec<u8>)> = ["backbone.safetensors", "emb.npy", "emb.npy.names.txt"]
+        .into_iter()
+        .map(|name| (name, std::fs::read(dir.path().join(name)).unwrap()))
+        .collect();
+    std::fs::create_dir(dir.path().join("backbone.safetensors.partial")).unwrap();
+    let out = byol_run(dir.path(), &["export", "r", "--out", "backbone.safetensors"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot write backbone.safetensors"),
+        "{}",
+        text(&out)
+    );
+    std::fs::create_dir(dir.path().join("emb.npy.names.txt.partial")).unwrap();
+    std::fs::remove_file(images.join("4.png")).unwrap();
+    let out = byol_run(dir.path(), &["embed", "r", "--images", "images", "--out", "emb.npy"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("cannot write emb.npy.names.txt"), "{}", text(&out));
+    for (name, bytes) in kept {
+        assert!(std::fs::read(dir.path().join(name)).unwrap() == bytes, "{name} changed");
+    }
+    assert!(!dir.path().join("emb.npy.partial").exists(), "a partial file is left");
 }

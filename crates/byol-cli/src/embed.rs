@@ -9,7 +9,7 @@ use tch::{Device, Tensor};
 use byol::BuildContext;
 use byol_data::image_folder::{decode_square, ImageTree, PassedOver};
 use byol_train::checkpoint::{self, Checkpointer};
-use byol_train::run_dir::{CHECKPOINTS_DIR, CONFIG_FILE};
+use byol_train::run_dir::{self, FileWriter, CHECKPOINTS_DIR, CONFIG_FILE};
 use byol_train::train::{state, Model, Weights};
 use byol_train::Experiment;
 
@@ -154,7 +154,8 @@ pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
     if backbone.is_empty() {
         bail!("{} holds no '{BACKBONE_PREFIX}*' variables", checkpoint_dir.display());
     }
-    Tensor::write_safetensors(&backbone, out).with_context(|| format!("cannot write {}", out.display()))?;
+    // Through a partial file: a failure (a full disk) leaves an earlier export whole.
+    run_dir::replace_file_with(out, |path| Ok(Tensor::write_safetensors(&backbone, path)?))?;
     println!("wrote {} backbone tensors to {}", backbone.len(), out.display());
     Ok(())
 }
@@ -334,18 +335,20 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         bail!("none of the images under {} could be read", args.images.display());
     }
     let embeddings = Tensor::cat(&embeddings, 0);
-    let written = match format {
-        OutFormat::Npy => embeddings.write_npy(&args.out),
-        OutFormat::Safetensors => Tensor::write_safetensors(&[("embeddings", &embeddings)], &args.out),
-    };
-    written.with_context(|| format!("cannot write {}", args.out.display()))?;
     let names: Vec<String> = embedded
         .iter()
         .map(|f| byol_data::path_line(f.strip_prefix(&args.images).unwrap_or(f)))
         .collect();
     let names_path = PathBuf::from(format!("{}.names.txt", args.out.display()));
-    std::fs::write(&names_path, names.join("\n") + "\n")
-        .with_context(|| format!("cannot write {}", names_path.display()))?;
+    // Both or neither: a failure (a full disk) leaves earlier files whole and still a pair.
+    let write_embeddings: FileWriter = Box::new(|path| {
+        Ok(match format {
+            OutFormat::Npy => embeddings.write_npy(path),
+            OutFormat::Safetensors => Tensor::write_safetensors(&[("embeddings", &embeddings)], path),
+        }?)
+    });
+    let write_names: FileWriter = Box::new(|path| Ok(std::fs::write(path, names.join("\n") + "\n")?));
+    run_dir::replace_files_with(vec![(&args.out, write_embeddings), (&names_path, write_names)])?;
     println!(
         "embedded {} images ({} dims) into {} (names in {})",
         embedded.len(),

@@ -232,7 +232,7 @@ fn report(json: &Option<PathBuf>, value: serde_json::Value) -> anyhow::Result<()
     let text = serde_json::to_string_pretty(&value)?;
     println!("{text}");
     if let Some(path) = json {
-        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        byol_train::run_dir::replace_file(path, text.as_bytes())?;
     }
     Ok(())
 }

@@ -481,28 +481,65 @@ pub fn save_config(run_dir: &Path, config: &str) -> anyhow::Result<()> {
 /// (which would stop every later start of the run). The folder is synced too, so that the rename
 /// itself survives a power loss.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    replace_file_with(path, |partial| {
+        File::create(partial).and_then(|mut f| f.write_all(bytes))?;
+        Ok(())
+    })
+}
+
+/// [`replace_file`] for a writer that takes a path (tch's `write_npy`, `write_safetensors`):
+/// `write` writes `<path>.partial`, which is then synced and renamed over `path`.
+pub fn replace_file_with(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    replace_files_with(vec![(path, Box::new(write))])
+}
+
+/// What writes one of the files that [`replace_files_with`] replaces, given the path to write.
+pub type FileWriter<'a> = Box<dyn FnOnce(&Path) -> anyhow::Result<()> + 'a>;
+
+/// Files that belong together (embeddings and their names) replaced together: each writer writes
+/// its `<path>.partial`, and only once every one is written and synced are they renamed over their
+/// paths, so that a failure (a full disk) leaves the old files as they were, and no partial one.
+pub fn replace_files_with(files: Vec<(&Path, FileWriter<'_>)>) -> anyhow::Result<()> {
+    let partials: Vec<PathBuf> = files.iter().map(|(path, _)| partial_path(path)).collect();
+    let remove_partials = || {
+        for partial in &partials {
+            let _ = std::fs::remove_file(partial);
+        }
+    };
+    let paths: Vec<&Path> = files.iter().map(|(path, _)| *path).collect();
+    for ((path, write), partial) in files.into_iter().zip(&partials) {
+        write(partial)
+            .and_then(|()| Ok(File::open(partial)?.sync_all()?))
+            .inspect_err(|_| remove_partials())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    for (path, partial) in paths.iter().zip(&partials) {
+        std::fs::rename(partial, path)
+            .inspect_err(|_| remove_partials())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // The files are whole in place; only their renames may not yet survive a power loss.
+    for path in paths {
+        let folder = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        sync_dir(folder).with_context(|| {
+            format!(
+                "wrote {}, but cannot sync its folder {} to disk",
+                path.display(),
+                folder.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `<path>.partial`: where [`replace_file`] writes before the rename.
+fn partial_path(path: &Path) -> PathBuf {
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    File::create(&partial)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&partial, path))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&partial);
-        })
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    // The file is whole in place; only its rename may not yet survive a power loss.
-    sync_dir(folder).with_context(|| {
-        format!(
-            "wrote {}, but cannot sync its folder {} to disk",
-            path.display(),
-            folder.display()
-        )
-    })
+    PathBuf::from(partial)
 }
 
 /// Makes the entries of `dir` (files created, renamed or removed in it) durable.
