@@ -228,6 +228,9 @@ pub fn load_trained(checkpoint_or_run: &Path, device: Option<&str>) -> anyhow::R
     let device = trained_device(&experiment.run.device, device)?;
     let context = BuildContext::new(device, experiment.augment.image_size());
     let model = Model::build(&experiment, &context, Weights::Checkpoint)?;
+    for warning in model.byol.backbone_warnings() {
+        eprintln!("warning: {warning}");
+    }
     let tensors: Vec<(String, Tensor)> = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?
         .into_iter()
         .filter(|(name, _)| !name.starts_with("probe."))

@@ -310,7 +310,7 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
         return sweep::validate(args);
     }
     let experiment = load_valid(args)?;
-    byol_train::train::Model::check_builds(&experiment)
+    let backbone_warnings = byol_train::train::Model::check_builds(&experiment)
         .with_context(|| format!("in experiment file {}", path.display()))?;
     println!(
         "{} is valid: experiment '{}'",
@@ -320,7 +320,7 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     for note in experiment.notes() {
         println!("note: {note}");
     }
-    for warning in experiment.warnings() {
+    for warning in experiment.warnings().into_iter().chain(backbone_warnings) {
         println!("warning: {warning}");
     }
     Ok(())

@@ -24,6 +24,13 @@ pub trait Backbone: std::fmt::Debug + Send {
         pool_flatten(&features)
     }
 
+    /// What building found that is valid but most likely not meant (a TorchScript module traced
+    /// in eval mode), each a sentence with what to do: printed where a run starts, by
+    /// `byol-run validate` and by `embed`/`eval`. None by default.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Checks a tap name, listing the available ones when it is unknown.
     fn check_tap(&self, tap: &str) -> Result<i64, ByolError> {
         self.tap_dim(tap).ok_or_else(|| ByolError::UnknownTap {

@@ -171,6 +171,11 @@ impl Byol {
         })
     }
 
+    /// The online backbone's [`Backbone::warnings`](crate::Backbone::warnings).
+    pub fn backbone_warnings(&self) -> Vec<String> {
+        self.online_backbone.warnings()
+    }
+
     /// The symmetric BYOL loss of two views of the same images (`contrast` in the original).
     pub fn loss(&self, view1: &Tensor, view2: &Tensor) -> Tensor {
         self.loss_parts(view1, view2).loss

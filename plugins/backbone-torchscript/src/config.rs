@@ -56,14 +56,14 @@ byol::register_plugin! {
     optional: "# path: torch.jit.script(model).save(\"backbone.pt\"); input_size: the dummy forward's image side\n\
                # and in [byol]: embedding_layer = \"output\"",
     impl BackboneSpec for TorchScriptConfig {
-        fn build(&self, path: &nn::Path, _: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
+        fn build(&self, path: &nn::Path, context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
             if self.input_size <= 0 {
                 return Err(ByolError::Config(format!(
                     "backbone.input_size = {} is not a positive image size",
                     self.input_size
                 )));
             }
-            Ok(Box::new(TorchScriptBackbone::load(&self.path, path, self.input_size)?))
+            Ok(Box::new(TorchScriptBackbone::load(&self.path, path, self.input_size, context.image_size)?))
         }
 
         fn source_files(&self) -> Vec<(&'static str, PathBuf)> {

@@ -23,11 +23,12 @@
 //!   batch-norm running statistics, and `byol-run export` writes a state_dict that
 //!   `model.load_state_dict` takes strictly. The starting weights are the module's own (there is no
 //!   `pretrained` key: export the model with the weights you want to start from).
-//! - One tap, `output`: the forward's result, `[N, C]` (or `[N, C, H, W]`, pooled by BYOL).
+//! - One tap, `output`: the forward's result, `[N, C]` (or `[N, C, H, W]`, pooled by BYOL; other
+//!   shapes flattened, so their width must not depend on the image size, which loading checks).
 //! - `train` selects `module.train()` / `module.eval()`. A **traced** module keeps the batch-norm
 //!   and dropout behaviour of the mode it was traced in whatever the mode: script the model when
-//!   you can; if you must trace, trace it in train mode (BYOL's online and target networks run in
-//!   train mode; evaluation embeddings then also use batch statistics).
+//!   you can. Loading finds either mode with probe forwards and warns
+//!   ([`byol::Backbone::warnings`]).
 //! - tch has no `named_buffers` for a TorchScript module: the module is loaded and owned by
 //!   torch-ext's shim ([`torch_ext::torchscript::ScriptModule`]), which has it.
 

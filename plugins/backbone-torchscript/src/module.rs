@@ -32,6 +32,8 @@ pub struct TorchScriptBackbone {
     module: Mutex<Module>,
     dim: i64,
     file: PathBuf,
+    /// What loading found ([`Backbone::warnings`]).
+    warnings: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -58,40 +60,45 @@ impl Module {
 impl TorchScriptBackbone {
     /// Loads the module in `file` onto `path`'s device, adds its parameters (trainable as saved:
     /// `requires_grad`) and buffers (not trainable) under `path` with their state_dict names, and
-    /// finds the output width with an eval-mode forward of a `[2, 3, input_size, input_size]` batch
-    /// of zeros (buffers restored afterwards, in case a traced module updates them anyway).
-    pub fn load(file: &Path, path: &nn::Path, input_size: i64) -> Result<Self, ByolError> {
+    /// finds the output width with an eval-mode forward of a `[2, 3, input_size, input_size]`
+    /// batch. The same forward at `views_size` (the size training feeds) must give the same
+    /// width. Probe forwards in both modes then look for what tracing records ([`mode_warnings`]);
+    /// the module's buffers are restored after every probe, so that loading changes nothing.
+    pub fn load(file: &Path, path: &nn::Path, input_size: i64, views_size: i64) -> Result<Self, ByolError> {
+        let config_error = |what: String| ByolError::Config(format!("backbone.path = {}: {what}", file.display()));
+        if file.is_dir() {
+            return Err(config_error(
+                "is a folder; name the module's file, saved with torch.jit.script(model).save(\"backbone.pt\")".into(),
+            ));
+        }
         if !file.is_file() {
             let cwd = std::env::current_dir()
                 .map(|d| d.display().to_string())
                 .unwrap_or_else(|_| "?".into());
-            return Err(ByolError::Config(format!(
-                "backbone.path = {}: no such file (relative paths start from the working directory {cwd}); \
-                 export a module with torch.jit.script(model).save(\"backbone.pt\")",
-                file.display()
+            return Err(config_error(format!(
+                "no such file (relative paths start from the working directory {cwd}); export a module with \
+                 torch.jit.script(model).save(\"backbone.pt\")"
             )));
         }
         let inner = ScriptModule::load(file, path.device()).map_err(|e| {
-            ByolError::Config(format!(
-                "backbone.path = {}: not a TorchScript module saved by torch.jit.save ({e})",
-                file.display()
+            // libtorch's own text suggests a corrupt file; most often it is a torch.save file.
+            let cause = e.0.lines().next().unwrap_or_default().to_string();
+            config_error(format!(
+                "not a TorchScript module saved by torch.jit.save: a file of torch.save (a state_dict or \
+                 a pickled model) is not one; save torch.jit.script(model) (or torch.jit.trace) with its \
+                 .save(\"backbone.pt\") ({cause})"
             ))
         })?;
         let parameters = inner.named_parameters().map_err(|e| ByolError::Torch(torch_error(e)))?;
         if !parameters.iter().any(|(_, t)| t.requires_grad()) {
-            return Err(ByolError::Config(format!(
-                "backbone.path = {}: the module has no trainable parameter",
-                file.display()
-            )));
+            return Err(config_error("the module has no trainable parameter".into()));
         }
         if let Some((name, t)) = parameters
             .iter()
-            .find(|(_, t)| t.is_floating_point() && t.kind() != path.kind())
+            .find(|(_, t)| !t.is_floating_point() || t.kind() != path.kind())
         {
-            return Err(ByolError::Config(format!(
-                "backbone.path = {}: parameter '{name}' is {:?}, the model is {:?}; save the module in float32 \
-                 (model.float())",
-                file.display(),
+            return Err(config_error(format!(
+                "parameter '{name}' is {:?}, the model is {:?}; save the module in float32 (model.float())",
                 t.kind(),
                 path.kind()
             )));
@@ -103,40 +110,140 @@ impl TorchScriptBackbone {
         }
         let mut saved = Vec::with_capacity(buffers.len());
         for (name, tensor) in buffers {
-            saved.push((tensor.shallow_clone(), tensor.copy()));
+            saved.push(SavedBuffer {
+                name: name.clone(),
+                live: tensor.shallow_clone(),
+                copy: tensor.copy(),
+            });
             add_variable(path, &name, tensor, false);
         }
+        let mut probe = Probe {
+            module: Module { inner, training: None },
+            saved,
+            kind: path.kind(),
+            device: path.device(),
+        };
 
-        let mut module = Module { inner, training: None };
-        let probe = Tensor::zeros([2, 3, input_size, input_size], (path.kind(), path.device()));
-        let out = tch::no_grad(|| module.forward(&probe, false));
-        tch::no_grad(|| {
-            for (live, copy) in &saved {
-                live.shallow_clone().copy_(copy);
-            }
-        });
-        let out = out.map_err(|e| {
-            ByolError::Config(format!(
-                "backbone.path = {}: the forward of a [2, 3, {input_size}, {input_size}] batch fails (set \
-                 backbone.input_size to a size the module accepts; its forward must take one image tensor and \
-                 return one tensor): {e}",
-                file.display()
+        let out = probe.forward(input_size, false).map_err(|e| {
+            config_error(format!(
+                "the forward of a [2, 3, {input_size}, {input_size}] batch fails (set backbone.input_size to \
+                 a size the module accepts; its forward must take one image tensor and return one tensor): {e}"
             ))
         })?;
         let size = out.size();
         if size.len() < 2 || size[0] != 2 || out.kind() != path.kind() {
-            return Err(ByolError::Config(format!(
-                "backbone.path = {}: the forward returns a {:?} tensor of shape {size:?}; a backbone returns \
-                 [N, C] or [N, C, H, W] features of the model's kind",
-                file.display(),
+            return Err(config_error(format!(
+                "the forward returns a {:?} tensor of shape {size:?}; a backbone returns [N, C] or [N, C, H, W] \
+                 features of the model's kind",
                 out.kind()
             )));
         }
+        let dim = size[1];
+        if views_size != input_size {
+            let at_views = probe.forward(views_size, false).map_err(|e| {
+                config_error(format!(
+                    "the forward of a [2, 3, {views_size}, {views_size}] batch, the size of the views \
+                     (augment.image_size), fails: the module does not take the images training feeds it: {e}"
+                ))
+            })?;
+            let views_dim = at_views.size().get(1).copied().unwrap_or(0);
+            if views_dim != dim {
+                return Err(config_error(format!(
+                    "the output's width depends on the image size: {dim} at backbone.input_size = {input_size}, \
+                     {views_dim} at the views' {views_size} px (augment.image_size); an output of other than 2 or \
+                     4 dimensions ([N, tokens, C]) is flattened, and grows with the image: return pooled features \
+                     ([N, C]: tokens.mean(1), or the class token x[:, 0]), or set backbone.input_size = {views_size}"
+                )));
+            }
+        }
+        let warnings = probe.mode_warnings(views_size, file);
         Ok(Self {
-            module: Mutex::new(module),
-            dim: size[1],
+            module: Mutex::new(probe.module),
+            dim,
             file: file.to_path_buf(),
+            warnings,
         })
+    }
+}
+
+/// A buffer of the module and its value when loaded.
+struct SavedBuffer {
+    name: String,
+    live: Tensor,
+    copy: Tensor,
+}
+
+/// The module being loaded, with what restores its buffers after a probe forward.
+struct Probe {
+    module: Module,
+    saved: Vec<SavedBuffer>,
+    kind: tch::Kind,
+    device: tch::Device,
+}
+
+impl Probe {
+    /// The module's output for a fixed `[2, 3, size, size]` batch of varied pixels (drawn from
+    /// no random generator, so that loading leaves the run's seed stream alone), without
+    /// gradients; the buffers are restored afterwards.
+    fn forward(&mut self, size: i64, train: bool) -> Result<Tensor, TchError> {
+        self.forward_counting(size, train).0
+    }
+
+    /// [`Probe::forward`], and how many batches its batch norms counted in
+    /// `num_batches_tracked` (None: the module has no such counter).
+    fn forward_counting(&mut self, size: i64, train: bool) -> (Result<Tensor, TchError>, Option<i64>) {
+        let batch = (Tensor::arange(2 * 3 * size * size, (tch::Kind::Float, self.device)) * 0.7)
+            .sin()
+            .view([2, 3, size, size])
+            .to_kind(self.kind);
+        let out = tch::no_grad(|| self.module.forward(&batch, train));
+        let counters = || self.saved.iter().filter(|b| b.name.ends_with("num_batches_tracked"));
+        let counted = (counters().count() > 0).then(|| {
+            counters()
+                .map(|b| b.live.int64_value(&[]) - b.copy.int64_value(&[]))
+                .sum()
+        });
+        tch::no_grad(|| {
+            for buffer in &self.saved {
+                buffer.live.shallow_clone().copy_(&buffer.copy);
+            }
+        });
+        (out, counted)
+    }
+
+    /// What a module recorded by `torch.jit.trace` gives away: batch norms that count no batch
+    /// in train mode (traced in eval mode: training would keep the loaded statistics and no
+    /// dropout), or that count one in eval mode (traced in train mode: `embed`, `eval` and the
+    /// kNN monitor would update the statistics that checkpoints keep), and an eval-mode forward
+    /// that gives two outputs for one batch (dropout traced in train mode: embeddings would be
+    /// random).
+    fn mode_warnings(&mut self, size: i64, file: &Path) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let module = format!("backbone.path = {}", file.display());
+        let retrace = "script the module (torch.jit.script), or trace it in the mode it is trained in";
+        if let (Ok(_), Some(0)) = self.forward_counting(size, true) {
+            warnings.push(format!(
+                "{module}: its batch norms count no batch in train mode (a module traced in eval mode): \
+                 training would keep their loaded running statistics and skip any dropout; {retrace}"
+            ));
+        }
+        if let (Ok(_), Some(1..)) = self.forward_counting(size, false) {
+            warnings.push(format!(
+                "{module}: its batch norms update their running statistics in eval mode too (a module traced \
+                 in train mode): embed, eval and the kNN monitor use batch statistics and change the running \
+                 ones that checkpoints keep; script the module (torch.jit.script) if you can"
+            ));
+        }
+        if let (Ok(first), Ok(second)) = (self.forward(size, false), self.forward(size, false)) {
+            if first != second {
+                warnings.push(format!(
+                    "{module}: its eval-mode forward gives different outputs for the same images (dropout \
+                     traced in train mode): embed and eval would give random embeddings; {retrace}, or trace \
+                     it without dropout"
+                ));
+            }
+        }
+        warnings
     }
 }
 
@@ -147,6 +254,10 @@ impl Backbone for TorchScriptBackbone {
 
     fn tap_dim(&self, tap: &str) -> Option<i64> {
         (tap == OUTPUT).then_some(self.dim)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
     }
 
     fn forward_taps(&self, images: &Tensor, train: bool, taps: &[&str]) -> Vec<Tensor> {

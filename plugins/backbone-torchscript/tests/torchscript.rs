@@ -409,3 +409,118 @@ fn the_toml_table_parses() {
     let typo = toml::from_str::<Box<dyn BackboneSpec>>("type = \"torchscript\"\npath = \"a.pt\"\nembeding_dim = 3\n");
     assert!(typo.is_err(), "unknown keys are refused");
 }
+
+/// Modules that cannot train as they are; in a file, as `torch.jit.script` reads their source.
+const AWKWARD_NETS: &str = r#"
+import torch
+
+class Tokens(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patches = torch.nn.Conv2d(3, 8, 4, stride=4)
+
+    def forward(self, x):
+        return self.patches(x).flatten(2).transpose(1, 2)  # [N, tokens, 8]
+
+class Complex(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.z = torch.nn.Parameter(torch.ones(4, dtype=torch.complex64))
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3)) * self.z.real
+"#;
+
+/// Exports into `DIR` modules that tracing recorded in one mode, and the awkward ones.
+const AWKWARD: &str = r#"
+import copy
+sys.path.insert(0, DIR)
+from tiny_net import TinyNet
+from awkward_nets import Tokens, Complex
+torch.manual_seed(0)
+x = torch.randn(2, 3, 16, 16)
+tiny = TinyNet()
+torch.jit.script(tiny).save(DIR + "/scripted.pt")
+torch.jit.trace(copy.deepcopy(tiny).eval(), x).save(DIR + "/traced_eval.pt")
+dropout = torch.nn.Sequential(TinyNet(), torch.nn.Dropout(0.5))
+torch.jit.trace(dropout.train(), x, check_trace=False).save(DIR + "/traced_train.pt")
+torch.jit.script(Tokens()).save(DIR + "/tokens.pt")
+torch.jit.script(Complex()).save(DIR + "/complex.pt")
+torch.save(tiny.state_dict(), DIR + "/state_dict.pt")
+"#;
+
+/// What `torch.jit.trace` records is found when the module loads and said as warnings (a module
+/// traced in eval mode trains with frozen batch-norm statistics; one traced in train mode with
+/// dropout embeds at random and updates its statistics while evaluating); a flattened output
+/// whose width depends on the image size, a complex parameter, a folder and a `torch.save` file
+/// are refused naming the key and what to do. Loading changes no buffer.
+#[test]
+fn modes_recorded_by_tracing_are_warned_of_and_modules_that_cannot_train_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny_net.py"), TINY_NET).unwrap();
+    std::fs::write(dir.path().join("awkward_nets.py"), AWKWARD_NETS).unwrap();
+    run_python(&format!("DIR = {:?}\n{AWKWARD}", dir.path().to_str().unwrap()), &[]);
+    let build = |file: &str, input_size: i64| {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let spec = TorchScriptConfig {
+            path: dir.path().join(file),
+            input_size,
+        };
+        let built = spec.build(&vs.root(), &byol::BuildContext::new(Device::Cpu, 16));
+        let state: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, t)| (k, t.copy())).collect();
+        (built, state)
+    };
+    let warnings = |file: &str| build(file, 16).0.unwrap().warnings();
+
+    assert_eq!(warnings("scripted.pt"), Vec::<String>::new());
+    let traced_eval = warnings("traced_eval.pt");
+    assert_eq!(traced_eval.len(), 1, "{traced_eval:?}");
+    assert!(
+        traced_eval[0].contains("count no batch in train mode"),
+        "{traced_eval:?}"
+    );
+    let traced_train = warnings("traced_train.pt");
+    assert_eq!(traced_train.len(), 2, "{traced_train:?}");
+    assert!(
+        traced_train[0].contains("update their running statistics in eval mode"),
+        "{traced_train:?}"
+    );
+    assert!(
+        traced_train[1].contains("different outputs for the same images"),
+        "{traced_train:?}"
+    );
+
+    // The probes leave the buffers as saved: the counters hold the one batch of the trace itself.
+    let (_, state) = build("traced_train.pt", 16);
+    let counters: Vec<i64> = state
+        .iter()
+        .filter(|(k, _)| k.ends_with("num_batches_tracked"))
+        .map(|(_, v)| v.int64_value(&[]))
+        .collect();
+    assert_eq!(counters, [1, 1], "the batch norms' counters");
+
+    // Tokens at 16 px are 16 x 8 wide, at 32 px 64 x 8: the views (16 px) would not fit the heads.
+    assert_eq!(build("tokens.pt", 16).0.unwrap().tap_dim(OUTPUT), Some(128));
+    let error = build("tokens.pt", 32).0.unwrap_err().to_string();
+    assert!(
+        error.contains(
+            "the output's width depends on the image size: 512 at backbone.input_size = 32, 128 at the views' 16 px"
+        ),
+        "{error}"
+    );
+    let refused = |file: &str| build(file, 16).0.unwrap_err().to_string();
+    let error = refused("complex.pt");
+    assert!(
+        error.contains("parameter 'z' is ComplexFloat") && error.contains("model.float()"),
+        "{error}"
+    );
+    let error = refused("state_dict.pt");
+    assert!(error.contains("a file of torch.save (a state_dict"), "{error}");
+    std::fs::create_dir(dir.path().join("folder.pt")).unwrap();
+    let error = refused("folder.pt");
+    assert!(
+        error.contains("backbone.path") && error.contains("is a folder"),
+        "{error}"
+    );
+}

@@ -49,9 +49,11 @@ impl Model {
     /// and the augmentation. For `byol-run validate`, so that what only building finds (a missing
     /// file, an unknown `byol.embedding_layer`, a ViT at another size than the views) is found
     /// before a run is started.
-    pub fn check_builds(experiment: &Experiment) -> anyhow::Result<()> {
+    /// Returns the backbone's warnings ([`Byol::backbone_warnings`]).
+    pub fn check_builds(experiment: &Experiment) -> anyhow::Result<Vec<String>> {
         let model = Self::build_for_check(experiment)?;
-        model.check_builds_around(experiment)
+        model.check_builds_around(experiment)?;
+        Ok(model.byol.backbone_warnings())
     }
 
     /// The networks of [`Model::check_builds`], on the CPU.

@@ -148,6 +148,11 @@ impl<'a> Trainer<'a> {
         }
 
         let (model, mut optimizer) = build_model(experiment, &context, &start, numerics.channels_last)?;
+        if main {
+            for warning in model.byol.backbone_warnings() {
+                eprintln!("warning: {warning}");
+            }
+        }
         let monitor = Monitor::new(
             experiment,
             &splits,
