@@ -233,7 +233,8 @@ fn a_run_whose_knn_accuracy_fell_says_so() {
     );
 }
 
-/// Validate loads the module (and so refuses a file that is none) and says that it is code.
+/// Validate loads the module (and so refuses a file that is none) and says that it is code, and
+/// what its probe forwards found; a module that lets no gradient through trains with a warning.
 #[test]
 fn validate_says_a_torchscript_backbone_is_code_that_runs() {
     let dir = setup();
@@ -256,6 +257,42 @@ fn validate_says_a_torchscript_backbone_is_code_that_runs() {
     assert!(out.status.success(), "{all}");
     assert!(
         all.contains("the module backbone.pt is code, and byol-run runs it during training and embed"),
+        "{all}"
+    );
+
+    // Training it: gradients reach the module, and nothing says otherwise.
+    let train = |run: &str| byol_run(dir.path(), &["ts.toml", "--run-dir", run, "--set", "schedule.epochs=1"]);
+    let out = train("trained");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains("reached no parameter of the backbone"),
+        "{}",
+        text(&out)
+    );
+
+    // Traced in eval mode (batch norm frozen), and detaching its output: validate and the start say so.
+    let script = format!(
+        "net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.BatchNorm2d(8), \
+         torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())\n\
+         class Detached(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.net = net\n\
+         \n    def forward(self, x):\n        return self.net(x).detach()\n\
+         torch.jit.trace(Detached().eval(), torch.randn(2, 3, 16, 16)).save({:?})\n",
+        module.to_str().unwrap()
+    );
+    byol_testkit::run_python(&script, &[]);
+    let out = byol_run(dir.path(), &["validate", "ts.toml"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("warning: backbone.path = backbone.pt: its batch norms count no batch in train mode"),
+        "{all}"
+    );
+    let out = train("detached");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("its batch norms count no batch in train mode"), "{all}");
+    assert!(
+        all.contains("warning: the first step's gradients reached no parameter of the backbone"),
         "{all}"
     );
 

@@ -48,8 +48,7 @@ impl Model {
     /// networks (reading `backbone.pretrained` or a TorchScript module), the optimizer over them
     /// and the augmentation. For `byol-run validate`, so that what only building finds (a missing
     /// file, an unknown `byol.embedding_layer`, a ViT at another size than the views) is found
-    /// before a run is started.
-    /// Returns the backbone's warnings ([`Byol::backbone_warnings`]).
+    /// before a run is started. Returns the backbone's warnings ([`Byol::backbone_warnings`]).
     pub fn check_builds(experiment: &Experiment) -> anyhow::Result<Vec<String>> {
         let model = Self::build_for_check(experiment)?;
         model.check_builds_around(experiment)?;

@@ -277,6 +277,10 @@ impl Trainer<'_> {
             .probe_on_evaluation_batch(step, &self.model.byol, self.augment.as_ref(), self.device)
             .context("loading the online probe's batch from eval.train")?;
         let lr = self.plan.lr_at(step);
+        if !self.backbone_gradients_checked {
+            self.backbone_gradients_checked = true;
+            self.warn_without_backbone_gradients();
+        }
         let (loss, stop) = match &self.parallel {
             Some(parallel) => {
                 // The gradients that backward did not average already, with the loss and the
@@ -313,6 +317,30 @@ impl Trainer<'_> {
             stop,
             projections: projections.expect("at least one micro-batch"),
         })
+    }
+
+    /// Warns (process 0) when the first step's backward reached no parameter of the online
+    /// backbone: a backbone whose forward detaches its output (a TorchScript module's
+    /// `x.detach()`, `torch.no_grad()`) trains only the projector and predictor, which would
+    /// otherwise show only as a kNN accuracy that does not improve. One wait for the device.
+    fn warn_without_backbone_gradients(&self) {
+        let reached: Vec<Tensor> = self
+            .model
+            .parameters
+            .iter()
+            .filter(|p| p.name.starts_with("online.backbone."))
+            .map(|p| p.tensor.grad())
+            .filter(Tensor::defined)
+            .map(|g| g.ne(0.0).any().to_kind(Kind::Int64))
+            .collect();
+        let any = !reached.is_empty() && Tensor::stack(&reached, 0).sum(Kind::Int64).int64_value(&[]) > 0;
+        if !any && self.is_main() {
+            eprintln!(
+                "warning: the first step's gradients reached no parameter of the backbone (every \
+                 online.backbone gradient is zero or missing): only the projector and predictor learn; a \
+                 backbone whose forward detaches its output (x.detach(), torch.no_grad()) does not train"
+            );
+        }
     }
 
     /// Whether a data-parallel run reads the processes' stop requests after `steps_done` steps:
