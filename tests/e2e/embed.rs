@@ -345,3 +345,109 @@ with torch.no_grad():
     }
     assert!(!dir.path().join("emb.npy.partial").exists(), "a partial file is left");
 }
+
+/// A module whose output is its input, flattened (plus a parameter that changes nothing, for
+/// the optimizer): what `embed` writes is then the evaluation's pixels themselves.
+const PIXELS_MODULE: &str = r#"
+import torch
+
+class Pixels(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x.flatten(1) + 0.0 * self.unused
+"#;
+
+/// `embed` decodes images to the run's `dataset.image_size` before the evaluation's resize and
+/// crop, as the kNN monitor's images were decoded: with squares decoded at 24 px and an
+/// evaluation that resizes to 32 and crops 16, its pixels are PIL's 24 px square (bilinear,
+/// antialiased) through torchvision's `Resize(32)` and `CenterCrop(16)`. The tolerance is the
+/// decode's: within 1 level of PIL's (the resize that follows mixes levels convexly), over the
+/// std. Decoding straight to 32 px differs by tens of levels on these noisy images.
+#[test]
+fn embed_sees_the_pixels_the_knn_monitor_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("pixels.py"), PIXELS_MODULE).unwrap();
+    let module = d.join("pixels.pt");
+    byol_testkit::run_python(
+        &format!(
+            "sys.path.insert(0, {:?})\nfrom pixels import Pixels\ntorch.jit.script(Pixels()).save({:?})\n",
+            d.to_str().unwrap(),
+            module.to_str().unwrap()
+        ),
+        &[],
+    );
+    for (split, per_class) in [("train", 8), ("test", 2)] {
+        for class in ["a", "b"] {
+            let folder = d.join(split).join(class);
+            std::fs::create_dir_all(&folder).unwrap();
+            for i in 0..per_class {
+                let image = tch::Tensor::randint(256, [3, 40, 40], (tch::Kind::Uint8, tch::Device::Cpu));
+                tch::vision::image::save(&image, folder.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    let experiment = byol_testkit::fixtures::with_table(
+        TINY,
+        "dataset",
+        "type = \"image_folder\"\ntrain = \"train\"\ntest = \"test\"\nimage_size = 24\n",
+    );
+    let experiment = byol_testkit::fixtures::with_table(
+        &experiment,
+        "backbone",
+        "type = \"torchscript\"\npath = \"pixels.pt\"\ninput_size = 16\n",
+    );
+    std::fs::write(d.join("pixels.toml"), experiment).unwrap();
+    let out = byol_run(
+        d,
+        &[
+            "pixels.toml",
+            "--run-dir",
+            "r",
+            "--quiet",
+            "--set",
+            "byol.embedding_layer=\"output\"",
+            "--set",
+            "augment.eval_crop_fraction=0.5",
+            "--set",
+            "augment.mean=[0.5, 0.5, 0.5]",
+            "--set",
+            "augment.std=[0.25, 0.25, 0.25]",
+            "--set",
+            "schedule.batch_size=8",
+            "--set",
+            "schedule.epochs=1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = byol_run(d, &["embed", "r", "--images", "test", "--out", "emb.npy"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ours = tch::Tensor::read_npy(d.join("emb.npy")).unwrap();
+    let names = std::fs::read_to_string(d.join("emb.npy.names.txt")).unwrap();
+    let script = format!(
+        r#"
+from PIL import Image
+import numpy as np
+import torchvision.transforms.functional as F
+rows = []
+for name in {names:?}.split():
+    square = Image.open({test:?} + "/" + name).convert("RGB").resize((24, 24), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1).float() / 255
+    x = F.center_crop(F.resize(x, [32], antialias=True), [16])
+    rows.append(((x - 0.5) / 0.25).flatten())
+outputs["pixels"] = torch.stack(rows)
+"#,
+        test = d.join("test").to_str().unwrap(),
+    );
+    let theirs = &byol_testkit::run_python(&script, &[])["pixels"];
+    assert_eq!(ours.size(), theirs.size());
+    let difference = byol_testkit::max_abs_diff(&ours, theirs);
+    let tolerance = 1.0 / 255.0 / 0.25 + 1e-5;
+    assert!(
+        difference <= tolerance,
+        "embed's pixels differ from the monitor's pipeline in PyTorch by {difference} (tolerance {tolerance})"
+    );
+}

@@ -260,6 +260,16 @@ fn trained_device(run_device: &str, flag: Option<&str>) -> anyhow::Result<tch::D
     })
 }
 
+/// The side of the squares that `embed` and `eval` decode images to: the run's
+/// `dataset.image_size` (where its dataset has one), as the kNN monitor's images were decoded,
+/// so that the evaluation's resize and crop then see the same pixels; else straight to that resize.
+pub fn evaluation_decode_size(experiment: &Experiment) -> u32 {
+    experiment
+        .dataset
+        .image_size()
+        .unwrap_or(experiment.augment.eval_resize() as u32)
+}
+
 /// The output format, from `--out`'s extension.
 #[derive(Clone, Copy)]
 enum OutFormat {
@@ -302,7 +312,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         ..
     } = load_trained(&args.checkpoint, args.device.as_deref())?;
     let (scan, mut skipped) = find_images(args)?;
-    let size = experiment.augment.eval_resize() as u32;
+    let size = evaluation_decode_size(&experiment);
     let mut embedded = Vec::new();
     let mut embeddings = Vec::new();
     for chunk in scan.images.chunks(args.batch.max(1)) {

@@ -119,7 +119,7 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
     let folder = ImageFolderConfig {
         train: data.train.clone(),
         test: Some(data.test.clone()),
-        image_size: experiment.augment.eval_resize() as u32,
+        image_size: crate::embed::evaluation_decode_size(&experiment),
         limit_per_class: data.limit_per_class,
         ..Default::default()
     };

@@ -273,6 +273,10 @@ byol::register_plugin! {
         fn check(&self) -> Result<(), DataError> {
             self.folder().map(|_| ())
         }
+
+        fn image_size(&self) -> Option<u32> {
+            Some(32)
+        }
     }
 }
 

@@ -81,6 +81,10 @@ byol::register_plugin! {
             }
             Ok(())
         }
+
+        fn image_size(&self) -> Option<u32> {
+            Some(self.image_size as u32)
+        }
     }
 }
 

@@ -315,6 +315,14 @@ pub trait DatasetSpec: std::fmt::Debug + Send + Sync {
         Ok(())
     }
 
+    /// The side of the squares its images are decoded to, which evaluation resizes from (the
+    /// kNN monitor's images): `byol-run embed` and `eval` decode other images to this size
+    /// first, so that they see what the monitor saw. None (the default): they decode straight to
+    /// the evaluation's resize.
+    fn image_size(&self) -> Option<u32> {
+        None
+    }
+
     /// Whether the built training split keeps its image files, so that the loader can cut
     /// crops from them (`augment.crop_on = "loader"`, [`Dataset::reads_crops`]).
     fn keeps_image_files(&self) -> bool {

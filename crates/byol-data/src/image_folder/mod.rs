@@ -118,6 +118,10 @@ byol::register_plugin! {
                file_list = \"subset.txt\"          # only these images: <class>/<file> lines relative to train\n\
                test_file_list = \"test-subset.txt\"",
     impl DatasetSpec for ImageFolderConfig {
+        fn image_size(&self) -> Option<u32> {
+            Some(self.image_size)
+        }
+
         fn build(&self, _: &BuildContext) -> Result<Splits, DataError> {
             let (splits, warnings, notes) = self.load_with_notes()?;
             for note in notes {

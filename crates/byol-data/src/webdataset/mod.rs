@@ -193,6 +193,10 @@ byol::register_plugin! {
             self.load().map(|(splits, _warnings)| splits)
         }
 
+        fn image_size(&self) -> Option<u32> {
+            Some(self.image_size)
+        }
+
         fn check(&self) -> Result<(), DataError> {
             if self.image_size == 0 {
                 return Err(DataError::Config("dataset.image_size = 0 must be >= 1".into()));
