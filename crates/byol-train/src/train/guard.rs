@@ -77,6 +77,14 @@ pub fn explain_panic(panic: Box<dyn std::any::Any + Send>, batch: usize, accumul
              lower the batch size, or raise schedule.accumulate to split each batch into micro-batches, \
              or use run.precision = \"fp16\"\n({first_line})"
         )
+    } else if message.contains("modified by an inplace operation") {
+        // The same view goes through the online and the target network: a forward that writes
+        // into its input changes what the other's backward needs.
+        anyhow::anyhow!(
+            "training step failed: the backbone's forward changed a tensor in place that the backward \
+             needs, such as its input (a TorchScript module's x.mul_(2) or x += 1): make that operation \
+             out of place (x = x * 2)\n({first_line})"
+        )
     } else {
         anyhow::anyhow!("training step failed: {first_line}")
     }
@@ -137,5 +145,25 @@ mod tests {
             tch::TchError::Torch(original.to_string())
         ));
         assert_eq!(panic_message(debug.as_ref()), original);
+    }
+
+    /// A backward that finds its input changed in place, as libtorch says it when a forward
+    /// writes into the view it was given.
+    #[test]
+    fn an_input_changed_in_place_is_told_with_what_to_do() {
+        let panic = super::guarded(|| {
+            let w = tch::Tensor::ones([3], tch::kind::FLOAT_CPU).set_requires_grad(true);
+            let x = tch::Tensor::ones([3], tch::kind::FLOAT_CPU);
+            let y = (&w * &x).sum(tch::Kind::Float);
+            let _ = x.shallow_clone().g_mul_scalar_(2);
+            y.backward();
+        })
+        .unwrap_err();
+        let message = super::explain_panic(panic, 32, 1).to_string();
+        assert!(
+            message.contains("changed a tensor in place that the backward needs")
+                && message.contains("modified by an inplace operation"),
+            "{message}"
+        );
     }
 }
