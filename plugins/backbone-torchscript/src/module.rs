@@ -104,6 +104,20 @@ impl TorchScriptBackbone {
             )));
         }
         let buffers = inner.named_buffers().map_err(|e| ByolError::Torch(torch_error(e)))?;
+        // Loading maps tensors to the run's device; a module saved with tensors on the meta device
+        // (torch.device("meta"), no values) keeps them there.
+        if let Some((name, _)) = parameters
+            .iter()
+            .chain(&buffers)
+            .find(|(_, t)| t.device() != path.device())
+        {
+            // (tch has no meta device: its Device names such a tensor's as another.)
+            return Err(config_error(format!(
+                "'{name}' did not load onto the run's device: a tensor saved on the meta device \
+                 (torch.device(\"meta\")) holds no values to train; save the module with its weights \
+                 (model.to(\"cpu\") after loading them)"
+            )));
+        }
         for (name, tensor) in parameters {
             let trainable = tensor.requires_grad();
             add_variable(path, &name, tensor, trainable);
@@ -155,6 +169,20 @@ impl TorchScriptBackbone {
                      ([N, C]: tokens.mean(1), or the class token x[:, 0]), or set backbone.input_size = {views_size}"
                 )));
             }
+        }
+        // Training runs the module in train mode: its output must have the width found here.
+        let trained = probe.forward(views_size, true).map_err(|e| {
+            config_error(format!(
+                "the train-mode forward of a [2, 3, {views_size}, {views_size}] batch fails (the eval-mode one \
+                 works): {e}"
+            ))
+        })?;
+        if trained.size().get(1) != Some(&dim) {
+            return Err(config_error(format!(
+                "the output is [N, {dim}] in eval mode but {:?} in train mode; a backbone's features have one \
+                 width in both modes",
+                trained.size()
+            )));
         }
         let warnings = probe.mode_warnings(views_size, file);
         Ok(Self {

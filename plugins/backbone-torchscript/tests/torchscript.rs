@@ -430,6 +430,25 @@ class Complex(torch.nn.Module):
 
     def forward(self, x):
         return self.conv(x).mean((2, 3)) * self.z.real
+
+class ModeWidth(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3)
+
+    def forward(self, x):
+        features = self.conv(x).mean((2, 3))
+        if self.training:
+            return features[:, :8]
+        return features
+
+class Pooled(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))
 "#;
 
 /// Exports into `DIR` modules that tracing recorded in one mode, and the awkward ones.
@@ -437,7 +456,7 @@ const AWKWARD: &str = r#"
 import copy
 sys.path.insert(0, DIR)
 from tiny_net import TinyNet
-from awkward_nets import Tokens, Complex
+from awkward_nets import Tokens, Complex, ModeWidth, Pooled
 torch.manual_seed(0)
 x = torch.randn(2, 3, 16, 16)
 tiny = TinyNet()
@@ -448,13 +467,15 @@ torch.jit.trace(dropout.train(), x, check_trace=False).save(DIR + "/traced_train
 torch.jit.script(Tokens()).save(DIR + "/tokens.pt")
 torch.jit.script(Complex()).save(DIR + "/complex.pt")
 torch.save(tiny.state_dict(), DIR + "/state_dict.pt")
+torch.jit.script(ModeWidth()).save(DIR + "/mode_width.pt")
+torch.jit.script(Pooled().to("meta")).save(DIR + "/meta.pt")
 "#;
 
 /// What `torch.jit.trace` records is found when the module loads and said as warnings (a module
 /// traced in eval mode trains with frozen batch-norm statistics; one traced in train mode with
 /// dropout embeds at random and updates its statistics while evaluating); a flattened output
-/// whose width depends on the image size, a complex parameter, a folder and a `torch.save` file
-/// are refused naming the key and what to do. Loading changes no buffer.
+/// whose width depends on the image size or on the mode, a complex parameter, a module saved on
+/// the meta device, a folder and a `torch.save` file are refused naming the key and what to do. Loading changes no buffer.
 #[test]
 fn modes_recorded_by_tracing_are_warned_of_and_modules_that_cannot_train_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -513,6 +534,16 @@ fn modes_recorded_by_tracing_are_warned_of_and_modules_that_cannot_train_are_ref
     let error = refused("complex.pt");
     assert!(
         error.contains("parameter 'z' is ComplexFloat") && error.contains("model.float()"),
+        "{error}"
+    );
+    let error = refused("mode_width.pt");
+    assert!(
+        error.contains("the output is [N, 16] in eval mode but [2, 8] in train mode"),
+        "{error}"
+    );
+    let error = refused("meta.pt");
+    assert!(
+        error.contains("'conv.weight' did not load onto the run's device"),
         "{error}"
     );
     let error = refused("state_dict.pt");
