@@ -1,17 +1,15 @@
 //! Image files to RGB pixels, and the centre-square crop + resize the datasets store.
 //!
-//! JPEG (baseline and progressive; grayscale, YCbCr, CMYK and YCCK) goes straight to zune-jpeg
-//! in strict mode, so truncated and corrupt files are errors rather than grey fill; everything
-//! else (PNG: grayscale, palette, alpha, 16-bit) goes through `image`. Output is always 8-bit
-//! RGB; alpha is dropped, as PIL's `convert("RGB")` does.
+//! JPEG (baseline, progressive and arithmetic-coded; grayscale, YCbCr, CMYK and YCCK) goes to
+//! libjpeg-turbo's decoder, as in PIL and torchvision, with a truncated file an error rather than
+//! gray fill; everything else (PNG: grayscale, palette, alpha, 16-bit) goes through `image`.
+//! Output is always 8-bit RGB, PIL's `convert("RGB")` pixels: alpha is dropped.
 
 use std::path::Path;
 
 use fast_image_resize::images::{TypedImage, TypedImageRef};
 use fast_image_resize::pixels::U8x3;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
-use zune_jpeg::zune_core::colorspace::ColorSpace;
-use zune_jpeg::zune_core::options::DecoderOptions;
 
 /// An 8-bit RGB image, pixels interleaved (HWC).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,45 +59,109 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb, String> {
     .map_err(|message| message.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-/// Strict, so that a truncated or corrupted scan is an error rather than gray pixels, as PIL
-/// refuses a truncated file; but bytes between two headers, which libjpeg (PIL, torchvision)
-/// only warns about ("extraneous bytes before marker") and which some photo collections hold,
-/// are decoded past, in a file that ends whole (with its end marker). The retry keys on
-/// zune-jpeg's message for them (0.5's "[strict-mode]: Extra bytes between headers"); a test
-/// decodes such a file.
+/// libjpeg-turbo's decoder (mozjpeg's fork), with the settings PIL and torchvision use (the
+/// accurate integer inverse DCT, smooth chroma upsampling): the same pixels as theirs. Like PIL,
+/// it refuses a file whose data ends early (libjpeg would fill the rest with gray and warn) and
+/// decodes past what libjpeg merely warns about, such as bytes between two headers.
 fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
-    match decode_jpeg_with(bytes, true) {
-        Err(e) if e.contains("Extra bytes between headers") && ends_whole(bytes) => decode_jpeg_with(bytes, false),
-        decoded => decoded,
-    }
+    let decoded = std::panic::catch_unwind(|| -> Result<Rgb, String> {
+        let invalid = |e: std::io::Error| format!("invalid JPEG: {e}");
+        let decompress = mozjpeg::Decompress::builder()
+            .with_err(strict_errors())
+            .from_mem(bytes)
+            .map_err(invalid)?;
+        let (width, height) = (decompress.width(), decompress.height());
+        check_size(width, height)?;
+        let cmyk = matches!(
+            decompress.color_space(),
+            mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK
+        );
+        let colour_space = if cmyk {
+            mozjpeg::ColorSpace::JCS_CMYK
+        } else {
+            mozjpeg::ColorSpace::JCS_RGB
+        };
+        let mut started = decompress.to_colorspace(colour_space).map_err(invalid)?;
+        let samples: Vec<u8> = started.read_scanlines().map_err(invalid)?;
+        started.finish().map_err(invalid)?;
+        let pixels = if cmyk { cmyk_to_rgb(&samples) } else { samples };
+        if pixels.len() != 3 * width * height {
+            return Err(format!(
+                "invalid JPEG: decoded {} bytes for {width}x{height} RGB",
+                pixels.len()
+            ));
+        }
+        Ok(Rgb {
+            width: width as u32,
+            height: height as u32,
+            pixels,
+        })
+    });
+    // libjpeg's errors unwind out of it as a String (see `strict_errors`).
+    decoded.unwrap_or_else(|panic| {
+        Err(match panic.downcast::<String>() {
+            Ok(message) => format!("invalid JPEG: {message}"),
+            Err(_) => "the JPEG decoder panicked on this file".into(),
+        })
+    })
 }
 
-/// Whether a JPEG's bytes end with its end-of-image marker (trailing zero padding allowed).
-fn ends_whole(bytes: &[u8]) -> bool {
-    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    bytes[..end].ends_with(&[0xFF, 0xD9])
+/// libjpeg's error handling: an error, or the warning that the data ended early, unwinds out of
+/// the decoder with libjpeg's message (`resume_unwind`: no panic hook prints it); other
+/// warnings are ignored, as PIL ignores them.
+fn strict_errors() -> mozjpeg_sys::jpeg_error_mgr {
+    use mozjpeg_sys::{jpeg_common_struct, JWRN_JPEG_EOF};
+    fn message(cinfo: &mut jpeg_common_struct) -> String {
+        // SAFETY: libjpeg calls these with its decompressor, whose `err` is this manager.
+        let err = unsafe { &*cinfo.err };
+        let mut buffer = [0u8; 200]; // JMSG_LENGTH_MAX
+        match err.format_message {
+            Some(format) => {
+                // SAFETY: format_message writes at most JMSG_LENGTH_MAX bytes, NUL-terminated, into
+                // its buffer; the binding types that buffer as 80 read-only bytes, too few.
+                let format: unsafe extern "C-unwind" fn(&mut jpeg_common_struct, *mut u8) =
+                    unsafe { std::mem::transmute(format) };
+                unsafe { format(cinfo, buffer.as_mut_ptr()) };
+                let text = buffer.split(|&b| b == 0).next().unwrap_or_default();
+                String::from_utf8_lossy(text).into_owned()
+            }
+            None => format!("libjpeg error {}", err.msg_code),
+        }
+    }
+    extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
+        std::panic::resume_unwind(Box::new(message(cinfo)));
+    }
+    extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: std::os::raw::c_int) {
+        // SAFETY: as in `message`.
+        let code = unsafe { (*cinfo.err).msg_code };
+        if level < 0 && code == JWRN_JPEG_EOF {
+            std::panic::resume_unwind(Box::new(format!("{} (the file is cut short)", message(cinfo))));
+        }
+    }
+    // SAFETY: a zeroed manager is what jpeg_std_error fills in.
+    let mut errors: mozjpeg_sys::jpeg_error_mgr = unsafe { std::mem::zeroed() };
+    unsafe { mozjpeg_sys::jpeg_std_error(&mut errors) };
+    errors.error_exit = Some(error_exit);
+    errors.emit_message = Some(emit_message);
+    errors
 }
 
-fn decode_jpeg_with(bytes: &[u8], strict: bool) -> Result<Rgb, String> {
-    let options = DecoderOptions::default()
-        .jpeg_set_out_colorspace(ColorSpace::RGB)
-        .set_strict_mode(strict)
-        // JPEG's own limit: the size check below gives the message, the same for every format.
-        .set_max_width(u16::MAX as usize)
-        .set_max_height(u16::MAX as usize);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(bytes), options);
-    decoder.decode_headers().map_err(|e| format!("invalid JPEG: {e:?}"))?;
-    let info = decoder.info().ok_or("invalid JPEG: no frame header")?;
-    let (width, height) = (info.width as u32, info.height as u32);
-    check_size(width as usize, height as usize)?;
-    let pixels = decoder.decode().map_err(|e| format!("invalid JPEG: {e:?}"))?;
-    if pixels.len() != 3 * width as usize * height as usize {
-        return Err(format!(
-            "invalid JPEG: decoded {} bytes for {width}x{height} RGB",
-            pixels.len()
-        ));
-    }
-    Ok(Rgb { width, height, pixels })
+/// PIL's CMYK to RGB: its JPEG reader takes every CMYK file as Adobe's inverted convention
+/// ("CMYK;I"), then `convert("RGB")` computes (255 - k) - c (255 - k) / 255 per channel, rounded
+/// as PIL's MULDIV255.
+fn cmyk_to_rgb(samples: &[u8]) -> Vec<u8> {
+    let muldiv255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    samples
+        .chunks_exact(4)
+        .flat_map(|p| {
+            let ink = |v: u8| 255 - i32::from(v);
+            let not_k = 255 - ink(p[3]);
+            [0, 1, 2].map(|i| (not_k - muldiv255(ink(p[i]), not_k)).clamp(0, 255) as u8)
+        })
+        .collect()
 }
 
 fn decode_other(bytes: &[u8]) -> Result<Rgb, String> {
