@@ -125,6 +125,13 @@ impl<R: Read + Seek> TarReader<R> {
                 )
             });
         }
+        if at > self.length {
+            return Err(format!(
+                "truncated at byte {}: the file ends inside the last member's padding (its next header \
+                 would start at byte {at}), without the two zero blocks that end a tar archive",
+                self.length
+            ));
+        }
         if at == 0 {
             let mut magic = [0u8; 6];
             let n = magic.len().min(self.length as usize);
@@ -423,6 +430,12 @@ mod tests {
         );
         let err = list(&bytes[..2560]).unwrap_err();
         assert!(err.contains("truncated at byte 2560"), "{err}");
+        // Cut inside a member's padding: its data is whole, its next header past the end.
+        let err = list(&bytes[..1300]).unwrap_err();
+        assert!(
+            err.contains("truncated at byte 1300: the file ends inside the last member's padding"),
+            "{err}"
+        );
         // One zero block of the two.
         let err = list(&bytes[..3072]).unwrap_err();
         assert!(

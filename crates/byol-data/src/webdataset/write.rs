@@ -54,6 +54,7 @@ pub fn write_shards(
         let order = shuffled(files.len(), &[seed, 0x7764_7772]);
         files = order.into_iter().map(|i| files[i].clone()).collect();
     }
+    check_number_width(pattern, width, files.len().div_ceil(per_shard))?;
     let shard_name = |n: usize| PathBuf::from(format!("{head}{n:0width$}{tail}"));
     let first = shard_name(0);
     let sources = sources_file(head);
@@ -310,6 +311,22 @@ fn write_error(path: &Path, e: std::io::Error) -> DataError {
     DataError::Config(format!("cannot write {}: {e}", partial(path).display()))
 }
 
+/// Refuses a zero-padded number too narrow for `shards` shards, before any is written: with
+/// `%02d`, shard 100 takes three digits where shard 0 has two, and no `{00..199}` range names
+/// both (a range pads every number to its bounds' width, as braceexpand does). `%d` pads nothing,
+/// and its `{0..199}` range names every shard.
+fn check_number_width(pattern: &str, width: usize, shards: usize) -> Result<(), DataError> {
+    let digits = shards.saturating_sub(1).to_string().len();
+    if width >= 2 && digits > width {
+        return Err(DataError::Config(format!(
+            "--out {pattern:?}: the {shards} shards this writes need {digits}-digit numbers, which %0{width}d \
+             does not pad to one width (shard 0 would take {width} digits, the last {digits}), and no \
+             `urls` range could name them all; use %0{digits}d or wider (%06d is usual)"
+        )));
+    }
+    Ok(())
+}
+
 /// `train-%06d.tar` -> (`train-`, 6, `.tar`).
 pub(super) fn parse_pattern(pattern: &str) -> Result<(&str, usize, &str), DataError> {
     let bad = || {
@@ -342,5 +359,21 @@ mod tests {
         assert_eq!(parse_pattern("%d.tar").unwrap(), ("", 0, ".tar"));
         assert!(parse_pattern("train.tar").is_err());
         assert!(parse_pattern("%06d-%06d.tar").is_err());
+    }
+
+    #[test]
+    fn a_number_too_narrow_for_the_shards_is_refused() {
+        assert!(check_number_width("o-%02d.tar", 2, 100).is_ok(), "00..99");
+        let e = check_number_width("o-%02d.tar", 2, 200).unwrap_err().to_string();
+        assert!(
+            e.contains("the 200 shards this writes need 3-digit numbers") && e.contains("%03d"),
+            "{e}"
+        );
+        assert!(
+            check_number_width("o-%d.tar", 0, 5000).is_ok(),
+            "%d pads nothing: {{0..4999}}"
+        );
+        assert!(check_number_width("o-%1d.tar", 1, 5000).is_ok(), "nor does %1d");
+        assert!(check_number_width("o-%06d.tar", 6, 1_000_000).is_ok());
     }
 }
