@@ -105,6 +105,14 @@ fn shards(dir: &Path) {
     }
 }
 
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
 fn summary(run_dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap()
 }
@@ -128,6 +136,33 @@ fn shards_from_byol_run_shard_train_with_the_knn_monitor() {
     assert_eq!(s["steps"], 32, "2 epochs of 128 / 8: {s}");
     let top1 = s["knn_after"]["top1"].as_f64().unwrap_or(f64::NAN);
     assert!((0.0..=1.0).contains(&top1), "{s}");
+
+    // The shards moved: the run goes on from them where its data is found to be the same.
+    let moved = dir.path().join("moved");
+    copy_folder(&dir.path().join("shards"), &moved);
+    let out = byol_run(
+        dir.path(),
+        &[
+            "wds.toml",
+            "--run-dir",
+            "run",
+            "--set",
+            "dataset.urls=\"moved/train-{000000..000007}.tar\"",
+            "--set",
+            "dataset.test_urls=\"moved/test-{000000..000001}.tar\"",
+            "--set",
+            "schedule.epochs=3",
+            "--allow-change",
+            "schedule.epochs",
+        ],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("on the same data (dataset.json matches) under another path"),
+        "{all}"
+    );
+    assert_eq!(summary(&dir.path().join("run"))["steps"], 48);
 
     // The same shards unlabelled (a flat folder): kNN needs [eval] train and test.
     let flat = byol_run(

@@ -36,6 +36,8 @@ pub const DATA_LOCATION_KEYS: &[&str] = &[
     "dataset.root",
     "dataset.file_list",
     "dataset.test_file_list",
+    "dataset.urls",
+    "dataset.test_urls",
     "eval.train",
     "eval.test",
 ];
@@ -337,8 +339,9 @@ fn check_dataset(
     }
     bail!(
         "{} was trained on other data than the experiment reads now ({recorded_in}):\n{}\n\
-         Resuming would mix two datasets in one run. Point the data keys at the run's data (a run \
-         folder may move: --set dataset.train=<path> is accepted when the data is the same), or \
+         Resuming would mix two datasets in one run. Point the data keys at the run's data (data may \
+         move: a new dataset.train, dataset.urls or eval.test path is accepted when the data found \
+         there is the same), or \
          add --allow-change dataset to continue on this data anyway, or --fresh to start a new run.",
         run_dir.display(),
         differences.join("\n")
