@@ -164,6 +164,25 @@ fn shards_from_byol_run_shard_train_with_the_knn_monitor() {
     );
     assert_eq!(summary(&dir.path().join("run"))["steps"], 48);
 
+    // A kNN monitor tested on its own training shards, and a test split that [eval] replaces: said.
+    let once = |run: &str, set: &[&str]| {
+        let mut args = vec!["wds.toml", "--run-dir", run, "--set", "schedule.epochs=1"];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        let out = byol_run(dir.path(), &args);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let all = once("leak", &["dataset.test_urls=\"shards/train-{000000..000007}.tar\""]);
+    assert!(
+        all.contains("warning: the kNN monitor's test images are its training images"),
+        "{all}"
+    );
+    let all = once("both", &["eval.train=\"images/train\"", "eval.test=\"images/test\""]);
+    assert!(all.contains("warning: the dataset's test split is not used"), "{all}");
+    assert!(!all.contains("are its training images"), "{all}");
+
     // The same shards unlabelled (a flat folder): kNN needs [eval] train and test.
     let flat = byol_run(
         dir.path(),

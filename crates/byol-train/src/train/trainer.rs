@@ -127,6 +127,11 @@ impl<'a> Trainer<'a> {
         }
 
         let fingerprint = DatasetFingerprint::of_run(&splits, labelled.as_ref());
+        if main {
+            for warning in monitor_warnings(experiment, &splits, &fingerprint) {
+                eprintln!("warning: {warning}");
+            }
+        }
         if let Some(parallel) = &parallel {
             check_same_data(parallel, device, &fingerprint)?;
         }
@@ -470,6 +475,32 @@ fn check_same_data(parallel: &DataParallel, device: Device, data: &DatasetFinger
         differences.extend(lines.iter().map(|line| format!("  process {rank}: {}", line.trim())));
     }
     refuse_differences(parallel, "data", &differences)
+}
+
+/// What makes the kNN monitor's figure mean something other than it seems: queries that are its
+/// bank's own images (the same files, by the data's digest) measure memory, not
+/// generalization; and a test split of the dataset that `[eval] train` and `test` replace.
+fn monitor_warnings(experiment: &Experiment, splits: &Splits, fingerprint: &DatasetFingerprint) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let digest = |split: &str| fingerprint.0.get(split).and_then(|s| s.files_digest.clone());
+    if let (Some(bank), Some(queries)) = (digest("knn_bank"), digest("knn_queries")) {
+        if bank == queries {
+            warnings.push(
+                "the kNN monitor's test images are its training images (the same file names and sizes): its accuracy \
+                 measures recall of images it has seen, not generalization; point the test split \
+                 (dataset.test, dataset.test_urls or eval.test) at held-out images"
+                    .to_string(),
+            );
+        }
+    }
+    if experiment.eval.train.is_some() && experiment.eval.test.is_some() && splits.test.is_some() {
+        warnings.push(
+            "the dataset's test split is not used: the kNN monitor evaluates on eval.train and eval.test, \
+             which replace it"
+                .to_string(),
+        );
+    }
+    warnings
 }
 
 /// Views, or the evaluation's images, that are blurred upscales of squares decoded much smaller:
