@@ -381,7 +381,7 @@ fn images_in_formats_that_are_not_read_are_counted_and_named() {
 }
 
 #[test]
-fn images_beside_the_class_folders_are_left_out_with_a_warning_that_names_one() {
+fn images_beside_the_class_folders_are_left_out_with_a_warning_that_names_one_or_refused_when_most() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("train");
     image_tree(&root, &["a", "b"], 2, (8, 8));
@@ -397,6 +397,19 @@ fn images_beside_the_class_folders_are_left_out_with_a_warning_that_names_one() 
         "{}",
         warnings[0]
     );
+
+    // More images beside the class folders than in them (an unlabelled folder that gained a
+    // sub-folder): reading it by folders would leave most out, so it is refused.
+    for i in 3..=5 {
+        write_image(&root.join(format!("loose-{i}.png")), 8, 8, 0);
+    }
+    let error = load(&root, "image_size = 8").unwrap_err().to_string();
+    assert!(
+        error.contains("5 image(s) directly in") && error.contains("more than the 4 in its class folders"),
+        "{error}"
+    );
+    let (splits, _) = load(&root, "image_size = 8\nlabels = \"none\"").unwrap();
+    assert_eq!(splits.train.len(), 9, "labels = \"none\" reads every image");
 }
 
 #[test]

@@ -579,7 +579,8 @@ pub(super) fn scan(
                 *files = found_images(tree, &mut passed_over)?;
             }
             warnings.extend(passed_over.warnings(root));
-            warnings.extend(loose_images_warning(key, root, &entries));
+            let in_classes = per_class.iter().map(Vec::len).sum();
+            warnings.extend(loose_images_warning(key, root, &entries, in_classes)?);
         }
         Some(list_path) => {
             read_file_list(key, root, list_path, &classes, &mut per_class)?;
@@ -635,21 +636,40 @@ fn empty_classes_warning(root: &Path, classes: &[String], per_class: &[Vec<Found
 }
 
 /// The warning for images directly in a labelled split's folder (whose sorted `entries` are
-/// given), beside its class folders: they have no class, so they are left out.
-fn loose_images_warning(key: &str, root: &Path, entries: &[PathBuf]) -> Option<String> {
+/// given), beside its class folders (which hold `in_classes` images): they have no class, so
+/// they are left out. An error when they outnumber the images in class folders: most likely an
+/// unlabelled folder that gained a sub-folder (a second batch of images, shards written inside
+/// it), whose reading as labelled would train on a fraction of it.
+fn loose_images_warning(
+    key: &str,
+    root: &Path,
+    entries: &[PathBuf],
+    in_classes: usize,
+) -> Result<Option<String>, DataError> {
     let loose: Vec<&PathBuf> = entries
         .iter()
         .filter(|p| is_image(p) && !is_hidden(p) && p.is_file())
         .collect();
-    loose.first().map(|first| {
-        format!(
-            "dataset.{key}: {} image(s) directly in {} are in no class folder and are left out (first: {}); \
-             move them into a class folder, or set labels = \"none\" to train on every image unlabelled",
+    let Some(first) = loose.first() else {
+        return Ok(None);
+    };
+    let fix = "move them into a class folder, or set labels = \"none\" to train on every image unlabelled";
+    if loose.len() > in_classes {
+        return Err(DataError::Config(format!(
+            "dataset.{key}: {} image(s) directly in {} are in no class folder, more than the {in_classes} in \
+             its class folders: read with labels from the folders, it would leave most of its images out \
+             (first: {}); {fix}",
             loose.len(),
             root.display(),
             first.display()
-        )
-    })
+        )));
+    }
+    Ok(Some(format!(
+        "dataset.{key}: {} image(s) directly in {} are in no class folder and are left out (first: {}); {fix}",
+        loose.len(),
+        root.display(),
+        first.display()
+    )))
 }
 
 /// Reads `<class>/<file>` lines into `per_class`, in the list's order.
