@@ -324,4 +324,29 @@ fn a_torchscript_run_keeps_its_module() {
         ],
     );
     assert!(resumed.contains("resuming"), "{resumed}");
+    assert!(!resumed.contains("now holds another file"), "{resumed}");
+
+    // Another module saved under the original name: the run goes on with its copy, and says so.
+    let other = format!(
+        "sys.path.insert(0, {dir:?})\nfrom net_def import Net\ntorch.manual_seed(1)\ntorch.jit.script(Net()).save({module:?})\n",
+        dir = d.to_str().unwrap(),
+        module = module.to_str().unwrap()
+    );
+    byol_testkit::run_python(&other, &[]);
+    let resumed = ok(
+        d,
+        &[
+            "ts.toml",
+            "--run-dir",
+            "r",
+            "--set",
+            "schedule.epochs=3",
+            "--allow-change",
+            "schedule.epochs",
+        ],
+    );
+    assert!(
+        resumed.contains("note: backbone.path = net.pt now holds another file than the one this run trains"),
+        "{resumed}"
+    );
 }

@@ -64,7 +64,8 @@ pub fn write_shards(
     if let Some(there) = [&first, &sources].into_iter().find(|p| p.exists()) {
         return Err(DataError::Config(format!(
             "--out {pattern:?}: {} already exists; shards written there before would mix with these. \
-             Remove the old shards (with their sources.tsv and classes.txt) or write to another folder",
+             Remove the old shards (with their sources.tsv, classes.txt and any .tar.partial file that a \
+             stopped `shard` left) or write to another folder",
             there.display()
         )));
     }

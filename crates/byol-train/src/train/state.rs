@@ -377,6 +377,28 @@ pub fn with_checkpoint_sources(experiment: &Experiment, dir: &Path, manifest: &M
     Ok(rebuilt)
 }
 
+/// Notes for a resume from `manifest`'s checkpoint whose experiment names source files (a
+/// TorchScript module) that now hold other bytes than the copies the checkpoint carries: the
+/// run goes on with its copies, which may not be what the user expects after editing the file.
+pub fn changed_sources(experiment: &Experiment, manifest: &Manifest) -> Vec<String> {
+    source_files(experiment)
+        .into_iter()
+        .filter_map(|(key, original)| {
+            let kept = manifest.sources.get(&key)?;
+            let recorded = manifest.files.get(kept)?;
+            let now = checkpoint::sha256_file(&original).ok()?;
+            (&now != recorded).then(|| {
+                format!(
+                    "{key} = {} now holds another file than the one this run trains (its copy, kept with \
+                     every checkpoint); the run goes on with its copy: train the new one in a new run \
+                     (--fresh, or another --run-dir)",
+                    original.display()
+                )
+            })
+        })
+        .collect()
+}
+
 /// The model's source files as a run keeps them, for its checkpoints to carry.
 #[derive(Debug, Default)]
 pub struct KeptSources {

@@ -155,6 +155,11 @@ impl<'a> Trainer<'a> {
         }
 
         let (model, mut optimizer) = build_model(experiment, &context, &start, numerics.channels_last)?;
+        if let Some((_, manifest)) = start.checkpoint.as_ref().filter(|_| main) {
+            for note in state::changed_sources(experiment, manifest) {
+                eprintln!("note: {note}");
+            }
+        }
         if main {
             for warning in model.byol.backbone_warnings() {
                 eprintln!("warning: {warning}");
