@@ -349,4 +349,32 @@ fn a_torchscript_run_keeps_its_module() {
         resumed.contains("note: backbone.path = net.pt now holds another file than the one this run trains"),
         "{resumed}"
     );
+
+    // The run's copy changed in place (every checkpoint links that one file): the resume stops
+    // and says how to mend it, moving no checkpoint aside; mended, it goes on.
+    let last = d.join("r/checkpoints/last");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(last.join("manifest.json")).unwrap()).unwrap();
+    let copy = last.join(manifest["sources"]["backbone.path"].as_str().unwrap());
+    let original = std::fs::read(&copy).unwrap();
+    std::fs::write(&copy, std::fs::read(&module).unwrap()).unwrap();
+    let more = [
+        "ts.toml",
+        "--run-dir",
+        "r",
+        "--set",
+        "schedule.epochs=4",
+        "--allow-change",
+        "schedule.epochs",
+    ];
+    let out = byol_run(d, &more);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("one file linked into every checkpoint, and it was changed in place"),
+        "{all}"
+    );
+    assert!(!d.join("r/checkpoints/damaged").exists(), "{all}");
+    std::fs::write(&copy, original).unwrap();
+    ok(d, &more);
 }

@@ -306,6 +306,16 @@ impl Checkpointer {
                     );
                 }
                 Err(e) => {
+                    if let Some(shared) = changed_shared_source(&dir) {
+                        bail!(
+                            "checkpoint {}: {e:#}. That file is the run's copy of a source file ({shared}), \
+                             one file linked into every checkpoint, and it was changed in place, so no \
+                             checkpoint is intact: the checkpoints are left where they are. Put the \
+                             module the run was started with back in that file (`cp` the original over \
+                             it) and run again",
+                            dir.display()
+                        );
+                    }
                     let mut warning = format!("skipping damaged checkpoint {}: {e:#}", dir.display());
                     if repair {
                         let moved = self.move_to_damaged(&dir)?;
@@ -495,6 +505,21 @@ fn cannot_be_read(error: &anyhow::Error) -> bool {
         .chain()
         .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
         .any(|io| io.kind() != std::io::ErrorKind::NotFound)
+}
+
+/// The key of a source file of checkpoint `dir` (a TorchScript module) whose SHA-256 is not the
+/// manifest's while the file is linked from elsewhere too: checkpoints share one copy of it by
+/// hard links, so a change in place damages all of them at once, and moving them aside one by one
+/// would leave the run nothing to resume from.
+fn changed_shared_source(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let manifest: Manifest = serde_json::from_slice(&fs::read(dir.join(MANIFEST_FILE)).ok()?).ok()?;
+    manifest.sources.iter().find_map(|(key, file)| {
+        let path = dir.join(file);
+        let shared = fs::metadata(&path).ok()?.nlink() > 1;
+        let changed = manifest.files.get(file) != sha256_file(&path).ok().as_ref();
+        (shared && changed).then(|| format!("{key}, kept as {}", path.display()))
+    })
 }
 
 /// Reads a checkpoint folder's manifest and checks every file's SHA-256.
