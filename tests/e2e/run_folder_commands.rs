@@ -69,6 +69,11 @@ fn eval_on_a_run_folder_uses_its_newest_checkpoint_and_its_knn_settings() {
         "{knn}"
     );
     assert_eq!(knn["k"], 5, "the run's eval.knn_k, not 200: {knn}");
+    assert_eq!(
+        (knn["train_images"].as_i64(), knn["test_images"].as_i64()),
+        (Some(18), Some(9)),
+        "{knn}"
+    );
     assert_eq!(knn["temperature"], 0.07, "the run's eval.knn_temperature: {knn}");
     assert!(knn["k_from"].as_str().unwrap().contains("config.toml"), "{knn}");
     assert!(
@@ -100,6 +105,8 @@ fn eval_on_a_run_folder_uses_its_newest_checkpoint_and_its_knn_settings() {
     assert!(all.contains("using checkpoint"), "{all}");
     assert_eq!(linear["lr_chosen_on"], "validation", "{linear}");
     assert_eq!(linear["validation_size"], 3, "one of each class's six: {linear}");
+    assert!(all.contains("3 of 18 training images held out"), "{all}");
+    assert_eq!(linear["train_images"], 18, "{linear}");
     assert_eq!(linear["sweep"].as_array().unwrap().len(), 4, "{linear}");
     assert!(all.contains("chosen on the validation split"), "{all}");
     assert!(linear["top5"].is_null(), "{linear}");

@@ -277,6 +277,8 @@ fn knn(data: &EvalData, k: Option<usize>, temperature: Option<f64>) -> anyhow::R
         serde_json::json!({
             "protocol": "knn",
             "checkpoint": f.checkpoint,
+            "train_images": f.train.0.size()[0],
+            "test_images": f.test.0.size()[0],
             "k": k.min(bank),
             "k_requested": k,
             "k_from": k_from,
@@ -307,12 +309,13 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
         .map(|(lr, top1)| format!("lr {lr}: {:.1}%", top1 * 100.0))
         .collect();
     eprintln!(
-        "linear: lr {} chosen on the {} split ({} training images held out, {:.0}% of each class; \
-         validation top-1 {}); test top-1/top-5 are of a classifier trained with lr {} on all {} \
-         training images",
+        "linear: lr {} chosen on the {} split ({} of {} training images held out: {:.0}% of each class, \
+         at least one of each with two or more; validation top-1 {}); test top-1/top-5 are of a \
+         classifier trained with lr {} on all {} training images",
         result.chosen_lr,
         result.lr_chosen_on,
         result.validation_size,
+        result.validation_size + result.sweep_train_size,
         VALIDATION_FRACTION * 100.0,
         sweep.join(", "),
         result.chosen_lr,
@@ -331,6 +334,8 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
         serde_json::json!({
             "protocol": "linear",
             "checkpoint": f.checkpoint,
+            "train_images": f.train.0.size()[0],
+            "test_images": f.test.0.size()[0],
             "epochs": epochs,
             "lr_chosen_on": result.lr_chosen_on,
             "chosen_lr": result.chosen_lr,
