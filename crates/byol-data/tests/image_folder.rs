@@ -789,6 +789,9 @@ fn file_list_errors_name_the_line() {
         err.contains("list.txt line 2") && err.contains("777.png does not exist"),
         "{err}"
     );
+    std::fs::create_dir_all(root.join("a/deeper")).unwrap();
+    let err = with("a/deeper\n");
+    assert!(err.contains("deeper is a folder, not an image file"), "{err}");
     let err = with("a/000.png\n000.png\n");
     assert!(err.contains("line 2: '000.png' is not inside a class folder"), "{err}");
     let err = with("zzz/000.png\n");

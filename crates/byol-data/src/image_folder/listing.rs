@@ -449,8 +449,13 @@ pub(super) fn scan_unlabelled(
                         DataError::Config(format!("{} line {n}: '{line}' {why}", list_path.display()))
                     })?);
                 let Some(size) = file_size(&path) else {
+                    let what = if path.is_dir() {
+                        "is a folder, not an image file"
+                    } else {
+                        "does not exist"
+                    };
                     return Err(DataError::Config(format!(
-                        "{} line {n}: {} does not exist; lines are image paths relative to dataset.{key}",
+                        "{} line {n}: {} {what}; lines are image paths relative to dataset.{key}",
                         list_path.display(),
                         path.display()
                     )));
@@ -705,8 +710,13 @@ pub(super) fn read_file_list(
         };
         let path = root.join(&relative);
         let Some(size) = file_size(&path) else {
+            let what = if path.is_dir() {
+                "is a folder, not an image file"
+            } else {
+                "does not exist"
+            };
             return Err(DataError::Config(format!(
-                "{}: {} does not exist; fix the list or dataset.{key}",
+                "{}: {} {what}; fix the list or dataset.{key}",
                 at(),
                 path.display()
             )));

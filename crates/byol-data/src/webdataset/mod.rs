@@ -266,6 +266,14 @@ impl WebDatasetConfig {
                     train = train.with_numbered_classes(classes);
                     test = test.with_numbered_classes(classes);
                 }
+                if !test.is_labelled() {
+                    return Err(DataError::Config(
+                        "dataset.test_urls holds unlabelled samples (no .cls member): the kNN monitor's test \
+                         shards need labels; write them from class folders with `byol-run shard`, or set \
+                         eval.train and eval.test to labelled image folders instead"
+                            .into(),
+                    ));
+                }
                 if test.classes() != train.classes() {
                     return Err(DataError::Config(format!(
                         "dataset.test_urls has classes [{}], dataset.urls has [{}]; both need the same {CLASSES_FILE}",
