@@ -32,28 +32,28 @@ pub struct StepAgreement {
     /// The loss averaged over the processes, a scalar on the device.
     pub loss: Tensor,
     /// Two figures averaged over the processes, on the device: the share that were asked to stop
-    /// (SIGINT/SIGTERM) and the seconds since each last read them. Read at the same steps by
-    /// every process, so that all stop after the same one.
+    /// (SIGINT/SIGTERM) and their pace in seconds per step ([`crate::train::StopPoll`]). Read at
+    /// the same steps by every process, so that all stop after the same one.
     pub stop_requests: Tensor,
 }
 
-/// What [`StepAgreement::read_stop_requests`] read.
+/// The processes' stop requests as read from a [`StepAgreement`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StopRequests {
     /// Whether any process was asked to stop.
     pub any: bool,
-    /// The processes' mean seconds since their previous read.
-    pub seconds_since_read: f64,
+    /// The processes' mean seconds per step, as their last reads measured it (0: not yet).
+    pub seconds_per_step: f64,
 }
 
-impl StepAgreement {
-    /// The processes' stop requests (waits for the device).
-    pub fn read_stop_requests(&self) -> anyhow::Result<StopRequests> {
-        let figures = Vec::<f64>::try_from(self.stop_requests.to_device(tch::Device::Cpu))
+impl StopRequests {
+    /// Reads [`StepAgreement::stop_requests`] (waits for the device).
+    pub fn read(stop_requests: &Tensor) -> anyhow::Result<Self> {
+        let figures = Vec::<f64>::try_from(stop_requests.to_device(tch::Device::Cpu))
             .context("reading the processes' stop requests")?;
         Ok(StopRequests {
             any: figures[0] > 0.0,
-            seconds_since_read: figures[1],
+            seconds_per_step: figures[1],
         })
     }
 }
@@ -178,8 +178,8 @@ impl DataParallel {
     }
 
     /// Averages the gradients of `parameters` over the processes in one bucket, which also
-    /// carries this process's loss, its stop request and its `seconds_since_read` of the stop
-    /// requests ([`crate::train::StopPoll`]): one collective per step.
+    /// carries this process's loss, its stop request and its pace in `seconds_per_step`
+    /// ([`crate::train::StopPoll`]): one collective per step.
     ///
     /// A parameter that some processes' backward reached and others' did not (a branch taken on
     /// some shards only) gets the average on every process, a missing gradient counting as zero,
@@ -191,7 +191,7 @@ impl DataParallel {
         parameters: &[Tensor],
         loss: &Tensor,
         stop: bool,
-        seconds_since_read: f64,
+        seconds_per_step: f64,
     ) -> anyhow::Result<StepAgreement> {
         let world = self.world_size() as f64;
         tch::no_grad(|| {
@@ -219,7 +219,7 @@ impl DataParallel {
             pieces.push(loss.detach().to_kind(Kind::Float).reshape([1]));
             // Filled on the device too.
             pieces.push(Tensor::full([1], if stop { 1.0 } else { 0.0 }, (Kind::Float, device)));
-            pieces.push(Tensor::full([1], seconds_since_read, (Kind::Float, device)));
+            pieces.push(Tensor::full([1], seconds_per_step, (Kind::Float, device)));
             let bucket = Tensor::cat(&pieces, 0);
             self.group.all_reduce_sum_(&bucket).context("averaging gradients")?;
             let mut offset: i64 = parameters.iter().map(|p| p.numel() as i64).sum();

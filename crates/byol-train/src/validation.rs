@@ -91,6 +91,20 @@ impl Problems<'_> {
 
 /// A plugin's configuration error without the "dataset configuration:" prefix that every
 /// `DataError::Config` carries (augmentation plugins report through it too).
+/// `x` as a person writes it (`3`, `0.1`): very large or small in exponent form (`1e300`, not
+/// 301 digits), others to six decimals at most (`0.333333`).
+pub fn short_number(x: f64) -> String {
+    let plain = format!("{x}");
+    if plain.len() <= 12 {
+        plain
+    } else if x != 0.0 && !(1e-4..1e6).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        let rounded = format!("{x:.6}");
+        rounded.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 fn plain(error: byol_data::DataError) -> String {
     match error {
         byol_data::DataError::Config(message) => message,
@@ -278,10 +292,11 @@ impl Experiment {
         let s = &self.schedule;
         if s.epochs > 0 && s.warmup_epochs >= s.epochs as f64 {
             warnings.push(format!(
-                "schedule.warmup_epochs = {:?} is not shorter than schedule.epochs = {}: the learning rate \
+                "schedule.warmup_epochs = {} is not shorter than schedule.epochs = {}: the learning rate \
                  rises for the whole run and never decays (the paper warms up for 10 of 300 or more \
                  epochs); set schedule.warmup_epochs lower",
-                s.warmup_epochs, s.epochs
+                short_number(s.warmup_epochs),
+                s.epochs
             ));
         }
         warnings
@@ -305,5 +320,20 @@ impl Experiment {
             ));
         }
         notes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_number;
+
+    #[test]
+    fn numbers_print_short() {
+        assert_eq!(short_number(3.0), "3");
+        assert_eq!(short_number(0.1), "0.1");
+        assert_eq!(short_number(1e300), "1e300");
+        assert_eq!(short_number(1.0 / 3.0), "0.333333");
+        assert_eq!(short_number(2.5e-7), "0.00000025");
+        assert_eq!(short_number(1.2345678e-9), "1.2345678e-9");
     }
 }

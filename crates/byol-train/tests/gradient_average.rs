@@ -16,7 +16,7 @@ fn join(rank: usize, world: usize, port: u16) -> DataParallel {
 /// Three parameters, each in the loss of the ranks that `reaches[rank]` names, with gradient
 /// `rank + 1` per element. Returns each parameter's gradient after the all-reduce (None: no
 /// gradient), the averaged loss and the stop requests as read (rank 1 asks to stop; rank r last
-/// read them r + 1 seconds ago).
+/// measured r + 1 seconds a step).
 fn run_rank(rank: usize, port: u16, reaches: [[bool; 3]; 2]) -> (Vec<Option<Tensor>>, f64, StopRequests) {
     tch::set_num_threads(1);
     let parallel = join(rank, 2, port);
@@ -38,7 +38,7 @@ fn run_rank(rank: usize, port: u16, reaches: [[bool; 3]; 2]) -> (Vec<Option<Tens
     (
         grads,
         agreed.loss.double_value(&[]),
-        agreed.read_stop_requests().unwrap(),
+        StopRequests::read(&agreed.stop_requests).unwrap(),
     )
 }
 
@@ -79,10 +79,10 @@ fn check(reaches: [[bool; 3]; 2]) {
             }
         }
         // Both losses are 0 (zero parameters); one rank of two asked to stop, so both read a stop;
-        // both read the mean of 1 s and 2 s since the last read (exact in float32).
+        // both read the mean of 1 s and 2 s a step (exact in float32).
         let agreed = StopRequests {
             any: true,
-            seconds_since_read: 1.5,
+            seconds_per_step: 1.5,
         };
         assert_eq!((*loss, *stops), (0.0, agreed), "rank {rank}");
     }

@@ -7,10 +7,12 @@ use tch::{Device, Kind, Tensor};
 use byol::{Byol, LossParts};
 use byol_data::Batch;
 
+use crate::distributed::StopRequests;
 use crate::experiment::{MemoryFormat, Precision};
 use crate::loss_scale::LossScaler;
 use crate::optimizer::{NamedParameter, Optimizer};
 use crate::schedule::lr_at;
+use crate::validation::short_number;
 use crate::Experiment;
 
 use super::data::two_views;
@@ -201,12 +203,13 @@ impl Plan {
         if warmup > 0.0 && self.warmup_steps == 0 && self.steps_per_epoch > 0 {
             let per_epoch = self.steps_per_epoch;
             warnings.push(format!(
-                "schedule.warmup_epochs = {warmup:?} is {:.2} of a step at {per_epoch} {} per epoch, which rounds to no \
-                 warm-up: the learning rate starts at its peak; set schedule.warmup_epochs to {:?} (one step) or \
+                "schedule.warmup_epochs = {} is {:.2} of a step at {per_epoch} {} per epoch, which rounds to no \
+                 warm-up: the learning rate starts at its peak; set schedule.warmup_epochs to {} (one step) or \
                  more, or to 0",
+                short_number(warmup),
                 warmup * per_epoch as f64,
                 if per_epoch == 1 { "step" } else { "steps" },
-                1.0 / per_epoch as f64,
+                short_number(1.0 / per_epoch as f64),
             ));
         }
         warnings
@@ -281,7 +284,7 @@ impl Trainer<'_> {
             self.backbone_gradients_checked = true;
             self.warn_without_backbone_gradients();
         }
-        let (loss, stop) = match &self.parallel {
+        let (loss, stop_read) = match &self.parallel {
             Some(parallel) => {
                 // The gradients that backward did not average already, with the loss and the
                 // stop requests.
@@ -289,18 +292,14 @@ impl Trainer<'_> {
                     Some(overlapped) => overlapped.left_out(),
                     None => self.model.parameters.iter().map(|p| p.tensor.shallow_clone()).collect(),
                 };
-                let since_read = self.stop_poll.seconds_since_read();
-                let agreed = parallel.all_reduce_gradients(&after_backward, &total, stop, since_read)?;
-                let stop = if self.reads_stop_after(step + 1) {
-                    let requests = agreed.read_stop_requests()?;
-                    self.stop_poll.read(step + 1, requests.seconds_since_read);
-                    requests.any
-                } else {
-                    false
-                };
-                (agreed.loss, stop)
+                let pace = self.stop_poll.seconds_per_step();
+                let agreed = parallel.all_reduce_gradients(&after_backward, &total, stop, pace)?;
+                // Read after the rest of the step is queued, so that the device has it to do
+                // while the host waits.
+                let stop_read = self.reads_stop_after(step + 1).then_some(agreed.stop_requests);
+                (agreed.loss, stop_read)
             }
-            None => (total, stop),
+            None => (total, None),
         };
         let overflow = self
             .numerics
@@ -310,6 +309,16 @@ impl Trainer<'_> {
         if let Some(parallel) = &self.parallel {
             parallel.broadcast_buffers(&self.buffers)?;
         }
+        let stop = match stop_read {
+            // A data-parallel step: the processes' requests, where they are read.
+            Some(requests) => {
+                let requests = StopRequests::read(&requests)?;
+                self.stop_poll.read(step + 1, requests.seconds_per_step);
+                requests.any
+            }
+            None if self.parallel.is_some() => false,
+            None => stop,
+        };
         Ok(StepReport {
             loss,
             lr,
