@@ -22,6 +22,7 @@ fn doctor_runs_from_any_directory() {
         "the CUDA backend is linked in: {all}"
     );
     assert!(all.contains("CUDA available"), "{all}");
+    assert!(all.contains("JPEG decoder     libjpeg-turbo"), "{all}");
 }
 
 /// Every TOML block of the README (but the Cargo manifest of "As a library") parses: its tables

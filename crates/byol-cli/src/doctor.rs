@@ -55,6 +55,16 @@ pub fn run() -> anyhow::Result<()> {
         tch::get_num_threads(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )?;
+    writeln!(
+        out,
+        "JPEG decoder     libjpeg-turbo, {}",
+        if byol_data::decode::jpeg_simd() {
+            "SIMD"
+        } else {
+            "without SIMD (nasm was not found when byol-run was built: install it and rebuild to decode large \
+             JPEGs faster, to the same pixels)"
+        }
+    )?;
     out.flush()?;
     Ok(())
 }

@@ -353,7 +353,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         .map(|f| byol_data::path_line(f.strip_prefix(&args.images).unwrap_or(f)))
         .collect();
     let names_path = PathBuf::from(format!("{}.names.txt", args.out.display()));
-    // Both or neither: a failure (a full disk) leaves earlier files whole and still a pair.
+    // Written together: a failure while writing (a full disk) leaves earlier files whole, a pair.
     let write_embeddings: FileWriter = Box::new(|path| {
         Ok(match format {
             OutFormat::Npy => embeddings.write_npy(path),

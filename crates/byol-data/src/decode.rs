@@ -146,6 +146,17 @@ fn strict_errors() -> mozjpeg_sys::jpeg_error_mgr {
     errors
 }
 
+/// Whether the JPEG decoder runs its SIMD code on this CPU: compiled in when `nasm` was found as
+/// byol-run was built (the same pixels either way, decoded faster). For `byol-run doctor`.
+pub fn jpeg_simd() -> bool {
+    unsafe extern "C" {
+        /// libjpeg-turbo's own query (0 from its SIMD-less build).
+        fn jsimd_can_idct_islow() -> std::os::raw::c_int;
+    }
+    // SAFETY: no arguments; it reads the CPU's features once and returns a flag.
+    unsafe { jsimd_can_idct_islow() != 0 }
+}
+
 /// PIL's CMYK to RGB: its JPEG reader takes every CMYK file as Adobe's inverted convention
 /// ("CMYK;I"), then `convert("RGB")` computes (255 - k) - c (255 - k) / 255 per channel, rounded
 /// as PIL's MULDIV255.

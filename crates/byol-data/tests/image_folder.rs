@@ -72,7 +72,8 @@ fn mean_max_diff(a: &[u8], b: &[u8]) -> (f64, u8) {
 /// (`<file>.rgb`, HWC bytes).
 const PIL_FLAVOURS: &str = r#"
 import sys, os, numpy as np
-from PIL import Image
+from PIL import Image, features
+assert features.check_feature("libjpeg_turbo"), "this PIL decodes JPEGs without libjpeg-turbo, which the exact comparison needs (pip's Pillow wheels bundle it)"
 d = sys.argv[1]
 h, w = 29, 37
 yy, xx = np.mgrid[0:h, 0:w]
@@ -265,7 +266,8 @@ fn real_cifar_jpegs_decode_like_pil() {
     python(
         r#"
 import sys, numpy as np
-from PIL import Image
+from PIL import Image, features
+assert features.check_feature("libjpeg_turbo"), "this PIL decodes JPEGs without libjpeg-turbo, which the exact comparison needs (pip's Pillow wheels bundle it)"
 out = open(sys.argv[2], "wb")
 for line in open(sys.argv[1]).read().split("\n"):
     out.write(np.asarray(Image.open(line).convert("RGB")).tobytes())

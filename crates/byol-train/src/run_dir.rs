@@ -498,7 +498,9 @@ pub type FileWriter<'a> = Box<dyn FnOnce(&Path) -> anyhow::Result<()> + 'a>;
 
 /// Files that belong together (embeddings and their names) replaced together: each writer writes
 /// its `<path>.partial`, and only once every one is written and synced are they renamed over their
-/// paths, so that a failure (a full disk) leaves the old files as they were, and no partial one.
+/// paths, one after the other, so that a failure while writing (a full disk) leaves the old files
+/// as they were, and no partial one. (A rename in the same folder failing after another succeeded
+/// would still part them.)
 pub fn replace_files_with(files: Vec<(&Path, FileWriter<'_>)>) -> anyhow::Result<()> {
     let partials: Vec<PathBuf> = files.iter().map(|(path, _)| partial_path(path)).collect();
     let remove_partials = || {

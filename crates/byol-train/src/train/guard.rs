@@ -81,9 +81,9 @@ pub fn explain_panic(panic: Box<dyn std::any::Any + Send>, batch: usize, accumul
         // The same view goes through the online and the target network: a forward that writes
         // into its input changes what the other's backward needs.
         anyhow::anyhow!(
-            "training step failed: the backbone's forward changed a tensor in place that the backward \
-             needs, such as its input (a TorchScript module's x.mul_(2) or x += 1): make that operation \
-             out of place (x = x * 2)\n({first_line})"
+            "training step failed: a tensor that the backward needs was changed in place, most likely by \
+             the backbone's forward writing into its input (a TorchScript module's x.mul_(2) or x += 1): make \
+             that operation out of place (x = x * 2)\n({first_line})"
         )
     } else {
         anyhow::anyhow!("training step failed: {first_line}")
@@ -161,7 +161,7 @@ mod tests {
         .unwrap_err();
         let message = super::explain_panic(panic, 32, 1).to_string();
         assert!(
-            message.contains("changed a tensor in place that the backward needs")
+            message.contains("a tensor that the backward needs was changed in place")
                 && message.contains("modified by an inplace operation"),
             "{message}"
         );
