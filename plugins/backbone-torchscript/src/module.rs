@@ -62,7 +62,7 @@ impl TorchScriptBackbone {
     /// `requires_grad`) and buffers (not trainable) under `path` with their state_dict names, and
     /// finds the output width with an eval-mode forward of a `[2, 3, input_size, input_size]`
     /// batch. The same forward at `views_size` (the size training feeds) must give the same
-    /// width. Probe forwards in both modes then look for what tracing records ([`mode_warnings`]);
+    /// width. The probe forwards in both modes also show what tracing recorded ([`mode_warnings`]);
     /// the module's buffers are restored after every probe, so that loading changes nothing.
     pub fn load(file: &Path, path: &nn::Path, input_size: i64, views_size: i64) -> Result<Self, ByolError> {
         let config_error = |what: String| ByolError::Config(format!("backbone.path = {}: {what}", file.display()));
@@ -138,7 +138,8 @@ impl TorchScriptBackbone {
             device: path.device(),
         };
 
-        let out = probe.forward(input_size, false).map_err(|e| {
+        let (out, counted_in_eval) = probe.forward_counting(input_size, false);
+        let out = out.map_err(|e| {
             config_error(format!(
                 "the forward of a [2, 3, {input_size}, {input_size}] batch fails (set backbone.input_size to \
                  a size the module accepts; its forward must take one image tensor and return one tensor): {e}"
@@ -153,8 +154,12 @@ impl TorchScriptBackbone {
             )));
         }
         let dim = size[1];
-        if views_size != input_size {
-            let at_views = probe.forward(views_size, false).map_err(|e| {
+        // The eval-mode output at the views' size (the forward above when the sizes agree).
+        let (at_views, counted_in_eval) = if views_size == input_size {
+            (out, counted_in_eval)
+        } else {
+            let (at_views, counted) = probe.forward_counting(views_size, false);
+            let at_views = at_views.map_err(|e| {
                 config_error(format!(
                     "the forward of a [2, 3, {views_size}, {views_size}] batch, the size of the views \
                      (augment.image_size), fails: the module does not take the images training feeds it: {e}"
@@ -169,9 +174,11 @@ impl TorchScriptBackbone {
                      ([N, C]: tokens.mean(1), or the class token x[:, 0]), or set backbone.input_size = {views_size}"
                 )));
             }
-        }
+            (at_views, counted)
+        };
         // Training runs the module in train mode: its output must have the width found here.
-        let trained = probe.forward(views_size, true).map_err(|e| {
+        let (trained, counted_in_train) = probe.forward_counting(views_size, true);
+        let trained = trained.map_err(|e| {
             config_error(format!(
                 "the train-mode forward of a [2, 3, {views_size}, {views_size}] batch fails (the eval-mode one \
                  works): {e}"
@@ -184,7 +191,8 @@ impl TorchScriptBackbone {
                 trained.size()
             )));
         }
-        let warnings = probe.mode_warnings(views_size, file);
+        let again = probe.forward(views_size, false).ok();
+        let warnings = mode_warnings(file, counted_in_train, counted_in_eval, &at_views, again.as_ref());
         Ok(Self {
             module: Mutex::new(probe.module),
             dim,
@@ -239,42 +247,46 @@ impl Probe {
         });
         (out, counted)
     }
+}
 
-    /// What a module recorded by `torch.jit.trace` gives away: batch norms that count no batch
-    /// in train mode (traced in eval mode: training would keep the loaded statistics and no
-    /// dropout), or that count one in eval mode (traced in train mode: `embed`, `eval` and the
-    /// kNN monitor would update the statistics that checkpoints keep), and an eval-mode forward
-    /// that gives two outputs for one batch (dropout traced in train mode: embeddings would be
-    /// random).
-    fn mode_warnings(&mut self, size: i64, file: &Path) -> Vec<String> {
-        let mut warnings = Vec::new();
-        let module = format!("backbone.path = {}", file.display());
-        let retrace = "script the module (torch.jit.script), or trace it in the mode it is trained in";
-        if let (Ok(_), Some(0)) = self.forward_counting(size, true) {
-            warnings.push(format!(
-                "{module}: its batch norms count no batch in train mode (a module traced in eval mode): \
-                 training would keep their loaded running statistics and skip any dropout; {retrace}"
-            ));
-        }
-        if let (Ok(_), Some(1..)) = self.forward_counting(size, false) {
-            warnings.push(format!(
-                "{module}: its batch norms update their running statistics in eval mode too (a module traced \
-                 in train mode): embed, eval and the kNN monitor use batch statistics and change the running \
-                 ones that checkpoints keep; script the module (torch.jit.script) if you can"
-            ));
-        }
-        if let (Ok(first), Ok(second)) = (self.forward(size, false), self.forward(size, false)) {
-            // Dropout changes outputs by their own size; a GPU's nondeterministic sums, by rounding.
-            if !first.allclose(&second, 1e-4, 1e-6, true) {
-                warnings.push(format!(
-                    "{module}: its eval-mode forward gives different outputs for the same images (dropout \
-                     traced in train mode): embed and eval would give random embeddings; {retrace}, or trace \
-                     it without dropout"
-                ));
-            }
-        }
-        warnings
+/// What a module recorded by `torch.jit.trace` gives away in the probe forwards at the views'
+/// size: batch norms that count no batch in train mode (`counted_in_train`: traced in eval mode,
+/// training would keep the loaded statistics and no dropout), or that count one in eval mode
+/// (`counted_in_eval`: traced in train mode, `embed`, `eval` and the kNN monitor would update the
+/// statistics that checkpoints keep), and an eval-mode forward that gives two outputs for one
+/// batch (`eval_out` and `eval_again`: dropout traced in train mode, embeddings would be random).
+fn mode_warnings(
+    file: &Path,
+    counted_in_train: Option<i64>,
+    counted_in_eval: Option<i64>,
+    eval_out: &Tensor,
+    eval_again: Option<&Tensor>,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let module = format!("backbone.path = {}", file.display());
+    let retrace = "script the module (torch.jit.script), or trace it in the mode it is trained in";
+    if counted_in_train == Some(0) {
+        warnings.push(format!(
+            "{module}: its batch norms count no batch in train mode (a module traced in eval mode): \
+             training would keep their loaded running statistics and skip any dropout; {retrace}"
+        ));
     }
+    if counted_in_eval.is_some_and(|n| n > 0) {
+        warnings.push(format!(
+            "{module}: its batch norms update their running statistics in eval mode too (a module traced \
+             in train mode): embed, eval and the kNN monitor use batch statistics and change the running \
+             ones that checkpoints keep; script the module (torch.jit.script) if you can"
+        ));
+    }
+    // Dropout changes outputs by their own size; a GPU's nondeterministic sums, by rounding.
+    if eval_again.is_some_and(|again| !eval_out.allclose(again, 1e-4, 1e-6, true)) {
+        warnings.push(format!(
+            "{module}: its eval-mode forward gives different outputs for the same images (dropout \
+             traced in train mode): embed and eval would give random embeddings; {retrace}, or trace \
+             it without dropout"
+        ));
+    }
+    warnings
 }
 
 impl Backbone for TorchScriptBackbone {

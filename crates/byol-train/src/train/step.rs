@@ -280,8 +280,7 @@ impl Trainer<'_> {
             .probe_on_evaluation_batch(step, &self.model.byol, self.augment.as_ref(), self.device)
             .context("loading the online probe's batch from eval.train")?;
         let lr = self.plan.lr_at(step);
-        if !self.backbone_gradients_checked {
-            self.backbone_gradients_checked = true;
+        if step == self.resumed_from.unwrap_or(0) {
             self.warn_without_backbone_gradients();
         }
         let (loss, stop_read) = match &self.parallel {
@@ -328,8 +327,8 @@ impl Trainer<'_> {
         })
     }
 
-    /// Warns (process 0) when the first step's backward reached no parameter of the online
-    /// backbone: a backbone whose forward detaches its output (a TorchScript module's
+    /// Warns (process 0) when the backward of the first step this process runs reached no
+    /// parameter of the online backbone: a backbone whose forward detaches its output (a TorchScript module's
     /// `x.detach()`, `torch.no_grad()`) trains only the projector and predictor, which would
     /// otherwise show only as a kNN accuracy that does not improve. One wait for the device.
     fn warn_without_backbone_gradients(&self) {

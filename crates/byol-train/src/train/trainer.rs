@@ -62,8 +62,6 @@ pub struct Trainer<'a> {
     pub loss_watch: LossWatch,
     /// When a data-parallel run reads its processes' stop requests.
     pub stop_poll: StopPoll,
-    /// Whether the first step's gradients were checked for the backbone's share.
-    pub backbone_gradients_checked: bool,
 }
 
 /// Refuses to resume a run past its end: a checkpoint of more steps than the experiment has now
@@ -218,7 +216,6 @@ impl<'a> Trainer<'a> {
             buffers,
             loss_watch: LossWatch::new(device),
             stop_poll: StopPoll::new(start.step().unwrap_or(0)),
-            backbone_gradients_checked: false,
         })
     }
 
