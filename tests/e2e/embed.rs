@@ -303,6 +303,13 @@ model.maxpool = torch.nn.Identity()
 model.fc = torch.nn.Identity()
 model.load_state_dict(load_file({export:?}), strict=True)
 model.eval()
+import tomllib
+from safetensors import safe_open
+with safe_open({export:?}, "pt") as f:
+    meta = f.metadata()
+outputs["step"] = torch.tensor(int(meta["byol_rs.step"]))
+backbone = tomllib.loads(meta["byol_rs.backbone"])
+assert backbone["width"] == 64 and tomllib.loads(meta["byol_rs.experiment"])["backbone"] == backbone, meta
 images = torch.stack([read_image({images:?} + "/" + name) for name in {names:?}.split()])
 x = (images.float() / 255 - torch.tensor({mean}).view(1, 3, 1, 1)) / torch.tensor({std}).view(1, 3, 1, 1)
 with torch.no_grad():
@@ -312,6 +319,13 @@ with torch.no_grad():
         images = images.to_str().unwrap(),
     );
     let reference = byol_testkit::run_python(&script, &[]);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r/summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        reference["step"].int64_value(&[]),
+        summary["steps"].as_i64().unwrap(),
+        "the metadata's step"
+    );
     let theirs = &reference["embeddings"];
     assert_eq!(embeddings.size(), theirs.size(), "rows and width");
     let scale = theirs.abs().max().double_value(&[]);
@@ -427,10 +441,17 @@ fn embed_sees_the_pixels_the_knn_monitor_sees() {
     assert!(out.status.success(), "{}", text(&out));
     let ours = tch::Tensor::read_npy(d.join("emb.npy")).unwrap();
     let names = std::fs::read_to_string(d.join("emb.npy.names.txt")).unwrap();
+    // The export's metadata gives the same transform, through the README's own snippet.
+    let out = byol_run(d, &["export", "r", "--out", "backbone.safetensors"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = "its inputs: the image resized to 24x24, its shorter side resized to 32, a central 16x16 crop, \
+                pixels scaled to [0, 1], normalized with mean [0.5, 0.5, 0.5] and std [0.25, 0.25, 0.25]";
+    assert!(text(&out).contains(said), "{}", text(&out));
     let script = format!(
         r#"
 from PIL import Image
 import numpy as np
+import os
 import torchvision.transforms.functional as F
 rows = []
 for name in {names:?}.split():
@@ -439,15 +460,42 @@ for name in {names:?}.split():
     x = F.center_crop(F.resize(x, [32], antialias=True), [16])
     rows.append(((x - 0.5) / 0.25).flatten())
 outputs["pixels"] = torch.stack(rows)
+
+os.chdir({d:?})
+{readme}
+outputs["from_metadata"] = torch.stack(
+    [preprocess(Image.open({test:?} + "/" + name).convert("RGB")).flatten() for name in {names:?}.split()])
 "#,
         test = d.join("test").to_str().unwrap(),
+        d = d.to_str().unwrap(),
+        readme = readme_python_block("byol_rs.preprocess"),
     );
-    let theirs = &byol_testkit::run_python(&script, &[])["pixels"];
-    assert_eq!(ours.size(), theirs.size());
-    let difference = byol_testkit::max_abs_diff(&ours, theirs);
+    let reference = byol_testkit::run_python(&script, &[]);
     let tolerance = 1.0 / 255.0 / 0.25 + 1e-5;
-    assert!(
-        difference <= tolerance,
-        "embed's pixels differ from the monitor's pipeline in PyTorch by {difference} (tolerance {tolerance})"
-    );
+    for (what, theirs) in [
+        ("the monitor's pipeline in PyTorch", &reference["pixels"]),
+        (
+            "the README's transform from the export's metadata",
+            &reference["from_metadata"],
+        ),
+    ] {
+        assert_eq!(ours.size(), theirs.size());
+        let difference = byol_testkit::max_abs_diff(&ours, theirs);
+        assert!(
+            difference <= tolerance,
+            "embed's pixels differ from {what} by {difference} (tolerance {tolerance})"
+        );
+    }
+}
+
+/// The README's Python code block that contains `marker`.
+fn readme_python_block(marker: &str) -> String {
+    let readme = std::fs::read_to_string(crate::repo_root().join("README.md")).unwrap();
+    readme
+        .split("```python\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains(marker))
+        .unwrap_or_else(|| panic!("the README has no python block with {marker}"))
+        .to_string()
 }

@@ -145,7 +145,9 @@ pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
     }
     check_output(out, "--out")?;
     let checkpoint_dir = &resolve_checkpoint(checkpoint_or_run)?;
-    checkpoint::verify(checkpoint_dir).with_context(|| format!("checking checkpoint {}", checkpoint_dir.display()))?;
+    let manifest = checkpoint::verify(checkpoint_dir)
+        .with_context(|| format!("checking checkpoint {}", checkpoint_dir.display()))?;
+    let experiment = Experiment::parse(&manifest.config, &[]).context("reading the checkpoint's experiment")?;
     let tensors = checkpoint::read_tensors(checkpoint_dir, checkpoint::MODEL_FILE)?;
     let backbone: Vec<(String, Tensor)> = tensors
         .into_iter()
@@ -154,10 +156,90 @@ pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
     if backbone.is_empty() {
         bail!("{} holds no '{BACKBONE_PREFIX}*' variables", checkpoint_dir.display());
     }
+    let preprocess = ExportedPreprocess::of(&experiment);
+    let metadata = export_metadata(&manifest, &preprocess)?;
+    let bytes = byol::state_dict::safetensors_with_metadata(&backbone, metadata)?;
     // Through a partial file: a failure (a full disk) leaves an earlier export whole.
-    run_dir::replace_file_with(out, |path| Ok(Tensor::write_safetensors(&backbone, path)?))?;
+    run_dir::replace_file(out, &bytes)?;
     println!("wrote {} backbone tensors to {}", backbone.len(), out.display());
+    println!("its inputs: {} (metadata \"{PREPROCESS_KEY}\")", preprocess.describe());
     Ok(())
+}
+
+/// The metadata key of an export's evaluation transform, as JSON ([`ExportedPreprocess`]).
+const PREPROCESS_KEY: &str = "byol_rs.preprocess";
+
+/// How the run turned an image into the backbone's input at evaluation (`embed`, `eval`, the kNN
+/// monitor), recorded in an export so that its users feed it the same inputs.
+#[derive(serde::Serialize)]
+struct ExportedPreprocess {
+    /// The side of the square that the whole image is first resized to, aspect ratio not kept
+    /// (PIL's bilinear resize: [`evaluation_decode_size`]).
+    square: u32,
+    /// The shorter side the image is then resized to (bilinear, antialiased).
+    resize: i64,
+    /// The side of the central crop the backbone sees.
+    crop: i64,
+    /// Pixels scaled to [0, 1], then `(x - mean) / std` per channel (`None`: the augmentation
+    /// plugin does not say).
+    mean: Option<[f64; 3]>,
+    std: Option<[f64; 3]>,
+}
+
+impl ExportedPreprocess {
+    fn of(experiment: &Experiment) -> Self {
+        let normalization = experiment.augment.normalization();
+        Self {
+            square: evaluation_decode_size(experiment),
+            resize: experiment.augment.eval_resize(),
+            crop: experiment.augment.image_size(),
+            mean: normalization.map(|n| n.mean),
+            std: normalization.map(|n| n.std),
+        }
+    }
+
+    /// The steps in words, those that change nothing left out.
+    fn describe(&self) -> String {
+        let mut steps = vec![format!("the image resized to {0}x{0}", self.square)];
+        if self.square != self.resize as u32 {
+            steps.push(format!("its shorter side resized to {}", self.resize));
+        }
+        if self.crop != self.resize {
+            steps.push(format!("a central {0}x{0} crop", self.crop));
+        }
+        steps.push("pixels scaled to [0, 1]".to_string());
+        if let (Some(mean), Some(std)) = (self.mean, self.std) {
+            steps.push(format!("normalized with mean {mean:?} and std {std:?}"));
+        }
+        steps.join(", ")
+    }
+}
+
+/// The export's safetensors metadata: what it is and how it was trained, readable with
+/// `safe_open(path, "pt").metadata()`.
+fn export_metadata(
+    manifest: &checkpoint::Manifest,
+    preprocess: &ExportedPreprocess,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let config: toml::Table = toml::from_str(&manifest.config).context("reading the checkpoint's experiment")?;
+    let backbone = config
+        .get("backbone")
+        .and_then(|b| b.as_table())
+        .map(toml::to_string)
+        .transpose()?
+        .unwrap_or_default();
+    Ok([
+        // What safetensors.torch.save_file writes: the file holds PyTorch tensors.
+        ("format", "pt".to_string()),
+        ("byol_rs.version", env!("CARGO_PKG_VERSION").to_string()),
+        ("byol_rs.backbone", backbone),
+        (PREPROCESS_KEY, serde_json::to_string(preprocess)?),
+        ("byol_rs.step", manifest.step.to_string()),
+        ("byol_rs.experiment", manifest.config.clone()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value))
+    .collect())
 }
 
 #[derive(Args)]

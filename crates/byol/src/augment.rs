@@ -25,6 +25,21 @@ pub trait AugmentSpec: std::fmt::Debug + Send + Sync {
     fn loader_crops(&self) -> Option<LoaderCrops> {
         None
     }
+
+    /// The normalization that ends the evaluation transform, recorded with an exported backbone
+    /// so that its users feed it the same inputs; `None` (the default): the plugin does not
+    /// normalize by a per-channel mean and std.
+    fn normalization(&self) -> Option<Normalization> {
+        None
+    }
+}
+
+/// Per-channel normalization of pixels scaled to [0, 1]: `(x - mean) / std` (torchvision's
+/// `Normalize`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalization {
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
 }
 
 /// The random-resized-crop distribution of one view.

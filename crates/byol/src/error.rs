@@ -12,6 +12,9 @@ pub enum ByolError {
     #[error("weights in {path} do not fit the model:\n{report}\nExport the state_dict of the matching PyTorch model (torchvision for ResNets: see the README, \"Pretrained weights\").")]
     StateDictMismatch { path: PathBuf, report: String },
 
+    #[error("cannot write weights as safetensors: {0}")]
+    WriteWeights(String),
+
     #[error("invalid configuration: {0}")]
     Config(String),
 

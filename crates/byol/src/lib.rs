@@ -33,7 +33,7 @@ pub mod registry;
 pub mod state_dict;
 pub mod target;
 
-pub use augment::{Augment, AugmentSpec, CropRange, LoaderCrops};
+pub use augment::{Augment, AugmentSpec, CropRange, LoaderCrops, Normalization};
 pub use backbone::{Backbone, BackboneSpec};
 pub use context::BuildContext;
 pub use dataset::{Dataset, DatasetSpec, EpochStream, Splits};

@@ -88,3 +88,55 @@ pub fn to_cpu_sorted(variables: &HashMap<String, Tensor>) -> Vec<(String, Tensor
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
+
+/// `tensors` (contiguous, on the CPU) as the bytes of a safetensors file whose header carries
+/// `metadata` (`safe_open(path, "pt").metadata()` in Python). tch writes no metadata.
+pub fn safetensors_with_metadata(
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, ByolError> {
+    let views = tensors
+        .iter()
+        .map(|(name, tensor)| Ok((name.as_str(), TensorBytes::new(tensor)?)))
+        .collect::<Result<Vec<_>, ByolError>>()?;
+    safetensors::tensor::serialize(views, &Some(metadata)).map_err(|e| ByolError::WriteWeights(e.to_string()))
+}
+
+/// A tensor's shape, dtype and row-major bytes, as safetensors' writer takes them.
+struct TensorBytes {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl TensorBytes {
+    fn new(tensor: &Tensor) -> Result<Self, ByolError> {
+        let dtype = tensor
+            .kind()
+            .try_into()
+            .map_err(|e| ByolError::WriteWeights(format!("a {:?} tensor: {e}", tensor.kind())))?;
+        let tensor = tensor.to_device(tch::Device::Cpu).contiguous();
+        let mut bytes = vec![0u8; tensor.numel() * tensor.kind().elt_size_in_bytes()];
+        tensor.copy_data_u8(&mut bytes, tensor.numel());
+        Ok(Self {
+            dtype,
+            shape: tensor.size().iter().map(|&d| d as usize).collect(),
+            bytes,
+        })
+    }
+}
+
+impl safetensors::View for TensorBytes {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use byol::{Augment, AugmentSpec, BuildContext, CropRange, DataError, LoaderCrops};
+use byol::{Augment, AugmentSpec, BuildContext, CropRange, DataError, LoaderCrops, Normalization};
 
 use crate::view::{ByolAugment, ViewParams};
 
@@ -261,6 +261,13 @@ byol::register_plugin! {
                     ratio: v.crop_ratio,
                 }),
                 size: augment.size as u32,
+            })
+        }
+        fn normalization(&self) -> Option<Normalization> {
+            let augment = self.resolve().ok()?;
+            Some(Normalization {
+                mean: augment.mean,
+                std: augment.std,
             })
         }
     }
