@@ -73,6 +73,10 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     );
     let emb = tch::Tensor::read_npy(dir.path().join("emb.npy")).unwrap();
     assert_eq!(emb.size()[0], 7);
+    // Every skipped one is listed beside the embeddings, with why.
+    let list = std::fs::read_to_string(dir.path().join("emb.npy.skipped.txt")).unwrap();
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(list.contains("dangling.png") && list.contains("broken.jpg"), "{list}");
 
     let out = embed(&["--strict"]);
     let all = text(&out);
@@ -100,6 +104,18 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     let all = text(&out);
     assert!(out.status.success() && all.contains("embedded 1 images"), "{all}");
     assert!(!all.contains("warning"), "{all}");
+    // Written where an earlier embedding skipped images, that embedding's list goes with it.
+    std::fs::copy(
+        dir.path().join("emb.npy.skipped.txt"),
+        dir.path().join("mac.npy.skipped.txt"),
+    )
+    .unwrap();
+    let out = byol_run(dir.path(), &["embed", "r", "--images", "mac", "--out", "mac.npy"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !dir.path().join("mac.npy.skipped.txt").exists(),
+        "a stale list of skipped images is left"
+    );
 
     // A run trained on a GPU, embedded on a machine without one: on the CPU, with a note, unless
     // --device asks for the GPU. (The manifest's experiment is not hashed: the GPU is edited in.)

@@ -269,11 +269,12 @@ pub struct EmbedArgs {
     device: Option<String>,
 }
 
-/// What could not be read, for one warning with a count (as training reports skipped images).
+/// What could not be read, for one warning with a count and a list file (as training reports
+/// skipped images).
 #[derive(Default)]
 struct Skipped {
-    count: usize,
-    first: Option<String>,
+    /// `<file>: <why>`, in the order met.
+    all: Vec<String>,
 }
 
 impl Skipped {
@@ -282,8 +283,7 @@ impl Skipped {
         if strict {
             bail!("{what} (--strict stops at the first unreadable file)");
         }
-        self.count += 1;
-        self.first.get_or_insert(what);
+        self.all.push(what);
         Ok(())
     }
 }
@@ -418,16 +418,22 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
             .to_device(device);
         embeddings.push(model.byol.embed(&augment.eval_view(&images)).to_device(Device::Cpu));
     }
-    if let Some(first) = &skipped.first {
-        eprintln!(
-            "warning: skipped {} unreadable image(s) or folder(s) under {} (first: {first}); pass --strict \
-             to stop at the first one instead",
-            skipped.count,
-            args.images.display()
+    if embeddings.is_empty() {
+        bail!(
+            "none of the images under {} could be read (first: {})",
+            args.images.display(),
+            skipped.all.first().map_or("", String::as_str)
         );
     }
-    if embeddings.is_empty() {
-        bail!("none of the images under {} could be read", args.images.display());
+    let skipped_path = PathBuf::from(format!("{}.skipped.txt", args.out.display()));
+    if let Some(first) = skipped.all.first() {
+        eprintln!(
+            "warning: skipped {} unreadable image(s) or folder(s) under {} (first: {first}; every one in {}); \
+             pass --strict to stop at the first one instead",
+            skipped.all.len(),
+            args.images.display(),
+            skipped_path.display()
+        );
     }
     let embeddings = Tensor::cat(&embeddings, 0);
     let names: Vec<String> = embedded
@@ -443,7 +449,23 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         }?)
     });
     let write_names: FileWriter = Box::new(|path| Ok(std::fs::write(path, names.join("\n") + "\n")?));
-    run_dir::replace_files_with(vec![(&args.out, write_embeddings), (&names_path, write_names)])?;
+    let mut files = vec![(args.out.as_path(), write_embeddings), (&names_path, write_names)];
+    if !skipped.all.is_empty() {
+        // One line each, whatever the file names hold.
+        let lines: Vec<String> = skipped.all.iter().map(|what| what.replace('\n', "\\n")).collect();
+        let list = lines.join("\n") + "\n";
+        files.push((&skipped_path, Box::new(move |path| Ok(std::fs::write(path, list)?))));
+    }
+    run_dir::replace_files_with(files)?;
+    // An earlier embedding's list describes other embeddings.
+    if skipped.all.is_empty() {
+        match std::fs::remove_file(&skipped_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                bail!("cannot remove the earlier {}: {e}", skipped_path.display())
+            }
+            _ => {}
+        }
+    }
     println!(
         "embedded {} images ({} dims) into {} (names in {})",
         embedded.len(),
