@@ -82,6 +82,25 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
         all.contains("error: notes is not a run folder: it has no config.toml"),
         "{all}"
     );
+    // A sweep's trial that has not started (`compare runs/x-sweep/trial-*` of a stopped sweep)
+    // is left out with a note.
+    std::fs::create_dir(dir.path().join("trial-003")).unwrap();
+    std::fs::write(dir.path().join("trial-003/sweep-trial.toml"), "[parameters]\n").unwrap();
+    let out = byol_run(dir.path(), &["compare", "runs/slow", "trial-003"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("note: trial-003 not started yet (a sweep's pending trials): left out"),
+        "{all}"
+    );
+    assert!(all.contains("| runs/slow |") && !all.contains("| trial-003 |"), "{all}");
+    let out = byol_run(dir.path(), &["compare", "trial-003"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("none of the folders holds a run yet"),
+        "{}",
+        text(&out)
+    );
     let out = byol_run(dir.path(), &["compare", "runs/slow", "runs/missing"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");

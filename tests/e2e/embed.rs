@@ -392,8 +392,8 @@ class Pixels(torch.nn.Module):
 
 /// `embed` decodes images to the run's `dataset.image_size` before the evaluation's resize and
 /// crop, as the kNN monitor's images were decoded: with squares decoded at 24 px and an
-/// evaluation that resizes to 32 and crops 16, its pixels are PIL's 24 px square (bilinear,
-/// antialiased) through torchvision's `Resize(32)` and `CenterCrop(16)`. The tolerance is the
+/// evaluation that resizes to 32 and crops 16, its pixels are the image's central square resized
+/// to 24 px by PIL (bilinear, antialiased) through torchvision's `Resize(32)` and `CenterCrop(16)`. The tolerance is the
 /// decode's: within 1 level of PIL's (the resize that follows mixes levels convexly), over the
 /// std. Decoding straight to 32 px differs by tens of levels on these noisy images.
 #[test]
@@ -410,12 +410,14 @@ fn embed_sees_the_pixels_the_knn_monitor_sees() {
         ),
         &[],
     );
-    for (split, per_class) in [("train", 8), ("test", 2)] {
+    for (split, per_class) in [("train", 8), ("test", 3)] {
         for class in ["a", "b"] {
             let folder = d.join(split).join(class);
             std::fs::create_dir_all(&folder).unwrap();
             for i in 0..per_class {
-                let image = tch::Tensor::randint(256, [3, 40, 40], (tch::Kind::Uint8, tch::Device::Cpu));
+                // Square, tall and wide (the central square's offset a half pixel) images.
+                let [h, w] = [[40, 40], [45, 30], [31, 45]][i % 3];
+                let image = tch::Tensor::randint(256, [3, h, w], (tch::Kind::Uint8, tch::Device::Cpu));
                 tch::vision::image::save(&image, folder.join(format!("{i}.png"))).unwrap();
             }
         }
@@ -460,7 +462,7 @@ fn embed_sees_the_pixels_the_knn_monitor_sees() {
     // The export's metadata gives the same transform, through the README's own snippet.
     let out = byol_run(d, &["export", "r", "--out", "backbone.safetensors"]);
     assert!(out.status.success(), "{}", text(&out));
-    let said = "its inputs: the image resized to 24x24, its shorter side resized to 32, a central 16x16 crop, \
+    let said = "its inputs: the image's central square resized to 24x24, resized to 32, a central 16x16 crop, \
                 pixels scaled to [0, 1], normalized with mean [0.5, 0.5, 0.5] and std [0.25, 0.25, 0.25]";
     assert!(text(&out).contains(said), "{}", text(&out));
     let script = format!(
@@ -471,7 +473,11 @@ import os
 import torchvision.transforms.functional as F
 rows = []
 for name in {names:?}.split():
-    square = Image.open({test:?} + "/" + name).convert("RGB").resize((24, 24), Image.BILINEAR)
+    image = Image.open({test:?} + "/" + name).convert("RGB")
+    w, h = image.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    square = image.resize((24, 24), Image.BILINEAR, box=box)
     x = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1).float() / 255
     x = F.center_crop(F.resize(x, [32], antialias=True), [16])
     rows.append(((x - 0.5) / 0.25).flatten())

@@ -157,9 +157,24 @@ fn differing_keys(runs: &[Run]) -> Vec<String> {
 }
 
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
-    let mut runs = args
+    // A sweep's trials that have not started yet (`trial-*` of a stopped sweep) have nothing to
+    // compare; any other folder without a run is an error.
+    let (pending, started): (Vec<&PathBuf>, Vec<&PathBuf>) = args
         .runs
         .iter()
+        .partition(|dir| dir.join(sweep::TRIAL_FILE).is_file() && !dir.join(CONFIG_FILE).exists());
+    if !pending.is_empty() {
+        let names: Vec<String> = pending.iter().map(|d| d.display().to_string()).collect();
+        eprintln!(
+            "note: {} not started yet (a sweep's pending trials): left out",
+            names.join(", ")
+        );
+    }
+    if started.is_empty() {
+        bail!("none of the folders holds a run yet");
+    }
+    let mut runs = started
+        .into_iter()
         .map(|dir| Run::read(dir))
         .collect::<anyhow::Result<Vec<_>>>()?;
     add_data_keys(&mut runs);
@@ -224,7 +239,7 @@ fn to_table(runs: &[Run], keys: &[String]) -> String {
         cells.push(run.status.describe());
         let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
-    if keys.is_empty() {
+    if keys.is_empty() && runs.len() > 1 {
         out.push_str("\nThe runs have the same settings.\n");
     }
     out

@@ -173,10 +173,10 @@ const PREPROCESS_KEY: &str = "byol_rs.preprocess";
 /// monitor), recorded in an export so that its users feed it the same inputs.
 #[derive(serde::Serialize)]
 struct ExportedPreprocess {
-    /// The side of the square that the whole image is first resized to, aspect ratio not kept
-    /// (PIL's bilinear resize: [`evaluation_decode_size`]).
+    /// The side that the image's central square (side: its shorter side) is first resized to
+    /// (PIL's bilinear resize; [`evaluation_decode_size`]).
     square: u32,
-    /// The shorter side the image is then resized to (bilinear, antialiased).
+    /// The side that square is then resized to (bilinear, antialiased).
     resize: i64,
     /// The side of the central crop the backbone sees.
     crop: i64,
@@ -200,9 +200,9 @@ impl ExportedPreprocess {
 
     /// The steps in words, those that change nothing left out.
     fn describe(&self) -> String {
-        let mut steps = vec![format!("the image resized to {0}x{0}", self.square)];
+        let mut steps = vec![format!("the image's central square resized to {0}x{0}", self.square)];
         if self.square != self.resize as u32 {
-            steps.push(format!("its shorter side resized to {}", self.resize));
+            steps.push(format!("resized to {}", self.resize));
         }
         if self.crop != self.resize {
             steps.push(format!("a central {0}x{0} crop", self.crop));
