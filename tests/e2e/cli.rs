@@ -404,13 +404,16 @@ fn bench_curve_times_training_with_and_without_the_knn_curve() {
 /// `byol-run plugins | head -2`: the reader goes away; the listing ends quietly, no panic.
 #[test]
 fn a_closed_pipe_ends_listings_quietly() {
-    for command in ["plugins", "doctor", "config"] {
-        let mut args = vec![command];
-        if command == "config" {
-            args.push("--defaults");
-        }
+    let commands: [&[&str]; 4] = [
+        &["plugins"],
+        &["doctor"],
+        &["config", "--defaults"],
+        &["validate", "experiments/quickstart.toml"],
+    ];
+    for args in commands {
+        let command = args.join(" ");
         let mut child = byol_run_command(&repo_root())
-            .args(&args)
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

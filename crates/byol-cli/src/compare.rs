@@ -181,7 +181,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     add_process_counts(&mut runs);
     let keys = differing_keys(&runs);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&runs, &keys))?);
+        say!("{}", serde_json::to_string_pretty(&to_json(&runs, &keys))?);
     } else {
         print!("{}", to_table(&runs, &keys));
     }

@@ -161,8 +161,8 @@ pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
     let bytes = byol::state_dict::safetensors_with_metadata(&backbone, metadata)?;
     // Through a partial file: a failure (a full disk) leaves an earlier export whole.
     run_dir::replace_file(out, &bytes)?;
-    println!("wrote {} backbone tensors to {}", backbone.len(), out.display());
-    println!("its inputs: {} (metadata \"{PREPROCESS_KEY}\")", preprocess.describe());
+    say!("wrote {} backbone tensors to {}", backbone.len(), out.display());
+    say!("its inputs: {} (metadata \"{PREPROCESS_KEY}\")", preprocess.describe());
     Ok(())
 }
 
@@ -466,7 +466,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    println!(
+    say!(
         "embedded {} images ({} dims) into {} (names in {})",
         embedded.len(),
         embeddings.size()[1],

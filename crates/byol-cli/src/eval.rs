@@ -230,7 +230,7 @@ fn check_json(data: &EvalData) -> anyhow::Result<()> {
 
 fn report(json: &Option<PathBuf>, value: serde_json::Value) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&value)?;
-    println!("{text}");
+    say!("{text}");
     if let Some(path) = json {
         byol_train::run_dir::replace_file(path, text.as_bytes())?;
     }

@@ -122,7 +122,7 @@ fn shard(args: &ShardArgs) -> anyhow::Result<()> {
             .replace("set labels = \"none\"", "add --unlabelled");
         eprintln!("warning: {w}");
     }
-    println!(
+    say!(
         "wrote {} samples{} into {} shard(s); sources in {}",
         written.samples,
         if written.classes.is_empty() {
@@ -140,7 +140,7 @@ fn shard(args: &ShardArgs) -> anyhow::Result<()> {
         written.shards.len(),
         written.sources.display()
     );
-    println!("[dataset]\ntype = \"webdataset\"\nurls = {:?}", written.urls);
+    say!("[dataset]\ntype = \"webdataset\"\nurls = {:?}", written.urls);
     Ok(())
 }
 
@@ -312,16 +312,16 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let experiment = load_valid(args)?;
     let backbone_warnings = byol_train::train::Model::check_builds(&experiment)
         .with_context(|| format!("in experiment file {}", path.display()))?;
-    println!(
+    say!(
         "{} is valid: experiment '{}'",
         args.experiment.as_ref().expect("required").display(),
         experiment.name()
     );
     for note in experiment.notes() {
-        println!("note: {note}");
+        say!("note: {note}");
     }
     for warning in experiment.warnings().into_iter().chain(backbone_warnings) {
-        println!("warning: {warning}");
+        say!("warning: {warning}");
     }
     Ok(())
 }

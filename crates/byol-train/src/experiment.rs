@@ -342,14 +342,33 @@ impl Experiment {
     }
 }
 
+/// The tables that name a plugin, which every experiment has.
+const PLUGIN_TABLES: [&str; 4] = ["dataset", "backbone", "augment", "optimizer"];
+
 /// A TOML or schema error with its line and column (from toml's message) and the table it is in.
 pub(crate) fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
+    if let Some(missing) = missing_plugin_table(error) {
+        return missing;
+    }
     let message = in_words(error.to_string().trim_end());
     let table = error.span().and_then(|span| enclosing_table(text, span.start));
     match table {
         Some(table) => anyhow::anyhow!("{message}\n(in table [{table}])"),
         None => anyhow::anyhow!("{message}"),
     }
+}
+
+/// A plugin table the experiment lacks, which serde reports at the file's first line, "in" its
+/// first table.
+fn missing_plugin_table(error: &toml::de::Error) -> Option<anyhow::Error> {
+    let name = PLUGIN_TABLES
+        .into_iter()
+        .find(|name| error.message().trim() == format!("missing field `{name}`"))?;
+    Some(anyhow::anyhow!(
+        "the experiment has no [{name}] table: every experiment names the plugin of each of [dataset], \
+         [backbone], [augment] and [optimizer] with its `type` (`byol-run plugins` lists them, each with \
+         an example table)"
+    ))
 }
 
 /// serde's message with Rust's type names in words: ``expected usize`` is ``expected a whole
@@ -378,6 +397,9 @@ fn blame(
     merged: &str,
     error: &toml::de::Error,
 ) -> anyhow::Error {
+    if let Some(missing) = missing_plugin_table(error) {
+        return missing;
+    }
     let message = &in_words(error.message().trim());
     if let Err(own) = toml::from_str::<Experiment>(text) {
         if in_words(own.message().trim()) == *message {
@@ -503,6 +525,16 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_plugin_table_is_named() {
+        let text = "[run]\nname = \"x\"\n[schedule]\nepochs = 3\n";
+        for overrides in [vec![], vec!["run.seed=1".to_string()]] {
+            let msg = format!("{:#}", Experiment::parse(text, &overrides).unwrap_err());
+            assert!(msg.starts_with("the experiment has no [dataset] table"), "{msg}");
+            assert!(!msg.contains("in table [run]"), "{msg}");
+        }
+    }
 
     #[test]
     fn errors_name_the_enclosing_table() {

@@ -93,9 +93,14 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
         }
     ));
     let views = alone.seconds / one_batch.seconds;
+    // The trainer builds the probe only for labelled data of several classes.
+    let probe = match experiment.eval.online_probe {
+        true => "the online probe where the data has labels, ",
+        false => "",
+    };
     report.note(format!(
-        "one batch / model step alone: {views:.3}x img/s (the views, the online probe and the rest of \
-         the training step)"
+        "one batch / model step alone: {views:.3}x img/s (the views, {probe}the per-step seeding and the \
+         rest of the training step)"
     ));
     report.print(args.common.json);
     Ok(())

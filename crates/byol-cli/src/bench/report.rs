@@ -37,7 +37,7 @@ impl Report {
 
     pub fn print(&self, json: bool) {
         if json {
-            println!("{}", self.to_json());
+            say!("{}", self.to_json());
         } else {
             print!("{}", self.to_table());
         }

@@ -69,15 +69,15 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
         fresh: args.fresh,
     };
     let outcome = trials::run(&sweep, &options)?;
-    println!("\n{}", std::fs::read_to_string(&outcome.markdown)?);
-    println!(
+    say!("\n{}", std::fs::read_to_string(&outcome.markdown)?);
+    say!(
         "summary          {} and {}",
         outcome.csv.display(),
         outcome.markdown.display()
     );
     if outcome.skipped > 0 {
         let trials = if outcome.skipped == 1 { "trial" } else { "trials" };
-        println!("skipped          {} {trials} that had finished before", outcome.skipped);
+        say!("skipped          {} {trials} that had finished before", outcome.skipped);
     }
     // A sweep with failed trials is not a finished sweep: scripts must see it.
     let recorded = (!outcome.failed.is_empty()).then(|| {
@@ -118,7 +118,7 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
         if let Some(failed) = &failed {
             eprintln!("{failed}");
         }
-        println!("interrupted: run the same command again to resume the sweep");
+        say!("interrupted: run the same command again to resume the sweep");
         return Err(crate::StoppedBySignal(signal).into());
     }
     match failed {
@@ -137,7 +137,7 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let trials: Vec<&Trial> = sweep.trials.iter().collect();
     check_builds(&sweep, &trials)?;
     sweep.check_metric_measured(&trials)?;
-    println!(
+    say!(
         "{} is valid: sweep '{}' of {} trials into {}",
         args.experiment.as_ref().expect("required").display(),
         sweep.name,

@@ -87,7 +87,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     // Two sweeps over one folder would train the same trials twice and mark each other's running
     // trials as failed. Each trial's folder has its own lock besides (child processes take it).
     let _owner = FolderLock::create_and_acquire(&sweep.dir, "sweep folder")?;
-    let say = |line: String| println!("{line}");
+    let say = |line: String| say!("{line}");
     if let Some(old) = moved {
         say(format!(
             "--fresh: moved the previous sweep folder aside to {}",
@@ -330,7 +330,7 @@ fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTr
             continue;
         }
         let (first, _, _) = group[0];
-        println!("the trials' records of their data disagree: reading the data again to tell which trained on it");
+        say!("the trials' records of their data disagree: reading the data again to tell which trained on it");
         let now = sweep
             .experiment(first, None)
             .and_then(|experiment| DatasetFingerprint::of_experiment(&experiment));
@@ -514,7 +514,7 @@ impl DataNow {
         let now = match self.0.entry(data_key(&experiment)) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                println!("reading the data to check the finished trials against it");
+                say!("reading the data to check the finished trials against it");
                 // Data that cannot be read (moved, gone) still leaves the results to rank.
                 let read = DatasetFingerprint::of_experiment(&experiment).inspect_err(|e| {
                     eprintln!(
@@ -562,7 +562,7 @@ fn run_in_process(
     // is set up stops the sweep too, where per-trial handlers would leave it unheard.
     for (trial, status) in todo {
         if let Some(signal) = signals.signal() {
-            println!("stopped by signal before {}; run the sweep again to go on", trial.id());
+            say!("stopped by signal before {}; run the sweep again to go on", trial.id());
             return Ok(Some(signal));
         }
         let dir = sweep.trial_dir(trial);
@@ -572,7 +572,7 @@ fn run_in_process(
             TrialStatus::Failed(_) => "retrying after a failure",
             _ => "starting",
         };
-        println!("\n== {} of {total} ({how}): {} ==", trial.id(), trial.describe());
+        say!("\n== {} of {total} ({how}): {} ==", trial.id(), trial.describe());
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let experiment = sweep.experiment(trial, device)?;
             train(
@@ -590,7 +590,7 @@ fn run_in_process(
             Ok(Ok(summary)) if summary.interrupted => {
                 // A retried trial stopped by a signal is unfinished, no longer failed.
                 let _ = fs::remove_file(dir.join(ERROR_FILE));
-                println!(
+                say!(
                     "{}: stopped by signal at step {} of {}; run the sweep again to resume",
                     trial.id(),
                     summary.steps,
@@ -600,7 +600,7 @@ fn run_in_process(
             }
             Ok(Ok(summary)) => {
                 let _ = fs::remove_file(dir.join(ERROR_FILE));
-                println!("{}: {}", trial.id(), result_line(sweep, &summary));
+                say!("{}: {}", trial.id(), result_line(sweep, &summary));
                 // A signal during the trial's last evaluation: the trial is done, the sweep stops.
                 if let Some(signal) = summary.signal {
                     return Ok(Some(signal));
@@ -671,7 +671,7 @@ fn run_parallel(
                     return;
                 };
                 let dir = sweep.trial_dir(trial);
-                println!(
+                say!(
                     "{} of {total} on {device}: {} (log: {})",
                     trial.id(),
                     trial.describe(),
@@ -681,13 +681,13 @@ fn run_parallel(
                 match outcome.and_then(|()| match TrialStatus::read(&dir) {
                     TrialStatus::Done(summary) | TrialStatus::Pruned(summary) => {
                         let _ = fs::remove_file(dir.join(ERROR_FILE));
-                        println!("{} on {device}: {}", trial.id(), result_line(sweep, &summary));
+                        say!("{} on {device}: {}", trial.id(), result_line(sweep, &summary));
                         Ok(())
                     }
                     _ if stop.load(Ordering::Relaxed) => {
                         interrupted.store(true, Ordering::Relaxed);
                         let _ = fs::remove_file(dir.join(ERROR_FILE));
-                        println!("{}: stopped by signal; run the sweep again to resume", trial.id());
+                        say!("{}: stopped by signal; run the sweep again to resume", trial.id());
                         Ok(())
                     }
                     _ => bail!("the run ended without finishing (see {})", dir.join(LOG_FILE).display()),
