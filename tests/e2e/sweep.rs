@@ -414,6 +414,81 @@ fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
     assert_eq!(moved_aside, 1, "{all}");
 }
 
+/// A sweep meets its trials as they trained: a failed trial that left checkpoints takes mended
+/// values (moved aside, started anew); a finished trial keeps its result, with a note when a
+/// setting that changes figures (threads) differs now; trials without a value of a metric chosen
+/// since are named; and a finished trial whose config.toml is lost is still checked, against its
+/// checkpoints, instead of taking the sweep's new values as its own.
+#[test]
+fn a_changed_sweep_meets_its_trials_as_they_trained() {
+    let file = sweep_of_lr("[1e30, 0.1]");
+    let dir = setup(&file);
+    let small = [
+        "--quiet",
+        "--set",
+        "dataset.train_size=128",
+        "--set",
+        "checkpoint.every_steps=1",
+    ];
+    let sweep = |extra: &[&str]| byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small, extra].concat());
+    let out = sweep(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    assert!(
+        has_checkpoint(&sweep_dir.join("trial-001")),
+        "the diverging trial kept its checkpoint of step 1: {}",
+        text(&out)
+    );
+
+    std::fs::write(dir.path().join("tiny.toml"), file.replace("1e30, 0.1", "0.05, 0.1")).unwrap();
+    let out = sweep(&["--set", "run.threads=2"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("trial-001: its settings changed since its last attempt, which failed: starting it anew"),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "note: trial-002 finished with other settings than this sweep now gives them (run.threads: 1 -> 2)"
+        ) && all.contains("trial-002: finished before, skipped"),
+        "{all}"
+    );
+
+    // A metric that needs what the finished trials did not measure (kNN before training).
+    let gain = file
+        .replace("1e30, 0.1", "0.05, 0.1, 0.2")
+        .replace("before_training = false", "before_training = true")
+        .replace("metric = \"knn_top1\"", "metric = \"knn_gain\"");
+    std::fs::write(dir.path().join("tiny.toml"), gain).unwrap();
+    let out = sweep(&[]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains(
+            "warning: trial-001, trial-002 finished without a value of sweep.metric = \"knn_gain\" (no kNN \
+             accuracy before training"
+        ),
+        "{all}"
+    );
+
+    // trial-002's config.toml lost, and its value changed in the file: refused, as with it.
+    std::fs::remove_file(sweep_dir.join("trial-002/config.toml")).unwrap();
+    let changed = std::fs::read_to_string(dir.path().join("tiny.toml"))
+        .unwrap()
+        .replace("0.05, 0.1, 0.2", "0.05, 0.3, 0.2");
+    std::fs::write(dir.path().join("tiny.toml"), changed).unwrap();
+    let out = sweep(&[]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("trial-002") && all.contains("other parameters"), "{all}");
+    let recorded = std::fs::read_to_string(sweep_dir.join("trial-002/sweep-trial.toml")).unwrap();
+    assert!(
+        recorded.contains("0.1"),
+        "its record keeps the value it trained with: {recorded}"
+    );
+}
+
 /// A sweep refused before any trial trains (a feature tap the backbone lacks) writes nothing; a
 /// trial that never started takes mended values; values spelled otherwise (`0` for `0.0`) are
 /// the same trial.

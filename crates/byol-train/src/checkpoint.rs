@@ -522,6 +522,21 @@ fn changed_shared_source(dir: &Path) -> Option<String> {
     })
 }
 
+/// The experiment a run folder trained, as a resume reads it: its newest checkpoint's whose
+/// manifest can be read, else its `config.toml` (a run stopped before its first checkpoint);
+/// `None` for a folder with neither.
+pub fn trained_experiment(run_dir: &Path) -> Option<String> {
+    Checkpointer::new(run_dir.join(crate::run_dir::CHECKPOINTS_DIR), 0)
+        .list()
+        .iter()
+        .rev()
+        .find_map(|dir| {
+            let text = fs::read(dir.join(MANIFEST_FILE)).ok()?;
+            Some(serde_json::from_slice::<Manifest>(&text).ok()?.config)
+        })
+        .or_else(|| crate::run_dir::saved_config(run_dir))
+}
+
 /// Reads a checkpoint folder's manifest and checks every file's SHA-256.
 pub fn verify(dir: &Path) -> anyhow::Result<Manifest> {
     let manifest_path = dir.join(MANIFEST_FILE);

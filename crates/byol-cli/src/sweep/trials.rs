@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use byol_train::checkpoint;
 use byol_train::run_dir::{self, FolderLock};
 use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
@@ -134,20 +135,28 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     let mut todo = VecDeque::new();
     let mut skipped = 0;
     let mut data_now = DataNow::default();
+    let mut trained_otherwise: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (trial, status) in statuses {
         let dir = sweep.trial_dir(trial);
         let finished = is_finished(&status);
         let checked = check_or_record(sweep, trial, &dir).and_then(|()| check_trial_identity(sweep, trial, &dir));
+        let failed = matches!(status, TrialStatus::Failed(_));
         let status = match checked {
-            // Nothing trained to resume (it failed or stopped before its first checkpoint): its
-            // settings, mended in the sweep file, are taken, and the old attempt moved aside.
-            Err(changed) if !finished && !has_checkpoint(&dir) => {
+            // Nothing trained to resume (it stopped before its first checkpoint), or an attempt
+            // that failed (a value that made it diverge, say): its settings, mended in the sweep
+            // file, are taken, and the old attempt moved aside.
+            Err(changed) if !finished && (failed || !has_checkpoint(&dir)) => {
+                let which = match has_checkpoint(&dir) {
+                    true => "failed",
+                    false => "left no checkpoint",
+                };
                 let attempts = sweep.dir.join(OLD_ATTEMPTS_DIR);
                 if let Some(moved) = run_dir::move_aside_into(&dir, &attempts, "trial folder")? {
                     say(format!(
-                        "{}: its settings changed since its last attempt, which left no checkpoint: starting \
-                         it anew (the old attempt moved aside to {})\n  {}",
+                        "{}: its settings changed since its last attempt, which {}: starting it anew (the \
+                         old attempt moved aside to {})\n  {}",
                         trial.id(),
+                        which,
                         moved.display(),
                         format!("{changed:#}").lines().next().unwrap_or_default()
                     ));
@@ -162,6 +171,13 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         };
         if finished {
             data_now.check_finished(sweep, trial, &dir)?;
+            let changes = settings_since(sweep, trial, &dir, &options.devices);
+            if !changes.is_empty() {
+                trained_otherwise
+                    .entry(changes.join(", "))
+                    .or_default()
+                    .push(trial.id());
+            }
         }
         match status {
             TrialStatus::Pruned(summary) => {
@@ -184,6 +200,14 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
             }
             status => todo.push_back((trial, status)),
         }
+    }
+    for (changes, trials) in &trained_otherwise {
+        eprintln!(
+            "note: {} finished with other settings than this sweep now gives them ({changes}): settings a \
+             resume may change, but that change figures, so their results are reported as they trained. \
+             To train them with the new ones, set another run.name (a new sweep folder) or add --fresh",
+            trials.join(", ")
+        );
     }
     for stray in trials_outside(sweep) {
         eprintln!(
@@ -216,7 +240,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         Some(why) => TrialStatus::NotRanked(why.clone()),
         None => TrialStatus::read(dir),
     });
-    say_if_nothing_ranks(sweep, &rows);
+    say_what_is_not_ranked(sweep, &rows);
     let csv = sweep.dir.join("summary.csv");
     let markdown = sweep.dir.join("summary.md");
     run_dir::replace_file(&csv, to_csv(sweep, &rows)?.as_bytes())?;
@@ -240,14 +264,32 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     })
 }
 
-/// Says why, when trials finished and none has a value of the sweep's metric: their table would
-/// rank nothing, without a word.
-fn say_if_nothing_ranks(sweep: &Sweep, rows: &[Row]) {
-    let finished = rows.iter().any(|row| matches!(row.status, TrialStatus::Done(_)));
-    if !finished || rows.iter().any(|row| row.metric.is_some()) {
+/// Says which finished trials have no value of the sweep's metric, and why, as they are left out
+/// of the ranking: all of them (the data has no labels for it, say), or some (trained before the
+/// metric was chosen, without what it needs), which would leave the best of the others "best".
+fn say_what_is_not_ranked(sweep: &Sweep, rows: &[Row]) {
+    let unmeasured: Vec<String> = rows
+        .iter()
+        .filter(|row| matches!(row.status, TrialStatus::Done(_)) && row.metric.is_none())
+        .map(|row| row.trial.id())
+        .collect();
+    if unmeasured.is_empty() {
         return;
     }
     let metric = sweep.config.metric;
+    if rows.iter().any(|row| row.metric.is_some()) {
+        let why = match metric {
+            Metric::KnnGain => " (no kNN accuracy before training: eval.before_training was false when they trained)",
+            _ => "",
+        };
+        eprintln!(
+            "warning: {} finished without a value of sweep.metric = \"{}\"{why}, so they are not ranked \
+             beside the others. To train them again, set another run.name (a new sweep folder) or add --fresh",
+            unmeasured.join(", "),
+            metric.name()
+        );
+        return;
+    }
     let why = match metric {
         Metric::KnnTop5 => " (top-5 needs labelled images of more than 5 classes)",
         Metric::KnnTop1 | Metric::KnnGain => " (the kNN monitor needs labelled images)",
@@ -423,6 +465,39 @@ fn trials_outside(sweep: &Sweep) -> Vec<String> {
         .collect()
 }
 
+/// Keys a resume may change (`run_dir::SAFE_TO_CHANGE`) that change a finished trial's figures:
+/// threads, devices and the fused update round differently (and time differently); the kNN
+/// cadence says what was measured.
+const CHANGES_FIGURES: &[&str] = &[
+    "run.threads",
+    "run.device",
+    "optimizer.fused",
+    "eval.before_training",
+    "eval.every_epochs",
+    "eval.curve_points",
+];
+
+/// The keys of [`CHANGES_FIGURES`] whose values a finished trial trained with differ from what
+/// this sweep now gives it (`key: trained -> now`). Trials run as child processes take their
+/// device and threads from the sweep (`--devices`), which are then left out.
+fn settings_since(sweep: &Sweep, trial: &Trial, dir: &Path, devices: &[String]) -> Vec<String> {
+    let in_process = devices.len() <= 1;
+    let device = devices.first().map(String::as_str).filter(|_| in_process);
+    let (Some(trained), Ok(now)) = (
+        checkpoint::trained_experiment(dir),
+        sweep.experiment(trial, device).and_then(|e| e.to_toml()),
+    ) else {
+        return Vec::new();
+    };
+    run_dir::changes(&run_dir::with_current_defaults(&trained), &now)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| CHANGES_FIGURES.contains(&c.key.as_str()))
+        .filter(|c| in_process || !c.key.starts_with("run."))
+        .map(|c| c.to_string())
+        .collect()
+}
+
 /// Where a trial's earlier attempts go, in the sweep folder, when its settings changed and it
 /// left no checkpoint: out of the way of `trial-*` globs (`byol-run compare`).
 const OLD_ATTEMPTS_DIR: &str = "old-attempts";
@@ -459,7 +534,7 @@ fn check_or_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<(
     let same_experiment = || -> anyhow::Result<bool> {
         Ok(sweep.experiment(&recorded, None)?.to_toml()? == sweep.experiment(trial, None)?.to_toml()?)
     };
-    if run_dir::saved_config(dir).is_none() || same_experiment().unwrap_or(false) {
+    if checkpoint::trained_experiment(dir).is_none() || same_experiment().unwrap_or(false) {
         return write();
     }
     bail!(
@@ -474,11 +549,11 @@ fn check_or_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<(
     )
 }
 
-/// A trial folder that already holds a run (its `config.toml`) must hold this trial's
+/// A trial folder that already holds a run (a checkpoint or its `config.toml`) must hold this trial's
 /// experiment, `--set` overrides included: otherwise a finished trial would report the result of
 /// other settings, and an unfinished one would resume them.
 fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<()> {
-    let Some(saved) = run_dir::saved_config(dir) else {
+    let Some(saved) = checkpoint::trained_experiment(dir) else {
         return Ok(());
     };
     let now = sweep.experiment(trial, None)?.to_toml()?;
