@@ -721,9 +721,9 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
     let dir = setup(&sweep_of_lr("[0.2, 0.8]"));
     let trial = dir.path().join("runs/tiny-sweep/trial-001");
     std::fs::create_dir_all(&trial).unwrap();
-    let holder = "import fcntl, sys\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
+    let holder_script = "import fcntl, sys\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
                   print('locked', flush=True)\nsys.stdin.read()\n";
-    let mut holder = lock_holder(holder, &[&trial.join("run.lock")], Stdio::piped());
+    let mut holder = lock_holder(holder_script, &[&trial.join("run.lock")], Stdio::piped());
 
     // In this process, then in child processes (which write each trial's train.log).
     for devices in [None, Some("cpu,cpu")] {
@@ -748,6 +748,22 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
             "the other trial ran: {all}"
         );
     }
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+
+    // The sweep folder itself in use (another sweep): the way out is another run.name (a sweep
+    // has no --run-dir).
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    let mut holder = lock_holder(holder_script, &[&sweep_dir.join("run.lock")], Stdio::piped());
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("sweep folder runs/tiny-sweep is in use by another byol-run")
+            && all.contains("or set another run.name")
+            && !all.contains("--run-dir"),
+        "{all}"
+    );
     drop(holder.stdin.take());
     holder.wait().unwrap();
 }

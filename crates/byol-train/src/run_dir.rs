@@ -128,10 +128,15 @@ impl FolderLock {
                 "" => "another process".to_string(),
                 pid => format!("process {pid}"),
             };
+            // A sweep's folder is <output_dir>/<run.name>-sweep: it has no --run-dir.
+            let another = match what {
+                "sweep folder" => "set another run.name",
+                _ => "use another folder (--run-dir, or run.name)",
+            };
             bail!(
                 "{what} {} is in use by another byol-run ({holder}, which holds {}): two processes in one \
-                 folder would mix their checkpoints and logs. Wait for it to finish (or stop it), or use \
-                 another folder (--run-dir, or run.name)",
+                 folder would mix their checkpoints and logs. Wait for it to finish (or stop it), or \
+                 {another}",
                 dir.display(),
                 path.display()
             );
