@@ -439,6 +439,8 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
         "the diverging trial kept its checkpoint of step 1: {}",
         text(&out)
     );
+    let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
+    assert!(markdown.contains("| trial-001 | 1e30 |"), "{markdown}");
 
     std::fs::write(dir.path().join("tiny.toml"), file.replace("1e30, 0.1", "0.05, 0.1")).unwrap();
     let out = sweep(&["--set", "run.threads=2"]);

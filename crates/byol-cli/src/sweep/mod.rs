@@ -138,10 +138,10 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     check_builds(&sweep, &trials)?;
     sweep.check_metric_measured(&trials)?;
     say!(
-        "{} is valid: sweep '{}' of {} trials into {}",
+        "{} is valid: sweep '{}' of {} into {}",
         args.experiment.as_ref().expect("required").display(),
         sweep.name,
-        sweep.trials.len(),
+        count_of_trials(sweep.trials.len()),
         sweep.dir.display()
     );
     Ok(())
@@ -185,4 +185,12 @@ pub fn check_builds(sweep: &Sweep, trials: &[&Trial]) -> anyhow::Result<()> {
         model.check_builds_around(&experiment).with_context(in_trial)?;
     }
     Ok(())
+}
+
+/// "1 trial", "4 trials".
+pub fn count_of_trials(count: usize) -> String {
+    match count {
+        1 => "1 trial".to_string(),
+        n => format!("{n} trials"),
+    }
 }

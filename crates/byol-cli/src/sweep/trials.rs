@@ -96,9 +96,9 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         ));
     }
     say(format!(
-        "sweep {}: {} trials ({}) ranked by {} ({}), in {}",
+        "sweep {}: {} ({}) ranked by {} ({}), in {}",
         sweep.name,
-        sweep.trials.len(),
+        super::count_of_trials(sweep.trials.len()),
         sweep.config.method.name(),
         sweep.config.metric.name(),
         goal_name(sweep.goal),

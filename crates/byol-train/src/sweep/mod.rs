@@ -545,10 +545,14 @@ fn warnings(config: &SweepConfig, parameters: &[Parameter], trials: &[Trial], tr
     warnings
 }
 
-/// A value as a table cell: strings without quotes.
+/// A value as a table cell: strings without quotes, very large or small floats in exponent form
+/// (`1e30`, not 31 digits; the same number when read back).
 pub fn show(value: &toml::Value) -> String {
     match value {
         toml::Value::String(s) => s.clone(),
+        toml::Value::Float(x) if x.is_finite() && *x != 0.0 && !(1e-5..1e16).contains(&x.abs()) => {
+            format!("{x:e}")
+        }
         other => other.to_string(),
     }
 }
