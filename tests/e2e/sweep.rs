@@ -441,6 +441,12 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
     );
     let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
     assert!(markdown.contains("| trial-001 | 1e30 |"), "{markdown}");
+    let out = sweep(&[]);
+    assert!(
+        text(&out).contains("== trial-001 of 2 (retrying after a failure, from its newest checkpoint)"),
+        "{}",
+        text(&out)
+    );
 
     std::fs::write(dir.path().join("tiny.toml"), file.replace("1e30, 0.1", "0.05, 0.1")).unwrap();
     let out = sweep(&["--set", "run.threads=2"]);

@@ -644,10 +644,12 @@ fn run_in_process(
         let how = match status {
             TrialStatus::Unfinished if has_checkpoint(&dir) => "resuming",
             TrialStatus::Unfinished => "starting again, no checkpoint to resume from",
+            TrialStatus::Failed(_) if has_checkpoint(&dir) => "retrying after a failure, from its newest checkpoint",
             TrialStatus::Failed(_) => "retrying after a failure",
             _ => "starting",
         };
         say!("\n== {} of {total} ({how}): {} ==", trial.id(), trial.describe());
+        retire_error(&dir);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let experiment = sweep.experiment(trial, device)?;
             train(
@@ -663,8 +665,6 @@ fn run_in_process(
         }));
         let error = match result {
             Ok(Ok(summary)) if summary.interrupted => {
-                // A retried trial stopped by a signal is unfinished, no longer failed.
-                let _ = fs::remove_file(dir.join(ERROR_FILE));
                 say!(
                     "{}: stopped by signal at step {} of {}; run the sweep again to resume",
                     trial.id(),
@@ -674,7 +674,6 @@ fn run_in_process(
                 return Ok(Some(summary.signal.unwrap_or(libc::SIGTERM)));
             }
             Ok(Ok(summary)) => {
-                let _ = fs::remove_file(dir.join(ERROR_FILE));
                 say!("{}: {}", trial.id(), result_line(sweep, &summary));
                 // A signal during the trial's last evaluation: the trial is done, the sweep stops.
                 if let Some(signal) = summary.signal {
@@ -695,6 +694,12 @@ fn run_in_process(
     }
     // Every trial ended: a signal after the last one is for the caller to report.
     Ok(None)
+}
+
+/// Removes the error of a trial's earlier attempt as a new one starts: a new attempt killed
+/// outright (no error of its own) is unfinished, with checkpoints to resume, not failed.
+fn retire_error(dir: &Path) {
+    let _ = fs::remove_file(dir.join(ERROR_FILE));
 }
 
 /// Writes a failed trial's `error.txt`, which ranks it as failed, holding the trial folder's
@@ -752,16 +757,15 @@ fn run_parallel(
                     trial.describe(),
                     dir.join(LOG_FILE).display()
                 );
+                retire_error(&dir);
                 let outcome = run_child(program, base, sweep, trial, (device, &options.devices), &dir, stop);
                 match outcome.and_then(|()| match TrialStatus::read(&dir) {
                     TrialStatus::Done(summary) | TrialStatus::Pruned(summary) => {
-                        let _ = fs::remove_file(dir.join(ERROR_FILE));
                         say!("{} on {device}: {}", trial.id(), result_line(sweep, &summary));
                         Ok(())
                     }
                     _ if stop.load(Ordering::Relaxed) => {
                         interrupted.store(true, Ordering::Relaxed);
-                        let _ = fs::remove_file(dir.join(ERROR_FILE));
                         say!("{}: stopped by signal; run the sweep again to resume", trial.id());
                         Ok(())
                     }
