@@ -960,6 +960,17 @@ fn a_trial_of_invalid_values_stops_the_sweep_before_any_trial_trains() {
         !sweep_dir.join("trial-001/checkpoints").exists() && !sweep_dir.join("trial-002").exists(),
         "{all}"
     );
+    // A batch larger than generated data, whose size the file says, is refused so too.
+    let batches = format!("{}\"schedule.batch_size\" = [32, 1024]\n", sweep_of_lr("[0.2]"));
+    std::fs::write(dir.path().join("tiny.toml"), batches).unwrap();
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("schedule.batch_size = 1024 must be between 1 and the 512 training images"),
+        "{all}"
+    );
+    assert!(!sweep_dir.join("trial-001/checkpoints").exists(), "{all}");
     // Mended in the file, the trial runs with its new value.
     std::fs::write(dir.path().join("tiny.toml"), sweep_of_lr("[0.2, 0.8]")).unwrap();
     let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);

@@ -85,6 +85,10 @@ byol::register_plugin! {
         fn image_size(&self) -> Option<u32> {
             Some(self.image_size as u32)
         }
+
+        fn train_images(&self) -> Option<usize> {
+            Some(self.train_size)
+        }
     }
 }
 

@@ -140,6 +140,15 @@ impl Experiment {
             s.final_lr_fraction,
             Range::Closed(0.0, 1.0),
         );
+        if let Some(images) = self.dataset.train_images().filter(|images| s.batch_size > *images) {
+            p.add(
+                "schedule.batch_size",
+                format!(
+                    "schedule.batch_size = {} must be between 1 and the {images} training images",
+                    s.batch_size
+                ),
+            );
+        }
         p.range("schedule.accumulate", s.accumulate as f64, Range::AtLeast(1.0));
         if s.accumulate >= 1 && s.batch_size >= 1 && !s.batch_size.is_multiple_of(s.accumulate) {
             p.add(

@@ -323,6 +323,13 @@ pub trait DatasetSpec: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// How many training images there are, where the configuration alone says it (generated
+    /// data), so that a batch larger than the data is refused before a run or a sweep starts.
+    /// None (the default): known once the data is read.
+    fn train_images(&self) -> Option<usize> {
+        None
+    }
+
     /// Whether the built training split keeps its image files, so that the loader can cut
     /// crops from them (`augment.crop_on = "loader"`, [`Dataset::reads_crops`]).
     fn keeps_image_files(&self) -> bool {
