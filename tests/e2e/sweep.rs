@@ -441,6 +441,10 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
     );
     let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
     assert!(markdown.contains("| trial-001 | 1e30 |"), "{markdown}");
+    assert!(
+        markdown.contains("Every trial with `--set dataset.train_size=128`, `--set checkpoint.every_steps=1`."),
+        "the command line's settings: {markdown}"
+    );
     let out = sweep(&[]);
     assert!(
         text(&out).contains("== trial-001 of 2 (retrying after a failure, from its newest checkpoint)"),

@@ -488,6 +488,11 @@ impl Sweep {
         Experiment::parse_from(&self.base, &overrides, &origins)
     }
 
+    /// The `--set` overrides from the command line, applied to every trial.
+    pub fn overrides(&self) -> &[String] {
+        &self.overrides
+    }
+
     pub fn trial_dir(&self, trial: &Trial) -> PathBuf {
         self.dir.join(trial.id())
     }

@@ -271,6 +271,11 @@ pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
         rows.len(),
         goal_name(sweep.goal)
     );
+    // Settings that no column shows and the sweep file does not hold.
+    if !sweep.overrides().is_empty() {
+        let flags: Vec<String> = sweep.overrides().iter().map(|o| format!("`--set {o}`")).collect();
+        let _ = writeln!(out, "Every trial with {}.\n", flags.join(", "));
+    }
     let cell = |s: &str| s.replace('|', "\\|");
     let mut header = vec!["rank".to_string(), "trial".into()];
     header.extend(sweep.parameters.iter().map(|p| format!("`{}`", p.key)));
