@@ -7,6 +7,9 @@ use byol_data::rng::SplitMix64;
 
 use super::{Method, Parameter, Space, SweepConfig, Trial};
 
+/// The keys of `[sweep]` itself ([`SweepConfig`] but its parameters).
+const SWEEP_KEYS: [&str; 7] = ["method", "trials", "seed", "metric", "goal", "prune", "prune_after"];
+
 /// Flattens `[sweep.parameters]` into dotted keys and checks each value space.
 pub(super) fn parse_parameters(table: &toml::Table) -> anyhow::Result<Vec<Parameter>> {
     fn walk(table: &toml::Table, prefix: &str, out: &mut Vec<Parameter>) -> anyhow::Result<()> {
@@ -26,6 +29,11 @@ pub(super) fn parse_parameters(table: &toml::Table) -> anyhow::Result<Vec<Parame
                     walk(t, &key, out)?;
                     continue;
                 }
+                // `metric = ...` written below the [sweep.parameters] header belongs to it.
+                other if prefix.is_empty() && SWEEP_KEYS.contains(&key.as_str()) => bail!(
+                    "sweep.parameters.\"{key}\" = {other}: {key} is a key of [sweep], but it is written \
+                     below the [sweep.parameters] header, which holds what follows it; move it above that header"
+                ),
                 other => bail!(
                     "sweep.parameters.\"{key}\" = {other} is neither a list of values nor a {{ min = .., max = .. }} range"
                 ),
@@ -218,6 +226,22 @@ mod tests {
     fn expand_text(table: &str) -> anyhow::Result<Vec<Trial>> {
         let config: SweepConfig = toml::from_str(table)?;
         expand(&config, &parse_parameters(&config.parameters)?)
+    }
+
+    #[test]
+    fn a_sweep_key_below_the_parameters_header_is_told_where_it_belongs() {
+        // Every one is a key of [sweep] (which refuses unknown keys).
+        let above = "method = \"random\"\ntrials = 2\nseed = 1\nmetric = \"knn_gain\"\ngoal = \"max\"\n\
+                     prune = \"median\"\nprune_after = 2\n[parameters]\n\"optimizer.lr\" = [0.1]\n";
+        let config: SweepConfig = toml::from_str(above).unwrap();
+        assert_eq!(config.prune_after, Some(2));
+        assert_eq!(SWEEP_KEYS.len(), above.lines().count() - 2);
+        let below = "[parameters]\n\"optimizer.lr\" = [0.1]\nmetric = \"knn_gain\"\n";
+        let error = format!("{:#}", expand_text(below).unwrap_err());
+        assert!(
+            error.contains("metric is a key of [sweep], but it is written below the [sweep.parameters] header"),
+            "{error}"
+        );
     }
 
     #[test]
