@@ -362,7 +362,7 @@ impl CifarConfig {
                 path: path.clone(),
                 message,
             };
-            let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+            let bytes = crate::decode::read_file(path).map_err(bad)?;
             if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
                 return Err(bad(format!(
                     "{} bytes is not a whole number of {record}-byte {} records (a damaged download, \

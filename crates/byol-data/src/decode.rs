@@ -254,7 +254,19 @@ pub fn hwc_to_chw(hwc: &[u8], out: &mut [u8]) {
 /// Reads `path`, decodes it, and writes its centre square resized to `size` as CHW bytes into
 /// `out`. The error is the reason, without the path.
 pub fn read_square_into(path: &Path, size: u32, out: &mut [u8]) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = read_file(path)?;
     let image = decode_rgb(&bytes)?;
     center_square_into(&image, size, out)
+}
+
+/// The bytes of an image file; the error is the reason, without the path: "cannot read: <the
+/// OS's reason>", or for a link whose target is gone, that it is a broken link and to what (the
+/// OS says only "No such file", of a file that is listed).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| match std::fs::read_link(path) {
+        Ok(target) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("a broken link: it points to {}, which does not exist", target.display())
+        }
+        _ => format!("cannot read: {e}"),
+    })
 }

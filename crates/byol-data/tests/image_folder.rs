@@ -622,7 +622,11 @@ fn a_link_to_a_missing_file_is_an_unreadable_image() {
         "{warnings:?}"
     );
     assert!(
-        warnings[0].contains(&format!("{}: cannot read", link.display())),
+        warnings[0].contains(&format!(
+            "{}: a broken link: it points to {}, which does not exist",
+            link.display(),
+            root.join("b/deleted.jpg").display()
+        )),
         "{warnings:?}"
     );
     let err = error_of(&root, "image_size = 8\non_bad_image = \"error\"");

@@ -135,8 +135,7 @@ impl Dataset for DecodingFolder {
         out: &mut [u8],
     ) -> Result<Option<i64>, DataError> {
         let path = self.path(index)?;
-        let cut = std::fs::read(path)
-            .map_err(|e| format!("cannot read: {e}"))
+        let cut = crate::decode::read_file(path)
             .and_then(|bytes| crate::decode::decode_rgb(&bytes))
             .and_then(|image| cut_views(crops, &image, seed, epoch, index, out));
         self.outcome(index, cut)
