@@ -517,6 +517,11 @@ fn empty_class_folders_warn_and_test_classes_must_match() {
         err.contains("has classes [a, x], the training split has [a, b, c]"),
         "{err}"
     );
+    // The empty class folder is named as the likely cause.
+    assert!(
+        err.contains(&format!("({} holds no images: remove it", train.join("c").display())),
+        "{err}"
+    );
 
     // A test split of images without class folders, and a training split without them (read
     // unlabelled) beside a test split: the check says what loading says.

@@ -167,7 +167,7 @@ byol::register_plugin! {
                         false => no_class_folders("train", &self.train),
                     });
                 }
-                check_same_classes("test", test, &class_names(test)?, &class_names(&self.train)?)?;
+                check_same_classes("test", test, &class_names(test)?, (&self.train, &class_names(&self.train)?))?;
             }
             for (key, list) in [("file_list", &self.file_list), ("test_file_list", &self.test_file_list)] {
                 if let Some(list) = list.as_deref().filter(|l| !l.is_file()) {
@@ -263,7 +263,7 @@ impl ImageFolderConfig {
             Labels::None => scan_unlabelled(key, dir, file_list, self.limit_per_class, warnings)?,
         };
         if let Some(expected) = classes {
-            check_same_classes(key, dir, &listing.classes, expected)?;
+            check_same_classes(key, dir, &listing.classes, (&self.train, expected))?;
         }
         let folder = DecodingFolder {
             listing,
@@ -288,10 +288,32 @@ impl ImageFolderConfig {
 /// differ only in how their letters are encoded (`é` as one code point, or `e` and a combining
 /// accent, as macOS writes names) or in a trailing space look the same: they are quoted, with
 /// their code points.
-fn check_same_classes(key: &str, dir: &Path, classes: &[String], train: &[String]) -> Result<(), DataError> {
+fn check_same_classes(
+    key: &str,
+    dir: &Path,
+    classes: &[String],
+    (train_dir, train): (&Path, &[String]),
+) -> Result<(), DataError> {
     if classes == train {
         return Ok(());
     }
+    // A class folder left empty is the most common cause; it is still a class.
+    let only_in = |names: &[String], others: &[String], dir: &Path| -> Vec<String> {
+        names
+            .iter()
+            .filter(|name| !others.contains(name) && !has_images_under(&dir.join(name)).unwrap_or(true))
+            .map(|name| dir.join(name).display().to_string())
+            .collect()
+    };
+    let empty = [only_in(classes, train, dir), only_in(train, classes, train_dir)].concat();
+    let hint = match empty.as_slice() {
+        [] => String::new(),
+        [one] => format!(" ({one} holds no images: remove it, or put that class's images in it)"),
+        many => format!(
+            " ({} hold no images: remove them, or put their classes' images in them)",
+            many.join(", ")
+        ),
+    };
     // A name only one split has is quoted where spaces or other characters could hide in it.
     let spelled = |names: &[String], others: &[String]| -> String {
         names
@@ -308,7 +330,8 @@ fn check_same_classes(key: &str, dir: &Path, classes: &[String], train: &[String
             .join(", ")
     };
     Err(DataError::Config(format!(
-        "dataset.{key}: {} has classes [{}], the training split has [{}]; both splits need the same class folders",
+        "dataset.{key}: {} has classes [{}], the training split has [{}]; both splits need the same class \
+         folders{hint}",
         dir.display(),
         spelled(classes, train),
         spelled(train, classes)
