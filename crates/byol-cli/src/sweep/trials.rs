@@ -499,7 +499,7 @@ fn settings_since(sweep: &Sweep, trial: &Trial, dir: &Path, devices: &[String]) 
 }
 
 /// Where a trial's earlier attempts go, in the sweep folder, when its settings changed and it
-/// left no checkpoint: out of the way of `trial-*` globs (`byol-run compare`).
+/// failed or left no checkpoint: out of the way of `trial-*` globs (`byol-run compare`).
 const OLD_ATTEMPTS_DIR: &str = "old-attempts";
 
 /// Whether a trial folder holds a checkpoint to resume from.
@@ -549,9 +549,9 @@ fn check_or_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<(
     )
 }
 
-/// A trial folder that already holds a run (a checkpoint or its `config.toml`) must hold this trial's
-/// experiment, `--set` overrides included: otherwise a finished trial would report the result of
-/// other settings, and an unfinished one would resume them.
+/// A trial folder that already holds a run (a checkpoint or its `config.toml`) must hold this
+/// trial's experiment, `--set` overrides included: otherwise a finished trial would report the
+/// result of other settings, and an unfinished one would resume them.
 fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<()> {
     let Some(saved) = checkpoint::trained_experiment(dir) else {
         return Ok(());
