@@ -444,6 +444,20 @@ fn a_run_whose_output_reader_went_away_trains_to_the_end() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(dir.path().join("r/summary.json").is_file());
+
+    // `2>&1 | head`: warnings (a warm-up longer than the run) find no reader either.
+    let mut child = byol_run_command(dir.path())
+        .args(["tiny.toml", "--run-dir", "r2", "--set", "schedule.epochs=1"])
+        .args(["--set", "schedule.warmup_epochs=5"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a panic exits 101");
+    assert!(dir.path().join("r2/summary.json").is_file());
 }
 
 /// `config --defaults` shows every key the experiment parser accepts, set or commented out with

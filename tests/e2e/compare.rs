@@ -73,17 +73,20 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
         assert!(run["probe_top1"].is_f64() && run["knn_gain"].is_f64(), "{run}");
     }
 
-    // `compare ... --json | head`: a reader that goes away ends it quietly.
-    let mut child = byol_run_command(dir.path())
-        .args(["compare", "runs/slow", "runs/fast", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(out.stderr.is_empty(), "{}", text(&out));
+    // `compare ... | head`: a reader that goes away ends it quietly, table or JSON.
+    for form in [None, Some("--json")] {
+        let mut child = byol_run_command(dir.path())
+            .args(["compare", "runs/slow", "runs/fast"])
+            .args(form)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{form:?}: {}", text(&out));
+        assert!(out.stderr.is_empty(), "{form:?}: {}", text(&out));
+    }
 
     // A folder without config.toml is named, with what a run folder is.
     std::fs::create_dir(dir.path().join("notes")).unwrap();
@@ -102,7 +105,7 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
-        all.contains("note: trial-003 not started yet (a sweep's pending trials): left out"),
+        all.contains("note: trial-003 not started yet (a sweep's pending trial): left out"),
         "{all}"
     );
     assert!(all.contains("| runs/slow |") && !all.contains("| trial-003 |"), "{all}");

@@ -73,12 +73,21 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     );
     let emb = tch::Tensor::read_npy(dir.path().join("emb.npy")).unwrap();
     assert_eq!(emb.size()[0], 7);
+    // A folder where a list goes is found before anything is written.
+    std::fs::create_dir(dir.path().join("other.npy.skipped.txt")).unwrap();
+    let out = byol_run(dir.path(), &["embed", "r", "--images", "images", "--out", "other.npy"]);
+    assert!(
+        !out.status.success() && text(&out).contains("other.npy.skipped.txt is a folder"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("other.npy").exists());
     // Every skipped one is listed beside the embeddings, with why.
     let list = std::fs::read_to_string(dir.path().join("emb.npy.skipped.txt")).unwrap();
     assert_eq!(list.lines().count(), 2, "{list}");
     assert!(list.contains("broken.jpg"), "{list}");
     assert!(
-        list.contains("dangling.png: a broken link: it points to missing.png, which does not exist"),
+        list.contains("dangling.png: a broken link: it leads to images/missing.png, which does not exist"),
         "{list}"
     );
 
@@ -323,13 +332,9 @@ model.maxpool = torch.nn.Identity()
 model.fc = torch.nn.Identity()
 model.load_state_dict(load_file({export:?}), strict=True)
 model.eval()
-import tomllib
 from safetensors import safe_open
 with safe_open({export:?}, "pt") as f:
-    meta = f.metadata()
-outputs["step"] = torch.tensor(int(meta["byol_rs.step"]))
-backbone = tomllib.loads(meta["byol_rs.backbone"])
-assert backbone["width"] == 64 and tomllib.loads(meta["byol_rs.experiment"])["backbone"] == backbone, meta
+    outputs["step"] = torch.tensor(int(f.metadata()["byol_rs.step"]))
 images = torch.stack([read_image({images:?} + "/" + name) for name in {names:?}.split()])
 x = (images.float() / 255 - torch.tensor({mean}).view(1, 3, 1, 1)) / torch.tensor({std}).view(1, 3, 1, 1)
 with torch.no_grad():
@@ -339,6 +344,15 @@ with torch.no_grad():
         images = images.to_str().unwrap(),
     );
     let reference = byol_testkit::run_python(&script, &[]);
+    // The metadata's tables, from the file's header: the [backbone] table the run trained.
+    let export = std::fs::read(dir.path().join("backbone.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(export[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&export[8..8 + header_len]).unwrap();
+    let metadata = &header["__metadata__"];
+    let table = |key: &str| toml::from_str::<toml::Table>(metadata[key].as_str().unwrap()).unwrap();
+    let backbone = table("byol_rs.backbone");
+    assert_eq!(backbone["width"].as_integer(), Some(64), "{metadata}");
+    assert_eq!(table("byol_rs.experiment")["backbone"].as_table(), Some(&backbone));
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("r/summary.json")).unwrap()).unwrap();
     assert_eq!(

@@ -442,7 +442,7 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
     let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
     assert!(markdown.contains("| trial-001 | 1e30 |"), "{markdown}");
     assert!(
-        markdown.contains("Every trial with `--set dataset.train_size=128`, `--set checkpoint.every_steps=1`."),
+        markdown.contains("Run with `--set dataset.train_size=128`, `--set checkpoint.every_steps=1` (trials"),
         "the command line's settings: {markdown}"
     );
     let out = sweep(&[]);

@@ -63,7 +63,7 @@ impl Run {
             toml::from_str(&text).with_context(|| format!("cannot parse {}", config_path.display()))?;
         let config = byol_train::run_dir::dotted_keys(&table);
         let data = DatasetFingerprint::recorded(dir).unwrap_or_else(|e| {
-            eprintln!("warning: {e:#}; the data of {} is not compared", dir.display());
+            byol::eprint_line!("warning: {e:#}; the data of {} is not compared", dir.display());
             None
         });
         let summary_path = dir.join(byol_train::train::SUMMARY_FILE);
@@ -71,7 +71,7 @@ impl Run {
         let summary: Option<RunSummary> = fs::read(&summary_path).ok().and_then(|bytes| {
             serde_json::from_slice(&bytes)
                 .inspect_err(|e| {
-                    eprintln!(
+                    byol::eprint_line!(
                         "warning: cannot parse {} ({e}): the results of {} are not shown; training the run \
                          folder again writes it anew",
                         summary_path.display(),
@@ -109,7 +109,7 @@ fn add_data_keys(runs: &mut [Run]) {
         .collect();
     if !missing.is_empty() {
         if missing.len() < runs.len() {
-            eprintln!(
+            byol::eprint_line!(
                 "note: {} record no data (no readable {}), so the runs' data is not compared",
                 missing.join(", "),
                 byol_train::train::state::FINGERPRINT_FILE
@@ -159,16 +159,23 @@ fn differing_keys(runs: &[Run]) -> Vec<String> {
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     // A sweep's trials that have not started yet (`trial-*` of a stopped sweep) have nothing to
     // compare; any other folder without a run is an error.
-    let (pending, started): (Vec<&PathBuf>, Vec<&PathBuf>) = args
-        .runs
-        .iter()
-        .partition(|dir| dir.join(sweep::TRIAL_FILE).is_file() && !dir.join(CONFIG_FILE).exists());
-    if !pending.is_empty() {
-        let names: Vec<String> = pending.iter().map(|d| d.display().to_string()).collect();
-        eprintln!(
-            "note: {} not started yet (a sweep's pending trials): left out",
-            names.join(", ")
-        );
+    let (pending, started): (Vec<&PathBuf>, Vec<&PathBuf>) = args.runs.iter().partition(|dir| {
+        dir.join(sweep::TRIAL_FILE).is_file()
+            && !dir.join(CONFIG_FILE).exists()
+            && matches!(TrialStatus::read(dir), TrialStatus::Pending | TrialStatus::Failed(_))
+    });
+    for dir in &pending {
+        match dir.join(sweep::ERROR_FILE).is_file() {
+            true => byol::eprint_line!(
+                "note: {} failed before its run started (its {} says why): left out",
+                dir.display(),
+                sweep::ERROR_FILE
+            ),
+            false => byol::eprint_line!(
+                "note: {} not started yet (a sweep's pending trial): left out",
+                dir.display()
+            ),
+        }
     }
     if started.is_empty() {
         bail!("none of the folders holds a run yet");
@@ -183,7 +190,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     if args.json {
         say!("{}", serde_json::to_string_pretty(&to_json(&runs, &keys))?);
     } else {
-        print!("{}", to_table(&runs, &keys));
+        say!("{}", to_table(&runs, &keys).trim_end_matches('\n'));
     }
     Ok(())
 }

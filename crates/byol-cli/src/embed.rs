@@ -47,7 +47,7 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
         .resume_point(false)
         .with_context(|| format!("finding the newest intact checkpoint of run folder {}", path.display()))?;
     for warning in found.warnings {
-        eprintln!("warning: {warning}");
+        byol::eprint_line!("warning: {warning}");
     }
     let Some((dir, manifest)) = found.latest else {
         bail!(
@@ -56,7 +56,7 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
             checkpoints.display()
         );
     };
-    eprintln!(
+    byol::eprint_line!(
         "using checkpoint {} (step {}), the newest intact one of run folder {}",
         dir.display(),
         manifest.step,
@@ -147,7 +147,18 @@ pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
     let checkpoint_dir = &resolve_checkpoint(checkpoint_or_run)?;
     let manifest = checkpoint::verify(checkpoint_dir)
         .with_context(|| format!("checking checkpoint {}", checkpoint_dir.display()))?;
-    let experiment = Experiment::parse(&manifest.config, &[]).context("reading the checkpoint's experiment")?;
+    // The weights do not need the experiment: one this build cannot read (a plugin it does not
+    // link) leaves the inputs unsaid, not the export unwritten.
+    let preprocess = match Experiment::parse(&manifest.config, &[]) {
+        Ok(experiment) => Some(ExportedPreprocess::of(&experiment)),
+        Err(e) => {
+            byol::eprint_line!(
+                "warning: cannot read the checkpoint's experiment ({e:#}): the export does not record the \
+                 inputs it expects (metadata \"{PREPROCESS_KEY}\")"
+            );
+            None
+        }
+    };
     let tensors = checkpoint::read_tensors(checkpoint_dir, checkpoint::MODEL_FILE)?;
     let backbone: Vec<(String, Tensor)> = tensors
         .into_iter()
@@ -156,13 +167,14 @@ pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
     if backbone.is_empty() {
         bail!("{} holds no '{BACKBONE_PREFIX}*' variables", checkpoint_dir.display());
     }
-    let preprocess = ExportedPreprocess::of(&experiment);
-    let metadata = export_metadata(&manifest, &preprocess)?;
+    let metadata = export_metadata(&manifest, preprocess.as_ref())?;
     let bytes = byol::state_dict::safetensors_with_metadata(&backbone, metadata)?;
     // Through a partial file: a failure (a full disk) leaves an earlier export whole.
     run_dir::replace_file(out, &bytes)?;
     say!("wrote {} backbone tensors to {}", backbone.len(), out.display());
-    say!("its inputs: {} (metadata \"{PREPROCESS_KEY}\")", preprocess.describe());
+    if let Some(preprocess) = &preprocess {
+        say!("its inputs: {} (metadata \"{PREPROCESS_KEY}\")", preprocess.describe());
+    }
     Ok(())
 }
 
@@ -208,8 +220,9 @@ impl ExportedPreprocess {
             steps.push(format!("a central {0}x{0} crop", self.crop));
         }
         steps.push("pixels scaled to [0, 1]".to_string());
-        if let (Some(mean), Some(std)) = (self.mean, self.std) {
-            steps.push(format!("normalized with mean {mean:?} and std {std:?}"));
+        match (self.mean, self.std) {
+            (Some(mean), Some(std)) => steps.push(format!("normalized with mean {mean:?} and std {std:?}")),
+            _ => steps.push("then a normalization the augmentation plugin does not say".to_string()),
         }
         steps.join(", ")
     }
@@ -219,27 +232,26 @@ impl ExportedPreprocess {
 /// `safe_open(path, "pt").metadata()`.
 fn export_metadata(
     manifest: &checkpoint::Manifest,
-    preprocess: &ExportedPreprocess,
+    preprocess: Option<&ExportedPreprocess>,
 ) -> anyhow::Result<std::collections::HashMap<String, String>> {
-    let config: toml::Table = toml::from_str(&manifest.config).context("reading the checkpoint's experiment")?;
-    let backbone = config
-        .get("backbone")
-        .and_then(|b| b.as_table())
-        .map(toml::to_string)
-        .transpose()?
-        .unwrap_or_default();
-    Ok([
+    let backbone = toml::from_str::<toml::Table>(&manifest.config)
+        .ok()
+        .and_then(|config| config.get("backbone")?.as_table().map(toml::to_string))
+        .transpose()?;
+    let mut metadata = std::collections::HashMap::from([
         // What safetensors.torch.save_file writes: the file holds PyTorch tensors.
-        ("format", "pt".to_string()),
-        ("byol_rs.version", env!("CARGO_PKG_VERSION").to_string()),
-        ("byol_rs.backbone", backbone),
-        (PREPROCESS_KEY, serde_json::to_string(preprocess)?),
-        ("byol_rs.step", manifest.step.to_string()),
-        ("byol_rs.experiment", manifest.config.clone()),
-    ]
-    .into_iter()
-    .map(|(key, value)| (key.to_string(), value))
-    .collect())
+        ("format".to_string(), "pt".to_string()),
+        ("byol_rs.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("byol_rs.step".to_string(), manifest.step.to_string()),
+        ("byol_rs.experiment".to_string(), manifest.config.clone()),
+    ]);
+    if let Some(backbone) = backbone {
+        metadata.insert("byol_rs.backbone".to_string(), backbone);
+    }
+    if let Some(preprocess) = preprocess {
+        metadata.insert(PREPROCESS_KEY.to_string(), serde_json::to_string(preprocess)?);
+    }
+    Ok(metadata)
 }
 
 #[derive(Args)]
@@ -311,7 +323,7 @@ pub fn load_trained(checkpoint_or_run: &Path, device: Option<&str>) -> anyhow::R
     let context = BuildContext::new(device, experiment.augment.image_size());
     let model = Model::build(&experiment, &context, Weights::Checkpoint)?;
     for warning in model.byol.backbone_warnings() {
-        eprintln!("warning: {warning}");
+        byol::eprint_line!("warning: {warning}");
     }
     let tensors: Vec<(String, Tensor)> = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?
         .into_iter()
@@ -337,7 +349,7 @@ fn trained_device(run_device: &str, flag: Option<&str>) -> anyhow::Result<tch::D
         return byol_train::train::parse_device(flag).map_err(|e| anyhow::anyhow!("--device {flag}: {e:#}"));
     }
     byol_train::train::parse_device(run_device).or_else(|e| {
-        eprintln!("note: the run trained on run.device = \"{run_device}\", not usable here ({e:#}); running on the CPU (--device to choose)");
+        byol::eprint_line!("note: the run trained on run.device = \"{run_device}\", not usable here ({e:#}); running on the CPU (--device to choose)");
         Ok(tch::Device::Cpu)
     })
 }
@@ -370,7 +382,7 @@ fn find_images(args: &EmbedArgs) -> anyhow::Result<(ImageTree, Skipped)> {
     let mut passed_over = PassedOver::default();
     passed_over.take_from(&mut scan);
     for warning in passed_over.warnings(&args.images) {
-        eprintln!("warning: {warning}");
+        byol::eprint_line!("warning: {warning}");
     }
     if scan.images.is_empty() {
         bail!("{} holds no .jpg, .jpeg or .png images", args.images.display());
@@ -386,6 +398,18 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         _ => bail!("--out {} must end in .safetensors or .npy", args.out.display()),
     };
     check_output(&args.out, "--out")?;
+    let names_path = PathBuf::from(format!("{}.names.txt", args.out.display()));
+    let skipped_path = PathBuf::from(format!("{}.skipped.txt", args.out.display()));
+    // Found now: after the embedding, the embeddings would be replaced and their lists not.
+    for beside in [&names_path, &skipped_path] {
+        if beside.is_dir() {
+            bail!(
+                "{} is a folder, where embed writes a list beside --out {}: move it, or choose another --out",
+                beside.display(),
+                args.out.display()
+            );
+        }
+    }
     let Trained {
         experiment,
         device,
@@ -420,14 +444,14 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     }
     if embeddings.is_empty() {
         bail!(
-            "none of the images under {} could be read (first: {})",
+            "none of the images under {} could be read ({} skipped; the first: {})",
             args.images.display(),
+            skipped.all.len(),
             skipped.all.first().map_or("", String::as_str)
         );
     }
-    let skipped_path = PathBuf::from(format!("{}.skipped.txt", args.out.display()));
     if let Some(first) = skipped.all.first() {
-        eprintln!(
+        byol::eprint_line!(
             "warning: skipped {} unreadable image(s) or folder(s) under {} (first: {first}; every one in {}); \
              pass --strict to stop at the first one instead",
             skipped.all.len(),
@@ -440,7 +464,6 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         .iter()
         .map(|f| byol_data::path_line(f.strip_prefix(&args.images).unwrap_or(f)))
         .collect();
-    let names_path = PathBuf::from(format!("{}.names.txt", args.out.display()));
     // Written together: a failure while writing (a full disk) leaves earlier files whole, a pair.
     let write_embeddings: FileWriter = Box::new(|path| {
         Ok(match format {
@@ -451,8 +474,14 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     let write_names: FileWriter = Box::new(|path| Ok(std::fs::write(path, names.join("\n") + "\n")?));
     let mut files = vec![(args.out.as_path(), write_embeddings), (&names_path, write_names)];
     if !skipped.all.is_empty() {
-        // One line each, whatever the file names hold.
-        let lines: Vec<String> = skipped.all.iter().map(|what| what.replace('\n', "\\n")).collect();
+        // One line each, whatever the file names hold, escaped as in the names file.
+        let escape = |what: &String| {
+            what.replace('\\', "\\\\")
+                .replace('\n', "\\n")
+                .replace('\r', "\\r")
+                .replace('\t', "\\t")
+        };
+        let lines: Vec<String> = skipped.all.iter().map(escape).collect();
         let list = lines.join("\n") + "\n";
         files.push((&skipped_path, Box::new(move |path| Ok(std::fs::write(path, list)?))));
     }

@@ -128,7 +128,7 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         .map_err(|e| anyhow::anyhow!(in_flag_terms(&e.to_string())))
         .context("reading the evaluation images")?;
     for w in warnings {
-        eprintln!("warning: {}", in_flag_terms(&w));
+        byol::eprint_line!("warning: {}", in_flag_terms(&w));
     }
     let test: Arc<dyn Dataset> = splits.test.clone().expect("test split requested");
     let schedule = &experiment.schedule;
@@ -207,7 +207,7 @@ fn run_knn_settings(checkpoint: &Path, saved: &Experiment) -> (usize, f64, Strin
             .and_then(|text| Experiment::parse(&text, &[]));
         match parsed {
             Ok(run) => return (run.eval.knn_k, run.eval.knn_temperature, path.display().to_string()),
-            Err(e) => eprintln!(
+            Err(e) => byol::eprint_line!(
                 "warning: cannot read the kNN settings of {}: {e:#}; using those saved in the checkpoint",
                 path.display()
             ),
@@ -257,10 +257,12 @@ fn knn(data: &EvalData, k: Option<usize>, temperature: Option<f64>) -> anyhow::R
         Some(t) => (t, "--temperature".to_string()),
         None => (run_temperature, format!("eval.knn_temperature of {run_source}")),
     };
-    eprintln!("kNN: k = {k} ({k_from}), temperature = {temperature} ({temperature_from})");
+    byol::eprint_line!("kNN: k = {k} ({k_from}), temperature = {temperature} ({temperature_from})");
     let bank = f.train.0.size()[0] as usize;
     if k > bank {
-        eprintln!("note: k = {k} is more than the {bank} training images: each test image is voted on by all {bank}");
+        byol::eprint_line!(
+            "note: k = {k} is more than the {bank} training images: each test image is voted on by all {bank}"
+        );
     }
     note_without_top5(f.classes);
     let acc = knn_accuracy(
@@ -308,7 +310,7 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
         .iter()
         .map(|(lr, top1)| format!("lr {lr}: {:.1}%", top1 * 100.0))
         .collect();
-    eprintln!(
+    byol::eprint_line!(
         "linear: lr {} chosen on the {} split ({} of {} training images held out: {:.0}% of each class, \
          at least one of each with two or more; validation top-1 {}); test top-1/top-5 are of a \
          classifier trained with lr {} on all {} training images",
@@ -322,7 +324,7 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
         result.validation_size + result.sweep_train_size,
     );
     if let Some(edge) = edge_of_grid(&result.sweep) {
-        eprintln!(
+        byol::eprint_line!(
             "warning: the chosen lr {} is the {edge} tried: a better one may lie beyond it; give --lrs \
              reaching further {}",
             result.chosen_lr,
@@ -351,7 +353,7 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
 /// Top-5 is left out (null in the JSON) where every label is among the top 5.
 fn note_without_top5(classes: i64) {
     if !byol_train::knn::has_top5(classes) {
-        eprintln!("note: top-5 is not reported: with {classes} classes every label is among the top 5");
+        byol::eprint_line!("note: top-5 is not reported: with {classes} classes every label is among the top 5");
     }
 }
 

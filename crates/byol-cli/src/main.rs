@@ -120,7 +120,7 @@ fn shard(args: &ShardArgs) -> anyhow::Result<()> {
         let w = w
             .replace("dataset.train: ", "")
             .replace("set labels = \"none\"", "add --unlabelled");
-        eprintln!("warning: {w}");
+        byol::eprint_line!("warning: {w}");
     }
     say!(
         "wrote {} samples{} into {} shard(s); sources in {}",
@@ -186,7 +186,7 @@ fn main() -> ExitCode {
     sweep::trials::exit_with_sweep_parent();
     // Not UTF-8: not a command name; clap takes it as a path.
     if let Some(message) = unknown_command(std::env::args_os().nth(1).and_then(|a| a.into_string().ok())) {
-        eprintln!("error: {message}");
+        byol::eprint_line!("error: {message}");
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
@@ -358,7 +358,7 @@ fn chosen_run_dir(args: &TrainArgs, experiment: &Experiment) -> Option<PathBuf> 
     let folder = std::fs::canonicalize(run_folder_of_config(path)?).ok()?;
     let named = experiment.run.output_dir.join(experiment.name());
     if std::fs::canonicalize(&named).ok() != std::fs::canonicalize(&folder).ok() {
-        eprintln!(
+        byol::eprint_line!(
             "note: {} is the record of the run folder {}: continuing that run, not one in {} \
              (--run-dir chooses the folder)",
             path.display(),

@@ -260,7 +260,7 @@ byol::register_plugin! {
             let mut warnings = Vec::new();
             let splits = self.read_splits(&mut warnings)?;
             for w in warnings {
-                eprintln!("warning: {w}");
+                byol::eprint_line!("warning: {w}");
             }
             Ok(splits)
         }

@@ -264,9 +264,25 @@ pub fn read_square_into(path: &Path, size: u32, out: &mut [u8]) -> Result<(), St
 /// OS says only "No such file", of a file that is listed).
 pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| match std::fs::read_link(path) {
-        Ok(target) if e.kind() == std::io::ErrorKind::NotFound => {
-            format!("a broken link: it points to {}, which does not exist", target.display())
+        Ok(_) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!(
+                "a broken link: it leads to {}, which does not exist",
+                link_end(path).display()
+            )
         }
         _ => format!("cannot read: {e}"),
     })
+}
+
+/// Where a chain of links ends (a link to a link...): each target relative to its link's folder.
+fn link_end(link: &Path) -> std::path::PathBuf {
+    let mut end = link.to_path_buf();
+    // As the kernel follows at most 40 links.
+    for _ in 0..40 {
+        match std::fs::read_link(&end) {
+            Ok(target) => end = end.parent().unwrap_or(Path::new("")).join(target),
+            Err(_) => break,
+        }
+    }
+    end
 }

@@ -86,8 +86,8 @@ byol::register_plugin! {
             Some(self.image_size as u32)
         }
 
-        fn train_images(&self) -> Option<usize> {
-            Some(self.train_size)
+        fn train_images(&self) -> Option<(usize, &'static str)> {
+            Some((self.train_size, "train_size"))
         }
     }
 }

@@ -628,7 +628,7 @@ fn a_link_to_a_missing_file_is_an_unreadable_image() {
     );
     assert!(
         warnings[0].contains(&format!(
-            "{}: a broken link: it points to {}, which does not exist",
+            "{}: a broken link: it leads to {}, which does not exist",
             link.display(),
             root.join("b/deleted.jpg").display()
         )),

@@ -175,7 +175,7 @@ impl Checkpointer {
         // link cannot replace: it is a copy of a step folder, put aside, never deleted.
         if fs::symlink_metadata(&link).is_ok_and(|m| m.is_dir()) {
             let moved = self.move_to_damaged(&link)?;
-            eprintln!(
+            byol::eprint_line!(
                 "warning: {} was a folder, not a link (a copy that followed links?); moved to {}",
                 link.display(),
                 moved.display()

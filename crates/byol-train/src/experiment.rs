@@ -347,7 +347,7 @@ const PLUGIN_TABLES: [&str; 4] = ["dataset", "backbone", "augment", "optimizer"]
 
 /// A TOML or schema error with its line and column (from toml's message) and the table it is in.
 pub(crate) fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
-    if let Some(missing) = missing_plugin_table(error) {
+    if let Some(missing) = missing_plugin_table(text, error) {
         return missing;
     }
     let message = in_words(error.to_string().trim_end());
@@ -358,14 +358,24 @@ pub(crate) fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
     }
 }
 
-/// A plugin table the experiment lacks, which serde reports at the file's first line, "in" its
-/// first table.
-fn missing_plugin_table(error: &toml::de::Error) -> Option<anyhow::Error> {
-    let name = PLUGIN_TABLES
+/// The plugin tables the experiment `text` lacks, when serde's error is that one is missing
+/// (serde names the first, at the file's first line, "in" its first table).
+fn missing_plugin_table(text: &str, error: &toml::de::Error) -> Option<anyhow::Error> {
+    PLUGIN_TABLES
         .into_iter()
         .find(|name| error.message().trim() == format!("missing field `{name}`"))?;
+    let table: toml::Table = toml::from_str(text).unwrap_or_default();
+    let missing: Vec<String> = PLUGIN_TABLES
+        .into_iter()
+        .filter(|name| !table.contains_key(*name))
+        .map(|name| format!("[{name}]"))
+        .collect();
+    let (tables, a_table) = match missing.len() {
+        1 => (missing[0].clone(), "table"),
+        _ => (missing.join(", "), "tables"),
+    };
     Some(anyhow::anyhow!(
-        "the experiment has no [{name}] table: every experiment names the plugin of each of [dataset], \
+        "the experiment has no {tables} {a_table}: every experiment names the plugin of each of [dataset], \
          [backbone], [augment] and [optimizer] with its `type` (`byol-run plugins` lists them, each with \
          an example table)"
     ))
@@ -397,7 +407,7 @@ fn blame(
     merged: &str,
     error: &toml::de::Error,
 ) -> anyhow::Error {
-    if let Some(missing) = missing_plugin_table(error) {
+    if let Some(missing) = missing_plugin_table(merged, error) {
         return missing;
     }
     let message = &in_words(error.message().trim());
@@ -531,7 +541,10 @@ mod tests {
         let text = "[run]\nname = \"x\"\n[schedule]\nepochs = 3\n";
         for overrides in [vec![], vec!["run.seed=1".to_string()]] {
             let msg = format!("{:#}", Experiment::parse(text, &overrides).unwrap_err());
-            assert!(msg.starts_with("the experiment has no [dataset] table"), "{msg}");
+            assert!(
+                msg.starts_with("the experiment has no [dataset], [backbone], [augment], [optimizer] tables"),
+                "{msg}"
+            );
             assert!(!msg.contains("in table [run]"), "{msg}");
         }
     }

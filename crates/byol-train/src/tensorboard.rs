@@ -218,7 +218,7 @@ impl ScalarLogger {
     fn write(&mut self, data: &[u8]) {
         let Some(file) = &mut self.file else { return };
         if let Err(e) = file.write_all(&tf_record(data)) {
-            eprintln!(
+            byol::eprint_line!(
                 "warning: TensorBoard logging stopped: cannot write {}: {e} (training goes on)",
                 self.path.display()
             );

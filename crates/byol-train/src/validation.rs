@@ -140,14 +140,13 @@ impl Experiment {
             s.final_lr_fraction,
             Range::Closed(0.0, 1.0),
         );
-        if let Some(images) = self.dataset.train_images().filter(|images| s.batch_size > *images) {
-            p.add(
-                "schedule.batch_size",
-                format!(
-                    "schedule.batch_size = {} must be between 1 and the {images} training images",
-                    s.batch_size
-                ),
-            );
+        if let Some((images, key)) = self.dataset.train_images().filter(|(images, _)| s.batch_size > *images) {
+            // Named after the setting that changed, where one was set on the command line.
+            p.add_mentioning(format!(
+                "schedule.batch_size = {} must be between 1 and the {images} training images (dataset.{key} = \
+                 {images})",
+                s.batch_size
+            ));
         }
         p.range("schedule.accumulate", s.accumulate as f64, Range::AtLeast(1.0));
         if s.accumulate >= 1 && s.batch_size >= 1 && !s.batch_size.is_multiple_of(s.accumulate) {

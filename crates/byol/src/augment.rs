@@ -27,8 +27,8 @@ pub trait AugmentSpec: std::fmt::Debug + Send + Sync {
     }
 
     /// The normalization that ends the evaluation transform, recorded with an exported backbone
-    /// so that its users feed it the same inputs; `None` (the default): the plugin does not
-    /// normalize by a per-channel mean and std.
+    /// so that its users feed it the same inputs; `None` (the default): not known (the plugin
+    /// does not say, or does not normalize by a per-channel mean and std).
     fn normalization(&self) -> Option<Normalization> {
         None
     }

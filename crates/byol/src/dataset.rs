@@ -323,10 +323,11 @@ pub trait DatasetSpec: std::fmt::Debug + Send + Sync {
         None
     }
 
-    /// How many training images there are, where the configuration alone says it (generated
-    /// data), so that a batch larger than the data is refused before a run or a sweep starts.
-    /// None (the default): known once the data is read.
-    fn train_images(&self) -> Option<usize> {
+    /// How many training images there are and the key of this table that says so, where the
+    /// configuration alone says it (generated data: `(2000, "train_size")`), so that a batch
+    /// larger than the data is refused before a run or a sweep starts. None (the default): known
+    /// once the data is read.
+    fn train_images(&self) -> Option<(usize, &'static str)> {
         None
     }
 

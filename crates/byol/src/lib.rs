@@ -33,6 +33,16 @@ pub mod registry;
 pub mod state_dict;
 pub mod target;
 
+/// `eprintln!` that stays quiet when no one reads stderr any more (`byol-run ... 2>&1 | head`): a
+/// run trains on, and a sweep writes its summary, instead of panicking at its next warning.
+#[macro_export]
+macro_rules! eprint_line {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub use augment::{Augment, AugmentSpec, CropRange, LoaderCrops, Normalization};
 pub use backbone::{Backbone, BackboneSpec};
 pub use context::BuildContext;

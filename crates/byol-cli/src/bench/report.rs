@@ -39,7 +39,7 @@ impl Report {
         if json {
             say!("{}", self.to_json());
         } else {
-            print!("{}", self.to_table());
+            say!("{}", self.to_table().trim_end_matches('\n'));
         }
     }
 

@@ -38,7 +38,7 @@ fn load(args: &ExperimentArgs) -> anyhow::Result<Sweep> {
     let path = args.experiment.as_ref().context("no sweep file given")?;
     let sweep = Sweep::load(path, &args.overrides)?;
     for warning in &sweep.warnings {
-        eprintln!("warning: {warning}");
+        byol::eprint_line!("warning: {warning}");
     }
     Ok(sweep)
 }
@@ -116,7 +116,7 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     let failed = (!failed.is_empty()).then(|| failed.join("\n"));
     if let Some(signal) = outcome.interrupted {
         if let Some(failed) = &failed {
-            eprintln!("{failed}");
+            byol::eprint_line!("{failed}");
         }
         say!("interrupted: run the same command again to resume the sweep");
         return Err(crate::StoppedBySignal(signal).into());

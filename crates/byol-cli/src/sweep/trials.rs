@@ -23,7 +23,7 @@ use byol_train::sweep::{
 };
 use byol_train::train::panic_message;
 use byol_train::train::state::{DatasetFingerprint, FINGERPRINT_FILE};
-use byol_train::{train, RunOptions};
+use byol_train::{train, RunOptions, RunSummary};
 
 /// Set in the environment of trials run as child processes: the sweep's process id.
 pub const PARENT_ENV: &str = "BYOL_RS_SWEEP_PARENT";
@@ -132,44 +132,33 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     super::check_builds(sweep, &to_run)
         .and_then(|()| sweep.check_metric_measured(&to_run))
         .context("no trial was run")?;
-    let mut todo = VecDeque::new();
-    let mut skipped = 0;
+    // Every trial is checked before any folder is moved: a trial refused after another's old
+    // attempt was moved aside would leave that one to start from nothing on the next run.
     let mut data_now = DataNow::default();
     let mut trained_otherwise: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut checked = Vec::new();
     for (trial, status) in statuses {
         let dir = sweep.trial_dir(trial);
         let finished = is_finished(&status);
-        let checked = check_or_record(sweep, trial, &dir).and_then(|()| check_trial_identity(sweep, trial, &dir));
         let failed = matches!(status, TrialStatus::Failed(_));
-        let status = match checked {
+        match check_or_record(sweep, trial, &dir).and_then(|()| check_trial_identity(sweep, trial, &dir)) {
             // Nothing trained to resume (it stopped before its first checkpoint), or an attempt
             // that failed (a value that made it diverge, say): its settings, mended in the sweep
             // file, are taken, and the old attempt moved aside.
-            Err(changed) if !finished && (failed || !has_checkpoint(&dir)) => {
-                let which = match has_checkpoint(&dir) {
-                    true => "failed",
-                    false => "left no checkpoint",
-                };
-                let attempts = sweep.dir.join(OLD_ATTEMPTS_DIR);
-                if let Some(moved) = run_dir::move_aside_into(&dir, &attempts, "trial folder")? {
-                    say(format!(
-                        "{}: its settings changed since its last attempt, which {}: starting it anew (the \
-                         old attempt moved aside to {})\n  {}",
-                        trial.id(),
-                        which,
-                        moved.display(),
-                        format!("{changed:#}").lines().next().unwrap_or_default()
-                    ));
-                }
-                check_or_record(sweep, trial, &dir)?;
-                TrialStatus::Pending
+            Err(changed) if changed.is::<SettingsChanged>() && !finished && (failed || !has_checkpoint(&dir)) => {
+                checked.push((trial, status, Some(changed)));
+                continue;
             }
-            checked => {
-                checked?;
-                status
-            }
-        };
+            result => result?,
+        }
         if finished {
+            if checkpoint::trained_experiment(&dir).is_none() {
+                byol::eprint_line!(
+                    "warning: {} finished, but its folder records no experiment (no config.toml, no \
+                     checkpoint): its result is ranked without checking that it trained this sweep's settings",
+                    trial.id()
+                );
+            }
             data_now.check_finished(sweep, trial, &dir)?;
             let changes = settings_since(sweep, trial, &dir, &options.devices);
             if !changes.is_empty() {
@@ -179,6 +168,15 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
                     .push(trial.id());
             }
         }
+        checked.push((trial, status, None));
+    }
+    let mut todo = VecDeque::new();
+    let mut skipped = 0;
+    for (trial, status, changed) in checked {
+        let status = match changed {
+            Some(changed) => start_anew(sweep, trial, &changed)?,
+            None => status,
+        };
         match status {
             TrialStatus::Pruned(summary) => {
                 skipped += 1;
@@ -202,7 +200,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         }
     }
     for (changes, trials) in &trained_otherwise {
-        eprintln!(
+        byol::eprint_line!(
             "note: {} finished with other settings than this sweep now gives them ({changes}): settings a \
              resume may change, but that change figures, so their results are reported as they trained. \
              To train them with the new ones, set another run.name (a new sweep folder) or add --fresh",
@@ -210,7 +208,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         );
     }
     for stray in trials_outside(sweep) {
-        eprintln!(
+        byol::eprint_line!(
             "warning: {} holds {stray}, which is not a trial of this sweep (the [sweep] table changed \
              since it ran): it is left out of the summary. Set another run.name to keep sweeps apart",
             sweep.dir.display()
@@ -264,41 +262,88 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     })
 }
 
+/// A trial whose last attempt failed or left no checkpoint, and whose settings changed since:
+/// that attempt is moved aside (into [`OLD_ATTEMPTS_DIR`]) and the trial recorded with its new
+/// settings, to start anew.
+fn start_anew(sweep: &Sweep, trial: &Trial, changed: &anyhow::Error) -> anyhow::Result<TrialStatus> {
+    let dir = sweep.trial_dir(trial);
+    let which = match has_checkpoint(&dir) {
+        true => "failed",
+        false => "left no checkpoint",
+    };
+    let attempts = sweep.dir.join(OLD_ATTEMPTS_DIR);
+    if let Some(moved) = run_dir::move_aside_into(&dir, &attempts, "trial folder")? {
+        say!(
+            "{}: its settings changed since its last attempt, which {which}: starting it anew (the old \
+             attempt moved aside to {})\n  {}",
+            trial.id(),
+            moved.display(),
+            format!("{changed:#}").replace('\n', "\n  ")
+        );
+    }
+    check_or_record(sweep, trial, &dir)?;
+    Ok(TrialStatus::Pending)
+}
+
+/// The error of a trial folder that holds another experiment than the sweep now gives it (its
+/// parameters or settings changed since), as opposed to one that cannot be read or written.
+#[derive(Debug)]
+struct SettingsChanged(String);
+
+impl std::fmt::Display for SettingsChanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SettingsChanged {}
+
 /// Says which finished trials have no value of the sweep's metric, and why, as they are left out
-/// of the ranking: all of them (the data has no labels for it, say), or some (trained before the
-/// metric was chosen, without what it needs), which would leave the best of the others "best".
+/// of the ranking: all of them, or some (trained before the metric was chosen, without what it
+/// needs), which would leave the best of the others "best".
 fn say_what_is_not_ranked(sweep: &Sweep, rows: &[Row]) {
-    let unmeasured: Vec<String> = rows
+    let unmeasured: Vec<&RunSummary> = rows
         .iter()
-        .filter(|row| matches!(row.status, TrialStatus::Done(_)) && row.metric.is_none())
-        .map(|row| row.trial.id())
+        .filter(|row| row.metric.is_none())
+        .filter_map(|row| match &row.status {
+            TrialStatus::Done(summary) => Some(summary.as_ref()),
+            _ => None,
+        })
         .collect();
     if unmeasured.is_empty() {
         return;
     }
     let metric = sweep.config.metric;
-    if rows.iter().any(|row| row.metric.is_some()) {
-        let why = match metric {
-            Metric::KnnGain => " (no kNN accuracy before training: eval.before_training was false when they trained)",
-            _ => "",
-        };
-        eprintln!(
-            "warning: {} finished without a value of sweep.metric = \"{}\"{why}, so they are not ranked \
-             beside the others. To train them again, set another run.name (a new sweep folder) or add --fresh",
-            unmeasured.join(", "),
-            metric.name()
-        );
-        return;
-    }
-    let why = match metric {
-        Metric::KnnTop5 => " (top-5 needs labelled images of more than 5 classes)",
-        Metric::KnnTop1 | Metric::KnnGain => " (the kNN monitor needs labelled images)",
-        Metric::ProbeTop1 => " (the online probe needs labelled images and eval.online_probe)",
-        _ => "",
+    // kNN accuracy after training but none before: measured without eval.before_training.
+    let without_before = metric == Metric::KnnGain && unmeasured.iter().any(|s| s.knn_after.is_some());
+    let (why, remedy) = match metric {
+        _ if without_before => (
+            " (no kNN accuracy before training: eval.before_training was false when they trained)",
+            "to train them again with it, set another run.name (a new sweep folder) or add --fresh",
+        ),
+        Metric::KnnTop5 => (
+            " (top-5 needs labelled images of more than 5 classes)",
+            "choose another metric",
+        ),
+        Metric::KnnTop1 | Metric::KnnGain => (" (the kNN monitor needs labelled images)", "choose another metric"),
+        Metric::ProbeTop1 => (
+            " (the online probe needs labelled images and eval.online_probe)",
+            "choose another metric",
+        ),
+        _ => ("", "choose another metric"),
     };
-    eprintln!(
-        "warning: no finished trial has a value of sweep.metric = \"{}\"{why}, so none is ranked; choose \
-         another metric",
+    let trials: Vec<String> = rows
+        .iter()
+        .filter(|row| row.metric.is_none() && matches!(row.status, TrialStatus::Done(_)))
+        .map(|row| row.trial.id())
+        .collect();
+    let ranked = match rows.iter().any(|row| row.metric.is_some()) {
+        true => "they are not ranked beside the others",
+        false => "none is ranked",
+    };
+    byol::eprint_line!(
+        "warning: {} finished without a value of sweep.metric = \"{}\"{why}, so {ranked}; {remedy}",
+        trials.join(", "),
         metric.name()
     );
 }
@@ -345,7 +390,7 @@ fn results_not_of_this_sweep(sweep: &Sweep, check_data: bool) -> BTreeMap<String
         not_ranked.extend(trained_on_changed_data(sweep, &ours));
     }
     for (id, why) in &not_ranked {
-        eprintln!("{id}: not ranked: {why}");
+        byol::eprint_line!("{id}: not ranked: {why}");
     }
     not_ranked
 }
@@ -379,7 +424,7 @@ fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTr
         let now = match now {
             Ok(now) => now,
             Err(e) => {
-                eprintln!(
+                byol::eprint_line!(
                     "warning: the trials of this sweep started on different data (it changed while the sweep \
                      ran), and it cannot be read now to tell which trials trained on it: {e:#}"
                 );
@@ -397,7 +442,7 @@ fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTr
                     );
                     changed.insert(trial.id(), why);
                 }
-                Err(e) => eprintln!("warning: {e:#}"),
+                Err(e) => byol::eprint_line!("warning: {e:#}"),
             }
         }
     }
@@ -478,8 +523,9 @@ const CHANGES_FIGURES: &[&str] = &[
 ];
 
 /// The keys of [`CHANGES_FIGURES`] whose values a finished trial trained with differ from what
-/// this sweep now gives it (`key: trained -> now`). Trials run as child processes take their
-/// device and threads from the sweep (`--devices`), which are then left out.
+/// this sweep now gives it (`key: trained -> now`). Left out: two names of one device (`auto`
+/// and `cpu` on a machine without a GPU), and where trials run as child processes (`--devices`
+/// with several), the device the sweep picks and the threads it shares out (`run.threads = 0`).
 fn settings_since(sweep: &Sweep, trial: &Trial, dir: &Path, devices: &[String]) -> Vec<String> {
     let in_process = devices.len() <= 1;
     let device = devices.first().map(String::as_str).filter(|_| in_process);
@@ -489,11 +535,19 @@ fn settings_since(sweep: &Sweep, trial: &Trial, dir: &Path, devices: &[String]) 
     ) else {
         return Vec::new();
     };
+    let same_device = |change: &run_dir::Change| {
+        let resolved = |value: &Option<String>| {
+            let name = value.as_deref()?.trim_matches('"').to_string();
+            byol_train::train::parse_device(&name).ok()
+        };
+        resolved(&change.saved).is_some() && resolved(&change.saved) == resolved(&change.now)
+    };
     run_dir::changes(&run_dir::with_current_defaults(&trained), &now)
         .unwrap_or_default()
         .into_iter()
         .filter(|c| CHANGES_FIGURES.contains(&c.key.as_str()))
-        .filter(|c| in_process || !c.key.starts_with("run."))
+        .filter(|c| !(c.key == "run.device" && (!in_process || same_device(c))))
+        .filter(|c| !(c.key == "run.threads" && !in_process && c.now.as_deref() == Some("0")))
         .map(|c| c.to_string())
         .collect()
 }
@@ -537,7 +591,7 @@ fn check_or_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<(
     if checkpoint::trained_experiment(dir).is_none() || same_experiment().unwrap_or(false) {
         return write();
     }
-    bail!(
+    Err(SettingsChanged(format!(
         "{} was run with other parameters ({}) than the sweep now gives {} ({}): the [sweep] table changed \
          since. Set another run.name (a new sweep folder), or add --fresh to move {} aside and run every \
          trial anew (nothing is deleted)",
@@ -546,7 +600,8 @@ fn check_or_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<(
         trial.id(),
         trial.describe(),
         dir.parent().unwrap_or(dir).display()
-    )
+    ))
+    .into())
 }
 
 /// A trial folder that already holds a run (a checkpoint or its `config.toml`) must hold this
@@ -563,7 +618,7 @@ fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Res
         return Ok(());
     }
     let diff: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
-    bail!(
+    Err(SettingsChanged(format!(
         "{} ({}) was run with other settings than this sweep now gives it (different --set \
          overrides, or an edited file), so its result or checkpoints are not this sweep's:\n{}\n\
          Set another run.name (a new sweep folder), or add --fresh to move {} aside and run every \
@@ -572,7 +627,8 @@ fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Res
         dir.display(),
         diff.join("\n"),
         sweep.dir.display()
-    )
+    ))
+    .into())
 }
 
 /// The data the sweep's trials read now, to check finished trials against: a trial trained on
@@ -592,7 +648,7 @@ impl DataNow {
                 say!("reading the data to check the finished trials against it");
                 // Data that cannot be read (moved, gone) still leaves the results to rank.
                 let read = DatasetFingerprint::of_experiment(&experiment).inspect_err(|e| {
-                    eprintln!(
+                    byol::eprint_line!(
                         "warning: cannot read the data of finished trials such as {} to check it, so their \
                          results are ranked unchecked: {e:#}",
                         trial.id()
@@ -689,7 +745,7 @@ fn run_in_process(
                 .unwrap_or_default()
                 .to_string(),
         };
-        eprintln!("{}: failed: {error}", trial.id());
+        byol::eprint_line!("{}: failed: {error}", trial.id());
         record_failure(trial, &dir, &error, unrecorded);
     }
     // Every trial ended: a signal after the last one is for the caller to report.
@@ -713,7 +769,7 @@ fn record_failure(trial: &Trial, dir: &Path, error: &str, unrecorded: &Mutex<Vec
         .and_then(|_lock| {
             fs::write(&path, format!("{error}\n")).with_context(|| format!("cannot write {}", path.display()))
         })
-        .inspect_err(|e| eprintln!("warning: {} not written: {e:#}", path.display()));
+        .inspect_err(|e| byol::eprint_line!("warning: {} not written: {e:#}", path.display()));
     if written.is_err() {
         unrecorded.lock().unwrap_or_else(|e| e.into_inner()).push(trial.id());
     }
@@ -773,7 +829,7 @@ fn run_parallel(
                 }) {
                     Ok(()) => {}
                     Err(e) => {
-                        eprintln!("{}: failed: {e:#}", trial.id());
+                        byol::eprint_line!("{}: failed: {e:#}", trial.id());
                         record_failure(trial, &dir, &format!("{e:#}"), unrecorded);
                     }
                 }
@@ -908,7 +964,7 @@ pub fn exit_with_sweep_parent() {
         while std::os::unix::process::parent_id() == parent {
             std::thread::sleep(Duration::from_millis(500));
         }
-        eprintln!("the sweep (process {parent}) is gone: stopping this trial");
+        byol::eprint_line!("the sweep (process {parent}) is gone: stopping this trial");
         let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
         // A run stuck outside the training loop (kNN on a large split) still ends.
         std::thread::sleep(Duration::from_secs(120));

@@ -205,7 +205,7 @@ impl Drop for DecodingFolder {
     /// reported when the dataset goes away.
     fn drop(&mut self) {
         if let Some(w) = self.take_warning() {
-            eprintln!("warning: {w}");
+            byol::eprint_line!("warning: {w}");
         }
     }
 }

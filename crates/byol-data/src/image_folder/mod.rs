@@ -125,10 +125,10 @@ byol::register_plugin! {
         fn build(&self, _: &BuildContext) -> Result<Splits, DataError> {
             let (splits, warnings, notes) = self.load_with_notes()?;
             for note in notes {
-                eprintln!("note: {note}");
+                byol::eprint_line!("note: {note}");
             }
             for w in warnings {
-                eprintln!("warning: {w}");
+                byol::eprint_line!("warning: {w}");
             }
             Ok(splits)
         }
@@ -301,7 +301,8 @@ fn check_same_classes(
     let only_in = |names: &[String], others: &[String], dir: &Path| -> Vec<String> {
         names
             .iter()
-            .filter(|name| !others.contains(name) && !has_images_under(&dir.join(name)).unwrap_or(true))
+            .filter(|name| !others.contains(name) && dir.join(name).is_dir())
+            .filter(|name| !has_images_under(&dir.join(name)).unwrap_or(true))
             .map(|name| dir.join(name).display().to_string())
             .collect()
     };

@@ -232,7 +232,7 @@ impl Prefetch {
         if !self.finished {
             self.finished = true;
             if let Some(w) = self.shared.dataset.take_warning() {
-                eprintln!("warning: {w}");
+                byol::eprint_line!("warning: {w}");
             }
         }
     }

@@ -184,7 +184,7 @@ byol::register_plugin! {
         fn build(&self, _: &BuildContext) -> Result<Splits, DataError> {
             let (splits, warnings) = self.load()?;
             for w in warnings {
-                eprintln!("warning: {w}");
+                byol::eprint_line!("warning: {w}");
             }
             Ok(splits)
         }

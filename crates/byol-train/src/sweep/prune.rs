@@ -120,7 +120,7 @@ impl Pruner {
             }
             // Another trial's unreadable curve is its problem: judge by the others.
             let curve = read_curve(dir).unwrap_or_else(|e| {
-                eprintln!("warning: median pruning leaves out {}: {e:#}", dir.display());
+                byol::eprint_line!("warning: median pruning leaves out {}: {e:#}", dir.display());
                 Vec::new()
             });
             let at_point = curve.iter().rev().find(|p| p.epoch == point.epoch);

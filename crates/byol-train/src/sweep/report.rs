@@ -274,7 +274,12 @@ pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
     // Settings that no column shows and the sweep file does not hold.
     if !sweep.overrides().is_empty() {
         let flags: Vec<String> = sweep.overrides().iter().map(|o| format!("`--set {o}`")).collect();
-        let _ = writeln!(out, "Every trial with {}.\n", flags.join(", "));
+        let _ = writeln!(
+            out,
+            "Run with {} (trials finished before may have trained with other values of keys a resume \
+             may change, such as `run.threads`: the sweep names them when it runs).\n",
+            flags.join(", ")
+        );
     }
     let cell = |s: &str| s.replace('|', "\\|");
     let mut header = vec!["rank".to_string(), "trial".into()];

@@ -408,7 +408,7 @@ fn announce_early_stop(
 fn end_group(t: &Trainer<'_>) {
     if let Some(parallel) = &t.parallel {
         if let Err(e) = parallel.finish() {
-            eprintln!("warning: {e:#}");
+            byol::eprint_line!("warning: {e:#}");
         }
     }
 }

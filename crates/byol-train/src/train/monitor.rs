@@ -50,7 +50,7 @@ pub fn embed_split(
 /// `whose` says whose share of the split it is, in a data-parallel run.
 fn say_skipped(data: &Arc<dyn Dataset>, whose: &str) {
     if let Some(warning) = data.take_warning() {
-        eprintln!("warning: evaluation{whose}: {warning}");
+        byol::eprint_line!("warning: evaluation{whose}: {warning}");
     }
 }
 
@@ -123,7 +123,7 @@ pub fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Resu
         // The folder's auto-detection notes are not printed: an unlabelled folder is an error here.
         let (labelled, warnings, _notes) = folder.load_with_notes()?;
         for w in warnings {
-            eprintln!("warning: {w}");
+            byol::eprint_line!("warning: {w}");
         }
         Ok(labelled)
     })
@@ -280,7 +280,7 @@ impl Monitor {
         }
         if let Some(bank) = labelled.as_ref().map(|l| l.bank.len()).filter(|&n| eval.knn_k > n) {
             if parallel.as_ref().is_none_or(|p| p.rank() == 0) {
-                eprintln!(
+                byol::eprint_line!(
                     "note: eval.knn_k = {} is more than the {bank} images of the kNN bank: every bank image \
                      votes (k = {bank})",
                     eval.knn_k

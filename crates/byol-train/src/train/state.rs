@@ -232,7 +232,7 @@ impl RunStart {
     ) -> anyhow::Result<Self> {
         let checkpoint::ResumePoint { latest, warnings } = checkpointer.resume_point(main)?;
         for w in warnings {
-            eprintln!("warning: {w}");
+            byol::eprint_line!("warning: {w}");
         }
         let saved = match &latest {
             Some((dir, manifest)) => Some((
@@ -246,7 +246,7 @@ impl RunStart {
         let experiments = [Some(config_toml), saved.as_ref().map(|(_, c)| c.as_str())];
         let unknown = run_dir::unknown_allowances(allow, &experiments.into_iter().flatten().collect::<Vec<_>>());
         for key in unknown.iter().filter(|_| main) {
-            eprintln!(
+            byol::eprint_line!(
                 "warning: --allow-change {key} names no key of this experiment or of the run's saved one \
                  (misspelled?): it allows nothing"
             );
@@ -281,14 +281,14 @@ impl RunStart {
             let list =
                 |changes: &[&run_dir::Change]| changes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
             if main && !allowed.is_empty() {
-                eprintln!(
+                byol::eprint_line!(
                     "note: continuing {} with changes (--allow-change): {}",
                     run_dir.display(),
                     list(&allowed)
                 );
             }
             if main && !moved.is_empty() {
-                eprintln!(
+                byol::eprint_line!(
                     "note: continuing {} on the same data ({FINGERPRINT_FILE} matches) under another path: {}",
                     run_dir.display(),
                     list(&moved)
@@ -330,7 +330,7 @@ fn check_dataset(
         return Ok(true);
     }
     if allow.iter().any(|a| a == "dataset" || a.starts_with("dataset.")) {
-        eprintln!(
+        byol::eprint_line!(
             "note: continuing {} on different data (--allow-change):\n{}",
             run_dir.display(),
             differences.join("\n")

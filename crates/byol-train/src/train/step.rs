@@ -343,7 +343,7 @@ impl Trainer<'_> {
             .collect();
         let any = !reached.is_empty() && Tensor::stack(&reached, 0).sum(Kind::Int64).int64_value(&[]) > 0;
         if !any && self.is_main() {
-            eprintln!(
+            byol::eprint_line!(
                 "warning: the first step's gradients reached no parameter of the backbone (every \
                  online.backbone gradient is zero or missing): only the projector and predictor learn; a \
                  backbone whose forward detaches its output (x.detach(), torch.no_grad()) does not train"

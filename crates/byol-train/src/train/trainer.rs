@@ -113,21 +113,21 @@ impl<'a> Trainer<'a> {
         if main {
             let upscaled = upscaled_images(&splits, experiment.augment.as_ref(), labelled.is_some());
             for warning in experiment.warnings().into_iter().chain(upscaled) {
-                eprintln!("warning: {warning}");
+                byol::eprint_line!("warning: {warning}");
             }
         }
         let loader = training_loader(experiment, &splits, device, rank, world)?;
         let plan = Plan::new(experiment, loader.batches_per_epoch());
         if main {
             for warning in plan.warnings(experiment) {
-                eprintln!("warning: {warning}");
+                byol::eprint_line!("warning: {warning}");
             }
         }
 
         let fingerprint = DatasetFingerprint::of_run(&splits, labelled.as_ref());
         if main {
             for warning in monitor_warnings(experiment, &splits, &fingerprint) {
-                eprintln!("warning: {warning}");
+                byol::eprint_line!("warning: {warning}");
             }
         }
         if let Some(parallel) = &parallel {
@@ -144,7 +144,7 @@ impl<'a> Trainer<'a> {
         let trained_by = start.checkpoint.as_ref().and_then(|(_, m)| m.record.processes);
         let trains_on = start.step().is_some_and(|step| step < plan.total_steps);
         if let Some(before) = trained_by.filter(|&before| main && trains_on && before != world) {
-            eprintln!(
+            byol::eprint_line!(
                 "note: the last checkpoint of {} was saved by {before} process(es) and the run goes on with \
                  {world}: the global batch and schedule stay, but each process's share of a batch and its \
                  augmentation draws change, so the run will not match one trained by either alone",
@@ -155,12 +155,12 @@ impl<'a> Trainer<'a> {
         let (model, mut optimizer) = build_model(experiment, &context, &start, numerics.channels_last)?;
         if let Some((_, manifest)) = start.checkpoint.as_ref().filter(|_| main) {
             for note in state::changed_sources(experiment, manifest) {
-                eprintln!("note: {note}");
+                byol::eprint_line!("note: {note}");
             }
         }
         if main {
             for warning in model.byol.backbone_warnings() {
-                eprintln!("warning: {warning}");
+                byol::eprint_line!("warning: {warning}");
             }
         }
         let monitor = Monitor::new(
@@ -577,7 +577,7 @@ fn agreed_start(
         .map(|r| r.to_string())
         .collect();
     if main && !elsewhere.is_empty() {
-        eprintln!(
+        byol::eprint_line!(
             "warning: process(es) {} of this data-parallel job see another folder at {} than process 0 \
              (its {} holds another owner, or none): checkpoints are written by process 0 alone, so resuming \
              this run will find them on its node only. Put the run folder on a file system all nodes share",
