@@ -467,7 +467,22 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
         "{all}"
     );
 
-    // A metric that needs what the finished trials did not measure (kNN before training).
+    // A metric that needs what the finished trials did not measure (kNN before training): none
+    // of them is ranked, then, beside a trial that measured it, they are not ranked.
+    let none = file
+        .replace("1e30, 0.1", "0.05, 0.1")
+        .replace("before_training = false", "before_training = true")
+        .replace("metric = \"knn_top1\"", "metric = \"knn_gain\"");
+    std::fs::write(dir.path().join("tiny.toml"), none).unwrap();
+    let out = sweep(&[]);
+    let all = text(&out);
+    assert!(
+        all.contains(
+            "(no kNN accuracy before training: eval.before_training was false when they trained), so none is \
+             ranked; to train them again with it"
+        ),
+        "{all}"
+    );
     let gain = file
         .replace("1e30, 0.1", "0.05, 0.1, 0.2")
         .replace("before_training = false", "before_training = true")
