@@ -48,7 +48,9 @@ pub fn autocast<T>(device: Device, kind: Kind, enabled: bool, f: impl FnOnce() -
             // SAFETY: restores what `autocast` read before entering, also when `f` panics.
             let restored = unsafe { ffi::check(ffi::tx_autocast_exit(self.0, self.1, self.2)) };
             if let Err(e) = restored {
-                eprintln!("warning: leaving autocast: {e}");
+                // Not eprintln!: a panic here, while unwinding from `f`, would abort the process.
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "warning: leaving autocast: {e}");
             }
         }
     }
