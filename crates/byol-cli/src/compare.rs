@@ -157,8 +157,8 @@ fn differing_keys(runs: &[Run]) -> Vec<String> {
 }
 
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
-    // A sweep's trials that have not started yet (`trial-*` of a stopped sweep) have nothing to
-    // compare; any other folder without a run is an error.
+    // A sweep's trials that have not started yet (`trial-*` of a stopped sweep), or failed before
+    // their run started, have nothing to compare; any other folder without a run is an error.
     let (pending, started): (Vec<&PathBuf>, Vec<&PathBuf>) = args.runs.iter().partition(|dir| {
         dir.join(sweep::TRIAL_FILE).is_file()
             && !dir.join(CONFIG_FILE).exists()

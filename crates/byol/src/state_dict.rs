@@ -90,8 +90,8 @@ pub fn to_cpu_sorted(variables: &HashMap<String, Tensor>) -> Vec<(String, Tensor
 }
 
 /// `tensors` (any device or layout: written row-major from the CPU) as the bytes of a safetensors
-/// file whose header carries
-/// `metadata` (`safe_open(path, "pt").metadata()` in Python). tch writes no metadata.
+/// file whose header carries `metadata` (`safe_open(path, "pt").metadata()` in Python). tch
+/// writes no metadata.
 pub fn safetensors_with_metadata(
     tensors: &[(String, Tensor)],
     metadata: HashMap<String, String>,
