@@ -445,6 +445,19 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
         markdown.contains("Run with `--set dataset.train_size=128`, `--set checkpoint.every_steps=1` (trials"),
         "the command line's settings: {markdown}"
     );
+    // Run again without one of the first run's --set: the finished trial refuses it, and the
+    // failed one, checked first, is still where it was (nothing moves before every trial passes).
+    let out = byol_run(
+        dir.path(),
+        &["sweep", "tiny.toml", "--quiet", "--set", "checkpoint.every_steps=1"],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("trial-002") && all.contains("dataset.train_size"), "{all}");
+    assert!(
+        has_checkpoint(&sweep_dir.join("trial-001")) && !sweep_dir.join("old-attempts").exists(),
+        "{all}"
+    );
     let out = sweep(&[]);
     assert!(
         text(&out).contains("== trial-001 of 2 (retrying after a failure, from its newest checkpoint)"),
