@@ -29,6 +29,7 @@ pub mod loss;
 pub mod model;
 pub mod nn;
 pub mod optimizer;
+pub mod output;
 pub mod registry;
 pub mod state_dict;
 pub mod target;
@@ -37,10 +38,9 @@ pub mod target;
 /// run trains on, and a sweep writes its summary, instead of panicking at its next warning.
 #[macro_export]
 macro_rules! eprint_line {
-    ($($arg:tt)*) => {{
-        use ::std::io::Write as _;
-        let _ = ::std::writeln!(::std::io::stderr().lock(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::output::write_line(&mut ::std::io::stderr().lock(), ::std::format_args!($($arg)*))
+    };
 }
 
 pub use augment::{Augment, AugmentSpec, CropRange, LoaderCrops, Normalization};

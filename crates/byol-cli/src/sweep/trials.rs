@@ -152,20 +152,22 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
             result => result?,
         }
         if finished {
-            if checkpoint::trained_experiment(&dir).is_none() {
-                byol::eprint_line!(
+            data_now.check_finished(sweep, trial, &dir)?;
+            match checkpoint::trained_experiment(&dir) {
+                Some(trained) => {
+                    let changes = settings_since(sweep, trial, &trained, &options.devices);
+                    if !changes.is_empty() {
+                        trained_otherwise
+                            .entry(changes.join(", "))
+                            .or_default()
+                            .push(trial.id());
+                    }
+                }
+                None => byol::eprint_line!(
                     "warning: {} finished, but its folder records no experiment (no config.toml, no \
                      checkpoint): its result is ranked without checking that it trained this sweep's settings",
                     trial.id()
-                );
-            }
-            data_now.check_finished(sweep, trial, &dir)?;
-            let changes = settings_since(sweep, trial, &dir, &options.devices);
-            if !changes.is_empty() {
-                trained_otherwise
-                    .entry(changes.join(", "))
-                    .or_default()
-                    .push(trial.id());
+                ),
             }
         }
         checked.push((trial, status, None));
@@ -302,14 +304,14 @@ impl std::error::Error for SettingsChanged {}
 /// of the ranking: all of them, or some (trained before the metric was chosen, without what it
 /// needs), which would leave the best of the others "best".
 fn say_what_is_not_ranked(sweep: &Sweep, rows: &[Row]) {
-    let unmeasured: Vec<&RunSummary> = rows
+    let (trials, unmeasured): (Vec<String>, Vec<&RunSummary>) = rows
         .iter()
         .filter(|row| row.metric.is_none())
         .filter_map(|row| match &row.status {
-            TrialStatus::Done(summary) => Some(summary.as_ref()),
+            TrialStatus::Done(summary) => Some((row.trial.id(), summary.as_ref())),
             _ => None,
         })
-        .collect();
+        .unzip();
     if unmeasured.is_empty() {
         return;
     }
@@ -332,11 +334,6 @@ fn say_what_is_not_ranked(sweep: &Sweep, rows: &[Row]) {
         ),
         _ => ("", "choose another metric"),
     };
-    let trials: Vec<String> = rows
-        .iter()
-        .filter(|row| row.metric.is_none() && matches!(row.status, TrialStatus::Done(_)))
-        .map(|row| row.trial.id())
-        .collect();
     let ranked = match rows.iter().any(|row| row.metric.is_some()) {
         true => "they are not ranked beside the others",
         false => "none is ranked",
@@ -522,17 +519,14 @@ const CHANGES_FIGURES: &[&str] = &[
     "eval.curve_points",
 ];
 
-/// The keys of [`CHANGES_FIGURES`] whose values a finished trial trained with differ from what
-/// this sweep now gives it (`key: trained -> now`). Left out: two names of one device (`auto`
+/// The keys of [`CHANGES_FIGURES`] whose values a finished trial trained with (`trained`, its
+/// experiment) differ from what this sweep now gives it (`key: trained -> now`). Left out: two names of one device (`auto`
 /// and `cpu` on a machine without a GPU), and where trials run as child processes (`--devices`
 /// with several), the device the sweep picks and the threads it shares out (`run.threads = 0`).
-fn settings_since(sweep: &Sweep, trial: &Trial, dir: &Path, devices: &[String]) -> Vec<String> {
+fn settings_since(sweep: &Sweep, trial: &Trial, trained: &str, devices: &[String]) -> Vec<String> {
     let in_process = devices.len() <= 1;
     let device = devices.first().map(String::as_str).filter(|_| in_process);
-    let (Some(trained), Ok(now)) = (
-        checkpoint::trained_experiment(dir),
-        sweep.experiment(trial, device).and_then(|e| e.to_toml()),
-    ) else {
+    let Ok(now) = sweep.experiment(trial, device).and_then(|e| e.to_toml()) else {
         return Vec::new();
     };
     let same_device = |change: &run_dir::Change| {
@@ -542,7 +536,7 @@ fn settings_since(sweep: &Sweep, trial: &Trial, dir: &Path, devices: &[String]) 
         };
         resolved(&change.saved).is_some() && resolved(&change.saved) == resolved(&change.now)
     };
-    run_dir::changes(&run_dir::with_current_defaults(&trained), &now)
+    run_dir::changes(&run_dir::with_current_defaults(trained), &now)
         .unwrap_or_default()
         .into_iter()
         .filter(|c| CHANGES_FIGURES.contains(&c.key.as_str()))

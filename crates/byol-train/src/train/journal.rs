@@ -70,7 +70,7 @@ impl Journal {
     pub fn say(&self, line: String) {
         match &self.progress {
             Some(progress) => progress.line(line),
-            None if !self.quiet => super::progress::print_line(line),
+            None if !self.quiet => byol::output::print_line(line),
             None => {}
         }
     }

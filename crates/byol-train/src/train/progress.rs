@@ -2,12 +2,7 @@
 
 use std::io::IsTerminal;
 
-/// A line on stdout, if anyone still reads it: a run whose output was cut short (`| head`) goes on
-/// training instead of panicking at its next line.
-pub fn print_line(line: impl std::fmt::Display) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
-}
+use byol::output::print_line;
 
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
