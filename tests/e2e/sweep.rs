@@ -704,6 +704,9 @@ fn sigterm_to_a_sweep_in_process_stops_the_trial_at_a_checkpoint() {
         !trial.join("error.txt").exists() && !all.contains("trials failed"),
         "{all}"
     );
+    // The reason the trial was retried is kept beside it.
+    let previous = std::fs::read_to_string(trial.join("previous-error.txt")).unwrap();
+    assert_eq!(previous, "an earlier failure\n");
 }
 
 /// A finished trial is skipped only while the data it was trained on is the data the sweep reads:
@@ -761,6 +764,8 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
     let dir = setup(&sweep_of_lr("[0.2, 0.8]"));
     let trial = dir.path().join("runs/tiny-sweep/trial-001");
     std::fs::create_dir_all(&trial).unwrap();
+    // An earlier failure's record, which the other process may be retrying: left as it is.
+    std::fs::write(trial.join("error.txt"), "an earlier failure\n").unwrap();
     let holder_script = "import fcntl, sys\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\n\
                   print('locked', flush=True)\nsys.stdin.read()\n";
     let mut holder = lock_holder(holder_script, &[&trial.join("run.lock")], Stdio::piped());
@@ -781,7 +786,9 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
             all.contains("1 of 2 trials failed without a record (trial-001)"),
             "{all}"
         );
-        assert!(!trial.join("error.txt").exists(), "{all}");
+        let error = std::fs::read_to_string(trial.join("error.txt")).unwrap();
+        assert_eq!(error, "an earlier failure\n", "{all}");
+        assert!(!trial.join("previous-error.txt").exists(), "{all}");
         assert!(!trial.join("train.log").exists(), "{all}");
         assert!(
             dir.path().join("runs/tiny-sweep/trial-002/summary.json").is_file(),

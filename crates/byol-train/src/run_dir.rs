@@ -210,6 +210,7 @@ const RUN_ENTRIES: &[&str] = &[
     crate::train::state::SOURCES_DIR,
     crate::sweep::TRIAL_FILE,
     crate::sweep::ERROR_FILE,
+    crate::sweep::PREVIOUS_ERROR_FILE,
     crate::sweep::LOG_FILE,
 ];
 

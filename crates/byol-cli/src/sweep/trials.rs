@@ -19,7 +19,7 @@ use byol_train::run_dir::{self, FolderLock};
 use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
     data_key, goal_name, rank_with, result_line, to_csv, to_markdown, Metric, Row, Sweep, Trial, TrialStatus,
-    ERROR_FILE, LOG_FILE, PRUNER_FILE, TRIAL_FILE,
+    ERROR_FILE, LOG_FILE, PREVIOUS_ERROR_FILE, PRUNER_FILE, TRIAL_FILE,
 };
 use byol_train::train::panic_message;
 use byol_train::train::state::{DatasetFingerprint, FINGERPRINT_FILE};
@@ -746,10 +746,23 @@ fn run_in_process(
     Ok(None)
 }
 
-/// Removes the error of a trial's earlier attempt as a new one starts: a new attempt killed
-/// outright (no error of its own) is unfinished, with checkpoints to resume, not failed.
+/// Moves the error of a trial's earlier attempt to `previous-error.txt` as a new one starts: a new
+/// attempt killed outright (no error of its own) is unfinished, with checkpoints to resume, not
+/// failed, and the reason of the failure it retried is kept. Holds the trial folder's lock: a
+/// folder another process trains is left as it is (this attempt fails on that lock, unrecorded).
 fn retire_error(dir: &Path) {
-    let _ = fs::remove_file(dir.join(ERROR_FILE));
+    let error = dir.join(ERROR_FILE);
+    if !error.is_file() {
+        return;
+    }
+    let retired = FolderLock::acquire(dir, "trial folder").and_then(|_lock| {
+        let previous = dir.join(PREVIOUS_ERROR_FILE);
+        fs::rename(&error, &previous)
+            .with_context(|| format!("cannot move {} to {}", error.display(), previous.display()))
+    });
+    if let Err(e) = retired {
+        byol::eprint_line!("warning: the earlier failure's {} stays: {e:#}", error.display());
+    }
 }
 
 /// Writes a failed trial's `error.txt`, which ranks it as failed, holding the trial folder's

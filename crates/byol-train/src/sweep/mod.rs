@@ -53,6 +53,9 @@ use space::{expand, parse_parameters};
 pub const TRIAL_FILE: &str = "sweep-trial.toml";
 /// Written into a trial folder when the trial failed (removed when it later succeeds).
 pub const ERROR_FILE: &str = "error.txt";
+/// The error of a failed trial's attempt before the one now running (or last run): a retry that
+/// is killed outright leaves no error of its own, and the reason it was retried stays at hand.
+pub const PREVIOUS_ERROR_FILE: &str = "previous-error.txt";
 /// The output of a trial run as a child process, in its folder.
 pub const LOG_FILE: &str = "train.log";
 
