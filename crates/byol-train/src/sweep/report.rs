@@ -82,6 +82,19 @@ impl TrialStatus {
     }
 }
 
+/// `text` as Markdown inline code: fenced by more backticks than any run of them inside (a
+/// `--set` value may hold one), with a space inside the fences where it starts or ends with one.
+fn code_span(text: &str) -> String {
+    let longest_run = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest_run + 1);
+    let pad = if text.starts_with('`') || text.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{text}{pad}{fence}")
+}
+
 /// One line of the ranked summary.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -273,7 +286,11 @@ pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
     );
     // Settings that no column shows and the sweep file does not hold.
     if !sweep.overrides().is_empty() {
-        let flags: Vec<String> = sweep.overrides().iter().map(|o| format!("`--set {o}`")).collect();
+        let flags: Vec<String> = sweep
+            .overrides()
+            .iter()
+            .map(|o| code_span(&format!("--set {o}")))
+            .collect();
         let _ = writeln!(
             out,
             "Run with {} (trials finished before may have trained with other values of keys a resume \
@@ -283,7 +300,7 @@ pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
     }
     let cell = |s: &str| s.replace('|', "\\|");
     let mut header = vec!["rank".to_string(), "trial".into()];
-    header.extend(sweep.parameters.iter().map(|p| format!("`{}`", p.key)));
+    header.extend(sweep.parameters.iter().map(|p| code_span(&p.key)));
     header.push(format!("**{metric}**"));
     header.extend(RESULT_HEADERS.map(String::from));
     header.extend(["status".into(), "run folder".into()]);
@@ -315,4 +332,20 @@ pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_span;
+
+    #[test]
+    fn inline_code_is_fenced_by_more_backticks_than_it_holds() {
+        assert_eq!(code_span("--set a=1"), "`--set a=1`");
+        assert_eq!(
+            code_span("--set run.note=\"a `b` c\""),
+            "``--set run.note=\"a `b` c\"``"
+        );
+        assert_eq!(code_span("x=``y"), "```x=``y```");
+        assert_eq!(code_span("`x`"), "`` `x` ``");
+    }
 }
