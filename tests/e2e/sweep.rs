@@ -975,10 +975,62 @@ fn finished_trials_are_checked_against_their_data_without_decoding_it() {
     assert!(out.status.success(), "{all}");
     assert_eq!(all.matches("finished before, skipped").count(), 2, "{all}");
     assert!(
-        all.contains("reading the data to check the finished trials against it"),
+        all.contains("reading the data to check the trials that trained before against it"),
         "{all}"
     );
     assert!(!all.contains("unreadable") && !all.contains("not ranked"), "{all}");
+}
+
+/// A trial with checkpoints is checked against the data at the sweep's start too, as a finished
+/// one is: resumed on other data it would mix two datasets in one trial (and `train`'s refusal
+/// would point at `--allow-change`, which a sweep does not have). One whose last attempt failed
+/// starts anew instead, as it does when its settings changed.
+#[test]
+fn a_trial_to_resume_on_changed_data_is_refused_and_a_failed_one_starts_anew() {
+    let folders = "type = \"image_folder\"\ntrain = \"data/train\"\ntest = \"data/test\"\nimage_size = 16\n";
+    let dir = setup(&byol_testkit::fixtures::with_table(
+        &sweep_of_lr("[0.2, 0.8]").replace("batch_size = 32", "batch_size = 4"),
+        "dataset",
+        folders,
+    ));
+    let data = dir.path().join("data");
+    random_pngs(&data.join("train"), &["a", "b"], 4);
+    random_pngs(&data.join("test"), &["a", "b"], 2);
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // trial-001 stopped after its checkpoint (its summary gone), trial-002 never started; then
+    // the data changed.
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    let trial = sweep_dir.join("trial-001");
+    std::fs::remove_file(trial.join("summary.json")).unwrap();
+    std::fs::remove_dir_all(sweep_dir.join("trial-002")).unwrap();
+    std::fs::copy(data.join("train/a/0.png"), data.join("train/a/extra.png")).unwrap();
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("trial-001") && all.contains("trained on other data than this sweep reads now"),
+        "{all}"
+    );
+    assert!(
+        all.contains("train: 8 images") && !all.contains("--allow-change"),
+        "{all}"
+    );
+    assert!(has_checkpoint(&trial) && !sweep_dir.join("trial-002").exists(), "{all}");
+
+    // The same trial after a failed attempt: moved aside and run on the data as it is now.
+    std::fs::write(trial.join("error.txt"), "an earlier failure\n").unwrap();
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("trial-001: its settings or data changed since its last attempt, which failed"),
+        "{all}"
+    );
+    let attempts: Vec<_> = std::fs::read_dir(sweep_dir.join("old-attempts")).unwrap().collect();
+    assert_eq!(attempts.len(), 1, "{all}");
+    assert!(trial.join("summary.json").is_file(), "{all}");
 }
 
 /// A value out of range in the last trial stops the sweep before the first trial trains (it

@@ -141,7 +141,17 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         let dir = sweep.trial_dir(trial);
         let finished = is_finished(&status);
         let failed = matches!(status, TrialStatus::Failed(_));
-        match check_or_record(sweep, trial, &dir).and_then(|()| check_trial_identity(sweep, trial, &dir)) {
+        // A trial that trained (finished, or with checkpoints to resume) is checked against the
+        // data too: resumed by `train`, a trial on other data would be refused with a way out
+        // (`--allow-change dataset`) that a sweep does not have.
+        let trained = finished || has_checkpoint(&dir);
+        let checks = check_or_record(sweep, trial, &dir)
+            .and_then(|()| check_trial_identity(sweep, trial, &dir))
+            .and_then(|()| match trained {
+                true => data_now.check(sweep, trial, &dir, finished),
+                false => Ok(()),
+            });
+        match checks {
             // Nothing trained to resume (it stopped before its first checkpoint), or an attempt
             // that failed (a value that made it diverge, say): its settings, mended in the sweep
             // file, are taken, and the old attempt moved aside.
@@ -152,7 +162,6 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
             result => result?,
         }
         if finished {
-            data_now.check_finished(sweep, trial, &dir)?;
             match checkpoint::trained_experiment(&dir) {
                 Some(trained) => {
                     let changes = settings_since(sweep, trial, &trained, &options.devices);
@@ -276,8 +285,8 @@ fn start_anew(sweep: &Sweep, trial: &Trial, changed: &anyhow::Error) -> anyhow::
     let attempts = sweep.dir.join(OLD_ATTEMPTS_DIR);
     if let Some(moved) = run_dir::move_aside_into(&dir, &attempts, "trial folder")? {
         say!(
-            "{}: its settings changed since its last attempt, which {which}: starting it anew (the old \
-             attempt moved aside to {})\n  {}",
+            "{}: its settings or data changed since its last attempt, which {which}: starting it anew \
+             (the old attempt moved aside to {})\n  {}",
             trial.id(),
             moved.display(),
             format!("{changed:#}").replace('\n', "\n  ")
@@ -287,8 +296,9 @@ fn start_anew(sweep: &Sweep, trial: &Trial, changed: &anyhow::Error) -> anyhow::
     Ok(TrialStatus::Pending)
 }
 
-/// The error of a trial folder that holds another experiment than the sweep now gives it (its
-/// parameters or settings changed since), as opposed to one that cannot be read or written.
+/// The error of a trial folder that holds another experiment or other data than the sweep now
+/// gives it (its parameters, settings or data changed since), as opposed to one that cannot be
+/// read or written.
 #[derive(Debug)]
 struct SettingsChanged(String);
 
@@ -625,26 +635,28 @@ fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Res
     .into())
 }
 
-/// The data the sweep's trials read now, to check finished trials against: a trial trained on
+/// The data the sweep's trials read now, to check trials that trained against: a trial trained on
 /// other data (files added, replaced or removed since) must not be ranked beside trials trained on
-/// this. Unfinished trials are checked when they resume, as any run is. The data is read once per
-/// distinct `[dataset]` and `[eval]` splits (in most sweeps, once), and only when a trial has
-/// finished.
+/// this, nor resumed on this. The data is read once per distinct `[dataset]` and `[eval]` splits
+/// (in most sweeps, once), and only when a trial has trained.
 #[derive(Default)]
 struct DataNow(HashMap<String, Option<DatasetFingerprint>>);
 
 impl DataNow {
-    fn check_finished(&mut self, sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<()> {
+    /// A [`SettingsChanged`] error when the trial in `dir` (`finished`, or with checkpoints)
+    /// trained on other data than its experiment reads now.
+    fn check(&mut self, sweep: &Sweep, trial: &Trial, dir: &Path, finished: bool) -> anyhow::Result<()> {
         let experiment = sweep.experiment(trial, None)?;
         let now = match self.0.entry(data_key(&experiment)) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                say!("reading the data to check the finished trials against it");
-                // Data that cannot be read (moved, gone) still leaves the results to rank.
+                say!("reading the data to check the trials that trained before against it");
+                // Data that cannot be read (moved, gone) still leaves the results to rank; a trial
+                // to resume then stops at its start, naming what it cannot read.
                 let read = DatasetFingerprint::of_experiment(&experiment).inspect_err(|e| {
                     byol::eprint_line!(
-                        "warning: cannot read the data of finished trials such as {} to check it, so their \
-                         results are ranked unchecked: {e:#}",
+                        "warning: cannot read the data of trials such as {} to check it, so the results of \
+                         finished ones are ranked unchecked: {e:#}",
                         trial.id()
                     )
                 });
@@ -658,17 +670,28 @@ impl DataNow {
         if differences.is_empty() {
             return Ok(());
         }
-        bail!(
-            "{} ({}) finished on other data than this sweep reads now (its {} records it):\n{}\n\
-             Its result would be ranked beside trials trained on this data. Point the data keys at \
-             the data the sweep started on, or set another run.name (a new sweep folder), or add \
-             --fresh to move {} aside and run every trial anew (nothing is deleted)",
+        let (what, why) = match finished {
+            true => (
+                "finished",
+                "Its result would be ranked beside trials trained on this data",
+            ),
+            false => (
+                "trained",
+                "Resumed on this data, it would mix two datasets in one trial",
+            ),
+        };
+        Err(SettingsChanged(format!(
+            "{} ({}) {what} on other data than this sweep reads now (its {} records it):\n{}\n\
+             {why}. Point the data keys at the data the sweep started on, or set another run.name (a \
+             new sweep folder), or add --fresh to move {} aside and run every trial anew (nothing is \
+             deleted)",
             trial.id(),
             dir.display(),
             FINGERPRINT_FILE,
             differences.join("\n"),
             sweep.dir.display()
-        )
+        ))
+        .into())
     }
 }
 
