@@ -394,7 +394,7 @@ fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
-        all.contains("trial-001: its settings changed since its last attempt, which left no checkpoint")
+        all.contains("trial-001: its settings or data changed since its last attempt, which left no checkpoint")
             && all.contains("trial-002: finished before, skipped")
             && !all.contains("not a trial of this sweep"),
         "{all}"
@@ -470,7 +470,7 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
-        all.contains("trial-001: its settings changed since its last attempt, which failed: starting it anew"),
+        all.contains("trial-001: its settings or data changed since its last attempt, which failed: starting it anew"),
         "{all}"
     );
     assert!(
@@ -1030,6 +1030,21 @@ fn a_trial_to_resume_on_changed_data_is_refused_and_a_failed_one_starts_anew() {
     );
     let attempts: Vec<_> = std::fs::read_dir(sweep_dir.join("old-attempts")).unwrap().collect();
     assert_eq!(attempts.len(), 1, "{all}");
+    assert!(trial.join("summary.json").is_file(), "{all}");
+
+    // Stopped before its first checkpoint (its data recorded), then the data changed again:
+    // nothing to resume, so it starts anew on this data.
+    std::fs::remove_file(trial.join("summary.json")).unwrap();
+    std::fs::remove_dir_all(trial.join("checkpoints")).unwrap();
+    std::fs::remove_dir_all(sweep_dir.join("trial-002")).unwrap();
+    std::fs::copy(data.join("train/b/0.png"), data.join("train/b/extra.png")).unwrap();
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("trial-001: its settings or data changed since its last attempt, which left no checkpoint"),
+        "{all}"
+    );
     assert!(trial.join("summary.json").is_file(), "{all}");
 }
 

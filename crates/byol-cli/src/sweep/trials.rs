@@ -141,10 +141,10 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         let dir = sweep.trial_dir(trial);
         let finished = is_finished(&status);
         let failed = matches!(status, TrialStatus::Failed(_));
-        // A trial that trained (finished, or with checkpoints to resume) is checked against the
-        // data too: resumed by `train`, a trial on other data would be refused with a way out
-        // (`--allow-change dataset`) that a sweep does not have.
-        let trained = finished || has_checkpoint(&dir);
+        // A trial that started (its data recorded) is checked against the data too: resumed by
+        // `train`, a trial on other data would be refused with a way out (`--allow-change
+        // dataset`) that a sweep does not have.
+        let trained = finished || dir.join(FINGERPRINT_FILE).exists();
         let checks = check_or_record(sweep, trial, &dir)
             .and_then(|()| check_trial_identity(sweep, trial, &dir))
             .and_then(|()| match trained {
@@ -643,8 +643,8 @@ fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Res
 struct DataNow(HashMap<String, Option<DatasetFingerprint>>);
 
 impl DataNow {
-    /// A [`SettingsChanged`] error when the trial in `dir` (`finished`, or with checkpoints)
-    /// trained on other data than its experiment reads now.
+    /// A [`SettingsChanged`] error when the trial in `dir` (`finished`, or started) trained on
+    /// other data than its experiment reads now.
     fn check(&mut self, sweep: &Sweep, trial: &Trial, dir: &Path, finished: bool) -> anyhow::Result<()> {
         let experiment = sweep.experiment(trial, None)?;
         let now = match self.0.entry(data_key(&experiment)) {
