@@ -781,6 +781,12 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
             all.contains("trial-001: failed") && all.contains("in use by another byol-run"),
             "{all}"
         );
+        // A sweep has no --run-dir: the way out it names is a new sweep folder.
+        assert!(
+            all.contains("trial folder") && all.contains("or set another run.name (a new sweep folder)"),
+            "{all}"
+        );
+        assert!(!all.contains("--run-dir"), "{all}");
         assert!(all.contains("error.txt not written"), "{all}");
         assert!(
             all.contains("1 of 2 trials failed without a record (trial-001)"),

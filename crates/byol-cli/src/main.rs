@@ -374,6 +374,10 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let run_dir = chosen_run_dir(args, &experiment);
     let options = RunOptions {
         run_dir,
+        folder: match sweep::trials::sweep_parent() {
+            Some(_) => byol_train::run_dir::FolderKind::Trial,
+            None => byol_train::run_dir::FolderKind::Run,
+        },
         quiet: args.quiet,
         allow_change: args.allow_change.clone(),
         fresh: args.fresh,

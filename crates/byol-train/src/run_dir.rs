@@ -14,6 +14,38 @@ use anyhow::{bail, Context};
 /// compare it to tell whether they all see the same folder (see [`owner_token`]).
 pub const LOCK_FILE: &str = "run.lock";
 
+/// The kind of folder a lock or a move is of: messages name it, and say where else to go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FolderKind {
+    #[default]
+    Run,
+    /// A sweep's folder, `<output_dir>/<run.name>-sweep`.
+    Sweep,
+    /// A run folder inside a sweep's folder.
+    Trial,
+}
+
+impl FolderKind {
+    /// The other way out of a folder in use than waiting for its holder.
+    fn elsewhere(self) -> &'static str {
+        match self {
+            FolderKind::Run => "use another folder (--run-dir, or run.name)",
+            // A sweep has no --run-dir: its folder and its trials' follow from run.name.
+            FolderKind::Sweep | FolderKind::Trial => "set another run.name (a new sweep folder)",
+        }
+    }
+}
+
+impl std::fmt::Display for FolderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FolderKind::Run => "run folder",
+            FolderKind::Sweep => "sweep folder",
+            FolderKind::Trial => "trial folder",
+        })
+    }
+}
+
 /// An exclusive `flock` on a folder's lock file. The kernel releases it when the descriptor
 /// closes: on drop, at exit, and after `kill -9` too, so a lock can never be left stale.
 #[derive(Debug)]
@@ -26,14 +58,14 @@ pub struct FolderLock {
 
 impl FolderLock {
     /// Takes the lock of `dir` (which must exist) or fails naming the process that holds it.
-    /// `what` names the folder in messages ("run folder", "sweep folder").
-    pub fn acquire(dir: &Path, what: &str) -> anyhow::Result<Self> {
+    /// `what` names the folder in messages.
+    pub fn acquire(dir: &Path, what: FolderKind) -> anyhow::Result<Self> {
         Self::acquire_after(dir, what, || Ok(()))
     }
 
     /// [`FolderLock::acquire`] of `dir`, created first if missing (again, should another
     /// byol-run move it aside before the lock is taken).
-    pub fn create_and_acquire(dir: &Path, what: &str) -> anyhow::Result<Self> {
+    pub fn create_and_acquire(dir: &Path, what: FolderKind) -> anyhow::Result<Self> {
         let existed = std::fs::symlink_metadata(dir).is_ok();
         let mut lock = Self::acquire_after(dir, what, || match std::fs::create_dir_all(dir) {
             // Something there that is not a folder: a file, or a link to a missing folder.
@@ -71,7 +103,7 @@ impl FolderLock {
         }
     }
 
-    fn acquire_after(dir: &Path, what: &str, prepare: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<Self> {
+    fn acquire_after(dir: &Path, what: FolderKind, prepare: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<Self> {
         // A folder moved aside (`--fresh`) before our open leaves no lock file to open, and one
         // moved between our open and our lock takes its lock file along: the lock we got is then
         // the old folder's. Either way the folder at the path is to be locked again.
@@ -104,7 +136,7 @@ impl FolderLock {
     }
 
     /// The lock of the lock file in `dir`; None when `dir` is not there to hold one.
-    fn acquire_file(dir: &Path, what: &str) -> anyhow::Result<Option<Self>> {
+    fn acquire_file(dir: &Path, what: FolderKind) -> anyhow::Result<Option<Self>> {
         let path = dir.join(LOCK_FILE);
         let opened = OpenOptions::new()
             .read(true)
@@ -128,11 +160,7 @@ impl FolderLock {
                 "" => "another process".to_string(),
                 pid => format!("process {pid}"),
             };
-            // A sweep's folder is <output_dir>/<run.name>-sweep: it has no --run-dir.
-            let another = match what {
-                "sweep folder" => "set another run.name",
-                _ => "use another folder (--run-dir, or run.name)",
-            };
+            let another = what.elsewhere();
             bail!(
                 "{what} {} is in use by another byol-run ({holder}, which holds {}): two processes in one \
                  folder would mix their checkpoints and logs. Wait for it to finish (or stop it), or \
@@ -182,6 +210,7 @@ pub fn owner_token(dir: &Path) -> Option<u64> {
 /// the folder, after rank 0 has joined them, and take nothing.
 pub fn take_ownership(
     run_dir: &Path,
+    kind: FolderKind,
     main: bool,
     fresh: bool,
 ) -> anyhow::Result<(Option<FolderLock>, Option<PathBuf>)> {
@@ -189,12 +218,8 @@ pub fn take_ownership(
         return Ok((None, None));
     }
     check_holds_a_run(run_dir)?;
-    let moved = if fresh {
-        move_aside(run_dir, "run folder")?
-    } else {
-        None
-    };
-    Ok((Some(FolderLock::create_and_acquire(run_dir, "run folder")?), moved))
+    let moved = if fresh { move_aside(run_dir, kind)? } else { None };
+    Ok((Some(FolderLock::create_and_acquire(run_dir, kind)?), moved))
 }
 
 /// What a run writes into its folder (and a sweep into a trial's, before the run starts).
@@ -562,14 +587,14 @@ pub fn saved_config(run_dir: &Path) -> Option<String> {
 
 /// `--fresh`: moves an existing run folder aside to `<run>.old-<UTC time>` (after taking its
 /// lock: a folder in use is never moved) and returns where it went; None when there was none.
-pub fn move_aside(run_dir: &Path, what: &str) -> anyhow::Result<Option<PathBuf>> {
+pub fn move_aside(run_dir: &Path, what: FolderKind) -> anyhow::Result<Option<PathBuf>> {
     // `runs/x/` would otherwise be moved to `runs/x/.old-...`, inside itself.
     let run_dir: PathBuf = run_dir.components().collect();
     move_aside_to(&run_dir, &run_dir, what)
 }
 
 /// [`move_aside`] into the folder `into` (created), as `<into>/<run's name>.old-<UTC time>`.
-pub fn move_aside_into(run_dir: &Path, into: &Path, what: &str) -> anyhow::Result<Option<PathBuf>> {
+pub fn move_aside_into(run_dir: &Path, into: &Path, what: FolderKind) -> anyhow::Result<Option<PathBuf>> {
     if !run_dir.exists() {
         return Ok(None);
     }
@@ -579,7 +604,7 @@ pub fn move_aside_into(run_dir: &Path, into: &Path, what: &str) -> anyhow::Resul
 }
 
 /// Moves `run_dir` to `<base>.old-<UTC time>` (`-1`, `-2`, ... after it when taken).
-fn move_aside_to(run_dir: &Path, base: &Path, what: &str) -> anyhow::Result<Option<PathBuf>> {
+fn move_aside_to(run_dir: &Path, base: &Path, what: FolderKind) -> anyhow::Result<Option<PathBuf>> {
     if !run_dir.exists() {
         return Ok(None);
     }
@@ -592,7 +617,11 @@ fn move_aside_to(run_dir: &Path, base: &Path, what: &str) -> anyhow::Result<Opti
             .with_context(|| format!("cannot list {}", run_dir.display()))?
             .path();
         if inner.join(LOCK_FILE).is_file() {
-            _inner_locks.push(FolderLock::acquire(&inner, "run folder")?);
+            let kind = match what {
+                FolderKind::Sweep => FolderKind::Trial,
+                _ => FolderKind::Run,
+            };
+            _inner_locks.push(FolderLock::acquire(&inner, kind)?);
         }
     }
     let stamp = utc_stamp(std::time::SystemTime::now());
@@ -663,7 +692,7 @@ mod tests {
                 let (run, owned, busy) = (&run, &owned, &busy);
                 scope.spawn(move || {
                     for _ in 0..600 {
-                        match take_ownership(run, true, thread % 2 == 0) {
+                        match take_ownership(run, FolderKind::Run, true, thread % 2 == 0) {
                             Ok((Some(_lock), _)) => {
                                 // What an owner writes first (and what makes the folder a run's).
                                 let marker = run.join(crate::train::state::FINGERPRINT_FILE);
@@ -716,7 +745,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let link = tmp.path().join("runs-x");
         std::os::unix::fs::symlink(tmp.path().join("missing"), &link).unwrap();
-        let e = format!("{:#}", FolderLock::create_and_acquire(&link, "run folder").unwrap_err());
+        let e = format!(
+            "{:#}",
+            FolderLock::create_and_acquire(&link, FolderKind::Run).unwrap_err()
+        );
         assert!(
             e.contains("runs-x as the run folder: it exists and is not a folder"),
             "{e}"

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use byol_train::checkpoint;
-use byol_train::run_dir::{self, FolderLock};
+use byol_train::run_dir::{self, FolderKind, FolderLock};
 use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
     data_key, goal_name, rank_with, result_line, to_csv, to_markdown, Metric, Row, Sweep, Trial, TrialStatus,
@@ -81,13 +81,13 @@ pub struct SweepOutcome {
 pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome> {
     check_not_a_run(&sweep.dir)?;
     let moved = if options.fresh {
-        run_dir::move_aside(&sweep.dir, "sweep folder")?
+        run_dir::move_aside(&sweep.dir, FolderKind::Sweep)?
     } else {
         None
     };
     // Two sweeps over one folder would train the same trials twice and mark each other's running
     // trials as failed. Each trial's folder has its own lock besides (child processes take it).
-    let _owner = FolderLock::create_and_acquire(&sweep.dir, "sweep folder")?;
+    let _owner = FolderLock::create_and_acquire(&sweep.dir, FolderKind::Sweep)?;
     let say = |line: String| say!("{line}");
     if let Some(old) = moved {
         say(format!(
@@ -283,7 +283,7 @@ fn start_anew(sweep: &Sweep, trial: &Trial, changed: &anyhow::Error) -> anyhow::
         false => "left no checkpoint",
     };
     let attempts = sweep.dir.join(OLD_ATTEMPTS_DIR);
-    if let Some(moved) = run_dir::move_aside_into(&dir, &attempts, "trial folder")? {
+    if let Some(moved) = run_dir::move_aside_into(&dir, &attempts, FolderKind::Trial)? {
         say!(
             "{}: its settings or data changed since its last attempt, which {which}: starting it anew \
              (the old attempt moved aside to {})\n  {}",
@@ -729,6 +729,7 @@ fn run_in_process(
                 &experiment,
                 &RunOptions {
                     run_dir: Some(dir.clone()),
+                    folder: FolderKind::Trial,
                     quiet: options.quiet,
                     pruner: sweep.pruner(),
                     signals: Some(signals.clone()),
@@ -778,7 +779,7 @@ fn retire_error(dir: &Path) {
     if !error.is_file() {
         return;
     }
-    let retired = FolderLock::acquire(dir, "trial folder").and_then(|_lock| {
+    let retired = FolderLock::acquire(dir, FolderKind::Trial).and_then(|_lock| {
         let previous = dir.join(PREVIOUS_ERROR_FILE);
         fs::rename(&error, &previous)
             .with_context(|| format!("cannot move {} to {}", error.display(), previous.display()))
@@ -795,7 +796,7 @@ fn retire_error(dir: &Path) {
 fn record_failure(trial: &Trial, dir: &Path, error: &str, unrecorded: &Mutex<Vec<String>>) {
     let path = dir.join(ERROR_FILE);
     // Created when the trial failed before its folder existed (its experiment did not build).
-    let written = FolderLock::create_and_acquire(dir, "trial folder")
+    let written = FolderLock::create_and_acquire(dir, FolderKind::Trial)
         .and_then(|_lock| {
             fs::write(&path, format!("{error}\n")).with_context(|| format!("cannot write {}", path.display()))
         })
@@ -896,7 +897,7 @@ fn run_child(
 ) -> anyhow::Result<()> {
     // A folder that another process owns (a `byol-run train` of it) is left as it is, without a
     // train.log of this attempt: the child would only find it in use.
-    drop(FolderLock::create_and_acquire(dir, "trial folder")?);
+    drop(FolderLock::create_and_acquire(dir, FolderKind::Trial)?);
     let log_path = dir.join(LOG_FILE);
     let log = fs::OpenOptions::new()
         .create(true)

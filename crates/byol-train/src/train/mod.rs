@@ -56,6 +56,8 @@ pub use trainer::Trainer;
 pub struct RunOptions {
     /// Run folder (default: `<run.output_dir>/<run.name>`).
     pub run_dir: Option<PathBuf>,
+    /// What the run folder is to the user (a sweep's trial folder), as messages name it.
+    pub folder: run_dir::FolderKind,
     /// Print nothing but warnings.
     pub quiet: bool,
     /// Keys (or whole tables) allowed to differ from the experiment the run folder was trained
@@ -145,7 +147,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     // Held until the run returns; the kernel releases it if the process dies.
     let rendezvous = DataParallel::rendezvous(&experiment.distributed)?;
     let main = rendezvous.as_ref().is_none_or(|r| r.rank == 0);
-    let (owner, moved_aside) = run_dir::take_ownership(&run_dir, main, options.fresh)?;
+    let (owner, moved_aside) = run_dir::take_ownership(&run_dir, options.folder, main, options.fresh)?;
     let handlers = || -> anyhow::Result<Arc<StopOnSignals>> {
         match &options.signals {
             Some(signals) => Ok(signals.clone()),
