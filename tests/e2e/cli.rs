@@ -1,4 +1,4 @@
-use super::{byol_run, byol_run_command, repo_root, text};
+use super::{byol_run, byol_run_command, random_pngs, repo_root, text};
 
 #[test]
 fn help_lists_the_subcommands() {
@@ -74,8 +74,9 @@ fn every_experiment_file_validates() {
     for entry in std::fs::read_dir(root.join("experiments")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            // `validate` checks that the data folders exist: give it ones without images, where the file
-            // expects them, in a scratch working directory.
+            // `validate` lists the data (it decodes none): give it folders of one class holding a
+            // batch of copies of one image, where the file expects them, in a scratch working
+            // directory.
             let scratch = tempfile::tempdir().unwrap();
             let file: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             let dataset = file
@@ -83,10 +84,19 @@ fn every_experiment_file_validates() {
                 .and_then(|d| d.as_table())
                 .cloned()
                 .unwrap_or_default();
+            let batch = file
+                .get("schedule")
+                .and_then(|s| s.get("batch_size"))
+                .and_then(|b| b.as_integer())
+                .unwrap_or(256);
             for key in ["train", "test"] {
                 // With one class folder each: a test split needs labels, the same as training's.
                 if let Some(folder) = dataset.get(key).and_then(|v| v.as_str()) {
-                    std::fs::create_dir_all(scratch.path().join(folder).join("a")).unwrap();
+                    let class = scratch.path().join(folder).join("a");
+                    random_pngs(&class, &[""], 1);
+                    for i in 1..batch {
+                        std::fs::copy(class.join("0.png"), class.join(format!("{i}.png"))).unwrap();
+                    }
                 }
             }
             // And empty files where it expects WebDataset shards (validate checks they exist).

@@ -433,3 +433,71 @@ fn a_micro_batch_of_one_image_is_refused() {
         "{error}"
     );
 }
+
+/// `validate` lists the data as a start does (it decodes no image): what the start refuses from
+/// the listing alone is refused by `validate` too, for a plain file and every trial of a sweep.
+#[test]
+fn validate_refuses_data_that_the_start_refuses_from_its_listing() {
+    let dir = setup();
+    let folder = TINY.replace(
+        "type = \"synthetic\"\ntrain_size = 512\ntest_size = 64\nimage_size = 16",
+        "type = \"image_folder\"\ntrain = \"data/train\"\nimage_size = 16",
+    );
+    assert!(folder.contains("data/train"));
+    std::fs::write(dir.path().join("folder.toml"), &folder).unwrap();
+    std::fs::create_dir_all(dir.path().join("data/train")).unwrap();
+    let error = refused(dir.path(), &["validate", "folder.toml"]);
+    assert!(
+        error.contains("data/train has no class sub-folders and no images"),
+        "{error}"
+    );
+
+    super::random_pngs(&dir.path().join("data/train"), &["a", "b"], 3);
+    let out = byol_run(
+        dir.path(),
+        &["validate", "folder.toml", "--set", "schedule.batch_size=6"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let error = refused(
+        dir.path(),
+        &["validate", "folder.toml", "--set", "schedule.batch_size=8"],
+    );
+    assert!(
+        error.contains("schedule.batch_size = 8 is larger than the 6 training images"),
+        "{error}"
+    );
+
+    std::fs::write(dir.path().join("list.txt"), "a/0.png\na/missing.png\n").unwrap();
+    let list = [
+        "--set",
+        "schedule.batch_size=2",
+        "--set",
+        "dataset.file_list=\"list.txt\"",
+    ];
+    let error = refused(dir.path(), &[&["validate", "folder.toml"][..], &list].concat());
+    assert!(
+        error.contains("list.txt line 2") && error.contains("missing.png"),
+        "{error}"
+    );
+
+    // Each trial of a sweep, against its own batch.
+    let sweep = format!("{folder}\n[sweep]\nmetric = \"final_loss\"\ngoal = \"min\"\n[sweep.parameters]\n\"schedule.batch_size\" = [2, 8]\n");
+    std::fs::write(dir.path().join("sweep.toml"), sweep).unwrap();
+    let error = refused(dir.path(), &["validate", "sweep.toml"]);
+    assert!(
+        error.contains("trial-002") && error.contains("schedule.batch_size = 8 is larger than the 6 training images"),
+        "{error}"
+    );
+    let error = refused(dir.path(), &["sweep", "sweep.toml"]);
+    assert!(
+        error.contains("no trial was run") && error.contains("trial-002"),
+        "{error}"
+    );
+    // Nothing trained: no checkpoints folder anywhere under the working directory.
+    fn holds_checkpoints(dir: &std::path::Path) -> bool {
+        std::fs::read_dir(dir).unwrap().flatten().any(|entry| {
+            entry.file_name() == "checkpoints" || (entry.path().is_dir() && holds_checkpoints(&entry.path()))
+        })
+    }
+    assert!(!holds_checkpoints(dir.path()), "{error}");
+}

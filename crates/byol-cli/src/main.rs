@@ -312,6 +312,9 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let experiment = load_valid(args)?;
     let backbone_warnings = byol_train::train::Model::check_builds(&experiment)
         .with_context(|| format!("in experiment file {}", path.display()))?;
+    experiment
+        .check_data()
+        .with_context(|| format!("in experiment file {}: its data", path.display()))?;
     say!(
         "{} is valid: experiment '{}'",
         args.experiment.as_ref().expect("required").display(),

@@ -5,6 +5,7 @@
 
 use anyhow::bail;
 
+use crate::train::state::DatasetFingerprint;
 use crate::Experiment;
 
 /// The values a numeric key may take.
@@ -128,6 +129,30 @@ impl Experiment {
             return Ok(());
         }
         bail!("{}", problems.lines.join("\n"))
+    }
+
+    /// What a run's start refuses once it has listed the data, found from the listing alone (file
+    /// names and sizes, shard headers; no image decoded): a split without images, a file list
+    /// naming missing files, a damaged shard, a batch larger than the training images. Returns
+    /// the listing's fingerprint.
+    pub fn check_data(&self) -> anyhow::Result<DatasetFingerprint> {
+        let listed = DatasetFingerprint::of_experiment(self)?;
+        self.check_batch_fits(&listed)?;
+        Ok(listed)
+    }
+
+    /// The batch against the training images `listed` (whose count includes unreadable images
+    /// that the start leaves out: a batch this refuses, the start refuses too).
+    pub fn check_batch_fits(&self, listed: &DatasetFingerprint) -> anyhow::Result<()> {
+        let batch = self.schedule.batch_size;
+        match listed.0.get("train") {
+            Some(train) if batch > train.images => bail!(
+                "schedule.batch_size = {batch} is larger than the {} training images of [dataset]: a batch is \
+                 drawn from one epoch's images; lower it, or train on more images",
+                train.images
+            ),
+            _ => Ok(()),
+        }
     }
 
     fn check_ranges(&self, p: &mut Problems) {

@@ -3,12 +3,14 @@
 
 pub mod trials;
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, Context};
 use clap::Args;
 
 use byol_train::sweep::{Sweep, Trial};
+use byol_train::train::state::DatasetFingerprint;
 use byol_train::train::Model;
 
 use trials::SweepOptions;
@@ -137,6 +139,7 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let trials: Vec<&Trial> = sweep.trials.iter().collect();
     check_builds(&sweep, &trials)?;
     sweep.check_metric_measured(&trials)?;
+    check_data(&sweep, &trials)?;
     say!(
         "{} is valid: sweep '{}' of {} into {}",
         args.experiment.as_ref().expect("required").display(),
@@ -185,6 +188,24 @@ pub fn check_builds(sweep: &Sweep, trials: &[&Trial]) -> anyhow::Result<()> {
         model.check_builds_around(&experiment).with_context(in_trial)?;
     }
     Ok(())
+}
+
+/// Lists the data of `trials` as a run's start would (once per distinct data: in most sweeps,
+/// once) and checks each trial's batch against it: a sweep whose data a start refuses stops before
+/// any trial trains, not after every trial failed. Returns the listings by
+/// [`byol_train::sweep::data_key`].
+pub fn check_data(sweep: &Sweep, trials: &[&Trial]) -> anyhow::Result<HashMap<String, DatasetFingerprint>> {
+    let mut listed = HashMap::new();
+    for trial in trials {
+        let experiment = sweep.experiment(trial, None)?;
+        let in_trial = || format!("{} ({}): its data", trial.id(), trial.describe());
+        let data = match listed.entry(byol_train::sweep::data_key(&experiment)) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(experiment.check_data().with_context(in_trial)?),
+        };
+        experiment.check_batch_fits(data).with_context(in_trial)?;
+    }
+    Ok(listed)
 }
 
 /// "1 trial", "4 trials".
