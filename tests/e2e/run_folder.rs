@@ -694,6 +694,47 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
         assert_eq!(names(&data), ["labels.csv", "train"], "nothing written or moved");
     }
 
+    // Files named like a run's records that are not a run's: someone's dataset.json, another
+    // tool's checkpoints (alone, or beside their code). Neither written into nor moved aside.
+    let foreign = [
+        (
+            "mydata",
+            vec![("dataset.json", "{\"name\": \"my dataset\"}"), ("labels.csv", "a,b")],
+        ),
+        ("json-only", vec![("dataset.json", "{}")]),
+        (
+            "lightning",
+            vec![("checkpoints/epoch=3.ckpt", "x"), ("train.py", "print(1)")],
+        ),
+        ("ckpt-only", vec![("checkpoints/epoch=3.ckpt", "x")]),
+    ];
+    for (folder, files) in &foreign {
+        for (file, contents) in files {
+            let path = d.join(folder).join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        }
+        for extra in [&[][..], &["--fresh"][..]] {
+            let out = run(d, folder, extra);
+            let all = text(&out);
+            assert!(!out.status.success() && all.contains("not a run"), "{folder}: {all}");
+            for (file, contents) in files {
+                assert_eq!(std::fs::read_to_string(d.join(folder).join(file)).unwrap(), *contents);
+            }
+            assert!(!d.join(folder).join("run.lock").exists(), "{folder}: {all}");
+            assert!(
+                !names(d).iter().any(|n| n.starts_with(&format!("{folder}.old-"))),
+                "{all}"
+            );
+        }
+    }
+    let out = run(d, "lightning", &[]);
+    assert!(
+        text(&out).contains("holds checkpoints/epoch=3.ckpt, train.py, not a run"),
+        "{}",
+        text(&out)
+    );
+
     let sweep = d.join("sweep");
     std::fs::create_dir_all(sweep.join("trial-001")).unwrap();
     std::fs::write(sweep.join("trial-001/sweep-trial.toml"), "").unwrap();

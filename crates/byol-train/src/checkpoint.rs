@@ -475,6 +475,13 @@ fn replaced_name(target: &Path) -> PathBuf {
 
 const REPLACED: &str = ".replaced-";
 
+/// Whether `name` is an entry that a run writes into its checkpoints folder: a checkpoint, the
+/// `last` link, `damaged/`, or what an interrupted write leaves (removed at the next start).
+pub fn is_checkpoints_entry(name: &str) -> bool {
+    let interrupted = name.starts_with('.') && (name.contains(".tmp-") || name.contains(REPLACED));
+    name.starts_with("step-") || name == LAST_LINK || name == DAMAGED_DIR || interrupted
+}
+
 /// Atomically swaps two paths (Linux `renameat2(RENAME_EXCHANGE)`).
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;

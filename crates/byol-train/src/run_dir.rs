@@ -262,6 +262,8 @@ pub fn is_run_entry(name: &str) -> bool {
 /// there); one holding only what a run writes first (its lock) is an empty one. A `config.toml`
 /// is a run's record only beside the `dataset.json` a run writes before it (or checkpoints, or
 /// a sweep's trial record): else it is someone's experiment file, which a run would overwrite.
+/// Records count by their contents: a `dataset.json` that does not read as a run's, or a
+/// `checkpoints/` holding anything but checkpoints, is someone's.
 /// Hidden files (`.gitkeep`, `.DS_Store`) and a mount point's `lost+found` are no one's files;
 /// hidden folders (`.git`, `.venv`) are someone's.
 fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
@@ -274,20 +276,42 @@ fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
         .filter(|e| !is_no_ones(e))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    let markers = [
-        CHECKPOINTS_DIR,
-        crate::train::state::FINGERPRINT_FILE,
-        crate::sweep::TRIAL_FILE,
-    ];
-    if names.iter().any(|n| markers.contains(&n.as_str())) {
+    // A record counts by its contents, not its name: someone's `dataset.json`, or a
+    // `checkpoints/` holding another tool's files, does not make their folder a run's. (A
+    // `checkpoints/` that cannot be listed is left for the resume to name.)
+    let checkpoints = foreign_checkpoints(run_dir);
+    let fingerprint = crate::train::state::FINGERPRINT_FILE;
+    let fingerprint_is_ours = names.iter().any(|n| n == fingerprint)
+        && crate::train::state::DatasetFingerprint::recorded(run_dir)
+            .is_ok_and(|recorded| recorded.is_some_and(|data| data.0.contains_key("train")));
+    let not_a_runs = |name: &str| match name {
+        CHECKPOINTS_DIR => checkpoints.as_ref().is_ok_and(|(_, foreign)| !foreign.is_empty()),
+        name => name == fingerprint && !fingerprint_is_ours,
+    };
+    let is_record = |name: &str| match name {
+        CHECKPOINTS_DIR => checkpoints.as_ref().map_or(true, |(ours, _)| *ours > 0),
+        name => name == crate::sweep::TRIAL_FILE || name == fingerprint,
+    };
+    let written_by_a_run = |name: &String| {
+        name != CONFIG_FILE && !not_a_runs(name) && (RUN_ENTRIES.contains(&name.as_str()) || name.ends_with(".partial"))
+    };
+    if !names.iter().any(|n| not_a_runs(n)) && names.iter().any(|n| is_record(n)) {
         return Ok(());
     }
-    let written_by_a_run =
-        |name: &String| name != CONFIG_FILE && (RUN_ENTRIES.contains(&name.as_str()) || name.ends_with(".partial"));
     if names.iter().all(written_by_a_run) {
         return Ok(());
     }
-    let mut foreign: Vec<&String> = names.iter().filter(|n| !written_by_a_run(n)).collect();
+    let mut foreign: Vec<String> = names
+        .iter()
+        .filter(|n| !written_by_a_run(n))
+        .map(|n| match (n.as_str(), &checkpoints) {
+            (CHECKPOINTS_DIR, Ok((_, inside))) if !inside.is_empty() => {
+                let inside: Vec<String> = inside.iter().map(|i| format!("{n}/{i}")).collect();
+                inside.join(", ")
+            }
+            _ => n.clone(),
+        })
+        .collect();
     foreign.sort();
     let shown: Vec<&str> = foreign.iter().take(4).map(|n| n.as_str()).collect();
     let more = match foreign.len().saturating_sub(shown.len()) {
@@ -307,6 +331,25 @@ fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
          new or empty folder (--run-dir, or run.name), or the folder of an earlier run to resume it",
         run_dir.display()
     )
+}
+
+/// The checkpoints folder of `run_dir`: how many of its entries a run wrote, and the first few
+/// names of the others. No folder there: none of either; one that cannot be listed: an error.
+fn foreign_checkpoints(run_dir: &Path) -> std::io::Result<(usize, Vec<String>)> {
+    let entries = match std::fs::read_dir(run_dir.join(CHECKPOINTS_DIR)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+        entries => entries?,
+    };
+    let (mut ours, mut foreign) = (0, Vec::new());
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if crate::checkpoint::is_checkpoints_entry(&name) {
+            ours += 1;
+        } else if foreign.len() < 3 {
+            foreign.push(name);
+        }
+    }
+    Ok((ours, foreign))
 }
 
 /// An entry that no one put there for its contents: a hidden file or a mount point's lost+found.
@@ -676,7 +719,7 @@ mod tests {
 
     /// Threads contend for one folder while half of them move it aside (`--fresh`) each time:
     /// whoever takes ownership must be its only owner. Each owner creates a marker in the folder
-    /// (its `dataset.json`) with `create_new`, so a second owner of the same folder fails there. A lock
+    /// (a run's file) with `create_new`, so a second owner of the same folder fails there. A lock
     /// taken on a lock file that a move carried away (opened before the move, locked after it)
     /// would be such a second owner.
     #[test]
@@ -694,8 +737,9 @@ mod tests {
                     for _ in 0..600 {
                         match take_ownership(run, FolderKind::Run, true, thread % 2 == 0) {
                             Ok((Some(_lock), _)) => {
-                                // What an owner writes first (and what makes the folder a run's).
-                                let marker = run.join(crate::train::state::FINGERPRINT_FILE);
+                                // A file only an owner writes (empty: `dataset.json` would have to
+                                // read as a record, as a run's always does).
+                                let marker = run.join(crate::train::curve::CURVE_FILE);
                                 std::fs::File::create_new(&marker)
                                     .unwrap_or_else(|e| panic!("a second owner of {}: {e}", run.display()));
                                 std::fs::remove_file(&marker).unwrap();
