@@ -844,3 +844,36 @@ fn a_refused_start_leaves_no_empty_run_folder_behind() {
     );
     assert!(dir.path().join("done/summary.json").is_file());
 }
+
+/// A run folder moved while its run trains: the run stops at its next checkpoint, saying where
+/// the folder went, instead of writing a new, unlocked folder at the old path (where a second
+/// byol-run would then train beside it); the moved folder resumes there.
+#[test]
+fn a_run_folder_moved_while_it_trains_stops_the_run_instead_of_starting_a_folder_at_its_old_path() {
+    let dir = setup();
+    let (run_dir, moved) = (dir.path().join("r"), dir.path().join("moved"));
+    // Many small steps, a checkpoint after each.
+    let child = byol_run_command(dir.path())
+        .args(["tiny.toml", "--run-dir", "r", "--set", "schedule.epochs=400"])
+        .args(["--set", "checkpoint.every_steps=1", "--set", "eval.curve_points=0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("a checkpoint", || !step_folders(&run_dir).is_empty());
+    std::fs::rename(&run_dir, &moved).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("was moved or replaced while this process trained in it")
+            && all.contains(&format!("(it is now {})", moved.canonicalize().unwrap().display())),
+        "{all}"
+    );
+    assert!(
+        !run_dir.exists(),
+        "nothing written at the old path: {:?}",
+        names(&run_dir)
+    );
+    assert!(!step_folders(&moved).is_empty(), "{all}");
+}

@@ -126,6 +126,26 @@ impl FolderLock {
         )
     }
 
+    /// Fails when `dir`, the folder this lock was taken on, is no longer there: moved or
+    /// renamed while its holder works in it (writes by path would start a new, unlocked folder
+    /// at the old path). Names where the folder went, where it can tell.
+    pub fn check_still_at(&self, dir: &Path) -> anyhow::Result<()> {
+        if self.is_at(&dir.join(LOCK_FILE)) {
+            return Ok(());
+        }
+        let now = std::fs::read_link(format!("/proc/self/fd/{}", self._file.as_raw_fd()))
+            .ok()
+            .and_then(|lock| Some(lock.parent()?.to_path_buf()))
+            .filter(|folder| folder.is_dir())
+            .map_or(String::new(), |folder| format!(" (it is now {})", folder.display()));
+        bail!(
+            "the folder {} was moved or replaced while this process trained in it{now}: stopping without \
+             writing there, where another byol-run could start a second run. Resume the run where its \
+             folder is now (--run-dir); it goes on from its newest checkpoint",
+            dir.display()
+        )
+    }
+
     /// Whether the locked file is the one at `path` now.
     fn is_at(&self, path: &Path) -> bool {
         use std::os::unix::fs::MetadataExt;

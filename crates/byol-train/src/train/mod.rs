@@ -178,7 +178,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
             };
         }
     };
-    let _owner = owner;
+    t.owner = owner;
     let stop = match early {
         Some(stop) => stop,
         None => handlers()?,

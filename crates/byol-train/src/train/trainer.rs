@@ -47,6 +47,8 @@ pub struct Trainer<'a> {
     /// When this process started training ([`Trainer::start_clock`]).
     clock: Option<std::time::Instant>,
     checkpointer: Checkpointer,
+    /// The run folder's lock, held by the process that writes into it (see [`Trainer::save`]).
+    pub owner: Option<run_dir::FolderLock>,
     config_toml: String,
     /// The data the run reads, recorded with `config_toml` by [`Trainer::record_run`].
     fingerprint: DatasetFingerprint,
@@ -208,6 +210,7 @@ impl<'a> Trainer<'a> {
                 .resumed_at(start.step().unwrap_or(0)),
             clock: None,
             checkpointer,
+            owner: None,
             config_toml,
             fingerprint,
             sources,
@@ -280,6 +283,12 @@ impl<'a> Trainer<'a> {
     /// Rank 0 writes the checkpoint of `step` while the other processes wait; returns its folder.
     /// `last_loss` is the loss at the last log point, kept for a run resumed there to report.
     pub fn save(&self, step: u64, last_loss: Option<f64>) -> anyhow::Result<PathBuf> {
+        // A folder moved away while the run trains: written by path, the checkpoint would
+        // start an unlocked folder at the old path, where a second byol-run could train too.
+        if let Some(owner) = &self.owner {
+            let run_dir = self.checkpointer.dir().parent().unwrap_or(Path::new("."));
+            owner.check_still_at(run_dir)?;
+        }
         let saved = if self.is_main() {
             let state = TrainingState {
                 model: &self.model,
