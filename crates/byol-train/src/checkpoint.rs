@@ -164,7 +164,7 @@ impl Checkpointer {
         move_into_place(&tmp, &final_dir)?;
         self.point_last_at(&name)?;
         sync_dir(&self.dir).with_context(|| format!("cannot sync {}", self.dir.display()))?;
-        self.prune(&final_dir)?;
+        self.prune(&final_dir);
         Ok(final_dir)
     }
 
@@ -210,20 +210,24 @@ impl Checkpointer {
     }
 
     /// Removes the oldest checkpoints beyond `keep_last`, never `newest` (the one just written,
-    /// whatever sorts after it).
-    fn prune(&self, newest: &Path) -> anyhow::Result<()> {
+    /// whatever sorts after it). One that cannot be removed (a file held open over NFS, a
+    /// read-only file) is warned of, not an error: the new checkpoint is saved, and training
+    /// goes on.
+    fn prune(&self, newest: &Path) {
         let others: Vec<PathBuf> = self.list().into_iter().filter(|d| d != newest).collect();
         let excess = (others.len() + 1).saturating_sub(self.keep_last);
         for old in &others[..excess.min(others.len())] {
-            fs::remove_dir_all(old).with_context(|| format!("cannot remove old checkpoint {}", old.display()))?;
+            if let Err(e) = remove_old(old) {
+                byol::eprint_line!("warning: {e:#}; training goes on");
+            }
         }
-        Ok(())
     }
 
     /// Cleans up after interrupted writes and says what it did: `.step-N.tmp-PID` folders and
     /// `.last.tmp-PID` links are removed, and a `.step-N.replaced-PID` folder (a checkpoint being
     /// replaced where folders cannot be swapped) is removed when `step-N` is in place, else put
-    /// back. Only for the holder of the run folder's lock: another process's write in progress
+    /// back; what is left of an old checkpoint whose removal stopped (`.step-N.pruned-PID`) is
+    /// removed, or said, when it still cannot be. Only for the holder of the run folder's lock: another process's write in progress
     /// looks exactly like a stale one.
     pub fn recover_interrupted_writes(&self) -> anyhow::Result<Vec<String>> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
@@ -250,6 +254,17 @@ impl Checkpointer {
                     fs::rename(&path, &target)
                         .with_context(|| format!("cannot restore {} to {}", path.display(), target.display()))?;
                     removed.push(format!("restored {name} as {step}"));
+                }
+                continue;
+            }
+            if name.starts_with('.') && name.contains(PRUNED) {
+                // An old checkpoint whose removal stopped: what is left of it is no checkpoint,
+                // and one that still cannot be removed costs the run nothing.
+                match fs::remove_dir_all(entry.path()) {
+                    Ok(()) => removed.push(format!("removed {name}")),
+                    Err(e) => removed.push(format!(
+                        "could not remove {name} ({e}), an old checkpoint being removed"
+                    )),
                 }
                 continue;
             }
@@ -475,10 +490,29 @@ fn replaced_name(target: &Path) -> PathBuf {
 
 const REPLACED: &str = ".replaced-";
 
+/// Where [`remove_old`] moves an old checkpoint to remove it: out of the checkpoints a resume
+/// sees at once, whatever is left of it should the removal stop half way.
+const PRUNED: &str = ".pruned-";
+
+/// Removes the old checkpoint folder `old`, first moved to `.step-N.pruned-PID` (a removal that
+/// stops half way leaves no checkpoint that looks whole; the next start removes the rest).
+fn remove_old(old: &Path) -> anyhow::Result<()> {
+    let name = old.file_name().unwrap_or_default().to_string_lossy();
+    let aside = old.with_file_name(format!(".{name}{PRUNED}{}", std::process::id()));
+    fs::rename(old, &aside).with_context(|| format!("cannot remove the old checkpoint {}", old.display()))?;
+    fs::remove_dir_all(&aside).with_context(|| {
+        format!(
+            "cannot remove the old checkpoint {} (moved to {} to be removed; the next start tries again)",
+            old.display(),
+            aside.display()
+        )
+    })
+}
+
 /// Whether `name` is an entry that a run writes into its checkpoints folder: a checkpoint, the
 /// `last` link, `damaged/`, or what an interrupted write leaves (removed at the next start).
 pub fn is_checkpoints_entry(name: &str) -> bool {
-    let interrupted = name.starts_with('.') && (name.contains(".tmp-") || name.contains(REPLACED));
+    let interrupted = name.starts_with('.') && [".tmp-", REPLACED, PRUNED].iter().any(|m| name.contains(m));
     name.starts_with("step-") || name == LAST_LINK || name == DAMAGED_DIR || interrupted
 }
 
@@ -702,6 +736,34 @@ mod tests {
     /// A checkpoint of an earlier version has no record: the time of a run resumed from it is
     /// counted from there, and that starting step is kept through later resumes, so that its
     /// images per second divide the steps its seconds cover.
+    /// An old checkpoint that cannot be removed (here: the name it is moved to for removal is
+    /// taken by a folder that is not empty) costs the save nothing: the new checkpoint is saved
+    /// and `last`, and a later save or the next start removes the rest.
+    #[test]
+    fn an_old_checkpoint_that_cannot_be_removed_does_not_fail_the_save() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkpoints = Checkpointer::new(tmp.path().to_path_buf(), 1);
+        let weights = vec![("w".to_string(), Tensor::from_slice(&[1f32]))];
+        let save = |step: u64| {
+            let manifest = Manifest { step, ..manifest(&[]) };
+            checkpoints.save(&weights, &weights, &[], manifest)
+        };
+        let first = save(1).unwrap();
+        let blocking = tmp
+            .path()
+            .join(format!(".step-000000001{PRUNED}{}", std::process::id()));
+        fs::create_dir_all(blocking.join("x")).unwrap();
+        let second = save(2).expect("saved, though the old one stays");
+        assert!(first.is_dir() && second.is_dir());
+        assert_eq!(checkpoints.last(), Some(second.clone()));
+        // The next start removes what a removal left; the next save prunes the old one.
+        let resumed = checkpoints.resume_point(true).unwrap();
+        assert_eq!(resumed.latest.unwrap().0, second);
+        assert!(!blocking.exists(), "{:?}", resumed.warnings);
+        let third = save(3).unwrap();
+        assert_eq!(checkpoints.list(), [third]);
+    }
+
     #[test]
     fn training_time_counts_from_the_first_step_it_covers() {
         let old: TrainingRecord = serde_json::from_str("{}").unwrap();
