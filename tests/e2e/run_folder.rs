@@ -877,3 +877,24 @@ fn a_run_folder_moved_while_it_trains_stops_the_run_instead_of_starting_a_folder
     );
     assert!(!step_folders(&moved).is_empty(), "{all}");
 }
+
+/// A run folder whose checkpoints were removed, while its summary records steps trained, is not
+/// trained again from step 0 into that run's records: refused, and `--fresh` starts anew.
+#[test]
+fn a_run_whose_checkpoints_were_removed_is_not_restarted_from_step_0_in_its_folder() {
+    let dir = setup();
+    let run_dir = finished_run(dir.path(), "r");
+    std::fs::remove_dir_all(run_dir.join("checkpoints")).unwrap();
+    let out = run(dir.path(), "r", &["--quiet"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("records a run trained to step 48 (its summary.json)")
+            && all.contains("holds no checkpoint to resume it from")
+            && all.contains("--fresh"),
+        "{all}"
+    );
+    assert!(!run_dir.join("checkpoints").exists(), "{all}");
+    let out = run(dir.path(), "r", &["--quiet", "--fresh"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

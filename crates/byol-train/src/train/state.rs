@@ -234,6 +234,9 @@ impl RunStart {
         for w in warnings {
             byol::eprint_line!("warning: {w}");
         }
+        if latest.is_none() {
+            check_no_checkpoints_lost(run_dir, checkpointer)?;
+        }
         let saved = match &latest {
             Some((dir, manifest)) => Some((
                 format!("the experiment saved with {}", dir.display()),
@@ -456,6 +459,29 @@ pub fn keep_sources(
 pub fn record_run(run_dir: &Path, config_toml: &str, fingerprint: &DatasetFingerprint) -> anyhow::Result<()> {
     fingerprint.write(run_dir)?;
     run_dir::save_config(run_dir, config_toml)
+}
+
+/// Refuses a start from step 0 in a folder whose `summary.json` records steps trained: a summary
+/// is written after a checkpoint, so its checkpoints were removed (or the folder copied without
+/// them), and a new run would mix into the records of one that is not there to resume.
+fn check_no_checkpoints_lost(run_dir: &Path, checkpointer: &Checkpointer) -> anyhow::Result<()> {
+    let summary = run_dir.join(super::SUMMARY_FILE);
+    let trained = std::fs::read(&summary)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<super::RunSummary>(&bytes).ok())
+        .map_or(0, |s| s.steps);
+    if trained == 0 {
+        return Ok(());
+    }
+    bail!(
+        "{} records a run trained to step {trained} (its {}), but {} holds no checkpoint to resume it \
+         from (removed, or the folder was copied without them): starting from step 0 here would mix a \
+         new run into that run's records. Put its checkpoints back, or start over with --fresh (the \
+         run folder is moved aside, nothing is deleted)",
+        run_dir.display(),
+        super::SUMMARY_FILE,
+        checkpointer.dir().display()
+    )
 }
 
 /// What a checkpoint saves beyond the weights: the optimizer and, in fp16, the loss scale.
