@@ -1,6 +1,6 @@
 //! The index of a split's shards: where each sample's image lies, read from the tar headers.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -67,7 +67,8 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
     let mut tar = TarReader::new(file, length);
     let mut listing = ShardListing::default();
     let mut pending: Option<PendingSample> = None;
-    let mut finished: HashSet<String> = HashSet::new();
+    // The samples before the current one, with their members' extensions.
+    let mut finished: HashMap<String, Vec<String>> = HashMap::new();
     loop {
         let member = tar.next_member().map_err(|e| {
             if e.ends_with(crate::tar::COMPRESSED_HINT) {
@@ -84,12 +85,22 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
         };
         if pending.as_ref().is_none_or(|p| p.key != key) {
             if let Some(p) = pending.take() {
-                finished.insert(p.key.clone());
+                finished.insert(p.key.clone(), p.seen.clone());
                 p.add_to(&mut listing, shard_id);
+            }
+            // Two samples of one key: extracted and packed again (`tar --sort=name`), one of each
+            // pair would be lost under the other's names.
+            if finished.get(key).is_some_and(|seen| seen.contains(&ext)) {
+                return Err(fail(format!(
+                    "sample {key}: a second member named {} (its data at byte {}), after other samples: two \
+                     samples share the key {key}; write the shard again with a unique key per sample (from the \
+                     images, with `byol-run shard`; extracting this shard would keep one of each pair)",
+                    member.name, member.offset
+                )));
             }
             // WebDataset groups a sample's files by consecutive names, so a key met again after
             // other samples would split one sample in two (an image here, its label there).
-            if finished.contains(key) {
+            if finished.contains_key(key) {
                 return Err(fail(format!(
                     "sample {key}: {} (its data at byte {}) comes after other samples' files, apart from the rest of \
                      sample {key}: the files of a sample must be next to each other in the shard; write the \
