@@ -81,3 +81,36 @@ fn bad_override_is_type_checked() {
         "{all}"
     );
 }
+
+/// A run stopped by a bad image (`on_bad_image = "error"`, met while training with `cache =
+/// "none"`) goes on with `"skip"`, as the error says, without `--allow-change`: it met no bad
+/// image before, so it trains as a run that skipped it from the start.
+#[test]
+fn a_run_stopped_by_a_bad_image_goes_on_with_skip_as_the_error_says() {
+    let dir = tempfile::tempdir().unwrap();
+    super::random_pngs(&dir.path().join("train"), &["a", "b"], 8);
+    std::fs::write(dir.path().join("train/b/bad.png"), b"not an image").unwrap();
+    let folder = "type = \"image_folder\"\ntrain = \"train\"\nimage_size = 16\ncache = \"none\"\n";
+    let experiment = byol_testkit::fixtures::with_table(super::TINY, "dataset", folder);
+    let experiment = byol_testkit::fixtures::with_keys(
+        &experiment,
+        &[
+            ("schedule.batch_size", "4"),
+            ("schedule.epochs", "1"),
+            ("eval.before_training", "false"),
+        ],
+    );
+    std::fs::write(dir.path().join("exp.toml"), experiment).unwrap();
+    let strict = ["exp.toml", "--quiet", "--set", "dataset.on_bad_image=\"error\""];
+    let out = byol_run(dir.path(), &strict);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("bad.png") && all.contains("on_bad_image = \"skip\""),
+        "{all}"
+    );
+    let out = byol_run(dir.path(), &["exp.toml", "--quiet"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("--allow-change"), "{all}");
+}

@@ -391,6 +391,9 @@ pub const SAFE_TO_CHANGE: &[&str] = &[
     "run.device",
     "run.threads",
     "dataset.workers",
+    // What a bad image does: a run stopped by one ("error") has met none before, so going on
+    // with "skip" trains as a run that skipped it from the start.
+    "dataset.on_bad_image",
     "distributed.timeout_s",
     "distributed.backend",
     // What is watched and kept.
