@@ -414,3 +414,24 @@ fn two_processes_train_on_one_set_of_shards() {
     assert_eq!(s["steps"], 16, "{s}");
     assert!(s["final_loss"].as_f64().is_some_and(f64::is_finite), "{s}");
 }
+
+/// `shard`'s errors speak of its own arguments: a folder mixing loose images with class folders
+/// points at `--unlabelled` (which works), not at the image folder's `labels` key.
+#[test]
+fn shard_errors_name_its_own_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let mixed = dir.path().join("mixed");
+    super::random_pngs(&mixed, &[""], 4);
+    super::random_pngs(&mixed, &["sub"], 1);
+    let args = ["shard", "mixed", "--out", "out/s-%02d.tar", "--per-shard", "10"];
+    let out = byol_run(dir.path(), &args);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("add --unlabelled"), "{all}");
+    assert!(
+        !all.contains("dataset.train") && !all.contains("labels =") && !all.contains("dataset configuration"),
+        "{all}"
+    );
+    let out = byol_run(dir.path(), &[&args[..], &["--unlabelled"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+}

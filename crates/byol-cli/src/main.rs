@@ -112,15 +112,20 @@ struct ShardArgs {
 }
 
 fn shard(args: &ShardArgs) -> anyhow::Result<()> {
+    // The listing speaks of the image folder's keys; here the folder is the argument.
+    let in_shard_terms = |message: &str| {
+        message
+            .replace("dataset configuration: ", "")
+            .replace("dataset.train: ", "")
+            .replace("set labels = \"none\"", "add --unlabelled")
+            .replace("(labels = \"none\")", "(--unlabelled)")
+    };
     let seed = (!args.in_order).then_some(args.seed);
     let written = byol_data::webdataset::write_shards(&args.dir, &args.out, args.per_shard, seed, args.unlabelled)
+        .map_err(|e| anyhow::anyhow!(in_shard_terms(&e.to_string())))
         .with_context(|| format!("writing shards of {}", args.dir.display()))?;
     for w in &written.warnings {
-        // The listing speaks of the image folder's keys; here the folder is the argument.
-        let w = w
-            .replace("dataset.train: ", "")
-            .replace("set labels = \"none\"", "add --unlabelled");
-        byol::eprint_line!("warning: {w}");
+        byol::eprint_line!("warning: {}", in_shard_terms(w));
     }
     say!(
         "wrote {} samples{} into {} shard(s); sources in {}",
@@ -167,7 +172,7 @@ struct TrainArgs {
     /// Resume even though KEY differs from the experiment the run folder was trained with
     /// (repeatable; a table name such as `optimizer` accepts all its keys). Without it such a
     /// resume is refused with the differences listed. Keys that never need it: logging.*,
-    /// checkpoint.*, eval cadence, run.threads, run.device, dataset.workers,
+    /// checkpoint.*, eval cadence, run.threads, run.device, dataset.workers, dataset.on_bad_image,
     /// optimizer.fused, distributed.overlap_gradients and bucket_mb (the README lists them all).
     #[arg(long = "allow-change", value_name = "KEY")]
     allow_change: Vec<String>,
