@@ -166,6 +166,24 @@ fn unlabelled_flat_folder_trains_with_and_without_an_evaluation_split() {
         !out.status.success() && all.contains("eval.train = \"nowhere\": this folder does not exist"),
         "{all}"
     );
+    // A test split of other classes is named by its own key, not the dataset's.
+    write_image(&dir.path().join("labelled/other/zebra/0.jpg"), 0, 0);
+    let out = byol_run(
+        dir.path(),
+        &[
+            "validate",
+            "flat.toml",
+            "--set",
+            "eval.train=\"labelled/train\"",
+            "--set",
+            "eval.test=\"labelled/other\"",
+        ],
+    );
+    let all = text(&out);
+    assert!(
+        !out.status.success() && all.contains("eval.test: labelled/other has classes") && !all.contains("dataset.test"),
+        "{all}"
+    );
 }
 
 #[test]

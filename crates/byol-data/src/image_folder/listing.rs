@@ -92,6 +92,11 @@ pub(super) fn no_class_folders(key: &str, root: &Path) -> DataError {
              (<{key}>/<class>/<image>), or set labels = \"none\" for unlabelled training",
             root.display()
         ),
+        ("test", false) => format!(
+            "dataset.test: {} has no class sub-folders and no images; put the kNN monitor's test images in one \
+             sub-folder per class, as in dataset.train (<test>/<class>/<image>)",
+            root.display()
+        ),
         _ => format!(
             "dataset.{key}: {} has no class sub-folders and no images; put the images in one sub-folder per \
              class (<{key}>/<class>/<image>), or anywhere under it for unlabelled training (labels = \"none\")",

@@ -1,6 +1,6 @@
 //! The index of a split's shards: where each sample's image lies, read from the tar headers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

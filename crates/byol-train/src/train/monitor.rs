@@ -174,7 +174,15 @@ fn read_labelled(
             test.display()
         )
     };
-    let labelled = load(folder).map_err(anyhow::Error::from).with_context(context)?;
+    // Read as an image folder, whose messages name its own keys: here they are [eval]'s.
+    let in_eval_keys = |e: byol::DataError| {
+        anyhow::anyhow!(e
+            .to_string()
+            .replace("dataset configuration: ", "")
+            .replace("dataset.train", "eval.train")
+            .replace("dataset.test", "eval.test"))
+    };
+    let labelled = load(folder).map_err(in_eval_keys).with_context(context)?;
     if !labelled.train.is_labelled() {
         bail!(
             "eval.train = {}: no class sub-folders; the evaluation split needs labels, one sub-folder of \
