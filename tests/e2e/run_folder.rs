@@ -898,3 +898,33 @@ fn a_run_whose_checkpoints_were_removed_is_not_restarted_from_step_0_in_its_fold
     let out = run(dir.path(), "r", &["--quiet", "--fresh"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// A run continued over another length (more epochs allowed, or other data) says that its
+/// schedules stretch to the new length, and in which epoch its checkpoint's step now falls.
+#[test]
+fn a_run_continued_over_another_length_says_its_schedules_follow() {
+    let dir = setup();
+    finished_run(dir.path(), "r");
+    let longer = [
+        "--quiet",
+        "--set",
+        "schedule.epochs=4",
+        "--allow-change",
+        "schedule.epochs",
+    ];
+    let out = run(dir.path(), "r", &longer);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("goes on over 64 steps in all (16 per epoch), where its checkpoint was saved in a run of 48")
+            && all.contains("from step 48, which is now in epoch 4"),
+        "{all}"
+    );
+    // Resumed at the same length: nothing said.
+    let out = run(dir.path(), "r", &["--set", "schedule.epochs=4"]);
+    assert!(
+        out.status.success() && !text(&out).contains("goes on over"),
+        "{}",
+        text(&out)
+    );
+}

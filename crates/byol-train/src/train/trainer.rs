@@ -90,6 +90,25 @@ fn check_not_past_the_end(
     )
 }
 
+/// Says when the run goes on with another length than its checkpoint was saved in (more epochs,
+/// or other data allowed with `--allow-change`): the learning-rate and EMA schedules stretch to
+/// the new length, and the checkpoint's step falls in another epoch.
+fn say_schedule_changed(run_dir: &Path, manifest: &checkpoint::Manifest, plan: &Plan) {
+    if manifest.total_steps == plan.total_steps || manifest.total_steps == 0 {
+        return;
+    }
+    let step = manifest.step;
+    byol::eprint_line!(
+        "note: {} goes on over {} steps in all ({} per epoch), where its checkpoint was saved in a run of {}: \
+         the learning-rate and EMA schedules follow the new length from step {step}, which is now in epoch {}",
+        run_dir.display(),
+        plan.total_steps,
+        plan.steps_per_epoch,
+        manifest.total_steps,
+        plan.epoch_of(step) + 1
+    );
+}
+
 impl<'a> Trainer<'a> {
     /// Joins the data-parallel job (when torchrun started this process), reads the data, decides
     /// from the run folder where the run starts, and builds the model there: from the
@@ -143,6 +162,9 @@ impl<'a> Trainer<'a> {
             None => find()?,
         };
         check_not_past_the_end(run_dir, experiment, &plan, start.step())?;
+        if let Some((_, manifest)) = start.checkpoint.as_ref().filter(|_| main) {
+            say_schedule_changed(run_dir, manifest, &plan);
+        }
         let trained_by = start.checkpoint.as_ref().and_then(|(_, m)| m.record.processes);
         let trains_on = start.step().is_some_and(|step| step < plan.total_steps);
         if let Some(before) = trained_by.filter(|&before| main && trains_on && before != world) {
