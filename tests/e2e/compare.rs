@@ -62,6 +62,16 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0]["run"], "runs/slow");
     assert_eq!(runs[1]["config"]["optimizer.lr"], 0.8);
+    // An edited config.toml says nothing of what a run trained: its newest checkpoint does.
+    let config = dir.path().join("runs/fast/config.toml");
+    let edited = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("lr = 0.8", "lr = 5.0");
+    assert!(edited.contains("lr = 5.0"));
+    std::fs::write(&config, edited).unwrap();
+    let out = byol_run(dir.path(), &["compare", "runs/slow", "runs/fast", "--json"]);
+    let edited: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(edited["runs"][1]["config"]["optimizer.lr"], 0.8, "{}", text(&out));
     for run in runs {
         let summary: serde_json::Value = serde_json::from_slice(
             &std::fs::read(dir.path().join(run["run"].as_str().unwrap()).join("summary.json")).unwrap(),

@@ -1,6 +1,6 @@
 //! `byol-run compare RUN...`: the settings that differ between run folders and their final
-//! metrics in one table (or JSON), read from each folder's `config.toml`, `dataset.json` and
-//! `summary.json`.
+//! metrics in one table (or JSON), read from each folder's newest checkpoint (or `config.toml`),
+//! `dataset.json` and `summary.json`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -57,7 +57,10 @@ impl Run {
                 dir.display()
             );
         }
-        // Keys added since an older run was saved show at their defaults, as a resume reads them.
+        // The experiment its newest checkpoint was trained with (an edited config.toml says
+        // nothing of what the run trained); keys added since an older run was saved show at
+        // their defaults, as a resume reads them.
+        let text = byol_train::checkpoint::trained_experiment(dir).unwrap_or(text);
         let text = byol_train::run_dir::with_current_defaults(&text);
         let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("cannot parse {}", config_path.display()))?;
