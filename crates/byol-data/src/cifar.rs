@@ -363,7 +363,13 @@ impl CifarConfig {
                 message,
             };
             let bytes = crate::decode::read_file(path).map_err(bad)?;
-            if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
+            if bytes.is_empty() {
+                return Err(bad(format!(
+                    "the file is empty, not a {} batch (a download that stopped at its start): download it again",
+                    self.variant.name()
+                )));
+            }
+            if !bytes.len().is_multiple_of(record) {
                 return Err(bad(format!(
                     "{} bytes is not a whole number of {record}-byte {} records (a damaged download, \
                      or the other variant: check dataset.variant)",

@@ -247,6 +247,13 @@ fn damaged_files_are_named() {
     let err = error_of(&format!("type = \"cifar\"\nroot = {}\n", quoted(tmp.path())));
     assert!(err.contains("data_batch_3.bin"), "{err}");
     assert!(err.contains("3073-byte CIFAR-10 records"), "{err}");
+    // An empty one.
+    std::fs::write(&path, b"").unwrap();
+    let err = error_of(&format!("type = \"cifar\"\nroot = {}\n", quoted(tmp.path())));
+    assert!(
+        err.contains("data_batch_3.bin") && err.contains("the file is empty, not a CIFAR-10 batch"),
+        "{err}"
+    );
 
     // A label beyond the classes.
     write_cifar10(tmp.path(), 2);

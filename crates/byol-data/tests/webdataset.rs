@@ -608,6 +608,15 @@ fn bad_samples_are_skipped_and_counted_and_damaged_shards_named() {
     std::fs::write(&text, vec![b'x'; 2048]).unwrap();
     let err = config(&quoted(&text), "").load().unwrap_err().to_string();
     assert!(err.contains("text.tar") && err.contains("not a tar header"), "{err}");
+    // A shell glob is not expanded, and said so.
+    let err = config(&quoted(&tmp.path().join("*.tar")), "")
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("wildcards (*, ?, [...]) are not expanded") && err.contains("brace range"),
+        "{err}"
+    );
     // A missing shard of a pattern is named with the count.
     let err = config(&quoted(&tmp.path().join("bad-{0..2}.tar")), "")
         .load()

@@ -224,6 +224,14 @@ fn check_shards(key: &str, shards: &[PathBuf]) -> Result<(), DataError> {
         )));
     }
     let missing: Vec<&PathBuf> = shards.iter().filter(|p| !p.is_file()).collect();
+    // A shell glob is no shard name: the pattern is expanded by byol-run, with brace ranges only.
+    if let Some(glob) = missing.iter().find(|p| p.to_string_lossy().contains(['*', '?', '['])) {
+        return Err(DataError::Config(format!(
+            "dataset.{key}: {} does not exist: wildcards (*, ?, [...]) are not expanded; name the shards with a \
+             brace range such as \"train-{{000000..000099}}.tar\", or list them",
+            glob.display()
+        )));
+    }
     if let Some(first) = missing.first() {
         let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
         return Err(DataError::Config(format!(
