@@ -963,3 +963,27 @@ fn a_class_folder_that_links_to_another_takes_nothing_from_the_real_one() {
     let all = warnings.join("\n");
     assert!(all.contains("class folders of") && all.contains(": a_cat"), "{all}");
 }
+
+/// A folder whose path is longer than the system takes (4096 bytes on Linux) cannot be looked
+/// at: the listing says so, naming it, instead of leaving its images out without a word. (The
+/// tree is made by python3 from inside it, where each step's path is short.)
+#[test]
+fn a_folder_past_the_longest_path_is_named_not_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train");
+    image_tree(&train, &["a", "b"], 2, (8, 8));
+    let deep = "import os, sys\nos.chdir(sys.argv[1])\nfor _ in range(45):\n    name = 'd' * 100\n    \
+                os.mkdir(name)\n    os.chdir(name)\nopen('x.png', 'wb').write(open(sys.argv[2], 'rb').read())\n";
+    let made = std::process::Command::new("python3")
+        .args(["-c", deep])
+        .arg(train.join("a"))
+        .arg(train.join("a/000.png"))
+        .status()
+        .expect("python3");
+    assert!(made.success());
+    let Err(err) = load(&train, "") else {
+        panic!("the deep folder was left out without a word");
+    };
+    let err = err.to_string();
+    assert!(err.contains("cannot look at") && err.contains("ddddd"), "{err}");
+}

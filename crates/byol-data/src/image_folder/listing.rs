@@ -341,7 +341,17 @@ impl ImageTree {
                 continue;
             }
             // One lstat for an entry that is no link; a link is followed once more.
-            let own = std::fs::symlink_metadata(&path).ok();
+            let own = match std::fs::symlink_metadata(&path) {
+                Ok(metadata) => Some(metadata),
+                // Gone since it was listed, or an image whose reading will say what is wrong.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound || is_image(&path) => None,
+                // A folder past the longest path the system takes (4096 bytes on Linux), say:
+                // whatever it holds would be left out without a word.
+                Err(e) => {
+                    self.unlistable.push(format!("cannot look at {}: {e}", path.display()));
+                    continue;
+                }
+            };
             let is_link = own.as_ref().is_some_and(|m| m.file_type().is_symlink());
             let target = if is_link { std::fs::metadata(&path).ok() } else { own };
             if !target.as_ref().is_some_and(|m| m.is_dir()) {
