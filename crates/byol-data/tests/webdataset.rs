@@ -361,6 +361,32 @@ fn seventy(root: &Path) -> String {
     quoted(Path::new(&written.urls))
 }
 
+/// A shard cut short after the run listed it (copied again, written again): reading a member
+/// past its new end says the shard changed since the start, not only "failed to fill buffer".
+#[test]
+fn a_shard_cut_after_the_start_is_said_to_have_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let urls = seventy(tmp.path());
+    let (splits, _) = config(&urls, "").load().unwrap();
+    for entry in std::fs::read_dir(tmp.path().join("shards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "tar") {
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        }
+    }
+    let l = loader(&splits.train, 0, 1, 1);
+    let err = l
+        .prefetch(0, 0, Device::Cpu)
+        .find_map(|batch| batch.err())
+        .expect("a member past a shard's end")
+        .to_string();
+    assert!(
+        err.contains("cannot read member") && err.contains("shorter than when the run listed it"),
+        "{err}"
+    );
+}
+
 fn loader(train: &Arc<dyn Dataset>, rank: usize, world: usize, workers: usize) -> BatchLoader {
     let mut loader = BatchLoader::new(train.clone(), 4, true, true, 11);
     loader.rank = rank;

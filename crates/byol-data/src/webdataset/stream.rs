@@ -165,7 +165,18 @@ pub(super) fn read_stream(
     for (&index, _) in reads.iter().zip(is_wanted).filter(|(_, &w)| w) {
         let sample = &core.index.samples[index];
         let path = core.index.path(sample);
-        let at = |e: std::io::Error| format!("{}: cannot read member {}: {e}", path.display(), sample.name);
+        let at = |e: std::io::Error| {
+            // The member was listed whole at the start: a shard that ends before it now was cut
+            // or written again since.
+            let why = match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    " (the shard is shorter than when the run listed it: it changed since the start; copy it \
+                     again, or write it again)"
+                }
+                _ => "",
+            };
+            format!("{}: cannot read member {}: {e}{why}", path.display(), sample.name)
+        };
         if open
             .as_ref()
             .is_none_or(|(s, _, pos)| *s != sample.shard || *pos > sample.offset)
