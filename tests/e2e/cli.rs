@@ -99,14 +99,26 @@ fn every_experiment_file_validates() {
                     }
                 }
             }
-            // And empty files where it expects WebDataset shards (validate checks they exist).
+            // And WebDataset shards where it expects them, a batch of samples in all, each the
+            // same small PNG of class 0 (validate reads their headers).
             for key in ["urls", "test_urls"] {
                 if let Some(urls) = dataset.get(key) {
                     let urls: byol_data::webdataset::Urls = urls.clone().try_into().unwrap();
-                    for shard in urls.expand(key).unwrap() {
+                    let shards = urls.expand(key).unwrap();
+                    let per_shard = (batch as usize).div_ceil(shards.len());
+                    let png = scratch.path().join("png");
+                    random_pngs(&png, &[""], 1);
+                    let png = std::fs::read(png.join("0.png")).unwrap();
+                    for (n, shard) in shards.iter().enumerate() {
                         let shard = scratch.path().join(shard);
                         std::fs::create_dir_all(shard.parent().unwrap()).unwrap();
-                        std::fs::write(shard, b"").unwrap();
+                        std::fs::write(shard.parent().unwrap().join("classes.txt"), "a\n").unwrap();
+                        let mut tar = byol_data::tar::TarWriter::new(Vec::new());
+                        for i in 0..per_shard {
+                            tar.append(&format!("{n:06}-{i:03}.png"), &png).unwrap();
+                            tar.append(&format!("{n:06}-{i:03}.cls"), b"0").unwrap();
+                        }
+                        std::fs::write(shard, tar.finish().unwrap()).unwrap();
                     }
                 }
             }
@@ -122,6 +134,13 @@ fn every_experiment_file_validates() {
                     path.display(),
                     text(&out)
                 );
+                // And the rest, data included, on the CPU as the README runs such a file there.
+                let on_the_cpu = ["--set", "run.device=\"cpu\"", "--set", "run.precision=\"bf16\""];
+                let out = byol_run(
+                    scratch.path(),
+                    &[&["validate", path.to_str().unwrap()][..], &on_the_cpu].concat(),
+                );
+                assert!(out.status.success(), "{} on the CPU: {}", path.display(), text(&out));
             } else {
                 assert!(out.status.success(), "{}: {}", path.display(), text(&out));
             }

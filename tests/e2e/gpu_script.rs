@@ -207,9 +207,19 @@ fn every_byol_run_command_of_the_gpu_script_runs_on_the_cpu() {
     let script = std::fs::read_to_string(root.join(SCRIPT)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    // The layout the script unpacks: CIFAR-10's class folders under data/cifar10-jpeg.
-    for split in ["train", "test"] {
-        super::random_pngs(&dir.path().join("data/cifar10-jpeg").join(split), &["a", "b"], 4);
+    // The layout the script unpacks: CIFAR-10's ten class folders under data/cifar10-jpeg, with
+    // images enough for a batch of 256 after `limit_per_class = 100` (validate lists them; copies
+    // of one image will do).
+    let classes = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    for (split, per_class) in [("train", 100), ("test", 10)] {
+        let folder = dir.path().join("data/cifar10-jpeg").join(split);
+        super::random_pngs(&folder, &classes, 1);
+        for class in classes {
+            for i in 1..per_class {
+                let class = folder.join(class);
+                std::fs::copy(class.join("0.png"), class.join(format!("{i}.png"))).unwrap();
+            }
+        }
     }
     std::os::unix::fs::symlink(root.join("experiments"), dir.path().join("experiments")).unwrap();
     let python = byol_testkit::python();
