@@ -613,19 +613,21 @@ fn bad_samples_are_skipped_and_counted_and_damaged_shards_named() {
             && err.contains("next to each other"),
         "{err}"
     );
-    // Two samples of one key, apart (a.png a.cls b.png b.cls a.png a.cls): not a sample's files
+    // Two samples of one key, apart (a.png a.cls b.png b.cls a.jpg): not a sample's files
     // apart, which `tar --sort=name` would mend, but a key used twice, which it would halve.
     let mut tar = byol_data::tar::TarWriter::new(Vec::new());
-    for key in ["a", "b", "a"] {
+    for key in ["a", "b"] {
         tar.append(&format!("{key}.png"), &png).unwrap();
         tar.append(&format!("{key}.cls"), b"0").unwrap();
     }
+    // (The second sample's image a .jpg: still a key used twice.)
+    tar.append("a.jpg", &png).unwrap();
     let twice = tmp.path().join("twice.tar");
     std::fs::write(&twice, tar.finish().unwrap()).unwrap();
     let err = config(&quoted(&twice), "").load().unwrap_err().to_string();
     assert!(
         err.contains("twice.tar")
-            && err.contains("sample a: a second member named a.png")
+            && err.contains("sample a: a second member named a.jpg")
             && err.contains("two samples share the key a")
             && !err.contains("--sort=name"),
         "{err}"

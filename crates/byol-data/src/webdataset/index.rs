@@ -90,7 +90,10 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
             }
             // Two samples of one key: extracted and packed again (`tar --sort=name`), one of each
             // pair would be lost under the other's names.
-            if finished.get(key).is_some_and(|seen| seen.contains(&ext)) {
+            let is_image = |ext: &str| IMAGE_EXTENSIONS.contains(&ext);
+            let again =
+                |seen: &Vec<String>| seen.contains(&ext) || (is_image(&ext) && seen.iter().any(|e| is_image(e)));
+            if finished.get(key).is_some_and(again) {
                 return Err(fail(format!(
                     "sample {key}: a second member named {} (its data at byte {}), after other samples: two \
                      samples share the key {key}; write the shard again with a unique key per sample (from the \
