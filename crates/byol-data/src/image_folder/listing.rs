@@ -115,7 +115,7 @@ pub(super) fn test_needs_labels(train: &Path) -> DataError {
 
 /// Whether `dir` has a sub-folder that can be a class (hidden ones cannot). False for a folder
 /// that does not exist: `scan` reports that with the fix.
-pub(super) fn has_class_folders(dir: &Path) -> Result<bool, DataError> {
+pub fn has_class_folders(dir: &Path) -> Result<bool, DataError> {
     if !dir.is_dir() {
         return Ok(false);
     }

@@ -10,10 +10,8 @@ mod listing;
 pub use decoding::decode_square;
 use decoding::DecodingFolder;
 pub(crate) use listing::images_for_shards;
-use listing::{
-    class_names, has_class_folders, has_images_under, no_class_folders, scan, scan_unlabelled, test_needs_labels,
-};
-pub use listing::{is_hidden, is_image, other_formats_warning, ImageTree, PassedOver};
+use listing::{class_names, has_images_under, no_class_folders, scan, scan_unlabelled, test_needs_labels};
+pub use listing::{has_class_folders, is_hidden, is_image, other_formats_warning, ImageTree, PassedOver};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

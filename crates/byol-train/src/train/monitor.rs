@@ -174,22 +174,26 @@ fn read_labelled(
             test.display()
         )
     };
-    // Read as an image folder, whose messages name its own keys: here they are [eval]'s.
-    let in_eval_keys = |e: byol::DataError| {
-        anyhow::anyhow!(e
-            .to_string()
-            .replace("dataset configuration: ", "")
-            .replace("dataset.train", "eval.train")
-            .replace("dataset.test", "eval.test"))
-    };
-    let labelled = load(folder).map_err(in_eval_keys).with_context(context)?;
-    if !labelled.train.is_labelled() {
+    // An image folder without class folders would be read as unlabelled training images.
+    if train.is_dir() && !byol_data::image_folder::has_class_folders(train).unwrap_or(true) {
         bail!(
             "eval.train = {}: no class sub-folders; the evaluation split needs labels, one sub-folder of \
              images per class (<split>/<class>/<image>)",
             train.display()
         );
     }
+    // Read as an image folder, whose messages name its own keys: here they are [eval]'s.
+    let in_eval_keys = |e: byol::DataError| {
+        let mut message = e.to_string().replace("dataset configuration: ", "");
+        for (key, now) in [("dataset.train", "eval.train"), ("dataset.test", "eval.test")] {
+            for after in [":", " =", " ("] {
+                message = message.replace(&format!("{key}{after}"), &format!("{now}{after}"));
+            }
+            message = message.replace(&format!("as in {key}"), &format!("as in {now}"));
+        }
+        anyhow::anyhow!(message)
+    };
+    let labelled = load(folder).map_err(in_eval_keys).with_context(context)?;
     Ok(Some(LabelledSplits {
         bank: labelled.train,
         queries: labelled.test.with_context(context)?,
