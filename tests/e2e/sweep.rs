@@ -1023,6 +1023,10 @@ fn a_trial_to_resume_on_changed_data_is_refused_and_a_failed_one_starts_anew() {
         all.contains("train: 8 images") && !all.contains("--allow-change"),
         "{all}"
     );
+    assert!(
+        all.contains("Or move runs/tiny-sweep/trial-001 aside, and it starts anew"),
+        "{all}"
+    );
     assert!(has_checkpoint(&trial) && !sweep_dir.join("trial-002").exists(), "{all}");
 
     // The same trial after a failed attempt: moved aside and run on the data as it is now.

@@ -290,7 +290,10 @@ fn start_anew(sweep: &Sweep, trial: &Trial, changed: &anyhow::Error) -> anyhow::
              (the old attempt moved aside to {})\n  {}",
             trial.id(),
             moved.display(),
-            format!("{changed:#}").replace('\n', "\n  ")
+            changed
+                .downcast_ref::<SettingsChanged>()
+                .map_or_else(|| format!("{changed:#}"), |c| c.what.clone())
+                .replace('\n', "\n  ")
         );
     }
     check_or_record(sweep, trial, &dir)?;
@@ -301,12 +304,28 @@ fn start_anew(sweep: &Sweep, trial: &Trial, changed: &anyhow::Error) -> anyhow::
 /// gives it (its parameters, settings or data changed since), as opposed to one that cannot be
 /// read or written.
 #[derive(Debug)]
-struct SettingsChanged(String);
+struct SettingsChanged {
+    /// What differs (what a trial started anew says of its old attempt).
+    what: String,
+    /// What to do, when the sweep stops for it.
+    advice: String,
+}
 
 impl std::fmt::Display for SettingsChanged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        // A list of differences ends on its own line.
+        let between = if self.what.contains('\n') { "\n" } else { ". " };
+        write!(f, "{}{between}{}", self.what, self.advice)
     }
+}
+
+/// The way out of a sweep folder whose trial holds another experiment or other data.
+fn new_sweep_advice(sweep: &Sweep) -> String {
+    format!(
+        "Set another run.name (a new sweep folder), or add --fresh to move {} aside and run every trial anew \
+         (nothing is deleted)",
+        sweep.dir.display()
+    )
 }
 
 impl std::error::Error for SettingsChanged {}
@@ -596,16 +615,17 @@ fn check_or_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<(
     if checkpoint::trained_experiment(dir).is_none() || same_experiment().unwrap_or(false) {
         return write();
     }
-    Err(SettingsChanged(format!(
-        "{} was run with other parameters ({}) than the sweep now gives {} ({}): the [sweep] table changed \
-         since. Set another run.name (a new sweep folder), or add --fresh to move {} aside and run every \
-         trial anew (nothing is deleted)",
-        dir.display(),
-        recorded.describe(),
-        trial.id(),
-        trial.describe(),
-        dir.parent().unwrap_or(dir).display()
-    ))
+    Err(SettingsChanged {
+        what: format!(
+            "{} was run with other parameters ({}) than the sweep now gives {} ({}): the [sweep] table \
+             changed since",
+            dir.display(),
+            recorded.describe(),
+            trial.id(),
+            trial.describe()
+        ),
+        advice: new_sweep_advice(sweep),
+    }
     .into())
 }
 
@@ -623,16 +643,16 @@ fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Res
         return Ok(());
     }
     let diff: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
-    Err(SettingsChanged(format!(
-        "{} ({}) was run with other settings than this sweep now gives it (different --set \
-         overrides, or an edited file), so its result or checkpoints are not this sweep's:\n{}\n\
-         Set another run.name (a new sweep folder), or add --fresh to move {} aside and run every \
-         trial anew (nothing is deleted)",
-        trial.id(),
-        dir.display(),
-        diff.join("\n"),
-        sweep.dir.display()
-    ))
+    Err(SettingsChanged {
+        what: format!(
+            "{} ({}) was run with other settings than this sweep now gives it (different --set \
+             overrides, or an edited file), so its result or checkpoints are not this sweep's:\n{}",
+            trial.id(),
+            dir.display(),
+            diff.join("\n")
+        ),
+        advice: new_sweep_advice(sweep),
+    }
     .into())
 }
 
@@ -681,17 +701,24 @@ impl DataNow {
                 "Resumed on this data, it would mix two datasets in one trial",
             ),
         };
-        Err(SettingsChanged(format!(
-            "{} ({}) {what} on other data than this sweep reads now (its {} records it):\n{}\n\
-             {why}. Point the data keys at the data the sweep started on, or set another run.name (a \
-             new sweep folder), or add --fresh to move {} aside and run every trial anew (nothing is \
-             deleted)",
-            trial.id(),
-            dir.display(),
-            FINGERPRINT_FILE,
-            differences.join("\n"),
-            sweep.dir.display()
-        ))
+        // An unfinished trial alone may also be moved aside: it then starts anew on this data.
+        let alone = match finished {
+            true => String::new(),
+            false => format!(" Or move {} aside, and it starts anew.", dir.display()),
+        };
+        Err(SettingsChanged {
+            what: format!(
+                "{} ({}) {what} on other data than this sweep reads now (its {} records it):\n{}",
+                trial.id(),
+                dir.display(),
+                FINGERPRINT_FILE,
+                differences.join("\n")
+            ),
+            advice: format!(
+                "{why}. Point the data keys at the data the sweep started on. {}{alone}",
+                new_sweep_advice(sweep)
+            ),
+        }
         .into())
     }
 }
