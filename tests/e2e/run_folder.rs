@@ -734,6 +734,18 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
         "{}",
         text(&out)
     );
+    let out = run(d, "mydata", &[]);
+    assert!(
+        text(&out).contains("dataset.json (not a run's record: "),
+        "{}",
+        text(&out)
+    );
+    // A run's folder with files of the user's in its checkpoints/ is still the run's.
+    let trained = finished_run(d, "trained");
+    std::fs::write(trained.join("checkpoints/.DS_Store"), "x").unwrap();
+    std::fs::write(trained.join("checkpoints/exported.safetensors"), "x").unwrap();
+    let out = run(d, "trained", &["--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
 
     let sweep = d.join("sweep");
     std::fs::create_dir_all(sweep.join("trial-001")).unwrap();
@@ -876,6 +888,22 @@ fn a_run_folder_moved_while_it_trains_stops_the_run_instead_of_starting_a_folder
         names(&run_dir)
     );
     assert!(!step_folders(&moved).is_empty(), "{all}");
+
+    // Its lock file removed (a clean-up): the run stops too, saying so.
+    let child = byol_run_command(dir.path())
+        .args(["tiny.toml", "--run-dir", "moved", "--set", "schedule.epochs=400"])
+        .args(["--set", "checkpoint.every_steps=1", "--set", "eval.curve_points=0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let before = step_folders(&moved).len();
+    wait_for("a checkpoint", || step_folders(&moved).len() > before + 1);
+    std::fs::remove_file(moved.join("run.lock")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("lock file") && all.contains("was removed"), "{all}");
 }
 
 /// A run folder whose checkpoints were removed, while its summary records steps trained, is not

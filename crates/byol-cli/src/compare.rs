@@ -60,10 +60,14 @@ impl Run {
         // The experiment its newest checkpoint was trained with (an edited config.toml says
         // nothing of what the run trained); keys added since an older run was saved show at
         // their defaults, as a resume reads them.
-        let text = byol_train::checkpoint::trained_experiment(dir).unwrap_or(text);
+        let newest = byol_train::checkpoint::newest_experiment(dir);
+        let source = newest.as_ref().map_or(config_path.clone(), |(checkpoint, _)| {
+            checkpoint.join(byol_train::checkpoint::MANIFEST_FILE)
+        });
+        let text = newest.map_or(text, |(_, experiment)| experiment);
         let text = byol_train::run_dir::with_current_defaults(&text);
         let table: toml::Table =
-            toml::from_str(&text).with_context(|| format!("cannot parse {}", config_path.display()))?;
+            toml::from_str(&text).with_context(|| format!("cannot parse the experiment in {}", source.display()))?;
         let config = byol_train::run_dir::dotted_keys(&table);
         let data = DatasetFingerprint::recorded(dir).unwrap_or_else(|e| {
             byol::eprint_line!("warning: {e:#}; the data of {} is not compared", dir.display());

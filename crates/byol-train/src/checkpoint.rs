@@ -149,7 +149,14 @@ impl Checkpointer {
         sources: &[(String, PathBuf)],
         manifest: Manifest,
     ) -> anyhow::Result<PathBuf> {
-        fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+        // Not create_dir_all: a run folder moved away while its run trains is not made again at
+        // its old path, without its lock.
+        match fs::create_dir(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("cannot create {}", self.dir.display()));
+            }
+            _ => {}
+        }
         let name = format!("step-{:09}", manifest.step);
         let final_dir = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -249,11 +256,11 @@ impl Checkpointer {
                 if target.exists() {
                     fs::remove_dir_all(&path)
                         .with_context(|| format!("cannot remove the replaced checkpoint {}", path.display()))?;
-                    removed.push(format!("removed {name}"));
+                    removed.push(format!("removed {name}, left by an interrupted write"));
                 } else {
                     fs::rename(&path, &target)
                         .with_context(|| format!("cannot restore {} to {}", path.display(), target.display()))?;
-                    removed.push(format!("restored {name} as {step}"));
+                    removed.push(format!("restored {name} as {step}, left by an interrupted write"));
                 }
                 continue;
             }
@@ -261,9 +268,9 @@ impl Checkpointer {
                 // An old checkpoint whose removal stopped: what is left of it is no checkpoint,
                 // and one that still cannot be removed costs the run nothing.
                 match fs::remove_dir_all(entry.path()) {
-                    Ok(()) => removed.push(format!("removed {name}")),
+                    Ok(()) => removed.push(format!("removed {name}, what was left of an old checkpoint")),
                     Err(e) => removed.push(format!(
-                        "could not remove {name} ({e}), an old checkpoint being removed"
+                        "could not remove {name}, what is left of an old checkpoint ({e}); it costs the run nothing"
                     )),
                 }
                 continue;
@@ -277,7 +284,7 @@ impl Checkpointer {
                 _ => fs::remove_file(&path),
             };
             result.with_context(|| format!("cannot remove the unfinished checkpoint write {}", path.display()))?;
-            removed.push(format!("removed {name}"));
+            removed.push(format!("removed {name}, left by an interrupted write"));
         }
         Ok(removed)
     }
@@ -293,10 +300,7 @@ impl Checkpointer {
         let mut warnings = Vec::new();
         if repair {
             for done in self.recover_interrupted_writes()? {
-                warnings.push(format!(
-                    "{done}, left in {} by an interrupted write",
-                    self.dir.display()
-                ));
+                warnings.push(format!("{done} (in {})", self.dir.display()));
             }
         }
         let mut damaged = Vec::new();
@@ -407,7 +411,7 @@ fn write_checkpoint_folder(
     sources: &[(String, PathBuf)],
     mut manifest: Manifest,
 ) -> anyhow::Result<()> {
-    fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    fs::create_dir(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     for (name, from) in sources {
         let path = tmp.join(name);
         // A hard link costs no space (every checkpoint carries the same module); a copy where
@@ -567,15 +571,23 @@ fn changed_shared_source(dir: &Path) -> Option<String> {
 /// manifest can be read, else its `config.toml` (a run stopped before its first checkpoint);
 /// `None` for a folder with neither.
 pub fn trained_experiment(run_dir: &Path) -> Option<String> {
+    newest_experiment(run_dir)
+        .map(|(_, experiment)| experiment)
+        .or_else(|| crate::run_dir::saved_config(run_dir))
+}
+
+/// The experiment the newest checkpoint of `run_dir` whose manifest reads holds, with that
+/// checkpoint's folder.
+pub fn newest_experiment(run_dir: &Path) -> Option<(PathBuf, String)> {
     Checkpointer::new(run_dir.join(crate::run_dir::CHECKPOINTS_DIR), 0)
         .list()
-        .iter()
+        .into_iter()
         .rev()
         .find_map(|dir| {
             let text = fs::read(dir.join(MANIFEST_FILE)).ok()?;
-            Some(serde_json::from_slice::<Manifest>(&text).ok()?.config)
+            let experiment = serde_json::from_slice::<Manifest>(&text).ok()?.config;
+            Some((dir, experiment))
         })
-        .or_else(|| crate::run_dir::saved_config(run_dir))
 }
 
 /// Reads a checkpoint folder's manifest and checks every file's SHA-256.
@@ -733,9 +745,6 @@ mod tests {
         assert!(!aside.exists());
     }
 
-    /// A checkpoint of an earlier version has no record: the time of a run resumed from it is
-    /// counted from there, and that starting step is kept through later resumes, so that its
-    /// images per second divide the steps its seconds cover.
     /// An old checkpoint that cannot be removed (here: the name it is moved to for removal is
     /// taken by a folder that is not empty) costs the save nothing: the new checkpoint is saved
     /// and `last`, and a later save or the next start removes the rest.
@@ -764,6 +773,9 @@ mod tests {
         assert_eq!(checkpoints.list(), [third]);
     }
 
+    /// A checkpoint of an earlier version has no record: the time of a run resumed from it is
+    /// counted from there, and that starting step is kept through later resumes, so that its
+    /// images per second divide the steps its seconds cover.
     #[test]
     fn training_time_counts_from_the_first_step_it_covers() {
         let old: TrainingRecord = serde_json::from_str("{}").unwrap();

@@ -51,6 +51,8 @@ impl std::fmt::Display for FolderKind {
 #[derive(Debug)]
 pub struct FolderLock {
     _file: File,
+    /// What the folder is to the user, as messages name it.
+    kind: FolderKind,
     /// The folder this lock's holder created (it was not there before, or `--fresh` moved it
     /// aside): [`FolderLock::remove_if_unused`] may take it away again.
     created: Option<PathBuf>,
@@ -130,18 +132,50 @@ impl FolderLock {
     /// renamed while its holder works in it (writes by path would start a new, unlocked folder
     /// at the old path). Names where the folder went, where it can tell.
     pub fn check_still_at(&self, dir: &Path) -> anyhow::Result<()> {
-        if self.is_at(&dir.join(LOCK_FILE)) {
-            return Ok(());
+        use std::os::unix::fs::MetadataExt;
+        let path = dir.join(LOCK_FILE);
+        let there = match std::fs::metadata(&path) {
+            Ok(there) => there,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return self.moved_or_removed(dir);
+            }
+            // A file system that cannot say now (a network hiccup): nothing shows a move.
+            Err(_) => return Ok(()),
+        };
+        match self._file.metadata() {
+            Ok(locked) if locked.dev() != there.dev() || locked.ino() != there.ino() => self.moved_or_removed(dir),
+            _ => Ok(()),
         }
-        let now = std::fs::read_link(format!("/proc/self/fd/{}", self._file.as_raw_fd()))
-            .ok()
+    }
+
+    /// The error of [`FolderLock::check_still_at`]: where the locked file is now tells a moved
+    /// folder from a removed lock file.
+    fn moved_or_removed(&self, dir: &Path) -> anyhow::Result<()> {
+        let lock = std::fs::read_link(format!("/proc/self/fd/{}", self._file.as_raw_fd())).ok();
+        let removed = lock
+            .as_ref()
+            .is_none_or(|l| l.to_string_lossy().ends_with(" (deleted)"));
+        if removed {
+            bail!(
+                "the lock file {} of the {} this process trains in was removed (by a clean-up?): stopping, as \
+                 another byol-run could now start a second run there. Run again to resume from the newest \
+                 checkpoint",
+                dir.join(LOCK_FILE).display(),
+                self.kind
+            );
+        }
+        let now = lock
             .and_then(|lock| Some(lock.parent()?.to_path_buf()))
-            .filter(|folder| folder.is_dir())
             .map_or(String::new(), |folder| format!(" (it is now {})", folder.display()));
+        let resume = match self.kind {
+            FolderKind::Run => "Resume the run where its folder is now (--run-dir)",
+            FolderKind::Sweep | FolderKind::Trial => "Move it back to resume it with the sweep",
+        };
         bail!(
-            "the folder {} was moved or replaced while this process trained in it{now}: stopping without \
-             writing there, where another byol-run could start a second run. Resume the run where its \
-             folder is now (--run-dir); it goes on from its newest checkpoint",
+            "the {} {} was moved or replaced while this process trained in it{now}: stopping without \
+             writing there, where another byol-run could start a second run. {resume}; it goes on from \
+             its newest checkpoint",
+            self.kind,
             dir.display()
         )
     }
@@ -198,6 +232,7 @@ impl FolderLock {
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(Some(Self {
             _file: file,
+            kind: what,
             created: None,
         }))
     }
@@ -237,7 +272,7 @@ pub fn take_ownership(
     if !main {
         return Ok((None, None));
     }
-    check_holds_a_run(run_dir)?;
+    check_holds_a_run(run_dir, kind)?;
     let moved = if fresh { move_aside(run_dir, kind)? } else { None };
     Ok((Some(FolderLock::create_and_acquire(run_dir, kind)?), moved))
 }
@@ -283,10 +318,10 @@ pub fn is_run_entry(name: &str) -> bool {
 /// is a run's record only beside the `dataset.json` a run writes before it (or checkpoints, or
 /// a sweep's trial record): else it is someone's experiment file, which a run would overwrite.
 /// Records count by their contents: a `dataset.json` that does not read as a run's, or a
-/// `checkpoints/` holding anything but checkpoints, is someone's.
+/// `checkpoints/` holding no checkpoint, is someone's.
 /// Hidden files (`.gitkeep`, `.DS_Store`) and a mount point's `lost+found` are no one's files;
 /// hidden folders (`.git`, `.venv`) are someone's.
-fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
+fn check_holds_a_run(run_dir: &Path, kind: FolderKind) -> anyhow::Result<()> {
     let Ok(entries) = std::fs::read_dir(run_dir) else {
         // Absent (it is created), or not a folder: the lock names that.
         return Ok(());
@@ -296,39 +331,42 @@ fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
         .filter(|e| !is_no_ones(e))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
+    let has = |name: &str| names.iter().any(|n| n == name);
     // A record counts by its contents, not its name: someone's `dataset.json`, or a
-    // `checkpoints/` holding another tool's files, does not make their folder a run's. (A
+    // `checkpoints/` of another tool's files, does not make their folder a run's. (A
     // `checkpoints/` that cannot be listed is left for the resume to name.)
-    let checkpoints = foreign_checkpoints(run_dir);
+    let checkpoints = checkpoints_entries(run_dir);
     let fingerprint = crate::train::state::FINGERPRINT_FILE;
-    let fingerprint_is_ours = names.iter().any(|n| n == fingerprint)
-        && crate::train::state::DatasetFingerprint::recorded(run_dir)
-            .is_ok_and(|recorded| recorded.is_some_and(|data| data.0.contains_key("train")));
-    let not_a_runs = |name: &str| match name {
-        CHECKPOINTS_DIR => checkpoints.as_ref().is_ok_and(|(_, foreign)| !foreign.is_empty()),
-        name => name == fingerprint && !fingerprint_is_ours,
-    };
-    let is_record = |name: &str| match name {
-        CHECKPOINTS_DIR => checkpoints.as_ref().map_or(true, |(ours, _)| *ours > 0),
-        name => name == crate::sweep::TRIAL_FILE || name == fingerprint,
-    };
-    let written_by_a_run = |name: &String| {
-        name != CONFIG_FILE && !not_a_runs(name) && (RUN_ENTRIES.contains(&name.as_str()) || name.ends_with(".partial"))
-    };
-    if !names.iter().any(|n| not_a_runs(n)) && names.iter().any(|n| is_record(n)) {
+    let not_a_fingerprint = has(fingerprint)
+        .then(|| match crate::train::state::DatasetFingerprint::recorded(run_dir) {
+            Ok(Some(data)) if data.0.contains_key("train") => None,
+            Ok(_) => Some("it records no training split".to_string()),
+            Err(e) => Some(format!("{e:#}")),
+        })
+        .flatten();
+    let holds_checkpoints = has(CHECKPOINTS_DIR) && checkpoints.as_ref().map_or(true, |(ours, _)| *ours > 0);
+    let records_its_data = has(fingerprint) && not_a_fingerprint.is_none();
+    if holds_checkpoints || records_its_data || has(crate::sweep::TRIAL_FILE) {
         return Ok(());
     }
+    let written_by_a_run = |name: &String| match name.as_str() {
+        CONFIG_FILE => false,
+        CHECKPOINTS_DIR => checkpoints.as_ref().is_ok_and(|(_, foreign)| foreign.is_empty()),
+        name if name == fingerprint => not_a_fingerprint.is_none(),
+        name => RUN_ENTRIES.contains(&name) || name.ends_with(".partial"),
+    };
     if names.iter().all(written_by_a_run) {
         return Ok(());
     }
     let mut foreign: Vec<String> = names
         .iter()
         .filter(|n| !written_by_a_run(n))
-        .map(|n| match (n.as_str(), &checkpoints) {
-            (CHECKPOINTS_DIR, Ok((_, inside))) if !inside.is_empty() => {
+        .map(|n| match (n.as_str(), &checkpoints, &not_a_fingerprint) {
+            (CHECKPOINTS_DIR, Ok((_, inside)), _) if !inside.is_empty() => {
                 let inside: Vec<String> = inside.iter().map(|i| format!("{n}/{i}")).collect();
                 inside.join(", ")
             }
+            (name, _, Some(why)) if name == fingerprint => format!("{n} (not a run's record: {why})"),
             _ => n.clone(),
         })
         .collect();
@@ -346,25 +384,34 @@ fn check_holds_a_run(run_dir: &Path) -> anyhow::Result<()> {
     } else {
         format!("exists and holds {}{more}, not a run", shown.join(", "))
     };
+    let instead = match kind {
+        FolderKind::Run => {
+            "Choose a new or empty folder (--run-dir, or run.name), or the folder of an earlier run to resume it"
+        }
+        FolderKind::Sweep | FolderKind::Trial => "Move those files out, or set another run.name (a new sweep folder)",
+    };
     bail!(
-        "run folder {} {what}: a run would write its checkpoints and logs among those files. Choose a \
-         new or empty folder (--run-dir, or run.name), or the folder of an earlier run to resume it",
+        "{kind} {} {what}: a run would write its checkpoints and logs among those files. {instead}",
         run_dir.display()
     )
 }
 
 /// The checkpoints folder of `run_dir`: how many of its entries a run wrote, and the first few
-/// names of the others. No folder there: none of either; one that cannot be listed: an error.
-fn foreign_checkpoints(run_dir: &Path) -> std::io::Result<(usize, Vec<String>)> {
+/// names of the others (hidden files aside: no one's). No folder there: none of either; one that
+/// cannot be listed: an error.
+fn checkpoints_entries(run_dir: &Path) -> std::io::Result<(usize, Vec<String>)> {
     let entries = match std::fs::read_dir(run_dir.join(CHECKPOINTS_DIR)) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
         entries => entries?,
     };
     let (mut ours, mut foreign) = (0, Vec::new());
     for entry in entries {
-        let name = entry?.file_name().to_string_lossy().into_owned();
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
         if crate::checkpoint::is_checkpoints_entry(&name) {
             ours += 1;
+        } else if is_no_ones(&entry) {
+            continue;
         } else if foreign.len() < 3 {
             foreign.push(name);
         }

@@ -344,7 +344,7 @@ fn record_skipped(t: &Trainer<'_>, run_dir: &std::path::Path, mut summary: RunSu
             remove_if_present(&path)?;
         } else {
             let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
-            run_dir::replace_file(&path, text.as_bytes())?;
+            t.in_place(|| run_dir::replace_file(&path, text.as_bytes()))?;
         }
     }
     Ok(summary)
@@ -356,7 +356,7 @@ fn write_summary(t: &Trainer<'_>, run_dir: &std::path::Path, summary: &RunSummar
         return Ok(());
     }
     let path = run_dir.join(SUMMARY_FILE);
-    run_dir::replace_file(&path, &serde_json::to_vec_pretty(summary)?)
+    t.in_place(|| run_dir::replace_file(&path, &serde_json::to_vec_pretty(summary)?))
 }
 
 /// The kNN evaluation before training: measured now at step 0 (and added to the curve, with the
@@ -596,7 +596,7 @@ fn record_curve(
         return Ok(None);
     };
     let point = curve::CurvePoint::new(evaluation, t.plan.epoch_of(step), step, loss);
-    let curve = curve::record_point(run_dir, point).map_err(|e| {
+    let curve = t.in_place(|| curve::record_point(run_dir, point)).map_err(|e| {
         let full = e.chain().any(|cause| {
             cause
                 .downcast_ref::<std::io::Error>()

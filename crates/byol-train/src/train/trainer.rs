@@ -94,7 +94,7 @@ fn check_not_past_the_end(
 /// or other data allowed with `--allow-change`): the learning-rate and EMA schedules stretch to
 /// the new length, and the checkpoint's step falls in another epoch.
 fn say_schedule_changed(run_dir: &Path, manifest: &checkpoint::Manifest, plan: &Plan) {
-    if manifest.total_steps == plan.total_steps || manifest.total_steps == 0 {
+    if manifest.total_steps == plan.total_steps || manifest.total_steps == 0 || manifest.step >= plan.total_steps {
         return;
     }
     let step = manifest.step;
@@ -302,15 +302,22 @@ impl<'a> Trainer<'a> {
         (timed * self.experiment.schedule.batch_size as u64) as f64 / train_seconds.max(1e-9)
     }
 
+    /// Runs `write`, a write by path into the run folder, while the folder is the one this
+    /// process locked: one moved away while the run trains would otherwise get a new, unlocked
+    /// folder at its old path (or another's records), where a second byol-run could train too.
+    /// Asked again after a failed write: a move during the write fails it.
+    pub fn in_place<T>(&self, write: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let check = || match &self.owner {
+            Some(owner) => owner.check_still_at(self.checkpointer.dir().parent().unwrap_or(Path::new("."))),
+            None => Ok(()),
+        };
+        check()?;
+        write().map_err(|e| check().err().unwrap_or(e))
+    }
+
     /// Rank 0 writes the checkpoint of `step` while the other processes wait; returns its folder.
     /// `last_loss` is the loss at the last log point, kept for a run resumed there to report.
     pub fn save(&self, step: u64, last_loss: Option<f64>) -> anyhow::Result<PathBuf> {
-        // A folder moved away while the run trains: written by path, the checkpoint would
-        // start an unlocked folder at the old path, where a second byol-run could train too.
-        if let Some(owner) = &self.owner {
-            let run_dir = self.checkpointer.dir().parent().unwrap_or(Path::new("."));
-            owner.check_still_at(run_dir)?;
-        }
         let saved = if self.is_main() {
             let state = TrainingState {
                 model: &self.model,
@@ -323,14 +330,16 @@ impl<'a> Trainer<'a> {
                 timed_from_step: self.carried.timed_from_step,
                 processes: Some(self.processes()),
             };
-            state::save_checkpoint(
-                &self.checkpointer,
-                state,
-                (step, record),
-                &self.plan,
-                (&self.config_toml, &self.fingerprint),
-                &self.sources,
-            )
+            self.in_place(|| {
+                state::save_checkpoint(
+                    &self.checkpointer,
+                    state,
+                    (step, record),
+                    &self.plan,
+                    (&self.config_toml, &self.fingerprint),
+                    &self.sources,
+                )
+            })
         } else {
             Ok(self.checkpointer.dir().join("last"))
         };
