@@ -345,8 +345,8 @@ impl ImageTree {
                 Ok(metadata) => Some(metadata),
                 // Gone since it was listed, or an image whose reading will say what is wrong.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound || is_image(&path) => None,
-                // A folder past the longest path the system takes (4096 bytes on Linux), say:
-                // whatever it holds would be left out without a word.
+                // An entry that cannot be looked at (one past the longest path the system takes,
+                // 4096 bytes on Linux, say): a folder's images would be left out without a word.
                 Err(e) => {
                     self.unlistable.push(format!("cannot look at {}: {e}", path.display()));
                     continue;
