@@ -857,6 +857,17 @@ fn a_refused_start_leaves_no_empty_run_folder_behind() {
     assert!(dir.path().join("done/summary.json").is_file());
 }
 
+/// Starts a run in `run_dir` of many small steps, a checkpoint after each, its output piped.
+fn long_run(dir: &Path, run_dir: &str) -> std::process::Child {
+    byol_run_command(dir)
+        .args(["tiny.toml", "--run-dir", run_dir, "--set", "schedule.epochs=400"])
+        .args(["--set", "checkpoint.every_steps=1", "--set", "eval.curve_points=0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// A run folder moved while its run trains: the run stops at its next checkpoint, saying where
 /// the folder went, instead of writing a new, unlocked folder at the old path (where a second
 /// byol-run would then train beside it); the moved folder resumes there.
@@ -864,14 +875,7 @@ fn a_refused_start_leaves_no_empty_run_folder_behind() {
 fn a_run_folder_moved_while_it_trains_stops_the_run_instead_of_starting_a_folder_at_its_old_path() {
     let dir = setup();
     let (run_dir, moved) = (dir.path().join("r"), dir.path().join("moved"));
-    // Many small steps, a checkpoint after each.
-    let child = byol_run_command(dir.path())
-        .args(["tiny.toml", "--run-dir", "r", "--set", "schedule.epochs=400"])
-        .args(["--set", "checkpoint.every_steps=1", "--set", "eval.curve_points=0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = long_run(dir.path(), "r");
     wait_for("a checkpoint", || !step_folders(&run_dir).is_empty());
     std::fs::rename(&run_dir, &moved).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -890,13 +894,7 @@ fn a_run_folder_moved_while_it_trains_stops_the_run_instead_of_starting_a_folder
     assert!(!step_folders(&moved).is_empty(), "{all}");
 
     // Its lock file removed (a clean-up): the run stops too, saying so.
-    let child = byol_run_command(dir.path())
-        .args(["tiny.toml", "--run-dir", "moved", "--set", "schedule.epochs=400"])
-        .args(["--set", "checkpoint.every_steps=1", "--set", "eval.curve_points=0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = long_run(dir.path(), "moved");
     let before = step_folders(&moved).len();
     wait_for("a checkpoint", || step_folders(&moved).len() > before + 1);
     std::fs::remove_file(moved.join("run.lock")).unwrap();

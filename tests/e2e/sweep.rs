@@ -1,7 +1,7 @@
 //! `byol-run sweep`: a 4-trial grid of the tiny CPU config gives 4 run folders and a ranked
 //! summary; killed with -9 and run again, it skips the finished trials and resumes the unfinished one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -956,11 +956,9 @@ fn a_trial_on_data_that_changed_while_the_sweep_ran_is_not_ranked() {
     assert_eq!(rows[1][4], "not ranked", "{csv}");
 }
 
-/// A sweep run again over finished trials checks their data by listing it, not decoding it: a
-/// folder cached in memory is not decoded a second time, and its unreadable image (skipped by the
-/// trials, counted by a listing) does not make the trials look as if they trained on other data.
-#[test]
-fn finished_trials_are_checked_against_their_data_without_decoding_it() {
+/// A sweep of two learning rates over image folders in `data/`: 4 images of each of two classes
+/// to train on, 2 of each to test on, a batch of 4.
+fn sweep_over_image_folders() -> (tempfile::TempDir, PathBuf) {
     let folders = "type = \"image_folder\"\ntrain = \"data/train\"\ntest = \"data/test\"\nimage_size = 16\n";
     let dir = setup(&byol_testkit::fixtures::with_table(
         &sweep_of_lr("[0.2, 0.8]").replace("batch_size = 32", "batch_size = 4"),
@@ -970,6 +968,15 @@ fn finished_trials_are_checked_against_their_data_without_decoding_it() {
     let data = dir.path().join("data");
     random_pngs(&data.join("train"), &["a", "b"], 4);
     random_pngs(&data.join("test"), &["a", "b"], 2);
+    (dir, data)
+}
+
+/// A sweep run again over finished trials checks their data by listing it, not decoding it: a
+/// folder cached in memory is not decoded a second time, and its unreadable image (skipped by the
+/// trials, counted by a listing) does not make the trials look as if they trained on other data.
+#[test]
+fn finished_trials_are_checked_against_their_data_without_decoding_it() {
+    let (dir, data) = sweep_over_image_folders();
     std::fs::write(data.join("train/a/broken.png"), b"not an image").unwrap();
     let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
     let all = text(&out);
@@ -993,15 +1000,7 @@ fn finished_trials_are_checked_against_their_data_without_decoding_it() {
 /// starts anew instead, as it does when its settings changed.
 #[test]
 fn a_trial_to_resume_on_changed_data_is_refused_and_a_failed_one_starts_anew() {
-    let folders = "type = \"image_folder\"\ntrain = \"data/train\"\ntest = \"data/test\"\nimage_size = 16\n";
-    let dir = setup(&byol_testkit::fixtures::with_table(
-        &sweep_of_lr("[0.2, 0.8]").replace("batch_size = 32", "batch_size = 4"),
-        "dataset",
-        folders,
-    ));
-    let data = dir.path().join("data");
-    random_pngs(&data.join("train"), &["a", "b"], 4);
-    random_pngs(&data.join("test"), &["a", "b"], 2);
+    let (dir, data) = sweep_over_image_folders();
     let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
     assert!(out.status.success(), "{}", text(&out));
 
