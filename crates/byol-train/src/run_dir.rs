@@ -132,18 +132,11 @@ impl FolderLock {
     /// renamed while its holder works in it (writes by path would start a new, unlocked folder
     /// at the old path). Names where the folder went, where it can tell.
     pub fn check_still_at(&self, dir: &Path) -> anyhow::Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let path = dir.join(LOCK_FILE);
-        let there = match std::fs::metadata(&path) {
-            Ok(there) => there,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return self.moved_or_removed(dir);
-            }
-            // A file system that cannot say now (a network hiccup): nothing shows a move.
-            Err(_) => return Ok(()),
-        };
-        match self._file.metadata() {
-            Ok(locked) if locked.dev() != there.dev() || locked.ino() != there.ino() => self.moved_or_removed(dir),
+        match std::fs::metadata(dir.join(LOCK_FILE)) {
+            Ok(there) if !self.is(&there) => self.moved_or_removed(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.moved_or_removed(dir),
+            // The same file, or a file system that cannot say now (a network hiccup): nothing
+            // shows a move.
             _ => Ok(()),
         }
     }
@@ -182,11 +175,15 @@ impl FolderLock {
 
     /// Whether the locked file is the one at `path` now.
     fn is_at(&self, path: &Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|there| self.is(&there))
+    }
+
+    /// Whether `there` is the locked file (false when the locked file cannot be read).
+    fn is(&self, there: &std::fs::Metadata) -> bool {
         use std::os::unix::fs::MetadataExt;
-        match (self._file.metadata(), std::fs::metadata(path)) {
-            (Ok(locked), Ok(there)) => locked.dev() == there.dev() && locked.ino() == there.ino(),
-            _ => false,
-        }
+        self._file
+            .metadata()
+            .is_ok_and(|locked| locked.dev() == there.dev() && locked.ino() == there.ino())
     }
 
     /// The lock of the lock file in `dir`; None when `dir` is not there to hold one.
