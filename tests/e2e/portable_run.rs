@@ -188,6 +188,11 @@ fn a_moved_run_folder_resumes_on_moved_data_and_embeds_bit_for_bit() {
         all.contains("other data") && all.contains("\n  train: 66 images of the same 3 classes (files "),
         "{all}"
     );
+    // The class that changed is named, and no other.
+    assert!(
+        all.contains("\n    changed: a/ (22 images, other names or sizes)\n") && !all.contains("b/ ("),
+        "{all}"
+    );
     std::fs::rename(&renamed, &file).unwrap();
     // ... or an image replaced under its own name (by a flat one, whose PNG is smaller than noise's)...
     let original = std::fs::read(&file).unwrap();
@@ -208,6 +213,7 @@ fn a_moved_run_folder_resumes_on_moved_data_and_embeds_bit_for_bit() {
         all.contains("other data") && all.contains("train: 66 images") && all.contains("65 images"),
         "{all}"
     );
+    assert!(all.contains("\n    changed: a/ (22 -> 21 images)\n"), "{all}");
 }
 
 /// A start on other data (`--allow-change dataset.train`) that stops before its first checkpoint

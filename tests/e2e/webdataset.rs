@@ -373,6 +373,32 @@ fn kill_9_in_the_middle_of_an_epoch_then_resume_ends_bit_for_bit() {
             "{name} differs between the uninterrupted and the resumed run"
         );
     }
+
+    // Two shards that trade names hold other samples under each name: a resume is refused and
+    // names those two shards.
+    let shard = |i: usize| dir.path().join(format!("shards/train-{i:06}.tar"));
+    for (from, to) in [(shard(1), shard(9)), (shard(2), shard(1)), (shard(9), shard(2))] {
+        std::fs::rename(from, to).unwrap();
+    }
+    let longer = [
+        "wds.toml",
+        "--run-dir",
+        "reference",
+        "--set",
+        "schedule.epochs=3",
+        "--allow-change",
+        "schedule.epochs",
+    ];
+    let out = byol_run(dir.path(), &longer);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains(
+            "\n    changed: train-000001.tar (16 images, other names or sizes), \
+             train-000002.tar (16 images, other names or sizes)\n"
+        ),
+        "{all}"
+    );
 }
 
 fn free_port() -> u16 {

@@ -347,8 +347,8 @@ impl CifarConfig {
     }
 
     /// Reads the records of `files` into memory. The set's content digest is the SHA-256 of the
-    /// files' names and bytes: they are read whole anyway, and it tells any change to them apart,
-    /// which their fixed names and sizes cannot.
+    /// files' names and bytes, and each file is a part: they are read whole anyway, and it tells
+    /// any change to them apart, which their fixed names and sizes cannot.
     /// Files whose record count is not the release's add a warning to `warnings`.
     fn read(&self, files: &[PathBuf], classes: &[String], warnings: &mut Vec<String>) -> Result<ImageSet, DataError> {
         use sha2::Digest;
@@ -357,6 +357,7 @@ impl CifarConfig {
         let mut pixels = Vec::new();
         let mut labels = Vec::new();
         let mut digest = sha2::Sha256::new();
+        let mut parts = Vec::new();
         for path in files {
             let bad = |message: String| DataError::Image {
                 path: path.clone(),
@@ -393,8 +394,16 @@ impl CifarConfig {
                     expected * record
                 ));
             }
-            digest.update(format!("{name}\t{}\n", bytes.len()).as_bytes());
-            digest.update(&bytes);
+            let mut part = sha2::Sha256::new();
+            for hasher in [&mut digest, &mut part] {
+                hasher.update(format!("{name}\t{}\n", bytes.len()).as_bytes());
+                hasher.update(&bytes);
+            }
+            parts.push(byol::ContentPart {
+                name,
+                files: count,
+                digest: crate::dataset::hex(&part.finalize()),
+            });
             pixels.reserve(bytes.len() / record * PIXELS);
             for (i, r) in bytes.chunks_exact(record).enumerate() {
                 let label = r[skip - 1] as usize;
@@ -409,8 +418,11 @@ impl CifarConfig {
                 pixels.extend_from_slice(&r[skip..]);
             }
         }
-        let digest = crate::dataset::hex(&digest.finalize());
-        Ok(ImageSet::new(pixels, labels, SIDE, SIDE, classes.to_vec())?.with_content_digest(Some(digest)))
+        let content = byol::Content {
+            digest: crate::dataset::hex(&digest.finalize()),
+            parts,
+        };
+        Ok(ImageSet::new(pixels, labels, SIDE, SIDE, classes.to_vec())?.with_content(Some(content)))
     }
 }
 
@@ -442,7 +454,7 @@ mod tests {
     #[test]
     fn the_digest_tells_a_changed_pixel_from_the_same_bytes() {
         let tmp = tempfile::tempdir().unwrap();
-        let digest = |fill| read(&batch(tmp.path(), 3, fill)).0.content_digest().expect("a digest");
+        let digest = |fill| read(&batch(tmp.path(), 3, fill)).0.content().expect("a digest").digest;
         let first = digest(7);
         assert_eq!(first, digest(7));
         let path = batch(tmp.path(), 3, 7);
@@ -451,7 +463,7 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         assert_ne!(
             first,
-            read(&path).0.content_digest().unwrap(),
+            read(&path).0.content().unwrap().digest,
             "same count and size, one pixel changed"
         );
     }

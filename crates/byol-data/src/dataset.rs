@@ -5,6 +5,7 @@
 use tch::Tensor;
 
 pub use byol::dataset::{fill_skipped, read_batch, read_parallel, resolve_threads, Dataset, DatasetSpec, Splits};
+use byol::{Content, ContentPart};
 
 use crate::DataError;
 
@@ -16,8 +17,8 @@ pub struct ImageSet {
     height: usize,
     width: usize,
     classes: Vec<String>,
-    /// See [`Dataset::content_digest`].
-    digest: Option<String>,
+    /// See [`Dataset::content`].
+    content: Option<Content>,
     /// See [`Dataset::skipped`]: the images left out when the set was decoded.
     skipped: Vec<String>,
 }
@@ -44,15 +45,15 @@ impl ImageSet {
             height,
             width,
             classes,
-            digest: None,
+            content: None,
             skipped: Vec::new(),
         })
     }
 
-    /// The set with `digest` as its [`Dataset::content_digest`] (that of the files it was
-    /// decoded from).
-    pub fn with_content_digest(mut self, digest: Option<String>) -> Self {
-        self.digest = digest;
+    /// The set with `content` as its [`Dataset::content`] (that of the files it was decoded
+    /// from).
+    pub fn with_content(mut self, content: Option<Content>) -> Self {
+        self.content = content;
         self
     }
 
@@ -87,18 +88,37 @@ pub fn keep_readable(pixels: &mut Vec<u8>, labels: &[Option<i64>], sample: usize
     kept
 }
 
-/// A [`Dataset::content_digest`]: the SHA-256 of `files`, each a name (an image's path relative
-/// to its split's folder, or its shard's file name and member name) and its size in bytes, one
-/// `name<TAB>size` line per file, in the split's order. The size costs nothing (listing a file
-/// reads it) and tells an image replaced under the same name.
-pub fn files_digest(files: impl IntoIterator<Item = (impl AsRef<str>, u64)>) -> String {
+/// A [`Dataset::content`]: the SHA-256 of `files`, each a part, a name (an image's path
+/// relative to its split's folder, or its shard's file name and member name) and a size in
+/// bytes, one `name<TAB>size` line per file, in the split's order; and the same per part, in the
+/// order parts first appear. The size costs nothing (listing a file reads it) and tells an image
+/// replaced under the same name.
+pub fn files_content(files: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>, u64)>) -> Content {
     use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    for (name, size) in files {
-        hasher.update(name.as_ref().as_bytes());
-        hasher.update(format!("\t{size}\n").as_bytes());
+    let mut whole = sha2::Sha256::new();
+    let mut parts: Vec<(String, usize, sha2::Sha256)> = Vec::new();
+    let mut part_at = std::collections::HashMap::new();
+    for (part, name, size) in files {
+        let line = format!("{}\t{size}\n", name.as_ref());
+        whole.update(line.as_bytes());
+        let at = *part_at.entry(part.as_ref().to_string()).or_insert_with(|| {
+            parts.push((part.as_ref().to_string(), 0, sha2::Sha256::new()));
+            parts.len() - 1
+        });
+        parts[at].1 += 1;
+        parts[at].2.update(line.as_bytes());
     }
-    hex(&hasher.finalize())
+    Content {
+        digest: hex(&whole.finalize()),
+        parts: parts
+            .into_iter()
+            .map(|(name, files, hasher)| ContentPart {
+                name,
+                files,
+                digest: hex(&hasher.finalize()),
+            })
+            .collect(),
+    }
 }
 
 /// Lowercase hex of a digest.
@@ -115,8 +135,8 @@ impl Dataset for ImageSet {
         self.labels.len()
     }
 
-    fn content_digest(&self) -> Option<String> {
-        self.digest.clone()
+    fn content(&self) -> Option<Content> {
+        self.content.clone()
     }
 
     fn classes(&self) -> &[String] {
@@ -188,4 +208,35 @@ pub(crate) fn repeated_files_warning<'a>(
             first.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha256(text: &str) -> String {
+        use sha2::Digest;
+        hex(&sha2::Sha256::digest(text.as_bytes()))
+    }
+
+    #[test]
+    fn content_digests_the_whole_as_before_parts_and_each_part_alone() {
+        let files = [("b/", "b/2.jpg", 7), ("a/", "a/1.jpg", 10), ("b/", "b/0.jpg", 3)];
+        let content = files_content(files);
+        // The whole split's digest is the one runs recorded before parts were kept, so their
+        // records still match.
+        assert_eq!(content.digest, sha256("b/2.jpg\t7\na/1.jpg\t10\nb/0.jpg\t3\n"));
+        let parts: Vec<(&str, usize, String)> = content
+            .parts
+            .iter()
+            .map(|p| (p.name.as_str(), p.files, p.digest.clone()))
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                ("b/", 2, sha256("b/2.jpg\t7\nb/0.jpg\t3\n")),
+                ("a/", 1, sha256("a/1.jpg\t10\n"))
+            ]
+        );
+    }
 }

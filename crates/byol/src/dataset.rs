@@ -11,6 +11,27 @@ use crate::{BuildContext, DataError, LoaderCrops};
 /// The label that images of an unlabelled split carry (their split has no classes).
 pub const NO_LABEL: i64 = -1;
 
+/// A [`Dataset::content`]: a digest of the whole split, and the same per part of it (a
+/// top-level folder, a shard, a batch file), so that a change can be told and then named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    /// Lowercase hex SHA-256.
+    pub digest: String,
+    /// In the split's order; empty where the source has no parts.
+    pub parts: Vec<ContentPart>,
+}
+
+/// One part of a split's [`Content`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentPart {
+    /// `cat/` (a folder under the split's), `train-000003.tar` (a shard).
+    pub name: String,
+    /// Its files (samples, images), unreadable ones included.
+    pub files: usize,
+    /// Lowercase hex SHA-256, as the whole split's.
+    pub digest: String,
+}
+
 /// A split of images, all of one shape, with labels; an unlabelled split has no classes and
 /// labels every image [`NO_LABEL`].
 pub trait Dataset: std::fmt::Debug + Send + Sync {
@@ -31,12 +52,11 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
     /// `[channels, height, width]` of every image.
     fn image_shape(&self) -> [usize; 3];
 
-    /// A digest of what the split holds that does not depend on where it lives (its files'
-    /// names relative to its folder and their sizes, in order), so that a resume can tell the
-    /// run's data moved elsewhere from other data of the same size, an image replaced under its
-    /// name included; None when the source has none cheaper than its pixels (generated or
-    /// fixed-file datasets).
-    fn content_digest(&self) -> Option<String> {
+    /// What the split holds, told apart from where it lives (its files' names relative to its
+    /// folder and their sizes, in order), so that a resume can tell the run's data moved
+    /// elsewhere from other data of the same size, an image replaced under its name included;
+    /// None when the source has nothing cheaper than its pixels (generated datasets).
+    fn content(&self) -> Option<Content> {
         None
     }
 
@@ -302,7 +322,7 @@ pub trait DatasetSpec: std::fmt::Debug + Send + Sync {
 
     /// The splits of [`DatasetSpec::build`] without decoding the images where the source can list
     /// them (a folder cached in memory is listed, not decoded), and without printing `build`'s
-    /// notes: enough for their count, classes and [`Dataset::content_digest`], to check what a run
+    /// notes: enough for their count, classes and [`Dataset::content`], to check what a run
     /// read cheaply. A listed split counts every image, unreadable ones included. Default: `build`
     /// (with its notes).
     fn build_listing(&self, context: &BuildContext) -> Result<Splits, DataError> {

@@ -61,7 +61,7 @@ impl DecodingFolder {
             .collect();
         let classes = self.listing.classes.clone();
         let set = ImageSet::new(pixels, kept_labels, size, size, classes)?
-            .with_content_digest(Some(self.listing.content_digest()))
+            .with_content(Some(self.listing.content()))
             .with_skipped(self.skipped());
         Ok((set, warnings))
     }
@@ -118,8 +118,8 @@ impl Dataset for DecodingFolder {
         [3, self.size as usize, self.size as usize]
     }
 
-    fn content_digest(&self) -> Option<String> {
-        Some(self.listing.content_digest())
+    fn content(&self) -> Option<byol::Content> {
+        Some(self.listing.content())
     }
 
     fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError> {

@@ -18,6 +18,9 @@ pub(super) struct Listing {
     pub(super) sizes: Vec<u64>,
 }
 
+/// The part of a listing's [`byol::Content`] that holds the files directly in its folder.
+const TOP_LEVEL_PART: &str = "(files at the top level)";
+
 /// An image file found by a listing, with its size in bytes.
 type Found = (PathBuf, u64);
 
@@ -35,15 +38,19 @@ impl Listing {
         }
     }
 
-    /// The split's [`crate::Dataset::content_digest`]: its files' paths relative to `root`, and
-    /// their sizes.
-    pub(super) fn content_digest(&self) -> String {
-        crate::dataset::files_digest(
-            self.files
-                .iter()
-                .zip(&self.sizes)
-                .map(|((path, _), &size)| (path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy(), size)),
-        )
+    /// The split's [`crate::Dataset::content`]: its files' paths relative to `root`, and their
+    /// sizes; its parts are the folders under `root` (the classes of a labelled split), and the
+    /// files directly in it.
+    pub(super) fn content(&self) -> byol::Content {
+        crate::dataset::files_content(self.files.iter().zip(&self.sizes).map(|((path, _), &size)| {
+            let relative = path.strip_prefix(&self.root).unwrap_or(path);
+            let mut components = relative.components();
+            let part = match (components.next(), components.next()) {
+                (Some(folder), Some(_)) => format!("{}/", folder.as_os_str().to_string_lossy()),
+                _ => TOP_LEVEL_PART.to_string(),
+            };
+            (part, relative.to_string_lossy(), size)
+        }))
     }
 }
 

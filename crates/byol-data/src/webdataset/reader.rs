@@ -180,12 +180,13 @@ impl Dataset for WebDataset {
         [3, self.0.size as usize, self.0.size as usize]
     }
 
-    /// The samples' shard file names, member names and image sizes.
-    fn content_digest(&self) -> Option<String> {
+    /// The samples' shard file names, member names and image sizes; each shard is a part.
+    fn content(&self) -> Option<byol::Content> {
         let index = &self.0.index;
-        Some(crate::dataset::files_digest(index.samples.iter().map(|s| {
+        Some(crate::dataset::files_content(index.samples.iter().map(|s| {
             let shard = index.path(s).file_name().unwrap_or_default().to_string_lossy();
-            (format!("{shard}/{}", s.name), s.size)
+            let name = format!("{shard}/{}", s.name);
+            (shard, name, s.size)
         })))
     }
 

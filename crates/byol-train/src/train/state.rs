@@ -51,17 +51,33 @@ pub struct DatasetFingerprint(pub BTreeMap<String, SplitFingerprint>);
 pub struct SplitFingerprint {
     pub images: usize,
     pub classes: Vec<String>,
-    /// The split's [`Dataset::content_digest`] (its files' names, relative to where it lives,
+    /// The digest of the split's [`Dataset::content`] (its files' names, relative to where it lives,
     /// and sizes); absent for sources without one, and in the records of runs started before it
     /// existed. Those records may hold `digest`, a digest of the names alone, which nothing
     /// computes any more: such a run resumes on count and classes, as before digests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_digest: Option<String>,
+    /// The split's parts (its top-level folders, shards or batch files), so that a refusal can
+    /// name which changed; absent for sources without parts, and in the records of runs started
+    /// before parts were kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<String, PartFingerprint>,
     /// Whether `images` counts the split's files as listed ([`DatasetFingerprint::of_experiment`]),
     /// unreadable ones included, rather than the images a run read. Never recorded.
     #[serde(skip)]
     pub listed: bool,
 }
+
+/// One part of a [`SplitFingerprint`]: its images (unreadable ones included) and the start of
+/// its digest ([`byol::ContentPart`]; 64 bits tell a change, and a thousand parts stay small).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartFingerprint {
+    pub images: usize,
+    pub digest: String,
+}
+
+/// Digits of a part's digest kept in its [`PartFingerprint`].
+const PART_DIGEST_DIGITS: usize = 16;
 
 impl SplitFingerprint {
     /// `5000 images of classes [a, b] (files 3fa2c41b09de)`: the count, the classes (the first and
@@ -93,10 +109,20 @@ impl DatasetFingerprint {
             splits
                 .into_iter()
                 .map(|(name, data)| {
+                    let content = data.content();
+                    let parts = content.iter().flat_map(|c| &c.parts).map(|part| {
+                        let digest = part.digest[..part.digest.len().min(PART_DIGEST_DIGITS)].to_string();
+                        let fingerprint = PartFingerprint {
+                            images: part.files,
+                            digest,
+                        };
+                        (part.name.clone(), fingerprint)
+                    });
                     let split = SplitFingerprint {
                         images: data.len(),
                         classes: data.classes().to_vec(),
-                        files_digest: data.content_digest(),
+                        parts: parts.collect(),
+                        files_digest: content.map(|c| c.digest),
                         listed: false,
                     };
                     (name.to_string(), split)
@@ -159,7 +185,8 @@ impl DatasetFingerprint {
         run_dir::replace_file(&path, &serde_json::to_vec_pretty(self)?)
     }
 
-    /// One line per split that differs, `train: 10000 images -> 9000 images`.
+    /// One line per split that differs, `train: 10000 images -> 9000 images`, each followed by
+    /// the parts that differ where both records have parts ([`part_differences`]).
     pub fn differences(&self, now: &Self) -> Vec<String> {
         // Classes that did not change are not listed on both sides (a thousand names).
         let describe = |s: Option<&SplitFingerprint>, other: Option<&SplitFingerprint>| match (s, other) {
@@ -183,13 +210,65 @@ impl DatasetFingerprint {
                 (Some(saved), Some(now)) => !saved.matches(now),
                 (saved, now) => saved.is_some() || now.is_some(),
             })
-            .map(|name| {
+            .flat_map(|name| {
                 let (saved, now) = (self.0.get(name), now.0.get(name));
-                format!("  {name}: {} -> {}", describe(saved, now), describe(now, saved))
+                let split = format!("  {name}: {} -> {}", describe(saved, now), describe(now, saved));
+                let parts = match (saved, now) {
+                    (Some(saved), Some(now)) => part_differences(&saved.parts, &now.parts),
+                    _ => Vec::new(),
+                };
+                std::iter::once(split).chain(parts)
             })
             .collect()
     }
 }
+
+/// The parts of a split that differ, one line per kind of difference (changed, no longer
+/// there, new), naming at most [`PARTS_NAMED`] parts each: `    changed: cat/ (500 -> 499
+/// images), dog/ (500 images, other names or sizes)`. Empty when either side has no parts.
+fn part_differences(saved: &BTreeMap<String, PartFingerprint>, now: &BTreeMap<String, PartFingerprint>) -> Vec<String> {
+    if saved.is_empty() || now.is_empty() || saved == now {
+        return Vec::new();
+    }
+    let changed = saved.iter().filter_map(|(name, before)| {
+        let after = now.get(name).filter(|after| after.digest != before.digest)?;
+        Some(match before.images == after.images {
+            true => format!("{name} ({}, other names or sizes)", images(before.images)),
+            false => format!("{name} ({} -> {})", before.images, images(after.images)),
+        })
+    });
+    let only_in = |these: &BTreeMap<String, PartFingerprint>, those: &BTreeMap<String, PartFingerprint>| {
+        these
+            .iter()
+            .filter(|(name, _)| !those.contains_key(*name))
+            .map(|(name, part)| format!("{name} ({})", images(part.images)))
+            .collect::<Vec<_>>()
+    };
+    [
+        ("changed", changed.collect()),
+        ("no longer there", only_in(saved, now)),
+        ("new", only_in(now, saved)),
+    ]
+    .into_iter()
+    .filter(|(_, parts)| !parts.is_empty())
+    .map(|(what, parts): (&str, Vec<String>)| {
+        let more = match parts.len().saturating_sub(PARTS_NAMED) {
+            0 => String::new(),
+            n => format!(", and {n} more"),
+        };
+        let named: Vec<&str> = parts.iter().take(PARTS_NAMED).map(String::as_str).collect();
+        format!("    {what}: {}{more}", named.join(", "))
+    })
+    .collect()
+}
+
+/// `1 image`, `5 images`.
+fn images(n: usize) -> String {
+    format!("{n} image{}", if n == 1 { "" } else { "s" })
+}
+
+/// How many parts a line of [`part_differences`] names.
+const PARTS_NAMED: usize = 8;
 
 /// `10000 images of classes [a, b]`.
 fn describe_split(split: Option<&SplitFingerprint>) -> String {
@@ -589,5 +668,45 @@ mod tests {
             ..now.clone()
         };
         assert!(decoded.matches(&listed));
+    }
+
+    fn parts(list: &[(&str, usize, &str)]) -> BTreeMap<String, PartFingerprint> {
+        list.iter()
+            .map(|&(name, images, digest)| {
+                let digest = digest.to_string();
+                (name.to_string(), PartFingerprint { images, digest })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_parts_that_differ_are_named_by_kind() {
+        let saved = parts(&[("a/", 5, "01"), ("b/", 5, "02"), ("c/", 5, "03"), ("d/", 2, "04")]);
+        let now = parts(&[("a/", 5, "01"), ("b/", 4, "12"), ("c/", 5, "13"), ("e/", 1, "05")]);
+        assert_eq!(
+            part_differences(&saved, &now),
+            [
+                "    changed: b/ (5 -> 4 images), c/ (5 images, other names or sizes)",
+                "    no longer there: d/ (2 images)",
+                "    new: e/ (1 image)",
+            ]
+        );
+        assert!(part_differences(&saved, &saved).is_empty());
+        // A record without parts (written before they were kept) names none.
+        assert!(part_differences(&BTreeMap::new(), &now).is_empty());
+        // Many parts: the first few are named, the rest counted.
+        let many = |digit: &str| {
+            let names: Vec<String> = (0..20).map(|i| format!("shard-{i:02}.tar")).collect();
+            let list: Vec<(&str, usize, &str)> = names.iter().map(|n| (n.as_str(), 10, digit)).collect();
+            parts(&list)
+        };
+        let lines = part_differences(&many("0"), &many("1"));
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("    changed: shard-00.tar (10 images, other names or sizes), ")
+                && lines[0].ends_with("shard-07.tar (10 images, other names or sizes), and 12 more"),
+            "{}",
+            lines[0]
+        );
     }
 }
