@@ -118,6 +118,8 @@ fn unlabelled_flat_folder_trains_with_and_without_an_evaluation_split() {
             }
         }
     }
+    // An image beside the class folders is left out with a warning in [eval]'s own terms.
+    write_image(&dir.path().join("labelled/train/loose.png"), 0, 5);
     let out = byol_run(
         dir.path(),
         &[
@@ -134,6 +136,11 @@ fn unlabelled_flat_folder_trains_with_and_without_an_evaluation_split() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(!all.contains("kNN monitor and online probe off"), "{all}");
+    assert!(
+        all.contains("warning: eval.train: 1 image(s) directly in labelled/train are in no class folder")
+            && all.contains("(first: labelled/train/loose.png); move them into a class folder\n"),
+        "{all}"
+    );
     assert!(all.contains("kNN top-1 before") && all.contains("kNN gain"), "{all}");
     let with = summary(dir.path());
     for key in ["knn_before", "knn_after"] {

@@ -381,7 +381,7 @@ fn find_images(args: &EmbedArgs) -> anyhow::Result<(ImageTree, Skipped)> {
     }
     let mut passed_over = PassedOver::default();
     passed_over.take_from(&mut scan);
-    for warning in passed_over.warnings(&args.images) {
+    for warning in passed_over.warnings(&args.images, "embed them") {
         byol::eprint_line!("warning: {warning}");
     }
     if scan.images.is_empty() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use byol_data::image_folder::{is_hidden, ImageFolderConfig};
+use byol_data::image_folder::{is_hidden, ImageFolderConfig, Wording};
 use byol_data::Dataset;
 use byol_train::knn::knn_accuracy;
 use byol_train::linear::{linear_probe, VALIDATION_FRACTION};
@@ -124,11 +124,11 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         ..Default::default()
     };
     let (splits, warnings) = folder
-        .load()
-        .map_err(|e| anyhow::anyhow!(in_flag_terms(&e.to_string())))
+        .load_worded(&Wording::flags("evaluate on them"))
+        .map_err(|e| anyhow::anyhow!(e.message()))
         .context("reading the evaluation images")?;
     for w in warnings {
-        byol::eprint_line!("warning: {}", in_flag_terms(&w));
+        byol::eprint_line!("warning: {w}");
     }
     let test: Arc<dyn Dataset> = splits.test.clone().expect("test split requested");
     let schedule = &experiment.schedule;
@@ -168,32 +168,6 @@ fn check_labelled_folder(flag: &str, dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The image folder reader's messages name experiment keys (`dataset.train`, `labels`,
-/// `on_bad_image`); here the folders come from flags and those keys do not exist, so the
-/// messages are told in the flags' terms.
-fn in_flag_terms(message: &str) -> String {
-    const TERMS: [(&str, &str); 12] = [
-        ("to JPEG or PNG to train on them", "to JPEG or PNG to evaluate on them"),
-        ("dataset configuration: ", ""),
-        (
-            "; set dataset.on_bad_image = \"error\" to stop at the first one instead",
-            "",
-        ),
-        (" (set dataset.on_bad_image = \"skip\" to skip unreadable images)", ""),
-        (", or anywhere under it for unlabelled training (labels = \"none\")", ""),
-        (", or set labels = \"none\" to train on every image unlabelled", ""),
-        ("dataset.train = ", "--train "),
-        ("dataset.test = ", "--test "),
-        ("dataset.train", "--train"),
-        ("dataset.test", "--test"),
-        ("<train>/", "<folder>/"),
-        ("<test>/", "<folder>/"),
-    ];
-    TERMS
-        .iter()
-        .fold(message.to_string(), |text, (key, flag)| text.replace(key, flag))
 }
 
 /// The kNN k and temperature of the run a checkpoint belongs to, and where they were read: the

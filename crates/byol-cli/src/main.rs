@@ -112,20 +112,12 @@ struct ShardArgs {
 }
 
 fn shard(args: &ShardArgs) -> anyhow::Result<()> {
-    // The listing speaks of the image folder's keys; here the folder is the argument.
-    let in_shard_terms = |message: &str| {
-        message
-            .replace("dataset configuration: ", "")
-            .replace("dataset.train: ", "")
-            .replace("set labels = \"none\"", "add --unlabelled")
-            .replace("(labels = \"none\")", "(--unlabelled)")
-    };
     let seed = (!args.in_order).then_some(args.seed);
     let written = byol_data::webdataset::write_shards(&args.dir, &args.out, args.per_shard, seed, args.unlabelled)
-        .map_err(|e| anyhow::anyhow!(in_shard_terms(&e.to_string())))
+        .map_err(|e| anyhow::anyhow!(e.message()))
         .with_context(|| format!("writing shards of {}", args.dir.display()))?;
     for w in &written.warnings {
-        byol::eprint_line!("warning: {}", in_shard_terms(w));
+        byol::eprint_line!("warning: {w}");
     }
     say!(
         "wrote {} samples{} into {} shard(s); sources in {}",

@@ -7,9 +7,6 @@ use std::sync::{Mutex, MutexGuard};
 /// How many skipped images a warning names; the others are counted.
 const NAMED: usize = 3;
 
-/// The hint that ends every warning about skipped images.
-const SKIP_HINT: &str = "set dataset.on_bad_image = \"error\" to stop at the first one instead";
-
 /// The unreadable images of a split met so far (index -> reason), shared by the loader's threads.
 #[derive(Debug, Default)]
 pub(crate) struct SkippedImages(Mutex<Seen>);
@@ -50,12 +47,14 @@ impl SkippedImages {
     }
 
     /// `skipped N unreadable <what> of <of> in <place> (a: why; b: why; c: why; and 2 more);
-    /// <hint>` when images were skipped since the last warning, else None.
+    /// <stop> to stop at the first one instead` when images were skipped since the last warning,
+    /// else None; `stop` is how to stop (`set dataset.on_bad_image = "error"`), where there is a way.
     pub(crate) fn take_warning(
         &self,
         what: &str,
         of: usize,
         place: &str,
+        stop: Option<&str>,
         name: impl Fn(usize) -> String,
     ) -> Option<String> {
         let mut seen = self.seen();
@@ -74,8 +73,9 @@ impl SkippedImages {
             0 => String::new(),
             n => format!("; and {n} more"),
         };
+        let stop = stop.map_or(String::new(), |how| format!("; {how} to stop at the first one instead"));
         Some(format!(
-            "skipped {total} unreadable {what} of {of} in {place} ({}{more}); {SKIP_HINT}",
+            "skipped {total} unreadable {what} of {of} in {place} ({}{more}){stop}",
             named.join("; ")
         ))
     }

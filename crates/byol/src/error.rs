@@ -35,3 +35,15 @@ pub enum DataError {
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
+
+impl DataError {
+    /// The message without `dataset configuration: ` before a configuration error: for data
+    /// that is not the experiment's `[dataset]` (`[eval]`'s folders, a command's arguments),
+    /// whose messages name it themselves.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Config(message) => message.clone(),
+            other => other.to_string(),
+        }
+    }
+}

@@ -31,6 +31,8 @@ pub(super) struct DecodingFolder {
     /// The split's `limit_per_class` (0: none), for messages.
     pub(super) limit_per_class: usize,
     pub(super) on_bad_image: OnBadImage,
+    /// How to stop at an unreadable image, and how to skip it ([`super::Wording::on_bad_image`]).
+    pub(super) on_bad_image_hints: Option<(String, String)>,
     pub(super) skipped: SkippedImages,
 }
 
@@ -163,7 +165,7 @@ impl Dataset for DecodingFolder {
     fn take_warning(&self) -> Option<String> {
         let place = self.listing.root.display().to_string();
         self.skipped
-            .take_warning("image(s)", self.listing.files.len(), &place, |i| {
+            .take_warning("image(s)", self.listing.files.len(), &place, self.stop_hint(), |i| {
                 self.listing.files[i].0.display().to_string()
             })
     }
@@ -183,6 +185,10 @@ impl DecodingFolder {
             })
     }
 
+    fn stop_hint(&self) -> Option<&str> {
+        self.on_bad_image_hints.as_ref().map(|(stop, _)| stop.as_str())
+    }
+
     /// The label of a successfully read image, or the bad-image policy applied to `why`.
     pub(super) fn outcome(&self, index: usize, read: Result<(), String>) -> Result<Option<i64>, DataError> {
         let (path, label) = &self.listing.files[index];
@@ -194,7 +200,10 @@ impl DecodingFolder {
             }
             Err(why) => Err(DataError::Image {
                 path: path.clone(),
-                message: format!("{why} (set dataset.on_bad_image = \"skip\" to skip unreadable images)"),
+                message: match &self.on_bad_image_hints {
+                    Some((_, skip)) => format!("{why} ({skip} to skip unreadable images)"),
+                    None => why,
+                },
             }),
         }
     }

@@ -6,6 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::dataset::repeated_files_warning;
 use crate::DataError;
 
+use super::wording::{Split, Wording};
 use super::{EXTENSIONS, NO_LABEL};
 
 /// The files of one split and their labels (no classes and [`NO_LABEL`] when unlabelled).
@@ -76,38 +77,43 @@ pub(crate) fn images_for_shards(
         )));
     }
     let mut warnings = Vec::new();
+    let wording = Wording::argument("add --unlabelled");
+    let split = Split::train(&wording);
     let listing = if !unlabelled && has_class_folders(dir)? {
-        scan("train", dir, None, 0, &mut warnings)?
+        scan(split, dir, None, 0, &mut warnings)?
     } else {
-        scan_unlabelled("train", dir, None, 0, &mut warnings)?
+        scan_unlabelled(split, dir, None, 0, &mut warnings)?
     };
     Ok((listing.classes, listing.files, warnings))
 }
 
-/// The error for a labelled split at `root` (`dataset.<key>`) without class sub-folders.
-pub(super) fn no_class_folders(key: &str, root: &Path) -> DataError {
+/// The error for a labelled split at `root` without class sub-folders.
+pub(super) fn no_class_folders(split: Split, root: &Path) -> DataError {
     let has_images = has_images_under(root).unwrap_or(false);
-    DataError::Config(match (key, has_images) {
-        ("test", true) => format!(
-            "dataset.test: {} holds images but no class sub-folders, and the kNN monitor's test split needs \
-             their labels: put its images in one sub-folder per class, as in dataset.train \
-             (<test>/<class>/<image>)",
+    let (at, layout, train) = (split.at(), split.layout(), &split.wording.train.key);
+    DataError::Config(match (split.test, has_images) {
+        (true, true) => format!(
+            "{at}{} holds images but no class sub-folders, and the kNN monitor's test split needs their \
+             labels: put its images in one sub-folder per class, as in {train} ({layout})",
             root.display()
         ),
-        (_, true) => format!(
-            "dataset.{key}: {} holds images but no class sub-folders; put them in one sub-folder per class \
-             (<{key}>/<class>/<image>), or set labels = \"none\" for unlabelled training",
+        (false, true) => format!(
+            "{at}{} holds images but no class sub-folders; put them in one sub-folder per class ({layout}){}",
+            root.display(),
+            split.wording.or_unlabelled("for unlabelled training")
+        ),
+        (true, false) => format!(
+            "{at}{} has no class sub-folders and no images; put the kNN monitor's test images in one \
+             sub-folder per class, as in {train} ({layout})",
             root.display()
         ),
-        ("test", false) => format!(
-            "dataset.test: {} has no class sub-folders and no images; put the kNN monitor's test images in one \
-             sub-folder per class, as in dataset.train (<test>/<class>/<image>)",
-            root.display()
-        ),
-        _ => format!(
-            "dataset.{key}: {} has no class sub-folders and no images; put the images in one sub-folder per \
-             class (<{key}>/<class>/<image>), or anywhere under it for unlabelled training (labels = \"none\")",
-            root.display()
+        (false, false) => format!(
+            "{at}{} has no class sub-folders and no images; put the images in one sub-folder per class \
+             ({layout}){}",
+            root.display(),
+            split.wording.unlabelled.as_ref().map_or(String::new(), |how| format!(
+                ", or anywhere under it for unlabelled training ({how})"
+            ))
         ),
     })
 }
@@ -179,13 +185,14 @@ impl PassedOver {
 
     /// `; <the other formats warning>` when files of other formats were passed over: the reason
     /// a folder of images holds none that are read.
-    fn other_formats_note(&self, root: &Path) -> String {
-        other_formats_warning(root, &self.other_formats).map_or(String::new(), |w| format!("; {w}"))
+    fn other_formats_note(&self, root: &Path, purpose: &str) -> String {
+        other_formats_warning(root, &self.other_formats, purpose).map_or(String::new(), |w| format!("; {w}"))
     }
 
     /// One warning each for files of other formats, folders not read again, links to images read
-    /// where they are, and entries that are not files, found under `root`.
-    pub fn warnings(&self, root: &Path) -> impl Iterator<Item = String> {
+    /// where they are, and entries that are not files, found under `root`; the images are read
+    /// to `purpose` (`train on them`).
+    pub fn warnings(&self, root: &Path, purpose: &str) -> impl Iterator<Item = String> {
         let revisits = self.revisits.first().map(|first| {
             format!(
                 "{} folder(s) under {} were not read there, to read each folder once, in the class folder that \
@@ -214,7 +221,7 @@ impl PassedOver {
                 first.display()
             )
         });
-        other_formats_warning(root, &self.other_formats)
+        other_formats_warning(root, &self.other_formats, purpose)
             .into_iter()
             .chain(revisits)
             .chain(linked)
@@ -438,17 +445,18 @@ impl Walk {
 /// The images of an unlabelled split: every image under `root` (or the ones `file_list` names,
 /// paths relative to `root`), at most `limit` of them (0: all).
 pub(super) fn scan_unlabelled(
-    key: &str,
+    split: Split,
     root: &Path,
     file_list: Option<&Path>,
     limit: usize,
     warnings: &mut Vec<String>,
 ) -> Result<Listing, DataError> {
+    let (at, key, purpose) = (split.at(), &split.words().key, &split.wording.purpose);
     if !root.is_dir() {
         let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
         return Err(DataError::Config(format!(
-            "dataset.{key}: folder {} does not exist (or is not a folder); with labels = \"none\" it should \
-             hold the images, at any depth; relative paths start from the working directory {cwd}",
+            "{at}folder {} does not exist (or is not a folder); read unlabelled, it should hold the images, \
+             at any depth; relative paths start from the working directory {cwd}",
             root.display()
         )));
     }
@@ -457,14 +465,14 @@ pub(super) fn scan_unlabelled(
         None => {
             let tree = ImageTree::walk(root).map_err(DataError::Config)?;
             let images = found_images(tree, &mut passed_over)?;
-            warnings.extend(passed_over.warnings(root));
+            warnings.extend(passed_over.warnings(root, purpose));
             images
         }
         Some(list_path) => {
             let mut paths = Vec::new();
-            let text = std::fs::read_to_string(list_path).map_err(|e| {
-                DataError::Config(format!("dataset.file_list: cannot read {}: {e}", list_path.display()))
-            })?;
+            let list_key = &split.words().file_list;
+            let text = std::fs::read_to_string(list_path)
+                .map_err(|e| DataError::Config(format!("{list_key}: cannot read {}: {e}", list_path.display())))?;
             for (n, line) in list_lines(&text) {
                 let path =
                     root.join(relative_path(line).map_err(|why| {
@@ -477,14 +485,14 @@ pub(super) fn scan_unlabelled(
                         "does not exist"
                     };
                     return Err(DataError::Config(format!(
-                        "{} line {n}: {} {what}; lines are image paths relative to dataset.{key}",
+                        "{} line {n}: {} {what}; lines are image paths relative to {key}",
                         list_path.display(),
                         path.display()
                     )));
                 };
                 paths.push((path, size));
             }
-            let what = format!("dataset.file_list {}", list_path.display());
+            let what = format!("{list_key} {}", list_path.display());
             warnings.extend(repeated_files_warning(&what, paths.iter().map(|(p, _)| p.as_path())));
             paths
         }
@@ -495,11 +503,11 @@ pub(super) fn scan_unlabelled(
     if paths.is_empty() {
         return Err(DataError::Config(match file_list {
             None => format!(
-                "dataset.{key}: {} holds no .jpg, .jpeg or .png files (at any depth){}",
+                "{at}{} holds no .jpg, .jpeg or .png files (at any depth){}",
                 root.display(),
-                passed_over.other_formats_note(root)
+                passed_over.other_formats_note(root, purpose)
             ),
-            Some(l) => format!("dataset.{key}: the file list {} names no images", l.display()),
+            Some(l) => format!("{at}the file list {} names no images", l.display()),
         }));
     }
     Ok(Listing::new(root, Vec::new(), paths.into_iter().map(|p| (p, NO_LABEL))))
@@ -513,8 +521,9 @@ pub fn is_image(path: &Path) -> bool {
 }
 
 /// The warning for files in formats that are not read (`others`, found under `root`), if any:
-/// without it a folder of mixed formats would lose part of its images without a word.
-pub fn other_formats_warning(root: &Path, others: &[PathBuf]) -> Option<String> {
+/// without it a folder of mixed formats would lose part of its images without a word. The
+/// images are read to `purpose` (`train on them`).
+pub fn other_formats_warning(root: &Path, others: &[PathBuf], purpose: &str) -> Option<String> {
     let first = others.first()?;
     let mut kinds: Vec<String> = others
         .iter()
@@ -527,7 +536,7 @@ pub fn other_formats_warning(root: &Path, others: &[PathBuf]) -> Option<String> 
     kinds.dedup();
     Some(format!(
         "{} holds {} image(s) in formats that are not read ({}; the first: {}), left out: convert them \
-         to JPEG or PNG to train on them",
+         to JPEG or PNG to {purpose}",
         root.display(),
         others.len(),
         kinds.join(", "),
@@ -570,25 +579,27 @@ fn cannot_list(dir: &Path, e: &std::io::Error) -> String {
 }
 
 pub(super) fn scan(
-    key: &str,
+    split: Split,
     root: &Path,
     file_list: Option<&Path>,
     limit_per_class: usize,
     warnings: &mut Vec<String>,
 ) -> Result<Listing, DataError> {
-    let config_error = |message: String| DataError::Config(format!("dataset.{key}: {message}"));
+    let (at, purpose) = (split.at(), &split.wording.purpose);
+    let config_error = |message: String| DataError::Config(format!("{at}{message}"));
     if !root.is_dir() {
         let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
         return Err(config_error(format!(
             "folder {} does not exist (or is not a folder); it should hold one sub-folder of images per \
-             class (<{key}>/<class>/<image>); relative paths start from the working directory {cwd}",
-            root.display()
+             class ({}); relative paths start from the working directory {cwd}",
+            root.display(),
+            split.layout()
         )));
     }
     let entries = list(root)?;
     let class_dirs = class_folders(&entries);
     if class_dirs.is_empty() {
-        return Err(no_class_folders(key, root));
+        return Err(no_class_folders(split, root));
     }
     let classes = names_of(&class_dirs);
     let limit = if limit_per_class == 0 {
@@ -605,17 +616,13 @@ pub(super) fn scan(
             for (files, tree) in per_class.iter_mut().zip(trees) {
                 *files = found_images(tree, &mut passed_over)?;
             }
-            warnings.extend(passed_over.warnings(root));
+            warnings.extend(passed_over.warnings(root, purpose));
             let in_classes = per_class.iter().map(Vec::len).sum();
-            warnings.extend(loose_images_warning(key, root, &entries, in_classes)?);
+            warnings.extend(loose_images_warning(split, root, &entries, in_classes)?);
         }
         Some(list_path) => {
-            read_file_list(key, root, list_path, &classes, &mut per_class)?;
-            let what = format!(
-                "dataset.{}file_list {}",
-                if key == "test" { "test_" } else { "" },
-                list_path.display()
-            );
+            read_file_list(split, root, list_path, &classes, &mut per_class)?;
+            let what = format!("{} {}", split.words().file_list, list_path.display());
             let listed = per_class.iter().flatten().map(|(p, _)| p.as_path());
             warnings.extend(repeated_files_warning(&what, listed));
         }
@@ -633,7 +640,7 @@ pub(super) fn scan(
                 root.display(),
                 classes.len(),
                 classes[0],
-                passed_over.other_formats_note(root)
+                passed_over.other_formats_note(root, purpose)
             ),
             Some(l) => format!("the file list {} names no images", l.display()),
         }));
@@ -668,7 +675,7 @@ fn empty_classes_warning(root: &Path, classes: &[String], per_class: &[Vec<Found
 /// unlabelled folder that gained a sub-folder (a second batch of images, shards written inside
 /// it), whose reading as labelled would train on a fraction of it.
 fn loose_images_warning(
-    key: &str,
+    split: Split,
     root: &Path,
     entries: &[PathBuf],
     in_classes: usize,
@@ -680,10 +687,14 @@ fn loose_images_warning(
     let Some(first) = loose.first() else {
         return Ok(None);
     };
-    let fix = "move them into a class folder, or set labels = \"none\" to train on every image unlabelled";
+    let fix = format!(
+        "move them into a class folder{}",
+        split.wording.or_unlabelled("to read every image unlabelled")
+    );
+    let at = split.at();
     if loose.len() > in_classes {
         return Err(DataError::Config(format!(
-            "dataset.{key}: {} image(s) directly in {} are in no class folder, more than the {in_classes} in \
+            "{at}{} image(s) directly in {} are in no class folder, more than the {in_classes} in \
              its class folders: read with labels from the folders, it would leave most of its images out \
              (first: {}); {fix}",
             loose.len(),
@@ -692,7 +703,7 @@ fn loose_images_warning(
         )));
     }
     Ok(Some(format!(
-        "dataset.{key}: {} image(s) directly in {} are in no class folder and are left out (first: {}); {fix}",
+        "{at}{} image(s) directly in {} are in no class folder and are left out (first: {}); {fix}",
         loose.len(),
         root.display(),
         first.display()
@@ -701,19 +712,15 @@ fn loose_images_warning(
 
 /// Reads `<class>/<file>` lines into `per_class`, in the list's order.
 pub(super) fn read_file_list(
-    key: &str,
+    split: Split,
     root: &Path,
     list_path: &Path,
     classes: &[String],
     per_class: &mut [Vec<Found>],
 ) -> Result<(), DataError> {
-    let text = std::fs::read_to_string(list_path).map_err(|e| {
-        DataError::Config(format!(
-            "dataset.{}file_list: cannot read {}: {e}",
-            if key == "test" { "test_" } else { "" },
-            list_path.display()
-        ))
-    })?;
+    let (key, list_key) = (&split.words().key, &split.words().file_list);
+    let text = std::fs::read_to_string(list_path)
+        .map_err(|e| DataError::Config(format!("{list_key}: cannot read {}: {e}", list_path.display())))?;
     let label_of: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     for (n, line) in list_lines(&text) {
         let at = || format!("{} line {n}", list_path.display());
@@ -725,7 +732,7 @@ pub(super) fn read_file_list(
             .and_then(|c| c.as_os_str().to_str());
         let Some(&label) = class.and_then(|c| label_of.get(c)) else {
             return Err(DataError::Config(format!(
-                "{}: '{line}' is not inside a class folder of {}; lines are <class>/<file> paths relative to dataset.{key}",
+                "{}: '{line}' is not inside a class folder of {}; lines are <class>/<file> paths relative to {key}",
                 at(),
                 root.display()
             )));
@@ -738,7 +745,7 @@ pub(super) fn read_file_list(
                 "does not exist"
             };
             return Err(DataError::Config(format!(
-                "{}: {} {what}; fix the list or dataset.{key}",
+                "{}: {} {what}; fix the list or {key}",
                 at(),
                 path.display()
             )));

@@ -6,12 +6,15 @@
 
 mod decoding;
 mod listing;
+mod wording;
 
 pub use decoding::decode_square;
 use decoding::DecodingFolder;
 pub(crate) use listing::images_for_shards;
 use listing::{class_names, has_images_under, no_class_folders, scan, scan_unlabelled, test_needs_labels};
 pub use listing::{has_class_folders, is_hidden, is_image, other_formats_warning, ImageTree, PassedOver};
+use wording::Split;
+pub use wording::{SplitWording, Wording};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -155,17 +158,20 @@ byol::register_plugin! {
             }
             // Classes are folders whatever the file lists pick: comparing them costs two listings.
             if let Some(test) = &self.test {
+                let wording = Wording::default();
                 if !has_class_folders(test)? {
-                    return Err(no_class_folders("test", test));
+                    return Err(no_class_folders(Split::test(&wording), test));
                 }
                 // Without class folders, training reads train's images unlabelled.
                 if !has_class_folders(&self.train)? {
                     return Err(match has_images_under(&self.train)? {
                         true => test_needs_labels(&self.train),
-                        false => no_class_folders("train", &self.train),
+                        false => no_class_folders(Split::train(&wording), &self.train),
                     });
                 }
-                check_same_classes("test", test, &class_names(test)?, (&self.train, &class_names(&self.train)?))?;
+                let train_classes = class_names(&self.train)?;
+                let train = (self.train.as_path(), train_classes.as_slice());
+                check_same_classes(Split::test(&wording), test, &class_names(test)?, train)?;
             }
             for (key, list) in [("file_list", &self.file_list), ("test_file_list", &self.test_file_list)] {
                 if let Some(list) = list.as_deref().filter(|l| !l.is_file()) {
@@ -200,12 +206,22 @@ impl ImageFolderConfig {
     /// Builds the splits and returns the warnings that `build` prints (unreadable images skipped
     /// while filling the memory cache, class folders without images): one line each.
     pub fn load(&self) -> Result<(Splits, Vec<String>), DataError> {
-        self.load_with_notes().map(|(splits, warnings, _)| (splits, warnings))
+        self.load_worded(&Wording::default())
+    }
+
+    /// [`ImageFolderConfig::load`] for folders that are not the experiment's `[dataset]`: its
+    /// messages name them and their settings as `wording` does.
+    pub fn load_worded(&self, wording: &Wording) -> Result<(Splits, Vec<String>), DataError> {
+        self.read(wording).map(|(splits, warnings, _)| (splits, warnings))
     }
 
     /// [`ImageFolderConfig::load`], and the notes that `build` prints (a `train` folder without
     /// class sub-folders read as unlabelled).
     pub fn load_with_notes(&self) -> Result<(Splits, Vec<String>, Vec<String>), DataError> {
+        self.read(&Wording::default())
+    }
+
+    fn read(&self, wording: &Wording) -> Result<(Splits, Vec<String>, Vec<String>), DataError> {
         if self.image_size == 0 {
             return Err(DataError::Config("dataset.image_size must be at least 1".into()));
         }
@@ -226,7 +242,7 @@ impl ImageFolderConfig {
             return Err(test_needs_labels(&self.train));
         }
         let train = self.split(
-            "train",
+            Split::train(wording),
             &self.train,
             self.file_list.as_deref(),
             labels,
@@ -235,7 +251,7 @@ impl ImageFolderConfig {
         )?;
         let test = match &self.test {
             Some(dir) => Some(self.split(
-                "test",
+                Split::test(wording),
                 dir,
                 self.test_file_list.as_deref(),
                 Labels::Folders,
@@ -249,7 +265,7 @@ impl ImageFolderConfig {
 
     fn split(
         &self,
-        key: &str,
+        split: Split,
         dir: &Path,
         file_list: Option<&Path>,
         labels: Labels,
@@ -257,11 +273,11 @@ impl ImageFolderConfig {
         warnings: &mut Vec<String>,
     ) -> Result<Arc<dyn Dataset>, DataError> {
         let listing = match labels {
-            Labels::Folders => scan(key, dir, file_list, self.limit_per_class, warnings)?,
-            Labels::None => scan_unlabelled(key, dir, file_list, self.limit_per_class, warnings)?,
+            Labels::Folders => scan(split, dir, file_list, self.limit_per_class, warnings)?,
+            Labels::None => scan_unlabelled(split, dir, file_list, self.limit_per_class, warnings)?,
         };
         if let Some(expected) = classes {
-            check_same_classes(key, dir, &listing.classes, (&self.train, expected))?;
+            check_same_classes(split, dir, &listing.classes, (&self.train, expected))?;
         }
         let folder = DecodingFolder {
             listing,
@@ -269,6 +285,7 @@ impl ImageFolderConfig {
             workers: self.workers,
             limit_per_class: self.limit_per_class,
             on_bad_image: self.on_bad_image,
+            on_bad_image_hints: split.wording.on_bad_image.clone(),
             skipped: Default::default(),
         };
         Ok(match self.cache {
@@ -282,12 +299,12 @@ impl ImageFolderConfig {
     }
 }
 
-/// Refuses a split (`key`, folder `dir`) whose classes are not the training split's. Names that
+/// Refuses a split (folder `dir`) whose classes are not the training split's. Names that
 /// differ only in how their letters are encoded (`é` as one code point, or `e` and a combining
 /// accent, as macOS writes names) or in a trailing space look the same: they are quoted, with
 /// their code points.
 fn check_same_classes(
-    key: &str,
+    split: Split,
     dir: &Path,
     classes: &[String],
     (train_dir, train): (&Path, &[String]),
@@ -329,8 +346,8 @@ fn check_same_classes(
             .join(", ")
     };
     Err(DataError::Config(format!(
-        "dataset.{key}: {} has classes [{}], the training split has [{}]; both splits need the same class \
-         folders{hint}",
+        "{}{} has classes [{}], the training split has [{}]; both splits need the same class folders{hint}",
+        split.at(),
         dir.display(),
         spelled(classes, train),
         spelled(train, classes)

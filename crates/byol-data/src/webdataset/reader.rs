@@ -14,6 +14,9 @@ use super::index::{Index, Sample};
 use super::stream::StreamReader;
 use crate::skipped::SkippedImages;
 
+/// How a run stops at the first unreadable sample rather than skip it.
+const STOP_AT_BAD_IMAGE: &str = "set dataset.on_bad_image = \"error\"";
+
 #[derive(Debug)]
 pub(super) struct Core {
     pub(super) index: Index,
@@ -88,8 +91,13 @@ impl Core {
 
     pub(super) fn take_warning(&self) -> Option<String> {
         let place = format!("{} shard(s)", self.index.shards.len());
-        self.skipped
-            .take_warning("sample(s)", self.index.samples.len(), &place, |i| self.describe(i))
+        self.skipped.take_warning(
+            "sample(s)",
+            self.index.samples.len(),
+            &place,
+            Some(STOP_AT_BAD_IMAGE),
+            |i| self.describe(i),
+        )
     }
 
     /// The epoch's stream for one process; see the module documentation.

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use byol::{Augment, Byol};
-use byol_data::image_folder::ImageFolderConfig;
+use byol_data::image_folder::{ImageFolderConfig, Wording};
 use byol_data::{BatchLoader, Dataset, Splits};
 
 use crate::distributed::DataParallel;
@@ -119,9 +119,8 @@ pub struct LabelledSplits {
 /// The kNN monitor's splits: `[eval] train` and `test` when set (decoded at the training images'
 /// size), else the dataset's own labelled splits; None when there are no labelled queries.
 pub fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Result<Option<LabelledSplits>> {
-    read_labelled(experiment, splits, |folder| {
-        // The folder's auto-detection notes are not printed: an unlabelled folder is an error here.
-        let (labelled, warnings, _notes) = folder.load_with_notes()?;
+    read_labelled(experiment, splits, |folder, wording| {
+        let (labelled, warnings) = folder.load_worded(wording)?;
         for w in warnings {
             byol::eprint_line!("warning: {w}");
         }
@@ -132,7 +131,9 @@ pub fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Resu
 /// [`labelled_splits`] with `[eval] train` and `test` listed, not decoded (and nothing printed):
 /// their count, classes and digest, as [`byol::DatasetSpec::build_listing`] gives.
 pub fn labelled_listing(experiment: &Experiment, splits: &Splits) -> anyhow::Result<Option<LabelledSplits>> {
-    read_labelled(experiment, splits, |folder| Ok(folder.listing().load()?.0))
+    read_labelled(experiment, splits, |folder, wording| {
+        Ok(folder.listing().load_worded(wording)?.0)
+    })
 }
 
 /// The number of classes the kNN monitor of a run of `experiment` would evaluate on, from the
@@ -149,7 +150,7 @@ pub fn knn_classes_listed(experiment: &Experiment) -> anyhow::Result<Option<usiz
 fn read_labelled(
     experiment: &Experiment,
     splits: &Splits,
-    load: impl FnOnce(ImageFolderConfig) -> Result<Splits, byol::DataError>,
+    load: impl FnOnce(ImageFolderConfig, &Wording) -> Result<Splits, byol::DataError>,
 ) -> anyhow::Result<Option<LabelledSplits>> {
     let eval = &experiment.eval;
     let (Some(train), Some(test)) = (&eval.train, &eval.test) else {
@@ -182,18 +183,9 @@ fn read_labelled(
             train.display()
         );
     }
-    // Read as an image folder, whose messages name its own keys: here they are [eval]'s.
-    let in_eval_keys = |e: byol::DataError| {
-        let mut message = e.to_string().replace("dataset configuration: ", "");
-        for (key, now) in [("dataset.train", "eval.train"), ("dataset.test", "eval.test")] {
-            for after in [":", " =", " ("] {
-                message = message.replace(&format!("{key}{after}"), &format!("{now}{after}"));
-            }
-            message = message.replace(&format!("as in {key}"), &format!("as in {now}"));
-        }
-        anyhow::anyhow!(message)
-    };
-    let labelled = load(folder).map_err(in_eval_keys).with_context(context)?;
+    let labelled = load(folder, &Wording::eval_keys())
+        .map_err(|e| anyhow::anyhow!(e.message()))
+        .with_context(context)?;
     Ok(Some(LabelledSplits {
         bank: labelled.train,
         queries: labelled.test.with_context(context)?,
