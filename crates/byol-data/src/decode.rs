@@ -188,16 +188,34 @@ fn decode_other(bytes: &[u8]) -> Result<Rgb, String> {
     limits.max_image_height = Some(MAX_SIDE as u32);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    let image = reader
-        .decode()
-        .map_err(|e| format!("invalid {format:?}: {e}"))?
-        .to_rgb8();
+    let image = reader.decode().map_err(|e| format!("invalid {format:?}: {e}"))?;
+    let image = high_bytes(image).to_rgb8();
     let (width, height) = image.dimensions();
     Ok(Rgb {
         width,
         height,
         pixels: image.into_raw(),
     })
+}
+
+/// A 16-bit image as 8 bits by the high byte of each value, as PIL reads 16-bit PNGs (`image`'s
+/// own conversion rounds `v / 257`, one level above PIL's for about half the values); 8-bit
+/// images pass through. PIL's `convert("RGB")` of 16-bit grayscale clips at 255 instead: that one
+/// is not followed (it would turn the image white).
+fn high_bytes(image: image::DynamicImage) -> image::DynamicImage {
+    use image::{DynamicImage as D, ImageBuffer};
+    fn high(values: &[u16]) -> Vec<u8> {
+        values.iter().map(|v| (v >> 8) as u8).collect()
+    }
+    let (w, h) = (image.width(), image.height());
+    let same_size = "8-bit values of a 16-bit image's size";
+    match &image {
+        D::ImageLuma16(b) => D::ImageLuma8(ImageBuffer::from_raw(w, h, high(b.as_raw())).expect(same_size)),
+        D::ImageLumaA16(b) => D::ImageLumaA8(ImageBuffer::from_raw(w, h, high(b.as_raw())).expect(same_size)),
+        D::ImageRgb16(b) => D::ImageRgb8(ImageBuffer::from_raw(w, h, high(b.as_raw())).expect(same_size)),
+        D::ImageRgba16(b) => D::ImageRgba8(ImageBuffer::from_raw(w, h, high(b.as_raw())).expect(same_size)),
+        _ => image,
+    }
 }
 
 thread_local! {

@@ -85,6 +85,16 @@ alpha = Image.fromarray(rng.integers(0, 256, (h, w)).astype(np.uint8), "L")
 gray = im.convert("L")
 rgba = im.copy(); rgba.putalpha(alpha)
 la = gray.copy(); la.putalpha(alpha)
+# 16-bit values of every low byte, not multiples of 257 (where rounding and high bytes agree).
+wide = rng.integers(0, 65536, (h, w, 3)).astype(np.uint16)
+
+def png16(path, values, colour_type):  # PIL writes no 16-bit colour PNG
+    import struct, zlib
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in values)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 cases = {
     "baseline.jpg": lambda p: im.save(p, quality=92),
     "baseline444.jpg": lambda p: im.save(p, quality=92, subsampling=0),
@@ -96,15 +106,19 @@ cases = {
     "gray.png": lambda p: gray.save(p),
     "la.png": lambda p: la.save(p),
     "palette.png": lambda p: im.convert("P", palette=Image.ADAPTIVE, colors=64).save(p),
-    "gray16.png": lambda p: Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(p),
+    "gray16.png": lambda p: Image.fromarray(wide[..., 0]).save(p),
+    "rgb16.png": lambda p: png16(p, wide, 2),
+    "rgba16.png": lambda p: png16(p, np.concatenate([wide, wide[..., :1] ^ 0x5A5A], -1), 6),
 }
 for name, save in cases.items():
     p = os.path.join(d, name)
     save(p)
     ref = Image.open(p)
     if name == "gray16.png":
-        # PIL clips 16-bit gray in convert("RGB"); the exact 8-bit value is the 16-bit one / 257.
-        ref = gray
+        # PIL clips 16-bit gray at 255 in convert("RGB"); its values' high bytes are what PIL
+        # reads of 16-bit RGB.
+        assert ref.mode == "I;16", ref.mode
+        ref = Image.fromarray((wide[..., 0] >> 8).astype(np.uint8), "L")
     assert ref.size == (w, h)
     np.asarray(ref.convert("RGB")).tofile(p + ".rgb")
 assert Image.open(os.path.join(d, "progressive.jpg")).info.get("progressive") == 1
@@ -129,6 +143,8 @@ fn every_flavour_decodes_like_pil() {
         "la.png",
         "palette.png",
         "gray16.png",
+        "rgb16.png",
+        "rgba16.png",
     ] {
         let path = tmp.path().join(name);
         let ours = decode_rgb(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
