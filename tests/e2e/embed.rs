@@ -394,6 +394,95 @@ with torch.no_grad():
     assert!(!dir.path().join("emb.npy.partial").exists(), "a partial file is left");
 }
 
+/// With the embedding taken inside the backbone (`byol.embedding_layer = "layer3"`), the layers
+/// past it are never trained: `export` leaves them out, says so and records the layer, and
+/// torchvision's ResNet-18 with those layers replaced by `Identity` loads the rest (missing
+/// exactly `layer4.*`) and computes what `embed` wrote (tolerance as above).
+#[test]
+fn export_leaves_out_the_layers_past_the_embedding() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    let out = byol_run(
+        dir.path(),
+        &[
+            "tiny.toml",
+            "--run-dir",
+            "r",
+            "--quiet",
+            "--set",
+            "backbone.width=64",
+            "--set",
+            "dataset.train_size=32",
+            "--set",
+            "schedule.epochs=1",
+            "--set",
+            "byol.embedding_layer=\"layer3\"",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = byol_run(dir.path(), &["export", "r", "--out", "backbone.safetensors"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("past byol.embedding_layer = \"layer3\" (layer4.0.*, layer4.1.*)"),
+        "{all}"
+    );
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..4 {
+        let image = tch::Tensor::randint(256, [3, 16, 16], (tch::Kind::Uint8, tch::Device::Cpu));
+        tch::vision::image::save(&image, images.join(format!("{i}.png"))).unwrap();
+    }
+    let out = byol_run(dir.path(), &["embed", "r", "--images", "images", "--out", "emb.npy"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let embeddings = tch::Tensor::read_npy(dir.path().join("emb.npy")).unwrap();
+    let names = std::fs::read_to_string(dir.path().join("emb.npy.names.txt")).unwrap();
+    let script = format!(
+        r#"
+import json, torchvision
+from torchvision.io import read_image
+from safetensors import safe_open
+model = torchvision.models.resnet18()
+model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the CIFAR stem
+model.maxpool = torch.nn.Identity()
+model.layer4 = torch.nn.Identity()
+model.fc = torch.nn.Identity()
+expected = {{k for k in model.state_dict()}}
+result = model.load_state_dict(load_file({export:?}), strict=False)
+assert not result.missing_keys and not result.unexpected_keys, result
+full = torchvision.models.resnet18().state_dict()
+left_out = sorted(k for k in full if k not in expected and not k.startswith("fc."))
+assert all(k.startswith("layer4.") for k in left_out) and left_out, left_out
+with safe_open({export:?}, "pt") as f:
+    assert f.metadata()["byol_rs.embedding_layer"] == "layer3", f.metadata()
+    assert not any(k.startswith("layer4.") for k in f.keys())
+    preprocess = json.loads(f.metadata()["byol_rs.preprocess"])
+model.eval()
+mean = torch.tensor(preprocess["mean"]).view(1, 3, 1, 1)
+std = torch.tensor(preprocess["std"]).view(1, 3, 1, 1)
+images = torch.stack([read_image({images:?} + "/" + name) for name in {names:?}.split()])
+with torch.no_grad():
+    outputs["embeddings"] = model((images.float() / 255 - mean) / std)
+"#,
+        export = dir.path().join("backbone.safetensors").to_str().unwrap(),
+        images = images.to_str().unwrap(),
+    );
+    let reference = byol_testkit::run_python(&script, &[]);
+    let theirs = &reference["embeddings"];
+    assert_eq!(
+        embeddings.size(),
+        theirs.size(),
+        "rows and width (layer3's 256 channels)"
+    );
+    assert_eq!(theirs.size()[1], 256);
+    let scale = theirs.abs().max().double_value(&[]);
+    let difference = byol_testkit::max_abs_diff(&embeddings, theirs);
+    assert!(
+        difference <= 1e-5 * scale,
+        "embed differs from torchvision's forward of the export by {difference:e} (largest entry {scale})"
+    );
+}
+
 /// A module whose output is its input, flattened (plus a parameter that changes nothing, for
 /// the optimizer): what `embed` writes is then the evaluation's pixels themselves.
 const PIXELS_MODULE: &str = r#"

@@ -149,33 +149,86 @@ pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("checking checkpoint {}", checkpoint_dir.display()))?;
     // The weights do not need the experiment: one this build cannot read (a plugin it does not
     // link) leaves the inputs unsaid, not the export unwritten.
-    let preprocess = match Experiment::parse(&manifest.config, &[]) {
-        Ok(experiment) => Some(ExportedPreprocess::of(&experiment)),
+    let experiment = match Experiment::parse(&manifest.config, &[]) {
+        Ok(experiment) => Some(experiment),
         Err(e) => {
             byol::eprint_line!(
                 "warning: cannot read the checkpoint's experiment ({e:#}): the export does not record the \
-                 inputs it expects (metadata \"{PREPROCESS_KEY}\")"
+                 inputs it expects (metadata \"{PREPROCESS_KEY}\"), and keeps every layer of the backbone"
             );
             None
         }
     };
+    let preprocess = experiment.as_ref().map(ExportedPreprocess::of);
+    let untrained = match &experiment {
+        Some(experiment) => untrained_modules(experiment, checkpoint_dir, &manifest).unwrap_or_else(|e| {
+            byol::eprint_line!("warning: {e:#}: the export keeps every layer of the backbone");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
     let tensors = checkpoint::read_tensors(checkpoint_dir, checkpoint::MODEL_FILE)?;
-    let backbone: Vec<(String, Tensor)> = tensors
+    let (backbone, left_out): (Vec<(String, Tensor)>, Vec<(String, Tensor)>) = tensors
         .into_iter()
         .filter_map(|(k, t)| k.strip_prefix(BACKBONE_PREFIX).map(|name| (name.to_string(), t)))
-        .collect();
+        .partition(|(name, _)| !untrained.iter().any(|module| module_of(name) == module));
     if backbone.is_empty() {
         bail!("{} holds no '{BACKBONE_PREFIX}*' variables", checkpoint_dir.display());
     }
-    let metadata = export_metadata(&manifest, preprocess.as_ref())?;
+    let layer = experiment.as_ref().map(|e| e.byol.embedding_layer.as_str());
+    let metadata = export_metadata(&manifest, preprocess.as_ref(), layer)?;
     let bytes = byol::state_dict::safetensors_with_metadata(&backbone, metadata)?;
     // Through a partial file: a failure (a full disk) leaves an earlier export whole.
     run_dir::replace_file(out, &bytes)?;
     say!("wrote {} backbone tensors to {}", backbone.len(), out.display());
+    if let (false, Some(layer)) = (left_out.is_empty(), layer) {
+        // `layer4.0.*, layer4.1.*`: blocks, not each tensor.
+        let mut blocks: Vec<String> = left_out
+            .iter()
+            .map(|(name, _)| format!("{}.*", name.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")))
+            .collect();
+        blocks.sort();
+        blocks.dedup();
+        say!(
+            "left out {} tensors past byol.embedding_layer = \"{layer}\" ({}): the embedding does not use \
+             them, so training never changed them; in PyTorch, replace those layers with \
+             torch.nn.Identity() and load_state_dict(..., strict=False)",
+            left_out.len(),
+            blocks.join(", ")
+        );
+    }
     if let Some(preprocess) = &preprocess {
         say!("its inputs: {} (metadata \"{PREPROCESS_KEY}\")", preprocess.describe());
     }
     Ok(())
+}
+
+/// The modules of the backbone (`layer4.0.conv1`) that training never changed: those whose
+/// parameters the loss does not reach ([`Model::unreached_parameters`]), found on the networks
+/// the checkpoint's experiment builds, on the CPU. Their buffers (batch-norm statistics) go
+/// with them.
+fn untrained_modules(
+    experiment: &Experiment,
+    checkpoint_dir: &Path,
+    manifest: &checkpoint::Manifest,
+) -> anyhow::Result<Vec<String>> {
+    let experiment = state::with_checkpoint_sources(experiment, checkpoint_dir, manifest)?;
+    let context = BuildContext::new(Device::Cpu, experiment.augment.image_size());
+    let model = Model::build(&experiment, &context, Weights::Checkpoint)
+        .context("building the checkpoint's networks to find the layers its embedding uses")?;
+    let mut modules: Vec<String> = model
+        .unreached_parameters(experiment.augment.image_size())
+        .iter()
+        .filter_map(|name| name.strip_prefix(BACKBONE_PREFIX))
+        .map(|name| module_of(name).to_string())
+        .collect();
+    modules.dedup();
+    Ok(modules)
+}
+
+/// `layer4.0.conv1` of `layer4.0.conv1.weight`.
+fn module_of(name: &str) -> &str {
+    name.rsplit_once('.').map_or("", |(module, _)| module)
 }
 
 /// The metadata key of an export's evaluation transform, as JSON ([`ExportedPreprocess`]).
@@ -233,6 +286,7 @@ impl ExportedPreprocess {
 fn export_metadata(
     manifest: &checkpoint::Manifest,
     preprocess: Option<&ExportedPreprocess>,
+    embedding_layer: Option<&str>,
 ) -> anyhow::Result<std::collections::HashMap<String, String>> {
     let backbone = toml::from_str::<toml::Table>(&manifest.config)
         .ok()
@@ -250,6 +304,9 @@ fn export_metadata(
     }
     if let Some(preprocess) = preprocess {
         metadata.insert(PREPROCESS_KEY.to_string(), serde_json::to_string(preprocess)?);
+    }
+    if let Some(layer) = embedding_layer {
+        metadata.insert("byol_rs.embedding_layer".to_string(), layer.to_string());
     }
     Ok(metadata)
 }

@@ -2,7 +2,7 @@
 //! every later use of a checkpoint (embed, eval, export).
 
 use anyhow::{bail, Context};
-use tch::{nn::VarStore, Device, Tensor};
+use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use byol::{BuildContext, Byol};
 
@@ -81,6 +81,20 @@ impl Model {
         // The layout change replaces the variables: the optimizer must see the new ones.
         self.parameters = online_parameters(&self.vs);
         Ok(self)
+    }
+
+    /// The online network's parameters that the BYOL loss does not reach (a backbone's layers
+    /// past `byol.embedding_layer`), by name: training never changes them. Found by one backward
+    /// through the loss on two random views of `image_size` pixels, on networks that have not
+    /// been through a backward yet (their gradients undefined; this leaves them defined).
+    pub fn unreached_parameters(&self, image_size: i64) -> Vec<String> {
+        let views = || Tensor::randn([2, 3, image_size, image_size], (Kind::Float, self.device()));
+        self.byol.loss(&views(), &views()).backward();
+        self.parameters
+            .iter()
+            .filter(|p| !p.tensor.grad().defined())
+            .map(|p| p.name.clone())
+            .collect()
     }
 
     pub fn device(&self) -> Device {
