@@ -168,7 +168,7 @@ pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let tensors = checkpoint::read_tensors(checkpoint_dir, checkpoint::MODEL_FILE)?;
-    let (backbone, left_out): (Vec<(String, Tensor)>, Vec<(String, Tensor)>) = tensors
+    let (backbone, left_out): (Vec<_>, Vec<_>) = tensors
         .into_iter()
         .filter_map(|(k, t)| k.strip_prefix(BACKBONE_PREFIX).map(|name| (name.to_string(), t)))
         .partition(|(name, _)| !untrained.iter().any(|module| module_of(name) == module));
