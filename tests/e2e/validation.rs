@@ -26,7 +26,7 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
     let sets = [
         (
             "schedule.epochs=0",
-            "schedule.epochs = 0 is out of range: it must be >= 1",
+            "schedule.epochs = 0 is out of range: it must be in [1, 1000000]",
         ),
         (
             "schedule.warmup_epochs=-3",
@@ -81,9 +81,43 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
     let huge = "schedule.batch_size=100000000000000000000";
     let error = refused(dir.path(), &["validate", "tiny.toml", "--set", huge]);
     assert!(
-        error.contains(&format!("--set {huge}: the number is out of range")),
+        error.contains(&format!(
+            "--set {huge}: the number is larger than any whole number an experiment holds"
+        )),
         "{error}"
     );
+    // Values past any run, which would overflow a step count, a thread count or an allocation
+    // (validate builds the networks, which a head this wide would not fit in memory).
+    let past = [
+        ("schedule.epochs=9223372036854775807", "schedule.epochs = "),
+        (
+            "run.threads=4294967297",
+            "run.threads = 4294967297 is out of range: it must be in [0, 4096]",
+        ),
+        (
+            "dataset.image_size=100000",
+            "dataset.image_size = 100000 is out of range: it must be in [1, 4096]",
+        ),
+        (
+            "augment.image_size=100000",
+            "augment.image_size = 100000 is out of range: it must be in [1, 4096]",
+        ),
+        (
+            "byol.hidden_dim=400000000",
+            "byol.hidden_dim = 400000000 is out of range: it must be in [1, 65536]",
+        ),
+    ];
+    for (set, message) in past {
+        let error = refused(dir.path(), &["validate", "tiny.toml", "--set", set]);
+        assert!(error.contains(&format!("--set {set}: {message}")), "{error}");
+    }
+    // A value that holds a second assignment (a line break in a script's --set) is refused,
+    // not cut at the line break.
+    let error = refused(
+        dir.path(),
+        &["validate", "tiny.toml", "--set", "optimizer.lr=0.5\nmomentum=0.1"],
+    );
+    assert!(error.contains("holds more than one assignment"), "{error}");
 
     // Digits TOML does not read as a number stay a string.
     let out = byol_run(dir.path(), &["validate", "tiny.toml", "--set", "run.name=0042"]);

@@ -504,6 +504,14 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
     let (key, raw) = assignment
         .split_once('=')
         .with_context(|| format!("--set '{assignment}' is not of the form section.key=value"))?;
+    // `0.5\nmomentum=0.1` reads as two keys, the second of which would be dropped unsaid.
+    if toml::from_str::<toml::Table>(&format!("v = {raw}")).is_ok_and(|t| t.len() > 1) {
+        bail!(
+            "--set {}: the value {raw:?} holds more than one assignment (a line break in it?): give one \
+             key=value per --set",
+            key.trim()
+        );
+    }
     let value = override_value(raw);
     // A whole number that TOML cannot hold would otherwise become a string ("0042", which TOML
     // does not read as a number either, stays one).
@@ -511,8 +519,8 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
     let whole = !digits.is_empty() && !digits.starts_with('0') && digits.chars().all(|c| c.is_ascii_digit());
     if value.is_str() && whole {
         bail!(
-            "--set {assignment}: the number is out of range for any key (a whole number is at most {}; to \
-             give a string, quote it: {}='\"{}\"')",
+            "--set {assignment}: the number is larger than any whole number an experiment holds (at most {}); \
+             give a smaller one (a key that takes text takes it quoted: {}='\"{}\"')",
             i64::MAX,
             key.trim(),
             raw.trim()

@@ -106,6 +106,15 @@ pub fn short_number(x: f64) -> String {
     }
 }
 
+/// The most epochs a run may ask for.
+const MAX_EPOCHS: f64 = 1e6;
+/// The most CPU threads `run.threads` may ask for.
+const MAX_THREADS: f64 = 4096.0;
+/// The largest side of an image or a view, in pixels.
+const MAX_SIDE: f64 = 4096.0;
+/// The widest a projector's or predictor's layer may be.
+const MAX_WIDTH: f64 = 65536.0;
+
 fn plain(error: byol_data::DataError) -> String {
     match error {
         byol_data::DataError::Config(message) => message,
@@ -157,7 +166,18 @@ impl Experiment {
 
     fn check_ranges(&self, p: &mut Problems) {
         let s = &self.schedule;
-        p.range("schedule.epochs", s.epochs as f64, Range::AtLeast(1.0));
+        // The upper bounds are far past any run (the paper: 1000 epochs, 4096-wide heads, 224 px),
+        // and keep step counts, thread counts and allocations from overflowing.
+        p.range("schedule.epochs", s.epochs as f64, Range::Closed(1.0, MAX_EPOCHS));
+        p.range("run.threads", self.run.threads as f64, Range::Closed(0.0, MAX_THREADS));
+        p.range(
+            "augment.image_size",
+            self.augment.image_size() as f64,
+            Range::Closed(1.0, MAX_SIDE),
+        );
+        if let Some(side) = self.dataset.image_size() {
+            p.range("dataset.image_size", side as f64, Range::Closed(1.0, MAX_SIDE));
+        }
         p.range("schedule.batch_size", s.batch_size as f64, Range::AtLeast(1.0));
         p.range("schedule.warmup_epochs", s.warmup_epochs, Range::AtLeast(0.0));
         p.range(
@@ -194,8 +214,12 @@ impl Experiment {
         // 0 is allowed: a run that only fits the batch-norm statistics is a useful baseline.
         p.range("optimizer.lr", self.optimizer.lr(), Range::AtLeast(0.0));
         let b = &self.byol;
-        p.range("byol.hidden_dim", b.hidden_dim as f64, Range::AtLeast(1.0));
-        p.range("byol.projection_dim", b.projection_dim as f64, Range::AtLeast(1.0));
+        p.range("byol.hidden_dim", b.hidden_dim as f64, Range::Closed(1.0, MAX_WIDTH));
+        p.range(
+            "byol.projection_dim",
+            b.projection_dim as f64,
+            Range::Closed(1.0, MAX_WIDTH),
+        );
         p.range("byol.tau_base", b.tau_base, Range::Closed(0.0, 1.0));
         let e = &self.eval;
         p.range("eval.knn_k", e.knn_k as f64, Range::AtLeast(1.0));
