@@ -151,6 +151,13 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
 #[test]
 fn validate_checks_what_training_checks_before_its_first_step() {
     let dir = setup();
+    // Views cut from images decoded smaller are warned of before the start, as at it.
+    let out = byol_run(dir.path(), &["validate", "tiny.toml", "--set", "dataset.image_size=8"]);
+    assert!(
+        out.status.success() && text(&out).contains("px views are cut from images decoded at 8 px"),
+        "{}",
+        text(&out)
+    );
     let error = refused(
         dir.path(),
         &["validate", "tiny.toml", "--set", "augment.crop_on=loader"],

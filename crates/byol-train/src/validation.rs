@@ -356,6 +356,10 @@ impl Experiment {
                 s.epochs
             ));
         }
+        // The kNN monitor's images are said by the start, which knows whether there is one.
+        if let Some(decoded) = self.dataset.image_size() {
+            warnings.extend(upscaled_images(decoded as i64, self.augment.as_ref(), false));
+        }
         warnings
     }
 
@@ -377,6 +381,31 @@ impl Experiment {
             ));
         }
         notes
+    }
+}
+
+/// Views, or the evaluation's images, that are blurred upscales of squares decoded much smaller:
+/// most likely a `dataset.image_size` left at its default (32) under the ImageNet preset's 224 px
+/// views. Crops cut on the loader come from the full images; the kNN monitor's images are always
+/// the decoded squares (`monitored`: there is a kNN monitor, which needs labelled splits), of
+/// `decoded` pixels.
+pub(crate) fn upscaled_images(decoded: i64, augment: &dyn byol::AugmentSpec, monitored: bool) -> Option<String> {
+    let (views, eval) = (augment.image_size(), augment.eval_resize());
+    let upscaled = |size: i64| 2 * size > 3 * decoded;
+    if augment.loader_crops().is_none() && upscaled(views) {
+        Some(format!(
+            "the {views} px views are cut from images decoded at {decoded} px ({:.1}x upscaled): set \
+             dataset.image_size to at least {views}, or the augmentation's image_size lower",
+            views as f64 / decoded as f64
+        ))
+    } else if monitored && upscaled(eval) {
+        Some(format!(
+            "the kNN monitor's images are decoded at {decoded} px and resized to {eval} px ({:.1}x \
+             upscaled) before their central {views} px: set dataset.image_size to {eval}",
+            eval as f64 / decoded as f64
+        ))
+    } else {
+        None
     }
 }
 

@@ -13,6 +13,7 @@ use crate::distributed::{DataParallel, OverlappedGradients};
 use crate::optimizer::Optimizer;
 use crate::run_dir;
 use crate::tensorboard::ScalarLogger;
+use crate::validation::upscaled_images;
 use crate::Experiment;
 
 use super::data::training_loader;
@@ -132,8 +133,12 @@ impl<'a> Trainer<'a> {
         let augment = experiment.augment.build(&context).context("building [augment]")?;
         let labelled = labelled_splits(experiment, &splits)?;
         if main {
-            let upscaled = upscaled_images(&splits, experiment.augment.as_ref(), labelled.is_some());
-            for warning in experiment.warnings().into_iter().chain(upscaled) {
+            let decoded = splits.train.image_shape()[1] as i64;
+            let upscaled = upscaled_images(decoded, experiment.augment.as_ref(), labelled.is_some());
+            let mut warnings = experiment.warnings();
+            // Said by `warnings` already where the dataset names its decoded size.
+            warnings.extend(upscaled.filter(|w| !warnings.contains(w)));
+            for warning in warnings {
                 byol::eprint_line!("warning: {warning}");
             }
         }
@@ -543,31 +548,6 @@ fn monitor_warnings(experiment: &Experiment, splits: &Splits, fingerprint: &Data
         );
     }
     warnings
-}
-
-/// Views, or the evaluation's images, that are blurred upscales of squares decoded much smaller:
-/// most likely a `dataset.image_size` left at its default (32) under the ImageNet preset's 224 px
-/// views. Crops cut on the loader come from the full images; the kNN monitor's images are always
-/// the decoded squares (`monitored`: there is a kNN monitor, which needs labelled splits).
-fn upscaled_images(splits: &Splits, augment: &dyn byol::AugmentSpec, monitored: bool) -> Option<String> {
-    let decoded = splits.train.image_shape()[1] as i64;
-    let (views, eval) = (augment.image_size(), augment.eval_resize());
-    let upscaled = |size: i64| 2 * size > 3 * decoded;
-    if augment.loader_crops().is_none() && upscaled(views) {
-        Some(format!(
-            "the {views} px views are cut from images decoded at {decoded} px ({:.1}x upscaled): set \
-             dataset.image_size to at least {views}, or the augmentation's image_size lower",
-            views as f64 / decoded as f64
-        ))
-    } else if monitored && upscaled(eval) {
-        Some(format!(
-            "the kNN monitor's images are decoded at {decoded} px and resized to {eval} px ({:.1}x \
-             upscaled) before their central {views} px: set dataset.image_size to {eval}",
-            eval as f64 / decoded as f64
-        ))
-    } else {
-        None
-    }
 }
 
 /// Where a data-parallel run starts, the same on every process. Rank 0 looks first (it repairs the
