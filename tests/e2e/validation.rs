@@ -399,8 +399,10 @@ fn a_warmup_as_long_as_the_run_and_upscaled_images_are_warned_about() {
     let out = byol_run(dir.path(), &upscaled);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    assert!(
-        all.contains("warning: the 32 px views are cut from images decoded at 16 px (2.0x upscaled)"),
+    assert_eq!(
+        all.matches("warning: the 32 px views are cut from images decoded at 16 px (2.0x upscaled)")
+            .count(),
+        1,
         "{all}"
     );
     // The views fit the squares, but the evaluation's centre crop wants twice their side.
