@@ -483,6 +483,49 @@ with torch.no_grad():
     );
 }
 
+/// `embed` and `export` of a run folder whose run trains on, saving a checkpoint every step and
+/// keeping only the newest: the checkpoint found is often removed while it is read. The command
+/// then reads the newest one again, and when the run outpaces it each time it says so, never
+/// with a bare "file not found".
+#[test]
+fn a_run_that_trains_on_is_read_from_its_newest_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    png(&images.join("0.png"));
+    let mut training = super::byol_run_command(dir.path())
+        .args(["tiny.toml", "--run-dir", "r", "--quiet"])
+        .args(["--set", "schedule.epochs=1000", "--set", "dataset.train_size=64"])
+        .args(["--set", "checkpoint.every_steps=1", "--set", "checkpoint.keep_last=1"])
+        .args(["--set", "eval.curve_points=0", "--set", "eval.before_training=false"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dir.path().join("r/checkpoints/last").exists() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut failures = Vec::new();
+    for i in 0..12 {
+        let out = match i % 2 {
+            0 => byol_run(dir.path(), &["embed", "r", "--images", "images", "--out", "e.npy"]),
+            _ => byol_run(dir.path(), &["export", "r", "--out", "b.safetensors"]),
+        };
+        let all = text(&out);
+        if !out.status.success() && !all.contains("before it was read: it saves them faster than they are read") {
+            failures.push(all);
+        }
+    }
+    let still_training = training.try_wait().unwrap().is_none();
+    let _ = training.kill();
+    let training = training.wait_with_output().unwrap();
+    assert!(still_training, "the run ended early: {}", text(&training));
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
 /// A module whose output is its input, flattened (plus a parameter that changes nothing, for
 /// the optimizer): what `embed` writes is then the evaluation's pixels themselves.
 const PIXELS_MODULE: &str = r#"

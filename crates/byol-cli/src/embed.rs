@@ -34,6 +34,19 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
             .with_context(|| format!("cannot resolve {}", path.display()));
     }
     let checkpoints = path.join(CHECKPOINTS_DIR);
+    if path.file_name().is_some_and(|n| n == CHECKPOINTS_DIR) && !checkpoints.is_dir() {
+        let run = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        bail!(
+            "{} is a run's {CHECKPOINTS_DIR}/ folder: give its run folder ({}, for its newest intact \
+             checkpoint) or one checkpoint in it ({}/last)",
+            path.display(),
+            run.display(),
+            path.display()
+        );
+    }
     if !checkpoints.is_dir() {
         bail!(
             "{} is neither a checkpoint folder (no {}) nor a run folder (no {CHECKPOINTS_DIR}/); give \
@@ -63,6 +76,45 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
         path.display()
     );
     Ok(dir)
+}
+
+/// `read` of the checkpoint `path` names ([`resolve_checkpoint`]). Where `path` is a run folder
+/// whose run, training on, saved and removed checkpoints while one was found or read (it keeps
+/// its newest `checkpoint.keep_last`), `read` starts again on the newest one, a few times.
+pub fn with_checkpoint<T>(path: &Path, mut read: impl FnMut(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    const TRIES: usize = 5;
+    let run_folder = !path.join(checkpoint::MANIFEST_FILE).exists();
+    let checkpoints = || -> Vec<std::ffi::OsString> {
+        let entries = std::fs::read_dir(path.join(CHECKPOINTS_DIR)).into_iter().flatten();
+        let mut names: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+        names.sort();
+        names
+    };
+    for attempt in 1.. {
+        let before = checkpoints();
+        match resolve_checkpoint(path).and_then(|dir| read(&dir)) {
+            Err(e) if run_folder && checkpoints() != before && attempt < TRIES => {
+                byol::eprint_line!(
+                    "note: the run of {} saved and removed checkpoints while one was read (it trains on, \
+                     keeping its newest): reading its newest one again",
+                    path.display()
+                );
+                drop(e);
+            }
+            Err(e) if run_folder && checkpoints() != before => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "the run of {} removed each of the {TRIES} checkpoints found before it was read: it saves \
+                         them faster than they are read here and keeps only its newest (checkpoint.every_steps, \
+                         checkpoint.keep_last); read it once it stops, or copy a checkpoint folder first",
+                        path.display()
+                    )
+                });
+            }
+            result => return result,
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// The run folder a checkpoint folder sits in (`<run>/checkpoints/<checkpoint>`, with a
@@ -144,7 +196,10 @@ pub fn export(checkpoint_or_run: &Path, out: &Path) -> anyhow::Result<()> {
         );
     }
     check_output(out, "--out")?;
-    let checkpoint_dir = &resolve_checkpoint(checkpoint_or_run)?;
+    with_checkpoint(checkpoint_or_run, |checkpoint_dir| export_from(checkpoint_dir, out))
+}
+
+fn export_from(checkpoint_dir: &Path, out: &Path) -> anyhow::Result<()> {
     let manifest = checkpoint::verify(checkpoint_dir)
         .with_context(|| format!("checking checkpoint {}", checkpoint_dir.display()))?;
     // The weights do not need the experiment: one this build cannot read (a plugin it does not
@@ -372,7 +427,10 @@ pub struct Trained {
 /// training-time monitor, is not rebuilt). Nothing outside the checkpoint is read: it works
 /// after the run folder moved, from any working directory.
 pub fn load_trained(checkpoint_or_run: &Path, device: Option<&str>) -> anyhow::Result<Trained> {
-    let dir = &resolve_checkpoint(checkpoint_or_run)?;
+    with_checkpoint(checkpoint_or_run, |dir| load_checkpoint(dir, device))
+}
+
+fn load_checkpoint(dir: &Path, device: Option<&str>) -> anyhow::Result<Trained> {
     let manifest = checkpoint::verify(dir).with_context(|| format!("checking checkpoint {}", dir.display()))?;
     let saved = Experiment::parse(&manifest.config, &[]).context("reading the checkpoint's experiment")?;
     let experiment = state::with_checkpoint_sources(&saved, dir, &manifest)?;
@@ -391,7 +449,7 @@ pub fn load_trained(checkpoint_or_run: &Path, device: Option<&str>) -> anyhow::R
         .with_context(|| format!("loading {}", dir.display()))?;
     let augment = experiment.augment.build(&context)?;
     Ok(Trained {
-        checkpoint: dir.clone(),
+        checkpoint: dir.to_path_buf(),
         experiment,
         device,
         model,
