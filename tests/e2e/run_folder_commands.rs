@@ -149,6 +149,13 @@ fn export_and_embed_on_a_run_folder_skip_a_damaged_newest_checkpoint() {
         all.contains("neither a checkpoint folder") && all.contains("nor a run folder"),
         "{all}"
     );
+    let out = byol_run(dir.path(), &["export", "r/checkpoints", "--out", "x.safetensors"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("r/checkpoints is a run's checkpoints/ folder: give its run folder (r, "),
+        "{all}"
+    );
 }
 
 #[test]
