@@ -111,6 +111,21 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
         let error = refused(dir.path(), &["validate", "tiny.toml", "--set", set]);
         assert!(error.contains(&format!("--set {set}: {message}")), "{error}");
     }
+    // A run name that is not a folder inside run.output_dir (the output folder itself, one
+    // outside it) is refused; a nested one is a folder inside it.
+    for name in ["\"\"", "\"..\"", "\"../elsewhere\"", "\"/tmp/x\""] {
+        let set = format!("run.name={name}");
+        let error = refused(dir.path(), &["validate", "tiny.toml", "--set", &set]);
+        assert!(
+            error.contains("does not name a folder inside run.output_dir"),
+            "{error}"
+        );
+    }
+    let out = byol_run(
+        dir.path(),
+        &["validate", "tiny.toml", "--set", "run.name=\"ablation/lr-0.1\""],
+    );
+    assert!(out.status.success(), "{}", text(&out));
     // A value that holds a second assignment (a line break in a script's --set) is refused,
     // not cut at the line break.
     let error = refused(
@@ -354,6 +369,8 @@ fn validate_builds_the_networks() {
     let dir = setup();
     for (set, expected) in [
         ("byol.embedding_layer=\"foo\"", "backbone has no feature tap 'foo'"),
+        // A builder's error that names its key is pointed at the --set that gave it.
+        ("backbone.width=0", "--set backbone.width=0: building the BYOL networks"),
         (
             "backbone.pretrained=\"gone.safetensors\"",
             "cannot read weights from gone.safetensors: no such file",

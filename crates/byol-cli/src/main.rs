@@ -308,6 +308,7 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     }
     let experiment = load_valid(args)?;
     let backbone_warnings = byol_train::train::Model::check_builds(&experiment)
+        .map_err(|e| anyhow::anyhow!(experiment.pointed_at_set(format!("{e:#}"))))
         .with_context(|| format!("in experiment file {}", path.display()))?;
     experiment
         .check_data()

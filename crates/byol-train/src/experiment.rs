@@ -332,6 +332,21 @@ impl Experiment {
             .map(|(_, origin)| origin.as_str())
     }
 
+    /// `message` (about a key, from a plugin or a check that names it) pointed at the `--set` of
+    /// the first overridden key it mentions (`--set backbone.widths=[0, 8]: backbone.widths: 0
+    /// is not ...`); as it is where it mentions none.
+    pub fn pointed_at_set(&self, message: String) -> String {
+        let key = self
+            .overrides
+            .iter()
+            .filter_map(|a| a.split_once('=').map(|(k, _)| k.trim()))
+            .find(|k| message.contains(&format!("{k} =")) || message.contains(&format!("{k}:")));
+        match key.and_then(|key| self.override_of(key)) {
+            Some(origin) => format!("{origin}: {message}"),
+            None => message,
+        }
+    }
+
     /// The experiment as TOML, with every default filled in (saved in the run folder).
     pub fn to_toml(&self) -> anyhow::Result<String> {
         Ok(toml::to_string_pretty(self)?)

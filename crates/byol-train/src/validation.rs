@@ -74,19 +74,8 @@ impl Problems<'_> {
     /// A message from a plugin or a check that names its key: pointed at the `--set` of the
     /// first overridden key it mentions.
     fn add_mentioning(&mut self, message: String) {
-        let key = self
-            .experiment
-            .overrides
-            .iter()
-            .filter_map(|a| a.split_once('=').map(|(k, _)| k.trim()))
-            .find(|k| message.contains(&format!("{k} =")) || message.contains(&format!("{k}:")));
-        match key {
-            Some(key) => {
-                let key = key.to_string();
-                self.add(&key, message)
-            }
-            None => self.lines.push(message),
-        }
+        let line = self.experiment.pointed_at_set(message);
+        self.lines.push(line);
     }
 }
 
@@ -165,6 +154,20 @@ impl Experiment {
     }
 
     fn check_ranges(&self, p: &mut Problems) {
+        // The run's folder is <run.output_dir>/<run.name>: a folder inside it (`ablation/lr-0.1`
+        // nests), never the output folder itself or one outside it.
+        if let Some(name) = self.run.name.as_deref() {
+            if name.split('/').any(|part| matches!(part, "" | "." | "..")) {
+                p.add(
+                    "run.name",
+                    format!(
+                        "run.name = {name:?} does not name a folder inside run.output_dir (the run's folder is \
+                         <run.output_dir>/<run.name>): give a name such as \"resnet50-lr0.3\", without empty, \
+                         . or .. parts (or --run-dir for a folder elsewhere)"
+                    ),
+                );
+            }
+        }
         let s = &self.schedule;
         // The upper bounds are far past any run (the paper: 1000 epochs, 4096-wide heads, 224 px),
         // and keep step counts, thread counts and allocations from overflowing.
