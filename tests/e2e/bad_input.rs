@@ -50,6 +50,42 @@ fn unknown_key_in_a_plugin_table_is_named_with_its_table() {
     assert!(all.contains("(in table [optimizer])"), "{all}");
 }
 
+/// typetag reports a plugin table's errors at its header; they are shown at the key instead,
+/// with its line and its sub-table, where the message names the key or its value.
+#[test]
+fn errors_in_a_plugin_table_are_shown_at_their_key() {
+    let quickstart = quickstart_with(|t| t);
+    let line_of = |text: &str, needle: &str| text[..text.find(needle).unwrap()].matches('\n').count() + 1;
+    // The second of two sub-tables with the same key.
+    let text = quickstart_with(|t| {
+        let second = t.rfind("hue = 0.5").unwrap();
+        format!("{}hue = \"0.5\"{}", &t[..second], &t[second + "hue = 0.5".len()..])
+    });
+    let all = validate(&text);
+    let line = line_of(&text, "hue = \"0.5\"");
+    assert!(
+        all.contains(&format!("line {line}, column 7"))
+            && all.contains("invalid type: string \"0.5\", expected a number")
+            && all.contains("(in table [augment.view2])"),
+        "{all}"
+    );
+    // An unknown key, at its name; an element of an array, at the element.
+    let text = quickstart_with(|t| t.replace("trust_coefficient = 0.02", "trust_coefficient = 0.02\ntrust = 1"));
+    let all = validate(&text);
+    assert!(
+        all.contains(&format!("line {}, column 1", line_of(&text, "trust = 1"))),
+        "{all}"
+    );
+    let text = quickstart_with(|t| t.replace("widths = [16, 32, 64]", "widths = [16, 32, \"64\"]"));
+    let all = validate(&text);
+    assert!(
+        all.contains(&format!("line {}, column 19", line_of(&text, "widths =")))
+            && all.contains("expected a whole number\nin `widths`\n(in table [backbone])"),
+        "{all}"
+    );
+    assert!(quickstart.contains("widths = [16, 32, 64]"));
+}
+
 #[test]
 fn unknown_plugin_type_lists_registered_ones() {
     let all = validate(&quickstart_with(|t| {

@@ -365,6 +365,9 @@ pub(crate) fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
     if let Some(missing) = missing_plugin_table(text, error) {
         return missing;
     }
+    if let Some(at_key) = at_the_key(text, error) {
+        return at_key;
+    }
     let message = in_words(error.to_string().trim_end());
     let table = error.span().and_then(|span| enclosing_table(text, span.start));
     match table {
@@ -396,10 +399,10 @@ fn missing_plugin_table(text: &str, error: &toml::de::Error) -> Option<anyhow::E
     ))
 }
 
-/// serde's message with Rust's type names in words: ``expected usize`` is ``expected a whole
-/// number >= 0``.
+/// serde's message with Rust's type names in words (``expected usize`` is ``expected a whole
+/// number >= 0``) and without the blank lines toml puts before the key it names (``in `widths` ``).
 fn in_words(message: &str) -> String {
-    [
+    let words = [
         ("usize", "a whole number >= 0"),
         ("u64", "a whole number >= 0"),
         ("u32", "a whole number >= 0"),
@@ -409,7 +412,9 @@ fn in_words(message: &str) -> String {
     .iter()
     .fold(message.to_string(), |m, (rust, words)| {
         m.replace(&format!("expected {rust}"), &format!("expected {words}"))
-    })
+    });
+    let lines: Vec<&str> = words.lines().filter(|line| !line.trim().is_empty()).collect();
+    lines.join("\n")
 }
 
 /// An error of the experiment with `--set` overrides applied, pointed at its source. The merged
@@ -468,6 +473,115 @@ fn blame(
     }
 }
 
+/// A plugin table's error told at its key: typetag reports every error of a plugin's table at the
+/// table's header, which in a table with sub-tables (`[augment.view1]`, `[augment.view2]`) does not
+/// say which key is wrong. Where the message names the key (``unknown field `lrr` ``) or its value
+/// (`invalid type: string "0.05"`) and exactly one key of the table, at any depth, has it, the
+/// error is shown at that key, in toml's own form; None otherwise.
+fn at_the_key(text: &str, error: &toml::de::Error) -> Option<anyhow::Error> {
+    let header = error.span()?.start;
+    let table = enclosing_table(text, header)?;
+    let top = table.split('.').next()?;
+    if !PLUGIN_TABLES.contains(&top) || !text[header..].starts_with('[') {
+        return None;
+    }
+    let message = error.message().trim();
+    let wanted = Wanted::from_message(message)?;
+    let document = toml_edit::Document::parse(text).ok()?;
+    let mut found = Vec::new();
+    keys_below(document.get(top)?.as_table_like()?, top, &wanted, &mut found);
+    let [(path, span)] = found.as_slice() else {
+        return None;
+    };
+    let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[span.start..].find('\n').map_or(text.len(), |i| span.start + i);
+    let line = text[..span.start].matches('\n').count() + 1;
+    let column = text[line_start..span.start].chars().count() + 1;
+    let gutter = " ".repeat(line.to_string().len() + 1);
+    let width = text[span.clone()].chars().count().max(1);
+    Some(anyhow::anyhow!(
+        "TOML parse error at line {line}, column {column}\n{gutter}|\n{line} | {}\n{gutter}| {}{}\n{}\n(in table [{path}])",
+        &text[line_start..line_end],
+        " ".repeat(column - 1),
+        "^".repeat(width),
+        in_words(message)
+    ))
+}
+
+/// What a serde message says of the key it is about.
+enum Wanted {
+    /// ``unknown field `lrr` ``: the key's name.
+    Key(String),
+    /// `invalid type: string "0.05"`, ``invalid value: integer `-3` ``: its value.
+    Value(toml::Value),
+}
+
+impl Wanted {
+    fn from_message(message: &str) -> Option<Self> {
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            return Some(Self::Key(rest.split('`').next()?.to_string()));
+        }
+        let rest = message
+            .strip_prefix("invalid type: ")
+            .or_else(|| message.strip_prefix("invalid value: "))?;
+        let found = rest.split(", expected").next()?;
+        let (kind, value) = found.split_once(' ')?;
+        let value = value.trim_matches('`');
+        Some(Self::Value(match kind {
+            "string" => toml::Value::String(serde_json::from_str(value).ok()?),
+            "integer" => toml::Value::Integer(value.parse().ok()?),
+            "floating" => toml::Value::Float(value.trim_start_matches("point `").trim_matches('`').parse().ok()?),
+            "boolean" => toml::Value::Boolean(value.parse().ok()?),
+            _ => return None,
+        }))
+    }
+}
+
+/// The keys below `table` (named `path`) that `wanted` describes: their dotted table and the span
+/// to point at (the key's name for an unknown key, else its value).
+fn keys_below(
+    table: &dyn toml_edit::TableLike,
+    path: &str,
+    wanted: &Wanted,
+    found: &mut Vec<(String, std::ops::Range<usize>)>,
+) {
+    for (name, item) in table.iter() {
+        let Some((key, item)) = table.get_key_value(name).map(|(key, _)| (key, item)) else {
+            continue;
+        };
+        if let Some(child) = item.as_table_like() {
+            keys_below(child, &format!("{path}.{name}"), wanted, found);
+            continue;
+        }
+        match (wanted, item.as_value()) {
+            (Wanted::Key(wanted), _) if wanted == name => found.extend(key.span().map(|s| (path.to_string(), s))),
+            (Wanted::Value(wanted), Some(value)) => {
+                // A value, or an element of an array (`widths = [8, 8, "8"]`).
+                let elements: Vec<&toml_edit::Value> = match value.as_array() {
+                    Some(array) => array.iter().collect(),
+                    None => vec![value],
+                };
+                let spans = elements
+                    .into_iter()
+                    .filter(|v| same_value(wanted, v))
+                    .filter_map(|v| v.span());
+                found.extend(spans.map(|span| (path.to_string(), span)));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn same_value(wanted: &toml::Value, value: &toml_edit::Value) -> bool {
+    match (wanted, value) {
+        (toml::Value::String(a), toml_edit::Value::String(b)) => a == b.value(),
+        (toml::Value::Integer(a), toml_edit::Value::Integer(b)) => a == b.value(),
+        (toml::Value::Float(a), toml_edit::Value::Float(b)) => a == b.value(),
+        (toml::Value::Boolean(a), toml_edit::Value::Boolean(b)) => a == b.value(),
+        _ => false,
+    }
+}
+
 /// The `[header]` that the byte `offset` of `text` falls under: the last table header that starts
 /// at or before the end of the offset's line (typetag reports errors at the table header itself).
 /// None when the text is not valid TOML (then the parser's own message has the line).
@@ -505,7 +619,6 @@ fn table_headers(table: &toml_edit::Table, path: &mut Vec<String>, out: &mut Vec
     }
 }
 
-/// `a.b.c=value`: sets key `c` of table `a.b`, creating tables as needed.
 /// The value of a `--set key=value`: TOML where it parses as such, else the text as a string
 /// (`run.device=cuda`).
 pub(crate) fn override_value(raw: &str) -> toml::Value {
@@ -515,6 +628,7 @@ pub(crate) fn override_value(raw: &str) -> toml::Value {
     }
 }
 
+/// `a.b.c=value`: sets key `c` of table `a.b`, creating tables as needed.
 fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<()> {
     let (key, raw) = assignment
         .split_once('=')

@@ -111,8 +111,7 @@ fn bad_sweeps_are_explained_with_positions() {
     let broken =
         text(&out, "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n").replace("width = 4", "widht = 4");
     let e = error(&broken, &[]);
-    // (typetag reports a plugin table's errors at its header.)
-    let line = broken.lines().position(|l| l == "[backbone]").unwrap() + 1;
+    let line = broken.lines().position(|l| l == "widht = 4").unwrap() + 1;
     assert!(e.contains(&format!("line {line}")) && e.contains("widht"), "{e}");
     let e = error(
         &text(&out, "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n"),
