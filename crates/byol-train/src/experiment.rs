@@ -655,7 +655,11 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
             raw.trim()
         );
     }
-    let parts: Vec<&str> = key.trim().split('.').collect();
+    // A dotted key as TOML reads one: `sweep.parameters."optimizer.lr"` has three parts.
+    let parts: Vec<String> = match toml_edit::Key::parse(key.trim()) {
+        Ok(keys) => keys.iter().map(|k| k.get().to_string()).collect(),
+        Err(_) => key.trim().split('.').map(String::from).collect(),
+    };
     let (last, parents) = parts.split_last().expect("split yields one part");
     let mut current = table;
     for part in parents {

@@ -118,6 +118,16 @@ fn bad_sweeps_are_explained_with_positions() {
         &["optimizer.lr=0.3"],
     );
     assert!(e.contains("'optimizer.lr' is set with --set"), "{e}");
+    // [sweep] itself is the file's, whatever way its key is written.
+    let lr = "[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n";
+    for set in ["sweep.method=random", "sweep.parameters.\"optimizer.lr\"=[0.3]"] {
+        let e = error(&text(&out, lr), &[set]);
+        assert!(e.contains("not of [sweep]"), "{set}: {e}");
+    }
+    // A quoted part of a --set key is one key, as TOML reads it.
+    let s = Sweep::parse(&text(&out, lr), &["\"optimizer\".\"momentum\"=0.8".into()], "x").unwrap();
+    let experiment = s.experiment(&s.trials[0], None).unwrap();
+    assert!(experiment.to_toml().unwrap().contains("momentum = 0.8"));
     // A key inside a table that is swept whole, and a table around a swept key: the trial's value
     // would win over the command line's unseen.
     let whole_table =

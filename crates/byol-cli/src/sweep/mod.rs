@@ -21,9 +21,10 @@ use crate::ExperimentArgs;
 pub struct SweepArgs {
     #[command(flatten)]
     experiment: ExperimentArgs,
-    /// Devices to run trials on at the same time, one trial per device, each in a child process:
-    /// `--devices cuda:0,cuda:1` (default: every GPU when run.device is "auto" or "cuda" and there
-    /// are several, else one trial at a time in this process).
+    /// Devices to run trials on at the same time, one trial per device, each in a child process
+    /// that logs to its trial's train.log: `--devices cuda:0,cuda:1` (default: every GPU when
+    /// run.device is "auto" or "cuda" and there are several). One device, or none: one trial at a
+    /// time, in this process, on that device.
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
     /// Trials train quietly: only the sweep's lines and the summary are printed.

@@ -314,6 +314,16 @@ impl Sweep {
         let config = file.sweep.context(
             "there is no [sweep] table: add one (the README's \"Sweeps\" shows it), or train the file with `byol-run FILE`",
         )?;
+        // A sweep's own table is the file's: --set sets the trials' experiment.
+        if let Some(assignment) = overrides.iter().find(|a| {
+            let key = a.split_once('=').map_or(a.as_str(), |(k, _)| k).trim();
+            key == "sweep" || key.starts_with("sweep.")
+        }) {
+            bail!(
+                "--set {assignment}: --set sets keys of the trials' experiment, not of [sweep]; change [sweep] in the \
+                 file (a copy of it, for a new sweep)"
+            );
+        }
         let parameters = parse_parameters(&config.parameters)?;
         let base = without_sweep(text)?;
         let experiment = Experiment::parse(&base, overrides)?;
