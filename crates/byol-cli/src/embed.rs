@@ -381,8 +381,8 @@ pub struct EmbedArgs {
     #[arg(long)]
     out: PathBuf,
     /// Images per batch.
-    #[arg(long, default_value_t = 256)]
-    batch: usize,
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
     /// Stop at the first unreadable image or folder (a broken link, a damaged file) instead of
     /// skipping it with a counted warning.
     #[arg(long)]
@@ -536,7 +536,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
     let size = evaluation_decode_size(&experiment);
     let mut embedded = Vec::new();
     let mut embeddings = Vec::new();
-    for chunk in scan.images.chunks(args.batch.max(1)) {
+    for chunk in scan.images.chunks(args.batch as usize) {
         let mut pixels = Vec::new();
         let mut count = 0;
         for file in chunk {
