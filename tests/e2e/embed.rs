@@ -278,49 +278,66 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     );
 }
 
+/// A one-epoch run in `<dir>/r` of the tiny experiment with torchvision's ResNet-18 widths (64),
+/// and `sets` as `--set`s.
+fn resnet18_run(sets: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
+    let mut args = vec!["tiny.toml", "--run-dir", "r", "--quiet"];
+    for set in ["backbone.width=64", "schedule.epochs=1"].iter().chain(sets) {
+        args.extend(["--set", set]);
+    }
+    let out = byol_run(dir.path(), &args);
+    assert!(out.status.success(), "{}", text(&out));
+    dir
+}
+
+/// `count` random 16 px PNGs in `<dir>/images` (the views' size, so that the evaluation
+/// transform is the normalization) embedded by run `r`: the folder, the embeddings and their
+/// names, one a line.
+fn embed_random_images(dir: &std::path::Path, count: usize) -> (std::path::PathBuf, tch::Tensor, String) {
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..count {
+        let image = tch::Tensor::randint(256, [3, 16, 16], (tch::Kind::Uint8, tch::Device::Cpu));
+        tch::vision::image::save(&image, images.join(format!("{i}.png"))).unwrap();
+    }
+    let out = byol_run(dir, &["embed", "r", "--images", "images", "--out", "emb.npy"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let embeddings = tch::Tensor::read_npy(dir.join("emb.npy")).unwrap();
+    let names = std::fs::read_to_string(dir.join("emb.npy.names.txt")).unwrap();
+    (images, embeddings, names)
+}
+
+/// `embed`'s rows against torchvision's forward of the export: both run the same fp32 kernels
+/// in eval mode, so they differ by a few float32 roundings of sums taken in another order, within
+/// 1e-5 of the largest entry.
+fn assert_same_embeddings(ours: &tch::Tensor, theirs: &tch::Tensor) {
+    assert_eq!(ours.size(), theirs.size(), "rows and width");
+    let scale = theirs.abs().max().double_value(&[]);
+    let difference = byol_testkit::max_abs_diff(ours, theirs);
+    assert!(
+        difference <= 1e-5 * scale,
+        "embed differs from torchvision's forward of the export by {difference:e} (largest entry {scale})"
+    );
+}
+
 /// What `export` writes is a torchvision state_dict: torchvision's own ResNet-18 loads it
 /// strictly, and its forward on the images (read and normalized by torchvision) is what
 /// `embed` wrote. Both run the same fp32 kernels in eval mode; the tolerance, 1e-5 of the
 /// largest entry, is a few float32 roundings of the 3x3xC sums that differ only in their order.
 #[test]
 fn export_loads_into_torchvision_and_embed_matches_its_forward() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
     let (mean, std) = ("[0.4, 0.45, 0.5]", "[0.2, 0.25, 0.3]");
-    let out = byol_run(
-        dir.path(),
-        &[
-            "tiny.toml",
-            "--run-dir",
-            "r",
-            "--quiet",
-            "--set",
-            "backbone.width=64",
-            "--set",
-            "dataset.train_size=64",
-            "--set",
-            "schedule.epochs=1",
-            "--set",
-            &format!("augment.mean={mean}"),
-            "--set",
-            &format!("augment.std={std}"),
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let dir = resnet18_run(&[
+        "dataset.train_size=64",
+        &format!("augment.mean={mean}"),
+        &format!("augment.std={std}"),
+    ]);
     let out = byol_run(dir.path(), &["export", "r", "--out", "backbone.safetensors"]);
     assert!(out.status.success(), "{}", text(&out));
 
-    // Images at the views' size (16 px), so that the evaluation transform is the normalization.
-    let images = dir.path().join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    for i in 0..5 {
-        let image = tch::Tensor::randint(256, [3, 16, 16], (tch::Kind::Uint8, tch::Device::Cpu));
-        tch::vision::image::save(&image, images.join(format!("{i}.png"))).unwrap();
-    }
-    let out = byol_run(dir.path(), &["embed", "r", "--images", "images", "--out", "emb.npy"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let embeddings = tch::Tensor::read_npy(dir.path().join("emb.npy")).unwrap();
-    let names = std::fs::read_to_string(dir.path().join("emb.npy.names.txt")).unwrap();
+    let (images, embeddings, names) = embed_random_images(dir.path(), 5);
 
     let script = format!(
         r#"
@@ -360,14 +377,7 @@ with torch.no_grad():
         summary["steps"].as_i64().unwrap(),
         "the metadata's step"
     );
-    let theirs = &reference["embeddings"];
-    assert_eq!(embeddings.size(), theirs.size(), "rows and width");
-    let scale = theirs.abs().max().double_value(&[]);
-    let difference = byol_testkit::max_abs_diff(&embeddings, theirs);
-    assert!(
-        difference <= 1e-5 * scale,
-        "embed differs from torchvision's forward of the export by {difference:e} (largest entry {scale})"
-    );
+    assert_same_embeddings(&embeddings, &reference["embeddings"]);
 
     // A write that fails (here: its partial file cannot be created, as a full disk would fail it)
     // leaves the earlier outputs whole, and the embeddings still paired with their names.
@@ -400,26 +410,7 @@ with torch.no_grad():
 /// exactly `layer4.*`) and computes what `embed` wrote (tolerance as above).
 #[test]
 fn export_leaves_out_the_layers_past_the_embedding() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tiny.toml"), TINY).unwrap();
-    let out = byol_run(
-        dir.path(),
-        &[
-            "tiny.toml",
-            "--run-dir",
-            "r",
-            "--quiet",
-            "--set",
-            "backbone.width=64",
-            "--set",
-            "dataset.train_size=32",
-            "--set",
-            "schedule.epochs=1",
-            "--set",
-            "byol.embedding_layer=\"layer3\"",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let dir = resnet18_run(&["dataset.train_size=32", "byol.embedding_layer=\"layer3\""]);
     let out = byol_run(dir.path(), &["export", "r", "--out", "backbone.safetensors"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
@@ -427,16 +418,7 @@ fn export_leaves_out_the_layers_past_the_embedding() {
         all.contains("past byol.embedding_layer = \"layer3\" (layer4.0.*, layer4.1.*)"),
         "{all}"
     );
-    let images = dir.path().join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    for i in 0..4 {
-        let image = tch::Tensor::randint(256, [3, 16, 16], (tch::Kind::Uint8, tch::Device::Cpu));
-        tch::vision::image::save(&image, images.join(format!("{i}.png"))).unwrap();
-    }
-    let out = byol_run(dir.path(), &["embed", "r", "--images", "images", "--out", "emb.npy"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let embeddings = tch::Tensor::read_npy(dir.path().join("emb.npy")).unwrap();
-    let names = std::fs::read_to_string(dir.path().join("emb.npy.names.txt")).unwrap();
+    let (images, embeddings, names) = embed_random_images(dir.path(), 4);
     let script = format!(
         r#"
 import json, torchvision
@@ -468,19 +450,8 @@ with torch.no_grad():
         images = images.to_str().unwrap(),
     );
     let reference = byol_testkit::run_python(&script, &[]);
-    let theirs = &reference["embeddings"];
-    assert_eq!(
-        embeddings.size(),
-        theirs.size(),
-        "rows and width (layer3's 256 channels)"
-    );
-    assert_eq!(theirs.size()[1], 256);
-    let scale = theirs.abs().max().double_value(&[]);
-    let difference = byol_testkit::max_abs_diff(&embeddings, theirs);
-    assert!(
-        difference <= 1e-5 * scale,
-        "embed differs from torchvision's forward of the export by {difference:e} (largest entry {scale})"
-    );
+    assert_eq!(embeddings.size()[1], 256, "layer3's channels");
+    assert_same_embeddings(&embeddings, &reference["embeddings"]);
 }
 
 /// `embed` and `export` of a run folder whose run trains on, saving a checkpoint every step and

@@ -51,29 +51,29 @@ impl Default for Wording {
 }
 
 impl Wording {
-    /// The kNN monitor's labelled folders, `[eval] train` and `test`: no file lists, no
-    /// unlabelled reading.
+    /// The kNN monitor's labelled folders, `[eval] train` and `test`.
     pub fn eval_keys() -> Self {
-        let split = |name: &str| SplitWording {
-            key: format!("eval.{name}"),
-            placeholder: format!("<{name}>"),
-            file_list: String::new(),
-        };
-        Self {
-            train: split("train"),
-            test: split("test"),
-            unlabelled: None,
-            on_bad_image: None,
-            purpose: "evaluate on them".into(),
-        }
+        Self::labelled(
+            |split| (format!("eval.{split}"), format!("<{split}>")),
+            "evaluate on them",
+        )
     }
 
-    /// Folders given as a command's `--train` and `--test`.
+    /// Folders given as a command's `--train` and `--test`, read to `purpose` (`evaluate on them`).
     pub fn flags(purpose: &str) -> Self {
-        let split = |name: &str| SplitWording {
-            key: format!("--{name}"),
-            placeholder: "<folder>".into(),
-            file_list: String::new(),
+        Self::labelled(|split| (format!("--{split}"), "<folder>".into()), purpose)
+    }
+
+    /// Labelled folders without file lists, unlabelled reading or a bad-image setting, whose
+    /// key and placeholder `name` gives for `train` and `test`.
+    fn labelled(name: impl Fn(&str) -> (String, String), purpose: &str) -> Self {
+        let split = |split: &str| {
+            let (key, placeholder) = name(split);
+            SplitWording {
+                key,
+                placeholder,
+                file_list: String::new(),
+            }
         };
         Self {
             train: split("train"),
