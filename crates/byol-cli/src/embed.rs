@@ -92,8 +92,18 @@ pub fn with_checkpoint<T>(path: &Path, mut read: impl FnMut(&Path) -> anyhow::Re
     };
     for attempt in 1.. {
         let before = checkpoints();
-        match resolve_checkpoint(path).and_then(|dir| read(&dir)) {
-            Err(e) if run_folder && checkpoints() != before && attempt < TRIES => {
+        let (found, result) = match resolve_checkpoint(path) {
+            Ok(dir) => {
+                let result = read(&dir);
+                (Some(dir), result)
+            }
+            Err(e) => (None, Err(e)),
+        };
+        // The checkpoint found is gone (or the search met one going): the run removed it. A
+        // checkpoint still there failed for its own reason, which is the error.
+        let raced = run_folder && checkpoints() != before && found.is_none_or(|dir| !dir.exists());
+        match result {
+            Err(e) if raced && attempt < TRIES => {
                 byol::eprint_line!(
                     "note: the run of {} saved and removed checkpoints while one was read (it trains on, \
                      keeping its newest): reading its newest one again",
@@ -101,7 +111,7 @@ pub fn with_checkpoint<T>(path: &Path, mut read: impl FnMut(&Path) -> anyhow::Re
                 );
                 drop(e);
             }
-            Err(e) if run_folder && checkpoints() != before => {
+            Err(e) if raced => {
                 return Err(e).with_context(|| {
                     format!(
                         "the run of {} removed each of the {TRIES} checkpoints found before it was read: it saves \
