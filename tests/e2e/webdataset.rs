@@ -394,8 +394,8 @@ fn kill_9_in_the_middle_of_an_epoch_then_resume_ends_bit_for_bit() {
     assert!(!out.status.success(), "{all}");
     assert!(
         all.contains(
-            "\n    changed: train-000001.tar (16 images, other names or sizes), \
-             train-000002.tar (16 images, other names or sizes)\n"
+            "\n    changed: train-000001.tar (16 images, not the same or not in the same order), \
+             train-000002.tar (16 images, not the same or not in the same order)\n"
         ),
         "{all}"
     );

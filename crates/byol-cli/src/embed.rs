@@ -99,9 +99,11 @@ pub fn with_checkpoint<T>(path: &Path, mut read: impl FnMut(&Path) -> anyhow::Re
             }
             Err(e) => (None, Err(e)),
         };
-        // The checkpoint found is gone (or the search met one going): the run removed it. A
-        // checkpoint still there failed for its own reason, which is the error.
-        let raced = run_folder && checkpoints() != before && found.is_none_or(|dir| !dir.exists());
+        // The run removed a checkpoint meanwhile, and the one found is gone (or the search met
+        // one going). A checkpoint still there failed for its own reason, which is the error.
+        let after = checkpoints();
+        let removed = before.iter().any(|name| !after.contains(name));
+        let raced = run_folder && removed && found.is_none_or(|dir| !dir.exists());
         match result {
             Err(e) if raced && attempt < TRIES => {
                 byol::eprint_line!(
@@ -130,7 +132,10 @@ pub fn with_checkpoint<T>(path: &Path, mut read: impl FnMut(&Path) -> anyhow::Re
 /// The run folder a checkpoint folder sits in (`<run>/checkpoints/<checkpoint>`, with a
 /// `config.toml`), when it does.
 pub fn run_folder_of(checkpoint_dir: &Path) -> Option<PathBuf> {
-    let real = checkpoint_dir.canonicalize().ok()?;
+    // A checkpoint removed since it was read (a run that trains on) no longer resolves.
+    let real = checkpoint_dir
+        .canonicalize()
+        .unwrap_or_else(|_| checkpoint_dir.to_path_buf());
     let checkpoints = real.parent()?;
     let run = checkpoints.parent()?;
     (checkpoints.file_name()? == CHECKPOINTS_DIR && run.join(CONFIG_FILE).is_file()).then(|| run.to_path_buf())
@@ -226,17 +231,17 @@ fn export_from(checkpoint_dir: &Path, out: &Path) -> anyhow::Result<()> {
     };
     let preprocess = experiment.as_ref().map(ExportedPreprocess::of);
     let untrained = match &experiment {
-        Some(experiment) => untrained_modules(experiment, checkpoint_dir, &manifest).unwrap_or_else(|e| {
+        Some(experiment) => Untrained::find(experiment, checkpoint_dir, &manifest).unwrap_or_else(|e| {
             byol::eprint_line!("warning: {e:#}: the export keeps every layer of the backbone");
-            Vec::new()
+            Untrained::default()
         }),
-        None => Vec::new(),
+        None => Untrained::default(),
     };
     let tensors = checkpoint::read_tensors(checkpoint_dir, checkpoint::MODEL_FILE)?;
     let (backbone, left_out): (Vec<_>, Vec<_>) = tensors
         .into_iter()
         .filter_map(|(k, t)| k.strip_prefix(BACKBONE_PREFIX).map(|name| (name.to_string(), t)))
-        .partition(|(name, _)| !untrained.iter().any(|module| module_of(name) == module));
+        .partition(|(name, _)| !untrained.holds(name));
     if backbone.is_empty() {
         bail!("{} holds no '{BACKBONE_PREFIX}*' variables", checkpoint_dir.display());
     }
@@ -247,17 +252,23 @@ fn export_from(checkpoint_dir: &Path, out: &Path) -> anyhow::Result<()> {
     run_dir::replace_file(out, &bytes)?;
     say!("wrote {} backbone tensors to {}", backbone.len(), out.display());
     if let (false, Some(layer)) = (left_out.is_empty(), layer) {
-        // `layer4.0.*, layer4.1.*`: blocks, not each tensor.
-        let mut blocks: Vec<String> = left_out
-            .iter()
-            .map(|(name, _)| format!("{}.*", name.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")))
-            .collect();
-        blocks.sort();
+        // `layer4.0.*, layer4.1.*, norm.*, cls_token`: blocks, not each tensor, in the network's
+        // order (`blocks.2` before `blocks.10`).
+        let block = |name: &str| match name.rsplit_once('.') {
+            None => name.to_string(),
+            Some((module, _)) => format!("{}.*", module.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")),
+        };
+        let mut blocks: Vec<String> = left_out.iter().map(|(name, _)| block(name)).collect();
+        let numbered = |block: &String| -> Vec<(u64, String)> {
+            let parts = block.split('.');
+            parts.map(|p| (p.parse().unwrap_or(u64::MAX), p.to_string())).collect()
+        };
+        blocks.sort_by_key(numbered);
         blocks.dedup();
         say!(
             "left out {} tensors past byol.embedding_layer = \"{layer}\" ({}): the embedding does not use \
-             them, so training never changed them; in PyTorch, replace those layers with \
-             torch.nn.Identity() and load_state_dict(..., strict=False)",
+             them, so training never changed them; in PyTorch, replace those layers and the classifier \
+             (torchvision's fc) with torch.nn.Identity() and load_state_dict(..., strict=False)",
             left_out.len(),
             blocks.join(", ")
         );
@@ -268,32 +279,53 @@ fn export_from(checkpoint_dir: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The modules of the backbone (`layer4.0.conv1`) that training never changed: those whose
-/// parameters the loss does not reach ([`Model::unreached_parameters`]), found on the networks
-/// the checkpoint's experiment builds, on the CPU. Their buffers (batch-norm statistics) go
-/// with them.
-fn untrained_modules(
-    experiment: &Experiment,
-    checkpoint_dir: &Path,
-    manifest: &checkpoint::Manifest,
-) -> anyhow::Result<Vec<String>> {
-    let experiment = state::with_checkpoint_sources(experiment, checkpoint_dir, manifest)?;
-    let context = BuildContext::new(Device::Cpu, experiment.augment.image_size());
-    let model = Model::build(&experiment, &context, Weights::Checkpoint)
-        .context("building the checkpoint's networks to find the layers its embedding uses")?;
-    let mut modules: Vec<String> = model
-        .unreached_parameters(experiment.augment.image_size())
-        .iter()
-        .filter_map(|name| name.strip_prefix(BACKBONE_PREFIX))
-        .map(|name| module_of(name).to_string())
-        .collect();
-    modules.dedup();
-    Ok(modules)
+/// The backbone's tensors that training never changed: the parameters the loss does not reach
+/// ([`Model::unreached_parameters`]; a backbone's layers past an inner `byol.embedding_layer`),
+/// and the buffers (batch-norm statistics) of modules none of whose parameters it reaches. Found
+/// on the networks the checkpoint's experiment builds, on the CPU; none when the embedding is the
+/// backbone's last tap (every layer computes it).
+#[derive(Default)]
+struct Untrained {
+    parameters: std::collections::HashSet<String>,
+    modules: std::collections::HashSet<String>,
 }
 
-/// `layer4.0.conv1` of `layer4.0.conv1.weight`.
-fn module_of(name: &str) -> &str {
-    name.rsplit_once('.').map_or("", |(module, _)| module)
+impl Untrained {
+    fn find(experiment: &Experiment, checkpoint_dir: &Path, manifest: &checkpoint::Manifest) -> anyhow::Result<Self> {
+        let experiment = state::with_checkpoint_sources(experiment, checkpoint_dir, manifest)?;
+        let context = BuildContext::new(Device::Cpu, experiment.augment.image_size());
+        let model = Model::build(&experiment, &context, Weights::Checkpoint)
+            .context("building the checkpoint's networks to find the layers its embedding uses")?;
+        if model.byol.embeds_at_last_tap() {
+            return Ok(Self::default());
+        }
+        let size = experiment.augment.image_size();
+        // A backbone that cannot run backward here (a panic in libtorch) leaves the export whole.
+        let unreached = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.unreached_parameters(size)))
+            .map_err(|_| anyhow::anyhow!("cannot run the networks backward to find the layers the embedding uses"))?;
+        let backbone = |name: &String| name.strip_prefix(BACKBONE_PREFIX).map(String::from);
+        let parameters: std::collections::HashSet<String> = unreached.iter().filter_map(backbone).collect();
+        let all: Vec<String> = model.parameters.iter().map(|p| &p.name).filter_map(backbone).collect();
+        let modules = parameters
+            .iter()
+            .filter_map(|name| name.rsplit_once('.').map(|(module, _)| module.to_string()))
+            .filter(|module| {
+                let mut of_module = all
+                    .iter()
+                    .filter(|p| p.rsplit_once('.').is_some_and(|(m, _)| m == module));
+                of_module.all(|p| parameters.contains(p))
+            })
+            .collect();
+        Ok(Self { parameters, modules })
+    }
+
+    /// Whether the backbone's tensor `name` (`layer4.0.bn1.running_mean`) is one of them.
+    fn holds(&self, name: &str) -> bool {
+        self.parameters.contains(name)
+            || name
+                .rsplit_once('.')
+                .is_some_and(|(module, _)| self.modules.contains(module))
+    }
 }
 
 /// The metadata key of an export's evaluation transform, as JSON ([`ExportedPreprocess`]).

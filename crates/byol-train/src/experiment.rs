@@ -633,8 +633,11 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
     let (key, raw) = assignment
         .split_once('=')
         .with_context(|| format!("--set '{assignment}' is not of the form section.key=value"))?;
-    // `0.5\nmomentum=0.1` reads as two keys, the second of which would be dropped unsaid.
-    if toml::from_str::<toml::Table>(&format!("v = {raw}")).is_ok_and(|t| t.len() > 1) {
+    // `0.5\nmomentum=0.1` reads as two keys, the second of which would be dropped unsaid, and
+    // `foo\nx=1` as a string with a line break. A line break is kept only inside one value (an
+    // array written over lines).
+    let one_value = toml::from_str::<toml::Table>(&format!("v = {raw}")).is_ok_and(|t| t.len() == 1);
+    if raw.contains(['\n', '\r']) && !one_value {
         bail!(
             "--set {}: the value {raw:?} holds more than one assignment (a line break in it?): give one \
              key=value per --set",

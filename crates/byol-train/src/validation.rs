@@ -15,6 +15,8 @@ enum Range {
     AtLeast(f64),
     /// `> min`
     Above(f64),
+    /// `<= max`
+    AtMost(f64),
     /// `[lo, hi]`
     Closed(f64, f64),
     /// `[lo, hi)`
@@ -27,6 +29,7 @@ impl Range {
             && match self {
                 Range::AtLeast(min) => v >= min,
                 Range::Above(min) => v > min,
+                Range::AtMost(max) => v <= max,
                 Range::Closed(lo, hi) => (lo..=hi).contains(&v),
                 Range::HalfOpen(lo, hi) => (lo..hi).contains(&v),
             }
@@ -38,6 +41,7 @@ impl std::fmt::Display for Range {
         match self {
             Range::AtLeast(min) => write!(f, ">= {min}"),
             Range::Above(min) => write!(f, "> {min}"),
+            Range::AtMost(max) => write!(f, "<= {max}"),
             Range::Closed(lo, hi) => write!(f, "in [{lo}, {hi}]"),
             Range::HalfOpen(lo, hi) => write!(f, "in [{lo}, {hi})"),
         }
@@ -79,8 +83,6 @@ impl Problems<'_> {
     }
 }
 
-/// A plugin's configuration error without the "dataset configuration:" prefix that every
-/// `DataError::Config` carries (augmentation plugins report through it too).
 /// `x` as a person writes it (`3`, `0.1`): very large or small in exponent form (`1e300`, not
 /// 301 digits), others to six decimals at most (`0.333333`).
 pub fn short_number(x: f64) -> String {
@@ -101,15 +103,9 @@ const MAX_EPOCHS: f64 = 1e6;
 const MAX_THREADS: f64 = 4096.0;
 /// The largest side of an image or a view, in pixels.
 const MAX_SIDE: f64 = 4096.0;
-/// The widest a projector's or predictor's layer may be.
-const MAX_WIDTH: f64 = 65536.0;
-
-fn plain(error: byol_data::DataError) -> String {
-    match error {
-        byol_data::DataError::Config(message) => message,
-        other => other.to_string(),
-    }
-}
+/// The widest a projector's or predictor's layer may be: a 16384 x 16384 layer is 1 GiB of
+/// float32, and each head has two.
+const MAX_WIDTH: f64 = 16384.0;
 
 impl Experiment {
     /// Checks everything that can be checked before training: numeric ranges, that the data's
@@ -155,15 +151,16 @@ impl Experiment {
 
     fn check_ranges(&self, p: &mut Problems) {
         // The run's folder is <run.output_dir>/<run.name>: a folder inside it (`ablation/lr-0.1`
-        // nests), never the output folder itself or one outside it.
+        // nests; `./exp/` is `exp`), never the output folder itself or one outside it.
         if let Some(name) = self.run.name.as_deref() {
-            if name.split('/').any(|part| matches!(part, "" | "." | "..")) {
+            let parts: Vec<&str> = name.split('/').filter(|p| !matches!(*p, "" | ".")).collect();
+            if name.starts_with('/') || parts.is_empty() || parts.contains(&"..") {
                 p.add(
                     "run.name",
                     format!(
                         "run.name = {name:?} does not name a folder inside run.output_dir (the run's folder is \
-                         <run.output_dir>/<run.name>): give a name such as \"resnet50-lr0.3\", without empty, \
-                         . or .. parts (or --run-dir for a folder elsewhere)"
+                         <run.output_dir>/<run.name>): give a relative name such as \"resnet50-lr0.3\", \
+                         without .. (or --run-dir for a folder elsewhere)"
                     ),
                 );
             }
@@ -173,13 +170,14 @@ impl Experiment {
         // and keep step counts, thread counts and allocations from overflowing.
         p.range("schedule.epochs", s.epochs as f64, Range::Closed(1.0, MAX_EPOCHS));
         p.range("run.threads", self.run.threads as f64, Range::Closed(0.0, MAX_THREADS));
+        // (Their lower bounds are the plugins' own checks.)
         p.range(
             "augment.image_size",
             self.augment.image_size() as f64,
-            Range::Closed(1.0, MAX_SIDE),
+            Range::AtMost(MAX_SIDE),
         );
         if let Some(side) = self.dataset.image_size() {
-            p.range("dataset.image_size", side as f64, Range::Closed(1.0, MAX_SIDE));
+            p.range("dataset.image_size", side as f64, Range::AtMost(MAX_SIDE));
         }
         p.range("schedule.batch_size", s.batch_size as f64, Range::AtLeast(1.0));
         p.range("schedule.warmup_epochs", s.warmup_epochs, Range::AtLeast(0.0));
@@ -273,13 +271,13 @@ impl Experiment {
             }
         }
         if let Err(e) = self.dataset.check() {
-            p.add_mentioning(plain(e));
+            p.add_mentioning(e.message());
         }
         // Building the augmentation checks its keys; it allocates nothing, so the CPU will do
         // whatever device the run trains on.
         let context = byol::BuildContext::new(tch::Device::Cpu, self.augment.image_size());
         if let Err(e) = self.augment.build(&context) {
-            p.add_mentioning(plain(e));
+            p.add_mentioning(e.message());
         }
         if self.augment.loader_crops().is_some() && !self.dataset.keeps_image_files() {
             p.add(

@@ -260,6 +260,12 @@ impl Byol {
         tch::no_grad(|| self.online_backbone.embed(images, false, &self.embedding_layer))
     }
 
+    /// Whether the embedding is taken at the backbone's last tap, so that every layer of the
+    /// backbone computes it.
+    pub fn embeds_at_last_tap(&self) -> bool {
+        self.online_backbone.taps().last() == Some(&self.embedding_layer.as_str())
+    }
+
     pub fn embedding_dim(&self) -> i64 {
         self.embedding_dim
     }

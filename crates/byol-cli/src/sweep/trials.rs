@@ -440,7 +440,11 @@ fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTr
     }
     let mut changed = BTreeMap::new();
     for group in groups.values() {
-        if group.iter().all(|(_, _, recorded)| *recorded == group[0].2) {
+        // By their differences: records written before parts were kept hold none.
+        if group
+            .iter()
+            .all(|(_, _, recorded)| recorded.differences(&group[0].2).is_empty())
+        {
             continue;
         }
         let (first, _, _) = group[0];
@@ -704,7 +708,7 @@ impl DataNow {
         // An unfinished trial alone may also be moved aside: it then starts anew on this data.
         let alone = match finished {
             true => String::new(),
-            false => format!(" Or move {} aside, and it starts anew.", dir.display()),
+            false => format!(". Or move {} aside, and it starts anew", dir.display()),
         };
         Err(SettingsChanged {
             what: format!(

@@ -627,7 +627,7 @@ pub(super) fn scan(
             warnings.extend(repeated_files_warning(&what, listed));
         }
     }
-    warnings.extend(empty_classes_warning(root, &classes, &per_class));
+    warnings.extend(empty_classes_warning(root, file_list, &classes, &per_class));
     let files: Vec<(Found, i64)> = per_class
         .into_iter()
         .enumerate()
@@ -648,8 +648,14 @@ pub(super) fn scan(
     Ok(Listing::new(root, classes, files))
 }
 
-/// The warning for class folders that hold no images (their labels still count).
-fn empty_classes_warning(root: &Path, classes: &[String], per_class: &[Vec<Found>]) -> Option<String> {
+/// The warning for class folders that hold no images, or of which `file_list` names none (their
+/// labels still count).
+fn empty_classes_warning(
+    root: &Path,
+    file_list: Option<&Path>,
+    classes: &[String],
+    per_class: &[Vec<Found>],
+) -> Option<String> {
     let empty: Vec<&str> = classes
         .iter()
         .zip(per_class)
@@ -660,8 +666,12 @@ fn empty_classes_warning(root: &Path, classes: &[String], per_class: &[Vec<Found
         return None;
     }
     let shown = empty.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    let hold = match file_list {
+        Some(list) => format!("have no images in the file list {}", list.display()),
+        None => "hold no images".to_string(),
+    };
     Some(format!(
-        "{} of the {} class folders of {} hold no images (labels still count them): {shown}{}",
+        "{} of the {} class folders of {} {hold} (labels still count them): {shown}{}",
         empty.len(),
         classes.len(),
         root.display(),

@@ -228,7 +228,13 @@ impl ImageFolderConfig {
         let mut warnings = Vec::new();
         let mut notes = Vec::new();
         let labels = match self.labels {
-            Labels::Folders if !has_class_folders(&self.train)? && has_images_under(&self.train)? => {
+            // Only where unlabelled reading is a choice: [eval]'s folders and a command's flags
+            // must be labelled, and are refused as such.
+            Labels::Folders
+                if wording.unlabelled.is_some()
+                    && !has_class_folders(&self.train)?
+                    && has_images_under(&self.train)? =>
+            {
                 notes.push(format!(
                     "dataset.train = {}: no class sub-folders, so its images are read as unlabelled \
                      (labels = \"none\"; set it to silence this note)",

@@ -76,6 +76,9 @@ pub struct PartFingerprint {
     pub digest: String,
 }
 
+/// The most parts a [`SplitFingerprint`] keeps; a split of more keeps none.
+const MAX_PARTS: usize = 4096;
+
 /// Digits of a part's digest kept in its [`PartFingerprint`].
 const PART_DIGEST_DIGITS: usize = 16;
 
@@ -110,7 +113,12 @@ impl DatasetFingerprint {
                 .into_iter()
                 .map(|(name, data)| {
                     let content = data.content();
-                    let parts = content.iter().flat_map(|c| &c.parts).map(|part| {
+                    // Tens of thousands of shards would make every manifest megabytes long.
+                    let parts = content
+                        .iter()
+                        .flat_map(|c| &c.parts)
+                        .filter(|_| content.as_ref().is_some_and(|c| c.parts.len() <= MAX_PARTS));
+                    let parts = parts.map(|part| {
                         let digest = part.digest[..part.digest.len().min(PART_DIGEST_DIGITS)].to_string();
                         let fingerprint = PartFingerprint {
                             images: part.files,
@@ -214,6 +222,10 @@ impl DatasetFingerprint {
                 let (saved, now) = (self.0.get(name), now.0.get(name));
                 let split = format!("  {name}: {} -> {}", describe(saved, now), describe(now, saved));
                 let parts = match (saved, now) {
+                    // Every part as it was, the whole split not: the parts come in another order.
+                    (Some(saved), Some(now)) if !saved.parts.is_empty() && saved.parts == now.parts => {
+                        vec!["    every part holds what it held, in another order".to_string()]
+                    }
                     (Some(saved), Some(now)) => part_differences(&saved.parts, &now.parts),
                     _ => Vec::new(),
                 };
@@ -225,7 +237,7 @@ impl DatasetFingerprint {
 
 /// The parts of a split that differ, one line per kind of difference (changed, no longer
 /// there, new), naming at most [`PARTS_NAMED`] parts each: `    changed: cat/ (500 -> 499
-/// images), dog/ (500 images, other names or sizes)`. Empty when either side has no parts.
+/// images), dog/ (500 images, not the same or not in the same order)`. Empty when either side has no parts.
 fn part_differences(saved: &BTreeMap<String, PartFingerprint>, now: &BTreeMap<String, PartFingerprint>) -> Vec<String> {
     if saved.is_empty() || now.is_empty() || saved == now {
         return Vec::new();
@@ -233,7 +245,10 @@ fn part_differences(saved: &BTreeMap<String, PartFingerprint>, now: &BTreeMap<St
     let changed = saved.iter().filter_map(|(name, before)| {
         let after = now.get(name).filter(|after| after.digest != before.digest)?;
         Some(match before.images == after.images {
-            true => format!("{name} ({}, other names or sizes)", images(before.images)),
+            true => format!(
+                "{name} ({}, not the same or not in the same order)",
+                images(before.images)
+            ),
             false => format!("{name} ({} -> {})", before.images, images(after.images)),
         })
     });
@@ -686,12 +701,26 @@ mod tests {
         assert_eq!(
             part_differences(&saved, &now),
             [
-                "    changed: b/ (5 -> 4 images), c/ (5 images, other names or sizes)",
+                "    changed: b/ (5 -> 4 images), c/ (5 images, not the same or not in the same order)",
                 "    no longer there: d/ (2 images)",
                 "    new: e/ (1 image)",
             ]
         );
         assert!(part_differences(&saved, &saved).is_empty());
+        // The same parts in another order (a reordered file list or list of shards).
+        let split = |digest: &str| SplitFingerprint {
+            images: 12,
+            classes: Vec::new(),
+            files_digest: Some(digest.into()),
+            parts: saved.clone(),
+            listed: false,
+        };
+        let record = |digest: &str| DatasetFingerprint(BTreeMap::from([("train".to_string(), split(digest))]));
+        let lines = record("aa").differences(&record("bb"));
+        assert_eq!(
+            lines[1], "    every part holds what it held, in another order",
+            "{lines:?}"
+        );
         // A record without parts (written before they were kept) names none.
         assert!(part_differences(&BTreeMap::new(), &now).is_empty());
         // Many parts: the first few are named, the rest counted.
@@ -703,8 +732,8 @@ mod tests {
         let lines = part_differences(&many("0"), &many("1"));
         assert_eq!(lines.len(), 1);
         assert!(
-            lines[0].starts_with("    changed: shard-00.tar (10 images, other names or sizes), ")
-                && lines[0].ends_with("shard-07.tar (10 images, other names or sizes), and 12 more"),
+            lines[0].starts_with("    changed: shard-00.tar (10 images, not the same or not in the same order), ")
+                && lines[0].ends_with("shard-07.tar (10 images, not the same or not in the same order), and 12 more"),
             "{}",
             lines[0]
         );
