@@ -114,10 +114,8 @@ impl DatasetFingerprint {
                 .map(|(name, data)| {
                     let content = data.content();
                     // Tens of thousands of shards would make every manifest megabytes long.
-                    let parts = content
-                        .iter()
-                        .flat_map(|c| &c.parts)
-                        .filter(|_| content.as_ref().is_some_and(|c| c.parts.len() <= MAX_PARTS));
+                    let kept = content.iter().filter(|c| c.parts.len() <= MAX_PARTS);
+                    let parts = kept.flat_map(|c| &c.parts);
                     let parts = parts.map(|part| {
                         let digest = part.digest[..part.digest.len().min(PART_DIGEST_DIGITS)].to_string();
                         let fingerprint = PartFingerprint {
