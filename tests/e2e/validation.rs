@@ -563,3 +563,76 @@ fn validate_refuses_data_that_the_start_refuses_from_its_listing() {
     }
     assert!(!holds_checkpoints(dir.path()), "{error}");
 }
+
+/// `validate` says what a start says about the data it lists: a folder read as unlabelled, files
+/// of other formats, images beside class folders, classes without images, for `[dataset]` and
+/// `[eval]`'s folders alike; each line as the start prints it.
+#[test]
+fn validate_says_what_the_start_says_about_the_data_listed() {
+    let dir = setup();
+    let data = dir.path().join("data");
+    super::random_pngs(&data.join("train"), &["a", "b"], 3);
+    std::fs::create_dir_all(data.join("train/empty")).unwrap();
+    std::fs::write(data.join("train/a/photo.webp"), b"not read").unwrap();
+    for (i, image) in ["a/0.png", "a/1.png", "b/0.png", "b/1.png"].iter().enumerate() {
+        std::fs::create_dir_all(data.join("flat")).unwrap();
+        std::fs::copy(data.join("train").join(image), data.join(format!("flat/{i}.png"))).unwrap();
+    }
+    super::random_pngs(&data.join("eval-train"), &["a", "b"], 2);
+    super::random_pngs(&data.join("eval-test"), &["a", "b"], 2);
+    std::fs::copy(data.join("eval-test/a/0.png"), data.join("eval-test/loose.png")).unwrap();
+
+    let folder = |train: &str| {
+        byol_testkit::fixtures::with_table(
+            TINY,
+            "dataset",
+            &format!("type = \"image_folder\"\ntrain = \"{train}\"\nimage_size = 16"),
+        )
+    };
+    let cases = [
+        (
+            "classes.toml",
+            folder("data/train"),
+            ["formats that are not read", "hold no images"],
+        ),
+        (
+            "flat.toml",
+            folder("data/flat"),
+            ["read as unlabelled", "read as unlabelled"],
+        ),
+        (
+            "eval.toml",
+            byol_testkit::fixtures::with_keys(
+                &folder("data/flat"),
+                &[
+                    ("eval.train", "\"data/eval-train\""),
+                    ("eval.test", "\"data/eval-test\""),
+                ],
+            ),
+            ["read as unlabelled", "are in no class folder"],
+        ),
+    ];
+    for (name, experiment, expected) in cases {
+        std::fs::write(dir.path().join(name), experiment).unwrap();
+        let args = ["--set", "schedule.batch_size=2", "--set", "schedule.epochs=1"];
+        let validated = byol_run(dir.path(), &[&["validate", name][..], &args].concat());
+        assert!(validated.status.success(), "{name}: {}", text(&validated));
+        let said = text(&validated);
+        for words in expected {
+            assert!(said.contains(words), "{name}: validate does not say {words:?}:\n{said}");
+        }
+        let started = byol_run(dir.path(), &[&[name][..], &args].concat());
+        assert!(started.status.success(), "{name}: {}", text(&started));
+        let start_said = text(&started);
+        let about_data = said
+            .lines()
+            .filter(|line| line.starts_with("note: ") || line.starts_with("warning: "))
+            .filter(|line| line.contains("data/"));
+        for line in about_data {
+            assert!(
+                start_said.lines().any(|l| l == line),
+                "{name}: validate says what the start does not:\n{line}\nthe start:\n{start_said}"
+            );
+        }
+    }
+}

@@ -310,7 +310,7 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let backbone_warnings = byol_train::train::Model::check_builds(&experiment)
         .map_err(|e| anyhow::anyhow!(experiment.pointed_at_set(format!("{e:#}"))))
         .with_context(|| format!("in experiment file {}", path.display()))?;
-    experiment
+    let (_, data) = experiment
         .check_data()
         .with_context(|| format!("in experiment file {}: its data", path.display()))?;
     say!(
@@ -318,10 +318,11 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
         args.experiment.as_ref().expect("required").display(),
         experiment.name()
     );
-    for note in experiment.notes() {
+    for note in experiment.notes().into_iter().chain(data.notes) {
         say!("note: {note}");
     }
-    for warning in experiment.warnings().into_iter().chain(backbone_warnings) {
+    let warnings = experiment.warnings().into_iter().chain(backbone_warnings);
+    for warning in warnings.chain(data.warnings) {
         say!("warning: {warning}");
     }
     Ok(())

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use byol::BuildContext;
 
-use crate::{DataError, DatasetSpec, ImageSet, Splits};
+use crate::{DataError, DatasetSpec, ImageSet, Listing, Splits};
 
 const SIDE: usize = 32;
 const PIXELS: usize = 3 * SIDE * SIDE;
@@ -265,9 +265,11 @@ byol::register_plugin! {
             Ok(splits)
         }
 
-        // The files are read (their digest is of their bytes), without the warnings again.
-        fn build_listing(&self, _: &BuildContext) -> Result<Splits, DataError> {
-            self.read_splits(&mut Vec::new())
+        // The files are read: their digest is of their bytes.
+        fn build_listing(&self, _: &BuildContext) -> Result<Listing, DataError> {
+            let mut warnings = Vec::new();
+            let splits = self.read_splits(&mut warnings)?;
+            Ok(Listing { warnings, ..splits.into() })
         }
 
         fn check(&self) -> Result<(), DataError> {

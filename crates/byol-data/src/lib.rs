@@ -19,7 +19,7 @@ pub mod webdataset;
 // The plugin seams (dataset and augmentation specs, the crops an augmentation asks the loader
 // for, their error type) live in `byol` with the other plugin traits; re-exported here for the
 // datasets, the loader and the ops that implement them.
-pub use byol::{AugmentSpec, CropRange, DataError, Dataset, DatasetSpec, EpochStream, LoaderCrops, Splits};
+pub use byol::{AugmentSpec, CropRange, DataError, Dataset, DatasetSpec, EpochStream, Listing, LoaderCrops, Splits};
 pub use dataset::ImageSet;
 pub use loader::{Batch, BatchLoader, Prefetch};
 

@@ -5,7 +5,7 @@
 
 use anyhow::bail;
 
-use crate::train::state::DatasetFingerprint;
+use crate::train::state::{DataRemarks, DatasetFingerprint};
 use crate::Experiment;
 
 /// The values a numeric key may take.
@@ -128,11 +128,11 @@ impl Experiment {
     /// What a run's start refuses once it has listed the data, found from the listing alone (file
     /// names and sizes, shard headers; no image decoded): a split without images, a file list
     /// naming missing files, a damaged shard, a batch larger than the training images. Returns
-    /// the listing's fingerprint.
-    pub fn check_data(&self) -> anyhow::Result<DatasetFingerprint> {
-        let listed = DatasetFingerprint::of_experiment(self)?;
+    /// the listing's fingerprint, and what the start would say about the data listed.
+    pub fn check_data(&self) -> anyhow::Result<(DatasetFingerprint, DataRemarks)> {
+        let (listed, remarks) = DatasetFingerprint::listed(self)?;
         self.check_batch_fits(&listed)?;
-        Ok(listed)
+        Ok((listed, remarks))
     }
 
     /// The batch against the training images `listed` (whose count includes unreadable images

@@ -315,18 +315,41 @@ pub struct Splits {
     pub test: Option<Arc<dyn Dataset>>,
 }
 
+/// The splits of [`DatasetSpec::build_listing`], and what building them would say about the
+/// data found: one line each, without their `note: ` or `warning: ` prefix.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub splits: Splits,
+    /// What is worth knowing and needs no change (a folder read as unlabelled).
+    pub notes: Vec<String>,
+    /// What is most likely not meant (files of other formats passed over, images beside class
+    /// folders, class folders without images).
+    pub warnings: Vec<String>,
+}
+
+impl From<Splits> for Listing {
+    fn from(splits: Splits) -> Self {
+        Self {
+            splits,
+            notes: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// `[dataset] type = "..."`.
 #[typetag::serde(tag = "type")]
 pub trait DatasetSpec: std::fmt::Debug + Send + Sync {
     fn build(&self, context: &BuildContext) -> Result<Splits, DataError>;
 
     /// The splits of [`DatasetSpec::build`] without decoding the images where the source can list
-    /// them (a folder cached in memory is listed, not decoded), and without printing `build`'s
-    /// notes: enough for their count, classes and [`Dataset::content`], to check what a run
-    /// read cheaply. A listed split counts every image, unreadable ones included. Default: `build`
-    /// (with its notes).
-    fn build_listing(&self, context: &BuildContext) -> Result<Splits, DataError> {
-        self.build(context)
+    /// them (a folder cached in memory is listed, not decoded), and the notes and warnings that
+    /// `build` prints about what it found, returned instead: enough for their count, classes and
+    /// [`Dataset::content`], to check what a run read cheaply, and for `byol-run validate` to say
+    /// what a start would. A listed split counts every image, unreadable ones included. Default:
+    /// `build` (which prints its own notes), with none returned.
+    fn build_listing(&self, context: &BuildContext) -> Result<Listing, DataError> {
+        self.build(context).map(Listing::from)
     }
 
     /// What can be checked without reading the data (folders and files exist, sizes in range),

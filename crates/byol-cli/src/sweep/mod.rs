@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use byol_train::sweep::{Sweep, Trial};
-use byol_train::train::state::DatasetFingerprint;
+use byol_train::train::state::{DataRemarks, DatasetFingerprint};
 use byol_train::train::Model;
 
 use trials::SweepOptions;
@@ -140,7 +140,7 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let trials: Vec<&Trial> = sweep.trials.iter().collect();
     check_builds(&sweep, &trials)?;
     sweep.check_metric_measured(&trials)?;
-    check_data(&sweep, &trials)?;
+    let (_, data) = check_data(&sweep, &trials)?;
     say!(
         "{} is valid: sweep '{}' of {} into {}",
         args.experiment.as_ref().expect("required").display(),
@@ -148,6 +148,12 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
         count_of_trials(sweep.trials.len()),
         sweep.dir.display()
     );
+    for note in data.notes {
+        say!("note: {note}");
+    }
+    for warning in data.warnings {
+        say!("warning: {warning}");
+    }
     Ok(())
 }
 
@@ -194,19 +200,28 @@ pub fn check_builds(sweep: &Sweep, trials: &[&Trial]) -> anyhow::Result<()> {
 /// Lists the data of `trials` as a run's start would (once per distinct data: in most sweeps,
 /// once) and checks each trial's batch against it: a sweep whose data a start refuses stops before
 /// any trial trains, not after every trial failed. Returns the listings by
-/// [`byol_train::sweep::data_key`].
-pub fn check_data(sweep: &Sweep, trials: &[&Trial]) -> anyhow::Result<HashMap<String, DatasetFingerprint>> {
+/// [`byol_train::sweep::data_key`], and what a start would say about each distinct data listed.
+pub fn check_data(
+    sweep: &Sweep,
+    trials: &[&Trial],
+) -> anyhow::Result<(HashMap<String, DatasetFingerprint>, DataRemarks)> {
     let mut listed = HashMap::new();
+    let mut remarks = DataRemarks::default();
     for trial in trials {
         let experiment = sweep.experiment(trial, None)?;
         let in_trial = || format!("{} ({}): its data", trial.id(), trial.describe());
         let data = match listed.entry(byol_train::sweep::data_key(&experiment)) {
             Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => entry.insert(experiment.check_data().with_context(in_trial)?),
+            Entry::Vacant(entry) => {
+                let (data, said) = experiment.check_data().with_context(in_trial)?;
+                remarks.notes.extend(said.notes);
+                remarks.warnings.extend(said.warnings);
+                entry.insert(data)
+            }
         };
         experiment.check_batch_fits(data).with_context(in_trial)?;
     }
-    Ok(listed)
+    Ok((listed, remarks))
 }
 
 /// "1 trial", "4 trials".

@@ -132,7 +132,8 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     super::check_builds(sweep, &to_run)
         .and_then(|()| sweep.check_metric_measured(&to_run))
         .context("no trial was run")?;
-    let listed = super::check_data(sweep, &to_run).context("no trial was run")?;
+    // Each trial's start says what it finds in its data.
+    let (listed, _) = super::check_data(sweep, &to_run).context("no trial was run")?;
     // Every trial is checked before any folder is moved: a trial refused after another's old
     // attempt was moved aside would leave that one to start from nothing on the next run.
     let mut data_now = DataNow(listed.into_iter().map(|(key, data)| (key, Some(data))).collect());

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use byol::BuildContext;
 use serde::{Deserialize, Serialize};
 
-use crate::{DataError, Dataset, DatasetSpec, Splits};
+use crate::{DataError, Dataset, DatasetSpec, Listing, Splits};
 
 /// File extensions read as images (any case); every other file is ignored.
 const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -184,8 +184,9 @@ byol::register_plugin! {
             Ok(())
         }
 
-        fn build_listing(&self, _: &BuildContext) -> Result<Splits, DataError> {
-            self.listing().load().map(|(splits, _warnings)| splits)
+        fn build_listing(&self, _: &BuildContext) -> Result<Listing, DataError> {
+            let (splits, warnings, notes) = self.listing().load_with_notes()?;
+            Ok(Listing { splits, notes, warnings })
         }
 
         fn keeps_image_files(&self) -> bool {

@@ -40,7 +40,7 @@ use byol::BuildContext;
 
 use crate::dataset::resolve_threads;
 use crate::image_folder::OnBadImage;
-use crate::{DataError, Dataset, DatasetSpec, Splits};
+use crate::{DataError, Dataset, DatasetSpec, Listing, Splits};
 
 use index::Index;
 use reader::Core;
@@ -189,8 +189,9 @@ byol::register_plugin! {
             Ok(splits)
         }
 
-        fn build_listing(&self, _: &BuildContext) -> Result<Splits, DataError> {
-            self.load().map(|(splits, _warnings)| splits)
+        fn build_listing(&self, _: &BuildContext) -> Result<Listing, DataError> {
+            let (splits, warnings) = self.load()?;
+            Ok(Listing { warnings, ..splits.into() })
         }
 
         fn image_size(&self) -> Option<u32> {

@@ -128,23 +128,32 @@ pub fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Resu
     })
 }
 
-/// [`labelled_splits`] with `[eval] train` and `test` listed, not decoded (and nothing printed):
-/// their count, classes and digest, as [`byol::DatasetSpec::build_listing`] gives.
-pub fn labelled_listing(experiment: &Experiment, splits: &Splits) -> anyhow::Result<Option<LabelledSplits>> {
-    read_labelled(experiment, splits, |folder, wording| {
-        Ok(folder.listing().load_worded(wording)?.0)
-    })
+/// [`labelled_splits`] with `[eval] train` and `test` listed, not decoded: their count, classes
+/// and digest, as [`byol::DatasetSpec::build_listing`] gives, and the warnings about what was
+/// listed that [`labelled_splits`] prints.
+pub fn labelled_listing(
+    experiment: &Experiment,
+    splits: &Splits,
+) -> anyhow::Result<(Option<LabelledSplits>, Vec<String>)> {
+    let mut warnings = Vec::new();
+    let labelled = read_labelled(experiment, splits, |folder, wording| {
+        let (listed, found) = folder.listing().load_worded(wording)?;
+        warnings = found;
+        Ok(listed)
+    })?;
+    Ok((labelled, warnings))
 }
 
 /// The number of classes the kNN monitor of a run of `experiment` would evaluate on, from the
 /// splits listed, not decoded; None when it would have no labelled queries (and no kNN figure).
 pub fn knn_classes_listed(experiment: &Experiment) -> anyhow::Result<Option<usize>> {
     let context = byol::BuildContext::new(Device::Cpu, experiment.augment.image_size());
-    let splits = experiment
+    let listing = experiment
         .dataset
         .build_listing(&context)
         .context("building [dataset]")?;
-    Ok(labelled_listing(experiment, &splits)?.map(|l| l.bank.classes().len()))
+    let (labelled, _) = labelled_listing(experiment, &listing.splits)?;
+    Ok(labelled.map(|l| l.bank.classes().len()))
 }
 
 fn read_labelled(

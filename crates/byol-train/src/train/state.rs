@@ -42,6 +42,14 @@ pub const DATA_LOCATION_KEYS: &[&str] = &[
     "eval.test",
 ];
 
+/// What listing a run's data found worth saying ([`DatasetFingerprint::listed`]): one line each,
+/// without the `note: ` or `warning: ` prefix.
+#[derive(Debug, Clone, Default)]
+pub struct DataRemarks {
+    pub notes: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
 /// The size, classes, file names and file sizes of each split a run reads: small, and enough to tell a
 /// moved dataset from a different one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,17 +161,27 @@ impl DatasetFingerprint {
     /// listing counts the unreadable images a run skips). On the CPU: no dataset's splits depend
     /// on the device.
     pub fn of_experiment(experiment: &Experiment) -> anyhow::Result<Self> {
+        Self::listed(experiment).map(|(listed, _)| listed)
+    }
+
+    /// [`DatasetFingerprint::of_experiment`], and the notes and warnings about the data listed
+    /// (of `[dataset]`, then of `[eval]`'s folders) that a run's start prints.
+    pub fn listed(experiment: &Experiment) -> anyhow::Result<(Self, DataRemarks)> {
         let context = BuildContext::new(tch::Device::Cpu, experiment.augment.image_size());
-        let splits = experiment
+        let listing = experiment
             .dataset
             .build_listing(&context)
             .context("building [dataset]")?;
-        let labelled = labelled_listing(experiment, &splits)?;
-        let mut listed = Self::of_run(&splits, labelled.as_ref());
+        let (labelled, eval_warnings) = labelled_listing(experiment, &listing.splits)?;
+        let mut listed = Self::of_run(&listing.splits, labelled.as_ref());
         for split in listed.0.values_mut() {
             split.listed = true;
         }
-        Ok(listed)
+        let remarks = DataRemarks {
+            notes: listing.notes,
+            warnings: listing.warnings.into_iter().chain(eval_warnings).collect(),
+        };
+        Ok((listed, remarks))
     }
 
     /// How the data `run_dir` was trained on (its `dataset.json`) differs from this, one line per
