@@ -1,0 +1,562 @@
+//! `byol-run`: the command-line face of byol-rs, as a library so that a binary of your own can
+//! be `byol-run` with plugins of your own crates linked in beside the workspace's (which
+//! `plugins/all` links):
+//!
+//! ```no_run
+//! // src/main.rs of a crate that depends on byol-cli and on your plugin crates.
+//! // use my_backbone as _; // each plugin crate named once, or the linker drops its registration
+//! fn main() -> std::process::ExitCode {
+//!     byol_cli::main()
+//! }
+//! ```
+//!
+//! Everything `byol-run` does, that binary does, with your plugins: `plugins` lists them,
+//! experiments name them, and a sweep's trials run as child processes of that same binary.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use byol_train::{Experiment, RunOptions, RunSummary};
+
+/// `println!` for what a finished run reports: a reader that went away (`| head`) ends it quietly.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        byol_train::train::print_line(format_args!($($arg)*))
+    };
+}
+
+mod bench;
+mod compare;
+mod doctor;
+mod embed;
+mod eval;
+mod plugins;
+mod sweep;
+
+#[derive(Parser)]
+#[command(
+    name = "byol-run",
+    version,
+    about = "BYOL self-supervised pre-training on libtorch",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train an experiment (the default: `byol-run exp.toml` is `byol-run train exp.toml`).
+    Train(TrainArgs),
+    /// Check an experiment file (and overrides) without training.
+    Validate(ExperimentArgs),
+    /// List registered plugins with a description and an example config.
+    Plugins,
+    /// Report libtorch, CUDA, cuDNN, devices and CPU threads.
+    Doctor,
+    /// Print every experiment key with its default value, annotated.
+    Config {
+        /// The same (the default, kept for scripts that pass it).
+        #[arg(long)]
+        defaults: bool,
+    },
+    /// Write the trained online backbone of a checkpoint with torchvision names (safetensors).
+    Export {
+        /// A checkpoint folder (runs/<run>/checkpoints/last), or a run folder (runs/<run>: its
+        /// newest intact checkpoint).
+        checkpoint: PathBuf,
+        /// Output file, e.g. resnet50-byol.safetensors.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Embed a folder of images with a checkpoint's online backbone.
+    Embed(embed::EmbedArgs),
+    /// Evaluate a checkpoint's representation: kNN or linear probe.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
+    /// Measure throughput: `bench data` (the input pipeline by worker count), `bench step` (the
+    /// training step, against eager PyTorch), `bench e2e` (loader, augmentation and step together),
+    /// `bench curve` (the cost of the kNN curve), `bench optim` (per-tensor against fused updates).
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+    /// Write WebDataset tar shards from an image folder (class sub-folders become `.cls`
+    /// labels and a `classes.txt` next to the shards; a folder without them gives unlabelled
+    /// samples), for `[dataset] type = "webdataset"`.
+    Shard(ShardArgs),
+    /// One table of several runs: the settings that differ between them and their final
+    /// metrics (kNN before/after/gain, probe, final loss, time, status).
+    Compare(compare::CompareArgs),
+    /// Run the hyperparameter sweep of a file's [sweep] table: one run folder per trial,
+    /// resumable, then a ranked summary (CSV and markdown).
+    Sweep(sweep::SweepArgs),
+}
+
+#[derive(Args)]
+struct ShardArgs {
+    /// The image folder: `<dir>/<class>/<image>`, or images without class sub-folders
+    /// (unlabelled; or any tree of images with --unlabelled).
+    dir: PathBuf,
+    /// Shard file names, with one printf-style number: `shards/train-%06d.tar`.
+    #[arg(long, value_name = "PATTERN")]
+    out: String,
+    /// Samples per shard.
+    #[arg(long, value_name = "N")]
+    per_shard: usize,
+    /// Seed of the order samples are written in (shuffled so that every shard mixes classes).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write samples in sorted path order instead (classes one after another).
+    #[arg(long, conflicts_with = "seed")]
+    in_order: bool,
+    /// Every image at any depth, without labels, even where the folder has sub-folders (which
+    /// otherwise are the classes).
+    #[arg(long)]
+    unlabelled: bool,
+}
+
+fn shard(args: &ShardArgs) -> anyhow::Result<()> {
+    let seed = (!args.in_order).then_some(args.seed);
+    let written = byol_data::webdataset::write_shards(&args.dir, &args.out, args.per_shard, seed, args.unlabelled)
+        .map_err(|e| anyhow::anyhow!(e.message()))
+        .with_context(|| format!("writing shards of {}", args.dir.display()))?;
+    for w in &written.warnings {
+        byol::eprint_line!("warning: {w}");
+    }
+    say!(
+        "wrote {} samples{} into {} shard(s); sources in {}",
+        written.samples,
+        if written.classes.is_empty() {
+            match args.unlabelled {
+                true => " (unlabelled: --unlabelled)".to_string(),
+                false => " (unlabelled: no class sub-folders)".to_string(),
+            }
+        } else {
+            format!(
+                " of {} classes (labels in .cls members; names in {})",
+                written.classes.len(),
+                byol_data::webdataset::CLASSES_FILE
+            )
+        },
+        written.shards.len(),
+        written.sources.display()
+    );
+    say!("[dataset]\ntype = \"webdataset\"\nurls = {:?}", written.urls);
+    Ok(())
+}
+
+#[derive(Args, Clone)]
+struct ExperimentArgs {
+    /// The experiment TOML file.
+    #[arg(required = true)]
+    experiment: Option<PathBuf>,
+    /// Override a key: `--set optimizer.lr=0.3` (value in TOML syntax).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    #[command(flatten)]
+    experiment: ExperimentArgs,
+    /// Run folder (default: <run.output_dir>/<run.name>); an existing one is resumed.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Print nothing but warnings and the summary.
+    #[arg(long)]
+    quiet: bool,
+    /// Resume even though KEY differs from the experiment the run folder was trained with
+    /// (repeatable; a table name such as `optimizer` accepts all its keys). Without it such a
+    /// resume is refused with the differences listed. Keys that never need it: logging.*,
+    /// checkpoint.*, eval cadence, run.threads, run.device, dataset.workers, dataset.on_bad_image,
+    /// optimizer.fused, distributed.overlap_gradients and bucket_mb (the README lists them all).
+    #[arg(long = "allow-change", value_name = "KEY")]
+    allow_change: Vec<String>,
+    /// Start a new run: an existing run folder is first moved aside to
+    /// `<run folder>.old-<UTC time>` (nothing is deleted).
+    #[arg(long, conflicts_with = "allow_change")]
+    fresh: bool,
+    /// The pruning rule of the sweep this run is a trial of (`byol-run sweep` passes its
+    /// `pruner.json` to trials run as child processes).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pruner: Option<PathBuf>,
+}
+
+/// `byol-run` with the process's arguments: runs the command and returns its exit code.
+pub fn main() -> ExitCode {
+    plugins_all::link();
+    sweep::trials::exit_with_sweep_parent();
+    // Not UTF-8: not a command name; clap takes it as a path.
+    if let Some(message) = unknown_command(std::env::args_os().nth(1).and_then(|a| a.into_string().ok())) {
+        byol::eprint_line!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Train(args)) => train(&args),
+        Some(Command::Validate(args)) => validate(&args),
+        Some(Command::Plugins) => plugins::print().map_err(Into::into),
+        Some(Command::Doctor) => doctor::run(),
+        Some(Command::Config { .. }) => {
+            use std::io::Write;
+            std::io::stdout()
+                .lock()
+                .write_all(byol_train::experiment::defaults_toml().as_bytes())
+                .map_err(Into::into)
+        }
+        Some(Command::Export { checkpoint, out }) => embed::export(&checkpoint, &out),
+        Some(Command::Embed(args)) => embed::run(&args),
+        Some(Command::Eval(command)) => eval::run(&command),
+        Some(Command::Bench { what }) => bench::run(&what),
+        Some(Command::Sweep(args)) => sweep::run(&args),
+        Some(Command::Compare(args)) => compare::run(&args),
+        Some(Command::Shard(args)) => shard(&args),
+        None => train(&cli.train),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`byol-run plugins | head`): nothing left to say.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.is::<StoppedBySignal>() => {
+            let signal = e.downcast_ref::<StoppedBySignal>().map_or(libc::SIGTERM, |s| s.0);
+            ExitCode::from((128 + signal).clamp(0, 255) as u8)
+        }
+        Err(e) => {
+            // One write: the processes of a data-parallel job share a terminal.
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(format!("error: {e:#}\n").as_bytes());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A run or sweep that a signal stopped after saving its work, which it has said: not an error
+/// to print, but not a success either (`byol-run train x.toml && next-step` must not go on). The
+/// process exits as the shell reports one ended by that signal: 128 + its number.
+#[derive(Debug)]
+pub struct StoppedBySignal(pub i32);
+
+impl std::fmt::Display for StoppedBySignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by signal {}", self.0)
+    }
+}
+
+impl std::error::Error for StoppedBySignal {}
+
+/// A first word that is neither a command nor a file, with no extension: a mistyped command
+/// (`byol-run trian x.toml`), which clap would take for the experiment file and then report as
+/// something else.
+fn unknown_command(first: Option<String>) -> Option<String> {
+    use clap::CommandFactory;
+    let word = first.filter(|w| !w.starts_with('-') && !w.contains(['.', '/']))?;
+    let mut cli = Cli::command();
+    cli.build(); // adds `help`
+    let commands: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+    if commands.contains(&word.as_str()) || Path::new(&word).exists() {
+        return None;
+    }
+    let closest = commands
+        .iter()
+        .map(|c| (edit_distance(c, &word), *c))
+        .min()
+        .filter(|(distance, _)| *distance <= 2)
+        .map_or(String::new(), |(_, c)| format!("; did you mean '{c}'?"));
+    Some(format!(
+        "'{word}' is neither a command nor an experiment file{closest} (commands: {})",
+        commands.join(", ")
+    ))
+}
+
+/// Insertions, deletions and substitutions that turn `a` into `b` (Levenshtein).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn load(args: &ExperimentArgs) -> anyhow::Result<Experiment> {
+    let path = args.experiment.as_ref().context("no experiment file given")?;
+    Experiment::load(path, &args.overrides)
+}
+
+/// Loads and validates (as training does before its first step), naming the file on errors.
+fn load_valid(args: &ExperimentArgs) -> anyhow::Result<Experiment> {
+    let experiment = load(args)?;
+    let path = args.experiment.as_ref().expect("loaded");
+    experiment
+        .validate()
+        .with_context(|| format!("in experiment file {}", path.display()))?;
+    Ok(experiment)
+}
+
+fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
+    let path = args.experiment.as_ref().context("no experiment file given")?;
+    if std::fs::read_to_string(path).is_ok_and(|text| byol_train::sweep::is_sweep(&text)) {
+        return sweep::validate(args);
+    }
+    let experiment = load_valid(args)?;
+    let backbone_warnings = byol_train::train::Model::check_builds(&experiment)
+        .map_err(|e| anyhow::anyhow!(experiment.pointed_at_set(format!("{e:#}"))))
+        .with_context(|| format!("in experiment file {}", path.display()))?;
+    let (_, data) = experiment
+        .check_data()
+        .with_context(|| format!("in experiment file {}: its data", path.display()))?;
+    say!(
+        "{} is valid: experiment '{}'",
+        args.experiment.as_ref().expect("required").display(),
+        experiment.name()
+    );
+    for note in experiment.notes().into_iter().chain(data.notes) {
+        say!("note: {note}");
+    }
+    let warnings = experiment.warnings().into_iter().chain(backbone_warnings);
+    for warning in warnings.chain(data.warnings) {
+        say!("warning: {warning}");
+    }
+    Ok(())
+}
+
+/// The run folder whose own record `path` is (`<run folder>/config.toml`), when it names one.
+fn run_folder_of_config(path: &Path) -> Option<PathBuf> {
+    let dir = match path.parent()? {
+        parent if parent.as_os_str().is_empty() => Path::new("."),
+        parent => parent,
+    };
+    let is_run_record =
+        path.file_name()? == byol_train::run_dir::CONFIG_FILE && byol_train::run_dir::is_run_folder(dir);
+    is_run_record.then(|| dir.to_path_buf())
+}
+
+/// The folder to train in: `--run-dir`; else, when the experiment file is a run folder's own
+/// `config.toml`, that folder (training it continues that run, wherever run.output_dir and
+/// run.name point: a sweep's trial, a folder moved since); else None, the experiment's own.
+fn chosen_run_dir(args: &TrainArgs, experiment: &Experiment) -> Option<PathBuf> {
+    if args.run_dir.is_some() {
+        return args.run_dir.clone();
+    }
+    // A run.name or run.output_dir given on the command line chooses another folder: a variant.
+    let renamed = args
+        .experiment
+        .overrides
+        .iter()
+        .any(|o| o.starts_with("run.name=") || o.starts_with("run.output_dir="));
+    if renamed {
+        return None;
+    }
+    let path = args.experiment.experiment.as_deref()?;
+    // Absolute: `--fresh` cannot move "." aside.
+    let folder = std::fs::canonicalize(run_folder_of_config(path)?).ok()?;
+    let named = experiment.run.output_dir.join(experiment.name());
+    if std::fs::canonicalize(&named).ok() != std::fs::canonicalize(&folder).ok() {
+        byol::eprint_line!(
+            "note: {} is the record of the run folder {}: continuing that run, not one in {} \
+             (--run-dir chooses the folder)",
+            path.display(),
+            folder.display(),
+            named.display()
+        );
+    }
+    Some(folder)
+}
+
+fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    let experiment = load_valid(&args.experiment)?;
+    let run_dir = chosen_run_dir(args, &experiment);
+    let options = RunOptions {
+        run_dir,
+        folder: match sweep::trials::sweep_parent() {
+            Some(_) => byol_train::run_dir::FolderKind::Trial,
+            None => byol_train::run_dir::FolderKind::Run,
+        },
+        quiet: args.quiet,
+        allow_change: args.allow_change.clone(),
+        fresh: args.fresh,
+        pruner: args
+            .pruner
+            .as_deref()
+            .map(byol_train::sweep::Pruner::load)
+            .transpose()?,
+        // A trial of a sweep: the sweep passes its signals on, and a job manager may have sent
+        // the same one here too; both together are one request to stop, not two.
+        signals: sweep::trials::sweep_parent()
+            .map(|sweep| byol_train::stop::StopOnSignals::for_run(Some(sweep)).map(Arc::new))
+            .transpose()?,
+    };
+    let summary = byol_train::train(&experiment, &options)?;
+    // Stopped by a signal (in a data-parallel job, every process stops with the one that got it).
+    let stopped = summary
+        .interrupted
+        .then(|| StoppedBySignal(summary.signal.unwrap_or(libc::SIGTERM)));
+    if summary.rank != 0 {
+        // Rank 0 reports for the whole data-parallel job.
+        return stopped.map_or(Ok(()), |s| Err(s.into()));
+    }
+    if let Some(pruned) = &summary.pruned {
+        say!(
+            "\npruned at step {} of {}: {}; train the run folder again without the sweep to go on \
+             (byol-run train {})",
+            summary.steps,
+            summary.total_steps,
+            pruned.describe(),
+            for_shell(&summary.run_dir.join(byol_train::run_dir::CONFIG_FILE)),
+        );
+        return Ok(());
+    }
+    if let Some(stopped) = stopped {
+        say!(
+            "\ninterrupted at step {} of {}; run the same command again to resume",
+            summary.steps,
+            summary.total_steps
+        );
+        return Err(stopped.into());
+    }
+    print_summary(experiment.name(), &summary);
+    Ok(())
+}
+
+/// `1 epoch`, `2 epochs`.
+fn plural(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The end-of-run table of a finished run.
+fn print_summary(name: &str, summary: &RunSummary) {
+    let percent =
+        |a: Option<byol_train::knn::KnnAccuracy>| a.map_or("n/a".to_string(), |a| format!("{:.1}%", a.top1 * 100.0));
+    say!("\n== summary: {name} ==");
+    say!("run folder       {}", summary.run_dir.display());
+    match summary.processes {
+        Some(n) if n > 1 => say!("device           {} (process 0 of {n}, data parallel)", summary.device),
+        _ => say!("device           {}", summary.device),
+    }
+    say!(
+        "steps            {} ({})",
+        summary.steps,
+        plural(summary.epochs, "epoch")
+    );
+    if let Some(loss) = summary.final_loss {
+        say!("final loss       {loss:.4}");
+    }
+    // A run without labelled images has no kNN figures to show (the note at start said why).
+    if summary.knn_before.is_some() || summary.knn_after.is_some() {
+        say!("kNN top-1 before {}", percent(summary.knn_before));
+        say!("kNN top-1 after  {}", percent(summary.knn_after));
+    }
+    if let (Some(b), Some(a)) = (summary.knn_before, summary.knn_after) {
+        say!("kNN gain         {:+.1} points", (a.top1 - b.top1) * 100.0);
+        // A run that finished without learning anything must not look like a success.
+        if a.top1 <= b.top1 {
+            say!(
+                "warning: kNN accuracy did not improve ({:.1}% -> {:.1}%): the representation may have \
+                 collapsed or the recipe does not suit this data",
+                b.top1 * 100.0,
+                a.top1 * 100.0
+            );
+        }
+    }
+    if let Some(top1) = summary.probe_top1_after {
+        say!("online probe     {:.1}% top-1 on the held-out images", top1 * 100.0);
+    }
+    say!(
+        "training time    {:.1} s ({:.0} img/s)",
+        summary.train_seconds,
+        summary.images_per_second
+    );
+    // Counted in this process only: after a resume, against the time of every start it would
+    // understate the share.
+    match (summary.curve_evaluations, summary.resumed_from_step) {
+        (0, _) => {}
+        (n, Some(step)) => say!(
+            "kNN curve        {} during training since the resume at step {step} took {:.1} s",
+            plural(n, "evaluation"),
+            summary.curve_seconds
+        ),
+        (n, None) => say!(
+            "kNN curve        {} during training took {:.1} s ({:.1}% of it)",
+            plural(n, "evaluation"),
+            summary.curve_seconds,
+            100.0 * summary.curve_seconds / summary.train_seconds.max(1e-9)
+        ),
+    }
+    if summary.skipped_images > 0 {
+        // Read as training goes, each process of a data-parallel run meets its own share.
+        let shared = summary.processes.is_some_and(|n| n > 1);
+        let training = match summary.skipped_in_training.as_deref() {
+            Some("replaced") if shared => {
+                "; in training, readable images took their places in the batches (process 0's share: each \
+                 process reads its own)"
+            }
+            Some("replaced") => "; in training, readable images took their places in the batches",
+            Some(_) => "; left out of training",
+            None => "",
+        };
+        say!(
+            "unreadable       {} skipped, {}named in {}{training}",
+            plural(summary.skipped_images as u64, "image"),
+            if summary.skipped_images > 1 { "each " } else { "" },
+            summary.run_dir.join(byol_train::train::SKIPPED_FILE).display()
+        );
+    }
+    say!("checkpoint       {}", summary.checkpoint.display());
+    say!(
+        "tensorboard      tensorboard --logdir {}",
+        for_shell(&summary.run_dir.join("tensorboard"))
+    );
+}
+
+/// A path as a shell command takes it: quoted when it holds anything but plain characters
+/// (a space, a quote, a non-ASCII letter), so that the line can be pasted.
+fn for_shell(path: &Path) -> String {
+    let text = path.display().to_string();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    match !text.is_empty() && text.chars().all(plain) {
+        true => text,
+        false => format!("'{}'", text.replace('\'', r"'\''")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_shell;
+    use std::path::Path;
+
+    #[test]
+    fn paths_with_spaces_or_quotes_are_quoted_for_the_shell() {
+        assert_eq!(
+            for_shell(Path::new("runs/quickstart/tensorboard")),
+            "runs/quickstart/tensorboard"
+        );
+        assert_eq!(
+            for_shell(Path::new("runs/my run/tensorboard")),
+            "'runs/my run/tensorboard'"
+        );
+        assert_eq!(for_shell(Path::new("runs/été")), "'runs/été'");
+        assert_eq!(for_shell(Path::new("it's")), r"'it'\''s'");
+    }
+}
