@@ -360,8 +360,9 @@ pub fn check_gradients(spec: &dyn BackboneSpec, image_size: i64) {
     );
 }
 
-/// BYOL builds online and target copies from the spec (matching names), embeds at each tap's
-/// dimension, and takes a loss, backward and EMA step with finite numbers.
+/// BYOL builds online and target copies from the spec (matching names), embeds at the last
+/// tap's dimension, takes a loss, backward and EMA step with finite numbers, gives its
+/// parameters to an optimizer, and computes with what is written into its variables.
 pub fn check_byol(spec: &dyn BackboneSpec, image_size: i64) {
     let name = type_name(spec);
     let (_, probe) = build(spec, image_size, 8, &[]);
@@ -404,6 +405,47 @@ pub fn check_byol(spec: &dyn BackboneSpec, image_size: i64) {
     }
     let embedding = byol.embed(&images(image_size, 82));
     assert_eq!(embedding.size(), [BATCH, dim], "conformance [{name}]: Byol::embed");
+
+    let parameters = byol.parameters(&vs);
+    let online_trainable = variables
+        .iter()
+        .filter(|(key, t)| key.starts_with("online.") && t.requires_grad())
+        .count();
+    assert!(
+        parameters.len() == online_trainable && parameters.windows(2).all(|w| w[0].name < w[1].name),
+        "conformance [{name}]: Byol::parameters gives {} parameters, not the {online_trainable} trainable \
+         online variables in name order",
+        parameters.len()
+    );
+
+    // BYOL moved every variable into the EMA's flat buffers after the backbone was built: a
+    // backbone that kept a view or a copy of a weight from its build computes with the old values
+    // ever after, and training would not change its output. What is written into the variables
+    // in place must be what it computes with, as for a backbone built on its own.
+    let (plain_vs, plain) = build(spec, image_size, 9, &[]);
+    let plain_variables = plain_vs.variables();
+    tch::manual_seed(84);
+    tch::no_grad(|| {
+        for (key, t) in &variables {
+            let Some(sub) = key.strip_prefix("online.backbone.").filter(|_| t.is_floating_point()) else {
+                continue;
+            };
+            // A positive factor keeps running variances positive.
+            let written = t * (t.rand_like() * 0.5 + 0.75);
+            t.shallow_clone().copy_(&written);
+            plain_variables[sub].shallow_clone().copy_(&written);
+        }
+    });
+    let x = images(image_size, 85);
+    assert_close(
+        &byol.embed(&x),
+        &tch::no_grad(|| plain.embed(&x, false, tap)),
+        &format!(
+            "conformance [{name}]: after values are written into BYOL's online backbone variables, its embedding \
+             against the backbone built alone with those values (a backbone must compute from its variables \
+             at each forward, not from views or copies of them kept from its build)"
+        ),
+    );
 }
 
 fn type_name(spec: &dyn BackboneSpec) -> String {

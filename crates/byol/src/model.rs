@@ -6,6 +6,7 @@ use tch::{nn, nn::ModuleT, Tensor};
 use crate::backbone::{Backbone, BackboneSpec};
 use crate::heads::MlpHead;
 use crate::loss::byol_loss;
+use crate::optimizer::NamedParameter;
 use crate::state_dict::load_safetensors;
 use crate::target::{tau_at, variables_under, TargetUpdater};
 use crate::{BuildContext, ByolError};
@@ -16,7 +17,7 @@ use crate::{BuildContext, ByolError};
 pub struct ByolConfig {
     /// Backbone tap whose pooled output is the representation y ("avgpool" for ResNets).
     /// `byol-run` passes it to [`Byol::new`] (or its siblings), which take the tap as their own
-    /// argument, as the original class did; they do not read this field.
+    /// argument, as the original class did, and refuse a field set to another tap than theirs.
     pub embedding_layer: String,
     /// Hidden width of the projector and predictor MLPs (paper: 4096).
     pub hidden_dim: i64,
@@ -128,6 +129,15 @@ impl Byol {
                 config.tau_base
             )));
         }
+        let default_layer = ByolConfig::default().embedding_layer;
+        if config.embedding_layer != embedding_layer && config.embedding_layer != default_layer {
+            return Err(ByolError::Config(format!(
+                "the networks were asked to embed at tap {embedding_layer:?}, but their ByolConfig says \
+                 embedding_layer = {:?}: the tap is the constructor's argument (the field is the [byol] key \
+                 that byol-run passes as it); give both the same tap",
+                config.embedding_layer
+            )));
+        }
         if context.device != vs.device() {
             return Err(ByolError::Config(format!(
                 "the build context is on {:?} but the variable store on {:?}",
@@ -176,13 +186,27 @@ impl Byol {
         self.online_backbone.warnings()
     }
 
-    /// The symmetric BYOL loss of two views of the same images (`contrast` in the original).
+    /// The symmetric BYOL loss of two views of the same images (`contrast` in the original,
+    /// which drew the views itself; here an [`Augment`](crate::Augment) draws them, or your own
+    /// augmentation): normalized `[N, 3, H, W]` batches of one shape, view `i` of both batches
+    /// from image `i`, at the `image_size` the networks were built for.
+    ///
+    /// # Panics
+    /// When the two views differ in shape (libtorch panics on input the backbone cannot take).
     pub fn loss(&self, view1: &Tensor, view2: &Tensor) -> Tensor {
         self.loss_parts(view1, view2).loss
     }
 
     /// The loss plus what the logger wants to see of it.
     pub fn loss_parts(&self, view1: &Tensor, view2: &Tensor) -> LossParts {
+        // Pairs are matched by position: views of unequal batches would pair the wrong images
+        // (or, concatenated, drop rows) without an error.
+        let (size1, size2) = (view1.size(), view2.size());
+        assert!(
+            size1 == size2,
+            "Byol::loss: the two views have shapes {size1:?} and {size2:?}; they must be two views of the \
+             same images, of one shape"
+        );
         if self.concat_views {
             return self.loss_parts_concatenated(view1, view2);
         }
@@ -253,6 +277,21 @@ impl Byol {
     /// step captured in a CUDA graph).
     pub fn update_target_with_weight(&self, weight: &Tensor) {
         self.target.update_with_weight(weight);
+    }
+
+    /// The trainable parameters of the online network and predictor in `vs` (the store these
+    /// networks were built in), sorted by state_dict name: what an
+    /// [`OptimizerSpec`](crate::OptimizerSpec) updates. Take them after
+    /// [`Byol::use_channels_last`], which replaces them.
+    pub fn parameters(&self, vs: &nn::VarStore) -> Vec<NamedParameter> {
+        let mut parameters: Vec<NamedParameter> = vs
+            .variables()
+            .into_iter()
+            .filter(|(name, t)| name.starts_with("online.") && t.requires_grad())
+            .map(|(name, tensor)| NamedParameter { name, tensor })
+            .collect();
+        parameters.sort_by(|a, b| a.name.cmp(&b.name));
+        parameters
     }
 
     /// The online backbone's representation of (already normalized) images, in eval mode.

@@ -40,7 +40,7 @@ impl Model {
             Weights::Checkpoint => Byol::for_checkpoint(&vs, backbone, context, layer, config),
         }
         .context("building the BYOL networks ([backbone], [byol])")?;
-        let parameters = online_parameters(&vs);
+        let parameters = byol.parameters(&vs);
         Ok(Self { vs, byol, parameters })
     }
 
@@ -79,7 +79,7 @@ impl Model {
             .use_channels_last(&self.vs)
             .context("laying out the weights channels_last")?;
         // The layout change replaces the variables: the optimizer must see the new ones.
-        self.parameters = online_parameters(&self.vs);
+        self.parameters = self.byol.parameters(&self.vs);
         Ok(self)
     }
 
@@ -147,16 +147,4 @@ impl Model {
         }
         Ok(())
     }
-}
-
-/// The online network's trainable parameters, by state_dict name.
-fn online_parameters(vs: &VarStore) -> Vec<NamedParameter> {
-    let mut params: Vec<NamedParameter> = vs
-        .variables()
-        .into_iter()
-        .filter(|(name, t)| name.starts_with("online.") && t.requires_grad())
-        .map(|(name, tensor)| NamedParameter { name, tensor })
-        .collect();
-    params.sort_by(|a, b| a.name.cmp(&b.name));
-    params
 }

@@ -1,4 +1,5 @@
-//! Layers whose variables, defaults and initialization match PyTorch's, names included.
+//! Layers with PyTorch's variable names: `torch.nn.Linear` and `BatchNorm` as PyTorch initializes them,
+//! and the bias-free convolutions of torchvision's ResNets as torchvision initializes them.
 
 mod batch_norm;
 mod conv;
