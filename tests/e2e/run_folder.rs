@@ -954,3 +954,74 @@ fn a_run_continued_over_another_length_says_its_schedules_follow() {
         text(&out)
     );
 }
+
+/// A run folder inside another run's folder, or a run or sweep folder inside a sweep's, is
+/// refused by the start and by `validate` before anything is written: `--fresh` on the outer
+/// folder would carry the inner one away, and its next start would begin from step 0 unsaid. A
+/// sweep's own trial, trained through its `config.toml`, is at home in its sweep's folder.
+/// `validate` says what a start would do with a run folder that holds a run.
+#[test]
+fn a_run_inside_another_runs_or_a_sweeps_folder_is_refused() {
+    let dir = setup();
+    let one_epoch = ["--quiet", "--set", "schedule.epochs=1"];
+    let out = run(dir.path(), "runs/outer", &one_epoch);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(dir.path(), "runs/outer/inner", &one_epoch);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("runs/outer/inner is inside the run folder runs/outer") && all.contains("--fresh there"),
+        "{all}"
+    );
+    assert!(!dir.path().join("runs/outer/inner").exists(), "{all}");
+    let validate = |extra: &[&str]| byol_run(dir.path(), &[&["validate", "tiny.toml"][..], extra].concat());
+    let out = validate(&["--set", "run.name=\"outer/inner\""]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("is inside the run folder runs/outer"),
+        "{}",
+        text(&out)
+    );
+
+    // What validate says of the folder that holds the run: resumed as it is, refused when changed.
+    let out = validate(&["--set", "run.name=\"outer\"", "--set", "schedule.epochs=1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("runs/outer holds a run of this experiment"),
+        "{}",
+        text(&out)
+    );
+    let out = validate(&["--set", "run.name=\"outer\"", "--set", "schedule.epochs=2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("warning: a start as it is would be refused")
+            && text(&out).contains("--allow-change schedule.epochs"),
+        "{}",
+        text(&out)
+    );
+
+    let sweep = format!("{TINY}\n[sweep]\nmethod = \"grid\"\n\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n");
+    std::fs::write(dir.path().join("sweep.toml"), sweep).unwrap();
+    let out = byol_run(
+        dir.path(),
+        &[&["sweep", "sweep.toml", "--set", "run.name=\"s\""][..], &one_epoch].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(dir.path(), "runs/s-sweep/extra", &one_epoch);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("is inside the sweep folder runs/s-sweep"),
+        "{}",
+        text(&out)
+    );
+    let nested_sweep = ["validate", "sweep.toml", "--set", "run.name=\"outer/s\""];
+    let out = byol_run(dir.path(), &nested_sweep);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("runs/outer/s-sweep is inside the run folder runs/outer"),
+        "{}",
+        text(&out)
+    );
+    let out = byol_run(dir.path(), &["runs/s-sweep/trial-001/config.toml", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

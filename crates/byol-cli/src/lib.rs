@@ -20,6 +20,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use byol_train::train::state::Remarks;
 use byol_train::{Experiment, RunOptions, RunSummary};
 
 /// `println!` for what a finished run reports: a reader that went away (`| head`) ends it quietly.
@@ -327,19 +328,48 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let (_, data) = experiment
         .check_data()
         .with_context(|| format!("in experiment file {}: its data", path.display()))?;
+    let folder = check_run_folder(path, &experiment)?;
     say!(
         "{} is valid: experiment '{}'",
         args.experiment.as_ref().expect("required").display(),
         experiment.name()
     );
-    for note in experiment.notes().into_iter().chain(data.notes) {
+    for note in experiment.notes().into_iter().chain(data.notes).chain(folder.notes) {
         say!("note: {note}");
     }
     let warnings = experiment.warnings().into_iter().chain(backbone_warnings);
-    for warning in warnings.chain(data.warnings) {
+    for warning in warnings.chain(data.warnings).chain(folder.warnings) {
         say!("warning: {warning}");
     }
     Ok(())
+}
+
+/// What a start of `experiment` (from the file `path`) would find in its run folder: a folder
+/// it refuses whatever the flags is an error; one holding a run is said, as a warning where the
+/// start refuses to resume it without `--allow-change` or `--fresh`.
+fn check_run_folder(path: &Path, experiment: &Experiment) -> anyhow::Result<Remarks> {
+    use byol_train::run_dir;
+    let mut said = Remarks::default();
+    // A run folder's own config.toml continues that run, wherever it is.
+    let dir = run_folder_of_config(path).unwrap_or_else(|| experiment.run.output_dir.join(experiment.name()));
+    run_dir::check_can_hold_a_run(&dir, run_dir::FolderKind::Run)
+        .with_context(|| format!("in experiment file {}: its run folder", path.display()))?;
+    let Some(saved) = run_dir::saved_config(&dir).filter(|_| run_dir::is_run_folder(&dir)) else {
+        return Ok(said);
+    };
+    let now = experiment.to_toml()?;
+    let location = byol_train::train::state::DATA_LOCATION_KEYS;
+    match run_dir::check_identity(&dir, "its config.toml", &saved, &now, &[], location) {
+        Ok(_) => said.notes.push(format!(
+            "{} holds a run of this experiment: training goes on from its last checkpoint (a finished run is \
+             reported, not trained again; --fresh starts over, moving it aside)",
+            dir.display()
+        )),
+        Err(refusal) => said
+            .warnings
+            .push(format!("a start as it is would be refused: {refusal:#}")),
+    }
+    Ok(said)
 }
 
 /// The run folder whose own record `path` is (`<run folder>/config.toml`), when it names one.

@@ -269,7 +269,7 @@ pub fn take_ownership(
     if !main {
         return Ok((None, None));
     }
-    check_holds_a_run(run_dir, kind)?;
+    check_can_hold_a_run(run_dir, kind)?;
     let moved = if fresh { move_aside(run_dir, kind)? } else { None };
     Ok((Some(FolderLock::create_and_acquire(run_dir, kind)?), moved))
 }
@@ -301,6 +301,61 @@ pub fn is_run_folder(dir: &Path) -> bool {
         crate::train::SUMMARY_FILE,
     ];
     dir.join(CONFIG_FILE).is_file() && records.iter().any(|r| dir.join(r).exists())
+}
+
+/// Refuses a folder that a start refuses whatever its flags: one inside another run's or a
+/// sweep's folder, or one holding files that are not a run's.
+pub fn check_can_hold_a_run(run_dir: &Path, kind: FolderKind) -> anyhow::Result<()> {
+    check_not_inside_a_run(run_dir, kind)?;
+    check_holds_a_run(run_dir, kind)
+}
+
+/// Refuses a run or sweep folder inside the folder of a run, or a run or sweep folder inside a
+/// sweep's folder (where only its trials belong): `--fresh` on the outer folder would move the
+/// inner one aside with it, unsaid, and the inner run's next start would begin again from step 0.
+/// Looks at the folders above `dir` as given (a relative path: up to the working directory), by
+/// their records' contents: a `config.toml` beside a run's `dataset.json` or checkpoints.
+pub fn check_not_inside_a_run(dir: &Path, kind: FolderKind) -> anyhow::Result<()> {
+    // A trial's folder (one a sweep made, trained on its own to finish it) is a sweep's.
+    let trial = kind == FolderKind::Trial || dir.join(crate::sweep::TRIAL_FILE).is_file();
+    let above = dir.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty());
+    for outer in above {
+        let (outer_kind, inner) = if holds_run_records(outer) {
+            (FolderKind::Run, "the run's own records")
+        } else if !trial && is_sweep_folder(outer) {
+            (FolderKind::Sweep, "its trials")
+        } else {
+            continue;
+        };
+        bail!(
+            "{kind} {} is inside the {outer_kind} {}, which holds {inner} only: --fresh there would move this \
+             folder aside with it, and its next start would begin again from step 0. {}",
+            dir.display(),
+            outer.display(),
+            match kind {
+                FolderKind::Run => "Choose a folder outside it (run.name, or --run-dir)",
+                FolderKind::Sweep | FolderKind::Trial => "Set a run.name whose sweep folder is outside it",
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Whether `dir` holds a run's records by their contents: its `config.toml` beside a
+/// `dataset.json` that reads as a run's, or checkpoints a run wrote.
+fn holds_run_records(dir: &Path) -> bool {
+    let records_its_data = || matches!(crate::train::state::DatasetFingerprint::recorded(dir), Ok(Some(data)) if data.0.contains_key("train"));
+    let holds_checkpoints = || checkpoints_entries(dir).is_ok_and(|(ours, _)| ours > 0);
+    dir.join(CONFIG_FILE).is_file() && (records_its_data() || holds_checkpoints())
+}
+
+/// Whether `dir` is a sweep's folder: a folder in it holds a trial's record.
+fn is_sweep_folder(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.path().join(crate::sweep::TRIAL_FILE).is_file())
+    })
 }
 
 /// Whether `name` is one of the entries a run writes into its folder.
@@ -373,10 +428,7 @@ fn check_holds_a_run(run_dir: &Path, kind: FolderKind) -> anyhow::Result<()> {
         0 => String::new(),
         n => format!(" and {n} more"),
     };
-    let sweep = names
-        .iter()
-        .any(|n| run_dir.join(n).join(crate::sweep::TRIAL_FILE).is_file());
-    let what = if sweep {
+    let what = if is_sweep_folder(run_dir) {
         "is a sweep's folder (each trial has its own run folder in it)".to_string()
     } else {
         format!("exists and holds {}{more}, not a run", shown.join(", "))

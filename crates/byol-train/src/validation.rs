@@ -5,7 +5,7 @@
 
 use anyhow::bail;
 
-use crate::train::state::{DataRemarks, DatasetFingerprint};
+use crate::train::state::{DatasetFingerprint, Remarks};
 use crate::Experiment;
 
 /// The values a numeric key may take.
@@ -129,7 +129,7 @@ impl Experiment {
     /// names and sizes, shard headers; no image decoded): a split without images, a file list
     /// naming missing files, a damaged shard, a batch larger than the training images. Returns
     /// the listing's fingerprint, and what the start would say about the data listed.
-    pub fn check_data(&self) -> anyhow::Result<(DatasetFingerprint, DataRemarks)> {
+    pub fn check_data(&self) -> anyhow::Result<(DatasetFingerprint, Remarks)> {
         let (listed, remarks) = DatasetFingerprint::listed(self)?;
         self.check_batch_fits(&listed)?;
         Ok((listed, remarks))

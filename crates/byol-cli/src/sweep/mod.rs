@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use byol_train::sweep::{Sweep, Trial};
-use byol_train::train::state::{DataRemarks, DatasetFingerprint};
+use byol_train::train::state::{DatasetFingerprint, Remarks};
 use byol_train::train::Model;
 
 use trials::SweepOptions;
@@ -141,6 +141,7 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     check_builds(&sweep, &trials)?;
     sweep.check_metric_measured(&trials)?;
     let (_, data) = check_data(&sweep, &trials)?;
+    trials::check_sweep_folder(&sweep.dir)?;
     say!(
         "{} is valid: sweep '{}' of {} into {}",
         args.experiment.as_ref().expect("required").display(),
@@ -201,12 +202,9 @@ pub fn check_builds(sweep: &Sweep, trials: &[&Trial]) -> anyhow::Result<()> {
 /// once) and checks each trial's batch against it: a sweep whose data a start refuses stops before
 /// any trial trains, not after every trial failed. Returns the listings by
 /// [`byol_train::sweep::data_key`], and what a start would say about each distinct data listed.
-pub fn check_data(
-    sweep: &Sweep,
-    trials: &[&Trial],
-) -> anyhow::Result<(HashMap<String, DatasetFingerprint>, DataRemarks)> {
+pub fn check_data(sweep: &Sweep, trials: &[&Trial]) -> anyhow::Result<(HashMap<String, DatasetFingerprint>, Remarks)> {
     let mut listed = HashMap::new();
-    let mut remarks = DataRemarks::default();
+    let mut remarks = Remarks::default();
     for trial in trials {
         let experiment = sweep.experiment(trial, None)?;
         let in_trial = || format!("{} ({}): its data", trial.id(), trial.describe());

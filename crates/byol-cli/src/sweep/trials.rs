@@ -79,7 +79,7 @@ pub struct SweepOutcome {
 
 /// Runs every trial that has not finished, then writes and returns the ranked summary.
 pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome> {
-    check_not_a_run(&sweep.dir)?;
+    check_sweep_folder(&sweep.dir)?;
     let moved = if options.fresh {
         run_dir::move_aside(&sweep.dir, FolderKind::Sweep)?
     } else {
@@ -379,6 +379,11 @@ fn say_what_is_not_ranked(sweep: &Sweep, rows: &[Row]) {
 /// Refuses a sweep folder that holds a run (trained with `--run-dir` there, or named like it):
 /// the trials' folders and the summaries would be written among its files, and `--fresh` would
 /// move the run aside with them.
+pub fn check_sweep_folder(dir: &Path) -> anyhow::Result<()> {
+    check_not_a_run(dir)?;
+    run_dir::check_not_inside_a_run(dir, FolderKind::Sweep)
+}
+
 fn check_not_a_run(dir: &Path) -> anyhow::Result<()> {
     let Some(found) = [run_dir::CONFIG_FILE, run_dir::CHECKPOINTS_DIR]
         .into_iter()

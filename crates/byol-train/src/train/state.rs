@@ -42,10 +42,10 @@ pub const DATA_LOCATION_KEYS: &[&str] = &[
     "eval.test",
 ];
 
-/// What listing a run's data found worth saying ([`DatasetFingerprint::listed`]): one line each,
-/// without the `note: ` or `warning: ` prefix.
+/// What a check before a run found worth saying (of its data: [`DatasetFingerprint::listed`]):
+/// one line each, without the `note: ` or `warning: ` prefix.
 #[derive(Debug, Clone, Default)]
-pub struct DataRemarks {
+pub struct Remarks {
     pub notes: Vec<String>,
     pub warnings: Vec<String>,
 }
@@ -166,7 +166,7 @@ impl DatasetFingerprint {
 
     /// [`DatasetFingerprint::of_experiment`], and the notes and warnings about the data listed
     /// (of `[dataset]`, then of `[eval]`'s folders) that a run's start prints.
-    pub fn listed(experiment: &Experiment) -> anyhow::Result<(Self, DataRemarks)> {
+    pub fn listed(experiment: &Experiment) -> anyhow::Result<(Self, Remarks)> {
         let context = BuildContext::new(tch::Device::Cpu, experiment.augment.image_size());
         let listing = experiment
             .dataset
@@ -177,7 +177,7 @@ impl DatasetFingerprint {
         for split in listed.0.values_mut() {
             split.listed = true;
         }
-        let remarks = DataRemarks {
+        let remarks = Remarks {
             notes: listing.notes,
             warnings: listing.warnings.into_iter().chain(eval_warnings).collect(),
         };
