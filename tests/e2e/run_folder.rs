@@ -1025,3 +1025,68 @@ fn a_run_inside_another_runs_or_a_sweeps_folder_is_refused() {
     let out = byol_run(dir.path(), &["runs/s-sweep/trial-001/config.toml", "--quiet"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// Another type of optimizer, allowed on a resume, goes on from the checkpoint's weights with
+/// fresh state of its own (the old one's momentum is not its state), and says so; its own state
+/// is what the next resume loads.
+#[test]
+fn another_optimizer_allowed_on_a_resume_starts_with_fresh_state() {
+    let dir = setup();
+    let run_dir = finished_run(dir.path(), "r");
+    let adamw = [
+        "--set",
+        "optimizer={type=\"adamw\", lr=0.001}",
+        "--set",
+        "schedule.epochs=4",
+    ];
+    let out = run(dir.path(), "r", &adamw);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("optimizer.type: \"lars\" -> \"adamw\""),
+        "{}",
+        text(&out)
+    );
+    let allowed = [
+        &adamw[..],
+        &["--allow-change", "optimizer", "--allow-change", "schedule.epochs"],
+    ]
+    .concat();
+    let out = run(dir.path(), "r", &allowed);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("note: another optimizer (optimizer.type: \"lars\" -> \"adamw\")")
+            && all.contains("from the weights of step 48 with fresh state"),
+        "{all}"
+    );
+    assert_eq!(summary(&run_dir)["steps"], 64, "{all}");
+    assert_eq!(config_value(&run_dir, "optimizer", "type").as_str(), Some("adamw"));
+    // The next resume is of an adamw run: its state loads, nothing to say.
+    let out = run(
+        dir.path(),
+        "r",
+        &[
+            "--set",
+            "optimizer={type=\"adamw\", lr=0.001}",
+            "--set",
+            "schedule.epochs=5",
+        ],
+    );
+    let out_text = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "only the length changed, and was not allowed: {out_text}"
+    );
+    let out = run(
+        dir.path(),
+        "r",
+        &[
+            &adamw[..2],
+            &["--set", "schedule.epochs=5", "--allow-change", "schedule.epochs"],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("another optimizer"), "{}", text(&out));
+}

@@ -325,6 +325,9 @@ pub struct RunStart {
     /// Whether the run reads its data where its last start did (no key under `dataset.` or
     /// `eval.` changed, not even where the same data lives).
     pub data_in_place: bool,
+    /// The change of `optimizer.type` allowed on this resume (`lars -> adamw`): the new
+    /// optimizer starts from the checkpoint's weights with its own fresh state.
+    pub optimizer_replaced: Option<String>,
 }
 
 impl RunStart {
@@ -370,6 +373,7 @@ impl RunStart {
             .cloned()
             .collect::<Vec<_>>();
         let mut data_in_place = true;
+        let mut optimizer_replaced = None;
         if let Some((source, saved)) = saved {
             // The data of the checkpoint the run goes on from; `dataset.json` describes the last
             // start, which may have been on other data and stopped before its first checkpoint.
@@ -388,6 +392,10 @@ impl RunStart {
             data_in_place = !accepted
                 .iter()
                 .any(|c| c.key.starts_with("dataset.") || c.key.starts_with("eval."));
+            optimizer_replaced = accepted
+                .iter()
+                .find(|c| c.key == "optimizer.type")
+                .map(ToString::to_string);
             let (moved, allowed): (Vec<_>, Vec<_>) = accepted
                 .iter()
                 .partition(|c| also_safe.iter().any(|k| *k == c.key) && !run_dir::allowed(&c.key, allow));
@@ -411,6 +419,7 @@ impl RunStart {
         Ok(Self {
             checkpoint: latest,
             data_in_place,
+            optimizer_replaced,
         })
     }
 
@@ -641,12 +650,15 @@ pub fn save_checkpoint(
     checkpointer.save(&state.model.state(), &optimizer_state, &sources.files, manifest)
 }
 
-/// Copies a verified checkpoint's weights, optimizer state and loss scale into the run.
+/// Copies a verified checkpoint's weights, optimizer state and loss scale into the run; the
+/// optimizer state only when `optimizer_replaced` is None (the state of another type of optimizer
+/// is not this one's).
 pub fn load_checkpoint(
     dir: &Path,
     model: &Model,
     optimizer: &mut dyn Optimizer,
     numerics: &mut StepNumerics,
+    optimizer_replaced: Option<&str>,
 ) -> anyhow::Result<()> {
     let context = || format!("resuming from {}", dir.display());
     model
@@ -666,9 +678,16 @@ pub fn load_checkpoint(
             scaler.load_state(&scale);
         }
     }
-    optimizer
-        .load_state(&state)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", context()))
+    if optimizer_replaced.is_some() {
+        return Ok(());
+    }
+    optimizer.load_state(&state).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}: the checkpoint's optimizer state does not fit this experiment's [optimizer]; \
+             train the changed experiment in another run folder, or add --fresh to move this run aside",
+            context()
+        )
+    })
 }
 
 #[cfg(test)]

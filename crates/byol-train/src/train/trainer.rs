@@ -204,8 +204,16 @@ impl<'a> Trainer<'a> {
         if let Some(parallel) = &parallel {
             parallel.broadcast_variables(&model.vs)?;
         }
-        if let Some((dir, _)) = &start.checkpoint {
-            state::load_checkpoint(dir, &model, optimizer.as_mut(), &mut numerics)?;
+        if let Some((dir, manifest)) = &start.checkpoint {
+            let replaced = start.optimizer_replaced.as_deref();
+            state::load_checkpoint(dir, &model, optimizer.as_mut(), &mut numerics, replaced)?;
+            if let Some(change) = replaced.filter(|_| main) {
+                byol::eprint_line!(
+                    "note: another optimizer ({change}): it goes on from the weights of step {} with \
+                     fresh state of its own (the old optimizer's momentum or moments are not carried over)",
+                    manifest.step
+                );
+            }
         }
         // Over the final parameters: the Reducer hooks these very variables.
         let overlapped = match &parallel {
