@@ -254,6 +254,13 @@ fn a_nan_loss_stops_the_run_naming_the_step() {
     assert!(all.contains("no checkpoint was saved in nan/checkpoints yet"), "{all}");
     assert!(!all.contains("last good checkpoint"), "{all}");
     assert!(!all.contains("panicked"), "{all}");
+    // The folder says why, and `compare` shows the run as failed, not unfinished.
+    let error = std::fs::read_to_string(dir.path().join("nan/error.txt")).unwrap();
+    assert!(error.contains("the loss became"), "{error}");
+    let out = byol_run(dir.path(), &["compare", "nan", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(table["runs"][0]["status"], "failed", "{table}");
 }
 
 #[test]

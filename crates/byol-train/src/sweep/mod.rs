@@ -51,7 +51,8 @@ use space::{expand, parse_parameters};
 
 /// The file in each trial folder that records the trial's parameters.
 pub const TRIAL_FILE: &str = "sweep-trial.toml";
-/// Written into a trial folder when the trial failed (removed when it later succeeds).
+/// Written into a run or trial folder when its run failed, saying why (a trial that failed
+/// before its run started has one too); moved to [`PREVIOUS_ERROR_FILE`] when it starts again.
 pub const ERROR_FILE: &str = "error.txt";
 /// The error of a failed trial's attempt before the one now running (or last run): a retry that
 /// is killed outright leaves no error of its own, and the reason it was retried stays at hand.

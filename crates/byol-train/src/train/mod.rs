@@ -194,11 +194,14 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         remove_if_present(&run_dir.join(SUMMARY_FILE))?;
     }
     t.record_run(&run_dir)?;
+    if t.is_main() {
+        retire_failure(&run_dir);
+    }
     if t.is_main() && step > 0 {
         curve::resume_at(&run_dir, step)?;
     }
     let mut journal = Journal::open(&t, &run_dir, options.quiet, moved_aside)?;
-    let before = measured_before(&t, &mut journal, &run_dir, step)?;
+    let before = measured_before(&t, &mut journal, &run_dir, step).inspect_err(|e| record_failure(&t, &run_dir, e))?;
 
     journal.start_training(&t, step);
     t.start_clock();
@@ -209,7 +212,8 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         &run_dir,
         options.pruner.as_ref(),
         &mut step,
-    )?;
+    )
+    .inspect_err(|e| record_failure(&t, &run_dir, e))?;
     let train_seconds = t.train_seconds();
     let checkpoint = t.save(step, journal.final_loss)?;
     let Progress {
@@ -434,6 +438,36 @@ fn finished_summary(run_dir: &std::path::Path, step: u64, total_steps: u64) -> O
     summary.run_dir = run_dir.to_path_buf();
     (summary.steps == step && summary.total_steps == total_steps && !summary.interrupted && summary.pruned.is_none())
         .then_some(summary)
+}
+
+/// Records why a run that had started failed, in its folder's `error.txt` (by which `compare`
+/// and a sweep's summary show it as failed, with why), while the process still owns the folder.
+fn record_failure(t: &Trainer<'_>, run_dir: &std::path::Path, error: &anyhow::Error) {
+    if !t.is_main() {
+        return;
+    }
+    let path = run_dir.join(crate::sweep::ERROR_FILE);
+    if let Err(e) = run_dir::replace_file(&path, format!("{error:#}\n").as_bytes()) {
+        byol::eprint_line!("warning: {} not written: {e:#}", path.display());
+    }
+}
+
+/// Moves an earlier failure's `error.txt` to `previous-error.txt` as the run starts again: a
+/// start that is then killed outright is unfinished, not failed, and the reason of the failure
+/// it retried is kept.
+fn retire_failure(run_dir: &std::path::Path) {
+    let error = run_dir.join(crate::sweep::ERROR_FILE);
+    if !error.is_file() {
+        return;
+    }
+    let previous = run_dir.join(crate::sweep::PREVIOUS_ERROR_FILE);
+    if let Err(e) = std::fs::rename(&error, &previous) {
+        byol::eprint_line!(
+            "warning: the earlier failure's {} stays (cannot move it to {}): {e}",
+            error.display(),
+            previous.display()
+        );
+    }
 }
 
 fn remove_if_present(path: &std::path::Path) -> anyhow::Result<()> {
