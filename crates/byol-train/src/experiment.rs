@@ -89,9 +89,10 @@ pub struct EvalConfig {
     pub knn_temperature: f64,
     /// Evaluate every this many epochs (0: as `curve_points` says).
     pub every_epochs: u64,
-    /// Without `every_epochs`: evaluate this many times over training, evenly (every
-    /// epochs / curve_points epochs, the last being the final evaluation), for a kNN curve;
-    /// 0: only before and after training.
+    /// Without `every_epochs`: evaluate this many times over training, evenly (after epoch
+    /// round(k * epochs / curve_points) for k = 1..=curve_points, the last being the final
+    /// evaluation; every epoch when there are fewer epochs), for a kNN curve; 0: only before
+    /// and after training.
     pub curve_points: u64,
     /// Also evaluate the randomly initialized network before training.
     pub before_training: bool,
@@ -112,13 +113,29 @@ pub struct EvalConfig {
 }
 
 impl EvalConfig {
-    /// The epochs between two evaluations during a run of `epochs` epochs (0: none).
-    pub fn interval_epochs(&self, epochs: u64) -> u64 {
-        match (self.every_epochs, self.curve_points) {
-            (0, 0) => 0,
-            (0, points) => (epochs / points).max(1),
-            (every, _) => every,
+    /// Whether a run of `epochs` epochs evaluates after epoch `epoch` (1-based) before its end:
+    /// every `every_epochs`, else at the `curve_points` evaluations spread evenly over the run,
+    /// whose last is the final evaluation (which every run makes, and which this leaves out).
+    pub fn evaluates_after_epoch(&self, epoch: u64, epochs: u64) -> bool {
+        if epoch == 0 || epoch >= epochs {
+            return false;
         }
+        match (self.every_epochs, self.curve_points) {
+            (0, 0) => false,
+            // Point k is after epoch round(k * epochs / points): the k nearest epoch * points / epochs.
+            (0, points) => {
+                let (e, p) = (u128::from(epochs), u128::from(points));
+                let point_epoch = |k: u128| (2 * k * e + p) / (2 * p);
+                let near = u128::from(epoch) * p / e;
+                (near.max(1)..=(near + 1).min(p)).any(|k| point_epoch(k) == u128::from(epoch))
+            }
+            (every, _) => epoch.is_multiple_of(every),
+        }
+    }
+
+    /// The epochs a run of `epochs` epochs evaluates after before its end, in order.
+    pub fn curve_epochs(&self, epochs: u64) -> Vec<u64> {
+        (1..epochs).filter(|&e| self.evaluates_after_epoch(e, epochs)).collect()
     }
 
     /// The batch size for computing features, given the training micro-batch.
@@ -679,6 +696,51 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `curve_points` evaluations over training, the last the final one; `every_epochs` wins.
+    #[test]
+    fn the_curve_has_as_many_points_as_asked_spread_evenly() {
+        let eval = |every_epochs, curve_points| EvalConfig {
+            every_epochs,
+            curve_points,
+            ..Default::default()
+        };
+        let cases: [(u64, u64, u64, &[u64]); 9] = [
+            (0, 0, 4, &[]),
+            (0, 1, 4, &[]),
+            (0, 3, 4, &[1, 3]),
+            (0, 3, 10, &[3, 7]),
+            (0, 5, 10, &[2, 4, 6, 8]),
+            (0, 10, 40, &[4, 8, 12, 16, 20, 24, 28, 32, 36]),
+            (0, 10, 3, &[1, 2]),
+            (0, 4, 1, &[]),
+            (3, 10, 10, &[3, 6, 9]),
+        ];
+        for (every, points, epochs, expected) in cases {
+            assert_eq!(
+                eval(every, points).curve_epochs(epochs),
+                expected,
+                "every_epochs {every}, curve_points {points}, {epochs} epochs"
+            );
+        }
+        // Against the definition, round(k * epochs / points), over many lengths.
+        for epochs in 1..200u64 {
+            for points in 1..25u64 {
+                let mut defined: Vec<u64> = (1..=points)
+                    .map(|k| (k as f64 * epochs as f64 / points as f64).round() as u64)
+                    .filter(|&e| e >= 1 && e < epochs)
+                    .collect();
+                defined.dedup();
+                assert_eq!(
+                    eval(0, points).curve_epochs(epochs),
+                    defined,
+                    "{points} points, {epochs} epochs"
+                );
+            }
+        }
+        assert!(eval(0, 10).evaluates_after_epoch(500_000, 1_000_000));
+        assert!(!eval(0, 10).evaluates_after_epoch(500_001, 1_000_000));
+    }
 
     #[test]
     fn a_missing_plugin_table_is_named() {

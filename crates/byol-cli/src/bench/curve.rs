@@ -33,16 +33,18 @@ pub fn run(args: &CurveArgs) -> anyhow::Result<()> {
     }
     let with_curve = args.common.experiment()?;
     let epochs = with_curve.schedule.epochs;
-    let interval = with_curve.eval.interval_epochs(epochs);
-    if interval == 0 {
+    // Evaluations during training, the last epoch excepted (the final evaluation happens in both
+    // variants).
+    let points = with_curve.eval.curve_epochs(epochs).len();
+    if points == 0 {
         bail!(
-            "{} evaluates only before and after training (eval.curve_points = 0): nothing to compare",
-            args.common.experiment.display()
+            "{} evaluates only before and after training ({epochs} epochs, eval.curve_points = {}, \
+             eval.every_epochs = {}): nothing to compare",
+            args.common.experiment.display(),
+            with_curve.eval.curve_points,
+            with_curve.eval.every_epochs
         );
     }
-    // Evaluations during training: every `interval` epochs, the last epoch excepted (the final
-    // evaluation happens in both variants).
-    let points = (1..epochs).filter(|e| e % interval == 0).count();
     let scratch = std::env::temp_dir().join(format!("byol-bench-curve-{}", std::process::id()));
     let no_curve = ["eval.curve_points=0", "eval.every_epochs=0"];
     let mut runs: [Vec<RunSummary>; 2] = [Vec::new(), Vec::new()];

@@ -380,7 +380,7 @@ impl Sweep {
                 sweep.config.prune,
                 sweep.config.prune_after,
                 sweep.config.metric,
-                experiment.eval.interval_epochs(epochs),
+                experiment.eval.curve_epochs(epochs).len(),
                 epochs,
             )
             .with_context(in_trial)?;

@@ -145,13 +145,13 @@ impl Pruner {
     }
 }
 
-/// Checks the `[sweep]` keys of pruning against the metric; `interval` is the first trial's
-/// epochs between evaluations (0: none) and `epochs` its length.
+/// Checks the `[sweep]` keys of pruning against the metric; `evaluations_during` is the number of
+/// kNN evaluations of the first trial before its last epoch, and `epochs` its length.
 pub(super) fn check(
     prune: Prune,
     prune_after: Option<usize>,
     metric: Metric,
-    interval: u64,
+    evaluations_during: usize,
     epochs: u64,
 ) -> anyhow::Result<()> {
     match prune {
@@ -172,10 +172,10 @@ pub(super) fn check(
                     metric.name()
                 );
             }
-            if interval == 0 || interval >= epochs {
+            if evaluations_during == 0 {
                 bail!(
                     "sweep.prune = \"median\" needs kNN evaluations during training, and the trials have none \
-                     ({epochs} epochs, evaluated every {interval}): set eval.every_epochs, or eval.curve_points above 1"
+                     before their last epoch ({epochs} epochs): set eval.every_epochs, or eval.curve_points above 1"
                 );
             }
             Ok(())
@@ -286,13 +286,17 @@ mod tests {
 
     #[test]
     fn pruning_keys_are_checked() {
-        let error =
-            |prune, after, metric, interval| format!("{:#}", check(prune, after, metric, interval, 4).unwrap_err());
+        let error = |prune, after, metric, evaluations| {
+            format!("{:#}", check(prune, after, metric, evaluations, 4).unwrap_err())
+        };
         assert!(error(Prune::None, Some(2), Metric::KnnTop1, 1).contains("prune = \"median\""));
         assert!(error(Prune::Median, Some(0), Metric::KnnTop1, 1).contains("prune_after = 0"));
         assert!(error(Prune::Median, None, Metric::TrainSeconds, 1).contains("train_seconds"));
-        assert!(error(Prune::Median, None, Metric::KnnTop1, 0).contains("eval.every_epochs"));
-        assert!(error(Prune::Median, None, Metric::KnnTop1, 4).contains("eval.curve_points"));
+        let none = error(Prune::Median, None, Metric::KnnTop1, 0);
+        assert!(
+            none.contains("eval.every_epochs") && none.contains("eval.curve_points"),
+            "{none}"
+        );
         check(Prune::Median, None, Metric::KnnTop1, 1, 4).unwrap();
         check(Prune::None, None, Metric::TrainSeconds, 0, 4).unwrap();
     }

@@ -366,14 +366,13 @@ impl<'a> Trainer<'a> {
         saved
     }
 
-    /// Whether the kNN curve has a point after `step`: an epoch boundary on the evaluation
-    /// interval, before the end (the end is always evaluated), when the kNN monitor is on.
+    /// Whether the kNN curve has a point after `step`: the end of an epoch the curve evaluates
+    /// after, before the end (the end is always evaluated), when the kNN monitor is on.
     pub fn evaluates_after(&self, step: u64) -> bool {
-        let interval = self.experiment.eval.interval_epochs(self.experiment.schedule.epochs);
+        let eval = &self.experiment.eval;
         self.monitor.has_knn()
-            && interval > 0
             && step.is_multiple_of(self.plan.steps_per_epoch)
-            && self.plan.epoch_of(step).is_multiple_of(interval)
+            && eval.evaluates_after_epoch(self.plan.epoch_of(step), self.experiment.schedule.epochs)
             && step < self.plan.total_steps
     }
 
