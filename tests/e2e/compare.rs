@@ -51,8 +51,17 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
         assert!(row.ends_with("| done |"), "{row}");
     }
 
-    let out = byol_run(dir.path(), &["compare", "runs/slow", "runs/fast", "--json"]);
+    // A folder named twice is one run, shown once.
+    let out = byol_run(
+        dir.path(),
+        &["compare", "runs/slow", "runs/fast", "runs/slow/", "--json"],
+    );
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("note: runs/slow/ is a folder named before: shown once"),
+        "{}",
+        text(&out)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         report["differing_keys"],

@@ -58,6 +58,7 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     assert!(out.status.success(), "{all}");
     assert!(all.contains("embedded 7 images"), "{all}");
     assert!(all.contains("were not read there, to read each folder once"), "{all}");
+    assert!(!all.contains("class folder"), "images embedded have no classes: {all}");
     assert!(
         all.contains("not files (pipes, sockets or devices)") && all.contains("pipe.png"),
         "{all}"
@@ -151,8 +152,9 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
         let all = text(&out);
         assert_eq!(out.status.code(), Some(1), "{all}");
         assert!(
-            all.contains("--device cuda: ") && all.contains("CUDA is not available"),
-            "{all}"
+            all.contains("error: --device cuda but CUDA is not available")
+                && !all.contains("run.device = \"cuda\" but"),
+            "the flag, not the run's key: {all}"
         );
     }
 

@@ -78,6 +78,12 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
         error.contains("--set schedule.batch_size=-3: invalid value: integer `-3`, expected a whole number >= 0"),
         "{error}"
     );
+    // A value of another type: its type, not a range that the key's own check states later.
+    let error = refused(dir.path(), &["validate", "tiny.toml", "--set", "schedule.epochs=\"2\""]);
+    assert!(
+        error.contains("invalid type: string \"2\", expected a whole number") && !error.contains(">= 0"),
+        "{error}"
+    );
     let huge = "schedule.batch_size=100000000000000000000";
     let error = refused(dir.path(), &["validate", "tiny.toml", "--set", huge]);
     assert!(

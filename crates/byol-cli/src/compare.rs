@@ -164,9 +164,19 @@ fn differing_keys(runs: &[Run]) -> Vec<String> {
 }
 
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
+    // A folder named twice (`runs/a runs/a/`, or by a link) is one run: its row once.
+    let mut seen = BTreeSet::new();
+    let mut folders = Vec::new();
+    for dir in &args.runs {
+        let named_before = std::fs::canonicalize(dir).is_ok_and(|real| !seen.insert(real));
+        match named_before {
+            true => byol::eprint_line!("note: {} is a folder named before: shown once", dir.display()),
+            false => folders.push(dir),
+        }
+    }
     // A sweep's trials that have not started yet (`trial-*` of a stopped sweep), or failed before
     // their run started, have nothing to compare; any other folder without a run is an error.
-    let (pending, started): (Vec<&PathBuf>, Vec<&PathBuf>) = args.runs.iter().partition(|dir| {
+    let (pending, started): (Vec<&PathBuf>, Vec<&PathBuf>) = folders.into_iter().partition(|dir| {
         dir.join(sweep::TRIAL_FILE).is_file()
             && !dir.join(CONFIG_FILE).exists()
             && matches!(TrialStatus::read(dir), TrialStatus::Pending | TrialStatus::Failed(_))

@@ -503,7 +503,7 @@ fn load_checkpoint(dir: &Path, device: Option<&str>) -> anyhow::Result<Trained> 
 /// (a run trained on a GPU, embedded or evaluated on a machine without one).
 fn trained_device(run_device: &str, flag: Option<&str>) -> anyhow::Result<tch::Device> {
     if let Some(flag) = flag {
-        return byol_train::train::parse_device(flag).map_err(|e| anyhow::anyhow!("--device {flag}: {e:#}"));
+        return byol_train::train::parse_device_flag(flag);
     }
     byol_train::train::parse_device(run_device).or_else(|e| {
         byol::eprint_line!("note: the run trained on run.device = \"{run_device}\", not usable here ({e:#}); running on the CPU (--device to choose)");
@@ -538,7 +538,7 @@ fn find_images(args: &EmbedArgs) -> anyhow::Result<(ImageTree, Skipped)> {
     }
     let mut passed_over = PassedOver::default();
     passed_over.take_from(&mut scan);
-    for warning in passed_over.warnings(&args.images, "embed them") {
+    for warning in passed_over.warnings(&args.images, "embed them", false) {
         byol::eprint_line!("warning: {warning}");
     }
     if scan.images.is_empty() {

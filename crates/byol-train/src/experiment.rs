@@ -417,12 +417,17 @@ fn missing_plugin_table(text: &str, error: &toml::de::Error) -> Option<anyhow::E
 }
 
 /// serde's message with Rust's type names in words (``expected usize`` is ``expected a whole
-/// number >= 0``) and without the blank lines toml puts before the key it names (``in `widths` ``).
+/// number``, and ``>= 0`` after a negative one: the key's own range is checked once it is read)
+/// and without the blank lines toml puts before the key it names (``in `widths` ``).
 fn in_words(message: &str) -> String {
+    let unsigned = match message.starts_with("invalid value") {
+        true => "a whole number >= 0",
+        false => "a whole number",
+    };
     let words = [
-        ("usize", "a whole number >= 0"),
-        ("u64", "a whole number >= 0"),
-        ("u32", "a whole number >= 0"),
+        ("usize", unsigned),
+        ("u64", unsigned),
+        ("u32", unsigned),
         ("i64", "a whole number"),
         ("f64", "a number"),
     ]

@@ -191,17 +191,24 @@ impl PassedOver {
 
     /// One warning each for files of other formats, folders not read again, links to images read
     /// where they are, and entries that are not files, found under `root`; the images are read
-    /// to `purpose` (`train on them`).
-    pub fn warnings(&self, root: &Path, purpose: &str) -> impl Iterator<Item = String> {
-        let revisits = self.revisits.first().map(|first| {
-            format!(
+    /// to `purpose` (`train on them`), `labelled` by their class folders or not.
+    pub fn warnings(&self, root: &Path, purpose: &str, labelled: bool) -> impl Iterator<Item = String> {
+        let revisits = self.revisits.first().map(|first| match labelled {
+            true => format!(
                 "{} folder(s) under {} were not read there, to read each folder once, in the class folder that \
                  holds it: a link in a loop, to a folder above, into another class folder, a second path to a \
                  folder already read, or a folder another class folder links to (the first: {})",
                 self.revisits.len(),
                 root.display(),
                 first.display()
-            )
+            ),
+            false => format!(
+                "{} folder(s) under {} were not read there, to read each folder once: a link in a loop, to a \
+                 folder above, or a second path to a folder already read (the first: {})",
+                self.revisits.len(),
+                root.display(),
+                first.display()
+            ),
         });
         let not_files = self.not_files.first().map(|first| {
             format!(
@@ -213,9 +220,13 @@ impl PassedOver {
             )
         });
         let linked = self.linked_to_images_read.first().map(|first| {
+            let once = match labelled {
+                true => "each image is read once, under the label of the class folder that holds it",
+                false => "each image is read once",
+            };
             format!(
-                "{} image(s) under {} are links to images read where they are and are left out: each image \
-                 is read once, under the label of the class folder that holds it (the first: {})",
+                "{} image(s) under {} are links to images read where they are and are left out: {once} (the \
+                 first: {})",
                 self.linked_to_images_read.len(),
                 root.display(),
                 first.display()
@@ -465,7 +476,7 @@ pub(super) fn scan_unlabelled(
         None => {
             let tree = ImageTree::walk(root).map_err(DataError::Config)?;
             let images = found_images(tree, &mut passed_over)?;
-            warnings.extend(passed_over.warnings(root, purpose));
+            warnings.extend(passed_over.warnings(root, purpose, false));
             images
         }
         Some(list_path) => {
@@ -616,7 +627,7 @@ pub(super) fn scan(
             for (files, tree) in per_class.iter_mut().zip(trees) {
                 *files = found_images(tree, &mut passed_over)?;
             }
-            warnings.extend(passed_over.warnings(root, purpose));
+            warnings.extend(passed_over.warnings(root, purpose, true));
             let in_classes = per_class.iter().map(Vec::len).sum();
             warnings.extend(loose_images_warning(split, root, &entries, in_classes)?);
         }

@@ -22,14 +22,31 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     parse_device_for(spec, 0, 1)
 }
 
+/// Resolves a command's `--device` flag, as `run.device` is resolved; errors name the flag.
+pub fn parse_device_flag(spec: &str) -> anyhow::Result<Device> {
+    resolve(spec, 0, 1, &format!("--device {spec}"), "--device")
+}
+
 /// Resolves `run.device` for the process with LOCAL_RANK `local_rank`, one of `on_node`
 /// processes of a job on this node: "auto" and "cuda" mean that process's own GPU. "cuda:N" is
 /// refused for several on a node: all would take the same GPU, which NCCL refuses at its first
 /// collective.
 pub fn parse_device_for(spec: &str, local_rank: usize, on_node: usize) -> anyhow::Result<Device> {
+    resolve(
+        spec,
+        local_rank,
+        on_node,
+        &format!("run.device = \"{spec}\""),
+        "run.device =",
+    )
+}
+
+/// `said`: how the messages name the setting (`run.device = "cuda"`); `set`: how they name
+/// another value of it (`run.device =`).
+fn resolve(spec: &str, local_rank: usize, on_node: usize, said: &str, set: &str) -> anyhow::Result<Device> {
     if on_node > 1 && spec.starts_with("cuda:") {
         bail!(
-            "run.device = \"{spec}\" would put the {on_node} processes on this node on one GPU: use \"cuda\" or \"auto\", \
+            "{said} would put the {on_node} processes on this node on one GPU: use \"cuda\" or \"auto\", \
              with which each process takes the GPU of its LOCAL_RANK"
         );
     }
@@ -46,17 +63,20 @@ pub fn parse_device_for(spec: &str, local_rank: usize, on_node: usize) -> anyhow
         "cpu" => Device::Cpu,
         "cuda" => {
             if !tch::Cuda::is_available() {
-                bail!("run.device = \"cuda\" but CUDA is not available here (`byol-run doctor` tells why); use \"auto\" or \"cpu\"");
+                bail!(
+                    "{said} but CUDA is not available here (`byol-run doctor` tells why); use {set} \"auto\" or \
+                     \"cpu\""
+                );
             }
             local_gpu()?
         }
         other => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
             Some(i) if (i as i64) < tch::Cuda::device_count() => Device::Cuda(i),
             Some(i) => bail!(
-                "run.device = \"{other}\": there are {} CUDA devices, no cuda:{i}",
+                "{said}: there are {} CUDA devices, no cuda:{i}",
                 tch::Cuda::device_count()
             ),
-            None => bail!("run.device = \"{other}\" is not one of \"auto\", \"cpu\", \"cuda\", \"cuda:N\""),
+            None => bail!("{said} is not one of \"auto\", \"cpu\", \"cuda\", \"cuda:N\""),
         },
     })
 }

@@ -39,7 +39,7 @@ use crate::Experiment;
 
 pub use byol::output::print_line;
 pub use data::{training_loader, two_views};
-pub use device::{device_name, parse_device, parse_device_for, prepare_for_steps, set_cpu_threads};
+pub use device::{device_name, parse_device, parse_device_flag, parse_device_for, prepare_for_steps, set_cpu_threads};
 pub use graph::{check_cuda_graphs, graphed_step, GraphedOutputs, GraphedStep};
 pub use guard::{guarded, panic_message};
 pub use model::{Model, Weights};
