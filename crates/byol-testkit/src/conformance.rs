@@ -74,6 +74,7 @@ pub fn check_registration(spec: &dyn BackboneSpec) -> String {
                 info.example()
             )
         });
+    check_example_keys(&name, &info);
     let text = toml::to_string(&value).expect("a TOML table prints");
     let parsed: Box<dyn BackboneSpec> = toml::from_str::<toml::Value>(&text)
         .and_then(|v| v.try_into())
@@ -84,6 +85,38 @@ pub fn check_registration(spec: &dyn BackboneSpec) -> String {
         "conformance [{name}]: TOML -> spec -> TOML changed the configuration"
     );
     name
+}
+
+/// The registered example shows every key the spec accepts (set, or commented out under
+/// `optional:`), each commented with its field's doc, and a `pretrained` it shows reaches
+/// [`BackboneSpec::pretrained`].
+fn check_example_keys(name: &str, info: &byol::PluginInfo) {
+    let parse_backbone = |whole: toml::Table| -> Result<Box<dyn BackboneSpec>, String> {
+        let table = whole.get("backbone").cloned().ok_or("no [backbone] table")?;
+        table.try_into::<Box<dyn BackboneSpec>>().map_err(|e| e.to_string())
+    };
+    let text = format!("[backbone]\n{}", info.example());
+    let missing = crate::keys::missing_keys(&text, &["backbone"], &|whole| parse_backbone(whole).map(drop));
+    assert!(
+        missing.is_empty(),
+        "conformance [{name}]: the registered example does not show {missing:?}: give them a value in \
+         the config's Default, or list them under `optional:` in its register_plugin!\n{text}"
+    );
+    let example = info.example();
+    let undocumented = crate::keys::undocumented_example_keys(&example);
+    assert!(
+        undocumented.is_empty(),
+        "conformance [{name}]: the example shows keys without a comment: {undocumented:?}; give their \
+         fields a /// doc comment (its first sentence becomes the comment)\n{text}"
+    );
+    let every_key: toml::Table = toml::from_str(&crate::keys::uncomment_keys(&text)).expect("checked above");
+    let spec = parse_backbone(every_key.clone()).expect("checked above");
+    let shows_pretrained = every_key.get("backbone").and_then(|t| t.get("pretrained")).is_some();
+    assert!(
+        !shows_pretrained || spec.pretrained().is_some(),
+        "conformance [{name}]: the example sets `pretrained`, but BackboneSpec::pretrained() gives None: \
+         return the path from it, or no file is ever loaded"
+    );
 }
 
 /// Variable names are PyTorch state_dict names: dot-separated segments of `[A-Za-z0-9_]`, nothing

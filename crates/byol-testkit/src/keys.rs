@@ -27,6 +27,17 @@ pub fn missing_keys(text: &str, start: &[&str], parse: &dyn Fn(toml::Table) -> R
     missing
 }
 
+/// The lines of a plugin's example (`byol::PluginInfo::example`) that set a key without the
+/// comment its field's doc comment gives (`#[derive(KeyDocs)]`): a field added without a `///`.
+pub fn undocumented_example_keys(example: &str) -> Vec<&str> {
+    example
+        .lines()
+        .take_while(|line| !line.starts_with('['))
+        .filter(|line| line.contains('=') && !line.starts_with('#') && !line.starts_with("type "))
+        .filter(|line| !line.contains(" # "))
+        .collect()
+}
+
 /// `text` with every commented-out assignment (`# key = value`, `# a.b = value`) uncommented.
 pub fn uncomment_keys(text: &str) -> String {
     text.lines()

@@ -64,6 +64,7 @@ pub struct Byol {
 /// What one loss evaluation saw, for logging (the collapse signal among others).
 #[derive(Debug)]
 pub struct LossParts {
+    /// The symmetric BYOL loss, a 0-d tensor ([`Byol::loss`]).
     pub loss: Tensor,
     /// Online projections of both views, `[2N, projection_dim]`, detached.
     pub online_projections: Tensor,
@@ -247,15 +248,16 @@ impl Byol {
         }
     }
 
-    /// Moves the target towards the online network with tau for `step` of `total_steps`
-    /// (`updateTargetEncoder` in the original).
+    /// Moves the target towards the online network with tau for `step` (0-based: the first
+    /// optimizer step is 0) of `total_steps` (`updateTargetEncoder` in the original); returns tau.
     pub fn update_target(&self, step: u64, total_steps: u64) -> f64 {
         let tau = self.tau_at(step, total_steps);
         self.target.update(tau);
         tau
     }
 
-    /// The EMA decay at `step` of `total_steps`: BYOL's cosine schedule from `tau_base` to 1.
+    /// The EMA decay at `step` (0-based) of `total_steps`: BYOL's cosine schedule from
+    /// `tau_base` at step 0 to 1 at `total_steps`.
     pub fn tau_at(&self, step: u64, total_steps: u64) -> f64 {
         tau_at(step, total_steps, self.tau_base)
     }
@@ -305,6 +307,7 @@ impl Byol {
         self.online_backbone.taps().last() == Some(&self.embedding_layer.as_str())
     }
 
+    /// The width of [`Byol::embed`]'s rows: the embedding tap's channels.
     pub fn embedding_dim(&self) -> i64 {
         self.embedding_dim
     }

@@ -82,12 +82,7 @@ fn every_plugins_example_parses_shows_every_key_and_builds() {
         // Each key shown is commented with its field's doc (derive(KeyDocs)); a new field
         // without one is caught here.
         let example = info.example();
-        let undocumented: Vec<&str> = example
-            .lines()
-            .take_while(|line| !line.starts_with('['))
-            .filter(|line| line.contains('=') && !line.starts_with('#') && !line.starts_with("type "))
-            .filter(|line| !line.contains(" # "))
-            .collect();
+        let undocumented = byol_testkit::keys::undocumented_example_keys(&example);
         assert!(
             undocumented.is_empty(),
             "the example of '{name}' shows keys without a comment: {undocumented:?}; give their \

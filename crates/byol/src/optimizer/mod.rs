@@ -48,7 +48,7 @@ pub trait Optimizer: std::fmt::Debug {
     /// overflowed), whether the step happens at all: a skipped step leaves the parameters and
     /// the optimizer state exactly as they were. What a step that never waits for the device
     /// needs: one replayed from a CUDA graph at each step's lr, fp16's loss scale without a
-    /// host read of its overflow flag. Optimizers that cannot say why.
+    /// host read of its overflow flag. Optimizers that cannot (the default) return why.
     fn step_at(&mut self, lr: &Tensor, skip: Option<&Tensor>) -> Result<(), String> {
         let _ = (lr, skip);
         Err("this optimizer cannot take its learning rate from a tensor (lars, sgd, adam and adamw with fused = true can)".into())
