@@ -74,7 +74,7 @@ pub fn check_registration(spec: &dyn BackboneSpec) -> String {
                 info.example()
             )
         });
-    check_example_keys(&name, &info);
+    check_example_keys(&name, info);
     let text = toml::to_string(&value).expect("a TOML table prints");
     let parsed: Box<dyn BackboneSpec> = toml::from_str::<toml::Value>(&text)
         .and_then(|v| v.try_into())
