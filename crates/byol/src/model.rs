@@ -111,6 +111,20 @@ impl Byol {
         Self::assemble(vs, backbone, context, embedding_layer, config, false)
     }
 
+    /// [`Byol::new`] around a backbone of your own that is no plugin (no TOML spec, no
+    /// registration): `build` makes a [`Backbone`] with its variables under the path it is given,
+    /// and is called twice, for the online network and then for the target's copy.
+    pub fn with_backbone(
+        vs: &nn::VarStore,
+        build: impl Fn(&nn::Path, &BuildContext) -> Result<Box<dyn Backbone>, ByolError>,
+        image_size: i64,
+        embedding_layer: &str,
+        config: &ByolConfig,
+    ) -> Result<Self, ByolError> {
+        let context = BuildContext::new(vs.device(), image_size);
+        Self::assemble_with(vs, &build, None, &context, embedding_layer, config)
+    }
+
     fn assemble(
         vs: &nn::VarStore,
         backbone: &dyn BackboneSpec,
@@ -118,6 +132,25 @@ impl Byol {
         embedding_layer: &str,
         config: &ByolConfig,
         read_pretrained: bool,
+    ) -> Result<Self, ByolError> {
+        let ignores = |key: &str| backbone.pretrained_ignores(key);
+        let pretrained = backbone
+            .pretrained()
+            .filter(|_| read_pretrained)
+            .map(|path| (path, &ignores as &dyn Fn(&str) -> bool));
+        let build = |path: &nn::Path, context: &BuildContext| backbone.build(path, context);
+        Self::assemble_with(vs, &build, pretrained, context, embedding_layer, config)
+    }
+
+    /// Builds the networks with `build`, loading `pretrained` (a safetensors file, and the keys of
+    /// it the backbone does not have) into the online backbone.
+    fn assemble_with(
+        vs: &nn::VarStore,
+        build: &dyn Fn(&nn::Path, &BuildContext) -> Result<Box<dyn Backbone>, ByolError>,
+        pretrained: Option<(&std::path::Path, &dyn Fn(&str) -> bool)>,
+        context: &BuildContext,
+        embedding_layer: &str,
+        config: &ByolConfig,
     ) -> Result<Self, ByolError> {
         if config.hidden_dim <= 0 || config.projection_dim <= 0 {
             return Err(ByolError::Config(
@@ -149,17 +182,17 @@ impl Byol {
         let root = vs.root();
         let online = &root / "online";
         let target = &root / "target";
-        let online_backbone = backbone.build(&(&online / "backbone"), context)?;
+        let online_backbone = build(&(&online / "backbone"), context)?;
         let embedding_dim = online_backbone.check_tap(embedding_layer)?;
-        if let Some(path) = backbone.pretrained().filter(|_| read_pretrained) {
+        if let Some((path, ignores)) = pretrained {
             let variables = variables_under(vs, "online.backbone.");
-            load_safetensors(&variables, path, |key| backbone.pretrained_ignores(key))?;
+            load_safetensors(&variables, path, ignores)?;
         }
         let (hidden, projection) = (config.hidden_dim, config.projection_dim);
         let heads = &context.head_batch_norm;
         let online_projector = MlpHead::new(&(&online / "projector"), embedding_dim, hidden, projection, heads);
         let predictor = MlpHead::new(&(&online / "predictor"), projection, hidden, projection, heads);
-        let target_backbone = backbone.build(&(&target / "backbone"), context)?;
+        let target_backbone = build(&(&target / "backbone"), context)?;
         let target_projector = MlpHead::new(&(&target / "projector"), embedding_dim, hidden, projection, heads);
         // The target gets no gradients: it only moves by EMA.
         for (name, t) in vs.variables() {

@@ -117,3 +117,53 @@ fn a_store_saved_and_loaded_in_place_keeps_the_target_update() {
     assert!(parameters.iter().all(|p| p.name.starts_with("online.")));
     assert!(parameters.windows(2).all(|w| w[0].name < w[1].name));
 }
+
+/// A backbone of one's own, with no TOML spec or registration: one convolution and a pool.
+#[derive(Debug)]
+struct OneConv {
+    conv: tch::nn::Conv2D,
+}
+
+impl byol::Backbone for OneConv {
+    fn taps(&self) -> Vec<&'static str> {
+        vec!["conv"]
+    }
+
+    fn tap_dim(&self, tap: &str) -> Option<i64> {
+        (tap == "conv").then_some(6)
+    }
+
+    fn forward_taps(&self, images: &Tensor, _train: bool, taps: &[&str]) -> Vec<Tensor> {
+        let conv = images.apply(&self.conv).relu();
+        taps.iter().map(|_| conv.shallow_clone()).collect()
+    }
+}
+
+#[test]
+fn a_backbone_of_ones_own_without_a_spec_trains_as_byol() {
+    let vs = VarStore::new(Device::Cpu);
+    let build = |path: &tch::nn::Path, _: &byol::BuildContext| -> Result<Box<dyn byol::Backbone>, byol::ByolError> {
+        let conv = byol::nn::conv2d(&(path / "conv"), 3, 6, 3, 1, 1);
+        Ok(Box::new(OneConv { conv }))
+    };
+    let byol = Byol::with_backbone(&vs, build, 16, "conv", &config(false)).unwrap();
+    let names: Vec<String> = byol.parameters(&vs).into_iter().map(|p| p.name).collect();
+    assert!(names.contains(&"online.backbone.conv.weight".to_string()), "{names:?}");
+    assert!(vs.variables().contains_key("target.backbone.conv.weight"));
+    let images = views(2);
+    let before = byol.embed(&images);
+    byol.loss(&views(4), &views(4)).backward();
+    tch::no_grad(|| {
+        for p in byol.parameters(&vs) {
+            let _ = p.tensor.shallow_clone().g_add_(&(p.tensor.grad() * -1.0));
+        }
+    });
+    byol.update_target(0, 10);
+    assert_eq!(before.size(), [2, 6]);
+    assert!(!byol.embed(&images).equal(&before), "a step moves the online backbone");
+    let error = Byol::with_backbone(&VarStore::new(Device::Cpu), build, 16, "pool", &config(false)).unwrap_err();
+    assert!(
+        error.to_string().contains("pool") && error.to_string().contains("conv"),
+        "{error}"
+    );
+}
