@@ -61,6 +61,12 @@ pub struct Byol {
     concat_views: bool,
 }
 
+/// Builds a backbone under a path: a [`BackboneSpec`]'s `build`, or a closure of one's own.
+type BuildBackbone<'a> = dyn Fn(&nn::Path, &BuildContext) -> Result<Box<dyn Backbone>, ByolError> + 'a;
+
+/// A safetensors file of weights to start from, and which of its keys the backbone does not have.
+type Pretrained<'a> = (&'a std::path::Path, &'a dyn Fn(&str) -> bool);
+
 /// What one loss evaluation saw, for logging (the collapse signal among others).
 #[derive(Debug)]
 pub struct LossParts {
@@ -146,8 +152,8 @@ impl Byol {
     /// it the backbone does not have) into the online backbone.
     fn assemble_with(
         vs: &nn::VarStore,
-        build: &dyn Fn(&nn::Path, &BuildContext) -> Result<Box<dyn Backbone>, ByolError>,
-        pretrained: Option<(&std::path::Path, &dyn Fn(&str) -> bool)>,
+        build: &BuildBackbone<'_>,
+        pretrained: Option<Pretrained<'_>>,
         context: &BuildContext,
         embedding_layer: &str,
         config: &ByolConfig,
