@@ -454,6 +454,42 @@ with torch.no_grad():
     let reference = byol_testkit::run_python(&script, &[]);
     assert_eq!(embeddings.size()[1], 256, "layer3's channels");
     assert_same_embeddings(&embeddings, &reference["embeddings"]);
+
+    // The export starts another run of the same backbone: the layers it left out keep their
+    // initial values there, said in a note; a file without the record still lacks them.
+    let again = [
+        "tiny.toml",
+        "--run-dir",
+        "again",
+        "--quiet",
+        "--set",
+        "backbone.width=64",
+        "--set",
+        "schedule.epochs=1",
+        "--set",
+        "byol.embedding_layer=\"layer3\"",
+        "--set",
+        "backbone.pretrained=\"backbone.safetensors\"",
+    ];
+    let out = byol_run(dir.path(), &again);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("backbone.safetensors leaves out 30 tensors its run never trained"),
+        "{all}"
+    );
+    let stripped = dir.path().join("stripped.safetensors");
+    let tensors = tch::Tensor::read_safetensors(dir.path().join("backbone.safetensors")).unwrap();
+    tch::Tensor::write_safetensors(&tensors, &stripped).unwrap();
+    let mut without_record = again.to_vec();
+    without_record[2] = "without-record";
+    without_record[11] = "backbone.pretrained=\"stripped.safetensors\"";
+    let out = byol_run(dir.path(), &without_record);
+    assert!(
+        !out.status.success() && text(&out).contains("missing keys (30): layer4."),
+        "{}",
+        text(&out)
+    );
 }
 
 /// `embed` and `export` of a run folder whose run trains on, saving a checkpoint every step and

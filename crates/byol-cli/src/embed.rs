@@ -246,7 +246,14 @@ fn export_from(checkpoint_dir: &Path, out: &Path) -> anyhow::Result<()> {
         bail!("{} holds no '{BACKBONE_PREFIX}*' variables", checkpoint_dir.display());
     }
     let layer = experiment.as_ref().map(|e| e.byol.embedding_layer.as_str());
-    let metadata = export_metadata(&manifest, preprocess.as_ref(), layer)?;
+    let mut metadata = export_metadata(&manifest, preprocess.as_ref(), layer)?;
+    if !left_out.is_empty() {
+        let names: Vec<&str> = left_out.iter().map(|(name, _)| name.as_str()).collect();
+        metadata.insert(
+            byol::state_dict::LEFT_OUT_KEY.to_string(),
+            serde_json::to_string(&names)?,
+        );
+    }
     let bytes = byol::state_dict::safetensors_with_metadata(&backbone, metadata)?;
     // Through a partial file: a failure (a full disk) leaves an earlier export whole.
     run_dir::replace_file(out, &bytes)?;

@@ -7,10 +7,15 @@ use tch::Tensor;
 
 use crate::ByolError;
 
+/// The metadata key of an export that names, as a JSON list, the backbone's tensors its run never
+/// trained and the file leaves out (the layers past an inner `byol.embedding_layer`).
+pub const LEFT_OUT_KEY: &str = "byol_rs.left_out";
+
 /// Loads a safetensors state_dict into `variables` (names relative to the module), copying in
 /// place. `ignore` names keys of the file that the module deliberately lacks (a classifier head).
 /// Any missing, unexpected or mis-shaped key fails the whole load with one report, before
-/// anything is written.
+/// anything is written; keys that the file says it left out as never trained ([`LEFT_OUT_KEY`],
+/// a byol-rs export) keep the module's own values, said in a note.
 pub fn load_safetensors(
     variables: &HashMap<String, Tensor>,
     path: &Path,
@@ -33,12 +38,16 @@ pub fn load_safetensors(
     let loaded =
         Tensor::read_safetensors(path).map_err(|e| unreadable(format!("not a readable safetensors file ({e})")))?;
     let loaded: BTreeMap<String, Tensor> = loaded.into_iter().filter(|(k, _)| !ignore(k)).collect();
-    let mut missing: Vec<&str> = variables
+    let left_out: Vec<String> = safetensors_metadata(path)
+        .and_then(|metadata| serde_json::from_str(metadata.get(LEFT_OUT_KEY)?).ok())
+        .unwrap_or_default();
+    let (mut untrained, mut missing): (Vec<&str>, Vec<&str>) = variables
         .keys()
         .filter(|k| !loaded.contains_key(*k))
         .map(String::as_str)
-        .collect();
+        .partition(|k| left_out.iter().any(|l| l == k));
     missing.sort();
+    untrained.sort();
     let unexpected: Vec<&str> = loaded
         .keys()
         .filter(|k| !variables.contains_key(*k))
@@ -76,7 +85,32 @@ pub fn load_safetensors(
             v.shallow_clone().copy_(&t.to_kind(v.kind()).to_device(v.device()));
         }
     });
+    if let Some(first) = untrained.first() {
+        crate::eprint_line!(
+            "note: {} leaves out {} tensors its run never trained (past its byol.embedding_layer; the \
+             first: {first}): they keep their initial values here",
+            path.display(),
+            untrained.len()
+        );
+    }
     Ok(())
+}
+
+/// The `__metadata__` of a safetensors file, from its header alone; None when it has none or
+/// the header does not read.
+pub fn safetensors_metadata(path: &Path) -> Option<HashMap<String, String>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).ok()?;
+    // safetensors' own bound on a header.
+    let length = usize::try_from(u64::from_le_bytes(length))
+        .ok()
+        .filter(|&n| n <= 100_000_000)?;
+    let mut header = vec![0u8; length];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    serde_json::from_value(header.get("__metadata__")?.clone()).ok()
 }
 
 /// `variables` as a sorted list of (name, tensor) on the CPU, ready for `write_safetensors`.
