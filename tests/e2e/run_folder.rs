@@ -1090,3 +1090,38 @@ fn another_optimizer_allowed_on_a_resume_starts_with_fresh_state() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains("another optimizer"), "{}", text(&out));
 }
+
+/// A resume allowed onto other kNN images (here a larger test split) reports no kNN gain: the
+/// measure before training was of other images. The same images keep it.
+#[test]
+fn a_resume_on_other_knn_images_reports_no_gain() {
+    let dir = setup();
+    let measured_before = ["--quiet", "--set", "eval.before_training=true"];
+    let finished = |name: &str| {
+        let out = run(dir.path(), name, &measured_before);
+        assert!(out.status.success(), "{}", text(&out));
+        dir.path().join(name)
+    };
+    let run_dir = finished("r");
+    assert!(summary(&run_dir)["knn_before"].is_object(), "{}", summary(&run_dir));
+    let longer = ["--set", "schedule.epochs=4", "--allow-change", "schedule.epochs"];
+    let other_queries = ["--set", "dataset.test_size=32", "--allow-change", "dataset.test_size"];
+    let out = run(dir.path(), "r", &[&longer[..], &other_queries].concat());
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("note: the kNN monitor's images changed since this run measured them"),
+        "{all}"
+    );
+    let after = summary(&run_dir);
+    assert!(
+        after["knn_before"].is_null() && after["knn_after"].is_object(),
+        "{after}"
+    );
+
+    let same_images = finished("s");
+    let out = run(dir.path(), "s", &longer);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("images changed"), "{}", text(&out));
+    assert!(summary(&same_images)["knn_before"].is_object());
+}

@@ -207,6 +207,7 @@ mod tests {
             knn_top5: Some(1.0),
             probe_top1: None,
             loss: Some(1.0 - top1),
+            knn_data: None,
         }
     }
 

@@ -10,6 +10,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::monitor::Evaluation;
+#[cfg(doc)]
+use super::state::DatasetFingerprint;
 
 /// The curve's file in a run folder.
 pub const CURVE_FILE: &str = "knn-curve.json";
@@ -29,10 +31,14 @@ pub struct CurvePoint {
     /// The last logged training loss (none before training).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    /// Which labelled images it was measured on ([`DatasetFingerprint::knn_data`]): two points
+    /// compare only when they agree. None in curves written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_data: Option<u64>,
 }
 
 impl CurvePoint {
-    pub fn new(evaluation: &Evaluation, epoch: u64, step: u64, loss: Option<f64>) -> Self {
+    pub fn new(evaluation: &Evaluation, epoch: u64, step: u64, loss: Option<f64>, knn_data: Option<u64>) -> Self {
         Self {
             epoch,
             step,
@@ -40,6 +46,7 @@ impl CurvePoint {
             knn_top5: evaluation.knn.top5,
             probe_top1: evaluation.probe_top1,
             loss,
+            knn_data,
         }
     }
 }
@@ -103,6 +110,7 @@ mod tests {
             knn_top5: Some(1.0),
             probe_top1: None,
             loss: None,
+            knn_data: None,
         }
     }
 

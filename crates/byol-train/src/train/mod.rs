@@ -372,11 +372,25 @@ fn measured_before(
     step: u64,
 ) -> anyhow::Result<Option<Evaluation>> {
     if step > 0 {
-        return Ok(curve::read_curve(run_dir)
+        let first = curve::read_curve(run_dir)
             .unwrap_or_default()
             .into_iter()
-            .find(|p| p.step == 0)
-            .map(|p| p.evaluation()));
+            .find(|p| p.step == 0);
+        let now = t.fingerprint.knn_data();
+        return Ok(match first {
+            // Measured on other labelled images (a change of them allowed on a resume): no gain
+            // can be told from it.
+            Some(point) if point.knn_data.is_some() && now.is_some() && point.knn_data != now => {
+                if t.is_main() {
+                    byol::eprint_line!(
+                        "note: the kNN monitor's images changed since this run measured them before training: \
+                         no kNN gain is reported, as before and after would be measured on different images"
+                    );
+                }
+                None
+            }
+            point => point.map(|p| p.evaluation()),
+        });
     }
     let before = evaluate_before_training(t, journal)?;
     record_curve(t, run_dir, &before, 0, None, None)?;
@@ -629,7 +643,8 @@ fn record_curve(
     let Some(evaluation) = evaluation.as_ref().filter(|_| t.is_main()) else {
         return Ok(None);
     };
-    let point = curve::CurvePoint::new(evaluation, t.plan.epoch_of(step), step, loss);
+    let knn_data = t.fingerprint.knn_data();
+    let point = curve::CurvePoint::new(evaluation, t.plan.epoch_of(step), step, loss, knn_data);
     let curve = t.in_place(|| curve::record_point(run_dir, point)).map_err(|e| {
         let full = e.chain().any(|cause| {
             cause

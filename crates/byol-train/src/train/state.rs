@@ -90,6 +90,19 @@ const MAX_PARTS: usize = 4096;
 /// Digits of a part's digest kept in its [`PartFingerprint`].
 const PART_DIGEST_DIGITS: usize = 16;
 
+impl DatasetFingerprint {
+    /// Which labelled images the kNN monitor measures on (its bank and queries: their counts,
+    /// classes and digests), as 64 bits of a digest; None without a kNN monitor.
+    pub fn knn_data(&self) -> Option<u64> {
+        use sha2::Digest;
+        let bank = self.0.get("knn_bank")?;
+        let queries = self.0.get("knn_queries")?;
+        let described = format!("{}\n{}", bank.describe(), queries.describe());
+        let digest = sha2::Sha256::digest(described.as_bytes());
+        Some(u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")))
+    }
+}
+
 impl SplitFingerprint {
     /// `5000 images of classes [a, b] (files 3fa2c41b09de)`: the count, the classes (the first and
     /// last of many) and the digest's start where there is one.

@@ -52,7 +52,7 @@ pub struct Trainer<'a> {
     pub owner: Option<run_dir::FolderLock>,
     config_toml: String,
     /// The data the run reads, recorded with `config_toml` by [`Trainer::record_run`].
-    fingerprint: DatasetFingerprint,
+    pub fingerprint: DatasetFingerprint,
     /// The model's source files kept in the run folder, for every checkpoint to carry.
     sources: KeptSources,
     /// Set when torchrun started this process as one of several.
