@@ -214,6 +214,16 @@ fn a_moved_run_folder_resumes_on_moved_data_and_embeds_bit_for_bit() {
         "{all}"
     );
     assert!(all.contains("\n    changed: a/ (22 -> 21 images)\n"), "{all}");
+    // A key changed besides is named in the same refusal, with its flag.
+    let out = resume(&["--set", "schedule.epochs=3", "--set", "optimizer.lr=0.3"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("other data")
+            && all.contains("these need --allow-change optimizer.lr --allow-change schedule.epochs too")
+            && all.contains("  optimizer.lr: 0.5 -> 0.3"),
+        "{all}"
+    );
 }
 
 /// A start on other data (`--allow-change dataset.train`) that stops before its first checkpoint

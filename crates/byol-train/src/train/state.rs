@@ -399,7 +399,15 @@ impl RunStart {
                     DatasetFingerprint::recorded(run_dir)?.map(|data| (format!("{FINGERPRINT_FILE} records it"), data))
                 }
             };
-            let same_data = check_dataset(run_dir, saved_data, fingerprint, allow)?;
+            // Keys a data refusal names with it, so that one message lists every way out: those
+            // that differ and are not allowed, the data's own (which `--allow-change dataset`
+            // allows with it) aside.
+            let also_changed: Vec<run_dir::Change> = run_dir::unsafe_changes(&saved, config_toml)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| !run_dir::allowed(&c.key, allow) && !c.key.starts_with("dataset."))
+                .collect();
+            let same_data = check_dataset(run_dir, saved_data, fingerprint, allow, &also_changed)?;
             let also_safe: &[&str] = if same_data { DATA_LOCATION_KEYS } else { &[] };
             let accepted = run_dir::check_identity(run_dir, &source, &saved, config_toml, allow, also_safe)?;
             data_in_place = !accepted
@@ -456,6 +464,7 @@ fn check_dataset(
     saved: Option<(String, DatasetFingerprint)>,
     now: &DatasetFingerprint,
     allow: &[String],
+    also_changed: &[run_dir::Change],
 ) -> anyhow::Result<bool> {
     let Some((recorded_in, saved)) = saved else {
         return Ok(false);
@@ -472,12 +481,24 @@ fn check_dataset(
         );
         return Ok(false);
     }
+    let keys_too = match also_changed {
+        [] => String::new(),
+        changes => {
+            let diff: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
+            let flags: Vec<String> = changes.iter().map(|c| format!("--allow-change {}", c.key)).collect();
+            format!(
+                "\nThe experiment differs from the run's besides (these need {} too):\n{}",
+                flags.join(" "),
+                diff.join("\n")
+            )
+        }
+    };
     bail!(
         "{} was trained on other data than the experiment reads now ({recorded_in}):\n{}\n\
          Resuming would mix two datasets in one run. Point the data keys at the run's data (data may \
          move: a new dataset.train, dataset.urls or eval.test path is accepted when the data found \
          there is the same), or \
-         add --allow-change dataset to continue on this data anyway, or --fresh to start a new run.",
+         add --allow-change dataset to continue on this data anyway, or --fresh to start a new run.{keys_too}",
         run_dir.display(),
         differences.join("\n")
     )
