@@ -974,6 +974,19 @@ fn a_run_inside_another_runs_or_a_sweeps_folder_is_refused() {
         "{all}"
     );
     assert!(!dir.path().join("runs/outer/inner").exists(), "{all}");
+    // Through a folder that does not exist and `..`, or through a link into the run folder.
+    std::fs::create_dir(dir.path().join("runs/outer/empty")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("runs/outer/empty"), dir.path().join("link")).unwrap();
+    for around in ["runs/none/../outer/inner", "link"] {
+        let out = run(dir.path(), around, &one_epoch);
+        assert_eq!(out.status.code(), Some(1), "{around}: {}", text(&out));
+        assert!(
+            text(&out).contains("is inside the run folder"),
+            "{around}: {}",
+            text(&out)
+        );
+    }
+    assert!(names(&dir.path().join("runs/outer/empty")).is_empty());
     let validate = |extra: &[&str]| byol_run(dir.path(), &[&["validate", "tiny.toml"][..], extra].concat());
     let out = validate(&["--set", "run.name=\"outer/inner\""]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -313,32 +313,79 @@ pub fn check_can_hold_a_run(run_dir: &Path, kind: FolderKind) -> anyhow::Result<
 /// Refuses a run or sweep folder inside the folder of a run, or a run or sweep folder inside a
 /// sweep's folder (where only its trials belong): `--fresh` on the outer folder would move the
 /// inner one aside with it, unsaid, and the inner run's next start would begin again from step 0.
-/// Looks at the folders above `dir` as given (a relative path: up to the working directory), by
-/// their records' contents: a `config.toml` beside a run's `dataset.json` or checkpoints.
+/// Every folder above `dir` counts, by its absolute path with `..` resolved and by its real path
+/// (links followed), and is told by its records' contents: a `config.toml` beside a run's
+/// `dataset.json` or checkpoints, or a trial's record. Only the folder right above is asked
+/// whether it is a sweep's (a listing of it).
 pub fn check_not_inside_a_run(dir: &Path, kind: FolderKind) -> anyhow::Result<()> {
     // A trial's folder (one a sweep made, trained on its own to finish it) is a sweep's.
     let trial = kind == FolderKind::Trial || dir.join(crate::sweep::TRIAL_FILE).is_file();
-    let above = dir.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty());
-    for outer in above {
-        let (outer_kind, inner) = if holds_run_records(outer) {
+    for (parent, outer) in folders_above(dir) {
+        let (outer_kind, inner) = if holds_run_records(&outer) || outer.join(crate::sweep::TRIAL_FILE).is_file() {
             (FolderKind::Run, "the run's own records")
-        } else if !trial && is_sweep_folder(outer) {
+        } else if parent && !trial && is_sweep_folder(&outer) {
             (FolderKind::Sweep, "its trials")
         } else {
             continue;
         };
+        // Named from the working directory where it lies below it, as `dir` usually is.
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let outer = match outer.strip_prefix(&cwd) {
+            Ok(below) if !below.as_os_str().is_empty() => below.to_path_buf(),
+            _ => outer,
+        };
+        // A run trained there before this was refused: moved out, it resumes.
+        let way_out = match (holds_run_records(dir), kind) {
+            (true, _) => format!(
+                "Move it out (mv {} <a folder outside {}>) and train that folder's config.toml to resume it",
+                dir.display(),
+                outer.display()
+            ),
+            (false, FolderKind::Run) => "Choose a folder outside it (run.name, or --run-dir)".to_string(),
+            (false, FolderKind::Sweep | FolderKind::Trial) => {
+                "Set a run.name whose sweep folder is outside it".to_string()
+            }
+        };
         bail!(
             "{kind} {} is inside the {outer_kind} {}, which holds {inner} only: --fresh there would move this \
-             folder aside with it, and its next start would begin again from step 0. {}",
+             folder aside with it, and its next start would begin again from step 0. {way_out}",
             dir.display(),
             outer.display(),
-            match kind {
-                FolderKind::Run => "Choose a folder outside it (run.name, or --run-dir)",
-                FolderKind::Sweep | FolderKind::Trial => "Set a run.name whose sweep folder is outside it",
-            }
         );
     }
     Ok(())
+}
+
+/// The folders above `dir`, nearest first, each with whether it is the one right above: by its
+/// absolute path with `.` and `..` resolved, then by its real path where that differs (a link on
+/// the way), each folder once.
+fn folders_above(dir: &Path) -> Vec<(bool, PathBuf)> {
+    let mut lexical = PathBuf::new();
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for component in absolute.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    // The real path of the nearest part that exists, with the rest as given.
+    let real = lexical.ancestors().find_map(|existing| {
+        let real = std::fs::canonicalize(existing).ok()?;
+        Some(real.join(lexical.strip_prefix(existing).ok()?))
+    });
+    let mut seen = std::collections::HashSet::new();
+    let mut above = Vec::new();
+    for path in std::iter::once(lexical).chain(real) {
+        for (i, outer) in path.ancestors().skip(1).enumerate() {
+            if seen.insert(outer.to_path_buf()) {
+                above.push((i == 0, outer.to_path_buf()));
+            }
+        }
+    }
+    above
 }
 
 /// Whether `dir` holds a run's records by their contents: its `config.toml` beside a

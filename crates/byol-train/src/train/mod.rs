@@ -183,7 +183,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         Some(stop) => stop,
         None => handlers()?,
     };
-    let mut step = t.resumed_from.unwrap_or(0);
+    let step = t.resumed_from.unwrap_or(0);
     if let Some(summary) = already_trained(&t, &run_dir, step, options.quiet) {
         end_group(&t);
         return Ok(summary);
@@ -197,23 +197,32 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     if t.is_main() {
         retire_failure(&run_dir);
     }
-    if t.is_main() && step > 0 {
-        curve::resume_at(&run_dir, step)?;
-    }
-    let mut journal = Journal::open(&t, &run_dir, options.quiet, moved_aside)?;
-    let before = measured_before(&t, &mut journal, &run_dir, step).inspect_err(|e| record_failure(&t, &run_dir, e))?;
+    // Whatever ends it from here on is the run's failure, said in its folder.
+    let summary = train_started(&mut t, &run_dir, options, &stop, moved_aside, step)
+        .inspect_err(|e| record_failure(&t, &run_dir, e))?;
+    end_group(&t);
+    Ok(summary)
+}
 
-    journal.start_training(&t, step);
+/// The run from its start on (its record written): the measure before training, the training,
+/// the last checkpoint, the final evaluation and the summary.
+fn train_started(
+    t: &mut Trainer<'_>,
+    run_dir: &std::path::Path,
+    options: &RunOptions,
+    stop: &StopOnSignals,
+    moved_aside: Option<PathBuf>,
+    mut step: u64,
+) -> anyhow::Result<RunSummary> {
+    if t.is_main() && step > 0 {
+        curve::resume_at(run_dir, step)?;
+    }
+    let mut journal = Journal::open(t, run_dir, options.quiet, moved_aside)?;
+    let before = measured_before(t, &mut journal, run_dir, step)?;
+
+    journal.start_training(t, step);
     t.start_clock();
-    let progress = train_epochs(
-        &mut t,
-        &mut journal,
-        &stop,
-        &run_dir,
-        options.pruner.as_ref(),
-        &mut step,
-    )
-    .inspect_err(|e| record_failure(&t, &run_dir, e))?;
+    let progress = train_epochs(t, &mut journal, stop, run_dir, options.pruner.as_ref(), &mut step)?;
     let train_seconds = t.train_seconds();
     let checkpoint = t.save(step, journal.final_loss)?;
     let Progress {
@@ -224,7 +233,7 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     } = progress;
     announce_early_stop(&journal, step, &checkpoint, interrupted, pruned.as_ref());
     let stopped_early = interrupted || pruned.is_some();
-    let measured = final_evaluation_measured(&t, &run_dir, step, &options.allow_change);
+    let measured = final_evaluation_measured(t, run_dir, step, &options.allow_change);
     let after = match measured {
         Some(evaluation) => Some(evaluation),
         None if stopped_early => None,
@@ -235,16 +244,16 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     // says that both were logged.
     let logged_after = after.as_ref().filter(|_| measured.is_none());
     journal.finish(before.as_ref(), logged_after, step, !stopped_early);
-    record_curve(&t, &run_dir, &after, step, final_loss, None)?;
+    record_curve(t, run_dir, &after, step, final_loss, None)?;
 
     let summary = RunSummary {
-        run_dir: run_dir.clone(),
+        run_dir: run_dir.to_path_buf(),
         rank: t.rank() as usize,
         processes: Some(t.processes()),
         device: device_name(t.device),
         steps: step,
         total_steps: t.plan.total_steps,
-        epochs: experiment.schedule.epochs,
+        epochs: t.experiment.schedule.epochs,
         resumed_from_step: t.resumed_from,
         interrupted,
         signal: stop.signal(),
@@ -261,9 +270,8 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
         skipped_in_training: None,
         checkpoint,
     };
-    let summary = record_skipped(&t, &run_dir, summary)?;
-    write_summary(&t, &run_dir, &summary)?;
-    end_group(&t);
+    let summary = record_skipped(t, run_dir, summary)?;
+    write_summary(t, run_dir, &summary)?;
     Ok(summary)
 }
 
@@ -455,13 +463,15 @@ fn finished_summary(run_dir: &std::path::Path, step: u64, total_steps: u64) -> O
 }
 
 /// Records why a run that had started failed, in its folder's `error.txt` (by which `compare`
-/// and a sweep's summary show it as failed, with why), while the process still owns the folder.
+/// and a sweep's summary show it as failed, with why), while the folder at `run_dir` is still
+/// the one this process owns (one moved away, and perhaps another run's since, is left alone).
 fn record_failure(t: &Trainer<'_>, run_dir: &std::path::Path, error: &anyhow::Error) {
     if !t.is_main() {
         return;
     }
     let path = run_dir.join(crate::sweep::ERROR_FILE);
-    if let Err(e) = run_dir::replace_file(&path, format!("{error:#}\n").as_bytes()) {
+    let written = t.in_place(|| run_dir::replace_file(&path, format!("{error:#}\n").as_bytes()));
+    if let Err(e) = written {
         byol::eprint_line!("warning: {} not written: {e:#}", path.display());
     }
 }
