@@ -1104,8 +1104,9 @@ fn another_optimizer_allowed_on_a_resume_starts_with_fresh_state() {
     assert!(!text(&out).contains("another optimizer"), "{}", text(&out));
 }
 
-/// A resume allowed onto other kNN images (here a larger test split) reports no kNN gain: the
-/// measure before training was of other images. The same images keep it.
+/// A resume allowed onto other kNN images (here a larger test split) or settings (another k)
+/// reports no kNN gain: the measure before training was of other images or made otherwise. The
+/// same images and settings keep it.
 #[test]
 fn a_resume_on_other_knn_images_reports_no_gain() {
     let dir = setup();
@@ -1123,7 +1124,7 @@ fn a_resume_on_other_knn_images_reports_no_gain() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
-        all.contains("note: the kNN monitor's images changed since this run measured them"),
+        all.contains("note: the kNN monitor's images or settings changed since this run measured them"),
         "{all}"
     );
     let after = summary(&run_dir);
@@ -1131,6 +1132,12 @@ fn a_resume_on_other_knn_images_reports_no_gain() {
         after["knn_before"].is_null() && after["knn_after"].is_object(),
         "{after}"
     );
+    // Another k measures otherwise too.
+    let other_k = finished("t");
+    let k = ["--set", "eval.knn_k=3", "--allow-change", "eval.knn_k"];
+    let out = run(dir.path(), "t", &[&longer[..], &k].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(summary(&other_k)["knn_before"].is_null(), "{}", text(&out));
 
     let same_images = finished("s");
     let out = run(dir.path(), "s", &longer);

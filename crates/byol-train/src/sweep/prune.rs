@@ -80,7 +80,10 @@ impl Metric {
         match self {
             Metric::KnnTop1 => Some(point.knn_top1),
             Metric::KnnTop5 => point.knn_top5,
-            Metric::KnnGain => Some(point.knn_top1 - curve.iter().find(|p| p.epoch == 0)?.knn_top1),
+            Metric::KnnGain => {
+                let before = curve.iter().find(|p| p.epoch == 0)?;
+                point.comparable_with(before).then(|| point.knn_top1 - before.knn_top1)
+            }
             Metric::ProbeTop1 => point.probe_top1,
             Metric::FinalLoss => point.loss,
             Metric::ImagesPerSecond | Metric::TrainSeconds => None,

@@ -31,8 +31,9 @@ pub struct CurvePoint {
     /// The last logged training loss (none before training).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
-    /// Which labelled images it was measured on ([`DatasetFingerprint::knn_data`]): two points
-    /// compare only when they agree. None in curves written before it was kept.
+    /// What it was measured on and with ([`DatasetFingerprint::knn_data`]): two points compare
+    /// only where they agree ([`CurvePoint::comparable_with`]). None in curves written before
+    /// it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_data: Option<u64>,
 }
@@ -52,6 +53,15 @@ impl CurvePoint {
 }
 
 impl CurvePoint {
+    /// Whether its figures compare with `other`'s: measured on the same images with the same
+    /// settings, or either written before that was recorded.
+    pub fn comparable_with(&self, other: &CurvePoint) -> bool {
+        match (self.knn_data, other.knn_data) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+
     /// The evaluation the point records.
     pub fn evaluation(&self) -> Evaluation {
         Evaluation {

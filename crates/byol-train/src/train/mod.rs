@@ -384,15 +384,15 @@ fn measured_before(
             .unwrap_or_default()
             .into_iter()
             .find(|p| p.step == 0);
-        let now = t.fingerprint.knn_data();
+        let now = t.fingerprint.knn_data(t.experiment);
         return Ok(match first {
             // Measured on other labelled images (a change of them allowed on a resume): no gain
             // can be told from it.
-            Some(point) if point.knn_data.is_some() && now.is_some() && point.knn_data != now => {
+            Some(point) if point.knn_data.zip(now).is_some_and(|(then, now)| then != now) => {
                 if t.is_main() {
                     byol::eprint_line!(
-                        "note: the kNN monitor's images changed since this run measured them before training: \
-                         no kNN gain is reported, as before and after would be measured on different images"
+                        "note: the kNN monitor's images or settings changed since this run measured them before \
+                         training: no kNN gain is reported, as before and after would be measured differently"
                     );
                 }
                 None
@@ -653,7 +653,7 @@ fn record_curve(
     let Some(evaluation) = evaluation.as_ref().filter(|_| t.is_main()) else {
         return Ok(None);
     };
-    let knn_data = t.fingerprint.knn_data();
+    let knn_data = t.fingerprint.knn_data(t.experiment);
     let point = curve::CurvePoint::new(evaluation, t.plan.epoch_of(step), step, loss, knn_data);
     let curve = t.in_place(|| curve::record_point(run_dir, point)).map_err(|e| {
         let full = e.chain().any(|cause| {

@@ -91,14 +91,28 @@ const MAX_PARTS: usize = 4096;
 const PART_DIGEST_DIGITS: usize = 16;
 
 impl DatasetFingerprint {
-    /// Which labelled images the kNN monitor measures on (its bank and queries: their counts,
-    /// classes and digests), as 64 bits of a digest; None without a kNN monitor.
-    pub fn knn_data(&self) -> Option<u64> {
+    /// What the kNN monitor of a run of `experiment` on this data measures with, as 64 bits of a
+    /// digest: its bank's and queries' counts, classes and file digests, and the settings that
+    /// change the measure (k, the temperature, the images' decoded size, the evaluation
+    /// transform's size and normalization). None without a kNN monitor.
+    pub fn knn_data(&self, experiment: &Experiment) -> Option<u64> {
         use sha2::Digest;
-        let bank = self.0.get("knn_bank")?;
-        let queries = self.0.get("knn_queries")?;
-        let described = format!("{}\n{}", bank.describe(), queries.describe());
-        let digest = sha2::Sha256::digest(described.as_bytes());
+        let split = |name: &str| {
+            let s = self.0.get(name)?;
+            Some(serde_json::json!([s.images, s.classes, s.files_digest]))
+        };
+        let normalization = experiment.augment.normalization().map(|n| (n.mean, n.std));
+        let measured = serde_json::json!({
+            "bank": split("knn_bank")?,
+            "queries": split("knn_queries")?,
+            "k": experiment.eval.knn_k,
+            "temperature": experiment.eval.knn_temperature,
+            "decoded": experiment.dataset.image_size(),
+            "views": experiment.augment.image_size(),
+            "resize": experiment.augment.eval_resize(),
+            "normalization": normalization,
+        });
+        let digest = sha2::Sha256::digest(measured.to_string().as_bytes());
         Some(u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")))
     }
 }
