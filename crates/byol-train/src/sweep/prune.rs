@@ -82,7 +82,9 @@ impl Metric {
             Metric::KnnTop5 => point.knn_top5,
             Metric::KnnGain => {
                 let before = curve.iter().find(|p| p.epoch == 0)?;
-                point.comparable_with(before).then(|| point.knn_top1 - before.knn_top1)
+                point
+                    .comparable_with(before)
+                    .then_some(point.knn_top1 - before.knn_top1)
             }
             Metric::ProbeTop1 => point.probe_top1,
             Metric::FinalLoss => point.loss,
