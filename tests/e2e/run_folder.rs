@@ -1037,6 +1037,20 @@ fn a_run_inside_another_runs_or_a_sweeps_folder_is_refused() {
     );
     let out = byol_run(dir.path(), &["runs/s-sweep/trial-001/config.toml", "--quiet"]);
     assert!(out.status.success(), "{}", text(&out));
+
+    // A run trained in a folder before a sweep made it its own is refused by the sweep.
+    let out = run(dir.path(), "runs/b-sweep/mine", &one_epoch);
+    assert!(out.status.success(), "{}", text(&out));
+    for command in ["validate", "sweep"] {
+        let out = byol_run(dir.path(), &[command, "sweep.toml", "--set", "run.name=\"b\""]);
+        assert_eq!(out.status.code(), Some(1), "{command}: {}", text(&out));
+        assert!(
+            text(&out).contains("holds a run that is none of its trials (runs/b-sweep/mine)"),
+            "{command}: {}",
+            text(&out)
+        );
+    }
+    assert!(!dir.path().join("runs/b-sweep/trial-001").exists());
 }
 
 /// Another type of optimizer, allowed on a resume, goes on from the checkpoint's weights with

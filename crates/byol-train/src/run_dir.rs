@@ -390,7 +390,7 @@ fn folders_above(dir: &Path) -> Vec<(bool, PathBuf)> {
 
 /// Whether `dir` holds a run's records by their contents: its `config.toml` beside a
 /// `dataset.json` that reads as a run's, or checkpoints a run wrote.
-fn holds_run_records(dir: &Path) -> bool {
+pub fn holds_run_records(dir: &Path) -> bool {
     let records_its_data = || matches!(crate::train::state::DatasetFingerprint::recorded(dir), Ok(Some(data)) if data.0.contains_key("train"));
     let holds_checkpoints = || checkpoints_entries(dir).is_ok_and(|(ours, _)| ours > 0);
     dir.join(CONFIG_FILE).is_file() && (records_its_data() || holds_checkpoints())

@@ -376,14 +376,39 @@ fn say_what_is_not_ranked(sweep: &Sweep, rows: &[Row]) {
     );
 }
 
-/// Refuses a sweep folder that holds a run (trained with `--run-dir` there, or named like it):
-/// the trials' folders and the summaries would be written among its files, and `--fresh` would
-/// move the run aside with them.
+/// Refuses a sweep folder that a sweep cannot use: one that is a run's, lies inside a run's or
+/// another sweep's folder, or holds a run that is none of its trials (`--fresh` of the sweep
+/// would carry it away with them).
 pub fn check_sweep_folder(dir: &Path) -> anyhow::Result<()> {
     check_not_a_run(dir)?;
-    run_dir::check_not_inside_a_run(dir, FolderKind::Sweep)
+    run_dir::check_not_inside_a_run(dir, FolderKind::Sweep)?;
+    let strangers: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| run_dir::holds_run_records(p) && !p.join(TRIAL_FILE).is_file())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(first) = strangers.first() {
+        bail!(
+            "sweep folder {} holds a run that is none of its trials ({first}{}): the sweep's --fresh would move \
+             it aside with them. Move it out of the folder, or set another run.name for the sweep",
+            dir.display(),
+            match strangers.len() {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            }
+        );
+    }
+    Ok(())
 }
 
+/// Refuses a sweep folder that holds a run's own records (trained with `--run-dir` there, or
+/// named like it): the trials' folders and the summaries would be written among its files, and
+/// `--fresh` would move the run aside with them.
 fn check_not_a_run(dir: &Path) -> anyhow::Result<()> {
     let Some(found) = [run_dir::CONFIG_FILE, run_dir::CHECKPOINTS_DIR]
         .into_iter()
