@@ -325,10 +325,10 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let backbone_warnings = byol_train::train::Model::check_builds(&experiment)
         .map_err(|e| anyhow::anyhow!(experiment.pointed_at_set(format!("{e:#}"))))
         .with_context(|| format!("in experiment file {}", path.display()))?;
-    let (_, data) = experiment
+    let (listed, data) = experiment
         .check_data()
         .with_context(|| format!("in experiment file {}: its data", path.display()))?;
-    let folder = check_run_folder(path, &experiment)?;
+    let folder = check_run_folder(args, &experiment, &listed)?;
     say!(
         "{} is valid: experiment '{}'",
         args.experiment.as_ref().expect("required").display(),
@@ -344,32 +344,76 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a start of `experiment` (from the file `path`) would find in its run folder: a folder
-/// it refuses whatever the flags is an error; one holding a run is said, as a warning where the
-/// start refuses to resume it without `--allow-change` or `--fresh`.
-fn check_run_folder(path: &Path, experiment: &Experiment) -> anyhow::Result<Remarks> {
+/// What a start of `experiment` (the file `args` names, with its `--set`s) would find in its run
+/// folder, compared as the start compares it (with the newest checkpoint's experiment and data,
+/// else the folder's `config.toml` and `dataset.json`; `listed` is the data now): a folder it
+/// refuses whatever the flags is an error; one holding a run is said, as a warning with the
+/// start's refusal where it would refuse to resume it without `--allow-change` or `--fresh`.
+fn check_run_folder(
+    args: &ExperimentArgs,
+    experiment: &Experiment,
+    listed: &byol_train::train::state::DatasetFingerprint,
+) -> anyhow::Result<Remarks> {
     use byol_train::run_dir;
+    use byol_train::train::state::{DatasetFingerprint, DATA_LOCATION_KEYS};
+    let path = args.experiment.as_deref().expect("required");
     let mut said = Remarks::default();
-    // A run folder's own config.toml continues that run, wherever it is.
-    let dir = run_folder_of_config(path).unwrap_or_else(|| experiment.run.output_dir.join(experiment.name()));
+    // A run folder's own config.toml continues that run, unless --set names another folder.
+    let dir = match run_folder_of_config(path).filter(|_| !renames_the_run(args)) {
+        Some(dir) => dir,
+        None => experiment.run.output_dir.join(experiment.name()),
+    };
     run_dir::check_can_hold_a_run(&dir, run_dir::FolderKind::Run)
         .with_context(|| format!("in experiment file {}: its run folder", path.display()))?;
-    let Some(saved) = run_dir::saved_config(&dir).filter(|_| run_dir::is_run_folder(&dir)) else {
+    if !run_dir::is_run_folder(&dir) {
         return Ok(said);
+    }
+    let (source, saved, saved_data) = match byol_train::checkpoint::newest_manifest(&dir) {
+        Some((checkpoint, manifest)) => (
+            format!("the experiment saved with {}", checkpoint.display()),
+            manifest.config,
+            manifest.dataset,
+        ),
+        None => match run_dir::saved_config(&dir) {
+            Some(config) => (
+                "its config.toml".to_string(),
+                config,
+                DatasetFingerprint::recorded(&dir).ok().flatten(),
+            ),
+            None => return Ok(said),
+        },
     };
+    let other_data = saved_data.map_or(Vec::new(), |data| data.differences(listed));
+    if !other_data.is_empty() {
+        said.warnings.push(format!(
+            "a start as it is would be refused: {} was trained on other data than the experiment reads now:\n{}\n\
+             add --allow-change dataset to continue on this data anyway, or --fresh to start a new run",
+            dir.display(),
+            other_data.join("\n")
+        ));
+    }
+    // Where the data lives may change only while it is the same data.
+    let location: &[&str] = if other_data.is_empty() { DATA_LOCATION_KEYS } else { &[] };
     let now = experiment.to_toml()?;
-    let location = byol_train::train::state::DATA_LOCATION_KEYS;
-    match run_dir::check_identity(&dir, "its config.toml", &saved, &now, &[], location) {
-        Ok(_) => said.notes.push(format!(
+    match run_dir::check_identity(&dir, &source, &saved, &now, &[], location) {
+        Ok(_) if other_data.is_empty() => said.notes.push(format!(
             "{} holds a run of this experiment: training goes on from its last checkpoint (a finished run is \
              reported, not trained again; --fresh starts over, moving it aside)",
             dir.display()
         )),
+        Ok(_) => {}
         Err(refusal) => said
             .warnings
             .push(format!("a start as it is would be refused: {refusal:#}")),
     }
     Ok(said)
+}
+
+/// Whether `--set` names another run folder than the file's (`run.name`, `run.output_dir`).
+fn renames_the_run(args: &ExperimentArgs) -> bool {
+    args.overrides
+        .iter()
+        .any(|o| o.starts_with("run.name=") || o.starts_with("run.output_dir="))
 }
 
 /// The run folder whose own record `path` is (`<run folder>/config.toml`), when it names one.
@@ -391,12 +435,7 @@ fn chosen_run_dir(args: &TrainArgs, experiment: &Experiment) -> Option<PathBuf> 
         return args.run_dir.clone();
     }
     // A run.name or run.output_dir given on the command line chooses another folder: a variant.
-    let renamed = args
-        .experiment
-        .overrides
-        .iter()
-        .any(|o| o.starts_with("run.name=") || o.starts_with("run.output_dir="));
-    if renamed {
+    if renames_the_run(&args.experiment) {
         return None;
     }
     let path = args.experiment.experiment.as_deref()?;

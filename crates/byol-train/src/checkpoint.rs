@@ -579,14 +579,20 @@ pub fn trained_experiment(run_dir: &Path) -> Option<String> {
 /// The experiment the newest checkpoint of `run_dir` whose manifest reads holds, with that
 /// checkpoint's folder.
 pub fn newest_experiment(run_dir: &Path) -> Option<(PathBuf, String)> {
+    newest_manifest(run_dir).map(|(dir, manifest)| (dir, manifest.config))
+}
+
+/// The manifest of the newest checkpoint of `run_dir` that reads (its files not checked), with
+/// that checkpoint's folder.
+pub fn newest_manifest(run_dir: &Path) -> Option<(PathBuf, Manifest)> {
     Checkpointer::new(run_dir.join(crate::run_dir::CHECKPOINTS_DIR), 0)
         .list()
         .into_iter()
         .rev()
         .find_map(|dir| {
             let text = fs::read(dir.join(MANIFEST_FILE)).ok()?;
-            let experiment = serde_json::from_slice::<Manifest>(&text).ok()?.config;
-            Some((dir, experiment))
+            let manifest = serde_json::from_slice::<Manifest>(&text).ok()?;
+            Some((dir, manifest))
         })
 }
 
