@@ -604,7 +604,7 @@ fn validate_says_what_the_start_says_about_the_data_listed() {
         (
             "flat.toml",
             folder("data/flat"),
-            ["read as unlabelled", "read as unlabelled"],
+            ["read as unlabelled", "note: dataset.train = data/flat"],
         ),
         (
             "eval.toml",
@@ -630,10 +630,12 @@ fn validate_says_what_the_start_says_about_the_data_listed() {
         let started = byol_run(dir.path(), &[&[name][..], &args].concat());
         assert!(started.status.success(), "{name}: {}", text(&started));
         let start_said = text(&started);
-        let about_data = said
+        let about_data: Vec<&str> = said
             .lines()
             .filter(|line| line.starts_with("note: ") || line.starts_with("warning: "))
-            .filter(|line| line.contains("data/"));
+            .filter(|line| line.contains("data/"))
+            .collect();
+        assert!(!about_data.is_empty(), "{name}: nothing said about the data:\n{said}");
         for line in about_data {
             assert!(
                 start_said.lines().any(|l| l == line),

@@ -395,8 +395,8 @@ pub fn check_gradients(spec: &dyn BackboneSpec, image_size: i64) {
 }
 
 /// BYOL builds online and target copies from the spec (matching names), embeds at the last
-/// tap's dimension, takes a loss, backward and EMA step with finite numbers, gives its
-/// parameters to an optimizer, and computes with what is written into its variables.
+/// tap's dimension, takes a loss, backward and EMA step with finite numbers, and computes with
+/// what is written into its variables.
 pub fn check_byol(spec: &dyn BackboneSpec, image_size: i64) {
     let name = type_name(spec);
     let (_, probe) = build(spec, image_size, 8, &[]);
@@ -439,18 +439,6 @@ pub fn check_byol(spec: &dyn BackboneSpec, image_size: i64) {
     }
     let embedding = byol.embed(&images(image_size, 82));
     assert_eq!(embedding.size(), [BATCH, dim], "conformance [{name}]: Byol::embed");
-
-    let parameters = byol.parameters(&vs);
-    let online_trainable = variables
-        .iter()
-        .filter(|(key, t)| key.starts_with("online.") && t.requires_grad())
-        .count();
-    assert!(
-        parameters.len() == online_trainable && parameters.windows(2).all(|w| w[0].name < w[1].name),
-        "conformance [{name}]: Byol::parameters gives {} parameters, not the {online_trainable} trainable \
-         online variables in name order",
-        parameters.len()
-    );
 
     // BYOL moved every variable into the EMA's flat buffers after the backbone was built: a
     // backbone that kept a view or a copy of a weight from its build computes with the old values

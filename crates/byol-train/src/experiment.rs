@@ -420,7 +420,7 @@ fn missing_plugin_table(text: &str, error: &toml::de::Error) -> Option<anyhow::E
 /// number``, and ``>= 0`` after a negative one: the key's own range is checked once it is read)
 /// and without the blank lines toml puts before the key it names (``in `widths` ``).
 fn in_words(message: &str) -> String {
-    let unsigned = match message.starts_with("invalid value") {
+    let unsigned = match message.contains("invalid value:") {
         true => "a whole number >= 0",
         false => "a whole number",
     };

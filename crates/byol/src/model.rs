@@ -17,7 +17,8 @@ use crate::{BuildContext, ByolError};
 pub struct ByolConfig {
     /// Backbone tap whose pooled output is the representation y ("avgpool" for ResNets).
     /// `byol-run` passes it to [`Byol::new`] (or its siblings), which take the tap as their own
-    /// argument, as the original class did, and refuse a field set to another tap than theirs.
+    /// argument, as the original class did, and refuse a field set to another tap than theirs
+    /// (the default, "avgpool", leaves the tap to the argument).
     pub embedding_layer: String,
     /// Hidden width of the projector and predictor MLPs (paper: 4096).
     pub hidden_dim: i64,

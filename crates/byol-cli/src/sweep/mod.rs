@@ -212,8 +212,14 @@ pub fn check_data(sweep: &Sweep, trials: &[&Trial]) -> anyhow::Result<(HashMap<S
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let (data, said) = experiment.check_data().with_context(in_trial)?;
-                remarks.notes.extend(said.notes);
-                remarks.warnings.extend(said.warnings);
+                // Trials that list the same folders (another dataset.* key each) say it once.
+                for (all, new) in [(&mut remarks.notes, said.notes), (&mut remarks.warnings, said.warnings)] {
+                    for line in new {
+                        if !all.contains(&line) {
+                            all.push(line);
+                        }
+                    }
+                }
                 entry.insert(data)
             }
         };

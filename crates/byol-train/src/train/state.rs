@@ -731,8 +731,9 @@ pub fn load_checkpoint(
     }
     optimizer.load_state(&state).map_err(|e| {
         anyhow::anyhow!(
-            "{}: {e}: the checkpoint's optimizer state does not fit this experiment's [optimizer]; \
-             train the changed experiment in another run folder, or add --fresh to move this run aside",
+            "{}: {e}: the checkpoint's optimizer state does not load into this experiment's [optimizer] \
+             (its options changed, or the state was written otherwise); train the changed experiment in \
+             another run folder, or add --fresh to move this run aside",
             context()
         )
     })
