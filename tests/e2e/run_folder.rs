@@ -1037,6 +1037,15 @@ fn a_run_inside_another_runs_or_a_sweeps_folder_is_refused() {
     );
     let out = byol_run(dir.path(), &["runs/s-sweep/trial-001/config.toml", "--quiet"]);
     assert!(out.status.success(), "{}", text(&out));
+    // A trial copied out beside the runs makes no sweep folder of theirs.
+    let copied = std::process::Command::new("cp")
+        .args(["-r", "runs/s-sweep/trial-001", "runs/best"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let out = run(dir.path(), "runs/next", &one_epoch);
+    assert!(out.status.success(), "{}", text(&out));
 
     // A run trained in a folder before a sweep made it its own is refused by the sweep.
     let out = run(dir.path(), "runs/b-sweep/mine", &one_epoch);

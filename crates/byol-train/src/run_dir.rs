@@ -396,13 +396,15 @@ pub fn holds_run_records(dir: &Path) -> bool {
     dir.join(CONFIG_FILE).is_file() && (records_its_data() || holds_checkpoints())
 }
 
-/// Whether `dir` is a sweep's folder: a folder in it holds a trial's record.
+/// Whether `dir` is a sweep's folder: the sweep's lock file beside a folder that holds a trial's
+/// record (a trial folder copied elsewhere, say into `runs/`, makes no sweep of the folder).
 fn is_sweep_folder(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .any(|e| e.path().join(crate::sweep::TRIAL_FILE).is_file())
-    })
+    dir.join(LOCK_FILE).is_file()
+        && std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.path().join(crate::sweep::TRIAL_FILE).is_file())
+        })
 }
 
 /// Whether `name` is one of the entries a run writes into its folder.
@@ -475,7 +477,11 @@ fn check_holds_a_run(run_dir: &Path, kind: FolderKind) -> anyhow::Result<()> {
         0 => String::new(),
         n => format!(" and {n} more"),
     };
-    let what = if is_sweep_folder(run_dir) {
+    // (Told by its trials alone: the folder is refused either way.)
+    let sweep = names
+        .iter()
+        .any(|n| run_dir.join(n).join(crate::sweep::TRIAL_FILE).is_file());
+    let what = if sweep {
         "is a sweep's folder (each trial has its own run folder in it)".to_string()
     } else {
         format!("exists and holds {}{more}, not a run", shown.join(", "))
