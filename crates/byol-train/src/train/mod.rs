@@ -386,8 +386,8 @@ fn measured_before(
             .find(|p| p.step == 0);
         let now = t.fingerprint.knn_data(t.experiment);
         return Ok(match first {
-            // Measured on other labelled images (a change of them allowed on a resume): no gain
-            // can be told from it.
+            // Measured on other labelled images or with other settings (a change allowed on a
+            // resume): no gain can be told from it.
             Some(point) if point.knn_data.zip(now).is_some_and(|(then, now)| then != now) => {
                 if t.is_main() {
                     byol::eprint_line!(
