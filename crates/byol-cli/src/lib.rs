@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Everything `byol-run` does, that binary does, with your plugins: `plugins` lists them,
-//! experiments name them, and a sweep's trials run as child processes of that same binary.
+//! experiments name them, and a sweep's trials on several devices run as child processes of that
+//! same binary.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
