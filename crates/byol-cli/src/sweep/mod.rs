@@ -141,7 +141,7 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     check_builds(&sweep, &trials)?;
     sweep.check_metric_measured(&trials)?;
     let (_, data) = check_data(&sweep, &trials)?;
-    trials::check_sweep_folder(&sweep.dir)?;
+    trials::check_sweep_folder(&sweep.dir, false)?;
     say!(
         "{} is valid: sweep '{}' of {} into {}",
         args.experiment.as_ref().expect("required").display(),

@@ -79,7 +79,7 @@ pub struct SweepOutcome {
 
 /// Runs every trial that has not finished, then writes and returns the ranked summary.
 pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome> {
-    check_sweep_folder(&sweep.dir)?;
+    check_sweep_folder(&sweep.dir, options.fresh)?;
     let moved = if options.fresh {
         run_dir::move_aside(&sweep.dir, FolderKind::Sweep)?
     } else {
@@ -377,15 +377,21 @@ fn say_what_is_not_ranked(sweep: &Sweep, rows: &[Row]) {
 }
 
 /// Refuses a sweep folder that a sweep cannot use: one that is a run's, lies inside a run's or
-/// another sweep's folder, or holds a run that is none of its trials (`--fresh` of the sweep
-/// would carry it away with them).
-pub fn check_sweep_folder(dir: &Path) -> anyhow::Result<()> {
+/// another sweep's folder, or holds a run that is none of its trials (unless `fresh` moves the
+/// folder aside, said, with everything in it: a sweep's later `--fresh` would carry it away
+/// with the trials unsaid). A run in a folder named like a trial (`trial-001`) is the trials'
+/// own check's: it must hold that trial.
+pub fn check_sweep_folder(dir: &Path, fresh: bool) -> anyhow::Result<()> {
     check_not_a_run(dir)?;
     run_dir::check_not_inside_a_run(dir, FolderKind::Sweep)?;
+    if fresh {
+        return Ok(());
+    }
     let strangers: Vec<String> = fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().starts_with("trial-"))
                 .map(|e| e.path())
                 .filter(|p| run_dir::holds_run_records(p) && !p.join(TRIAL_FILE).is_file())
                 .map(|p| p.display().to_string())
