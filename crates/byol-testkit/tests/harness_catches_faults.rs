@@ -11,6 +11,7 @@ use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 #[derive(Debug, Clone, Default, Serialize, Deserialize, byol::KeyDocs)]
 #[serde(deny_unknown_fields, default)]
 struct Faulty {
+    /// The mistake to make ("" for none).
     fault: String,
 }
 
@@ -20,8 +21,13 @@ byol::register_plugin! {
     impl BackboneSpec for Faulty {
         fn build(&self, path: &nn::Path, _: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
             let root = if self.fault == "prefix" { path / "online" } else { path.clone() };
+            let mut conv = conv2d(&(&root / "conv"), 3, 8, 3, 2, 1);
+            if self.fault == "kept_view" {
+                // A view of the weight made while building: it keeps the storage of then.
+                conv.ws = conv.ws.view([8, 3, 3, 3]);
+            }
             Ok(Box::new(Net {
-                conv: conv2d(&(&root / "conv"), 3, 8, 3, 2, 1),
+                conv,
                 bn: batch_norm2d(&(&root / "bn"), 8, &BatchStatistics::Local),
                 _unused: (self.fault == "dead").then(|| root.randn_standard("unused", &[8])),
                 hidden: (self.fault == "hidden_state").then(|| Tensor::randn([1, 8, 1, 1], tch::kind::FLOAT_CPU)),
@@ -141,6 +147,15 @@ fn state_outside_the_state_dict_fails_the_round_trip() {
     let e = failure("hidden_state");
     assert!(
         e.contains("after a save/load round trip the eval-mode output differs"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_weight_kept_as_a_view_from_the_build_fails() {
+    let e = failure("kept_view");
+    assert!(
+        e.contains("must compute from its variables at each forward, not from views or copies"),
         "{e}"
     );
 }
