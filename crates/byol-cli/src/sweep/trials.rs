@@ -19,7 +19,7 @@ use byol_train::run_dir::{self, FolderKind, FolderLock};
 use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
     data_key, goal_name, rank_with, result_line, to_csv, to_markdown, Metric, Row, Sweep, Trial, TrialStatus,
-    ERROR_FILE, LOG_FILE, PREVIOUS_ERROR_FILE, PRUNER_FILE, TRIAL_FILE,
+    ERROR_FILE, LOG_FILE, PRUNER_FILE, TRIAL_FILE,
 };
 use byol_train::train::panic_message;
 use byol_train::train::state::{DatasetFingerprint, FINGERPRINT_FILE};
@@ -848,11 +848,7 @@ fn retire_error(dir: &Path) {
     if !error.is_file() {
         return;
     }
-    let retired = FolderLock::acquire(dir, FolderKind::Trial).and_then(|_lock| {
-        let previous = dir.join(PREVIOUS_ERROR_FILE);
-        fs::rename(&error, &previous)
-            .with_context(|| format!("cannot move {} to {}", error.display(), previous.display()))
-    });
+    let retired = FolderLock::acquire(dir, FolderKind::Trial).and_then(|_lock| byol_train::train::retire_failure(dir));
     if let Err(e) = retired {
         byol::eprint_line!("warning: the earlier failure's {} stays: {e:#}", error.display());
     }

@@ -195,7 +195,9 @@ pub fn train(experiment: &Experiment, options: &RunOptions) -> anyhow::Result<Ru
     }
     t.record_run(&run_dir)?;
     if t.is_main() {
-        retire_failure(&run_dir);
+        if let Err(e) = retire_failure(&run_dir) {
+            byol::eprint_line!("warning: the earlier failure's error stays: {e:#}");
+        }
     }
     // Whatever ends it from here on is the run's failure, said in its folder.
     let summary = train_started(&mut t, &run_dir, options, &stop, moved_aside, step)
@@ -478,20 +480,15 @@ fn record_failure(t: &Trainer<'_>, run_dir: &std::path::Path, error: &anyhow::Er
 
 /// Moves an earlier failure's `error.txt` to `previous-error.txt` as the run starts again: a
 /// start that is then killed outright is unfinished, not failed, and the reason of the failure
-/// it retried is kept.
-fn retire_failure(run_dir: &std::path::Path) {
+/// it retried is kept. Nothing to move is no error. The caller holds the folder's lock.
+pub fn retire_failure(run_dir: &std::path::Path) -> anyhow::Result<()> {
     let error = run_dir.join(crate::sweep::ERROR_FILE);
     if !error.is_file() {
-        return;
+        return Ok(());
     }
     let previous = run_dir.join(crate::sweep::PREVIOUS_ERROR_FILE);
-    if let Err(e) = std::fs::rename(&error, &previous) {
-        byol::eprint_line!(
-            "warning: the earlier failure's {} stays (cannot move it to {}): {e}",
-            error.display(),
-            previous.display()
-        );
-    }
+    std::fs::rename(&error, &previous)
+        .with_context(|| format!("cannot move {} to {}", error.display(), previous.display()))
 }
 
 fn remove_if_present(path: &std::path::Path) -> anyhow::Result<()> {
