@@ -707,6 +707,16 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
             vec![("checkpoints/epoch=3.ckpt", "x"), ("train.py", "print(1)")],
         ),
         ("ckpt-only", vec![("checkpoints/epoch=3.ckpt", "x")]),
+        // Named like a run's checkpoints, beside an experiment file: a checkpoint is a step
+        // folder with its manifest.
+        (
+            "step-files",
+            vec![("checkpoints/step-100.ckpt", "x"), ("config.toml", TINY)],
+        ),
+        (
+            "step-folders",
+            vec![("checkpoints/step-000000100/model.pt", "x"), ("config.toml", TINY)],
+        ),
     ];
     for (folder, files) in &foreign {
         for (file, contents) in files {
@@ -734,6 +744,12 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
         "{}",
         text(&out)
     );
+    let out = run(d, "step-folders", &[]);
+    assert!(
+        text(&out).contains("holds checkpoints/step-000000100 (no manifest.json: not a byol-rs checkpoint)"),
+        "{}",
+        text(&out)
+    );
     let out = run(d, "mydata", &[]);
     assert!(
         text(&out).contains("dataset.json (not a run's record: "),
@@ -744,6 +760,7 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
     let trained = finished_run(d, "trained");
     std::fs::write(trained.join("checkpoints/.DS_Store"), "x").unwrap();
     std::fs::write(trained.join("checkpoints/exported.safetensors"), "x").unwrap();
+    std::fs::write(trained.join("checkpoints/step-100.ckpt"), "x").unwrap();
     let out = run(d, "trained", &["--quiet"]);
     assert!(out.status.success(), "{}", text(&out));
 

@@ -209,7 +209,7 @@ impl Checkpointer {
         };
         let mut dirs: Vec<PathBuf> = entries
             .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+            .filter(|e| is_step_name(&e.file_name().to_string_lossy()) && e.path().is_dir())
             .map(|e| e.path())
             .collect();
         dirs.sort();
@@ -513,11 +513,21 @@ fn remove_old(old: &Path) -> anyhow::Result<()> {
     })
 }
 
-/// Whether `name` is an entry that a run writes into its checkpoints folder: a checkpoint, the
-/// `last` link, `damaged/`, or what an interrupted write leaves (removed at the next start).
-pub fn is_checkpoints_entry(name: &str) -> bool {
+/// Whether `name` is a checkpoint folder's: `step-` and the step's digits (another tool's
+/// `step-100.ckpt` is not one).
+fn is_step_name(name: &str) -> bool {
+    name.strip_prefix("step-")
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `path`, an entry of a checkpoints folder, is one a run writes there: a checkpoint
+/// folder with its manifest (a folder named like one without it is another tool's), the `last`
+/// link, `damaged/`, or what an interrupted write leaves (removed at the next start).
+pub fn is_checkpoints_entry(path: &Path) -> bool {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
     let interrupted = name.starts_with('.') && [".tmp-", REPLACED, PRUNED].iter().any(|m| name.contains(m));
-    name.starts_with("step-") || name == LAST_LINK || name == DAMAGED_DIR || interrupted
+    let checkpoint = is_step_name(&name) && path.join(MANIFEST_FILE).is_file();
+    checkpoint || name == LAST_LINK || name == DAMAGED_DIR || interrupted
 }
 
 /// Atomically swaps two paths (Linux `renameat2(RENAME_EXCHANGE)`).

@@ -510,12 +510,19 @@ fn checkpoints_entries(run_dir: &Path) -> std::io::Result<(usize, Vec<String>)> 
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if crate::checkpoint::is_checkpoints_entry(&name) {
+        if crate::checkpoint::is_checkpoints_entry(&entry.path()) {
             ours += 1;
         } else if is_no_ones(&entry) {
             continue;
         } else if foreign.len() < 3 {
-            foreign.push(name);
+            let unlisted = entry.path().is_dir() && !entry.path().join(crate::checkpoint::MANIFEST_FILE).exists();
+            foreign.push(match name.starts_with("step-") && unlisted {
+                true => format!(
+                    "{name} (no {}: not a byol-rs checkpoint)",
+                    crate::checkpoint::MANIFEST_FILE
+                ),
+                false => name,
+            });
         }
     }
     Ok((ours, foreign))
