@@ -105,6 +105,21 @@ pub fn byol_run_with_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Out
 }
 
 /// stdout and stderr together, for assertions and failure messages.
+/// Holds the lock of the run folder `dir` as a byol-run training there does (this process's id
+/// in the lock file), until the file is dropped.
+pub fn hold_lock(dir: &Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let lock = dir.join("run.lock");
+    std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    let file = std::fs::File::open(&lock).unwrap();
+    // SAFETY: flock on a descriptor the File owns.
+    assert_eq!(
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    file
+}
+
 pub fn text(output: &Output) -> String {
     format!(
         "exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",

@@ -1021,6 +1021,34 @@ fn a_run_inside_another_runs_or_a_sweeps_folder_is_refused() {
         "{}",
         text(&out)
     );
+    // Another byol-run in the folder: a start now is refused; compare shows an unfinished run
+    // there as running.
+    let held = super::hold_lock(&dir.path().join("runs/outer"));
+    let in_use = format!(
+        "runs/outer is in use by another byol-run (process {})",
+        std::process::id()
+    );
+    let out = validate(&["--set", "run.name=\"outer\"", "--set", "schedule.epochs=1"]);
+    assert!(
+        out.status.success() && text(&out).contains(&format!("warning: a start now would be refused: {in_use}")),
+        "{}",
+        text(&out)
+    );
+    let summary = dir.path().join("runs/outer/summary.json");
+    let finished = std::fs::read(&summary).unwrap();
+    std::fs::remove_file(&summary).unwrap();
+    let out = byol_run(dir.path(), &["compare", "runs/outer"]);
+    assert!(
+        text(&out).contains(&format!("running (process {})", std::process::id())),
+        "{}",
+        text(&out)
+    );
+    drop(held);
+    let out = byol_run(dir.path(), &["compare", "runs/outer"]);
+    assert!(text(&out).contains("unfinished"), "{}", text(&out));
+    std::fs::write(&summary, finished).unwrap();
+    let out = validate(&["--set", "run.name=\"outer\"", "--set", "schedule.epochs=1"]);
+    assert!(!text(&out).contains("in use"), "{}", text(&out));
     let out = validate(&["--set", "run.name=\"outer\"", "--set", "schedule.epochs=2"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(

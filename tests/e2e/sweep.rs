@@ -458,6 +458,18 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
         has_checkpoint(&sweep_dir.join("trial-001")) && !sweep_dir.join("old-attempts").exists(),
         "{all}"
     );
+    // validate says so beforehand.
+    let out = byol_run(
+        dir.path(),
+        &["validate", "tiny.toml", "--set", "checkpoint.every_steps=1"],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("warning: a start now would be refused: trial-002")
+            && all.contains("dataset.train_size: 128 -> 512"),
+        "{all}"
+    );
     let out = sweep(&[]);
     assert!(
         text(&out).contains("== trial-001 of 2 (retrying after a failure, from its newest checkpoint)"),
@@ -466,6 +478,23 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
     );
 
     std::fs::write(dir.path().join("tiny.toml"), file.replace("1e30, 0.1", "0.05, 0.1")).unwrap();
+    let validate = [&["validate", "tiny.toml"][..], &small[1..]].concat();
+    let out = byol_run(dir.path(), &validate);
+    let all = text(&out);
+    assert!(out.status.success() && !all.contains("warning"), "{all}");
+    assert!(
+        all.contains(
+            "note: trial-001: a start runs it anew, moving its last attempt aside into runs/tiny-sweep/old-attempts: \
+             runs/tiny-sweep/trial-001 was run with other parameters (optimizer.lr = 1e30)"
+        ) && all.contains(
+            "runs/tiny-sweep holds trials from before; a start leaves them as they are: trial-002 finished (skipped)"
+        ),
+        "{all}"
+    );
+    assert!(
+        !sweep_dir.join("old-attempts").exists(),
+        "validate moves nothing: {all}"
+    );
     let out = sweep(&["--set", "run.threads=2"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
@@ -794,6 +823,25 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
         );
         let error = std::fs::read_to_string(trial.join("error.txt")).unwrap();
         assert_eq!(error, "an earlier failure\n", "{all}");
+        // What validate and compare say meanwhile.
+        let out = byol_run(dir.path(), &["validate", "tiny.toml"]);
+        let all = text(&out);
+        assert!(
+            out.status.success()
+                && all.contains(
+                    "warning: trial-001: runs/tiny-sweep/trial-001 is in use by another byol-run (another process)"
+                ),
+            "{all}"
+        );
+        let out = byol_run(
+            dir.path(),
+            &["compare", "runs/tiny-sweep/trial-001", "runs/tiny-sweep/trial-002"],
+        );
+        assert!(
+            text(&out).contains("runs/tiny-sweep/trial-001 is starting (another process holds it)"),
+            "{}",
+            text(&out)
+        );
         assert!(!trial.join("previous-error.txt").exists(), "{all}");
         assert!(!trial.join("train.log").exists(), "{all}");
         assert!(
@@ -808,6 +856,14 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
     // has no --run-dir).
     let sweep_dir = dir.path().join("runs/tiny-sweep");
     let mut holder = lock_holder(holder_script, &[&sweep_dir.join("run.lock")], Stdio::piped());
+    let out = byol_run(dir.path(), &["validate", "tiny.toml"]);
+    assert!(
+        text(&out).contains(
+            "warning: a start now would be refused: sweep folder runs/tiny-sweep is in use by another byol-run"
+        ),
+        "{}",
+        text(&out)
+    );
     let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");

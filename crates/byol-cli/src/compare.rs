@@ -94,7 +94,7 @@ impl Run {
             config,
             data,
             summary,
-            status: TrialStatus::read(dir),
+            status: TrialStatus::read_live(dir),
         })
     }
 
@@ -179,16 +179,23 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let (pending, started): (Vec<&PathBuf>, Vec<&PathBuf>) = folders.into_iter().partition(|dir| {
         dir.join(sweep::TRIAL_FILE).is_file()
             && !dir.join(CONFIG_FILE).exists()
-            && matches!(TrialStatus::read(dir), TrialStatus::Pending | TrialStatus::Failed(_))
+            && matches!(
+                TrialStatus::read_live(dir),
+                TrialStatus::Pending | TrialStatus::Failed(_) | TrialStatus::Running(_)
+            )
     });
     for dir in &pending {
-        match dir.join(sweep::ERROR_FILE).is_file() {
-            true => byol::eprint_line!(
+        match TrialStatus::read_live(dir) {
+            TrialStatus::Running(holder) => byol::eprint_line!(
+                "note: {} is starting ({holder} holds it) and has nothing to compare yet: left out",
+                dir.display()
+            ),
+            _ if dir.join(sweep::ERROR_FILE).is_file() => byol::eprint_line!(
                 "note: {} failed before its run started (its {} says why): left out",
                 dir.display(),
                 sweep::ERROR_FILE
             ),
-            false => byol::eprint_line!(
+            _ => byol::eprint_line!(
                 "note: {} not started yet (a sweep's pending trial): left out",
                 dir.display()
             ),

@@ -366,6 +366,13 @@ fn check_run_folder(
     };
     run_dir::check_can_hold_a_run(&dir, run_dir::FolderKind::Run)
         .with_context(|| format!("in experiment file {}: its run folder", path.display()))?;
+    if let Some(holder) = run_dir::in_use_by(&dir) {
+        said.warnings.push(format!(
+            "a start now would be refused: {} is in use by another byol-run ({holder}); wait for it to finish \
+             (or stop it), or use another folder (--run-dir, or run.name)",
+            dir.display()
+        ));
+    }
     if !run_dir::is_run_folder(&dir) {
         return Ok(said);
     }

@@ -27,7 +27,7 @@ pub enum FolderKind {
 
 impl FolderKind {
     /// The other way out of a folder in use than waiting for its holder.
-    fn elsewhere(self) -> &'static str {
+    pub fn elsewhere(self) -> &'static str {
         match self {
             FolderKind::Run => "use another folder (--run-dir, or run.name)",
             // A sweep has no --run-dir: its folder and its trials' follow from run.name.
@@ -199,18 +199,15 @@ impl FolderLock {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             opened => opened.with_context(|| format!("cannot open the lock file {}", path.display()))?,
         };
-        // SAFETY: flock on a descriptor this File owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(error).with_context(|| format!("cannot lock {}", path.display()));
+        // A look by `in_use_by` holds the lock for an instant: waited out, not taken for a run.
+        let mut tries = 0;
+        while !try_flock(&file, libc::LOCK_EX).with_context(|| format!("cannot lock {}", path.display()))? {
+            tries += 1;
+            if tries < 20 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
             }
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = match holder.lines().next().unwrap_or("").trim() {
-                "" => "another process".to_string(),
-                pid => format!("process {pid}"),
-            };
+            let holder = holder_of(&mut file);
             let another = what.elsewhere();
             bail!(
                 "{what} {} is in use by another byol-run ({holder}, which holds {}): two processes in one \
@@ -232,6 +229,42 @@ impl FolderLock {
             kind: what,
             created: None,
         }))
+    }
+}
+
+/// Takes an `flock` of `kind` (`LOCK_EX`, `LOCK_SH`) on `file` without waiting: false when
+/// another open file holds a conflicting one.
+fn try_flock(file: &File, kind: libc::c_int) -> std::io::Result<bool> {
+    // SAFETY: flock on a descriptor this File owns.
+    if unsafe { libc::flock(file.as_raw_fd(), kind | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        e => Err(e),
+    }
+}
+
+/// The holder a lock file names (its first line, the holder's process id), in words.
+fn holder_of(file: &mut File) -> String {
+    let mut text = String::new();
+    let _ = file.rewind().and_then(|()| file.read_to_string(&mut text));
+    match text.lines().next().unwrap_or("").trim() {
+        "" => "another process".to_string(),
+        pid => format!("process {pid}"),
+    }
+}
+
+/// Whether a byol-run holds the lock of `dir` now (trains there), and who as its lock file
+/// names it; None for a folder without a lock file or one no one holds. The lock is looked at
+/// by taking it shared and dropping it at once (never created, never written): a start in that
+/// instant waits it out.
+pub fn in_use_by(dir: &Path) -> Option<String> {
+    let mut file = File::open(dir.join(LOCK_FILE)).ok()?;
+    match try_flock(&file, libc::LOCK_SH) {
+        Ok(false) => Some(holder_of(&mut file)),
+        // Free (closing the file drops the shared lock), or a file system without locks.
+        _ => None,
     }
 }
 

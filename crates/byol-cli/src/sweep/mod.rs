@@ -140,8 +140,9 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     let trials: Vec<&Trial> = sweep.trials.iter().collect();
     check_builds(&sweep, &trials)?;
     sweep.check_metric_measured(&trials)?;
-    let (_, data) = check_data(&sweep, &trials)?;
+    let (listed, data) = check_data(&sweep, &trials)?;
     trials::check_sweep_folder(&sweep.dir, false)?;
+    let folder = trials::preview(&sweep, listed)?;
     say!(
         "{} is valid: sweep '{}' of {} into {}",
         args.experiment.as_ref().expect("required").display(),
@@ -149,10 +150,10 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
         count_of_trials(sweep.trials.len()),
         sweep.dir.display()
     );
-    for note in data.notes {
+    for note in data.notes.into_iter().chain(folder.notes) {
         say!("note: {note}");
     }
-    for warning in data.warnings {
+    for warning in data.warnings.into_iter().chain(folder.warnings) {
         say!("warning: {warning}");
     }
     Ok(())

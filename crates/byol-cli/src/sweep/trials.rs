@@ -22,7 +22,7 @@ use byol_train::sweep::{
     ERROR_FILE, LOG_FILE, PRUNER_FILE, TRIAL_FILE,
 };
 use byol_train::train::panic_message;
-use byol_train::train::state::{DatasetFingerprint, FINGERPRINT_FILE};
+use byol_train::train::state::{DatasetFingerprint, Remarks, FINGERPRINT_FILE};
 use byol_train::{train, RunOptions, RunSummary};
 
 /// Set in the environment of trials run as child processes: the sweep's process id.
@@ -136,32 +136,15 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     let (listed, _) = super::check_data(sweep, &to_run).context("no trial was run")?;
     // Every trial is checked before any folder is moved: a trial refused after another's old
     // attempt was moved aside would leave that one to start from nothing on the next run.
-    let mut data_now = DataNow(listed.into_iter().map(|(key, data)| (key, Some(data))).collect());
+    let mut data_now = DataNow::of(listed);
     let mut trained_otherwise: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut checked = Vec::new();
     for (trial, status) in statuses {
         let dir = sweep.trial_dir(trial);
         let finished = is_finished(&status);
-        let failed = matches!(status, TrialStatus::Failed(_));
-        // A trial that started (its data recorded) is checked against the data too: resumed by
-        // `train`, a trial on other data would be refused with a way out (`--allow-change
-        // dataset`) that a sweep does not have.
-        let trained = finished || dir.join(FINGERPRINT_FILE).exists();
-        let checks = check_or_record(sweep, trial, &dir)
-            .and_then(|()| check_trial_identity(sweep, trial, &dir))
-            .and_then(|()| match trained {
-                true => data_now.check(sweep, trial, &dir, finished),
-                false => Ok(()),
-            });
-        match checks {
-            // Nothing trained to resume (it stopped before its first checkpoint), or an attempt
-            // that failed (a value that made it diverge, say): its settings, mended in the sweep
-            // file, are taken, and the old attempt moved aside.
-            Err(changed) if changed.is::<SettingsChanged>() && !finished && (failed || !has_checkpoint(&dir)) => {
-                checked.push((trial, status, Some(changed)));
-                continue;
-            }
-            result => result?,
+        if let TrialFolder::StartsAnew(changed) = check_trial_folder(sweep, trial, &status, &mut data_now)? {
+            checked.push((trial, status, Some(changed)));
+            continue;
         }
         if finished {
             match checkpoint::trained_experiment(&dir) {
@@ -182,6 +165,12 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
             }
         }
         checked.push((trial, status, None));
+    }
+    // Every trial checked: now the records of those that have none (or take new values).
+    for (trial, _, changed) in &checked {
+        if changed.is_none() {
+            check_or_record(sweep, trial, &sweep.trial_dir(trial))?;
+        }
     }
     let mut todo = VecDeque::new();
     let mut skipped = 0;
@@ -273,6 +262,121 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
         csv,
         markdown,
     })
+}
+
+/// What a start finds in a trial's folder.
+enum TrialFolder {
+    /// Nothing, or the trial's own attempt: it is run, resumed or skipped as its status says.
+    Fits,
+    /// An attempt with other settings or data (why) that failed or left no checkpoint: it is
+    /// moved aside, and the trial starts anew.
+    StartsAnew(anyhow::Error),
+}
+
+/// Checks a trial's folder against the trial, writing nothing: an error when a start must
+/// refuse it (another experiment or other data trained there).
+fn check_trial_folder(
+    sweep: &Sweep,
+    trial: &Trial,
+    status: &TrialStatus,
+    data_now: &mut DataNow,
+) -> anyhow::Result<TrialFolder> {
+    let dir = sweep.trial_dir(trial);
+    let finished = matches!(status, TrialStatus::Pruned(_) | TrialStatus::Done(_));
+    let failed = matches!(status, TrialStatus::Failed(_));
+    // A trial that started (its data recorded) is checked against the data too: resumed by
+    // `train`, a trial on other data would be refused with a way out (`--allow-change
+    // dataset`) that a sweep does not have.
+    let trained = finished || dir.join(FINGERPRINT_FILE).exists();
+    let checks = check_record(sweep, trial, &dir)
+        .and_then(|_| check_trial_identity(sweep, trial, &dir))
+        .and_then(|()| match trained {
+            true => data_now.check(sweep, trial, &dir, finished),
+            false => Ok(()),
+        });
+    match checks {
+        // Nothing trained to resume (it stopped before its first checkpoint), or an attempt
+        // that failed (a value that made it diverge, say): its settings, mended in the sweep
+        // file, are taken, and the old attempt moved aside.
+        Err(changed) if changed.is::<SettingsChanged>() && !finished && (failed || !has_checkpoint(&dir)) => {
+            Ok(TrialFolder::StartsAnew(changed))
+        }
+        result => result.map(|()| TrialFolder::Fits),
+    }
+}
+
+/// What a start of `sweep` would find in its folder, as `validate` says it: the folder or a
+/// trial in use, trials it would refuse, start anew, resume or skip. `listed` is the data the
+/// trials read now ([`super::check_data`]).
+pub fn preview(sweep: &Sweep, listed: HashMap<String, DatasetFingerprint>) -> anyhow::Result<Remarks> {
+    let mut said = Remarks::default();
+    if !sweep.dir.is_dir() {
+        return Ok(said);
+    }
+    let refused = "a start now would be refused";
+    if let Some(holder) = run_dir::in_use_by(&sweep.dir) {
+        said.warnings.push(format!(
+            "{refused}: sweep folder {} is in use by another byol-run ({holder}); wait for it to finish (or \
+             stop it), or {}",
+            sweep.dir.display(),
+            FolderKind::Sweep.elsewhere()
+        ));
+    }
+    let mut data_now = DataNow::of(listed);
+    let mut counts: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for trial in &sweep.trials {
+        let dir = sweep.trial_dir(trial);
+        if !dir.exists() {
+            continue;
+        }
+        let status = TrialStatus::read(&dir);
+        if said.warnings.is_empty() {
+            if let Some(holder) = run_dir::in_use_by(&dir) {
+                said.warnings.push(format!(
+                    "{}: {} is in use by another byol-run ({holder}): a start now would fail that trial",
+                    trial.id(),
+                    dir.display()
+                ));
+            }
+        }
+        let what = match check_trial_folder(sweep, trial, &status, &mut data_now) {
+            Err(refusal) => {
+                said.warnings.push(format!("{refused}: {refusal:#}"));
+                continue;
+            }
+            Ok(TrialFolder::StartsAnew(changed)) => {
+                let what = changed
+                    .downcast_ref::<SettingsChanged>()
+                    .map_or_else(|| format!("{changed:#}"), |c| c.what.clone());
+                said.notes.push(format!(
+                    "{}: a start runs it anew, moving its last attempt aside into {}: {}",
+                    trial.id(),
+                    sweep.dir.join(OLD_ATTEMPTS_DIR).display(),
+                    what.replace('\n', "\n  ")
+                ));
+                continue;
+            }
+            Ok(TrialFolder::Fits) => match status {
+                TrialStatus::Done(_) | TrialStatus::Pruned(_) => "finished (skipped)",
+                TrialStatus::Failed(_) => "failed (run again)",
+                TrialStatus::Unfinished if has_checkpoint(&dir) => "resumed from a checkpoint",
+                _ => "started",
+            },
+        };
+        counts.entry(what).or_default().push(trial.id());
+    }
+    if !counts.is_empty() {
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(what, trials)| format!("{} {what}", trials.join(", ")))
+            .collect();
+        said.notes.push(format!(
+            "{} holds trials from before; a start leaves them as they are: {}",
+            sweep.dir.display(),
+            parts.join("; ")
+        ));
+    }
+    Ok(said)
 }
 
 /// A trial whose last attempt failed or left no checkpoint, and whose settings changed since:
@@ -628,33 +732,40 @@ fn has_checkpoint(dir: &Path) -> bool {
         .is_empty()
 }
 
-/// Writes the trial's parameters into its folder, or checks them against what is there: a
-/// trial that never started takes the values the sweep now gives it, and values spelled
-/// otherwise (`1` for `1.0`) that make the same experiment are the same trial.
+/// Writes the trial's parameters into its folder, or checks them against what is there (see
+/// [`check_record`]).
 fn check_or_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<()> {
+    if !check_record(sweep, trial, dir)? {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let text = format!(
+        "# The parameters of this trial of `byol-run sweep` (checked when the sweep resumes).\n{}",
+        toml::to_string(&trial.record())?
+    );
+    run_dir::replace_file(&dir.join(TRIAL_FILE), text.as_bytes())
+}
+
+/// Checks the trial's parameters recorded in its folder against the trial, writing nothing:
+/// true when the record is to be written (none yet; a trial that never started takes the values
+/// the sweep now gives it, and values spelled otherwise, `1` for `1.0`, that make the same
+/// experiment are the same trial's).
+fn check_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<bool> {
     let file = dir.join(TRIAL_FILE);
     let record = trial.record();
-    let write = || -> anyhow::Result<()> {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let text = format!(
-            "# The parameters of this trial of `byol-run sweep` (checked when the sweep resumes).\n{}",
-            toml::to_string(&record)?
-        );
-        run_dir::replace_file(&file, text.as_bytes())
-    };
     let Ok(text) = fs::read_to_string(&file) else {
-        return write();
+        return Ok(true);
     };
     let before: toml::Table = toml::from_str(&text).with_context(|| format!("cannot parse {}", file.display()))?;
     if before == record {
-        return Ok(());
+        return Ok(false);
     }
     let recorded = Trial::from_record(&before).with_context(|| format!("cannot read {}", file.display()))?;
     let same_experiment = || -> anyhow::Result<bool> {
         Ok(sweep.experiment(&recorded, None)?.to_toml()? == sweep.experiment(trial, None)?.to_toml()?)
     };
     if checkpoint::trained_experiment(dir).is_none() || same_experiment().unwrap_or(false) {
-        return write();
+        return Ok(true);
     }
     Err(SettingsChanged {
         what: format!(
@@ -705,6 +816,11 @@ fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Res
 struct DataNow(HashMap<String, Option<DatasetFingerprint>>);
 
 impl DataNow {
+    /// The data listed at the start ([`super::check_data`]), by [`data_key`].
+    fn of(listed: HashMap<String, DatasetFingerprint>) -> Self {
+        DataNow(listed.into_iter().map(|(key, data)| (key, Some(data))).collect())
+    }
+
     /// A [`SettingsChanged`] error when the trial in `dir` (`finished`, or started) trained on
     /// other data than its experiment reads now.
     fn check(&mut self, sweep: &Sweep, trial: &Trial, dir: &Path, finished: bool) -> anyhow::Result<()> {

@@ -15,6 +15,9 @@ pub enum TrialStatus {
     Pending,
     /// Started and stopped (killed, interrupted): resumes from its newest checkpoint.
     Unfinished,
+    /// Not finished, and a byol-run holds its folder now (who, as its lock file names it).
+    /// Only [`TrialStatus::read_live`] tells it.
+    Running(String),
     Done(Box<RunSummary>),
     /// Stopped early by median pruning (its summary says where and why); the sweep does not
     /// resume it.
@@ -54,10 +57,22 @@ impl TrialStatus {
         }
     }
 
+    /// [`TrialStatus::read`], and whether a byol-run trains in the folder now: a folder that
+    /// is not finished and whose lock is held is `Running`, not unfinished or failed.
+    pub fn read_live(dir: &Path) -> Self {
+        match Self::read(dir) {
+            status @ (TrialStatus::Pending | TrialStatus::Unfinished | TrialStatus::Failed(_)) => {
+                crate::run_dir::in_use_by(dir).map_or(status, TrialStatus::Running)
+            }
+            status => status,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             TrialStatus::Pending => "pending",
             TrialStatus::Unfinished => "unfinished",
+            TrialStatus::Running(_) => "running",
             TrialStatus::Done(_) => "done",
             TrialStatus::Pruned(_) => "pruned",
             TrialStatus::Failed(_) => "failed",
@@ -73,11 +88,12 @@ impl TrialStatus {
         }
     }
 
-    /// `done`, `pruned at epoch 2`, ...
+    /// `done`, `pruned at epoch 2`, `running (process 123)`...
     pub fn describe(&self) -> String {
-        match self.pruned_epoch() {
-            Some(epoch) => format!("pruned at epoch {epoch}"),
-            None => self.label().to_string(),
+        match (self, self.pruned_epoch()) {
+            (_, Some(epoch)) => format!("pruned at epoch {epoch}"),
+            (TrialStatus::Running(holder), _) => format!("running ({holder})"),
+            _ => self.label().to_string(),
         }
     }
 }
