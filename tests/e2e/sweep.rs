@@ -877,6 +877,56 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
     holder.wait().unwrap();
 }
 
+/// A trial trained again from its own config.toml with `--fresh` stays its sweep's trial: the old
+/// attempt goes where the sweep keeps them (not among the trials, where the sweep would take it
+/// for a trial of another [sweep] table), and the new run keeps the trial's record.
+#[test]
+fn a_trial_trained_again_with_fresh_stays_the_sweeps_trial() {
+    let dir = setup(&sweep_of_lr("[0.2]"));
+    let small = ["--quiet", "--set", "dataset.train_size=128"];
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    let trial = sweep_dir.join("trial-001");
+    let out = byol_run(
+        dir.path(),
+        &[
+            "train",
+            trial.join("config.toml").to_str().unwrap(),
+            "--fresh",
+            "--quiet",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let entries = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let aside = entries(&sweep_dir.join("old-attempts"));
+    assert!(
+        aside.len() == 1 && aside[0].starts_with("trial-001.old-"),
+        "{aside:?}: {}",
+        text(&out)
+    );
+    assert!(
+        !entries(&sweep_dir).iter().any(|n| n.starts_with("trial-001.old-")),
+        "{:?}",
+        entries(&sweep_dir)
+    );
+    assert!(trial.join("sweep-trial.toml").is_file(), "{:?}", entries(&trial));
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("trial-001: finished before, skipped") && !all.contains("not a trial"),
+        "{all}"
+    );
+}
+
 /// Another command that trains other settings to the end in a trial's folder while the sweep runs
 /// (the sweep's own attempt found the folder in use) leaves a finished run there: its result is
 /// not the trial's and is not ranked as such.

@@ -303,8 +303,30 @@ pub fn take_ownership(
         return Ok((None, None));
     }
     check_can_hold_a_run(run_dir, kind)?;
-    let moved = if fresh { move_aside(run_dir, kind)? } else { None };
-    Ok((Some(FolderLock::create_and_acquire(run_dir, kind)?), moved))
+    let sweep = sweep_of_trial(run_dir);
+    let moved = match (fresh, &sweep) {
+        (false, _) => None,
+        // A trial's old attempt goes where its sweep keeps them, not among its trials.
+        (true, Some(sweep)) => move_aside_into(run_dir, &sweep.join(crate::sweep::OLD_ATTEMPTS_DIR), kind)?,
+        (true, None) => move_aside(run_dir, kind)?,
+    };
+    let lock = FolderLock::create_and_acquire(run_dir, kind)?;
+    if let (Some(old), Some(_)) = (&moved, &sweep) {
+        // Still its sweep's trial: the record of its parameters stays.
+        let record = crate::sweep::TRIAL_FILE;
+        std::fs::copy(old.join(record), run_dir.join(record))
+            .with_context(|| format!("cannot copy {record} from {} into {}", old.display(), run_dir.display()))?;
+    }
+    Ok((Some(lock), moved))
+}
+
+/// The sweep folder whose trial `run_dir` is: the trial's record in it, in a sweep's folder.
+fn sweep_of_trial(run_dir: &Path) -> Option<PathBuf> {
+    if !run_dir.join(crate::sweep::TRIAL_FILE).is_file() {
+        return None;
+    }
+    let sweep = std::path::absolute(run_dir).ok()?.parent()?.to_path_buf();
+    is_sweep_folder(&sweep).then_some(sweep)
 }
 
 /// What a run writes into its folder (and a sweep into a trial's, before the run starts).

@@ -19,7 +19,7 @@ use byol_train::run_dir::{self, FolderKind, FolderLock};
 use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
     data_key, goal_name, rank_with, result_line, to_csv, to_markdown, Metric, Row, Sweep, Trial, TrialStatus,
-    ERROR_FILE, LOG_FILE, PRUNER_FILE, TRIAL_FILE,
+    ERROR_FILE, LOG_FILE, OLD_ATTEMPTS_DIR, PRUNER_FILE, TRIAL_FILE,
 };
 use byol_train::train::panic_message;
 use byol_train::train::state::{DatasetFingerprint, Remarks, FINGERPRINT_FILE};
@@ -720,10 +720,6 @@ fn settings_since(sweep: &Sweep, trial: &Trial, trained: &str, devices: &[String
         .map(|c| c.to_string())
         .collect()
 }
-
-/// Where a trial's earlier attempts go, in the sweep folder, when its settings changed and it
-/// failed or left no checkpoint: out of the way of `trial-*` globs (`byol-run compare`).
-const OLD_ATTEMPTS_DIR: &str = "old-attempts";
 
 /// Whether a trial folder holds a checkpoint to resume from.
 fn has_checkpoint(dir: &Path) -> bool {

@@ -59,6 +59,9 @@ pub const ERROR_FILE: &str = "error.txt";
 pub const PREVIOUS_ERROR_FILE: &str = "previous-error.txt";
 /// The output of a trial run as a child process, in its folder.
 pub const LOG_FILE: &str = "train.log";
+/// Where a trial's earlier attempts go, in the sweep folder (a trial started anew with other
+/// settings, or trained with `--fresh`): out of the way of `trial-*` globs (`byol-run compare`).
+pub const OLD_ATTEMPTS_DIR: &str = "old-attempts";
 
 /// The `[sweep]` table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
