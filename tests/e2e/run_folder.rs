@@ -250,6 +250,17 @@ fn a_changed_experiment_is_refused_with_a_diff_unless_allowed_or_fresh() {
     assert_eq!(std::fs::read(&manifest).unwrap(), manifest_before);
     assert_eq!(std::fs::read(run_dir.join("summary.json")).unwrap(), summary_before);
     assert_eq!(config_value(&run_dir, "schedule", "epochs").as_integer(), Some(3));
+    // validate says so beforehand, beside the --allow-change its identity check names.
+    let out = byol_run(dir.path(), &["validate", "r/config.toml", "--set", "schedule.epochs=2"]);
+    let all = text(&out);
+    assert!(
+        out.status.success()
+            && all.contains("--allow-change schedule.epochs")
+            && all
+                .contains("a start would be refused, --allow-change or not: r has trained 48 steps, more than the 32")
+            && all.contains("Set schedule.epochs to 3 or more"),
+        "{all}"
+    );
 
     let mut allowed = changed.to_vec();
     allowed.extend(["--allow-change", "optimizer.lr", "--allow-change", "schedule.epochs"]);

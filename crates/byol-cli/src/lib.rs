@@ -376,7 +376,9 @@ fn check_run_folder(
     if !run_dir::is_run_folder(&dir) {
         return Ok(said);
     }
-    let (source, saved, saved_data) = match byol_train::checkpoint::newest_manifest(&dir) {
+    let newest = byol_train::checkpoint::newest_manifest(&dir);
+    let trained_steps = newest.as_ref().map(|(_, m)| (m.step, m.total_steps));
+    let (source, saved, saved_data) = match newest {
         Some((checkpoint, manifest)) => (
             format!("the experiment saved with {}", checkpoint.display()),
             manifest.config,
@@ -414,7 +416,36 @@ fn check_run_folder(
             .warnings
             .push(format!("a start as it is would be refused: {refusal:#}")),
     }
+    if let Some(shortened) = trained_steps.and_then(|steps| past_the_end(&dir, &saved, experiment, steps)) {
+        said.warnings.push(shortened);
+    }
     Ok(said)
+}
+
+/// The start's refusal to resume past the end, `--allow-change schedule.epochs` or not, when
+/// `experiment` has fewer epochs than the run in `dir` trained `(step, total steps)` of, in the
+/// experiment `saved`. Told where the steps per epoch are the saved run's: only the epochs
+/// differ, not the batch or its accumulation (other data is refused on its own).
+fn past_the_end(dir: &Path, saved: &str, experiment: &Experiment, (step, total): (u64, u64)) -> Option<String> {
+    let saved: toml::Table = toml::from_str(saved).ok()?;
+    let schedule = saved.get("schedule")?.as_table()?;
+    let int = |key: &str| schedule.get(key).and_then(toml::Value::as_integer);
+    let now = &experiment.schedule;
+    let same_steps_per_epoch = int("batch_size")? == now.batch_size as i64
+        && int("accumulate").unwrap_or(1).max(1) == now.accumulate.max(1) as i64;
+    let epochs = u64::try_from(int("epochs")?).ok().filter(|&e| e > 0)?;
+    let per_epoch = (total / epochs).max(1);
+    let total_now = per_epoch * now.epochs;
+    (same_steps_per_epoch && step > total_now).then(|| {
+        format!(
+            "a start would be refused, --allow-change or not: {} has trained {step} steps, more than the \
+             {total_now} of this experiment ({} epochs of {per_epoch} steps), and a run cannot be shortened below \
+             what it has trained. Set schedule.epochs to {} or more, or add --fresh to start over",
+            dir.display(),
+            now.epochs,
+            step.div_ceil(per_epoch)
+        )
+    })
 }
 
 /// Whether `--set` names another run folder than the file's (`run.name`, `run.output_dir`).
