@@ -877,9 +877,10 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
     holder.wait().unwrap();
 }
 
-/// A trial trained again from its own config.toml with `--fresh` stays its sweep's trial: the old
-/// attempt goes where the sweep keeps them (not among the trials, where the sweep would take it
-/// for a trial of another [sweep] table), and the new run keeps the trial's record.
+/// A trial that fails with --fresh as its way out (every checkpoint damaged) is started over
+/// on its own as the sweep says, from its config.toml with `--fresh`, and stays its sweep's
+/// trial: the old attempt goes where the sweep keeps them (not among the trials, where the sweep
+/// would take it for a trial of another [sweep] table), and the new run keeps the trial's record.
 #[test]
 fn a_trial_trained_again_with_fresh_stays_the_sweeps_trial() {
     let dir = setup(&sweep_of_lr("[0.2]"));
@@ -888,14 +889,21 @@ fn a_trial_trained_again_with_fresh_stays_the_sweeps_trial() {
     assert!(out.status.success(), "{}", text(&out));
     let sweep_dir = dir.path().join("runs/tiny-sweep");
     let trial = sweep_dir.join("trial-001");
+    std::fs::remove_file(trial.join("summary.json")).unwrap();
+    for checkpoint in std::fs::read_dir(trial.join("checkpoints")).unwrap() {
+        let model = checkpoint.unwrap().path().join("model.safetensors");
+        if model.is_file() {
+            std::fs::write(model, "damaged").unwrap();
+        }
+    }
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let advice = "`byol-run train runs/tiny-sweep/trial-001/config.toml --fresh` starts it over";
+    assert!(all.contains("no intact checkpoint") && all.contains(advice), "{all}");
     let out = byol_run(
         dir.path(),
-        &[
-            "train",
-            trial.join("config.toml").to_str().unwrap(),
-            "--fresh",
-            "--quiet",
-        ],
+        &["train", "runs/tiny-sweep/trial-001/config.toml", "--fresh", "--quiet"],
     );
     assert!(out.status.success(), "{}", text(&out));
     let entries = |dir: &Path| -> Vec<String> {

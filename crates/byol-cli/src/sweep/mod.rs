@@ -86,11 +86,15 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     let recorded = (!outcome.failed.is_empty()).then(|| {
         format!(
             "{} of {} trials failed ({}; each one's {} says why); fix the cause and run the same command \
-             again to retry them",
+             again to retry them. An error that advises --fresh means the trial's: `byol-run train \
+             {}/config.toml --fresh` starts it over, its attempt moved into {} (the sweep's own --fresh moves \
+             every trial aside)",
             outcome.failed.len(),
             sweep.trials.len(),
             outcome.failed.join(", "),
-            byol_train::sweep::ERROR_FILE
+            byol_train::sweep::ERROR_FILE,
+            sweep.dir.join(&outcome.failed[0]).display(),
+            sweep.dir.join(byol_train::sweep::OLD_ATTEMPTS_DIR).display()
         )
     });
     let unrecorded = (!outcome.unrecorded.is_empty()).then(|| {
