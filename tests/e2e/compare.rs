@@ -37,7 +37,7 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines[0],
-        "| run | `optimizer.lr` | `run.name` | kNN before | kNN after | gain | probe | final loss | time (s) | status |",
+        "| run | `optimizer.lr` | `run.name` | kNN before | kNN after | kNN top-5 | gain | probe | final loss | time (s) | img/s | status |",
         "only the differing keys: {all}"
     );
     assert!(lines[2].starts_with("| runs/slow | 0.2 | slow | "), "{all}");
@@ -88,6 +88,8 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
         .unwrap();
         assert_eq!(run["knn_after"], summary["knn_after"]["top1"], "{run}");
         assert_eq!(run["final_loss"], summary["final_loss"], "{run}");
+        assert_eq!(run["knn_top5"], summary["knn_after"]["top5"], "{run}");
+        assert_eq!(run["images_per_second"], summary["images_per_second"], "{run}");
         assert_eq!(run["status"], "done");
         assert!(run["probe_top1"].is_f64() && run["knn_gain"].is_f64(), "{run}");
     }

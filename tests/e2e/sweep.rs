@@ -128,7 +128,7 @@ fn csv_rows(sweep_dir: &Path) -> Vec<Vec<String>> {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "rank,trial,byol.tau_base,optimizer.lr,knn_top1,status,run_dir,knn_before,knn_after,knn_gain,probe_top1,final_loss,train_seconds,pruned_epoch",
+        "rank,trial,byol.tau_base,optimizer.lr,knn_top1,status,run_dir,knn_before,knn_after,knn_top5,knn_gain,probe_top1,final_loss,train_seconds,images_per_second,pruned_epoch",
         "{csv}"
     );
     lines.map(|l| l.split(',').map(String::from).collect()).collect()

@@ -124,7 +124,7 @@ fn a_sweeps_trials_show_their_hyperparameters_and_config_in_tensorboard() {
     }
     let table = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
     assert!(
-        table.contains("| kNN before | kNN after | gain | probe | final loss | time (s) |"),
+        table.contains("| kNN before | kNN after | kNN top-5 | gain | probe | final loss | time (s) | img/s |"),
         "{table}"
     );
     let script = READ_BACK.replace("PLACEHOLDER", &format!("{:?}", sweep_dir.to_str().unwrap()));

@@ -99,7 +99,7 @@ impl Run {
     }
 
     /// The final figures, by column name (kNN figures and the probe as fractions).
-    fn metrics(&self) -> [(&'static str, Option<f64>); 6] {
+    fn metrics(&self) -> [(&'static str, Option<f64>); sweep::RESULTS] {
         sweep::result_values(self.summary.as_ref())
     }
 }
@@ -257,7 +257,7 @@ fn to_table(runs: &[Run], keys: &[String]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let mut rule = vec!["---"; keys.len() + 1];
-    rule.extend(["---:"; 6]);
+    rule.extend(["---:"; sweep::RESULTS]);
     rule.push("---");
     let _ = writeln!(out, "|{}|", rule.join("|"));
     for run in runs {

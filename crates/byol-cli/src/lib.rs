@@ -96,7 +96,7 @@ enum Command {
     /// samples), for `[dataset] type = "webdataset"`.
     Shard(ShardArgs),
     /// One table of several runs: the settings that differ between them and their final
-    /// metrics (kNN before/after/gain, probe, final loss, time, status).
+    /// metrics (kNN before/after/top-5/gain, probe, final loss, time, images/s, status).
     Compare(compare::CompareArgs),
     /// Run the hyperparameter sweep of a file's [sweep] table: one run folder per trial,
     /// resumable, then a ranked summary (CSV and markdown).

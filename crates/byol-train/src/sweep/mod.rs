@@ -43,7 +43,7 @@ use crate::Experiment;
 pub use prune::{median, Prune, Pruned, Pruner, DEFAULT_PRUNE_AFTER, PRUNER_FILE};
 pub use report::{
     goal_name, rank, rank_with, result_cells, result_line, result_values, to_csv, to_markdown, Row, TrialStatus,
-    RESULT_HEADERS,
+    RESULTS, RESULT_HEADERS,
 };
 
 use base::without_sweep;

@@ -238,28 +238,43 @@ pub fn to_csv(sweep: &Sweep, rows: &[Row]) -> anyhow::Result<String> {
 
 /// What every table shows of a finished trial besides the ranked metric.
 type Column = (&'static str, fn(&RunSummary) -> Option<f64>);
-const RESULT_COLUMNS: [Column; 6] = [
+const RESULT_COLUMNS: [Column; RESULTS] = [
     ("knn_before", |s| s.knn_before.map(|a| a.top1)),
     ("knn_after", |s| s.knn_after.map(|a| a.top1)),
+    ("knn_top5", |s| s.knn_after?.top5),
     ("knn_gain", |s| Some(s.knn_after?.top1 - s.knn_before?.top1)),
     ("probe_top1", |s| s.probe_top1_after),
     ("final_loss", |s| s.final_loss),
     ("train_seconds", |s| Some(s.train_seconds)),
+    ("images_per_second", |s| Some(s.images_per_second)),
 ];
 
+/// How many result columns every table shows.
+pub const RESULTS: usize = 8;
+
 /// The result columns' headers in a markdown table, in [`result_cells`]'s order.
-pub const RESULT_HEADERS: [&str; 6] = ["kNN before", "kNN after", "gain", "probe", "final loss", "time (s)"];
+pub const RESULT_HEADERS: [&str; RESULTS] = [
+    "kNN before",
+    "kNN after",
+    "kNN top-5",
+    "gain",
+    "probe",
+    "final loss",
+    "time (s)",
+    "img/s",
+];
 
 /// A run's results by column name (kNN figures and the probe as fractions); None where the
 /// run has no summary or did not measure it.
-pub fn result_values(summary: Option<&RunSummary>) -> [(&'static str, Option<f64>); 6] {
+pub fn result_values(summary: Option<&RunSummary>) -> [(&'static str, Option<f64>); RESULTS] {
     RESULT_COLUMNS.map(|(name, of)| (name, summary.and_then(of)))
 }
 
 /// A run's results as markdown cells under [`RESULT_HEADERS`] ("-" where there is none).
-pub fn result_cells(summary: Option<&RunSummary>) -> [String; 6] {
+pub fn result_cells(summary: Option<&RunSummary>) -> [String; RESULTS] {
     let percent = |v: f64| format!("{:.1}%", v * 100.0);
-    let formats: [fn(f64) -> String; 6] = [
+    let formats: [fn(f64) -> String; RESULTS] = [
+        percent,
         percent,
         percent,
         |v| format!("{:+.1}", v * 100.0),
@@ -267,6 +282,7 @@ pub fn result_cells(summary: Option<&RunSummary>) -> [String; 6] {
         |v| format!("{v:.4}"),
         // Seconds: a tenth where whole seconds would show a short run as 0.
         |v| if v < 10.0 { format!("{v:.1}") } else { format!("{v:.0}") },
+        |v| format!("{v:.0}"),
     ];
     let values = result_values(summary);
     std::array::from_fn(|i| values[i].1.map_or("-".into(), formats[i]))
