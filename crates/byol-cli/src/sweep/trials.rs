@@ -314,7 +314,8 @@ pub fn preview(sweep: &Sweep, listed: HashMap<String, DatasetFingerprint>) -> an
         return Ok(said);
     }
     let refused = "a start now would be refused";
-    if let Some(holder) = run_dir::in_use_by(&sweep.dir) {
+    let sweep_in_use = run_dir::in_use_by(&sweep.dir);
+    if let Some(holder) = &sweep_in_use {
         said.warnings.push(format!(
             "{refused}: sweep folder {} is in use by another byol-run ({holder}); wait for it to finish (or \
              stop it), or {}",
@@ -323,14 +324,15 @@ pub fn preview(sweep: &Sweep, listed: HashMap<String, DatasetFingerprint>) -> an
         ));
     }
     let mut data_now = DataNow::of(listed);
-    let mut counts: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut counts: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
     for trial in &sweep.trials {
         let dir = sweep.trial_dir(trial);
         if !dir.exists() {
             continue;
         }
         let status = TrialStatus::read(&dir);
-        if said.warnings.is_empty() {
+        // (A sweep that runs holds its trials too: said once, above.)
+        if sweep_in_use.is_none() {
             if let Some(holder) = run_dir::in_use_by(&dir) {
                 said.warnings.push(format!(
                     "{}: {} is in use by another byol-run ({holder}): a start now would fail that trial",
@@ -357,10 +359,10 @@ pub fn preview(sweep: &Sweep, listed: HashMap<String, DatasetFingerprint>) -> an
                 continue;
             }
             Ok(TrialFolder::Fits) => match status {
-                TrialStatus::Done(_) | TrialStatus::Pruned(_) => "finished (skipped)",
-                TrialStatus::Failed(_) => "failed (run again)",
-                TrialStatus::Unfinished if has_checkpoint(&dir) => "resumed from a checkpoint",
-                _ => "started",
+                TrialStatus::Done(_) | TrialStatus::Pruned(_) => ("skips", " (finished)"),
+                TrialStatus::Failed(_) => ("retries", " (failed)"),
+                TrialStatus::Unfinished if has_checkpoint(&dir) => ("resumes", " from its newest checkpoint"),
+                _ => ("starts", ""),
             },
         };
         counts.entry(what).or_default().push(trial.id());
@@ -368,10 +370,10 @@ pub fn preview(sweep: &Sweep, listed: HashMap<String, DatasetFingerprint>) -> an
     if !counts.is_empty() {
         let parts: Vec<String> = counts
             .iter()
-            .map(|(what, trials)| format!("{} {what}", trials.join(", ")))
+            .map(|((does, why), trials)| format!("{does} {}{why}", trials.join(", ")))
             .collect();
         said.notes.push(format!(
-            "{} holds trials from before; a start leaves them as they are: {}",
+            "{} holds trials from before: a start {}",
             sweep.dir.display(),
             parts.join("; ")
         ));
