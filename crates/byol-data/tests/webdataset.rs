@@ -251,6 +251,45 @@ for shard in range(2):
             add(tar, key + ".json", b'{"note": "ignored"}')
 "#;
 
+/// Shards from two folders whose `classes.txt` differ are refused together: label 0 is `c0` in
+/// one set and `c1` in the other, so the kNN monitor would file images under the wrong class.
+/// Two folders with the same class list are one set.
+#[test]
+fn shards_from_folders_that_number_their_classes_differently_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    class_folder(&tmp.path().join("a"));
+    for class in 1..3u8 {
+        for i in 0..7u8 {
+            write_image(&tmp.path().join(format!("b/c{class}/{i}.png")), 1 + class * 7 + i);
+        }
+    }
+    let shard = |from: &str, to: &str| {
+        let pattern = tmp.path().join(to).join("part-%06d.tar");
+        let written = write_shards(&tmp.path().join(from), pattern.to_str().unwrap(), 50, None, false).unwrap();
+        quoted(Path::new(&written.urls))
+    };
+    let (a, b) = (shard("a", "shards-a"), shard("b", "shards-b"));
+    let err = config(&format!("[{a}, {b}]"), "").load().unwrap_err().to_string();
+    assert!(
+        err.contains("shards from two folders number their classes differently")
+            && err.contains("shards-a/classes.txt names [c0, c1, c2]")
+            && err.contains("shards-b/classes.txt names [c1, c2]"),
+        "{err}"
+    );
+    // Without a class list beside the second set: its labels are numbers, not the same names.
+    std::fs::remove_file(tmp.path().join("shards-b/classes.txt")).unwrap();
+    let err = config(&format!("[{a}, {b}]"), "").load().unwrap_err().to_string();
+    assert!(err.contains("has no classes.txt (labels are numbers)"), "{err}");
+
+    // The same classes in both folders: one set, every label right.
+    let c = shard("a", "shards-c");
+    let (splits, _) = config(&format!("[{a}, {c}]"), "").load().unwrap();
+    assert_eq!(splits.train.classes(), ["c0", "c1", "c2"]);
+    let seen = contents(splits.train.as_ref());
+    assert_eq!(seen.len(), 42);
+    assert!(seen.iter().all(|&(id, label)| label == class_of(id)), "{seen:?}");
+}
+
 #[test]
 fn shards_written_by_python_tarfile_in_the_webdataset_layout_read_in_order() {
     let tmp = tempfile::tempdir().unwrap();

@@ -309,28 +309,46 @@ impl Index {
     }
 }
 
-/// Class names from `classes.txt` next to the first shard, or the label numbers themselves.
+/// Class names from the `classes.txt` next to the shards, or the label numbers themselves.
+/// Shards from several folders must name their labels alike: the same label number is another
+/// class in two sets written from different class folders.
 pub(super) fn classes_of(key: &str, shards: &[PathBuf], samples: &[Sample]) -> Result<Vec<String>, DataError> {
     let most = samples.iter().map(|s| s.label).max().unwrap_or(0) as usize;
-    let file = shards[0].parent().unwrap_or(Path::new("")).join(CLASSES_FILE);
-    if !file.is_file() {
-        return Ok((0..=most).map(|l| l.to_string()).collect());
+    let mut folders: Vec<&Path> = Vec::new();
+    for shard in shards {
+        let folder = shard.parent().unwrap_or(Path::new(""));
+        if !folders.contains(&folder) {
+            folders.push(folder);
+        }
     }
-    let text = std::fs::read_to_string(&file)
-        .map_err(|e| DataError::Config(format!("dataset.{key}: cannot read {}: {e}", file.display())))?;
-    // Line n names label n: a blank line among them would shift every name after it if dropped.
-    let mut classes: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
-    while classes.last().is_some_and(String::is_empty) {
-        classes.pop();
-    }
-    if let Some(blank) = classes.iter().position(String::is_empty) {
+    let lists = folders
+        .iter()
+        .map(|folder| class_list(key, &folder.join(CLASSES_FILE)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(other) = lists.iter().position(|list| *list != lists[0]) {
+        let show = |i: usize| match &lists[i] {
+            Some(names) => format!(
+                "{} names [{}]",
+                folders[i].join(CLASSES_FILE).display(),
+                names.join(", ")
+            ),
+            None => format!(
+                "{} has no {CLASSES_FILE} (labels are numbers)",
+                display_folder(folders[i])
+            ),
+        };
         return Err(DataError::Config(format!(
-            "dataset.{key}: line {} of {} is blank, so label {blank} has no name (one class name per \
-             line, label 0 first); name it or remove the line",
-            blank + 1,
-            file.display()
+            "dataset.{key}: shards from two folders number their classes differently ({}; {}), so one label \
+             number would mean two classes. Shard the data as one set (`byol-run shard` of one folder holding \
+             every class), or give both folders the same {CLASSES_FILE}",
+            show(0),
+            show(other)
         )));
     }
+    let Some(classes) = lists.into_iter().next().flatten() else {
+        return Ok((0..=most).map(|l| l.to_string()).collect());
+    };
+    let file = folders[0].join(CLASSES_FILE);
     if most >= classes.len() {
         let s = samples
             .iter()
@@ -346,6 +364,37 @@ pub(super) fn classes_of(key: &str, shards: &[PathBuf], samples: &[Sample]) -> R
         )));
     }
     Ok(classes)
+}
+
+/// The class names of a `classes.txt` (one a line, label 0 first); None where there is none.
+fn class_list(key: &str, file: &Path) -> Result<Option<Vec<String>>, DataError> {
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| DataError::Config(format!("dataset.{key}: cannot read {}: {e}", file.display())))?;
+    // Line n names label n: a blank line among them would shift every name after it if dropped.
+    let mut classes: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    while classes.last().is_some_and(String::is_empty) {
+        classes.pop();
+    }
+    if let Some(blank) = classes.iter().position(String::is_empty) {
+        return Err(DataError::Config(format!(
+            "dataset.{key}: line {} of {} is blank, so label {blank} has no name (one class name per \
+             line, label 0 first); name it or remove the line",
+            blank + 1,
+            file.display()
+        )));
+    }
+    Ok(Some(classes))
+}
+
+/// A folder as messages name it: "the working directory" for the empty path.
+fn display_folder(folder: &Path) -> String {
+    match folder.as_os_str().is_empty() {
+        true => "the working directory".to_string(),
+        false => folder.display().to_string(),
+    }
 }
 
 #[cfg(test)]
