@@ -1198,7 +1198,16 @@ fn a_resume_on_other_knn_images_reports_no_gain() {
     let run_dir = finished("r");
     assert!(summary(&run_dir)["knn_before"].is_object(), "{}", summary(&run_dir));
     let longer = ["--set", "schedule.epochs=4", "--allow-change", "schedule.epochs"];
-    let other_queries = ["--set", "dataset.test_size=32", "--allow-change", "dataset.test_size"];
+    // Allowing the key alone is no allowance of other data: that takes the whole table.
+    let test_size = ["--set", "dataset.test_size=32", "--allow-change", "dataset.test_size"];
+    let out = run(dir.path(), "r", &[&longer[..], &test_size].concat());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("was trained on other data") && all.contains("add --allow-change dataset to continue"),
+        "{all}"
+    );
+    let other_queries = ["--set", "dataset.test_size=32", "--allow-change", "dataset"];
     let out = run(dir.path(), "r", &[&longer[..], &other_queries].concat());
     let all = text(&out);
     assert!(out.status.success(), "{all}");

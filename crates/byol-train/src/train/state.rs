@@ -472,7 +472,8 @@ impl RunStart {
 
 /// Whether the run's recorded data (`saved`: where it is recorded, and the record) is the data
 /// found now (false: no record, from a run folder made before fingerprints). A difference is an
-/// error unless `--allow-change dataset` (or a key under it) accepts it.
+/// error unless `--allow-change dataset` accepts it: the whole table, as one key under it
+/// (`dataset.cache`, or a new `dataset.train` path) says nothing of what the images are now.
 fn check_dataset(
     run_dir: &Path,
     saved: Option<(String, DatasetFingerprint)>,
@@ -487,7 +488,7 @@ fn check_dataset(
     if differences.is_empty() {
         return Ok(true);
     }
-    if allow.iter().any(|a| a == "dataset" || a.starts_with("dataset.")) {
+    if allow.iter().any(|a| a == "dataset") {
         byol::eprint_line!(
             "note: continuing {} on different data (--allow-change):\n{}",
             run_dir.display(),
