@@ -1076,13 +1076,15 @@ fn a_run_inside_another_runs_or_a_sweeps_folder_is_refused() {
         &[&["sweep", "sweep.toml", "--set", "run.name=\"s\""][..], &one_epoch].concat(),
     );
     assert!(out.status.success(), "{}", text(&out));
-    let out = run(dir.path(), "runs/s-sweep/extra", &one_epoch);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("is inside the sweep folder runs/s-sweep"),
-        "{}",
-        text(&out)
-    );
+    for inside in ["runs/s-sweep/extra", "runs/s-sweep/old-attempts/x"] {
+        let out = run(dir.path(), inside, &one_epoch);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains("is inside the sweep folder runs/s-sweep"),
+            "{inside}: {}",
+            text(&out)
+        );
+    }
     let nested_sweep = ["validate", "sweep.toml", "--set", "run.name=\"outer/s\""];
     let out = byol_run(dir.path(), &nested_sweep);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -370,15 +370,16 @@ pub fn check_can_hold_a_run(run_dir: &Path, kind: FolderKind) -> anyhow::Result<
 /// inner one aside with it, unsaid, and the inner run's next start would begin again from step 0.
 /// Every folder above `dir` counts, by its absolute path with `..` resolved and by its real path
 /// (links followed), and is told by its records' contents: a `config.toml` beside a run's
-/// `dataset.json` or checkpoints, or a trial's record. Only the folder right above is asked
-/// whether it is a sweep's (a listing of it).
+/// `dataset.json` or checkpoints, or a trial's record; a sweep's folder by its lock beside a
+/// trial, at any depth (`<sweep>/old-attempts/x` is carried away by the sweep's `--fresh` too),
+/// save the one right above a trial.
 pub fn check_not_inside_a_run(dir: &Path, kind: FolderKind) -> anyhow::Result<()> {
     // A trial's folder (one a sweep made, trained on its own to finish it) is a sweep's.
     let trial = kind == FolderKind::Trial || dir.join(crate::sweep::TRIAL_FILE).is_file();
     for (parent, outer) in folders_above(dir) {
         let (outer_kind, inner) = if holds_run_records(&outer) || outer.join(crate::sweep::TRIAL_FILE).is_file() {
             (FolderKind::Run, "the run's own records")
-        } else if parent && !trial && is_sweep_folder(&outer) {
+        } else if !(parent && trial) && is_sweep_folder(&outer) {
             (FolderKind::Sweep, "its trials")
         } else {
             continue;
