@@ -728,6 +728,13 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
             "step-folders",
             vec![("checkpoints/step-000000100/model.pt", "x"), ("config.toml", TINY)],
         ),
+        (
+            "step-manifest",
+            vec![
+                ("checkpoints/step-000000005/manifest.json", "{}"),
+                ("config.toml", TINY),
+            ],
+        ),
     ];
     for (folder, files) in &foreign {
         for (file, contents) in files {
@@ -758,6 +765,12 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
     let out = run(d, "step-folders", &[]);
     assert!(
         text(&out).contains("holds checkpoints/step-000000100 (no manifest.json: not a byol-rs checkpoint)"),
+        "{}",
+        text(&out)
+    );
+    let out = run(d, "step-manifest", &[]);
+    assert!(
+        text(&out).contains("step-000000005 (its manifest.json is no checkpoint's: not a byol-rs checkpoint)"),
         "{}",
         text(&out)
     );

@@ -521,13 +521,20 @@ fn is_step_name(name: &str) -> bool {
 }
 
 /// Whether `path`, an entry of a checkpoints folder, is one a run writes there: a checkpoint
-/// folder with its manifest (a folder named like one without it is another tool's), the `last`
-/// link, `damaged/`, or what an interrupted write leaves (removed at the next start).
+/// folder with its manifest (a folder named like one without it, or with a `manifest.json` that
+/// is not a checkpoint's, is another tool's), the `last` link, `damaged/`, or what an
+/// interrupted write leaves (removed at the next start).
 pub fn is_checkpoints_entry(path: &Path) -> bool {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let interrupted = name.starts_with('.') && [".tmp-", REPLACED, PRUNED].iter().any(|m| name.contains(m));
-    let checkpoint = is_step_name(&name) && path.join(MANIFEST_FILE).is_file();
+    let checkpoint = is_step_name(&name) && has_a_manifest(path);
     checkpoint || name == LAST_LINK || name == DAMAGED_DIR || interrupted
+}
+
+/// Whether the folder `dir` holds a `manifest.json` that reads as a checkpoint's (its files not
+/// checked).
+pub fn has_a_manifest(dir: &Path) -> bool {
+    fs::read(dir.join(MANIFEST_FILE)).is_ok_and(|text| serde_json::from_slice::<Manifest>(&text).is_ok())
 }
 
 /// Atomically swaps two paths (Linux `renameat2(RENAME_EXCHANGE)`).

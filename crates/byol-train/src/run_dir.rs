@@ -571,12 +571,13 @@ fn checkpoints_entries(run_dir: &Path) -> std::io::Result<(usize, Vec<String>)> 
         } else if is_no_ones(&entry) {
             continue;
         } else if foreign.len() < 3 {
-            let unlisted = entry.path().is_dir() && !entry.path().join(crate::checkpoint::MANIFEST_FILE).exists();
-            foreign.push(match name.starts_with("step-") && unlisted {
-                true => format!(
-                    "{name} (no {}: not a byol-rs checkpoint)",
-                    crate::checkpoint::MANIFEST_FILE
-                ),
+            let manifest = crate::checkpoint::MANIFEST_FILE;
+            let why = match entry.path().join(manifest).exists() {
+                false => format!("no {manifest}"),
+                true => format!("its {manifest} is no checkpoint's"),
+            };
+            foreign.push(match name.starts_with("step-") && entry.path().is_dir() {
+                true => format!("{name} ({why}: not a byol-rs checkpoint)"),
                 false => name,
             });
         }
