@@ -1248,3 +1248,97 @@ fn a_resume_on_other_knn_images_reports_no_gain() {
     assert!(!text(&out).contains("images changed"), "{}", text(&out));
     assert!(summary(&same_images)["knn_before"].is_object());
 }
+
+/// `validate` takes the start's own flags (`--run-dir`, `--allow-change`, `--fresh`) and decides
+/// as the start decides, reading only: where it goes on from, what it refuses and why, a folder
+/// whose checkpoints are gone or all damaged, a run folder that is a file.
+#[test]
+fn validate_says_what_a_start_with_the_same_flags_does() {
+    let dir = setup();
+    let d = dir.path();
+    finished_run(d, "r");
+    let validate = |extra: &[&str]| {
+        let out = byol_run(d, &[&["validate", "tiny.toml"][..], extra].concat());
+        assert!(out.status.success(), "{extra:?}: {}", text(&out));
+        text(&out)
+    };
+    let all = validate(&["--run-dir", "r"]);
+    assert!(
+        all.contains("note: r holds a run of this experiment: a start goes on from its checkpoint of step 48")
+            && !all.contains("warning"),
+        "{all}"
+    );
+    let other_lr = ["--run-dir", "r", "--set", "optimizer.lr=0.9"];
+    let all = validate(&other_lr);
+    assert!(
+        all.contains("warning: a start as it is would be refused") && all.contains("--allow-change optimizer.lr"),
+        "{all}"
+    );
+    let all = validate(&[&other_lr[..], &["--allow-change", "optimizer.lr"]].concat());
+    assert!(
+        all.contains("holds a run of this experiment") && !all.contains("warning"),
+        "{all}"
+    );
+    let all = validate(&[
+        "--run-dir",
+        "r",
+        "--set",
+        "schedule.epochs=2",
+        "--allow-change",
+        "schedule.epochs",
+    ]);
+    assert!(
+        all.contains("warning: a start would be refused, --allow-change or not: r has trained 48 steps")
+            && !all.contains("as it is would be refused"),
+        "{all}"
+    );
+    let all = validate(&["--run-dir", "r", "--fresh"]);
+    assert!(all.contains("note: --fresh: a start moves r aside"), "{all}");
+
+    // Checkpoints gone, or every one damaged: the start refuses, and validate says so, moving
+    // nothing.
+    let gone = finished_run(d, "gone");
+    std::fs::remove_dir_all(gone.join("checkpoints")).unwrap();
+    let all = validate(&["--run-dir", "gone"]);
+    assert!(
+        all.contains("warning: a start as it is would be refused: gone records a run trained to step 48"),
+        "{all}"
+    );
+    let damaged = finished_run(d, "damaged");
+    for checkpoint in step_folders(&damaged) {
+        std::fs::write(
+            damaged.join("checkpoints").join(checkpoint).join("model.safetensors"),
+            "x",
+        )
+        .unwrap();
+    }
+    let all = validate(&["--run-dir", "damaged"]);
+    assert!(
+        all.contains("warning: a start as it is would be refused") && all.contains("has no intact checkpoint"),
+        "{all}"
+    );
+    assert!(
+        !damaged.join("checkpoints/damaged").exists(),
+        "validate moves nothing: {all}"
+    );
+    assert_eq!(step_folders(&damaged).len(), 3, "{all}");
+
+    std::fs::write(d.join("file"), "x").unwrap();
+    let out = byol_run(d, &["validate", "tiny.toml", "--run-dir", "file"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot use file as the run folder: it exists and is not a folder"),
+        "{}",
+        text(&out)
+    );
+
+    let sweep = format!("{TINY}\n[sweep]\nmethod = \"grid\"\n\n[sweep.parameters]\n\"optimizer.lr\" = [0.1]\n");
+    std::fs::write(d.join("sweep.toml"), sweep).unwrap();
+    let out = byol_run(d, &["validate", "sweep.toml", "--run-dir", "r"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("a sweep takes neither --run-dir nor --allow-change"),
+        "{}",
+        text(&out)
+    );
+}

@@ -378,8 +378,15 @@ fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
         "{all}"
     );
 
-    // Fewer values: the trial left over is named, not dropped from the summary without a word.
+    // Fewer values: the trial left over is named, not dropped from the summary without a word
+    // (by validate too).
     std::fs::write(dir.path().join("tiny.toml"), file.replace("1e30, 0.1", "1e30")).unwrap();
+    let out = byol_run(dir.path(), &[&["validate", "tiny.toml"][..], &small[1..]].concat());
+    assert!(
+        text(&out).contains("holds trial-002 (optimizer.lr = 0.1), which is not a trial of this sweep"),
+        "{}",
+        text(&out)
+    );
     let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
     let all = text(&out);
     assert!(
@@ -894,6 +901,14 @@ fn a_trial_trained_again_with_fresh_stays_the_sweeps_trial() {
             std::fs::write(model, "damaged").unwrap();
         }
     }
+    let out = byol_run(dir.path(), &[&["validate", "tiny.toml"][..], &small[1..]].concat());
+    let all = text(&out);
+    assert!(
+        all.contains("warning: trial-001: a start would fail it again")
+            && all.contains("has no intact checkpoint")
+            && all.contains("`byol-run train runs/tiny-sweep/trial-001/config.toml --fresh` starts it over"),
+        "{all}"
+    );
     let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");

@@ -58,8 +58,9 @@ struct Cli {
 enum Command {
     /// Train an experiment (the default: `byol-run exp.toml` is `byol-run train exp.toml`).
     Train(TrainArgs),
-    /// Check an experiment file (and overrides) without training.
-    Validate(ExperimentArgs),
+    /// Check an experiment file (and overrides) without training, and say what a start (with the
+    /// same flags) would do with its run folder.
+    Validate(ValidateArgs),
     /// List registered plugins with a description and an example config.
     Plugins,
     /// Report libtorch, CUDA, cuDNN, devices and CPU threads.
@@ -164,6 +165,21 @@ struct ExperimentArgs {
     /// Override a key: `--set optimizer.lr=0.3` (value in TOML syntax).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+struct ValidateArgs {
+    #[command(flatten)]
+    experiment: ExperimentArgs,
+    /// The run folder a start would train in, as `train --run-dir` (runs only).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Say what a start with `--allow-change KEY` would do (runs only; repeatable).
+    #[arg(long = "allow-change", value_name = "KEY")]
+    allow_change: Vec<String>,
+    /// Say what a start with `--fresh` would do.
+    #[arg(long, conflicts_with = "allow_change")]
+    fresh: bool,
 }
 
 #[derive(Args, Clone)]
@@ -317,12 +333,23 @@ fn load_valid(args: &ExperimentArgs) -> anyhow::Result<Experiment> {
     Ok(experiment)
 }
 
-fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
-    let path = args.experiment.as_ref().context("no experiment file given")?;
+fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
+    let path = args
+        .experiment
+        .experiment
+        .as_ref()
+        .context("no experiment file given")?;
     if std::fs::read_to_string(path).is_ok_and(|text| byol_train::sweep::is_sweep(&text)) {
-        return sweep::validate(args);
+        if args.run_dir.is_some() || !args.allow_change.is_empty() {
+            anyhow::bail!(
+                "{} is a sweep: a sweep takes neither --run-dir nor --allow-change (its trials' folders follow \
+                 from run.name, and a trial trained with other settings starts anew or is refused)",
+                path.display()
+            );
+        }
+        return sweep::validate(&args.experiment, args.fresh);
     }
-    let experiment = load_valid(args)?;
+    let experiment = load_valid(&args.experiment)?;
     let backbone_warnings = byol_train::train::Model::check_builds(&experiment)
         .map_err(|e| anyhow::anyhow!(experiment.pointed_at_set(format!("{e:#}"))))
         .with_context(|| format!("in experiment file {}", path.display()))?;
@@ -330,11 +357,7 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
         .check_data()
         .with_context(|| format!("in experiment file {}: its data", path.display()))?;
     let folder = check_run_folder(args, &experiment, &listed)?;
-    say!(
-        "{} is valid: experiment '{}'",
-        args.experiment.as_ref().expect("required").display(),
-        experiment.name()
-    );
+    say!("{} is valid: experiment '{}'", path.display(), experiment.name());
     for note in experiment.notes().into_iter().chain(data.notes).chain(folder.notes) {
         say!("note: {note}");
     }
@@ -345,27 +368,39 @@ fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a start of `experiment` (the file `args` names, with its `--set`s) would find in its run
-/// folder, compared as the start compares it (with the newest checkpoint's experiment and data,
-/// else the folder's `config.toml` and `dataset.json`; `listed` is the data now): a folder it
+/// What a start of `experiment` (the file `args` names, with its `--set`s and the start's own
+/// flags) would find in its run folder, decided as the start decides it (the newest intact
+/// checkpoint, its experiment and data; `listed` is the data now), reading only: a folder it
 /// refuses whatever the flags is an error; one holding a run is said, as a warning with the
-/// start's refusal where it would refuse to resume it without `--allow-change` or `--fresh`.
+/// start's refusal where it would refuse to resume it.
 fn check_run_folder(
-    args: &ExperimentArgs,
+    args: &ValidateArgs,
     experiment: &Experiment,
     listed: &byol_train::train::state::DatasetFingerprint,
 ) -> anyhow::Result<Remarks> {
+    use byol_train::checkpoint::Checkpointer;
     use byol_train::run_dir;
-    use byol_train::train::state::{DatasetFingerprint, DATA_LOCATION_KEYS};
-    let path = args.experiment.as_deref().expect("required");
+    use byol_train::train::state::RunStart;
+    let path = args.experiment.experiment.as_deref().expect("required");
     let mut said = Remarks::default();
-    // A run folder's own config.toml continues that run, unless --set names another folder.
-    let dir = match run_folder_of_config(path).filter(|_| !renames_the_run(args)) {
-        Some(dir) => dir,
-        None => experiment.run.output_dir.join(experiment.name()),
+    let dir = match &args.run_dir {
+        Some(dir) => dir.clone(),
+        // A run folder's own config.toml continues that run, unless --set names another folder.
+        None => match run_folder_of_config(path).filter(|_| !renames_the_run(&args.experiment)) {
+            Some(dir) => dir,
+            None => experiment.run.output_dir.join(experiment.name()),
+        },
     };
-    run_dir::check_can_hold_a_run(&dir, run_dir::FolderKind::Run)
-        .with_context(|| format!("in experiment file {}: its run folder", path.display()))?;
+    let in_file = || format!("in experiment file {}: its run folder", path.display());
+    if std::fs::symlink_metadata(&dir).is_ok() && !dir.is_dir() {
+        anyhow::bail!(
+            "{}: cannot use {} as the run folder: it exists and is not a folder (a file, or a link to a missing \
+             folder); remove it or choose another folder",
+            in_file(),
+            dir.display()
+        );
+    }
+    run_dir::check_can_hold_a_run(&dir, run_dir::FolderKind::Run).with_context(in_file)?;
     if let Some(holder) = run_dir::in_use_by(&dir) {
         said.warnings.push(format!(
             "a start now would be refused: {} is in use by another byol-run ({holder}); wait for it to finish \
@@ -376,49 +411,43 @@ fn check_run_folder(
     if !run_dir::is_run_folder(&dir) {
         return Ok(said);
     }
-    let newest = byol_train::checkpoint::newest_manifest(&dir);
-    let trained_steps = newest.as_ref().map(|(_, m)| (m.step, m.total_steps));
-    let (source, saved, saved_data) = match newest {
-        Some((checkpoint, manifest)) => (
-            format!("the experiment saved with {}", checkpoint.display()),
-            manifest.config,
-            manifest.dataset,
-        ),
-        None => match run_dir::saved_config(&dir) {
-            Some(config) => (
-                "its config.toml".to_string(),
-                config,
-                DatasetFingerprint::recorded(&dir).ok().flatten(),
-            ),
-            None => return Ok(said),
-        },
-    };
-    let other_data = saved_data.map_or(Vec::new(), |data| data.differences(listed));
-    if !other_data.is_empty() {
-        said.warnings.push(format!(
-            "a start as it is would be refused: {} was trained on other data than the experiment reads now:\n{}\n\
-             add --allow-change dataset to continue on this data anyway, or --fresh to start a new run",
-            dir.display(),
-            other_data.join("\n")
-        ));
-    }
-    // Where the data lives may change only while it is the same data.
-    let location: &[&str] = if other_data.is_empty() { DATA_LOCATION_KEYS } else { &[] };
-    let now = experiment.to_toml()?;
-    match run_dir::check_identity(&dir, &source, &saved, &now, &[], location) {
-        Ok(_) if other_data.is_empty() => said.notes.push(format!(
-            "{} holds a run of this experiment: training goes on from its last checkpoint (a finished run is \
-             reported, not trained again; --fresh starts over, moving it aside)",
+    if args.fresh {
+        said.notes.push(format!(
+            "--fresh: a start moves {} aside (into its sweep's old-attempts for a trial, else beside it as \
+             .old-<UTC time>) and trains anew",
             dir.display()
-        )),
-        Ok(_) => {}
+        ));
+        return Ok(said);
+    }
+    let checkpointer = Checkpointer::new(dir.join(run_dir::CHECKPOINTS_DIR), 0);
+    match RunStart::find(
+        &dir,
+        &checkpointer,
+        false,
+        &experiment.to_toml()?,
+        listed,
+        &args.allow_change,
+    ) {
         Err(refusal) => said
             .warnings
             .push(format!("a start as it is would be refused: {refusal:#}")),
+        Ok(start) => said.notes.push(match &start.checkpoint {
+            Some((_, manifest)) => format!(
+                "{} holds a run of this experiment: a start goes on from its checkpoint of step {} (a finished \
+                 run is reported, not trained again; --fresh starts over, moving it aside)",
+                dir.display(),
+                manifest.step
+            ),
+            None => format!(
+                "{} holds a run of this experiment that stopped before its first checkpoint: a start trains it \
+                 from step 0 there",
+                dir.display()
+            ),
+        }),
     }
-    if let Some(shortened) = trained_steps.and_then(|steps| past_the_end(&dir, &saved, experiment, steps)) {
-        said.warnings.push(shortened);
-    }
+    let newest = byol_train::checkpoint::newest_manifest(&dir);
+    said.warnings
+        .extend(newest.and_then(|(_, m)| past_the_end(&dir, &m.config, experiment, (m.step, m.total_steps))));
     Ok(said)
 }
 

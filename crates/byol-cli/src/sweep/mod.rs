@@ -134,8 +134,9 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `byol-run validate` on a sweep file: every trial is checked as `validate` checks a run.
-pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
+/// `byol-run validate` on a sweep file: every trial is checked as `validate` checks a run, and
+/// what a start (with `--fresh`, or not) would do with the sweep's folder is said.
+pub fn validate(args: &ExperimentArgs, fresh: bool) -> anyhow::Result<()> {
     let sweep = load(args)?;
     for trial in &sweep.trials {
         let in_trial = || format!("{} ({})", trial.id(), trial.describe());
@@ -146,7 +147,16 @@ pub fn validate(args: &ExperimentArgs) -> anyhow::Result<()> {
     sweep.check_metric_measured(&trials)?;
     let (listed, data) = check_data(&sweep, &trials)?;
     trials::check_sweep_folder(&sweep.dir, false)?;
-    let folder = trials::preview(&sweep, listed)?;
+    let folder = match fresh && sweep.dir.exists() {
+        true => Remarks {
+            notes: vec![format!(
+                "--fresh: a start moves {} aside (beside it, as .old-<UTC time>) and runs every trial anew",
+                sweep.dir.display()
+            )],
+            ..Default::default()
+        },
+        false => trials::preview(&sweep, listed)?,
+    };
     say!(
         "{} is valid: sweep '{}' of {} into {}",
         args.experiment.as_ref().expect("required").display(),

@@ -359,13 +359,38 @@ pub fn preview(sweep: &Sweep, listed: HashMap<String, DatasetFingerprint>) -> an
                 continue;
             }
             Ok(TrialFolder::Fits) => match status {
-                TrialStatus::Done(_) | TrialStatus::Pruned(_) => ("skips", " (finished)"),
+                TrialStatus::Done(_) => ("skips", " (finished)"),
+                TrialStatus::Pruned(_) => ("skips", " (pruned)"),
+                _ if has_checkpoint(&dir) => {
+                    // As the trial's start decides: a checkpoint to go on from, or none intact.
+                    let checkpoints = checkpoint::Checkpointer::new(dir.join(run_dir::CHECKPOINTS_DIR), 0);
+                    if let Err(e) = checkpoints.resume_point(false) {
+                        said.warnings.push(format!(
+                            "{}: a start would fail it again: {e:#}\nFor this trial alone, `byol-run train {} \
+                             --fresh` starts it over (its attempt moved into {})",
+                            trial.id(),
+                            dir.join(run_dir::CONFIG_FILE).display(),
+                            sweep.dir.join(OLD_ATTEMPTS_DIR).display()
+                        ));
+                        continue;
+                    }
+                    match status {
+                        TrialStatus::Failed(_) => ("retries", " (failed) from its newest checkpoint"),
+                        _ => ("resumes", " from its newest checkpoint"),
+                    }
+                }
                 TrialStatus::Failed(_) => ("retries", " (failed)"),
-                TrialStatus::Unfinished if has_checkpoint(&dir) => ("resumes", " from its newest checkpoint"),
                 _ => ("starts", ""),
             },
         };
         counts.entry(what).or_default().push(trial.id());
+    }
+    for stray in trials_outside(sweep) {
+        said.warnings.push(format!(
+            "{} holds {stray}, which is not a trial of this sweep (the [sweep] table changed since it ran): a \
+             start leaves it out of the summary",
+            sweep.dir.display()
+        ));
     }
     if !counts.is_empty() {
         let parts: Vec<String> = counts

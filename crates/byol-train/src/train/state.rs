@@ -361,7 +361,8 @@ impl RunStart {
     /// Finds the newest intact checkpoint of the run folder (moving damaged ones aside when
     /// `main`), and checks that the run it holds is this experiment's: the keys that differ must
     /// be safe to change, accepted by `allow`, or say only where the data lives while the data
-    /// is the same (`fingerprint`).
+    /// is the same (`fingerprint`). Only `main` says what it finds and changes anything: the
+    /// other processes of a job, and `validate`, only read.
     pub fn find(
         run_dir: &Path,
         checkpointer: &Checkpointer,
@@ -421,7 +422,7 @@ impl RunStart {
                 .into_iter()
                 .filter(|c| !run_dir::allowed(&c.key, allow) && !c.key.starts_with("dataset."))
                 .collect();
-            let same_data = check_dataset(run_dir, saved_data, fingerprint, allow, &also_changed)?;
+            let same_data = check_dataset(run_dir, saved_data, fingerprint, allow, &also_changed, main)?;
             let also_safe: &[&str] = if same_data { DATA_LOCATION_KEYS } else { &[] };
             let accepted = run_dir::check_identity(run_dir, &source, &saved, config_toml, allow, also_safe)?;
             data_in_place = !accepted
@@ -480,6 +481,7 @@ fn check_dataset(
     now: &DatasetFingerprint,
     allow: &[String],
     also_changed: &[run_dir::Change],
+    main: bool,
 ) -> anyhow::Result<bool> {
     let Some((recorded_in, saved)) = saved else {
         return Ok(false);
@@ -489,11 +491,13 @@ fn check_dataset(
         return Ok(true);
     }
     if allow.iter().any(|a| a == "dataset") {
-        byol::eprint_line!(
-            "note: continuing {} on different data (--allow-change):\n{}",
-            run_dir.display(),
-            differences.join("\n")
-        );
+        if main {
+            byol::eprint_line!(
+                "note: continuing {} on different data (--allow-change):\n{}",
+                run_dir.display(),
+                differences.join("\n")
+            );
+        }
         return Ok(false);
     }
     let keys_too = match also_changed {
