@@ -919,6 +919,12 @@ fn a_trial_trained_again_with_fresh_stays_the_sweeps_trial() {
         &["train", "runs/tiny-sweep/trial-001/config.toml", "--fresh", "--quiet"],
     );
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("the record of the run folder")
+            && text(&out).contains(": starting over (--fresh) that run"),
+        "{}",
+        text(&out)
+    );
     let entries = |dir: &Path| -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()

@@ -512,10 +512,15 @@ fn chosen_run_dir(args: &TrainArgs, experiment: &Experiment) -> Option<PathBuf> 
     let named = experiment.run.output_dir.join(experiment.name());
     if std::fs::canonicalize(&named).ok() != std::fs::canonicalize(&folder).ok() {
         byol::eprint_line!(
-            "note: {} is the record of the run folder {}: continuing that run, not one in {} \
-             (--run-dir chooses the folder)",
+            "note: {} is the record of the run folder {}: {} that run, not one in {} (--run-dir chooses the \
+             folder)",
             path.display(),
             folder.display(),
+            if args.fresh {
+                "starting over (--fresh)"
+            } else {
+                "continuing"
+            },
             named.display()
         );
     }
