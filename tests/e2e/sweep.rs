@@ -1203,11 +1203,9 @@ fn a_trial_of_invalid_values_stops_the_sweep_before_any_trial_trains() {
             && all.contains("(trial-002): optimizer.lr = -1 is out of range: it must be >= 0"),
         "{all}"
     );
+    // Nothing is left behind: no trial folder, and no sweep folder holding only its lock.
     let sweep_dir = dir.path().join("runs/tiny-sweep");
-    assert!(
-        !sweep_dir.join("trial-001/checkpoints").exists() && !sweep_dir.join("trial-002").exists(),
-        "{all}"
-    );
+    assert!(!sweep_dir.exists(), "{all}");
     // A batch larger than generated data, whose size the file says, is refused so too.
     let batches = format!("{}\"schedule.batch_size\" = [32, 1024]\n", sweep_of_lr("[0.2]"));
     std::fs::write(dir.path().join("tiny.toml"), batches).unwrap();

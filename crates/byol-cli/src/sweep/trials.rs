@@ -87,7 +87,22 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     };
     // Two sweeps over one folder would train the same trials twice and mark each other's running
     // trials as failed. Each trial's folder has its own lock besides (child processes take it).
-    let _owner = FolderLock::create_and_acquire(&sweep.dir, FolderKind::Sweep)?;
+    let owner = FolderLock::create_and_acquire(&sweep.dir, FolderKind::Sweep)?;
+    let outcome = run_holding_the_folder(sweep, options, moved);
+    if outcome.is_err() {
+        // Refused before any trial folder was written: no sweep folder left with only its lock.
+        owner.remove_if_unused();
+    }
+    outcome
+}
+
+/// [`run`] once the sweep's folder is this process's (`moved`: where `--fresh` moved the one
+/// before).
+fn run_holding_the_folder(
+    sweep: &Sweep,
+    options: &SweepOptions,
+    moved: Option<PathBuf>,
+) -> anyhow::Result<SweepOutcome> {
     let say = |line: String| say!("{line}");
     if let Some(old) = moved {
         say(format!(
@@ -125,7 +140,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     invalid.dedup();
     if !invalid.is_empty() {
         bail!(
-            "no trial was run: every trial to run must be a valid experiment, and\n{}",
+            "no trial was run: every trial to run must be a valid experiment, and these are not:\n{}",
             invalid.join("\n")
         );
     }
