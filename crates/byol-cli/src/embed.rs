@@ -549,7 +549,10 @@ fn find_images(args: &EmbedArgs) -> anyhow::Result<(ImageTree, Skipped)> {
         byol::eprint_line!("warning: {warning}");
     }
     if scan.images.is_empty() {
-        bail!("{} holds no .jpg, .jpeg or .png images", args.images.display());
+        bail!(
+            "{} holds no .jpg, .jpeg (.jpe, .jfif) or .png images",
+            args.images.display()
+        );
     }
     Ok((scan, skipped))
 }

@@ -361,6 +361,25 @@ fn labels_come_from_sorted_folders_and_stray_files_are_ignored() {
     assert_eq!(Vec::<u8>::try_from(images.get(9).flatten(0, -1)).unwrap(), deep);
 }
 
+/// JPEGs under JPEG's other extensions (`.jpe`, `.jfif`, `.jif`, any case) are read as JPEGs,
+/// not passed over without a word.
+#[test]
+fn jpegs_named_jpe_or_jfif_are_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["a", "b"], 2, (8, 8));
+    let jpeg = std::fs::read(root.join("a/001.jpg")).unwrap();
+    for name in ["a/x.jfif", "a/y.JPE", "b/z.jif"] {
+        std::fs::write(root.join(name), &jpeg).unwrap();
+    }
+    let (splits, warnings) = load(&root, "image_size = 8").unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(splits.train.len(), 7);
+    let (images, _) = splits.train.batch(&(0..7).collect::<Vec<_>>()).unwrap();
+    // a: 000.png, 001.jpg, x.jfif, y.JPE: the copies decode as the JPEG they copy.
+    assert!(images.get(2).equal(&images.get(1)) && images.get(3).equal(&images.get(1)));
+}
+
 /// Images in formats that are not read (torchvision's ImageFolder reads WebP, BMP, TIFF too)
 /// are left out with a warning that counts and names them, in a class folder and unlabelled.
 #[test]
@@ -391,7 +410,7 @@ fn images_in_formats_that_are_not_read_are_counted_and_named() {
     for extra in ["image_size = 8", "image_size = 8\nlabels = \"none\""] {
         let err = error_of(&webp, extra);
         assert!(
-            err.contains("holds no .jpg, .jpeg or .png files")
+            err.contains("holds no .jpg, .jpeg (.jpe, .jfif) or .png files")
                 && err.contains("holds 2 image(s) in formats that are not read (.webp"),
             "{extra}: {err}"
         );
@@ -494,7 +513,10 @@ fn missing_or_empty_folders_are_named_with_the_fix() {
     std::fs::create_dir_all(no_images.join("cats")).unwrap();
     std::fs::write(no_images.join("cats/readme.md"), "x").unwrap();
     let err = error_of(&no_images, "");
-    assert!(err.contains("holds no .jpg, .jpeg or .png files"), "{err}");
+    assert!(
+        err.contains("holds no .jpg, .jpeg (.jpe, .jfif) or .png files"),
+        "{err}"
+    );
     assert!(err.contains("cats"), "{err}");
 
     // The test split missing.

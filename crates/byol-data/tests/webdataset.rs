@@ -251,6 +251,23 @@ for shard in range(2):
             add(tar, key + ".json", b'{"note": "ignored"}')
 "#;
 
+/// A JPEG named `.jfif` (or `.jpe`, `.jif`) is packed as the `.jpg` member readers look for.
+#[test]
+fn jpegs_named_jfif_are_packed_as_jpg_members() {
+    let tmp = tempfile::tempdir().unwrap();
+    class_folder(&tmp.path().join("images"));
+    let jpeg = tmp.path().join("images/c0/extra.jfif");
+    image::RgbImage::from_pixel(12, 10, image::Rgb([200, 0, 0]))
+        .save_with_format(&jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
+    let pattern = tmp.path().join("shards/train-%06d.tar");
+    let written = write_shards(&tmp.path().join("images"), pattern.to_str().unwrap(), 50, None, false).unwrap();
+    assert_eq!(written.samples, 22);
+    let (splits, warnings) = config(&quoted(Path::new(&written.urls)), "").load().unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(splits.train.len(), 22);
+}
+
 /// Shards from two folders whose `classes.txt` differ are refused together: label 0 is `c0` in
 /// one set and `c1` in the other, so the kNN monitor would file images under the wrong class.
 /// Two folders with the same class list are one set.

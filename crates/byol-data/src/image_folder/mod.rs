@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DataError, Dataset, DatasetSpec, Listing, Splits};
 
-/// File extensions read as images (any case); every other file is ignored.
-const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+/// File extensions read as images (any case; `.jpe`, `.jfif` and `.jif` are JPEG's too); every
+/// other file is ignored.
+const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "jpe", "jfif", "jif", "png"];
 
 /// What to do with an image that cannot be decoded.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

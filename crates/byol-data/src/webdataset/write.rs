@@ -232,10 +232,11 @@ impl ShardsInProgress<'_> {
             sources,
         } = self.open.as_mut().expect("opened above");
         let key = format!("{:0width$}", self.samples, width = self.key_width);
-        let ext = image
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
+        let ext = match image.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()) {
+            // JPEG's other names: WebDataset readers look for `.jpg`, `.jpeg` or `.png`.
+            Some(e) if ["jpe", "jfif", "jif"].contains(&e.as_str()) => "jpg".to_string(),
+            e => e.unwrap_or_default(),
+        };
         tar.append(&format!("{key}.{ext}"), bytes)
             .map_err(|e| write_error(path, e))?;
         if label != NO_LABEL {
