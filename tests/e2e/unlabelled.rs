@@ -296,3 +296,41 @@ fn every_skipped_image_is_named_in_the_run_folder_and_counted_in_the_summary() {
     assert!(!dir.path().join("run/skipped-images.txt").exists());
     assert_eq!(summary(dir.path())["skipped_images"], 0);
 }
+
+/// Labelled images of one class measure nothing (any network is 100% right): the kNN monitor is
+/// off with a warning, said by validate too, and `eval` refuses such a folder.
+#[test]
+fn a_labelled_split_of_one_class_turns_the_monitor_off() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..32u32 {
+        write_image(&dir.path().join(format!("unlabelled/{i:02}.png")), (i % 2) as usize, i);
+    }
+    for (split, count) in [("one/train", 12u32), ("one/test", 6)] {
+        for i in 0..count {
+            write_image(&dir.path().join(format!("{split}/cat/{i:02}.png")), 0, i);
+        }
+    }
+    std::fs::write(dir.path().join("flat.toml"), UNLABELLED).unwrap();
+    let one_class = ["--set", "eval.train=\"one/train\"", "--set", "eval.test=\"one/test\""];
+    let warning = "warning: the kNN monitor's labelled images are of one class (cat)";
+    let out = byol_run(dir.path(), &[&["validate", "flat.toml"][..], &one_class].concat());
+    assert!(out.status.success() && text(&out).contains(warning), "{}", text(&out));
+    let out = byol_run(
+        dir.path(),
+        &[&["flat.toml", "--run-dir", "run"][..], &one_class].concat(),
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(all.matches(warning).count(), 1, "{all}");
+    assert!(summary(dir.path()).get("knn_after").is_none(), "{all}");
+    let out = byol_run(
+        dir.path(),
+        &["eval", "knn", "run", "--train", "one/train", "--test", "one/test"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("--train one/train: its images are of one class (cat)"),
+        "{}",
+        text(&out)
+    );
+}

@@ -119,13 +119,35 @@ pub struct LabelledSplits {
 /// The kNN monitor's splits: `[eval] train` and `test` when set (decoded at the training images'
 /// size), else the dataset's own labelled splits; None when there are no labelled queries.
 pub fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Result<Option<LabelledSplits>> {
-    read_labelled(experiment, splits, |folder, wording| {
+    let labelled = read_labelled(experiment, splits, |folder, wording| {
         let (labelled, warnings) = folder.load_worded(wording)?;
         for w in warnings {
             byol::eprint_line!("warning: {w}");
         }
         Ok(labelled)
-    })
+    })?;
+    let (labelled, one_class) = of_several_classes(labelled);
+    if let Some(warning) = one_class {
+        byol::eprint_line!("warning: {warning}");
+    }
+    Ok(labelled)
+}
+
+/// The kNN monitor's images where they are of two classes or more; of one, none, with why: an
+/// accuracy over one class is 100% whatever the network learned.
+fn of_several_classes(labelled: Option<LabelledSplits>) -> (Option<LabelledSplits>, Option<String>) {
+    match labelled {
+        Some(l) if l.bank.classes().len() == 1 => (
+            None,
+            Some(format!(
+                "the kNN monitor's labelled images are of one class ({}), and an accuracy over one class is 100% \
+                 whatever the network learned: the monitor is off (no kNN figures). Give it two class folders \
+                 or more ([eval] train and test, or the dataset's)",
+                l.bank.classes()[0]
+            )),
+        ),
+        labelled => (labelled, None),
+    }
 }
 
 /// [`labelled_splits`] with `[eval] train` and `test` listed, not decoded: their count, classes
@@ -141,6 +163,8 @@ pub fn labelled_listing(
         warnings = found;
         Ok(listed)
     })?;
+    let (labelled, one_class) = of_several_classes(labelled);
+    warnings.extend(one_class);
     Ok((labelled, warnings))
 }
 
