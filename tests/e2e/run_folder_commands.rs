@@ -142,6 +142,28 @@ fn export_and_embed_on_a_run_folder_skip_a_damaged_newest_checkpoint() {
         "{all}"
     );
 
+    // Every checkpoint damaged: said in a reader's terms (no resume, no --fresh), nothing moved.
+    for checkpoint in ["step-000000004", "step-000000008", "step-000000012"] {
+        let model = dir
+            .path()
+            .join("r/checkpoints")
+            .join(checkpoint)
+            .join("model.safetensors");
+        if model.is_file() {
+            std::fs::write(model, "x").unwrap();
+        }
+    }
+    let out = byol_run(dir.path(), &["embed", "r", "--images", "test", "--out", "emb2.npy"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("run folder r has no intact checkpoint to read; damaged:")
+            && !all.contains("--fresh")
+            && !all.contains("resume"),
+        "{all}"
+    );
+    assert!(!dir.path().join("r/checkpoints/damaged").exists(), "{all}");
+
     let out = byol_run(dir.path(), &["export", "train", "--out", "x.safetensors"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");

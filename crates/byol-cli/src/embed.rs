@@ -58,7 +58,19 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
     // keep_last only matters when saving; this checkpointer only reads.
     let found = Checkpointer::new(checkpoints.clone(), 1)
         .resume_point(false)
-        .with_context(|| format!("finding the newest intact checkpoint of run folder {}", path.display()))?;
+        .map_err(|e| match e.downcast_ref::<checkpoint::NoIntactCheckpoint>() {
+            Some(none) => anyhow::anyhow!(
+                "run folder {} has no intact checkpoint to read; damaged:\n{}\nGive a checkpoint folder that is \
+                 intact, or put one back into {}",
+                path.display(),
+                none.damaged,
+                none.dir.display()
+            ),
+            None => e.context(format!(
+                "finding the newest intact checkpoint of run folder {}",
+                path.display()
+            )),
+        })?;
     for warning in found.warnings {
         byol::eprint_line!("warning: {warning}");
     }

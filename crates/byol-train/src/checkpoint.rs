@@ -358,16 +358,11 @@ impl Checkpointer {
                 .iter()
                 .map(|d| format!("  {} (moved aside earlier)", d.display())),
         );
-        bail!(
-            "{} has no intact checkpoint to resume from; damaged:\n{}\n\
-             Damaged checkpoints are kept in {} and never loaded. Training from step 0 here would mix a \
-             new run into this one's folder: start over with --fresh (the run folder is moved aside, \
-             nothing is deleted), or put an intact checkpoint back into {}",
-            self.dir.display(),
-            listing.join("\n"),
-            self.dir.join(DAMAGED_DIR).display(),
-            self.dir.display()
-        )
+        Err(NoIntactCheckpoint {
+            dir: self.dir.clone(),
+            damaged: listing.join("\n"),
+        }
+        .into())
     }
 
     /// Folders in `damaged/`.
@@ -402,6 +397,34 @@ impl Checkpointer {
         Ok(target)
     }
 }
+
+/// A checkpoints folder that holds checkpoints (or held them: `damaged/`), none of them intact.
+/// Said as a resume sees it; a command that only reads a checkpoint says it in its own terms.
+#[derive(Debug)]
+pub struct NoIntactCheckpoint {
+    /// The checkpoints folder.
+    pub dir: PathBuf,
+    /// One line per damaged checkpoint, with why.
+    pub damaged: String,
+}
+
+impl std::fmt::Display for NoIntactCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} has no intact checkpoint to resume from; damaged:\n{}\n\
+             Damaged checkpoints are kept in {} and never loaded. Training from step 0 here would mix a \
+             new run into this one's folder: start over with --fresh (the run folder is moved aside, \
+             nothing is deleted), or put an intact checkpoint back into {}",
+            self.dir.display(),
+            self.damaged,
+            self.dir.join(DAMAGED_DIR).display(),
+            self.dir.display()
+        )
+    }
+}
+
+impl std::error::Error for NoIntactCheckpoint {}
 
 /// Writes the safetensors files and the manifest into `tmp`, each file and the folder fsynced.
 fn write_checkpoint_folder(
