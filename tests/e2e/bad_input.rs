@@ -149,4 +149,22 @@ fn a_run_stopped_by_a_bad_image_goes_on_with_skip_as_the_error_says() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(!all.contains("--allow-change"), "{all}");
+
+    // The same files decoded into memory, where the bad image is left out before counting: the
+    // same data, not other data.
+    let longer = [
+        "exp.toml",
+        "--set",
+        "schedule.epochs=2",
+        "--allow-change",
+        "schedule.epochs",
+        "--set",
+        "dataset.cache=\"memory\"",
+        "--allow-change",
+        "dataset.cache",
+    ];
+    let out = byol_run(dir.path(), &longer);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("other data") && !all.contains("different data"), "{all}");
 }

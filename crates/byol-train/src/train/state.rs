@@ -70,10 +70,6 @@ pub struct SplitFingerprint {
     /// before parts were kept.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parts: BTreeMap<String, PartFingerprint>,
-    /// Whether `images` counts the split's files as listed ([`DatasetFingerprint::of_experiment`]),
-    /// unreadable ones included, rather than the images a run read. Never recorded.
-    #[serde(skip)]
-    pub listed: bool,
 }
 
 /// One part of a [`SplitFingerprint`]: its images (unreadable ones included) and the start of
@@ -99,7 +95,11 @@ impl DatasetFingerprint {
         use sha2::Digest;
         let split = |name: &str| {
             let s = self.0.get(name)?;
-            Some(serde_json::json!([s.images, s.classes, s.files_digest]))
+            // The same files are the same images, however many of them a run could decode.
+            Some(match &s.files_digest {
+                Some(digest) => serde_json::json!([s.classes, digest]),
+                None => serde_json::json!([s.images, s.classes]),
+            })
         };
         let normalization = experiment.augment.normalization().map(|n| (n.mean, n.std));
         let measured = serde_json::json!({
@@ -128,15 +128,16 @@ impl SplitFingerprint {
         format!("{}{files}", describe_split(Some(self)))
     }
 
-    /// Whether `now` is this split: the same count and classes, and the same digest where both
-    /// have one. Against a listing, the same digest (every file's name and size: the same files)
-    /// is enough: its count keeps the unreadable images that a run's count leaves out.
+    /// Whether `now` is this split: the same classes, and the same files (every file's name and
+    /// size) where both have a digest, else the same count. Counts of the same files differ by
+    /// how they were read: a listing, or a run reading files as it goes (`cache = "none"`),
+    /// counts the unreadable ones that a run decoding every image first leaves out.
     fn matches(&self, now: &Self) -> bool {
-        let (same_files, listed) = match (&self.files_digest, &now.files_digest) {
-            (Some(saved), Some(digest)) => (saved == digest, self.listed || now.listed),
-            _ => (true, false),
+        let same_images = match (&self.files_digest, &now.files_digest) {
+            (Some(saved), Some(digest)) => saved == digest,
+            _ => self.images == now.images,
         };
-        (listed || self.images == now.images) && self.classes == now.classes && same_files
+        same_images && self.classes == now.classes
     }
 }
 
@@ -164,7 +165,6 @@ impl DatasetFingerprint {
                         classes: data.classes().to_vec(),
                         parts: parts.collect(),
                         files_digest: content.map(|c| c.digest),
-                        listed: false,
                     };
                     (name.to_string(), split)
                 })
@@ -200,10 +200,7 @@ impl DatasetFingerprint {
             .build_listing(&context)
             .context("building [dataset]")?;
         let (labelled, eval_warnings) = labelled_listing(experiment, &listing.splits)?;
-        let mut listed = Self::of_run(&listing.splits, labelled.as_ref());
-        for split in listed.0.values_mut() {
-            split.listed = true;
-        }
+        let listed = Self::of_run(&listing.splits, labelled.as_ref());
         let remarks = Remarks {
             notes: listing.notes,
             warnings: listing.warnings.into_iter().chain(eval_warnings).collect(),
@@ -763,15 +760,12 @@ mod tests {
         // Two records with digests must agree on them.
         let other = split(r#"{"images": 2, "classes": ["a"], "files_digest": "89abcdef"}"#);
         assert!(!now.matches(&other) && now.matches(&now.clone()));
-        // The same files with one image fewer: one became unreadable (a resume refuses), or a
-        // listing counts it (the sweep's check of a finished trial accepts).
+        // The same files with one image fewer: one could not be decoded into memory, where a
+        // listing or a run reading files as it goes counts it.
         let decoded = split(r#"{"images": 1, "classes": ["a"], "files_digest": "4567ef01"}"#);
-        assert!(!decoded.matches(&now) && !now.matches(&decoded));
-        let listed = SplitFingerprint {
-            listed: true,
-            ..now.clone()
-        };
-        assert!(decoded.matches(&listed));
+        assert!(decoded.matches(&now) && now.matches(&decoded));
+        let other_classes = split(r#"{"images": 2, "classes": ["b"], "files_digest": "4567ef01"}"#);
+        assert!(!other_classes.matches(&now));
     }
 
     fn parts(list: &[(&str, usize, &str)]) -> BTreeMap<String, PartFingerprint> {
@@ -802,7 +796,6 @@ mod tests {
             classes: Vec::new(),
             files_digest: Some(digest.into()),
             parts: saved.clone(),
-            listed: false,
         };
         let record = |digest: &str| DatasetFingerprint(BTreeMap::from([("train".to_string(), split(digest))]));
         let lines = record("aa").differences(&record("bb"));
