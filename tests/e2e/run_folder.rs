@@ -1294,6 +1294,19 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     );
     let all = validate(&["--run-dir", "r", "--fresh"]);
     assert!(all.contains("note: --fresh: a start moves r aside"), "{all}");
+    // Another width: the trained weights fit no network of it, whatever --allow-change allows;
+    // said beside the refusal that names the flag, and with the flag.
+    let wider = ["--run-dir", "r", "--set", "backbone.width=8"];
+    for extra in [&[][..], &["--allow-change", "backbone.width"]] {
+        let all = validate(&[&wider[..], extra].concat());
+        assert!(
+            all.contains(
+                "warning: a start would be refused, --allow-change or not: resuming from r/checkpoints/step-000000048"
+            ) && all.contains("has shape"),
+            "{all}"
+        );
+        assert!(!all.contains("holds a run of this experiment"), "{all}");
+    }
 
     // Checkpoints gone, or every one damaged: the start refuses, and validate says so, moving
     // nothing.

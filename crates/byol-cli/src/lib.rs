@@ -350,13 +350,15 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
         return sweep::validate(&args.experiment, args.fresh);
     }
     let experiment = load_valid(&args.experiment)?;
-    let backbone_warnings = byol_train::train::Model::check_builds(&experiment)
+    let model = byol_train::train::Model::build_for_check(&experiment)
+        .and_then(|model| model.check_builds_around(&experiment).map(|()| model))
         .map_err(|e| anyhow::anyhow!(experiment.pointed_at_set(format!("{e:#}"))))
         .with_context(|| format!("in experiment file {}", path.display()))?;
+    let backbone_warnings = model.byol.backbone_warnings();
     let (listed, data) = experiment
         .check_data()
         .with_context(|| format!("in experiment file {}: its data", path.display()))?;
-    let folder = check_run_folder(args, &experiment, &listed)?;
+    let folder = check_run_folder(args, &experiment, &model, &listed)?;
     say!("{} is valid: experiment '{}'", path.display(), experiment.name());
     for note in experiment.notes().into_iter().chain(data.notes).chain(folder.notes) {
         say!("note: {note}");
@@ -376,6 +378,7 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
 fn check_run_folder(
     args: &ValidateArgs,
     experiment: &Experiment,
+    model: &byol_train::train::Model,
     listed: &byol_train::train::state::DatasetFingerprint,
 ) -> anyhow::Result<Remarks> {
     use byol_train::checkpoint::Checkpointer;
@@ -420,18 +423,34 @@ fn check_run_folder(
         return Ok(said);
     }
     let checkpointer = Checkpointer::new(dir.join(run_dir::CHECKPOINTS_DIR), 0);
-    match RunStart::find(
+    let found = RunStart::find(
         &dir,
         &checkpointer,
         false,
         &experiment.to_toml()?,
         listed,
         &args.allow_change,
-    ) {
-        Err(refusal) => said
-            .warnings
-            .push(format!("a start as it is would be refused: {refusal:#}")),
-        Ok(start) => said.notes.push(match &start.checkpoint {
+    );
+    // Weights of other shapes fail the resume whatever --allow-change allows: told beside a
+    // refusal that advises it too.
+    let resumed_from = match &found {
+        Ok(start) => start.checkpoint.as_ref().map(|(checkpoint, _)| checkpoint.clone()),
+        Err(_) => byol_train::checkpoint::newest_manifest(&dir)
+            .map(|(checkpoint, _)| checkpoint)
+            .filter(|checkpoint| byol_train::checkpoint::verify(checkpoint).is_ok()),
+    };
+    let misfit =
+        resumed_from.and_then(|checkpoint| byol_train::train::state::check_networks_fit(&checkpoint, model).err());
+    if let Err(refusal) = &found {
+        said.warnings
+            .push(format!("a start as it is would be refused: {refusal:#}"));
+    }
+    if let Some(e) = &misfit {
+        said.warnings
+            .push(format!("a start would be refused, --allow-change or not: {e:#}"));
+    }
+    if let (Ok(start), None) = (&found, &misfit) {
+        said.notes.push(match &start.checkpoint {
             Some((_, manifest)) => format!(
                 "{} holds a run of this experiment: a start goes on from its checkpoint of step {} (a finished \
                  run is reported, not trained again; --fresh starts over, moving it aside)",
@@ -443,7 +462,7 @@ fn check_run_folder(
                  from step 0 there",
                 dir.display()
             ),
-        }),
+        });
     }
     let newest = byol_train::checkpoint::newest_manifest(&dir);
     said.warnings

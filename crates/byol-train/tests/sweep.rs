@@ -299,7 +299,7 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "rank,trial,dataset.classes,optimizer.lr,final_loss,status,run_dir,knn_before,knn_after,knn_gain,probe_top1,train_seconds,pruned_epoch"
+        "rank,trial,dataset.classes,optimizer.lr,final_loss,status,run_dir,knn_before,knn_after,knn_top5,knn_gain,probe_top1,train_seconds,images_per_second,pruned_epoch"
     );
     assert!(
         lines[1].starts_with("1,trial-002,4,0.2,0.25,done,\""),
@@ -313,6 +313,10 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
         md.contains("2 of 4 trials done, 1 pruned, ranked by final_loss (lower is better)"),
         "{md}"
     );
+    // A well-formed table: the rule has a cell per header.
+    let cells = |line: &str| line.matches('|').count();
+    let table: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+    assert!(table.iter().all(|l| cells(l) == cells(table[0])), "{md}");
     let row = |id: &str| md.lines().find(|l| l.contains(id)).unwrap().to_string();
     assert!(
         row("trial-002").starts_with("| 1 | trial-002 | 4 | 0.2 | 0.2500 | "),
@@ -329,7 +333,7 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
         "{md}"
     );
     assert!(
-        row("trial-004").starts_with("| - | trial-004 | 4 | 0.4 | n/a | - | - | - | - | - | - | pending |"),
+        row("trial-004").starts_with("| - | trial-004 | 4 | 0.4 | n/a | - | - | - | - | - | - | - | - | pending |"),
         "{md}"
     );
     assert!(
@@ -337,7 +341,7 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
         "{md}"
     );
     // The gain's column holds the float32 digits, not the float64 noise of a difference.
-    let gain = lines[1].rsplit(',').nth(3).unwrap();
+    let gain = lines[1].rsplit(',').nth(4).unwrap();
     assert_eq!(gain, (0.05f32).to_string(), "{csv}");
 
     // Trial 4 ties with trial 2: both rank 1, the next 3.

@@ -122,8 +122,19 @@ impl Model {
     }
 
     /// Copies saved variables into the model in place (views such as the EMA's flat buffers stay
-    /// intact); every variable must be given, with its shape.
+    /// intact); every variable must be given, with its shape ([`Model::check_fits`]), or nothing
+    /// is copied.
     pub fn load_state(&self, saved: &[(String, Tensor)]) -> anyhow::Result<()> {
+        self.check_fits(saved)?;
+        let variables = self.vs.variables();
+        for (name, tensor) in saved {
+            tch::no_grad(|| variables[name].shallow_clone().copy_(tensor));
+        }
+        Ok(())
+    }
+
+    /// Whether `saved` holds every variable of the model, with its shape, and nothing else.
+    pub fn check_fits(&self, saved: &[(String, Tensor)]) -> anyhow::Result<()> {
         let variables = self.vs.variables();
         for (name, tensor) in saved {
             let target = variables
@@ -136,7 +147,6 @@ impl Model {
                     target.size()
                 );
             }
-            tch::no_grad(|| target.shallow_clone().copy_(tensor));
         }
         if saved.len() != variables.len() {
             bail!(

@@ -225,6 +225,9 @@ fn read_labelled(
     }))
 }
 
+/// Where the online probe's variables live in the run's networks (`probe.weight`).
+pub const PROBE_PATH: &str = "probe";
+
 /// Labelled batches for the online probe when the training images have none: batch `step` of
 /// the shuffled evaluation split, so a resumed run sees the same ones.
 struct ProbeBatches {
@@ -297,7 +300,7 @@ impl Monitor {
         let probe_classes = probe_source.map_or(Vec::new(), |d| d.classes().to_vec());
         let classes = probe_classes.len() as i64;
         let mut probe = (eval.online_probe && classes > 1)
-            .then(|| OnlineProbe::new(&(vs.root() / "probe"), embedding_dim, classes, eval.probe_lr));
+            .then(|| OnlineProbe::new(&(vs.root() / PROBE_PATH), embedding_dim, classes, eval.probe_lr));
         // Every process takes the same probe batch: its averaged gradient is the batch's own.
         let probe_batches = match (&probe, probe_source) {
             (Some(_), Some(source)) if !splits.train.is_labelled() => Some(ProbeBatches {

@@ -700,6 +700,26 @@ pub fn save_checkpoint(
     checkpointer.save(&state.model.state(), &optimizer_state, &sources.files, manifest)
 }
 
+/// Whether the weights of checkpoint `dir` fit the BYOL networks of `model` (every variable, with
+/// its shape), as a resume from it needs, whatever `--allow-change` allowed; an error as the
+/// resume's otherwise. The online probe's weights are left out: a start adds the probe to the
+/// networks it builds, [`Model::build_for_check`] does not.
+pub fn check_networks_fit(dir: &Path, model: &Model) -> anyhow::Result<()> {
+    let mut saved = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?;
+    saved.retain(|(name, _)| !name.starts_with(&format!("{}.", super::monitor::PROBE_PATH)));
+    model.check_fits(&saved).map_err(|e| other_networks(dir, &e))
+}
+
+/// The refusal to resume from checkpoint `dir` into networks its weights do not fit (`why`).
+fn other_networks(dir: &Path, why: &anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "resuming from {}: {why:#}: the checkpoint's networks are not the ones this experiment builds (a change \
+         to [backbone] or [byol] allowed with --allow-change cannot carry trained weights over); train the \
+         changed experiment in another run folder, or add --fresh to move this run aside",
+        dir.display()
+    )
+}
+
 /// Copies a verified checkpoint's weights, optimizer state and loss scale into the run; the
 /// optimizer state only when `optimizer_replaced` is None (the state of another type of optimizer
 /// is not this one's).
@@ -710,17 +730,9 @@ pub fn load_checkpoint(
     numerics: &mut StepNumerics,
     optimizer_replaced: Option<&str>,
 ) -> anyhow::Result<()> {
-    let context = || format!("resuming from {}", dir.display());
     model
         .load_state(&checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e:#}: the checkpoint's networks are not the ones this experiment builds (a change \
-                 to [backbone] or [byol] allowed with --allow-change cannot carry trained weights over); \
-                 train the changed experiment in another run folder, or add --fresh to move this run aside",
-                context()
-            )
-        })?;
+        .map_err(|e| other_networks(dir, &e))?;
     let mut state = checkpoint::read_tensors(dir, checkpoint::OPTIMIZER_FILE)?;
     if let Some(i) = state.iter().position(|(k, _)| k == LOSS_SCALE_KEY) {
         let (_, scale) = state.remove(i);
@@ -733,10 +745,10 @@ pub fn load_checkpoint(
     }
     optimizer.load_state(&state).map_err(|e| {
         anyhow::anyhow!(
-            "{}: {e}: the checkpoint's optimizer state does not load into this experiment's [optimizer] \
-             (its options changed, or the state was written otherwise); train the changed experiment in \
-             another run folder, or add --fresh to move this run aside",
-            context()
+            "resuming from {}: {e}: the checkpoint's optimizer state does not load into this experiment's \
+             [optimizer] (its options changed, or the state was written otherwise); train the changed \
+             experiment in another run folder, or add --fresh to move this run aside",
+            dir.display()
         )
     })
 }
