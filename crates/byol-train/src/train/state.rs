@@ -95,11 +95,9 @@ impl DatasetFingerprint {
         use sha2::Digest;
         let split = |name: &str| {
             let s = self.0.get(name)?;
-            // The same files are the same images, however many of them a run could decode.
-            Some(match &s.files_digest {
-                Some(digest) => serde_json::json!([s.classes, digest]),
-                None => serde_json::json!([s.images, s.classes]),
-            })
+            // The count too: a bank decoded into memory leaves out the images it cannot decode,
+            // one read as it goes (`cache = "none"`) does not, and the two measure otherwise.
+            Some(serde_json::json!([s.images, s.classes, s.files_digest]))
         };
         let normalization = experiment.augment.normalization().map(|n| (n.mean, n.std));
         let measured = serde_json::json!({
