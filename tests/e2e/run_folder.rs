@@ -785,8 +785,19 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
     std::fs::write(trained.join("checkpoints/.DS_Store"), "x").unwrap();
     std::fs::write(trained.join("checkpoints/exported.safetensors"), "x").unwrap();
     std::fs::write(trained.join("checkpoints/step-100.ckpt"), "x").unwrap();
+    // A step folder of another tool's, named like the newest checkpoint: never loaded, moved or
+    // pruned.
+    let stranger = trained.join("checkpoints/step-000000100");
+    std::fs::create_dir_all(&stranger).unwrap();
+    std::fs::write(stranger.join("model.pt"), "x").unwrap();
     let out = run(d, "trained", &["--quiet"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("step-000000100 holds no manifest.json, so it is no checkpoint of this run"),
+        "{}",
+        text(&out)
+    );
+    assert!(stranger.join("model.pt").is_file() && !trained.join("checkpoints/damaged").exists());
 
     let sweep = d.join("sweep");
     std::fs::create_dir_all(sweep.join("trial-001")).unwrap();

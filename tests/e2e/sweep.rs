@@ -869,6 +869,12 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
         "{}",
         text(&out)
     );
+    let out = byol_run(dir.path(), &["validate", "tiny.toml", "--fresh"]);
+    assert!(
+        text(&out).contains("a start with --fresh now would be refused: runs/tiny-sweep is in use"),
+        "{}",
+        text(&out)
+    );
     let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");

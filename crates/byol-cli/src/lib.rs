@@ -432,15 +432,31 @@ fn check_run_folder(
         &args.allow_change,
     );
     // Weights of other shapes fail the resume whatever --allow-change allows: told beside a
-    // refusal that advises it too.
+    // refusal that advises it too. Of the checkpoint a start goes on from (else the newest
+    // intact one), with the networks it builds there (from the module files it keeps).
     let resumed_from = match &found {
-        Ok(start) => start.checkpoint.as_ref().map(|(checkpoint, _)| checkpoint.clone()),
+        Ok(start) => start.checkpoint.clone(),
         Err(_) => byol_train::checkpoint::newest_manifest(&dir)
-            .map(|(checkpoint, _)| checkpoint)
-            .filter(|checkpoint| byol_train::checkpoint::verify(checkpoint).is_ok()),
+            .filter(|(checkpoint, _)| byol_train::checkpoint::verify(checkpoint).is_ok()),
     };
-    let misfit =
-        resumed_from.and_then(|checkpoint| byol_train::train::state::check_networks_fit(&checkpoint, model).err());
+    let misfit = resumed_from.as_ref().and_then(|(checkpoint, manifest)| {
+        let fits = match manifest.sources.is_empty() {
+            true => byol_train::train::state::check_networks_fit(checkpoint, model),
+            false => byol_train::train::state::with_checkpoint_sources(experiment, checkpoint, manifest)
+                .and_then(|kept| byol_train::train::Model::build_for_check(&kept))
+                .and_then(|kept| byol_train::train::state::check_networks_fit(checkpoint, &kept)),
+        };
+        fits.err()
+    });
+    // Fewer epochs than it trained: refused whatever is allowed. Told where the data is the
+    // checkpoint's (other data makes other epochs).
+    let shortened = resumed_from.as_ref().and_then(|(_, m)| {
+        let same_data = m
+            .dataset
+            .as_ref()
+            .is_some_and(|saved| saved.differences(listed).is_empty());
+        same_data.then(|| past_the_end(&dir, &m.config, experiment, (m.step, m.total_steps)))?
+    });
     if let Err(refusal) = &found {
         said.warnings
             .push(format!("a start as it is would be refused: {refusal:#}"));
@@ -449,7 +465,9 @@ fn check_run_folder(
         said.warnings
             .push(format!("a start would be refused, --allow-change or not: {e:#}"));
     }
-    if let (Ok(start), None) = (&found, &misfit) {
+    let refused_anyway = misfit.is_some() || shortened.is_some();
+    said.warnings.extend(shortened);
+    if let (Ok(start), false) = (&found, refused_anyway) {
         said.notes.push(match &start.checkpoint {
             Some((_, manifest)) => format!(
                 "{} holds a run of this experiment: a start goes on from its checkpoint of step {} (a finished \
@@ -464,9 +482,6 @@ fn check_run_folder(
             ),
         });
     }
-    let newest = byol_train::checkpoint::newest_manifest(&dir);
-    said.warnings
-        .extend(newest.and_then(|(_, m)| past_the_end(&dir, &m.config, experiment, (m.step, m.total_steps))));
     Ok(said)
 }
 

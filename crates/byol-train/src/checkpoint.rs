@@ -202,18 +202,40 @@ impl Checkpointer {
         dir.is_dir().then_some(dir)
     }
 
-    /// Checkpoint folders, oldest first.
+    /// Checkpoint folders, oldest first: step folders with a manifest (one that does not read
+    /// is a damaged checkpoint's). A step folder without one is no checkpoint of a run's, which
+    /// writes its manifest before the folder takes its name: it is never loaded, moved or pruned
+    /// ([`Checkpointer::strangers`]).
     pub fn list(&self) -> Vec<PathBuf> {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut dirs: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .filter(|e| is_step_name(&e.file_name().to_string_lossy()) && e.path().is_dir())
-            .map(|e| e.path())
+        let mut dirs: Vec<PathBuf> = self
+            .step_folders()
+            .into_iter()
+            .filter(|dir| dir.join(MANIFEST_FILE).exists())
             .collect();
         dirs.sort();
         dirs
+    }
+
+    /// Step folders without a manifest: someone else's, left where they are.
+    pub fn strangers(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .step_folders()
+            .into_iter()
+            .filter(|dir| !dir.join(MANIFEST_FILE).exists())
+            .collect();
+        dirs.sort();
+        dirs
+    }
+
+    fn step_folders(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| is_step_name(&e.file_name().to_string_lossy()) && e.path().is_dir())
+            .map(|e| e.path())
+            .collect()
     }
 
     /// Removes the oldest checkpoints beyond `keep_last`, never `newest` (the one just written,
@@ -302,6 +324,13 @@ impl Checkpointer {
             for done in self.recover_interrupted_writes()? {
                 warnings.push(format!("{done} (in {})", self.dir.display()));
             }
+        }
+        for stranger in self.strangers() {
+            warnings.push(format!(
+                "{} holds no {MANIFEST_FILE}, so it is no checkpoint of this run (a run writes the manifest \
+                 before the folder takes its name): left where it is, never loaded",
+                stranger.display()
+            ));
         }
         let mut damaged = Vec::new();
         let earlier = self.damaged();

@@ -146,15 +146,9 @@ pub fn validate(args: &ExperimentArgs, fresh: bool) -> anyhow::Result<()> {
     check_builds(&sweep, &trials)?;
     sweep.check_metric_measured(&trials)?;
     let (listed, data) = check_data(&sweep, &trials)?;
-    trials::check_sweep_folder(&sweep.dir, false)?;
+    trials::check_sweep_folder(&sweep.dir, fresh)?;
     let folder = match fresh && sweep.dir.exists() {
-        true => Remarks {
-            notes: vec![format!(
-                "--fresh: a start moves {} aside (beside it, as .old-<UTC time>) and runs every trial anew",
-                sweep.dir.display()
-            )],
-            ..Default::default()
-        },
+        true => trials::preview_fresh(&sweep),
         false => trials::preview(&sweep, listed)?,
     };
     say!(

@@ -320,6 +320,30 @@ fn check_trial_folder(
     }
 }
 
+/// What a start of `sweep` with `--fresh` would do with its folder, as `validate` says it: move
+/// it aside, unless it or one of its trials is in use (a folder in use is never moved).
+pub fn preview_fresh(sweep: &Sweep) -> Remarks {
+    let mut said = Remarks::default();
+    let trials = fs::read_dir(&sweep.dir)
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let in_use = std::iter::once(sweep.dir.clone())
+        .chain(trials)
+        .find_map(|dir| run_dir::in_use_by(&dir).map(|holder| (dir, holder)));
+    match in_use {
+        Some((dir, holder)) => said.warnings.push(format!(
+            "a start with --fresh now would be refused: {} is in use by another byol-run ({holder}), and a \
+             folder in use is never moved; wait for it to finish (or stop it)",
+            dir.display()
+        )),
+        None => said.notes.push(format!(
+            "--fresh: a start moves {} aside (beside it, as .old-<UTC time>) and runs every trial anew",
+            sweep.dir.display()
+        )),
+    }
+    said
+}
+
 /// What a start of `sweep` would find in its folder, as `validate` says it: the folder or a
 /// trial in use, trials it would refuse, start anew, resume or skip. `listed` is the data the
 /// trials read now ([`super::check_data`]).
