@@ -104,7 +104,6 @@ pub fn byol_run_with_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Out
         .expect("run byol-run")
 }
 
-/// stdout and stderr together, for assertions and failure messages.
 /// Holds the lock of the run folder `dir` as a byol-run training there does (this process's id
 /// in the lock file), until the file is dropped.
 pub fn hold_lock(dir: &Path) -> std::fs::File {
@@ -120,6 +119,7 @@ pub fn hold_lock(dir: &Path) -> std::fs::File {
     file
 }
 
+/// stdout and stderr together, for assertions and failure messages.
 pub fn text(output: &Output) -> String {
     format!(
         "exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",

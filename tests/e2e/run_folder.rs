@@ -1290,6 +1290,11 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
         all.contains("holds a run of this experiment") && !all.contains("warning"),
         "{all}"
     );
+    let all = validate(&[&other_lr[..], &["--allow-change", "optimiser.lr"]].concat());
+    assert!(
+        all.contains("warning: --allow-change optimiser.lr names no key") && all.contains("would be refused"),
+        "{all}"
+    );
     let all = validate(&[
         "--run-dir",
         "r",

@@ -918,7 +918,7 @@ fn a_trial_trained_again_with_fresh_stays_the_sweeps_trial() {
     let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
-    let advice = "`byol-run train runs/tiny-sweep/trial-001/config.toml --fresh` starts it over";
+    let advice = "`byol-run train runs/tiny-sweep/trial-001/config.toml --fresh` starts trial-001 over";
     assert!(all.contains("no intact checkpoint") && all.contains(advice), "{all}");
     let out = byol_run(
         dir.path(),
@@ -927,7 +927,7 @@ fn a_trial_trained_again_with_fresh_stays_the_sweeps_trial() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("the record of the run folder")
-            && text(&out).contains(": starting over (--fresh) that run"),
+            && text(&out).contains(": starting that run over (--fresh)"),
         "{}",
         text(&out)
     );

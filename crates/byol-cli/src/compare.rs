@@ -176,16 +176,24 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     }
     // A sweep's trials that have not started yet (`trial-*` of a stopped sweep), or failed before
     // their run started, have nothing to compare; any other folder without a run is an error.
-    let (pending, started): (Vec<&PathBuf>, Vec<&PathBuf>) = folders.into_iter().partition(|dir| {
-        dir.join(sweep::TRIAL_FILE).is_file()
-            && !dir.join(CONFIG_FILE).exists()
-            && matches!(
-                TrialStatus::read_live(dir),
-                TrialStatus::Pending | TrialStatus::Failed(_) | TrialStatus::Running(_)
-            )
-    });
-    for dir in &pending {
-        match TrialStatus::read_live(dir) {
+    let mut pending = Vec::new();
+    let mut started = Vec::new();
+    for dir in folders {
+        let status = (dir.join(sweep::TRIAL_FILE).is_file() && !dir.join(CONFIG_FILE).exists())
+            .then(|| TrialStatus::read_live(dir))
+            .filter(|s| {
+                matches!(
+                    s,
+                    TrialStatus::Pending | TrialStatus::Failed(_) | TrialStatus::Running(_)
+                )
+            });
+        match status {
+            Some(status) => pending.push((dir, status)),
+            None => started.push(dir),
+        }
+    }
+    for (dir, status) in &pending {
+        match status {
             TrialStatus::Running(holder) => byol::eprint_line!(
                 "note: {} is starting ({holder} holds it) and has nothing to compare yet: left out",
                 dir.display()

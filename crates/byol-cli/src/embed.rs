@@ -562,7 +562,7 @@ fn find_images(args: &EmbedArgs) -> anyhow::Result<(ImageTree, Skipped)> {
     }
     if scan.images.is_empty() {
         bail!(
-            "{} holds no .jpg, .jpeg (.jpe, .jfif) or .png images",
+            "{} holds no .jpg, .jpeg (.jpe, .jfif, .jif) or .png images",
             args.images.display()
         );
     }

@@ -423,14 +423,16 @@ fn check_run_folder(
         return Ok(said);
     }
     let checkpointer = Checkpointer::new(dir.join(run_dir::CHECKPOINTS_DIR), 0);
-    let found = RunStart::find(
-        &dir,
-        &checkpointer,
-        false,
-        &experiment.to_toml()?,
-        listed,
-        &args.allow_change,
-    );
+    let now = experiment.to_toml()?;
+    let saved = byol_train::checkpoint::trained_experiment(&dir);
+    let experiments: Vec<&str> = [Some(now.as_str()), saved.as_deref()].into_iter().flatten().collect();
+    for key in run_dir::unknown_allowances(&args.allow_change, &experiments) {
+        said.warnings.push(format!(
+            "--allow-change {key} names no key of this experiment or of the run's saved one (misspelled?): it \
+             allows nothing"
+        ));
+    }
+    let found = RunStart::find(&dir, &checkpointer, false, &now, listed, &args.allow_change);
     // Weights of other shapes fail the resume whatever --allow-change allows: told beside a
     // refusal that advises it too. Of the checkpoint a start goes on from (else the newest
     // intact one), with the networks it builds there (from the module files it keeps).
@@ -546,14 +548,13 @@ fn chosen_run_dir(args: &TrainArgs, experiment: &Experiment) -> Option<PathBuf> 
     let named = experiment.run.output_dir.join(experiment.name());
     if std::fs::canonicalize(&named).ok() != std::fs::canonicalize(&folder).ok() {
         byol::eprint_line!(
-            "note: {} is the record of the run folder {}: {} that run, not one in {} (--run-dir chooses the \
-             folder)",
+            "note: {} is the record of the run folder {}: {}, not one in {} (--run-dir chooses the folder)",
             path.display(),
             folder.display(),
             if args.fresh {
-                "starting over (--fresh)"
+                "starting that run over (--fresh)"
             } else {
-                "continuing"
+                "continuing that run"
             },
             named.display()
         );

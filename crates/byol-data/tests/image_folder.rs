@@ -410,7 +410,7 @@ fn images_in_formats_that_are_not_read_are_counted_and_named() {
     for extra in ["image_size = 8", "image_size = 8\nlabels = \"none\""] {
         let err = error_of(&webp, extra);
         assert!(
-            err.contains("holds no .jpg, .jpeg (.jpe, .jfif) or .png files")
+            err.contains("holds no .jpg, .jpeg (.jpe, .jfif, .jif) or .png files")
                 && err.contains("holds 2 image(s) in formats that are not read (.webp"),
             "{extra}: {err}"
         );
@@ -514,7 +514,7 @@ fn missing_or_empty_folders_are_named_with_the_fix() {
     std::fs::write(no_images.join("cats/readme.md"), "x").unwrap();
     let err = error_of(&no_images, "");
     assert!(
-        err.contains("holds no .jpg, .jpeg (.jpe, .jfif) or .png files"),
+        err.contains("holds no .jpg, .jpeg (.jpe, .jfif, .jif) or .png files"),
         "{err}"
     );
     assert!(err.contains("cats"), "{err}");

@@ -120,7 +120,7 @@ fn errors_name_the_folder_and_the_fix() {
     );
     let err = config(&empty, "labels = \"none\"").load().unwrap_err().to_string();
     assert!(
-        err.contains("holds no .jpg, .jpeg (.jpe, .jfif) or .png files (at any depth)"),
+        err.contains("holds no .jpg, .jpeg (.jpe, .jfif, .jif) or .png files (at any depth)"),
         "{err}"
     );
 

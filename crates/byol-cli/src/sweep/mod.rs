@@ -83,18 +83,27 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
         say!("skipped          {} {trials} that had finished before", outcome.skipped);
     }
     // A sweep with failed trials is not a finished sweep: scripts must see it.
+    // A trial whose error advises --fresh is told that trial's own (the sweep's moves them all).
+    let advised_fresh = outcome.failed.iter().find(|trial| {
+        std::fs::read_to_string(sweep.dir.join(trial).join(byol_train::sweep::ERROR_FILE))
+            .is_ok_and(|error| error.contains("--fresh"))
+    });
+    let fresh = advised_fresh.map_or(String::new(), |trial| {
+        format!(
+            ". Where an error advises --fresh, it means the trial's: `byol-run train {}/config.toml --fresh` \
+             starts {trial} over, its attempt moved into {} (the sweep's own --fresh moves every trial aside)",
+            sweep.dir.join(trial).display(),
+            sweep.dir.join(byol_train::sweep::OLD_ATTEMPTS_DIR).display()
+        )
+    });
     let recorded = (!outcome.failed.is_empty()).then(|| {
         format!(
             "{} of {} trials failed ({}; each one's {} says why); fix the cause and run the same command \
-             again to retry them. An error that advises --fresh means the trial's: `byol-run train \
-             {}/config.toml --fresh` starts it over, its attempt moved into {} (the sweep's own --fresh moves \
-             every trial aside)",
+             again to retry them{fresh}",
             outcome.failed.len(),
             sweep.trials.len(),
             outcome.failed.join(", "),
             byol_train::sweep::ERROR_FILE,
-            sweep.dir.join(&outcome.failed[0]).display(),
-            sweep.dir.join(byol_train::sweep::OLD_ATTEMPTS_DIR).display()
         )
     });
     let unrecorded = (!outcome.unrecorded.is_empty()).then(|| {

@@ -514,7 +514,7 @@ pub(super) fn scan_unlabelled(
     if paths.is_empty() {
         return Err(DataError::Config(match file_list {
             None => format!(
-                "{at}{} holds no .jpg, .jpeg (.jpe, .jfif) or .png files (at any depth){}",
+                "{at}{} holds no .jpg, .jpeg (.jpe, .jfif, .jif) or .png files (at any depth){}",
                 root.display(),
                 passed_over.other_formats_note(root, purpose)
             ),
@@ -647,7 +647,7 @@ pub(super) fn scan(
     if files.is_empty() {
         return Err(config_error(match file_list {
             None => format!(
-                "{} holds no .jpg, .jpeg (.jpe, .jfif) or .png files in its {} class folder(s) ({}, ...){}",
+                "{} holds no .jpg, .jpeg (.jpe, .jfif, .jif) or .png files in its {} class folder(s) ({}, ...){}",
                 root.display(),
                 classes.len(),
                 classes[0],
