@@ -414,8 +414,8 @@ pub fn preview(sweep: &Sweep, listed: HashMap<String, DatasetFingerprint>) -> an
                         continue;
                     }
                     match status {
-                        TrialStatus::Failed(_) => ("retries", " (failed) from its newest checkpoint"),
-                        _ => ("resumes", " from its newest checkpoint"),
+                        TrialStatus::Failed(_) => ("retries", " (failed) from a checkpoint"),
+                        _ => ("resumes", " from a checkpoint"),
                     }
                 }
                 TrialStatus::Failed(_) => ("retries", " (failed)"),
