@@ -426,12 +426,9 @@ fn check_run_folder(
     let now = experiment.to_toml()?;
     let saved = byol_train::checkpoint::trained_experiment(&dir);
     let experiments: Vec<&str> = [Some(now.as_str()), saved.as_deref()].into_iter().flatten().collect();
-    for key in run_dir::unknown_allowances(&args.allow_change, &experiments) {
-        said.warnings.push(format!(
-            "--allow-change {key} names no key of this experiment or of the run's saved one (misspelled?): it \
-             allows nothing"
-        ));
-    }
+    let unknown = run_dir::unknown_allowances(&args.allow_change, &experiments);
+    said.warnings
+        .extend(unknown.iter().map(|key| run_dir::unknown_allowance_warning(key)));
     let found = RunStart::find(&dir, &checkpointer, false, &now, listed, &args.allow_change);
     // Weights of other shapes fail the resume whatever --allow-change allows: told beside a
     // refusal that advises it too. Of the checkpoint a start goes on from (else the newest
@@ -499,18 +496,10 @@ fn past_the_end(dir: &Path, saved: &str, experiment: &Experiment, (step, total):
     let same_steps_per_epoch = int("batch_size")? == now.batch_size as i64
         && int("accumulate").unwrap_or(1).max(1) == now.accumulate.max(1) as i64;
     let epochs = u64::try_from(int("epochs")?).ok().filter(|&e| e > 0)?;
-    let per_epoch = (total / epochs).max(1);
-    let total_now = per_epoch * now.epochs;
-    (same_steps_per_epoch && step > total_now).then(|| {
-        format!(
-            "a start would be refused, --allow-change or not: {} has trained {step} steps, more than the \
-             {total_now} of this experiment ({} epochs of {per_epoch} steps), and a run cannot be shortened below \
-             what it has trained. Set schedule.epochs to {} or more, or add --fresh to start over",
-            dir.display(),
-            now.epochs,
-            step.div_ceil(per_epoch)
-        )
-    })
+    let per_epoch = total / epochs;
+    let length = (per_epoch * now.epochs, now.epochs, per_epoch);
+    let refusal = byol_train::train::state::shortened_below_trained(dir, step, length)?;
+    same_steps_per_epoch.then(|| format!("a start would be refused, --allow-change or not: {refusal}"))
 }
 
 /// Whether `--set` names another run folder than the file's (`run.name`, `run.output_dir`).

@@ -207,35 +207,27 @@ impl Checkpointer {
     /// writes its manifest before the folder takes its name: it is never loaded, moved or pruned
     /// ([`Checkpointer::strangers`]).
     pub fn list(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = self
-            .step_folders()
-            .into_iter()
-            .filter(|dir| dir.join(MANIFEST_FILE).exists())
-            .collect();
-        dirs.sort();
-        dirs
+        self.step_folders(true)
     }
 
     /// Step folders without a manifest: someone else's, left where they are.
     pub fn strangers(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = self
-            .step_folders()
-            .into_iter()
-            .filter(|dir| !dir.join(MANIFEST_FILE).exists())
-            .collect();
-        dirs.sort();
-        dirs
+        self.step_folders(false)
     }
 
-    fn step_folders(&self) -> Vec<PathBuf> {
+    /// Step folders with a manifest or without one, sorted.
+    fn step_folders(&self, with_manifest: bool) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };
-        entries
+        let mut dirs: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .filter(|e| is_step_name(&e.file_name().to_string_lossy()) && e.path().is_dir())
             .map(|e| e.path())
-            .collect()
+            .filter(|dir| dir.join(MANIFEST_FILE).exists() == with_manifest)
+            .collect();
+        dirs.sort();
+        dirs
     }
 
     /// Removes the oldest checkpoints beyond `keep_last`, never `newest` (the one just written,

@@ -652,6 +652,14 @@ pub fn allowed(key: &str, allow: &[String]) -> bool {
         .any(|a| key == a || key.strip_prefix(a.as_str()).is_some_and(|rest| rest.starts_with('.')))
 }
 
+/// The warning for an `--allow-change` key that [`unknown_allowances`] found.
+pub fn unknown_allowance_warning(key: &str) -> String {
+    format!(
+        "--allow-change {key} names no key of this experiment or of the run's saved one (misspelled?): it allows \
+         nothing"
+    )
+}
+
 /// The `--allow-change` keys in `allow` that name no key (and no table) of any of `experiments`
 /// (resolved experiments' TOML): misspelled ones, which would allow nothing.
 pub fn unknown_allowances(allow: &[String], experiments: &[&str]) -> Vec<String> {

@@ -238,7 +238,7 @@ pub fn to_csv(sweep: &Sweep, rows: &[Row]) -> anyhow::Result<String> {
 
 /// What every table shows of a finished trial besides the ranked metric.
 type Column = (&'static str, fn(&RunSummary) -> Option<f64>);
-const RESULT_COLUMNS: [Column; RESULTS] = [
+const RESULT_COLUMNS: [Column; 8] = [
     ("knn_before", |s| s.knn_before.map(|a| a.top1)),
     ("knn_after", |s| s.knn_after.map(|a| a.top1)),
     ("knn_top5", |s| s.knn_after?.top5),
@@ -255,7 +255,7 @@ fn knn_gain(summary: &RunSummary) -> Option<f64> {
 }
 
 /// How many result columns every table shows.
-pub const RESULTS: usize = 8;
+pub const RESULTS: usize = RESULT_COLUMNS.len();
 
 /// The result columns' headers in a markdown table, in [`result_cells`]'s order.
 pub const RESULT_HEADERS: [&str; RESULTS] = [

@@ -385,10 +385,7 @@ impl RunStart {
         let experiments = [Some(config_toml), saved.as_ref().map(|(_, c)| c.as_str())];
         let unknown = run_dir::unknown_allowances(allow, &experiments.into_iter().flatten().collect::<Vec<_>>());
         for key in unknown.iter().filter(|_| main) {
-            byol::eprint_line!(
-                "warning: --allow-change {key} names no key of this experiment or of the run's saved one \
-                 (misspelled?): it allows nothing"
-            );
+            byol::eprint_line!("warning: {}", run_dir::unknown_allowance_warning(key));
         }
         let allow: &[String] = &allow
             .iter()
@@ -626,6 +623,26 @@ pub fn keep_sources(
 pub fn record_run(run_dir: &Path, config_toml: &str, fingerprint: &DatasetFingerprint) -> anyhow::Result<()> {
     fingerprint.write(run_dir)?;
     run_dir::save_config(run_dir, config_toml)
+}
+
+/// The refusal to resume a run in `run_dir` that trained `step` steps with an experiment of
+/// `(total steps, epochs, steps per epoch)`: a run cannot be shortened below what it has trained
+/// (its checkpoint would be saved again as the last step of a shorter run). None where it fits.
+pub fn shortened_below_trained(
+    run_dir: &Path,
+    step: u64,
+    (total, epochs, per_epoch): (u64, u64, u64),
+) -> Option<String> {
+    let per_epoch = per_epoch.max(1);
+    (step > total).then(|| {
+        format!(
+            "{} has trained {step} steps, more than the {total} of this experiment ({epochs} epochs of {per_epoch} \
+             steps): a run cannot be shortened below what it has trained. Set schedule.epochs to {} or more, or \
+             add --fresh to start over (the folder is moved aside, nothing is deleted)",
+            run_dir.display(),
+            step.div_ceil(per_epoch)
+        )
+    })
 }
 
 /// Refuses a start from step 0 in a folder whose `summary.json` records steps trained: a summary

@@ -76,19 +76,14 @@ fn check_not_past_the_end(
     plan: &Plan,
     step: Option<u64>,
 ) -> anyhow::Result<()> {
-    let Some(step) = step.filter(|&step| step > plan.total_steps) else {
-        return Ok(());
-    };
-    let per_epoch = plan.steps_per_epoch.max(1);
-    bail!(
-        "{} has trained {step} steps, more than the {} of this experiment ({} epochs of {per_epoch} steps): a \
-         run cannot be shortened below what it has trained. Set schedule.epochs to {} or more, or add \
-         --fresh to start over (the folder is moved aside, nothing is deleted)",
-        run_dir.display(),
-        plan.total_steps,
-        experiment.schedule.epochs,
-        step.div_ceil(per_epoch)
-    )
+    let refusal = step.and_then(|step| {
+        let length = (plan.total_steps, experiment.schedule.epochs, plan.steps_per_epoch);
+        super::state::shortened_below_trained(run_dir, step, length)
+    });
+    match refusal {
+        Some(refusal) => bail!("{refusal}"),
+        None => Ok(()),
+    }
 }
 
 /// Says when the run goes on with another length than its checkpoint was saved in (more epochs,
