@@ -1287,4 +1287,18 @@ fn a_sweep_whose_metric_no_trial_can_measure_is_refused_before_any_trains() {
     );
     let out = byol_run(dir.path(), &["validate", "tiny.toml"]);
     assert!(text(&out).contains("cannot be measured by trial-001"), "{}", text(&out));
+
+    // Labelled images of one class: every accuracy is 100%, whatever the metric.
+    for split in ["one/train", "one/test"] {
+        random_pngs(&dir.path().join(split), &["cat"], 2);
+    }
+    let one_class =
+        sweep_of_lr("[0.2, 0.8]").replace("[eval]\n", "[eval]\ntrain = \"one/train\"\ntest = \"one/test\"\n");
+    std::fs::write(dir.path().join("one.toml"), one_class).unwrap();
+    let out = byol_run(dir.path(), &["validate", "one.toml"]);
+    assert!(
+        text(&out).contains("cannot be measured by trial-001") && text(&out).contains("of one class"),
+        "{}",
+        text(&out)
+    );
 }

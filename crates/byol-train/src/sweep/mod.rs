@@ -442,6 +442,10 @@ impl Sweep {
                     "it has no labelled test images: give the dataset a test split in class folders, or set \
                          [eval] train and test"
                 }
+                Some(1) => {
+                    "its labelled images are of one class, where every accuracy is 100%: give it two class \
+                         folders or more ([eval] train and test, or the dataset's)"
+                }
                 Some(classes) if metric == Metric::KnnTop5 && !crate::knn::has_top5(classes as i64) => {
                     "its data has 5 classes or fewer, where every label is among the top 5: rank by knn_top1"
                 }

@@ -168,15 +168,18 @@ pub fn labelled_listing(
     Ok((labelled, warnings))
 }
 
-/// The number of classes the kNN monitor of a run of `experiment` would evaluate on, from the
-/// splits listed, not decoded; None when it would have no labelled queries (and no kNN figure).
+/// The number of classes of the labelled images the kNN monitor of a run of `experiment` would
+/// evaluate on, from the splits listed, not decoded; None when there are no labelled queries. Of
+/// one class, the monitor is off ([`of_several_classes`]): no kNN figure either.
 pub fn knn_classes_listed(experiment: &Experiment) -> anyhow::Result<Option<usize>> {
     let context = byol::BuildContext::new(Device::Cpu, experiment.augment.image_size());
     let listing = experiment
         .dataset
         .build_listing(&context)
         .context("building [dataset]")?;
-    let (labelled, _) = labelled_listing(experiment, &listing.splits)?;
+    let labelled = read_labelled(experiment, &listing.splits, |folder, wording| {
+        Ok(folder.listing().load_worded(wording)?.0)
+    })?;
     Ok(labelled.map(|l| l.bank.classes().len()))
 }
 

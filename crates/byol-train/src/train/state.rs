@@ -80,6 +80,9 @@ pub struct PartFingerprint {
     pub digest: String,
 }
 
+/// The kNN monitor's splits in a [`DatasetFingerprint`]: its bank and its queries.
+const KNN_SPLITS: [&str; 2] = ["knn_bank", "knn_queries"];
+
 /// The most parts a [`SplitFingerprint`] keeps; a split of more keeps none.
 const MAX_PARTS: usize = 4096;
 
@@ -175,7 +178,7 @@ impl DatasetFingerprint {
     pub fn of_run(splits: &Splits, labelled: Option<&LabelledSplits>) -> Self {
         let mut named = vec![("train", splits.train.as_ref())];
         if let Some(l) = labelled {
-            named.extend([("knn_bank", l.bank.as_ref()), ("knn_queries", l.queries.as_ref())]);
+            named.extend(KNN_SPLITS.into_iter().zip([l.bank.as_ref(), l.queries.as_ref()]));
         }
         Self::of(named)
     }
@@ -254,6 +257,8 @@ impl DatasetFingerprint {
             .into_iter()
             .filter(|name| match (self.0.get(*name), now.0.get(*name)) {
                 (Some(saved), Some(now)) => !saved.matches(now),
+                // Runs recorded a kNN monitor over one class, which is off now: the same data.
+                (Some(saved), None) if KNN_SPLITS.contains(&name.as_str()) => saved.classes.len() > 1,
                 (saved, now) => saved.is_some() || now.is_some(),
             })
             .flat_map(|name| {
@@ -793,6 +798,27 @@ mod tests {
         assert!(decoded.matches(&now) && now.matches(&decoded));
         let other_classes = split(r#"{"images": 2, "classes": ["b"], "files_digest": "4567ef01"}"#);
         assert!(!other_classes.matches(&now));
+    }
+
+    #[test]
+    fn a_run_recorded_with_a_knn_monitor_over_one_class_resumes_without_it() {
+        let record = |splits: &[(&str, &str)]| {
+            DatasetFingerprint(
+                splits
+                    .iter()
+                    .map(|&(name, json)| (name.to_string(), split(json)))
+                    .collect(),
+            )
+        };
+        let train = ("train", r#"{"images": 4, "classes": [], "files_digest": "01"}"#);
+        let now = record(&[train]);
+        let one_class = r#"{"images": 2, "classes": ["cat"], "files_digest": "02"}"#;
+        let before = record(&[train, ("knn_bank", one_class), ("knn_queries", one_class)]);
+        assert!(before.differences(&now).is_empty());
+        // Over two classes the monitor measured something: its data going away is a change.
+        let two = r#"{"images": 2, "classes": ["cat", "dog"], "files_digest": "02"}"#;
+        let before = record(&[train, ("knn_bank", two), ("knn_queries", two)]);
+        assert_eq!(before.differences(&now).len(), 2);
     }
 
     fn parts(list: &[(&str, usize, &str)]) -> BTreeMap<String, PartFingerprint> {
