@@ -718,6 +718,16 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
             vec![("checkpoints/epoch=3.ckpt", "x"), ("train.py", "print(1)")],
         ),
         ("ckpt-only", vec![("checkpoints/epoch=3.ckpt", "x")]),
+        // Another tool's logs and summary, named like a run's but with no record of a run: this
+        // run's events would be mixed with theirs, their summary replaced.
+        (
+            "other-logs",
+            vec![
+                ("tensorboard/events.out.tfevents.1.host", "x"),
+                ("summary.json", "{\"accuracy\": 0.9}"),
+            ],
+        ),
+        ("other-sources", vec![("sources/train.py", "print(1)")]),
         // Named like a run's checkpoints, beside an experiment file: a checkpoint is a step
         // folder with its manifest.
         (
@@ -774,6 +784,12 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
         "{}",
         text(&out)
     );
+    let out = run(d, "other-logs", &[]);
+    assert!(
+        text(&out).contains("holds summary.json (with no dataset.json or checkpoint beside it: another tool's"),
+        "{}",
+        text(&out)
+    );
     let out = run(d, "mydata", &[]);
     assert!(
         text(&out).contains("dataset.json (not a run's record: "),
@@ -811,6 +827,9 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
     std::fs::create_dir_all(d.join("hidden/.git")).unwrap();
     std::fs::create_dir_all(d.join("failed-start")).unwrap();
     std::fs::write(d.join("failed-start/run.lock"), "123\n").unwrap();
+    // A start stopped after copying its model's files, before its first record.
+    std::fs::create_dir_all(d.join("failed-start/sources")).unwrap();
+    std::fs::write(d.join("failed-start/sources/backbone.path-r50.pt"), "x").unwrap();
     // A hidden folder is someone's (a repository, an environment).
     let out = run(d, "hidden", &[]);
     assert!(text(&out).contains("holds .git, not a run"), "{}", text(&out));
@@ -1334,18 +1353,33 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
         "{all}"
     );
     let damaged = finished_run(d, "damaged");
-    for checkpoint in step_folders(&damaged) {
+    let checkpoints = step_folders(&damaged);
+    let damage = |checkpoint: &String| {
         std::fs::write(
             damaged.join("checkpoints").join(checkpoint).join("model.safetensors"),
             "x",
         )
-        .unwrap();
-    }
+        .unwrap()
+    };
+    // The newest damaged: a start skips it (moving it aside) and goes on from the one before.
+    damage(checkpoints.last().unwrap());
+    let all = validate(&["--run-dir", "damaged"]);
+    assert_eq!(
+        all.matches("warning: a start would be skipping damaged checkpoint").count(),
+        1,
+        "{all}"
+    );
+    assert!(
+        all.contains(", moving it into damaged/checkpoints/damaged") && all.contains("from its checkpoint of step 32"),
+        "{all}"
+    );
+    checkpoints.iter().for_each(damage);
     let all = validate(&["--run-dir", "damaged"]);
     assert!(
         all.contains("warning: a start as it is would be refused") && all.contains("has no intact checkpoint"),
         "{all}"
     );
+    assert!(!all.contains("warning: skipping"), "said once, in the refusal: {all}");
     assert!(
         !damaged.join("checkpoints/damaged").exists(),
         "validate moves nothing: {all}"

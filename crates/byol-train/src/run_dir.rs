@@ -471,7 +471,9 @@ pub fn is_run_entry(name: &str) -> bool {
 /// Refuses a folder that exists and holds anything but a run: data, a sweep's trials, someone's
 /// files. A run would write its checkpoints and logs among them, and `--fresh` would move them
 /// all aside. A folder with a run's records in it is a run folder (whatever else the user put
-/// there); one holding only what a run writes first (its lock) is an empty one. A `config.toml`
+/// there); one holding only what a run writes before its first record (its lock, the copies of
+/// its model's source files) is an empty one, and one holding what a run writes after (logs, a
+/// summary) without the records is someone's. A `config.toml`
 /// is a run's record only beside the `dataset.json` a run writes before it (or checkpoints, or
 /// a sweep's trial record): else it is someone's experiment file, which a run would overwrite.
 /// Records count by their contents: a `dataset.json` that does not read as a run's, or a
@@ -506,11 +508,14 @@ fn check_holds_a_run(run_dir: &Path, kind: FolderKind) -> anyhow::Result<()> {
     if holds_checkpoints || records_its_data || has(crate::sweep::TRIAL_FILE) {
         return Ok(());
     }
+    // With no record there, only what a start writes before its first record can be a run's:
+    // another tool's `tensorboard/` or `summary.json` would be mixed with this run's, or replaced.
     let written_by_a_run = |name: &String| match name.as_str() {
-        CONFIG_FILE => false,
         CHECKPOINTS_DIR => checkpoints.as_ref().is_ok_and(|(_, foreign)| foreign.is_empty()),
         name if name == fingerprint => not_a_fingerprint.is_none(),
-        name => RUN_ENTRIES.contains(&name) || name.ends_with(".partial"),
+        LOCK_FILE => true,
+        crate::train::state::SOURCES_DIR => crate::train::state::holds_kept_sources_only(run_dir),
+        name => name.ends_with(".partial"),
     };
     if names.iter().all(written_by_a_run) {
         return Ok(());
@@ -524,6 +529,9 @@ fn check_holds_a_run(run_dir: &Path, kind: FolderKind) -> anyhow::Result<()> {
                 inside.join(", ")
             }
             (name, _, Some(why)) if name == fingerprint => format!("{n} (not a run's record: {why})"),
+            (name, _, _) if name != CONFIG_FILE && RUN_ENTRIES.contains(&name) => format!(
+                "{n} (with no {fingerprint} or checkpoint beside it: another tool's, or a run's whose records are gone)"
+            ),
             _ => n.clone(),
         })
         .collect();

@@ -355,6 +355,9 @@ pub struct RunStart {
     /// The change of `optimizer.type` allowed on this resume (`lars -> adamw`): the new
     /// optimizer starts from the checkpoint's weights with its own fresh state.
     pub optimizer_replaced: Option<String>,
+    /// What was found in the checkpoints folder on the way (damaged checkpoints skipped, step
+    /// folders that are no checkpoint), said by `main` as it finds them.
+    pub warnings: Vec<String>,
 }
 
 impl RunStart {
@@ -372,7 +375,7 @@ impl RunStart {
         allow: &[String],
     ) -> anyhow::Result<Self> {
         let checkpoint::ResumePoint { latest, warnings } = checkpointer.resume_point(main)?;
-        for w in warnings {
+        for w in warnings.iter().filter(|_| main) {
             byol::eprint_line!("warning: {w}");
         }
         if latest.is_none() {
@@ -453,6 +456,7 @@ impl RunStart {
             checkpoint: latest,
             data_in_place,
             optimizer_replaced,
+            warnings,
         })
     }
 
@@ -578,6 +582,18 @@ pub struct KeptSources {
     files: Vec<(String, PathBuf)>,
     /// The manifest's `sources`: experiment key -> name in a checkpoint.
     names: BTreeMap<String, String>,
+}
+
+/// Whether `<run_dir>/sources/` holds only copies [`keep_sources`] makes (named after the key
+/// they were given by, `backbone.path-r50.pt`, or its hidden temporary files): a start writes
+/// them before the run's first record.
+pub fn holds_kept_sources_only(run_dir: &Path) -> bool {
+    std::fs::read_dir(run_dir.join(SOURCES_DIR)).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).all(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("backbone.") || name.starts_with('.')
+        })
+    })
 }
 
 /// Copies the model's source files into `<run>/sources/` (rank 0 at step 0), or, on a resume,
