@@ -1228,6 +1228,63 @@ fn another_optimizer_allowed_on_a_resume_starts_with_fresh_state() {
     assert!(!text(&out).contains("another optimizer"), "{}", text(&out));
 }
 
+/// The online probe, a monitor trained beside BYOL, turned on or off on a resume (allowed): the
+/// BYOL networks go on from the checkpoint, a probe new to the run starts untrained (said), one
+/// turned off is left out. validate predicts the start.
+#[test]
+fn the_online_probe_turned_on_or_off_on_a_resume_leaves_the_networks_going_on() {
+    let dir = setup();
+    let d = dir.path();
+    let out = run(
+        d,
+        "r",
+        &[
+            "--quiet",
+            "--set",
+            "schedule.epochs=1",
+            "--set",
+            "eval.online_probe=false",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for (probe, epochs) in [("true", "2"), ("false", "3")] {
+        let longer = [
+            "--set",
+            &format!("schedule.epochs={epochs}"),
+            "--set",
+            &format!("eval.online_probe={probe}"),
+            "--allow-change",
+            "schedule.epochs",
+            "--allow-change",
+            "eval.online_probe",
+        ];
+        let out = byol_run(d, &[&["validate", "tiny.toml", "--run-dir", "r"][..], &longer].concat());
+        assert!(
+            text(&out).contains("a start goes on from its checkpoint") && !text(&out).contains("refused"),
+            "{}",
+            text(&out)
+        );
+        let out = run(d, "r", &longer);
+        let all = text(&out);
+        assert!(out.status.success(), "probe {probe}: {all}");
+        assert_eq!(
+            summary(&d.join("r"))["steps"],
+            16 * epochs.parse::<u64>().unwrap(),
+            "{all}"
+        );
+        assert_eq!(
+            all.contains("note: the online probe starts untrained at step 16"),
+            probe == "true",
+            "{all}"
+        );
+        assert_eq!(
+            summary(&d.join("r"))["probe_top1_after"].is_number(),
+            probe == "true",
+            "{all}"
+        );
+    }
+}
+
 /// A resume allowed onto other kNN images (here a larger test split) or settings (another k)
 /// reports no kNN gain: the measure before training was of other images or made otherwise. The
 /// same images and settings keep it.
@@ -1365,13 +1422,17 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     damage(checkpoints.last().unwrap());
     let all = validate(&["--run-dir", "damaged"]);
     assert_eq!(
-        all.matches("warning: a start would be skipping damaged checkpoint").count(),
+        all.matches("warning: a start would skip damaged checkpoint").count(),
         1,
         "{all}"
     );
     assert!(
-        all.contains(", moving it into damaged/checkpoints/damaged") && all.contains("from its checkpoint of step 32"),
+        all.contains(", moving it into damaged/checkpoints/damaged") && all.contains("from its checkpoint of step 44"),
         "{all}"
+    );
+    assert!(
+        !all.contains("warning: skipping"),
+        "said once, as what a start would do: {all}"
     );
     checkpoints.iter().for_each(damage);
     let all = validate(&["--run-dir", "damaged"]);

@@ -501,12 +501,9 @@ fn load_checkpoint(dir: &Path, device: Option<&str>) -> anyhow::Result<Trained> 
     for warning in model.byol.backbone_warnings() {
         byol::eprint_line!("warning: {warning}");
     }
-    let tensors: Vec<(String, Tensor)> = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?
-        .into_iter()
-        .filter(|(name, _)| !name.starts_with("probe."))
-        .collect();
+    // The online probe, a training-time monitor, is not rebuilt: its weights are left out.
     model
-        .load_state(&tensors)
+        .load_state(&checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?)
         .with_context(|| format!("loading {}", dir.display()))?;
     let augment = experiment.augment.build(&context)?;
     Ok(Trained {

@@ -468,10 +468,15 @@ fn check_run_folder(
     said.warnings.extend(shortened);
     if let Ok(start) = &found {
         // Read only here: a start moves each damaged checkpoint it skips into damaged/.
-        said.warnings.extend(start.warnings.iter().map(|w| match w.starts_with("skipping damaged") {
-            true => format!("a start would be {w}, moving it into {}", checkpointer.dir().join(byol_train::checkpoint::DAMAGED_DIR).display()),
-            false => w.clone(),
-        }));
+        said.warnings
+            .extend(start.warnings.iter().map(|w| match w.starts_with("skipping damaged") {
+                true => format!(
+                    "a start would {}, moving it into {}",
+                    w.replacen("skipping", "skip", 1),
+                    checkpointer.dir().join(byol_train::checkpoint::DAMAGED_DIR).display()
+                ),
+                false => w.clone(),
+            }));
     }
     if let (Ok(start), false) = (&found, refused_anyway) {
         said.notes.push(match &start.checkpoint {

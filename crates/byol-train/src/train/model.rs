@@ -122,21 +122,34 @@ impl Model {
     }
 
     /// Copies saved variables into the model in place (views such as the EMA's flat buffers stay
-    /// intact); every variable must be given, with its shape ([`Model::check_fits`]), or nothing
-    /// is copied.
-    pub fn load_state(&self, saved: &[(String, Tensor)]) -> anyhow::Result<()> {
+    /// intact): every variable of the BYOL networks must be given, with its shape
+    /// ([`Model::check_fits`]), or nothing is copied. The online probe's are copied where the
+    /// model has a probe and they fit it; else ignored. Returns whether the model's probe starts
+    /// untrained (it has one, and `saved` holds none that fits: the probe was off, or over other
+    /// classes).
+    pub fn load_state(&self, saved: &[(String, Tensor)]) -> anyhow::Result<bool> {
         self.check_fits(saved)?;
         let variables = self.vs.variables();
-        for (name, tensor) in saved {
+        let has_probe = variables.keys().filter(|name| is_probe(name)).count();
+        let saved_probe: Vec<&(String, Tensor)> = saved.iter().filter(|(name, _)| is_probe(name)).collect();
+        let probe_fits = saved_probe.len() == has_probe
+            && saved_probe
+                .iter()
+                .all(|(name, t)| variables.get(name).is_some_and(|v| v.size() == t.size()));
+        let loaded = saved.iter().filter(|(name, _)| !is_probe(name) || probe_fits);
+        for (name, tensor) in loaded {
             tch::no_grad(|| variables[name].shallow_clone().copy_(tensor));
         }
-        Ok(())
+        Ok(has_probe > 0 && !probe_fits)
     }
 
-    /// Whether `saved` holds every variable of the model, with its shape, and nothing else.
+    /// Whether `saved` holds every variable of the BYOL networks, with its shape, and nothing
+    /// else; the online probe's, a monitor's, are left out on both sides.
     pub fn check_fits(&self, saved: &[(String, Tensor)]) -> anyhow::Result<()> {
-        let variables = self.vs.variables();
-        for (name, tensor) in saved {
+        let mut variables = self.vs.variables();
+        variables.retain(|name, _| !is_probe(name));
+        let saved: Vec<&(String, Tensor)> = saved.iter().filter(|(name, _)| !is_probe(name)).collect();
+        for (name, tensor) in &saved {
             let target = variables
                 .get(name)
                 .with_context(|| format!("checkpoint holds '{name}', which this model lacks"))?;
@@ -157,4 +170,10 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// Whether `name` is a variable of the online probe (`probe.weight`).
+fn is_probe(name: &str) -> bool {
+    name.strip_prefix(super::monitor::PROBE_PATH)
+        .is_some_and(|rest| rest.starts_with('.'))
 }

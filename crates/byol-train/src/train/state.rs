@@ -738,11 +738,9 @@ pub fn save_checkpoint(
 
 /// Whether the weights of checkpoint `dir` fit the BYOL networks of `model` (every variable, with
 /// its shape), as a resume from it needs, whatever `--allow-change` allowed; an error as the
-/// resume's otherwise. The online probe's weights are left out: a start adds the probe to the
-/// networks it builds, [`Model::build_for_check`] does not.
+/// resume's otherwise. (The online probe's weights may differ: [`Model::load_state`].)
 pub fn check_networks_fit(dir: &Path, model: &Model) -> anyhow::Result<()> {
-    let mut saved = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?;
-    saved.retain(|(name, _)| !name.starts_with(&format!("{}.", super::monitor::PROBE_PATH)));
+    let saved = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?;
     model.check_fits(&saved).map_err(|e| other_networks(dir, &e))
 }
 
@@ -758,15 +756,15 @@ fn other_networks(dir: &Path, why: &anyhow::Error) -> anyhow::Error {
 
 /// Copies a verified checkpoint's weights, optimizer state and loss scale into the run; the
 /// optimizer state only when `optimizer_replaced` is None (the state of another type of optimizer
-/// is not this one's).
+/// is not this one's). Returns whether the online probe starts untrained ([`Model::load_state`]).
 pub fn load_checkpoint(
     dir: &Path,
     model: &Model,
     optimizer: &mut dyn Optimizer,
     numerics: &mut StepNumerics,
     optimizer_replaced: Option<&str>,
-) -> anyhow::Result<()> {
-    model
+) -> anyhow::Result<bool> {
+    let probe_untrained = model
         .load_state(&checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?)
         .map_err(|e| other_networks(dir, &e))?;
     let mut state = checkpoint::read_tensors(dir, checkpoint::OPTIMIZER_FILE)?;
@@ -777,7 +775,7 @@ pub fn load_checkpoint(
         }
     }
     if optimizer_replaced.is_some() {
-        return Ok(());
+        return Ok(probe_untrained);
     }
     optimizer.load_state(&state).map_err(|e| {
         anyhow::anyhow!(
@@ -786,7 +784,8 @@ pub fn load_checkpoint(
              experiment in another run folder, or add --fresh to move this run aside",
             dir.display()
         )
-    })
+    })?;
+    Ok(probe_untrained)
 }
 
 #[cfg(test)]

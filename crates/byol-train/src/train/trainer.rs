@@ -201,7 +201,15 @@ impl<'a> Trainer<'a> {
         }
         if let Some((dir, manifest)) = &start.checkpoint {
             let replaced = start.optimizer_replaced.as_deref();
-            state::load_checkpoint(dir, &model, optimizer.as_mut(), &mut numerics, replaced)?;
+            let probe_untrained = state::load_checkpoint(dir, &model, optimizer.as_mut(), &mut numerics, replaced)?;
+            if probe_untrained && main {
+                byol::eprint_line!(
+                    "note: the online probe starts untrained at step {}: {} holds none over these classes \
+                     (the probe was off, or eval's classes changed); its accuracy measures what it learns from here",
+                    manifest.step,
+                    dir.display()
+                );
+            }
             if let Some(change) = replaced.filter(|_| main) {
                 byol::eprint_line!(
                     "note: another optimizer ({change}): it goes on from the weights of step {} with \
