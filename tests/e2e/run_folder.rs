@@ -1388,17 +1388,26 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     assert!(all.contains("note: --fresh: a start moves r aside"), "{all}");
     // Another width: the trained weights fit no network of it, whatever --allow-change allows;
     // said beside the refusal that names the flag, and with the flag.
+    // Weights that fit no network of the experiment: no --allow-change continues the run, and
+    // no refusal advises one, the start's or validate's.
     let wider = ["--run-dir", "r", "--set", "backbone.width=8"];
-    for extra in [&[][..], &["--allow-change", "backbone.width"]] {
-        let all = validate(&[&wider[..], extra].concat());
-        assert!(
-            all.contains(
-                "warning: a start would be refused, --allow-change or not: resuming from r/checkpoints/step-000000048"
-            ) && all.contains("has shape"),
-            "{all}"
-        );
-        assert!(!all.contains("holds a run of this experiment"), "{all}");
-    }
+    let out = run(d, "r", &wider[2..]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let refusal = "--allow-change cannot continue it: resuming from r/checkpoints/step-000000048: checkpoint's \
+                   'online.backbone.bn1.bias' has shape [4], the model's [8]";
+    assert!(text(&out).contains(refusal), "{}", text(&out));
+    assert!(!text(&out).contains("add --allow-change"), "{}", text(&out));
+    let all = validate(&wider);
+    assert!(all.contains(refusal) && !all.contains("add --allow-change"), "{all}");
+    assert_eq!(all.matches("has shape").count(), 1, "said once: {all}");
+    let all = validate(&[&wider[..], &["--allow-change", "backbone.width"]].concat());
+    assert!(
+        all.contains(
+            "warning: a start would be refused, --allow-change or not: resuming from r/checkpoints/step-000000048"
+        ) && all.contains("has shape"),
+        "{all}"
+    );
+    assert!(!all.contains("holds a run of this experiment"), "{all}");
 
     // Checkpoints gone, or every one damaged: the start refuses, and validate says so, moving
     // nothing.

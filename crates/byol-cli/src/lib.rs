@@ -429,24 +429,26 @@ fn check_run_folder(
     let unknown = run_dir::unknown_allowances(&args.allow_change, &experiments);
     said.warnings
         .extend(unknown.iter().map(|key| run_dir::unknown_allowance_warning(key)));
-    let found = RunStart::find(&dir, &checkpointer, false, &now, listed, &args.allow_change);
-    // Weights of other shapes fail the resume whatever --allow-change allows: told beside a
-    // refusal that advises it too. Of the checkpoint a start goes on from (else the newest
-    // intact one), with the networks it builds there (from the module files it keeps).
+    let fits = |checkpoint: &Path, manifest: &byol_train::checkpoint::Manifest| {
+        byol_train::train::state::check_checkpoint_fits(experiment, checkpoint, manifest, Some(model))
+    };
+    let found = RunStart::find(&dir, &checkpointer, false, &now, listed, &args.allow_change, &fits);
+    // Weights of other shapes fail the resume whatever --allow-change allows (a refusal of other
+    // keys says so itself). Of the checkpoint a start goes on from (else the newest intact one).
     let resumed_from = match &found {
         Ok(start) => start.checkpoint.clone(),
         Err(_) => byol_train::checkpoint::newest_manifest(&dir)
             .filter(|(checkpoint, _)| byol_train::checkpoint::verify(checkpoint).is_ok()),
     };
-    let misfit = resumed_from.as_ref().and_then(|(checkpoint, manifest)| {
-        let fits = match manifest.sources.is_empty() {
-            true => byol_train::train::state::check_networks_fit(checkpoint, model),
-            false => byol_train::train::state::with_checkpoint_sources(experiment, checkpoint, manifest)
-                .and_then(|kept| byol_train::train::Model::build_for_check(&kept))
-                .and_then(|kept| byol_train::train::state::check_networks_fit(checkpoint, &kept)),
-        };
-        fits.err()
+    let said_by_the_refusal = found.as_ref().err().is_some_and(|refusal| {
+        refusal
+            .downcast_ref::<byol_train::run_dir::OtherExperiment>()
+            .is_some_and(|other| other.misfit.is_some())
     });
+    let misfit = resumed_from
+        .as_ref()
+        .filter(|_| !said_by_the_refusal)
+        .and_then(|(checkpoint, manifest)| fits(checkpoint, manifest).err());
     // Fewer epochs than it trained: refused whatever is allowed. Told where the data is the
     // checkpoint's (other data makes other epochs).
     let shortened = resumed_from.as_ref().and_then(|(_, m)| {

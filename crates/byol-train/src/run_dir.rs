@@ -776,20 +776,60 @@ pub fn check_identity(
     if refused.is_empty() {
         return Ok(accepted);
     }
-    let diff: Vec<String> = refused.iter().map(|c| format!("  {c}")).collect();
-    let flags: Vec<String> = refused.iter().map(|c| format!("--allow-change {}", c.key)).collect();
-    bail!(
-        "{} holds a run of another experiment ({source}); resuming it with this one would mix two \
-         configurations in one run:\n{}\nTo continue this run with the new values anyway, add {}; to \
-         start a new run, add --fresh (the old folder is moved aside to {}.old-<time>, nothing is \
-         deleted). These keys may change on a resume without either: {}",
-        run_dir.display(),
-        diff.join("\n"),
-        flags.join(" "),
-        run_dir.display(),
-        SAFE_TO_CHANGE.join(", ")
-    )
+    Err(OtherExperiment {
+        run_dir: run_dir.to_path_buf(),
+        source: source.to_string(),
+        refused,
+        misfit: None,
+    }
+    .into())
 }
+
+/// The refusal to resume a run of another experiment ([`check_identity`]): the keys that differ
+/// and are not allowed, and the way out.
+#[derive(Debug)]
+pub struct OtherExperiment {
+    pub run_dir: PathBuf,
+    /// Where the run's experiment was read (`the experiment saved with <checkpoint>`).
+    pub source: String,
+    pub refused: Vec<Change>,
+    /// Why the weights the run would go on from fit no network of this experiment, where they
+    /// do not: then no `--allow-change` continues the run, and the refusal does not advise it.
+    pub misfit: Option<String>,
+}
+
+impl std::fmt::Display for OtherExperiment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let diff: Vec<String> = self.refused.iter().map(|c| format!("  {c}")).collect();
+        write!(
+            f,
+            "{} holds a run of another experiment ({}); resuming it with this one would mix two \
+             configurations in one run:\n{}\n",
+            self.run_dir.display(),
+            self.source,
+            diff.join("\n"),
+        )?;
+        if let Some(misfit) = &self.misfit {
+            return write!(f, "--allow-change cannot continue it: {misfit}");
+        }
+        let flags: Vec<String> = self
+            .refused
+            .iter()
+            .map(|c| format!("--allow-change {}", c.key))
+            .collect();
+        write!(
+            f,
+            "To continue this run with the new values anyway, add {}; to start a new run, add --fresh (the old \
+             folder is moved aside to {}.old-<time>, nothing is deleted). These keys may change on a resume \
+             without either: {}",
+            flags.join(" "),
+            self.run_dir.display(),
+            SAFE_TO_CHANGE.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for OtherExperiment {}
 
 /// The folder inside a run folder that holds its checkpoints (`step-*/`, `last`).
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -989,9 +1029,10 @@ mod tests {
                     for _ in 0..600 {
                         match take_ownership(run, FolderKind::Run, true, thread % 2 == 0) {
                             Ok((Some(_lock), _)) => {
-                                // A file only an owner writes (empty: `dataset.json` would have to
-                                // read as a record, as a run's always does).
-                                let marker = run.join(crate::train::curve::CURVE_FILE);
+                                // A file only an owner writes, and one a run writes before its
+                                // records (a record would have to read as one; a log beside no
+                                // record is someone's).
+                                let marker = run.join(format!("{CONFIG_FILE}.partial"));
                                 std::fs::File::create_new(&marker)
                                     .unwrap_or_else(|e| panic!("a second owner of {}: {e}", run.display()));
                                 std::fs::remove_file(&marker).unwrap();

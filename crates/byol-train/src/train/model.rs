@@ -148,7 +148,9 @@ impl Model {
     pub fn check_fits(&self, saved: &[(String, Tensor)]) -> anyhow::Result<()> {
         let mut variables = self.vs.variables();
         variables.retain(|name, _| !is_probe(name));
-        let saved: Vec<&(String, Tensor)> = saved.iter().filter(|(name, _)| !is_probe(name)).collect();
+        let mut saved: Vec<&(String, Tensor)> = saved.iter().filter(|(name, _)| !is_probe(name)).collect();
+        // The first misfit by name, whichever order the file lists them in.
+        saved.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, tensor) in &saved {
             let target = variables
                 .get(name)

@@ -365,7 +365,9 @@ impl RunStart {
     /// `main`), and checks that the run it holds is this experiment's: the keys that differ must
     /// be safe to change, accepted by `allow`, or say only where the data lives while the data
     /// is the same (`fingerprint`). Only `main` says what it finds and changes anything: the
-    /// other processes of a job, and `validate`, only read.
+    /// other processes of a job, and `validate`, only read. A refusal of other keys tells whether
+    /// `--allow-change` could continue the run at all: `fits` checks the checkpoint's weights
+    /// against the experiment's networks ([`check_checkpoint_fits`]).
     pub fn find(
         run_dir: &Path,
         checkpointer: &Checkpointer,
@@ -373,6 +375,7 @@ impl RunStart {
         config_toml: &str,
         fingerprint: &DatasetFingerprint,
         allow: &[String],
+        fits: &dyn Fn(&Path, &Manifest) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
         let checkpoint::ResumePoint { latest, warnings } = checkpointer.resume_point(main)?;
         for w in warnings.iter().filter(|_| main) {
@@ -424,7 +427,16 @@ impl RunStart {
                 .collect();
             let same_data = check_dataset(run_dir, saved_data, fingerprint, allow, &also_changed, main)?;
             let also_safe: &[&str] = if same_data { DATA_LOCATION_KEYS } else { &[] };
-            let accepted = run_dir::check_identity(run_dir, &source, &saved, config_toml, allow, also_safe)?;
+            let accepted = run_dir::check_identity(run_dir, &source, &saved, config_toml, allow, also_safe).map_err(
+                |refusal| match (refusal.downcast::<run_dir::OtherExperiment>(), &latest) {
+                    (Ok(mut other), Some((dir, manifest))) => {
+                        other.misfit = fits(dir, manifest).err().map(|e| format!("{e:#}"));
+                        other.into()
+                    }
+                    (Ok(other), None) => other.into(),
+                    (Err(refusal), _) => refusal,
+                },
+            )?;
             data_in_place = !accepted
                 .iter()
                 .any(|c| c.key.starts_with("dataset.") || c.key.starts_with("eval."));
@@ -734,6 +746,25 @@ pub fn save_checkpoint(
         record,
     };
     checkpointer.save(&state.model.state(), &optimizer_state, &sources.files, manifest)
+}
+
+/// Whether the weights of checkpoint `dir` fit the BYOL networks that a resume of `experiment`
+/// from it builds: from the module files the checkpoint keeps where it keeps any (built here),
+/// else `experiment`'s own networks, `built` where given (else built here, on the CPU).
+pub fn check_checkpoint_fits(
+    experiment: &Experiment,
+    dir: &Path,
+    manifest: &Manifest,
+    built: Option<&Model>,
+) -> anyhow::Result<()> {
+    match (manifest.sources.is_empty(), built) {
+        (true, Some(model)) => check_networks_fit(dir, model),
+        (true, None) => check_networks_fit(dir, &Model::build_for_check(experiment)?),
+        (false, _) => {
+            let kept = with_checkpoint_sources(experiment, dir, manifest)?;
+            check_networks_fit(dir, &Model::build_for_check(&kept)?)
+        }
+    }
 }
 
 /// Whether the weights of checkpoint `dir` fit the BYOL networks of `model` (every variable, with

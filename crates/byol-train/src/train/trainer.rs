@@ -8,7 +8,7 @@ use tch::{Device, Tensor};
 use byol::{Augment, BuildContext};
 use byol_data::{BatchLoader, Splits};
 
-use crate::checkpoint::{self, Checkpointer, TrainingRecord};
+use crate::checkpoint::{self, Checkpointer, Manifest, TrainingRecord};
 use crate::distributed::{DataParallel, OverlappedGradients};
 use crate::optimizer::Optimizer;
 use crate::run_dir;
@@ -156,7 +156,18 @@ impl<'a> Trainer<'a> {
         }
         let config_toml = experiment.to_toml()?;
         let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
-        let find = || RunStart::find(run_dir, &checkpointer, main, &config_toml, &fingerprint, allow_change);
+        let fits = |dir: &Path, manifest: &Manifest| state::check_checkpoint_fits(experiment, dir, manifest, None);
+        let find = || {
+            RunStart::find(
+                run_dir,
+                &checkpointer,
+                main,
+                &config_toml,
+                &fingerprint,
+                allow_change,
+                &fits,
+            )
+        };
         let start = match &parallel {
             Some(p) => agreed_start(p, device, run_dir, find)?,
             None => find()?,
