@@ -168,3 +168,39 @@ fn a_run_stopped_by_a_bad_image_goes_on_with_skip_as_the_error_says() {
     assert!(out.status.success(), "{all}");
     assert!(!all.contains("other data") && !all.contains("different data"), "{all}");
 }
+
+/// `[eval]`'s labelled folders are read as `dataset.on_bad_image` says: an unreadable image there
+/// stops a run set to stop at one (naming it), and is skipped with a warning otherwise.
+#[test]
+fn eval_folders_stop_at_a_bad_image_as_the_dataset_says() {
+    let dir = tempfile::tempdir().unwrap();
+    super::random_pngs(&dir.path().join("train"), &["a", "b"], 8);
+    for split in ["labelled/train", "labelled/test"] {
+        super::random_pngs(&dir.path().join(split), &["a", "b"], 4);
+    }
+    std::fs::write(dir.path().join("labelled/test/b/bad.png"), b"not an image").unwrap();
+    let folder = "type = \"image_folder\"\ntrain = \"train\"\nimage_size = 16\n";
+    let experiment = byol_testkit::fixtures::with_table(super::TINY, "dataset", folder);
+    let experiment = byol_testkit::fixtures::with_keys(
+        &experiment,
+        &[
+            ("schedule.batch_size", "4"),
+            ("schedule.epochs", "1"),
+            ("eval.train", "\"labelled/train\""),
+            ("eval.test", "\"labelled/test\""),
+        ],
+    );
+    std::fs::write(dir.path().join("exp.toml"), experiment).unwrap();
+    let strict = ["exp.toml", "--quiet", "--set", "dataset.on_bad_image=\"error\""];
+    let out = byol_run(dir.path(), &strict);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("labelled/test/b/bad.png") && all.contains("on_bad_image = \"skip\""),
+        "{all}"
+    );
+    let out = byol_run(dir.path(), &["exp.toml", "--quiet"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("warning") && all.contains("bad.png"), "{all}");
+}

@@ -374,6 +374,13 @@ pub trait DatasetSpec: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// Whether an unreadable image stops the run (`on_bad_image = "error"`) or is skipped, for a
+    /// source with that setting: `[eval]`'s labelled folders are read the same way. None (the
+    /// default): the source has no such setting, and `[eval]`'s folders skip unreadable images.
+    fn stops_at_bad_images(&self) -> Option<bool> {
+        None
+    }
+
     /// Whether the built training split keeps its image files, so that the loader can cut
     /// crops from them (`augment.crop_on = "loader"`, [`Dataset::reads_crops`]).
     fn keeps_image_files(&self) -> bool {

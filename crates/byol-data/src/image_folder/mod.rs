@@ -124,6 +124,10 @@ byol::register_plugin! {
             Some(self.image_size)
         }
 
+        fn stops_at_bad_images(&self) -> Option<bool> {
+            Some(self.on_bad_image == OnBadImage::Error)
+        }
+
         fn build(&self, _: &BuildContext) -> Result<Splits, DataError> {
             let (splits, warnings, notes) = self.load_with_notes()?;
             for note in notes {

@@ -181,6 +181,10 @@ byol::register_plugin! {
     description: "WebDataset tar shards (key.jpg/.jpeg/.png + optional key.cls), read sequentially, shuffled by shard and buffer",
     optional: "test_urls = \"data/shards/test-{000000..000009}.tar\"   # labelled, for the kNN monitor",
     impl DatasetSpec for WebDatasetConfig {
+        fn stops_at_bad_images(&self) -> Option<bool> {
+            Some(self.on_bad_image == OnBadImage::Error)
+        }
+
         fn build(&self, _: &BuildContext) -> Result<Splits, DataError> {
             let (splits, warnings) = self.load()?;
             for w in warnings {

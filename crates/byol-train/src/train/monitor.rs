@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use byol::{Augment, Byol};
-use byol_data::image_folder::{ImageFolderConfig, Wording};
+use byol_data::image_folder::{ImageFolderConfig, OnBadImage, Wording};
 use byol_data::{BatchLoader, Dataset, Splits};
 
 use crate::distributed::DataParallel;
@@ -198,11 +198,22 @@ fn read_labelled(
             _ => None,
         });
     };
+    // Unreadable images are skipped or stop the run as `dataset.on_bad_image` says.
+    let stops = experiment.dataset.stops_at_bad_images();
     let folder = ImageFolderConfig {
         train: train.clone(),
         test: Some(test.clone()),
         image_size: splits.train.image_shape()[1] as u32,
+        on_bad_image: if stops == Some(true) {
+            OnBadImage::Error
+        } else {
+            OnBadImage::Skip
+        },
         ..Default::default()
+    };
+    let wording = Wording {
+        on_bad_image: stops.and(Wording::default().on_bad_image),
+        ..Wording::eval_keys()
     };
     let context = || {
         format!(
@@ -219,7 +230,7 @@ fn read_labelled(
             train.display()
         );
     }
-    let labelled = load(folder, &Wording::eval_keys())
+    let labelled = load(folder, &wording)
         .map_err(|e| anyhow::anyhow!(e.message()))
         .with_context(context)?;
     Ok(Some(LabelledSplits {
