@@ -204,3 +204,29 @@ fn eval_folders_stop_at_a_bad_image_as_the_dataset_says() {
     assert!(out.status.success(), "{all}");
     assert!(all.contains("warning") && all.contains("bad.png"), "{all}");
 }
+
+/// An empty image file is known unreadable from the listing: a run set to stop at a bad image
+/// stops at its start, reading no image (`cache = "none"` would reach it only mid-epoch), and
+/// `validate` says so first.
+#[test]
+fn an_empty_image_stops_a_strict_run_at_its_start_and_validate_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    super::random_pngs(&dir.path().join("train"), &["a", "b"], 8);
+    std::fs::write(dir.path().join("train/b/empty.png"), b"").unwrap();
+    let folder =
+        "type = \"image_folder\"\ntrain = \"train\"\nimage_size = 16\ncache = \"none\"\non_bad_image = \"error\"\n";
+    let experiment = byol_testkit::fixtures::with_table(super::TINY, "dataset", folder);
+    let experiment =
+        byol_testkit::fixtures::with_keys(&experiment, &[("schedule.batch_size", "4"), ("schedule.epochs", "1")]);
+    std::fs::write(dir.path().join("exp.toml"), experiment).unwrap();
+    for command in [&["validate", "exp.toml"][..], &["exp.toml", "--quiet"]] {
+        let out = byol_run(dir.path(), command);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {all}");
+        assert!(
+            all.contains("train/b/empty.png") && all.contains("empty file") && all.contains("on_bad_image = \"skip\""),
+            "{command:?}: {all}"
+        );
+    }
+    assert!(!dir.path().join("runs/exp/checkpoints").exists());
+}

@@ -300,6 +300,18 @@ impl ImageFolderConfig {
             on_bad_image_hints: split.wording.on_bad_image.clone(),
             skipped: Default::default(),
         };
+        // Known unreadable from the listing alone: an empty file, or a link to a missing one. A
+        // run set to stop at a bad image stops at its start (and `validate` says so), not once
+        // the loader reaches the image, mid-epoch.
+        if self.on_bad_image == OnBadImage::Error {
+            if let Some(i) = folder.listing.sizes.iter().position(|&size| size == 0) {
+                let why = match std::fs::metadata(&folder.listing.files[i].0) {
+                    Ok(_) => "empty file".to_string(),
+                    Err(e) => format!("cannot be read: {e}"),
+                };
+                folder.outcome(i, Err(why))?;
+            }
+        }
         Ok(match self.cache {
             Cache::Memory => {
                 let (set, decoding_warnings) = folder.decode_all()?;
