@@ -681,13 +681,24 @@ fn bad_images_stop_with_the_path_when_asked() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("train");
     let bad = tree_with_bad_images(&root);
+    // An empty file is known from the listing, before any image is decoded, in memory or
+    // streaming.
+    let streaming = "image_size = 8\non_bad_image = \"error\"\ncache = \"none\"";
+    for strict in ["image_size = 8\non_bad_image = \"error\"", streaming] {
+        let err = error_of(&root, strict);
+        assert!(
+            err.contains(&bad[2].display().to_string()) && err.contains("empty file"),
+            "{err}"
+        );
+    }
+    std::fs::remove_file(&bad[2]).unwrap();
     let err = error_of(&root, "image_size = 8\non_bad_image = \"error\"");
     assert!(err.contains(&bad[0].display().to_string()), "{err}");
     assert!(err.contains("on_bad_image = \"skip\""), "{err}");
 
     // Streaming: the error comes with the batch that holds the file.
-    let (splits, _) = load(&root, "image_size = 8\non_bad_image = \"error\"\ncache = \"none\"").unwrap();
-    assert_eq!(splits.train.len(), 12);
+    let (splits, _) = load(&root, streaming).unwrap();
+    assert_eq!(splits.train.len(), 11);
     assert!(splits.train.batch(&[0, 1]).is_ok());
     let err = splits.train.batch(&[0, 5]).unwrap_err().to_string();
     assert!(err.contains("901-truncated.jpg"), "{err}");

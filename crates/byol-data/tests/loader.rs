@@ -190,6 +190,8 @@ fn in_memory_datasets_prefetch_too() {
 fn an_error_ends_the_iteration_and_early_drop_stops_the_workers() {
     let tmp = tempfile::tempdir().unwrap();
     folder(tmp.path(), 2, 6);
+    // (The empty one is refused before any batch: the listing knows it.)
+    std::fs::remove_file(tmp.path().join("class1/500-bad.png")).unwrap();
     let dataset = streaming(tmp.path(), "on_bad_image = \"error\"\nworkers = 3");
     let loader = BatchLoader::new(dataset, 4, false, false, 0);
     // Sequential: class0/000..005, class0/500-bad.jpg (index 6) is in batch 1.
