@@ -710,6 +710,17 @@ fn bad_samples_are_skipped_and_counted_and_damaged_shards_named() {
         err.contains("3 of the 3 shards do not exist") && err.contains("bad-0.tar"),
         "{err}"
     );
+    // One left as `.tar.partial` by a `byol-run shard` that was stopped: said, with what to do.
+    std::fs::write(tmp.path().join("bad-1.tar.partial"), b"").unwrap();
+    let err = config(&quoted(&tmp.path().join("bad-{1..2}.tar")), "")
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad-1.tar.partial is there: a `byol-run shard` stopped")
+            && err.contains("run that command again"),
+        "{err}"
+    );
 }
 
 /// Shards that are intact but not what is read are told for what they are: a compressed tar, a

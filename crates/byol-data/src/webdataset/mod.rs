@@ -238,10 +238,27 @@ fn check_shards(key: &str, shards: &[PathBuf]) -> Result<(), DataError> {
         )));
     }
     if let Some(first) = missing.first() {
-        let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+        // `byol-run shard` writes each shard as `<shard>.partial` and renames it when whole.
+        let stopped = missing
+            .iter()
+            .map(|p| p.with_extension("tar.partial"))
+            .find(|p| p.is_file());
+        let why = match stopped {
+            Some(partial) => format!(
+                "{} is there: a `byol-run shard` stopped before finishing that set. Remove the set (its \
+                 shards, sources.tsv, classes.txt and .tar.partial file) and run that command again",
+                partial.display()
+            ),
+            None => {
+                let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+                format!(
+                    "relative paths start from the working directory {cwd} (byol-run shard DIR --out PATTERN \
+                     writes shards from an image folder)"
+                )
+            }
+        };
         return Err(DataError::Config(format!(
-            "dataset.{key}: {} of the {} shards do not exist, the first {}; relative paths start from the working \
-             directory {cwd} (byol-run shard DIR --out PATTERN writes shards from an image folder)",
+            "dataset.{key}: {} of the {} shards do not exist, the first {}; {why}",
             missing.len(),
             shards.len(),
             first.display()
