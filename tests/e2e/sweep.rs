@@ -888,6 +888,34 @@ fn a_trial_folder_in_use_by_another_process_is_left_to_it() {
     holder.wait().unwrap();
 }
 
+/// A trial whose summary records steps trained but whose checkpoints are gone: its start refuses
+/// to mix a new run into those records, and validate says so for that trial, not "starts".
+#[test]
+fn validate_says_a_trial_whose_checkpoints_are_gone_would_fail() {
+    let dir = setup(&sweep_of_lr("[0.2]"));
+    let small = ["--quiet", "--set", "dataset.train_size=128"];
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let trial = dir.path().join("runs/tiny-sweep/trial-001");
+    let summary_file = trial.join("summary.json");
+    let mut summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_file).unwrap()).unwrap();
+    summary["interrupted"] = serde_json::Value::Bool(true);
+    std::fs::write(&summary_file, summary.to_string()).unwrap();
+    std::fs::remove_dir_all(trial.join("checkpoints")).unwrap();
+    let out = byol_run(dir.path(), &[&["validate", "tiny.toml"][..], &small[1..]].concat());
+    let all = text(&out);
+    assert!(
+        all.contains(
+            "warning: trial-001: a start would fail it: runs/tiny-sweep/trial-001 records a run trained to step"
+        ) && !all.contains("a start starts trial-001"),
+        "{all}"
+    );
+    let out = byol_run(dir.path(), &[&["sweep", "tiny.toml"][..], &small].concat());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("records a run trained to step"), "{all}");
+}
+
 /// A trial that fails with --fresh as its way out (every checkpoint damaged) is started over
 /// on its own as the sweep says, from its config.toml with `--fresh`, and stays its sweep's
 /// trial: the old attempt goes where the sweep keeps them (not among the trials, where the sweep

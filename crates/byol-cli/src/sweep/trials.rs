@@ -418,8 +418,20 @@ pub fn preview(sweep: &Sweep, listed: HashMap<String, DatasetFingerprint>) -> an
                         _ => ("resumes", " from a checkpoint"),
                     }
                 }
-                TrialStatus::Failed(_) => ("retries", " (failed)"),
-                _ => ("starts", ""),
+                _ => {
+                    // No checkpoint: a start trains from step 0, where no steps trained are on
+                    // record (the trial's start refuses to mix a new run into their records).
+                    let checkpoints = checkpoint::Checkpointer::new(dir.join(run_dir::CHECKPOINTS_DIR), 0);
+                    if let Err(lost) = byol_train::train::state::check_no_checkpoints_lost(&dir, &checkpoints) {
+                        said.warnings
+                            .push(format!("{}: a start would fail it: {lost:#}", trial.id()));
+                        continue;
+                    }
+                    match status {
+                        TrialStatus::Failed(_) => ("retries", " (failed)"),
+                        _ => ("starts", ""),
+                    }
+                }
             },
         };
         counts.entry(what).or_default().push(trial.id());

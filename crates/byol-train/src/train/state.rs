@@ -681,7 +681,7 @@ pub fn shortened_below_trained(
 /// Refuses a start from step 0 in a folder whose `summary.json` records steps trained: a summary
 /// is written after a checkpoint, so its checkpoints were removed (or the folder copied without
 /// them), and a new run would mix into the records of one that is not there to resume.
-fn check_no_checkpoints_lost(run_dir: &Path, checkpointer: &Checkpointer) -> anyhow::Result<()> {
+pub fn check_no_checkpoints_lost(run_dir: &Path, checkpointer: &Checkpointer) -> anyhow::Result<()> {
     let summary = run_dir.join(super::SUMMARY_FILE);
     let trained = std::fs::read(&summary)
         .ok()
