@@ -371,7 +371,8 @@ fn a_failed_checkpoint_write_ends_the_run_cleanly_and_the_previous_one_resumes()
         "names the file: {all}"
     );
     assert!(
-        error.contains(&format!("the last good checkpoint is kept: r/checkpoints/{kept}")),
+        error.contains(&format!("the last good checkpoint is kept: r/checkpoints/{kept}"))
+            && error.contains("free some space and run again to resume"),
         "{all}"
     );
     assert_eq!(

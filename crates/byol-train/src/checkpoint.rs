@@ -128,8 +128,9 @@ impl Checkpointer {
         let step = manifest.step;
         self.try_save(model, optimizer, sources, manifest).map_err(|e| {
             anyhow::anyhow!(
-                "cannot save the checkpoint of step {step}: {e:#}; {} (free some space and run again to resume)",
-                self.kept()
+                "cannot save the checkpoint of step {step}: {e:#}; {} ({})",
+                self.kept(),
+                way_out_of_a_failed_write(&e)
             )
         })
     }
@@ -500,8 +501,28 @@ fn write_error(path: &Path, error: tch::TchError) -> anyhow::Error {
         .and_then(|code| code.parse::<i32>().ok())
         .map(std::io::Error::from_raw_os_error);
     match os_error {
-        Some(e) => anyhow::anyhow!("cannot write {}: {e}", path.display()),
+        // Kept as the cause, for [`way_out_of_a_failed_write`] to tell what to do.
+        Some(e) => anyhow::Error::new(e).context(format!("cannot write {}", path.display())),
         None => anyhow::anyhow!("cannot write {}: {text}", path.display()),
+    }
+}
+
+/// What to do after a write into the run folder failed with `e`, by its cause: free space where
+/// the disk or a quota is full, make the folder writable where permission was refused.
+pub fn way_out_of_a_failed_write(e: &anyhow::Error) -> &'static str {
+    use std::io::ErrorKind;
+    let kind = e
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    match kind {
+        Some(ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge) => {
+            "free some space and run again to resume"
+        }
+        Some(ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => {
+            "make the run folder writable and run again to resume"
+        }
+        _ => "remove the cause named above and run again to resume",
     }
 }
 
@@ -724,6 +745,27 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_write_is_told_what_to_do_by_its_cause() {
+        use std::io::{Error, ErrorKind};
+        let failed = |kind: ErrorKind| anyhow::Error::new(Error::from(kind)).context("cannot write x");
+        for kind in [
+            ErrorKind::StorageFull,
+            ErrorKind::QuotaExceeded,
+            ErrorKind::FileTooLarge,
+        ] {
+            assert!(super::way_out_of_a_failed_write(&failed(kind)).contains("free some space"));
+        }
+        // An immutable or read-only folder: no space to free.
+        let denied = super::write_error(
+            std::path::Path::new("x"),
+            tch::TchError::Torch("open failed, code: 1 (Operation not permitted)".into()),
+        );
+        assert!(super::way_out_of_a_failed_write(&denied).contains("make the run folder writable"));
+        assert!(super::way_out_of_a_failed_write(&failed(ErrorKind::ReadOnlyFilesystem)).contains("writable"));
+        assert!(super::way_out_of_a_failed_write(&anyhow::anyhow!("other")).contains("remove the cause"));
+    }
+
     use super::*;
 
     fn manifest(files: &[&str]) -> Manifest {

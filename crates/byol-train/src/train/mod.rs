@@ -653,13 +653,13 @@ fn record_curve(
     let knn_data = t.fingerprint.knn_data(t.experiment);
     let point = curve::CurvePoint::new(evaluation, t.plan.epoch_of(step), step, loss, knn_data);
     let curve = t.in_place(|| curve::record_point(run_dir, point)).map_err(|e| {
-        let full = e.chain().any(|cause| {
-            cause
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
-        });
-        match full {
-            true => anyhow::anyhow!("{e:#}; {} (free some space and run again to resume)", t.kept()),
+        // A failed write (not a folder moved away, which says its own way out).
+        match e.chain().any(|cause| cause.is::<std::io::Error>()) {
+            true => anyhow::anyhow!(
+                "{e:#}; {} ({})",
+                t.kept(),
+                crate::checkpoint::way_out_of_a_failed_write(&e)
+            ),
             false => e,
         }
     })?;
