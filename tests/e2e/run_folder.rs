@@ -815,6 +815,33 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
         text(&out)
     );
     assert!(stranger.join("model.pt").is_file() && !trained.join("checkpoints/damaged").exists());
+    // One named like a checkpoint the run goes on to save (then prune): moved out of its way,
+    // with its files, never replaced.
+    let in_the_way = trained.join("checkpoints/step-000000052");
+    std::fs::create_dir_all(&in_the_way).unwrap();
+    std::fs::write(in_the_way.join("notes.txt"), "mine").unwrap();
+    let longer = [
+        "--quiet",
+        "--set",
+        "schedule.epochs=4",
+        "--allow-change",
+        "schedule.epochs",
+    ];
+    let out = run(d, "trained", &longer);
+    assert!(out.status.success(), "{}", text(&out));
+    let moved = trained.join("checkpoints/not-checkpoints/step-000000052/notes.txt");
+    assert_eq!(
+        std::fs::read_to_string(&moved).ok().as_deref(),
+        Some("mine"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("for the checkpoint of step 52 to take its name (its files are as they were)"),
+        "{}",
+        text(&out)
+    );
+    assert!(stranger.join("model.pt").is_file());
 
     let sweep = d.join("sweep");
     std::fs::create_dir_all(sweep.join("trial-001")).unwrap();

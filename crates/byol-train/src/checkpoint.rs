@@ -100,6 +100,10 @@ pub struct ResumePoint {
 /// Where damaged checkpoints are moved, inside the checkpoints folder: out of the way of
 /// pruning and resume, but kept for the user to inspect (never deleted by us).
 pub const DAMAGED_DIR: &str = "damaged";
+
+/// Where a step folder that is no checkpoint (no manifest of ours) is moved when the run saves a
+/// checkpoint of that step, which would otherwise replace it: kept, never deleted by us.
+pub const SET_ASIDE_DIR: &str = "not-checkpoints";
 const LAST_LINK: &str = "last";
 
 impl Checkpointer {
@@ -158,7 +162,8 @@ impl Checkpointer {
             }
             _ => {}
         }
-        let name = format!("step-{:09}", manifest.step);
+        let step = manifest.step;
+        let name = format!("step-{step:09}");
         let final_dir = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
         if tmp.exists() {
@@ -168,6 +173,17 @@ impl Checkpointer {
             // A half-written folder is useless and may be large (a full disk): drop it now.
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
+        }
+        // A step folder of someone's under this step's name would be replaced, that is deleted.
+        if final_dir.is_dir() && !has_a_manifest(&final_dir) {
+            let moved = self.move_into(&final_dir, SET_ASIDE_DIR)?;
+            byol::eprint_line!(
+                "warning: {} holds no {MANIFEST_FILE}, so it is no checkpoint of this run: moved to {} for the \
+                 checkpoint of step {} to take its name (its files are as they were)",
+                final_dir.display(),
+                moved.display(),
+                step
+            );
         }
         move_into_place(&tmp, &final_dir)?;
         self.point_last_at(&name)?;
@@ -321,7 +337,8 @@ impl Checkpointer {
         for stranger in self.strangers() {
             warnings.push(format!(
                 "{} holds no {MANIFEST_FILE}, so it is no checkpoint of this run (a run writes the manifest \
-                 before the folder takes its name): left where it is, never loaded",
+                 before the folder takes its name): never loaded, pruned or deleted; left where it is, or moved \
+                 into {SET_ASIDE_DIR}/ should the run save a checkpoint of that step",
                 stranger.display()
             ));
         }
@@ -399,7 +416,12 @@ impl Checkpointer {
 
     /// Moves a checkpoint folder into `damaged/` under a name not taken yet.
     fn move_to_damaged(&self, dir: &Path) -> anyhow::Result<PathBuf> {
-        let aside = self.dir.join(DAMAGED_DIR);
+        self.move_into(dir, DAMAGED_DIR)
+    }
+
+    /// Moves `dir` into the checkpoints folder's `sub`-folder under a name not taken yet.
+    fn move_into(&self, dir: &Path, sub: &str) -> anyhow::Result<PathBuf> {
+        let aside = self.dir.join(sub);
         fs::create_dir_all(&aside).with_context(|| format!("cannot create {}", aside.display()))?;
         let name = dir.file_name().expect("a step folder").to_string_lossy().into_owned();
         let target = (0..)
@@ -409,13 +431,7 @@ impl Checkpointer {
             })
             .find(|p| !p.exists())
             .expect("some name is free");
-        fs::rename(dir, &target).with_context(|| {
-            format!(
-                "cannot move damaged checkpoint {} to {}",
-                dir.display(),
-                target.display()
-            )
-        })?;
+        fs::rename(dir, &target).with_context(|| format!("cannot move {} to {}", dir.display(), target.display()))?;
         Ok(target)
     }
 }
@@ -593,7 +609,7 @@ pub fn is_checkpoints_entry(path: &Path) -> bool {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let interrupted = name.starts_with('.') && [".tmp-", REPLACED, PRUNED].iter().any(|m| name.contains(m));
     let checkpoint = is_step_name(&name) && has_a_manifest(path);
-    checkpoint || name == LAST_LINK || name == DAMAGED_DIR || interrupted
+    checkpoint || [LAST_LINK, DAMAGED_DIR, SET_ASIDE_DIR].contains(&name.as_ref()) || interrupted
 }
 
 /// Whether the folder `dir` holds a `manifest.json` that reads as a checkpoint's (its files not
