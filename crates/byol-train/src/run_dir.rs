@@ -864,9 +864,10 @@ pub type FileWriter<'a> = Box<dyn FnOnce(&Path) -> anyhow::Result<()> + 'a>;
 
 /// Files that belong together (embeddings and their names) replaced together: each writer writes
 /// its `<path>.partial`, and only once every one is written and synced are they renamed over their
-/// paths, one after the other, so that a failure while writing (a full disk) leaves the old files
-/// as they were, and no partial one. (A rename in the same folder failing after another succeeded
-/// would still part them.)
+/// paths, so that a failure while writing (a full disk) leaves the old files as they were, and no
+/// partial one. The first file is the set's: of several, its old version is removed before the
+/// others are renamed and it is renamed last, so that wherever it is, the files beside it are its
+/// own (a kill between two renames leaves it absent, never beside another set's files).
 pub fn replace_files_with(files: Vec<(&Path, FileWriter<'_>)>) -> anyhow::Result<()> {
     let partials: Vec<PathBuf> = files.iter().map(|(path, _)| partial_path(path)).collect();
     let remove_partials = || {
@@ -881,10 +882,20 @@ pub fn replace_files_with(files: Vec<(&Path, FileWriter<'_>)>) -> anyhow::Result
             .inspect_err(|_| remove_partials())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    for (path, partial) in paths.iter().zip(&partials) {
-        std::fs::rename(partial, path)
+    if paths.len() > 1 {
+        match std::fs::remove_file(paths[0]) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                remove_partials();
+                return Err(e).with_context(|| format!("cannot replace {}", paths[0].display()));
+            }
+            _ => {}
+        }
+    }
+    let first_last = (1..paths.len()).chain([0]);
+    for i in first_last {
+        std::fs::rename(&partials[i], paths[i])
             .inspect_err(|_| remove_partials())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+            .with_context(|| format!("cannot write {}", paths[i].display()))?;
     }
     // The files are whole in place; only their renames may not yet survive a power loss.
     for path in paths {
@@ -1007,6 +1018,32 @@ mod tests {
         for key in SAFE_TO_CHANGE {
             assert!(paragraph.contains(&format!("`{key}`")), "the README's list lacks {key}");
         }
+    }
+
+    /// Of files replaced together, the first is never left beside another set's others: here
+    /// the second cannot be renamed into place (a folder holds its name), and the first, whose
+    /// old version is gone, is not put in place either.
+    #[test]
+    fn the_first_of_files_replaced_together_is_never_beside_another_sets_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (embeddings, names) = (tmp.path().join("e.npy"), tmp.path().join("e.npy.names.txt"));
+        let write =
+            |text: &'static str| -> FileWriter<'static> { Box::new(move |path| Ok(std::fs::write(path, text)?)) };
+        replace_files_with(vec![(&embeddings, write("old rows")), (&names, write("old names"))]).unwrap();
+        std::fs::remove_file(&names).unwrap();
+        std::fs::create_dir_all(names.join("in the way")).unwrap();
+        let failed = replace_files_with(vec![(&embeddings, write("new rows")), (&names, write("new names"))]);
+        assert!(failed.is_err());
+        assert!(!embeddings.exists(), "new rows beside no names of theirs");
+        std::fs::remove_dir_all(&names).unwrap();
+        replace_files_with(vec![(&embeddings, write("new rows")), (&names, write("new names"))]).unwrap();
+        assert_eq!(std::fs::read_to_string(&embeddings).unwrap(), "new rows");
+        assert_eq!(std::fs::read_to_string(&names).unwrap(), "new names");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "no partial file left: {left:?}");
     }
 
     /// Threads contend for one folder while half of them move it aside (`--fresh`) each time:
