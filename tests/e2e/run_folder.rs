@@ -477,6 +477,38 @@ fn a_manifest_that_hashes_nothing_or_points_outside_is_damaged() {
 /// The first SIGTERM waits for the next step, which can be far off (here a kNN evaluation of a
 /// 100,000-image bank before training); it says so, and a second one ends the process at once
 /// with the shell's code for SIGTERM (128 + 15).
+/// A signal that comes once the last step is saved, during the final kNN evaluation (of a large
+/// test split here): the run finishes its evaluation and summary, as a finished run, and exits as
+/// signalled, so that `byol-run train x.toml && next` stops there.
+#[test]
+fn a_signal_during_the_final_evaluation_finishes_the_run_and_exits_as_signalled() {
+    let dir = setup();
+    let d = dir.path();
+    let child = spawn(
+        d,
+        "r",
+        &[
+            "--quiet",
+            "--set",
+            "schedule.epochs=1",
+            "--set",
+            "eval.curve_points=0",
+            "--set",
+            "dataset.test_size=60000",
+        ],
+    );
+    let last = d.join("r/checkpoints/step-000000016/manifest.json");
+    wait_for("the last checkpoint", || last.is_file());
+    kill("-INT", &child);
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{all}");
+    assert!(all.contains("finished: the signal came after the last step"), "{all}");
+    let summary = summary(&d.join("r"));
+    assert_eq!(summary["interrupted"], false, "{summary}");
+    assert!(summary["knn_after"].is_object(), "{summary}");
+}
+
 #[test]
 fn a_second_signal_quits_at_once_when_the_next_step_is_far_off() {
     let dir = setup();

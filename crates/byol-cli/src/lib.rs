@@ -260,7 +260,7 @@ pub fn main() -> ExitCode {
 /// A run or sweep that a signal stopped after saving its work, which it has said: not an error
 /// to print, but not a success either (`byol-run train x.toml && next-step` must not go on). The
 /// process exits as the shell reports one ended by that signal: 128 + its number.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoppedBySignal(pub i32);
 
 impl std::fmt::Display for StoppedBySignal {
@@ -589,9 +589,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
             .transpose()?,
     };
     let summary = byol_train::train(&experiment, &options)?;
-    // Stopped by a signal (in a data-parallel job, every process stops with the one that got it).
-    let stopped = summary
-        .interrupted
+    // Stopped by a signal (in a data-parallel job, every process stops with the one that got it),
+    // or signalled once the last step was done: finished, but what follows is stopped too.
+    let stopped = (summary.interrupted || summary.signal.is_some())
         .then(|| StoppedBySignal(summary.signal.unwrap_or(libc::SIGTERM)));
     if summary.rank != 0 {
         // Rank 0 reports for the whole data-parallel job.
@@ -608,16 +608,25 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if let Some(stopped) = stopped {
+    if let Some(stopped) = stopped.as_ref().filter(|_| summary.interrupted) {
         say!(
             "\ninterrupted at step {} of {}; run the same command again to resume",
             summary.steps,
             summary.total_steps
         );
-        return Err(stopped.into());
+        return Err(stopped.clone().into());
     }
     print_summary(experiment.name(), &summary);
-    Ok(())
+    match stopped {
+        Some(stopped) => {
+            say!(
+                "finished: the signal came after the last step (the run finished its evaluation and summary); \
+                 exiting as signalled, so that what follows it stops"
+            );
+            Err(stopped.into())
+        }
+        None => Ok(()),
+    }
 }
 
 /// `1 epoch`, `2 epochs`.
