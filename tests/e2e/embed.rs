@@ -261,6 +261,13 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
         "the run folder itself takes exports: {}",
         text(&out)
     );
+    // The same checkpoint exported again: the same bytes (its metadata in name order).
+    let out = byol_run(dir.path(), &["export", "r", "--out", "again.safetensors"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        std::fs::read(dir.path().join("again.safetensors")).unwrap()
+            == std::fs::read(dir.path().join("r/backbone.safetensors")).unwrap()
+    );
     // A project's own `checkpoints/exports` beside its config.toml is no run's checkpoint.
     std::fs::create_dir_all(dir.path().join("proj/checkpoints/exports")).unwrap();
     std::fs::write(dir.path().join("proj/config.toml"), "").unwrap();

@@ -134,7 +134,33 @@ pub fn safetensors_with_metadata(
         .iter()
         .map(|(name, tensor)| Ok((name.as_str(), TensorBytes::new(tensor)?)))
         .collect::<Result<Vec<_>, ByolError>>()?;
-    safetensors::tensor::serialize(views, &Some(metadata)).map_err(|e| ByolError::WriteWeights(e.to_string()))
+    let bytes =
+        safetensors::tensor::serialize(views, &Some(metadata)).map_err(|e| ByolError::WriteWeights(e.to_string()))?;
+    Ok(with_sorted_header(bytes))
+}
+
+/// The bytes of a safetensors file with its header's entries and metadata in name order: the
+/// writer lays the metadata out in a hash map's order, so that the same tensors and metadata
+/// would give other bytes on every write. The data that follows the header is left as it is.
+fn with_sorted_header(bytes: Vec<u8>) -> Vec<u8> {
+    use std::collections::BTreeMap;
+    let sorted = || -> Option<Vec<u8>> {
+        let length = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+        let header = bytes.get(8..8 + length)?;
+        let mut entries: BTreeMap<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+        if let Some(metadata) = entries.get_mut("__metadata__") {
+            let in_order: BTreeMap<String, String> = serde_json::from_value(metadata.take()).ok()?;
+            *metadata = serde_json::to_value(in_order).ok()?;
+        }
+        let mut header = serde_json::to_vec(&entries).ok()?;
+        // Padded with spaces to 8 bytes, as the writer pads it, so that the data stays aligned.
+        header.resize(header.len().next_multiple_of(8), b' ');
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&bytes[8 + length..]);
+        Some(out)
+    };
+    sorted().unwrap_or(bytes)
 }
 
 /// A tensor's shape, dtype and row-major bytes, as safetensors' writer takes them.
@@ -173,5 +199,37 @@ impl safetensors::View for TensorBytes {
     }
     fn data_len(&self) -> usize {
         self.bytes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same tensors and metadata give the same bytes, whatever order a hash map holds the
+    /// metadata in, and the file reads back as written.
+    #[test]
+    fn safetensors_with_metadata_are_the_same_bytes_every_time() {
+        let tensors = vec![
+            ("b".to_string(), Tensor::from_slice(&[1.0f32, 2.0, 3.0])),
+            ("a".to_string(), Tensor::from_slice(&[7i64]).view([1, 1])),
+        ];
+        let metadata: HashMap<String, String> = (0..32).map(|i| (format!("key{i}"), format!("value {i}"))).collect();
+        let first = safetensors_with_metadata(&tensors, metadata.clone()).unwrap();
+        // Another map of the same entries: another hash order.
+        for _ in 0..4 {
+            let rebuilt: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert_eq!(first, safetensors_with_metadata(&tensors, rebuilt).unwrap());
+        }
+        let header_length = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        assert_eq!(header_length % 8, 0, "the data stays aligned");
+        let (_, read) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+        let read_back: HashMap<String, String> = read.metadata().clone().unwrap();
+        assert_eq!(read_back, metadata);
+        let file = safetensors::SafeTensors::deserialize(&first).unwrap();
+        let b: Vec<u8> = [1.0f32, 2.0, 3.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(file.tensor("b").unwrap().data(), b);
+        assert_eq!(file.tensor("a").unwrap().data(), 7i64.to_le_bytes());
+        assert_eq!(file.tensor("a").unwrap().shape(), [1, 1]);
     }
 }
