@@ -1516,6 +1516,12 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     );
     assert_eq!(step_folders(&damaged).len(), 3, "{all}");
 
+    // Its config.toml lost: a start resumes from its checkpoints (and writes it again).
+    let no_config = finished_run(d, "no-config");
+    std::fs::remove_file(no_config.join("config.toml")).unwrap();
+    let all = validate(&["--run-dir", "no-config"]);
+    assert!(all.contains("a start goes on from its checkpoint of step 48"), "{all}");
+
     std::fs::write(d.join("file"), "x").unwrap();
     let out = byol_run(d, &["validate", "tiny.toml", "--run-dir", "file"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

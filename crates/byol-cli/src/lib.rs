@@ -411,7 +411,8 @@ fn check_run_folder(
             dir.display()
         ));
     }
-    if !run_dir::is_run_folder(&dir) {
+    // (Checkpoints without the folder's config.toml: a start resumes from them, and writes it.)
+    if !run_dir::is_run_folder(&dir) && !dir.join(run_dir::CHECKPOINTS_DIR).is_dir() {
         return Ok(said);
     }
     if args.fresh {
