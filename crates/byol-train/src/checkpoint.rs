@@ -86,6 +86,8 @@ impl TrainingRecord {
 pub struct Checkpointer {
     dir: PathBuf,
     keep_last: usize,
+    /// Old checkpoints that could not be removed, warned of once (each save tries again).
+    unremovable: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<PathBuf>>>,
 }
 
 /// What [`Checkpointer::resume_point`] found.
@@ -111,6 +113,7 @@ impl Checkpointer {
         Self {
             dir,
             keep_last: keep_last.max(1),
+            unremovable: Default::default(),
         }
     }
 
@@ -256,7 +259,10 @@ impl Checkpointer {
         let excess = (others.len() + 1).saturating_sub(self.keep_last);
         for old in &others[..excess.min(others.len())] {
             if let Err(e) = remove_old(old) {
-                byol::eprint_line!("warning: {e:#}; training goes on");
+                let first_time = self.unremovable.lock().map_or(true, |mut warned| warned.insert(old.clone()));
+                if first_time {
+                    byol::eprint_line!("warning: {e:#}; training goes on (said once; each save tries again)");
+                }
             }
         }
     }
