@@ -115,8 +115,24 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.contains("error: notes is not a run folder: it has no config.toml"),
+        all.contains("error: notes is not a run folder: it has no config.toml and no checkpoint"),
         "{all}"
+    );
+    // A run folder that lost its config.toml is compared from its checkpoint, as a resume
+    // reads it.
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    std::process::Command::new("cp")
+        .args(["-a", "runs/fast/.", "copy/"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    std::fs::remove_file(copy.join("config.toml")).unwrap();
+    let out = byol_run(dir.path(), &["compare", "runs/fast", "copy"]);
+    assert!(
+        out.status.success() && text(&out).contains("The runs have the same settings."),
+        "{}",
+        text(&out)
     );
     // A sweep's trial that has not started (`compare runs/x-sweep/trial-*` of a stopped sweep)
     // is left out with a note.

@@ -42,29 +42,30 @@ impl Run {
         if !dir.is_dir() {
             bail!("{} is not a folder: give run folders (runs/<name>)", dir.display());
         }
-        let config_path = dir.join(CONFIG_FILE);
-        let text = fs::read_to_string(&config_path).map_err(|_| {
-            anyhow::anyhow!(
-                "{} is not a run folder: it has no {CONFIG_FILE} (byol-run train writes one into every run \
-                 folder it trains; a sweep's runs are its trial-NNN folders)",
-                dir.display()
-            )
-        })?;
-        if !byol_train::run_dir::is_run_folder(dir) {
-            bail!(
-                "{} is not a run folder: its {CONFIG_FILE} is not beside any record a run writes \
-                 (dataset.json, checkpoints, summary.json)",
-                dir.display()
-            );
-        }
         // The experiment its newest checkpoint was trained with (an edited config.toml says
-        // nothing of what the run trained); keys added since an older run was saved show at
-        // their defaults, as a resume reads them.
-        let newest = byol_train::checkpoint::newest_experiment(dir);
-        let source = newest.as_ref().map_or(config_path.clone(), |(checkpoint, _)| {
-            checkpoint.join(byol_train::checkpoint::MANIFEST_FILE)
-        });
-        let text = newest.map_or(text, |(_, experiment)| experiment);
+        // nothing of what the run trained, and a lost one does not stop a resume); keys added
+        // since an older run was saved show at their defaults, as a resume reads them.
+        let (source, text) = match byol_train::checkpoint::newest_experiment(dir) {
+            Some((checkpoint, experiment)) => (checkpoint.join(byol_train::checkpoint::MANIFEST_FILE), experiment),
+            None => {
+                let config_path = dir.join(CONFIG_FILE);
+                let text = fs::read_to_string(&config_path).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{} is not a run folder: it has no {CONFIG_FILE} and no checkpoint (byol-run train writes \
+                         one into every run folder it trains; a sweep's runs are its trial-NNN folders)",
+                        dir.display()
+                    )
+                })?;
+                if !byol_train::run_dir::is_run_folder(dir) {
+                    bail!(
+                        "{} is not a run folder: its {CONFIG_FILE} is not beside any record a run writes \
+                         (dataset.json, checkpoints, summary.json)",
+                        dir.display()
+                    );
+                }
+                (config_path, text)
+            }
+        };
         let text = byol_train::run_dir::with_current_defaults(&text);
         let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("cannot parse the experiment in {}", source.display()))?;

@@ -259,7 +259,10 @@ impl Checkpointer {
         let excess = (others.len() + 1).saturating_sub(self.keep_last);
         for old in &others[..excess.min(others.len())] {
             if let Err(e) = remove_old(old) {
-                let first_time = self.unremovable.lock().map_or(true, |mut warned| warned.insert(old.clone()));
+                let first_time = self
+                    .unremovable
+                    .lock()
+                    .map_or(true, |mut warned| warned.insert(old.clone()));
                 if first_time {
                     byol::eprint_line!("warning: {e:#}; training goes on (said once; each save tries again)");
                 }
