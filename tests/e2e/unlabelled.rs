@@ -334,3 +334,58 @@ fn a_labelled_split_of_one_class_turns_the_monitor_off() {
         text(&out)
     );
 }
+
+/// The online probe learns from `[eval] train` when the training images have no labels. Resumed
+/// (allowed) on eval folders of as many classes under other names, it starts untrained: its
+/// weights for "cat" would score the images now labelled "dog".
+#[test]
+fn the_online_probe_starts_untrained_when_its_classes_are_renamed() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..32u32 {
+        write_image(&dir.path().join(format!("unlabelled/{i:02}.png")), (i % 2) as usize, i);
+    }
+    for (folder, classes) in [("first", ["cat", "dog"]), ("renamed", ["ant", "bee"])] {
+        for (split, count) in [("train", 8u32), ("test", 4)] {
+            for (c, class) in classes.iter().enumerate() {
+                for i in 0..count {
+                    write_image(&dir.path().join(format!("{folder}/{split}/{class}/{i:02}.png")), c, i);
+                }
+            }
+        }
+    }
+    std::fs::write(dir.path().join("flat.toml"), UNLABELLED).unwrap();
+    let eval = |folder: &str| {
+        [
+            "--set".to_string(),
+            format!("eval.train=\"{folder}/train\""),
+            "--set".to_string(),
+            format!("eval.test=\"{folder}/test\""),
+        ]
+    };
+    let run = |extra: &[String]| {
+        let mut args = vec![
+            "flat.toml".to_string(),
+            "--run-dir".into(),
+            "run".into(),
+            "--quiet".into(),
+        ];
+        args.extend_from_slice(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        byol_run(dir.path(), &args)
+    };
+    let out = run(&eval("first"));
+    assert!(out.status.success(), "{}", text(&out));
+    let longer: Vec<String> = ["--set", "schedule.epochs=2", "--allow-change", "schedule.epochs"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let other_data = ["--allow-change", "eval", "--allow-change", "dataset"].map(String::from);
+    let renamed = [&eval("renamed")[..], &longer, &other_data].concat();
+    let out = run(&renamed);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("note: the online probe starts untrained at step 2"),
+        "{all}"
+    );
+}

@@ -503,7 +503,7 @@ fn load_checkpoint(dir: &Path, device: Option<&str>) -> anyhow::Result<Trained> 
     }
     // The online probe, a training-time monitor, is not rebuilt: its weights are left out.
     model
-        .load_state(&checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?)
+        .load_state(&checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?, false)
         .with_context(|| format!("loading {}", dir.display()))?;
     let augment = experiment.augment.build(&context)?;
     Ok(Trained {

@@ -411,8 +411,9 @@ fn check_run_folder(
             dir.display()
         ));
     }
+    let checkpointer = Checkpointer::new(dir.join(run_dir::CHECKPOINTS_DIR), 0);
     // (Checkpoints without the folder's config.toml: a start resumes from them, and writes it.)
-    if !run_dir::is_run_folder(&dir) && !dir.join(run_dir::CHECKPOINTS_DIR).is_dir() {
+    if !run_dir::is_run_folder(&dir) && checkpointer.list().is_empty() {
         return Ok(said);
     }
     if args.fresh {
@@ -423,17 +424,23 @@ fn check_run_folder(
         ));
         return Ok(said);
     }
-    let checkpointer = Checkpointer::new(dir.join(run_dir::CHECKPOINTS_DIR), 0);
     let now = experiment.to_toml()?;
     let saved = byol_train::checkpoint::trained_experiment(&dir);
     let experiments: Vec<&str> = [Some(now.as_str()), saved.as_deref()].into_iter().flatten().collect();
     let unknown = run_dir::unknown_allowances(&args.allow_change, &experiments);
     said.warnings
         .extend(unknown.iter().map(|key| run_dir::unknown_allowance_warning(key)));
-    let fits = |checkpoint: &Path, manifest: &byol_train::checkpoint::Manifest| {
-        byol_train::train::state::check_checkpoint_fits(experiment, checkpoint, manifest, Some(model))
+    // Once per checkpoint: the start's refusal may ask, and validate's own warning below.
+    let checked = std::cell::RefCell::new(std::collections::HashMap::new());
+    let misfit = |checkpoint: &Path, manifest: &byol_train::checkpoint::Manifest| -> Option<String> {
+        let known = checked.borrow().get(checkpoint).cloned();
+        known.unwrap_or_else(|| {
+            let misfit = byol_train::train::state::misfit_of_checkpoint(experiment, checkpoint, manifest, Some(model));
+            checked.borrow_mut().insert(checkpoint.to_path_buf(), misfit.clone());
+            misfit
+        })
     };
-    let found = RunStart::find(&dir, &checkpointer, false, &now, listed, &args.allow_change, &fits);
+    let found = RunStart::find(&dir, &checkpointer, false, &now, listed, &args.allow_change, &misfit);
     // Weights of other shapes fail the resume whatever --allow-change allows (a refusal of other
     // keys says so itself). Of the checkpoint a start goes on from (else the newest intact one).
     let resumed_from = match &found {
@@ -441,15 +448,15 @@ fn check_run_folder(
         Err(_) => byol_train::checkpoint::newest_manifest(&dir)
             .filter(|(checkpoint, _)| byol_train::checkpoint::verify(checkpoint).is_ok()),
     };
-    let said_by_the_refusal = found.as_ref().err().is_some_and(|refusal| {
-        refusal
-            .downcast_ref::<byol_train::run_dir::OtherExperiment>()
-            .is_some_and(|other| other.misfit.is_some())
-    });
+    let refusal = found.as_ref().err().map(|e| format!("{e:#}"));
     let misfit = resumed_from
         .as_ref()
-        .filter(|_| !said_by_the_refusal)
-        .and_then(|(checkpoint, manifest)| fits(checkpoint, manifest).err());
+        .and_then(|(checkpoint, manifest)| misfit(checkpoint, manifest))
+        .filter(|misfit| {
+            !refusal
+                .as_ref()
+                .is_some_and(|refusal| refusal.contains(misfit.as_str()))
+        });
     // Fewer epochs than it trained: refused whatever is allowed. Told where the data is the
     // checkpoint's (other data makes other epochs).
     let shortened = resumed_from.as_ref().and_then(|(_, m)| {
@@ -469,17 +476,28 @@ fn check_run_folder(
     }
     let refused_anyway = misfit.is_some() || shortened.is_some();
     said.warnings.extend(shortened);
-    if let Ok(start) = &found {
+    // What a start finds on its way to the checkpoint it goes on from, refused or not (a refusal
+    // of every checkpoint names them itself).
+    let found_on_the_way = match &found {
+        Ok(start) => start.warnings.clone(),
+        Err(_) => checkpointer
+            .resume_point(false)
+            .map_or(Vec::new(), |point| point.warnings),
+    };
+    {
         // Read only here: a start moves each damaged checkpoint it skips into damaged/.
-        said.warnings
-            .extend(start.warnings.iter().map(|w| match w.starts_with("skipping damaged") {
-                true => format!(
-                    "a start would {}, moving it into {}",
-                    w.replacen("skipping", "skip", 1),
-                    checkpointer.dir().join(byol_train::checkpoint::DAMAGED_DIR).display()
-                ),
-                false => w.clone(),
-            }));
+        said.warnings.extend(
+            found_on_the_way
+                .iter()
+                .map(|w| match w.starts_with("skipping damaged") {
+                    true => format!(
+                        "a start would {}, moving it into {}",
+                        w.replacen("skipping", "skip", 1),
+                        checkpointer.dir().join(byol_train::checkpoint::DAMAGED_DIR).display()
+                    ),
+                    false => w.clone(),
+                }),
+        );
     }
     if let (Ok(start), false) = (&found, refused_anyway) {
         said.notes.push(match &start.checkpoint {

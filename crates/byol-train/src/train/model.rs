@@ -124,15 +124,16 @@ impl Model {
     /// Copies saved variables into the model in place (views such as the EMA's flat buffers stay
     /// intact): every variable of the BYOL networks must be given, with its shape
     /// ([`Model::check_fits`]), or nothing is copied. The online probe's are copied where the
-    /// model has a probe and they fit it; else ignored. Returns whether the model's probe starts
-    /// untrained (it has one, and `saved` holds none that fits: the probe was off, or over other
-    /// classes).
-    pub fn load_state(&self, saved: &[(String, Tensor)]) -> anyhow::Result<bool> {
+    /// model has a probe, they fit it and `same_probe` says they were trained over the classes it
+    /// predicts; else ignored. Returns whether the model's probe starts untrained (it has one,
+    /// and `saved` holds none to go on from: the probe was off, or over other classes).
+    pub fn load_state(&self, saved: &[(String, Tensor)], same_probe: bool) -> anyhow::Result<bool> {
         self.check_fits(saved)?;
         let variables = self.vs.variables();
         let has_probe = variables.keys().filter(|name| is_probe(name)).count();
         let saved_probe: Vec<&(String, Tensor)> = saved.iter().filter(|(name, _)| is_probe(name)).collect();
-        let probe_fits = saved_probe.len() == has_probe
+        let probe_fits = same_probe
+            && saved_probe.len() == has_probe
             && saved_probe
                 .iter()
                 .all(|(name, t)| variables.get(name).is_some_and(|v| v.size() == t.size()));

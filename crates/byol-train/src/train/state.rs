@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use byol::BuildContext;
 use byol_data::{Dataset, Splits};
+use tch::Device;
 
 use crate::checkpoint::{self, Checkpointer, Manifest, TrainingRecord};
 use crate::optimizer::Optimizer;
@@ -143,6 +144,15 @@ impl SplitFingerprint {
 }
 
 impl DatasetFingerprint {
+    /// The classes an online probe of a run on this data predicts: the training split's where
+    /// it is labelled, else the kNN bank's. None where neither has classes.
+    pub fn probe_classes(&self) -> Option<&[String]> {
+        let labelled = |name: &str| self.0.get(name).filter(|s| !s.classes.is_empty());
+        labelled("train")
+            .or_else(|| labelled("knn_bank"))
+            .map(|s| s.classes.as_slice())
+    }
+
     /// The fingerprint of named splits.
     fn of<'a>(splits: impl IntoIterator<Item = (&'a str, &'a dyn Dataset)>) -> Self {
         Self(
@@ -366,8 +376,8 @@ impl RunStart {
     /// be safe to change, accepted by `allow`, or say only where the data lives while the data
     /// is the same (`fingerprint`). Only `main` says what it finds and changes anything: the
     /// other processes of a job, and `validate`, only read. A refusal of other keys tells whether
-    /// `--allow-change` could continue the run at all: `fits` checks the checkpoint's weights
-    /// against the experiment's networks ([`check_checkpoint_fits`]).
+    /// `--allow-change` could continue the run at all: `misfit` checks the checkpoint's weights
+    /// against the experiment's networks ([`misfit_of_checkpoint`]).
     pub fn find(
         run_dir: &Path,
         checkpointer: &Checkpointer,
@@ -375,7 +385,7 @@ impl RunStart {
         config_toml: &str,
         fingerprint: &DatasetFingerprint,
         allow: &[String],
-        fits: &dyn Fn(&Path, &Manifest) -> anyhow::Result<()>,
+        misfit: &dyn Fn(&Path, &Manifest) -> Option<String>,
     ) -> anyhow::Result<Self> {
         let checkpoint::ResumePoint { latest, warnings } = checkpointer.resume_point(main)?;
         for w in warnings.iter().filter(|_| main) {
@@ -425,12 +435,20 @@ impl RunStart {
                 .into_iter()
                 .filter(|c| !run_dir::allowed(&c.key, allow) && !c.key.starts_with("dataset."))
                 .collect();
-            let same_data = check_dataset(run_dir, saved_data, fingerprint, allow, &also_changed, main)?;
+            let misfit_of_latest = || latest.as_ref().and_then(|(dir, manifest)| misfit(dir, manifest));
+            let same_data = check_dataset(
+                run_dir,
+                saved_data,
+                fingerprint,
+                allow,
+                (&also_changed, &misfit_of_latest),
+                main,
+            )?;
             let also_safe: &[&str] = if same_data { DATA_LOCATION_KEYS } else { &[] };
             let accepted = run_dir::check_identity(run_dir, &source, &saved, config_toml, allow, also_safe).map_err(
                 |refusal| match (refusal.downcast::<run_dir::OtherExperiment>(), &latest) {
                     (Ok(mut other), Some((dir, manifest))) => {
-                        other.misfit = fits(dir, manifest).err().map(|e| format!("{e:#}"));
+                        other.misfit = misfit(dir, manifest);
                         other.into()
                     }
                     (Ok(other), None) => other.into(),
@@ -493,7 +511,7 @@ fn check_dataset(
     saved: Option<(String, DatasetFingerprint)>,
     now: &DatasetFingerprint,
     allow: &[String],
-    also_changed: &[run_dir::Change],
+    (also_changed, misfit): (&[run_dir::Change], &dyn Fn() -> Option<String>),
     main: bool,
 ) -> anyhow::Result<bool> {
     let Some((recorded_in, saved)) = saved else {
@@ -517,6 +535,15 @@ fn check_dataset(
         [] => String::new(),
         changes => {
             let diff: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
+            if let Some(misfit) = misfit() {
+                return Err(anyhow::anyhow!(
+                    "{} was trained on other data than the experiment reads now ({recorded_in}):\n{}\n\
+                     The experiment differs from the run's besides:\n{}\n--allow-change cannot continue it: {misfit}",
+                    run_dir.display(),
+                    differences.join("\n"),
+                    diff.join("\n")
+                ));
+            }
             let flags: Vec<String> = changes.iter().map(|c| format!("--allow-change {}", c.key)).collect();
             format!(
                 "\nThe experiment differs from the run's besides (these need {} too):\n{}",
@@ -748,23 +775,38 @@ pub fn save_checkpoint(
     checkpointer.save(&state.model.state(), &optimizer_state, &sources.files, manifest)
 }
 
-/// Whether the weights of checkpoint `dir` fit the BYOL networks that a resume of `experiment`
-/// from it builds: from the module files the checkpoint keeps where it keeps any (built here),
-/// else `experiment`'s own networks, `built` where given (else built here, on the CPU).
-pub fn check_checkpoint_fits(
+/// Why the weights of checkpoint `dir` fit none of the BYOL networks that a resume of
+/// `experiment` from it builds (from the module files the checkpoint keeps where it keeps any),
+/// `built` where given, else built here on the CPU as a resume builds them (no pretrained file
+/// read). None where they fit, or where the networks cannot be built or the weights read: the
+/// start says so itself, and no `--allow-change` advice turns on it.
+pub fn misfit_of_checkpoint(
     experiment: &Experiment,
     dir: &Path,
     manifest: &Manifest,
     built: Option<&Model>,
-) -> anyhow::Result<()> {
-    match (manifest.sources.is_empty(), built) {
-        (true, Some(model)) => check_networks_fit(dir, model),
-        (true, None) => check_networks_fit(dir, &Model::build_for_check(experiment)?),
-        (false, _) => {
-            let kept = with_checkpoint_sources(experiment, dir, manifest)?;
-            check_networks_fit(dir, &Model::build_for_check(&kept)?)
+) -> Option<String> {
+    let build = |experiment: &Experiment| {
+        let context = BuildContext::new(Device::Cpu, experiment.augment.image_size());
+        Model::build(experiment, &context, Weights::Checkpoint).ok()
+    };
+    let kept;
+    let model = match (manifest.sources.is_empty(), built) {
+        (true, Some(model)) => model,
+        (true, None) => {
+            kept = build(experiment)?;
+            &kept
         }
-    }
+        (false, _) => {
+            kept = build(&with_checkpoint_sources(experiment, dir, manifest).ok()?)?;
+            &kept
+        }
+    };
+    let saved = checkpoint::read_tensors(dir, checkpoint::MODEL_FILE).ok()?;
+    model
+        .check_fits(&saved)
+        .err()
+        .map(|e| format!("{:#}", other_networks(dir, &e)))
 }
 
 /// Whether the weights of checkpoint `dir` fit the BYOL networks of `model` (every variable, with
@@ -787,16 +829,21 @@ fn other_networks(dir: &Path, why: &anyhow::Error) -> anyhow::Error {
 
 /// Copies a verified checkpoint's weights, optimizer state and loss scale into the run; the
 /// optimizer state only when `optimizer_replaced` is None (the state of another type of optimizer
-/// is not this one's). Returns whether the online probe starts untrained ([`Model::load_state`]).
+/// is not this one's); the online probe's weights only when `probe_classes`, the classes it
+/// predicts now, are those it was trained on. Returns whether the online probe starts untrained
+/// ([`Model::load_state`]).
 pub fn load_checkpoint(
-    dir: &Path,
+    (dir, manifest): (&Path, &Manifest),
     model: &Model,
     optimizer: &mut dyn Optimizer,
     numerics: &mut StepNumerics,
-    optimizer_replaced: Option<&str>,
+    (optimizer_replaced, probe_classes): (Option<&str>, Option<&[String]>),
 ) -> anyhow::Result<bool> {
+    // A record without the data (an older run) is taken at its word: the same classes.
+    let trained_on = manifest.dataset.as_ref().map(DatasetFingerprint::probe_classes);
+    let same_classes = trained_on.is_none_or(|saved| saved == probe_classes);
     let probe_untrained = model
-        .load_state(&checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?)
+        .load_state(&checkpoint::read_tensors(dir, checkpoint::MODEL_FILE)?, same_classes)
         .map_err(|e| other_networks(dir, &e))?;
     let mut state = checkpoint::read_tensors(dir, checkpoint::OPTIMIZER_FILE)?;
     if let Some(i) = state.iter().position(|(k, _)| k == LOSS_SCALE_KEY) {

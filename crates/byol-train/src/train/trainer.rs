@@ -156,7 +156,7 @@ impl<'a> Trainer<'a> {
         }
         let config_toml = experiment.to_toml()?;
         let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
-        let fits = |dir: &Path, manifest: &Manifest| state::check_checkpoint_fits(experiment, dir, manifest, None);
+        let misfit = |dir: &Path, manifest: &Manifest| state::misfit_of_checkpoint(experiment, dir, manifest, None);
         let find = || {
             RunStart::find(
                 run_dir,
@@ -165,7 +165,7 @@ impl<'a> Trainer<'a> {
                 &config_toml,
                 &fingerprint,
                 allow_change,
-                &fits,
+                &misfit,
             )
         };
         let start = match &parallel {
@@ -212,11 +212,17 @@ impl<'a> Trainer<'a> {
         }
         if let Some((dir, manifest)) = &start.checkpoint {
             let replaced = start.optimizer_replaced.as_deref();
-            let probe_untrained = state::load_checkpoint(dir, &model, optimizer.as_mut(), &mut numerics, replaced)?;
+            let probe_untrained = state::load_checkpoint(
+                (dir, manifest),
+                &model,
+                optimizer.as_mut(),
+                &mut numerics,
+                (replaced, monitor.probe_classes()),
+            )?;
             if probe_untrained && main {
                 byol::eprint_line!(
                     "note: the online probe starts untrained at step {}: {} holds none over these classes \
-                     (the probe was off, or eval's classes changed); its accuracy measures what it learns from here",
+                     (the probe was off, or its classes changed); its accuracy measures what it learns from here",
                     manifest.step,
                     dir.display()
                 );
