@@ -211,6 +211,15 @@ fn a_flat_folder_is_detected_as_unlabelled_with_one_note() {
     );
     assert_eq!(all.matches("kNN monitor and online probe off").count(), 1, "{all}");
     assert!(summary(dir.path()).get("knn_after").is_none());
+    // The note followed (labels = "none" set): the same data, read as before, so the run goes on
+    // (here, finished, it is reported), with neither refusal nor note about it.
+    let out = byol_run(
+        dir.path(),
+        &["auto.toml", "--run-dir", "run", "--set", "dataset.labels=\"none\""],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("no class sub-folders"), "{all}");
 }
 
 /// Labelled training images without a split to measure on: the monitor is off, and a note says

@@ -159,7 +159,7 @@ fn shards_from_byol_run_shard_train_with_the_knn_monitor() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(
-        all.contains("on the same data (dataset.json matches) under another path"),
+        all.contains("on the same data (dataset.json matches), found or read otherwise"),
         "{all}"
     );
     assert_eq!(summary(&dir.path().join("run"))["steps"], 48);

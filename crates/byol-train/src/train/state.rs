@@ -29,9 +29,12 @@ pub const SOURCES_DIR: &str = "sources";
 /// data under another path is accepted when it is the same data and refused when it is not.
 pub const FINGERPRINT_FILE: &str = "dataset.json";
 
-/// Experiment keys that say only where the data lives: a resume may change them when the data
-/// found there matches the run's [`DatasetFingerprint`].
+/// Experiment keys that say only where the data lives, or how a folder is read where that reads
+/// it as before (`dataset.labels = "none"` on a folder without class folders, read unlabelled
+/// either way): a resume may change them when the data found matches the run's
+/// [`DatasetFingerprint`] (its classes included).
 pub const DATA_LOCATION_KEYS: &[&str] = &[
+    "dataset.labels",
     "dataset.train",
     "dataset.test",
     "dataset.root",
@@ -476,7 +479,7 @@ impl RunStart {
             }
             if main && !moved.is_empty() {
                 byol::eprint_line!(
-                    "note: continuing {} on the same data ({FINGERPRINT_FILE} matches) under another path: {}",
+                    "note: continuing {} on the same data ({FINGERPRINT_FILE} matches), found or read otherwise: {}",
                     run_dir.display(),
                     list(&moved)
                 );
