@@ -278,9 +278,13 @@ impl DatasetFingerprint {
                 let (saved, now) = (self.0.get(name), now.0.get(name));
                 let split = format!("  {name}: {} -> {}", describe(saved, now), describe(now, saved));
                 let parts = match (saved, now) {
-                    // Every part as it was, the whole split not: the parts come in another order.
+                    // Every part as it was, the whole split not: the parts are named otherwise
+                    // (a shards' classes.txt), or they come in another order.
                     (Some(saved), Some(now)) if !saved.parts.is_empty() && saved.parts == now.parts => {
-                        vec!["    every part holds what it held, in another order".to_string()]
+                        vec![match saved.classes == now.classes {
+                            true => "    every part holds what it held, in another order".to_string(),
+                            false => "    every part holds what it held, its labels named otherwise".to_string(),
+                        }]
                     }
                     (Some(saved), Some(now)) => part_differences(&saved.parts, &now.parts),
                     _ => Vec::new(),
@@ -951,6 +955,13 @@ mod tests {
         assert_eq!(
             lines[1], "    every part holds what it held, in another order",
             "{lines:?}"
+        );
+        // The same parts under other class names (shards whose classes.txt was edited).
+        let mut renamed = record("bb");
+        renamed.0.get_mut("train").unwrap().classes = vec!["x".into()];
+        assert_eq!(
+            record("aa").differences(&renamed)[1],
+            "    every part holds what it held, its labels named otherwise"
         );
         // A record without parts (written before they were kept) names none.
         assert!(part_differences(&BTreeMap::new(), &now).is_empty());
