@@ -1411,9 +1411,45 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     };
     let all = validate(&["--run-dir", "r"]);
     assert!(
-        all.contains("note: r holds a run of this experiment: a start goes on from its checkpoint of step 48")
-            && !all.contains("warning"),
+        all.contains(
+            "note: r holds a run of this experiment that finished at step 48: a start reports it and trains nothing"
+        ) && !all.contains("warning"),
         "{all}"
+    );
+    // Longer: it goes on, to the new end. Shorter than trained by another batch (fewer steps per
+    // epoch), as by fewer epochs: refused, whatever is allowed.
+    let longer = [
+        "--run-dir",
+        "r",
+        "--set",
+        "schedule.epochs=4",
+        "--allow-change",
+        "schedule.epochs",
+    ];
+    let all = validate(&longer);
+    assert!(
+        all.contains("a start goes on from its checkpoint of step 48 and trains to step 64"),
+        "{all}"
+    );
+    let larger_batch = [
+        "--run-dir",
+        "r",
+        "--set",
+        "schedule.batch_size=64",
+        "--allow-change",
+        "schedule",
+    ];
+    let all = validate(&larger_batch);
+    assert!(
+        all.contains("a start would be refused, --allow-change or not: r has trained 48 steps, more than the 24"),
+        "{all}"
+    );
+    let out = run(d, "r", &larger_batch[2..]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("r has trained 48 steps, more than the 24"),
+        "{}",
+        text(&out)
     );
     let other_lr = ["--run-dir", "r", "--set", "optimizer.lr=0.9"];
     let all = validate(&other_lr);
@@ -1520,7 +1556,7 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     let no_config = finished_run(d, "no-config");
     std::fs::remove_file(no_config.join("config.toml")).unwrap();
     let all = validate(&["--run-dir", "no-config"]);
-    assert!(all.contains("a start goes on from its checkpoint of step 48"), "{all}");
+    assert!(all.contains("that finished at step 48"), "{all}");
 
     std::fs::write(d.join("file"), "x").unwrap();
     let out = byol_run(d, &["validate", "tiny.toml", "--run-dir", "file"]);

@@ -355,10 +355,10 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(experiment.pointed_at_set(format!("{e:#}"))))
         .with_context(|| format!("in experiment file {}", path.display()))?;
     let backbone_warnings = model.byol.backbone_warnings();
-    let (listed, data) = experiment
+    let (listed, data, steps_per_epoch) = experiment
         .check_data()
         .with_context(|| format!("in experiment file {}: its data", path.display()))?;
-    let folder = check_run_folder(args, &experiment, &model, &listed)?;
+    let folder = check_run_folder(args, &experiment, &model, (&listed, steps_per_epoch))?;
     say!("{} is valid: experiment '{}'", path.display(), experiment.name());
     for note in experiment.notes().into_iter().chain(data.notes).chain(folder.notes) {
         say!("note: {note}");
@@ -379,7 +379,7 @@ fn check_run_folder(
     args: &ValidateArgs,
     experiment: &Experiment,
     model: &byol_train::train::Model,
-    listed: &byol_train::train::state::DatasetFingerprint,
+    (listed, steps_per_epoch): (&byol_train::train::state::DatasetFingerprint, Option<u64>),
 ) -> anyhow::Result<Remarks> {
     use byol_train::checkpoint::Checkpointer;
     use byol_train::run_dir;
@@ -457,14 +457,13 @@ fn check_run_folder(
                 .as_ref()
                 .is_some_and(|refusal| refusal.contains(misfit.as_str()))
         });
-    // Fewer epochs than it trained: refused whatever is allowed. Told where the data is the
-    // checkpoint's (other data makes other epochs).
-    let shortened = resumed_from.as_ref().and_then(|(_, m)| {
-        let same_data = m
-            .dataset
-            .as_ref()
-            .is_some_and(|saved| saved.differences(listed).is_empty());
-        same_data.then(|| past_the_end(&dir, &m.config, experiment, (m.step, m.total_steps)))?
+    // Fewer steps than it trained (fewer epochs, a larger batch, fewer images): refused whatever
+    // is allowed. The steps planned on the data as listed are at least the start's.
+    let epochs = experiment.schedule.epochs;
+    let length = steps_per_epoch.map(|per_epoch| (per_epoch * epochs, epochs, per_epoch));
+    let shortened = resumed_from.as_ref().zip(length).and_then(|((_, m), length)| {
+        let refusal = byol_train::train::state::shortened_below_trained(&dir, m.step, length)?;
+        Some(format!("a start would be refused, --allow-change or not: {refusal}"))
     });
     if let Err(refusal) = &found {
         said.warnings
@@ -501,11 +500,18 @@ fn check_run_folder(
     }
     if let (Ok(start), false) = (&found, refused_anyway) {
         said.notes.push(match &start.checkpoint {
-            Some((_, manifest)) => format!(
-                "{} holds a run of this experiment: a start goes on from its checkpoint of step {} (a finished \
-                 run is reported, not trained again; --fresh starts over, moving it aside)",
+            Some((_, manifest)) if length.is_some_and(|(total, _, _)| manifest.step >= total) => format!(
+                "{} holds a run of this experiment that finished at step {}: a start reports it and trains \
+                 nothing (--fresh starts over, moving it aside)",
                 dir.display(),
                 manifest.step
+            ),
+            Some((_, manifest)) => format!(
+                "{} holds a run of this experiment: a start goes on from its checkpoint of step {}{} (--fresh \
+                 starts over, moving it aside)",
+                dir.display(),
+                manifest.step,
+                length.map_or(String::new(), |(total, _, _)| format!(" and trains to step {total}"))
             ),
             None => format!(
                 "{} holds a run of this experiment that stopped before its first checkpoint: a start trains it \
@@ -515,24 +521,6 @@ fn check_run_folder(
         });
     }
     Ok(said)
-}
-
-/// The start's refusal to resume past the end, `--allow-change schedule.epochs` or not, when
-/// `experiment` has fewer epochs than the run in `dir` trained `(step, total steps)` of, in the
-/// experiment `saved`. Told where the steps per epoch are the saved run's: only the epochs
-/// differ, not the batch or its accumulation (other data is refused on its own).
-fn past_the_end(dir: &Path, saved: &str, experiment: &Experiment, (step, total): (u64, u64)) -> Option<String> {
-    let saved: toml::Table = toml::from_str(saved).ok()?;
-    let schedule = saved.get("schedule")?.as_table()?;
-    let int = |key: &str| schedule.get(key).and_then(toml::Value::as_integer);
-    let now = &experiment.schedule;
-    let same_steps_per_epoch = int("batch_size")? == now.batch_size as i64
-        && int("accumulate").unwrap_or(1).max(1) == now.accumulate.max(1) as i64;
-    let epochs = u64::try_from(int("epochs")?).ok().filter(|&e| e > 0)?;
-    let per_epoch = total / epochs;
-    let length = (per_epoch * now.epochs, now.epochs, per_epoch);
-    let refusal = byol_train::train::state::shortened_below_trained(dir, step, length)?;
-    same_steps_per_epoch.then(|| format!("a start would be refused, --allow-change or not: {refusal}"))
 }
 
 /// Whether `--set` names another run folder than the file's (`run.name`, `run.output_dir`).

@@ -128,11 +128,12 @@ impl Experiment {
     /// What a run's start refuses once it has listed the data, found from the listing alone (file
     /// names and sizes, shard headers; no image decoded): a split without images, a file list
     /// naming missing files, a damaged shard, a batch larger than the training images. Returns
-    /// the listing's fingerprint, and what the start would say about the data listed.
-    pub fn check_data(&self) -> anyhow::Result<(DatasetFingerprint, Remarks)> {
-        let (listed, remarks) = DatasetFingerprint::listed(self)?;
+    /// the listing's fingerprint, what the start would say about the data listed, and the steps
+    /// per epoch of a run on it ([`DatasetFingerprint::listed`]).
+    pub fn check_data(&self) -> anyhow::Result<(DatasetFingerprint, Remarks, Option<u64>)> {
+        let (listed, remarks, steps_per_epoch) = DatasetFingerprint::listed(self)?;
         self.check_batch_fits(&listed)?;
-        Ok((listed, remarks))
+        Ok((listed, remarks, steps_per_epoch))
     }
 
     /// The batch against the training images `listed` (whose count includes unreadable images

@@ -229,7 +229,7 @@ pub fn check_data(sweep: &Sweep, trials: &[&Trial]) -> anyhow::Result<(HashMap<S
         let data = match listed.entry(byol_train::sweep::data_key(&experiment)) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                let (data, said) = experiment.check_data().with_context(in_trial)?;
+                let (data, said, _) = experiment.check_data().with_context(in_trial)?;
                 // Trials that list the same folders (another dataset.* key each) say it once.
                 for (all, new) in [(&mut remarks.notes, said.notes), (&mut remarks.warnings, said.warnings)] {
                     for line in new {

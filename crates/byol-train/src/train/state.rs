@@ -202,12 +202,15 @@ impl DatasetFingerprint {
     /// listing counts the unreadable images a run skips). On the CPU: no dataset's splits depend
     /// on the device.
     pub fn of_experiment(experiment: &Experiment) -> anyhow::Result<Self> {
-        Self::listed(experiment).map(|(listed, _)| listed)
+        Self::listed(experiment).map(|(listed, _, _)| listed)
     }
 
-    /// [`DatasetFingerprint::of_experiment`], and the notes and warnings about the data listed
-    /// (of `[dataset]`, then of `[eval]`'s folders) that a run's start prints.
-    pub fn listed(experiment: &Experiment) -> anyhow::Result<(Self, Remarks)> {
+    /// [`DatasetFingerprint::of_experiment`], the notes and warnings about the data listed (of
+    /// `[dataset]`, then of `[eval]`'s folders) that a run's start prints, and the steps per
+    /// epoch of a run on it as listed (one process; a listing counts the unreadable images that
+    /// a start decoding every image leaves out: at least the start's). None where the batch
+    /// does not fit (a start refuses it).
+    pub fn listed(experiment: &Experiment) -> anyhow::Result<(Self, Remarks, Option<u64>)> {
         let context = BuildContext::new(tch::Device::Cpu, experiment.augment.image_size());
         let listing = experiment
             .dataset
@@ -219,7 +222,9 @@ impl DatasetFingerprint {
             notes: listing.notes,
             warnings: listing.warnings.into_iter().chain(eval_warnings).collect(),
         };
-        Ok((listed, remarks))
+        let loader = super::data::training_loader(experiment, &listing.splits, tch::Device::Cpu, 0, 1).ok();
+        let steps_per_epoch = loader.map(|l| Plan::new(experiment, l.batches_per_epoch()).steps_per_epoch);
+        Ok((listed, remarks, steps_per_epoch))
     }
 
     /// How the data `run_dir` was trained on (its `dataset.json`) differs from this, one line per
