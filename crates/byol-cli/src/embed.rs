@@ -648,29 +648,21 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         }?)
     });
     let write_names: FileWriter = Box::new(|path| Ok(std::fs::write(path, names.join("\n") + "\n")?));
-    let mut files = vec![(args.out.as_path(), write_embeddings), (&names_path, write_names)];
-    if !skipped.all.is_empty() {
-        // One line each, whatever the file names hold, escaped as in the names file.
-        let escape = |what: &String| {
-            what.replace('\\', "\\\\")
-                .replace('\n', "\\n")
-                .replace('\r', "\\r")
-                .replace('\t', "\\t")
-        };
-        let lines: Vec<String> = skipped.all.iter().map(escape).collect();
-        let list = lines.join("\n") + "\n";
-        files.push((&skipped_path, Box::new(move |path| Ok(std::fs::write(path, list)?))));
-    }
-    run_dir::replace_files_with(files)?;
-    // An earlier embedding's list describes other embeddings.
-    if skipped.all.is_empty() {
-        match std::fs::remove_file(&skipped_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                bail!("cannot remove the earlier {}: {e}", skipped_path.display())
-            }
-            _ => {}
-        }
-    }
+    // One line each, whatever the file names hold, escaped as in the names file; without
+    // skipped images, an earlier embedding's list (of other embeddings) goes.
+    let escape = |what: &String| {
+        what.replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r")
+            .replace('\t', "\\t")
+    };
+    let list = (!skipped.all.is_empty()).then(|| skipped.all.iter().map(escape).collect::<Vec<_>>().join("\n") + "\n");
+    let write_list = list.map(|list| -> FileWriter { Box::new(move |path| Ok(std::fs::write(path, list)?)) });
+    run_dir::replace_files_with(vec![
+        (args.out.as_path(), Some(write_embeddings)),
+        (&names_path, Some(write_names)),
+        (&skipped_path, write_list),
+    ])?;
     say!(
         "embedded {} images ({} dims) into {} (names in {})",
         embedded.len(),

@@ -177,9 +177,12 @@ impl Checkpointer {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        // A step folder of someone's under this step's name would be replaced, that is deleted.
-        if final_dir.is_dir() && !has_a_manifest(&final_dir) {
-            let moved = self.move_into(&final_dir, SET_ASIDE_DIR)?;
+        // A step folder of someone's under this step's name (one of the strangers) would be
+        // replaced, that is deleted.
+        if final_dir.is_dir() && !final_dir.join(MANIFEST_FILE).exists() {
+            let moved = self.move_into(&final_dir, SET_ASIDE_DIR).inspect_err(|_| {
+                let _ = fs::remove_dir_all(&tmp);
+            })?;
             byol::eprint_line!(
                 "warning: {} holds no {MANIFEST_FILE}, so it is no checkpoint of this run: moved to {} for the \
                  checkpoint of step {} to take its name (its files are as they were)",

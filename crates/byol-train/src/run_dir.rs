@@ -856,7 +856,7 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// [`replace_file`] for a writer that takes a path (tch's `write_npy`, `write_safetensors`):
 /// `write` writes `<path>.partial`, which is then synced and renamed over `path`.
 pub fn replace_file_with(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    replace_files_with(vec![(path, Box::new(write))])
+    replace_files_with(vec![(path, Some(Box::new(write)))])
 }
 
 /// What writes one of the files that [`replace_files_with`] replaces, given the path to write.
@@ -865,10 +865,11 @@ pub type FileWriter<'a> = Box<dyn FnOnce(&Path) -> anyhow::Result<()> + 'a>;
 /// Files that belong together (embeddings and their names) replaced together: each writer writes
 /// its `<path>.partial`, and only once every one is written and synced are they renamed over their
 /// paths, so that a failure while writing (a full disk) leaves the old files as they were, and no
-/// partial one. The first file is the set's: of several, its old version is removed before the
-/// others are renamed and it is renamed last, so that wherever it is, the files beside it are its
-/// own (a kill between two renames leaves it absent, never beside another set's files).
-pub fn replace_files_with(files: Vec<(&Path, FileWriter<'_>)>) -> anyhow::Result<()> {
+/// partial one. A path without a writer has no file in the new set: its old one is removed. The
+/// first file is the set's: of several, its old version is removed before the others are put in
+/// place and it is renamed last, so that wherever it is, the files beside it are its own (a kill
+/// between two renames leaves it absent, never beside another set's files).
+pub fn replace_files_with(files: Vec<(&Path, Option<FileWriter<'_>>)>) -> anyhow::Result<()> {
     let partials: Vec<PathBuf> = files.iter().map(|(path, _)| partial_path(path)).collect();
     let remove_partials = || {
         for partial in &partials {
@@ -876,26 +877,33 @@ pub fn replace_files_with(files: Vec<(&Path, FileWriter<'_>)>) -> anyhow::Result
         }
     };
     let paths: Vec<&Path> = files.iter().map(|(path, _)| *path).collect();
-    for ((path, write), partial) in files.into_iter().zip(&partials) {
+    let mut written = vec![false; paths.len()];
+    for (i, (path, write)) in files.into_iter().enumerate() {
+        let Some(write) = write else { continue };
+        let partial = &partials[i];
         write(partial)
             .and_then(|()| Ok(File::open(partial)?.sync_all()?))
             .inspect_err(|_| remove_partials())
             .with_context(|| format!("cannot write {}", path.display()))?;
+        written[i] = true;
     }
-    if paths.len() > 1 {
-        match std::fs::remove_file(paths[0]) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                remove_partials();
-                return Err(e).with_context(|| format!("cannot replace {}", paths[0].display()));
-            }
-            _ => {}
+    let remove_old = |path: &Path| match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            remove_partials();
+            Err(e).with_context(|| format!("cannot replace {}", path.display()))
         }
+        _ => Ok(()),
+    };
+    if paths.len() > 1 {
+        remove_old(paths[0])?;
     }
-    let first_last = (1..paths.len()).chain([0]);
-    for i in first_last {
-        std::fs::rename(&partials[i], paths[i])
-            .inspect_err(|_| remove_partials())
-            .with_context(|| format!("cannot write {}", paths[i].display()))?;
+    for i in (1..paths.len()).chain([0]) {
+        match written[i] {
+            true => std::fs::rename(&partials[i], paths[i])
+                .inspect_err(|_| remove_partials())
+                .with_context(|| format!("cannot write {}", paths[i].display()))?,
+            false => remove_old(paths[i])?,
+        }
     }
     // The files are whole in place; only their renames may not yet survive a power loss.
     for path in paths {
@@ -1029,14 +1037,25 @@ mod tests {
         let (embeddings, names) = (tmp.path().join("e.npy"), tmp.path().join("e.npy.names.txt"));
         let write =
             |text: &'static str| -> FileWriter<'static> { Box::new(move |path| Ok(std::fs::write(path, text)?)) };
-        replace_files_with(vec![(&embeddings, write("old rows")), (&names, write("old names"))]).unwrap();
+        replace_files_with(vec![
+            (&embeddings, Some(write("old rows"))),
+            (&names, Some(write("old names"))),
+        ])
+        .unwrap();
         std::fs::remove_file(&names).unwrap();
         std::fs::create_dir_all(names.join("in the way")).unwrap();
-        let failed = replace_files_with(vec![(&embeddings, write("new rows")), (&names, write("new names"))]);
+        let failed = replace_files_with(vec![
+            (&embeddings, Some(write("new rows"))),
+            (&names, Some(write("new names"))),
+        ]);
         assert!(failed.is_err());
         assert!(!embeddings.exists(), "new rows beside no names of theirs");
         std::fs::remove_dir_all(&names).unwrap();
-        replace_files_with(vec![(&embeddings, write("new rows")), (&names, write("new names"))]).unwrap();
+        replace_files_with(vec![
+            (&embeddings, Some(write("new rows"))),
+            (&names, Some(write("new names"))),
+        ])
+        .unwrap();
         assert_eq!(std::fs::read_to_string(&embeddings).unwrap(), "new rows");
         assert_eq!(std::fs::read_to_string(&names).unwrap(), "new names");
         let left: Vec<_> = std::fs::read_dir(tmp.path())

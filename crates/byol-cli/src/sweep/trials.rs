@@ -261,7 +261,10 @@ fn run_holding_the_folder(
     // One ranking in two files: never one of them beside another ranking's other.
     let (csv_text, markdown_text) = (to_csv(sweep, &rows)?, to_markdown(sweep, &rows));
     let write = |text: String| -> run_dir::FileWriter<'_> { Box::new(move |path| Ok(std::fs::write(path, text)?)) };
-    run_dir::replace_files_with(vec![(&csv, write(csv_text)), (&markdown, write(markdown_text))])?;
+    run_dir::replace_files_with(vec![
+        (&csv, Some(write(csv_text))),
+        (&markdown, Some(write(markdown_text))),
+    ])?;
     // Those without their error.txt are told apart.
     let mut failed: Vec<String> = rows
         .iter()
