@@ -474,9 +474,6 @@ fn a_manifest_that_hashes_nothing_or_points_outside_is_damaged() {
     );
 }
 
-/// The first SIGTERM waits for the next step, which can be far off (here a kNN evaluation of a
-/// 100,000-image bank before training); it says so, and a second one ends the process at once
-/// with the shell's code for SIGTERM (128 + 15).
 /// A signal that comes once the last step is saved, during the final kNN evaluation (of a large
 /// test split here): the run finishes its evaluation and summary, as a finished run, and exits as
 /// signalled, so that `byol-run train x.toml && next` stops there.
@@ -509,6 +506,9 @@ fn a_signal_during_the_final_evaluation_finishes_the_run_and_exits_as_signalled(
     assert!(summary["knn_after"].is_object(), "{summary}");
 }
 
+/// The first SIGTERM waits for the next step, which can be far off (here a kNN evaluation of a
+/// 100,000-image bank before training); it says so, and a second one ends the process at once
+/// with the shell's code for SIGTERM (128 + 15).
 #[test]
 fn a_second_signal_quits_at_once_when_the_next_step_is_far_off() {
     let dir = setup();
@@ -761,6 +761,7 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
             ],
         ),
         ("other-sources", vec![("sources/train.py", "print(1)")]),
+        ("named-like-ours", vec![("sources/backbone.py", "print(1)")]),
         // Named like a run's checkpoints, beside an experiment file: a checkpoint is a step
         // folder with its manifest.
         (

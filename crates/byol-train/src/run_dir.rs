@@ -529,6 +529,7 @@ fn check_holds_a_run(run_dir: &Path, kind: FolderKind) -> anyhow::Result<()> {
                 inside.join(", ")
             }
             (name, _, Some(why)) if name == fingerprint => format!("{n} (not a run's record: {why})"),
+            (crate::train::state::SOURCES_DIR, _, _) => format!("{n} (holding files that no run copied there)"),
             (name, _, _) if name != CONFIG_FILE && RUN_ENTRIES.contains(&name) => format!(
                 "{n} (with no {fingerprint} or checkpoint beside it: another tool's, or a run's whose records are gone)"
             ),

@@ -239,14 +239,12 @@ fn check_shards(key: &str, shards: &[PathBuf]) -> Result<(), DataError> {
     }
     if let Some(first) = missing.first() {
         // `byol-run shard` writes each shard as `<shard>.partial` and renames it when whole.
-        let stopped = missing
-            .iter()
-            .map(|p| p.with_extension("tar.partial"))
-            .find(|p| p.is_file());
+        let stopped = missing.iter().map(|p| write::partial(p)).find(|p| p.is_file());
         let why = match stopped {
             Some(partial) => format!(
                 "{} is there: a `byol-run shard` stopped before finishing that set. Remove the set (its \
-                 shards, sources.tsv, classes.txt and .tar.partial file) and run that command again",
+                 shards, its sources.tsv and .tar.partial file, and classes.txt unless another set in that \
+                 folder reads it) and run that command again",
                 partial.display()
             ),
             None => {

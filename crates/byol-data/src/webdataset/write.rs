@@ -64,8 +64,8 @@ pub fn write_shards(
     if let Some(there) = [&first, &sources].into_iter().find(|p| p.exists()) {
         return Err(DataError::Config(format!(
             "--out {pattern:?}: {} already exists; shards written there before would mix with these. \
-             Remove the old shards (with their sources.tsv, classes.txt and any .tar.partial file that a \
-             stopped `shard` left) or write to another folder",
+             Remove the old shards (with their sources.tsv, any .tar.partial file that a stopped `shard` \
+             left, and classes.txt unless another set in that folder reads it) or write to another folder",
             there.display()
         )));
     }
@@ -305,7 +305,7 @@ impl Drop for ShardsInProgress<'_> {
 }
 
 /// Where shard `path` is written until it is whole.
-fn partial(path: &Path) -> PathBuf {
+pub(super) fn partial(path: &Path) -> PathBuf {
     path.with_extension("tar.partial")
 }
 

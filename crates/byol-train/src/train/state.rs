@@ -275,8 +275,11 @@ impl DatasetFingerprint {
             .into_iter()
             .filter(|name| match (self.0.get(*name), now.0.get(*name)) {
                 (Some(saved), Some(now)) => !saved.matches(now),
-                // Runs recorded a kNN monitor over one class, which is off now: the same data.
-                (Some(saved), None) if KNN_SPLITS.contains(&name.as_str()) => saved.classes.len() > 1,
+                // Runs recorded a kNN monitor over one class (its bank's), which is off now: the
+                // same data.
+                (Some(_), None) if KNN_SPLITS.contains(&name.as_str()) => {
+                    self.0.get(KNN_SPLITS[0]).is_none_or(|bank| bank.classes.len() > 1)
+                }
                 (saved, now) => saved.is_some() || now.is_some(),
             })
             .flat_map(|name| {
@@ -636,13 +639,20 @@ pub struct KeptSources {
 }
 
 /// Whether `<run_dir>/sources/` holds only copies [`keep_sources`] makes (named after the key
-/// they were given by, `backbone.path-r50.pt`, or its hidden temporary files): a start writes
-/// them before the run's first record.
+/// they were given by, `backbone.path-r50.pt`, or its hidden temporary files `.<name>.tmp`): a
+/// start writes them before the run's first record.
 pub fn holds_kept_sources_only(run_dir: &Path) -> bool {
+    let kept = |name: &str| {
+        let key_and_file = name.strip_prefix("backbone.").and_then(|rest| rest.split_once('-'));
+        key_and_file.is_some_and(|(key, file)| {
+            !key.is_empty() && !file.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
     std::fs::read_dir(run_dir.join(SOURCES_DIR)).is_ok_and(|entries| {
         entries.filter_map(Result::ok).all(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("backbone.") || name.starts_with('.')
+            let temporary = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp"));
+            kept(temporary.unwrap_or(&name))
         })
     })
 }
