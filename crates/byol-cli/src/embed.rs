@@ -76,7 +76,7 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
     }
     let Some((dir, manifest)) = found.latest else {
         bail!(
-            "run folder {} has no checkpoint yet ({} is empty): train it first, or give a checkpoint folder",
+            "run folder {} has no checkpoint yet ({} holds none): train it first, or give a checkpoint folder",
             path.display(),
             checkpoints.display()
         );
