@@ -891,6 +891,7 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
     // A start stopped after copying its model's files, before its first record.
     std::fs::create_dir_all(d.join("failed-start/sources")).unwrap();
     std::fs::write(d.join("failed-start/sources/backbone.path-r50.pt"), "x").unwrap();
+    std::fs::write(d.join("failed-start/sources/.DS_Store"), "x").unwrap();
     // A hidden folder is someone's (a repository, an environment).
     let out = run(d, "hidden", &[]);
     assert!(text(&out).contains("holds .git, not a run"), "{}", text(&out));
@@ -1505,6 +1506,24 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
         "{all}"
     );
     assert!(!all.contains("holds a run of this experiment"), "{all}");
+    // The same on other data, the width allowed: the data refusal does not advise
+    // --allow-change dataset either.
+    let other_data = [
+        "--set",
+        "backbone.width=8",
+        "--allow-change",
+        "backbone.width",
+        "--set",
+        "dataset.train_size=256",
+    ];
+    let out = run(d, "r", &other_data);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("was trained on other data") && text(&out).contains("--allow-change cannot continue it"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("add --allow-change dataset"), "{}", text(&out));
 
     // Checkpoints gone, or every one damaged: the start refuses, and validate says so, moving
     // nothing.

@@ -212,7 +212,7 @@ fn a_flat_folder_is_detected_as_unlabelled_with_one_note() {
     assert_eq!(all.matches("kNN monitor and online probe off").count(), 1, "{all}");
     assert!(summary(dir.path()).get("knn_after").is_none());
     // The note followed (labels = "none" set): the same data, read as before, so the run goes on
-    // (here, finished, it is reported), with neither refusal nor note about it.
+    // (here, finished, it is reported), without the note.
     let out = byol_run(
         dir.path(),
         &["auto.toml", "--run-dir", "run", "--set", "dataset.labels=\"none\""],

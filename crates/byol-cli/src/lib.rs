@@ -412,8 +412,10 @@ fn check_run_folder(
         ));
     }
     let checkpointer = Checkpointer::new(dir.join(run_dir::CHECKPOINTS_DIR), 0);
-    // (Checkpoints without the folder's config.toml: a start resumes from them, and writes it.)
-    if !run_dir::is_run_folder(&dir) && checkpointer.list().is_empty() {
+    // (Checkpoints without the folder's config.toml: a start resumes from them, and writes it;
+    // a summary without either: a start refuses to mix a new run into its records.)
+    let summary = dir.join(byol_train::train::SUMMARY_FILE).is_file();
+    if !run_dir::is_run_folder(&dir) && checkpointer.list().is_empty() && !summary {
         return Ok(said);
     }
     if args.fresh {
@@ -442,11 +444,13 @@ fn check_run_folder(
     };
     let found = RunStart::find(&dir, &checkpointer, false, &now, listed, &args.allow_change, &misfit);
     // Weights of other shapes fail the resume whatever --allow-change allows (a refusal of other
-    // keys says so itself). Of the checkpoint a start goes on from (else the newest intact one).
-    let resumed_from = match &found {
-        Ok(start) => start.checkpoint.clone(),
-        Err(_) => byol_train::checkpoint::newest_manifest(&dir)
-            .filter(|(checkpoint, _)| byol_train::checkpoint::verify(checkpoint).is_ok()),
+    // keys says so itself). Of the checkpoint a start goes on from, refused or not (the newest
+    // intact one), with what it finds on its way there (damaged checkpoints it would skip).
+    let (resumed_from, found_on_the_way) = match &found {
+        Ok(start) => (start.checkpoint.clone(), start.warnings.clone()),
+        Err(_) => checkpointer
+            .resume_point(false)
+            .map_or((None, Vec::new()), |point| (point.latest, point.warnings)),
     };
     let refusal = found.as_ref().err().map(|e| format!("{e:#}"));
     let misfit = resumed_from
@@ -475,14 +479,6 @@ fn check_run_folder(
     }
     let refused_anyway = misfit.is_some() || shortened.is_some();
     said.warnings.extend(shortened);
-    // What a start finds on its way to the checkpoint it goes on from, refused or not (a refusal
-    // of every checkpoint names them itself).
-    let found_on_the_way = match &found {
-        Ok(start) => start.warnings.clone(),
-        Err(_) => checkpointer
-            .resume_point(false)
-            .map_or(Vec::new(), |point| point.warnings),
-    };
     {
         // Read only here: a start moves each damaged checkpoint it skips into damaged/.
         said.warnings.extend(

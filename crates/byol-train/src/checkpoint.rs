@@ -191,7 +191,9 @@ impl Checkpointer {
                 step
             );
         }
-        move_into_place(&tmp, &final_dir)?;
+        move_into_place(&tmp, &final_dir).inspect_err(|_| {
+            let _ = fs::remove_dir_all(&tmp);
+        })?;
         self.point_last_at(&name)?;
         sync_dir(&self.dir).with_context(|| format!("cannot sync {}", self.dir.display()))?;
         self.prune(&final_dir);

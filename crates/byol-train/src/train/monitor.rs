@@ -395,13 +395,13 @@ impl Monitor {
         Ok(Some(Evaluation { knn, probe_top1 }))
     }
 
-    /// The probe learns from a training micro-batch's embeddings, when the training images
-    /// carry labels.
     /// The classes the online probe predicts; None without a probe.
     pub fn probe_classes(&self) -> Option<&[String]> {
         self.probe.as_ref().map(|_| self.probe_classes.as_slice())
     }
 
+    /// The probe learns from a training micro-batch's embeddings, when the training images
+    /// carry labels.
     pub fn probe_on_training_batch(&mut self, embeddings: &Tensor, labels: &Tensor) {
         if let (Some(probe), None) = (&mut self.probe, &self.probe_batches) {
             probe.train_step(embeddings, labels);

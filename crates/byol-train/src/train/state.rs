@@ -289,9 +289,16 @@ impl DatasetFingerprint {
                     // Every part as it was, the whole split not: the parts are named otherwise
                     // (a shards' classes.txt), or they come in another order.
                     (Some(saved), Some(now)) if !saved.parts.is_empty() && saved.parts == now.parts => {
-                        vec![match saved.classes == now.classes {
-                            true => "    every part holds what it held, in another order".to_string(),
-                            false => "    every part holds what it held, its labels named otherwise".to_string(),
+                        let reordered = saved.files_digest != now.files_digest;
+                        vec![match (saved.classes == now.classes, reordered) {
+                            (true, _) => "    every part holds what it held, in another order".to_string(),
+                            (false, false) => {
+                                "    every part holds what it held, its labels named otherwise".to_string()
+                            }
+                            (false, true) => {
+                                "    every part holds what it held, in another order, its labels named otherwise"
+                                    .to_string()
+                            }
                         }]
                     }
                     (Some(saved), Some(now)) => part_differences(&saved.parts, &now.parts),
@@ -546,19 +553,25 @@ fn check_dataset(
         }
         return Ok(false);
     }
+    // Weights that fit no network of the experiment (keys changed, allowed or not): no
+    // --allow-change continues the run, the data's included.
+    if let Some(misfit) = misfit() {
+        let diff: Vec<String> = also_changed.iter().map(|c| format!("  {c}")).collect();
+        let besides = match diff.is_empty() {
+            true => String::new(),
+            false => format!("The experiment differs from the run's besides:\n{}\n", diff.join("\n")),
+        };
+        bail!(
+            "{} was trained on other data than the experiment reads now ({recorded_in}):\n{}\n{besides}\
+             --allow-change cannot continue it: {misfit}",
+            run_dir.display(),
+            differences.join("\n"),
+        );
+    }
     let keys_too = match also_changed {
         [] => String::new(),
         changes => {
             let diff: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
-            if let Some(misfit) = misfit() {
-                return Err(anyhow::anyhow!(
-                    "{} was trained on other data than the experiment reads now ({recorded_in}):\n{}\n\
-                     The experiment differs from the run's besides:\n{}\n--allow-change cannot continue it: {misfit}",
-                    run_dir.display(),
-                    differences.join("\n"),
-                    diff.join("\n")
-                ));
-            }
             let flags: Vec<String> = changes.iter().map(|c| format!("--allow-change {}", c.key)).collect();
             format!(
                 "\nThe experiment differs from the run's besides (these need {} too):\n{}",
@@ -639,8 +652,8 @@ pub struct KeptSources {
 }
 
 /// Whether `<run_dir>/sources/` holds only copies [`keep_sources`] makes (named after the key
-/// they were given by, `backbone.path-r50.pt`, or its hidden temporary files `.<name>.tmp`): a
-/// start writes them before the run's first record.
+/// they were given by, `backbone.path-r50.pt`), beside hidden files: a start writes them before
+/// the run's first record.
 pub fn holds_kept_sources_only(run_dir: &Path) -> bool {
     let kept = |name: &str| {
         let key_and_file = name.strip_prefix("backbone.").and_then(|rest| rest.split_once('-'));
@@ -650,9 +663,9 @@ pub fn holds_kept_sources_only(run_dir: &Path) -> bool {
     };
     std::fs::read_dir(run_dir.join(SOURCES_DIR)).is_ok_and(|entries| {
         entries.filter_map(Result::ok).all(|e| {
+            // Hidden files (`.DS_Store`, a copy's `.<name>.tmp`) are no one's, as in the run folder.
             let name = e.file_name().to_string_lossy().into_owned();
-            let temporary = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp"));
-            kept(temporary.unwrap_or(&name))
+            name.starts_with('.') || kept(&name)
         })
     })
 }
@@ -972,11 +985,16 @@ mod tests {
             "{lines:?}"
         );
         // The same parts under other class names (shards whose classes.txt was edited).
-        let mut renamed = record("bb");
+        let mut renamed = record("aa");
         renamed.0.get_mut("train").unwrap().classes = vec!["x".into()];
         assert_eq!(
             record("aa").differences(&renamed)[1],
             "    every part holds what it held, its labels named otherwise"
+        );
+        renamed.0.get_mut("train").unwrap().files_digest = Some("bb".into());
+        assert_eq!(
+            record("aa").differences(&renamed)[1],
+            "    every part holds what it held, in another order, its labels named otherwise"
         );
         // A record without parts (written before they were kept) names none.
         assert!(part_differences(&BTreeMap::new(), &now).is_empty());
