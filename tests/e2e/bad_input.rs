@@ -1,5 +1,7 @@
 //! Each kind of bad input gives one clear message and a non-zero exit, never a panic.
 
+use std::path::Path;
+
 use super::{byol_run, repo_root, text};
 
 /// Writes `toml` into a temp dir and validates it.
@@ -121,22 +123,22 @@ fn bad_override_is_type_checked() {
 /// A run stopped by a bad image (`on_bad_image = "error"`, met while training with `cache =
 /// "none"`) goes on with `"skip"`, as the error says, without `--allow-change`: it met no bad
 /// image before, so it trains as a run that skipped it from the start.
+/// Writes `exp.toml` in `dir`: the tiny experiment on the image folder `train` (16 px, the
+/// `[dataset]` keys `extra` adds), batch 4, one epoch, and `keys` set.
+fn write_folder_experiment(dir: &Path, extra: &str, keys: &[(&str, &str)]) {
+    let folder = format!("type = \"image_folder\"\ntrain = \"train\"\nimage_size = 16\n{extra}");
+    let experiment = byol_testkit::fixtures::with_table(super::TINY, "dataset", &folder);
+    let small = [("schedule.batch_size", "4"), ("schedule.epochs", "1")];
+    let experiment = byol_testkit::fixtures::with_keys(&experiment, &[&small[..], keys].concat());
+    std::fs::write(dir.join("exp.toml"), experiment).unwrap();
+}
+
 #[test]
 fn a_run_stopped_by_a_bad_image_goes_on_with_skip_as_the_error_says() {
     let dir = tempfile::tempdir().unwrap();
     super::random_pngs(&dir.path().join("train"), &["a", "b"], 8);
     std::fs::write(dir.path().join("train/b/bad.png"), b"not an image").unwrap();
-    let folder = "type = \"image_folder\"\ntrain = \"train\"\nimage_size = 16\ncache = \"none\"\n";
-    let experiment = byol_testkit::fixtures::with_table(super::TINY, "dataset", folder);
-    let experiment = byol_testkit::fixtures::with_keys(
-        &experiment,
-        &[
-            ("schedule.batch_size", "4"),
-            ("schedule.epochs", "1"),
-            ("eval.before_training", "false"),
-        ],
-    );
-    std::fs::write(dir.path().join("exp.toml"), experiment).unwrap();
+    write_folder_experiment(dir.path(), "cache = \"none\"\n", &[("eval.before_training", "false")]);
     let strict = ["exp.toml", "--quiet", "--set", "dataset.on_bad_image=\"error\""];
     let out = byol_run(dir.path(), &strict);
     let all = text(&out);
@@ -179,18 +181,8 @@ fn eval_folders_stop_at_a_bad_image_as_the_dataset_says() {
         super::random_pngs(&dir.path().join(split), &["a", "b"], 4);
     }
     std::fs::write(dir.path().join("labelled/test/b/bad.png"), b"not an image").unwrap();
-    let folder = "type = \"image_folder\"\ntrain = \"train\"\nimage_size = 16\n";
-    let experiment = byol_testkit::fixtures::with_table(super::TINY, "dataset", folder);
-    let experiment = byol_testkit::fixtures::with_keys(
-        &experiment,
-        &[
-            ("schedule.batch_size", "4"),
-            ("schedule.epochs", "1"),
-            ("eval.train", "\"labelled/train\""),
-            ("eval.test", "\"labelled/test\""),
-        ],
-    );
-    std::fs::write(dir.path().join("exp.toml"), experiment).unwrap();
+    let eval = [("eval.train", "\"labelled/train\""), ("eval.test", "\"labelled/test\"")];
+    write_folder_experiment(dir.path(), "", &eval);
     let strict = ["exp.toml", "--quiet", "--set", "dataset.on_bad_image=\"error\""];
     let out = byol_run(dir.path(), &strict);
     let all = text(&out);
@@ -213,12 +205,7 @@ fn an_empty_image_stops_a_strict_run_at_its_start_and_validate_says_so() {
     let dir = tempfile::tempdir().unwrap();
     super::random_pngs(&dir.path().join("train"), &["a", "b"], 8);
     std::fs::write(dir.path().join("train/b/empty.png"), b"").unwrap();
-    let folder =
-        "type = \"image_folder\"\ntrain = \"train\"\nimage_size = 16\ncache = \"none\"\non_bad_image = \"error\"\n";
-    let experiment = byol_testkit::fixtures::with_table(super::TINY, "dataset", folder);
-    let experiment =
-        byol_testkit::fixtures::with_keys(&experiment, &[("schedule.batch_size", "4"), ("schedule.epochs", "1")]);
-    std::fs::write(dir.path().join("exp.toml"), experiment).unwrap();
+    write_folder_experiment(dir.path(), "cache = \"none\"\non_bad_image = \"error\"\n", &[]);
     for command in [&["validate", "exp.toml"][..], &["exp.toml", "--quiet"]] {
         let out = byol_run(dir.path(), command);
         let all = text(&out);

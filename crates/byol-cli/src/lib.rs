@@ -479,21 +479,19 @@ fn check_run_folder(
     }
     let refused_anyway = misfit.is_some() || shortened.is_some();
     said.warnings.extend(shortened);
-    {
-        // Read only here: a start moves each damaged checkpoint it skips into damaged/.
-        said.warnings.extend(
-            found_on_the_way
-                .iter()
-                .map(|w| match w.starts_with("skipping damaged") {
-                    true => format!(
-                        "a start would {}, moving it into {}",
-                        w.replacen("skipping", "skip", 1),
-                        checkpointer.dir().join(byol_train::checkpoint::DAMAGED_DIR).display()
-                    ),
-                    false => w.clone(),
-                }),
-        );
-    }
+    // Read only here: a start moves each damaged checkpoint it skips into damaged/.
+    said.warnings.extend(
+        found_on_the_way
+            .iter()
+            .map(|w| match w.starts_with("skipping damaged") {
+                true => format!(
+                    "a start would {}, moving it into {}",
+                    w.replacen("skipping", "skip", 1),
+                    checkpointer.dir().join(byol_train::checkpoint::DAMAGED_DIR).display()
+                ),
+                false => w.clone(),
+            }),
+    );
     if let (Ok(start), false) = (&found, refused_anyway) {
         said.notes.push(match &start.checkpoint {
             Some((_, manifest)) if length.is_some_and(|(total, _, _)| manifest.step >= total) => format!(

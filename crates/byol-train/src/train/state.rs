@@ -553,25 +553,24 @@ fn check_dataset(
         }
         return Ok(false);
     }
+    let refused = format!(
+        "{} was trained on other data than the experiment reads now ({recorded_in}):\n{}",
+        run_dir.display(),
+        differences.join("\n")
+    );
+    let diff: Vec<String> = also_changed.iter().map(|c| format!("  {c}")).collect();
     // Weights that fit no network of the experiment (keys changed, allowed or not): no
     // --allow-change continues the run, the data's included.
     if let Some(misfit) = misfit() {
-        let diff: Vec<String> = also_changed.iter().map(|c| format!("  {c}")).collect();
         let besides = match diff.is_empty() {
             true => String::new(),
             false => format!("The experiment differs from the run's besides:\n{}\n", diff.join("\n")),
         };
-        bail!(
-            "{} was trained on other data than the experiment reads now ({recorded_in}):\n{}\n{besides}\
-             --allow-change cannot continue it: {misfit}",
-            run_dir.display(),
-            differences.join("\n"),
-        );
+        bail!("{refused}\n{besides}--allow-change cannot continue it: {misfit}");
     }
     let keys_too = match also_changed {
         [] => String::new(),
         changes => {
-            let diff: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
             let flags: Vec<String> = changes.iter().map(|c| format!("--allow-change {}", c.key)).collect();
             format!(
                 "\nThe experiment differs from the run's besides (these need {} too):\n{}",
@@ -581,13 +580,10 @@ fn check_dataset(
         }
     };
     bail!(
-        "{} was trained on other data than the experiment reads now ({recorded_in}):\n{}\n\
-         Resuming would mix two datasets in one run. Point the data keys at the run's data (data may \
-         move: a new dataset.train, dataset.urls or eval.test path is accepted when the data found \
-         there is the same), or \
-         add --allow-change dataset to continue on this data anyway, or --fresh to start a new run.{keys_too}",
-        run_dir.display(),
-        differences.join("\n")
+        "{refused}\nResuming would mix two datasets in one run. Point the data keys at the run's data (data \
+         may move: a new dataset.train, dataset.urls or eval.test path is accepted when the data found \
+         there is the same), or add --allow-change dataset to continue on this data anyway, or --fresh to \
+         start a new run.{keys_too}"
     )
 }
 
