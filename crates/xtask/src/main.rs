@@ -10,7 +10,8 @@ use std::env;
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{exit, Command};
+use std::io;
+use std::process::{exit, Command, Stdio};
 
 mod gpu_stage;
 
@@ -164,6 +165,8 @@ fn ensure_venv() -> Result<PathBuf, String> {
     let status = Command::new(&python)
         .args(["-m", "pip", "install", "--no-input", "--disable-pip-version-check"])
         .args(REQUIREMENTS)
+        // pip's progress goes to stderr: `eval "$(cargo xtask env)"` reads stdout as shell code.
+        .stdout(Stdio::from(io::stderr()))
         .status()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !status.success() {
