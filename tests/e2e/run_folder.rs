@@ -250,15 +250,26 @@ fn a_changed_experiment_is_refused_with_a_diff_unless_allowed_or_fresh() {
     assert_eq!(std::fs::read(&manifest).unwrap(), manifest_before);
     assert_eq!(std::fs::read(run_dir.join("summary.json")).unwrap(), summary_before);
     assert_eq!(config_value(&run_dir, "schedule", "epochs").as_integer(), Some(3));
-    // validate says so beforehand, beside the --allow-change its identity check names.
+    // Not allowed, the refusal of the changed key says so, and advises no --allow-change that
+    // would be refused next; validate says the same beforehand.
+    let refusal = "--allow-change alone cannot continue it: r has trained 48 steps, more than the 32";
+    let out = run(dir.path(), "r", &shorter[..2]);
+    let all = text(&out);
+    assert!(
+        out.status.code() == Some(1)
+            && all.contains("schedule.epochs: 3 -> 2")
+            && all.contains(refusal)
+            && !all.contains("--allow-change schedule.epochs"),
+        "{all}"
+    );
     let out = byol_run(dir.path(), &["validate", "r/config.toml", "--set", "schedule.epochs=2"]);
     let all = text(&out);
     assert!(
         out.status.success()
-            && all.contains("--allow-change schedule.epochs")
-            && all
-                .contains("a start would be refused, --allow-change or not: r has trained 48 steps, more than the 32")
-            && all.contains("Set schedule.epochs to 3 or more"),
+            && all.contains("a start as it is would be refused: r holds a run of another experiment")
+            && all.contains(refusal)
+            && all.contains("Set schedule.epochs to 3 or more")
+            && !all.contains("--allow-change schedule.epochs"),
         "{all}"
     );
 
@@ -1443,7 +1454,17 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     ];
     let all = validate(&larger_batch);
     assert!(
-        all.contains("a start would be refused, --allow-change or not: r has trained 48 steps, more than the 24"),
+        all.contains("a start would be refused, --allow-change or not: r has trained 48 steps, more than the 24")
+            && all
+                .contains("go back to the batch size and data it trained with (its epochs were 16 steps, these are 8)"),
+        "{all}"
+    );
+    // Not allowed, the batch's refusal advises no --allow-change that would be refused next.
+    let all = validate(&larger_batch[..4]);
+    assert!(
+        all.contains("schedule.batch_size: 32 -> 64")
+            && all.contains("--allow-change alone cannot continue it: r has trained 48 steps, more than the 24")
+            && !all.contains("--allow-change schedule"),
         "{all}"
     );
     let out = run(d, "r", &larger_batch[2..]);
@@ -1491,7 +1512,7 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     let wider = ["--run-dir", "r", "--set", "backbone.width=8"];
     let out = run(d, "r", &wider[2..]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let refusal = "--allow-change cannot continue it: resuming from r/checkpoints/step-000000048: checkpoint's \
+    let refusal = "--allow-change alone cannot continue it: resuming from r/checkpoints/step-000000048: checkpoint's \
                    'online.backbone.bn1.bias' has shape [4], the model's [8]";
     assert!(text(&out).contains(refusal), "{}", text(&out));
     assert!(!text(&out).contains("add --allow-change"), "{}", text(&out));
@@ -1519,7 +1540,8 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     let out = run(d, "r", &other_data);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("was trained on other data") && text(&out).contains("--allow-change cannot continue it"),
+        text(&out).contains("was trained on other data")
+            && text(&out).contains("--allow-change alone cannot continue it"),
         "{}",
         text(&out)
     );

@@ -432,20 +432,36 @@ fn check_run_folder(
     let unknown = run_dir::unknown_allowances(&args.allow_change, &experiments);
     said.warnings
         .extend(unknown.iter().map(|key| run_dir::unknown_allowance_warning(key)));
-    // Once per checkpoint: the start's refusal may ask, and validate's own warning below.
+    // Fewer steps than it trained (fewer epochs, a larger batch, fewer images). The steps
+    // planned on the data as listed are at least the start's.
+    let epochs = experiment.schedule.epochs;
+    let length = steps_per_epoch.map(|per_epoch| (per_epoch * epochs, epochs, per_epoch));
+    // What no --allow-change continues, as the start decides it (weights that fit no network
+    // built now, or a shorter run), once per checkpoint: the start's refusal may ask, and
+    // validate's own warning below.
     let checked = std::cell::RefCell::new(std::collections::HashMap::new());
-    let misfit = |checkpoint: &Path, manifest: &byol_train::checkpoint::Manifest| -> Option<String> {
+    let cannot_continue = |checkpoint: &Path, manifest: &byol_train::checkpoint::Manifest| -> Option<String> {
         let known = checked.borrow().get(checkpoint).cloned();
         known.unwrap_or_else(|| {
-            let misfit = byol_train::train::state::misfit_of_checkpoint(experiment, checkpoint, manifest, Some(model));
-            checked.borrow_mut().insert(checkpoint.to_path_buf(), misfit.clone());
-            misfit
+            let why = byol_train::train::state::misfit_of_checkpoint(experiment, checkpoint, manifest, Some(model))
+                .or_else(|| {
+                    length.and_then(|length| byol_train::train::state::shortened_below_trained(&dir, manifest, length))
+                });
+            checked.borrow_mut().insert(checkpoint.to_path_buf(), why.clone());
+            why
         })
     };
-    let found = RunStart::find(&dir, &checkpointer, false, &now, listed, &args.allow_change, &misfit);
-    // Weights of other shapes fail the resume whatever --allow-change allows (a refusal of other
-    // keys says so itself). Of the checkpoint a start goes on from, refused or not (the newest
-    // intact one), with what it finds on its way there (damaged checkpoints it would skip).
+    let found = RunStart::find(
+        &dir,
+        &checkpointer,
+        false,
+        &now,
+        listed,
+        &args.allow_change,
+        &cannot_continue,
+    );
+    // Of the checkpoint a start goes on from, refused or not (the newest intact one), with what
+    // it finds on its way there (damaged checkpoints it would skip).
     let (resumed_from, found_on_the_way) = match &found {
         Ok(start) => (start.checkpoint.clone(), start.warnings.clone()),
         Err(_) => checkpointer
@@ -453,32 +469,21 @@ fn check_run_folder(
             .map_or((None, Vec::new()), |point| (point.latest, point.warnings)),
     };
     let refusal = found.as_ref().err().map(|e| format!("{e:#}"));
-    let misfit = resumed_from
+    let refused_anyway = resumed_from
         .as_ref()
-        .and_then(|(checkpoint, manifest)| misfit(checkpoint, manifest))
-        .filter(|misfit| {
-            !refusal
-                .as_ref()
-                .is_some_and(|refusal| refusal.contains(misfit.as_str()))
-        });
-    // Fewer steps than it trained (fewer epochs, a larger batch, fewer images): refused whatever
-    // is allowed. The steps planned on the data as listed are at least the start's.
-    let epochs = experiment.schedule.epochs;
-    let length = steps_per_epoch.map(|per_epoch| (per_epoch * epochs, epochs, per_epoch));
-    let shortened = resumed_from.as_ref().zip(length).and_then(|((_, m), length)| {
-        let refusal = byol_train::train::state::shortened_below_trained(&dir, m.step, length)?;
-        Some(format!("a start would be refused, --allow-change or not: {refusal}"))
-    });
-    if let Err(refusal) = &found {
+        .and_then(|(checkpoint, manifest)| cannot_continue(checkpoint, manifest));
+    if let Some(refusal) = &refusal {
         said.warnings
-            .push(format!("a start as it is would be refused: {refusal:#}"));
+            .push(format!("a start as it is would be refused: {refusal}"));
     }
-    if let Some(e) = &misfit {
+    // Said where the start's refusal does not say it already.
+    if let Some(why) = refused_anyway
+        .as_ref()
+        .filter(|why| !refusal.as_ref().is_some_and(|refusal| refusal.contains(why.as_str())))
+    {
         said.warnings
-            .push(format!("a start would be refused, --allow-change or not: {e:#}"));
+            .push(format!("a start would be refused, --allow-change or not: {why}"));
     }
-    let refused_anyway = misfit.is_some() || shortened.is_some();
-    said.warnings.extend(shortened);
     // Read only here: a start moves each damaged checkpoint it skips into damaged/.
     said.warnings.extend(
         found_on_the_way
@@ -492,7 +497,7 @@ fn check_run_folder(
                 false => w.clone(),
             }),
     );
-    if let (Ok(start), false) = (&found, refused_anyway) {
+    if let (Ok(start), None) = (&found, &refused_anyway) {
         said.notes.push(match &start.checkpoint {
             Some((_, manifest)) if length.is_some_and(|(total, _, _)| manifest.step >= total) => format!(
                 "{} holds a run of this experiment that finished at step {}: a start reports it and trains \

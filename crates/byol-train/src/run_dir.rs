@@ -781,7 +781,7 @@ pub fn check_identity(
         run_dir: run_dir.to_path_buf(),
         source: source.to_string(),
         refused,
-        misfit: None,
+        cannot_continue: None,
     }
     .into())
 }
@@ -794,9 +794,10 @@ pub struct OtherExperiment {
     /// Where the run's experiment was read (`the experiment saved with <checkpoint>`).
     pub source: String,
     pub refused: Vec<Change>,
-    /// Why the weights the run would go on from fit no network of this experiment, where they
-    /// do not: then no `--allow-change` continues the run, and the refusal does not advise it.
-    pub misfit: Option<String>,
+    /// Why allowing the keys cannot continue the run, where it cannot (the weights it would go on
+    /// from fit no network of this experiment, or it would be shorter than it has trained): the
+    /// refusal then does not advise `--allow-change`.
+    pub cannot_continue: Option<String>,
 }
 
 impl std::fmt::Display for OtherExperiment {
@@ -810,8 +811,8 @@ impl std::fmt::Display for OtherExperiment {
             self.source,
             diff.join("\n"),
         )?;
-        if let Some(misfit) = &self.misfit {
-            return write!(f, "--allow-change cannot continue it: {misfit}");
+        if let Some(why) = &self.cannot_continue {
+            return write!(f, "--allow-change alone cannot continue it: {why}");
         }
         let flags: Vec<String> = self
             .refused

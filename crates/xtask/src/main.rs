@@ -9,8 +9,8 @@
 use std::env;
 use std::ffi::OsString;
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::io;
+use std::path::{Path, PathBuf};
 use std::process::{exit, Command, Stdio};
 
 mod gpu_stage;

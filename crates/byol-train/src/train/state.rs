@@ -398,8 +398,9 @@ impl RunStart {
     /// be safe to change, accepted by `allow`, or say only where the data lives while the data
     /// is the same (`fingerprint`). Only `main` says what it finds and changes anything: the
     /// other processes of a job, and `validate`, only read. A refusal of other keys tells whether
-    /// `--allow-change` could continue the run at all: `misfit` checks the checkpoint's weights
-    /// against the experiment's networks ([`misfit_of_checkpoint`]).
+    /// `--allow-change` could continue the run at all: `cannot_continue` says why a checkpoint
+    /// cannot go on whatever is allowed (weights that fit no network built now,
+    /// [`misfit_of_checkpoint`]; a run shorter than it trained, [`shortened_below_trained`]).
     pub fn find(
         run_dir: &Path,
         checkpointer: &Checkpointer,
@@ -407,7 +408,7 @@ impl RunStart {
         config_toml: &str,
         fingerprint: &DatasetFingerprint,
         allow: &[String],
-        misfit: &dyn Fn(&Path, &Manifest) -> Option<String>,
+        cannot_continue: &dyn Fn(&Path, &Manifest) -> Option<String>,
     ) -> anyhow::Result<Self> {
         let checkpoint::ResumePoint { latest, warnings } = checkpointer.resume_point(main)?;
         for w in warnings.iter().filter(|_| main) {
@@ -457,20 +458,24 @@ impl RunStart {
                 .into_iter()
                 .filter(|c| !run_dir::allowed(&c.key, allow) && !c.key.starts_with("dataset."))
                 .collect();
-            let misfit_of_latest = || latest.as_ref().and_then(|(dir, manifest)| misfit(dir, manifest));
+            let latest_cannot_continue = || {
+                latest
+                    .as_ref()
+                    .and_then(|(dir, manifest)| cannot_continue(dir, manifest))
+            };
             let same_data = check_dataset(
                 run_dir,
                 saved_data,
                 fingerprint,
                 allow,
-                (&also_changed, &misfit_of_latest),
+                (&also_changed, &latest_cannot_continue),
                 main,
             )?;
             let also_safe: &[&str] = if same_data { DATA_LOCATION_KEYS } else { &[] };
             let accepted = run_dir::check_identity(run_dir, &source, &saved, config_toml, allow, also_safe).map_err(
                 |refusal| match (refusal.downcast::<run_dir::OtherExperiment>(), &latest) {
                     (Ok(mut other), Some((dir, manifest))) => {
-                        other.misfit = misfit(dir, manifest);
+                        other.cannot_continue = cannot_continue(dir, manifest);
                         other.into()
                     }
                     (Ok(other), None) => other.into(),
@@ -533,7 +538,7 @@ fn check_dataset(
     saved: Option<(String, DatasetFingerprint)>,
     now: &DatasetFingerprint,
     allow: &[String],
-    (also_changed, misfit): (&[run_dir::Change], &dyn Fn() -> Option<String>),
+    (also_changed, cannot_continue): (&[run_dir::Change], &dyn Fn() -> Option<String>),
     main: bool,
 ) -> anyhow::Result<bool> {
     let Some((recorded_in, saved)) = saved else {
@@ -559,14 +564,14 @@ fn check_dataset(
         differences.join("\n")
     );
     let diff: Vec<String> = also_changed.iter().map(|c| format!("  {c}")).collect();
-    // Weights that fit no network of the experiment (keys changed, allowed or not): no
-    // --allow-change continues the run, the data's included.
-    if let Some(misfit) = misfit() {
+    // Weights that fit no network of the experiment (keys changed, allowed or not), or a run
+    // shorter than it trained: allowing keys, the data's included, does not continue the run.
+    if let Some(why) = cannot_continue() {
         let besides = match diff.is_empty() {
             true => String::new(),
             false => format!("The experiment differs from the run's besides:\n{}\n", diff.join("\n")),
         };
-        bail!("{refused}\n{besides}--allow-change cannot continue it: {misfit}");
+        bail!("{refused}\n{besides}--allow-change alone cannot continue it: {why}");
     }
     let keys_too = match also_changed {
         [] => String::new(),
@@ -716,24 +721,44 @@ pub fn record_run(run_dir: &Path, config_toml: &str, fingerprint: &DatasetFinger
     run_dir::save_config(run_dir, config_toml)
 }
 
-/// The refusal to resume a run in `run_dir` that trained `step` steps with an experiment of
-/// `(total steps, epochs, steps per epoch)`: a run cannot be shortened below what it has trained
-/// (its checkpoint would be saved again as the last step of a shorter run). None where it fits.
+/// The refusal to resume a run in `run_dir` from the checkpoint `manifest` describes with an
+/// experiment of `(total steps, epochs, steps per epoch)`: a run cannot be shortened below what
+/// it has trained (its checkpoint would be saved again as the last step of a shorter run). None
+/// where it fits.
 pub fn shortened_below_trained(
     run_dir: &Path,
-    step: u64,
+    manifest: &Manifest,
     (total, epochs, per_epoch): (u64, u64, u64),
 ) -> Option<String> {
+    let step = manifest.step;
+    if step <= total {
+        return None;
+    }
     let per_epoch = per_epoch.max(1);
-    (step > total).then(|| {
-        format!(
-            "{} has trained {step} steps, more than the {total} of this experiment ({epochs} epochs of {per_epoch} \
-             steps): a run cannot be shortened below what it has trained. Set schedule.epochs to {} or more, or \
-             add --fresh to start over (the folder is moved aside, nothing is deleted)",
-            run_dir.display(),
-            step.div_ceil(per_epoch)
-        )
-    })
+    // Shorter epochs than the run trained (a larger batch, or fewer images) are a cause that more
+    // epochs only hide: the way back is said beside them.
+    let way_back = match trained_steps_per_epoch(manifest).filter(|&before| before > per_epoch) {
+        Some(before) => format!(
+            ", or go back to the batch size and data it trained with (its epochs were {before} steps, these \
+             are {per_epoch})"
+        ),
+        None => String::new(),
+    };
+    Some(format!(
+        "{} has trained {step} steps, more than the {total} of this experiment ({epochs} epochs of {per_epoch} \
+         steps): a run cannot be shortened below what it has trained. Set schedule.epochs to {} or more{way_back}, \
+         or add --fresh to start over (the folder is moved aside, nothing is deleted)",
+        run_dir.display(),
+        step.div_ceil(per_epoch)
+    ))
+}
+
+/// The steps of an epoch of the run a checkpoint was saved in (its length over its epochs).
+fn trained_steps_per_epoch(manifest: &Manifest) -> Option<u64> {
+    let config: toml::Table = manifest.config.parse().ok()?;
+    let epochs = config.get("schedule")?.get("epochs")?.as_integer()?;
+    let epochs = u64::try_from(epochs).ok().filter(|&e| e > 0)?;
+    Some(manifest.total_steps / epochs)
 }
 
 /// Refuses a start from step 0 in a folder whose `summary.json` records steps trained: a summary

@@ -74,16 +74,20 @@ fn check_not_past_the_end(
     run_dir: &Path,
     experiment: &Experiment,
     plan: &Plan,
-    step: Option<u64>,
+    manifest: Option<&Manifest>,
 ) -> anyhow::Result<()> {
-    let refusal = step.and_then(|step| {
-        let length = (plan.total_steps, experiment.schedule.epochs, plan.steps_per_epoch);
-        super::state::shortened_below_trained(run_dir, step, length)
-    });
+    let refusal = manifest.and_then(|manifest| shortened(run_dir, experiment, plan, manifest));
     match refusal {
         Some(refusal) => bail!("{refusal}"),
         None => Ok(()),
     }
+}
+
+/// Why a resume of `experiment` from the checkpoint `manifest` describes would be shorter than
+/// what the run has trained ([`state::shortened_below_trained`]).
+fn shortened(run_dir: &Path, experiment: &Experiment, plan: &Plan, manifest: &Manifest) -> Option<String> {
+    let length = (plan.total_steps, experiment.schedule.epochs, plan.steps_per_epoch);
+    state::shortened_below_trained(run_dir, manifest, length)
 }
 
 /// Says when the run goes on with another length than its checkpoint was saved in (more epochs,
@@ -156,7 +160,12 @@ impl<'a> Trainer<'a> {
         }
         let config_toml = experiment.to_toml()?;
         let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
-        let misfit = |dir: &Path, manifest: &Manifest| state::misfit_of_checkpoint(experiment, dir, manifest, None);
+        // What no --allow-change continues: weights that fit no network built now, or fewer steps
+        // than the run has trained.
+        let cannot_continue = |dir: &Path, manifest: &Manifest| {
+            state::misfit_of_checkpoint(experiment, dir, manifest, None)
+                .or_else(|| shortened(run_dir, experiment, &plan, manifest))
+        };
         let find = || {
             RunStart::find(
                 run_dir,
@@ -165,14 +174,14 @@ impl<'a> Trainer<'a> {
                 &config_toml,
                 &fingerprint,
                 allow_change,
-                &misfit,
+                &cannot_continue,
             )
         };
         let start = match &parallel {
             Some(p) => agreed_start(p, device, run_dir, find)?,
             None => find()?,
         };
-        check_not_past_the_end(run_dir, experiment, &plan, start.step())?;
+        check_not_past_the_end(run_dir, experiment, &plan, start.checkpoint.as_ref().map(|(_, m)| m))?;
         if let Some((_, manifest)) = start.checkpoint.as_ref().filter(|_| main) {
             say_schedule_changed(run_dir, manifest, &plan);
         }
