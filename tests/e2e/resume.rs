@@ -224,6 +224,15 @@ fn a_run_killed_during_an_evaluation_measures_it_when_resumed() {
     assert!(all.contains("from step 32") && all.contains("after epoch 2"), "{all}");
     let again = curve(&curve_file);
     assert_eq!(steps(&again), [16, 32, 48], "{all}");
+    // The run's cost of its curve counts both starts' evaluations (the first's, at step 16, in
+    // its checkpoint's record), as its training time does.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["curve_evaluations"], 2, "{summary}");
+    assert!(
+        all.contains("kNN curve        2 evaluations during training took"),
+        "{all}"
+    );
     for (a, b) in measured.iter().zip(&again) {
         assert_eq!(
             a["knn_top1"], b["knn_top1"],

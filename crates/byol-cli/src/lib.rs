@@ -683,21 +683,13 @@ fn print_summary(name: &str, summary: &RunSummary) {
         summary.train_seconds,
         summary.images_per_second
     );
-    // Counted in this process only: after a resume, against the time of every start it would
-    // understate the share.
-    match (summary.curve_evaluations, summary.resumed_from_step) {
-        (0, _) => {}
-        (n, Some(step)) => say!(
-            "kNN curve        {} during training since the resume at step {step} took {:.1} s",
-            plural(n, "evaluation"),
-            summary.curve_seconds
-        ),
-        (n, None) => say!(
+    if summary.curve_evaluations > 0 {
+        say!(
             "kNN curve        {} during training took {:.1} s ({:.1}% of it)",
-            plural(n, "evaluation"),
+            plural(summary.curve_evaluations, "evaluation"),
             summary.curve_seconds,
             100.0 * summary.curve_seconds / summary.train_seconds.max(1e-9)
-        ),
+        );
     }
     if summary.skipped_images > 0 {
         // Read as training goes, each process of a data-parallel run meets its own share.

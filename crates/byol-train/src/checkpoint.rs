@@ -63,6 +63,13 @@ pub struct TrainingRecord {
     /// None in checkpoints from before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<usize>,
+    /// The kNN curve's evaluations during training up to here, and the seconds they took (part
+    /// of `train_seconds`), summed over the starts like it (an evaluation after a start's last
+    /// checkpoint is as lost as its seconds; 0 in checkpoints from before they were kept).
+    #[serde(default)]
+    pub curve_evaluations: u64,
+    #[serde(default)]
+    pub curve_seconds: f64,
 }
 
 impl TrainingRecord {
@@ -75,6 +82,8 @@ impl TrainingRecord {
             None => Self {
                 train_seconds: 0.0,
                 timed_from_step: Some(step),
+                curve_evaluations: 0,
+                curve_seconds: 0.0,
                 ..self
             },
         }

@@ -113,8 +113,8 @@ pub struct RunSummary {
     /// starts (a resumed run's includes the time before the kill).
     pub train_seconds: f64,
     pub images_per_second: f64,
-    /// The kNN curve's evaluations during training in this process (before and after training
-    /// not counted) and the seconds they took, part of `train_seconds`.
+    /// The kNN curve's evaluations during training (before and after training not counted) and
+    /// the seconds they took, part of `train_seconds`, summed over the starts like it.
     #[serde(default)]
     pub curve_evaluations: u64,
     #[serde(default)]
@@ -227,12 +227,8 @@ fn train_started(
     let progress = train_epochs(t, &mut journal, stop, run_dir, options.pruner.as_ref(), &mut step)?;
     let train_seconds = t.train_seconds();
     let checkpoint = t.save(step, journal.final_loss)?;
-    let Progress {
-        interrupted,
-        pruned,
-        curve_evaluations,
-        curve_seconds,
-    } = progress;
+    let Progress { interrupted, pruned } = progress;
+    let (curve_evaluations, curve_seconds) = t.curve_cost();
     announce_early_stop(&journal, step, &checkpoint, interrupted, pruned.as_ref());
     let stopped_early = interrupted || pruned.is_some();
     let measured = final_evaluation_measured(t, run_dir, step, &options.allow_change);
@@ -515,13 +511,10 @@ fn evaluate_before_training(t: &Trainer<'_>, journal: &mut Journal) -> anyhow::R
     Ok(journal.evaluation("before training", t.evaluate()?, 0))
 }
 
-/// How the epochs of [`train_epochs`] ended, and what their kNN curve cost.
+/// How the epochs of [`train_epochs`] ended.
 struct Progress {
     interrupted: bool,
     pruned: Option<Pruned>,
-    /// Evaluations during training, and the seconds they took.
-    curve_evaluations: u64,
-    curve_seconds: f64,
 }
 
 /// Trains epoch after epoch from `step` to the end of the plan, adding a point to the kNN curve
@@ -537,8 +530,6 @@ fn train_epochs(
     let mut progress = Progress {
         interrupted: false,
         pruned: None,
-        curve_evaluations: 0,
-        curve_seconds: 0.0,
     };
     // A run resumed where it evaluates: the run that saved this checkpoint was stopped before
     // that evaluation ended (killed during it, or signalled in the step before it), or after it,
@@ -576,7 +567,7 @@ fn measured_by_all(t: &Trainer<'_>, measured: bool) -> anyhow::Result<bool> {
 
 /// The evaluation after the epoch that ends at `step`, added to the curve and judged by `pruner`.
 fn evaluate_into_curve(
-    t: &Trainer<'_>,
+    t: &mut Trainer<'_>,
     journal: &mut Journal,
     run_dir: &std::path::Path,
     pruner: Option<&Pruner>,
@@ -587,9 +578,8 @@ fn evaluate_into_curve(
     let when = format!("after epoch {}", t.plan.epoch_of(step));
     let evaluation = journal.evaluation(&when, t.evaluate()?, step);
     progress.pruned = record_curve(t, run_dir, &evaluation, step, journal.final_loss, pruner)?;
-    progress.curve_evaluations += 1;
     let spent = evaluating.elapsed();
-    progress.curve_seconds += spent.as_secs_f64();
+    t.count_curve_evaluation(spent.as_secs_f64());
     journal.leave_out_of_throughput(spent);
     Ok(())
 }

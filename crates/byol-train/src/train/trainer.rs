@@ -47,6 +47,9 @@ pub struct Trainer<'a> {
     pub carried: TrainingRecord,
     /// When this process started training ([`Trainer::start_clock`]).
     clock: Option<std::time::Instant>,
+    /// The kNN curve's evaluations during training in this process, and their seconds
+    /// ([`Trainer::count_curve_evaluation`]).
+    curve_here: (u64, f64),
     checkpointer: Checkpointer,
     /// The run folder's lock, held by the process that writes into it (see [`Trainer::save`]).
     pub owner: Option<run_dir::FolderLock>,
@@ -273,6 +276,7 @@ impl<'a> Trainer<'a> {
                 .map_or(TrainingRecord::default(), |(_, m)| m.record)
                 .resumed_at(start.step().unwrap_or(0)),
             clock: None,
+            curve_here: (0, 0.0),
             checkpointer,
             owner: None,
             config_toml,
@@ -338,6 +342,21 @@ impl<'a> Trainer<'a> {
         self.carried.train_seconds + self.clock.map_or(0.0, |c| c.elapsed().as_secs_f64())
     }
 
+    /// Counts an evaluation of the kNN curve during training that took `seconds`.
+    pub fn count_curve_evaluation(&mut self, seconds: f64) {
+        self.curve_here.0 += 1;
+        self.curve_here.1 += seconds;
+    }
+
+    /// The kNN curve's evaluations during training and their seconds: the steps before the
+    /// resume's, and this process's.
+    pub fn curve_cost(&self) -> (u64, f64) {
+        (
+            self.carried.curve_evaluations + self.curve_here.0,
+            self.carried.curve_seconds + self.curve_here.1,
+        )
+    }
+
     /// Images trained per second up to `step`, over the steps that `train_seconds` covers.
     pub fn images_per_second(&self, step: u64, train_seconds: f64) -> f64 {
         let timed = step - self.carried.timed_from_step.unwrap_or(0);
@@ -371,6 +390,8 @@ impl<'a> Trainer<'a> {
                 train_seconds: self.train_seconds(),
                 timed_from_step: self.carried.timed_from_step,
                 processes: Some(self.processes()),
+                curve_evaluations: self.curve_cost().0,
+                curve_seconds: self.curve_cost().1,
             };
             self.in_place(|| {
                 state::save_checkpoint(
