@@ -511,7 +511,8 @@ fn config_defaults_shows_every_key_the_parser_accepts() {
 }
 
 /// A mistyped command is named as one, with the closest command, not taken for the experiment
-/// file (clap then blamed the next word); `config` needs no flag.
+/// file (clap then blamed the next word); a second experiment file is named as one; `config`
+/// needs no flag.
 #[test]
 fn a_mistyped_command_is_named_with_the_closest_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -523,6 +524,20 @@ fn a_mistyped_command_is_named_with_the_closest_one() {
         "{}",
         text(&out)
     );
+    // Two experiment files: one at a time, said as such (clap took the second for a subcommand).
+    for args in [
+        &["tiny.toml", "b.toml"][..],
+        &["train", "tiny.toml", "b.toml"],
+        &["validate", "tiny.toml", "b.toml"],
+    ] {
+        let out = byol_run(dir.path(), args);
+        assert!(
+            out.status.code() == Some(2)
+                && text(&out).contains("'b.toml' is a second experiment file: byol-run takes one experiment at a time"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
     let out = byol_run(dir.path(), &["config"]);
     assert!(
         out.status.success() && text(&out).contains("[optimizer]"),

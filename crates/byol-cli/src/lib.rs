@@ -218,7 +218,13 @@ pub fn main() -> ExitCode {
         byol::eprint_line!("error: {message}");
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        if let Some(message) = a_second_experiment(&e) {
+            byol::eprint_line!("error: {message}");
+            std::process::exit(2);
+        }
+        e.exit()
+    });
     let result = match cli.command {
         Some(Command::Train(args)) => train(&args),
         Some(Command::Validate(args)) => validate(&args),
@@ -293,6 +299,30 @@ fn unknown_command(first: Option<String>) -> Option<String> {
         "'{word}' is neither a command nor an experiment file{closest} (commands: {})",
         commands.join(", ")
     ))
+}
+
+/// A command line that names two experiment files (`byol-run a.toml b.toml`), which clap reports
+/// as a subcommand in conflict or an unexpected argument: a run trains one experiment.
+fn a_second_experiment(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    let command = std::env::args().nth(1).unwrap_or_default();
+    let runs_an_experiment = !Cli::command().get_subcommands().any(|c| c.get_name() == command)
+        || ["train", "validate"].contains(&command.as_str());
+    if !runs_an_experiment || !matches!(error.kind(), ErrorKind::ArgumentConflict | ErrorKind::UnknownArgument) {
+        return None;
+    }
+    let named = |kind| match error.get(kind) {
+        Some(ContextValue::String(arg)) => Some(arg.clone()),
+        _ => None,
+    };
+    let second = named(ContextKind::InvalidSubcommand).or_else(|| named(ContextKind::InvalidArg))?;
+    Path::new(&second).extension().is_some_and(|e| e == "toml").then(|| {
+        format!(
+            "'{second}' is a second experiment file: byol-run takes one experiment at a time. Run it once per \
+             file, or make the experiments the trials of a sweep (`byol-run sweep`, see the README)"
+        )
+    })
 }
 
 /// Insertions, deletions and substitutions that turn `a` into `b` (Levenshtein).
