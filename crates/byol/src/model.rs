@@ -60,6 +60,8 @@ pub struct Byol {
     embedding_dim: i64,
     tau_base: f64,
     concat_views: bool,
+    /// What loading the pretrained weights had to say ([`load_safetensors`]).
+    pretrained_notes: Vec<String>,
 }
 
 /// Builds a backbone under a path: a [`BackboneSpec`]'s `build`, or a closure of one's own.
@@ -191,9 +193,10 @@ impl Byol {
         let target = &root / "target";
         let online_backbone = build(&(&online / "backbone"), context)?;
         let embedding_dim = online_backbone.check_tap(embedding_layer)?;
+        let mut pretrained_notes = Vec::new();
         if let Some((path, ignores)) = pretrained {
             let variables = variables_under(vs, "online.backbone.");
-            load_safetensors(&variables, path, ignores)?;
+            pretrained_notes.extend(load_safetensors(&variables, path, ignores)?);
         }
         let (hidden, projection) = (config.hidden_dim, config.projection_dim);
         let heads = &context.head_batch_norm;
@@ -219,12 +222,19 @@ impl Byol {
             embedding_dim,
             tau_base: config.tau_base,
             concat_views: config.concat_views,
+            pretrained_notes,
         })
     }
 
     /// The online backbone's [`Backbone::warnings`](crate::Backbone::warnings).
     pub fn backbone_warnings(&self) -> Vec<String> {
         self.online_backbone.warnings()
+    }
+
+    /// What loading the pretrained weights it was built from had to say (tensors the file left
+    /// out as never trained keep their initial values), for the caller to show once.
+    pub fn pretrained_notes(&self) -> &[String] {
+        &self.pretrained_notes
     }
 
     /// The symmetric BYOL loss of two views of the same images (`contrast` in the original,

@@ -15,12 +15,13 @@ pub const LEFT_OUT_KEY: &str = "byol_rs.left_out";
 /// place. `ignore` names keys of the file that the module deliberately lacks (a classifier head).
 /// Any missing, unexpected or mis-shaped key fails the whole load with one report, before
 /// anything is written; keys that the file says it left out as never trained ([`LEFT_OUT_KEY`],
-/// a byol-rs export) keep the module's own values, said in a note.
+/// a byol-rs export) keep the module's own values, said in the note it returns for the caller
+/// to show (once, where several processes load the same file).
 pub fn load_safetensors(
     variables: &HashMap<String, Tensor>,
     path: &Path,
     ignore: impl Fn(&str) -> bool,
-) -> Result<(), ByolError> {
+) -> Result<Option<String>, ByolError> {
     let unreadable = |reason: String| ByolError::ReadWeights {
         path: path.to_path_buf(),
         reason,
@@ -85,15 +86,14 @@ pub fn load_safetensors(
             v.shallow_clone().copy_(&t.to_kind(v.kind()).to_device(v.device()));
         }
     });
-    if let Some(first) = untrained.first() {
-        crate::eprint_line!(
-            "note: {} leaves out {} tensors its run never trained (past its byol.embedding_layer; the \
-             first: {first}): they keep their initial values here",
+    Ok(untrained.first().map(|first| {
+        format!(
+            "{} leaves out {} tensors its run never trained (past its byol.embedding_layer; the first: \
+             {first}): they keep their initial values here",
             path.display(),
             untrained.len()
-        );
-    }
-    Ok(())
+        )
+    }))
 }
 
 /// The `__metadata__` of a safetensors file, from its header alone; None when it has none or

@@ -209,6 +209,9 @@ impl<'a> Trainer<'a> {
             for warning in model.byol.backbone_warnings() {
                 byol::eprint_line!("warning: {warning}");
             }
+            for note in model.byol.pretrained_notes() {
+                byol::eprint_line!("note: {note}");
+            }
         }
         let monitor = Monitor::new(
             experiment,
