@@ -10,6 +10,7 @@ pub mod conformance;
 pub mod fixtures;
 pub mod keys;
 pub mod optimizer;
+pub mod rounding;
 
 pub use conformance::check_backbone;
 
