@@ -743,6 +743,41 @@ fn sigterm_to_a_sweep_in_process_stops_the_trial_at_a_checkpoint() {
     assert_eq!(previous, "an earlier failure\n");
 }
 
+/// A sweep folder moved while a trial trains (in process, and with trials in child processes)
+/// stops the sweep: nothing is written at the old path again (no second sweep folder there with
+/// the other trials and a summary), and the moved folder resumes where it is moved back.
+#[test]
+fn a_sweep_folder_moved_while_a_trial_trains_stops_the_sweep() {
+    for devices in [&[][..], &["--devices", "cpu,cpu"]] {
+        let dir = setup(&TINY_SWEEP.replace("epochs = 1", "epochs = 40"));
+        let sweep_dir = dir.path().join("runs/tiny-sweep");
+        let child = byol_run_command(dir.path())
+            .args([&["sweep", "tiny.toml"][..], devices].concat())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the first trial", || has_checkpoint(&sweep_dir.join("trial-001")));
+        let moved = dir.path().join("runs/moved-sweep");
+        std::fs::rename(&sweep_dir, &moved).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{devices:?}: {all}");
+        assert!(
+            all.contains("the sweep folder runs/tiny-sweep was moved or replaced while this process trained in it"),
+            "{devices:?}: {all}"
+        );
+        assert!(
+            !sweep_dir.exists(),
+            "{devices:?}: a sweep folder started again at the old path: {all}"
+        );
+        assert!(
+            !moved.join("summary.csv").exists() && !moved.join("trial-001/error.txt").exists(),
+            "{devices:?}: {all}"
+        );
+    }
+}
+
 /// A finished trial is skipped only while the data it was trained on is the data the sweep reads:
 /// ranked beside new trials, a result on other data would mix two datasets in one table.
 #[test]

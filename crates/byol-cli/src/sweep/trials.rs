@@ -88,7 +88,7 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     // Two sweeps over one folder would train the same trials twice and mark each other's running
     // trials as failed. Each trial's folder has its own lock besides (child processes take it).
     let owner = FolderLock::create_and_acquire(&sweep.dir, FolderKind::Sweep)?;
-    let outcome = run_holding_the_folder(sweep, options, moved);
+    let outcome = run_holding_the_folder(sweep, options, moved, &|| owner.check_still_at(&sweep.dir));
     if outcome.is_err() {
         // Refused before any trial folder was written: no sweep folder left with only its lock.
         owner.remove_if_unused();
@@ -96,12 +96,18 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     outcome
 }
 
+/// Whether the sweep's folder is still where this process locked it: one moved (or replaced)
+/// while its trials run stops the sweep before it writes at the old path again, where it would
+/// start a second sweep folder beside the moved one.
+type StillInPlace<'a> = &'a (dyn Fn() -> anyhow::Result<()> + Sync);
+
 /// [`run`] once the sweep's folder is this process's (`moved`: where `--fresh` moved the one
 /// before).
 fn run_holding_the_folder(
     sweep: &Sweep,
     options: &SweepOptions,
     moved: Option<PathBuf>,
+    still_in_place: StillInPlace<'_>,
 ) -> anyhow::Result<SweepOutcome> {
     let say = |line: String| say!("{line}");
     if let Some(old) = moved {
@@ -241,10 +247,11 @@ fn run_holding_the_folder(
         "stopping the sweep: the running trial finishes its step and saves a checkpoint"
     })?);
     let interrupted = if in_children {
-        run_parallel(sweep, options, todo, &signals, &unrecorded)?
+        run_parallel(sweep, options, todo, (&signals, still_in_place), &unrecorded)?
     } else {
-        run_in_process(sweep, options, todo, &signals, &unrecorded)?
+        run_in_process(sweep, options, todo, (&signals, still_in_place), &unrecorded)?
     };
+    still_in_place()?;
     let mut unrecorded = unrecorded.into_inner().unwrap_or_else(|e| e.into_inner());
     unrecorded.sort();
     // A sweep that was stopped, also by a signal after its last trial, ranks what it has without
@@ -965,7 +972,7 @@ fn run_in_process(
     sweep: &Sweep,
     options: &SweepOptions,
     todo: VecDeque<(&Trial, TrialStatus)>,
-    signals: &Arc<StopOnSignals>,
+    (signals, still_in_place): (&Arc<StopOnSignals>, StillInPlace<'_>),
     unrecorded: &Mutex<Vec<String>>,
 ) -> anyhow::Result<Option<i32>> {
     let device = options.devices.first().map(String::as_str);
@@ -977,6 +984,7 @@ fn run_in_process(
             say!("stopped by signal before {}; run the sweep again to go on", trial.id());
             return Ok(Some(signal));
         }
+        still_in_place()?;
         let dir = sweep.trial_dir(trial);
         let how = match status {
             TrialStatus::Unfinished if has_checkpoint(&dir) => "resuming",
@@ -1028,6 +1036,8 @@ fn run_in_process(
                 .to_string(),
         };
         byol::eprint_line!("{}: failed: {error}", trial.id());
+        // (A trial stopped by its folder's move: nothing written at the old path.)
+        still_in_place()?;
         record_failure(trial, &dir, &error, unrecorded);
     }
     // Every trial ended: a signal after the last one is for the caller to report.
@@ -1072,7 +1082,7 @@ fn run_parallel(
     sweep: &Sweep,
     options: &SweepOptions,
     todo: VecDeque<(&Trial, TrialStatus)>,
-    signals: &StopOnSignals,
+    (signals, still_in_place): (&StopOnSignals, StillInPlace<'_>),
     unrecorded: &Mutex<Vec<String>>,
 ) -> anyhow::Result<Option<i32>> {
     let program = options.program.clone();
@@ -1085,13 +1095,23 @@ fn run_parallel(
     let stop = signals.flag();
     let queue = Mutex::new(todo);
     let interrupted = AtomicBool::new(false);
+    // The first thread to find the sweep's folder moved stops the others, its error the sweep's.
+    let moved = Mutex::new(None);
     let total = sweep.trials.len();
     std::thread::scope(|scope| {
         for device in &options.devices {
             let (queue, interrupted, program, base) = (&queue, &interrupted, &program, &base);
-            let unrecorded = &unrecorded;
+            let (unrecorded, moved) = (&unrecorded, &moved);
+            let in_place = move || match still_in_place() {
+                Ok(()) => true,
+                Err(e) => {
+                    interrupted.store(true, Ordering::Relaxed);
+                    moved.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                    false
+                }
+            };
             scope.spawn(move || loop {
-                if stop.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed) || !in_place() {
                     return;
                 }
                 let Some((trial, _)) = queue.lock().expect("queue lock").pop_front() else {
@@ -1121,12 +1141,17 @@ fn run_parallel(
                     Ok(()) => {}
                     Err(e) => {
                         byol::eprint_line!("{}: failed: {e:#}", trial.id());
-                        record_failure(trial, &dir, &format!("{e:#}"), unrecorded);
+                        if in_place() {
+                            record_failure(trial, &dir, &format!("{e:#}"), unrecorded);
+                        }
                     }
                 }
             });
         }
     });
+    if let Some(moved) = moved.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(moved);
+    }
     let stopped = interrupted.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed);
     Ok(stopped.then(|| signals.signal().unwrap_or(libc::SIGTERM)))
 }
