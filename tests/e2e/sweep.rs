@@ -743,6 +743,37 @@ fn sigterm_to_a_sweep_in_process_stops_the_trial_at_a_checkpoint() {
     assert_eq!(previous, "an earlier failure\n");
 }
 
+/// A file, or a link to a missing folder, where a trial's folder goes is named by `validate`
+/// and refuses the start before any trial runs (the start failed on the OS's "File exists").
+#[test]
+fn a_file_in_the_way_of_a_trial_folder_is_named_before_any_trial_runs() {
+    let dir = setup(&sweep_of_lr("[0.2, 0.8]"));
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    std::fs::create_dir_all(&sweep_dir).unwrap();
+    let in_the_way = "runs/tiny-sweep/trial-002 is in the way of trial-002: it exists and is not a folder";
+    for make in ["file", "link"] {
+        let trial = sweep_dir.join("trial-002");
+        let _ = std::fs::remove_file(&trial);
+        match make {
+            "file" => std::fs::write(&trial, "notes").unwrap(),
+            _ => std::os::unix::fs::symlink(dir.path().join("missing"), &trial).unwrap(),
+        }
+        let out = byol_run(dir.path(), &["validate", "tiny.toml"]);
+        assert!(
+            out.status.success() && text(&out).contains(&format!("a start now would be refused: {in_the_way}")),
+            "{make}: {}",
+            text(&out)
+        );
+        let out = byol_run(dir.path(), &["sweep", "tiny.toml"]);
+        assert!(
+            out.status.code() == Some(1) && text(&out).contains(in_the_way),
+            "{make}: {}",
+            text(&out)
+        );
+        assert!(!sweep_dir.join("trial-001").exists(), "{make}: {}", text(&out));
+    }
+}
+
 /// A sweep folder moved while a trial trains (in process, and with trials in child processes)
 /// stops the sweep: nothing is written at the old path again (no second sweep folder there with
 /// the other trials and a summary), and the moved folder resumes where it is moved back.

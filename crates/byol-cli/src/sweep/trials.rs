@@ -309,6 +309,14 @@ fn check_trial_folder(
     data_now: &mut DataNow,
 ) -> anyhow::Result<TrialFolder> {
     let dir = sweep.trial_dir(trial);
+    if fs::symlink_metadata(&dir).is_ok() && !dir.is_dir() {
+        bail!(
+            "{} is in the way of {}: it exists and is not a folder (a file, or a link to a missing folder); \
+             remove it or move it elsewhere, and run the sweep again",
+            dir.display(),
+            trial.id()
+        );
+    }
     let finished = matches!(status, TrialStatus::Pruned(_) | TrialStatus::Done(_));
     let failed = matches!(status, TrialStatus::Failed(_));
     // A trial that started (its data recorded) is checked against the data too: resumed by
@@ -378,7 +386,8 @@ pub fn preview(sweep: &Sweep, listed: HashMap<String, DatasetFingerprint>) -> an
     let mut counts: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
     for trial in &sweep.trials {
         let dir = sweep.trial_dir(trial);
-        if !dir.exists() {
+        // (A link to a missing folder is in the way: the check below says so.)
+        if fs::symlink_metadata(&dir).is_err() {
             continue;
         }
         let status = TrialStatus::read(&dir);
