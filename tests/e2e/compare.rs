@@ -118,6 +118,15 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
         all.contains("error: notes is not a run folder: it has no config.toml and no checkpoint"),
         "{all}"
     );
+    // A checkpoint (which export, embed and eval take) is named as one, with its run.
+    let out = byol_run(dir.path(), &["compare", "runs/slow/checkpoints/last"]);
+    assert!(
+        out.status.code() == Some(1)
+            && text(&out)
+                .contains("runs/slow/checkpoints/last is a checkpoint, not a run folder: compare its run, runs/slow"),
+        "{}",
+        text(&out)
+    );
     // A run folder that lost its config.toml is compared from its checkpoint, as a resume
     // reads it.
     let copy = dir.path().join("copy");

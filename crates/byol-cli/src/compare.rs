@@ -50,11 +50,21 @@ impl Run {
             None => {
                 let config_path = dir.join(CONFIG_FILE);
                 let text = fs::read_to_string(&config_path).map_err(|_| {
-                    anyhow::anyhow!(
-                        "{} is not a run folder: it has no {CONFIG_FILE} and no checkpoint (byol-run train writes \
-                         one into every run folder it trains; a sweep's runs are its trial-NNN folders)",
-                        dir.display()
-                    )
+                    // A checkpoint's folder (export, embed and eval take one): its run is above it.
+                    let manifest = dir.join(byol_train::checkpoint::MANIFEST_FILE);
+                    let run = dir.parent().and_then(Path::parent).filter(|_| manifest.is_file());
+                    match run {
+                        Some(run) => anyhow::anyhow!(
+                            "{} is a checkpoint, not a run folder: compare its run, {}",
+                            dir.display(),
+                            run.display()
+                        ),
+                        None => anyhow::anyhow!(
+                            "{} is not a run folder: it has no {CONFIG_FILE} and no checkpoint (byol-run train \
+                             writes one into every run folder it trains; a sweep's runs are its trial-NNN folders)",
+                            dir.display()
+                        ),
+                    }
                 })?;
                 if !byol_train::run_dir::is_run_folder(dir) {
                     bail!(
