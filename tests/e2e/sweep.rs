@@ -292,6 +292,22 @@ fn a_plain_run_of_a_sweep_file_points_to_byol_run_sweep_and_validate_checks_ever
         "{all}"
     );
     assert!(!dir.path().join("runs").exists(), "nothing ran: {all}");
+    // A swept value out of range: named once, where it was set, in its file.
+    std::fs::write(
+        dir.path().join("range.toml"),
+        TINY_SWEEP.replace("[0.2, 0.8]", "[0.2, -1.0]"),
+    )
+    .unwrap();
+    let out = byol_run(dir.path(), &["validate", "range.toml"]);
+    let all = text(&out);
+    assert!(
+        out.status.code() == Some(1)
+            && all.contains(
+                "error: in sweep file range.toml: sweep.parameters.\"optimizer.lr\" = -1.0 (trial-002): optimizer.lr \
+                 = -1 is out of range"
+            ),
+        "{all}"
+    );
 }
 
 #[test]

@@ -147,9 +147,12 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
 /// what a start (with `--fresh`, or not) would do with the sweep's folder is said.
 pub fn validate(args: &ExperimentArgs, fresh: bool) -> anyhow::Result<()> {
     let sweep = load(args)?;
+    let file = args.experiment.as_ref().expect("required");
     for trial in &sweep.trials {
-        let in_trial = || format!("{} ({})", trial.id(), trial.describe());
-        sweep.experiment(trial, None)?.validate().with_context(in_trial)?;
+        sweep
+            .experiment(trial, None)?
+            .validate()
+            .map_err(|e| trial.named_in(e).context(format!("in sweep file {}", file.display())))?;
     }
     let trials: Vec<&Trial> = sweep.trials.iter().collect();
     check_builds(&sweep, &trials)?;

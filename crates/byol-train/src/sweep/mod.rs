@@ -206,6 +206,15 @@ impl Trial {
         format!("trial-{:03}", self.number)
     }
 
+    /// `error` about this trial's experiment, with the trial and its values named, unless it
+    /// names them already (a swept value is named where it was set, with its trial).
+    pub fn named_in(&self, error: anyhow::Error) -> anyhow::Error {
+        match format!("{error:#}").contains(&format!("({})", self.id())) {
+            true => error,
+            false => error.context(format!("{} ({})", self.id(), self.describe())),
+        }
+    }
+
     /// `key=value` assignments in `--set` syntax.
     pub fn overrides(&self) -> Vec<String> {
         self.values.iter().map(|(k, v)| format!("{k}={v}")).collect()
@@ -366,27 +375,22 @@ impl Sweep {
             base,
             overrides: overrides.to_vec(),
         };
+        prune::check_settings(sweep.config.prune, sweep.config.prune_after, sweep.config.metric)?;
         // The first trial and its epochs, to compare the others' with.
         let mut first_trial: Option<(String, u64)> = None;
         // Each trial's experiment, but for the run's name, to find trials that repeat another.
         let mut trained = Vec::new();
         for trial in &sweep.trials {
             let in_trial = || format!("{} ({})", trial.id(), trial.describe());
-            let experiment = sweep.experiment(trial, None).with_context(in_trial)?;
+            let experiment = sweep.experiment(trial, None).map_err(|e| trial.named_in(e))?;
             let mut unnamed: toml::Table = toml::from_str(&experiment.to_toml()?)?;
             if let Some(toml::Value::Table(run)) = unnamed.get_mut("run") {
                 run.remove("name");
             }
             trained.push(unnamed);
             let epochs = experiment.schedule.epochs;
-            prune::check(
-                sweep.config.prune,
-                sweep.config.prune_after,
-                sweep.config.metric,
-                experiment.eval.curve_epochs(epochs).len(),
-                epochs,
-            )
-            .with_context(in_trial)?;
+            prune::check(sweep.config.prune, experiment.eval.curve_epochs(epochs).len(), epochs)
+                .with_context(in_trial)?;
             let (first, first_epochs) = first_trial.get_or_insert_with(|| (trial.id(), epochs)).clone();
             if sweep.config.prune == Prune::Median && epochs != first_epochs {
                 // Epoch 5 of 10 (the learning rate annealed halfway) against epoch 5 of 100.

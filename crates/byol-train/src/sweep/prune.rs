@@ -150,15 +150,8 @@ impl Pruner {
     }
 }
 
-/// Checks the `[sweep]` keys of pruning against the metric; `evaluations_during` is the number of
-/// kNN evaluations of the first trial before its last epoch, and `epochs` its length.
-pub(super) fn check(
-    prune: Prune,
-    prune_after: Option<usize>,
-    metric: Metric,
-    evaluations_during: usize,
-    epochs: u64,
-) -> anyhow::Result<()> {
+/// Checks the `[sweep]` keys of pruning against the metric, whatever the trials.
+pub(super) fn check_settings(prune: Prune, prune_after: Option<usize>, metric: Metric) -> anyhow::Result<()> {
     match prune {
         Prune::None if prune_after.is_some() => {
             bail!(
@@ -177,6 +170,17 @@ pub(super) fn check(
                     metric.name()
                 );
             }
+            Ok(())
+        }
+    }
+}
+
+/// Checks pruning against a trial (after [`check_settings`]): `evaluations_during` is the number
+/// of its kNN evaluations before its last epoch, and `epochs` its length.
+pub(super) fn check(prune: Prune, evaluations_during: usize, epochs: u64) -> anyhow::Result<()> {
+    match prune {
+        Prune::None => Ok(()),
+        Prune::Median => {
             if evaluations_during == 0 {
                 bail!(
                     "sweep.prune = \"median\" needs kNN evaluations during training, and the trials have none \
@@ -292,18 +296,18 @@ mod tests {
 
     #[test]
     fn pruning_keys_are_checked() {
-        let error = |prune, after, metric, evaluations| {
-            format!("{:#}", check(prune, after, metric, evaluations, 4).unwrap_err())
-        };
-        assert!(error(Prune::None, Some(2), Metric::KnnTop1, 1).contains("prune = \"median\""));
-        assert!(error(Prune::Median, Some(0), Metric::KnnTop1, 1).contains("prune_after = 0"));
-        assert!(error(Prune::Median, None, Metric::TrainSeconds, 1).contains("train_seconds"));
-        let none = error(Prune::Median, None, Metric::KnnTop1, 0);
+        let error = |prune, after, metric| format!("{:#}", check_settings(prune, after, metric).unwrap_err());
+        assert!(error(Prune::None, Some(2), Metric::KnnTop1).contains("prune = \"median\""));
+        assert!(error(Prune::Median, Some(0), Metric::KnnTop1).contains("prune_after = 0"));
+        assert!(error(Prune::Median, None, Metric::TrainSeconds).contains("train_seconds"));
+        check_settings(Prune::Median, None, Metric::KnnTop1).unwrap();
+        let none = format!("{:#}", check(Prune::Median, 0, 4).unwrap_err());
         assert!(
             none.contains("eval.every_epochs") && none.contains("eval.curve_points"),
             "{none}"
         );
-        check(Prune::Median, None, Metric::KnnTop1, 1, 4).unwrap();
-        check(Prune::None, None, Metric::TrainSeconds, 0, 4).unwrap();
+        check(Prune::Median, 1, 4).unwrap();
+        check_settings(Prune::None, None, Metric::TrainSeconds).unwrap();
+        check(Prune::None, 0, 4).unwrap();
     }
 }
