@@ -110,6 +110,14 @@ fn eval_on_a_run_folder_uses_its_newest_checkpoint_and_its_knn_settings() {
     assert_eq!(linear["sweep"].as_array().unwrap().len(), 4, "{linear}");
     assert!(all.contains("chosen on the validation split"), "{all}");
     assert!(linear["top5"].is_null(), "{linear}");
+    assert!(!all.contains("the validation split is"), "{all}");
+    // Two images per class: one of each held out is half of them, said.
+    let (linear, all) = eval(dir.path(), "linear", &["--epochs", "2", "--limit-per-class", "2"]);
+    assert_eq!(linear["validation_size"], 3, "{linear}");
+    assert!(
+        all.contains("warning: the validation split is 50% of the training images, not 10%"),
+        "{all}"
+    );
 
     // One lr is no grid: nothing lies beyond it.
     let (_, all) = eval(dir.path(), "linear", &["--epochs", "2", "--lrs", "0.1"]);

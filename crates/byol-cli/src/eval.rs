@@ -304,6 +304,17 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
         result.chosen_lr,
         result.validation_size + result.sweep_train_size,
     );
+    // Few images per class: the one held out of each is far more than the fraction.
+    let held_out = result.validation_size as f64 / (result.validation_size + result.sweep_train_size).max(1) as f64;
+    if held_out > 2.0 * VALIDATION_FRACTION {
+        byol::eprint_line!(
+            "warning: the validation split is {:.0}% of the training images, not {:.0}%: with this few images per \
+             class, one of each is held out, and the lr is chosen on a classifier trained on the {} left",
+            held_out * 100.0,
+            VALIDATION_FRACTION * 100.0,
+            result.sweep_train_size
+        );
+    }
     if let Some(edge) = edge_of_grid(&result.sweep) {
         byol::eprint_line!(
             "warning: the chosen lr {} is the {edge} tried: a better one may lie beyond it; give --lrs \
