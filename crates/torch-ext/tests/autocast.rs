@@ -38,7 +38,10 @@ fn bf16_autocast_matches_pytorch_and_restores_the_previous_state() {
         let theirs = &reference[name];
         let excess = (ours.to_kind(Kind::Float) - theirs).abs() - theirs.abs() * 2f64.powi(-7);
         let worst = excess.max().double_value(&[]);
-        assert!(worst <= 0.0, "{name} is more than one bf16 rounding from PyTorch's (by {worst:e})");
+        assert!(
+            worst <= 0.0,
+            "{name} is more than one bf16 rounding from PyTorch's (by {worst:e})"
+        );
     }
     assert!(sum.double_value(&[]).is_finite());
 }
