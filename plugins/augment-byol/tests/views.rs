@@ -290,3 +290,71 @@ fn the_evaluation_view_crops_the_presets_share_of_the_centre() {
         assert!(whole.equal(&centre), "{text}: not the central {views} px of {resize}");
     }
 }
+
+/// The blur against `torchvision.transforms.v2.GaussianBlur` with the paper's sigma range: on
+/// white noise, a blur's strength shows as the share of the variance it keeps (the sum of the
+/// squared kernel weights, falling with sigma), so the shares of view 1 (always blurred) and of
+/// torchvision's transform, applied to the same images, are two samples of one distribution when
+/// the kernel side, sigma's range and its per-sample draw are the same (a two-sample
+/// Kolmogorov-Smirnov test, failing by chance with probability 1e-6). View 2 blurs a tenth of
+/// its samples. From a seed of each run's own (`BLUR_SEED` replays ours).
+#[test]
+fn the_blur_draws_sigma_as_torchvisions_gaussian_blur_and_view_2_blurs_a_tenth() {
+    const N: i64 = 2_000;
+    const SIZE: i64 = 64;
+    let aug = augment(&format!(
+        "preset = \"imagenet\"\nimage_size = {SIZE}\nmean = [0.0, 0.0, 0.0]\nstd = [1.0, 1.0, 1.0]\n\
+         [view1]\ncrop_scale = [1.0, 1.0]\ncrop_ratio = [1.0, 1.0]\nflip_p = 0.0\njitter_p = 0.0\n\
+         grayscale_p = 0.0\nsolarize_p = 0.0\n\
+         [view2]\ncrop_scale = [1.0, 1.0]\ncrop_ratio = [1.0, 1.0]\nflip_p = 0.0\njitter_p = 0.0\n\
+         grayscale_p = 0.0\nsolarize_p = 0.0\n"
+    ));
+    assert_eq!((aug.view1.blur_p, aug.view2.blur_p), (1.0, 0.1));
+    assert_eq!(aug.view1.blur_sigma, (0.1, 2.0));
+    let kernel = aug.view1.blur_kernel(SIZE);
+    let seed = byol_testkit::fresh_seed("BLUR_SEED");
+    let replay = format!("seed {seed} (BLUR_SEED={seed} replays it)");
+    let (x, (v1, v2)) = {
+        let _rng = seeded(seed);
+        let x = Tensor::randint(256, [N, 3, SIZE, SIZE], (Kind::Uint8, Device::Cpu));
+        let views = aug.two_views(&x);
+        (x, views)
+    };
+    let plain = unit(&x);
+    let kept = |views: &Tensor| {
+        let variance = |t: &Tensor| t.view([N, -1]).var_dim([1i64].as_slice(), false, false);
+        variance(views) / variance(&plain)
+    };
+    let reference = byol_testkit::run_python(
+        &format!(
+            "import math\nimport numpy as np\nfrom torchvision.transforms import v2\n\
+             torch.manual_seed({})\n\
+             blur = v2.GaussianBlur(kernel_size={kernel}, sigma=(0.1, 2.0))\n\
+             x = inputs['x']\n\
+             blurred = torch.stack([blur(image) for image in x])\n\
+             var = lambda t: t.flatten(1).var(1, unbiased=False)\n\
+             theirs = (var(blurred) / var(x)).double().numpy()\n\
+             ours = inputs['kept'].double().numpy()\n\
+             both = np.concatenate([np.sort(ours), np.sort(theirs)])\n\
+             cdf = lambda s: np.searchsorted(np.sort(s), both, side='right') / len(s)\n\
+             outputs['d'] = torch.tensor(float(np.abs(cdf(ours) - cdf(theirs)).max()))\n\
+             outputs['critical'] = torch.tensor(math.sqrt(-math.log(1e-6 / 2) / 2) * math.sqrt(2 / len(ours)))\n",
+            seed.wrapping_add(1)
+        ),
+        &[("x", &plain), ("kept", &kept(&v1))],
+    );
+    let (d, critical) = (
+        reference["d"].double_value(&[]),
+        reference["critical"].double_value(&[]),
+    );
+    assert!(
+        d <= critical,
+        "{replay}: view 1's blur keeps another share of the variance than torchvision's GaussianBlur \
+         (kernel {kernel}, sigma in [0.1, 2]): KS statistic {d:.4} > {critical:.4}"
+    );
+    let blurred = per_sample_equal(&v2, &plain, 1e-6)
+        .iter()
+        .filter(|&&same| !same)
+        .count();
+    assert_frequency("view 2 blurred", blurred, N as usize, 0.1);
+}
