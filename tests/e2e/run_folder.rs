@@ -252,7 +252,8 @@ fn a_changed_experiment_is_refused_with_a_diff_unless_allowed_or_fresh() {
     assert_eq!(config_value(&run_dir, "schedule", "epochs").as_integer(), Some(3));
     // Not allowed, the refusal of the changed key says so, and advises no --allow-change that
     // would be refused next; validate says the same beforehand.
-    let refusal = "--allow-change alone cannot continue it: r has trained 48 steps, more than the 32";
+    let refusal =
+        "allowing the changes (--allow-change) does not continue it: r has trained 48 steps, more than the 32";
     let out = run(dir.path(), "r", &shorter[..2]);
     let all = text(&out);
     assert!(
@@ -1463,7 +1464,9 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     let all = validate(&larger_batch[..4]);
     assert!(
         all.contains("schedule.batch_size: 32 -> 64")
-            && all.contains("--allow-change alone cannot continue it: r has trained 48 steps, more than the 24")
+            && all.contains(
+                "allowing the changes (--allow-change) does not continue it: r has trained 48 steps, more than the 24"
+            )
             && !all.contains("--allow-change schedule"),
         "{all}"
     );
@@ -1512,7 +1515,7 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     let wider = ["--run-dir", "r", "--set", "backbone.width=8"];
     let out = run(d, "r", &wider[2..]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let refusal = "--allow-change alone cannot continue it: resuming from r/checkpoints/step-000000048: checkpoint's \
+    let refusal = "allowing the changes (--allow-change) does not continue it: resuming from r/checkpoints/step-000000048: checkpoint's \
                    'online.backbone.bn1.bias' has shape [4], the model's [8]";
     assert!(text(&out).contains(refusal), "{}", text(&out));
     assert!(!text(&out).contains("add --allow-change"), "{}", text(&out));
@@ -1541,7 +1544,7 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("was trained on other data")
-            && text(&out).contains("--allow-change alone cannot continue it"),
+            && text(&out).contains("allowing the changes (--allow-change) does not continue it"),
         "{}",
         text(&out)
     );

@@ -52,7 +52,17 @@ impl Run {
                 let text = fs::read_to_string(&config_path).map_err(|_| {
                     // A checkpoint's folder (export, embed and eval take one): its run is above it.
                     let manifest = dir.join(byol_train::checkpoint::MANIFEST_FILE);
-                    let run = dir.parent().and_then(Path::parent).filter(|_| manifest.is_file());
+                    let run = dir
+                        .parent()
+                        .and_then(Path::parent)
+                        .filter(|_| manifest.is_file())
+                        .map(|run| {
+                            if run.as_os_str().is_empty() {
+                                Path::new(".")
+                            } else {
+                                run
+                            }
+                        });
                     match run {
                         Some(run) => anyhow::anyhow!(
                             "{} is a checkpoint, not a run folder: compare its run, {}",

@@ -306,7 +306,10 @@ fn unknown_command(first: Option<String>) -> Option<String> {
 fn a_second_experiment(error: &clap::Error) -> Option<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     use clap::CommandFactory;
-    let command = std::env::args().nth(1).unwrap_or_default();
+    let command = std::env::args_os()
+        .nth(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let runs_an_experiment = !Cli::command().get_subcommands().any(|c| c.get_name() == command)
         || ["train", "validate"].contains(&command.as_str());
     if !runs_an_experiment || !matches!(error.kind(), ErrorKind::ArgumentConflict | ErrorKind::UnknownArgument) {
@@ -390,7 +393,9 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
         .with_context(|| format!("in experiment file {}: its data", path.display()))?;
     let folder = check_run_folder(args, &experiment, &model, (&listed, steps_per_epoch))?;
     say!("{} is valid: experiment '{}'", path.display(), experiment.name());
-    for note in experiment.notes().into_iter().chain(data.notes).chain(folder.notes) {
+    let pretrained_notes = model.byol.pretrained_notes().to_vec();
+    let notes = experiment.notes().into_iter().chain(pretrained_notes);
+    for note in notes.chain(data.notes).chain(folder.notes) {
         say!("note: {note}");
     }
     let warnings = experiment.warnings().into_iter().chain(backbone_warnings);

@@ -12,9 +12,11 @@ use tch::{Kind, Tensor};
 
 /// Two float32 evaluations of the same function round the same operations, at most in another
 /// order: their errors against the exact result are of the same size, and one 4 times the other
-/// is far outside what another summation order gives. (Where a ReLU's input is within rounding
-/// of zero, both see it within rounding of the other's, so the kinks they cross are the same but
-/// for a vanishing share.)
+/// is far outside what another summation order gives. This holds for one pass through ReLUs
+/// while both evaluate the same kernels up to each of them (as ours and PyTorch's do: libtorch's
+/// own), so that they cross the same kinks; after a training step, weights a rounding apart may
+/// put a ReLU input on either side of zero and change a gradient entry by its whole size, so a
+/// comparison after several steps needs another bound.
 pub const ROUNDING_RATIO: f64 = 4.0;
 
 /// The floor, in float32 units in the last place of the largest value compared: a few dozen

@@ -63,27 +63,32 @@ pub struct TrainingRecord {
     /// None in checkpoints from before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<usize>,
-    /// The kNN curve's evaluations during training up to here, and the seconds they took (part
-    /// of `train_seconds`), summed over the starts like it (an evaluation after a start's last
-    /// checkpoint is as lost as its seconds; 0 in checkpoints from before they were kept).
-    #[serde(default)]
-    pub curve_evaluations: u64,
-    #[serde(default)]
-    pub curve_seconds: f64,
+    /// The kNN curve's evaluations during training from step `timed_from_step` to here, and the
+    /// seconds they took (part of `train_seconds`), summed over the starts like it (an
+    /// evaluation after a start's last checkpoint is as lost as its seconds). None in
+    /// checkpoints from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<CurveCost>,
+}
+
+/// What the kNN curve's evaluations during training cost: how many, and their seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CurveCost {
+    pub evaluations: u64,
+    pub seconds: f64,
 }
 
 impl TrainingRecord {
     /// What a run that resumes at `step` from a checkpoint with this record carries on: the
-    /// record, or for a checkpoint without one (an earlier version's), the loss alone, with
-    /// training time counted from `step`.
+    /// record, or for a checkpoint without its timing (an earlier version's), the loss alone,
+    /// with training time and the curve's cost counted from `step`, alike.
     pub fn resumed_at(self, step: u64) -> Self {
-        match self.timed_from_step {
-            Some(_) => self,
-            None => Self {
+        match (self.timed_from_step, self.curve) {
+            (Some(_), Some(_)) => self,
+            _ => Self {
                 train_seconds: 0.0,
                 timed_from_step: Some(step),
-                curve_evaluations: 0,
-                curve_seconds: 0.0,
+                curve: Some(CurveCost::default()),
                 ..self
             },
         }
@@ -921,8 +926,8 @@ mod tests {
         assert_eq!(checkpoints.list(), [third]);
     }
 
-    /// A checkpoint of an earlier version has no record: the time of a run resumed from it is
-    /// counted from there, and that starting step is kept through later resumes, so that its
+    /// A checkpoint of an earlier version has no record (or no curve cost in it): the time of a
+    /// run resumed from it is counted from there, and that starting step is kept through later resumes, so that its
     /// images per second divide the steps its seconds cover.
     #[test]
     fn training_time_counts_from_the_first_step_it_covers() {
@@ -938,6 +943,15 @@ mod tests {
         assert_eq!(again.resumed_at(60), saved, "{json}");
         let fresh = TrainingRecord::default().resumed_at(0);
         assert_eq!(fresh.timed_from_step, Some(0));
+        // One with the training time but not the curve's cost (kept since): both count from
+        // the resume, so that the curve's share is of the time it is counted against.
+        let without_curve: TrainingRecord =
+            serde_json::from_str(r#"{"train_seconds": 9.0, "timed_from_step": 0}"#).unwrap();
+        let resumed = without_curve.resumed_at(40);
+        assert_eq!(
+            (resumed.train_seconds, resumed.timed_from_step, resumed.curve),
+            (0.0, Some(40), Some(CurveCost::default()))
+        );
     }
 
     /// A checkpoint file that cannot be read (here a link that loops, as root reads through any

@@ -812,7 +812,7 @@ impl std::fmt::Display for OtherExperiment {
             diff.join("\n"),
         )?;
         if let Some(why) = &self.cannot_continue {
-            return write!(f, "--allow-change alone cannot continue it: {why}");
+            return write!(f, "allowing the changes (--allow-change) does not continue it: {why}");
         }
         let flags: Vec<String> = self
             .refused

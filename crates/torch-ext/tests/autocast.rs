@@ -7,6 +7,8 @@ use torch_ext::autocast::{autocast, state};
 
 #[test]
 fn bf16_autocast_matches_pytorch_and_restores_the_previous_state() {
+    // One thread, as the Python side: the kernels split their sums alike.
+    tch::set_num_threads(1);
     let x = Tensor::randn([4, 3, 9, 9], (Kind::Float, Device::Cpu));
     let w = Tensor::randn([5, 3, 3, 3], (Kind::Float, Device::Cpu));
     let l = Tensor::randn([7, 5], (Kind::Float, Device::Cpu));
@@ -33,10 +35,13 @@ fn bf16_autocast_matches_pytorch_and_restores_the_previous_state() {
     );
     assert_eq!(reference["dtype"].int64_value(&[]), 1);
     // Same libtorch, same kernels: each value at most one bf16 rounding from PyTorch's, elementwise
-    // (8 significant bits: one unit in the last place is at most 2^-7 of the value).
+    // (8 significant bits: one unit in the last place is at most 2^-7 of the value), plus 2^-15 of
+    // the largest value for values near zero, where terms cancel and another order of the sum
+    // would no longer be small against the value.
     for (name, ours) in [("conv", &conv), ("linear", &linear)] {
         let theirs = &reference[name];
-        let excess = (ours.to_kind(Kind::Float) - theirs).abs() - theirs.abs() * 2f64.powi(-7);
+        let floor = theirs.abs().max().double_value(&[]) * 2f64.powi(-15);
+        let excess = (ours.to_kind(Kind::Float) - theirs).abs() - theirs.abs() * 2f64.powi(-7) - floor;
         let worst = excess.max().double_value(&[]);
         assert!(
             worst <= 0.0,

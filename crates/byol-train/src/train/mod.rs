@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use byol_data::Batch;
 
+use crate::checkpoint::CurveCost;
 use crate::distributed::DataParallel;
 use crate::knn::KnnAccuracy;
 use crate::run_dir;
@@ -228,7 +229,10 @@ fn train_started(
     let train_seconds = t.train_seconds();
     let checkpoint = t.save(step, journal.final_loss)?;
     let Progress { interrupted, pruned } = progress;
-    let (curve_evaluations, curve_seconds) = t.curve_cost();
+    let CurveCost {
+        evaluations: curve_evaluations,
+        seconds: curve_seconds,
+    } = t.curve_cost();
     announce_early_stop(&journal, step, &checkpoint, interrupted, pruned.as_ref());
     let stopped_early = interrupted || pruned.is_some();
     let measured = final_evaluation_measured(t, run_dir, step, &options.allow_change);

@@ -571,7 +571,7 @@ fn check_dataset(
             true => String::new(),
             false => format!("The experiment differs from the run's besides:\n{}\n", diff.join("\n")),
         };
-        bail!("{refused}\n{besides}--allow-change alone cannot continue it: {why}");
+        bail!("{refused}\n{besides}allowing the changes (--allow-change) does not continue it: {why}");
     }
     let keys_too = match also_changed {
         [] => String::new(),

@@ -8,7 +8,7 @@ use tch::{Device, Tensor};
 use byol::{Augment, BuildContext};
 use byol_data::{BatchLoader, Splits};
 
-use crate::checkpoint::{self, Checkpointer, Manifest, TrainingRecord};
+use crate::checkpoint::{self, Checkpointer, CurveCost, Manifest, TrainingRecord};
 use crate::distributed::{DataParallel, OverlappedGradients};
 use crate::optimizer::Optimizer;
 use crate::run_dir;
@@ -352,12 +352,13 @@ impl<'a> Trainer<'a> {
     }
 
     /// The kNN curve's evaluations during training and their seconds: the steps before the
-    /// resume's, and this process's.
-    pub fn curve_cost(&self) -> (u64, f64) {
-        (
-            self.carried.curve_evaluations + self.curve_here.0,
-            self.carried.curve_seconds + self.curve_here.1,
-        )
+    /// resume's (from the step `train_seconds` counts from), and this process's.
+    pub fn curve_cost(&self) -> CurveCost {
+        let before = self.carried.curve.unwrap_or_default();
+        CurveCost {
+            evaluations: before.evaluations + self.curve_here.0,
+            seconds: before.seconds + self.curve_here.1,
+        }
     }
 
     /// Images trained per second up to `step`, over the steps that `train_seconds` covers.
@@ -393,8 +394,7 @@ impl<'a> Trainer<'a> {
                 train_seconds: self.train_seconds(),
                 timed_from_step: self.carried.timed_from_step,
                 processes: Some(self.processes()),
-                curve_evaluations: self.curve_cost().0,
-                curve_seconds: self.curve_cost().1,
+                curve: Some(self.curve_cost()),
             };
             self.in_place(|| {
                 state::save_checkpoint(
