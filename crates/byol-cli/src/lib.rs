@@ -478,10 +478,13 @@ fn check_run_folder(
     let cannot_continue = |checkpoint: &Path, manifest: &byol_train::checkpoint::Manifest| -> Option<String> {
         let known = checked.borrow().get(checkpoint).cloned();
         known.unwrap_or_else(|| {
-            let why = byol_train::train::state::misfit_of_checkpoint(experiment, checkpoint, manifest, Some(model))
-                .or_else(|| {
-                    length.and_then(|length| byol_train::train::state::shortened_below_trained(&dir, manifest, length))
-                });
+            let why = byol_train::train::state::cannot_continue(
+                experiment,
+                &dir,
+                (checkpoint, manifest),
+                Some(model),
+                length,
+            );
             checked.borrow_mut().insert(checkpoint.to_path_buf(), why.clone());
             why
         })

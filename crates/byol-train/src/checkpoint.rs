@@ -927,8 +927,8 @@ mod tests {
     }
 
     /// A checkpoint of an earlier version has no record (or no curve cost in it): the time of a
-    /// run resumed from it is counted from there, and that starting step is kept through later resumes, so that its
-    /// images per second divide the steps its seconds cover.
+    /// run resumed from it is counted from there, and that starting step is kept through later
+    /// resumes, so that its images per second divide the steps its seconds cover.
     #[test]
     fn training_time_counts_from_the_first_step_it_covers() {
         let old: TrainingRecord = serde_json::from_str("{}").unwrap();

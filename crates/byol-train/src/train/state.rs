@@ -399,8 +399,7 @@ impl RunStart {
     /// is the same (`fingerprint`). Only `main` says what it finds and changes anything: the
     /// other processes of a job, and `validate`, only read. A refusal of other keys tells whether
     /// `--allow-change` could continue the run at all: `cannot_continue` says why a checkpoint
-    /// cannot go on whatever is allowed (weights that fit no network built now,
-    /// [`misfit_of_checkpoint`]; a run shorter than it trained, [`shortened_below_trained`]).
+    /// cannot go on whatever is allowed ([`cannot_continue`]).
     pub fn find(
         run_dir: &Path,
         checkpointer: &Checkpointer,
@@ -829,6 +828,21 @@ pub fn save_checkpoint(
         record,
     };
     checkpointer.save(&state.model.state(), &optimizer_state, &sources.files, manifest)
+}
+
+/// Why allowing the changed keys cannot continue the run in `run_dir` from checkpoint `dir`: its
+/// weights fit no network of `experiment` ([`misfit_of_checkpoint`], `built` as there), or the
+/// run would be shorter than it has trained with an experiment of `length`
+/// ([`shortened_below_trained`]; not checked where the length is not known).
+pub fn cannot_continue(
+    experiment: &Experiment,
+    run_dir: &Path,
+    (dir, manifest): (&Path, &Manifest),
+    built: Option<&Model>,
+    length: Option<(u64, u64, u64)>,
+) -> Option<String> {
+    misfit_of_checkpoint(experiment, dir, manifest, built)
+        .or_else(|| length.and_then(|length| shortened_below_trained(run_dir, manifest, length)))
 }
 
 /// Why the weights of checkpoint `dir` fit none of the BYOL networks that a resume of

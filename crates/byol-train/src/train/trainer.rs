@@ -49,7 +49,7 @@ pub struct Trainer<'a> {
     clock: Option<std::time::Instant>,
     /// The kNN curve's evaluations during training in this process, and their seconds
     /// ([`Trainer::count_curve_evaluation`]).
-    curve_here: (u64, f64),
+    curve_here: CurveCost,
     checkpointer: Checkpointer,
     /// The run folder's lock, held by the process that writes into it (see [`Trainer::save`]).
     pub owner: Option<run_dir::FolderLock>,
@@ -79,18 +79,17 @@ fn check_not_past_the_end(
     plan: &Plan,
     manifest: Option<&Manifest>,
 ) -> anyhow::Result<()> {
-    let refusal = manifest.and_then(|manifest| shortened(run_dir, experiment, plan, manifest));
+    let refusal =
+        manifest.and_then(|manifest| state::shortened_below_trained(run_dir, manifest, length(experiment, plan)));
     match refusal {
         Some(refusal) => bail!("{refusal}"),
         None => Ok(()),
     }
 }
 
-/// Why a resume of `experiment` from the checkpoint `manifest` describes would be shorter than
-/// what the run has trained ([`state::shortened_below_trained`]).
-fn shortened(run_dir: &Path, experiment: &Experiment, plan: &Plan, manifest: &Manifest) -> Option<String> {
-    let length = (plan.total_steps, experiment.schedule.epochs, plan.steps_per_epoch);
-    state::shortened_below_trained(run_dir, manifest, length)
+/// `(total steps, epochs, steps per epoch)` of `experiment` planned as `plan`.
+fn length(experiment: &Experiment, plan: &Plan) -> (u64, u64, u64) {
+    (plan.total_steps, experiment.schedule.epochs, plan.steps_per_epoch)
 }
 
 /// Says when the run goes on with another length than its checkpoint was saved in (more epochs,
@@ -163,11 +162,14 @@ impl<'a> Trainer<'a> {
         }
         let config_toml = experiment.to_toml()?;
         let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
-        // What no --allow-change continues: weights that fit no network built now, or fewer steps
-        // than the run has trained.
         let cannot_continue = |dir: &Path, manifest: &Manifest| {
-            state::misfit_of_checkpoint(experiment, dir, manifest, None)
-                .or_else(|| shortened(run_dir, experiment, &plan, manifest))
+            state::cannot_continue(
+                experiment,
+                run_dir,
+                (dir, manifest),
+                None,
+                Some(length(experiment, &plan)),
+            )
         };
         let find = || {
             RunStart::find(
@@ -279,7 +281,7 @@ impl<'a> Trainer<'a> {
                 .map_or(TrainingRecord::default(), |(_, m)| m.record)
                 .resumed_at(start.step().unwrap_or(0)),
             clock: None,
-            curve_here: (0, 0.0),
+            curve_here: CurveCost::default(),
             checkpointer,
             owner: None,
             config_toml,
@@ -347,8 +349,8 @@ impl<'a> Trainer<'a> {
 
     /// Counts an evaluation of the kNN curve during training that took `seconds`.
     pub fn count_curve_evaluation(&mut self, seconds: f64) {
-        self.curve_here.0 += 1;
-        self.curve_here.1 += seconds;
+        self.curve_here.evaluations += 1;
+        self.curve_here.seconds += seconds;
     }
 
     /// The kNN curve's evaluations during training and their seconds: the steps before the
@@ -356,8 +358,8 @@ impl<'a> Trainer<'a> {
     pub fn curve_cost(&self) -> CurveCost {
         let before = self.carried.curve.unwrap_or_default();
         CurveCost {
-            evaluations: before.evaluations + self.curve_here.0,
-            seconds: before.seconds + self.curve_here.1,
+            evaluations: before.evaluations + self.curve_here.evaluations,
+            seconds: before.seconds + self.curve_here.seconds,
         }
     }
 
