@@ -2,7 +2,9 @@
 //! torch and get tensors back, through safetensors files in a temporary folder. And
 //! [`conformance`]: the checks every backbone plugin runs (`check_backbone(&spec, 32)`). And
 //! [`keys`]: which keys a configuration parser accepts, to hold examples to them. And the
-//! tiny experiment the training tests start from ([`fixtures`]). And the
+//! tiny experiment the training tests start from ([`fixtures`]). And the bounds tests hold
+//! results to: float32 rounding against PyTorch's float64 ([`rounding`]), two-sample and
+//! frequency tests of random draws ([`stats`]). And the
 //! shared CIFAR-10 JPEGs ([`cifar10_jpeg`]; a test that needs them is skipped where they are
 //! absent, and fails instead when `CI=true`).
 
@@ -11,6 +13,7 @@ pub mod fixtures;
 pub mod keys;
 pub mod optimizer;
 pub mod rounding;
+pub mod stats;
 
 pub use conformance::check_backbone;
 
