@@ -115,12 +115,55 @@ pub fn validation_split(labels: &Tensor, classes: i64, seed: i64) -> anyhow::Res
     Ok((Tensor::from_slice(&validation), Tensor::from_slice(&rest)))
 }
 
-/// A linear classifier trained on (features, labels) with SGD, Nesterov 0.9, no weight decay
-/// and a cosine lr from `lr` to 0; batches are drawn from `seed`.
-fn train_classifier(features: &Tensor, labels: &Tensor, classes: i64, epochs: usize, lr: f64, seed: i64) -> nn::Linear {
-    tch::manual_seed(seed);
+/// What training a classifier draws from its seed: the initial weights (`nn::linear`'s, as
+/// PyTorch's `nn.Linear` draws them: uniform within `1 / sqrt(inputs)`) and each epoch's order of
+/// the samples.
+pub struct ClassifierDraws {
+    /// `[classes, inputs]` and `[classes]`.
+    pub weight: Tensor,
+    pub bias: Tensor,
+    /// One permutation of the sample indices per epoch.
+    pub orders: Vec<Tensor>,
+}
+
+impl ClassifierDraws {
+    pub fn new(samples: i64, inputs: i64, classes: i64, epochs: usize, seed: i64, device: Device) -> Self {
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(device);
+        let initial = nn::linear(vs.root(), inputs, classes, Default::default());
+        let orders = (0..epochs)
+            .map(|_| Tensor::randperm(samples, (Kind::Int64, device)))
+            .collect();
+        Self {
+            weight: initial.ws.detach(),
+            bias: initial.bs.expect("nn::linear has a bias by default").detach(),
+            orders,
+        }
+    }
+}
+
+/// Samples per step of [`train_classifier`] (fewer when there are fewer samples).
+pub const CLASSIFIER_BATCH: i64 = 256;
+
+/// A linear classifier trained on (features, labels) from `draws` with SGD, Nesterov momentum
+/// 0.9, no weight decay and a cosine lr from `lr` to 0 over all steps, in batches of
+/// [`CLASSIFIER_BATCH`] in each epoch's order (the last batch of an epoch may be smaller).
+pub fn train_classifier(features: &Tensor, labels: &Tensor, draws: &ClassifierDraws, lr: f64) -> nn::Linear {
     let vs = nn::VarStore::new(features.device());
-    let classifier = nn::linear(vs.root(), features.size()[1], classes, Default::default());
+    let (classes, inputs) = (draws.weight.size()[0], draws.weight.size()[1]);
+    // Zeros, overwritten by the drawn weights (no draws from the generator here).
+    let zeros = nn::LinearConfig {
+        ws_init: nn::Init::Const(0.0),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    let mut classifier = nn::linear(vs.root(), inputs, classes, zeros);
+    tch::no_grad(|| {
+        classifier.ws.copy_(&draws.weight);
+        if let Some(bias) = classifier.bs.as_mut() {
+            bias.copy_(&draws.bias);
+        }
+    });
     let mut opt = nn::Sgd {
         momentum: 0.9,
         nesterov: true,
@@ -129,12 +172,11 @@ fn train_classifier(features: &Tensor, labels: &Tensor, classes: i64, epochs: us
     .build(&vs, lr)
     .expect("sgd");
     let n = features.size()[0];
-    let batch = 256.min(n);
+    let batch = CLASSIFIER_BATCH.min(n);
     let steps_per_epoch = (n + batch - 1) / batch;
-    let total = (epochs as i64 * steps_per_epoch).max(1);
+    let total = (draws.orders.len() as i64 * steps_per_epoch).max(1);
     let mut step = 0;
-    for _ in 0..epochs {
-        let order = Tensor::randperm(n, (Kind::Int64, features.device()));
+    for order in &draws.orders {
         for b in 0..steps_per_epoch {
             let idx = order.narrow(0, b * batch, batch.min(n - b * batch));
             let loss = classifier
@@ -181,9 +223,11 @@ pub fn linear_probe(
         train.index_select(0, &validation),
         train_labels.index_select(0, &validation),
     );
+    let (inputs, device) = (train.size()[1], train.device());
+    let sweep_draws = ClassifierDraws::new(rest.size()[0], inputs, classes, epochs, seed, device);
     let mut sweep = Vec::new();
     for &lr in lrs {
-        let classifier = train_classifier(&sweep_features, &sweep_labels, classes, epochs, lr, seed);
+        let classifier = train_classifier(&sweep_features, &sweep_labels, &sweep_draws, lr);
         let acc = tch::no_grad(|| accuracy(&classifier.forward(&validation_features), &validation_labels));
         sweep.push((lr, acc.top1));
     }
@@ -193,7 +237,8 @@ pub fn linear_probe(
         .reduce(|best, candidate| if candidate.1 > best.1 { candidate } else { best })
         .expect("at least one lr");
 
-    let classifier = train_classifier(&train, train_labels, classes, epochs, chosen_lr, seed);
+    let draws = ClassifierDraws::new(train.size()[0], inputs, classes, epochs, seed, device);
+    let classifier = train_classifier(&train, train_labels, &draws, chosen_lr);
     let test_accuracy = tch::no_grad(|| accuracy(&classifier.forward(&test), test_labels));
     Ok(LinearResult {
         lr_chosen_on: LR_CHOSEN_ON.to_string(),

@@ -1,13 +1,17 @@
-//! The evaluation protocols against NumPy on the same features: weighted kNN predictions and
-//! accuracy must match exactly; the linear probe's accuracy function too, and the probe itself
-//! must separate separable data and not separate random labels, and choose its learning rate on
-//! a validation split of the training features, whatever the test labels say.
+//! The evaluation protocols against NumPy and PyTorch on the same features: weighted kNN
+//! predictions and accuracy must match NumPy exactly; the linear probe's accuracy function too;
+//! its classifier's training (SGD with Nesterov momentum, a cosine lr per step) must end within
+//! float32 rounding of PyTorch's `torch.optim.SGD` from the same weights on the same batches; and
+//! the probe must separate separable data and not separate random labels, and choose its learning
+//! rate on a validation split of the training features, whatever the test labels say. Every test
+//! draws from a seed of its run's own, printed on failure.
 
 use std::sync::{Mutex, MutexGuard};
 
+use byol_testkit::rounding::assert_within_rounding;
 use byol_testkit::run_python;
 use byol_train::knn::{knn_accuracy, knn_scores};
-use byol_train::linear::{accuracy, linear_probe, validation_split, LR_CHOSEN_ON};
+use byol_train::linear::{accuracy, linear_probe, train_classifier, validation_split, ClassifierDraws, LR_CHOSEN_ON};
 use tch::{Kind, Tensor};
 
 /// libtorch's CPU generator is global and the tests run on parallel threads: each test seeds it
@@ -19,6 +23,12 @@ fn seeded(seed: i64) -> MutexGuard<'static, ()> {
     let guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
     guard
+}
+
+/// A fresh seed from `variable`, and how to replay it.
+fn fresh(variable: &str) -> (i64, String) {
+    let seed = byol_testkit::fresh_seed(variable);
+    (seed, format!("seed {seed} ({variable}={seed} replays it)"))
 }
 
 // The textbook formula, exp(sim / T), in float64 (which holds exp(1 / T) down to T = 0.0014).
@@ -91,7 +101,8 @@ fn weighted_knn_matches_numpy() {
 
 #[test]
 fn accuracy_of_logits_matches_numpy() {
-    let _rng = seeded(12);
+    let (seed, replay) = fresh("ACCURACY_SEED");
+    let _rng = seeded(seed);
     let logits = Tensor::randn([300, 10], tch::kind::FLOAT_CPU);
     let labels = Tensor::randint(10, [300], (Kind::Int64, tch::Device::Cpu));
     let reference = run_python(
@@ -101,28 +112,106 @@ fn accuracy_of_logits_matches_numpy() {
         &[("logits", &logits), ("labels", &labels)],
     );
     let acc = accuracy(&logits, &labels);
-    assert_eq!(acc.top1, reference["top1"].double_value(&[0]));
-    assert_eq!(acc.top5, Some(reference["top5"].double_value(&[0])));
+    assert_eq!(acc.top1, reference["top1"].double_value(&[0]), "{replay}");
+    assert_eq!(acc.top5, Some(reference["top5"].double_value(&[0])), "{replay}");
 
     // Five classes or fewer: every label is among the top 5, so top-5 says nothing.
     let five = accuracy(&logits.narrow(1, 0, 5), &labels.remainder(5));
     assert_eq!(five.top5, None);
     let six = accuracy(&logits.narrow(1, 0, 6), &labels.remainder(6));
-    assert!(six.top5.is_some_and(|top5| top5 < 1.0), "{six:?}");
+    assert!(six.top5.is_some_and(|top5| top5 < 1.0), "{replay}: {six:?}");
+}
+
+/// PyTorch's `nn.Linear` + `torch.optim.SGD(momentum=0.9, nesterov=True)` + `cross_entropy`,
+/// trained from the same weights on the same batches with the lr set before each step, in float32
+/// and float64.
+const TORCH_CLASSIFIER: &str = r#"
+import math
+def train(dtype):
+    x, y, orders = inputs["x"].to(dtype), inputs["y"].long(), inputs["orders"].long()
+    layer = torch.nn.Linear(x.shape[1], inputs["weight"].shape[0], dtype=dtype)
+    with torch.no_grad():
+        layer.weight.copy_(inputs["weight"])
+        layer.bias.copy_(inputs["bias"])
+    lr = float(inputs["lr"].item())
+    sgd = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    n = len(x)
+    batch = min(256, n)
+    steps = (n + batch - 1) // batch
+    total = max(len(orders) * steps, 1)
+    step = 0
+    for order in orders:
+        for b in range(steps):
+            idx = order[b * batch:(b + 1) * batch]
+            for group in sgd.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            sgd.zero_grad()
+            torch.nn.functional.cross_entropy(layer(x[idx]), y[idx]).backward()
+            sgd.step()
+            step += 1
+    return layer
+for dtype, suffix in ((torch.float32, ""), (torch.float64, "_f64")):
+    layer = train(dtype)
+    outputs["weight" + suffix] = layer.weight.detach()
+    outputs["bias" + suffix] = layer.bias.detach()
+"#;
+
+/// The linear probe's classifier against PyTorch's: 600 samples of 32 features in 5 overlapping
+/// classes (so the loss keeps a gradient), 3 epochs of 3 steps each (the last batch of 88), the
+/// weights after the last step within the float32 rounding bound of `byol_testkit::rounding`.
+#[test]
+fn the_probes_classifier_trains_as_pytorchs_sgd() {
+    let (seed, replay) = fresh("LINEAR_PARITY_SEED");
+    let (n, inputs, classes, epochs) = (600i64, 32i64, 5i64, 3usize);
+    let (x, y, draws) = {
+        let _rng = seeded(seed);
+        let x = Tensor::randn([n, inputs], tch::kind::FLOAT_CPU);
+        let w = Tensor::randn([inputs, classes], tch::kind::FLOAT_CPU) * 0.3;
+        let noisy = x.matmul(&w) + Tensor::randn([n, classes], tch::kind::FLOAT_CPU);
+        let draws = ClassifierDraws::new(n, inputs, classes, epochs, seed.wrapping_add(1), tch::Device::Cpu);
+        (x, noisy.argmax(1, false), draws)
+    };
+    for lr in [0.1, 1.0] {
+        let ours = train_classifier(&x, &y, &draws, lr);
+        let orders = Tensor::stack(&draws.orders, 0);
+        let reference = run_python(
+            TORCH_CLASSIFIER,
+            &[
+                ("x", &x),
+                ("y", &y),
+                ("orders", &orders),
+                ("weight", &draws.weight),
+                ("bias", &draws.bias),
+                ("lr", &Tensor::from(lr)),
+            ],
+        );
+        let moved = (&ours.ws - &draws.weight).abs().max().double_value(&[]);
+        assert!(moved > 1e-2, "{replay}: the weights barely moved ({moved}) at lr {lr}");
+        let what = format!("the weight at lr {lr}");
+        assert_within_rounding(&reference, "weight", &ours.ws, (&what, &replay));
+        let bias = ours.bs.as_ref().expect("a bias");
+        let what = format!("the bias at lr {lr}");
+        assert_within_rounding(&reference, "bias", bias, (&what, &replay));
+    }
 }
 
 #[test]
 fn linear_probe_separates_separable_features_and_not_random_labels() {
-    let _rng = seeded(3);
+    let (seed, replay) = fresh("LINEAR_PROBE_SEED");
+    let _rng = seeded(seed);
     let w = Tensor::randn([16, 4], tch::kind::FLOAT_CPU);
     let train = Tensor::randn([800, 16], tch::kind::FLOAT_CPU);
     let test = Tensor::randn([200, 16], tch::kind::FLOAT_CPU);
     let (train_y, test_y) = (train.matmul(&w).argmax(1, false), test.matmul(&w).argmax(1, false));
-    let result = linear_probe((&train, &train_y), (&test, &test_y), 4, 30, &[0.03, 0.1], 0).unwrap();
-    assert!(result.accuracy.top1 > 0.95, "{result:?}");
+    let result = linear_probe((&train, &train_y), (&test, &test_y), 4, 30, &[0.03, 0.1], seed).unwrap();
+    // Chance is 0.25. Measured over 130 seeds on a 2-core AMD EPYC: 0.875 to 0.98 (mean 0.94,
+    // standard deviation 0.02), so 0.7 is 12 deviations below the mean.
+    println!("{replay}: separable {:?}", result.accuracy);
+    assert!(result.accuracy.top1 > 0.7, "{replay}: {result:?}");
     let random_y = Tensor::randint(4, [200], (Kind::Int64, tch::Device::Cpu));
-    let chance = linear_probe((&train, &train_y), (&test, &random_y), 4, 5, &[0.1], 0).unwrap();
-    assert!(chance.accuracy.top1 < 0.45, "{chance:?}");
+    let chance = linear_probe((&train, &train_y), (&test, &random_y), 4, 5, &[0.1], seed).unwrap();
+    // Chance is 0.25; 0.45 is 6.5 standard deviations above it on 200 labels.
+    assert!(chance.accuracy.top1 < 0.45, "{replay}: {chance:?}");
 }
 
 /// The test labels rotated by one class (y -> y+1 mod 4) make the classifier that learned the
@@ -130,26 +219,31 @@ fn linear_probe_separates_separable_features_and_not_random_labels() {
 /// sweep that chose on test would take the useless lr. Choosing on validation must not notice.
 #[test]
 fn linear_probe_chooses_the_lr_on_validation_whatever_the_test_labels() {
-    let _rng = seeded(4);
+    let (seed, replay) = fresh("LINEAR_PROBE_SEED");
+    let _rng = seeded(seed);
     let w = Tensor::randn([16, 4], tch::kind::FLOAT_CPU);
     let train = Tensor::randn([800, 16], tch::kind::FLOAT_CPU);
     let test = Tensor::randn([200, 16], tch::kind::FLOAT_CPU);
     let (train_y, test_y) = (train.matmul(&w).argmax(1, false), test.matmul(&w).argmax(1, false));
     let rotated_y = (&test_y + 1).remainder(4);
     let lrs = [1e-6, 0.1];
-    let honest = linear_probe((&train, &train_y), (&test, &test_y), 4, 10, &lrs, 0).unwrap();
-    let rotated = linear_probe((&train, &train_y), (&test, &rotated_y), 4, 10, &lrs, 0).unwrap();
+    let honest = linear_probe((&train, &train_y), (&test, &test_y), 4, 10, &lrs, seed).unwrap();
+    let rotated = linear_probe((&train, &train_y), (&test, &rotated_y), 4, 10, &lrs, seed).unwrap();
     assert_eq!(honest.lr_chosen_on, LR_CHOSEN_ON);
-    assert_eq!(honest.chosen_lr, 0.1, "the lr that learns: {honest:?}");
-    assert_eq!(rotated.chosen_lr, honest.chosen_lr, "{rotated:?}");
+    assert_eq!(honest.chosen_lr, 0.1, "{replay}: the lr that learns: {honest:?}");
+    assert_eq!(rotated.chosen_lr, honest.chosen_lr, "{replay}: {rotated:?}");
     assert_eq!(
         rotated.sweep, honest.sweep,
-        "validation accuracies do not see test labels"
+        "{replay}: validation accuracies do not see test labels"
     );
-    assert!(honest.accuracy.top1 > 0.9, "{honest:?}");
+    // Measured over 60 seeds on a 2-core AMD EPYC: 0.85 to 0.95 (mean 0.90, standard deviation
+    // 0.02); 0.7 is 9 deviations below the mean.
+    println!("{replay}: honest {:?} rotated {:?}", honest.accuracy, rotated.accuracy);
+    assert!(honest.accuracy.top1 > 0.7, "{replay}: {honest:?}");
+    // The same classifier: a prediction right under the rotated labels is wrong under the true.
     assert!(
-        rotated.accuracy.top1 < 0.1,
-        "the reported test figure does: {rotated:?}"
+        rotated.accuracy.top1 <= 1.0 - honest.accuracy.top1,
+        "{replay}: the reported test figure does: {rotated:?}"
     );
     assert_eq!(honest.validation_size + honest.sweep_train_size, 800);
 }
