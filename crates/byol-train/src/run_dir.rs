@@ -66,10 +66,16 @@ impl FolderLock {
     }
 
     /// [`FolderLock::acquire`] of `dir`, created first if missing (again, should another
-    /// byol-run move it aside before the lock is taken).
+    /// byol-run move it aside before the lock is taken). A trial's folder is made only inside
+    /// its sweep's folder: a sweep folder moved away while its trials run is not made again at
+    /// the old path.
     pub fn create_and_acquire(dir: &Path, what: FolderKind) -> anyhow::Result<Self> {
         let existed = std::fs::symlink_metadata(dir).is_ok();
-        let mut lock = Self::acquire_after(dir, what, || match std::fs::create_dir_all(dir) {
+        let create = |dir: &Path| match what {
+            FolderKind::Trial => std::fs::create_dir(dir),
+            FolderKind::Run | FolderKind::Sweep => std::fs::create_dir_all(dir),
+        };
+        let mut lock = Self::acquire_after(dir, what, || match create(dir) {
             // Something there that is not a folder: a file, or a link to a missing folder.
             Err(e)
                 if e.kind() == std::io::ErrorKind::AlreadyExists
@@ -84,6 +90,11 @@ impl FolderLock {
             }
             // There when created, gone when checked: moved aside meanwhile, and created again next.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && what == FolderKind::Trial => bail!(
+                "cannot create {what} {}: its sweep folder is gone (moved or removed while the sweep runs); \
+                 run the sweep again where its folder is now",
+                dir.display()
+            ),
             created => created.with_context(|| format!("cannot create {what} {}", dir.display())),
         })?;
         lock.created = (!existed).then(|| dir.to_path_buf());
@@ -1148,6 +1159,25 @@ mod tests {
             e.contains("runs-x as the run folder: it exists and is not a folder"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_trial_folder_is_made_only_inside_its_sweep_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sweep = tmp.path().join("search-sweep");
+        let e = format!(
+            "{:#}",
+            FolderLock::create_and_acquire(&sweep.join("trial-001"), FolderKind::Trial).unwrap_err()
+        );
+        assert!(e.contains("trial-001: its sweep folder is gone"), "{e}");
+        assert!(!sweep.exists(), "the sweep folder was made again");
+        // A run folder's parents are made as needed.
+        let run = tmp.path().join("runs/a/b");
+        drop(FolderLock::create_and_acquire(&run, FolderKind::Run).unwrap());
+        assert!(run.is_dir());
+        std::fs::create_dir(&sweep).unwrap();
+        drop(FolderLock::create_and_acquire(&sweep.join("trial-001"), FolderKind::Trial).unwrap());
+        assert!(sweep.join("trial-001").is_dir());
     }
 
     #[test]

@@ -833,7 +833,11 @@ fn check_or_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<(
     if !check_record(sweep, trial, dir)? {
         return Ok(());
     }
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Not create_dir_all: a sweep folder moved away meanwhile is not made again at the old path.
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        created => created.with_context(|| format!("cannot create {}", dir.display()))?,
+    }
     let text = format!(
         "# The parameters of this trial of `byol-run sweep` (checked when the sweep resumes).\n{}",
         toml::to_string(&trial.record())?
