@@ -273,6 +273,27 @@ fn a_changed_experiment_is_refused_with_a_diff_unless_allowed_or_fresh() {
             && !all.contains("--allow-change schedule.epochs"),
         "{all}"
     );
+    // A larger batch shortens the epochs: the refusal names every flag that continues the run,
+    // and with them a start would go on.
+    let larger = ["validate", "r/config.toml", "--set", "schedule.batch_size=128"];
+    let out = byol_run(dir.path(), &larger);
+    let all = text(&out);
+    let flags = "--set schedule.epochs=12 --allow-change schedule.batch_size --allow-change schedule.epochs";
+    assert!(
+        out.status.success()
+            && all.contains("does not continue it: r has trained 48 steps, more than the 12 of this experiment")
+            && all.contains(flags),
+        "{all}"
+    );
+    let out = byol_run(
+        dir.path(),
+        &[&larger[..], &flags.split(' ').collect::<Vec<_>>()].concat(),
+    );
+    let all = text(&out);
+    assert!(
+        out.status.success() && !all.contains("refused") && all.contains("finished at step 48"),
+        "{all}"
+    );
 
     let mut allowed = changed.to_vec();
     allowed.extend(["--allow-change", "optimizer.lr", "--allow-change", "schedule.epochs"]);

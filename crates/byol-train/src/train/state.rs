@@ -699,7 +699,11 @@ pub fn keep_sources(
         let name = format!("{key}-{file_name}");
         let kept = dir.join(&name);
         if main && (start.checkpoint.is_none() || !kept.exists()) {
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            // Not create_dir_all: a run folder moved away meanwhile is not made again at the old path.
+            match std::fs::create_dir(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                created => created.with_context(|| format!("cannot create {}", dir.display()))?,
+            }
             let tmp = dir.join(format!(".{name}.tmp"));
             std::fs::copy(&original, &tmp)
                 .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
@@ -720,13 +724,14 @@ pub fn record_run(run_dir: &Path, config_toml: &str, fingerprint: &DatasetFinger
     run_dir::save_config(run_dir, config_toml)
 }
 
-/// The refusal to resume a run in `run_dir` from the checkpoint `manifest` describes with an
-/// experiment of `(total steps, epochs, steps per epoch)`: a run cannot be shortened below what
-/// it has trained (its checkpoint would be saved again as the last step of a shorter run). None
-/// where it fits.
+/// The refusal to resume a run in `run_dir` from the checkpoint `manifest` describes with
+/// `experiment` of `(total steps, epochs, steps per epoch)`: a run cannot be
+/// shortened below what it has trained (its checkpoint would be saved again as the last step of a
+/// shorter run). None where it fits.
 pub fn shortened_below_trained(
     run_dir: &Path,
     manifest: &Manifest,
+    experiment: &Experiment,
     (total, epochs, per_epoch): (u64, u64, u64),
 ) -> Option<String> {
     let step = manifest.step;
@@ -743,21 +748,46 @@ pub fn shortened_below_trained(
         ),
         None => String::new(),
     };
+    let enough = step.div_ceil(per_epoch);
     Some(format!(
         "{} has trained {step} steps, more than the {total} of this experiment ({epochs} epochs of {per_epoch} \
-         steps): a run cannot be shortened below what it has trained. Set schedule.epochs to {} or more{way_back}, \
-         or add --fresh to start over (the folder is moved aside, nothing is deleted)",
+         steps): a run cannot be shortened below what it has trained. Set schedule.epochs to {enough} or more \
+         ({}){way_back}, or add --fresh to start over (the folder is moved aside, nothing is deleted)",
         run_dir.display(),
-        step.div_ceil(per_epoch)
+        flags_to_lengthen(manifest, experiment, enough)
     ))
+}
+
+/// The flags that continue a run with `epochs` epochs: the new value, and an `--allow-change`
+/// for each key of `experiment` that differs from the run's (the data's aside: a data refusal
+/// says its own way) and for the epochs.
+fn flags_to_lengthen(manifest: &Manifest, experiment: &Experiment, epochs: u64) -> String {
+    let changed = experiment
+        .to_toml()
+        .and_then(|toml| run_dir::unsafe_changes(&manifest.config, &toml))
+        .unwrap_or_default();
+    let epochs_change = saved_epochs(manifest) != Some(epochs);
+    let keys = changed
+        .iter()
+        .map(|c| c.key.as_str())
+        .filter(|key| !key.starts_with("dataset.") && *key != "schedule.epochs")
+        .chain(epochs_change.then_some("schedule.epochs"));
+    let flags: Vec<String> = std::iter::once(format!("--set schedule.epochs={epochs}"))
+        .chain(keys.map(|key| format!("--allow-change {key}")))
+        .collect();
+    flags.join(" ")
+}
+
+/// The epochs of the run a checkpoint was saved in.
+fn saved_epochs(manifest: &Manifest) -> Option<u64> {
+    let config: toml::Table = manifest.config.parse().ok()?;
+    let epochs = config.get("schedule")?.get("epochs")?.as_integer()?;
+    u64::try_from(epochs).ok().filter(|&e| e > 0)
 }
 
 /// The steps of an epoch of the run a checkpoint was saved in (its length over its epochs).
 fn trained_steps_per_epoch(manifest: &Manifest) -> Option<u64> {
-    let config: toml::Table = manifest.config.parse().ok()?;
-    let epochs = config.get("schedule")?.get("epochs")?.as_integer()?;
-    let epochs = u64::try_from(epochs).ok().filter(|&e| e > 0)?;
-    Some(manifest.total_steps / epochs)
+    Some(manifest.total_steps / saved_epochs(manifest)?)
 }
 
 /// Refuses a start from step 0 in a folder whose `summary.json` records steps trained: a summary
@@ -842,7 +872,7 @@ pub fn cannot_continue(
     length: Option<(u64, u64, u64)>,
 ) -> Option<String> {
     misfit_of_checkpoint(experiment, dir, manifest, built)
-        .or_else(|| length.and_then(|length| shortened_below_trained(run_dir, manifest, length)))
+        .or_else(|| length.and_then(|length| shortened_below_trained(run_dir, manifest, experiment, length)))
 }
 
 /// Why the weights of checkpoint `dir` fit none of the BYOL networks that a resume of

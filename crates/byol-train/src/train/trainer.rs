@@ -79,9 +79,10 @@ fn check_not_past_the_end(
     plan: &Plan,
     manifest: Option<&Manifest>,
 ) -> anyhow::Result<()> {
-    let refusal =
-        manifest.and_then(|manifest| state::shortened_below_trained(run_dir, manifest, length(experiment, plan)));
-    match refusal {
+    let Some(manifest) = manifest else {
+        return Ok(());
+    };
+    match state::shortened_below_trained(run_dir, manifest, experiment, length(experiment, plan)) {
         Some(refusal) => bail!("{refusal}"),
         None => Ok(()),
     }
