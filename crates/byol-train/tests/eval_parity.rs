@@ -1,7 +1,8 @@
 //! The evaluation protocols against NumPy and PyTorch on the same features: weighted kNN
 //! predictions and accuracy must match NumPy exactly; the linear probe's accuracy function too;
-//! its classifier's training (SGD with Nesterov momentum, a cosine lr per step) must end within
-//! float32 rounding of PyTorch's `torch.optim.SGD` from the same weights on the same batches; and
+//! its classifier's training (SGD with Nesterov momentum, a cosine lr per step) and the online
+//! probe's steps (plain SGD) must end within float32 rounding of PyTorch's `torch.optim.SGD` from
+//! the same weights on the same batches; and
 //! the probe must separate separable data and not separate random labels, and choose its learning
 //! rate on a validation split of the training features, whatever the test labels say. Every test
 //! draws from a seed of its run's own, printed on failure.
@@ -12,6 +13,7 @@ use byol_testkit::rounding::assert_within_rounding;
 use byol_testkit::run_python;
 use byol_train::knn::{knn_accuracy, knn_scores};
 use byol_train::linear::{accuracy, linear_probe, train_classifier, validation_split, ClassifierDraws, LR_CHOSEN_ON};
+use byol_train::probe::OnlineProbe;
 use tch::{Kind, Tensor};
 
 /// libtorch's CPU generator is global and the tests run on parallel threads: each test seeds it
@@ -193,6 +195,120 @@ fn the_probes_classifier_trains_as_pytorchs_sgd() {
         let what = format!("the bias at lr {lr}");
         assert_within_rounding(&reference, "bias", bias, (&what, &replay));
     }
+}
+
+/// The online probe's steps against PyTorch's: plain SGD on the mean cross-entropy, from the same
+/// weights on the same batches, in float32 and float64; each step's logits score its training
+/// accuracy before the step.
+const TORCH_ONLINE_PROBE: &str = r#"
+def scored(logits, y):
+    # Right predictions, and predictions within 1e-4 of a tie (which rounding may turn).
+    top2 = logits.topk(2, dim=1).values
+    return int((logits.argmax(1) == y).sum()), int((top2[:, 0] - top2[:, 1] < 1e-4).sum())
+def train(dtype):
+    layer = torch.nn.Linear(inputs["weight"].shape[1], inputs["weight"].shape[0], dtype=dtype)
+    with torch.no_grad():
+        layer.weight.copy_(inputs["weight"])
+        layer.bias.copy_(inputs["bias"])
+    sgd = torch.optim.SGD(layer.parameters(), lr=float(inputs["lr"].item()))
+    correct = near_ties = 0
+    for x, y in zip(inputs["x"].to(dtype), inputs["y"].long()):
+        sgd.zero_grad()
+        logits = layer(x)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        sgd.step()
+        right, near = scored(logits.detach(), y)
+        correct, near_ties = correct + right, near_ties + near
+    return layer, (correct, near_ties)
+for dtype, suffix in ((torch.float32, ""), (torch.float64, "_f64")):
+    layer, train_scores = train(dtype)
+    outputs["weight" + suffix] = layer.weight.detach()
+    outputs["bias" + suffix] = layer.bias.detach()
+with torch.no_grad():
+    held_out_scores = scored(layer(inputs["held_out"].double()), inputs["held_out_labels"].long())
+outputs["train_scores"] = torch.tensor(train_scores)
+outputs["held_out_scores"] = torch.tensor(held_out_scores)
+"#;
+
+/// The online probe over 12 steps of 64 embeddings of 48 dimensions in 6 overlapping classes:
+/// its weights within the float32 rounding bound of PyTorch's, its training accuracy (counted
+/// before each step) and its held-out accuracy PyTorch's but for predictions within rounding of
+/// a tie.
+#[test]
+fn the_online_probe_steps_as_pytorchs_sgd() {
+    let (seed, replay) = fresh("ONLINE_PROBE_SEED");
+    let (steps, batch, dim, classes, lr) = (12i64, 64i64, 48i64, 6i64, 0.5);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let (mut probe, x, y, held_out, held_out_labels) = {
+        let _rng = seeded(seed);
+        let probe = OnlineProbe::new(&(vs.root() / "probe"), dim, classes, lr);
+        let w = Tensor::randn([dim, classes], tch::kind::FLOAT_CPU) * 0.3;
+        let labelled = |n: i64| {
+            let x = Tensor::randn([n, dim], tch::kind::FLOAT_CPU);
+            let y = (x.matmul(&w) + Tensor::randn([n, classes], tch::kind::FLOAT_CPU)).argmax(1, false);
+            (x, y)
+        };
+        let (x, y) = labelled(steps * batch);
+        let (held_out, held_out_labels) = labelled(500);
+        (
+            probe,
+            x.view([steps, batch, dim]),
+            y.view([steps, batch]),
+            held_out,
+            held_out_labels,
+        )
+    };
+    let variable = |name: &str| vs.variables()[&format!("probe.{name}")].detach().copy();
+    let (weight, bias) = (variable("weight"), variable("bias"));
+    for step in 0..steps {
+        probe.train_step(&x.get(step), &y.get(step));
+    }
+    let reference = run_python(
+        TORCH_ONLINE_PROBE,
+        &[
+            ("x", &x),
+            ("y", &y),
+            ("weight", &weight),
+            ("bias", &bias),
+            ("lr", &Tensor::from(lr)),
+            ("held_out", &held_out),
+            ("held_out_labels", &held_out_labels),
+        ],
+    );
+    assert_within_rounding(
+        &reference,
+        "weight",
+        &variable("weight"),
+        ("the probe's weight", &replay),
+    );
+    assert_within_rounding(&reference, "bias", &variable("bias"), ("the probe's bias", &replay));
+    // Counts of right argmaxes: PyTorch's (float64) and ours differ at most by the predictions
+    // that PyTorch found within 1e-4 of a tie, far more than rounding moves a logit.
+    let scores = |key: &str| {
+        let v = Vec::<i64>::try_from(&reference[key]).unwrap();
+        (v[0] as f64, v[1] as f64)
+    };
+    let seen = (steps * batch) as f64;
+    let train_accuracy = probe.take_accuracy().expect("steps were taken");
+    let (right, near_ties) = scores("train_scores");
+    assert!(
+        (train_accuracy * seen - right).abs() <= near_ties,
+        "{replay}: training accuracy {train_accuracy} vs PyTorch's {} ({near_ties} near ties)",
+        right / seen
+    );
+    assert_eq!(
+        probe.take_accuracy(),
+        None,
+        "{replay}: counted again after it was taken"
+    );
+    let held_out_accuracy = probe.accuracy_on(&held_out, &held_out_labels);
+    let (right, near_ties) = scores("held_out_scores");
+    assert!(
+        // (A float32 mean: the count rounded back.)
+        ((held_out_accuracy * 500.0).round() - right).abs() <= near_ties,
+        "{replay}: held-out accuracy {held_out_accuracy} vs PyTorch's {} ({near_ties} near ties)",
+        right / 500.0
+    );
 }
 
 #[test]
