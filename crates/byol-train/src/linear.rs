@@ -115,9 +115,9 @@ pub fn validation_split(labels: &Tensor, classes: i64, seed: i64) -> anyhow::Res
     Ok((Tensor::from_slice(&validation), Tensor::from_slice(&rest)))
 }
 
-/// What training a classifier draws from its seed: the initial weights (`nn::linear`'s, as
-/// PyTorch's `nn.Linear` draws them: uniform within `1 / sqrt(inputs)`) and each epoch's order of
-/// the samples.
+/// What training a classifier draws from its seed: the initial weights (as PyTorch's
+/// `nn.Linear` draws them: uniform within `1 / sqrt(inputs)`) and each epoch's order of the
+/// samples.
 pub struct ClassifierDraws {
     /// `[classes, inputs]` and `[classes]`.
     pub weight: Tensor,
@@ -130,13 +130,13 @@ impl ClassifierDraws {
     pub fn new(samples: i64, inputs: i64, classes: i64, epochs: usize, seed: i64, device: Device) -> Self {
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(device);
-        let initial = nn::linear(vs.root(), inputs, classes, Default::default());
+        let initial = byol::nn::linear(&vs.root(), inputs, classes);
         let orders = (0..epochs)
             .map(|_| Tensor::randperm(samples, (Kind::Int64, device)))
             .collect();
         Self {
             weight: initial.ws.detach(),
-            bias: initial.bs.expect("nn::linear has a bias by default").detach(),
+            bias: initial.bs.expect("byol::nn::linear has a bias").detach(),
             orders,
         }
     }

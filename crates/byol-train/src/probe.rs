@@ -17,9 +17,10 @@ pub struct OnlineProbe {
 }
 
 impl OnlineProbe {
-    /// Builds the classifier under `path` (variables `probe.weight`, `probe.bias` in checkpoints).
+    /// Builds the classifier under `path` (variables `probe.weight`, `probe.bias` in checkpoints),
+    /// initialized as PyTorch's `nn.Linear`.
     pub fn new(path: &nn::Path, dim: i64, classes: i64, lr: f64) -> Self {
-        let classifier = nn::linear(path, dim, classes, Default::default());
+        let classifier = byol::nn::linear(path, dim, classes);
         Self {
             classifier,
             lr,
