@@ -759,18 +759,20 @@ pub fn shortened_below_trained(
 }
 
 /// The flags that continue a run with `epochs` epochs: the new value, and an `--allow-change`
-/// for each key of `experiment` that differs from the run's (the data's aside: a data refusal
-/// says its own way) and for the epochs.
+/// for each key of `experiment` that differs from the run's (one `dataset` for the data's keys,
+/// as the data's own refusal asks) and for the epochs where they change.
 fn flags_to_lengthen(manifest: &Manifest, experiment: &Experiment, epochs: u64) -> String {
     let changed = experiment
         .to_toml()
         .and_then(|toml| run_dir::unsafe_changes(&manifest.config, &toml))
         .unwrap_or_default();
+    let data_changed = changed.iter().any(|c| c.key.starts_with("dataset."));
     let epochs_change = saved_epochs(manifest) != Some(epochs);
     let keys = changed
         .iter()
         .map(|c| c.key.as_str())
         .filter(|key| !key.starts_with("dataset.") && *key != "schedule.epochs")
+        .chain(data_changed.then_some("dataset"))
         .chain(epochs_change.then_some("schedule.epochs"));
     let flags: Vec<String> = std::iter::once(format!("--set schedule.epochs={epochs}"))
         .chain(keys.map(|key| format!("--allow-change {key}")))
