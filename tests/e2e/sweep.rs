@@ -825,6 +825,57 @@ fn a_sweep_folder_moved_while_a_trial_trains_stops_the_sweep() {
     }
 }
 
+/// A trial's folder moved while it trains: the trial stops saying so (in process, and from a
+/// child process through its log, which moved with it), the other trials run, nothing is made
+/// again at the old path, and the folder moved back resumes from its newest checkpoint.
+#[test]
+fn a_trial_folder_moved_while_it_trains_is_not_made_again_and_resumes_when_moved_back() {
+    for devices in [&[][..], &["--devices", "cpu,cpu"]] {
+        let dir = setup(&sweep_of_lr("[0.2, 0.8]").replace("epochs = 1", "epochs = 12"));
+        let sweep_dir = dir.path().join("runs/tiny-sweep");
+        let trial = sweep_dir.join("trial-001");
+        let sweep = [&["sweep", "tiny.toml"][..], devices].concat();
+        let child = byol_run_command(dir.path())
+            .args(&sweep)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the first trial", || has_checkpoint(&trial));
+        let moved = dir.path().join("runs/moved-trial");
+        std::fs::rename(&trial, &moved).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{devices:?}: {all}");
+        assert!(
+            all.contains(
+                "the trial folder runs/tiny-sweep/trial-001 was moved or replaced while this process trained in it"
+            ) && all.contains("trial-001 is not there: it or its sweep folder was moved"),
+            "{devices:?}: {all}"
+        );
+        assert!(
+            !trial.exists(),
+            "{devices:?}: trial-001 made again at the old path: {all}"
+        );
+        assert!(!moved.join("error.txt").exists(), "{devices:?}: {all}");
+        assert!(has_checkpoint(&sweep_dir.join("trial-002")), "{devices:?}: {all}");
+
+        std::fs::rename(&moved, &trial).unwrap();
+        let out = byol_run(dir.path(), &sweep);
+        let all = text(&out);
+        assert!(
+            out.status.success() && all.contains("trial-002: finished before, skipped"),
+            "{devices:?}: {all}"
+        );
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(trial.join("summary.json")).unwrap()).unwrap();
+        assert!(
+            summary["resumed_from_step"].as_u64().is_some_and(|step| step > 0),
+            "{devices:?}: {summary}"
+        );
+    }
+}
+
 /// A finished trial is skipped only while the data it was trained on is the data the sweep reads:
 /// ranked beside new trials, a result on other data would mix two datasets in one table.
 #[test]

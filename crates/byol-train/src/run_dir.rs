@@ -66,14 +66,14 @@ impl FolderLock {
     }
 
     /// [`FolderLock::acquire`] of `dir`, created first if missing (again, should another
-    /// byol-run move it aside before the lock is taken). A trial's folder is made only inside
-    /// its sweep's folder: a sweep folder moved away while its trials run is not made again at
-    /// the old path.
+    /// byol-run move it aside before the lock is taken). A trial's folder is made by its sweep
+    /// as it records the trial's parameters: one missing here was moved or removed (or its sweep
+    /// folder was) while the sweep runs, and is not made again at the old path.
     pub fn create_and_acquire(dir: &Path, what: FolderKind) -> anyhow::Result<Self> {
         let existed = std::fs::symlink_metadata(dir).is_ok();
         let create = |dir: &Path| match what {
-            FolderKind::Trial => std::fs::create_dir(dir),
-            FolderKind::Run | FolderKind::Sweep => std::fs::create_dir_all(dir),
+            FolderKind::Trial if std::fs::symlink_metadata(dir).is_err() => Err(std::io::ErrorKind::NotFound.into()),
+            _ => std::fs::create_dir_all(dir),
         };
         let mut lock = Self::acquire_after(dir, what, || match create(dir) {
             // Something there that is not a folder: a file, or a link to a missing folder.
@@ -91,8 +91,8 @@ impl FolderLock {
             // There when created, gone when checked: moved aside meanwhile, and created again next.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && what == FolderKind::Trial => bail!(
-                "cannot create {what} {}: its sweep folder is gone (moved or removed while the sweep runs); \
-                 run the sweep again where its folder is now",
+                "the {what} {} is not there: it or its sweep folder was moved or removed while the sweep \
+                 ran, and nothing is written at the old path; move it back and run the sweep again to go on",
                 dir.display()
             ),
             created => created.with_context(|| format!("cannot create {what} {}", dir.display())),
@@ -1162,22 +1162,27 @@ mod tests {
     }
 
     #[test]
-    fn a_trial_folder_is_made_only_inside_its_sweep_folder() {
+    fn a_missing_trial_folder_is_not_made_again() {
         let tmp = tempfile::tempdir().unwrap();
         let sweep = tmp.path().join("search-sweep");
-        let e = format!(
-            "{:#}",
-            FolderLock::create_and_acquire(&sweep.join("trial-001"), FolderKind::Trial).unwrap_err()
-        );
-        assert!(e.contains("trial-001: its sweep folder is gone"), "{e}");
-        assert!(!sweep.exists(), "the sweep folder was made again");
+        let trial = sweep.join("trial-001");
+        for missing in [&sweep, &trial] {
+            let e = format!(
+                "{:#}",
+                FolderLock::create_and_acquire(&trial, FolderKind::Trial).unwrap_err()
+            );
+            assert!(
+                e.contains("trial-001 is not there: it or its sweep folder was moved"),
+                "{e}"
+            );
+            assert!(!missing.exists(), "{} was made again", missing.display());
+            std::fs::create_dir(missing).unwrap();
+        }
+        drop(FolderLock::create_and_acquire(&trial, FolderKind::Trial).unwrap());
         // A run folder's parents are made as needed.
         let run = tmp.path().join("runs/a/b");
         drop(FolderLock::create_and_acquire(&run, FolderKind::Run).unwrap());
         assert!(run.is_dir());
-        std::fs::create_dir(&sweep).unwrap();
-        drop(FolderLock::create_and_acquire(&sweep.join("trial-001"), FolderKind::Trial).unwrap());
-        assert!(sweep.join("trial-001").is_dir());
     }
 
     #[test]

@@ -108,9 +108,9 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     });
     let unrecorded = (!outcome.unrecorded.is_empty()).then(|| {
         format!(
-            "{} of {} trials failed without a record ({}): their {} could not be written, as said above \
-             (another process owns the folder, or it cannot be written); run the same command again once \
-             that is over",
+            "{} of {} trials failed without a record ({}): their {} could not be written, for the reasons \
+             said above (another process owns the folder, it cannot be written, or it was moved); run the \
+             same command again once that is dealt with",
             outcome.unrecorded.len(),
             sweep.trials.len(),
             outcome.unrecorded.join(", "),

@@ -5,6 +5,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
+use std::io::{Read, Seek};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1078,7 +1079,7 @@ fn retire_error(dir: &Path) {
 /// goes to `unrecorded`.
 fn record_failure(trial: &Trial, dir: &Path, error: &str, unrecorded: &Mutex<Vec<String>>) {
     let path = dir.join(ERROR_FILE);
-    // Created when the trial failed before its folder existed (its experiment did not build).
+    // Not made again where it is missing: moved or removed while the trial ran.
     let written = FolderLock::create_and_acquire(dir, FolderKind::Trial)
         .and_then(|_lock| {
             fs::write(&path, format!("{error}\n")).with_context(|| format!("cannot write {}", path.display()))
@@ -1200,8 +1201,12 @@ fn run_child(
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
+    // Read back through this handle: the log of a trial whose folder was moved while it ran is
+    // not at `log_path` any more.
+    let mut log_reader = log.try_clone()?;
     let mut command = Command::new(program);
     command
         .arg("train")
@@ -1269,7 +1274,10 @@ fn run_child(
     };
     let stopped_as_asked = by_stop_signal && sweep_stopping();
     if !status.success() && !stopped_as_asked {
-        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        let mut log = String::new();
+        let _ = log_reader
+            .seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| log_reader.read_to_string(&mut log));
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         bail!("{} exited with {status}:\n{}", program.display(), tail.join("\n"));

@@ -474,7 +474,11 @@ fn record_failure(t: &Trainer<'_>, run_dir: &std::path::Path, error: &anyhow::Er
     let path = run_dir.join(crate::sweep::ERROR_FILE);
     let written = t.in_place(|| run_dir::replace_file(&path, format!("{error:#}\n").as_bytes()));
     if let Err(e) = written {
-        byol::eprint_line!("warning: {} not written: {e:#}", path.display());
+        // A run that failed because its folder moved says so itself, once.
+        let why = format!("{e:#}");
+        if why != format!("{error:#}") {
+            byol::eprint_line!("warning: {} not written: {why}", path.display());
+        }
     }
 }
 
