@@ -58,6 +58,34 @@ fn finished_run(dir: &Path, run_dir: &str) -> PathBuf {
     dir.join(run_dir)
 }
 
+/// `validate` tells a finished run (a start reports it) from one whose checkpoint is its last step
+/// with no summary of it (a start evaluates it and writes the summary), as the start then does.
+#[test]
+fn validate_tells_a_finished_run_from_one_stopped_at_its_last_step() {
+    let dir = setup();
+    let run_dir = finished_run(dir.path(), "r");
+    let validate = ["validate", "tiny.toml", "--run-dir", "r"];
+    let out = byol_run(dir.path(), &validate);
+    let all = text(&out);
+    assert!(
+        out.status.success() && all.contains("finished at step 48: a start reports it"),
+        "{all}"
+    );
+    std::fs::remove_file(run_dir.join("summary.json")).unwrap();
+    let out = byol_run(dir.path(), &validate);
+    let all = text(&out);
+    assert!(
+        out.status.success()
+            && all.contains("whose checkpoint of step 48 is its last: a start trains nothing more, evaluates it"),
+        "{all}"
+    );
+    let out = run(dir.path(), "r", &[]);
+    let all = text(&out);
+    assert!(out.status.success() && run_dir.join("summary.json").exists(), "{all}");
+    let out = byol_run(dir.path(), &validate);
+    assert!(text(&out).contains("finished at step 48"), "{}", text(&out));
+}
+
 #[test]
 fn a_damaged_newest_checkpoint_is_moved_aside_and_pruning_keeps_the_good_ones() {
     let dir = setup();
@@ -244,7 +272,8 @@ fn a_changed_experiment_is_refused_with_a_diff_unless_allowed_or_fresh() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
         all.contains("has trained 48 steps, more than the 32 of this experiment")
-            && all.contains("Set schedule.epochs to 3 or more"),
+            && all.contains("Set schedule.epochs to 3 or more")
+            && !all.contains("note: continuing"),
         "{all}"
     );
     assert_eq!(std::fs::read(&manifest).unwrap(), manifest_before);
@@ -1476,19 +1505,23 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     ];
     let all = validate(&larger_batch);
     assert!(
-        all.contains("a start would be refused, --allow-change or not: r has trained 48 steps, more than the 24")
+        all.contains("a start as it is would be refused: r has trained 48 steps, more than the 24")
             && all
                 .contains("go back to the batch size and data it trained with (its epochs were 16 steps, these are 8)"),
         "{all}"
     );
-    // Not allowed, the batch's refusal advises no --allow-change that would be refused next.
+    // Not allowed, the batch's refusal advises no --allow-change that would be refused next:
+    // only the whole set of flags that continues the run.
     let all = validate(&larger_batch[..4]);
     assert!(
         all.contains("schedule.batch_size: 32 -> 64")
             && all.contains(
                 "allowing the changes (--allow-change) does not continue it: r has trained 48 steps, more than the 24"
             )
-            && !all.contains("--allow-change schedule"),
+            && !all.contains("add --allow-change")
+            && all.contains(
+                "(--set schedule.epochs=6 --allow-change schedule.batch_size --allow-change schedule.epochs;"
+            ),
         "{all}"
     );
     let out = run(d, "r", &larger_batch[2..]);
@@ -1523,8 +1556,8 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
         "schedule.epochs",
     ]);
     assert!(
-        all.contains("warning: a start would be refused, --allow-change or not: r has trained 48 steps")
-            && !all.contains("as it is would be refused"),
+        all.contains("warning: a start as it is would be refused: r has trained 48 steps")
+            && !all.contains("note: continuing"),
         "{all}"
     );
     let all = validate(&["--run-dir", "r", "--fresh"]);
@@ -1545,9 +1578,8 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     assert_eq!(all.matches("has shape").count(), 1, "said once: {all}");
     let all = validate(&[&wider[..], &["--allow-change", "backbone.width"]].concat());
     assert!(
-        all.contains(
-            "warning: a start would be refused, --allow-change or not: resuming from r/checkpoints/step-000000048"
-        ) && all.contains("has shape"),
+        all.contains("warning: a start as it is would be refused: resuming from r/checkpoints/step-000000048")
+            && all.contains("has shape"),
         "{all}"
     );
     assert!(!all.contains("holds a run of this experiment"), "{all}");

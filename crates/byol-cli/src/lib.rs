@@ -536,10 +536,23 @@ fn check_run_folder(
             }),
     );
     if let (Ok(start), None) = (&found, &refused_anyway) {
+        let at_its_end =
+            |manifest: &byol_train::checkpoint::Manifest| length.is_some_and(|(total, _, _)| manifest.step >= total);
+        let finished = |manifest: &byol_train::checkpoint::Manifest| {
+            length
+                .is_some_and(|(total, _, _)| byol_train::train::finished_summary(&dir, manifest.step, total).is_some())
+        };
         said.notes.push(match &start.checkpoint {
-            Some((_, manifest)) if length.is_some_and(|(total, _, _)| manifest.step >= total) => format!(
+            Some((_, manifest)) if finished(manifest) => format!(
                 "{} holds a run of this experiment that finished at step {}: a start reports it and trains \
                  nothing (--fresh starts over, moving it aside)",
+                dir.display(),
+                manifest.step
+            ),
+            // Stopped at what is now its last step, or at the end of a length that has changed.
+            Some((_, manifest)) if at_its_end(manifest) => format!(
+                "{} holds a run of this experiment whose checkpoint of step {} is its last: a start trains \
+                 nothing more, evaluates it and writes its summary (--fresh starts over, moving it aside)",
                 dir.display(),
                 manifest.step
             ),

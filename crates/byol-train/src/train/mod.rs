@@ -449,7 +449,7 @@ pub const SUMMARY_FILE: &str = "summary.json";
 /// The summary of a run that has already trained all `total_steps` steps (resumed at `step`),
 /// when its folder holds one that says so; training it again would only evaluate it again and
 /// overwrite what its own run measured.
-fn finished_summary(run_dir: &std::path::Path, step: u64, total_steps: u64) -> Option<RunSummary> {
+pub fn finished_summary(run_dir: &std::path::Path, step: u64, total_steps: u64) -> Option<RunSummary> {
     if step < total_steps {
         return None;
     }

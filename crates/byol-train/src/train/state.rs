@@ -491,6 +491,11 @@ impl RunStart {
             let (moved, allowed): (Vec<_>, Vec<_>) = accepted
                 .iter()
                 .partition(|c| also_safe.iter().any(|k| *k == c.key) && !run_dir::allowed(&c.key, allow));
+            // Allowed changes that cannot continue the run (weights of other shapes, a run shorter
+            // than it trained) are refused here, before a note says the run continues with them.
+            if let Some(why) = latest_cannot_continue().filter(|_| !allowed.is_empty()) {
+                bail!("{why}");
+            }
             let list =
                 |changes: &[&run_dir::Change]| changes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
             if main && !allowed.is_empty() {
@@ -749,10 +754,15 @@ pub fn shortened_below_trained(
         None => String::new(),
     };
     let enough = step.div_ceil(per_epoch);
+    // Epochs that end where the run is train nothing more: said, for a run that had finished.
+    let ends_there = match enough * per_epoch == step {
+        true => format!("; at {enough} it ends at the step it has reached"),
+        false => String::new(),
+    };
     Some(format!(
         "{} has trained {step} steps, more than the {total} of this experiment ({epochs} epochs of {per_epoch} \
          steps): a run cannot be shortened below what it has trained. Set schedule.epochs to {enough} or more \
-         ({}){way_back}, or add --fresh to start over (the folder is moved aside, nothing is deleted)",
+         ({}{ends_there}){way_back}, or add --fresh to start over (the folder is moved aside, nothing is deleted)",
         run_dir.display(),
         flags_to_lengthen(manifest, experiment, enough)
     ))
