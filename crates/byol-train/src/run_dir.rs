@@ -173,7 +173,11 @@ impl FolderLock {
             .map_or(String::new(), |folder| format!(" (it is now {})", folder.display()));
         let resume = match self.kind {
             FolderKind::Run => "Resume the run where its folder is now (--run-dir)",
-            FolderKind::Sweep | FolderKind::Trial => "Move it back to resume it with the sweep",
+            FolderKind::Sweep => "Move it back to resume it with the sweep",
+            // The trial's folder moves with its sweep's: the path above says which moved.
+            FolderKind::Trial => {
+                "Move it (or its sweep folder, if that is what moved) back to resume it with the sweep"
+            }
         };
         bail!(
             "the {} {} was moved or replaced while this process trained in it{now}: stopping without \
