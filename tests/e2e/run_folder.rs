@@ -323,6 +323,18 @@ fn a_changed_experiment_is_refused_with_a_diff_unless_allowed_or_fresh() {
         out.status.success() && !all.contains("refused") && all.contains("finished at step 48"),
         "{all}"
     );
+    // Fewer images: the data's own allowance among them.
+    let fewer = ["validate", "r/config.toml", "--set", "dataset.train_size=128"];
+    let out = byol_run(dir.path(), &fewer);
+    let all = text(&out);
+    let flags = "--set schedule.epochs=12 --allow-change dataset --allow-change schedule.epochs";
+    assert!(out.status.success() && all.contains(flags), "{all}");
+    let out = byol_run(
+        dir.path(),
+        &[&fewer[..], &flags.split(' ').collect::<Vec<_>>()].concat(),
+    );
+    let all = text(&out);
+    assert!(out.status.success() && !all.contains("refused"), "{all}");
 
     let mut allowed = changed.to_vec();
     allowed.extend(["--allow-change", "optimizer.lr", "--allow-change", "schedule.epochs"]);
@@ -1505,7 +1517,7 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     ];
     let all = validate(&larger_batch);
     assert!(
-        all.contains("a start as it is would be refused: r has trained 48 steps, more than the 24")
+        all.contains("a start would be refused, --allow-change or not: r has trained 48 steps, more than the 24")
             && all
                 .contains("go back to the batch size and data it trained with (its epochs were 16 steps, these are 8)"),
         "{all}"
@@ -1556,8 +1568,8 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
         "schedule.epochs",
     ]);
     assert!(
-        all.contains("warning: a start as it is would be refused: r has trained 48 steps")
-            && !all.contains("note: continuing"),
+        all.contains("warning: a start would be refused, --allow-change or not: r has trained 48 steps")
+            && !all.contains("as it is would be refused"),
         "{all}"
     );
     let all = validate(&["--run-dir", "r", "--fresh"]);
@@ -1578,8 +1590,9 @@ fn validate_says_what_a_start_with_the_same_flags_does() {
     assert_eq!(all.matches("has shape").count(), 1, "said once: {all}");
     let all = validate(&[&wider[..], &["--allow-change", "backbone.width"]].concat());
     assert!(
-        all.contains("warning: a start as it is would be refused: resuming from r/checkpoints/step-000000048")
-            && all.contains("has shape"),
+        all.contains(
+            "warning: a start would be refused, --allow-change or not: resuming from r/checkpoints/step-000000048"
+        ) && all.contains("has shape"),
         "{all}"
     );
     assert!(!all.contains("holds a run of this experiment"), "{all}");

@@ -479,7 +479,7 @@ fn check_run_folder(
         let known = checked.borrow().get(checkpoint).cloned();
         known.unwrap_or_else(|| {
             let why = byol_train::train::state::cannot_continue(
-                experiment,
+                (experiment, listed),
                 &dir,
                 (checkpoint, manifest),
                 Some(model),

@@ -493,7 +493,9 @@ impl RunStart {
                 .partition(|c| also_safe.iter().any(|k| *k == c.key) && !run_dir::allowed(&c.key, allow));
             // Allowed changes that cannot continue the run (weights of other shapes, a run shorter
             // than it trained) are refused here, before a note says the run continues with them.
-            if let Some(why) = latest_cannot_continue().filter(|_| !allowed.is_empty()) {
+            // (The main process alone: the others would each build the networks on the CPU to
+            // check their fit, and a job ends at any process's error.)
+            if let Some(why) = latest_cannot_continue().filter(|_| main && !allowed.is_empty()) {
                 bail!("{why}");
             }
             let list =
@@ -730,19 +732,20 @@ pub fn record_run(run_dir: &Path, config_toml: &str, fingerprint: &DatasetFinger
 }
 
 /// The refusal to resume a run in `run_dir` from the checkpoint `manifest` describes with
-/// `experiment` of `(total steps, epochs, steps per epoch)`: a run cannot be
+/// `experiment` of `(total steps, epochs, steps per epoch)` on `data`: a run cannot be
 /// shortened below what it has trained (its checkpoint would be saved again as the last step of a
 /// shorter run). None where it fits.
 pub fn shortened_below_trained(
     run_dir: &Path,
     manifest: &Manifest,
-    experiment: &Experiment,
+    (experiment, data): (&Experiment, &DatasetFingerprint),
     (total, epochs, per_epoch): (u64, u64, u64),
 ) -> Option<String> {
     let step = manifest.step;
     if step <= total {
         return None;
     }
+    // (A plan has at least one step per epoch: its batch is at most its images.)
     let per_epoch = per_epoch.max(1);
     // Shorter epochs than the run trained (a larger batch, or fewer images) are a cause that more
     // epochs only hide: the way back is said beside them.
@@ -764,19 +767,28 @@ pub fn shortened_below_trained(
          steps): a run cannot be shortened below what it has trained. Set schedule.epochs to {enough} or more \
          ({}{ends_there}){way_back}, or add --fresh to start over (the folder is moved aside, nothing is deleted)",
         run_dir.display(),
-        flags_to_lengthen(manifest, experiment, enough)
+        flags_to_lengthen(manifest, (experiment, data), enough)
     ))
 }
 
 /// The flags that continue a run with `epochs` epochs: the new value, and an `--allow-change`
-/// for each key of `experiment` that differs from the run's (one `dataset` for the data's keys,
-/// as the data's own refusal asks) and for the epochs where they change.
-fn flags_to_lengthen(manifest: &Manifest, experiment: &Experiment, epochs: u64) -> String {
+/// for each key of `experiment` that differs from the run's (the data's keys aside), for the
+/// data where `data` is not what the checkpoint records (as the data's own refusal asks), and
+/// for the epochs where they change.
+fn flags_to_lengthen(
+    manifest: &Manifest,
+    (experiment, data): (&Experiment, &DatasetFingerprint),
+    epochs: u64,
+) -> String {
     let changed = experiment
         .to_toml()
         .and_then(|toml| run_dir::unsafe_changes(&manifest.config, &toml))
         .unwrap_or_default();
-    let data_changed = changed.iter().any(|c| c.key.starts_with("dataset."));
+    // A checkpoint from before data was recorded: its data keys tell.
+    let data_changed = match &manifest.dataset {
+        Some(saved) => !saved.differences(data).is_empty(),
+        None => changed.iter().any(|c| c.key.starts_with("dataset.")),
+    };
     let epochs_change = saved_epochs(manifest) != Some(epochs);
     let keys = changed
         .iter()
@@ -874,17 +886,17 @@ pub fn save_checkpoint(
 
 /// Why allowing the changed keys cannot continue the run in `run_dir` from checkpoint `dir`: its
 /// weights fit no network of `experiment` ([`misfit_of_checkpoint`], `built` as there), or the
-/// run would be shorter than it has trained with an experiment of `length`
+/// run would be shorter than it has trained with an experiment of `length` on `data`
 /// ([`shortened_below_trained`]; not checked where the length is not known).
 pub fn cannot_continue(
-    experiment: &Experiment,
+    (experiment, data): (&Experiment, &DatasetFingerprint),
     run_dir: &Path,
     (dir, manifest): (&Path, &Manifest),
     built: Option<&Model>,
     length: Option<(u64, u64, u64)>,
 ) -> Option<String> {
     misfit_of_checkpoint(experiment, dir, manifest, built)
-        .or_else(|| length.and_then(|length| shortened_below_trained(run_dir, manifest, experiment, length)))
+        .or_else(|| length.and_then(|length| shortened_below_trained(run_dir, manifest, (experiment, data), length)))
 }
 
 /// Why the weights of checkpoint `dir` fit none of the BYOL networks that a resume of

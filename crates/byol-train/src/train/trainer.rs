@@ -75,14 +75,14 @@ pub struct Trainer<'a> {
 /// shorter run, and its records would contradict each other.
 fn check_not_past_the_end(
     run_dir: &Path,
-    experiment: &Experiment,
+    (experiment, data): (&Experiment, &DatasetFingerprint),
     plan: &Plan,
     manifest: Option<&Manifest>,
 ) -> anyhow::Result<()> {
     let Some(manifest) = manifest else {
         return Ok(());
     };
-    match state::shortened_below_trained(run_dir, manifest, experiment, length(experiment, plan)) {
+    match state::shortened_below_trained(run_dir, manifest, (experiment, data), length(experiment, plan)) {
         Some(refusal) => bail!("{refusal}"),
         None => Ok(()),
     }
@@ -165,7 +165,7 @@ impl<'a> Trainer<'a> {
         let checkpointer = Checkpointer::new(run_dir.join(run_dir::CHECKPOINTS_DIR), experiment.checkpoint.keep_last);
         let cannot_continue = |dir: &Path, manifest: &Manifest| {
             state::cannot_continue(
-                experiment,
+                (experiment, &fingerprint),
                 run_dir,
                 (dir, manifest),
                 None,
@@ -187,7 +187,8 @@ impl<'a> Trainer<'a> {
             Some(p) => agreed_start(p, device, run_dir, find)?,
             None => find()?,
         };
-        check_not_past_the_end(run_dir, experiment, &plan, start.checkpoint.as_ref().map(|(_, m)| m))?;
+        let manifest = start.checkpoint.as_ref().map(|(_, m)| m);
+        check_not_past_the_end(run_dir, (experiment, &fingerprint), &plan, manifest)?;
         if let Some((_, manifest)) = start.checkpoint.as_ref().filter(|_| main) {
             say_schedule_changed(run_dir, manifest, &plan);
         }
