@@ -127,6 +127,8 @@ pub struct ClassifierDraws {
 }
 
 impl ClassifierDraws {
+    /// Draws for `samples` rows of `inputs` features in `classes` classes over `epochs` epochs,
+    /// from libtorch's global generator seeded with `seed`.
     pub fn new(samples: i64, inputs: i64, classes: i64, epochs: usize, seed: i64, device: Device) -> Self {
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(device);
@@ -147,7 +149,8 @@ pub const CLASSIFIER_BATCH: i64 = 256;
 
 /// A linear classifier trained on (features, labels) from `draws` with SGD, Nesterov momentum
 /// 0.9, no weight decay and a cosine lr from `lr` to 0 over all steps, in batches of
-/// [`CLASSIFIER_BATCH`] in each epoch's order (the last batch of an epoch may be smaller).
+/// [`CLASSIFIER_BATCH`] in each epoch's order (the last batch of an epoch may be smaller). The
+/// draws must be for these features' rows ([`ClassifierDraws::new`] with their count).
 pub fn train_classifier(features: &Tensor, labels: &Tensor, draws: &ClassifierDraws, lr: f64) -> nn::Linear {
     let vs = nn::VarStore::new(features.device());
     let (classes, inputs) = (draws.weight.size()[0], draws.weight.size()[1]);

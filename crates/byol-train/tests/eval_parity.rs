@@ -12,7 +12,9 @@ use std::sync::{Mutex, MutexGuard};
 use byol_testkit::rounding::assert_within_rounding;
 use byol_testkit::run_python;
 use byol_train::knn::{knn_accuracy, knn_scores};
-use byol_train::linear::{accuracy, linear_probe, train_classifier, validation_split, ClassifierDraws, LR_CHOSEN_ON};
+use byol_train::linear::{
+    accuracy, linear_probe, train_classifier, validation_split, ClassifierDraws, CLASSIFIER_BATCH, LR_CHOSEN_ON,
+};
 use byol_train::probe::OnlineProbe;
 use tch::{Kind, Tensor};
 
@@ -138,7 +140,7 @@ def train(dtype):
     lr = float(inputs["lr"].item())
     sgd = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, nesterov=True)
     n = len(x)
-    batch = min(256, n)
+    batch = min(int(inputs["batch"].item()), n)
     steps = (n + batch - 1) // batch
     total = max(len(orders) * steps, 1)
     step = 0
@@ -185,6 +187,7 @@ fn the_probes_classifier_trains_as_pytorchs_sgd() {
                 ("weight", &draws.weight),
                 ("bias", &draws.bias),
                 ("lr", &Tensor::from(lr)),
+                ("batch", &Tensor::from(CLASSIFIER_BATCH)),
             ],
         );
         let moved = (&ours.ws - &draws.weight).abs().max().double_value(&[]);

@@ -1206,7 +1206,9 @@ fn run_child(
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     // Read back through this handle: the log of a trial whose folder was moved while it ran is
     // not at `log_path` any more.
-    let mut log_reader = log.try_clone()?;
+    let mut log_reader = log
+        .try_clone()
+        .with_context(|| format!("cannot read {}", log_path.display()))?;
     let mut command = Command::new(program);
     command
         .arg("train")
@@ -1274,10 +1276,13 @@ fn run_child(
     };
     let stopped_as_asked = by_stop_signal && sweep_stopping();
     if !status.success() && !stopped_as_asked {
-        let mut log = String::new();
+        // The last 64 KiB hold the last lines (the log keeps every attempt's).
+        let mut bytes = Vec::new();
         let _ = log_reader
-            .seek(std::io::SeekFrom::Start(0))
-            .and_then(|_| log_reader.read_to_string(&mut log));
+            .seek(std::io::SeekFrom::End(-(64 * 1024)))
+            .or_else(|_| log_reader.seek(std::io::SeekFrom::Start(0)))
+            .and_then(|_| log_reader.read_to_end(&mut bytes));
+        let log = String::from_utf8_lossy(&bytes);
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         bail!("{} exited with {status}:\n{}", program.display(), tail.join("\n"));
