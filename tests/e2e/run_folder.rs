@@ -58,6 +58,33 @@ fn finished_run(dir: &Path, run_dir: &str) -> PathBuf {
     dir.join(run_dir)
 }
 
+/// A run continued at another batch size counts the images each start trained at its own batch
+/// size: images per second times the training time are the images trained.
+#[test]
+fn images_per_second_count_each_starts_own_batch_size() {
+    let dir = setup();
+    let run_dir = finished_run(dir.path(), "r");
+    let larger = [
+        "--set",
+        "schedule.batch_size=64",
+        "--set",
+        "schedule.epochs=8",
+        "--allow-change",
+        "schedule.batch_size",
+        "--allow-change",
+        "schedule.epochs",
+        "--quiet",
+    ];
+    let out = run(dir.path(), "r", &larger);
+    assert!(out.status.success(), "{}", text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();
+    let value = |key: &str| summary[key].as_f64().unwrap();
+    // 48 steps of 32 images, then 16 of 64 (8 epochs of 8 steps).
+    let images = value("images_per_second") * value("train_seconds");
+    assert!((images - 2560.0).abs() < 1e-6 * 2560.0, "{images} images: {summary}");
+}
+
 /// `validate` tells a finished run (a start reports it) from one whose checkpoint is its last step
 /// with no summary of it (a start evaluates it and writes the summary), as the start then does.
 #[test]

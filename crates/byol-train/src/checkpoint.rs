@@ -69,6 +69,11 @@ pub struct TrainingRecord {
     /// checkpoints from before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<CurveCost>,
+    /// The images trained from step `timed_from_step` to here, summed over the starts like
+    /// `train_seconds` (each start's steps at its own batch size). None in checkpoints from
+    /// before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<u64>,
 }
 
 /// What the kNN curve's evaluations during training cost: how many, and their seconds.
@@ -89,6 +94,7 @@ impl TrainingRecord {
                 train_seconds: 0.0,
                 timed_from_step: Some(step),
                 curve: Some(CurveCost::default()),
+                images: Some(0),
                 ..self
             },
         }

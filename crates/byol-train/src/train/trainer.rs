@@ -365,10 +365,22 @@ impl<'a> Trainer<'a> {
         }
     }
 
+    /// The images trained up to `step` over the steps that `train_seconds` covers: the steps
+    /// before the resume's at the batch size they were trained with, and this process's at its
+    /// own. (A checkpoint from before images were counted: its steps at this batch size.)
+    pub fn images_trained(&self, step: u64) -> u64 {
+        let batch = self.experiment.schedule.batch_size as u64;
+        let resumed = self.resumed_from.unwrap_or(0);
+        let before = self
+            .carried
+            .images
+            .unwrap_or_else(|| resumed.saturating_sub(self.carried.timed_from_step.unwrap_or(0)) * batch);
+        before + step.saturating_sub(resumed) * batch
+    }
+
     /// Images trained per second up to `step`, over the steps that `train_seconds` covers.
     pub fn images_per_second(&self, step: u64, train_seconds: f64) -> f64 {
-        let timed = step - self.carried.timed_from_step.unwrap_or(0);
-        (timed * self.experiment.schedule.batch_size as u64) as f64 / train_seconds.max(1e-9)
+        self.images_trained(step) as f64 / train_seconds.max(1e-9)
     }
 
     /// Runs `write`, a write by path into the run folder, while the folder is the one this
@@ -399,6 +411,7 @@ impl<'a> Trainer<'a> {
                 timed_from_step: self.carried.timed_from_step,
                 processes: Some(self.processes()),
                 curve: Some(self.curve_cost()),
+                images: Some(self.images_trained(step)),
             };
             self.in_place(|| {
                 state::save_checkpoint(
