@@ -58,7 +58,7 @@ pub enum EvalCommand {
 fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("{text} is not a whole number of at least 1")),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
     }
 }
 
@@ -69,7 +69,7 @@ fn positive(text: &str) -> Result<f64, String> {
     }
     match text.parse::<f64>() {
         Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        _ => Err(format!("{text} is not a number above 0")),
+        _ => Err(format!("{text:?} is not a number above 0")),
     }
 }
 
