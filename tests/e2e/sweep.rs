@@ -859,6 +859,9 @@ fn a_trial_folder_moved_while_it_trains_is_not_made_again_and_resumes_when_moved
         );
         assert!(!moved.join("error.txt").exists(), "{devices:?}: {all}");
         assert!(has_checkpoint(&sweep_dir.join("trial-002")), "{devices:?}: {all}");
+        let summary = std::fs::read_to_string(sweep_dir.join("summary.csv")).unwrap();
+        let row = summary.lines().find(|l| l.contains("trial-001")).unwrap();
+        assert!(row.contains(",failed,"), "{devices:?}: {summary}");
 
         std::fs::rename(&moved, &trial).unwrap();
         let out = byol_run(dir.path(), &sweep);

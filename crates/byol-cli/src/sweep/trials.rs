@@ -261,6 +261,10 @@ fn run_holding_the_folder(
     let not_ranked = results_not_of_this_sweep(sweep, interrupted.is_none());
     let rows = rank_with(sweep, |trial, dir| match not_ranked.get(&trial.id()) {
         Some(why) => TrialStatus::NotRanked(why.clone()),
+        // Failed, not pending: its folder went while it trained, and its error with it.
+        None if unrecorded.contains(&trial.id()) && fs::symlink_metadata(dir).is_err() => TrialStatus::Failed(
+            "its folder was moved or removed while it trained (its error is not recorded)".to_string(),
+        ),
         None => TrialStatus::read(dir),
     });
     say_what_is_not_ranked(sweep, &rows);
