@@ -77,8 +77,7 @@ fn images_per_second_count_each_starts_own_batch_size() {
     ];
     let out = run(dir.path(), "r", &larger);
     assert!(out.status.success(), "{}", text(&out));
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();
+    let summary = summary(&run_dir);
     let value = |key: &str| summary[key].as_f64().unwrap();
     // 48 steps of 32 images, then 16 of 64 (8 epochs of 8 steps).
     let images = value("images_per_second") * value("train_seconds");

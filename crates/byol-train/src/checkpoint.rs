@@ -177,14 +177,7 @@ impl Checkpointer {
         sources: &[(String, PathBuf)],
         manifest: Manifest,
     ) -> anyhow::Result<PathBuf> {
-        // Not create_dir_all: a run folder moved away while its run trains is not made again at
-        // its old path, without its lock.
-        match fs::create_dir(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(e).with_context(|| format!("cannot create {}", self.dir.display()));
-            }
-            _ => {}
-        }
+        crate::run_dir::create_dir_in_place(&self.dir)?;
         let step = manifest.step;
         let name = format!("step-{step:09}");
         let final_dir = self.dir.join(&name);

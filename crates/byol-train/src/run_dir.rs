@@ -859,6 +859,18 @@ pub fn save_config(run_dir: &Path, config: &str) -> anyhow::Result<()> {
     replace_file(&run_dir.join(CONFIG_FILE), config.as_bytes())
 }
 
+/// Creates the folder `dir` in its parent, which must be there: not `create_dir_all`, so that a
+/// run or sweep folder moved away while its process writes into it is not made again at its old
+/// path, without its lock. A folder already there is fine.
+pub fn create_dir_in_place(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(e).with_context(|| format!("cannot create {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes `bytes` to `path` through `<path>.partial`, synced and then renamed over it: a reader,
 /// or a start after a crash or a full disk, finds the old file or the new one, never a cut one
 /// (which would stop every later start of the run). The folder is synced too, so that the rename

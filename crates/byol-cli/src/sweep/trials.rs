@@ -838,11 +838,7 @@ fn check_or_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<(
     if !check_record(sweep, trial, dir)? {
         return Ok(());
     }
-    // Not create_dir_all: a sweep folder moved away meanwhile is not made again at the old path.
-    match fs::create_dir(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        created => created.with_context(|| format!("cannot create {}", dir.display()))?,
-    }
+    run_dir::create_dir_in_place(dir)?;
     let text = format!(
         "# The parameters of this trial of `byol-run sweep` (checked when the sweep resumes).\n{}",
         toml::to_string(&trial.record())?

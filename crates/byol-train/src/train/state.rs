@@ -706,11 +706,7 @@ pub fn keep_sources(
         let name = format!("{key}-{file_name}");
         let kept = dir.join(&name);
         if main && (start.checkpoint.is_none() || !kept.exists()) {
-            // Not create_dir_all: a run folder moved away meanwhile is not made again at the old path.
-            match std::fs::create_dir(&dir) {
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                created => created.with_context(|| format!("cannot create {}", dir.display()))?,
-            }
+            run_dir::create_dir_in_place(&dir)?;
             let tmp = dir.join(format!(".{name}.tmp"));
             std::fs::copy(&original, &tmp)
                 .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
