@@ -681,6 +681,45 @@ fn a_key_added_since_a_run_was_saved_resumes_at_its_default_and_is_refused_at_an
     assert!(!all.contains("tf32"), "{all}");
 }
 
+/// An `[augment]` value written out as the preset has it draws the same views: no change to
+/// allow (the preset itself changed too, where every value it decides is written out); a value
+/// the views differ by is refused, and named alone.
+#[test]
+fn augment_values_spelled_out_as_the_preset_has_them_are_no_change() {
+    let dir = setup();
+    finished_run(dir.path(), "r");
+    let longer = ["--set", "schedule.epochs=4", "--allow-change", "schedule.epochs"];
+    let resume = |sets: &[&str]| {
+        let sets: Vec<&str> = sets.iter().flat_map(|s| ["--set", *s]).collect();
+        run(dir.path(), "r", &[&longer[..], &sets].concat())
+    };
+    // tiny.toml's preset is "cifar": view 2 solarizes at 0.2 and neither view blurs.
+    let refused = resume(&["augment.view1.flip_p=0.5", "augment.view1.solarize_p=0.3"]);
+    let all = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{all}");
+    assert!(all.contains("augment.view1.solarize_p: (not set) -> 0.3"), "{all}");
+    assert!(!all.contains("flip_p"), "{all}");
+    // Under the imagenet preset, a blur written out as cifar's differs from imagenet's own.
+    let refused = resume(&["augment.preset=\"imagenet\"", "augment.view1.blur_p=0.0"]);
+    let all = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{all}");
+    assert!(all.contains("augment.preset: \"cifar\" -> \"imagenet\""), "{all}");
+    assert!(all.contains("augment.view1.blur_p: (not set) -> 0.0"), "{all}");
+    let same = [
+        "augment.preset=\"imagenet\"",
+        "augment.view1.blur_p=0.0",
+        "augment.view2.blur_p=0.0",
+        "augment.eval_crop_fraction=1.0",
+        "augment.mean=[0.4914, 0.4822, 0.4465]",
+        "augment.std=[0.2470, 0.2435, 0.2616]",
+        "augment.view2.solarize_p=0.2",
+    ];
+    let out = resume(&same);
+    let all = text(&out);
+    assert!(out.status.success() && all.contains("from step 48 of 64"), "{all}");
+    assert!(!all.contains("augment"), "{all}");
+}
+
 fn summary(run_dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap()
 }

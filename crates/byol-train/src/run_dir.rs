@@ -721,26 +721,90 @@ pub fn dotted_keys(table: &toml::Table) -> std::collections::BTreeMap<String, to
     out
 }
 
-/// Every key whose value differs between two resolved experiments (TOML text), sorted.
+/// Every key whose value differs between two resolved experiments (TOML text), sorted; but
+/// for `[augment]` keys whose change leaves the views as they were ([`same_views`]).
 pub fn changes(saved: &str, now: &str) -> anyhow::Result<Vec<Change>> {
-    let parse = |text: &str| -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-        let table: toml::Table = toml::from_str(text)?;
-        Ok(dotted_keys(&table)
-            .into_iter()
-            .map(|(k, v)| (k, v.to_string()))
-            .collect())
-    };
-    let (saved, now) = (parse(saved)?, parse(now)?);
+    let (saved_table, now_table): (toml::Table, toml::Table) = (toml::from_str(saved)?, toml::from_str(now)?);
+    let (saved, now) = (dotted_keys(&saved_table), dotted_keys(&now_table));
     let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
+    let same_views = same_views(&saved_table, &now_table);
     Ok(keys
         .into_iter()
         .filter(|k| saved.get(*k) != now.get(*k))
+        .filter(|k| !same_views(k))
         .map(|k| Change {
             key: k.clone(),
-            saved: saved.get(k).cloned(),
-            now: now.get(k).cloned(),
+            saved: saved.get(k).map(|v| v.to_string()),
+            now: now.get(k).map(|v| v.to_string()),
         })
         .collect())
+}
+
+/// Tells the `[augment]` keys whose change draws the same views, as the augmentation plugin
+/// spells its values out ([`byol::AugmentSpec::spelled_out`]): every one where both tables'
+/// views are the same (a preset's values written out, the preset then changed), else a key
+/// whose value, put in either experiment alone, leaves that experiment's views as they were
+/// (`view1.flip_p: (not set) -> 0.5` where the preset's is 0.5). A plugin that does not spell
+/// out, or a table that does not parse, keeps every change.
+fn same_views<'a>(saved: &'a toml::Table, now: &'a toml::Table) -> impl Fn(&str) -> bool + 'a {
+    let spelled = |table: &toml::Table| -> Option<String> {
+        let spec: Box<dyn byol::AugmentSpec> = toml::Value::Table(table.clone()).try_into().ok()?;
+        toml::to_string(&spec.spelled_out()?).ok()
+    };
+    let augment = |t: &toml::Table| t.get("augment").and_then(|a| a.as_table()).cloned();
+    let (saved_augment, now_augment) = (augment(saved), augment(now));
+    let (saved_views, now_views) = (
+        saved_augment.as_ref().and_then(spelled),
+        now_augment.as_ref().and_then(spelled),
+    );
+    let all_same = saved_views.is_some() && saved_views == now_views;
+    // `key` (below `augment.`) set as `from` has it, in `into`: the same views as before?
+    let leaves_as_is =
+        move |into: &Option<toml::Table>, views: &Option<String>, from: &Option<toml::Table>, key: &str| {
+            let (Some(into), Some(views)) = (into, views) else {
+                return false;
+            };
+            let mut changed = into.clone();
+            set_dotted(&mut changed, key, from.as_ref().and_then(|f| get_dotted(f, key)));
+            spelled(&changed).as_ref() == Some(views)
+        };
+    move |key: &str| match key.strip_prefix("augment.") {
+        None => false,
+        Some(_) if all_same => true,
+        Some(key) => {
+            leaves_as_is(&saved_augment, &saved_views, &now_augment, key)
+                && leaves_as_is(&now_augment, &now_views, &saved_augment, key)
+        }
+    }
+}
+
+/// The value at a dotted key of a table (`view1.flip_p`).
+fn get_dotted(table: &toml::Table, key: &str) -> Option<toml::Value> {
+    match key.split_once('.') {
+        None => table.get(key).cloned(),
+        Some((head, rest)) => get_dotted(table.get(head)?.as_table()?, rest),
+    }
+}
+
+/// Sets (or with `None` removes) the value at a dotted key of a table, making the tables on the
+/// way.
+fn set_dotted(table: &mut toml::Table, key: &str, value: Option<toml::Value>) {
+    match (key.split_once('.'), value) {
+        (None, Some(value)) => {
+            table.insert(key.to_string(), value);
+        }
+        (None, None) => {
+            table.remove(key);
+        }
+        (Some((head, rest)), value) => {
+            let inner = table
+                .entry(head)
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            if let Some(inner) = inner.as_table_mut() {
+                set_dotted(inner, rest, value);
+            }
+        }
+    }
 }
 
 /// A saved experiment with the keys this version added since filled in with their defaults, as

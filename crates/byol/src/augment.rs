@@ -32,6 +32,14 @@ pub trait AugmentSpec: std::fmt::Debug + Send + Sync {
     fn normalization(&self) -> Option<Normalization> {
         None
     }
+
+    /// This spec with every value it leaves to a preset or a default written out, so that two
+    /// specs that draw the same views serialize alike: a run resumed with a value spelled out as
+    /// its preset has it continues the same run. `None` (the default): the keys as written are
+    /// all there is to compare; also `None` for a spec that does not build.
+    fn spelled_out(&self) -> Option<Box<dyn AugmentSpec>> {
+        None
+    }
 }
 
 /// Per-channel normalization of pixels scaled to [0, 1]: `(x - mean) / std` (torchvision's

@@ -197,6 +197,43 @@ impl ByolAugmentConfig {
     }
 }
 
+impl ByolAugmentConfig {
+    /// The same views with every value the preset gives written out (the preset then decides
+    /// nothing, and is the default's), for comparing configs only. `None` where the config does
+    /// not resolve.
+    fn spelled_out_config(&self) -> Option<Self> {
+        let augment = self.resolve().ok()?;
+        let spelled = |p: &ViewParams| ViewOverrides {
+            crop_scale: Some(p.crop_scale),
+            crop_ratio: Some(p.crop_ratio),
+            flip_p: Some(p.flip_p),
+            jitter_p: Some(p.jitter_p),
+            brightness: Some(p.jitter.brightness),
+            contrast: Some(p.jitter.contrast),
+            saturation: Some(p.jitter.saturation),
+            hue: Some(p.jitter.hue),
+            grayscale_p: Some(p.grayscale_p),
+            blur_p: Some(p.blur_p),
+            blur_sigma: Some(p.blur_sigma),
+            blur_kernel_fraction: Some(p.blur_kernel_fraction),
+            solarize_p: Some(p.solarize_p),
+            solarize_threshold: Some(p.solarize_threshold),
+        };
+        Some(Self {
+            preset: Preset::default(),
+            image_size: Some(augment.size),
+            // What the fraction decides, the resize, as a fraction: fractions that round to the
+            // same resize draw the same views.
+            eval_crop_fraction: Some(augment.size as f64 / augment.eval_resize as f64),
+            mean: Some(augment.mean),
+            std: Some(augment.std),
+            crop_on: self.crop_on,
+            view1: spelled(&augment.view1),
+            view2: spelled(&augment.view2),
+        })
+    }
+}
+
 /// The colour jitter's strengths (torchvision's ranges: factors drawn from [1 - s, 1 + s], the
 /// hue shift from [-hue, hue] turns), the blur kernel and the solarization threshold of a view.
 fn check_view_ranges(name: &str, p: &ViewParams) -> Result<(), DataError> {
@@ -269,6 +306,9 @@ byol::register_plugin! {
                 mean: augment.mean,
                 std: augment.std,
             })
+        }
+        fn spelled_out(&self) -> Option<Box<dyn AugmentSpec>> {
+            Some(Box::new(self.spelled_out_config()?))
         }
     }
 }
