@@ -460,17 +460,45 @@ pub struct EmbedArgs {
 struct Skipped {
     /// `<file>: <why>`, in the order met.
     all: Vec<String>,
+    /// The same, one line each whatever the file names hold: escaped as in the names file.
+    lines: Vec<String>,
 }
 
 impl Skipped {
     /// Skips `what` (or, with `strict`, stops there).
     fn add(&mut self, strict: bool, what: String) -> anyhow::Result<()> {
+        let line = escape_line(&what);
+        self.add_line(strict, what, line)
+    }
+
+    /// Skips an image that could not be decoded (or, with `strict`, stops there); its path is
+    /// written byte for byte in the list.
+    fn add_image(&mut self, strict: bool, error: byol::DataError) -> anyhow::Result<()> {
+        match error {
+            byol::DataError::Image { path, message } => {
+                let line = format!("{}: {}", byol_data::path_line(&path), escape_line(&message));
+                self.add_line(strict, format!("{}: {message}", path.display()), line)
+            }
+            other => self.add(strict, other.to_string()),
+        }
+    }
+
+    fn add_line(&mut self, strict: bool, what: String, line: String) -> anyhow::Result<()> {
         if strict {
             bail!("{what} (--strict stops at the first unreadable file)");
         }
         self.all.push(what);
+        self.lines.push(line);
         Ok(())
     }
+}
+
+/// `text` on one line: backslash, newline, carriage return and tab escaped as in the names file.
+fn escape_line(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+        .replace('\t', "\\t")
 }
 
 /// A checkpoint's trained networks, ready to embed.
@@ -607,7 +635,7 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
                     embedded.push(file);
                     count += 1;
                 }
-                Err(e) => skipped.add(args.strict, e.to_string())?,
+                Err(e) => skipped.add_image(args.strict, e)?,
             }
         }
         if count == 0 {
@@ -648,15 +676,8 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         }?)
     });
     let write_names: FileWriter = Box::new(|path| Ok(std::fs::write(path, names.join("\n") + "\n")?));
-    // One line each, whatever the file names hold, escaped as in the names file; without
-    // skipped images, an earlier embedding's list (of other embeddings) goes.
-    let escape = |what: &String| {
-        what.replace('\\', "\\\\")
-            .replace('\n', "\\n")
-            .replace('\r', "\\r")
-            .replace('\t', "\\t")
-    };
-    let list = (!skipped.all.is_empty()).then(|| skipped.all.iter().map(escape).collect::<Vec<_>>().join("\n") + "\n");
+    // Without skipped images, an earlier embedding's list (of other embeddings) goes.
+    let list = (!skipped.lines.is_empty()).then(|| skipped.lines.join("\n") + "\n");
     let write_list = list.map(|list| -> FileWriter { Box::new(move |path| Ok(std::fs::write(path, list)?)) });
     run_dir::replace_files_with(vec![
         (args.out.as_path(), Some(write_embeddings)),

@@ -22,9 +22,15 @@ pub struct Rgb {
 /// Largest side accepted, in pixels, for every format (a guard against decompression bombs).
 const MAX_SIDE: usize = 1 << 14;
 
-/// Bytes a decoder may allocate: a 16-bit RGBA image of the largest size (8 bytes a pixel), so
-/// that any image within [`MAX_SIDE`] decodes whatever its format and depth.
-const MAX_ALLOC: u64 = (MAX_SIDE * MAX_SIDE * 8) as u64;
+/// Most pixels accepted, for every format: PIL's own limit (`Image.MAX_IMAGE_PIXELS`, twice of
+/// which raises `DecompressionBombError`), so that a file PIL refuses is refused here too. A
+/// 16384-pixel square is 268 million pixels, 2 GiB to decode at 16-bit RGBA: a small file can
+/// hold one.
+const MAX_PIXELS: usize = 2 * 89_478_485;
+
+/// Bytes a decoder may allocate: a 16-bit RGBA image of the most pixels (8 bytes a pixel), so
+/// that any image within the limits decodes whatever its format and depth.
+const MAX_ALLOC: u64 = (MAX_PIXELS * 8) as u64;
 
 /// The same refusal for every format, checked from the header before decoding.
 fn check_size(width: usize, height: usize) -> Result<(), String> {
@@ -32,6 +38,14 @@ fn check_size(width: usize, height: usize) -> Result<(), String> {
         return Err(format!(
             "{width}x{height} pixels is over the limit of {MAX_SIDE} pixels per side (a guard against \
              decompression bombs): downscale the image to at most {MAX_SIDE} pixels on its longer side"
+        ));
+    }
+    if width * height > MAX_PIXELS {
+        return Err(format!(
+            "{width}x{height} pixels is {} million pixels, over the limit of {} million (PIL's, a guard \
+             against decompression bombs): downscale the image",
+            width * height / 1_000_000,
+            MAX_PIXELS / 1_000_000
         ));
     }
     Ok(())
@@ -177,6 +191,15 @@ fn cmyk_to_rgb(samples: &[u8]) -> Vec<u8> {
 
 fn decode_other(bytes: &[u8]) -> Result<Rgb, String> {
     let format = image::guess_format(bytes).map_err(|_| "not a JPEG or PNG file".to_string())?;
+    if format != image::ImageFormat::Png {
+        return Err(format!(
+            "a {} file by its contents, whatever its name says: only JPEG and PNG are read; convert it to one of them",
+            format
+                .extensions_str()
+                .first()
+                .map_or("other".to_string(), |e| e.to_uppercase())
+        ));
+    }
     let header = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let (width, height) = header
         .into_dimensions()

@@ -47,3 +47,18 @@ pub fn path_line(path: &std::path::Path) -> String {
     }
     line
 }
+
+/// A file or folder name as text: valid UTF-8 as it is, each other byte (names are bytes on
+/// Unix) as `\xNN`, so that names that differ on disk differ as text: two class folders are two
+/// classes, and a renamed file changes a split's record.
+pub fn name_text(name: &std::ffi::OsStr) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut text = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        text.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            text.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    text
+}

@@ -254,6 +254,27 @@ fn every_format_has_the_same_size_limit_and_says_it() {
     png[29..33].copy_from_slice(&crc.to_be_bytes());
     let err = decode_rgb(&png).unwrap_err();
     assert!(err.contains("20000x20000 pixels is over the limit"), "{err}");
+    // Within the sides, over PIL's pixel limit (178,956,970): refused from the header too; at
+    // the limit, the header passes (the decoder then finds the data missing).
+    for (side, over) in [(13377u32, false), (13377 + 1, true)] {
+        png[16..20].copy_from_slice(&side.to_be_bytes());
+        png[20..24].copy_from_slice(&side.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode_rgb(&png).unwrap_err();
+        assert_eq!(err.contains("over the limit of 178 million"), over, "{side}: {err}");
+    }
+}
+
+/// A file of another format named like a JPEG or PNG says what it is by its contents.
+#[test]
+fn another_format_under_an_image_name_is_named() {
+    let gif = b"GIF89a\x04\x00\x04\x00\x80\x00\x00";
+    let err = decode_rgb(gif).unwrap_err();
+    assert!(
+        err.contains("a GIF file by its contents") && err.contains("convert it"),
+        "{err}"
+    );
 }
 
 /// The real CIFAR-10 JPEGs (`byol_testkit::cifar10_jpeg`: skipped where they are absent, a
@@ -1035,4 +1056,31 @@ fn a_folder_past_the_longest_path_is_named_not_left_out() {
     };
     let err = err.to_string();
     assert!(err.contains("cannot look at") && err.contains("ddddd"), "{err}");
+}
+
+/// Names are bytes on Unix: class folders (and files) whose names differ only in bytes that are
+/// not UTF-8 are told apart, their bytes written as `\xNN`, so that they are two classes and a
+/// renamed file changes the split's record.
+#[test]
+fn names_that_are_not_utf8_are_told_apart() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train");
+    let name = |bytes: &[u8]| std::ffi::OsStr::from_bytes(bytes).to_owned();
+    for (class, seed) in [(&b"c\xfed"[..], 1), (&b"c\xffd"[..], 2)] {
+        write_image(&train.join(name(class)).join(name(b"x\xfe.png")), 8, 8, seed);
+    }
+    let (splits, _) = load(&train, "image_size = 8").unwrap();
+    assert_eq!(splits.train.classes(), ["c\\xfed", "c\\xffd"]);
+    let before = splits.train.content().unwrap();
+    std::fs::rename(
+        train.join(name(b"c\xffd")).join(name(b"x\xfe.png")),
+        train.join(name(b"c\xffd")).join(name(b"x\xff.png")),
+    )
+    .unwrap();
+    let (splits, _) = load(&train, "image_size = 8").unwrap();
+    let after = splits.train.content().unwrap();
+    assert_ne!(before.digest, after.digest, "a renamed file is another record");
+    let parts: Vec<&str> = after.parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(parts, ["c\\xfed/", "c\\xffd/"]);
 }

@@ -47,10 +47,10 @@ impl Listing {
             let relative = path.strip_prefix(&self.root).unwrap_or(path);
             let mut components = relative.components();
             let part = match (components.next(), components.next()) {
-                (Some(folder), Some(_)) => format!("{}/", folder.as_os_str().to_string_lossy()),
+                (Some(folder), Some(_)) => format!("{}/", crate::name_text(folder.as_os_str())),
                 _ => TOP_LEVEL_PART.to_string(),
             };
-            (part, relative.to_string_lossy(), size)
+            (part, crate::name_text(relative.as_os_str()), size)
         }))
     }
 }
@@ -152,7 +152,7 @@ fn class_folders(entries: &[PathBuf]) -> Vec<PathBuf> {
 
 fn names_of(dirs: &[PathBuf]) -> Vec<String> {
     dirs.iter()
-        .map(|d| d.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .map(|d| crate::name_text(d.file_name().unwrap_or_default()))
         .collect()
 }
 

@@ -374,6 +374,8 @@ fn class_list(key: &str, file: &Path) -> Result<Option<Vec<String>>, DataError> 
     let text = std::fs::read_to_string(file)
         .map_err(|e| DataError::Config(format!("dataset.{key}: cannot read {}: {e}", file.display())))?;
     // Line n names label n: a blank line among them would shift every name after it if dropped.
+    // A byte-order mark (an editor's) is no part of the first name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut classes: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
     while classes.last().is_some_and(String::is_empty) {
         classes.pop();
@@ -385,6 +387,18 @@ fn class_list(key: &str, file: &Path) -> Result<Option<Vec<String>>, DataError> 
             blank + 1,
             file.display()
         )));
+    }
+    // Two labels of one name would be one class to whoever reads the results.
+    for (i, name) in classes.iter().enumerate() {
+        if let Some(j) = classes[..i].iter().position(|earlier| earlier == name) {
+            return Err(DataError::Config(format!(
+                "dataset.{key}: lines {} and {} of {} both name the class '{name}' (labels {j} and {i}); \
+                 give each label its own name",
+                j + 1,
+                i + 1,
+                file.display()
+            )));
+        }
     }
     Ok(Some(classes))
 }

@@ -192,7 +192,7 @@ impl Dataset for WebDataset {
     fn content(&self) -> Option<byol::Content> {
         let index = &self.0.index;
         Some(crate::dataset::files_content(index.samples.iter().map(|s| {
-            let shard = index.path(s).file_name().unwrap_or_default().to_string_lossy();
+            let shard = crate::name_text(index.path(s).file_name().unwrap_or_default());
             let name = format!("{shard}/{}", s.name);
             (shard, name, s.size)
         })))
