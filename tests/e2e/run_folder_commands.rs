@@ -220,6 +220,7 @@ fn eval_errors_name_its_flags_not_experiment_keys() {
         ("knn", "--temperature", "0"),
         ("linear", "--epochs", "0"),
         ("linear", "--lrs", "0.1,-1"),
+        ("linear", "--lrs", "1e39"),
     ] {
         let out = byol_run(
             dir.path(),

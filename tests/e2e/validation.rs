@@ -33,6 +33,7 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
             "schedule.warmup_epochs = -3 is out of range: it must be >= 0",
         ),
         ("optimizer.lr=-1", "optimizer.lr = -1 is out of range: it must be >= 0"),
+        ("eval.probe_lr=1e39", "eval.probe_lr = 1e39 is beyond float32's range"),
         ("eval.knn_k=0", "eval.knn_k = 0 is out of range: it must be >= 1"),
         (
             "logging.every_steps=0",

@@ -68,8 +68,11 @@ fn positive(text: &str) -> Result<f64, String> {
         return Err(format!("a value is missing (found the flag {text})"));
     }
     match text.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        _ => Err(format!("{text:?} is not a number above 0")),
+        // Above float32's largest, the classifier's update could not hold it.
+        Ok(x) if x > 0.0 && x <= f32::MAX as f64 => Ok(x),
+        _ => Err(format!(
+            "{text:?} is not a number above 0 (and within float32's 3.4e38)"
+        )),
     }
 }
 

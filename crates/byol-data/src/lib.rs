@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod decode;
 pub mod image_folder;
 pub mod loader;
+mod memory;
 pub mod ops;
 pub mod preview;
 pub mod rng;

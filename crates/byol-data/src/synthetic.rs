@@ -76,10 +76,23 @@ byol::register_plugin! {
             if !(2..=SHAPES.len()).contains(&self.classes) {
                 return Err(DataError::Config(format!("dataset.classes = {} must be between 2 and {}", self.classes, SHAPES.len())));
             }
-            if self.image_size < 8 || self.train_size == 0 {
-                return Err(DataError::Config("dataset.image_size must be at least 8 and dataset.train_size positive".into()));
+            if self.image_size < 8 {
+                return Err(DataError::Config(format!("dataset.image_size = {} must be at least 8", self.image_size)));
             }
-            Ok(())
+            if self.train_size == 0 {
+                return Err(DataError::Config("dataset.train_size = 0: generate at least one training image".into()));
+            }
+            let images = self.train_size as u128 + self.test_size as u128;
+            crate::memory::check_fits(
+                images * 3 * (self.image_size as u128).pow(2),
+                || {
+                    format!(
+                        "dataset.train_size = {} and test_size = {}: {images} images of {2}x{2} pixels",
+                        self.train_size, self.test_size, self.image_size
+                    )
+                },
+                "generate fewer or smaller images",
+            )
         }
 
         fn image_size(&self) -> Option<u32> {
@@ -151,5 +164,33 @@ fn inside_shape(class: usize, u: f32, v: f32) -> bool {
         7 => au.max(av) < 0.85 && ((u - v).abs() < 0.35 || (u + v).abs() < 0.35),
         8 => au.max(av) < 0.9 && au.max(av) > 0.55,
         _ => d < 1.0 && v > 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use byol::DatasetSpec;
+
+    /// More images than memory holds are refused from the configuration, before generating.
+    #[test]
+    fn more_images_than_memory_are_refused_before_generating() {
+        let config = SyntheticConfig {
+            train_size: 1 << 40,
+            ..Default::default()
+        };
+        let err = config.check().unwrap_err().to_string();
+        assert!(
+            err.contains("more than the") && err.contains("fewer or smaller"),
+            "{err}"
+        );
+        let err = SyntheticConfig {
+            image_size: 7,
+            ..Default::default()
+        }
+        .check()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("dataset.image_size = 7 must be at least 8"), "{err}");
     }
 }

@@ -1084,3 +1084,21 @@ fn names_that_are_not_utf8_are_told_apart() {
     let parts: Vec<&str> = after.parts.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(parts, ["c\\xfed/", "c\\xffd/"]);
 }
+
+/// Images that cannot all be held in memory are refused before the allocation, which would
+/// abort the process without a word, saying how to read them instead.
+#[test]
+fn a_memory_cache_larger_than_the_machine_is_refused_with_the_way_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train");
+    image_tree(&train, &["a", "b"], 2, (8, 8));
+    // 4 images at 2e9 pixels a side: 48 exabytes, more than any machine has.
+    let Err(err) = load(&train, "image_size = 2000000000") else {
+        panic!("48 exabytes were allocated");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("the 4 images of") && err.contains("more than the") && err.contains("cache = \"none\""),
+        "{err}"
+    );
+}

@@ -65,13 +65,22 @@ impl Problems<'_> {
     }
 
     fn range(&mut self, key: &str, value: f64, range: Range) {
+        let shown = short_number(value);
         if !value.is_finite() {
             self.add(
                 key,
-                format!("{key} = {value} is not a finite number: it must be {range}"),
+                format!("{key} = {shown} is not a finite number: it must be {range}"),
+            );
+        } else if value.abs() > f32::MAX as f64 {
+            self.add(
+                key,
+                format!(
+                    "{key} = {shown} is beyond float32's range (3.4e38), which the training computes in: it \
+                     must be {range}"
+                ),
             );
         } else if !range.contains(value) {
-            self.add(key, format!("{key} = {value} is out of range: it must be {range}"));
+            self.add(key, format!("{key} = {shown} is out of range: it must be {range}"));
         }
     }
 
@@ -187,7 +196,9 @@ impl Experiment {
             s.final_lr_fraction,
             Range::Closed(0.0, 1.0),
         );
-        if let Some((images, key)) = self.dataset.train_images().filter(|(images, _)| s.batch_size > *images) {
+        // (No images at all: the dataset's own check says so.)
+        let too_few = |(images, _): &(usize, &str)| *images > 0 && s.batch_size > *images;
+        if let Some((images, key)) = self.dataset.train_images().filter(too_few) {
             // Named after the setting that changed, where one was set on the command line.
             p.add_mentioning(format!(
                 "schedule.batch_size = {} must be between 1 and the {images} training images (dataset.{key} = \

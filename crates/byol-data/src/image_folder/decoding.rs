@@ -42,6 +42,16 @@ impl DecodingFolder {
     pub(super) fn decode_all(self) -> Result<(ImageSet, Vec<String>), DataError> {
         let n = self.listing.files.len();
         let size = self.size as usize;
+        crate::memory::check_fits(
+            n as u128 * 3 * (size as u128).pow(2),
+            || {
+                format!(
+                    "the {n} images of {} at {size}x{size} pixels",
+                    self.listing.root.display()
+                )
+            },
+            "set dataset.cache = \"none\" to decode them as they are read, or a smaller dataset.image_size",
+        )?;
         let sample = 3 * size * size;
         let all: Vec<usize> = (0..n).collect();
         let mut pixels = vec![0u8; n * sample];
