@@ -306,6 +306,46 @@ fn every_skipped_image_is_named_in_the_run_folder_and_counted_in_the_summary() {
     assert_eq!(summary(dir.path())["skipped_images"], 0);
 }
 
+/// Images that decoded when the run trained and no longer do, damaged in place at the same size
+/// (the same names and sizes: the same files by the record), are a change of data: a resume is
+/// refused saying how many, not continued on the images left.
+#[test]
+fn images_that_no_longer_decode_are_a_change_of_data() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..20u32 {
+        write_image(&dir.path().join(format!("unlabelled/{i:02}.png")), (i % 2) as usize, i);
+    }
+    std::fs::write(dir.path().join("flat.toml"), UNLABELLED).unwrap();
+    let out = byol_run(dir.path(), &["flat.toml", "--run-dir", "run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for i in 0..3 {
+        let file = dir.path().join(format!("unlabelled/{i:02}.png"));
+        let size = std::fs::metadata(&file).unwrap().len() as usize;
+        std::fs::write(&file, vec![0u8; size]).unwrap();
+    }
+    let longer = [
+        "flat.toml",
+        "--run-dir",
+        "run",
+        "--set",
+        "schedule.epochs=2",
+        "--allow-change",
+        "schedule.epochs",
+    ];
+    let out = byol_run(dir.path(), &longer);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("train: 20 images -> 17 images")
+            && all.contains("the same files, but 3 of the images it trained on no longer decode"),
+        "{all}"
+    );
+    assert!(all.contains("--allow-change dataset"), "{all}");
+    // As is, the data are the same to validate (it decodes nothing); allowed, the run goes on.
+    let out = byol_run(dir.path(), &[&longer[..], &["--allow-change", "dataset"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// Labelled images of one class measure nothing (any network is 100% right): the kNN monitor is
 /// off with a warning, said by validate too, and `eval` refuses such a folder.
 #[test]

@@ -136,13 +136,24 @@ impl SplitFingerprint {
     /// Whether `now` is this split: the same classes, and the same files (every file's name and
     /// size) where both have a digest, else the same count. Counts of the same files differ by
     /// how they were read: a listing, or a run reading files as it goes (`cache = "none"`),
-    /// counts the unreadable ones that a run decoding every image first leaves out.
+    /// counts the unreadable ones that a run decoding every image first leaves out; so fewer
+    /// images of the same files than the run decoded is a change ([`Self::fewer_decode`]).
     fn matches(&self, now: &Self) -> bool {
         let same_images = match (&self.files_digest, &now.files_digest) {
-            (Some(saved), Some(digest)) => saved == digest,
+            (Some(saved), Some(digest)) => saved == digest && self.fewer_decode(now) == 0,
             _ => self.images == now.images,
         };
         same_images && self.classes == now.classes
+    }
+
+    /// How many fewer of the same files decode in `now` than in this record: images damaged
+    /// since, in place and at the same size. Zero where the files differ, or where `now` counts
+    /// at least as many (a listing counts every file).
+    fn fewer_decode(&self, now: &Self) -> usize {
+        match (&self.files_digest, &now.files_digest) {
+            (Some(saved), Some(digest)) if saved == digest => self.images.saturating_sub(now.images),
+            _ => 0,
+        }
     }
 }
 
@@ -286,6 +297,11 @@ impl DatasetFingerprint {
                 let (saved, now) = (self.0.get(name), now.0.get(name));
                 let split = format!("  {name}: {} -> {}", describe(saved, now), describe(now, saved));
                 let parts = match (saved, now) {
+                    (Some(saved), Some(now)) if saved.fewer_decode(now) > 0 => vec![format!(
+                        "    the same files, but {} of the images it trained on no longer decode (the warning \
+                         about unreadable images names them)",
+                        saved.fewer_decode(now)
+                    )],
                     // Every part as it was, the whole split not: the parts are named otherwise
                     // (a shards' classes.txt), or they come in another order.
                     (Some(saved), Some(now)) if !saved.parts.is_empty() && saved.parts == now.parts => {
