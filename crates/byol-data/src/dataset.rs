@@ -135,6 +135,10 @@ impl Dataset for ImageSet {
         self.labels.len()
     }
 
+    fn counts_decoded(&self) -> bool {
+        true
+    }
+
     fn content(&self) -> Option<Content> {
         self.content.clone()
     }

@@ -96,6 +96,13 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
         false
     }
 
+    /// Whether [`Dataset::len`] counts the images that decoded, not every file of its
+    /// [`Dataset::content`]: a split decoded whole when built, its unreadable images left out.
+    /// Then fewer images of the same files than a run decoded means some no longer decode.
+    fn counts_decoded(&self) -> bool {
+        false
+    }
+
     /// The images at `indices` as one uint8 `[N, C, H, W]` CPU tensor, and their labels `[N]`.
     fn batch(&self, indices: &[usize]) -> Result<(Tensor, Tensor), DataError> {
         read_batch(self, indices, resolve_threads(self.workers()))

@@ -74,6 +74,10 @@ pub struct SplitFingerprint {
     /// before parts were kept.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parts: BTreeMap<String, PartFingerprint>,
+    /// Whether `images` counts the images that decoded ([`Dataset::counts_decoded`]); absent
+    /// (false) in the records of runs started before it was kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub decoded: bool,
 }
 
 /// One part of a [`SplitFingerprint`]: its images (unreadable ones included) and the start of
@@ -146,12 +150,14 @@ impl SplitFingerprint {
         same_images && self.classes == now.classes
     }
 
-    /// How many fewer of the same files decode in `now` than in this record: images damaged
-    /// since, in place and at the same size. Zero where the files differ, or where `now` counts
-    /// at least as many (a listing counts every file).
+    /// How many fewer of the same files decode in `now` than in this record, where both count
+    /// the images that decoded: images damaged since, in place and at the same size. Zero where
+    /// the files differ, or where either counts every file (a listing, a split read as it goes).
     fn fewer_decode(&self, now: &Self) -> usize {
         match (&self.files_digest, &now.files_digest) {
-            (Some(saved), Some(digest)) if saved == digest => self.images.saturating_sub(now.images),
+            (Some(saved), Some(digest)) if saved == digest && self.decoded && now.decoded => {
+                self.images.saturating_sub(now.images)
+            }
             _ => 0,
         }
     }
@@ -190,6 +196,7 @@ impl DatasetFingerprint {
                         classes: data.classes().to_vec(),
                         parts: parts.collect(),
                         files_digest: content.map(|c| c.digest),
+                        decoded: data.counts_decoded(),
                     };
                     (name.to_string(), split)
                 })
@@ -1023,8 +1030,12 @@ mod tests {
         assert!(!now.matches(&other) && now.matches(&now.clone()));
         // The same files with one image fewer: one could not be decoded into memory, where a
         // listing or a run reading files as it goes counts it.
-        let decoded = split(r#"{"images": 1, "classes": ["a"], "files_digest": "4567ef01"}"#);
+        let decoded = split(r#"{"images": 1, "classes": ["a"], "files_digest": "4567ef01", "decoded": true}"#);
         assert!(decoded.matches(&now) && now.matches(&decoded));
+        // Fewer decoded than the run decoded: damaged since.
+        let both = split(r#"{"images": 2, "classes": ["a"], "files_digest": "4567ef01", "decoded": true}"#);
+        assert!(!both.matches(&decoded) && decoded.matches(&both));
+        assert_eq!(both.fewer_decode(&decoded), 1);
         let other_classes = split(r#"{"images": 2, "classes": ["b"], "files_digest": "4567ef01"}"#);
         assert!(!other_classes.matches(&now));
     }
@@ -1078,6 +1089,7 @@ mod tests {
             classes: Vec::new(),
             files_digest: Some(digest.into()),
             parts: saved.clone(),
+            decoded: false,
         };
         let record = |digest: &str| DatasetFingerprint(BTreeMap::from([("train".to_string(), split(digest))]));
         let lines = record("aa").differences(&record("bb"));
