@@ -265,7 +265,12 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     );
     // The same checkpoint exported again: the same bytes (its metadata in name order).
     let out = byol_run(dir.path(), &["export", "r", "--out", "again.safetensors"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("note: backbone.width = 4: torchvision.models.resnet18() cannot load this export"),
+        "{all}"
+    );
     assert!(
         std::fs::read(dir.path().join("again.safetensors")).unwrap()
             == std::fs::read(dir.path().join("r/backbone.safetensors")).unwrap()
@@ -346,7 +351,14 @@ fn export_loads_into_torchvision_and_embed_matches_its_forward() {
         &format!("augment.std={std}"),
     ]);
     let out = byol_run(dir.path(), &["export", "r", "--out", "backbone.safetensors"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    // The CIFAR stem's replacement, as the check below makes it.
+    assert!(
+        all.contains("note: backbone.cifar_stem = true: before torchvision.models.resnet18() loads this export")
+            && all.contains("model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)"),
+        "{all}"
+    );
 
     let (images, embeddings, names) = embed_random_images(dir.path(), 5);
 

@@ -509,6 +509,24 @@ fn a_tensorboard_write_error_warns_and_never_panics() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("no checkpoint was saved in r/checkpoints yet"), "{all}");
     assert!(!all.contains("panicked") && !all.contains("abort"), "{all}");
+    // Exporting it says why there is nothing to export.
+    let out = byol_run(dir.path(), &["export", "r", "--out", "b.safetensors"]);
+    let all = text(&out);
+    assert!(
+        all.contains("run folder r has no checkpoint yet")
+            && all.contains("its run failed: ")
+            && all.contains("no checkpoint was saved in r/checkpoints yet")
+            && all.contains("(error.txt)"),
+        "{all}"
+    );
+    // (A run that failed before it made its checkpoints folder: the same.)
+    std::fs::remove_dir_all(dir.path().join("r/checkpoints")).unwrap();
+    let out = byol_run(dir.path(), &["export", "r", "--out", "b.safetensors"]);
+    let all = text(&out);
+    assert!(
+        all.contains("run folder r has no checkpoint: its run saved none; its run failed: "),
+        "{all}"
+    );
 }
 
 fn edit_manifest(checkpoint: &Path, edit: impl FnOnce(&mut serde_json::Value)) {

@@ -15,6 +15,16 @@ use byol_train::Experiment;
 
 const BACKBONE_PREFIX: &str = "online.backbone.";
 
+/// `; its run failed: <why> (error.txt)` for a run folder whose run failed (before its first
+/// checkpoint, where this is said), else nothing.
+fn failure(run_dir: &Path) -> String {
+    let error = std::fs::read_to_string(run_dir.join(byol_train::sweep::ERROR_FILE)).ok();
+    let first = error.as_deref().and_then(|e| e.lines().find(|l| !l.trim().is_empty()));
+    first.map_or(String::new(), |line| {
+        format!("; its run failed: {} ({})", line.trim(), byol_train::sweep::ERROR_FILE)
+    })
+}
+
 /// A checkpoint folder as given, or the newest intact checkpoint of a run folder (the folder
 /// holding `checkpoints/`), found as a resume finds it: damaged checkpoints are skipped with a
 /// warning and left where they are (the run may be training; only its owner repairs it).
@@ -47,6 +57,13 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
+    if !checkpoints.is_dir() && run_dir::is_run_folder(path) {
+        bail!(
+            "run folder {} has no checkpoint: its run saved none{}. Train it first, or give a checkpoint folder",
+            path.display(),
+            failure(path)
+        );
+    }
     if !checkpoints.is_dir() {
         bail!(
             "{} is neither a checkpoint folder (no {}) nor a run folder (no {CHECKPOINTS_DIR}/); give \
@@ -76,9 +93,10 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
     }
     let Some((dir, manifest)) = found.latest else {
         bail!(
-            "run folder {} has no checkpoint yet ({} holds none): train it first, or give a checkpoint folder",
+            "run folder {} has no checkpoint yet ({} holds none){}. Train it first, or give a checkpoint folder",
             path.display(),
-            checkpoints.display()
+            checkpoints.display(),
+            failure(path)
         );
     };
     byol::eprint_line!(
@@ -294,6 +312,9 @@ fn export_from(checkpoint_dir: &Path, out: &Path) -> anyhow::Result<()> {
     }
     if let Some(preprocess) = &preprocess {
         say!("its inputs: {} (metadata \"{PREPROCESS_KEY}\")", preprocess.describe());
+    }
+    if let Some(note) = experiment.as_ref().and_then(|e| e.backbone.export_note()) {
+        say!("note: {note}");
     }
     Ok(())
 }

@@ -89,4 +89,11 @@ pub trait BackboneSpec: std::fmt::Debug + Send + Sync {
         let _ = key;
         false
     }
+
+    /// What an exported state_dict needs before its PyTorch counterpart loads it, where
+    /// `load_state_dict` alone does not do (a stem replaced first, a width no stock model has);
+    /// `byol-run export` says it. None (the default): nothing to say.
+    fn export_note(&self) -> Option<String> {
+        None
+    }
 }

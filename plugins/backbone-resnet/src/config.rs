@@ -58,6 +58,26 @@ impl ResNetConfig {
     }
 }
 
+impl ResNetConfig {
+    /// [`BackboneSpec::export_note`] for torchvision's `name` constructor.
+    fn export_note(&self, name: &str) -> Option<String> {
+        if self.width != 64 {
+            return Some(format!(
+                "backbone.width = {0}: torchvision.models.{name}() cannot load this export, its stem is 64 \
+                 channels wide (and every layer's width follows); the names are torchvision's, the shapes \
+                 those of a {name} whose stem is {0} wide",
+                self.width
+            ));
+        }
+        self.cifar_stem.then(|| {
+            format!(
+                "backbone.cifar_stem = true: before torchvision.models.{name}() loads this export, set \
+                 model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False) and model.maxpool = torch.nn.Identity()"
+            )
+        })
+    }
+}
+
 /// One typetag name per depth, as torchvision names its constructors.
 macro_rules! resnet_depth {
     ($ty:ident, $name:literal, $block:ident, $layers:expr, $description:literal) => {
@@ -79,6 +99,9 @@ macro_rules! resnet_depth {
                 }
                 fn pretrained_ignores(&self, key: &str) -> bool {
                     key.starts_with("fc.")
+                }
+                fn export_note(&self) -> Option<String> {
+                    self.0.export_note($name)
                 }
             }
         }
