@@ -25,6 +25,9 @@ pub struct TarReader<R: Read + Seek> {
     /// Bytes in the archive, to tell a truncated archive from a complete one.
     length: u64,
     done: bool,
+    /// The names of the links passed over (hard and symbolic): members without data of their
+    /// own, which a `tar` of a folder of linked images holds instead of the images.
+    pub links: Vec<String>,
 }
 
 impl<R: Read + Seek> TarReader<R> {
@@ -34,6 +37,7 @@ impl<R: Read + Seek> TarReader<R> {
             position: 0,
             length,
             done: false,
+            links: Vec::new(),
         }
     }
 
@@ -215,6 +219,10 @@ impl<R: Read + Seek> TarReader<R> {
                 // GNU's long link name and global PAX headers leave a pending name for the entry
                 // it belongs to.
                 b'K' | b'g' => {}
+                b'1' | b'2' => {
+                    self.links
+                        .push(long_name.take().unwrap_or_else(|| header_name(&header)));
+                }
                 // Folders, links and the rest carry no sample data; a long name given for one
                 // of them is its own, not the next file's.
                 _ => long_name = None,

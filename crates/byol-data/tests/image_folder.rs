@@ -873,6 +873,27 @@ fn file_list_errors_name_the_line() {
     std::fs::create_dir_all(root.join("a/deeper")).unwrap();
     let err = with("a/deeper\n");
     assert!(err.contains("deeper is a folder, not an image file"), "{err}");
+    // Entries that are there but no file: each said for what it is (a pipe is never opened).
+    std::os::unix::fs::symlink("gone.png", root.join("a/dangling.png")).unwrap();
+    std::os::unix::fs::symlink("loop2.png", root.join("a/loop1.png")).unwrap();
+    std::os::unix::fs::symlink("loop1.png", root.join("a/loop2.png")).unwrap();
+    let fifo = std::ffi::CString::new(root.join("a/pipe.png").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    for (entry, what) in [
+        (
+            "a/dangling.png",
+            "is a broken link: it leads to gone.png, which does not exist",
+        ),
+        ("a/loop1.png", "is a link that leads round in a loop"),
+        ("a/pipe.png", "is not a file (a pipe, a socket or a device)"),
+    ] {
+        let err = with(&format!("{entry}\n"));
+        assert!(
+            err.contains(&format!("{entry} {what}")) && err.contains("fix the list"),
+            "{err}"
+        );
+    }
     let err = with("a/000.png\n000.png\n");
     assert!(err.contains("line 2: '000.png' is not inside a class folder"), "{err}");
     let err = with("zzz/000.png\n");

@@ -404,6 +404,31 @@ fn a_sample_with_two_images_is_read_from_its_jpg_and_said() {
     assert!(red[0] > 150 && red[1] > 150 && red[2] < 60, "{red:?}");
 }
 
+/// A shard of links named like images (`tar` of a folder of linked images, without
+/// `--dereference`) holds no image in them: they are left out and said, not read as nothing.
+#[test]
+fn links_named_like_images_are_left_out_and_said() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_image(&tmp.path().join("a.png"), 40);
+    let script = r#"
+import sys, tarfile
+with tarfile.open(sys.argv[1] + "/links.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+    tar.add(sys.argv[1] + "/a.png", arcname="0.png")
+    for kind, name in [(tarfile.SYMTYPE, "1.png"), (tarfile.LNKTYPE, "2.png"), (tarfile.SYMTYPE, "3.txt")]:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, "0.png"
+        tar.addfile(info)
+"#;
+    python(script, &[tmp.path()]);
+    let (splits, warnings) = config(&quoted(&tmp.path().join("links.tar")), "").load().unwrap();
+    assert_eq!(splits.train.len(), 1);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("2 member(s) named like images are links") && warnings[0].contains("member 1.png"),
+        "{warnings:?}"
+    );
+}
+
 /// The red channel of every sample of an unlabelled split, by index.
 fn contents_unlabelled(split: &dyn Dataset) -> Vec<u8> {
     let mut out = vec![0u8; 3 * 8 * 8];

@@ -760,20 +760,38 @@ pub(super) fn read_file_list(
         };
         let path = root.join(&relative);
         let Some(size) = file_size(&path) else {
-            let what = if path.is_dir() {
-                "is a folder, not an image file"
-            } else {
-                "does not exist"
-            };
             return Err(DataError::Config(format!(
-                "{}: {} {what}; fix the list or {key}",
+                "{}: {} {}; fix the list or {key}",
                 at(),
-                path.display()
+                path.display(),
+                not_a_file(&path)
             )));
         };
         per_class[label].push((path, size));
     }
     Ok(())
+}
+
+/// Why `path`, named by a file list, is no image file to read.
+fn not_a_file(path: &Path) -> String {
+    if path.is_dir() {
+        return "is a folder, not an image file".into();
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(_) => "does not exist".into(),
+        Ok(m) if m.file_type().is_symlink() => match std::fs::metadata(path) {
+            // ELOOP (40 on Linux): the error a loop of links gives.
+            Err(e) if e.raw_os_error() == Some(40) => "is a link that leads round in a loop".into(),
+            _ => match std::fs::read_link(path) {
+                Ok(target) => format!(
+                    "is a broken link: it leads to {}, which does not exist",
+                    target.display()
+                ),
+                Err(e) => format!("is a link that cannot be read: {e}"),
+            },
+        },
+        Ok(_) => "is not a file (a pipe, a socket or a device), which would never be read to its end".into(),
+    }
 }
 
 /// A file list's entries with their 1-based line numbers: blank lines and `#` comments skipped,

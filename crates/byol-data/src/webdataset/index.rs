@@ -44,6 +44,8 @@ pub(super) struct ShardListing {
     pub(super) imageless: Vec<(String, Vec<String>)>,
     /// Samples with more than one image member (their key, and those members' extensions).
     pub(super) several_images: Vec<(String, Vec<String>)>,
+    /// Links named like images, left out: they hold no image.
+    pub(super) image_links: Vec<String>,
 }
 
 /// `dir/name.ext` -> (`dir/name`, `ext`): the key is everything before the first dot of the
@@ -79,7 +81,12 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
                      write): copy it again, or write it again"
             ))
         })?;
-        let Some(member) = member else { break };
+        let Some(member) = member else {
+            let is_image =
+                |name: &String| split_key(name).is_some_and(|(_, ext)| IMAGE_EXTENSIONS.contains(&ext.as_str()));
+            listing.image_links = tar.links.into_iter().filter(is_image).collect();
+            break;
+        };
         let Some((key, ext)) = split_key(&member.name) else {
             continue;
         };
@@ -255,8 +262,10 @@ impl Index {
         let mut labelled = 0;
         let mut imageless: Vec<(usize, String, Vec<String>)> = Vec::new();
         let mut several_images: Vec<(usize, String, Vec<String>)> = Vec::new();
+        let mut image_links: Vec<(usize, String)> = Vec::new();
         for (s, listing) in list_shards(&shards, threads).into_iter().enumerate() {
             let listing = listing?;
+            image_links.extend(listing.image_links.into_iter().map(|name| (s, name)));
             labelled += listing.labelled;
             samples.extend(listing.samples);
             starts.push(samples.len());
@@ -264,6 +273,15 @@ impl Index {
             several_images.extend(listing.several_images.into_iter().map(|(k, e)| (s, k, e)));
         }
         warnings.extend(imageless_warning(key, &shards, &imageless));
+        if let Some((s, name)) = image_links.first() {
+            warnings.push(format!(
+                "dataset.{key}: {} member(s) named like images are links, which hold no image, and are left out \
+                 (first: {} member {name}); write the shards from the images themselves (`tar --dereference`, or \
+                 `byol-run shard`)",
+                image_links.len(),
+                shards[*s].display(),
+            ));
+        }
         if let Some((s, k, exts)) = several_images.first() {
             warnings.push(format!(
                 "dataset.{key}: {} sample(s) have more than one image member (first: {} key {k}, with {}); each is \
