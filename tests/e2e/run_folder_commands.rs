@@ -244,4 +244,19 @@ fn eval_errors_name_its_flags_not_experiment_keys() {
         "{all}"
     );
     assert!(!all.contains("dataset."), "{all}");
+    assert!(all.contains("pass --strict to stop at the first one instead"), "{all}");
+    // The result counts and names it; --strict stops at it instead.
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["skipped_images"], 1, "{result}");
+    assert!(
+        result["skipped"][0].as_str().unwrap().starts_with("train\t"),
+        "{result}"
+    );
+    let out = byol_run(
+        dir.path(),
+        &["eval", "knn", "r", "--train", "train", "--test", "test", "--strict"],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("bad.png") && all.contains("leave out --strict"), "{all}");
 }

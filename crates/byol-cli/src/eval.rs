@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use byol_data::image_folder::{is_hidden, ImageFolderConfig, Wording};
+use byol_data::image_folder::{is_hidden, ImageFolderConfig, OnBadImage, Wording};
 use byol_data::Dataset;
 use byol_train::knn::knn_accuracy;
 use byol_train::linear::{linear_probe, VALIDATION_FRACTION};
@@ -97,6 +97,10 @@ pub struct EvalData {
     /// CPU when that device is not on this machine).
     #[arg(long)]
     device: Option<String>,
+    /// Stop at the first unreadable image instead of skipping it with a counted warning (the
+    /// result's `skipped_images` counts those skipped, and `skipped` names them).
+    #[arg(long)]
+    strict: bool,
 }
 
 struct Features {
@@ -106,6 +110,8 @@ struct Features {
     /// The checkpoint they were computed with, and the experiment saved in it.
     checkpoint: PathBuf,
     experiment: Experiment,
+    /// The unreadable images left out, `<split>\t<image>: <why>`.
+    skipped: Vec<String>,
 }
 
 fn features(data: &EvalData) -> anyhow::Result<Features> {
@@ -124,10 +130,19 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         test: Some(data.test.clone()),
         image_size: crate::embed::evaluation_decode_size(&experiment),
         limit_per_class: data.limit_per_class,
+        on_bad_image: if data.strict {
+            OnBadImage::Error
+        } else {
+            OnBadImage::Skip
+        },
         ..Default::default()
     };
+    let wording = Wording {
+        on_bad_image: Some(("pass --strict".into(), "leave out --strict".into())),
+        ..Wording::flags("evaluate on them")
+    };
     let (splits, warnings) = folder
-        .load_worded(&Wording::flags("evaluate on them"))
+        .load_worded(&wording)
         .map_err(|e| anyhow::anyhow!(e.message()))
         .context("reading the evaluation images")?;
     for w in warnings {
@@ -145,12 +160,19 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
     let batch = experiment
         .eval
         .feature_batch(schedule.batch_size / schedule.accumulate.max(1));
+    let train = embed_split(&model.byol, augment.as_ref(), &splits.train, batch, device)?;
+    let test_features = embed_split(&model.byol, augment.as_ref(), &test, batch, device)?;
+    let skipped = [("train", &splits.train), ("test", &test)]
+        .into_iter()
+        .flat_map(|(split, data)| data.skipped().into_iter().map(move |s| format!("{split}\t{s}")))
+        .collect();
     Ok(Features {
-        train: embed_split(&model.byol, augment.as_ref(), &splits.train, batch, device)?,
-        test: embed_split(&model.byol, augment.as_ref(), &test, batch, device)?,
+        train,
+        test: test_features,
         classes: splits.train.classes().len() as i64,
         checkpoint,
         experiment,
+        skipped,
     })
 }
 
@@ -265,6 +287,8 @@ fn knn(data: &EvalData, k: Option<usize>, temperature: Option<f64>) -> anyhow::R
             "checkpoint": f.checkpoint,
             "train_images": f.train.0.size()[0],
             "test_images": f.test.0.size()[0],
+            "skipped_images": f.skipped.len(),
+            "skipped": f.skipped,
             "k": k.min(bank),
             "k_requested": k,
             "k_from": k_from,
@@ -333,6 +357,8 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
             "checkpoint": f.checkpoint,
             "train_images": f.train.0.size()[0],
             "test_images": f.test.0.size()[0],
+            "skipped_images": f.skipped.len(),
+            "skipped": f.skipped,
             "epochs": epochs,
             "lr_chosen_on": result.lr_chosen_on,
             "chosen_lr": result.chosen_lr,
