@@ -93,6 +93,11 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
         )),
         "{error}"
     );
+    let error = refused(dir.path(), &["validate", "tiny.toml", "--set", "optimizer.lr=1e309"]);
+    assert!(
+        error.contains("--set optimizer.lr=1e309: the number is beyond float64's range"),
+        "{error}"
+    );
     // Values past any run, which would overflow a step count, a thread count or an allocation
     // (validate builds the networks, which a head this wide would not fit in memory).
     let past = [

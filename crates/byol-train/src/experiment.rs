@@ -680,6 +680,10 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
             raw.trim()
         );
     }
+    // Likewise a float past float64's range (`1e309`), which TOML does not read as a number.
+    if value.is_str() && raw.trim().parse::<f64>().is_ok_and(f64::is_infinite) {
+        bail!("--set {assignment}: the number is beyond float64's range (about 1.8e308); give a smaller one",);
+    }
     // A dotted key as TOML reads one: `sweep.parameters."optimizer.lr"` has three parts.
     let parts: Vec<String> = match toml_edit::Key::parse(key.trim()) {
         Ok(keys) => keys.iter().map(|k| k.get().to_string()).collect(),

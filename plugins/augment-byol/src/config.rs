@@ -137,7 +137,9 @@ impl ByolAugmentConfig {
         view2 = self.view2.apply(view2);
         let size = self.image_size.unwrap_or(size);
         if size < 4 {
-            return Err(DataError::Config(format!("augment.image_size = {size} is too small")));
+            return Err(DataError::Config(format!(
+                "augment.image_size = {size} is too small: it must be at least 4"
+            )));
         }
         for (name, p) in [("view1", &view1), ("view2", &view2)] {
             for (key, v) in [
