@@ -119,9 +119,14 @@ fn eval_on_a_run_folder_uses_its_newest_checkpoint_and_its_knn_settings() {
         "{all}"
     );
 
-    // One lr is no grid: nothing lies beyond it.
-    let (_, all) = eval(dir.path(), "linear", &["--epochs", "2", "--lrs", "0.1"]);
+    // One lr is no grid: nothing lies beyond it; one named twice is tried once.
+    let (linear, all) = eval(dir.path(), "linear", &["--epochs", "2", "--lrs", "0.1,0.1"]);
     assert!(!all.contains("a better one may lie beyond it"), "{all}");
+    assert!(
+        all.contains("warning: --lrs names 0.1 more than once: it is tried once"),
+        "{all}"
+    );
+    assert_eq!(linear["sweep"].as_array().unwrap().len(), 1, "{linear}");
 }
 
 #[test]

@@ -870,6 +870,11 @@ fn a_trial_folder_moved_while_it_trains_is_not_made_again_and_resumes_when_moved
             out.status.success() && all.contains("trial-002: finished before, skipped"),
             "{devices:?}: {all}"
         );
+        // Said on the console in either mode, not only in the trial's log.
+        assert!(
+            all.contains("trial-001 of 2") && all.contains("(resuming)"),
+            "{devices:?}: {all}"
+        );
         let summary: serde_json::Value =
             serde_json::from_slice(&std::fs::read(trial.join("summary.json")).unwrap()).unwrap();
         assert!(

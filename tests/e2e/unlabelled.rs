@@ -382,6 +382,19 @@ fn a_labelled_split_of_one_class_turns_the_monitor_off() {
         "{}",
         text(&out)
     );
+    // So too where the test folder has more classes: the training folder is what is wrong.
+    for (class, name) in [(0, "cat"), (1, "dog")] {
+        write_image(&dir.path().join(format!("two/{name}/0.png")), class, 5);
+    }
+    let out = byol_run(
+        dir.path(),
+        &["eval", "knn", "run", "--train", "one/train", "--test", "two"],
+    );
+    assert!(
+        text(&out).contains("--train one/train: its images are of one class (cat)"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// The online probe learns from `[eval] train` when the training images have no labels. Resumed

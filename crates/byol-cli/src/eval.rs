@@ -190,16 +190,25 @@ fn check_labelled_folder(flag: &str, dir: &Path) -> anyhow::Result<()> {
         );
     }
     let entries = std::fs::read_dir(dir).with_context(|| format!("{flag} {}: cannot list it", dir.display()))?;
-    let has_classes = entries
+    let classes: Vec<PathBuf> = entries
         .filter_map(Result::ok)
-        .any(|e| e.path().is_dir() && !is_hidden(&e.path()));
-    if !has_classes {
-        bail!(
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !is_hidden(p))
+        .collect();
+    match classes.as_slice() {
+        [] => bail!(
             "{flag} {}: no class sub-folders; evaluation needs labelled images, {layout}",
             dir.display()
-        );
+        ),
+        // Said before the test folder is compared with it, which would blame the test folder.
+        [only] if flag == "--train" => bail!(
+            "--train {}: its images are of one class ({}), and an accuracy over one class is 100% whatever \
+             the features; give it a folder of two class sub-folders or more",
+            dir.display(),
+            only.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The kNN k and temperature of the run a checkpoint belongs to, and where they were read: the
@@ -303,6 +312,15 @@ fn knn(data: &EvalData, k: Option<usize>, temperature: Option<f64>) -> anyhow::R
 /// `eval linear`: a linear classifier on frozen features, its lr chosen on a validation split.
 fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
     check_json(data)?;
+    // A value given twice would train the same classifiers twice and show twice in the sweep.
+    let mut distinct: Vec<f64> = Vec::new();
+    for &lr in lrs {
+        match distinct.contains(&lr) {
+            true => byol::eprint_line!("warning: --lrs names {lr} more than once: it is tried once"),
+            false => distinct.push(lr),
+        }
+    }
+    let lrs = distinct.as_slice();
     let f = features(data)?;
     note_without_top5(f.classes);
     let result = linear_probe(

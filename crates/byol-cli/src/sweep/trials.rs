@@ -1000,13 +1000,7 @@ fn run_in_process(
         }
         still_in_place()?;
         let dir = sweep.trial_dir(trial);
-        let how = match status {
-            TrialStatus::Unfinished if has_checkpoint(&dir) => "resuming",
-            TrialStatus::Unfinished => "starting again, no checkpoint to resume from",
-            TrialStatus::Failed(_) if has_checkpoint(&dir) => "retrying after a failure, from its newest checkpoint",
-            TrialStatus::Failed(_) => "retrying after a failure",
-            _ => "starting",
-        };
+        let how = how_it_starts(&status, &dir);
         say!("\n== {} of {total} ({how}): {} ==", trial.id(), trial.describe());
         retire_error(&dir);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1092,6 +1086,17 @@ fn record_failure(trial: &Trial, dir: &Path, error: &str, unrecorded: &Mutex<Vec
 
 /// One child process per device at a time. Returns the signal that stopped the sweep, if one did;
 /// failed trials whose error could not be recorded go to `unrecorded`.
+/// How a trial of `status` in `dir` starts, for its console line.
+fn how_it_starts(status: &TrialStatus, dir: &Path) -> &'static str {
+    match status {
+        TrialStatus::Unfinished if has_checkpoint(dir) => "resuming",
+        TrialStatus::Unfinished => "starting again, no checkpoint to resume from",
+        TrialStatus::Failed(_) if has_checkpoint(dir) => "retrying after a failure, from its newest checkpoint",
+        TrialStatus::Failed(_) => "retrying after a failure",
+        _ => "starting",
+    }
+}
+
 fn run_parallel(
     sweep: &Sweep,
     options: &SweepOptions,
@@ -1128,13 +1133,14 @@ fn run_parallel(
                 if stop.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed) || !in_place() {
                     return;
                 }
-                let Some((trial, _)) = queue.lock().expect("queue lock").pop_front() else {
+                let Some((trial, status)) = queue.lock().expect("queue lock").pop_front() else {
                     return;
                 };
                 let dir = sweep.trial_dir(trial);
                 say!(
-                    "{} of {total} on {device}: {} (log: {})",
+                    "{} of {total} on {device} ({}): {} (log: {})",
                     trial.id(),
+                    how_it_starts(&status, &dir),
                     trial.describe(),
                     dir.join(LOG_FILE).display()
                 );
