@@ -670,6 +670,21 @@ fn bad_images_are_skipped_with_one_counted_warning() {
     assert!(w.contains("on_bad_image = \"error\""), "{w}");
 }
 
+/// A skipped image whose name holds a line break is named on the warning's one line, escaped
+/// as in the run's skipped-images.txt.
+#[test]
+fn a_skipped_images_name_stays_on_the_warnings_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("train");
+    image_tree(&root, &["a", "b"], 2, (12, 10));
+    std::fs::write(root.join("a/new\nline.png"), "not a png").unwrap();
+    let (_, warnings) = load(&root, "image_size = 8").unwrap();
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("new\\nline.png: ") && !warnings[0].contains('\n'),
+        "{warnings:?}"
+    );
+}
+
 /// A link to a missing file is an unreadable image like the others: counted and named when
 /// skipped, the error when asked, never left out without a word.
 #[test]

@@ -61,9 +61,7 @@ impl DecodingFolder {
             return Err(DataError::Config(format!(
                 "none of the {n} images in {} could be decoded ({})",
                 self.listing.root.display(),
-                self.skipped
-                    .first(|i| self.listing.files[i].0.display().to_string())
-                    .unwrap_or_default()
+                self.skipped.first(|i| self.describe(i)).unwrap_or_default()
             )));
         }
         let warnings = self
@@ -175,8 +173,9 @@ impl Dataset for DecodingFolder {
     fn take_warning(&self) -> Option<String> {
         let place = self.listing.root.display().to_string();
         self.skipped
+            // Each name on the warning's one line, escaped as in skipped-images.txt.
             .take_warning("image(s)", self.listing.files.len(), &place, self.stop_hint(), |i| {
-                self.listing.files[i].0.display().to_string()
+                self.describe(i)
             })
     }
 }
