@@ -895,6 +895,14 @@ fn file_list_errors_name_the_line() {
     let fifo = std::ffi::CString::new(root.join("a/pipe.png").into_os_string().into_encoded_bytes()).unwrap();
     // SAFETY: mkfifo on a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // A class folder that is a link to another's: its images would be of both classes.
+    std::os::unix::fs::symlink("a", root.join("kitty")).unwrap();
+    let err = with("a/000.png\nkitty/000.png\n");
+    assert!(
+        err.contains("line 2: 'kitty/000.png' is in kitty, a link to the class folder a"),
+        "{err}"
+    );
+    std::fs::remove_file(root.join("kitty")).unwrap();
     for (entry, what) in [
         (
             "a/dangling.png",

@@ -743,6 +743,7 @@ pub(super) fn read_file_list(
     let text = std::fs::read_to_string(list_path)
         .map_err(|e| DataError::Config(format!("{list_key}: cannot read {}: {e}", list_path.display())))?;
     let label_of: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    let linked_into = linked_class_folders(root, classes);
     for (n, line) in list_lines(&text) {
         let at = || format!("{} line {n}", list_path.display());
         let relative = relative_path(line).map_err(|why| DataError::Config(format!("{}: '{line}' {why}", at())))?;
@@ -758,6 +759,17 @@ pub(super) fn read_file_list(
                 root.display()
             )));
         };
+        if let Some(other) = linked_into[label] {
+            return Err(DataError::Config(format!(
+                "{}: '{line}' is in {}, a link to the class folder {}: its images would be of two classes at \
+                 once (the folder read alone leaves it out); list them under {}, or make {} a folder of its own",
+                at(),
+                classes[label],
+                classes[other],
+                classes[other],
+                classes[label]
+            )));
+        }
         let path = root.join(&relative);
         let Some(size) = file_size(&path) else {
             return Err(DataError::Config(format!(
@@ -770,6 +782,22 @@ pub(super) fn read_file_list(
         per_class[label].push((path, size));
     }
     Ok(())
+}
+
+/// For each class, the other class whose folder its folder is a link into (`kitty -> cat`), if
+/// any: one image would then be of two classes.
+fn linked_class_folders(root: &Path, classes: &[String]) -> Vec<Option<usize>> {
+    let real: Vec<Option<PathBuf>> = classes.iter().map(|c| root.join(c).canonicalize().ok()).collect();
+    (0..classes.len())
+        .map(|i| {
+            let linked = root
+                .join(&classes[i])
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink());
+            let into = |j: usize| j != i && matches!((&real[i], &real[j]), (Some(a), Some(b)) if a.starts_with(b));
+            linked.then(|| (0..classes.len()).find(|&j| into(j))).flatten()
+        })
+        .collect()
 }
 
 /// Why `path`, named by a file list, is no image file to read.
