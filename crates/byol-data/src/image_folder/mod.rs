@@ -305,9 +305,13 @@ impl ImageFolderConfig {
         // the loader reaches the image, mid-epoch.
         if self.on_bad_image == OnBadImage::Error {
             if let Some(i) = folder.listing.sizes.iter().position(|&size| size == 0) {
-                let why = match std::fs::metadata(&folder.listing.files[i].0) {
+                let path = &folder.listing.files[i].0;
+                // Said as a skip says it (a broken link names where it leads).
+                let why = match std::fs::metadata(path) {
                     Ok(_) => "empty file".to_string(),
-                    Err(e) => format!("cannot be read: {e}"),
+                    Err(e) => crate::decode::read_file(path)
+                        .err()
+                        .unwrap_or_else(|| format!("cannot be read: {e}")),
                 };
                 folder.outcome(i, Err(why))?;
             }
