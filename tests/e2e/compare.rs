@@ -23,10 +23,16 @@ fn tiny() -> String {
 fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tiny.toml"), tiny()).unwrap();
-    for (name, lr) in [("slow", "0.2"), ("fast", "0.8")] {
+    // View 1's flip written out as the cifar preset has it (0.5) is no difference; view 2's
+    // solarization at 0.1 is one, shown against the preset's 0.2.
+    for (name, lr, augment) in [
+        ("slow", "0.2", "augment.view1.flip_p=0.5"),
+        ("fast", "0.8", "augment.view2.solarize_p=0.1"),
+    ] {
         let lr = format!("optimizer.lr={lr}");
         let name = format!("run.name=\"{name}\"");
-        let out = byol_run(dir.path(), &["tiny.toml", "--quiet", "--set", &lr, "--set", &name]);
+        let sets = ["--set", &lr, "--set", &name, "--set", augment];
+        let out = byol_run(dir.path(), &[&["tiny.toml", "--quiet"][..], &sets].concat());
         assert!(out.status.success(), "{}", text(&out));
     }
 
@@ -37,15 +43,15 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines[0],
-        "| run | `optimizer.lr` | `run.name` | kNN before | kNN after | kNN top-5 | gain | probe | final loss | time (s) | img/s | status |",
+        "| run | `augment.view2.solarize_p` | `optimizer.lr` | `run.name` | kNN before | kNN after | kNN top-5 | gain | probe | final loss | time (s) | img/s | status |",
         "only the differing keys: {all}"
     );
-    assert!(lines[2].starts_with("| runs/slow | 0.2 | slow | "), "{all}");
-    assert!(lines[3].starts_with("| runs/fast | 0.8 | fast | "), "{all}");
+    assert!(lines[2].starts_with("| runs/slow | 0.2 | 0.2 | slow | "), "{all}");
+    assert!(lines[3].starts_with("| runs/fast | 0.1 | 0.8 | fast | "), "{all}");
     for row in &lines[2..4] {
         let cells: Vec<&str> = row.split(" | ").collect();
         assert!(
-            cells[3].ends_with('%') && cells[4].ends_with('%'),
+            cells[4].ends_with('%') && cells[5].ends_with('%'),
             "kNN before and after: {row}"
         );
         assert!(row.ends_with("| done |"), "{row}");
@@ -65,7 +71,7 @@ fn two_runs_show_the_keys_that_differ_and_their_final_metrics() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         report["differing_keys"],
-        serde_json::json!(["optimizer.lr", "run.name"])
+        serde_json::json!(["augment.view2.solarize_p", "optimizer.lr", "run.name"])
     );
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);

@@ -31,6 +31,8 @@ struct Run {
     dir: PathBuf,
     /// Every key of its resolved experiment, dotted, with its value.
     config: BTreeMap<String, toml::Value>,
+    /// Its `[augment]` keys as the plugin spells them out (a preset's values included), dotted.
+    augment_spelled_out: BTreeMap<String, toml::Value>,
     /// What its `dataset.json` records of the data it was trained on.
     data: Option<DatasetFingerprint>,
     summary: Option<RunSummary>,
@@ -90,6 +92,14 @@ impl Run {
         let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("cannot parse the experiment in {}", source.display()))?;
         let config = byol_train::run_dir::dotted_keys(&table);
+        let augment_spelled_out = table
+            .get("augment")
+            .and_then(toml::Value::as_table)
+            .and_then(byol_train::run_dir::spelled_out_augment)
+            .map(|augment| {
+                byol_train::run_dir::dotted_keys(&toml::Table::from_iter([("augment".into(), augment.into())]))
+            })
+            .unwrap_or_default();
         let data = DatasetFingerprint::recorded(dir).unwrap_or_else(|e| {
             byol::eprint_line!("warning: {e:#}; the data of {} is not compared", dir.display());
             None
@@ -113,6 +123,7 @@ impl Run {
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
+            augment_spelled_out,
             data,
             summary,
             status: TrialStatus::read_live(dir),
@@ -169,6 +180,25 @@ fn add_process_counts(runs: &mut [Run]) {
     for (run, processes) in runs.iter_mut().zip(counts.unwrap_or_default()) {
         run.config
             .insert("processes".into(), toml::Value::Integer(processes as i64));
+    }
+}
+
+/// Fills in an `[augment]` key that some run sets and another leaves to its preset with the
+/// preset's value, so that the column shows the values the views were drawn with (`32` where the
+/// cifar preset gives it, not `-`), and a value written out as the preset has it is no difference.
+fn add_preset_values(runs: &mut [Run]) {
+    let set: BTreeSet<String> = runs
+        .iter()
+        .flat_map(|r| r.config.keys())
+        .filter(|k| k.starts_with("augment."))
+        .cloned()
+        .collect();
+    for run in runs.iter_mut() {
+        for key in &set {
+            if let (None, Some(value)) = (run.config.get(key), run.augment_spelled_out.get(key)) {
+                run.config.insert(key.clone(), value.clone());
+            }
+        }
     }
 }
 
@@ -239,6 +269,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     add_data_keys(&mut runs);
     add_process_counts(&mut runs);
+    add_preset_values(&mut runs);
     let keys = differing_keys(&runs);
     if args.json {
         say!("{}", serde_json::to_string_pretty(&to_json(&runs, &keys))?);

@@ -747,10 +747,7 @@ pub fn changes(saved: &str, now: &str) -> anyhow::Result<Vec<Change>> {
 /// (`view1.flip_p: (not set) -> 0.5` where the preset's is 0.5). A plugin that does not spell
 /// out, or a table that does not parse, keeps every change.
 fn same_views<'a>(saved: &'a toml::Table, now: &'a toml::Table) -> impl Fn(&str) -> bool + 'a {
-    let spelled = |table: &toml::Table| -> Option<String> {
-        let spec: Box<dyn byol::AugmentSpec> = toml::Value::Table(table.clone()).try_into().ok()?;
-        toml::to_string(&spec.spelled_out()?).ok()
-    };
+    let spelled = |table: &toml::Table| spelled_out_augment(table).map(|t| t.to_string());
     let augment = |t: &toml::Table| t.get("augment").and_then(|a| a.as_table()).cloned();
     let (saved_augment, now_augment) = (augment(saved), augment(now));
     let (saved_views, now_views) = (
@@ -775,6 +772,17 @@ fn same_views<'a>(saved: &'a toml::Table, now: &'a toml::Table) -> impl Fn(&str)
             leaves_as_is(&saved_augment, &saved_views, &now_augment, key)
                 && leaves_as_is(&now_augment, &now_views, &saved_augment, key)
         }
+    }
+}
+
+/// An experiment's `[augment]` table as its plugin spells it out
+/// ([`byol::AugmentSpec::spelled_out`]): every value the views are drawn with, the preset's
+/// included. None where the plugin does not spell out, or the table does not parse.
+pub fn spelled_out_augment(augment: &toml::Table) -> Option<toml::Table> {
+    let spec: Box<dyn byol::AugmentSpec> = toml::Value::Table(augment.clone()).try_into().ok()?;
+    match toml::Value::try_from(spec.spelled_out()?).ok()? {
+        toml::Value::Table(table) => Some(table),
+        _ => None,
     }
 }
 
