@@ -479,9 +479,8 @@ pub struct EmbedArgs {
 /// skipped images).
 #[derive(Default)]
 struct Skipped {
-    /// `<file>: <why>`, in the order met.
-    all: Vec<String>,
-    /// The same, one line each whatever the file names hold: escaped as in the names file.
+    /// `<file>: <why>`, in the order met, one line each whatever the file names hold: escaped as
+    /// in the names file.
     lines: Vec<String>,
 }
 
@@ -508,7 +507,6 @@ impl Skipped {
         if strict {
             bail!("{what} (--strict stops at the first unreadable file)");
         }
-        self.all.push(what);
         self.lines.push(line);
         Ok(())
     }
@@ -671,15 +669,15 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         bail!(
             "none of the images under {} could be read ({} skipped; the first: {})",
             args.images.display(),
-            skipped.all.len(),
-            skipped.all.first().map_or("", String::as_str)
+            skipped.lines.len(),
+            skipped.lines.first().map_or("", String::as_str)
         );
     }
-    if let Some(first) = skipped.all.first() {
+    if let Some(first) = skipped.lines.first() {
         byol::eprint_line!(
             "warning: skipped {} unreadable image(s) or folder(s) under {} (first: {first}; every one in {}); \
              pass --strict to stop at the first one instead",
-            skipped.all.len(),
+            skipped.lines.len(),
             args.images.display(),
             skipped_path.display()
         );

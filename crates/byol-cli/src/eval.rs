@@ -148,13 +148,6 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
     for w in warnings {
         byol::eprint_line!("warning: {w}");
     }
-    if let [only] = splits.train.classes() {
-        bail!(
-            "--train {}: its images are of one class ({only}), and an accuracy over one class is 100% whatever \
-             the features; give it a folder of two class sub-folders or more",
-            data.train.display()
-        );
-    }
     let test: Arc<dyn Dataset> = splits.test.clone().expect("test split requested");
     let schedule = &experiment.schedule;
     let batch = experiment
@@ -205,7 +198,7 @@ fn check_labelled_folder(flag: &str, dir: &Path) -> anyhow::Result<()> {
             "--train {}: its images are of one class ({}), and an accuracy over one class is 100% whatever \
              the features; give it a folder of two class sub-folders or more",
             dir.display(),
-            only.file_name().unwrap_or_default().to_string_lossy()
+            byol_data::name_text(only.file_name().unwrap_or_default())
         ),
         _ => Ok(()),
     }

@@ -42,10 +42,9 @@ fn check_size(width: usize, height: usize) -> Result<(), String> {
     }
     if width * height > MAX_PIXELS {
         return Err(format!(
-            "{width}x{height} pixels is {} million pixels, over the limit of {} million (PIL's, a guard \
-             against decompression bombs): downscale the image",
-            width * height / 1_000_000,
-            MAX_PIXELS / 1_000_000
+            "{width}x{height} pixels is {} pixels, over the limit of {MAX_PIXELS} (PIL's, a guard against \
+             decompression bombs): downscale the image",
+            width * height
         ));
     }
     Ok(())

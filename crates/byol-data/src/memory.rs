@@ -30,7 +30,8 @@ fn gib(bytes: u128) -> String {
 pub(crate) fn check_fits(bytes: u128, what: impl FnOnce() -> String, fix: &str) -> Result<(), DataError> {
     match memory_limit() {
         Some(limit) if bytes > limit as u128 => Err(DataError::Config(format!(
-            "{} take {} in memory, more than the {} this machine has: {fix}",
+            "{} take {} in memory, more than the {} this process may use here (the machine's memory, or its \
+             container's limit): {fix}",
             what(),
             gib(bytes),
             gib(limit as u128)

@@ -107,7 +107,13 @@ byol::register_plugin! {
 
 fn generate(config: &SyntheticConfig, split: u64, count: usize) -> Result<ImageSet, DataError> {
     let side = config.image_size;
-    let mut pixels = vec![0u8; count * 3 * side * side];
+    // (Checked where the memory could not be read, and `check` let it through.)
+    let bytes = (side.checked_mul(side).and_then(|p| p.checked_mul(3 * count))).ok_or_else(|| {
+        DataError::Config(format!(
+            "{count} images of {side}x{side} pixels are more bytes than this machine addresses"
+        ))
+    })?;
+    let mut pixels = vec![0u8; bytes];
     let mut labels = Vec::with_capacity(count);
     for (i, image) in pixels.chunks_mut(3 * side * side).enumerate() {
         let mut rng = SplitMix64::keyed(&[config.seed, split, i as u64]);

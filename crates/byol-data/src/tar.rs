@@ -223,8 +223,8 @@ impl<R: Read + Seek> TarReader<R> {
                     self.links
                         .push(long_name.take().unwrap_or_else(|| header_name(&header)));
                 }
-                // Folders, links and the rest carry no sample data; a long name given for one
-                // of them is its own, not the next file's.
+                // Folders and the rest carry no sample data; a long name given for one of them
+                // is its own, not the next file's.
                 _ => long_name = None,
             }
         }

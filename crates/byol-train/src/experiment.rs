@@ -680,9 +680,16 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
             raw.trim()
         );
     }
-    // Likewise a float past float64's range (`1e309`), which TOML does not read as a number.
-    if value.is_str() && raw.trim().parse::<f64>().is_ok_and(f64::is_infinite) {
-        bail!("--set {assignment}: the number is beyond float64's range (about 1.8e308); give a smaller one",);
+    // Likewise a float past float64's range (`1e309`), which TOML does not read as a number
+    // (digits: `Infinity` is text).
+    let numeral = raw.trim().chars().any(|c| c.is_ascii_digit());
+    if value.is_str() && numeral && raw.trim().parse::<f64>().is_ok_and(f64::is_infinite) {
+        bail!(
+            "--set {assignment}: the number is beyond float64's range (about 1.8e308); give a smaller one (a key \
+             that takes text takes it quoted: {}='\"{}\"')",
+            key.trim(),
+            raw.trim()
+        );
     }
     // A dotted key as TOML reads one: `sweep.parameters."optimizer.lr"` has three parts.
     let parts: Vec<String> = match toml_edit::Key::parse(key.trim()) {

@@ -725,7 +725,14 @@ pub fn dotted_keys(table: &toml::Table) -> std::collections::BTreeMap<String, to
 /// for `[augment]` keys whose change leaves the views as they were ([`same_views`]).
 pub fn changes(saved: &str, now: &str) -> anyhow::Result<Vec<Change>> {
     let (saved_table, now_table): (toml::Table, toml::Table) = (toml::from_str(saved)?, toml::from_str(now)?);
-    let (saved, now) = (dotted_keys(&saved_table), dotted_keys(&now_table));
+    // Compared as text: `nan` is the same value on both sides.
+    let text = |table: &toml::Table| -> std::collections::BTreeMap<String, String> {
+        dotted_keys(table)
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect()
+    };
+    let (saved, now) = (text(&saved_table), text(&now_table));
     let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
     let same_views = same_views(&saved_table, &now_table);
     Ok(keys
@@ -734,8 +741,8 @@ pub fn changes(saved: &str, now: &str) -> anyhow::Result<Vec<Change>> {
         .filter(|k| !same_views(k))
         .map(|k| Change {
             key: k.clone(),
-            saved: saved.get(k).map(|v| v.to_string()),
-            now: now.get(k).map(|v| v.to_string()),
+            saved: saved.get(k).cloned(),
+            now: now.get(k).cloned(),
         })
         .collect())
 }

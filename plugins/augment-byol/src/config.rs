@@ -16,6 +16,16 @@ pub enum Preset {
     Cifar,
 }
 
+impl Preset {
+    /// The central fraction of the image the evaluation view is (the paper's 224 of 256).
+    fn eval_crop_fraction(self) -> f64 {
+        match self {
+            Preset::Imagenet => 0.875,
+            Preset::Cifar => 1.0,
+        }
+    }
+}
+
 /// Where the random resized crop happens.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -115,7 +125,7 @@ impl ByolAugmentConfig {
         let (size, crop_fraction, mean, std, mut view1, mut view2) = match self.preset {
             Preset::Imagenet => (
                 224,
-                0.875,
+                Preset::Imagenet.eval_crop_fraction(),
                 [0.485, 0.456, 0.406],
                 [0.229, 0.224, 0.225],
                 ViewParams::paper_view1(),
@@ -125,7 +135,7 @@ impl ByolAugmentConfig {
                 let cifar = |p: ViewParams| ViewParams { blur_p: 0.0, ..p };
                 (
                     32,
-                    1.0,
+                    Preset::Cifar.eval_crop_fraction(),
                     [0.4914, 0.4822, 0.4465],
                     [0.2470, 0.2435, 0.2616],
                     cifar(ViewParams::paper_view1()),
@@ -224,9 +234,7 @@ impl ByolAugmentConfig {
         Some(Self {
             preset: Preset::default(),
             image_size: Some(augment.size),
-            // What the fraction decides, the resize, as a fraction: fractions that round to the
-            // same resize draw the same views.
-            eval_crop_fraction: Some(augment.size as f64 / augment.eval_resize as f64),
+            eval_crop_fraction: Some(self.eval_crop_fraction.unwrap_or(self.preset.eval_crop_fraction())),
             mean: Some(augment.mean),
             std: Some(augment.std),
             crop_on: self.crop_on,

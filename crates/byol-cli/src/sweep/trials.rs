@@ -1084,8 +1084,6 @@ fn record_failure(trial: &Trial, dir: &Path, error: &str, unrecorded: &Mutex<Vec
     }
 }
 
-/// One child process per device at a time. Returns the signal that stopped the sweep, if one did;
-/// failed trials whose error could not be recorded go to `unrecorded`.
 /// How a trial of `status` in `dir` starts, for its console line.
 fn how_it_starts(status: &TrialStatus, dir: &Path) -> &'static str {
     match status {
@@ -1097,6 +1095,8 @@ fn how_it_starts(status: &TrialStatus, dir: &Path) -> &'static str {
     }
 }
 
+/// One child process per device at a time. Returns the signal that stopped the sweep, if one did;
+/// failed trials whose error could not be recorded go to `unrecorded`.
 fn run_parallel(
     sweep: &Sweep,
     options: &SweepOptions,

@@ -52,7 +52,14 @@ impl DecodingFolder {
             },
             "set dataset.cache = \"none\" to decode them as they are read, or a smaller dataset.image_size",
         )?;
-        let sample = 3 * size * size;
+        // Where the memory could not be read: too large to address is refused as well.
+        let sample = (size.checked_mul(size).and_then(|pixels| pixels.checked_mul(3)))
+            .filter(|&sample| n.checked_mul(sample).is_some())
+            .ok_or_else(|| {
+                DataError::Config(format!(
+                    "{n} images at {size}x{size} pixels are more bytes than this machine addresses"
+                ))
+            })?;
         let all: Vec<usize> = (0..n).collect();
         let mut pixels = vec![0u8; n * sample];
         let labels = read_parallel(&self, &all, &mut pixels, resolve_threads(self.workers))?;

@@ -808,15 +808,17 @@ fn not_a_file(path: &Path) -> String {
     match std::fs::symlink_metadata(path) {
         Err(_) => "does not exist".into(),
         Ok(m) if m.file_type().is_symlink() => match std::fs::metadata(path) {
-            // ELOOP (40 on Linux): the error a loop of links gives.
-            Err(e) if e.raw_os_error() == Some(40) => "is a link that leads round in a loop".into(),
-            _ => match std::fs::read_link(path) {
+            Ok(_) => "is a link to something that is not a file (a pipe, a socket or a device)".into(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::read_link(path) {
                 Ok(target) => format!(
                     "is a broken link: it leads to {}, which does not exist",
                     target.display()
                 ),
                 Err(e) => format!("is a link that cannot be read: {e}"),
             },
+            // ELOOP (40 on Linux, where this runs): the error a loop of links gives.
+            Err(e) if e.raw_os_error() == Some(40) => "is a link that leads round in a loop".into(),
+            Err(e) => format!("is a link that cannot be followed: {e}"),
         },
         Ok(_) => "is not a file (a pipe, a socket or a device), which would never be read to its end".into(),
     }

@@ -276,8 +276,8 @@ impl Index {
         if let Some((s, name)) = image_links.first() {
             warnings.push(format!(
                 "dataset.{key}: {} member(s) named like images are links, which hold no image, and are left out \
-                 (first: {} member {name}); write the shards from the images themselves (`tar --dereference`, or \
-                 `byol-run shard`)",
+                 (first: {} member {name}); write the shards from the images themselves (GNU tar's --dereference \
+                 for symbolic links, --hard-dereference for hard ones, or `byol-run shard`)",
                 image_links.len(),
                 shards[*s].display(),
             ));
@@ -405,18 +405,6 @@ fn class_list(key: &str, file: &Path) -> Result<Option<Vec<String>>, DataError> 
             blank + 1,
             file.display()
         )));
-    }
-    // Two labels of one name would be one class to whoever reads the results.
-    for (i, name) in classes.iter().enumerate() {
-        if let Some(j) = classes[..i].iter().position(|earlier| earlier == name) {
-            return Err(DataError::Config(format!(
-                "dataset.{key}: lines {} and {} of {} both name the class '{name}' (labels {j} and {i}); \
-                 give each label its own name",
-                j + 1,
-                i + 1,
-                file.display()
-            )));
-        }
     }
     Ok(Some(classes))
 }

@@ -305,8 +305,8 @@ impl DatasetFingerprint {
                 let split = format!("  {name}: {} -> {}", describe(saved, now), describe(now, saved));
                 let parts = match (saved, now) {
                     (Some(saved), Some(now)) if saved.fewer_decode(now) > 0 => vec![format!(
-                        "    the same files, but {} of the images it trained on no longer decode (the warning \
-                         about unreadable images names them)",
+                        "    the same files, but {} fewer of them decode (the warning about unreadable \
+                         images names them)",
                         saved.fewer_decode(now)
                     )],
                     // Every part as it was, the whole split not: the parts are named otherwise
