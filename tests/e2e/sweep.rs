@@ -257,6 +257,19 @@ fn a_plain_run_of_a_sweep_file_points_to_byol_run_sweep_and_validate_checks_ever
         "{all}"
     );
     assert!(!dir.path().join("runs/tiny-sweep").exists(), "{all}");
+    // So are the commands that are not training: each process would do the whole of it.
+    for command in [
+        &["validate", "tiny.toml"][..],
+        &["export", "r", "--out", "b.safetensors"],
+    ] {
+        let out = super::byol_run_with_env(dir.path(), command, &[("WORLD_SIZE", "2")]);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(
+            all.contains("this command runs in one process: start it without torchrun (WORLD_SIZE = 2 is set)"),
+            "{all}"
+        );
+    }
 
     let out = byol_run(dir.path(), &["validate", "tiny.toml"]);
     let all = text(&out);

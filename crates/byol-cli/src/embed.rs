@@ -663,7 +663,8 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         let images = Tensor::from_slice(&pixels)
             .view([count, 3, size as i64, size as i64])
             .to_device(device);
-        embeddings.push(model.byol.embed(&augment.eval_view(&images)).to_device(Device::Cpu));
+        embeddings
+            .push(byol_train::train::embed_guarded(&model.byol, &augment.eval_view(&images))?.to_device(Device::Cpu));
     }
     if embeddings.is_empty() {
         bail!(

@@ -210,6 +210,14 @@ struct TrainArgs {
 }
 
 /// `byol-run` with the process's arguments: runs the command and returns its exit code.
+/// The processes of the torchrun job this one belongs to (`WORLD_SIZE`), 1 outside one.
+pub fn torchrun_world() -> usize {
+    std::env::var("WORLD_SIZE")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(1)
+}
+
 pub fn main() -> ExitCode {
     plugins_all::link();
     sweep::trials::exit_with_sweep_parent();
@@ -227,6 +235,16 @@ pub fn main() -> ExitCode {
     });
     let result = match cli.command {
         Some(Command::Train(args)) => train(&args),
+        Some(
+            Command::Validate(_) | Command::Export { .. } | Command::Embed(_) | Command::Eval(_) | Command::Shard(_),
+        ) if torchrun_world() > 1 => {
+            // Every process would do the whole of it, and write the same files at once.
+            Err(anyhow::anyhow!(
+                "this command runs in one process: start it without torchrun (WORLD_SIZE = {} is set); only \
+                 training takes part in a data-parallel job",
+                torchrun_world()
+            ))
+        }
         Some(Command::Validate(args)) => validate(&args),
         Some(Command::Plugins) => plugins::print().map_err(Into::into),
         Some(Command::Doctor) => doctor::run(),

@@ -83,7 +83,10 @@ impl DataParallel {
         }
         let group = ProcessGroup::new(rendezvous, backend)
             .with_context(|| format!("joining the data-parallel job (c10d, {backend:?})"))?;
+        // One process's statistics are the global batch's: the plain batch norm computes them,
+        // as the same run started without torchrun does, at twice the speed on the CPU.
         let sync_scope = match config.sync_batch_norm {
+            _ if rendezvous.world_size == 1 => None,
             SyncBatchNorm::All => Some(SyncScope::All),
             SyncBatchNorm::Heads => Some(SyncScope::Heads),
             SyncBatchNorm::None => None,
@@ -337,7 +340,13 @@ impl OverlappedGradients {
             .iter()
             .any(|&n| n != 0.0 && n != world)
         {
-            bail!("the processes' losses reach different parameters of the online network: data-parallel training needs the same network on every process");
+            bail!(
+                "the processes' losses reach different parameters of the online network at the first step: \
+                 either the network differs between processes (a node-local copy of a module that is not the \
+                 same), or its forward takes branches that depend on the data (one process's shard takes \
+                 one, another's the other); for the latter set distributed.overlap_gradients = false, which \
+                 averages every gradient after backward"
+            );
         }
         let pick = |out: bool| -> Vec<Tensor> {
             (0..tensors.len())

@@ -35,6 +35,14 @@ impl Rendezvous {
     /// run); an error naming the variable when one is missing or malformed.
     pub fn from_env() -> std::result::Result<Option<Self>, String> {
         let Ok(world_size) = std::env::var("WORLD_SIZE") else {
+            // A rank without a world is a launch gone wrong, not a single process: rank 1 alone
+            // would write a run folder as if it were the job.
+            if let Ok(rank) = std::env::var("RANK") {
+                return Err(format!(
+                    "RANK={rank} is set but WORLD_SIZE is not: start distributed runs with torchrun, or set RANK, \
+                     WORLD_SIZE, MASTER_ADDR and MASTER_PORT (unset RANK for a single process)"
+                ));
+            }
             return Ok(None);
         };
         let number = |name: &str, value: String| {
@@ -50,7 +58,10 @@ impl Rendezvous {
         };
         let world_size = number("WORLD_SIZE", world_size)? as usize;
         let rank = number("RANK", required("RANK")?)? as usize;
-        if world_size == 0 || rank >= world_size {
+        if world_size == 0 {
+            return Err("WORLD_SIZE=0: a job has at least one process".into());
+        }
+        if rank >= world_size {
             return Err(format!("RANK={rank} must be below WORLD_SIZE={world_size}"));
         }
         let local_rank = match std::env::var("LOCAL_RANK") {
@@ -160,14 +171,26 @@ impl ProcessGroup {
                 &mut store,
             ))
             .map_err(|e| {
-                let what = match rendezvous.rank == 0 && !rendezvous.agent_store {
+                let port = rendezvous.master_port;
+                let (what, hint) = match rendezvous.rank == 0 && !rendezvous.agent_store {
                     // Rank 0 serves the store: it failed to listen (the port taken, most often).
-                    true => "could not serve the TCPStore on",
-                    false => "could not reach the TCPStore at",
+                    true => (
+                        "could not serve the TCPStore on",
+                        format!("is another program using MASTER_PORT {port}? choose another port"),
+                    ),
+                    // The others connect to rank 0's: it is not running, or elsewhere.
+                    false => (
+                        "could not reach the TCPStore at",
+                        format!(
+                            "is rank 0 running, at MASTER_ADDR {} and MASTER_PORT {port}? start every process of \
+                             the job, with the same MASTER_ADDR and MASTER_PORT",
+                            rendezvous.master_addr
+                        ),
+                    ),
                 };
                 TorchExtError(format!(
-                    "rank {} {what} {}:{}: {e} (is another program using MASTER_PORT {}? choose another port)",
-                    rendezvous.rank, rendezvous.master_addr, rendezvous.master_port, rendezvous.master_port
+                    "rank {} {what} {}:{port}: {e} ({hint})",
+                    rendezvous.rank, rendezvous.master_addr
                 ))
             })?;
         }

@@ -114,7 +114,16 @@ fn a_missing_peer_is_a_clear_error_after_the_timeout() {
 fn torchrun_environment_is_read_with_clear_errors() {
     // One test owns the process environment (tests in this file run on threads).
     std::env::remove_var("WORLD_SIZE");
+    std::env::remove_var("RANK");
     assert_eq!(Rendezvous::from_env().unwrap(), None);
+    // A rank without a world: a launch gone wrong, not a single process.
+    std::env::set_var("RANK", "1");
+    let err = Rendezvous::from_env().unwrap_err();
+    assert!(err.contains("RANK=1 is set but WORLD_SIZE is not"), "{err}");
+    std::env::set_var("WORLD_SIZE", "0");
+    assert!(Rendezvous::from_env()
+        .unwrap_err()
+        .contains("WORLD_SIZE=0: a job has at least one process"));
     std::env::set_var("WORLD_SIZE", "2");
     std::env::remove_var("RANK");
     let err = Rendezvous::from_env().unwrap_err();

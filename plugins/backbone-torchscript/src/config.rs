@@ -57,9 +57,10 @@ byol::register_plugin! {
                # and in [byol]: embedding_layer = \"output\"",
     impl BackboneSpec for TorchScriptConfig {
         fn build(&self, path: &nn::Path, context: &BuildContext) -> Result<Box<dyn Backbone>, ByolError> {
-            if self.input_size <= 0 {
+            // (The views' own sides stop at 4096 too.)
+            if !(1..=4096).contains(&self.input_size) {
                 return Err(ByolError::Config(format!(
-                    "backbone.input_size = {} is not a positive image size",
+                    "backbone.input_size = {} is not an image side in [1, 4096]",
                     self.input_size
                 )));
             }

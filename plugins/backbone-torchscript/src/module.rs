@@ -52,6 +52,13 @@ impl Module {
         let out = self.inner.forward(images).map_err(torch_error)?;
         Ok(match out.dim() {
             2 | 4 => out,
+            0 | 1 => {
+                return Err(TchError::Torch(format!(
+                    "the module returns a tensor of shape {:?}, without a dimension per image: a backbone returns \
+                     [batch, features] (or [batch, channels, height, width], pooled)",
+                    out.size()
+                )))
+            }
             _ => out.flatten(1, -1),
         })
     }

@@ -449,6 +449,14 @@ class Pooled(torch.nn.Module):
 
     def forward(self, x):
         return self.conv(x).mean((2, 3))
+
+class Scalar(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).sum()
 "#;
 
 /// Exports into `DIR` modules that tracing recorded in one mode, and the awkward ones.
@@ -456,7 +464,7 @@ const AWKWARD: &str = r#"
 import copy
 sys.path.insert(0, DIR)
 from tiny_net import TinyNet
-from awkward_nets import Tokens, Complex, ModeWidth, Pooled
+from awkward_nets import Tokens, Complex, ModeWidth, Pooled, Scalar
 torch.manual_seed(0)
 x = torch.randn(2, 3, 16, 16)
 tiny = TinyNet()
@@ -469,6 +477,7 @@ torch.jit.script(Complex()).save(DIR + "/complex.pt")
 torch.save(tiny.state_dict(), DIR + "/state_dict.pt")
 torch.jit.script(ModeWidth()).save(DIR + "/mode_width.pt")
 torch.jit.script(Pooled().to("meta")).save(DIR + "/meta.pt")
+torch.jit.script(Scalar()).save(DIR + "/scalar.pt")
 "#;
 
 /// What `torch.jit.trace` records is found when the module loads and said as warnings (a module
@@ -549,6 +558,16 @@ fn modes_recorded_by_tracing_are_warned_of_and_modules_that_cannot_train_are_ref
     let error = refused("state_dict.pt");
     assert!(
         error.contains("most often a file of torch.save, a state_dict"),
+        "{error}"
+    );
+    let error = refused("scalar.pt");
+    assert!(
+        error.contains("the module returns a tensor of shape [], without a dimension per image"),
+        "{error}"
+    );
+    let error = build("scalar.pt", 5000).0.unwrap_err().to_string();
+    assert!(
+        error.contains("backbone.input_size = 5000 is not an image side in [1, 4096]"),
         "{error}"
     );
     std::fs::create_dir(dir.path().join("folder.pt")).unwrap();

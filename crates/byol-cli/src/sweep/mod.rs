@@ -49,10 +49,7 @@ fn load(args: &ExperimentArgs) -> anyhow::Result<Sweep> {
 pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     // Each process of a torchrun job would run the sweep: one would take the sweep folder, the
     // other stop at its lock, and the first's trials would wait for peers that never come.
-    let world: usize = std::env::var("WORLD_SIZE")
-        .ok()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(1);
+    let world = crate::torchrun_world();
     if world > 1 {
         bail!(
             "byol-run sweep runs one process, which starts its trials itself (one per device with \

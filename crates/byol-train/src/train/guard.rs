@@ -23,6 +23,18 @@ pub fn guarded<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
     outcome
 }
 
+/// `byol.embed(images)` with a failure of the network (a TorchScript module raising on some
+/// batches, a libtorch error) as an error naming the batch, not a panic.
+pub fn embed_guarded(byol: &byol::Byol, images: &tch::Tensor) -> anyhow::Result<tch::Tensor> {
+    guarded(|| byol.embed(images)).map_err(|panic| {
+        anyhow::anyhow!(
+            "embedding a batch of {} images failed: {}",
+            images.size().first().copied().unwrap_or(0),
+            panic_message(panic.as_ref())
+        )
+    })
+}
+
 /// The text of a panic payload (tch panics with the libtorch message), without the `unwrap` that
 /// raised it: ``called `Result::unwrap()` on an `Err` value: Torch("...")`` is the message inside.
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -116,6 +128,16 @@ pub fn explain_error(error: anyhow::Error) -> anyhow::Error {
 /// A data-parallel peer is gone (killed, crashed): this process cannot go on; `detail` is the
 /// collective's own message.
 pub fn peer_gone(detail: &str) -> anyhow::Error {
+    // A wait that timed out: the peer may be alive and still busy.
+    if detail.contains("Timed out") || detail.contains("timed out") {
+        return anyhow::anyhow!(
+            "another process of this data-parallel job did not answer within [distributed] timeout_s: it \
+             stopped, or it is still busy (writing a large checkpoint, evaluating) past that time. If it is \
+             busy, raise distributed.timeout_s; if it stopped, its own error says why, and a job started again \
+             resumes from the last checkpoint\n({})",
+            detail.lines().next().unwrap_or_default()
+        );
+    }
     anyhow::anyhow!(
         "another process of this data-parallel job stopped, so this one cannot go on. If that process \
          failed, its own error says why (the same failure would come back); if it was killed, start the \

@@ -42,7 +42,7 @@ pub use byol::output::print_line;
 pub use data::{training_loader, two_views};
 pub use device::{device_name, parse_device, parse_device_flag, parse_device_for, prepare_for_steps, set_cpu_threads};
 pub use graph::{check_cuda_graphs, graphed_step, GraphedOutputs, GraphedStep};
-pub use guard::{guarded, panic_message};
+pub use guard::{embed_guarded, guarded, panic_message};
 pub use model::{Model, Weights};
 pub use monitor::{embed_split, embed_split_sharded, knn_classes_listed, Evaluation, NO_LABELS_NOTE};
 pub use step::{check_precision, Plan, StepNumerics, StepReport};

@@ -30,7 +30,7 @@ pub fn embed_split(
     for indices in loader.epoch_indices(0) {
         let (images, y) = loader.load_readable(&indices, device)?;
         if y.numel() > 0 {
-            features.push(byol.embed(&augment.eval_view(&images)));
+            features.push(super::guard::embed_guarded(byol, &augment.eval_view(&images))?);
             labels.push(y);
         }
     }
@@ -78,7 +78,7 @@ pub fn embed_split_sharded(
             let (images, y) = loader.load_readable(indices, device)?;
             let rows = y.numel() as i64;
             if rows > 0 {
-                let features = byol.embed(&augment.eval_view(&images)).to_kind(Kind::Float);
+                let features = super::guard::embed_guarded(byol, &augment.eval_view(&images))?.to_kind(Kind::Float);
                 let real = Tensor::ones([rows, 1], (Kind::Float, device));
                 let share = Tensor::cat(&[features, y.to_kind(Kind::Float).unsqueeze(1), real], 1);
                 block.narrow(0, 0, rows).copy_(&share);
