@@ -594,6 +594,53 @@ fn processes_started_with_different_experiments_are_refused() {
     );
 }
 
+/// A TorchScript module under another path on one node (a node-local copy) is accepted when it is
+/// the same file, and refused naming its key when its contents differ: that process would train
+/// another network under the same run.
+#[test]
+fn node_local_copies_of_a_torchscript_module_must_hold_the_same_module() {
+    let dir = setup();
+    let d = dir.path();
+    std::fs::write(d.join("net_def.py"), NET_WITH_A_LATE_PARAMETER).unwrap();
+    let script = format!(
+        "sys.path.insert(0, {dir:?})\nfrom net_def import Net\nfor name in ['a', 'b']:\n    \
+         torch.jit.script(Net()).save({dir:?} + '/net_' + name + '.pt')\n",
+        dir = d.to_str().unwrap(),
+    );
+    byol_testkit::run_python(&script, &[]);
+    std::fs::copy(d.join("net_a.pt"), d.join("net_copy.pt")).unwrap();
+    let experiment = std::fs::read_to_string(d.join("dp.toml")).unwrap().replace(
+        "type = \"resnet18\"\ncifar_stem = true\nwidth = 4\n",
+        "type = \"torchscript\"\npath = \"net_a.pt\"\ninput_size = 16\n",
+    );
+    let experiment = experiment.replace("[byol]\n", "[byol]\nembedding_layer = \"output\"\n");
+    std::fs::write(d.join("ts.toml"), experiment).unwrap();
+    let job = |other: &str, run: &str| {
+        let port = byol_testkit::free_port();
+        let other = format!("backbone.path=\"{other}\"");
+        let ranks = [
+            spawn_rank(d, 0, 2, port, &["ts.toml", "--run-dir", run]),
+            spawn_rank(d, 1, 2, port, &["ts.toml", "--run-dir", run, "--set", &other]),
+        ];
+        ranks.map(|r| r.wait_with_output().unwrap())
+    };
+    let [zero, one] = job("net_copy.pt", "same");
+    assert!(
+        zero.status.success() && one.status.success(),
+        "{}\n{}",
+        text(&zero),
+        text(&one)
+    );
+    let [zero, _] = job("net_b.pt", "other");
+    let all = text(&zero);
+    assert_eq!(zero.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("were started with different experiments")
+            && all.contains("process 1: contents.backbone.path (SHA-256): "),
+        "{all}"
+    );
+}
+
 /// A process waiting for peers that never come (one that stopped at its start, say) ends at
 /// the first SIGTERM, as torchrun sends when a worker fails, instead of waiting for a step it
 /// will never train until `distributed.timeout_s`.

@@ -561,8 +561,18 @@ fn refuse_differences(parallel: &DataParallel, what: &str, differences: &[String
 /// `--set` on one node): they would train diverging copies of the model, or wait for each other in
 /// different collectives until the timeout. Process 0 lists the differences.
 fn check_same_experiment(parallel: &DataParallel, device: Device, experiment: &Experiment) -> anyhow::Result<()> {
-    let texts =
-        gather_texts(parallel, device, &experiment.to_toml()?).context("comparing the processes' experiments")?;
+    // The files the network is built from may be node-local copies, under other paths: their
+    // contents must be the same (another module on one node would train another network).
+    let mut text = experiment.to_toml()?;
+    let sources = super::state::source_files(experiment);
+    if !sources.is_empty() {
+        text.push_str("\n[contents]\n");
+        for (key, path) in sources {
+            let digest = checkpoint::sha256_file(&path).unwrap_or_else(|e| format!("unreadable: {e:#}"));
+            text.push_str(&format!("{:?} = {:?}\n", format!("{key} (SHA-256)"), digest));
+        }
+    }
+    let texts = gather_texts(parallel, device, &text).context("comparing the processes' experiments")?;
     let paths: Vec<&str> = super::state::DATA_LOCATION_KEYS
         .iter()
         .chain(NODE_LOCAL_PATHS)
