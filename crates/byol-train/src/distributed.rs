@@ -83,10 +83,7 @@ impl DataParallel {
         }
         let group = ProcessGroup::new(rendezvous, backend)
             .with_context(|| format!("joining the data-parallel job (c10d, {backend:?})"))?;
-        // One process's statistics are the global batch's: the plain batch norm computes them,
-        // as the same run started without torchrun does, at twice the speed on the CPU.
         let sync_scope = match config.sync_batch_norm {
-            _ if rendezvous.world_size == 1 => None,
             SyncBatchNorm::All => Some(SyncScope::All),
             SyncBatchNorm::Heads => Some(SyncScope::Heads),
             SyncBatchNorm::None => None,
