@@ -209,7 +209,6 @@ struct TrainArgs {
     pruner: Option<PathBuf>,
 }
 
-/// `byol-run` with the process's arguments: runs the command and returns its exit code.
 /// The processes of the torchrun job this one belongs to (`WORLD_SIZE`), 1 outside one.
 pub fn torchrun_world() -> usize {
     std::env::var("WORLD_SIZE")
@@ -218,6 +217,7 @@ pub fn torchrun_world() -> usize {
         .unwrap_or(1)
 }
 
+/// `byol-run` with the process's arguments: runs the command and returns its exit code.
 pub fn main() -> ExitCode {
     plugins_all::link();
     sweep::trials::exit_with_sweep_parent();
