@@ -376,6 +376,52 @@ fn validate_says_a_torchscript_backbone_is_code_that_runs() {
     );
 }
 
+/// A module whose forward raises on some batches (here odd-sized ones, as the last batch of an
+/// evaluation is) ends the run with its error, not a panic, and so does `embed`.
+#[test]
+fn a_torchscript_forward_that_fails_ends_with_its_error_not_a_panic() {
+    let dir = setup();
+    let module = dir.path().join("backbone.pt");
+    // (Scripting a class needs its source in a file.)
+    let class = "import torch\n\nclass Odd(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n        \
+                 self.conv = torch.nn.Conv2d(3, 8, 3)\n\n    def forward(self, x):\n        if x.shape[0] % 2 == 1:\n            \
+                 raise RuntimeError('odd batch not supported')\n        return self.conv(x).mean((2, 3))\n";
+    std::fs::write(dir.path().join("odd_net.py"), class).unwrap();
+    let script = format!(
+        "sys.path.insert(0, {:?})\nfrom odd_net import Odd\ntorch.jit.script(Odd()).save({:?})\n",
+        dir.path().to_str().unwrap(),
+        module.to_str().unwrap()
+    );
+    byol_testkit::run_python(&script, &[]);
+    let ts = TINY
+        .replace(
+            "type = \"resnet18\"\ncifar_stem = true\nwidth = 4",
+            "type = \"torchscript\"\npath = \"backbone.pt\"\ninput_size = 16",
+        )
+        .replace("[byol]\n", "[byol]\nembedding_layer = \"output\"\n");
+    std::fs::write(dir.path().join("ts.toml"), ts).unwrap();
+    // 512 training images in batches of 32 train; the 63 test images end on an odd batch.
+    let out = byol_run(
+        dir.path(),
+        &[
+            "ts.toml",
+            "--run-dir",
+            "r",
+            "--set",
+            "schedule.epochs=1",
+            "--set",
+            "dataset.test_size=63",
+        ],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("error: embedding a batch of") && all.contains("odd batch not supported"),
+        "{all}"
+    );
+    assert!(!all.contains("panicked"), "{all}");
+}
+
 /// What only building finds (a feature tap that the backbone lacks, a pretrained file that is
 /// not there) is found by validate, not at the run's start.
 #[test]
