@@ -22,7 +22,8 @@ const BATCH: i64 = 4;
 /// Runs every check on `spec` with `image_size` x `image_size` RGB images. The checks seed
 /// libtorch's CPU generator, which is global: two conformance runs in one test binary take turns,
 /// so that neither draws from the other's seed (the round trip tells two builds apart by their
-/// seeds).
+/// seeds). Any other test that seeds or draws from it (one that trains) must not run beside
+/// them: keep the harness in a test binary of its own (a `tests/conformance.rs`).
 pub fn check_backbone(spec: &dyn BackboneSpec, image_size: i64) {
     static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = SEEDED.lock().unwrap_or_else(|e| e.into_inner());

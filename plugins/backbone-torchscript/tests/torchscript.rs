@@ -11,6 +11,14 @@ use byol::{Backbone, BackboneSpec, TargetUpdater};
 use byol_testkit::{max_abs_diff, run_python};
 use tch::{nn, Device, Kind, Tensor};
 
+/// Takes this binary's turn with libtorch's global generator: the conformance harness seeds it
+/// and builds twins from the seed, and a test that trains (or seeds) on another thread would draw
+/// from it in between.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The small module, written to a file in the test's folder: `torch.jit.script` reads the source.
 const TINY_NET: &str = r#"
 import torch
@@ -124,6 +132,7 @@ fn output(net: &dyn Backbone, x: &Tensor, train: bool) -> Tensor {
 
 #[test]
 fn forward_equals_pytorch_for_scripted_traced_and_resnet18_modules() {
+    let _turn = one_at_a_time();
     tch::set_num_threads(1);
     let exported = Exported::new(true, 32);
     // Eval mode (running statistics), the same module file: within 1e-5.
@@ -204,12 +213,14 @@ fn forward_equals_pytorch_for_scripted_traced_and_resnet18_modules() {
 
 #[test]
 fn scripted_module_passes_the_conformance_harness() {
+    let _turn = one_at_a_time();
     let exported = Exported::new(false, 16);
     byol_testkit::check_backbone(&exported.spec("tiny_scripted.pt"), 16);
 }
 
 #[test]
 fn resnet18_module_passes_the_conformance_harness() {
+    let _turn = one_at_a_time();
     let exported = Exported::new(true, 32);
     byol_testkit::check_backbone(&exported.spec("resnet18.pt"), 32);
 }
@@ -218,6 +229,7 @@ fn resnet18_module_passes_the_conformance_harness() {
 /// views of one flat buffer (`set_data` on the variable); the module must compute with them.
 #[test]
 fn the_ema_update_reaches_what_the_target_module_computes() {
+    let _turn = one_at_a_time();
     tch::set_num_threads(1);
     let exported = Exported::new(false, 16);
     let spec = exported.spec("tiny_scripted.pt");
@@ -314,6 +326,7 @@ knn_k = 5
 
 #[test]
 fn a_scripted_module_trains_through_the_runner_and_its_parameters_change() {
+    let _turn = one_at_a_time();
     plugins_all::link();
     let exported = Exported::new(false, 16);
     let text = EXPERIMENT.replace("MODULE", exported.path("tiny_scripted.pt").to_str().unwrap());
@@ -367,6 +380,7 @@ fn a_scripted_module_trains_through_the_runner_and_its_parameters_change() {
 
 #[test]
 fn a_missing_or_foreign_file_is_refused_naming_the_key() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let missing = TorchScriptConfig::new(dir.path().join("nope.pt"));
@@ -398,6 +412,7 @@ fn a_missing_or_foreign_file_is_refused_naming_the_key() {
 
 #[test]
 fn the_toml_table_parses() {
+    let _turn = one_at_a_time();
     let spec: Box<dyn BackboneSpec> = toml::from_str("type = \"torchscript\"\npath = \"resnet18.pt\"\n").unwrap();
     let value = toml::Value::try_from(spec.as_ref()).unwrap();
     assert_eq!(value["path"].as_str(), Some("resnet18.pt"));
@@ -487,6 +502,7 @@ torch.jit.script(Scalar()).save(DIR + "/scalar.pt")
 /// the meta device, a folder and a `torch.save` file are refused naming the key and what to do. Loading changes no buffer.
 #[test]
 fn modes_recorded_by_tracing_are_warned_of_and_modules_that_cannot_train_are_refused() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tiny_net.py"), TINY_NET).unwrap();
     std::fs::write(dir.path().join("awkward_nets.py"), AWKWARD_NETS).unwrap();
