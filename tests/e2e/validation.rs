@@ -303,6 +303,18 @@ fn a_run_whose_knn_accuracy_fell_says_so() {
     );
 }
 
+/// `ts.toml` in `dir`: the tiny experiment with the TorchScript module `backbone.pt` as its
+/// backbone.
+fn write_torchscript_experiment(dir: &std::path::Path) {
+    let ts = TINY
+        .replace(
+            "type = \"resnet18\"\ncifar_stem = true\nwidth = 4",
+            "type = \"torchscript\"\npath = \"backbone.pt\"\ninput_size = 16",
+        )
+        .replace("[byol]\n", "[byol]\nembedding_layer = \"output\"\n");
+    std::fs::write(dir.join("ts.toml"), ts).unwrap();
+}
+
 /// Validate loads the module (and so refuses a file that is none) and says that it is code, and
 /// what its probe forwards found; a module that lets no gradient through trains with a warning.
 #[test]
@@ -315,13 +327,7 @@ fn validate_says_a_torchscript_backbone_is_code_that_runs() {
         module.to_str().unwrap()
     );
     byol_testkit::run_python(&script, &[]);
-    let ts = TINY
-        .replace(
-            "type = \"resnet18\"\ncifar_stem = true\nwidth = 4",
-            "type = \"torchscript\"\npath = \"backbone.pt\"\ninput_size = 16",
-        )
-        .replace("[byol]\n", "[byol]\nembedding_layer = \"output\"\n");
-    std::fs::write(dir.path().join("ts.toml"), ts).unwrap();
+    write_torchscript_experiment(dir.path());
     let out = byol_run(dir.path(), &["validate", "ts.toml"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
@@ -393,13 +399,7 @@ fn a_torchscript_forward_that_fails_ends_with_its_error_not_a_panic() {
         module.to_str().unwrap()
     );
     byol_testkit::run_python(&script, &[]);
-    let ts = TINY
-        .replace(
-            "type = \"resnet18\"\ncifar_stem = true\nwidth = 4",
-            "type = \"torchscript\"\npath = \"backbone.pt\"\ninput_size = 16",
-        )
-        .replace("[byol]\n", "[byol]\nembedding_layer = \"output\"\n");
-    std::fs::write(dir.path().join("ts.toml"), ts).unwrap();
+    write_torchscript_experiment(dir.path());
     // 512 training images in batches of 32 train; the 63 test images end on an odd batch.
     let out = byol_run(
         dir.path(),

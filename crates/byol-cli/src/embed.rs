@@ -487,7 +487,7 @@ struct Skipped {
 impl Skipped {
     /// Skips `what` (or, with `strict`, stops there).
     fn add(&mut self, strict: bool, what: String) -> anyhow::Result<()> {
-        let line = escape_line(&what);
+        let line = byol_data::text_line(&what);
         self.add_line(strict, what, line)
     }
 
@@ -496,7 +496,7 @@ impl Skipped {
     fn add_image(&mut self, strict: bool, error: byol::DataError) -> anyhow::Result<()> {
         match error {
             byol::DataError::Image { path, message } => {
-                let line = format!("{}: {}", byol_data::path_line(&path), escape_line(&message));
+                let line = format!("{}: {}", byol_data::path_line(&path), byol_data::text_line(&message));
                 self.add_line(strict, format!("{}: {message}", path.display()), line)
             }
             other => self.add(strict, other.to_string()),
@@ -510,14 +510,6 @@ impl Skipped {
         self.lines.push(line);
         Ok(())
     }
-}
-
-/// `text` on one line: backslash, newline, carriage return and tab escaped as in the names file.
-fn escape_line(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r")
-        .replace('\t', "\\t")
 }
 
 /// A checkpoint's trained networks, ready to embed.

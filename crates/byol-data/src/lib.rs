@@ -33,17 +33,25 @@ pub fn path_line(path: &std::path::Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     let mut line = String::new();
     for chunk in path.as_os_str().as_bytes().utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => line.push_str("\\\\"),
-                '\n' => line.push_str("\\n"),
-                '\r' => line.push_str("\\r"),
-                '\t' => line.push_str("\\t"),
-                c => line.push(c),
-            }
-        }
+        line.push_str(&text_line(chunk.valid()));
         for byte in chunk.invalid() {
             line.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    line
+}
+
+/// `text` on one line as [`path_line`] writes it: backslash, newline, carriage return and tab
+/// escaped (`\\`, `\n`, `\r`, `\t`).
+pub fn text_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            c => line.push(c),
         }
     }
     line
