@@ -198,6 +198,18 @@ impl TorchScriptBackbone {
                 trained.size()
             )));
         }
+        // Features that are NaN or infinite for moderate pixels stop training at its first step
+        // with a NaN loss: say so when the module loads, as `validate` does it too.
+        for (features, mode) in [(&at_views, "eval"), (&trained, "train")] {
+            if features.isfinite().all().int64_value(&[]) == 0 {
+                return Err(config_error(format!(
+                    "the {mode}-mode forward of a [2, 3, {views_size}, {views_size}] batch of values in [-1, 1] \
+                     returns NaN or infinite features: training would stop at its first step with a NaN loss; \
+                     check the module's forward (a log, a square root or a division of values that can be zero \
+                     or negative)"
+                )));
+            }
+        }
         let again = probe.forward(views_size, false).ok();
         let warnings = mode_warnings(file, counted_in_train, counted_in_eval, &at_views, again.as_ref());
         Ok(Self {

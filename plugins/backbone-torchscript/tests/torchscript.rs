@@ -465,6 +465,14 @@ class Pooled(torch.nn.Module):
     def forward(self, x):
         return self.conv(x).mean((2, 3))
 
+class NotFinite(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3)) / 0.0  # inf, -inf or NaN, whatever the weights
+
 class Scalar(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -479,7 +487,7 @@ const AWKWARD: &str = r#"
 import copy
 sys.path.insert(0, DIR)
 from tiny_net import TinyNet
-from awkward_nets import Tokens, Complex, ModeWidth, Pooled, Scalar
+from awkward_nets import Tokens, Complex, ModeWidth, Pooled, Scalar, NotFinite
 torch.manual_seed(0)
 x = torch.randn(2, 3, 16, 16)
 tiny = TinyNet()
@@ -493,13 +501,14 @@ torch.save(tiny.state_dict(), DIR + "/state_dict.pt")
 torch.jit.script(ModeWidth()).save(DIR + "/mode_width.pt")
 torch.jit.script(Pooled().to("meta")).save(DIR + "/meta.pt")
 torch.jit.script(Scalar()).save(DIR + "/scalar.pt")
+torch.jit.script(NotFinite()).save(DIR + "/not_finite.pt")
 "#;
 
 /// What `torch.jit.trace` records is found when the module loads and said as warnings (a module
 /// traced in eval mode trains with frozen batch-norm statistics; one traced in train mode with
 /// dropout embeds at random and updates its statistics while evaluating); a flattened output
 /// whose width depends on the image size or on the mode, a complex parameter, a module saved on
-/// the meta device, a folder and a `torch.save` file are refused naming the key and what to do. Loading changes no buffer.
+/// the meta device, NaN features, a folder and a `torch.save` file are refused naming the key and what to do. Loading changes no buffer.
 #[test]
 fn modes_recorded_by_tracing_are_warned_of_and_modules_that_cannot_train_are_refused() {
     let _turn = one_at_a_time();
@@ -579,6 +588,11 @@ fn modes_recorded_by_tracing_are_warned_of_and_modules_that_cannot_train_are_ref
     let error = refused("scalar.pt");
     assert!(
         error.contains("the module returns a tensor of shape [], without a dimension per image"),
+        "{error}"
+    );
+    let error = refused("not_finite.pt");
+    assert!(
+        error.contains("the eval-mode forward of a [2, 3, 16, 16] batch of values in [-1, 1] returns NaN or infinite"),
         "{error}"
     );
     let error = build("scalar.pt", 5000).0.unwrap_err().to_string();
