@@ -317,6 +317,7 @@ fn write_torchscript_experiment(dir: &std::path::Path) {
 
 /// Validate loads the module (and so refuses a file that is none) and says that it is code, and
 /// what its probe forwards found; a module that lets no gradient through trains with a warning.
+/// A run goes on with its copy of the module, which validate builds too.
 #[test]
 fn validate_says_a_torchscript_backbone_is_code_that_runs() {
     let dir = setup();
@@ -345,6 +346,25 @@ fn validate_says_a_torchscript_backbone_is_code_that_runs() {
         "{}",
         text(&out)
     );
+    // A resume builds the module from the run's copy, and validate builds what the start would:
+    // with the file moved away, both go on and say so.
+    let elsewhere = dir.path().join("elsewhere.pt");
+    std::fs::rename(&module, &elsewhere).unwrap();
+    for command in [&["validate"][..], &[]] {
+        let args = [
+            command,
+            &["ts.toml", "--run-dir", "trained", "--set", "schedule.epochs=1"],
+        ]
+        .concat();
+        let out = byol_run(dir.path(), &args);
+        let all = text(&out);
+        assert!(out.status.success(), "{args:?}: {all}");
+        assert!(
+            all.contains("note: backbone.path = backbone.pt is no longer there; the run goes on with the copy"),
+            "{args:?}: {all}"
+        );
+    }
+    std::fs::rename(&elsewhere, &module).unwrap();
 
     // Traced in eval mode (batch norm frozen), and detaching its output: validate and the start say so.
     let script = format!(

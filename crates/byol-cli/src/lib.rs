@@ -401,8 +401,18 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
         return sweep::validate(&args.experiment, args.fresh);
     }
     let experiment = load_valid(&args.experiment)?;
-    let model = byol_train::train::Model::build_for_check(&experiment)
-        .and_then(|model| model.check_builds_around(&experiment).map(|()| model))
+    let resumed = resumed_with_kept_sources(args, &experiment);
+    let rebuilt = match &resumed {
+        Some((checkpoint, manifest)) => Some(byol_train::train::state::with_checkpoint_sources(
+            &experiment,
+            checkpoint,
+            manifest,
+        )?),
+        None => None,
+    };
+    let built_from = rebuilt.as_ref().unwrap_or(&experiment);
+    let model = byol_train::train::Model::build_for_check(built_from)
+        .and_then(|model| model.check_builds_around(built_from).map(|()| model))
         .map_err(|e| anyhow::anyhow!(experiment.pointed_at_set(format!("{e:#}"))))
         .with_context(|| format!("in experiment file {}", path.display()))?;
     let backbone_warnings = model.byol.backbone_warnings();
@@ -412,7 +422,14 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
     let folder = check_run_folder(args, &experiment, &model, (&listed, steps_per_epoch))?;
     say!("{} is valid: experiment '{}'", path.display(), experiment.name());
     let pretrained_notes = model.byol.pretrained_notes().to_vec();
-    let notes = experiment.notes().into_iter().chain(pretrained_notes);
+    let sources_notes = resumed
+        .iter()
+        .flat_map(|(_, manifest)| byol_train::train::state::changed_sources(&experiment, manifest));
+    let notes = experiment
+        .notes()
+        .into_iter()
+        .chain(pretrained_notes)
+        .chain(sources_notes);
     for note in notes.chain(data.notes).chain(folder.notes) {
         say!("note: {note}");
     }
@@ -421,6 +438,37 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
         say!("warning: {warning}");
     }
     Ok(())
+}
+
+/// The checkpoint a start would resume from when it keeps copies of the model's source files (a
+/// TorchScript module): a resume builds its networks from those copies, whatever the files named
+/// in the experiment now hold, or whether they are still there. None for `--fresh`, a run folder
+/// without such a checkpoint, or an experiment without source files.
+fn resumed_with_kept_sources(
+    args: &ValidateArgs,
+    experiment: &Experiment,
+) -> Option<(PathBuf, byol_train::checkpoint::Manifest)> {
+    use byol_train::checkpoint::Checkpointer;
+    if args.fresh || byol_train::train::state::source_files(experiment).is_empty() {
+        return None;
+    }
+    let dir = run_folder(args, experiment);
+    let checkpointer = Checkpointer::new(dir.join(byol_train::run_dir::CHECKPOINTS_DIR), 0);
+    let (checkpoint, manifest) = checkpointer.resume_point(false).ok()?.latest?;
+    (!manifest.sources.is_empty()).then_some((checkpoint, manifest))
+}
+
+/// The run folder a start of `experiment` (the file `args` names, with its flags) trains.
+fn run_folder(args: &ValidateArgs, experiment: &Experiment) -> PathBuf {
+    let path = args.experiment.experiment.as_deref().expect("required");
+    match &args.run_dir {
+        Some(dir) => dir.clone(),
+        // A run folder's own config.toml continues that run, unless --set names another folder.
+        None => match run_folder_of_config(path).filter(|_| !renames_the_run(&args.experiment)) {
+            Some(dir) => dir,
+            None => experiment.run.output_dir.join(experiment.name()),
+        },
+    }
 }
 
 /// What a start of `experiment` (the file `args` names, with its `--set`s and the start's own
@@ -439,14 +487,7 @@ fn check_run_folder(
     use byol_train::train::state::RunStart;
     let path = args.experiment.experiment.as_deref().expect("required");
     let mut said = Remarks::default();
-    let dir = match &args.run_dir {
-        Some(dir) => dir.clone(),
-        // A run folder's own config.toml continues that run, unless --set names another folder.
-        None => match run_folder_of_config(path).filter(|_| !renames_the_run(&args.experiment)) {
-            Some(dir) => dir,
-            None => experiment.run.output_dir.join(experiment.name()),
-        },
-    };
+    let dir = run_folder(args, experiment);
     let in_file = || format!("in experiment file {}: its run folder", path.display());
     if std::fs::symlink_metadata(&dir).is_ok() && !dir.is_dir() {
         anyhow::bail!(

@@ -651,14 +651,22 @@ pub fn with_checkpoint_sources(experiment: &Experiment, dir: &Path, manifest: &M
 }
 
 /// Notes for a resume from `manifest`'s checkpoint whose experiment names source files (a
-/// TorchScript module) that now hold other bytes than the copies the checkpoint carries: the
-/// run goes on with its copies, which may not be what the user expects after editing the file.
+/// TorchScript module) that now hold other bytes than the copies the checkpoint carries, or are
+/// gone: the run goes on with its copies, which may not be what the user expects after editing
+/// the file.
 pub fn changed_sources(experiment: &Experiment, manifest: &Manifest) -> Vec<String> {
     source_files(experiment)
         .into_iter()
         .filter_map(|(key, original)| {
             let kept = manifest.sources.get(&key)?;
             let recorded = manifest.files.get(kept)?;
+            if !original.exists() {
+                return Some(format!(
+                    "{key} = {} is no longer there; the run goes on with the copy of it kept with every \
+                     checkpoint",
+                    original.display()
+                ));
+            }
             let now = checkpoint::sha256_file(&original).ok()?;
             (&now != recorded).then(|| {
                 format!(
