@@ -23,6 +23,8 @@ const REQUIREMENTS: &[&str] = &[
     "torchvision==0.26.0",
     "tensorboard==2.21.0",
     "safetensors==0.8.0",
+    // The ViT backbone's oracle: it carries timm's names and initialization.
+    "timm==1.0.31",
     "numpy>=2,<3",
     // Headers only: the CUDA runtime's `crt/` and CCCL's `nv/`, which c10d's ProcessGroupNCCL.hpp
     // includes and the torch wheel lacks; crates/torch-ext builds its NCCL backend against them.
@@ -221,7 +223,7 @@ fn check_torch_imports(python: &Path) -> Result<(), String> {
     let out = Command::new(python)
         .args([
             "-c",
-            "import torch, torchvision, tensorboard, safetensors; print(torch.__version__)",
+            "import torch, torchvision, timm, tensorboard, safetensors; print(torch.__version__)",
         ])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;

@@ -9,7 +9,8 @@ use byol::Backbone;
 
 const EPS: f64 = 1e-6;
 
-/// timm initializes linear and patch weights with a truncated normal of std 0.02 and zero biases.
+/// timm initializes linear weights with a truncated normal of std 0.02 (cut at +-2, 100 std:
+/// a normal) and zero biases.
 fn linear(path: &nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
     let config = nn::LinearConfig {
         ws_init: Init::Randn { mean: 0.0, stdev: 0.02 },
@@ -101,6 +102,10 @@ impl ViT {
         mlp_dim: i64,
     ) -> Self {
         let patches = (image_size / patch_size).pow(2);
+        // timm leaves the patch projection as PyTorch's `Conv2d` draws itself: weights and bias
+        // uniform within 1/sqrt(fan-in) (Kaiming's uniform with a = sqrt(5)).
+        let bound = 1.0 / ((3 * patch_size * patch_size) as f64).sqrt();
+        let uniform = Init::Uniform { lo: -bound, up: bound };
         let patch_embed = nn::conv2d(
             path / "patch_embed" / "proj",
             3,
@@ -108,8 +113,8 @@ impl ViT {
             patch_size,
             nn::ConvConfig {
                 stride: patch_size,
-                ws_init: Init::Randn { mean: 0.0, stdev: 0.02 },
-                bs_init: Init::Const(0.0),
+                ws_init: uniform,
+                bs_init: uniform,
                 ..Default::default()
             },
         );

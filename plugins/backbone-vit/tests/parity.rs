@@ -4,7 +4,9 @@
 //! q, k, v stacked). Class-token outputs, the other taps (patch embedding, patch tokens) and every
 //! gradient are within a few times torchvision's own float32 error of its float64 result
 //! ([`byol_testkit::rounding`]). And ViT-S/16 at 224 px has exactly torchvision's parameter shapes
-//! (timm's 22.05M less the 1000-class head).
+//! (timm's 22.05M less the 1000-class head). Against the venv's timm, whose names and rules it
+//! follows: the initial weights (a KS test per tensor) and a timm state_dict loaded through
+//! `pretrained`, whose embedding is timm's within the same rounding bound.
 
 use std::collections::HashMap;
 
@@ -176,4 +178,156 @@ fn vit_s16_has_torchvisions_shapes_and_22m_parameters() {
         22_050_664 - (384 * 1000 + 1000),
         "timm's vit_small_patch16_224 without its head"
     );
+}
+
+/// A tensor's test of [`the_initial_weights_are_drawn_as_timm_draws_them`] fails by chance with
+/// probability at most 1e-6 (the asymptotic critical value of the two-sample KS statistic,
+/// `sqrt(-ln(alpha / 2) / 2) * sqrt((n + m) / (n m))`); over the two dozen tensors of the model, a
+/// false failure is rarer than one run in ten thousand.
+const KS_ALPHA: f64 = 1e-6;
+
+/// timm's `VisionTransformer` of the same shape, drawn from a seed; each of our tensors is tested
+/// against timm's of the same name: two samples of one distribution when the rules agree.
+const TIMM_INIT: &str = r#"
+import math
+import numpy as np
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+image, patch, depth, heads, dim, alpha, seed = CONFIG
+torch.manual_seed(seed)
+model = TimmViT(img_size=image, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+                mlp_ratio=4.0, num_classes=0)
+theirs = model.state_dict()
+ours = dict(inputs)
+assert sorted(ours) == sorted(theirs), set(ours) ^ set(theirs)
+def ks(a, b):
+    a, b = np.sort(a), np.sort(b)
+    both = np.concatenate([a, b])
+    fa = np.searchsorted(a, both, side="right") / len(a)
+    fb = np.searchsorted(b, both, side="right") / len(b)
+    return float(np.abs(fa - fb).max())
+c = math.sqrt(-math.log(alpha / 2) / 2)
+failures = []
+for k in sorted(ours):
+    a = ours[k].double().flatten().numpy()
+    b = theirs[k].double().flatten().numpy()
+    assert a.shape == b.shape, (k, a.shape, b.shape)
+    d, critical = ks(a, b), c * math.sqrt(2 / len(a))
+    if d > critical:
+        failures.append(f"{k}: KS statistic {d:.4f} > {critical:.4f} (ours std {a.std():.4g}, timm's {b.std():.4g}; "
+                        f"ours max |x| {np.abs(a).max():.4g}, timm's {np.abs(b).max():.4g})")
+outputs["failures"] = torch.tensor(list("\n".join(failures).encode()) or [0], dtype=torch.uint8)
+outputs["compared"] = torch.tensor(len(ours))
+"#;
+
+/// The network starts from the weights timm's `VisionTransformer` draws (the venv's timm): its
+/// linear layers from a normal of std 0.02 with zero biases, the patch projection as PyTorch's
+/// `Conv2d` draws itself (uniform within 1/sqrt(fan-in), bias too), the position embedding from
+/// std 0.02, the class token from std 1e-6, layer norms at 1 and 0. A wrong rule moves a tensor's
+/// KS statistic far past its critical value.
+#[test]
+fn the_initial_weights_are_drawn_as_timm_draws_them() {
+    let generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = fresh_seed("VIT_INIT_SEED");
+    tch::manual_seed(seed);
+    // Wide enough that every tensor holds a few thousand values: the KS test then tells a std
+    // off by a tenth.
+    let (image, patch, depth, heads, dim) = (64, 16, 2, 4, 128);
+    let spec = ViTSmall16(ViTConfig {
+        image_size: image,
+        patch_size: patch,
+        embed_dim: dim,
+        depth,
+        num_heads: heads,
+        mlp_ratio: 4.0,
+        pretrained: None,
+    });
+    let vs = nn::VarStore::new(Device::Cpu);
+    spec.build(&vs.root(), &byol::BuildContext::new(Device::Cpu, image))
+        .unwrap();
+    drop(generator);
+    let weights = byol::state_dict::to_cpu_sorted(&vs.variables());
+    let inputs: Vec<(&str, &Tensor)> = weights.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let config = format!(
+        "({image}, {patch}, {depth}, {heads}, {dim}, {KS_ALPHA:e}, {})",
+        seed.wrapping_add(1)
+    );
+    let reference = run_python(&TIMM_INIT.replace("CONFIG", &config), &inputs);
+    let failures = String::from_utf8(Vec::<u8>::try_from(&reference["failures"]).unwrap()).unwrap();
+    assert!(
+        failures.trim_matches('\0').is_empty(),
+        "seed {seed} (VIT_INIT_SEED={seed} replays ours): initial weights drawn otherwise than timm's:\n{failures}"
+    );
+    assert_eq!(reference["compared"].int64_value(&[]), weights.len() as i64);
+}
+
+/// timm's model with a 10-class head and weights of unit gain, saved as safetensors (`head.*`
+/// included), with its embedding (`forward_head(pre_logits=True)`: the class token after the
+/// final norm) in float32 and float64.
+const TIMM_PRETRAINED: &str = r#"
+import copy
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+image, patch, depth, heads, dim, seed, path = CONFIG
+torch.manual_seed(seed)
+model = TimmViT(img_size=image, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+                mlp_ratio=4.0, num_classes=10)
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        if p.dim() >= 2 and name.endswith("weight"):
+            p.copy_(torch.randn_like(p) / math.sqrt(p[0].numel()))
+        elif "norm" in name and name.endswith("weight"):
+            p.copy_(torch.randn_like(p) * 0.2 + 1.0)
+        else:
+            p.copy_(torch.randn_like(p) * 0.5)
+save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+for net, suffix in ((model.eval(), ""), (copy.deepcopy(model).double().eval(), "_f64")):
+    x = inputs["x"].to(next(net.parameters()).dtype)
+    with torch.no_grad():
+        outputs["cls" + suffix] = net.forward_head(net.forward_features(x), pre_logits=True)
+"#;
+
+/// A timm state_dict saved as safetensors loads by name through `pretrained` (its head ignored),
+/// and the `cls` embedding is timm's, within the float32 rounding bound of
+/// [`byol_testkit::rounding`].
+#[test]
+fn timm_weights_load_by_name_and_embed_as_timm_does() {
+    tch::set_num_threads(1);
+    let seed = fresh_seed("VIT_PRETRAINED_SEED");
+    let replay = format!("seed {seed} (VIT_PRETRAINED_SEED={seed} replays it)");
+    let (image, patch, depth, heads, dim) = (32, 8, 2, 3, 48);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("timm-vit.safetensors");
+    let x = {
+        let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(seed);
+        Tensor::randn([3, 3, image, image], (Kind::Float, Device::Cpu))
+    };
+    let config = format!(
+        "({image}, {patch}, {depth}, {heads}, {dim}, {seed}, {:?})",
+        path.to_str().unwrap()
+    );
+    let reference = run_python(
+        &format!("import math\n{}", TIMM_PRETRAINED.replace("CONFIG", &config)),
+        &[("x", &x)],
+    );
+    let spec = ViTSmall16(ViTConfig {
+        image_size: image,
+        patch_size: patch,
+        embed_dim: dim,
+        depth,
+        num_heads: heads,
+        mlp_ratio: 4.0,
+        pretrained: Some(path),
+    });
+    let vs = nn::VarStore::new(Device::Cpu);
+    let config = byol::ByolConfig {
+        hidden_dim: 32,
+        projection_dim: 16,
+        ..Default::default()
+    };
+    let byol = {
+        let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+        byol::Byol::new(&vs, &spec, image, "cls", &config).unwrap()
+    };
+    assert_within_rounding(&reference, "cls", &byol.embed(&x), ("the cls embedding", &replay));
 }
