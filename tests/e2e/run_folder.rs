@@ -790,6 +790,10 @@ fn a_resumed_run_keeps_its_first_measures_and_tensorboard_shows_each_step_once()
         out.status.success() && all.contains("has already trained all 48 steps"),
         "{all}"
     );
+    assert!(
+        all.contains("the changes allowed (optimizer.lr: 0.5 -> 0.1) train nothing and are not recorded"),
+        "{all}"
+    );
     assert_eq!(record("summary.json"), summary_bytes);
     assert_eq!(
         record("config.toml"),

@@ -303,8 +303,17 @@ fn final_evaluation_measured(
 fn already_trained(t: &Trainer<'_>, run_dir: &std::path::Path, step: u64, quiet: bool) -> Option<RunSummary> {
     let summary = finished_summary(run_dir, step, t.plan.total_steps)?;
     if !quiet && t.is_main() {
+        // The changes allowed were said as continuing the run; none of them trains anything now.
+        let unused = match t.allowed_changes.as_slice() {
+            [] => String::new(),
+            changes => format!(
+                "; the changes allowed ({}) train nothing and are not recorded: its config.toml and checkpoints \
+                 keep the values it trained with",
+                changes.join(", ")
+            ),
+        };
         print_line(format_args!(
-            "{} has already trained all {step} steps; its summary.json stands (to train longer, raise \
+            "{} has already trained all {step} steps; its summary.json stands{unused} (to train longer, raise \
              schedule.epochs with --allow-change schedule.epochs; to evaluate again, byol-run eval)",
             run_dir.display()
         ));

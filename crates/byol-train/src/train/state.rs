@@ -410,6 +410,8 @@ pub struct RunStart {
     /// The change of `optimizer.type` allowed on this resume (`lars -> adamw`): the new
     /// optimizer starts from the checkpoint's weights with its own fresh state.
     pub optimizer_replaced: Option<String>,
+    /// The changes allowed on this resume (`--allow-change`), as said: `optimizer.lr: 0.5 -> 0.7`.
+    pub allowed_changes: Vec<String>,
     /// What was found in the checkpoints folder on the way (damaged checkpoints skipped, step
     /// folders that are no checkpoint), said by `main` as it finds them.
     pub warnings: Vec<String>,
@@ -460,6 +462,7 @@ impl RunStart {
             .collect::<Vec<_>>();
         let mut data_in_place = true;
         let mut optimizer_replaced = None;
+        let mut allowed_changes = Vec::new();
         if let Some((source, saved)) = saved {
             // The data of the checkpoint the run goes on from; `dataset.json` describes the last
             // start, which may have been on other data and stopped before its first checkpoint.
@@ -523,6 +526,7 @@ impl RunStart {
             }
             let list =
                 |changes: &[&run_dir::Change]| changes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            allowed_changes = allowed.iter().map(ToString::to_string).collect();
             if main && !allowed.is_empty() {
                 byol::eprint_line!(
                     "note: continuing {} with changes (--allow-change): {}",
@@ -542,6 +546,7 @@ impl RunStart {
             checkpoint: latest,
             data_in_place,
             optimizer_replaced,
+            allowed_changes,
             warnings,
         })
     }

@@ -43,6 +43,8 @@ pub struct Trainer<'a> {
     pub resumed_from: Option<u64>,
     /// Whether a resumed run reads its data where its last start did (see [`RunStart`]).
     pub data_in_place: bool,
+    /// The changes allowed on this resume ([`RunStart::allowed_changes`]).
+    pub allowed_changes: Vec<String>,
     /// The record of the steps before `resumed_from` (its checkpoint's).
     pub carried: TrainingRecord,
     /// When this process started training ([`Trainer::start_clock`]).
@@ -277,6 +279,7 @@ impl<'a> Trainer<'a> {
             monitor,
             resumed_from: start.step(),
             data_in_place: start.data_in_place,
+            allowed_changes: start.allowed_changes.clone(),
             carried: start
                 .checkpoint
                 .as_ref()
