@@ -13,6 +13,9 @@
 //!                 torch.nn.ReLU()))
 //!             c = w
 //!         self.blocks = torch.nn.Sequential(*blocks)
+//!         for m in self.modules():  # torchvision's ResNet init (byol::nn::conv2d's)
+//!             if isinstance(m, torch.nn.Conv2d):
+//!                 torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 //! ```
 
 use tch::{nn, nn::ModuleT, Tensor};
@@ -46,7 +49,8 @@ impl TinyCnn {
             .map(|(i, &c_out)| {
                 let block = path / "blocks" / i;
                 // byol::nn layers have PyTorch's variables (BN's num_batches_tracked included)
-                // and initialization.
+                // and torchvision's ResNet initialization (conv: Kaiming normal, fan-out; BN: 1, 0),
+                // not plain `nn.Conv2d`'s uniform draw: the module above re-draws its convs so.
                 let conv = conv2d(&(&block / 0), c_in, c_out, 3, 2, 1);
                 let bn = batch_norm2d(&(&block / 1), c_out, statistics);
                 c_in = c_out;
