@@ -1,5 +1,6 @@
 //! The evaluation protocols against NumPy and PyTorch on the same features: weighted kNN
-//! predictions and accuracy must match NumPy exactly; the linear probe's accuracy function too;
+//! predictions and accuracy must match NumPy's wherever float32 rounding cannot decide them; the
+//! linear probe's accuracy function exactly;
 //! its classifier's training (SGD with Nesterov momentum, a cosine lr per step) and the online
 //! probe's steps (plain SGD) must end within float32 rounding of PyTorch's `torch.optim.SGD` from
 //! the same weights on the same batches; and
@@ -36,8 +37,16 @@ fn fresh(variable: &str) -> (i64, String) {
 }
 
 // The textbook formula, exp(sim / T), in float64 (which holds exp(1 / T) down to T = 0.0014).
+// Both sides compute the similarities as float32 dot products of 32 unit-length terms, each within
+// 32 float32 roundings of 1 (2e-6) of the exact value, in whatever order the machine's BLAS sums:
+// DELTA = 1e-5 bounds how far either may be off. A query's prediction is `fragile` (top-5:
+// `fragile5`) where errors of DELTA could change it: the k-th and (k+1)-th neighbours within
+// 2 DELTA (either may be the k-th), or the best class's score within a factor exp(2 DELTA / T)
+// (each weight exp(sim / T) is off by a factor of at most exp(DELTA / T), and a float32 sum of k
+// terms by k ulps) of the runner-up's (the 5th's and 6th's for top-5).
 const NUMPY_KNN: &str = r#"
 import numpy as np
+DELTA = 1e-5
 bank, bank_labels = inputs["bank"].numpy(), inputs["bank_labels"].numpy()
 queries, labels = inputs["queries"].numpy(), inputs["labels"].numpy()
 k, t, classes = 20, float(inputs["temperature"].item()), 7
@@ -50,6 +59,14 @@ for q in range(len(queries)):
     for j in idx[q]:
         scores[q, bank_labels[j]] += np.exp(sim[q, j] / t)
 pred = np.argsort(-scores, axis=1, kind="stable")  # ties (classes no neighbour voted for) by class index
+ranked = -np.sort(-sim, axis=1)
+swappable = ranked[:, k - 1] - ranked[:, k] < 2 * DELTA
+ordered = -np.sort(-scores, axis=1)
+margin = np.exp(2 * DELTA / t) * (1 + k * 2.0 ** -23)
+# (Classes no neighbour voted for score exactly 0 on both sides, whatever the rounding.)
+close = lambda a, b: (b > 0) & (a <= b * margin)
+outputs["fragile"] = torch.from_numpy(swappable | close(ordered[:, 0], ordered[:, 1]))
+outputs["fragile5"] = torch.from_numpy(swappable | close(ordered[:, 4], ordered[:, 5]))
 outputs["pred"] = torch.from_numpy(pred[:, 0].copy())
 outputs["top1"] = torch.tensor([(pred[:, 0] == labels).mean()])
 outputs["top5"] = torch.tensor([(pred[:, :5] == labels[:, None]).any(axis=1).mean()])
@@ -81,20 +98,37 @@ fn weighted_knn_matches_numpy() {
             ],
         );
         let ours = knn_scores(&queries, &bank, &bank_labels, 7, 20, temperature).argmax(1, false);
-        assert!(
-            ours.equal(&reference["pred"]),
-            "kNN predictions at T = {temperature} differ from NumPy's; {replay}"
+        let (fragile, fragile5) = (&reference["fragile"], &reference["fragile5"]);
+        let count = |mask: &Tensor| mask.to_kind(Kind::Int64).sum(Kind::Int64).int64_value(&[]);
+        let differing = ours.ne_tensor(&reference["pred"]);
+        assert_eq!(
+            count(&differing.logical_and(&fragile.logical_not())),
+            0,
+            "kNN predictions at T = {temperature} differ from NumPy's where rounding cannot change them; {replay}"
         );
+        // Accuracies within the share of queries that rounding could decide either way.
         let acc = knn_accuracy(&queries, &labels, &bank, &bank_labels, 7, 20, temperature);
-        assert_eq!(
-            acc.top1,
-            reference["top1"].double_value(&[0]),
-            "T = {temperature}; {replay}"
-        );
-        assert_eq!(
-            acc.top5,
-            Some(reference["top5"].double_value(&[0])),
-            "T = {temperature}; {replay}"
+        let n = queries_n as f64;
+        for (what, ours, theirs, undecided) in [
+            ("top-1", acc.top1, reference["top1"].double_value(&[0]), count(fragile)),
+            (
+                "top-5",
+                acc.top5.unwrap(),
+                reference["top5"].double_value(&[0]),
+                count(fragile5),
+            ),
+        ] {
+            assert!(
+                ((ours - theirs) * n).abs() <= undecided as f64 + 1e-9,
+                "{what} at T = {temperature}: {ours} where NumPy has {theirs}, with {undecided} queries \
+                 that rounding may decide; {replay}"
+            );
+        }
+        assert!(
+            count(fragile) + count(fragile5) < queries_n / 50,
+            "a fixture where rounding decides little: {} and {} queries; {replay}",
+            count(fragile),
+            count(fragile5)
         );
         assert!(
             acc.top1 > 0.3 && acc.top1 < 1.0,
