@@ -253,7 +253,9 @@ impl Checkpointer {
         self.step_folders(false)
     }
 
-    /// Step folders with a manifest or without one, sorted.
+    /// Step folders with a manifest or without one, sorted. A folder whose manifest cannot be
+    /// looked for (the folder unreadable) counts as one with a manifest: a checkpoint that cannot
+    /// be read, which [`Checkpointer::resume_point`] stops at rather than passing over.
     fn step_folders(&self, with_manifest: bool) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -262,7 +264,7 @@ impl Checkpointer {
             .filter_map(Result::ok)
             .filter(|e| is_step_name(&e.file_name().to_string_lossy()) && e.path().is_dir())
             .map(|e| e.path())
-            .filter(|dir| dir.join(MANIFEST_FILE).exists() == with_manifest)
+            .filter(|dir| dir.join(MANIFEST_FILE).try_exists().unwrap_or(true) == with_manifest)
             .collect();
         dirs.sort();
         dirs
@@ -355,6 +357,16 @@ impl Checkpointer {
     /// error: training from step 0 would silently throw the run away and mix a new one into its
     /// folder.
     pub fn resume_point(&self, repair: bool) -> anyhow::Result<ResumePoint> {
+        // A folder that cannot be listed may hold the run's checkpoints: not to be taken for none.
+        if let Err(e) = fs::read_dir(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                bail!(
+                    "cannot list the checkpoints folder {}: {e}. It may hold the run's checkpoints, so the run \
+                     does not start over: make the folder readable (permissions, the file system) and run again",
+                    self.dir.display()
+                );
+            }
+        }
         let mut warnings = Vec::new();
         if repair {
             for done in self.recover_interrupted_writes()? {
@@ -983,6 +995,44 @@ mod tests {
             "{:?}",
             resumed.warnings
         );
+    }
+
+    /// A step folder whose manifest cannot be looked for, and a checkpoints folder that cannot
+    /// be listed (unreadable: here links that loop, as root reads through any permission), stop
+    /// the start: taken for no checkpoint, they would start the run over in its own folder.
+    #[test]
+    fn checkpoints_that_cannot_be_listed_stop_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkpoints = Checkpointer::new(tmp.path().join("checkpoints"), 3);
+        let weights = vec![("w".to_string(), Tensor::from_slice(&[1f32]))];
+        let save = |step: u64| {
+            let manifest = Manifest { step, ..manifest(&[]) };
+            checkpoints.save(&weights, &weights, &[], manifest).unwrap()
+        };
+        let (_, second) = (save(1), save(2));
+        let manifest_file = second.join(MANIFEST_FILE);
+        let kept = tmp.path().join("manifest.json.kept");
+        fs::rename(&manifest_file, &kept).unwrap();
+        std::os::unix::fs::symlink(MANIFEST_FILE, &manifest_file).unwrap();
+        let e = format!("{:#}", checkpoints.resume_point(true).unwrap_err());
+        assert!(
+            e.contains("cannot check checkpoint") && e.contains("step-000000002") && e.contains("left where it is"),
+            "{e}"
+        );
+        fs::remove_file(&manifest_file).unwrap();
+        fs::rename(&kept, &manifest_file).unwrap();
+        assert_eq!(checkpoints.resume_point(true).unwrap().latest.unwrap().0, second);
+
+        let unlistable = tmp.path().join("loop");
+        std::os::unix::fs::symlink("loop", &unlistable).unwrap();
+        let e = format!("{:#}", Checkpointer::new(unlistable, 3).resume_point(false).unwrap_err());
+        assert!(
+            e.contains("cannot list the checkpoints folder") && e.contains("does not start over"),
+            "{e}"
+        );
+        // Not there at all: a run that has saved nothing yet.
+        let none = Checkpointer::new(tmp.path().join("none"), 3).resume_point(false).unwrap();
+        assert!(none.latest.is_none());
     }
 
     #[test]
