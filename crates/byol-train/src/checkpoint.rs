@@ -127,6 +127,8 @@ pub const DAMAGED_DIR: &str = "damaged";
 /// checkpoint of that step, which would otherwise replace it: kept, never deleted by us.
 pub const SET_ASIDE_DIR: &str = "not-checkpoints";
 const LAST_LINK: &str = "last";
+/// The empty file a start writes and removes to learn that it can save checkpoints.
+const WRITE_CHECK_FILE: &str = ".write-check";
 
 impl Checkpointer {
     pub fn new(dir: PathBuf, keep_last: usize) -> Self {
@@ -366,6 +368,19 @@ impl Checkpointer {
                     self.dir.display()
                 );
             }
+        }
+        // The holder's first write into the folder would otherwise be its first checkpoint, after
+        // `checkpoint.every_steps` steps trained for nothing.
+        if repair && self.dir.is_dir() {
+            let probe = self.dir.join(WRITE_CHECK_FILE);
+            fs::write(&probe, b"").and_then(|()| fs::remove_file(&probe)).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot write into the checkpoints folder {}: {e} (writing {}). The run could save no \
+                     checkpoint: make the folder writable and run again",
+                    self.dir.display(),
+                    probe.display()
+                )
+            })?;
         }
         let mut warnings = Vec::new();
         if repair {
@@ -999,7 +1014,8 @@ mod tests {
 
     /// A step folder whose manifest cannot be looked for, and a checkpoints folder that cannot
     /// be listed (unreadable: here links that loop, as root reads through any permission), stop
-    /// the start: taken for no checkpoint, they would start the run over in its own folder.
+    /// the start: taken for no checkpoint, they would start the run over in its own folder. So
+    /// does one the start cannot write into, before any step trains for no checkpoint.
     #[test]
     fn checkpoints_that_cannot_be_listed_stop_the_start() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1030,6 +1046,14 @@ mod tests {
             e.contains("cannot list the checkpoints folder") && e.contains("does not start over"),
             "{e}"
         );
+        // A folder the start cannot write into (as root, where `.write-check` is a folder).
+        fs::create_dir(checkpoints.dir().join(WRITE_CHECK_FILE)).unwrap();
+        let e = format!("{:#}", checkpoints.resume_point(true).unwrap_err());
+        assert!(
+            e.contains("cannot write into the checkpoints folder") && e.contains("could save no checkpoint"),
+            "{e}"
+        );
+        assert!(checkpoints.resume_point(false).is_ok(), "reading only needs no write");
         // Not there at all: a run that has saved nothing yet.
         let none = Checkpointer::new(tmp.path().join("none"), 3).resume_point(false).unwrap();
         assert!(none.latest.is_none());
