@@ -181,6 +181,23 @@ impl Byol {
                 config.embedding_layer
             )));
         }
+        if context.image_size < 1 {
+            return Err(ByolError::Config(format!(
+                "the views' image size is {}: give the side of the square views, in pixels",
+                context.image_size
+            )));
+        }
+        // A second set of networks in one store would take names with `__N` suffixes beside the
+        // first's, and the EMA's pairing would fail half-way, the first networks' target reset.
+        if let Some(name) = vs
+            .variables()
+            .keys()
+            .find(|name| name.starts_with("online.") || name.starts_with("target."))
+        {
+            return Err(ByolError::Config(format!(
+                "this VarStore already holds BYOL networks ('{name}'): build each Byol in a VarStore of its own"
+            )));
+        }
         if context.device != vs.device() {
             return Err(ByolError::Config(format!(
                 "the build context is on {:?} but the variable store on {:?}",
@@ -243,7 +260,9 @@ impl Byol {
     /// from image `i`, at the `image_size` the networks were built for.
     ///
     /// # Panics
-    /// When the two views differ in shape (libtorch panics on input the backbone cannot take).
+    /// When the two views differ in shape, are not float `[N, 3, H, W]` batches, or hold fewer
+    /// than 2 images (training-mode batch norm needs two values per channel); libtorch panics on
+    /// other input the backbone cannot take.
     pub fn loss(&self, view1: &Tensor, view2: &Tensor) -> Tensor {
         self.loss_parts(view1, view2).loss
     }
@@ -258,12 +277,20 @@ impl Byol {
             "Byol::loss: the two views have shapes {size1:?} and {size2:?}; they must be two views of the \
              same images, of one shape"
         );
+        check_images("Byol::loss", view1);
+        assert!(
+            size1[0] >= 2,
+            "Byol::loss: a batch of {} image(s); training-mode batch norm needs at least 2 per view (drop a last \
+             batch of 1)",
+            size1[0]
+        );
         if self.concat_views {
             return self.loss_parts_concatenated(view1, view2);
         }
         // Each view goes through the networks on its own, so batch-norm statistics are per view,
         // as in the paper's implementation.
         let y1 = self.online_backbone.embed(view1, true, &self.embedding_layer);
+        self.check_width(&y1);
         let z1 = self.online_projector.forward_t(&y1, true);
         let z2 = self.online_projection(view2);
         let p1 = self.predictor.forward_t(&z1, true);
@@ -282,6 +309,7 @@ impl Byol {
         let n = view1.size()[0];
         let views = Tensor::cat(&[view1, view2], 0);
         let y = self.online_backbone.embed(&views, true, &self.embedding_layer);
+        self.check_width(&y);
         let z = self.online_projector.forward_t(&y, true);
         let p = self.predictor.forward_t(&z, true);
         let t = tch::no_grad(|| self.target_projection(&views));
@@ -300,7 +328,15 @@ impl Byol {
 
     /// Moves the target towards the online network with tau for `step` (0-based: the first
     /// optimizer step is 0) of `total_steps` (`updateTargetEncoder` in the original); returns tau.
+    ///
+    /// # Panics
+    /// When `total_steps` is 0 (there is no schedule to be on), or the store was converted after
+    /// the networks were built (the EMA would move tensors the networks no longer read).
     pub fn update_target(&self, step: u64, total_steps: u64) -> f64 {
+        assert!(
+            total_steps > 0,
+            "Byol::update_target: total_steps is 0; give the number of optimizer steps training makes"
+        );
         let tau = self.tau_at(step, total_steps);
         self.target.update(tau);
         tau
@@ -313,8 +349,9 @@ impl Byol {
     }
 
     /// Re-lays the online and target conv weights as channels_last (NHWC) inside the EMA's flat
-    /// buffers; call right after [`Byol::new`], before optimizers or checkpoints touch the
-    /// parameters. Inputs must then be channels_last as well for the fast convolution kernels.
+    /// buffers, keeping every value (the target's EMA too); call it before building an optimizer
+    /// over the parameters, which it replaces. Inputs must then be channels_last as well for the
+    /// fast convolution kernels.
     pub fn use_channels_last(&mut self, vs: &nn::VarStore) -> Result<(), ByolError> {
         self.target = TargetUpdater::with_layout(vs, "online.", "target.", true)?;
         Ok(())
@@ -346,9 +383,27 @@ impl Byol {
         parameters
     }
 
-    /// The online backbone's representation of (already normalized) images, in eval mode.
+    /// The online backbone's representation of (already normalized) float `[N, 3, H, W]`
+    /// images, in eval mode.
     pub fn embed(&self, images: &Tensor) -> Tensor {
-        tch::no_grad(|| self.online_backbone.embed(images, false, &self.embedding_layer))
+        check_images("Byol::embed", images);
+        let y = tch::no_grad(|| self.online_backbone.embed(images, false, &self.embedding_layer));
+        self.check_width(&y);
+        y
+    }
+
+    /// Panics when the backbone's features at the tap are not as wide as its `tap_dim` said when
+    /// the heads were built for them.
+    fn check_width(&self, features: &Tensor) {
+        let width = features.size().get(1).copied();
+        assert!(
+            width == Some(self.embedding_dim),
+            "the backbone's tap '{}' gives features of shape {:?}, where its tap_dim said {} (the width the \
+             heads were built for): make tap_dim return the width forward_taps gives",
+            self.embedding_layer,
+            features.size(),
+            self.embedding_dim
+        );
     }
 
     /// Whether the embedding is taken at the backbone's last tap, so that every layer of the
@@ -372,4 +427,19 @@ impl Byol {
         let y = self.target_backbone.embed(view, true, &self.embedding_layer);
         self.target_projector.forward_t(&y, true)
     }
+}
+
+/// Panics, naming `what`, when `images` is not a float `[N, 3, H, W]` batch.
+fn check_images(what: &str, images: &Tensor) {
+    let size = images.size();
+    assert!(
+        size.len() == 4 && size[1] == 3,
+        "{what}: images of shape {size:?}; it takes [N, 3, H, W] batches (channels first, a batch dimension \
+         even for one image)"
+    );
+    assert!(
+        images.is_floating_point(),
+        "{what}: images of kind {:?}; convert them to float and normalize them first",
+        images.kind()
+    );
 }

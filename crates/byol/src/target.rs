@@ -26,6 +26,10 @@ pub struct TargetUpdater {
     online_flat: Tensor,
     target_flat: Tensor,
     parameters: usize,
+    /// The first target parameter, a handle on the VarStore's tensor: converting the store
+    /// (`vs.double()`, `set_device`) re-seats it elsewhere, and the EMA would then move buffers
+    /// the networks no longer read.
+    first_target: Option<Tensor>,
 }
 
 impl TargetUpdater {
@@ -33,17 +37,27 @@ impl TargetUpdater {
     /// copies the online values into the target (target = online at init), and flattens the
     /// trainable pairs.
     pub fn new(vs: &VarStore, online_prefix: &str, target_prefix: &str) -> Result<Self, ByolError> {
-        Self::with_layout(vs, online_prefix, target_prefix, false)
+        Self::pair(vs, (online_prefix, target_prefix), false, true)
     }
 
-    /// As [`TargetUpdater::new`]; with `channels_last`, 4-D parameters (conv weights) are laid
-    /// out NHWC inside the flat buffers, so convolutions get channels_last weights while the EMA
-    /// stays one `lerp_` (both buffers share the layout, so it is elementwise either way).
+    /// The pairs of [`TargetUpdater::new`] as they are, the target's values kept (its EMA so
+    /// far); with `channels_last`, 4-D parameters (conv weights) are laid out NHWC inside the flat
+    /// buffers, so convolutions get channels_last weights while the EMA stays one `lerp_` (both
+    /// buffers share the layout, so it is elementwise either way).
     pub fn with_layout(
         vs: &VarStore,
         online_prefix: &str,
         target_prefix: &str,
         channels_last: bool,
+    ) -> Result<Self, ByolError> {
+        Self::pair(vs, (online_prefix, target_prefix), channels_last, false)
+    }
+
+    fn pair(
+        vs: &VarStore,
+        (online_prefix, target_prefix): (&str, &str),
+        channels_last: bool,
+        copy_online: bool,
     ) -> Result<Self, ByolError> {
         let variables = vs.variables();
         let trainable: Vec<Tensor> = vs.trainable_variables();
@@ -66,7 +80,9 @@ impl TargetUpdater {
                     "'{online_name}' and '{name}' differ in shape"
                 )));
             }
-            tch::no_grad(|| target.shallow_clone().copy_(online));
+            if copy_online {
+                tch::no_grad(|| target.shallow_clone().copy_(online));
+            }
             if is_trainable(online) {
                 online_params.push(online.shallow_clone());
                 target_params.push(target.shallow_clone());
@@ -77,11 +93,26 @@ impl TargetUpdater {
             online_flat: flatten_into_one(&online_params, channels_last),
             target_flat: flatten_into_one(&target_params, channels_last),
             parameters,
+            first_target: target_params.first().map(Tensor::shallow_clone),
         })
+    }
+
+    /// Panics when the target's parameters are no longer the flat buffer's views.
+    fn check_in_place(&self) {
+        if let Some(first) = &self.first_target {
+            assert!(
+                first.data_ptr() == self.target_flat.data_ptr(),
+                "the target network's parameters are no longer where its EMA updates them: the VarStore was \
+                 converted after the networks were built (vs.double(), vs.half(), set_kind, set_device, or a \
+                 load that changed their kind); build the networks in a VarStore of the device and kind you \
+                 train in, and load weights of that kind"
+            );
+        }
     }
 
     /// One EMA step with decay `tau`.
     pub fn update(&self, tau: f64) {
+        self.check_in_place();
         tch::no_grad(|| {
             let _ = self.target_flat.shallow_clone().lerp_(&self.online_flat, 1.0 - tau);
         });
@@ -90,6 +121,7 @@ impl TargetUpdater {
     /// One EMA step whose weight `1 - tau` is read from `weight` (a 0-d tensor on the
     /// parameters' device) when the kernel runs: a step replayed from a CUDA graph.
     pub fn update_with_weight(&self, weight: &Tensor) {
+        self.check_in_place();
         tch::no_grad(|| {
             let _ = self.target_flat.shallow_clone().lerp_tensor_(&self.online_flat, weight);
         });

@@ -86,9 +86,10 @@ fn a_store_saved_and_loaded_in_place_keeps_the_target_update() {
     Tensor::write_safetensors(&byol::state_dict::to_cpu_sorted(&vs.variables()), &path).unwrap();
 
     tch::manual_seed(2);
-    let mut loaded = VarStore::new(Device::Cpu);
+    // As the README loads: every key and shape checked first, then copied in place.
+    let loaded = VarStore::new(Device::Cpu);
     let again = Byol::new(&loaded, &backbone(), 16, "avgpool", &config(false)).unwrap();
-    loaded.load(&path).unwrap();
+    byol::state_dict::load_safetensors(&loaded.variables(), &path, |_| false).unwrap();
     let images = views(3);
     assert!(again.embed(&images).equal(&byol.embed(&images)));
     // tau = 0: the target becomes the online network, through the EMA's buffers.
@@ -165,5 +166,148 @@ fn a_backbone_of_ones_own_without_a_spec_trains_as_byol() {
     assert!(
         error.to_string().contains("pool") && error.to_string().contains("conv"),
         "{error}"
+    );
+}
+
+/// The panic message of `f`.
+fn panic_of(f: impl FnOnce()) -> String {
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err();
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// What a newcomer's first calls get wrong is said by `Byol`, naming it, before libtorch fails
+/// somewhere inside (or, for a batch of one image, trains on undefined batch-norm statistics).
+#[test]
+fn misuse_is_refused_in_the_library_s_own_words() {
+    let vs = VarStore::new(Device::Cpu);
+    let byol = Byol::new(&vs, &backbone(), 16, "avgpool", &config(false)).unwrap();
+    let float = |size: &[i64]| Tensor::randn(size, (Kind::Float, Device::Cpu));
+    for (size, expected) in [
+        (&[3, 16, 16][..], "images of shape [3, 16, 16]; it takes [N, 3, H, W]"),
+        (&[4, 1, 16, 16], "images of shape [4, 1, 16, 16]"),
+        (&[4, 16, 16, 3], "images of shape [4, 16, 16, 3]"),
+    ] {
+        let (a, b) = (float(size), float(size));
+        let message = panic_of(|| drop(byol.loss(&a, &b)));
+        assert!(message.contains(&format!("Byol::loss: {expected}")), "{message}");
+        let message = panic_of(|| drop(byol.embed(&a)));
+        assert!(message.contains(&format!("Byol::embed: {expected}")), "{message}");
+    }
+    let bytes = Tensor::zeros([4, 3, 16, 16], (Kind::Uint8, Device::Cpu));
+    let message = panic_of(|| drop(byol.embed(&bytes)));
+    assert!(
+        message.contains("images of kind Uint8; convert them to float"),
+        "{message}"
+    );
+    for batch in [0, 1] {
+        let (a, b) = (views(batch), views(batch));
+        let message = panic_of(|| drop(byol.loss(&a, &b)));
+        assert!(
+            message.contains(&format!(
+                "a batch of {batch} image(s); training-mode batch norm needs at least 2"
+            )),
+            "{message}"
+        );
+    }
+    let message = panic_of(|| drop(byol.update_target(0, 0)));
+    assert!(message.contains("total_steps is 0"), "{message}");
+
+    // A second set of networks in the same store, and views of no size, are refused at build.
+    let variables = vs.variables().len();
+    let error = Byol::new(&vs, &backbone(), 16, "avgpool", &config(false)).unwrap_err();
+    assert!(error.to_string().contains("already holds BYOL networks"), "{error}");
+    assert_eq!(vs.variables().len(), variables, "nothing added to the store");
+    for size in [0, -32] {
+        let error = Byol::new(
+            &VarStore::new(Device::Cpu),
+            &backbone(),
+            size,
+            "avgpool",
+            &config(false),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains(&format!("the views' image size is {size}")),
+            "{error}"
+        );
+    }
+
+    // The store converted after the build: the EMA would move buffers no network reads.
+    let mut converted = VarStore::new(Device::Cpu);
+    let byol = Byol::new(&converted, &backbone(), 16, "avgpool", &config(false)).unwrap();
+    converted.double();
+    let message = panic_of(|| drop(byol.update_target(0, 10)));
+    assert!(
+        message.contains("the VarStore was converted after the networks were built"),
+        "{message}"
+    );
+}
+
+/// A backbone whose `tap_dim` says another width than its features have is named at the first
+/// forward, not by a matrix product inside the projector.
+#[test]
+fn a_tap_dim_that_lies_is_named() {
+    #[derive(Debug)]
+    struct Lying(OneConv);
+    impl byol::Backbone for Lying {
+        fn taps(&self) -> Vec<&'static str> {
+            self.0.taps()
+        }
+        fn tap_dim(&self, _tap: &str) -> Option<i64> {
+            Some(128)
+        }
+        fn forward_taps(&self, images: &Tensor, train: bool, taps: &[&str]) -> Vec<Tensor> {
+            self.0.forward_taps(images, train, taps)
+        }
+    }
+    let build = |path: &tch::nn::Path, _: &byol::BuildContext| -> Result<Box<dyn byol::Backbone>, byol::ByolError> {
+        Ok(Box::new(Lying(OneConv {
+            conv: byol::nn::conv2d(&(path / "conv"), 3, 6, 3, 1, 1),
+        })))
+    };
+    let byol = Byol::with_backbone(&VarStore::new(Device::Cpu), build, 16, "conv", &config(false)).unwrap();
+    for message in [
+        panic_of(|| drop(byol.embed(&views(2)))),
+        panic_of(|| drop(byol.loss(&views(4), &views(4)))),
+    ] {
+        assert!(
+            message.contains("the backbone's tap 'conv' gives features of shape [")
+                && message.contains("its tap_dim said 128"),
+            "{message}"
+        );
+    }
+}
+
+/// Laying the weights out channels_last keeps every value, the target's EMA included, whenever
+/// it is called.
+#[test]
+fn channels_last_after_training_keeps_the_target() {
+    let vs = VarStore::new(Device::Cpu);
+    let mut byol = Byol::new(&vs, &backbone(), 16, "avgpool", &config(false)).unwrap();
+    byol.loss(&views(4), &views(4)).backward();
+    tch::no_grad(|| {
+        for p in byol.parameters(&vs) {
+            let _ = p.tensor.shallow_clone().g_add_(&(p.tensor.grad() * -0.5));
+        }
+    });
+    byol.update_target(0, 10);
+    let before: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, t)| (k, t.copy())).collect();
+    byol.use_channels_last(&vs).unwrap();
+    let after = vs.variables();
+    for (name, value) in &before {
+        assert!(after[name].equal(value), "{name} changed");
+    }
+    let differing = before
+        .iter()
+        .filter(|(name, _)| name.starts_with("target."))
+        .filter(|(name, value)| !value.equal(&after[&name.replacen("target.", "online.", 1)]))
+        .count();
+    assert!(
+        differing > 10,
+        "the target differs from the online network: {differing} tensors"
     );
 }
