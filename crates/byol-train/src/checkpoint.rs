@@ -180,6 +180,7 @@ impl Checkpointer {
         manifest: Manifest,
     ) -> anyhow::Result<PathBuf> {
         crate::run_dir::create_dir_in_place(&self.dir)?;
+        crate::run_dir::record_checkpoints_owner(&self.dir)?;
         let step = manifest.step;
         let name = format!("step-{step:09}");
         let final_dir = self.dir.join(&name);
@@ -373,14 +374,16 @@ impl Checkpointer {
         // `checkpoint.every_steps` steps trained for nothing.
         if repair && self.dir.is_dir() {
             let probe = self.dir.join(WRITE_CHECK_FILE);
-            fs::write(&probe, b"").and_then(|()| fs::remove_file(&probe)).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot write into the checkpoints folder {}: {e} (writing {}). The run could save no \
+            fs::write(&probe, b"")
+                .and_then(|()| fs::remove_file(&probe))
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot write into the checkpoints folder {}: {e} (writing {}). The run could save no \
                      checkpoint: make the folder writable and run again",
-                    self.dir.display(),
-                    probe.display()
-                )
-            })?;
+                        self.dir.display(),
+                        probe.display()
+                    )
+                })?;
         }
         let mut warnings = Vec::new();
         if repair {
@@ -1041,7 +1044,10 @@ mod tests {
 
         let unlistable = tmp.path().join("loop");
         std::os::unix::fs::symlink("loop", &unlistable).unwrap();
-        let e = format!("{:#}", Checkpointer::new(unlistable, 3).resume_point(false).unwrap_err());
+        let e = format!(
+            "{:#}",
+            Checkpointer::new(unlistable, 3).resume_point(false).unwrap_err()
+        );
         assert!(
             e.contains("cannot list the checkpoints folder") && e.contains("does not start over"),
             "{e}"
@@ -1055,7 +1061,9 @@ mod tests {
         );
         assert!(checkpoints.resume_point(false).is_ok(), "reading only needs no write");
         // Not there at all: a run that has saved nothing yet.
-        let none = Checkpointer::new(tmp.path().join("none"), 3).resume_point(false).unwrap();
+        let none = Checkpointer::new(tmp.path().join("none"), 3)
+            .resume_point(false)
+            .unwrap();
         assert!(none.latest.is_none());
     }
 

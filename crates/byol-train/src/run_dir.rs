@@ -56,6 +56,8 @@ pub struct FolderLock {
     /// The folder this lock's holder created (it was not there before, or `--fresh` moved it
     /// aside): [`FolderLock::remove_if_unused`] may take it away again.
     created: Option<PathBuf>,
+    /// The run's checkpoints folder, locked too ([`FolderLock::claim_checkpoints`]).
+    checkpoints: Option<File>,
 }
 
 impl FolderLock {
@@ -243,9 +245,91 @@ impl FolderLock {
             _file: file,
             kind: what,
             created: None,
+            checkpoints: None,
         }))
     }
+
+    /// Claims `run_dir`'s checkpoints folder, where it has one, for the run this lock's holder
+    /// trains. A checkpoints folder may be a link (to scratch space), and a run folder copied
+    /// with `cp -r` then leads to the same checkpoints as the original: a run in either would
+    /// prune the other's checkpoints and resume from them. So the real folder is locked while the
+    /// run trains (a second run folder leading there is refused at once), and it records the run
+    /// folder whose checkpoints it holds, by real path ([`CHECKPOINTS_OWNER_FILE`]): another run
+    /// folder is refused while that one still leads there; one that moved, or keeps its
+    /// checkpoints elsewhere now (a copy made with `cp -rL`), leaves them to this one.
+    fn claim_checkpoints(&mut self, run_dir: &Path) -> anyhow::Result<()> {
+        use std::os::unix::ffi::OsStringExt;
+        let link = run_dir.join(CHECKPOINTS_DIR);
+        let (Ok(real), Ok(own)) = (std::fs::canonicalize(&link), std::fs::canonicalize(run_dir)) else {
+            return Ok(()); // none yet; the first checkpoint makes it
+        };
+        if !real.is_dir() {
+            return Ok(());
+        }
+        let record = real.join(CHECKPOINTS_OWNER_FILE);
+        let owner = std::fs::read(&record)
+            .ok()
+            .map(|bytes| PathBuf::from(std::ffi::OsString::from_vec(bytes.trim_ascii_end().to_vec())));
+        let leads_here = |folder: &Path| std::fs::canonicalize(folder.join(CHECKPOINTS_DIR)).is_ok_and(|c| c == real);
+        let other = owner.filter(|owner| *owner != own && leads_here(owner));
+        let shared = |what: &str| {
+            let other = other.as_ref().map_or(String::new(), |o| format!(" of {}", o.display()));
+            format!(
+                "{} leads to {}, the checkpoints folder{other}, {what}: two run folders in one checkpoints \
+                 folder would prune and resume each other's checkpoints (a checkpoints folder that is a link \
+                 is copied as a link by `cp -r`). Give {} a checkpoints folder of its own (replace the link \
+                 with a copy of the folder, or copy run folders with `cp -rL`), or train the other run folder",
+                link.display(),
+                real.display(),
+                run_dir.display()
+            )
+        };
+        let folder = File::open(&real).with_context(|| format!("cannot open {}", real.display()))?;
+        if !try_flock(&folder, libc::LOCK_EX).with_context(|| format!("cannot lock {}", real.display()))? {
+            bail!("{}", shared("where another byol-run trains now"));
+        }
+        if other.is_some() {
+            bail!("{}", shared("which holds that run's checkpoints"));
+        }
+        record_checkpoints_owner(&link)?;
+        self.checkpoints = Some(folder);
+        Ok(())
+    }
 }
+
+/// Records in the checkpoints folder `checkpoints` that it holds the checkpoints of the run
+/// folder it is in (by real path), where it does not say so already: when a start claims it,
+/// and when a run's first checkpoint makes it.
+pub fn record_checkpoints_owner(checkpoints: &Path) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let real =
+        std::fs::canonicalize(checkpoints).with_context(|| format!("cannot resolve {}", checkpoints.display()))?;
+    let own = checkpoints
+        .parent()
+        .map(|run_dir| {
+            std::fs::canonicalize(if run_dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                run_dir
+            })
+        })
+        .with_context(|| format!("{} is in no folder", checkpoints.display()))?
+        .with_context(|| format!("cannot resolve the folder of {}", checkpoints.display()))?;
+    let record = real.join(CHECKPOINTS_OWNER_FILE);
+    let mut line = own.as_os_str().as_bytes().to_vec();
+    line.push(b'\n');
+    if std::fs::read(&record).ok().as_deref() != Some(line.as_slice()) {
+        let tmp = real.join(format!("{CHECKPOINTS_OWNER_FILE}.tmp-{}", std::process::id()));
+        std::fs::write(&tmp, &line)
+            .and_then(|()| std::fs::rename(&tmp, &record))
+            .with_context(|| format!("cannot write {}", record.display()))?;
+    }
+    Ok(())
+}
+
+/// The file in a checkpoints folder naming the run folder whose checkpoints it holds, by its
+/// real path ([`FolderLock::claim_checkpoints`]).
+pub const CHECKPOINTS_OWNER_FILE: &str = ".run-folder";
 
 /// Takes an `flock` of `kind` (`LOCK_EX`, `LOCK_SH`) on `file` without waiting: false when
 /// another open file holds a conflicting one.
@@ -325,7 +409,8 @@ pub fn take_ownership(
         (true, Some(sweep)) => move_aside_into(run_dir, &sweep.join(crate::sweep::OLD_ATTEMPTS_DIR), kind)?,
         (true, None) => move_aside(run_dir, kind)?,
     };
-    let lock = FolderLock::create_and_acquire(run_dir, kind)?;
+    let mut lock = FolderLock::create_and_acquire(run_dir, kind)?;
+    lock.claim_checkpoints(run_dir)?;
     if let (Some(old), Some(_)) = (&moved, &sweep) {
         // Still its sweep's trial: the record of its parameters stays.
         let record = crate::sweep::TRIAL_FILE;
@@ -1254,6 +1339,53 @@ mod tests {
             e.contains("runs-x as the run folder: it exists and is not a folder"),
             "{e}"
         );
+    }
+
+    /// Two run folders whose checkpoints lead to one folder (a link copied by `cp -r`): the
+    /// second is refused while the first trains, and afterwards while the first still leads
+    /// there; once it no longer does (moved away, or given a copy), the other takes them.
+    #[test]
+    fn two_run_folders_never_share_a_checkpoints_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let scratch = tmp.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let (first, second) = (tmp.path().join("r1"), tmp.path().join("r2"));
+        for run in [&first, &second] {
+            std::fs::create_dir(run).unwrap();
+            std::os::unix::fs::symlink(&scratch, run.join(CHECKPOINTS_DIR)).unwrap();
+        }
+        let take = |run: &Path| take_ownership(run, FolderKind::Run, true, false).map(|(lock, _)| lock);
+        let held = take(&first).unwrap();
+        let e = format!("{:#}", take(&second).unwrap_err());
+        assert!(
+            e.contains("r2/checkpoints leads to") && e.contains("where another byol-run trains now"),
+            "{e}"
+        );
+        drop(held);
+        let e = format!("{:#}", take(&second).unwrap_err());
+        assert!(
+            e.contains("of ") && e.contains("r1, which holds that run's checkpoints"),
+            "{e}"
+        );
+        assert!(e.contains("cp -rL"), "{e}");
+        drop(take(&first).unwrap());
+
+        // The first run folder moved: the checkpoints go with whichever folder trains next.
+        let moved = tmp.path().join("r1-moved");
+        std::fs::rename(&first, &moved).unwrap();
+        drop(take(&second).unwrap());
+        let e = format!("{:#}", take(&moved).unwrap_err());
+        assert!(e.contains("r2, which holds that run's checkpoints"), "{e}");
+        // Given a copy of its own, a folder keeps it; the record in the copy names another.
+        std::fs::remove_file(moved.join(CHECKPOINTS_DIR)).unwrap();
+        std::fs::create_dir(moved.join(CHECKPOINTS_DIR)).unwrap();
+        std::fs::copy(
+            scratch.join(CHECKPOINTS_OWNER_FILE),
+            moved.join(CHECKPOINTS_DIR).join(CHECKPOINTS_OWNER_FILE),
+        )
+        .unwrap();
+        drop(take(&moved).unwrap());
+        drop(take(&second).unwrap());
     }
 
     #[test]
