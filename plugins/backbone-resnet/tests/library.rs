@@ -213,7 +213,9 @@ fn misuse_is_refused_in_the_library_s_own_words() {
             "{message}"
         );
     }
-    let message = panic_of(|| drop(byol.update_target(0, 0)));
+    let message = panic_of(|| {
+        byol.update_target(0, 0);
+    });
     assert!(message.contains("total_steps is 0"), "{message}");
 
     // A second set of networks in the same store, and views of no size, are refused at build.
@@ -240,7 +242,9 @@ fn misuse_is_refused_in_the_library_s_own_words() {
     let mut converted = VarStore::new(Device::Cpu);
     let byol = Byol::new(&converted, &backbone(), 16, "avgpool", &config(false)).unwrap();
     converted.double();
-    let message = panic_of(|| drop(byol.update_target(0, 10)));
+    let message = panic_of(|| {
+        byol.update_target(0, 10);
+    });
     assert!(
         message.contains("the VarStore was converted after the networks were built"),
         "{message}"
