@@ -185,6 +185,36 @@ fn a_corrupted_latest_checkpoint_falls_back_to_the_previous_one() {
     assert_identical(&dir.path().join("reference"), &dir.path().join("damaged"));
 }
 
+/// A resume with other CPU threads goes on (where it runs is no part of the experiment) and says
+/// that the run no longer matches, bit for bit, one trained throughout with either count.
+#[test]
+fn a_resume_with_other_threads_says_it_rounds_otherwise() {
+    let dir = setup();
+    let one_epoch = ["--set", "schedule.epochs=1"];
+    let first = run(dir.path(), "threads", &one_epoch);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        !text(&first).contains("sum and round in another order"),
+        "{}",
+        text(&first)
+    );
+    let saved = checkpoints(&dir.path().join("threads"));
+    let newest = saved.last().unwrap().join("model.safetensors");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let again = run(
+        dir.path(),
+        "threads",
+        &[&one_epoch[..], &["--set", "run.threads=2"]].concat(),
+    );
+    let all = text(&again);
+    assert!(again.status.success(), "{all}");
+    assert!(
+        all.contains("with run.threads: 1 -> 2: the steps from here sum and round in another order"),
+        "{all}"
+    );
+}
+
 /// Killed while it evaluated after epoch 2 (its checkpoint of that step already saved): the
 /// resumed run measures that evaluation first, to the same figures, and the curve that other
 /// trials' pruning reads holds no point of the run that went past the checkpoint.

@@ -732,6 +732,11 @@ pub const SAFE_TO_CHANGE: &[&str] = &[
     "distributed.bucket_mb",
 ];
 
+/// Keys of [`SAFE_TO_CHANGE`] whose change makes the steps round differently (threads and
+/// devices sum in another order, the fused update rounds otherwise): a run resumed with another
+/// value goes on correctly, but no longer bit for bit as one trained throughout with either.
+pub const CHANGES_ROUNDING: &[&str] = &["run.threads", "run.device", "optimizer.fused"];
+
 /// One key whose value differs: `key: saved -> now`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {

@@ -541,6 +541,15 @@ impl RunStart {
                     list(&moved)
                 );
             }
+            let rounding = rounding_changes(&saved, config_toml);
+            if main && latest.is_some() && !rounding.is_empty() {
+                byol::eprint_line!(
+                    "note: continuing {} with {}: the steps from here sum and round in another order, so the run \
+                     will not match bit for bit one trained throughout with either value",
+                    run_dir.display(),
+                    rounding.join(", ")
+                );
+            }
         }
         Ok(Self {
             checkpoint: latest,
@@ -624,6 +633,22 @@ fn check_dataset(
          there is the same), or add --allow-change dataset to continue on this data anyway, or --fresh to \
          start a new run.{keys_too}"
     )
+}
+
+/// The changes of [`run_dir::CHANGES_ROUNDING`] keys from the `saved` experiment to `now`, as
+/// `key: saved -> now`; two names of one device (`auto` and `cpu` without a GPU) are none.
+pub fn rounding_changes(saved: &str, now: &str) -> Vec<String> {
+    let device = |value: &Option<String>| {
+        let name = value.as_deref()?.trim_matches('"').to_string();
+        super::parse_device(&name).ok()
+    };
+    run_dir::changes(&run_dir::with_current_defaults(saved), now)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| run_dir::CHANGES_ROUNDING.contains(&c.key.as_str()))
+        .filter(|c| !(c.key == "run.device" && device(&c.saved).is_some() && device(&c.saved) == device(&c.now)))
+        .map(|c| c.to_string())
+        .collect()
 }
 
 /// The files the backbone is built from, as `(experiment key, path)`: `backbone.path` for a
