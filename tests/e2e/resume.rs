@@ -185,6 +185,30 @@ fn a_corrupted_latest_checkpoint_falls_back_to_the_previous_one() {
     assert_identical(&dir.path().join("reference"), &dir.path().join("damaged"));
 }
 
+/// Stopped after the evaluation that follows its epoch-end checkpoint (saved before it): the
+/// resumed run keeps that point and counts it, as the uninterrupted run does.
+#[test]
+fn an_evaluation_after_the_newest_checkpoint_is_counted_once() {
+    let dir = setup();
+    let every_epoch = ["--quiet", "--set", "checkpoint.every_steps=16"];
+    let out = run(dir.path(), "whole", &every_epoch);
+    assert!(out.status.success(), "{}", text(&out));
+    let whole = dir.path().join("whole");
+    let counted = |run_dir: &Path| {
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();
+        summary["curve_evaluations"].as_u64().unwrap()
+    };
+    assert_eq!(counted(&whole), 2, "after epochs 1 and 2");
+    // As a kill after the evaluation of epoch 2 leaves it: the checkpoint of step 32 newest,
+    // the curve holding that evaluation, no summary.
+    std::fs::remove_dir_all(whole.join("checkpoints/step-000000048")).unwrap();
+    std::fs::remove_file(whole.join("summary.json")).unwrap();
+    let out = run(dir.path(), "whole", &every_epoch);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(counted(&whole), 2, "{}", text(&out));
+}
+
 /// A resume with other CPU threads goes on (where it runs is no part of the experiment) and says
 /// that the run no longer matches, bit for bit, one trained throughout with either count.
 #[test]

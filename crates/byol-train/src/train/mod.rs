@@ -558,8 +558,13 @@ fn train_epochs(
         let measured = curve.as_ref().is_some_and(|c| c.iter().any(|p| p.step == *step));
         if !measured_by_all(t, measured)? {
             evaluate_into_curve(t, journal, run_dir, pruner, *step, &mut progress)?;
-        } else if let Some(pruner) = pruner.filter(|_| t.is_main() && t.parallel.is_none()) {
-            progress.pruned = pruner.judge(run_dir, curve.as_deref().unwrap_or_default())?;
+        } else {
+            // Measured by the start that saved this checkpoint, after saving it: its record could
+            // not count the evaluation (whose seconds went with that start's).
+            t.count_curve_evaluation(0.0);
+            if let Some(pruner) = pruner.filter(|_| t.is_main() && t.parallel.is_none()) {
+                progress.pruned = pruner.judge(run_dir, curve.as_deref().unwrap_or_default())?;
+            }
         }
     }
     while *step < t.plan.total_steps && !progress.interrupted && progress.pruned.is_none() {
