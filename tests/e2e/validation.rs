@@ -85,6 +85,41 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
         error.contains("invalid type: string \"2\", expected a whole number") && !error.contains(">= 0"),
         "{error}"
     );
+    assert!(
+        !error.contains("is no TOML value"),
+        "a quoted value is text as written: {error}"
+    );
+    // A bare word TOML does not read as a number is read as text, and the error says why.
+    for (value, text) in [
+        ("optimizer.lr=.5", ".5"),
+        ("run.seed=05", "05"),
+        ("optimizer.lr=1,5", "1,5"),
+    ] {
+        let error = refused(dir.path(), &["validate", "tiny.toml", "--set", value]);
+        assert!(
+            error.contains(&format!("invalid type: string \"{text}\""))
+                && error.contains(&format!("`{text}` is no TOML value, so it was read as text")),
+            "{error}"
+        );
+    }
+    // A key set twice: the last counts, said.
+    let out = byol_run(
+        dir.path(),
+        &[
+            "validate",
+            "tiny.toml",
+            "--set",
+            "optimizer.lr=0.1",
+            "--set",
+            "optimizer.lr=0.9",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("warning: --set optimizer.lr is given 2 times (0.1, 0.9): the last one counts"),
+        "{}",
+        text(&out)
+    );
     let huge = "schedule.batch_size=100000000000000000000";
     let error = refused(dir.path(), &["validate", "tiny.toml", "--set", huge]);
     assert!(

@@ -466,10 +466,24 @@ fn blame(
                 .and_then(|t| toml::from_str::<Experiment>(&t).err())
                 .is_some_and(|e| in_words(e.message().trim()) == *message)
     };
-    let flags = match overrides.iter().position(alone_gives_it) {
+    let culprit = overrides.iter().position(alone_gives_it);
+    let flags = match culprit {
         Some(i) => origins[i].clone(),
         None => origins.join(", "),
     };
+    // A bare word that is no TOML value is taken as text: `.5`, `05` and `1,5` are read so.
+    let as_text = culprit
+        .and_then(|i| overrides[i].split_once('='))
+        .map(|(_, raw)| raw.trim())
+        .filter(|raw| {
+            message.starts_with("invalid type: string") && toml::from_str::<toml::Table>(&format!("v = {raw}")).is_err()
+        });
+    let text_hint = as_text.map_or(String::new(), |raw| {
+        format!(
+            "; `{raw}` is no TOML value, so it was read as text: write numbers as TOML does (0.5, not .5; 5, not \
+             05; 1.5, not 1,5)"
+        )
+    });
     let table = error.span().and_then(|span| enclosing_table(merged, span.start));
     // `--set optimizer.type=adam` keeps the table's other keys, written for the file's type.
     let file: toml::Table = toml::from_str(text).unwrap_or_default();
@@ -490,8 +504,8 @@ fn blame(
         None => String::new(),
     };
     match table {
-        Some(table) => anyhow::anyhow!("{flags}: {message} (in table [{table}]){hint}"),
-        None => anyhow::anyhow!("{flags}: {message}"),
+        Some(table) => anyhow::anyhow!("{flags}: {message} (in table [{table}]){hint}{text_hint}"),
+        None => anyhow::anyhow!("{flags}: {message}{text_hint}"),
     }
 }
 

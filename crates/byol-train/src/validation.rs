@@ -373,6 +373,25 @@ impl Experiment {
         if let Some(decoded) = self.dataset.image_size() {
             warnings.extend(upscaled_images(decoded as i64, self.augment.as_ref(), false));
         }
+        // A key set twice on one command line (a script's defaults, then a mended value): the
+        // last counts, which may not be the one meant.
+        let mut set: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+        // (A sweep adds its own assignments after the command line's, named otherwise.)
+        let command_line = self
+            .overrides
+            .iter()
+            .zip(&self.override_origins)
+            .filter(|(_, origin)| origin.starts_with("--set "));
+        for (key, value) in command_line.filter_map(|(o, _)| o.split_once('=')) {
+            set.entry(key.trim()).or_default().push(value.trim());
+        }
+        for (key, values) in set.iter().filter(|(_, values)| values.len() > 1) {
+            warnings.push(format!(
+                "--set {key} is given {} times ({}): the last one counts",
+                values.len(),
+                values.join(", ")
+            ));
+        }
         warnings
     }
 
