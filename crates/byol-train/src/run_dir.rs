@@ -77,7 +77,7 @@ impl FolderLock {
             FolderKind::Trial if std::fs::symlink_metadata(dir).is_err() => Err(std::io::ErrorKind::NotFound.into()),
             _ => std::fs::create_dir_all(dir),
         };
-        let mut lock = Self::acquire_after(dir, what, || match create(dir) {
+        let acquired = Self::acquire_after(dir, what, || match create(dir) {
             // Something there that is not a folder: a file, or a link to a missing folder.
             Err(e)
                 if e.kind() == std::io::ErrorKind::AlreadyExists
@@ -98,6 +98,13 @@ impl FolderLock {
                 dir.display()
             ),
             created => created.with_context(|| format!("cannot create {what} {}", dir.display())),
+        });
+        let mut lock = acquired.inspect_err(|_| {
+            // A folder made here and left empty (its lock file could not be written, and was
+            // removed) is no run's: not left behind. One holding anything stays.
+            if !existed {
+                let _ = std::fs::remove_dir(dir);
+            }
         })?;
         lock.created = (!existed).then(|| dir.to_path_buf());
         Ok(lock)
@@ -240,7 +247,18 @@ impl FolderLock {
             .and_then(|()| file.rewind())
             .and_then(|()| file.write_all(owner.as_bytes()))
             .and_then(|()| file.sync_data())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+            .map_err(|e| {
+                // Removed while this process holds its lock: a start waiting for the lock then
+                // finds another file at the path, and tries again.
+                let _ = std::fs::remove_file(&path);
+                let advice = match e.kind() {
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                        "; the file system is full: free some space there, or use another folder (--run-dir, or run.name)"
+                    }
+                    _ => "",
+                };
+                anyhow::anyhow!("cannot write {}: {e}{advice}", path.display())
+            })?;
         Ok(Some(Self {
             _file: file,
             kind: what,
