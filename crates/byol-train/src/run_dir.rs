@@ -233,13 +233,31 @@ impl FolderLock {
             }
             let holder = holder_of(&mut file);
             let another = what.elsewhere();
+            let shared = match linked_elsewhere(&file) {
+                true => format!(
+                    " Its {LOCK_FILE} is also another folder's (one file under two names: a copy made with \
+                     `cp -al` or `rsync --link-dest`), so that process may be training there: if this folder \
+                     is free, remove {} and start again (a start makes a new one).",
+                    path.display()
+                ),
+                false => String::new(),
+            };
             bail!(
                 "{what} {} is in use by another byol-run ({holder}, which holds {}): two processes in one \
                  folder would mix their checkpoints and logs. Wait for it to finish (or stop it), or \
-                 {another}",
+                 {another}.{shared}",
                 dir.display(),
                 path.display()
             );
+        }
+        // A lock file that is also another folder's (a copy by hard links) would lock both
+        // folders at once: this folder gets a file of its own, locked in its place.
+        if linked_elsewhere(&file) {
+            let tmp = dir.join(format!(".{LOCK_FILE}.tmp-{}", std::process::id()));
+            File::create(&tmp)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .with_context(|| format!("cannot replace {}, a file shared with another folder", path.display()))?;
+            return Self::acquire_file(dir, what);
         }
         let owner = format!("{}\n{}\n", std::process::id(), fresh_token());
         // Synced: the other nodes of a job read it from a network file system (owner_token).
@@ -348,6 +366,12 @@ pub fn record_checkpoints_owner(checkpoints: &Path) -> anyhow::Result<()> {
 /// The file in a checkpoints folder naming the run folder whose checkpoints it holds, by its
 /// real path ([`FolderLock::claim_checkpoints`]).
 pub const CHECKPOINTS_OWNER_FILE: &str = ".run-folder";
+
+/// Whether `file` has other names than its own (hard links).
+fn linked_elsewhere(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().is_ok_and(|m| m.nlink() > 1)
+}
 
 /// Takes an `flock` of `kind` (`LOCK_EX`, `LOCK_SH`) on `file` without waiting: false when
 /// another open file holds a conflicting one.
@@ -1409,6 +1433,31 @@ mod tests {
         .unwrap();
         drop(take(&moved).unwrap());
         drop(take(&second).unwrap());
+    }
+
+    /// A run folder copied by hard links (`cp -al`) shares its lock file with the original: the
+    /// first start in either gives its folder a lock file of its own, so that both folders train
+    /// at once; while the shared one is locked, the refusal says it may be the other folder's.
+    #[test]
+    fn a_lock_file_shared_by_hard_links_is_made_the_folder_s_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (original, copy) = (tmp.path().join("h1"), tmp.path().join("h2"));
+        drop(FolderLock::create_and_acquire(&original, FolderKind::Run).unwrap());
+        std::fs::create_dir(&copy).unwrap();
+        std::fs::hard_link(original.join(LOCK_FILE), copy.join(LOCK_FILE)).unwrap();
+        let held = FolderLock::acquire(&copy, FolderKind::Run).unwrap();
+        let first = FolderLock::acquire(&original, FolderKind::Run).unwrap();
+        drop((held, first));
+
+        std::fs::remove_file(copy.join(LOCK_FILE)).unwrap();
+        std::fs::hard_link(original.join(LOCK_FILE), copy.join(LOCK_FILE)).unwrap();
+        let shared = File::open(original.join(LOCK_FILE)).unwrap();
+        assert!(try_flock(&shared, libc::LOCK_EX).unwrap());
+        let e = format!("{:#}", FolderLock::acquire(&copy, FolderKind::Run).unwrap_err());
+        assert!(
+            e.contains("is in use by another byol-run") && e.contains("cp -al"),
+            "{e}"
+        );
     }
 
     #[test]
