@@ -156,10 +156,19 @@ impl Checkpointer {
     ) -> anyhow::Result<PathBuf> {
         let step = manifest.step;
         self.try_save(model, optimizer, sources, manifest).map_err(|e| {
+            let way_out = way_out_of_a_failed_write(&e);
+            // Pruning first would risk the last good checkpoint for the one being written.
+            let room = match way_out.starts_with("free some space") {
+                true => format!(
+                    "; a save needs room for one checkpoint beside the {} kept (checkpoint.keep_last), which it \
+                     removes the oldest of only once the new one is whole",
+                    self.keep_last
+                ),
+                false => String::new(),
+            };
             anyhow::anyhow!(
-                "cannot save the checkpoint of step {step}: {e:#}; {} ({})",
-                self.kept(),
-                way_out_of_a_failed_write(&e)
+                "cannot save the checkpoint of step {step}: {e:#}; {} ({way_out}{room})",
+                self.kept()
             )
         })
     }
