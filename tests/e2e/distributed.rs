@@ -596,7 +596,8 @@ fn processes_started_with_different_experiments_are_refused() {
 
 /// A TorchScript module under another path on one node (a node-local copy) is accepted when it is
 /// the same file, and refused naming its key when its contents differ: that process would train
-/// another network under the same run.
+/// another network under the same run. A module with batch norms of its own is said to keep their
+/// statistics per process.
 #[test]
 fn node_local_copies_of_a_torchscript_module_must_hold_the_same_module() {
     let dir = setup();
@@ -604,7 +605,10 @@ fn node_local_copies_of_a_torchscript_module_must_hold_the_same_module() {
     std::fs::write(d.join("net_def.py"), NET_WITH_A_LATE_PARAMETER).unwrap();
     let script = format!(
         "sys.path.insert(0, {dir:?})\nfrom net_def import Net\nfor name in ['a', 'b']:\n    \
-         torch.jit.script(Net()).save({dir:?} + '/net_' + name + '.pt')\n",
+         torch.jit.script(Net()).save({dir:?} + '/net_' + name + '.pt')\n\
+         bn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), \
+         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())\n\
+         torch.jit.script(bn).save({dir:?} + '/net_bn.pt')\n",
         dir = d.to_str().unwrap(),
     );
     byol_testkit::run_python(&script, &[]);
@@ -631,12 +635,28 @@ fn node_local_copies_of_a_torchscript_module_must_hold_the_same_module() {
         text(&zero),
         text(&one)
     );
+    // The batch norms inside a module run its own code: synchronized batch norm stops at them.
+    assert!(!text(&zero).contains("the module's batch norms"), "{}", text(&zero));
     let [zero, _] = job("net_b.pt", "other");
     let all = text(&zero);
     assert_eq!(zero.status.code(), Some(1), "{all}");
     assert!(
         all.contains("were started with different experiments")
             && all.contains("process 1: contents.backbone.path (SHA-256): "),
+        "{all}"
+    );
+    let port = byol_testkit::free_port();
+    let with_bn = ["ts.toml", "--run-dir", "bn", "--set", "backbone.path=\"net_bn.pt\""];
+    let [zero, one] = [0, 1]
+        .map(|rank| spawn_rank(d, rank, 2, port, &with_bn))
+        .map(|r| r.wait_with_output().unwrap());
+    let all = text(&zero);
+    assert!(zero.status.success() && one.status.success(), "{all}\n{}", text(&one));
+    assert!(
+        all.contains(
+            "warning: backbone.path = net_bn.pt: the module's batch norms compute their statistics on each \
+             process's share of the batch"
+        ),
         "{all}"
     );
 }

@@ -64,7 +64,11 @@ byol::register_plugin! {
                     self.input_size
                 )));
             }
-            Ok(Box::new(TorchScriptBackbone::load(&self.path, path, self.input_size, context.image_size)?))
+            let mut backbone = TorchScriptBackbone::load(&self.path, path, self.input_size, context.image_size)?;
+            if matches!(context.backbone_batch_norm, byol::nn::BatchStatistics::Global(_)) {
+                backbone.note_batch_norms_stay_per_process();
+            }
+            Ok(Box::new(backbone))
         }
 
         fn source_files(&self) -> Vec<(&'static str, PathBuf)> {

@@ -221,6 +221,29 @@ impl TorchScriptBackbone {
     }
 }
 
+impl TorchScriptBackbone {
+    /// Says, where the module has batch norms, that a data-parallel run's synchronized batch
+    /// norm (`distributed.sync_batch_norm`) does not reach them: they run inside the module's own
+    /// code, on each process's share of the batch.
+    pub fn note_batch_norms_stay_per_process(&mut self) {
+        let variables = self
+            .module
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .inner
+            .named_buffers();
+        let has_batch_norms = variables.is_ok_and(|buffers| buffers.iter().any(|(n, _)| n.ends_with("running_mean")));
+        if has_batch_norms {
+            self.warnings.push(format!(
+                "backbone.path = {}: the module's batch norms compute their statistics on each process's share \
+                 of the batch: synchronized batch norm (distributed.sync_batch_norm) reaches the projector's and \
+                 predictor's only, not code inside a TorchScript module",
+                self.file.display()
+            ));
+        }
+    }
+}
+
 /// A buffer of the module and its value when loaded.
 struct SavedBuffer {
     name: String,
