@@ -387,6 +387,28 @@ fn a_signal_to_one_process_stops_every_process_after_the_same_step() {
     assert_eq!(summary["resumed_from_step"].as_u64(), Some(step), "{summary}");
 }
 
+/// Two processes with synchronized batch norm and one image each: every batch norm's statistics
+/// are over both images, so the run trains (where one process with one image is refused).
+#[test]
+fn one_image_per_process_trains_with_synchronized_batch_norm() {
+    let dir = setup();
+    let args = [
+        "dp.toml",
+        "--run-dir",
+        "ones",
+        "--set",
+        "schedule.batch_size=2",
+        "--set",
+        "dataset.train_size=16",
+    ];
+    let out = torchrun(dir.path(), &args);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("ones/summary.json")).unwrap()).unwrap();
+    assert!(summary["final_loss"].as_f64().is_some_and(f64::is_finite), "{summary}");
+}
+
 #[test]
 fn asking_for_nccl_without_a_gpu_says_so() {
     if tch::Cuda::is_available() {

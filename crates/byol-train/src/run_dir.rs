@@ -321,14 +321,18 @@ impl FolderLock {
             )
         };
         let folder = File::open(&real).with_context(|| format!("cannot open {}", real.display()))?;
-        if !try_flock(&folder, libc::LOCK_EX).with_context(|| format!("cannot lock {}", real.display()))? {
-            bail!("{}", shared("where another byol-run trains now"));
-        }
+        // A file system without locks for a folder (NFS locks files opened for writing; Lustre
+        // mounted without flock) leaves the record alone to tell.
+        let locked = match try_flock(&folder, libc::LOCK_EX) {
+            Ok(false) => bail!("{}", shared("where another byol-run trains now")),
+            Ok(true) => true,
+            Err(_) => false,
+        };
         if other.is_some() {
             bail!("{}", shared("which holds that run's checkpoints"));
         }
         record_checkpoints_owner(&link)?;
-        self.checkpoints = Some(folder);
+        self.checkpoints = locked.then_some(folder);
         Ok(())
     }
 }

@@ -60,6 +60,9 @@ pub struct Byol {
     embedding_dim: i64,
     tau_base: f64,
     concat_views: bool,
+    /// Whether the heads' batch norms take statistics over every replica's batch, so that a
+    /// replica's batch of one image is no batch norm's batch of one.
+    synchronized_heads: bool,
     /// What loading the pretrained weights had to say ([`load_safetensors`]).
     pretrained_notes: Vec<String>,
 }
@@ -239,6 +242,7 @@ impl Byol {
             embedding_dim,
             tau_base: config.tau_base,
             concat_views: config.concat_views,
+            synchronized_heads: matches!(context.head_batch_norm, crate::nn::BatchStatistics::Global(_)),
             pretrained_notes,
         })
     }
@@ -261,8 +265,9 @@ impl Byol {
     ///
     /// # Panics
     /// When the two views differ in shape, are not float `[N, 3, H, W]` batches, or hold fewer
-    /// than 2 images (training-mode batch norm needs two values per channel); libtorch panics on
-    /// other input the backbone cannot take.
+    /// than 2 images (training-mode batch norm needs two values per channel; 1 will do where
+    /// the views go through as one batch, `concat_views`, or the heads' batch norms are
+    /// synchronized across replicas); libtorch panics on other input the backbone cannot take.
     pub fn loss(&self, view1: &Tensor, view2: &Tensor) -> Tensor {
         self.loss_parts(view1, view2).loss
     }
@@ -278,10 +283,18 @@ impl Byol {
              same images, of one shape"
         );
         check_images("Byol::loss", view1);
+        check_images("Byol::loss", view2);
+        // Of one image, batch-norm statistics are undefined (a NaN variance) unless the views go
+        // through as one batch or the heads' batch norms gather every replica's.
+        let least = if self.concat_views || self.synchronized_heads {
+            1
+        } else {
+            2
+        };
         assert!(
-            size1[0] >= 2,
-            "Byol::loss: a batch of {} image(s); training-mode batch norm needs at least 2 per view (drop a last \
-             batch of 1)",
+            size1[0] >= least,
+            "Byol::loss: a batch of {} image(s); training-mode batch norm needs at least {least} per view (drop a \
+             last batch that small)",
             size1[0]
         );
         if self.concat_views {

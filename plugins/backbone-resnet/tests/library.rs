@@ -213,6 +213,16 @@ fn misuse_is_refused_in_the_library_s_own_words() {
             "{message}"
         );
     }
+    // Both views as one batch: one image a view makes a batch of two.
+    let concatenated = Byol::new(&VarStore::new(Device::Cpu), &backbone(), 16, "avgpool", &config(true)).unwrap();
+    assert!(concatenated.loss(&views(1), &views(1)).double_value(&[]).is_finite());
+    let message = panic_of(|| drop(concatenated.loss(&views(0), &views(0))));
+    assert!(
+        message.contains("a batch of 0 image(s); training-mode batch norm needs at least 1"),
+        "{message}"
+    );
+    let message = panic_of(|| drop(byol.loss(&views(4), &bytes)));
+    assert!(message.contains("Byol::loss: images of kind Uint8"), "{message}");
     let message = panic_of(|| {
         byol.update_target(0, 0);
     });
