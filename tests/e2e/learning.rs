@@ -6,12 +6,16 @@
 //! same weights after one epoch at learning rate 0, whose batch-norm running statistics have
 //! been fitted to the data (that alone moves kNN by +0.5 to +2 points, seeds 1 and 2).
 //!
-//! Margin: at least 4 points on 5,000 test images, whose standard error per accuracy is about 0.7
-//! points. Measured, trained vs that baseline, seeds 0 / 1 / 2: +8.3 / +6.5 / +6.6 points on a
+//! Margin: at least 3 points on 5,000 test images, whose standard error per accuracy is about 0.7
+//! points (1 point for a difference of two). Measured, trained vs that baseline, seeds 0 / 1 / 2: +8.3 / +6.5 / +6.6 points on a
 //! 2-core Intel Xeon (seed 0: 38.9% vs 30.6%), +8.3 / +6.3 / +7.5 on a 2-core AMD EPYC, and on
 //! the AMD EPYC for seeds 3 to 10: +9.2 / +5.6 / +8.0 / +6.3 / +7.1 / +5.2 / +7.9 / +8.1
 //! (`byol-run experiments/cifar10-slice-cpu.toml --set run.seed=S`, and the same with
-//! `optimizer.lr=0.0 schedule.epochs=1 eval.every_epochs=0` for the baseline). The curve rises at every
+//! `optimizer.lr=0.0 schedule.epochs=1 eval.every_epochs=0` for the baseline): mean 7.2, standard
+//! deviation 1.2 over the eleven. Another CPU's kernels round otherwise and the run is chaotic, so
+//! there any seed is a fresh draw of that spread: 3 points is 3.5 deviations below its mean (a
+//! false failure about once in 4,000 runs), and 3 standard errors above the baseline. The runs
+//! use 2 threads, as measured (libtorch's default follows the physical cores). The curve rises at every
 //! evaluation (seed 0: 29.1, 33.8, 37.1, 38.1, 38.9% at epochs 0, 10, 20, 30, 40). About 100 s.
 //!
 //! The final checkpoint then goes through the offline protocols: `byol-run eval knn` must give the
@@ -38,6 +42,8 @@ fn run_slice(cifar: &Path, run_dir: &Path, overrides: &[&str]) -> (f64, f64, Str
         format!("dataset.train={}", quoted(&cifar.join("train"))),
         "--set".into(),
         format!("dataset.test={}", quoted(&cifar.join("test"))),
+        "--set".into(),
+        "run.threads=2".into(),
     ];
     for o in overrides {
         args.extend(["--set".to_string(), o.to_string()]);
@@ -76,8 +82,8 @@ fn byol_learns_a_cifar10_slice_on_the_cpu() {
         all.lines().filter(|l| l.contains("kNN")).collect::<Vec<_>>().join("\n")
     );
     assert!(
-        after - baseline >= 0.04,
-        "kNN top-1 must gain at least 4 points over the untrained network ({:.1}%): {:.1}%\n{all}",
+        after - baseline >= 0.03,
+        "kNN top-1 must gain at least 3 points over the untrained network ({:.1}%): {:.1}%\n{all}",
         baseline * 100.0,
         after * 100.0
     );

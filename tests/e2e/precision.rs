@@ -47,6 +47,9 @@ fn max_difference(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) -> f
         .fold(0.0, f64::max)
 }
 
+/// How far two steps in channels_last may end from two contiguous ones (see the first test).
+const LAYOUT_BOUND: f64 = 2e-4;
+
 #[test]
 fn channels_last_trains_like_contiguous_and_bf16_like_fp32() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,10 +58,17 @@ fn channels_last_trains_like_contiguous_and_bf16_like_fp32() {
     let channels_last = two_steps(dir.path(), "channels-last", &["run.memory_format=channels_last"]);
     let bf16 = two_steps(dir.path(), "bf16", &["run.precision=bf16"]);
 
-    // Measured 2.4e-6 after two steps: the same arithmetic in another summation order. A
-    // mis-laid weight (channels mixed up) would differ by O(1e-1).
+    // The same arithmetic in another summation order: measured 2.4e-6 after two steps here. A
+    // pre-activation within a rounding of zero can take the other side of a ReLU in one layout,
+    // and this network at lr 0.5 about doubles such a difference every step (tests/e2e/
+    // distributed.rs: 1e-6 growing to 1e-3 over some eight steps), so which machine's kernels
+    // meet a kink decides the figure, not the layout. LAYOUT_BOUND leaves room for one; a mis-laid
+    // weight (channels mixed up) differs by O(1e-1).
     let layout = max_difference(&contiguous, &channels_last);
-    assert!(layout <= 2e-5, "channels_last differs from contiguous by {layout}");
+    assert!(
+        layout <= LAYOUT_BOUND,
+        "channels_last differs from contiguous by {layout}"
+    );
 
     // Measured 7.6e-3: bf16 activations (8-bit mantissa) perturb the update, fp32 master weights
     // keep it close; exactly 0 would mean autocast never engaged.
@@ -98,7 +108,7 @@ fn channels_last_trains_like_contiguous_at_every_cpu_instruction_set() {
             // As in the test above: a summation-order difference, not a layout error.
             let layout = max_difference(&contiguous, &channels_last);
             assert!(
-                layout <= 2e-5,
+                layout <= LAYOUT_BOUND,
                 "{isa}, {threads} threads: channels_last differs from contiguous by {layout}"
             );
         }

@@ -74,7 +74,10 @@ for trial, lr in (("trial-001", 0.2), ("trial-002", 0.8)):
     assert "knn/gain" in acc.Tags()["scalars"], acc.Tags()
 
 tb = program.TensorBoard()
-tb.configure(argv=[None, "--logdir", SWEEP_DIR, "--host", "127.0.0.1", "--port", "0", "--load_fast", "false"])
+# The logs loaded once, before the server answers (by default a thread loads them meanwhile, and a
+# request can come first).
+tb.configure(argv=[None, "--logdir", SWEEP_DIR, "--host", "127.0.0.1", "--port", "0", "--load_fast", "false",
+                   "--reload_task", "blocking", "--reload_interval", "0"])
 url = tb.launch().rstrip("/")
 
 def post(path, body):

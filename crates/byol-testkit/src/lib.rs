@@ -182,32 +182,43 @@ fn missing_dataset(test: &str, what: &str, ci: bool) {
 }
 
 /// A localhost TCP port that was free a moment ago, for a c10d rendezvous in a test: one below
-/// the kernel's ephemeral range, each once per process. A port the kernel handed out itself
+/// the kernel's ephemeral range (above it where there is no room below), each once per process. A port the kernel handed out itself
 /// (bound to port 0, then released) could be handed again, to a connection or a Gloo listener of
 /// another test running beside, before the store binds it (EADDRINUSE, or a rank joining another
 /// test's job); the kernel picks no port below that range on its own.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    let range: Vec<u32> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32768);
-    let span = 8000.min(ephemeral_low.saturating_sub(1024));
+        .map(|range| range.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    let (ephemeral_low, ephemeral_high) = match range.as_slice() {
+        [low, high] => (*low, *high),
+        _ => (32768, 60999),
+    };
+    // Below the range where it leaves room (the usual 32768-60999), else above it.
+    let (first, span) = match (
+        ephemeral_low.saturating_sub(1024),
+        65535u32.saturating_sub(ephemeral_high),
+    ) {
+        (below, _) if below >= 1000 => (ephemeral_low - below.min(8000), below.min(8000)),
+        (_, above) if above >= 1000 => (ephemeral_high + 1, above.min(8000)),
+        // The whole range is ephemeral: a port the kernel hands out, with the race above.
+        _ => {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind a localhost port");
+            return listener.local_addr().expect("its address").port();
+        }
+    };
     // Where this process starts, so that test processes run one after another rarely start alike.
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id() % span.max(1),
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
+    let _ = NEXT.compare_exchange(u32::MAX, std::process::id() % span, Ordering::SeqCst, Ordering::SeqCst);
     for _ in 0..span {
-        let port = (ephemeral_low - span + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        let port = (first + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free localhost port below {ephemeral_low}");
+    panic!("no free localhost port in {first}..{}", first + span);
 }
 
 /// Rank `rank` of a `world`-rank job on localhost at `port`, every rank on this machine (ranks

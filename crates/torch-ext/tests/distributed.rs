@@ -6,6 +6,11 @@ use std::time::Duration;
 use tch::{Kind, Tensor};
 use torch_ext::distributed::{unreached_leaves, ProcessGroup, Rendezvous};
 
+/// The environment is the process's, and the tests of this file run on threads: the test that
+/// sets torchrun's variables runs alone (setenv beside a getenv in libtorch or Gloo is a data
+/// race), the others beside each other.
+static ENVIRONMENT: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// Runs `body(group)` on `world` ranks at once and returns their results in rank order.
 fn on_ranks<T: Send + 'static>(world: usize, body: fn(&ProcessGroup) -> T) -> Vec<T> {
     let port = byol_testkit::free_port();
@@ -26,6 +31,7 @@ fn rank_tensor(group: &ProcessGroup) -> Tensor {
 
 #[test]
 fn all_reduce_broadcast_and_all_gather_across_two_ranks() {
+    let _env = ENVIRONMENT.read().unwrap_or_else(|e| e.into_inner());
     let results = on_ranks(2, |group| {
         let summed = rank_tensor(group);
         group.all_reduce_sum_(&summed).unwrap();
@@ -48,6 +54,7 @@ fn all_reduce_broadcast_and_all_gather_across_two_ranks() {
 
 #[test]
 fn summing_gradients_over_ranks_is_the_identity_forward_and_an_all_reduce_backward() {
+    let _env = ENVIRONMENT.read().unwrap_or_else(|e| e.into_inner());
     // y_r = x_r; loss_r = (c_r * y_r).sum() with c_r = rank + 1. The gradient that reaches x_r is
     // the sum over ranks of c_r: 1 + 2 = 3 everywhere, on both ranks.
     let results = on_ranks(2, |group| {
@@ -69,6 +76,7 @@ fn summing_gradients_over_ranks_is_the_identity_forward_and_an_all_reduce_backwa
 
 #[test]
 fn the_graph_keeps_the_group_alive_when_it_is_dropped_before_backward() {
+    let _env = ENVIRONMENT.read().unwrap_or_else(|e| e.into_inner());
     // Built by hand rather than by `on_ranks`, so that the group can be dropped (its store and
     // backend handles freed) while the graph still references the backend. World size 1: the
     // gradient of (3 * y).sum(), summed over the one rank, is 3.
@@ -94,6 +102,7 @@ fn the_graph_keeps_the_group_alive_when_it_is_dropped_before_backward() {
 
 #[test]
 fn a_missing_peer_is_a_clear_error_after_the_timeout() {
+    let _env = ENVIRONMENT.read().unwrap_or_else(|e| e.into_inner());
     let port = byol_testkit::free_port();
     let err = ProcessGroup::gloo(&Rendezvous {
         master_addr: "127.0.0.1".into(),
@@ -112,7 +121,7 @@ fn a_missing_peer_is_a_clear_error_after_the_timeout() {
 
 #[test]
 fn torchrun_environment_is_read_with_clear_errors() {
-    // One test owns the process environment (tests in this file run on threads).
+    let _env = ENVIRONMENT.write().unwrap_or_else(|e| e.into_inner());
     std::env::remove_var("WORLD_SIZE");
     std::env::remove_var("RANK");
     assert_eq!(Rendezvous::from_env().unwrap(), None);
@@ -152,6 +161,7 @@ fn torchrun_environment_is_read_with_clear_errors() {
 
 #[test]
 fn nccl_without_a_gpu_is_a_clear_error() {
+    let _env = ENVIRONMENT.read().unwrap_or_else(|e| e.into_inner());
     use torch_ext::distributed::{nccl_available, Backend};
     if tch::Cuda::is_available() {
         eprintln!("SKIPPED nccl_without_a_gpu_is_a_clear_error: this machine has a GPU");
@@ -250,6 +260,7 @@ fn averaged(rank0: Vec<Tensor>, rank1: Vec<Tensor>) -> Vec<Vec<f32>> {
 
 #[test]
 fn the_gradient_reducer_averages_every_armed_backward_in_buckets() {
+    let _env = ENVIRONMENT.read().unwrap_or_else(|e| e.into_inner());
     // A bucket closes once it holds the cap, so a 1-byte cap puts each parameter in its own bucket
     // once the first backward has set the order: step 0 runs DDP's single first bucket, steps 1
     // and 2 the four rebuilt ones.
@@ -282,6 +293,7 @@ fn the_gradient_reducer_averages_every_armed_backward_in_buckets() {
 
 #[test]
 fn a_backward_that_is_not_armed_accumulates_locally_and_the_armed_one_reduces_the_sum() {
+    let _env = ENVIRONMENT.read().unwrap_or_else(|e| e.into_inner());
     let results = on_ranks(2, |group| {
         let parameters = mlp_parameters();
         let reducer = group.gradient_reducer(&parameters, 25 << 20).unwrap();
@@ -305,6 +317,7 @@ fn a_backward_that_is_not_armed_accumulates_locally_and_the_armed_one_reduces_th
 
 #[test]
 fn a_parameter_outside_the_loss_is_named_before_backward_and_leaves_the_reduction_unfinished() {
+    let _env = ENVIRONMENT.read().unwrap_or_else(|e| e.into_inner());
     let results = on_ranks(2, |group| {
         let parameters = mlp_parameters();
         let reducer = group.gradient_reducer(&parameters, 25 << 20).unwrap();
@@ -329,6 +342,7 @@ fn a_parameter_outside_the_loss_is_named_before_backward_and_leaves_the_reductio
 
 #[test]
 fn a_rank_whose_parameters_differ_from_rank_0s_is_refused_before_any_step() {
+    let _env = ENVIRONMENT.read().unwrap_or_else(|e| e.into_inner());
     // Rank 0's shapes and strides are broadcast; a rank that differs fails (the job with it).
     let results = on_ranks(2, |group| {
         let mut parameters = mlp_parameters();
