@@ -81,6 +81,7 @@ fn a_certainly_worse_trial_is_pruned_at_the_first_evaluation_and_resumes_on_requ
     assert_eq!(summary["steps"], 2, "{summary}");
     assert_eq!(summary["pruned"]["epoch"], 1, "{summary}");
     assert_eq!(summary["pruned"]["trials"], 1, "{summary}");
+    assert_eq!(summary["curve_evaluations"], 1, "{summary}");
     assert!(
         trial.join("checkpoints/step-000000002").is_dir(),
         "stopped with a checkpoint"
@@ -147,6 +148,7 @@ fn a_certainly_worse_trial_is_pruned_at_the_first_evaluation_and_resumes_on_requ
     );
     let summary = json(&trial.join("summary.json"));
     assert!(summary["steps"] == 2 && summary["pruned"]["epoch"] == 1, "{summary}");
+    assert_eq!(summary["curve_evaluations"], 1, "counted once: {summary}");
     assert!(!trial.join("checkpoints/step-000000003").exists(), "no step trained");
 
     // Its own config.toml trained as a plain run (as the README says and the log suggests), it

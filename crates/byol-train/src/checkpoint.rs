@@ -81,6 +81,10 @@ pub struct TrainingRecord {
 pub struct CurveCost {
     pub evaluations: u64,
     pub seconds: f64,
+    /// The step of the last evaluation counted: a checkpoint saved after the evaluation of its
+    /// own step (a pruned trial's last) counts it, one saved before it (an epoch's end) not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step: Option<u64>,
 }
 
 impl TrainingRecord {

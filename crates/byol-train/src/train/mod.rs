@@ -232,6 +232,7 @@ fn train_started(
     let CurveCost {
         evaluations: curve_evaluations,
         seconds: curve_seconds,
+        ..
     } = t.curve_cost();
     announce_early_stop(&journal, step, &checkpoint, interrupted, pruned.as_ref());
     let stopped_early = interrupted || pruned.is_some();
@@ -559,9 +560,12 @@ fn train_epochs(
         if !measured_by_all(t, measured)? {
             evaluate_into_curve(t, journal, run_dir, pruner, *step, &mut progress)?;
         } else {
-            // Measured by the start that saved this checkpoint, after saving it: its record could
-            // not count the evaluation (whose seconds went with that start's).
-            t.count_curve_evaluation(0.0);
+            // Measured by the start that saved this checkpoint: after saving it (at an epoch's
+            // end), its record could not count the evaluation (whose seconds went with that
+            // start's); before (a pruned trial's last save), it did.
+            if t.curve_cost().last_step != Some(*step) {
+                t.count_curve_evaluation(*step, 0.0);
+            }
             if let Some(pruner) = pruner.filter(|_| t.is_main() && t.parallel.is_none()) {
                 progress.pruned = pruner.judge(run_dir, curve.as_deref().unwrap_or_default())?;
             }
@@ -601,7 +605,7 @@ fn evaluate_into_curve(
     let evaluation = journal.evaluation(&when, t.evaluate()?, step);
     progress.pruned = record_curve(t, run_dir, &evaluation, step, journal.final_loss, pruner)?;
     let spent = evaluating.elapsed();
-    t.count_curve_evaluation(spent.as_secs_f64());
+    t.count_curve_evaluation(step, spent.as_secs_f64());
     journal.leave_out_of_throughput(spent);
     Ok(())
 }

@@ -353,9 +353,10 @@ impl<'a> Trainer<'a> {
     }
 
     /// Counts an evaluation of the kNN curve during training that took `seconds`.
-    pub fn count_curve_evaluation(&mut self, seconds: f64) {
+    pub fn count_curve_evaluation(&mut self, step: u64, seconds: f64) {
         self.curve_here.evaluations += 1;
         self.curve_here.seconds += seconds;
+        self.curve_here.last_step = Some(step);
     }
 
     /// The kNN curve's evaluations during training and their seconds: the steps before the
@@ -365,6 +366,7 @@ impl<'a> Trainer<'a> {
         CurveCost {
             evaluations: before.evaluations + self.curve_here.evaluations,
             seconds: before.seconds + self.curve_here.seconds,
+            last_step: self.curve_here.last_step.or(before.last_step),
         }
     }
 
