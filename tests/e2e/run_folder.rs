@@ -473,7 +473,7 @@ fn a_failed_checkpoint_write_ends_the_run_cleanly_and_the_previous_one_resumes()
     assert!(
         error.contains(&format!("the last good checkpoint is kept: r/checkpoints/{kept}"))
             && error.contains("free some space and run again to resume")
-            && error.contains("a save needs room for one checkpoint beside the 3 kept (checkpoint.keep_last)"),
+            && error.contains("a save needs room for one checkpoint more than the up to 3 kept (checkpoint.keep_last)"),
         "{all}"
     );
     assert_eq!(

@@ -403,11 +403,10 @@ fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
     let experiment = load_valid(&args.experiment)?;
     let resumed = resumed_with_kept_sources(args, &experiment);
     let rebuilt = match &resumed {
-        Some((checkpoint, manifest)) => Some(byol_train::train::state::with_checkpoint_sources(
-            &experiment,
-            checkpoint,
-            manifest,
-        )?),
+        Some((checkpoint, manifest)) => Some(
+            byol_train::train::state::with_checkpoint_sources(&experiment, checkpoint, manifest)
+                .with_context(|| format!("in experiment file {}", path.display()))?,
+        ),
         None => None,
     };
     let built_from = rebuilt.as_ref().unwrap_or(&experiment);

@@ -164,8 +164,8 @@ impl Checkpointer {
             // Pruning first would risk the last good checkpoint for the one being written.
             let room = match way_out.starts_with("free some space") {
                 true => format!(
-                    "; a save needs room for one checkpoint beside the {} kept (checkpoint.keep_last), which it \
-                     removes the oldest of only once the new one is whole",
+                    "; a save needs room for one checkpoint more than the up to {} kept (checkpoint.keep_last): \
+                     the oldest is removed only once the new one is whole",
                     self.keep_last
                 ),
                 false => String::new(),

@@ -480,8 +480,8 @@ fn blame(
         });
     let text_hint = as_text.map_or(String::new(), |raw| {
         format!(
-            "; `{raw}` is no TOML value, so it was read as text: write numbers as TOML does (0.5, not .5; 5, not \
-             05; 1.5, not 1,5)"
+            "; `{raw}` is no TOML value, so it was read as text: write values as TOML does (0.5, not .5; 5, not \
+             05; 1.5, not 1,5; true, not yes)"
         )
     });
     let table = error.span().and_then(|span| enclosing_table(merged, span.start));

@@ -366,7 +366,7 @@ impl Byol {
     /// over the parameters, which it replaces. Inputs must then be channels_last as well for the
     /// fast convolution kernels.
     pub fn use_channels_last(&mut self, vs: &nn::VarStore) -> Result<(), ByolError> {
-        self.target = TargetUpdater::with_layout(vs, "online.", "target.", true)?;
+        self.target = TargetUpdater::relaid_out(vs, "online.", "target.", true)?;
         Ok(())
     }
 

@@ -44,7 +44,7 @@ impl TargetUpdater {
     /// far); with `channels_last`, 4-D parameters (conv weights) are laid out NHWC inside the flat
     /// buffers, so convolutions get channels_last weights while the EMA stays one `lerp_` (both
     /// buffers share the layout, so it is elementwise either way).
-    pub fn with_layout(
+    pub fn relaid_out(
         vs: &VarStore,
         online_prefix: &str,
         target_prefix: &str,

@@ -541,15 +541,6 @@ impl RunStart {
                     list(&moved)
                 );
             }
-            let rounding = rounding_changes(&saved, config_toml);
-            if main && latest.is_some() && !rounding.is_empty() {
-                byol::eprint_line!(
-                    "note: continuing {} with {}: the steps from here sum and round in another order, so the run \
-                     will not match bit for bit one trained throughout with either value",
-                    run_dir.display(),
-                    rounding.join(", ")
-                );
-            }
         }
         Ok(Self {
             checkpoint: latest,

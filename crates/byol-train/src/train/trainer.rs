@@ -196,6 +196,17 @@ impl<'a> Trainer<'a> {
         }
         let trained_by = start.checkpoint.as_ref().and_then(|(_, m)| m.record.processes);
         let trains_on = start.step().is_some_and(|step| step < plan.total_steps);
+        if let Some((_, manifest)) = start.checkpoint.as_ref().filter(|_| main && trains_on) {
+            let rounding = state::rounding_changes(&manifest.config, &config_toml);
+            if !rounding.is_empty() {
+                byol::eprint_line!(
+                    "note: continuing {} with {}: the steps from here sum and round in another order, so the \
+                     run will not match bit for bit one trained throughout with either value",
+                    run_dir.display(),
+                    rounding.join(", ")
+                );
+            }
+        }
         if let Some(before) = trained_by.filter(|&before| main && trains_on && before != world) {
             byol::eprint_line!(
                 "note: the last checkpoint of {} was saved by {before} process(es) and the run goes on with \
