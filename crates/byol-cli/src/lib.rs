@@ -497,6 +497,9 @@ fn check_run_folder(
         );
     }
     run_dir::check_can_hold_a_run(&dir, run_dir::FolderKind::Run).with_context(in_file)?;
+    if let Some(refusal) = run_dir::checkpoints_of_another_run(&dir) {
+        said.warnings.push(format!("a start now would be refused: {refusal}"));
+    }
     if let Some(holder) = run_dir::in_use_by(&dir) {
         said.warnings.push(format!(
             "a start now would be refused: {} is in use by another byol-run ({holder}); wait for it to finish \

@@ -294,47 +294,78 @@ impl FolderLock {
     /// folder is refused while that one still leads there; one that moved, or keeps its
     /// checkpoints elsewhere now (a copy made with `cp -rL`), leaves them to this one.
     fn claim_checkpoints(&mut self, run_dir: &Path) -> anyhow::Result<()> {
-        use std::os::unix::ffi::OsStringExt;
-        let link = run_dir.join(CHECKPOINTS_DIR);
-        let (Ok(real), Ok(own)) = (std::fs::canonicalize(&link), std::fs::canonicalize(run_dir)) else {
+        let Some(claim) = CheckpointsClaim::of(run_dir) else {
             return Ok(()); // none yet; the first checkpoint makes it
         };
-        if !real.is_dir() {
-            return Ok(());
+        let folder = File::open(&claim.real).with_context(|| format!("cannot open {}", claim.real.display()))?;
+        // A file system without locks for a folder (NFS locks files opened for writing; Lustre
+        // mounted without flock) leaves the record alone to tell.
+        let locked = match try_flock(&folder, libc::LOCK_EX) {
+            Ok(false) => bail!("{}", claim.refusal(run_dir, "where another byol-run trains now")),
+            Ok(true) => true,
+            Err(_) => false,
+        };
+        if claim.other.is_some() {
+            bail!("{}", claim.refusal(run_dir, "which holds that run's checkpoints"));
         }
-        let record = real.join(CHECKPOINTS_OWNER_FILE);
-        let owner = std::fs::read(&record)
+        record_checkpoints_owner(&claim.link)?;
+        self.checkpoints = locked.then_some(folder);
+        Ok(())
+    }
+}
+
+/// A run folder's checkpoints folder as a start finds it: where it leads, and the other run
+/// folder whose checkpoints it holds by its record, where that folder still leads there.
+struct CheckpointsClaim {
+    link: PathBuf,
+    real: PathBuf,
+    other: Option<PathBuf>,
+}
+
+impl CheckpointsClaim {
+    /// None where `run_dir` has no checkpoints folder yet.
+    fn of(run_dir: &Path) -> Option<Self> {
+        use std::os::unix::ffi::OsStringExt;
+        let link = run_dir.join(CHECKPOINTS_DIR);
+        let (real, own) = (std::fs::canonicalize(&link).ok()?, std::fs::canonicalize(run_dir).ok()?);
+        if !real.is_dir() {
+            return None;
+        }
+        let owner = std::fs::read(real.join(CHECKPOINTS_OWNER_FILE))
             .ok()
             .map(|bytes| PathBuf::from(std::ffi::OsString::from_vec(bytes.trim_ascii_end().to_vec())));
         let leads_here = |folder: &Path| std::fs::canonicalize(folder.join(CHECKPOINTS_DIR)).is_ok_and(|c| c == real);
         let other = owner.filter(|owner| *owner != own && leads_here(owner));
-        let shared = |what: &str| {
-            let other = other.as_ref().map_or(String::new(), |o| format!(" of {}", o.display()));
-            format!(
-                "{} leads to {}, the checkpoints folder{other}, {what}: two run folders in one checkpoints \
-                 folder would prune and resume each other's checkpoints (a checkpoints folder that is a link \
-                 is copied as a link by `cp -r`). Give {} a checkpoints folder of its own (replace the link \
-                 with a copy of the folder, or copy run folders with `cp -rL`), or train the other run folder",
-                link.display(),
-                real.display(),
-                run_dir.display()
-            )
-        };
-        let folder = File::open(&real).with_context(|| format!("cannot open {}", real.display()))?;
-        // A file system without locks for a folder (NFS locks files opened for writing; Lustre
-        // mounted without flock) leaves the record alone to tell.
-        let locked = match try_flock(&folder, libc::LOCK_EX) {
-            Ok(false) => bail!("{}", shared("where another byol-run trains now")),
-            Ok(true) => true,
-            Err(_) => false,
-        };
-        if other.is_some() {
-            bail!("{}", shared("which holds that run's checkpoints"));
-        }
-        record_checkpoints_owner(&link)?;
-        self.checkpoints = locked.then_some(folder);
-        Ok(())
+        Some(Self { link, real, other })
     }
+
+    /// Why a start in `run_dir` is refused: its checkpoints folder is another's, `what` says how.
+    fn refusal(&self, run_dir: &Path, what: &str) -> String {
+        let other = self
+            .other
+            .as_ref()
+            .map_or(String::new(), |o| format!(" of {}", o.display()));
+        format!(
+            "{} leads to {}, the checkpoints folder{other}, {what}: two run folders in one checkpoints \
+             folder would prune and resume each other's checkpoints (a checkpoints folder that is a link \
+             is copied as a link by `cp -r`). Give {} a checkpoints folder of its own (replace the link \
+             with a copy of the folder, or copy run folders with `cp -rL`), or train the other run folder",
+            self.link.display(),
+            self.real.display(),
+            run_dir.display()
+        )
+    }
+}
+
+/// Why a start in `run_dir` would be refused because its checkpoints folder holds another run
+/// folder's checkpoints by its record ([`FolderLock::claim_checkpoints`]), for `validate`, which
+/// only reads; None where it would not.
+pub fn checkpoints_of_another_run(run_dir: &Path) -> Option<String> {
+    let claim = CheckpointsClaim::of(run_dir)?;
+    claim
+        .other
+        .is_some()
+        .then(|| claim.refusal(run_dir, "which holds that run's checkpoints"))
 }
 
 /// Records in the checkpoints folder `checkpoints` that it holds the checkpoints of the run
@@ -1413,6 +1444,10 @@ mod tests {
             "{e}"
         );
         drop(held);
+        // What validate says beforehand, reading only.
+        let said = checkpoints_of_another_run(&second).unwrap_or_default();
+        assert!(said.contains("r1, which holds that run's checkpoints"), "{said}");
+        assert_eq!(checkpoints_of_another_run(&first), None);
         let e = format!("{:#}", take(&second).unwrap_err());
         assert!(
             e.contains("of ") && e.contains("r1, which holds that run's checkpoints"),
