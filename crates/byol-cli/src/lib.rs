@@ -497,7 +497,10 @@ fn check_run_folder(
         );
     }
     run_dir::check_can_hold_a_run(&dir, run_dir::FolderKind::Run).with_context(in_file)?;
-    if let Some(refusal) = run_dir::checkpoints_of_another_run(&dir) {
+    let checkpoints_refusal = run_dir::dangling_checkpoints_link(&dir)
+        .or_else(|| run_dir::checkpoints_of_another_run(&dir))
+        .or_else(|| run_dir::unwritable_checkpoints(&dir));
+    if let Some(refusal) = checkpoints_refusal {
         said.warnings.push(format!("a start now would be refused: {refusal}"));
     }
     if let Some(holder) = run_dir::in_use_by(&dir) {

@@ -294,10 +294,17 @@ impl FolderLock {
     /// folder is refused while that one still leads there; one that moved, or keeps its
     /// checkpoints elsewhere now (a copy made with `cp -rL`), leaves them to this one.
     fn claim_checkpoints(&mut self, run_dir: &Path) -> anyhow::Result<()> {
+        if let Some(why) = dangling_checkpoints_link(run_dir) {
+            bail!("{why}");
+        }
         let Some(claim) = CheckpointsClaim::of(run_dir) else {
             return Ok(()); // none yet; the first checkpoint makes it
         };
-        let folder = File::open(&claim.real).with_context(|| format!("cannot open {}", claim.real.display()))?;
+        // One that cannot be opened cannot be listed either: the start's look for checkpoints
+        // says so in its own words.
+        let Ok(folder) = File::open(&claim.real) else {
+            return Ok(());
+        };
         // A file system without locks for a folder (NFS locks files opened for writing; Lustre
         // mounted without flock) leaves the record alone to tell.
         let locked = match try_flock(&folder, libc::LOCK_EX) {
@@ -308,7 +315,8 @@ impl FolderLock {
         if claim.other.is_some() {
             bail!("{}", claim.refusal(run_dir, "which holds that run's checkpoints"));
         }
-        record_checkpoints_owner(&claim.link)?;
+        // The record changes hands at the run's next checkpoint, once the start is accepted: a
+        // start refused for its experiment leaves it naming the folder it names.
         self.checkpoints = locked.then_some(folder);
         Ok(())
     }
@@ -355,6 +363,44 @@ impl CheckpointsClaim {
             run_dir.display()
         )
     }
+}
+
+/// Why a start in `run_dir` cannot keep checkpoints: its `checkpoints` is a link to nothing (a
+/// scratch folder not made yet or gone, a relative link moved with its run folder). Said at the
+/// start, before any step trains for checkpoints that cannot be written, and by `validate`.
+pub fn dangling_checkpoints_link(run_dir: &Path) -> Option<String> {
+    let link = run_dir.join(CHECKPOINTS_DIR);
+    let target = std::fs::read_link(&link).ok()?;
+    (!link.exists()).then(|| {
+        format!(
+            "{} is a link to {}, which is not there (a relative link leads from where the link is): make that \
+             folder, or point the link at the run's checkpoints, or remove the link for a folder of its own",
+            link.display(),
+            target.display()
+        )
+    })
+}
+
+/// Why a start in `run_dir` would stop at its checkpoints folder, which this user may not write
+/// into (permissions, a read-only file system), for `validate`, which only reads; None where it
+/// may, or there is none yet.
+pub fn unwritable_checkpoints(run_dir: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let checkpoints = run_dir.join(CHECKPOINTS_DIR);
+    if !checkpoints.is_dir() {
+        return None;
+    }
+    let path = std::ffi::CString::new(checkpoints.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a NUL-terminated path; access(2) only reads it.
+    let writable = unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } == 0;
+    (!writable).then(|| {
+        format!(
+            "cannot write into the checkpoints folder {}: {}. The run could save no checkpoint: make the folder \
+             writable",
+            checkpoints.display(),
+            std::io::Error::last_os_error()
+        )
+    })
 }
 
 /// Why a start in `run_dir` would be refused because its checkpoints folder holds another run
@@ -486,6 +532,16 @@ pub fn take_ownership(
         (true, Some(sweep)) => move_aside_into(run_dir, &sweep.join(crate::sweep::OLD_ATTEMPTS_DIR), kind)?,
         (true, None) => move_aside(run_dir, kind)?,
     };
+    if let Some(old) = moved.as_ref().filter(|old| old.join(CHECKPOINTS_DIR).is_symlink()) {
+        let target = std::fs::read_link(old.join(CHECKPOINTS_DIR)).unwrap_or_default();
+        byol::eprint_line!(
+            "note: the checkpoints of the run moved aside went through a link ({} -> {}); the new run keeps its \
+             own in {} (make a link there before its first checkpoint to keep them elsewhere)",
+            old.join(CHECKPOINTS_DIR).display(),
+            target.display(),
+            run_dir.join(CHECKPOINTS_DIR).display()
+        );
+    }
     let mut lock = FolderLock::create_and_acquire(run_dir, kind)?;
     lock.claim_checkpoints(run_dir)?;
     if let (Some(old), Some(_)) = (&moved, &sweep) {
@@ -1437,7 +1493,10 @@ mod tests {
             std::os::unix::fs::symlink(&scratch, run.join(CHECKPOINTS_DIR)).unwrap();
         }
         let take = |run: &Path| take_ownership(run, FolderKind::Run, true, false).map(|(lock, _)| lock);
+        // The record changes hands at a run's checkpoint, once its start is accepted.
+        let save = |run: &Path| record_checkpoints_owner(&run.join(CHECKPOINTS_DIR)).unwrap();
         let held = take(&first).unwrap();
+        save(&first);
         let e = format!("{:#}", take(&second).unwrap_err());
         assert!(
             e.contains("r2/checkpoints leads to") && e.contains("where another byol-run trains now"),
@@ -1459,7 +1518,9 @@ mod tests {
         // The first run folder moved: the checkpoints go with whichever folder trains next.
         let moved = tmp.path().join("r1-moved");
         std::fs::rename(&first, &moved).unwrap();
-        drop(take(&second).unwrap());
+        let taken = take(&second).unwrap();
+        save(&second);
+        drop(taken);
         let e = format!("{:#}", take(&moved).unwrap_err());
         assert!(e.contains("r2, which holds that run's checkpoints"), "{e}");
         // Given a copy of its own, a folder keeps it; the record in the copy names another.
@@ -1472,6 +1533,16 @@ mod tests {
         .unwrap();
         drop(take(&moved).unwrap());
         drop(take(&second).unwrap());
+
+        // A link to a folder that is not there: refused at the start, before any step.
+        let dangling = tmp.path().join("r3");
+        std::fs::create_dir(&dangling).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("gone"), dangling.join(CHECKPOINTS_DIR)).unwrap();
+        let e = format!("{:#}", take(&dangling).unwrap_err());
+        assert!(
+            e.contains("r3/checkpoints is a link to") && e.contains("which is not there"),
+            "{e}"
+        );
     }
 
     /// A run folder copied by hard links (`cp -al`) shares its lock file with the original: the
