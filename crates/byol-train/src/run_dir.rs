@@ -290,9 +290,10 @@ impl FolderLock {
     /// with `cp -r` then leads to the same checkpoints as the original: a run in either would
     /// prune the other's checkpoints and resume from them. So the real folder is locked while the
     /// run trains (a second run folder leading there is refused at once), and it records the run
-    /// folder whose checkpoints it holds, by real path ([`CHECKPOINTS_OWNER_FILE`]): another run
-    /// folder is refused while that one still leads there; one that moved, or keeps its
-    /// checkpoints elsewhere now (a copy made with `cp -rL`), leaves them to this one.
+    /// folder whose checkpoints it holds, by real path ([`CHECKPOINTS_OWNER_FILE`], written with
+    /// each checkpoint): another run folder is refused while that one still leads there; one
+    /// that moved, or keeps its checkpoints elsewhere now (a copy made with `cp -rL`), leaves
+    /// them to this one. A link to nothing is refused here, before any step trains.
     fn claim_checkpoints(&mut self, run_dir: &Path) -> anyhow::Result<()> {
         if let Some(why) = dangling_checkpoints_link(run_dir) {
             bail!("{why}");
@@ -415,8 +416,8 @@ pub fn checkpoints_of_another_run(run_dir: &Path) -> Option<String> {
 }
 
 /// Records in the checkpoints folder `checkpoints` that it holds the checkpoints of the run
-/// folder it is in (by real path), where it does not say so already: when a start claims it,
-/// and when a run's first checkpoint makes it.
+/// folder it is in (by real path), where it does not say so already: at each checkpoint a run
+/// saves, its start accepted.
 pub fn record_checkpoints_owner(checkpoints: &Path) -> anyhow::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let real =
