@@ -91,6 +91,52 @@ pub fn run_python(script: &str, inputs: &[(&str, &Tensor)]) -> HashMap<String, T
         .collect()
 }
 
+/// Python that compares two state_dicts of freshly drawn weights, `ours` and `theirs` (dicts of
+/// tensors with the same keys), tensor by tensor with the two-sample Kolmogorov-Smirnov test at
+/// false-failure chance `alpha` each (the asymptotic critical value
+/// `sqrt(-ln(alpha / 2) / 2) * sqrt(2 / n)`): `compare_draws(ours, theirs, alpha, "PyTorch's")`
+/// sets `outputs["failures"]` (one line per tensor drawn otherwise, as UTF-8 bytes; read with
+/// [`draw_failures`]) and `outputs["compared"]`.
+pub const COMPARE_DRAWS: &str = r#"
+import math
+import numpy as np
+def compare_draws(ours, theirs, alpha, whose):
+    assert sorted(ours) == sorted(theirs), set(ours) ^ set(theirs)
+    def ks(a, b):
+        a, b = np.sort(a), np.sort(b)
+        both = np.concatenate([a, b])
+        fa = np.searchsorted(a, both, side="right") / len(a)
+        fb = np.searchsorted(b, both, side="right") / len(b)
+        return float(np.abs(fa - fb).max())
+    c = math.sqrt(-math.log(alpha / 2) / 2)
+    failures = []
+    for k in sorted(ours):
+        a = ours[k].double().flatten().numpy()
+        b = theirs[k].double().flatten().numpy()
+        assert a.shape == b.shape, (k, a.shape, b.shape)
+        d, critical = ks(a, b), c * math.sqrt(2 / len(a))
+        if d > critical:
+            failures.append(f"{k}: KS statistic {d:.4f} > {critical:.4f} (ours std {a.std():.4g}, {whose} {b.std():.4g}; "
+                            f"ours max |x| {np.abs(a).max():.4g}, {whose} {np.abs(b).max():.4g})")
+    outputs["failures"] = torch.tensor(list("\n".join(failures).encode()) or [0], dtype=torch.uint8)
+    outputs["compared"] = torch.tensor(len(ours))
+"#;
+
+/// The lines of [`COMPARE_DRAWS`]'s `outputs["failures"]`: empty when every tensor passed.
+pub fn draw_failures(outputs: &HashMap<String, Tensor>) -> String {
+    let bytes = Vec::<u8>::try_from(&outputs["failures"]).expect("failures as bytes");
+    String::from_utf8_lossy(&bytes).trim_matches('\0').to_string()
+}
+
+/// The message of a caught panic (`std::panic::catch_unwind`'s error): its `String` or `&str`.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 /// Largest absolute difference between two tensors (as f64).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");

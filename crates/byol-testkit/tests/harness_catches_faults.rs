@@ -88,11 +88,7 @@ fn failure(fault: &str) -> String {
     let spec = Faulty { fault: fault.into() };
     let caught = std::panic::catch_unwind(|| byol_testkit::check_backbone(&spec, 16));
     let panic = caught.expect_err(&format!("the harness accepted fault '{fault}'"));
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
+    byol_testkit::panic_message(&*panic)
 }
 
 #[test]

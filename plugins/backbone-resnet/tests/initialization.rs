@@ -8,7 +8,7 @@
 
 use backbone_resnet::{ResNet18, ResNetConfig};
 use byol::{Byol, ByolConfig};
-use byol_testkit::{fresh_seed, run_python};
+use byol_testkit::{draw_failures, fresh_seed, run_python, COMPARE_DRAWS};
 use tch::{nn::VarStore, Device, Tensor};
 
 /// A tensor's test fails by chance with probability at most 1e-6 (the asymptotic critical value
@@ -17,8 +17,6 @@ use tch::{nn::VarStore, Device, Tensor};
 const ALPHA: f64 = 1e-6;
 
 const PYTORCH: &str = r#"
-import math
-import numpy as np
 import torchvision
 width, hidden, projection, alpha, seed = CONFIG
 torch.manual_seed(seed)
@@ -34,27 +32,7 @@ theirs = {}
 for prefix, module in (("online.backbone.", backbone), ("online.projector.", head(512)),
                        ("online.predictor.", head(projection))):
     theirs.update({prefix + k: v for k, v in module.state_dict().items()})
-ours = {k: v for k, v in inputs.items()}
-assert sorted(ours) == sorted(theirs), set(ours) ^ set(theirs)
-def ks(a, b):
-    a, b = np.sort(a), np.sort(b)
-    both = np.concatenate([a, b])
-    fa = np.searchsorted(a, both, side="right") / len(a)
-    fb = np.searchsorted(b, both, side="right") / len(b)
-    return float(np.abs(fa - fb).max())
-c = math.sqrt(-math.log(alpha / 2) / 2)
-failures = []
-for k in sorted(ours):
-    a = ours[k].double().flatten().numpy()
-    b = theirs[k].double().flatten().numpy()
-    assert a.shape == b.shape, (k, a.shape, b.shape)
-    n = len(a)
-    d, critical = ks(a, b), c * math.sqrt(2 / n)
-    if d > critical:
-        failures.append(f"{k}: KS statistic {d:.4f} > {critical:.4f} (ours std {a.std():.4g}, PyTorch's {b.std():.4g}; "
-                        f"ours max |x| {np.abs(a).max():.4g}, PyTorch's {np.abs(b).max():.4g})")
-outputs["failures"] = torch.tensor(list("\n".join(failures).encode()) or [0], dtype=torch.uint8)
-outputs["compared"] = torch.tensor(len(ours))
+compare_draws(dict(inputs), theirs, alpha, "PyTorch's")
 "#;
 
 #[test]
@@ -84,10 +62,10 @@ fn byols_networks_start_from_the_weights_pytorch_draws() {
         "CONFIG",
         &format!("(64, {hidden}, {projection}, {ALPHA:e}, {})", seed.wrapping_add(1)),
     );
-    let reference = run_python(&script, &inputs);
-    let failures = String::from_utf8(Vec::<u8>::try_from(&reference["failures"]).unwrap()).unwrap();
+    let reference = run_python(&format!("{COMPARE_DRAWS}{script}"), &inputs);
+    let failures = draw_failures(&reference);
     assert!(
-        failures.trim_matches('\0').is_empty(),
+        failures.is_empty(),
         "seed {seed} (INIT_SEED={seed} replays ours): initial weights drawn otherwise than PyTorch's:\n{failures}"
     );
     assert!(reference["compared"].int64_value(&[]) > 100, "too few tensors compared");

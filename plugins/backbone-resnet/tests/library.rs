@@ -171,12 +171,7 @@ fn a_backbone_of_ones_own_without_a_spec_trains_as_byol() {
 
 /// The panic message of `f`.
 fn panic_of(f: impl FnOnce()) -> String {
-    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err();
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
+    byol_testkit::panic_message(&*std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err())
 }
 
 /// What a newcomer's first calls get wrong is said by `Byol`, naming it, before libtorch fails

@@ -9,11 +9,12 @@
 //! `pretrained`, whose embedding is timm's within the same rounding bound.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use backbone_vit::{ViTConfig, ViTSmall16};
 use byol::BackboneSpec;
 use byol_testkit::rounding::assert_within_rounding;
-use byol_testkit::{fresh_seed, run_python};
+use byol_testkit::{draw_failures, fresh_seed, run_python, COMPARE_DRAWS};
 use tch::{nn, Device, Kind, Tensor};
 
 /// timm name -> torchvision name, in Python, for a model with `depth` blocks.
@@ -38,6 +39,19 @@ def torchvision_name(k):
     return k
 from torchvision.models.vision_transformer import VisionTransformer
 "#;
+
+/// A ViT of `(image, patch, depth, heads, dim)` with timm's MLP ratio, from `pretrained`.
+fn small_vit((image, patch, depth, heads, dim): (i64, i64, i64, i64, i64), pretrained: Option<PathBuf>) -> ViTSmall16 {
+    ViTSmall16(ViTConfig {
+        image_size: image,
+        patch_size: patch,
+        embed_dim: dim,
+        depth,
+        num_heads: heads,
+        mlp_ratio: 4.0,
+        pretrained,
+    })
+}
 
 /// The tests of this file draw from libtorch's one generator: one at a time, so that a seed
 /// replays its inputs.
@@ -80,15 +94,7 @@ fn a_small_vit_matches_torchvision() {
     let replay = format!("seed {seed} (VIT_PARITY_SEED={seed} replays it)");
     tch::manual_seed(seed);
     let (image, patch, depth, heads, dim) = (32, 8, 2, 3, 48);
-    let spec = ViTSmall16(ViTConfig {
-        image_size: image,
-        patch_size: patch,
-        embed_dim: dim,
-        depth,
-        num_heads: heads,
-        mlp_ratio: 4.0,
-        pretrained: None,
-    });
+    let spec = small_vit((image, patch, depth, heads, dim), None);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = spec
         .build(&vs.root(), &byol::BuildContext::new(Device::Cpu, image))
@@ -189,34 +195,12 @@ const KS_ALPHA: f64 = 1e-6;
 /// timm's `VisionTransformer` of the same shape, drawn from a seed; each of our tensors is tested
 /// against timm's of the same name: two samples of one distribution when the rules agree.
 const TIMM_INIT: &str = r#"
-import math
-import numpy as np
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 image, patch, depth, heads, dim, alpha, seed = CONFIG
 torch.manual_seed(seed)
 model = TimmViT(img_size=image, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
                 mlp_ratio=4.0, num_classes=0)
-theirs = model.state_dict()
-ours = dict(inputs)
-assert sorted(ours) == sorted(theirs), set(ours) ^ set(theirs)
-def ks(a, b):
-    a, b = np.sort(a), np.sort(b)
-    both = np.concatenate([a, b])
-    fa = np.searchsorted(a, both, side="right") / len(a)
-    fb = np.searchsorted(b, both, side="right") / len(b)
-    return float(np.abs(fa - fb).max())
-c = math.sqrt(-math.log(alpha / 2) / 2)
-failures = []
-for k in sorted(ours):
-    a = ours[k].double().flatten().numpy()
-    b = theirs[k].double().flatten().numpy()
-    assert a.shape == b.shape, (k, a.shape, b.shape)
-    d, critical = ks(a, b), c * math.sqrt(2 / len(a))
-    if d > critical:
-        failures.append(f"{k}: KS statistic {d:.4f} > {critical:.4f} (ours std {a.std():.4g}, timm's {b.std():.4g}; "
-                        f"ours max |x| {np.abs(a).max():.4g}, timm's {np.abs(b).max():.4g})")
-outputs["failures"] = torch.tensor(list("\n".join(failures).encode()) or [0], dtype=torch.uint8)
-outputs["compared"] = torch.tensor(len(ours))
+compare_draws(dict(inputs), model.state_dict(), alpha, "timm's")
 "#;
 
 /// The network starts from the weights timm's `VisionTransformer` draws (the venv's timm): its
@@ -232,15 +216,7 @@ fn the_initial_weights_are_drawn_as_timm_draws_them() {
     // Wide enough that the weight matrices hold tens of thousands of values, where the KS test
     // tells a std off by a few percent (the 128-value biases and norms, by some twenty).
     let (image, patch, depth, heads, dim) = (64, 16, 2, 4, 128);
-    let spec = ViTSmall16(ViTConfig {
-        image_size: image,
-        patch_size: patch,
-        embed_dim: dim,
-        depth,
-        num_heads: heads,
-        mlp_ratio: 4.0,
-        pretrained: None,
-    });
+    let spec = small_vit((image, patch, depth, heads, dim), None);
     let vs = nn::VarStore::new(Device::Cpu);
     spec.build(&vs.root(), &byol::BuildContext::new(Device::Cpu, image))
         .unwrap();
@@ -251,10 +227,11 @@ fn the_initial_weights_are_drawn_as_timm_draws_them() {
         "({image}, {patch}, {depth}, {heads}, {dim}, {KS_ALPHA:e}, {})",
         seed.wrapping_add(1)
     );
-    let reference = run_python(&TIMM_INIT.replace("CONFIG", &config), &inputs);
-    let failures = String::from_utf8(Vec::<u8>::try_from(&reference["failures"]).unwrap()).unwrap();
+    let script = format!("{COMPARE_DRAWS}{}", TIMM_INIT.replace("CONFIG", &config));
+    let reference = run_python(&script, &inputs);
+    let failures = draw_failures(&reference);
     assert!(
-        failures.trim_matches('\0').is_empty(),
+        failures.is_empty(),
         "seed {seed} (VIT_INIT_SEED={seed} replays ours): initial weights drawn otherwise than timm's:\n{failures}"
     );
     assert_eq!(reference["compared"].int64_value(&[]), weights.len() as i64);
@@ -307,15 +284,7 @@ fn timm_weights_load_by_name_and_embed_as_timm_does() {
         path.to_str().unwrap()
     );
     let reference = run_python(&TIMM_PRETRAINED.replace("CONFIG", &config), &[("x", &x)]);
-    let spec = ViTSmall16(ViTConfig {
-        image_size: image,
-        patch_size: patch,
-        embed_dim: dim,
-        depth,
-        num_heads: heads,
-        mlp_ratio: 4.0,
-        pretrained: Some(path),
-    });
+    let spec = small_vit((image, patch, depth, heads, dim), Some(path));
     let vs = nn::VarStore::new(Device::Cpu);
     let config = byol::ByolConfig {
         hidden_dim: 32,
