@@ -76,7 +76,12 @@ fn images_per_second_count_each_starts_own_batch_size() {
         "--quiet",
     ];
     let out = run(dir.path(), "r", &larger);
-    assert!(out.status.success(), "{}", text(&out));
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("note: continuing r with changes (--allow-change): schedule.batch_size: 32 -> 64"),
+        "{all}"
+    );
     let summary = summary(&run_dir);
     let value = |key: &str| summary[key].as_f64().unwrap();
     // 48 steps of 32 images, then 16 of 64 (8 epochs of 8 steps).
@@ -95,6 +100,14 @@ fn validate_tells_a_finished_run_from_one_stopped_at_its_last_step() {
     let all = text(&out);
     assert!(
         out.status.success() && all.contains("finished at step 48: a start reports it"),
+        "{all}"
+    );
+    let other_lr = ["--set", "optimizer.lr=0.1", "--allow-change", "optimizer.lr"];
+    let out = byol_run(dir.path(), &[&validate[..], &other_lr[..]].concat());
+    let all = text(&out);
+    assert!(
+        out.status.success()
+            && all.contains("trains nothing; the changes allowed (optimizer.lr: 0.5 -> 0.1) would train nothing"),
         "{all}"
     );
     std::fs::remove_file(run_dir.join("summary.json")).unwrap();
@@ -792,7 +805,8 @@ fn a_resumed_run_keeps_its_first_measures_and_tensorboard_shows_each_step_once()
         "{all}"
     );
     assert!(
-        all.contains("the changes allowed (optimizer.lr: 0.5 -> 0.1) train nothing and are not recorded"),
+        all.contains("the changes allowed (optimizer.lr: 0.5 -> 0.1) train nothing and are not recorded")
+            && !all.contains("with changes (--allow-change)"),
         "{all}"
     );
     assert_eq!(record("summary.json"), summary_bytes);

@@ -609,9 +609,16 @@ fn check_run_folder(
         said.notes.push(match &start.checkpoint {
             Some((_, manifest)) if finished(manifest) => format!(
                 "{} holds a run of this experiment that finished at step {}: a start reports it and trains \
-                 nothing (--fresh starts over, moving it aside)",
+                 nothing{} (--fresh starts over, moving it aside)",
                 dir.display(),
-                manifest.step
+                manifest.step,
+                match start.allowed_changes.as_slice() {
+                    [] => String::new(),
+                    changes => format!(
+                        "; the changes allowed ({}) would train nothing and not be recorded",
+                        changes.join(", ")
+                    ),
+                }
             ),
             // Stopped at what is now its last step, or at the end of a length that has changed.
             Some((_, manifest)) if at_its_end(manifest) => format!(

@@ -526,14 +526,8 @@ impl RunStart {
             }
             let list =
                 |changes: &[&run_dir::Change]| changes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            // Said by the start once it knows the run trains or evaluates on with them.
             allowed_changes = allowed.iter().map(ToString::to_string).collect();
-            if main && !allowed.is_empty() {
-                byol::eprint_line!(
-                    "note: continuing {} with changes (--allow-change): {}",
-                    run_dir.display(),
-                    list(&allowed)
-                );
-            }
             if main && !moved.is_empty() {
                 byol::eprint_line!(
                     "note: continuing {} on the same data ({FINGERPRINT_FILE} matches), found or read otherwise: {}",

@@ -196,6 +196,17 @@ impl<'a> Trainer<'a> {
         }
         let trained_by = start.checkpoint.as_ref().and_then(|(_, m)| m.record.processes);
         let trains_on = start.step().is_some_and(|step| step < plan.total_steps);
+        // A finished run says that the changes train nothing, as it reports itself.
+        let finished = start
+            .step()
+            .is_some_and(|step| super::finished_summary(run_dir, step, plan.total_steps).is_some());
+        if main && !finished && !start.allowed_changes.is_empty() {
+            byol::eprint_line!(
+                "note: continuing {} with changes (--allow-change): {}",
+                run_dir.display(),
+                start.allowed_changes.join(", ")
+            );
+        }
         if let Some((_, manifest)) = start.checkpoint.as_ref().filter(|_| main && trains_on) {
             let rounding = state::rounding_changes(&manifest.config, &config_toml);
             if !rounding.is_empty() {
