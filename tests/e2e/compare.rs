@@ -287,3 +287,62 @@ fn other_data_is_a_difference_and_an_interrupted_run_has_no_results() {
     let row = all.lines().find(|l| l.starts_with("| runs/stopped |")).unwrap();
     assert!(row.ends_with("| - | - | - | - | - | - | unfinished |"), "{all}");
 }
+
+/// A run continued with changes (`--allow-change`) records each resume's changes and its step:
+/// its summary says them, and `compare` marks its row, whose settings are those of its last
+/// steps only. A resume back to the values the checkpoint has records nothing.
+#[test]
+fn a_run_continued_with_changes_says_so_in_its_summary_and_in_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), tiny()).unwrap();
+    let train = |sets: &[&str]| {
+        let out = byol_run(dir.path(), &[&["tiny.toml", "--run-dir", "runs/r"][..], sets].concat());
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    train(&[]);
+    let first = ["--set", "optimizer.lr=0.1", "--set", "schedule.epochs=2"];
+    let allow = ["--allow-change", "optimizer.lr", "--allow-change", "schedule.epochs"];
+    let all = train(&[&first[..], &allow].concat());
+    let said = "changed          from step 4: optimizer.lr: 0.5 -> 0.1, schedule.epochs: 1 -> 2 (--allow-change; \
+                the steps before trained with the values before)";
+    assert!(all.contains(said), "{all}");
+    // Back to lr 0.5 for a third epoch: a change again, recorded after the first.
+    let second = ["--set", "optimizer.lr=0.5", "--set", "schedule.epochs=3"];
+    train(&[&second[..], &allow].concat());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("runs/r/summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["changes_allowed"],
+        serde_json::json!([
+            {"step": 4, "changes": ["optimizer.lr: 0.5 -> 0.1", "schedule.epochs: 1 -> 2"]},
+            {"step": 8, "changes": ["optimizer.lr: 0.1 -> 0.5", "schedule.epochs: 2 -> 3"]},
+        ]),
+        "{summary}"
+    );
+    // A run trained throughout with one experiment has none.
+    let out = byol_run(dir.path(), &["tiny.toml", "--run-dir", "runs/plain", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plain = std::fs::read_to_string(dir.path().join("runs/plain/summary.json")).unwrap();
+    assert!(!plain.contains("changes_allowed"), "{plain}");
+
+    let out = byol_run(dir.path(), &["compare", "runs/plain", "runs/r"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("\n| runs/r * | ") && all.contains("\n| runs/plain | "),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "* runs/r was continued with changes (--allow-change) from step 4: optimizer.lr: 0.5 -> 0.1, \
+             schedule.epochs: 1 -> 2; from step 8: optimizer.lr: 0.1 -> 0.5, schedule.epochs: 2 -> 3; the steps \
+             before each trained with the values before it"
+        ),
+        "{all}"
+    );
+    let out = byol_run(dir.path(), &["compare", "runs/plain", "runs/r", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["runs"][0]["changes_allowed"], serde_json::json!([]));
+    assert_eq!(json["runs"][1]["changes_allowed"], summary["changes_allowed"]);
+}

@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 
+use byol_train::checkpoint::ChangesAllowed;
 use byol_train::run_dir::CONFIG_FILE;
 use byol_train::sweep::{self, show, TrialStatus};
 use byol_train::train::state::DatasetFingerprint;
@@ -36,6 +37,9 @@ struct Run {
     /// What its `dataset.json` records of the data it was trained on.
     data: Option<DatasetFingerprint>,
     summary: Option<RunSummary>,
+    /// The changes its resumes allowed, as its newest checkpoint records them: the settings
+    /// shown are those of its last steps.
+    changes_allowed: Vec<ChangesAllowed>,
     status: TrialStatus,
 }
 
@@ -47,8 +51,12 @@ impl Run {
         // The experiment its newest checkpoint was trained with (an edited config.toml says
         // nothing of what the run trained, and a lost one does not stop a resume); keys added
         // since an older run was saved show at their defaults, as a resume reads them.
-        let (source, text) = match byol_train::checkpoint::newest_experiment(dir) {
-            Some((checkpoint, experiment)) => (checkpoint.join(byol_train::checkpoint::MANIFEST_FILE), experiment),
+        let newest = byol_train::checkpoint::newest_manifest(dir);
+        let changes_allowed = newest
+            .as_ref()
+            .map_or(Vec::new(), |(_, m)| m.record.changes_allowed.clone());
+        let (source, text) = match newest {
+            Some((checkpoint, manifest)) => (checkpoint.join(byol_train::checkpoint::MANIFEST_FILE), manifest.config),
             None => {
                 let config_path = dir.join(CONFIG_FILE);
                 let text = fs::read_to_string(&config_path).map_err(|_| {
@@ -126,6 +134,7 @@ impl Run {
             augment_spelled_out,
             data,
             summary,
+            changes_allowed,
             status: TrialStatus::read_live(dir),
         })
     }
@@ -297,6 +306,7 @@ fn to_json(runs: &[Run], keys: &[String]) -> serde_json::Value {
                 "status": run.status.label(),
                 "pruned_epoch": run.status.pruned_epoch(),
                 "config": config,
+                "changes_allowed": run.changes_allowed,
             });
             for (name, value) in run.metrics() {
                 object[name] = json!(value);
@@ -321,7 +331,8 @@ fn to_table(runs: &[Run], keys: &[String]) -> String {
     rule.push("---");
     let _ = writeln!(out, "|{}|", rule.join("|"));
     for run in runs {
-        let mut cells = vec![cell(&run.dir.display().to_string())];
+        let changed = if run.changes_allowed.is_empty() { "" } else { " *" };
+        let mut cells = vec![cell(&format!("{}{changed}", run.dir.display()))];
         cells.extend(
             keys.iter()
                 .map(|k| run.config.get(k).map_or("-".into(), |v| cell(&show(v)))),
@@ -332,6 +343,17 @@ fn to_table(runs: &[Run], keys: &[String]) -> String {
     }
     if keys.is_empty() && runs.len() > 1 {
         out.push_str("\nThe runs have the same settings.\n");
+    }
+    // Its row shows the settings of its last steps, not of every step.
+    for run in runs.iter().filter(|r| !r.changes_allowed.is_empty()) {
+        let changes: Vec<String> = run.changes_allowed.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "\n* {} was continued with changes (--allow-change) {}; the steps before each trained with the \
+             values before it",
+            run.dir.display(),
+            changes.join("; ")
+        );
     }
     out
 }

@@ -832,6 +832,10 @@ fn print_summary(name: &str, summary: &RunSummary) {
             summary.run_dir.join(byol_train::train::SKIPPED_FILE).display()
         );
     }
+    // A run trained with more than one experiment must not read as one trained with its last.
+    for changes in &summary.changes_allowed {
+        say!("changed          {changes} (--allow-change; the steps before trained with the values before)");
+    }
     say!("checkpoint       {}", summary.checkpoint.display());
     say!(
         "tensorboard      tensorboard --logdir {}",

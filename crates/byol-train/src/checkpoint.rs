@@ -45,7 +45,7 @@ pub struct Manifest {
 }
 
 /// What a run reports at its end that the steps before a checkpoint determined.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRecord {
     /// The loss at the last log point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +74,23 @@ pub struct TrainingRecord {
     /// before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<u64>,
+    /// The changes resumes allowed (`--allow-change`), oldest first, each with the step it
+    /// resumed at: the steps before it trained with the values before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes_allowed: Vec<ChangesAllowed>,
+}
+
+/// The changes one resume allowed: `optimizer.lr: 0.5 -> 3.0` from `step` on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesAllowed {
+    pub step: u64,
+    pub changes: Vec<String>,
+}
+
+impl std::fmt::Display for ChangesAllowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "from step {}: {}", self.step, self.changes.join(", "))
+    }
 }
 
 /// What the kNN curve's evaluations during training cost: how many, and their seconds.

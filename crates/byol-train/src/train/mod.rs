@@ -130,6 +130,10 @@ pub struct RunSummary {
     /// by a readable image, so epochs keep their steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped_in_training: Option<String>,
+    /// The changes its resumes allowed (`--allow-change`), each from the step it resumed at:
+    /// empty for a run trained throughout with one experiment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes_allowed: Vec<crate::checkpoint::ChangesAllowed>,
     pub checkpoint: PathBuf,
 }
 
@@ -271,6 +275,7 @@ fn train_started(
         curve_seconds,
         skipped_images: 0,
         skipped_in_training: None,
+        changes_allowed: t.carried.changes_allowed.clone(),
         checkpoint,
     };
     let summary = record_skipped(t, run_dir, summary)?;

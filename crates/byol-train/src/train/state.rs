@@ -412,6 +412,8 @@ pub struct RunStart {
     pub optimizer_replaced: Option<String>,
     /// The changes allowed on this resume (`--allow-change`), as said: `optimizer.lr: 0.5 -> 0.7`.
     pub allowed_changes: Vec<String>,
+    /// Whether the run goes on on other data than it trained on (`--allow-change dataset`).
+    pub other_data: bool,
     /// What was found in the checkpoints folder on the way (damaged checkpoints skipped, step
     /// folders that are no checkpoint), said by `main` as it finds them.
     pub warnings: Vec<String>,
@@ -463,6 +465,7 @@ impl RunStart {
         let mut data_in_place = true;
         let mut optimizer_replaced = None;
         let mut allowed_changes = Vec::new();
+        let mut other_data = false;
         if let Some((source, saved)) = saved {
             // The data of the checkpoint the run goes on from; `dataset.json` describes the last
             // start, which may have been on other data and stopped before its first checkpoint.
@@ -488,7 +491,7 @@ impl RunStart {
                     .as_ref()
                     .and_then(|(dir, manifest)| cannot_continue(dir, manifest))
             };
-            let same_data = check_dataset(
+            let data = check_dataset(
                 run_dir,
                 saved_data,
                 fingerprint,
@@ -496,7 +499,12 @@ impl RunStart {
                 (&also_changed, &latest_cannot_continue),
                 main,
             )?;
-            let also_safe: &[&str] = if same_data { DATA_LOCATION_KEYS } else { &[] };
+            other_data = data == DataFound::OtherAllowed;
+            let also_safe: &[&str] = if data == DataFound::Same {
+                DATA_LOCATION_KEYS
+            } else {
+                &[]
+            };
             let accepted = run_dir::check_identity(run_dir, &source, &saved, config_toml, allow, also_safe).map_err(
                 |refusal| match (refusal.downcast::<run_dir::OtherExperiment>(), &latest) {
                     (Ok(mut other), Some((dir, manifest))) => {
@@ -541,6 +549,7 @@ impl RunStart {
             data_in_place,
             optimizer_replaced,
             allowed_changes,
+            other_data,
             warnings,
         })
     }
@@ -557,10 +566,20 @@ impl RunStart {
     }
 }
 
+/// What the run's recorded data is to the data found now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataFound {
+    Same,
+    /// No record: a run folder made before fingerprints.
+    Unrecorded,
+    /// Other data, which `--allow-change dataset` accepts.
+    OtherAllowed,
+}
+
 /// Whether the run's recorded data (`saved`: where it is recorded, and the record) is the data
-/// found now (false: no record, from a run folder made before fingerprints). A difference is an
-/// error unless `--allow-change dataset` accepts it: the whole table, as one key under it
-/// (`dataset.cache`, or a new `dataset.train` path) says nothing of what the images are now.
+/// found now. A difference is an error unless `--allow-change dataset` accepts it: the whole
+/// table, as one key under it (`dataset.cache`, or a new `dataset.train` path) says nothing of
+/// what the images are now.
 fn check_dataset(
     run_dir: &Path,
     saved: Option<(String, DatasetFingerprint)>,
@@ -568,13 +587,13 @@ fn check_dataset(
     allow: &[String],
     (also_changed, cannot_continue): (&[run_dir::Change], &dyn Fn() -> Option<String>),
     main: bool,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<DataFound> {
     let Some((recorded_in, saved)) = saved else {
-        return Ok(false);
+        return Ok(DataFound::Unrecorded);
     };
     let differences = saved.differences(now);
     if differences.is_empty() {
-        return Ok(true);
+        return Ok(DataFound::Same);
     }
     if allow.iter().any(|a| a == "dataset") {
         if main {
@@ -584,7 +603,7 @@ fn check_dataset(
                 differences.join("\n")
             );
         }
-        return Ok(false);
+        return Ok(DataFound::OtherAllowed);
     }
     let refused = format!(
         "{} was trained on other data than the experiment reads now ({recorded_in}):\n{}",

@@ -8,7 +8,7 @@ use tch::{Device, Tensor};
 use byol::{Augment, BuildContext};
 use byol_data::{BatchLoader, Splits};
 
-use crate::checkpoint::{self, Checkpointer, CurveCost, Manifest, TrainingRecord};
+use crate::checkpoint::{self, ChangesAllowed, Checkpointer, CurveCost, Manifest, TrainingRecord};
 use crate::distributed::{DataParallel, OverlappedGradients};
 use crate::optimizer::Optimizer;
 use crate::run_dir;
@@ -112,6 +112,26 @@ fn say_schedule_changed(run_dir: &Path, manifest: &checkpoint::Manifest, plan: &
         manifest.total_steps,
         plan.epoch_of(step) + 1
     );
+}
+
+/// The record a run carries on from where it starts: its checkpoint's (an empty one at step 0),
+/// with the changes this start allowed, where it trains or evaluates on with them.
+fn carried_record(start: &RunStart, finished: bool) -> TrainingRecord {
+    let Some((_, manifest)) = &start.checkpoint else {
+        return TrainingRecord::default().resumed_at(0);
+    };
+    let mut record = manifest.record.clone().resumed_at(manifest.step);
+    let mut changes = start.allowed_changes.clone();
+    if start.other_data {
+        changes.push("dataset: other images".into());
+    }
+    if !changes.is_empty() && !finished {
+        record.changes_allowed.push(ChangesAllowed {
+            step: manifest.step,
+            changes,
+        });
+    }
+    record
 }
 
 impl<'a> Trainer<'a> {
@@ -302,11 +322,7 @@ impl<'a> Trainer<'a> {
             resumed_from: start.step(),
             data_in_place: start.data_in_place,
             allowed_changes: start.allowed_changes.clone(),
-            carried: start
-                .checkpoint
-                .as_ref()
-                .map_or(TrainingRecord::default(), |(_, m)| m.record)
-                .resumed_at(start.step().unwrap_or(0)),
+            carried: carried_record(&start, finished),
             clock: None,
             curve_here: CurveCost::default(),
             checkpointer,
@@ -439,6 +455,7 @@ impl<'a> Trainer<'a> {
                 processes: Some(self.processes()),
                 curve: Some(self.curve_cost()),
                 images: Some(self.images_trained(step)),
+                changes_allowed: self.carried.changes_allowed.clone(),
             };
             self.in_place(|| {
                 state::save_checkpoint(
