@@ -450,3 +450,85 @@ fn the_online_probe_starts_untrained_when_its_classes_are_renamed() {
         "{all}"
     );
 }
+
+/// Test images that are not held out are said, by validate and the start alike: some of the
+/// kNN monitor's test images copied from its training images, or a training folder that holds
+/// the test folder (an unlabelled tree, or a class folder linked to it). `eval knn` says the
+/// same of its folders.
+#[test]
+fn test_images_among_the_training_images_are_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for i in 0..12u32 {
+        for (class, name) in ["red", "blue"].iter().enumerate() {
+            write_image(&d.join(format!("data/train/{name}/{i:02}.png")), class, i * 3 + 1);
+            if i < 6 {
+                write_image(&d.join(format!("data/test/{name}/{i:02}.png")), class, i * 3 + 2);
+            }
+        }
+    }
+    std::fs::write(d.join("flat.toml"), UNLABELLED).unwrap();
+    let labelled = [
+        "--set",
+        "eval.train=\"data/train\"",
+        "--set",
+        "eval.test=\"data/test\"",
+        "--set",
+        "dataset.labels=\"none\"",
+    ];
+    let validate = |train: &str| {
+        let train = format!("dataset.train=\"{train}\"");
+        let args = [&["validate", "flat.toml", "--set", &train][..], &labelled].concat();
+        let out = byol_run(d, &args);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    // Held out: nothing said.
+    std::fs::create_dir_all(d.join("unlabelled")).unwrap();
+    for i in 0..16u32 {
+        write_image(&d.join(format!("unlabelled/{i:02}.png")), (i % 2) as usize, i + 40);
+    }
+    let all = validate("unlabelled");
+    assert!(!all.contains("kNN test images are among"), "{all}");
+
+    // BYOL trains on the whole tree, the test images in it.
+    let all = validate("data");
+    assert!(
+        all.contains(
+            "warning: 12 of the 12 kNN test images are among the images BYOL trains on (dataset.train; the same \
+             files, or copies"
+        ),
+        "{all}"
+    );
+    // A class folder of the test images linked into the training tree.
+    std::os::unix::fs::symlink(d.join("data/test/red"), d.join("unlabelled/linked")).unwrap();
+    let all = validate("unlabelled");
+    assert!(
+        all.contains("warning: 6 of the 12 kNN test images are among the images BYOL trains on"),
+        "{all}"
+    );
+    std::fs::remove_file(d.join("unlabelled/linked")).unwrap();
+
+    // Four training images copied into the test folder, under their names: the monitor's bank
+    // holds them, as the start says too. Namesakes of other bytes are no copies.
+    for i in 0..4 {
+        let name = format!("red/{i:02}.png");
+        std::fs::copy(d.join("data/train").join(&name), d.join("data/test").join(&name)).unwrap();
+    }
+    let bank = "warning: 4 of the 12 kNN test images are among the kNN monitor's training images (the same files, \
+                or copies of the same name, size and bytes)";
+    let all = validate("unlabelled");
+    assert!(all.contains(bank), "{all}");
+    assert!(!all.contains("among the images BYOL trains on"), "{all}");
+    let out = byol_run(d, &[&["flat.toml", "--run-dir", "run"][..], &labelled].concat());
+    let all = text(&out);
+    assert!(out.status.success() && all.matches(bank).count() == 1, "{all}");
+
+    let knn = |test: &str| {
+        let out = byol_run(d, &["eval", "knn", "run", "--train", "data/train", "--test", test]);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    assert!(knn("data/test").contains("warning: 4 of the 12 --test images are among the --train images"));
+    assert!(knn("data/train").contains("warning: 24 of the 24 --test images are among the --train images"));
+}

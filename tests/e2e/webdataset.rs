@@ -70,15 +70,16 @@ fn write_image(path: &Path, class: usize, seed: u32) {
 }
 
 /// `images/{train,test}/<class>/` (128 and 24 images of 3 classes) packed into shards with
-/// `byol-run shard`: 8 training shards of 16, 2 test shards of 12.
+/// `byol-run shard`: 8 training shards of 16, 2 test shards of 12. A test image is no copy of
+/// the training image of its name (its square lies elsewhere).
 fn shards(dir: &Path) {
-    for (split, count) in [("train", 128u32), ("test", 24)] {
+    for (split, count, seeds_from) in [("train", 128u32, 0), ("test", 24, 1)] {
         for i in 0..count {
             let class = (i % 3) as usize;
             write_image(
                 &dir.join(format!("images/{split}/{}/{i:03}.png", ["red", "blue", "green"][class])),
                 class,
-                i,
+                i + seeds_from,
             );
         }
         let per_shard = if split == "train" { "16" } else { "12" };
@@ -179,9 +180,16 @@ fn shards_from_byol_run_shard_train_with_the_knn_monitor() {
         all.contains("warning: the kNN monitor's test images are its training images"),
         "{all}"
     );
+    // One training shard as the test split: its images are the bank's, and counted.
+    let all = once("shard", &["dataset.test_urls=\"shards/train-000001.tar\""]);
+    let shared = "kNN test images are among the kNN monitor's training images";
+    assert!(all.contains(&format!("warning: 16 of the 16 {shared}")), "{all}");
     let all = once("both", &["eval.train=\"images/train\"", "eval.test=\"images/test\""]);
     assert!(all.contains("warning: the dataset's test split is not used"), "{all}");
-    assert!(!all.contains("are its training images"), "{all}");
+    assert!(
+        !all.contains("are its training images") && !all.contains("kNN test images are among"),
+        "{all}"
+    );
 
     // The same shards unlabelled (a flat folder): kNN needs [eval] train and test.
     let flat = byol_run(

@@ -149,6 +149,16 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         byol::eprint_line!("warning: {w}");
     }
     let test: Arc<dyn Dataset> = splits.test.clone().expect("test split requested");
+    if let Some(shared) =
+        byol_train::shared_images::shared_images(splits.train.as_ref(), test.as_ref()).filter(|s| s.images > 0)
+    {
+        byol::eprint_line!(
+            "warning: {} --test images are among the --train images (the same files, or copies of the same name, \
+             size and bytes): the accuracy partly measures recall of --train images, not generalization; give \
+             held-out images as --test",
+            shared.describe()
+        );
+    }
     let schedule = &experiment.schedule;
     let batch = experiment
         .eval

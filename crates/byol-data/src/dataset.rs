@@ -5,7 +5,7 @@
 use tch::Tensor;
 
 pub use byol::dataset::{fill_skipped, read_batch, read_parallel, resolve_threads, Dataset, DatasetSpec, Splits};
-use byol::{Content, ContentPart};
+use byol::{Content, ContentPart, SourceFile};
 
 use crate::DataError;
 
@@ -19,6 +19,8 @@ pub struct ImageSet {
     classes: Vec<String>,
     /// See [`Dataset::content`].
     content: Option<Content>,
+    /// See [`Dataset::source_files`].
+    sources: Option<Vec<SourceFile>>,
     /// See [`Dataset::skipped`]: the images left out when the set was decoded.
     skipped: Vec<String>,
 }
@@ -46,6 +48,7 @@ impl ImageSet {
             width,
             classes,
             content: None,
+            sources: None,
             skipped: Vec::new(),
         })
     }
@@ -54,6 +57,12 @@ impl ImageSet {
     /// from).
     pub fn with_content(mut self, content: Option<Content>) -> Self {
         self.content = content;
+        self
+    }
+
+    /// The set with `sources` as its [`Dataset::source_files`] (the files it was decoded from).
+    pub fn with_source_files(mut self, sources: Option<Vec<SourceFile>>) -> Self {
+        self.sources = sources;
         self
     }
 
@@ -141,6 +150,10 @@ impl Dataset for ImageSet {
 
     fn content(&self) -> Option<Content> {
         self.content.clone()
+    }
+
+    fn source_files(&self) -> Option<Vec<SourceFile>> {
+        self.sources.clone()
     }
 
     fn classes(&self) -> &[String] {

@@ -11,6 +11,7 @@ pub mod optimizer;
 pub mod probe;
 pub mod run_dir;
 pub mod schedule;
+pub mod shared_images;
 pub mod stop;
 pub mod sweep;
 pub mod tensorboard;

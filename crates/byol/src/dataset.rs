@@ -11,6 +11,16 @@ use crate::{BuildContext, DataError, LoaderCrops};
 /// The label that images of an unlabelled split carry (their split has no classes).
 pub const NO_LABEL: i64 = -1;
 
+/// A file a split reads images from ([`Dataset::source_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: std::path::PathBuf,
+    /// Its size in bytes, as listed.
+    pub size: u64,
+    /// How many of the split's images it holds (1 for an image file).
+    pub images: usize,
+}
+
 /// A [`Dataset::content`]: a digest of the whole split, and the same per part of it (a
 /// top-level folder, a shard, a batch file), so that a change can be told and then named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +67,13 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
     /// elsewhere from other data of the same size, an image replaced under its name included;
     /// None when the source has nothing cheaper than its pixels (generated datasets).
     fn content(&self) -> Option<Content> {
+        None
+    }
+
+    /// The files the split reads its images from (an image file each, or the shards that hold
+    /// them), so that images two splits share can be found; None for sources without files of
+    /// their own (generated images, CIFAR's batch files).
+    fn source_files(&self) -> Option<Vec<SourceFile>> {
         None
     }
 

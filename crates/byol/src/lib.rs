@@ -46,7 +46,7 @@ macro_rules! eprint_line {
 pub use augment::{Augment, AugmentSpec, CropRange, LoaderCrops, Normalization};
 pub use backbone::{Backbone, BackboneSpec};
 pub use context::BuildContext;
-pub use dataset::{Content, ContentPart, Dataset, DatasetSpec, EpochStream, Listing, Splits};
+pub use dataset::{Content, ContentPart, Dataset, DatasetSpec, EpochStream, Listing, SourceFile, Splits};
 pub use error::{ByolError, DataError};
 pub use heads::MlpHead;
 pub use loss::{byol_loss, normalized_mse};

@@ -79,6 +79,7 @@ impl DecodingFolder {
         let classes = self.listing.classes.clone();
         let set = ImageSet::new(pixels, kept_labels, size, size, classes)?
             .with_content(Some(self.listing.content()))
+            .with_source_files(Some(self.listing.source_files()))
             .with_skipped(self.skipped());
         Ok((set, warnings))
     }
@@ -137,6 +138,10 @@ impl Dataset for DecodingFolder {
 
     fn content(&self) -> Option<byol::Content> {
         Some(self.listing.content())
+    }
+
+    fn source_files(&self) -> Option<Vec<byol::SourceFile>> {
+        Some(self.listing.source_files())
     }
 
     fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError> {

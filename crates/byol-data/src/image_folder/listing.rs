@@ -39,6 +39,19 @@ impl Listing {
         }
     }
 
+    /// The split's [`crate::Dataset::source_files`]: each image file.
+    pub(super) fn source_files(&self) -> Vec<byol::SourceFile> {
+        self.files
+            .iter()
+            .zip(&self.sizes)
+            .map(|((path, _), &size)| byol::SourceFile {
+                path: path.clone(),
+                size,
+                images: 1,
+            })
+            .collect()
+    }
+
     /// The split's [`crate::Dataset::content`]: its files' paths relative to `root`, and their
     /// sizes; its parts are the folders under `root` (the classes of a labelled split), and the
     /// files directly in it.

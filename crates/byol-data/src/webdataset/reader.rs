@@ -188,6 +188,17 @@ impl Dataset for WebDataset {
         [3, self.0.size as usize, self.0.size as usize]
     }
 
+    /// Its shards, with the samples each holds (a shard that no longer reads counts as empty).
+    fn source_files(&self) -> Option<Vec<byol::SourceFile>> {
+        let index = &self.0.index;
+        let files = index.shards.iter().enumerate().map(|(s, path)| byol::SourceFile {
+            path: path.clone(),
+            size: std::fs::metadata(path).map_or(0, |m| m.len()),
+            images: index.starts[s + 1] - index.starts[s],
+        });
+        Some(files.collect())
+    }
+
     /// The samples' shard file names, member names and image sizes; each shard is a part.
     fn content(&self) -> Option<byol::Content> {
         let index = &self.0.index;

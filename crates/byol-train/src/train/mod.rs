@@ -13,7 +13,7 @@ mod journal;
 mod loss_watch;
 mod metrics;
 mod model;
-mod monitor;
+pub(crate) mod monitor;
 mod progress;
 pub mod state;
 mod step;

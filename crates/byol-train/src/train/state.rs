@@ -236,9 +236,10 @@ impl DatasetFingerprint {
             .context("building [dataset]")?;
         let (labelled, eval_warnings) = labelled_listing(experiment, &listing.splits)?;
         let listed = Self::of_run(&listing.splits, labelled.as_ref());
+        let seen = crate::shared_images::test_images_seen(&listing.splits.train, labelled.as_ref(), &listed);
         let remarks = Remarks {
             notes: listing.notes,
-            warnings: listing.warnings.into_iter().chain(eval_warnings).collect(),
+            warnings: listing.warnings.into_iter().chain(eval_warnings).chain(seen).collect(),
         };
         let loader = super::data::training_loader(experiment, &listing.splits, tch::Device::Cpu, 0, 1).ok();
         let steps_per_epoch = loader.map(|l| Plan::new(experiment, l.batches_per_epoch()).steps_per_epoch);

@@ -21,7 +21,7 @@ use super::device::{parse_device_for, prepare_for_steps};
 use super::graph::{graphed_step, GraphedStep};
 use super::loss_watch::LossWatch;
 use super::model::Model;
-use super::monitor::{labelled_splits, Evaluation, Monitor};
+use super::monitor::{labelled_splits, Evaluation, LabelledSplits, Monitor};
 use super::state::{self, DatasetFingerprint, KeptSources, RunStart, TrainingState};
 use super::step::{Plan, StepNumerics};
 use super::stop_poll::StopPoll;
@@ -176,7 +176,7 @@ impl<'a> Trainer<'a> {
 
         let fingerprint = DatasetFingerprint::of_run(&splits, labelled.as_ref());
         if main {
-            for warning in monitor_warnings(experiment, &splits, &fingerprint) {
+            for warning in monitor_warnings(experiment, &splits, labelled.as_ref(), &fingerprint) {
                 byol::eprint_line!("warning: {warning}");
             }
         }
@@ -655,22 +655,16 @@ fn check_same_data(parallel: &DataParallel, device: Device, data: &DatasetFinger
     refuse_differences(parallel, "data", &differences)
 }
 
-/// What makes the kNN monitor's figure mean something other than it seems: queries that are its
-/// bank's own images (the same files, by the data's digest) measure memory, not
-/// generalization; and a test split of the dataset that `[eval] train` and `test` replace.
-fn monitor_warnings(experiment: &Experiment, splits: &Splits, fingerprint: &DatasetFingerprint) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let digest = |split: &str| fingerprint.0.get(split).and_then(|s| s.files_digest.clone());
-    if let (Some(bank), Some(queries)) = (digest("knn_bank"), digest("knn_queries")) {
-        if bank == queries {
-            warnings.push(
-                "the kNN monitor's test images are its training images (the same file names and sizes): its accuracy \
-                 measures recall of images it has seen, not generalization; point the test split \
-                 (dataset.test, dataset.test_urls or eval.test) at held-out images"
-                    .to_string(),
-            );
-        }
-    }
+/// What makes the kNN monitor's figure mean something other than it seems: queries it has seen
+/// ([`crate::shared_images::test_images_seen`]), and a test split of the dataset that
+/// `[eval] train` and `test` replace.
+fn monitor_warnings(
+    experiment: &Experiment,
+    splits: &Splits,
+    labelled: Option<&LabelledSplits>,
+    fingerprint: &DatasetFingerprint,
+) -> Vec<String> {
+    let mut warnings = crate::shared_images::test_images_seen(&splits.train, labelled, fingerprint);
     if experiment.eval.train.is_some() && experiment.eval.test.is_some() && splits.test.is_some() {
         warnings.push(
             "the dataset's test split is not used: the kNN monitor evaluates on eval.train and eval.test, \
