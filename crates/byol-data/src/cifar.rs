@@ -244,7 +244,18 @@ impl CifarConfig {
         let train_files: Vec<PathBuf> = self.variant.train_files().iter().map(|f| dir.join(f)).collect();
         let train = Arc::new(self.read(&train_files, &classes, warnings)?);
         let test = if self.test {
-            Some(Arc::new(self.read(&[dir.join(self.variant.test_file())], &classes, warnings)?) as _)
+            let file = dir.join(self.variant.test_file());
+            if !file.exists() {
+                return Err(DataError::Config(format!(
+                    "dataset.root = {}: {} has its training files but no {}, the test split the kNN monitor \
+                     measures on; extract it there from the release, or set dataset.test = false to train without \
+                     it (or evaluate on [eval] train and test)",
+                    self.root.display(),
+                    dir.display(),
+                    self.variant.test_file()
+                )));
+            }
+            Some(Arc::new(self.read(&[file], &classes, warnings)?) as _)
         } else {
             None
         };

@@ -99,6 +99,18 @@ fn class_names_come_from_batches_meta_and_test_can_be_off() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("batches.meta.txt names 2 classes"), "{err}");
+
+    // Without its test file, the release's test split is said missing, with the key that goes
+    // without it.
+    std::fs::remove_file(tmp.path().join("batches.meta.txt")).unwrap();
+    std::fs::remove_file(tmp.path().join("test_batch.bin")).unwrap();
+    let err = build(&format!("type = \"cifar\"\nroot = {}\n", quoted(tmp.path())))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("has its training files but no test_batch.bin") && err.contains("dataset.test = false"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -884,3 +884,42 @@ fn shards_hold_per_shard_samples_and_nothing_to_pack_writes_no_shard() {
     let left: Vec<_> = std::fs::read_dir(tmp.path().join("bad-shards")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Shards that are not what they seem say what they are: an empty path, a pipe (there, but no
+/// file to read at offsets), and members whose key holds a dot (`img.0000.jpg` is key `img`).
+#[test]
+fn an_empty_path_a_pipe_and_dotted_member_names_are_said_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = config("\"\"", "").load().unwrap_err().to_string();
+    assert!(err.contains("dataset.urls: shard 1 of 1 is an empty path"), "{err}");
+
+    let fifo = tmp.path().join("fifo.tar");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let err = config(&quoted(&fifo), "").load().unwrap_err().to_string();
+    assert!(
+        err.contains("fifo.tar exists but is not a regular file (a pipe, socket or device"),
+        "{err}"
+    );
+
+    let png = tmp.path().join("0.png");
+    write_image(&png, 60);
+    let mut tar = byol_data::tar::TarWriter::new(Vec::new());
+    tar.append("img.0000.png", &std::fs::read(&png).unwrap()).unwrap();
+    tar.append("img.0000.cls", b"0").unwrap();
+    let shard = tmp.path().join("dotted.tar");
+    std::fs::write(&shard, tar.finish().unwrap()).unwrap();
+    let mut warnings = Vec::new();
+    let err = match config(&quoted(&shard), "").load() {
+        Ok((_, w)) => {
+            warnings = w;
+            String::new()
+        }
+        Err(e) => e.to_string(),
+    };
+    let said = format!("{err}{warnings:?}");
+    assert!(
+        said.contains("so img.0000.png is key img with extension .0000.png: name the members <key>.jpg"),
+        "{said}"
+    );
+}

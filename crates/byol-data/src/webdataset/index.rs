@@ -142,7 +142,7 @@ pub(super) fn list_shard(shard_id: u32, path: &Path) -> Result<ShardListing, Dat
             let data = tar.read_member(&member).map_err(fail)?;
             p.label = Some(class_number(&data).ok_or_else(|| {
                 fail(format!(
-                    "sample {key}: {} holds {:?}, not a class number (an ASCII integer such as 3)",
+                    "sample {key}: {} holds {:?}, not a class number (an ASCII integer from 0 to 2^63 - 1, such as 3)",
                     member.name,
                     String::from_utf8_lossy(&data).chars().take(40).collect::<String>()
                 ))
@@ -237,7 +237,7 @@ fn imageless_warning(key: &str, shards: &[PathBuf], imageless: &[(usize, String,
     let webp = imageless.iter().any(|(_, _, e)| e.iter().any(|e| e == "webp"));
     Some(format!(
         "dataset.{key}: {} sample(s) have no .jpg, .jpeg or .png member and are left out (first: {} key {k}, \
-         whose members are {}){}",
+         whose members are {}){}{}",
         imageless.len(),
         shards[*s].display(),
         exts.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(", "),
@@ -245,8 +245,23 @@ fn imageless_warning(key: &str, shards: &[PathBuf], imageless: &[(usize, String,
             "; WebP is not decoded here: convert such images to JPEG or PNG"
         } else {
             ""
-        }
+        },
+        dotted_keys(imageless).unwrap_or_default()
     ))
+}
+
+/// Why samples with image members named `img.0000.jpg` have no image: the key ends at the first
+/// dot, so the extension is `0000.jpg`.
+fn dotted_keys(imageless: &[(usize, String, Vec<String>)]) -> Option<String> {
+    imageless.iter().find_map(|(_, k, e)| {
+        let ext = e
+            .iter()
+            .find(|e| IMAGE_EXTENSIONS.iter().any(|i| e.ends_with(&format!(".{i}"))))?;
+        Some(format!(
+            "; a sample's key is its member's name up to the first dot (as WebDataset reads it), so {k}.{ext} is \
+             key {k} with extension .{ext}: name the members <key>.jpg with no dot in the key"
+        ))
+    })
 }
 
 impl Index {
@@ -293,9 +308,10 @@ impl Index {
         }
         if samples.is_empty() {
             return Err(DataError::Config(format!(
-                "dataset.{key}: the {} shard(s) hold no samples with a .jpg, .jpeg or .png member (first shard {})",
+                "dataset.{key}: the {} shard(s) hold no samples with a .jpg, .jpeg or .png member (first shard {}){}",
                 shards.len(),
-                shards[0].display()
+                shards[0].display(),
+                dotted_keys(&imageless).unwrap_or_default()
             )));
         }
         let classes = if labelled == samples.len() {

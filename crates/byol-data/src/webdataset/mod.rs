@@ -228,6 +228,22 @@ fn check_shards(key: &str, shards: &[PathBuf]) -> Result<(), DataError> {
             folder.display()
         )));
     }
+    if let Some(empty) = shards.iter().position(|p| p.as_os_str().is_empty()) {
+        return Err(DataError::Config(format!(
+            "dataset.{key}: shard {} of {} is an empty path; name each shard's .tar file, or a brace range such \
+             as \"train-{{000000..000099}}.tar\"",
+            empty + 1,
+            shards.len()
+        )));
+    }
+    // A pipe or a device is there, but no file to index and read at offsets.
+    if let Some(other) = shards.iter().find(|p| p.exists() && !p.is_file()) {
+        return Err(DataError::Config(format!(
+            "dataset.{key}: {} exists but is not a regular file (a pipe, socket or device, or a link to one); \
+             shards are .tar files read at offsets: copy the shard into a file",
+            other.display()
+        )));
+    }
     let missing: Vec<&PathBuf> = shards.iter().filter(|p| !p.is_file()).collect();
     // A shell glob is no shard name: the pattern is expanded by byol-run, with brace ranges only.
     if let Some(glob) = missing.iter().find(|p| p.to_string_lossy().contains(['*', '?', '['])) {
