@@ -478,7 +478,7 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
     let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
     assert!(markdown.contains("| trial-001 | 1e30 |"), "{markdown}");
     assert!(
-        markdown.contains("Run with `--set dataset.train_size=128`, `--set checkpoint.every_steps=1` (trials"),
+        markdown.contains("Run with `--set dataset.train_size=128`, `--set checkpoint.every_steps=1`.\n"),
         "the command line's settings: {markdown}"
     );
     // Run again without one of the first run's --set: the finished trial refuses it, and the
@@ -541,6 +541,15 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
             "note: trial-002 finished with other settings than this sweep now gives them (run.threads: 1 -> 2)"
         ) && all.contains("trial-002: finished before, skipped"),
         "{all}"
+    );
+    // The summary says so too: its `--set` is not what every trial trained with.
+    let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
+    assert!(
+        markdown.contains(
+            "`--set run.threads=2`.\n\ntrial-002 finished before with other settings (`run.threads: 1 -> 2`), \
+             which a resume may change: their results are as they trained."
+        ),
+        "{markdown}"
     );
 
     // A metric that needs what the finished trials did not measure (kNN before training): none

@@ -308,7 +308,7 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
     assert!(lines[3].starts_with(",trial-003,4,0.3,,pruned,"), "{csv}");
     assert!(lines[3].ends_with(",1"), "the epoch it was pruned at: {csv}");
     assert!(lines[4].starts_with(",trial-004,4,0.4,,pending,"), "{csv}");
-    let md = sweep::to_markdown(&s, &rows);
+    let md = sweep::to_markdown(&s, &rows, &Default::default());
     assert!(
         md.contains("2 of 4 trials done, 1 pruned, ranked by final_loss (lower is better)"),
         "{md}"

@@ -271,7 +271,7 @@ fn run_holding_the_folder(
     let csv = sweep.dir.join("summary.csv");
     let markdown = sweep.dir.join("summary.md");
     // One ranking in two files: never one of them beside another ranking's other.
-    let (csv_text, markdown_text) = (to_csv(sweep, &rows)?, to_markdown(sweep, &rows));
+    let (csv_text, markdown_text) = (to_csv(sweep, &rows)?, to_markdown(sweep, &rows, &trained_otherwise));
     let write = |text: String| -> run_dir::FileWriter<'_> { Box::new(move |path| Ok(std::fs::write(path, text)?)) };
     run_dir::replace_files_with(vec![
         (&csv, Some(write(csv_text))),

@@ -1,6 +1,7 @@
 //! What a sweep folder says about its trials: each trial's status, read from its run folder, and
 //! the ranked tables (`summary.csv`, `summary.md`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -302,9 +303,11 @@ impl Row {
     }
 }
 
-/// A markdown table of the ranked trials, with a title line; a note under it names the trials
-/// that ended below their untrained network's kNN accuracy.
-pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
+/// A markdown table of the ranked trials, with a title line and the `--set` flags the sweep ran
+/// with; `trained_otherwise` names the trials that finished before with other values of keys a
+/// resume may change (`run.threads: 1 -> 2` -> trials), reported as they trained. A note under
+/// the table names the trials that ended below their untrained network's kNN accuracy.
+pub fn to_markdown(sweep: &Sweep, rows: &[Row], trained_otherwise: &BTreeMap<String, Vec<String>>) -> String {
     let metric = sweep.config.metric.name();
     let done = rows.iter().filter(|r| matches!(r.status, TrialStatus::Done(_))).count();
     let pruned = match rows
@@ -328,11 +331,15 @@ pub fn to_markdown(sweep: &Sweep, rows: &[Row]) -> String {
             .iter()
             .map(|o| code_span(&format!("--set {o}")))
             .collect();
+        let _ = writeln!(out, "Run with {}.\n", flags.join(", "));
+    }
+    for (changes, trials) in trained_otherwise {
         let _ = writeln!(
             out,
-            "Run with {} (trials finished before may have trained with other values of keys a resume \
-             may change, such as `run.threads`: the sweep names them when it runs).\n",
-            flags.join(", ")
+            "{} finished before with other settings ({}), which a resume may change: their results are as they \
+             trained.\n",
+            trials.join(", "),
+            code_span(changes)
         );
     }
     let cell = |s: &str| s.replace('|', "\\|");
