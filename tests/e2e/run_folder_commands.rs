@@ -265,3 +265,44 @@ fn eval_errors_name_its_flags_not_experiment_keys() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("bad.png") && all.contains("leave out --strict"), "{all}");
 }
+
+/// A run folder whose checkpoints folder is a link, copied with the link (`cp -r`): the copy's
+/// checkpoints are the original's by the folder's record, and a command reading them through
+/// the copy warns that it reads the original's.
+#[test]
+fn commands_reading_a_copy_s_checkpoints_through_a_link_warn_that_they_are_another_run_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("tiny.toml"), TINY).unwrap();
+    std::fs::create_dir_all(d.join("r")).unwrap();
+    std::fs::create_dir_all(d.join("scratch")).unwrap();
+    std::os::unix::fs::symlink(d.join("scratch"), d.join("r/checkpoints")).unwrap();
+    let out = byol_run(
+        d,
+        &["tiny.toml", "--run-dir", "r", "--quiet", "--set", "schedule.epochs=1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let copied = std::process::Command::new("cp")
+        .args(["-r", "r", "copy"])
+        .current_dir(d)
+        .status();
+    assert!(copied.unwrap().success());
+    assert!(d.join("copy/checkpoints").is_symlink());
+
+    let warning = "the checkpoints folder of";
+    for args in [
+        &["export", "copy", "--out", "b.safetensors"][..],
+        &["compare", "copy"],
+        &["eval", "knn", "copy", "--train", "nowhere", "--test", "nowhere"],
+    ] {
+        let all = text(&byol_run(d, args));
+        assert!(
+            all.contains("warning: copy/checkpoints leads to") && all.contains(warning),
+            "byol-run {}: {all}",
+            args.join(" ")
+        );
+    }
+    // The original's own: no warning.
+    let out = byol_run(d, &["export", "r", "--out", "a.safetensors"]);
+    assert!(out.status.success() && !text(&out).contains(warning), "{}", text(&out));
+}

@@ -51,6 +51,9 @@ impl Run {
         // The experiment its newest checkpoint was trained with (an edited config.toml says
         // nothing of what the run trained, and a lost one does not stop a resume); keys added
         // since an older run was saved show at their defaults, as a resume reads them.
+        if let Some(why) = byol_train::run_dir::checkpoints_read_from_another_run(dir) {
+            byol::eprint_line!("warning: {why}");
+        }
         let newest = byol_train::checkpoint::newest_manifest(dir);
         let changes_allowed = newest
             .as_ref()

@@ -72,6 +72,9 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
             checkpoint::MANIFEST_FILE
         );
     }
+    if let Some(why) = run_dir::checkpoints_read_from_another_run(path) {
+        byol::eprint_line!("warning: {why}");
+    }
     // keep_last only matters when saving; this checkpointer only reads.
     let found = Checkpointer::new(checkpoints.clone(), 1)
         .resume_point(false)

@@ -415,6 +415,23 @@ pub fn checkpoints_of_another_run(run_dir: &Path) -> Option<String> {
         .then(|| claim.refusal(run_dir, "which holds that run's checkpoints"))
 }
 
+/// What a command that reads `run_dir`'s checkpoints (eval, export, embed, compare) warns of
+/// where its checkpoints folder holds another run folder's checkpoints by its record (a `cp -r`
+/// copy leads to the original's): what it reads is that run's. None where it does not.
+pub fn checkpoints_read_from_another_run(run_dir: &Path) -> Option<String> {
+    let claim = CheckpointsClaim::of(run_dir)?;
+    let other = claim.other?;
+    Some(format!(
+        "{} leads to {}, the checkpoints folder of {} by its record: the checkpoints read are that run \
+         folder's, which may not be what {} trained (a checkpoints folder that is a link is copied as a link by \
+         `cp -r`)",
+        claim.link.display(),
+        claim.real.display(),
+        other.display(),
+        run_dir.display()
+    ))
+}
+
 /// Records in the checkpoints folder `checkpoints` that it holds the checkpoints of the run
 /// folder it is in (by real path), where it does not say so already: at each checkpoint a run
 /// saves, its start accepted.
@@ -1508,6 +1525,13 @@ mod tests {
         let said = checkpoints_of_another_run(&second).unwrap_or_default();
         assert!(said.contains("r1, which holds that run's checkpoints"), "{said}");
         assert_eq!(checkpoints_of_another_run(&first), None);
+        // What eval, export, embed and compare warn of, reading the second folder's checkpoints.
+        let read = checkpoints_read_from_another_run(&second).unwrap_or_default();
+        assert!(
+            read.contains("r2/checkpoints leads to") && read.contains("r1 by its record: the checkpoints read are"),
+            "{read}"
+        );
+        assert_eq!(checkpoints_read_from_another_run(&first), None);
         let e = format!("{:#}", take(&second).unwrap_err());
         assert!(
             e.contains("of ") && e.contains("r1, which holds that run's checkpoints"),
