@@ -217,3 +217,53 @@ fn an_empty_image_stops_a_strict_run_at_its_start_and_validate_says_so() {
     }
     assert!(!dir.path().join("runs/exp/checkpoints").exists());
 }
+
+/// A TorchScript module whose features are NaN only for batches larger than the probe at its
+/// load passes `validate`; the NaN loss it makes then points at the module too.
+#[test]
+fn a_nan_loss_with_a_torchscript_backbone_points_at_its_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // (TorchScript reads the class's source: it lives in a file.)
+    let source = r#"
+import torch
+
+
+class LateNan(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        y = self.conv(x).mean(dim=(2, 3))
+        if x.shape[0] > 2:
+            y = y * float("nan")
+        return y
+"#;
+    std::fs::write(d.join("late_nan.py"), source).unwrap();
+    byol_testkit::run_python(
+        &format!(
+            "sys.path.insert(0, {:?})\nfrom late_nan import LateNan\ntorch.jit.script(LateNan()).save({:?})\n",
+            d.to_str().unwrap(),
+            d.join("late.pt").to_str().unwrap()
+        ),
+        &[],
+    );
+    let experiment = byol_testkit::fixtures::with_table(
+        super::TINY,
+        "backbone",
+        "type = \"torchscript\"\npath = \"late.pt\"\ninput_size = 16\n",
+    );
+    let experiment = experiment.replace("[byol]\n", "[byol]\nembedding_layer = \"output\"\n");
+    std::fs::write(d.join("late.toml"), experiment).unwrap();
+    let out = byol_run(d, &["validate", "late.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = byol_run(d, &["late.toml", "--run-dir", "r", "--quiet"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("the loss became NaN or Inf at step")
+            && all.contains("or check the module late.pt (backbone.path) with batches of this size"),
+        "{all}"
+    );
+}

@@ -370,9 +370,17 @@ impl<'a> Trainer<'a> {
     /// Fails when the loss was NaN or Inf at some step so far; reads the device, so the loop
     /// calls it only where it waits for the device anyway.
     pub fn check_loss(&self) -> anyhow::Result<()> {
+        // A module built elsewhere may compute NaN for inputs the check at its load did not try.
+        let module = match crate::train::state::source_files(self.experiment).first() {
+            Some((key, path)) => format!(
+                ", or check the module {} ({key}) with batches of this size",
+                path.display()
+            ),
+            None => String::new(),
+        };
         match self.loss_watch.first_bad_step() {
             Some(step) => bail!(
-                "the loss became NaN or Inf at step {step}; {} (lower optimizer.lr, or check the data)",
+                "the loss became NaN or Inf at step {step}; {} (lower optimizer.lr, or check the data{module})",
                 self.kept()
             ),
             None => Ok(()),
