@@ -120,6 +120,28 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
         "{}",
         text(&out)
     );
+    // However spelled, and inside a table set whole.
+    let quoted_and_whole = [
+        "validate",
+        "tiny.toml",
+        "--set",
+        "\"optimizer\".lr=0.1",
+        "--set",
+        "optimizer.lr=0.9",
+        "--set",
+        "optimizer={type = \"lars\", lr = 0.3}",
+    ];
+    let out = byol_run(dir.path(), &quoted_and_whole);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("warning: --set \"optimizer\".lr is given 2 times (0.1, 0.9): the last one counts")
+            && all.contains(
+                "warning: --set optimizer sets the whole table that --set \"optimizer\".lr sets a key of: the one \
+                 given last decides \"optimizer\".lr"
+            ),
+        "{all}"
+    );
     let huge = "schedule.batch_size=100000000000000000000";
     let error = refused(dir.path(), &["validate", "tiny.toml", "--set", huge]);
     assert!(

@@ -373,24 +373,49 @@ impl Experiment {
         if let Some(decoded) = self.dataset.image_size() {
             warnings.extend(upscaled_images(decoded as i64, self.augment.as_ref(), false));
         }
-        // A key set twice on one command line (a script's defaults, then a mended value): the
-        // last counts, which may not be the one meant.
-        let mut set: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+        warnings.extend(self.keys_set_twice());
+        warnings
+    }
+
+    /// A key set twice on one command line (a script's defaults, then a mended value), however
+    /// spelled (`optimizer.lr`, `"optimizer".lr`), or set both alone and in its whole table
+    /// (`optimizer={...}`): the last counts, which may not be the one meant.
+    fn keys_set_twice(&self) -> Vec<String> {
         // (A sweep adds its own assignments after the command line's, named otherwise.)
         let command_line = self
             .overrides
             .iter()
             .zip(&self.override_origins)
             .filter(|(_, origin)| origin.starts_with("--set "));
-        for (key, value) in command_line.filter_map(|(o, _)| o.split_once('=')) {
-            set.entry(key.trim()).or_default().push(value.trim());
-        }
-        for (key, values) in set.iter().filter(|(_, values)| values.len() > 1) {
-            warnings.push(format!(
-                "--set {key} is given {} times ({}): the last one counts",
-                values.len(),
-                values.join(", ")
-            ));
+        let set: Vec<(Vec<String>, &str, &str)> = command_line
+            .filter_map(|(o, _)| o.split_once('='))
+            .filter_map(|(key, value)| Some((key_path(key)?, key.trim(), value.trim())))
+            .collect();
+        let mut warnings = Vec::new();
+        let mut said = std::collections::BTreeSet::new();
+        for (i, (path, key, _)) in set.iter().enumerate() {
+            let same: Vec<&str> = set.iter().filter(|(p, _, _)| p == path).map(|(_, _, v)| *v).collect();
+            if same.len() > 1 && said.insert(vec![path.clone()]) {
+                warnings.push(format!(
+                    "--set {key} is given {} times ({}): the last one counts",
+                    same.len(),
+                    same.join(", ")
+                ));
+            }
+            // A key inside a table set whole, in either order.
+            for (other, other_key, _) in set.iter().skip(i + 1) {
+                let ((table, table_path), (key_in_it, key_path)) = match (path.len(), other.len()) {
+                    (a, b) if a < b && other.starts_with(path) => ((key, path), (other_key, other)),
+                    (a, b) if b < a && path.starts_with(other) => ((other_key, other), (key, path)),
+                    _ => continue,
+                };
+                if said.insert(vec![table_path.clone(), key_path.clone()]) {
+                    warnings.push(format!(
+                        "--set {table} sets the whole table that --set {key_in_it} sets a key of: the one given \
+                         last decides {key_in_it}"
+                    ));
+                }
+            }
         }
         warnings
     }
@@ -414,6 +439,20 @@ impl Experiment {
         }
         notes
     }
+}
+
+/// The path of a `--set` key as TOML reads it (`"optimizer".lr` -> `[optimizer, lr]`); None for
+/// a key TOML does not read (the assignment itself says so).
+fn key_path(key: &str) -> Option<Vec<String>> {
+    let table: toml::Table = toml::from_str(&format!("{key} = 0")).ok()?;
+    let mut path = Vec::new();
+    let mut value = toml::Value::Table(table);
+    while let toml::Value::Table(table) = value {
+        let (name, inner) = table.into_iter().next()?;
+        path.push(name);
+        value = inner;
+    }
+    Some(path)
 }
 
 /// Views, or the evaluation's images, that are blurred upscales of squares decoded much smaller:
