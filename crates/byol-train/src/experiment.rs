@@ -484,7 +484,18 @@ fn blame(
              05; 1.5, not 1,5; true, not yes)"
         )
     });
-    let table = error.span().and_then(|span| enclosing_table(merged, span.start));
+    // An unknown top-level table is no key *in* that table.
+    let table = error
+        .span()
+        .and_then(|span| enclosing_table(merged, span.start))
+        .filter(|table| !message.starts_with(&format!("unknown field `{table}`")));
+    let text_hint = match message.starts_with("unknown field `sweep`") {
+        true => format!(
+            "{text_hint}; a [sweep] table belongs in a sweep file (byol-run sweep), and this file has none: write \
+             it into the file"
+        ),
+        false => text_hint,
+    };
     // `--set optimizer.type=adam` keeps the table's other keys, written for the file's type.
     let file: toml::Table = toml::from_str(text).unwrap_or_default();
     let retyped = table.as_ref().filter(|table| {
@@ -811,6 +822,18 @@ mod tests {
             Experiment::parse("[schedule]\nepochs = 3\nwarmup_epoch = 1\n", &[]).unwrap_err()
         );
         assert!(msg.contains("(in table [schedule])"), "{msg}");
+        // An unknown table is no key in that table; a [sweep] table set on a plain experiment
+        // says where it belongs.
+        let msg = format!(
+            "{:#}",
+            Experiment::parse("[run]\nseed = 1\n", &["sweep.metric=\"knn_top5\"".into()]).unwrap_err()
+        );
+        assert!(
+            msg.contains("unknown field `sweep`")
+                && !msg.contains("in table")
+                && msg.contains("belongs in a sweep file"),
+            "{msg}"
+        );
     }
 }
 
