@@ -799,27 +799,19 @@ const CHANGES_FIGURES: &[&str] = &[
 ];
 
 /// The keys of [`CHANGES_FIGURES`] whose values a finished trial trained with (`trained`, its
-/// experiment) differ from what this sweep now gives it (`key: trained -> now`). Left out: two names of one device (`auto`
-/// and `cpu` on a machine without a GPU), and where trials run as child processes (`--devices`
-/// with several), the device the sweep picks and the threads it shares out (`run.threads = 0`).
+/// experiment) differ from what this sweep now gives it (`key: trained -> now`). Left out: two
+/// names of one device (`auto` and `cpu` on a machine without a GPU), and where trials run as
+/// child processes (`--devices` with several), the device the sweep picks and the threads it
+/// shares out (`run.threads = 0`).
 fn settings_since(sweep: &Sweep, trial: &Trial, trained: &str, devices: &[String]) -> Vec<String> {
     let in_process = devices.len() <= 1;
     let device = devices.first().map(String::as_str).filter(|_| in_process);
     let Ok(now) = sweep.experiment(trial, device).and_then(|e| e.to_toml()) else {
         return Vec::new();
     };
-    let same_device = |change: &run_dir::Change| {
-        let resolved = |value: &Option<String>| {
-            let name = value.as_deref()?.trim_matches('"').to_string();
-            byol_train::train::parse_device(&name).ok()
-        };
-        resolved(&change.saved).is_some() && resolved(&change.saved) == resolved(&change.now)
-    };
-    run_dir::changes(&run_dir::with_current_defaults(trained), &now)
-        .unwrap_or_default()
+    byol_train::train::state::changes_among(CHANGES_FIGURES, trained, &now)
         .into_iter()
-        .filter(|c| CHANGES_FIGURES.contains(&c.key.as_str()))
-        .filter(|c| !(c.key == "run.device" && (!in_process || same_device(c))))
+        .filter(|c| in_process || c.key != "run.device")
         .filter(|c| !(c.key == "run.threads" && !in_process && c.now.as_deref() == Some("0")))
         .map(|c| c.to_string())
         .collect()

@@ -641,8 +641,17 @@ fn check_dataset(
 }
 
 /// The changes of [`run_dir::CHANGES_ROUNDING`] keys from the `saved` experiment to `now`, as
-/// `key: saved -> now`; two names of one device (`auto` and `cpu` without a GPU) are none.
+/// `key: saved -> now` ([`changes_among`]).
 pub fn rounding_changes(saved: &str, now: &str) -> Vec<String> {
+    changes_among(run_dir::CHANGES_ROUNDING, saved, now)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// The changes of `keys` from the `saved` experiment (as an older version may have written it)
+/// to `now`; two names of one device (`auto` and `cpu` without a GPU) are none.
+pub fn changes_among(keys: &[&str], saved: &str, now: &str) -> Vec<run_dir::Change> {
     let device = |value: &Option<String>| {
         let name = value.as_deref()?.trim_matches('"').to_string();
         super::parse_device(&name).ok()
@@ -650,9 +659,8 @@ pub fn rounding_changes(saved: &str, now: &str) -> Vec<String> {
     run_dir::changes(&run_dir::with_current_defaults(saved), now)
         .unwrap_or_default()
         .into_iter()
-        .filter(|c| run_dir::CHANGES_ROUNDING.contains(&c.key.as_str()))
+        .filter(|c| keys.contains(&c.key.as_str()))
         .filter(|c| !(c.key == "run.device" && device(&c.saved).is_some() && device(&c.saved) == device(&c.now)))
-        .map(|c| c.to_string())
         .collect()
 }
 
