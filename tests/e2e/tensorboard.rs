@@ -124,6 +124,15 @@ fn a_sweeps_trials_show_their_hyperparameters_and_config_in_tensorboard() {
             .as_f64()
             .expect("the online probe's held-out accuracy");
         assert!((0.0..=1.0).contains(&probe), "{summary}");
+        // The curve, as TensorBoard, has no probe point before training: it had seen nothing.
+        let curve: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sweep_dir.join(trial).join("knn-curve.json")).unwrap()).unwrap();
+        assert_eq!(curve[0]["step"], 0, "{curve}");
+        assert!(
+            curve[0].get("probe_top1").is_none() && curve[0]["knn_top1"].is_f64(),
+            "{curve}"
+        );
+        assert!(curve[1]["probe_top1"].is_f64(), "{curve}");
     }
     let table = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
     assert!(

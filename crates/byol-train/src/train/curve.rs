@@ -45,7 +45,8 @@ impl CurvePoint {
             step,
             knn_top1: evaluation.knn.top1,
             knn_top5: evaluation.knn.top5,
-            probe_top1: evaluation.probe_top1,
+            // Before training the probe has seen nothing (TensorBoard shows no point there either).
+            probe_top1: evaluation.probe_top1.filter(|_| step > 0),
             loss,
             knn_data,
         }
