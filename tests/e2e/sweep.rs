@@ -1493,3 +1493,34 @@ fn a_sweep_whose_metric_no_trial_can_measure_is_refused_before_any_trains() {
         text(&out)
     );
 }
+
+/// A trial trained again outside the sweep (`byol-run train` on its folder, with a change
+/// allowed): the sweep refuses it, and says that its summary files show the trial's earlier
+/// result, which the trial's own summary no longer is.
+#[test]
+fn a_trial_trained_again_outside_the_sweep_is_said_to_be_ranked_as_it_was() {
+    let dir = setup(&sweep_of_lr("[0.2]"));
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let trial = "runs/tiny-sweep/trial-001/config.toml";
+    let longer = [
+        "--set",
+        "schedule.epochs=2",
+        "--allow-change",
+        "schedule.epochs",
+        "--quiet",
+    ];
+    let out = byol_run(dir.path(), &[&["train", trial][..], &longer].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("schedule.epochs: 2 -> 1")
+            && all.contains(
+                "It ended again after the sweep last ranked it: runs/tiny-sweep/summary.csv and summary.md show its \
+                 earlier result."
+            ),
+        "{all}"
+    );
+}

@@ -887,10 +887,23 @@ fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Res
         return Ok(());
     }
     let diff: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
+    // Trained again since the sweep last ranked it (`byol-run train` on its folder): the ranking
+    // on disk shows it as it was.
+    let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
+    let ranked_before = match (
+        modified(&dir.join(byol_train::train::SUMMARY_FILE)),
+        modified(&sweep.dir.join("summary.csv")),
+    ) {
+        (Some(trained), Some(ranked)) if trained > ranked => format!(
+            "\nIt ended again after the sweep last ranked it: {} and summary.md show its earlier result.",
+            sweep.dir.join("summary.csv").display()
+        ),
+        _ => String::new(),
+    };
     Err(SettingsChanged {
         what: format!(
             "{} ({}) was run with other settings than this sweep now gives it (different --set \
-             overrides, or an edited file), so its result or checkpoints are not this sweep's:\n{}",
+             overrides, or an edited file), so its result or checkpoints are not this sweep's:\n{}{ranked_before}",
             trial.id(),
             dir.display(),
             diff.join("\n")
