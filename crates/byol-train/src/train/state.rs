@@ -413,7 +413,7 @@ pub struct RunStart {
     pub optimizer_replaced: Option<String>,
     /// The changes allowed on this resume (`--allow-change`), as said: `optimizer.lr: 0.5 -> 0.7`.
     pub allowed_changes: Vec<String>,
-    /// Whether the run goes on on other data than it trained on (`--allow-change dataset`).
+    /// Whether the run continues on other data than it trained on (`--allow-change dataset`).
     pub other_data: bool,
     /// What was found in the checkpoints folder on the way (damaged checkpoints skipped, step
     /// folders that are no checkpoint), said by `main` as it finds them.
