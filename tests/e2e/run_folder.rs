@@ -107,7 +107,7 @@ fn validate_tells_a_finished_run_from_one_stopped_at_its_last_step() {
     let all = text(&out);
     assert!(
         out.status.success()
-            && all.contains("trains nothing; the changes allowed (optimizer.lr: 0.5 -> 0.1) would train nothing"),
+            && all.contains("trains nothing; the changes allowed (optimizer.lr: 0.5 -> 0.1) would not be recorded"),
         "{all}"
     );
     std::fs::remove_file(run_dir.join("summary.json")).unwrap();
@@ -118,10 +118,34 @@ fn validate_tells_a_finished_run_from_one_stopped_at_its_last_step() {
             && all.contains("whose checkpoint of step 48 is its last: a start trains nothing more, evaluates it"),
         "{all}"
     );
-    let out = run(dir.path(), "r", &[]);
+    // Started with changes allowed, it evaluates with those of the evaluation and records them;
+    // the others train nothing and are not recorded.
+    let changed = [
+        "--set",
+        "optimizer.lr=0.1",
+        "--set",
+        "eval.knn_k=3",
+        "--allow-change",
+        "optimizer.lr",
+        "--allow-change",
+        "eval.knn_k",
+    ];
+    let out = run(dir.path(), "r", &changed);
     let all = text(&out);
     assert!(out.status.success() && run_dir.join("summary.json").exists(), "{all}");
-    let out = byol_run(dir.path(), &validate);
+    assert!(
+        all.contains("note: continuing r with changes (--allow-change): eval.knn_k: 5 -> 3")
+            && all.contains(
+                "note: r is at its last step and only evaluates it: the changes allowed (optimizer.lr: 0.5 -> 0.1) \
+                 train nothing and are not recorded"
+            ),
+        "{all}"
+    );
+    assert_eq!(
+        summary(&run_dir)["changes_allowed"],
+        serde_json::json!([{"step": 48, "changes": ["eval.knn_k: 5 -> 3"]}])
+    );
+    let out = byol_run(dir.path(), &[&validate[..], &changed].concat());
     assert!(text(&out).contains("finished at step 48"), "{}", text(&out));
 }
 

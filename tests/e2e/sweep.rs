@@ -1523,4 +1523,18 @@ fn a_trial_trained_again_outside_the_sweep_is_said_to_be_ranked_as_it_was() {
             ),
         "{all}"
     );
+    // Given the settings it ended with, the sweep takes it as finished but does not rank it: its
+    // first epoch trained with others.
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--set", "schedule.epochs=2"]);
+    let all = text(&out);
+    assert!(
+        all.contains("trial-001: not ranked: it was continued with changes (--allow-change) from step")
+            && all.contains("schedule.epochs: 1 -> 2, so its result is not of its parameters alone"),
+        "{all}"
+    );
+    let markdown = std::fs::read_to_string(dir.path().join("runs/tiny-sweep/summary.md")).unwrap();
+    assert!(
+        markdown.contains("| - | trial-001 |") && markdown.contains("not ranked"),
+        "{markdown}"
+    );
 }

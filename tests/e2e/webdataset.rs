@@ -180,10 +180,14 @@ fn shards_from_byol_run_shard_train_with_the_knn_monitor() {
         all.contains("warning: the kNN monitor's test images are its training images"),
         "{all}"
     );
-    // One training shard as the test split: its images are the bank's, and counted.
-    let all = once("shard", &["dataset.test_urls=\"shards/train-000001.tar\""]);
+    // One training shard and a test shard as the test split: the first's images are the bank's,
+    // and counted.
+    let all = once(
+        "shard",
+        &["dataset.test_urls=\"shards/{train-000001,test-000000}.tar\""],
+    );
     let shared = "kNN test images are among the kNN monitor's training images";
-    assert!(all.contains(&format!("warning: 16 of the 16 {shared}")), "{all}");
+    assert!(all.contains(&format!("warning: 16 of the 28 {shared}")), "{all}");
     let all = once("both", &["eval.train=\"images/train\"", "eval.test=\"images/test\""]);
     assert!(all.contains("warning: the dataset's test split is not used"), "{all}");
     assert!(

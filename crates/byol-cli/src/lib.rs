@@ -614,10 +614,7 @@ fn check_run_folder(
                 manifest.step,
                 match start.allowed_changes.as_slice() {
                     [] => String::new(),
-                    changes => format!(
-                        "; the changes allowed ({}) would train nothing and not be recorded",
-                        changes.join(", ")
-                    ),
+                    changes => format!("; the changes allowed ({}) would not be recorded", changes.join(", ")),
                 }
             ),
             // Stopped at what is now its last step, or at the end of a length that has changed.

@@ -484,12 +484,13 @@ fn blame(
              05; 1.5, not 1,5; true, not yes)"
         )
     });
-    // An unknown top-level table is no key *in* that table.
-    let table = error
-        .span()
-        .and_then(|span| enclosing_table(merged, span.start))
-        .filter(|table| !message.starts_with(&format!("unknown field `{table}`")));
-    let text_hint = match message.starts_with("unknown field `sweep`") {
+    let table = error.span().and_then(|span| enclosing_table(merged, span.start));
+    // An unknown top-level table (the experiment's own tables are what it expects) is no key
+    // *in* that table.
+    let unknown_table = table.as_ref().is_some_and(|table| {
+        message.starts_with(&format!("unknown field `{table}`")) && message.contains("expected one of `run`")
+    });
+    let text_hint = match unknown_table && table.as_deref() == Some("sweep") {
         true => format!(
             "{text_hint}; a [sweep] table belongs in a sweep file (byol-run sweep), and this file has none: write \
              it into the file"
@@ -514,7 +515,7 @@ fn blame(
         ),
         None => String::new(),
     };
-    match table {
+    match table.filter(|_| !unknown_table) {
         Some(table) => anyhow::anyhow!("{flags}: {message} (in table [{table}]){hint}{text_hint}"),
         None => anyhow::anyhow!("{flags}: {message}{text_hint}"),
     }
@@ -716,11 +717,7 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
             raw.trim()
         );
     }
-    // A dotted key as TOML reads one: `sweep.parameters."optimizer.lr"` has three parts.
-    let parts: Vec<String> = match toml_edit::Key::parse(key.trim()) {
-        Ok(keys) => keys.iter().map(|k| k.get().to_string()).collect(),
-        Err(_) => key.trim().split('.').map(String::from).collect(),
-    };
+    let parts = key_parts(key);
     let (last, parents) = parts.split_last().expect("split yields one part");
     let mut current = table;
     for part in parents {
@@ -732,6 +729,15 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> anyhow::Result<(
     }
     current.insert(last.to_string(), value);
     Ok(())
+}
+
+/// A `--set` key's parts, as TOML reads a dotted key (`sweep.parameters."optimizer.lr"` has
+/// three, `"optimizer".lr` two); split at its dots where TOML does not read it.
+pub fn key_parts(key: &str) -> Vec<String> {
+    match toml_edit::Key::parse(key.trim()) {
+        Ok(keys) => keys.iter().map(|k| k.get().to_string()).collect(),
+        Err(_) => key.trim().split('.').map(String::from).collect(),
+    }
 }
 
 #[cfg(test)]

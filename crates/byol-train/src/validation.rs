@@ -389,13 +389,14 @@ impl Experiment {
             .filter(|(_, origin)| origin.starts_with("--set "));
         let set: Vec<(Vec<String>, &str, &str)> = command_line
             .filter_map(|(o, _)| o.split_once('='))
-            .filter_map(|(key, value)| Some((key_path(key)?, key.trim(), value.trim())))
+            .map(|(key, value)| (crate::experiment::key_parts(key), key.trim(), value.trim()))
             .collect();
         let mut warnings = Vec::new();
-        let mut said = std::collections::BTreeSet::new();
+        let mut keys_said = std::collections::BTreeSet::new();
+        let mut tables_said = std::collections::BTreeSet::new();
         for (i, (path, key, _)) in set.iter().enumerate() {
             let same: Vec<&str> = set.iter().filter(|(p, _, _)| p == path).map(|(_, _, v)| *v).collect();
-            if same.len() > 1 && said.insert(vec![path.clone()]) {
+            if same.len() > 1 && keys_said.insert(path) {
                 warnings.push(format!(
                     "--set {key} is given {} times ({}): the last one counts",
                     same.len(),
@@ -404,12 +405,12 @@ impl Experiment {
             }
             // A key inside a table set whole, in either order.
             for (other, other_key, _) in set.iter().skip(i + 1) {
-                let ((table, table_path), (key_in_it, key_path)) = match (path.len(), other.len()) {
+                let ((table, table_path), (key_in_it, inner_path)) = match (path.len(), other.len()) {
                     (a, b) if a < b && other.starts_with(path) => ((key, path), (other_key, other)),
                     (a, b) if b < a && path.starts_with(other) => ((other_key, other), (key, path)),
                     _ => continue,
                 };
-                if said.insert(vec![table_path.clone(), key_path.clone()]) {
+                if tables_said.insert((table_path, inner_path)) {
                     warnings.push(format!(
                         "--set {table} sets the whole table that --set {key_in_it} sets a key of: the one given \
                          last decides {key_in_it}"
@@ -439,20 +440,6 @@ impl Experiment {
         }
         notes
     }
-}
-
-/// The path of a `--set` key as TOML reads it (`"optimizer".lr` -> `[optimizer, lr]`); None for
-/// a key TOML does not read (the assignment itself says so).
-fn key_path(key: &str) -> Option<Vec<String>> {
-    let table: toml::Table = toml::from_str(&format!("{key} = 0")).ok()?;
-    let mut path = Vec::new();
-    let mut value = toml::Value::Table(table);
-    while let toml::Value::Table(table) = value {
-        let (name, inner) = table.into_iter().next()?;
-        path.push(name);
-        value = inner;
-    }
-    Some(path)
 }
 
 /// Views, or the evaluation's images, that are blurred upscales of squares decoded much smaller:

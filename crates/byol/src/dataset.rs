@@ -15,7 +15,7 @@ pub const NO_LABEL: i64 = -1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
     pub path: std::path::PathBuf,
-    /// Its size in bytes, as listed.
+    /// Its size in bytes.
     pub size: u64,
     /// How many of the split's images it holds (1 for an image file).
     pub images: usize,

@@ -652,6 +652,15 @@ fn results_not_of_this_sweep(sweep: &Sweep, check_data: bool) -> BTreeMap<String
     for (trial, dir) in &finished {
         if let Err(e) = check_trial_identity(sweep, trial, dir) {
             not_ranked.insert(trial.id(), format!("{e:#}"));
+        } else if let Some(changes) = continued_with_changes(dir) {
+            not_ranked.insert(
+                trial.id(),
+                format!(
+                    "it was continued with changes (--allow-change) {changes}, so its result is not of its \
+                     parameters alone; byol-run train {} --fresh trains it anew",
+                    dir.join(run_dir::CONFIG_FILE).display()
+                ),
+            );
         }
     }
     let ours: Vec<(&Trial, PathBuf)> = finished
@@ -665,6 +674,16 @@ fn results_not_of_this_sweep(sweep: &Sweep, check_data: bool) -> BTreeMap<String
         byol::eprint_line!("{id}: not ranked: {why}");
     }
     not_ranked
+}
+
+/// The changes a finished trial's resumes allowed (`byol-run train` on its folder with
+/// `--allow-change`), as its summary records them; None for a trial trained with one experiment.
+fn continued_with_changes(dir: &Path) -> Option<String> {
+    let (TrialStatus::Done(summary) | TrialStatus::Pruned(summary)) = TrialStatus::read(dir) else {
+        return None;
+    };
+    let changes: Vec<String> = summary.changes_allowed.iter().map(ToString::to_string).collect();
+    (!changes.is_empty()).then(|| changes.join("; "))
 }
 
 /// Among finished trials of one `[dataset]` (most sweeps have one), those whose record of the data

@@ -188,7 +188,7 @@ impl Dataset for WebDataset {
         [3, self.0.size as usize, self.0.size as usize]
     }
 
-    /// Its shards, with the samples each holds (a shard that no longer reads counts as empty).
+    /// Its shards, with the samples each holds (and each one's size now: 0 for one gone since).
     fn source_files(&self) -> Option<Vec<byol::SourceFile>> {
         let index = &self.0.index;
         let files = index.shards.iter().enumerate().map(|(s, path)| byol::SourceFile {

@@ -309,7 +309,8 @@ fn final_evaluation_measured(
 fn already_trained(t: &Trainer<'_>, run_dir: &std::path::Path, step: u64, quiet: bool) -> Option<RunSummary> {
     let summary = finished_summary(run_dir, step, t.plan.total_steps)?;
     if !quiet && t.is_main() {
-        // The changes allowed were said as continuing the run; none of them trains anything now.
+        // A finished run never said the changes allowed as continuing it: this says they train
+        // nothing.
         let unused = match t.allowed_changes.as_slice() {
             [] => String::new(),
             changes => format!(

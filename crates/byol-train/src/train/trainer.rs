@@ -114,21 +114,31 @@ fn say_schedule_changed(run_dir: &Path, manifest: &checkpoint::Manifest, plan: &
     );
 }
 
-/// The record a run carries on from where it starts: its checkpoint's (an empty one at step 0),
-/// with the changes this start allowed, where it trains or evaluates on with them.
-fn carried_record(start: &RunStart, finished: bool) -> TrainingRecord {
-    let Some((_, manifest)) = &start.checkpoint else {
-        return TrainingRecord::default().resumed_at(0);
-    };
-    let mut record = manifest.record.clone().resumed_at(manifest.step);
+/// The changes this start allowed that the run goes on with, and those it does not: all of them
+/// for a run that trains on; of one at its last step, which only evaluates it, those of the
+/// evaluation's settings and data; of a finished run, none.
+fn changes_in_effect(start: &RunStart, trains_on: bool, finished: bool) -> (Vec<String>, Vec<String>) {
+    // (At step 0 nothing trained before them: they are the run's settings.)
     let mut changes = start.allowed_changes.clone();
     if start.other_data {
         changes.push("dataset: other images".into());
     }
-    if !changes.is_empty() && !finished {
+    changes
+        .into_iter()
+        .partition(|c| trains_on || (!finished && (c.starts_with("eval.") || c.starts_with("dataset"))))
+}
+
+/// The record a run carries on from where it starts: its checkpoint's (an empty one at step 0),
+/// with the changes this start goes on with (`in_effect`).
+fn carried_record(start: &RunStart, in_effect: Vec<String>) -> TrainingRecord {
+    let Some((_, manifest)) = &start.checkpoint else {
+        return TrainingRecord::default().resumed_at(0);
+    };
+    let mut record = manifest.record.clone().resumed_at(manifest.step);
+    if !in_effect.is_empty() {
         record.changes_allowed.push(ChangesAllowed {
             step: manifest.step,
-            changes,
+            changes: in_effect,
         });
     }
     record
@@ -220,11 +230,21 @@ impl<'a> Trainer<'a> {
         let finished = start
             .step()
             .is_some_and(|step| super::finished_summary(run_dir, step, plan.total_steps).is_some());
-        if main && !finished && !start.allowed_changes.is_empty() {
+        let goes_on = start.step().is_none_or(|step| step < plan.total_steps);
+        let (in_effect, unused) = changes_in_effect(&start, goes_on, finished);
+        if main && !in_effect.is_empty() {
             byol::eprint_line!(
                 "note: continuing {} with changes (--allow-change): {}",
                 run_dir.display(),
-                start.allowed_changes.join(", ")
+                in_effect.join(", ")
+            );
+        }
+        if main && !unused.is_empty() && !finished {
+            byol::eprint_line!(
+                "note: {} is at its last step and only evaluates it: the changes allowed ({}) train nothing and \
+                 are not recorded",
+                run_dir.display(),
+                unused.join(", ")
             );
         }
         if let Some((_, manifest)) = start.checkpoint.as_ref().filter(|_| main && trains_on) {
@@ -322,7 +342,7 @@ impl<'a> Trainer<'a> {
             resumed_from: start.step(),
             data_in_place: start.data_in_place,
             allowed_changes: start.allowed_changes.clone(),
-            carried: carried_record(&start, finished),
+            carried: carried_record(&start, in_effect),
             clock: None,
             curve_here: CurveCost::default(),
             checkpointer,
@@ -370,21 +390,21 @@ impl<'a> Trainer<'a> {
     /// Fails when the loss was NaN or Inf at some step so far; reads the device, so the loop
     /// calls it only where it waits for the device anyway.
     pub fn check_loss(&self) -> anyhow::Result<()> {
+        let Some(step) = self.loss_watch.first_bad_step() else {
+            return Ok(());
+        };
         // A module built elsewhere may compute NaN for inputs the check at its load did not try.
-        let module = match crate::train::state::source_files(self.experiment).first() {
+        let module = match state::source_files(self.experiment).first() {
             Some((key, path)) => format!(
                 ", or check the module {} ({key}) with batches of this size",
                 path.display()
             ),
             None => String::new(),
         };
-        match self.loss_watch.first_bad_step() {
-            Some(step) => bail!(
-                "the loss became NaN or Inf at step {step}; {} (lower optimizer.lr, or check the data{module})",
-                self.kept()
-            ),
-            None => Ok(()),
-        }
+        bail!(
+            "the loss became NaN or Inf at step {step}; {} (lower optimizer.lr, or check the data{module})",
+            self.kept()
+        )
     }
 
     /// Starts counting this process's training time.
