@@ -220,7 +220,20 @@ impl DatasetFingerprint {
     /// listing counts the unreadable images a run skips). On the CPU: no dataset's splits depend
     /// on the device.
     pub fn of_experiment(experiment: &Experiment) -> anyhow::Result<Self> {
-        Self::listed(experiment).map(|(listed, _, _)| listed)
+        let (listing, labelled, _) = Self::list(experiment)?;
+        Ok(Self::of_run(&listing.splits, labelled.as_ref()))
+    }
+
+    /// The splits of `experiment` as listed, its kNN monitor's among them, and the warnings about
+    /// `[eval]`'s folders.
+    fn list(experiment: &Experiment) -> anyhow::Result<(byol::Listing, Option<LabelledSplits>, Vec<String>)> {
+        let context = BuildContext::new(tch::Device::Cpu, experiment.augment.image_size());
+        let listing = experiment
+            .dataset
+            .build_listing(&context)
+            .context("building [dataset]")?;
+        let (labelled, eval_warnings) = labelled_listing(experiment, &listing.splits)?;
+        Ok((listing, labelled, eval_warnings))
     }
 
     /// [`DatasetFingerprint::of_experiment`], the notes and warnings about the data listed (of
@@ -229,12 +242,7 @@ impl DatasetFingerprint {
     /// a start decoding every image leaves out: at least the start's). None where the batch
     /// does not fit (a start refuses it).
     pub fn listed(experiment: &Experiment) -> anyhow::Result<(Self, Remarks, Option<u64>)> {
-        let context = BuildContext::new(tch::Device::Cpu, experiment.augment.image_size());
-        let listing = experiment
-            .dataset
-            .build_listing(&context)
-            .context("building [dataset]")?;
-        let (labelled, eval_warnings) = labelled_listing(experiment, &listing.splits)?;
+        let (listing, labelled, eval_warnings) = Self::list(experiment)?;
         let listed = Self::of_run(&listing.splits, labelled.as_ref());
         let seen = crate::shared_images::test_images_seen(&listing.splits.train, labelled.as_ref(), &listed);
         let remarks = Remarks {
