@@ -124,6 +124,40 @@ fn errors_name_the_folder_and_the_fix() {
         "{err}"
     );
 
+    // A folder of what another dataset type reads says which type and keys read it.
+    let shards = tmp.path().join("shards");
+    std::fs::create_dir_all(&shards).unwrap();
+    for i in 0..3 {
+        std::fs::write(shards.join(format!("train-{i:06}.tar")), "x").unwrap();
+    }
+    let range = format!("urls = \"{}\"", shards.join("train-{000000..000002}.tar").display());
+    for extra in ["", "labels = \"none\""] {
+        let err = config(&shards, extra).load().unwrap_err().to_string();
+        assert!(
+            err.contains("it holds 3 .tar file(s)") && err.contains("type = \"webdataset\"") && err.contains(&range),
+            "{err}"
+        );
+    }
+    std::fs::write(shards.join("train-000007.tar"), "x").unwrap();
+    let err = config(&shards, "").load().unwrap_err().to_string();
+    let list = format!("urls = [\"{}\", ...]", shards.join("train-000000.tar").display());
+    assert!(err.contains(&list), "{err}");
+    let cifar = tmp.path().join("data");
+    std::fs::create_dir_all(cifar.join("cifar-10-batches-bin")).unwrap();
+    let err = config(&cifar, "").load().unwrap_err().to_string();
+    assert!(
+        err.contains("CIFAR's binary release") && err.contains("type = \"cifar\", variant = \"cifar10\""),
+        "{err}"
+    );
+    let pickles = tmp.path().join("cifar-10-batches-py");
+    std::fs::create_dir_all(&pickles).unwrap();
+    std::fs::write(pickles.join("data_batch_1"), "x").unwrap();
+    let err = config(&pickles, "").load().unwrap_err().to_string();
+    assert!(
+        err.contains("CIFAR's Python release (pickles), which is not read"),
+        "{err}"
+    );
+
     // A test split needs a labelled training split as its kNN bank.
     let flat = tmp.path().join("flat");
     write_image(&flat.join("0.png"), 1);

@@ -126,7 +126,7 @@ pub(super) fn no_class_folders(split: Split, root: &Path) -> DataError {
             root.display(),
             split.wording.unlabelled.as_ref().map_or(String::new(), |how| format!(
                 ", or anywhere under it for unlabelled training ({how})"
-            ))
+            )) + &other_dataset_note(split, root)
         ),
     })
 }
@@ -527,9 +527,10 @@ pub(super) fn scan_unlabelled(
     if paths.is_empty() {
         return Err(DataError::Config(match file_list {
             None => format!(
-                "{at}{} holds no .jpg, .jpeg (.jpe, .jfif, .jif) or .png files (at any depth){}",
+                "{at}{} holds no .jpg, .jpeg (.jpe, .jfif, .jif) or .png files (at any depth){}{}",
                 root.display(),
-                passed_over.other_formats_note(root, purpose)
+                passed_over.other_formats_note(root, purpose),
+                other_dataset_note(split, root)
             ),
             Some(l) => format!("{at}the file list {} names no images", l.display()),
         }));
@@ -566,6 +567,82 @@ pub fn other_formats_warning(root: &Path, others: &[PathBuf], purpose: &str) -> 
         kinds.join(", "),
         first.display()
     ))
+}
+
+/// What `root`, the experiment's `dataset.train` holding no images to read, holds instead that
+/// another dataset type reads: tar shards (`webdataset`) or CIFAR's release (`cifar`), as
+/// `; ...` to end a message; "" for other folders (the kNN monitor's read image folders only).
+pub(super) fn other_dataset_note(split: Split, root: &Path) -> String {
+    if split.test || split.words().key != "dataset.train" {
+        return String::new();
+    }
+    let Ok(entries) = sorted_entries(root) else {
+        return String::new();
+    };
+    let name = |p: &PathBuf| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let names: Vec<String> = entries.iter().map(name).collect();
+    let shards: Vec<&String> = names
+        .iter()
+        .filter(|n| n.len() > 4 && n[n.len() - 4..].eq_ignore_ascii_case(".tar"))
+        .collect();
+    if let Some(first) = shards.first() {
+        let urls = brace_range(&shards).map_or_else(
+            || format!("[\"{}\", ...]", root.join(first).display()),
+            |pattern| format!("\"{}\"", root.join(pattern).display()),
+        );
+        return format!(
+            "; it holds {} .tar file(s): for WebDataset shards, set [dataset] type = \"webdataset\" and urls = {urls}",
+            shards.len()
+        );
+    }
+    let has = |file: &str| names.iter().any(|n| n == file);
+    let binary = [
+        ("cifar10", "cifar-10-batches-bin", "data_batch_1.bin"),
+        ("cifar100", "cifar-100-binary", "train.bin"),
+    ];
+    for (variant, folder, file) in binary {
+        if has(folder) || has(file) {
+            return format!(
+                "; it holds CIFAR's binary release: set [dataset] type = \"cifar\", variant = \"{variant}\" and root = \"{}\"",
+                root.display()
+            );
+        }
+    }
+    if ["cifar-10-batches-py", "cifar-100-python", "data_batch_1"]
+        .iter()
+        .any(|n| has(n))
+    {
+        return "; it holds CIFAR's Python release (pickles), which is not read: download the binary release \
+                (cifar-10-binary.tar.gz or cifar-100-binary.tar.gz) and set [dataset] type = \"cifar\""
+            .to_string();
+    }
+    String::new()
+}
+
+/// `prefix{000000..000041}.tar` for shard names that count up from their first, one apart, in
+/// equally wide numbers after one prefix (as `byol-run shard` and WebDataset's writer name them).
+fn brace_range(names: &[&String]) -> Option<String> {
+    let split = |n: &str| {
+        let stem = &n[..n.len() - 4];
+        let digits = stem.len() - stem.bytes().rev().take_while(u8::is_ascii_digit).count();
+        (
+            stem[..digits].to_string(),
+            stem[digits..].to_string(),
+            n[n.len() - 4..].to_string(),
+        )
+    };
+    let parts: Vec<(String, String, String)> = names.iter().map(|n| split(n)).collect();
+    let (prefix, first, extension) = parts.first()?.clone();
+    let start: u64 = first.parse().ok()?;
+    let same_form = |(i, (p, d, e)): (usize, &(String, String, String))| {
+        *p == prefix && *e == extension && d.len() == first.len() && d.parse::<u64>().ok() == Some(start + i as u64)
+    };
+    (parts.len() > 1 && parts.iter().enumerate().all(same_form))
+        .then(|| format!("{prefix}{{{first}..{}}}{extension}", parts.last().unwrap().1))
 }
 
 /// Whether `path` has the extension of an image format that is not read.
@@ -660,11 +737,12 @@ pub(super) fn scan(
     if files.is_empty() {
         return Err(config_error(match file_list {
             None => format!(
-                "{} holds no .jpg, .jpeg (.jpe, .jfif, .jif) or .png files in its {} class folder(s) ({}, ...){}",
+                "{} holds no .jpg, .jpeg (.jpe, .jfif, .jif) or .png files in its {} class folder(s) ({}, ...){}{}",
                 root.display(),
                 classes.len(),
                 classes[0],
-                passed_over.other_formats_note(root, purpose)
+                passed_over.other_formats_note(root, purpose),
+                other_dataset_note(split, root)
             ),
             Some(l) => format!("the file list {} names no images", l.display()),
         }));
