@@ -924,7 +924,19 @@ fn file_list_errors_name_the_line() {
     assert!(err.contains("line 2: '000.png' is not inside a class folder"), "{err}");
     let err = with("zzz/000.png\n");
     assert!(
-        err.contains("line 1: 'zzz/000.png' is not inside a class folder"),
+        err.contains("line 1: 'zzz/000.png' is in zzz, which is no class folder of")
+            && err.contains("(its 2 classes: a, b)"),
+        "{err}"
+    );
+    let err = with("A/000.png\n");
+    assert!(
+        err.contains("'A/000.png' is in A, which is no class folder")
+            && err.contains("the class folder a differs from it in case only"),
+        "{err}"
+    );
+    let err = with("b\n");
+    assert!(
+        err.contains("line 1: 'b' names the class folder b, not an image in it"),
         "{err}"
     );
     let err = with("# nothing\n");

@@ -845,9 +845,9 @@ pub(super) fn read_file_list(
             .and_then(|c| c.as_os_str().to_str());
         let Some(&label) = class.and_then(|c| label_of.get(c)) else {
             return Err(DataError::Config(format!(
-                "{}: '{line}' is not inside a class folder of {}; lines are <class>/<file> paths relative to {key}",
+                "{}: '{line}' {}; lines are <class>/<file> paths relative to {key}",
                 at(),
-                root.display()
+                not_in_a_class(&relative, root, classes)
             )));
         };
         if let Some(other) = linked_into[label] {
@@ -873,6 +873,32 @@ pub(super) fn read_file_list(
         per_class[label].push((path, size));
     }
     Ok(())
+}
+
+/// Why a file list's line `relative` names no image of a class: a class folder itself, a class
+/// spelled in another case, a folder that is not one of the classes, or no folder at all.
+fn not_in_a_class(relative: &Path, root: &Path, classes: &[String]) -> String {
+    let first = relative
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned());
+    let is_only_folder = relative.components().count() == 1;
+    match first {
+        Some(first) if is_only_folder && classes.contains(&first) => {
+            format!("names the class folder {first}, not an image in it")
+        }
+        Some(first) if !is_only_folder => match classes.iter().find(|c| c.eq_ignore_ascii_case(&first)) {
+            Some(class) => format!("is in {first}, which is no class folder of {}; the class folder {class} differs from it in case only (names are case-sensitive)", root.display()),
+            None => format!(
+                "is in {first}, which is no class folder of {} (its {} classes: {}{})",
+                root.display(),
+                classes.len(),
+                classes.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                if classes.len() > 5 { ", ..." } else { "" }
+            ),
+        },
+        _ => format!("is not inside a class folder of {}", root.display()),
+    }
 }
 
 /// For each class, the other class whose folder its folder is a link into (`kitty -> cat`), if
