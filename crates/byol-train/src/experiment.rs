@@ -377,6 +377,15 @@ impl Experiment {
 /// The tables that name a plugin, which every experiment has.
 const PLUGIN_TABLES: [&str; 4] = ["dataset", "backbone", "augment", "optimizer"];
 
+/// The table that holds the key an error in `table` is about: the table above for an unknown
+/// sub-table (`[schedule.foo]` is an unknown key `foo` of `[schedule]`), else `table` itself.
+fn table_with_the_key(table: String, message: &str) -> String {
+    match table.rsplit_once('.') {
+        Some((above, name)) if message.contains(&format!("unknown field `{name}`")) => above.to_string(),
+        _ => table,
+    }
+}
+
 /// A TOML or schema error with its line and column (from toml's message) and the table it is in.
 pub(crate) fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
     if let Some(missing) = missing_plugin_table(text, error) {
@@ -386,7 +395,10 @@ pub(crate) fn explain(text: &str, error: &toml::de::Error) -> anyhow::Error {
         return at_key;
     }
     let message = in_words(error.to_string().trim_end());
-    let table = error.span().and_then(|span| enclosing_table(text, span.start));
+    let table = error
+        .span()
+        .and_then(|span| enclosing_table(text, span.start))
+        .map(|table| table_with_the_key(table, &message));
     match table {
         Some(table) => anyhow::anyhow!("{message}\n(in table [{table}])"),
         None => anyhow::anyhow!("{message}"),
@@ -484,7 +496,10 @@ fn blame(
              05; 1.5, not 1,5; true, not yes)"
         )
     });
-    let table = error.span().and_then(|span| enclosing_table(merged, span.start));
+    let table = error
+        .span()
+        .and_then(|span| enclosing_table(merged, span.start))
+        .map(|table| table_with_the_key(table, &message));
     // An unknown top-level table (the experiment's own tables are what it expects) is no key
     // *in* that table.
     let unknown_table = table.as_ref().is_some_and(|table| {
@@ -828,6 +843,23 @@ mod tests {
             Experiment::parse("[schedule]\nepochs = 3\nwarmup_epoch = 1\n", &[]).unwrap_err()
         );
         assert!(msg.contains("(in table [schedule])"), "{msg}");
+        // An unknown sub-table is an unknown key of the table above it, in a file or a --set.
+        let msg = format!(
+            "{:#}",
+            Experiment::parse("[schedule]\nepochs = 3\n[schedule.foo]\nx = 1\n", &[]).unwrap_err()
+        );
+        assert!(
+            msg.contains("unknown field `foo`") && msg.contains("(in table [schedule])"),
+            "{msg}"
+        );
+        let msg = format!(
+            "{:#}",
+            Experiment::parse("[schedule]\nepochs = 3\n", &["schedule.foo.x=1".into()]).unwrap_err()
+        );
+        assert!(
+            msg.contains("unknown field `foo`") && msg.contains("(in table [schedule])"),
+            "{msg}"
+        );
         // An unknown table is no key in that table; a [sweep] table set on a plain experiment
         // says where it belongs.
         let msg = format!(
