@@ -75,6 +75,14 @@ fn images_per_second_count_each_starts_own_batch_size() {
         "schedule.epochs",
         "--quiet",
     ];
+    // `validate` says what the start records, as the start then does.
+    let validate = [&["validate", "tiny.toml", "--run-dir", "r"][..], &larger[..8]].concat();
+    let all = text(&byol_run(dir.path(), &validate));
+    assert!(
+        all.contains("a start goes on from its checkpoint of step 48 and trains to step 64; it records the changes \
+             allowed (schedule.batch_size: 32 -> 64, schedule.epochs: 3 -> 8) at step 48 in its checkpoints and summary"),
+        "{all}"
+    );
     let out = run(dir.path(), "r", &larger);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
@@ -130,6 +138,15 @@ fn validate_tells_a_finished_run_from_one_stopped_at_its_last_step() {
         "--allow-change",
         "eval.knn_k",
     ];
+    let all = text(&byol_run(dir.path(), &[&validate[..], &changed].concat()));
+    assert!(
+        all.contains(
+            "evaluates it and writes its summary; it records the changes allowed (eval.knn_k: 5 -> 3) at step 48 in \
+             its checkpoints and summary (compare marks the run); the changes allowed (optimizer.lr: 0.5 -> 0.1) \
+             would train nothing and not be recorded"
+        ),
+        "{all}"
+    );
     let out = run(dir.path(), "r", &changed);
     let all = text(&out);
     assert!(out.status.success() && run_dir.join("summary.json").exists(), "{all}");

@@ -606,30 +606,50 @@ fn check_run_folder(
             length
                 .is_some_and(|(total, _, _)| byol_train::train::finished_summary(&dir, manifest.step, total).is_some())
         };
+        // What the start would record of the changes it allows, as the start itself says it.
+        let recorded = |manifest: &byol_train::checkpoint::Manifest, trains_on: bool, finished: bool| {
+            let (in_effect, unused) = start.changes_in_effect(trains_on, finished);
+            let mut said = String::new();
+            if !in_effect.is_empty() {
+                said += &format!(
+                    "; it records the changes allowed ({}) at step {} in its checkpoints and summary (compare marks \
+                     the run)",
+                    in_effect.join(", "),
+                    manifest.step
+                );
+            }
+            if !unused.is_empty() {
+                let what = if finished { "" } else { " train nothing and" };
+                said += &format!(
+                    "; the changes allowed ({}) would{what} not be recorded",
+                    unused.join(", ")
+                );
+            }
+            said
+        };
         said.notes.push(match &start.checkpoint {
             Some((_, manifest)) if finished(manifest) => format!(
                 "{} holds a run of this experiment that finished at step {}: a start reports it and trains \
                  nothing{} (--fresh starts over, moving it aside)",
                 dir.display(),
                 manifest.step,
-                match start.allowed_changes.as_slice() {
-                    [] => String::new(),
-                    changes => format!("; the changes allowed ({}) would not be recorded", changes.join(", ")),
-                }
+                recorded(manifest, false, true)
             ),
             // Stopped at what is now its last step, or at the end of a length that has changed.
             Some((_, manifest)) if at_its_end(manifest) => format!(
                 "{} holds a run of this experiment whose checkpoint of step {} is its last: a start trains \
-                 nothing more, evaluates it and writes its summary (--fresh starts over, moving it aside)",
+                 nothing more, evaluates it and writes its summary{} (--fresh starts over, moving it aside)",
                 dir.display(),
-                manifest.step
+                manifest.step,
+                recorded(manifest, false, false)
             ),
             Some((_, manifest)) => format!(
-                "{} holds a run of this experiment: a start goes on from its checkpoint of step {}{} (--fresh \
+                "{} holds a run of this experiment: a start goes on from its checkpoint of step {}{}{} (--fresh \
                  starts over, moving it aside)",
                 dir.display(),
                 manifest.step,
-                length.map_or(String::new(), |(total, _, _)| format!(" and trains to step {total}"))
+                length.map_or(String::new(), |(total, _, _)| format!(" and trains to step {total}")),
+                recorded(manifest, true, false)
             ),
             None => format!(
                 "{} holds a run of this experiment that stopped before its first checkpoint: a start trains it \

@@ -429,6 +429,20 @@ pub struct RunStart {
 }
 
 impl RunStart {
+    /// The changes this start allowed that the run goes on with, and those it does not: all of
+    /// them for a run that trains on; of one at its last step, which only evaluates it, those of
+    /// the evaluation's settings and data; of a finished run, none.
+    pub fn changes_in_effect(&self, trains_on: bool, finished: bool) -> (Vec<String>, Vec<String>) {
+        // (At step 0 nothing trained before them: they are the run's settings.)
+        let mut changes = self.allowed_changes.clone();
+        if self.other_data {
+            changes.push("dataset: other images".into());
+        }
+        changes
+            .into_iter()
+            .partition(|c| trains_on || (!finished && (c.starts_with("eval.") || c.starts_with("dataset"))))
+    }
+
     /// Finds the newest intact checkpoint of the run folder (moving damaged ones aside when
     /// `main`), and checks that the run it holds is this experiment's: the keys that differ must
     /// be safe to change, accepted by `allow`, or say only where the data lives while the data

@@ -114,20 +114,6 @@ fn say_schedule_changed(run_dir: &Path, manifest: &checkpoint::Manifest, plan: &
     );
 }
 
-/// The changes this start allowed that the run goes on with, and those it does not: all of them
-/// for a run that trains on; of one at its last step, which only evaluates it, those of the
-/// evaluation's settings and data; of a finished run, none.
-fn changes_in_effect(start: &RunStart, trains_on: bool, finished: bool) -> (Vec<String>, Vec<String>) {
-    // (At step 0 nothing trained before them: they are the run's settings.)
-    let mut changes = start.allowed_changes.clone();
-    if start.other_data {
-        changes.push("dataset: other images".into());
-    }
-    changes
-        .into_iter()
-        .partition(|c| trains_on || (!finished && (c.starts_with("eval.") || c.starts_with("dataset"))))
-}
-
 /// The record a run carries on from where it starts: its checkpoint's (an empty one at step 0),
 /// with the changes this start goes on with (`in_effect`).
 fn carried_record(start: &RunStart, in_effect: Vec<String>) -> TrainingRecord {
@@ -231,7 +217,7 @@ impl<'a> Trainer<'a> {
             .step()
             .is_some_and(|step| super::finished_summary(run_dir, step, plan.total_steps).is_some());
         let goes_on = start.step().is_none_or(|step| step < plan.total_steps);
-        let (in_effect, unused) = changes_in_effect(&start, goes_on, finished);
+        let (in_effect, unused) = start.changes_in_effect(goes_on, finished);
         if main && !in_effect.is_empty() {
             byol::eprint_line!(
                 "note: continuing {} with changes (--allow-change): {}",
