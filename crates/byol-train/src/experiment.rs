@@ -499,7 +499,7 @@ fn blame(
     let table = error
         .span()
         .and_then(|span| enclosing_table(merged, span.start))
-        .map(|table| table_with_the_key(table, &message));
+        .map(|table| table_with_the_key(table, message));
     // An unknown top-level table (the experiment's own tables are what it expects) is no key
     // *in* that table.
     let unknown_table = table.as_ref().is_some_and(|table| {
