@@ -54,6 +54,28 @@ pub fn assert_within_rounding(
     );
 }
 
+/// Asserts that `ours` is PyTorch's float32 result `outputs[key]` bit for bit. Where ours and
+/// PyTorch's module make the same libtorch calls in the same order (tch links the venv's
+/// libtorch), on one thread each, they round every operation alike: any difference is another
+/// computation, however small. A layer built otherwise (attention written out where PyTorch
+/// fuses it, an EMA over flat buffers) rounds otherwise and is held to
+/// [`assert_within_rounding`] instead.
+pub fn assert_bit_equal(
+    outputs: &std::collections::HashMap<String, Tensor>,
+    key: &str,
+    ours: &Tensor,
+    (what, replay): (&str, &str),
+) {
+    let torch32 = &outputs[key];
+    assert_eq!(ours.size(), torch32.size(), "{replay}: {what}: shapes differ");
+    let difference = crate::max_abs_diff(ours, torch32);
+    assert!(
+        difference == 0.0,
+        "{replay}: {what} differs from PyTorch's float32 result by {difference:e}, where the same kernels in the \
+         same order give the same bits"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,16 +1,16 @@
 //! ResNet parity with torchvision (the venv's), on the same weights and inputs drawn from a seed
 //! of each run's own (`RESNET_PARITY_SEED` replays one).
 //!
-//! Tolerance: torchvision computes each output and gradient in float32 and in float64, and ours
-//! may be off the float64 result by a few times torchvision's float32 error
-//! ([`byol_testkit::rounding`]).
+//! Tolerance: none. Ours and torchvision's make the same libtorch calls in the same order, on one
+//! thread each, so every output and gradient is torchvision's float32 result bit for bit
+//! ([`byol_testkit::rounding::assert_bit_equal`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use backbone_resnet::{ResNet101, ResNet152, ResNet18, ResNet34, ResNet50, ResNetConfig};
 use byol::BackboneSpec;
-use byol_testkit::rounding::assert_within_rounding;
+use byol_testkit::rounding::assert_bit_equal;
 use byol_testkit::{fresh_seed, run_python};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -92,7 +92,7 @@ fn check(spec: &dyn BackboneSpec, arch: &str, cifar: bool, input: [i64; 4]) {
     let y_train = net.embed(&xg, true, "avgpool");
     (&y_train * &w).sum(Kind::Float).backward();
     let y_eval = tch::no_grad(|| net.embed(&x, false, "avgpool"));
-    let check = |what: &str, ours: &Tensor, key: &str| assert_within_rounding(&reference, key, ours, (what, &replay));
+    let check = |what: &str, ours: &Tensor, key: &str| assert_bit_equal(&reference, key, ours, (what, &replay));
     check("the train-mode output", &y_train, "y_True");
     check("the eval-mode output", &y_eval, "y_False");
     check("the input gradient", &xg.grad(), "grad_x");
