@@ -108,4 +108,35 @@ fn the_pytorch_reference_trains_the_same_steps_and_evaluates_at_the_same_epochs(
         .collect();
     let steps: Vec<&str> = rows.iter().map(|row| row.split(" | ").nth(1).unwrap()).collect();
     assert_eq!(steps, ["0", "3", "6"], "epochs 0, 1 and 2 at the same steps: {table}");
+    assert!(table.contains("verdict: the largest difference is "), "{table}");
+
+    // A reference whose curve is far from ours at one epoch (the same steps, 100% kNN there):
+    // beyond --max-z standard errors, the comparison fails.
+    let far: Vec<String> = lines
+        .iter()
+        .map(|line| match line.get("epoch") {
+            Some(epoch) if epoch == 2 => {
+                let mut line = line.clone();
+                line["knn"] = 1.0.into();
+                line.to_string()
+            }
+            _ => line.to_string(),
+        })
+        .collect();
+    std::fs::write(&reference_output, far.join("\n") + "\n").unwrap();
+    let compare = |max_z: &str| {
+        Command::new(byol_testkit::python())
+            .arg(repo_root().join("tests/reference/compare_curves.py"))
+            .args([run_dir.as_os_str(), reference_output.as_os_str()])
+            .args(["--max-z", max_z])
+            .output()
+            .expect("run compare_curves.py")
+    };
+    let compared = compare("3");
+    let table = text(&compared);
+    assert_eq!(compared.status.code(), Some(2), "{table}");
+    assert!(table.contains("beyond 3 standard errors at epoch(s) [2]"), "{table}");
+    // The same gap under a line it does not cross passes.
+    let compared = compare("1000");
+    assert!(compared.status.success(), "{}", text(&compared));
 }

@@ -181,7 +181,8 @@ timeout -k 15 500 python3 tests/reference/byol_torch.py --train data/cifar10-jpe
   --epochs 20 --eval-every 5 --precision bf16 --channels-last --workers 12 > "$OUT/reference-20.txt" 2>&1
 for run in "$RUNS/cifar-20" .gpu-stage/cifar-20; do
   if [ -f "$run/knn-curve.json" ]; then
-    python3 tests/reference/compare_curves.py "$run" "$OUT/reference-20.txt" > "$OUT/curves.txt" 2>&1
+    python3 tests/reference/compare_curves.py "$run" "$OUT/reference-20.txt" --max-z 3 > "$OUT/curves.txt" 2>&1 \
+      || echo "compare_curves.py exited $?" >> "$OUT/curves.txt"
     break
   fi
 done
