@@ -571,7 +571,8 @@ pub fn other_formats_warning(root: &Path, others: &[PathBuf], purpose: &str) -> 
 
 /// What `root`, the experiment's `dataset.train` holding no images to read, holds instead that
 /// another dataset type reads: tar shards (`webdataset`) or CIFAR's release (`cifar`), as
-/// `; ...` to end a message; "" for other folders (the kNN monitor's read image folders only).
+/// `; ...` to end a message; "" for other folders (the kNN monitor's, which can only be image
+/// folders).
 pub(super) fn other_dataset_note(split: Split, root: &Path) -> String {
     if split.test || split.words().key != "dataset.train" {
         return String::new();
@@ -888,7 +889,11 @@ fn not_in_a_class(relative: &Path, root: &Path, classes: &[String]) -> String {
             format!("names the class folder {first}, not an image in it")
         }
         Some(first) if !is_only_folder => match classes.iter().find(|c| c.eq_ignore_ascii_case(&first)) {
-            Some(class) => format!("is in {first}, which is no class folder of {}; the class folder {class} differs from it in case only (names are case-sensitive)", root.display()),
+            Some(class) => format!(
+                "is in {first}, which is no class folder of {}; the class folder {class} differs from it in case \
+                 only (names are case-sensitive)",
+                root.display()
+            ),
             None => format!(
                 "is in {first}, which is no class folder of {} (its {} classes: {}{})",
                 root.display(),
