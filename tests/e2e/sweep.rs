@@ -340,7 +340,12 @@ fn a_random_search_runs_one_trial_per_device_in_child_processes() {
     // Threads left to libtorch: each trial gets its share of the cores, not all of them.
     let small = small.replace("threads = 1\n", "threads = 0\n");
     let dir = setup(&small);
-    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--devices", "cpu,cpu"]);
+    // The sweep's own name and device set by hand too: each trial gets the sweep's values, once.
+    let named = ["--set", "run.name=\"tiny\"", "--set", "run.device=\"cpu\""];
+    let out = byol_run(
+        dir.path(),
+        &[&["sweep", "tiny.toml", "--devices", "cpu,cpu"][..], &named].concat(),
+    );
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert_eq!(all.matches(" on cpu: knn_top1 = ").count(), 3, "{all}");
@@ -352,6 +357,7 @@ fn a_random_search_runs_one_trial_per_device_in_child_processes() {
         assert!(run.join("summary.json").is_file(), "trial {n}: {all}");
         let log = std::fs::read_to_string(run.join("train.log")).unwrap();
         assert!(log.contains("== summary: tiny-trial-00"), "{log}");
+        assert!(!log.contains("is given 2 times"), "{log}");
         // The trial's progress: a line at its logging interval (here its last step).
         assert!(
             log.contains("training tiny-trial-00") && log.contains("step      4/4 loss"),

@@ -482,9 +482,17 @@ impl Sweep {
     /// [`Sweep::trial_overrides`], each with where it comes from as messages name it: `--set`,
     /// the trial's parameter, the sweep's naming of the trial, or `--devices`.
     fn trial_assignments(&self, trial: &Trial, device: Option<&str>) -> Vec<(String, String)> {
+        // The keys the sweep sets for each trial: a `--set` of them (the sweep's own name, a
+        // device) is what the sweep's value replaces, and a trial given both would warn that its
+        // key is given twice.
+        let set_by_the_sweep = |assignment: &str| {
+            let key = crate::experiment::key_parts(assignment.split_once('=').map_or(assignment, |(key, _)| key));
+            key == ["run", "name"] || (device.is_some() && key == ["run", "device"])
+        };
         let mut all: Vec<(String, String)> = self
             .overrides
             .iter()
+            .filter(|a| !set_by_the_sweep(a))
             .map(|a| (a.clone(), format!("--set {a}")))
             .collect();
         all.extend(
