@@ -295,7 +295,7 @@ impl Experiment {
             p.add(
                 "augment.crop_on",
                 "augment.crop_on = \"loader\" cuts crops from the full image files, which this dataset does \
-                 not keep: use dataset type \"image_folder\" with cache = \"none\", or augment.crop_on = \"device\""
+                 not keep: use dataset type \"image_folder\" with cache = \"none\" or type \"webdataset\", or augment.crop_on = \"device\""
                     .into(),
             );
         }

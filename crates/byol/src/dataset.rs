@@ -97,7 +97,7 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
         let _ = (index, crops, seed_epoch, out);
         Err(DataError::Config(
             "this dataset holds pre-sized images only; crops from full images need an image_folder \
-             with cache = \"none\" (or set augment.crop_on = \"device\")"
+             with cache = \"none\" or webdataset shards (or set augment.crop_on = \"device\")"
                 .into(),
         ))
     }

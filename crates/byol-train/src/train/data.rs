@@ -56,7 +56,7 @@ pub fn training_loader(
         if !splits.train.reads_crops() {
             bail!(
                 "augment.crop_on = \"loader\" cuts crops from the full image files, which this dataset does not \
-                 keep: use dataset type \"image_folder\" with cache = \"none\", or augment.crop_on = \"device\""
+                 keep: use dataset type \"image_folder\" with cache = \"none\" or type \"webdataset\", or augment.crop_on = \"device\""
             );
         }
         loader.crops = Some(crops);
