@@ -1,9 +1,10 @@
 //! BYOL against a PyTorch reference written from the paper, on identical weights and views (from
-//! a seed of each run's own: `BYOL_PARITY_SEED` replays one): the loss value and the gradients
-//! w.r.t. every online parameter bit for bit (the same libtorch calls in the same order, one thread
-//! each), and the online/target parameters after an SGD + EMA step (the EMA runs over flat buffers,
-//! which round otherwise) within a few times PyTorch's own float32 error against its float64
-//! result ([`byol_testkit::rounding`]).
+//! a seed of each run's own: `BYOL_PARITY_SEED` replays one): loss value, gradients w.r.t. every
+//! online parameter, and the online/target parameters after an SGD + EMA step, each within a few
+//! times PyTorch's own float32 error against its float64 result ([`byol_testkit::rounding`]).
+//! Not bit for bit, although the loss and the gradients are that on the machines measured: BYOL
+//! keeps its variables in one flat buffer, at other memory alignments than PyTorch's tensors,
+//! which BLAS kernels may sum otherwise, and the EMA runs over the flat buffers.
 //!
 //! One step: a second one would start from weights a rounding apart, where a ReLU input within
 //! rounding of zero may fall on the other side in one and not the other, and change a gradient
@@ -13,7 +14,7 @@
 
 use backbone_resnet::{ResNet18, ResNetConfig};
 use byol::{Byol, ByolConfig};
-use byol_testkit::rounding::{assert_bit_equal, assert_within_rounding};
+use byol_testkit::rounding::assert_within_rounding;
 use byol_testkit::{fresh_seed, run_python};
 use tch::{nn::VarStore, Device, Tensor};
 
@@ -136,12 +137,10 @@ fn check_against_pytorch(concat_views: bool) {
         let loss = byol.loss(v1, v2);
         opt.zero_grad();
         loss.backward();
-        // The loss and the gradients: the same calls as the reference's, so the same bits.
         if step == 0 {
-            assert_bit_equal(&reference, "loss0", &loss.reshape([1]), ("the loss", &replay));
+            check("the loss", &loss.reshape([1]), "loss0");
             for (name, p) in &params {
-                let what = format!("the gradient of {name}");
-                assert_bit_equal(&reference, &format!("grad.{name}"), &p.grad(), (&what, &replay));
+                check(&format!("the gradient of {name}"), &p.grad(), &format!("grad.{name}"));
             }
         }
         opt.step();

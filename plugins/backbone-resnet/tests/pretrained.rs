@@ -1,10 +1,12 @@
 //! Loading torchvision weights exported as safetensors (the README's recipe), and the one clear
 //! error when they do not fit.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use backbone_resnet::{ResNet18, ResNet50, ResNetConfig};
 use byol::{Byol, ByolConfig, ByolError};
+use byol_testkit::rounding::assert_within_rounding;
 use byol_testkit::{max_abs_diff, run_python};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -20,12 +22,21 @@ with torch.no_grad():                               # non-trivial BN statistics
 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, PATH)
 model.fc = torch.nn.Identity()
 model.eval()
-outputs["embedding"] = model(inputs["x"])
+with torch.no_grad():
+    outputs["embedding"] = model(inputs["x"])
+    outputs["embedding_f64"] = model.double()(inputs["x"].double())
 "#;
 
-fn export(path: &Path, x: &Tensor) -> Tensor {
+/// torchvision's embedding of `x` in float32 and float64 (`embedding`, `embedding_f64`).
+fn export(path: &Path, x: &Tensor) -> HashMap<String, Tensor> {
     let script = EXPORT.replace("PATH", &format!("{:?}", path.to_str().unwrap()));
-    run_python(&script, &[("x", x)]).remove("embedding").unwrap()
+    run_python(&script, &[("x", x)])
+}
+
+/// Takes this binary's turn with libtorch's global generator, so that a seed drawn from replays.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GENERATOR.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn config() -> ByolConfig {
@@ -42,22 +53,24 @@ fn torchvision_weights_give_torchvision_embeddings() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("resnet18.safetensors");
     let seed = byol_testkit::fresh_seed("PRETRAINED_SEED");
-    tch::manual_seed(seed);
-    let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
-    let expected = export(&path, &x);
+    let replay = format!("seed {seed} (PRETRAINED_SEED={seed} replays it)");
+    let x = {
+        let _turn = one_at_a_time();
+        tch::manual_seed(seed);
+        Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu))
+    };
+    let reference = export(&path, &x);
     let vs = VarStore::new(Device::Cpu);
     let spec = ResNet18(ResNetConfig {
         pretrained: Some(path),
         ..Default::default()
     });
     let byol = Byol::new(&vs, &spec, 64, "avgpool", &config()).unwrap();
-    let d = max_abs_diff(&byol.embed(&x), &expected);
-    // Bit for bit: torchvision's forward and ours call the same libtorch kernels (tch links the
-    // venv's libtorch), in the same order, on one thread each, so they round alike.
-    assert_eq!(
-        d, 0.0,
-        "seed {seed} (PRETRAINED_SEED={seed} replays it): avgpool embedding differs from torchvision's by {d}"
-    );
+    // Within a few times torchvision's own float32 error (byol_testkit::rounding): bit for bit
+    // on the machines measured, but BYOL keeps the weights in one flat buffer, at other memory
+    // alignments than torchvision's tensors, which BLAS kernels may sum otherwise.
+    let what = ("the avgpool embedding", replay.as_str());
+    assert_within_rounding(&reference, "embedding", &byol.embed(&x), what);
     // The target starts as a copy of the loaded online network.
     let variables = vs.variables();
     let d = max_abs_diff(
@@ -69,6 +82,7 @@ fn torchvision_weights_give_torchvision_embeddings() {
 
 #[test]
 fn mismatched_weights_list_missing_unexpected_and_misshaped_keys() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("resnet18.safetensors");
     let _ = export(&path, &Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu)));
@@ -119,6 +133,7 @@ fn mismatched_weights_list_missing_unexpected_and_misshaped_keys() {
 
 #[test]
 fn missing_weights_file_names_the_file() {
+    let _turn = one_at_a_time();
     let spec = ResNet18(ResNetConfig {
         pretrained: Some("/nonexistent/w.safetensors".into()),
         ..Default::default()
@@ -131,6 +146,7 @@ fn missing_weights_file_names_the_file() {
 
 #[test]
 fn zero_init_residual_zeroes_the_last_bn_of_each_block() {
+    let _turn = one_at_a_time();
     let vs = VarStore::new(Device::Cpu);
     let spec = ResNet50(ResNetConfig {
         zero_init_residual: true,
