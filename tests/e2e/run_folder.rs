@@ -142,7 +142,7 @@ fn validate_tells_a_finished_run_from_one_stopped_at_its_last_step() {
     assert!(
         all.contains(
             "evaluates it and writes its summary; it records the changes allowed (eval.knn_k: 5 -> 3) at step 48 in \
-             its checkpoints and summary (compare marks the run); the changes allowed (optimizer.lr: 0.5 -> 0.1) \
+             its checkpoints and summary (`byol-run compare` marks the run as changed); the changes allowed (optimizer.lr: 0.5 -> 0.1) \
              would train nothing and not be recorded"
         ),
         "{all}"

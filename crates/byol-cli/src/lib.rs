@@ -612,8 +612,8 @@ fn check_run_folder(
             let mut said = String::new();
             if !in_effect.is_empty() {
                 said += &format!(
-                    "; it records the changes allowed ({}) at step {} in its checkpoints and summary (compare marks \
-                     the run)",
+                    "; it records the changes allowed ({}) at step {} in its checkpoints and summary (`byol-run \
+                     compare` marks the run as changed)",
                     in_effect.join(", "),
                     manifest.step
                 );

@@ -33,6 +33,9 @@ fn random_image(width: u32, height: u32) -> Rgb {
 
 #[test]
 fn crop_and_bicubic_resize_match_torchvision_on_pil_images() {
+    let seed = byol_testkit::fresh_seed("BICUBIC_SEED");
+    let replay = format!("seed {seed} (BICUBIC_SEED={seed} replays it)");
+    tch::manual_seed(seed);
     let image = random_image(500, 375);
     let hwc = Tensor::from_slice(&image.pixels).view([375, 500, 3]);
     let boxes = [
@@ -78,14 +81,14 @@ fn crop_and_bicubic_resize_match_torchvision_on_pil_images() {
         let over = ((&ours - exact).abs() - bound).max().double_value(&[]);
         assert!(
             over <= 0.0,
-            "box {i}: {over} levels beyond the rounding bound of the exact bicubic resize"
+            "{replay}: box {i}: {over} levels beyond the rounding bound of the exact bicubic resize"
         );
         let torchvision = reference[&format!("torchvision{i}")].to_kind(Kind::Double);
         let allowed = &reference[&format!("torchvision_bound{i}")];
         let over = ((&ours - &torchvision).abs() - allowed).max().double_value(&[]);
         assert!(
             over <= 0.0,
-            "box {i}: {over} levels beyond the bound to torchvision's resized_crop on the PIL image"
+            "{replay}: box {i}: {over} levels beyond the bound to torchvision's resized_crop on the PIL image"
         );
     }
 }
@@ -102,7 +105,7 @@ fn crop_and_bicubic_resize_match_torchvision_on_pil_images() {
 /// the sum of its weights' magnitudes, `l1` (over 1 where Catmull-Rom's negative lobes are
 /// read); clamping never widens an error. So ours is within `0.5 + q2 + l1_2 * (0.5 + q1)` of
 /// `exact`, with fast_image_resize's i16 weights (`p` from its rule: the most bits that keep
-/// the largest weight under 2^14), vertical first. PIL's byte path, horizontal first with 22
+/// the largest weight under 2^15), vertical first. PIL's byte path, horizontal first with 22
 /// fraction bits, is within the same expression of the exact resize in its own order, which
 /// differs from ours where a pass's clamp cuts an overshoot; so ours is within the sum of both
 /// bounds and that difference of torchvision's output.
@@ -133,7 +136,7 @@ def weights(n_in, n_out):
     return rows
 
 def fir_bits(rows):
-    # fast_image_resize's Normalizer16: the most bits below 22 that keep round(max * 2^(p+1)) under 2^15.
+    # fast_image_resize's Normalizer16: the most bits below 22 that keep round(max * 2^p) under 2^15.
     largest = max(max(r) for r in rows)
     p = 0
     for p in range(22):
@@ -227,10 +230,10 @@ fn crop_boxes_follow_torchvisions_distribution() {
     let their_mean = Vec::<f64>::try_from(&reference["mean"]).unwrap();
     let their_variance = Vec::<f64>::try_from(&reference["variance"]).unwrap();
     // Two independent means of 20,000 draws each: their difference has the standard error
-    // sqrt(var_a / n + var_b / n). Five of them leave a false failure about once in 3.5 million
-    // per statistic (a normal tail, which 20,000 draws of bounded values follow closely); a crop
-    // sampler that drew its scale or its aspect ratio otherwise (not log-uniform, say) misses by
-    // far more.
+    // sqrt(var_a / n + var_b / n). Five of them either way leave a false failure about once in
+    // 1.7 million per statistic, once in 440,000 for the four (a normal tail, which means of
+    // 20,000 bounded draws follow closely); a crop sampler that drew its scale or its aspect
+    // ratio otherwise (not log-uniform, say) misses by far more.
     for (i, what) in ["area fraction", "log aspect", "centre x", "centre y"]
         .iter()
         .enumerate()

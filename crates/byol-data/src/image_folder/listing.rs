@@ -588,13 +588,14 @@ pub(super) fn other_dataset_note(split: Split, root: &Path) -> String {
     let names: Vec<String> = entries.iter().map(name).collect();
     let shards: Vec<&String> = names
         .iter()
-        .filter(|n| n.len() > 4 && n[n.len() - 4..].eq_ignore_ascii_case(".tar"))
+        .filter(|n| n.len() > 4 && n.get(n.len() - 4..).is_some_and(|e| e.eq_ignore_ascii_case(".tar")))
         .collect();
     if let Some(first) = shards.first() {
-        let urls = brace_range(&shards).map_or_else(
-            || format!("[\"{}\", ...]", root.join(first).display()),
-            |pattern| format!("\"{}\"", root.join(pattern).display()),
-        );
+        let urls = match (brace_range(&shards), shards.len()) {
+            (Some(pattern), _) => format!("\"{}\"", root.join(pattern).display()),
+            (None, 1) => format!("\"{}\"", root.join(first).display()),
+            (None, _) => format!("[\"{}\", ...]", root.join(first).display()),
+        };
         return format!(
             "; it holds {} .tar file(s): for WebDataset shards, set [dataset] type = \"webdataset\" and urls = {urls}",
             shards.len()
