@@ -19,12 +19,14 @@ fn quickstart_learns_and_logs_to_tensorboard() {
         serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();
     let before = summary["knn_before"]["top1"].as_f64().unwrap();
     let after = summary["knn_after"]["top1"].as_f64().unwrap();
-    // `byol-run sweep experiments/quickstart-seeds.toml` measured gains of 36 to 53 points over
-    // seeds 0-9, at 1 and 2 threads, with AVX2 and AVX-512 kernels (the table in docs/measured.md;
-    // mean 44.0, standard deviation 3.8 over its 50 runs): a floor of 20 is 16 points below the
-    // smallest and still fails a recipe that learns only half as well. As a prediction from the
-    // 50 (Student's t, 49 degrees of freedom: t = 24.0 / (3.8 * sqrt(1 + 1/50)) = 6.2), a machine
-    // whose kernels round otherwise draws a run below it about once in 20 million.
+    // `byol-run sweep experiments/quickstart-seeds.toml` measured gains of 35 to 51 points over
+    // seeds 0-9 at 1 and 2 threads on an Intel Xeon (the table in docs/measured.md; mean 44.3,
+    // standard deviation 4.0 over the 20 runs): a floor of 20 is 15 points below the smallest and
+    // still fails a recipe that learns only half as well. As a prediction from the 20 (Student's
+    // t, 19 degrees of freedom: t = 24.3 / (4.0 * sqrt(1 + 1/20)) = 5.9), a machine whose kernels
+    // round otherwise draws a run below it about once in 170,000 (the 50 runs of an earlier
+    // version, on AVX2 and AVX-512 kernels and an AMD EPYC too, 36 to 53 points: once in 20
+    // million).
     assert!(
         after - before >= 0.20,
         "kNN must gain at least 20 points: {before} -> {after}\n{all}"
