@@ -11,7 +11,7 @@ different seeds also differ by training noise, which this does not include. Exit
 curves share no epoch, or when the runs had done different numbers of steps at the same epoch
 (then they did not run the same recipe).
 
-The last line is a verdict: the largest difference in standard errors (z). With --max-z Z, a
+It ends with a verdict: the largest difference in standard errors (z). With --max-z Z, a
 difference of more than Z standard errors at any common epoch exits 2: a gap that sampling the
 test set does not explain. Training noise is not in the standard error, so a gap just over the
 line calls for both runs again with another seed before it is called a difference of recipe.

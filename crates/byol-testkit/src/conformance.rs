@@ -596,11 +596,12 @@ fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
 }
 
 /// Equal up to the rounding of other kernels: another batch size, memory layout or alignment
-/// picks other blockings, which sum in another order. Not a bound derived for every backbone (errors grow
-/// with depth, and a bias gradient that cancels to near 0 has no relative accuracy, hence the
-/// floor of 1): a sanity bound, far above what reordering gives the shipped backbones (measured
-/// at most 1.4e-6 of the largest entry for gradients and embeddings, 2e-5 for the BYOL loss)
-/// and far below what a layout or batching mistake gives (the wrong pixels: errors of order 1).
+/// picks other blockings, which sum in another order. Not a bound derived for every backbone
+/// (errors grow with depth, and a bias gradient that cancels to near 0 has no relative accuracy,
+/// hence the floor of 1): a sanity bound, above what reordering gives the shipped backbones
+/// (measured at most 1.4e-6 of the largest entry for gradients and embeddings, 2e-5 for the BYOL
+/// loss) and far below what a layout or batching mistake gives (the wrong pixels: errors of
+/// order 1).
 fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
     assert_eq!(a.size(), b.size(), "{what}: shapes differ");
     let scale = b.abs().max().double_value(&[]).max(1.0);
