@@ -460,7 +460,7 @@ pub fn check_byol(spec: &dyn BackboneSpec, image_size: i64) {
         }
     });
     let x = images(image_size, 85);
-    assert_close(
+    assert_same(
         &byol.embed(&x),
         &tch::no_grad(|| plain.embed(&x, false, tap)),
         &format!(
@@ -583,9 +583,8 @@ fn finite(t: &Tensor) -> bool {
 }
 
 /// Bit for bit: the same kernels on the same shapes, values and storage round alike, so a tap's
-/// output cannot depend on which other taps are asked. (BYOL keeps its networks' variables in
-/// one flat buffer, at other memory alignments than a backbone built alone, which some BLAS
-/// kernels sum otherwise: that comparison is held to [`assert_close`].)
+/// output cannot depend on which other taps are asked, nor a backbone's on whether BYOL holds its
+/// variables (in a flat buffer whose slots keep a tensor's own alignment, `byol::flat_layout`).
 fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
     assert_eq!(a.size(), b.size(), "{what}: shapes differ");
     let diff = crate::max_abs_diff(a, b);
@@ -595,8 +594,8 @@ fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
     );
 }
 
-/// Equal up to the rounding of other kernels: another batch size, memory layout or alignment
-/// picks other blockings, which sum in another order. Not a bound derived for every backbone
+/// Equal up to the rounding of other kernels: another batch size or memory layout picks other
+/// blockings, which sum in another order. Not a bound derived for every backbone
 /// (errors grow with depth, and a bias gradient that cancels to near 0 has no relative accuracy,
 /// hence the floor of 1): a sanity bound, above what reordering gives the shipped backbones
 /// (measured at most 1.4e-6 of the largest entry for gradients and embeddings, 2e-5 for the BYOL

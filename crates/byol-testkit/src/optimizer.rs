@@ -90,6 +90,9 @@ pub fn fused_against_per_tensor(build: impl Fn(Vec<NamedParameter>, bool) -> Box
             }
             backward(&handles, &grads[step]);
             optimizer.step(*lr);
+            if fused {
+                assert_slots_aligned(&handles);
+            }
         }
         if fused {
             let untouched = &handles[handles.len() - 1];
@@ -106,6 +109,24 @@ pub fn fused_against_per_tensor(build: impl Fn(Vec<NamedParameter>, bool) -> Box
         assert_eq!(name_a, name_b, "state entries in the same order, by the same names");
     }
     largest_difference(per_tensor, fused)
+}
+
+/// Panics unless every gradient of `handles` (those that have one) starts where libtorch would
+/// place a tensor of its own ([`byol::flat_layout`]): the fused update's flat buffer must not
+/// change how kernels see them.
+fn assert_slots_aligned(handles: &[Tensor]) {
+    for (i, p) in handles.iter().enumerate() {
+        let grad = p.grad();
+        if !grad.defined() {
+            continue;
+        }
+        let address = grad.data_ptr() as usize;
+        assert_eq!(
+            address % byol::flat_layout::SLOT_ALIGNMENT,
+            0,
+            "the gradient of parameter {i} starts at {address:#x}"
+        );
+    }
 }
 
 /// Runs four steps (changing lr) with `build(parameters)` twice on identical parameters and

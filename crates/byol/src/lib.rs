@@ -24,6 +24,7 @@ pub mod backbone;
 mod context;
 pub mod dataset;
 mod error;
+pub mod flat_layout;
 pub mod heads;
 pub mod loss;
 pub mod model;

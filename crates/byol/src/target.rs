@@ -133,27 +133,26 @@ impl TargetUpdater {
     }
 }
 
-/// Copies `tensors` into one contiguous buffer and makes each tensor a view of its slice, so an
-/// in-place update of the buffer is an in-place update of every tensor (and vice versa). With
-/// `channels_last`, a 4-D tensor's slice holds it in `[O, H, W, I]` order (a channels_last view).
+/// Copies `tensors` into one contiguous buffer and makes each tensor a view of its slot (at the
+/// alignment of a tensor of its own, [`crate::flat_layout`]), so an in-place update of the buffer
+/// is an in-place update of every tensor (and vice versa). With `channels_last`, a 4-D tensor's
+/// slot holds it in `[O, H, W, I]` order (a channels_last view).
 fn flatten_into_one(tensors: &[Tensor], channels_last: bool) -> Tensor {
     let Some(first) = tensors.first() else {
         return Tensor::zeros([0], (Kind::Float, tch::Device::Cpu));
     };
-    let numel: i64 = tensors.iter().map(|t| t.numel() as i64).sum();
-    let flat = Tensor::zeros([numel], (first.kind(), first.device()));
-    let mut offset = 0;
+    let (offsets, len) = crate::flat_layout::slot_offsets(tensors.iter().map(|t| t.numel() as i64), first.kind());
+    let flat = Tensor::zeros([len], (first.kind(), first.device()));
     tch::no_grad(|| {
-        for t in tensors {
+        for (t, offset) in tensors.iter().zip(offsets) {
             let n = t.numel() as i64;
             let size = t.size();
-            let slice = match size.as_slice() {
+            let slot = match size.as_slice() {
                 &[o, i, h, w] if channels_last => flat.narrow(0, offset, n).view([o, h, w, i]).permute([0, 3, 1, 2]),
                 _ => flat.narrow(0, offset, n).view(size.as_slice()),
             };
-            slice.shallow_clone().copy_(t);
-            t.shallow_clone().set_data(&slice);
-            offset += n;
+            slot.shallow_clone().copy_(t);
+            t.shallow_clone().set_data(&slot);
         }
     });
     flat
@@ -169,7 +168,36 @@ pub fn variables_under(vs: &VarStore, prefix: &str) -> HashMap<String, Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::tau_at;
+    use super::{tau_at, TargetUpdater};
+    use tch::nn::{Init, VarStore};
+
+    #[test]
+    fn every_averaged_parameter_starts_on_a_slot_boundary() {
+        let vs = VarStore::new(tch::Device::Cpu);
+        // Sizes that would leave the next tensor unaligned if packed end to end.
+        let shapes: [&[i64]; 4] = [&[3], &[5, 7], &[2, 3, 3, 3], &[1]];
+        for side in ["online", "target"] {
+            for (i, shape) in shapes.iter().enumerate() {
+                let _ = (vs.root() / side).var(&format!("p{i}"), shape, Init::Randn { mean: 0.0, stdev: 1.0 });
+            }
+        }
+        for channels_last in [false, true] {
+            let ema = TargetUpdater::relaid_out(&vs, "online.", "target.", channels_last).unwrap();
+            assert_eq!(ema.parameter_count(), shapes.len());
+            for (name, t) in vs.variables() {
+                let address = t.data_ptr() as usize;
+                assert_eq!(
+                    address % crate::flat_layout::SLOT_ALIGNMENT,
+                    0,
+                    "{name} starts at {address:#x}"
+                );
+            }
+            let before = vs.variables()["target.p1"].copy();
+            ema.update(0.5);
+            let expected = (&before + &vs.variables()["online.p1"]) / 2.0;
+            assert!(vs.variables()["target.p1"].allclose(&expected, 1e-6, 1e-6, false));
+        }
+    }
 
     #[test]
     fn tau_follows_the_cosine_schedule() {

@@ -6,7 +6,8 @@
 //! tensor) instead of a dozen per tensor, and no host synchronization, so the step can be
 //! captured in a CUDA graph. On a CPU the same ops run bucket by bucket, each bucket a run of
 //! parameters small enough to stay in cache through all of them (whole-buffer passes over a
-//! large model would stream it through memory once per op).
+//! large model would stream it through memory once per op). Each parameter's slot starts where
+//! a tensor of its own would be aligned ([`crate::flat_layout`]).
 
 use tch::{Kind, Tensor};
 
@@ -79,14 +80,17 @@ impl FlatMomentum {
         if !first.is_floating_point() || !parameters.iter().all(|p| shares_buffer(&p.tensor)) {
             return None;
         }
-        let mut slots = Vec::with_capacity(parameters.len());
-        let mut offset = 0;
-        for p in parameters {
-            let (size, stride) = (p.tensor.size(), p.tensor.stride());
-            slots.push(Slot { offset, size, stride });
-            offset += p.tensor.numel() as i64;
-        }
-        let grads = Tensor::zeros([offset], (kind, device));
+        let (offsets, len) = crate::flat_layout::slot_offsets(parameters.iter().map(|p| p.tensor.numel() as i64), kind);
+        let slots: Vec<Slot> = parameters
+            .iter()
+            .zip(offsets)
+            .map(|(p, offset)| Slot {
+                offset,
+                size: p.tensor.size(),
+                stride: p.tensor.stride(),
+            })
+            .collect();
+        let grads = Tensor::zeros([len], (kind, device));
         let mut flat = Self {
             parameters: parameters.iter().map(|p| p.tensor.shallow_clone()).collect(),
             grad_views: Vec::new(),
@@ -254,16 +258,18 @@ fn buckets(slots: &[Slot], directions: &[Direction], kind: Kind, device: tch::De
     let mut buckets = Vec::new();
     let mut start = 0;
     while start < slots.len() {
-        let (mut end, mut len) = (start, 0);
-        while end < slots.len() && (end == start || len + numel(&slots[end]) <= limit) {
-            len += numel(&slots[end]);
+        let offset = slots[start].offset;
+        // The bucket's span of the buffers, the gaps between slots included (zeros).
+        let span = |end: usize| slots[end].offset + numel(&slots[end]) - offset;
+        let mut end = start + 1;
+        while end < slots.len() && span(end) <= limit {
             end += 1;
         }
         let members: Vec<usize> = (start..end).collect();
         buckets.push(Bucket {
             parameters: start..end,
-            offset: slots[start].offset,
-            len,
+            offset,
+            len: span(end - 1),
             decayed: decay_groups(directions, &members),
             adapted: adapted(directions, &members, kind, device),
         });

@@ -1,0 +1,44 @@
+//! Where each tensor lives in a flat buffer that holds many (the EMA's and the fused optimizer's
+//! buffers): every slot starts on a 64-byte boundary, as libtorch's allocators place a tensor of
+//! its own (64 bytes on a CPU, 512 on CUDA). A kernel may take another path for data at another
+//! alignment (a vectorised or blocked path needs it; a CPU BLAS sums a misaligned row in another
+//! order), so views of the buffer compute as tensors allocated one by one do: bit for bit what
+//! PyTorch gives on the same values, and the fast paths on a GPU. The gaps hold zeros, which
+//! every whole-buffer op (EMA, momentum) keeps at zero.
+
+use tch::Kind;
+
+/// The alignment of every slot, in bytes.
+pub const SLOT_ALIGNMENT: usize = 64;
+
+/// The offset of each of `numels` (in elements of `kind`) in a flat buffer, each slot starting
+/// on a [`SLOT_ALIGNMENT`] boundary, and the buffer's length.
+pub fn slot_offsets(numels: impl IntoIterator<Item = i64>, kind: Kind) -> (Vec<i64>, i64) {
+    let step = (SLOT_ALIGNMENT / kind.elt_size_in_bytes()).max(1) as i64;
+    let mut end = 0;
+    let offsets = numels
+        .into_iter()
+        .map(|numel| {
+            let offset = (end + step - 1) / step * step;
+            end = offset + numel;
+            offset
+        })
+        .collect();
+    (offsets, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_slot_starts_on_a_64_byte_boundary_and_follows_the_last() {
+        assert_eq!(
+            slot_offsets([3, 16, 1, 0, 5], Kind::Float),
+            (vec![0, 16, 32, 48, 48], 53)
+        );
+        assert_eq!(slot_offsets([3, 40], Kind::BFloat16), (vec![0, 32], 72));
+        assert_eq!(slot_offsets([3, 1], Kind::Double), (vec![0, 8], 9));
+        assert_eq!(slot_offsets([], Kind::Float), (vec![], 0));
+    }
+}
