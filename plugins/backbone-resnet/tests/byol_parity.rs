@@ -1,10 +1,11 @@
 //! BYOL against a PyTorch reference written from the paper, on identical weights and views (from
 //! a seed of each run's own: `BYOL_PARITY_SEED` replays one): loss value, gradients w.r.t. every
-//! online parameter, and the online/target parameters after an SGD + EMA step, each within a few
+//! online parameter, and the online/target parameters after an SGD + EMA step. The loss, the
+//! gradients and the online parameters are PyTorch's bit for bit: the same kernels on the same
+//! values, one thread each, BYOL's flat buffers holding each variable at a tensor's own alignment
+//! (`byol::flat_layout`). The target's EMA is one `lerp_` over a flat buffer where the reference
+//! writes the paper's `tau * t + (1 - tau) * o`, which rounds otherwise: it is held within a few
 //! times PyTorch's own float32 error against its float64 result ([`byol_testkit::rounding`]).
-//! Not bit for bit, although the loss and the gradients are that on the machines measured: BYOL
-//! keeps its variables in one flat buffer, at other memory alignments than PyTorch's tensors,
-//! which BLAS kernels may sum otherwise, and the EMA runs over the flat buffers.
 //!
 //! One step: a second one would start from weights a rounding apart, where a ReLU input within
 //! rounding of zero may fall on the other side in one and not the other, and change a gradient
@@ -164,8 +165,9 @@ fn check_against_pytorch(concat_views: bool) {
     assert!(compared > 100, "only {compared} parameters compared");
 }
 
-/// Momentum SGD over an explicit parameter list, as torch.optim.SGD (tch's optimizers take a
-/// whole VarStore, and here the target must stay out).
+/// Momentum SGD over an explicit parameter list, as torch.optim.SGD computes it on a CPU (the
+/// update `p.add_(buf, alpha=-lr)` rounded once); tch's optimizers take a whole VarStore, and
+/// here the target must stay out.
 struct SimpleSgd {
     params: Vec<Tensor>,
     buffers: Vec<Tensor>,
