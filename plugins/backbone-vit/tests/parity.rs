@@ -1,19 +1,23 @@
 //! Parity with torchvision's `VisionTransformer` (the venv's), on the same weights and inputs drawn
 //! from a seed of each run's own (`VIT_PARITY_SEED` replays one): ours carries timm's names, which
 //! this test maps to torchvision's one by one (timm's `attn.qkv` is torchvision's `in_proj`, both
-//! q, k, v stacked). Class-token outputs, the other taps (patch embedding, patch tokens) and every
-//! gradient are within a few times torchvision's own float32 error of its float64 result
-//! ([`byol_testkit::rounding`]). And ViT-S/16 at 224 px has exactly torchvision's parameter shapes
-//! (timm's 22.05M less the 1000-class head). Against the venv's timm, whose names and rules it
-//! follows: the initial weights (a KS test per tensor) and a timm state_dict loaded through
-//! `pretrained`, whose embedding is timm's within the same rounding bound.
+//! q, k, v stacked). Class-token outputs, the other taps (patch embedding, patch tokens), the
+//! input's gradient and every gradient outside attention are torchvision's bit for bit (the same
+//! libtorch calls, one thread each). The attention's weight gradients are not: torchvision's
+//! `MultiheadAttention` differentiates its packed in-projection through other ops than timm's
+//! `scaled_dot_product_attention` block, which ours follows; they are held within a few times
+//! torchvision's own float32 error of its float64 result ([`byol_testkit::rounding`]). And
+//! ViT-S/16 at 224 px has exactly torchvision's parameter shapes (timm's 22.05M less the
+//! 1000-class head). Against the venv's timm, whose names and rules it follows: the initial
+//! weights (a KS test per tensor) and a timm state_dict loaded through `pretrained`, whose
+//! embedding is timm's bit for bit.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use backbone_vit::{ViTConfig, ViTSmall16};
 use byol::BackboneSpec;
-use byol_testkit::rounding::assert_within_rounding;
+use byol_testkit::rounding::{assert_bit_equal, assert_within_rounding};
 use byol_testkit::{draw_failures, fresh_seed, run_python, COMPARE_DRAWS};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -131,7 +135,7 @@ fn a_small_vit_matches_torchvision() {
     let xg = x.set_requires_grad(true);
     let y_train = net.embed(&xg, true, "cls");
     (&y_train * &w).sum(Kind::Float).backward();
-    let check = |what: &str, ours: &Tensor, key: &str| assert_within_rounding(&reference, key, ours, (what, &replay));
+    let check = |what: &str, ours: &Tensor, key: &str| assert_bit_equal(&reference, key, ours, (what, &replay));
     check("the eval-mode output", &y_eval, "y_False");
     check("the train-mode output", &y_train, "y_True");
     for tap in ["patch_embed", "tokens"] {
@@ -146,7 +150,12 @@ fn a_small_vit_matches_torchvision() {
         .filter(|k| k.starts_with("grad.") && !k.ends_with("_f64"))
     {
         let name = &key["grad.".len()..];
-        check(&format!("the gradient of {name}"), &variables[name].grad(), key);
+        let what = format!("the gradient of {name}");
+        if name.contains(".attn.") {
+            assert_within_rounding(&reference, key, &variables[name].grad(), (&what, &replay));
+        } else {
+            check(&what, &variables[name].grad(), key);
+        }
         compared += 1;
     }
     assert_eq!(compared, variables.len(), "every parameter's gradient compared");
@@ -239,9 +248,9 @@ fn the_initial_weights_are_drawn_as_timm_draws_them() {
 
 /// timm's model with a 10-class head and weights of unit gain, saved as safetensors (`head.*`
 /// included), with its embedding (`forward_head(pre_logits=True)`: the class token after the
-/// final norm) in float32 and float64.
+/// final norm).
 const TIMM_PRETRAINED: &str = r#"
-import copy, math
+import math
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 image, patch, depth, heads, dim, seed, path = CONFIG
@@ -257,15 +266,13 @@ with torch.no_grad():
         else:
             p.copy_(torch.randn_like(p) * 0.5)
 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
-for net, suffix in ((model.eval(), ""), (copy.deepcopy(model).double().eval(), "_f64")):
-    x = inputs["x"].to(next(net.parameters()).dtype)
-    with torch.no_grad():
-        outputs["cls" + suffix] = net.forward_head(net.forward_features(x), pre_logits=True)
+model.eval()
+with torch.no_grad():
+    outputs["cls"] = model.forward_head(model.forward_features(inputs["x"]), pre_logits=True)
 "#;
 
 /// A timm state_dict saved as safetensors loads by name through `pretrained` (its head ignored),
-/// and the `cls` embedding is timm's, within the float32 rounding bound of
-/// [`byol_testkit::rounding`].
+/// and the `cls` embedding is timm's bit for bit.
 #[test]
 fn timm_weights_load_by_name_and_embed_as_timm_does() {
     tch::set_num_threads(1);
@@ -295,5 +302,5 @@ fn timm_weights_load_by_name_and_embed_as_timm_does() {
         let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
         byol::Byol::new(&vs, &spec, image, "cls", &config).unwrap()
     };
-    assert_within_rounding(&reference, "cls", &byol.embed(&x), ("the cls embedding", &replay));
+    assert_bit_equal(&reference, "cls", &byol.embed(&x), ("the cls embedding", &replay));
 }
