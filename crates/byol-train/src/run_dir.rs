@@ -2,6 +2,7 @@
 //! experiment it trains (a resume with another one is refused with a per-key diff), and
 //! `--fresh` starts over by moving it aside, never by deleting anything.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
@@ -53,9 +54,10 @@ pub struct FolderLock {
     _file: File,
     /// What the folder is to the user, as messages name it.
     kind: FolderKind,
-    /// The folder this lock's holder created (it was not there before, or `--fresh` moved it
-    /// aside): [`FolderLock::remove_if_unused`] may take it away again.
-    created: Option<PathBuf>,
+    /// The folder as this lock's holder found it, where the holder made its lock file (and the
+    /// folder, where it was not there or `--fresh` moved it aside): what
+    /// [`FolderLock::remove_if_unused`] leaves it as again.
+    found: Option<Found>,
     /// The run's checkpoints folder, locked too ([`FolderLock::claim_checkpoints`]).
     checkpoints: Option<File>,
 }
@@ -73,6 +75,19 @@ impl FolderLock {
     /// folder was) while the sweep runs, and is not made again at the old path.
     pub fn create_and_acquire(dir: &Path, what: FolderKind) -> anyhow::Result<Self> {
         let existed = std::fs::symlink_metadata(dir).is_ok();
+        let found = match existed {
+            false => Some(Found {
+                dir: dir.to_path_buf(),
+                made: true,
+                entries: BTreeSet::new(),
+            }),
+            true if std::fs::symlink_metadata(dir.join(LOCK_FILE)).is_err() => entry_names(dir).map(|entries| Found {
+                dir: dir.to_path_buf(),
+                made: false,
+                entries,
+            }),
+            true => None,
+        };
         let create = |dir: &Path| match what {
             FolderKind::Trial if std::fs::symlink_metadata(dir).is_err() => Err(std::io::ErrorKind::NotFound.into()),
             _ => std::fs::create_dir_all(dir),
@@ -106,22 +121,26 @@ impl FolderLock {
                 let _ = std::fs::remove_dir(dir);
             }
         })?;
-        lock.created = (!existed).then(|| dir.to_path_buf());
+        lock.found = found;
         Ok(lock)
     }
 
-    /// Removes the folder this lock's holder created, when it holds nothing but the lock file:
-    /// a start refused before writing anything (no images, a batch larger than the data) leaves
-    /// no empty run folder behind. A folder that was there before is left as it is.
+    /// Leaves the folder as this lock's holder found it, where it holds nothing else than it did
+    /// but the lock file the holder made: a start refused before writing anything (no images, a
+    /// batch larger than the data, a checkpoints link to nothing) leaves no empty run folder
+    /// behind, nor a lock file in a folder that had none. A folder with anything new in it, or
+    /// whose lock file was there before, is left as it is.
     pub fn remove_if_unused(self) {
-        let Some(dir) = &self.created else { return };
-        let only_the_lock = std::fs::read_dir(dir)
-            .map(|entries| entries.filter_map(Result::ok).all(|e| e.file_name() == LOCK_FILE))
-            .unwrap_or(false);
-        if only_the_lock && self.is_at(&dir.join(LOCK_FILE)) {
+        let Some(found) = &self.found else { return };
+        let lock = found.dir.join(LOCK_FILE);
+        let mut unused = found.entries.clone();
+        unused.insert(LOCK_FILE.into());
+        if entry_names(&found.dir).is_some_and(|now| now == unused) && self.is_at(&lock) {
             // While the lock is held: another start is refused meanwhile, or finds the folder gone.
-            let _ = std::fs::remove_file(dir.join(LOCK_FILE));
-            let _ = std::fs::remove_dir(dir);
+            let _ = std::fs::remove_file(&lock);
+            if found.made {
+                let _ = std::fs::remove_dir(&found.dir);
+            }
         }
     }
 
@@ -280,7 +299,7 @@ impl FolderLock {
         Ok(Some(Self {
             _file: file,
             kind: what,
-            created: None,
+            found: None,
             checkpoints: None,
         }))
     }
@@ -321,6 +340,22 @@ impl FolderLock {
         self.checkpoints = locked.then_some(folder);
         Ok(())
     }
+}
+
+/// A folder as a holder of its lock found it, before making the lock file.
+#[derive(Debug)]
+struct Found {
+    dir: PathBuf,
+    /// Whether the holder made the folder itself.
+    made: bool,
+    /// The names in it then.
+    entries: BTreeSet<std::ffi::OsString>,
+}
+
+/// The names of the entries of `dir`; None where it cannot be read.
+fn entry_names(dir: &Path) -> Option<BTreeSet<std::ffi::OsString>> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>().ok()
 }
 
 /// A run folder's checkpoints folder as a start finds it: where it leads, and the other run
@@ -561,7 +596,10 @@ pub fn take_ownership(
         );
     }
     let mut lock = FolderLock::create_and_acquire(run_dir, kind)?;
-    lock.claim_checkpoints(run_dir)?;
+    if let Err(refused) = lock.claim_checkpoints(run_dir) {
+        lock.remove_if_unused();
+        return Err(refused);
+    }
     if let (Some(old), Some(_)) = (&moved, &sweep) {
         // Still its sweep's trial: the record of its parameters stays.
         let record = crate::sweep::TRIAL_FILE;
@@ -1568,6 +1606,46 @@ mod tests {
             e.contains("r3/checkpoints is a link to") && e.contains("which is not there"),
             "{e}"
         );
+        assert!(
+            !dangling.join(LOCK_FILE).exists(),
+            "the refused start left its lock file"
+        );
+    }
+
+    /// A start refused before it writes anything leaves the folder as it found it: no folder
+    /// where there was none, no lock file where there was none; a folder with anything new in
+    /// it, or with a lock file before, keeps it.
+    #[test]
+    fn a_refused_start_leaves_the_folder_as_it_found_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let made = tmp.path().join("made");
+        FolderLock::create_and_acquire(&made, FolderKind::Run)
+            .unwrap()
+            .remove_if_unused();
+        assert!(!made.exists());
+
+        let existing = tmp.path().join("existing");
+        std::fs::create_dir(&existing).unwrap();
+        std::fs::write(existing.join("notes.txt"), "mine").unwrap();
+        FolderLock::create_and_acquire(&existing, FolderKind::Run)
+            .unwrap()
+            .remove_if_unused();
+        assert!(!existing.join(LOCK_FILE).exists());
+        assert!(existing.join("notes.txt").is_file());
+
+        let lock = FolderLock::create_and_acquire(&existing, FolderKind::Run).unwrap();
+        std::fs::write(existing.join(CONFIG_FILE), "written by the start").unwrap();
+        lock.remove_if_unused();
+        assert!(
+            existing.join(LOCK_FILE).exists(),
+            "a folder written into keeps its lock file"
+        );
+
+        std::fs::remove_file(existing.join(CONFIG_FILE)).unwrap();
+        FolderLock::create_and_acquire(&existing, FolderKind::Run)
+            .unwrap()
+            .remove_if_unused();
+        assert!(existing.join(LOCK_FILE).exists(), "a lock file there before stays");
     }
 
     /// A run folder copied by hard links (`cp -al`) shares its lock file with the original: the
