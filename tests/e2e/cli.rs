@@ -490,20 +490,25 @@ fn a_run_whose_output_reader_went_away_trains_to_the_end() {
 }
 
 /// `config --defaults` shows every key the experiment parser accepts, set or commented out with
-/// a value, and with those uncommented it is an experiment that parses.
+/// a value, and with those uncommented it is an experiment that parses. (The commented [sweep]
+/// block at its end, for sweep files, is held to the sweep's keys by byol-train's unit tests.)
 #[test]
 fn config_defaults_shows_every_key_the_parser_accepts() {
     plugins_all::link();
     let out = byol_run(&repo_root(), &["config", "--defaults"]);
     assert!(out.status.success(), "{}", text(&out));
-    let defaults = String::from_utf8(out.stdout).unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let (defaults, sweep) = printed
+        .split_once("\n# [sweep]\n")
+        .expect("the commented [sweep] block");
+    assert!(sweep.contains("# [sweep.parameters]"), "{sweep}");
     let parse = |whole: toml::Table| -> Result<(), String> {
         let text = toml::to_string(&whole).map_err(|e| e.to_string())?;
         byol_train::Experiment::parse(&text, &[])
             .map(drop)
             .map_err(|e| format!("{e:#}"))
     };
-    let missing = byol_testkit::keys::missing_keys(&defaults, &[], &parse);
+    let missing = byol_testkit::keys::missing_keys(defaults, &[], &parse);
     assert!(
         missing.is_empty(),
         "config --defaults does not show {missing:?}:\n{defaults}"

@@ -948,4 +948,36 @@ mod defaults_tests {
             );
         }
     }
+
+    /// The commented [sweep] block, its `key = value` lines taken as TOML, is a sweep table
+    /// whose keys with defaults hold the code's defaults, and which names every key there is.
+    #[test]
+    fn the_commented_sweep_block_matches_the_code() {
+        let block = &CORE_DEFAULTS_TOML[CORE_DEFAULTS_TOML.find("# [sweep]\n").expect("a [sweep] block")..];
+        let lines: Vec<&str> = block.lines().filter_map(|l| l.strip_prefix("# ")).collect();
+        let toml_lines: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .collect();
+        let parsed: crate::sweep::SweepConfig = toml::from_str::<toml::Table>(&toml_lines.join("\n")).unwrap()["sweep"]
+            .clone()
+            .try_into()
+            .unwrap();
+        let defaults: crate::sweep::SweepConfig = toml::from_str("parameters = {}").unwrap();
+        assert_eq!(parsed.method, defaults.method);
+        assert_eq!(parsed.metric, defaults.metric);
+        assert_eq!(parsed.seed, defaults.seed);
+        assert_eq!(parsed.prune, defaults.prune);
+        assert_eq!(parsed.parameters.len(), 2);
+        // Every key of the table (optional ones given a value, so that they are written) has its
+        // line, the parameters theirs as [sweep.parameters].
+        let named: Vec<&str> = lines.iter().filter_map(|l| l.split_whitespace().next()).collect();
+        let full: crate::sweep::SweepConfig =
+            toml::from_str("trials = 1\ngoal = \"max\"\nprune_after = 3\nparameters = {}").unwrap();
+        for key in toml::Table::try_from(&full).unwrap().keys() {
+            let line = if key == "parameters" { "[sweep.parameters]" } else { key };
+            assert!(named.contains(&line), "the [sweep] block in defaults.toml lacks {key}");
+        }
+    }
 }
