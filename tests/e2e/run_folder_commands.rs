@@ -305,4 +305,40 @@ fn commands_reading_a_copy_s_checkpoints_through_a_link_warn_that_they_are_anoth
     // The original's own: no warning.
     let out = byol_run(d, &["export", "r", "--out", "a.safetensors"]);
     assert!(out.status.success() && !text(&out).contains(warning), "{}", text(&out));
+
+    // An output into the linked checkpoints folder, by the link or by its target, is refused
+    // before it can replace a checkpoint's file; so is a run folder made in there.
+    let step = std::fs::read_dir(d.join("scratch"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().into_string().unwrap())
+        .find(|name| name.starts_with("step-"))
+        .expect("a checkpoint");
+    let model = |base: &str| format!("{base}/{step}/model.safetensors");
+    let kept = std::fs::read(d.join(model("scratch"))).unwrap();
+    for out_path in [
+        model("r/checkpoints"),
+        model("scratch"),
+        "scratch/other.safetensors".into(),
+    ] {
+        let out = byol_run(d, &["export", "r", "--out", &out_path]);
+        assert!(
+            !out.status.success() && text(&out).contains("a run's checkpoints: a file written there could replace"),
+            "export --out {out_path}: {}",
+            text(&out)
+        );
+    }
+    assert!(
+        std::fs::read(d.join(model("scratch"))).unwrap() == kept,
+        "the checkpoint changed"
+    );
+    let out = byol_run(
+        d,
+        &["tiny.toml", "--run-dir", &format!("scratch/{step}/inner"), "--quiet"],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("is inside the checkpoints folder"),
+        "{}",
+        text(&out)
+    );
 }

@@ -199,21 +199,24 @@ pub fn check_output(out: &Path, flag: &str) -> anyhow::Result<()> {
         ),
         Err(e) => return Err(e).with_context(|| format!("cannot write {flag} {}", out.display())),
     };
-    // A checkpoint of a run, or the run's checkpoints folder itself.
-    let checkpoints = match real.join(checkpoint::MANIFEST_FILE).is_file() {
-        true => run_folder_of(&real).map(|run| run.join(CHECKPOINTS_DIR)),
-        false => {
-            let is_checkpoints =
-                real.file_name().is_some_and(|n| n == CHECKPOINTS_DIR) && real.with_file_name(CONFIG_FILE).is_file();
-            is_checkpoints.then(|| real.clone())
-        }
+    // A run's checkpoints folder or a folder in it (by its real path: a checkpoints folder may
+    // be a link's target in scratch space), or a checkpoint wherever it is.
+    let checkpoints = real
+        .ancestors()
+        .find(|folder| byol_train::run_dir::is_checkpoints_folder(folder));
+    let inside = match checkpoints {
+        Some(checkpoints) => Some((checkpoints.to_path_buf(), "a run's checkpoints")),
+        None => real
+            .join(checkpoint::MANIFEST_FILE)
+            .is_file()
+            .then(|| (real.clone(), "a checkpoint")),
     };
-    if let Some(checkpoints) = checkpoints {
+    if let Some((folder, what)) = inside {
         bail!(
-            "{flag} {} is inside {}, a run's checkpoints: a file written there could replace a \
-             checkpoint's own and damage it; write it elsewhere, such as next to the run folder",
+            "{flag} {} is inside {}, {what}: a file written there could replace a checkpoint's own and \
+             damage it; write it elsewhere, such as next to the run folder",
             out.display(),
-            checkpoints.display()
+            folder.display()
         );
     }
     let name = target

@@ -666,10 +666,15 @@ pub fn check_not_inside_a_run(dir: &Path, kind: FolderKind) -> anyhow::Result<()
     // A trial's folder (one a sweep made, trained on its own to finish it) is a sweep's.
     let trial = kind == FolderKind::Trial || dir.join(crate::sweep::TRIAL_FILE).is_file();
     for (parent, outer) in folders_above(dir) {
-        let (outer_kind, inner) = if holds_run_records(&outer) || outer.join(crate::sweep::TRIAL_FILE).is_file() {
-            (FolderKind::Run, "the run's own records")
+        const MOVED_ASIDE: &str = "--fresh there would move this folder aside with it";
+        let (outer_kind, inner, why) = if holds_run_records(&outer) || outer.join(crate::sweep::TRIAL_FILE).is_file() {
+            (FolderKind::Run.to_string(), "the run's own records", MOVED_ASIDE)
         } else if !(parent && trial) && is_sweep_folder(&outer) {
-            (FolderKind::Sweep, "its trials")
+            (FolderKind::Sweep.to_string(), "its trials", MOVED_ASIDE)
+        } else if is_checkpoints_folder(&outer) {
+            // Reached through a link (scratch space), where the checks above see no run.
+            let why = "its run moves what is not a checkpoint out of it at its next start";
+            ("checkpoints folder".to_string(), "its run's checkpoints", why)
         } else {
             continue;
         };
@@ -692,8 +697,8 @@ pub fn check_not_inside_a_run(dir: &Path, kind: FolderKind) -> anyhow::Result<()
             }
         };
         bail!(
-            "{kind} {} is inside the {outer_kind} {}, which holds {inner} only: --fresh there would move this \
-             folder aside with it, and its next start would begin again from step 0. {way_out}",
+            "{kind} {} is inside the {outer_kind} {}, which holds {inner} only: {why}, and this folder's next \
+             start would begin again from step 0. {way_out}",
             dir.display(),
             outer.display(),
         );
@@ -731,6 +736,15 @@ fn folders_above(dir: &Path) -> Vec<(bool, PathBuf)> {
         }
     }
     above
+}
+
+/// Whether `dir` is a run's checkpoints folder: named `checkpoints` beside the run's
+/// `config.toml`, or, wherever it is (a link's target in scratch space), recording the run
+/// folder whose checkpoints it holds ([`CHECKPOINTS_OWNER_FILE`]).
+pub fn is_checkpoints_folder(dir: &Path) -> bool {
+    let beside_a_run =
+        dir.file_name().is_some_and(|n| n == CHECKPOINTS_DIR) && dir.with_file_name(CONFIG_FILE).is_file();
+    beside_a_run || dir.join(CHECKPOINTS_OWNER_FILE).is_file()
 }
 
 /// Whether `dir` holds a run's records by their contents: its `config.toml` beside a
