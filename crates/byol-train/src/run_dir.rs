@@ -359,27 +359,145 @@ fn entry_names(dir: &Path) -> Option<BTreeSet<std::ffi::OsString>> {
 }
 
 /// A run folder's checkpoints folder as a start finds it: where it leads, and the other run
-/// folder whose checkpoints it holds by its record, where that folder still leads there.
+/// folder whose checkpoints it holds by its record, where there is one.
 struct CheckpointsClaim {
     link: PathBuf,
     real: PathBuf,
-    other: Option<PathBuf>,
+    other: Option<OtherOwner>,
+}
+
+/// Another run folder that a checkpoints folder's record names.
+enum OtherOwner {
+    /// It still leads there.
+    LeadsHere(PathBuf),
+    /// It is not there any more, and the folder claiming the checkpoints through a link is not
+    /// that folder moved (another file system object): it may have moved elsewhere with its
+    /// link, or been removed, which nothing here can tell apart.
+    Gone(PathBuf),
+}
+
+impl OtherOwner {
+    /// How the record names it, for messages.
+    fn described(&self) -> String {
+        match self {
+            OtherOwner::LeadsHere(path) => path.display().to_string(),
+            OtherOwner::Gone(path) => format!(
+                "{} (no longer there: moved, its checkpoints still leading here, or removed)",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// A checkpoints folder's record: the real path of the run folder whose checkpoints it holds,
+/// and that folder's [`FolderIdentity`] (records written before it was kept lack it).
+struct OwnerRecord {
+    path: PathBuf,
+    identity: Option<FolderIdentity>,
+}
+
+/// What stays the same when a folder is moved or renamed on its file system and differs for a
+/// copy: its device and inode numbers, and its creation time where the file system keeps one
+/// (a folder made after another was removed may get the same inode number; without a creation
+/// time, such a folder passes for the removed one).
+#[derive(Debug, Clone, Copy)]
+struct FolderIdentity {
+    dev: u64,
+    ino: u64,
+    created_ns: Option<u128>,
+}
+
+impl FolderIdentity {
+    fn of(dir: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(dir).ok()?;
+        let created_ns = metadata
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .filter(|&ns| ns > 0);
+        Some(Self {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            created_ns,
+        })
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let mut numbers = line.split_whitespace();
+        let (dev, ino) = (numbers.next()?.parse().ok()?, numbers.next()?.parse().ok()?);
+        let created_ns = numbers.next().and_then(|n| n.parse().ok());
+        Some(Self { dev, ino, created_ns })
+    }
+
+    fn line(&self) -> String {
+        match self.created_ns {
+            Some(ns) => format!("{} {} {ns}", self.dev, self.ino),
+            None => format!("{} {}", self.dev, self.ino),
+        }
+    }
+
+    /// Whether both are the same folder, as far as both tell.
+    fn same_as(&self, other: &Self) -> bool {
+        let created = match (self.created_ns, other.created_ns) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        self.dev == other.dev && self.ino == other.ino && created
+    }
+}
+
+impl OwnerRecord {
+    fn read(checkpoints: &Path) -> Option<Self> {
+        use std::os::unix::ffi::OsStringExt;
+        let bytes = std::fs::read(checkpoints.join(CHECKPOINTS_OWNER_FILE)).ok()?;
+        let mut lines = bytes.split(|&b| b == b'\n');
+        let path = PathBuf::from(std::ffi::OsString::from_vec(lines.next()?.to_vec()));
+        let identity = lines
+            .next()
+            .and_then(|line| FolderIdentity::parse(std::str::from_utf8(line).ok()?));
+        Some(Self { path, identity })
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut bytes = self.path.as_os_str().as_bytes().to_vec();
+        bytes.push(b'\n');
+        if let Some(identity) = self.identity {
+            bytes.extend(format!("{}\n", identity.line()).into_bytes());
+        }
+        bytes
+    }
 }
 
 impl CheckpointsClaim {
     /// None where `run_dir` has no checkpoints folder yet.
     fn of(run_dir: &Path) -> Option<Self> {
-        use std::os::unix::ffi::OsStringExt;
         let link = run_dir.join(CHECKPOINTS_DIR);
         let (real, own) = (std::fs::canonicalize(&link).ok()?, std::fs::canonicalize(run_dir).ok()?);
         if !real.is_dir() {
             return None;
         }
-        let owner = std::fs::read(real.join(CHECKPOINTS_OWNER_FILE))
-            .ok()
-            .map(|bytes| PathBuf::from(std::ffi::OsString::from_vec(bytes.trim_ascii_end().to_vec())));
         let leads_here = |folder: &Path| std::fs::canonicalize(folder.join(CHECKPOINTS_DIR)).is_ok_and(|c| c == real);
-        let other = owner.filter(|owner| *owner != own && leads_here(owner));
+        let other = OwnerRecord::read(&real).and_then(|owner| {
+            if owner.path == own {
+                None
+            } else if leads_here(&owner.path) {
+                Some(OtherOwner::LeadsHere(owner.path))
+            } else if real != own.join(CHECKPOINTS_DIR)
+                && std::fs::symlink_metadata(&owner.path).is_err()
+                && owner
+                    .identity
+                    .is_some_and(|id| FolderIdentity::of(&own).is_none_or(|own| !id.same_as(&own)))
+            {
+                Some(OtherOwner::Gone(owner.path))
+            } else {
+                // This folder moved here (or was copied with its checkpoints inside it, which are
+                // then its own), or the recorded one keeps its checkpoints elsewhere now.
+                None
+            }
+        });
         Some(Self { link, real, other })
     }
 
@@ -388,12 +506,21 @@ impl CheckpointsClaim {
         let other = self
             .other
             .as_ref()
-            .map_or(String::new(), |o| format!(" of {}", o.display()));
+            .map_or(String::new(), |o| format!(" of {}", o.described()));
+        let gone = match &self.other {
+            Some(OtherOwner::Gone(path)) => format!(
+                " If {} was removed, or {} is where it went, remove {} and start again.",
+                path.display(),
+                run_dir.display(),
+                self.real.join(CHECKPOINTS_OWNER_FILE).display()
+            ),
+            _ => String::new(),
+        };
         format!(
             "{} leads to {}, the checkpoints folder{other}, {what}: two run folders in one checkpoints \
              folder would prune and resume each other's checkpoints (a checkpoints folder that is a link \
              is copied as a link by `cp -r`). Give {} a checkpoints folder of its own (replace the link \
-             with a copy of the folder, or copy run folders with `cp -rL`), or train the other run folder",
+             with a copy of the folder, or copy run folders with `cp -rL`), or train the other run folder.{gone}",
             self.link.display(),
             self.real.display(),
             run_dir.display()
@@ -462,16 +589,15 @@ pub fn checkpoints_read_from_another_run(run_dir: &Path) -> Option<String> {
          `cp -r`)",
         claim.link.display(),
         claim.real.display(),
-        other.display(),
+        other.described(),
         run_dir.display()
     ))
 }
 
 /// Records in the checkpoints folder `checkpoints` that it holds the checkpoints of the run
-/// folder it is in (by real path), where it does not say so already: at each checkpoint a run
-/// saves, its start accepted.
+/// folder it is in (by real path and identity, [`OwnerRecord`]), where it does not say so
+/// already: at each checkpoint a run saves, its start accepted.
 pub fn record_checkpoints_owner(checkpoints: &Path) -> anyhow::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     let real =
         std::fs::canonicalize(checkpoints).with_context(|| format!("cannot resolve {}", checkpoints.display()))?;
     let own = checkpoints
@@ -485,12 +611,12 @@ pub fn record_checkpoints_owner(checkpoints: &Path) -> anyhow::Result<()> {
         })
         .with_context(|| format!("{} is in no folder", checkpoints.display()))?
         .with_context(|| format!("cannot resolve the folder of {}", checkpoints.display()))?;
+    let identity = FolderIdentity::of(&own);
+    let bytes = OwnerRecord { path: own, identity }.bytes();
     let record = real.join(CHECKPOINTS_OWNER_FILE);
-    let mut line = own.as_os_str().as_bytes().to_vec();
-    line.push(b'\n');
-    if std::fs::read(&record).ok().as_deref() != Some(line.as_slice()) {
+    if std::fs::read(&record).ok().as_deref() != Some(bytes.as_slice()) {
         let tmp = real.join(format!("{CHECKPOINTS_OWNER_FILE}.tmp-{}", std::process::id()));
-        std::fs::write(&tmp, &line)
+        std::fs::write(&tmp, &bytes)
             .and_then(|()| std::fs::rename(&tmp, &record))
             .with_context(|| format!("cannot write {}", record.display()))?;
     }
@@ -1592,24 +1718,43 @@ mod tests {
         assert!(e.contains("cp -rL"), "{e}");
         drop(take(&first).unwrap());
 
-        // The first run folder moved: the checkpoints go with whichever folder trains next.
+        // The first run folder moved: the checkpoints are still its own, known by the identity
+        // the record keeps, and a copy cannot take them while it is away from the recorded path.
         let moved = tmp.path().join("r1-moved");
         std::fs::rename(&first, &moved).unwrap();
-        let taken = take(&second).unwrap();
-        save(&second);
+        let e = format!("{:#}", take(&second).unwrap_err());
+        assert!(
+            e.contains("r1 (no longer there: moved, its checkpoints still leading here, or removed)")
+                && e.contains(".run-folder and start again"),
+            "{e}"
+        );
+        let read = checkpoints_read_from_another_run(&second).unwrap_or_default();
+        assert!(read.contains("r1 (no longer there"), "{read}");
+        let taken = take(&moved).unwrap();
+        save(&moved);
         drop(taken);
-        let e = format!("{:#}", take(&moved).unwrap_err());
-        assert!(e.contains("r2, which holds that run's checkpoints"), "{e}");
+        let e = format!("{:#}", take(&second).unwrap_err());
+        assert!(e.contains("r1-moved, which holds that run's checkpoints"), "{e}");
         // Given a copy of its own, a folder keeps it; the record in the copy names another.
-        std::fs::remove_file(moved.join(CHECKPOINTS_DIR)).unwrap();
-        std::fs::create_dir(moved.join(CHECKPOINTS_DIR)).unwrap();
+        std::fs::remove_file(second.join(CHECKPOINTS_DIR)).unwrap();
+        std::fs::create_dir(second.join(CHECKPOINTS_DIR)).unwrap();
         std::fs::copy(
             scratch.join(CHECKPOINTS_OWNER_FILE),
-            moved.join(CHECKPOINTS_DIR).join(CHECKPOINTS_OWNER_FILE),
+            second.join(CHECKPOINTS_DIR).join(CHECKPOINTS_OWNER_FILE),
         )
         .unwrap();
-        drop(take(&moved).unwrap());
         drop(take(&second).unwrap());
+        drop(take(&moved).unwrap());
+        // The recorded folder removed: another folder leading there takes the checkpoints once
+        // the record is removed, as the refusal says. (Made before the removal, so that it cannot
+        // get the removed folder's inode number.)
+        let third = tmp.path().join("r4");
+        std::fs::create_dir(&third).unwrap();
+        std::os::unix::fs::symlink(&scratch, third.join(CHECKPOINTS_DIR)).unwrap();
+        std::fs::remove_dir_all(&moved).unwrap();
+        assert!(take(&third).is_err());
+        std::fs::remove_file(scratch.join(CHECKPOINTS_OWNER_FILE)).unwrap();
+        drop(take(&third).unwrap());
 
         // A link to a folder that is not there: refused at the start, before any step.
         let dangling = tmp.path().join("r3");
