@@ -1273,6 +1273,18 @@ fn a_run_whose_checkpoints_were_removed_is_not_restarted_from_step_0_in_its_fold
     assert!(!run_dir.join("checkpoints").exists(), "{all}");
     let out = run(dir.path(), "r", &["--quiet", "--fresh"]);
     assert!(out.status.success(), "{}", text(&out));
+
+    // An unfinished run (no summary yet) whose checkpoints were removed starts again from step 0,
+    // as one stopped before its first checkpoint does; its kNN curve's steps are named first,
+    // by validate and by the start.
+    std::fs::remove_dir_all(run_dir.join("checkpoints")).unwrap();
+    std::fs::remove_file(run_dir.join("summary.json")).unwrap();
+    let said = "r/knn-curve.json records evaluations up to step 48, but r/checkpoints holds no checkpoint: \
+                training starts again from step 0";
+    let out = byol_run(dir.path(), &["validate", "tiny.toml", "--run-dir", "r"]);
+    assert!(out.status.success() && text(&out).contains(said), "{}", text(&out));
+    let out = run(dir.path(), "r", &[]);
+    assert!(out.status.success() && text(&out).contains(said), "{}", text(&out));
 }
 
 /// A run continued over another length (more epochs allowed, or other data) says that its

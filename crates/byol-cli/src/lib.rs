@@ -651,11 +651,14 @@ fn check_run_folder(
                 length.map_or(String::new(), |(total, _, _)| format!(" and trains to step {total}")),
                 recorded(manifest, true, false)
             ),
-            None => format!(
-                "{} holds a run of this experiment that stopped before its first checkpoint: a start trains it \
-                 from step 0 there",
-                dir.display()
-            ),
+            None => match byol_train::train::state::progress_without_a_checkpoint(&dir, &checkpointer) {
+                Some(note) => format!("{} holds a run of this experiment: {note}", dir.display()),
+                None => format!(
+                    "{} holds a run of this experiment that stopped before its first checkpoint: a start trains \
+                     it from step 0 there",
+                    dir.display()
+                ),
+            },
         });
     }
     Ok(said)

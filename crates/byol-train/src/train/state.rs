@@ -465,6 +465,9 @@ impl RunStart {
         }
         if latest.is_none() {
             check_no_checkpoints_lost(run_dir, checkpointer)?;
+            if let Some(note) = progress_without_a_checkpoint(run_dir, checkpointer).filter(|_| main) {
+                byol::eprint_line!("note: {note}");
+            }
         }
         let saved = match &latest {
             Some((dir, manifest)) => Some((
@@ -927,6 +930,26 @@ pub fn check_no_checkpoints_lost(run_dir: &Path, checkpointer: &Checkpointer) ->
         super::SUMMARY_FILE,
         checkpointer.dir().display()
     )
+}
+
+/// What a start from step 0 says where the run folder's kNN curve records evaluations during
+/// training: steps trained that no checkpoint keeps. Usual for a run stopped before its first
+/// checkpoint (`checkpoint.every_steps` is longer than an epoch), but also what checkpoints
+/// removed while the run was unfinished leave (a scratch folder purged): said, not refused.
+pub fn progress_without_a_checkpoint(run_dir: &Path, checkpointer: &Checkpointer) -> Option<String> {
+    let last = super::curve::read_curve(run_dir)
+        .ok()?
+        .into_iter()
+        .map(|p| p.step)
+        .max()?;
+    (last > 0).then(|| {
+        format!(
+            "{} records evaluations up to step {last}, but {} holds no checkpoint: training starts again from \
+             step 0 (the run stopped before its first checkpoint, or its checkpoints were removed)",
+            run_dir.join(super::curve::CURVE_FILE).display(),
+            checkpointer.dir().display()
+        )
+    })
 }
 
 /// What a checkpoint saves beyond the weights: the optimizer and, in fp16, the loss scale.
