@@ -906,6 +906,23 @@ fn file_list_errors_name_the_line() {
         "{err}"
     );
     std::fs::remove_file(root.join("kitty")).unwrap();
+    // An image that is a link to another class folder's image: its label would be two.
+    std::os::unix::fs::symlink("../a/000.png", root.join("b/link.png")).unwrap();
+    let err = with("b/000.png\nb/link.png\n");
+    assert!(
+        err.contains("line 2: 'b/link.png' is a link to") && err.contains("an image of the class folder a"),
+        "{err}"
+    );
+    // One into its own class folder, or to a file outside the classes, keeps its label.
+    std::os::unix::fs::symlink("000.png", root.join("a/same.png")).unwrap();
+    std::fs::copy(root.join("a/000.png"), tmp.path().join("outside.png")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("outside.png"), root.join("b/outside.png")).unwrap();
+    std::fs::write(&list, "a/same.png\nb/outside.png\n").unwrap();
+    let (splits, _) = load(&root, &format!("file_list = {}", quoted(&list))).unwrap();
+    assert_eq!(splits.train.len(), 2);
+    for name in ["b/link.png", "a/same.png", "b/outside.png"] {
+        std::fs::remove_file(root.join(name)).unwrap();
+    }
     for (entry, what) in [
         (
             "a/dangling.png",

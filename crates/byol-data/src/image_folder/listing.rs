@@ -837,6 +837,17 @@ pub(super) fn read_file_list(
         .map_err(|e| DataError::Config(format!("{list_key}: cannot read {}: {e}", list_path.display())))?;
     let label_of: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     let linked_into = linked_class_folders(root, classes);
+    let real_classes: Vec<Option<PathBuf>> = classes.iter().map(|c| root.join(c).canonicalize().ok()).collect();
+    // Another class than `label` whose folder holds `real`, where `label`'s does not hold it as
+    // deep (a class folder may lie inside another through links).
+    let other_class_holding = |real: &Path, label: usize| {
+        let depth = |j: usize| match &real_classes[j] {
+            Some(folder) if real.starts_with(folder) => folder.components().count(),
+            _ => 0,
+        };
+        let deepest = (0..classes.len()).map(depth).max().unwrap_or(0);
+        (deepest > 0 && depth(label) < deepest).then(|| (0..classes.len()).find(|&j| depth(j) == deepest))?
+    };
     for (n, line) in list_lines(&text) {
         let at = || format!("{} line {n}", list_path.display());
         let relative = relative_path(line).map_err(|why| DataError::Config(format!("{}: '{line}' {why}", at())))?;
@@ -872,6 +883,23 @@ pub(super) fn read_file_list(
                 not_a_file(&path)
             )));
         };
+        // A link to an image of another class folder would give that image a second label (the
+        // folder read alone leaves such a link out).
+        if let Some(other) = path
+            .canonicalize()
+            .ok()
+            .and_then(|real| other_class_holding(&real, label))
+        {
+            return Err(DataError::Config(format!(
+                "{}: '{line}' is a link to {}, an image of the class folder {}: it would be of two classes at \
+                 once (the folder read alone leaves the link out); list it under {}, or make it a copy",
+                at(),
+                path.canonicalize()
+                    .map_or_else(|_| "?".into(), |real| real.display().to_string()),
+                classes[other],
+                classes[other]
+            )));
+        }
         per_class[label].push((path, size));
     }
     Ok(())
