@@ -338,6 +338,7 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
         .sweep
         .iter()
         .map(|(lr, top1)| format!("lr {lr}: {:.1}%", top1 * 100.0))
+        .chain(result.diverged.iter().map(|lr| format!("lr {lr}: diverged")))
         .collect();
     byol::eprint_line!(
         "linear: lr {} chosen on the {} split ({} of {} training images held out: {:.0}% of each class, \
@@ -363,7 +364,22 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
             result.sweep_train_size
         );
     }
-    if let Some(edge) = edge_of_grid(&result.sweep) {
+    if !result.diverged.is_empty() {
+        byol::eprint_line!(
+            "warning: the classifier diverged (its weights became Inf or NaN) at lr {}: left out of the choice",
+            result
+                .diverged
+                .iter()
+                .map(f64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    // A diverged lr lies beyond the chosen one as surely as a worse one does.
+    let tried: Vec<(f64, f64)> = (result.sweep.iter().copied())
+        .chain(result.diverged.iter().map(|&lr| (lr, f64::NEG_INFINITY)))
+        .collect();
+    if let Some(edge) = edge_of_grid(&tried) {
         byol::eprint_line!(
             "warning: the chosen lr {} is the {edge} tried: a better one may lie beyond it; give --lrs \
              reaching further {}",
@@ -386,6 +402,7 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
             "validation_fraction": VALIDATION_FRACTION,
             "validation_size": result.validation_size,
             "sweep": result.sweep,
+            "diverged": result.diverged,
             "top1": result.accuracy.top1,
             "top5": result.accuracy.top5,
         }),

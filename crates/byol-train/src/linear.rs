@@ -36,13 +36,24 @@ pub struct LinearResult {
     pub lr_chosen_on: String,
     /// The candidate with the best validation top-1 (the first of equals).
     pub chosen_lr: f64,
-    /// (lr, validation top-1) of every candidate, in the order given.
+    /// (lr, validation top-1) of every candidate whose classifier stayed finite, in the order
+    /// given.
     pub sweep: Vec<(f64, f64)>,
+    /// The candidates whose classifier's weights became Inf or NaN (an lr far too large): never
+    /// chosen, their accuracy meaningless (every logit NaN ranks class 0 first).
+    #[serde(default)]
+    pub diverged: Vec<f64>,
     /// Training features held out for validation, and those the sweep's classifiers trained on.
     pub validation_size: usize,
     pub sweep_train_size: usize,
     /// Test accuracy of a fresh classifier trained with `chosen_lr` on all training features.
     pub accuracy: LinearAccuracy,
+}
+
+/// Whether every weight and bias of `classifier` is finite (an lr far too large overflows them).
+fn is_finite(classifier: &nn::Linear) -> bool {
+    let finite = |t: &Tensor| t.isfinite().all().int64_value(&[]) != 0;
+    finite(&classifier.ws) && classifier.bs.as_ref().is_none_or(finite)
 }
 
 /// Top-1 / top-5 of `logits` against `labels`.
@@ -228,25 +239,41 @@ pub fn linear_probe(
     );
     let (inputs, device) = (train.size()[1], train.device());
     let sweep_draws = ClassifierDraws::new(rest.size()[0], inputs, classes, epochs, seed, device);
-    let mut sweep = Vec::new();
+    let (mut sweep, mut diverged) = (Vec::new(), Vec::new());
     for &lr in lrs {
         let classifier = train_classifier(&sweep_features, &sweep_labels, &sweep_draws, lr);
+        if !is_finite(&classifier) {
+            diverged.push(lr);
+            continue;
+        }
         let acc = tch::no_grad(|| accuracy(&classifier.forward(&validation_features), &validation_labels));
         sweep.push((lr, acc.top1));
     }
-    let (chosen_lr, _) = sweep
+    let Some((chosen_lr, _)) = sweep
         .iter()
         .copied()
         .reduce(|best, candidate| if candidate.1 > best.1 { candidate } else { best })
-        .expect("at least one lr");
+    else {
+        bail!(
+            "the linear probe's classifier diverged (its weights became Inf or NaN) at every learning rate \
+             tried ({}): try smaller ones",
+            lrs.iter().map(f64::to_string).collect::<Vec<_>>().join(", ")
+        );
+    };
 
     let draws = ClassifierDraws::new(train.size()[0], inputs, classes, epochs, seed, device);
     let classifier = train_classifier(&train, train_labels, &draws, chosen_lr);
+    ensure!(
+        is_finite(&classifier),
+        "the linear probe's classifier diverged (its weights became Inf or NaN) at lr {chosen_lr} on all \
+         training images, where it stayed finite on the images of the lr sweep: try smaller learning rates"
+    );
     let test_accuracy = tch::no_grad(|| accuracy(&classifier.forward(&test), test_labels));
     Ok(LinearResult {
         lr_chosen_on: LR_CHOSEN_ON.to_string(),
         chosen_lr,
         sweep,
+        diverged,
         validation_size: validation.size()[0] as usize,
         sweep_train_size: rest.size()[0] as usize,
         accuracy: test_accuracy,

@@ -367,6 +367,31 @@ fn linear_probe_separates_separable_features_and_not_random_labels() {
     assert!(chance.accuracy.top1 < 0.45, "{replay}: {chance:?}");
 }
 
+/// An lr so large that the classifier's weights overflow to Inf or NaN (whose logits would rank
+/// class 0 first for every image, a chance-like score) is left out of the choice and named; with
+/// no other lr, the probe is refused.
+#[test]
+fn a_diverged_classifier_is_never_chosen_nor_scored() {
+    let (seed, replay) = fresh("LINEAR_PROBE_SEED");
+    let (train, train_y, test, test_y) = {
+        let _rng = seeded(seed);
+        let w = Tensor::randn([16, 4], tch::kind::FLOAT_CPU);
+        let train = Tensor::randn([400, 16], tch::kind::FLOAT_CPU);
+        let test = Tensor::randn([100, 16], tch::kind::FLOAT_CPU);
+        let (train_y, test_y) = (train.matmul(&w).argmax(1, false), test.matmul(&w).argmax(1, false));
+        (train, train_y, test, test_y)
+    };
+    let result = linear_probe((&train, &train_y), (&test, &test_y), 4, 3, &[0.1, 3e38], seed).unwrap();
+    assert_eq!(result.diverged, [3e38], "{replay}: {result:?}");
+    assert_eq!(result.chosen_lr, 0.1, "{replay}: {result:?}");
+    assert_eq!(result.sweep.len(), 1, "{replay}: {result:?}");
+    let error = linear_probe((&train, &train_y), (&test, &test_y), 4, 3, &[3e38], seed).unwrap_err();
+    assert!(
+        format!("{error}").contains("diverged (its weights became Inf or NaN) at every learning rate tried (3"),
+        "{replay}: {error}"
+    );
+}
+
 /// The test labels rotated by one class (y -> y+1 mod 4) make the classifier that learned the
 /// task score 0 on test and one that barely moved from its initialization score near chance: a
 /// sweep that chose on test would take the useless lr. Choosing on validation must not notice.
