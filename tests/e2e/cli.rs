@@ -549,4 +549,12 @@ fn a_mistyped_command_is_named_with_the_closest_one() {
         "{}",
         text(&out)
     );
+    // A folder given as the experiment: named as one.
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let out = byol_run(dir.path(), &["data"]);
+    assert!(
+        text(&out).contains("experiment file data is a folder: give the experiment's .toml file"),
+        "{}",
+        text(&out)
+    );
 }

@@ -103,6 +103,13 @@ fn images_per_second_count_each_starts_own_batch_size() {
 fn validate_tells_a_finished_run_from_one_stopped_at_its_last_step() {
     let dir = setup();
     let run_dir = finished_run(dir.path(), "r");
+    // The run folder given as the experiment file: its config.toml is named.
+    let out = byol_run(dir.path(), &["validate", "r"]);
+    assert!(
+        text(&out).contains("experiment file r is a folder: it is a run folder: its experiment is r/config.toml"),
+        "{}",
+        text(&out)
+    );
     let validate = ["validate", "tiny.toml", "--run-dir", "r"];
     let out = byol_run(dir.path(), &validate);
     let all = text(&out);

@@ -296,6 +296,18 @@ impl Experiment {
                     path.display()
                 )
             }
+            Err(_) if path.is_dir() => {
+                let saved = path.join(crate::run_dir::CONFIG_FILE);
+                let hint = match crate::run_dir::is_run_folder(path) {
+                    true => format!(
+                        "it is a run folder: its experiment is {} (train that file to resume the run; eval, \
+                         export, embed and compare take the folder itself)",
+                        saved.display()
+                    ),
+                    false => "give the experiment's .toml file".to_string(),
+                };
+                bail!("experiment file {} is a folder: {hint}", path.display())
+            }
             Err(e) => return Err(e).with_context(|| format!("cannot read experiment file {}", path.display())),
         };
         let mut experiment =
