@@ -1509,6 +1509,13 @@ fn a_trial_trained_again_outside_the_sweep_is_said_to_be_ranked_as_it_was() {
     let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
     assert!(out.status.success(), "{}", text(&out));
     let trial = "runs/tiny-sweep/trial-001/config.toml";
+    // Refused without the change allowed: --fresh would move it among its sweep's old attempts.
+    let out = byol_run(dir.path(), &["train", trial, "--set", "schedule.epochs=2"]);
+    assert!(
+        text(&out).contains("runs/tiny-sweep/old-attempts/trial-001.old-<time>, nothing is deleted"),
+        "{}",
+        text(&out)
+    );
     let longer = [
         "--set",
         "schedule.epochs=2",

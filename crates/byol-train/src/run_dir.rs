@@ -735,6 +735,21 @@ pub fn take_ownership(
     Ok((Some(lock), moved))
 }
 
+/// Where `--fresh` moves `run_dir` aside, in words: beside it, or a sweep's trial among its
+/// sweep's old attempts.
+fn moved_aside_to(run_dir: &Path) -> String {
+    let name = run_dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    match sweep_of_trial(run_dir) {
+        Some(sweep) => format!(
+            "{}/{name}.old-<time>",
+            sweep.join(crate::sweep::OLD_ATTEMPTS_DIR).display()
+        ),
+        None => format!("{}.old-<time>", run_dir.display()),
+    }
+}
+
 /// The sweep folder whose trial `run_dir` is: the trial's record in it, in a sweep's folder.
 fn sweep_of_trial(run_dir: &Path) -> Option<PathBuf> {
     if !run_dir.join(crate::sweep::TRIAL_FILE).is_file() {
@@ -1335,10 +1350,10 @@ impl std::fmt::Display for OtherExperiment {
         write!(
             f,
             "To continue this run with the new values anyway, add {}; to start a new run, add --fresh (the old \
-             folder is moved aside to {}.old-<time>, nothing is deleted). These keys may change on a resume \
+             folder is moved aside to {}, nothing is deleted). These keys may change on a resume \
              without either: {}",
             flags.join(" "),
-            self.run_dir.display(),
+            moved_aside_to(&self.run_dir),
             SAFE_TO_CHANGE.join(", ")
         )
     }
