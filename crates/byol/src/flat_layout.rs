@@ -1,10 +1,11 @@
 //! Where each tensor lives in a flat buffer that holds many (the EMA's and the fused optimizer's
 //! buffers): every slot starts on a 64-byte boundary, as libtorch's allocators place a tensor of
 //! its own (64 bytes on a CPU, 512 on CUDA). A kernel may take another path for data at another
-//! alignment (a vectorised or blocked path needs it; a CPU BLAS sums a misaligned row in another
-//! order), so views of the buffer compute as tensors allocated one by one do: bit for bit what
-//! PyTorch gives on the same values, and the fast paths on a GPU. The gaps hold zeros, which
-//! every whole-buffer op (EMA, momentum) keeps at zero.
+//! alignment (vectorised loads on a GPU need it; a BLAS may block a misaligned row otherwise and
+//! sum it in another order), so views of the buffer are laid out as tensors allocated one by one
+//! are: nothing about them can make a kernel round otherwise than it does for PyTorch's tensors,
+//! nor miss a fast path. The gaps hold zeros, which every whole-buffer op (EMA, momentum) keeps
+//! at zero.
 
 use tch::Kind;
 
