@@ -375,11 +375,19 @@ fn linear(data: &EvalData, epochs: usize, lrs: &[f64]) -> anyhow::Result<()> {
                 .join(", ")
         );
     }
-    // A diverged lr lies beyond the chosen one as surely as a worse one does.
-    let tried: Vec<(f64, f64)> = (result.sweep.iter().copied())
-        .chain(result.diverged.iter().map(|&lr| (lr, f64::NEG_INFINITY)))
-        .collect();
-    if let Some(edge) = edge_of_grid(&tried) {
+    // At the edge of the lrs that stayed finite, with one that diverged beyond it: a better lr
+    // may lie between the two, not beyond the grid.
+    let diverged_beyond = |edge: &str| {
+        let beyond = |&lr: &f64| {
+            if edge == "largest" {
+                lr > result.chosen_lr
+            } else {
+                lr < result.chosen_lr
+            }
+        };
+        result.diverged.iter().any(beyond)
+    };
+    if let Some(edge) = edge_of_grid(&result.sweep).filter(|edge| !diverged_beyond(edge)) {
         byol::eprint_line!(
             "warning: the chosen lr {} is the {edge} tried: a better one may lie beyond it; give --lrs \
              reaching further {}",

@@ -399,6 +399,9 @@ pub fn check_gradients(spec: &dyn BackboneSpec, image_size: i64) {
 /// tap's dimension, takes a loss, backward and EMA step with finite numbers, and computes with
 /// what is written into its variables.
 pub fn check_byol(spec: &dyn BackboneSpec, image_size: i64) {
+    // Its comparison with the backbone built alone is bit for bit: both on one thread, whatever
+    // the machine's count.
+    tch::set_num_threads(1);
     let name = type_name(spec);
     let (_, probe) = build(spec, image_size, 8, &[]);
     let tap = *probe.taps().last().expect("taps");

@@ -370,9 +370,9 @@ struct CheckpointsClaim {
 enum OtherOwner {
     /// It still leads there.
     LeadsHere(PathBuf),
-    /// It is not there any more, and the folder claiming the checkpoints through a link is not
-    /// that folder moved (another file system object): it may have moved elsewhere with its
-    /// link, or been removed, which nothing here can tell apart.
+    /// It is not at its recorded path any more (another folder may be), and the folder claiming
+    /// the checkpoints through a link is not that folder moved (another file system object): it
+    /// may have moved elsewhere with its link, or been removed, which nothing here tells apart.
     Gone(PathBuf),
 }
 
@@ -382,7 +382,7 @@ impl OtherOwner {
         match self {
             OtherOwner::LeadsHere(path) => path.display().to_string(),
             OtherOwner::Gone(path) => format!(
-                "{} (no longer there: moved, its checkpoints still leading here, or removed)",
+                "{} (not at that path any more: moved, its checkpoints still leading here, or removed)",
                 path.display()
             ),
         }
@@ -397,9 +397,11 @@ struct OwnerRecord {
 }
 
 /// What stays the same when a folder is moved or renamed on its file system and differs for a
-/// copy: its device and inode numbers, and its creation time where the file system keeps one
-/// (a folder made after another was removed may get the same inode number; without a creation
-/// time, such a folder passes for the removed one).
+/// copy: its inode number and its creation time where the file system keeps one (a folder made
+/// after another was removed may get the same inode number), else its device and inode numbers
+/// (a device number may change with a remount, or from one node to another on NFS: it is
+/// compared only where there is no creation time; without one, a folder that got a removed
+/// one's inode number passes for it).
 #[derive(Debug, Clone, Copy)]
 struct FolderIdentity {
     dev: u64,
@@ -440,11 +442,10 @@ impl FolderIdentity {
 
     /// Whether both are the same folder, as far as both tell.
     fn same_as(&self, other: &Self) -> bool {
-        let created = match (self.created_ns, other.created_ns) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        };
-        self.dev == other.dev && self.ino == other.ino && created
+        match (self.created_ns, other.created_ns) {
+            (Some(a), Some(b)) => self.ino == other.ino && a == b,
+            _ => self.dev == other.dev && self.ino == other.ino,
+        }
     }
 }
 
@@ -480,23 +481,20 @@ impl CheckpointsClaim {
             return None;
         }
         let leads_here = |folder: &Path| std::fs::canonicalize(folder.join(CHECKPOINTS_DIR)).is_ok_and(|c| c == real);
-        let other = OwnerRecord::read(&real).and_then(|owner| {
-            if owner.path == own {
-                None
-            } else if leads_here(&owner.path) {
-                Some(OtherOwner::LeadsHere(owner.path))
-            } else if real != own.join(CHECKPOINTS_DIR)
-                && std::fs::symlink_metadata(&owner.path).is_err()
-                && owner
-                    .identity
-                    .is_some_and(|id| FolderIdentity::of(&own).is_none_or(|own| !id.same_as(&own)))
-            {
-                Some(OtherOwner::Gone(owner.path))
-            } else {
-                // This folder moved here (or was copied with its checkpoints inside it, which are
-                // then its own), or the recorded one keeps its checkpoints elsewhere now.
-                None
-            }
+        let is = |folder: &Path, id: &FolderIdentity| FolderIdentity::of(folder).is_some_and(|f| id.same_as(&f));
+        let other = OwnerRecord::read(&real).and_then(|owner| match &owner.identity {
+            // A record written before identities were kept: by path alone.
+            None if owner.path != own && leads_here(&owner.path) => Some(OtherOwner::LeadsHere(owner.path)),
+            None => None,
+            // This folder, wherever it is now.
+            Some(id) if is(&own, id) => None,
+            // The recorded folder, where it was recorded: another run folder's checkpoints while
+            // it leads here; left to this one where it keeps its checkpoints elsewhere now.
+            Some(id) if is(&owner.path, id) => leads_here(&owner.path).then_some(OtherOwner::LeadsHere(owner.path)),
+            // The recorded folder is not at its path (moved, or removed; another may be there):
+            // checkpoints inside this folder are its own (copied with it), linked ones are not.
+            Some(_) if real == own.join(CHECKPOINTS_DIR) => None,
+            Some(_) => Some(OtherOwner::Gone(owner.path)),
         });
         Some(Self { link, real, other })
     }
@@ -741,12 +739,13 @@ fn moved_aside_to(run_dir: &Path) -> String {
     let name = run_dir
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    match sweep_of_trial(run_dir) {
-        Some(sweep) => format!(
+    match (sweep_of_trial(run_dir), run_dir.parent()) {
+        // Named as the run folder is (relative where it is).
+        (Some(_), Some(sweep)) => format!(
             "{}/{name}.old-<time>",
             sweep.join(crate::sweep::OLD_ATTEMPTS_DIR).display()
         ),
-        None => format!("{}.old-<time>", run_dir.display()),
+        _ => format!("{}.old-<time>", run_dir.display()),
     }
 }
 
@@ -807,14 +806,15 @@ pub fn check_not_inside_a_run(dir: &Path, kind: FolderKind) -> anyhow::Result<()
     // A trial's folder (one a sweep made, trained on its own to finish it) is a sweep's.
     let trial = kind == FolderKind::Trial || dir.join(crate::sweep::TRIAL_FILE).is_file();
     for (parent, outer) in folders_above(dir) {
-        const MOVED_ASIDE: &str = "--fresh there would move this folder aside with it";
+        const MOVED_ASIDE: &str = "--fresh there would move this folder aside with it, and this folder's next \
+                                   start would begin again from step 0";
         let (outer_kind, inner, why) = if holds_run_records(&outer) || outer.join(crate::sweep::TRIAL_FILE).is_file() {
             (FolderKind::Run.to_string(), "the run's own records", MOVED_ASIDE)
         } else if !(parent && trial) && is_sweep_folder(&outer) {
             (FolderKind::Sweep.to_string(), "its trials", MOVED_ASIDE)
         } else if is_checkpoints_folder(&outer) {
             // Reached through a link (scratch space), where the checks above see no run.
-            let why = "its run moves what is not a checkpoint out of it at its next start";
+            let why = "its run deletes old checkpoints, with whatever they hold, as it prunes them";
             ("checkpoints folder".to_string(), "its run's checkpoints", why)
         } else {
             continue;
@@ -838,8 +838,7 @@ pub fn check_not_inside_a_run(dir: &Path, kind: FolderKind) -> anyhow::Result<()
             }
         };
         bail!(
-            "{kind} {} is inside the {outer_kind} {}, which holds {inner} only: {why}, and this folder's next \
-             start would begin again from step 0. {way_out}",
+            "{kind} {} is inside the {outer_kind} {}, which holds {inner} only: {why}. {way_out}",
             dir.display(),
             outer.display(),
         );
@@ -879,13 +878,12 @@ fn folders_above(dir: &Path) -> Vec<(bool, PathBuf)> {
     above
 }
 
-/// Whether `dir` is a run's checkpoints folder: named `checkpoints` beside the run's
-/// `config.toml`, or, wherever it is (a link's target in scratch space), recording the run
-/// folder whose checkpoints it holds ([`CHECKPOINTS_OWNER_FILE`]).
+/// Whether `dir` is a run's checkpoints folder: the `checkpoints` of a folder holding a run's
+/// records, or, wherever it is (a link's target in scratch space), one recording the run folder
+/// whose checkpoints it holds ([`CHECKPOINTS_OWNER_FILE`]).
 pub fn is_checkpoints_folder(dir: &Path) -> bool {
-    let beside_a_run =
-        dir.file_name().is_some_and(|n| n == CHECKPOINTS_DIR) && dir.with_file_name(CONFIG_FILE).is_file();
-    beside_a_run || dir.join(CHECKPOINTS_OWNER_FILE).is_file()
+    let of_a_run = dir.file_name().is_some_and(|n| n == CHECKPOINTS_DIR) && dir.parent().is_some_and(holds_run_records);
+    of_a_run || dir.join(CHECKPOINTS_OWNER_FILE).is_file()
 }
 
 /// Whether `dir` holds a run's records by their contents: its `config.toml` beside a
@@ -1739,12 +1737,12 @@ mod tests {
         std::fs::rename(&first, &moved).unwrap();
         let e = format!("{:#}", take(&second).unwrap_err());
         assert!(
-            e.contains("r1 (no longer there: moved, its checkpoints still leading here, or removed)")
+            e.contains("r1 (not at that path any more: moved, its checkpoints still leading here, or removed)")
                 && e.contains(".run-folder and start again"),
             "{e}"
         );
         let read = checkpoints_read_from_another_run(&second).unwrap_or_default();
-        assert!(read.contains("r1 (no longer there"), "{read}");
+        assert!(read.contains("r1 (not at that path any more"), "{read}");
         let taken = take(&moved).unwrap();
         save(&moved);
         drop(taken);
@@ -1820,6 +1818,27 @@ mod tests {
             .unwrap()
             .remove_if_unused();
         assert!(existing.join(LOCK_FILE).exists(), "a lock file there before stays");
+    }
+
+    /// A run folder moved away and a copy of it put at its old path (`mv r1 r1b; cp -r r1b r1`):
+    /// the linked checkpoints stay the moved folder's, known by its identity, not the path's.
+    #[test]
+    fn a_copy_at_the_recorded_path_does_not_take_the_moved_folder_s_checkpoints() {
+        let tmp = tempfile::tempdir().unwrap();
+        let scratch = tmp.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let (original, moved) = (tmp.path().join("r1"), tmp.path().join("r1b"));
+        std::fs::create_dir(&original).unwrap();
+        std::os::unix::fs::symlink(&scratch, original.join(CHECKPOINTS_DIR)).unwrap();
+        let take = |run: &Path| take_ownership(run, FolderKind::Run, true, false).map(|(lock, _)| lock);
+        drop(take(&original).unwrap());
+        record_checkpoints_owner(&original.join(CHECKPOINTS_DIR)).unwrap();
+        std::fs::rename(&original, &moved).unwrap();
+        std::fs::create_dir(&original).unwrap();
+        std::os::unix::fs::symlink(&scratch, original.join(CHECKPOINTS_DIR)).unwrap();
+        let e = format!("{:#}", take(&original).unwrap_err());
+        assert!(e.contains("r1 (not at that path any more"), "{e}");
+        drop(take(&moved).unwrap());
     }
 
     /// A run folder copied by hard links (`cp -al`) shares its lock file with the original: the

@@ -1,11 +1,10 @@
 //! Where each tensor lives in a flat buffer that holds many (the EMA's and the fused optimizer's
-//! buffers): every slot starts on a 64-byte boundary, as libtorch's allocators place a tensor of
-//! its own (64 bytes on a CPU, 512 on CUDA). A kernel may take another path for data at another
-//! alignment (vectorised loads on a GPU need it; a BLAS may block a misaligned row otherwise and
-//! sum it in another order), so views of the buffer are laid out as tensors allocated one by one
-//! are: nothing about them can make a kernel round otherwise than it does for PyTorch's tensors,
-//! nor miss a fast path. The gaps hold zeros, which every whole-buffer op (EMA, momentum) keeps
-//! at zero.
+//! buffers): every slot starts on a 64-byte boundary, as libtorch's CPU allocator places a tensor
+//! of its own. A kernel may take another path for data at another alignment (a BLAS may block a
+//! misaligned row otherwise and sum it in another order; a GPU's vectorised loads need 16 bytes),
+//! so on a CPU views of the buffer are laid out as tensors allocated one by one are, and on CUDA
+//! (whose allocator aligns to 512 bytes) aligned for the widest vector loads. The gaps hold
+//! zeros, which every whole-buffer op (EMA, momentum) keeps at zero.
 
 use tch::Kind;
 

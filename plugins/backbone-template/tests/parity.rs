@@ -2,10 +2,11 @@
 //! (`TINY_CNN_PARITY_SEED` replays one): outputs in train and eval mode, gradients and running
 //! statistics, bit for bit. A new backbone's parity test looks like this: build ours, hand its
 //! variables by name to the PyTorch module, compare. Bit for bit where both make the same libtorch
-//! calls in the same order, on one thread each (`assert_bit_equal`); a layer computed otherwise
-//! than PyTorch's module computes it (attention written out where PyTorch fuses it) rounds
-//! otherwise, and is compared within a few times PyTorch's own float32 error against its float64
-//! result instead (`assert_within_rounding`, as the ViT backbone's test does).
+//! calls in the same order, on one thread each (`assert_bit_equal`); a layer computed through
+//! other ops than PyTorch's module uses (the ViT's attention against torchvision's
+//! `MultiheadAttention`, in its gradients) rounds otherwise, and is compared within a few times
+//! PyTorch's own float32 error against its float64 result instead (`assert_within_rounding`, as
+//! the ViT backbone's test does).
 
 use byol::BackboneSpec;
 use byol_testkit::rounding::assert_bit_equal;

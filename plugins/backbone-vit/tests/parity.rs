@@ -3,7 +3,8 @@
 //! this test maps to torchvision's one by one (timm's `attn.qkv` is torchvision's `in_proj`, both
 //! q, k, v stacked). Class-token outputs, the other taps (patch embedding, patch tokens), the
 //! input's gradient and every gradient outside attention are torchvision's bit for bit (the same
-//! libtorch calls, one thread each). The attention's weight gradients are not: torchvision's
+//! libtorch calls, one thread each). The attention's parameter gradients (`attn.qkv`,
+//! `attn.proj`, weights and biases) are not: torchvision's
 //! `MultiheadAttention` differentiates its packed in-projection through other ops than timm's
 //! `scaled_dot_product_attention` block, which ours follows; they are held within a few times
 //! torchvision's own float32 error of its float64 result ([`byol_testkit::rounding`]). And

@@ -884,10 +884,12 @@ pub(super) fn read_file_list(
             )));
         };
         // A link to an image of another class folder would give that image a second label (the
-        // folder read alone leaves such a link out).
-        if let Some(other) = path
-            .canonicalize()
-            .ok()
+        // folder read alone leaves such a link out). Only a line that is a link is resolved: a
+        // list may name millions of files on a network file system.
+        let is_link = path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink());
+        if let Some(other) = is_link
+            .then(|| path.canonicalize().ok())
+            .flatten()
             .and_then(|real| other_class_holding(&real, label))
         {
             return Err(DataError::Config(format!(
