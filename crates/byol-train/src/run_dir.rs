@@ -1689,8 +1689,10 @@ mod tests {
     }
 
     /// Two run folders whose checkpoints lead to one folder (a link copied by `cp -r`): the
-    /// second is refused while the first trains, and afterwards while the first still leads
-    /// there; once it no longer does (moved away, or given a copy), the other takes them.
+    /// second is refused while the first trains, afterwards while the first still leads there,
+    /// and while the first is away from its recorded path (moved: it keeps them, known by its
+    /// identity); once the first is given a copy of its own, or removed and its record with it,
+    /// the other takes them.
     #[test]
     fn two_run_folders_never_share_a_checkpoints_folder() {
         let tmp = tempfile::tempdir().unwrap();
