@@ -137,6 +137,31 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_default()
 }
 
+/// Where two tensors of the same shape and kind differ bit for bit: how many entries do, and the
+/// first of them (its flat index and both values). `None` when every bit is equal: -0 and +0
+/// differ, and a NaN equals a NaN of the same bits, as a bit-for-bit claim means.
+pub fn bit_difference(a: &Tensor, b: &Tensor) -> Option<(i64, i64, f64, f64)> {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    assert_eq!(a.kind(), b.kind(), "kinds differ");
+    let as_integers = |t: &Tensor| {
+        let same_width = match t.kind() {
+            tch::Kind::Float => tch::Kind::Int,
+            tch::Kind::Double => tch::Kind::Int64,
+            tch::Kind::Half | tch::Kind::BFloat16 => tch::Kind::Int16,
+            other => other,
+        };
+        t.contiguous().view_dtype(same_width).flatten(0, -1)
+    };
+    let differs = as_integers(a).ne_tensor(&as_integers(b));
+    let count = differs.sum(tch::Kind::Int64).int64_value(&[]);
+    if count == 0 {
+        return None;
+    }
+    let first = differs.to_kind(tch::Kind::Uint8).argmax(None, false).int64_value(&[]);
+    let value = |t: &Tensor| t.flatten(0, -1).double_value(&[first]);
+    Some((count, first, value(a), value(b)))
+}
+
 /// Largest absolute difference between two tensors (as f64).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
@@ -285,7 +310,26 @@ pub fn local_rendezvous(rank: usize, world: usize, port: u16) -> torch_ext::dist
 
 #[cfg(test)]
 mod tests {
-    use super::missing_dataset;
+    use super::{bit_difference, missing_dataset};
+    use tch::Tensor;
+
+    #[test]
+    fn bit_equality_tells_signed_zeros_apart_and_equal_nans_alike() {
+        let values = Tensor::from_slice(&[1.5f32, f32::NAN, 0.0, -3.0]);
+        assert_eq!(bit_difference(&values, &values.copy()), None);
+        let signed_zero = Tensor::from_slice(&[1.5f32, f32::NAN, -0.0, -3.0]);
+        assert_eq!(bit_difference(&values, &signed_zero), Some((1, 2, 0.0, 0.0)));
+        let one_ulp = Tensor::from_slice(&[1.5f32, f32::NAN, 0.0, f32::from_bits((-3.0f32).to_bits() + 1)]);
+        let (count, first, _, _) = bit_difference(&values, &one_ulp).expect("one ulp is a difference");
+        assert_eq!((count, first), (1, 3));
+        let strided = Tensor::from_slice(&[1.0f64, 2.0, 3.0, 4.0])
+            .view([2, 2])
+            .transpose(0, 1);
+        assert_eq!(
+            bit_difference(&strided, &Tensor::from_slice(&[1.0f64, 3.0, 2.0, 4.0]).view([2, 2])),
+            None
+        );
+    }
 
     #[test]
     fn a_missing_dataset_skips_outside_ci() {

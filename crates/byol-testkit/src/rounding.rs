@@ -68,12 +68,15 @@ pub fn assert_bit_equal(
 ) {
     let torch32 = &outputs[key];
     assert_eq!(ours.size(), torch32.size(), "{replay}: {what}: shapes differ");
-    let difference = crate::max_abs_diff(ours, torch32);
-    assert!(
-        difference == 0.0,
-        "{replay}: {what} differs from PyTorch's float32 result by {difference:e}, where the same kernels in the \
-         same order give the same bits"
-    );
+    if let Some((count, first, a, b)) = crate::bit_difference(ours, torch32) {
+        panic!(
+            "{replay}: {what} differs from PyTorch's float32 result in {count} of {} entries (first at flat index \
+             {first}: {a:e} against {b:e}; largest difference {:e}), where the same kernels in the same order give \
+             the same bits",
+            ours.numel(),
+            crate::max_abs_diff(ours, torch32)
+        );
+    }
 }
 
 #[cfg(test)]
