@@ -257,6 +257,20 @@ fn a_plain_run_of_a_sweep_file_points_to_byol_run_sweep_and_validate_checks_ever
         "{all}"
     );
     assert!(!dir.path().join("runs/tiny-sweep").exists(), "{all}");
+    // --devices would replace a swept run.device, and the summary would list the one not used.
+    let swept_device = TINY_SWEEP.replace(
+        "[sweep.parameters]\n",
+        "[sweep.parameters]\n\"run.device\" = [\"cpu\"]\n",
+    );
+    std::fs::write(dir.path().join("device.toml"), swept_device).unwrap();
+    let out = byol_run(dir.path(), &["sweep", "device.toml", "--devices", "cpu,cpu"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("--devices sets each trial's run.device, which [sweep.parameters] sweeps"),
+        "{all}"
+    );
+    assert!(!dir.path().join("runs/device-sweep").exists(), "{all}");
     // So are the commands that are not training: each process would do the whole of it.
     for command in [
         &["validate", "tiny.toml"][..],

@@ -190,6 +190,12 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
             "{error}"
         );
     }
+    // A TOML escape may put a control character in it (a line break, a tab).
+    for name in ["\"a\\nb\"", "\"lr\\t0.1\""] {
+        let set = format!("run.name={name}");
+        let error = refused(dir.path(), &["validate", "tiny.toml", "--set", &set]);
+        assert!(error.contains("holds a control character"), "{error}");
+    }
     for name in ["\"ablation/lr-0.1\"", "\"./exp/\""] {
         let set = format!("run.name={name}");
         let out = byol_run(dir.path(), &["validate", "tiny.toml", "--set", &set]);

@@ -173,6 +173,14 @@ impl Experiment {
                          without .. (or --run-dir for a folder elsewhere)"
                     ),
                 );
+            } else if name.chars().any(char::is_control) {
+                // A line break or a tab in a folder's name garbles every listing and log that prints it.
+                p.add(
+                    "run.name",
+                    format!(
+                        "run.name = {name:?} holds a control character (a line break, a tab): give a name without one"
+                    ),
+                );
             }
         }
         let s = &self.schedule;

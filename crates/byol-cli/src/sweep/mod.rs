@@ -59,6 +59,13 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     let sweep = load(&args.experiment)?;
     let devices = if args.devices.is_empty() {
         trials::default_devices(&sweep)
+    } else if sweep.sweeps("run.device") {
+        // --devices sets each trial's run.device: it would replace the swept value, and the
+        // summary would list the device the trial did not run on.
+        bail!(
+            "--devices sets each trial's run.device, which [sweep.parameters] sweeps: leave out --devices \
+             (each trial runs on the device it names), or sweep other keys"
+        );
     } else {
         args.devices.clone()
     };

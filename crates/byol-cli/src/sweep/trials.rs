@@ -45,8 +45,12 @@ pub struct SweepOptions {
 }
 
 /// The CUDA devices to spread trials over by default: every GPU when the experiment's device is
-/// "auto" or "cuda" and there are several; none (one trial at a time, as configured) otherwise.
+/// "auto" or "cuda" and there are several; none (one trial at a time, as configured) otherwise,
+/// and none when `run.device` is swept (each trial then runs on the device it names).
 pub fn default_devices(sweep: &Sweep) -> Vec<String> {
+    if sweep.sweeps("run.device") {
+        return Vec::new();
+    }
     let device = sweep
         .experiment(&sweep.trials[0], None)
         .map(|e| e.run.device)

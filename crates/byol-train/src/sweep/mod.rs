@@ -191,6 +191,13 @@ pub struct Parameter {
     pub space: Space,
 }
 
+impl Parameter {
+    /// Whether its values set the dotted key `key`: it is the key, or a table whose values hold it.
+    pub fn sets(&self, key: &str) -> bool {
+        self.key == key || space::holds(&self.space, &self.key, key)
+    }
+}
+
 /// One point of the sweep.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trial {
@@ -468,6 +475,11 @@ impl Sweep {
     /// The experiment file without `[sweep]`, as each trial parses it.
     pub fn base_text(&self) -> &str {
         &self.base
+    }
+
+    /// Whether a swept parameter sets the dotted key `key`.
+    pub fn sweeps(&self, key: &str) -> bool {
+        self.parameters.iter().any(|p| p.sets(key))
     }
 
     /// The `--set` assignments that make `trial` out of the base experiment (command-line ones

@@ -74,8 +74,7 @@ pub(super) fn parse_parameters(table: &toml::Table) -> anyhow::Result<Vec<Parame
     }
     // The sweep names each trial's run and its folder.
     for p in &out {
-        let names_run = |key: &str| p.key == key || holds(&p.space, &p.key, key);
-        if let Some(key) = ["run.name", "run.output_dir"].into_iter().find(|k| names_run(k)) {
+        if let Some(key) = ["run.name", "run.output_dir"].into_iter().find(|k| p.sets(k)) {
             bail!(
                 "sweep.parameters.\"{}\" sets {key}, which the sweep sets for each trial (runs \
                  <run.output_dir>/<run.name>-sweep/trial-NNN): sweep other keys, or run one sweep per value",
@@ -90,7 +89,7 @@ pub(super) fn parse_parameters(table: &toml::Table) -> anyhow::Result<Vec<Parame
 }
 
 /// Whether the values of `space`, swept at the table `key`, set the dotted key `inner` inside it.
-fn holds(space: &Space, key: &str, inner: &str) -> bool {
+pub(super) fn holds(space: &Space, key: &str, inner: &str) -> bool {
     let Some(rest) = super::path_within(key, inner) else {
         return false;
     };
