@@ -409,6 +409,27 @@ fn a_failing_trial_is_recorded_the_others_run_and_a_changed_grid_is_refused() {
     let sweep_dir = dir.path().join("runs/tiny-sweep");
     let error = std::fs::read_to_string(sweep_dir.join("trial-001/error.txt")).unwrap();
     assert!(error.contains("the loss became"), "{error}");
+    // A trial in a child process keeps the whole error it wrote, not the log's last lines.
+    let apart = [
+        &[
+            "sweep",
+            "tiny.toml",
+            "--devices",
+            "cpu,cpu",
+            "--set",
+            "run.name=\"apart\"",
+        ][..],
+        &small,
+    ]
+    .concat();
+    let out = byol_run(dir.path(), &apart);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let apart_error = std::fs::read_to_string(dir.path().join("runs/apart-sweep/trial-001/error.txt")).unwrap();
+    assert!(
+        apart_error.starts_with(error.lines().next().unwrap().split("tiny").next().unwrap())
+            && !apart_error.contains(" exited with "),
+        "{apart_error}\nin process: {error}"
+    );
     let markdown = std::fs::read_to_string(sweep_dir.join("summary.md")).unwrap();
     assert!(
         markdown.contains("| failed |") && markdown.contains("| done |"),

@@ -1189,7 +1189,10 @@ fn run_parallel(
                     Ok(()) => {}
                     Err(e) => {
                         byol::eprint_line!("{}: failed: {e:#}", trial.id());
-                        if in_place() {
+                        // A trial that failed once training had started wrote its whole error
+                        // (the one before it was retired above); the log's last lines stand in
+                        // only for one that could not (refused at its start, killed, crashed).
+                        if in_place() && !dir.join(ERROR_FILE).is_file() {
                             record_failure(trial, &dir, &format!("{e:#}"), unrecorded);
                         }
                     }
