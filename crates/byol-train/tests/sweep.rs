@@ -289,6 +289,8 @@ fn tables_rank_by_the_goal_and_quote_csv_fields() {
         "epoch": 1, "step": 2, "metric": "final_loss", "value": 0.9, "median": 0.5, "trials": 2
     });
     summary["steps"] = 2.into();
+    // Below its untrained network when it stopped, partway: not a result to warn of.
+    summary["knn_before"]["top1"] = (summary["knn_after"]["top1"].as_f64().unwrap() + 0.2).into();
     let pruned_dir = s.trial_dir(&s.trials[2]);
     fs::create_dir_all(&pruned_dir).unwrap();
     fs::write(pruned_dir.join("summary.json"), serde_json::to_vec(&summary).unwrap()).unwrap();
@@ -436,7 +438,8 @@ fn a_metric_the_data_cannot_give_is_refused_before_any_trial_trains() {
     parse("final_loss", &["dataset.test_size=0"]).unwrap();
 }
 
-/// A grid cut short by `trials`, and trials that repeat another's values, are warned about.
+/// A grid cut short by `trials`, trials that repeat another's values, and pruning that can never
+/// happen are warned about.
 #[test]
 fn a_grid_cut_short_and_repeated_values_are_warned_about() {
     let out = tempfile::tempdir().unwrap();
@@ -459,4 +462,20 @@ fn a_grid_cut_short_and_repeated_values_are_warned_about() {
         "{warnings:?}"
     );
     assert!(parse("[sweep]\n[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.2]\n").is_empty());
+    // Median pruning that needs more other trials than the sweep has never prunes.
+    let lrs = "[sweep.parameters]\n\"optimizer.lr\" = [0.1, 0.2, 0.3]\n";
+    let parse = |table: &str| {
+        Sweep::parse(&text(&out, table), &["schedule.epochs=4".into()], "x")
+            .unwrap()
+            .warnings
+    };
+    let warnings = parse(&format!("[sweep]\nprune = \"median\"\n{lrs}"));
+    assert_eq!(
+        warnings,
+        [
+            "sweep.prune = \"median\" judges a trial once 3 other trials have passed its evaluation, and the sweep \
+          has 3 trials: none will be pruned (lower sweep.prune_after, 3 by default)"
+        ]
+    );
+    assert!(parse(&format!("[sweep]\nprune = \"median\"\nprune_after = 2\n{lrs}")).is_empty());
 }

@@ -582,6 +582,20 @@ fn warnings(config: &SweepConfig, parameters: &[Parameter], trials: &[Trial], tr
             trials.len()
         ));
     }
+    let prune_after = config.prune_after.unwrap_or(prune::DEFAULT_PRUNE_AFTER);
+    if config.prune == Prune::Median && prune_after >= trials.len() {
+        // The last trial is the only one with that many others before it, when they have all
+        // passed its point: with fewer trials than that, none is ever judged.
+        warnings.push(format!(
+            "sweep.prune = \"median\" judges a trial once {prune_after} other trials have passed its evaluation, \
+             and the sweep has {} trials: none will be pruned (lower sweep.prune_after{})",
+            trials.len(),
+            match config.prune_after {
+                None => format!(", {} by default", prune::DEFAULT_PRUNE_AFTER),
+                Some(_) => String::new(),
+            }
+        ));
+    }
     for (i, trial) in trials.iter().enumerate() {
         if let Some(earlier) = (0..i).find(|&j| trained[j] == trained[i]).map(|j| &trials[j]) {
             warnings.push(format!(

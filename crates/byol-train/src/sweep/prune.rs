@@ -128,6 +128,19 @@ impl Pruner {
                 byol::eprint_line!("warning: median pruning leaves out {}: {e:#}", dir.display());
                 Vec::new()
             });
+            // A trial continued with another batch size or data (`byol-run train --allow-change`
+            // on its folder) numbers its epochs anew: the points of an epoch's number are not
+            // all after that many epochs, and which one is cannot be told.
+            if let Some(repeated) = curve.windows(2).find(|w| w[1].epoch <= w[0].epoch) {
+                byol::eprint_line!(
+                    "warning: median pruning leaves out {}: its kNN curve has epoch {} after epoch {} (it was \
+                     continued with other steps per epoch)",
+                    dir.display(),
+                    repeated[1].epoch,
+                    repeated[0].epoch
+                );
+                continue;
+            }
             let at_point = curve.iter().rev().find(|p| p.epoch == point.epoch);
             others.extend(at_point.and_then(|p| self.metric.at_point(p, &curve)));
         }
@@ -184,7 +197,8 @@ pub(super) fn check(prune: Prune, evaluations_during: usize, epochs: u64) -> any
             if evaluations_during == 0 {
                 bail!(
                     "sweep.prune = \"median\" needs kNN evaluations during training, and the trials have none \
-                     before their last epoch ({epochs} epochs): set eval.every_epochs, or eval.curve_points above 1"
+                     before their last epoch ({epochs} {}): set eval.every_epochs, or eval.curve_points above 1",
+                    if epochs == 1 { "epoch" } else { "epochs" }
                 );
             }
             Ok(())
@@ -270,6 +284,25 @@ mod tests {
         assert_eq!(median_of_1.judge(judged, &[point(0, 0.0)]).unwrap(), None);
         // The judged trial's own folder does not count, whatever it holds.
         assert_eq!(median_of_3.judge(&dirs[2], &at(2, 0.0)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_trial_whose_curve_numbers_an_epoch_twice_is_left_out() {
+        let (_dir, dirs) = sweep_with(&[&[0.1, 0.4], &[0.1, 0.6], &[0.1, 0.8], &[0.1, 0.2]]);
+        // Trial 4 continued with half the batch size: twice the steps per epoch, so its step 20
+        // is called epoch 1 again.
+        let renumbered = CurvePoint {
+            step: 20,
+            ..point(1, 0.99)
+        };
+        record_point(&dirs[3], renumbered).unwrap();
+        assert_eq!(read_curve(&dirs[3]).unwrap().len(), 3);
+        let judged = tempfile::tempdir().unwrap();
+        let pruned = pruner(Metric::KnnTop1, Goal::Max, 3, &dirs)
+            .judge(judged.path(), &[point(0, 0.1), point(1, 0.5)])
+            .unwrap()
+            .expect("0.5 < 0.6");
+        assert_eq!((pruned.median, pruned.trials), (0.6, 3));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{show, Goal, Sweep, Trial, ERROR_FILE};
+use super::{show, Goal, Metric, Sweep, Trial, ERROR_FILE};
 use crate::train::RunSummary;
 
 /// What a trial folder says about its trial.
@@ -212,11 +212,12 @@ pub fn to_csv(sweep: &Sweep, rows: &[Row]) -> anyhow::Result<String> {
         "status".into(),
         "run_dir".into(),
     ]);
-    // The ranked metric has its column already.
-    let results: Vec<&Column> = RESULT_COLUMNS
-        .iter()
-        .filter(|(name, _)| *name != sweep.config.metric.name())
-        .collect();
+    // The ranked metric has its column already (knn_top1 is the column knn_after).
+    let ranked = match sweep.config.metric {
+        Metric::KnnTop1 => "knn_after",
+        other => other.name(),
+    };
+    let results: Vec<&Column> = RESULT_COLUMNS.iter().filter(|(name, _)| *name != ranked).collect();
     header.extend(results.iter().map(|(name, _)| name.to_string()));
     header.push("pruned_epoch".into());
     let mut out = csv::Writer::from_writer(Vec::new());
@@ -364,7 +365,9 @@ pub fn to_markdown(sweep: &Sweep, rows: &[Row], trained_otherwise: &BTreeMap<Str
         cells.push(row.status.describe());
         cells.push(cell(&row.run_dir.display().to_string()));
         let _ = writeln!(out, "| {} |", cells.join(" | "));
-        if summary.and_then(knn_gain).is_some_and(|gain| gain < 0.0) {
+        // A pruned trial's figures are from when it stopped, partway: not its end.
+        let done = matches!(row.status, TrialStatus::Done(_));
+        if done && summary.and_then(knn_gain).is_some_and(|gain| gain < 0.0) {
             below.push(row.trial.id());
         }
     }
