@@ -176,9 +176,10 @@ pub(super) fn expand(config: &SweepConfig, parameters: &[Parameter]) -> anyhow::
                     number,
                     values: parameters
                         .iter()
-                        .enumerate()
-                        .map(|(j, p)| {
-                            let mut rng = SplitMix64::keyed(&[config.seed, number as u64, j as u64]);
+                        .map(|p| {
+                            // Keyed by the key's name, not its place among the keys: adding or
+                            // removing another key keeps this one's draws.
+                            let mut rng = SplitMix64::keyed(&[config.seed, number as u64, name_hash(&p.key)]);
                             (p.key.clone(), draw(&p.space, &mut rng))
                         })
                         .collect(),
@@ -186,6 +187,13 @@ pub(super) fn expand(config: &SweepConfig, parameters: &[Parameter]) -> anyhow::
                 .collect())
         }
     }
+}
+
+/// FNV-1a of a key's name: the same number on every machine and build.
+fn name_hash(key: &str) -> u64 {
+    key.bytes().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3)
+    })
 }
 
 /// One random value from a space.
@@ -308,6 +316,21 @@ mod tests {
         assert_eq!(nesterov_seen.len(), 2);
         let other_seed = expand_text(&table.replace("TRIALS", "40").replace("seed = 4", "seed = 5")).unwrap();
         assert_ne!(other_seed, a);
+        // A key added (before the others in order) leaves the others' draws as they were.
+        let more = expand_text(&table.replace("TRIALS", "40").replace(
+            "[parameters]\n",
+            "[parameters]\n\"byol.tau_base\" = { min = 0.9, max = 0.999 }\n",
+        ))
+        .unwrap();
+        for (with, without) in more.iter().zip(&a) {
+            let others: Vec<_> = with
+                .values
+                .iter()
+                .filter(|(key, _)| key != "byol.tau_base")
+                .cloned()
+                .collect();
+            assert_eq!(others, without.values);
+        }
     }
 
     #[test]
