@@ -128,7 +128,7 @@ fn csv_rows(sweep_dir: &Path) -> Vec<Vec<String>> {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "rank,trial,byol.tau_base,optimizer.lr,knn_top1,status,run_dir,knn_before,knn_after,knn_top5,knn_gain,probe_top1,final_loss,train_seconds,images_per_second,pruned_epoch",
+        "rank,trial,byol.tau_base,optimizer.lr,knn_top1,status,run_dir,knn_before,knn_top5,knn_gain,probe_top1,final_loss,train_seconds,images_per_second,pruned_epoch",
         "{csv}"
     );
     lines.map(|l| l.split(',').map(String::from).collect()).collect()
@@ -640,6 +640,14 @@ fn a_changed_sweep_meets_its_trials_as_they_trained() {
         recorded.contains("0.1"),
         "its record keeps the value it trained with: {recorded}"
     );
+    // Its checkpoints lost too, its result kept: still refused, its record kept.
+    std::fs::remove_dir_all(sweep_dir.join("trial-002/checkpoints")).unwrap();
+    let out = sweep(&[]);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("trial-002") && all.contains("other parameters"), "{all}");
+    let recorded = std::fs::read_to_string(sweep_dir.join("trial-002/sweep-trial.toml")).unwrap();
+    assert!(recorded.contains("0.1"), "{recorded}");
 }
 
 /// A sweep refused before any trial trains (a feature tap the backbone lacks) writes nothing; a

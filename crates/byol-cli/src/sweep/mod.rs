@@ -124,9 +124,10 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     let not_ranked = (!outcome.not_ranked.is_empty()).then(|| {
         format!(
             "{} of {} trials are not ranked ({}): their folders hold results that are not this sweep's, \
-             as said above. Running the same command again stops at its start for them: add --fresh to \
-             move the sweep folder aside and run every trial anew (nothing is deleted), or set another \
-             run.name",
+             as said above. Running the same command again does not retry them (it stops at its start for \
+             a trial of other settings or data, and reports one continued with --allow-change as not ranked \
+             again): train each anew as said above, add --fresh to move the sweep folder aside and run every \
+             trial anew (nothing is deleted), or set another run.name",
             outcome.not_ranked.len(),
             sweep.trials.len(),
             outcome.not_ranked.join(", ")

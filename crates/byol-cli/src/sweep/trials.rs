@@ -862,7 +862,8 @@ fn check_or_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<(
 }
 
 /// Checks the trial's parameters recorded in its folder against the trial, writing nothing:
-/// true when the record is to be written (none yet; a trial that never started takes the values
+/// true when the record is to be written (none yet; a trial that never started, with neither a
+/// run's records nor a result, takes the values
 /// the sweep now gives it, and values spelled otherwise, `1` for `1.0`, that make the same
 /// experiment are the same trial's).
 fn check_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<bool> {
@@ -879,7 +880,11 @@ fn check_record(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Result<bool
     let same_experiment = || -> anyhow::Result<bool> {
         Ok(sweep.experiment(&recorded, None)?.to_toml()? == sweep.experiment(trial, None)?.to_toml()?)
     };
-    if checkpoint::trained_experiment(dir).is_none() || same_experiment().unwrap_or(false) {
+    // A result without its run's records (a folder copied with its summary only) is still the
+    // recorded values' result: never the new values'.
+    let never_started =
+        checkpoint::trained_experiment(dir).is_none() && !dir.join(byol_train::train::SUMMARY_FILE).exists();
+    if never_started || same_experiment().unwrap_or(false) {
         return Ok(true);
     }
     Err(SettingsChanged {
@@ -1173,6 +1178,8 @@ fn run_parallel(
                     dir.join(LOG_FILE).display()
                 );
                 retire_error(&dir);
+                // One left (another process held the folder) is not this attempt's error.
+                let error_left = dir.join(ERROR_FILE).is_file();
                 let outcome = run_child(program, base, sweep, trial, (device, &options.devices), &dir, stop);
                 match outcome.and_then(|()| match TrialStatus::read(&dir) {
                     TrialStatus::Done(summary) | TrialStatus::Pruned(summary) => {
@@ -1189,10 +1196,11 @@ fn run_parallel(
                     Ok(()) => {}
                     Err(e) => {
                         byol::eprint_line!("{}: failed: {e:#}", trial.id());
-                        // A trial that failed once training had started wrote its whole error
-                        // (the one before it was retired above); the log's last lines stand in
-                        // only for one that could not (refused at its start, killed, crashed).
-                        if in_place() && !dir.join(ERROR_FILE).is_file() {
+                        // A trial that failed once training had started wrote its whole error;
+                        // the log's last lines stand in only for one that could not (refused at
+                        // its start, killed, crashed).
+                        let wrote_its_own = !error_left && dir.join(ERROR_FILE).is_file();
+                        if in_place() && !wrote_its_own {
                             record_failure(trial, &dir, &format!("{e:#}"), unrecorded);
                         }
                     }
