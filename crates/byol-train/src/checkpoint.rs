@@ -129,6 +129,9 @@ pub struct Checkpointer {
     keep_last: usize,
     /// Old checkpoints that could not be removed, warned of once (each save tries again).
     unremovable: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<PathBuf>>>,
+    /// Whether the folder was seen holding a checkpoint (one saved, or one to resume from): one
+    /// found missing since was removed, not never saved.
+    held_one: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What [`Checkpointer::resume_point`] found.
@@ -157,6 +160,7 @@ impl Checkpointer {
             dir,
             keep_last: keep_last.max(1),
             unremovable: Default::default(),
+            held_one: Default::default(),
         }
     }
 
@@ -176,7 +180,11 @@ impl Checkpointer {
         manifest: Manifest,
     ) -> anyhow::Result<PathBuf> {
         let step = manifest.step;
-        self.try_save(model, optimizer, sources, manifest).map_err(|e| {
+        let saved = self.try_save(model, optimizer, sources, manifest);
+        if saved.is_ok() {
+            self.held_one.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        saved.map_err(|e| {
             let way_out = way_out_of_a_failed_write(&e);
             // Pruning first would risk the last good checkpoint for the one being written.
             let room = match way_out.starts_with("free some space") {
@@ -198,6 +206,11 @@ impl Checkpointer {
     pub fn kept(&self) -> String {
         match self.last() {
             Some(dir) => format!("the last good checkpoint is kept: {}", dir.display()),
+            None if self.held_one.load(std::sync::atomic::Ordering::Relaxed) => format!(
+                "the checkpoints of {} are gone (the folder or its link target removed while the run trained?), \
+                 so none is left to resume from",
+                self.dir.display()
+            ),
             None => format!("no checkpoint was saved in {} yet", self.dir.display()),
         }
     }
@@ -438,6 +451,7 @@ impl Checkpointer {
                         let name = dir.file_name().expect("a step folder").to_string_lossy().into_owned();
                         self.point_last_at(&name)?;
                     }
+                    self.held_one.store(true, std::sync::atomic::Ordering::Relaxed);
                     return Ok(ResumePoint {
                         latest: Some((dir, manifest)),
                         warnings,
@@ -983,6 +997,49 @@ mod tests {
         assert!(!blocking.exists(), "{:?}", resumed.warnings);
         let third = save(3).unwrap();
         assert_eq!(checkpoints.list(), [third]);
+    }
+
+    /// A save that fails says whether the run has a checkpoint left: none saved yet, the last
+    /// good one, or, where the folder was removed under the run, that those saved are gone.
+    #[test]
+    fn a_failed_save_tells_checkpoints_removed_from_none_saved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let checkpoints = Checkpointer::new(tmp.path().join("checkpoints"), 2);
+        assert!(
+            checkpoints.kept().starts_with("no checkpoint was saved in"),
+            "{}",
+            checkpoints.kept()
+        );
+        let weights = vec![("w".to_string(), Tensor::from_slice(&[1f32]))];
+        let save = |step: u64| {
+            let manifest = Manifest { step, ..manifest(&[]) };
+            checkpoints.save(&weights, &weights, &[], manifest)
+        };
+        let first = save(1).unwrap();
+        assert!(
+            checkpoints.kept().ends_with(&first.display().to_string()),
+            "{}",
+            checkpoints.kept()
+        );
+        fs::remove_dir_all(tmp.path().join("checkpoints")).unwrap();
+        assert!(checkpoints.kept().contains("are gone"), "{}", checkpoints.kept());
+        // So for a run that resumed from one and lost it before saving its own.
+        let resumed = Checkpointer::new(tmp.path().join("checkpoints"), 2);
+        let again = Checkpointer::new(resumed.dir().to_path_buf(), 2);
+        again
+            .save(
+                &weights,
+                &weights,
+                &[],
+                Manifest {
+                    step: 2,
+                    ..manifest(&[])
+                },
+            )
+            .unwrap();
+        assert!(resumed.resume_point(true).unwrap().latest.is_some());
+        fs::remove_dir_all(tmp.path().join("checkpoints")).unwrap();
+        assert!(resumed.kept().contains("are gone"), "{}", resumed.kept());
     }
 
     /// A checkpoint of an earlier version has no record (or no curve cost in it): the time of a
