@@ -1292,6 +1292,29 @@ fn a_run_whose_checkpoints_were_removed_is_not_restarted_from_step_0_in_its_fold
     assert!(out.status.success() && text(&out).contains(said), "{}", text(&out));
     let out = run(dir.path(), "r", &[]);
     assert!(out.status.success() && text(&out).contains(said), "{}", text(&out));
+
+    // A damaged kNN curve is refused before any step, from a checkpoint or from step 0 (where
+    // the run's first evaluation, an epoch in, failed on it), and validate says so first.
+    std::fs::remove_file(run_dir.join("summary.json")).unwrap();
+    for checkpoints in [true, false] {
+        if !checkpoints {
+            std::fs::remove_dir_all(run_dir.join("checkpoints")).unwrap();
+        }
+        std::fs::write(run_dir.join("knn-curve.json"), "{broken").unwrap();
+        let damaged = "r/knn-curve.json: invalid type: map, expected a sequence at line 1 column 0: the run \
+                       folder's kNN curve is damaged. Move it aside";
+        let out = byol_run(dir.path(), &["validate", "tiny.toml", "--run-dir", "r"]);
+        assert!(text(&out).contains(damaged), "{}", text(&out));
+        let out = run(dir.path(), "r", &["--quiet"]);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(all.contains(damaged), "{all}");
+        assert_eq!(
+            std::fs::read_to_string(run_dir.join("knn-curve.json")).unwrap(),
+            "{broken"
+        );
+        assert_eq!(run_dir.join("checkpoints").exists(), checkpoints, "{all}");
+    }
 }
 
 /// A run continued over another length (more epochs allowed, or other data) says that its

@@ -463,6 +463,14 @@ impl RunStart {
         for w in warnings.iter().filter(|_| main) {
             byol::eprint_line!("warning: {w}");
         }
+        // Refused here, before any step: the run's first evaluation would fail on it (and a start
+        // from step 0 replace it, evidence of the earlier attempt).
+        if let Err(e) = super::curve::read_curve(run_dir) {
+            bail!(
+                "{e:#}: the run folder's kNN curve is damaged. Move it aside (the run then {} with a new curve)",
+                if latest.is_some() { "resumes" } else { "starts" }
+            );
+        }
         if latest.is_none() {
             check_no_checkpoints_lost(run_dir, checkpointer)?;
             if let Some(note) = progress_without_a_checkpoint(run_dir, checkpointer).filter(|_| main) {
