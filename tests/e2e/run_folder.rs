@@ -1259,6 +1259,29 @@ fn a_run_folder_moved_while_it_trains_stops_the_run_instead_of_starting_a_folder
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("lock file") && all.contains("was removed"), "{all}");
+
+    // The whole folder removed: the run stops without promising a resume, and writes nothing.
+    // (Removed while the run is stopped, so that no write of its races the removal.)
+    let child = long_run(dir.path(), "moved");
+    wait_for("a checkpoint", || step_folders(&moved).len() > before + 2);
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status();
+        assert!(sent.unwrap().success());
+    };
+    signal("-STOP");
+    std::fs::remove_dir_all(&moved).unwrap();
+    signal("-CONT");
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("was removed (by a clean-up, an rm?): stopping; nothing of it is left there to resume")
+            && !all.contains("Run again to resume"),
+        "{all}"
+    );
+    assert!(!moved.exists(), "{all}");
 }
 
 /// A run folder whose checkpoints were removed, while its summary records steps trained, is not

@@ -187,6 +187,14 @@ impl FolderLock {
         let removed = lock
             .as_ref()
             .is_none_or(|l| l.to_string_lossy().ends_with(" (deleted)"));
+        if removed && !dir.exists() {
+            bail!(
+                "the {} {} this process trains in was removed (by a clean-up, an rm?): stopping; nothing of \
+                 it is left there to resume, and a new start there trains from step 0",
+                self.kind,
+                dir.display()
+            );
+        }
         if removed {
             bail!(
                 "the lock file {} of the {} this process trains in was removed (by a clean-up?): stopping, as \
