@@ -242,6 +242,25 @@ impl CifarConfig {
         let dir = self.folder()?;
         let classes = self.classes(&dir)?;
         let train_files: Vec<PathBuf> = self.variant.train_files().iter().map(|f| dir.join(f)).collect();
+        let missing: Vec<&str> = self
+            .variant
+            .train_files()
+            .iter()
+            .copied()
+            .filter(|f| !dir.join(f).exists())
+            .collect();
+        if !missing.is_empty() {
+            // A partial extraction (or a file removed to train on less) would otherwise fail with
+            // the operating system's bare "No such file".
+            return Err(DataError::Config(format!(
+                "dataset.root = {}: {} lacks {} of the {} release's training files: extract the whole release \
+                 there",
+                self.root.display(),
+                dir.display(),
+                missing.join(", "),
+                self.variant.name()
+            )));
+        }
         let train = Arc::new(self.read(&train_files, &classes, warnings)?);
         let test = if self.test {
             let file = dir.join(self.variant.test_file());
@@ -493,5 +512,23 @@ mod tests {
         );
         let (_, warnings) = read(&batch(tmp.path(), 10_000, 0));
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_partial_release_names_the_files_it_lacks() {
+        let tmp = tempfile::tempdir().unwrap();
+        batch(tmp.path(), 2, 0);
+        std::fs::copy(tmp.path().join("data_batch_1.bin"), tmp.path().join("data_batch_3.bin")).unwrap();
+        let config = CifarConfig {
+            root: tmp.path().to_path_buf(),
+            ..Default::default()
+        };
+        let Err(DataError::Config(e)) = config.read_splits(&mut Vec::new()) else {
+            panic!("a partial release was read");
+        };
+        assert!(
+            e.contains("lacks data_batch_2.bin, data_batch_4.bin, data_batch_5.bin of the CIFAR-10 release's"),
+            "{e}"
+        );
     }
 }
