@@ -329,6 +329,41 @@ fn bench_e2e_times_training_steps_with_and_without_the_input_path() {
     assert!(rows.iter().all(|row| row["img/s"].as_f64().unwrap() > 0.0), "{all}");
 }
 
+/// `bench data`: a row per worker count, 0 shown as the cores it stands for.
+#[test]
+fn bench_data_times_the_loader_per_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), super::TINY).unwrap();
+    let args = [
+        "bench",
+        "data",
+        "tiny.toml",
+        "--workers",
+        "0,1",
+        "--warmup",
+        "1",
+        "--batches",
+        "2",
+        "--json",
+    ];
+    let out = super::byol_run(dir.path(), &args);
+    let all = super::text(&out);
+    assert!(out.status.success(), "{all}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let workers: Vec<u64> = rows.iter().map(|row| row["workers"].as_u64().unwrap()).collect();
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(workers, [cores, 1], "{all}");
+    assert!(
+        rows.iter().all(|row| row["loader img/s"].as_f64().unwrap() > 0.0),
+        "{all}"
+    );
+    assert!(
+        rows.iter().all(|row| row["+augment img/s"].as_f64().unwrap() > 0.0),
+        "{all}"
+    );
+}
+
 /// `run.cuda_graphs` on a CPU is refused before anything trains, naming the key.
 #[test]
 fn cuda_graphs_on_a_cpu_are_refused_cleanly() {

@@ -18,7 +18,8 @@ use super::{cpu_seconds, device_index, machine, plugin_type, Common, Report};
 pub struct DataArgs {
     #[command(flatten)]
     common: Common,
-    /// Worker (decoder thread) counts to measure, e.g. `1,2,4` (default: 1 and all cores).
+    /// Worker (decoder thread) counts to measure, e.g. `1,2,4` (0: all cores; default: 1 and all
+    /// cores).
     #[arg(long, value_delimiter = ',')]
     workers: Vec<usize>,
     /// Batches timed per measurement (after the warm-up ones).
@@ -153,7 +154,12 @@ pub fn run(args: &DataArgs) -> anyhow::Result<()> {
         bail!("augment.crop_on = \"loader\" needs an image_folder dataset with cache = \"none\"");
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut workers = args.workers.clone();
+    // 0 is every core, as in the experiment's dataset.workers: the table shows how many.
+    let mut workers: Vec<usize> = args
+        .workers
+        .iter()
+        .map(|&w| byol::dataset::resolve_threads(w))
+        .collect();
     if workers.is_empty() {
         workers = vec![1, cores];
         workers.dedup();
