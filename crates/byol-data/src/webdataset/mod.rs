@@ -95,7 +95,8 @@ impl Urls {
 }
 
 /// Expands brace patterns as WebDataset (the `braceexpand` package) does: `{000..127}` is a
-/// numeric range, zero-padded to the width of its bounds when either has a leading zero;
+/// numeric range (counting down where the first bound is the larger), zero-padded to the width
+/// of its bounds when either has a leading zero;
 /// `{a,b}` is a list of alternatives; several braces multiply.
 pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
     let Some(open) = pattern.find('{') else {
@@ -118,12 +119,14 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
                 .map_err(|_| format!("{{{body}}}: a range needs two whole numbers, as in {{000000..000127}}"))
         };
         let (a, b) = (parse(lo)?, parse(hi)?);
-        if a > b {
-            return Err(format!("{{{body}}}: the range runs backwards"));
-        }
         let padded = (lo.len() > 1 && lo.starts_with('0')) || (hi.len() > 1 && hi.starts_with('0'));
         let width = if padded { lo.len().max(hi.len()) } else { 0 };
-        (a..=b).map(|n| format!("{n:0width$}")).collect()
+        let numbers: Vec<u64> = match a <= b {
+            true => (a..=b).collect(),
+            // Counting down, as braceexpand does.
+            false => (b..=a).rev().collect(),
+        };
+        numbers.iter().map(|n| format!("{n:0width$}")).collect()
     } else if body.contains(',') {
         body.split(',').map(str::to_string).collect()
     } else {
@@ -383,7 +386,9 @@ mod tests {
         assert_eq!(expand_braces("{8..10}").unwrap(), ["8", "9", "10"]);
         assert_eq!(expand_braces("{a,b}-{0..1}").unwrap(), ["a-0", "a-1", "b-0", "b-1"]);
         assert_eq!(expand_braces("plain.tar").unwrap(), ["plain.tar"]);
-        assert!(expand_braces("x-{3..1}").is_err());
+        // Down, and padded, as braceexpand 0.1.7 gives them.
+        assert_eq!(expand_braces("x-{03..1}").unwrap(), ["x-03", "x-02", "x-01"]);
+        assert_eq!(expand_braces("{10..8}").unwrap(), ["10", "9", "8"]);
         assert!(expand_braces("x-{0..").is_err());
     }
 }
