@@ -258,6 +258,16 @@ fn validate_checks_what_training_checks_before_its_first_step() {
         error.contains("--set augment.crop_on=loader: augment.crop_on = \"loader\" cuts crops"),
         "{error}"
     );
+    // More neighbours than the kNN bank holds: said, as the start says it.
+    let out = byol_run(dir.path(), &["validate", "tiny.toml", "--set", "eval.knn_k=1000"]);
+    assert!(
+        out.status.success()
+            && text(&out).contains(
+                "note: eval.knn_k = 1000 is more than the 512 images of the kNN bank: every bank image votes (k = 512)"
+            ),
+        "{}",
+        text(&out)
+    );
     let folder = TINY.replace(
         "type = \"synthetic\"\ntrain_size = 512\ntest_size = 64\nimage_size = 16",
         "type = \"image_folder\"\ntrain = \"data/train\"\nimage_size = 16",

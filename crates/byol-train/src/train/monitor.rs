@@ -110,6 +110,15 @@ pub const NO_TEST_SPLIT_NOTE: &str = "kNN monitor and online probe off: the data
      measure on; give it one (dataset.test, dataset.test_urls for shards, dataset.test_size for synthetic \
      images), or set eval.train and eval.test";
 
+/// What a start says where `eval.knn_k` asks for more neighbours than the kNN bank holds.
+pub fn knn_k_note(knn_k: usize, bank: usize) -> Option<String> {
+    (knn_k > bank).then(|| {
+        format!(
+            "eval.knn_k = {knn_k} is more than the {bank} images of the kNN bank: every bank image votes (k = {bank})"
+        )
+    })
+}
+
 /// Labelled images for the kNN monitor: the bank and the queries.
 pub struct LabelledSplits {
     pub bank: Arc<dyn Dataset>,
@@ -332,13 +341,9 @@ impl Monitor {
         if let (Some(probe), Some(parallel)) = (&mut probe, &parallel) {
             probe.synchronize(parallel.clone());
         }
-        if let Some(bank) = labelled.as_ref().map(|l| l.bank.len()).filter(|&n| eval.knn_k > n) {
+        if let Some(note) = labelled.as_ref().and_then(|l| knn_k_note(eval.knn_k, l.bank.len())) {
             if parallel.as_ref().is_none_or(|p| p.rank() == 0) {
-                byol::eprint_line!(
-                    "note: eval.knn_k = {} is more than the {bank} images of the kNN bank: every bank image \
-                     votes (k = {bank})",
-                    eval.knn_k
-                );
+                byol::eprint_line!("note: {note}");
             }
         }
         Ok(Self {

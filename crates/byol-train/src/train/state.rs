@@ -245,8 +245,11 @@ impl DatasetFingerprint {
         let (listing, labelled, eval_warnings) = Self::list(experiment)?;
         let listed = Self::of_run(&listing.splits, labelled.as_ref());
         let seen = crate::shared_images::test_images_seen(&listing.splits.train, labelled.as_ref(), &listed);
+        let bank_note = labelled
+            .as_ref()
+            .and_then(|l| super::monitor::knn_k_note(experiment.eval.knn_k, l.bank.len()));
         let remarks = Remarks {
-            notes: listing.notes,
+            notes: listing.notes.into_iter().chain(bank_note).collect(),
             warnings: listing.warnings.into_iter().chain(eval_warnings).chain(seen).collect(),
         };
         let loader = super::data::training_loader(experiment, &listing.splits, tch::Device::Cpu, 0, 1).ok();
