@@ -250,6 +250,43 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     }
     assert_eq!(std::fs::read(&model).unwrap(), before, "the checkpoint is untouched");
     assert_eq!(std::fs::read(&summary).unwrap(), summary_before);
+    // Nor a file in a record folder of the run (its TensorBoard log), a sweep folder's
+    // summaries, or a folder that cannot be written (found before any image is read).
+    let events = std::fs::read_dir(dir.path().join("r/tensorboard"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file())
+        .expect("an event file");
+    let events_before = std::fs::read(&events).unwrap();
+    let sweep = dir.path().join("sw");
+    std::fs::create_dir_all(sweep.join("trial-001")).unwrap();
+    std::fs::write(sweep.join("trial-001/sweep-trial.toml"), "").unwrap();
+    std::fs::write(sweep.join("run.lock"), "").unwrap();
+    let eval_into = |json: &str| {
+        let args = [
+            "eval", "knn", "r", "--train", "images", "--test", "images", "--json", json,
+        ];
+        text(&byol_run(dir.path(), &args))
+    };
+    let all = eval_into(events.to_str().unwrap());
+    assert!(
+        all.contains("would replace tensorboard/events") && all.contains("a record of the run folder"),
+        "{all}"
+    );
+    assert_eq!(std::fs::read(&events).unwrap(), events_before);
+    let all = eval_into("sw/summary.csv");
+    assert!(
+        all.contains("is in the sweep folder") && all.contains("write it elsewhere"),
+        "{all}"
+    );
+    assert!(!sweep.join("summary.csv").exists());
+    let out = byol_run(
+        dir.path(),
+        &["embed", "r", "--images", "images", "--out", "/proc/self/e.npy"],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("cannot be written") && !all.contains("images/"), "{all}");
     let out = byol_run(
         dir.path(),
         &["embed", "r", "--images", "no-such-folder", "--out", "gone/emb.npy"],

@@ -223,9 +223,32 @@ pub fn check_output(out: &Path, flag: &str) -> anyhow::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if byol_train::run_dir::is_run_folder(&real) && byol_train::run_dir::is_run_entry(&name) {
+    let written = real.join(&name);
+    // A record of a run folder, or a file in one of its record folders (its TensorBoard log; a
+    // folder further up counts by the records only a run writes, not by a `checkpoints/` of
+    // someone's project beside a config.toml).
+    let holds_a_run = |folder: &Path| match folder == real {
+        true => byol_train::run_dir::is_run_folder(folder),
+        false => byol_train::run_dir::holds_run_records(folder),
+    };
+    for run in real.ancestors().filter(|a| holds_a_run(a)) {
+        let entry = written.strip_prefix(run).ok().and_then(|p| p.components().next());
+        let entry = entry
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if byol_train::run_dir::is_run_entry(&entry) {
+            bail!(
+                "{flag} {} would replace {}, a record of the run folder {}; write it elsewhere",
+                out.display(),
+                written.strip_prefix(run).unwrap_or(&written).display(),
+                run.display()
+            );
+        }
+    }
+    if byol_train::run_dir::is_sweep_folder(&real) {
         bail!(
-            "{flag} {} would replace {name}, a record of the run folder {}; write it elsewhere",
+            "{flag} {} is in the sweep folder {}, among its summaries and trials, which a rerun of the sweep \
+             rewrites; write it elsewhere",
             out.display(),
             real.display()
         );
@@ -233,6 +256,20 @@ pub fn check_output(out: &Path, flag: &str) -> anyhow::Result<()> {
     if out.is_dir() {
         bail!("{flag} {} is a folder; name the file to write", out.display());
     }
+    // Found now, not after a whole embedding pass: a folder this process cannot write into.
+    let probe = real.join(format!(".{name}.write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .with_context(|| {
+            format!(
+                "cannot write {flag} {}: the folder {} cannot be written",
+                out.display(),
+                real.display()
+            )
+        })?;
     Ok(())
 }
 

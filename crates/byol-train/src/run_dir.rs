@@ -904,7 +904,7 @@ pub fn holds_run_records(dir: &Path) -> bool {
 
 /// Whether `dir` is a sweep's folder: the sweep's lock file beside a folder that holds a trial's
 /// record (a trial folder copied elsewhere, say into `runs/`, makes no sweep of the folder).
-fn is_sweep_folder(dir: &Path) -> bool {
+pub fn is_sweep_folder(dir: &Path) -> bool {
     dir.join(LOCK_FILE).is_file()
         && std::fs::read_dir(dir).is_ok_and(|entries| {
             entries
