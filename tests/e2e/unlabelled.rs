@@ -394,6 +394,31 @@ fn a_labelled_split_of_one_class_turns_the_monitor_off() {
         "{}",
         text(&out)
     );
+    // A second class folder that is empty, or whose images are unreadable, leaves one class.
+    std::fs::create_dir_all(dir.path().join("one/train/dog")).unwrap();
+    for command in ["knn", "linear"] {
+        let out = byol_run(
+            dir.path(),
+            &["eval", command, "run", "--train", "one/train", "--test", "two"],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains("--train one/train: only class cat has readable images"),
+            "{command}: {}",
+            text(&out)
+        );
+    }
+    std::fs::write(dir.path().join("one/train/dog/0.png"), b"not an image").unwrap();
+    let out = byol_run(
+        dir.path(),
+        &["eval", "knn", "run", "--train", "one/train", "--test", "two"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("only class cat has readable images"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// The online probe learns from `[eval] train` when the training images have no labels. Resumed

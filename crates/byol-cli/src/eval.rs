@@ -164,6 +164,19 @@ fn features(data: &EvalData) -> anyhow::Result<Features> {
         .eval
         .feature_batch(schedule.batch_size / schedule.accumulate.max(1));
     let train = embed_split(&model.byol, augment.as_ref(), &splits.train, batch, device)?;
+    // The folders were counted before reading; a class whose folder is empty or whose images are
+    // all unreadable leaves the others, maybe one.
+    let labels = Vec::<i64>::try_from(train.1.to_device(tch::Device::Cpu))?;
+    let readable: std::collections::BTreeSet<i64> = labels.into_iter().collect();
+    if let [only] = readable.iter().copied().collect::<Vec<_>>()[..] {
+        bail!(
+            "--train {}: only class {} has readable images (the other class folders are empty or their images \
+             unreadable, as warned above), and an accuracy over one class measures nothing; give it images of \
+             two classes or more",
+            data.train.display(),
+            splits.train.classes()[only as usize]
+        );
+    }
     let test_features = embed_split(&model.byol, augment.as_ref(), &test, batch, device)?;
     let skipped = [("train", &splits.train), ("test", &test)]
         .into_iter()
