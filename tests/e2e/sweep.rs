@@ -235,6 +235,18 @@ fn a_4_trial_grid_killed_and_rerun_skips_finished_trials_and_ranks_all() {
     assert_eq!(all.matches("finished before, skipped").count(), 4, "{all}");
     assert!(!all.contains("== trial-"), "nothing trains: {all}");
     assert_eq!(csv_rows(&sweep_dir), rows);
+
+    // The sweep folder given where a run is wanted: its trials are named.
+    let out = byol_run(dir.path(), &["export", "runs/tiny-sweep", "--out", "b.safetensors"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(
+            "runs/tiny-sweep is a sweep folder: give one of its trials' run folders (runs/tiny-sweep/trial-001, \
+             runs/tiny-sweep/trial-002, ... and 2 more)"
+        ),
+        "{all}"
+    );
 }
 
 #[test]

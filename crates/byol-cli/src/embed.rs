@@ -64,6 +64,28 @@ pub fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
             failure(path)
         );
     }
+    if !checkpoints.is_dir() && run_dir::is_sweep_folder(path) {
+        let mut trials: Vec<String> = std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| run_dir::is_run_folder(p))
+                    .map(|p| p.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        trials.sort();
+        bail!(
+            "{} is a sweep folder: give one of its trials' run folders ({}), the best first in its summary.md",
+            path.display(),
+            match trials.len() {
+                0 => "none has trained yet".to_string(),
+                1..=3 => trials.join(", "),
+                n => format!("{}, ... and {} more", trials[..2].join(", "), n - 2),
+            }
+        );
+    }
     if !checkpoints.is_dir() {
         bail!(
             "{} is neither a checkpoint folder (no {}) nor a run folder (no {CHECKPOINTS_DIR}/); give \
