@@ -204,6 +204,19 @@ pub fn train_classifier(features: &Tensor, labels: &Tensor, draws: &ClassifierDr
     classifier
 }
 
+/// Features centred and scaled by the training features' mean and standard deviation, per
+/// dimension. A dimension (nearly) constant over the training images, a unit that never fires,
+/// is centred but not scaled, as scikit-learn's `StandardScaler` leaves it: dividing by its
+/// zero deviation would blow a test image's nonzero value up a millionfold.
+fn standardize(train: &Tensor, test: &Tensor) -> (Tensor, Tensor) {
+    let mean = train.mean_dim([0i64].as_slice(), true, Kind::Float);
+    let std = train.std_dim([0i64].as_slice(), false, true);
+    // Float32 rounding leaves a constant column a deviation of a few ulps of its value.
+    let constant = std.le_tensor(&(mean.abs() + 1.0).multiply_scalar(1e-6));
+    let scale = std.where_self(&constant.logical_not(), &std.ones_like());
+    ((train - &mean) / &scale, (test - &mean) / &scale)
+}
+
 /// Chooses the lr among `lrs` by validation top-1 (one classifier per lr, trained on the
 /// training features less the [`validation_split`]), then trains a fresh classifier with it on
 /// all training features and reports its accuracy on `test`. Features are standardized with the
@@ -226,9 +239,7 @@ pub fn linear_probe(
         bail!("the linear probe's learning rates must be above 0, and {bad} is not");
     }
     ensure!(epochs >= 1, "the linear probe needs at least one epoch");
-    let mean = train.mean_dim([0i64].as_slice(), true, Kind::Float);
-    let std = train.std_dim([0i64].as_slice(), false, true) + 1e-6;
-    let (train, test) = ((train - &mean) / &std, (test - &mean) / &std);
+    let (train, test) = standardize(train, test);
 
     let (validation, rest) = validation_split(train_labels, classes, seed)?;
     let (validation, rest) = (validation.to_device(train.device()), rest.to_device(train.device()));
@@ -278,4 +289,23 @@ pub fn linear_probe(
         sweep_train_size: rest.size()[0] as usize,
         accuracy: test_accuracy,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_feature_constant_over_the_training_images_is_centred_not_scaled() {
+        // Column 0 varies; column 1 is a unit that never fires on the training images; column 2
+        // is constant at 3 (its float32 deviation a rounding, not zero, in general).
+        let train = Tensor::from_slice(&[1f32, 0.0, 3.0, 3.0, 0.0, 3.0, 5.0, 0.0, 3.0]).view([3, 3]);
+        let test = Tensor::from_slice(&[3f32, 0.5, 2.0]).view([1, 3]);
+        let (train, test) = standardize(&train, &test);
+        let row = Vec::<f32>::try_from(test.view([-1])).unwrap();
+        let spread = (8.0f32 / 3.0).sqrt();
+        assert_eq!(row, [0.0, 0.5, -1.0]);
+        let first = Vec::<f32>::try_from(train.select(1, 0)).unwrap();
+        assert!((first[0] + 2.0 / spread).abs() < 1e-6, "{first:?}");
+    }
 }
