@@ -145,17 +145,59 @@ pub fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Resu
 /// The kNN monitor's images where they are of two classes or more; of one, none, with why: an
 /// accuracy over one class is 100% whatever the network learned.
 fn of_several_classes(labelled: Option<LabelledSplits>) -> (Option<LabelledSplits>, Option<String>) {
-    match labelled {
-        Some(l) if l.bank.classes().len() == 1 => (
-            None,
-            Some(format!(
-                "the kNN monitor's labelled images are of one class ({}), and an accuracy over one class is 100% \
-                 whatever the network learned: the monitor is off (no kNN figures). Give it two class folders \
-                 or more ([eval] train and test, or the dataset's)",
-                l.bank.classes()[0]
-            )),
-        ),
-        labelled => (labelled, None),
+    let Some(l) = labelled else {
+        return (None, None);
+    };
+    let having = classes_with_images(l.bank.as_ref());
+    let [only] = having.as_slice() else {
+        return (Some(l), None);
+    };
+    // A second class folder that is empty (or whose images were all unreadable) leaves one.
+    let others = match l.bank.classes().len() {
+        1 => String::new(),
+        2 => "; the other class folder holds no readable image".to_string(),
+        n => format!("; the other {} class folders hold no readable image", n - 1),
+    };
+    let warning = format!(
+        "the kNN monitor's labelled images are of one class ({only}{others}), and an accuracy over one class is \
+         100% whatever the network learned: the monitor is off (no kNN figures). Give it two class folders or \
+         more ([eval] train and test, or the dataset's)"
+    );
+    (None, Some(warning))
+}
+
+/// The classes of `bank` that hold an image: by its labels where it is held in memory, else by
+/// its folders' files where it has them (unreadable ones counted), else all its classes.
+fn classes_with_images(bank: &dyn Dataset) -> Vec<String> {
+    let classes = bank.classes();
+    if let Some((_, labels)) = bank.as_tensors() {
+        let counts = labels.bincount(None::<Tensor>, classes.len() as i64);
+        let counts = Vec::<i64>::try_from(counts).unwrap_or_default();
+        return classes
+            .iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(c, _)| c.clone())
+            .collect();
+    }
+    let parts = bank.content().map(|c| c.parts).unwrap_or_default();
+    let files_of = |class: &String| {
+        parts
+            .iter()
+            .find(|p| p.name.strip_suffix('/') == Some(class.as_str()))
+            .map(|p| p.files)
+    };
+    let by_class = !parts.is_empty()
+        && parts.iter().all(|p| {
+            p.name
+                .strip_suffix('/')
+                .is_some_and(|name| classes.iter().any(|c| c == name))
+        });
+    match by_class {
+        // A class folder without a part holds no file.
+        true => classes.iter().filter(|c| files_of(c) > Some(0)).cloned().collect(),
+        // Parts that are not class folders (shards): each class is taken to hold images.
+        false => classes.to_vec(),
     }
 }
 
