@@ -441,11 +441,12 @@ fn missing_plugin_table(text: &str, error: &toml::de::Error) -> Option<anyhow::E
 }
 
 /// serde's message with Rust's type names in words (``expected usize`` is ``expected a whole
-/// number``, and ``>= 0`` after a negative one: the key's own range is checked once it is read)
+/// number``, and ``not a negative one`` after a negative one: the key's own range, which may start
+/// above 0, is checked once it is read)
 /// and without the blank lines toml puts before the key it names (``in `widths` ``).
 fn in_words(message: &str) -> String {
     let unsigned = match message.contains("invalid value:") {
-        true => "a whole number >= 0",
+        true => "a whole number, not a negative one",
         false => "a whole number",
     };
     let words = [
