@@ -1106,6 +1106,15 @@ fn a_run_folder_that_holds_other_files_or_a_sweep_is_refused_untouched() {
     std::fs::write(sweep.join("summary.md"), "").unwrap();
     let out = run(d, "sweep", &[]);
     assert!(text(&out).contains("is a sweep's folder"), "{}", text(&out));
+    // The folder above a run: the run is named.
+    finished_run(d, "runs/r");
+    let out = run(d, "runs", &[]);
+    assert!(
+        text(&out)
+            .contains("is a folder of runs, not a run: it holds the run folder runs/r (give that folder to resume it)"),
+        "{}",
+        text(&out)
+    );
 
     std::fs::create_dir_all(d.join("empty/lost+found")).unwrap();
     std::fs::write(d.join("empty/.gitkeep"), "").unwrap();

@@ -76,7 +76,9 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
         &["validate", "tiny.toml", "--set", "schedule.batch_size=-3"],
     );
     assert!(
-        error.contains("--set schedule.batch_size=-3: invalid value: integer `-3`, expected a whole number, not a negative one"),
+        error.contains(
+            "--set schedule.batch_size=-3: invalid value: integer `-3`, expected a whole number, not a negative one"
+        ),
         "{error}"
     );
     // A value of another type: its type, not a range that the key's own check states later.

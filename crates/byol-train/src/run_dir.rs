@@ -996,8 +996,21 @@ fn check_holds_a_run(run_dir: &Path, kind: FolderKind) -> anyhow::Result<()> {
     let sweep = names
         .iter()
         .any(|n| run_dir.join(n).join(crate::sweep::TRIAL_FILE).is_file());
+    let runs_in_it: Vec<String> = names
+        .iter()
+        .filter(|n| holds_run_records(&run_dir.join(n)))
+        .map(|n| run_dir.join(n).display().to_string())
+        .collect();
     let what = if sweep {
         "is a sweep's folder (each trial has its own run folder in it)".to_string()
+    } else if let [first, rest @ ..] = runs_in_it.as_slice() {
+        let others = match rest.len() {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        format!(
+            "is a folder of runs, not a run: it holds the run folder {first}{others} (give that folder to resume it)"
+        )
     } else {
         format!("exists and holds {}{more}, not a run", shown.join(", "))
     };
