@@ -343,6 +343,9 @@ impl Index {
     }
 }
 
+/// The most classes label numbers may name without a `classes.txt` (ImageNet-21k has 21,841).
+const MAX_NUMBERED_CLASSES: usize = 100_000;
+
 /// Class names from the `classes.txt` next to the shards, or the label numbers themselves.
 /// Shards from several folders must name their labels alike: the same label number is another
 /// class in two sets written from different class folders.
@@ -380,6 +383,18 @@ pub(super) fn classes_of(key: &str, shards: &[PathBuf], samples: &[Sample]) -> R
         )));
     }
     let Some(classes) = lists.into_iter().next().flatten() else {
+        if most >= MAX_NUMBERED_CLASSES {
+            // Label numbers name classes 0 to the largest: an ID (a taxon's, a hash) taken for a
+            // label would make millions of classes, and a name for each.
+            let s = samples.iter().find(|s| s.label as usize == most).expect("the largest");
+            return Err(DataError::Config(format!(
+                "dataset.{key}: sample {} in {} has label {most}, and labels number the classes from 0 (without a \
+                 {CLASSES_FILE}, classes 0 to {most}): more than {MAX_NUMBERED_CLASSES} classes. Number the \
+                 classes from 0 in the .cls files, or name them in a {CLASSES_FILE} beside the shards",
+                s.name,
+                shards[s.shard as usize].display(),
+            )));
+        }
         return Ok((0..=most).map(|l| l.to_string()).collect());
     };
     let file = folders[0].join(CLASSES_FILE);
@@ -446,5 +461,28 @@ mod tests {
         );
         assert_eq!(split_key("dir/.hidden"), None);
         assert_eq!(split_key("noext"), None);
+    }
+
+    #[test]
+    fn a_label_number_past_the_numbered_classes_is_refused_naming_its_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = [dir.path().join("train-000000.tar")];
+        let sample = |label: i64, name: &str| Sample {
+            shard: 0,
+            offset: 0,
+            size: 1,
+            label,
+            name: name.into(),
+        };
+        let classes = classes_of("urls", &shards, &[sample(0, "a.jpg"), sample(2, "b.jpg")]).unwrap();
+        assert_eq!(classes, ["0", "1", "2"]);
+        let id = sample(1_000_000_000_000, "c.jpg");
+        let Err(DataError::Config(e)) = classes_of("urls", &shards, &[sample(0, "a.jpg"), id]) else {
+            panic!("a label of 10^12 named 10^12 classes");
+        };
+        assert!(
+            e.contains("sample c.jpg in") && e.contains("has label 1000000000000"),
+            "{e}"
+        );
     }
 }
