@@ -348,7 +348,16 @@ pub(super) fn parse_pattern(pattern: &str) -> Result<(&str, usize, &str), DataEr
     } else {
         spec.parse().map_err(|_| bad())?
     };
-    Ok((&pattern[..start], width, &rest[d + 1..]))
+    let tail = &rest[d + 1..];
+    if tail.contains('/') {
+        // One folder per shard: a `urls` range names files, and the sources file and classes.txt
+        // go beside the shards, in one folder.
+        return Err(DataError::Config(format!(
+            "--out {pattern:?}: the shard number is in a folder's name; put every shard in one folder, numbered \
+             in the file's name, as in shards/train-%06d.tar"
+        )));
+    }
+    Ok((&pattern[..start], width, tail))
 }
 
 #[cfg(test)]
@@ -361,6 +370,8 @@ mod tests {
         assert_eq!(parse_pattern("%d.tar").unwrap(), ("", 0, ".tar"));
         assert!(parse_pattern("train.tar").is_err());
         assert!(parse_pattern("%06d-%06d.tar").is_err());
+        let e = parse_pattern("out/s-%02d/train.tar").unwrap_err().to_string();
+        assert!(e.contains("the shard number is in a folder's name"), "{e}");
     }
 
     #[test]
