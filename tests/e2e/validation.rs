@@ -791,3 +791,28 @@ fn validate_says_what_the_start_says_about_the_data_listed() {
         }
     }
 }
+
+/// A memory cache larger than any machine's memory is refused by validate, as by the start,
+/// from the files listed (here 45,000 empty PNGs at 4096 pixels: over 2 TiB decoded).
+#[test]
+fn validate_refuses_a_memory_cache_the_machine_cannot_hold() {
+    let dir = setup();
+    for class in ["a", "b"] {
+        let folder = dir.path().join("data").join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for i in 0..22_500 {
+            std::fs::File::create(folder.join(format!("{i:05}.png"))).unwrap();
+        }
+    }
+    let folder = TINY.replace(
+        "type = \"synthetic\"\ntrain_size = 512\ntest_size = 64\nimage_size = 16",
+        "type = \"image_folder\"\ntrain = \"data\"\nimage_size = 4096",
+    );
+    std::fs::write(dir.path().join("big.toml"), folder).unwrap();
+    let error = refused(dir.path(), &["validate", "big.toml"]);
+    assert!(
+        error.contains("the 45000 images of data at 4096x4096 pixels take")
+            && error.contains("set dataset.cache = \"none\""),
+        "{error}"
+    );
+}

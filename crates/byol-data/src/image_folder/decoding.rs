@@ -22,6 +22,15 @@ pub fn decode_square(path: &Path, size: u32) -> Result<Vec<u8>, DataError> {
     Ok(out)
 }
 
+/// Refuses a memory cache of `n` images of `root` at `size` pixels that this machine cannot hold.
+pub(super) fn check_cache_fits(n: usize, size: u32, root: &std::path::Path) -> Result<(), DataError> {
+    crate::memory::check_fits(
+        n as u128 * 3 * u128::from(size).pow(2),
+        || format!("the {n} images of {} at {size}x{size} pixels", root.display()),
+        "set dataset.cache = \"none\" to decode them as they are read, or a smaller dataset.image_size",
+    )
+}
+
 /// A split decoded image by image, on the loader's threads.
 #[derive(Debug)]
 pub(super) struct DecodingFolder {
@@ -42,16 +51,7 @@ impl DecodingFolder {
     pub(super) fn decode_all(self) -> Result<(ImageSet, Vec<String>), DataError> {
         let n = self.listing.files.len();
         let size = self.size as usize;
-        crate::memory::check_fits(
-            n as u128 * 3 * (size as u128).pow(2),
-            || {
-                format!(
-                    "the {n} images of {} at {size}x{size} pixels",
-                    self.listing.root.display()
-                )
-            },
-            "set dataset.cache = \"none\" to decode them as they are read, or a smaller dataset.image_size",
-        )?;
+        check_cache_fits(n, self.size, &self.listing.root)?;
         // Where the memory could not be read: too large to address is refused as well.
         let sample = (size.checked_mul(size).and_then(|pixels| pixels.checked_mul(3)))
             .filter(|&sample| n.checked_mul(sample).is_some())

@@ -191,6 +191,13 @@ byol::register_plugin! {
 
         fn build_listing(&self, _: &BuildContext) -> Result<Listing, DataError> {
             let (splits, warnings, notes) = self.listing().load_with_notes()?;
+            // What the start's memory cache would refuse, refused here too (validate).
+            if self.cache == Cache::Memory {
+                let test = splits.test.as_ref().zip(self.test.as_ref());
+                for (split, root) in [(&splits.train, &self.train)].into_iter().chain(test) {
+                    decoding::check_cache_fits(split.len(), self.image_size, root)?;
+                }
+            }
             Ok(Listing { splits, notes, warnings })
         }
 
