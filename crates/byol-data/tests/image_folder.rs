@@ -891,6 +891,22 @@ fn file_list_errors_name_the_line() {
     std::fs::create_dir_all(root.join("a/deeper")).unwrap();
     let err = with("a/deeper\n");
     assert!(err.contains("deeper is a folder, not an image file"), "{err}");
+    // A file the folder read alone leaves out: not an image's name (a text file would stop the
+    // run at its first epoch; another format's, be read by its bytes).
+    for name in ["notes.txt", "photo.webp"] {
+        std::fs::copy(root.join("a/000.png"), root.join("a").join(name)).unwrap();
+        let err = with(&format!("a/000.png\na/{name}\n"));
+        assert!(
+            err.contains(&format!("line 2: 'a/{name}' is not named like a JPEG or PNG image")),
+            "{err}"
+        );
+        let unlabelled = error_of(&root, &format!("labels = \"none\"\nfile_list = {}", quoted(&list)));
+        assert!(
+            unlabelled.contains(&format!("line 2: 'a/{name}' is not named like")),
+            "{unlabelled}"
+        );
+        std::fs::remove_file(root.join("a").join(name)).unwrap();
+    }
     // Entries that are there but no file: each said for what it is (a pipe is never opened).
     std::os::unix::fs::symlink("gone.png", root.join("a/dangling.png")).unwrap();
     std::os::unix::fs::symlink("loop2.png", root.join("a/loop1.png")).unwrap();

@@ -514,6 +514,11 @@ pub(super) fn scan_unlabelled(
                         path.display()
                     )));
                 };
+                if let Some(refusal) =
+                    not_named_like_an_image(&path, line, || format!("{} line {n}", list_path.display()))
+                {
+                    return Err(refusal);
+                }
                 paths.push((path, size));
             }
             let what = format!("{list_key} {}", list_path.display());
@@ -883,6 +888,9 @@ pub(super) fn read_file_list(
                 not_a_file(&path)
             )));
         };
+        if let Some(refusal) = not_named_like_an_image(&path, line, at) {
+            return Err(refusal);
+        }
         // A link to an image of another class folder would give that image a second label (the
         // folder read alone leaves such a link out). Only a line that is a link is resolved: a
         // list may name millions of files on a network file system.
@@ -905,6 +913,20 @@ pub(super) fn read_file_list(
         per_class[label].push((path, size));
     }
     Ok(())
+}
+
+/// The refusal of a file list's `line` (at `at`) that names a file without an image's
+/// extension: the folder read alone leaves it out, and a text file would stop the run at its
+/// first epoch (a `.webp` of JPEG bytes would be read by its content).
+fn not_named_like_an_image(path: &Path, line: &str, at: impl FnOnce() -> String) -> Option<DataError> {
+    (!is_image(path)).then(|| {
+        DataError::Config(format!(
+            "{}: '{line}' is not named like a JPEG or PNG image (.{}), the formats read: the folder read alone \
+             leaves it out; remove it from the list (or convert the image to PNG)",
+            at(),
+            super::EXTENSIONS.join(", .")
+        ))
+    })
 }
 
 /// Why a file list's line `relative` names no image of a class: a class folder itself, a class
