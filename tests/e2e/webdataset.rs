@@ -411,6 +411,28 @@ fn kill_9_in_the_middle_of_an_epoch_then_resume_ends_bit_for_bit() {
         ),
         "{all}"
     );
+
+    // The shards back in place, with the labels of one rewritten (same names, same sizes): the
+    // labels are the data too, and the resume is refused.
+    for (from, to) in [(shard(1), shard(9)), (shard(2), shard(1)), (shard(9), shard(2))] {
+        std::fs::rename(from, to).unwrap();
+    }
+    let relabel = "import sys, tarfile\npath = sys.argv[1]\ndata = bytearray(open(path, 'rb').read())\n\
+                   for m in tarfile.open(path).getmembers():\n    if m.name.endswith('.cls'):\n        \
+                   o = m.offset_data\n        data[o:o + 1] = str((int(data[o:o + 1]) + 1) % 3).encode()\n\
+                   open(path, 'wb').write(data)\n";
+    let relabelled = std::process::Command::new("python3")
+        .args(["-c", relabel])
+        .arg(shard(3))
+        .status();
+    assert!(relabelled.unwrap().success());
+    let out = byol_run(dir.path(), &longer);
+    let all = text(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("(labels ") && all.contains("train:") && all.contains("the same files, with other labels"),
+        "{all}"
+    );
 }
 
 fn free_port() -> u16 {

@@ -70,6 +70,13 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// A digest of the images' labels, in order, for sources whose labels are not told by their
+    /// files' names (a shard's `.cls` members), so that a resume can tell relabelled data from
+    /// the same; None where [`Dataset::content`] covers them (class folders) or there is none.
+    fn labels_digest(&self) -> Option<String> {
+        None
+    }
+
     /// The files the split reads its images from (an image file each, or the shards that hold
     /// them), so that images two splits share can be found; None for sources without files of
     /// their own (generated images, CIFAR's batch files).

@@ -209,6 +209,16 @@ impl Dataset for WebDataset {
         })))
     }
 
+    /// The `.cls` labels: another label under the same member names and sizes is other data.
+    fn labels_digest(&self) -> Option<String> {
+        use sha2::Digest;
+        let mut digest = sha2::Sha256::new();
+        for sample in &self.0.index.samples {
+            digest.update(sample.label.to_le_bytes());
+        }
+        Some(crate::dataset::hex(&digest.finalize()))
+    }
+
     fn read(&self, index: usize, out: &mut [u8]) -> Result<Option<i64>, DataError> {
         self.0.sample(index)?;
         self.0.decode(index, self.0.read_at(index), None, out)

@@ -78,6 +78,10 @@ pub struct SplitFingerprint {
     /// (false) in the records of runs started before it was kept.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub decoded: bool,
+    /// [`Dataset::labels_digest`]: the labels of sources whose file names do not tell them
+    /// (shards); absent for the others, and in the records of runs started before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_digest: Option<String>,
 }
 
 /// One part of a [`SplitFingerprint`]: its images (unreadable ones included) and the start of
@@ -108,7 +112,10 @@ impl DatasetFingerprint {
             let s = self.0.get(name)?;
             // The count too: a bank decoded into memory leaves out the images it cannot decode,
             // one read as it goes (`cache = "none"`) does not, and the two measure otherwise.
-            Some(serde_json::json!([s.images, s.classes, s.files_digest]))
+            Some(match &s.labels_digest {
+                None => serde_json::json!([s.images, s.classes, s.files_digest]),
+                Some(labels) => serde_json::json!([s.images, s.classes, s.files_digest, labels]),
+            })
         };
         let normalization = experiment.augment.normalization().map(|n| (n.mean, n.std));
         let measured = serde_json::json!({
@@ -147,7 +154,11 @@ impl SplitFingerprint {
             (Some(saved), Some(digest)) => saved == digest && self.fewer_decode(now) == 0,
             _ => self.images == now.images,
         };
-        same_images && self.classes == now.classes
+        let same_labels = match (&self.labels_digest, &now.labels_digest) {
+            (Some(saved), Some(labels)) => saved == labels,
+            _ => true,
+        };
+        same_images && same_labels && self.classes == now.classes
     }
 
     /// How many fewer of the same files decode in `now` than in this record, where both count
@@ -197,6 +208,7 @@ impl DatasetFingerprint {
                         parts: parts.collect(),
                         files_digest: content.map(|c| c.digest),
                         decoded: data.counts_decoded(),
+                        labels_digest: data.labels_digest(),
                     };
                     (name.to_string(), split)
                 })
@@ -292,6 +304,13 @@ impl DatasetFingerprint {
                     (true, Some(d)) => format!(" (files {})", &d[..d.len().min(12)]),
                     _ => String::new(),
                 };
+                // The same files with other labels (a shard's .cls members rewritten).
+                let files = match (&s.labels_digest, &o.labels_digest) {
+                    (Some(l), Some(other)) if l != other && s.files_digest == o.files_digest => {
+                        format!("{files} (labels {})", &l[..l.len().min(12)])
+                    }
+                    _ => files,
+                };
                 let classes = match s.classes.len() {
                     0 => String::new(),
                     n => format!(" of the same {n} classes"),
@@ -323,6 +342,12 @@ impl DatasetFingerprint {
                     )],
                     // Every part as it was, the whole split not: the parts are named otherwise
                     // (a shards' classes.txt), or they come in another order.
+                    // The same files, relabelled: said on the split's line.
+                    (Some(saved), Some(now))
+                        if saved.files_digest == now.files_digest && saved.labels_digest != now.labels_digest =>
+                    {
+                        vec!["    the same files, with other labels (.cls members rewritten?)".to_string()]
+                    }
                     (Some(saved), Some(now)) if !saved.parts.is_empty() && saved.parts == now.parts => {
                         let reordered = saved.files_digest != now.files_digest;
                         vec![match (saved.classes == now.classes, reordered) {
@@ -1197,6 +1222,7 @@ mod tests {
             files_digest: Some(digest.into()),
             parts: saved.clone(),
             decoded: false,
+            labels_digest: None,
         };
         let record = |digest: &str| DatasetFingerprint(BTreeMap::from([("train".to_string(), split(digest))]));
         let lines = record("aa").differences(&record("bb"));
