@@ -279,7 +279,8 @@ pub fn check_output(out: &Path, flag: &str) -> anyhow::Result<()> {
         bail!("{flag} {} is a folder; name the file to write", out.display());
     }
     // Found now, not after a whole embedding pass: a folder this process cannot write into.
-    let probe = real.join(format!(".{name}.write-check-{}", std::process::id()));
+    // (Named apart from the output: a name near the file system's limit leaves no room.)
+    let probe = real.join(format!(".byol-run-write-check-{}", std::process::id()));
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

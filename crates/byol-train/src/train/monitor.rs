@@ -171,7 +171,9 @@ fn of_several_classes(labelled: Option<LabelledSplits>) -> (Option<LabelledSplit
 fn classes_with_images(bank: &dyn Dataset) -> Vec<String> {
     let classes = bank.classes();
     if let Some((_, labels)) = bank.as_tensors() {
-        let counts = labels.bincount(None::<Tensor>, classes.len() as i64);
+        let counts = labels
+            .to_device(Device::Cpu)
+            .bincount(None::<Tensor>, classes.len() as i64);
         let counts = Vec::<i64>::try_from(counts).unwrap_or_default();
         return classes
             .iter()
