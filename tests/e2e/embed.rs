@@ -276,10 +276,13 @@ fn loops_are_entered_once_and_bad_files_are_skipped_and_counted() {
     assert_eq!(std::fs::read(&events).unwrap(), events_before);
     let all = eval_into("sw/summary.csv");
     assert!(
-        all.contains("is in the sweep folder") && all.contains("write it elsewhere"),
+        all.contains("would replace summary.csv, a record of the sweep folder"),
         "{all}"
     );
     assert!(!sweep.join("summary.csv").exists());
+    // A file of the user's own in the sweep folder is none of the sweep's.
+    let out = byol_run(dir.path(), &["export", "r", "--out", "sw/best.safetensors"]);
+    assert!(out.status.success(), "{}", text(&out));
     let out = byol_run(
         dir.path(),
         &["embed", "r", "--images", "images", "--out", "/proc/self/e.npy"],

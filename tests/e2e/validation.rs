@@ -792,16 +792,29 @@ fn validate_says_what_the_start_says_about_the_data_listed() {
     }
 }
 
-/// A memory cache larger than any machine's memory is refused by validate, as by the start,
-/// from the files listed (here 45,000 empty PNGs at 4096 pixels: over 2 TiB decoded).
+/// A memory cache larger than this machine's memory is refused by validate, as by the start,
+/// from the files listed: empty PNGs at 4096 pixels a side (48 MiB each decoded), one more per
+/// class than the machine's memory (or its container's limit) holds of them.
 #[test]
 fn validate_refuses_a_memory_cache_the_machine_cannot_hold() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map_or(total_kib * 1024, |group| group.min(total_kib * 1024));
+    let per_image = 3 * 4096 * 4096;
+    let per_class = limit / per_image / 2 + 1;
     let dir = setup();
     for class in ["a", "b"] {
         let folder = dir.path().join("data").join(class);
         std::fs::create_dir_all(&folder).unwrap();
-        for i in 0..22_500 {
-            std::fs::File::create(folder.join(format!("{i:05}.png"))).unwrap();
+        for i in 0..per_class {
+            std::fs::File::create(folder.join(format!("{i:06}.png"))).unwrap();
         }
     }
     let folder = TINY.replace(
@@ -811,8 +824,10 @@ fn validate_refuses_a_memory_cache_the_machine_cannot_hold() {
     std::fs::write(dir.path().join("big.toml"), folder).unwrap();
     let error = refused(dir.path(), &["validate", "big.toml"]);
     assert!(
-        error.contains("the 45000 images of data at 4096x4096 pixels take")
-            && error.contains("set dataset.cache = \"none\""),
+        error.contains(&format!(
+            "the {} images of data at 4096x4096 pixels take",
+            2 * per_class
+        )) && error.contains("set dataset.cache = \"none\""),
         "{error}"
     );
 }

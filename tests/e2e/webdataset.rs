@@ -421,7 +421,7 @@ fn kill_9_in_the_middle_of_an_epoch_then_resume_ends_bit_for_bit() {
                    for m in tarfile.open(path).getmembers():\n    if m.name.endswith('.cls'):\n        \
                    o = m.offset_data\n        data[o:o + 1] = str((int(data[o:o + 1]) + 1) % 3).encode()\n\
                    open(path, 'wb').write(data)\n";
-    let relabelled = std::process::Command::new("python3")
+    let relabelled = std::process::Command::new(byol_testkit::python())
         .args(["-c", relabel])
         .arg(shard(3))
         .status();

@@ -267,10 +267,9 @@ pub fn check_output(out: &Path, flag: &str) -> anyhow::Result<()> {
             );
         }
     }
-    if byol_train::run_dir::is_sweep_folder(&real) {
+    if byol_train::run_dir::is_sweep_folder(&real) && byol_train::sweep::is_sweep_entry(&name) {
         bail!(
-            "{flag} {} is in the sweep folder {}, among its summaries and trials, which a rerun of the sweep \
-             rewrites; write it elsewhere",
+            "{flag} {} would replace {name}, a record of the sweep folder {}; write it elsewhere",
             out.display(),
             real.display()
         );

@@ -204,7 +204,8 @@ impl Checkpointer {
 
     /// "the last good checkpoint is kept: <path>", or that there is none yet: for error messages.
     pub fn kept(&self) -> String {
-        match self.last() {
+        // The newest one where the `last` link itself was removed.
+        match self.last().or_else(|| self.list().pop()) {
             Some(dir) => format!("the last good checkpoint is kept: {}", dir.display()),
             None if self.held_one.load(std::sync::atomic::Ordering::Relaxed) => format!(
                 "the checkpoints of {} are gone (the folder or its link target removed while the run trained?), \

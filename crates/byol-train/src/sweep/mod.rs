@@ -63,6 +63,19 @@ pub const LOG_FILE: &str = "train.log";
 /// settings, or trained with `--fresh`): out of the way of `trial-*` globs (`byol-run compare`).
 pub const OLD_ATTEMPTS_DIR: &str = "old-attempts";
 
+/// Whether `name` is one of the entries a sweep writes into its folder: its summaries, its
+/// experiment and pruning rule, its lock, old attempts and trials' folders.
+pub fn is_sweep_entry(name: &str) -> bool {
+    let files = [
+        "summary.csv",
+        "summary.md",
+        "experiment.toml",
+        PRUNER_FILE,
+        crate::run_dir::LOCK_FILE,
+    ];
+    files.contains(&name) || name == OLD_ATTEMPTS_DIR || name.starts_with("trial-")
+}
+
 /// The `[sweep]` table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -145,25 +145,32 @@ pub fn labelled_splits(experiment: &Experiment, splits: &Splits) -> anyhow::Resu
 /// The kNN monitor's images where they are of two classes or more; of one, none, with why: an
 /// accuracy over one class is 100% whatever the network learned.
 fn of_several_classes(labelled: Option<LabelledSplits>) -> (Option<LabelledSplits>, Option<String>) {
-    let Some(l) = labelled else {
-        return (None, None);
-    };
-    let having = classes_with_images(l.bank.as_ref());
-    let [only] = having.as_slice() else {
-        return (Some(l), None);
-    };
-    // A second class folder that is empty (or whose images were all unreadable) leaves one.
-    let others = match l.bank.classes().len() {
-        1 => String::new(),
-        2 => "; the other class folder holds no readable image".to_string(),
-        n => format!("; the other {} class folders hold no readable image", n - 1),
-    };
-    let warning = format!(
-        "the kNN monitor's labelled images are of one class ({only}{others}), and an accuracy over one class is \
-         100% whatever the network learned: the monitor is off (no kNN figures). Give it two class folders or \
-         more ([eval] train and test, or the dataset's)"
-    );
-    (None, Some(warning))
+    match labelled {
+        Some(l) if l.bank.classes().len() == 1 => {
+            let warning = format!(
+                "the kNN monitor's labelled images are of one class ({}), and an accuracy over one class is 100% \
+                 whatever the network learned: the monitor is off (no kNN figures). Give it two class folders \
+                 or more ([eval] train and test, or the dataset's)",
+                l.bank.classes()[0]
+            );
+            (None, Some(warning))
+        }
+        // Class folders that are empty (or hold only unreadable images) beside one that is not:
+        // every query is predicted that class. Said, not turned off: the figure is still the
+        // share of queries of that class, which a test may rely on.
+        Some(l) => match classes_with_images(l.bank.as_ref()).as_slice() {
+            [only] => {
+                let warning = format!(
+                    "the kNN monitor's bank holds images of one class only ({only}; its other class folders hold no \
+                     readable image): every query is predicted {only}, and its kNN accuracy is the share of queries \
+                     of that class whatever the network learned. Give the other classes images"
+                );
+                (Some(l), Some(warning))
+            }
+            _ => (Some(l), None),
+        },
+        None => (None, None),
+    }
 }
 
 /// The classes of `bank` that hold an image: by its labels where it is held in memory, else by

@@ -112,10 +112,9 @@ impl DatasetFingerprint {
             let s = self.0.get(name)?;
             // The count too: a bank decoded into memory leaves out the images it cannot decode,
             // one read as it goes (`cache = "none"`) does not, and the two measure otherwise.
-            Some(match &s.labels_digest {
-                None => serde_json::json!([s.images, s.classes, s.files_digest]),
-                Some(labels) => serde_json::json!([s.images, s.classes, s.files_digest, labels]),
-            })
+            // (Not the labels' digest: the points of runs started before it was kept would read as
+            // measured on other data. Relabelled data is refused at the resume.)
+            Some(serde_json::json!([s.images, s.classes, s.files_digest]))
         };
         let normalization = experiment.augment.normalization().map(|n| (n.mean, n.std));
         let measured = serde_json::json!({
@@ -495,7 +494,8 @@ impl RunStart {
         // from step 0 replace it, evidence of the earlier attempt).
         if let Err(e) = super::curve::read_curve(run_dir) {
             bail!(
-                "{e:#}: the run folder's kNN curve is damaged. Move it aside (the run then {} with a new curve)",
+                "{e:#}: the run folder's kNN curve cannot be used. Move it aside, or make it readable where it is \
+                 whole (the run then {} with a new curve, or with it)",
                 if latest.is_some() { "resumes" } else { "starts" }
             );
         }
