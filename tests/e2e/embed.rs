@@ -715,7 +715,12 @@ outputs["from_metadata"] = torch.stack(
         readme = readme_python_block("byol_rs.preprocess"),
     );
     let reference = byol_testkit::run_python(&script, &[]);
-    let tolerance = 1.0 / 255.0 / 0.25 + 1e-5;
+    // Ours and PIL's central squares are each within one level of the exact resize (PIL rounds
+    // to 8 bits after each of its two passes, half a level each), so within two levels of each
+    // other; the float resize and crop after are convex combinations of them and keep that
+    // bound, and the normalization divides it by the std. (One level held in most draws; a draw
+    // of random images reached 1.09.)
+    let tolerance = 2.0 / 255.0 / 0.25 + 1e-5;
     for (what, theirs) in [
         ("the monitor's pipeline in PyTorch", &reference["pixels"]),
         (
