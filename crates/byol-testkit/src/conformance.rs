@@ -589,6 +589,7 @@ fn finite(t: &Tensor) -> bool {
 /// output cannot depend on which other taps are asked, nor a backbone's on whether BYOL holds its
 /// variables (in a flat buffer whose slots keep a tensor's own alignment, `byol::flat_layout`).
 fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
+    assert_eq!(a.size(), b.size(), "{what}: shapes differ");
     if let Some((count, first, x, y)) = crate::bit_difference(a, b) {
         panic!(
             "{what}: {count} of {} entries differ (first at flat index {first}: {x:e} against {y:e}); the same \
