@@ -253,21 +253,32 @@ fn bench_step_times_ours_and_eager_pytorch_in_the_same_call() {
         assert!(row["img/s"].as_f64().unwrap() > 0.0, "{all}");
     }
 
-    // A reference script that is not there is named, with what it would need.
-    let out = super::byol_run(
-        elsewhere.path(),
-        &[
+    // A reference script that is not there is named before ours is timed: a million steps
+    // would not end within the minute.
+    let mut child = super::byol_run_command(elsewhere.path())
+        .args([
             "bench",
             "step",
             "r18.toml",
             "--iters",
-            "1",
+            "1000000",
             "--against-torch",
             "python3",
-            "--reference-script",
-            "nope.py",
-        ],
-    );
+        ])
+        .args(["--reference-script", "nope.py"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("a missing reference script was not found before timing ours");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     assert!(
         super::text(&out).contains("--reference-script nope.py does not exist"),

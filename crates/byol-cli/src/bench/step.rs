@@ -231,6 +231,11 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
              resnet50.toml do), or leave --against-torch out to time ours alone"
         );
     }
+    // Found before timing ours, which takes minutes on a large network.
+    let script = match &args.against_torch {
+        Some(_) => Some(reference_script(args.reference_script.as_deref())?),
+        None => None,
+    };
     let batch = args.batch.unwrap_or(experiment.schedule.batch_size) as i64;
     let res = args.res.unwrap_or(experiment.augment.image_size());
     // One image per view leaves batch norm without statistics (NaN, as in PyTorch).
@@ -276,8 +281,7 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
     report.about("concat_views", experiment.byol.concat_views);
     report.about("threads", tch::get_num_threads());
     report.row(step_row("byol-rs", batch, ours));
-    if let Some(python) = &args.against_torch {
-        let script = reference_script(args.reference_script.as_deref())?;
+    if let (Some(python), Some(script)) = (&args.against_torch, &script) {
         let reference = Reference {
             arch: &arch,
             cifar_stem,
@@ -285,7 +289,7 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
             res,
             precision: &precision,
         };
-        let theirs = reference.time(python, &script, &engine, &experiment, args)?;
+        let theirs = reference.time(python, script, &engine, &experiment, args)?;
         report.row(step_row("eager PyTorch", batch, theirs));
         let memory = match (ours.peak_gib, theirs.peak_gib) {
             (Some(a), Some(b)) => format!(", peak memory {:.2}x ({a:.2} vs {b:.2} GiB)", a / b),
