@@ -1178,8 +1178,9 @@ fn run_parallel(
                     dir.join(LOG_FILE).display()
                 );
                 retire_error(&dir);
-                // One left (another process held the folder) is not this attempt's error.
-                let error_left = dir.join(ERROR_FILE).is_file();
+                // One left (another process held the folder) is not this attempt's error; the
+                // child's own is told from it by its text.
+                let error_left = fs::read(dir.join(ERROR_FILE)).ok();
                 let outcome = run_child(program, base, sweep, trial, (device, &options.devices), &dir, stop);
                 match outcome.and_then(|()| match TrialStatus::read(&dir) {
                     TrialStatus::Done(summary) | TrialStatus::Pruned(summary) => {
@@ -1199,7 +1200,8 @@ fn run_parallel(
                         // A trial that failed once training had started wrote its whole error;
                         // the log's last lines stand in only for one that could not (refused at
                         // its start, killed, crashed).
-                        let wrote_its_own = !error_left && dir.join(ERROR_FILE).is_file();
+                        let error_now = fs::read(dir.join(ERROR_FILE)).ok();
+                        let wrote_its_own = error_now.is_some() && error_now != error_left;
                         if in_place() && !wrote_its_own {
                             record_failure(trial, &dir, &format!("{e:#}"), unrecorded);
                         }
