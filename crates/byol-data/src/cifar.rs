@@ -441,7 +441,9 @@ impl CifarConfig {
                 let label = r[skip - 1] as usize;
                 if label >= classes.len() {
                     return Err(bad(format!(
-                        "record {i} has label {label}, but {} has {} classes (check dataset.variant)",
+                        "record {} (from byte {}) has label {label}, but {} has {} classes (check dataset.variant)",
+                        i + 1,
+                        i * record,
                         self.variant.name(),
                         classes.len()
                     )));
