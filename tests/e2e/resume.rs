@@ -293,6 +293,33 @@ fn a_run_killed_during_an_evaluation_measures_it_when_resumed() {
             "the same weights, the same figures: {a} {b}"
         );
     }
+
+    // Killed after the evaluation at step 32 was recorded, before the next checkpoint: the
+    // resumed run keeps that point, and counts the seconds it records in the curve's cost.
+    for later in checkpoints(&run_dir).into_iter().filter(|c| *c > evaluated) {
+        std::fs::remove_dir_all(later).unwrap();
+    }
+    std::fs::remove_file(run_dir.join("summary.json")).unwrap();
+    let seconds = |points: &[serde_json::Value], step: u64| {
+        let point = points.iter().find(|p| p["step"] == step).unwrap();
+        point["seconds"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no seconds: {point}"))
+    };
+    let (at_16, at_32) = (seconds(&again, 16), seconds(&again, 32));
+    assert!(at_16 > 0.0 && at_32 > 0.0, "{again:?}");
+    let resumed = run(dir.path(), "r", &settings[1..]);
+    let all = text(&resumed);
+    assert!(resumed.status.success(), "{all}");
+    assert!(all.contains("from step 32") && !all.contains("after epoch 2"), "{all}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["curve_evaluations"], 2, "{summary}");
+    let counted = summary["curve_seconds"].as_f64().unwrap();
+    assert!(
+        counted >= at_16 + at_32,
+        "{counted} s counted, {at_16} + {at_32} s measured: {summary}"
+    );
 }
 
 #[test]

@@ -231,6 +231,7 @@ mod tests {
             probe_top1: None,
             loss: Some(1.0 - top1),
             knn_data: None,
+            seconds: None,
         }
     }
 

@@ -36,10 +36,21 @@ pub struct CurvePoint {
     /// it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_data: Option<u64>,
+    /// Seconds the evaluation took during training (embedding both splits, kNN, probe): a start
+    /// that resumes after it counts them in its run's curve cost. None at the final evaluation
+    /// and in curves written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
 }
 
 impl CurvePoint {
-    pub fn new(evaluation: &Evaluation, epoch: u64, step: u64, loss: Option<f64>, knn_data: Option<u64>) -> Self {
+    pub fn new(
+        evaluation: &Evaluation,
+        (epoch, step): (u64, u64),
+        loss: Option<f64>,
+        knn_data: Option<u64>,
+        seconds: Option<f64>,
+    ) -> Self {
         Self {
             epoch,
             step,
@@ -49,6 +60,7 @@ impl CurvePoint {
             probe_top1: evaluation.probe_top1.filter(|_| step > 0),
             loss,
             knn_data,
+            seconds,
         }
     }
 }
@@ -122,6 +134,7 @@ mod tests {
             probe_top1: None,
             loss: None,
             knn_data: None,
+            seconds: None,
         }
     }
 

@@ -251,7 +251,7 @@ fn train_started(
     // says that both were logged.
     let logged_after = after.as_ref().filter(|_| measured.is_none());
     journal.finish(before.as_ref(), logged_after, step, !stopped_early);
-    record_curve(t, run_dir, &after, step, final_loss, None)?;
+    record_curve(t, run_dir, (&after, None), step, final_loss, None)?;
 
     let summary = RunSummary {
         run_dir: run_dir.to_path_buf(),
@@ -419,7 +419,7 @@ fn measured_before(
         });
     }
     let before = evaluate_before_training(t, journal)?;
-    record_curve(t, run_dir, &before, 0, None, None)?;
+    record_curve(t, run_dir, (&before, None), 0, None, None)?;
     if t.experiment.logging.view_grid && t.is_main() {
         t.log_view_grid(journal.logger())?;
     }
@@ -562,15 +562,15 @@ fn train_epochs(
     if *step > 0 && t.evaluates_after(*step) {
         // An unreadable curve counts as one without the point: measuring again only replaces it.
         let curve = curve::read_curve(run_dir).ok();
-        let measured = curve.as_ref().is_some_and(|c| c.iter().any(|p| p.step == *step));
-        if !measured_by_all(t, measured)? {
+        let point = curve.iter().flatten().find(|p| p.step == *step).copied();
+        if !measured_by_all(t, point.is_some())? {
             evaluate_into_curve(t, journal, run_dir, pruner, *step, &mut progress)?;
         } else {
             // Measured by the start that saved this checkpoint: after saving it (at an epoch's
-            // end), its record could not count the evaluation (whose seconds went with that
-            // start's); before (a pruned trial's last save), it did.
+            // end), its record could not count the evaluation, whose seconds the point keeps;
+            // before (a pruned trial's last save), it did.
             if t.curve_cost().last_step != Some(*step) {
-                t.count_curve_evaluation(*step, 0.0);
+                t.count_curve_evaluation(*step, point.and_then(|p| p.seconds).unwrap_or(0.0));
             }
             if let Some(pruner) = pruner.filter(|_| t.is_main() && t.parallel.is_none()) {
                 progress.pruned = pruner.judge(run_dir, curve.as_deref().unwrap_or_default())?;
@@ -609,7 +609,8 @@ fn evaluate_into_curve(
     let evaluating = Instant::now();
     let when = format!("after epoch {}", t.plan.epoch_of(step));
     let evaluation = journal.evaluation(&when, t.evaluate()?, step);
-    progress.pruned = record_curve(t, run_dir, &evaluation, step, journal.final_loss, pruner)?;
+    let seconds = Some(evaluating.elapsed().as_secs_f64());
+    progress.pruned = record_curve(t, run_dir, (&evaluation, seconds), step, journal.final_loss, pruner)?;
     let spent = evaluating.elapsed();
     t.count_curve_evaluation(step, spent.as_secs_f64());
     journal.leave_out_of_throughput(spent);
@@ -664,7 +665,7 @@ fn train_epoch(t: &mut Trainer<'_>, journal: &mut Journal, stop: &AtomicBool, st
 fn record_curve(
     t: &Trainer<'_>,
     run_dir: &std::path::Path,
-    evaluation: &Option<Evaluation>,
+    (evaluation, seconds): (&Option<Evaluation>, Option<f64>),
     step: u64,
     loss: Option<f64>,
     pruner: Option<&Pruner>,
@@ -673,7 +674,7 @@ fn record_curve(
         return Ok(None);
     };
     let knn_data = t.fingerprint.knn_data(t.experiment);
-    let point = curve::CurvePoint::new(evaluation, t.plan.epoch_of(step), step, loss, knn_data);
+    let point = curve::CurvePoint::new(evaluation, (t.plan.epoch_of(step), step), loss, knn_data, seconds);
     let curve = t.in_place(|| curve::record_point(run_dir, point)).map_err(|e| {
         // A failed write (not a folder moved away, which says its own way out).
         match e.chain().any(|cause| cause.is::<std::io::Error>()) {
