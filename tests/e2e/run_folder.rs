@@ -1665,6 +1665,15 @@ fn a_resume_on_other_knn_images_reports_no_gain() {
         all.contains("was trained on other data") && all.contains("add --allow-change dataset to continue"),
         "{all}"
     );
+    // Generated images of another seed: as many, of the same classes, and other images.
+    let seed = ["--set", "dataset.seed=7", "--allow-change", "dataset.seed"];
+    let out = run(dir.path(), "r", &[&longer[..], &seed].concat());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("was trained on other data") && all.contains("train: 512 images of the same 10 classes (files "),
+        "{all}"
+    );
     let other_queries = ["--set", "dataset.test_size=32", "--allow-change", "dataset"];
     let out = run(dir.path(), "r", &[&longer[..], &other_queries].concat());
     let all = text(&out);

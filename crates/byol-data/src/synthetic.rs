@@ -122,7 +122,20 @@ fn generate(config: &SyntheticConfig, split: u64, count: usize) -> Result<ImageS
         labels.push(class as i64);
     }
     let classes = SHAPES[..config.classes].iter().map(|s| s.to_string()).collect();
-    ImageSet::new(pixels, labels, side, side, classes)
+    // The images' own digest: another seed (or generator) is other data to a resume and to the
+    // kNN curve's points, as other files are. Milliseconds for the largest set memory holds.
+    let digest = {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(&pixels);
+        hasher.update(labels.iter().flat_map(|l| l.to_le_bytes()).collect::<Vec<u8>>());
+        crate::dataset::hex(&hasher.finalize())
+    };
+    let content = byol::Content {
+        digest,
+        parts: Vec::new(),
+    };
+    Ok(ImageSet::new(pixels, labels, side, side, classes)?.with_content(Some(content)))
 }
 
 /// A bright colour of random hue: the hue wheel (HSV with value 1), mixed with white so that its
