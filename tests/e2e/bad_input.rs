@@ -267,3 +267,67 @@ class LateNan(torch.nn.Module):
         "{all}"
     );
 }
+
+/// Networks or views larger than any machine's memory are an error naming what to make smaller,
+/// never a panic, and a `--fresh` start refused so puts the run it moved aside back in place.
+#[test]
+fn networks_and_views_larger_than_memory_are_refused_and_fresh_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tiny.toml"), super::TINY).unwrap();
+    let quick = [
+        "--quiet",
+        "--set",
+        "schedule.epochs=1",
+        "--set",
+        "dataset.train_size=64",
+    ];
+    let out = byol_run(dir.path(), &[&["tiny.toml", "--run-dir", "r"][..], &quick].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let finished = std::fs::read(dir.path().join("r/summary.json")).unwrap();
+    // A 10^7-channel convolution: petabytes of weights.
+    let huge = "backbone={type=\"tiny_cnn\", widths=[8, 10000000, 10000000]}";
+    for command in [
+        &["validate", "tiny.toml", "--set", huge][..],
+        &["tiny.toml", "--run-dir", "r", "--fresh", "--set", huge],
+    ] {
+        let out = byol_run(dir.path(), command);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {all}");
+        assert!(
+            all.contains("the networks do not fit in the machine's memory: make [backbone] or [byol] smaller")
+                && !all.contains("panicked"),
+            "{command:?}: {all}"
+        );
+    }
+    assert_eq!(std::fs::read(dir.path().join("r/summary.json")).unwrap(), finished);
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        !aside.iter().any(|n| n.to_string_lossy().starts_with("r.old")),
+        "{aside:?}"
+    );
+
+    // A ViT of more blocks than a list of them can hold: refused by its configuration.
+    let deep = "backbone={type=\"vit_small_patch16\", depth=100000000, image_size=16, patch_size=4}";
+    let out = byol_run(dir.path(), &["validate", "tiny.toml", "--set", deep]);
+    assert!(
+        text(&out).contains("backbone.depth = 100000000 must be at most 1024"),
+        "{}",
+        text(&out)
+    );
+
+    // The benchmark's views too.
+    let out = byol_run(
+        dir.path(),
+        &["bench", "step", "tiny.toml", "--res", "10000000", "--iters", "1"],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("a step of batch 32 at 10000000 px failed") && !all.contains("panicked"),
+        "{all}"
+    );
+}

@@ -7,6 +7,9 @@ use byol::{Backbone, BackboneSpec, BuildContext, ByolError};
 
 use crate::ViT;
 
+/// The most blocks `backbone.depth` takes.
+const MAX_DEPTH: i64 = 1024;
+
 /// The keys of every ViT size; a key left out takes its size's default (ViT-S/16: 384 wide, 12
 /// blocks of 6 heads, 16 px patches of 224 px images). Smaller values make tiny test and CPU models
 /// with the same names.
@@ -91,6 +94,14 @@ impl ViTConfig {
         ];
         if let Some((key, value)) = positive.iter().find(|(_, v)| *v <= 0) {
             return Err(ByolError::Config(format!("backbone.{key} = {value} must be positive")));
+        }
+        // Beyond any ViT trained (ViT-G has 48 blocks); the list of that many blocks alone would
+        // be an allocation whose failure aborts, where a too-large tensor is an error.
+        if self.depth > MAX_DEPTH {
+            return Err(ByolError::Config(format!(
+                "backbone.depth = {} must be at most {MAX_DEPTH}",
+                self.depth
+            )));
         }
         if self.image_size % self.patch_size != 0 {
             return Err(ByolError::Config(format!(

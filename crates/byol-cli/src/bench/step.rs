@@ -253,17 +253,19 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
     .context("building the benchmark's SGD optimizer")?;
     let mut engine = StepEngine::new(&experiment, Some(sgd.as_ref()))?;
     let device = engine.device;
-    let view1 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
-    let view2 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
     // libtorch's errors (views too small for the network, out of memory) come as panics.
-    let ours = byol_train::train::guarded(|| engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2)))
-        .map_err(|panic| {
-            let message = byol_train::train::panic_message(panic.as_ref());
-            anyhow::anyhow!(
-                "a step of batch {batch} at {res} px failed: {}",
-                message.lines().next().unwrap_or_default()
-            )
-        })??;
+    let ours = byol_train::train::guarded(|| {
+        let view1 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
+        let view2 = Tensor::randn([batch, 3, res, res], (Kind::Float, device));
+        engine.time(args.warmup, args.iters, |e| e.step(&view1, &view2))
+    })
+    .map_err(|panic| {
+        let message = byol_train::train::panic_message(panic.as_ref());
+        anyhow::anyhow!(
+            "a step of batch {batch} at {res} px failed: {}",
+            message.lines().next().unwrap_or_default()
+        )
+    })??;
     let precision = format!("{:?}", experiment.run.precision).to_lowercase();
 
     let mut report = Report::new("step");

@@ -83,11 +83,11 @@ pub fn explain_panic(panic: Box<dyn std::any::Any + Send>, batch: usize, accumul
     let first_line = message.lines().next().unwrap_or_default();
     if is_lost_peer(&message) {
         peer_gone(first_line)
-    } else if message.contains("out of memory") {
+    } else if is_out_of_memory(&message) {
         anyhow::anyhow!(
             "the device ran out of memory with schedule.batch_size = {batch} (accumulate = {accumulate}): \
              lower the batch size, or raise schedule.accumulate to split each batch into micro-batches, \
-             or use run.precision = \"fp16\"\n({first_line})"
+             or use a lower run.precision (\"bf16\"; \"fp16\" on a GPU)\n({first_line})"
         )
     } else if message.contains("modified by an inplace operation") {
         // The same view goes through the online and the target network: a forward that writes
@@ -116,6 +116,12 @@ fn is_lost_peer(message: &str) -> bool {
 
 /// An error a training step returned (a collective's among them), with a lost data-parallel
 /// peer said as [`explain_panic`] says it.
+/// Whether libtorch's `message` says an allocation failed: a GPU's ("CUDA out of memory") or the
+/// CPU's ("DefaultCPUAllocator: can't allocate memory").
+pub fn is_out_of_memory(message: &str) -> bool {
+    message.contains("out of memory") || message.contains("can't allocate memory")
+}
+
 pub fn explain_error(error: anyhow::Error) -> anyhow::Error {
     let message = format!("{error:#}");
     if is_lost_peer(&message) {
@@ -167,6 +173,20 @@ mod tests {
             tch::TchError::Torch(original.to_string())
         ));
         assert_eq!(panic_message(debug.as_ref()), original);
+    }
+
+    /// The CPU's allocation failure, as libtorch raises it, is told as the GPU's is: with the
+    /// batch size and what to change.
+    #[test]
+    fn the_cpus_out_of_memory_names_the_batch_and_what_to_do() {
+        let panic = super::guarded(|| tch::Tensor::zeros([1 << 50], tch::kind::FLOAT_CPU)).unwrap_err();
+        let error = super::explain_panic(panic, 256, 1).to_string();
+        assert!(
+            error.starts_with("the device ran out of memory with schedule.batch_size = 256 (accumulate = 1)")
+                && error.contains("raise schedule.accumulate")
+                && error.contains("can't allocate memory"),
+            "{error}"
+        );
     }
 
     /// A backward that finds its input changed in place, as libtorch says it when a forward

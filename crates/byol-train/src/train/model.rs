@@ -35,11 +35,31 @@ impl Model {
         let vs = VarStore::new(context.device);
         let (backbone, config) = (experiment.backbone.as_ref(), &experiment.byol);
         let layer = config.embedding_layer.as_str();
-        let byol = match weights {
+        let what = "building the BYOL networks ([backbone], [byol])";
+        // libtorch's errors while the variables are made (networks too large for the memory)
+        // come as panics.
+        let built = super::guarded(|| match weights {
             Weights::Initial => Byol::in_context(&vs, backbone, context, layer, config),
             Weights::Checkpoint => Byol::for_checkpoint(&vs, backbone, context, layer, config),
-        }
-        .context("building the BYOL networks ([backbone], [byol])")?;
+        });
+        let byol = match built {
+            Ok(byol) => byol.context(what)?,
+            Err(panic) => {
+                let message = super::panic_message(panic.as_ref());
+                let first_line = message.lines().next().unwrap_or_default();
+                match super::guard::is_out_of_memory(&message) {
+                    true => bail!(
+                        "{what}: the networks do not fit in the {}'s memory: make [backbone] or [byol] smaller\n\
+                         ({first_line})",
+                        match context.device {
+                            Device::Cpu => "machine".to_string(),
+                            device => format!("{device:?}"),
+                        }
+                    ),
+                    false => bail!("{what}: {first_line}"),
+                }
+            }
+        };
         let parameters = byol.parameters(&vs);
         Ok(Self { vs, byol, parameters })
     }
