@@ -1301,6 +1301,40 @@ fn a_sweep_folder_that_holds_a_run_is_refused() {
     }
 }
 
+/// A `--fresh` sweep whose trials are all refused (a batch larger than the data) puts the sweep
+/// folder it moved aside back: its finished trials are not lost to a start from nothing.
+#[test]
+fn a_refused_fresh_sweep_puts_the_previous_folder_back() {
+    let dir = setup(TINY_SWEEP);
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let sweep_dir = dir.path().join("runs/tiny-sweep");
+    let summary = std::fs::read(sweep_dir.join("summary.csv")).unwrap();
+    let out = byol_run(
+        dir.path(),
+        &["sweep", "tiny.toml", "--fresh", "--set", "schedule.batch_size=100000"],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("no trial was run") && all.contains("--fresh: put the previous sweep folder back in place"),
+        "{all}"
+    );
+    assert_eq!(std::fs::read(sweep_dir.join("summary.csv")).unwrap(), summary);
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(runs, ["tiny-sweep"], "{all}");
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml"]);
+    assert!(
+        out.status.success() && !text(&out).contains("starting"),
+        "every trial finished before: {}",
+        text(&out)
+    );
+}
+
 /// Images added to the data while a sweep runs, after trial-001 started and before trial-002 did:
 /// the two trials trained on different data, and trial-001's result (on data the sweep no longer
 /// reads) is not ranked beside trial-002's.

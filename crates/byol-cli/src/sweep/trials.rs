@@ -93,12 +93,26 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     // Two sweeps over one folder would train the same trials twice and mark each other's running
     // trials as failed. Each trial's folder has its own lock besides (child processes take it).
     let owner = FolderLock::create_and_acquire(&sweep.dir, FolderKind::Sweep)?;
-    let outcome = run_holding_the_folder(sweep, options, moved, &|| owner.check_still_at(&sweep.dir));
-    if outcome.is_err() {
-        // Refused before any trial folder was written: no sweep folder left with only its lock.
-        owner.remove_if_unused();
+    let outcome = run_holding_the_folder(sweep, options, moved.clone(), &|| owner.check_still_at(&sweep.dir));
+    let Err(error) = outcome else { return outcome };
+    // Refused before any trial folder was written: no sweep folder left with only its lock, and
+    // a --fresh start puts back the sweep it moved aside (whose trials would otherwise all
+    // start anew on the next run).
+    owner.remove_if_unused();
+    match moved {
+        Some(moved) if !sweep.dir.exists() && fs::rename(&moved, &sweep.dir).is_ok() => {
+            byol::eprint_line!(
+                "--fresh: put the previous sweep folder back in place ({}), as this sweep was refused",
+                sweep.dir.display()
+            );
+            Err(error)
+        }
+        Some(moved) => Err(error.context(format!(
+            "--fresh moved the previous sweep folder aside to {} before this sweep was refused",
+            moved.display()
+        ))),
+        None => Err(error),
     }
-    outcome
 }
 
 /// Whether the sweep's folder is still where this process locked it: one moved (or replaced)
