@@ -526,6 +526,15 @@ fn validate_builds_the_networks() {
         ("byol.embedding_layer=\"foo\"", "backbone has no feature tap 'foo'"),
         // A builder's error that names its key is pointed at the --set that gave it.
         ("backbone.width=0", "--set backbone.width=0: building the BYOL networks"),
+        // A key in a table set whole is that --set's.
+        (
+            "backbone={type=\"resnet18\", width=0}",
+            "--set backbone={type=\"resnet18\", width=0}: building the BYOL networks",
+        ),
+        (
+            "optimizer={type=\"lars\", lr=-1}",
+            "--set optimizer={type=\"lars\", lr=-1}: optimizer.lr = -1 is out of range",
+        ),
         (
             "backbone.pretrained=\"gone.safetensors\"",
             "cannot read weights from gone.safetensors: no such file",

@@ -350,26 +350,33 @@ impl Experiment {
         Ok(experiment)
     }
 
-    /// Where `key` (`schedule.epochs`) was set over the file (`--set schedule.epochs=3`), if it
-    /// was.
+    /// Where `key` (`schedule.epochs`) was set over the file (`--set schedule.epochs=3`, or the
+    /// whole table, `--set schedule={epochs=3}`), if it was.
     pub fn override_of(&self, key: &str) -> Option<&str> {
+        let covers = |k: &str| key == k || key.strip_prefix(k).is_some_and(|rest| rest.starts_with('.'));
         self.overrides
             .iter()
             .zip(&self.override_origins)
             .rev() // the last assignment of a key wins
-            .find(|(a, _)| a.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+            .find(|(a, _)| a.split_once('=').is_some_and(|(k, _)| covers(k.trim())))
             .map(|(_, origin)| origin.as_str())
     }
 
     /// `message` (about a key, from a plugin or a check that names it) pointed at the `--set` of
-    /// the first overridden key it mentions (`--set backbone.widths=[0, 8]: backbone.widths: 0
-    /// is not ...`); as it is where it mentions none.
+    /// the overridden key it mentions, or of the table above it set whole (`--set backbone.widths=
+    /// [0, 8]: backbone.widths: 0 is not ...`, `--set optimizer={...}: optimizer.lr = -1 ...`);
+    /// the last such `--set` (which set the value); as it is where it mentions none.
     pub fn pointed_at_set(&self, message: String) -> String {
         let key = self
             .overrides
             .iter()
+            .rev()
             .filter_map(|a| a.split_once('=').map(|(k, _)| k.trim()))
-            .find(|k| message.contains(&format!("{k} =")) || message.contains(&format!("{k}:")));
+            .find(|k| {
+                [" =", ":", "."]
+                    .iter()
+                    .any(|after| message.contains(&format!("{k}{after}")))
+            });
         match key.and_then(|key| self.override_of(key)) {
             Some(origin) => format!("{origin}: {message}"),
             None => message,
