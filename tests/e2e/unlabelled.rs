@@ -247,6 +247,14 @@ fn labelled_images_without_a_test_split_say_the_monitor_is_off() {
         "{all}"
     );
     assert!(!all.contains("kNN top-1") && !all.contains("no labels"), "{all}");
+    // validate says it as the start does.
+    let out = byol_run(dir.path(), &[&["validate"][..], &args].concat());
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("note: kNN monitor and online probe off: the dataset has no test split to measure on"),
+        "{all}"
+    );
 }
 
 /// Unreadable images are all named in the run folder's `skipped-images.txt` (the warnings name

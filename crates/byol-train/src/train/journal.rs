@@ -9,7 +9,7 @@ use anyhow::Context;
 use crate::tensorboard::{HParamValue, ScalarLogger};
 use crate::Experiment;
 
-use super::monitor::{Evaluation, NO_LABELS_NOTE, NO_TEST_SPLIT_NOTE};
+use super::monitor::{monitor_off_note, Evaluation};
 use super::progress::Progress;
 use super::step::StepReport;
 use super::trainer::Trainer;
@@ -47,11 +47,7 @@ impl Journal {
             window: (Instant::now(), 0),
             final_loss: t.carried.last_loss,
         };
-        if !t.monitor.has_knn() {
-            let why = match t.splits.train.is_labelled() {
-                true => NO_TEST_SPLIT_NOTE,
-                false => NO_LABELS_NOTE,
-            };
+        if let Some(why) = monitor_off_note(t.experiment, &t.splits, t.monitor.has_knn()) {
             journal.say(format!("note: {why}"));
         }
         if let Some(old) = moved_aside {

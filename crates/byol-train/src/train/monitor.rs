@@ -110,6 +110,18 @@ pub const NO_TEST_SPLIT_NOTE: &str = "kNN monitor and online probe off: the data
      measure on; give it one (dataset.test, dataset.test_urls for shards, dataset.test_size for synthetic \
      images), or set eval.train and eval.test";
 
+/// The note a start of `experiment` on `splits` says where its kNN monitor is off (`on`: it is
+/// not) for want of labelled images to measure on; None where it is on, or off for another
+/// reason said otherwise (a bank of one class).
+pub fn monitor_off_note(experiment: &Experiment, splits: &Splits, on: bool) -> Option<&'static str> {
+    let eval_folders = experiment.eval.train.is_some() && experiment.eval.test.is_some();
+    match (on || eval_folders, splits.train.is_labelled()) {
+        (true, _) => None,
+        (false, false) => Some(NO_LABELS_NOTE),
+        (false, true) => splits.test.is_none().then_some(NO_TEST_SPLIT_NOTE),
+    }
+}
+
 /// What a start says where `eval.knn_k` asks for more neighbours than the kNN bank holds.
 pub fn knn_k_note(knn_k: usize, bank: usize) -> Option<String> {
     (knn_k > bank).then(|| {

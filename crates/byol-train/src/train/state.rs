@@ -259,8 +259,12 @@ impl DatasetFingerprint {
         let bank_note = labelled
             .as_ref()
             .and_then(|l| super::monitor::knn_k_note(experiment.eval.knn_k, l.bank.len()));
+        let off_note = super::monitor::monitor_off_note(experiment, &listing.splits, labelled.is_some());
         let remarks = Remarks {
-            notes: listing.notes.into_iter().chain(bank_note).collect(),
+            notes: (listing.notes.into_iter())
+                .chain(off_note.map(String::from))
+                .chain(bank_note)
+                .collect(),
             warnings: listing.warnings.into_iter().chain(eval_warnings).chain(seen).collect(),
         };
         let loader = super::data::training_loader(experiment, &listing.splits, tch::Device::Cpu, 0, 1).ok();
