@@ -22,6 +22,11 @@ fn doctor_runs_from_any_directory() {
         "the CUDA backend is linked in: {all}"
     );
     assert!(all.contains("CUDA available"), "{all}");
+    // Without CUDA, the reason this machine shows.
+    if !tch::Cuda::is_available() {
+        let without = ["no NVIDIA driver on this machine", "the NVIDIA driver is loaded"];
+        assert!(without.iter().any(|why| all.contains(why)), "{all}");
+    }
     assert!(all.contains("JPEG decoder     libjpeg-turbo"), "{all}");
 }
 

@@ -22,17 +22,21 @@ pub fn run() -> anyhow::Result<()> {
     writeln!(out, "libtorch         {version}")?;
     writeln!(out, "libtorch path    {lib}")?;
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let libtorch_cuda = maps.contains("libtorch_cuda.so");
     writeln!(
         out,
         "libtorch_cuda    {}",
-        if maps.contains("libtorch_cuda.so") {
+        if libtorch_cuda {
             "loaded"
         } else {
             "not loaded (CPU-only libtorch?)"
         }
     )?;
     let cuda = tch::Cuda::is_available();
-    writeln!(out, "CUDA available   {cuda}")?;
+    match cuda {
+        true => writeln!(out, "CUDA available   true")?,
+        false => writeln!(out, "CUDA available   false ({})", why_no_cuda(libtorch_cuda, &version))?,
+    }
     writeln!(out, "cuDNN available  {}", tch::Cuda::cudnn_is_available())?;
     writeln!(out, "CUDA devices     {}", tch::Cuda::device_count())?;
     if cuda {
@@ -67,4 +71,23 @@ pub fn run() -> anyhow::Result<()> {
     )?;
     out.flush()?;
     Ok(())
+}
+
+/// Why CUDA is not available, as far as this machine shows it: a libtorch without CUDA, no NVIDIA
+/// driver, or a driver that CUDA could not start with.
+fn why_no_cuda(libtorch_cuda: bool, libtorch: &str) -> String {
+    if !libtorch_cuda {
+        return "this libtorch has no CUDA: build against a CUDA build of torch".into();
+    }
+    match std::fs::read_to_string("/proc/driver/nvidia/version") {
+        Err(_) => "no NVIDIA driver on this machine: /proc/driver/nvidia is missing, so there is no GPU here or its driver is not \
+                   installed"
+            .into(),
+        Ok(driver) => format!(
+            "the NVIDIA driver is loaded ({}) but CUDA did not start: libtorch {libtorch} needs a driver of its CUDA \
+             version or newer (nvidia-smi shows the driver's), and a GPU this process may use \
+             (CUDA_VISIBLE_DEVICES)",
+            driver.lines().next().unwrap_or_default().trim()
+        ),
+    }
 }
