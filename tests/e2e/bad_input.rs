@@ -118,6 +118,22 @@ fn bad_override_is_type_checked() {
         all.contains("schedule.epochs=many") && all.contains("invalid type"),
         "{all}"
     );
+    // Said in the experiment's words, not the code's type names.
+    for (set, expected) in [
+        ("run=3", "--set run=3: invalid type: integer `3`, expected a table"),
+        ("augment.view1=3", "expected a table (in table [augment])"),
+        (
+            "run.seed=1979-05-27",
+            "invalid type: a table or a date, expected a whole number",
+        ),
+    ] {
+        let out = byol_run(&dir, &["validate", "experiments/quickstart.toml", "--set", set]);
+        let all = text(&out);
+        assert!(
+            out.status.code() == Some(1) && all.contains(expected) && !all.contains("struct"),
+            "{set}: {all}"
+        );
+    }
 }
 
 /// A run stopped by a bad image (`on_bad_image = "error"`, met while training with `cache =

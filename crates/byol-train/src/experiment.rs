@@ -467,6 +467,18 @@ fn in_words(message: &str) -> String {
     .fold(message.to_string(), |m, (rust, words)| {
         m.replace(&format!("expected {rust}"), &format!("expected {words}"))
     });
+    // The code's type names mean nothing to the user: a table is what such a key takes. (A TOML
+    // date reaches serde as a map.)
+    let words = match words.split_once("expected struct ") {
+        Some((before, after)) => {
+            let name_end = after
+                .find(|c: char| !c.is_alphanumeric() && c != '_')
+                .unwrap_or(after.len());
+            format!("{before}expected a table{}", &after[name_end..])
+        }
+        None => words,
+    };
+    let words = words.replace("invalid type: map,", "invalid type: a table or a date,");
     let lines: Vec<&str> = words.lines().filter(|line| !line.trim().is_empty()).collect();
     lines.join("\n")
 }
