@@ -347,6 +347,19 @@ fn a_plain_run_of_a_sweep_file_points_to_byol_run_sweep_and_validate_checks_ever
             ),
         "{all}"
     );
+    // A huge one in exponent form, as the check's own message writes it.
+    std::fs::write(
+        dir.path().join("huge.toml"),
+        TINY_SWEEP.replace("[0.2, 0.8]", "[0.2, 1e300]"),
+    )
+    .unwrap();
+    let out = byol_run(dir.path(), &["validate", "huge.toml"]);
+    let all = text(&out);
+    assert!(
+        out.status.code() == Some(1)
+            && all.contains("sweep.parameters.\"optimizer.lr\" = 1e300 (trial-002): optimizer.lr = 1e300 is beyond"),
+        "{all}"
+    );
 }
 
 #[test]

@@ -526,6 +526,11 @@ impl Sweep {
                 .into_iter()
                 .zip(&trial.values)
                 .map(|(assignment, (key, value))| {
+                    // A float in exponent form where TOML's own would write hundreds of digits.
+                    let value = match value {
+                        toml::Value::Float(_) => show(value),
+                        other => other.to_string(),
+                    };
                     let origin = format!("sweep.parameters.\"{key}\" = {value} ({})", trial.id());
                     (assignment, origin)
                 }),
