@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::{ErrorKind, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -248,6 +248,12 @@ impl FolderLock {
             .open(&path);
         let mut file = match opened {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => bail!(
+                "cannot open the lock file {}: {e}; every start takes its {what}'s lock there, writing it: make \
+                 {} writable (or copy the folder where it can be written, and run on the copy)",
+                path.display(),
+                dir.display()
+            ),
             opened => opened.with_context(|| format!("cannot open the lock file {}", path.display()))?,
         };
         // A look by `in_use_by` holds the lock for an instant: waited out, not taken for a run.
