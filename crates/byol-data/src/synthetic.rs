@@ -123,7 +123,7 @@ fn generate(config: &SyntheticConfig, split: u64, count: usize) -> Result<ImageS
     }
     let classes = SHAPES[..config.classes].iter().map(|s| s.to_string()).collect();
     // The images' own digest: another seed (or generator) is other data to a resume and to the
-    // kNN curve's points, as other files are. Milliseconds for the largest set memory holds.
+    // kNN curve's points, as other files are. About a second per GB, a fraction of generating.
     let digest = {
         use sha2::Digest;
         let mut hasher = sha2::Sha256::new();

@@ -65,7 +65,8 @@ pub trait Dataset: std::fmt::Debug + Send + Sync {
     /// What the split holds, told apart from where it lives (its files' names relative to its
     /// folder and their sizes, in order), so that a resume can tell the run's data moved
     /// elsewhere from other data of the same size, an image replaced under its name included;
-    /// None when the source has nothing cheaper than its pixels (a generated set digests those).
+    /// a source read whole anyway (CIFAR's files, generated images) digests its bytes instead;
+    /// None where a source has neither.
     fn content(&self) -> Option<Content> {
         None
     }

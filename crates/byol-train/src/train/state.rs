@@ -64,7 +64,8 @@ pub struct SplitFingerprint {
     pub images: usize,
     pub classes: Vec<String>,
     /// The digest of the split's [`Dataset::content`] (its files' names, relative to where it lives,
-    /// and sizes); absent for sources without one, and in the records of runs started before it
+    /// and sizes; a CIFAR file's or generated images' bytes); absent for sources without one, and
+    /// in the records of runs started before it
     /// existed. Those records may hold `digest`, a digest of the names alone, which nothing
     /// computes any more: such a run resumes on count and classes, as before digests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,6 +175,18 @@ impl SplitFingerprint {
 }
 
 impl DatasetFingerprint {
+    /// This fingerprint without the digests that `recorded` (a run's record from before its
+    /// source had one: generated images) lacks, so that the run keeps its record's form: its
+    /// kNN curve's points, measured under that form ([`Self::knn_data`]), stay comparable.
+    pub fn in_the_form_of(mut self, recorded: &Self) -> Self {
+        for (name, split) in &mut self.0 {
+            if recorded.0.get(name).is_some_and(|r| r.files_digest.is_none()) {
+                split.files_digest = None;
+            }
+        }
+        self
+    }
+
     /// The classes an online probe of a run on this data predicts: the training split's where
     /// it is labelled, else the kNN bank's. None where neither has classes.
     pub fn probe_classes(&self) -> Option<&[String]> {
@@ -1151,6 +1164,29 @@ mod tests {
 
     fn split(json: &str) -> SplitFingerprint {
         serde_json::from_str(json).unwrap()
+    }
+
+    /// A run recorded without digests (generated images, before they had one) goes on without
+    /// them, its kNN curve's data key unchanged; a split recorded with one keeps it.
+    #[test]
+    fn a_run_keeps_the_form_of_its_record() {
+        let of = |splits: &[(&str, &str)]| {
+            DatasetFingerprint(
+                splits
+                    .iter()
+                    .map(|(name, json)| (name.to_string(), split(json)))
+                    .collect(),
+            )
+        };
+        let old = r#"{"images": 8, "classes": ["a", "b"]}"#;
+        let new = r#"{"images": 8, "classes": ["a", "b"], "files_digest": "ab12"}"#;
+        let recorded = of(&[("train", old), ("knn_bank", old), ("knn_queries", new)]);
+        let now = of(&[("train", new), ("knn_bank", new), ("knn_queries", new)]);
+        let kept = now.in_the_form_of(&recorded);
+        assert_eq!(kept.0["train"].files_digest, None);
+        assert_eq!(kept.0["knn_bank"].files_digest, None);
+        assert_eq!(kept.0["knn_queries"].files_digest.as_deref(), Some("ab12"));
+        assert!(recorded.differences(&kept).is_empty());
     }
 
     #[test]

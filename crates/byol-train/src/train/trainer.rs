@@ -206,6 +206,10 @@ impl<'a> Trainer<'a> {
             None => find()?,
         };
         let manifest = start.checkpoint.as_ref().map(|(_, m)| m);
+        let fingerprint = match manifest.and_then(|m| m.dataset.as_ref()) {
+            Some(recorded) => fingerprint.in_the_form_of(recorded),
+            None => fingerprint,
+        };
         check_not_past_the_end(run_dir, (experiment, &fingerprint), &plan, manifest)?;
         if let Some((_, manifest)) = start.checkpoint.as_ref().filter(|_| main) {
             say_schedule_changed(run_dir, manifest, &plan);
