@@ -258,38 +258,32 @@ fn bench_step_times_ours_and_eager_pytorch_in_the_same_call() {
         assert!(row["img/s"].as_f64().unwrap() > 0.0, "{all}");
     }
 
-    // A reference script that is not there is named before ours is timed: a million steps
-    // would not end within the minute.
-    let mut child = super::byol_run_command(elsewhere.path())
-        .args([
-            "bench",
-            "step",
-            "r18.toml",
-            "--iters",
-            "1000000",
-            "--against-torch",
-            "python3",
-        ])
-        .args(["--reference-script", "nope.py"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > std::time::Duration::from_secs(60) {
-            child.kill().unwrap();
-            panic!("a missing reference script was not found before timing ours");
+    // A reference script that is not there, or a python that cannot run it, is named before
+    // ours is timed: a million steps would not end within the minute.
+    let refused = |reference: &[&str]| {
+        let mut child = super::byol_run_command(elsewhere.path())
+            .args(["bench", "step", "r18.toml", "--iters", "1000000"])
+            .args(reference)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("{reference:?} was not refused before timing ours");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    assert!(
-        super::text(&out).contains("--reference-script nope.py does not exist"),
-        "{}",
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{}", super::text(&out));
         super::text(&out)
-    );
+    };
+    let all = refused(&["--against-torch", "python3", "--reference-script", "nope.py"]);
+    assert!(all.contains("--reference-script nope.py does not exist"), "{all}");
+    let all = refused(&["--against-torch", "/nonexistent/python"]);
+    assert!(all.contains("--against-torch: cannot run /nonexistent/python"), "{all}");
 
     // Sizes no step can take are refused before anything is built.
     for (flag, message) in [

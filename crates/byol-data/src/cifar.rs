@@ -441,7 +441,7 @@ impl CifarConfig {
                 let label = r[skip - 1] as usize;
                 if label >= classes.len() {
                     return Err(bad(format!(
-                        "record {} (from byte {}) has label {label}, but {} has {} classes (check dataset.variant)",
+                        "record {} (at byte offset {}) has label {label}, but {} has {} classes (check dataset.variant)",
                         i + 1,
                         i * record,
                         self.variant.name(),

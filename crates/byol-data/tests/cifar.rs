@@ -274,6 +274,6 @@ fn damaged_files_are_named() {
     std::fs::write(tmp.path().join("test_batch.bin"), bytes).unwrap();
     let err = error_of(&format!("type = \"cifar\"\nroot = {}\n", quoted(tmp.path())));
     assert!(err.contains("test_batch.bin"), "{err}");
-    // Counted from 1, as a reader counts; the byte is where the record starts.
-    assert!(err.contains("record 2 (from byte 3073) has label 12"), "{err}");
+    // Counted from 1, as a reader counts; the offset is where the record starts.
+    assert!(err.contains("record 2 (at byte offset 3073) has label 12"), "{err}");
 }

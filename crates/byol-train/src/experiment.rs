@@ -469,15 +469,18 @@ fn in_words(message: &str) -> String {
     });
     // The code's type names mean nothing to the user: a table is what such a key takes. (A TOML
     // date reaches serde as a map.)
-    let words = match words.split_once("expected struct ") {
+    let type_name = |words: String, rust: &str, table: &str| match words.split_once(rust) {
         Some((before, after)) => {
             let name_end = after
                 .find(|c: char| !c.is_alphanumeric() && c != '_')
                 .unwrap_or(after.len());
-            format!("{before}expected a table{}", &after[name_end..])
+            format!("{before}{table}{}", &after[name_end..])
         }
         None => words,
     };
+    let words = type_name(words, "expected struct ", "expected a table");
+    // A plugin's table (typetag's "dyn BackboneSpec").
+    let words = type_name(words, "expected dyn ", "expected a table with its plugin's `type`");
     let words = words.replace("invalid type: map,", "invalid type: a table or a date,");
     let lines: Vec<&str> = words.lines().filter(|line| !line.trim().is_empty()).collect();
     lines.join("\n")

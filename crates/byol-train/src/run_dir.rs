@@ -129,9 +129,10 @@ impl FolderLock {
     /// but the lock file the holder made: a start refused before writing anything (no images, a
     /// batch larger than the data, a checkpoints link to nothing) leaves no empty run folder
     /// behind, nor a lock file in a folder that had none. A folder with anything new in it, or
-    /// whose lock file was there before, is left as it is.
-    pub fn remove_if_unused(self) {
-        let Some(found) = &self.found else { return };
+    /// whose lock file was there before, is left as it is. Returns whether the folder, made by
+    /// the holder, is gone.
+    pub fn remove_if_unused(self) -> bool {
+        let Some(found) = &self.found else { return false };
         let lock = found.dir.join(LOCK_FILE);
         let mut unused = found.entries.clone();
         unused.insert(LOCK_FILE.into());
@@ -139,9 +140,10 @@ impl FolderLock {
             // While the lock is held: another start is refused meanwhile, or finds the folder gone.
             let _ = std::fs::remove_file(&lock);
             if found.made {
-                let _ = std::fs::remove_dir(&found.dir);
+                return std::fs::remove_dir(&found.dir).is_ok();
             }
         }
+        false
     }
 
     fn acquire_after(dir: &Path, what: FolderKind, prepare: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<Self> {
@@ -250,7 +252,8 @@ impl FolderLock {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => bail!(
                 "cannot open the lock file {}: {e}; every start takes its {what}'s lock there, writing it: make \
-                 {} writable (or copy the folder where it can be written, and run on the copy)",
+                 {} and the lock file in it writable to this user (or copy the folder where it can be written, and \
+                 run on the copy)",
                 path.display(),
                 dir.display()
             ),

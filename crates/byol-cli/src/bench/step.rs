@@ -231,9 +231,13 @@ pub fn run(args: &StepArgs) -> anyhow::Result<()> {
              resnet50.toml do), or leave --against-torch out to time ours alone"
         );
     }
-    // Found before timing ours, which takes minutes on a large network.
+    // Found, and its python tried, before timing ours, which takes minutes on a large network.
     let script = match &args.against_torch {
-        Some(_) => Some(reference_script(args.reference_script.as_deref())?),
+        Some(python) => {
+            let script = reference_script(args.reference_script.as_deref())?;
+            check_reference_python(python)?;
+            Some(script)
+        }
         None => None,
     };
     let batch = args.batch.unwrap_or(experiment.schedule.batch_size) as i64;
@@ -338,6 +342,27 @@ fn reference_script(given: Option<&Path>) -> anyhow::Result<PathBuf> {
                  (the script needs {REFERENCE_PACKAGES})"
             )
         })
+}
+
+/// Whether `python` runs and imports what the reference script needs.
+fn check_reference_python(python: &Path) -> anyhow::Result<()> {
+    let output = std::process::Command::new(python)
+        .args(["-c", "import torch, torchvision"])
+        .output()
+        .with_context(|| {
+            format!(
+                "--against-torch: cannot run {} (a python with {REFERENCE_PACKAGES})",
+                python.display()
+            )
+        })?;
+    if !output.status.success() {
+        bail!(
+            "--against-torch: {} cannot import what the reference needs ({REFERENCE_PACKAGES}):\n{}",
+            python.display(),
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(())
 }
 
 /// The same step in eager PyTorch, as tests/reference/bench_step_torch.py takes it.

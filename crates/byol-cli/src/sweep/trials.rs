@@ -98,20 +98,20 @@ pub fn run(sweep: &Sweep, options: &SweepOptions) -> anyhow::Result<SweepOutcome
     // Refused before any trial folder was written: no sweep folder left with only its lock, and
     // a --fresh start puts back the sweep it moved aside (whose trials would otherwise all
     // start anew on the next run).
-    owner.remove_if_unused();
+    let removed = owner.remove_if_unused();
     match moved {
-        Some(moved) if !sweep.dir.exists() && fs::rename(&moved, &sweep.dir).is_ok() => {
+        Some(moved) if removed && fs::rename(&moved, &sweep.dir).is_ok() => {
             byol::eprint_line!(
                 "--fresh: put the previous sweep folder back in place ({}), as this sweep was refused",
                 sweep.dir.display()
             );
             Err(error)
         }
-        Some(moved) => Err(error.context(format!(
+        Some(moved) if removed => Err(error.context(format!(
             "--fresh moved the previous sweep folder aside to {} before this sweep was refused",
             moved.display()
         ))),
-        None => Err(error),
+        _ => Err(error),
     }
 }
 
@@ -1131,6 +1131,14 @@ fn record_failure(trial: &Trial, dir: &Path, error: &str, unrecorded: &Mutex<Vec
     }
 }
 
+/// A trial folder's `error.txt` as it is now (its text and when it was written), to tell one
+/// the child wrote from one left before, the same text written again included.
+fn error_file_state(dir: &Path) -> Option<(Vec<u8>, Option<std::time::SystemTime>)> {
+    let path = dir.join(ERROR_FILE);
+    let text = fs::read(&path).ok()?;
+    Some((text, fs::metadata(&path).and_then(|m| m.modified()).ok()))
+}
+
 /// How a trial of `status` in `dir` starts, for its console line.
 fn how_it_starts(status: &TrialStatus, dir: &Path) -> &'static str {
     match status {
@@ -1193,8 +1201,8 @@ fn run_parallel(
                 );
                 retire_error(&dir);
                 // One left (another process held the folder) is not this attempt's error; the
-                // child's own is told from it by its text.
-                let error_left = fs::read(dir.join(ERROR_FILE)).ok();
+                // child's own is told from it by its text and time.
+                let error_left = error_file_state(&dir);
                 let outcome = run_child(program, base, sweep, trial, (device, &options.devices), &dir, stop);
                 match outcome.and_then(|()| match TrialStatus::read(&dir) {
                     TrialStatus::Done(summary) | TrialStatus::Pruned(summary) => {
@@ -1214,7 +1222,7 @@ fn run_parallel(
                         // A trial that failed once training had started wrote its whole error;
                         // the log's last lines stand in only for one that could not (refused at
                         // its start, killed, crashed).
-                        let error_now = fs::read(dir.join(ERROR_FILE)).ok();
+                        let error_now = error_file_state(&dir);
                         let wrote_its_own = error_now.is_some() && error_now != error_left;
                         if in_place() && !wrote_its_own {
                             record_failure(trial, &dir, &format!("{e:#}"), unrecorded);

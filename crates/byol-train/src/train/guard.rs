@@ -114,14 +114,14 @@ fn is_lost_peer(message: &str) -> bool {
     .any(|m| message.contains(m))
 }
 
-/// An error a training step returned (a collective's among them), with a lost data-parallel
-/// peer said as [`explain_panic`] says it.
 /// Whether libtorch's `message` says an allocation failed: a GPU's ("CUDA out of memory") or the
 /// CPU's ("DefaultCPUAllocator: can't allocate memory").
 pub fn is_out_of_memory(message: &str) -> bool {
     message.contains("out of memory") || message.contains("can't allocate memory")
 }
 
+/// An error a training step returned (a collective's among them), with a lost data-parallel
+/// peer said as [`explain_panic`] says it.
 pub fn explain_error(error: anyhow::Error) -> anyhow::Error {
     let message = format!("{error:#}");
     if is_lost_peer(&message) {

@@ -53,7 +53,7 @@ impl Model {
                          ({first_line})",
                         match context.device {
                             Device::Cpu => "machine".to_string(),
-                            device => format!("{device:?}"),
+                            device => super::device_name(device),
                         }
                     ),
                     false => bail!("{what}: {first_line}"),
