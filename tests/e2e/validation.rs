@@ -60,6 +60,15 @@ fn out_of_range_values_are_refused_naming_key_value_range_and_flag() {
     for (set, message) in sets {
         assert!(error.contains(&format!("--set {set}: {message}")), "{set}: {error}");
     }
+    // An element of a pair is named by its place.
+    let adam = "optimizer={type=\"adam\", betas=[0.9, 1.0]}";
+    let error = refused(dir.path(), &["validate", "tiny.toml", "--set", adam]);
+    assert!(
+        error.contains(&format!(
+            "--set {adam}: optimizer.betas[1] = 1 is out of range: it must be in [0, 1)"
+        )),
+        "{error}"
+    );
     // Training refuses the same before touching a run folder; a value from the file is
     // reported without a flag.
     std::fs::write(dir.path().join("zero.toml"), TINY.replace("epochs = 3", "epochs = 0")).unwrap();

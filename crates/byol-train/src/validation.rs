@@ -65,22 +65,27 @@ impl Problems<'_> {
     }
 
     fn range(&mut self, key: &str, value: f64, range: Range) {
+        self.range_of(key, key, value, range);
+    }
+
+    /// [`Self::range`] of a part of `key` (an array's element), named `part` (`optimizer.betas[1]`).
+    fn range_of(&mut self, key: &str, part: &str, value: f64, range: Range) {
         let shown = short_number(value);
         if !value.is_finite() {
             self.add(
                 key,
-                format!("{key} = {shown} is not a finite number: it must be {range}"),
+                format!("{part} = {shown} is not a finite number: it must be {range}"),
             );
         } else if value.abs() > f32::MAX as f64 {
             self.add(
                 key,
                 format!(
-                    "{key} = {shown} is beyond float32's range (3.4e38), which the training computes in: it \
+                    "{part} = {shown} is beyond float32's range (3.4e38), which the training computes in: it \
                      must be {range}"
                 ),
             );
         } else if !range.contains(value) {
-            self.add(key, format!("{key} = {shown} is out of range: it must be {range}"));
+            self.add(key, format!("{part} = {shown} is out of range: it must be {range}"));
         }
     }
 
@@ -286,8 +291,11 @@ impl Experiment {
             }
         }
         if let Some(betas) = optimizer.get("betas").and_then(|b| b.as_array()) {
-            for beta in betas.iter().filter_map(number) {
-                p.range("optimizer.betas", beta, Range::HalfOpen(0.0, 1.0));
+            for (i, beta) in betas.iter().enumerate() {
+                if let Some(beta) = number(beta) {
+                    let part = format!("optimizer.betas[{i}]");
+                    p.range_of("optimizer.betas", &part, beta, Range::HalfOpen(0.0, 1.0));
+                }
             }
         }
         if let Err(e) = self.dataset.check() {
