@@ -65,9 +65,9 @@ pub struct SplitFingerprint {
     pub classes: Vec<String>,
     /// The digest of the split's [`Dataset::content`] (its files' names, relative to where it lives,
     /// and sizes; a CIFAR file's or generated images' bytes); absent for sources without one, and
-    /// in the records of runs started before it
-    /// existed. Those records may hold `digest`, a digest of the names alone, which nothing
-    /// computes any more: such a run resumes on count and classes, as before digests.
+    /// in the records of runs started before it existed. Those records may hold `digest`, a digest
+    /// of the names alone, which nothing computes any more: such a run resumes on count and
+    /// classes, as before digests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_digest: Option<String>,
     /// The split's parts (its top-level folders, shards or batch files), so that a refusal can
