@@ -1025,6 +1025,25 @@ fn a_finished_trial_on_data_changed_since_is_refused_not_ranked() {
         "{all}"
     );
     assert!(all.contains("train: 32 images"), "the message names the split: {all}");
+
+    // Without its dataset.json, the data its checkpoint records is checked.
+    let trial = dir.path().join("runs/tiny-sweep/trial-001");
+    std::fs::remove_file(trial.join("dataset.json")).unwrap();
+    let out = byol_run(dir.path(), &sweep);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("finished on other data than this sweep reads now"),
+        "{all}"
+    );
+    // With no record of its data at all, it is ranked with a warning.
+    std::fs::remove_dir_all(trial.join("checkpoints")).unwrap();
+    let out = byol_run(dir.path(), &sweep);
+    let all = text(&out);
+    assert!(
+        out.status.success() && all.contains("trial-001 finished, but its folder records no data"),
+        "{all}"
+    );
 }
 
 /// A trial whose folder another process owns (a `byol-run train` of that trial, here a stand-in

@@ -705,7 +705,7 @@ fn continued_with_changes(dir: &Path) -> Option<String> {
 }
 
 /// Among finished trials of one `[dataset]` (most sweeps have one), those whose record of the data
-/// they started on (`dataset.json`) differs from the data the sweep reads now. The data is read
+/// they trained on ([`DatasetFingerprint::trained_on`]) differs from the data the sweep reads now. The data is read
 /// only when the trials' records disagree with each other.
 fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTreeMap<String, String> {
     let mut groups: HashMap<String, Vec<(&Trial, &PathBuf, DatasetFingerprint)>> = HashMap::new();
@@ -713,7 +713,7 @@ fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTr
         let Ok(experiment) = sweep.experiment(trial, None) else {
             continue;
         };
-        if let Ok(Some(recorded)) = DatasetFingerprint::recorded(dir) {
+        if let Ok(Some(recorded)) = DatasetFingerprint::trained_on(dir) {
             groups
                 .entry(data_key(&experiment))
                 .or_default()
@@ -749,7 +749,7 @@ fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTr
                 Ok(differences) if differences.is_empty() => {}
                 Ok(differences) => {
                     let why = format!(
-                        "it trained on data that changed while the sweep ran; its {FINGERPRINT_FILE} against the \
+                        "it trained on data that changed while the sweep ran; its record of its data against the \
                          data now:\n{}\nRun the sweep with --fresh to train every trial on the data as it is now",
                         differences.join("\n")
                     );
@@ -991,6 +991,16 @@ impl DataNow {
         let Some(now) = now else {
             return Ok(());
         };
+        if DatasetFingerprint::trained_on(dir)?.is_none() {
+            if finished {
+                byol::eprint_line!(
+                    "warning: {} finished, but its folder records no data (no checkpoint, no {FINGERPRINT_FILE}): its \
+                     result is ranked without checking the data it trained on",
+                    trial.id()
+                );
+            }
+            return Ok(());
+        }
         let differences = now.differences_from_run(dir)?;
         if differences.is_empty() {
             return Ok(());
@@ -1012,7 +1022,8 @@ impl DataNow {
         };
         Err(SettingsChanged {
             what: format!(
-                "{} ({}) {what} on other data than this sweep reads now (its {} records it):\n{}",
+                "{} ({}) {what} on other data than this sweep reads now (its newest checkpoint, or its {} \
+                 where it has none, records it):\n{}",
                 trial.id(),
                 dir.display(),
                 FINGERPRINT_FILE,
