@@ -295,6 +295,13 @@ fn run_holding_the_folder(
         (&csv, Some(write(csv_text))),
         (&markdown, Some(write(markdown_text))),
     ])?;
+    // A trial the other process (a `train` of its folder) finished since is its result, not a
+    // failure.
+    unrecorded.retain(|id| {
+        !rows
+            .iter()
+            .any(|row| row.trial.id() == *id && matches!(row.status, TrialStatus::Done(_) | TrialStatus::Pruned(_)))
+    });
     // Those without their error.txt are told apart.
     let mut failed: Vec<String> = rows
         .iter()
