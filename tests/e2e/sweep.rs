@@ -170,7 +170,7 @@ fn a_4_trial_grid_killed_and_rerun_skips_finished_trials_and_ranks_all() {
     );
     assert!(all.contains("== trial-004 of 4 (starting): "), "{all}");
     assert!(
-        all.contains("skipped          1 trial that had finished before"),
+        all.contains("skipped          1 trial that had finished or been pruned before"),
         "{all}"
     );
     assert!(

@@ -135,6 +135,23 @@ fn a_certainly_worse_trial_is_pruned_at_the_first_evaluation_and_resumes_on_requ
         "{all}"
     );
     assert!(!all.contains("== trial-"), "nothing trains: {all}");
+    assert!(!all.contains("another pruning rule"), "{all}");
+    // Under a rule that would not have pruned it, it stays pruned, and the way to finish it is said.
+    let file = std::fs::read_to_string(dir.path().join("tiny.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("tiny.toml"),
+        file.replace("prune_after = 1", "prune_after = 3"),
+    )
+    .unwrap();
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml"]);
+    let all = text(&out);
+    assert!(
+        out.status.success()
+            && all.contains("note: 1 trial(s) were pruned under another pruning rule than this sweep's now")
+            && all.contains("`byol-run train runs/tiny-sweep/trial-002/config.toml`"),
+        "{all}"
+    );
+    std::fs::write(dir.path().join("tiny.toml"), file).unwrap();
 
     // Killed after the evaluation that pruned it and before its summary: the resumed trial finds
     // the point in its curve, judges it again, and is pruned there without a step.

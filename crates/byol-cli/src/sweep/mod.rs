@@ -84,7 +84,10 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     );
     if outcome.skipped > 0 {
         let trials = if outcome.skipped == 1 { "trial" } else { "trials" };
-        say!("skipped          {} {trials} that had finished before", outcome.skipped);
+        say!(
+            "skipped          {} {trials} that had finished or been pruned before",
+            outcome.skipped
+        );
     }
     // A sweep with failed trials is not a finished sweep: scripts must see it.
     // A trial whose error advises --fresh is told that trial's own (the sweep's moves them all).

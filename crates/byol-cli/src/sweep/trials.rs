@@ -19,8 +19,8 @@ use byol_train::checkpoint;
 use byol_train::run_dir::{self, FolderKind, FolderLock};
 use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
-    data_key, goal_name, rank_with, result_line, to_csv, to_markdown, Metric, Row, Sweep, Trial, TrialStatus,
-    ERROR_FILE, LOG_FILE, OLD_ATTEMPTS_DIR, PRUNER_FILE, TRIAL_FILE,
+    data_key, goal_name, rank_with, result_line, to_csv, to_markdown, Metric, Pruned, Pruner, Row, Sweep, Trial,
+    TrialStatus, ERROR_FILE, LOG_FILE, OLD_ATTEMPTS_DIR, PRUNER_FILE, TRIAL_FILE,
 };
 use byol_train::train::panic_message;
 use byol_train::train::state::{DatasetFingerprint, Remarks, FINGERPRINT_FILE};
@@ -214,6 +214,8 @@ fn run_holding_the_folder(
     }
     let mut todo = VecDeque::new();
     let mut skipped = 0;
+    let pruner = sweep.pruner();
+    let mut pruned_otherwise = Vec::new();
     for (trial, status, changed) in checked {
         let status = match changed {
             Some(changed) => start_anew(sweep, trial, &changed)?,
@@ -224,6 +226,17 @@ fn run_holding_the_folder(
                 skipped += 1;
                 let why = summary.pruned.as_ref().map_or(String::new(), |p| p.describe());
                 say(format!("{}: pruned before, skipped ({why})", trial.id()));
+                // A verdict the rule now would not have given: no pruning, another metric, or
+                // fewer other trials than it asks for.
+                let holds = |p: &Pruned, rule: &Pruner| p.metric == rule.metric.name() && p.trials >= rule.prune_after;
+                if !summary
+                    .pruned
+                    .as_ref()
+                    .zip(pruner.as_ref())
+                    .is_some_and(|(p, rule)| holds(p, rule))
+                {
+                    pruned_otherwise.push(sweep.trial_dir(trial));
+                }
             }
             TrialStatus::Done(summary) => {
                 skipped += 1;
@@ -240,6 +253,18 @@ fn run_holding_the_folder(
             }
             status => todo.push_back((trial, status)),
         }
+    }
+    if !pruned_otherwise.is_empty() {
+        let commands: Vec<String> = pruned_otherwise
+            .iter()
+            .map(|dir| format!("`byol-run train {}`", dir.join(run_dir::CONFIG_FILE).display()))
+            .collect();
+        byol::eprint_line!(
+            "note: {} trial(s) were pruned under another pruning rule than this sweep's now (another metric, \
+             prune_after, or none), and stay pruned: to train one to the end, {}; then run the sweep again",
+            pruned_otherwise.len(),
+            commands.join(", ")
+        );
     }
     for (changes, trials) in &trained_otherwise {
         byol::eprint_line!(
