@@ -1652,8 +1652,8 @@ fn a_trial_trained_again_outside_the_sweep_is_said_to_be_ranked_as_it_was() {
     assert!(
         all.contains("schedule.epochs: 2 -> 1")
             && all.contains(
-                "It ended again after the sweep last ranked it: runs/tiny-sweep/summary.csv and summary.md show its \
-                 earlier result."
+                "It was trained again after the sweep last ranked it: runs/tiny-sweep/summary.csv and summary.md \
+                 show its earlier result."
             ),
         "{all}"
     );
@@ -1670,5 +1670,16 @@ fn a_trial_trained_again_outside_the_sweep_is_said_to_be_ranked_as_it_was() {
     assert!(
         markdown.contains("| - | trial-001 |") && markdown.contains("not ranked"),
         "{markdown}"
+    );
+    // Trained anew by hand (--fresh moves the attempt among the old ones): the way back is said.
+    let fresh = ["--fresh", "--set", "schedule.epochs=2", "--quiet"];
+    let out = byol_run(dir.path(), &[&["train", trial][..], &fresh].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let out = byol_run(dir.path(), &["sweep", "tiny.toml", "--quiet"]);
+    let all = text(&out);
+    assert!(
+        !out.status.success()
+            && all.contains("An earlier attempt of it is in runs/tiny-sweep/old-attempts/trial-001.old-"),
+        "{all}"
     );
 }

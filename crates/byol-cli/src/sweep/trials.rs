@@ -969,10 +969,32 @@ fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Res
         modified(&sweep.dir.join("summary.csv")),
     ) {
         (Some(trained), Some(ranked)) if trained > ranked => format!(
-            "\nIt ended again after the sweep last ranked it: {} and summary.md show its earlier result.",
+            "\nIt was trained again after the sweep last ranked it: {} and summary.md show its earlier result.",
             sweep.dir.join("summary.csv").display()
         ),
         _ => String::new(),
+    };
+    // A `train --fresh` of its folder moved the sweep's own attempt among the old attempts: put
+    // back, it is the trial again.
+    let own_attempt = fs::read_dir(sweep.dir.join(OLD_ATTEMPTS_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{}.old-", trial.id())))
+        })
+        .max();
+    let ranked_before = match own_attempt {
+        Some(attempt) => format!(
+            "{ranked_before}\nAn earlier attempt of it is in {}: if it is the sweep's own, moving {} aside and \
+             that folder back to {} makes it the trial again.",
+            attempt.display(),
+            dir.display(),
+            dir.display()
+        ),
+        None => ranked_before,
     };
     Err(SettingsChanged {
         what: format!(
