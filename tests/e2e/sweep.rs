@@ -353,6 +353,20 @@ fn a_plain_run_of_a_sweep_file_points_to_byol_run_sweep_and_validate_checks_ever
         TINY_SWEEP.replace("[0.2, 0.8]", "[0.2, 1e300]"),
     )
     .unwrap();
+    // A range of float bounds on a key of whole numbers: the way out is in the range.
+    let float_range = TINY_SWEEP
+        .replace("method = \"grid\"", "method = \"random\"\ntrials = 1")
+        .replace(
+            "\"optimizer.lr\" = [0.2, 0.8]",
+            "\"byol.hidden_dim\" = { min = 16.0, max = 40.0 }",
+        );
+    std::fs::write(dir.path().join("floats.toml"), float_range).unwrap();
+    let out = byol_run(dir.path(), &["validate", "floats.toml"]);
+    assert!(
+        text(&out).contains("write min and max as whole numbers (16) to draw whole numbers"),
+        "{}",
+        text(&out)
+    );
     let out = byol_run(dir.path(), &["validate", "huge.toml"]);
     let all = text(&out);
     assert!(

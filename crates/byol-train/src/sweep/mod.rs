@@ -548,7 +548,23 @@ impl Sweep {
     pub fn experiment(&self, trial: &Trial, device: Option<&str>) -> anyhow::Result<Experiment> {
         let (overrides, origins): (Vec<String>, Vec<String>) =
             self.trial_assignments(trial, device).into_iter().unzip();
-        Experiment::parse_from(&self.base, &overrides, &origins)
+        Experiment::parse_from(&self.base, &overrides, &origins).map_err(|e| {
+            // A range written with a float bound draws floats, which a key of whole numbers
+            // refuses: the way out is in the range, not in the value drawn.
+            let text = format!("{e:#}");
+            let drawn_float = self.parameters.iter().find(|p| {
+                matches!(p.space, Space::Range { integer: false, .. })
+                    && text.contains(&format!("sweep.parameters.\"{}\" = ", p.key))
+            });
+            match drawn_float {
+                Some(p) if text.contains("expected a whole number") => anyhow::anyhow!(
+                    "{text}\n{} takes whole numbers, and a range with a bound written as a float (16.0) draws \
+                     floats: write min and max as whole numbers (16) to draw whole numbers",
+                    p.key
+                ),
+                _ => e,
+            }
+        })
     }
 
     /// The `--set` overrides from the command line, applied to every trial.
