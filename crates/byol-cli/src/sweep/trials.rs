@@ -740,16 +740,13 @@ fn continued_with_changes(dir: &Path) -> Option<String> {
 /// they trained on ([`DatasetFingerprint::trained_on`]) differs from the data the sweep reads now. The data is read
 /// only when the trials' records disagree with each other.
 fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTreeMap<String, String> {
-    let mut groups: HashMap<String, Vec<(&Trial, &PathBuf, DatasetFingerprint)>> = HashMap::new();
+    let mut groups: HashMap<String, Vec<(&Trial, DatasetFingerprint)>> = HashMap::new();
     for (trial, dir) in finished {
         let Ok(experiment) = sweep.experiment(trial, None) else {
             continue;
         };
         if let Ok(Some(recorded)) = DatasetFingerprint::trained_on(dir) {
-            groups
-                .entry(data_key(&experiment))
-                .or_default()
-                .push((trial, dir, recorded));
+            groups.entry(data_key(&experiment)).or_default().push((trial, recorded));
         }
     }
     let mut changed = BTreeMap::new();
@@ -757,11 +754,11 @@ fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTr
         // By their differences: records written before parts were kept hold none.
         if group
             .iter()
-            .all(|(_, _, recorded)| recorded.differences(&group[0].2).is_empty())
+            .all(|(_, recorded)| recorded.differences(&group[0].1).is_empty())
         {
             continue;
         }
-        let (first, _, _) = group[0];
+        let (first, _) = group[0];
         say!("the trials' records of their data disagree: reading the data again to tell which trained on it");
         let now = sweep
             .experiment(first, None)
@@ -776,18 +773,15 @@ fn trained_on_changed_data(sweep: &Sweep, finished: &[(&Trial, PathBuf)]) -> BTr
                 continue;
             }
         };
-        for (trial, dir, _) in group {
-            match now.differences_from_run(dir) {
-                Ok(differences) if differences.is_empty() => {}
-                Ok(differences) => {
-                    let why = format!(
-                        "it trained on data that changed while the sweep ran; its record of its data against the \
-                         data now:\n{}\nRun the sweep with --fresh to train every trial on the data as it is now",
-                        differences.join("\n")
-                    );
-                    changed.insert(trial.id(), why);
-                }
-                Err(e) => byol::eprint_line!("warning: {e:#}"),
+        for (trial, recorded) in group {
+            let differences = recorded.differences(&now);
+            if !differences.is_empty() {
+                let why = format!(
+                    "it trained on data that changed while the sweep ran; its record of its data against the \
+                     data now:\n{}\nRun the sweep with --fresh to train every trial on the data as it is now",
+                    differences.join("\n")
+                );
+                changed.insert(trial.id(), why);
             }
         }
     }
@@ -1045,7 +1039,7 @@ impl DataNow {
         let Some(now) = now else {
             return Ok(());
         };
-        if DatasetFingerprint::trained_on(dir)?.is_none() {
+        let Some(recorded) = DatasetFingerprint::trained_on(dir)? else {
             if finished {
                 byol::eprint_line!(
                     "warning: {} finished, but its folder records no data (no checkpoint, no {FINGERPRINT_FILE}): its \
@@ -1054,8 +1048,8 @@ impl DataNow {
                 );
             }
             return Ok(());
-        }
-        let differences = now.differences_from_run(dir)?;
+        };
+        let differences = recorded.differences(now);
         if differences.is_empty() {
             return Ok(());
         }

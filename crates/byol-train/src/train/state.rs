@@ -285,12 +285,6 @@ impl DatasetFingerprint {
         Ok((listed, remarks, steps_per_epoch))
     }
 
-    /// How the data `run_dir` was trained on ([`Self::trained_on`]) differs from this, one line
-    /// per split; empty when it is the same data or the folder has no record of it.
-    pub fn differences_from_run(&self, run_dir: &Path) -> anyhow::Result<Vec<String>> {
-        Ok(Self::trained_on(run_dir)?.map_or(Vec::new(), |saved| saved.differences(self)))
-    }
-
     /// The data a run folder's newest checkpoint trained on (its manifest's record), else the
     /// data it was last started on (its `dataset.json`), if it has a record of either: what a
     /// resume checks, so that a lost `dataset.json` does not pass for data not recorded.
