@@ -20,7 +20,8 @@ use byol_train::run_dir::{self, FolderKind, FolderLock};
 use byol_train::stop::StopOnSignals;
 use byol_train::sweep::{
     data_key, goal_name, rank_with, result_line, to_csv, to_markdown, Metric, Pruned, Pruner, Row, Sweep, Trial,
-    TrialStatus, ERROR_FILE, LOG_FILE, OLD_ATTEMPTS_DIR, PRUNER_FILE, TRIAL_FILE,
+    TrialStatus, BASE_EXPERIMENT_FILE, ERROR_FILE, LOG_FILE, OLD_ATTEMPTS_DIR, PRUNER_FILE, SUMMARY_CSV, SUMMARY_MD,
+    TRIAL_FILE,
 };
 use byol_train::train::panic_message;
 use byol_train::train::state::{DatasetFingerprint, Remarks, FINGERPRINT_FILE};
@@ -311,8 +312,8 @@ fn run_holding_the_folder(
         None => TrialStatus::read(dir),
     });
     say_what_is_not_ranked(sweep, &rows);
-    let csv = sweep.dir.join("summary.csv");
-    let markdown = sweep.dir.join("summary.md");
+    let csv = sweep.dir.join(SUMMARY_CSV);
+    let markdown = sweep.dir.join(SUMMARY_MD);
     // One ranking in two files: never one of them beside another ranking's other.
     let (csv_text, markdown_text) = (to_csv(sweep, &rows)?, to_markdown(sweep, &rows, &trained_otherwise));
     let write = |text: String| -> run_dir::FileWriter<'_> { Box::new(move |path| Ok(std::fs::write(path, text)?)) };
@@ -960,11 +961,11 @@ fn check_trial_identity(sweep: &Sweep, trial: &Trial, dir: &Path) -> anyhow::Res
     let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
     let ranked_before = match (
         modified(&dir.join(byol_train::train::SUMMARY_FILE)),
-        modified(&sweep.dir.join("summary.csv")),
+        modified(&sweep.dir.join(SUMMARY_CSV)),
     ) {
         (Some(trained), Some(ranked)) if trained > ranked => format!(
             "\nIt was trained again after the sweep last ranked it: {} and summary.md show its earlier result.",
-            sweep.dir.join("summary.csv").display()
+            sweep.dir.join(SUMMARY_CSV).display()
         ),
         _ => String::new(),
     };
@@ -1220,7 +1221,7 @@ fn run_parallel(
 ) -> anyhow::Result<Option<i32>> {
     let program = options.program.clone();
     // The children train the base experiment (without [sweep]) with each trial's --set overrides.
-    let base = sweep.dir.join("experiment.toml");
+    let base = sweep.dir.join(BASE_EXPERIMENT_FILE);
     run_dir::replace_file(&base, sweep.base_text().as_bytes())?;
     if let Some(pruner) = sweep.pruner() {
         pruner.save(&sweep.dir.join(PRUNER_FILE))?;

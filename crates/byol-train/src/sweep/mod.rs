@@ -63,13 +63,19 @@ pub const LOG_FILE: &str = "train.log";
 /// settings, or trained with `--fresh`): out of the way of `trial-*` globs (`byol-run compare`).
 pub const OLD_ATTEMPTS_DIR: &str = "old-attempts";
 
+/// The sweep's ranked trials, in its folder.
+pub const SUMMARY_CSV: &str = "summary.csv";
+pub const SUMMARY_MD: &str = "summary.md";
+/// The experiment without `[sweep]` that trials in child processes train, in the sweep folder.
+pub const BASE_EXPERIMENT_FILE: &str = "experiment.toml";
+
 /// Whether `name` is one of the entries a sweep writes into its folder: its summaries, its
 /// experiment and pruning rule, its lock, old attempts and trials' folders.
 pub fn is_sweep_entry(name: &str) -> bool {
     let files = [
-        "summary.csv",
-        "summary.md",
-        "experiment.toml",
+        SUMMARY_CSV,
+        SUMMARY_MD,
+        BASE_EXPERIMENT_FILE,
         PRUNER_FILE,
         crate::run_dir::LOCK_FILE,
     ];
